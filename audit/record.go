@@ -1,0 +1,104 @@
+// Package audit defines the record Sluice writes for every request and
+// every L4 flow, and the sinks that receive it (the JSON audit log, and
+// later metrics, flow tables and access logs). Producers build one Record
+// per decision and hand it to a Sink; sinks never modify it.
+package audit
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/sluicehq/sluice/workload"
+)
+
+// Kinds of record.
+const (
+	KindHTTP    = "http"    // one HTTP request/response exchange
+	KindL4      = "l4"      // a TCP flow not parsed as HTTP (passthrough TLS, other TCP)
+	KindConnect = "connect" // a kernel connect event (redirected, denied, direct)
+)
+
+// TLS modes of a flow.
+const (
+	TLSDecrypted   = "decrypted"
+	TLSPassthrough = "passthrough"
+	TLSNone        = "none"
+)
+
+// Decisions as they appear in records.
+const (
+	DecisionAllow     = "allow"
+	DecisionDeny      = "deny"
+	DecisionWouldDeny = "would_deny" // audit mode: allowed, but a rule says deny
+	DecisionError     = "error"      // Sluice could not complete the exchange
+)
+
+// Record is one audit line. Field names are the JSON keys of the audit log
+// (see json.go); keep them stable, people grep for them.
+type Record struct {
+	Time     time.Time
+	Kind     string
+	Workload workload.Identity
+
+	Host  string     // hostname the client asked for (Host header, SNI or CONNECT target)
+	DstIP netip.Addr // the address Sluice dialed (or the original destination)
+	Port  uint16
+	SNI   string
+	TLS   string // TLSDecrypted, TLSPassthrough or TLSNone
+	ALPN  string
+
+	Proto  string // "HTTP/1.1", "HTTP/2.0"
+	Method string
+	Path   string
+	Status int
+	// Source says who produced Status: "upstream" or "sluice".
+	Source string
+
+	BytesIn  int64 // bytes from the client (request body, or client->server on L4)
+	BytesOut int64 // bytes to the client (response body, or server->client on L4)
+
+	Duration         time.Duration // accept (or request start) to last byte
+	UpstreamDuration time.Duration // dial+request to response headers from the upstream
+
+	Decision string
+	Rule     string
+	Reason   string
+	Error    string
+
+	// MCP fields, when the request was JSON-RPC to an MCP server.
+	MCPMethod  string
+	MCPTool    string
+	MCPSession string
+
+	// Header holds request headers, already redacted (see Redact).
+	Header map[string]string
+	// UpstreamAddr is the ip:port the response came from.
+	UpstreamAddr string
+}
+
+// Sink receives audit records. Record must be safe for concurrent use and
+// must not retain or modify r after it returns.
+type Sink interface {
+	Record(r *Record)
+}
+
+// Multi fans a record out to several sinks in order.
+type Multi []Sink
+
+// Record implements Sink.
+func (m Multi) Record(r *Record) {
+	for _, s := range m {
+		s.Record(r)
+	}
+}
+
+// Discard drops every record.
+type Discard struct{}
+
+// Record implements Sink.
+func (Discard) Record(*Record) {}
+
+var (
+	_ Sink = Multi(nil)
+	_ Sink = Discard{}
+)

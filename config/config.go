@@ -1,0 +1,103 @@
+// Package config loads the settings of the agent and of the standalone
+// proxy from one YAML file. Decoding is strict: an unknown key is an error
+// that names its line. The policy itself lives in its own file (see
+// policy/), named here by PolicyFile, because it is reloaded on its own.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole file. Every section has defaults (see Default), so
+// an empty file is a valid configuration.
+type Config struct {
+	// PolicyFile is the policy YAML; empty means the embedded default.
+	PolicyFile string `yaml:"policyFile"`
+	CA         CA     `yaml:"ca"`
+	Audit      Audit  `yaml:"audit"`
+	Proxy      Proxy  `yaml:"proxy"`
+	Agent      Agent  `yaml:"agent"`
+	Admin      Admin  `yaml:"admin"`
+}
+
+// CA says where the certificate authority lives.
+type CA struct {
+	// Dir holds ca.crt and ca.key; created on first start.
+	Dir string `yaml:"dir"`
+	// KeyType of a newly created CA: "ecdsa" (P-256, default) or "rsa" (2048).
+	KeyType string `yaml:"keyType"`
+	// LeafCacheSize bounds the minted-certificate cache.
+	LeafCacheSize int `yaml:"leafCacheSize"`
+}
+
+// Audit says where audit records go.
+type Audit struct {
+	// File is a path, or "stdout" (default), or "" for stdout.
+	File string `yaml:"file"`
+	// RedactHeaders are extra header names whose values are never logged.
+	RedactHeaders []string `yaml:"redactHeaders"`
+	// LogHeaders records request headers (redacted) in each record.
+	LogHeaders bool `yaml:"logHeaders"`
+}
+
+// Admin is the listener for /metrics, /healthz, /readyz and the flows API.
+type Admin struct {
+	Listen string `yaml:"listen"`
+}
+
+// Default returns the configuration used when a key is absent.
+func Default() Config {
+	return Config{
+		CA:    CA{Dir: "/var/lib/sluice/ca", KeyType: "ecdsa", LeafCacheSize: 10000},
+		Audit: Audit{File: "stdout"},
+		Proxy: DefaultProxy(),
+		Agent: DefaultAgent(),
+		Admin: Admin{Listen: "127.0.0.1:9090"},
+	}
+}
+
+// Load reads path over the defaults. An empty path returns the defaults.
+func Load(path string) (Config, error) {
+	c := Default()
+	if path == "" {
+		return c, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("read config %s: %w", path, err)
+	}
+	if err := Parse(b, &c); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes b strictly into c (whose values are the defaults) and
+// validates the result.
+func Parse(b []byte, c *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, errEOF()) {
+		return err
+	}
+	return c.Validate()
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.CA.KeyType != "ecdsa" && c.CA.KeyType != "rsa" {
+		errs = append(errs, fmt.Errorf("ca.keyType %q: must be \"ecdsa\" or \"rsa\"", c.CA.KeyType))
+	}
+	if c.CA.LeafCacheSize < 1 {
+		errs = append(errs, fmt.Errorf("ca.leafCacheSize %d: must be at least 1, e.g. 10000", c.CA.LeafCacheSize))
+	}
+	errs = append(errs, c.Proxy.validate()...)
+	errs = append(errs, c.Agent.validate()...)
+	return errors.Join(errs...)
+}

@@ -1,0 +1,152 @@
+// Package policy decides what happens to a workload's egress: whether a TLS
+// connection is decrypted, passed through or rejected, and whether each HTTP
+// request is allowed, denied, rate limited or size limited. It is pure Go
+// with no I/O on the decision path (rate-limit counters in Redis excepted),
+// so every stage is table-testable without root.
+//
+// The proxy (mitm/) calls Engine.Connection once per connection and
+// Engine.Request once per HTTP request, then applies the Decision: it writes
+// the deny answer, adds Decision.Header to the response and enforces the size
+// limits while streaming. An Engine is immutable; a reload compiles a new one
+// and swaps it in (see Current).
+package policy
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/sluicehq/sluice/workload"
+)
+
+// Verdict is the outcome of a decision.
+type Verdict uint8
+
+const (
+	Allow Verdict = iota
+	Deny
+)
+
+func (v Verdict) String() string {
+	if v == Deny {
+		return "deny"
+	}
+	return "allow"
+}
+
+// Action is what the proxy does with a TLS connection.
+type Action uint8
+
+const (
+	// Decrypt terminates TLS with a leaf minted for the SNI.
+	Decrypt Action = iota
+	// Passthrough relays the TLS bytes untouched; the flow is logged at L4.
+	Passthrough
+	// Reject closes the connection (for TLS) or answers the deny (for HTTP).
+	Reject
+)
+
+func (a Action) String() string {
+	switch a {
+	case Passthrough:
+		return "passthrough"
+	case Reject:
+		return "reject"
+	default:
+		return "decrypt"
+	}
+}
+
+// Decision is the result of a policy stage or of the whole pipeline. Reason
+// is a fixed string per cause (tests and logs assert on it); Rule names the
+// rule that matched ("default" when none did).
+type Decision struct {
+	Verdict Verdict
+	// WouldDeny is set in audit mode when a rule would have denied: Verdict
+	// stays Allow and the audit record says "would_deny".
+	WouldDeny bool
+	Rule      string
+	Reason    string
+	// Status is the HTTP status the client gets on Deny (403 when zero).
+	Status int
+	// Header is added to the response the client sees, on allow and deny
+	// alike (rate-limit headers, Retry-After). May be nil.
+	Header http.Header
+	// MaxRequestBody and MaxResponseBody cap body sizes in bytes; 0 means
+	// no limit. The proxy enforces them while streaming.
+	MaxRequestBody  int64
+	MaxResponseBody int64
+}
+
+// Denied reports whether the client must get the deny answer.
+func (d Decision) Denied() bool { return d.Verdict == Deny }
+
+// StatusCode is the HTTP status of a deny answer.
+func (d Decision) StatusCode() int {
+	if d.Status != 0 {
+		return d.Status
+	}
+	return http.StatusForbidden
+}
+
+// DenyBody is the JSON body of a deny answer: {"error","rule","reason"}.
+func (d Decision) DenyBody() []byte {
+	b, _ := json.Marshal(struct {
+		Error  string `json:"error"`
+		Rule   string `json:"rule"`
+		Reason string `json:"reason"`
+	}{http.StatusText(d.StatusCode()), d.Rule, d.Reason})
+	return append(b, '\n')
+}
+
+// Conn is what is known of a connection before any HTTP is read.
+type Conn struct {
+	Workload workload.Identity
+	// Host is the name the client asked for: the SNI, the CONNECT target or
+	// the Host header of a plain HTTP request. Empty when unknown.
+	Host string
+	// Addrs are the addresses the proxy will dial, in order: the original
+	// destination in transparent mode, the DNS answers in explicit mode.
+	// The proxy dials only addresses that were checked here.
+	Addrs []netip.Addr
+	Port  uint16
+	// TLS is true when the client sent a TLS ClientHello.
+	TLS bool
+}
+
+// ConnDecision is the decision for a connection.
+type ConnDecision struct {
+	Action Action
+	Decision
+}
+
+// Request is one HTTP request as the policy sees it.
+type Request struct {
+	Conn   *Conn
+	Method string
+	// Host is the request's host (Host header or :authority), without port.
+	Host string
+	// Path is the URL path, not unescaped further.
+	Path   string
+	Header http.Header
+	// ContentLength is the declared body length, -1 when unknown.
+	ContentLength int64
+}
+
+// Current holds the policy in force; reload swaps it atomically. The zero
+// value holds nil; Load then returns an engine that allows everything.
+type Current struct {
+	p atomic.Pointer[Engine]
+}
+
+// Load returns the engine in force.
+func (c *Current) Load() *Engine {
+	if e := c.p.Load(); e != nil {
+		return e
+	}
+	return allowAll
+}
+
+// Store puts e in force for every decision made after it returns.
+func (c *Current) Store(e *Engine) { c.p.Store(e) }

@@ -1,0 +1,55 @@
+// Package workload names the process behind a connection, so that every
+// audit record and every policy decision can say who sent what: pid, comm,
+// exe, cgroup, container and pod.
+package workload
+
+import (
+	"net/netip"
+)
+
+// Identity is what Sluice knows about the sender of a connection. In
+// transparent mode the agent fills it from the kernel's record of the
+// connect (see agent/); in explicit-proxy mode only Client is known.
+// The zero value is an unknown workload.
+type Identity struct {
+	// Client is the peer address the proxy saw for the connection.
+	Client netip.AddrPort `json:"client,omitzero"`
+	// PID is the process (thread-group) id that called connect.
+	PID int `json:"pid,omitempty"`
+	// UID is the effective user id of that process (valid when PID != 0).
+	UID uint32 `json:"uid,omitempty"`
+	// Comm is the kernel's 16-byte task name; it may be a thread name.
+	Comm string `json:"comm,omitempty"`
+	// Exe is /proc/PID/exe where it was readable.
+	Exe string `json:"exe,omitempty"`
+	// Cgroup is the cgroup v2 path relative to the cgroup2 mount, e.g.
+	// "/kubepods.slice/kubepods-pod….slice/cri-containerd-….scope".
+	Cgroup string `json:"cgroup,omitempty"`
+	// ContainerID and PodUID are parsed from Cgroup where its shape says so.
+	ContainerID string `json:"container_id,omitempty"`
+	PodUID      string `json:"pod_uid,omitempty"`
+	// Namespace, Pod and Labels come from Kubernetes metadata when known.
+	Namespace string            `json:"namespace,omitempty"`
+	Pod       string            `json:"pod,omitempty"`
+	Labels    map[string]string `json:"-"`
+}
+
+// Name is a bounded, human-readable label for the workload, suitable for
+// metrics: namespace/pod, else the container id (12 chars), else the
+// cgroup path, else "unknown". It never contains a pid.
+func (i Identity) Name() string {
+	switch {
+	case i.Pod != "" && i.Namespace != "":
+		return i.Namespace + "/" + i.Pod
+	case i.ContainerID != "":
+		id := i.ContainerID
+		if len(id) > 12 {
+			id = id[:12]
+		}
+		return "container:" + id
+	case i.Cgroup != "":
+		return i.Cgroup
+	default:
+		return "unknown"
+	}
+}
