@@ -4,13 +4,16 @@
 package ca
 
 import (
+	"context"
 	"crypto/tls"
+	"errors"
 )
 
 // Authority is a loaded CA with its leaf cache. Safe for concurrent use.
 type Authority struct{}
 
-// GetCertificate returns a leaf for hello's SNI (or IP); for tls.Config.
-func (a *Authority) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return nil, nil
+// Leaf returns a leaf certificate for name: a DNS name (SAN DNS, IDNA) or
+// an IP address literal (SAN IP). Cached; one issuance per name in flight.
+func (a *Authority) Leaf(ctx context.Context, name string) (*tls.Certificate, error) {
+	return nil, errors.New("mint leaf: not implemented yet")
 }

@@ -12,6 +12,7 @@
 package policy
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/netip"
@@ -134,19 +135,36 @@ type Request struct {
 	ContentLength int64
 }
 
-// Current holds the policy in force; reload swaps it atomically. The zero
-// value holds nil; Load then returns an engine that allows everything.
-type Current struct {
-	p atomic.Pointer[Engine]
+// Decider is what the proxy asks. *Engine implements it; tests of the
+// proxy may use their own. Implementations are immutable and safe for
+// concurrent use.
+type Decider interface {
+	// Connection decides a connection before any HTTP is read: decrypt,
+	// pass through or reject, including the address checks (SSRF guard)
+	// on c.Addrs. It is called once per connection.
+	Connection(ctx context.Context, c *Conn) ConnDecision
+	// Request decides one HTTP request; it may consume rate-limit tokens,
+	// so it is called exactly once per request.
+	Request(ctx context.Context, r *Request) Decision
 }
 
-// Load returns the engine in force.
-func (c *Current) Load() *Engine {
-	if e := c.p.Load(); e != nil {
-		return e
+var _ Decider = (*Engine)(nil)
+
+// Current holds the policy in force; reload swaps it atomically. The zero
+// value holds nil; Load then returns a Decider that allows everything.
+type Current struct {
+	p atomic.Pointer[deciderBox]
+}
+
+type deciderBox struct{ d Decider }
+
+// Load returns the Decider in force.
+func (c *Current) Load() Decider {
+	if b := c.p.Load(); b != nil {
+		return b.d
 	}
 	return allowAll
 }
 
-// Store puts e in force for every decision made after it returns.
-func (c *Current) Store(e *Engine) { c.p.Store(e) }
+// Store puts d in force for every decision made after it returns.
+func (c *Current) Store(d Decider) { c.p.Store(&deciderBox{d}) }
