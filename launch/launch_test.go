@@ -1,0 +1,64 @@
+package launch
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestChildEnvSetsTrustAndDropsProxies(t *testing.T) {
+	base := []string{"PATH=/bin", "HTTPS_PROXY=http://evil:1", "http_proxy=x", "SSL_CERT_FILE=/old", "HOME=/root"}
+	got := childEnv(base, "/tmp/b.pem")
+	for _, k := range TrustEnv {
+		if !slices.Contains(got, k+"=/tmp/b.pem") {
+			t.Errorf("%s not set to the bundle: %v", k, got)
+		}
+	}
+	for _, kv := range got {
+		k, _, _ := strings.Cut(kv, "=")
+		if slices.Contains(proxyEnv, k) {
+			t.Errorf("proxy variable %s reached the child", k)
+		}
+		if kv == "SSL_CERT_FILE=/old" {
+			t.Errorf("old SSL_CERT_FILE kept")
+		}
+	}
+	if !slices.Contains(got, "PATH=/bin") || !slices.Contains(got, "HOME=/root") {
+		t.Errorf("ordinary variables lost: %v", got)
+	}
+}
+
+func TestChildEnvWithoutBundleKeepsTrust(t *testing.T) {
+	got := childEnv([]string{"SSL_CERT_FILE=/mine", "ALL_PROXY=x"}, "")
+	if !slices.Equal(got, []string{"SSL_CERT_FILE=/mine"}) {
+		t.Errorf("--no-ca-env must keep the user's trust variables and still drop proxies: %v", got)
+	}
+}
+
+func TestOwnCgroup(t *testing.T) {
+	p, err := ownCgroup("testdata/cgroup-systemd")
+	if err != nil || p != "/user.slice/session-3.scope" {
+		t.Fatalf("ownCgroup = %q, %v", p, err)
+	}
+	if _, err := ownCgroup("testdata/cgroup-v1only"); err == nil || !strings.Contains(err.Error(), "no cgroup v2 entry") {
+		t.Fatalf("want a no-v2 error, got %v", err)
+	}
+}
+
+func TestWriteBundleEndsWithSluiceCA(t *testing.T) {
+	dir := t.TempDir()
+	ca := []byte("-----BEGIN CERTIFICATE-----\nTUlJ\n-----END CERTIFICATE-----\n")
+	p, err := WriteBundle(dir, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(p)
+	if !strings.HasSuffix(string(b), string(ca)) {
+		t.Fatalf("bundle does not end with the Sluice CA")
+	}
+	if filepath.Dir(p) != dir {
+		t.Fatalf("bundle written outside %s: %s", dir, p)
+	}
+}
