@@ -1,0 +1,391 @@
+// Package metrics turns what Sluice sees into Prometheus metrics, so the
+// dashboards and alerts people already run can watch egress. Its main input
+// is the audit record (Metrics is an audit.Sink); the agent, the CA and the
+// proxy feed the rest through small methods and read-at-scrape functions.
+//
+// Everything lives on a private prometheus.Registry (never the global
+// default), served by admin/. Names follow the Prometheus conventions:
+// sluice_<subsystem>_<name>_<unit>, counters end in _total, durations are
+// seconds and sizes bytes. Label values a workload controls (host, workload,
+// rule, reason, connect decision) are bounded: past a limit they fold into
+// "other".
+//
+// The metrics, with their labels:
+//
+//	sluice_proxy_requests_total{workload,host,method,code,decision,source}
+//	sluice_proxy_request_duration_seconds{host,decision}      histogram of Record.Duration
+//	sluice_proxy_upstream_duration_seconds{host}              histogram of Record.UpstreamDuration (when set)
+//	sluice_proxy_transferred_bytes_total{workload,host,kind,direction}  direction "in" (from the client) or "out" (to the client)
+//	sluice_proxy_l4_flows_total{workload,host,tls,decision}
+//	sluice_proxy_tls_connections_total{mode}                  mode decrypted|passthrough|failed
+//	sluice_proxy_open_connections                             gauge, ConnOpened/ConnClosed
+//	sluice_policy_denials_total{rule,reason,decision}         decision deny|would_deny
+//	sluice_policy_rate_limited_total{workload,host,rule}      429 produced by Sluice
+//	sluice_agent_connect_events_total{decision}
+//	sluice_agent_events_dropped_total                         read at scrape time (SetRingDrops)
+//	sluice_ca_leaf_cache_size, sluice_ca_leaf_cache_hits_total,
+//	sluice_ca_leaf_cache_misses_total, sluice_ca_leaf_issued_total  read at scrape time (SetLeafStats)
+//	sluice_dns_queries_total{result}
+//	sluice_upstream_healthy{upstream,target}                  1 healthy, 0 not
+package metrics
+
+import (
+	"strconv"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluicehq/sluice/audit"
+)
+
+// Options bound label cardinality. Zero values take the defaults.
+type Options struct {
+	// MaxHosts distinct host label values before the rest fold into
+	// "other" (default 100).
+	MaxHosts int
+	// MaxWorkloads distinct workload label values (default 100).
+	MaxWorkloads int
+	// MaxRules distinct rule, reason, upstream and connect-decision
+	// values (default 200). They come from configuration, so the limit is
+	// a safety net.
+	MaxRules int
+	// Buckets for the latency histograms, in seconds; nil takes
+	// LatencyBuckets.
+	Buckets []float64
+}
+
+// LatencyBuckets suit API calls from a millisecond to the two-minute
+// completions of a large language model.
+var LatencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}
+
+// LeafStats is what the CA's certificate cache reports; the ca package
+// has its own type, and the caller adapts it in a closure:
+//
+//	m.SetLeafStats(func() metrics.LeafStats { s := auth.Stats(); return metrics.LeafStats{Size: s.Size, Hits: s.Hits, Misses: s.Misses, Issued: s.Issued} })
+type LeafStats struct {
+	Size                 int
+	Hits, Misses, Issued uint64
+}
+
+// Metrics is safe for concurrent use. Its methods never block on I/O.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	hosts, workloads, rules, reasons, upstreams, connectDecisions, dnsResults *folder
+
+	requests        *prometheus.CounterVec
+	requestDuration *prometheus.HistogramVec
+	upstreamDur     *prometheus.HistogramVec
+	bytes           *prometheus.CounterVec
+	l4Flows         *prometheus.CounterVec
+	tls             *prometheus.CounterVec
+	openConns       prometheus.Gauge
+	denials         *prometheus.CounterVec
+	rateLimited     *prometheus.CounterVec
+	connects        *prometheus.CounterVec
+	dnsQueries      *prometheus.CounterVec
+	upstreamHealthy *prometheus.GaugeVec
+
+	ringDrops atomic.Pointer[func() uint64]
+	leafStats atomic.Pointer[func() LeafStats]
+}
+
+var _ audit.Sink = (*Metrics)(nil)
+
+// New builds the metrics on a fresh private registry, which also carries
+// the Go runtime and process collectors.
+func New(o Options) *Metrics {
+	if o.MaxHosts <= 0 {
+		o.MaxHosts = 100
+	}
+	if o.MaxWorkloads <= 0 {
+		o.MaxWorkloads = 100
+	}
+	if o.MaxRules <= 0 {
+		o.MaxRules = 200
+	}
+	if o.Buckets == nil {
+		o.Buckets = LatencyBuckets
+	}
+	m := &Metrics{
+		reg:              prometheus.NewRegistry(),
+		hosts:            newFolder(o.MaxHosts),
+		workloads:        newFolder(o.MaxWorkloads),
+		rules:            newFolder(o.MaxRules),
+		reasons:          newFolder(o.MaxRules),
+		upstreams:        newFolder(o.MaxRules),
+		connectDecisions: newFolder(o.MaxRules),
+		dnsResults:       newFolder(o.MaxRules),
+	}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "proxy", Name: "requests_total",
+		Help: "HTTP requests seen by the proxy, by workload, host, method, status code, decision and who produced the status (upstream or sluice).",
+	}, []string{"workload", "host", "method", "code", "decision", "source"})
+	m.requestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "sluice", Subsystem: "proxy", Name: "request_duration_seconds",
+		Help:    "Time from the start of a request to its last byte, as the client saw it.",
+		Buckets: o.Buckets,
+	}, []string{"host", "decision"})
+	m.upstreamDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "sluice", Subsystem: "proxy", Name: "upstream_duration_seconds",
+		Help:    "Time from dialling the upstream (or sending the request) to its response headers.",
+		Buckets: o.Buckets,
+	}, []string{"host"})
+	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "proxy", Name: "transferred_bytes_total",
+		Help: "Payload bytes relayed, direction \"in\" from the client toward the upstream and \"out\" toward the client; kind is http or l4.",
+	}, []string{"workload", "host", "kind", "direction"})
+	m.l4Flows = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "proxy", Name: "l4_flows_total",
+		Help: "TCP flows relayed without HTTP parsing (TLS passthrough, other TCP), or ended before HTTP began.",
+	}, []string{"workload", "host", "tls", "decision"})
+	m.tls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "proxy", Name: "tls_connections_total",
+		Help: "TLS client connections by mode: decrypted, passthrough, or failed (the handshake with the client or the upstream failed).",
+	}, []string{"mode"})
+	m.openConns = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "sluice", Subsystem: "proxy", Name: "open_connections",
+		Help: "Client connections the proxy holds open now.",
+	})
+	m.denials = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "policy", Name: "denials_total",
+		Help: "Requests and flows a rule denied (decision deny) or would have denied in audit mode (decision would_deny), by rule and reason.",
+	}, []string{"rule", "reason", "decision"})
+	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "policy", Name: "rate_limited_total",
+		Help: "Requests answered 429 by Sluice's rate limiter, by workload, host and rule.",
+	}, []string{"workload", "host", "rule"})
+	m.connects = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "agent", Name: "connect_events_total",
+		Help: "Kernel connect events from selected workloads, by the hook's decision.",
+	}, []string{"decision"})
+	m.dnsQueries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "dns", Name: "queries_total",
+		Help: "DNS queries answered by the agent's DNS server, by result.",
+	}, []string{"result"})
+	m.upstreamHealthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "sluice", Subsystem: "upstream", Name: "healthy",
+		Help: "1 when an upstream target passes its health checks, 0 when not.",
+	}, []string{"upstream", "target"})
+
+	m.reg.MustRegister(
+		m.requests, m.requestDuration, m.upstreamDur, m.bytes, m.l4Flows, m.tls,
+		m.openConns, m.denials, m.rateLimited, m.connects, m.dnsQueries, m.upstreamHealthy,
+		&funcCollector{m: m},
+		prometheus.NewGoCollector(),
+		prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// Registry is what admin/ serves at /metrics. Callers may register more
+// collectors on it.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Record implements audit.Sink. HTTP records update the request, latency,
+// byte, denial and rate-limit metrics; L4 records the flow, byte, TLS and
+// denial metrics; connect records (KindConnect) count as ConnectEvent(
+// r.Decision). Feed kernel connect events either as records or through
+// ConnectEvent, not both.
+//
+// TLS modes are keyed on records as mitm/ writes them: an L4 record with
+// TLS "passthrough" is one passthrough connection; an L4 record with Error
+// set and TLS "decrypted" is one failed handshake (the proxy meant to
+// decrypt but never got to HTTP). Decrypted connections are counted by the
+// proxy calling TLSConnection(audit.TLSDecrypted) once per connection,
+// because HTTP records are per request, not per connection.
+func (m *Metrics) Record(r *audit.Record) {
+	switch r.Kind {
+	case audit.KindHTTP:
+		m.recordHTTP(r)
+	case audit.KindL4:
+		m.recordL4(r)
+	case audit.KindConnect:
+		m.ConnectEvent(r.Decision)
+	}
+}
+
+func (m *Metrics) recordHTTP(r *audit.Record) {
+	wl := m.workloads.fold(r.Workload.Name())
+	host := m.host(r.Host)
+	decision := decisionLabel(r.Decision)
+	source := oneOf(r.Source, "unknown", "upstream", "sluice")
+	m.requests.WithLabelValues(wl, host, oneOf(r.Method, "OTHER", methods...), codeLabel(r.Status), decision, source).Inc()
+	m.requestDuration.WithLabelValues(host, decision).Observe(r.Duration.Seconds())
+	if r.UpstreamDuration > 0 {
+		m.upstreamDur.WithLabelValues(host).Observe(r.UpstreamDuration.Seconds())
+	}
+	m.addBytes(wl, host, "http", r)
+	m.countDenial(r)
+	if r.Status == 429 && r.Source == "sluice" {
+		m.rateLimited.WithLabelValues(wl, host, m.rule(r.Rule)).Inc()
+	}
+}
+
+func (m *Metrics) recordL4(r *audit.Record) {
+	wl := m.workloads.fold(r.Workload.Name())
+	host := m.host(r.Host)
+	tlsMode := oneOf(r.TLS, "none", audit.TLSDecrypted, audit.TLSPassthrough, audit.TLSNone)
+	m.l4Flows.WithLabelValues(wl, host, tlsMode, decisionLabel(r.Decision)).Inc()
+	m.addBytes(wl, host, "l4", r)
+	m.countDenial(r)
+	switch {
+	case r.TLS == audit.TLSPassthrough:
+		m.tls.WithLabelValues(audit.TLSPassthrough).Inc()
+	case r.TLS == audit.TLSDecrypted && r.Error != "":
+		m.tls.WithLabelValues("failed").Inc()
+	}
+}
+
+func (m *Metrics) addBytes(wl, host, kind string, r *audit.Record) {
+	if r.BytesIn > 0 {
+		m.bytes.WithLabelValues(wl, host, kind, "in").Add(float64(r.BytesIn))
+	}
+	if r.BytesOut > 0 {
+		m.bytes.WithLabelValues(wl, host, kind, "out").Add(float64(r.BytesOut))
+	}
+}
+
+func (m *Metrics) countDenial(r *audit.Record) {
+	if r.Decision != audit.DecisionDeny && r.Decision != audit.DecisionWouldDeny {
+		return
+	}
+	reason := r.Reason
+	if reason == "" {
+		reason = "none"
+	}
+	m.denials.WithLabelValues(m.rule(r.Rule), m.reasons.fold(reason), r.Decision).Inc()
+}
+
+func (m *Metrics) host(h string) string {
+	if h == "" {
+		return "unknown"
+	}
+	return m.hosts.fold(h)
+}
+
+func (m *Metrics) rule(r string) string {
+	if r == "" {
+		return "none"
+	}
+	return m.rules.fold(r)
+}
+
+func decisionLabel(d string) string {
+	return oneOf(d, "unknown", audit.DecisionAllow, audit.DecisionDeny, audit.DecisionWouldDeny, audit.DecisionError)
+}
+
+func codeLabel(status int) string {
+	switch {
+	case status == 0:
+		return "none"
+	case status < 100 || status > 599:
+		return Other
+	default:
+		return strconv.Itoa(status)
+	}
+}
+
+// TLSConnection counts one client TLS connection in mode "decrypted",
+// "passthrough" or "failed". Record already counts passthrough and failed
+// from L4 records; the proxy calls this for decrypted connections (once
+// per connection, after both handshakes succeed).
+func (m *Metrics) TLSConnection(mode string) {
+	m.tls.WithLabelValues(oneOf(mode, Other, audit.TLSDecrypted, audit.TLSPassthrough, "failed")).Inc()
+}
+
+// ConnOpened and ConnClosed move the open-connections gauge; the proxy
+// calls them in pairs around each accepted client connection.
+func (m *Metrics) ConnOpened() { m.openConns.Inc() }
+
+// ConnClosed: see ConnOpened.
+func (m *Metrics) ConnClosed() { m.openConns.Dec() }
+
+// ConnectEvent counts one kernel connect event with the hook's decision
+// (e.g. "redirected", "denied", "direct"); decisions beyond the rule limit
+// fold into "other".
+func (m *Metrics) ConnectEvent(decision string) {
+	if decision == "" {
+		decision = "unknown"
+	}
+	m.connects.WithLabelValues(m.connectDecisions.fold(decision)).Inc()
+}
+
+// DNSQuery counts one DNS query by result ("allowed", "denied",
+// "nxdomain", "error", …; at most the rule limit of distinct values).
+func (m *Metrics) DNSQuery(result string) {
+	if result == "" {
+		result = "unknown"
+	}
+	m.dnsQueries.WithLabelValues(m.dnsResults.fold(result)).Inc()
+}
+
+// SetUpstreamHealth records whether target of upstream group upstream is
+// healthy.
+func (m *Metrics) SetUpstreamHealth(upstream, target string, healthy bool) {
+	v := 0.0
+	if healthy {
+		v = 1
+	}
+	m.upstreamHealthy.WithLabelValues(m.upstreams.fold(upstream), m.upstreams.fold(target)).Set(v)
+}
+
+// SetRingDrops installs the source of the agent's ring-buffer drop count,
+// a monotonic total read at every scrape. f must be safe for concurrent
+// use and fast. nil removes it.
+func (m *Metrics) SetRingDrops(f func() uint64) {
+	if f == nil {
+		m.ringDrops.Store(nil)
+		return
+	}
+	m.ringDrops.Store(&f)
+}
+
+// SetLeafStats installs the source of the CA leaf-cache statistics, read
+// at every scrape. f must be safe for concurrent use and fast. nil removes
+// it.
+func (m *Metrics) SetLeafStats(f func() LeafStats) {
+	if f == nil {
+		m.leafStats.Store(nil)
+		return
+	}
+	m.leafStats.Store(&f)
+}
+
+// funcCollector exposes the read-at-scrape sources; a source not yet set
+// yields no sample.
+type funcCollector struct {
+	m *Metrics
+}
+
+var (
+	descRingDrops = prometheus.NewDesc("sluice_agent_events_dropped_total",
+		"Kernel events lost because the ring buffer was full.", nil, nil)
+	descLeafSize = prometheus.NewDesc("sluice_ca_leaf_cache_size",
+		"Leaf certificates held in the CA's cache.", nil, nil)
+	descLeafHits = prometheus.NewDesc("sluice_ca_leaf_cache_hits_total",
+		"Leaf certificate lookups served from the cache.", nil, nil)
+	descLeafMisses = prometheus.NewDesc("sluice_ca_leaf_cache_misses_total",
+		"Leaf certificate lookups that missed the cache.", nil, nil)
+	descLeafIssued = prometheus.NewDesc("sluice_ca_leaf_issued_total",
+		"Leaf certificates minted.", nil, nil)
+)
+
+func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRingDrops, descLeafSize, descLeafHits, descLeafMisses, descLeafIssued} {
+		ch <- d
+	}
+}
+
+func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
+	if f := c.m.ringDrops.Load(); f != nil {
+		ch <- prometheus.MustNewConstMetric(descRingDrops, prometheus.CounterValue, float64((*f)()))
+	}
+	if f := c.m.leafStats.Load(); f != nil {
+		s := (*f)()
+		ch <- prometheus.MustNewConstMetric(descLeafSize, prometheus.GaugeValue, float64(s.Size))
+		ch <- prometheus.MustNewConstMetric(descLeafHits, prometheus.CounterValue, float64(s.Hits))
+		ch <- prometheus.MustNewConstMetric(descLeafMisses, prometheus.CounterValue, float64(s.Misses))
+		ch <- prometheus.MustNewConstMetric(descLeafIssued, prometheus.CounterValue, float64(s.Issued))
+	}
+}

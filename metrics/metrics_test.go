@@ -1,0 +1,257 @@
+package metrics_test
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/metrics"
+	"github.com/sluicehq/sluice/workload"
+)
+
+// scrape gathers g into "name{k="v",…}" -> value, with histograms as
+// name_count and name_sum, the way a Prometheus query would name them.
+func scrape(t *testing.T, g prometheus.Gatherer) map[string]float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := func(name string) string {
+				ls := make([]string, 0, len(m.GetLabel()))
+				for _, l := range m.GetLabel() {
+					ls = append(ls, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+				}
+				sort.Strings(ls)
+				return name + "{" + strings.Join(ls, ",") + "}"
+			}
+			switch mf.GetType() {
+			case dto.MetricType_COUNTER:
+				out[key(mf.GetName())] = m.GetCounter().GetValue()
+			case dto.MetricType_GAUGE:
+				out[key(mf.GetName())] = m.GetGauge().GetValue()
+			case dto.MetricType_HISTOGRAM:
+				out[key(mf.GetName()+"_count")] = float64(m.GetHistogram().GetSampleCount())
+				out[key(mf.GetName()+"_sum")] = m.GetHistogram().GetSampleSum()
+			}
+		}
+	}
+	return out
+}
+
+func expect(t *testing.T, got map[string]float64, want map[string]float64) {
+	t.Helper()
+	for k, v := range want {
+		g, ok := got[k]
+		if !ok {
+			var near []string
+			name := k[:strings.IndexByte(k, '{')]
+			for gk := range got {
+				if strings.HasPrefix(gk, name+"{") {
+					near = append(near, gk)
+				}
+			}
+			sort.Strings(near)
+			t.Errorf("%s: missing; present with that name:\n  %s", k, strings.Join(near, "\n  "))
+			continue
+		}
+		if g != v {
+			t.Errorf("%s = %v, want %v", k, g, v)
+		}
+	}
+}
+
+var (
+	pod = workload.Identity{PID: 4242, Comm: "node", Namespace: "ai", Pod: "agent-0", Client: netip.MustParseAddrPort("10.0.0.5:40000")}
+	ctr = workload.Identity{PID: 7, ContainerID: "0123456789abcdef0123"}
+)
+
+func TestRecordHTTP(t *testing.T) {
+	m := metrics.New(metrics.Options{})
+	recs := []audit.Record{
+		{Kind: audit.KindHTTP, Workload: pod, Host: "api.example.com", Method: "POST", Status: 200, Source: "upstream",
+			Decision: audit.DecisionAllow, BytesIn: 100, BytesOut: 2000, Duration: 300 * time.Millisecond, UpstreamDuration: 250 * time.Millisecond, TLS: audit.TLSDecrypted},
+		{Kind: audit.KindHTTP, Workload: pod, Host: "api.example.com", Method: "POST", Status: 200, Source: "upstream",
+			Decision: audit.DecisionAllow, BytesIn: 50, BytesOut: 1000, Duration: 100 * time.Millisecond, UpstreamDuration: 50 * time.Millisecond},
+		{Kind: audit.KindHTTP, Workload: pod, Host: "api.example.com", Method: "GET", Status: 429, Source: "sluice",
+			Decision: audit.DecisionDeny, Rule: "llm-rate", Reason: "rate limit exceeded", BytesOut: 80, Duration: time.Millisecond},
+		{Kind: audit.KindHTTP, Workload: ctr, Host: "evil.example", Method: "BREW", Status: 403, Source: "sluice",
+			Decision: audit.DecisionDeny, Rule: "deny-evil", Reason: "host denied", Duration: time.Millisecond},
+		{Kind: audit.KindHTTP, Workload: ctr, Host: "maybe.example", Method: "GET", Status: 200, Source: "upstream",
+			Decision: audit.DecisionWouldDeny, Rule: "deny-maybe", Reason: "host denied", Duration: time.Millisecond, UpstreamDuration: time.Millisecond},
+	}
+	for i := range recs {
+		m.Record(&recs[i])
+	}
+	got := scrape(t, m.Registry())
+	expect(t, got, map[string]float64{
+		`sluice_proxy_requests_total{code="200",decision="allow",host="api.example.com",method="POST",source="upstream",workload="ai/agent-0"}`:               2,
+		`sluice_proxy_requests_total{code="429",decision="deny",host="api.example.com",method="GET",source="sluice",workload="ai/agent-0"}`:                   1,
+		`sluice_proxy_requests_total{code="403",decision="deny",host="evil.example",method="OTHER",source="sluice",workload="container:0123456789ab"}`:        1,
+		`sluice_proxy_requests_total{code="200",decision="would_deny",host="maybe.example",method="GET",source="upstream",workload="container:0123456789ab"}`: 1,
+		`sluice_proxy_request_duration_seconds_count{decision="allow",host="api.example.com"}`:                                                                2,
+		`sluice_proxy_request_duration_seconds_sum{decision="allow",host="api.example.com"}`:                                                                  0.4,
+		`sluice_proxy_request_duration_seconds_count{decision="deny",host="api.example.com"}`:                                                                 1,
+		`sluice_proxy_upstream_duration_seconds_count{host="api.example.com"}`:                                                                                2,
+		`sluice_proxy_upstream_duration_seconds_sum{host="api.example.com"}`:                                                                                  0.3,
+		`sluice_proxy_upstream_duration_seconds_count{host="maybe.example"}`:                                                                                  1,
+		`sluice_proxy_transferred_bytes_total{direction="in",host="api.example.com",kind="http",workload="ai/agent-0"}`:                                       150,
+		`sluice_proxy_transferred_bytes_total{direction="out",host="api.example.com",kind="http",workload="ai/agent-0"}`:                                      3080,
+		`sluice_policy_rate_limited_total{host="api.example.com",rule="llm-rate",workload="ai/agent-0"}`:                                                      1,
+		`sluice_policy_denials_total{decision="deny",reason="rate limit exceeded",rule="llm-rate"}`:                                                           1,
+		`sluice_policy_denials_total{decision="deny",reason="host denied",rule="deny-evil"}`:                                                                  1,
+		`sluice_policy_denials_total{decision="would_deny",reason="host denied",rule="deny-maybe"}`:                                                           1,
+	})
+	// A denied request that Sluice answered itself has no upstream latency.
+	if _, ok := got[`sluice_proxy_upstream_duration_seconds_count{host="evil.example"}`]; ok {
+		t.Error("upstream latency observed for a request that never reached an upstream")
+	}
+	// A 429 from the upstream is not Sluice's rate limiting.
+	m.Record(&audit.Record{Kind: audit.KindHTTP, Workload: pod, Host: "api.example.com", Method: "GET", Status: 429, Source: "upstream", Decision: audit.DecisionAllow})
+	got = scrape(t, m.Registry())
+	expect(t, got, map[string]float64{
+		`sluice_policy_rate_limited_total{host="api.example.com",rule="llm-rate",workload="ai/agent-0"}`: 1,
+	})
+	for k := range got {
+		if strings.Contains(k, "4242") {
+			t.Errorf("a pid leaked into a label: %s", k)
+		}
+	}
+}
+
+func TestRecordL4AndTLS(t *testing.T) {
+	m := metrics.New(metrics.Options{})
+	for _, r := range []audit.Record{
+		{Kind: audit.KindL4, Workload: pod, Host: "bank.example", SNI: "bank.example", TLS: audit.TLSPassthrough, Decision: audit.DecisionAllow, BytesIn: 10, BytesOut: 20},
+		{Kind: audit.KindL4, Workload: pod, Host: "bank.example", SNI: "bank.example", TLS: audit.TLSPassthrough, Decision: audit.DecisionAllow, BytesIn: 1, BytesOut: 2},
+		{Kind: audit.KindL4, Workload: pod, Host: "pinned.example", TLS: audit.TLSDecrypted, Decision: audit.DecisionError, Error: "tls handshake with client: remote error: tls: bad certificate"},
+		{Kind: audit.KindL4, Workload: pod, Host: "db.internal", TLS: audit.TLSNone, Decision: audit.DecisionDeny, Rule: "no-db", Reason: "port denied"},
+		{Kind: audit.KindConnect, Decision: "redirected"},
+		{Kind: audit.KindConnect, Decision: "redirected"},
+	} {
+		m.Record(&r)
+	}
+	m.TLSConnection(audit.TLSDecrypted)
+	m.ConnectEvent("denied")
+	m.ConnOpened()
+	m.ConnOpened()
+	m.ConnClosed()
+	m.DNSQuery("nxdomain")
+	m.SetUpstreamHealth("llm", "10.0.0.1:443", true)
+	m.SetUpstreamHealth("llm", "10.0.0.2:443", false)
+	expect(t, scrape(t, m.Registry()), map[string]float64{
+		`sluice_proxy_l4_flows_total{decision="allow",host="bank.example",tls="passthrough",workload="ai/agent-0"}`: 2,
+		`sluice_proxy_l4_flows_total{decision="error",host="pinned.example",tls="decrypted",workload="ai/agent-0"}`: 1,
+		`sluice_proxy_transferred_bytes_total{direction="in",host="bank.example",kind="l4",workload="ai/agent-0"}`:  11,
+		`sluice_proxy_transferred_bytes_total{direction="out",host="bank.example",kind="l4",workload="ai/agent-0"}`: 22,
+		`sluice_proxy_tls_connections_total{mode="passthrough"}`:                                                    2,
+		`sluice_proxy_tls_connections_total{mode="failed"}`:                                                         1,
+		`sluice_proxy_tls_connections_total{mode="decrypted"}`:                                                      1,
+		`sluice_policy_denials_total{decision="deny",reason="port denied",rule="no-db"}`:                            1,
+		`sluice_agent_connect_events_total{decision="redirected"}`:                                                  2,
+		`sluice_agent_connect_events_total{decision="denied"}`:                                                      1,
+		`sluice_proxy_open_connections{}`:                                                                           1,
+		`sluice_dns_queries_total{result="nxdomain"}`:                                                               1,
+		`sluice_upstream_healthy{target="10.0.0.1:443",upstream="llm"}`:                                             1,
+		`sluice_upstream_healthy{target="10.0.0.2:443",upstream="llm"}`:                                             0,
+	})
+}
+
+func TestFuncSources(t *testing.T) {
+	m := metrics.New(metrics.Options{})
+	got := scrape(t, m.Registry())
+	if _, ok := got[`sluice_agent_events_dropped_total{}`]; ok {
+		t.Error("ring drops exported before a source was set")
+	}
+	var drops uint64 = 3
+	stats := metrics.LeafStats{Size: 5, Hits: 10, Misses: 6, Issued: 5}
+	m.SetRingDrops(func() uint64 { return drops })
+	m.SetLeafStats(func() metrics.LeafStats { return stats })
+	expect(t, scrape(t, m.Registry()), map[string]float64{
+		`sluice_agent_events_dropped_total{}`: 3,
+		`sluice_ca_leaf_cache_size{}`:         5,
+		`sluice_ca_leaf_cache_hits_total{}`:   10,
+		`sluice_ca_leaf_cache_misses_total{}`: 6,
+		`sluice_ca_leaf_issued_total{}`:       5,
+	})
+	// Read at scrape time: a later scrape sees the new values.
+	drops, stats.Size, stats.Issued = 9, 7, 8
+	expect(t, scrape(t, m.Registry()), map[string]float64{
+		`sluice_agent_events_dropped_total{}`: 9,
+		`sluice_ca_leaf_cache_size{}`:         7,
+		`sluice_ca_leaf_issued_total{}`:       8,
+	})
+	m.SetRingDrops(nil)
+	if _, ok := scrape(t, m.Registry())[`sluice_agent_events_dropped_total{}`]; ok {
+		t.Error("ring drops still exported after the source was removed")
+	}
+}
+
+func TestCardinalityFolds(t *testing.T) {
+	m := metrics.New(metrics.Options{MaxHosts: 3, MaxWorkloads: 2})
+	for i := range 10 {
+		m.Record(&audit.Record{
+			Kind: audit.KindHTTP, Host: fmt.Sprintf("h%d.example", i), Method: "GET", Status: 200, Source: "upstream", Decision: audit.DecisionAllow,
+			Workload: workload.Identity{Cgroup: fmt.Sprintf("/wl%d", i%4)},
+		})
+	}
+	got := scrape(t, m.Registry())
+	hosts, workloads := map[string]bool{}, map[string]bool{}
+	var total float64
+	for k, v := range got {
+		if !strings.HasPrefix(k, "sluice_proxy_requests_total{") {
+			continue
+		}
+		total += v
+		for _, part := range strings.Split(strings.Trim(k[len("sluice_proxy_requests_total"):], "{}"), ",") {
+			kv := strings.SplitN(part, "=", 2)
+			switch kv[0] {
+			case "host":
+				hosts[strings.Trim(kv[1], `"`)] = true
+			case "workload":
+				workloads[strings.Trim(kv[1], `"`)] = true
+			}
+		}
+	}
+	if total != 10 {
+		t.Errorf("requests counted %v, want 10: folding must not lose counts", total)
+	}
+	wantHosts := map[string]bool{"h0.example": true, "h1.example": true, "h2.example": true, "other": true}
+	if fmt.Sprint(hosts) != fmt.Sprint(wantHosts) {
+		t.Errorf("host labels %v, want %v", hosts, wantHosts)
+	}
+	wantWl := map[string]bool{"/wl0": true, "/wl1": true, "other": true}
+	if fmt.Sprint(workloads) != fmt.Sprint(wantWl) {
+		t.Errorf("workload labels %v, want %v", workloads, wantWl)
+	}
+	// A host admitted early keeps its own label later.
+	m.Record(&audit.Record{Kind: audit.KindHTTP, Host: "h1.example", Method: "GET", Status: 200, Source: "upstream", Decision: audit.DecisionAllow, Workload: workload.Identity{Cgroup: "/wl1"}})
+	expect(t, scrape(t, m.Registry()), map[string]float64{
+		`sluice_proxy_requests_total{code="200",decision="allow",host="h1.example",method="GET",source="upstream",workload="/wl1"}`: 2,
+	})
+}
+
+func TestLint(t *testing.T) {
+	m := metrics.New(metrics.Options{})
+	m.Record(&audit.Record{Kind: audit.KindHTTP, Host: "a", Method: "GET", Status: 200, Source: "upstream", Decision: audit.DecisionAllow, BytesIn: 1, BytesOut: 1, UpstreamDuration: 1})
+	m.SetRingDrops(func() uint64 { return 0 })
+	m.SetLeafStats(func() metrics.LeafStats { return metrics.LeafStats{} })
+	problems, err := testutil.GatherAndLint(m.Registry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+}
