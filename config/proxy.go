@@ -20,17 +20,37 @@ type Proxy struct {
 	// ResponseHeaderTimeout bounds waiting for an upstream's response
 	// headers (504 beyond it).
 	ResponseHeaderTimeout Duration `yaml:"responseHeaderTimeout"`
-	// IdleTimeout closes idle client and upstream connections.
+	// IdleTimeout closes idle client and upstream connections, and
+	// relayed (L4) flows with no traffic either way for this long.
 	IdleTimeout Duration `yaml:"idleTimeout"`
+	// HandshakeTimeout bounds reading a ClientHello once its first byte has
+	// arrived, each TLS handshake (client side and upstream side), and
+	// reading a request's header block.
+	HandshakeTimeout Duration `yaml:"handshakeTimeout"`
+	// PeekTimeout is how long the proxy waits for a client's first byte
+	// before it treats the flow as a server-speaks-first protocol and
+	// relays it as TCP.
+	PeekTimeout Duration `yaml:"peekTimeout"`
+	// MaxUpstreamPools bounds the upstream connection pools, one per
+	// (host, dialed address, ALPN); the least recently used is closed
+	// beyond it.
+	MaxUpstreamPools int `yaml:"maxUpstreamPools"`
+	// MaxIdleConnsPerUpstream bounds idle HTTP/1.1 connections kept per
+	// pool.
+	MaxIdleConnsPerUpstream int `yaml:"maxIdleConnsPerUpstream"`
 }
 
 // DefaultProxy returns the proxy defaults.
 func DefaultProxy() Proxy {
 	return Proxy{
-		MaxHeaderBytes:        64 << 10,
-		DialTimeout:           Duration(10 * time.Second),
-		ResponseHeaderTimeout: Duration(60 * time.Second),
-		IdleTimeout:           Duration(90 * time.Second),
+		MaxHeaderBytes:          64 << 10,
+		DialTimeout:             Duration(10 * time.Second),
+		ResponseHeaderTimeout:   Duration(60 * time.Second),
+		IdleTimeout:             Duration(90 * time.Second),
+		HandshakeTimeout:        Duration(10 * time.Second),
+		PeekTimeout:             Duration(2 * time.Second),
+		MaxUpstreamPools:        1024,
+		MaxIdleConnsPerUpstream: 32,
 	}
 }
 
@@ -38,6 +58,26 @@ func (p Proxy) validate() []error {
 	var errs []error
 	if p.MaxHeaderBytes < 1024 {
 		errs = append(errs, fmt.Errorf("proxy.maxHeaderBytes %d: must be at least 1024, e.g. 65536", p.MaxHeaderBytes))
+	}
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{
+		{"dialTimeout", p.DialTimeout},
+		{"responseHeaderTimeout", p.ResponseHeaderTimeout},
+		{"idleTimeout", p.IdleTimeout},
+		{"handshakeTimeout", p.HandshakeTimeout},
+		{"peekTimeout", p.PeekTimeout},
+	} {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("proxy.%s %q: must be positive, e.g. \"10s\"", d.key, d.v.D()))
+		}
+	}
+	if p.MaxUpstreamPools < 1 {
+		errs = append(errs, fmt.Errorf("proxy.maxUpstreamPools %d: must be at least 1, e.g. 1024", p.MaxUpstreamPools))
+	}
+	if p.MaxIdleConnsPerUpstream < 1 {
+		errs = append(errs, fmt.Errorf("proxy.maxIdleConnsPerUpstream %d: must be at least 1, e.g. 32", p.MaxIdleConnsPerUpstream))
 	}
 	return errs
 }
