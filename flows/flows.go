@@ -1,0 +1,378 @@
+// Package flows keeps a bounded, in-memory table of recent egress per
+// process and container, so `sluice flows` can show a live picture of who
+// talks to whom without reading the audit log. It is fed by audit records
+// (Table is an audit.Sink) and by the kernel's connect events (Connect),
+// and serves a JSON snapshot to the admin API.
+//
+// The table is bounded twice: at most MaxRows processes (the least
+// recently seen is evicted) and at most MaxDests destinations per process
+// (later ones fold into the destination "other"); rows not seen for MaxAge
+// age out.
+package flows
+
+import (
+	"container/list"
+	"net/netip"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/workload"
+)
+
+// Options bound the table. Zero values take the defaults.
+type Options struct {
+	// MaxRows is the number of processes kept (default 1024).
+	MaxRows int
+	// MaxDests is the number of destinations kept per process (default
+	// 32); later destinations are counted under one more, "other".
+	MaxDests int
+	// MaxAge drops rows not seen for this long (default 1h; negative
+	// keeps rows until evicted by MaxRows).
+	MaxAge time.Duration
+	// Now is the clock (tests); nil is time.Now.
+	Now func() time.Time
+}
+
+// OtherDest is the destination that destinations past MaxDests fold into.
+const OtherDest = "other"
+
+// Snapshot is the JSON document of /api/flows.
+type Snapshot struct {
+	Time time.Time `json:"time"`
+	// Rows are ordered by LastSeen, most recent first.
+	Rows []Row `json:"rows"`
+	// Evicted counts rows dropped to keep the table within MaxRows.
+	Evicted uint64 `json:"evicted"`
+}
+
+// Row is the egress of one process (or, in explicit-proxy mode where the
+// pid is unknown, of one client address).
+type Row struct {
+	PID         int    `json:"pid,omitempty"`
+	Comm        string `json:"comm,omitempty"`
+	Exe         string `json:"exe,omitempty"`
+	Workload    string `json:"workload"`
+	Cgroup      string `json:"cgroup,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
+	Namespace   string `json:"namespace,omitempty"`
+	Pod         string `json:"pod,omitempty"`
+	Client      string `json:"client,omitempty"`
+	Counts
+	FirstSeen    time.Time `json:"first_seen"`
+	LastSeen     time.Time `json:"last_seen"`
+	Destinations []Dest    `json:"destinations"`
+}
+
+// Dest is one destination of a process.
+type Dest struct {
+	// Host is the name the workload asked for, when known.
+	Host string `json:"host,omitempty"`
+	// Addr is ip:port of the destination, when known.
+	Addr string `json:"addr,omitempty"`
+	Counts
+	LastSeen time.Time `json:"last_seen"`
+}
+
+// Name is Host, else Addr.
+func (d Dest) Name() string {
+	if d.Host != "" {
+		return d.Host
+	}
+	return d.Addr
+}
+
+// Counts are what happened, summed.
+type Counts struct {
+	// Requests are HTTP exchanges.
+	Requests int64 `json:"requests"`
+	// Flows are L4 flows (TLS passthrough, other TCP).
+	Flows int64 `json:"flows"`
+	// Connects are kernel connect events.
+	Connects int64 `json:"connects"`
+	// BytesIn were sent by the workload; BytesOut received by it.
+	BytesIn  int64 `json:"bytes_in"`
+	BytesOut int64 `json:"bytes_out"`
+	// Decisions counts records and events by decision ("allow", "deny",
+	// "would_deny", "error", and the agent's connect decisions).
+	Decisions map[string]int64 `json:"decisions,omitempty"`
+}
+
+const maxDecisionKeys = 16
+
+func (c *Counts) add(d obs) {
+	c.Requests += d.requests
+	c.Flows += d.flows
+	c.Connects += d.connects
+	c.BytesIn += d.bytesIn
+	c.BytesOut += d.bytesOut
+	if d.decision != "" {
+		if c.Decisions == nil {
+			c.Decisions = make(map[string]int64, 4)
+		}
+		k := d.decision
+		if _, ok := c.Decisions[k]; !ok && len(c.Decisions) >= maxDecisionKeys {
+			k = "other"
+		}
+		c.Decisions[k]++
+	}
+}
+
+func (c Counts) clone() Counts {
+	if c.Decisions != nil {
+		m := make(map[string]int64, len(c.Decisions))
+		for k, v := range c.Decisions {
+			m[k] = v
+		}
+		c.Decisions = m
+	}
+	return c
+}
+
+// obs is one observation.
+type obs struct {
+	requests, flows, connects int64
+	bytesIn, bytesOut         int64
+	decision                  string
+}
+
+// Table is safe for concurrent use.
+type Table struct {
+	o Options
+
+	mu      sync.Mutex
+	rows    map[key]*list.Element // of *row
+	lru     *list.List            // front is most recent
+	evicted uint64
+}
+
+type key struct {
+	pid    int
+	cgroup string
+	// who names the client when the pid is unknown.
+	who string
+}
+
+type row struct {
+	k     key
+	r     Row // Destinations unused here
+	dests map[string]*Dest
+	order []string // insertion order of dests, for "other" folding
+}
+
+var _ audit.Sink = (*Table)(nil)
+
+// New returns an empty table.
+func New(o Options) *Table {
+	if o.MaxRows <= 0 {
+		o.MaxRows = 1024
+	}
+	if o.MaxDests <= 0 {
+		o.MaxDests = 32
+	}
+	if o.MaxAge == 0 {
+		o.MaxAge = time.Hour
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Table{o: o, rows: make(map[key]*list.Element), lru: list.New()}
+}
+
+// Record implements audit.Sink: HTTP records count requests, L4 records
+// flows, connect records (KindConnect) connects. Feed kernel connect events
+// either as records or through Connect, not both.
+func (t *Table) Record(r *audit.Record) {
+	var c obs
+	switch r.Kind {
+	case audit.KindHTTP:
+		c.requests = 1
+	case audit.KindL4:
+		c.flows = 1
+	case audit.KindConnect:
+		c.connects = 1
+	default:
+		return
+	}
+	c.bytesIn, c.bytesOut, c.decision = r.BytesIn, r.BytesOut, r.Decision
+	var addr string
+	if r.DstIP.IsValid() {
+		addr = netip.AddrPortFrom(r.DstIP, r.Port).String()
+	} else if r.Port != 0 && r.Host == "" {
+		addr = ":" + strconv.Itoa(int(r.Port))
+	}
+	t.observe(r.Workload, r.Host, addr, c)
+}
+
+// Connect records one kernel connect event of process pid (comm, cgroup
+// path relative to the cgroup2 mount) to dst with the hook's decision.
+func (t *Table) Connect(pid int, comm, cgroup string, dst netip.AddrPort, decision string) {
+	t.ConnectIdentity(workload.Identity{PID: pid, Comm: comm, Cgroup: cgroup}, dst, decision)
+}
+
+// ConnectIdentity is Connect for a caller that has already resolved the
+// workload (container id, pod).
+func (t *Table) ConnectIdentity(id workload.Identity, dst netip.AddrPort, decision string) {
+	addr := ""
+	if dst.IsValid() {
+		addr = dst.String()
+	}
+	t.observe(id, "", addr, obs{connects: 1, decision: decision})
+}
+
+func keyOf(id workload.Identity) key {
+	if id.PID != 0 {
+		return key{pid: id.PID, cgroup: id.Cgroup}
+	}
+	who := id.Name()
+	if id.Client.IsValid() {
+		who += "@" + id.Client.Addr().String()
+	}
+	return key{cgroup: id.Cgroup, who: who}
+}
+
+func (t *Table) observe(id workload.Identity, host, addr string, c obs) {
+	now := t.o.Now()
+	k := keyOf(id)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.expireLocked(now)
+	var rw *row
+	if el, ok := t.rows[k]; ok {
+		t.lru.MoveToFront(el)
+		rw = el.Value.(*row)
+	} else {
+		for len(t.rows) >= t.o.MaxRows {
+			back := t.lru.Back()
+			t.lru.Remove(back)
+			delete(t.rows, back.Value.(*row).k)
+			t.evicted++
+		}
+		rw = &row{k: k, dests: make(map[string]*Dest), r: Row{FirstSeen: now}}
+		t.rows[k] = t.lru.PushFront(rw)
+	}
+	rw.merge(id)
+	rw.r.LastSeen = now
+	rw.r.Counts.add(c)
+	d := rw.dest(host, addr, t.o.MaxDests)
+	d.Counts.add(c)
+	d.LastSeen = now
+}
+
+// merge keeps the richest identity seen for the row.
+func (rw *row) merge(id workload.Identity) {
+	r := &rw.r
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	if id.PID != 0 {
+		r.PID = id.PID
+	}
+	set(&r.Comm, id.Comm)
+	set(&r.Exe, id.Exe)
+	set(&r.Cgroup, id.Cgroup)
+	set(&r.ContainerID, id.ContainerID)
+	set(&r.Namespace, id.Namespace)
+	set(&r.Pod, id.Pod)
+	if id.Client.IsValid() {
+		r.Client = id.Client.Addr().String()
+	}
+	r.Workload = workload.Identity{Cgroup: r.Cgroup, ContainerID: r.ContainerID, Namespace: r.Namespace, Pod: r.Pod}.Name()
+}
+
+// dest finds or creates the destination for host/addr. A destination first
+// seen only by address (a connect event) takes the host name of the first
+// record that names it.
+func (rw *row) dest(host, addr string, max int) *Dest {
+	if host != "" {
+		if d, ok := rw.dests[host]; ok {
+			if d.Addr == "" {
+				d.Addr = addr
+			}
+			return d
+		}
+		if d, ok := rw.dests[addr]; ok && addr != "" && d.Host == "" {
+			delete(rw.dests, addr)
+			d.Host = host
+			rw.dests[host] = d
+			for i, k := range rw.order {
+				if k == addr {
+					rw.order[i] = host
+				}
+			}
+			return d
+		}
+	}
+	k := host
+	if k == "" {
+		k = addr
+	}
+	if k == "" {
+		k = "unknown"
+	}
+	if d, ok := rw.dests[k]; ok {
+		return d
+	}
+	if len(rw.dests) >= max {
+		k, host, addr = OtherDest, OtherDest, ""
+		if d, ok := rw.dests[k]; ok {
+			return d
+		}
+	}
+	d := &Dest{Host: host, Addr: addr}
+	rw.dests[k] = d
+	rw.order = append(rw.order, k)
+	return d
+}
+
+func (t *Table) expireLocked(now time.Time) {
+	if t.o.MaxAge < 0 {
+		return
+	}
+	for {
+		back := t.lru.Back()
+		if back == nil || now.Sub(back.Value.(*row).r.LastSeen) <= t.o.MaxAge {
+			return
+		}
+		t.lru.Remove(back)
+		delete(t.rows, back.Value.(*row).k)
+	}
+}
+
+// Len is the number of rows.
+func (t *Table) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.rows)
+}
+
+// Snapshot copies the table: rows most recent first, each row's
+// destinations most recent first. The result shares nothing with the
+// table.
+func (t *Table) Snapshot() Snapshot {
+	now := t.o.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.expireLocked(now)
+	s := Snapshot{Time: now, Rows: make([]Row, 0, len(t.rows)), Evicted: t.evicted}
+	for el := t.lru.Front(); el != nil; el = el.Next() {
+		rw := el.Value.(*row)
+		r := rw.r
+		r.Counts = r.Counts.clone()
+		r.Destinations = make([]Dest, 0, len(rw.dests))
+		for _, k := range rw.order {
+			d := *rw.dests[k]
+			d.Counts = d.Counts.clone()
+			r.Destinations = append(r.Destinations, d)
+		}
+		sort.SliceStable(r.Destinations, func(i, j int) bool {
+			return r.Destinations[i].LastSeen.After(r.Destinations[j].LastSeen)
+		})
+		s.Rows = append(s.Rows, r)
+	}
+	return s
+}

@@ -1,0 +1,166 @@
+package flows_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/flows"
+	"github.com/sluicehq/sluice/workload"
+)
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time { return c.t }
+func (c *clock) tick()          { c.t = c.t.Add(time.Second) }
+
+func newClock() *clock { return &clock{t: time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)} }
+
+func TestRecordsAndConnects(t *testing.T) {
+	c := newClock()
+	tb := flows.New(flows.Options{Now: c.now})
+	id := workload.Identity{PID: 100, Comm: "python3", Cgroup: "/sys.slice/mcp.scope"}
+	api := netip.MustParseAddrPort("192.0.2.10:443")
+
+	// The kernel sees the connect first, by address only.
+	tb.Connect(100, "python3", "/sys.slice/mcp.scope", api, "redirected")
+	c.tick()
+	// Then the proxy's records name the host; the same destination.
+	for _, st := range []struct {
+		decision string
+		in, out  int64
+	}{{audit.DecisionAllow, 10, 100}, {audit.DecisionAllow, 20, 200}, {audit.DecisionWouldDeny, 1, 2}} {
+		tb.Record(&audit.Record{Kind: audit.KindHTTP, Workload: id, Host: "api.example.com", DstIP: api.Addr(), Port: 443,
+			Decision: st.decision, BytesIn: st.in, BytesOut: st.out})
+	}
+	c.tick()
+	tb.Connect(100, "python3", "/sys.slice/mcp.scope", netip.MustParseAddrPort("169.254.169.254:80"), "denied")
+	// A second process.
+	c.tick()
+	tb.Record(&audit.Record{Kind: audit.KindL4, Workload: workload.Identity{PID: 200, Comm: "curl", ContainerID: "abcdef0123456789"},
+		Host: "bank.example", TLS: audit.TLSPassthrough, Decision: audit.DecisionAllow, BytesIn: 5, BytesOut: 6})
+
+	s := tb.Snapshot()
+	if len(s.Rows) != 2 {
+		t.Fatalf("rows = %d, want 2: %+v", len(s.Rows), s.Rows)
+	}
+	curl, py := s.Rows[0], s.Rows[1]
+	if curl.PID != 200 || curl.Workload != "container:abcdef012345" || curl.Flows != 1 || curl.BytesIn != 5 || curl.BytesOut != 6 {
+		t.Errorf("curl row = %+v", curl)
+	}
+	if py.PID != 100 || py.Comm != "python3" || py.Workload != "/sys.slice/mcp.scope" {
+		t.Errorf("python row identity = %+v", py)
+	}
+	if py.Requests != 3 || py.Connects != 2 || py.BytesIn != 31 || py.BytesOut != 302 {
+		t.Errorf("python row counts = %+v", py.Counts)
+	}
+	wantDec := map[string]int64{"allow": 2, "would_deny": 1, "redirected": 1, "denied": 1}
+	if fmt.Sprint(py.Decisions) != fmt.Sprint(wantDec) {
+		t.Errorf("python decisions = %v, want %v", py.Decisions, wantDec)
+	}
+	if len(py.Destinations) != 2 {
+		t.Fatalf("python destinations = %+v, want 2 (the connect merged into the host)", py.Destinations)
+	}
+	// Most recent first: the metadata address, then the API.
+	md, a := py.Destinations[0], py.Destinations[1]
+	if md.Name() != "169.254.169.254:80" || md.Connects != 1 || md.Decisions["denied"] != 1 {
+		t.Errorf("metadata dest = %+v", md)
+	}
+	if a.Host != "api.example.com" || a.Addr != "192.0.2.10:443" || a.Requests != 3 || a.Connects != 1 {
+		t.Errorf("api dest = %+v", a)
+	}
+	if !py.FirstSeen.Before(py.LastSeen) {
+		t.Errorf("first seen %v, last seen %v", py.FirstSeen, py.LastSeen)
+	}
+
+	// The snapshot shares nothing with the table.
+	py.Decisions["allow"] = 1000
+	if got := tb.Snapshot().Rows[1].Decisions["allow"]; got != 2 {
+		t.Errorf("snapshot aliases the table: allow = %d", got)
+	}
+
+	// JSON keys are what the CLI and scripts read.
+	b, err := json.Marshal(tb.Snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var generic struct {
+		Rows []map[string]any `json:"rows"`
+	}
+	if err := json.Unmarshal(b, &generic); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"pid", "comm", "workload", "requests", "connects", "bytes_in", "bytes_out", "decisions", "last_seen", "destinations"} {
+		if _, ok := generic.Rows[1][k]; !ok {
+			t.Errorf("JSON row lacks %q: %s", k, b)
+		}
+	}
+}
+
+func TestBounds(t *testing.T) {
+	c := newClock()
+	tb := flows.New(flows.Options{MaxRows: 3, MaxDests: 2, MaxAge: time.Minute, Now: c.now})
+	for pid := 1; pid <= 5; pid++ {
+		c.tick()
+		tb.Connect(pid, "p", "/cg", netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(pid)}), 443), "redirected")
+	}
+	s := tb.Snapshot()
+	if len(s.Rows) != 3 || s.Evicted != 2 {
+		t.Fatalf("rows %d evicted %d, want 3 and 2", len(s.Rows), s.Evicted)
+	}
+	for i, want := range []int{5, 4, 3} {
+		if s.Rows[i].PID != want {
+			t.Errorf("row %d pid %d, want %d (least recent evicted first)", i, s.Rows[i].PID, want)
+		}
+	}
+
+	// Destinations past MaxDests fold into "other" and keep their counts.
+	for i := range 5 {
+		tb.Record(&audit.Record{Kind: audit.KindHTTP, Workload: workload.Identity{PID: 5, Cgroup: "/cg"},
+			Host: fmt.Sprintf("h%d.example", i), Decision: "allow", BytesIn: 1})
+	}
+	r := tb.Snapshot().Rows[0]
+	if r.PID != 5 || len(r.Destinations) != 3 {
+		t.Fatalf("row %+v: want pid 5 with 2 destinations and \"other\"", r)
+	}
+	var other *flows.Dest
+	for i := range r.Destinations {
+		if r.Destinations[i].Name() == flows.OtherDest {
+			other = &r.Destinations[i]
+		}
+	}
+	if other == nil || other.Requests != 4 {
+		t.Errorf("destinations %+v: want \"other\" with 4 requests", r.Destinations)
+	}
+	if r.Requests != 5 || r.BytesIn != 5 {
+		t.Errorf("row totals %+v: folding must keep totals", r.Counts)
+	}
+
+	// Rows not seen for MaxAge age out.
+	c.t = c.t.Add(2 * time.Minute)
+	if n := len(tb.Snapshot().Rows); n != 0 {
+		t.Errorf("rows after MaxAge = %d, want 0", n)
+	}
+}
+
+func TestExplicitModeKeysByClient(t *testing.T) {
+	tb := flows.New(flows.Options{})
+	for _, cl := range []string{"127.0.0.1:5000", "127.0.0.1:5001", "127.0.0.2:5000"} {
+		tb.Record(&audit.Record{Kind: audit.KindHTTP, Workload: workload.Identity{Client: netip.MustParseAddrPort(cl)}, Host: "x", Decision: "allow"})
+	}
+	s := tb.Snapshot()
+	if len(s.Rows) != 2 {
+		t.Fatalf("rows = %+v, want one per client address (ports differ per connection)", s.Rows)
+	}
+}
+
+func BenchmarkRecord(b *testing.B) {
+	tb := flows.New(flows.Options{})
+	r := &audit.Record{Kind: audit.KindHTTP, Workload: workload.Identity{PID: 1, Cgroup: "/x"}, Host: "api.example.com", Decision: "allow", BytesIn: 10}
+	for b.Loop() {
+		tb.Record(r)
+	}
+}
