@@ -1,0 +1,493 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Sluice's cgroup hooks: steer the TCP connects of selected cgroups to the
+ * agent's transparent proxy, refuse denied destinations in the kernel, and
+ * remember the original destination and the process that connected.
+ *
+ *   connect4/6     decide: skip (agent mark, unselected cgroup), deny
+ *                  (LPM trie, EPERM), redirect (intercepted TCP port) or
+ *                  direct; record the origin by socket cookie; one ring
+ *                  buffer event per decision.
+ *   sockops        on active establishment copy the origin to a map keyed
+ *                  by the workload-side {ip, port}, which is the peer the
+ *                  proxy sees; drop both entries when the socket closes.
+ *   getpeername4/6 give the application its original destination back.
+ *
+ * Only UAPI headers are used (no vmlinux.h, no CO-RE): every context field
+ * read here is part of the stable BPF UAPI.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+#define SOCK_STREAM_ 1
+#define IPPROTO_TCP_ 6
+#define SOL_SOCKET_ 1
+#define SO_MARK_ 36
+#define TCP_CLOSE_ 7
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* Verdicts carried by events. */
+enum verdict {
+	VERDICT_REDIRECTED = 1,
+	VERDICT_DENIED = 2,
+	VERDICT_DIRECT = 3,
+};
+
+/* Reasons refine a verdict. */
+enum reason {
+	REASON_NONE = 0,
+	REASON_DENY_CIDR = 1,     /* destination in the deny trie */
+	REASON_PORT = 2,          /* intercepted TCP port: redirected */
+	REASON_NOT_TCP = 3,       /* not a TCP stream socket: direct */
+	REASON_PORT_NOT_INTERCEPTED = 4,
+	REASON_NO_INTERCEPT = 5,  /* no verified intercept address for the family */
+	REASON_ALREADY = 6,       /* destination already the proxy (nested attach) */
+};
+
+/* settings is the agent's configuration, one entry, written by the agent
+ * after it verified that the intercept addresses are local. */
+struct settings {
+	__u32 mark;            /* SO_MARK of the agent's sockets; 0: none */
+	__u32 intercept4;      /* network order; valid when flags & SET_V4 */
+	__u8 intercept6[16];   /* valid when flags & SET_V6 */
+	__u16 proxy_port;      /* host order */
+	__u16 flags;
+};
+#define SET_V4 1           /* intercept4 verified local */
+#define SET_V6 2           /* intercept6 verified local */
+#define SET_ALL_PORTS 4    /* intercept every TCP port */
+#define SET_USE_SELECTION 8 /* consult the selected-cgroups map (root attach) */
+
+/* origin is what connect saw: the original destination and the process. */
+struct origin {
+	__u8 addr[16];         /* IPv4 as ::ffff:a.b.c.d */
+	__u16 port;            /* host order */
+	__u16 family;          /* AF_INET or AF_INET6 of the destination */
+	__u32 pid;             /* tgid */
+	__u32 uid;
+	__u32 _pad;
+	__u64 cgroup_id;
+	__u64 netns_cookie;
+	char comm[16];
+};
+
+/* peer_key is the workload side of a redirected connection, as the proxy
+ * sees it: its address (IPv4 as ::ffff:a.b.c.d) and port. */
+struct peer_key {
+	__u8 addr[16];
+	__u16 port;            /* host order */
+	__u16 _pad;
+};
+
+/* event is one connect decision. */
+struct event {
+	__u8 addr[16];         /* original destination, IPv4 as ::ffff:a.b.c.d */
+	__u16 port;            /* host order */
+	__u8 verdict;
+	__u8 reason;
+	__u32 pid;
+	__u32 uid;
+	__u32 protocol;
+	__u64 cgroup_id;
+	__u64 netns_cookie;
+	__u64 cookie;
+	char comm[16];
+};
+
+struct lpm4_key {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct lpm6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct settings);
+} sluice_settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);    /* cgroup id */
+	__type(value, __u8);
+} sluice_selected SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u16);    /* host order */
+	__type(value, __u8);
+} sluice_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm4_key);
+	__type(value, __u8);
+} sluice_deny4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm6_key);
+	__type(value, __u8);
+} sluice_deny6 SEC(".maps");
+
+/* Origins by socket cookie: read by sockops and getpeername. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct origin);
+} sluice_origins SEC(".maps");
+
+/* Origins by workload-side {ip, port}: read (and deleted) by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct peer_key);
+	__type(value, struct origin);
+} sluice_peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} sluice_events SEC(".maps");
+
+/* Ring buffer reserve failures, one counter per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sluice_drops SEC(".maps");
+
+/* Force BTF for the types Go gets through bpf2go -type. */
+const struct event *unused_event __attribute__((unused));
+const struct origin *unused_origin __attribute__((unused));
+const struct peer_key *unused_peer_key __attribute__((unused));
+const struct settings *unused_settings __attribute__((unused));
+const enum verdict *unused_verdict __attribute__((unused));
+const enum reason *unused_reason __attribute__((unused));
+
+static __always_inline struct settings *get_settings(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&sluice_settings, &zero);
+}
+
+/* skip reports whether the socket is none of our business: the agent's
+ * own (its mark) or, with root attach, of a cgroup that is not selected. */
+static __always_inline int skip(struct bpf_sock_addr *ctx, struct settings *s)
+{
+	if (s->mark) {
+		__u32 mark = 0;
+		if (bpf_getsockopt(ctx, SOL_SOCKET_, SO_MARK_, &mark, sizeof(mark)) == 0 &&
+		    mark == s->mark)
+			return 1;
+	}
+	if (s->flags & SET_USE_SELECTION) {
+		__u64 cg = bpf_get_current_cgroup_id();
+		if (!bpf_map_lookup_elem(&sluice_selected, &cg))
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline void fill_identity(struct bpf_sock_addr *ctx, struct origin *o)
+{
+	o->pid = bpf_get_current_pid_tgid() >> 32;
+	o->uid = (__u32)bpf_get_current_uid_gid();
+	o->cgroup_id = bpf_get_current_cgroup_id();
+	o->netns_cookie = bpf_get_netns_cookie(ctx);
+	bpf_get_current_comm(o->comm, sizeof(o->comm));
+}
+
+static __always_inline void emit(struct bpf_sock_addr *ctx, const struct origin *o,
+				 __u8 verdict, __u8 reason, __u64 cookie)
+{
+	struct event *e = bpf_ringbuf_reserve(&sluice_events, sizeof(*e), 0);
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(&sluice_drops, &zero);
+		if (n)
+			*n += 1;
+		return;
+	}
+	__builtin_memcpy(e->addr, o->addr, 16);
+	e->port = o->port;
+	e->verdict = verdict;
+	e->reason = reason;
+	e->pid = o->pid;
+	e->uid = o->uid;
+	e->protocol = ctx->protocol;
+	e->cgroup_id = o->cgroup_id;
+	e->netns_cookie = o->netns_cookie;
+	e->cookie = cookie;
+	__builtin_memcpy(e->comm, o->comm, 16);
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int intercepted_port(struct settings *s, __u16 port)
+{
+	if (s->flags & SET_ALL_PORTS)
+		return 1;
+	return bpf_map_lookup_elem(&sluice_ports, &port) != 0;
+}
+
+static __always_inline int denied4(__u32 ip)
+{
+	struct lpm4_key k = {.prefixlen = 32};
+	__builtin_memcpy(k.addr, &ip, 4);
+	return bpf_map_lookup_elem(&sluice_deny4, &k) != 0;
+}
+
+static __always_inline int denied6(const __u8 *ip)
+{
+	struct lpm6_key k = {.prefixlen = 128};
+	__builtin_memcpy(k.addr, ip, 16);
+	return bpf_map_lookup_elem(&sluice_deny6, &k) != 0;
+}
+
+static __always_inline void mapped4(__u8 *dst, __u32 ip)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, &ip, 4);
+}
+
+/* decide4 handles an IPv4 destination, from connect4 or from a v4-mapped
+ * connect6. It returns 0 to refuse the connect, 1 to let it proceed, and
+ * sets *rewrite when the destination must become the proxy. */
+static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s,
+				   __u32 ip, __u16 port, int *rewrite)
+{
+	struct origin o = {};
+	__u64 cookie;
+
+	mapped4(o.addr, ip);
+	o.port = port;
+	o.family = AF_INET;
+	fill_identity(ctx, &o);
+	cookie = bpf_get_socket_cookie(ctx);
+
+	if (denied4(ip)) {
+		emit(ctx, &o, VERDICT_DENIED, REASON_DENY_CIDR, cookie);
+		return 0;
+	}
+	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {
+		emit(ctx, &o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
+		return 1;
+	}
+	if ((s->flags & SET_V4) && ip == s->intercept4 && port == s->proxy_port) {
+		return 1; /* already steered by an ancestor's attachment */
+	}
+	if (!intercepted_port(s, port)) {
+		emit(ctx, &o, VERDICT_DIRECT, REASON_PORT_NOT_INTERCEPTED, cookie);
+		return 1;
+	}
+	if (!(s->flags & SET_V4)) {
+		/* Never rewrite to an address that was not verified local, and
+		 * never let an intercepted connection bypass the proxy. */
+		emit(ctx, &o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
+		return 0;
+	}
+	if (bpf_map_update_elem(&sluice_origins, &cookie, &o, BPF_ANY) != 0) {
+		emit(ctx, &o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
+		return 0;
+	}
+	emit(ctx, &o, VERDICT_REDIRECTED, REASON_PORT, cookie);
+	*rewrite = 1;
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int sluice_connect4(struct bpf_sock_addr *ctx)
+{
+	struct settings *s = get_settings();
+	int rewrite = 0;
+	if (!s || skip(ctx, s))
+		return 1;
+	__u32 ip = ctx->user_ip4;
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	int ret = decide4(ctx, s, ip, port, &rewrite);
+	if (rewrite) {
+		ctx->user_ip4 = s->intercept4;
+		ctx->user_port = bpf_htons(s->proxy_port);
+	}
+	return ret;
+}
+
+static __always_inline int is_mapped4(const __u32 *w)
+{
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
+SEC("cgroup/connect6")
+int sluice_connect6(struct bpf_sock_addr *ctx)
+{
+	struct settings *s = get_settings();
+	int rewrite = 0;
+	__u32 w[4];
+	if (!s || skip(ctx, s))
+		return 1;
+	w[0] = ctx->user_ip6[0];
+	w[1] = ctx->user_ip6[1];
+	w[2] = ctx->user_ip6[2];
+	w[3] = ctx->user_ip6[3];
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+
+	if (is_mapped4(w)) {
+		int ret = decide4(ctx, s, w[3], port, &rewrite);
+		if (rewrite) {
+			ctx->user_ip6[0] = 0;
+			ctx->user_ip6[1] = 0;
+			ctx->user_ip6[2] = bpf_htonl(0xffff);
+			ctx->user_ip6[3] = s->intercept4;
+			ctx->user_port = bpf_htons(s->proxy_port);
+		}
+		return ret;
+	}
+
+	struct origin o = {};
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	__builtin_memcpy(o.addr, w, 16);
+	o.port = port;
+	o.family = AF_INET6;
+	fill_identity(ctx, &o);
+
+	if (denied6(o.addr)) {
+		emit(ctx, &o, VERDICT_DENIED, REASON_DENY_CIDR, cookie);
+		return 0;
+	}
+	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {
+		emit(ctx, &o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
+		return 1;
+	}
+	if ((s->flags & SET_V6) && port == s->proxy_port &&
+	    __builtin_memcmp(o.addr, s->intercept6, 16) == 0)
+		return 1;
+	if (!intercepted_port(s, port)) {
+		emit(ctx, &o, VERDICT_DIRECT, REASON_PORT_NOT_INTERCEPTED, cookie);
+		return 1;
+	}
+	if (!(s->flags & SET_V6) ||
+	    bpf_map_update_elem(&sluice_origins, &cookie, &o, BPF_ANY) != 0) {
+		emit(ctx, &o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
+		return 0;
+	}
+	emit(ctx, &o, VERDICT_REDIRECTED, REASON_PORT, cookie);
+	__u32 iw[4];
+	__builtin_memcpy(iw, s->intercept6, 16);
+	ctx->user_ip6[0] = iw[0];
+	ctx->user_ip6[1] = iw[1];
+	ctx->user_ip6[2] = iw[2];
+	ctx->user_ip6[3] = iw[3];
+	ctx->user_port = bpf_htons(s->proxy_port);
+	return 1;
+}
+
+SEC("sockops")
+int sluice_sockops(struct bpf_sock_ops *skops)
+{
+	__u64 cookie;
+	struct origin *o;
+	struct peer_key k = {};
+
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		cookie = bpf_get_socket_cookie(skops);
+		o = bpf_map_lookup_elem(&sluice_origins, &cookie);
+		if (!o)
+			return 1;
+		if (skops->family == AF_INET) {
+			mapped4(k.addr, skops->local_ip4);
+		} else if (skops->family == AF_INET6) {
+			__u32 w[4];
+			w[0] = skops->local_ip6[0];
+			w[1] = skops->local_ip6[1];
+			w[2] = skops->local_ip6[2];
+			w[3] = skops->local_ip6[3];
+			__builtin_memcpy(k.addr, w, 16);
+		} else {
+			return 1;
+		}
+		k.port = (__u16)skops->local_port;
+		bpf_map_update_elem(&sluice_peers, &k, o, BPF_ANY);
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+						 BPF_SOCK_OPS_STATE_CB_FLAG);
+		return 1;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] != TCP_CLOSE_)
+			return 1;
+		cookie = bpf_get_socket_cookie(skops);
+		if (!bpf_map_lookup_elem(&sluice_origins, &cookie))
+			return 1;
+		bpf_map_delete_elem(&sluice_origins, &cookie);
+		if (skops->family == AF_INET) {
+			mapped4(k.addr, skops->local_ip4);
+		} else {
+			__u32 w[4];
+			w[0] = skops->local_ip6[0];
+			w[1] = skops->local_ip6[1];
+			w[2] = skops->local_ip6[2];
+			w[3] = skops->local_ip6[3];
+			__builtin_memcpy(k.addr, w, 16);
+		}
+		k.port = (__u16)skops->local_port;
+		bpf_map_delete_elem(&sluice_peers, &k);
+		return 1;
+	}
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int sluice_getpeername4(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct origin *o = bpf_map_lookup_elem(&sluice_origins, &cookie);
+	if (!o || o->family != AF_INET)
+		return 1;
+	__u32 ip;
+	__builtin_memcpy(&ip, o->addr + 12, 4);
+	ctx->user_ip4 = ip;
+	ctx->user_port = bpf_htons(o->port);
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int sluice_getpeername6(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct origin *o = bpf_map_lookup_elem(&sluice_origins, &cookie);
+	if (!o)
+		return 1;
+	__u32 w[4];
+	__builtin_memcpy(w, o->addr, 16);
+	ctx->user_ip6[0] = w[0];
+	ctx->user_ip6[1] = w[1];
+	ctx->user_ip6[2] = w[2];
+	ctx->user_ip6[3] = w[3];
+	ctx->user_port = bpf_htons(o->port);
+	return 1;
+}
