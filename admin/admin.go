@@ -1,0 +1,184 @@
+// Package admin is the agent's admin HTTP listener: /metrics for
+// Prometheus, /healthz and /readyz for Kubernetes probes, and /api/flows,
+// the live egress table `sluice flows` reads. It listens apart from the
+// intercept address (default 127.0.0.1:9090, config admin.listen), and the
+// hooks refuse selected workloads' connects to it, so a workload cannot
+// read what other workloads do.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sluicehq/sluice/flows"
+)
+
+// DefaultListen is where the admin listener binds unless configured.
+const DefaultListen = "127.0.0.1:9090"
+
+// FlowsPath is the path of the flows API.
+const FlowsPath = "/api/flows"
+
+// Options are the collaborators of a Server. All may be nil.
+type Options struct {
+	// Registry is served at /metrics (a *prometheus.Registry, e.g.
+	// metrics.Metrics.Registry()). Nil: /metrics answers 404.
+	Registry prometheus.Gatherer
+	// Ready returns nil once the agent can do its job (hooks attached,
+	// proxy listening), else an error saying what it waits for. It is
+	// called on every /readyz request and must be fast. Nil: always ready.
+	Ready func() error
+	// Flows is served at /api/flows. Nil: an empty table.
+	Flows *flows.Table
+	Log   *slog.Logger
+}
+
+// Server is the admin HTTP server.
+type Server struct {
+	o   Options
+	log *slog.Logger
+	mux *http.ServeMux
+}
+
+// New builds the server; Serve runs it.
+func New(o Options) *Server {
+	if o.Flows == nil {
+		o.Flows = flows.New(flows.Options{MaxRows: 1})
+	}
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{o: o, log: log.With("component", "admin"), mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	if o.Registry != nil {
+		s.mux.Handle("GET /metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{
+			ErrorLog:          slogPrinter{s.log},
+			ErrorHandling:     promhttp.ContinueOnError,
+			EnableOpenMetrics: true,
+		}))
+	}
+	s.mux.HandleFunc("GET "+FlowsPath, s.flows)
+	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "sluice admin: /metrics /healthz /readyz "+FlowsPath)
+	})
+	return s
+}
+
+// Handler serves the admin endpoints (for tests and for callers that run
+// their own http.Server).
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Serve answers on ln until ctx is done, then shuts down gracefully
+// (waiting up to 5s for requests in flight) and returns nil. Serve owns ln.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+	}()
+	s.log.Info("admin listening", "addr", ln.Addr().String())
+	err := hs.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		<-done
+		return nil
+	}
+	// Serve failed on its own: release the shutdown goroutine's wait by
+	// closing the server now.
+	_ = hs.Close()
+	return fmt.Errorf("serve admin on %s: %w", ln.Addr(), err)
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if s.o.Ready != nil {
+		if err := s.o.Ready(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "not ready: %v\n", err)
+			return
+		}
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+func (s *Server) flows(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	enc := json.NewEncoder(w)
+	if err := enc.Encode(s.o.Flows.Snapshot()); err != nil {
+		s.log.Debug("write flows", "error", err)
+	}
+}
+
+type slogPrinter struct{ l *slog.Logger }
+
+func (p slogPrinter) Println(v ...any) { p.l.Warn(strings.TrimSpace(fmt.Sprintln(v...))) }
+
+// Gate is a readiness check made of named conditions, each marked done
+// once: the agent creates it with "hooks attached" and "proxy listening",
+// marks each when it happens, and passes Err as Options.Ready.
+type Gate struct {
+	mu      sync.Mutex
+	pending []string
+}
+
+// NewGate waits for every condition named.
+func NewGate(conditions ...string) *Gate {
+	return &Gate{pending: slices.Clone(conditions)}
+}
+
+// Done marks a condition met; unknown names are ignored.
+func (g *Gate) Done(condition string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.pending = slices.DeleteFunc(g.pending, func(c string) bool { return c == condition })
+}
+
+// Undo marks a condition unmet again (e.g. the proxy listener failed).
+func (g *Gate) Undo(condition string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !slices.Contains(g.pending, condition) {
+		g.pending = append(g.pending, condition)
+	}
+}
+
+// Err is nil once every condition is done, else names those pending.
+func (g *Gate) Err() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.pending) == 0 {
+		return nil
+	}
+	return fmt.Errorf("waiting for %s", strings.Join(g.pending, ", "))
+}

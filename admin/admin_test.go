@@ -1,0 +1,150 @@
+package admin_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/admin"
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/flows"
+	"github.com/sluicehq/sluice/metrics"
+	"github.com/sluicehq/sluice/workload"
+)
+
+func get(t *testing.T, url string) (int, string, http.Header) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read %s: %v", url, err)
+	}
+	return resp.StatusCode, string(b), resp.Header
+}
+
+func TestEndpoints(t *testing.T) {
+	m := metrics.New(metrics.Options{})
+	tb := flows.New(flows.Options{})
+	gate := admin.NewGate("hooks attached", "proxy listening")
+	srv := httptest.NewServer(admin.New(admin.Options{Registry: m.Registry(), Ready: gate.Err, Flows: tb}).Handler())
+	defer srv.Close()
+
+	if code, body, _ := get(t, srv.URL+"/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz = %d %q", code, body)
+	}
+
+	// /readyz flips from 503 (naming what it waits for) to 200.
+	code, body, _ := get(t, srv.URL+"/readyz")
+	if code != 503 || !strings.Contains(body, "hooks attached, proxy listening") {
+		t.Errorf("/readyz before = %d %q, want 503 naming both conditions", code, body)
+	}
+	gate.Done("hooks attached")
+	code, body, _ = get(t, srv.URL+"/readyz")
+	if code != 503 || strings.Contains(body, "hooks") || !strings.Contains(body, "proxy listening") {
+		t.Errorf("/readyz half way = %d %q", code, body)
+	}
+	gate.Done("proxy listening")
+	if code, body, _ := get(t, srv.URL+"/readyz"); code != 200 || body != "ready\n" {
+		t.Errorf("/readyz after = %d %q, want 200", code, body)
+	}
+	gate.Undo("proxy listening")
+	if code, _, _ := get(t, srv.URL+"/readyz"); code != 503 {
+		t.Errorf("/readyz after Undo = %d, want 503", code)
+	}
+
+	// /metrics shows what the sinks saw.
+	id := workload.Identity{PID: 9, Comm: "node", Cgroup: "/mcp"}
+	rec := &audit.Record{Kind: audit.KindHTTP, Workload: id, Host: "api.example.com", Method: "GET", Status: 200,
+		Source: "upstream", Decision: audit.DecisionAllow, BytesOut: 42, Duration: 20 * time.Millisecond}
+	audit.Multi{m, tb}.Record(rec)
+	code, body, hdr := get(t, srv.URL+"/metrics")
+	if code != 200 || !strings.HasPrefix(hdr.Get("Content-Type"), "text/plain") {
+		t.Errorf("/metrics = %d %s", code, hdr.Get("Content-Type"))
+	}
+	for _, want := range []string{
+		`sluice_proxy_requests_total{code="200",decision="allow",host="api.example.com",method="GET",source="upstream",workload="/mcp"} 1`,
+		`sluice_proxy_request_duration_seconds_count{decision="allow",host="api.example.com"} 1`,
+		`sluice_proxy_transferred_bytes_total{direction="out",host="api.example.com",kind="http",workload="/mcp"} 42`,
+		"go_goroutines ",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
+	// /api/flows is the table's snapshot.
+	code, body, hdr = get(t, srv.URL+admin.FlowsPath)
+	if code != 200 || hdr.Get("Content-Type") != "application/json" {
+		t.Fatalf("/api/flows = %d %s", code, hdr.Get("Content-Type"))
+	}
+	var snap flows.Snapshot
+	if err := json.Unmarshal([]byte(body), &snap); err != nil {
+		t.Fatalf("decode /api/flows: %v\n%s", err, body)
+	}
+	if len(snap.Rows) != 1 || snap.Rows[0].PID != 9 || snap.Rows[0].Requests != 1 || snap.Rows[0].Destinations[0].Host != "api.example.com" {
+		t.Errorf("/api/flows = %+v", snap)
+	}
+
+	// Only reads.
+	resp, err := http.Post(srv.URL+"/healthz", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST /healthz = %d, want 405", resp.StatusCode)
+	}
+	if code, _, _ := get(t, srv.URL+"/nope"); code != 404 {
+		t.Errorf("/nope = %d, want 404", code)
+	}
+}
+
+func TestNilOptions(t *testing.T) {
+	srv := httptest.NewServer(admin.New(admin.Options{}).Handler())
+	defer srv.Close()
+	if code, _, _ := get(t, srv.URL+"/readyz"); code != 200 {
+		t.Errorf("/readyz without a check = %d, want 200", code)
+	}
+	if code, _, _ := get(t, srv.URL+"/metrics"); code != 404 {
+		t.Errorf("/metrics without a registry = %d, want 404", code)
+	}
+	code, body, _ := get(t, srv.URL+admin.FlowsPath)
+	if code != 200 || !strings.Contains(body, `"rows":[]`) {
+		t.Errorf("/api/flows without a table = %d %s", code, body)
+	}
+}
+
+func TestServeStopsOnCancel(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- admin.New(admin.Options{}).Serve(ctx, ln) }()
+	if code, _, _ := get(t, "http://"+ln.Addr().String()+"/healthz"); code != 200 {
+		t.Fatalf("/healthz over Serve = %d", code)
+	}
+	cancel()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Errorf("Serve after cancel = %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after cancel")
+	}
+	if _, err := http.Get("http://" + ln.Addr().String() + "/healthz"); err == nil {
+		t.Error("listener still answers after Serve returned")
+	}
+}
