@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"path"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sluicehq/sluice/admin"
+	"github.com/sluicehq/sluice/flows"
+)
+
+func init() {
+	register("flows", "live per-process egress from a running agent", runFlows)
+}
+
+func runFlows(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sluice flows", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	agent := fs.String("agent", admin.DefaultListen, "the agent's admin listener, host:port or http://host:port")
+	follow := fs.Bool("follow", false, "redraw the table every --interval until interrupted")
+	asJSON := fs.Bool("json", false, "print the agent's JSON snapshot (one document per line with --follow)")
+	interval := fs.Duration("interval", 2*time.Second, "redraw interval with --follow")
+	count := fs.Int("count", 0, "with --follow, stop after this many redraws (0: until interrupted)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: sluice flows [--agent ADDR] [--follow] [--interval 2s] [--json]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "sluice flows: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *interval < 100*time.Millisecond {
+		fmt.Fprintf(stderr, "sluice flows: --interval %s: must be at least 100ms, e.g. 2s\n", *interval)
+		return 2
+	}
+	url := flowsURL(*agent)
+	client := &http.Client{Timeout: 5 * time.Second}
+
+	for n := 1; ; n++ {
+		raw, snap, err := fetchFlows(ctx, client, url)
+		if err != nil {
+			if ctx.Err() != nil {
+				return 0
+			}
+			fmt.Fprintf(stderr, "sluice flows: %v\n", err)
+			return 1
+		}
+		switch {
+		case *asJSON:
+			stdout.Write(raw)
+			if len(raw) == 0 || raw[len(raw)-1] != '\n' {
+				io.WriteString(stdout, "\n")
+			}
+		case *follow:
+			// Home the cursor and clear the screen, then draw.
+			io.WriteString(stdout, "\x1b[H\x1b[2J")
+			fmt.Fprintf(stdout, "sluice flows from %s at %s (every %s, Ctrl-C to stop)\n\n", *agent, snap.Time.Format(time.TimeOnly), *interval)
+			writeFlowsTable(stdout, snap)
+		default:
+			writeFlowsTable(stdout, snap)
+		}
+		if !*follow || (*count > 0 && n >= *count) {
+			return 0
+		}
+		t := time.NewTimer(*interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0
+		case <-t.C:
+		}
+	}
+}
+
+func flowsURL(agent string) string {
+	base := agent
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return strings.TrimRight(base, "/") + admin.FlowsPath
+}
+
+func fetchFlows(ctx context.Context, c *http.Client, url string) ([]byte, flows.Snapshot, error) {
+	var snap flows.Snapshot
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, snap, fmt.Errorf("fetch %s: %w", url, err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, snap, fmt.Errorf("fetch %s: %w (is the agent running, and is --agent its admin.listen?)", url, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, snap, fmt.Errorf("fetch %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, snap, fmt.Errorf("fetch %s: %s: %s", url, resp.Status, strings.TrimSpace(string(raw)))
+	}
+	if err := json.Unmarshal(raw, &snap); err != nil {
+		return nil, snap, fmt.Errorf("decode %s: %w", url, err)
+	}
+	return raw, snap, nil
+}
+
+// writeFlowsTable prints one line per process and destination, most
+// recent first. ALLOW counts decisions allow, allowed, redirected and
+// direct; DENY counts deny and denied; WOULD_DENY counts would_deny.
+func writeFlowsTable(w io.Writer, s flows.Snapshot) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROCESS\tPID\tWORKLOAD\tDESTINATION\tREQS\tCONNS\tIN\tOUT\tALLOW\tDENY\tWOULD_DENY\tLAST SEEN")
+	if len(s.Rows) == 0 {
+		tw.Flush()
+		fmt.Fprintln(w, "(no egress seen yet)")
+		return
+	}
+	for _, r := range s.Rows {
+		proc := r.Comm
+		if proc == "" && r.Exe != "" {
+			proc = path.Base(r.Exe)
+		}
+		if proc == "" {
+			proc = "-"
+		}
+		pid := "-"
+		if r.PID != 0 {
+			pid = strconv.Itoa(r.PID)
+		}
+		wl := shorten(r.Workload, 40)
+		if r.PID == 0 && r.Client != "" {
+			wl = shorten(r.Workload, 24) + " @" + r.Client
+		}
+		dests := r.Destinations
+		if len(dests) == 0 {
+			dests = []flows.Dest{{Counts: r.Counts, LastSeen: r.LastSeen}}
+		}
+		for _, d := range dests {
+			name := d.Name()
+			if name == "" {
+				name = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%d\t%d\t%d\t%s\n",
+				shorten(proc, 16), pid, wl, shorten(name, 48),
+				d.Requests+d.Flows, d.Connects, humanBytes(d.BytesIn), humanBytes(d.BytesOut),
+				d.Decisions["allow"]+d.Decisions["allowed"]+d.Decisions["redirected"]+d.Decisions["direct"],
+				d.Decisions["deny"]+d.Decisions["denied"],
+				d.Decisions["would_deny"],
+				ago(s.Time, d.LastSeen))
+		}
+	}
+	tw.Flush()
+	if s.Evicted > 0 {
+		fmt.Fprintf(w, "(%d older processes evicted from the agent's table)\n", s.Evicted)
+	}
+}
+
+// shorten keeps the end of s (the informative part of a cgroup path).
+func shorten(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return "…" + string(r[len(r)-n+1:])
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + "B"
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
+
+func ago(now, t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := now.Sub(t)
+	switch {
+	case d < time.Second:
+		return "now"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d/time.Minute))
+	default:
+		return fmt.Sprintf("%dh ago", int(d/time.Hour))
+	}
+}
