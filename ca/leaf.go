@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 )
@@ -53,6 +54,9 @@ func normalizeName(name string) (string, netip.Addr, error) {
 	if ip, err := netip.ParseAddr(s); err == nil {
 		ip = ip.WithZone("").Unmap()
 		return ip.String(), ip, nil
+	}
+	if !utf8.ValidString(s) {
+		return "", netip.Addr{}, fmt.Errorf("name %q: not valid UTF-8", name)
 	}
 	s = strings.TrimSuffix(s, ".")
 	ascii, err := idnaProfile.ToASCII(s)
