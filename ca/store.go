@@ -219,3 +219,17 @@ func readKey(path string) (crypto.Signer, error) {
 	}
 	return s, nil
 }
+
+// ReadCertificate reads only the CA certificate in dir (ca.crt), without
+// the key: enough to show or export the CA where the key is not readable.
+func ReadCertificate(dir string) (*x509.Certificate, error) {
+	der, err := readCert(filepath.Join(dir, CertFile))
+	if err != nil {
+		return nil, err
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse certificate %s: %w", filepath.Join(dir, CertFile), err)
+	}
+	return c, nil
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sluicehq/sluice/ca"
+	"github.com/sluicehq/sluice/config"
+)
+
+// caDirEnv overrides the default CA directory; --dir overrides both.
+const caDirEnv = "SLUICE_CA_DIR"
+
+func init() {
+	register("ca", "create, show and export the CA (init, show, export)", runCA)
+}
+
+func caUsage(w io.Writer) {
+	fmt.Fprintf(w, `usage:
+  sluice ca init   [--dir DIR] [--key-type ecdsa|rsa]   create a new CA
+  sluice ca show   [--dir DIR]                          subject, fingerprint, validity, key type
+  sluice ca export [--dir DIR] [--out FILE]             the PEM bundle workloads trust (stdout by default)
+
+DIR defaults to $%s, else %s.
+`, caDirEnv, config.Default().CA.Dir)
+}
+
+func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		caUsage(stderr)
+		return 2
+	}
+	switch args[0] {
+	case "init":
+		return runCAInit(args[1:], stdout, stderr)
+	case "show":
+		return runCAShow(args[1:], stdout, stderr)
+	case "export":
+		return runCAExport(args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		caUsage(stdout)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "sluice ca: unknown subcommand %q\n\n", args[0])
+		caUsage(stderr)
+		return 2
+	}
+}
+
+// caFlags makes the flag set shared by the ca subcommands and returns the
+// --dir value's pointer.
+func caFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet("sluice ca "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	def := config.Default().CA.Dir
+	if d := os.Getenv(caDirEnv); d != "" {
+		def = d
+	}
+	dir := fs.String("dir", def, "the CA directory (ca.crt, ca.key); env "+caDirEnv)
+	return fs, dir
+}
+
+// parseCA parses args and reports the exit code to return, if any.
+func parseCA(fs *flag.FlagSet, args []string, stderr io.Writer) (int, bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, true
+		}
+		return 2, true
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return 2, true
+	}
+	return 0, false
+}
+
+func runCAInit(args []string, stdout, stderr io.Writer) int {
+	fs, dir := caFlags("init", stderr)
+	keyType := fs.String("key-type", config.Default().CA.KeyType, `key of the new CA: "ecdsa" (P-256) or "rsa" (2048)`)
+	if code, done := parseCA(fs, args, stderr); done {
+		return code
+	}
+	if *keyType != ca.KeyECDSA && *keyType != ca.KeyRSA {
+		fmt.Fprintf(stderr, "sluice ca init: --key-type %q: must be %q or %q\n", *keyType, ca.KeyECDSA, ca.KeyRSA)
+		return 2
+	}
+	a, err := ca.Init(*dir, ca.Options{KeyType: *keyType})
+	if err != nil {
+		fmt.Fprintf(stderr, "sluice ca init: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "created CA in %s\n", *dir)
+	writeCAInfo(stdout, *dir, a.Certificate(), a.Fingerprint())
+	return 0
+}
+
+func runCAShow(args []string, stdout, stderr io.Writer) int {
+	fs, dir := caFlags("show", stderr)
+	if code, done := parseCA(fs, args, stderr); done {
+		return code
+	}
+	c, err := ca.ReadCertificate(*dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "sluice ca show: %v\n", err)
+		return 1
+	}
+	writeCAInfo(stdout, *dir, c, ca.Fingerprint(c.Raw))
+	return 0
+}
+
+// writeCAInfo prints what an operator checks about a CA.
+func writeCAInfo(w io.Writer, dir string, c *x509.Certificate, fp string) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "Directory:\t%s\n", dir)
+	fmt.Fprintf(tw, "Subject:\t%s\n", c.Subject)
+	fmt.Fprintf(tw, "SHA-256 Fingerprint:\t%s\n", fp)
+	fmt.Fprintf(tw, "Not Before:\t%s\n", c.NotBefore.UTC().Format(time.RFC3339))
+	fmt.Fprintf(tw, "Not After:\t%s\n", c.NotAfter.UTC().Format(time.RFC3339))
+	fmt.Fprintf(tw, "Key Type:\t%s\n", ca.DescribeKey(c.PublicKey))
+	fmt.Fprintf(tw, "Serial:\t%X\n", c.SerialNumber)
+	if now := time.Now(); now.After(c.NotAfter) {
+		fmt.Fprintf(tw, "Status:\tEXPIRED: run sluice ca init in a new directory and redistribute the bundle\n")
+	} else if now.Before(c.NotBefore) {
+		fmt.Fprintf(tw, "Status:\tnot yet valid: check the clock\n")
+	} else {
+		fmt.Fprintf(tw, "Status:\tvalid\n")
+	}
+	tw.Flush()
+}
+
+func runCAExport(args []string, stdout, stderr io.Writer) int {
+	fs, dir := caFlags("export", stderr)
+	out := fs.String("out", "", "write the bundle to FILE (mode 0644) instead of stdout")
+	if code, done := parseCA(fs, args, stderr); done {
+		return code
+	}
+	c, err := ca.ReadCertificate(*dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "sluice ca export: %v\n", err)
+		return 1
+	}
+	bundle := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	if *out == "" || *out == "-" {
+		if _, err := stdout.Write(bundle); err != nil {
+			fmt.Fprintf(stderr, "sluice ca export: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	if err := os.WriteFile(*out, bundle, 0o644); err != nil {
+		fmt.Fprintf(stderr, "sluice ca export: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stderr, "wrote %s (SHA-256 %s)\n", *out, ca.Fingerprint(c.Raw))
+	return 0
+}

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sluicehq/sluice/ca"
+)
+
+func runCmd(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := dispatch(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestCACommands(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	code, out, errs := runCmd(t, "ca", "init", "--dir", dir, "--key-type", "rsa")
+	if code != 0 {
+		t.Fatalf("ca init: exit %d, stderr %s", code, errs)
+	}
+	a, err := ca.Load(dir, ca.Options{})
+	if err != nil {
+		t.Fatalf("load what ca init wrote: %v", err)
+	}
+	fp := a.Fingerprint()
+	if !strings.Contains(out, fp) || !strings.Contains(out, "RSA 2048") {
+		t.Errorf("ca init output lacks fingerprint %s or key type:\n%s", fp, out)
+	}
+
+	code, out, errs = runCmd(t, "ca", "show", "--dir", dir)
+	if code != 0 {
+		t.Fatalf("ca show: exit %d, stderr %s", code, errs)
+	}
+	for _, want := range []string{
+		"SHA-256 Fingerprint:  " + fp,
+		"Subject:", "CN=Sluice CA ",
+		"Not Before:", "Not After:",
+		"Key Type:             RSA 2048",
+		"Status:               valid",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ca show output lacks %q:\n%s", want, out)
+		}
+	}
+
+	code, out, errs = runCmd(t, "ca", "export", "--dir", dir)
+	if code != 0 {
+		t.Fatalf("ca export: exit %d, stderr %s", code, errs)
+	}
+	checkBundle(t, []byte(out), fp)
+
+	file := filepath.Join(t.TempDir(), "bundle.pem")
+	code, out, errs = runCmd(t, "ca", "export", "--dir", dir, "--out", file)
+	if code != 0 || out != "" {
+		t.Fatalf("ca export --out: exit %d, stdout %q, stderr %s", code, out, errs)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkBundle(t, b, fp)
+
+	// A second init refuses and keeps the CA.
+	code, _, errs = runCmd(t, "ca", "init", "--dir", dir)
+	if code != 1 || !strings.Contains(errs, "already exists") {
+		t.Errorf("second ca init: exit %d, stderr %s", code, errs)
+	}
+	if b, _ := ca.Load(dir, ca.Options{}); b == nil || b.Fingerprint() != fp {
+		t.Error("second ca init changed the CA")
+	}
+}
+
+func checkBundle(t *testing.T, b []byte, fp string) {
+	t.Helper()
+	blk, rest := pem.Decode(b)
+	if blk == nil || blk.Type != "CERTIFICATE" || len(bytes.TrimSpace(rest)) != 0 {
+		t.Fatalf("bundle is not exactly one PEM certificate:\n%s", b)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ca.Fingerprint(c.Raw); got != fp {
+		t.Errorf("bundle fingerprint %s, want %s", got, fp)
+	}
+	if !c.IsCA {
+		t.Error("bundle certificate is not a CA")
+	}
+}
+
+func TestCADirFromEnv(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "envca")
+	t.Setenv("SLUICE_CA_DIR", dir)
+	if code, _, errs := runCmd(t, "ca", "init"); code != 0 {
+		t.Fatalf("ca init with %s: exit %d, stderr %s", "SLUICE_CA_DIR", code, errs)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ca.KeyFile)); err != nil {
+		t.Fatalf("SLUICE_CA_DIR ignored: %v", err)
+	}
+	// --dir wins over the environment.
+	other := filepath.Join(t.TempDir(), "flagca")
+	if code, _, errs := runCmd(t, "ca", "init", "--dir", other); code != 0 {
+		t.Fatalf("ca init --dir: exit %d, stderr %s", code, errs)
+	}
+	a, _ := ca.Load(dir, ca.Options{})
+	b, _ := ca.Load(other, ca.Options{})
+	if a == nil || b == nil || a.Fingerprint() == b.Fingerprint() {
+		t.Error("--dir did not create a separate CA")
+	}
+	code, out, _ := runCmd(t, "ca", "show")
+	if code != 0 || !strings.Contains(out, a.Fingerprint()) {
+		t.Errorf("ca show with env: exit %d\n%s", code, out)
+	}
+}
+
+func TestCAUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"ca"}, 2, "usage:"},
+		{[]string{"ca", "frob"}, 2, `unknown subcommand "frob"`},
+		{[]string{"ca", "init", "--dir", filepath.Join(dir, "x"), "--key-type", "dsa"}, 2, `--key-type "dsa"`},
+		{[]string{"ca", "show", "--dir", dir, "extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"ca", "show", "--dir", filepath.Join(dir, "missing")}, 1, "ca.crt"},
+		{[]string{"ca", "export", "--dir", filepath.Join(dir, "missing")}, 1, "ca.crt"},
+		{[]string{"ca", "init", "--bogus"}, 2, "flag provided but not defined"},
+	} {
+		code, _, errs := runCmd(t, c.args...)
+		if code != c.code || !strings.Contains(errs, c.want) {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d and %q", c.args, code, errs, c.code, c.want)
+		}
+	}
+}
