@@ -2,22 +2,78 @@ package policy
 
 import (
 	"context"
+	"log/slog"
+	"net/netip"
 	"strings"
+	"time"
+
+	"github.com/sluicehq/sluice/workload"
 )
+
+// Reasons of the access stage. Fixed strings: tests and logs assert them.
+const (
+	ReasonDeniedByRule     = "denied by rule"
+	ReasonAllowedByRule    = "allowed by rule"
+	ReasonDeniedByDefault  = "denied by default"
+	ReasonAllowedByDefault = "allowed by default"
+	ReasonPassthrough      = "host is on the pass-through list"
+	ReasonPerRequest       = "decided per request"
+	ReasonAllowedCIDR      = "address allowed by ssrf.allowCIDRs"
+)
+
+// Rule names of built-in decisions.
+const (
+	RuleDefault     = "default"
+	RulePassthrough = "passthrough"
+)
+
+// Options are the collaborators of a compiled Engine.
+type Options struct {
+	// Limiters holds rate-limit state; share one across reloads so counters
+	// survive them. Nil: a new store private to this Engine.
+	Limiters *Limiters
+	// Log receives the engine's own diagnostics. Nil: slog.Default().
+	Log *slog.Logger
+	// Now is the clock of local rate limiting. Nil: time.Now.
+	Now func() time.Time
+}
 
 // Engine is a compiled, immutable policy. Safe for concurrent use.
 //
-// This first engine knows host allow and deny lists and the TLS
-// pass-through list; the full rule model (workload selectors, methods,
-// paths, CIDRs, modes, rate and size limits) replaces its internals
-// without changing the methods the proxy calls.
+// Evaluation of a request: the address guard (SSRF) on the dialed
+// addresses, then the first rule, in file order, whose workload selector
+// and destination match; the default rule when none does. The rule's
+// action applies in its mode (audit: allow and mark WouldDeny). An allowed
+// request then goes through the rule's rate limit and carries its body
+// size limits. A rule takes mode, limits and rateLimit from defaults when
+// it leaves them unset; an inherited rateLimit counts in the default
+// rule's buckets.
 type Engine struct {
-	allow       []string
-	deny        []string
 	passthrough []string
+	guardAudit  bool
+	// metadataOnly limits the guard to cloud metadata (Compile(Spec)).
+	metadataOnly bool
+	allowCIDRs  []netip.Prefix
+	rules       []*rule
+	def         *rule
+	lim         *Limiters
+	now         func() time.Time
+	log         *slog.Logger
 }
 
-// Spec is the input of Compile for the first engine.
+type rule struct {
+	name    string
+	wl      workloadSel
+	dst     destSel
+	deny    bool
+	audit   bool
+	rl      *limiter
+	maxReq  int64
+	maxResp int64
+}
+
+// Spec is the input of Compile for the first engine: host lists only.
+// Kept for callers (and tests) that need a policy without a file.
 type Spec struct {
 	// Allow, when not empty, allows only these hosts ("*.x.com" wildcards).
 	Allow []string
@@ -27,56 +83,268 @@ type Spec struct {
 	Passthrough []string
 }
 
-var allowAll = &Engine{}
+var allowAll = func() *Engine {
+	e, err := Compile(Spec{})
+	if err != nil {
+		panic(err)
+	}
+	return e
+}()
 
-// Compile builds an Engine from s.
+// Compile builds an Engine from host lists: a deny rule for s.Deny, then
+// an allow rule for s.Allow and a default deny when s.Allow is set. The
+// address guard checks cloud metadata addresses only, so loopback and
+// private upstreams pass (as they did before the full engine).
 func Compile(s Spec) (*Engine, error) {
-	return &Engine{allow: s.Allow, deny: s.Deny, passthrough: s.Passthrough}, nil
+	p := &Policy{Version: 1, TLS: TLS{Passthrough: s.Passthrough}}
+	if len(s.Deny) > 0 {
+		p.Rules = append(p.Rules, Rule{Name: "deny-hosts", Action: "deny", Destinations: Destinations{Hosts: s.Deny}})
+	}
+	if len(s.Allow) > 0 {
+		p.Rules = append(p.Rules, Rule{Name: "allow-hosts", Action: "allow", Destinations: Destinations{Hosts: s.Allow}})
+		p.Defaults.Action = "deny"
+	}
+	e, err := New(p, Options{})
+	if err != nil {
+		return nil, err
+	}
+	e.metadataOnly = true
+	return e, nil
 }
 
-// Connection decides what to do with a connection before any HTTP.
-func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
-	if d := e.host(c.Host); d.Denied() {
-		return ConnDecision{Action: Reject, Decision: d}
+// New compiles a decoded policy (see Decode). p must have passed Decode's
+// validation; New reports what it cannot compile.
+func New(p *Policy, o Options) (*Engine, error) {
+	e := &Engine{lim: o.Limiters, now: o.Now, log: o.Log, passthrough: p.TLS.Passthrough}
+	if e.lim == nil {
+		e.lim = NewLimiters(0)
 	}
-	if c.TLS && matchAny(e.passthrough, c.Host) {
-		return ConnDecision{Action: Passthrough, Decision: Decision{Rule: "passthrough", Reason: "host is on the pass-through list"}}
+	if e.now == nil {
+		e.now = time.Now
 	}
-	return ConnDecision{Action: Decrypt, Decision: Decision{Rule: "default", Reason: "allowed by default"}}
+	if e.log == nil {
+		e.log = slog.Default()
+	}
+	e.log = e.log.With("component", "policy")
+	global := p.Mode == "audit"
+	defAudit := global
+	if p.Defaults.Mode != "" {
+		defAudit = p.Defaults.Mode == "audit"
+	}
+	e.guardAudit = global
+	if p.SSRF.Mode != "" {
+		e.guardAudit = p.SSRF.Mode == "audit"
+	}
+	for _, c := range p.SSRF.AllowCIDRs {
+		pr, err := parseCIDR(c)
+		if err != nil {
+			return nil, &Problem{Path: "ssrf.allowCIDRs", Value: c, Msg: "not a CIDR"}
+		}
+		e.allowCIDRs = append(e.allowCIDRs, pr.Masked())
+	}
+	dl, err := limits(p.Defaults.Limits)
+	if err != nil {
+		return nil, err
+	}
+	e.def = &rule{name: RuleDefault, deny: p.Defaults.Action == "deny", audit: defAudit, maxReq: dl[0], maxResp: dl[1]}
+	if p.Defaults.RateLimit != nil {
+		e.def.rl = compileLimiter(RuleDefault, p.Defaults.RateLimit, e.lim)
+	}
+	for _, pr := range p.Rules {
+		r := &rule{name: pr.Name, deny: pr.Action == "deny", audit: defAudit}
+		if pr.Mode != "" {
+			r.audit = pr.Mode == "audit"
+		}
+		w := pr.Workloads
+		r.wl = workloadSel{cgroups: w.Cgroups, comm: w.Comm, exe: w.Exe, ids: w.ContainerIDs, namespaces: w.Namespaces, labels: w.Labels}
+		d := pr.Destinations
+		r.dst = destSel{hosts: d.Hosts, methods: d.Methods, paths: d.Paths}
+		for _, port := range d.Ports {
+			r.dst.ports = append(r.dst.ports, uint16(port))
+		}
+		for _, c := range d.CIDRs {
+			cp, err := parseCIDR(c)
+			if err != nil {
+				return nil, &Problem{Path: "rules." + pr.Name + ".destinations.cidrs", Value: c, Msg: "not a CIDR"}
+			}
+			r.dst.cidrs = append(r.dst.cidrs, cp.Masked())
+		}
+		if !r.deny {
+			l, err := limits(pr.Limits)
+			if err != nil {
+				return nil, err
+			}
+			r.maxReq, r.maxResp = pick(l[0], dl[0]), pick(l[1], dl[1])
+			if pr.RateLimit != nil {
+				r.rl = compileLimiter(pr.Name, pr.RateLimit, e.lim)
+			} else {
+				r.rl = e.def.rl
+			}
+		}
+		e.rules = append(e.rules, r)
+	}
+	return e, nil
 }
 
-// Request decides one HTTP request.
-func (e *Engine) Request(_ context.Context, r *Request) Decision {
-	return e.host(r.Host)
+func pick(v, def int64) int64 {
+	if v != 0 {
+		return v
+	}
+	return def
 }
 
-func (e *Engine) host(h string) Decision {
-	if matchAny(e.deny, h) {
-		return Decision{Verdict: Deny, Rule: "deny-hosts", Reason: "host is denied"}
+func limits(l Limits) ([2]int64, error) {
+	var out [2]int64
+	for i, s := range []string{l.RequestBody, l.ResponseBody} {
+		if s == "" {
+			continue
+		}
+		n, err := ParseSize(s)
+		if err != nil {
+			return out, err
+		}
+		out[i] = n
 	}
-	if len(e.allow) > 0 && !matchAny(e.allow, h) {
-		return Decision{Verdict: Deny, Rule: "allow-hosts", Reason: "host is not on the allow list"}
-	}
-	return Decision{Rule: "default", Reason: "allowed by default"}
+	return out, nil
 }
 
-// MatchHost reports whether host matches pattern: an exact name, or
-// "*.example.com" for any name below example.com (not example.com itself).
-// Comparison is case-insensitive and ignores a trailing dot.
-func MatchHost(pattern, host string) bool {
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
-	pattern = strings.TrimSuffix(strings.ToLower(pattern), ".")
-	if suffix, ok := strings.CutPrefix(pattern, "*"); ok {
-		return strings.HasSuffix(host, suffix) && len(host) > len(suffix)
+// Limiters returns the rate-limit store the Engine uses.
+func (e *Engine) Limiters() *Limiters { return e.lim }
+
+// guard is the address guard: the first dialed address in a blocked range
+// not exempted by ssrf.allowCIDRs or by an allow rule's cidrs. ok is false
+// when an address is blocked; d then says why (WouldDeny in audit mode,
+// except for cloud metadata, which is always denied).
+func (e *Engine) guard(id *workload.Identity, t *target) (d Decision, ok bool) {
+	ok = true
+	for _, a := range t.addrs {
+		reason := Classify(a)
+		if reason == "" || (e.metadataOnly && reason != ReasonMetadata) || inAny(e.allowCIDRs, a) || e.exempt(id, t, a) {
+			continue
+		}
+		d := Decision{Verdict: Deny, Rule: RuleSSRF, Reason: reason}
+		if e.guardAudit && reason != ReasonMetadata {
+			d.Verdict, d.WouldDeny = Allow, true
+		}
+		return d, false
 	}
-	return host == pattern
+	return Decision{}, ok
 }
 
-func matchAny(patterns []string, host string) bool {
-	for _, p := range patterns {
-		if MatchHost(p, host) {
+// exempt reports whether an allow rule selecting the workload lists a
+// range holding a, with its host and port criteria matching.
+func (e *Engine) exempt(id *workload.Identity, t *target, a netip.Addr) bool {
+	one := &target{host: t.host, port: t.port, addrs: []netip.Addr{a}}
+	for _, r := range e.rules {
+		if !r.deny && len(r.dst.cidrs) > 0 && r.wl.match(id) && r.dst.matchConn(one, false) {
 			return true
 		}
 	}
 	return false
+}
+
+// Connection implements Decider. Enforced denies known before HTTP
+// (address guard, a rule without method or path criteria) reject the
+// connection; rules that need HTTP leave the decision to Request.
+func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
+	id := &c.Workload
+	t := &target{host: c.Host, port: c.Port, addrs: c.Addrs}
+	g, ok := e.guard(id, t)
+	if !ok && g.Denied() {
+		return ConnDecision{Action: Reject, Decision: g}
+	}
+	pass := c.TLS && c.Host != "" && matchAny(e.passthrough, c.Host)
+	var d Decision
+	decided := false
+	for _, r := range e.rules {
+		if !r.wl.match(id) || !r.dst.matchConn(t, r.deny) {
+			continue
+		}
+		if r.dst.perRequest() {
+			if pass {
+				continue // methods and paths cannot apply to undecrypted TLS
+			}
+			d = Decision{Reason: ReasonPerRequest}
+			decided = true
+			break
+		}
+		d, decided = r.access(false), true
+		break
+	}
+	if !decided {
+		d = e.def.access(true)
+	}
+	if !ok && !d.Denied() && !d.WouldDeny {
+		d.Rule, d.Reason, d.WouldDeny = g.Rule, g.Reason, true
+	}
+	switch {
+	case d.Denied():
+		return ConnDecision{Action: Reject, Decision: d}
+	case pass:
+		if !d.WouldDeny {
+			d.Rule, d.Reason = RulePassthrough, ReasonPassthrough
+		}
+		return ConnDecision{Action: Passthrough, Decision: d}
+	default:
+		return ConnDecision{Action: Decrypt, Decision: d}
+	}
+}
+
+// Request implements Decider. It consumes rate-limit tokens: call it once
+// per request.
+func (e *Engine) Request(ctx context.Context, r *Request) Decision {
+	c := r.Conn
+	if c == nil {
+		c = &Conn{}
+	}
+	id := &c.Workload
+	host := r.Host
+	if host == "" {
+		host = c.Host
+	}
+	t := &target{host: host, port: c.Port, addrs: c.Addrs, method: strings.ToUpper(r.Method), path: cleanPath(r.Path)}
+	g, ok := e.guard(id, t)
+	if !ok && g.Denied() {
+		return g
+	}
+	ru := e.def
+	for _, x := range e.rules {
+		if x.wl.match(id) && x.dst.matchConn(t, x.deny) && x.dst.matchRequest(t) {
+			ru = x
+			break
+		}
+	}
+	d := ru.access(ru == e.def)
+	if d.Denied() {
+		return d
+	}
+	d.MaxRequestBody, d.MaxResponseBody = ru.maxReq, ru.maxResp
+	if ru.rl != nil && !d.WouldDeny {
+		ru.rl.apply(ctx, e.lim, id, host, e.now(), ru.audit, &d)
+	}
+	if !ok && !d.Denied() && !d.WouldDeny {
+		d.Rule, d.Reason, d.WouldDeny = g.Rule, g.Reason, true
+	}
+	return d
+}
+
+// access is the rule's own verdict in its mode.
+func (r *rule) access(isDefault bool) Decision {
+	d := Decision{Rule: r.name, Reason: ReasonAllowedByRule}
+	if isDefault {
+		d.Reason = ReasonAllowedByDefault
+	}
+	if !r.deny {
+		return d
+	}
+	d.Reason = ReasonDeniedByRule
+	if isDefault {
+		d.Reason = ReasonDeniedByDefault
+	}
+	if r.audit {
+		d.WouldDeny = true
+	} else {
+		d.Verdict = Deny
+	}
+	return d
 }

@@ -1,0 +1,231 @@
+package policy
+
+import (
+	"net/netip"
+	"net/url"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/sluicehq/sluice/workload"
+)
+
+// MatchHost reports whether host matches pattern: "*" for any host, an
+// exact name, or "*.example.com" for any name below example.com (not
+// example.com itself). Comparison is case-insensitive and ignores a
+// trailing dot.
+func MatchHost(pattern, host string) bool {
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	pattern = strings.TrimSuffix(strings.ToLower(pattern), ".")
+	if pattern == "*" {
+		return true
+	}
+	if suffix, ok := strings.CutPrefix(pattern, "*"); ok {
+		return strings.HasSuffix(host, suffix) && len(host) > len(suffix)
+	}
+	return host == pattern
+}
+
+func matchAny(patterns []string, host string) bool {
+	for _, p := range patterns {
+		if MatchHost(p, host) {
+			return true
+		}
+	}
+	return false
+}
+
+// validGlob reports whether g uses ** only as a whole path segment.
+func validGlob(g string) bool {
+	for _, seg := range strings.Split(g, "/") {
+		if strings.Contains(seg, "**") && seg != "**" {
+			return false
+		}
+	}
+	return true
+}
+
+func isGlob(s string) bool { return strings.ContainsAny(s, "*?") }
+
+// MatchGlob matches a slash-separated name against a glob: '?' is one
+// character and '*' any run of characters within one segment; a "**"
+// segment matches any number of segments (zero included).
+func MatchGlob(glob, name string) bool {
+	return matchSegs(strings.Split(glob, "/"), strings.Split(name, "/"), 0)
+}
+
+func matchSegs(g, n []string, depth int) bool {
+	if depth > 32 { // bound the backtracking on hostile input
+		return false
+	}
+	for len(g) > 0 {
+		if g[0] == "**" {
+			for len(g) > 1 && g[1] == "**" {
+				g = g[1:]
+			}
+			if len(g) == 1 {
+				return true
+			}
+			for i := range len(n) + 1 {
+				if matchSegs(g[1:], n[i:], depth+1) {
+					return true
+				}
+			}
+			return false
+		}
+		if len(n) == 0 {
+			return false
+		}
+		if ok, _ := path.Match(g[0], n[0]); !ok {
+			return false
+		}
+		g, n = g[1:], n[1:]
+	}
+	return len(n) == 0
+}
+
+// matchPath matches a request path against a path pattern: a glob when it
+// has * or ?, else a prefix on whole segments ("/v1" matches "/v1",
+// "/v1/" and "/v1/x", not "/v1x"; "/" matches everything).
+func matchPath(pattern, p string) bool {
+	if isGlob(pattern) {
+		return MatchGlob(pattern, p)
+	}
+	if pattern == "/" || p == pattern {
+		return true
+	}
+	pre := strings.TrimSuffix(pattern, "/")
+	return strings.HasPrefix(p, pre) && len(p) > len(pre) && p[len(pre)] == '/'
+}
+
+// cleanPath is the form of a request path that rules see: percent-decoded
+// where that is valid, dot segments resolved, duplicate slashes collapsed,
+// a trailing slash kept. It defeats "/v1/../admin" and "/%61dmin" tricks
+// against deny rules.
+func cleanPath(p string) string {
+	if i := strings.IndexAny(p, "?#"); i >= 0 {
+		p = p[:i]
+	}
+	if u, err := url.PathUnescape(p); err == nil {
+		p = u
+	}
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	trailing := strings.HasSuffix(p, "/")
+	p = path.Clean(p)
+	if trailing && p != "/" {
+		p += "/"
+	}
+	return p
+}
+
+// workloadSel is a compiled Workloads selector.
+type workloadSel struct {
+	cgroups, comm, exe, ids, namespaces []string
+	labels                              map[string]string
+}
+
+func (s *workloadSel) empty() bool {
+	return len(s.cgroups)+len(s.comm)+len(s.exe)+len(s.ids)+len(s.namespaces)+len(s.labels) == 0
+}
+
+func (s *workloadSel) match(id *workload.Identity) bool {
+	if len(s.cgroups) > 0 && !slices.ContainsFunc(s.cgroups, func(g string) bool { return id.Cgroup != "" && MatchGlob(g, id.Cgroup) }) {
+		return false
+	}
+	if len(s.comm) > 0 && !slices.ContainsFunc(s.comm, func(g string) bool { ok, _ := path.Match(g, id.Comm); return id.Comm != "" && ok }) {
+		return false
+	}
+	if len(s.exe) > 0 && !slices.ContainsFunc(s.exe, func(g string) bool { return id.Exe != "" && MatchGlob(g, id.Exe) }) {
+		return false
+	}
+	if len(s.ids) > 0 && !slices.ContainsFunc(s.ids, func(p string) bool { return id.ContainerID != "" && strings.HasPrefix(id.ContainerID, p) }) {
+		return false
+	}
+	if len(s.namespaces) > 0 && !slices.Contains(s.namespaces, id.Namespace) {
+		return false
+	}
+	for k, v := range s.labels {
+		if got, ok := id.Labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// destSel is a compiled Destinations selector.
+type destSel struct {
+	hosts   []string
+	ports   []uint16
+	methods []string
+	paths   []string
+	cidrs   []netip.Prefix
+}
+
+// perRequest reports whether the selector needs HTTP to be decided.
+func (s *destSel) perRequest() bool { return len(s.methods)+len(s.paths) > 0 }
+
+// target is what a destination selector is matched against.
+type target struct {
+	host   string
+	port   uint16
+	addrs  []netip.Addr
+	method string // "" at connection level
+	path   string // cleaned; "" at connection level
+}
+
+// matchConn matches the criteria known before HTTP. For cidrs, a deny
+// rule matches when any dialed address is inside (the proxy might dial
+// it), an allow rule only when all of them are (so it allows nothing
+// outside its ranges).
+func (s *destSel) matchConn(t *target, deny bool) bool {
+	if len(s.hosts) > 0 && !matchAny(s.hosts, t.host) {
+		return false
+	}
+	if len(s.ports) > 0 && !slices.Contains(s.ports, t.port) {
+		return false
+	}
+	if len(s.cidrs) > 0 {
+		if len(t.addrs) == 0 {
+			return false
+		}
+		in := func(a netip.Addr) bool { return inAny(s.cidrs, a) }
+		if deny && !slices.ContainsFunc(t.addrs, in) {
+			return false
+		}
+		if !deny && !all(t.addrs, in) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *destSel) matchRequest(t *target) bool {
+	if len(s.methods) > 0 && !slices.Contains(s.methods, t.method) {
+		return false
+	}
+	if len(s.paths) > 0 && !slices.ContainsFunc(s.paths, func(p string) bool { return matchPath(p, t.path) }) {
+		return false
+	}
+	return true
+}
+
+func inAny(ps []netip.Prefix, a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func all[T any](xs []T, f func(T) bool) bool {
+	for _, x := range xs {
+		if !f(x) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,104 @@
+package policy
+
+// This file is the policy file's model: the Go types the YAML decodes into.
+// Field tags drive three things at once: the YAML key (yaml), the strict
+// key check and the JSON Schema (schema.json is generated from these types
+// by reflection, see schema.go; `desc` is the key's description and `enum`
+// its allowed values).
+//
+// Durations and sizes are strings in YAML ("30s", "10MB") and are parsed by
+// validation, so a bad value is reported with its path and line like any
+// other mistake.
+
+// Policy is the whole policy file.
+type Policy struct {
+	Version  int      `yaml:"version" desc:"Policy file format version; must be 1." required:"true"`
+	Mode     string   `yaml:"mode" enum:"enforce|audit" desc:"Global mode: enforce applies denies, audit lets everything through and records would_deny. Rules and the ssrf section may override it. Default enforce."`
+	TLS      TLS      `yaml:"tls" desc:"TLS handling."`
+	SSRF     SSRF     `yaml:"ssrf" desc:"The address guard applied to every address the proxy dials."`
+	Defaults Defaults `yaml:"defaults" desc:"The default rule: applies to requests no rule matched, and fills in what a matching rule leaves unset (mode, limits, rateLimit)."`
+	Rules    []Rule   `yaml:"rules" desc:"Rules in order; the first rule that selects the workload and matches the destination decides."`
+}
+
+// TLS configures what is decrypted.
+type TLS struct {
+	Passthrough []string `yaml:"passthrough" desc:"Hosts (exact or *.wildcard) whose TLS is relayed without decryption; only host, port and cidr criteria apply to them."`
+}
+
+// SSRF configures the address guard.
+type SSRF struct {
+	Mode       string   `yaml:"mode" enum:"enforce|audit" desc:"Mode of the guard for private, loopback, link-local and similar ranges; default: the global mode. Cloud metadata addresses are always enforced."`
+	AllowCIDRs []string `yaml:"allowCIDRs" desc:"Ranges the guard lets through for every workload, e.g. 10.0.0.0/8."`
+}
+
+// Defaults is the default rule.
+type Defaults struct {
+	Action    string     `yaml:"action" enum:"allow|deny" desc:"Action for requests no rule matched. Default allow."`
+	Mode      string     `yaml:"mode" enum:"enforce|audit" desc:"Mode of the default rule; default: the global mode."`
+	RateLimit *RateLimit `yaml:"rateLimit" desc:"Rate limit for requests no rule matched and for rules without their own."`
+	Limits    Limits     `yaml:"limits" desc:"Body size limits for requests no rule matched and for rules that leave them unset."`
+}
+
+// Rule is one policy rule.
+type Rule struct {
+	Name         string       `yaml:"name" desc:"Unique rule name; it appears in deny answers, audit records and rate-limit headers." required:"true"`
+	Workloads    Workloads    `yaml:"workloads" desc:"Which workloads the rule applies to; empty: all. Lists are ORed within, fields ANDed."`
+	Destinations Destinations `yaml:"destinations" desc:"Which destinations the rule matches; empty: all. Lists are ORed within, fields ANDed."`
+	Action       string       `yaml:"action" enum:"allow|deny" desc:"allow or deny." required:"true"`
+	Mode         string       `yaml:"mode" enum:"enforce|audit" desc:"Mode of this rule; default: defaults.mode, else the global mode."`
+	RateLimit    *RateLimit   `yaml:"rateLimit" desc:"Rate limit applied to requests this allow rule matches."`
+	Limits       Limits       `yaml:"limits" desc:"Body size limits for requests this allow rule matches."`
+}
+
+// Workloads selects workloads. Empty lists select everything.
+type Workloads struct {
+	Cgroups      []string          `yaml:"cgroups" desc:"cgroup v2 path globs: * within one path segment, ** across segments, e.g. /kubepods/**."`
+	Comm         []string          `yaml:"comm" desc:"Process names (the kernel's comm, at most 15 bytes); globs allowed."`
+	Exe          []string          `yaml:"exe" desc:"Executable path globs, e.g. /usr/bin/python3*."`
+	ContainerIDs []string          `yaml:"containerIDs" desc:"Container id prefixes (at least 12 hex digits)."`
+	Namespaces   []string          `yaml:"namespaces" desc:"Kubernetes namespaces."`
+	Labels       map[string]string `yaml:"labels" desc:"Kubernetes pod labels that must all be present with these values."`
+}
+
+// Destinations selects destinations. Empty lists match everything.
+type Destinations struct {
+	Hosts   []string `yaml:"hosts" desc:"Host names: exact (api.example.com), *.example.com for any name below example.com, or * for any."`
+	Ports   []int    `yaml:"ports" desc:"Destination ports."`
+	Methods []string `yaml:"methods" desc:"HTTP methods (upper case)."`
+	Paths   []string `yaml:"paths" desc:"URL paths: a prefix matched on whole segments (/v1 matches /v1 and /v1/x, not /v1x), or a glob with * (one segment) and ** (any)."`
+	CIDRs   []string `yaml:"cidrs" desc:"Ranges of the dialed address. On an allow rule they also exempt the range from the address guard."`
+}
+
+// RateLimit configures a rate limit. Each of second, minute, hour and day
+// that is not zero is a token bucket of that many requests refilled evenly
+// over its window; a request needs a token from every bucket.
+type RateLimit struct {
+	Second            int64  `yaml:"second" desc:"Requests per second."`
+	Minute            int64  `yaml:"minute" desc:"Requests per minute."`
+	Hour              int64  `yaml:"hour" desc:"Requests per hour."`
+	Day               int64  `yaml:"day" desc:"Requests per day."`
+	Burst             int64  `yaml:"burst" desc:"Capacity of the shortest window's bucket (requests that may arrive at once); default: that window's limit."`
+	By                string `yaml:"by" enum:"workload|destination|both" desc:"What a bucket counts: per workload (default), per destination host, or per workload and host."`
+	Policy            string `yaml:"policy" enum:"local|redis" desc:"local: counters in this process (default); redis: counters shared through Redis by every proxy using the same server."`
+	Redis             Redis  `yaml:"redis" desc:"The Redis server for policy: redis."`
+	FaultTolerant     *bool  `yaml:"faultTolerant" desc:"When Redis cannot be reached: true (default) allows the request and counts the fault, false denies with 503."`
+	HideClientHeaders bool   `yaml:"hideClientHeaders" desc:"Do not send RateLimit, RateLimit-Policy and X-RateLimit-* headers to the client."`
+	KongHeaders       bool   `yaml:"kongHeaders" desc:"Also send Kong-style X-RateLimit-Limit-<Window> and X-RateLimit-Remaining-<Window> headers."`
+}
+
+// Redis says where shared counters live.
+type Redis struct {
+	Addr     string `yaml:"addr" desc:"host:port of the Redis server."`
+	Username string `yaml:"username" desc:"ACL user name, if any."`
+	Password string `yaml:"password" desc:"Password, if any."`
+	DB       int    `yaml:"db" desc:"Database number."`
+	Timeout  string `yaml:"timeout" desc:"Dial, read and write timeout, e.g. 200ms (default)."`
+	Prefix   string `yaml:"prefix" desc:"Key prefix; default sluice:rl:."`
+}
+
+// Limits are body size limits. Sizes are strings: "512", "64KB", "10MB",
+// "1GiB" (KB, MB, GB are powers of 1000; KiB, MiB, GiB powers of 1024).
+type Limits struct {
+	RequestBody  string `yaml:"requestBody" desc:"Largest request body, e.g. 10MB; beyond it 413 (417 with Expect: 100-continue)."`
+	ResponseBody string `yaml:"responseBody" desc:"Largest response body, e.g. 50MB; beyond it the response is cut."`
+}

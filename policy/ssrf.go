@@ -1,0 +1,105 @@
+package policy
+
+import "net/netip"
+
+// Reasons of the address guard (SSRF protection). They are fixed strings:
+// tests, logs and deny answers carry them verbatim.
+const (
+	ReasonMetadata    = "destination is a cloud metadata address"
+	ReasonLoopback    = "destination is a loopback address"
+	ReasonLinkLocal   = "destination is a link-local address"
+	ReasonPrivate     = "destination is a private address"
+	ReasonCGNAT       = "destination is a carrier-grade NAT address"
+	ReasonUnspecified = "destination is an unspecified address"
+	ReasonMulticast   = "destination is a multicast or broadcast address"
+	ReasonReserved    = "destination is a reserved address"
+	ReasonEmbedded    = "destination is an IPv6 address embedding a blocked IPv4 address"
+)
+
+// RuleSSRF is the Decision.Rule of the address guard.
+const RuleSSRF = "ssrf"
+
+var (
+	metadataAddrs = []netip.Addr{
+		netip.MustParseAddr("169.254.169.254"), // AWS, GCP, Azure, OpenStack, ...
+		netip.MustParseAddr("169.254.170.2"),   // AWS ECS task metadata
+		netip.MustParseAddr("100.100.100.200"), // Alibaba Cloud
+		netip.MustParseAddr("fd00:ec2::254"),   // AWS IMDS over IPv6
+	}
+	classes = []struct {
+		p      netip.Prefix
+		reason string
+	}{
+		{netip.MustParsePrefix("0.0.0.0/8"), ReasonUnspecified},
+		{netip.MustParsePrefix("127.0.0.0/8"), ReasonLoopback},
+		{netip.MustParsePrefix("169.254.0.0/16"), ReasonLinkLocal},
+		{netip.MustParsePrefix("10.0.0.0/8"), ReasonPrivate},
+		{netip.MustParsePrefix("172.16.0.0/12"), ReasonPrivate},
+		{netip.MustParsePrefix("192.168.0.0/16"), ReasonPrivate},
+		{netip.MustParsePrefix("100.64.0.0/10"), ReasonCGNAT},
+		{netip.MustParsePrefix("192.0.0.0/24"), ReasonReserved},   // IETF protocol assignments
+		{netip.MustParsePrefix("198.18.0.0/15"), ReasonReserved},  // benchmarking
+		{netip.MustParsePrefix("224.0.0.0/4"), ReasonMulticast},   // includes 255.255.255.255 below
+		{netip.MustParsePrefix("240.0.0.0/4"), ReasonReserved},    // future use; 255.255.255.255 is broadcast
+		{netip.MustParsePrefix("::/128"), ReasonUnspecified},      //
+		{netip.MustParsePrefix("::1/128"), ReasonLoopback},        //
+		{netip.MustParsePrefix("fe80::/10"), ReasonLinkLocal},     //
+		{netip.MustParsePrefix("fc00::/7"), ReasonPrivate},        // unique local
+		{netip.MustParsePrefix("fec0::/10"), ReasonPrivate},       // deprecated site-local
+		{netip.MustParsePrefix("ff00::/8"), ReasonMulticast},      //
+		{netip.MustParsePrefix("100::/64"), ReasonReserved},       // discard-only
+		{netip.MustParsePrefix("2001:db8::/32"), ReasonReserved},  // documentation
+		{netip.MustParsePrefix("::/96"), ReasonReserved},          // deprecated IPv4-compatible
+	}
+	nat64     = netip.MustParsePrefix("64:ff9b::/96")
+	nat64Loc  = netip.MustParsePrefix("64:ff9b:1::/48")
+	sixToFour = netip.MustParsePrefix("2002::/16")
+)
+
+// Classify returns the guard's reason for a, or "" when a is an ordinary
+// public address. IPv4-mapped addresses are judged as the IPv4 address;
+// NAT64 (64:ff9b::/96, 64:ff9b:1::/48) and 6to4 (2002::/16) addresses are
+// judged by the IPv4 address they embed.
+func Classify(a netip.Addr) string {
+	if !a.IsValid() {
+		return ReasonUnspecified
+	}
+	a = a.WithZone("")
+	if a.Is4In6() {
+		return Classify(a.Unmap())
+	}
+	for _, m := range metadataAddrs {
+		if a == m {
+			return ReasonMetadata
+		}
+	}
+	if a.Is6() {
+		var v4 netip.Addr
+		b := a.As16()
+		switch {
+		case nat64.Contains(a), nat64Loc.Contains(a):
+			v4 = netip.AddrFrom4([4]byte(b[12:16]))
+		case sixToFour.Contains(a):
+			v4 = netip.AddrFrom4([4]byte(b[2:6]))
+		}
+		if v4.IsValid() {
+			switch r := Classify(v4); r {
+			case "":
+				return ""
+			case ReasonMetadata:
+				return ReasonMetadata
+			default:
+				return ReasonEmbedded
+			}
+		}
+	}
+	if a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return ReasonMulticast
+	}
+	for _, c := range classes {
+		if c.p.Contains(a) {
+			return c.reason
+		}
+	}
+	return ""
+}
