@@ -6,13 +6,46 @@
 // over HTTP/1.1 or HTTP/2 to the real destination. It also serves the
 // explicit proxy listener (CONNECT and absolute-form requests), which feeds
 // the same path.
+//
+// Choices a user may want to know:
+//   - Nothing identifying is added to upstream requests: no Via, no
+//     X-Forwarded-*, no default User-Agent or Accept-Encoding. Hop-by-hop
+//     headers (RFC 9110 7.6.1) are removed both ways; WebSocket upgrades keep
+//     Upgrade and Connection: Upgrade.
+//   - The proxy dials only the addresses the policy saw (the original
+//     destination in transparent mode, the DNS answers in explicit mode); it
+//     never resolves a name a second time.
+//   - Bytes that are neither a TLS ClientHello nor an HTTP request line are
+//     "other TCP" and are relayed (after a Connection decision) with an L4
+//     record. A TLS record whose ClientHello does not parse is closed with an
+//     error record. A client that sends nothing within PeekTimeout is taken
+//     for a server-speaks-first protocol and relayed.
+//   - An upstream that can't be reached or verified still gets the client's
+//     TLS handshake completed, and every request is answered 502 with a JSON
+//     body naming the reason: never a silent downgrade.
+//   - Plain HTTP is decided per Host: the Connection decision is made at the
+//     first request for each host (the Host header in transparent mode, the
+//     absolute-form URL in explicit mode); a rejected connection answers each
+//     of its requests with the deny, without calling Decider.Request.
 package mitm
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/ca"
@@ -34,7 +67,14 @@ type Destination struct {
 	Port uint16
 }
 
-// Deps are the collaborators of a Proxy; all are required but Log.
+// Resolver resolves explicit-mode destination names. *net.Resolver
+// implements it.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// Deps are the collaborators of a Proxy; all are required but Log, Dialer,
+// Resolver and the header-logging options.
 type Deps struct {
 	CA     *ca.Authority
 	Policy *policy.Current
@@ -42,20 +82,612 @@ type Deps struct {
 	Log    *slog.Logger
 	// Dialer dials upstreams; its Control sets the agent's SO_MARK so the
 	// hooks never redirect the proxy's own connections. Nil: net.Dialer{}.
+	// Its Timeout is replaced by the config's DialTimeout.
 	Dialer *net.Dialer
+	// Resolver resolves CONNECT and absolute-form hosts in explicit mode.
+	// Nil: net.DefaultResolver.
+	Resolver Resolver
+	// LogHeaders records each request's headers, redacted with
+	// audit.Redact and RedactHeaders, in its audit record (config.Audit).
+	LogHeaders    bool
+	RedactHeaders []string
 }
 
 // Proxy is safe for concurrent use.
 type Proxy struct {
-	cfg  config.Proxy
-	deps Deps
+	cfg      config.Proxy
+	deps     Deps
+	log      *slog.Logger
+	leaf     func(ctx context.Context, name string) (*tls.Certificate, error)
+	roots    *x509.CertPool
+	sessions tls.ClientSessionCache
+	dialer   *net.Dialer
+	resolver Resolver
+	pools    *poolSet
+	h2       *http2.Server
+	errLog   *slog.Logger
+}
+
+// New builds a Proxy from its configuration (already validated by
+// config.Load; zero values get the defaults) and collaborators.
+func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
+	def := config.DefaultProxy()
+	if cfg.MaxHeaderBytes <= 0 {
+		cfg.MaxHeaderBytes = def.MaxHeaderBytes
+	}
+	for _, d := range []struct{ v, def *config.Duration }{
+		{&cfg.DialTimeout, &def.DialTimeout},
+		{&cfg.ResponseHeaderTimeout, &def.ResponseHeaderTimeout},
+		{&cfg.IdleTimeout, &def.IdleTimeout},
+		{&cfg.HandshakeTimeout, &def.HandshakeTimeout},
+		{&cfg.PeekTimeout, &def.PeekTimeout},
+	} {
+		if *d.v <= 0 {
+			*d.v = *d.def
+		}
+	}
+	if cfg.MaxUpstreamPools <= 0 {
+		cfg.MaxUpstreamPools = def.MaxUpstreamPools
+	}
+	if cfg.MaxIdleConnsPerUpstream <= 0 {
+		cfg.MaxIdleConnsPerUpstream = def.MaxIdleConnsPerUpstream
+	}
+	if deps.CA == nil {
+		return nil, errors.New("new proxy: a CA is required")
+	}
+	if deps.Policy == nil {
+		deps.Policy = &policy.Current{}
+	}
+	if deps.Audit == nil {
+		deps.Audit = audit.Discard{}
+	}
+	if deps.Log == nil {
+		deps.Log = slog.Default()
+	}
+	roots, err := x509.SystemCertPool()
+	if err != nil || roots == nil {
+		roots = x509.NewCertPool()
+	}
+	if cfg.UpstreamCA != "" {
+		pem, err := readFile(cfg.UpstreamCA)
+		if err != nil {
+			return nil, fmt.Errorf("proxy.upstreamCA %q: %w", cfg.UpstreamCA, err)
+		}
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("proxy.upstreamCA %q: no PEM certificate found, give a PEM bundle of CA certificates", cfg.UpstreamCA)
+		}
+	}
+	d := &net.Dialer{}
+	if deps.Dialer != nil {
+		c := *deps.Dialer
+		d = &c
+	}
+	d.Timeout = cfg.DialTimeout.D()
+	var res Resolver = net.DefaultResolver
+	if deps.Resolver != nil {
+		res = deps.Resolver
+	}
+	log := deps.Log.With("component", "mitm")
+	p := &Proxy{
+		cfg:      cfg,
+		deps:     deps,
+		log:      log,
+		leaf:     deps.CA.Leaf,
+		roots:    roots,
+		sessions: tls.NewLRUClientSessionCache(1024),
+		dialer:   d,
+		resolver: res,
+		h2: &http2.Server{
+			IdleTimeout:          cfg.IdleTimeout.D(),
+			MaxConcurrentStreams: 250,
+		},
+		errLog: log.With("source", "net/http"),
+	}
+	p.pools, err = newPoolSet(p, cfg.MaxUpstreamPools)
+	if err != nil {
+		return nil, fmt.Errorf("new proxy: %w", err)
+	}
+	return p, nil
+}
+
+// Close closes the idle upstream connections of every pool. Connections in
+// use finish first; Handle and ServeExplicit may still be called after it.
+func (p *Proxy) Close() error {
+	p.pools.closeAll()
+	return nil
 }
 
 // Handle serves one client connection until it is done and closes it.
 // Handle owns conn. It returns when ctx is cancelled or the exchange ends.
+// dst.Addr is the original destination (transparent mode) and id the
+// workload the agent attributed the connection to.
 func (p *Proxy) Handle(ctx context.Context, conn net.Conn, dst Destination, id workload.Identity) {
-	_ = ctx
-	_ = dst
-	_ = id
-	conn.Close()
+	if dst.Addr.IsValid() {
+		dst.Addr = netip.AddrPortFrom(dst.Addr.Addr().Unmap(), dst.Addr.Port())
+		if dst.Port == 0 {
+			dst.Port = dst.Addr.Port()
+		}
+	}
+	p.serve(ctx, conn, dst, id, false)
 }
+
+// flow is one client connection after the peek.
+type flow struct {
+	p        *Proxy
+	ctx      context.Context
+	id       workload.Identity
+	dst      Destination
+	start    time.Time
+	explicit bool // the explicit listener: requests name their target
+	tunnel   bool // inside CONNECT
+
+	sni     string
+	alpn    string // negotiated with the client
+	tlsMode string
+
+	fixed *target // TLS decrypt and CONNECT: the one destination
+
+	mu      sync.Mutex
+	targets map[string]*target // plain HTTP: per host
+
+	h1 *h1Conn // HTTP/1.1 framing tracker; nil for HTTP/2
+}
+
+// target is one upstream destination of a flow with its Connection
+// decision and, once dialed, its pool.
+type target struct {
+	host   string // name for policy, Host/SNI; may be empty
+	port   uint16
+	conn   *policy.Conn
+	cd     policy.ConnDecision
+	useTLS bool
+	alpn   string // negotiated with the upstream
+
+	mu    sync.Mutex
+	pool  *upstreamPool
+	addr  netip.AddrPort
+	spare net.Conn
+	err   error // permanent upstream failure (TLS targets)
+	fail  string
+}
+
+func (p *Proxy) decider() policy.Decider { return p.deps.Policy.Load() }
+
+func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id workload.Identity, tunnel bool) {
+	f := &flow{p: p, id: id, dst: dst, start: time.Now(), tunnel: tunnel}
+	ctx, cancel := context.WithCancel(ctx)
+	f.ctx = ctx
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer func() {
+		stop()
+		cancel()
+		conn.Close()
+	}()
+	defer func() {
+		if r := recover(); r != nil {
+			p.log.Error("panic serving connection", "client", id.Client.String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		}
+	}()
+
+	br := bufio.NewReaderSize(conn, peekBufferSize)
+	pc := &peekedConn{Conn: conn, r: br}
+	_ = conn.SetReadDeadline(time.Now().Add(p.cfg.PeekTimeout.D()))
+	first, err := br.Peek(1)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			_ = conn.SetReadDeadline(time.Time{})
+			f.serveOther(pc, "")
+			return
+		}
+		rec := f.l4Record()
+		rec.Decision = audit.DecisionError
+		rec.Reason = "client sent nothing"
+		rec.Error = fmt.Sprintf("read first byte: %v", err)
+		p.emit(rec)
+		return
+	}
+	switch {
+	case first[0] == recordTypeHandshake:
+		_ = conn.SetReadDeadline(time.Now().Add(p.cfg.HandshakeTimeout.D()))
+		hello, err := peekClientHello(br)
+		if err != nil {
+			rec := f.l4Record()
+			rec.Decision = audit.DecisionError
+			rec.Reason = "malformed client hello"
+			rec.Error = err.Error()
+			p.emit(rec)
+			return
+		}
+		f.serveTLS(pc, hello)
+	case sniffHTTP(br):
+		_ = conn.SetReadDeadline(time.Time{})
+		f.tlsMode = audit.TLSNone
+		if tunnel {
+			// CONNECT followed by plain HTTP: one destination.
+			f.fixed = f.newTarget(dst.Host, dst.Port, false)
+		}
+		f.serveHTTP(pc, false)
+	default:
+		_ = conn.SetReadDeadline(time.Time{})
+		f.serveOther(pc, "")
+	}
+}
+
+// sniffHTTP reports whether the buffered bytes start an HTTP/1.x request
+// line: a known method followed by a space.
+func sniffHTTP(br *bufio.Reader) bool {
+	for n := 1; n <= 9; n++ {
+		b, err := br.Peek(n)
+		if err != nil {
+			return false
+		}
+		c := b[n-1]
+		if c == ' ' {
+			return httpMethods[string(b[:n-1])]
+		}
+		if c < 'A' || c > 'Z' {
+			return false
+		}
+	}
+	return false
+}
+
+var httpMethods = map[string]bool{
+	"GET": true, "HEAD": true, "POST": true, "PUT": true, "DELETE": true,
+	"OPTIONS": true, "TRACE": true, "PATCH": true, "CONNECT": true,
+	"PROPFIND": true, "PROPPATCH": true, "MKCOL": true, "COPY": true,
+	"MOVE": true, "LOCK": true, "UNLOCK": true, "REPORT": true, "SEARCH": true,
+}
+
+// addrs returns the addresses a destination may be dialed at: the original
+// destination, the IP literal, or the DNS answers for host.
+func (f *flow) addrs(host string) ([]netip.Addr, error) {
+	if f.dst.Addr.IsValid() {
+		return []netip.Addr{f.dst.Addr.Addr()}, nil
+	}
+	if f.dst.Host != "" {
+		host = f.dst.Host // CONNECT: dial what the client asked the proxy for
+	}
+	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return []netip.Addr{a.Unmap()}, nil
+	}
+	if host == "" {
+		return nil, errors.New("resolve destination: no host and no address")
+	}
+	ctx, cancel := context.WithTimeout(f.ctx, f.p.cfg.DialTimeout.D())
+	defer cancel()
+	as, err := f.p.resolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", host, err)
+	}
+	if len(as) == 0 {
+		return nil, fmt.Errorf("resolve %s: no addresses", host)
+	}
+	out := make([]netip.Addr, len(as))
+	for i, a := range as {
+		out[i] = a.Unmap()
+	}
+	return out, nil
+}
+
+// newTarget asks the policy about a destination of this flow. A resolution
+// failure becomes the target's permanent error.
+func (f *flow) newTarget(host string, port uint16, tlsFlow bool) *target {
+	t := &target{host: host, port: port, useTLS: tlsFlow}
+	addrs, err := f.addrs(host)
+	if err != nil {
+		t.err, t.fail = err, reasonUnreachable
+	}
+	t.conn = &policy.Conn{Workload: f.id, Host: host, Addrs: addrs, Port: t.port, TLS: tlsFlow}
+	t.cd = f.p.decider().Connection(f.ctx, t.conn)
+	return t
+}
+
+// l4Record starts the record of this flow at L4.
+func (f *flow) l4Record() *audit.Record {
+	r := &audit.Record{
+		Time:     f.start,
+		Kind:     audit.KindL4,
+		Workload: f.id,
+		Host:     f.dst.Host,
+		Port:     f.dst.Port,
+		SNI:      f.sni,
+		TLS:      f.tlsMode,
+		ALPN:     f.alpn,
+	}
+	if f.dst.Addr.IsValid() {
+		r.DstIP = f.dst.Addr.Addr()
+	}
+	r.Duration = time.Since(f.start)
+	return r
+}
+
+func decisionString(d policy.Decision) string {
+	switch {
+	case d.Denied():
+		return audit.DecisionDeny
+	case d.WouldDeny:
+		return audit.DecisionWouldDeny
+	default:
+		return audit.DecisionAllow
+	}
+}
+
+// serveOther relays a flow that is neither TLS nor HTTP (or a pass-through
+// TLS flow when mode is TLSPassthrough) and records it at L4.
+func (f *flow) serveOther(c net.Conn, mode string) {
+	p := f.p
+	var t *target
+	if mode == audit.TLSPassthrough {
+		t = f.fixed
+	} else {
+		f.tlsMode = audit.TLSNone
+		t = f.newTarget(f.dst.Host, f.dst.Port, false)
+	}
+	rec := f.l4Record()
+	if t.host != "" {
+		rec.Host = t.host
+	}
+	rec.Decision, rec.Rule, rec.Reason = decisionString(t.cd.Decision), t.cd.Rule, t.cd.Reason
+	if t.cd.Action == policy.Reject {
+		rec.Decision = audit.DecisionDeny
+		rec.Duration = time.Since(f.start)
+		p.emit(rec)
+		return
+	}
+	if t.err != nil {
+		rec.Decision, rec.Reason, rec.Error = audit.DecisionError, t.fail, t.err.Error()
+		rec.Duration = time.Since(f.start)
+		p.emit(rec)
+		return
+	}
+	up, addr, err := p.dialAny(f.ctx, t.conn.Addrs, t.port)
+	if err != nil {
+		rec.Decision, rec.Reason, rec.Error = audit.DecisionError, reasonUnreachable, err.Error()
+		rec.Duration = time.Since(f.start)
+		p.emit(rec)
+		return
+	}
+	rec.DstIP = addr.Addr()
+	rec.UpstreamAddr = addr.String()
+	in, out, err := relay(f.ctx, c, up, p.cfg.IdleTimeout.D())
+	rec.BytesIn, rec.BytesOut = in, out
+	if err != nil {
+		rec.Error = err.Error()
+	}
+	rec.Duration = time.Since(f.start)
+	p.emit(rec)
+}
+
+// serveTLS decides a TLS flow from its ClientHello.
+func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
+	p := f.p
+	f.sni = hello.SNI
+	host := hello.SNI
+	if host == "" {
+		host = f.dst.Host
+	}
+	f.fixed = f.newTarget(host, f.dst.Port, true)
+	t := f.fixed
+	switch t.cd.Action {
+	case policy.Reject:
+		rec := f.l4Record()
+		rec.Host = host
+		rec.Decision, rec.Rule, rec.Reason = audit.DecisionDeny, t.cd.Rule, t.cd.Reason
+		p.emit(rec)
+		return
+	case policy.Passthrough:
+		_ = c.SetReadDeadline(time.Time{})
+		f.tlsMode = audit.TLSPassthrough
+		f.serveOther(c, audit.TLSPassthrough)
+		return
+	}
+	f.tlsMode = audit.TLSDecrypted
+
+	// The name the upstream certificate must carry and the client's leaf
+	// is minted for: the SNI, else the CONNECT host, else the IP.
+	name := host
+	if name == "" && f.dst.Addr.IsValid() {
+		name = f.dst.Addr.Addr().String()
+	}
+	t.host = name
+	offer := intersectALPN(hello.ALPN)
+	if t.err == nil {
+		f.dialUpstreamTLS(t, name, offer)
+	}
+	var protos []string
+	switch {
+	case t.err == nil && t.alpn != "":
+		protos = []string{t.alpn}
+	case t.err != nil && contains(offer, "http/1.1"):
+		protos = []string{"http/1.1"}
+	case t.err != nil && contains(offer, "h2"):
+		protos = []string{"h2"}
+	}
+	hctx, cancel := context.WithTimeout(f.ctx, p.cfg.HandshakeTimeout.D())
+	defer cancel()
+	srv := tls.Server(c, &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: protos,
+		GetCertificate: func(chi *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return p.leaf(chi.Context(), name)
+		},
+	})
+	if err := srv.HandshakeContext(hctx); err != nil {
+		rec := f.l4Record()
+		rec.Host = host
+		rec.Decision, rec.Reason, rec.Error = audit.DecisionError, "client TLS handshake failed", err.Error()
+		p.emit(rec)
+		t.release()
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+	f.alpn = srv.ConnectionState().NegotiatedProtocol
+	defer t.release()
+	f.serveHTTP(srv, f.alpn == "h2")
+}
+
+// dialUpstreamTLS connects to the target first, so the client's handshake
+// can mirror the upstream's ALPN. Failures are kept on t for the 502s.
+func (f *flow) dialUpstreamTLS(t *target, name string, offer []string) {
+	p := f.p
+	raw, addr, err := p.dialAny(f.ctx, t.conn.Addrs, t.port)
+	if err != nil {
+		t.err, t.fail = fmt.Errorf("upstream %s unreachable: %w", name, err), reasonUnreachable
+		return
+	}
+	t.addr = addr
+	hctx, cancel := context.WithTimeout(f.ctx, p.cfg.HandshakeTimeout.D())
+	defer cancel()
+	up := tls.Client(raw, p.upstreamTLSConfig(name, offer))
+	if err := up.HandshakeContext(hctx); err != nil {
+		raw.Close()
+		var verr *tls.CertificateVerificationError
+		if errors.As(err, &verr) {
+			t.err, t.fail = fmt.Errorf("upstream certificate verification failed for %s: %w", name, verr.Err), reasonVerify
+		} else {
+			t.err, t.fail = fmt.Errorf("upstream TLS handshake with %s failed: %w", name, err), reasonUpstreamTLS
+		}
+		return
+	}
+	t.alpn = up.ConnectionState().NegotiatedProtocol
+	t.pool = p.pools.get(poolKey{host: name, addr: addr, alpn: t.alpn, tls: true})
+	t.spare = up
+	t.pool.offer(up)
+}
+
+// release closes the target's first upstream connection if no request
+// took it.
+func (t *target) release() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.pool != nil && t.spare != nil {
+		t.pool.reclaim(t.spare)
+		t.spare = nil
+	}
+}
+
+// ensure dials a plain-HTTP target on first use.
+func (t *target) ensure(f *flow) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.err != nil || t.pool != nil {
+		return t.err
+	}
+	c, addr, err := f.p.dialAny(f.ctx, t.conn.Addrs, t.port)
+	if err != nil {
+		t.fail = reasonUnreachable
+		return fmt.Errorf("upstream %s unreachable: %w", hostOr(t.host, t.conn.Addrs), err)
+	}
+	t.addr = addr
+	t.pool = f.p.pools.get(poolKey{host: t.host, addr: addr})
+	t.spare = c
+	t.pool.offer(c)
+	return nil
+}
+
+func hostOr(h string, addrs []netip.Addr) string {
+	if h != "" || len(addrs) == 0 {
+		return h
+	}
+	return addrs[0].String()
+}
+
+// target returns the destination of a request: the flow's fixed one, or
+// the one for the request's host (plain HTTP).
+func (f *flow) target(r *http.Request, host string) *target {
+	if f.fixed != nil {
+		return f.fixed
+	}
+	f.mu.Lock()
+	t, ok := f.targets[host]
+	f.mu.Unlock()
+	if ok {
+		return t
+	}
+	t = f.newTarget(host, f.dst.Port, false)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.targets == nil {
+		f.targets = map[string]*target{}
+	}
+	if old, ok := f.targets[host]; ok {
+		return old
+	}
+	if len(f.targets) < 16 {
+		f.targets[host] = t
+	}
+	return t
+}
+
+func (f *flow) releaseTargets() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, t := range f.targets {
+		t.release()
+	}
+	if f.fixed != nil && !f.fixed.useTLS {
+		f.fixed.release()
+	}
+}
+
+// serveHTTP serves HTTP/1.1 or HTTP/2 on c until the client is done.
+func (f *flow) serveHTTP(c net.Conn, h2 bool) {
+	p := f.p
+	defer f.releaseTargets()
+	if h2 {
+		p.h2.ServeConn(c, &http2.ServeConnOpts{
+			Context: f.ctx,
+			Handler: f,
+			BaseConfig: &http.Server{
+				MaxHeaderBytes: p.cfg.MaxHeaderBytes,
+				ErrorLog:       slog.NewLogLogger(p.errLog.Handler(), slog.LevelDebug),
+			},
+		})
+		return
+	}
+	hc := newH1Conn(c, f)
+	f.h1 = hc
+	srv := &http.Server{
+		Handler:           f,
+		ReadHeaderTimeout: p.cfg.HandshakeTimeout.D(),
+		IdleTimeout:       p.cfg.IdleTimeout.D(),
+		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(p.errLog.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return f.ctx },
+	}
+	srv.SetKeepAlivesEnabled(true)
+	_ = srv.Serve(newOneConnListener(hc))
+}
+
+func intersectALPN(client []string) []string {
+	var out []string
+	for _, p := range client {
+		if (p == "h2" || p == "http/1.1") && !contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// peekedConn reads through the bufio.Reader that peeked at the first
+// bytes, so nothing is lost.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// CloseWrite half-closes the underlying connection when it can.
+func (c *peekedConn) CloseWrite() error { return closeWrite(c.Conn) }

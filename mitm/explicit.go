@@ -1,0 +1,127 @@
+package mitm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/workload"
+)
+
+// ServeExplicit runs the explicit HTTP proxy on ln (the HTTP_PROXY /
+// HTTPS_PROXY setup): CONNECT host:port tunnels go through the same
+// peek, policy and TLS path as transparent connections, and absolute-form
+// http:// requests are forwarded. The workload is the client address.
+// It returns nil when ctx is cancelled, after closing ln and every
+// connection it serves.
+func (p *Proxy) ServeExplicit(ctx context.Context, ln net.Listener) error {
+	var wg sync.WaitGroup
+	el := &explicitListener{Listener: ln, p: p, ctx: ctx, wg: &wg}
+	srv := &http.Server{
+		Handler:           http.HandlerFunc(p.serveExplicitRequest),
+		ReadHeaderTimeout: p.cfg.HandshakeTimeout.D(),
+		IdleTimeout:       p.cfg.IdleTimeout.D(),
+		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(p.errLog.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ConnContext: func(c context.Context, nc net.Conn) context.Context {
+			if hc, ok := nc.(*h1Conn); ok {
+				return context.WithValue(c, flowKey{}, hc.fl)
+			}
+			return c
+		},
+	}
+	stop := context.AfterFunc(ctx, func() { _ = srv.Close() })
+	defer stop()
+	err := srv.Serve(el)
+	if ctx.Err() != nil || errors.Is(err, http.ErrServerClosed) {
+		_ = srv.Close()
+		wg.Wait()
+		return nil
+	}
+	_ = srv.Close()
+	wg.Wait()
+	return fmt.Errorf("explicit proxy on %s: %w", ln.Addr(), err)
+}
+
+type flowKey struct{}
+
+// explicitListener wraps each accepted connection for framing checks and
+// gives it a flow named by the client address.
+type explicitListener struct {
+	net.Listener
+	p   *Proxy
+	ctx context.Context
+	wg  *sync.WaitGroup
+}
+
+func (l *explicitListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	id := workload.Identity{}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		id.Client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	f := &flow{p: l.p, ctx: l.ctx, id: id, start: time.Now(), explicit: true, tlsMode: audit.TLSNone}
+	hc := newH1Conn(c, f)
+	f.h1 = hc
+	l.wg.Add(1)
+	go func() {
+		<-hc.closed
+		f.releaseTargets()
+		l.wg.Done()
+	}()
+	return hc, nil
+}
+
+func (p *Proxy) serveExplicitRequest(w http.ResponseWriter, r *http.Request) {
+	f, _ := r.Context().Value(flowKey{}).(*flow)
+	if f == nil {
+		http.Error(w, "no flow", http.StatusInternalServerError)
+		return
+	}
+	f.ServeHTTP(w, r)
+}
+
+// serveConnect answers a CONNECT and serves the tunnel like a transparent
+// connection to host:port.
+func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request, f *flow) {
+	host, portStr, err := net.SplitHostPort(r.Host)
+	port, perr := strconv.ParseUint(portStr, 10, 16)
+	if err != nil || perr != nil || host == "" || port == 0 {
+		x := &exchange{f: f, w: w, r: r, rec: f.httpRecord(), start: time.Now()}
+		x.rec.Method, x.rec.Proto = r.Method, r.Proto
+		x.fail(http.StatusBadRequest, audit.DecisionError, reasonMalformed,
+			fmt.Sprintf("CONNECT target %q: want host:port", r.Host), nil)
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		p.log.Error("hijack CONNECT", "error", err.Error())
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+	if _, err := brw.WriteString("HTTP/1.1 200 Connection established\r\n\r\n"); err == nil {
+		err = brw.Flush()
+	}
+	if err != nil {
+		conn.Close()
+		return
+	}
+	c := newBufferedConn(conn, brw.Reader)
+	dst := Destination{Host: host, Port: uint16(port)}
+	if a, err := netip.ParseAddr(host); err == nil {
+		dst.Host = a.Unmap().String()
+	}
+	p.serve(f.ctx, c, dst, f.id, true)
+}

@@ -1,0 +1,332 @@
+package mitm
+
+import (
+	"bytes"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// net/http's server accepts a request carrying both Content-Length and
+// Transfer-Encoding (it drops Content-Length), answers some malformed
+// requests itself, and hides header sizes from handlers. The proxy wants
+// a 400 for the first (request smuggling), an audit record for the
+// second and its own header limit, so h1Conn watches the client's bytes
+// with a small HTTP/1.1 framing tracker and recognizes the server's own
+// error answers on the way out.
+
+// headInfo is what the tracker learned about one request head.
+type headInfo struct {
+	size   int  // bytes of the request line and header fields
+	both   bool // Content-Length and Transfer-Encoding both present
+	method string
+	target string
+}
+
+const (
+	stHead = iota
+	stBody
+	stChunkSize
+	stChunkData
+	stChunkCRLF
+	stTrailer
+	stDone // lost track, upgraded or tunnelled: stop looking
+)
+
+const maxTrackedLine = 512
+
+// framer follows HTTP/1.1 request framing on a byte stream. It never
+// buffers more than one line prefix, and gives up (stDone) on anything it
+// does not understand; net/http then has the last word.
+type framer struct {
+	state  int
+	line   []byte // current line, first maxTrackedLine bytes
+	remain int64
+	cur    headInfo
+	first  bool // next line is a request line
+	cl, te bool
+	clVal  string
+	teVal  string
+	upg    bool
+	heads  []headInfo
+}
+
+func newFramer() *framer { return &framer{first: true} }
+
+func (f *framer) feed(p []byte) {
+	for len(p) > 0 && f.state != stDone {
+		switch f.state {
+		case stBody, stChunkData:
+			n := int64(len(p))
+			if n > f.remain {
+				n = f.remain
+			}
+			f.remain -= n
+			p = p[n:]
+			if f.remain == 0 {
+				if f.state == stBody {
+					f.state = stHead
+				} else {
+					f.state = stChunkCRLF
+				}
+			}
+			continue
+		}
+		i := bytes.IndexByte(p, '\n')
+		chunk := p
+		if i >= 0 {
+			chunk = p[:i]
+		}
+		if room := maxTrackedLine - len(f.line); room > 0 {
+			if len(chunk) < room {
+				room = len(chunk)
+			}
+			f.line = append(f.line, chunk[:room]...)
+		}
+		if f.state == stHead {
+			f.cur.size += len(chunk)
+		}
+		if i < 0 {
+			return
+		}
+		if f.state == stHead {
+			f.cur.size++
+		}
+		p = p[i+1:]
+		line := strings.TrimSuffix(string(f.line), "\r")
+		f.line = f.line[:0]
+		f.endLine(line)
+	}
+}
+
+func (f *framer) endLine(line string) {
+	switch f.state {
+	case stHead:
+		if f.first {
+			if line == "" {
+				f.cur.size = 0
+				return // blank lines before a request line are ignored
+			}
+			f.first = false
+			parts := strings.SplitN(line, " ", 3)
+			f.cur.method = parts[0]
+			if len(parts) > 1 {
+				f.cur.target = parts[1]
+			}
+			return
+		}
+		if line != "" {
+			name, val, ok := strings.Cut(line, ":")
+			if !ok {
+				return
+			}
+			val = strings.TrimSpace(val)
+			switch strings.ToLower(name) {
+			case "content-length":
+				f.cl, f.clVal = true, val
+			case "transfer-encoding":
+				f.te = true
+				f.teVal = strings.ToLower(val)
+			case "upgrade":
+				f.upg = true
+			}
+			return
+		}
+		f.cur.both = f.cl && f.te
+		if len(f.heads) < 64 {
+			f.heads = append(f.heads, f.cur)
+		}
+		f.startBody()
+	case stChunkSize:
+		s, _, _ := strings.Cut(line, ";")
+		n, err := strconv.ParseInt(strings.TrimSpace(s), 16, 64)
+		if err != nil || n < 0 {
+			f.state = stDone
+			return
+		}
+		if n == 0 {
+			f.state = stTrailer
+			return
+		}
+		f.state, f.remain = stChunkData, n
+	case stChunkCRLF:
+		if line != "" {
+			f.state = stDone
+			return
+		}
+		f.state = stChunkSize
+	case stTrailer:
+		if line == "" {
+			f.reset()
+		}
+	}
+}
+
+func (f *framer) startBody() {
+	method := f.cur.method
+	switch {
+	case method == "CONNECT" || f.upg:
+		f.state = stDone
+		return
+	case f.te:
+		codings := strings.Split(f.teVal, ",")
+		if strings.TrimSpace(codings[len(codings)-1]) != "chunked" {
+			f.state = stDone
+			return
+		}
+		f.resetHead()
+		f.state = stChunkSize
+		return
+	case f.cl:
+		n, err := strconv.ParseInt(f.clVal, 10, 64)
+		if err != nil || n < 0 {
+			f.state = stDone
+			return
+		}
+		f.resetHead()
+		if n > 0 {
+			f.state, f.remain = stBody, n
+		}
+		return
+	}
+	f.resetHead()
+}
+
+func (f *framer) resetHead() {
+	f.cur = headInfo{}
+	f.first = true
+	f.cl, f.te, f.upg = false, false, false
+	f.clVal, f.teVal = "", ""
+	f.state = stHead
+}
+
+func (f *framer) reset() { f.resetHead() }
+
+// h1Conn is the client connection as net/http's HTTP/1.1 server sees it.
+type h1Conn struct {
+	net.Conn
+	fl *flow
+
+	mu     sync.Mutex
+	fr     *framer
+	served int // heads handed to handlers
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+func newH1Conn(c net.Conn, fl *flow) *h1Conn {
+	return &h1Conn{Conn: c, fl: fl, fr: newFramer(), closed: make(chan struct{})}
+}
+
+func (c *h1Conn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.mu.Lock()
+		c.fr.feed(b[:n])
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+// goErrorHeaders is what net/http's server writes after the status line
+// of the answers it gives without calling a handler.
+const goErrorHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+
+func (c *h1Conn) Write(b []byte) (int, error) {
+	if len(b) > 13 && string(b[:9]) == "HTTP/1.1 " {
+		if i := bytes.Index(b, []byte(goErrorHeaders)); i > 0 && bytes.IndexByte(b[:i], '\n') < 0 {
+			if code, err := strconv.Atoi(string(b[9:12])); err == nil {
+				c.parserError(code, string(b[i+len(goErrorHeaders):]))
+			}
+		}
+	}
+	return c.Conn.Write(b)
+}
+
+// parserError records an answer net/http's server gave on its own.
+func (c *h1Conn) parserError(code int, text string) {
+	c.mu.Lock()
+	cur := c.fr.cur
+	c.mu.Unlock()
+	f := c.fl
+	rec := f.httpRecord()
+	rec.Proto = "HTTP/1.1"
+	rec.Method = cur.method
+	rec.Path = pathOf(cur.target)
+	rec.Status = code
+	rec.Source = sourceSluice
+	rec.Decision = "error"
+	if code == 431 {
+		rec.Reason = reasonHeaderTooLarge
+	} else {
+		rec.Reason = reasonMalformed
+	}
+	rec.Error = text
+	f.p.emit(rec)
+}
+
+// nextHead returns the tracker's record of the request a handler is about
+// to serve; ok is false once the tracker has stopped.
+func (c *h1Conn) nextHead() (headInfo, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.fr.heads) == 0 {
+		return headInfo{}, false
+	}
+	h := c.fr.heads[0]
+	c.fr.heads = c.fr.heads[1:]
+	return h, true
+}
+
+func (c *h1Conn) Close() error {
+	err := c.Conn.Close()
+	c.closeOnce.Do(func() { close(c.closed) })
+	return err
+}
+
+// CloseWrite half-closes the underlying connection when it can.
+func (c *h1Conn) CloseWrite() error { return closeWrite(c.Conn) }
+
+func pathOf(target string) string {
+	if i := strings.Index(target, "://"); i >= 0 {
+		rest := target[i+3:]
+		if j := strings.IndexByte(rest, '/'); j >= 0 {
+			target = rest[j:]
+		} else {
+			target = "/"
+		}
+	}
+	if i := strings.IndexByte(target, '?'); i >= 0 {
+		target = target[:i]
+	}
+	return target
+}
+
+// oneConnListener hands out one connection, then blocks until that
+// connection is closed, so http.Server.Serve returns when it is done.
+type oneConnListener struct {
+	c    *h1Conn
+	once sync.Once
+	ch   chan net.Conn
+}
+
+func newOneConnListener(c *h1Conn) *oneConnListener {
+	l := &oneConnListener{c: c, ch: make(chan net.Conn, 1)}
+	l.ch <- c
+	return l
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.c.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *oneConnListener) Close() error { return nil }
+
+func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }

@@ -1,0 +1,225 @@
+package mitm
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"sync"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/net/http2"
+)
+
+// poolKey names an upstream pool: connections to one host name at one
+// dialed address speaking one protocol.
+type poolKey struct {
+	host string
+	addr netip.AddrPort
+	alpn string // "h2", "http/1.1" or "" (no ALPN); plain HTTP has ""
+	tls  bool
+}
+
+// upstreamPool reuses connections to one upstream. Its first connection
+// may be one the proxy dialed itself to learn the ALPN (the spare).
+type upstreamPool struct {
+	p   *Proxy
+	key poolKey
+	rt  http.RoundTripper
+
+	closeIdle func()
+
+	mu    sync.Mutex
+	spare net.Conn
+}
+
+// poolSet bounds the pools with an LRU; an evicted pool closes its idle
+// connections (requests in flight on it finish).
+type poolSet struct {
+	mu    sync.Mutex
+	cache *lru.Cache[poolKey, *upstreamPool]
+	p     *Proxy
+}
+
+func newPoolSet(p *Proxy, size int) (*poolSet, error) {
+	c, err := lru.NewWithEvict(size, func(_ poolKey, up *upstreamPool) { up.close() })
+	if err != nil {
+		return nil, fmt.Errorf("upstream pools: %w", err)
+	}
+	return &poolSet{cache: c, p: p}, nil
+}
+
+func (s *poolSet) get(k poolKey) *upstreamPool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if up, ok := s.cache.Get(k); ok {
+		return up
+	}
+	up := s.p.newPool(k)
+	s.cache.Add(k, up)
+	return up
+}
+
+func (s *poolSet) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, up := range s.cache.Values() {
+		up.closeIdle()
+	}
+}
+
+func (p *Proxy) newPool(k poolKey) *upstreamPool {
+	up := &upstreamPool{p: p, key: k}
+	idle := p.cfg.IdleTimeout.D()
+	if k.alpn == "h2" {
+		t := &http2.Transport{
+			DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
+				return up.dial(ctx)
+			},
+			DisableCompression: true,
+			IdleConnTimeout:    idle,
+			MaxHeaderListSize:  1 << 20,
+		}
+		up.rt, up.closeIdle = t, t.CloseIdleConnections
+		return up
+	}
+	t := &http.Transport{
+		Proxy:                  nil,
+		MaxIdleConnsPerHost:    p.cfg.MaxIdleConnsPerUpstream,
+		MaxIdleConns:           p.cfg.MaxIdleConnsPerUpstream,
+		IdleConnTimeout:        idle,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: 1 << 20,
+		ForceAttemptHTTP2:      false,
+		TLSNextProto:           map[string]func(string, *tls.Conn) http.RoundTripper{},
+	}
+	if k.tls {
+		t.DialTLSContext = func(ctx context.Context, _, _ string) (net.Conn, error) { return up.dial(ctx) }
+	} else {
+		t.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) { return up.dial(ctx) }
+	}
+	up.rt, up.closeIdle = t, t.CloseIdleConnections
+	return up
+}
+
+// offer hands the pool a connection the proxy already has; the next dial
+// takes it. A second spare is closed.
+func (up *upstreamPool) offer(c net.Conn) {
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	if up.spare != nil {
+		old := up.spare
+		up.spare = c
+		old.Close()
+		return
+	}
+	up.spare = c
+}
+
+// reclaim closes c if it is still the unused spare.
+func (up *upstreamPool) reclaim(c net.Conn) {
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	if up.spare == c {
+		up.spare = nil
+		c.Close()
+	}
+}
+
+func (up *upstreamPool) takeSpare() net.Conn {
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	c := up.spare
+	up.spare = nil
+	return c
+}
+
+func (up *upstreamPool) close() {
+	if c := up.takeSpare(); c != nil {
+		c.Close()
+	}
+	up.closeIdle()
+}
+
+// dial returns the spare, else a new connection to the pool's address,
+// with TLS when the pool is a TLS one.
+func (up *upstreamPool) dial(ctx context.Context) (net.Conn, error) {
+	if c := up.takeSpare(); c != nil {
+		return c, nil
+	}
+	p := up.p
+	c, err := p.dialer.DialContext(ctx, "tcp", up.key.addr.String())
+	if err != nil {
+		return nil, err
+	}
+	if !up.key.tls {
+		return c, nil
+	}
+	var offer []string
+	if up.key.alpn != "" {
+		offer = []string{up.key.alpn}
+	}
+	hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout.D())
+	defer cancel()
+	tc := tls.Client(c, p.upstreamTLSConfig(up.key.host, offer))
+	if err := tc.HandshakeContext(hctx); err != nil {
+		c.Close()
+		var verr *tls.CertificateVerificationError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("upstream certificate verification failed for %s: %w", up.key.host, verr.Err)
+		}
+		return nil, fmt.Errorf("upstream TLS handshake with %s: %w", up.key.host, err)
+	}
+	if got := tc.ConnectionState().NegotiatedProtocol; up.key.alpn == "h2" && got != "h2" {
+		tc.Close()
+		return nil, fmt.Errorf("upstream %s no longer negotiates h2 (got %q)", up.key.host, got)
+	}
+	return tc, nil
+}
+
+// upstreamTLSConfig verifies name against the system roots plus
+// proxy.upstreamCA (an IP literal is checked against IP SANs).
+func (p *Proxy) upstreamTLSConfig(name string, alpn []string) *tls.Config {
+	return &tls.Config{
+		ServerName:         name,
+		RootCAs:            p.roots,
+		NextProtos:         alpn,
+		MinVersion:         tls.VersionTLS12,
+		ClientSessionCache: p.sessions,
+	}
+}
+
+// dialAny dials the addresses in order and returns the first connection.
+// DialTimeout bounds the whole attempt.
+func (p *Proxy) dialAny(ctx context.Context, addrs []netip.Addr, port uint16) (net.Conn, netip.AddrPort, error) {
+	if len(addrs) == 0 {
+		return nil, netip.AddrPort{}, errors.New("dial: no address")
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout.D())
+	defer cancel()
+	var errs []error
+	for _, a := range addrs {
+		ap := netip.AddrPortFrom(a, port)
+		c, err := p.dialer.DialContext(ctx, "tcp", ap.String())
+		if err == nil {
+			return c, ap, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, netip.AddrPort{}, errors.Join(errs...)
+}
+
+func readFile(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read: %w", err)
+	}
+	return b, nil
+}
