@@ -53,12 +53,12 @@ type Engine struct {
 	guardAudit  bool
 	// metadataOnly limits the guard to cloud metadata (Compile(Spec)).
 	metadataOnly bool
-	allowCIDRs  []netip.Prefix
-	rules       []*rule
-	def         *rule
-	lim         *Limiters
-	now         func() time.Time
-	log         *slog.Logger
+	allowCIDRs   []netip.Prefix
+	rules        []*rule
+	def          *rule
+	lim          *Limiters
+	now          func() time.Time
+	log          *slog.Logger
 }
 
 type rule struct {
@@ -151,7 +151,9 @@ func New(p *Policy, o Options) (*Engine, error) {
 		e.def.rl = compileLimiter(RuleDefault, p.Defaults.RateLimit, e.lim)
 	}
 	for _, pr := range p.Rules {
-		r := &rule{name: pr.Name, deny: pr.Action == "deny", audit: defAudit}
+		// A deny rule in audit mode lets requests through: they carry the
+		// default limits.
+		r := &rule{name: pr.Name, deny: pr.Action == "deny", audit: defAudit, maxReq: dl[0], maxResp: dl[1]}
 		if pr.Mode != "" {
 			r.audit = pr.Mode == "audit"
 		}

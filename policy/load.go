@@ -272,6 +272,7 @@ func (d *decoder) walk(n *yaml.Node, t reflect.Type, path string) {
 			child := joinPath(path, k.Value)
 			d.lines[child] = k.Line
 			if seen[k.Value] {
+				d.shapeErr = true
 				d.add(child, "", "duplicate key, keep one")
 				continue
 			}

@@ -331,7 +331,7 @@ func (l *limiter) apply(ctx context.Context, s *Limiters, id *workload.Identity,
 			name := strconv.Quote(l.rule + "-" + w.name)
 			pol[i] = fmt.Sprintf("%s;q=%d;w=%d", name, w.limit, int64(w.length.Seconds()))
 			left := max(o.tokens[i], 0)
-			reset := int64(math.Ceil((w.cap - o.tokens[i]) / w.rate))
+			reset := ceil((w.cap - o.tokens[i]) / w.rate)
 			cur[i] = fmt.Sprintf("%s;r=%d;t=%d", name, int64(math.Floor(left)), max(reset, 0))
 			if l.kong {
 				d.Header.Set("X-RateLimit-Limit-"+w.title, strconv.FormatInt(w.limit, 10))
@@ -342,7 +342,7 @@ func (l *limiter) apply(ctx context.Context, s *Limiters, id *workload.Identity,
 		d.Header.Set("RateLimit", strings.Join(cur, ", "))
 	}
 	if !o.allowed {
-		secs := max(int64(math.Ceil(o.wait.Seconds())), 1)
+		secs := max(ceil(o.wait.Seconds()), 1)
 		if !audit {
 			d.Header.Set("Retry-After", strconv.FormatInt(secs, 10))
 		}
@@ -358,3 +358,6 @@ func (l *limiter) deny(d *Decision, reason string, status int, audit bool) {
 	}
 	d.Verdict = Deny
 }
+
+// ceil rounds seconds up, ignoring float noise below a microsecond.
+func ceil(secs float64) int64 { return int64(math.Ceil(secs - 1e-6)) }

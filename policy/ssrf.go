@@ -37,19 +37,19 @@ var (
 		{netip.MustParsePrefix("172.16.0.0/12"), ReasonPrivate},
 		{netip.MustParsePrefix("192.168.0.0/16"), ReasonPrivate},
 		{netip.MustParsePrefix("100.64.0.0/10"), ReasonCGNAT},
-		{netip.MustParsePrefix("192.0.0.0/24"), ReasonReserved},   // IETF protocol assignments
-		{netip.MustParsePrefix("198.18.0.0/15"), ReasonReserved},  // benchmarking
-		{netip.MustParsePrefix("224.0.0.0/4"), ReasonMulticast},   // includes 255.255.255.255 below
-		{netip.MustParsePrefix("240.0.0.0/4"), ReasonReserved},    // future use; 255.255.255.255 is broadcast
-		{netip.MustParsePrefix("::/128"), ReasonUnspecified},      //
-		{netip.MustParsePrefix("::1/128"), ReasonLoopback},        //
-		{netip.MustParsePrefix("fe80::/10"), ReasonLinkLocal},     //
-		{netip.MustParsePrefix("fc00::/7"), ReasonPrivate},        // unique local
-		{netip.MustParsePrefix("fec0::/10"), ReasonPrivate},       // deprecated site-local
-		{netip.MustParsePrefix("ff00::/8"), ReasonMulticast},      //
-		{netip.MustParsePrefix("100::/64"), ReasonReserved},       // discard-only
-		{netip.MustParsePrefix("2001:db8::/32"), ReasonReserved},  // documentation
-		{netip.MustParsePrefix("::/96"), ReasonReserved},          // deprecated IPv4-compatible
+		{netip.MustParsePrefix("192.0.0.0/24"), ReasonReserved},  // IETF protocol assignments
+		{netip.MustParsePrefix("198.18.0.0/15"), ReasonReserved}, // benchmarking
+		{netip.MustParsePrefix("224.0.0.0/4"), ReasonMulticast},
+		{netip.MustParsePrefix("240.0.0.0/4"), ReasonReserved}, // future use
+		{netip.MustParsePrefix("::/128"), ReasonUnspecified},
+		{netip.MustParsePrefix("::1/128"), ReasonLoopback},
+		{netip.MustParsePrefix("fe80::/10"), ReasonLinkLocal},
+		{netip.MustParsePrefix("fc00::/7"), ReasonPrivate},  // unique local
+		{netip.MustParsePrefix("fec0::/10"), ReasonPrivate}, // deprecated site-local
+		{netip.MustParsePrefix("ff00::/8"), ReasonMulticast},
+		{netip.MustParsePrefix("100::/64"), ReasonReserved},      // discard-only
+		{netip.MustParsePrefix("2001:db8::/32"), ReasonReserved}, // documentation
+		{netip.MustParsePrefix("::/96"), ReasonReserved},         // deprecated IPv4-compatible
 	}
 	nat64     = netip.MustParsePrefix("64:ff9b::/96")
 	nat64Loc  = netip.MustParsePrefix("64:ff9b:1::/48")

@@ -348,6 +348,6 @@ func ParseSize(s string) (int64, error) {
 var sizeUnits = map[string]int64{
 	"": 1, "B": 1,
 	"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
-	"kB": 1e3,
+	"kB":  1e3,
 	"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
 }

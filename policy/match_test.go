@@ -1,0 +1,95 @@
+package policy
+
+import "testing"
+
+func TestMatchHost(t *testing.T) {
+	for _, tt := range []struct {
+		pattern, host string
+		want          bool
+	}{
+		{"api.example.com", "api.example.com", true},
+		{"api.example.com", "API.Example.COM.", true},
+		{"api.example.com", "x.api.example.com", false},
+		{"*.example.com", "a.example.com", true},
+		{"*.example.com", "a.b.example.com", true},
+		{"*.example.com", "example.com", false},
+		{"*.example.com", "badexample.com", false},
+		{"*.example.com", ".example.com", false},
+		{"*", "anything.example", true},
+		{"1.2.3.4", "1.2.3.4", true},
+	} {
+		if got := MatchHost(tt.pattern, tt.host); got != tt.want {
+			t.Errorf("MatchHost(%q, %q) = %v", tt.pattern, tt.host, got)
+		}
+	}
+}
+
+func TestMatchGlob(t *testing.T) {
+	for _, tt := range []struct {
+		glob, name string
+		want       bool
+	}{
+		{"/kubepods/**", "/kubepods/burstable/pod1/cri-x.scope", true},
+		{"/kubepods/**", "/kubepods", true},
+		{"/kubepods/**", "/kubepods.slice/x", false},
+		{"/kubepods*/**", "/kubepods.slice/x", true},
+		{"/a/*/c", "/a/b/c", true},
+		{"/a/*/c", "/a/b/x/c", false},
+		{"/a/**/c", "/a/b/x/c", true},
+		{"/a/**/c", "/a/c", true},
+		{"/a/**/**/c", "/a/c", true},
+		{"/usr/bin/python3*", "/usr/bin/python3.11", true},
+		{"/usr/bin/python?", "/usr/bin/python3", true},
+		{"/usr/bin/python?", "/usr/bin/python31", false},
+		{"/a/[", "/a/[", false}, // malformed class never matches
+	} {
+		if got := MatchGlob(tt.glob, tt.name); got != tt.want {
+			t.Errorf("MatchGlob(%q, %q) = %v", tt.glob, tt.name, got)
+		}
+	}
+}
+
+func TestMatchPath(t *testing.T) {
+	for _, tt := range []struct {
+		pattern, path string
+		want          bool
+	}{
+		{"/", "/anything", true},
+		{"/v1", "/v1", true},
+		{"/v1", "/v1/", true},
+		{"/v1", "/v1/x/y", true},
+		{"/v1", "/v1x", false},
+		{"/v1/", "/v1/x", true},
+		{"/v1/", "/v1", false},
+		{"/v1/*", "/v1/x", true},
+		{"/v1/*", "/v1/x/y", false},
+		{"/v1/**", "/v1/x/y", true},
+		{"/v1/*/issues", "/v1/r/issues", true},
+	} {
+		if got := matchPath(tt.pattern, tt.path); got != tt.want {
+			t.Errorf("matchPath(%q, %q) = %v", tt.pattern, tt.path, got)
+		}
+	}
+}
+
+func TestCleanPath(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                 "/",
+		"/":                "/",
+		"/a/b/":            "/a/b/",
+		"/a/../admin":      "/admin",
+		"/a/./b":           "/a/b",
+		"//admin//x":       "/admin/x",
+		"/%61dmin":         "/admin",
+		"/a%2Fb":           "/a/b",
+		"/a?x=/admin":      "/a",
+		"/bad%zzescape":    "/bad%zzescape",
+		"/../../etc":       "/etc",
+		"relative/path":    "/relative/path",
+		"/v1/%2e%2e/admin": "/admin",
+	} {
+		if got := cleanPath(in); got != want {
+			t.Errorf("cleanPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
