@@ -384,9 +384,12 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 		emit(ctx, &o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
 		return 1;
 	}
-	if ((s->flags & SET_V6) && port == s->proxy_port &&
-	    __builtin_memcmp(o.addr, s->intercept6, 16) == 0)
-		return 1;
+	if ((s->flags & SET_V6) && port == s->proxy_port) {
+		__u32 iw[4];
+		__builtin_memcpy(iw, s->intercept6, 16);
+		if (iw[0] == w[0] && iw[1] == w[1] && iw[2] == w[2] && iw[3] == w[3])
+			return 1; /* already steered by an ancestor's attachment */
+	}
 	if (!intercepted_port(s, port)) {
 		emit(ctx, &o, VERDICT_DIRECT, REASON_PORT_NOT_INTERCEPTED, cookie);
 		return 1;
@@ -424,10 +427,10 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 			mapped4(k.addr, skops->local_ip4);
 		} else if (skops->family == AF_INET6) {
 			__u32 w[4];
-			w[0] = skops->local_ip6[0];
-			w[1] = skops->local_ip6[1];
-			w[2] = skops->local_ip6[2];
-			w[3] = skops->local_ip6[3];
+			w[0] = *(volatile __u32 *)&skops->local_ip6[0];
+			w[1] = *(volatile __u32 *)&skops->local_ip6[1];
+			w[2] = *(volatile __u32 *)&skops->local_ip6[2];
+			w[3] = *(volatile __u32 *)&skops->local_ip6[3];
 			__builtin_memcpy(k.addr, w, 16);
 		} else {
 			return 1;
@@ -448,10 +451,10 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 			mapped4(k.addr, skops->local_ip4);
 		} else {
 			__u32 w[4];
-			w[0] = skops->local_ip6[0];
-			w[1] = skops->local_ip6[1];
-			w[2] = skops->local_ip6[2];
-			w[3] = skops->local_ip6[3];
+			w[0] = *(volatile __u32 *)&skops->local_ip6[0];
+			w[1] = *(volatile __u32 *)&skops->local_ip6[1];
+			w[2] = *(volatile __u32 *)&skops->local_ip6[2];
+			w[3] = *(volatile __u32 *)&skops->local_ip6[3];
 			__builtin_memcpy(k.addr, w, 16);
 		}
 		k.port = (__u16)skops->local_port;

@@ -3,6 +3,8 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 )
 
 // Agent configures the node agent: which workloads are intercepted and
@@ -30,6 +32,10 @@ type Agent struct {
 	Mark uint32 `yaml:"mark"`
 	// BPFFS is where pins live (bpffs is mounted there if needed).
 	BPFFS string `yaml:"bpffs"`
+	// Attach is where the hooks attach: "cgroup" (default) attaches them
+	// to each selected cgroup; "root" attaches them once at the cgroup2
+	// root and selects cgroups through a map, which scales to a node.
+	Attach string `yaml:"attach"`
 }
 
 // DefaultAgent returns the agent defaults.
@@ -43,6 +49,7 @@ func DefaultAgent() Agent {
 		FailMode:      "closed",
 		Mark:          0x5c1ce,
 		BPFFS:         "/sys/fs/bpf/sluice",
+		Attach:        "cgroup",
 	}
 }
 
@@ -53,6 +60,34 @@ func (a Agent) validate() []error {
 	}
 	if !a.InterceptIPv4.Is4() {
 		errs = append(errs, fmt.Errorf("agent.interceptIPv4 %q: must be an IPv4 address, e.g. 169.254.77.77", a.InterceptIPv4))
+	}
+	if a.InterceptIPv6.IsValid() && (!a.InterceptIPv6.Is6() || a.InterceptIPv6.Is4In6()) {
+		errs = append(errs, fmt.Errorf("agent.interceptIPv6 %q: must be an IPv6 address, e.g. fdc5:1ce0:77::77, or empty to intercept no IPv6", a.InterceptIPv6))
+	}
+	if a.ProxyPort == 0 {
+		errs = append(errs, fmt.Errorf("agent.proxyPort 0: must be a port number, e.g. 15001"))
+	}
+	if len(a.Ports) == 0 {
+		errs = append(errs, fmt.Errorf("agent.ports []: list the intercepted TCP ports, e.g. [\"80\", \"443\"], or [\"all\"]"))
+	}
+	for i, p := range a.Ports {
+		if p == "all" {
+			continue
+		}
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+			errs = append(errs, fmt.Errorf("agent.ports[%d] %q: must be a port number 1-65535 or \"all\"", i, p))
+		}
+	}
+	for i, c := range a.Cgroups {
+		if !strings.HasPrefix(c, "/") {
+			errs = append(errs, fmt.Errorf("agent.cgroups[%d] %q: must start with \"/\" (relative to the cgroup2 mount), e.g. \"/kubepods.slice/**\"", i, c))
+		}
+	}
+	if a.BPFFS == "" || !strings.HasPrefix(a.BPFFS, "/") {
+		errs = append(errs, fmt.Errorf("agent.bpffs %q: must be an absolute path, e.g. /sys/fs/bpf/sluice", a.BPFFS))
+	}
+	if a.Attach != "cgroup" && a.Attach != "root" {
+		errs = append(errs, fmt.Errorf("agent.attach %q: must be \"cgroup\" or \"root\"", a.Attach))
 	}
 	return errs
 }

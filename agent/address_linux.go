@@ -1,0 +1,166 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// interceptLink is the dummy interface the agent prefers for its address.
+const interceptLink = "sluice0"
+
+// interceptAddrs are the verified-local intercept addresses.
+type interceptAddrs struct {
+	v4, v6 netip.Addr // v6 invalid when IPv6 is off or not configured
+	// added lists what this agent put in place (removed on Close in open
+	// mode); createdLink is set when it created sluice0.
+	added       []netlink.Addr
+	link        netlink.Link
+	createdLink bool
+}
+
+// ensureIntercept places the intercept addresses on sluice0 (created when
+// the kernel has dummy links) or on lo, and verifies that the kernel
+// routes each as local. No hook is attached before this returns nil.
+func ensureIntercept(v4, v6 netip.Addr, log *slog.Logger) (*interceptAddrs, error) {
+	ia := &interceptAddrs{}
+	var err error
+	if ia.link, ia.createdLink, err = interceptLinkOrLo(); err != nil {
+		return nil, err
+	}
+	if err := ia.ensure(v4); err != nil {
+		ia.remove(log)
+		return nil, err
+	}
+	ia.v4 = v4
+	if v6.IsValid() {
+		if err := ia.ensure(v6); err != nil {
+			// IPv6 may be disabled on the node: IPv6 connects to
+			// intercepted ports are then refused in the kernel.
+			log.Warn("intercept address unavailable, intercepted IPv6 connects will be refused", "addr", v6.String(), "err", err)
+		} else {
+			ia.v6 = v6
+		}
+	}
+	return ia, nil
+}
+
+func interceptLinkOrLo() (netlink.Link, bool, error) {
+	if l, err := netlink.LinkByName(interceptLink); err == nil {
+		return l, false, nil
+	}
+	d := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: interceptLink}}
+	if err := netlink.LinkAdd(d); err == nil {
+		l, err := netlink.LinkByName(interceptLink)
+		if err == nil {
+			if err = netlink.LinkSetUp(l); err == nil {
+				return l, true, nil
+			}
+			_ = netlink.LinkDel(l)
+		}
+		return nil, false, fmt.Errorf("set up %s: %w", interceptLink, err)
+	}
+	// No dummy links in this kernel: use the loopback.
+	l, err := netlink.LinkByName("lo")
+	if err != nil {
+		return nil, false, fmt.Errorf("find lo: %w", err)
+	}
+	return l, false, nil
+}
+
+// ensure adds a (as a host route) unless the kernel already routes it as
+// local, then verifies it is local.
+func (ia *interceptAddrs) ensure(a netip.Addr) error {
+	if isLocal(a) == nil {
+		return nil
+	}
+	bits := 32
+	if a.Is6() {
+		bits = 128
+	}
+	na := netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
+	if a.Is6() {
+		na.Flags = unix.IFA_F_NODAD
+	}
+	switch err := netlink.AddrAdd(ia.link, &na); {
+	case err == nil:
+		ia.added = append(ia.added, na)
+	case !errors.Is(err, unix.EEXIST):
+		return fmt.Errorf("add intercept address %s to %s: %w", a, ia.link.Attrs().Name, err)
+	}
+	// IPv6 installs the local route a moment after the address: poll,
+	// bounded.
+	var err error
+	for i := 0; i < 100; i++ {
+		if err = isLocal(a); err == nil {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return err
+}
+
+// isLocal asks the kernel how it routes a: only RTN_LOCAL is acceptable,
+// since a redirect to anything else would send workload traffic away.
+func isLocal(a netip.Addr) error {
+	rs, err := netlink.RouteGet(a.AsSlice())
+	if err != nil {
+		return fmt.Errorf("verify intercept address %s is local: route lookup: %w", a, err)
+	}
+	if len(rs) == 0 || rs[0].Type != unix.RTN_LOCAL {
+		t := -1
+		if len(rs) > 0 {
+			t = rs[0].Type
+		}
+		return fmt.Errorf("verify intercept address %s is local: kernel route type %d, want local (%d); refusing to attach hooks", a, t, unix.RTN_LOCAL)
+	}
+	return nil
+}
+
+// remove takes away what ensure added.
+func (ia *interceptAddrs) remove(log *slog.Logger) {
+	for i := range ia.added {
+		if err := netlink.AddrDel(ia.link, &ia.added[i]); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			log.Warn("remove intercept address", "addr", ia.added[i].IPNet.String(), "err", err)
+		}
+	}
+	ia.added = nil
+	if ia.createdLink {
+		if err := netlink.LinkDel(ia.link); err != nil {
+			log.Warn("remove link", "link", interceptLink, "err", err)
+		}
+		ia.createdLink = false
+	}
+}
+
+// removeIntercept deletes the configured addresses from sluice0 and lo and
+// deletes sluice0 (Cleanup).
+func removeIntercept(v4, v6 netip.Addr) error {
+	var errs []error
+	if l, err := netlink.LinkByName(interceptLink); err == nil {
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete %s: %w", interceptLink, err))
+		}
+	}
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("find lo: %w", err))...)
+	}
+	for _, a := range []netip.Addr{v4, v6} {
+		if !a.IsValid() {
+			continue
+		}
+		bits := a.BitLen()
+		na := netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
+		if err := netlink.AddrDel(lo, &na); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("remove intercept address %s from lo: %w", a, err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,110 @@
+package agent
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxCgroupWalk bounds one walk of the cgroup tree.
+const maxCgroupWalk = 200000
+
+// cgroupID is the id the kernel reports for the cgroup at dir (its kernfs
+// inode number, what bpf_get_current_cgroup_id returns).
+func cgroupID(dir string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+// relPath turns a path under mount into a cgroup path ("/a/b"; "/" for the
+// root).
+func relPath(mount, p string) string {
+	r := strings.TrimPrefix(p, mount)
+	if r == "" {
+		return "/"
+	}
+	if !strings.HasPrefix(r, "/") {
+		r = "/" + r
+	}
+	return r
+}
+
+// walkCgroups calls fn for dir and every cgroup below it, parents first,
+// with the cgroup path relative to mount. It stops after maxCgroupWalk.
+func walkCgroups(mount, dir string, fn func(rel string, id uint64)) {
+	n := 0
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		if n++; n > maxCgroupWalk {
+			return filepath.SkipAll
+		}
+		id, err := cgroupID(p)
+		if err != nil {
+			return nil
+		}
+		fn(relPath(mount, p), id)
+		return nil
+	})
+}
+
+// cgroupNames maps cgroup ids to paths for workload identities. Misses
+// trigger a walk of the tree, at most one per second; otherwise the
+// process's /proc/PID/cgroup is used.
+type cgroupNames struct {
+	mount string
+	mu    sync.Mutex
+	byID  map[uint64]string
+	last  time.Time
+}
+
+func newCgroupNames(mount string) *cgroupNames {
+	return &cgroupNames{mount: mount, byID: map[uint64]string{}}
+}
+
+func (c *cgroupNames) add(id uint64, rel string) {
+	c.mu.Lock()
+	c.byID[id] = rel
+	c.mu.Unlock()
+}
+
+func (c *cgroupNames) lookup(id uint64, pid int) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p, ok := c.byID[id]; ok {
+		return p
+	}
+	if time.Since(c.last) > time.Second {
+		c.last = time.Now()
+		m := map[uint64]string{}
+		walkCgroups(c.mount, c.mount, func(rel string, id uint64) { m[id] = rel })
+		c.byID = m
+		if p, ok := m[id]; ok {
+			return p
+		}
+	}
+	// Fall back to the process's current cgroup when it still has the id.
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "0::"); ok {
+			if cid, err := cgroupID(filepath.Join(c.mount, rest)); err == nil && cid == id {
+				c.byID[id] = rest
+				return rest
+			}
+		}
+	}
+	return ""
+}

@@ -1,0 +1,106 @@
+// Package agent is Sluice's node agent: it loads the eBPF cgroup hooks of
+// bpf/, attaches them to the selected cgroups, owns the node-local intercept
+// address, accepts the redirected connections on it, names the workload
+// behind each one from the kernel's record of the connect, and hands the
+// connection to the proxy (a Handler, normally *mitm.Proxy).
+//
+// Selection. Cgroups are selected by path globs relative to the cgroup2
+// mount (config.Agent.Cgroups, "*" within a segment, "**" across segments)
+// and at runtime by exact path (SelectCgroup). A selected cgroup's whole
+// subtree is intercepted. Two attach modes (config.Agent.Attach):
+//   - "cgroup" (default): the programs are attached to each selected cgroup
+//     that has no selected ancestor; descendants inherit them. Simplest, and
+//     what `sluice run` uses.
+//   - "root": one set of programs at the cgroup2 root; they consult a map of
+//     selected cgroup ids, which the agent keeps up to date (including new
+//     descendants of a selected cgroup). This scales to a node with many
+//     cgroups.
+//
+// Failure modes. failMode "closed" pins the links and maps under
+// config.Agent.BPFFS, and leaves the intercept address in place when the
+// agent exits, so redirection survives the agent and connects fail
+// (nobody listens) instead of bypassing the proxy. failMode "open" ties the
+// links to the agent process and removes the address it added on exit. A
+// new agent replaces an earlier one's pins (links are updated in place to
+// the new programs). Cleanup removes every hook, pin, map and the address.
+package agent
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/sluicehq/sluice/mitm"
+	"github.com/sluicehq/sluice/workload"
+)
+
+// Handler takes a redirected connection. *mitm.Proxy implements it.
+// Handle owns conn and must close it; it returns when the exchange ends or
+// ctx is cancelled. It is called on its own goroutine per connection.
+type Handler interface {
+	Handle(ctx context.Context, conn net.Conn, dst mitm.Destination, id workload.Identity)
+}
+
+var _ Handler = (*mitm.Proxy)(nil)
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, conn net.Conn, dst mitm.Destination, id workload.Identity)
+
+// Handle calls f.
+func (f HandlerFunc) Handle(ctx context.Context, conn net.Conn, dst mitm.Destination, id workload.Identity) {
+	f(ctx, conn, dst, id)
+}
+
+// Verdict is what the kernel did with a connect.
+type Verdict string
+
+const (
+	// Redirected: steered to the proxy.
+	Redirected Verdict = "redirected"
+	// Denied: refused in the kernel (connect failed with EPERM).
+	Denied Verdict = "denied"
+	// Direct: not intercepted, the connect went to its destination.
+	Direct Verdict = "direct"
+)
+
+// Fixed reason strings of events.
+const (
+	ReasonDenyCIDR       = "deny_cidr"        // destination in agent.denyCIDRs
+	ReasonPort           = "intercepted_port" // TCP to an intercepted port
+	ReasonNotTCP         = "not_tcp"          // not a TCP stream socket
+	ReasonPortNotListed  = "port_not_intercepted"
+	ReasonNoIntercept    = "no_intercept_address" // no verified local address for the family
+	ReasonUnknownInEvent = "unknown"
+)
+
+// Event is one connect decision of a selected cgroup's process.
+type Event struct {
+	Time    time.Time
+	Verdict Verdict
+	Reason  string
+	// Dst is the destination the process asked for.
+	Dst netip.AddrPort
+	// Protocol is the IP protocol number of the socket (6 for TCP).
+	Protocol uint32
+	PID      int
+	UID      uint32
+	Comm     string
+	CgroupID uint64
+	// Cgroup is the cgroup path of CgroupID, when it could be named.
+	Cgroup      string
+	NetnsCookie uint64
+	// Cookie is the socket cookie.
+	Cookie uint64
+}
+
+// Options are the agent's optional collaborators.
+type Options struct {
+	// OnEvent is called for every connect decision read from the kernel,
+	// on the agent's event goroutine; it must not block for long. Denied
+	// connects are also logged at Warn.
+	OnEvent func(Event)
+	// OriginWait bounds how long an accepted connection waits for its
+	// origin to appear in the kernel map; 0 means 250ms.
+	OriginWait time.Duration
+}

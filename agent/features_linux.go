@@ -1,0 +1,55 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
+)
+
+// probeKernel checks every kernel feature the hooks need and names what is
+// missing with the kernel version that brings it.
+func probeKernel() error {
+	type probe struct {
+		what, kernel string
+		fn           func() error
+	}
+	helper := func(pt ebpf.ProgramType, fn asm.BuiltinFunc) func() error {
+		return func() error { return features.HaveProgramHelper(pt, fn) }
+	}
+	probes := []probe{
+		{"cgroup sock_addr programs (connect4/6)", "4.17", func() error { return features.HaveProgramType(ebpf.CGroupSockAddr) }},
+		{"sockops programs", "4.13", func() error { return features.HaveProgramType(ebpf.SockOps) }},
+		{"ring buffer maps", "5.8", func() error { return features.HaveMapType(ebpf.RingBuf) }},
+		{"LPM trie maps", "4.11", func() error { return features.HaveMapType(ebpf.LPMTrie) }},
+		{"LRU hash maps", "4.10", func() error { return features.HaveMapType(ebpf.LRUHash) }},
+		{"bpf_getsockopt in sock_addr programs (SO_MARK check)", "5.8", helper(ebpf.CGroupSockAddr, asm.FnGetsockopt)},
+		{"bpf_get_netns_cookie in sock_addr programs", "5.7", helper(ebpf.CGroupSockAddr, asm.FnGetNetnsCookie)},
+		{"bpf_get_current_cgroup_id in sock_addr programs", "5.7", helper(ebpf.CGroupSockAddr, asm.FnGetCurrentCgroupId)},
+		{"bpf_ringbuf_reserve in sock_addr programs", "5.8", helper(ebpf.CGroupSockAddr, asm.FnRingbufReserve)},
+		{"bpf_sock_ops_cb_flags_set in sockops programs", "4.16", helper(ebpf.SockOps, asm.FnSockOpsCbFlagsSet)},
+	}
+	var errs []error
+	for _, p := range probes {
+		err := p.fn()
+		switch {
+		case err == nil:
+		case errors.Is(err, ebpf.ErrNotSupported):
+			errs = append(errs, fmt.Errorf("kernel %s lacks %s: needs Linux %s or later", kernelRelease(), p.what, p.kernel))
+		default:
+			errs = append(errs, fmt.Errorf("probe %s: %w", p.what, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "(unknown)"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}

@@ -1,0 +1,100 @@
+package agent
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// Cgroup2Mount returns the mount point of the cgroup2 (unified) hierarchy,
+// from /proc/self/mountinfo.
+func Cgroup2Mount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("find cgroup2 mount: %w", err)
+	}
+	defer f.Close()
+	return parseCgroup2Mount(f)
+}
+
+// errNoCgroup2 is returned when no cgroup2 filesystem is mounted.
+var errNoCgroup2 = errors.New("find cgroup2 mount: no cgroup2 filesystem in /proc/self/mountinfo; mount one with `mount -t cgroup2 none /sys/fs/cgroup`")
+
+// parseCgroup2Mount returns the first cgroup2 mount point whose root is
+// the hierarchy's root ("/"), else the first cgroup2 mount point.
+//
+// A mountinfo line is:
+//
+//	36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
+//
+// fields: id, parent, major:minor, root, mount point, options, optional
+// fields up to "-", then fs type, source, super options. Octal escapes
+// (\040 for a space) are decoded in the mount point.
+func parseCgroup2Mount(r io.Reader) (string, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	var fallback string
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 7 {
+			continue
+		}
+		sep := -1
+		for i := 6; i < len(f); i++ {
+			if f[i] == "-" {
+				sep = i
+				break
+			}
+		}
+		if sep < 0 || sep+1 >= len(f) || f[sep+1] != "cgroup2" {
+			continue
+		}
+		mp := unescapeMount(f[4])
+		if f[3] == "/" {
+			return mp, nil
+		}
+		if fallback == "" {
+			fallback = mp
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("find cgroup2 mount: read mountinfo: %w", err)
+	}
+	if fallback != "" {
+		return fallback, nil
+	}
+	return "", errNoCgroup2
+}
+
+// unescapeMount decodes the \ooo octal escapes of mountinfo.
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1:i+4]) {
+			v := (s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0')
+			b.WriteByte(v)
+			i += 3
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isOctal(s string) bool {
+	if len(s) != 3 {
+		return false
+	}
+	for i := 0; i < 3; i++ {
+		if s[i] < '0' || s[i] > '7' {
+			return false
+		}
+	}
+	return s[0] <= '3'
+}

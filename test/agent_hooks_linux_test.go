@@ -1,0 +1,351 @@
+package test
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/agent"
+)
+
+func cgroupInode(dir string) (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+// A process in the selected cgroup, in its own network namespace, reaches
+// the agent's listener instead of the test host it dialled; getpeername()
+// still says the test host; the agent names the process.
+func TestAgentRedirect(t *testing.T) {
+	e := newAgentEnv(t)
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	up, wl := e.tp.Hosts[1], e.tp.Hosts[0]
+	tests := []struct {
+		name   string
+		dst    netip.AddrPort
+		mapped bool
+		peer   string
+	}{
+		{"ipv4", netip.AddrPortFrom(up.IP4, 80), false, up.IP4.String() + ":80"},
+		{"ipv6", netip.AddrPortFrom(up.IP6, 443), false, "[" + up.IP6.String() + "]:443"},
+		{"ipv4-mapped ipv6", netip.AddrPortFrom(up.IP4, 443), true, "[::ffff:" + up.IP4.String() + "]:443"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := len(e.rec.all())
+			r := e.client(tt.dst, clientOpts{host: 0, inCgroup: true, mapped: tt.mapped})
+			if r.Errno != "" {
+				t.Fatalf("client connect: %s", r.Errno)
+			}
+			if want := "proxied " + tt.dst.String(); r.Data != want {
+				t.Fatalf("client read %q, want %q", r.Data, want)
+			}
+			if r.Peer != tt.peer {
+				t.Errorf("getpeername() = %s, want %s", r.Peer, tt.peer)
+			}
+			got := e.rec.all()
+			if len(got) != before+1 {
+				t.Fatalf("agent handled %d connections, want %d", len(got)-before, 1)
+			}
+			s := got[len(got)-1]
+			if s.Dst.Addr != tt.dst || s.Dst.Port != tt.dst.Port() {
+				t.Errorf("destination %v, want %v", s.Dst, tt.dst)
+			}
+			if s.ID.PID != r.PID || s.ID.PID != r.ChildPID {
+				t.Errorf("identity pid %d, want the client's %d (started as %d)", s.ID.PID, r.PID, r.ChildPID)
+			}
+			if s.ID.Comm != "python3" {
+				t.Errorf("identity comm %q, want python3", s.ID.Comm)
+			}
+			if !strings.Contains(s.ID.Exe, "python3") {
+				t.Errorf("identity exe %q, want a python3 binary", s.ID.Exe)
+			}
+			if s.ID.Cgroup != e.cg.Path {
+				t.Errorf("identity cgroup %q, want %q", s.ID.Cgroup, e.cg.Path)
+			}
+			wantClient := wl.IP4
+			if tt.dst.Addr().Is6() {
+				wantClient = wl.IP6
+			}
+			if s.ID.Client.Addr() != wantClient {
+				t.Errorf("identity client %v, want the workload namespace's %v", s.ID.Client, wantClient)
+			}
+			ev, ok := e.waitEvent(func(ev agent.Event) bool { return ev.PID == r.PID })
+			if !ok {
+				t.Fatal("no event for the connect")
+			}
+			if ev.Verdict != agent.Redirected || ev.Reason != agent.ReasonPort || ev.Dst != tt.dst || ev.Comm != "python3" || ev.Cgroup != e.cg.Path {
+				t.Errorf("event %+v", ev)
+			}
+		})
+	}
+	if d := e.directConns(); len(d) != 0 {
+		t.Errorf("upstream saw direct connections %v", d)
+	}
+	if n := e.ag.Drops(); n != 0 {
+		t.Errorf("%d events dropped", n)
+	}
+}
+
+// A denied CIDR fails the connect with EPERM on every port, over IPv4 and
+// IPv6, and each refusal is an event.
+func TestAgentDeny(t *testing.T) {
+	e := newAgentEnv(t)
+	up := e.tp.Hosts[1]
+	e.cfg.DenyCIDRs = []netip.Prefix{netip.PrefixFrom(up.IP4, 32), netip.PrefixFrom(up.IP6, 64).Masked()}
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []netip.AddrPort{
+		netip.AddrPortFrom(up.IP4, 80), netip.AddrPortFrom(up.IP4, 9999),
+		netip.AddrPortFrom(up.IP6, 443), netip.AddrPortFrom(up.IP6, 9999),
+	} {
+		r := e.client(dst, clientOpts{host: 0, inCgroup: true})
+		if r.Errno != "EPERM" {
+			t.Errorf("connect %v: errno %q (data %q), want EPERM", dst, r.Errno, r.Data)
+			continue
+		}
+		ev, ok := e.waitEvent(func(ev agent.Event) bool { return ev.PID == r.PID })
+		if !ok {
+			t.Errorf("connect %v: no event", dst)
+			continue
+		}
+		if ev.Verdict != agent.Denied || ev.Reason != agent.ReasonDenyCIDR || ev.Dst != dst || ev.Comm != "python3" {
+			t.Errorf("connect %v: event %+v", dst, ev)
+		}
+	}
+	// Outside the selected cgroup the deny list does not apply.
+	r := e.client(netip.AddrPortFrom(up.IP4, 9999), clientOpts{host: 0})
+	if r.Data != "direct "+up.IP4.String()+":9999" {
+		t.Errorf("unselected process: %+v", r)
+	}
+	if len(e.rec.all()) != 0 {
+		t.Errorf("agent handled %d connections, want none", len(e.rec.all()))
+	}
+}
+
+// Processes outside the cgroup, sockets carrying the agent's mark and
+// ports that are not intercepted all go direct.
+func TestAgentDirect(t *testing.T) {
+	e := newAgentEnv(t)
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	up := e.tp.Hosts[1]
+	tests := []struct {
+		name string
+		dst  netip.AddrPort
+		o    clientOpts
+	}{
+		{"outside the cgroup", netip.AddrPortFrom(up.IP4, 80), clientOpts{host: 0}},
+		{"outside the cgroup ipv6", netip.AddrPortFrom(up.IP6, 443), clientOpts{host: 0}},
+		{"agent mark", netip.AddrPortFrom(up.IP4, 80), clientOpts{host: 0, inCgroup: true, mark: e.cfg.Mark}},
+		{"agent mark ipv6", netip.AddrPortFrom(up.IP6, 443), clientOpts{host: 0, inCgroup: true, mark: e.cfg.Mark}},
+		{"port not intercepted", netip.AddrPortFrom(up.IP4, 9999), clientOpts{host: 0, inCgroup: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := e.client(tt.dst, tt.o)
+			if want := "direct " + tt.dst.String(); r.Data != want {
+				t.Fatalf("client got %+v, want data %q", r, want)
+			}
+		})
+	}
+	if n := len(e.rec.all()); n != 0 {
+		t.Errorf("agent handled %d connections, want none", n)
+	}
+	ev, ok := e.waitEvent(func(ev agent.Event) bool { return ev.Dst.Port() == 9999 })
+	if !ok || ev.Verdict != agent.Direct || ev.Reason != agent.ReasonPortNotListed {
+		t.Errorf("event for the port that is not intercepted: %+v (found %v)", ev, ok)
+	}
+	for _, ev := range e.events() {
+		if ev.Verdict == agent.Redirected {
+			t.Errorf("unexpected redirect event %+v", ev)
+		}
+	}
+}
+
+// Two workload namespaces connecting from the same source port at the
+// same time each get their own origin.
+func TestAgentSameSourcePortTwoNamespaces(t *testing.T) {
+	e := newAgentEnv(t)
+	e.rec.hold = make(chan struct{})
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	up := e.tp.Hosts[1]
+	dstA, dstB := netip.AddrPortFrom(up.IP4, 80), netip.AddrPortFrom(up.IP4, 443)
+	waitA := e.startClient(dstA, clientOpts{host: 0, inCgroup: true, sport: 40123})
+	waitB := e.startClient(dstB, clientOpts{host: 2, inCgroup: true, sport: 40123})
+	// Both connections are open before either is answered.
+	for i := 0; i < 500 && len(e.rec.all()) < 2; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(e.rec.hold)
+	ra, rb := waitA(), waitB()
+	if ra.Data != "proxied "+dstA.String() || rb.Data != "proxied "+dstB.String() {
+		t.Fatalf("clients got %q and %q", ra.Data, rb.Data)
+	}
+	got := e.rec.all()
+	if len(got) != 2 {
+		t.Fatalf("agent handled %d connections, want 2", len(got))
+	}
+	byPID := map[int]seen{}
+	for _, s := range got {
+		if s.ID.Client.Port() != 40123 {
+			t.Errorf("client port %d, want 40123", s.ID.Client.Port())
+		}
+		byPID[s.ID.PID] = s
+	}
+	if s := byPID[ra.PID]; s.Dst.Addr != dstA || s.ID.Client.Addr() != e.tp.Hosts[0].IP4 {
+		t.Errorf("namespace A: %+v", s)
+	}
+	if s := byPID[rb.PID]; s.Dst.Addr != dstB || s.ID.Client.Addr() != e.tp.Hosts[2].IP4 {
+		t.Errorf("namespace B: %+v", s)
+	}
+}
+
+// failMode closed: with the agent stopped the pins stay and the workload's
+// connects fail (nothing reaches the upstream); a new agent adopts the pins
+// and it works again; cleanup then leaves nothing.
+func TestAgentFailClosed(t *testing.T) {
+	e := newAgentEnv(t)
+	e.cfg.FailMode = "closed"
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.AddrPortFrom(e.tp.Hosts[1].IP4, 80)
+	if r := e.client(dst, clientOpts{host: 0, inCgroup: true}); r.Data != "proxied "+dst.String() {
+		t.Fatalf("with the agent: %+v", r)
+	}
+	e.stop()
+	pins, _ := filepath.Glob(filepath.Join(e.cfg.BPFFS, "links", "*"))
+	if len(pins) != 5 {
+		t.Errorf("pinned links after stop: %v, want 5", pins)
+	}
+	if n := cgroupHooks(t, e.cg.Dir); n != 5 {
+		t.Errorf("%d hooks attached after stop, want 5", n)
+	}
+	r := e.client(dst, clientOpts{host: 0, inCgroup: true})
+	if r.Errno != "ECONNREFUSED" {
+		t.Errorf("without the agent: %+v, want ECONNREFUSED", r)
+	}
+	if d := e.directConns(); len(d) != 0 {
+		t.Errorf("upstream saw %v while the agent was down", d)
+	}
+	// A new agent replaces the pins in place.
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	if n := cgroupHooks(t, e.cg.Dir); n != 5 {
+		t.Errorf("%d hooks attached after restart, want 5", n)
+	}
+	if r := e.client(dst, clientOpts{host: 0, inCgroup: true}); r.Data != "proxied "+dst.String() {
+		t.Fatalf("after restart: %+v", r)
+	}
+	e.stop()
+	if err := agent.Cleanup(e.cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	e.assertNothingLeft()
+	if r := e.client(dst, clientOpts{host: 0, inCgroup: true}); r.Data != "direct "+dst.String() {
+		t.Errorf("after cleanup: %+v", r)
+	}
+}
+
+// failMode open: with the agent stopped the workload goes direct and
+// nothing is left.
+func TestAgentFailOpen(t *testing.T) {
+	e := newAgentEnv(t)
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.AddrPortFrom(e.tp.Hosts[1].IP6, 443)
+	if r := e.client(dst, clientOpts{host: 0, inCgroup: true}); r.Data != "proxied "+dst.String() {
+		t.Fatalf("with the agent: %+v", r)
+	}
+	e.stop()
+	e.assertNothingLeft()
+	if r := e.client(dst, clientOpts{host: 0, inCgroup: true}); r.Data != "direct "+dst.String() {
+		t.Errorf("without the agent: %+v", r)
+	}
+}
+
+// A cgroup created after start that matches a configured glob is
+// intercepted within a second; root attach with a selection map works the
+// same way.
+func TestAgentGlobSelectsNewCgroup(t *testing.T) {
+	for _, mode := range []string{"cgroup", "root"} {
+		t.Run(mode, func(t *testing.T) {
+			e := newAgentEnv(t)
+			prefix := fmt.Sprintf("sluice-glob-%x%x", randByte(), randByte())
+			e.cfg.Cgroups = []string{"/" + prefix + "-*"}
+			e.cfg.Attach = mode
+			e.start()
+			dir := filepath.Join(e.mount, prefix+"-x")
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			e.cg = &Cgroup{Path: "/" + prefix + "-x", Dir: dir}
+			t.Cleanup(func() {
+				_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
+				for i := 0; i < 50; i++ {
+					if err := os.Remove(dir); err == nil || os.IsNotExist(err) {
+						return
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			})
+			ok := false
+			for i := 0; i < 50 && !ok; i++ {
+				if mode == "cgroup" {
+					ok = cgroupHooks(t, dir) == 5
+				} else {
+					ok = selected(t, e, dir)
+				}
+				if !ok {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			if !ok {
+				t.Fatalf("new cgroup %s not intercepted within a second", dir)
+			}
+			dst := netip.AddrPortFrom(e.tp.Hosts[1].IP4, 80)
+			r := e.client(dst, clientOpts{host: 0, inCgroup: true})
+			if r.Data != "proxied "+dst.String() {
+				t.Fatalf("client in the new cgroup: %+v", r)
+			}
+			if got := e.rec.all(); len(got) != 1 || got[0].ID.Cgroup != e.cg.Path {
+				t.Errorf("handled %+v", got)
+			}
+			// A process elsewhere goes direct, also with root attach.
+			if r := e.client(dst, clientOpts{host: 0}); r.Data != "direct "+dst.String() {
+				t.Errorf("client outside: %+v", r)
+			}
+		})
+	}
+}
+
+// selected reports whether the agent intercepts the cgroup at dir.
+func selected(t *testing.T, e *agentEnv, dir string) bool {
+	t.Helper()
+	return slices.Contains(e.ag.Intercepted(), "/"+filepath.Base(dir))
+}
