@@ -19,6 +19,7 @@
 //	sluice_proxy_l4_flows_total{workload,host,tls,decision}
 //	sluice_proxy_tls_connections_total{mode}                  mode decrypted|passthrough|failed
 //	sluice_proxy_open_connections                             gauge, ConnOpened/ConnClosed
+//	sluice_proxy_errors_total{kind,reason}                    records with decision "error" (upstream unreachable, verification failed, …)
 //	sluice_policy_denials_total{rule,reason,decision}         decision deny|would_deny
 //	sluice_policy_rate_limited_total{workload,host,rule}      429 produced by Sluice
 //	sluice_agent_connect_events_total{decision}
@@ -80,6 +81,7 @@ type Metrics struct {
 	l4Flows         *prometheus.CounterVec
 	tls             *prometheus.CounterVec
 	openConns       prometheus.Gauge
+	errors          *prometheus.CounterVec
 	denials         *prometheus.CounterVec
 	rateLimited     *prometheus.CounterVec
 	connects        *prometheus.CounterVec
@@ -147,6 +149,10 @@ func New(o Options) *Metrics {
 		Namespace: "sluice", Subsystem: "proxy", Name: "open_connections",
 		Help: "Client connections the proxy holds open now.",
 	})
+	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "proxy", Name: "errors_total",
+		Help: "Requests (kind http) and flows (kind l4) Sluice could not complete, by reason: upstream unreachable, certificate verification failed, client handshake failed, timeouts.",
+	}, []string{"kind", "reason"})
 	m.denials = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "policy", Name: "denials_total",
 		Help: "Requests and flows a rule denied (decision deny) or would have denied in audit mode (decision would_deny), by rule and reason.",
@@ -170,7 +176,7 @@ func New(o Options) *Metrics {
 
 	m.reg.MustRegister(
 		m.requests, m.requestDuration, m.upstreamDur, m.bytes, m.l4Flows, m.tls,
-		m.openConns, m.denials, m.rateLimited, m.connects, m.dnsQueries, m.upstreamHealthy,
+		m.openConns, m.errors, m.denials, m.rateLimited, m.connects, m.dnsQueries, m.upstreamHealthy,
 		&funcCollector{m: m},
 		prometheus.NewGoCollector(),
 		prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
@@ -217,6 +223,7 @@ func (m *Metrics) recordHTTP(r *audit.Record) {
 	}
 	m.addBytes(wl, host, "http", r)
 	m.countDenial(r)
+	m.countError(r)
 	if r.Status == 429 && r.Source == "sluice" {
 		m.rateLimited.WithLabelValues(wl, host, m.rule(r.Rule)).Inc()
 	}
@@ -229,6 +236,7 @@ func (m *Metrics) recordL4(r *audit.Record) {
 	m.l4Flows.WithLabelValues(wl, host, tlsMode, decisionLabel(r.Decision)).Inc()
 	m.addBytes(wl, host, "l4", r)
 	m.countDenial(r)
+	m.countError(r)
 	switch {
 	case r.TLS == audit.TLSPassthrough:
 		m.tls.WithLabelValues(audit.TLSPassthrough).Inc()
@@ -255,6 +263,17 @@ func (m *Metrics) countDenial(r *audit.Record) {
 		reason = "none"
 	}
 	m.denials.WithLabelValues(m.rule(r.Rule), m.reasons.fold(reason), r.Decision).Inc()
+}
+
+func (m *Metrics) countError(r *audit.Record) {
+	if r.Decision != audit.DecisionError {
+		return
+	}
+	reason := r.Reason
+	if reason == "" {
+		reason = "none"
+	}
+	m.errors.WithLabelValues(r.Kind, m.reasons.fold(reason)).Inc()
 }
 
 func (m *Metrics) host(h string) string {

@@ -135,7 +135,7 @@ func TestRecordL4AndTLS(t *testing.T) {
 	for _, r := range []audit.Record{
 		{Kind: audit.KindL4, Workload: pod, Host: "bank.example", SNI: "bank.example", TLS: audit.TLSPassthrough, Decision: audit.DecisionAllow, BytesIn: 10, BytesOut: 20},
 		{Kind: audit.KindL4, Workload: pod, Host: "bank.example", SNI: "bank.example", TLS: audit.TLSPassthrough, Decision: audit.DecisionAllow, BytesIn: 1, BytesOut: 2},
-		{Kind: audit.KindL4, Workload: pod, Host: "pinned.example", TLS: audit.TLSDecrypted, Decision: audit.DecisionError, Error: "tls handshake with client: remote error: tls: bad certificate"},
+		{Kind: audit.KindL4, Workload: pod, Host: "pinned.example", TLS: audit.TLSDecrypted, Decision: audit.DecisionError, Reason: "client TLS handshake failed", Error: "tls handshake with client: remote error: tls: bad certificate"},
 		{Kind: audit.KindL4, Workload: pod, Host: "db.internal", TLS: audit.TLSNone, Decision: audit.DecisionDeny, Rule: "no-db", Reason: "port denied"},
 		{Kind: audit.KindConnect, Decision: "redirected"},
 		{Kind: audit.KindConnect, Decision: "redirected"},
