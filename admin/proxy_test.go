@@ -114,7 +114,7 @@ type countingSink struct {
 }
 
 func (c *countingSink) Record(*audit.Record) { c.mu.Lock(); c.n++; c.mu.Unlock() }
-func (c *countingSink) count() int         { c.mu.Lock(); defer c.mu.Unlock(); return c.n }
+func (c *countingSink) count() int           { c.mu.Lock(); defer c.mu.Unlock(); return c.n }
 
 func TestMetricsAfterProxyTraffic(t *testing.T) {
 	dir := t.TempDir()
