@@ -216,6 +216,12 @@ func (d *fakeDecider) Request(_ context.Context, r *policy.Request) policy.Decis
 	return policy.Decision{Rule: "test", Reason: "test allows"}
 }
 
+func (d *fakeDecider) connections() []policy.Conn {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]policy.Conn(nil), d.conns...)
+}
+
 func (d *fakeDecider) requests() []policy.Request {
 	d.mu.Lock()
 	defer d.mu.Unlock()

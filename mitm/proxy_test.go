@@ -78,7 +78,7 @@ func TestGoClientThroughExplicitProxy(t *testing.T) {
 				!rec.Workload.Client.IsValid() || rec.Duration <= 0 || rec.UpstreamDuration <= 0 {
 				t.Errorf("record %+v", rec)
 			}
-			conns := h.dec.conns
+			conns := h.dec.connections()
 			if len(conns) != 1 || conns[0].Host != "api.test" || !conns[0].TLS || len(conns[0].Addrs) != 1 || conns[0].Port != up.addr.Port() {
 				t.Errorf("Connection calls %+v, want one for api.test with its address", conns)
 			}
