@@ -1,0 +1,244 @@
+package logsum
+
+import (
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/workload"
+)
+
+// auditLine renders r with the real audit writer.
+func auditLine(t *testing.T, r audit.Record) string {
+	t.Helper()
+	var b bytes.Buffer
+	audit.NewJSONLog(&b).Record(&r)
+	return strings.TrimSuffix(b.String(), "\n")
+}
+
+func TestParseLine(t *testing.T) {
+	t0 := time.Date(2026, 11, 25, 8, 0, 0, 500, time.UTC)
+	real := auditLine(t, audit.Record{
+		Time: t0, Kind: audit.KindHTTP,
+		Workload: workload.Identity{Namespace: "ns", Pod: "p", PID: 7, Comm: "python3"},
+		Host:     "api.example.com", Method: "GET", Path: "/x", Status: 429, Source: "sluice",
+		Decision: audit.DecisionDeny, Rule: "rl", Reason: "rate limit exceeded",
+		BytesIn: 3, BytesOut: 4, Duration: 1500 * time.Microsecond,
+	})
+	for _, c := range []struct {
+		name    string
+		line    string
+		want    Entry
+		wantErr error // nil: success; ErrNotAudit; errAny: any other error
+	}{
+		{name: "real record", line: real, want: Entry{
+			Time: t0, Kind: "http", PID: 7, Comm: "python3", Workload: "ns/p", Host: "api.example.com",
+			Method: "GET", Path: "/x", Status: 429, Source: "sluice", Decision: "deny", Rule: "rl",
+			Reason: "rate limit exceeded", BytesIn: 3, BytesOut: 4, DurationMS: 1.5,
+		}},
+		{name: "padded with CR", line: real + "\r", want: Entry{
+			Time: t0, Kind: "http", PID: 7, Comm: "python3", Workload: "ns/p", Host: "api.example.com",
+			Method: "GET", Path: "/x", Status: 429, Source: "sluice", Decision: "deny", Rule: "rl",
+			Reason: "rate limit exceeded", BytesIn: 3, BytesOut: 4, DurationMS: 1.5,
+		}},
+		{name: "no msg but kind", line: `{"kind":"l4","ip":"192.0.2.1"}`, want: Entry{Kind: "l4", IP: "192.0.2.1"}},
+		{name: "other log line", line: `{"time":"2026-11-25T08:00:00Z","level":"INFO","msg":"started"}`, wantErr: ErrNotAudit},
+		{name: "object without msg or kind", line: `{"a":1}`, wantErr: ErrNotAudit},
+		{name: "not json", line: `hello`, wantErr: errAny},
+		{name: "json null", line: `null`, wantErr: errAny},
+		{name: "json array", line: `[1]`, wantErr: errAny},
+		{name: "truncated", line: real[:len(real)/2], wantErr: errAny},
+		{name: "status as string", line: `{"msg":"audit","status":"200"}`, wantErr: errAny},
+		{name: "bad time", line: `{"msg":"audit","time":"yesterday"}`, wantErr: errAny},
+		{name: "empty", line: ``, wantErr: errAny},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := ParseLine([]byte(c.line))
+			switch {
+			case c.wantErr == nil && err != nil:
+				t.Fatalf("error %v", err)
+			case c.wantErr == errAny && (err == nil || errors.Is(err, ErrNotAudit)):
+				t.Fatalf("error %v, want a parse error", err)
+			case c.wantErr == ErrNotAudit && !errors.Is(err, ErrNotAudit):
+				t.Fatalf("error %v, want ErrNotAudit", err)
+			}
+			if err == nil && !reflect.DeepEqual(got, c.want) {
+				t.Errorf("got  %+v\nwant %+v", got, c.want)
+			}
+		})
+	}
+}
+
+var errAny = errors.New("any error")
+
+// TestClassify feeds one record at a time and checks which sections count it.
+func TestClassify(t *testing.T) {
+	type counts struct{ rate, deny, would, auth, server, requests int64 }
+	for _, c := range []struct {
+		name string
+		e    Entry
+		want counts
+	}{
+		{"allowed 200", Entry{Status: 200, Source: "upstream", Decision: "allow"}, counts{requests: 1}},
+		{"sluice 429", Entry{Status: 429, Source: "sluice", Decision: "deny", Rule: "rl"}, counts{rate: 1, deny: 1, requests: 1}},
+		{"upstream 429 is not ours", Entry{Status: 429, Source: "upstream", Decision: "allow"}, counts{requests: 1}},
+		{"sluice 403 deny is not an auth failure", Entry{Status: 403, Source: "sluice", Decision: "deny"}, counts{deny: 1, requests: 1}},
+		{"upstream 401", Entry{Status: 401, Source: "upstream", Decision: "allow"}, counts{auth: 1, requests: 1}},
+		{"upstream 403", Entry{Status: 403, Source: "upstream", Decision: "allow"}, counts{auth: 1, requests: 1}},
+		{"upstream 404", Entry{Status: 404, Source: "upstream"}, counts{requests: 1}},
+		{"upstream 500", Entry{Status: 500, Source: "upstream"}, counts{server: 1, requests: 1}},
+		{"upstream 599", Entry{Status: 599, Source: "upstream"}, counts{server: 1, requests: 1}},
+		{"sluice 502", Entry{Status: 502, Source: "sluice", Decision: "error"}, counts{requests: 1}},
+		{"would deny with upstream 500", Entry{Status: 500, Source: "upstream", Decision: "would_deny"}, counts{would: 1, server: 1, requests: 1}},
+		{"kernel connect deny", Entry{Kind: "connect", Decision: "deny", Rule: "block"}, counts{deny: 1}},
+		{"l4 flow", Entry{Kind: "l4", Decision: "allow"}, counts{requests: 1}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := New()
+			s.Add(c.e)
+			sum := s.Summary(0)
+			got := counts{sum.RateLimited.Total, sum.Denials.Total, sum.WouldDeny.Total, sum.AuthFailures.Total, sum.ServerErrors.Total, sum.Totals.Requests}
+			if got != c.want {
+				t.Errorf("counts %+v, want %+v", got, c.want)
+			}
+		})
+	}
+}
+
+func TestLabels(t *testing.T) {
+	for _, c := range []struct {
+		e        Entry
+		wl, host string
+	}{
+		{Entry{Workload: "ns/p", Comm: "x", Host: "API.Example.com", IP: "192.0.2.1"}, "ns/p", "api.example.com"},
+		{Entry{Workload: "unknown", Comm: "curl", IP: "192.0.2.1"}, "comm:curl", "192.0.2.1"},
+		{Entry{}, "unknown", "unknown"},
+	} {
+		if wl, h := WorkloadOf(c.e), HostOf(c.e); wl != c.wl || h != c.host {
+			t.Errorf("%+v: workload %q host %q, want %q %q", c.e, wl, h, c.wl, c.host)
+		}
+	}
+}
+
+func TestReadLinesAndLimits(t *testing.T) {
+	rec, _ := MarshalLine(Entry{Kind: "http", Host: "a.example", Status: 200})
+	long := `{"msg":"audit","kind":"http","path":"` + strings.Repeat("a", MaxLine) + `"}`
+	var in bytes.Buffer
+	in.Write(rec)
+	in.WriteString("\r\n\n   \n")
+	in.WriteString(long + "\n")
+	in.Write(rec) // last line without newline
+	s := New()
+	if err := s.Read("in", &in); err != nil {
+		t.Fatal(err)
+	}
+	sum := s.Summary(0)
+	if sum.Records != 2 || sum.Unparseable != 1 || sum.Lines != 3 {
+		t.Fatalf("records %d unparseable %d lines %d, want 2 1 3", sum.Records, sum.Unparseable, sum.Lines)
+	}
+	if e := sum.UnparseableSamples[0]; e.Line != 4 || !strings.Contains(e.Error, "longer than") {
+		t.Errorf("sample %+v, want line 4 too long", e)
+	}
+}
+
+func TestReadGzip(t *testing.T) {
+	var plain bytes.Buffer
+	for range 100 {
+		b, _ := MarshalLine(Entry{Kind: "http", Host: "a.example", Status: 200, BytesOut: 10})
+		plain.Write(append(b, '\n'))
+	}
+	var z bytes.Buffer
+	zw := gzip.NewWriter(&z)
+	zw.Write(plain.Bytes())
+	zw.Close()
+	// Two concatenated gzip members (what `cat a.gz b.gz` makes) read as one.
+	both := append(append([]byte{}, z.Bytes()...), z.Bytes()...)
+	s := New()
+	if err := s.Read("z", bytes.NewReader(both)); err != nil {
+		t.Fatal(err)
+	}
+	if sum := s.Summary(0); sum.Records != 200 || sum.Totals.BytesOut != 2000 {
+		t.Errorf("records %d bytes %d, want 200 2000", sum.Records, sum.Totals.BytesOut)
+	}
+	// A truncated gzip file is a read error; what came before it counts.
+	s = New()
+	err := s.Read("cut.gz", bytes.NewReader(z.Bytes()[:z.Len()-10]))
+	if err == nil || !strings.Contains(err.Error(), "cut.gz") {
+		t.Errorf("truncated gzip: %v", err)
+	}
+	sum := s.Summary(0)
+	if len(sum.ReadErrors) != 1 || sum.Records < 1 {
+		t.Errorf("truncated gzip: records %d read errors %v", sum.Records, sum.ReadErrors)
+	}
+	// A reader that fails is recorded too.
+	s = New()
+	if err := s.Read("bad", iotestErr{}); err == nil {
+		t.Error("failing reader: no error")
+	}
+}
+
+type iotestErr struct{}
+
+func (iotestErr) Read([]byte) (int, error) { return 0, io.ErrClosedPipe }
+
+func TestTopAndOrder(t *testing.T) {
+	s := New()
+	for i, h := range []string{"c.example", "b.example", "a.example", "b.example", "c.example", "c.example"} {
+		s.Add(Entry{Host: h, Workload: "w", BytesOut: int64(i)})
+	}
+	sum := s.Summary(2)
+	var names []string
+	for _, r := range sum.TopHosts.Rows {
+		names = append(names, r.Name)
+	}
+	if !reflect.DeepEqual(names, []string{"c.example", "b.example"}) || sum.TopHosts.Distinct != 3 {
+		t.Errorf("top hosts %v distinct %d", names, sum.TopHosts.Distinct)
+	}
+	// Equal counts: by name.
+	s = New()
+	for _, r := range []string{"z", "y", "x"} {
+		s.Add(Entry{Decision: "deny", Rule: r})
+	}
+	sum = s.Summary(0)
+	var rules []string
+	for _, r := range sum.Denials.Rows {
+		rules = append(rules, r.Rule)
+	}
+	if !reflect.DeepEqual(rules, []string{"x", "y", "z"}) {
+		t.Errorf("tie order %v", rules)
+	}
+}
+
+func TestWriteTextQuotesHostileValues(t *testing.T) {
+	s := New()
+	s.Add(Entry{Host: "evil\x1b[2J.example", Status: 429, Source: "sluice", Workload: "w\tx"})
+	var b bytes.Buffer
+	if err := WriteText(&b, s.Summary(10)); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	if strings.ContainsRune(out, '\x1b') {
+		t.Error("escape character reached the table")
+	}
+	for _, want := range []string{`"evil\x1b[2j.example"`, `"w\tx"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %s:\n%s", want, out)
+		}
+	}
+}
+
+func TestWriteTextEmpty(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteText(&b, New().Summary(10)); err != nil {
+		t.Fatal(err)
+	}
+	if out := b.String(); !strings.Contains(out, "0 records from no input") || strings.Count(out, "  none\n") != 7 {
+		t.Errorf("empty summary:\n%s", out)
+	}
+}
