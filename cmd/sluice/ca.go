@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -114,7 +115,22 @@ func runCAShow(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	writeCAInfo(stdout, *dir, c, ca.Fingerprint(c.Raw))
+	writeKeyStatus(stdout, filepath.Join(*dir, ca.KeyFile))
 	return 0
+}
+
+// writeKeyStatus says whether the key file exists and is private, without
+// reading it.
+func writeKeyStatus(w io.Writer, path string) {
+	fi, err := os.Stat(path)
+	switch {
+	case err != nil:
+		fmt.Fprintf(w, "Key File:             %s: %v\n", path, err)
+	case fi.Mode().Perm()&0o077 != 0:
+		fmt.Fprintf(w, "Key File:             %s mode %04o: WARNING readable by group or others, run chmod 600 %s\n", path, fi.Mode().Perm(), path)
+	default:
+		fmt.Fprintf(w, "Key File:             %s mode %04o\n", path, fi.Mode().Perm())
+	}
 }
 
 // writeCAInfo prints what an operator checks about a CA.

@@ -45,10 +45,22 @@ func TestCACommands(t *testing.T) {
 		"Not Before:", "Not After:",
 		"Key Type:             RSA 2048",
 		"Status:               valid",
+		"Key File:             " + filepath.Join(dir, ca.KeyFile) + " mode 0600",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("ca show output lacks %q:\n%s", want, out)
 		}
+	}
+
+	// A readable key is flagged by show (which does not need the key).
+	if err := os.Chmod(filepath.Join(dir, ca.KeyFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, _ := runCmd(t, "ca", "show", "--dir", dir); code != 0 || !strings.Contains(out, "run chmod 600 "+filepath.Join(dir, ca.KeyFile)) {
+		t.Errorf("ca show with a 0644 key: exit %d\n%s", code, out)
+	}
+	if err := os.Chmod(filepath.Join(dir, ca.KeyFile), 0o600); err != nil {
+		t.Fatal(err)
 	}
 
 	code, out, errs = runCmd(t, "ca", "export", "--dir", dir)

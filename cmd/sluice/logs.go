@@ -24,8 +24,8 @@ reports rate-limit violations, denials and would-denials by rule, 401/403 and
 5xx from upstreams, top workloads and hosts, and totals.`)
 }
 
-// stdin is what "-" reads; a variable so tests can replace it.
-var stdin io.Reader = os.Stdin
+// logsStdin is what "-" reads; a variable so tests can replace it.
+var logsStdin io.Reader = os.Stdin
 
 func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -99,7 +99,7 @@ func runLogsSummarize(ctx context.Context, args []string, stdout, stderr io.Writ
 
 func readLog(s *logsum.Summarizer, name string) error {
 	if name == "-" {
-		return s.Read("-", stdin)
+		return s.Read("-", logsStdin)
 	}
 	f, err := os.Open(name)
 	if err != nil {

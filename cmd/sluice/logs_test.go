@@ -223,10 +223,10 @@ func TestLogsSummarizeStdin(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		old := stdin
-		stdin = f
+		old := logsStdin
+		logsStdin = f
 		code, out, errs := runCmd(t, append([]string{"logs", "summarize"}, args...)...)
-		stdin = old
+		logsStdin = old
 		f.Close()
 		if code != 0 {
 			t.Fatalf("%v: exit %d, stderr %s", args, code, errs)
