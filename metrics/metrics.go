@@ -194,12 +194,16 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // r.Decision). Feed kernel connect events either as records or through
 // ConnectEvent, not both.
 //
-// TLS modes are keyed on records as mitm/ writes them: an L4 record with
-// TLS "passthrough" is one passthrough connection; an L4 record with Error
-// set and TLS "decrypted" is one failed handshake (the proxy meant to
-// decrypt but never got to HTTP). Decrypted connections are counted by the
-// proxy calling TLSConnection(audit.TLSDecrypted) once per connection,
-// because HTTP records are per request, not per connection.
+// TLS modes are keyed on the records mitm/ writes: an L4 record with TLS
+// "passthrough" is one passthrough connection (mitm's serveOther writes
+// one per pass-through flow); an L4 record with TLS "decrypted" and Error
+// set is one failed handshake (mitm writes it with reason "client TLS
+// handshake failed" when the client refuses the minted leaf; a failed
+// upstream handshake instead completes the client's and answers each
+// request 502, counted in sluice_proxy_errors_total by reason). Decrypted
+// connections have no record of their own (HTTP records are per request),
+// so the proxy calls TLSConnection(audit.TLSDecrypted) once per connection
+// after the client handshake succeeds.
 func (m *Metrics) Record(r *audit.Record) {
 	switch r.Kind {
 	case audit.KindHTTP:
