@@ -1,0 +1,404 @@
+package mitm
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/policy"
+	"github.com/sluicehq/sluice/workload"
+)
+
+// connectTLS opens a CONNECT tunnel through the explicit proxy and a TLS
+// session (HTTP/1.1) trusting Sluice's CA.
+func connectTLS(t *testing.T, h *harness, host string, port uint16) *tls.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", h.url.Host, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n", host, port, host, port)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(h.ca.BundlePEM())
+	tc := tls.Client(c, &tls.Config{ServerName: host, RootCAs: pool, NextProtos: []string{"http/1.1"}})
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("TLS through the proxy: %v", err)
+	}
+	return tc
+}
+
+func rawRequest(t *testing.T, c net.Conn, req string) (*http.Response, string) {
+	t.Helper()
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, string(b)
+}
+
+func TestHeaderTooLarge431(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	up := startUpstream(t, tca, false, echoHandler())
+	h := newHarness(t, tca, nil)
+	limit := h.cfg.MaxHeaderBytes
+	for _, tc := range []struct {
+		name string
+		size int
+	}{
+		{"just over the limit (Sluice's check)", limit + 100},
+		{"far over the limit (net/http's check)", limit + 10000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := connectTLS(t, h, "api.test", up.addr.Port())
+			path := fmt.Sprintf("/big-%d", tc.size)
+			req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: api.test\r\nX-Big: %s\r\n\r\n", path, strings.Repeat("a", tc.size))
+			resp, _ := rawRequest(t, c, req)
+			if resp.StatusCode != 431 {
+				t.Fatalf("status %d, want 431", resp.StatusCode)
+			}
+			rec := h.recs.wait(t, "431", func(r audit.Record) bool { return r.Status == 431 && r.Path == path })
+			if rec.Reason != "request header fields too large" || rec.Source != "sluice" || rec.Decision != "error" || rec.Method != "GET" || rec.SNI != "api.test" {
+				t.Errorf("record %+v", rec)
+			}
+		})
+	}
+	// Under the limit passes.
+	c := connectTLS(t, h, "api.test", up.addr.Port())
+	resp, body := rawRequest(t, c, fmt.Sprintf("GET /ok HTTP/1.1\r\nHost: api.test\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", limit-200)))
+	if resp.StatusCode != 200 || body != "hello GET /ok HTTP/1.1 body=" {
+		t.Fatalf("status %d body %q", resp.StatusCode, body)
+	}
+}
+
+func TestContentLengthAndTransferEncoding400(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	hits := 0
+	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits++ }))
+	h := newHarness(t, tca, nil)
+	c := connectTLS(t, h, "api.test", up.addr.Port())
+	// A first well-formed request with a body keeps the tracker in step.
+	resp, _ := rawRequest(t, c, "POST /first HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n\r\nhello")
+	if resp.StatusCode != 200 {
+		t.Fatalf("first request: %d", resp.StatusCode)
+	}
+	resp, body := rawRequest(t, c, "POST /smuggle HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+	if resp.StatusCode != 400 || !strings.Contains(body, "both Content-Length and Transfer-Encoding") {
+		t.Fatalf("status %d body %q", resp.StatusCode, body)
+	}
+	rec := h.recs.wait(t, "400", func(r audit.Record) bool { return r.Status == 400 })
+	if rec.Reason != "both Content-Length and Transfer-Encoding" || rec.Path != "/smuggle" || rec.Decision != "error" {
+		t.Errorf("record %+v", rec)
+	}
+	if hits != 1 {
+		t.Errorf("upstream saw %d requests, want only the first", hits)
+	}
+	// Plain HTTP on the explicit listener too.
+	pc, err := net.Dial("tcp", h.url.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	resp, _ = rawRequest(t, pc, fmt.Sprintf("POST http://api.test:%d/x HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n", up.addr.Port()))
+	if resp.StatusCode != 400 {
+		t.Fatalf("plain: status %d", resp.StatusCode)
+	}
+}
+
+func TestUpstreamFailures(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	t.Run("unreachable 502", func(t *testing.T) {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		port := uint16(ln.Addr().(*net.TCPAddr).Port)
+		ln.Close()
+		h := newHarness(t, tca, nil)
+		c := connectTLS(t, h, "api.test", port)
+		for i := 0; i < 2; i++ {
+			resp, body := rawRequest(t, c, "GET /down HTTP/1.1\r\nHost: api.test\r\n\r\n")
+			if resp.StatusCode != 502 || !strings.Contains(body, "upstream api.test unreachable") || !strings.Contains(body, "connection refused") {
+				t.Fatalf("status %d body %q", resp.StatusCode, body)
+			}
+		}
+		rec := h.recs.wait(t, "502", func(r audit.Record) bool { return r.Status == 502 })
+		if rec.Reason != "upstream unreachable" || rec.Decision != "error" || rec.Source != "sluice" || !strings.Contains(rec.Error, "connection refused") {
+			t.Errorf("record %+v", rec)
+		}
+	})
+	t.Run("plain unreachable 502", func(t *testing.T) {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		h := newHarness(t, tca, nil)
+		resp, err := h.client(false).Get(fmt.Sprintf("http://api.test:%d/x", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 502 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	})
+	t.Run("verification failure 502", func(t *testing.T) {
+		other := newTestCA(t, "some other CA")
+		up := startUpstream(t, other, true, echoHandler())
+		h := newHarness(t, tca, nil)
+		for _, h2 := range []bool{false, true} {
+			resp, err := h.client(h2).Get(fmt.Sprintf("https://api.test:%d/v", up.addr.Port()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := readAll(t, resp.Body)
+			resp.Body.Close()
+			want := "upstream certificate verification failed for api.test: x509: certificate signed by unknown authority"
+			if resp.StatusCode != 502 || !strings.Contains(body, want) {
+				t.Fatalf("status %d body %q, want 502 naming %q", resp.StatusCode, body, want)
+			}
+		}
+		rec := h.recs.wait(t, "verify", func(r audit.Record) bool { return r.Status == 502 })
+		if rec.Reason != "upstream certificate verification failed" || rec.Decision != "error" || rec.TLS != audit.TLSDecrypted {
+			t.Errorf("record %+v", rec)
+		}
+	})
+	t.Run("response header timeout 504", func(t *testing.T) {
+		release := make(chan struct{})
+		up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}))
+		defer close(release)
+		h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.ResponseHeaderTimeout = config.Duration(200 * time.Millisecond) })
+		resp, err := h.client(true).Get(fmt.Sprintf("https://api.test:%d/slow", up.addr.Port()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readAll(t, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 504 || !strings.Contains(body, "sent no response headers within 200ms") {
+			t.Fatalf("status %d body %q", resp.StatusCode, body)
+		}
+		rec := h.recs.wait(t, "504", func(r audit.Record) bool { return r.Status == 504 })
+		if rec.Reason != "upstream response header timeout" || rec.Decision != "error" {
+			t.Errorf("record %+v", rec)
+		}
+	})
+}
+
+func TestGarbageClientHelloClosed(t *testing.T) {
+	h := newHarness(t, nil, nil)
+	c := transparent(t, h, Destination{Addr: mustAddrPort("127.0.0.1:1")}, workload.Identity{PID: 7})
+	// A TLS handshake record header followed by a body that is no ClientHello.
+	c.Write([]byte{0x16, 0x03, 0x01, 0x00, 0x08, 0x01, 0x00, 0x00, 0x04, 0xde, 0xad, 0xbe, 0xef})
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c.Read(make([]byte, 10)); err == nil {
+		t.Fatalf("read %d bytes from a connection that should be closed", n)
+	}
+	rec := h.recs.wait(t, "garbage hello", func(r audit.Record) bool { return r.Kind == audit.KindL4 })
+	if rec.Decision != "error" || rec.Reason != "malformed client hello" || !strings.HasPrefix(rec.Error, "parse client hello: ") || rec.Workload.PID != 7 {
+		t.Errorf("record %+v", rec)
+	}
+}
+
+func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+func TestRandomBytesRelayedAsTCP(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	h := newHarness(t, nil, nil)
+	c := transparent(t, h, Destination{Addr: mustAddrPort(echo.Addr().String())}, workload.Identity{PID: 8})
+	r := rand.New(rand.NewPCG(1, 2))
+	msg := make([]byte, 5000)
+	for i := range msg {
+		msg[i] = byte(r.IntN(256))
+	}
+	msg[0] = 0x00 // neither TLS nor a method
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatal("echo differs")
+	}
+	c.(*net.TCPConn).CloseWrite()
+	io.Copy(io.Discard, c)
+	rec := h.recs.wait(t, "L4 relay", func(r audit.Record) bool { return r.Kind == audit.KindL4 && r.Workload.PID == 8 })
+	if rec.TLS != audit.TLSNone || rec.BytesIn != 5000 || rec.BytesOut != 5000 || rec.Decision != "allow" || rec.UpstreamAddr != echo.Addr().String() || rec.Duration <= 0 {
+		t.Errorf("record %+v", rec)
+	}
+}
+
+func TestClientGoneMidStream(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) {
+			cancelled := make(chan struct{})
+			up := startUpstream(t, tca, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				rc := http.NewResponseController(w)
+				for i := 0; i < 1000; i++ {
+					fmt.Fprintf(w, "data: %d\n\n", i)
+					if rc.Flush() != nil {
+						break
+					}
+					select {
+					case <-r.Context().Done():
+						close(cancelled)
+						return
+					case <-time.After(20 * time.Millisecond):
+					}
+				}
+			}))
+			h := newHarness(t, tca, nil)
+			cl := h.client(h2)
+			resp, err := cl.Get(fmt.Sprintf("https://api.test:%d/stream", up.addr.Port()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(resp.Body)
+			if l, err := br.ReadString('\n'); err != nil || l != "data: 0\n" {
+				t.Fatalf("first line %q %v", l, err)
+			}
+			resp.Body.Close()
+			cl.CloseIdleConnections()
+			cl.Transport.(*http.Transport).CloseIdleConnections()
+			select {
+			case <-cancelled:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the upstream request was not cancelled after the client left")
+			}
+			rec := h.recs.wait(t, "client gone", func(r audit.Record) bool { return r.Path == "/stream" })
+			if rec.Reason != "client gone" || rec.Error == "" || rec.Status != 200 {
+				t.Errorf("record %+v", rec)
+			}
+		})
+	}
+}
+
+func TestBodyLimits(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	var hits int
+	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits++
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			return
+		}
+		switch r.URL.Path {
+		case "/big-cl":
+			w.Header().Set("Content-Length", "20")
+			io.WriteString(w, strings.Repeat("x", 20))
+		case "/big-chunked":
+			rc := http.NewResponseController(w)
+			for i := 0; i < 4; i++ {
+				io.WriteString(w, "12345")
+				rc.Flush()
+			}
+		default:
+			io.WriteString(w, "ok")
+		}
+	}))
+	dec := &fakeDecider{req: func(r *policy.Request) policy.Decision {
+		return policy.Decision{Rule: "sizes", MaxRequestBody: 10, MaxResponseBody: 12}
+	}}
+	h := newHarness(t, tca, dec)
+	port := up.addr.Port()
+
+	t.Run("content-length over the limit 413", func(t *testing.T) {
+		before := hits
+		c := connectTLS(t, h, "api.test", port)
+		resp, body := rawRequest(t, c, "POST /up HTTP/1.1\r\nHost: api.test\r\nContent-Length: 20\r\n\r\n"+strings.Repeat("y", 20))
+		if resp.StatusCode != 413 || !strings.Contains(body, "exceeds the limit of 10") {
+			t.Fatalf("status %d body %q", resp.StatusCode, body)
+		}
+		if hits != before {
+			t.Fatal("the upstream was contacted")
+		}
+	})
+	t.Run("expect 100-continue 417", func(t *testing.T) {
+		c := connectTLS(t, h, "api.test", port)
+		resp, _ := rawRequest(t, c, "POST /up HTTP/1.1\r\nHost: api.test\r\nContent-Length: 20\r\nExpect: 100-continue\r\n\r\n")
+		if resp.StatusCode != 417 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	})
+	t.Run("chunked over the limit 413", func(t *testing.T) {
+		c := connectTLS(t, h, "api.test", port)
+		resp, body := rawRequest(t, c, "POST /chunked HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n")
+		if resp.StatusCode != 413 || !strings.Contains(body, "exceeds the limit of 10") {
+			t.Fatalf("status %d body %q", resp.StatusCode, body)
+		}
+		rec := h.recs.wait(t, "chunked 413", func(r audit.Record) bool { return r.Path == "/chunked" })
+		if rec.Reason != "request body exceeds limit" || rec.Decision != "deny" || rec.Rule != "sizes" {
+			t.Errorf("record %+v", rec)
+		}
+	})
+	t.Run("chunked under the limit passes", func(t *testing.T) {
+		c := connectTLS(t, h, "api.test", port)
+		resp, body := rawRequest(t, c, "POST /small HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n1234\r\n0\r\n\r\n")
+		if resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("status %d body %q", resp.StatusCode, body)
+		}
+	})
+	t.Run("response content-length over the limit 502", func(t *testing.T) {
+		c := connectTLS(t, h, "api.test", port)
+		resp, body := rawRequest(t, c, "GET /big-cl HTTP/1.1\r\nHost: api.test\r\n\r\n")
+		if resp.StatusCode != 502 || !strings.Contains(body, "response body of 20 bytes exceeds the limit of 12") {
+			t.Fatalf("status %d body %q", resp.StatusCode, body)
+		}
+	})
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("streamed response cut h2=%v", h2), func(t *testing.T) {
+			resp, err := h.client(h2).Get(fmt.Sprintf("https://api.test:%d/big-chunked", port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil || string(b) != "123451234512" {
+				t.Fatalf("read %q, %v: want the first 12 bytes and an error", b, err)
+			}
+		})
+	}
+	rec := h.recs.wait(t, "cut", func(r audit.Record) bool { return r.Path == "/big-chunked" })
+	if rec.Reason != "response body exceeds limit" || rec.BytesOut != 12 || rec.Status != 200 {
+		t.Errorf("record %+v", rec)
+	}
+}
