@@ -13,7 +13,8 @@
 // frame.interface_name), and the real destination port there: in the
 // packets the server port is always 80, so that `tshark -r FILE -Y http`
 // dissects HTTP/1.1 with no options. HTTP/2 flows (ALPN h2) are written
-// the same way; decode them with `tshark -d tcp.port==80,http2`.
+// the same way, and tshark recognises them by the client preface on port
+// 80: `tshark -r FILE -Y http2` shows their headers (Wireshark 4.0).
 //
 // A file is capped in size; past the cap the writer stops writing and
 // counts what it dropped (Stats). The files hold plaintext secrets

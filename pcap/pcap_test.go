@@ -19,6 +19,8 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/sluicehq/sluice/pcap"
 )
@@ -394,5 +396,64 @@ func BenchmarkFlow(b *testing.B) {
 	f := w.NewFlow(pcap.FlowMeta{})
 	for b.Loop() {
 		f.ServerToClient(body)
+	}
+}
+
+// TestTsharkHTTP2: a decrypted h2 flow (client preface, SETTINGS, HPACK
+// headers, DATA) is dissected as HTTP/2 with no decode-as option.
+func TestTsharkHTTP2(t *testing.T) {
+	tshark, err := exec.LookPath("tshark")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("tshark not installed; .ci/run installs it")
+		}
+		t.Skip("tshark not installed")
+	}
+	path := filepath.Join(t.TempDir(), "h2.pcapng")
+	w, err := pcap.Create(path, pcap.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := w.NewFlow(pcap.FlowMeta{Client: netip.MustParseAddrPort("10.0.0.1:5000"), Server: netip.MustParseAddrPort("10.0.0.2:443"), Workload: "w", Host: "h2.example"})
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	header := func(kv ...string) []byte {
+		hb.Reset()
+		for i := 0; i < len(kv); i += 2 {
+			if err := enc.WriteField(hpack.HeaderField{Name: kv[i], Value: kv[i+1]}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return bytes.Clone(hb.Bytes())
+	}
+	var cb bytes.Buffer
+	cb.WriteString(http2.ClientPreface)
+	cf := http2.NewFramer(&cb, nil)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(cf.WriteSettings())
+	must(cf.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndStream: true, EndHeaders: true,
+		BlockFragment: header(":method", "GET", ":scheme", "https", ":authority", "h2.example", ":path", "/two")}))
+	f.ClientToServer(cb.Bytes())
+	var sb bytes.Buffer
+	sf := http2.NewFramer(&sb, nil)
+	must(sf.WriteSettings())
+	must(sf.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: header(":status", "200")}))
+	must(sf.WriteData(1, true, []byte("hi")))
+	f.ServerToClient(sb.Bytes())
+	f.Close()
+	must(w.Close())
+
+	out, err := exec.Command(tshark, "-r", path, "-Y", "http2.type == 1", "-T", "fields", "-E", "separator=|",
+		"-e", "http2.headers.method", "-e", "http2.headers.authority", "-e", "http2.headers.path", "-e", "http2.headers.status").Output()
+	if err != nil {
+		t.Fatalf("tshark: %v", err)
+	}
+	if got, want := strings.TrimSpace(string(out)), "GET|h2.example|/two|\n|||200"; got != want {
+		t.Errorf("tshark http2 fields:\n%s\nwant:\n%s", got, want)
 	}
 }
