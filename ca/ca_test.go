@@ -620,6 +620,11 @@ func TestOpenSSLVerify(t *testing.T) {
 		if err := os.WriteFile(bundle, a.BundlePEM(), 0o644); err != nil {
 			t.Fatal(err)
 		}
+		// openssl prints the same fingerprint.
+		out, err := exec.Command(bin, "x509", "-noout", "-fingerprint", "-sha256", "-in", bundle).CombinedOutput()
+		if err != nil || !strings.Contains(strings.ToUpper(string(out)), "="+a.Fingerprint()) {
+			t.Errorf("openssl fingerprint %q (err %v), ours %s", out, err, a.Fingerprint())
+		}
 		for _, n := range []string{"openssl.example", "bücher.example", "192.0.2.9"} {
 			tc, err := a.Leaf(context.Background(), n)
 			if err != nil {

@@ -59,11 +59,14 @@ func normalizeName(name string) (string, netip.Addr, error) {
 		return "", netip.Addr{}, fmt.Errorf("name %q: not valid UTF-8", name)
 	}
 	s = strings.TrimSuffix(s, ".")
-	ascii, err := idnaProfile.ToASCII(s)
-	if err != nil {
-		return "", netip.Addr{}, fmt.Errorf("name %q: %w", name, err)
+	ascii := s
+	if !plainHostname(s) { // the common case skips the IDNA mapping
+		a, err := idnaProfile.ToASCII(s)
+		if err != nil {
+			return "", netip.Addr{}, fmt.Errorf("name %q: %w", name, err)
+		}
+		ascii = strings.ToLower(a)
 	}
-	ascii = strings.ToLower(ascii)
 	if len(ascii) > 253 {
 		return "", netip.Addr{}, fmt.Errorf("name %q: longer than 253 bytes", name)
 	}
@@ -79,6 +82,19 @@ func normalizeName(name string) (string, netip.Addr, error) {
 		}
 	}
 	return ascii, netip.Addr{}, nil
+}
+
+// plainHostname reports whether s is already lower-case ASCII made of
+// letters, digits, '-', '_' and '.' with no label starting "xn--" (which
+// IDNA must validate).
+func plainHostname(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return !strings.HasPrefix(s, "xn--") && !strings.Contains(s, ".xn--")
 }
 
 // Leaf returns a leaf certificate for name: a DNS name (SAN DNS, IDNA) or
