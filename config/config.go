@@ -37,8 +37,11 @@ type CA struct {
 
 // Audit says where audit records go.
 type Audit struct {
-	// File is a path, or "stdout" (default), or "" for stdout.
+	// File is a path, "stdout" (default, also for ""), or "none".
 	File string `yaml:"file"`
+	// AccessLog, when set, is a path for a second log in nginx's
+	// "combined" format plus upstream address and times (see audit.CombinedLog).
+	AccessLog string `yaml:"accessLog"`
 	// RedactHeaders are extra header names whose values are never logged.
 	RedactHeaders []string `yaml:"redactHeaders"`
 	// LogHeaders records request headers (redacted) in each record.

@@ -1,0 +1,33 @@
+package test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// sluiceBin is the binary built once for the suite (empty when the suite
+// is gated off).
+var sluiceBin string
+
+func TestMain(m *testing.M) {
+	if os.Getenv("SLUICE_E2E") == "1" {
+		dir, err := os.MkdirTemp("", "sluice-e2e-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		sluiceBin = filepath.Join(dir, "sluice")
+		out, err := exec.Command("go", "build", "-o", sluiceBin, "../cmd/sluice").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build sluice: %v\n%s", err, out)
+			os.Exit(1)
+		}
+		code := m.Run()
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}

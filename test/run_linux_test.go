@@ -1,0 +1,176 @@
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runEnv is one `sluice run` setup: an HTTPS API in its own namespace,
+// a config that trusts the API's CA upstream, and a policy.
+type runEnv struct {
+	api    *Host
+	up     *Upstream
+	config string
+	policy string
+	audit  string
+	caDir  string
+}
+
+const e2ePolicy = `version: 1
+mode: enforce
+ssrf:
+  allowCIDRs: ["198.18.0.0/15", "2001:2::/48"]
+defaults:
+  action: allow
+rules:
+  - name: no-admin
+    destinations: {paths: ["/admin/**"]}
+    action: deny
+`
+
+func newRunEnv(t *testing.T) *runEnv {
+	t.Helper()
+	RequireE2E(t)
+	tp := NewTopology(t, 1)
+	api := tp.Hosts[0]
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s %s from the API\n", r.Method, r.URL.Path)
+	})
+	up := StartUpstream(t, &api.NS, netip.AddrPortFrom(api.IP4, 443), mux, "api.test")
+	dir := t.TempDir()
+	e := &runEnv{api: api, up: up, caDir: filepath.Join(dir, "ca"),
+		config: filepath.Join(dir, "config.yaml"), policy: filepath.Join(dir, "policy.yaml"), audit: filepath.Join(dir, "audit.jsonl")}
+	cfg := fmt.Sprintf("ca:\n  dir: %s\nproxy:\n  upstreamCA: %s\n", e.caDir, up.CAFile)
+	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.policy, []byte(e2ePolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// run runs `sluice run … -- argv` in the root namespace and returns the
+// command's exit code, its stdout and sluice's stderr.
+func (e *runEnv) run(t *testing.T, argv ...string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	args := append([]string{"run", "--config", e.config, "--policy", e.policy, "--audit-log", e.audit, "--"}, argv...)
+	cmd := exec.CommandContext(ctx, sluiceBin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("sluice run: %v\nstderr:\n%s", err, stderr.String())
+	}
+	return code, stdout.String(), stderr.String()
+}
+
+// records reads the JSON audit log.
+func (e *runEnv) records(t *testing.T) []map[string]any {
+	t.Helper()
+	f, err := os.Open(e.audit)
+	if err != nil {
+		t.Fatalf("open audit log: %v", err)
+	}
+	defer f.Close()
+	var out []map[string]any
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(s.Bytes(), &m); err != nil {
+			t.Fatalf("audit line is not JSON: %q: %v", s.Text(), err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func httpRecord(recs []map[string]any, path string) map[string]any {
+	for _, r := range recs {
+		if r["kind"] == "http" && r["path"] == path {
+			return r
+		}
+	}
+	return nil
+}
+
+// `sluice run -- curl …`: curl trusts Sluice's CA only through the
+// variables sluice run sets, uses no proxy variable, gets the API's body
+// over HTTP/2, and the audit record and the summary name curl and its pid.
+func TestRunCurl(t *testing.T) {
+	curl := RequireTool(t, "curl")
+	e := newRunEnv(t)
+	resolve := "api.test:443:" + e.api.IP4.String()
+
+	code, out, errOut := e.run(t, curl, "-sS", "--http2", "-w", "\nproto=%{http_version} pid-check\n", "--resolve", resolve, "https://api.test/v1/tools")
+	if code != 0 {
+		t.Fatalf("curl exit %d, want 0\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if !strings.HasPrefix(out, "hello GET /v1/tools from the API\n") {
+		t.Fatalf("body = %q", out)
+	}
+	if !strings.Contains(out, "proto=2") {
+		t.Errorf("curl did not negotiate HTTP/2 through Sluice: %q", out)
+	}
+	if !strings.Contains(errOut, "egress summary") || !strings.Contains(errOut, "curl") || !strings.Contains(errOut, "api.test") {
+		t.Errorf("summary does not name curl and api.test:\n%s", errOut)
+	}
+	rec := httpRecord(e.records(t), "/v1/tools")
+	if rec == nil {
+		t.Fatalf("no audit record for /v1/tools in %v", e.records(t))
+	}
+	if rec["comm"] != "curl" || rec["pid"] == nil || rec["pid"].(float64) <= 0 {
+		t.Errorf("record does not name curl's process: comm=%v pid=%v", rec["comm"], rec["pid"])
+	}
+	if rec["host"] != "api.test" || rec["status"] != float64(200) || rec["decision"] != "allow" || rec["tls"] != "decrypted" {
+		t.Errorf("record = %v", rec)
+	}
+	if cg, _ := rec["cgroup"].(string); !strings.Contains(cg, "sluice-run-") {
+		t.Errorf("record cgroup %q is not the run's transient cgroup", cg)
+	}
+}
+
+// The command's exit code passes through, and a deny reaches the client
+// as a 403 with the rule in a JSON body.
+func TestRunDenyAndExitCode(t *testing.T) {
+	curl := RequireTool(t, "curl")
+	e := newRunEnv(t)
+	resolve := "api.test:443:" + e.api.IP4.String()
+	code, out, errOut := e.run(t, curl, "-sS", "-f", "--resolve", resolve, "https://api.test/admin/users")
+	if code != 22 {
+		t.Fatalf("curl -f on a deny: exit %d, want 22 (HTTP error passed through)\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	code, out, _ = e.run(t, curl, "-sS", "--resolve", resolve, "https://api.test/admin/users")
+	if code != 0 {
+		t.Fatalf("curl exit %d", code)
+	}
+	var body struct{ Error, Rule, Reason string }
+	if err := json.Unmarshal([]byte(out), &body); err != nil || body.Rule != "no-admin" {
+		t.Fatalf("deny body = %q (%v), want JSON naming rule no-admin", out, err)
+	}
+	rec := httpRecord(e.records(t), "/admin/users")
+	if rec == nil || rec["decision"] != "deny" || rec["rule"] != "no-admin" || rec["status"] != float64(403) {
+		t.Fatalf("deny record = %v", rec)
+	}
+	code, _, _ = e.run(t, "sh", "-c", "exit 7")
+	if code != 7 {
+		t.Fatalf("exit code %d, want 7", code)
+	}
+}
