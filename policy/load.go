@@ -154,6 +154,9 @@ type decoder struct {
 	// model decoded around unknown keys is still meaningful, around wrong
 	// kinds it is not.
 	shapeErr bool
+	// budget bounds the nodes walked, so aliases cannot expand a small
+	// file into a huge one.
+	budget int
 }
 
 // add records a problem at path; value (may be empty) is quoted.
@@ -199,6 +202,7 @@ func (d *decoder) decode(data []byte) (*Policy, bool) {
 		return nil, false
 	}
 	root := doc.Content[0]
+	d.budget = 4*len(data) + 1000
 	d.walk(root, reflect.TypeFor[Policy](), "")
 	if d.shapeErr {
 		return nil, false
@@ -245,6 +249,13 @@ func (d *decoder) yamlErr(err error) {
 // sequence for slices, scalar otherwise), that every key is known, and
 // records the line of each path.
 func (d *decoder) walk(n *yaml.Node, t reflect.Type, path string) {
+	if d.budget--; d.budget < 0 {
+		if d.budget == -1 {
+			d.shapeErr = true
+			d.add(path, "", "the document expands to too many values (anchors and aliases?): write it out plainly")
+		}
+		return
+	}
 	if n.Kind == yaml.AliasNode && n.Alias != nil {
 		n = n.Alias
 	}

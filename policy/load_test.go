@@ -119,6 +119,14 @@ rules:
 	}
 }
 
+func TestDecodeAliasBomb(t *testing.T) {
+	src := "version: 1\nrules:\n - &r {name: a, action: allow, destinations: {hosts: [" + strings.Repeat("x.com,", 1000) + "]}}\n" + strings.Repeat(" - *r\n", 1000)
+	_, err := Decode([]byte(src), "p.yaml")
+	if err == nil || !strings.Contains(err.Error(), "the document expands to too many values (anchors and aliases?): write it out plainly") {
+		t.Fatalf("got %v", err)
+	}
+}
+
 func TestDecodeGood(t *testing.T) {
 	for _, f := range []string{"default.yaml", "testdata/example.yaml"} {
 		b, err := os.ReadFile(f)

@@ -109,15 +109,16 @@ func (l *Limiters) client(r Redis, timeout time.Duration) *redis.Client {
 		return c
 	}
 	c := redis.NewClient(&redis.Options{
-		Addr:         r.Addr,
-		Username:     r.Username,
-		Password:     r.Password,
-		DB:           r.DB,
-		DialTimeout:  timeout,
-		ReadTimeout:  timeout,
-		WriteTimeout: timeout,
-		PoolTimeout:  timeout,
-		MaxRetries:   -1, // a down Redis must be noticed within one timeout
+		Addr:          r.Addr,
+		Username:      r.Username,
+		Password:      r.Password,
+		DB:            r.DB,
+		DialTimeout:   timeout,
+		ReadTimeout:   timeout,
+		WriteTimeout:  timeout,
+		PoolTimeout:   timeout,
+		MaxRetries:    -1, // a down Redis must be noticed within one timeout
+		DialerRetries: 1,
 	})
 	l.redis[r] = c
 	return c

@@ -3,6 +3,7 @@ package policy
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -34,6 +35,25 @@ type Watcher struct {
 	// Reloaded, when set, is called after every reload attempt with its
 	// outcome (nil on success).
 	Reloaded func(error)
+
+	last   []byte
+	loaded bool
+}
+
+// Load reads and compiles the file now, remembering its content as the
+// one in force, so that a change made between Load and Start is not
+// missed. It does not call Apply.
+func (w *Watcher) Load() (*Engine, error) {
+	b, err := os.ReadFile(w.Path)
+	if err != nil {
+		return nil, fmt.Errorf("read policy: %w", err)
+	}
+	e, err := ParseWith(b, w.Path, w.Options)
+	if err != nil {
+		return nil, err
+	}
+	w.last, w.loaded = b, true
+	return e, nil
 }
 
 // Watch runs a Watcher until ctx is done; see Watcher.
@@ -41,9 +61,14 @@ func Watch(ctx context.Context, path string, o Options, apply func(*Engine), log
 	(&Watcher{Path: path, Options: o, Apply: apply, Log: log}).Run(ctx)
 }
 
-// Run watches until ctx is done. The file's content when Run starts is
-// taken as the one already in force.
-func (w *Watcher) Run(ctx context.Context) {
+// Run watches until ctx is done; see Start.
+func (w *Watcher) Run(ctx context.Context) { <-w.Start(ctx) }
+
+// Start begins watching in a new goroutine and returns a channel closed
+// when it has stopped (after ctx is done). SIGHUP is handled from the
+// moment Start returns. Without a prior Load, the file's content when
+// Start is called is taken as the one in force.
+func (w *Watcher) Start(ctx context.Context) <-chan struct{} {
 	log := w.Log
 	if log == nil {
 		log = slog.Default()
@@ -57,9 +82,23 @@ func (w *Watcher) Run(ctx context.Context) {
 	if !w.NoSignal {
 		hup = make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
 	}
-	last, _ := os.ReadFile(w.Path)
+	if !w.loaded {
+		w.last, _ = os.ReadFile(w.Path)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if hup != nil {
+			defer signal.Stop(hup)
+		}
+		w.loop(ctx, log, iv, hup)
+	}()
+	return done
+}
+
+func (w *Watcher) loop(ctx context.Context, log *slog.Logger, iv time.Duration, hup chan os.Signal) {
+	last := w.last
 	tick := time.NewTicker(iv)
 	defer tick.Stop()
 	for {
