@@ -1,0 +1,69 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestPolicyCheck(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte(`version: 1
+mode: strict
+rules:
+  - name: a
+    action: allow
+    destinations:
+      hosts: ["*foo.com"]
+      methods: [get]
+  - name: b
+    action: permit
+    limits: {requestBody: 10m}
+    rateLimt: {minute: 5}
+`), 0o644)
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte("version: 1\nrules: [{name: a, action: deny, destinations: {hosts: [x.example]}}]\n"), 0o644)
+
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string
+		stderr string
+	}{
+		{"every problem with its line", []string{"check", bad}, 1, "", bad + `:2: mode "strict": use enforce or audit
+` + bad + `:7: rules[0].destinations.hosts[0] "*foo.com": a wildcard must be a whole label, use "*.foo.com"
+` + bad + `:8: rules[0].destinations.methods[0] "get": methods are upper case, use "GET"
+` + bad + `:10: rules[1].action "permit": use allow or deny
+` + bad + `:11: rules[1].limits.requestBody "10m": unknown unit "m": use B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. "10MB"
+` + bad + `:12: rules[1].rateLimt: unknown key in rules[1]: did you mean "rateLimit"? known keys are name, workloads, destinations, action, mode, rateLimit, limits
+` + bad + ": 6 problem(s)\n"},
+		{"ok", []string{"check", good}, 0, good + ": ok\n", ""},
+		{"several files", []string{"check", good, filepath.Join(dir, "missing.yaml")}, 1, good + ": ok\n", "sluice policy check: open " + filepath.Join(dir, "missing.yaml") + ": no such file or directory\n"},
+		{"no file", []string{"check"}, 2, "", policyUsage},
+		{"no subcommand", nil, 2, "", policyUsage},
+		{"unknown subcommand", []string{"lint"}, 2, "", "sluice policy: unknown subcommand \"lint\"\n\n" + policyUsage},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := dispatch(context.Background(), append([]string{"policy"}, tt.args...), &out, &errb)
+			if code != tt.code || out.String() != tt.stdout || errb.String() != tt.stderr {
+				t.Fatalf("exit %d, stdout:\n%s\nstderr:\n%s\nwant exit %d, stdout:\n%s\nstderr:\n%s", code, out.String(), errb.String(), tt.code, tt.stdout, tt.stderr)
+			}
+		})
+	}
+}
+
+func TestPolicySchemaAndDefault(t *testing.T) {
+	for sub, want := range map[string]string{"schema": `"$schema": "https://json-schema.org/draft/2020-12/schema"`, "default": "version: 1"} {
+		var out, errb bytes.Buffer
+		if code := dispatch(context.Background(), []string{"policy", sub}, &out, &errb); code != 0 || !strings.Contains(out.String(), want) {
+			t.Errorf("policy %s: exit %d, output %.80q", sub, code, out.String())
+		}
+	}
+}
