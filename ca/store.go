@@ -110,7 +110,15 @@ func writeNew(path string, b []byte, mode os.FileMode) error {
 		if errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("write %s: %w", path, ErrExist)
 		}
-		return fmt.Errorf("write %s: %w", path, err)
+		// A file system without hard links: check, then rename (a
+		// narrow race with another Init, which Init's check already
+		// made unlikely).
+		if ok, _ := exists(path); ok {
+			return fmt.Errorf("write %s: %w", path, ErrExist)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
 	}
 	return nil
 }
