@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -181,4 +182,23 @@ func (g *Gate) Err() error {
 		return nil
 	}
 	return fmt.Errorf("waiting for %s", strings.Join(g.pending, ", "))
+}
+
+// ValidateListen checks the admin listen address (config admin.listen):
+// it must be host:port with an IP host, and never one of the intercept
+// addresses, where workloads' redirected traffic arrives. The error names
+// the key, the value and the fix. An unspecified host (0.0.0.0, [::]) is
+// allowed, for Prometheus scraping a node address; the hooks refuse
+// selected workloads' connects to the admin port.
+func ValidateListen(listen string, intercept ...netip.Addr) error {
+	ap, err := netip.ParseAddrPort(listen)
+	if err != nil {
+		return fmt.Errorf("admin.listen %q: must be ip:port, e.g. %s", listen, DefaultListen)
+	}
+	for _, a := range intercept {
+		if a.IsValid() && ap.Addr().Unmap() == a.Unmap() {
+			return fmt.Errorf("admin.listen %q: is the intercept address, which workloads reach; use a loopback or node address, e.g. %s", listen, DefaultListen)
+		}
+	}
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -146,5 +147,26 @@ func TestServeStopsOnCancel(t *testing.T) {
 	}
 	if _, err := http.Get("http://" + ln.Addr().String() + "/healthz"); err == nil {
 		t.Error("listener still answers after Serve returned")
+	}
+}
+
+func TestValidateListen(t *testing.T) {
+	icpt := []netip.Addr{netip.MustParseAddr("169.254.77.77"), netip.MustParseAddr("fdc5:1ce0:77::77")}
+	for _, tc := range []struct {
+		listen string
+		err    string
+	}{
+		{"127.0.0.1:9090", ""},
+		{"0.0.0.0:9090", ""},
+		{"[::1]:9090", ""},
+		{"169.254.77.77:9090", `admin.listen "169.254.77.77:9090": is the intercept address`},
+		{"[fdc5:1ce0:77::77]:9090", "is the intercept address"},
+		{"localhost:9090", `admin.listen "localhost:9090": must be ip:port, e.g. 127.0.0.1:9090`},
+		{":9090", "must be ip:port"},
+	} {
+		err := admin.ValidateListen(tc.listen, icpt...)
+		if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("ValidateListen(%q) = %v, want %q", tc.listen, err, tc.err)
+		}
 	}
 }
