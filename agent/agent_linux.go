@@ -73,6 +73,9 @@ type Agent struct {
 	rb    *ringbuf.Reader
 	names *cgroupNames
 	watch *watcher
+	// own is the agent's own cgroup path: never selected, and in "cgroup"
+	// attach mode no hook goes on it or an ancestor of it.
+	own string
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -137,6 +140,10 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 		selected: map[uint64]string{},
 		oldLinks: map[string]link.Link{},
 	}
+	if h == nil {
+		return nil, errors.New("start agent: nil handler")
+	}
+	a.own = ownCgroup()
 	a.ctx, a.cancel = context.WithCancel(ctx)
 	ok := false
 	defer func() {
@@ -454,6 +461,38 @@ func (a *Agent) SelectCgroup(path string) error {
 	return a.selectRootLocked(rel, id)
 }
 
+// ReleaseCgroup stops intercepting the cgroup at path (as given to
+// SelectCgroup): its hooks are detached (or its ids leave the selection
+// map) and it is forgotten. `sluice run` calls it when its child is done.
+func (a *Agent) ReleaseCgroup(path string) error {
+	rel := path
+	if strings.HasPrefix(path, a.mount+"/") || path == a.mount {
+		rel = relPath(a.mount, path)
+	}
+	rel = filepath.Clean(rel)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.roots[rel]; !ok {
+		return fmt.Errorf("release cgroup %s: not selected", rel)
+	}
+	delete(a.roots, rel)
+	for id, at := range a.attached {
+		if at.path != "/" && isUnder(at.path, rel) {
+			for _, l := range at.links {
+				detachLink(l)
+			}
+			delete(a.attached, id)
+		}
+	}
+	for id, r := range a.selected {
+		if isUnder(r, rel) && !a.underRootLocked(r) {
+			_ = a.objs.SluiceSelected.Delete(id)
+			delete(a.selected, id)
+		}
+	}
+	return nil
+}
+
 // consider is called for every cgroup found (startup walk, inotify), parents
 // before children.
 func (a *Agent) consider(rel string, id uint64) error {
@@ -477,6 +516,10 @@ func (a *Agent) selectRootLocked(rel string, id uint64) error {
 	if _, ok := a.roots[rel]; ok {
 		return nil
 	}
+	if a.own != "" && rel == a.own {
+		a.log.Warn("not intercepting the agent's own cgroup", "cgroup", rel)
+		return nil
+	}
 	if a.cfg.Attach == "root" {
 		a.roots[rel] = id
 		var errs []error
@@ -488,17 +531,40 @@ func (a *Agent) selectRootLocked(rel string, id uint64) error {
 		})
 		return errors.Join(errs...)
 	}
-	if !a.coveredLocked(rel) {
-		if err := a.attach(id, rel); err != nil {
-			return err
-		}
-	}
 	a.roots[rel] = id
+	if a.coveredLocked(rel) {
+		return nil
+	}
+	if a.own != "" && isUnder(a.own, rel) {
+		// Hooks here would cover the agent itself: attach to the children
+		// instead, leaving out the branch that holds the agent.
+		a.log.Warn("not attaching to an ancestor of the agent's own cgroup; attaching to its other children", "cgroup", rel, "agent_cgroup", a.own)
+		var errs []error
+		ents, _ := os.ReadDir(filepath.Join(a.mount, rel))
+		for _, e := range ents {
+			if !e.IsDir() {
+				continue
+			}
+			child := filepath.Join(rel, e.Name())
+			cid, err := cgroupID(filepath.Join(a.mount, child))
+			if err != nil {
+				continue
+			}
+			if err := a.selectRootLocked(child, cid); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	}
+	if err := a.attach(id, rel); err != nil {
+		delete(a.roots, rel)
+		return err
+	}
 	return nil
 }
 
 func (a *Agent) selectIDLocked(id uint64, rel string) error {
-	if _, ok := a.selected[id]; ok {
+	if _, ok := a.selected[id]; ok || rel == a.own {
 		return nil
 	}
 	if err := a.objs.SluiceSelected.Put(id, uint8(1)); err != nil {
@@ -526,6 +592,20 @@ func (a *Agent) underRootLocked(rel string) bool {
 		}
 	}
 	return false
+}
+
+// ownCgroup is the calling process's cgroup v2 path, "" when unknown.
+func ownCgroup() string {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "0::"); ok {
+			return filepath.Clean(rest)
+		}
+	}
+	return ""
 }
 
 // isUnder reports whether cgroup path p is anc or below it.

@@ -27,6 +27,9 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 // SelectCgroup returns an error: the agent needs Linux.
 func (a *Agent) SelectCgroup(path string) error { return errNotSupported }
 
+// ReleaseCgroup returns an error: the agent needs Linux.
+func (a *Agent) ReleaseCgroup(path string) error { return errNotSupported }
+
 // Close does nothing.
 func (a *Agent) Close() error { return nil }
 

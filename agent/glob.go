@@ -40,33 +40,33 @@ func (g glob) Match(p string) bool {
 	return matchSegs(g.segs, splitPath(p))
 }
 
+// matchSegs matches pattern segments against path segments by dynamic
+// programming, O(len(pat)*len(p)), so no pattern can make it exponential.
 func matchSegs(pat, p []string) bool {
-	for len(pat) > 0 {
-		if pat[0] == "**" {
-			// Collapse runs of "**", then try every split.
-			rest := pat[1:]
-			for len(rest) > 0 && rest[0] == "**" {
-				rest = rest[1:]
+	// ok[j] is whether pat[i:] matches p[j:], computed for i from the end.
+	ok := make([]bool, len(p)+1)
+	ok[len(p)] = true
+	for i := len(pat) - 1; i >= 0; i-- {
+		next := ok
+		ok = make([]bool, len(p)+1)
+		if pat[i] == "**" {
+			// "**" matches zero or more segments: pat[i:] matches p[j:]
+			// when pat[i+1:] matches p[k:] for some k >= j.
+			any := false
+			for j := len(p); j >= 0; j-- {
+				any = any || next[j]
+				ok[j] = any
 			}
-			if len(rest) == 0 {
-				return true
+			continue
+		}
+		for j := 0; j < len(p); j++ {
+			if next[j+1] {
+				m, _ := path.Match(pat[i], p[j])
+				ok[j] = m
 			}
-			for i := 0; i <= len(p); i++ {
-				if matchSegs(rest, p[i:]) {
-					return true
-				}
-			}
-			return false
 		}
-		if len(p) == 0 {
-			return false
-		}
-		if ok, _ := path.Match(pat[0], p[0]); !ok {
-			return false
-		}
-		pat, p = pat[1:], p[1:]
 	}
-	return len(p) == 0
+	return ok[0]
 }
 
 // splitPath splits a slash path into its non-empty segments.

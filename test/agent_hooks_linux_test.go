@@ -97,6 +97,17 @@ func TestAgentRedirect(t *testing.T) {
 	if n := e.ag.Drops(); n != 0 {
 		t.Errorf("%d events dropped", n)
 	}
+	// Released, the cgroup goes direct again.
+	if err := e.ag.ReleaseCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	if n := cgroupHooks(t, e.cg.Dir); n != 0 {
+		t.Errorf("%d hooks attached after release", n)
+	}
+	dst := netip.AddrPortFrom(up.IP4, 80)
+	if r := e.client(dst, clientOpts{host: 0, inCgroup: true}); r.Data != "direct "+dst.String() {
+		t.Errorf("after release: %+v", r)
+	}
 }
 
 // A denied CIDR fails the connect with EPERM on every port, over IPv4 and
