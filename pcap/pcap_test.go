@@ -2,6 +2,7 @@ package pcap_test
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -455,5 +456,31 @@ func TestTsharkHTTP2(t *testing.T) {
 	}
 	if got, want := strings.TrimSpace(string(out)), "GET|h2.example|/two|\n|||200"; got != want {
 		t.Errorf("tshark http2 fields:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestConnKeepsTLSState: wrapping a *tls.Conn keeps ConnectionState, so
+// the proxy's HTTP servers still see ALPN and the SNI.
+func TestConnKeepsTLSState(t *testing.T) {
+	w, _ := pcap.NewWriter(io.Discard, pcap.Options{})
+	f := w.NewFlow(pcap.FlowMeta{})
+	a, b := net.Pipe()
+	defer b.Close()
+	wrapped := f.Conn(tls.Server(a, &tls.Config{}))
+	if _, ok := wrapped.(interface{ ConnectionState() tls.ConnectionState }); !ok {
+		t.Error("wrapped *tls.Conn lost ConnectionState")
+	}
+	plain := f.Conn(a)
+	if _, ok := plain.(interface{ ConnectionState() tls.ConnectionState }); ok {
+		t.Error("wrapped plain conn claims a TLS state")
+	}
+	if err := plain.Close(); err != nil {
+		t.Error(err)
+	}
+	// Close closed the flow: its FIN exchange is the last thing written.
+	st := w.Stats()
+	f.ClientToServer([]byte("late"))
+	if w.Stats() != st {
+		t.Error("flow still writes after its conn was closed")
 	}
 }

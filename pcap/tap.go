@@ -1,6 +1,7 @@
 package pcap
 
 import (
+	"crypto/tls"
 	"io"
 	"net"
 )
@@ -23,13 +24,30 @@ func (f *Flow) Tap(fromClient io.Reader, toClient io.Writer) (io.Reader, io.Writ
 }
 
 // Conn wraps the client side connection c (already decrypted). The result
-// forwards every other method to c, and Close also closes the flow.
+// forwards every other method to c, and Close also closes the flow. When
+// c has ConnectionState (a *tls.Conn), so has the result, so servers still
+// see the TLS state; CloseWrite half-closes c when c can, else closes it.
 func (f *Flow) Conn(c net.Conn) net.Conn {
 	if f == nil {
 		return c
 	}
-	return &tapConn{Conn: c, f: f}
+	tc := &tapConn{Conn: c, f: f}
+	if cs, ok := c.(connectionStater); ok {
+		return &tapTLSConn{tapConn: tc, cs: cs}
+	}
+	return tc
 }
+
+type connectionStater interface {
+	ConnectionState() tls.ConnectionState
+}
+
+type tapTLSConn struct {
+	*tapConn
+	cs connectionStater
+}
+
+func (t *tapTLSConn) ConnectionState() tls.ConnectionState { return t.cs.ConnectionState() }
 
 type tapReader struct {
 	r io.Reader
@@ -68,6 +86,13 @@ func (t *tapConn) Write(p []byte) (int, error) {
 	n, err := t.Conn.Write(p)
 	t.f.ServerToClient(p[:n])
 	return n, err
+}
+
+func (t *tapConn) CloseWrite() error {
+	if cw, ok := t.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return t.Conn.Close()
 }
 
 func (t *tapConn) Close() error {
