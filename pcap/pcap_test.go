@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -482,5 +484,87 @@ func TestConnKeepsTLSState(t *testing.T) {
 	f.ClientToServer([]byte("late"))
 	if w.Stats() != st {
 		t.Error("flow still writes after its conn was closed")
+	}
+}
+
+// tapListener wraps every accepted (TLS) connection in a capture flow, the
+// way the proxy wraps its decrypted client connection.
+type tapListener struct {
+	net.Listener
+	w *pcap.Writer
+}
+
+func (l tapListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	f := l.w.NewFlow(pcap.FlowMeta{
+		Client:   netip.MustParseAddrPort(c.RemoteAddr().String()),
+		Server:   netip.MustParseAddrPort(c.LocalAddr().String()),
+		Workload: "test-client", Host: "api.test",
+	})
+	return f.Conn(c), nil
+}
+
+// TestTsharkDecryptedHTTPS: a real HTTPS exchange over loopback, captured
+// after TLS termination, reads back in tshark as plain HTTP.
+func TestTsharkDecryptedHTTPS(t *testing.T) {
+	tshark, err := exec.LookPath("tshark")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("tshark not installed; .ci/run installs it")
+		}
+		t.Skip("tshark not installed")
+	}
+	path := filepath.Join(t.TempDir(), "https.pcapng")
+	w, err := pcap.Create(path, pcap.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		rw.Header().Set("Content-Type", "application/json")
+		rw.WriteHeader(http.StatusCreated)
+		io.WriteString(rw, `{"id":"msg_1"}`)
+	}))
+	srv.EnableHTTP2 = false
+	// Started only for its TLS configuration (a loopback certificate);
+	// the server below terminates TLS and then taps the plaintext.
+	srv.StartTLS()
+	srv.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: srv.Config.Handler, TLSConfig: srv.TLS.Clone()}
+	tlsLn := tls.NewListener(ln, hs.TLSConfig)
+	go hs.Serve(tapListener{Listener: tlsLn, w: w})
+	defer hs.Close()
+
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // the test server's own certificate; not what is tested
+		DisableKeepAlives: true,
+	}}
+	resp, err := client.Post("https://"+ln.Addr().String()+"/v1/messages", "application/json", strings.NewReader(`{"model":"tiny"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 201 || string(body) != `{"id":"msg_1"}` {
+		t.Fatalf("response %d %q", resp.StatusCode, body)
+	}
+	hs.Close()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(tshark, "-r", path, "-Y", "http", "-T", "fields", "-E", "separator=|",
+		"-e", "http.request.method", "-e", "http.request.uri", "-e", "http.host", "-e", "http.response.code", "-e", "http.file_data").Output()
+	if err != nil {
+		t.Fatalf("tshark: %v", err)
+	}
+	want := "POST|/v1/messages|" + ln.Addr().String() + "||{\"model\":\"tiny\"}\n|||201|{\"id\":\"msg_1\"}"
+	if got := strings.TrimSpace(string(out)); got != want {
+		t.Errorf("tshark:\n%s\nwant:\n%s", got, want)
 	}
 }
