@@ -13,6 +13,9 @@ import (
 var sluiceBin string
 
 func TestMain(m *testing.M) {
+	if url := os.Getenv("SLUICE_E2E_GET"); url != "" {
+		os.Exit(goClient(url))
+	}
 	if os.Getenv("SLUICE_E2E") == "1" {
 		dir, err := os.MkdirTemp("", "sluice-e2e-bin-")
 		if err != nil {

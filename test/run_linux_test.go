@@ -48,7 +48,7 @@ func newRunEnv(t *testing.T) *runEnv {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello %s %s from the API\n", r.Method, r.URL.Path)
 	})
-	up := StartUpstream(t, &api.NS, netip.AddrPortFrom(api.IP4, 443), mux, "api.test")
+	up := StartUpstream(t, &api.NS, []netip.AddrPort{netip.AddrPortFrom(api.IP4, 443)}, mux, "api.test")
 	dir := t.TempDir()
 	e := &runEnv{api: api, up: up, caDir: filepath.Join(dir, "ca"),
 		config: filepath.Join(dir, "config.yaml"), policy: filepath.Join(dir, "policy.yaml"), audit: filepath.Join(dir, "audit.jsonl")}

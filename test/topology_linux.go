@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // RequireE2E skips t unless SLUICE_E2E=1, and fails it when the gate is
@@ -239,4 +241,14 @@ func (cg *Cgroup) Command(t testing.TB, cmd *exec.Cmd) (done func()) {
 func nsExists(name string) bool {
 	_, err := os.Stat(filepath.Join("/run/netns", name))
 	return err == nil
+}
+
+// routedLocal reports whether the kernel delivers packets for a locally
+// (RTN_LOCAL). Tests check it before dialing an address the agent owns.
+func routedLocal(a netip.Addr) bool {
+	routes, err := netlink.RouteGet(a.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return false
+	}
+	return routes[0].Type == unix.RTN_LOCAL
 }

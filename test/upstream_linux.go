@@ -21,31 +21,37 @@ import (
 // Upstream is a real HTTPS server (HTTP/2 and HTTP/1.1) in a test host's
 // namespace, with a certificate from its own test CA.
 type Upstream struct {
-	Server *httptest.Server
+	Servers []*httptest.Server
 	// CAFile is the PEM of the upstream's CA: Sluice trusts it through
 	// proxy.upstreamCA; clients never see it (they see Sluice's leaves).
 	CAFile string
-	// Addr is where it listens.
-	Addr netip.AddrPort
 }
 
-// StartUpstream serves h over TLS on addr inside ns, with a certificate
-// for names and for addr's IP.
-func StartUpstream(t testing.TB, ns *NS, addr netip.AddrPort, h http.Handler, names ...string) *Upstream {
+// StartUpstream serves h over TLS on each of addrs inside ns, with one
+// certificate for names and for the addresses' IPs.
+func StartUpstream(t testing.TB, ns *NS, addrs []netip.AddrPort, h http.Handler, names ...string) *Upstream {
 	t.Helper()
-	caPEM, cert := testPKI(t, names, []netip.Addr{addr.Addr()})
+	var ips []netip.Addr
+	for _, a := range addrs {
+		ips = append(ips, a.Addr())
+	}
+	caPEM, cert := testPKI(t, names, ips)
 	caFile := filepath.Join(t.TempDir(), "upstream-ca.pem")
 	if err := os.WriteFile(caFile, caPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewUnstartedServer(h)
-	srv.Listener.Close()
-	srv.Listener = ns.Listen(t, addr)
-	srv.EnableHTTP2 = true
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	return &Upstream{Server: srv, CAFile: caFile, Addr: addr}
+	u := &Upstream{CAFile: caFile}
+	for _, addr := range addrs {
+		srv := httptest.NewUnstartedServer(h)
+		srv.Listener.Close()
+		srv.Listener = ns.Listen(t, addr)
+		srv.EnableHTTP2 = true
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		u.Servers = append(u.Servers, srv)
+	}
+	return u
 }
 
 // testPKI makes a throwaway CA and a server certificate signed by it.
