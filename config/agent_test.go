@@ -1,0 +1,60 @@
+package config
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestAgentValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(*Agent)
+		want []string // substrings of the joined error; none means valid
+	}{
+		{"defaults", func(*Agent) {}, nil},
+		{"all ports", func(a *Agent) { a.Ports = []string{"all"} }, nil},
+		{"root attach", func(a *Agent) { a.Attach = "root" }, nil},
+		{"no ipv6", func(a *Agent) { a.InterceptIPv6 = netip.Addr{} }, nil},
+		{"every problem at once", func(a *Agent) {
+			a.FailMode = "maybe"
+			a.Ports = []string{"443", "http", "0"}
+			a.Cgroups = []string{"kubepods.slice/**"}
+			a.Attach = "node"
+			a.BPFFS = "relative"
+			a.ProxyPort = 0
+		}, []string{
+			`agent.failMode "maybe"`, `agent.ports[1] "http"`, `agent.ports[2] "0"`,
+			`agent.cgroups[0] "kubepods.slice/**": must start with "/"`, `agent.attach "node"`,
+			`agent.bpffs "relative"`, "agent.proxyPort 0",
+		}},
+		{"v4 as v6", func(a *Agent) { a.InterceptIPv6 = netip.MustParseAddr("::ffff:1.2.3.4") }, []string{"agent.interceptIPv6"}},
+		{"v6 as v4", func(a *Agent) { a.InterceptIPv4 = netip.MustParseAddr("fdc5::1") }, []string{"agent.interceptIPv4"}},
+		{"no ports", func(a *Agent) { a.Ports = nil }, []string{"agent.ports []"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := DefaultAgent()
+			tt.mod(&a)
+			errs := a.validate()
+			if len(tt.want) == 0 {
+				if len(errs) != 0 {
+					t.Fatalf("unexpected errors: %v", errs)
+				}
+				return
+			}
+			var b strings.Builder
+			for _, e := range errs {
+				b.WriteString(e.Error() + "\n")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(b.String(), w) {
+					t.Errorf("errors %q lack %q", b.String(), w)
+				}
+			}
+			if len(errs) != len(tt.want) {
+				t.Errorf("%d errors, want %d: %q", len(errs), len(tt.want), b.String())
+			}
+		})
+	}
+}
