@@ -7,7 +7,8 @@
 // and a FIN exchange. It uses gopacket's pure-Go pcapng writer (no cgo,
 // no libpcap).
 //
-// One Writer is one file holding many flows. Each flow gets its own
+// One Writer is one file holding many flows; a Dir writes one file per
+// flow. Both are a Capture. Each flow gets its own
 // pcapng interface named after the workload and destination (Wireshark's
 // "Interface name" and "Interface description" columns, tshark's
 // frame.interface_name), and the real destination port there: in the
@@ -219,6 +220,8 @@ type Flow struct {
 	cseq, sseq uint32
 	// dead: the interface was never written (cap reached), drop all.
 	dead bool
+	// onClose runs once after the FIN exchange (Dir closes the flow's file).
+	onClose func()
 }
 
 type endpoint struct {
@@ -386,6 +389,9 @@ func (f *Flow) Close() {
 	f.sseq++
 	f.send(true, layers.TCP{ACK: true}, nil)
 	f.closed = true
+	if f.onClose != nil {
+		f.onClose()
+	}
 }
 
 // send builds one packet with the flow's current sequence numbers (f.mu
