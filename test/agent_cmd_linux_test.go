@@ -1,0 +1,94 @@
+package test
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/sluicehq/sluice/agent"
+	"github.com/sluicehq/sluice/config"
+)
+
+// `sluice agent` in failMode closed leaves its pinned hooks on the
+// selected cgroup when it exits; `sluice agent --cleanup` removes every
+// hook, pin and the intercept address.
+func TestAgentCommandClosedThenCleanup(t *testing.T) {
+	RequireE2E(t)
+	mount, err := agent.Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &agentEnv{t: t, mount: mount, cg: NewCgroup(t, mount)}
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.CA.Dir = filepath.Join(dir, "ca")
+	cfg.Audit.File = filepath.Join(dir, "audit.jsonl")
+	cfg.Agent = testAgentConfig()
+	cfg.Agent.FailMode = "closed"
+	cfg.Agent.Cgroups = []string{e.cg.Path}
+	cfg.Admin.Listen = "127.0.0.1:0"
+	e.cfg = cfg.Agent
+	t.Cleanup(func() { _ = agent.Cleanup(cfg.Agent, nil) })
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs bytes.Buffer
+	cmd := exec.Command(sluiceBin, "agent", "--config", path)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	attached := false
+	for i := 0; i < 100 && !attached; i++ {
+		attached = cgroupHooks(t, e.cg.Dir) == 5
+		if !attached {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if !attached {
+		t.Fatalf("sluice agent did not attach to %s:\n%s", e.cg.Dir, logs.String())
+	}
+	_ = cmd.Process.Signal(os.Interrupt)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("sluice agent exit: %v\n%s", err, logs.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("sluice agent did not exit on SIGINT:\n%s", logs.String())
+	}
+	if n := cgroupHooks(t, e.cg.Dir); n != 5 {
+		t.Errorf("%d hooks left after exit in failMode closed, want 5", n)
+	}
+	if pins, _ := filepath.Glob(filepath.Join(cfg.Agent.BPFFS, "links", "*")); len(pins) != 5 {
+		t.Errorf("pins after exit: %v, want 5", pins)
+	}
+	if !routedLocal(cfg.Agent.InterceptIPv4) {
+		t.Errorf("intercept address %s gone after exit in failMode closed", cfg.Agent.InterceptIPv4)
+	}
+
+	out, err := exec.Command(sluiceBin, "agent", "--config", path, "--cleanup").CombinedOutput()
+	if err != nil {
+		t.Fatalf("sluice agent --cleanup: %v\n%s", err, out)
+	}
+	e.assertNothingLeft()
+}
