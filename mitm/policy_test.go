@@ -51,6 +51,7 @@ func loopbackOnly(_ *config.Proxy, d *Deps) {
 var ssrfResolver = mapResolver{
 	"api.test":      loopback,
 	"internal.test": loopback,
+	"other.test":    loopback,
 	"metadata.test": {netip.MustParseAddr("169.254.169.254")},
 	"mixed.test":    {netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("10.1.2.3")},
 }
@@ -165,11 +166,11 @@ rules:
 		t.Errorf("record %+v", rec)
 	}
 	// In audit mode the SSRF guard records loopback without the exemption too.
-	resp, _ = h.do(t, false, "GET", fmt.Sprintf("https://internal.test:%d/x", port), "")
+	resp, _ = h.do(t, false, "GET", fmt.Sprintf("https://other.test:%d/x", port), "")
 	if resp.StatusCode != 200 {
 		t.Fatalf("audit-mode SSRF must pass: %d", resp.StatusCode)
 	}
-	rec = h.recs.wait(t, "ssrf would_deny", func(r audit.Record) bool { return r.Host == "internal.test" && r.Kind == audit.KindHTTP })
+	rec = h.recs.wait(t, "ssrf would_deny", func(r audit.Record) bool { return r.Host == "other.test" && r.Kind == audit.KindHTTP })
 	if rec.Decision != audit.DecisionWouldDeny || rec.Rule != policy.RuleSSRF || rec.Reason != policy.ReasonLoopback {
 		t.Errorf("ssrf record %+v", rec)
 	}
@@ -350,7 +351,7 @@ func TestPolicySSRFThroughProxy(t *testing.T) {
 	h := newPolicyHarness(t, tca, fmt.Sprintf(`version: 1
 rules:
   - name: upstream
-    destinations: {hosts: [api.test], cidrs: [127.0.0.1/32], ports: [%d, %d]}
+    destinations: {hosts: [api.test, mixed.test], cidrs: [127.0.0.1/32], ports: [%d, %d]}
     action: allow
 `, up.addr.Port(), plain.addr.Port()), policy.Options{})
 
@@ -371,6 +372,7 @@ rules:
 	}{
 		{"internal.test", plain.addr.Port(), policy.ReasonLoopback},
 		{"metadata.test", 80, policy.ReasonMetadata},
+		// One answer exempted by the rule, the other private: refused.
 		{"mixed.test", plain.addr.Port(), policy.ReasonPrivate},
 		{"127.0.0.1", plain.addr.Port(), policy.ReasonLoopback},
 	} {
