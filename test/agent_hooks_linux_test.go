@@ -2,6 +2,7 @@ package test
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -176,6 +177,17 @@ func TestAgentDirect(t *testing.T) {
 			}
 		})
 	}
+	// A connection to the listener that the hooks did not redirect has no
+	// origin: it is closed unanswered, never proxied blind.
+	v4, _ := e.ag.InterceptAddrs()
+	c, err := net.DialTimeout("tcp", netip.AddrPortFrom(v4, e.cfg.ProxyPort).String(), 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial the listener: %v", err)
+	}
+	if got := readAllTimeout(c); got != "" {
+		t.Errorf("unredirected connection to the listener read %q, want nothing", got)
+	}
+	c.Close()
 	if n := len(e.rec.all()); n != 0 {
 		t.Errorf("agent handled %d connections, want none", n)
 	}
@@ -350,6 +362,20 @@ func TestAgentGlobSelectsNewCgroup(t *testing.T) {
 			// A process elsewhere goes direct, also with root attach.
 			if r := e.client(dst, clientOpts{host: 0}); r.Data != "direct "+dst.String() {
 				t.Errorf("client outside: %+v", r)
+			}
+			// A removed cgroup is forgotten.
+			if err := os.Remove(dir); err != nil {
+				t.Fatal(err)
+			}
+			gone := false
+			for i := 0; i < 50 && !gone; i++ {
+				gone = !selected(t, e, dir)
+				if !gone {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			if !gone {
+				t.Errorf("removed cgroup still intercepted: %v", e.ag.Intercepted())
 			}
 		})
 	}
