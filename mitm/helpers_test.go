@@ -239,6 +239,7 @@ type harness struct {
 	dec    *fakeDecider
 	cancel context.CancelFunc
 	done   chan error
+	once   sync.Once
 }
 
 type harnessOpt func(*config.Proxy, *Deps)
@@ -298,13 +299,15 @@ func newHarness(t testing.TB, tca *testCA, dec policy.Decider, opts ...harnessOp
 }
 
 func (h *harness) stop() {
-	h.cancel()
-	select {
-	case <-h.done:
-	case <-time.After(10 * time.Second):
-		panic("ServeExplicit did not return within 10s of cancel")
-	}
-	h.p.Close()
+	h.once.Do(func() {
+		h.cancel()
+		select {
+		case <-h.done:
+		case <-time.After(10 * time.Second):
+			panic("ServeExplicit did not return within 10s of cancel")
+		}
+		h.p.Close()
+	})
 }
 
 // client is a Go client using the explicit proxy and trusting Sluice's CA.
