@@ -322,7 +322,7 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 	}
 	d.MaxRequestBody, d.MaxResponseBody = ru.maxReq, ru.maxResp
 	if ru.rl != nil && !d.WouldDeny {
-		ru.rl.apply(ctx, e.lim, id, host, e.now(), ru.audit, &d)
+		ru.rl.apply(ctx, e.lim, e.log, id, host, e.now(), ru.audit, &d)
 	}
 	if !ok && !d.Denied() && !d.WouldDeny {
 		d.Rule, d.Reason, d.WouldDeny = g.Rule, g.Reason, true

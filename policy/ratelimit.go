@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/http"
 	"strconv"
@@ -64,7 +65,20 @@ type Limiters struct {
 	rmu    sync.Mutex
 	redis  map[Redis]*redis.Client
 	faults atomic.Int64
+	// lastFaultLog (unix nanoseconds) throttles the Redis-down warning.
+	lastFaultLog atomic.Int64
 }
+
+// redisLog sends go-redis's own messages (it logs dial failures on every
+// attempt) to slog at debug level; the policy logs Redis faults itself,
+// throttled.
+type redisLog struct{}
+
+func (redisLog) Printf(ctx context.Context, format string, v ...any) {
+	slog.Default().DebugContext(ctx, fmt.Sprintf(format, v...), "component", "redis")
+}
+
+var setRedisLogger sync.Once
 
 type bucket struct {
 	tokens float64
@@ -77,6 +91,7 @@ func NewLimiters(maxKeys int) *Limiters {
 	if maxKeys <= 0 {
 		maxKeys = DefaultMaxKeys
 	}
+	setRedisLogger.Do(func() { redis.SetLogger(redisLog{}) })
 	lru, _ := simplelru.NewLRU[string, *bucket](maxKeys, nil)
 	return &Limiters{buckets: lru, redis: map[Redis]*redis.Client{}}
 }
@@ -304,14 +319,17 @@ func (l *limiter) takeRedis(ctx context.Context, key string) (outcome, error) {
 // apply runs the limiter for one request and completes d: it adds the
 // headers, and on exhaustion turns d into a 429 deny (or a would-deny in
 // audit mode).
-func (l *limiter) apply(ctx context.Context, s *Limiters, id *workload.Identity, host string, now time.Time, audit bool, d *Decision) {
+func (l *limiter) apply(ctx context.Context, s *Limiters, log *slog.Logger, id *workload.Identity, host string, now time.Time, audit bool, d *Decision) {
 	key := l.key(id, host)
 	var o outcome
 	if l.redis != nil {
 		var err error
 		o, err = l.takeRedis(ctx, key)
 		if err != nil {
-			s.faults.Add(1)
+			n := s.faults.Add(1)
+			if last := s.lastFaultLog.Load(); now.UnixNano()-last > int64(10*time.Second) && s.lastFaultLog.CompareAndSwap(last, now.UnixNano()) {
+				log.Warn("rate limiter unavailable", "rule", l.rule, "faultTolerant", l.faultTolerant, "faults_total", n, "error", err.Error())
+			}
 			if l.faultTolerant {
 				d.Reason = ReasonLimiterDownPass
 				return
