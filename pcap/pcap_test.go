@@ -491,7 +491,20 @@ func TestConnKeepsTLSState(t *testing.T) {
 // way the proxy wraps its decrypted client connection.
 type tapListener struct {
 	net.Listener
-	w *pcap.Writer
+	w      *pcap.Writer
+	closed chan struct{} // one send per connection closed (and its flow)
+}
+
+type notifyConn struct {
+	net.Conn
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (c *notifyConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.closed <- struct{}{} })
+	return err
 }
 
 func (l tapListener) Accept() (net.Conn, error) {
@@ -504,7 +517,7 @@ func (l tapListener) Accept() (net.Conn, error) {
 		Server:   netip.MustParseAddrPort(c.LocalAddr().String()),
 		Workload: "test-client", Host: "api.test",
 	})
-	return f.Conn(c), nil
+	return &notifyConn{Conn: f.Conn(c), closed: l.closed}, nil
 }
 
 // TestTsharkDecryptedHTTPS: a real HTTPS exchange over loopback, captured
@@ -538,7 +551,8 @@ func TestTsharkDecryptedHTTPS(t *testing.T) {
 	}
 	hs := &http.Server{Handler: srv.Config.Handler, TLSConfig: srv.TLS.Clone()}
 	tlsLn := tls.NewListener(ln, hs.TLSConfig)
-	go hs.Serve(tapListener{Listener: tlsLn, w: w})
+	closed := make(chan struct{}, 1)
+	go hs.Serve(tapListener{Listener: tlsLn, w: w, closed: closed})
 	defer hs.Close()
 
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
@@ -553,6 +567,13 @@ func TestTsharkDecryptedHTTPS(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 201 || string(body) != `{"id":"msg_1"}` {
 		t.Fatalf("response %d %q", resp.StatusCode, body)
+	}
+	// The server closes the connection after its response (no
+	// keep-alive); the tap has recorded everything once it has.
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("server did not close the connection")
 	}
 	hs.Close()
 	if err := w.Close(); err != nil {
