@@ -342,6 +342,9 @@ func (a *Agent) adoptPins() error {
 		}
 	}
 	if a.cfg.FailMode != "closed" {
+		// An earlier closed-mode agent's map pins are of no use to us;
+		// its links are adopted (unpinned) or detached.
+		_ = os.RemoveAll(a.pinDir("maps"))
 		return nil
 	}
 	if err := os.MkdirAll(a.pinDir("links"), 0o700); err != nil {
@@ -378,6 +381,20 @@ func (a *Agent) dropOldLinks() {
 		delete(a.oldLinks, k)
 		a.log.Info("detached earlier agent's hook", "pin", k)
 	}
+	if a.cfg.FailMode != "closed" {
+		// Remove the pin directory if an earlier agent left it empty.
+		_ = os.Remove(a.pinDir("links"))
+		_ = os.Remove(a.cfg.BPFFS)
+	}
+}
+
+// detachAll detaches an attachment's links, connect first, sockops last.
+func detachAll(at *attachment) {
+	for i := len(hooks) - 1; i >= 0; i-- {
+		if l := at.links[hooks[i].name]; l != nil {
+			detachLink(l)
+		}
+	}
 }
 
 func detachLink(l link.Link) {
@@ -412,9 +429,7 @@ func (a *Agent) attach(id uint64, rel string) error {
 			var err error
 			l, err = link.AttachCgroup(link.CgroupOptions{Path: dir, Attach: hk.attach, Program: prog})
 			if err != nil {
-				for _, l := range at.links {
-					detachLink(l)
-				}
+				detachAll(at)
 				return fmt.Errorf("attach %s to %s: %w", hk.name, dir, err)
 			}
 		}
@@ -422,9 +437,7 @@ func (a *Agent) attach(id uint64, rel string) error {
 		case a.cfg.FailMode == "closed" && !adopted:
 			if err := l.Pin(filepath.Join(a.pinDir("links"), key)); err != nil {
 				detachLink(l)
-				for _, l := range at.links {
-					detachLink(l)
-				}
+				detachAll(at)
 				return fmt.Errorf("pin %s link of %s: %w", hk.name, dir, err)
 			}
 		case a.cfg.FailMode != "closed" && adopted:
@@ -478,9 +491,7 @@ func (a *Agent) ReleaseCgroup(path string) error {
 	delete(a.roots, rel)
 	for id, at := range a.attached {
 		if at.path != "/" && isUnder(at.path, rel) {
-			for _, l := range at.links {
-				detachLink(l)
-			}
+			detachAll(at)
 			delete(a.attached, id)
 		}
 	}
@@ -625,9 +636,7 @@ func (a *Agent) onGoneCgroup(rel string) {
 	defer a.mu.Unlock()
 	for id, at := range a.attached {
 		if at.path == rel && rel != "/" {
-			for _, l := range at.links {
-				detachLink(l)
-			}
+			detachAll(at)
 			delete(a.attached, id)
 		}
 	}
@@ -872,8 +881,11 @@ func (a *Agent) shutdown() {
 	}
 	a.mu.Lock()
 	for id, at := range a.attached {
-		for _, l := range at.links {
-			l.Close() // detaches unless pinned (closed mode)
+		// connect first, sockops last: the reverse of attach.
+		for i := len(hooks) - 1; i >= 0; i-- {
+			if l := at.links[hooks[i].name]; l != nil {
+				l.Close() // detaches unless pinned (closed mode)
+			}
 		}
 		delete(a.attached, id)
 	}

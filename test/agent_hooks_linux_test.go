@@ -284,6 +284,27 @@ func TestAgentFailClosed(t *testing.T) {
 		t.Fatalf("after restart: %+v", r)
 	}
 	e.stop()
+	// An agent in failMode open takes the pinned hooks over and unpins
+	// them: they live as long as it does.
+	e.cfg.FailMode = "open"
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(e.cfg.BPFFS); !os.IsNotExist(err) {
+		t.Errorf("pin directory %s still there under failMode open (%v)", e.cfg.BPFFS, err)
+	}
+	if n := cgroupHooks(t, e.cg.Dir); n != 5 {
+		t.Errorf("%d hooks attached under failMode open, want 5", n)
+	}
+	if r := e.client(dst, clientOpts{host: 0, inCgroup: true}); r.Data != "proxied "+dst.String() {
+		t.Fatalf("after the open agent took over: %+v", r)
+	}
+	e.stop()
+	if n := cgroupHooks(t, e.cg.Dir); n != 0 {
+		t.Errorf("%d hooks attached after the open agent stopped, want 0", n)
+	}
+	// The address was added by the closed-mode agent: cleanup removes it.
 	if err := agent.Cleanup(e.cfg, nil); err != nil {
 		t.Fatal(err)
 	}
