@@ -155,6 +155,10 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("request body of %d bytes exceeds the limit of %d", r.ContentLength, d.MaxRequestBody), d.Header)
 		return
 	}
+	if t.addr.IsValid() {
+		rec.DstIP = t.addr.Addr()
+		rec.UpstreamAddr = t.addr.String()
+	}
 	if t.err != nil {
 		x.fail(http.StatusBadGateway, audit.DecisionError, t.fail, t.err.Error(), d.Header)
 		return
