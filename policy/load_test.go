@@ -40,6 +40,7 @@ mode: strict
 rules:
   - action: allow
     limits: {requestBody: 0}
+    destinations: {ports: [8080]}
   - name: b
     action: deny
     destinations:
@@ -56,15 +57,18 @@ rules:
 			`p.yaml:2: mode "strict": use enforce or audit`,
 			`p.yaml:4: rules[0].name: missing: every rule needs a unique name, e.g. name: allow-github`,
 			`p.yaml:5: rules[0].limits.requestBody "0": a limit of zero bytes: remove the key for no limit`,
-			`p.yaml:9: rules[1].destinations.ports[0] 0: a port is between 1 and 65535`,
-			`p.yaml:10: rules[1].destinations.methods[0] "get": methods are upper case, use "GET"`,
-			`p.yaml:11: rules[1].destinations.cidrs[0] "10.0.0.1/8": has bits set after the prefix length, use "10.0.0.0/8"`,
-			`p.yaml:12: rules[2].name "b": duplicate of rules[1].name, names must be unique`,
-			`p.yaml:14: rules[2].rateLimit.redis.addr: missing: policy: redis needs redis.addr, e.g. 127.0.0.1:6379`,
+			`p.yaml:10: rules[1].destinations.ports[0] 0: a port is between 1 and 65535`,
+			`p.yaml:11: rules[1].destinations.methods[0] "get": methods are upper case, use "GET"`,
+			`p.yaml:12: rules[1].destinations.cidrs[0] "10.0.0.1/8": has bits set after the prefix length, use "10.0.0.0/8"`,
+			`p.yaml:13: rules[2].name "b": duplicate of rules[1].name, names must be unique`,
+			`p.yaml:15: rules[2].rateLimit.redis.addr: missing: policy: redis needs redis.addr, e.g. 127.0.0.1:6379`,
 		}},
 		{"unknown key does not hide other problems", "version: 1\nmodee: x\nrules: [{name: a, action: allwo}]\n", []string{
 			`p.yaml:2: modee: unknown key in the top level: did you mean "mode"? known keys are version, mode, tls, ssrf, defaults, rules`,
 			`p.yaml:3: rules[0].action "allwo": use allow or deny`,
+		}},
+		{"shadowed rule", "version: 1\nrules:\n- {name: all, action: allow}\n- {name: never, action: deny, destinations: {hosts: [x.example]}}\n", []string{
+			`p.yaml:4: rules[1]: never used: rules[0] matches every request first; move this rule above it`,
 		}},
 		{"reserved name", "version: 1\nrules: [{name: default, action: allow}]\n", []string{`p.yaml:2: rules[0].name "default": "default" is reserved for built-in decisions, choose another name`}},
 		{"host forms", "version: 1\nrules: [{name: a, action: allow, destinations: {hosts: ['https://x.com/a', 'x.com:443', 'a.*.com', '', 'x.com/a']}}]\n", []string{

@@ -39,8 +39,15 @@ func (d *decoder) validate(p *Policy) {
 	d.checkLimits("defaults.limits", p.Defaults.Limits)
 
 	names := map[string]int{}
+	catchAll := -1
 	for i, r := range p.Rules {
 		at := fmt.Sprintf("rules[%d]", i)
+		if catchAll >= 0 {
+			d.add(at, "", "never used: rules[%d] matches every request first; move this rule above it", catchAll)
+		}
+		if catchAll < 0 && r.Workloads.empty() && r.Destinations.empty() {
+			catchAll = i
+		}
 		switch {
 		case r.Name == "":
 			d.add(at+".name", "", "missing: every rule needs a unique name, e.g. name: allow-github")
@@ -86,6 +93,14 @@ var (
 	hexID     = regexp.MustCompile(`^[0-9a-f]{12,64}$`)
 	k8sName   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 )
+
+func (w Workloads) empty() bool {
+	return len(w.Cgroups)+len(w.Comm)+len(w.Exe)+len(w.ContainerIDs)+len(w.Namespaces)+len(w.Labels) == 0
+}
+
+func (ds Destinations) empty() bool {
+	return len(ds.Hosts)+len(ds.Ports)+len(ds.Methods)+len(ds.Paths)+len(ds.CIDRs) == 0
+}
 
 func (d *decoder) checkMode(path, m string) {
 	switch m {
