@@ -3,6 +3,8 @@ package policy
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"testing"
 
 	"github.com/sluicehq/sluice/policy/policytest"
@@ -22,8 +24,9 @@ rules:
 // proxies) share one limit through Redis.
 func TestRedisSharedAcrossEngines(t *testing.T) {
 	r := policytest.StartRedis(t)
-	a := parseWith(t, redisPolicy(r.Addr, true), Options{Limiters: NewLimiters(0)})
-	b := parseWith(t, redisPolicy(r.Addr, true), Options{Limiters: NewLimiters(0)})
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a := parseWith(t, redisPolicy(r.Addr, true), Options{Limiters: NewLimiters(0), Log: quiet})
+	b := parseWith(t, redisPolicy(r.Addr, true), Options{Limiters: NewLimiters(0), Log: quiet})
 	t.Cleanup(func() { a.Limiters().Close(); b.Limiters().Close() })
 	id := workload.Identity{Cgroup: "/w/a"}
 	var got []string
@@ -64,7 +67,7 @@ func TestRedisDown(t *testing.T) {
 	} {
 		t.Run(fmt.Sprint("faultTolerant=", tt.faultTolerant), func(t *testing.T) {
 			r := policytest.StartRedis(t)
-			e := parseWith(t, redisPolicy(r.Addr, tt.faultTolerant), Options{})
+			e := parseWith(t, redisPolicy(r.Addr, tt.faultTolerant), Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			t.Cleanup(func() { e.Limiters().Close() })
 			id := workload.Identity{Cgroup: "/w/a"}
 			if d := e.Request(context.Background(), req(id, "api.example")); d.Denied() || d.Reason != ReasonAllowedByRule {
