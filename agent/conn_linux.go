@@ -1,0 +1,115 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicehq/sluice/bpf"
+	"github.com/sluicehq/sluice/mitm"
+	"github.com/sluicehq/sluice/workload"
+)
+
+// accept serves one listener until it is closed.
+func (a *Agent) accept(l net.Listener) {
+	defer a.wg.Done()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || a.ctx.Err() != nil {
+				return
+			}
+			a.log.Warn("accept", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		a.conns.Add(1)
+		go func() {
+			defer a.conns.Done()
+			a.serve(c)
+		}()
+	}
+}
+
+// serve names the connection's workload and hands it to the handler.
+func (a *Agent) serve(c net.Conn) {
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		c.Close()
+		return
+	}
+	peer := ta.AddrPort()
+	o, err := a.origin(peer)
+	if err != nil {
+		a.log.Warn("closing connection without origin", "peer", peer.String(), "err", err)
+		c.Close()
+		return
+	}
+	dst, id := a.describe(o, peer)
+	a.h.Handle(a.ctx, c, dst, id)
+}
+
+var errNoOrigin = errors.New("no origin recorded for this peer")
+
+// origin reads and deletes the kernel's record for peer, waiting up to
+// OriginWait for it to appear.
+func (a *Agent) origin(peer netip.AddrPort) (bpf.SluiceOrigin, error) {
+	k := bpf.SluicePeerKey{Addr: peer.Addr().As16(), Port: peer.Port()}
+	var o bpf.SluiceOrigin
+	deadline := time.Now().Add(a.opts.OriginWait)
+	wait := time.Millisecond
+	for {
+		err := a.objs.SluicePeers.Lookup(&k, &o)
+		if err == nil {
+			_ = a.objs.SluicePeers.Delete(&k)
+			return o, nil
+		}
+		if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return o, fmt.Errorf("look up origin of %s: %w", peer, err)
+		}
+		if time.Now().After(deadline) {
+			return o, fmt.Errorf("look up origin of %s: %w", peer, errNoOrigin)
+		}
+		time.Sleep(wait)
+		wait = min(wait*2, 20*time.Millisecond)
+	}
+}
+
+// describe builds the destination and identity of a redirected connection.
+func (a *Agent) describe(o bpf.SluiceOrigin, peer netip.AddrPort) (mitm.Destination, workload.Identity) {
+	addr := netip.AddrFrom16(o.Addr)
+	if o.Family == 2 { // AF_INET
+		addr = addr.Unmap()
+	}
+	dst := mitm.Destination{Addr: netip.AddrPortFrom(addr, o.Port), Port: o.Port}
+	pid := int(o.Pid)
+	id := workload.Identity{
+		Client: netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port()),
+		PID:    pid,
+		UID:    o.Uid,
+		Comm:   cString(o.Comm[:]),
+		Cgroup: a.names.lookup(o.CgroupId, pid),
+	}
+	if exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe"); err == nil {
+		id.Exe = exe
+	}
+	id.ContainerID, id.PodUID = workload.ParseCgroupPath(id.Cgroup)
+	return dst, id
+}
+
+func cString(b []int8) string {
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		out = append(out, byte(c))
+	}
+	return string(out)
+}
