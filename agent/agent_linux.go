@@ -77,6 +77,9 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	if opts.OriginWait <= 0 {
 		opts.OriginWait = 250 * time.Millisecond
 	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock limit: %w", err)
+	}
 	if err := probeKernel(); err != nil {
 		return nil, err
 	}
@@ -101,10 +104,10 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	if err != nil {
 		return nil, err
 	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("remove memlock limit: %w", err)
-	}
 
+	if h == nil {
+		return nil, errors.New("start agent: nil handler")
+	}
 	a := &Agent{
 		cfg: cfg, log: log, h: h, opts: opts, mount: mount, globs: globs,
 		names:    newCgroupNames(mount),
@@ -112,9 +115,6 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 		roots:    map[string]uint64{},
 		selected: map[uint64]string{},
 		oldLinks: map[string]link.Link{},
-	}
-	if h == nil {
-		return nil, errors.New("start agent: nil handler")
 	}
 	a.own = ownCgroup()
 	a.ctx, a.cancel = context.WithCancel(ctx)

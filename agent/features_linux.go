@@ -31,6 +31,8 @@ func probeKernel() error {
 		{"bpf_get_current_cgroup_id in sock_addr programs", "5.7", helper(ebpf.CGroupSockAddr, asm.FnGetCurrentCgroupId)},
 		{"bpf_ringbuf_reserve in sock_addr programs", "5.8", helper(ebpf.CGroupSockAddr, asm.FnRingbufReserve)},
 		{"bpf_sock_ops_cb_flags_set in sockops programs", "4.16", helper(ebpf.SockOps, asm.FnSockOpsCbFlagsSet)},
+		{"cgroup/getpeername4 programs", "5.8", attachType(ebpf.AttachCgroupInet4GetPeername)},
+		{"cgroup/getpeername6 programs", "5.8", attachType(ebpf.AttachCgroupInet6GetPeername)},
 	}
 	var errs []error
 	for _, p := range probes {
@@ -44,6 +46,26 @@ func probeKernel() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// attachType probes whether a sock_addr program with expected attach type
+// at loads: the kernel refuses attach types it does not know with EINVAL.
+func attachType(at ebpf.AttachType) func() error {
+	return func() error {
+		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Type:         ebpf.CGroupSockAddr,
+			AttachType:   at,
+			Instructions: asm.Instructions{asm.LoadImm(asm.R0, 1, asm.DWord), asm.Return()},
+			License:      "GPL",
+		})
+		if err != nil {
+			if errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("%w: %w", ebpf.ErrNotSupported, err)
+			}
+			return err
+		}
+		return p.Close()
+	}
 }
 
 func kernelRelease() string {
