@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
@@ -36,6 +38,8 @@ const (
 	sourceSluice   = "sluice"
 	sourceUpstream = "upstream"
 )
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 var (
 	errResponseHeaderTimeout = errors.New("upstream response header timeout")
@@ -68,6 +72,7 @@ type exchange struct {
 	rec   *audit.Record
 	start time.Time
 	d     policy.Decision
+	body  *countingBody
 }
 
 // ServeHTTP serves one request of the flow: decide, forward, stream back,
@@ -273,26 +278,30 @@ func errorBody(code int, rule, reason string) []byte {
 }
 
 func (x *exchange) finish() {
+	if x.body != nil {
+		x.rec.BytesIn = x.body.n.Load()
+	}
 	x.rec.Duration = time.Since(x.start)
 	x.f.p.emit(x.rec)
 }
 
-// countingBody counts (and optionally limits) the request body.
+// countingBody counts (and optionally limits) the request body. The
+// transport may still read it after RoundTrip returns, hence atomics.
 type countingBody struct {
 	r        io.ReadCloser
-	n        int64
+	n        atomic.Int64
 	limit    int64
-	exceeded bool
+	exceeded atomic.Bool
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
-	if b.exceeded {
+	if b.exceeded.Load() {
 		return 0, errRequestBodyTooLarge
 	}
 	n, err := b.r.Read(p)
-	b.n += int64(n)
-	if b.limit > 0 && b.n > b.limit {
-		b.exceeded = true
+	total := b.n.Add(int64(n))
+	if b.limit > 0 && total > b.limit {
+		b.exceeded.Store(true)
 		return 0, errRequestBodyTooLarge
 	}
 	return n, err
@@ -347,12 +356,10 @@ func (x *exchange) forward(t *target) {
 	resp, err := t.pool.rt.RoundTrip(out)
 	timer.Stop()
 	rec.UpstreamDuration = time.Since(upStart)
-	if body != nil {
-		rec.BytesIn = body.n
-	}
+	x.body = body
 	if err != nil {
 		switch {
-		case body != nil && body.exceeded:
+		case body != nil && body.exceeded.Load():
 			w.Header().Set("Connection", "close")
 			x.fail(http.StatusRequestEntityTooLarge, audit.DecisionDeny, reasonReqTooLarge,
 				fmt.Sprintf("request body exceeds the limit of %d bytes", d.MaxRequestBody), d.Header)
@@ -401,9 +408,18 @@ func (x *exchange) forward(t *target) {
 	}
 	w.WriteHeader(resp.StatusCode)
 	rc := http.NewResponseController(w)
-	_ = rc.Flush()
+	// A body of unknown length may be a stream (SSE, chunked): every
+	// piece goes out as soon as the upstream sends it, headers first. A
+	// body of known length is written through net/http's small buffer,
+	// which goes out as it fills and when the handler returns.
+	streaming := resp.ContentLength < 0
+	if streaming {
+		_ = rc.Flush()
+	}
 
-	buf := make([]byte, 32<<10)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	var written int64
 	cut, clientGone := false, false
 	var upErr error
@@ -417,7 +433,7 @@ func (x *exchange) forward(t *target) {
 			}
 			m, werr := w.Write(chunk)
 			written += int64(m)
-			if werr == nil {
+			if werr == nil && streaming {
 				werr = rc.Flush()
 			}
 			if werr != nil {

@@ -1,0 +1,144 @@
+package mitm
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/policy"
+)
+
+// allowAllDecider allows everything without recording anything.
+type allowAllDecider struct{}
+
+func (allowAllDecider) Connection(context.Context, *policy.Conn) policy.ConnDecision {
+	return policy.ConnDecision{Action: policy.Decrypt, Decision: policy.Decision{Rule: "bench"}}
+}
+
+func (allowAllDecider) Request(context.Context, *policy.Request) policy.Decision {
+	return policy.Decision{Rule: "bench"}
+}
+
+// countSink counts records, as a cheap stand-in for the JSON log.
+type countSink struct{ n atomic.Int64 }
+
+func (s *countSink) Record(*audit.Record) { s.n.Add(1) }
+
+// benchResults keeps the last run of each sub-benchmark so the proxied
+// run can print its ratio to the direct one.
+var benchResults = struct {
+	sync.Mutex
+	rps map[string]float64
+}{rps: map[string]float64{}}
+
+// BenchmarkHTTPS measures keep-alive HTTPS requests per second and p50/p99
+// latency, direct to a Go upstream and through Sluice's explicit proxy
+// (decrypt, policy, re-encrypt), for HTTP/1.1 and HTTP/2. Client, proxy
+// and upstream share this process and its CPUs.
+func BenchmarkHTTPS(b *testing.B) {
+	tca := newTestCA(b, "upstream test CA")
+	payload := []byte("hello from the upstream\n")
+	for _, proto := range []string{"h1", "h2"} {
+		h2 := proto == "h2"
+		up := startUpstream(b, tca, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			w.Write(payload)
+		}))
+		h := newHarness(b, tca, allowAllDecider{}, func(_ *config.Proxy, d *Deps) { d.Audit = &countSink{} })
+		upPool := x509.NewCertPool()
+		upPool.AppendCertsFromPEM(tca.pem)
+		direct := &http.Transport{
+			TLSClientConfig:     &tls.Config{RootCAs: upPool, ServerName: "api.test"},
+			ForceAttemptHTTP2:   h2,
+			MaxIdleConnsPerHost: 64,
+		}
+		proxied := h.client(h2).Transport.(*http.Transport)
+		proxied.MaxIdleConnsPerHost = 64
+		if !h2 {
+			direct.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+		}
+		for _, mode := range []struct {
+			name string
+			rt   http.RoundTripper
+			url  string
+		}{
+			{"direct", direct, fmt.Sprintf("https://127.0.0.1:%d/bench", up.addr.Port())},
+			{"sluice", proxied, fmt.Sprintf("https://api.test:%d/bench", up.addr.Port())},
+		} {
+			name := proto + "/" + mode.name
+			b.Run(name, func(b *testing.B) {
+				c := &http.Client{Transport: mode.rt, Timeout: 30 * time.Second}
+				// Warm the connections and the leaf cache.
+				for i := 0; i < 8; i++ {
+					resp, err := c.Get(mode.url)
+					if err != nil {
+						b.Fatal(err)
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				var mu sync.Mutex
+				var lat []time.Duration
+				b.SetParallelism(4)
+				b.ResetTimer()
+				start := time.Now()
+				b.RunParallel(func(pb *testing.PB) {
+					local := make([]time.Duration, 0, 1024)
+					for pb.Next() {
+						t0 := time.Now()
+						resp, err := c.Get(mode.url)
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+						if resp.StatusCode != 200 {
+							b.Errorf("status %d", resp.StatusCode)
+							return
+						}
+						local = append(local, time.Since(t0))
+					}
+					mu.Lock()
+					lat = append(lat, local...)
+					mu.Unlock()
+				})
+				elapsed := time.Since(start)
+				b.StopTimer()
+				if len(lat) == 0 {
+					return
+				}
+				slices.Sort(lat)
+				rps := float64(len(lat)) / elapsed.Seconds()
+				p50 := lat[len(lat)*50/100]
+				p99 := lat[min(len(lat)-1, len(lat)*99/100)]
+				b.ReportMetric(rps, "req/s")
+				b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
+				b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
+				benchResults.Lock()
+				benchResults.rps[name] = rps
+				d := benchResults.rps[proto+"/direct"]
+				benchResults.Unlock()
+				if mode.name == "sluice" && d > 0 {
+					b.ReportMetric(rps/d, "x-direct")
+					if b.N > 100 {
+						b.Logf("%s: %.0f req/s through Sluice vs %.0f direct: ratio %.2f; p50 %.2f ms, p99 %.2f ms", proto, rps, d, rps/d,
+							float64(p50.Microseconds())/1000, float64(p99.Microseconds())/1000)
+					}
+				}
+			})
+		}
+		direct.CloseIdleConnections()
+		proxied.CloseIdleConnections()
+	}
+}
