@@ -22,18 +22,21 @@ import (
 // Fixed reasons of answers Sluice gives itself; tests and logs assert on
 // them. The detail goes to the record's Error and the answer's body.
 const (
-	reasonUnreachable    = "upstream unreachable"
-	reasonVerify         = "upstream certificate verification failed"
-	reasonUpstreamTLS    = "upstream TLS handshake failed"
-	reasonTimeout        = "upstream response header timeout"
-	reasonUpstreamError  = "upstream error"
-	reasonHeaderTooLarge = "request header fields too large"
-	reasonMalformed      = "malformed request"
-	reasonSmuggling      = "both Content-Length and Transfer-Encoding"
-	reasonReqTooLarge    = "request body exceeds limit"
-	reasonRespTooLarge   = "response body exceeds limit"
-	reasonClientGone     = "client gone"
-	reasonNotProxy       = "not a proxy request"
+	reasonUnreachable     = "upstream unreachable"
+	reasonVerify          = "upstream certificate verification failed"
+	reasonUpstreamTLS     = "upstream TLS handshake failed"
+	reasonTimeout         = "upstream response header timeout"
+	reasonUpstreamError   = "upstream error"
+	reasonHeaderTooLarge  = "request header fields too large"
+	reasonMalformed       = "malformed request"
+	reasonSmuggling       = "both Content-Length and Transfer-Encoding"
+	reasonReqTooLarge     = "request body exceeds limit"
+	reasonRespTooLarge    = "response body exceeds limit"
+	reasonClientGone      = "client gone"
+	reasonNotProxy        = "not a proxy request"
+	reasonBadHello        = "malformed client hello"
+	reasonClientHandshake = "client TLS handshake failed"
+	reasonClientSilent    = "client sent nothing"
 
 	sourceSluice   = "sluice"
 	sourceUpstream = "upstream"
@@ -586,6 +589,13 @@ func headerHasToken(h http.Header, name, token string) bool {
 	return false
 }
 
+// clientCaused are error reasons that say the client misbehaved or left.
+var clientCaused = map[string]bool{
+	reasonClientGone: true, reasonMalformed: true, reasonHeaderTooLarge: true,
+	reasonSmuggling: true, reasonNotProxy: true, reasonBadHello: true,
+	reasonClientHandshake: true, reasonClientSilent: true,
+}
+
 // emit hands a record to the audit sink and writes the canonical log line:
 // allow at Info, deny at Warn, errors at Error.
 func (p *Proxy) emit(rec *audit.Record) {
@@ -599,8 +609,7 @@ func (p *Proxy) emit(rec *audit.Record) {
 		level = slog.LevelWarn
 	case audit.DecisionError:
 		level = slog.LevelError
-		if rec.Reason == reasonClientGone || rec.Reason == reasonMalformed || rec.Reason == reasonHeaderTooLarge ||
-			rec.Reason == reasonSmuggling || rec.Reason == reasonNotProxy || rec.Reason == "malformed client hello" {
+		if clientCaused[rec.Reason] {
 			level = slog.LevelWarn // the client's doing, not an internal failure
 		}
 	}

@@ -102,7 +102,7 @@ type upstream struct {
 func startUpstream(t testing.TB, tca *testCA, h2 bool, h http.Handler) *upstream {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(h)
-	cert := tca.leaf(t, "api.test", "other.test", "pass.test", "127.0.0.1")
+	cert := tca.leaf(t, "api.test", "other.test", "pass.test", "multi.test", "127.0.0.1")
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	srv.EnableHTTP2 = h2
 	srv.StartTLS()

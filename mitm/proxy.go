@@ -282,7 +282,7 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 		}
 		rec := f.l4Record()
 		rec.Decision = audit.DecisionError
-		rec.Reason = "client sent nothing"
+		rec.Reason = reasonClientSilent
 		rec.Error = fmt.Sprintf("read first byte: %v", err)
 		p.emit(rec)
 		return
@@ -294,7 +294,7 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 		if err != nil {
 			rec := f.l4Record()
 			rec.Decision = audit.DecisionError
-			rec.Reason = "malformed client hello"
+			rec.Reason = reasonBadHello
 			rec.Error = err.Error()
 			p.emit(rec)
 			return
@@ -517,7 +517,7 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 	if err := srv.HandshakeContext(hctx); err != nil {
 		rec := f.l4Record()
 		rec.Host = host
-		rec.Decision, rec.Reason, rec.Error = audit.DecisionError, "client TLS handshake failed", err.Error()
+		rec.Decision, rec.Reason, rec.Error = audit.DecisionError, reasonClientHandshake, err.Error()
 		p.emit(rec)
 		t.release()
 		return
