@@ -54,12 +54,14 @@ var (
 	nat64     = netip.MustParsePrefix("64:ff9b::/96")
 	nat64Loc  = netip.MustParsePrefix("64:ff9b:1::/48")
 	sixToFour = netip.MustParsePrefix("2002::/16")
+	teredo    = netip.MustParsePrefix("2001::/32")
 )
 
 // Classify returns the guard's reason for a, or "" when a is an ordinary
 // public address. IPv4-mapped addresses are judged as the IPv4 address;
-// NAT64 (64:ff9b::/96, 64:ff9b:1::/48) and 6to4 (2002::/16) addresses are
-// judged by the IPv4 address they embed.
+// NAT64 (64:ff9b::/96), 6to4 (2002::/16) and Teredo (2001::/32) addresses
+// by the IPv4 address they embed; local-use NAT64 (64:ff9b:1::/48), whose
+// layout is the operator's choice, is always refused.
 func Classify(a netip.Addr) string {
 	if !a.IsValid() {
 		return ReasonUnspecified
@@ -77,10 +79,17 @@ func Classify(a netip.Addr) string {
 		var v4 netip.Addr
 		b := a.As16()
 		switch {
-		case nat64.Contains(a), nat64Loc.Contains(a):
+		case nat64Loc.Contains(a):
+			// Local-use NAT64 (RFC 8215): the operator picks the prefix
+			// length, so where the IPv4 address sits is unknown.
+			return ReasonEmbedded
+		case nat64.Contains(a):
 			v4 = netip.AddrFrom4([4]byte(b[12:16]))
 		case sixToFour.Contains(a):
 			v4 = netip.AddrFrom4([4]byte(b[2:6]))
+		case teredo.Contains(a):
+			// The client's IPv4 address, inverted (RFC 4380).
+			v4 = netip.AddrFrom4([4]byte{^b[12], ^b[13], ^b[14], ^b[15]})
 		}
 		if v4.IsValid() {
 			switch r := Classify(v4); r {
