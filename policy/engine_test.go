@@ -249,7 +249,7 @@ rules:
 		{"6to4 metadata", other, 80, "2002:a9fe:a9fe::1", true, ReasonMetadata},
 		{"local-use nat64", other, 80, "64:ff9b:1::5db8:d70e", true, ReasonEmbedded},
 		{"teredo to private client", other, 80, "2001:0:4136:e378:8000:63bf:f5ff:fffe", true, ReasonEmbedded}, // client 10.0.0.1
-		{"teredo to public client", other, 80, "2001:0:4136:e378:8000:63bf:a247:28f1", false, ""},            // client 93.184.215.14
+		{"teredo to public client", other, 80, "2001:0:4136:e378:8000:63bf:a247:28f1", false, ""},             // client 93.184.215.14
 		{"documentation v6", other, 80, "2001:db8::1", true, ReasonReserved},
 		{"allowCIDRs", other, 80, "10.20.3.4", false, ""},
 		{"allowCIDRs mapped", other, 80, "::ffff:10.20.3.4", false, ""},
