@@ -164,3 +164,35 @@ func removeIntercept(v4, v6 netip.Addr) error {
 	}
 	return errors.Join(errs...)
 }
+
+// expandAddrPorts replaces each unspecified address by every address of
+// the node (all links, loopback included).
+func expandAddrPorts(aps []netip.AddrPort) ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	var local []netip.Addr
+	for _, ap := range aps {
+		if !ap.Addr().IsUnspecified() {
+			out = append(out, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+			continue
+		}
+		if local == nil {
+			as, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+			if err != nil {
+				return nil, fmt.Errorf("list node addresses: %w", err)
+			}
+			for _, a := range as {
+				if ip, ok := netip.AddrFromSlice(a.IP); ok {
+					local = append(local, ip.Unmap())
+				}
+			}
+		}
+		for _, l := range local {
+			// 0.0.0.0 listens on IPv4 only; [::] on both families.
+			if ap.Addr().Is4() && !l.Is4() {
+				continue
+			}
+			out = append(out, netip.AddrPortFrom(l, ap.Port()))
+		}
+	}
+	return out, nil
+}

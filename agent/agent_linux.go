@@ -253,6 +253,16 @@ func (a *Agent) load(s bpf.SluiceSettings, ports []uint16) error {
 			return fmt.Errorf("write ports map: %w", err)
 		}
 	}
+	deny, err := expandAddrPorts(a.opts.DenyAddrPorts)
+	if err != nil {
+		return err
+	}
+	for _, ap := range deny {
+		k := bpf.SluicePeerKey{Addr: ap.Addr().As16(), Port: ap.Port()}
+		if err := a.objs.SluiceDenyAddrport.Put(&k, uint8(1)); err != nil {
+			return fmt.Errorf("write deny map %s: %w", ap, err)
+		}
+	}
 	for _, pfx := range a.cfg.DenyCIDRs {
 		pfx = pfx.Masked()
 		if pfx.Addr().Is4() {

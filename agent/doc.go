@@ -67,6 +67,7 @@ const (
 // Fixed reason strings of events.
 const (
 	ReasonDenyCIDR       = "deny_cidr"        // destination in agent.denyCIDRs
+	ReasonDenyAddrPort   = "deny_agent_port"  // destination in Options.DenyAddrPorts
 	ReasonPort           = "intercepted_port" // TCP to an intercepted port
 	ReasonNotTCP         = "not_tcp"          // not a TCP stream socket
 	ReasonPortNotListed  = "port_not_intercepted"
@@ -100,6 +101,12 @@ type Options struct {
 	// on the agent's event goroutine; it must not block for long. Denied
 	// connects are also logged at Warn.
 	OnEvent func(Event)
+	// DenyAddrPorts are destinations refused in the kernel (EPERM) for
+	// selected workloads, on top of agent.denyCIDRs: the agent's private
+	// listeners, such as the admin server. An unspecified address (0.0.0.0
+	// or ::) stands for every address the node has when Start runs,
+	// loopback included.
+	DenyAddrPorts []netip.AddrPort
 	// OriginWait bounds how long an accepted connection waits for its
 	// origin to appear in the kernel map; 0 means 250ms.
 	OriginWait time.Duration

@@ -15,6 +15,7 @@ import (
 
 var reasons = map[uint8]string{
 	uint8(bpf.SluiceReasonREASON_DENY_CIDR):            ReasonDenyCIDR,
+	uint8(bpf.SluiceReasonREASON_DENY_ADDR_PORT):       ReasonDenyAddrPort,
 	uint8(bpf.SluiceReasonREASON_PORT):                 ReasonPort,
 	uint8(bpf.SluiceReasonREASON_NOT_TCP):              ReasonNotTCP,
 	uint8(bpf.SluiceReasonREASON_PORT_NOT_INTERCEPTED): ReasonPortNotListed,

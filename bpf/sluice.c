@@ -53,6 +53,7 @@ enum reason {
 	REASON_PORT_NOT_INTERCEPTED = 4,
 	REASON_NO_INTERCEPT = 5,  /* no verified intercept address for the family */
 	REASON_ALREADY = 6,       /* destination already the proxy (nested attach) */
+	REASON_DENY_ADDR_PORT = 7, /* destination is one of the agent's private ports */
 };
 
 /* settings is the agent's configuration, one entry, written by the agent
@@ -151,6 +152,15 @@ struct {
 	__type(key, struct lpm6_key);
 	__type(value, __u8);
 } sluice_deny6 SEC(".maps");
+
+/* Exact destinations refused for every selected workload, e.g. the
+ * agent's admin listener on the node's addresses. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct peer_key);
+	__type(value, __u8);
+} sluice_deny_addrport SEC(".maps");
 
 /* Origins by socket cookie: read by sockops and getpeername. */
 struct {
@@ -276,6 +286,16 @@ static __always_inline void mapped4(__u8 *dst, __u32 ip)
 	__builtin_memcpy(dst + 12, &ip, 4);
 }
 
+/* denied_addrport looks the destination up in the exact deny map; addr is
+ * 16 bytes, IPv4 as ::ffff:a.b.c.d. */
+static __always_inline int denied_addrport(const __u8 *addr, __u16 port)
+{
+	struct peer_key k = {};
+	__builtin_memcpy(k.addr, addr, 16);
+	k.port = port;
+	return bpf_map_lookup_elem(&sluice_deny_addrport, &k) != 0;
+}
+
 /* decide4 handles an IPv4 destination, from connect4 or from a v4-mapped
  * connect6. It returns 0 to refuse the connect, 1 to let it proceed, and
  * sets *rewrite when the destination must become the proxy. */
@@ -293,6 +313,10 @@ static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s
 
 	if (denied4(ip)) {
 		emit(ctx, &o, VERDICT_DENIED, REASON_DENY_CIDR, cookie);
+		return 0;
+	}
+	if (denied_addrport(o.addr, port)) {
+		emit(ctx, &o, VERDICT_DENIED, REASON_DENY_ADDR_PORT, cookie);
 		return 0;
 	}
 	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {
@@ -378,6 +402,10 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 
 	if (denied6(o.addr)) {
 		emit(ctx, &o, VERDICT_DENIED, REASON_DENY_CIDR, cookie);
+		return 0;
+	}
+	if (denied_addrport(o.addr, port)) {
+		emit(ctx, &o, VERDICT_DENIED, REASON_DENY_ADDR_PORT, cookie);
 		return 0;
 	}
 	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {

@@ -70,6 +70,7 @@ const (
 	SluiceReasonREASON_PORT_NOT_INTERCEPTED SluiceReason = 4
 	SluiceReasonREASON_NO_INTERCEPT         SluiceReason = 5
 	SluiceReasonREASON_ALREADY              SluiceReason = 6
+	SluiceReasonREASON_DENY_ADDR_PORT       SluiceReason = 7
 )
 
 type SluiceSettings struct {
@@ -95,6 +96,7 @@ const (
 const (
 	SluiceMapSluiceDeny4         = "sluice_deny4"
 	SluiceMapSluiceDeny6         = "sluice_deny6"
+	SluiceMapSluiceDenyAddrport  = "sluice_deny_addrport"
 	SluiceMapSluiceDrops         = "sluice_drops"
 	SluiceMapSluiceEvents        = "sluice_events"
 	SluiceMapSluiceOrigins       = "sluice_origins"
@@ -168,15 +170,16 @@ type SluiceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceMapSpecs struct {
-	SluiceDeny4    *ebpf.MapSpec `ebpf:"sluice_deny4"`
-	SluiceDeny6    *ebpf.MapSpec `ebpf:"sluice_deny6"`
-	SluiceDrops    *ebpf.MapSpec `ebpf:"sluice_drops"`
-	SluiceEvents   *ebpf.MapSpec `ebpf:"sluice_events"`
-	SluiceOrigins  *ebpf.MapSpec `ebpf:"sluice_origins"`
-	SluicePeers    *ebpf.MapSpec `ebpf:"sluice_peers"`
-	SluicePorts    *ebpf.MapSpec `ebpf:"sluice_ports"`
-	SluiceSelected *ebpf.MapSpec `ebpf:"sluice_selected"`
-	SluiceSettings *ebpf.MapSpec `ebpf:"sluice_settings"`
+	SluiceDeny4        *ebpf.MapSpec `ebpf:"sluice_deny4"`
+	SluiceDeny6        *ebpf.MapSpec `ebpf:"sluice_deny6"`
+	SluiceDenyAddrport *ebpf.MapSpec `ebpf:"sluice_deny_addrport"`
+	SluiceDrops        *ebpf.MapSpec `ebpf:"sluice_drops"`
+	SluiceEvents       *ebpf.MapSpec `ebpf:"sluice_events"`
+	SluiceOrigins      *ebpf.MapSpec `ebpf:"sluice_origins"`
+	SluicePeers        *ebpf.MapSpec `ebpf:"sluice_peers"`
+	SluicePorts        *ebpf.MapSpec `ebpf:"sluice_ports"`
+	SluiceSelected     *ebpf.MapSpec `ebpf:"sluice_selected"`
+	SluiceSettings     *ebpf.MapSpec `ebpf:"sluice_settings"`
 }
 
 // SluiceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -211,21 +214,23 @@ func (o *SluiceObjects) Close() error {
 //
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluiceMaps struct {
-	SluiceDeny4    *ebpf.Map `ebpf:"sluice_deny4"`
-	SluiceDeny6    *ebpf.Map `ebpf:"sluice_deny6"`
-	SluiceDrops    *ebpf.Map `ebpf:"sluice_drops"`
-	SluiceEvents   *ebpf.Map `ebpf:"sluice_events"`
-	SluiceOrigins  *ebpf.Map `ebpf:"sluice_origins"`
-	SluicePeers    *ebpf.Map `ebpf:"sluice_peers"`
-	SluicePorts    *ebpf.Map `ebpf:"sluice_ports"`
-	SluiceSelected *ebpf.Map `ebpf:"sluice_selected"`
-	SluiceSettings *ebpf.Map `ebpf:"sluice_settings"`
+	SluiceDeny4        *ebpf.Map `ebpf:"sluice_deny4"`
+	SluiceDeny6        *ebpf.Map `ebpf:"sluice_deny6"`
+	SluiceDenyAddrport *ebpf.Map `ebpf:"sluice_deny_addrport"`
+	SluiceDrops        *ebpf.Map `ebpf:"sluice_drops"`
+	SluiceEvents       *ebpf.Map `ebpf:"sluice_events"`
+	SluiceOrigins      *ebpf.Map `ebpf:"sluice_origins"`
+	SluicePeers        *ebpf.Map `ebpf:"sluice_peers"`
+	SluicePorts        *ebpf.Map `ebpf:"sluice_ports"`
+	SluiceSelected     *ebpf.Map `ebpf:"sluice_selected"`
+	SluiceSettings     *ebpf.Map `ebpf:"sluice_settings"`
 }
 
 func (m *SluiceMaps) Close() error {
 	return _SluiceClose(
 		m.SluiceDeny4,
 		m.SluiceDeny6,
+		m.SluiceDenyAddrport,
 		m.SluiceDrops,
 		m.SluiceEvents,
 		m.SluiceOrigins,

@@ -38,8 +38,10 @@ type agentEnv struct {
 	cfg   config.Agent
 	rec   *recorder
 	ag    *agent.Agent
-	mu    sync.Mutex
-	evs   []agent.Event
+	// opts are passed to agent.Start (OnEvent is set by start).
+	opts agent.Options
+	mu   sync.Mutex
+	evs  []agent.Event
 	// direct counts connections the upstream accepted.
 	directMu sync.Mutex
 	direct   []string
@@ -147,11 +149,13 @@ func newAgentEnv(t *testing.T) *agentEnv {
 func (e *agentEnv) start() {
 	e.t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	ag, err := agent.Start(context.Background(), e.cfg, e.rec, log, agent.Options{OnEvent: func(ev agent.Event) {
+	opts := e.opts
+	opts.OnEvent = func(ev agent.Event) {
 		e.mu.Lock()
 		e.evs = append(e.evs, ev)
 		e.mu.Unlock()
-	}})
+	}
+	ag, err := agent.Start(context.Background(), e.cfg, e.rec, log, opts)
 	if err != nil {
 		e.t.Fatalf("start agent: %v", err)
 	}

@@ -117,6 +117,9 @@ func TestAgentDeny(t *testing.T) {
 	e := newAgentEnv(t)
 	up := e.tp.Hosts[1]
 	e.cfg.DenyCIDRs = []netip.Prefix{netip.PrefixFrom(up.IP4, 32), netip.PrefixFrom(up.IP6, 64).Masked()}
+	// The agent's private port on every node address (as for an admin
+	// listener on 0.0.0.0 and [::]).
+	e.opts.DenyAddrPorts = []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:9999"), netip.MustParseAddrPort("[::]:9999")}
 	e.start()
 	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
 		t.Fatal(err)
@@ -137,6 +140,20 @@ func TestAgentDeny(t *testing.T) {
 		}
 		if ev.Verdict != agent.Denied || ev.Reason != agent.ReasonDenyCIDR || ev.Dst != dst || ev.Comm != "python3" {
 			t.Errorf("connect %v: event %+v", dst, ev)
+		}
+	}
+	// The node's own addresses on the agent's private port are refused;
+	// the same port elsewhere is not.
+	wl := e.tp.Hosts[0]
+	for _, dst := range []netip.AddrPort{netip.AddrPortFrom(wl.GW4, 9999), netip.AddrPortFrom(wl.GW6, 9999)} {
+		r := e.client(dst, clientOpts{host: 0, inCgroup: true})
+		if r.Errno != "EPERM" {
+			t.Errorf("connect %v: %+v, want EPERM", dst, r)
+			continue
+		}
+		ev, ok := e.waitEvent(func(ev agent.Event) bool { return ev.PID == r.PID })
+		if !ok || ev.Verdict != agent.Denied || ev.Reason != agent.ReasonDenyAddrPort || ev.Dst != dst {
+			t.Errorf("connect %v: event %+v (found %v)", dst, ev, ok)
 		}
 	}
 	// Outside the selected cgroup the deny list does not apply.

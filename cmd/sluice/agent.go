@@ -8,14 +8,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
+	"net/netip"
 
+	"github.com/sluicehq/sluice/admin"
 	"github.com/sluicehq/sluice/agent"
-	"github.com/sluicehq/sluice/audit"
-	"github.com/sluicehq/sluice/ca"
 	"github.com/sluicehq/sluice/config"
-	"github.com/sluicehq/sluice/mitm"
-	"github.com/sluicehq/sluice/policy"
 )
 
 func init() {
@@ -62,44 +59,69 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return 0
 }
 
-// serveAgent wires the CA, policy, audit sink and proxy to the agent and
-// runs until ctx is done.
+// serveAgent runs the proxy stack (CA, policy with reload, audit sinks,
+// metrics, flows), the admin listener and the agent until ctx is done.
 func serveAgent(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.Writer) error {
-	authority, err := ca.LoadOrInit(cfg.CA.Dir, ca.Options{KeyType: cfg.CA.KeyType, LeafCacheSize: cfg.CA.LeafCacheSize})
-	if err != nil {
-		return err
-	}
-	eng, err := policy.Load(cfg.PolicyFile)
-	if err != nil {
-		return err
-	}
-	var cur policy.Current
-	cur.Store(eng)
-	var w io.Writer = stdout
-	if f := cfg.Audit.File; f != "" && f != "stdout" {
-		af, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-		if err != nil {
-			return fmt.Errorf("open audit log: %w", err)
+	if cfg.Admin.Listen != "" {
+		if err := admin.ValidateListen(cfg.Admin.Listen, cfg.Agent.InterceptIPv4, cfg.Agent.InterceptIPv6); err != nil {
+			return err
 		}
-		defer af.Close()
-		w = af
 	}
-	proxy, err := mitm.New(cfg.Proxy, mitm.Deps{
-		CA:            authority,
-		Policy:        &cur,
-		Audit:         audit.NewJSONLog(w),
-		Log:           log,
-		Dialer:        &net.Dialer{Control: agent.MarkControl(cfg.Agent.Mark)},
-		LogHeaders:    cfg.Audit.LogHeaders,
-		RedactHeaders: cfg.Audit.RedactHeaders,
+	var auditOut io.Writer
+	if cfg.Audit.File == "" || cfg.Audit.File == "stdout" {
+		auditOut = stdout
+	}
+	st, err := newStack(ctx, cfg, log, stackOptions{
+		Audit:  auditOut,
+		Dialer: &net.Dialer{Control: agent.MarkControl(cfg.Agent.Mark)},
+		Watch:  true,
 	})
 	if err != nil {
 		return err
 	}
-	ag, err := agent.Start(ctx, cfg.Agent, proxy, log, agent.Options{})
+	defer st.Close()
+	defer st.proxy.Close()
+
+	const hooksAttached, proxyListening = "hooks attached", "proxy listening"
+	gate := admin.NewGate(hooksAttached, proxyListening)
+	opts := agent.Options{
+		OnEvent: func(e agent.Event) {
+			st.metrics.ConnectEvent(string(e.Verdict))
+			st.flows.Connect(e.PID, e.Comm, e.Cgroup, e.Dst, string(e.Verdict))
+		},
+	}
+	var adminLn net.Listener
+	if cfg.Admin.Listen != "" {
+		adminLn, err = net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			return fmt.Errorf("listen on admin.listen %s: %w", cfg.Admin.Listen, err)
+		}
+		defer adminLn.Close()
+		// Workloads may not read the admin API, on any node address.
+		if ap, err := netip.ParseAddrPort(adminLn.Addr().String()); err == nil {
+			opts.DenyAddrPorts = append(opts.DenyAddrPorts, ap)
+		}
+	}
+	// The admin listener answers /healthz while the agent starts; /readyz
+	// waits for the hooks and the proxy.
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	if adminLn != nil {
+		srv := admin.New(admin.Options{Registry: st.metrics.Registry(), Ready: gate.Err, Flows: st.flows, Log: log})
+		go func() { errc <- srv.Serve(actx, adminLn) }()
+	}
+	ag, err := agent.Start(ctx, cfg.Agent, st.proxy, log, opts)
 	if err != nil {
 		return err
 	}
-	<-ctx.Done()
-	return ag.Close()
+	gate.Done(hooksAttached)
+	gate.Done(proxyListening)
+	st.metrics.SetRingDrops(ag.Drops)
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	return errors.Join(err, ag.Close())
 }
