@@ -126,4 +126,3 @@ func TestWatchConfigMapSwap(t *testing.T) {
 		t.Fatalf("after swap: err=%v denied=%v", err, w.hostDenied())
 	}
 }
-
