@@ -342,6 +342,10 @@ func (x *exchange) forward(t *target) {
 	if _, ok := out.Header["User-Agent"]; !ok {
 		out.Header.Set("User-Agent", "") // no Go default User-Agent
 	}
+	if r.ProtoMajor == 1 {
+		// The upstream may answer while the body is still coming.
+		_ = http.NewResponseController(w).EnableFullDuplex()
+	}
 	var body *countingBody
 	if r.Body != nil && r.Body != http.NoBody {
 		body = &countingBody{r: r.Body, limit: d.MaxRequestBody}
@@ -411,6 +415,7 @@ func (x *exchange) forward(t *target) {
 	}
 	w.WriteHeader(resp.StatusCode)
 	rc := http.NewResponseController(w)
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	// A body of unknown length may be a stream (SSE, chunked): every
 	// piece goes out as soon as the upstream sends it, headers first. A
 	// body of known length is written through net/http's small buffer,
@@ -434,6 +439,8 @@ func (x *exchange) forward(t *target) {
 				chunk = chunk[:d.MaxResponseBody-written]
 				cut = true
 			}
+			// A client that stops reading is dropped after IdleTimeout.
+			_ = rc.SetWriteDeadline(time.Now().Add(p.cfg.IdleTimeout.D()))
 			m, werr := w.Write(chunk)
 			written += int64(m)
 			if werr == nil && streaming {
