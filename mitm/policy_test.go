@@ -26,6 +26,7 @@ import (
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/policy"
 	"github.com/sluicehq/sluice/policy/policytest"
+	"github.com/sluicehq/sluice/workload"
 )
 
 // policyHarness is a proxy whose decisions come from a policy file.
@@ -502,5 +503,55 @@ func TestPolicyReloadThroughProxy(t *testing.T) {
 	rec := h.recs.wait(t, "stream record", func(r audit.Record) bool { return r.Path == "/events" && r.Status == 200 })
 	if rec.Decision != audit.DecisionAllow || rec.Rule != "upstream" {
 		t.Errorf("stream record %+v", rec)
+	}
+}
+
+// TestPolicyWorkloadSelectorsTransparent drives Handle (the transparent
+// path) with identities given directly, as the agent would attach them:
+// rules select by comm and cgroup, and rate-limit buckets are per workload.
+func TestPolicyWorkloadSelectorsTransparent(t *testing.T) {
+	plain := startPlainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	h := newPolicyHarness(t, nil, `version: 1
+ssrf: {allowCIDRs: [127.0.0.1/32]}
+rules:
+  - name: mcp-python
+    workloads: {comm: [python3], cgroups: ["/kubepods/**"]}
+    destinations: {hosts: [api.test]}
+    action: allow
+    rateLimit: {minute: 1, by: workload, hideClientHeaders: true}
+  - name: others
+    destinations: {hosts: [api.test]}
+    action: deny
+`, policy.Options{})
+	podA := workload.Identity{PID: 10, Comm: "python3", Cgroup: "/kubepods/burstable/poda/cri-a.scope", ContainerID: "aaaaaaaaaaaa"}
+	podB := workload.Identity{PID: 11, Comm: "python3", Cgroup: "/kubepods/burstable/podb/cri-b.scope", ContainerID: "bbbbbbbbbbbb"}
+	host := workload.Identity{PID: 12, Comm: "python3", Cgroup: "/system.slice/cron.service"}
+	curl := workload.Identity{PID: 13, Comm: "curl", Cgroup: "/kubepods/burstable/poda/cri-a.scope", ContainerID: "aaaaaaaaaaaa"}
+	for i, tt := range []struct {
+		id     workload.Identity
+		status int
+		rule   string
+	}{
+		{podA, 200, "mcp-python"},
+		{podB, 200, "mcp-python"}, // its own bucket
+		{podA, 429, "mcp-python"}, // podA's bucket is empty
+		{host, 403, "others"},     // python3, but not under /kubepods
+		{curl, 403, "others"},     // under /kubepods, but not python3
+	} {
+		c := transparent(t, h.harness, Destination{Addr: plain.addr}, tt.id)
+		fmt.Fprintf(c, "GET /w%d HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n", i)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		body := readAll(t, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.status || (tt.status != 200 && !strings.Contains(body, fmt.Sprintf(`"rule":%q`, tt.rule))) {
+			t.Fatalf("request %d (%s %s): %d %q, want %d rule %s", i, tt.id.Comm, tt.id.Cgroup, resp.StatusCode, body, tt.status, tt.rule)
+		}
+		rec := h.recs.wait(t, fmt.Sprint("/w", i), func(r audit.Record) bool { return r.Path == fmt.Sprint("/w", i) })
+		if rec.Rule != tt.rule || rec.Workload.PID != tt.id.PID {
+			t.Errorf("request %d record %+v", i, rec)
+		}
 	}
 }
