@@ -38,6 +38,10 @@ type Proxy struct {
 	// MaxIdleConnsPerUpstream bounds idle HTTP/1.1 connections kept per
 	// pool.
 	MaxIdleConnsPerUpstream int `yaml:"maxIdleConnsPerUpstream"`
+	// MaxConnections bounds client connections served at once (explicit
+	// and transparent together, a CONNECT tunnel counting as its
+	// connection); beyond it new ones are refused with an audit record.
+	MaxConnections int `yaml:"maxConnections"`
 }
 
 // DefaultProxy returns the proxy defaults.
@@ -51,6 +55,7 @@ func DefaultProxy() Proxy {
 		PeekTimeout:             Duration(2 * time.Second),
 		MaxUpstreamPools:        1024,
 		MaxIdleConnsPerUpstream: 32,
+		MaxConnections:          10000,
 	}
 }
 
@@ -78,6 +83,9 @@ func (p Proxy) validate() []error {
 	}
 	if p.MaxIdleConnsPerUpstream < 1 {
 		errs = append(errs, fmt.Errorf("proxy.maxIdleConnsPerUpstream %d: must be at least 1, e.g. 32", p.MaxIdleConnsPerUpstream))
+	}
+	if p.MaxConnections < 1 {
+		errs = append(errs, fmt.Errorf("proxy.maxConnections %d: must be at least 1, e.g. 10000", p.MaxConnections))
 	}
 	return errs
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -64,14 +65,27 @@ type explicitListener struct {
 }
 
 func (l *explicitListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		id := workload.Identity{}
+		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+			id.Client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		}
+		if !l.p.acquire() {
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"+
+				string(errorBody(http.StatusServiceUnavailable, "", reasonTooMany)))
+			l.p.refuse(c, Destination{}, id)
+			continue
+		}
+		return l.wrap(c, id), nil
 	}
-	id := workload.Identity{}
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		id.Client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
+}
+
+func (l *explicitListener) wrap(c net.Conn, id workload.Identity) net.Conn {
 	f := &flow{p: l.p, ctx: l.ctx, id: id, start: time.Now(), explicit: true, tlsMode: audit.TLSNone}
 	hc := newH1Conn(c, f)
 	f.h1 = hc
@@ -79,9 +93,10 @@ func (l *explicitListener) Accept() (net.Conn, error) {
 	go func() {
 		<-hc.closed
 		f.releaseTargets()
+		l.p.release()
 		l.wg.Done()
 	}()
-	return hc, nil
+	return hc
 }
 
 func (p *Proxy) serveExplicitRequest(w http.ResponseWriter, r *http.Request) {

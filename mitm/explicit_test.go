@@ -132,3 +132,41 @@ func TestFramerSkipsOptionsStar(t *testing.T) {
 		t.Fatalf("heads %+v", f.heads)
 	}
 }
+
+func TestMaxConnections(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	up := startUpstream(t, tca, false, echoHandler())
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.MaxConnections = 1 })
+	first := connectTLS(t, h, "api.test", up.addr.Port()) // holds the only slot
+	c, err := net.Dial("tcp", h.url.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	resp, body := rawRequest(t, c, "GET http://api.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n")
+	if resp.StatusCode != 503 || !strings.Contains(body, "too many connections") {
+		t.Fatalf("status %d body %q", resp.StatusCode, body)
+	}
+	rec := h.recs.wait(t, "refused", func(r audit.Record) bool { return r.Reason == "too many connections" })
+	if rec.Kind != audit.KindL4 || rec.Decision != "error" || !rec.Workload.Client.IsValid() {
+		t.Errorf("record %+v", rec)
+	}
+	// The slot comes back when the first connection ends.
+	first.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c2, err := net.Dial("tcp", h.url.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, _ := rawRequest(t, c2, fmt.Sprintf("GET http://api.test:%d/ HTTP/1.1\r\nHost: api.test\r\n\r\n", up.addr.Port()))
+		c2.Close()
+		if resp.StatusCode != 503 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the slot was not released")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -37,6 +37,7 @@ const (
 	reasonBadHello        = "malformed client hello"
 	reasonClientHandshake = "client TLS handshake failed"
 	reasonClientSilent    = "client sent nothing"
+	reasonTooMany         = "too many connections"
 
 	sourceSluice   = "sluice"
 	sourceUpstream = "upstream"

@@ -106,6 +106,7 @@ type Proxy struct {
 	pools    *poolSet
 	h2       *http2.Server
 	errLog   *slog.Logger
+	slots    chan struct{} // one per client connection being served
 }
 
 // New builds a Proxy from its configuration (already validated by
@@ -128,6 +129,9 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 	}
 	if cfg.MaxUpstreamPools <= 0 {
 		cfg.MaxUpstreamPools = def.MaxUpstreamPools
+	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = def.MaxConnections
 	}
 	if cfg.MaxIdleConnsPerUpstream <= 0 {
 		cfg.MaxIdleConnsPerUpstream = def.MaxIdleConnsPerUpstream
@@ -182,6 +186,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 			MaxConcurrentStreams: 250,
 		},
 		errLog: log.With("source", "net/http"),
+		slots:  make(chan struct{}, cfg.MaxConnections),
 	}
 	p.pools, err = newPoolSet(p, cfg.MaxUpstreamPools)
 	if err != nil {
@@ -208,7 +213,32 @@ func (p *Proxy) Handle(ctx context.Context, conn net.Conn, dst Destination, id w
 			dst.Port = dst.Addr.Port()
 		}
 	}
+	if !p.acquire() {
+		p.refuse(conn, dst, id)
+		return
+	}
+	defer p.release()
 	p.serve(ctx, conn, dst, id, false)
+}
+
+func (p *Proxy) acquire() bool {
+	select {
+	case p.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *Proxy) release() { <-p.slots }
+
+// refuse closes a connection over MaxConnections and records it.
+func (p *Proxy) refuse(conn net.Conn, dst Destination, id workload.Identity) {
+	conn.Close()
+	rec := (&flow{id: id, dst: dst, start: time.Now()}).l4Record()
+	rec.Decision, rec.Reason = audit.DecisionError, reasonTooMany
+	rec.Error = fmt.Sprintf("more than proxy.maxConnections (%d) connections at once", p.cfg.MaxConnections)
+	p.emit(rec)
 }
 
 // flow is one client connection after the peek.
