@@ -66,13 +66,13 @@ const (
 
 // Fixed reason strings of events.
 const (
-	ReasonDenyCIDR       = "deny_cidr"        // destination in agent.denyCIDRs
-	ReasonDenyAddrPort   = "deny_agent_port"  // destination in Options.DenyAddrPorts
-	ReasonPort           = "intercepted_port" // TCP to an intercepted port
-	ReasonNotTCP         = "not_tcp"          // not a TCP stream socket
-	ReasonPortNotListed  = "port_not_intercepted"
-	ReasonNoIntercept    = "no_intercept_address" // no verified local address for the family
-	ReasonUnknownInEvent = "unknown"
+	ReasonDenyCIDR      = "deny_cidr"        // destination in agent.denyCIDRs
+	ReasonDenyAddrPort  = "deny_agent_port"  // destination in Options.DenyAddrPorts
+	ReasonPort          = "intercepted_port" // TCP to an intercepted port
+	ReasonNotTCP        = "not_tcp"          // not a TCP stream socket
+	ReasonPortNotListed = "port_not_intercepted"
+	ReasonNoIntercept   = "no_intercept_address" // no verified local address for the family
+	ReasonUnknown       = "unknown"
 )
 
 // Event is one connect decision of a selected cgroup's process.

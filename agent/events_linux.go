@@ -67,7 +67,7 @@ func (a *Agent) event(e bpf.SluiceEvent) Event {
 	}
 	r, ok := reasons[e.Reason]
 	if !ok {
-		r = ReasonUnknownInEvent
+		r = ReasonUnknown
 	}
 	return Event{
 		Time: time.Now(), Verdict: v, Reason: r,
