@@ -296,6 +296,8 @@ type countingBody struct {
 	n        atomic.Int64
 	limit    int64
 	exceeded atomic.Bool
+	onEOF    func() // called when the body has been read to its end
+	declared int64  // Content-Length, -1 when unknown
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
@@ -307,6 +309,9 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	if b.limit > 0 && total > b.limit {
 		b.exceeded.Store(true)
 		return 0, errRequestBodyTooLarge
+	}
+	if (err == io.EOF || (b.declared > 0 && total >= b.declared)) && b.onEOF != nil {
+		b.onEOF()
 	}
 	return n, err
 }
@@ -349,7 +354,7 @@ func (x *exchange) forward(t *target) {
 	}
 	var body *countingBody
 	if r.Body != nil && r.Body != http.NoBody {
-		body = &countingBody{r: r.Body, limit: d.MaxRequestBody}
+		body = &countingBody{r: r.Body, limit: d.MaxRequestBody, declared: r.ContentLength}
 		out.Body = body
 	} else {
 		out.Body = nil
@@ -359,10 +364,17 @@ func (x *exchange) forward(t *target) {
 	}
 	out.Trailer = r.Trailer
 
-	timer := time.AfterFunc(p.cfg.ResponseHeaderTimeout.D(), func() { cancel(errResponseHeaderTimeout) })
+	// ResponseHeaderTimeout counts from the end of the request body, as
+	// net/http's Transport does, so a long upload is not cut short.
+	ht := &headerTimer{d: p.cfg.ResponseHeaderTimeout.D(), fire: func() { cancel(errResponseHeaderTimeout) }}
+	if body != nil {
+		body.onEOF = ht.arm
+	} else {
+		ht.arm()
+	}
 	upStart := time.Now()
 	resp, err := t.pool.rt.RoundTrip(out)
-	timer.Stop()
+	ht.stop()
 	rec.UpstreamDuration = time.Since(upStart)
 	x.body = body
 	if err != nil {
@@ -490,6 +502,33 @@ func (x *exchange) forward(t *target) {
 		h[http.TrailerPrefix+k] = vs
 	}
 	x.finish()
+}
+
+// headerTimer fires once, d after arm, unless stop came first.
+type headerTimer struct {
+	d    time.Duration
+	fire func()
+
+	mu      sync.Mutex
+	t       *time.Timer
+	stopped bool
+}
+
+func (h *headerTimer) arm() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.stopped && h.t == nil {
+		h.t = time.AfterFunc(h.d, h.fire)
+	}
+}
+
+func (h *headerTimer) stop() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.stopped = true
+	if h.t != nil {
+		h.t.Stop()
+	}
 }
 
 func poolURLHost(t *target) string {
