@@ -21,6 +21,7 @@ type interceptAddrs struct {
 	// added lists what this agent put in place (removed on Close in open
 	// mode); createdLink is set when it created sluice0.
 	added       []netlink.Addr
+	routes      []netlink.Route // unreachable guards this agent added
 	link        netlink.Link
 	createdLink bool
 }
@@ -48,7 +49,45 @@ func ensureIntercept(v4, v6 netip.Addr, log *slog.Logger) (*interceptAddrs, erro
 			ia.v6 = v6
 		}
 	}
+	for _, a := range []netip.Addr{ia.v4, ia.v6} {
+		if !a.IsValid() {
+			continue
+		}
+		if err := ia.guard(a); err != nil {
+			ia.remove(log)
+			return nil, err
+		}
+	}
 	return ia, nil
+}
+
+// guard adds an unreachable route for a to the main table. The local
+// table wins while the address is on the node; should the address go
+// while hooks stay pinned (failMode closed), redirected connects fail on
+// the node instead of following the default route off it.
+func (ia *interceptAddrs) guard(a netip.Addr) error {
+	r := unreachableRoute(a)
+	switch err := netlink.RouteAdd(&r); {
+	case err == nil:
+		ia.routes = append(ia.routes, r)
+	case !errors.Is(err, unix.EEXIST):
+		return fmt.Errorf("add unreachable route for intercept address %s: %w", a, err)
+	}
+	return isLocal(a)
+}
+
+func unreachableRoute(a netip.Addr) netlink.Route {
+	bits := a.BitLen()
+	fam := netlink.FAMILY_V4
+	if a.Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	return netlink.Route{
+		Dst:    &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)},
+		Type:   unix.RTN_UNREACHABLE,
+		Table:  unix.RT_TABLE_MAIN,
+		Family: fam,
+	}
 }
 
 func interceptLinkOrLo() (netlink.Link, bool, error) {
@@ -125,6 +164,12 @@ func isLocal(a netip.Addr) error {
 
 // remove takes away what ensure added.
 func (ia *interceptAddrs) remove(log *slog.Logger) {
+	for i := range ia.routes {
+		if err := netlink.RouteDel(&ia.routes[i]); err != nil && !errors.Is(err, unix.ESRCH) {
+			log.Warn("remove unreachable route", "dst", ia.routes[i].Dst.String(), "err", err)
+		}
+	}
+	ia.routes = nil
 	for i := range ia.added {
 		if err := netlink.AddrDel(ia.link, &ia.added[i]); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 			log.Warn("remove intercept address", "addr", ia.added[i].IPNet.String(), "err", err)
@@ -139,8 +184,8 @@ func (ia *interceptAddrs) remove(log *slog.Logger) {
 	}
 }
 
-// removeIntercept deletes the configured addresses from sluice0 and lo and
-// deletes sluice0 (Cleanup).
+// removeIntercept deletes the configured addresses from sluice0 and lo,
+// their unreachable guard routes, and sluice0 (Cleanup).
 func removeIntercept(v4, v6 netip.Addr) error {
 	var errs []error
 	if l, err := netlink.LinkByName(interceptLink); err == nil {
@@ -155,6 +200,10 @@ func removeIntercept(v4, v6 netip.Addr) error {
 	for _, a := range []netip.Addr{v4, v6} {
 		if !a.IsValid() {
 			continue
+		}
+		r := unreachableRoute(a)
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("remove unreachable route for %s: %w", a, err))
 		}
 		bits := a.BitLen()
 		na := netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}}

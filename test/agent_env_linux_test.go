@@ -340,6 +340,19 @@ func (e *agentEnv) assertNothingLeft() {
 			e.t.Errorf("intercept address %s still on lo", ip)
 		}
 	}
+	for _, a := range []netip.Addr{e.cfg.InterceptIPv4, e.cfg.InterceptIPv6} {
+		fam := netlink.FAMILY_V4
+		if a.Is6() {
+			fam = netlink.FAMILY_V6
+		}
+		rs, err := netlink.RouteListFiltered(fam, &netlink.Route{Dst: prefixNet(a), Table: 254}, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if len(rs) != 0 {
+			e.t.Errorf("route for intercept address %s still in the main table: %v", a, rs)
+		}
+	}
 	// No link in the kernel is attached to the test cgroup.
 	id, err := cgroupInode(e.cg.Dir)
 	if err != nil {
@@ -365,4 +378,8 @@ func readAllTimeout(c net.Conn) string {
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	b, _ := io.ReadAll(c)
 	return string(b)
+}
+
+func prefixNet(a netip.Addr) *net.IPNet {
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/sluicehq/sluice/agent"
 )
 
@@ -285,6 +287,24 @@ func TestAgentFailClosed(t *testing.T) {
 	r := e.client(dst, clientOpts{host: 0, inCgroup: true})
 	if r.Errno != "ECONNREFUSED" {
 		t.Errorf("without the agent: %+v, want ECONNREFUSED", r)
+	}
+	// Should the intercept address vanish while the hooks stay pinned,
+	// the agent's unreachable route keeps redirected connects on the node.
+	// (Checked first: without the guard this step would not be safe.)
+	guard, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: prefixNet(e.cfg.InterceptIPv4), Table: 254}, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	if err != nil || len(guard) != 1 || guard[0].Type != syscall.RTN_UNREACHABLE {
+		t.Fatalf("no unreachable guard route for %s after stop: %v %v", e.cfg.InterceptIPv4, guard, err)
+	}
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.AddrDel(lo, &netlink.Addr{IPNet: prefixNet(e.cfg.InterceptIPv4)}); err != nil {
+		t.Fatalf("remove the intercept address: %v", err)
+	}
+	r = e.client(dst, clientOpts{host: 0, inCgroup: true})
+	if r.Errno != "EHOSTUNREACH" && r.Errno != "ENETUNREACH" {
+		t.Errorf("without the agent and its address: %+v, want EHOSTUNREACH", r)
 	}
 	if d := e.directConns(); len(d) != 0 {
 		t.Errorf("upstream saw %v while the agent was down", d)
