@@ -390,14 +390,16 @@ func (x *exchange) forward(t *target) {
 			rec.Decision, rec.Reason, rec.Error = audit.DecisionError, reasonClientGone, "client went away before the response: "+err.Error()
 			x.finish()
 		default:
-			reason := reasonUpstreamError
+			reason, detail := reasonUpstreamError, fmt.Sprintf("upstream %s: %v", hostOr(t.host, t.conn.Addrs), err)
+			var de *dialError
 			var ne net.Error
-			var oe *net.OpError
-			if errors.As(err, &oe) && oe.Op == "dial" || errors.As(err, &ne) && ne.Timeout() {
+			switch {
+			case errors.As(err, &de):
+				reason, detail = de.reason, de.Error()
+			case errors.As(err, &ne) && ne.Timeout():
 				reason = reasonUnreachable
 			}
-			x.fail(http.StatusBadGateway, audit.DecisionError, reason,
-				fmt.Sprintf("upstream %s: %v", hostOr(t.host, t.conn.Addrs), err), d.Header)
+			x.fail(http.StatusBadGateway, audit.DecisionError, reason, detail, d.Header)
 		}
 		return
 	}

@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"testing"
 )
 
@@ -117,6 +119,48 @@ func TestForwardingShapes(t *testing.T) {
 				if tc.check != nil {
 					tc.check(t, resp, body)
 				}
+			}
+		})
+	}
+}
+
+// TestUpstreamConnectionReuse: the connection dialed to learn the ALPN
+// serves the first requests, and later requests reuse pooled ones, also
+// across client connections.
+func TestUpstreamConnectionReuse(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) {
+			var mu sync.Mutex
+			newConns := 0
+			up := startUpstream(t, tca, h2, echoHandler())
+			up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+				if s == http.StateNew {
+					mu.Lock()
+					newConns++
+					mu.Unlock()
+				}
+			}
+			h := newHarness(t, tca, nil)
+			for client := 0; client < 3; client++ {
+				c := h.client(h2)
+				for i := 0; i < 5; i++ {
+					resp, err := c.Get(fmt.Sprintf("https://api.test:%d/r", up.addr.Port()))
+					if err != nil {
+						t.Fatal(err)
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				c.CloseIdleConnections()
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			// The first client connection dials once to learn the ALPN and
+			// serves its requests on that connection; the next ones find
+			// the pool and reuse it.
+			if newConns != 1 {
+				t.Fatalf("%d upstream connections for 15 sequential requests over 3 client connections, want 1", newConns)
 			}
 		})
 	}

@@ -523,7 +523,7 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 	}
 	t.host = name
 	offer := intersectALPN(hello.ALPN)
-	if t.err == nil {
+	if t.err == nil && !f.reusePool(t, name, offer) {
 		f.dialUpstreamTLS(t, name, offer)
 	}
 	var protos []string
@@ -582,9 +582,24 @@ func (f *flow) dialUpstreamTLS(t *target, name string, offer []string) {
 		return
 	}
 	t.alpn = up.ConnectionState().NegotiatedProtocol
+	p.pools.remember(name, addr, offer, t.alpn)
 	t.pool = p.pools.get(poolKey{host: name, addr: addr, alpn: t.alpn, tls: true})
 	t.spare = up
 	t.pool.offer(up)
+}
+
+// reusePool takes a live pool that served the same offer to one of the
+// checked addresses before: the client's handshake then needs no new
+// upstream connection.
+func (f *flow) reusePool(t *target, name string, offer []string) bool {
+	for _, a := range t.conn.Addrs {
+		ap := netip.AddrPortFrom(a, t.port)
+		if up, alpn, ok := f.p.pools.lookup(name, ap, offer); ok {
+			t.pool, t.addr, t.alpn = up, ap, alpn
+			return true
+		}
+	}
+	return false
 }
 
 // release closes the target's first upstream connection if no request

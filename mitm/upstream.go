@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -42,7 +43,17 @@ type upstreamPool struct {
 type poolSet struct {
 	mu    sync.Mutex
 	cache *lru.Cache[poolKey, *upstreamPool]
-	p     *Proxy
+	// alpn remembers what an upstream negotiated for a client's offer, so
+	// later connections with the same offer go straight to the pool
+	// instead of dialing again to learn it.
+	alpn *lru.Cache[offerKey, string]
+	p    *Proxy
+}
+
+type offerKey struct {
+	host  string
+	addr  netip.AddrPort
+	offer string // the ALPN list offered upstream, comma-joined
 }
 
 func newPoolSet(p *Proxy, size int) (*poolSet, error) {
@@ -50,7 +61,28 @@ func newPoolSet(p *Proxy, size int) (*poolSet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upstream pools: %w", err)
 	}
-	return &poolSet{cache: c, p: p}, nil
+	a, err := lru.New[offerKey, string](size)
+	if err != nil {
+		return nil, fmt.Errorf("upstream pools: %w", err)
+	}
+	return &poolSet{cache: c, alpn: a, p: p}, nil
+}
+
+// remember records the ALPN an upstream chose for an offer.
+func (s *poolSet) remember(host string, addr netip.AddrPort, offer []string, alpn string) {
+	s.alpn.Add(offerKey{host, addr, strings.Join(offer, ",")}, alpn)
+}
+
+// lookup returns the live pool that served this offer before.
+func (s *poolSet) lookup(host string, addr netip.AddrPort, offer []string) (*upstreamPool, string, bool) {
+	alpn, ok := s.alpn.Get(offerKey{host, addr, strings.Join(offer, ",")})
+	if !ok {
+		return nil, "", false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	up, ok := s.cache.Get(poolKey{host: host, addr: addr, alpn: alpn, tls: true})
+	return up, alpn, ok
 }
 
 func (s *poolSet) get(k poolKey) *upstreamPool {
@@ -154,7 +186,7 @@ func (up *upstreamPool) dial(ctx context.Context) (net.Conn, error) {
 	p := up.p
 	c, err := p.dialer.DialContext(ctx, "tcp", up.key.addr.String())
 	if err != nil {
-		return nil, err
+		return nil, &dialError{reasonUnreachable, fmt.Errorf("upstream %s unreachable: %w", up.key.host, err)}
 	}
 	if !up.key.tls {
 		return c, nil
@@ -170,13 +202,13 @@ func (up *upstreamPool) dial(ctx context.Context) (net.Conn, error) {
 		c.Close()
 		var verr *tls.CertificateVerificationError
 		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("upstream certificate verification failed for %s: %w", up.key.host, verr.Err)
+			return nil, &dialError{reasonVerify, fmt.Errorf("upstream certificate verification failed for %s: %w", up.key.host, verr.Err)}
 		}
-		return nil, fmt.Errorf("upstream TLS handshake with %s: %w", up.key.host, err)
+		return nil, &dialError{reasonUpstreamTLS, fmt.Errorf("upstream TLS handshake with %s failed: %w", up.key.host, err)}
 	}
 	if got := tc.ConnectionState().NegotiatedProtocol; up.key.alpn == "h2" && got != "h2" {
 		tc.Close()
-		return nil, fmt.Errorf("upstream %s no longer negotiates h2 (got %q)", up.key.host, got)
+		return nil, &dialError{reasonUpstreamTLS, fmt.Errorf("upstream %s no longer negotiates h2 (got %q)", up.key.host, got)}
 	}
 	return tc, nil
 }
@@ -215,6 +247,16 @@ func (p *Proxy) dialAny(ctx context.Context, addrs []netip.Addr, port uint16) (n
 	}
 	return nil, netip.AddrPort{}, errors.Join(errs...)
 }
+
+// dialError is a pool's failure to connect, with the fixed reason the
+// audit record carries.
+type dialError struct {
+	reason string
+	err    error
+}
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
 
 func readFile(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
