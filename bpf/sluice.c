@@ -305,6 +305,11 @@ static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s
 	struct origin o = {};
 	__u64 cookie;
 
+	/* Already steered by a descendant cgroup's attachment (programs of
+	 * nested cgroups run in turn): leave it, whatever the deny list says. */
+	if ((s->flags & SET_V4) && ip == s->intercept4 && port == s->proxy_port)
+		return 1;
+
 	mapped4(o.addr, ip);
 	o.port = port;
 	o.family = AF_INET;
@@ -322,9 +327,6 @@ static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s
 	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {
 		emit(ctx, &o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
 		return 1;
-	}
-	if ((s->flags & SET_V4) && ip == s->intercept4 && port == s->proxy_port) {
-		return 1; /* already steered by an ancestor's attachment */
 	}
 	if (!intercepted_port(s, port)) {
 		emit(ctx, &o, VERDICT_DIRECT, REASON_PORT_NOT_INTERCEPTED, cookie);
@@ -393,6 +395,13 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 		return ret;
 	}
 
+	if ((s->flags & SET_V6) && port == s->proxy_port) {
+		__u32 iw[4];
+		__builtin_memcpy(iw, s->intercept6, 16);
+		if (iw[0] == w[0] && iw[1] == w[1] && iw[2] == w[2] && iw[3] == w[3])
+			return 1; /* already steered by a descendant's attachment */
+	}
+
 	struct origin o = {};
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	__builtin_memcpy(o.addr, w, 16);
@@ -411,12 +420,6 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {
 		emit(ctx, &o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
 		return 1;
-	}
-	if ((s->flags & SET_V6) && port == s->proxy_port) {
-		__u32 iw[4];
-		__builtin_memcpy(iw, s->intercept6, 16);
-		if (iw[0] == w[0] && iw[1] == w[1] && iw[2] == w[2] && iw[3] == w[3])
-			return 1; /* already steered by an ancestor's attachment */
 	}
 	if (!intercepted_port(s, port)) {
 		emit(ctx, &o, VERDICT_DIRECT, REASON_PORT_NOT_INTERCEPTED, cookie);

@@ -444,3 +444,57 @@ func selected(t *testing.T, e *agentEnv, dir string) bool {
 	t.Helper()
 	return slices.Contains(e.ag.Intercepted(), "/"+filepath.Base(dir))
 }
+
+// With hooks on a cgroup and on its child, the child's processes are
+// redirected once: the parent's programs leave a connect already steered
+// to the proxy alone, even when a deny CIDR covers the intercept address.
+func TestAgentNestedSelection(t *testing.T) {
+	e := newAgentEnv(t)
+	e.cfg.DenyCIDRs = []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("fdc5:1ce0:77::/48")}
+	e.start()
+	child := &Cgroup{Path: e.cg.Path + "/child", Dir: filepath.Join(e.cg.Dir, "child")}
+	if err := os.Mkdir(child.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = os.WriteFile(filepath.Join(child.Dir, "cgroup.kill"), []byte("1"), 0)
+		for i := 0; i < 50; i++ {
+			if err := os.Remove(child.Dir); err == nil || os.IsNotExist(err) {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	// The child first, then its parent: both get hooks.
+	for _, p := range []string{child.Path, e.cg.Path} {
+		if err := e.ag.SelectCgroup(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a, b := cgroupHooks(t, child.Dir), cgroupHooks(t, e.cg.Dir); a != 5 || b != 5 {
+		t.Fatalf("hooks on child %d, on parent %d; want 5 and 5", a, b)
+	}
+	e.cg = child
+	up := e.tp.Hosts[1]
+	for _, dst := range []netip.AddrPort{netip.AddrPortFrom(up.IP4, 80), netip.AddrPortFrom(up.IP6, 443)} {
+		r := e.client(dst, clientOpts{host: 0, inCgroup: true})
+		if r.Data != "proxied "+dst.String() {
+			t.Fatalf("connect %v from the child: %+v", dst, r)
+		}
+		if _, ok := e.waitEvent(func(ev agent.Event) bool { return ev.PID == r.PID }); !ok {
+			t.Fatalf("connect %v: no event", dst)
+		}
+		var evs []agent.Event
+		for _, ev := range e.events() {
+			if ev.PID == r.PID {
+				evs = append(evs, ev)
+			}
+		}
+		if len(evs) != 1 || evs[0].Verdict != agent.Redirected {
+			t.Errorf("connect %v: events %+v, want one redirect", dst, evs)
+		}
+		if s := e.rec.all(); s[len(s)-1].ID.Cgroup != child.Path {
+			t.Errorf("identity cgroup %q, want %q", s[len(s)-1].ID.Cgroup, child.Path)
+		}
+	}
+}
