@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"sync"
 	"testing"
@@ -133,14 +134,15 @@ func TestUpstreamConnectionReuse(t *testing.T) {
 		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) {
 			var mu sync.Mutex
 			newConns := 0
-			up := startUpstream(t, tca, h2, echoHandler())
-			up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-				if s == http.StateNew {
-					mu.Lock()
-					newConns++
-					mu.Unlock()
+			up := startUpstreamWith(t, tca, h2, echoHandler(), func(s *httptest.Server) {
+				s.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+					if s == http.StateNew {
+						mu.Lock()
+						newConns++
+						mu.Unlock()
+					}
 				}
-			}
+			})
 			h := newHarness(t, tca, nil)
 			for client := 0; client < 3; client++ {
 				c := h.client(h2)

@@ -101,7 +101,16 @@ type upstream struct {
 
 func startUpstream(t testing.TB, tca *testCA, h2 bool, h http.Handler) *upstream {
 	t.Helper()
+	return startUpstreamWith(t, tca, h2, h, nil)
+}
+
+// startUpstreamWith lets setup adjust the server before it starts.
+func startUpstreamWith(t testing.TB, tca *testCA, h2 bool, h http.Handler, setup func(*httptest.Server)) *upstream {
+	t.Helper()
 	srv := httptest.NewUnstartedServer(h)
+	if setup != nil {
+		setup(srv)
+	}
 	cert := tca.leaf(t, "api.test", "other.test", "pass.test", "multi.test", "127.0.0.1")
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	srv.EnableHTTP2 = h2
