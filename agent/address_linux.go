@@ -15,6 +15,14 @@ import (
 // interceptLink is the dummy interface the agent prefers for its address.
 const interceptLink = "sluice0"
 
+// Route protocols of the guard routes. The guard also records, for
+// Cleanup after the agent is gone, whether the agent added the address
+// itself (an address someone else put there is never removed).
+const (
+	rtprotGuard      = 0x5c // guard route; the address was already there
+	rtprotGuardOwned = 0x5d // guard route; the agent added the address
+)
+
 // interceptAddrs are the verified-local intercept addresses.
 type interceptAddrs struct {
 	v4, v6 netip.Addr // v6 invalid when IPv6 is off or not configured
@@ -53,7 +61,7 @@ func ensureIntercept(v4, v6 netip.Addr, log *slog.Logger) (*interceptAddrs, erro
 		if !a.IsValid() {
 			continue
 		}
-		if err := ia.guard(a); err != nil {
+		if err := ia.guard(a, ia.owns(a)); err != nil {
 			ia.remove(log)
 			return nil, err
 		}
@@ -65,8 +73,12 @@ func ensureIntercept(v4, v6 netip.Addr, log *slog.Logger) (*interceptAddrs, erro
 // table wins while the address is on the node; should the address go
 // while hooks stay pinned (failMode closed), redirected connects fail on
 // the node instead of following the default route off it.
-func (ia *interceptAddrs) guard(a netip.Addr) error {
+func (ia *interceptAddrs) guard(a netip.Addr, owned bool) error {
 	r := unreachableRoute(a)
+	r.Protocol = rtprotGuard
+	if owned {
+		r.Protocol = rtprotGuardOwned
+	}
 	switch err := netlink.RouteAdd(&r); {
 	case err == nil:
 		ia.routes = append(ia.routes, r)
@@ -111,6 +123,16 @@ func interceptLinkOrLo() (netlink.Link, bool, error) {
 		return nil, false, fmt.Errorf("find lo: %w", err)
 	}
 	return l, false, nil
+}
+
+// owns reports whether this agent added a.
+func (ia *interceptAddrs) owns(a netip.Addr) bool {
+	for _, na := range ia.added {
+		if ip, ok := netip.AddrFromSlice(na.IP); ok && ip.Unmap() == a {
+			return true
+		}
+	}
+	return false
 }
 
 // ensure adds a (as a host route) unless the kernel already routes it as
@@ -184,31 +206,49 @@ func (ia *interceptAddrs) remove(log *slog.Logger) {
 	}
 }
 
-// removeIntercept deletes the configured addresses from sluice0 and lo,
-// their unreachable guard routes, and sluice0 (Cleanup).
+// removeIntercept removes the guard routes of the configured addresses
+// and the addresses an agent added (as its guard route records), then the
+// sluice0 link (Cleanup).
 func removeIntercept(v4, v6 netip.Addr) error {
 	var errs []error
+	var links []netlink.Link
 	if l, err := netlink.LinkByName(interceptLink); err == nil {
-		if err := netlink.LinkDel(l); err != nil {
-			errs = append(errs, fmt.Errorf("delete %s: %w", interceptLink, err))
-		}
+		links = append(links, l)
 	}
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		return errors.Join(append(errs, fmt.Errorf("find lo: %w", err))...)
+	if l, err := netlink.LinkByName("lo"); err == nil {
+		links = append(links, l)
 	}
 	for _, a := range []netip.Addr{v4, v6} {
 		if !a.IsValid() {
 			continue
 		}
 		r := unreachableRoute(a)
-		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("remove unreachable route for %s: %w", a, err))
+		rs, err := netlink.RouteListFiltered(r.Family, &r, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list routes for %s: %w", a, err))
+			continue
 		}
-		bits := a.BitLen()
-		na := netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
-		if err := netlink.AddrDel(lo, &na); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("remove intercept address %s from lo: %w", a, err))
+		for i := range rs {
+			if rs[i].Protocol != rtprotGuard && rs[i].Protocol != rtprotGuardOwned {
+				continue // not ours
+			}
+			if rs[i].Protocol == rtprotGuardOwned {
+				bits := a.BitLen()
+				na := netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
+				for _, l := range links {
+					if err := netlink.AddrDel(l, &na); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
+						errs = append(errs, fmt.Errorf("remove intercept address %s from %s: %w", a, l.Attrs().Name, err))
+					}
+				}
+			}
+			if err := netlink.RouteDel(&rs[i]); err != nil && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("remove unreachable route for %s: %w", a, err))
+			}
+		}
+	}
+	if len(links) > 0 && links[0].Attrs().Name == interceptLink {
+		if err := netlink.LinkDel(links[0]); err != nil {
+			errs = append(errs, fmt.Errorf("delete %s: %w", interceptLink, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -498,3 +498,39 @@ func TestAgentNestedSelection(t *testing.T) {
 		}
 	}
 }
+
+// An intercept address the agent found in place is not the agent's: it
+// stays after the agent stops and after cleanup.
+func TestAgentKeepsForeignAddress(t *testing.T) {
+	e := newAgentEnv(t)
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := &netlink.Addr{IPNet: prefixNet(e.cfg.InterceptIPv4)}
+	if err := netlink.AddrAdd(lo, foreign); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netlink.AddrDel(lo, foreign) })
+	for _, mode := range []string{"open", "closed"} {
+		e.cfg.FailMode = mode
+		e.start()
+		if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+			t.Fatal(err)
+		}
+		dst := netip.AddrPortFrom(e.tp.Hosts[1].IP4, 80)
+		if r := e.client(dst, clientOpts{host: 0, inCgroup: true}); r.Data != "proxied "+dst.String() {
+			t.Fatalf("%s: %+v", mode, r)
+		}
+		e.stop()
+		if err := agent.Cleanup(e.cfg, nil); err != nil {
+			t.Fatal(err)
+		}
+		if !routedLocal(e.cfg.InterceptIPv4) {
+			t.Fatalf("%s: the address the agent found in place was removed", mode)
+		}
+		if n := cgroupHooks(t, e.cg.Dir); n != 0 {
+			t.Errorf("%s: %d hooks left", mode, n)
+		}
+	}
+}
