@@ -23,6 +23,15 @@
 // links to the agent process and removes the address it added on exit. A
 // new agent replaces an earlier one's pins (links are updated in place to
 // the new programs). Cleanup removes every hook, pin, map and the address.
+//
+// The intercept address. It goes on a dummy link "sluice0" where the kernel
+// has dummy links, else on "lo", and no hook is attached before the kernel
+// routes it as local. An unreachable route for it in the main table guards
+// against an address that disappears while hooks stay pinned: redirected
+// connects then fail on the node instead of following the default route.
+// The guard route's protocol also records whether an agent added the
+// address, so that neither Close nor Cleanup removes an address that was
+// already there.
 package agent
 
 import (
