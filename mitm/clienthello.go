@@ -230,9 +230,15 @@ func parseALPN(c cursor) ([]string, error) {
 	return out, nil
 }
 
-// peekClientHello reads (without consuming) a ClientHello from br, whose
-// buffer must be at least peekBufferSize. The caller bounds the time.
-func peekClientHello(br *bufio.Reader) (clientHello, error) {
+// peeker looks at bytes without consuming them (*peekedConn,
+// *bufio.Reader).
+type peeker interface {
+	Peek(n int) ([]byte, error)
+}
+
+// peekClientHello reads (without consuming) a ClientHello from br, which
+// must be able to peek peekBufferSize bytes. The caller bounds the time.
+func peekClientHello(br peeker) (clientHello, error) {
 	n := minTLSRecordHeaderSize
 	for {
 		b, err := br.Peek(n)

@@ -30,7 +30,6 @@
 package mitm
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -299,8 +298,8 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 		}
 	}()
 
-	br := bufio.NewReaderSize(conn, peekBufferSize)
-	pc := &peekedConn{Conn: conn, r: br}
+	pc := newPeekedConn(conn, peekBufferSize)
+	br := pc
 	_ = conn.SetReadDeadline(time.Now().Add(p.cfg.PeekTimeout.D()))
 	first, err := br.Peek(1)
 	if err != nil {
@@ -346,7 +345,7 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 
 // sniffHTTP reports whether the buffered bytes start an HTTP/1.x request
 // line: a known method followed by a space.
-func sniffHTTP(br *bufio.Reader) bool {
+func sniffHTTP(br peeker) bool {
 	for n := 1; n <= 9; n++ {
 		b, err := br.Peek(n)
 		if err != nil {
@@ -724,15 +723,3 @@ func contains(s []string, v string) bool {
 	}
 	return false
 }
-
-// peekedConn reads through the bufio.Reader that peeked at the first
-// bytes, so nothing is lost.
-type peekedConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
-
-// CloseWrite half-closes the underlying connection when it can.
-func (c *peekedConn) CloseWrite() error { return closeWrite(c.Conn) }
