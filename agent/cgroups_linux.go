@@ -78,6 +78,17 @@ func (c *cgroupNames) add(id uint64, rel string) {
 	c.mu.Unlock()
 }
 
+// forget drops rel and the cgroups below it (the cgroup was removed).
+func (c *cgroupNames) forget(rel string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, p := range c.byID {
+		if p == rel || strings.HasPrefix(p, rel+"/") {
+			delete(c.byID, id)
+		}
+	}
+}
+
 func (c *cgroupNames) lookup(id uint64, pid int) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()

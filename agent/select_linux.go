@@ -190,6 +190,7 @@ func (a *Agent) onNewCgroup(rel string, id uint64) {
 }
 
 func (a *Agent) onGoneCgroup(rel string) {
+	a.names.forget(rel)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for id, at := range a.attached {

@@ -69,3 +69,14 @@ func TestIsUnder(t *testing.T) {
 		t.Errorf("relPath = %q", got)
 	}
 }
+
+func TestCgroupNamesForget(t *testing.T) {
+	c := newCgroupNames(t.TempDir())
+	c.add(1, "/a")
+	c.add(2, "/a/b")
+	c.add(3, "/ab")
+	c.forget("/a")
+	if len(c.byID) != 1 || c.byID[3] != "/ab" {
+		t.Errorf("after forget: %v", c.byID)
+	}
+}
