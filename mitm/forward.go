@@ -128,11 +128,8 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec.Host = host
-	if port != 0 {
-		rec.Port = port
-	}
-
 	t := f.targetFor(r, host, port)
+	rec.Port = t.port // the port dialed, whatever the Host header says
 	if t.cd.Action == policy.Reject {
 		d := t.cd.Decision
 		d.Verdict = policy.Deny
@@ -178,10 +175,8 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if t.addr.IsValid() {
-		rec.DstIP = t.addr.Addr()
-		rec.UpstreamAddr = t.addr.String()
-	}
+	rec.DstIP = t.addr.Addr()
+	rec.UpstreamAddr = t.addr.String()
 	x.forward(t)
 }
 
@@ -325,7 +320,9 @@ func (x *exchange) forward(t *target) {
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 
-	out := r.Clone(ctx)
+	out := r.WithContext(ctx) // shallow; the header is cloned below
+	u := *r.URL
+	out.URL = &u
 	out.RequestURI = ""
 	out.URL.Scheme = "http"
 	if t.useTLS {
