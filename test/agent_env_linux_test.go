@@ -203,44 +203,55 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // clientPy connects to argv[1]:argv[2] (optionally with SO_MARK argv[3]
-// and source port argv[4]; "mapped" as argv[5] uses an AF_INET6 socket
-// with the IPv4-mapped address), and prints its pid, getpeername() and
-// what it read, or the connect errno, as JSON.
+// and source port argv[4]; argv[5] lists options: "mapped" uses an
+// AF_INET6 socket with the IPv4-mapped address, "thread" connects from a
+// worker thread), and prints its pid, getpeername() and what it read, or
+// the connect errno, as JSON.
 const clientPy = `
-import errno, json, os, socket, sys
+import errno, json, os, socket, sys, threading
 dst, port = sys.argv[1], int(sys.argv[2])
 mark = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 sport = int(sys.argv[4]) if len(sys.argv) > 4 else 0
-mapped = len(sys.argv) > 5 and sys.argv[5] == "mapped"
+opts = sys.argv[5].split(",") if len(sys.argv) > 5 else []
+mapped = "mapped" in opts
 fam = socket.AF_INET6 if (":" in dst or mapped) else socket.AF_INET
 if mapped:
     dst = "::ffff:" + dst
-s = socket.socket(fam, socket.SOCK_STREAM)
-if mark:
-    s.setsockopt(socket.SOL_SOCKET, 36, mark)
-if sport:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", sport))
-s.settimeout(5)
 out = {"pid": os.getpid()}
-try:
-    s.connect((dst, port))
-    p = s.getpeername()
-    out["peer"] = ("[%s]:%d" if fam == socket.AF_INET6 else "%s:%d") % (p[0], p[1])
-    data = b""
-    while True:
-        b = s.recv(4096)
-        if not b:
-            break
-        data += b
-    out["data"] = data.decode()
-except OSError as e:
-    out["errno"] = errno.errorcode.get(e.errno, str(e))
+def run():
+    out["tid"] = threading.get_native_id()
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    if mark:
+        s.setsockopt(socket.SOL_SOCKET, 36, mark)
+    if sport:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", sport))
+    s.settimeout(5)
+    try:
+        s.connect((dst, port))
+        p = s.getpeername()
+        out["peer"] = ("[%s]:%d" if fam == socket.AF_INET6 else "%s:%d") % (p[0], p[1])
+        data = b""
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            data += b
+        out["data"] = data.decode()
+    except OSError as e:
+        out["errno"] = errno.errorcode.get(e.errno, str(e))
+if "thread" in opts:
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+else:
+    run()
 print(json.dumps(out))
 `
 
 type clientResult struct {
 	PID   int    `json:"pid"`
+	TID   int    `json:"tid"` // the thread that connected
 	Peer  string `json:"peer"`
 	Data  string `json:"data"`
 	Errno string `json:"errno"`
@@ -254,16 +265,21 @@ type clientOpts struct {
 	mark     uint32
 	sport    uint16
 	mapped   bool
+	thread   bool // connect from a worker thread
 }
 
 // startClient starts the python client; wait returns its result.
 func (e *agentEnv) startClient(dst netip.AddrPort, o clientOpts) (wait func() clientResult) {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	args := []string{"python3", "-c", clientPy, dst.Addr().String(), fmt.Sprint(dst.Port()), fmt.Sprint(o.mark), fmt.Sprint(o.sport)}
+	var flags []string
 	if o.mapped {
-		args = append(args, "mapped")
+		flags = append(flags, "mapped")
 	}
+	if o.thread {
+		flags = append(flags, "thread")
+	}
+	args := []string{"python3", "-c", clientPy, dst.Addr().String(), fmt.Sprint(dst.Port()), fmt.Sprint(o.mark), fmt.Sprint(o.sport), strings.Join(flags, ",")}
 	cmd := e.tp.Hosts[o.host].Exec(ctx, args...)
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb

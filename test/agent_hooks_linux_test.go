@@ -36,19 +36,21 @@ func TestAgentRedirect(t *testing.T) {
 	}
 	up, wl := e.tp.Hosts[1], e.tp.Hosts[0]
 	tests := []struct {
-		name   string
-		dst    netip.AddrPort
-		mapped bool
-		peer   string
+		name           string
+		dst            netip.AddrPort
+		mapped, thread bool
+		peer           string
 	}{
-		{"ipv4", netip.AddrPortFrom(up.IP4, 80), false, up.IP4.String() + ":80"},
-		{"ipv6", netip.AddrPortFrom(up.IP6, 443), false, "[" + up.IP6.String() + "]:443"},
-		{"ipv4-mapped ipv6", netip.AddrPortFrom(up.IP4, 443), true, "[::ffff:" + up.IP4.String() + "]:443"},
+		{"ipv4", netip.AddrPortFrom(up.IP4, 80), false, false, up.IP4.String() + ":80"},
+		{"ipv6", netip.AddrPortFrom(up.IP6, 443), false, false, "[" + up.IP6.String() + "]:443"},
+		{"ipv4-mapped ipv6", netip.AddrPortFrom(up.IP4, 443), true, false, "[::ffff:" + up.IP4.String() + "]:443"},
+		// The process (thread group) is named, not the thread.
+		{"ipv4 from a worker thread", netip.AddrPortFrom(up.IP4, 80), false, true, up.IP4.String() + ":80"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := len(e.rec.all())
-			r := e.client(tt.dst, clientOpts{host: 0, inCgroup: true, mapped: tt.mapped})
+			r := e.client(tt.dst, clientOpts{host: 0, inCgroup: true, mapped: tt.mapped, thread: tt.thread})
 			if r.Errno != "" {
 				t.Fatalf("client connect: %s", r.Errno)
 			}
@@ -65,6 +67,9 @@ func TestAgentRedirect(t *testing.T) {
 			s := got[len(got)-1]
 			if s.Dst.Addr != tt.dst || s.Dst.Port != tt.dst.Port() {
 				t.Errorf("destination %v, want %v", s.Dst, tt.dst)
+			}
+			if tt.thread && r.TID == r.PID {
+				t.Fatalf("the worker thread's id %d is the process id", r.TID)
 			}
 			if s.ID.PID != r.PID || s.ID.PID != r.ChildPID {
 				t.Errorf("identity pid %d, want the client's %d (started as %d)", s.ID.PID, r.PID, r.ChildPID)
