@@ -52,7 +52,7 @@ func ensureIntercept(v4, v6 netip.Addr, log *slog.Logger) (*interceptAddrs, erro
 		if err := ia.ensure(v6); err != nil {
 			// IPv6 may be disabled on the node: IPv6 connects to
 			// intercepted ports are then refused in the kernel.
-			log.Warn("intercept address unavailable, intercepted IPv6 connects will be refused", "addr", v6.String(), "err", err)
+			log.Warn("intercept address unavailable, intercepted IPv6 connects will be refused", "addr", v6.String(), "error", err)
 		} else {
 			ia.v6 = v6
 		}
@@ -188,19 +188,19 @@ func isLocal(a netip.Addr) error {
 func (ia *interceptAddrs) remove(log *slog.Logger) {
 	for i := range ia.routes {
 		if err := netlink.RouteDel(&ia.routes[i]); err != nil && !errors.Is(err, unix.ESRCH) {
-			log.Warn("remove unreachable route", "dst", ia.routes[i].Dst.String(), "err", err)
+			log.Warn("remove unreachable route", "dst", ia.routes[i].Dst.String(), "error", err)
 		}
 	}
 	ia.routes = nil
 	for i := range ia.added {
 		if err := netlink.AddrDel(ia.link, &ia.added[i]); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-			log.Warn("remove intercept address", "addr", ia.added[i].IPNet.String(), "err", err)
+			log.Warn("remove intercept address", "addr", ia.added[i].IPNet.String(), "error", err)
 		}
 	}
 	ia.added = nil
 	if ia.createdLink {
 		if err := netlink.LinkDel(ia.link); err != nil {
-			log.Warn("remove link", "link", interceptLink, "err", err)
+			log.Warn("remove link", "link", interceptLink, "error", err)
 		}
 		ia.createdLink = false
 	}

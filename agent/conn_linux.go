@@ -25,7 +25,7 @@ func (a *Agent) accept(l net.Listener) {
 			if errors.Is(err, net.ErrClosed) || a.ctx.Err() != nil {
 				return
 			}
-			a.log.Warn("accept", "err", err)
+			a.log.Warn("accept", "error", err)
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
@@ -47,7 +47,7 @@ func (a *Agent) serve(c net.Conn) {
 	peer := ta.AddrPort()
 	o, err := a.origin(peer)
 	if err != nil {
-		a.log.Warn("closing connection without origin", "peer", peer.String(), "err", err)
+		a.log.Warn("closing connection without origin", "peer", peer.String(), "error", err)
 		c.Close()
 		return
 	}

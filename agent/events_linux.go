@@ -37,12 +37,12 @@ func (a *Agent) readEvents() {
 			if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return
 			}
-			a.log.Warn("read event", "err", err)
+			a.log.Warn("read event", "error", err)
 			continue
 		}
 		var e bpf.SluiceEvent
 		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &e); err != nil {
-			a.log.Warn("decode event", "err", err)
+			a.log.Warn("decode event", "error", err)
 			continue
 		}
 		ev := a.event(e)

@@ -50,7 +50,7 @@ func (a *Agent) adoptPins() error {
 			p := filepath.Join(a.pinDir("links"), e.Name())
 			l, err := link.LoadPinnedLink(p, nil)
 			if err != nil {
-				a.log.Warn("drop unreadable pin", "pin", p, "err", err)
+				a.log.Warn("drop unreadable pin", "pin", p, "error", err)
 				os.Remove(p)
 				continue
 			}
@@ -138,7 +138,7 @@ func (a *Agent) attach(id uint64, rel string) error {
 			if err := old.Update(prog); err == nil {
 				l, adopted = old, true
 			} else {
-				a.log.Warn("replace earlier agent's hook", "pin", key, "err", err)
+				a.log.Warn("replace earlier agent's hook", "pin", key, "error", err)
 				detachLink(old)
 			}
 		}

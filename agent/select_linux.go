@@ -185,7 +185,7 @@ func isUnder(p, anc string) bool {
 func (a *Agent) onNewCgroup(rel string, id uint64) {
 	a.names.add(id, rel)
 	if err := a.consider(rel, id); err != nil {
-		a.log.Error("select new cgroup", "cgroup", rel, "err", err)
+		a.log.Error("select new cgroup", "cgroup", rel, "error", err)
 	}
 }
 

@@ -55,7 +55,7 @@ func (w *watcher) addTree(dir string, report bool) {
 		wd, err := unix.InotifyAddWatch(w.fd, p, watchMask)
 		if err != nil {
 			if !errors.Is(err, unix.ENOENT) {
-				w.log.Warn("watch cgroup", "dir", p, "err", err)
+				w.log.Warn("watch cgroup", "dir", p, "error", err)
 			}
 			return nil
 		}
@@ -80,7 +80,7 @@ func (w *watcher) run() {
 			if errors.Is(err, os.ErrClosed) || errors.Is(err, fs.ErrClosed) {
 				return
 			}
-			w.log.Warn("read cgroup events", "err", err)
+			w.log.Warn("read cgroup events", "error", err)
 			return
 		}
 		for off := 0; off+unix.SizeofInotifyEvent <= n; {
