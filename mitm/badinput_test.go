@@ -86,6 +86,23 @@ func TestHeaderTooLarge431(t *testing.T) {
 			}
 		})
 	}
+	t.Run("HTTP/2", func(t *testing.T) {
+		up2 := startUpstream(t, tca, true, echoHandler())
+		req, _ := http.NewRequest("GET", fmt.Sprintf("https://api.test:%d/big-h2", up2.addr.Port()), nil)
+		req.Header.Set("X-Big", strings.Repeat("a", limit+100))
+		resp, err := h.client(true).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 431 || resp.ProtoMajor != 2 {
+			t.Fatalf("status %d proto %s", resp.StatusCode, resp.Proto)
+		}
+		rec := h.recs.wait(t, "h2 431", func(r audit.Record) bool { return r.Status == 431 && r.Path == "/big-h2" })
+		if rec.Reason != "request header fields too large" || rec.Proto != "HTTP/2.0" {
+			t.Errorf("record %+v", rec)
+		}
+	})
 	// Under the limit passes.
 	c := connectTLS(t, h, "api.test", up.addr.Port())
 	resp, body := rawRequest(t, c, fmt.Sprintf("GET /ok HTTP/1.1\r\nHost: api.test\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", limit-200)))

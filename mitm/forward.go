@@ -117,6 +117,16 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
+	if r.ProtoMajor == 2 {
+		// The HTTP/2 server's own limit (twice ours) answers 431 without
+		// a handler; up to it, this check answers and records.
+		if n := h2HeaderSize(r); n > f.p.cfg.MaxHeaderBytes {
+			x.fail(http.StatusRequestHeaderFieldsTooLarge, audit.DecisionError, reasonHeaderTooLarge,
+				fmt.Sprintf("request header list of %d bytes exceeds %d", n, f.p.cfg.MaxHeaderBytes), nil)
+			return
+		}
+	}
+
 	if f.explicit && r.Method == http.MethodConnect {
 		f.p.serveConnect(w, r, f)
 		return
@@ -178,6 +188,19 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec.DstIP = t.addr.Addr()
 	rec.UpstreamAddr = t.addr.String()
 	x.forward(t)
+}
+
+// h2HeaderSize is the header list size as HTTP/2 counts it (RFC 9113
+// 6.5.2: name and value lengths plus 32 per field, pseudo-headers too).
+func h2HeaderSize(r *http.Request) int {
+	n := len(":method") + len(r.Method) + len(":path") + len(r.URL.RequestURI()) +
+		len(":authority") + len(r.Host) + len(":scheme") + len("https") + 4*32
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 32
+		}
+	}
+	return n
 }
 
 // requestHost is the request's host without port, and the port when the

@@ -685,7 +685,7 @@ func (f *flow) serveHTTP(c net.Conn, h2 bool) {
 			Context: f.ctx,
 			Handler: f,
 			BaseConfig: &http.Server{
-				MaxHeaderBytes: p.cfg.MaxHeaderBytes,
+				MaxHeaderBytes: 2 * p.cfg.MaxHeaderBytes,
 				ErrorLog:       slog.NewLogLogger(p.errLog.Handler(), slog.LevelDebug),
 			},
 		})
