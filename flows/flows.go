@@ -307,6 +307,14 @@ func (rw *row) dest(host, addr string, max int) *Dest {
 			return d
 		}
 	}
+	if host == "" && addr != "" {
+		// A connect event for an address a record has already named.
+		for _, d := range rw.dests {
+			if d.Addr == addr {
+				return d
+			}
+		}
+	}
 	k := host
 	if k == "" {
 		k = addr

@@ -164,3 +164,22 @@ func BenchmarkRecord(b *testing.B) {
 		tb.Record(r)
 	}
 }
+
+// A connect event that arrives after a record has named its address
+// counts under that host, not under a second row for the bare address.
+func TestConnectAfterRecordJoinsHost(t *testing.T) {
+	tb := flows.New(flows.Options{})
+	id := workload.Identity{PID: 7, Comm: "python3", Cgroup: "/run"}
+	dst := netip.MustParseAddrPort("198.18.77.2:443")
+	tb.ConnectIdentity(id, dst, "redirected")
+	tb.Record(&audit.Record{Kind: audit.KindHTTP, Workload: id, Host: "api.demo.test", DstIP: dst.Addr(), Port: dst.Port(), Decision: "allow"})
+	tb.ConnectIdentity(id, dst, "redirected")
+	rows := tb.Snapshot().Rows
+	if len(rows) != 1 || len(rows[0].Destinations) != 1 {
+		t.Fatalf("want one process with one destination, got %+v", rows)
+	}
+	d := rows[0].Destinations[0]
+	if d.Host != "api.demo.test" || d.Connects != 2 || d.Requests != 1 {
+		t.Fatalf("destination = %+v, want api.demo.test with 2 connects and 1 request", d)
+	}
+}

@@ -120,8 +120,9 @@ func fetchFlows(ctx context.Context, c *http.Client, url string) ([]byte, flows.
 }
 
 // writeFlowsTable prints one line per process and destination, most
-// recent first. ALLOW counts decisions allow, allowed, redirected and
-// direct; DENY counts deny and denied; WOULD_DENY counts would_deny.
+// recent first. REQS counts HTTP requests and L4 flows, CONNS kernel
+// connect events; ALLOW counts allowed requests and flows, DENY denied ones
+// and connects refused in the kernel, WOULD_DENY audit-mode would-denies.
 func writeFlowsTable(w io.Writer, s flows.Snapshot) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PROCESS\tPID\tWORKLOAD\tDESTINATION\tREQS\tCONNS\tIN\tOUT\tALLOW\tDENY\tWOULD_DENY\tLAST SEEN")
@@ -158,7 +159,7 @@ func writeFlowsTable(w io.Writer, s flows.Snapshot) {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%d\t%d\t%d\t%s\n",
 				shorten(proc, 16), pid, wl, shorten(name, 48),
 				d.Requests+d.Flows, d.Connects, humanBytes(d.BytesIn), humanBytes(d.BytesOut),
-				d.Decisions["allow"]+d.Decisions["allowed"]+d.Decisions["redirected"]+d.Decisions["direct"],
+				d.Decisions["allow"],
 				d.Decisions["deny"]+d.Decisions["denied"],
 				d.Decisions["would_deny"],
 				ago(s.Time, d.LastSeen))

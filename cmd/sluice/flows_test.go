@@ -78,7 +78,7 @@ func TestFlowsTable(t *testing.T) {
 	}
 	// PROCESS PID WORKLOAD DESTINATION REQS CONNS IN OUT ALLOW DENY WOULD_DENY LAST SEEN
 	want := map[string]string{
-		"api.github.com": "python3 4321 /system.slice/mcp-github.scope api.github.com 3 1 1.5KiB 12.0KiB 4 0 0 now",
+		"api.github.com": "python3 4321 /system.slice/mcp-github.scope api.github.com 3 1 1.5KiB 12.0KiB 3 0 0 now",
 		"evil.example":   "python3 4321 /system.slice/mcp-github.scope evil.example 1 0 0B 0B 0 1 0 now",
 		"maybe.example":  "python3 4321 /system.slice/mcp-github.scope maybe.example 1 0 0B 10B 0 0 1 now",
 	}
