@@ -260,3 +260,125 @@ func goClient(url string) int {
 	_, _ = io.Copy(os.Stdout, resp.Body)
 	return 0
 }
+
+// The admin listener serves /readyz, /metrics and the flows of the
+// running agent to the node, and `sluice flows` shows the workload's
+// egress; a selected workload can't reach it, neither from its own
+// network namespace nor from the host's.
+func TestAdminFlowsAndIsolation(t *testing.T) {
+	curl := RequireTool(t, "curl")
+	e := newNodeEnv(t)
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", 20000+int(randByte())*100+int(randByte())%100)
+	e.cfg.Admin.Listen = adminAddr
+	e.startAgent()
+
+	pid, out := e.client(curl, "-sS", "https://api.test/flows-check")
+	if !strings.HasPrefix(out, "hello GET /flows-check") {
+		t.Fatalf("client got %q", out)
+	}
+	e.record("/flows-check")
+
+	// The node reads the admin API.
+	resp, err := http.Get("http://" + adminAddr + "/readyz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/readyz: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	resp, err = http.Get("http://" + adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`sluice_proxy_requests_total{code="200",decision="allow",host="api.test",method="GET",source="upstream",workload="` + e.cg.Path + `"} 1`,
+		`sluice_agent_connect_events_total{decision="redirected"}`,
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
+	// `sluice flows --json` names the client's process and destination.
+	raw, err := exec.Command(sluiceBin, "flows", "--agent", adminAddr, "--json").Output()
+	if err != nil {
+		t.Fatalf("sluice flows: %v", err)
+	}
+	var snap struct {
+		Rows []struct {
+			PID          int    `json:"pid"`
+			Comm         string `json:"comm"`
+			Requests     int    `json:"requests"`
+			Destinations []struct {
+				Host string `json:"host"`
+			} `json:"destinations"`
+		} `json:"rows"`
+	}
+	if err := json.Unmarshal(raw, &snap); err != nil {
+		t.Fatalf("sluice flows --json: %v: %s", err, raw)
+	}
+	found := false
+	for _, r := range snap.Rows {
+		if r.PID == pid && r.Comm == "curl" && r.Requests == 1 && len(r.Destinations) == 1 && r.Destinations[0].Host == "api.test" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("sluice flows does not show curl (pid %d) -> api.test: %s", pid, raw)
+	}
+	table, err := exec.Command(sluiceBin, "flows", "--agent", adminAddr).Output()
+	if err != nil || !strings.Contains(string(table), "curl") || !strings.Contains(string(table), "api.test") {
+		t.Errorf("sluice flows table: %v\n%s", err, table)
+	}
+
+	// From the workload's own namespace, 127.0.0.1 is its own loopback.
+	code := e.clientExit(curl, "-sS", "-m", "5", "http://"+adminAddr+"/metrics")
+	if code == 0 {
+		t.Errorf("a workload in its own namespace reached the admin listener")
+	}
+	// From the host's namespace, the hooks refuse the connect (EPERM).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, RequireTool(t, "python3"), "-c", `
+import socket, sys, errno
+s = socket.socket()
+try:
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+    print("connected")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno))
+`, strings.Split(adminAddr, ":")[1])
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	done := e.cg.Command(t, cmd)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	_ = cmd.Wait()
+	if got := strings.TrimSpace(buf.String()); got != "EPERM" {
+		t.Errorf("a selected workload in the host namespace connecting to the admin listener: %q, want EPERM", got)
+	}
+}
+
+// clientExit is client for a command expected to fail: it returns the
+// exit code instead of failing the test.
+func (e *nodeEnv) clientExit(argv ...string) int {
+	t := e.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := e.wl.Exec(ctx, argv...)
+	done := e.cg.Command(t, cmd)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	if err := cmd.Wait(); err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		t.Fatal(err)
+	}
+	return 0
+}
