@@ -3,14 +3,18 @@ package mitm
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestForwardingShapes(t *testing.T) {
@@ -166,4 +170,56 @@ func TestUpstreamConnectionReuse(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestUpstreamALPNChange: when an upstream stops speaking h2, the pool
+// that remembered h2 is dropped and later connections learn it afresh.
+func TestUpstreamALPNChange(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	var h1only atomic.Bool
+	cert := tca.leaf(t, "api.test")
+	up := startUpstreamWith(t, tca, true, echoHandler(), func(s *httptest.Server) {
+		s.TLS = &tls.Config{
+			Certificates: []tls.Certificate{cert},
+			GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+				if h1only.Load() {
+					return &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}, nil
+				}
+				return nil, nil
+			},
+		}
+	})
+	h := newHarness(t, tca, nil)
+	get := func() (int, string) {
+		c := h.client(true)
+		defer c.CloseIdleConnections()
+		resp, err := c.Get(fmt.Sprintf("https://api.test:%d/alpn", up.addr.Port()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode, readAll(t, resp.Body)
+	}
+	if code, body := get(); code != 200 || body != "hello GET /alpn HTTP/2.0 body=" {
+		t.Fatalf("before: %d %q", code, body)
+	}
+	h1only.Store(true)
+	h.p.Close() // drop idle upstream connections: the next request dials
+	up.CloseClientConnections()
+	// A request may still ride the old HTTP/2 connection until it is
+	// gone, and one may fail while the stale pool is dropped; then the
+	// upstream's HTTP/1.1 is learned afresh.
+	for i := 0; i < 50; i++ {
+		code, body := get()
+		switch {
+		case code == 200 && body == "hello GET /alpn HTTP/1.1 body=":
+			return
+		case code == 200 && body == "hello GET /alpn HTTP/2.0 body=":
+		case code == 502 && strings.Contains(body, "upstream TLS handshake with api.test failed"):
+		default:
+			t.Fatalf("after: %d %q", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("the proxy kept using the stale h2 pool")
 }

@@ -112,7 +112,11 @@ func startUpstreamWith(t testing.TB, tca *testCA, h2 bool, h http.Handler, setup
 		setup(srv)
 	}
 	cert := tca.leaf(t, "api.test", "other.test", "pass.test", "multi.test", "127.0.0.1")
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	if srv.TLS == nil {
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	} else {
+		cert = srv.TLS.Certificates[0]
+	}
 	srv.EnableHTTP2 = h2
 	srv.StartTLS()
 	t.Cleanup(srv.Close)

@@ -73,6 +73,19 @@ func (s *poolSet) remember(host string, addr netip.AddrPort, offer []string, alp
 	s.alpn.Add(offerKey{host, addr, strings.Join(offer, ",")}, alpn)
 }
 
+// forget drops a pool whose upstream changed what it speaks, and the
+// offers that led to it.
+func (s *poolSet) forget(k poolKey) {
+	for _, ok := range s.alpn.Keys() {
+		if ok.host == k.host && ok.addr == k.addr {
+			s.alpn.Remove(ok)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cache.Remove(k)
+}
+
 // lookup returns the live pool that served this offer before.
 func (s *poolSet) lookup(host string, addr netip.AddrPort, offer []string) (*upstreamPool, string, bool) {
 	alpn, ok := s.alpn.Get(offerKey{host, addr, strings.Join(offer, ",")})
@@ -200,6 +213,9 @@ func (up *upstreamPool) dial(ctx context.Context) (net.Conn, error) {
 	tc := tls.Client(c, p.upstreamTLSConfig(up.key.host, offer))
 	if err := tc.HandshakeContext(hctx); err != nil {
 		c.Close()
+		// The upstream may have changed what it speaks (or its
+		// certificate): later client connections learn it afresh.
+		go p.pools.forget(up.key)
 		var verr *tls.CertificateVerificationError
 		if errors.As(err, &verr) {
 			return nil, &dialError{reasonVerify, fmt.Errorf("upstream certificate verification failed for %s: %w", up.key.host, verr.Err)}
@@ -208,6 +224,7 @@ func (up *upstreamPool) dial(ctx context.Context) (net.Conn, error) {
 	}
 	if got := tc.ConnectionState().NegotiatedProtocol; up.key.alpn == "h2" && got != "h2" {
 		tc.Close()
+		go p.pools.forget(up.key) // later connections learn the ALPN afresh
 		return nil, &dialError{reasonUpstreamTLS, fmt.Errorf("upstream %s no longer negotiates h2 (got %q)", up.key.host, got)}
 	}
 	return tc, nil
