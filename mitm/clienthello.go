@@ -193,7 +193,7 @@ func parseSNI(c cursor) (string, error) {
 }
 
 // validHostName accepts an ASCII host name (IDNA A-labels) of letters,
-// digits, '-', '_' and '.', at most 253 bytes, and returns it lower-cased
+// digits, '-', '_', '.' and ':', at most 253 bytes, and returns it lower-cased
 // without a trailing dot.
 func validHostName(b []byte) (string, error) {
 	s := strings.TrimSuffix(string(b), ".")
@@ -203,7 +203,8 @@ func validHostName(b []byte) (string, error) {
 	for i := 0; i < len(s); i++ {
 		ch := s[i]
 		switch {
-		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9', ch == '-', ch == '_', ch == '.':
+		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9', ch == '-', ch == '_', ch == '.',
+			ch == ':': // an IPv6 literal, which RFC 6066 forbids but some clients send
 		default:
 			return "", fmt.Errorf(errPrefix+"server name has invalid byte 0x%02x", ch)
 		}
