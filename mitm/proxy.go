@@ -252,6 +252,7 @@ type flow struct {
 
 	sni     string
 	alpn    string // negotiated with the client
+	h2c     bool   // plain HTTP/2 with prior knowledge
 	tlsMode string
 
 	fixed *target // TLS decrypt and CONNECT: the one destination
@@ -329,18 +330,31 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 			return
 		}
 		f.serveTLS(pc, hello)
-	case sniffHTTP(br):
+	case sniffHTTP(br), sniffH2C(br):
 		_ = conn.SetReadDeadline(time.Time{})
 		f.tlsMode = audit.TLSNone
+		f.h2c = sniffH2C(br) // HTTP/2 with prior knowledge (gRPC without TLS)
 		if tunnel {
 			// CONNECT followed by plain HTTP: one destination.
 			f.fixed = f.newTarget(dst.Host, dst.Port, false)
 		}
-		f.serveHTTP(pc, false)
+		f.serveHTTP(pc, f.h2c)
 	default:
 		_ = conn.SetReadDeadline(time.Time{})
 		f.serveOther(pc, "")
 	}
+}
+
+// sniffH2C reports whether the client starts with the HTTP/2 connection
+// preface (prior knowledge, no TLS).
+func sniffH2C(br peeker) bool {
+	const preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+	b, err := br.Peek(4)
+	if err != nil || string(b) != preface[:4] {
+		return false
+	}
+	b, err = br.Peek(len(preface))
+	return err == nil && string(b) == preface
 }
 
 // sniffHTTP reports whether the buffered bytes start an HTTP/1.x request
@@ -625,7 +639,11 @@ func (t *target) ensure(f *flow) error {
 		return fmt.Errorf("upstream %s unreachable: %w", hostOr(t.host, t.conn.Addrs), err)
 	}
 	t.addr = addr
-	t.pool = f.p.pools.get(poolKey{host: t.host, addr: addr})
+	k := poolKey{host: t.host, addr: addr}
+	if f.h2c {
+		k.alpn = "h2c"
+	}
+	t.pool = f.p.pools.get(k)
 	t.spare = c
 	t.pool.offer(c)
 	return nil

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
@@ -389,4 +391,46 @@ func TestTransparentHandle(t *testing.T) {
 		}
 		resp.Body.Close()
 	})
+}
+
+// TestTransparentH2C: HTTP/2 with prior knowledge (gRPC without TLS) is
+// parsed and decided per request, not relayed blind.
+func TestTransparentH2C(t *testing.T) {
+	up := startPlainUpstream(t, h2c.NewHandler(echoHandler(), &http2.Server{}))
+	dec := &fakeDecider{req: func(r *policy.Request) policy.Decision {
+		if r.Path == "/blocked" {
+			return policy.Decision{Verdict: policy.Deny, Rule: "r", Reason: "blocked path"}
+		}
+		return policy.Decision{Rule: "ok"}
+	}}
+	h := newHarness(t, nil, dec)
+	id := workload.Identity{PID: 99}
+	tr := &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
+			return transparent(t, h, Destination{Addr: up.addr}, id), nil
+		},
+	}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 20 * time.Second}
+	resp, err := c.Get("http://api.test/h2c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := readAll(t, resp.Body); b != "hello GET /h2c HTTP/2.0 body=" || resp.ProtoMajor != 2 {
+		t.Fatalf("body %q proto %s", b, resp.Proto)
+	}
+	resp.Body.Close()
+	resp, err = c.Get("http://api.test/blocked")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 403 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	rec := h.recs.wait(t, "h2c", func(r audit.Record) bool { return r.Path == "/h2c" })
+	if rec.Proto != "HTTP/2.0" || rec.TLS != audit.TLSNone || rec.Host != "api.test" || rec.Workload.PID != 99 || rec.UpstreamAddr != up.addr.String() {
+		t.Errorf("record %+v", rec)
+	}
 }

@@ -21,7 +21,7 @@ import (
 type poolKey struct {
 	host string
 	addr netip.AddrPort
-	alpn string // "h2", "http/1.1" or "" (no ALPN); plain HTTP has ""
+	alpn string // "h2", "http/1.1" or "" (no ALPN); plain HTTP has "" or "h2c"
 	tls  bool
 }
 
@@ -120,6 +120,19 @@ func (s *poolSet) closeAll() {
 func (p *Proxy) newPool(k poolKey) *upstreamPool {
 	up := &upstreamPool{p: p, key: k}
 	idle := p.cfg.IdleTimeout.D()
+	if k.alpn == "h2c" {
+		t := &http2.Transport{
+			AllowHTTP: true,
+			DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
+				return up.dial(ctx)
+			},
+			DisableCompression: true,
+			IdleConnTimeout:    idle,
+			MaxHeaderListSize:  1 << 20,
+		}
+		up.rt, up.closeIdle = t, t.CloseIdleConnections
+		return up
+	}
 	if k.alpn == "h2" {
 		t := &http2.Transport{
 			DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
