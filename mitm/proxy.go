@@ -568,7 +568,127 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 	_ = c.SetDeadline(time.Time{})
 	f.alpn = srv.ConnectionState().NegotiatedProtocol
 	defer t.release()
-	f.serveHTTP(srv, f.alpn == "h2")
+	f.serveDecrypted(srv, t)
+}
+
+// serveDecrypted decides from the first plaintext bytes whether the client
+// speaks HTTP (served and decided per request) or another protocol over
+// TLS (relayed decrypted, with an L4 record). A client that negotiated an
+// HTTP ALPN is HTTP. Without one, a client that says nothing for
+// PeekTimeout may be waiting for a server greeting (IMAPS, SMTPS): then
+// whichever side speaks first decides, and since an HTTP server never
+// speaks first, waiting can't make HTTP escape per-request policy.
+func (f *flow) serveDecrypted(tc *tls.Conn, t *target) {
+	p := f.p
+	pc := newPeekedConn(tc, 64)
+	if f.alpn == "h2" || f.alpn == "http/1.1" || t.err != nil {
+		f.serveHTTP(pc, f.alpn == "h2")
+		return
+	}
+	_ = tc.SetReadDeadline(time.Now().Add(p.cfg.PeekTimeout.D()))
+	_, err := pc.Peek(1)
+	if isTimeout(err) {
+		_ = tc.SetReadDeadline(time.Time{})
+		f.raceFirstSpeaker(pc, t)
+		return
+	}
+	if err != nil {
+		return // the client left without a word
+	}
+	_ = tc.SetReadDeadline(time.Now().Add(p.cfg.HandshakeTimeout.D()))
+	isHTTP, isH2 := sniffHTTP(pc), sniffH2C(pc)
+	_ = tc.SetReadDeadline(time.Time{})
+	if isHTTP || isH2 {
+		f.serveHTTP(pc, isH2)
+		return
+	}
+	f.relayDecrypted(pc, nil, t)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// raceFirstSpeaker waits for the client or the upstream to send first.
+func (f *flow) raceFirstSpeaker(pc *peekedConn, t *target) {
+	up, err := t.pool.dial(f.ctx)
+	if err != nil {
+		f.serveHTTP(pc, false) // an HTTP client gets the 502 that says why
+		return
+	}
+	upc := newPeekedConn(up, 64)
+	clientCh, upCh := make(chan error, 1), make(chan error, 1)
+	go func() { _, err := pc.Peek(1); clientCh <- err }()
+	go func() { _, err := upc.Peek(1); upCh <- err }()
+	// stop ends the other side's peek (a deadline error is not sticky on
+	// a tls.Conn) and waits for it.
+	stop := func(c net.Conn, ch chan error) {
+		_ = c.SetReadDeadline(time.Unix(1, 0))
+		<-ch
+		_ = c.SetReadDeadline(time.Time{})
+	}
+	select {
+	case err := <-clientCh:
+		stop(upc.Conn, upCh)
+		if err != nil {
+			up.Close()
+			return
+		}
+		if upc.Buffered() == 0 {
+			_ = pc.SetReadDeadline(time.Now().Add(f.p.cfg.HandshakeTimeout.D()))
+			isHTTP, isH2 := sniffHTTP(pc), sniffH2C(pc)
+			_ = pc.SetReadDeadline(time.Time{})
+			if isHTTP || isH2 {
+				t.pool.offer(up) // unread: the first request can use it
+				f.serveHTTP(pc, isH2)
+				return
+			}
+		}
+		f.relayDecrypted(pc, upc, t)
+	case err := <-upCh:
+		stop(pc.Conn, clientCh)
+		if err != nil && upc.Buffered() == 0 {
+			up.Close()
+			rec := f.l4Record()
+			rec.Host = t.host
+			rec.Decision, rec.Reason, rec.Error = audit.DecisionError, reasonUpstreamError, "upstream closed before anyone spoke: "+err.Error()
+			f.p.emit(rec)
+			return
+		}
+		f.relayDecrypted(pc, upc, t)
+	}
+}
+
+// relayDecrypted relays a non-HTTP protocol between the client's and the
+// upstream's TLS sessions and records it at L4. up may be nil.
+func (f *flow) relayDecrypted(pc *peekedConn, up net.Conn, t *target) {
+	p := f.p
+	rec := f.l4Record()
+	rec.Host = t.host
+	rec.Decision, rec.Rule, rec.Reason = decisionString(t.cd.Decision), t.cd.Rule, t.cd.Reason
+	rec.DstIP, rec.UpstreamAddr = t.addr.Addr(), t.addr.String()
+	if up == nil {
+		c, err := t.pool.dial(f.ctx)
+		if err != nil {
+			rec.Decision, rec.Reason, rec.Error = audit.DecisionError, reasonUnreachable, err.Error()
+			var de *dialError
+			if errors.As(err, &de) {
+				rec.Reason = de.reason
+			}
+			rec.Duration = time.Since(f.start)
+			p.emit(rec)
+			return
+		}
+		up = c
+	}
+	in, out, err := relay(f.ctx, pc, up, p.cfg.IdleTimeout.D())
+	rec.BytesIn, rec.BytesOut = in, out
+	if err != nil {
+		rec.Error = err.Error()
+	}
+	rec.Duration = time.Since(f.start)
+	p.emit(rec)
 }
 
 // dialUpstreamTLS connects to the target first, so the client's handshake
