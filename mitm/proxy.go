@@ -15,11 +15,17 @@
 //   - The proxy dials only the addresses the policy saw (the original
 //     destination in transparent mode, the DNS answers in explicit mode); it
 //     never resolves a name a second time.
-//   - Bytes that are neither a TLS ClientHello nor an HTTP request line are
-//     "other TCP" and are relayed (after a Connection decision) with an L4
-//     record. A TLS record whose ClientHello does not parse is closed with an
-//     error record. A client that sends nothing within PeekTimeout is taken
-//     for a server-speaks-first protocol and relayed.
+//   - Bytes that are neither a TLS ClientHello nor an HTTP request line
+//     (HTTP/1.x, or the HTTP/2 prior-knowledge preface) are "other TCP" and
+//     are relayed (after a Connection decision) with an L4 record. A TLS
+//     record whose ClientHello does not parse is closed with an error
+//     record. A client that sends nothing within PeekTimeout is taken for a
+//     server-speaks-first protocol and relayed.
+//   - Inside decrypted TLS, a client that negotiated h2 or http/1.1 is HTTP.
+//     Otherwise its first bytes decide: HTTP is served per request, anything
+//     else is relayed decrypted with an L4 record; if neither side speaks
+//     within PeekTimeout, the first to speak decides (an HTTP server never
+//     speaks first, so waiting can't take HTTP around per-request policy).
 //   - An upstream that can't be reached or verified still gets the client's
 //     TLS handshake completed, and every request is answered 502 with a JSON
 //     body naming the reason: never a silent downgrade.
