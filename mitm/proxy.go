@@ -554,6 +554,8 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 	case t.err != nil && contains(offer, "h2"):
 		protos = []string{"h2"}
 	}
+	// The upstream side may have used the time the peek was given.
+	_ = c.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout.D()))
 	hctx, cancel := context.WithTimeout(f.ctx, p.cfg.HandshakeTimeout.D())
 	defer cancel()
 	srv := tls.Server(c, &tls.Config{
