@@ -55,6 +55,7 @@ import (
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/ca"
 	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/pcap"
 	"github.com/sluicehq/sluice/policy"
 	"github.com/sluicehq/sluice/workload"
 )
@@ -96,6 +97,10 @@ type Deps struct {
 	// audit.Redact and RedactHeaders, in its audit record (config.Audit).
 	LogHeaders    bool
 	RedactHeaders []string
+	// Capture, when set, records the plaintext of every decrypted or
+	// plain HTTP client connection (and of non-HTTP protocols relayed
+	// after decryption) as pcapng flows. Nil: no capture.
+	Capture pcap.Capture
 }
 
 // Proxy is safe for concurrent use.
@@ -690,13 +695,37 @@ func (f *flow) relayDecrypted(pc *peekedConn, up net.Conn, t *target) {
 		}
 		up = c
 	}
-	in, out, err := relay(f.ctx, pc, up, p.cfg.IdleTimeout.D())
+	client := f.tap(pc)
+	defer client.Close()
+	in, out, err := relay(f.ctx, client, up, p.cfg.IdleTimeout.D())
 	rec.BytesIn, rec.BytesOut = in, out
 	if err != nil {
 		rec.Error = err.Error()
 	}
 	rec.Duration = time.Since(f.start)
 	p.emit(rec)
+}
+
+// tap mirrors the client side plaintext of c into a capture flow when
+// capture is on.
+func (f *flow) tap(c net.Conn) net.Conn {
+	if f.p.deps.Capture == nil {
+		return c
+	}
+	server, host := f.dst.Addr, f.dst.Host
+	if f.fixed != nil {
+		if f.fixed.addr.IsValid() {
+			server = f.fixed.addr
+		}
+		if f.fixed.host != "" {
+			host = f.fixed.host
+		}
+	}
+	if f.sni != "" {
+		host = f.sni
+	}
+	fl := f.p.deps.Capture.NewFlow(pcap.FlowMeta{Client: f.id.Client, Server: server, Workload: f.id.Name(), Host: host})
+	return fl.Conn(c)
 }
 
 // dialUpstreamTLS connects to the target first, so the client's handshake
@@ -826,6 +855,8 @@ func (f *flow) releaseTargets() {
 func (f *flow) serveHTTP(c net.Conn, h2 bool) {
 	p := f.p
 	defer f.releaseTargets()
+	c = f.tap(c)
+	defer c.Close() // closes the capture flow too
 	if h2 {
 		p.h2.ServeConn(c, &http2.ServeConnOpts{
 			Context: f.ctx,
