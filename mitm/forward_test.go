@@ -223,3 +223,37 @@ func TestUpstreamALPNChange(t *testing.T) {
 	}
 	t.Fatal("the proxy kept using the stale h2 pool")
 }
+
+func TestPlainUpstreamReuseAcrossClients(t *testing.T) {
+	var mu sync.Mutex
+	newConns := 0
+	srv := httptest.NewUnstartedServer(echoHandler())
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			mu.Lock()
+			newConns++
+			mu.Unlock()
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	port := srv.Listener.Addr().(*net.TCPAddr).Port
+	h := newHarness(t, nil, nil)
+	for i := 0; i < 3; i++ {
+		c := h.client(false)
+		for j := 0; j < 3; j++ {
+			resp, err := c.Get(fmt.Sprintf("http://api.test:%d/p", port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		c.CloseIdleConnections()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if newConns != 1 {
+		t.Fatalf("%d upstream connections for 9 sequential requests, want 1", newConns)
+	}
+}

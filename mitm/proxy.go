@@ -790,17 +790,24 @@ func (t *target) ensure(f *flow) error {
 	if t.err != nil || t.pool != nil {
 		return t.err
 	}
+	alpn := ""
+	if f.h2c {
+		alpn = "h2c"
+	}
+	for _, a := range t.conn.Addrs { // a pool another connection made
+		k := poolKey{host: t.host, addr: netip.AddrPortFrom(a, t.port), alpn: alpn}
+		if up, ok := f.p.pools.peek(k); ok {
+			t.pool, t.addr = up, k.addr
+			return nil
+		}
+	}
 	c, addr, err := f.p.dialAny(f.ctx, t.conn.Addrs, t.port)
 	if err != nil {
 		t.fail = reasonUnreachable
 		return fmt.Errorf("upstream %s unreachable: %w", hostOr(t.host, t.conn.Addrs), err)
 	}
 	t.addr = addr
-	k := poolKey{host: t.host, addr: addr}
-	if f.h2c {
-		k.alpn = "h2c"
-	}
-	t.pool = f.p.pools.get(k)
+	t.pool = f.p.pools.get(poolKey{host: t.host, addr: addr, alpn: alpn})
 	t.spare = c
 	t.pool.offer(c)
 	return nil

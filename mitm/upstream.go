@@ -109,6 +109,13 @@ func (s *poolSet) get(k poolKey) *upstreamPool {
 	return up
 }
 
+// peek returns an existing pool without creating one.
+func (s *poolSet) peek(k poolKey) (*upstreamPool, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cache.Get(k)
+}
+
 func (s *poolSet) closeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
