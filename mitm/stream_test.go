@@ -434,3 +434,28 @@ func TestTransparentH2C(t *testing.T) {
 		t.Errorf("record %+v", rec)
 	}
 }
+
+func TestRequestTrailersForwarded(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) {
+			up := startUpstream(t, tca, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				b, _ := io.ReadAll(r.Body)
+				fmt.Fprintf(w, "%s trailer=%s te=%s", b, r.Trailer.Get("X-Sum"), r.Header.Get("Te"))
+			}))
+			h := newHarness(t, tca, nil)
+			req, _ := http.NewRequest("POST", fmt.Sprintf("https://api.test:%d/rt", up.addr.Port()), io.MultiReader(strings.NewReader("data")))
+			req.Trailer = http.Header{"X-Sum": {"42"}}
+			req.Header.Set("Te", "trailers")
+			resp, err := h.client(h2).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := readAll(t, resp.Body)
+			resp.Body.Close()
+			if body != "data trailer=42 te=trailers" {
+				t.Fatalf("upstream saw %q", body)
+			}
+		})
+	}
+}
