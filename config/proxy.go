@@ -29,7 +29,8 @@ type Proxy struct {
 	HandshakeTimeout Duration `yaml:"handshakeTimeout"`
 	// PeekTimeout is how long the proxy waits for a client's first byte
 	// before it treats the flow as a server-speaks-first protocol and
-	// relays it as TCP.
+	// relays it as TCP (inside decrypted TLS without an HTTP ALPN: before
+	// it lets whichever side speaks first decide).
 	PeekTimeout Duration `yaml:"peekTimeout"`
 	// MaxUpstreamPools bounds the upstream connection pools, one per
 	// (host, dialed address, ALPN); the least recently used is closed

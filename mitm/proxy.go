@@ -79,8 +79,9 @@ type Resolver interface {
 	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
-// Deps are the collaborators of a Proxy; all are required but Log, Dialer,
-// Resolver and the header-logging options.
+// Deps are the collaborators of a Proxy. CA is required; a nil Policy
+// allows everything, a nil Audit discards records, a nil Log is
+// slog.Default(), and the rest are optional.
 type Deps struct {
 	CA     *ca.Authority
 	Policy *policy.Current
