@@ -1,10 +1,13 @@
 package mitm
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"runtime"
 	"strings"
@@ -12,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/policy"
+	"github.com/sluicehq/sluice/workload"
 )
 
 func countFDs(t *testing.T) int {
@@ -91,6 +95,23 @@ func TestNoLeaks(t *testing.T) {
 			s.Write([]byte(strings.Repeat("x", 10)))
 			s.Close()
 		}
+		// Transparent: a decrypted request, a relayed non-HTTP TLS
+		// protocol and an L4 relay of random bytes.
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(h.ca.BundlePEM())
+		tc := tls.Client(transparent(t, h, Destination{Addr: up.addr}, workload.Identity{PID: 1}), &tls.Config{ServerName: "api.test", RootCAs: pool})
+		if resp, _ := rawRequest(t, tc, "GET /t HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"); resp.StatusCode != 200 {
+			t.Fatalf("transparent: %d", resp.StatusCode)
+		}
+		tc.Close()
+		linePort := startTLSLineServer(t, tca, "")
+		lc := tunnelTLS(t, h, linePort, []string{"x-line"})
+		io.WriteString(lc, "ping\n")
+		lc.Read(make([]byte, 5))
+		lc.Close()
+		rc := transparent(t, h, Destination{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), linePort)}, workload.Identity{PID: 2})
+		rc.Write([]byte{0, 1, 2, 3})
+		rc.Close()
 		h.stop()
 		up.Close()
 		slow.Close()
