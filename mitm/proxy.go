@@ -681,7 +681,9 @@ func (f *flow) relayDecrypted(pc *peekedConn, up net.Conn, t *target) {
 	rec := f.l4Record()
 	rec.Host = t.host
 	rec.Decision, rec.Rule, rec.Reason = decisionString(t.cd.Decision), t.cd.Rule, t.cd.Reason
-	rec.DstIP, rec.UpstreamAddr = t.addr.Addr(), t.addr.String()
+	if t.addr.IsValid() {
+		rec.DstIP, rec.UpstreamAddr = t.addr.Addr(), t.addr.String()
+	}
 	if up == nil {
 		c, err := t.pool.dial(f.ctx)
 		if err != nil {
