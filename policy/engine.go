@@ -70,6 +70,7 @@ type rule struct {
 	rl      *limiter
 	maxReq  int64
 	maxResp int64
+	capture bool
 }
 
 // Spec is the input of Compile for the first engine: host lists only.
@@ -146,14 +147,14 @@ func New(p *Policy, o Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.def = &rule{name: RuleDefault, deny: p.Defaults.Action == "deny", audit: defAudit, maxReq: dl[0], maxResp: dl[1]}
+	e.def = &rule{name: RuleDefault, deny: p.Defaults.Action == "deny", audit: defAudit, maxReq: dl[0], maxResp: dl[1], capture: p.Defaults.Capture}
 	if p.Defaults.RateLimit != nil {
 		e.def.rl = compileLimiter(RuleDefault, p.Defaults.RateLimit, e.lim)
 	}
 	for _, pr := range p.Rules {
 		// A deny rule in audit mode lets requests through: they carry the
 		// default limits.
-		r := &rule{name: pr.Name, deny: pr.Action == "deny", audit: defAudit, maxReq: dl[0], maxResp: dl[1]}
+		r := &rule{name: pr.Name, deny: pr.Action == "deny", audit: defAudit, maxReq: dl[0], maxResp: dl[1], capture: pr.Capture || p.Defaults.Capture}
 		if pr.Mode != "" {
 			r.audit = pr.Mode == "audit"
 		}
@@ -317,6 +318,7 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 		}
 	}
 	d := ru.access(ru == e.def)
+	d.Capture = ru.capture
 	if d.Denied() {
 		return d
 	}

@@ -373,3 +373,27 @@ func TestDenyBody(t *testing.T) {
 		t.Fatal("body must carry the reason")
 	}
 }
+
+// capture on a rule (or in defaults) reaches the decision, so the proxy
+// writes that exchange to the pcapng capture; other requests are not
+// captured.
+func TestCaptureFollowsRule(t *testing.T) {
+	e, err := Parse([]byte(`version: 1
+defaults: {action: allow}
+rules:
+  - name: watch-github
+    destinations: {hosts: [api.github.com]}
+    action: allow
+    capture: true
+`), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for host, want := range map[string]bool{"api.github.com": true, "example.com": false} {
+		c := &Conn{Host: host, Port: 443, Addrs: []netip.Addr{netip.MustParseAddr("93.184.216.34")}}
+		d := e.Request(context.Background(), &Request{Conn: c, Method: "GET", Host: host, Path: "/"})
+		if d.Capture != want {
+			t.Errorf("%s: Capture = %v, want %v (rule %s)", host, d.Capture, want, d.Rule)
+		}
+	}
+}

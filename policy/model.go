@@ -37,6 +37,7 @@ type Defaults struct {
 	Mode      string     `yaml:"mode" enum:"enforce|audit" desc:"Mode of the default rule; default: the global mode."`
 	RateLimit *RateLimit `yaml:"rateLimit" desc:"Rate limit for requests no rule matched and for rules without their own."`
 	Limits    Limits     `yaml:"limits" desc:"Body size limits for requests no rule matched and for rules that leave them unset."`
+	Capture   bool       `yaml:"capture" desc:"Write the decrypted requests and responses no rule matched to the pcapng capture (audit.capture in the agent config)."`
 }
 
 // Rule is one policy rule.
@@ -48,6 +49,7 @@ type Rule struct {
 	Mode         string       `yaml:"mode" enum:"enforce|audit" desc:"Mode of this rule; default: defaults.mode, else the global mode."`
 	RateLimit    *RateLimit   `yaml:"rateLimit" desc:"Rate limit applied to requests this allow rule matches."`
 	Limits       Limits       `yaml:"limits" desc:"Body size limits for requests this allow rule matches."`
+	Capture      bool         `yaml:"capture" desc:"Write the decrypted requests and responses this rule matches to the pcapng capture (audit.capture in the agent config); default: defaults.capture."`
 }
 
 // Workloads selects workloads. Empty lists select everything.

@@ -78,6 +78,9 @@ type Decision struct {
 	// no limit. The proxy enforces them while streaming.
 	MaxRequestBody  int64
 	MaxResponseBody int64
+	// Capture asks the proxy to write this request and its response,
+	// decrypted, to the pcapng capture when one is configured.
+	Capture bool
 }
 
 // Denied reports whether the client must get the deny answer.
