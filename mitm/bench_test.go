@@ -43,13 +43,15 @@ var benchResults = struct {
 
 // BenchmarkHTTPS measures keep-alive HTTPS requests per second and p50/p99
 // latency, direct to a Go upstream and through Sluice's explicit proxy
-// (decrypt, policy, re-encrypt), for HTTP/1.1 and HTTP/2. Client, proxy
-// and upstream share this process and its CPUs.
+// (decrypt, policy, re-encrypt), for HTTP/1.1 and HTTP/2; and, for scale,
+// HTTP/1.1 with a new connection per request (TCP and TLS handshakes, and
+// through Sluice a CONNECT and a cached leaf). Client, proxy and upstream
+// share this process and its CPUs.
 func BenchmarkHTTPS(b *testing.B) {
 	tca := newTestCA(b, "upstream test CA")
 	payload := []byte("hello from the upstream\n")
-	for _, proto := range []string{"h1", "h2"} {
-		h2 := proto == "h2"
+	for _, proto := range []string{"h1", "h2", "h1-newconn"} {
+		h2, newConn := proto == "h2", proto == "h1-newconn"
 		up := startUpstream(b, tca, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			io.Copy(io.Discard, r.Body)
 			w.Write(payload)
@@ -64,6 +66,7 @@ func BenchmarkHTTPS(b *testing.B) {
 		}
 		proxied := h.client(h2).Transport.(*http.Transport)
 		proxied.MaxIdleConnsPerHost = 64
+		direct.DisableKeepAlives, proxied.DisableKeepAlives = newConn, newConn
 		if !h2 {
 			direct.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 		}
