@@ -58,3 +58,23 @@ func TestAgentValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestCaptureSettings(t *testing.T) {
+	c := Default()
+	if err := Parse([]byte("audit:\n  capture:\n    dir: /var/lib/sluice/pcap\n    maxBytes: 10MB\n"), &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.Audit.Capture.Dir != "/var/lib/sluice/pcap" || c.Audit.Capture.MaxBytes != 10_000_000 || c.Audit.Capture.MaxFiles != 1000 {
+		t.Fatalf("capture = %+v", c.Audit.Capture)
+	}
+	c = Default()
+	err := Parse([]byte("audit:\n  capture:\n    maxBytes: 10 apples\n"), &c)
+	if err == nil || !strings.Contains(err.Error(), `line 3: size "10 apples"`) {
+		t.Fatalf("bad size: %v", err)
+	}
+	c = Default()
+	err = Parse([]byte("audit:\n  capture: {file: a.pcapng, dir: d}\n"), &c)
+	if err == nil || !strings.Contains(err.Error(), "choose one") {
+		t.Fatalf("file and dir: %v", err)
+	}
+}

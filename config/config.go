@@ -46,6 +46,22 @@ type Audit struct {
 	RedactHeaders []string `yaml:"redactHeaders"`
 	// LogHeaders records request headers (redacted) in each record.
 	LogHeaders bool `yaml:"logHeaders"`
+	// Capture writes the decrypted traffic of connections a policy rule
+	// marks with capture: true as pcapng (see pcap/).
+	Capture Capture `yaml:"capture"`
+}
+
+// Capture says where pcapng captures of decrypted traffic go. Both empty:
+// no capture, whatever the policy says.
+type Capture struct {
+	// File is one pcapng file holding every captured flow.
+	File string `yaml:"file"`
+	// Dir holds one pcapng file per flow, named by workload and destination.
+	Dir string `yaml:"dir"`
+	// MaxBytes caps the file (or each file in Dir), e.g. "100MB".
+	MaxBytes Size `yaml:"maxBytes"`
+	// MaxFiles bounds the files in Dir.
+	MaxFiles int `yaml:"maxFiles"`
 }
 
 // Admin is the listener for /metrics, /healthz, /readyz and the flows API.
@@ -57,7 +73,7 @@ type Admin struct {
 func Default() Config {
 	return Config{
 		CA:    CA{Dir: "/var/lib/sluice/ca", KeyType: "ecdsa", LeafCacheSize: 10000},
-		Audit: Audit{File: "stdout"},
+		Audit: Audit{File: "stdout", Capture: Capture{MaxBytes: 100 << 20, MaxFiles: 1000}},
 		Proxy: DefaultProxy(),
 		Agent: DefaultAgent(),
 		Admin: Admin{Listen: "127.0.0.1:9090"},
@@ -99,6 +115,9 @@ func (c *Config) Validate() error {
 	}
 	if c.CA.LeafCacheSize < 1 {
 		errs = append(errs, fmt.Errorf("ca.leafCacheSize %d: must be at least 1, e.g. 10000", c.CA.LeafCacheSize))
+	}
+	if c.Audit.Capture.File != "" && c.Audit.Capture.Dir != "" {
+		errs = append(errs, fmt.Errorf("audit.capture: file %q and dir %q are both set: choose one", c.Audit.Capture.File, c.Audit.Capture.Dir))
 	}
 	errs = append(errs, c.Proxy.validate()...)
 	errs = append(errs, c.Agent.validate()...)

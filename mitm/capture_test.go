@@ -11,10 +11,12 @@ import (
 
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/pcap"
+	"github.com/sluicehq/sluice/policy"
 )
 
-// TestCaptureDecryptedFlows: with Deps.Capture set, decrypted HTTP/1.1 and
-// HTTP/2 exchanges land in a pcapng file that tshark dissects as HTTP.
+// TestCaptureDecryptedFlows: with Deps.Capture set, the decrypted HTTP/1.1
+// and HTTP/2 exchanges of connections whose decision asks for capture land
+// in a pcapng file that tshark dissects as HTTP; others are not written.
 func TestCaptureDecryptedFlows(t *testing.T) {
 	tshark, err := exec.LookPath("tshark")
 	if err != nil {
@@ -29,7 +31,21 @@ func TestCaptureDecryptedFlows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := newHarness(t, tca, nil, func(_ *config.Proxy, d *Deps) { d.Capture = w })
+	dec := &fakeDecider{conn: func(c *policy.Conn) policy.ConnDecision {
+		return policy.ConnDecision{Action: policy.Decrypt, Decision: policy.Decision{Rule: "test", Reason: "test allows", Capture: c.Host == "api.test"}}
+	}}
+	h := newHarness(t, tca, dec, func(_ *config.Proxy, d *Deps) { d.Capture = w })
+	for _, h2 := range []bool{false, true} {
+		up := startUpstream(t, tca, h2, echoHandler())
+		c := h.client(h2)
+		resp, err := c.Post(fmt.Sprintf("https://other.test:%d/not-captured-h2-%v", up.addr.Port(), h2), "text/plain", strings.NewReader("other-body"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		c.CloseIdleConnections()
+	}
 	for _, h2 := range []bool{false, true} {
 		up := startUpstream(t, tca, h2, echoHandler())
 		c := h.client(h2)
@@ -54,5 +70,8 @@ func TestCaptureDecryptedFlows(t *testing.T) {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("tshark did not find %s in:\n%s", want, out)
 		}
+	}
+	if strings.Contains(string(out), "/not-captured") {
+		t.Errorf("a connection whose decision did not ask for capture was captured:\n%s", out)
 	}
 }

@@ -90,10 +90,12 @@ func (l *explicitListener) wrap(c net.Conn, id workload.Identity) net.Conn {
 	hc := newH1Conn(c, f)
 	f.h1 = hc
 	l.wg.Add(1)
+	l.p.obs.ConnOpened()
 	go func() {
 		<-hc.closed
 		f.releaseTargets()
 		l.p.release()
+		l.p.obs.ConnClosed()
 		l.wg.Done()
 	}()
 	return hc

@@ -98,11 +98,34 @@ type Deps struct {
 	// audit.Redact and RedactHeaders, in its audit record (config.Audit).
 	LogHeaders    bool
 	RedactHeaders []string
-	// Capture, when set, records the plaintext of every decrypted or
-	// plain HTTP client connection (and of non-HTTP protocols relayed
-	// after decryption) as pcapng flows. Nil: no capture.
+	// Capture, when set, records the plaintext of decrypted and plain
+	// HTTP client connections (and of non-HTTP protocols relayed after
+	// decryption) as pcapng flows, for connections whose policy decision
+	// asks for it (Decision.Capture). Nil: no capture.
 	Capture pcap.Capture
+	// Observer is told about client connections (metrics). Nil: nobody.
+	Observer Observer
 }
+
+// Observer is told what happens to client connections, for gauges and
+// counters that audit records can't give (a decrypted connection has no
+// record of its own, only its requests do). *metrics.Metrics implements
+// it. Methods are called from connection goroutines and must not block.
+type Observer interface {
+	// ConnOpened and ConnClosed bracket every client connection served.
+	ConnOpened()
+	ConnClosed()
+	// TLSConnection is called once per client TLS handshake Sluice
+	// completed (mode audit.TLSDecrypted).
+	TLSConnection(mode string)
+}
+
+// nopObserver is the Observer when none is given.
+type nopObserver struct{}
+
+func (nopObserver) ConnOpened()          {}
+func (nopObserver) ConnClosed()          {}
+func (nopObserver) TLSConnection(string) {}
 
 // Proxy is safe for concurrent use.
 type Proxy struct {
@@ -114,6 +137,7 @@ type Proxy struct {
 	sessions tls.ClientSessionCache
 	dialer   *net.Dialer
 	resolver Resolver
+	obs      Observer
 	pools    *poolSet
 	h2       *http2.Server
 	errLog   *slog.Logger
@@ -178,6 +202,10 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		d = &c
 	}
 	d.Timeout = cfg.DialTimeout.D()
+	var obs Observer = nopObserver{}
+	if deps.Observer != nil {
+		obs = deps.Observer
+	}
 	var res Resolver = net.DefaultResolver
 	if deps.Resolver != nil {
 		res = deps.Resolver
@@ -192,6 +220,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		sessions: tls.NewLRUClientSessionCache(1024),
 		dialer:   d,
 		resolver: res,
+		obs:      obs,
 		h2: &http2.Server{
 			IdleTimeout:          cfg.IdleTimeout.D(),
 			MaxConcurrentStreams: 250,
@@ -229,6 +258,8 @@ func (p *Proxy) Handle(ctx context.Context, conn net.Conn, dst Destination, id w
 		return
 	}
 	defer p.release()
+	p.obs.ConnOpened()
+	defer p.obs.ConnClosed()
 	p.serve(ctx, conn, dst, id, false)
 }
 
@@ -580,6 +611,7 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
+	p.obs.TLSConnection(audit.TLSDecrypted)
 	f.alpn = srv.ConnectionState().NegotiatedProtocol
 	defer t.release()
 	f.serveDecrypted(srv, t)
@@ -710,9 +742,10 @@ func (f *flow) relayDecrypted(pc *peekedConn, up net.Conn, t *target) {
 }
 
 // tap mirrors the client side plaintext of c into a capture flow when
-// capture is on.
+// capture is on and the policy's decision for the connection's destination
+// asks for it (a rule with capture: true).
 func (f *flow) tap(c net.Conn) net.Conn {
-	if f.p.deps.Capture == nil {
+	if f.p.deps.Capture == nil || f.fixed == nil || !f.fixed.cd.Capture {
 		return c
 	}
 	server, host := f.dst.Addr, f.dst.Host

@@ -280,6 +280,7 @@ func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 	if !ok && !d.Denied() && !d.WouldDeny {
 		d.Rule, d.Reason, d.WouldDeny = g.Rule, g.Reason, true
 	}
+	d.Capture = e.captures(id, t)
 	switch {
 	case d.Denied():
 		return ConnDecision{Action: Reject, Decision: d}
@@ -291,6 +292,22 @@ func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 	default:
 		return ConnDecision{Action: Decrypt, Decision: d}
 	}
+}
+
+// captures reports whether the connection's plaintext goes to the pcapng
+// capture: capture is decided per connection, before HTTP, so a capture
+// rule with methods or paths captures every connection to the hosts,
+// ports and ranges it names.
+func (e *Engine) captures(id *workload.Identity, t *target) bool {
+	if e.def.capture {
+		return true
+	}
+	for _, r := range e.rules {
+		if r.capture && r.wl.match(id) && r.dst.matchConn(t, false) {
+			return true
+		}
+	}
+	return false
 }
 
 // Request implements Decider. It consumes rate-limit tokens: call it once

@@ -397,3 +397,25 @@ rules:
 		}
 	}
 }
+
+// Capture is decided per connection from the hosts a capture rule names,
+// before any HTTP is read.
+func TestCaptureDecidedPerConnection(t *testing.T) {
+	e, err := Parse([]byte(`version: 1
+defaults: {action: allow}
+rules:
+  - name: watch-github-issues
+    destinations: {hosts: [api.github.com], paths: [/repos]}
+    action: allow
+    capture: true
+`), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for host, want := range map[string]bool{"api.github.com": true, "example.com": false} {
+		c := &Conn{Host: host, Port: 443, TLS: true, Addrs: []netip.Addr{netip.MustParseAddr("93.184.216.34")}}
+		if got := e.Connection(context.Background(), c).Capture; got != want {
+			t.Errorf("%s: Capture = %v, want %v", host, got, want)
+		}
+	}
+}

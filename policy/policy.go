@@ -78,8 +78,9 @@ type Decision struct {
 	// no limit. The proxy enforces them while streaming.
 	MaxRequestBody  int64
 	MaxResponseBody int64
-	// Capture asks the proxy to write this request and its response,
-	// decrypted, to the pcapng capture when one is configured.
+	// Capture asks the proxy to write the connection's plaintext
+	// (ConnDecision) to the pcapng capture when one is configured. On a
+	// request Decision it says whether that request's rule captures.
 	Capture bool
 }
 

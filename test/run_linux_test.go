@@ -174,3 +174,46 @@ func TestRunDenyAndExitCode(t *testing.T) {
 		t.Fatalf("exit code %d, want 7", code)
 	}
 }
+
+// A rule with capture: true writes the decrypted exchange to the pcapng
+// file of audit.capture, which the real tshark dissects as plain HTTP;
+// a connection no capture rule names is not written.
+func TestRunCapturesDecryptedTraffic(t *testing.T) {
+	curl := RequireTool(t, "curl")
+	tshark := RequireTool(t, "tshark")
+	e := newRunEnv(t)
+	pcapFile := filepath.Join(t.TempDir(), "decrypted.pcapng")
+	cfg := fmt.Sprintf("ca:\n  dir: %s\nproxy:\n  upstreamCA: %s\naudit:\n  capture:\n    file: %s\n", e.caDir, e.up.CAFile, pcapFile)
+	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pol := e2ePolicy + `  - name: watch-api
+    destinations: {hosts: [api.test]}
+    action: allow
+    capture: true
+`
+	if err := os.WriteFile(e.policy, []byte(pol), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	resolve := []string{"--resolve", "api.test:443:" + e.api.IP4.String(), "--resolve", "other.test:443:" + e.api.IP4.String()}
+	argv := append([]string{curl, "-sS", "--http1.1", "-k"}, resolve...)
+	argv = append(argv, "https://api.test/captured/secret-tool", "https://other.test/not-captured")
+	code, out, errOut := e.run(t, argv...)
+	if code != 0 || !strings.Contains(out, "hello GET /captured/secret-tool") {
+		t.Fatalf("curl exit %d: %s\n%s", code, out, errOut)
+	}
+	got, err := exec.Command(tshark, "-r", pcapFile, "-Y", "http.request", "-T", "fields", "-e", "http.request.method", "-e", "http.host", "-e", "http.request.uri").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tshark: %v\n%s", err, got)
+	}
+	if !strings.Contains(string(got), "GET\tapi.test\t/captured/secret-tool") {
+		t.Errorf("tshark does not show the captured request:\n%s", got)
+	}
+	if strings.Contains(string(got), "not-captured") {
+		t.Errorf("a connection no capture rule names was captured:\n%s", got)
+	}
+	resp, err := exec.Command(tshark, "-r", pcapFile, "-Y", "http.response", "-T", "fields", "-e", "http.response.code").CombinedOutput()
+	if err != nil || !strings.Contains(string(resp), "200") {
+		t.Errorf("tshark does not show the 200 response: %v\n%s", err, resp)
+	}
+}

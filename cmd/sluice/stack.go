@@ -15,6 +15,7 @@ import (
 	"github.com/sluicehq/sluice/flows"
 	"github.com/sluicehq/sluice/metrics"
 	"github.com/sluicehq/sluice/mitm"
+	"github.com/sluicehq/sluice/pcap"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -101,20 +102,60 @@ func newStack(ctx context.Context, cfg config.Config, log *slog.Logger, o stackO
 	s.flows = flows.New(flows.Options{})
 	sinks = append(sinks, s.metrics, s.flows)
 
+	capture, closer, err := openCapture(cfg.Audit.Capture)
+	if err != nil {
+		return nil, err
+	}
+	if closer != nil {
+		s.closers = append(s.closers, closer)
+	}
+	var resolver mitm.Resolver
+	if o.Dialer != nil {
+		// Explicit-mode lookups go out with the agent's mark too.
+		d := *o.Dialer
+		resolver = &net.Resolver{PreferGo: true, Dial: d.DialContext}
+	}
 	s.proxy, err = mitm.New(cfg.Proxy, mitm.Deps{
 		CA:            s.ca,
 		Policy:        s.policy,
 		Audit:         sinks,
 		Log:           log,
 		Dialer:        o.Dialer,
+		Resolver:      resolver,
 		LogHeaders:    cfg.Audit.LogHeaders,
 		RedactHeaders: cfg.Audit.RedactHeaders,
+		Capture:       capture,
+		Observer:      s.metrics,
 	})
 	if err != nil {
 		return nil, err
 	}
 	return s, nil
 }
+
+// openCapture opens the pcapng capture the config names; nil when none.
+// A single file must be closed (flushed) at exit; a directory's files are
+// closed with their flows.
+func openCapture(c config.Capture) (pcap.Capture, io.Closer, error) {
+	o := pcap.Options{MaxBytes: int64(c.MaxBytes)}
+	switch {
+	case c.File != "":
+		w, err := pcap.Create(c.File, o)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open audit.capture.file: %w", err)
+		}
+		return w, w, nil
+	case c.Dir != "":
+		d, err := pcap.NewDir(c.Dir, o, c.MaxFiles)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open audit.capture.dir: %w", err)
+		}
+		return d, nil, nil
+	}
+	return nil, nil, nil
+}
+
+var _ mitm.Observer = (*metrics.Metrics)(nil)
 
 // Close closes the audit files. Safe on a partly built stack.
 func (s *stack) Close() error {
