@@ -464,7 +464,7 @@ func (x *exchange) forward(t *target) {
 	defer copyBufs.Put(bp)
 	buf := *bp
 	var written int64
-	cut, clientGone := false, false
+	cut, clientGone, complete := false, false, false
 	var upErr error
 	for {
 		n, err := resp.Body.Read(buf)
@@ -491,6 +491,7 @@ func (x *exchange) forward(t *target) {
 			}
 		}
 		if err == io.EOF {
+			complete = true
 			break
 		}
 		if err != nil {
@@ -506,7 +507,9 @@ func (x *exchange) forward(t *target) {
 		x.finish()
 		cancel(errors.New("response cut"))
 		panic(http.ErrAbortHandler)
-	case clientGone || r.Context().Err() != nil:
+	// A client that closes as soon as it has the whole body (HTTP/1.1 with
+	// Content-Length) cancels the request context; that is no failure.
+	case clientGone || !complete && r.Context().Err() != nil:
 		rec.Decision, rec.Reason = audit.DecisionError, reasonClientGone
 		rec.Error = fmt.Sprintf("client went away mid-response: %v", upErr)
 		if upErr == nil {
