@@ -217,3 +217,47 @@ func TestRunCapturesDecryptedTraffic(t *testing.T) {
 		t.Errorf("tshark does not show the 200 response: %v\n%s", err, resp)
 	}
 }
+
+// Rate limiting through the transparent path: the third request in a
+// minute gets 429 with Retry-After and the IETF RateLimit headers, and
+// the audit record names the rule.
+func TestRunRateLimit(t *testing.T) {
+	curl := RequireTool(t, "curl")
+	e := newRunEnv(t)
+	pol := strings.Replace(e2ePolicy, "defaults:\n  action: allow\n", "defaults:\n  action: allow\n  rateLimit: {minute: 2, by: workload}\n", 1)
+	if err := os.WriteFile(e.policy, []byte(pol), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	url := "https://api.test/limited"
+	code, out, errOut := e.run(t, curl, "-sS", "--resolve", "api.test:443:"+e.api.IP4.String(),
+		"-o", "/dev/null", "-w", "%{http_code}\n", url, "-o", "/dev/null", "-w", "%{http_code}\n", url,
+		"-D", "-", "-o", "/dev/null", "-w", "%{http_code}\n", url)
+	if code != 0 {
+		t.Fatalf("curl exit %d\n%s\n%s", code, out, errOut)
+	}
+	// curl's -D applies to every URL: keep the -w lines, the bare codes.
+	var codes []string
+	for _, l := range strings.Split(out, "\n") {
+		if len(l) == 3 && l[0] >= '1' && l[0] <= '5' {
+			codes = append(codes, l)
+		}
+	}
+	if strings.Join(codes, " ") != "200 200 429" {
+		t.Fatalf("status codes %q, want 200 200 429\n%s", codes, out)
+	}
+	headers := strings.ToLower(out)
+	for _, want := range []string{"retry-after: ", `ratelimit-policy: "default-minute";q=2;w=60`, `ratelimit: "default-minute";r=0;t=`} {
+		if !strings.Contains(headers, want) {
+			t.Errorf("429 lacks %q:\n%s", want, out)
+		}
+	}
+	var limited int
+	for _, r := range e.records(t) {
+		if r["path"] == "/limited" && r["status"] == float64(429) && r["rule"] == "default" && r["source"] == "sluice" {
+			limited++
+		}
+	}
+	if limited != 1 {
+		t.Errorf("want one 429 record for rule default, got %d", limited)
+	}
+}
