@@ -8,11 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 
 	"github.com/sluicehq/sluice/ca"
-	"github.com/sluicehq/sluice/config"
 )
 
 func init() {
@@ -44,19 +42,10 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fs.Usage()
 		return 2
 	}
-	cfg, err := config.Load(*cfgPath)
+	cfg, err := loadConfig(*cfgPath, *policyPath, *caDir)
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice proxy: %v\n", err)
 		return 2
-	}
-	if *policyPath != "" {
-		cfg.PolicyFile = *policyPath
-	}
-	switch {
-	case *caDir != "":
-		cfg.CA.Dir = *caDir
-	case os.Getenv("SLUICE_CA_DIR") != "" && *cfgPath == "":
-		cfg.CA.Dir = os.Getenv("SLUICE_CA_DIR")
 	}
 	if *auditPath != "" {
 		cfg.Audit.File = *auditPath

@@ -45,19 +45,10 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
-	cfg, err := config.Load(*cfgPath)
+	cfg, err := loadConfig(*cfgPath, *policyPath, *caDir)
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice run: %v\n", err)
 		return 2
-	}
-	if *policyPath != "" {
-		cfg.PolicyFile = *policyPath
-	}
-	switch {
-	case *caDir != "":
-		cfg.CA.Dir = *caDir
-	case os.Getenv("SLUICE_CA_DIR") != "" && *cfgPath == "":
-		cfg.CA.Dir = os.Getenv("SLUICE_CA_DIR")
 	}
 	// One command's interception lives and dies with this process: hooks
 	// are tied to it (failMode open) and only its transient cgroup is
