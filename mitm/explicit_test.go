@@ -93,14 +93,15 @@ func TestHeadersRedactedInRecord(t *testing.T) {
 	req, _ := http.NewRequest("GET", fmt.Sprintf("https://api.test:%d/h", up.addr.Port()), nil)
 	req.Header.Set("Authorization", "Bearer sk-live-123")
 	req.Header.Set("X-Secret", "hunter2")
-	req.Header.Set("X-Plain", "visible")
+	req.Header.Set("X-Plain", "not-allowlisted")
+	req.Header.Set("Accept", "application/json")
 	resp, err := h.client(false).Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	rec := h.recs.wait(t, "headers", func(r audit.Record) bool { return r.Path == "/h" })
-	if rec.Header["Authorization"] != audit.Redacted || rec.Header["X-Secret"] != audit.Redacted || rec.Header["X-Plain"] != "visible" {
+	if rec.Header["Authorization"] != audit.Redacted || rec.Header["X-Secret"] != audit.Redacted || rec.Header["X-Plain"] != audit.Redacted || rec.Header["Accept"] != "application/json" {
 		t.Fatalf("headers %v", rec.Header)
 	}
 	for _, r := range h.recs.all() {
