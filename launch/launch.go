@@ -43,8 +43,14 @@ type Options struct {
 var TrustEnv = []string{"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"}
 
 // proxyEnv are removed from the child's environment: interception is
-// transparent, and a proxy variable would send traffic around it.
-var proxyEnv = []string{"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+// transparent, and a proxy variable would send traffic around it (curl,
+// Go, Python, wget, npm, pip, gRPC, and SOCKS-aware clients).
+var proxyEnv = []string{
+	"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "FTP_PROXY",
+	"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy",
+	"npm_config_proxy", "npm_config_https_proxy", "PIP_PROXY",
+	"GRPC_PROXY", "grpc_proxy", "SOCKS_PROXY", "socks_proxy", "SOCKS5_PROXY",
+}
 
 // childEnv is base without proxy variables, plus the trust variables.
 func childEnv(base []string, bundle string) []string {

@@ -8,6 +8,29 @@ import (
 	"testing"
 )
 
+// The proxy variables clients honour, each of which would send traffic
+// around the interception; kept in sync with proxyEnv.
+var wantDropped = []string{
+	"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "FTP_PROXY",
+	"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy",
+	"npm_config_proxy", "npm_config_https_proxy", "PIP_PROXY",
+	"GRPC_PROXY", "grpc_proxy", "SOCKS_PROXY", "socks_proxy", "SOCKS5_PROXY",
+}
+
+func TestChildEnvDropsEveryProxyVariable(t *testing.T) {
+	for _, k := range wantDropped {
+		t.Run(k, func(t *testing.T) {
+			got := childEnv([]string{"PATH=/bin", k + "=socks5://127.0.0.1:1080"}, "")
+			if !slices.Equal(got, []string{"PATH=/bin"}) {
+				t.Errorf("%s reached the child: %v", k, got)
+			}
+		})
+	}
+	if len(proxyEnv) != len(wantDropped) {
+		t.Errorf("proxyEnv has %d names, the test table %d: keep them in sync", len(proxyEnv), len(wantDropped))
+	}
+}
+
 func TestChildEnvSetsTrustAndDropsProxies(t *testing.T) {
 	base := []string{"PATH=/bin", "HTTPS_PROXY=http://evil:1", "http_proxy=x", "SSL_CERT_FILE=/old", "HOME=/root"}
 	got := childEnv(base, "/tmp/b.pem")
