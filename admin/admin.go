@@ -188,12 +188,18 @@ func (g *Gate) Err() error {
 // it must be host:port with an IP host, and never one of the intercept
 // addresses, where workloads' redirected traffic arrives. The error names
 // the key, the value and the fix. An unspecified host (0.0.0.0, [::]) is
-// allowed, for Prometheus scraping a node address; the hooks refuse
-// selected workloads' connects to the admin port.
+// refused: the hooks deny selected workloads' connects to the concrete
+// admin address and port only, and a listener on every address would be
+// reachable through an address the node gains later (or one the deny
+// list was not built from). Prometheus scraping a node address binds that
+// address.
 func ValidateListen(listen string, intercept ...netip.Addr) error {
 	ap, err := netip.ParseAddrPort(listen)
 	if err != nil {
 		return fmt.Errorf("admin.listen %q: must be ip:port, e.g. %s", listen, DefaultListen)
+	}
+	if ap.Addr().Unmap().IsUnspecified() {
+		return fmt.Errorf("admin.listen %q: an unspecified address listens on every address, and workloads could reach it through one the hooks do not deny; bind a specific address such as %s", listen, DefaultListen)
 	}
 	for _, a := range intercept {
 		if a.IsValid() && ap.Addr().Unmap() == a.Unmap() {

@@ -157,7 +157,10 @@ func TestValidateListen(t *testing.T) {
 		err    string
 	}{
 		{"127.0.0.1:9090", ""},
-		{"0.0.0.0:9090", ""},
+		{"0.0.0.0:9090", `admin.listen "0.0.0.0:9090": an unspecified address listens on every address`},
+		{"[::]:9090", "bind a specific address such as 127.0.0.1:9090"},
+		{"[::ffff:0.0.0.0]:9090", "bind a specific address such as"},
+		{"198.18.0.1:9090", ""},
 		{"[::1]:9090", ""},
 		{"169.254.77.77:9090", `admin.listen "169.254.77.77:9090": is the intercept address`},
 		{"[fdc5:1ce0:77::77]:9090", "is the intercept address"},
