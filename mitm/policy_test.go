@@ -471,9 +471,7 @@ func TestPolicyReloadThroughProxy(t *testing.T) {
 	}
 	readEvent(0)
 
-	if err := os.WriteFile(file, []byte(deny), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeAtomic(t, file, deny)
 	if err := next(); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
@@ -485,9 +483,7 @@ func TestPolicyReloadThroughProxy(t *testing.T) {
 		t.Fatalf("after reload: %d %q", resp2.StatusCode, body)
 	}
 	// A broken file is refused; the deny stays in force.
-	if err := os.WriteFile(file, []byte("version: 1\nrules: [{name: x, action: maybe}]\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeAtomic(t, file, "version: 1\nrules: [{name: x, action: maybe}]\n")
 	if err := next(); err == nil || !strings.Contains(err.Error(), `rules[0].action "maybe": use allow or deny`) {
 		t.Fatalf("broken reload: %v", err)
 	}
@@ -553,5 +549,19 @@ rules:
 		if rec.Rule != tt.rule || rec.Workload.PID != tt.id.PID {
 			t.Errorf("request %d record %+v", i, rec)
 		}
+	}
+}
+
+// writeAtomic replaces path's content the way a careful deployer does: a
+// temporary file in the same directory renamed over it, so the watcher
+// never reads a half-written file.
+func writeAtomic(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -124,5 +125,91 @@ func TestWatchConfigMapSwap(t *testing.T) {
 	os.RemoveAll(filepath.Join(dir, "..2026_01_01_a"))
 	if err := w.next(); err != nil || !w.hostDenied() {
 		t.Fatalf("after swap: err=%v denied=%v", err, w.hostDenied())
+	}
+}
+
+// scriptedReads returns the contents in order, one per read, then the last
+// one again; after extra reads past the end it closes settled.
+type scriptedReads struct {
+	mu      sync.Mutex
+	script  []string
+	extra   int
+	settled chan struct{}
+}
+
+func (s *scriptedReads) read(string) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := []byte(s.script[0])
+	if len(s.script) > 1 {
+		s.script = s.script[1:]
+	} else if s.extra--; s.extra == 0 {
+		close(s.settled)
+	}
+	return b, nil
+}
+
+// TestWatchActsOnlyOnStableContent scripts what a watcher reads while a
+// writer truncates the file and writes it again (os.WriteFile): it must
+// act only on a content read identically twice in a row, never take an
+// empty read as the content in force, and report a stable broken or empty
+// file exactly once.
+func TestWatchActsOnlyOnStableContent(t *testing.T) {
+	partial := denyX[:len("version: 1\nrules: [{name: x, action: deny")]
+	for _, tc := range []struct {
+		name   string
+		reads  []string // after the initial allowX
+		want   []string // each reload outcome: "ok" or an error substring
+		denied bool     // x.example denied by the policy in force at the end
+	}{
+		{"truncate then write", []string{"", "version: 1\n", partial, denyX}, []string{"ok"}, true},
+		{"rewrite of the same content", []string{"", "version: 1\n", allowX}, nil, false},
+		{"read once, then back", []string{denyX, allowX}, nil, false},
+		{"stable empty file", []string{"", "", "", allowX}, []string{"empty policy file"}, false},
+		{"stable broken file", []string{broken}, []string{`rules[0].action "nope"`}, false},
+		{"broken then fixed", []string{broken, broken, denyX}, []string{`rules[0].action "nope"`, "ok"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &scriptedReads{script: append([]string{allowX}, tc.reads...), extra: 5, settled: make(chan struct{})}
+			var cur Current
+			results := make(chan error, 64)
+			w := &Watcher{Path: "policy.yaml", Apply: func(e *Engine) { cur.Store(e) }, Interval: time.Millisecond, NoSignal: true,
+				Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Reloaded: func(err error) { results <- err }, readFile: s.read}
+			e, err := w.Load()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur.Store(e)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := w.Start(ctx)
+			select {
+			case <-s.settled:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the watcher did not read the whole script within 10s")
+			}
+			cancel()
+			<-done
+			close(results)
+			var got []string
+			for err := range results {
+				if err == nil {
+					got = append(got, "ok")
+				} else {
+					got = append(got, err.Error())
+				}
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("reload outcomes %q, want %q", got, tc.want)
+			}
+			for i := range got {
+				if !strings.Contains(got[i], tc.want[i]) {
+					t.Fatalf("reload outcomes %q, want %q", got, tc.want)
+				}
+			}
+			d := cur.Load().Request(context.Background(), &Request{Conn: &Conn{Addrs: public}, Host: "x.example", Method: "GET", Path: "/"})
+			if d.Denied() != tc.denied {
+				t.Fatalf("x.example denied=%v, want %v", d.Denied(), tc.denied)
+			}
+		})
 	}
 }
