@@ -205,22 +205,30 @@ static __always_inline struct settings *get_settings(void)
 	return bpf_map_lookup_elem(&sluice_settings, &zero);
 }
 
-/* skip reports whether the socket is none of our business: the agent's
- * own (its mark) or, with root attach, of a cgroup that is not selected. */
-static __always_inline int skip(struct bpf_sock_addr *ctx, struct settings *s)
+/* unselected reports whether, with root attach, the socket belongs to a
+ * cgroup that is not selected: none of our business, not even the deny
+ * lists. The agent's own cgroup is never selected. */
+static __always_inline int unselected(struct settings *s)
 {
-	if (s->mark) {
-		__u32 mark = 0;
-		if (bpf_getsockopt(ctx, SOL_SOCKET_, SO_MARK_, &mark, sizeof(mark)) == 0 &&
-		    mark == s->mark)
-			return 1;
-	}
 	if (s->flags & SET_USE_SELECTION) {
 		__u64 cg = bpf_get_current_cgroup_id();
 		if (!bpf_map_lookup_elem(&sluice_selected, &cg))
 			return 1;
 	}
 	return 0;
+}
+
+/* marked reports whether the socket carries the agent's mark. A marked
+ * socket is not redirected, but it is still held to the deny lists: a
+ * selected workload with CAP_NET_ADMIN can set the mark itself, and must
+ * not reach a denied destination that way. */
+static __always_inline int marked(struct bpf_sock_addr *ctx, struct settings *s)
+{
+	__u32 mark = 0;
+	if (!s->mark)
+		return 0;
+	return bpf_getsockopt(ctx, SOL_SOCKET_, SO_MARK_, &mark, sizeof(mark)) == 0 &&
+	       mark == s->mark;
 }
 
 static __always_inline void fill_identity(struct bpf_sock_addr *ctx, struct origin *o)
@@ -298,7 +306,9 @@ static __always_inline int denied_addrport(const __u8 *addr, __u16 port)
 
 /* decide4 handles an IPv4 destination, from connect4 or from a v4-mapped
  * connect6. It returns 0 to refuse the connect, 1 to let it proceed, and
- * sets *rewrite when the destination must become the proxy. */
+ * sets *rewrite when the destination must become the proxy. The deny
+ * lists apply first, to marked sockets too; the mark only skips the
+ * redirect. */
 static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s,
 				   __u32 ip, __u16 port, int *rewrite)
 {
@@ -324,6 +334,8 @@ static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s
 		emit(ctx, &o, VERDICT_DENIED, REASON_DENY_ADDR_PORT, cookie);
 		return 0;
 	}
+	if (marked(ctx, s))
+		return 1;
 	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {
 		emit(ctx, &o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
 		return 1;
@@ -352,7 +364,7 @@ int sluice_connect4(struct bpf_sock_addr *ctx)
 {
 	struct settings *s = get_settings();
 	int rewrite = 0;
-	if (!s || skip(ctx, s))
+	if (!s || unselected(s))
 		return 1;
 	__u32 ip = ctx->user_ip4;
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
@@ -375,7 +387,7 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 	struct settings *s = get_settings();
 	int rewrite = 0;
 	__u32 w[4];
-	if (!s || skip(ctx, s))
+	if (!s || unselected(s))
 		return 1;
 	w[0] = ctx->user_ip6[0];
 	w[1] = ctx->user_ip6[1];
@@ -417,6 +429,8 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 		emit(ctx, &o, VERDICT_DENIED, REASON_DENY_ADDR_PORT, cookie);
 		return 0;
 	}
+	if (marked(ctx, s))
+		return 1;
 	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {
 		emit(ctx, &o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
 		return 1;

@@ -163,6 +163,29 @@ func TestAgentDeny(t *testing.T) {
 			t.Errorf("connect %v: event %+v (found %v)", dst, ev, ok)
 		}
 	}
+	// A selected workload that sets the agent's mark itself (it has
+	// CAP_NET_ADMIN) skips the redirect, never the deny lists.
+	for _, tc := range []struct {
+		dst    netip.AddrPort
+		mapped bool
+		reason string
+	}{
+		{netip.AddrPortFrom(up.IP4, 80), false, agent.ReasonDenyCIDR},
+		{netip.AddrPortFrom(up.IP4, 443), true, agent.ReasonDenyCIDR},
+		{netip.AddrPortFrom(up.IP6, 443), false, agent.ReasonDenyCIDR},
+		{netip.AddrPortFrom(wl.GW4, 9999), false, agent.ReasonDenyAddrPort},
+		{netip.AddrPortFrom(wl.GW6, 9999), false, agent.ReasonDenyAddrPort},
+	} {
+		r := e.client(tc.dst, clientOpts{host: 0, inCgroup: true, mark: e.cfg.Mark, mapped: tc.mapped})
+		if r.Errno != "EPERM" {
+			t.Errorf("marked connect %v (mapped %v): %+v, want EPERM", tc.dst, tc.mapped, r)
+			continue
+		}
+		ev, ok := e.waitEvent(func(ev agent.Event) bool { return ev.PID == r.PID })
+		if !ok || ev.Verdict != agent.Denied || ev.Reason != tc.reason || ev.Dst != tc.dst {
+			t.Errorf("marked connect %v: event %+v (found %v), want denied %s", tc.dst, ev, ok, tc.reason)
+		}
+	}
 	// Outside the selected cgroup the deny list does not apply.
 	r := e.client(netip.AddrPortFrom(up.IP4, 9999), clientOpts{host: 0})
 	if r.Data != "direct "+up.IP4.String()+":9999" {
