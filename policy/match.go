@@ -99,15 +99,24 @@ func matchPath(pattern, p string) bool {
 }
 
 // cleanPath is the form of a request path that rules see: percent-decoded
-// where that is valid, dot segments resolved, duplicate slashes collapsed,
-// a trailing slash kept. It defeats "/v1/../admin" and "/%61dmin" tricks
-// against deny rules.
+// where that is valid, path parameters (";…" in a segment, "%3b" too)
+// removed, dot segments resolved, duplicate slashes collapsed, a trailing
+// slash kept. It defeats "/v1/../admin", "/%61dmin" and "/admin;x" tricks
+// against deny rules (servlet containers and Spring drop path parameters
+// before routing, so "/admin;x/users" reaches "/admin/users").
 func cleanPath(p string) string {
 	if i := strings.IndexAny(p, "?#"); i >= 0 {
 		p = p[:i]
 	}
 	if u, err := url.PathUnescape(p); err == nil {
 		p = u
+	}
+	if strings.Contains(p, ";") {
+		segs := strings.Split(p, "/")
+		for i, s := range segs {
+			segs[i], _, _ = strings.Cut(s, ";")
+		}
+		p = strings.Join(segs, "/")
 	}
 	if p == "" || p[0] != '/' {
 		p = "/" + p

@@ -87,9 +87,43 @@ func TestCleanPath(t *testing.T) {
 		"/../../etc":       "/etc",
 		"relative/path":    "/relative/path",
 		"/v1/%2e%2e/admin": "/admin",
+		// Path parameters (Tomcat, Spring, Jetty strip them).
+		"/admin;x":              "/admin",
+		"/admin;x/users":        "/admin/users",
+		"/a%3bb/admin":          "/a/admin",
+		"/admin%3Bjsessionid=1": "/admin",
+		"/;x/admin":             "/admin",
+		"/v1/..;/admin":         "/admin",
+		"/admin;a=1;b=2/":       "/admin/",
+		"/v1/x;y/../admin":      "/v1/admin",
 	} {
 		if got := cleanPath(in); got != want {
 			t.Errorf("cleanPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestPathParametersDoNotBypassDeny: what a user sees, a deny rule on
+// /admin holding for the path-parameter forms a servlet container routes
+// to /admin.
+func TestPathParametersDoNotBypassDeny(t *testing.T) {
+	e, err := Parse([]byte("version: 1\nrules: [{name: no-admin, action: deny, destinations: {paths: [/admin]}}]\n"), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, denied := range map[string]bool{
+		"/admin":            true,
+		"/admin;x":          true,
+		"/admin;x/users":    true,
+		"/admin%3bx/users":  true,
+		"/v1/..;/admin":     true,
+		"/administrator;x":  false,
+		"/public;admin":     false,
+		"/public/x;/admin2": false,
+	} {
+		d := e.Request(t.Context(), &Request{Conn: &Conn{Addrs: public}, Host: "x.example", Method: "GET", Path: path})
+		if d.Denied() != denied || (denied && d.Rule != "no-admin") {
+			t.Errorf("%s: denied=%v rule=%q, want denied=%v", path, d.Denied(), d.Rule, denied)
 		}
 	}
 }
