@@ -24,6 +24,7 @@ var (
 		netip.MustParseAddr("169.254.169.254"), // AWS, GCP, Azure, OpenStack, ...
 		netip.MustParseAddr("169.254.170.2"),   // AWS ECS task metadata
 		netip.MustParseAddr("100.100.100.200"), // Alibaba Cloud
+		netip.MustParseAddr("168.63.129.16"),   // Azure WireServer (VM agent, extensions, platform DNS)
 		netip.MustParseAddr("fd00:ec2::254"),   // AWS IMDS over IPv6
 	}
 	classes = []struct {
@@ -51,6 +52,7 @@ var (
 		{netip.MustParsePrefix("2001:db8::/32"), ReasonReserved}, // documentation
 		{netip.MustParsePrefix("::/96"), ReasonReserved},         // deprecated IPv4-compatible
 	}
+	v4Compat  = netip.MustParsePrefix("::/96")
 	nat64     = netip.MustParsePrefix("64:ff9b::/96")
 	nat64Loc  = netip.MustParsePrefix("64:ff9b:1::/48")
 	sixToFour = netip.MustParsePrefix("2002::/16")
@@ -59,9 +61,12 @@ var (
 
 // Classify returns the guard's reason for a, or "" when a is an ordinary
 // public address. IPv4-mapped addresses are judged as the IPv4 address;
-// NAT64 (64:ff9b::/96), 6to4 (2002::/16) and Teredo (2001::/32) addresses
-// by the IPv4 address they embed; local-use NAT64 (64:ff9b:1::/48), whose
-// layout is the operator's choice, is always refused.
+// NAT64 (64:ff9b::/96), 6to4 (2002::/16), Teredo (2001::/32) and
+// IPv4-compatible (::a.b.c.d, ::/96 but :: and ::1) addresses by the IPv4
+// address they embed; local-use NAT64 (64:ff9b:1::/48), whose layout is
+// the operator's choice, is always refused. IPv4-compatible addresses are
+// deprecated, so one embedding a public IPv4 address is still refused as
+// reserved.
 func Classify(a netip.Addr) string {
 	if !a.IsValid() {
 		return ReasonUnspecified
@@ -90,10 +95,16 @@ func Classify(a netip.Addr) string {
 		case teredo.Contains(a):
 			// The client's IPv4 address, inverted (RFC 4380).
 			v4 = netip.AddrFrom4([4]byte{^b[12], ^b[13], ^b[14], ^b[15]})
+		case v4Compat.Contains(a) && a != netip.IPv6Unspecified() && a != netip.IPv6Loopback():
+			// Deprecated IPv4-compatible (RFC 4291 2.5.5.1): ::a.b.c.d.
+			v4 = netip.AddrFrom4([4]byte(b[12:16]))
 		}
 		if v4.IsValid() {
 			switch r := Classify(v4); r {
 			case "":
+				if v4Compat.Contains(a) {
+					return ReasonReserved
+				}
 				return ""
 			case ReasonMetadata:
 				return ReasonMetadata

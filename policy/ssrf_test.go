@@ -1,0 +1,63 @@
+package policy
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+)
+
+func TestClassify(t *testing.T) {
+	for _, tt := range []struct {
+		addr, want string
+	}{
+		// Cloud metadata, always refused.
+		{"169.254.169.254", ReasonMetadata},
+		{"169.254.170.2", ReasonMetadata},
+		{"100.100.100.200", ReasonMetadata},
+		{"168.63.129.16", ReasonMetadata}, // Azure WireServer
+		{"fd00:ec2::254", ReasonMetadata},
+		{"::ffff:168.63.129.16", ReasonMetadata},
+		{"64:ff9b::a83f:8110", ReasonMetadata}, // NAT64 of the WireServer
+		// IPv4-compatible (::a.b.c.d) is judged by its IPv4 address.
+		{"::a9fe:a9fe", ReasonMetadata},
+		{"::169.254.169.254", ReasonMetadata},
+		{"::168.63.129.16", ReasonMetadata},
+		{"::127.0.0.1", ReasonEmbedded},
+		{"::10.0.0.1", ReasonEmbedded},
+		{"::0.0.0.2", ReasonEmbedded},
+		{"::8.8.8.8", ReasonReserved}, // deprecated, even with a public address
+		{"::", ReasonUnspecified},
+		{"::1", ReasonLoopback},
+		// The neighbours of the WireServer are ordinary public addresses.
+		{"168.63.129.15", ""},
+		{"168.63.129.17", ""},
+		// Other embeddings, unchanged.
+		{"64:ff9b::a9fe:a9fe", ReasonMetadata},
+		{"2002:a9fe:a9fe::", ReasonMetadata},
+		{"64:ff9b::808:808", ""},
+		{"64:ff9b::7f00:1", ReasonEmbedded},
+		{"93.184.215.14", ""},
+		{"2606:4700::1111", ""},
+	} {
+		if got := Classify(netip.MustParseAddr(tt.addr)); got != tt.want {
+			t.Errorf("Classify(%s) = %q, want %q", tt.addr, got, tt.want)
+		}
+	}
+}
+
+// TestGuardRefusesNewMetadataForms: what a workload sees through the
+// default policy (audit everything): a connection to the Azure WireServer,
+// or to instance metadata written as an IPv4-compatible IPv6 address, is
+// refused even in audit mode.
+func TestGuardRefusesNewMetadataForms(t *testing.T) {
+	e, err := Default(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"168.63.129.16", "::a9fe:a9fe", "::168.63.129.16"} {
+		d := e.Connection(context.Background(), &Conn{Host: "metadata.example", Port: 80, Addrs: []netip.Addr{netip.MustParseAddr(a)}})
+		if d.Action != Reject || d.Rule != RuleSSRF || d.Reason != ReasonMetadata || d.WouldDeny {
+			t.Errorf("%s: %v rule=%q reason=%q would=%v, want a reject by %q: %q", a, d.Action, d.Rule, d.Reason, d.WouldDeny, RuleSSRF, ReasonMetadata)
+		}
+	}
+}
