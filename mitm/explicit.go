@@ -128,7 +128,7 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request, f *flow) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
-	if _, err := brw.WriteString("HTTP/1.1 200 Connection established\r\n\r\n"); err == nil {
+	if _, err = brw.WriteString("HTTP/1.1 200 Connection established\r\n\r\n"); err == nil {
 		err = brw.Flush()
 	}
 	if err != nil {

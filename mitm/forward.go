@@ -38,6 +38,11 @@ const (
 	reasonClientHandshake = "client TLS handshake failed"
 	reasonClientSilent    = "client sent nothing"
 	reasonTooMany         = "too many connections"
+	reasonMisdirected     = "request host differs from the connection's host"
+	reasonSNIMismatch     = "SNI differs from the CONNECT host"
+	// reasonPassthroughUnbound: a pass-through SNI that does not resolve to
+	// the destination address is decrypted instead.
+	reasonPassthroughUnbound = "pass-through SNI does not resolve to the destination; decrypted"
 
 	sourceSluice   = "sluice"
 	sourceUpstream = "upstream"
@@ -140,6 +145,15 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec.Host = host
 	t := f.targetFor(r, host, port)
 	rec.Port = t.port // the port dialed, whatever the Host header says
+	if f.fixed != nil && t.conn.Host != "" && !sameHost(host, t.conn.Host) {
+		// The connection was opened (and verified upstream) for that
+		// name; a request naming another host would be judged by a name
+		// it is not going to (domain fronting). Without SNI the policy
+		// judges the address, whatever the Host header says.
+		x.fail(http.StatusMisdirectedRequest, audit.DecisionDeny, reasonMisdirected,
+			fmt.Sprintf("request host %q is not %q, the host this connection was opened for (TLS SNI or CONNECT target)", host, t.conn.Host), nil)
+		return
+	}
 	if t.cd.Action == policy.Reject {
 		d := t.cd.Decision
 		d.Verdict = policy.Deny
@@ -150,7 +164,7 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d := f.p.decider().Request(r.Context(), &policy.Request{
 		Conn:          t.conn,
 		Method:        r.Method,
-		Host:          host,
+		Host:          t.conn.Host, // the name bound to what is dialed (see flow.target)
 		Path:          r.URL.EscapedPath(),
 		Header:        r.Header,
 		ContentLength: r.ContentLength,
@@ -215,6 +229,14 @@ func (f *flow) requestHost(r *http.Request) (string, uint16) {
 		port = 80
 	}
 	return host, port
+}
+
+// sameHost compares a request's host with a connection's: case-insensitive,
+// without a trailing dot or IPv6 brackets. An empty request host (HTTP/1.0
+// without Host) is the connection's.
+func sameHost(req, conn string) bool {
+	norm := func(h string) string { return strings.TrimSuffix(strings.ToLower(strings.Trim(h, "[]")), ".") }
+	return req == "" || norm(req) == norm(conn)
 }
 
 func splitHostPort(h string) (string, uint16) {
@@ -316,11 +338,18 @@ type countingBody struct {
 	exceeded atomic.Bool
 	onEOF    func() // called when the body has been read to its end
 	declared int64  // Content-Length, -1 when unknown
+	// idle, when set, is called before every read to push the client's
+	// read deadline out: a client that stalls mid-body is dropped after
+	// IdleTimeout instead of holding its slot and an upstream connection.
+	idle func()
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	if b.exceeded.Load() {
 		return 0, errRequestBodyTooLarge
+	}
+	if b.idle != nil {
+		b.idle()
 	}
 	n, err := b.r.Read(p)
 	total := b.n.Add(int64(n))
@@ -375,6 +404,8 @@ func (x *exchange) forward(t *target) {
 	var body *countingBody
 	if r.Body != nil && r.Body != http.NoBody {
 		body = &countingBody{r: r.Body, limit: d.MaxRequestBody, declared: r.ContentLength}
+		rc, idle := http.NewResponseController(w), p.cfg.IdleTimeout.D()
+		body.idle = func() { _ = rc.SetReadDeadline(time.Now().Add(idle)) }
 		out.Body = body
 	} else {
 		out.Body = nil

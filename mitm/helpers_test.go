@@ -354,3 +354,7 @@ func readAll(t testing.TB, r io.Reader) string {
 }
 
 func hasSubstr(s, sub string) bool { return strings.Contains(s, sub) }
+
+func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func netipPortMust(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }

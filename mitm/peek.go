@@ -39,6 +39,14 @@ func (c *peekedConn) Peek(n int) ([]byte, error) {
 	return c.buf[:n], nil
 }
 
+// discard drops the first n peeked bytes (n <= Buffered()).
+func (c *peekedConn) discard(n int) {
+	c.buf = c.buf[min(n, len(c.buf)):]
+	if len(c.buf) == 0 {
+		c.buf = nil
+	}
+}
+
 // Buffered is how many peeked bytes Read has yet to return.
 func (c *peekedConn) Buffered() int { return len(c.buf) }
 

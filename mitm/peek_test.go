@@ -23,8 +23,8 @@ func TestPeekedConnReplaysPeekedBytes(t *testing.T) {
 	if err != nil || string(got) != string(msg[:10]) {
 		t.Fatalf("peek %q %v", got, err)
 	}
-	if !sniffHTTP(pc) {
-		t.Fatal("not sniffed as HTTP")
+	if skip, ok := sniffHTTP(pc); !ok || skip != 0 {
+		t.Fatalf("sniffHTTP = %d, %v; want 0, true", skip, ok)
 	}
 	if _, err := pc.Peek(65); !errors.Is(err, bufio.ErrBufferFull) {
 		t.Fatalf("peek past max: %v", err)
@@ -32,5 +32,41 @@ func TestPeekedConnReplaysPeekedBytes(t *testing.T) {
 	all, err := io.ReadAll(pc)
 	if err != nil || string(all) != string(msg) {
 		t.Fatalf("read %q %v", all, err)
+	}
+}
+
+// What counts as the start of an HTTP/1.x request. Anything that a server
+// would parse as a request must be sniffed as HTTP, or it would be relayed
+// past per-request policy; protocols that merely start with a word must not.
+func TestSniffHTTP(t *testing.T) {
+	tests := []struct {
+		in   string
+		skip int
+		ok   bool
+	}{
+		{"GET / HTTP/1.1\r\n", 0, true},
+		{"\r\nGET /admin HTTP/1.1\r\n", 2, true},
+		{"\n\nPOST /x HTTP/1.1\r\n", 2, true},
+		{"PROPFIND /dav HTTP/1.1\r\n", 0, true},
+		{"BREW /pot HTTP/1.1\r\n", 0, true},
+		{"get /admin HTTP/1.1\r\n", 0, true},
+		{"OPTIONS * HTTP/1.1\r\n", 0, true},
+		{"GET http://api.test/ HTTP/1.1\r\n", 0, true},
+		{"CONNECT api.test:443 HTTP/1.1\r\n", 0, true},
+		{"SSH-2.0-OpenSSH_9.2p1 Debian\r\n", 0, false},
+		{"EHLO mail.example\r\n", 0, false},
+		{"a1 LOGIN bob secret\r\n", 0, false},
+		{"PING\r\n", 0, false},
+		{"\x16\x03\x01\x00", 0, false},
+		{"\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1", 0, false}, // more than 8 empty-line bytes
+	}
+	for _, tt := range tests {
+		a, b := net.Pipe()
+		go func() { a.Write([]byte(tt.in)); a.Close() }()
+		skip, ok := sniffHTTP(newPeekedConn(b, 64))
+		if skip != tt.skip || ok != tt.ok {
+			t.Errorf("sniffHTTP(%q) = %d, %v; want %d, %v", tt.in, skip, ok, tt.skip, tt.ok)
+		}
+		b.Close()
 	}
 }

@@ -360,6 +360,10 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 		p.emit(rec)
 		return
 	}
+	skip, isHTTP := 0, false
+	if first[0] != recordTypeHandshake {
+		skip, isHTTP = sniffHTTP(br)
+	}
 	switch {
 	case first[0] == recordTypeHandshake:
 		_ = conn.SetReadDeadline(time.Now().Add(p.cfg.HandshakeTimeout.D()))
@@ -373,8 +377,9 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 			return
 		}
 		f.serveTLS(pc, hello)
-	case sniffHTTP(br), sniffH2C(br):
+	case isHTTP, sniffH2C(br):
 		_ = conn.SetReadDeadline(time.Time{})
+		pc.discard(skip)
 		f.tlsMode = audit.TLSNone
 		f.h2c = sniffH2C(br) // HTTP/2 with prior knowledge (gRPC without TLS)
 		if tunnel {
@@ -400,30 +405,66 @@ func sniffH2C(br peeker) bool {
 	return err == nil && string(b) == preface
 }
 
-// sniffHTTP reports whether the buffered bytes start an HTTP/1.x request
-// line: a known method followed by a space.
-func sniffHTTP(br peeker) bool {
-	for n := 1; n <= 9; n++ {
-		b, err := br.Peek(n)
-		if err != nil {
-			return false
+// sniffHTTP reports whether the buffered bytes start an HTTP/1.x request:
+// optional empty lines (RFC 9112 section 2.2 lets servers skip them, and
+// nginx and Node do), a method token of letters, '-' or '_' (any method,
+// any case: servers accept extension methods), a space, and a request
+// target that starts like one: '/', '*', an absolute http(s) URI, or
+// anything after CONNECT. skip is the number of leading CR/LF bytes the
+// caller must drop before serving. Bytes that don't look like this are
+// not HTTP, and such flows are decided as opaque (see policy.Conn.Opaque),
+// so a request that slips past this sniffing still can't escape policy.
+func sniffHTTP(br peeker) (skip int, ok bool) {
+	const maxSkip, maxMethod = 8, 24
+	at := func(i int) (byte, bool) {
+		b, err := br.Peek(i + 1)
+		if err != nil || len(b) <= i {
+			return 0, false
 		}
-		c := b[n-1]
-		if c == ' ' {
-			return httpMethods[string(b[:n-1])]
+		return b[i], true
+	}
+	for {
+		c, ok := at(skip)
+		if !ok {
+			return 0, false
 		}
-		if c < 'A' || c > 'Z' {
-			return false
+		if c != '\r' && c != '\n' {
+			break
+		}
+		if skip++; skip > maxSkip {
+			return 0, false
 		}
 	}
-	return false
-}
-
-var httpMethods = map[string]bool{
-	"GET": true, "HEAD": true, "POST": true, "PUT": true, "DELETE": true,
-	"OPTIONS": true, "TRACE": true, "PATCH": true, "CONNECT": true,
-	"PROPFIND": true, "PROPPATCH": true, "MKCOL": true, "COPY": true,
-	"MOVE": true, "LOCK": true, "UNLOCK": true, "REPORT": true, "SEARCH": true,
+	for i := skip; i < skip+maxMethod; i++ {
+		c, ok := at(i)
+		if !ok {
+			return 0, false
+		}
+		switch {
+		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c == '-', c == '_':
+			continue
+		case c != ' ' || i == skip:
+			return 0, false
+		}
+		b, _ := br.Peek(i)
+		if string(b[skip:i]) == "CONNECT" {
+			return skip, true
+		}
+		t, ok := at(i + 1)
+		if !ok {
+			return 0, false
+		}
+		if t == '/' || t == '*' {
+			return skip, true
+		}
+		u, err := br.Peek(i + 1 + len("https://"))
+		if err != nil {
+			u, _ = br.Peek(i + 1 + len("http://"))
+		}
+		target := strings.ToLower(string(u[i+1:]))
+		return skip, strings.HasPrefix(target, "http://") || strings.HasPrefix(target, "https://")
+	}
+	return 0, false
 }
 
 // addrs returns the addresses a destination may be dialed at: the original
@@ -510,6 +551,7 @@ func (f *flow) serveOther(c net.Conn, mode string) {
 	} else {
 		f.tlsMode = audit.TLSNone
 		t = f.newTarget(f.dst.Host, f.dst.Port, false)
+		t.cd = f.opaque(t)
 	}
 	rec := f.l4Record()
 	if t.host != "" {
@@ -546,6 +588,31 @@ func (f *flow) serveOther(c net.Conn, mode string) {
 	p.emit(rec)
 }
 
+// isIPLiteral reports whether h is an IP address (with or without brackets).
+func isIPLiteral(h string) bool {
+	_, err := netip.ParseAddr(strings.Trim(h, "[]"))
+	return err == nil
+}
+
+// resolvesTo reports whether name is ip, or resolves to it now.
+func (f *flow) resolvesTo(name string, ip netip.Addr) bool {
+	if a, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
+		return a.Unmap() == ip.Unmap()
+	}
+	ctx, cancel := context.WithTimeout(f.ctx, f.p.cfg.DialTimeout.D())
+	defer cancel()
+	as, err := f.p.resolver.LookupNetIP(ctx, "ip", name)
+	if err != nil {
+		return false
+	}
+	for _, a := range as {
+		if a.Unmap() == ip.Unmap() {
+			return true
+		}
+	}
+	return false
+}
+
 // serveTLS decides a TLS flow from its ClientHello.
 func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 	p := f.p
@@ -554,8 +621,27 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 	if host == "" {
 		host = f.dst.Host
 	}
+	if f.tunnel && hello.SNI != "" && !isIPLiteral(f.dst.Host) && !sameHost(hello.SNI, f.dst.Host) {
+		// CONNECT a.example then SNI b.example: the policy would judge
+		// b while the bytes go to a.
+		rec := f.l4Record()
+		rec.Host = f.dst.Host
+		rec.Decision, rec.Reason = audit.DecisionDeny, reasonSNIMismatch
+		rec.Error = fmt.Sprintf("SNI %q in a tunnel to %q", hello.SNI, f.dst.Host)
+		p.emit(rec)
+		return
+	}
 	f.fixed = f.newTarget(host, f.dst.Port, true)
 	t := f.fixed
+	if t.cd.Action == policy.Passthrough && hello.SNI != "" && len(t.conn.Addrs) > 0 &&
+		!sameHost(hello.SNI, f.dst.Host) && !f.resolvesTo(hello.SNI, t.conn.Addrs[0]) {
+		// Pass-through trusts the SNI, and nothing verifies it: only
+		// where the name resolves to the address dialed. Elsewhere the
+		// connection is decrypted like any other, so the upstream's
+		// certificate is checked against the name.
+		t.cd.Action = policy.Decrypt
+		t.cd.Reason = reasonPassthroughUnbound
+	}
 	switch t.cd.Action {
 	case policy.Reject:
 		rec := f.l4Record()
@@ -642,9 +728,11 @@ func (f *flow) serveDecrypted(tc *tls.Conn, t *target) {
 		return // the client left without a word
 	}
 	_ = tc.SetReadDeadline(time.Now().Add(p.cfg.HandshakeTimeout.D()))
-	isHTTP, isH2 := sniffHTTP(pc), sniffH2C(pc)
+	skip, isHTTP := sniffHTTP(pc)
+	isH2 := sniffH2C(pc)
 	_ = tc.SetReadDeadline(time.Time{})
 	if isHTTP || isH2 {
+		pc.discard(skip)
 		f.serveHTTP(pc, isH2)
 		return
 	}
@@ -683,9 +771,11 @@ func (f *flow) raceFirstSpeaker(pc *peekedConn, t *target) {
 		}
 		if upc.Buffered() == 0 {
 			_ = pc.SetReadDeadline(time.Now().Add(f.p.cfg.HandshakeTimeout.D()))
-			isHTTP, isH2 := sniffHTTP(pc), sniffH2C(pc)
+			skip, isHTTP := sniffHTTP(pc)
+			isH2 := sniffH2C(pc)
 			_ = pc.SetReadDeadline(time.Time{})
 			if isHTTP || isH2 {
+				pc.discard(skip)
 				t.pool.offer(up) // unread: the first request can use it
 				f.serveHTTP(pc, isH2)
 				return
@@ -706,13 +796,33 @@ func (f *flow) raceFirstSpeaker(pc *peekedConn, t *target) {
 	}
 }
 
+// opaque asks the policy again about t's connection, now known not to be
+// HTTP: rules with methods or paths can't match it, and what is left
+// decides (a connection that was waiting for per-request decisions must
+// not be relayed unchecked).
+func (f *flow) opaque(t *target) policy.ConnDecision {
+	c := *t.conn
+	c.Opaque = true
+	return f.p.decider().Connection(f.ctx, &c)
+}
+
 // relayDecrypted relays a non-HTTP protocol between the client's and the
 // upstream's TLS sessions and records it at L4. up may be nil.
 func (f *flow) relayDecrypted(pc *peekedConn, up net.Conn, t *target) {
 	p := f.p
 	rec := f.l4Record()
 	rec.Host = t.host
-	rec.Decision, rec.Rule, rec.Reason = decisionString(t.cd.Decision), t.cd.Rule, t.cd.Reason
+	cd := f.opaque(t)
+	rec.Decision, rec.Rule, rec.Reason = decisionString(cd.Decision), cd.Rule, cd.Reason
+	if cd.Action == policy.Reject {
+		if up != nil {
+			up.Close()
+		}
+		rec.Decision = audit.DecisionDeny
+		rec.Duration = time.Since(f.start)
+		p.emit(rec)
+		return
+	}
 	if t.addr.IsValid() {
 		rec.DstIP, rec.UpstreamAddr = t.addr.Addr(), t.addr.String()
 	}
@@ -868,7 +978,16 @@ func (f *flow) target(r *http.Request, host string) *target {
 	if ok {
 		return t
 	}
-	t = f.newTarget(host, f.dst.Port, false)
+	// Transparent plain HTTP: the Host header is only the client's word
+	// for where the original destination is. Policy judges the name only
+	// when it resolves to that address; otherwise the request is judged
+	// by the address alone.
+	policyHost := host
+	if f.dst.Addr.IsValid() && host != "" && !f.resolvesTo(host, f.dst.Addr.Addr()) {
+		policyHost = ""
+	}
+	t = f.newTarget(policyHost, f.dst.Port, false)
+	t.host = host
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.targets == nil {

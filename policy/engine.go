@@ -264,8 +264,8 @@ func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 			continue
 		}
 		if r.dst.perRequest() {
-			if pass {
-				continue // methods and paths cannot apply to undecrypted TLS
+			if pass || c.Opaque {
+				continue // methods and paths cannot apply to a flow that is not HTTP
 			}
 			d = Decision{Reason: ReasonPerRequest}
 			decided = true

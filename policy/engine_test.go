@@ -419,3 +419,28 @@ rules:
 		}
 	}
 }
+
+// A flow that is not HTTP can't match a rule with methods or paths: asked
+// again with Opaque, the engine skips such rules and decides on the rest,
+// so "deny by default, allow GET /v1 on api" denies raw TCP to api.
+func TestOpaqueFlowSkipsPerRequestRules(t *testing.T) {
+	e, err := Parse([]byte(`version: 1
+defaults: {action: deny}
+rules:
+  - name: api-reads
+    destinations: {hosts: [api.example.com], methods: [GET], paths: [/v1]}
+    action: allow
+`), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Conn{Host: "api.example.com", Port: 443, TLS: true, Addrs: []netip.Addr{netip.MustParseAddr("93.184.216.34")}}
+	if d := e.Connection(context.Background(), c); d.Action != Decrypt || d.Reason != ReasonPerRequest {
+		t.Fatalf("before HTTP: %v %q, want decrypt and %q", d.Action, d.Reason, ReasonPerRequest)
+	}
+	c.Opaque = true
+	d := e.Connection(context.Background(), c)
+	if d.Action != Reject || d.Rule != RuleDefault || d.Reason != ReasonDeniedByDefault {
+		t.Fatalf("opaque: %v rule %q reason %q, want reject by the default rule", d.Action, d.Rule, d.Reason)
+	}
+}

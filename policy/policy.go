@@ -118,6 +118,12 @@ type Conn struct {
 	Port  uint16
 	// TLS is true when the client sent a TLS ClientHello.
 	TLS bool
+	// Opaque is true when the flow turned out not to be HTTP (other TCP,
+	// or a non-HTTP protocol inside decrypted TLS): rules with methods or
+	// paths can never match it, so they are skipped and the decision is
+	// final. The proxy asks again with Opaque set before relaying such a
+	// flow.
+	Opaque bool
 }
 
 // ConnDecision is the decision for a connection.
@@ -145,7 +151,8 @@ type Request struct {
 type Decider interface {
 	// Connection decides a connection before any HTTP is read: decrypt,
 	// pass through or reject, including the address checks (SSRF guard)
-	// on c.Addrs. It is called once per connection.
+	// on c.Addrs. It is called once per connection, and once more with
+	// c.Opaque set when the flow is relayed without HTTP.
 	Connection(ctx context.Context, c *Conn) ConnDecision
 	// Request decides one HTTP request; it may consume rate-limit tokens,
 	// so it is called exactly once per request.
