@@ -103,14 +103,38 @@ type Host struct {
 
 // Topology is a set of test hosts routed through the root namespace.
 type Topology struct {
-	id    string
-	Hosts []*Host
+	id     string
+	Hosts  []*Host
+	guards [][]string // "ip route del" arguments of the guard routes it added
 }
 
-// NewTopology creates n hosts. Host i gets 198.18.i.2/24 (gateway
-// 198.18.i.1) and 2001:2:0:i::2/64 (gateway 2001:2:0:i::1), a default
-// route via the root namespace, and IP forwarding is on in the root
-// namespace for the test's duration. Everything is removed in t.Cleanup.
+// The ranges a test namespace can reach: the benchmarking ranges the test
+// hosts live in, and the intercept addresses test agents and `sluice run`
+// use. Nothing else is routed, so a stray packet (DNS to the machine's
+// resolver, a connect that was not redirected) fails in the namespace
+// with ENETUNREACH instead of leaving the machine.
+var (
+	testNet4      = netip.MustParsePrefix("198.18.0.0/15")
+	testNet6      = netip.MustParsePrefix("2001:2::/48")
+	interceptNet4 = netip.MustParsePrefix("169.254.77.0/24")
+	interceptNet6 = netip.MustParsePrefix("fdc5:1ce0:77::/64")
+)
+
+// guardProto marks the root namespace's unreachable routes for the test
+// ranges, so cleanup removes only routes a topology added.
+const guardProto = "94"
+
+// NewTopology creates n hosts. Host i gets the /24 k+i of 198.18.0.0/15
+// (.2 for the host, .1 for the root-namespace end) and the /64 k+i of
+// 2001:2::/48 (::2 and ::1), where k is random and chosen so that no
+// address of those subnets is on the machine yet: concurrent runs do not
+// collide. A namespace has routes only for the test ranges and the
+// intercept ranges (no default route), and `ip netns exec` gives it a
+// resolv.conf naming 127.0.0.1. IP forwarding is on in the root namespace
+// for the test's duration, which also gets unreachable routes for the
+// test ranges, so a packet for a test address no host holds is dropped
+// there. Everything is removed in t.Cleanup, also when setup fails half
+// way.
 func NewTopology(t testing.TB, n int) *Topology {
 	t.Helper()
 	RequireTool(t, "ip")
@@ -124,21 +148,108 @@ func NewTopology(t testing.TB, n int) *Topology {
 		restore4()
 		restore6()
 	})
+	for _, pfx := range []netip.Prefix{testNet4, testNet6, interceptNet4, interceptNet6} {
+		tp.guard(t, pfx)
+	}
+	base := freeSubnets(t, n)
 	for i := 1; i <= n; i++ {
-		tp.Hosts = append(tp.Hosts, tp.addHost(t, i))
+		tp.addHost(t, i, base+i-1)
 	}
 	return tp
 }
 
-func (tp *Topology) addHost(t testing.TB, i int) *Host {
+// guard adds an unreachable route for pfx to the root namespace's main
+// table unless one is there already. Connected routes of the test hosts
+// and the intercept addresses (local table) are more specific and win.
+func (tp *Topology) guard(t testing.TB, pfx netip.Prefix) {
+	t.Helper()
+	fam := "-4"
+	if pfx.Addr().Is6() {
+		fam = "-6"
+	}
+	args := []string{fam, "route", "add", "unreachable", pfx.String(), "proto", guardProto}
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	switch {
+	case err == nil:
+		tp.guards = append(tp.guards, []string{fam, "route", "del", "unreachable", pfx.String(), "proto", guardProto})
+	case strings.Contains(string(out), "File exists"):
+		// Another topology's guard, or the machine's own route.
+	default:
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// subnet4 and subnet6 are the /24 and /64 with index k in the test ranges.
+func subnet4(k int, host byte) netip.Addr {
+	return netip.AddrFrom4([4]byte{198, 18 + byte(k>>8), byte(k), host})
+}
+
+func subnet6(k int, host byte) netip.Addr {
+	return netip.MustParseAddr(fmt.Sprintf("2001:2:0:%x::%x", k, host))
+}
+
+// freeSubnets picks k at random such that subnets k..k+n-1 hold no address
+// on the machine (in the root namespace).
+func freeSubnets(t testing.TB, n int) int {
+	t.Helper()
+	const subnets = 512 // /24s in 198.18.0.0/15
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatalf("list addresses: %v", err)
+	}
+	used := map[int]bool{}
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		switch {
+		case testNet4.Contains(ip):
+			b := ip.As4()
+			used[int(b[1]-18)<<8|int(b[2])] = true
+		case testNet6.Contains(ip):
+			b := ip.As16()
+			used[int(b[6])<<8|int(b[7])] = true
+		}
+	}
+	for try := 0; try < 100; try++ {
+		var r [2]byte
+		_, _ = rand.Read(r[:])
+		k := 1 + (int(r[0])<<8|int(r[1]))%(subnets-n-1)
+		free := true
+		for i := k; i < k+n; i++ {
+			free = free && !used[i]
+		}
+		if free {
+			return k
+		}
+	}
+	t.Fatalf("no %d free subnets in %s", n, testNet4)
+	return 0
+}
+
+func (tp *Topology) addHost(t testing.TB, i, k int) *Host {
 	t.Helper()
 	h := &Host{
 		NS:   NS{Name: fmt.Sprintf("sl%s-%d", tp.id, i)},
-		IP4:  netip.AddrFrom4([4]byte{198, 18, byte(i), 2}),
-		GW4:  netip.AddrFrom4([4]byte{198, 18, byte(i), 1}),
-		IP6:  netip.MustParseAddr(fmt.Sprintf("2001:2:0:%x::2", i)),
-		GW6:  netip.MustParseAddr(fmt.Sprintf("2001:2:0:%x::1", i)),
+		IP4:  subnet4(k, 2),
+		GW4:  subnet4(k, 1),
+		IP6:  subnet6(k, 2),
+		GW6:  subnet6(k, 1),
 		Veth: fmt.Sprintf("sl%s-%d", tp.id, i),
+	}
+	// Registered before the first command: Close removes whatever part of
+	// the host exists when a step below fails.
+	tp.Hosts = append(tp.Hosts, h)
+	etc := filepath.Join("/etc/netns", h.Name)
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// `ip netns exec` bind-mounts this over /etc/resolv.conf: DNS stays
+	// in the namespace instead of heading for the machine's resolver.
+	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver 127.0.0.1\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 	peer := "eth0"
 	tmp := h.Veth + "p"
@@ -153,19 +264,28 @@ func (tp *Topology) addHost(t testing.TB, i int) *Host {
 	run(t, "ip", "-n", h.Name, "addr", "add", h.IP4.String()+"/24", "dev", peer)
 	run(t, "ip", "-n", h.Name, "-6", "addr", "add", h.IP6.String()+"/64", "dev", peer, "nodad")
 	run(t, "ip", "-n", h.Name, "link", "set", peer, "up")
-	run(t, "ip", "-n", h.Name, "route", "add", "default", "via", h.GW4.String())
-	run(t, "ip", "-n", h.Name, "-6", "route", "add", "default", "via", h.GW6.String())
+	for _, pfx := range []netip.Prefix{testNet4, interceptNet4} {
+		run(t, "ip", "-n", h.Name, "route", "add", pfx.String(), "via", h.GW4.String())
+	}
+	for _, pfx := range []netip.Prefix{testNet6, interceptNet6} {
+		run(t, "ip", "-n", h.Name, "-6", "route", "add", pfx.String(), "via", h.GW6.String())
+	}
 	return h
 }
 
-// Close removes every namespace and veth the topology made. Safe to call
-// more than once.
+// Close removes every namespace, veth, /etc/netns directory and guard
+// route the topology made. Safe to call more than once.
 func (tp *Topology) Close() {
 	for _, h := range tp.Hosts {
 		_ = exec.Command("ip", "link", "del", h.Veth).Run()
 		_ = exec.Command("ip", "netns", "del", h.Name).Run()
+		_ = os.RemoveAll(filepath.Join("/etc/netns", h.Name))
 	}
 	tp.Hosts = nil
+	for _, g := range tp.guards {
+		_ = exec.Command("ip", g...).Run()
+	}
+	tp.guards = nil
 }
 
 func run(t testing.TB, argv ...string) {

@@ -1,9 +1,14 @@
 package test
 
 import (
+	"context"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -47,6 +52,69 @@ func TestTopologyRoutesBetweenHosts(t *testing.T) {
 	for _, n := range names {
 		if nsExists(n) {
 			t.Errorf("namespace %s still exists after Close", n)
+		}
+	}
+}
+
+// A test namespace reaches only the test ranges: a connect to any other
+// address (TEST-NET-1, the IPv6 documentation range) fails at once in
+// the namespace with ENETUNREACH, since it has no default route; a test
+// address no host holds is refused in the root namespace (unreachable)
+// instead of being forwarded; and `ip netns exec` gives the namespace a
+// resolv.conf that names its own loopback, removed with the topology.
+func TestTopologyRoutesOnlyTestRanges(t *testing.T) {
+	RequireE2E(t)
+	tp := NewTopology(t, 1)
+	h := tp.Hosts[0]
+	dial := func(dst netip.AddrPort) error {
+		return h.Do(func() error {
+			c, err := net.DialTimeout("tcp", dst.String(), 3*time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+	}
+	for _, dst := range []netip.AddrPort{
+		netip.MustParseAddrPort("192.0.2.55:80"),
+		netip.MustParseAddrPort("[2001:db8::55]:443"),
+	} {
+		if err := dial(dst); !errors.Is(err, syscall.ENETUNREACH) {
+			t.Errorf("connect %v from %s: %v, want ENETUNREACH", dst, h.Name, err)
+		}
+	}
+	// A test-range address outside every host's subnet.
+	k := freeSubnets(t, 1)
+	for _, dst := range []netip.AddrPort{netip.AddrPortFrom(subnet4(k, 9), 80), netip.AddrPortFrom(subnet6(k, 9), 80)} {
+		if err := dial(dst); !errors.Is(err, syscall.EHOSTUNREACH) && !errors.Is(err, syscall.ENETUNREACH) {
+			t.Errorf("connect %v (no test host there): %v, want it refused as unreachable", dst, err)
+		}
+	}
+	out, err := h.Exec(context.Background(), "cat", "/etc/resolv.conf").CombinedOutput()
+	if err != nil || string(out) != "nameserver 127.0.0.1\n" {
+		t.Errorf("resolv.conf in %s = %q (%v), want nameserver 127.0.0.1", h.Name, out, err)
+	}
+	etc := filepath.Join("/etc/netns", h.Name)
+	tp.Close()
+	if _, err := os.Stat(etc); !os.IsNotExist(err) {
+		t.Errorf("%s left after Close: %v", etc, err)
+	}
+}
+
+// Two topologies at once get different subnets.
+func TestTopologiesDoNotCollide(t *testing.T) {
+	RequireE2E(t)
+	a, b := NewTopology(t, 2), NewTopology(t, 2)
+	seen := map[netip.Addr]bool{}
+	for _, h := range append(a.Hosts, b.Hosts...) {
+		for _, ad := range []netip.Addr{h.IP4, h.GW4, h.IP6, h.GW6} {
+			if seen[ad] {
+				t.Errorf("address %v used twice", ad)
+			}
+			seen[ad] = true
+		}
+		if !testNet4.Contains(h.IP4) || !testNet6.Contains(h.IP6) {
+			t.Errorf("host %s at %v, %v: outside the test ranges", h.Name, h.IP4, h.IP6)
 		}
 	}
 }
