@@ -32,9 +32,24 @@ type Options struct {
 	// mount, and the absolute directory) before the child starts; the
 	// child starts only once it returns nil.
 	Intercept func(ctx context.Context, cgroupPath, cgroupDir string) error
-	// StopGrace is how long the child gets between SIGTERM (when ctx is
-	// cancelled) and SIGKILL. Default 10s.
+	// InterruptWait is how long the child gets to exit on its own once
+	// ctx is cancelled (a terminal's Ctrl-C reached it as well as sluice)
+	// before it is sent SIGTERM. Default 2s.
+	InterruptWait time.Duration
+	// StopGrace is how long the child gets between SIGTERM and SIGKILL.
+	// Default 10s.
 	StopGrace time.Duration
+}
+
+func (o Options) waits() (interrupt, grace time.Duration) {
+	interrupt, grace = o.InterruptWait, o.StopGrace
+	if interrupt <= 0 {
+		interrupt = 2 * time.Second
+	}
+	if grace <= 0 {
+		grace = 10 * time.Second
+	}
+	return interrupt, grace
 }
 
 // TrustEnv are the variables that point TLS clients at a CA bundle: Go,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"syscall"
 	"time"
 )
@@ -43,30 +44,68 @@ func Run(ctx context.Context, o Options) (int, error) {
 	cmd.Args[0] = o.Argv[0]
 	cmd.Env = childEnv(o.Env, o.CABundle)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = o.Stdin, o.Stdout, o.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dirFD.Fd())}
-	if err := cmd.Start(); err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		UseCgroupFD: true,
+		CgroupFD:    int(dirFD.Fd()),
+		// Should sluice die (even by SIGKILL), the command dies with it:
+		// it never runs on once the hooks are gone.
+		Pdeathsig: syscall.SIGKILL,
+	}
+	started, waited := startLocked(cmd)
+	if err := <-started; err != nil {
 		return 126, fmt.Errorf("start %s in cgroup %s: %w", o.Argv[0], cg.path, err)
 	}
-
-	grace := o.StopGrace
-	if grace == 0 {
-		grace = 10 * time.Second
-	}
-	waitErr := make(chan error, 1)
-	go func() { waitErr <- cmd.Wait() }()
-	var werr error
-	select {
-	case werr = <-waitErr:
-	case <-ctx.Done():
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case werr = <-waitErr:
-		case <-time.After(grace):
-			_ = cmd.Process.Kill()
-			werr = <-waitErr
-		}
-	}
+	werr := stop(ctx, cmd.Process, waited, o)
 	return exitCode(cmd, werr), nil
+}
+
+// startLocked starts cmd from a goroutine locked to its OS thread until
+// the child has been waited for: the kernel sends Pdeathsig when the
+// thread that forked the child exits, not the process, and the Go runtime
+// may end an idle thread. started receives Start's error; waited, when
+// Start succeeded, Wait's.
+func startLocked(cmd *exec.Cmd) (started, waited <-chan error) {
+	s, w := make(chan error, 1), make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		err := cmd.Start()
+		s <- err
+		if err != nil {
+			return
+		}
+		w <- cmd.Wait()
+	}()
+	return s, w
+}
+
+// signaler is the part of os.Process that stop uses.
+type signaler interface{ Signal(os.Signal) error }
+
+// stop waits for the child. When ctx ends first (SIGINT or SIGTERM to
+// sluice), it gives the child InterruptWait to exit by itself, as a
+// terminal's Ctrl-C reached the child too, then sends SIGTERM, and SIGKILL
+// after StopGrace. It returns Wait's error.
+func stop(ctx context.Context, p signaler, waited <-chan error, o Options) error {
+	select {
+	case err := <-waited:
+		return err
+	case <-ctx.Done():
+	}
+	interrupt, grace := o.waits()
+	select {
+	case err := <-waited:
+		return err
+	case <-time.After(interrupt):
+	}
+	_ = p.Signal(syscall.SIGTERM)
+	select {
+	case err := <-waited:
+		return err
+	case <-time.After(grace):
+	}
+	_ = p.Signal(syscall.SIGKILL)
+	return <-waited
 }
 
 func exitCode(cmd *exec.Cmd, err error) int {
@@ -81,4 +120,3 @@ func exitCode(cmd *exec.Cmd, err error) int {
 	}
 	return cmd.ProcessState.ExitCode()
 }
-
