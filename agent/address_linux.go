@@ -198,12 +198,34 @@ func (ia *interceptAddrs) remove(log *slog.Logger) {
 		}
 	}
 	ia.added = nil
-	if ia.createdLink {
+	if ia.createdLink && !holdsOthers(ia.link) {
 		if err := netlink.LinkDel(ia.link); err != nil {
 			log.Warn("remove link", "link", interceptLink, "error", err)
 		}
 		ia.createdLink = false
 	}
+}
+
+// holdsOthers reports whether l still holds an address (other than an
+// IPv6 link-local one) once this agent removed its own: another agent or
+// `sluice run` placed it there after we created the link, and deleting
+// the link would take it away.
+func holdsOthers(l netlink.Link) bool {
+	as, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return true // unsure: leave the link
+	}
+	for _, a := range as {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		if ip = ip.Unmap(); ip.Is6() && ip.IsLinkLocalUnicast() {
+			continue // the kernel's own fe80:: address
+		}
+		return true
+	}
+	return false
 }
 
 // removeIntercept removes the guard routes of the configured addresses

@@ -3,6 +3,11 @@
 # MCP-server-like process calling it under `sluice run` with a sample policy
 # (one call allowed, one denied), then the audit log and the summary.
 # Needs root (eBPF, cgroups, network namespaces). Cleans up after itself.
+# `sluice run` takes an intercept address, proxy port and pin directory of
+# its own, so a node agent on this machine is left alone. The API's
+# namespace has no default route (it only answers the root namespace over
+# the veth) and a resolv.conf naming its own loopback, so nothing of the
+# demo leaves the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "make demo needs root (eBPF hooks, cgroups, network namespaces)" >&2; exit 1; }
@@ -14,14 +19,13 @@ veth=sluice-demo0
 api_ip=198.18.77.2     # RFC 2544 benchmark range: only ever our own namespace
 gw_ip=198.18.77.1
 work=$(mktemp -d /tmp/sluice-demo.XXXXXX)
-old_fwd=$(cat /proc/sys/net/ipv4/ip_forward)
 api_pid=
 
 cleanup() {
   [ -n "$api_pid" ] && kill "$api_pid" 2>/dev/null || true
   ip link del "$veth" 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true
-  echo "$old_fwd" > /proc/sys/net/ipv4/ip_forward
+  rm -rf "/etc/netns/$ns"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -29,13 +33,14 @@ trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "topology: the API in network namespace $ns at $api_ip"
+mkdir -p "/etc/netns/$ns"
+echo "nameserver 127.0.0.1" > "/etc/netns/$ns/resolv.conf"
 ip netns add "$ns"
 ip link add "$veth" type veth peer name "${veth}p"
 ip link set "${veth}p" netns "$ns"
 ip addr add "$gw_ip/24" dev "$veth"; ip link set "$veth" up
 ip -n "$ns" link set lo up
 ip -n "$ns" addr add "$api_ip/24" dev "${veth}p"; ip -n "$ns" link set "${veth}p" up
-ip -n "$ns" route add default via "$gw_ip"
 
 step "a throwaway CA and a certificate for api.demo.test"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=demo API CA" \

@@ -66,9 +66,17 @@ func newRunEnv(t *testing.T) *runEnv {
 // command's exit code, its stdout and sluice's stderr.
 func (e *runEnv) run(t *testing.T, argv ...string) (int, string, string) {
 	t.Helper()
+	return e.runFlags(t, nil, argv...)
+}
+
+// runFlags is run with extra flags for `sluice run`.
+func (e *runEnv) runFlags(t *testing.T, flags []string, argv ...string) (int, string, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	args := append([]string{"run", "--config", e.config, "--policy", e.policy, "--audit-log", e.audit, "--"}, argv...)
+	args := append([]string{"run", "--config", e.config, "--policy", e.policy, "--audit-log", e.audit}, flags...)
+	args = append(args, "--")
+	args = append(args, argv...)
 	cmd := exec.CommandContext(ctx, sluiceBin, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -8,11 +8,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 
 	"github.com/sluicehq/sluice/agent"
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/launch"
+	"gopkg.in/yaml.v3"
 )
 
 func init() {
@@ -49,6 +51,19 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice run: %v\n", err)
 		return 2
+	}
+	set, err := agentKeysSet(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "sluice run: %v\n", err)
+		return 2
+	}
+	privateBPFFS, err := runAgentDefaults(&cfg.Agent, set, os.Getpid(), nodeAddrs())
+	if err != nil {
+		fmt.Fprintf(stderr, "sluice run: %v\n", err)
+		return 1
+	}
+	if privateBPFFS != "" {
+		defer os.RemoveAll(privateBPFFS)
 	}
 	// One command's interception lives and dies with this process: hooks
 	// are tied to it (failMode open) and only its transient cgroup is
@@ -138,4 +153,93 @@ func runIntercepted(ctx context.Context, cfg config.Config, log *slog.Logger, au
 		writeFlowsTable(stderr, st.flows.Snapshot())
 	}
 	return code, runErr
+}
+
+// `sluice run` keeps state of its own, apart from a node agent's (the
+// defaults in config.DefaultAgent): a node agent's pins, hooks and
+// intercept address are never adopted, replaced or removed by a run, and
+// concurrent runs do not share an address or a port. A --config that sets
+// agent.interceptIPv4, agent.interceptIPv6, agent.proxyPort or agent.bpffs
+// explicitly keeps what it sets.
+const (
+	// runAddrFirst..runAddrLast is the range of the last byte of a run's
+	// intercept addresses: 169.254.77.N and fdc5:1ce0:77::1:N (hex). The
+	// node agent's default is 169.254.77.77 and fdc5:1ce0:77::77.
+	runAddrFirst = 200
+	runAddrLast  = 254
+	// runPortBase + pid % runPorts is a run's proxy port.
+	runPortBase = 15100
+	runPorts    = 800
+)
+
+// runAgentKeys are the agent settings a run replaces unless they are set.
+var runAgentKeys = []string{"interceptIPv4", "interceptIPv6", "proxyPort", "bpffs"}
+
+// agentKeysSet reports which of runAgentKeys the config file sets.
+func agentKeysSet(path string) (map[string]bool, error) {
+	set := map[string]bool{}
+	if path == "" {
+		return set, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config %s: %w", path, err)
+	}
+	var doc struct {
+		Agent map[string]yaml.Node `yaml:"agent"`
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	for _, k := range runAgentKeys {
+		_, set[k] = doc.Agent[k]
+	}
+	return set, nil
+}
+
+// runAgentDefaults gives a run its own bpffs directory
+// (/sys/fs/bpf/sluice-run-<pid>, returned so that it is removed at exit),
+// its own intercept addresses (the first pair in the run range, starting
+// from the pid, that no interface holds) and a proxy port derived from the
+// pid, for each of those the config does not set.
+func runAgentDefaults(a *config.Agent, set map[string]bool, pid int, inUse map[netip.Addr]bool) (privateBPFFS string, err error) {
+	if !set["bpffs"] {
+		a.BPFFS = fmt.Sprintf("/sys/fs/bpf/sluice-run-%d", pid)
+		privateBPFFS = a.BPFFS
+	}
+	if !set["proxyPort"] {
+		a.ProxyPort = uint16(runPortBase + pid%runPorts)
+	}
+	if set["interceptIPv4"] && set["interceptIPv6"] {
+		return privateBPFFS, nil
+	}
+	n := runAddrLast - runAddrFirst + 1
+	for i := 0; i < n; i++ {
+		last := byte(runAddrFirst + (pid+i)%n)
+		v4 := netip.AddrFrom4([4]byte{169, 254, 77, last})
+		v6 := netip.AddrFrom16([16]byte{0xfd, 0xc5, 0x1c, 0xe0, 0, 0x77, 13: 1, 15: last})
+		if (!set["interceptIPv4"] && inUse[v4]) || (!set["interceptIPv6"] && inUse[v6]) {
+			continue
+		}
+		if !set["interceptIPv4"] {
+			a.InterceptIPv4 = v4
+		}
+		if !set["interceptIPv6"] && a.InterceptIPv6.IsValid() {
+			a.InterceptIPv6 = v6
+		}
+		return privateBPFFS, nil
+	}
+	return privateBPFFS, fmt.Errorf("pick intercept address: 169.254.77.%d-%d are all in use (one per running sluice run); set agent.interceptIPv4 and agent.interceptIPv6 in --config", runAddrFirst, runAddrLast)
+}
+
+// nodeAddrs lists the addresses the node's interfaces hold.
+func nodeAddrs() map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if pfx, err := netip.ParsePrefix(a.String()); err == nil {
+			out[pfx.Addr().Unmap()] = true
+		}
+	}
+	return out
 }
