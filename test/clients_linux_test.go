@@ -293,6 +293,10 @@ func TestAdminFlowsAndIsolation(t *testing.T) {
 	for _, want := range []string{
 		`sluice_proxy_requests_total{code="200",decision="allow",host="api.test",method="GET",source="upstream",workload="` + e.cg.Path + `"} 1`,
 		`sluice_agent_connect_events_total{decision="redirected"}`,
+		// The proxy reports its decrypted handshakes and open connections.
+		`sluice_proxy_tls_connections_total{mode="decrypted"} 1`,
+		"sluice_proxy_open_connections ",
+		`sluice_ca_leaf_issued_total 1`,
 	} {
 		if !strings.Contains(string(metrics), want) {
 			t.Errorf("/metrics lacks %s", want)
