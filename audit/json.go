@@ -124,7 +124,6 @@ var clearHeaders = map[string]bool{
 	"If-Modified-Since":    true,
 	"If-None-Match":        true,
 	"Mcp-Protocol-Version": true,
-	"Mcp-Session-Id":       true,
 	"Origin":               true,
 	"Pragma":               true,
 	"Range":                true,
@@ -147,7 +146,7 @@ var clearHeaders = map[string]bool{
 // Accept-Encoding, Accept-Language, Cache-Control, Connection,
 // Content-Encoding, Content-Language, Content-Length, Content-Type, Date,
 // Expect, Host, If-Modified-Since, If-None-Match, Mcp-Protocol-Version,
-// Mcp-Session-Id, Origin, Pragma, Range, Te, Traceparent, Tracestate,
+// Origin, Pragma, Range, Te, Traceparent, Tracestate,
 // Transfer-Encoding, Upgrade, User-Agent, Via, X-Forwarded-For,
 // X-Forwarded-Host, X-Forwarded-Proto and X-Request-Id. Every other value
 // (Authorization, Cookie, X-Api-Key, any vendor's key or token header) is

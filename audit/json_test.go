@@ -13,6 +13,7 @@ func TestRedactAllowlist(t *testing.T) {
 		"Api-Key", "X-Goog-Api-Key", "X-Auth-Token", "Private-Token",
 		"X-Amz-Security-Token", "Ocp-Apim-Subscription-Key", "X-Unknown-Vendor-Header",
 		"Referer",
+		"Mcp-Session-Id", // a bearer of the session on servers that trust it alone
 	}
 	clear := map[string]string{
 		"Accept":               "application/json, text/event-stream",
@@ -20,7 +21,6 @@ func TestRedactAllowlist(t *testing.T) {
 		"Content-Length":       "42",
 		"User-Agent":           "anthropic-python/0.40",
 		"Host":                 "api.example",
-		"Mcp-Session-Id":       "abc",
 		"Mcp-Protocol-Version": "2025-06-18",
 		"Traceparent":          "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
 		"X-Request-Id":         "r-1",

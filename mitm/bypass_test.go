@@ -2,12 +2,14 @@ package mitm
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -241,5 +243,65 @@ func TestPlainHTTPHostMustResolveToDestination(t *testing.T) {
 	}
 	if n := reached.Load(); n != 1 {
 		t.Fatalf("upstream reached %d times, want once", n)
+	}
+}
+
+// rotatingResolver answers each lookup of a name with the next address of
+// its list, as DNS that rotates its answers does, and counts lookups.
+type rotatingResolver struct {
+	addrs []netip.Addr
+	n     atomic.Int64
+}
+
+func (r *rotatingResolver) LookupNetIP(_ context.Context, _, _ string) ([]netip.Addr, error) {
+	i := r.n.Add(1) - 1
+	return []netip.Addr{r.addrs[int(i)%len(r.addrs)]}, nil
+}
+
+// Name binding looks a name up at most once a minute and remembers the
+// union of the answers, so a name whose answers rotate still binds.
+func TestNameBindingIsCached(t *testing.T) {
+	var reached atomic.Int64
+	up := startPlainUpstream(t, countingHandler(&reached))
+	res := &rotatingResolver{addrs: []netip.Addr{up.addr.Addr(), netipMust("127.0.0.2")}}
+	h := newHarness(t, nil, bypassPolicy(t), func(_ *config.Proxy, d *Deps) { d.Resolver = res })
+	for i := 0; i < 3; i++ {
+		c := transparent(t, h, Destination{Addr: up.addr}, workload.Identity{PID: 7})
+		resp, body := rawRequest(t, c, "GET /public/x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	if n := res.n.Load(); n != 1 {
+		t.Fatalf("%d lookups for 3 connections, want 1", n)
+	}
+}
+
+// CONNECT to an IP literal, then plain HTTP naming a host: served and
+// judged by the address (no 421, as no name was bound to the tunnel).
+func TestConnectToIPWithHostName(t *testing.T) {
+	var reached atomic.Int64
+	up := startPlainUpstream(t, countingHandler(&reached))
+	dec := &fakeDecider{}
+	h := newHarness(t, nil, dec)
+	c, err := net.DialTimeout("tcp", h.url.Host, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", up.addr, up.addr)
+	br := bufio.NewReader(c)
+	if resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"}); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	fmt.Fprintf(c, "GET /x HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("request in a tunnel to an IP: %v %v", resp, err)
+	}
+	reqs := dec.requests()
+	if len(reqs) != 1 || reqs[0].Host != up.addr.Addr().String() {
+		t.Fatalf("policy saw %+v, want the request judged by the tunnel's address", reqs)
 	}
 }

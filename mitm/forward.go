@@ -145,7 +145,10 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec.Host = host
 	t := f.targetFor(r, host, port)
 	rec.Port = t.port // the port dialed, whatever the Host header says
-	if f.fixed != nil && t.conn.Host != "" && !sameHost(host, t.conn.Host) {
+	if t.unbound {
+		rec.Error = fmt.Sprintf("host %q does not resolve to the destination %s: judged by the address", host, f.dst.Addr.Addr())
+	}
+	if f.fixed != nil && t.conn.Host != "" && !isIPLiteral(t.conn.Host) && !sameHost(host, t.conn.Host) {
 		// The connection was opened (and verified upstream) for that
 		// name; a request naming another host would be judged by a name
 		// it is not going to (domain fronting). Without SNI the policy

@@ -58,7 +58,11 @@ func TestSniffHTTP(t *testing.T) {
 		{"a1 LOGIN bob secret\r\n", 0, false},
 		{"PING\r\n", 0, false},
 		{"\x16\x03\x01\x00", 0, false},
-		{"\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1", 0, false}, // more than 8 empty-line bytes
+		{"\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1", 10, true},
+		{"G1 /admin HTTP/1.1\r\n", 0, true},
+		{"GET ws://x/admin HTTP/1.1\r\n", 0, true},
+		{"get k\r\n", 0, false},
+		{"SET k v\r\n", 0, false},
 	}
 	for _, tt := range tests {
 		a, b := net.Pipe()

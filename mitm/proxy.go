@@ -46,11 +46,14 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/net/http2"
+
+	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/ca"
@@ -138,10 +141,14 @@ type Proxy struct {
 	dialer   *net.Dialer
 	resolver Resolver
 	obs      Observer
-	pools    *poolSet
-	h2       *http2.Server
-	errLog   *slog.Logger
-	slots    chan struct{} // one per client connection being served
+	// seen remembers, per name, the addresses recent lookups gave (a
+	// union over bindingTTL), so name binding costs at most one lookup per
+	// name and minute, and rotating DNS answers still bind.
+	seen   *lru.Cache[string, binding]
+	pools  *poolSet
+	h2     *http2.Server
+	errLog *slog.Logger
+	slots  chan struct{} // one per client connection being served
 }
 
 // New builds a Proxy from its configuration (already validated by
@@ -206,6 +213,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 	if deps.Observer != nil {
 		obs = deps.Observer
 	}
+	seen, _ := lru.New[string, binding](bindingCacheSize)
 	var res Resolver = net.DefaultResolver
 	if deps.Resolver != nil {
 		res = deps.Resolver
@@ -220,6 +228,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		sessions: tls.NewLRUClientSessionCache(1024),
 		dialer:   d,
 		resolver: res,
+		seen:     seen,
 		obs:      obs,
 		h2: &http2.Server{
 			IdleTimeout:          cfg.IdleTimeout.D(),
@@ -315,6 +324,9 @@ type target struct {
 	cd     policy.ConnDecision
 	useTLS bool
 	alpn   string // negotiated with the upstream
+	// unbound: the request's host does not resolve to the original
+	// destination, so the policy judged the address (transparent HTTP).
+	unbound bool
 
 	mu    sync.Mutex
 	pool  *upstreamPool
@@ -407,15 +419,17 @@ func sniffH2C(br peeker) bool {
 
 // sniffHTTP reports whether the buffered bytes start an HTTP/1.x request:
 // optional empty lines (RFC 9112 section 2.2 lets servers skip them, and
-// nginx and Node do), a method token of letters, '-' or '_' (any method,
-// any case: servers accept extension methods), a space, and a request
-// target that starts like one: '/', '*', an absolute http(s) URI, or
-// anything after CONNECT. skip is the number of leading CR/LF bytes the
-// caller must drop before serving. Bytes that don't look like this are
-// not HTTP, and such flows are decided as opaque (see policy.Conn.Opaque),
-// so a request that slips past this sniffing still can't escape policy.
+// nginx and Node do), a method token (any RFC 9110 token: servers accept
+// extension methods, in any case), a space, and a request target that
+// starts like one: '/', '*', an absolute URI (scheme "://"), or anything
+// after CONNECT. skip is the number of leading CR/LF bytes the caller must
+// drop before serving. It reads only as far as it must to say no, so a
+// client-first text protocol is not held up. Bytes that don't look like
+// this are not HTTP; such flows are decided as opaque (policy.Conn.Opaque),
+// where deny rules with methods or paths still apply, so a request that
+// slips past this sniffing can't escape them.
 func sniffHTTP(br peeker) (skip int, ok bool) {
-	const maxSkip, maxMethod = 8, 24
+	const maxSkip, maxMethod, maxScheme = 32, 32, 32
 	at := func(i int) (byte, bool) {
 		b, err := br.Peek(i + 1)
 		if err != nil || len(b) <= i {
@@ -435,36 +449,54 @@ func sniffHTTP(br peeker) (skip int, ok bool) {
 			return 0, false
 		}
 	}
-	for i := skip; i < skip+maxMethod; i++ {
+	i := skip
+	for ; ; i++ {
 		c, ok := at(i)
-		if !ok {
+		if !ok || i >= skip+maxMethod {
 			return 0, false
 		}
+		if c == ' ' && i > skip {
+			break
+		}
+		if !isTokenChar(c) {
+			return 0, false
+		}
+	}
+	if b, _ := br.Peek(i); string(b[skip:i]) == "CONNECT" {
+		return skip, true
+	}
+	t, ok := at(i + 1)
+	switch {
+	case !ok:
+		return 0, false
+	case t == '/' || t == '*':
+		return skip, true
+	case !isAlpha(t):
+		return 0, false
+	}
+	// absolute-form: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) "://"
+	for j := i + 2; j < i+2+maxScheme; j++ {
+		c, ok := at(j)
 		switch {
-		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c == '-', c == '_':
-			continue
-		case c != ' ' || i == skip:
+		case !ok:
+			return 0, false
+		case c == ':':
+			s1, ok1 := at(j + 1)
+			s2, ok2 := at(j + 2)
+			return skip, ok1 && ok2 && s1 == '/' && s2 == '/'
+		case isAlpha(c) || c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.':
+		default:
 			return 0, false
 		}
-		b, _ := br.Peek(i)
-		if string(b[skip:i]) == "CONNECT" {
-			return skip, true
-		}
-		t, ok := at(i + 1)
-		if !ok {
-			return 0, false
-		}
-		if t == '/' || t == '*' {
-			return skip, true
-		}
-		u, err := br.Peek(i + 1 + len("https://"))
-		if err != nil {
-			u, _ = br.Peek(i + 1 + len("http://"))
-		}
-		target := strings.ToLower(string(u[i+1:]))
-		return skip, strings.HasPrefix(target, "http://") || strings.HasPrefix(target, "https://")
 	}
 	return 0, false
+}
+
+func isAlpha(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+
+// isTokenChar is RFC 9110's tchar.
+func isTokenChar(c byte) bool {
+	return isAlpha(c) || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
 // addrs returns the addresses a destination may be dialed at: the original
@@ -594,23 +626,49 @@ func isIPLiteral(h string) bool {
 	return err == nil
 }
 
-// resolvesTo reports whether name is ip, or resolves to it now.
+// binding is what recent lookups of one name returned.
+type binding struct {
+	addrs   []netip.Addr
+	expires time.Time
+}
+
+const (
+	bindingCacheSize = 4096
+	bindingTTL       = time.Minute
+	maxBoundAddrs    = 64
+)
+
+// resolvesTo reports whether name is ip, or resolves to it: now, or in a
+// lookup of the last bindingTTL (DNS that rotates its answers still binds).
 func (f *flow) resolvesTo(name string, ip netip.Addr) bool {
 	if a, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
 		return a.Unmap() == ip.Unmap()
 	}
-	ctx, cancel := context.WithTimeout(f.ctx, f.p.cfg.DialTimeout.D())
+	ip = ip.Unmap()
+	key := strings.TrimSuffix(strings.ToLower(name), ".")
+	p := f.p
+	var known []netip.Addr
+	if b, ok := p.seen.Get(key); ok && time.Now().Before(b.expires) {
+		known = b.addrs
+	}
+	if slices.Contains(known, ip) {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(f.ctx, p.cfg.DialTimeout.D())
 	defer cancel()
-	as, err := f.p.resolver.LookupNetIP(ctx, "ip", name)
+	as, err := p.resolver.LookupNetIP(ctx, "ip", name)
 	if err != nil {
+		p.log.Warn("name binding lookup failed", "host", name, "addr", ip.String(), "error", err.Error())
 		return false
 	}
+	union := slices.Clone(known)
 	for _, a := range as {
-		if a.Unmap() == ip.Unmap() {
-			return true
+		if a = a.Unmap(); !slices.Contains(union, a) && len(union) < maxBoundAddrs {
+			union = append(union, a)
 		}
 	}
-	return false
+	p.seen.Add(key, binding{addrs: union, expires: time.Now().Add(bindingTTL)})
+	return slices.Contains(union, ip)
 }
 
 // serveTLS decides a TLS flow from its ClientHello.
@@ -641,6 +699,8 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 		// certificate is checked against the name.
 		t.cd.Action = policy.Decrypt
 		t.cd.Reason = reasonPassthroughUnbound
+		p.log.Warn("pass-through refused: SNI does not resolve to the destination; decrypting",
+			"sni", hello.SNI, "addr", t.conn.Addrs[0].String(), "workload", f.id.Name())
 	}
 	switch t.cd.Action {
 	case policy.Reject:
@@ -988,6 +1048,7 @@ func (f *flow) target(r *http.Request, host string) *target {
 	}
 	t = f.newTarget(policyHost, f.dst.Port, false)
 	t.host = host
+	t.unbound = policyHost != host
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.targets == nil {

@@ -264,8 +264,19 @@ func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 			continue
 		}
 		if r.dst.perRequest() {
-			if pass || c.Opaque {
-				continue // methods and paths cannot apply to a flow that is not HTTP
+			if pass {
+				continue // methods and paths cannot apply to undecrypted TLS
+			}
+			if c.Opaque {
+				// A flow that is not HTTP as far as Sluice can tell may
+				// still be HTTP to the upstream: an allow that needs a
+				// method or path can't be shown to apply, a deny can't be
+				// shown not to.
+				if !r.deny {
+					continue
+				}
+				d, decided = r.access(false), true
+				break
 			}
 			d = Decision{Reason: ReasonPerRequest}
 			decided = true

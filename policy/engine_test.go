@@ -444,3 +444,25 @@ rules:
 		t.Fatalf("opaque: %v rule %q reason %q, want reject by the default rule", d.Action, d.Rule, d.Reason)
 	}
 }
+
+// Opaque flows and deny rules with paths: the deny applies, since the
+// flow may be HTTP the proxy did not recognise.
+func TestOpaqueFlowHitsPathDeny(t *testing.T) {
+	e, err := Parse([]byte(`version: 1
+rules:
+  - name: no-admin
+    destinations: {hosts: [api.example.com], paths: [/admin]}
+    action: deny
+  - name: api
+    destinations: {hosts: [api.example.com]}
+    action: allow
+`), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Conn{Host: "api.example.com", Port: 443, TLS: true, Opaque: true, Addrs: []netip.Addr{netip.MustParseAddr("93.184.216.34")}}
+	d := e.Connection(context.Background(), c)
+	if d.Action != Reject || d.Rule != "no-admin" || d.Reason != ReasonDeniedByRule {
+		t.Fatalf("opaque flow to a host with a path deny: %v rule %q reason %q, want reject by no-admin", d.Action, d.Rule, d.Reason)
+	}
+}
