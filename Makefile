@@ -7,7 +7,7 @@ export CGO_ENABLED ?= 0
 .PHONY: help generate check-generated build test unit e2e fuzz bench demo lint clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
 
 generate: ## rebuild the bpf2go output from bpf/*.c (needs clang, llvm, libbpf-dev)
 	$(GO) generate ./bpf/...
