@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -148,7 +150,7 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if t.unbound {
 		rec.Error = fmt.Sprintf("host %q does not resolve to the destination %s: judged by the address", host, f.dst.Addr.Addr())
 	}
-	if f.fixed != nil && t.conn.Host != "" && !isIPLiteral(t.conn.Host) && !sameHost(host, t.conn.Host) {
+	if f.fixed != nil && t.conn.Host != "" && !t.connHostIsIP() && !sameHost(host, t.conn.Host) {
 		// The connection was opened (and verified upstream) for that
 		// name; a request naming another host would be judged by a name
 		// it is not going to (domain fronting). Without SNI the policy
@@ -190,7 +192,7 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if t.addr.IsValid() {
 		rec.DstIP = t.addr.Addr()
-		rec.UpstreamAddr = t.addr.String()
+		rec.UpstreamAddr = t.addrString(t.addr)
 	}
 	if t.err != nil {
 		x.fail(http.StatusBadGateway, audit.DecisionError, t.fail, t.err.Error(), d.Header)
@@ -203,8 +205,37 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	rec.DstIP = t.addr.Addr()
-	rec.UpstreamAddr = t.addr.String()
+	rec.UpstreamAddr = t.addrString(t.addr)
 	x.forward(t)
+}
+
+// memo is a value computed from a key, kept for as long as the key stays
+// the same (see target.addrString and target.connHostIsIP).
+type memo[K comparable, V any] struct {
+	k K
+	v V
+}
+
+// addrString is a.String(), remembered per target: a request of a
+// keep-alive connection need not format its upstream address anew.
+func (t *target) addrString(a netip.AddrPort) string {
+	if m := t.addrStr.Load(); m != nil && m.k == a {
+		return m.v
+	}
+	s := a.String()
+	t.addrStr.Store(&memo[netip.AddrPort, string]{a, s})
+	return s
+}
+
+// connHostIsIP is isIPLiteral(t.conn.Host), remembered per target.
+func (t *target) connHostIsIP() bool {
+	h := t.conn.Host
+	if m := t.hostIP.Load(); m != nil && m.k == h {
+		return m.v
+	}
+	ip := isIPLiteral(h)
+	t.hostIP.Store(&memo[string, bool]{h, ip})
+	return ip
 }
 
 // h2HeaderSize is the header list size as HTTP/2 counts it (RFC 9113
@@ -244,6 +275,11 @@ func sameHost(req, conn string) bool {
 
 func splitHostPort(h string) (string, uint16) {
 	if host, p, err := net.SplitHostPort(h); err == nil {
+		// Fast path for the usual all-digit port; anything else keeps
+		// fmt's scanning rules.
+		if n, err := strconv.ParseUint(p, 10, 16); err == nil {
+			return strings.ToLower(host), uint16(n)
+		}
 		var n uint16
 		if _, err := fmt.Sscanf(p, "%d", &n); err == nil {
 			return strings.ToLower(host), n
@@ -400,14 +436,15 @@ func (x *exchange) forward(t *target) {
 	if _, ok := out.Header["User-Agent"]; !ok {
 		out.Header.Set("User-Agent", "") // no Go default User-Agent
 	}
+	rc := http.NewResponseController(w)
 	if r.ProtoMajor == 1 {
 		// The upstream may answer while the body is still coming.
-		_ = http.NewResponseController(w).EnableFullDuplex()
+		_ = rc.EnableFullDuplex()
 	}
 	var body *countingBody
 	if r.Body != nil && r.Body != http.NoBody {
 		body = &countingBody{r: r.Body, limit: d.MaxRequestBody, declared: r.ContentLength}
-		rc, idle := http.NewResponseController(w), p.cfg.IdleTimeout.D()
+		idle := p.cfg.IdleTimeout.D()
 		body.idle = func() { _ = rc.SetReadDeadline(time.Now().Add(idle)) }
 		out.Body = body
 	} else {
@@ -480,10 +517,9 @@ func (x *exchange) forward(t *target) {
 		h[k] = append(h[k], vs...)
 	}
 	if resp.ContentLength >= 0 && r.Method != http.MethodHead {
-		h.Set("Content-Length", fmt.Sprint(resp.ContentLength))
+		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}
 	w.WriteHeader(resp.StatusCode)
-	rc := http.NewResponseController(w)
 	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	// A body of unknown length may be a stream (SSE, chunked): every
 	// piece goes out as soon as the upstream sends it, headers first. A
@@ -598,7 +634,7 @@ func poolURLHost(t *target) string {
 	if strings.Contains(h, ":") {
 		h = "[" + h + "]"
 	}
-	return fmt.Sprintf("%s:%d", h, t.port)
+	return h + ":" + strconv.Itoa(int(t.port))
 }
 
 // upgrade completes a protocol switch (WebSocket): the 101 goes to the
@@ -676,11 +712,30 @@ func removeHopHeaders(h http.Header, keepWS bool) (upgrade string) {
 		h.Set("Te", "trailers")
 	}
 	for k := range h {
-		if strings.HasPrefix(strings.ToLower(k), "proxy-") {
+		if hasProxyPrefix(k) {
 			delete(h, k)
 		}
 	}
 	return upgrade
+}
+
+// hasProxyPrefix reports whether strings.ToLower(k) starts with "proxy-"
+// without allocating: only ASCII letters lower-case into that prefix.
+func hasProxyPrefix(k string) bool {
+	const prefix = "proxy-"
+	if len(k) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := k[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != prefix[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func headerHasToken(h http.Header, name, token string) bool {

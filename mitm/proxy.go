@@ -49,6 +49,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -334,6 +335,9 @@ type target struct {
 	spare net.Conn
 	err   error // permanent upstream failure (TLS targets)
 	fail  string
+
+	addrStr atomic.Pointer[memo[netip.AddrPort, string]]
+	hostIP  atomic.Pointer[memo[string, bool]]
 }
 
 func (p *Proxy) decider() policy.Decider { return p.deps.Policy.Load() }
