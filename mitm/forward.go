@@ -777,39 +777,46 @@ func (p *Proxy) emit(rec *audit.Record) {
 	if !p.log.Enabled(context.Background(), level) {
 		return
 	}
-	attrs := []slog.Attr{
+	// Room for every attribute on the stack: no growing, no closure.
+	var buf [maxDecisionAttrs]slog.Attr
+	attrs := append(buf[:0],
 		slog.String("kind", rec.Kind),
 		slog.String("workload", rec.Workload.Name()),
 		slog.String("decision", rec.Decision),
-	}
+	)
 	if rec.Workload.Client.IsValid() {
 		attrs = append(attrs, slog.String("client", rec.Workload.Client.String()))
 	}
-	add := func(k, v string) {
-		if v != "" {
-			attrs = append(attrs, slog.String(k, v))
-		}
-	}
-	add("host", rec.Host)
+	attrs = appendNonEmpty(attrs, "host", rec.Host)
 	if rec.DstIP.IsValid() {
 		attrs = append(attrs, slog.String("ip", rec.DstIP.String()))
 	}
 	if rec.Port != 0 {
 		attrs = append(attrs, slog.Int("port", int(rec.Port)))
 	}
-	add("sni", rec.SNI)
-	add("tls", rec.TLS)
-	add("method", rec.Method)
-	add("path", rec.Path)
+	attrs = appendNonEmpty(attrs, "sni", rec.SNI)
+	attrs = appendNonEmpty(attrs, "tls", rec.TLS)
+	attrs = appendNonEmpty(attrs, "method", rec.Method)
+	attrs = appendNonEmpty(attrs, "path", rec.Path)
 	if rec.Status != 0 {
 		attrs = append(attrs, slog.Int("status", rec.Status))
 	}
-	add("rule", rec.Rule)
-	add("reason", rec.Reason)
-	add("error", rec.Error)
+	attrs = appendNonEmpty(attrs, "rule", rec.Rule)
+	attrs = appendNonEmpty(attrs, "reason", rec.Reason)
+	attrs = appendNonEmpty(attrs, "error", rec.Error)
 	attrs = append(attrs, slog.Int64("bytes_in", rec.BytesIn), slog.Int64("bytes_out", rec.BytesOut),
 		slog.Float64("duration_ms", float64(rec.Duration.Microseconds())/1000))
 	p.log.LogAttrs(context.Background(), level, "decision", attrs...)
+}
+
+// maxDecisionAttrs is the most attributes emit puts on a decision line.
+const maxDecisionAttrs = 18
+
+func appendNonEmpty(attrs []slog.Attr, k, v string) []slog.Attr {
+	if v == "" {
+		return attrs
+	}
+	return append(attrs, slog.String(k, v))
 }
 
 // bufferedConn lets a hijacked connection keep the bytes its bufio.Reader
