@@ -94,10 +94,39 @@ func (f *framer) feed(p []byte) {
 			f.cur.size++
 		}
 		p = p[i+1:]
-		line := strings.TrimSuffix(string(f.line), "\r")
+		f.endLineBytes(bytes.TrimSuffix(f.line, []byte("\r")))
 		f.line = f.line[:0]
-		f.endLine(line)
 	}
+}
+
+// endLineBytes is endLine(string(line)), without making a string of the
+// header fields endLine would ignore anyway: a line without a colon, or
+// an ASCII field name whose length is none of the tracked names' (ASCII
+// keeps its length when lower-cased).
+func (f *framer) endLineBytes(line []byte) {
+	if f.state == stHead && !f.first && len(line) > 0 {
+		name, _, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			return
+		}
+		switch len(name) {
+		case len("content-length"), len("transfer-encoding"), len("upgrade"):
+		default:
+			if isASCII(name) {
+				return
+			}
+		}
+	}
+	f.endLine(string(line))
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 func (f *framer) endLine(line string) {
@@ -109,10 +138,12 @@ func (f *framer) endLine(line string) {
 				return // blank lines before a request line are ignored
 			}
 			f.first = false
-			parts := strings.SplitN(line, " ", 3)
-			f.cur.method = parts[0]
-			if len(parts) > 1 {
-				f.cur.target = parts[1]
+			// The first two space-separated fields (strings.SplitN(line,
+			// " ", 3)[:2]), without the slice.
+			method, rest, ok := strings.Cut(line, " ")
+			f.cur.method = method
+			if ok {
+				f.cur.target, _, _ = strings.Cut(rest, " ")
 			}
 			return
 		}
