@@ -84,6 +84,7 @@ type exchange struct {
 	start time.Time
 	d     policy.Decision
 	body  *countingBody
+	ht    headerTimer // forward's response header timer, allocated with x
 }
 
 // ServeHTTP serves one request of the flow: decide, forward, stream back,
@@ -419,7 +420,7 @@ func (x *exchange) forward(t *target) {
 	if t.useTLS {
 		out.URL.Scheme = "https"
 	}
-	out.URL.Host = poolURLHost(t)
+	out.URL.Host = t.urlHost()
 	out.Host = r.Host
 	if f.explicit && f.fixed == nil {
 		out.Host = r.URL.Host
@@ -457,7 +458,8 @@ func (x *exchange) forward(t *target) {
 
 	// ResponseHeaderTimeout counts from the end of the request body, as
 	// net/http's Transport does, so a long upload is not cut short.
-	ht := &headerTimer{d: p.cfg.ResponseHeaderTimeout.D(), fire: func() { cancel(errResponseHeaderTimeout) }}
+	ht := &x.ht
+	ht.d, ht.fire = p.cfg.ResponseHeaderTimeout.D(), func() { cancel(errResponseHeaderTimeout) }
 	if body != nil {
 		body.onEOF = ht.arm
 	} else {
@@ -624,6 +626,24 @@ func (h *headerTimer) stop() {
 	if h.t != nil {
 		h.t.Stop()
 	}
+}
+
+// urlHost is poolURLHost(t), remembered per target for as long as its
+// host, address and port stay the same.
+func (t *target) urlHost() string {
+	k := urlHostKey{t.host, t.addr, t.port}
+	if m := t.urlHostMemo.Load(); m != nil && m.k == k {
+		return m.v
+	}
+	h := poolURLHost(t)
+	t.urlHostMemo.Store(&memo[urlHostKey, string]{k, h})
+	return h
+}
+
+type urlHostKey struct {
+	host string
+	addr netip.AddrPort
+	port uint16
 }
 
 func poolURLHost(t *target) string {

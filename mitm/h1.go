@@ -308,7 +308,13 @@ func (c *h1Conn) nextHead() (headInfo, bool) {
 		return headInfo{}, false
 	}
 	h := c.fr.heads[0]
-	c.fr.heads = c.fr.heads[1:]
+	if len(c.fr.heads) == 1 {
+		// Empty again: append from the start of the array, instead
+		// of reslicing it away one request at a time.
+		c.fr.heads = c.fr.heads[:0]
+	} else {
+		c.fr.heads = c.fr.heads[1:]
+	}
 	return h, true
 }
 

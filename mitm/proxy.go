@@ -338,6 +338,8 @@ type target struct {
 
 	addrStr atomic.Pointer[memo[netip.AddrPort, string]]
 	hostIP  atomic.Pointer[memo[string, bool]]
+	// urlHostMemo: see urlHost.
+	urlHostMemo atomic.Pointer[memo[urlHostKey, string]]
 }
 
 func (p *Proxy) decider() policy.Decider { return p.deps.Policy.Load() }
