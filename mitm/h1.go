@@ -268,7 +268,10 @@ const goErrorHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnectio
 
 func (c *h1Conn) Write(b []byte) (int, error) {
 	if len(b) > 13 && string(b[:9]) == "HTTP/1.1 " {
-		if i := bytes.Index(b, []byte(goErrorHeaders)); i > 0 && bytes.IndexByte(b[:i], '\n') < 0 {
+		// The headers must follow the status line directly, so they can
+		// only start at the first line end: look there, not through the
+		// whole response.
+		if i := bytes.IndexByte(b, '\n') - 1; i > 0 && bytes.HasPrefix(b[i:], []byte(goErrorHeaders)) {
 			if code, err := strconv.Atoi(string(b[9:12])); err == nil {
 				c.parserError(code, string(b[i+len(goErrorHeaders):]))
 			}
