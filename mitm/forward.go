@@ -703,7 +703,9 @@ func (x *exchange) upgrade(resp *http.Response, d policy.Decision) {
 }
 
 // hopHeaders are the RFC 9110 7.6.1 connection-specific fields and the
-// proxy-only ones; Connection-listed names are removed too.
+// proxy-only ones; Connection-listed names are removed too. They are
+// spelled canonically (removeHopHeaders deletes them from the map as
+// they are).
 var hopHeaders = []string{
 	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 	"Proxy-Authorization", "Te", "Transfer-Encoding", "Upgrade",
@@ -726,7 +728,7 @@ func removeHopHeaders(h http.Header, keepWS bool) (upgrade string) {
 	}
 	te := headerHasToken(h, "Te", "trailers")
 	for _, k := range hopHeaders {
-		h.Del(k)
+		delete(h, k) // h.Del(k) without canonicalizing: k is canonical
 	}
 	if te {
 		h.Set("Te", "trailers")
