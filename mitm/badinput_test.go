@@ -199,30 +199,37 @@ func TestUpstreamFailures(t *testing.T) {
 			t.Errorf("record %+v", rec)
 		}
 	})
-	t.Run("response header timeout 504", func(t *testing.T) {
-		release := make(chan struct{})
-		up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			select {
-			case <-release:
-			case <-r.Context().Done():
+	for _, h2 := range []bool{false, true} {
+		// Over HTTP/2 a GET comes with an empty, non-nil body; the timeout
+		// must run all the same.
+		t.Run(fmt.Sprintf("response header timeout 504 h2=%v", h2), func(t *testing.T) {
+			release := make(chan struct{})
+			up := startUpstream(t, tca, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				select {
+				case <-release:
+				case <-r.Context().Done():
+				}
+			}))
+			defer close(release)
+			h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.ResponseHeaderTimeout = config.Duration(200 * time.Millisecond) })
+			resp, err := h.client(h2).Get(fmt.Sprintf("https://api.test:%d/slow", up.addr.Port()))
+			if err != nil {
+				t.Fatal(err)
 			}
-		}))
-		defer close(release)
-		h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.ResponseHeaderTimeout = config.Duration(200 * time.Millisecond) })
-		resp, err := h.client(true).Get(fmt.Sprintf("https://api.test:%d/slow", up.addr.Port()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		body := readAll(t, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 504 || !strings.Contains(body, "sent no response headers within 200ms") {
-			t.Fatalf("status %d body %q", resp.StatusCode, body)
-		}
-		rec := h.recs.wait(t, "504", func(r audit.Record) bool { return r.Status == 504 })
-		if rec.Reason != "upstream response header timeout" || rec.Decision != "error" {
-			t.Errorf("record %+v", rec)
-		}
-	})
+			body := readAll(t, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 504 || !strings.Contains(body, "sent no response headers within 200ms") {
+				t.Fatalf("status %d body %q", resp.StatusCode, body)
+			}
+			if h2 && resp.ProtoMajor != 2 {
+				t.Fatalf("client spoke %s, want HTTP/2", resp.Proto)
+			}
+			rec := h.recs.wait(t, "504", func(r audit.Record) bool { return r.Status == 504 })
+			if rec.Reason != "upstream response header timeout" || rec.Decision != "error" {
+				t.Errorf("record %+v", rec)
+			}
+		})
+	}
 }
 
 func TestGarbageClientHelloClosed(t *testing.T) {

@@ -442,17 +442,16 @@ func (x *exchange) forward(t *target) {
 		// The upstream may answer while the body is still coming.
 		_ = rc.EnableFullDuplex()
 	}
+	// A body is forwarded unless there is none: an HTTP/2 request without
+	// one comes with a non-nil Body of length 0, which must not wait for
+	// an end that the upstream request never reads.
 	var body *countingBody
-	if r.Body != nil && r.Body != http.NoBody {
+	out.Body = nil
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		body = &countingBody{r: r.Body, limit: d.MaxRequestBody, declared: r.ContentLength}
 		idle := p.cfg.IdleTimeout.D()
 		body.idle = func() { _ = rc.SetReadDeadline(time.Now().Add(idle)) }
 		out.Body = body
-	} else {
-		out.Body = nil
-	}
-	if r.ContentLength == 0 && body != nil && r.ContentLength != -1 {
-		out.Body = nil
 	}
 	out.Trailer = r.Trailer
 
