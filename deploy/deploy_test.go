@@ -116,6 +116,18 @@ func parse(files map[string][]byte) ([]*object, []error) {
 	return objs, errs
 }
 
+// blockStart returns the line (1-based) of file where the block scalar
+// "key: |" starts its content, 0 if not found: errors from the embedded
+// file's parser count lines from there.
+func blockStart(file []byte, key string) int {
+	for i, l := range strings.Split(string(file), "\n") {
+		if t := strings.TrimSpace(l); strings.HasPrefix(t, key+": |") {
+			return i + 2
+		}
+	}
+	return 0
+}
+
 // The parts of the objects the checks read.
 type configMap struct {
 	Data map[string]string `yaml:"data"`
@@ -257,7 +269,7 @@ func check(files map[string][]byte) error {
 		return errors.Join(append(errs, errors.New("ConfigMap sluice-config: no data key config.yaml"))...)
 	}
 	if err := config.Parse([]byte(text), &cfg); err != nil {
-		return errors.Join(append(errs, fmt.Errorf("ConfigMap sluice-config config.yaml: %w", err))...)
+		return errors.Join(append(errs, fmt.Errorf("ConfigMap sluice-config config.yaml (its line 1 is line %d of %s): %w", blockStart(files[cmo.file], "config.yaml"), cmo.file, err))...)
 	}
 	if cfg.Admin.Listen == "" {
 		errs = append(errs, errors.New("sluice-config: admin.listen is empty: the probes need it"))
@@ -290,7 +302,7 @@ func check(files map[string][]byte) error {
 		if text, ok := pm.Data[key]; !ok {
 			errs = append(errs, fmt.Errorf("ConfigMap sluice-policy: no data key %q (the base name of policyFile %s)", key, cfg.PolicyFile))
 		} else if _, err := policy.Parse([]byte(text), "sluice-policy/"+key); err != nil {
-			errs = append(errs, fmt.Errorf("ConfigMap sluice-policy %s: %w", key, err))
+			errs = append(errs, fmt.Errorf("ConfigMap sluice-policy %s (its line 1 is line %d of %s): %w", key, blockStart(files[pmo.file], key), pmo.file, err))
 		} else if p, err := policy.Decode([]byte(text), key); err != nil {
 			errs = append(errs, err)
 		} else if p.Mode != "audit" {
