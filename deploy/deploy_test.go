@@ -279,8 +279,10 @@ func check(files map[string][]byte) error {
 	if cfg.Agent.FailMode != "closed" {
 		errs = append(errs, fmt.Errorf("sluice-config: agent.failMode %q: the Kubernetes default is closed", cfg.Agent.FailMode))
 	}
-	if len(cfg.Agent.Cgroups) == 0 {
-		errs = append(errs, errors.New("sluice-config: agent.cgroups is empty: the agent would intercept nothing"))
+	// agent.cgroups ships empty on purpose: applying the manifests must
+	// not change any pod's traffic until the operator selects pods.
+	if len(cfg.Agent.Cgroups) != 0 {
+		errs = append(errs, errors.New("sluice-config: agent.cgroups must ship empty: selecting pods is the operator's choice (see README)"))
 	}
 	if cfg.PolicyFile == "" {
 		errs = append(errs, errors.New("sluice-config: policyFile is empty: the sluice-policy ConfigMap would be ignored"))
