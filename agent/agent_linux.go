@@ -263,21 +263,36 @@ func (a *Agent) load(s bpf.SluiceSettings, ports []uint16) error {
 			return fmt.Errorf("write deny map %s: %w", ap, err)
 		}
 	}
-	for _, pfx := range a.cfg.DenyCIDRs {
-		pfx = pfx.Masked()
-		if pfx.Addr().Is4() {
-			k := bpf.SluiceLpm4Key{Prefixlen: uint32(pfx.Bits()), Addr: pfx.Addr().As4()}
-			err = a.objs.SluiceDeny4.Put(&k, uint8(1))
-		} else {
-			k := bpf.SluiceLpm6Key{Prefixlen: uint32(pfx.Bits()), Addr: pfx.Addr().As16()}
-			err = a.objs.SluiceDeny6.Put(&k, uint8(1))
-		}
-		if err != nil {
-			return fmt.Errorf("write deny map %s: %w", pfx, err)
+	// One trie per family holds both lists; bypass entries are written
+	// last, so a prefix in both lists is bypassed (the operator's
+	// explicit exemption), and the longest prefix decides otherwise.
+	for _, l := range []struct {
+		name  string
+		pfxs  []netip.Prefix
+		value uint8
+	}{{"deny", a.cfg.DenyCIDRs, cidrDeny}, {"bypass", a.cfg.BypassCIDRs, cidrBypass}} {
+		for _, pfx := range l.pfxs {
+			pfx = pfx.Masked()
+			if pfx.Addr().Is4() {
+				k := bpf.SluiceLpm4Key{Prefixlen: uint32(pfx.Bits()), Addr: pfx.Addr().As4()}
+				err = a.objs.SluiceDeny4.Put(&k, l.value)
+			} else {
+				k := bpf.SluiceLpm6Key{Prefixlen: uint32(pfx.Bits()), Addr: pfx.Addr().As16()}
+				err = a.objs.SluiceDeny6.Put(&k, l.value)
+			}
+			if err != nil {
+				return fmt.Errorf("write %s map %s: %w", l.name, pfx, err)
+			}
 		}
 	}
 	return nil
 }
+
+// Values of the CIDR tries, as CIDR_DENY and CIDR_BYPASS in sluice.c.
+const (
+	cidrDeny   uint8 = 1
+	cidrBypass uint8 = 2
+)
 
 // listen opens the transparent listeners on the intercept addresses.
 func (a *Agent) listen() error {

@@ -76,6 +76,7 @@ const (
 // Fixed reason strings of events.
 const (
 	ReasonDenyCIDR      = "deny_cidr"        // destination in agent.denyCIDRs
+	ReasonBypassCIDR    = "bypass_cidr"      // destination in agent.bypassCIDRs: direct
 	ReasonDenyAddrPort  = "deny_agent_port"  // destination in Options.DenyAddrPorts
 	ReasonPort          = "intercepted_port" // TCP to an intercepted port
 	ReasonNotTCP        = "not_tcp"          // not a TCP stream socket

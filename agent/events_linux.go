@@ -20,6 +20,7 @@ var reasons = map[uint8]string{
 	uint8(bpf.SluiceReasonREASON_NOT_TCP):              ReasonNotTCP,
 	uint8(bpf.SluiceReasonREASON_PORT_NOT_INTERCEPTED): ReasonPortNotListed,
 	uint8(bpf.SluiceReasonREASON_NO_INTERCEPT):         ReasonNoIntercept,
+	uint8(bpf.SluiceReasonREASON_BYPASS_CIDR):          ReasonBypassCIDR,
 }
 
 var verdicts = map[uint8]Verdict{

@@ -54,7 +54,12 @@ enum reason {
 	REASON_NO_INTERCEPT = 5,  /* no verified intercept address for the family */
 	REASON_ALREADY = 6,       /* destination already the proxy (nested attach) */
 	REASON_DENY_ADDR_PORT = 7, /* destination is one of the agent's private ports */
+	REASON_BYPASS_CIDR = 8,   /* destination in agent.bypassCIDRs: direct */
 };
+
+/* Values of the CIDR tries (sluice_deny4/6): the longest prefix decides. */
+#define CIDR_DENY 1
+#define CIDR_BYPASS 2
 
 /* settings is the agent's configuration, one entry, written by the agent
  * after it verified that the intercept addresses are local. */
@@ -272,18 +277,22 @@ static __always_inline int intercepted_port(struct settings *s, __u16 port)
 	return bpf_map_lookup_elem(&sluice_ports, &port) != 0;
 }
 
-static __always_inline int denied4(__u32 ip)
+/* cidr4 and cidr6 return what the CIDR tries say of an address:
+ * CIDR_DENY, CIDR_BYPASS, or 0 when no prefix holds it. */
+static __always_inline __u8 cidr4(__u32 ip)
 {
 	struct lpm4_key k = {.prefixlen = 32};
 	__builtin_memcpy(k.addr, &ip, 4);
-	return bpf_map_lookup_elem(&sluice_deny4, &k) != 0;
+	__u8 *v = bpf_map_lookup_elem(&sluice_deny4, &k);
+	return v ? *v : 0;
 }
 
-static __always_inline int denied6(const __u8 *ip)
+static __always_inline __u8 cidr6(const __u8 *ip)
 {
 	struct lpm6_key k = {.prefixlen = 128};
 	__builtin_memcpy(k.addr, ip, 16);
-	return bpf_map_lookup_elem(&sluice_deny6, &k) != 0;
+	__u8 *v = bpf_map_lookup_elem(&sluice_deny6, &k);
+	return v ? *v : 0;
 }
 
 static __always_inline void mapped4(__u8 *dst, __u32 ip)
@@ -326,7 +335,8 @@ static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s
 	fill_identity(ctx, &o);
 	cookie = bpf_get_socket_cookie(ctx);
 
-	if (denied4(ip)) {
+	__u8 c = cidr4(ip);
+	if (c == CIDR_DENY) {
 		emit(ctx, &o, VERDICT_DENIED, REASON_DENY_CIDR, cookie);
 		return 0;
 	}
@@ -338,6 +348,10 @@ static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s
 		return 1;
 	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {
 		emit(ctx, &o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
+		return 1;
+	}
+	if (c == CIDR_BYPASS) {
+		emit(ctx, &o, VERDICT_DIRECT, REASON_BYPASS_CIDR, cookie);
 		return 1;
 	}
 	if (!intercepted_port(s, port)) {
@@ -421,7 +435,8 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 	o.family = AF_INET6;
 	fill_identity(ctx, &o);
 
-	if (denied6(o.addr)) {
+	__u8 c = cidr6(o.addr);
+	if (c == CIDR_DENY) {
 		emit(ctx, &o, VERDICT_DENIED, REASON_DENY_CIDR, cookie);
 		return 0;
 	}
@@ -433,6 +448,10 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 		return 1;
 	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {
 		emit(ctx, &o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
+		return 1;
+	}
+	if (c == CIDR_BYPASS) {
+		emit(ctx, &o, VERDICT_DIRECT, REASON_BYPASS_CIDR, cookie);
 		return 1;
 	}
 	if (!intercepted_port(s, port)) {

@@ -71,6 +71,7 @@ const (
 	SluiceReasonREASON_NO_INTERCEPT         SluiceReason = 5
 	SluiceReasonREASON_ALREADY              SluiceReason = 6
 	SluiceReasonREASON_DENY_ADDR_PORT       SluiceReason = 7
+	SluiceReasonREASON_BYPASS_CIDR          SluiceReason = 8
 )
 
 type SluiceSettings struct {

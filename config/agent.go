@@ -25,6 +25,11 @@ type Agent struct {
 	Cgroups []string `yaml:"cgroups"`
 	// DenyCIDRs are refused in the kernel (connect fails with EPERM).
 	DenyCIDRs []netip.Prefix `yaml:"denyCIDRs"`
+	// BypassCIDRs are never redirected: selected workloads reach them
+	// directly (e.g. the Kubernetes API server's Service IP, whose
+	// clients trust only their own CA). The longest prefix across
+	// denyCIDRs and bypassCIDRs decides; connects still show as events.
+	BypassCIDRs []netip.Prefix `yaml:"bypassCIDRs"`
 	// FailMode "closed" pins the hooks so redirection survives an agent
 	// restart; "open" removes them when the agent exits.
 	FailMode string `yaml:"failMode"`

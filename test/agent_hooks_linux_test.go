@@ -562,3 +562,34 @@ func TestAgentKeepsForeignAddress(t *testing.T) {
 		}
 	}
 }
+
+// agent.bypassCIDRs: a selected process reaches a bypassed destination
+// directly on an intercepted port (the event says why), while the longest
+// prefix still wins: a denied /128 inside a bypassed range is refused,
+// and a destination outside the range is still redirected.
+func TestAgentBypassCIDRs(t *testing.T) {
+	e := newAgentEnv(t)
+	up := e.tp.Hosts[1]
+	e.cfg.BypassCIDRs = []netip.Prefix{netip.PrefixFrom(up.IP4, 32), netip.PrefixFrom(up.IP6, 64).Masked()}
+	e.cfg.DenyCIDRs = []netip.Prefix{netip.PrefixFrom(up.IP6, 128)}
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.AddrPortFrom(up.IP4, 443)
+	r := e.client(dst, clientOpts{host: 0, inCgroup: true})
+	if want := "direct " + dst.String(); r.Data != want {
+		t.Fatalf("bypassed destination: client got %+v, want data %q", r, want)
+	}
+	ev, ok := e.waitEvent(func(ev agent.Event) bool { return ev.Dst == dst })
+	if !ok || ev.Verdict != agent.Direct || ev.Reason != agent.ReasonBypassCIDR {
+		t.Errorf("event for the bypassed destination: %+v (found %v)", ev, ok)
+	}
+	denied := netip.AddrPortFrom(up.IP6, 443)
+	if r := e.client(denied, clientOpts{host: 0, inCgroup: true}); r.Errno != "EPERM" {
+		t.Errorf("denied /128 inside a bypassed /64: %+v, want EPERM", r)
+	}
+	if n := len(e.rec.all()); n != 0 {
+		t.Errorf("agent handled %d connections, want none", n)
+	}
+}
