@@ -313,11 +313,52 @@ static __always_inline int denied_addrport(const __u8 *addr, __u16 port)
 	return bpf_map_lookup_elem(&sluice_deny_addrport, &k) != 0;
 }
 
+/* decide applies, for both families alike, the deny lists (to marked
+ * sockets too; the mark only skips the redirect), the protocol, the bypass
+ * list and the port to a filled origin. cidr is what the CIDR tries say of
+ * the destination; can_intercept whether the family has a verified local
+ * intercept address. It returns 0 to refuse the connect, 1 to let it
+ * proceed, and sets *rewrite (after storing the origin by cookie) when the
+ * destination must become the proxy. */
+static __always_inline int decide(struct bpf_sock_addr *ctx, struct settings *s,
+				  struct origin *o, __u8 cidr, __u64 cookie,
+				  int can_intercept, int *rewrite)
+{
+	if (cidr == CIDR_DENY) {
+		emit(ctx, o, VERDICT_DENIED, REASON_DENY_CIDR, cookie);
+		return 0;
+	}
+	if (denied_addrport(o->addr, o->port)) {
+		emit(ctx, o, VERDICT_DENIED, REASON_DENY_ADDR_PORT, cookie);
+		return 0;
+	}
+	if (marked(ctx, s))
+		return 1;
+	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {
+		emit(ctx, o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
+		return 1;
+	}
+	if (cidr == CIDR_BYPASS) {
+		emit(ctx, o, VERDICT_DIRECT, REASON_BYPASS_CIDR, cookie);
+		return 1;
+	}
+	if (!intercepted_port(s, o->port)) {
+		emit(ctx, o, VERDICT_DIRECT, REASON_PORT_NOT_INTERCEPTED, cookie);
+		return 1;
+	}
+	/* Never rewrite to an address that was not verified local, and never
+	 * let an intercepted connection bypass the proxy. */
+	if (!can_intercept || bpf_map_update_elem(&sluice_origins, &cookie, o, BPF_ANY) != 0) {
+		emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
+		return 0;
+	}
+	emit(ctx, o, VERDICT_REDIRECTED, REASON_PORT, cookie);
+	*rewrite = 1;
+	return 1;
+}
+
 /* decide4 handles an IPv4 destination, from connect4 or from a v4-mapped
- * connect6. It returns 0 to refuse the connect, 1 to let it proceed, and
- * sets *rewrite when the destination must become the proxy. The deny
- * lists apply first, to marked sockets too; the mark only skips the
- * redirect. */
+ * connect6; see decide. */
 static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s,
 				   __u32 ip, __u16 port, int *rewrite)
 {
@@ -335,42 +376,7 @@ static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s
 	fill_identity(ctx, &o);
 	cookie = bpf_get_socket_cookie(ctx);
 
-	__u8 c = cidr4(ip);
-	if (c == CIDR_DENY) {
-		emit(ctx, &o, VERDICT_DENIED, REASON_DENY_CIDR, cookie);
-		return 0;
-	}
-	if (denied_addrport(o.addr, port)) {
-		emit(ctx, &o, VERDICT_DENIED, REASON_DENY_ADDR_PORT, cookie);
-		return 0;
-	}
-	if (marked(ctx, s))
-		return 1;
-	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {
-		emit(ctx, &o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
-		return 1;
-	}
-	if (c == CIDR_BYPASS) {
-		emit(ctx, &o, VERDICT_DIRECT, REASON_BYPASS_CIDR, cookie);
-		return 1;
-	}
-	if (!intercepted_port(s, port)) {
-		emit(ctx, &o, VERDICT_DIRECT, REASON_PORT_NOT_INTERCEPTED, cookie);
-		return 1;
-	}
-	if (!(s->flags & SET_V4)) {
-		/* Never rewrite to an address that was not verified local, and
-		 * never let an intercepted connection bypass the proxy. */
-		emit(ctx, &o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
-		return 0;
-	}
-	if (bpf_map_update_elem(&sluice_origins, &cookie, &o, BPF_ANY) != 0) {
-		emit(ctx, &o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
-		return 0;
-	}
-	emit(ctx, &o, VERDICT_REDIRECTED, REASON_PORT, cookie);
-	*rewrite = 1;
-	return 1;
+	return decide(ctx, s, &o, cidr4(ip), cookie, s->flags & SET_V4, rewrite);
 }
 
 SEC("cgroup/connect4")
@@ -435,35 +441,9 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 	o.family = AF_INET6;
 	fill_identity(ctx, &o);
 
-	__u8 c = cidr6(o.addr);
-	if (c == CIDR_DENY) {
-		emit(ctx, &o, VERDICT_DENIED, REASON_DENY_CIDR, cookie);
-		return 0;
-	}
-	if (denied_addrport(o.addr, port)) {
-		emit(ctx, &o, VERDICT_DENIED, REASON_DENY_ADDR_PORT, cookie);
-		return 0;
-	}
-	if (marked(ctx, s))
-		return 1;
-	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {
-		emit(ctx, &o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
-		return 1;
-	}
-	if (c == CIDR_BYPASS) {
-		emit(ctx, &o, VERDICT_DIRECT, REASON_BYPASS_CIDR, cookie);
-		return 1;
-	}
-	if (!intercepted_port(s, port)) {
-		emit(ctx, &o, VERDICT_DIRECT, REASON_PORT_NOT_INTERCEPTED, cookie);
-		return 1;
-	}
-	if (!(s->flags & SET_V6) ||
-	    bpf_map_update_elem(&sluice_origins, &cookie, &o, BPF_ANY) != 0) {
-		emit(ctx, &o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
-		return 0;
-	}
-	emit(ctx, &o, VERDICT_REDIRECTED, REASON_PORT, cookie);
+	int ret = decide(ctx, s, &o, cidr6(o.addr), cookie, s->flags & SET_V6, &rewrite);
+	if (!rewrite)
+		return ret;
 	__u32 iw[4];
 	__builtin_memcpy(iw, s->intercept6, 16);
 	ctx->user_ip6[0] = iw[0];
