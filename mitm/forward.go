@@ -59,20 +59,7 @@ var (
 
 // httpRecord starts the record of one request on this flow.
 func (f *flow) httpRecord() *audit.Record {
-	r := &audit.Record{
-		Time:     time.Now(),
-		Kind:     audit.KindHTTP,
-		Workload: f.id,
-		Host:     f.dst.Host,
-		Port:     f.dst.Port,
-		SNI:      f.sni,
-		TLS:      f.tlsMode,
-		ALPN:     f.alpn,
-	}
-	if f.dst.Addr.IsValid() {
-		r.DstIP = f.dst.Addr.Addr()
-	}
-	return r
+	return f.record(audit.KindHTTP, time.Now())
 }
 
 // exchange is one request being served.

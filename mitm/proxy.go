@@ -549,11 +549,11 @@ func (f *flow) newTarget(host string, port uint16, tlsFlow bool) *target {
 	return t
 }
 
-// l4Record starts the record of this flow at L4.
-func (f *flow) l4Record() *audit.Record {
+// record starts a record of kind at t with what the flow knows.
+func (f *flow) record(kind string, t time.Time) *audit.Record {
 	r := &audit.Record{
-		Time:     f.start,
-		Kind:     audit.KindL4,
+		Time:     t,
+		Kind:     kind,
 		Workload: f.id,
 		Host:     f.dst.Host,
 		Port:     f.dst.Port,
@@ -564,6 +564,12 @@ func (f *flow) l4Record() *audit.Record {
 	if f.dst.Addr.IsValid() {
 		r.DstIP = f.dst.Addr.Addr()
 	}
+	return r
+}
+
+// l4Record starts the record of this flow at L4.
+func (f *flow) l4Record() *audit.Record {
+	r := f.record(audit.KindL4, f.start)
 	r.Duration = time.Since(f.start)
 	return r
 }

@@ -127,21 +127,11 @@ func (s *poolSet) closeAll() {
 func (p *Proxy) newPool(k poolKey) *upstreamPool {
 	up := &upstreamPool{p: p, key: k}
 	idle := p.cfg.IdleTimeout.D()
-	if k.alpn == "h2c" {
+	if k.alpn == "h2" || k.alpn == "h2c" {
+		// h2c: prior-knowledge HTTP/2 without TLS; the pool's dial gives
+		// the plain connection either way.
 		t := &http2.Transport{
-			AllowHTTP: true,
-			DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
-				return up.dial(ctx)
-			},
-			DisableCompression: true,
-			IdleConnTimeout:    idle,
-			MaxHeaderListSize:  1 << 20,
-		}
-		up.rt, up.closeIdle = t, t.CloseIdleConnections
-		return up
-	}
-	if k.alpn == "h2" {
-		t := &http2.Transport{
+			AllowHTTP: k.alpn == "h2c",
 			DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
 				return up.dial(ctx)
 			},
