@@ -12,7 +12,6 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/sluicehq/sluice/bpf"
-	"github.com/sluicehq/sluice/mitm"
 	"github.com/sluicehq/sluice/workload"
 )
 
@@ -82,12 +81,12 @@ func (a *Agent) origin(peer netip.AddrPort) (bpf.SluiceOrigin, error) {
 }
 
 // describe builds the destination and identity of a redirected connection.
-func (a *Agent) describe(o bpf.SluiceOrigin, peer netip.AddrPort) (mitm.Destination, workload.Identity) {
+func (a *Agent) describe(o bpf.SluiceOrigin, peer netip.AddrPort) (workload.Destination, workload.Identity) {
 	addr := netip.AddrFrom16(o.Addr)
 	if o.Family == 2 { // AF_INET
 		addr = addr.Unmap()
 	}
-	dst := mitm.Destination{Addr: netip.AddrPortFrom(addr, o.Port), Port: o.Port}
+	dst := workload.Destination{Addr: netip.AddrPortFrom(addr, o.Port), Port: o.Port}
 	pid := int(o.Pid)
 	id := workload.Identity{
 		Client: netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port()),

@@ -2,7 +2,7 @@
 // bpf/, attaches them to the selected cgroups, owns the node-local intercept
 // address, accepts the redirected connections on it, names the workload
 // behind each one from the kernel's record of the connect, and hands the
-// connection to the proxy (a Handler, normally *mitm.Proxy).
+// connection to the proxy (a Handler, normally the proxy of mitm/).
 //
 // Selection. Cgroups are selected by path globs relative to the cgroup2
 // mount (config.Agent.Cgroups, "*" within a segment, "**" across segments)
@@ -40,24 +40,21 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/sluicehq/sluice/mitm"
 	"github.com/sluicehq/sluice/workload"
 )
 
-// Handler takes a redirected connection. *mitm.Proxy implements it.
+// Handler takes a redirected connection; the proxy of mitm/ implements it.
 // Handle owns conn and must close it; it returns when the exchange ends or
 // ctx is cancelled. It is called on its own goroutine per connection.
 type Handler interface {
-	Handle(ctx context.Context, conn net.Conn, dst mitm.Destination, id workload.Identity)
+	Handle(ctx context.Context, conn net.Conn, dst workload.Destination, id workload.Identity)
 }
 
-var _ Handler = (*mitm.Proxy)(nil)
-
 // HandlerFunc adapts a function to Handler.
-type HandlerFunc func(ctx context.Context, conn net.Conn, dst mitm.Destination, id workload.Identity)
+type HandlerFunc func(ctx context.Context, conn net.Conn, dst workload.Destination, id workload.Identity)
 
 // Handle calls f.
-func (f HandlerFunc) Handle(ctx context.Context, conn net.Conn, dst mitm.Destination, id workload.Identity) {
+func (f HandlerFunc) Handle(ctx context.Context, conn net.Conn, dst workload.Destination, id workload.Identity) {
 	f(ctx, conn, dst, id)
 }
 

@@ -64,18 +64,9 @@ import (
 	"github.com/sluicehq/sluice/workload"
 )
 
-// Destination is where the client meant to go.
-type Destination struct {
-	// Host is the name the client asked for when known (CONNECT target,
-	// absolute-form URL); empty in transparent mode, where the SNI or the
-	// Host header names it.
-	Host string
-	// Addr is the original destination address in transparent mode; in
-	// explicit mode it is unset until the proxy resolves Host.
-	Addr netip.AddrPort
-	// Port is the destination port (Addr.Port() when Addr is set).
-	Port uint16
-}
+// Destination is where the client meant to go; the agent names it from
+// the kernel's record of the connect.
+type Destination = workload.Destination
 
 // Resolver resolves explicit-mode destination names. *net.Resolver
 // implements it.

@@ -22,7 +22,6 @@ import (
 
 	"github.com/sluicehq/sluice/agent"
 	"github.com/sluicehq/sluice/config"
-	"github.com/sluicehq/sluice/mitm"
 	"github.com/sluicehq/sluice/workload"
 )
 
@@ -49,7 +48,7 @@ type agentEnv struct {
 
 // seen is one connection the agent handed to the proxy.
 type seen struct {
-	Dst mitm.Destination
+	Dst workload.Destination
 	ID  workload.Identity
 }
 
@@ -60,7 +59,7 @@ type recorder struct {
 	hold chan struct{}
 }
 
-func (r *recorder) Handle(ctx context.Context, c net.Conn, dst mitm.Destination, id workload.Identity) {
+func (r *recorder) Handle(ctx context.Context, c net.Conn, dst workload.Destination, id workload.Identity) {
 	defer c.Close()
 	r.mu.Lock()
 	r.conns = append(r.conns, seen{dst, id})

@@ -53,3 +53,16 @@ func (i Identity) Name() string {
 		return "unknown"
 	}
 }
+
+// Destination is where a workload's connection meant to go.
+type Destination struct {
+	// Host is the name the client asked for when known (CONNECT target,
+	// absolute-form URL); empty in transparent mode, where the SNI or the
+	// Host header names it.
+	Host string
+	// Addr is the original destination address in transparent mode; in
+	// explicit mode it is unset until the proxy resolves Host.
+	Addr netip.AddrPort
+	// Port is the destination port (Addr.Port() when Addr is set).
+	Port uint16
+}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 
+	"github.com/sluicehq/sluice/agent"
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/ca"
 	"github.com/sluicehq/sluice/config"
@@ -176,7 +177,10 @@ func openCapture(c config.Capture) (pcap.Capture, io.Closer, error) {
 	return nil, nil, nil
 }
 
-var _ mitm.Observer = (*metrics.Metrics)(nil)
+var (
+	_ mitm.Observer = (*metrics.Metrics)(nil)
+	_ agent.Handler = (*mitm.Proxy)(nil)
+)
 
 // Close closes the audit files. Safe on a partly built stack.
 func (s *stack) Close() error {
