@@ -31,6 +31,24 @@ const (
 	DecisionDeny      = "deny"
 	DecisionWouldDeny = "would_deny" // audit mode: allowed, but a rule says deny
 	DecisionError     = "error"      // Sluice could not complete the exchange
+	// DecisionClosed: the client closed before anything was decided (a
+	// connection opened and left unused).
+	DecisionClosed = "closed"
+)
+
+// Ends of an exchange that did not end with the whole response.
+const (
+	// EndClientClosed: the client closed first (a cancelled stream or
+	// call, or a client that stopped once it had what it wanted). A
+	// normal end, not an error.
+	EndClientClosed = "client closed"
+)
+
+// Sources of a record's Status.
+const (
+	SourceUpstream = "upstream" // the upstream's response
+	SourceSluice   = "sluice"   // an answer Sluice gave itself
+	SourceClient   = "client"   // 499: the client left before the response
 )
 
 // Record is one audit line. Field names are the JSON keys of the audit log
@@ -64,6 +82,20 @@ type Record struct {
 	Rule     string
 	Reason   string
 	Error    string
+	// End says how an exchange ended early without an error
+	// (EndClientClosed); empty when it ran to its end.
+	End string
+	// PolicyDecision, PolicyRule and PolicyReason keep the policy's
+	// decision when Decision is DecisionError: an error inside Sluice (an
+	// unreachable upstream) decided the outcome, not a rule.
+	PolicyDecision string
+	PolicyRule     string
+	PolicyReason   string
+
+	// GRPCStatus and GRPCMessage are a gRPC call's grpc-status and
+	// grpc-message (from the trailers, or a trailers-only answer).
+	GRPCStatus  string
+	GRPCMessage string
 
 	// MCP fields, when the request was JSON-RPC to an MCP server.
 	MCPMethod  string

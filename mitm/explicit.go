@@ -1,6 +1,7 @@
 package mitm
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -110,18 +111,32 @@ func (p *Proxy) serveExplicitRequest(w http.ResponseWriter, r *http.Request) {
 	f.ServeHTTP(w, r)
 }
 
-// serveConnect answers a CONNECT and serves the tunnel like a transparent
-// connection to host:port.
-func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request, f *flow) {
+// connectStage serves an explicit proxy's CONNECT: the tunnel is served
+// like a transparent connection to host:port, through the whole chain
+// again for every request inside it.
+type connectStage struct{}
+
+func (connectStage) Name() string { return "connect" }
+
+func (connectStage) Request(x *Exchange) *Answer {
+	f, r := x.f, x.Req
+	if !f.explicit || r.Method != http.MethodConnect {
+		return nil
+	}
 	host, portStr, err := net.SplitHostPort(r.Host)
 	port, perr := strconv.ParseUint(portStr, 10, 16)
 	if err != nil || perr != nil || host == "" || port == 0 {
-		x := &exchange{f: f, w: w, r: r, rec: f.httpRecord(), start: time.Now()}
-		x.rec.Method, x.rec.Proto = r.Method, r.Proto
-		x.fail(http.StatusBadRequest, audit.DecisionError, reasonMalformed,
-			fmt.Sprintf("CONNECT target %q: want host:port", r.Host), nil)
-		return
+		return fail(http.StatusBadRequest, reasonMalformed, fmt.Sprintf("CONNECT target %q: want host:port", r.Host))
 	}
+	f.p.serveConnect(x.w, f, Destination{Host: host, Port: uint16(port)})
+	return answered
+}
+
+var _ Stage = connectStage{}
+
+// serveConnect answers a CONNECT and serves the tunnel like a transparent
+// connection to dst.
+func (p *Proxy) serveConnect(w http.ResponseWriter, f *flow, dst Destination) {
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		p.log.Error("hijack CONNECT", "error", err.Error())
@@ -136,9 +151,27 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request, f *flow) {
 		return
 	}
 	c := newBufferedConn(conn, brw.Reader)
-	dst := Destination{Host: host, Port: uint16(port)}
-	if a, err := netip.ParseAddr(host); err == nil {
+	if a, err := netip.ParseAddr(dst.Host); err == nil {
 		dst.Host = a.Unmap().String()
 	}
 	p.serve(f.ctx, c, dst, f.id, true)
+}
+
+// bufferedConn lets a hijacked connection keep the bytes its bufio.Reader
+// already read.
+type bufferedConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *bufferedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// CloseWrite half-closes the underlying connection when it can.
+func (c *bufferedConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+func newBufferedConn(c net.Conn, br *bufio.Reader) net.Conn {
+	if br == nil || br.Buffered() == 0 {
+		return c
+	}
+	return &bufferedConn{Conn: c, r: io.MultiReader(io.LimitReader(br, int64(br.Buffered())), c)}
 }

@@ -6,6 +6,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
 )
 
 // net/http's server accepts a request carrying both Content-Length and
@@ -286,7 +289,7 @@ func (c *h1Conn) parserError(code int, text string) {
 	cur := c.fr.cur
 	c.mu.Unlock()
 	f := c.fl
-	rec := f.httpRecord()
+	rec := f.record(audit.KindHTTP, time.Now())
 	rec.Proto = "HTTP/1.1"
 	rec.Method = cur.method
 	rec.Path = pathOf(cur.target)

@@ -8,6 +8,10 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/pcap"
+	"github.com/sluicehq/sluice/policy"
 )
 
 type closeWriter interface{ CloseWrite() error }
@@ -133,4 +137,129 @@ func firstRealError(errs ...error) error {
 		}
 	}
 	return nil
+}
+
+// serveOther relays a flow that is neither TLS nor HTTP (or a pass-through
+// TLS flow when mode is TLSPassthrough) and records it at L4.
+func (f *flow) serveOther(c net.Conn, mode string) {
+	p := f.p
+	var t *target
+	if mode == audit.TLSPassthrough {
+		t = f.fixed
+	} else {
+		f.tlsMode = audit.TLSNone
+		t = f.newTarget(f.dst.Host, f.dst.Port, false)
+		t.cd = f.opaque(t)
+	}
+	rec := f.l4Record()
+	if t.host != "" {
+		rec.Host = t.host
+	}
+	rec.Decision, rec.Rule, rec.Reason = decisionString(t.cd.Decision), t.cd.Rule, t.cd.Reason
+	if t.cd.Action == policy.Reject {
+		rec.Decision = audit.DecisionDeny
+		rec.Duration = time.Since(f.start)
+		p.emit(rec)
+		return
+	}
+	if t.err != nil {
+		rec.Decision, rec.Reason, rec.Error = audit.DecisionError, t.fail, t.err.Error()
+		rec.Duration = time.Since(f.start)
+		p.emit(rec)
+		return
+	}
+	up, addr, err := p.dialAny(f.ctx, t.conn.Addrs, t.port)
+	if err != nil {
+		rec.Decision, rec.Reason, rec.Error = audit.DecisionError, reasonUnreachable, err.Error()
+		rec.Duration = time.Since(f.start)
+		p.emit(rec)
+		return
+	}
+	rec.DstIP = addr.Addr()
+	rec.UpstreamAddr = addr.String()
+	in, out, err := relay(f.ctx, c, up, p.cfg.IdleTimeout.D())
+	rec.BytesIn, rec.BytesOut = in, out
+	if err != nil {
+		rec.Error = err.Error()
+	}
+	rec.Duration = time.Since(f.start)
+	p.emit(rec)
+}
+
+// opaque asks the policy again about t's connection, now known not to be
+// HTTP: rules with methods or paths can't match it, and what is left
+// decides (a connection that was waiting for per-request decisions must
+// not be relayed unchecked).
+func (f *flow) opaque(t *target) policy.ConnDecision {
+	c := *t.conn
+	c.Opaque = true
+	return f.p.decider().Connection(f.ctx, &c)
+}
+
+// relayDecrypted relays a non-HTTP protocol between the client's and the
+// upstream's TLS sessions and records it at L4. up may be nil.
+func (f *flow) relayDecrypted(pc *peekedConn, up net.Conn, t *target) {
+	p := f.p
+	rec := f.l4Record()
+	rec.Host = t.host
+	cd := f.opaque(t)
+	rec.Decision, rec.Rule, rec.Reason = decisionString(cd.Decision), cd.Rule, cd.Reason
+	if cd.Action == policy.Reject {
+		if up != nil {
+			up.Close()
+		}
+		rec.Decision = audit.DecisionDeny
+		rec.Duration = time.Since(f.start)
+		p.emit(rec)
+		return
+	}
+	if t.addr.IsValid() {
+		rec.DstIP, rec.UpstreamAddr = t.addr.Addr(), t.addr.String()
+	}
+	if up == nil {
+		c, err := t.pool.dial(f.ctx)
+		if err != nil {
+			rec.Decision, rec.Reason, rec.Error = audit.DecisionError, reasonUnreachable, err.Error()
+			var de *dialError
+			if errors.As(err, &de) {
+				rec.Reason = de.reason
+			}
+			rec.Duration = time.Since(f.start)
+			p.emit(rec)
+			return
+		}
+		up = c
+	}
+	client := f.tap(pc)
+	defer client.Close()
+	in, out, err := relay(f.ctx, client, up, p.cfg.IdleTimeout.D())
+	rec.BytesIn, rec.BytesOut = in, out
+	if err != nil {
+		rec.Error = err.Error()
+	}
+	rec.Duration = time.Since(f.start)
+	p.emit(rec)
+}
+
+// tap mirrors the client side plaintext of c into a capture flow when
+// capture is on and the policy's decision for the connection's destination
+// asks for it (a rule with capture: true).
+func (f *flow) tap(c net.Conn) net.Conn {
+	if f.p.deps.Capture == nil || f.fixed == nil || !f.fixed.cd.Capture {
+		return c
+	}
+	server, host := f.dst.Addr, f.dst.Host
+	if f.fixed != nil {
+		if f.fixed.addr.IsValid() {
+			server = f.fixed.addr
+		}
+		if f.fixed.host != "" {
+			host = f.fixed.host
+		}
+	}
+	if f.sni != "" {
+		host = f.sni
+	}
+	fl := f.p.deps.Capture.NewFlow(pcap.FlowMeta{Client: f.id.Client, Server: server, Workload: f.id.Name(), Host: host})
+	return fl.Conn(c)
 }

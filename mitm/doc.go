@@ -1,0 +1,74 @@
+// Package mitm is the intercepting proxy: it takes an accepted client
+// connection whose original destination and workload are known, peeks at the
+// first bytes (TLS ClientHello, plain HTTP, or other TCP), asks the policy
+// what to do, and decrypts, passes through, relays or rejects. Decrypted and
+// plain HTTP runs through the request pipeline and is forwarded, streaming,
+// over HTTP/1.1 or HTTP/2 to the real destination. It also serves the
+// explicit proxy listener (CONNECT and absolute-form requests), which feeds
+// the same path.
+//
+// A connection's walk, one file a step:
+//
+//	proxy.go        Handle: a slot (proxy.maxConnections), then serve
+//	sniff.go        peek the first bytes: TLS ClientHello (clienthello.go),
+//	                HTTP/1.x, HTTP/2 prior knowledge, or other TCP
+//	tls.go          the connection's decision; decrypt: dial and verify the
+//	                upstream first, mirror its ALPN, terminate the client's TLS
+//	flow.go         the flow and its targets (destinations with their
+//	                Connection decisions, name binding, upstream pools)
+//	exchange.go     serve HTTP/1.1 or HTTP/2; per request, run the chain
+//	stage_*.go      the chain, below
+//	forward.go      send upstream, response stages, stream back, trailers
+//	hop.go          hop-by-hop headers, both ways
+//	emit.go         the audit record and the decision log line
+//
+// Flows that are not HTTP leave sniff.go or tls.go for relay.go (L4 relay
+// with an L4 record). upstream.go holds the upstream pools, h1.go the
+// HTTP/1.1 framing tracker, explicit.go the explicit listener.
+//
+// The per-request chain (Proxy.chain in stage.go), in order:
+//
+//	framing    431 for a header block over proxy.maxHeaderBytes; 400 and
+//	           close for Content-Length with Transfer-Encoding (smuggling)
+//	connect    explicit proxy only: CONNECT opens a tunnel served like a
+//	           transparent connection
+//	target     the request's destination; host binding: 421 for a request
+//	           naming another host than its TLS connection's
+//	connection the connection's decision (SSRF guard, hosts denied before
+//	           HTTP): 403 for every request of a rejected connection
+//	policy     access rules in their mode, SSRF guard, rate limits (429)
+//	size       413/417 for request bodies over the limit, 502 or a cut
+//	           stream for responses over it
+//	upstream   the upstream connection: 502 with the reason when it failed
+//
+// Each stage is a Stage in its own file (a ResponseStage also sees the
+// response head and may wrap its body); the exchange runs the chain and
+// applies the result, and holds no feature logic of its own.
+//
+// Choices a user may want to know:
+//   - Nothing identifying is added to upstream requests: no Via, no
+//     X-Forwarded-*, no default User-Agent or Accept-Encoding. Hop-by-hop
+//     headers (RFC 9110 7.6.1) are removed both ways; WebSocket upgrades keep
+//     Upgrade and Connection: Upgrade.
+//   - The proxy dials only the addresses the policy saw (the original
+//     destination in transparent mode, the DNS answers in explicit mode); it
+//     never resolves a name a second time.
+//   - Bytes that are neither a TLS ClientHello nor an HTTP request line
+//     (HTTP/1.x, or the HTTP/2 prior-knowledge preface) are "other TCP" and
+//     are relayed (after a Connection decision) with an L4 record. A TLS
+//     record whose ClientHello does not parse is closed with an error
+//     record. A client that sends nothing within PeekTimeout is taken for a
+//     server-speaks-first protocol and relayed.
+//   - Inside decrypted TLS, a client that negotiated h2 or http/1.1 is HTTP.
+//     Otherwise its first bytes decide: HTTP is served per request, anything
+//     else is relayed decrypted with an L4 record; if neither side speaks
+//     within PeekTimeout, the first to speak decides (an HTTP server never
+//     speaks first, so waiting can't take HTTP around per-request policy).
+//   - An upstream that can't be reached or verified still gets the client's
+//     TLS handshake completed, and every request is answered 502 with a JSON
+//     body naming the reason: never a silent downgrade.
+//   - Plain HTTP is decided per Host: the Connection decision is made at the
+//     first request for each host (the Host header in transparent mode, the
+//     absolute-form URL in explicit mode); a rejected connection answers each
+//     of its requests with the deny, without calling Decider.Request.
+package mitm

@@ -1,0 +1,196 @@
+package mitm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/policy"
+	"github.com/sluicehq/sluice/workload"
+)
+
+// Exchange is one request being served: what the stages see, and what
+// they leave for the stages after them and for forwarding.
+type Exchange struct {
+	// Req is the client's request. Stages may change its header; the
+	// upstream request is built from it once the chain has run.
+	Req *http.Request
+	// Record is the request's audit record; each stage fills what it
+	// decided.
+	Record *audit.Record
+	// Decision is the policy's decision, set by the policy stage. Its
+	// Header goes on every answer and response after that stage; its body
+	// limits are enforced by the size stage.
+	Decision policy.Decision
+	// decided is set once Decision holds a policy decision.
+	decided bool
+
+	f     *flow
+	w     http.ResponseWriter
+	t     *target // set by the target stage
+	host  string  // the request's host, without port
+	port  uint16  // the port the request names (explicit mode)
+	start time.Time
+
+	wraps   []func(io.ReadCloser) io.ReadCloser
+	aborted atomic.Pointer[Answer]
+	resp    []ResponseStage // response stages whose Request ran, in order
+
+	body *countingBody
+	ht   headerTimer // forward's response header timer, allocated with x
+}
+
+// Workload is who sent the request.
+func (x *Exchange) Workload() *workload.Identity { return &x.f.id }
+
+// Conn is what the policy knows of the request's connection; nil before
+// the target stage.
+func (x *Exchange) Conn() *policy.Conn {
+	if x.t == nil {
+		return nil
+	}
+	return x.t.conn
+}
+
+// answered is the Answer of a stage that has already written the
+// response itself (a CONNECT tunnel).
+var answered = &Answer{}
+
+// ServeHTTP serves one request of the flow: run the chain, forward,
+// stream back, record.
+func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	now := time.Now()
+	x := &Exchange{f: f, w: w, Req: r, Record: f.record(audit.KindHTTP, now), start: now}
+	rec := x.Record
+	rec.Proto = r.Proto
+	rec.Method = r.Method
+	rec.Path = r.URL.EscapedPath()
+	if f.p.deps.LogHeaders {
+		rec.Header = audit.Redact(r.Header, f.p.deps.RedactHeaders)
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler { //nolint:errorlint // sentinel panic value
+				panic(v)
+			}
+			f.p.log.Error("panic serving request", "panic", fmt.Sprint(v), "method", r.Method, "host", rec.Host)
+			panic(http.ErrAbortHandler)
+		}
+	}()
+	for _, s := range f.p.stages {
+		if rs, ok := s.(ResponseStage); ok {
+			x.resp = append(x.resp, rs)
+		}
+		if a := s.Request(x); a != nil {
+			x.answer(a)
+			return
+		}
+	}
+	x.forward()
+}
+
+// answer writes a and records it.
+func (x *Exchange) answer(a *Answer) {
+	if a == answered {
+		return
+	}
+	rec := x.Record
+	rec.Decision, rec.Rule, rec.Reason = a.Decision, a.Rule, a.Reason
+	if a.Detail != "" {
+		rec.Error = a.Detail
+	}
+	x.notePolicy()
+	h := x.w.Header()
+	if a.Close {
+		h.Set("Connection", "close")
+	}
+	for k, vs := range x.Decision.Header {
+		h[k] = append(h[k], vs...)
+	}
+	for k, vs := range a.Header {
+		h[k] = append(h[k], vs...)
+	}
+	h.Set("Content-Type", "application/json")
+	body := a.Body
+	if body == nil {
+		body = errorBody(a.Status, a.Rule, a.Detail)
+	}
+	x.w.WriteHeader(a.Status)
+	n, _ := x.w.Write(body)
+	rec.Status, rec.Source, rec.BytesOut = a.Status, sourceSluice, int64(n)
+	x.finish()
+}
+
+// fail is the Answer for a failure inside Sluice (decision error): no
+// rule decided it.
+func fail(code int, reason, detail string) *Answer {
+	return &Answer{Status: code, Decision: audit.DecisionError, Reason: reason, Detail: detail}
+}
+
+// notePolicy keeps the policy's decision in the record when the outcome
+// was decided by something else (an error inside Sluice, the client
+// leaving): decision "error" must not hide what the policy said.
+func (x *Exchange) notePolicy() {
+	rec := x.Record
+	if !x.decided || rec.Decision != audit.DecisionError {
+		return
+	}
+	rec.PolicyDecision, rec.PolicyRule, rec.PolicyReason = decisionString(x.Decision), x.Decision.Rule, x.Decision.Reason
+}
+
+func errorBody(code int, rule, reason string) []byte {
+	b, _ := json.Marshal(struct {
+		Error  string `json:"error"`
+		Rule   string `json:"rule,omitempty"`
+		Reason string `json:"reason"`
+	}{http.StatusText(code), rule, reason})
+	return append(b, '\n')
+}
+
+func (x *Exchange) finish() {
+	if x.body != nil {
+		x.Record.BytesIn = x.body.n.Load()
+	}
+	x.Record.Duration = time.Since(x.start)
+	x.f.p.emit(x.Record)
+}
+
+// serveHTTP serves HTTP/1.1 or HTTP/2 on c until the client is done.
+func (f *flow) serveHTTP(c net.Conn, h2 bool) {
+	p := f.p
+	defer f.releaseTargets()
+	c = f.tap(c)
+	defer c.Close() // closes the capture flow too
+	if h2 {
+		p.h2.ServeConn(c, &http2.ServeConnOpts{
+			Context: f.ctx,
+			Handler: f,
+			BaseConfig: &http.Server{
+				MaxHeaderBytes: 2 * p.cfg.MaxHeaderBytes,
+				ErrorLog:       slog.NewLogLogger(p.errLog.Handler(), slog.LevelDebug),
+			},
+		})
+		return
+	}
+	hc := newH1Conn(c, f)
+	f.h1 = hc
+	srv := &http.Server{
+		Handler:           f,
+		ReadHeaderTimeout: p.cfg.HandshakeTimeout.D(),
+		IdleTimeout:       p.cfg.IdleTimeout.D(),
+		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(p.errLog.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return f.ctx },
+	}
+	srv.SetKeepAlivesEnabled(true)
+	_ = srv.Serve(newOneConnListener(hc))
+}

@@ -1,0 +1,288 @@
+package mitm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/policy"
+	"github.com/sluicehq/sluice/workload"
+)
+
+// flow is one client connection after the peek.
+type flow struct {
+	p        *Proxy
+	ctx      context.Context
+	id       workload.Identity
+	dst      Destination
+	start    time.Time
+	explicit bool // the explicit listener: requests name their target
+	tunnel   bool // inside CONNECT
+
+	sni     string
+	alpn    string // negotiated with the client
+	h2c     bool   // plain HTTP/2 with prior knowledge
+	tlsMode string
+
+	fixed *target // TLS decrypt and CONNECT: the one destination
+
+	mu      sync.Mutex
+	targets map[string]*target // plain HTTP: per host
+
+	h1 *h1Conn // HTTP/1.1 framing tracker; nil for HTTP/2
+}
+
+// target is one upstream destination of a flow with its Connection
+// decision and, once dialed, its pool.
+type target struct {
+	host   string // name for policy, Host/SNI; may be empty
+	port   uint16
+	conn   *policy.Conn
+	cd     policy.ConnDecision
+	useTLS bool
+	alpn   string // negotiated with the upstream
+	// unbound: the request's host does not resolve to the original
+	// destination, so the policy judged the address (transparent HTTP).
+	unbound bool
+
+	mu    sync.Mutex
+	pool  *upstreamPool
+	addr  netip.AddrPort
+	spare net.Conn
+	err   error // permanent upstream failure (TLS targets)
+	fail  string
+
+	addrStr atomic.Pointer[memo[netip.AddrPort, string]]
+	hostIP  atomic.Pointer[memo[string, bool]]
+	// urlHostMemo: see urlHost.
+	urlHostMemo atomic.Pointer[memo[urlHostKey, string]]
+}
+
+func (p *Proxy) decider() policy.Decider { return p.deps.Policy.Load() }
+
+// addrs returns the addresses a destination may be dialed at: the original
+// destination, the IP literal, or the DNS answers for host.
+func (f *flow) addrs(host string) ([]netip.Addr, error) {
+	if f.dst.Addr.IsValid() {
+		return []netip.Addr{f.dst.Addr.Addr()}, nil
+	}
+	if f.dst.Host != "" {
+		host = f.dst.Host // CONNECT: dial what the client asked the proxy for
+	}
+	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return []netip.Addr{a.Unmap()}, nil
+	}
+	if host == "" {
+		return nil, errors.New("resolve destination: no host and no address")
+	}
+	ctx, cancel := context.WithTimeout(f.ctx, f.p.cfg.DialTimeout.D())
+	defer cancel()
+	as, err := f.p.resolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", host, err)
+	}
+	if len(as) == 0 {
+		return nil, fmt.Errorf("resolve %s: no addresses", host)
+	}
+	out := make([]netip.Addr, len(as))
+	for i, a := range as {
+		out[i] = a.Unmap()
+	}
+	return out, nil
+}
+
+// newTarget asks the policy about a destination of this flow. A resolution
+// failure becomes the target's permanent error.
+func (f *flow) newTarget(host string, port uint16, tlsFlow bool) *target {
+	t := &target{host: host, port: port, useTLS: tlsFlow}
+	addrs, err := f.addrs(host)
+	if err != nil {
+		t.err, t.fail = err, reasonUnreachable
+	}
+	t.conn = &policy.Conn{Workload: f.id, Host: host, Addrs: addrs, Port: t.port, TLS: tlsFlow}
+	t.cd = f.p.decider().Connection(f.ctx, t.conn)
+	return t
+}
+
+// record starts a record of kind at t with what the flow knows.
+func (f *flow) record(kind string, t time.Time) *audit.Record {
+	r := &audit.Record{
+		Time:     t,
+		Kind:     kind,
+		Workload: f.id,
+		Host:     f.dst.Host,
+		Port:     f.dst.Port,
+		SNI:      f.sni,
+		TLS:      f.tlsMode,
+		ALPN:     f.alpn,
+	}
+	if f.dst.Addr.IsValid() {
+		r.DstIP = f.dst.Addr.Addr()
+	}
+	return r
+}
+
+// l4Record starts the record of this flow at L4.
+func (f *flow) l4Record() *audit.Record {
+	r := f.record(audit.KindL4, f.start)
+	r.Duration = time.Since(f.start)
+	return r
+}
+
+func decisionString(d policy.Decision) string {
+	switch {
+	case d.Denied():
+		return audit.DecisionDeny
+	case d.WouldDeny:
+		return audit.DecisionWouldDeny
+	default:
+		return audit.DecisionAllow
+	}
+}
+
+// isIPLiteral reports whether h is an IP address (with or without brackets).
+func isIPLiteral(h string) bool {
+	_, err := netip.ParseAddr(strings.Trim(h, "[]"))
+	return err == nil
+}
+
+// binding is what recent lookups of one name returned.
+type binding struct {
+	addrs   []netip.Addr
+	expires time.Time
+}
+
+const (
+	bindingCacheSize = 4096
+	bindingTTL       = time.Minute
+	maxBoundAddrs    = 64
+)
+
+// resolvesTo reports whether name is ip, or resolves to it: now, or in a
+// lookup of the last bindingTTL (DNS that rotates its answers still binds).
+func (f *flow) resolvesTo(name string, ip netip.Addr) bool {
+	if a, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
+		return a.Unmap() == ip.Unmap()
+	}
+	ip = ip.Unmap()
+	key := strings.TrimSuffix(strings.ToLower(name), ".")
+	p := f.p
+	var known []netip.Addr
+	if b, ok := p.seen.Get(key); ok && time.Now().Before(b.expires) {
+		known = b.addrs
+	}
+	if slices.Contains(known, ip) {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(f.ctx, p.cfg.DialTimeout.D())
+	defer cancel()
+	as, err := p.resolver.LookupNetIP(ctx, "ip", name)
+	if err != nil {
+		p.log.Warn("name binding lookup failed", "host", name, "addr", ip.String(), "error", err.Error())
+		return false
+	}
+	union := slices.Clone(known)
+	for _, a := range as {
+		if a = a.Unmap(); !slices.Contains(union, a) && len(union) < maxBoundAddrs {
+			union = append(union, a)
+		}
+	}
+	p.seen.Add(key, binding{addrs: union, expires: time.Now().Add(bindingTTL)})
+	return slices.Contains(union, ip)
+}
+
+// release closes the target's first upstream connection if no request
+// took it.
+func (t *target) release() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.pool != nil && t.spare != nil {
+		t.pool.reclaim(t.spare)
+		t.spare = nil
+	}
+}
+
+// ensure dials a plain-HTTP target on first use.
+func (t *target) ensure(f *flow) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.err != nil || t.pool != nil {
+		return t.err
+	}
+	alpn := ""
+	if f.h2c {
+		alpn = "h2c"
+	}
+	for _, a := range t.conn.Addrs { // a pool another connection made
+		k := poolKey{host: t.host, addr: netip.AddrPortFrom(a, t.port), alpn: alpn}
+		if up, ok := f.p.pools.peek(k); ok {
+			t.pool, t.addr = up, k.addr
+			return nil
+		}
+	}
+	c, addr, err := f.p.dialAny(f.ctx, t.conn.Addrs, t.port)
+	if err != nil {
+		t.fail = reasonUnreachable
+		return fmt.Errorf("upstream %s unreachable: %w", hostOr(t.host, t.conn.Addrs), err)
+	}
+	t.addr = addr
+	t.pool = f.p.pools.get(poolKey{host: t.host, addr: addr, alpn: alpn})
+	t.spare = c
+	t.pool.offer(c)
+	return nil
+}
+
+func hostOr(h string, addrs []netip.Addr) string {
+	if h != "" || len(addrs) == 0 {
+		return h
+	}
+	return addrs[0].String()
+}
+
+func (f *flow) releaseTargets() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, t := range f.targets {
+		t.release()
+	}
+	if f.fixed != nil && !f.fixed.useTLS {
+		f.fixed.release()
+	}
+}
+
+// memo is a value computed from a key, kept for as long as the key stays
+// the same (see target.addrString and target.connHostIsIP).
+type memo[K comparable, V any] struct {
+	k K
+	v V
+}
+
+// addrString is a.String(), remembered per target: a request of a
+// keep-alive connection need not format its upstream address anew.
+func (t *target) addrString(a netip.AddrPort) string {
+	if m := t.addrStr.Load(); m != nil && m.k == a {
+		return m.v
+	}
+	s := a.String()
+	t.addrStr.Store(&memo[netip.AddrPort, string]{a, s})
+	return s
+}
+
+// connHostIsIP is isIPLiteral(t.conn.Host), remembered per target.
+func (t *target) connHostIsIP() bool {
+	h := t.conn.Host
+	if m := t.hostIP.Load(); m != nil && m.k == h {
+		return m.v
+	}
+	ip := isIPLiteral(h)
+	t.hostIP.Store(&memo[string, bool]{h, ip})
+	return ip
+}

@@ -1,0 +1,76 @@
+package mitm
+
+import (
+	"net/http"
+	"strings"
+)
+
+// hopHeaders are the RFC 9110 7.6.1 connection-specific fields and the
+// proxy-only ones; Connection-listed names are removed too. They are
+// spelled canonically (removeHopHeaders deletes them from the map as
+// they are).
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Transfer-Encoding", "Upgrade",
+}
+
+// removeHopHeaders strips hop-by-hop fields from h. TE is kept when it
+// says "trailers". When keepWS is set and the message asks for a
+// WebSocket upgrade, the Upgrade value is returned for the caller to
+// re-add.
+func removeHopHeaders(h http.Header, keepWS bool) (upgrade string) {
+	if keepWS && strings.EqualFold(h.Get("Upgrade"), "websocket") && headerHasToken(h, "Connection", "upgrade") {
+		upgrade = h.Get("Upgrade")
+	}
+	for _, v := range h.Values("Connection") {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	te := headerHasToken(h, "Te", "trailers")
+	for _, k := range hopHeaders {
+		delete(h, k) // h.Del(k) without canonicalizing: k is canonical
+	}
+	if te {
+		h.Set("Te", "trailers")
+	}
+	for k := range h {
+		if hasProxyPrefix(k) {
+			delete(h, k)
+		}
+	}
+	return upgrade
+}
+
+// hasProxyPrefix reports whether strings.ToLower(k) starts with "proxy-"
+// without allocating: only ASCII letters lower-case into that prefix.
+func hasProxyPrefix(k string) bool {
+	const prefix = "proxy-"
+	if len(k) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := k[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != prefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			t, _, _ = strings.Cut(t, ";")
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}

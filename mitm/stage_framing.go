@@ -1,0 +1,56 @@
+package mitm
+
+import (
+	"fmt"
+	"net/http"
+)
+
+// framingStage refuses requests whose framing Sluice will not forward:
+// a header block over proxy.maxHeaderBytes (431), and an HTTP/1.1 request
+// with both Content-Length and Transfer-Encoding (400 and close: request
+// smuggling). net/http's server hides both from handlers, so HTTP/1.1
+// heads come from the flow's framing tracker (h1.go).
+type framingStage struct{}
+
+func (framingStage) Name() string { return "framing" }
+
+func (framingStage) Request(x *Exchange) *Answer {
+	max := x.f.p.cfg.MaxHeaderBytes
+	if x.f.h1 != nil {
+		if h, ok := x.f.h1.nextHead(); ok {
+			if h.size > max {
+				return fail(http.StatusRequestHeaderFieldsTooLarge, reasonHeaderTooLarge,
+					fmt.Sprintf("request header block of %d bytes exceeds %d", h.size, max))
+			}
+			if h.both {
+				a := fail(http.StatusBadRequest, reasonSmuggling, "request has both Content-Length and Transfer-Encoding")
+				a.Close = true
+				return a
+			}
+		}
+	}
+	if x.Req.ProtoMajor == 2 {
+		// The HTTP/2 server's own limit (twice ours) answers 431 without
+		// a handler; up to it, this stage answers and records.
+		if n := h2HeaderSize(x.Req); n > max {
+			return fail(http.StatusRequestHeaderFieldsTooLarge, reasonHeaderTooLarge,
+				fmt.Sprintf("request header list of %d bytes exceeds %d", n, max))
+		}
+	}
+	return nil
+}
+
+// h2HeaderSize is the header list size as HTTP/2 counts it (RFC 9113
+// 6.5.2: name and value lengths plus 32 per field, pseudo-headers too).
+func h2HeaderSize(r *http.Request) int {
+	n := len(":method") + len(r.Method) + len(":path") + len(r.URL.RequestURI()) +
+		len(":authority") + len(r.Host) + len(":scheme") + len("https") + 4*32
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 32
+		}
+	}
+	return n
+}
+
+var _ Stage = framingStage{}

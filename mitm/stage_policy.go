@@ -1,0 +1,36 @@
+package mitm
+
+import (
+	"github.com/sluicehq/sluice/policy"
+)
+
+// policyStage asks the policy about the request (policy.Decider.Request):
+// the SSRF guard on the addresses dialed, the first matching rule (access
+// in its mode, audit or enforce), and that rule's rate limit. It consumes
+// rate-limit tokens, so it runs once per request. The decision's Header
+// (rate-limit headers) goes on every answer and response from here on,
+// and its body limits are the size stage's.
+type policyStage struct{}
+
+func (policyStage) Name() string { return "policy" }
+
+func (policyStage) Request(x *Exchange) *Answer {
+	r, t := x.Req, x.t
+	d := x.f.p.decider().Request(r.Context(), &policy.Request{
+		Conn:          t.conn,
+		Method:        r.Method,
+		Host:          t.conn.Host, // the name bound to what is dialed (see the target stage)
+		Path:          r.URL.EscapedPath(),
+		Header:        r.Header,
+		ContentLength: r.ContentLength,
+	})
+	x.Decision, x.decided = d, true
+	rec := x.Record
+	rec.Decision, rec.Rule, rec.Reason = decisionString(d), d.Rule, d.Reason
+	if d.Denied() {
+		return denyAnswer(d)
+	}
+	return nil
+}
+
+var _ Stage = policyStage{}

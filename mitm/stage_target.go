@@ -1,0 +1,135 @@
+package mitm
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/sluicehq/sluice/audit"
+)
+
+// targetStage finds the request's destination and binds its name to what
+// is dialed. A decrypted or tunnelled flow has one destination, opened
+// (and verified upstream) for one name: a request naming another host
+// gets 421 Misdirected Request (no domain fronting). Transparent plain
+// HTTP has one destination per Host header, whose name counts for policy
+// only where it resolves to the original destination address (else the
+// request is judged by the address). The explicit proxy takes CONNECT or
+// absolute-form http:// requests and dials the URL's host and port.
+type targetStage struct{}
+
+func (targetStage) Name() string { return "target" }
+
+func (targetStage) Request(x *Exchange) *Answer {
+	f, r, rec := x.f, x.Req, x.Record
+	x.host, x.port = f.requestHost(r)
+	if f.explicit && f.fixed == nil && (r.URL.Scheme != "http" || r.URL.Host == "") {
+		return fail(http.StatusBadRequest, reasonNotProxy,
+			"the explicit proxy takes CONNECT or absolute-form http:// requests")
+	}
+	rec.Host = x.host
+	t := f.targetFor(x.host, x.port)
+	x.t = t
+	rec.Port = t.port // the port dialed, whatever the Host header says
+	if t.unbound {
+		rec.Error = fmt.Sprintf("host %q does not resolve to the destination %s: judged by the address", x.host, f.dst.Addr.Addr())
+	}
+	if f.fixed != nil && t.conn.Host != "" && !t.connHostIsIP() && !sameHost(x.host, t.conn.Host) {
+		// Without SNI the policy judges the address, whatever the Host
+		// header says.
+		return &Answer{Status: http.StatusMisdirectedRequest, Decision: audit.DecisionDeny, Reason: reasonMisdirected,
+			Detail: fmt.Sprintf("request host %q is not %q, the host this connection was opened for (TLS SNI or CONNECT target)", x.host, t.conn.Host)}
+	}
+	return nil
+}
+
+// requestHost is the request's host without port, and the port when the
+// request names one.
+func (f *flow) requestHost(r *http.Request) (string, uint16) {
+	h := r.Host
+	if f.explicit && f.fixed == nil && r.URL.Host != "" {
+		h = r.URL.Host
+	}
+	host, port := splitHostPort(h)
+	if f.explicit && f.fixed == nil && port == 0 {
+		port = 80
+	}
+	return host, port
+}
+
+// sameHost compares a request's host with a connection's: case-insensitive,
+// without a trailing dot or IPv6 brackets. An empty request host (HTTP/1.0
+// without Host) is the connection's.
+func sameHost(req, conn string) bool {
+	norm := func(h string) string { return strings.TrimSuffix(strings.ToLower(strings.Trim(h, "[]")), ".") }
+	return req == "" || norm(req) == norm(conn)
+}
+
+func splitHostPort(h string) (string, uint16) {
+	if host, p, err := net.SplitHostPort(h); err == nil {
+		// Fast path for the usual all-digit port; anything else keeps
+		// fmt's scanning rules.
+		if n, err := strconv.ParseUint(p, 10, 16); err == nil {
+			return strings.ToLower(host), uint16(n)
+		}
+		var n uint16
+		if _, err := fmt.Sscanf(p, "%d", &n); err == nil {
+			return strings.ToLower(host), n
+		}
+		return strings.ToLower(host), 0
+	}
+	return strings.ToLower(strings.Trim(h, "[]")), 0
+}
+
+// targetFor picks the destination: the flow's fixed one, one per host
+// and port in explicit mode, or one per Host header in transparent plain
+// HTTP.
+func (f *flow) targetFor(host string, port uint16) *target {
+	if f.fixed != nil {
+		return f.fixed
+	}
+	key := host
+	if f.explicit {
+		key = net.JoinHostPort(host, strconv.Itoa(int(port)))
+	}
+	f.mu.Lock()
+	t, ok := f.targets[key]
+	f.mu.Unlock()
+	if ok {
+		return t
+	}
+	if f.explicit {
+		t = f.newTarget(host, port, false)
+	} else {
+		// Transparent plain HTTP: the Host header is only the client's
+		// word for where the original destination is. Policy judges the
+		// name only when it resolves to that address; otherwise the
+		// request is judged by the address alone.
+		policyHost := host
+		if f.dst.Addr.IsValid() && host != "" && !f.resolvesTo(host, f.dst.Addr.Addr()) {
+			policyHost = ""
+		}
+		t = f.newTarget(policyHost, f.dst.Port, false)
+		t.host = host
+		t.unbound = policyHost != host
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.targets == nil {
+		f.targets = map[string]*target{}
+	}
+	if old, ok := f.targets[key]; ok {
+		return old
+	}
+	if len(f.targets) < maxFlowTargets {
+		f.targets[key] = t
+	}
+	return t
+}
+
+// maxFlowTargets bounds the destinations one plain-HTTP flow remembers.
+const maxFlowTargets = 16
+
+var _ Stage = targetStage{}

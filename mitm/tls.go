@@ -1,0 +1,262 @@
+package mitm
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/policy"
+)
+
+// serveTLS decides a TLS flow from its ClientHello.
+func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
+	p := f.p
+	f.sni = hello.SNI
+	host := hello.SNI
+	if host == "" {
+		host = f.dst.Host
+	}
+	if f.tunnel && hello.SNI != "" && !isIPLiteral(f.dst.Host) && !sameHost(hello.SNI, f.dst.Host) {
+		// CONNECT a.example then SNI b.example: the policy would judge
+		// b while the bytes go to a.
+		rec := f.l4Record()
+		rec.Host = f.dst.Host
+		rec.Decision, rec.Reason = audit.DecisionDeny, reasonSNIMismatch
+		rec.Error = fmt.Sprintf("SNI %q in a tunnel to %q", hello.SNI, f.dst.Host)
+		p.emit(rec)
+		return
+	}
+	f.fixed = f.newTarget(host, f.dst.Port, true)
+	t := f.fixed
+	if t.cd.Action == policy.Passthrough && hello.SNI != "" && len(t.conn.Addrs) > 0 &&
+		!sameHost(hello.SNI, f.dst.Host) && !f.resolvesTo(hello.SNI, t.conn.Addrs[0]) {
+		// Pass-through trusts the SNI, and nothing verifies it: only
+		// where the name resolves to the address dialed. Elsewhere the
+		// connection is decrypted like any other, so the upstream's
+		// certificate is checked against the name.
+		t.cd.Action = policy.Decrypt
+		t.cd.Reason = reasonPassthroughUnbound
+		p.log.Warn("pass-through refused: SNI does not resolve to the destination; decrypting",
+			"sni", hello.SNI, "addr", t.conn.Addrs[0].String(), "workload", f.id.Name())
+	}
+	switch t.cd.Action {
+	case policy.Reject:
+		rec := f.l4Record()
+		rec.Host = host
+		rec.Decision, rec.Rule, rec.Reason = audit.DecisionDeny, t.cd.Rule, t.cd.Reason
+		p.emit(rec)
+		return
+	case policy.Passthrough:
+		_ = c.SetReadDeadline(time.Time{})
+		f.tlsMode = audit.TLSPassthrough
+		f.serveOther(c, audit.TLSPassthrough)
+		return
+	}
+	f.tlsMode = audit.TLSDecrypted
+
+	// The name the upstream certificate must carry and the client's leaf
+	// is minted for: the SNI, else the CONNECT host, else the IP.
+	name := host
+	if name == "" && f.dst.Addr.IsValid() {
+		name = f.dst.Addr.Addr().String()
+	}
+	t.host = name
+	offer := intersectALPN(hello.ALPN)
+	if t.err == nil && !f.reusePool(t, name, offer) {
+		f.dialUpstreamTLS(t, name, offer)
+	}
+	var protos []string
+	switch {
+	case t.err == nil && t.alpn != "":
+		protos = []string{t.alpn}
+	case t.err != nil && contains(offer, "http/1.1"):
+		protos = []string{"http/1.1"}
+	case t.err != nil && contains(offer, "h2"):
+		protos = []string{"h2"}
+	}
+	// The upstream side may have used the time the peek was given.
+	_ = c.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout.D()))
+	hctx, cancel := context.WithTimeout(f.ctx, p.cfg.HandshakeTimeout.D())
+	defer cancel()
+	srv := tls.Server(c, &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: protos,
+		GetCertificate: func(chi *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return p.leaf(chi.Context(), name)
+		},
+	})
+	if err := srv.HandshakeContext(hctx); err != nil {
+		rec := f.l4Record()
+		rec.Host = host
+		rec.Decision, rec.Reason, rec.Error = audit.DecisionError, reasonClientHandshake, err.Error()
+		p.emit(rec)
+		t.release()
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+	p.obs.TLSConnection(audit.TLSDecrypted)
+	f.alpn = srv.ConnectionState().NegotiatedProtocol
+	defer t.release()
+	f.serveDecrypted(srv, t)
+}
+
+// serveDecrypted decides from the first plaintext bytes whether the client
+// speaks HTTP (served and decided per request) or another protocol over
+// TLS (relayed decrypted, with an L4 record). A client that negotiated an
+// HTTP ALPN is HTTP. Without one, a client that says nothing for
+// PeekTimeout may be waiting for a server greeting (IMAPS, SMTPS): then
+// whichever side speaks first decides, and since an HTTP server never
+// speaks first, waiting can't make HTTP escape per-request policy.
+func (f *flow) serveDecrypted(tc *tls.Conn, t *target) {
+	p := f.p
+	pc := newPeekedConn(tc, 64)
+	if f.alpn == "h2" || f.alpn == "http/1.1" || t.err != nil {
+		f.serveHTTP(pc, f.alpn == "h2")
+		return
+	}
+	_ = tc.SetReadDeadline(time.Now().Add(p.cfg.PeekTimeout.D()))
+	_, err := pc.Peek(1)
+	if isTimeout(err) {
+		_ = tc.SetReadDeadline(time.Time{})
+		f.raceFirstSpeaker(pc, t)
+		return
+	}
+	if err != nil {
+		return // the client left without a word
+	}
+	_ = tc.SetReadDeadline(time.Now().Add(p.cfg.HandshakeTimeout.D()))
+	skip, isHTTP := sniffHTTP(pc)
+	isH2 := sniffH2C(pc)
+	_ = tc.SetReadDeadline(time.Time{})
+	if isHTTP || isH2 {
+		pc.discard(skip)
+		f.serveHTTP(pc, isH2)
+		return
+	}
+	f.relayDecrypted(pc, nil, t)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// raceFirstSpeaker waits for the client or the upstream to send first.
+func (f *flow) raceFirstSpeaker(pc *peekedConn, t *target) {
+	up, err := t.pool.dial(f.ctx)
+	if err != nil {
+		f.serveHTTP(pc, false) // an HTTP client gets the 502 that says why
+		return
+	}
+	upc := newPeekedConn(up, 64)
+	clientCh, upCh := make(chan error, 1), make(chan error, 1)
+	go func() { _, err := pc.Peek(1); clientCh <- err }()
+	go func() { _, err := upc.Peek(1); upCh <- err }()
+	// stop ends the other side's peek (a deadline error is not sticky on
+	// a tls.Conn) and waits for it.
+	stop := func(c net.Conn, ch chan error) {
+		_ = c.SetReadDeadline(time.Unix(1, 0))
+		<-ch
+		_ = c.SetReadDeadline(time.Time{})
+	}
+	select {
+	case err := <-clientCh:
+		stop(upc.Conn, upCh)
+		if err != nil {
+			up.Close()
+			return
+		}
+		if upc.Buffered() == 0 {
+			_ = pc.SetReadDeadline(time.Now().Add(f.p.cfg.HandshakeTimeout.D()))
+			skip, isHTTP := sniffHTTP(pc)
+			isH2 := sniffH2C(pc)
+			_ = pc.SetReadDeadline(time.Time{})
+			if isHTTP || isH2 {
+				pc.discard(skip)
+				t.pool.offer(up) // unread: the first request can use it
+				f.serveHTTP(pc, isH2)
+				return
+			}
+		}
+		f.relayDecrypted(pc, upc, t)
+	case err := <-upCh:
+		stop(pc.Conn, clientCh)
+		if err != nil && upc.Buffered() == 0 {
+			up.Close()
+			rec := f.l4Record()
+			rec.Host = t.host
+			rec.Decision, rec.Reason, rec.Error = audit.DecisionError, reasonUpstreamError, "upstream closed before anyone spoke: "+err.Error()
+			f.p.emit(rec)
+			return
+		}
+		f.relayDecrypted(pc, upc, t)
+	}
+}
+
+// dialUpstreamTLS connects to the target first, so the client's handshake
+// can mirror the upstream's ALPN. Failures are kept on t for the 502s.
+func (f *flow) dialUpstreamTLS(t *target, name string, offer []string) {
+	p := f.p
+	raw, addr, err := p.dialAny(f.ctx, t.conn.Addrs, t.port)
+	if err != nil {
+		t.err, t.fail = fmt.Errorf("upstream %s unreachable: %w", name, err), reasonUnreachable
+		return
+	}
+	t.addr = addr
+	hctx, cancel := context.WithTimeout(f.ctx, p.cfg.HandshakeTimeout.D())
+	defer cancel()
+	up := tls.Client(raw, p.upstreamTLSConfig(name, offer))
+	if err := up.HandshakeContext(hctx); err != nil {
+		raw.Close()
+		var verr *tls.CertificateVerificationError
+		if errors.As(err, &verr) {
+			t.err, t.fail = fmt.Errorf("upstream certificate verification failed for %s: %w", name, verr.Err), reasonVerify
+		} else {
+			t.err, t.fail = fmt.Errorf("upstream TLS handshake with %s failed: %w", name, err), reasonUpstreamTLS
+		}
+		return
+	}
+	t.alpn = up.ConnectionState().NegotiatedProtocol
+	p.pools.remember(name, addr, offer, t.alpn)
+	t.pool = p.pools.get(poolKey{host: name, addr: addr, alpn: t.alpn, tls: true})
+	t.spare = up
+	t.pool.offer(up)
+}
+
+// reusePool takes a live pool that served the same offer to one of the
+// checked addresses before: the client's handshake then needs no new
+// upstream connection.
+func (f *flow) reusePool(t *target, name string, offer []string) bool {
+	for _, a := range t.conn.Addrs {
+		ap := netip.AddrPortFrom(a, t.port)
+		if up, alpn, ok := f.p.pools.lookup(name, ap, offer); ok {
+			t.pool, t.addr, t.alpn = up, ap, alpn
+			return true
+		}
+	}
+	return false
+}
+
+func intersectALPN(client []string) []string {
+	var out []string
+	for _, p := range client {
+		if (p == "h2" || p == "http/1.1") && !contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
