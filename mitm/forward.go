@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,6 +183,13 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 	if resp.ContentLength >= 0 && r.Method != http.MethodHead {
 		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}
+	// The trailers the upstream announced (net/http moves its Trailer
+	// header into resp.Trailer's keys) are announced to the client too.
+	var announced []string
+	for k := range resp.Trailer {
+		announced = append(announced, k)
+		h.Add("Trailer", k)
+	}
 	grpcStatus(rec, resp.Header) // a trailers-only gRPC answer
 	w.WriteHeader(resp.StatusCode)
 	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
@@ -240,12 +248,10 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 		x.finish()
 		panic(http.ErrAbortHandler)
 	}
-	// Trailers the upstream announced go out under their names (the
-	// Trailer header announced them to the client); others with
-	// net/http's TrailerPrefix.
-	announced := resp.Header["Trailer"]
+	// Announced trailers go out under their names, others with net/http's
+	// TrailerPrefix.
 	for k, vs := range resp.Trailer {
-		if headerListHas(announced, k) {
+		if slices.Contains(announced, k) {
 			h[k] = vs
 		} else {
 			h[http.TrailerPrefix+k] = vs
@@ -253,19 +259,6 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 	}
 	grpcStatus(rec, resp.Trailer)
 	x.finish()
-}
-
-// headerListHas reports whether a comma-separated header value list names
-// the field k (case-insensitively).
-func headerListHas(values []string, k string) bool {
-	for _, v := range values {
-		for _, name := range strings.Split(v, ",") {
-			if http.CanonicalHeaderKey(strings.TrimSpace(name)) == k {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // grpcStatus copies a gRPC call's status (trailers, or the headers of a

@@ -1,0 +1,185 @@
+package mitm
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/policy"
+	"github.com/sluicehq/sluice/workload"
+)
+
+// A request the policy let through in audit mode ("would deny" by the
+// SSRF guard, as the default policy does for loopback) that then fails
+// inside Sluice must not blame the rule: the client's body and the record
+// name no rule, decision "error" says what failed, and the record keeps
+// the policy's decision beside it.
+func TestFailureInsideSluiceNamesNoRule(t *testing.T) {
+	dec := &fakeDecider{req: func(*policy.Request) policy.Decision {
+		return policy.Decision{WouldDeny: true, Rule: policy.RuleSSRF, Reason: policy.ReasonLoopback}
+	}}
+	h := newHarness(t, nil, dec)
+	// A port nobody listens on: the upstream is unreachable.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cl := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(h.url)}}
+	resp, err := cl.Get(fmt.Sprintf("http://api.test:%d/gone", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 502 || strings.Contains(body, "ssrf") || !strings.Contains(body, "unreachable") {
+		t.Errorf("client got %d %s; want 502 naming the failure and no rule", resp.StatusCode, body)
+	}
+	rec := h.recs.wait(t, "502", func(r audit.Record) bool { return r.Path == "/gone" })
+	if rec.Decision != audit.DecisionError || rec.Rule != "" || rec.Reason != reasonUnreachable {
+		t.Errorf("record decision %q rule %q reason %q; want error, no rule, %q", rec.Decision, rec.Rule, rec.Reason, reasonUnreachable)
+	}
+	if rec.PolicyDecision != audit.DecisionWouldDeny || rec.PolicyRule != policy.RuleSSRF || rec.PolicyReason != policy.ReasonLoopback {
+		t.Errorf("record policy decision %q rule %q reason %q; want the policy's would_deny by ssrf", rec.PolicyDecision, rec.PolicyRule, rec.PolicyReason)
+	}
+}
+
+// A client that opens a connection and closes it unused (a spare
+// keep-alive connection) leaves an L4 record of a normal end, not an
+// error.
+func TestUnusedConnectionIsANormalEnd(t *testing.T) {
+	h := newHarness(t, nil, nil)
+	client, server := net.Pipe()
+	client.Close()
+	h.p.Handle(context.Background(), server, Destination{}, workload.Identity{Comm: "spare"})
+	rec := h.recs.wait(t, "the spare connection", func(r audit.Record) bool { return r.Workload.Comm == "spare" })
+	if rec.Kind != audit.KindL4 || rec.Decision != audit.DecisionClosed || rec.End != audit.EndClientClosed || rec.Error != "" {
+		t.Errorf("record %+v; want an l4 record, decision closed, ended by the client, no error", rec)
+	}
+}
+
+// The upstream's Trailer header reaches the client with the response
+// head, so the client knows which trailers to expect before the body.
+func TestTrailerHeaderKept(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) {
+			up := startUpstream(t, tca, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Trailer", "X-Checksum")
+				w.WriteHeader(200)
+				io.WriteString(w, "body")
+				w.Header().Set("X-Checksum", "abc123")
+			}))
+			h := newHarness(t, tca, nil)
+			resp, err := h.client(h2).Get(fmt.Sprintf("https://api.test:%d/t", up.addr.Port()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if _, announced := resp.Trailer["X-Checksum"]; !announced {
+				t.Fatalf("before the body, trailers announced %v; want X-Checksum from the Trailer header", resp.Trailer)
+			}
+			if b := readAll(t, resp.Body); b != "body" || resp.Trailer.Get("X-Checksum") != "abc123" {
+				t.Fatalf("body %q trailers %v", b, resp.Trailer)
+			}
+		})
+	}
+}
+
+// grpcThroughProxy serves the gRPC health service upstream (TLS, api.test)
+// and returns a real gRPC client connected through the explicit proxy.
+func grpcThroughProxy(t *testing.T) (*harness, healthpb.HealthClient) {
+	t.Helper()
+	tca := newTestCA(t, "upstream test CA")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{tca.leaf(t, "api.test")}})))
+	hs := health.NewServer()
+	hs.SetServingStatus("sluice.test.Svc", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(srv, hs)
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+
+	h := newHarness(t, tca, nil)
+	connect := func(ctx context.Context, addr string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", h.url.Host)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", addr, addr)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != 200 {
+			c.Close()
+			return nil, fmt.Errorf("CONNECT %s: %v %v", addr, resp, err)
+		}
+		return c, nil
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(h.ca.BundlePEM())
+	cc, err := grpc.NewClient(fmt.Sprintf("passthrough:///api.test:%d", ln.Addr().(*net.TCPAddr).Port),
+		grpc.WithContextDialer(connect),
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: "api.test"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return h, healthpb.NewHealthClient(cc)
+}
+
+// A failed gRPC call is an HTTP 200: its grpc-status and grpc-message go
+// into the record so it does not look like a success.
+func TestGRPCStatusRecorded(t *testing.T) {
+	h, hc := grpcThroughProxy(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "sluice.test.Svc"}); err != nil {
+		t.Fatalf("check a served service: %v", err)
+	}
+	_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "no.such.Svc"})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("check an unknown service: %v, want NotFound", err)
+	}
+	ok := h.recs.wait(t, "the good call", func(r audit.Record) bool { return r.GRPCStatus == "0" })
+	bad := h.recs.wait(t, "the failed call", func(r audit.Record) bool { return r.GRPCStatus == "5" })
+	if ok.Status != 200 || bad.Status != 200 || bad.GRPCMessage != "unknown service" || bad.Path != "/grpc.health.v1.Health/Check" {
+		t.Errorf("records %+v\n%+v", ok, bad)
+	}
+}
+
+// A client that cancels a gRPC stream ends it normally.
+func TestGRPCStreamCancelIsANormalEnd(t *testing.T) {
+	h, hc := grpcThroughProxy(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{Service: "sluice.test.Svc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("first update %v %v", m, err)
+	}
+	cancel()
+	rec := h.recs.wait(t, "the cancelled stream", func(r audit.Record) bool { return r.Path == "/grpc.health.v1.Health/Watch" })
+	if rec.Decision != audit.DecisionAllow || rec.Error != "" || rec.End != audit.EndClientClosed {
+		t.Errorf("record %+v; want allow, no error, ended by the client", rec)
+	}
+}
