@@ -21,6 +21,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/sluicehq/sluice/bpf"
+	"github.com/sluicehq/sluice/cgroup2"
 	"github.com/sluicehq/sluice/config"
 )
 
@@ -39,7 +40,7 @@ type Agent struct {
 	h     Handler
 	opts  Options
 	mount string
-	globs []glob
+	globs []cgroup2.Glob
 	objs  bpf.SluiceObjects
 	ia    *interceptAddrs
 	lns   []net.Listener
@@ -83,21 +84,12 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	if err := probeKernel(); err != nil {
 		return nil, err
 	}
-	mount, err := Cgroup2Mount()
+	mount, err := cgroup2.Mount()
 	if err != nil {
 		return nil, err
 	}
-	var globs []glob
-	var gerrs []error
-	for _, p := range cfg.Cgroups {
-		g, err := compileGlob(p)
-		if err != nil {
-			gerrs = append(gerrs, err)
-			continue
-		}
-		globs = append(globs, g)
-	}
-	if err := errors.Join(gerrs...); err != nil {
+	globs, err := compileGlobs(cfg.Cgroups)
+	if err != nil {
 		return nil, err
 	}
 	settings, ports, err := compileSettings(cfg)
@@ -116,7 +108,11 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 		selected: map[uint64]string{},
 		oldLinks: map[string]link.Link{},
 	}
-	a.own = ownCgroup()
+	if a.own, err = cgroup2.Self(); err != nil {
+		// Not fatal, but the agent cannot keep its own cgroup out of a
+		// selection it cannot name.
+		log.Warn("agent's own cgroup unknown", "error", err)
+	}
 	a.ctx, a.cancel = context.WithCancel(ctx)
 	ok := false
 	defer func() {
@@ -148,9 +144,9 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 
 	// Select: the root, or the cgroups matching the globs.
 	if cfg.Attach == "root" {
-		rootID, err := cgroupID(mount)
+		rootID, err := cgroup2.ID(mount)
 		if err != nil {
-			return nil, fmt.Errorf("stat cgroup2 root %s: %w", mount, err)
+			return nil, fmt.Errorf("select cgroup2 root: %w", err)
 		}
 		if err := a.attach(rootID, "/"); err != nil {
 			return nil, err

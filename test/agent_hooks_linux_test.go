@@ -17,14 +17,6 @@ import (
 	"github.com/sluicehq/sluice/agent"
 )
 
-func cgroupInode(dir string) (uint64, error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(dir, &st); err != nil {
-		return 0, err
-	}
-	return st.Ino, nil
-}
-
 // A process in the selected cgroup, in its own network namespace, reaches
 // the agent's listener instead of the test host it dialled; getpeername()
 // still says the test host; the agent names the process.
