@@ -25,14 +25,6 @@ import (
 	"github.com/sluicehq/sluice/config"
 )
 
-// Settings flags, mirrored from sluice.c (SET_*).
-const (
-	setV4           = 1
-	setV6           = 2
-	setAllPorts     = 4
-	setUseSelection = 8
-)
-
 // Agent is a running node agent. Its methods are safe for concurrent use.
 type Agent struct {
 	cfg   config.Agent
@@ -126,10 +118,10 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 		return nil, err
 	}
 	settings.Intercept4 = binary.NativeEndian.Uint32(a.ia.v4.AsSlice()) // network order in memory
-	settings.Flags |= setV4
+	settings.Flags |= uint16(bpf.SluiceSettingFlagSET_V4)
 	if a.ia.v6.IsValid() {
 		settings.Intercept6 = a.ia.v6.As16()
-		settings.Flags |= setV6
+		settings.Flags |= uint16(bpf.SluiceSettingFlagSET_V6)
 	}
 
 	if err := a.load(settings, ports); err != nil {
@@ -197,13 +189,13 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 func compileSettings(cfg config.Agent) (bpf.SluiceSettings, []uint16, error) {
 	s := bpf.SluiceSettings{Mark: cfg.Mark, ProxyPort: cfg.ProxyPort}
 	if cfg.Attach == "root" {
-		s.Flags |= setUseSelection
+		s.Flags |= uint16(bpf.SluiceSettingFlagSET_USE_SELECTION)
 	}
 	var ports []uint16
 	var errs []error
 	for i, p := range cfg.Ports {
 		if p == "all" {
-			s.Flags |= setAllPorts
+			s.Flags |= uint16(bpf.SluiceSettingFlagSET_ALL_PORTS)
 			continue
 		}
 		n, err := strconv.ParseUint(p, 10, 16)
@@ -266,7 +258,10 @@ func (a *Agent) load(s bpf.SluiceSettings, ports []uint16) error {
 		name  string
 		pfxs  []netip.Prefix
 		value uint8
-	}{{"deny", a.cfg.DenyCIDRs, cidrDeny}, {"bypass", a.cfg.BypassCIDRs, cidrBypass}} {
+	}{
+		{"deny", a.cfg.DenyCIDRs, uint8(bpf.SluiceCidrActionCIDR_DENY)},
+		{"bypass", a.cfg.BypassCIDRs, uint8(bpf.SluiceCidrActionCIDR_BYPASS)},
+	} {
 		for _, pfx := range l.pfxs {
 			pfx = pfx.Masked()
 			if pfx.Addr().Is4() {
@@ -283,12 +278,6 @@ func (a *Agent) load(s bpf.SluiceSettings, ports []uint16) error {
 	}
 	return nil
 }
-
-// Values of the CIDR tries, as CIDR_DENY and CIDR_BYPASS in sluice.c.
-const (
-	cidrDeny   uint8 = 1
-	cidrBypass uint8 = 2
-)
 
 // listen opens the transparent listeners on the intercept addresses.
 func (a *Agent) listen() error {
