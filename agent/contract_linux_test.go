@@ -52,6 +52,35 @@ func TestReasonsCoverBTF(t *testing.T) {
 	}
 }
 
+// Every failed-update site the kernel counts has a name for the metric.
+func TestMapErrorSitesCoverBTF(t *testing.T) {
+	vals := btfEnum(t, "map_error_site")
+	n := vals["MAP_ERR_SITES"]
+	if n == 0 {
+		t.Fatal("enum map_error_site has no MAP_ERR_SITES")
+	}
+	for name, v := range vals {
+		if name == "MAP_ERR_SITES" {
+			continue // the count, not a site
+		}
+		if v >= n {
+			t.Errorf("enum map_error_site %s = %d is past MAP_ERR_SITES = %d", name, v, n)
+		}
+		if mapErrorSites[bpf.SluiceMapErrorSite(v)] == "" {
+			t.Errorf("enum map_error_site %s = %d has no name in mapErrorSites", name, v)
+		}
+	}
+	if len(mapErrorSites) != int(n) {
+		t.Errorf("mapErrorSites has %d names, sluice.c %d sites", len(mapErrorSites), n)
+	}
+	// Without loaded programs (the zero Agent, or after Close) every site
+	// reads zero.
+	got := (&Agent{}).MapErrors()
+	if len(got) != int(n) || got["sluice_origins"] != 0 || got["sluice_peers"] != 0 {
+		t.Errorf("MapErrors of an agent without programs = %v", got)
+	}
+}
+
 func hasValue(m map[string]uint64, v uint64) bool {
 	for _, x := range m {
 		if x == v {

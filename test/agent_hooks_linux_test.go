@@ -97,6 +97,11 @@ func TestAgentRedirect(t *testing.T) {
 	if n := e.ag.Drops(); n != 0 {
 		t.Errorf("%d events dropped", n)
 	}
+	// The redirected connects above wrote sluice_origins and sluice_peers;
+	// no update failed, and both sites are read from the kernel.
+	if me := e.ag.MapErrors(); len(me) != 2 || me["sluice_origins"] != 0 || me["sluice_peers"] != 0 {
+		t.Errorf("map update errors %v, want sluice_origins and sluice_peers at 0", me)
+	}
 	// Released, the cgroup goes direct again.
 	if err := e.ag.ReleaseCgroup(e.cg.Path); err != nil {
 		t.Fatal(err)
