@@ -21,15 +21,8 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/sluicehq/sluice/bpf"
+	"github.com/sluicehq/sluice/cgroup2"
 	"github.com/sluicehq/sluice/config"
-)
-
-// Settings flags, mirrored from sluice.c (SET_*).
-const (
-	setV4           = 1
-	setV6           = 2
-	setAllPorts     = 4
-	setUseSelection = 8
 )
 
 // Agent is a running node agent. Its methods are safe for concurrent use.
@@ -39,7 +32,7 @@ type Agent struct {
 	h     Handler
 	opts  Options
 	mount string
-	globs []glob
+	globs []cgroup2.Glob
 	objs  bpf.SluiceObjects
 	ia    *interceptAddrs
 	lns   []net.Listener
@@ -83,21 +76,12 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	if err := probeKernel(); err != nil {
 		return nil, err
 	}
-	mount, err := Cgroup2Mount()
+	mount, err := cgroup2.Mount()
 	if err != nil {
 		return nil, err
 	}
-	var globs []glob
-	var gerrs []error
-	for _, p := range cfg.Cgroups {
-		g, err := compileGlob(p)
-		if err != nil {
-			gerrs = append(gerrs, err)
-			continue
-		}
-		globs = append(globs, g)
-	}
-	if err := errors.Join(gerrs...); err != nil {
+	globs, err := compileGlobs(cfg.Cgroups)
+	if err != nil {
 		return nil, err
 	}
 	settings, ports, err := compileSettings(cfg)
@@ -116,7 +100,11 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 		selected: map[uint64]string{},
 		oldLinks: map[string]link.Link{},
 	}
-	a.own = ownCgroup()
+	if a.own, err = cgroup2.Self(); err != nil {
+		// Not fatal, but the agent cannot keep its own cgroup out of a
+		// selection it cannot name.
+		log.Warn("agent's own cgroup unknown", "error", err)
+	}
 	a.ctx, a.cancel = context.WithCancel(ctx)
 	ok := false
 	defer func() {
@@ -130,10 +118,10 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 		return nil, err
 	}
 	settings.Intercept4 = binary.NativeEndian.Uint32(a.ia.v4.AsSlice()) // network order in memory
-	settings.Flags |= setV4
+	settings.Flags |= uint16(bpf.SluiceSettingFlagSET_V4)
 	if a.ia.v6.IsValid() {
 		settings.Intercept6 = a.ia.v6.As16()
-		settings.Flags |= setV6
+		settings.Flags |= uint16(bpf.SluiceSettingFlagSET_V6)
 	}
 
 	if err := a.load(settings, ports); err != nil {
@@ -148,9 +136,9 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 
 	// Select: the root, or the cgroups matching the globs.
 	if cfg.Attach == "root" {
-		rootID, err := cgroupID(mount)
+		rootID, err := cgroup2.ID(mount)
 		if err != nil {
-			return nil, fmt.Errorf("stat cgroup2 root %s: %w", mount, err)
+			return nil, fmt.Errorf("select cgroup2 root: %w", err)
 		}
 		if err := a.attach(rootID, "/"); err != nil {
 			return nil, err
@@ -201,13 +189,13 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 func compileSettings(cfg config.Agent) (bpf.SluiceSettings, []uint16, error) {
 	s := bpf.SluiceSettings{Mark: cfg.Mark, ProxyPort: cfg.ProxyPort}
 	if cfg.Attach == "root" {
-		s.Flags |= setUseSelection
+		s.Flags |= uint16(bpf.SluiceSettingFlagSET_USE_SELECTION)
 	}
 	var ports []uint16
 	var errs []error
 	for i, p := range cfg.Ports {
 		if p == "all" {
-			s.Flags |= setAllPorts
+			s.Flags |= uint16(bpf.SluiceSettingFlagSET_ALL_PORTS)
 			continue
 		}
 		n, err := strconv.ParseUint(p, 10, 16)
@@ -270,7 +258,10 @@ func (a *Agent) load(s bpf.SluiceSettings, ports []uint16) error {
 		name  string
 		pfxs  []netip.Prefix
 		value uint8
-	}{{"deny", a.cfg.DenyCIDRs, cidrDeny}, {"bypass", a.cfg.BypassCIDRs, cidrBypass}} {
+	}{
+		{"deny", a.cfg.DenyCIDRs, uint8(bpf.SluiceCidrActionCIDR_DENY)},
+		{"bypass", a.cfg.BypassCIDRs, uint8(bpf.SluiceCidrActionCIDR_BYPASS)},
+	} {
 		for _, pfx := range l.pfxs {
 			pfx = pfx.Masked()
 			if pfx.Addr().Is4() {
@@ -287,12 +278,6 @@ func (a *Agent) load(s bpf.SluiceSettings, ports []uint16) error {
 	}
 	return nil
 }
-
-// Values of the CIDR tries, as CIDR_DENY and CIDR_BYPASS in sluice.c.
-const (
-	cidrDeny   uint8 = 1
-	cidrBypass uint8 = 2
-)
 
 // listen opens the transparent listeners on the intercept addresses.
 func (a *Agent) listen() error {

@@ -2,28 +2,16 @@ package agent
 
 import (
 	"io/fs"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/sluicehq/sluice/cgroup2"
 )
 
 // maxCgroupWalk bounds one walk of the cgroup tree.
 const maxCgroupWalk = 200000
-
-// cgroupID is the id the kernel reports for the cgroup at dir (its kernfs
-// inode number, what bpf_get_current_cgroup_id returns).
-func cgroupID(dir string) (uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(dir, &st); err != nil {
-		return 0, err
-	}
-	return st.Ino, nil
-}
 
 // relPath turns a path under mount into a cgroup path ("/a/b"; "/" for the
 // root).
@@ -49,7 +37,7 @@ func walkCgroups(mount, dir string, fn func(rel string, id uint64)) {
 		if n++; n > maxCgroupWalk {
 			return filepath.SkipAll
 		}
-		id, err := cgroupID(p)
+		id, err := cgroup2.ID(p)
 		if err != nil {
 			return nil
 		}
@@ -105,17 +93,13 @@ func (c *cgroupNames) lookup(id uint64, pid int) string {
 		}
 	}
 	// Fall back to the process's current cgroup when it still has the id.
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	rel, err := cgroup2.OfProcess(pid)
 	if err != nil {
 		return ""
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(l, "0::"); ok {
-			if cid, err := cgroupID(filepath.Join(c.mount, rest)); err == nil && cid == id {
-				c.byID[id] = rest
-				return rest
-			}
-		}
+	if cid, err := cgroup2.ID(filepath.Join(c.mount, rel)); err == nil && cid == id {
+		c.byID[id] = rel
+		return rel
 	}
 	return ""
 }

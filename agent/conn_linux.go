@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluicehq/sluice/bpf"
 	"github.com/sluicehq/sluice/workload"
@@ -83,7 +84,7 @@ func (a *Agent) origin(peer netip.AddrPort) (bpf.SluiceOrigin, error) {
 // describe builds the destination and identity of a redirected connection.
 func (a *Agent) describe(o bpf.SluiceOrigin, peer netip.AddrPort) (workload.Destination, workload.Identity) {
 	addr := netip.AddrFrom16(o.Addr)
-	if o.Family == 2 { // AF_INET
+	if o.Family == unix.AF_INET {
 		addr = addr.Unmap()
 	}
 	dst := workload.Destination{Addr: netip.AddrPortFrom(addr, o.Port), Port: o.Port}

@@ -5,8 +5,9 @@
 // connection to the proxy (a Handler, normally the proxy of mitm/).
 //
 // Selection. Cgroups are selected by path globs relative to the cgroup2
-// mount (config.Agent.Cgroups, "*" within a segment, "**" across segments)
-// and at runtime by exact path (SelectCgroup). A selected cgroup's whole
+// mount (config.Agent.Cgroups, "*" within a segment, "**" across segments;
+// cgroup2.Glob, the same glob as the policy's workloads.cgroups) and at
+// runtime by exact path (SelectCgroup). A selected cgroup's whole
 // subtree is intercepted. Two attach modes (config.Agent.Attach):
 //   - "cgroup" (default): the programs are attached to each selected cgroup
 //     that has no selected ancestor; descendants inherit them. Simplest, and

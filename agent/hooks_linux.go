@@ -83,6 +83,7 @@ func (a *Agent) mapsByName() map[string]*ebpf.Map {
 	m := a.objs.SluiceMaps
 	return map[string]*ebpf.Map{
 		"sluice_deny4": m.SluiceDeny4, "sluice_deny6": m.SluiceDeny6, "sluice_drops": m.SluiceDrops,
+		"sluice_map_errors":    m.SluiceMapErrors,
 		"sluice_deny_addrport": m.SluiceDenyAddrport,
 		"sluice_events":        m.SluiceEvents, "sluice_origins": m.SluiceOrigins, "sluice_peers": m.SluicePeers,
 		"sluice_ports": m.SluicePorts, "sluice_selected": m.SluiceSelected, "sluice_settings": m.SluiceSettings,

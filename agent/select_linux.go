@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/sluicehq/sluice/cgroup2"
 )
 
 // SelectCgroup intercepts the cgroup at path (relative to the cgroup2
@@ -19,7 +21,7 @@ func (a *Agent) SelectCgroup(path string) error {
 		return fmt.Errorf("select cgroup %q: want a path relative to the cgroup2 mount (%s) starting with \"/\"", path, a.mount)
 	}
 	rel = filepath.Clean(rel)
-	id, err := cgroupID(filepath.Join(a.mount, rel))
+	id, err := cgroup2.ID(filepath.Join(a.mount, rel))
 	if err != nil {
 		return fmt.Errorf("select cgroup %s: %w", rel, err)
 	}
@@ -70,10 +72,8 @@ func (a *Agent) consider(rel string, id uint64) error {
 	if a.closed {
 		return nil
 	}
-	for _, g := range a.globs {
-		if g.Match(rel) {
-			return a.selectRootLocked(rel, id)
-		}
+	if matchesAny(a.globs, rel) {
+		return a.selectRootLocked(rel, id)
 	}
 	if a.cfg.Attach == "root" && a.underRootLocked(rel) {
 		return a.selectIDLocked(id, rel)
@@ -115,7 +115,7 @@ func (a *Agent) selectRootLocked(rel string, id uint64) error {
 				continue
 			}
 			child := filepath.Join(rel, e.Name())
-			cid, err := cgroupID(filepath.Join(a.mount, child))
+			cid, err := cgroup2.ID(filepath.Join(a.mount, child))
 			if err != nil {
 				continue
 			}
@@ -161,20 +161,6 @@ func (a *Agent) underRootLocked(rel string) bool {
 		}
 	}
 	return false
-}
-
-// ownCgroup is the calling process's cgroup v2 path, "" when unknown.
-func ownCgroup() string {
-	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return ""
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(l, "0::"); ok {
-			return filepath.Clean(rest)
-		}
-	}
-	return ""
 }
 
 // isUnder reports whether cgroup path p is anc or below it.

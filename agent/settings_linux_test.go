@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sluicehq/sluice/bpf"
 	"github.com/sluicehq/sluice/config"
 )
 
@@ -16,7 +17,7 @@ func TestCompileSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(ports, []uint16{443, 8443}) || s.Flags&setAllPorts != 0 || s.Flags&setUseSelection != 0 {
+	if !slices.Equal(ports, []uint16{443, 8443}) || s.Flags&uint16(bpf.SluiceSettingFlagSET_ALL_PORTS) != 0 || s.Flags&uint16(bpf.SluiceSettingFlagSET_USE_SELECTION) != 0 {
 		t.Errorf("ports %v flags %#x", ports, s.Flags)
 	}
 	if s.Mark != cfg.Mark || s.ProxyPort != 15001 {
@@ -24,14 +25,14 @@ func TestCompileSettings(t *testing.T) {
 	}
 	// The intercept addresses are not set here: only after they are
 	// verified local.
-	if s.Flags&(setV4|setV6) != 0 || s.Intercept4 != 0 {
+	if s.Flags&uint16(bpf.SluiceSettingFlagSET_V4|bpf.SluiceSettingFlagSET_V6) != 0 || s.Intercept4 != 0 {
 		t.Errorf("intercept set before verification: %+v", s)
 	}
 
 	cfg.Ports = []string{"all"}
 	cfg.Attach = "root"
 	s, _, err = compileSettings(cfg)
-	if err != nil || s.Flags&setAllPorts == 0 || s.Flags&setUseSelection == 0 {
+	if err != nil || s.Flags&uint16(bpf.SluiceSettingFlagSET_ALL_PORTS) == 0 || s.Flags&uint16(bpf.SluiceSettingFlagSET_USE_SELECTION) == 0 {
 		t.Errorf("all ports, root attach: flags %#x, %v", s.Flags, err)
 	}
 

@@ -11,6 +11,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicehq/sluice/cgroup2"
 )
 
 // watcher follows the cgroup tree with inotify: every directory is watched
@@ -63,7 +65,7 @@ func (w *watcher) addTree(dir string, report bool) {
 		w.wds[int32(wd)] = p
 		w.mu.Unlock()
 		if report {
-			if id, err := cgroupID(p); err == nil {
+			if id, err := cgroup2.ID(p); err == nil {
 				w.onNew(relPath(w.mount, p), id)
 			}
 		}

@@ -52,14 +52,33 @@ enum reason {
 	REASON_NOT_TCP = 3,       /* not a TCP stream socket: direct */
 	REASON_PORT_NOT_INTERCEPTED = 4,
 	REASON_NO_INTERCEPT = 5,  /* no verified intercept address for the family */
-	REASON_ALREADY = 6,       /* destination already the proxy (nested attach) */
+	/* 6 was REASON_ALREADY, never emitted (an already-steered connect
+	 * returns without an event); do not reuse it. */
 	REASON_DENY_ADDR_PORT = 7, /* destination is one of the agent's private ports */
 	REASON_BYPASS_CIDR = 8,   /* destination in agent.bypassCIDRs: direct */
 };
 
 /* Values of the CIDR tries (sluice_deny4/6): the longest prefix decides. */
-#define CIDR_DENY 1
-#define CIDR_BYPASS 2
+enum cidr_action {
+	CIDR_NONE = 0,            /* no prefix holds the address */
+	CIDR_DENY = 1,            /* agent.denyCIDRs: refuse the connect */
+	CIDR_BYPASS = 2,          /* agent.bypassCIDRs: never redirect */
+};
+
+/* Bits of settings.flags. */
+enum setting_flag {
+	SET_V4 = 1,               /* intercept4 verified local */
+	SET_V6 = 2,               /* intercept6 verified local */
+	SET_ALL_PORTS = 4,        /* intercept every TCP port */
+	SET_USE_SELECTION = 8,    /* consult the selected-cgroups map (root attach) */
+};
+
+/* Where a map update failed: the keys of sluice_map_errors. */
+enum map_error_site {
+	MAP_ERR_ORIGINS = 0,      /* connect4/6: sluice_origins by socket cookie */
+	MAP_ERR_PEERS = 1,        /* sockops: sluice_peers by workload {ip, port} */
+	MAP_ERR_SITES,            /* the number of sites */
+};
 
 /* settings is the agent's configuration, one entry, written by the agent
  * after it verified that the intercept addresses are local. */
@@ -68,12 +87,8 @@ struct settings {
 	__u32 intercept4;      /* network order; valid when flags & SET_V4 */
 	__u8 intercept6[16];   /* valid when flags & SET_V6 */
 	__u16 proxy_port;      /* host order */
-	__u16 flags;
+	__u16 flags;           /* enum setting_flag bits */
 };
-#define SET_V4 1           /* intercept4 verified local */
-#define SET_V6 2           /* intercept6 verified local */
-#define SET_ALL_PORTS 4    /* intercept every TCP port */
-#define SET_USE_SELECTION 8 /* consult the selected-cgroups map (root attach) */
 
 /* origin is what connect saw: the original destination and the process. */
 struct origin {
@@ -196,6 +211,15 @@ struct {
 	__type(value, __u64);
 } sluice_drops SEC(".maps");
 
+/* Failed map updates, one counter per CPU and enum map_error_site. The
+ * agent sums them (Agent.MapErrors) for sluice_bpf_map_update_errors_total. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAP_ERR_SITES);
+	__type(key, __u32);
+	__type(value, __u64);
+} sluice_map_errors SEC(".maps");
+
 /* Force BTF for the types Go gets through bpf2go -type. */
 const struct event *unused_event __attribute__((unused));
 const struct origin *unused_origin __attribute__((unused));
@@ -203,6 +227,19 @@ const struct peer_key *unused_peer_key __attribute__((unused));
 const struct settings *unused_settings __attribute__((unused));
 const enum verdict *unused_verdict __attribute__((unused));
 const enum reason *unused_reason __attribute__((unused));
+const enum cidr_action *unused_cidr_action __attribute__((unused));
+const enum setting_flag *unused_setting_flag __attribute__((unused));
+const enum map_error_site *unused_map_error_site __attribute__((unused));
+
+/* map_error counts a failed map update at site (enum map_error_site).
+ * Deletes are not counted: the agent deletes sluice_peers entries itself,
+ * so a delete that finds nothing is normal. */
+static __always_inline void map_error(__u32 site)
+{
+	__u64 *n = bpf_map_lookup_elem(&sluice_map_errors, &site);
+	if (n)
+		*n += 1;
+}
 
 static __always_inline struct settings *get_settings(void)
 {
@@ -277,14 +314,14 @@ static __always_inline int intercepted_port(struct settings *s, __u16 port)
 	return bpf_map_lookup_elem(&sluice_ports, &port) != 0;
 }
 
-/* cidr4 and cidr6 return what the CIDR tries say of an address:
- * CIDR_DENY, CIDR_BYPASS, or 0 when no prefix holds it. */
+/* cidr4 and cidr6 return what the CIDR tries say of an address: an enum
+ * cidr_action, CIDR_NONE when no prefix holds it. */
 static __always_inline __u8 cidr4(__u32 ip)
 {
 	struct lpm4_key k = {.prefixlen = 32};
 	__builtin_memcpy(k.addr, &ip, 4);
 	__u8 *v = bpf_map_lookup_elem(&sluice_deny4, &k);
-	return v ? *v : 0;
+	return v ? *v : CIDR_NONE;
 }
 
 static __always_inline __u8 cidr6(const __u8 *ip)
@@ -292,7 +329,7 @@ static __always_inline __u8 cidr6(const __u8 *ip)
 	struct lpm6_key k = {.prefixlen = 128};
 	__builtin_memcpy(k.addr, ip, 16);
 	__u8 *v = bpf_map_lookup_elem(&sluice_deny6, &k);
-	return v ? *v : 0;
+	return v ? *v : CIDR_NONE;
 }
 
 static __always_inline void mapped4(__u8 *dst, __u32 ip)
@@ -348,7 +385,12 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct settings *s,
 	}
 	/* Never rewrite to an address that was not verified local, and never
 	 * let an intercepted connection bypass the proxy. */
-	if (!can_intercept || bpf_map_update_elem(&sluice_origins, &cookie, o, BPF_ANY) != 0) {
+	if (!can_intercept) {
+		emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
+		return 0;
+	}
+	if (bpf_map_update_elem(&sluice_origins, &cookie, o, BPF_ANY) < 0) {
+		map_error(MAP_ERR_ORIGINS);
 		emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
 		return 0;
 	}
@@ -480,7 +522,8 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 			return 1;
 		}
 		k.port = (__u16)skops->local_port;
-		bpf_map_update_elem(&sluice_peers, &k, o, BPF_ANY);
+		if (bpf_map_update_elem(&sluice_peers, &k, o, BPF_ANY) < 0)
+			map_error(MAP_ERR_PEERS);
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 						 BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;

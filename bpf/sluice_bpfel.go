@@ -13,6 +13,14 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SluiceCidrAction uint32
+
+const (
+	SluiceCidrActionCIDR_NONE   SluiceCidrAction = 0
+	SluiceCidrActionCIDR_DENY   SluiceCidrAction = 1
+	SluiceCidrActionCIDR_BYPASS SluiceCidrAction = 2
+)
+
 type SluiceEvent struct {
 	_           structs.HostLayout
 	Addr        [16]uint8
@@ -39,6 +47,14 @@ type SluiceLpm6Key struct {
 	Prefixlen uint32
 	Addr      [16]uint8
 }
+
+type SluiceMapErrorSite uint32
+
+const (
+	SluiceMapErrorSiteMAP_ERR_ORIGINS SluiceMapErrorSite = 0
+	SluiceMapErrorSiteMAP_ERR_PEERS   SluiceMapErrorSite = 1
+	SluiceMapErrorSiteMAP_ERR_SITES   SluiceMapErrorSite = 2
+)
 
 type SluiceOrigin struct {
 	_           structs.HostLayout
@@ -69,9 +85,17 @@ const (
 	SluiceReasonREASON_NOT_TCP              SluiceReason = 3
 	SluiceReasonREASON_PORT_NOT_INTERCEPTED SluiceReason = 4
 	SluiceReasonREASON_NO_INTERCEPT         SluiceReason = 5
-	SluiceReasonREASON_ALREADY              SluiceReason = 6
 	SluiceReasonREASON_DENY_ADDR_PORT       SluiceReason = 7
 	SluiceReasonREASON_BYPASS_CIDR          SluiceReason = 8
+)
+
+type SluiceSettingFlag uint32
+
+const (
+	SluiceSettingFlagSET_V4            SluiceSettingFlag = 1
+	SluiceSettingFlagSET_V6            SluiceSettingFlag = 2
+	SluiceSettingFlagSET_ALL_PORTS     SluiceSettingFlag = 4
+	SluiceSettingFlagSET_USE_SELECTION SluiceSettingFlag = 8
 )
 
 type SluiceSettings struct {
@@ -100,6 +124,7 @@ const (
 	SluiceMapSluiceDenyAddrport  = "sluice_deny_addrport"
 	SluiceMapSluiceDrops         = "sluice_drops"
 	SluiceMapSluiceEvents        = "sluice_events"
+	SluiceMapSluiceMapErrors     = "sluice_map_errors"
 	SluiceMapSluiceOrigins       = "sluice_origins"
 	SluiceMapSluicePeers         = "sluice_peers"
 	SluiceMapSluicePorts         = "sluice_ports"
@@ -110,10 +135,13 @@ const (
 	SluiceProgSluiceGetpeername4 = "sluice_getpeername4"
 	SluiceProgSluiceGetpeername6 = "sluice_getpeername6"
 	SluiceProgSluiceSockops      = "sluice_sockops"
+	SluiceVarUnusedCidrAction    = "unused_cidr_action"
 	SluiceVarUnusedEvent         = "unused_event"
+	SluiceVarUnusedMapErrorSite  = "unused_map_error_site"
 	SluiceVarUnusedOrigin        = "unused_origin"
 	SluiceVarUnusedPeerKey       = "unused_peer_key"
 	SluiceVarUnusedReason        = "unused_reason"
+	SluiceVarUnusedSettingFlag   = "unused_setting_flag"
 	SluiceVarUnusedSettings      = "unused_settings"
 	SluiceVarUnusedVerdict       = "unused_verdict"
 )
@@ -176,6 +204,7 @@ type SluiceMapSpecs struct {
 	SluiceDenyAddrport *ebpf.MapSpec `ebpf:"sluice_deny_addrport"`
 	SluiceDrops        *ebpf.MapSpec `ebpf:"sluice_drops"`
 	SluiceEvents       *ebpf.MapSpec `ebpf:"sluice_events"`
+	SluiceMapErrors    *ebpf.MapSpec `ebpf:"sluice_map_errors"`
 	SluiceOrigins      *ebpf.MapSpec `ebpf:"sluice_origins"`
 	SluicePeers        *ebpf.MapSpec `ebpf:"sluice_peers"`
 	SluicePorts        *ebpf.MapSpec `ebpf:"sluice_ports"`
@@ -187,12 +216,15 @@ type SluiceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceVariableSpecs struct {
-	UnusedEvent    *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedOrigin   *ebpf.VariableSpec `ebpf:"unused_origin"`
-	UnusedPeerKey  *ebpf.VariableSpec `ebpf:"unused_peer_key"`
-	UnusedReason   *ebpf.VariableSpec `ebpf:"unused_reason"`
-	UnusedSettings *ebpf.VariableSpec `ebpf:"unused_settings"`
-	UnusedVerdict  *ebpf.VariableSpec `ebpf:"unused_verdict"`
+	UnusedCidrAction   *ebpf.VariableSpec `ebpf:"unused_cidr_action"`
+	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedMapErrorSite *ebpf.VariableSpec `ebpf:"unused_map_error_site"`
+	UnusedOrigin       *ebpf.VariableSpec `ebpf:"unused_origin"`
+	UnusedPeerKey      *ebpf.VariableSpec `ebpf:"unused_peer_key"`
+	UnusedReason       *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedSettingFlag  *ebpf.VariableSpec `ebpf:"unused_setting_flag"`
+	UnusedSettings     *ebpf.VariableSpec `ebpf:"unused_settings"`
+	UnusedVerdict      *ebpf.VariableSpec `ebpf:"unused_verdict"`
 }
 
 // SluiceObjects contains all objects after they have been loaded into the kernel.
@@ -220,6 +252,7 @@ type SluiceMaps struct {
 	SluiceDenyAddrport *ebpf.Map `ebpf:"sluice_deny_addrport"`
 	SluiceDrops        *ebpf.Map `ebpf:"sluice_drops"`
 	SluiceEvents       *ebpf.Map `ebpf:"sluice_events"`
+	SluiceMapErrors    *ebpf.Map `ebpf:"sluice_map_errors"`
 	SluiceOrigins      *ebpf.Map `ebpf:"sluice_origins"`
 	SluicePeers        *ebpf.Map `ebpf:"sluice_peers"`
 	SluicePorts        *ebpf.Map `ebpf:"sluice_ports"`
@@ -234,6 +267,7 @@ func (m *SluiceMaps) Close() error {
 		m.SluiceDenyAddrport,
 		m.SluiceDrops,
 		m.SluiceEvents,
+		m.SluiceMapErrors,
 		m.SluiceOrigins,
 		m.SluicePeers,
 		m.SluicePorts,
@@ -246,12 +280,15 @@ func (m *SluiceMaps) Close() error {
 //
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluiceVariables struct {
-	UnusedEvent    *ebpf.Variable `ebpf:"unused_event"`
-	UnusedOrigin   *ebpf.Variable `ebpf:"unused_origin"`
-	UnusedPeerKey  *ebpf.Variable `ebpf:"unused_peer_key"`
-	UnusedReason   *ebpf.Variable `ebpf:"unused_reason"`
-	UnusedSettings *ebpf.Variable `ebpf:"unused_settings"`
-	UnusedVerdict  *ebpf.Variable `ebpf:"unused_verdict"`
+	UnusedCidrAction   *ebpf.Variable `ebpf:"unused_cidr_action"`
+	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
+	UnusedMapErrorSite *ebpf.Variable `ebpf:"unused_map_error_site"`
+	UnusedOrigin       *ebpf.Variable `ebpf:"unused_origin"`
+	UnusedPeerKey      *ebpf.Variable `ebpf:"unused_peer_key"`
+	UnusedReason       *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedSettingFlag  *ebpf.Variable `ebpf:"unused_setting_flag"`
+	UnusedSettings     *ebpf.Variable `ebpf:"unused_settings"`
+	UnusedVerdict      *ebpf.Variable `ebpf:"unused_verdict"`
 }
 
 // SluicePrograms contains all programs after they have been loaded into the kernel.

@@ -24,6 +24,7 @@
 //	sluice_policy_rate_limited_total{workload,host,rule}      429 produced by Sluice
 //	sluice_agent_connect_events_total{decision}
 //	sluice_agent_events_dropped_total                         read at scrape time (SetRingDrops)
+//	sluice_bpf_map_update_errors_total{map}                   read at scrape time (SetMapErrors)
 //	sluice_ca_leaf_cache_size, sluice_ca_leaf_cache_hits_total,
 //	sluice_ca_leaf_cache_misses_total, sluice_ca_leaf_issued_total  read at scrape time (SetLeafStats)
 //	sluice_dns_queries_total{result}
@@ -89,6 +90,7 @@ type Metrics struct {
 	upstreamHealthy *prometheus.GaugeVec
 
 	ringDrops atomic.Pointer[func() uint64]
+	mapErrors atomic.Pointer[func() map[string]uint64]
 	leafStats atomic.Pointer[func() LeafStats]
 }
 
@@ -364,6 +366,18 @@ func (m *Metrics) SetRingDrops(f func() uint64) {
 	m.ringDrops.Store(&f)
 }
 
+// SetMapErrors installs the source of the kernel programs' failed map
+// updates, monotonic totals by map name (agent.Agent.MapErrors), read at
+// every scrape. The names are fixed by the agent, so they are not folded.
+// f must be safe for concurrent use and fast. nil removes it.
+func (m *Metrics) SetMapErrors(f func() map[string]uint64) {
+	if f == nil {
+		m.mapErrors.Store(nil)
+		return
+	}
+	m.mapErrors.Store(&f)
+}
+
 // SetLeafStats installs the source of the CA leaf-cache statistics, read
 // at every scrape. f must be safe for concurrent use and fast. nil removes
 // it.
@@ -384,6 +398,8 @@ type funcCollector struct {
 var (
 	descRingDrops = prometheus.NewDesc("sluice_agent_events_dropped_total",
 		"Kernel events lost because the ring buffer was full.", nil, nil)
+	descMapErrors = prometheus.NewDesc("sluice_bpf_map_update_errors_total",
+		"Map updates that failed in the kernel programs, by map.", []string{"map"}, nil)
 	descLeafSize = prometheus.NewDesc("sluice_ca_leaf_cache_size",
 		"Leaf certificates held in the CA's cache.", nil, nil)
 	descLeafHits = prometheus.NewDesc("sluice_ca_leaf_cache_hits_total",
@@ -395,7 +411,7 @@ var (
 )
 
 func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRingDrops, descLeafSize, descLeafHits, descLeafMisses, descLeafIssued} {
+	for _, d := range []*prometheus.Desc{descRingDrops, descMapErrors, descLeafSize, descLeafHits, descLeafMisses, descLeafIssued} {
 		ch <- d
 	}
 }
@@ -403,6 +419,11 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 	if f := c.m.ringDrops.Load(); f != nil {
 		ch <- prometheus.MustNewConstMetric(descRingDrops, prometheus.CounterValue, float64((*f)()))
+	}
+	if f := c.m.mapErrors.Load(); f != nil {
+		for name, n := range (*f)() {
+			ch <- prometheus.MustNewConstMetric(descMapErrors, prometheus.CounterValue, float64(n), name)
+		}
 	}
 	if f := c.m.leafStats.Load(); f != nil {
 		s := (*f)()

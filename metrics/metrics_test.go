@@ -198,6 +198,36 @@ func TestFuncSources(t *testing.T) {
 	}
 }
 
+func TestMapErrors(t *testing.T) {
+	m := metrics.New(metrics.Options{})
+	if _, ok := scrape(t, m.Registry())[`sluice_bpf_map_update_errors_total{map="sluice_origins"}`]; ok {
+		t.Error("map errors exported before a source was set")
+	}
+	errs := map[string]uint64{"sluice_origins": 0, "sluice_peers": 2}
+	m.SetMapErrors(func() map[string]uint64 { return errs })
+	expect(t, scrape(t, m.Registry()), map[string]float64{
+		`sluice_bpf_map_update_errors_total{map="sluice_origins"}`: 0,
+		`sluice_bpf_map_update_errors_total{map="sluice_peers"}`:   2,
+	})
+	// Read at scrape time: a later scrape sees the new totals.
+	errs = map[string]uint64{"sluice_origins": 5, "sluice_peers": 2}
+	expect(t, scrape(t, m.Registry()), map[string]float64{
+		`sluice_bpf_map_update_errors_total{map="sluice_origins"}`: 5,
+	})
+	// A source with nothing to report (the agent on another OS) yields no
+	// sample and no error.
+	m.SetMapErrors(func() map[string]uint64 { return nil })
+	for k := range scrape(t, m.Registry()) {
+		if strings.HasPrefix(k, "sluice_bpf_map_update_errors_total") {
+			t.Errorf("%s exported from an empty source", k)
+		}
+	}
+	m.SetMapErrors(nil)
+	if _, ok := scrape(t, m.Registry())[`sluice_bpf_map_update_errors_total{map="sluice_peers"}`]; ok {
+		t.Error("map errors still exported after the source was removed")
+	}
+}
+
 func TestCardinalityFolds(t *testing.T) {
 	m := metrics.New(metrics.Options{MaxHosts: 3, MaxWorkloads: 2})
 	for i := range 10 {
@@ -246,6 +276,7 @@ func TestLint(t *testing.T) {
 	m := metrics.New(metrics.Options{})
 	m.Record(&audit.Record{Kind: audit.KindHTTP, Host: "a", Method: "GET", Status: 200, Source: "upstream", Decision: audit.DecisionAllow, BytesIn: 1, BytesOut: 1, UpstreamDuration: 1})
 	m.SetRingDrops(func() uint64 { return 0 })
+	m.SetMapErrors(func() map[string]uint64 { return map[string]uint64{"sluice_origins": 0} })
 	m.SetLeafStats(func() metrics.LeafStats { return metrics.LeafStats{} })
 	problems, err := testutil.GatherAndLint(m.Registry())
 	if err != nil {

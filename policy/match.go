@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/sluicehq/sluice/cgroup2"
 	"github.com/sluicehq/sluice/workload"
 )
 
@@ -49,7 +50,9 @@ func isGlob(s string) bool { return strings.ContainsAny(s, "*?") }
 
 // MatchGlob matches a slash-separated name against a glob: '?' is one
 // character and '*' any run of characters within one segment; a "**"
-// segment matches any number of segments (zero included).
+// segment matches any number of segments (zero included). It is for
+// request paths and executables, where an empty segment is significant;
+// cgroup paths use cgroup2.Match.
 func MatchGlob(glob, name string) bool {
 	return matchSegs(strings.Split(glob, "/"), strings.Split(name, "/"), 0)
 }
@@ -140,7 +143,9 @@ func (s *workloadSel) empty() bool {
 }
 
 func (s *workloadSel) match(id *workload.Identity) bool {
-	if len(s.cgroups) > 0 && !slices.ContainsFunc(s.cgroups, func(g string) bool { return id.Cgroup != "" && MatchGlob(g, id.Cgroup) }) {
+	// Cgroups use the agent's glob (cgroup2), so a pattern selects the same
+	// cgroups here as in agent.cgroups.
+	if len(s.cgroups) > 0 && !slices.ContainsFunc(s.cgroups, func(g string) bool { return id.Cgroup != "" && cgroup2.Match(g, id.Cgroup) }) {
 		return false
 	}
 	if len(s.comm) > 0 && !slices.ContainsFunc(s.comm, func(g string) bool { ok, _ := path.Match(g, id.Comm); return id.Comm != "" && ok }) {

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -8,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sluicehq/sluice/cgroup2"
 )
 
 // validate checks the meaning of every value and records each problem with
@@ -184,11 +187,15 @@ func (d *decoder) checkCIDR(path, s string) {
 func (d *decoder) checkWorkloads(path string, w Workloads) {
 	for i, c := range w.Cgroups {
 		at := fmt.Sprintf("%s.cgroups[%d]", path, i)
+		_, err := cgroup2.Compile(c)
 		switch {
-		case !strings.HasPrefix(c, "/"):
+		case err == nil:
+		case errors.Is(err, cgroup2.ErrNotAbsolute):
 			d.add(at, c, "a cgroup path starts with /, use %q", "/"+c)
-		case !validGlob(c):
+		case errors.Is(err, cgroup2.ErrDoubleStar):
 			d.add(at, c, "bad glob: use * within one segment and ** as a whole segment, e.g. /kubepods/**")
+		default:
+			d.add(at, c, "bad glob: a [...] class or a \\ escape is malformed, e.g. use /pod[0-9]/**")
 		}
 	}
 	for i, c := range w.Comm {

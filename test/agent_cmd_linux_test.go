@@ -11,6 +11,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sluicehq/sluice/agent"
+	"github.com/sluicehq/sluice/cgroup2"
 	"github.com/sluicehq/sluice/config"
 )
 
@@ -19,7 +20,7 @@ import (
 // hook, pin and the intercept address.
 func TestAgentCommandClosedThenCleanup(t *testing.T) {
 	RequireE2E(t)
-	mount, err := agent.Cgroup2Mount()
+	mount, err := cgroup2.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/sluicehq/sluice/agent"
+	"github.com/sluicehq/sluice/cgroup2"
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/workload"
 )
@@ -107,7 +108,7 @@ func newAgentEnv(t *testing.T) *agentEnv {
 	t.Helper()
 	RequireE2E(t)
 	RequireTool(t, "python3")
-	mount, err := agent.Cgroup2Mount()
+	mount, err := cgroup2.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +370,7 @@ func (e *agentEnv) assertNothingLeft() {
 		}
 	}
 	// No link in the kernel is attached to the test cgroup.
-	id, err := cgroupInode(e.cg.Dir)
+	id, err := cgroup2.ID(e.cg.Dir)
 	if err != nil {
 		e.t.Fatal(err)
 	}

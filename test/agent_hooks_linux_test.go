@@ -17,14 +17,6 @@ import (
 	"github.com/sluicehq/sluice/agent"
 )
 
-func cgroupInode(dir string) (uint64, error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(dir, &st); err != nil {
-		return 0, err
-	}
-	return st.Ino, nil
-}
-
 // A process in the selected cgroup, in its own network namespace, reaches
 // the agent's listener instead of the test host it dialled; getpeername()
 // still says the test host; the agent names the process.
@@ -104,6 +96,11 @@ func TestAgentRedirect(t *testing.T) {
 	}
 	if n := e.ag.Drops(); n != 0 {
 		t.Errorf("%d events dropped", n)
+	}
+	// The redirected connects above wrote sluice_origins and sluice_peers;
+	// no update failed, and both sites are read from the kernel.
+	if me := e.ag.MapErrors(); len(me) != 2 || me["sluice_origins"] != 0 || me["sluice_peers"] != 0 {
+		t.Errorf("map update errors %v, want sluice_origins and sluice_peers at 0", me)
 	}
 	// Released, the cgroup goes direct again.
 	if err := e.ag.ReleaseCgroup(e.cg.Path); err != nil {

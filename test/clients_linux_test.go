@@ -19,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sluicehq/sluice/agent"
+	"github.com/sluicehq/sluice/cgroup2"
 	"github.com/sluicehq/sluice/config"
 )
 
@@ -43,7 +44,7 @@ type nodeEnv struct {
 func newNodeEnv(t *testing.T) *nodeEnv {
 	t.Helper()
 	RequireE2E(t)
-	mount, err := agent.Cgroup2Mount()
+	mount, err := cgroup2.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package agent
+package cgroup2
 
 import (
 	"errors"
@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-func TestParseCgroup2Mount(t *testing.T) {
+func TestParseMount(t *testing.T) {
 	tests := []struct {
 		file, want string
 		err        error
@@ -17,7 +17,7 @@ func TestParseCgroup2Mount(t *testing.T) {
 		{"mountinfo-container", "/host cgroup", nil},
 		{"mountinfo-escaped", "/mnt/my cgroup", nil},
 		{"mountinfo-nested-only", "/sys/fs/cgroup", nil},
-		{"mountinfo-v1only", "", errNoCgroup2},
+		{"mountinfo-v1only", "", ErrNoCgroup2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -26,15 +26,15 @@ func TestParseCgroup2Mount(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			got, err := parseCgroup2Mount(f)
+			got, err := parseMount(f)
 			if !errors.Is(err, tt.err) || got != tt.want {
-				t.Fatalf("parseCgroup2Mount = %q, %v; want %q, %v", got, err, tt.want, tt.err)
+				t.Fatalf("parseMount = %q, %v; want %q, %v", got, err, tt.want, tt.err)
 			}
 		})
 	}
 }
 
-func FuzzParseCgroup2Mount(f *testing.F) {
+func FuzzParseMount(f *testing.F) {
 	for _, n := range []string{"mountinfo-hybrid", "mountinfo-unified", "mountinfo-container", "mountinfo-escaped"} {
 		b, err := os.ReadFile("testdata/" + n)
 		if err != nil {
@@ -43,7 +43,7 @@ func FuzzParseCgroup2Mount(f *testing.F) {
 		f.Add(string(b))
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		got, err := parseCgroup2Mount(strings.NewReader(s))
+		got, err := parseMount(strings.NewReader(s))
 		if err == nil && got == "" {
 			t.Fatal("no error and no mount point")
 		}

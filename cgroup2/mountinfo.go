@@ -1,29 +1,17 @@
-package agent
+package cgroup2
 
 import (
 	"bufio"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 )
 
-// Cgroup2Mount returns the mount point of the cgroup2 (unified) hierarchy,
-// from /proc/self/mountinfo.
-func Cgroup2Mount() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", fmt.Errorf("find cgroup2 mount: %w", err)
-	}
-	defer f.Close()
-	return parseCgroup2Mount(f)
-}
+// ErrNoCgroup2 is returned when no cgroup2 filesystem is mounted.
+var ErrNoCgroup2 = errors.New("find cgroup2 mount: no cgroup2 filesystem in /proc/self/mountinfo; mount one with `mount -t cgroup2 none /sys/fs/cgroup`")
 
-// errNoCgroup2 is returned when no cgroup2 filesystem is mounted.
-var errNoCgroup2 = errors.New("find cgroup2 mount: no cgroup2 filesystem in /proc/self/mountinfo; mount one with `mount -t cgroup2 none /sys/fs/cgroup`")
-
-// parseCgroup2Mount returns the first cgroup2 mount point whose root is
+// parseMount returns the first cgroup2 mount point whose root is
 // the hierarchy's root ("/"), else the first cgroup2 mount point.
 //
 // A mountinfo line is:
@@ -33,7 +21,7 @@ var errNoCgroup2 = errors.New("find cgroup2 mount: no cgroup2 filesystem in /pro
 // fields: id, parent, major:minor, root, mount point, options, optional
 // fields up to "-", then fs type, source, super options. Octal escapes
 // (\040 for a space) are decoded in the mount point.
-func parseCgroup2Mount(r io.Reader) (string, error) {
+func parseMount(r io.Reader) (string, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	var fallback string
@@ -66,7 +54,7 @@ func parseCgroup2Mount(r io.Reader) (string, error) {
 	if fallback != "" {
 		return fallback, nil
 	}
-	return "", errNoCgroup2
+	return "", ErrNoCgroup2
 }
 
 // unescapeMount decodes the \ooo octal escapes of mountinfo.
