@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/pcap"
 	"github.com/sluicehq/sluice/policy"
 	"github.com/sluicehq/sluice/workload"
 )
@@ -285,4 +286,35 @@ func (t *target) connHostIsIP() bool {
 	ip := isIPLiteral(h)
 	t.hostIP.Store(&memo[string, bool]{h, ip})
 	return ip
+}
+
+// sameHost compares a request's host with a connection's: case-insensitive,
+// without a trailing dot or IPv6 brackets. An empty request host (HTTP/1.0
+// without Host) is the connection's.
+func sameHost(req, conn string) bool {
+	norm := func(h string) string { return strings.TrimSuffix(strings.ToLower(strings.Trim(h, "[]")), ".") }
+	return req == "" || norm(req) == norm(conn)
+}
+
+// tap mirrors the client side plaintext of c into a capture flow when
+// capture is on and the policy's decision for the connection's destination
+// asks for it (a rule with capture: true).
+func (f *flow) tap(c net.Conn) net.Conn {
+	if f.p.deps.Capture == nil || f.fixed == nil || !f.fixed.cd.Capture {
+		return c
+	}
+	server, host := f.dst.Addr, f.dst.Host
+	if f.fixed != nil {
+		if f.fixed.addr.IsValid() {
+			server = f.fixed.addr
+		}
+		if f.fixed.host != "" {
+			host = f.fixed.host
+		}
+	}
+	if f.sni != "" {
+		host = f.sni
+	}
+	fl := f.p.deps.Capture.NewFlow(pcap.FlowMeta{Client: f.id.Client, Server: server, Workload: f.id.Name(), Host: host})
+	return fl.Conn(c)
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
-	"github.com/sluicehq/sluice/pcap"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -239,27 +238,4 @@ func (f *flow) relayDecrypted(pc *peekedConn, up net.Conn, t *target) {
 	}
 	rec.Duration = time.Since(f.start)
 	p.emit(rec)
-}
-
-// tap mirrors the client side plaintext of c into a capture flow when
-// capture is on and the policy's decision for the connection's destination
-// asks for it (a rule with capture: true).
-func (f *flow) tap(c net.Conn) net.Conn {
-	if f.p.deps.Capture == nil || f.fixed == nil || !f.fixed.cd.Capture {
-		return c
-	}
-	server, host := f.dst.Addr, f.dst.Host
-	if f.fixed != nil {
-		if f.fixed.addr.IsValid() {
-			server = f.fixed.addr
-		}
-		if f.fixed.host != "" {
-			host = f.fixed.host
-		}
-	}
-	if f.sni != "" {
-		host = f.sni
-	}
-	fl := f.p.deps.Capture.NewFlow(pcap.FlowMeta{Client: f.id.Client, Server: server, Workload: f.id.Name(), Host: host})
-	return fl.Conn(c)
 }

@@ -39,4 +39,3 @@ func TestFramingStage(t *testing.T) {
 		})
 	}
 }
-

@@ -59,14 +59,6 @@ func (f *flow) requestHost(r *http.Request) (string, uint16) {
 	return host, port
 }
 
-// sameHost compares a request's host with a connection's: case-insensitive,
-// without a trailing dot or IPv6 brackets. An empty request host (HTTP/1.0
-// without Host) is the connection's.
-func sameHost(req, conn string) bool {
-	norm := func(h string) string { return strings.TrimSuffix(strings.ToLower(strings.Trim(h, "[]")), ".") }
-	return req == "" || norm(req) == norm(conn)
-}
-
 func splitHostPort(h string) (string, uint16) {
 	if host, p, err := net.SplitHostPort(h); err == nil {
 		// Fast path for the usual all-digit port; anything else keeps
