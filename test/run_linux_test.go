@@ -269,3 +269,30 @@ func TestRunRateLimit(t *testing.T) {
 		t.Errorf("want one 429 record for rule default, got %d", limited)
 	}
 }
+
+// `sluice run --config` applies the audit section: audit.file receives
+// the JSON records and audit.accessLog the combined-format lines, with no
+// --audit-log flag.
+func TestRunConfigAuditFiles(t *testing.T) {
+	curl := RequireTool(t, "curl")
+	e := newRunEnv(t)
+	dir := t.TempDir()
+	auditFile, accessLog := filepath.Join(dir, "from-config.jsonl"), filepath.Join(dir, "access.log")
+	cfg := fmt.Sprintf("ca:\n  dir: %s\nproxy:\n  upstreamCA: %s\naudit:\n  file: %s\n  accessLog: %s\n", e.caDir, e.up.CAFile, auditFile, accessLog)
+	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, sluiceBin, "run", "--config", e.config, "--policy", e.policy, "--no-summary", "--",
+		curl, "-sS", "--resolve", "api.test:443:"+e.api.IP4.String(), "https://api.test/v1/from-config").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "hello GET /v1/from-config") {
+		t.Fatalf("sluice run: %v\n%s", err, out)
+	}
+	if b, _ := os.ReadFile(auditFile); !strings.Contains(string(b), `"path":"/v1/from-config"`) {
+		t.Errorf("audit.file lacks the request: %q", b)
+	}
+	if b, _ := os.ReadFile(accessLog); !strings.Contains(string(b), "GET /v1/from-config") {
+		t.Errorf("audit.accessLog lacks the request: %q", b)
+	}
+}
