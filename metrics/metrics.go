@@ -26,8 +26,9 @@
 //	sluice_agent_events_dropped_total                         read at scrape time (SetRingDrops)
 //	sluice_ca_leaf_cache_size, sluice_ca_leaf_cache_hits_total,
 //	sluice_ca_leaf_cache_misses_total, sluice_ca_leaf_issued_total  read at scrape time (SetLeafStats)
-//	sluice_dns_queries_total{result}
-//	sluice_upstream_healthy{upstream,target}                  1 healthy, 0 not
+//
+// DNS query and upstream health metrics come with the DNS server and the
+// upstream groups (not yet: no metric without a producer).
 package metrics
 
 import (
