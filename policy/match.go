@@ -135,10 +135,6 @@ type workloadSel struct {
 	labels                              map[string]string
 }
 
-func (s *workloadSel) empty() bool {
-	return len(s.cgroups)+len(s.comm)+len(s.exe)+len(s.ids)+len(s.namespaces)+len(s.labels) == 0
-}
-
 func (s *workloadSel) match(id *workload.Identity) bool {
 	if len(s.cgroups) > 0 && !slices.ContainsFunc(s.cgroups, func(g string) bool { return id.Cgroup != "" && MatchGlob(g, id.Cgroup) }) {
 		return false
