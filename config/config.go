@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
 
 	"gopkg.in/yaml.v3"
 )
@@ -23,6 +24,30 @@ type Config struct {
 	Proxy      Proxy  `yaml:"proxy"`
 	Agent      Agent  `yaml:"agent"`
 	Admin      Admin  `yaml:"admin"`
+
+	// Set holds the keys the file wrote, whatever their values (see
+	// Keys); empty for the defaults. Load and Parse fill it, so a command
+	// that treats an explicit key differently from its default (sluice
+	// run) needs no second parse.
+	Set Keys `yaml:"-"`
+}
+
+// Keys is a set of dotted key paths, e.g. "agent.proxyPort" or
+// "audit.capture.file". A section whose keys are set is itself set
+// ("audit.capture", "audit"); list items are not descended into.
+type Keys map[string]bool
+
+// Has reports whether the file wrote the key at path.
+func (k Keys) Has(path string) bool { return k[path] }
+
+// Sorted returns the paths in order.
+func (k Keys) Sorted() []string {
+	out := make([]string, 0, len(k))
+	for p := range k {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // CA says where the certificate authority lives.
@@ -96,15 +121,42 @@ func Load(path string) (Config, error) {
 	return c, nil
 }
 
-// Parse decodes b strictly into c (whose values are the defaults) and
-// validates the result.
+// Parse decodes b strictly into c (whose values are the defaults),
+// records the keys b sets in c.Set and validates the result.
 func Parse(b []byte, c *Config) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, errEOF()) {
 		return err
 	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return err
+	}
+	c.Set = Keys{}
+	if len(doc.Content) > 0 {
+		collectKeys(c.Set, "", doc.Content[0])
+	}
 	return c.Validate()
+}
+
+// collectKeys adds the key paths of the mapping n (and of the mappings
+// nested in it) under prefix.
+func collectKeys(set Keys, prefix string, n *yaml.Node) {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	if n.Kind != yaml.MappingNode {
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		p := n.Content[i].Value
+		if prefix != "" {
+			p = prefix + "." + p
+		}
+		set[p] = true
+		collectKeys(set, p, n.Content[i+1])
+	}
 }
 
 // Validate reports every problem at once.

@@ -26,6 +26,10 @@ type Options struct {
 	// CABundle, when set, is a PEM file holding the system roots plus the
 	// Sluice CA; the trust variables (TrustEnv) point at it.
 	CABundle string
+	// CAPEM, when set and CABundle is not, is the Sluice CA: Run writes
+	// the bundle (WriteBundle) into a temporary directory of its own,
+	// removed when Run returns, and points the trust variables at it.
+	CAPEM []byte
 	// Cgroup2Mount is where cgroup v2 is mounted (see agent.Cgroup2Mount).
 	Cgroup2Mount string
 	// Intercept is called with the transient cgroup (path relative to the

@@ -36,13 +36,25 @@ func Run(ctx context.Context, o Options) (int, error) {
 	}
 	defer dirFD.Close()
 
+	bundle := o.CABundle
+	if bundle == "" && len(o.CAPEM) > 0 {
+		dir, err := os.MkdirTemp("", "sluice-run-")
+		if err != nil {
+			return 1, fmt.Errorf("create CA bundle directory: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		if bundle, err = WriteBundle(dir, o.CAPEM); err != nil {
+			return 1, err
+		}
+	}
+
 	path, err := exec.LookPath(o.Argv[0])
 	if err != nil {
 		return 127, fmt.Errorf("run %s: %w", o.Argv[0], err)
 	}
 	cmd := exec.Command(path, o.Argv[1:]...)
 	cmd.Args[0] = o.Argv[0]
-	cmd.Env = childEnv(o.Env, o.CABundle)
+	cmd.Env = childEnv(o.Env, bundle)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = o.Stdin, o.Stdout, o.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		UseCgroupFD: true,

@@ -27,8 +27,6 @@ func everything() *metrics.Metrics {
 	}
 	m.TLSConnection(audit.TLSDecrypted)
 	m.ConnOpened()
-	m.DNSQuery("allowed")
-	m.SetUpstreamHealth("u", "t", true)
 	m.SetRingDrops(func() uint64 { return 1 })
 	m.SetLeafStats(func() metrics.LeafStats { return metrics.LeafStats{Size: 1, Hits: 1, Misses: 1, Issued: 1} })
 	return m

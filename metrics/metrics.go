@@ -27,8 +27,9 @@
 //	sluice_bpf_map_update_errors_total{map}                   read at scrape time (SetMapErrors)
 //	sluice_ca_leaf_cache_size, sluice_ca_leaf_cache_hits_total,
 //	sluice_ca_leaf_cache_misses_total, sluice_ca_leaf_issued_total  read at scrape time (SetLeafStats)
-//	sluice_dns_queries_total{result}
-//	sluice_upstream_healthy{upstream,target}                  1 healthy, 0 not
+//
+// DNS query and upstream health metrics come with the DNS server and the
+// upstream groups (not yet: no metric without a producer).
 package metrics
 
 import (
@@ -36,6 +37,7 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/sluicehq/sluice/audit"
 )
@@ -73,7 +75,7 @@ type LeafStats struct {
 type Metrics struct {
 	reg *prometheus.Registry
 
-	hosts, workloads, rules, reasons, upstreams, connectDecisions, dnsResults *folder
+	hosts, workloads, rules, reasons, connectDecisions *folder
 
 	requests        *prometheus.CounterVec
 	requestDuration *prometheus.HistogramVec
@@ -86,8 +88,6 @@ type Metrics struct {
 	denials         *prometheus.CounterVec
 	rateLimited     *prometheus.CounterVec
 	connects        *prometheus.CounterVec
-	dnsQueries      *prometheus.CounterVec
-	upstreamHealthy *prometheus.GaugeVec
 
 	ringDrops atomic.Pointer[func() uint64]
 	mapErrors atomic.Pointer[func() map[string]uint64]
@@ -117,9 +117,7 @@ func New(o Options) *Metrics {
 		workloads:        newFolder(o.MaxWorkloads),
 		rules:            newFolder(o.MaxRules),
 		reasons:          newFolder(o.MaxRules),
-		upstreams:        newFolder(o.MaxRules),
 		connectDecisions: newFolder(o.MaxRules),
-		dnsResults:       newFolder(o.MaxRules),
 	}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "proxy", Name: "requests_total",
@@ -167,21 +165,13 @@ func New(o Options) *Metrics {
 		Namespace: "sluice", Subsystem: "agent", Name: "connect_events_total",
 		Help: "Kernel connect events from selected workloads, by the hook's decision.",
 	}, []string{"decision"})
-	m.dnsQueries = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "sluice", Subsystem: "dns", Name: "queries_total",
-		Help: "DNS queries answered by the agent's DNS server, by result.",
-	}, []string{"result"})
-	m.upstreamHealthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: "sluice", Subsystem: "upstream", Name: "healthy",
-		Help: "1 when an upstream target passes its health checks, 0 when not.",
-	}, []string{"upstream", "target"})
 
 	m.reg.MustRegister(
 		m.requests, m.requestDuration, m.upstreamDur, m.bytes, m.l4Flows, m.tls,
-		m.openConns, m.errors, m.denials, m.rateLimited, m.connects, m.dnsQueries, m.upstreamHealthy,
+		m.openConns, m.errors, m.denials, m.rateLimited, m.connects,
 		&funcCollector{m: m},
-		prometheus.NewGoCollector(),
-		prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
 }
@@ -334,25 +324,6 @@ func (m *Metrics) ConnectEvent(decision string) {
 		decision = "unknown"
 	}
 	m.connects.WithLabelValues(m.connectDecisions.fold(decision)).Inc()
-}
-
-// DNSQuery counts one DNS query by result ("allowed", "denied",
-// "nxdomain", "error", …; at most the rule limit of distinct values).
-func (m *Metrics) DNSQuery(result string) {
-	if result == "" {
-		result = "unknown"
-	}
-	m.dnsQueries.WithLabelValues(m.dnsResults.fold(result)).Inc()
-}
-
-// SetUpstreamHealth records whether target of upstream group upstream is
-// healthy.
-func (m *Metrics) SetUpstreamHealth(upstream, target string, healthy bool) {
-	v := 0.0
-	if healthy {
-		v = 1
-	}
-	m.upstreamHealthy.WithLabelValues(m.upstreams.fold(upstream), m.upstreams.fold(target)).Set(v)
 }
 
 // SetRingDrops installs the source of the agent's ring-buffer drop count,

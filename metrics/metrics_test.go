@@ -147,9 +147,6 @@ func TestRecordL4AndTLS(t *testing.T) {
 	m.ConnOpened()
 	m.ConnOpened()
 	m.ConnClosed()
-	m.DNSQuery("nxdomain")
-	m.SetUpstreamHealth("llm", "10.0.0.1:443", true)
-	m.SetUpstreamHealth("llm", "10.0.0.2:443", false)
 	expect(t, scrape(t, m.Registry()), map[string]float64{
 		`sluice_proxy_l4_flows_total{decision="allow",host="bank.example",tls="passthrough",workload="ai/agent-0"}`: 2,
 		`sluice_proxy_l4_flows_total{decision="error",host="pinned.example",tls="decrypted",workload="ai/agent-0"}`: 1,
@@ -162,9 +159,6 @@ func TestRecordL4AndTLS(t *testing.T) {
 		`sluice_agent_connect_events_total{decision="redirected"}`:                                                  2,
 		`sluice_agent_connect_events_total{decision="denied"}`:                                                      1,
 		`sluice_proxy_open_connections{}`:                                                                           1,
-		`sluice_dns_queries_total{result="nxdomain"}`:                                                               1,
-		`sluice_upstream_healthy{target="10.0.0.1:443",upstream="llm"}`:                                             1,
-		`sluice_upstream_healthy{target="10.0.0.2:443",upstream="llm"}`:                                             0,
 	})
 }
 

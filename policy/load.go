@@ -130,6 +130,11 @@ func Default(o Options) (*Engine, error) {
 // returned error joins every *Problem found.
 func Decode(data []byte, filename string) (*Policy, error) {
 	d := &decoder{file: filename, lines: map[string]int{}}
+	return d.result(data)
+}
+
+// result decodes and validates data, joining every problem found.
+func (d *decoder) result(data []byte) (*Policy, error) {
 	p, ok := d.decode(data)
 	if ok {
 		d.validate(p)
@@ -145,11 +150,25 @@ func Decode(data []byte, filename string) (*Policy, error) {
 	return p, nil
 }
 
+// Check decodes and validates a policy file like Decode and also returns
+// its warnings: what is valid but does not do what it seems to (a
+// selector nothing fills yet). Warnings render like problems, their Msg
+// starting with "warning: ".
+func Check(data []byte, filename string) (warnings []*Problem, err error) {
+	d := &decoder{file: filename, lines: map[string]int{}}
+	if _, err := d.result(data); err != nil {
+		return nil, err
+	}
+	return d.warns, nil
+}
+
 // decoder collects problems and remembers the line of every key path.
 type decoder struct {
 	file  string
 	lines map[string]int
 	probs []*Problem
+	// warns are valid but suspicious settings (see Check).
+	warns []*Problem
 	// shapeErr is set when a value had the wrong kind; validation of a
 	// model decoded around unknown keys is still meaningful, around wrong
 	// kinds it is not.
@@ -166,6 +185,11 @@ func (d *decoder) add(path, value, format string, args ...any) {
 		pr.Value = strconv.Quote(value)
 	}
 	d.probs = append(d.probs, pr)
+}
+
+// warn records a warning at path.
+func (d *decoder) warn(path, msg string) {
+	d.warns = append(d.warns, &Problem{File: d.file, Path: path, Msg: "warning: " + msg, Line: d.line(path)})
 }
 
 // addv is add with a non-string value rendered as is.

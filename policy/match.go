@@ -138,10 +138,6 @@ type workloadSel struct {
 	labels                              map[string]string
 }
 
-func (s *workloadSel) empty() bool {
-	return len(s.cgroups)+len(s.comm)+len(s.exe)+len(s.ids)+len(s.namespaces)+len(s.labels) == 0
-}
-
 func (s *workloadSel) match(id *workload.Identity) bool {
 	// Cgroups use the agent's glob (cgroup2), so a pattern selects the same
 	// cgroups here as in agent.cgroups.

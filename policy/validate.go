@@ -223,6 +223,14 @@ func (d *decoder) checkWorkloads(path string, w Workloads) {
 			d.add(fmt.Sprintf("%s.containerIDs[%d]", path, i), c, "a container id is 12 to 64 lower-case hex digits")
 		}
 	}
+	// Until the agent reads Kubernetes metadata, nothing fills an
+	// identity's namespace or labels: such a selector matches no workload.
+	if len(w.Namespaces) > 0 {
+		d.warn(path+".namespaces", "nothing fills a workload's Kubernetes namespace yet (the agent does not read pod metadata), so this selects no workload; select the pods by cgroups (e.g. /kubepods.slice/**) or containerIDs instead")
+	}
+	if len(w.Labels) > 0 {
+		d.warn(path+".labels", "nothing fills a workload's Kubernetes labels yet (the agent does not read pod metadata), so this selects no workload; select the pods by cgroups (e.g. /kubepods.slice/**) or containerIDs instead")
+	}
 	for i, n := range w.Namespaces {
 		if !k8sName.MatchString(n) {
 			d.add(fmt.Sprintf("%s.namespaces[%d]", path, i), n, "not a Kubernetes namespace name (lower-case letters, digits and '-')")

@@ -301,3 +301,43 @@ func alive(pid int) bool {
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
+
+// `sluice run … 2>&1 | head -1`: the reader of sluice's stdout and
+// stderr goes away while the command runs. Sluice is not killed by
+// SIGPIPE: it passes the command's own exit code through (141, the
+// command's SIGPIPE) and removes its CA bundle directory and pins.
+func TestRunClosedOutputLeavesNothing(t *testing.T) {
+	RequireE2E(t)
+	tmp := t.TempDir()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, sluiceBin, "run", "--", "sh", "-c", "echo one; sleep .3; echo two")
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp, "SLUICE_CA_DIR="+filepath.Join(t.TempDir(), "ca"))
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	line, err := bufio.NewReader(r).ReadString('\n')
+	r.Close() // head -1
+	if line != "one\n" {
+		t.Errorf("first line %q (%v), want \"one\"", line, err)
+	}
+	err = cmd.Wait()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		t.Fatalf("sluice killed by %v", ws.Signal())
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 128+int(syscall.SIGPIPE) {
+		t.Errorf("exit %d (%v), want %d: the command's SIGPIPE passed through", code, err, 128+int(syscall.SIGPIPE))
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("sluice run left %v in its TMPDIR", left)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/sys/fs/bpf/sluice-run-%d", cmd.Process.Pid)); err == nil {
+		t.Errorf("sluice run left its pin directory")
+	}
+}

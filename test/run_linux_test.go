@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -268,4 +269,93 @@ func TestRunRateLimit(t *testing.T) {
 	if limited != 1 {
 		t.Errorf("want one 429 record for rule default, got %d", limited)
 	}
+}
+
+// `sluice run --config` applies the audit section: audit.file receives
+// the JSON records and audit.accessLog the combined-format lines, with no
+// --audit-log flag.
+func TestRunConfigAuditFiles(t *testing.T) {
+	curl := RequireTool(t, "curl")
+	e := newRunEnv(t)
+	dir := t.TempDir()
+	auditFile, accessLog := filepath.Join(dir, "from-config.jsonl"), filepath.Join(dir, "access.log")
+	cfg := fmt.Sprintf("ca:\n  dir: %s\nproxy:\n  upstreamCA: %s\naudit:\n  file: %s\n  accessLog: %s\n", e.caDir, e.up.CAFile, auditFile, accessLog)
+	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, sluiceBin, "run", "--config", e.config, "--policy", e.policy, "--no-summary", "--",
+		curl, "-sS", "--resolve", "api.test:443:"+e.api.IP4.String(), "https://api.test/v1/from-config").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "hello GET /v1/from-config") {
+		t.Fatalf("sluice run: %v\n%s", err, out)
+	}
+	if b, _ := os.ReadFile(auditFile); !strings.Contains(string(b), `"path":"/v1/from-config"`) {
+		t.Errorf("audit.file lacks the request: %q", b)
+	}
+	if b, _ := os.ReadFile(accessLog); !strings.Contains(string(b), "GET /v1/from-config") {
+		t.Errorf("audit.accessLog lacks the request: %q", b)
+	}
+}
+
+// Under the default policy (audit), a request to loopback is let through
+// as would_deny by the SSRF guard; `sluice run` writes no line about it to
+// the command's stderr (only -v shows every decision). A deny does show.
+//
+// Needs mitm to log would_deny decision lines at Info (deny stays Warn).
+func TestRunStderrOnlyDenials(t *testing.T) {
+	curl := RequireTool(t, "curl")
+	e := newRunEnv(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "loopback ok") })}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	port := ln.Addr().(*net.TCPAddr).Port
+	// The default policy (no --policy), and the loopback port intercepted.
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("ca:\n  dir: %s\nagent:\n  ports: [\"%d\"]\n", e.caDir, port)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	audit := filepath.Join(t.TempDir(), "audit.jsonl")
+	loop := func(flags ...string) (string, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		args := append([]string{"run", "--config", cfg, "--audit-log", audit, "--no-summary"}, flags...)
+		args = append(args, "--", curl, "-sS", fmt.Sprintf("http://127.0.0.1:%d/loop", port))
+		cmd := exec.CommandContext(ctx, sluiceBin, args...)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("sluice run %v: %v\n%s", flags, err, stderr.String())
+		}
+		return stdout.String(), stderr.String()
+	}
+	out, errOut := loop()
+	if out != "loopback ok\n" {
+		t.Fatalf("curl to loopback: %q\n%s", out, errOut)
+	}
+	if rec := httpRecord(readRecords(t, audit), "/loop"); rec == nil || rec["decision"] != "would_deny" || rec["rule"] != "ssrf" {
+		t.Fatalf("loopback record = %v, want would_deny by ssrf (audit mode)", rec)
+	}
+	if errOut != "" {
+		t.Errorf("a would_deny wrote to the command's stderr:\n%s", errOut)
+	}
+	if _, errOut = loop("-v"); !strings.Contains(errOut, "decision=would_deny") {
+		t.Errorf("-v does not show the would_deny decision:\n%s", errOut)
+	}
+
+	// A deny does reach stderr, without -v.
+	code, _, errOut := e.run(t, curl, "-sS", "--resolve", "api.test:443:"+e.api.IP4.String(), "https://api.test/admin/users")
+	if code != 0 || !strings.Contains(errOut, "decision=deny") || !strings.Contains(errOut, "level=WARN") {
+		t.Errorf("exit %d; a deny is not on stderr as a warning:\n%s", code, errOut)
+	}
+}
+
+// readRecords reads a JSON audit log.
+func readRecords(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	return (&runEnv{audit: path}).records(t)
 }

@@ -7,12 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/netip"
 
-	"github.com/sluicehq/sluice/admin"
 	"github.com/sluicehq/sluice/agent"
 	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/node"
 )
 
 func init() {
@@ -59,69 +57,12 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return 0
 }
 
-// serveAgent runs the proxy stack (CA, policy with reload, audit sinks,
-// metrics, flows), the admin listener and the agent until ctx is done.
+// serveAgent runs the node (proxy, policy with reload, audit sinks,
+// metrics, flows, admin listener, eBPF agent) until ctx is done.
 func serveAgent(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.Writer) error {
-	if cfg.Admin.Listen != "" {
-		if err := admin.ValidateListen(cfg.Admin.Listen, cfg.Agent.InterceptIPv4, cfg.Agent.InterceptIPv6); err != nil {
-			return err
-		}
-	}
-	var auditOut io.Writer
-	if cfg.Audit.File == "" || cfg.Audit.File == "stdout" {
-		auditOut = stdout
-	}
-	st, err := newStack(ctx, cfg, log, stackOptions{
-		Audit:  auditOut,
-		Dialer: &net.Dialer{Control: agent.MarkControl(cfg.Agent.Mark)},
-		Watch:  true,
-	})
+	n, err := node.Start(ctx, cfg, node.Options{Log: log, Stdout: stdout, Watch: true, Intercept: true, Admin: true})
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	defer st.proxy.Close()
-
-	const hooksAttached, proxyListening = "hooks attached", "proxy listening"
-	gate := admin.NewGate(hooksAttached, proxyListening)
-	opts := agent.Options{
-		OnEvent: func(e agent.Event) {
-			st.metrics.ConnectEvent(string(e.Verdict))
-			st.flows.Connect(e.PID, e.Comm, e.Cgroup, e.Dst, string(e.Verdict))
-		},
-	}
-	var adminLn net.Listener
-	if cfg.Admin.Listen != "" {
-		adminLn, err = net.Listen("tcp", cfg.Admin.Listen)
-		if err != nil {
-			return fmt.Errorf("listen on admin.listen %s: %w", cfg.Admin.Listen, err)
-		}
-		defer adminLn.Close()
-		// Workloads may not read the admin API, on any node address.
-		if ap, err := netip.ParseAddrPort(adminLn.Addr().String()); err == nil {
-			opts.DenyAddrPorts = append(opts.DenyAddrPorts, ap)
-		}
-	}
-	// The admin listener answers /healthz while the agent starts; /readyz
-	// waits for the hooks and the proxy.
-	actx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errc := make(chan error, 1)
-	if adminLn != nil {
-		srv := admin.New(admin.Options{Registry: st.metrics.Registry(), Ready: gate.Err, Flows: st.flows, Log: log})
-		go func() { errc <- srv.Serve(actx, adminLn) }()
-	}
-	ag, err := agent.Start(ctx, cfg.Agent, st.proxy, log, opts)
-	if err != nil {
-		return err
-	}
-	gate.Done(hooksAttached)
-	gate.Done(proxyListening)
-	st.metrics.SetRingDrops(ag.Drops)
-
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	return errors.Join(err, ag.Close())
+	return errors.Join(n.Wait(ctx), n.Close())
 }

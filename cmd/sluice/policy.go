@@ -14,7 +14,7 @@ func init() {
 }
 
 const policyUsage = `usage:
-  sluice policy check FILE...   validate policy files; print every problem with its line
+  sluice policy check FILE...   validate policy files; print every problem and warning with its line
   sluice policy schema          print the JSON Schema of the policy file
   sluice policy default         print the embedded default policy
 `
@@ -48,6 +48,7 @@ func runPolicy(_ context.Context, args []string, stdout, stderr io.Writer) int {
 
 // policyCheck decodes and validates each file without compiling it (so no
 // Redis connection is made), printing every problem as FILE:LINE: ....
+// Warnings are printed the same way but do not fail the check.
 func policyCheck(files []string, stdout, stderr io.Writer) int {
 	code := 0
 	for _, f := range files {
@@ -57,7 +58,8 @@ func policyCheck(files []string, stdout, stderr io.Writer) int {
 			code = 1
 			continue
 		}
-		if _, err := policy.Decode(b, f); err != nil {
+		warns, err := policy.Check(b, f)
+		if err != nil {
 			probs := policy.Problems(err)
 			for _, p := range probs {
 				fmt.Fprintln(stderr, p.Error())
@@ -65,6 +67,9 @@ func policyCheck(files []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "%s: %d problem(s)\n", f, len(probs))
 			code = 1
 			continue
+		}
+		for _, w := range warns {
+			fmt.Fprintln(stderr, w.Error())
 		}
 		fmt.Fprintf(stdout, "%s: ok\n", f)
 	}

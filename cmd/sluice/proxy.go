@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 
 	"github.com/sluicehq/sluice/ca"
+	"github.com/sluicehq/sluice/node"
 )
 
 func init() {
@@ -64,17 +65,12 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	var auditOut io.Writer
-	if cfg.Audit.File == "" || cfg.Audit.File == "stdout" {
-		auditOut = stdout
-	}
-	st, err := newStack(ctx, cfg, log, stackOptions{Audit: auditOut, Watch: true})
+	n, err := node.Start(ctx, cfg, node.Options{Log: log, Stdout: stdout, Watch: true})
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice proxy: %v\n", err)
 		return 1
 	}
-	defer st.Close()
-	defer st.proxy.Close()
+	defer n.Close()
 
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -83,8 +79,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	bundle := filepath.Join(cfg.CA.Dir, ca.CertFile)
 	fmt.Fprintf(stderr, "sluice proxy: listening on %s; clients use HTTPS_PROXY=http://%s and trust %s (SHA-256 %s)\n",
-		ln.Addr(), ln.Addr(), bundle, st.ca.Fingerprint())
-	if err := st.proxy.ServeExplicit(ctx, ln); err != nil {
+		ln.Addr(), ln.Addr(), bundle, n.CA.Fingerprint())
+	if err := n.ServeExplicit(ctx, ln); err != nil {
 		fmt.Fprintf(stderr, "sluice proxy: %v\n", err)
 		return 1
 	}

@@ -1,0 +1,320 @@
+// Package node assembles one Sluice node from its configuration, so that
+// `sluice agent`, `sluice run` and `sluice proxy` share one assembly and
+// cmd/sluice stays flags and a call to Start. A node is the CA, the policy
+// in force (reloaded on change), the audit sinks (JSON log, access log,
+// metrics, flows table, pcapng capture) and the proxy; with
+// Options.Intercept also the eBPF agent that steers workloads into the
+// proxy (its connect events feed the metrics and the flows table), and
+// with Options.Admin the admin listener (/metrics, /healthz, /readyz that
+// waits for the hooks and the proxy, /api/flows).
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+
+	"github.com/sluicehq/sluice/admin"
+	"github.com/sluicehq/sluice/agent"
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/ca"
+	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/flows"
+	"github.com/sluicehq/sluice/metrics"
+	"github.com/sluicehq/sluice/mitm"
+	"github.com/sluicehq/sluice/pcap"
+	"github.com/sluicehq/sluice/policy"
+)
+
+// Options say which parts of a node run besides the proxy.
+type Options struct {
+	// Log receives every component's log lines; nil means slog.Default().
+	Log *slog.Logger
+	// Stdout receives the JSON audit log when audit.file is "stdout" or
+	// empty; nil means os.Stdout.
+	Stdout io.Writer
+	// Watch reloads the policy file on change and on SIGHUP.
+	Watch bool
+	// Intercept starts the eBPF agent of cfg.Agent with the proxy as its
+	// handler; the proxy's upstream sockets then carry agent.mark. Without
+	// it the node is the proxy alone (ServeExplicit).
+	Intercept bool
+	// Admin serves cfg.Admin.Listen when it is not empty.
+	Admin bool
+}
+
+// Node is a running node. Its exported parts may be read at any time,
+// also after Close (the flows table for a summary, say).
+type Node struct {
+	CA      *ca.Authority
+	Proxy   *mitm.Proxy
+	Metrics *metrics.Metrics
+	Flows   *flows.Table
+
+	log     *slog.Logger
+	policy  *policy.Current
+	agent   *agent.Agent // nil without Options.Intercept
+	closers []io.Closer
+	// The admin server runs until stop; done is closed when it has
+	// returned adminErr.
+	stop      context.CancelFunc
+	done      chan struct{}
+	adminErr  error
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Start assembles the node described by cfg and starts what opts ask for.
+// It returns once the proxy is ready and, with Intercept, the hooks are
+// attached. On error, everything it started is stopped again. ctx bounds
+// the policy watcher and the agent's background work; Close stops the
+// rest.
+func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err error) {
+	log := opts.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	n := &Node{log: log, policy: &policy.Current{}}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	if opts.Admin && cfg.Admin.Listen != "" {
+		if err := admin.ValidateListen(cfg.Admin.Listen, cfg.Agent.InterceptIPv4, cfg.Agent.InterceptIPv6); err != nil {
+			return nil, err
+		}
+	}
+	var dialer *net.Dialer
+	if opts.Intercept {
+		dialer = &net.Dialer{Control: agent.MarkControl(cfg.Agent.Mark)}
+	}
+	if err := n.startProxy(ctx, cfg, opts, dialer); err != nil {
+		return nil, err
+	}
+	if !opts.Intercept {
+		return n, nil
+	}
+
+	const hooksAttached, proxyListening = "hooks attached", "proxy listening"
+	gate := admin.NewGate(hooksAttached, proxyListening)
+	aopts := agent.Options{
+		OnEvent: func(e agent.Event) {
+			n.Metrics.ConnectEvent(string(e.Verdict))
+			n.Flows.Connect(e.PID, e.Comm, e.Cgroup, e.Dst, string(e.Verdict))
+		},
+	}
+	if opts.Admin && cfg.Admin.Listen != "" {
+		ln, err := net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("listen on admin.listen %s: %w", cfg.Admin.Listen, err)
+		}
+		// Workloads may not read the admin API, on any node address.
+		if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil {
+			aopts.DenyAddrPorts = append(aopts.DenyAddrPorts, ap)
+		}
+		// The admin listener answers /healthz while the agent starts;
+		// /readyz waits for the hooks and the proxy.
+		actx, stop := context.WithCancel(context.Background())
+		n.stop, n.done = stop, make(chan struct{})
+		srv := admin.New(admin.Options{Registry: n.Metrics.Registry(), Ready: gate.Err, Flows: n.Flows, Log: log})
+		go func() {
+			n.adminErr = srv.Serve(actx, ln)
+			close(n.done)
+		}()
+	}
+	n.agent, err = agent.Start(ctx, cfg.Agent, n.Proxy, log, aopts)
+	if err != nil {
+		return nil, err
+	}
+	gate.Done(hooksAttached)
+	gate.Done(proxyListening)
+	n.Metrics.SetRingDrops(n.agent.Drops)
+	return n, nil
+}
+
+// startProxy builds the CA, the policy, the audit sinks and the proxy.
+func (n *Node) startProxy(ctx context.Context, cfg config.Config, opts Options, dialer *net.Dialer) error {
+	var err error
+	n.CA, err = ca.LoadOrInit(cfg.CA.Dir, ca.Options{KeyType: cfg.CA.KeyType, LeafCacheSize: cfg.CA.LeafCacheSize})
+	if err != nil {
+		return err
+	}
+	if err := n.loadPolicy(ctx, cfg.PolicyFile, opts.Watch); err != nil {
+		return err
+	}
+	sinks, err := n.openAudit(cfg.Audit, opts.Stdout)
+	if err != nil {
+		return err
+	}
+	n.Metrics = metrics.New(metrics.Options{})
+	n.Metrics.SetLeafStats(func() metrics.LeafStats {
+		st := n.CA.Stats()
+		return metrics.LeafStats{Size: st.Size, Hits: st.Hits, Misses: st.Misses, Issued: st.Issued}
+	})
+	n.Flows = flows.New(flows.Options{})
+	sinks = append(sinks, n.Metrics, n.Flows)
+
+	capture, closer, err := openCapture(cfg.Audit.Capture)
+	if err != nil {
+		return err
+	}
+	if closer != nil {
+		n.closers = append(n.closers, closer)
+	}
+	var resolver mitm.Resolver
+	if dialer != nil {
+		// Explicit-mode lookups go out with the agent's mark too.
+		d := *dialer
+		resolver = &net.Resolver{PreferGo: true, Dial: d.DialContext}
+	}
+	n.Proxy, err = mitm.New(cfg.Proxy, mitm.Deps{
+		CA:            n.CA,
+		Policy:        n.policy,
+		Audit:         sinks,
+		Log:           n.log,
+		Dialer:        dialer,
+		Resolver:      resolver,
+		LogHeaders:    cfg.Audit.LogHeaders,
+		RedactHeaders: cfg.Audit.RedactHeaders,
+		Capture:       capture,
+		Observer:      n.Metrics,
+	})
+	return err
+}
+
+// loadPolicy puts the policy file (the embedded default when empty) in
+// force and, with watch, reloads it on change and on SIGHUP.
+func (n *Node) loadPolicy(ctx context.Context, file string, watch bool) error {
+	popts := policy.Options{Limiters: policy.NewLimiters(0), Log: n.log.With("component", "policy")}
+	if file == "" {
+		eng, err := policy.Default(popts)
+		if err != nil {
+			return fmt.Errorf("load embedded default policy: %w", err)
+		}
+		n.policy.Store(eng)
+		return nil
+	}
+	w := &policy.Watcher{Path: file, Options: popts, Apply: func(e *policy.Engine) { n.policy.Store(e) }, Log: n.log}
+	eng, err := w.Load()
+	if err != nil {
+		return err
+	}
+	n.policy.Store(eng)
+	if watch {
+		w.Start(ctx)
+	}
+	return nil
+}
+
+// openAudit opens the JSON audit log (audit.file: a path, "stdout" or
+// "none") and the access log (audit.accessLog).
+func (n *Node) openAudit(a config.Audit, stdout io.Writer) (audit.Multi, error) {
+	if stdout == nil {
+		stdout = os.Stdout
+	}
+	var sinks audit.Multi
+	switch a.File {
+	case "", "stdout":
+		sinks = append(sinks, audit.NewJSONLog(stdout))
+	case "none":
+	default:
+		f, err := os.OpenFile(a.File, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("open audit log: %w", err)
+		}
+		n.closers = append(n.closers, f)
+		sinks = append(sinks, audit.NewJSONLog(f))
+	}
+	if a.AccessLog != "" {
+		f, err := os.OpenFile(a.AccessLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("open access log: %w", err)
+		}
+		n.closers = append(n.closers, f)
+		sinks = append(sinks, audit.NewCombinedLog(f))
+	}
+	return sinks, nil
+}
+
+// openCapture opens the pcapng capture the config names; nil when none.
+// A single file must be closed (flushed) at exit; a directory's files are
+// closed with their flows.
+func openCapture(c config.Capture) (pcap.Capture, io.Closer, error) {
+	o := pcap.Options{MaxBytes: int64(c.MaxBytes)}
+	switch {
+	case c.File != "":
+		w, err := pcap.Create(c.File, o)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open audit.capture.file: %w", err)
+		}
+		return w, w, nil
+	case c.Dir != "":
+		d, err := pcap.NewDir(c.Dir, o, c.MaxFiles)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open audit.capture.dir: %w", err)
+		}
+		return d, nil, nil
+	}
+	return nil, nil, nil
+}
+
+// SelectCgroup intercepts the cgroup at path (relative to the cgroup2
+// mount). It needs Options.Intercept.
+func (n *Node) SelectCgroup(path string) error {
+	if n.agent == nil {
+		return errors.New("select cgroup: the node was started without interception")
+	}
+	return n.agent.SelectCgroup(path)
+}
+
+// ServeExplicit serves the explicit proxy (CONNECT and absolute-form) on
+// ln until ctx ends.
+func (n *Node) ServeExplicit(ctx context.Context, ln net.Listener) error {
+	return n.Proxy.ServeExplicit(ctx, ln)
+}
+
+// Wait blocks until ctx ends (nil) or the admin server fails (its error).
+func (n *Node) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-n.done: // a nil channel without an admin server
+		return n.adminErr
+	}
+}
+
+// Close stops the agent (in failMode open its hooks go with it), the
+// admin server and the proxy, and closes the audit files. It may be
+// called more than once and on a partly started node.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		var errs []error
+		if n.agent != nil {
+			errs = append(errs, n.agent.Close())
+		}
+		if n.stop != nil {
+			n.stop()
+			<-n.done
+		}
+		if n.Proxy != nil {
+			errs = append(errs, n.Proxy.Close())
+		}
+		for _, c := range n.closers {
+			errs = append(errs, c.Close())
+		}
+		n.closeErr = errors.Join(errs...)
+	})
+	return n.closeErr
+}
+
+var (
+	_ mitm.Observer = (*metrics.Metrics)(nil)
+	_ agent.Handler = (*mitm.Proxy)(nil)
+)

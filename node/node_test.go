@@ -1,0 +1,119 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/config"
+)
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A node without interception is the explicit proxy: it creates the CA,
+// records each request in the JSON audit log (on Stdout for "stdout"),
+// the access log, the metrics and the flows table, and Close may be
+// called twice.
+func TestStartProxyOnly(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer up.Close()
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.CA.Dir = filepath.Join(dir, "ca")
+	cfg.Audit.AccessLog = filepath.Join(dir, "access.log")
+	var out lockedBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n, err := Start(ctx, cfg, Options{Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- n.ServeExplicit(ctx, ln) }()
+
+	pu, _ := url.Parse("http://" + ln.Addr().String())
+	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}, Timeout: 10 * time.Second}
+	resp, err := c.Get(up.URL + "/through")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	cancel()
+	<-served
+	if err := n.SelectCgroup("/x"); err == nil {
+		t.Error("SelectCgroup on a node without interception: no error")
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if !strings.Contains(out.String(), `"path":"/through"`) {
+		t.Errorf("audit log on Stdout lacks the request: %s", out.String())
+	}
+	if b, _ := os.ReadFile(cfg.Audit.AccessLog); !strings.Contains(string(b), "/through") {
+		t.Errorf("access log lacks the request: %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.CA.Dir, "ca.crt")); err != nil {
+		t.Errorf("CA not created: %v", err)
+	}
+	if rows := n.Flows.Snapshot(); len(rows.Rows) == 0 {
+		t.Errorf("flows table empty after Close: %+v", rows)
+	}
+}
+
+// A config the node cannot start with fails Start with the reason, and
+// leaves nothing open.
+func TestStartErrors(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name string
+		mod  func(*config.Config)
+		want string
+	}{
+		{"missing policy file", func(c *config.Config) { c.PolicyFile = filepath.Join(dir, "nope.yaml") }, "nope.yaml"},
+		{"audit file in a missing directory", func(c *config.Config) { c.Audit.File = filepath.Join(dir, "no", "audit.jsonl") }, "open audit log"},
+		{"admin on the intercept address", func(c *config.Config) { c.Admin.Listen = "169.254.77.77:9090" }, "169.254.77.77"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := config.Default()
+			cfg.CA.Dir = filepath.Join(dir, "ca")
+			tt.mod(&cfg)
+			_, err := Start(context.Background(), cfg, Options{Admin: true})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err %v, want one naming %q", err, tt.want)
+			}
+		})
+	}
+}
