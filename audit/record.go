@@ -33,8 +33,14 @@ const (
 	DecisionError     = "error"      // Sluice could not complete the exchange
 )
 
-// Record is one audit line. Field names are the JSON keys of the audit log
-// (see json.go); keep them stable, people grep for them.
+// Sources of a record's Status.
+const (
+	SourceUpstream = "upstream" // the upstream answered
+	SourceSluice   = "sluice"   // Sluice answered itself (a deny, an error)
+)
+
+// Record is one audit line. Each field is rendered under its key of
+// keys.go (see render.go); keep them stable, people grep for them.
 type Record struct {
 	Time     time.Time
 	Kind     string
@@ -51,7 +57,7 @@ type Record struct {
 	Method string
 	Path   string
 	Status int
-	// Source says who produced Status: "upstream" or "sluice".
+	// Source says who produced Status: SourceUpstream or SourceSluice.
 	Source string
 
 	BytesIn  int64 // bytes from the client (request body, or client->server on L4)
