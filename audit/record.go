@@ -2,6 +2,11 @@
 // every L4 flow, and the sinks that receive it (the JSON audit log, and
 // later metrics, flow tables and access logs). Producers build one Record
 // per decision and hand it to a Sink; sinks never modify it.
+//
+// audit owns the record's wire form: keys.go names every key (and the
+// keys of Sluice's other logs), reasons.go every reason a record carries,
+// and render.go renders a record, both for the JSON audit log and for the
+// proxy's one-line decision log (LogDecision).
 package audit
 
 import (
