@@ -2,6 +2,11 @@
 // every L4 flow, and the sinks that receive it (the JSON audit log, and
 // later metrics, flow tables and access logs). Producers build one Record
 // per decision and hand it to a Sink; sinks never modify it.
+//
+// audit owns the record's wire form: keys.go names every key (and the
+// keys of Sluice's other logs), reasons.go every reason a record carries,
+// and render.go renders a record, both for the JSON audit log and for the
+// proxy's one-line decision log (LogDecision).
 package audit
 
 import (
@@ -51,8 +56,14 @@ const (
 	SourceClient   = "client"   // 499: the client left before the response
 )
 
-// Record is one audit line. Field names are the JSON keys of the audit log
-// (see json.go); keep them stable, people grep for them.
+// Sources of a record's Status.
+const (
+	SourceUpstream = "upstream" // the upstream answered
+	SourceSluice   = "sluice"   // Sluice answered itself (a deny, an error)
+)
+
+// Record is one audit line. Each field is rendered under its key of
+// keys.go (see render.go); keep them stable, people grep for them.
 type Record struct {
 	Time     time.Time
 	Kind     string
@@ -69,7 +80,7 @@ type Record struct {
 	Method string
 	Path   string
 	Status int
-	// Source says who produced Status: "upstream" or "sluice".
+	// Source says who produced Status: SourceUpstream or SourceSluice.
 	Source string
 
 	BytesIn  int64 // bytes from the client (request body, or client->server on L4)

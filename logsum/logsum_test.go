@@ -3,6 +3,7 @@ package logsum
 import (
 	"bytes"
 	"compress/gzip"
+	"encoding/json"
 	"errors"
 	"io"
 	"reflect"
@@ -240,5 +241,33 @@ func TestWriteTextEmpty(t *testing.T) {
 	}
 	if out := b.String(); !strings.Contains(out, "0 records from no input") || strings.Count(out, "  none\n") != 7 {
 		t.Errorf("empty summary:\n%s", out)
+	}
+}
+
+// TestEntryFields: every Entry field has one audit key, and a full entry
+// survives MarshalLine and ParseLine.
+func TestEntryFields(t *testing.T) {
+	if n := reflect.TypeFor[Entry]().NumField(); n != len(fields) {
+		t.Fatalf("Entry has %d fields, fields maps %d", n, len(fields))
+	}
+	e := Entry{
+		Time: time.Date(2026, 11, 25, 8, 0, 0, 5, time.UTC), Kind: "http", PID: 7, Comm: "c", Workload: "ns/p",
+		Host: "h.example", IP: "192.0.2.1", Method: "GET", Path: "/", Status: 200, Source: "upstream",
+		Decision: "allow", Rule: "r", Reason: "allowed by rule", BytesIn: 1, BytesOut: 2, DurationMS: 0.5,
+	}
+	b, err := MarshalLine(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys map[string]any
+	if err := json.Unmarshal(b, &keys); err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != len(fields)+1 {
+		t.Errorf("MarshalLine wrote %d keys, want %d: %s", len(keys), len(fields)+1, b)
+	}
+	got, err := ParseLine(b)
+	if err != nil || got != e {
+		t.Errorf("ParseLine(MarshalLine(e)) = %+v, %v\nwant %+v", got, err, e)
 	}
 }

@@ -10,19 +10,13 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/sluicehq/sluice/audit"
 )
 
-// Values of audit record fields the summary keys on (see audit/record.go).
-const (
-	kindConnect    = "connect"
-	kindHTTP       = "http"
-	kindL4         = "l4"
-	sourceSluice   = "sluice"
-	sourceUpstream = "upstream"
-	decisionDeny   = "deny"
-	decisionWould  = "would_deny"
-	unknown        = "unknown"
-)
+// unknown is the label of a workload or host a record does not name
+// (workload.Identity's name for an unknown workload).
+const unknown = "unknown"
 
 // MaxLine is the longest line read; a longer one is counted as
 // unparseable and skipped.
@@ -179,7 +173,7 @@ func (s *Summarizer) Add(e Entry) {
 	}
 	kind := e.Kind
 	if kind == "" {
-		kind = kindHTTP
+		kind = audit.KindHTTP
 	}
 	s.kinds[kind]++
 	if e.Decision != "" {
@@ -188,23 +182,23 @@ func (s *Summarizer) Add(e Entry) {
 	wl, host := WorkloadOf(e), HostOf(e)
 
 	switch e.Decision {
-	case decisionDeny:
+	case audit.DecisionDeny:
 		s.denials.add(Row{Rule: e.Rule, Reason: e.Reason})
-	case decisionWould:
+	case audit.DecisionWouldDeny:
 		s.wouldDeny.add(Row{Rule: e.Rule, Reason: e.Reason})
 	}
 	switch {
-	case e.Status == 429 && e.Source == sourceSluice:
+	case e.Status == 429 && e.Source == audit.SourceSluice:
 		s.rateLimited.add(Row{Workload: wl, Host: host})
-	case (e.Status == 401 || e.Status == 403) && e.Source == sourceUpstream:
+	case (e.Status == 401 || e.Status == 403) && e.Source == audit.SourceUpstream:
 		s.authFailures.add(Row{Workload: wl, Host: host, Status: e.Status})
-	case e.Status >= 500 && e.Status <= 599 && e.Source == sourceUpstream:
+	case e.Status >= 500 && e.Status <= 599 && e.Source == audit.SourceUpstream:
 		s.serverErrors.add(Row{Workload: wl, Host: host, Status: e.Status})
 	}
 
 	// A kernel connect event precedes the http or l4 records of the same
 	// traffic: counting it as a request would count that traffic twice.
-	if kind == kindConnect {
+	if kind == audit.KindConnect {
 		return
 	}
 	s.requests++

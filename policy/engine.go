@@ -7,18 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/workload"
-)
-
-// Reasons of the access stage. Fixed strings: tests and logs assert them.
-const (
-	ReasonDeniedByRule     = "denied by rule"
-	ReasonAllowedByRule    = "allowed by rule"
-	ReasonDeniedByDefault  = "denied by default"
-	ReasonAllowedByDefault = "allowed by default"
-	ReasonPassthrough      = "host is on the pass-through list"
-	ReasonPerRequest       = "decided per request"
-	ReasonAllowedCIDR      = "address allowed by ssrf.allowCIDRs"
 )
 
 // Rule names of built-in decisions.
@@ -222,11 +212,11 @@ func (e *Engine) guard(id *workload.Identity, t *target) (d Decision, ok bool) {
 	ok = true
 	for _, a := range t.addrs {
 		reason := Classify(a)
-		if reason == "" || (e.metadataOnly && reason != ReasonMetadata) || inAny(e.allowCIDRs, a) || e.exempt(id, t, a) {
+		if reason == "" || (e.metadataOnly && reason != audit.ReasonMetadata) || inAny(e.allowCIDRs, a) || e.exempt(id, t, a) {
 			continue
 		}
 		d := Decision{Verdict: Deny, Rule: RuleSSRF, Reason: reason}
-		if e.guardAudit && reason != ReasonMetadata {
+		if e.guardAudit && reason != audit.ReasonMetadata {
 			d.Verdict, d.WouldDeny = Allow, true
 		}
 		return d, false
@@ -278,7 +268,7 @@ func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 				d, decided = r.access(false), true
 				break
 			}
-			d = Decision{Reason: ReasonPerRequest}
+			d = Decision{Reason: audit.ReasonPerRequest}
 			decided = true
 			break
 		}
@@ -297,7 +287,7 @@ func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 		return ConnDecision{Action: Reject, Decision: d}
 	case pass:
 		if !d.WouldDeny {
-			d.Rule, d.Reason = RulePassthrough, ReasonPassthrough
+			d.Rule, d.Reason = RulePassthrough, audit.ReasonPassthrough
 		}
 		return ConnDecision{Action: Passthrough, Decision: d}
 	default:
@@ -362,16 +352,16 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 
 // access is the rule's own verdict in its mode.
 func (r *rule) access(isDefault bool) Decision {
-	d := Decision{Rule: r.name, Reason: ReasonAllowedByRule}
+	d := Decision{Rule: r.name, Reason: audit.ReasonAllowedByRule}
 	if isDefault {
-		d.Reason = ReasonAllowedByDefault
+		d.Reason = audit.ReasonAllowedByDefault
 	}
 	if !r.deny {
 		return d
 	}
-	d.Reason = ReasonDeniedByRule
+	d.Reason = audit.ReasonDeniedByRule
 	if isDefault {
-		d.Reason = ReasonDeniedByDefault
+		d.Reason = audit.ReasonDeniedByDefault
 	}
 	if r.audit {
 		d.WouldDeny = true

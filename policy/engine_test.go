@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/workload"
 )
 
@@ -84,24 +85,24 @@ func TestRequestRules(t *testing.T) {
 		reason  string
 		maxReq  int64
 	}{
-		{"path deny", other, "x.example", 443, addrs("1.1.1.1"), "GET", "/admin/users", Deny, false, "block-admin", ReasonDeniedByRule, 0},
-		{"path deny exact", other, "x.example", 443, addrs("1.1.1.1"), "GET", "/admin", Deny, false, "block-admin", ReasonDeniedByRule, 0},
-		{"path prefix is per segment", other, "x.example", 443, addrs("1.1.1.1"), "GET", "/administrator", Allow, false, "default", ReasonAllowedByDefault, 10e6},
-		{"dot segments", other, "x.example", 443, addrs("1.1.1.1"), "GET", "/v1/../admin/x", Deny, false, "block-admin", ReasonDeniedByRule, 0},
-		{"percent encoded", other, "x.example", 443, addrs("1.1.1.1"), "GET", "/%61dmin", Deny, false, "block-admin", ReasonDeniedByRule, 0},
-		{"double slash", other, "x.example", 443, addrs("1.1.1.1"), "GET", "//admin", Deny, false, "block-admin", ReasonDeniedByRule, 0},
-		{"python allowed glob", py, "api.github.com", 443, addrs("1.1.1.1"), "GET", "/repos/x/issues", Allow, false, "python-github", ReasonAllowedByRule, 1024},
-		{"python allowed globstar", py, "API.GitHub.com.", 443, addrs("1.1.1.1"), "GET", "/v1/a/b/c", Allow, false, "python-github", ReasonAllowedByRule, 1024},
-		{"python wrong method", py, "api.github.com", 443, addrs("1.1.1.1"), "POST", "/repos/x/issues", Deny, false, "deny-github", ReasonDeniedByRule, 0},
-		{"python glob is one segment", py, "api.github.com", 443, addrs("1.1.1.1"), "GET", "/repos/x/y/issues", Deny, false, "deny-github", ReasonDeniedByRule, 0},
-		{"other workload", other, "api.github.com", 443, addrs("1.1.1.1"), "GET", "/repos/x/issues", Deny, false, "deny-github", ReasonDeniedByRule, 0},
-		{"apex not under wildcard", py, "github.com", 443, addrs("1.1.1.1"), "GET", "/v1/x", Deny, false, "deny-github", ReasonDeniedByRule, 0},
-		{"audit rule", other, "example.com", 80, addrs("1.1.1.1"), "GET", "/", Allow, true, "audit-example", ReasonDeniedByRule, 10e6},
-		{"audit rule other port", other, "example.com", 443, addrs("1.1.1.1"), "GET", "/", Allow, false, "default", ReasonAllowedByDefault, 10e6},
-		{"labels match", pod, "api.openai.com", 443, addrs("1.1.1.1"), "POST", "/", Allow, false, "pods", ReasonAllowedByRule, 10e6},
-		{"labels differ", otherPod, "api.openai.com", 443, addrs("1.1.1.1"), "POST", "/", Deny, false, "deny-openai", ReasonDeniedByRule, 0},
-		{"cidr deny any", other, "x.example", 443, addrs("1.1.1.1", "93.184.1.1"), "GET", "/", Deny, false, "deny-net", ReasonDeniedByRule, 0},
-		{"default", other, "x.example", 443, addrs("1.1.1.1"), "GET", "/", Allow, false, "default", ReasonAllowedByDefault, 10e6},
+		{"path deny", other, "x.example", 443, addrs("1.1.1.1"), "GET", "/admin/users", Deny, false, "block-admin", audit.ReasonDeniedByRule, 0},
+		{"path deny exact", other, "x.example", 443, addrs("1.1.1.1"), "GET", "/admin", Deny, false, "block-admin", audit.ReasonDeniedByRule, 0},
+		{"path prefix is per segment", other, "x.example", 443, addrs("1.1.1.1"), "GET", "/administrator", Allow, false, "default", audit.ReasonAllowedByDefault, 10e6},
+		{"dot segments", other, "x.example", 443, addrs("1.1.1.1"), "GET", "/v1/../admin/x", Deny, false, "block-admin", audit.ReasonDeniedByRule, 0},
+		{"percent encoded", other, "x.example", 443, addrs("1.1.1.1"), "GET", "/%61dmin", Deny, false, "block-admin", audit.ReasonDeniedByRule, 0},
+		{"double slash", other, "x.example", 443, addrs("1.1.1.1"), "GET", "//admin", Deny, false, "block-admin", audit.ReasonDeniedByRule, 0},
+		{"python allowed glob", py, "api.github.com", 443, addrs("1.1.1.1"), "GET", "/repos/x/issues", Allow, false, "python-github", audit.ReasonAllowedByRule, 1024},
+		{"python allowed globstar", py, "API.GitHub.com.", 443, addrs("1.1.1.1"), "GET", "/v1/a/b/c", Allow, false, "python-github", audit.ReasonAllowedByRule, 1024},
+		{"python wrong method", py, "api.github.com", 443, addrs("1.1.1.1"), "POST", "/repos/x/issues", Deny, false, "deny-github", audit.ReasonDeniedByRule, 0},
+		{"python glob is one segment", py, "api.github.com", 443, addrs("1.1.1.1"), "GET", "/repos/x/y/issues", Deny, false, "deny-github", audit.ReasonDeniedByRule, 0},
+		{"other workload", other, "api.github.com", 443, addrs("1.1.1.1"), "GET", "/repos/x/issues", Deny, false, "deny-github", audit.ReasonDeniedByRule, 0},
+		{"apex not under wildcard", py, "github.com", 443, addrs("1.1.1.1"), "GET", "/v1/x", Deny, false, "deny-github", audit.ReasonDeniedByRule, 0},
+		{"audit rule", other, "example.com", 80, addrs("1.1.1.1"), "GET", "/", Allow, true, "audit-example", audit.ReasonDeniedByRule, 10e6},
+		{"audit rule other port", other, "example.com", 443, addrs("1.1.1.1"), "GET", "/", Allow, false, "default", audit.ReasonAllowedByDefault, 10e6},
+		{"labels match", pod, "api.openai.com", 443, addrs("1.1.1.1"), "POST", "/", Allow, false, "pods", audit.ReasonAllowedByRule, 10e6},
+		{"labels differ", otherPod, "api.openai.com", 443, addrs("1.1.1.1"), "POST", "/", Deny, false, "deny-openai", audit.ReasonDeniedByRule, 0},
+		{"cidr deny any", other, "x.example", 443, addrs("1.1.1.1", "93.184.1.1"), "GET", "/", Deny, false, "deny-net", audit.ReasonDeniedByRule, 0},
+		{"default", other, "x.example", 443, addrs("1.1.1.1"), "GET", "/", Allow, false, "default", audit.ReasonAllowedByDefault, 10e6},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -135,13 +136,13 @@ func TestConnectionRules(t *testing.T) {
 		would  bool
 	}{
 		// block-admin has a path: HTTP decides, so every connection decrypts first.
-		{"per request", other, "api.github.com", 443, public, true, Decrypt, "", ReasonPerRequest, false},
-		{"passthrough", other, "www.bank.example", 443, addrs("1.1.1.1"), true, Passthrough, "passthrough", ReasonPassthrough, false},
-		{"passthrough skips per-request rules, deny by host applies", py, "x.bank.example", 443, addrs("93.184.3.3"), true, Reject, "deny-net", ReasonDeniedByRule, false},
-		{"passthrough only for TLS", other, "www.bank.example", 80, addrs("1.1.1.1"), false, Decrypt, "", ReasonPerRequest, false},
-		{"ssrf loopback", other, "localhost", 443, addrs("127.0.0.1"), true, Reject, RuleSSRF, ReasonLoopback, false},
-		{"ssrf metadata", other, "metadata.google.internal", 80, addrs("169.254.169.254"), false, Reject, RuleSSRF, ReasonMetadata, false},
-		{"ssrf any answer", other, "rebind.example", 443, addrs("1.1.1.1", "10.0.0.1"), true, Reject, RuleSSRF, ReasonPrivate, false},
+		{"per request", other, "api.github.com", 443, public, true, Decrypt, "", audit.ReasonPerRequest, false},
+		{"passthrough", other, "www.bank.example", 443, addrs("1.1.1.1"), true, Passthrough, "passthrough", audit.ReasonPassthrough, false},
+		{"passthrough skips per-request rules, deny by host applies", py, "x.bank.example", 443, addrs("93.184.3.3"), true, Reject, "deny-net", audit.ReasonDeniedByRule, false},
+		{"passthrough only for TLS", other, "www.bank.example", 80, addrs("1.1.1.1"), false, Decrypt, "", audit.ReasonPerRequest, false},
+		{"ssrf loopback", other, "localhost", 443, addrs("127.0.0.1"), true, Reject, RuleSSRF, audit.ReasonLoopback, false},
+		{"ssrf metadata", other, "metadata.google.internal", 80, addrs("169.254.169.254"), false, Reject, RuleSSRF, audit.ReasonMetadata, false},
+		{"ssrf any answer", other, "rebind.example", 443, addrs("1.1.1.1", "10.0.0.1"), true, Reject, RuleSSRF, audit.ReasonPrivate, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -179,10 +180,10 @@ defaults: {action: deny}
 		reason string
 		would  bool
 	}{
-		{"a.evil.example", Reject, "deny-evil", ReasonDeniedByRule, false},
-		{"meh.example", Decrypt, "audit-meh", ReasonDeniedByRule, true},
-		{"good.example", Decrypt, "allow-good", ReasonAllowedByRule, false},
-		{"other.example", Reject, "default", ReasonDeniedByDefault, false},
+		{"a.evil.example", Reject, "deny-evil", audit.ReasonDeniedByRule, false},
+		{"meh.example", Decrypt, "audit-meh", audit.ReasonDeniedByRule, true},
+		{"good.example", Decrypt, "allow-good", audit.ReasonAllowedByRule, false},
+		{"other.example", Reject, "default", audit.ReasonDeniedByDefault, false},
 	}
 	for _, tt := range tests {
 		d := e.Connection(context.Background(), &Conn{Host: tt.host, Port: 443, Addrs: public, TLS: true})
@@ -219,44 +220,44 @@ rules:
 	}{
 		{"public", other, 443, "93.184.215.14", false, ""},
 		{"public v6", other, 443, "2606:2800:220:1::1", false, ""},
-		{"loopback", other, 443, "127.0.0.1", true, ReasonLoopback},
-		{"loopback other /8", other, 443, "127.1.2.3", true, ReasonLoopback},
-		{"loopback v6", other, 443, "::1", true, ReasonLoopback},
-		{"metadata", other, 80, "169.254.169.254", true, ReasonMetadata},
-		{"metadata v6", other, 80, "fd00:ec2::254", true, ReasonMetadata},
-		{"metadata mapped", other, 80, "::ffff:169.254.169.254", true, ReasonMetadata},
-		{"metadata nat64", other, 80, "64:ff9b::a9fe:a9fe", true, ReasonMetadata},
-		{"link-local", other, 80, "169.254.1.1", true, ReasonLinkLocal},
-		{"link-local v6", other, 80, "fe80::1", true, ReasonLinkLocal},
-		{"rfc1918 10", other, 80, "10.1.2.3", true, ReasonPrivate},
-		{"rfc1918 172", other, 80, "172.31.255.255", true, ReasonPrivate},
+		{"loopback", other, 443, "127.0.0.1", true, audit.ReasonLoopback},
+		{"loopback other /8", other, 443, "127.1.2.3", true, audit.ReasonLoopback},
+		{"loopback v6", other, 443, "::1", true, audit.ReasonLoopback},
+		{"metadata", other, 80, "169.254.169.254", true, audit.ReasonMetadata},
+		{"metadata v6", other, 80, "fd00:ec2::254", true, audit.ReasonMetadata},
+		{"metadata mapped", other, 80, "::ffff:169.254.169.254", true, audit.ReasonMetadata},
+		{"metadata nat64", other, 80, "64:ff9b::a9fe:a9fe", true, audit.ReasonMetadata},
+		{"link-local", other, 80, "169.254.1.1", true, audit.ReasonLinkLocal},
+		{"link-local v6", other, 80, "fe80::1", true, audit.ReasonLinkLocal},
+		{"rfc1918 10", other, 80, "10.1.2.3", true, audit.ReasonPrivate},
+		{"rfc1918 172", other, 80, "172.31.255.255", true, audit.ReasonPrivate},
 		{"not rfc1918 172.32", other, 80, "172.32.0.1", false, ""},
-		{"rfc1918 192.168", other, 80, "192.168.1.1", true, ReasonPrivate},
-		{"ula", other, 80, "fd12:3456::1", true, ReasonPrivate},
-		{"cgnat", other, 80, "100.64.0.1", true, ReasonCGNAT},
-		{"cgnat end", other, 80, "100.127.255.255", true, ReasonCGNAT},
+		{"rfc1918 192.168", other, 80, "192.168.1.1", true, audit.ReasonPrivate},
+		{"ula", other, 80, "fd12:3456::1", true, audit.ReasonPrivate},
+		{"cgnat", other, 80, "100.64.0.1", true, audit.ReasonCGNAT},
+		{"cgnat end", other, 80, "100.127.255.255", true, audit.ReasonCGNAT},
 		{"not cgnat", other, 80, "100.128.0.1", false, ""},
-		{"unspecified", other, 80, "0.0.0.0", true, ReasonUnspecified},
-		{"unspecified v6", other, 80, "::", true, ReasonUnspecified},
-		{"multicast", other, 80, "224.0.0.1", true, ReasonMulticast},
-		{"broadcast", other, 80, "255.255.255.255", true, ReasonMulticast},
-		{"multicast v6", other, 80, "ff02::1", true, ReasonMulticast},
-		{"mapped loopback", other, 80, "::ffff:127.0.0.1", true, ReasonLoopback},
-		{"nat64 private", other, 80, "64:ff9b::a00:1", true, ReasonEmbedded},
+		{"unspecified", other, 80, "0.0.0.0", true, audit.ReasonUnspecified},
+		{"unspecified v6", other, 80, "::", true, audit.ReasonUnspecified},
+		{"multicast", other, 80, "224.0.0.1", true, audit.ReasonMulticast},
+		{"broadcast", other, 80, "255.255.255.255", true, audit.ReasonMulticast},
+		{"multicast v6", other, 80, "ff02::1", true, audit.ReasonMulticast},
+		{"mapped loopback", other, 80, "::ffff:127.0.0.1", true, audit.ReasonLoopback},
+		{"nat64 private", other, 80, "64:ff9b::a00:1", true, audit.ReasonEmbedded},
 		{"nat64 public", other, 80, "64:ff9b::5db8:d70e", false, ""},
-		{"6to4 loopback", other, 80, "2002:7f00:1::1", true, ReasonEmbedded},
+		{"6to4 loopback", other, 80, "2002:7f00:1::1", true, audit.ReasonEmbedded},
 		{"6to4 public", other, 80, "2002:5db8:d70e::1", false, ""},
-		{"6to4 metadata", other, 80, "2002:a9fe:a9fe::1", true, ReasonMetadata},
-		{"local-use nat64", other, 80, "64:ff9b:1::5db8:d70e", true, ReasonEmbedded},
-		{"teredo to private client", other, 80, "2001:0:4136:e378:8000:63bf:f5ff:fffe", true, ReasonEmbedded}, // client 10.0.0.1
-		{"teredo to public client", other, 80, "2001:0:4136:e378:8000:63bf:a247:28f1", false, ""},             // client 93.184.215.14
-		{"documentation v6", other, 80, "2001:db8::1", true, ReasonReserved},
+		{"6to4 metadata", other, 80, "2002:a9fe:a9fe::1", true, audit.ReasonMetadata},
+		{"local-use nat64", other, 80, "64:ff9b:1::5db8:d70e", true, audit.ReasonEmbedded},
+		{"teredo to private client", other, 80, "2001:0:4136:e378:8000:63bf:f5ff:fffe", true, audit.ReasonEmbedded}, // client 10.0.0.1
+		{"teredo to public client", other, 80, "2001:0:4136:e378:8000:63bf:a247:28f1", false, ""},                   // client 93.184.215.14
+		{"documentation v6", other, 80, "2001:db8::1", true, audit.ReasonReserved},
 		{"allowCIDRs", other, 80, "10.20.3.4", false, ""},
 		{"allowCIDRs mapped", other, 80, "::ffff:10.20.3.4", false, ""},
 		{"rule allows loopback for its workload and port", tester, 8443, "127.0.0.1", false, ""},
-		{"rule port differs", tester, 8444, "127.0.0.1", true, ReasonLoopback},
-		{"rule workload differs", other, 8443, "127.0.0.1", true, ReasonLoopback},
-		{"rule does not open other ranges", tester, 8443, "10.0.0.1", true, ReasonPrivate},
+		{"rule port differs", tester, 8444, "127.0.0.1", true, audit.ReasonLoopback},
+		{"rule workload differs", other, 8443, "127.0.0.1", true, audit.ReasonLoopback},
+		{"rule does not open other ranges", tester, 8443, "10.0.0.1", true, audit.ReasonPrivate},
 		{"metadata allowed explicitly", workload.Identity{Comm: "cloud-init"}, 80, "169.254.169.254", false, ""},
 	}
 	for _, tt := range tests {
@@ -287,14 +288,14 @@ func TestAuditModes(t *testing.T) {
 		rule    string
 		reason  string
 	}{
-		{"global audit rule", "version: 1\nmode: audit\nrules: [{name: d, action: deny, destinations: {hosts: [x.example]}}]\n", "1.1.1.1", "x.example", Allow, true, "d", ReasonDeniedByRule},
-		{"rule enforce over global audit", "version: 1\nmode: audit\nrules: [{name: d, action: deny, mode: enforce, destinations: {hosts: [x.example]}}]\n", "1.1.1.1", "x.example", Deny, false, "d", ReasonDeniedByRule},
-		{"rule audit over global enforce", "version: 1\nrules: [{name: d, action: deny, mode: audit, destinations: {hosts: [x.example]}}]\n", "1.1.1.1", "x.example", Allow, true, "d", ReasonDeniedByRule},
-		{"defaults mode", "version: 1\ndefaults: {action: deny, mode: audit}\n", "1.1.1.1", "x.example", Allow, true, "default", ReasonDeniedByDefault},
-		{"ssrf audit", "version: 1\nmode: audit\n", "10.0.0.1", "x.example", Allow, true, RuleSSRF, ReasonPrivate},
-		{"ssrf mode overrides", "version: 1\nmode: audit\nssrf: {mode: enforce}\n", "10.0.0.1", "x.example", Deny, false, RuleSSRF, ReasonPrivate},
-		{"metadata enforced in audit", "version: 1\nmode: audit\n", "169.254.169.254", "x.example", Deny, false, RuleSSRF, ReasonMetadata},
-		{"rule deny wins over ssrf audit", "version: 1\nssrf: {mode: audit}\nrules: [{name: d, action: deny, destinations: {hosts: [x.example]}}]\n", "10.0.0.1", "x.example", Deny, false, "d", ReasonDeniedByRule},
+		{"global audit rule", "version: 1\nmode: audit\nrules: [{name: d, action: deny, destinations: {hosts: [x.example]}}]\n", "1.1.1.1", "x.example", Allow, true, "d", audit.ReasonDeniedByRule},
+		{"rule enforce over global audit", "version: 1\nmode: audit\nrules: [{name: d, action: deny, mode: enforce, destinations: {hosts: [x.example]}}]\n", "1.1.1.1", "x.example", Deny, false, "d", audit.ReasonDeniedByRule},
+		{"rule audit over global enforce", "version: 1\nrules: [{name: d, action: deny, mode: audit, destinations: {hosts: [x.example]}}]\n", "1.1.1.1", "x.example", Allow, true, "d", audit.ReasonDeniedByRule},
+		{"defaults mode", "version: 1\ndefaults: {action: deny, mode: audit}\n", "1.1.1.1", "x.example", Allow, true, "default", audit.ReasonDeniedByDefault},
+		{"ssrf audit", "version: 1\nmode: audit\n", "10.0.0.1", "x.example", Allow, true, RuleSSRF, audit.ReasonPrivate},
+		{"ssrf mode overrides", "version: 1\nmode: audit\nssrf: {mode: enforce}\n", "10.0.0.1", "x.example", Deny, false, RuleSSRF, audit.ReasonPrivate},
+		{"metadata enforced in audit", "version: 1\nmode: audit\n", "169.254.169.254", "x.example", Deny, false, RuleSSRF, audit.ReasonMetadata},
+		{"rule deny wins over ssrf audit", "version: 1\nssrf: {mode: audit}\nrules: [{name: d, action: deny, destinations: {hosts: [x.example]}}]\n", "10.0.0.1", "x.example", Deny, false, "d", audit.ReasonDeniedByRule},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -319,11 +320,11 @@ func TestDefaultPolicy(t *testing.T) {
 		would  bool
 		reason string
 	}{
-		{"93.184.215.14", false, false, ReasonAllowedByDefault},
-		{"127.0.0.1", false, true, ReasonLoopback},
-		{"10.0.0.1", false, true, ReasonPrivate},
-		{"169.254.169.254", true, false, ReasonMetadata},
-		{"fd00:ec2::254", true, false, ReasonMetadata},
+		{"93.184.215.14", false, false, audit.ReasonAllowedByDefault},
+		{"127.0.0.1", false, true, audit.ReasonLoopback},
+		{"10.0.0.1", false, true, audit.ReasonPrivate},
+		{"169.254.169.254", true, false, audit.ReasonMetadata},
+		{"fd00:ec2::254", true, false, audit.ReasonMetadata},
 	} {
 		c := &Conn{Host: "h", Port: 80, Addrs: addrs(tt.addr)}
 		cd := e.Connection(context.Background(), c)
@@ -435,12 +436,12 @@ rules:
 		t.Fatal(err)
 	}
 	c := &Conn{Host: "api.example.com", Port: 443, TLS: true, Addrs: []netip.Addr{netip.MustParseAddr("93.184.216.34")}}
-	if d := e.Connection(context.Background(), c); d.Action != Decrypt || d.Reason != ReasonPerRequest {
-		t.Fatalf("before HTTP: %v %q, want decrypt and %q", d.Action, d.Reason, ReasonPerRequest)
+	if d := e.Connection(context.Background(), c); d.Action != Decrypt || d.Reason != audit.ReasonPerRequest {
+		t.Fatalf("before HTTP: %v %q, want decrypt and %q", d.Action, d.Reason, audit.ReasonPerRequest)
 	}
 	c.Opaque = true
 	d := e.Connection(context.Background(), c)
-	if d.Action != Reject || d.Rule != RuleDefault || d.Reason != ReasonDeniedByDefault {
+	if d.Action != Reject || d.Rule != RuleDefault || d.Reason != audit.ReasonDeniedByDefault {
 		t.Fatalf("opaque: %v rule %q reason %q, want reject by the default rule", d.Action, d.Rule, d.Reason)
 	}
 }
@@ -462,7 +463,7 @@ rules:
 	}
 	c := &Conn{Host: "api.example.com", Port: 443, TLS: true, Opaque: true, Addrs: []netip.Addr{netip.MustParseAddr("93.184.216.34")}}
 	d := e.Connection(context.Background(), c)
-	if d.Action != Reject || d.Rule != "no-admin" || d.Reason != ReasonDeniedByRule {
+	if d.Action != Reject || d.Rule != "no-admin" || d.Reason != audit.ReasonDeniedByRule {
 		t.Fatalf("opaque flow to a host with a path deny: %v rule %q reason %q, want reject by no-admin", d.Action, d.Rule, d.Reason)
 	}
 }

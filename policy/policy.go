@@ -18,7 +18,22 @@ import (
 	"net/netip"
 	"sync/atomic"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/workload"
+)
+
+// Reasons still named through policy by mitm's tests. audit/reasons.go
+// owns every reason a record carries; these are the same constants.
+//
+// Deprecated: use audit.ReasonDeniedByRule and the other audit.Reason
+// constants; these go once mitm's tests use them.
+const (
+	ReasonDeniedByRule  = audit.ReasonDeniedByRule
+	ReasonAllowedByRule = audit.ReasonAllowedByRule
+	ReasonMetadata      = audit.ReasonMetadata
+	ReasonLoopback      = audit.ReasonLoopback
+	ReasonPrivate       = audit.ReasonPrivate
+	ReasonRateLimited   = audit.ReasonRateLimited
 )
 
 // Verdict is the outcome of a decision.
@@ -60,8 +75,9 @@ func (a Action) String() string {
 }
 
 // Decision is the result of a policy stage or of the whole pipeline. Reason
-// is a fixed string per cause (tests and logs assert on it); Rule names the
-// rule that matched ("default" when none did).
+// is a fixed string per cause, one of audit's Reason constants (tests and
+// logs assert on it); Rule names the rule that matched ("default" when none
+// did).
 type Decision struct {
 	Verdict Verdict
 	// WouldDeny is set in audit mode when a rule would have denied: Verdict

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/workload"
 )
 
@@ -43,13 +44,6 @@ import (
 // policy: redis keeps the same token buckets in Redis hashes updated by one
 // Lua script per request (atomic across every proxy using the server; the
 // clock is Redis's TIME, so proxies' clocks do not matter).
-
-// Reasons of the rate-limit stage.
-const (
-	ReasonRateLimited     = "rate limit exceeded"
-	ReasonLimiterDown     = "rate limiter unavailable"
-	ReasonLimiterDownPass = "allowed: rate limiter unavailable (faultTolerant)"
-)
 
 // DefaultMaxKeys bounds the local buckets kept in memory (LRU).
 const DefaultMaxKeys = 100_000
@@ -319,7 +313,7 @@ func (l *limiter) takeRedis(ctx context.Context, key string) (outcome, error) {
 // apply runs the limiter for one request and completes d: it adds the
 // headers, and on exhaustion turns d into a 429 deny (or a would-deny in
 // audit mode).
-func (l *limiter) apply(ctx context.Context, s *Limiters, log *slog.Logger, id *workload.Identity, host string, now time.Time, audit bool, d *Decision) {
+func (l *limiter) apply(ctx context.Context, s *Limiters, log *slog.Logger, id *workload.Identity, host string, now time.Time, auditMode bool, d *Decision) {
 	key := l.key(id, host)
 	var o outcome
 	if l.redis != nil {
@@ -331,10 +325,10 @@ func (l *limiter) apply(ctx context.Context, s *Limiters, log *slog.Logger, id *
 				log.Warn("rate limiter unavailable", "rule", l.rule, "faultTolerant", l.faultTolerant, "faults_total", n, "error", err.Error())
 			}
 			if l.faultTolerant {
-				d.Reason = ReasonLimiterDownPass
+				d.Reason = audit.ReasonLimiterDownPass
 				return
 			}
-			l.deny(d, ReasonLimiterDown, http.StatusServiceUnavailable, audit)
+			l.deny(d, audit.ReasonLimiterDown, http.StatusServiceUnavailable, auditMode)
 			return
 		}
 	} else {
@@ -362,16 +356,16 @@ func (l *limiter) apply(ctx context.Context, s *Limiters, log *slog.Logger, id *
 	}
 	if !o.allowed {
 		secs := max(ceil(o.wait.Seconds()), 1)
-		if !audit {
+		if !auditMode {
 			d.Header.Set("Retry-After", strconv.FormatInt(secs, 10))
 		}
-		l.deny(d, ReasonRateLimited, http.StatusTooManyRequests, audit)
+		l.deny(d, audit.ReasonRateLimited, http.StatusTooManyRequests, auditMode)
 	}
 }
 
-func (l *limiter) deny(d *Decision, reason string, status int, audit bool) {
+func (l *limiter) deny(d *Decision, reason string, status int, auditMode bool) {
 	d.Rule, d.Reason, d.Status = l.rule, reason, status
-	if audit {
+	if auditMode {
 		d.WouldDeny = true
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/workload"
 )
 
@@ -59,7 +60,7 @@ func runSteps(t *testing.T, e *Engine, c *clock, steps []step) {
 		if status != s.status {
 			t.Fatalf("step %d: status %d (%s), want %d", i, status, d.Reason, s.status)
 		}
-		if s.status == 429 && (d.Reason != ReasonRateLimited || d.Status != 429) {
+		if s.status == 429 && (d.Reason != audit.ReasonRateLimited || d.Status != 429) {
 			t.Fatalf("step %d: reason %q", i, d.Reason)
 		}
 		if got := d.Header.Get("Retry-After"); got != s.retryAfter {
@@ -172,7 +173,7 @@ rules:
 	// Rule b is in audit mode: over the limit it passes, marked WouldDeny.
 	for i, want := range []bool{false, true} {
 		d := e.Request(context.Background(), req(workload.Identity{Cgroup: "/w/a"}, "b.example"))
-		if d.Denied() || d.WouldDeny != want || (want && (d.Reason != ReasonRateLimited || d.Rule != "b")) || d.Header.Get("Retry-After") != "" {
+		if d.Denied() || d.WouldDeny != want || (want && (d.Reason != audit.ReasonRateLimited || d.Rule != "b")) || d.Header.Get("Retry-After") != "" {
 			t.Fatalf("audit request %d: %+v", i, d)
 		}
 	}

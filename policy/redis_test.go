@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"testing"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy/policytest"
 	"github.com/sluicehq/sluice/workload"
 )
@@ -62,15 +63,15 @@ func TestRedisDown(t *testing.T) {
 		status        int
 		reason        string
 	}{
-		{true, false, 0, ReasonLimiterDownPass},
-		{false, true, 503, ReasonLimiterDown},
+		{true, false, 0, audit.ReasonLimiterDownPass},
+		{false, true, 503, audit.ReasonLimiterDown},
 	} {
 		t.Run(fmt.Sprint("faultTolerant=", tt.faultTolerant), func(t *testing.T) {
 			r := policytest.StartRedis(t)
 			e := parseWith(t, redisPolicy(r.Addr, tt.faultTolerant), Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			t.Cleanup(func() { e.Limiters().Close() })
 			id := workload.Identity{Cgroup: "/w/a"}
-			if d := e.Request(context.Background(), req(id, "api.example")); d.Denied() || d.Reason != ReasonAllowedByRule {
+			if d := e.Request(context.Background(), req(id, "api.example")); d.Denied() || d.Reason != audit.ReasonAllowedByRule {
 				t.Fatalf("with Redis up: %+v", d)
 			}
 			r.Stop()

@@ -1,22 +1,13 @@
 package policy
 
-import "net/netip"
+import (
+	"net/netip"
 
-// Reasons of the address guard (SSRF protection). They are fixed strings:
-// tests, logs and deny answers carry them verbatim.
-const (
-	ReasonMetadata    = "destination is a cloud metadata address"
-	ReasonLoopback    = "destination is a loopback address"
-	ReasonLinkLocal   = "destination is a link-local address"
-	ReasonPrivate     = "destination is a private address"
-	ReasonCGNAT       = "destination is a carrier-grade NAT address"
-	ReasonUnspecified = "destination is an unspecified address"
-	ReasonMulticast   = "destination is a multicast or broadcast address"
-	ReasonReserved    = "destination is a reserved address"
-	ReasonEmbedded    = "destination is an IPv6 address embedding a blocked IPv4 address"
+	"github.com/sluicehq/sluice/audit"
 )
 
-// RuleSSRF is the Decision.Rule of the address guard.
+// RuleSSRF is the Decision.Rule of the address guard. Its reasons are
+// audit's address-guard reasons (audit.ReasonMetadata, …).
 const RuleSSRF = "ssrf"
 
 var (
@@ -31,26 +22,26 @@ var (
 		p      netip.Prefix
 		reason string
 	}{
-		{netip.MustParsePrefix("0.0.0.0/8"), ReasonUnspecified},
-		{netip.MustParsePrefix("127.0.0.0/8"), ReasonLoopback},
-		{netip.MustParsePrefix("169.254.0.0/16"), ReasonLinkLocal},
-		{netip.MustParsePrefix("10.0.0.0/8"), ReasonPrivate},
-		{netip.MustParsePrefix("172.16.0.0/12"), ReasonPrivate},
-		{netip.MustParsePrefix("192.168.0.0/16"), ReasonPrivate},
-		{netip.MustParsePrefix("100.64.0.0/10"), ReasonCGNAT},
-		{netip.MustParsePrefix("192.0.0.0/24"), ReasonReserved},  // IETF protocol assignments
-		{netip.MustParsePrefix("198.18.0.0/15"), ReasonReserved}, // benchmarking
-		{netip.MustParsePrefix("224.0.0.0/4"), ReasonMulticast},
-		{netip.MustParsePrefix("240.0.0.0/4"), ReasonReserved}, // future use
-		{netip.MustParsePrefix("::/128"), ReasonUnspecified},
-		{netip.MustParsePrefix("::1/128"), ReasonLoopback},
-		{netip.MustParsePrefix("fe80::/10"), ReasonLinkLocal},
-		{netip.MustParsePrefix("fc00::/7"), ReasonPrivate},  // unique local
-		{netip.MustParsePrefix("fec0::/10"), ReasonPrivate}, // deprecated site-local
-		{netip.MustParsePrefix("ff00::/8"), ReasonMulticast},
-		{netip.MustParsePrefix("100::/64"), ReasonReserved},      // discard-only
-		{netip.MustParsePrefix("2001:db8::/32"), ReasonReserved}, // documentation
-		{netip.MustParsePrefix("::/96"), ReasonReserved},         // deprecated IPv4-compatible
+		{netip.MustParsePrefix("0.0.0.0/8"), audit.ReasonUnspecified},
+		{netip.MustParsePrefix("127.0.0.0/8"), audit.ReasonLoopback},
+		{netip.MustParsePrefix("169.254.0.0/16"), audit.ReasonLinkLocal},
+		{netip.MustParsePrefix("10.0.0.0/8"), audit.ReasonPrivate},
+		{netip.MustParsePrefix("172.16.0.0/12"), audit.ReasonPrivate},
+		{netip.MustParsePrefix("192.168.0.0/16"), audit.ReasonPrivate},
+		{netip.MustParsePrefix("100.64.0.0/10"), audit.ReasonCGNAT},
+		{netip.MustParsePrefix("192.0.0.0/24"), audit.ReasonReserved},  // IETF protocol assignments
+		{netip.MustParsePrefix("198.18.0.0/15"), audit.ReasonReserved}, // benchmarking
+		{netip.MustParsePrefix("224.0.0.0/4"), audit.ReasonMulticast},
+		{netip.MustParsePrefix("240.0.0.0/4"), audit.ReasonReserved}, // future use
+		{netip.MustParsePrefix("::/128"), audit.ReasonUnspecified},
+		{netip.MustParsePrefix("::1/128"), audit.ReasonLoopback},
+		{netip.MustParsePrefix("fe80::/10"), audit.ReasonLinkLocal},
+		{netip.MustParsePrefix("fc00::/7"), audit.ReasonPrivate},  // unique local
+		{netip.MustParsePrefix("fec0::/10"), audit.ReasonPrivate}, // deprecated site-local
+		{netip.MustParsePrefix("ff00::/8"), audit.ReasonMulticast},
+		{netip.MustParsePrefix("100::/64"), audit.ReasonReserved},      // discard-only
+		{netip.MustParsePrefix("2001:db8::/32"), audit.ReasonReserved}, // documentation
+		{netip.MustParsePrefix("::/96"), audit.ReasonReserved},         // deprecated IPv4-compatible
 	}
 	v4Compat  = netip.MustParsePrefix("::/96")
 	nat64     = netip.MustParsePrefix("64:ff9b::/96")
@@ -69,7 +60,7 @@ var (
 // reserved.
 func Classify(a netip.Addr) string {
 	if !a.IsValid() {
-		return ReasonUnspecified
+		return audit.ReasonUnspecified
 	}
 	a = a.WithZone("")
 	if a.Is4In6() {
@@ -77,7 +68,7 @@ func Classify(a netip.Addr) string {
 	}
 	for _, m := range metadataAddrs {
 		if a == m {
-			return ReasonMetadata
+			return audit.ReasonMetadata
 		}
 	}
 	if a.Is6() {
@@ -87,7 +78,7 @@ func Classify(a netip.Addr) string {
 		case nat64Loc.Contains(a):
 			// Local-use NAT64 (RFC 8215): the operator picks the prefix
 			// length, so where the IPv4 address sits is unknown.
-			return ReasonEmbedded
+			return audit.ReasonEmbedded
 		case nat64.Contains(a):
 			v4 = netip.AddrFrom4([4]byte(b[12:16]))
 		case sixToFour.Contains(a):
@@ -103,18 +94,18 @@ func Classify(a netip.Addr) string {
 			switch r := Classify(v4); r {
 			case "":
 				if v4Compat.Contains(a) {
-					return ReasonReserved
+					return audit.ReasonReserved
 				}
 				return ""
-			case ReasonMetadata:
-				return ReasonMetadata
+			case audit.ReasonMetadata:
+				return audit.ReasonMetadata
 			default:
-				return ReasonEmbedded
+				return audit.ReasonEmbedded
 			}
 		}
 	}
 	if a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-		return ReasonMulticast
+		return audit.ReasonMulticast
 	}
 	for _, c := range classes {
 		if c.p.Contains(a) {

@@ -1,0 +1,101 @@
+package audit
+
+import "log/slog"
+
+// Keys of a record: the JSON keys of the audit log and the keys of the
+// proxy's decision line, in one style (snake_case). People grep for them
+// and tools decode them (logsum): keep them stable.
+const (
+	KeyTime  = slog.TimeKey    // "time", written by the slog handler
+	KeyLevel = slog.LevelKey   // "level", written by the slog handler
+	KeyMsg   = slog.MessageKey // "msg": MsgAudit or MsgDecision
+
+	KeyKind         = "kind"
+	KeyClient       = "client" // the workload's ip:port
+	KeyPID          = "pid"
+	KeyUID          = "uid"
+	KeyComm         = "comm"
+	KeyExe          = "exe"
+	KeyCgroup       = "cgroup"
+	KeyContainerID  = "container_id"
+	KeyPodUID       = "pod_uid"
+	KeyNamespace    = "namespace"
+	KeyPod          = "pod"
+	KeyWorkload     = "workload" // workload.Identity.Name()
+	KeyHost         = "host"
+	KeyIP           = "ip"
+	KeyPort         = "port"
+	KeySNI          = "sni"
+	KeyTLS          = "tls"
+	KeyALPN         = "alpn"
+	KeyProto        = "proto"
+	KeyMethod       = "method"
+	KeyPath         = "path"
+	KeyStatus       = "status"
+	KeySource       = "source"
+	KeyBytesIn      = "bytes_in"
+	KeyBytesOut     = "bytes_out"
+	KeyDurationMS   = "duration_ms"
+	KeyUpstreamMS   = "upstream_ms"
+	KeyUpstreamAddr = "upstream_addr"
+	KeyDecision     = "decision"
+	KeyRule         = "rule"
+	KeyReason       = "reason"
+	KeyError        = "error"
+	KeyMCPMethod    = "mcp_method"
+	KeyMCPTool      = "mcp_tool"
+	KeyMCPSession   = "mcp_session"
+	KeyHeader       = "header" // a group: one key per header name
+)
+
+// Messages of the lines that carry a record.
+const (
+	MsgAudit    = "audit"    // every line of the JSON audit log (JSONLog)
+	MsgDecision = "decision" // the proxy's canonical line per decision (LogDecision)
+)
+
+// Keys of Sluice's operational logs (everything that is not a record), in
+// the same style. A concept a record also has uses the record's key above,
+// so that one name means one thing across every log: KeyError for an
+// error, KeyHost, KeyWorkload, KeyClient, KeyPath, KeyMethod, KeyPID,
+// KeyUID, KeyComm, KeyCgroup, KeyRule, KeyReason, KeySNI, KeySource.
+//
+// The packages outside audit still spell these keys as literals; they
+// switch to the constants as they are next edited. Three of today's keys
+// are camelCase echoes of config keys (failMode, faultTolerant,
+// proxyPort); their constants are snake_case, so those keys change when
+// their packages switch.
+const (
+	KeyComponent     = "component" // every component's logger: log.With(KeyComponent, Component…)
+	KeyAddr          = "addr"
+	KeyPeer          = "peer"
+	KeyDst           = "dst"
+	KeyCgroupID      = "cgroup_id"
+	KeyAgentCgroup   = "agent_cgroup"
+	KeyVerdict       = "verdict"
+	KeyPin           = "pin"
+	KeyDir           = "dir"
+	KeyFile          = "file"
+	KeyLink          = "link"
+	KeyMount         = "mount"
+	KeyAttach        = "attach"
+	KeyIntercept4    = "intercept4"
+	KeyIntercept6    = "intercept6"
+	KeyProxyPort     = "proxy_port"
+	KeyFailMode      = "fail_mode"
+	KeyFaultTolerant = "fault_tolerant"
+	KeyFaultsTotal   = "faults_total"
+	KeyTrigger       = "trigger"
+	KeyProblems      = "problems"
+	KeyPanic         = "panic"
+	KeyStack         = "stack"
+)
+
+// Values of KeyComponent.
+const (
+	ComponentAdmin  = "admin"
+	ComponentAgent  = "agent"
+	ComponentMITM   = "mitm"
+	ComponentPolicy = "policy"
+	ComponentRedis  = "redis"
+)

@@ -1,0 +1,109 @@
+package audit
+
+import "slices"
+
+// Reasons a record carries (its "reason" key). Every reason a record can
+// hold is a constant here, in one style: a short lowercase English phrase
+// (names such as TLS, SNI or Content-Length keep their spelling). They are
+// fixed strings: tests assert them, deny answers and logs carry them
+// verbatim, dashboards and alerts match on them. Change a value only with
+// a note in the changelog.
+//
+// The agent's connect events carry their own vocabulary (agent.Reason*,
+// snake_case names of the kernel's verdicts); those are event reasons, not
+// record reasons, and are not listed here.
+
+// Reasons of the policy's access stage.
+const (
+	ReasonDeniedByRule     = "denied by rule"
+	ReasonAllowedByRule    = "allowed by rule"
+	ReasonDeniedByDefault  = "denied by default"
+	ReasonAllowedByDefault = "allowed by default"
+	ReasonPassthrough      = "host is on the pass-through list"
+	ReasonPerRequest       = "decided per request"
+	ReasonAllowedCIDR      = "address allowed by ssrf.allowCIDRs"
+)
+
+// Reasons of the policy's address guard (SSRF protection): the class of
+// the destination address.
+const (
+	ReasonMetadata    = "destination is a cloud metadata address"
+	ReasonLoopback    = "destination is a loopback address"
+	ReasonLinkLocal   = "destination is a link-local address"
+	ReasonPrivate     = "destination is a private address"
+	ReasonCGNAT       = "destination is a carrier-grade NAT address"
+	ReasonUnspecified = "destination is an unspecified address"
+	ReasonMulticast   = "destination is a multicast or broadcast address"
+	ReasonReserved    = "destination is a reserved address"
+	ReasonEmbedded    = "destination is an IPv6 address embedding a blocked IPv4 address"
+)
+
+// Reasons of the policy's rate-limit stage.
+const (
+	ReasonRateLimited     = "rate limit exceeded"
+	ReasonLimiterDown     = "rate limiter unavailable"
+	ReasonLimiterDownPass = "allowed: rate limiter unavailable (faultTolerant)"
+)
+
+// Reasons of the size limits (request and response bodies).
+const (
+	ReasonRequestTooLarge  = "request body exceeds limit"
+	ReasonResponseTooLarge = "response body exceeds limit"
+)
+
+// Reasons of answers and flows the proxy ends itself: the upstream failed.
+// The detail goes to the record's Error and the answer's body.
+const (
+	ReasonUpstreamUnreachable = "upstream unreachable"
+	ReasonUpstreamVerify      = "upstream certificate verification failed"
+	ReasonUpstreamTLS         = "upstream TLS handshake failed"
+	ReasonUpstreamTimeout     = "upstream response header timeout"
+	ReasonUpstreamError       = "upstream error"
+)
+
+// Reasons of the proxy about the client: what it sent or how it left.
+const (
+	ReasonHeaderTooLarge  = "request header fields too large"
+	ReasonMalformed       = "malformed request"
+	ReasonSmuggling       = "both Content-Length and Transfer-Encoding"
+	ReasonNotProxy        = "not a proxy request"
+	ReasonBadHello        = "malformed client hello"
+	ReasonClientHandshake = "client TLS handshake failed"
+	ReasonClientSilent    = "client sent nothing"
+	ReasonClientGone      = "client gone"   // the client left before the answer was complete
+	ReasonNormalClose     = "client closed" // the client ended a stream normally
+)
+
+// Reasons of the proxy about the connection.
+const (
+	ReasonTooManyConns = "too many connections"
+	ReasonMisdirected  = "request host differs from the connection's host"
+	ReasonSNIMismatch  = "SNI differs from the CONNECT host"
+	// ReasonPassthroughUnbound: a pass-through SNI that does not resolve to
+	// the destination address is decrypted instead.
+	ReasonPassthroughUnbound = "pass-through SNI does not resolve to the destination; decrypted"
+)
+
+// clientCaused are the reasons that say the client misbehaved or left.
+var clientCaused = [...]string{
+	ReasonClientGone, ReasonNormalClose, ReasonMalformed, ReasonHeaderTooLarge,
+	ReasonSmuggling, ReasonNotProxy, ReasonBadHello, ReasonClientHandshake,
+	ReasonClientSilent,
+}
+
+// ClientCaused reports whether reason says the client misbehaved or left
+// rather than that Sluice or the upstream failed. A record with decision
+// "error" and such a reason is the client's doing: its decision line is a
+// warning, not an error (see DecisionLevel).
+func ClientCaused(reason string) bool {
+	for _, r := range clientCaused {
+		if r == reason {
+			return true
+		}
+	}
+	return false
+}
+
+// ClientCausedReasons lists the reasons ClientCaused reports. The caller
+// owns the slice.
+func ClientCausedReasons() []string { return slices.Clone(clientCaused[:]) }

@@ -1,0 +1,243 @@
+package audit
+
+import (
+	"context"
+	"log/slog"
+	"sort"
+)
+
+// This file is the one place a Record becomes key/value pairs: the JSON
+// audit log (JSONLog) and the proxy's decision line (LogDecision) are both
+// rendered by attr, with the keys of keys.go. They differ only in which
+// fields they carry and in what order: the decision line is a summary for
+// a person reading the process log, the audit line is the whole record.
+
+// field is one key (or group) of a rendered record.
+type field uint8
+
+const (
+	fKind field = iota
+	fClient
+	fPID
+	fUID
+	fComm
+	fExe
+	fCgroup
+	fContainerID
+	fPodUID
+	fNamespace
+	fPod
+	fWorkload
+	fHost
+	fIP
+	fPort
+	fSNI
+	fTLS
+	fALPN
+	fProto
+	fMethod
+	fPath
+	fStatus
+	fSource
+	fBytesIn
+	fBytesOut
+	fDurationMS
+	fUpstreamMS
+	fUpstreamAddr
+	fDecision
+	fRule
+	fReason
+	fError
+	fMCPMethod
+	fMCPTool
+	fMCPSession
+	fHeader
+)
+
+// auditFields are the fields of an audit log line, in order.
+var auditFields = [...]field{
+	fKind, fClient, fPID, fUID, fComm, fExe, fCgroup, fContainerID, fPodUID,
+	fNamespace, fPod, fWorkload, fHost, fIP, fPort, fSNI, fTLS, fALPN, fProto,
+	fMethod, fPath, fStatus, fSource, fBytesIn, fBytesOut, fDurationMS,
+	fUpstreamMS, fUpstreamAddr, fDecision, fRule, fReason, fError, fMCPMethod,
+	fMCPTool, fMCPSession, fHeader,
+}
+
+// decisionFields are the fields of a decision line, in order: who, the
+// verdict, where to, what, why, how much. Kind, workload and decision are
+// always present (a line never lacks its verdict); the others only when
+// set, as in the audit line.
+var decisionFields = [...]field{
+	fKind, fWorkload, fDecision, fClient, fHost, fIP, fPort, fSNI, fTLS,
+	fMethod, fPath, fStatus, fRule, fReason, fError, fBytesIn, fBytesOut,
+	fDurationMS,
+}
+
+// MaxDecisionAttrs is the most attributes AppendDecisionAttrs appends: a
+// [MaxDecisionAttrs]slog.Attr array on the stack holds a whole line.
+const MaxDecisionAttrs = len(decisionFields)
+
+// attr renders one field of r. ok is false when the field is empty and
+// left out of an audit line; a is then still the field with its empty
+// value (kind and decision are written anyway on a decision line).
+func (r *Record) attr(f field) (a slog.Attr, ok bool) {
+	w := &r.Workload
+	switch f {
+	case fKind:
+		return str(KeyKind, r.Kind)
+	case fClient:
+		if !w.Client.IsValid() {
+			return slog.Attr{}, false
+		}
+		return slog.String(KeyClient, w.Client.String()), true
+	case fPID:
+		return slog.Int(KeyPID, w.PID), w.PID != 0
+	case fUID:
+		return slog.Uint64(KeyUID, uint64(w.UID)), w.PID != 0 // UID is valid when PID is
+	case fComm:
+		return str(KeyComm, w.Comm)
+	case fExe:
+		return str(KeyExe, w.Exe)
+	case fCgroup:
+		return str(KeyCgroup, w.Cgroup)
+	case fContainerID:
+		return str(KeyContainerID, w.ContainerID)
+	case fPodUID:
+		return str(KeyPodUID, w.PodUID)
+	case fNamespace:
+		return str(KeyNamespace, w.Namespace)
+	case fPod:
+		return str(KeyPod, w.Pod)
+	case fWorkload:
+		return slog.String(KeyWorkload, w.Name()), true
+	case fHost:
+		return str(KeyHost, r.Host)
+	case fIP:
+		if !r.DstIP.IsValid() {
+			return slog.Attr{}, false
+		}
+		return slog.String(KeyIP, r.DstIP.String()), true
+	case fPort:
+		return slog.Int(KeyPort, int(r.Port)), r.Port != 0
+	case fSNI:
+		return str(KeySNI, r.SNI)
+	case fTLS:
+		return str(KeyTLS, r.TLS)
+	case fALPN:
+		return str(KeyALPN, r.ALPN)
+	case fProto:
+		return str(KeyProto, r.Proto)
+	case fMethod:
+		return str(KeyMethod, r.Method)
+	case fPath:
+		return str(KeyPath, r.Path)
+	case fStatus:
+		return slog.Int(KeyStatus, r.Status), r.Status != 0
+	case fSource:
+		return str(KeySource, r.Source)
+	case fBytesIn:
+		return slog.Int64(KeyBytesIn, r.BytesIn), true
+	case fBytesOut:
+		return slog.Int64(KeyBytesOut, r.BytesOut), true
+	case fDurationMS:
+		return slog.Float64(KeyDurationMS, float64(r.Duration.Microseconds())/1000), true
+	case fUpstreamMS:
+		return slog.Float64(KeyUpstreamMS, float64(r.UpstreamDuration.Microseconds())/1000), r.UpstreamDuration != 0
+	case fUpstreamAddr:
+		return str(KeyUpstreamAddr, r.UpstreamAddr)
+	case fDecision:
+		return str(KeyDecision, r.Decision)
+	case fRule:
+		return str(KeyRule, r.Rule)
+	case fReason:
+		return str(KeyReason, r.Reason)
+	case fError:
+		return str(KeyError, r.Error)
+	case fMCPMethod:
+		return str(KeyMCPMethod, r.MCPMethod)
+	case fMCPTool:
+		return str(KeyMCPTool, r.MCPTool)
+	case fMCPSession:
+		return str(KeyMCPSession, r.MCPSession)
+	case fHeader:
+		if len(r.Header) == 0 {
+			return slog.Attr{}, false
+		}
+		keys := make([]string, 0, len(r.Header))
+		for k := range r.Header {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		ha := make([]slog.Attr, len(keys))
+		for i, k := range keys {
+			ha[i] = slog.String(k, r.Header[k])
+		}
+		return slog.Attr{Key: KeyHeader, Value: slog.GroupValue(ha...)}, true
+	}
+	panic("audit: unknown field")
+}
+
+func str(k, v string) (slog.Attr, bool) { return slog.String(k, v), v != "" }
+
+// AppendAttrs appends the attributes of r's audit log line to dst, leaving
+// out empty fields (bytes_in, bytes_out, duration_ms and workload are
+// always present), and returns the extended slice.
+func (r *Record) AppendAttrs(dst []slog.Attr) []slog.Attr {
+	for _, f := range auditFields {
+		if a, ok := r.attr(f); ok {
+			dst = append(dst, a)
+		}
+	}
+	return dst
+}
+
+// Attrs renders the record as the attributes of its audit log line.
+func (r *Record) Attrs() []slog.Attr { return r.AppendAttrs(make([]slog.Attr, 0, 32)) }
+
+// AppendDecisionAttrs appends the attributes of r's decision line to dst
+// and returns the extended slice: kind, workload, decision, then client,
+// host, ip, port, sni, tls, method, path, status, rule, reason, error when
+// set, then bytes_in, bytes_out, duration_ms. Keys and values are those of
+// the audit line. It appends at most MaxDecisionAttrs attributes and
+// allocates only the strings of the client, ip and workload values.
+func (r *Record) AppendDecisionAttrs(dst []slog.Attr) []slog.Attr {
+	for _, f := range decisionFields {
+		a, ok := r.attr(f)
+		if ok || f == fKind || f == fDecision {
+			dst = append(dst, a)
+		}
+	}
+	return dst
+}
+
+// DecisionLevel is the level of r's decision line: Info for an allow and
+// for a would_deny (audit mode is working as intended, not a warning),
+// Warn for a deny, Error for an error unless ClientCaused(r.Reason), then
+// Warn (the client's doing, not an internal failure). Other decisions
+// (the agent's connect decisions) are Info.
+func DecisionLevel(r *Record) slog.Level {
+	switch r.Decision {
+	case DecisionDeny:
+		return slog.LevelWarn
+	case DecisionError:
+		if ClientCaused(r.Reason) {
+			return slog.LevelWarn
+		}
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// LogDecision writes r's canonical decision line to log: message
+// MsgDecision at DecisionLevel(r), with the attributes of
+// AppendDecisionAttrs. It does nothing when log does not log that level,
+// and builds the attributes on the stack otherwise. It does not modify r
+// (callers fill in Duration first) and does not hand it to a Sink.
+func LogDecision(ctx context.Context, log *slog.Logger, r *Record) {
+	level := DecisionLevel(r)
+	if !log.Enabled(ctx, level) {
+		return
+	}
+	var buf [MaxDecisionAttrs]slog.Attr
+	log.LogAttrs(ctx, level, MsgDecision, r.AppendDecisionAttrs(buf[:0])...)
+}
