@@ -7,12 +7,6 @@ import (
 	"github.com/sluicehq/sluice/cgroup2"
 )
 
-// Cgroup2Mount returns the mount point of the cgroup2 hierarchy.
-//
-// Deprecated: use cgroup2.Mount, which owns it; this stays until cmd/sluice
-// calls cgroup2.Mount directly.
-func Cgroup2Mount() (string, error) { return cgroup2.Mount() }
-
 // compileGlobs compiles agent.cgroups, reporting every bad pattern at once.
 func compileGlobs(patterns []string) ([]cgroup2.Glob, error) {
 	var globs []cgroup2.Glob

@@ -42,10 +42,17 @@ const (
 	KeyRule         = "rule"
 	KeyReason       = "reason"
 	KeyError        = "error"
-	KeyMCPMethod    = "mcp_method"
-	KeyMCPTool      = "mcp_tool"
-	KeyMCPSession   = "mcp_session"
-	KeyHeader       = "header" // a group: one key per header name
+	KeyEnd          = "end"
+	// The policy's decision beside decision "error" (see Record).
+	KeyPolicyDecision = "policy_decision"
+	KeyPolicyRule     = "policy_rule"
+	KeyPolicyReason   = "policy_reason"
+	KeyGRPCStatus     = "grpc_status"
+	KeyGRPCMessage    = "grpc_message"
+	KeyMCPMethod      = "mcp_method"
+	KeyMCPTool        = "mcp_tool"
+	KeyMCPSession     = "mcp_session"
+	KeyHeader         = "header" // a group: one key per header name
 )
 
 // Messages of the lines that carry a record.

@@ -56,12 +56,6 @@ const (
 	SourceClient   = "client"   // 499: the client left before the response
 )
 
-// Sources of a record's Status.
-const (
-	SourceUpstream = "upstream" // the upstream answered
-	SourceSluice   = "sluice"   // Sluice answered itself (a deny, an error)
-)
-
 // Record is one audit line. Each field is rendered under its key of
 // keys.go (see render.go); keep them stable, people grep for them.
 type Record struct {

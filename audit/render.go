@@ -48,6 +48,12 @@ const (
 	fRule
 	fReason
 	fError
+	fEnd
+	fPolicyDecision
+	fPolicyRule
+	fPolicyReason
+	fGRPCStatus
+	fGRPCMessage
 	fMCPMethod
 	fMCPTool
 	fMCPSession
@@ -59,8 +65,9 @@ var auditFields = [...]field{
 	fKind, fClient, fPID, fUID, fComm, fExe, fCgroup, fContainerID, fPodUID,
 	fNamespace, fPod, fWorkload, fHost, fIP, fPort, fSNI, fTLS, fALPN, fProto,
 	fMethod, fPath, fStatus, fSource, fBytesIn, fBytesOut, fDurationMS,
-	fUpstreamMS, fUpstreamAddr, fDecision, fRule, fReason, fError, fMCPMethod,
-	fMCPTool, fMCPSession, fHeader,
+	fUpstreamMS, fUpstreamAddr, fDecision, fRule, fReason, fError, fEnd,
+	fPolicyDecision, fPolicyRule, fPolicyReason, fGRPCStatus, fGRPCMessage,
+	fMCPMethod, fMCPTool, fMCPSession, fHeader,
 }
 
 // decisionFields are the fields of a decision line, in order: who, the
@@ -69,8 +76,8 @@ var auditFields = [...]field{
 // set, as in the audit line.
 var decisionFields = [...]field{
 	fKind, fWorkload, fDecision, fClient, fHost, fIP, fPort, fSNI, fTLS,
-	fMethod, fPath, fStatus, fRule, fReason, fError, fBytesIn, fBytesOut,
-	fDurationMS,
+	fMethod, fPath, fStatus, fGRPCStatus, fRule, fReason, fError, fEnd,
+	fBytesIn, fBytesOut, fDurationMS,
 }
 
 // MaxDecisionAttrs is the most attributes AppendDecisionAttrs appends: a
@@ -153,6 +160,18 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return str(KeyReason, r.Reason)
 	case fError:
 		return str(KeyError, r.Error)
+	case fEnd:
+		return str(KeyEnd, r.End)
+	case fPolicyDecision:
+		return str(KeyPolicyDecision, r.PolicyDecision)
+	case fPolicyRule:
+		return str(KeyPolicyRule, r.PolicyRule)
+	case fPolicyReason:
+		return str(KeyPolicyReason, r.PolicyReason)
+	case fGRPCStatus:
+		return str(KeyGRPCStatus, r.GRPCStatus)
+	case fGRPCMessage:
+		return str(KeyGRPCMessage, r.GRPCMessage)
 	case fMCPMethod:
 		return str(KeyMCPMethod, r.MCPMethod)
 	case fMCPTool:

@@ -1,15 +1,15 @@
 package launch
 
 import (
-	"bufio"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
+
+	"github.com/sluicehq/sluice/cgroup2"
 )
 
 // cgroup is the transient cgroup of one run.
@@ -24,7 +24,7 @@ func newCgroup(mount string) (*cgroup, error) {
 	if mount == "" {
 		return nil, errors.New("create run cgroup: no cgroup2 mount given")
 	}
-	own, err := ownCgroup("/proc/self/cgroup")
+	own, err := cgroup2.Self()
 	if err != nil {
 		return nil, err
 	}
@@ -48,20 +48,4 @@ func (c *cgroup) remove() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// ownCgroup reads the cgroup v2 path ("0::/…") of the calling process.
-func ownCgroup(procFile string) (string, error) {
-	f, err := os.Open(procFile)
-	if err != nil {
-		return "", fmt.Errorf("read own cgroup: %w", err)
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if p, ok := strings.CutPrefix(s.Text(), "0::"); ok {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("read own cgroup: no cgroup v2 entry in %s", procFile)
 }

@@ -30,7 +30,7 @@ type Options struct {
 	// the bundle (WriteBundle) into a temporary directory of its own,
 	// removed when Run returns, and points the trust variables at it.
 	CAPEM []byte
-	// Cgroup2Mount is where cgroup v2 is mounted (see agent.Cgroup2Mount).
+	// Cgroup2Mount is where cgroup v2 is mounted (see cgroup2.Mount).
 	Cgroup2Mount string
 	// Intercept is called with the transient cgroup (path relative to the
 	// mount, and the absolute directory) before the child starts; the

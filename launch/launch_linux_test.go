@@ -60,16 +60,6 @@ func TestChildEnvWithoutBundleKeepsTrust(t *testing.T) {
 	}
 }
 
-func TestOwnCgroup(t *testing.T) {
-	p, err := ownCgroup("testdata/cgroup-systemd")
-	if err != nil || p != "/user.slice/session-3.scope" {
-		t.Fatalf("ownCgroup = %q, %v", p, err)
-	}
-	if _, err := ownCgroup("testdata/cgroup-v1only"); err == nil || !strings.Contains(err.Error(), "no cgroup v2 entry") {
-		t.Fatalf("want a no-v2 error, got %v", err)
-	}
-}
-
 func TestWriteBundleEndsWithSluiceCA(t *testing.T) {
 	dir := t.TempDir()
 	ca := []byte("-----BEGIN CERTIFICATE-----\nTUlJ\n-----END CERTIFICATE-----\n")

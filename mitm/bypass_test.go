@@ -68,7 +68,7 @@ func TestHostMustMatchSNI(t *testing.T) {
 		t.Fatalf("Host other.test on an api.test connection: %d %s, want 421", resp.StatusCode, body)
 	}
 	rec := h.recs.wait(t, "421", func(r audit.Record) bool { return r.Path == "/secret" })
-	if rec.Decision != audit.DecisionDeny || rec.Reason != reasonMisdirected {
+	if rec.Decision != audit.DecisionDeny || rec.Reason != audit.ReasonMisdirected {
 		t.Errorf("record %s / %q", rec.Decision, rec.Reason)
 	}
 	resp, body = rawRequest(t, tc, "GET /public/x HTTP/1.1\r\nHost: API.test.\r\n\r\n")
@@ -103,7 +103,7 @@ func TestTunnelSNIMustMatchConnectHost(t *testing.T) {
 	if err := tc.Handshake(); err == nil {
 		t.Fatal("TLS with SNI pass.test inside a tunnel to api.test was served")
 	}
-	rec := h.recs.wait(t, "sni mismatch", func(r audit.Record) bool { return r.Reason == reasonSNIMismatch })
+	rec := h.recs.wait(t, "sni mismatch", func(r audit.Record) bool { return r.Reason == audit.ReasonSNIMismatch })
 	if rec.Decision != audit.DecisionDeny || rec.Host != "api.test" {
 		t.Errorf("record %+v", rec)
 	}

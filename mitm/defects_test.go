@@ -32,7 +32,7 @@ import (
 // the policy's decision beside it.
 func TestFailureInsideSluiceNamesNoRule(t *testing.T) {
 	dec := &fakeDecider{req: func(*policy.Request) policy.Decision {
-		return policy.Decision{WouldDeny: true, Rule: policy.RuleSSRF, Reason: policy.ReasonLoopback}
+		return policy.Decision{WouldDeny: true, Rule: policy.RuleSSRF, Reason: audit.ReasonLoopback}
 	}}
 	h := newHarness(t, nil, dec)
 	// A port nobody listens on: the upstream is unreachable.
@@ -53,10 +53,10 @@ func TestFailureInsideSluiceNamesNoRule(t *testing.T) {
 		t.Errorf("client got %d %s; want 502 naming the failure and no rule", resp.StatusCode, body)
 	}
 	rec := h.recs.wait(t, "502", func(r audit.Record) bool { return r.Path == "/gone" })
-	if rec.Decision != audit.DecisionError || rec.Rule != "" || rec.Reason != reasonUnreachable {
-		t.Errorf("record decision %q rule %q reason %q; want error, no rule, %q", rec.Decision, rec.Rule, rec.Reason, reasonUnreachable)
+	if rec.Decision != audit.DecisionError || rec.Rule != "" || rec.Reason != audit.ReasonUpstreamUnreachable {
+		t.Errorf("record decision %q rule %q reason %q; want error, no rule, %q", rec.Decision, rec.Rule, rec.Reason, audit.ReasonUpstreamUnreachable)
 	}
-	if rec.PolicyDecision != audit.DecisionWouldDeny || rec.PolicyRule != policy.RuleSSRF || rec.PolicyReason != policy.ReasonLoopback {
+	if rec.PolicyDecision != audit.DecisionWouldDeny || rec.PolicyRule != policy.RuleSSRF || rec.PolicyReason != audit.ReasonLoopback {
 		t.Errorf("record policy decision %q rule %q reason %q; want the policy's would_deny by ssrf", rec.PolicyDecision, rec.PolicyRule, rec.PolicyReason)
 	}
 }

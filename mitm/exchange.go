@@ -126,7 +126,7 @@ func (x *Exchange) answer(a *Answer) {
 	}
 	x.w.WriteHeader(a.Status)
 	n, _ := x.w.Write(body)
-	rec.Status, rec.Source, rec.BytesOut = a.Status, sourceSluice, int64(n)
+	rec.Status, rec.Source, rec.BytesOut = a.Status, audit.SourceSluice, int64(n)
 	x.finish()
 }
 

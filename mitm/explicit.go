@@ -78,7 +78,7 @@ func (l *explicitListener) Accept() (net.Conn, error) {
 		if !l.p.acquire() {
 			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 			_, _ = io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"+
-				string(errorBody(http.StatusServiceUnavailable, "", reasonTooMany)))
+				string(errorBody(http.StatusServiceUnavailable, "", audit.ReasonTooManyConns)))
 			l.p.refuse(c, Destination{}, id)
 			continue
 		}
@@ -126,7 +126,7 @@ func (connectStage) Request(x *Exchange) *Answer {
 	host, portStr, err := net.SplitHostPort(r.Host)
 	port, perr := strconv.ParseUint(portStr, 10, 16)
 	if err != nil || perr != nil || host == "" || port == 0 {
-		return fail(http.StatusBadRequest, reasonMalformed, fmt.Sprintf("CONNECT target %q: want host:port", r.Host))
+		return fail(http.StatusBadRequest, audit.ReasonMalformed, fmt.Sprintf("CONNECT target %q: want host:port", r.Host))
 	}
 	f.p.serveConnect(x.w, f, Destination{Host: host, Port: uint16(port)})
 	return answered

@@ -106,7 +106,7 @@ func (f *flow) newTarget(host string, port uint16, tlsFlow bool) *target {
 	t := &target{host: host, port: port, useTLS: tlsFlow}
 	addrs, err := f.addrs(host)
 	if err != nil {
-		t.err, t.fail = err, reasonUnreachable
+		t.err, t.fail = err, audit.ReasonUpstreamUnreachable
 	}
 	t.conn = &policy.Conn{Workload: f.id, Host: host, Addrs: addrs, Port: t.port, TLS: tlsFlow}
 	t.cd = f.p.decider().Connection(f.ctx, t.conn)
@@ -231,7 +231,7 @@ func (t *target) ensure(f *flow) error {
 	}
 	c, addr, err := f.p.dialAny(f.ctx, t.conn.Addrs, t.port)
 	if err != nil {
-		t.fail = reasonUnreachable
+		t.fail = audit.ReasonUpstreamUnreachable
 		return fmt.Errorf("upstream %s unreachable: %w", hostOr(t.host, t.conn.Addrs), err)
 	}
 	t.addr = addr

@@ -119,7 +119,7 @@ func (x *Exchange) forward() {
 		return
 	}
 	defer resp.Body.Close()
-	rec.Status, rec.Source = resp.StatusCode, sourceUpstream
+	rec.Status, rec.Source = resp.StatusCode, audit.SourceUpstream
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		x.upgrade(resp)
 		return
@@ -143,23 +143,23 @@ func (x *Exchange) roundTripFailed(ctx context.Context, err error) {
 	host := hostOr(t.host, t.conn.Addrs)
 	switch {
 	case errors.Is(context.Cause(ctx), errResponseHeaderTimeout):
-		x.answer(fail(http.StatusGatewayTimeout, reasonTimeout,
+		x.answer(fail(http.StatusGatewayTimeout, audit.ReasonUpstreamTimeout,
 			fmt.Sprintf("upstream %s sent no response headers within %s", host, x.f.p.cfg.ResponseHeaderTimeout.D())))
 	case x.Req.Context().Err() != nil:
 		// The client gave up waiting (a cancelled call or stream): a
 		// normal end, as nginx's 499 is.
-		rec.Status, rec.Source = statusClientClosed, sourceClient
+		rec.Status, rec.Source = statusClientClosed, audit.SourceClient
 		rec.End = audit.EndClientClosed
 		x.finish()
 	default:
-		reason, detail := reasonUpstreamError, fmt.Sprintf("upstream %s: %v", host, err)
+		reason, detail := audit.ReasonUpstreamError, fmt.Sprintf("upstream %s: %v", host, err)
 		var de *dialError
 		var ne net.Error
 		switch {
 		case errors.As(err, &de):
 			reason, detail = de.reason, de.Error()
 		case errors.As(err, &ne) && ne.Timeout():
-			reason = reasonUnreachable
+			reason = audit.ReasonUpstreamUnreachable
 		}
 		x.answer(fail(http.StatusBadGateway, reason, detail))
 	}
@@ -242,7 +242,7 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 		x.finish()
 		return
 	case readErr != io.EOF:
-		rec.Decision, rec.Reason = audit.DecisionError, reasonUpstreamError
+		rec.Decision, rec.Reason = audit.DecisionError, audit.ReasonUpstreamError
 		rec.Error = fmt.Sprintf("upstream body: %v", readErr)
 		x.notePolicy()
 		x.finish()
@@ -334,17 +334,17 @@ func (x *Exchange) upgrade(resp *http.Response) {
 	rec := x.Record
 	upConn, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok {
-		x.answer(fail(http.StatusBadGateway, reasonUpstreamError, "upstream switched protocols without a bidirectional body"))
+		x.answer(fail(http.StatusBadGateway, audit.ReasonUpstreamError, "upstream switched protocols without a bidirectional body"))
 		return
 	}
 	defer upConn.Close()
 	if x.Req.ProtoMajor != 1 {
-		x.answer(fail(http.StatusBadGateway, reasonUpstreamError, "protocol switch over HTTP/2 is not supported"))
+		x.answer(fail(http.StatusBadGateway, audit.ReasonUpstreamError, "protocol switch over HTTP/2 is not supported"))
 		return
 	}
 	clientConn, brw, err := http.NewResponseController(x.w).Hijack()
 	if err != nil {
-		x.answer(fail(http.StatusInternalServerError, reasonUpstreamError, "hijack client connection: "+err.Error()))
+		x.answer(fail(http.StatusInternalServerError, audit.ReasonUpstreamError, "hijack client connection: "+err.Error()))
 		return
 	}
 	defer clientConn.Close()

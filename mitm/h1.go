@@ -294,12 +294,12 @@ func (c *h1Conn) parserError(code int, text string) {
 	rec.Method = cur.method
 	rec.Path = pathOf(cur.target)
 	rec.Status = code
-	rec.Source = sourceSluice
+	rec.Source = audit.SourceSluice
 	rec.Decision = "error"
 	if code == 431 {
-		rec.Reason = reasonHeaderTooLarge
+		rec.Reason = audit.ReasonHeaderTooLarge
 	} else {
-		rec.Reason = reasonMalformed
+		rec.Reason = audit.ReasonMalformed
 	}
 	rec.Error = text
 	f.p.emit(rec)

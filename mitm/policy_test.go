@@ -138,11 +138,11 @@ rules:
 		t.Fatalf("upstream saw %d requests, want only the 2 allowed", n)
 	}
 	rec := h.recs.wait(t, "deny", func(r audit.Record) bool { return r.Path == "/admin/users" })
-	if rec.Decision != audit.DecisionDeny || rec.Rule != "block-admin" || rec.Reason != policy.ReasonDeniedByRule || rec.Status != 403 || rec.Source != "sluice" {
+	if rec.Decision != audit.DecisionDeny || rec.Rule != "block-admin" || rec.Reason != audit.ReasonDeniedByRule || rec.Status != 403 || rec.Source != "sluice" {
 		t.Errorf("deny record %+v", rec)
 	}
 	rec = h.recs.wait(t, "allow", func(r audit.Record) bool { return r.Path == "/ok" })
-	if rec.Decision != audit.DecisionAllow || rec.Rule != "upstream" || rec.Reason != policy.ReasonAllowedByRule {
+	if rec.Decision != audit.DecisionAllow || rec.Rule != "upstream" || rec.Reason != audit.ReasonAllowedByRule {
 		t.Errorf("allow record %+v", rec)
 	}
 }
@@ -163,7 +163,7 @@ rules:
 		t.Fatalf("audit mode must pass: %d %q", resp.StatusCode, body)
 	}
 	rec := h.recs.wait(t, "would_deny", func(r audit.Record) bool { return r.Path == "/admin" })
-	if rec.Decision != audit.DecisionWouldDeny || rec.Rule != "block-admin" || rec.Reason != policy.ReasonDeniedByRule || rec.Status != 200 {
+	if rec.Decision != audit.DecisionWouldDeny || rec.Rule != "block-admin" || rec.Reason != audit.ReasonDeniedByRule || rec.Status != 200 {
 		t.Errorf("record %+v", rec)
 	}
 	// In audit mode the SSRF guard records loopback without the exemption too.
@@ -172,7 +172,7 @@ rules:
 		t.Fatalf("audit-mode SSRF must pass: %d", resp.StatusCode)
 	}
 	rec = h.recs.wait(t, "ssrf would_deny", func(r audit.Record) bool { return r.Host == "other.test" && r.Kind == audit.KindHTTP })
-	if rec.Decision != audit.DecisionWouldDeny || rec.Rule != policy.RuleSSRF || rec.Reason != policy.ReasonLoopback {
+	if rec.Decision != audit.DecisionWouldDeny || rec.Rule != policy.RuleSSRF || rec.Reason != audit.ReasonLoopback {
 		t.Errorf("ssrf record %+v", rec)
 	}
 }
@@ -208,7 +208,7 @@ rules:
 		}
 	}
 	rec := h.recs.wait(t, "429", func(r audit.Record) bool { return r.Status == 429 })
-	if rec.Decision != audit.DecisionDeny || rec.Rule != "api" || rec.Reason != policy.ReasonRateLimited {
+	if rec.Decision != audit.DecisionDeny || rec.Rule != "api" || rec.Reason != audit.ReasonRateLimited {
 		t.Errorf("record %+v", rec)
 	}
 }
@@ -371,11 +371,11 @@ rules:
 		port   uint16
 		reason string
 	}{
-		{"internal.test", plain.addr.Port(), policy.ReasonLoopback},
-		{"metadata.test", 80, policy.ReasonMetadata},
+		{"internal.test", plain.addr.Port(), audit.ReasonLoopback},
+		{"metadata.test", 80, audit.ReasonMetadata},
 		// One answer exempted by the rule, the other private: refused.
-		{"mixed.test", plain.addr.Port(), policy.ReasonPrivate},
-		{"127.0.0.1", plain.addr.Port(), policy.ReasonLoopback},
+		{"mixed.test", plain.addr.Port(), audit.ReasonPrivate},
+		{"127.0.0.1", plain.addr.Port(), audit.ReasonLoopback},
 	} {
 		resp, body := h.do(t, false, "GET", fmt.Sprintf("http://%s:%d/", tt.host, tt.port), "")
 		want := fmt.Sprintf(`{"error":"Forbidden","rule":"ssrf","reason":%q}`+"\n", tt.reason)
@@ -390,7 +390,7 @@ rules:
 		}
 	}
 	rec := h.recs.wait(t, "metadata L4 deny", func(r audit.Record) bool { return r.Kind == audit.KindL4 && r.Host == "metadata.test" })
-	if rec.Decision != audit.DecisionDeny || rec.Rule != policy.RuleSSRF || rec.Reason != policy.ReasonMetadata {
+	if rec.Decision != audit.DecisionDeny || rec.Rule != policy.RuleSSRF || rec.Reason != audit.ReasonMetadata {
 		t.Errorf("record %+v", rec)
 	}
 	if n := hits.Load(); n != before {

@@ -238,7 +238,7 @@ func (p *Proxy) release() { <-p.slots }
 func (p *Proxy) refuse(conn net.Conn, dst Destination, id workload.Identity) {
 	conn.Close()
 	rec := (&flow{id: id, dst: dst, start: time.Now()}).l4Record()
-	rec.Decision, rec.Reason = audit.DecisionError, reasonTooMany
+	rec.Decision, rec.Reason = audit.DecisionError, audit.ReasonTooManyConns
 	rec.Error = fmt.Sprintf("more than proxy.maxConnections (%d) connections at once", p.cfg.MaxConnections)
 	p.emit(rec)
 }

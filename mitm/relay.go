@@ -169,7 +169,7 @@ func (f *flow) serveOther(c net.Conn, mode string) {
 	}
 	up, addr, err := p.dialAny(f.ctx, t.conn.Addrs, t.port)
 	if err != nil {
-		rec.Decision, rec.Reason, rec.Error = audit.DecisionError, reasonUnreachable, err.Error()
+		rec.Decision, rec.Reason, rec.Error = audit.DecisionError, audit.ReasonUpstreamUnreachable, err.Error()
 		rec.Duration = time.Since(f.start)
 		p.emit(rec)
 		return
@@ -218,7 +218,7 @@ func (f *flow) relayDecrypted(pc *peekedConn, up net.Conn, t *target) {
 	if up == nil {
 		c, err := t.pool.dial(f.ctx)
 		if err != nil {
-			rec.Decision, rec.Reason, rec.Error = audit.DecisionError, reasonUnreachable, err.Error()
+			rec.Decision, rec.Reason, rec.Error = audit.DecisionError, audit.ReasonUpstreamUnreachable, err.Error()
 			var de *dialError
 			if errors.As(err, &de) {
 				rec.Reason = de.reason

@@ -42,7 +42,7 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 			return
 		}
 		rec := f.l4Record()
-		rec.Reason = reasonClientSilent
+		rec.Reason = audit.ReasonClientSilent
 		if errors.Is(err, io.EOF) {
 			// Opened and closed without a byte: a client's spare
 			// keep-alive connection, not a failure.
@@ -64,7 +64,7 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 		if err != nil {
 			rec := f.l4Record()
 			rec.Decision = audit.DecisionError
-			rec.Reason = reasonBadHello
+			rec.Reason = audit.ReasonBadHello
 			rec.Error = err.Error()
 			p.emit(rec)
 			return

@@ -4,6 +4,7 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -14,10 +15,10 @@ func TestConnStage(t *testing.T) {
 		want *answerWant
 	}{
 		{name: "decrypted connection: per request", cd: policy.ConnDecision{Action: policy.Decrypt}},
-		{name: "rejected by the SSRF guard", cd: policy.ConnDecision{Action: policy.Reject, Decision: policy.Decision{Rule: policy.RuleSSRF, Reason: policy.ReasonLoopback}},
-			want: &answerWant{403, "deny", policy.RuleSSRF, policy.ReasonLoopback}},
-		{name: "rejected by a host rule", cd: policy.ConnDecision{Action: policy.Reject, Decision: policy.Decision{Verdict: policy.Deny, Rule: "no-evil", Reason: policy.ReasonDeniedByRule}},
-			want: &answerWant{403, "deny", "no-evil", policy.ReasonDeniedByRule}},
+		{name: "rejected by the SSRF guard", cd: policy.ConnDecision{Action: policy.Reject, Decision: policy.Decision{Rule: policy.RuleSSRF, Reason: audit.ReasonLoopback}},
+			want: &answerWant{403, "deny", policy.RuleSSRF, audit.ReasonLoopback}},
+		{name: "rejected by a host rule", cd: policy.ConnDecision{Action: policy.Reject, Decision: policy.Decision{Verdict: policy.Deny, Rule: "no-evil", Reason: audit.ReasonDeniedByRule}},
+			want: &answerWant{403, "deny", "no-evil", audit.ReasonDeniedByRule}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := stageFlow(t, nil)

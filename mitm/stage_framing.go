@@ -3,6 +3,8 @@ package mitm
 import (
 	"fmt"
 	"net/http"
+
+	"github.com/sluicehq/sluice/audit"
 )
 
 // framingStage refuses requests whose framing Sluice will not forward:
@@ -19,11 +21,11 @@ func (framingStage) Request(x *Exchange) *Answer {
 	if x.f.h1 != nil {
 		if h, ok := x.f.h1.nextHead(); ok {
 			if h.size > max {
-				return fail(http.StatusRequestHeaderFieldsTooLarge, reasonHeaderTooLarge,
+				return fail(http.StatusRequestHeaderFieldsTooLarge, audit.ReasonHeaderTooLarge,
 					fmt.Sprintf("request header block of %d bytes exceeds %d", h.size, max))
 			}
 			if h.both {
-				a := fail(http.StatusBadRequest, reasonSmuggling, "request has both Content-Length and Transfer-Encoding")
+				a := fail(http.StatusBadRequest, audit.ReasonSmuggling, "request has both Content-Length and Transfer-Encoding")
 				a.Close = true
 				return a
 			}
@@ -33,7 +35,7 @@ func (framingStage) Request(x *Exchange) *Answer {
 		// The HTTP/2 server's own limit (twice ours) answers 431 without
 		// a handler; up to it, this stage answers and records.
 		if n := h2HeaderSize(x.Req); n > max {
-			return fail(http.StatusRequestHeaderFieldsTooLarge, reasonHeaderTooLarge,
+			return fail(http.StatusRequestHeaderFieldsTooLarge, audit.ReasonHeaderTooLarge,
 				fmt.Sprintf("request header list of %d bytes exceeds %d", n, max))
 		}
 	}

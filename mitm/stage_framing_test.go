@@ -4,6 +4,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/sluicehq/sluice/audit"
 )
 
 func TestFramingStage(t *testing.T) {
@@ -15,11 +17,11 @@ func TestFramingStage(t *testing.T) {
 	}{
 		{name: "h1 plain request goes on", h1: "GET / HTTP/1.1\r\nHost: api.test\r\n\r\n"},
 		{name: "h1 smuggling: Content-Length and Transfer-Encoding", h1: "POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-			want: &answerWant{400, "error", "", reasonSmuggling}},
+			want: &answerWant{400, "error", "", audit.ReasonSmuggling}},
 		{name: "h1 header block over the limit", h1: "GET / HTTP/1.1\r\nHost: api.test\r\nX-Big: " + strings.Repeat("a", 70000) + "\r\n\r\n",
-			want: &answerWant{431, "error", "", reasonHeaderTooLarge}},
+			want: &answerWant{431, "error", "", audit.ReasonHeaderTooLarge}},
 		{name: "h2 header list within the limit", hdr: 1000},
-		{name: "h2 header list over the limit", hdr: 70000, want: &answerWant{431, "error", "", reasonHeaderTooLarge}},
+		{name: "h2 header list over the limit", hdr: 70000, want: &answerWant{431, "error", "", audit.ReasonHeaderTooLarge}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := stageFlow(t, nil)
@@ -33,7 +35,7 @@ func TestFramingStage(t *testing.T) {
 			}
 			a := framingStage{}.Request(stageExchange(f, r))
 			checkAnswer(t, a, tc.want)
-			if a != nil && a.Reason == reasonSmuggling && !a.Close {
+			if a != nil && a.Reason == audit.ReasonSmuggling && !a.Close {
 				t.Error("a smuggling attempt must close the connection")
 			}
 		})

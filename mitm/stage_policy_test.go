@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -17,10 +18,10 @@ func TestPolicyStage(t *testing.T) {
 		want         *answerWant
 		wantDecision string
 	}{
-		{name: "allowed by a rule", d: policy.Decision{Rule: "api", Reason: policy.ReasonAllowedByRule}, wantDecision: "allow"},
-		{name: "audit mode: would deny, goes on", d: policy.Decision{WouldDeny: true, Rule: "ssrf", Reason: policy.ReasonLoopback}, wantDecision: "would_deny"},
-		{name: "denied by a rule", d: policy.Decision{Verdict: policy.Deny, Rule: "no-admin", Reason: policy.ReasonDeniedByRule},
-			want: &answerWant{403, "deny", "no-admin", policy.ReasonDeniedByRule}},
+		{name: "allowed by a rule", d: policy.Decision{Rule: "api", Reason: audit.ReasonAllowedByRule}, wantDecision: "allow"},
+		{name: "audit mode: would deny, goes on", d: policy.Decision{WouldDeny: true, Rule: "ssrf", Reason: audit.ReasonLoopback}, wantDecision: "would_deny"},
+		{name: "denied by a rule", d: policy.Decision{Verdict: policy.Deny, Rule: "no-admin", Reason: audit.ReasonDeniedByRule},
+			want: &answerWant{403, "deny", "no-admin", audit.ReasonDeniedByRule}},
 		{name: "rate limited: the policy's status", d: limited, want: &answerWant{429, "deny", "api", "rate limit exceeded"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

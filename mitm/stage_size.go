@@ -33,13 +33,13 @@ func (sizeStage) Request(x *Exchange) *Answer {
 		if strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
 			code = http.StatusExpectationFailed
 		}
-		return &Answer{Status: code, Decision: audit.DecisionDeny, Rule: d.Rule, Reason: reasonReqTooLarge, Close: true,
+		return &Answer{Status: code, Decision: audit.DecisionDeny, Rule: d.Rule, Reason: audit.ReasonRequestTooLarge, Close: true,
 			Detail: fmt.Sprintf("request body of %d bytes exceeds the limit of %d", r.ContentLength, limit)}
 	}
 	x.WrapBody(func(rc io.ReadCloser) io.ReadCloser {
 		over := func() {
 			x.AbortBody(&Answer{Status: http.StatusRequestEntityTooLarge, Decision: audit.DecisionDeny, Rule: d.Rule,
-				Reason: reasonReqTooLarge, Close: true, Detail: fmt.Sprintf("request body exceeds the limit of %d bytes", limit)})
+				Reason: audit.ReasonRequestTooLarge, Close: true, Detail: fmt.Sprintf("request body exceeds the limit of %d bytes", limit)})
 		}
 		return &limitedBody{ReadCloser: rc, left: limit, over: over}
 	})
@@ -53,10 +53,10 @@ func (sizeStage) Response(x *Exchange, resp *http.Response) *Answer {
 		return nil
 	}
 	if resp.ContentLength > limit {
-		return &Answer{Status: http.StatusBadGateway, Decision: audit.DecisionDeny, Rule: d.Rule, Reason: reasonRespTooLarge,
+		return &Answer{Status: http.StatusBadGateway, Decision: audit.DecisionDeny, Rule: d.Rule, Reason: audit.ReasonResponseTooLarge,
 			Detail: fmt.Sprintf("response body of %d bytes exceeds the limit of %d", resp.ContentLength, limit)}
 	}
-	resp.Body = &cutBody{ReadCloser: resp.Body, left: limit, cut: &Cut{Decision: audit.DecisionDeny, Reason: reasonRespTooLarge,
+	resp.Body = &cutBody{ReadCloser: resp.Body, left: limit, cut: &Cut{Decision: audit.DecisionDeny, Reason: audit.ReasonResponseTooLarge,
 		Detail: fmt.Sprintf("response cut at the limit of %d bytes", limit)}}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -23,8 +24,8 @@ func TestSizeStageRequest(t *testing.T) {
 	}{
 		{name: "no limit", body: "hello"},
 		{name: "within the limit", limit: 5, body: "hello"},
-		{name: "Content-Length over the limit: 413 before sending", limit: 4, body: "hello", want: &answerWant{413, "deny", "api", reasonReqTooLarge}},
-		{name: "Expect: 100-continue over the limit: 417", limit: 4, body: "hello", expect: true, want: &answerWant{417, "deny", "api", reasonReqTooLarge}},
+		{name: "Content-Length over the limit: 413 before sending", limit: 4, body: "hello", want: &answerWant{413, "deny", "api", audit.ReasonRequestTooLarge}},
+		{name: "Expect: 100-continue over the limit: 417", limit: 4, body: "hello", expect: true, want: &answerWant{417, "deny", "api", audit.ReasonRequestTooLarge}},
 		{name: "chunked within the limit", limit: 5, body: "hello", chunked: true},
 		{name: "chunked over the limit: refused while streaming", limit: 4, body: "hello", chunked: true, wantAbort: true},
 	} {
@@ -71,7 +72,7 @@ func TestSizeStageResponse(t *testing.T) {
 	}{
 		{name: "no limit", body: "hello", length: -1, wantGot: "hello"},
 		{name: "exactly the limit", limit: 5, body: "hello", length: -1, wantGot: "hello"},
-		{name: "Content-Length over the limit: 502", limit: 4, body: "hello", length: 5, want: &answerWant{502, "deny", "api", reasonRespTooLarge}},
+		{name: "Content-Length over the limit: 502", limit: 4, body: "hello", length: 5, want: &answerWant{502, "deny", "api", audit.ReasonResponseTooLarge}},
 		{name: "stream over the limit: cut at it", limit: 3, body: "hello", length: -1, wantGot: "hel", wantCut: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,7 +89,7 @@ func TestSizeStageResponse(t *testing.T) {
 			if string(got) != tc.wantGot || errors.As(err, &cut) != tc.wantCut {
 				t.Fatalf("read %q, %v; want %q, cut %v", got, err, tc.wantGot, tc.wantCut)
 			}
-			if tc.wantCut && (cut.Decision != "deny" || cut.Reason != reasonRespTooLarge) {
+			if tc.wantCut && (cut.Decision != "deny" || cut.Reason != audit.ReasonResponseTooLarge) {
 				t.Fatalf("cut %+v", cut)
 			}
 		})

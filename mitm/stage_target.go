@@ -26,7 +26,7 @@ func (targetStage) Request(x *Exchange) *Answer {
 	f, r, rec := x.f, x.Req, x.Record
 	x.host, x.port = f.requestHost(r)
 	if f.explicit && f.fixed == nil && (r.URL.Scheme != "http" || r.URL.Host == "") {
-		return fail(http.StatusBadRequest, reasonNotProxy,
+		return fail(http.StatusBadRequest, audit.ReasonNotProxy,
 			"the explicit proxy takes CONNECT or absolute-form http:// requests")
 	}
 	rec.Host = x.host
@@ -39,7 +39,7 @@ func (targetStage) Request(x *Exchange) *Answer {
 	if f.fixed != nil && t.conn.Host != "" && !t.connHostIsIP() && !sameHost(x.host, t.conn.Host) {
 		// Without SNI the policy judges the address, whatever the Host
 		// header says.
-		return &Answer{Status: http.StatusMisdirectedRequest, Decision: audit.DecisionDeny, Reason: reasonMisdirected,
+		return &Answer{Status: http.StatusMisdirectedRequest, Decision: audit.DecisionDeny, Reason: audit.ReasonMisdirected,
 			Detail: fmt.Sprintf("request host %q is not %q, the host this connection was opened for (TLS SNI or CONNECT target)", x.host, t.conn.Host)}
 	}
 	return nil

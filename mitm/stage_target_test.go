@@ -4,6 +4,7 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -19,10 +20,10 @@ func TestTargetStage(t *testing.T) {
 		{name: "same host as the connection", connHost: "api.test", url: "https://api.test/x", wantHost: "api.test"},
 		{name: "host differs only in case and trailing dot", connHost: "api.test", url: "https://API.test./x", wantHost: "api.test."},
 		{name: "another host on the connection: 421", connHost: "api.test", url: "https://other.test/x",
-			want: &answerWant{421, "deny", "", reasonMisdirected}},
+			want: &answerWant{421, "deny", "", audit.ReasonMisdirected}},
 		{name: "no SNI: any Host, judged by the address", url: "https://other.test/x", wantHost: "other.test"},
 		{name: "explicit proxy: origin-form is not a proxy request", explicit: true, url: "/x",
-			want: &answerWant{400, "error", "", reasonNotProxy}},
+			want: &answerWant{400, "error", "", audit.ReasonNotProxy}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := stageFlow(t, nil)

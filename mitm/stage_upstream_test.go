@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -15,10 +16,10 @@ func TestUpstreamStage(t *testing.T) {
 		fail string
 		want *answerWant
 	}{
-		{name: "upstream certificate failed: 502 naming no rule", err: errors.New("x509: unknown authority"), fail: reasonVerify,
-			want: &answerWant{502, "error", "", reasonVerify}},
-		{name: "upstream unreachable: 502", err: errors.New("connection refused"), fail: reasonUnreachable,
-			want: &answerWant{502, "error", "", reasonUnreachable}},
+		{name: "upstream certificate failed: 502 naming no rule", err: errors.New("x509: unknown authority"), fail: audit.ReasonUpstreamVerify,
+			want: &answerWant{502, "error", "", audit.ReasonUpstreamVerify}},
+		{name: "upstream unreachable: 502", err: errors.New("connection refused"), fail: audit.ReasonUpstreamUnreachable,
+			want: &answerWant{502, "error", "", audit.ReasonUpstreamUnreachable}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := stageFlow(t, nil)

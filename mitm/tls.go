@@ -26,7 +26,7 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 		// b while the bytes go to a.
 		rec := f.l4Record()
 		rec.Host = f.dst.Host
-		rec.Decision, rec.Reason = audit.DecisionDeny, reasonSNIMismatch
+		rec.Decision, rec.Reason = audit.DecisionDeny, audit.ReasonSNIMismatch
 		rec.Error = fmt.Sprintf("SNI %q in a tunnel to %q", hello.SNI, f.dst.Host)
 		p.emit(rec)
 		return
@@ -40,7 +40,7 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 		// connection is decrypted like any other, so the upstream's
 		// certificate is checked against the name.
 		t.cd.Action = policy.Decrypt
-		t.cd.Reason = reasonPassthroughUnbound
+		t.cd.Reason = audit.ReasonPassthroughUnbound
 		p.log.Warn("pass-through refused: SNI does not resolve to the destination; decrypting",
 			"sni", hello.SNI, "addr", t.conn.Addrs[0].String(), "workload", f.id.Name())
 	}
@@ -93,7 +93,7 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 	if err := srv.HandshakeContext(hctx); err != nil {
 		rec := f.l4Record()
 		rec.Host = host
-		rec.Decision, rec.Reason, rec.Error = audit.DecisionError, reasonClientHandshake, err.Error()
+		rec.Decision, rec.Reason, rec.Error = audit.DecisionError, audit.ReasonClientHandshake, err.Error()
 		p.emit(rec)
 		t.release()
 		return
@@ -190,7 +190,7 @@ func (f *flow) raceFirstSpeaker(pc *peekedConn, t *target) {
 			up.Close()
 			rec := f.l4Record()
 			rec.Host = t.host
-			rec.Decision, rec.Reason, rec.Error = audit.DecisionError, reasonUpstreamError, "upstream closed before anyone spoke: "+err.Error()
+			rec.Decision, rec.Reason, rec.Error = audit.DecisionError, audit.ReasonUpstreamError, "upstream closed before anyone spoke: "+err.Error()
 			f.p.emit(rec)
 			return
 		}
@@ -204,7 +204,7 @@ func (f *flow) dialUpstreamTLS(t *target, name string, offer []string) {
 	p := f.p
 	raw, addr, err := p.dialAny(f.ctx, t.conn.Addrs, t.port)
 	if err != nil {
-		t.err, t.fail = fmt.Errorf("upstream %s unreachable: %w", name, err), reasonUnreachable
+		t.err, t.fail = fmt.Errorf("upstream %s unreachable: %w", name, err), audit.ReasonUpstreamUnreachable
 		return
 	}
 	t.addr = addr
@@ -215,9 +215,9 @@ func (f *flow) dialUpstreamTLS(t *target, name string, offer []string) {
 		raw.Close()
 		var verr *tls.CertificateVerificationError
 		if errors.As(err, &verr) {
-			t.err, t.fail = fmt.Errorf("upstream certificate verification failed for %s: %w", name, verr.Err), reasonVerify
+			t.err, t.fail = fmt.Errorf("upstream certificate verification failed for %s: %w", name, verr.Err), audit.ReasonUpstreamVerify
 		} else {
-			t.err, t.fail = fmt.Errorf("upstream TLS handshake with %s failed: %w", name, err), reasonUpstreamTLS
+			t.err, t.fail = fmt.Errorf("upstream TLS handshake with %s failed: %w", name, err), audit.ReasonUpstreamTLS
 		}
 		return
 	}

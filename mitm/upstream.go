@@ -13,6 +13,7 @@ import (
 	"sync"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/sluicehq/sluice/audit"
 	"golang.org/x/net/http2"
 )
 
@@ -209,7 +210,7 @@ func (up *upstreamPool) dial(ctx context.Context) (net.Conn, error) {
 	p := up.p
 	c, err := p.dialer.DialContext(ctx, "tcp", up.key.addr.String())
 	if err != nil {
-		return nil, &dialError{reasonUnreachable, fmt.Errorf("upstream %s unreachable: %w", up.key.host, err)}
+		return nil, &dialError{audit.ReasonUpstreamUnreachable, fmt.Errorf("upstream %s unreachable: %w", up.key.host, err)}
 	}
 	if !up.key.tls {
 		return c, nil
@@ -228,14 +229,14 @@ func (up *upstreamPool) dial(ctx context.Context) (net.Conn, error) {
 		go p.pools.forget(up.key)
 		var verr *tls.CertificateVerificationError
 		if errors.As(err, &verr) {
-			return nil, &dialError{reasonVerify, fmt.Errorf("upstream certificate verification failed for %s: %w", up.key.host, verr.Err)}
+			return nil, &dialError{audit.ReasonUpstreamVerify, fmt.Errorf("upstream certificate verification failed for %s: %w", up.key.host, verr.Err)}
 		}
-		return nil, &dialError{reasonUpstreamTLS, fmt.Errorf("upstream TLS handshake with %s failed: %w", up.key.host, err)}
+		return nil, &dialError{audit.ReasonUpstreamTLS, fmt.Errorf("upstream TLS handshake with %s failed: %w", up.key.host, err)}
 	}
 	if got := tc.ConnectionState().NegotiatedProtocol; up.key.alpn == "h2" && got != "h2" {
 		tc.Close()
 		go p.pools.forget(up.key) // later connections learn the ALPN afresh
-		return nil, &dialError{reasonUpstreamTLS, fmt.Errorf("upstream %s no longer negotiates h2 (got %q)", up.key.host, got)}
+		return nil, &dialError{audit.ReasonUpstreamTLS, fmt.Errorf("upstream %s no longer negotiates h2 (got %q)", up.key.host, got)}
 	}
 	return tc, nil
 }

@@ -136,6 +136,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 	gate.Done(hooksAttached)
 	gate.Done(proxyListening)
 	n.Metrics.SetRingDrops(n.agent.Drops)
+	n.Metrics.SetMapErrors(n.agent.MapErrors)
 	return n, nil
 }
 

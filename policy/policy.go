@@ -18,22 +18,7 @@ import (
 	"net/netip"
 	"sync/atomic"
 
-	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/workload"
-)
-
-// Reasons still named through policy by mitm's tests. audit/reasons.go
-// owns every reason a record carries; these are the same constants.
-//
-// Deprecated: use audit.ReasonDeniedByRule and the other audit.Reason
-// constants; these go once mitm's tests use them.
-const (
-	ReasonDeniedByRule  = audit.ReasonDeniedByRule
-	ReasonAllowedByRule = audit.ReasonAllowedByRule
-	ReasonMetadata      = audit.ReasonMetadata
-	ReasonLoopback      = audit.ReasonLoopback
-	ReasonPrivate       = audit.ReasonPrivate
-	ReasonRateLimited   = audit.ReasonRateLimited
 )
 
 // Verdict is the outcome of a decision.

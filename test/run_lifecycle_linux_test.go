@@ -22,6 +22,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/sluicehq/sluice/agent"
+	"github.com/sluicehq/sluice/cgroup2"
 	"github.com/sluicehq/sluice/config"
 )
 
@@ -71,7 +72,7 @@ func pinNames(t *testing.T, dir string) []string {
 func TestRunLeavesPinnedAgentAlone(t *testing.T) {
 	curl := RequireTool(t, "curl")
 	e := newRunEnv(t)
-	mount, err := agent.Cgroup2Mount()
+	mount, err := cgroup2.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +245,7 @@ func TestRunCommandDiesWithSluice(t *testing.T) {
 	}
 	// The run's cgroup outlives a killed sluice: remove it (its processes
 	// are the test's own).
-	mount, err := agent.Cgroup2Mount()
+	mount, err := cgroup2.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/sluicehq/sluice/agent"
+	"github.com/sluicehq/sluice/cgroup2"
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/launch"
 	"github.com/sluicehq/sluice/node"
@@ -82,7 +82,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // transient cgroup, runs the command, stops the interception and prints
 // the egress summary.
 func runIntercepted(ctx context.Context, cfg config.Config, log *slog.Logger, argv []string, caEnv, summary bool, stderr io.Writer) (int, error) {
-	mount, err := agent.Cgroup2Mount()
+	mount, err := cgroup2.Mount()
 	if err != nil {
 		return 1, err
 	}
