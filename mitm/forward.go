@@ -353,7 +353,7 @@ func (x *Exchange) upgrade(resp *http.Response) {
 	for k, vs := range d.Header {
 		hdr[k] = append(hdr[k], vs...)
 	}
-	fmt.Fprintf(brw, "HTTP/1.1 101 %s\r\n", http.StatusText(101))
+	fmt.Fprintf(brw, "HTTP/1.1 101 %s\r\n", http.StatusText(http.StatusSwitchingProtocols))
 	_ = hdr.Write(brw)
 	_, _ = brw.WriteString("\r\n")
 	if err := brw.Flush(); err != nil {

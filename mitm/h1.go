@@ -243,9 +243,8 @@ type h1Conn struct {
 	net.Conn
 	fl *flow
 
-	mu     sync.Mutex
-	fr     *framer
-	served int // heads handed to handlers
+	mu sync.Mutex
+	fr *framer
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -351,9 +350,8 @@ func pathOf(target string) string {
 // oneConnListener hands out one connection, then blocks until that
 // connection is closed, so http.Server.Serve returns when it is done.
 type oneConnListener struct {
-	c    *h1Conn
-	once sync.Once
-	ch   chan net.Conn
+	c  *h1Conn
+	ch chan net.Conn
 }
 
 func newOneConnListener(c *h1Conn) *oneConnListener {

@@ -21,7 +21,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -352,8 +351,6 @@ func readAll(t testing.TB, r io.Reader) string {
 	}
 	return string(b)
 }
-
-func hasSubstr(s, sub string) bool { return strings.Contains(s, sub) }
 
 func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
 

@@ -181,13 +181,13 @@ func TestPolicyRateLimitThroughProxy(t *testing.T) {
 	tca := newTestCA(t, "upstream test CA")
 	up := startUpstream(t, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	port := up.addr.Port()
-	h := newPolicyHarness(t, tca, fmt.Sprintf(`version: 1
+	h := newPolicyHarness(t, tca, `version: 1
 rules:
   - name: api
     destinations: {hosts: [api.test], cidrs: [127.0.0.1/32]}
     action: allow
     rateLimit: {minute: 2, kongHeaders: true}
-`), policy.Options{})
+`, policy.Options{})
 	url := fmt.Sprintf("https://api.test:%d/x", port)
 	for i, want := range []struct {
 		status                 int
