@@ -34,12 +34,15 @@ type Exchange struct {
 	// decided is set once Decision holds a policy decision.
 	decided bool
 
-	f     *flow
-	w     http.ResponseWriter
-	t     *target // set by the target stage
-	host  string  // the request's host, without port
-	port  uint16  // the port the request names (explicit mode)
-	start time.Time
+	f    *flow
+	w    http.ResponseWriter
+	t    *target // set by the target stage
+	host string  // the request's host, without port
+	// policyHost is the name the policy judges: the one bound to what is
+	// dialed, empty when none is (see the target stage).
+	policyHost string
+	port       uint16 // the port the request names (explicit mode)
+	start      time.Time
 
 	wraps   []func(io.ReadCloser) io.ReadCloser
 	aborted atomic.Pointer[Answer]

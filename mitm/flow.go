@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -109,6 +108,9 @@ func (f *flow) newTarget(host string, port uint16, tlsFlow bool) *target {
 		t.err, t.fail = err, audit.ReasonUpstreamUnreachable
 	}
 	t.conn = &policy.Conn{Workload: f.id, Host: host, Addrs: addrs, Port: t.port, TLS: tlsFlow}
+	if (host == "" || isIPLiteral(host)) && len(addrs) > 0 {
+		t.conn.Names = f.namesFor(addrs[0])
+	}
 	t.cd = f.p.decider().Connection(f.ctx, t.conn)
 	return t
 }
@@ -147,57 +149,6 @@ func decisionString(d policy.Decision) string {
 	default:
 		return audit.DecisionAllow
 	}
-}
-
-// isIPLiteral reports whether h is an IP address (with or without brackets).
-func isIPLiteral(h string) bool {
-	_, err := netip.ParseAddr(strings.Trim(h, "[]"))
-	return err == nil
-}
-
-// binding is what recent lookups of one name returned.
-type binding struct {
-	addrs   []netip.Addr
-	expires time.Time
-}
-
-const (
-	bindingCacheSize = 4096
-	bindingTTL       = time.Minute
-	maxBoundAddrs    = 64
-)
-
-// resolvesTo reports whether name is ip, or resolves to it: now, or in a
-// lookup of the last bindingTTL (DNS that rotates its answers still binds).
-func (f *flow) resolvesTo(name string, ip netip.Addr) bool {
-	if a, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
-		return a.Unmap() == ip.Unmap()
-	}
-	ip = ip.Unmap()
-	key := strings.TrimSuffix(strings.ToLower(name), ".")
-	p := f.p
-	var known []netip.Addr
-	if b, ok := p.seen.Get(key); ok && time.Now().Before(b.expires) {
-		known = b.addrs
-	}
-	if slices.Contains(known, ip) {
-		return true
-	}
-	ctx, cancel := context.WithTimeout(f.ctx, p.cfg.DialTimeout.D())
-	defer cancel()
-	as, err := p.resolver.LookupNetIP(ctx, "ip", name)
-	if err != nil {
-		p.log.Warn("name binding lookup failed", "host", name, "addr", ip.String(), "error", err.Error())
-		return false
-	}
-	union := slices.Clone(known)
-	for _, a := range as {
-		if a = a.Unmap(); !slices.Contains(union, a) && len(union) < maxBoundAddrs {
-			union = append(union, a)
-		}
-	}
-	p.seen.Add(key, binding{addrs: union, expires: time.Now().Add(bindingTTL)})
-	return slices.Contains(union, ip)
 }
 
 // release closes the target's first upstream connection if no request
@@ -286,14 +237,6 @@ func (t *target) connHostIsIP() bool {
 	ip := isIPLiteral(h)
 	t.hostIP.Store(&memo[string, bool]{h, ip})
 	return ip
-}
-
-// sameHost compares a request's host with a connection's: case-insensitive,
-// without a trailing dot or IPv6 brackets. An empty request host (HTTP/1.0
-// without Host) is the connection's.
-func sameHost(req, conn string) bool {
-	norm := func(h string) string { return strings.TrimSuffix(strings.ToLower(strings.Trim(h, "[]")), ".") }
-	return req == "" || norm(req) == norm(conn)
 }
 
 // tap mirrors the client side plaintext of c into a capture flow when

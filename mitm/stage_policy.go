@@ -19,7 +19,7 @@ func (policyStage) Request(x *Exchange) *Answer {
 	d := x.f.p.decider().Request(r.Context(), &policy.Request{
 		Conn:          t.conn,
 		Method:        r.Method,
-		Host:          t.conn.Host, // the name bound to what is dialed (see the target stage)
+		Host:          x.policyHost, // the name bound to what is dialed (see the target stage)
 		Path:          r.URL.EscapedPath(),
 		Header:        r.Header,
 		ContentLength: r.ContentLength,

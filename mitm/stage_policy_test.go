@@ -29,6 +29,7 @@ func TestPolicyStage(t *testing.T) {
 			f := stageFlow(t, dec)
 			x := stageExchange(f, httptest.NewRequest("POST", "https://api.test/v1/x", nil))
 			x.t = fixedTarget(f, "api.test", policy.ConnDecision{})
+			x.policyHost = "api.test" // as the target stage binds it
 			checkAnswer(t, policyStage{}.Request(x), tc.want)
 			if !x.decided || x.Decision.Rule != tc.d.Rule {
 				t.Errorf("exchange decision %+v, want the policy's", x.Decision)

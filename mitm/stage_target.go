@@ -13,7 +13,9 @@ import (
 // targetStage finds the request's destination and binds its name to what
 // is dialed. A decrypted or tunnelled flow has one destination, opened
 // (and verified upstream) for one name: a request naming another host
-// gets 421 Misdirected Request (no domain fronting). Transparent plain
+// gets 421 Misdirected Request (no domain fronting); on one opened for no
+// name (no SNI, or an IP), a Host counts only where it resolves to the
+// address dialed, else 421 too. Transparent plain
 // HTTP has one destination per Host header, whose name counts for policy
 // only where it resolves to the original destination address (else the
 // request is judged by the address). The explicit proxy takes CONNECT or
@@ -36,12 +38,34 @@ func (targetStage) Request(x *Exchange) *Answer {
 	if t.unbound {
 		rec.Error = fmt.Sprintf("host %q does not resolve to the destination %s: judged by the address", x.host, f.dst.Addr.Addr())
 	}
-	if f.fixed != nil && t.conn.Host != "" && !t.connHostIsIP() && !sameHost(x.host, t.conn.Host) {
-		// Without SNI the policy judges the address, whatever the Host
-		// header says.
-		return &Answer{Status: http.StatusMisdirectedRequest, Decision: audit.DecisionDeny, Reason: audit.ReasonMisdirected,
-			Detail: fmt.Sprintf("request host %q is not %q, the host this connection was opened for (TLS SNI or CONNECT target)", x.host, t.conn.Host)}
+	x.policyHost = t.conn.Host
+	if f.fixed == nil {
+		return nil
 	}
+	if t.conn.Host != "" && !t.connHostIsIP() {
+		if !sameHost(x.host, t.conn.Host) {
+			return &Answer{Status: http.StatusMisdirectedRequest, Decision: audit.DecisionDeny, Reason: audit.ReasonMisdirected,
+				Detail: fmt.Sprintf("request host %q is not %q, the host this connection was opened for (TLS SNI or CONNECT target)", x.host, t.conn.Host)}
+		}
+		return nil
+	}
+	// No name is bound to the TLS connection (no SNI, or an IP): a Host
+	// that names a host counts where it resolves to the address dialed,
+	// else the request is misdirected. Without one (and in a plain-HTTP
+	// tunnel to an IP), the policy judges the address and the names known
+	// for it (policy.Conn.Names).
+	if !t.useTLS || x.host == "" || isIPLiteral(x.host) || len(t.conn.Addrs) == 0 {
+		return nil
+	}
+	addr := t.conn.Addrs[0]
+	if t.addr.IsValid() {
+		addr = t.addr.Addr()
+	}
+	if !f.resolvesTo(x.host, addr) {
+		return &Answer{Status: http.StatusMisdirectedRequest, Decision: audit.DecisionDeny, Reason: audit.ReasonMisdirected,
+			Detail: fmt.Sprintf("request host %q does not resolve to %s, the address this connection goes to", x.host, addr)}
+	}
+	x.policyHost = x.host
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -46,6 +47,7 @@ type Engine struct {
 	allowCIDRs   []netip.Prefix
 	rules        []*rule
 	def          *rule
+	hosts        []string // exact names the rules list (Hosts)
 	lim          *Limiters
 	now          func() time.Time
 	log          *slog.Logger
@@ -175,6 +177,11 @@ func New(p *Policy, o Options) (*Engine, error) {
 			}
 		}
 		e.rules = append(e.rules, r)
+		for _, h := range d.Hosts {
+			if !isGlob(h) && !strings.HasPrefix(h, "*") && !slices.Contains(e.hosts, h) {
+				e.hosts = append(e.hosts, h)
+			}
+		}
 	}
 	return e, nil
 }
@@ -200,6 +207,10 @@ func limits(l Limits) ([2]int64, error) {
 	}
 	return out, nil
 }
+
+// Hosts implements HostLister: the exact names of every rule's hosts, and
+// of the pass-through list, each once.
+func (e *Engine) Hosts() []string { return e.hosts }
 
 // Limiters returns the rate-limit store the Engine uses.
 func (e *Engine) Limiters() *Limiters { return e.lim }
@@ -241,7 +252,7 @@ func (e *Engine) exempt(id *workload.Identity, t *target, a netip.Addr) bool {
 // connection; rules that need HTTP leave the decision to Request.
 func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 	id := &c.Workload
-	t := &target{host: c.Host, port: c.Port, addrs: c.Addrs}
+	t := &target{host: c.Host, port: c.Port, addrs: c.Addrs, names: c.Names}
 	g, ok := e.guard(id, t)
 	if !ok && g.Denied() {
 		return ConnDecision{Action: Reject, Decision: g}
@@ -323,7 +334,7 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 	if host == "" {
 		host = c.Host
 	}
-	t := &target{host: host, port: c.Port, addrs: c.Addrs, method: strings.ToUpper(r.Method), path: cleanPath(r.Path)}
+	t := &target{host: host, port: c.Port, addrs: c.Addrs, names: c.Names, method: strings.ToUpper(r.Method), path: cleanPath(r.Path)}
 	g, ok := e.guard(id, t)
 	if !ok && g.Denied() {
 		return g

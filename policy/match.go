@@ -181,8 +181,9 @@ type target struct {
 	host   string
 	port   uint16
 	addrs  []netip.Addr
-	method string // "" at connection level
-	path   string // cleaned; "" at connection level
+	names  []string // Conn.Names: names known for addrs when host is not bound
+	method string   // "" at connection level
+	path   string   // cleaned; "" at connection level
 }
 
 // matchConn matches the criteria known before HTTP. For cidrs, a deny
@@ -190,7 +191,7 @@ type target struct {
 // it), an allow rule only when all of them are (so it allows nothing
 // outside its ranges).
 func (s *destSel) matchConn(t *target, deny bool) bool {
-	if len(s.hosts) > 0 && !matchAny(s.hosts, t.host) {
+	if len(s.hosts) > 0 && !matchAny(s.hosts, t.host) && !slices.ContainsFunc(t.names, func(n string) bool { return matchAny(s.hosts, n) }) {
 		return false
 	}
 	if len(s.ports) > 0 && !slices.Contains(s.ports, t.port) {

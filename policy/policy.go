@@ -119,6 +119,13 @@ type Conn struct {
 	Port  uint16
 	// TLS is true when the client sent a TLS ClientHello.
 	TLS bool
+	// Names are the names the proxy knows to resolve to Addrs[0], given
+	// when no name is bound to what is dialed (no SNI and no Host, an IP
+	// literal, or a Host that does not resolve to the address): rules by
+	// hosts then match if any of them does, so a deny by name can't be
+	// dodged by leaving the name out. The proxy resolves the names the
+	// policy lists (HostLister) to fill them.
+	Names []string
 	// Opaque is true when the flow turned out not to be HTTP (other TCP,
 	// or a non-HTTP protocol inside decrypted TLS): rules with methods or
 	// paths can never match it, so they are skipped and the decision is
@@ -161,6 +168,16 @@ type Decider interface {
 }
 
 var _ Decider = (*Engine)(nil)
+
+// HostLister is implemented by a Decider whose rules name hosts: the
+// proxy resolves these names to tell which of them a destination without
+// a bound name is (Conn.Names).
+type HostLister interface {
+	// Hosts returns the exact host names (no wildcards) the rules list.
+	Hosts() []string
+}
+
+var _ HostLister = (*Engine)(nil)
 
 // Current holds the policy in force; reload swaps it atomically. The zero
 // value holds nil; Load then returns a Decider that allows everything.

@@ -1,0 +1,125 @@
+package mitm
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/policy"
+)
+
+// namesResolver puts denied.test on 127.0.0.2 and api.test on 127.0.0.1.
+var namesResolver = mapResolver{
+	"api.test":    loopback,
+	"denied.test": {netip.MustParseAddr("127.0.0.2")},
+}
+
+// startUpstreamAt serves TLS for the names on ip (a loopback address).
+func startUpstreamAt(t *testing.T, tca *testCA, ip string, names ...string) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "reached %s", ip)
+	}))
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{tca.leaf(t, append(names, ip)...)}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// The attacker's moves against a hostname deny, with TLS that names no
+// host (no SNI, or an IP as SNI) and requests without Host or with a Host
+// that does not go where the connection goes: none reaches denied.test.
+func TestNoSNIOrNoHostCannotDodgeHostRules(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	api := startUpstreamAt(t, tca, "127.0.0.1", "api.test")
+	denied := startUpstreamAt(t, tca, "127.0.0.2", "denied.test")
+	e, err := policy.Parse([]byte(`version: 1
+ssrf: {allowCIDRs: [127.0.0.0/8]}
+rules:
+  - name: no-denied
+    destinations: {hosts: [denied.test]}
+    action: deny
+`), "test-policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, tca, e, loopbackOnly, func(_ *config.Proxy, d *Deps) {
+		d.Policy = &policy.Current{}
+		d.Policy.Store(e)
+		d.Resolver = namesResolver
+	})
+	for _, tc := range []struct {
+		name   string
+		to     netip.AddrPort
+		sni    string // "" sends none
+		head   string // request line and headers
+		status int    // 0: the TLS connection is refused
+		reason string
+	}{
+		{name: "no SNI, Host names the allowed host at its address", to: api, head: "GET /ok HTTP/1.1\r\nHost: api.test\r\n", status: 200},
+		{name: "no SNI, Host names denied.test at another address: misdirected", to: api, head: "GET /front HTTP/1.1\r\nHost: denied.test\r\n",
+			status: 421, reason: audit.ReasonMisdirected},
+		{name: "no SNI to denied.test's address", to: denied, head: "GET /direct HTTP/1.1\r\nHost: denied.test\r\n"},
+		{name: "no SNI and no Host to denied.test's address", to: denied, head: "GET /nohost HTTP/1.0\r\n"},
+		{name: "an IP as SNI to denied.test's address", to: denied, sni: "127.0.0.2", head: "GET /ipsni HTTP/1.1\r\nHost: 127.0.0.2\r\n"},
+		{name: "no SNI, no Host to the allowed address", to: api, head: "GET /ok-nohost HTTP/1.0\r\n", status: 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.DialTimeout("tcp", h.url.Host, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", tc.to, tc.to)
+			br := bufio.NewReader(c)
+			if resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"}); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("CONNECT: %v %v", resp, err)
+			}
+			tc2 := tls.Client(&bufferedConn{Conn: c, r: br}, &tls.Config{ServerName: tc.sni, InsecureSkipVerify: true})
+			if err := tc2.Handshake(); err != nil {
+				if tc.status == 0 {
+					return // refused before any request: nothing reached the upstream
+				}
+				t.Fatalf("handshake: %v", err)
+			}
+			fmt.Fprintf(tc2, "%sConnection: close\r\n\r\n", tc.head)
+			resp, err := http.ReadResponse(bufio.NewReader(tc2), nil)
+			switch {
+			case tc.status == 0 && err == nil:
+				t.Fatalf("got %d from the upstream at %s; want the connection refused", resp.StatusCode, tc.to)
+			case tc.status == 0:
+				return
+			case err != nil:
+				t.Fatal(err)
+			case resp.StatusCode != tc.status:
+				t.Fatalf("status %d, want %d", resp.StatusCode, tc.status)
+			}
+			if tc.reason != "" {
+				rec := h.recs.wait(t, tc.name, func(r audit.Record) bool { return r.Status == tc.status && r.Reason == tc.reason })
+				if rec.Decision != audit.DecisionDeny {
+					t.Errorf("record %+v", rec)
+				}
+			}
+		})
+	}
+	// Every refusal left a record naming the rule.
+	rec := h.recs.wait(t, "a refused connection", func(r audit.Record) bool { return r.Kind == audit.KindL4 && r.Rule == "no-denied" })
+	if rec.Decision != audit.DecisionDeny {
+		t.Errorf("record %+v", rec)
+	}
+}
