@@ -70,8 +70,10 @@ const (
 	ReasonBadHello        = "malformed client hello"
 	ReasonClientHandshake = "client TLS handshake failed"
 	ReasonClientSilent    = "client sent nothing"
-	ReasonClientGone      = "client gone"   // the client left before the answer was complete
-	ReasonNormalClose     = "client closed" // the client ended a stream normally
+	ReasonNoRequest       = "connection ended before a request" // HTTP (or TLS) and then nothing
+	ReasonIncompleteHead  = "request head incomplete"           // a request head begun and never finished (slowloris)
+	ReasonClientGone      = "client gone"                       // the client left before the answer was complete
+	ReasonNormalClose     = "client closed"                     // the client ended a stream normally
 )
 
 // Reasons of the proxy about the connection.
@@ -84,11 +86,23 @@ const (
 	ReasonPassthroughUnbound = "pass-through SNI does not resolve to the destination; decrypted"
 )
 
+// Reasons of kernel connect records (kind "connect"): what the hooks did
+// with a connect that never reached the proxy. They name the agent's event
+// reasons (agent.Reason*, snake_case) in this file's style.
+const (
+	ReasonKernelDenyCIDR      = "destination in agent.denyCIDRs"
+	ReasonKernelBypassCIDR    = "destination in agent.bypassCIDRs"
+	ReasonKernelAgentPort     = "destination is the agent's own listener"
+	ReasonKernelPortNotListed = "port not intercepted"
+	ReasonKernelNotTCP        = "not a TCP stream socket"
+	ReasonKernelNoIntercept   = "no intercept address for the family"
+)
+
 // clientCaused are the reasons that say the client misbehaved or left.
 var clientCaused = [...]string{
 	ReasonClientGone, ReasonNormalClose, ReasonMalformed, ReasonHeaderTooLarge,
 	ReasonSmuggling, ReasonNotProxy, ReasonBadHello, ReasonClientHandshake,
-	ReasonClientSilent,
+	ReasonClientSilent, ReasonIncompleteHead,
 }
 
 // ClientCaused reports whether reason says the client misbehaved or left

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/policy"
 	"github.com/sluicehq/sluice/workload"
 )
@@ -181,5 +182,47 @@ func TestGRPCStreamCancelIsANormalEnd(t *testing.T) {
 	rec := h.recs.wait(t, "the cancelled stream", func(r audit.Record) bool { return r.Path == "/grpc.health.v1.Health/Watch" })
 	if rec.Decision != audit.DecisionAllow || rec.Error != "" || rec.End != audit.EndClientClosed {
 		t.Errorf("record %+v; want allow, no error, ended by the client", rec)
+	}
+}
+
+// Connections that end before a request leave a record: one that says
+// nothing after its handshake ends normally, one that starts a request
+// head and stalls (slowloris) is an error the client caused.
+func TestConnectionWithoutRequestIsRecorded(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	up := startUpstream(t, tca, false, echoHandler())
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.HandshakeTimeout = config.Duration(300 * time.Millisecond) })
+	for _, tc := range []struct {
+		name, send, decision, reason string
+	}{
+		{"silent after the handshake", "", audit.DecisionClosed, audit.ReasonNoRequest},
+		{"a head begun and never finished", "GET /slow HTTP/1.1\r\nHost: api.test\r\nX-Slow: 1", audit.DecisionError, audit.ReasonIncompleteHead},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.DialTimeout("tcp", h.url.Host, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			fmt.Fprintf(c, "CONNECT api.test:%d HTTP/1.1\r\nHost: api.test\r\n\r\n", up.addr.Port())
+			br := bufio.NewReader(c)
+			if resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"}); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("CONNECT: %v %v", resp, err)
+			}
+			roots := x509.NewCertPool()
+			roots.AppendCertsFromPEM(h.ca.BundlePEM())
+			tc2 := tls.Client(&bufferedConn{Conn: c, r: br}, &tls.Config{ServerName: "api.test", RootCAs: roots, NextProtos: []string{"http/1.1"}})
+			if err := tc2.Handshake(); err != nil {
+				t.Fatal(err)
+			}
+			io.WriteString(tc2, tc.send)
+			// The proxy gives up on the head after HandshakeTimeout.
+			_ = tc2.SetReadDeadline(time.Now().Add(5 * time.Second))
+			io.Copy(io.Discard, tc2)
+			rec := h.recs.wait(t, tc.name, func(r audit.Record) bool { return r.Kind == audit.KindL4 && r.Reason == tc.reason })
+			if rec.Decision != tc.decision || rec.TLS != audit.TLSDecrypted || rec.SNI != "api.test" {
+				t.Errorf("record %+v", rec)
+			}
+		})
 	}
 }

@@ -71,6 +71,7 @@ var answered = &Answer{}
 // ServeHTTP serves one request of the flow: run the chain, forward,
 // stream back, record.
 func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.requests.Add(1)
 	now := time.Now()
 	x := &Exchange{f: f, w: w, Req: r, Record: f.record(audit.KindHTTP, now), start: now}
 	rec := x.Record
@@ -171,6 +172,7 @@ func (x *Exchange) finish() {
 func (f *flow) serveHTTP(c net.Conn, h2 bool) {
 	p := f.p
 	defer f.releaseTargets()
+	defer f.recordNoRequest()
 	c = f.tap(c)
 	defer c.Close() // closes the capture flow too
 	if h2 {
@@ -196,4 +198,21 @@ func (f *flow) serveHTTP(c net.Conn, h2 bool) {
 	}
 	srv.SetKeepAlivesEnabled(true)
 	_ = srv.Serve(newOneConnListener(hc))
+}
+
+// recordNoRequest leaves an L4 record for an HTTP connection that ended
+// before a single request: nothing leaves Sluice unrecorded, not a client
+// that connects and says nothing, nor one that starts a request head and
+// never finishes it (slowloris).
+func (f *flow) recordNoRequest() {
+	if f.requests.Load() != 0 {
+		return
+	}
+	rec := f.l4Record()
+	rec.Decision, rec.Reason, rec.End = audit.DecisionClosed, audit.ReasonNoRequest, audit.EndClientClosed
+	if f.h1 != nil && f.h1.partialHead() {
+		rec.Decision, rec.Reason, rec.End = audit.DecisionError, audit.ReasonIncompleteHead, ""
+		rec.Error = "the client began a request head and did not finish it"
+	}
+	f.p.emit(rec)
 }

@@ -38,6 +38,8 @@ type flow struct {
 	targets map[string]*target // plain HTTP: per host
 
 	h1 *h1Conn // HTTP/1.1 framing tracker; nil for HTTP/2
+
+	requests atomic.Int64 // requests served (HTTP flows)
 }
 
 // target is one upstream destination of a flow with its Connection

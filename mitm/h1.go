@@ -288,6 +288,7 @@ func (c *h1Conn) parserError(code int, text string) {
 	cur := c.fr.cur
 	c.mu.Unlock()
 	f := c.fl
+	f.requests.Add(1) // answered, and recorded here
 	rec := f.record(audit.KindHTTP, time.Now())
 	rec.Proto = "HTTP/1.1"
 	rec.Method = cur.method
@@ -321,6 +322,14 @@ func (c *h1Conn) nextHead() (headInfo, bool) {
 		c.fr.heads = c.fr.heads[1:]
 	}
 	return h, true
+}
+
+// partialHead reports whether the client has sent part of a request head
+// that no handler took.
+func (c *h1Conn) partialHead() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fr.state == stHead && (c.fr.cur.size > 0 || len(c.fr.line) > 0)
 }
 
 func (c *h1Conn) Close() error {

@@ -60,6 +60,7 @@ type Node struct {
 	log     *slog.Logger
 	policy  *policy.Current
 	agent   *agent.Agent // nil without Options.Intercept
+	logs    audit.Multi  // the audit and access logs (not metrics, flows)
 	closers []io.Closer
 	// The admin server runs until stop; done is closed when it has
 	// returned adminErr.
@@ -108,6 +109,9 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 		OnEvent: func(e agent.Event) {
 			n.Metrics.ConnectEvent(string(e.Verdict))
 			n.Flows.Connect(e.PID, e.Comm, e.Cgroup, e.Dst, string(e.Verdict))
+			if rec := eventRecord(e); rec != nil {
+				n.logs.Record(rec) // what never reached the proxy is recorded too
+			}
 		},
 	}
 	if opts.Admin && cfg.Admin.Listen != "" {
@@ -160,6 +164,7 @@ func (n *Node) startProxy(ctx context.Context, cfg config.Config, opts Options, 
 		return metrics.LeafStats{Size: st.Size, Hits: st.Hits, Misses: st.Misses, Issued: st.Issued}
 	})
 	n.Flows = flows.New(flows.Options{})
+	n.logs = sinks
 	sinks = append(sinks, n.Metrics, n.Flows)
 
 	capture, closer, err := openCapture(cfg.Audit.Capture)

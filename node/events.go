@@ -1,0 +1,62 @@
+package node
+
+import (
+	"os"
+	"strconv"
+
+	"github.com/sluicehq/sluice/agent"
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/workload"
+)
+
+// eventRecord is the audit record of a kernel connect event that never
+// reached the proxy: refused in the kernel (deny lists, a forged mark) or
+// sent direct (bypass lists, ports not intercepted). Redirected connects
+// get the proxy's own records, so they have none here (nil).
+func eventRecord(e agent.Event) *audit.Record {
+	var decision string
+	switch e.Verdict {
+	case agent.Denied:
+		decision = audit.DecisionDeny
+	case agent.Direct:
+		decision = audit.DecisionAllow
+	default:
+		return nil
+	}
+	id := workload.Identity{PID: e.PID, UID: e.UID, Comm: e.Comm, Cgroup: e.Cgroup}
+	if e.PID > 0 {
+		if exe, err := os.Readlink("/proc/" + strconv.Itoa(e.PID) + "/exe"); err == nil {
+			id.Exe = exe
+		}
+	}
+	id.ContainerID, id.PodUID = workload.ParseCgroupPath(id.Cgroup)
+	rec := &audit.Record{
+		Time:     e.Time,
+		Kind:     audit.KindConnect,
+		Workload: id,
+		DstIP:    e.Dst.Addr(),
+		Port:     e.Dst.Port(),
+		Decision: decision,
+		Reason:   kernelReason(e.Reason),
+	}
+	return rec
+}
+
+// kernelReason names an agent event reason in the records' words.
+func kernelReason(r string) string {
+	switch r {
+	case agent.ReasonDenyCIDR:
+		return audit.ReasonKernelDenyCIDR
+	case agent.ReasonBypassCIDR:
+		return audit.ReasonKernelBypassCIDR
+	case agent.ReasonDenyAddrPort:
+		return audit.ReasonKernelAgentPort
+	case agent.ReasonPortNotListed:
+		return audit.ReasonKernelPortNotListed
+	case agent.ReasonNotTCP:
+		return audit.ReasonKernelNotTCP
+	case agent.ReasonNoIntercept:
+		return audit.ReasonKernelNoIntercept
+	}
+	return r
+}
