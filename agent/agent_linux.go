@@ -104,6 +104,11 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 		// Not fatal, but the agent cannot keep its own cgroup out of a
 		// selection it cannot name.
 		log.Warn("agent's own cgroup unknown", "error", err)
+	} else if settings.AgentCgroup, err = cgroup2.ID(filepath.Join(mount, a.own)); err != nil {
+		// Not fatal either: no socket is then exempt as the agent's, so
+		// a workload's marked socket is redirected all the same.
+		log.Warn("agent's own cgroup id unknown", "cgroup", a.own, "error", err)
+		settings.AgentCgroup = 0
 	}
 	a.ctx, a.cancel = context.WithCancel(ctx)
 	ok := false

@@ -36,6 +36,9 @@ func (a *Agent) Close() error { return nil }
 // Drops is always 0.
 func (a *Agent) Drops() uint64 { return 0 }
 
+// EgressDrops is always 0.
+func (a *Agent) EgressDrops() uint64 { return 0 }
+
 // MapErrors returns nothing.
 func (a *Agent) MapErrors() map[string]uint64 { return nil }
 

@@ -80,10 +80,20 @@ const (
 	ReasonNotTCP        = "not_tcp"          // not a TCP stream socket
 	ReasonPortNotListed = "port_not_intercepted"
 	ReasonNoIntercept   = "no_intercept_address" // no verified local address for the family
-	ReasonUnknown       = "unknown"
+	// ReasonMarkForged: a selected workload's setsockopt(SO_MARK) with
+	// the agent's mark, refused with EPERM. Dst is empty.
+	ReasonMarkForged = "mark_forged"
+	// ReasonDenyCIDRPacket: an outgoing packet (raw socket, unconnected
+	// UDP) to agent.denyCIDRs dropped; rate-limited, see
+	// Agent.EgressDrops. PID and Comm are empty: the packet may leave
+	// from softirq context, so only its socket's cgroup and uid are named.
+	ReasonDenyCIDRPacket = "deny_cidr_packet"
+	ReasonUnknown        = "unknown"
 )
 
-// Event is one connect decision of a selected cgroup's process.
+// Event is one connect decision of a selected cgroup's process, a refused
+// attempt to set the agent's mark (ReasonMarkForged) or a sample of the
+// packets dropped for a denied destination (ReasonDenyCIDRPacket).
 type Event struct {
 	Time    time.Time
 	Verdict Verdict

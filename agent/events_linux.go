@@ -24,6 +24,8 @@ var reasons = map[bpf.SluiceReason]string{
 	bpf.SluiceReasonREASON_PORT_NOT_INTERCEPTED: ReasonPortNotListed,
 	bpf.SluiceReasonREASON_NO_INTERCEPT:         ReasonNoIntercept,
 	bpf.SluiceReasonREASON_BYPASS_CIDR:          ReasonBypassCIDR,
+	bpf.SluiceReasonREASON_MARK_FORGED:          ReasonMarkForged,
+	bpf.SluiceReasonREASON_DENY_CIDR_PACKET:     ReasonDenyCIDRPacket,
 }
 
 // verdicts maps the kernel's enum verdict to the agent's Verdict.
@@ -52,13 +54,25 @@ func (a *Agent) readEvents() {
 		}
 		ev := a.event(e)
 		if ev.Verdict == Denied {
-			a.log.Warn("connect denied", "verdict", string(ev.Verdict), "reason", ev.Reason,
+			a.log.Warn(deniedMsg(ev.Reason), "verdict", string(ev.Verdict), "reason", ev.Reason,
 				"dst", ev.Dst.String(), "pid", ev.PID, "uid", ev.UID, "comm", ev.Comm, "cgroup", ev.Cgroup)
 		}
 		if a.opts.OnEvent != nil {
 			a.opts.OnEvent(ev)
 		}
 	}
+}
+
+// deniedMsg is the log message of a denied event: most are connects, two
+// are not.
+func deniedMsg(reason string) string {
+	switch reason {
+	case ReasonMarkForged:
+		return "setsockopt SO_MARK to the agent's mark refused"
+	case ReasonDenyCIDRPacket:
+		return "packet to a denied CIDR dropped"
+	}
+	return "connect denied"
 }
 
 func (a *Agent) event(e bpf.SluiceEvent) Event {
@@ -88,6 +102,27 @@ func (a *Agent) event(e bpf.SluiceEvent) Event {
 func (a *Agent) Drops() uint64 {
 	var vals []uint64
 	if err := a.objs.SluiceDrops.Lookup(uint32(0), &vals); err != nil {
+		return 0
+	}
+	var n uint64
+	for _, v := range vals {
+		n += v
+	}
+	return n
+}
+
+// EgressDrops is the number of outgoing packets of selected cgroups that
+// the kernel dropped because their destination is in agent.denyCIDRs
+// (raw sockets, unconnected UDP: whatever no connect hook refused), summed
+// over CPUs since the programs were loaded. Only some of them are events
+// (reason deny_cidr_packet, at most one per CPU per 100ms). It is safe for
+// concurrent use; after Close it returns 0.
+func (a *Agent) EgressDrops() uint64 {
+	if a.objs.SluiceEgressDrops == nil {
+		return 0
+	}
+	var vals []uint64
+	if err := a.objs.SluiceEgressDrops.Lookup(uint32(0), &vals); err != nil {
 		return 0
 	}
 	var n uint64

@@ -33,6 +33,10 @@ func probeKernel() error {
 		{"bpf_sock_ops_cb_flags_set in sockops programs", "4.16", helper(ebpf.SockOps, asm.FnSockOpsCbFlagsSet)},
 		{"cgroup/getpeername4 programs", "5.8", attachType(ebpf.AttachCgroupInet4GetPeername)},
 		{"cgroup/getpeername6 programs", "5.8", attachType(ebpf.AttachCgroupInet6GetPeername)},
+		{"cgroup/setsockopt programs (the mark guard)", "5.3", func() error { return features.HaveProgramType(ebpf.CGroupSockopt) }},
+		{"cgroup_skb programs (the packet deny)", "4.10", func() error { return features.HaveProgramType(ebpf.CGroupSKB) }},
+		{"bpf_skb_cgroup_id in cgroup_skb programs", "5.8", helper(ebpf.CGroupSKB, asm.FnSkbCgroupId)},
+		{"bpf_ringbuf_reserve in cgroup_skb programs", "5.8", helper(ebpf.CGroupSKB, asm.FnRingbufReserve)},
 	}
 	var errs []error
 	for _, p := range probes {

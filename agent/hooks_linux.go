@@ -14,7 +14,10 @@ import (
 
 // hook is one program and where it attaches. The order matters: sockops
 // and getpeername go in before connect, so no connection is redirected
-// without its origin being recorded for the proxy.
+// without its origin being recorded for the proxy; the mark guard
+// (setsockopt) and the packet deny (egress) go in before connect too, so
+// a cgroup is never redirected while its raw packets or forged marks
+// still pass.
 type hook struct {
 	name   string
 	attach ebpf.AttachType
@@ -25,6 +28,8 @@ var hooks = []hook{
 	{"sockops", ebpf.AttachCGroupSockOps, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceSockops }},
 	{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceGetpeername4 }},
 	{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceGetpeername6 }},
+	{"setsockopt", ebpf.AttachCGroupSetsockopt, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceSetsockopt }},
+	{"egress", ebpf.AttachCGroupInetEgress, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceEgress }},
 	{"connect4", ebpf.AttachCGroupInet4Connect, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceConnect4 }},
 	{"connect6", ebpf.AttachCGroupInet6Connect, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceConnect6 }},
 }
@@ -83,7 +88,8 @@ func (a *Agent) mapsByName() map[string]*ebpf.Map {
 	m := a.objs.SluiceMaps
 	return map[string]*ebpf.Map{
 		"sluice_deny4": m.SluiceDeny4, "sluice_deny6": m.SluiceDeny6, "sluice_drops": m.SluiceDrops,
-		"sluice_map_errors":    m.SluiceMapErrors,
+		"sluice_map_errors":   m.SluiceMapErrors,
+		"sluice_egress_drops": m.SluiceEgressDrops, "sluice_egress_last": m.SluiceEgressLast,
 		"sluice_deny_addrport": m.SluiceDenyAddrport,
 		"sluice_events":        m.SluiceEvents, "sluice_origins": m.SluiceOrigins, "sluice_peers": m.SluicePeers,
 		"sluice_ports": m.SluicePorts, "sluice_selected": m.SluiceSelected, "sluice_settings": m.SluiceSettings,

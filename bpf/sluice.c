@@ -6,14 +6,17 @@
  * agent's transparent proxy, refuse denied destinations in the kernel, and
  * remember the original destination and the process that connected.
  *
- *   connect4/6     decide: skip (agent mark, unselected cgroup), deny
- *                  (LPM trie, EPERM), redirect (intercepted TCP port) or
- *                  direct; record the origin by socket cookie; one ring
- *                  buffer event per decision.
+ *   connect4/6     decide: skip (the agent's own marked sockets,
+ *                  unselected cgroup), deny (LPM trie, EPERM), redirect
+ *                  (intercepted TCP port) or direct; record the origin by
+ *                  socket cookie; one ring buffer event per decision.
  *   sockops        on active establishment copy the origin to a map keyed
  *                  by the workload-side {ip, port}, which is the peer the
  *                  proxy sees; drop both entries when the socket closes.
  *   getpeername4/6 give the application its original destination back.
+ *   setsockopt     refuse SO_MARK with the agent's mark (mark_guard.h).
+ *   egress         drop every packet to a denied CIDR, raw ones too
+ *                  (egress.h).
  *
  * Only UAPI headers are used (no vmlinux.h, no CO-RE): every context field
  * read here is part of the stable BPF UAPI.
@@ -34,6 +37,9 @@
 #define SOL_SOCKET_ 1
 #define SO_MARK_ 36
 #define TCP_CLOSE_ 7
+#define IPPROTO_UDP_ 17
+#define ETH_P_IP_ 0x0800
+#define ETH_P_IPV6_ 0x86DD
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -56,6 +62,8 @@ enum reason {
 	 * returns without an event); do not reuse it. */
 	REASON_DENY_ADDR_PORT = 7, /* destination is one of the agent's private ports */
 	REASON_BYPASS_CIDR = 8,   /* destination in agent.bypassCIDRs: direct */
+	REASON_MARK_FORGED = 9,   /* setsockopt SO_MARK to the agent's mark: EPERM */
+	REASON_DENY_CIDR_PACKET = 10, /* a packet to agent.denyCIDRs dropped on egress */
 };
 
 /* Values of the CIDR tries (sluice_deny4/6): the longest prefix decides. */
@@ -88,6 +96,10 @@ struct settings {
 	__u8 intercept6[16];   /* valid when flags & SET_V6 */
 	__u16 proxy_port;      /* host order */
 	__u16 flags;           /* enum setting_flag bits */
+	__u32 _pad;
+	/* The agent's own cgroup id: only a socket connected from it and
+	 * carrying the mark is the agent's. 0: unknown, nothing is exempt. */
+	__u64 agent_cgroup;
 };
 
 /* origin is what connect saw: the original destination and the process. */
@@ -260,14 +272,18 @@ static __always_inline int unselected(struct settings *s)
 	return 0;
 }
 
-/* marked reports whether the socket carries the agent's mark. A marked
- * socket is not redirected, but it is still held to the deny lists: a
- * selected workload with CAP_NET_ADMIN can set the mark itself, and must
- * not reach a denied destination that way. */
-static __always_inline int marked(struct bpf_sock_addr *ctx, struct settings *s)
+/* agent_socket reports whether the connect is the agent's own: the socket
+ * carries the agent's mark AND the connecting task is in the agent's
+ * cgroup. The mark alone proves nothing (root can set any mark, and a
+ * socket can be marked before its cgroup was selected); the cgroup id is
+ * the kernel's, which a workload cannot forge. The agent's own sockets are
+ * not redirected, but they are still held to the deny lists. */
+static __always_inline int agent_socket(struct bpf_sock_addr *ctx, struct settings *s)
 {
 	__u32 mark = 0;
-	if (!s->mark)
+	if (!s->mark || !s->agent_cgroup)
+		return 0;
+	if (bpf_get_current_cgroup_id() != s->agent_cgroup)
 		return 0;
 	return bpf_getsockopt(ctx, SOL_SOCKET_, SO_MARK_, &mark, sizeof(mark)) == 0 &&
 	       mark == s->mark;
@@ -282,8 +298,10 @@ static __always_inline void fill_identity(struct bpf_sock_addr *ctx, struct orig
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
-static __always_inline void emit(struct bpf_sock_addr *ctx, const struct origin *o,
-				 __u8 verdict, __u8 reason, __u64 cookie)
+/* emit_event queues one event; a full ring buffer is counted in
+ * sluice_drops. */
+static __always_inline void emit_event(const struct origin *o, __u8 verdict,
+				       __u8 reason, __u64 cookie, __u32 protocol)
 {
 	struct event *e = bpf_ringbuf_reserve(&sluice_events, sizeof(*e), 0);
 	if (!e) {
@@ -299,12 +317,18 @@ static __always_inline void emit(struct bpf_sock_addr *ctx, const struct origin 
 	e->reason = reason;
 	e->pid = o->pid;
 	e->uid = o->uid;
-	e->protocol = ctx->protocol;
+	e->protocol = protocol;
 	e->cgroup_id = o->cgroup_id;
 	e->netns_cookie = o->netns_cookie;
 	e->cookie = cookie;
 	__builtin_memcpy(e->comm, o->comm, 16);
 	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void emit(struct bpf_sock_addr *ctx, const struct origin *o,
+				 __u8 verdict, __u8 reason, __u64 cookie)
+{
+	emit_event(o, verdict, reason, cookie, ctx->protocol);
 }
 
 static __always_inline int intercepted_port(struct settings *s, __u16 port)
@@ -350,8 +374,8 @@ static __always_inline int denied_addrport(const __u8 *addr, __u16 port)
 	return bpf_map_lookup_elem(&sluice_deny_addrport, &k) != 0;
 }
 
-/* decide applies, for both families alike, the deny lists (to marked
- * sockets too; the mark only skips the redirect), the protocol, the bypass
+/* decide applies, for both families alike, the deny lists (to the agent's
+ * own sockets too; being the agent's only skips the redirect), the protocol, the bypass
  * list and the port to a filled origin. cidr is what the CIDR tries say of
  * the destination; can_intercept whether the family has a verified local
  * intercept address. It returns 0 to refuse the connect, 1 to let it
@@ -369,7 +393,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct settings *s,
 		emit(ctx, o, VERDICT_DENIED, REASON_DENY_ADDR_PORT, cookie);
 		return 0;
 	}
-	if (marked(ctx, s))
+	if (agent_socket(ctx, s))
 		return 1;
 	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {
 		emit(ctx, o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
@@ -581,3 +605,6 @@ int sluice_getpeername6(struct bpf_sock_addr *ctx)
 	ctx->user_port = bpf_htons(o->port);
 	return 1;
 }
+
+#include "mark_guard.h"
+#include "egress.h"

@@ -87,6 +87,8 @@ const (
 	SluiceReasonREASON_NO_INTERCEPT         SluiceReason = 5
 	SluiceReasonREASON_DENY_ADDR_PORT       SluiceReason = 7
 	SluiceReasonREASON_BYPASS_CIDR          SluiceReason = 8
+	SluiceReasonREASON_MARK_FORGED          SluiceReason = 9
+	SluiceReasonREASON_DENY_CIDR_PACKET     SluiceReason = 10
 )
 
 type SluiceSettingFlag uint32
@@ -99,12 +101,14 @@ const (
 )
 
 type SluiceSettings struct {
-	_          structs.HostLayout
-	Mark       uint32
-	Intercept4 uint32
-	Intercept6 [16]uint8
-	ProxyPort  uint16
-	Flags      uint16
+	_           structs.HostLayout
+	Mark        uint32
+	Intercept4  uint32
+	Intercept6  [16]uint8
+	ProxyPort   uint16
+	Flags       uint16
+	Pad         uint32
+	AgentCgroup uint64
 }
 
 type SluiceVerdict uint32
@@ -123,6 +127,8 @@ const (
 	SluiceMapSluiceDeny6         = "sluice_deny6"
 	SluiceMapSluiceDenyAddrport  = "sluice_deny_addrport"
 	SluiceMapSluiceDrops         = "sluice_drops"
+	SluiceMapSluiceEgressDrops   = "sluice_egress_drops"
+	SluiceMapSluiceEgressLast    = "sluice_egress_last"
 	SluiceMapSluiceEvents        = "sluice_events"
 	SluiceMapSluiceMapErrors     = "sluice_map_errors"
 	SluiceMapSluiceOrigins       = "sluice_origins"
@@ -132,8 +138,10 @@ const (
 	SluiceMapSluiceSettings      = "sluice_settings"
 	SluiceProgSluiceConnect4     = "sluice_connect4"
 	SluiceProgSluiceConnect6     = "sluice_connect6"
+	SluiceProgSluiceEgress       = "sluice_egress"
 	SluiceProgSluiceGetpeername4 = "sluice_getpeername4"
 	SluiceProgSluiceGetpeername6 = "sluice_getpeername6"
+	SluiceProgSluiceSetsockopt   = "sluice_setsockopt"
 	SluiceProgSluiceSockops      = "sluice_sockops"
 	SluiceVarUnusedCidrAction    = "unused_cidr_action"
 	SluiceVarUnusedEvent         = "unused_event"
@@ -190,8 +198,10 @@ type SluiceSpecs struct {
 type SluiceProgramSpecs struct {
 	SluiceConnect4     *ebpf.ProgramSpec `ebpf:"sluice_connect4"`
 	SluiceConnect6     *ebpf.ProgramSpec `ebpf:"sluice_connect6"`
+	SluiceEgress       *ebpf.ProgramSpec `ebpf:"sluice_egress"`
 	SluiceGetpeername4 *ebpf.ProgramSpec `ebpf:"sluice_getpeername4"`
 	SluiceGetpeername6 *ebpf.ProgramSpec `ebpf:"sluice_getpeername6"`
+	SluiceSetsockopt   *ebpf.ProgramSpec `ebpf:"sluice_setsockopt"`
 	SluiceSockops      *ebpf.ProgramSpec `ebpf:"sluice_sockops"`
 }
 
@@ -203,6 +213,8 @@ type SluiceMapSpecs struct {
 	SluiceDeny6        *ebpf.MapSpec `ebpf:"sluice_deny6"`
 	SluiceDenyAddrport *ebpf.MapSpec `ebpf:"sluice_deny_addrport"`
 	SluiceDrops        *ebpf.MapSpec `ebpf:"sluice_drops"`
+	SluiceEgressDrops  *ebpf.MapSpec `ebpf:"sluice_egress_drops"`
+	SluiceEgressLast   *ebpf.MapSpec `ebpf:"sluice_egress_last"`
 	SluiceEvents       *ebpf.MapSpec `ebpf:"sluice_events"`
 	SluiceMapErrors    *ebpf.MapSpec `ebpf:"sluice_map_errors"`
 	SluiceOrigins      *ebpf.MapSpec `ebpf:"sluice_origins"`
@@ -251,6 +263,8 @@ type SluiceMaps struct {
 	SluiceDeny6        *ebpf.Map `ebpf:"sluice_deny6"`
 	SluiceDenyAddrport *ebpf.Map `ebpf:"sluice_deny_addrport"`
 	SluiceDrops        *ebpf.Map `ebpf:"sluice_drops"`
+	SluiceEgressDrops  *ebpf.Map `ebpf:"sluice_egress_drops"`
+	SluiceEgressLast   *ebpf.Map `ebpf:"sluice_egress_last"`
 	SluiceEvents       *ebpf.Map `ebpf:"sluice_events"`
 	SluiceMapErrors    *ebpf.Map `ebpf:"sluice_map_errors"`
 	SluiceOrigins      *ebpf.Map `ebpf:"sluice_origins"`
@@ -266,6 +280,8 @@ func (m *SluiceMaps) Close() error {
 		m.SluiceDeny6,
 		m.SluiceDenyAddrport,
 		m.SluiceDrops,
+		m.SluiceEgressDrops,
+		m.SluiceEgressLast,
 		m.SluiceEvents,
 		m.SluiceMapErrors,
 		m.SluiceOrigins,
@@ -297,8 +313,10 @@ type SluiceVariables struct {
 type SluicePrograms struct {
 	SluiceConnect4     *ebpf.Program `ebpf:"sluice_connect4"`
 	SluiceConnect6     *ebpf.Program `ebpf:"sluice_connect6"`
+	SluiceEgress       *ebpf.Program `ebpf:"sluice_egress"`
 	SluiceGetpeername4 *ebpf.Program `ebpf:"sluice_getpeername4"`
 	SluiceGetpeername6 *ebpf.Program `ebpf:"sluice_getpeername6"`
+	SluiceSetsockopt   *ebpf.Program `ebpf:"sluice_setsockopt"`
 	SluiceSockops      *ebpf.Program `ebpf:"sluice_sockops"`
 }
 
@@ -306,8 +324,10 @@ func (p *SluicePrograms) Close() error {
 	return _SluiceClose(
 		p.SluiceConnect4,
 		p.SluiceConnect6,
+		p.SluiceEgress,
 		p.SluiceGetpeername4,
 		p.SluiceGetpeername6,
+		p.SluiceSetsockopt,
 		p.SluiceSockops,
 	)
 }
