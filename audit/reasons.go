@@ -96,6 +96,8 @@ const (
 	ReasonKernelPortNotListed = "port not intercepted"
 	ReasonKernelNotTCP        = "not a TCP stream socket"
 	ReasonKernelNoIntercept   = "no intercept address for the family"
+	ReasonKernelMarkForged    = "setsockopt of the agent's mark refused"
+	ReasonKernelDenyPacket    = "packet to a destination in agent.denyCIDRs dropped"
 )
 
 // clientCaused are the reasons that say the client misbehaved or left.

@@ -25,6 +25,7 @@
 //	sluice_agent_connect_events_total{decision}
 //	sluice_agent_events_dropped_total                         read at scrape time (SetRingDrops)
 //	sluice_bpf_map_update_errors_total{map}                   read at scrape time (SetMapErrors)
+//	sluice_agent_egress_denied_packets_total                  read at scrape time (SetEgressDrops)
 //	sluice_ca_leaf_cache_size, sluice_ca_leaf_cache_hits_total,
 //	sluice_ca_leaf_cache_misses_total, sluice_ca_leaf_issued_total  read at scrape time (SetLeafStats)
 //
@@ -91,6 +92,7 @@ type Metrics struct {
 
 	ringDrops atomic.Pointer[func() uint64]
 	mapErrors atomic.Pointer[func() map[string]uint64]
+	egress    atomic.Pointer[func() uint64]
 	leafStats atomic.Pointer[func() LeafStats]
 }
 
@@ -337,6 +339,18 @@ func (m *Metrics) SetRingDrops(f func() uint64) {
 	m.ringDrops.Store(&f)
 }
 
+// SetEgressDrops installs the source of the count of packets the kernel
+// dropped on their way out of selected cgroups because their destination
+// is denied (raw sockets, unconnected UDP: agent.Agent.EgressDrops), a
+// monotonic total read at every scrape. nil removes it.
+func (m *Metrics) SetEgressDrops(f func() uint64) {
+	if f == nil {
+		m.egress.Store(nil)
+		return
+	}
+	m.egress.Store(&f)
+}
+
 // SetMapErrors installs the source of the kernel programs' failed map
 // updates, monotonic totals by map name (agent.Agent.MapErrors), read at
 // every scrape. The names are fixed by the agent, so they are not folded.
@@ -369,6 +383,8 @@ type funcCollector struct {
 var (
 	descRingDrops = prometheus.NewDesc("sluice_agent_events_dropped_total",
 		"Kernel events lost because the ring buffer was full.", nil, nil)
+	descEgressDrops = prometheus.NewDesc("sluice_agent_egress_denied_packets_total",
+		"Packets from selected cgroups dropped in the kernel because their destination is denied.", nil, nil)
 	descMapErrors = prometheus.NewDesc("sluice_bpf_map_update_errors_total",
 		"Map updates that failed in the kernel programs, by map.", []string{"map"}, nil)
 	descLeafSize = prometheus.NewDesc("sluice_ca_leaf_cache_size",
@@ -382,7 +398,7 @@ var (
 )
 
 func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRingDrops, descMapErrors, descLeafSize, descLeafHits, descLeafMisses, descLeafIssued} {
+	for _, d := range []*prometheus.Desc{descRingDrops, descEgressDrops, descMapErrors, descLeafSize, descLeafHits, descLeafMisses, descLeafIssued} {
 		ch <- d
 	}
 }
@@ -390,6 +406,9 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 	if f := c.m.ringDrops.Load(); f != nil {
 		ch <- prometheus.MustNewConstMetric(descRingDrops, prometheus.CounterValue, float64((*f)()))
+	}
+	if f := c.m.egress.Load(); f != nil {
+		ch <- prometheus.MustNewConstMetric(descEgressDrops, prometheus.CounterValue, float64((*f)()))
 	}
 	if f := c.m.mapErrors.Load(); f != nil {
 		for name, n := range (*f)() {

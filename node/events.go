@@ -57,6 +57,10 @@ func kernelReason(r string) string {
 		return audit.ReasonKernelNotTCP
 	case agent.ReasonNoIntercept:
 		return audit.ReasonKernelNoIntercept
+	case agent.ReasonMarkForged:
+		return audit.ReasonKernelMarkForged
+	case agent.ReasonDenyCIDRPacket:
+		return audit.ReasonKernelDenyPacket
 	}
 	return r
 }

@@ -141,6 +141,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 	gate.Done(proxyListening)
 	n.Metrics.SetRingDrops(n.agent.Drops)
 	n.Metrics.SetMapErrors(n.agent.MapErrors)
+	n.Metrics.SetEgressDrops(n.agent.EgressDrops)
 	return n, nil
 }
 
