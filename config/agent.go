@@ -49,7 +49,7 @@ func DefaultAgent() Agent {
 		InterceptIPv4: netip.MustParseAddr("169.254.77.77"),
 		InterceptIPv6: netip.MustParseAddr("fdc5:1ce0:77::77"),
 		ProxyPort:     15001,
-		Ports:         []string{"80", "443"},
+		Ports:         []string{"all"},
 		DenyCIDRs:     []netip.Prefix{netip.MustParsePrefix("169.254.169.254/32"), netip.MustParsePrefix("fd00:ec2::254/128")},
 		FailMode:      "closed",
 		Mark:          0x5c1ce,

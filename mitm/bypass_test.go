@@ -247,13 +247,17 @@ func TestPlainHTTPHostMustResolveToDestination(t *testing.T) {
 }
 
 // rotatingResolver answers each lookup of a name with the next address of
-// its list, as DNS that rotates its answers does, and counts lookups.
+// its list, as DNS that rotates its answers does, and counts lookups of
+// api.test (the proxy also looks up the other names the policy lists).
 type rotatingResolver struct {
 	addrs []netip.Addr
 	n     atomic.Int64
 }
 
-func (r *rotatingResolver) LookupNetIP(_ context.Context, _, _ string) ([]netip.Addr, error) {
+func (r *rotatingResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	if host != "api.test" {
+		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+	}
 	i := r.n.Add(1) - 1
 	return []netip.Addr{r.addrs[int(i)%len(r.addrs)]}, nil
 }

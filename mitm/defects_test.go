@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -224,5 +225,45 @@ func TestConnectionWithoutRequestIsRecorded(t *testing.T) {
 				t.Errorf("record %+v", rec)
 			}
 		})
+	}
+}
+
+// A server that speaks first (an SSH, SMTP or MySQL banner) is heard at
+// once on a port that is not HTTP's: the proxy connects upstream while it
+// waits for the client, instead of waiting PeekTimeout for a client that
+// is itself waiting for the banner.
+func TestServerSpeaksFirstWithoutDelay(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "SSH-2.0-OpenSSH_9.6\r\n")
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		io.WriteString(c, "echo "+line)
+	}()
+	h := newHarness(t, nil, nil, func(c *config.Proxy, _ *Deps) { c.PeekTimeout = config.Duration(time.Minute) })
+	c := transparent(t, h, Destination{Addr: netip.MustParseAddrPort(ln.Addr().String())}, workload.Identity{PID: 22})
+	defer c.Close()
+	// Far below PeekTimeout: the banner must not wait for it.
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	if banner, err := br.ReadString('\n'); err != nil || banner != "SSH-2.0-OpenSSH_9.6\r\n" {
+		t.Fatalf("banner %q %v", banner, err)
+	}
+	io.WriteString(c, "SSH-2.0-client\r\n")
+	if echo, err := br.ReadString('\n'); err != nil || echo != "echo SSH-2.0-client\r\n" {
+		t.Fatalf("echo %q %v", echo, err)
+	}
+	c.Close()
+	rec := h.recs.wait(t, "the relayed flow", func(r audit.Record) bool { return r.Workload.PID == 22 })
+	if rec.Kind != audit.KindL4 || rec.Decision != audit.DecisionAllow || rec.BytesIn == 0 || rec.BytesOut == 0 || rec.TLS != audit.TLSNone {
+		t.Errorf("record %+v", rec)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -140,7 +141,7 @@ func firstRealError(errs ...error) error {
 
 // serveOther relays a flow that is neither TLS nor HTTP (or a pass-through
 // TLS flow when mode is TLSPassthrough) and records it at L4.
-func (f *flow) serveOther(c net.Conn, mode string) {
+func (f *flow) serveOther(c net.Conn, mode string, up *peekedConn) {
 	p := f.p
 	var t *target
 	if mode == audit.TLSPassthrough {
@@ -167,16 +168,24 @@ func (f *flow) serveOther(c net.Conn, mode string) {
 		p.emit(rec)
 		return
 	}
-	up, addr, err := p.dialAny(f.ctx, t.conn.Addrs, t.port)
-	if err != nil {
-		rec.Decision, rec.Reason, rec.Error = audit.DecisionError, audit.ReasonUpstreamUnreachable, err.Error()
-		rec.Duration = time.Since(f.start)
-		p.emit(rec)
-		return
+	var upstream net.Conn
+	if up != nil {
+		upstream = up // dialed while racing for the first byte
+	} else {
+		c, _, err := p.dialAny(f.ctx, t.conn.Addrs, t.port)
+		if err != nil {
+			rec.Decision, rec.Reason, rec.Error = audit.DecisionError, audit.ReasonUpstreamUnreachable, err.Error()
+			rec.Duration = time.Since(f.start)
+			p.emit(rec)
+			return
+		}
+		upstream = c
 	}
-	rec.DstIP = addr.Addr()
-	rec.UpstreamAddr = addr.String()
-	in, out, err := relay(f.ctx, c, up, p.cfg.IdleTimeout.D())
+	if addr, err := netip.ParseAddrPort(upstream.RemoteAddr().String()); err == nil {
+		rec.DstIP = addr.Addr().Unmap()
+		rec.UpstreamAddr = netip.AddrPortFrom(rec.DstIP, addr.Port()).String()
+	}
+	in, out, err := relay(f.ctx, c, upstream, p.cfg.IdleTimeout.D())
 	rec.BytesIn, rec.BytesOut = in, out
 	if err != nil {
 		rec.Error = err.Error()

@@ -8,9 +8,11 @@ import (
 	"net"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/policy"
 	"github.com/sluicehq/sluice/workload"
 )
 
@@ -33,12 +35,22 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 	pc := newPeekedConn(conn, peekBufferSize)
 	br := pc
 	_ = conn.SetReadDeadline(time.Now().Add(p.cfg.PeekTimeout.D()))
-	first, err := br.Peek(1)
-	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
+	var first []byte
+	var err error
+	if f.serverMaySpeakFirst() {
+		var up *peekedConn
+		if first, up, err = f.raceFirstByte(pc); up != nil {
 			_ = conn.SetReadDeadline(time.Time{})
-			f.serveOther(pc, "")
+			f.serveOther(pc, "", up) // the upstream spoke first: not HTTP, not TLS
+			return
+		}
+	} else {
+		first, err = br.Peek(1)
+	}
+	if err != nil {
+		if isTimeout(err) {
+			_ = conn.SetReadDeadline(time.Time{})
+			f.serveOther(pc, "", nil)
 			return
 		}
 		rec := f.l4Record()
@@ -82,7 +94,7 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 		f.serveHTTP(pc, f.h2c)
 	default:
 		_ = conn.SetReadDeadline(time.Time{})
-		f.serveOther(pc, "")
+		f.serveOther(pc, "", nil)
 	}
 }
 
@@ -178,4 +190,92 @@ func isAlpha(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' 
 // isTokenChar is RFC 9110's tchar.
 func isTokenChar(c byte) bool {
 	return isAlpha(c) || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+// clientFirstPorts are the ports whose protocols (HTTP, TLS) have the
+// client speak first: no need to race the upstream for the first byte.
+func clientFirstPort(port uint16) bool { return port == 80 || port == 443 }
+
+// serverMaySpeakFirst reports whether the flow's protocol may be one where
+// the server speaks first (SSH, SMTP, MySQL banners): a transparent
+// connection to a port other than HTTP's and HTTPS's.
+func (f *flow) serverMaySpeakFirst() bool {
+	return f.dst.Addr.IsValid() && !f.tunnel && !clientFirstPort(f.dst.Port)
+}
+
+// raceFirstByte waits for the client's first byte while it connects to the
+// upstream and waits for the upstream's, so that a server-speaks-first
+// protocol gets its banner at once instead of after PeekTimeout. The
+// upstream is dialed only where the policy allows the flow as opaque
+// (by address and known names), and no byte of the client's goes to it
+// before the flow is decided. It returns the client's first bytes (as
+// pc.Peek(1) would), or up, the upstream connection with its first bytes
+// buffered, when the upstream spoke first.
+func (f *flow) raceFirstByte(pc *peekedConn) (first []byte, up *peekedConn, err error) {
+	t := f.newTarget(f.dst.Host, f.dst.Port, false)
+	if t.err != nil || f.opaque(t).Action == policy.Reject {
+		first, err = pc.Peek(1) // denied as opaque: only the client may say otherwise
+		return first, nil, err
+	}
+	upCh := make(chan *peekedConn, 1)
+	ctx, cancel := context.WithCancel(f.ctx)
+	defer cancel()
+	var dialed net.Conn
+	var mu sync.Mutex
+	go func() {
+		c, _, err := f.p.dialAny(ctx, t.conn.Addrs, t.port)
+		if err != nil {
+			upCh <- nil
+			return
+		}
+		mu.Lock()
+		if ctx.Err() != nil { // the client spoke while we dialed
+			mu.Unlock()
+			c.Close()
+			upCh <- nil
+			return
+		}
+		dialed = c
+		mu.Unlock()
+		upc := newPeekedConn(c, 64)
+		if _, err := upc.Peek(1); err != nil {
+			c.Close()
+			upCh <- nil
+			return
+		}
+		upCh <- upc
+	}()
+	clientCh := make(chan error, 1)
+	go func() { _, err := pc.Peek(1); clientCh <- err }()
+	// stopUpstream ends the upstream side and closes what it dialed.
+	stopUpstream := func() {
+		cancel()
+		mu.Lock()
+		if dialed != nil {
+			_ = dialed.SetReadDeadline(time.Unix(1, 0))
+		}
+		mu.Unlock()
+		if upc := <-upCh; upc != nil {
+			upc.Close()
+		}
+	}
+	select {
+	case err := <-clientCh:
+		stopUpstream()
+		first, _ := pc.Peek(1)
+		return first, nil, err
+	case upc := <-upCh:
+		if upc == nil {
+			// Unreachable, or closed without a word: the client decides.
+			err := <-clientCh
+			first, _ := pc.Peek(1)
+			return first, nil, err
+		}
+		// The upstream spoke first. Stop waiting for the client (a
+		// deadline error is not sticky on a net.Conn) and relay.
+		_ = pc.SetReadDeadline(time.Unix(1, 0))
+		<-clientCh
+		_ = pc.SetReadDeadline(time.Time{})
+		return nil, upc, nil
+	}
 }

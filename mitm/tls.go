@@ -54,7 +54,7 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 	case policy.Passthrough:
 		_ = c.SetReadDeadline(time.Time{})
 		f.tlsMode = audit.TLSPassthrough
-		f.serveOther(c, audit.TLSPassthrough)
+		f.serveOther(c, audit.TLSPassthrough, nil)
 		return
 	}
 	f.tlsMode = audit.TLSDecrypted

@@ -166,6 +166,7 @@ func writeFlowsTable(w io.Writer, s flows.Snapshot) {
 		}
 	}
 	tw.Flush()
+	writeDirect(w, s)
 	if s.Evicted > 0 {
 		fmt.Fprintf(w, "(%d older processes evicted from the agent's table)\n", s.Evicted)
 	}
@@ -207,5 +208,26 @@ func ago(now, t time.Time) string {
 		return fmt.Sprintf("%dm ago", int(d/time.Minute))
 	default:
 		return fmt.Sprintf("%dh ago", int(d/time.Hour))
+	}
+}
+
+// writeDirect flags the connections that were not intercepted (sent
+// direct by agent.bypassCIDRs or a port outside agent.ports): they have no
+// request or flow record, only the kernel's connect record.
+func writeDirect(w io.Writer, s flows.Snapshot) {
+	for _, r := range s.Rows {
+		dests := r.Destinations
+		if len(dests) == 0 {
+			dests = []flows.Dest{{Counts: r.Counts}}
+		}
+		for _, d := range dests {
+			if n := d.Decisions["direct"]; n > 0 {
+				name := d.Name()
+				if name == "" {
+					name = "-"
+				}
+				fmt.Fprintf(w, "NOT INTERCEPTED: %s (pid %d) made %d connection(s) to %s directly, without the proxy\n", r.Comm, r.PID, n, name)
+			}
+		}
 	}
 }

@@ -146,3 +146,16 @@ func TestFlowsEmpty(t *testing.T) {
 		t.Errorf("empty table output %q", out.String())
 	}
 }
+
+// The summary flags every connection that went direct, past the proxy.
+func TestFlowsTableFlagsDirect(t *testing.T) {
+	tb := flows.New(flows.Options{})
+	tb.Connect(77, "ssh", "/sluice-run-1", netip.MustParseAddrPort("198.18.0.5:22"), "direct")
+	tb.Connect(77, "ssh", "/sluice-run-1", netip.MustParseAddrPort("198.18.0.5:443"), "redirected")
+	var out bytes.Buffer
+	writeFlowsTable(&out, tb.Snapshot())
+	if got := strings.Count(out.String(), "NOT INTERCEPTED"); got != 1 ||
+		!strings.Contains(out.String(), "NOT INTERCEPTED: ssh (pid 77) made 1 connection(s) to 198.18.0.5:22 directly") {
+		t.Errorf("summary:\n%s\nwant one NOT INTERCEPTED line for port 22", out.String())
+	}
+}
