@@ -118,4 +118,8 @@ type Options struct {
 	// OriginWait bounds how long an accepted connection waits for its
 	// origin to appear in the kernel map; 0 means 250ms.
 	OriginWait time.Duration
+	// Force starts the agent even when another live agent process holds
+	// its intercept address or pin directory (Start otherwise returns a
+	// *HeldError naming that process): `sluice agent --force`.
+	Force bool
 }
