@@ -23,16 +23,16 @@ const (
 	rtprotGuardOwned = 0x5d // guard route; the agent added the address
 )
 
-// guardTable is the agent's own routing table. It holds one unreachable
-// route per intercept address, and a policy-routing rule per address
-// (right after the rule that looks up the local table, far ahead of
-// main's) sends lookups for the address there. While the address is on
-// the node the local table answers first; once it is gone the lookup
-// ends in the unreachable route, whatever the main table or a later rule
-// says (a default route, a route someone put in place of the main-table
-// guard). Agents with different addresses share the table, each with its
-// own routes and rules.
-const guardTable = 0x51ce
+// GuardTable is the agent's own routing table (0x51ce, 20942). It holds
+// one unreachable route per intercept address, and a policy-routing rule
+// per address (right after the rule that looks up the local table, far
+// ahead of main's) sends lookups for the address there. While the
+// address is on the node the local table answers first; once it is gone
+// the lookup ends in the unreachable route, whatever the main table or a
+// later rule says (a default route, a route someone put in place of the
+// main-table guard). Agents with different addresses share the table,
+// each with its own routes and rules.
+const GuardTable = 0x51ce
 
 // interceptAddrs are the verified-local intercept addresses.
 type interceptAddrs struct {
@@ -82,7 +82,7 @@ func ensureIntercept(v4, v6 netip.Addr, log *slog.Logger) (*interceptAddrs, erro
 }
 
 // guard adds the guards of a: an unreachable route in the main table,
-// and an unreachable route in guardTable with the rule that leads there.
+// and an unreachable route in GuardTable with the rule that leads there.
 // The local table wins while the address is on the node; should the
 // address go (removed by hand, by another tool, or while hooks stay
 // pinned in failMode closed), redirected connects fail on the node
@@ -95,12 +95,12 @@ func (ia *interceptAddrs) guard(a netip.Addr, owned bool) error {
 	case !errors.Is(err, unix.EEXIST):
 		return fmt.Errorf("add unreachable route for intercept address %s: %w", a, err)
 	}
-	t := unreachableRoute(a, guardTable, owned)
+	t := unreachableRoute(a, GuardTable, owned)
 	switch err := netlink.RouteAdd(&t); {
 	case err == nil:
 		ia.routes = append(ia.routes, t)
 	case !errors.Is(err, unix.EEXIST):
-		return fmt.Errorf("add unreachable route for intercept address %s to table %d: %w", a, guardTable, err)
+		return fmt.Errorf("add unreachable route for intercept address %s to table %d: %w", a, GuardTable, err)
 	}
 	if err := ia.guardRule(a); err != nil {
 		return err
@@ -108,7 +108,7 @@ func (ia *interceptAddrs) guard(a netip.Addr, owned bool) error {
 	return isLocal(a)
 }
 
-// guardRule adds the rule "to a lookup guardTable" one priority after
+// guardRule adds the rule "to a lookup GuardTable" one priority after
 // the first rule that looks up the local table, unless such a rule is in
 // place already. A rule of ours that sits at or ahead of the local
 // table's (someone moved the local rule) is replaced: ahead of it, it
@@ -152,7 +152,7 @@ func guardRules(a netip.Addr) (localPref int, ours []netlink.Rule, err error) {
 		if r.Table == unix.RT_TABLE_LOCAL && (localPref < 0 || r.Priority < localPref) {
 			localPref = r.Priority
 		}
-		if r.Table == guardTable && r.Dst != nil && r.Dst.String() == dst {
+		if r.Table == GuardTable && r.Dst != nil && r.Dst.String() == dst {
 			ours = append(ours, r)
 		}
 	}
@@ -166,7 +166,7 @@ func guardRuleFor(a netip.Addr, pref int) *netlink.Rule {
 	r := netlink.NewRule()
 	r.Family = family(a)
 	r.Dst = hostNet(a)
-	r.Table = guardTable
+	r.Table = GuardTable
 	r.Priority = pref
 	r.Protocol = rtprotGuard // recorded where the kernel knows rule protocols (4.17)
 	return r
@@ -357,7 +357,7 @@ func removeIntercept(v4, v6 netip.Addr) error {
 				}
 			}
 		}
-		for _, table := range []int{guardTable, unix.RT_TABLE_MAIN} {
+		for _, table := range []int{GuardTable, unix.RT_TABLE_MAIN} {
 			rs, err := guardRoutes(a, table)
 			if err != nil {
 				errs = append(errs, err)

@@ -33,7 +33,7 @@ type gap struct {
 	notLocal bool // the kernel does not route a as local
 	rtype    int  // how it routes a instead (-1: no route)
 	main     bool // no unreachable guard for a in the main table
-	table    bool // no unreachable guard for a in guardTable
+	table    bool // no unreachable guard for a in GuardTable
 	rule     bool // no guard rule after the local table's rule
 	err      error
 }
@@ -47,10 +47,10 @@ func (g gap) missing() []string {
 		out = append(out, fmt.Sprintf("intercept address %s (kernel route type %s, want local)", g.a, routeTypeName(g.rtype)))
 	}
 	if g.rule {
-		out = append(out, fmt.Sprintf("guard rule to %s lookup %d", g.a, guardTable))
+		out = append(out, fmt.Sprintf("guard rule to %s lookup %d", g.a, GuardTable))
 	}
 	if g.table {
-		out = append(out, fmt.Sprintf("guard route unreachable %s in table %d", g.a, guardTable))
+		out = append(out, fmt.Sprintf("guard route unreachable %s in table %d", g.a, GuardTable))
 	}
 	if g.main {
 		out = append(out, fmt.Sprintf("guard route unreachable %s in table main", g.a))
@@ -100,7 +100,7 @@ func inspect(a netip.Addr) gap {
 			}
 		}
 	}
-	for _, t := range []int{unix.RT_TABLE_MAIN, guardTable} {
+	for _, t := range []int{unix.RT_TABLE_MAIN, GuardTable} {
 		rs, err := guardRoutes(a, t)
 		if err != nil {
 			errs = append(errs, err)
@@ -131,7 +131,7 @@ func (ia *interceptAddrs) restore(g gap) (restored []string, err error) {
 		missing bool
 		table   int
 		name    string
-	}{{g.table, guardTable, fmt.Sprint(guardTable)}, {g.main, unix.RT_TABLE_MAIN, "main"}} {
+	}{{g.table, GuardTable, fmt.Sprint(GuardTable)}, {g.main, unix.RT_TABLE_MAIN, "main"}} {
 		if !t.missing {
 			continue
 		}
