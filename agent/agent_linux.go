@@ -123,6 +123,7 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	if a.ia, err = ensureIntercept(cfg.InterceptIPv4, cfg.InterceptIPv6, log); err != nil {
 		return nil, err
 	}
+	linkName := a.ia.link.Attrs().Name // the watch may replace a vanished link
 	a.aw = startAddrWatch(a.ia, log)
 	settings.Intercept4 = binary.NativeEndian.Uint32(a.ia.v4.AsSlice()) // network order in memory
 	settings.Flags |= uint16(bpf.SluiceSettingFlagSET_V4)
@@ -188,7 +189,7 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	}()
 	ok = true
 	log.Info("agent started", "mount", mount, "attach", cfg.Attach, "failMode", cfg.FailMode,
-		"intercept4", a.ia.v4.String(), "intercept6", a.ia.v6.String(), "proxyPort", cfg.ProxyPort, "link", a.ia.link.Attrs().Name)
+		"intercept4", a.ia.v4.String(), "intercept6", a.ia.v6.String(), "proxyPort", cfg.ProxyPort, "link", linkName)
 	return a, nil
 }
 

@@ -300,6 +300,18 @@ func waitRestored(t *testing.T, a netip.Addr) func() (interceptState, time.Durat
 	return func() (interceptState, time.Duration) { <-done; return s, at }
 }
 
+// waitRestorations returns the agent's count of restorations once it
+// exceeds before (it is counted when the whole repair is done, just after
+// the kernel shows it), or after a second.
+func (e *agentEnv) waitRestorations(before uint64) uint64 {
+	n := e.ag.Restorations()
+	for i := 0; i < 100 && n <= before; i++ {
+		time.Sleep(10 * time.Millisecond)
+		n = e.ag.Restorations()
+	}
+	return n
+}
+
 // refused reports whether a connect failed on the node.
 func refused(r leakResult) bool {
 	switch r.Errno {
@@ -378,7 +390,7 @@ func TestInterceptAddressRestored(t *testing.T) {
 			if s, at := restored(); !s.whole() {
 				t.Fatalf("%v after the removal, %s: %+v; want everything restored within a second", at, tt.addr, s)
 			}
-			if n := e.ag.Restorations(); n <= before {
+			if n := e.waitRestorations(before); n <= before {
 				t.Errorf("restorations %d, want more than %d", n, before)
 			}
 			if err := e.ag.Ready(); err != nil {
@@ -408,7 +420,7 @@ func TestInterceptAddressRestored(t *testing.T) {
 			t.Fatalf("%v after the removal, %s: %+v; want the rule restored within a second", at, v4, s)
 		}
 		t.Logf("rule restored within %v", time.Since(removed))
-		if n := e.ag.Restorations(); n <= before {
+		if n := e.waitRestorations(before); n <= before {
 			t.Errorf("restorations %d, want more than %d", n, before)
 		}
 	})
