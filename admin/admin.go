@@ -146,11 +146,14 @@ type slogPrinter struct{ l *slog.Logger }
 func (p slogPrinter) Println(v ...any) { p.l.Warn(strings.TrimSpace(fmt.Sprintln(v...))) }
 
 // Gate is a readiness check made of named conditions, each marked done
-// once: the agent creates it with "hooks attached" and "proxy listening",
-// marks each when it happens, and passes Err as Options.Ready.
+// once, and of live checks that are asked on every call: the agent
+// creates it with "hooks attached" and "proxy listening", marks each when
+// it happens, adds the running agent's Ready with Watch (a missing
+// intercept address makes it unready), and passes Err as Options.Ready.
 type Gate struct {
 	mu      sync.Mutex
 	pending []string
+	checks  []func() error
 }
 
 // NewGate waits for every condition named.
@@ -174,14 +177,30 @@ func (g *Gate) Undo(condition string) {
 	}
 }
 
-// Err is nil once every condition is done, else names those pending.
-func (g *Gate) Err() error {
+// Watch adds a live check, asked on every Err once the conditions are
+// done; it must be fast and safe for concurrent use (agent.Agent.Ready).
+func (g *Gate) Watch(check func() error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if len(g.pending) == 0 {
-		return nil
+	g.checks = append(g.checks, check)
+}
+
+// Err is nil once every condition is done and every live check passes,
+// else names the conditions pending, or what the failing checks say.
+func (g *Gate) Err() error {
+	g.mu.Lock()
+	pending, checks := slices.Clone(g.pending), slices.Clone(g.checks)
+	g.mu.Unlock()
+	if len(pending) > 0 {
+		return fmt.Errorf("waiting for %s", strings.Join(pending, ", "))
 	}
-	return fmt.Errorf("waiting for %s", strings.Join(g.pending, ", "))
+	var errs []error
+	for _, c := range checks {
+		if err := c(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // ValidateListen checks the admin listen address (config admin.listen):

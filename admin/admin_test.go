@@ -3,12 +3,14 @@ package admin_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -107,6 +109,41 @@ func TestEndpoints(t *testing.T) {
 	}
 	if code, _, _ := get(t, srv.URL+"/nope"); code != 404 {
 		t.Errorf("/nope = %d, want 404", code)
+	}
+}
+
+// A live check added with Watch (the running agent's Ready) turns
+// /readyz to 503 while it fails, saying what is missing, and back to 200
+// once it passes; it is not asked while a condition is pending.
+func TestReadyzWatch(t *testing.T) {
+	gate := admin.NewGate("hooks attached")
+	var missing atomic.Pointer[string]
+	var asked atomic.Int32
+	gate.Watch(func() error {
+		asked.Add(1)
+		if m := missing.Load(); m != nil {
+			return errors.New(*m)
+		}
+		return nil
+	})
+	srv := httptest.NewServer(admin.New(admin.Options{Ready: gate.Err}).Handler())
+	defer srv.Close()
+
+	if code, body, _ := get(t, srv.URL+"/readyz"); code != 503 || !strings.Contains(body, "waiting for hooks attached") || asked.Load() != 0 {
+		t.Errorf("/readyz while starting = %d %q (live check asked %d times), want 503 waiting, check not asked", code, body, asked.Load())
+	}
+	gate.Done("hooks attached")
+	if code, body, _ := get(t, srv.URL+"/readyz"); code != 200 || body != "ready\n" {
+		t.Errorf("/readyz = %d %q, want 200", code, body)
+	}
+	gap := "missing intercept address 169.254.77.77 (kernel route type unreachable, want local)"
+	missing.Store(&gap)
+	if code, body, _ := get(t, srv.URL+"/readyz"); code != 503 || body != "not ready: "+gap+"\n" {
+		t.Errorf("/readyz with the address gone = %d %q, want 503 naming it", code, body)
+	}
+	missing.Store(nil)
+	if code, _, _ := get(t, srv.URL+"/readyz"); code != 200 {
+		t.Errorf("/readyz once restored = %d, want 200", code)
 	}
 }
 

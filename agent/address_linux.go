@@ -23,6 +23,17 @@ const (
 	rtprotGuardOwned = 0x5d // guard route; the agent added the address
 )
 
+// GuardTable is the agent's own routing table (0x51ce, 20942). It holds
+// one unreachable route per intercept address, and a policy-routing rule
+// per address (right after the rule that looks up the local table, far
+// ahead of main's) sends lookups for the address there. While the
+// address is on the node the local table answers first; once it is gone
+// the lookup ends in the unreachable route, whatever the main table or a
+// later rule says (a default route, a route someone put in place of the
+// main-table guard). Agents with different addresses share the table,
+// each with its own routes and rules.
+const GuardTable = 0x51ce
+
 // interceptAddrs are the verified-local intercept addresses.
 type interceptAddrs struct {
 	v4, v6 netip.Addr // v6 invalid when IPv6 is off or not configured
@@ -30,6 +41,7 @@ type interceptAddrs struct {
 	// mode); createdLink is set when it created sluice0.
 	added       []netlink.Addr
 	routes      []netlink.Route // unreachable guards this agent added
+	rules       []netlink.Rule  // guard rules this agent added
 	link        netlink.Link
 	createdLink bool
 }
@@ -69,37 +81,123 @@ func ensureIntercept(v4, v6 netip.Addr, log *slog.Logger) (*interceptAddrs, erro
 	return ia, nil
 }
 
-// guard adds an unreachable route for a to the main table. The local
-// table wins while the address is on the node; should the address go
-// while hooks stay pinned (failMode closed), redirected connects fail on
-// the node instead of following the default route off it.
+// guard adds the guards of a: an unreachable route in the main table,
+// and an unreachable route in GuardTable with the rule that leads there.
+// The local table wins while the address is on the node; should the
+// address go (removed by hand, by another tool, or while hooks stay
+// pinned in failMode closed), redirected connects fail on the node
+// instead of following a route off it.
 func (ia *interceptAddrs) guard(a netip.Addr, owned bool) error {
-	r := unreachableRoute(a)
-	r.Protocol = rtprotGuard
-	if owned {
-		r.Protocol = rtprotGuardOwned
-	}
+	r := unreachableRoute(a, unix.RT_TABLE_MAIN, owned)
 	switch err := netlink.RouteAdd(&r); {
 	case err == nil:
 		ia.routes = append(ia.routes, r)
 	case !errors.Is(err, unix.EEXIST):
 		return fmt.Errorf("add unreachable route for intercept address %s: %w", a, err)
 	}
+	t := unreachableRoute(a, GuardTable, owned)
+	switch err := netlink.RouteAdd(&t); {
+	case err == nil:
+		ia.routes = append(ia.routes, t)
+	case !errors.Is(err, unix.EEXIST):
+		return fmt.Errorf("add unreachable route for intercept address %s to table %d: %w", a, GuardTable, err)
+	}
+	if err := ia.guardRule(a); err != nil {
+		return err
+	}
 	return isLocal(a)
 }
 
-func unreachableRoute(a netip.Addr) netlink.Route {
-	bits := a.BitLen()
-	fam := netlink.FAMILY_V4
+// guardRule adds the rule "to a lookup GuardTable" one priority after
+// the first rule that looks up the local table, unless such a rule is in
+// place already. A rule of ours that sits at or ahead of the local
+// table's (someone moved the local rule) is replaced: ahead of it, it
+// would make the address unreachable while it is on the node.
+func (ia *interceptAddrs) guardRule(a netip.Addr) error {
+	pref, rs, err := guardRules(a)
+	if err != nil {
+		return err
+	}
+	ok := false
+	for i := range rs {
+		if rs[i].Priority > pref {
+			ok = true
+			continue
+		}
+		if err := netlink.RuleDel(&rs[i]); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("remove misplaced guard rule for intercept address %s: %w", a, err)
+		}
+	}
+	if ok {
+		return nil
+	}
+	r := guardRuleFor(a, pref+1)
+	if err := netlink.RuleAdd(r); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add guard rule for intercept address %s: %w", a, err)
+	}
+	ia.rules = append(ia.rules, *r)
+	return nil
+}
+
+// guardRules returns the priority of the first rule that looks up the
+// local table (0 unless someone moved it) and the agent's rules for a.
+func guardRules(a netip.Addr) (localPref int, ours []netlink.Rule, err error) {
+	rs, err := netlink.RuleList(family(a))
+	if err != nil {
+		return 0, nil, fmt.Errorf("list rules for intercept address %s: %w", a, err)
+	}
+	localPref = -1
+	dst := hostNet(a).String()
+	for _, r := range rs {
+		if r.Table == unix.RT_TABLE_LOCAL && (localPref < 0 || r.Priority < localPref) {
+			localPref = r.Priority
+		}
+		if r.Table == GuardTable && r.Dst != nil && r.Dst.String() == dst {
+			ours = append(ours, r)
+		}
+	}
+	if localPref < 0 {
+		localPref = 0
+	}
+	return localPref, ours, nil
+}
+
+func guardRuleFor(a netip.Addr, pref int) *netlink.Rule {
+	r := netlink.NewRule()
+	r.Family = family(a)
+	r.Dst = hostNet(a)
+	r.Table = GuardTable
+	r.Priority = pref
+	r.Protocol = rtprotGuard // recorded where the kernel knows rule protocols (4.17)
+	return r
+}
+
+// unreachableRoute is the guard route for a in table; its protocol
+// records whether an agent added the address.
+func unreachableRoute(a netip.Addr, table int, owned bool) netlink.Route {
+	r := netlink.Route{
+		Dst:      hostNet(a),
+		Type:     unix.RTN_UNREACHABLE,
+		Table:    table,
+		Family:   family(a),
+		Protocol: rtprotGuard,
+	}
+	if owned {
+		r.Protocol = rtprotGuardOwned
+	}
+	return r
+}
+
+// hostNet is a as a /32 or /128.
+func hostNet(a netip.Addr) *net.IPNet {
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
+}
+
+func family(a netip.Addr) int {
 	if a.Is6() {
-		fam = netlink.FAMILY_V6
+		return netlink.FAMILY_V6
 	}
-	return netlink.Route{
-		Dst:    &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)},
-		Type:   unix.RTN_UNREACHABLE,
-		Table:  unix.RT_TABLE_MAIN,
-		Family: fam,
-	}
+	return netlink.FAMILY_V4
 }
 
 func interceptLinkOrLo() (netlink.Link, bool, error) {
@@ -186,6 +284,12 @@ func isLocal(a netip.Addr) error {
 
 // remove takes away what ensure added.
 func (ia *interceptAddrs) remove(log *slog.Logger) {
+	for i := range ia.rules {
+		if err := netlink.RuleDel(&ia.rules[i]); err != nil && !errors.Is(err, unix.ENOENT) {
+			log.Warn("remove guard rule", "dst", ia.rules[i].Dst.String(), "error", err)
+		}
+	}
+	ia.rules = nil
 	for i := range ia.routes {
 		if err := netlink.RouteDel(&ia.routes[i]); err != nil && !errors.Is(err, unix.ESRCH) {
 			log.Warn("remove unreachable route", "dst", ia.routes[i].Dst.String(), "error", err)
@@ -228,9 +332,9 @@ func holdsOthers(l netlink.Link) bool {
 	return false
 }
 
-// removeIntercept removes the guard routes of the configured addresses
-// and the addresses an agent added (as its guard route records), then the
-// sluice0 link (Cleanup).
+// removeIntercept removes the guard rules and routes of the configured
+// addresses and the addresses an agent added (as its guard route
+// records), then the sluice0 link (Cleanup).
 func removeIntercept(v4, v6 netip.Addr) error {
 	var errs []error
 	var links []netlink.Link
@@ -244,27 +348,33 @@ func removeIntercept(v4, v6 netip.Addr) error {
 		if !a.IsValid() {
 			continue
 		}
-		r := unreachableRoute(a)
-		rs, err := netlink.RouteListFiltered(r.Family, &r, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("list routes for %s: %w", a, err))
-			continue
-		}
-		for i := range rs {
-			if rs[i].Protocol != rtprotGuard && rs[i].Protocol != rtprotGuardOwned {
-				continue // not ours
-			}
-			if rs[i].Protocol == rtprotGuardOwned {
-				bits := a.BitLen()
-				na := netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
-				for _, l := range links {
-					if err := netlink.AddrDel(l, &na); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
-						errs = append(errs, fmt.Errorf("remove intercept address %s from %s: %w", a, l.Attrs().Name, err))
-					}
+		if _, rules, err := guardRules(a); err != nil {
+			errs = append(errs, err)
+		} else {
+			for i := range rules {
+				if err := netlink.RuleDel(&rules[i]); err != nil && !errors.Is(err, unix.ENOENT) {
+					errs = append(errs, fmt.Errorf("remove guard rule for %s: %w", a, err))
 				}
 			}
-			if err := netlink.RouteDel(&rs[i]); err != nil && !errors.Is(err, unix.ESRCH) {
-				errs = append(errs, fmt.Errorf("remove unreachable route for %s: %w", a, err))
+		}
+		for _, table := range []int{GuardTable, unix.RT_TABLE_MAIN} {
+			rs, err := guardRoutes(a, table)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			for i := range rs {
+				if rs[i].Protocol == rtprotGuardOwned && table == unix.RT_TABLE_MAIN {
+					na := netlink.Addr{IPNet: hostNet(a)}
+					for _, l := range links {
+						if err := netlink.AddrDel(l, &na); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
+							errs = append(errs, fmt.Errorf("remove intercept address %s from %s: %w", a, l.Attrs().Name, err))
+						}
+					}
+				}
+				if err := netlink.RouteDel(&rs[i]); err != nil && !errors.Is(err, unix.ESRCH) {
+					errs = append(errs, fmt.Errorf("remove unreachable route for %s from table %d: %w", a, table, err))
+				}
 			}
 		}
 	}
@@ -274,6 +384,23 @@ func removeIntercept(v4, v6 netip.Addr) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// guardRoutes lists the agents' unreachable routes for a in table (those
+// with a guard protocol; anything else there is not ours).
+func guardRoutes(a netip.Addr, table int) ([]netlink.Route, error) {
+	f := netlink.Route{Dst: hostNet(a), Table: table}
+	rs, err := netlink.RouteListFiltered(family(a), &f, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("list routes for %s in table %d: %w", a, table, err)
+	}
+	out := rs[:0]
+	for _, r := range rs {
+		if r.Type == unix.RTN_UNREACHABLE && (r.Protocol == rtprotGuard || r.Protocol == rtprotGuardOwned) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
 }
 
 // expandAddrPorts replaces each unspecified address by every address of

@@ -35,6 +35,8 @@ type Agent struct {
 	globs []cgroup2.Glob
 	objs  bpf.SluiceObjects
 	ia    *interceptAddrs
+	aw    *addrWatch // keeps ia in place; nil until Start has placed it
+	hold  *holder    // this process's record as holder of cfg's state
 	lns   []net.Listener
 	rb    *ringbuf.Reader
 	names *cgroupNames
@@ -118,10 +120,16 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 		}
 	}()
 
+	// Nothing another live agent holds is replaced.
+	if a.hold, err = claim(cfg, opts.Force); err != nil {
+		return nil, err
+	}
 	// The address first: nothing is attached unless it is local.
 	if a.ia, err = ensureIntercept(cfg.InterceptIPv4, cfg.InterceptIPv6, log); err != nil {
 		return nil, err
 	}
+	linkName := a.ia.link.Attrs().Name // the watch may replace a vanished link
+	a.aw = startAddrWatch(a.ia, log)
 	settings.Intercept4 = binary.NativeEndian.Uint32(a.ia.v4.AsSlice()) // network order in memory
 	settings.Flags |= uint16(bpf.SluiceSettingFlagSET_V4)
 	if a.ia.v6.IsValid() {
@@ -186,7 +194,7 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	}()
 	ok = true
 	log.Info("agent started", "mount", mount, "attach", cfg.Attach, "failMode", cfg.FailMode,
-		"intercept4", a.ia.v4.String(), "intercept6", a.ia.v6.String(), "proxyPort", cfg.ProxyPort, "link", a.ia.link.Attrs().Name)
+		"intercept4", a.ia.v4.String(), "intercept6", a.ia.v6.String(), "proxyPort", cfg.ProxyPort, "link", linkName)
 	return a, nil
 }
 
@@ -391,21 +399,48 @@ func (a *Agent) shutdown() {
 	}
 	a.wg.Wait()
 	a.objs.Close()
+	if a.aw != nil {
+		a.aw.close()
+	}
 	if a.ia != nil && a.cfg.FailMode != "closed" {
 		a.ia.remove(a.log)
+	}
+	if a.hold != nil {
+		if err := a.hold.release(); err != nil {
+			a.log.Warn("release intercept state", "error", err)
+		}
 	}
 	a.log.Info("agent stopped", "failMode", a.cfg.FailMode)
 }
 
 // Cleanup removes everything an agent with cfg installed: pinned hooks
-// (detached), pinned maps, the pin directory, the intercept addresses and
-// the sluice0 link. Run it with no agent running (`sluice agent --cleanup`).
+// (detached), pinned maps, the pin directory, the intercept addresses,
+// their guards and the sluice0 link (`sluice agent --cleanup`). It
+// refuses with a *HeldError, removing nothing, while another live agent
+// process holds the address or the pins; CleanupWith can force it.
 func Cleanup(cfg config.Agent, log *slog.Logger) error {
+	return CleanupWith(cfg, log, CleanupOptions{})
+}
+
+// CleanupWith is Cleanup with options.
+func CleanupWith(cfg config.Agent, log *slog.Logger, o CleanupOptions) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "agent")
+	stale, err := checkHeld("clean up", cfg)
+	if err != nil && !o.Force {
+		return err
+	}
+	if err != nil {
+		log.Warn("cleaning up state a live agent holds (forced)", "error", err)
+	}
 	var errs []error
+	for _, h := range stale {
+		if err := os.Remove(h.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove stale holder record %s: %w", h.path, err))
+		}
+	}
 	linksDir := filepath.Join(cfg.BPFFS, "links")
 	if ents, err := os.ReadDir(linksDir); err == nil {
 		for _, e := range ents {

@@ -27,12 +27,27 @@
 //
 // The intercept address. It goes on a dummy link "sluice0" where the kernel
 // has dummy links, else on "lo", and no hook is attached before the kernel
-// routes it as local. An unreachable route for it in the main table guards
-// against an address that disappears while hooks stay pinned: redirected
-// connects then fail on the node instead of following the default route.
-// The guard route's protocol also records whether an agent added the
-// address, so that neither Close nor Cleanup removes an address that was
-// already there.
+// routes it as local. Two guards make an address that disappears (removed
+// by hand, by another tool, or while hooks stay pinned) unroutable, never
+// routed: an unreachable route in the main table, and a policy-routing
+// rule right after the local table's rule, "to ADDR lookup GuardTable",
+// whose table holds an unreachable route for it. The local table answers
+// first while the address is on the node; once it is gone the rule ends
+// the lookup, whatever the main table or a later rule says, and
+// redirected connects fail on the node (EHOSTUNREACH). While the agent
+// runs it follows the kernel's address, route and rule messages (and
+// re-checks every half second in case one is lost), restores the address
+// and every guard in one pass within a second, logs it at Warn and counts
+// it (Restorations); Ready names whatever is missing meanwhile. The guard
+// route's protocol records whether an agent added the address, so that
+// neither Close nor Cleanup removes an address that was already there.
+//
+// One live agent per intercept address and pin directory. Start records
+// the process (pid and start time) in /run/sluice; a second agent's Start
+// and Cleanup (`sluice agent --cleanup`) refuse, with a *HeldError naming
+// the live agent's pid and the --force flag, to replace or remove what a
+// live agent other than themselves holds. A record of a process that is
+// gone is ignored.
 package agent
 
 import (
@@ -128,4 +143,8 @@ type Options struct {
 	// OriginWait bounds how long an accepted connection waits for its
 	// origin to appear in the kernel map; 0 means 250ms.
 	OriginWait time.Duration
+	// Force starts the agent even when another live agent process holds
+	// its intercept address or pin directory (Start otherwise returns a
+	// *HeldError naming that process): `sluice agent --force`.
+	Force bool
 }
