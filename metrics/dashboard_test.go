@@ -29,6 +29,7 @@ func everything() *metrics.Metrics {
 	m.ConnOpened()
 	m.SetRingDrops(func() uint64 { return 1 })
 	m.SetEgressDrops(func() uint64 { return 1 })
+	m.SetInterceptRestorations(func() uint64 { return 1 })
 	m.SetMapErrors(func() map[string]uint64 { return map[string]uint64{"sluice_origins": 1} })
 	m.SetLeafStats(func() metrics.LeafStats { return metrics.LeafStats{Size: 1, Hits: 1, Misses: 1, Issued: 1} })
 	return m

@@ -26,6 +26,7 @@
 //	sluice_agent_events_dropped_total                         read at scrape time (SetRingDrops)
 //	sluice_bpf_map_update_errors_total{map}                   read at scrape time (SetMapErrors)
 //	sluice_agent_egress_denied_packets_total                  read at scrape time (SetEgressDrops)
+//	sluice_agent_intercept_restorations_total                 read at scrape time (SetInterceptRestorations)
 //	sluice_ca_leaf_cache_size, sluice_ca_leaf_cache_hits_total,
 //	sluice_ca_leaf_cache_misses_total, sluice_ca_leaf_issued_total  read at scrape time (SetLeafStats)
 //
@@ -93,6 +94,7 @@ type Metrics struct {
 	ringDrops atomic.Pointer[func() uint64]
 	mapErrors atomic.Pointer[func() map[string]uint64]
 	egress    atomic.Pointer[func() uint64]
+	restores  atomic.Pointer[func() uint64]
 	leafStats atomic.Pointer[func() LeafStats]
 }
 
@@ -351,6 +353,17 @@ func (m *Metrics) SetEgressDrops(f func() uint64) {
 	m.egress.Store(&f)
 }
 
+// SetInterceptRestorations installs the source of the count of times the
+// agent put back its intercept address or guards after something removed
+// them (agent.Agent.Restorations), read at every scrape. nil removes it.
+func (m *Metrics) SetInterceptRestorations(f func() uint64) {
+	if f == nil {
+		m.restores.Store(nil)
+		return
+	}
+	m.restores.Store(&f)
+}
+
 // SetMapErrors installs the source of the kernel programs' failed map
 // updates, monotonic totals by map name (agent.Agent.MapErrors), read at
 // every scrape. The names are fixed by the agent, so they are not folded.
@@ -385,6 +398,8 @@ var (
 		"Kernel events lost because the ring buffer was full.", nil, nil)
 	descEgressDrops = prometheus.NewDesc("sluice_agent_egress_denied_packets_total",
 		"Packets from selected cgroups dropped in the kernel because their destination is denied.", nil, nil)
+	descRestores = prometheus.NewDesc("sluice_agent_intercept_restorations_total",
+		"Times the agent restored its intercept address or its guards after they were removed.", nil, nil)
 	descMapErrors = prometheus.NewDesc("sluice_bpf_map_update_errors_total",
 		"Map updates that failed in the kernel programs, by map.", []string{"map"}, nil)
 	descLeafSize = prometheus.NewDesc("sluice_ca_leaf_cache_size",
@@ -398,7 +413,7 @@ var (
 )
 
 func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRingDrops, descEgressDrops, descMapErrors, descLeafSize, descLeafHits, descLeafMisses, descLeafIssued} {
+	for _, d := range []*prometheus.Desc{descRingDrops, descEgressDrops, descRestores, descMapErrors, descLeafSize, descLeafHits, descLeafMisses, descLeafIssued} {
 		ch <- d
 	}
 }
@@ -409,6 +424,9 @@ func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if f := c.m.egress.Load(); f != nil {
 		ch <- prometheus.MustNewConstMetric(descEgressDrops, prometheus.CounterValue, float64((*f)()))
+	}
+	if f := c.m.restores.Load(); f != nil {
+		ch <- prometheus.MustNewConstMetric(descRestores, prometheus.CounterValue, float64((*f)()))
 	}
 	if f := c.m.mapErrors.Load(); f != nil {
 		for name, n := range (*f)() {

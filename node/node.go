@@ -47,6 +47,9 @@ type Options struct {
 	Intercept bool
 	// Admin serves cfg.Admin.Listen when it is not empty.
 	Admin bool
+	// Force lets the agent take over the intercept address and pins
+	// that another live agent holds (sluice agent --force).
+	Force bool
 }
 
 // Node is a running node. Its exported parts may be read at any time,
@@ -106,6 +109,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 	const hooksAttached, proxyListening = "hooks attached", "proxy listening"
 	gate := admin.NewGate(hooksAttached, proxyListening)
 	aopts := agent.Options{
+		Force: opts.Force,
 		OnEvent: func(e agent.Event) {
 			n.Metrics.ConnectEvent(string(e.Verdict))
 			n.Flows.Connect(e.PID, e.Comm, e.Cgroup, e.Dst, string(e.Verdict))
@@ -139,8 +143,10 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 	}
 	gate.Done(hooksAttached)
 	gate.Done(proxyListening)
+	gate.Watch(n.agent.Ready) // the intercept address and its guards, live
 	n.Metrics.SetRingDrops(n.agent.Drops)
 	n.Metrics.SetMapErrors(n.agent.MapErrors)
+	n.Metrics.SetInterceptRestorations(n.agent.Restorations)
 	n.Metrics.SetEgressDrops(n.agent.EgressDrops)
 	return n, nil
 }

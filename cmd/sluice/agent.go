@@ -22,8 +22,9 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "config `FILE` (YAML); empty uses the defaults")
 	cleanup := fs.Bool("cleanup", false, "remove every hook, pin, map and the intercept address, then exit")
+	force := fs.Bool("force", false, "take over (or, with --cleanup, remove) the address and pins another live agent holds")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: sluice agent --config FILE [--cleanup]")
+		fmt.Fprintln(stderr, "usage: sluice agent --config FILE [--cleanup] [--force]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -43,14 +44,14 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, nil))
 	if *cleanup {
-		if err := agent.Cleanup(cfg.Agent, log); err != nil {
-			fmt.Fprintf(stderr, "sluice agent: cleanup: %v\n", err)
+		if err := agent.CleanupWith(cfg.Agent, log, agent.CleanupOptions{Force: *force}); err != nil {
+			fmt.Fprintf(stderr, "sluice agent: %v\n", err)
 			return 1
 		}
 		fmt.Fprintln(stdout, "sluice agent: removed hooks, pins and the intercept address")
 		return 0
 	}
-	if err := serveAgent(ctx, cfg, log, stdout); err != nil {
+	if err := serveAgent(ctx, cfg, log, stdout, *force); err != nil {
 		fmt.Fprintf(stderr, "sluice agent: %v\n", err)
 		return 1
 	}
@@ -59,8 +60,8 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 // serveAgent runs the node (proxy, policy with reload, audit sinks,
 // metrics, flows, admin listener, eBPF agent) until ctx is done.
-func serveAgent(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.Writer) error {
-	n, err := node.Start(ctx, cfg, node.Options{Log: log, Stdout: stdout, Watch: true, Intercept: true, Admin: true})
+func serveAgent(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.Writer, force bool) error {
+	n, err := node.Start(ctx, cfg, node.Options{Log: log, Stdout: stdout, Watch: true, Intercept: true, Admin: true, Force: force})
 	if err != nil {
 		return err
 	}
