@@ -9,6 +9,7 @@ package launch
 import (
 	"context"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -43,6 +44,14 @@ type Options struct {
 	// StopGrace is how long the child gets between SIGTERM and SIGKILL.
 	// Default 10s.
 	StopGrace time.Duration
+	// KeepCaps leaves DroppedCaps in the command's capability sets
+	// (--keep-caps). A root command can then leave its cgroup, detach the
+	// hooks or use raw sockets, and so go around the interception.
+	KeepCaps bool
+	// Log receives, at Info, the protections that could not be set up on
+	// this host (say, /sys/fs/cgroup could not be made read-only); nil
+	// discards them.
+	Log *slog.Logger
 }
 
 func (o Options) waits() (interrupt, grace time.Duration) {
