@@ -4,6 +4,11 @@
 // the CA-trust variables set and never a proxy variable, passes stdio and
 // the exit status through, and removes the cgroup afterwards. It is the
 // engine of `sluice run`.
+//
+// The command must not leave the cgroup, even as root: it starts in new
+// cgroup and mount namespaces, through a child half of sluice (Child) that
+// makes the cgroup mounts read-only, drops the capabilities that lead
+// around the hooks (DroppedCaps) and then execs it.
 package launch
 
 import (
