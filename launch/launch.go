@@ -4,11 +4,17 @@
 // the CA-trust variables set and never a proxy variable, passes stdio and
 // the exit status through, and removes the cgroup afterwards. It is the
 // engine of `sluice run`.
+//
+// The command must not leave the cgroup, even as root: it starts in new
+// cgroup and mount namespaces, through a child half of sluice (Child) that
+// makes the cgroup mounts read-only, drops the capabilities that lead
+// around the hooks (DroppedCaps) and then execs it.
 package launch
 
 import (
 	"context"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -43,6 +49,14 @@ type Options struct {
 	// StopGrace is how long the child gets between SIGTERM and SIGKILL.
 	// Default 10s.
 	StopGrace time.Duration
+	// KeepCaps leaves DroppedCaps in the command's capability sets
+	// (--keep-caps). A root command can then leave its cgroup, detach the
+	// hooks or use raw sockets, and so go around the interception.
+	KeepCaps bool
+	// Log receives, at Info, the protections that could not be set up on
+	// this host (say, /sys/fs/cgroup could not be made read-only); nil
+	// discards them.
+	Log *slog.Logger
 }
 
 func (o Options) waits() (interrupt, grace time.Duration) {

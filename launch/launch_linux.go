@@ -1,12 +1,17 @@
 package launch
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -52,23 +57,96 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if err != nil {
 		return 127, fmt.Errorf("run %s: %w", o.Argv[0], err)
 	}
-	cmd := exec.Command(path, o.Argv[1:]...)
-	cmd.Args[0] = o.Argv[0]
-	cmd.Env = childEnv(o.Env, bundle)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = o.Stdin, o.Stdout, o.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		UseCgroupFD: true,
-		CgroupFD:    int(dirFD.Fd()),
-		// Should sluice die (even by SIGKILL), the command dies with it:
-		// it never runs on once the hooks are gone.
-		Pdeathsig: syscall.SIGKILL,
-	}
-	started, waited := startLocked(cmd)
-	if err := <-started; err != nil {
-		return 126, fmt.Errorf("start %s in cgroup %s: %w", o.Argv[0], cg.path, err)
+	cmd, waited, err := startChild(o, path, cg.path, int(dirFD.Fd()), childEnv(o.Env, bundle))
+	if err != nil {
+		code := 126
+		if cmd != nil {
+			code = exitCode(cmd, <-waited)
+		}
+		return code, fmt.Errorf("start %s in cgroup %s: %w", o.Argv[0], cg.path, err)
 	}
 	werr := stop(ctx, cmd.Process, waited, o)
 	return exitCode(cmd, werr), nil
+}
+
+// startChild starts the command at path: sluice itself, as the child half
+// (Child), directly inside the cgroup cgroupFD names (cgroupPath below
+// the cgroup2 mount), in new cgroup and
+// mount namespaces, which then drops the capabilities, makes the cgroup
+// mounts read-only and execs the command. Where the kernel refuses the
+// namespaces it starts without them and says so at Info. It returns once
+// the command runs, or with the reason it does not; cmd is then set when
+// a child was started (receive from waited before reading its exit code).
+func startChild(o Options, path, cgroupPath string, cgroupFD int, env []string) (cmd *exec.Cmd, waited <-chan error, err error) {
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	newNS := true
+	for {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, nil, fmt.Errorf("create status pipe: %w", err)
+		}
+		cmd = exec.Command("/proc/self/exe", append([]string{ChildArg, childOpts{NewNS: newNS, KeepCaps: o.KeepCaps}.String(), cgroupPath, path}, o.Argv...)...)
+		cmd.Args[0] = "sluice"
+		cmd.Env = env
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = o.Stdin, o.Stdout, o.Stderr
+		cmd.ExtraFiles = []*os.File{w} // statusFD
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			UseCgroupFD: true,
+			CgroupFD:    cgroupFD,
+			// Should sluice die (even by SIGKILL), the command dies with
+			// it: it never runs on once the hooks are gone.
+			Pdeathsig: syscall.SIGKILL,
+		}
+		if newNS {
+			// The cgroup namespace's root is the run's cgroup
+			// (clone3 CLONE_INTO_CGROUP applies first), so the command
+			// cannot name a cgroup outside it.
+			cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWCGROUP | syscall.CLONE_NEWNS
+		}
+		started, wt := startLocked(cmd)
+		err = <-started
+		w.Close()
+		if err != nil {
+			r.Close()
+			if newNS && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL)) {
+				log.Info("command protection not in place", "reason", fmt.Sprintf("start in new cgroup and mount namespaces: %v; started without them, so the command sees the whole cgroup hierarchy, writable where its capabilities allow", err))
+				newNS = false
+				continue
+			}
+			return nil, nil, err
+		}
+		err = readReport(r, log)
+		r.Close()
+		return cmd, wt, err
+	}
+}
+
+// readReport reads the child half's report until the pipe closes (the
+// exec succeeded, or the child exited): notes go to log at Info, and a
+// failed setup or exec is returned.
+func readReport(r io.Reader, log *slog.Logger) error {
+	var errs []error
+	s := bufio.NewScanner(r)
+	for s.Scan() {
+		kind, msg, _ := strings.Cut(s.Text(), " ")
+		switch kind {
+		case reportNote:
+			log.Info("command protection not in place", "reason", msg)
+		case reportExec:
+			num, text, _ := strings.Cut(msg, " ")
+			if n, err := strconv.Atoi(num); err == nil && n != 0 {
+				errs = append(errs, fmt.Errorf("exec: %w", syscall.Errno(n)))
+			} else {
+				errs = append(errs, fmt.Errorf("exec: %s", text))
+			}
+		case reportFail:
+			errs = append(errs, errors.New(msg))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // startLocked starts cmd from a goroutine locked to its OS thread until

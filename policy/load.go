@@ -152,7 +152,8 @@ func (d *decoder) result(data []byte) (*Policy, error) {
 
 // Check decodes and validates a policy file like Decode and also returns
 // its warnings: what is valid but does not do what it seems to (a
-// selector nothing fills yet). Warnings render like problems, their Msg
+// selector nothing fills yet, a workload told apart by the process name it
+// sets itself). Warnings render like problems, their Msg
 // starting with "warning: ".
 func Check(data []byte, filename string) (warnings []*Problem, err error) {
 	d := &decoder{file: filename, lines: map[string]int{}}

@@ -223,6 +223,12 @@ func (d *decoder) checkWorkloads(path string, w Workloads) {
 			d.add(fmt.Sprintf("%s.containerIDs[%d]", path, i), c, "a container id is 12 to 64 lower-case hex digits")
 		}
 	}
+	// A process names itself: prctl(PR_SET_NAME), or the name of the file
+	// it execs, sets its comm. A rule that tells workloads apart by comm
+	// alone is one any process can join or leave.
+	if len(w.Comm) > 0 && len(w.Cgroups) == 0 && len(w.Exe) == 0 && len(w.ContainerIDs) == 0 {
+		d.warn(path+".comm", "a process sets its own comm (prctl PR_SET_NAME, or the name of the file it runs), so comm alone does not identify a workload; add exe (e.g. /usr/bin/python3*), cgroups or containerIDs to this rule's workloads")
+	}
 	// Until the agent reads Kubernetes metadata, nothing fills an
 	// identity's namespace or labels: such a selector matches no workload.
 	if len(w.Namespaces) > 0 {

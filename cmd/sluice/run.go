@@ -18,6 +18,12 @@ import (
 )
 
 func init() {
+	// The command of `sluice run` starts as sluice itself, the child half
+	// (launch.Child), which sets up the command's protections and execs
+	// it: that happens here, before main and before anything else.
+	if len(os.Args) > 1 && os.Args[1] == launch.ChildArg {
+		os.Exit(launch.Child(os.Args[2:]))
+	}
 	register("run", "run one command with its egress intercepted and print a per-process summary", runRun)
 }
 
@@ -30,6 +36,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	caDir := fs.String("ca-dir", "", "CA directory (default: the config's ca.dir, or $SLUICE_CA_DIR)")
 	noCAEnv := fs.Bool("no-ca-env", false, "do not set SSL_CERT_FILE and the other CA-trust variables for the command")
 	noSummary := fs.Bool("no-summary", false, "do not print the egress summary at exit")
+	keepCaps := fs.Bool("keep-caps", false, "keep CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF, CAP_SYS_PTRACE and CAP_SYS_MODULE in the command's capability sets; RISK: a root command can then leave its cgroup, detach the hooks or use raw sockets, and so go around the interception: use only for a command you trust")
 	verbose := fs.Bool("v", false, "log every decision to stderr (default: denials, warnings and errors only)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: sluice run [flags] -- CMD [ARGS…]")
@@ -71,17 +78,25 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	code, err := runIntercepted(ctx, cfg, log, argv, !*noCAEnv, !*noSummary, stderr)
+	code, err := runIntercepted(ctx, cfg, log, runArgs{argv: argv, caEnv: !*noCAEnv, summary: !*noSummary, keepCaps: *keepCaps}, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice run: %v\n", err)
 	}
 	return code
 }
 
+// runArgs are the command and the flags of `sluice run` that shape it.
+type runArgs struct {
+	argv     []string
+	caEnv    bool // set the CA-trust variables (not --no-ca-env)
+	summary  bool // print the egress summary (not --no-summary)
+	keepCaps bool // --keep-caps
+}
+
 // runIntercepted starts a node intercepting nothing but the command's
 // transient cgroup, runs the command, stops the interception and prints
 // the egress summary.
-func runIntercepted(ctx context.Context, cfg config.Config, log *slog.Logger, argv []string, caEnv, summary bool, stderr io.Writer) (int, error) {
+func runIntercepted(ctx context.Context, cfg config.Config, log *slog.Logger, a runArgs, stderr io.Writer) (int, error) {
 	mount, err := cgroup2.Mount()
 	if err != nil {
 		return 1, err
@@ -91,16 +106,18 @@ func runIntercepted(ctx context.Context, cfg config.Config, log *slog.Logger, ar
 		return 1, err
 	}
 	var caPEM []byte
-	if caEnv {
+	if a.caEnv {
 		caPEM = n.CA.BundlePEM()
 	}
 	code, runErr := launch.Run(ctx, launch.Options{
-		Argv:         argv,
+		Argv:         a.argv,
 		Stdin:        os.Stdin,
 		Stdout:       os.Stdout,
 		Stderr:       os.Stderr,
 		CAPEM:        caPEM,
 		Cgroup2Mount: mount,
+		KeepCaps:     a.keepCaps,
+		Log:          log,
 		Intercept: func(_ context.Context, cgroupPath, _ string) error {
 			return n.SelectCgroup(cgroupPath)
 		},
@@ -108,7 +125,7 @@ func runIntercepted(ctx context.Context, cfg config.Config, log *slog.Logger, ar
 	if err := n.Close(); err != nil {
 		log.Warn("stop interception", "error", err)
 	}
-	if summary {
+	if a.summary {
 		fmt.Fprintln(stderr, "\nsluice: egress summary")
 		writeFlowsTable(stderr, n.Flows.Snapshot())
 	}

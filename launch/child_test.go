@@ -1,0 +1,77 @@
+package launch
+
+import (
+	"errors"
+	"log/slog"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// The child's cgroup view is every cgroup and cgroup2 mount, and whatever
+// is mounted at /sys/fs/cgroup or below (a hybrid layout's tmpfs), each
+// once, escapes undone.
+func TestCgroupMounts(t *testing.T) {
+	const mountinfo = `22 1 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+31 22 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+67 41 0:38 / /sys/fs/cgroup/unified ro,relatime - cgroup2 cgroup2 rw
+70 1 0:38 / /run/my\040cgroups rw - cgroup2 cgroup2 rw,nsdelegate
+71 1 0:40 / /sys/fs/cgroupx rw - tmpfs tmpfs rw
+malformed line
+`
+	got := cgroupMounts(strings.NewReader(mountinfo))
+	want := []string{"/sys/fs/cgroup", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified", "/run/my cgroups"}
+	if !slices.Equal(got, want) {
+		t.Errorf("cgroupMounts = %q, want %q", got, want)
+	}
+}
+
+func TestChildOptsRoundTrip(t *testing.T) {
+	for _, o := range []childOpts{{}, {NewNS: true}, {KeepCaps: true}, {NewNS: true, KeepCaps: true}} {
+		got, err := parseChildOpts(o.String())
+		if err != nil || got != o {
+			t.Errorf("parse(%q) = %+v, %v", o.String(), got, err)
+		}
+	}
+	if _, err := parseChildOpts("ns=true,caps=all"); err == nil {
+		t.Error("an unknown option was accepted")
+	}
+}
+
+// The child half's report: notes are logged for -v, a failed setup or
+// exec is the error Run returns; nothing at all means the command runs.
+func TestReadReport(t *testing.T) {
+	var logged strings.Builder
+	log := slog.New(slog.NewTextHandler(&logged, nil))
+	if err := readReport(strings.NewReader(""), log); err != nil || logged.Len() != 0 {
+		t.Errorf("empty report: %v, logged %q", err, logged.String())
+	}
+	report := "note make /sys/fs/cgroup read-only for the command: permission denied\nexec 13 permission denied\n"
+	err := readReport(strings.NewReader(report), log)
+	if !errors.Is(err, syscall.EACCES) || err.Error() != "exec: permission denied" {
+		t.Errorf("exec failure: %v, want exec: permission denied (EACCES)", err)
+	}
+	if !strings.Contains(logged.String(), `reason="make /sys/fs/cgroup read-only for the command: permission denied"`) {
+		t.Errorf("note not logged: %q", logged.String())
+	}
+	if err := readReport(strings.NewReader("fail drop CAP_SYS_ADMIN: operation not permitted\n"), log); err == nil || err.Error() != "drop CAP_SYS_ADMIN: operation not permitted" {
+		t.Errorf("setup failure: %v", err)
+	}
+}
+
+// Every dropped capability is named once, with the number the kernel
+// gives it (linux/capability.h).
+func TestDroppedCaps(t *testing.T) {
+	want := map[string]int{"CAP_SYS_ADMIN": 21, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_BPF": 39, "CAP_SYS_PTRACE": 19, "CAP_SYS_MODULE": 16}
+	if len(DroppedCaps) != len(want) {
+		t.Fatalf("DroppedCaps %v, want %v", DroppedCaps, want)
+	}
+	for _, c := range DroppedCaps {
+		if want[c.Name] != c.Num {
+			t.Errorf("%s = %d, want %d", c.Name, c.Num, want[c.Name])
+		}
+	}
+}
