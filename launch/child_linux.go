@@ -103,7 +103,7 @@ func readOnlyCgroups(cgroup string) (notes []string) {
 	if err != nil {
 		return []string{fmt.Sprintf("read mounts: %v; the cgroup mounts stay writable", err)}
 	}
-	points := cgroupMounts(mounts)
+	points := cgroup2.ViewMounts(mounts)
 	mounts.Close()
 	for _, p := range points {
 		if err := remountReadOnly(p); err != nil {

@@ -3,31 +3,10 @@ package launch
 import (
 	"errors"
 	"log/slog"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
 )
-
-// The child's cgroup view is every cgroup and cgroup2 mount, and whatever
-// is mounted at /sys/fs/cgroup or below (a hybrid layout's tmpfs), each
-// once, escapes undone.
-func TestCgroupMounts(t *testing.T) {
-	const mountinfo = `22 1 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
-31 22 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-67 41 0:38 / /sys/fs/cgroup/unified ro,relatime - cgroup2 cgroup2 rw
-70 1 0:38 / /run/my\040cgroups rw - cgroup2 cgroup2 rw,nsdelegate
-71 1 0:40 / /sys/fs/cgroupx rw - tmpfs tmpfs rw
-malformed line
-`
-	got := cgroupMounts(strings.NewReader(mountinfo))
-	want := []string{"/sys/fs/cgroup", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified", "/run/my cgroups"}
-	if !slices.Equal(got, want) {
-		t.Errorf("cgroupMounts = %q, want %q", got, want)
-	}
-}
 
 func TestChildOptsRoundTrip(t *testing.T) {
 	for _, o := range []childOpts{{}, {NewNS: true}, {KeepCaps: true}, {NewNS: true, KeepCaps: true}} {
