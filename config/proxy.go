@@ -43,6 +43,10 @@ type Proxy struct {
 	// and transparent together, a CONNECT tunnel counting as its
 	// connection); beyond it new ones are refused with an audit record.
 	MaxConnections int `yaml:"maxConnections"`
+	// MaxConnectionsPerWorkload bounds the client connections of one
+	// workload (its cgroup, container or pod; the client address in
+	// explicit mode) at once, so one can't starve the others.
+	MaxConnectionsPerWorkload int `yaml:"maxConnectionsPerWorkload"`
 }
 
 // DefaultProxy returns the proxy defaults.
@@ -57,6 +61,8 @@ func DefaultProxy() Proxy {
 		MaxUpstreamPools:        1024,
 		MaxIdleConnsPerUpstream: 32,
 		MaxConnections:          10000,
+		// A fifth of the node's connections for any one workload.
+		MaxConnectionsPerWorkload: 2000,
 	}
 }
 
@@ -87,6 +93,9 @@ func (p Proxy) validate() []error {
 	}
 	if p.MaxConnections < 1 {
 		errs = append(errs, fmt.Errorf("proxy.maxConnections %d: must be at least 1, e.g. 10000", p.MaxConnections))
+	}
+	if p.MaxConnectionsPerWorkload < 1 || p.MaxConnectionsPerWorkload > p.MaxConnections {
+		errs = append(errs, fmt.Errorf("proxy.maxConnectionsPerWorkload %d: must be between 1 and proxy.maxConnections (%d), e.g. 2000", p.MaxConnectionsPerWorkload, p.MaxConnections))
 	}
 	return errs
 }

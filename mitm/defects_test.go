@@ -267,3 +267,34 @@ func TestServerSpeaksFirstWithoutDelay(t *testing.T) {
 		t.Errorf("record %+v", rec)
 	}
 }
+
+// One workload can't take every slot: past proxy.maxConnectionsPerWorkload
+// its connections are refused and recorded, while another workload is
+// still served.
+func TestConnectionsPerWorkload(t *testing.T) {
+	up := startPlainUpstream(t, echoHandler())
+	h := newHarness(t, nil, nil, func(c *config.Proxy, _ *Deps) { c.MaxConnectionsPerWorkload = 3 })
+	greedy := workload.Identity{Cgroup: "/greedy.scope"}
+	for i := 0; i < 3; i++ {
+		transparent(t, h, Destination{Addr: up.addr}, greedy) // idle: holds a slot
+	}
+	// Handle runs on its own goroutine; wait until the three hold theirs.
+	deadline := time.Now().Add(5 * time.Second)
+	for h.p.slots.inUse("/greedy.scope") < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	c := transparent(t, h, Destination{Addr: up.addr}, greedy)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("the fourth connection of one workload read %d bytes; want it closed", n)
+	}
+	rec := h.recs.wait(t, "the refusal", func(r audit.Record) bool { return r.Reason == audit.ReasonTooManyConns })
+	if rec.Workload.Cgroup != "/greedy.scope" || !strings.Contains(rec.Error, "maxConnectionsPerWorkload (3)") {
+		t.Errorf("record %+v", rec)
+	}
+	other := transparent(t, h, Destination{Addr: up.addr}, workload.Identity{Cgroup: "/other.scope"})
+	resp, body := rawRequest(t, other, "GET /x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+	if resp.StatusCode != 200 || !strings.Contains(body, "hello GET /x") {
+		t.Fatalf("another workload got %d %q", resp.StatusCode, body)
+	}
+}

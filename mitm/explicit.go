@@ -75,11 +75,11 @@ func (l *explicitListener) Accept() (net.Conn, error) {
 		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
 			id.Client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		}
-		if !l.p.acquire() {
+		if ok, why := l.p.slots.acquire(slotKey(&id)); !ok {
 			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 			_, _ = io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"+
 				string(errorBody(http.StatusServiceUnavailable, "", audit.ReasonTooManyConns)))
-			l.p.refuse(c, Destination{}, id)
+			l.p.refuse(c, Destination{}, id, why)
 			continue
 		}
 		return l.wrap(c, id), nil
@@ -95,7 +95,7 @@ func (l *explicitListener) wrap(c net.Conn, id workload.Identity) net.Conn {
 	go func() {
 		<-hc.closed
 		f.releaseTargets()
-		l.p.release()
+		l.p.slots.release(slotKey(&id))
 		l.p.obs.ConnClosed()
 		l.wg.Done()
 	}()

@@ -97,8 +97,8 @@ type Proxy struct {
 	pools  *poolSet
 	h2     *http2.Server
 	errLog *slog.Logger
-	slots  chan struct{} // one per client connection being served
-	stages []Stage       // the per-request chain (see chain)
+	slots  *slots  // client connections being served
+	stages []Stage // the per-request chain (see chain)
 }
 
 // New builds a Proxy from its configuration (already validated by
@@ -124,6 +124,9 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 	}
 	if cfg.MaxConnections <= 0 {
 		cfg.MaxConnections = def.MaxConnections
+	}
+	if cfg.MaxConnectionsPerWorkload <= 0 {
+		cfg.MaxConnectionsPerWorkload = min(def.MaxConnectionsPerWorkload, cfg.MaxConnections)
 	}
 	if cfg.MaxIdleConnsPerUpstream <= 0 {
 		cfg.MaxIdleConnsPerUpstream = def.MaxIdleConnsPerUpstream
@@ -185,7 +188,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 			MaxConcurrentStreams: 250,
 		},
 		errLog: log.With("source", "net/http"),
-		slots:  make(chan struct{}, cfg.MaxConnections),
+		slots:  newSlots(cfg.MaxConnections, cfg.MaxConnectionsPerWorkload),
 	}
 	p.stages = p.chain()
 	p.pools, err = newPoolSet(p, cfg.MaxUpstreamPools)
@@ -213,32 +216,21 @@ func (p *Proxy) Handle(ctx context.Context, conn net.Conn, dst Destination, id w
 			dst.Port = dst.Addr.Port()
 		}
 	}
-	if !p.acquire() {
-		p.refuse(conn, dst, id)
+	key := slotKey(&id)
+	if ok, why := p.slots.acquire(key); !ok {
+		p.refuse(conn, dst, id, why)
 		return
 	}
-	defer p.release()
+	defer p.slots.release(key)
 	p.obs.ConnOpened()
 	defer p.obs.ConnClosed()
 	p.serve(ctx, conn, dst, id, false)
 }
 
-func (p *Proxy) acquire() bool {
-	select {
-	case p.slots <- struct{}{}:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *Proxy) release() { <-p.slots }
-
-// refuse closes a connection over MaxConnections and records it.
-func (p *Proxy) refuse(conn net.Conn, dst Destination, id workload.Identity) {
+// refuse closes a connection over a connection bound and records it.
+func (p *Proxy) refuse(conn net.Conn, dst Destination, id workload.Identity, why string) {
 	conn.Close()
 	rec := (&flow{id: id, dst: dst, start: time.Now()}).l4Record()
-	rec.Decision, rec.Reason = audit.DecisionError, audit.ReasonTooManyConns
-	rec.Error = fmt.Sprintf("more than proxy.maxConnections (%d) connections at once", p.cfg.MaxConnections)
+	rec.Decision, rec.Reason, rec.Error = audit.DecisionError, audit.ReasonTooManyConns, why
 	p.emit(rec)
 }
