@@ -95,6 +95,9 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 			return nil, err
 		}
 	}
+	if err := fitFiles(&cfg.Proxy, cfg.Set, log, processLimits{}); err != nil {
+		return nil, err
+	}
 	var dialer *net.Dialer
 	if opts.Intercept {
 		dialer = &net.Dialer{Control: agent.MarkControl(cfg.Agent.Mark)}

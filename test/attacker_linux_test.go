@@ -47,7 +47,9 @@ type attack struct {
 	// "raw-hdrincl" (IPPROTO_RAW, the attacker writes the whole IPv4
 	// header) or "udp" (an unconnected SOCK_DGRAM sendto).
 	Kind string
-	// Payload is carried in every packet; Count packets are sent.
+	// Payload is carried in every packet; Count packets are sent. For
+	// "hold", Count connections are opened to Dst and held, idle, until
+	// a line arrives on stdin.
 	Payload string
 	Count   int
 }
@@ -59,6 +61,7 @@ type attackResult struct {
 	Errno     string // connect or the last sendto: "" when it succeeded
 	Data      string // what a connect read
 	Sent      int    // sendto calls that succeeded
+	Held      int    // "hold": connections that connected
 }
 
 func errnoName(err error) string {
@@ -84,6 +87,8 @@ func runAttack(spec string) int {
 		err = attackConnect(a, &r)
 	case "send":
 		err = attackSend(a, &r)
+	case "hold":
+		err = attackHold(a, &r)
 	default:
 		err = fmt.Errorf("unknown op %q", a.Op)
 	}
@@ -190,6 +195,39 @@ func attackSend(a attack, r *attackResult) error {
 			continue
 		}
 		r.Sent++
+	}
+	return nil
+}
+
+// attackHold opens a.Count connections to a.Dst and holds them without a
+// word, printing "ready" once they are open, until a line on stdin.
+func attackHold(a attack, r *attackResult) error {
+	n := uint64(a.Count) + 256
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: n, Max: n}); err != nil {
+		return fmt.Errorf("raise RLIMIT_NOFILE to %d: %w", n, err)
+	}
+	fam, sa := sockaddr(a.Dst)
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	for i := 0; i < a.Count; i++ {
+		fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("socket %d: %w", i, err)
+		}
+		fds = append(fds, fd)
+		if err := unix.Connect(fd, sa); err != nil {
+			r.Errno = errnoName(err)
+			continue
+		}
+		r.Held++
+	}
+	fmt.Println("ready")
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		return fmt.Errorf("wait for the go-ahead: %w", err)
 	}
 	return nil
 }
