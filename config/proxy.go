@@ -60,7 +60,7 @@ func DefaultProxy() Proxy {
 		PeekTimeout:             Duration(2 * time.Second),
 		MaxUpstreamPools:        1024,
 		MaxIdleConnsPerUpstream: 32,
-		MaxConnections:          10000,
+		MaxConnections:          8192, // 17,408 open files with the reserve: within a 20,000 limit
 		// A fifth of the node's connections for any one workload.
 		MaxConnectionsPerWorkload: 2000,
 	}
@@ -92,7 +92,7 @@ func (p Proxy) validate() []error {
 		errs = append(errs, fmt.Errorf("proxy.maxIdleConnsPerUpstream %d: must be at least 1, e.g. 32", p.MaxIdleConnsPerUpstream))
 	}
 	if p.MaxConnections < 1 {
-		errs = append(errs, fmt.Errorf("proxy.maxConnections %d: must be at least 1, e.g. 10000", p.MaxConnections))
+		errs = append(errs, fmt.Errorf("proxy.maxConnections %d: must be at least 1, e.g. 8192", p.MaxConnections))
 	}
 	if p.MaxConnectionsPerWorkload < 1 || p.MaxConnectionsPerWorkload > p.MaxConnections {
 		errs = append(errs, fmt.Errorf("proxy.maxConnectionsPerWorkload %d: must be between 1 and proxy.maxConnections (%d), e.g. 2000", p.MaxConnectionsPerWorkload, p.MaxConnections))
