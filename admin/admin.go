@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/flows"
 )
 
@@ -62,7 +63,7 @@ func New(o Options) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{o: o, log: log.With("component", "admin"), mux: http.NewServeMux()}
+	s := &Server{o: o, log: log.With(audit.KeyComponent, audit.ComponentAdmin), mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
@@ -107,7 +108,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer cancel()
 		_ = hs.Shutdown(sctx)
 	}()
-	s.log.Info("admin listening", "addr", ln.Addr().String())
+	s.log.Info("admin listening", audit.KeyAddr, ln.Addr().String())
 	err := hs.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		<-done
@@ -137,7 +138,7 @@ func (s *Server) flows(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	enc := json.NewEncoder(w)
 	if err := enc.Encode(s.o.Flows.Snapshot()); err != nil {
-		s.log.Debug("write flows", "error", err)
+		s.log.Debug("write flows", audit.KeyError, err)
 	}
 }
 

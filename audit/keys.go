@@ -96,6 +96,9 @@ const (
 	KeyProblems      = "problems"
 	KeyPanic         = "panic"
 	KeyStack         = "stack"
+	KeyFrom          = "from"
+	KeyTo            = "to"
+	KeyRlimitHard    = "rlimit_nofile_hard"
 )
 
 // Values of KeyComponent.

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sluicehq/sluice/audit"
 )
 
 // Run runs the command and returns its exit code: the child's own, or
@@ -112,7 +114,7 @@ func startChild(o Options, path, cgroupPath string, cgroupFD int, env []string) 
 		if err != nil {
 			r.Close()
 			if newNS && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL)) {
-				log.Info("command protection not in place", "reason", fmt.Sprintf("start in new cgroup and mount namespaces: %v; started without them, so the command sees the whole cgroup hierarchy, writable where its capabilities allow", err))
+				log.Info("command protection not in place", audit.KeyReason, fmt.Sprintf("start in new cgroup and mount namespaces: %v; started without them, so the command sees the whole cgroup hierarchy, writable where its capabilities allow", err))
 				newNS = false
 				continue
 			}
@@ -134,7 +136,7 @@ func readReport(r io.Reader, log *slog.Logger) error {
 		kind, msg, _ := strings.Cut(s.Text(), " ")
 		switch kind {
 		case reportNote:
-			log.Info("command protection not in place", "reason", msg)
+			log.Info("command protection not in place", audit.KeyReason, msg)
 		case reportExec:
 			num, text, _ := strings.Cut(msg, " ")
 			if n, err := strconv.Atoi(num); err == nil && n != 0 {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -84,7 +85,7 @@ func (p *Proxy) resolvesTo(ctx context.Context, name string, ip netip.Addr) bool
 	as, err := p.resolver.LookupNetIP(ctx, "ip", name)
 	b.looked = now
 	if err != nil {
-		p.log.Warn("name binding lookup failed", "host", name, "addr", ip.String(), "error", err.Error())
+		p.log.Warn("name binding lookup failed", audit.KeyHost, name, audit.KeyAddr, ip.String(), audit.KeyError, err.Error())
 		p.seen.Add(key, b)
 		return false
 	}

@@ -86,7 +86,7 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if v == http.ErrAbortHandler { //nolint:errorlint // sentinel panic value
 				panic(v)
 			}
-			f.p.log.Error("panic serving request", "panic", fmt.Sprint(v), "method", r.Method, "host", rec.Host)
+			f.p.log.Error("panic serving request", audit.KeyPanic, fmt.Sprint(v), audit.KeyMethod, r.Method, audit.KeyHost, rec.Host)
 			panic(http.ErrAbortHandler)
 		}
 	}()

@@ -139,7 +139,7 @@ var _ Stage = connectStage{}
 func (p *Proxy) serveConnect(w http.ResponseWriter, f *flow, dst Destination) {
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		p.log.Error("hijack CONNECT", "error", err.Error())
+		p.log.Error("hijack CONNECT", audit.KeyError, err.Error())
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})

@@ -171,7 +171,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 	if deps.Resolver != nil {
 		res = deps.Resolver
 	}
-	log := deps.Log.With("component", "mitm")
+	log := deps.Log.With(audit.KeyComponent, audit.ComponentMITM)
 	p := &Proxy{
 		cfg:      cfg,
 		deps:     deps,
@@ -187,7 +187,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 			IdleTimeout:          cfg.IdleTimeout.D(),
 			MaxConcurrentStreams: 250,
 		},
-		errLog: log.With("source", "net/http"),
+		errLog: log.With(audit.KeySource, "net/http"),
 		slots:  newSlots(cfg.MaxConnections, cfg.MaxConnectionsPerWorkload),
 	}
 	p.stages = p.chain()

@@ -28,7 +28,7 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 	}()
 	defer func() {
 		if r := recover(); r != nil {
-			p.log.Error("panic serving connection", "client", id.Client.String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			p.log.Error("panic serving connection", audit.KeyClient, id.Client.String(), audit.KeyPanic, fmt.Sprint(r), audit.KeyStack, string(debug.Stack()))
 		}
 	}()
 

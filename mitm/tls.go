@@ -41,8 +41,7 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 		// certificate is checked against the name.
 		t.cd.Action = policy.Decrypt
 		t.cd.Reason = audit.ReasonPassthroughUnbound
-		p.log.Warn("pass-through refused: SNI does not resolve to the destination; decrypting",
-			"sni", hello.SNI, "addr", t.conn.Addrs[0].String(), "workload", f.id.Name())
+		p.log.Warn("pass-through refused: SNI does not resolve to the destination; decrypting", audit.KeySNI, hello.SNI, audit.KeyAddr, t.conn.Addrs[0].String(), audit.KeyWorkload, f.id.Name())
 	}
 	switch t.cd.Action {
 	case policy.Reject:

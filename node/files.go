@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/config"
 )
 
@@ -37,7 +38,7 @@ func fitFiles(p *config.Proxy, set config.Keys, log *slog.Logger, lim fileLimits
 		if m < 1 {
 			return fmt.Errorf("open files: the hard RLIMIT_NOFILE is %d, less than the %d Sluice keeps in reserve; raise it (ulimit -Hn, LimitNOFILE=)", hard, fileReserve)
 		}
-		log.Info("proxy.maxConnections lowered to fit the open-file limit", "from", p.MaxConnections, "to", m, "rlimit_nofile_hard", hard)
+		log.Info("proxy.maxConnections lowered to fit the open-file limit", audit.KeyFrom, p.MaxConnections, audit.KeyTo, m, audit.KeyRlimitHard, hard)
 		p.MaxConnections = m
 		p.MaxConnectionsPerWorkload = min(p.MaxConnectionsPerWorkload, m)
 		need = filesNeeded(m)

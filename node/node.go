@@ -208,7 +208,7 @@ func (n *Node) startProxy(ctx context.Context, cfg config.Config, opts Options, 
 // loadPolicy puts the policy file (the embedded default when empty) in
 // force and, with watch, reloads it on change and on SIGHUP.
 func (n *Node) loadPolicy(ctx context.Context, file string, watch bool) error {
-	popts := policy.Options{Limiters: policy.NewLimiters(0), Log: n.log.With("component", "policy")}
+	popts := policy.Options{Limiters: policy.NewLimiters(0), Log: n.log.With(audit.KeyComponent, audit.ComponentPolicy)}
 	if file == "" {
 		eng, err := policy.Default(popts)
 		if err != nil {

@@ -118,7 +118,7 @@ func New(p *Policy, o Options) (*Engine, error) {
 	if e.log == nil {
 		e.log = slog.Default()
 	}
-	e.log = e.log.With("component", "policy")
+	e.log = e.log.With(audit.KeyComponent, audit.ComponentPolicy)
 	global := p.Mode == "audit"
 	defAudit := global
 	if p.Defaults.Mode != "" {

@@ -69,7 +69,7 @@ type Limiters struct {
 type redisLog struct{}
 
 func (redisLog) Printf(ctx context.Context, format string, v ...any) {
-	slog.Default().DebugContext(ctx, fmt.Sprintf(format, v...), "component", "redis")
+	slog.Default().DebugContext(ctx, fmt.Sprintf(format, v...), audit.KeyComponent, audit.ComponentRedis)
 }
 
 var setRedisLogger sync.Once
@@ -322,7 +322,7 @@ func (l *limiter) apply(ctx context.Context, s *Limiters, log *slog.Logger, id *
 		if err != nil {
 			n := s.faults.Add(1)
 			if last := s.lastFaultLog.Load(); now.UnixNano()-last > int64(10*time.Second) && s.lastFaultLog.CompareAndSwap(last, now.UnixNano()) {
-				log.Warn("rate limiter unavailable", "rule", l.rule, "faultTolerant", l.faultTolerant, "faults_total", n, "error", err.Error())
+				log.Warn("rate limiter unavailable", audit.KeyRule, l.rule, audit.KeyFaultTolerant, l.faultTolerant, audit.KeyFaultsTotal, n, audit.KeyError, err.Error())
 			}
 			if l.faultTolerant {
 				d.Reason = audit.ReasonLimiterDownPass

@@ -9,6 +9,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/sluicehq/sluice/audit"
 )
 
 // Watcher reloads a policy file on SIGHUP and when its content changes.
@@ -89,7 +91,7 @@ func (w *Watcher) Start(ctx context.Context) <-chan struct{} {
 	if log == nil {
 		log = slog.Default()
 	}
-	log = log.With("component", "policy", "file", w.Path)
+	log = log.With(audit.KeyComponent, audit.ComponentPolicy, audit.KeyFile, w.Path)
 	iv := w.Interval
 	if iv <= 0 {
 		iv = time.Second
@@ -134,7 +136,7 @@ func (w *Watcher) loop(ctx context.Context, log *slog.Logger, iv time.Duration, 
 		for i, p := range probs {
 			msgs[i] = p.Error()
 		}
-		log.Error("policy reload refused, the old policy stays in force", "problems", msgs, "error", err)
+		log.Error("policy reload refused, the old policy stays in force", audit.KeyProblems, msgs, audit.KeyError, err)
 		w.done(err)
 	}
 	for {
@@ -201,7 +203,7 @@ func (w *Watcher) loop(ctx context.Context, log *slog.Logger, iv time.Duration, 
 			continue
 		}
 		w.Apply(e)
-		log.Info("policy reloaded", "trigger", trigger)
+		log.Info("policy reloaded", audit.KeyTrigger, trigger)
 		w.done(nil)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/cgroup2"
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/launch"
@@ -123,7 +124,7 @@ func runIntercepted(ctx context.Context, cfg config.Config, log *slog.Logger, a 
 		},
 	})
 	if err := n.Close(); err != nil {
-		log.Warn("stop interception", "error", err)
+		log.Warn("stop interception", audit.KeyError, err)
 	}
 	if a.summary {
 		fmt.Fprintln(stderr, "\nsluice: egress summary")
