@@ -1,14 +1,10 @@
 package test
 
 import (
-	"bytes"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/sluicehq/sluice/agent"
 	"github.com/sluicehq/sluice/cgroup2"
@@ -35,29 +31,8 @@ func TestAgentCommandClosedThenCleanup(t *testing.T) {
 	cfg.Admin.Listen = "127.0.0.1:0"
 	e.cfg = cfg.Agent
 	t.Cleanup(func() { _ = agent.Cleanup(cfg.Agent, nil) })
-	b, err := yaml.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	var logs bytes.Buffer
-	cmd := exec.Command(sluiceBin, "agent", "--config", path)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
+	proc := startAgentProc(t, cfg, dir)
+	path, logs := proc.Path, proc.Logs
 	attached := false
 	for i := 0; i < 100 && !attached; i++ {
 		attached = cgroupHooks(t, e.cg.Dir) == 5
@@ -68,14 +43,8 @@ func TestAgentCommandClosedThenCleanup(t *testing.T) {
 	if !attached {
 		t.Fatalf("sluice agent did not attach to %s:\n%s", e.cg.Dir, logs.String())
 	}
-	_ = cmd.Process.Signal(os.Interrupt)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("sluice agent exit: %v\n%s", err, logs.String())
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("sluice agent did not exit on SIGINT:\n%s", logs.String())
+	if err := proc.stop(); err != nil {
+		t.Fatalf("sluice agent exit: %v\n%s", err, logs.String())
 	}
 	if n := cgroupHooks(t, e.cg.Dir); n != 5 {
 		t.Errorf("%d hooks left after exit in failMode closed, want 5", n)

@@ -2,7 +2,6 @@ package test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,7 +20,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-	"gopkg.in/yaml.v3"
 
 	"github.com/sluicehq/sluice/agent"
 	"github.com/sluicehq/sluice/cgroup2"
@@ -488,32 +486,8 @@ func TestCleanupRefusesLiveAgent(t *testing.T) {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
-	b, err := yaml.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var logs syncBuffer
-	cmd := exec.Command(sluiceBin, "agent", "--config", path)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pid := cmd.Process.Pid
-	var waitErr error
-	exited := make(chan struct{})
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-exited:
-		default:
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
+	proc := startAgentProc(t, cfg, dir)
+	path, logs, pid := proc.Path, proc.Logs, proc.PID()
 	attached := false
 	for i := 0; i < 100 && !attached; i++ {
 		attached = cgroupHooks(t, cg.Dir) == 5
@@ -578,14 +552,8 @@ func TestCleanupRefusesLiveAgent(t *testing.T) {
 		t.Errorf("forced cleanup left %s (%v)", cfg.Agent.BPFFS, err)
 	}
 
-	_ = cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-exited:
-		if waitErr != nil {
-			t.Errorf("sluice agent exit: %v\n%s", waitErr, logs.String())
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("sluice agent did not exit on SIGINT:\n%s", logs.String())
+	if err := proc.stop(); err != nil {
+		t.Errorf("sluice agent exit: %v\n%s", err, logs.String())
 	}
 	// Gone, it holds nothing: an ordinary cleanup removes what its
 	// address watch put back after the forced cleanup.
@@ -595,22 +563,4 @@ func TestCleanupRefusesLiveAgent(t *testing.T) {
 	if s := stateOf(t, cfg.Agent.InterceptIPv4); s.local || !s.none() {
 		t.Errorf("after cleanup: %+v, want nothing", s)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a writing process and a reading test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -8,14 +8,11 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/sluicehq/sluice/agent"
 	"github.com/sluicehq/sluice/cgroup2"
@@ -71,31 +68,9 @@ func TestAgentOneWorkloadCannotStarveOthers(t *testing.T) {
 	cfg.Proxy.MaxConnectionsPerWorkload = 1000
 	cfg.Admin.Listen = adminAddr
 	t.Cleanup(func() { _ = agent.Cleanup(cfg.Agent, nil) })
-	b, err := yaml.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var logs strings.Builder
-	cmd := exec.Command(sluiceBin, "agent", "--config", path)
-	cmd.Stdout, cmd.Stderr = io.Discard, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
+	proc := startAgentProc(t, cfg, dir)
+	t.Cleanup(func() { _ = proc.stop() })
+	logs := proc.Logs
 	get := func(path string) (int, string, time.Duration) {
 		start := time.Now()
 		resp, err := http.Get("http://" + adminAddr + path)
