@@ -38,3 +38,51 @@ func TestRunKernelDeniedConnectIsRecorded(t *testing.T) {
 		t.Errorf("record %v", rec)
 	}
 }
+
+// Connections that end before any HTTP leave L4 records with the
+// workload's identity: a client that connects and closes without a byte,
+// one whose TLS handshake fails, and one that starts a request head and
+// never finishes it (slowloris).
+func TestRunConnectionsWithoutRequestAreRecorded(t *testing.T) {
+	e := newRunEnv(t)
+	cfg, err := os.ReadFile(e.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The proxy gives up on a request head after handshakeTimeout.
+	cfg = []byte(strings.Replace(string(cfg), "proxy:\n", "proxy:\n  handshakeTimeout: 500ms\n", 1))
+	if err := os.WriteFile(e.config, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	python := mustLookPath(t, "python3")
+	script := fmt.Sprintf(`import socket, ssl, os, time
+ip = %q
+s = socket.create_connection((ip, 443)); s.close()                      # silent
+s = socket.create_connection((ip, 443)); s.sendall(b"\x16\x03\x01\x00\x05hello"); time.sleep(0.2); s.close()  # bad hello
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+t = ctx.wrap_socket(socket.create_connection((ip, 443)), server_hostname="api.test")
+t.sendall(b"GET /slow HTTP/1.1\r\nHost: api.test\r\nX-Slow: 1")  # never finished
+try:
+    t.recv(1)
+except Exception:
+    pass
+print("done")`, e.api.IP4.String())
+	code, out, errOut := e.run(t, python, "-c", script)
+	if code != 0 || strings.TrimSpace(out) != "done" {
+		t.Fatalf("exit %d %q\n%s", code, out, errOut)
+	}
+	want := map[string]string{
+		"client sent nothing":     "closed",
+		"malformed client hello":  "error",
+		"request head incomplete": "error",
+	}
+	for _, r := range e.records(t) {
+		reason, _ := r["reason"].(string)
+		if d, ok := want[reason]; ok && r["kind"] == "l4" && r["decision"] == d && r["comm"] == "python3" && r["pid"] != nil {
+			delete(want, reason)
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("no L4 record naming python3 for %v; records:\n%v", want, e.records(t))
+	}
+}
