@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -64,7 +65,7 @@ func ensureIntercept(v4, v6 netip.Addr, log *slog.Logger) (*interceptAddrs, erro
 		if err := ia.ensure(v6); err != nil {
 			// IPv6 may be disabled on the node: IPv6 connects to
 			// intercepted ports are then refused in the kernel.
-			log.Warn("intercept address unavailable, intercepted IPv6 connects will be refused", "addr", v6.String(), "error", err)
+			log.Warn("intercept address unavailable, intercepted IPv6 connects will be refused", audit.KeyAddr, v6.String(), audit.KeyError, err)
 		} else {
 			ia.v6 = v6
 		}
@@ -286,25 +287,25 @@ func isLocal(a netip.Addr) error {
 func (ia *interceptAddrs) remove(log *slog.Logger) {
 	for i := range ia.rules {
 		if err := netlink.RuleDel(&ia.rules[i]); err != nil && !errors.Is(err, unix.ENOENT) {
-			log.Warn("remove guard rule", "dst", ia.rules[i].Dst.String(), "error", err)
+			log.Warn("remove guard rule", audit.KeyDst, ia.rules[i].Dst.String(), audit.KeyError, err)
 		}
 	}
 	ia.rules = nil
 	for i := range ia.routes {
 		if err := netlink.RouteDel(&ia.routes[i]); err != nil && !errors.Is(err, unix.ESRCH) {
-			log.Warn("remove unreachable route", "dst", ia.routes[i].Dst.String(), "error", err)
+			log.Warn("remove unreachable route", audit.KeyDst, ia.routes[i].Dst.String(), audit.KeyError, err)
 		}
 	}
 	ia.routes = nil
 	for i := range ia.added {
 		if err := netlink.AddrDel(ia.link, &ia.added[i]); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-			log.Warn("remove intercept address", "addr", ia.added[i].IPNet.String(), "error", err)
+			log.Warn("remove intercept address", audit.KeyAddr, ia.added[i].IPNet.String(), audit.KeyError, err)
 		}
 	}
 	ia.added = nil
 	if ia.createdLink && !holdsOthers(ia.link) {
 		if err := netlink.LinkDel(ia.link); err != nil {
-			log.Warn("remove link", "link", interceptLink, "error", err)
+			log.Warn("remove link", audit.KeyLink, interceptLink, audit.KeyError, err)
 		}
 		ia.createdLink = false
 	}

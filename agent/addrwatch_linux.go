@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -274,7 +275,7 @@ func (w *addrWatch) subscribe() (stop func(), dead *atomic.Bool) {
 	done := make(chan struct{})
 	onErr := func(err error) {
 		dead.Store(true)
-		w.log.Debug("intercept address watch", "error", err)
+		w.log.Debug("intercept address watch", audit.KeyError, err)
 	}
 	addrs := make(chan netlink.AddrUpdate, 64)
 	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
@@ -347,7 +348,7 @@ func (w *addrWatch) check() {
 	}
 	if len(restored) > 0 {
 		n := w.restorations.Add(1)
-		w.log.Warn("intercept address setup restored", "restored", strings.Join(restored, "; "), "restorations", n)
+		w.log.Warn("intercept address setup restored", audit.KeyRestored, strings.Join(restored, "; "), audit.KeyRestorations, n)
 	}
 	err := errors.Join(errs...)
 	switch {
@@ -355,7 +356,7 @@ func (w *addrWatch) check() {
 		w.lastErr = ""
 	case err.Error() != w.lastErr:
 		w.lastErr = err.Error()
-		w.log.Error("restore intercept address setup", "error", err)
+		w.log.Error("restore intercept address setup", audit.KeyError, err)
 	}
 }
 

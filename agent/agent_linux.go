@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/bpf"
 	"github.com/sluicehq/sluice/cgroup2"
 	"github.com/sluicehq/sluice/config"
@@ -68,7 +69,7 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	log = log.With("component", "agent")
+	log = log.With(audit.KeyComponent, "agent")
 	if opts.OriginWait <= 0 {
 		opts.OriginWait = 250 * time.Millisecond
 	}
@@ -105,11 +106,11 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	if a.own, err = cgroup2.Self(); err != nil {
 		// Not fatal, but the agent cannot keep its own cgroup out of a
 		// selection it cannot name.
-		log.Warn("agent's own cgroup unknown", "error", err)
+		log.Warn("agent's own cgroup unknown", audit.KeyError, err)
 	} else if settings.AgentCgroup, err = cgroup2.ID(filepath.Join(mount, a.own)); err != nil {
 		// Not fatal either: no socket is then exempt as the agent's, so
 		// a workload's marked socket is redirected all the same.
-		log.Warn("agent's own cgroup id unknown", "cgroup", a.own, "error", err)
+		log.Warn("agent's own cgroup id unknown", audit.KeyCgroup, a.own, audit.KeyError, err)
 		settings.AgentCgroup = 0
 	}
 	a.ctx, a.cancel = context.WithCancel(ctx)
@@ -193,8 +194,7 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 		}
 	}()
 	ok = true
-	log.Info("agent started", "mount", mount, "attach", cfg.Attach, "failMode", cfg.FailMode,
-		"intercept4", a.ia.v4.String(), "intercept6", a.ia.v6.String(), "proxyPort", cfg.ProxyPort, "link", linkName)
+	log.Info("agent started", audit.KeyMount, mount, audit.KeyAttach, cfg.Attach, audit.KeyFailMode, cfg.FailMode, audit.KeyIntercept4, a.ia.v4.String(), audit.KeyIntercept6, a.ia.v6.String(), audit.KeyProxyPort, cfg.ProxyPort, audit.KeyLink, linkName)
 	return a, nil
 }
 
@@ -407,10 +407,10 @@ func (a *Agent) shutdown() {
 	}
 	if a.hold != nil {
 		if err := a.hold.release(); err != nil {
-			a.log.Warn("release intercept state", "error", err)
+			a.log.Warn("release intercept state", audit.KeyError, err)
 		}
 	}
-	a.log.Info("agent stopped", "failMode", a.cfg.FailMode)
+	a.log.Info("agent stopped", audit.KeyFailMode, a.cfg.FailMode)
 }
 
 // Cleanup removes everything an agent with cfg installed: pinned hooks
@@ -427,13 +427,13 @@ func CleanupWith(cfg config.Agent, log *slog.Logger, o CleanupOptions) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	log = log.With("component", "agent")
+	log = log.With(audit.KeyComponent, "agent")
 	stale, err := checkHeld("clean up", cfg)
 	if err != nil && !o.Force {
 		return err
 	}
 	if err != nil {
-		log.Warn("cleaning up state a live agent holds (forced)", "error", err)
+		log.Warn("cleaning up state a live agent holds (forced)", audit.KeyError, err)
 	}
 	var errs []error
 	for _, h := range stale {
@@ -453,7 +453,7 @@ func CleanupWith(cfg config.Agent, log *slog.Logger, o CleanupOptions) error {
 				continue
 			}
 			detachLink(l)
-			log.Info("removed hook", "pin", p)
+			log.Info("removed hook", audit.KeyPin, p)
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("list pins %s: %w", linksDir, err))

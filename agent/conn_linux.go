@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/bpf"
 	"github.com/sluicehq/sluice/workload"
 )
@@ -25,7 +26,7 @@ func (a *Agent) accept(l net.Listener) {
 			if errors.Is(err, net.ErrClosed) || a.ctx.Err() != nil {
 				return
 			}
-			a.log.Warn("accept", "error", err)
+			a.log.Warn("accept", audit.KeyError, err)
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
@@ -47,7 +48,7 @@ func (a *Agent) serve(c net.Conn) {
 	peer := ta.AddrPort()
 	o, err := a.origin(peer)
 	if err != nil {
-		a.log.Warn("closing connection without origin", "peer", peer.String(), "error", err)
+		a.log.Warn("closing connection without origin", audit.KeyPeer, peer.String(), audit.KeyError, err)
 		c.Close()
 		return
 	}

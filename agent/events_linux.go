@@ -10,6 +10,7 @@ import (
 
 	"github.com/cilium/ebpf/ringbuf"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/bpf"
 )
 
@@ -44,18 +45,17 @@ func (a *Agent) readEvents() {
 			if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return
 			}
-			a.log.Warn("read event", "error", err)
+			a.log.Warn("read event", audit.KeyError, err)
 			continue
 		}
 		var e bpf.SluiceEvent
 		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &e); err != nil {
-			a.log.Warn("decode event", "error", err)
+			a.log.Warn("decode event", audit.KeyError, err)
 			continue
 		}
 		ev := a.event(e)
 		if ev.Verdict == Denied {
-			a.log.Warn(deniedMsg(ev.Reason), "verdict", string(ev.Verdict), "reason", ev.Reason,
-				"dst", ev.Dst.String(), "pid", ev.PID, "uid", ev.UID, "comm", ev.Comm, "cgroup", ev.Cgroup)
+			a.log.Warn(deniedMsg(ev.Reason), audit.KeyVerdict, string(ev.Verdict), audit.KeyReason, ev.Reason, audit.KeyDst, ev.Dst.String(), audit.KeyPID, ev.PID, audit.KeyUID, ev.UID, audit.KeyComm, ev.Comm, audit.KeyCgroup, ev.Cgroup)
 		}
 		if a.opts.OnEvent != nil {
 			a.opts.OnEvent(ev)

@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/bpf"
 )
 
@@ -55,7 +56,7 @@ func (a *Agent) adoptPins() error {
 			p := filepath.Join(a.pinDir("links"), e.Name())
 			l, err := link.LoadPinnedLink(p, nil)
 			if err != nil {
-				a.log.Warn("drop unreadable pin", "pin", p, "error", err)
+				a.log.Warn("drop unreadable pin", audit.KeyPin, p, audit.KeyError, err)
 				os.Remove(p)
 				continue
 			}
@@ -103,7 +104,7 @@ func (a *Agent) dropOldLinks() {
 	for k, l := range a.oldLinks {
 		detachLink(l)
 		delete(a.oldLinks, k)
-		a.log.Info("detached earlier agent's hook", "pin", k)
+		a.log.Info("detached earlier agent's hook", audit.KeyPin, k)
 	}
 	if a.cfg.FailMode != "closed" {
 		// Remove the pin directory if an earlier agent left it empty.
@@ -145,7 +146,7 @@ func (a *Agent) attach(id uint64, rel string) error {
 			if err := old.Update(prog); err == nil {
 				l, adopted = old, true
 			} else {
-				a.log.Warn("replace earlier agent's hook", "pin", key, "error", err)
+				a.log.Warn("replace earlier agent's hook", audit.KeyPin, key, audit.KeyError, err)
 				detachLink(old)
 			}
 		}
@@ -170,6 +171,6 @@ func (a *Agent) attach(id uint64, rel string) error {
 		at.links[hk.name] = l
 	}
 	a.attached[id] = at
-	a.log.Info("intercepting cgroup", "cgroup", rel, "cgroup_id", id)
+	a.log.Info("intercepting cgroup", audit.KeyCgroup, rel, audit.KeyCgroupID, id)
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/cgroup2"
 )
 
@@ -86,7 +87,7 @@ func (a *Agent) selectRootLocked(rel string, id uint64) error {
 		return nil
 	}
 	if a.own != "" && rel == a.own {
-		a.log.Warn("not intercepting the agent's own cgroup", "cgroup", rel)
+		a.log.Warn("not intercepting the agent's own cgroup", audit.KeyCgroup, rel)
 		return nil
 	}
 	if a.cfg.Attach == "root" {
@@ -107,7 +108,7 @@ func (a *Agent) selectRootLocked(rel string, id uint64) error {
 	if a.own != "" && isUnder(a.own, rel) {
 		// Hooks here would cover the agent itself: attach to the children
 		// instead, leaving out the branch that holds the agent.
-		a.log.Warn("not attaching to an ancestor of the agent's own cgroup; attaching to its other children", "cgroup", rel, "agent_cgroup", a.own)
+		a.log.Warn("not attaching to an ancestor of the agent's own cgroup; attaching to its other children", audit.KeyCgroup, rel, audit.KeyAgentCgroup, a.own)
 		var errs []error
 		ents, _ := os.ReadDir(filepath.Join(a.mount, rel))
 		for _, e := range ents {
@@ -140,7 +141,7 @@ func (a *Agent) selectIDLocked(id uint64, rel string) error {
 		return fmt.Errorf("select cgroup %s: write selection map: %w", rel, err)
 	}
 	a.selected[id] = rel
-	a.log.Info("intercepting cgroup", "cgroup", rel, "cgroup_id", id)
+	a.log.Info("intercepting cgroup", audit.KeyCgroup, rel, audit.KeyCgroupID, id)
 	return nil
 }
 
@@ -171,7 +172,7 @@ func isUnder(p, anc string) bool {
 func (a *Agent) onNewCgroup(rel string, id uint64) {
 	a.names.add(id, rel)
 	if err := a.consider(rel, id); err != nil {
-		a.log.Error("select new cgroup", "cgroup", rel, "error", err)
+		a.log.Error("select new cgroup", audit.KeyCgroup, rel, audit.KeyError, err)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/cgroup2"
 )
 
@@ -57,7 +58,7 @@ func (w *watcher) addTree(dir string, report bool) {
 		wd, err := unix.InotifyAddWatch(w.fd, p, watchMask)
 		if err != nil {
 			if !errors.Is(err, unix.ENOENT) {
-				w.log.Warn("watch cgroup", "dir", p, "error", err)
+				w.log.Warn("watch cgroup", audit.KeyDir, p, audit.KeyError, err)
 			}
 			return nil
 		}
@@ -82,7 +83,7 @@ func (w *watcher) run() {
 			if errors.Is(err, os.ErrClosed) || errors.Is(err, fs.ErrClosed) {
 				return
 			}
-			w.log.Warn("read cgroup events", "error", err)
+			w.log.Warn("read cgroup events", audit.KeyError, err)
 			return
 		}
 		for off := 0; off+unix.SizeofInotifyEvent <= n; {

@@ -67,11 +67,7 @@ const (
 // error, KeyHost, KeyWorkload, KeyClient, KeyPath, KeyMethod, KeyPID,
 // KeyUID, KeyComm, KeyCgroup, KeyRule, KeyReason, KeySNI, KeySource.
 //
-// The packages outside audit still spell these keys as literals; they
-// switch to the constants as they are next edited. Three of today's keys
-// are camelCase echoes of config keys (failMode, faultTolerant,
-// proxyPort); their constants are snake_case, so those keys change when
-// their packages switch.
+// Every package logs with these constants, never with a literal key.
 const (
 	KeyComponent     = "component" // every component's logger: log.With(KeyComponent, Component…)
 	KeyAddr          = "addr"
@@ -99,6 +95,8 @@ const (
 	KeyFrom          = "from"
 	KeyTo            = "to"
 	KeyRlimitHard    = "rlimit_nofile_hard"
+	KeyRestored      = "restored"
+	KeyRestorations  = "restorations"
 )
 
 // Values of KeyComponent.
