@@ -104,7 +104,7 @@ func TestRunLeavesPinnedAgentAlone(t *testing.T) {
 	if code != 0 || !strings.HasPrefix(out, "hello GET /v1/isolated from the API") {
 		t.Fatalf("curl exit %d: %q\n%s", code, out, errOut)
 	}
-	m := regexp.MustCompile(`msg="agent started".* intercept4=(\S+) intercept6=(\S+) proxyPort=(\d+)`).FindStringSubmatch(errOut)
+	m := regexp.MustCompile(`msg="agent started".* intercept4=(\S+) intercept6=(\S+) proxy_port=(\d+)`).FindStringSubmatch(errOut)
 	if m == nil {
 		t.Fatalf("no agent start line in:\n%s", errOut)
 	}
