@@ -9,13 +9,14 @@
 //
 // A connection's walk, one file a step:
 //
-//	proxy.go        Handle: a slot (proxy.maxConnections), then serve
+//	proxy.go        Handle: a slot (slots.go: in all and per workload), then serve
 //	sniff.go        peek the first bytes: TLS ClientHello (clienthello.go),
 //	                HTTP/1.x, HTTP/2 prior knowledge, or other TCP
 //	tls.go          the connection's decision; decrypt: dial and verify the
 //	                upstream first, mirror its ALPN, terminate the client's TLS
 //	flow.go         the flow and its targets (destinations with their
-//	                Connection decisions, name binding, upstream pools)
+//	                Connection decisions, upstream pools); binding.go: which
+//	                names are bound to what is dialed
 //	exchange.go     serve HTTP/1.1 or HTTP/2; per request, run the chain
 //	stage_*.go      the chain, below
 //	forward.go      send upstream, response stages, stream back, trailers
@@ -23,7 +24,9 @@
 //	emit.go         the audit record and the decision log line
 //
 // Flows that are not HTTP leave sniff.go or tls.go for relay.go (L4 relay
-// with an L4 record). upstream.go holds the upstream pools, h1.go the
+// with an L4 record); on ports other than 80 and 443, sniff.go races the
+// upstream for the first byte, so a server that speaks first is heard at
+// once. upstream.go holds the upstream pools, h1.go the
 // HTTP/1.1 framing tracker, explicit.go the explicit listener.
 //
 // The per-request chain (Proxy.chain in stage.go), in order:
