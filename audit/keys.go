@@ -52,6 +52,11 @@ const (
 	KeyMCPMethod      = "mcp_method"
 	KeyMCPTool        = "mcp_tool"
 	KeyMCPSession     = "mcp_session"
+	KeyMCPResource    = "mcp_resource"
+	KeyMCPPrompt      = "mcp_prompt"
+	KeyMCPID          = "mcp_id"
+	KeyMCPProtocol    = "mcp_protocol"
+	KeyMCPErrorCode   = "mcp_error_code"
 	KeyHeader         = "header" // a group: one key per header name
 )
 

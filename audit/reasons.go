@@ -45,6 +45,19 @@ const (
 	ReasonLimiterDownPass = "allowed: rate limiter unavailable (faultTolerant)"
 )
 
+// Reasons of the MCP stage (JSON-RPC to MCP servers).
+const (
+	// ReasonMCPHeaderMismatch: an Mcp-Method or Mcp-Name header says
+	// another method or name than the body (answered 400).
+	ReasonMCPHeaderMismatch = "mcp header differs from the body"
+	// ReasonMCPUnparsed: a request that looks like MCP whose body could
+	// not be read within proxy.mcpMaxMessageBytes or is not JSON-RPC;
+	// rules with an mcp block decide it as Conn.Opaque flows are.
+	ReasonMCPUnparsed = "mcp: unparsed"
+	// ReasonMCPToolChanged: a kind mcp_tool_changed record.
+	ReasonMCPToolChanged = "mcp tool changed after first sight"
+)
+
 // Reasons of the size limits (request and response bodies).
 const (
 	ReasonRequestTooLarge  = "request body exceeds limit"

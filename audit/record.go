@@ -21,6 +21,10 @@ const (
 	KindHTTP    = "http"    // one HTTP request/response exchange
 	KindL4      = "l4"      // a TCP flow not parsed as HTTP (passthrough TLS, other TCP)
 	KindConnect = "connect" // a kernel connect event (redirected, denied, direct)
+	// KindMCPToolChanged: an MCP server's tools/list describes a tool
+	// differently from the first time this workload saw it (a rug pull:
+	// new description or input schema under a name already trusted).
+	KindMCPToolChanged = "mcp_tool_changed"
 )
 
 // TLS modes of a flow.
@@ -102,10 +106,22 @@ type Record struct {
 	GRPCStatus  string
 	GRPCMessage string
 
-	// MCP fields, when the request was JSON-RPC to an MCP server.
-	MCPMethod  string
-	MCPTool    string
-	MCPSession string
+	// MCP fields, when the request was JSON-RPC to an MCP server (Streamable
+	// HTTP). MCPMethod is the JSON-RPC method (of a batch's first message);
+	// MCPTool, MCPResource and MCPPrompt what a tools/call, resources/*
+	// and prompts/get names; MCPID the request's id as written (a JSON
+	// string keeps its quotes); MCPSession and MCPProtocol the
+	// Mcp-Session-Id and MCP-Protocol-Version headers; MCPErrorCode the
+	// JSON-RPC error code of the answer (Sluice's or the server's), 0 for
+	// none.
+	MCPMethod    string
+	MCPTool      string
+	MCPResource  string
+	MCPPrompt    string
+	MCPID        string
+	MCPSession   string
+	MCPProtocol  string
+	MCPErrorCode int
 
 	// Header holds request headers, already redacted (see Redact).
 	Header map[string]string

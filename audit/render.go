@@ -57,6 +57,11 @@ const (
 	fMCPMethod
 	fMCPTool
 	fMCPSession
+	fMCPResource
+	fMCPPrompt
+	fMCPID
+	fMCPProtocol
+	fMCPErrorCode
 	fHeader
 )
 
@@ -67,7 +72,8 @@ var auditFields = [...]field{
 	fMethod, fPath, fStatus, fSource, fBytesIn, fBytesOut, fDurationMS,
 	fUpstreamMS, fUpstreamAddr, fDecision, fRule, fReason, fError, fEnd,
 	fPolicyDecision, fPolicyRule, fPolicyReason, fGRPCStatus, fGRPCMessage,
-	fMCPMethod, fMCPTool, fMCPSession, fHeader,
+	fMCPMethod, fMCPTool, fMCPResource, fMCPPrompt, fMCPID, fMCPSession,
+	fMCPProtocol, fMCPErrorCode, fHeader,
 }
 
 // decisionFields are the fields of a decision line, in order: who, the
@@ -76,8 +82,8 @@ var auditFields = [...]field{
 // set, as in the audit line.
 var decisionFields = [...]field{
 	fKind, fWorkload, fDecision, fClient, fHost, fIP, fPort, fSNI, fTLS,
-	fMethod, fPath, fStatus, fGRPCStatus, fRule, fReason, fError, fEnd,
-	fBytesIn, fBytesOut, fDurationMS,
+	fMethod, fPath, fStatus, fGRPCStatus, fMCPMethod, fMCPTool, fRule,
+	fReason, fError, fEnd, fBytesIn, fBytesOut, fDurationMS,
 }
 
 // MaxDecisionAttrs is the most attributes AppendDecisionAttrs appends: a
@@ -178,6 +184,16 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return str(KeyMCPTool, r.MCPTool)
 	case fMCPSession:
 		return str(KeyMCPSession, r.MCPSession)
+	case fMCPResource:
+		return str(KeyMCPResource, r.MCPResource)
+	case fMCPPrompt:
+		return str(KeyMCPPrompt, r.MCPPrompt)
+	case fMCPID:
+		return str(KeyMCPID, r.MCPID)
+	case fMCPProtocol:
+		return str(KeyMCPProtocol, r.MCPProtocol)
+	case fMCPErrorCode:
+		return slog.Int(KeyMCPErrorCode, r.MCPErrorCode), r.MCPErrorCode != 0
 	case fHeader:
 		if len(r.Header) == 0 {
 			return slog.Attr{}, false
@@ -216,7 +232,8 @@ func (r *Record) Attrs() []slog.Attr { return r.AppendAttrs(make([]slog.Attr, 0,
 // AppendDecisionAttrs appends the attributes of r's decision line to dst
 // and returns the extended slice: kind, workload, decision, then client,
 // host, ip, port, sni, tls, method, path, status, rule, reason, error when
-// set, then bytes_in, bytes_out, duration_ms. Keys and values are those of
+// set (and mcp_method, mcp_tool after status), then bytes_in, bytes_out,
+// duration_ms. Keys and values are those of
 // the audit line. It appends at most MaxDecisionAttrs attributes and
 // allocates only the strings of the client, ip and workload values.
 func (r *Record) AppendDecisionAttrs(dst []slog.Attr) []slog.Attr {

@@ -47,6 +47,10 @@ type Proxy struct {
 	// workload (its cgroup, container or pod; the client address in
 	// explicit mode) at once, so one can't starve the others.
 	MaxConnectionsPerWorkload int `yaml:"maxConnectionsPerWorkload"`
+	// MCPMaxMessageBytes bounds the prefix of a JSON POST body the MCP
+	// stage reads (and replays) to judge a JSON-RPC message before it is
+	// forwarded; a longer MCP body is "mcp: unparsed".
+	MCPMaxMessageBytes int64 `yaml:"mcpMaxMessageBytes"`
 }
 
 // DefaultProxy returns the proxy defaults.
@@ -63,6 +67,7 @@ func DefaultProxy() Proxy {
 		MaxConnections:          8192, // 17,408 open files with the reserve: within a 20,000 limit
 		// A fifth of the node's connections for any one workload.
 		MaxConnectionsPerWorkload: 2000,
+		MCPMaxMessageBytes:        1 << 20,
 	}
 }
 
@@ -96,6 +101,9 @@ func (p Proxy) validate() []error {
 	}
 	if p.MaxConnectionsPerWorkload < 1 || p.MaxConnectionsPerWorkload > p.MaxConnections {
 		errs = append(errs, fmt.Errorf("proxy.maxConnectionsPerWorkload %d: must be between 1 and proxy.maxConnections (%d), e.g. 2000", p.MaxConnectionsPerWorkload, p.MaxConnections))
+	}
+	if p.MCPMaxMessageBytes < 1024 {
+		errs = append(errs, fmt.Errorf("proxy.mcpMaxMessageBytes %d: must be at least 1024, e.g. 1048576", p.MCPMaxMessageBytes))
 	}
 	return errs
 }

@@ -22,6 +22,9 @@
 //	sluice_proxy_errors_total{kind,reason}                    records with decision "error" (upstream unreachable, verification failed, …)
 //	sluice_policy_denials_total{rule,reason,decision}         decision deny|would_deny
 //	sluice_policy_rate_limited_total{workload,host,rule}      429 produced by Sluice
+//	sluice_mcp_requests_total{workload,server,method,tool,decision}  MCP requests (records with mcp_method)
+//	sluice_mcp_tool_duration_seconds{server,tool}              histogram of a tools/call's Record.Duration
+//	sluice_mcp_tool_changes_total{workload,server,tool}        tools whose description or schema changed (rug pulls)
 //	sluice_agent_connect_events_total{decision}
 //	sluice_agent_events_dropped_total                         read at scrape time (SetRingDrops)
 //	sluice_bpf_map_update_errors_total{map}                   read at scrape time (SetMapErrors)
@@ -78,6 +81,9 @@ type Metrics struct {
 	reg *prometheus.Registry
 
 	hosts, workloads, rules, reasons, connectDecisions *folder
+	// tools folds MCP tool (and resource, prompt) names; MCP methods
+	// outside the specification's set are "other".
+	tools *folder
 
 	requests        *prometheus.CounterVec
 	requestDuration *prometheus.HistogramVec
@@ -90,6 +96,9 @@ type Metrics struct {
 	denials         *prometheus.CounterVec
 	rateLimited     *prometheus.CounterVec
 	connects        *prometheus.CounterVec
+	mcpRequests     *prometheus.CounterVec
+	mcpToolDur      *prometheus.HistogramVec
+	mcpToolChanges  *prometheus.CounterVec
 
 	ringDrops atomic.Pointer[func() uint64]
 	mapErrors atomic.Pointer[func() map[string]uint64]
@@ -122,6 +131,7 @@ func New(o Options) *Metrics {
 		rules:            newFolder(o.MaxRules),
 		reasons:          newFolder(o.MaxRules),
 		connectDecisions: newFolder(o.MaxRules),
+		tools:            newFolder(o.MaxRules),
 	}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "proxy", Name: "requests_total",
@@ -170,7 +180,22 @@ func New(o Options) *Metrics {
 		Help: "Kernel connect events from selected workloads, by the hook's decision.",
 	}, []string{"decision"})
 
+	m.mcpRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "mcp", Name: "requests_total",
+		Help: "MCP requests (JSON-RPC over Streamable HTTP) by workload, server host, JSON-RPC method, tool (or resource, prompt; \"none\") and decision.",
+	}, []string{"workload", "server", "method", "tool", "decision"})
+	m.mcpToolDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "sluice", Subsystem: "mcp", Name: "tool_duration_seconds",
+		Help:    "Time from the start of a tools/call to its last byte, by server host and tool.",
+		Buckets: o.Buckets,
+	}, []string{"server", "tool"})
+	m.mcpToolChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "mcp", Name: "tool_changes_total",
+		Help: "MCP tools whose description or input schema in tools/list changed after the workload first saw them (rug pulls), by workload, server host and tool.",
+	}, []string{"workload", "server", "tool"})
+
 	m.reg.MustRegister(
+		m.mcpRequests, m.mcpToolDur, m.mcpToolChanges,
 		m.requests, m.requestDuration, m.upstreamDur, m.bytes, m.l4Flows, m.tls,
 		m.openConns, m.errors, m.denials, m.rateLimited, m.connects,
 		&funcCollector{m: m},
@@ -208,6 +233,8 @@ func (m *Metrics) Record(r *audit.Record) {
 		m.recordL4(r)
 	case audit.KindConnect:
 		m.ConnectEvent(r.Decision)
+	case audit.KindMCPToolChanged:
+		m.mcpToolChanges.WithLabelValues(m.workloads.fold(r.Workload.Name()), m.host(r.Host), m.tool(r.MCPTool)).Inc()
 	}
 }
 
@@ -227,6 +254,38 @@ func (m *Metrics) recordHTTP(r *audit.Record) {
 	if r.Status == 429 && r.Source == "sluice" {
 		m.rateLimited.WithLabelValues(wl, host, m.rule(r.Rule)).Inc()
 	}
+	if r.MCPMethod != "" {
+		name := r.MCPTool
+		if name == "" {
+			name = r.MCPResource
+		}
+		if name == "" {
+			name = r.MCPPrompt
+		}
+		tool := m.tool(name)
+		m.mcpRequests.WithLabelValues(wl, host, oneOf(r.MCPMethod, Other, mcpMethods...), tool, decision).Inc()
+		if r.MCPMethod == "tools/call" {
+			m.mcpToolDur.WithLabelValues(host, tool).Observe(r.Duration.Seconds())
+		}
+	}
+}
+
+func (m *Metrics) tool(t string) string {
+	if t == "" {
+		return "none"
+	}
+	return m.tools.fold(t)
+}
+
+// mcpMethods are the JSON-RPC methods of the MCP specification kept as
+// label values; any other a client sends becomes "other".
+var mcpMethods = []string{
+	"initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/templates/list",
+	"resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get",
+	"completion/complete", "logging/setLevel", "sampling/createMessage", "elicitation/create", "roots/list",
+	"notifications/initialized", "notifications/cancelled", "notifications/progress", "notifications/message",
+	"notifications/roots/list_changed", "notifications/tools/list_changed", "notifications/resources/list_changed",
+	"notifications/resources/updated", "notifications/prompts/list_changed",
 }
 
 func (m *Metrics) recordL4(r *audit.Record) {

@@ -292,3 +292,24 @@ func BenchmarkRecord(b *testing.B) {
 		}
 	})
 }
+
+// MCP records count by method and tool, time tools/call per tool, and
+// fold a method outside the specification into "other".
+func TestMCPMetrics(t *testing.T) {
+	m := metrics.New(metrics.Options{})
+	for _, r := range []*audit.Record{
+		{Kind: audit.KindHTTP, Host: "mcp.test", Decision: "allow", MCPMethod: "tools/call", MCPTool: "echo", Duration: 20 * time.Millisecond},
+		{Kind: audit.KindHTTP, Host: "mcp.test", Decision: "deny", MCPMethod: "tools/call", MCPTool: "rm"},
+		{Kind: audit.KindHTTP, Host: "mcp.test", Decision: "allow", MCPMethod: "x/made-up"},
+		{Kind: audit.KindMCPToolChanged, Host: "mcp.test", MCPTool: "echo"},
+	} {
+		m.Record(r)
+	}
+	expect(t, scrape(t, m.Registry()), map[string]float64{
+		`sluice_mcp_requests_total{decision="allow",method="tools/call",server="mcp.test",tool="echo",workload="unknown"}`: 1,
+		`sluice_mcp_requests_total{decision="deny",method="tools/call",server="mcp.test",tool="rm",workload="unknown"}`:    1,
+		`sluice_mcp_requests_total{decision="allow",method="other",server="mcp.test",tool="none",workload="unknown"}`:      1,
+		`sluice_mcp_tool_duration_seconds_count{server="mcp.test",tool="echo"}`:                                            1,
+		`sluice_mcp_tool_changes_total{server="mcp.test",tool="echo",workload="unknown"}`:                                  1,
+	})
+}

@@ -39,7 +39,12 @@
 //	           naming another host than its TLS connection's
 //	connection the connection's decision (SSRF guard, hosts denied before
 //	           HTTP): 403 for every request of a rejected connection
-//	policy     access rules in their mode, SSRF guard, rate limits (429)
+//	mcp        MCP over Streamable HTTP: a bounded prefix of a JSON POST
+//	           read and replayed, its JSON-RPC method and tool for the
+//	           policy; 400 for a mirrored header that disagrees with the
+//	           body; tools/list answers filtered, tools' changes reported
+//	policy     access rules in their mode, SSRF guard, rate limits (429);
+//	           MCP requests get a JSON-RPC error instead
 //	size       413/417 for request bodies over the limit, 502 or a cut
 //	           stream for responses over it
 //	upstream   the upstream connection: 502 with the reason when it failed

@@ -48,6 +48,7 @@ type Exchange struct {
 	aborted atomic.Pointer[Answer]
 	resp    []ResponseStage // response stages whose Request ran, in order
 
+	mcp  *mcpRequest // set by the MCP stage for MCP requests
 	body *countingBody
 	ht   headerTimer // forward's response header timer, allocated with x
 }

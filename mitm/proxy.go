@@ -99,6 +99,9 @@ type Proxy struct {
 	errLog *slog.Logger
 	slots  *slots  // client connections being served
 	stages []Stage // the per-request chain (see chain)
+	// mcpTools holds the hash of each MCP tool as first seen, per server,
+	// workload and tool name (rug-pull detection, stage_mcp.go).
+	mcpTools *lru.Cache[string, [32]byte]
 }
 
 // New builds a Proxy from its configuration (already validated by
@@ -107,6 +110,9 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 	def := config.DefaultProxy()
 	if cfg.MaxHeaderBytes <= 0 {
 		cfg.MaxHeaderBytes = def.MaxHeaderBytes
+	}
+	if cfg.MCPMaxMessageBytes <= 0 {
+		cfg.MCPMaxMessageBytes = def.MCPMaxMessageBytes
 	}
 	for _, d := range []struct{ v, def *config.Duration }{
 		{&cfg.DialTimeout, &def.DialTimeout},
@@ -190,6 +196,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		errLog: log.With(audit.KeySource, "net/http"),
 		slots:  newSlots(cfg.MaxConnections, cfg.MaxConnectionsPerWorkload),
 	}
+	p.mcpTools, _ = lru.New[string, [32]byte](mcpToolsCacheSize)
 	p.stages = p.chain()
 	p.pools, err = newPoolSet(p, cfg.MaxUpstreamPools)
 	if err != nil {

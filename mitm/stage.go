@@ -90,6 +90,7 @@ func (p *Proxy) chain() []Stage {
 		connectStage{},  // explicit.go: CONNECT tunnels (explicit proxy)
 		targetStage{},   // stage_target.go: the request's destination, host binding, 421
 		connStage{},     // stage_conn.go: the connection's decision (SSRF guard, hosts denied before HTTP)
+		mcpStage{},      // stage_mcp.go: MCP's JSON-RPC read (bounded prefix), header mirroring, tools/list filter, rug pulls
 		policyStage{},   // stage_policy.go: access rules, SSRF guard per request, rate limits
 		sizeStage{},     // stage_size.go: request and response body limits
 		upstreamStage{}, // stage_upstream.go: the upstream connection (502 when it failed)

@@ -16,18 +16,34 @@ func (policyStage) Name() string { return "policy" }
 
 func (policyStage) Request(x *Exchange) *Answer {
 	r, t := x.Req, x.t
-	d := x.f.p.decider().Request(r.Context(), &policy.Request{
+	req := &policy.Request{
 		Conn:          t.conn,
 		Method:        r.Method,
 		Host:          x.policyHost, // the name bound to what is dialed (see the target stage)
 		Path:          r.URL.EscapedPath(),
 		Header:        r.Header,
 		ContentLength: r.ContentLength,
-	})
+	}
+	var d policy.Decision
+	if x.mcp == nil {
+		d = x.f.p.decider().Request(r.Context(), req)
+	} else {
+		// An MCP request is asked about once per message of a batch;
+		// the first denied message decides.
+		for _, c := range x.mcp.calls() {
+			req.MCP = c
+			if d = x.f.p.decider().Request(r.Context(), req); d.Denied() {
+				break
+			}
+		}
+	}
 	x.Decision, x.decided = d, true
 	rec := x.Record
 	rec.Decision, rec.Rule, rec.Reason = decisionString(d), d.Rule, d.Reason
 	if d.Denied() {
+		if a := mcpDenyAnswer(x, d); a != nil {
+			return a // a JSON-RPC error (stage_mcp.go)
+		}
 		return denyAnswer(d)
 	}
 	return nil

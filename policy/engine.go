@@ -51,6 +51,7 @@ type Engine struct {
 	lim          *Limiters
 	now          func() time.Time
 	log          *slog.Logger
+	hideDenied   bool // mcp.hideDenied
 }
 
 type rule struct {
@@ -63,6 +64,7 @@ type rule struct {
 	maxReq  int64
 	maxResp int64
 	capture bool
+	mcp     *mcpSel // nil: the rule has no mcp block
 }
 
 // Spec is the input of Compile for the first engine: host lists only.
@@ -119,6 +121,7 @@ func New(p *Policy, o Options) (*Engine, error) {
 		e.log = slog.Default()
 	}
 	e.log = e.log.With(audit.KeyComponent, audit.ComponentPolicy)
+	e.hideDenied = p.MCP.HideDenied == nil || *p.MCP.HideDenied
 	global := p.Mode == "audit"
 	defAudit := global
 	if p.Defaults.Mode != "" {
@@ -151,6 +154,7 @@ func New(p *Policy, o Options) (*Engine, error) {
 			r.audit = pr.Mode == "audit"
 		}
 		w := pr.Workloads
+		r.mcp = compileMCP(pr.MCP)
 		r.wl = workloadSel{cgroups: w.Cgroups, comm: w.Comm, exe: w.Exe, ids: w.ContainerIDs, namespaces: w.Namespaces, labels: w.Labels}
 		d := pr.Destinations
 		r.dst = destSel{hosts: d.Hosts, methods: d.Methods, paths: d.Paths}
@@ -264,7 +268,7 @@ func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 		if !r.wl.match(id) || !r.dst.matchConn(t, r.deny) {
 			continue
 		}
-		if r.dst.perRequest() {
+		if r.dst.perRequest() || r.mcp != nil {
 			if pass {
 				continue // methods and paths cannot apply to undecrypted TLS
 			}
@@ -339,13 +343,7 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 	if !ok && g.Denied() {
 		return g
 	}
-	ru := e.def
-	for _, x := range e.rules {
-		if x.wl.match(id) && x.dst.matchConn(t, x.deny) && x.dst.matchRequest(t) {
-			ru = x
-			break
-		}
-	}
+	ru := e.match(id, t, r.MCP)
 	d := ru.access(ru == e.def)
 	d.Capture = ru.capture
 	if d.Denied() {
@@ -353,12 +351,28 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 	}
 	d.MaxRequestBody, d.MaxResponseBody = ru.maxReq, ru.maxResp
 	if ru.rl != nil && !d.WouldDeny {
-		ru.rl.apply(ctx, e.lim, e.log, id, host, e.now(), ru.audit, &d)
+		var tool string // a rule with an mcp block counts per tool
+		if ru.mcp != nil && r.MCP != nil {
+			tool = r.MCP.Tool
+		}
+		ru.rl.apply(ctx, e.lim, e.log, id, host, tool, e.now(), ru.audit, &d)
 	}
 	if !ok && !d.Denied() && !d.WouldDeny {
 		d.Rule, d.Reason, d.WouldDeny = g.Rule, g.Reason, true
 	}
 	return d
+}
+
+// match is the first rule selecting the workload and matching the
+// request (call: its MCP message, nil when it is not MCP), else the
+// default rule.
+func (e *Engine) match(id *workload.Identity, t *target, call *MCPCall) *rule {
+	for _, x := range e.rules {
+		if x.wl.match(id) && x.dst.matchConn(t, x.deny) && x.dst.matchRequest(t) && x.mcp.match(call, x.deny) {
+			return x
+		}
+	}
+	return e.def
 }
 
 // access is the rule's own verdict in its mode.

@@ -18,6 +18,8 @@ type Policy struct {
 	SSRF     SSRF     `yaml:"ssrf" desc:"The address guard applied to every address the proxy dials."`
 	Defaults Defaults `yaml:"defaults" desc:"The default rule: applies to requests no rule matched, and fills in what a matching rule leaves unset (mode, limits, rateLimit)."`
 	Rules    []Rule   `yaml:"rules" desc:"Rules in order; the first rule that selects the workload and matches the destination decides."`
+	// MCP: see the MCP block at the foot of this file.
+	MCP MCPSettings `yaml:"mcp" desc:"How MCP (JSON-RPC over Streamable HTTP) is handled."`
 }
 
 // TLS configures what is decrypted.
@@ -50,6 +52,8 @@ type Rule struct {
 	RateLimit    *RateLimit   `yaml:"rateLimit" desc:"Rate limit applied to requests this allow rule matches."`
 	Limits       Limits       `yaml:"limits" desc:"Body size limits for requests this allow rule matches."`
 	Capture      bool         `yaml:"capture" desc:"Write the decrypted requests and responses this rule matches to the pcapng capture (audit.capture in the agent config); default: defaults.capture."`
+	// MCP: see the MCP block at the foot of this file.
+	MCP *MCPMatch `yaml:"mcp" desc:"Match MCP requests (JSON-RPC over Streamable HTTP) by method, tool, resource or prompt; a rule with mcp matches MCP requests only, and its rateLimit counts per tool."`
 }
 
 // Workloads selects workloads. Empty lists select everything.
@@ -103,4 +107,25 @@ type Redis struct {
 type Limits struct {
 	RequestBody  string `yaml:"requestBody" desc:"Largest request body, e.g. 10MB; beyond it 413 (417 with Expect: 100-continue)."`
 	ResponseBody string `yaml:"responseBody" desc:"Largest response body, e.g. 50MB; beyond it the response is cut."`
+}
+
+// The MCP block: what rules match in MCP requests, and how MCP is handled.
+// Globs here are '*' for any run of characters ('/' included) and '?' for
+// one character.
+
+// MCPSettings configures MCP handling for the whole policy.
+type MCPSettings struct {
+	HideDenied *bool `yaml:"hideDenied" desc:"Remove from tools/list responses the tools a tools/call of which would be denied (enforce mode only; audit mode never hides). Default true."`
+}
+
+// MCPMatch selects MCP requests. Lists are ORed within; methods and the
+// names (tools, resources, prompts) are ANDed: when any of tools,
+// resources and prompts is set, the request must name a tool
+// (tools/call), resource (resources/read, subscribe, unsubscribe) or
+// prompt (prompts/get) that its list matches.
+type MCPMatch struct {
+	Methods   []string `yaml:"methods" desc:"JSON-RPC methods, globs allowed, e.g. tools/call, resources/*."`
+	Tools     []string `yaml:"tools" desc:"Tool names of tools/call, globs allowed, e.g. github_*."`
+	Resources []string `yaml:"resources" desc:"Resource URIs of resources/read, subscribe and unsubscribe, globs allowed, e.g. file:///srv/*."`
+	Prompts   []string `yaml:"prompts" desc:"Prompt names of prompts/get, globs allowed."`
 }

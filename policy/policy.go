@@ -151,6 +151,8 @@ type Request struct {
 	Header http.Header
 	// ContentLength is the declared body length, -1 when unknown.
 	ContentLength int64
+	// MCP is the request's MCP message; nil when it is not MCP.
+	MCP *MCPCall
 }
 
 // Decider is what the proxy asks. *Engine implements it; tests of the

@@ -313,8 +313,13 @@ func (l *limiter) takeRedis(ctx context.Context, key string) (outcome, error) {
 // apply runs the limiter for one request and completes d: it adds the
 // headers, and on exhaustion turns d into a 429 deny (or a would-deny in
 // audit mode).
-func (l *limiter) apply(ctx context.Context, s *Limiters, log *slog.Logger, id *workload.Identity, host string, now time.Time, auditMode bool, d *Decision) {
+// A tool (an MCP tools/call under a rule with an mcp block) has buckets
+// of its own.
+func (l *limiter) apply(ctx context.Context, s *Limiters, log *slog.Logger, id *workload.Identity, host, tool string, now time.Time, auditMode bool, d *Decision) {
 	key := l.key(id, host)
+	if tool != "" {
+		key += "|tool:" + tool
+	}
 	var o outcome
 	if l.redis != nil {
 		var err error

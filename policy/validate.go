@@ -48,7 +48,7 @@ func (d *decoder) validate(p *Policy) {
 		if catchAll >= 0 {
 			d.add(at, "", "never used: rules[%d] matches every request first; move this rule above it", catchAll)
 		}
-		if catchAll < 0 && r.Workloads.empty() && r.Destinations.empty() {
+		if catchAll < 0 && r.Workloads.empty() && r.Destinations.empty() && r.MCP == nil {
 			catchAll = i
 		}
 		switch {
@@ -74,6 +74,9 @@ func (d *decoder) validate(p *Policy) {
 		d.checkMode(at+".mode", r.Mode)
 		d.checkWorkloads(at+".workloads", r.Workloads)
 		d.checkDestinations(at+".destinations", r.Destinations)
+		if r.MCP != nil {
+			d.checkMCP(at+".mcp", r.MCP)
+		}
 		if r.RateLimit != nil {
 			if r.Action == "deny" {
 				d.add(at+".rateLimit", "", "a deny rule forwards nothing to limit: move rateLimit to an allow rule")

@@ -1,0 +1,74 @@
+package mcp
+
+import (
+	"bytes"
+	"testing"
+)
+
+// FuzzParse: any body parses or fails without panicking, and a parsed
+// tools/call always names its tool.
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}`,
+		`[{"jsonrpc":"2.0","id":"x","method":"resources/read","params":{"uri":"a://b"}}]`,
+		`{"jsonrpc":"2.0","id":3,"error":{"code":-1,"message":""}}`,
+		`{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"a"}]}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		msgs, _, err := Parse(b)
+		if err != nil {
+			return
+		}
+		for _, m := range msgs {
+			if m.Method == "tools/call" && m.Tool == "" {
+				t.Fatalf("tools/call without a tool from %q", b)
+			}
+			if m.Response {
+				_, _, _, _ = FilterTools(b, func(string) bool { return false })
+			}
+		}
+	})
+}
+
+// FuzzSSE: the blocks are the same however the stream is split, and
+// their lengths add up to the bytes fed up to the last block's end.
+func FuzzSSE(f *testing.F) {
+	for _, s := range []string{"data: x\n\n", "event: message\r\ndata: {}\r\n\r\n", "\xef\xbb\xbf: c\rdata:a\r\r", "data: a\ndata: b\n\nid: 1\n"} {
+		f.Add([]byte(s), uint8(1))
+	}
+	f.Fuzz(func(t *testing.T, b []byte, split uint8) {
+		whole := collect(b, len(b)+1)
+		parts := collect(b, int(split)+1)
+		if len(whole) != len(parts) {
+			t.Fatalf("%d blocks whole, %d split", len(whole), len(parts))
+		}
+		total := 0
+		for i := range whole {
+			if whole[i].s != parts[i].s {
+				t.Fatalf("block %d: %q whole, %q split", i, whole[i].s, parts[i].s)
+			}
+			total += whole[i].n
+		}
+		if total > len(b) {
+			t.Fatalf("blocks span %d bytes of %d", total, len(b))
+		}
+	})
+}
+
+type block struct {
+	s string
+	n int
+}
+
+func collect(b []byte, n int) []block {
+	s := &SSE{Max: 64}
+	var out []block
+	for i := 0; i < len(b); i += n {
+		s.Feed(b[i:min(i+n, len(b))], func(e *Event) {
+			out = append(out, block{e.Type + "\x00" + e.ID + "\x00" + string(bytes.Clone(e.Data)), e.Len})
+		})
+	}
+	return out
+}

@@ -1,0 +1,204 @@
+// Package mcp reads the Model Context Protocol as it crosses Sluice: the
+// JSON-RPC 2.0 messages of the Streamable HTTP transport (a POST body
+// holding one message or, in revision 2025-03-26, a batch), the
+// Server-Sent Events a server answers with, and the request headers newer
+// revisions mirror from the body (Mcp-Method, Mcp-Name). It is pure: no
+// I/O, no state beyond a parser's, so the proxy's MCP stage (mitm) and
+// the policy share one reading of a message, and every parser is fuzzed.
+//
+// Messages are read the way a JavaScript server reads them (JSON.parse):
+// keys match exactly and the last of duplicate keys wins. encoding/json's
+// case-insensitive struct matching would let {"params":…,"Params":…}
+// show Sluice one tool and the server another.
+package mcp
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"strings"
+)
+
+// Header names of the Streamable HTTP transport.
+const (
+	HeaderSession  = "Mcp-Session-Id"
+	HeaderProtocol = "Mcp-Protocol-Version"
+	// HeaderMethod and HeaderName mirror the body's method and its
+	// params.name or params.uri (SEP-2243), for intermediaries.
+	HeaderMethod = "Mcp-Method"
+	HeaderName   = "Mcp-Name"
+)
+
+// JSON-RPC error codes Sluice answers with. -32000 to -32099 are
+// reserved for implementation-defined server errors; MCP itself uses
+// -32001 for a header that disagrees with the body.
+const (
+	// CodeHeaderMismatch: an Mcp-Method or Mcp-Name header disagrees
+	// with the body (HTTP 400).
+	CodeHeaderMismatch = -32001
+	// CodeDenied: Sluice's policy denied the request.
+	CodeDenied = -32003
+	// CodeRateLimited: a rate limit of Sluice's policy refused it.
+	CodeRateLimited = -32029
+)
+
+// Message is what Sluice reads of one JSON-RPC 2.0 message.
+type Message struct {
+	// ID is the id as written (a JSON string or number), nil for a
+	// notification.
+	ID json.RawMessage
+	// Method is set on requests and notifications.
+	Method string
+	// Tool is params.name of a tools/call, Prompt params.name of a
+	// prompts/get, Resource params.uri of resources/read, subscribe or
+	// unsubscribe.
+	Tool, Prompt, Resource string
+	// Response is true for a result or error message; ErrorCode is its
+	// error.code (0 when it has none).
+	Response  bool
+	ErrorCode int
+	// Result is a response's result, as written.
+	Result json.RawMessage
+}
+
+// IsRequest reports whether m is a request (a method and an id).
+func (m *Message) IsRequest() bool { return m.Method != "" && m.ID != nil }
+
+// Name is the name the message targets: its tool, prompt or resource.
+func (m *Message) Name() string {
+	switch {
+	case m.Tool != "":
+		return m.Tool
+	case m.Prompt != "":
+		return m.Prompt
+	}
+	return m.Resource
+}
+
+// IDString is the id as written, "" for none.
+func (m *Message) IDString() string { return string(m.ID) }
+
+// ErrNotJSONRPC is returned for a body that is JSON but no JSON-RPC 2.0
+// message or batch of them.
+var ErrNotJSONRPC = errors.New("not a JSON-RPC 2.0 message")
+
+// Parse reads a POST body or an SSE event's data: one message, or a batch
+// (a JSON array of messages). batch says which.
+func Parse(b []byte) (msgs []Message, batch bool, err error) {
+	b = bytes.TrimSpace(b)
+	if len(b) > 0 && b[0] == '[' {
+		var raws []json.RawMessage
+		if err := json.Unmarshal(b, &raws); err != nil {
+			return nil, true, err
+		}
+		if len(raws) == 0 {
+			return nil, true, ErrNotJSONRPC
+		}
+		msgs = make([]Message, len(raws))
+		for i, r := range raws {
+			if err := parseOne(r, &msgs[i]); err != nil {
+				return nil, true, err
+			}
+		}
+		return msgs, true, nil
+	}
+	var m Message
+	if err := parseOne(b, &m); err != nil {
+		return nil, false, err
+	}
+	return []Message{m}, false, nil
+}
+
+func parseOne(b []byte, m *Message) error {
+	var o map[string]json.RawMessage
+	if err := json.Unmarshal(b, &o); err != nil {
+		return err
+	}
+	var v string
+	if json.Unmarshal(o["jsonrpc"], &v) != nil || v != "2.0" {
+		return ErrNotJSONRPC
+	}
+	if id, ok := o["id"]; ok && !bytes.Equal(id, []byte("null")) {
+		if len(id) == 0 || (id[0] != '"' && id[0] != '-' && (id[0] < '0' || id[0] > '9')) {
+			return ErrNotJSONRPC
+		}
+		m.ID = id
+	}
+	if raw, ok := o["method"]; ok {
+		if json.Unmarshal(raw, &m.Method) != nil || m.Method == "" {
+			return ErrNotJSONRPC
+		}
+		return m.params(o["params"])
+	}
+	res, hasRes := o["result"]
+	e, hasErr := o["error"]
+	if !hasRes && !hasErr {
+		return ErrNotJSONRPC
+	}
+	m.Response, m.Result = true, res
+	if hasErr {
+		var eo map[string]json.RawMessage
+		if json.Unmarshal(e, &eo) != nil || json.Unmarshal(eo["code"], &m.ErrorCode) != nil {
+			return ErrNotJSONRPC
+		}
+	}
+	return nil
+}
+
+// params reads the names a request targets from its params.
+func (m *Message) params(raw json.RawMessage) error {
+	var key string
+	var dst *string
+	switch m.Method {
+	case "tools/call":
+		key, dst = "name", &m.Tool
+	case "prompts/get":
+		key, dst = "name", &m.Prompt
+	case "resources/read", "resources/subscribe", "resources/unsubscribe":
+		key, dst = "uri", &m.Resource
+	default:
+		return nil
+	}
+	var p map[string]json.RawMessage
+	if len(raw) == 0 || json.Unmarshal(raw, &p) != nil {
+		return ErrNotJSONRPC
+	}
+	if json.Unmarshal(p[key], dst) != nil || *dst == "" {
+		return ErrNotJSONRPC // a call that names nothing is not judged as one that names something
+	}
+	return nil
+}
+
+// HeaderValue decodes a mirrored header's value: plain, or the
+// "=?base64?…?=" form SEP-2243 uses for names that are not ASCII.
+func HeaderValue(v string) string {
+	if s, ok := strings.CutPrefix(v, "=?base64?"); ok {
+		if s, ok = strings.CutSuffix(s, "?="); ok {
+			if b, err := base64.StdEncoding.DecodeString(s); err == nil {
+				return string(b)
+			}
+		}
+	}
+	return v
+}
+
+// ErrorBody is the JSON-RPC error response to the request with id (nil:
+// null) carrying code and message.
+func ErrorBody(id json.RawMessage, code int, message string) []byte {
+	if id == nil {
+		id = json.RawMessage("null")
+	}
+	b, _ := json.Marshal(struct {
+		JSONRPC string          `json:"jsonrpc"`
+		ID      json.RawMessage `json:"id"`
+		Error   struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}{JSONRPC: "2.0", ID: id, Error: struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	}{code, message}})
+	return b
+}

@@ -1,0 +1,415 @@
+package mitm
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/mcp"
+	"github.com/sluicehq/sluice/policy"
+)
+
+// mcpStage makes MCP over Streamable HTTP visible to the policy and the
+// records. For a JSON POST it reads a bounded prefix of the body
+// (proxy.mcpMaxMessageBytes), parses the JSON-RPC message or batch and
+// puts the rest back in front of the stream, so nothing is lost and the
+// policy stage after it judges the method, tool, resource or prompt. An
+// Mcp-Method or Mcp-Name header that disagrees with the body is answered
+// 400 with a JSON-RPC error (the body is the truth: a header saying
+// another tool could steer an intermediary that trusts headers). GET
+// streams and DELETEs of a session are recorded with the session.
+//
+// On the response it watches the JSON or SSE answer as it streams (no
+// delay per event): JSON-RPC error codes go into the record, tools/list
+// results lose the tools the policy would deny (policy.ToolHider) and
+// each tool's description and schema are compared with the first sight
+// of it by this workload on this server (a change is a record of kind
+// mcp_tool_changed).
+type mcpStage struct{}
+
+func (mcpStage) Name() string { return "mcp" }
+
+// mcpToolsCacheSize bounds the tools remembered for rug-pull detection.
+const mcpToolsCacheSize = 65536
+
+// mcpRequest is what the MCP stage read of a request.
+type mcpRequest struct {
+	msgs     []mcp.Message
+	batch    bool
+	unparsed bool
+}
+
+// calls are the policy's view of the request, one per message.
+func (m *mcpRequest) calls() []*policy.MCPCall {
+	if m.unparsed {
+		return []*policy.MCPCall{{Unparsed: true}}
+	}
+	out := make([]*policy.MCPCall, len(m.msgs))
+	for i, g := range m.msgs {
+		out[i] = &policy.MCPCall{Method: g.Method, Tool: g.Tool, Resource: g.Resource, Prompt: g.Prompt}
+	}
+	return out
+}
+
+// listID is the id of the request when it is one tools/list.
+func (m *mcpRequest) listID() json.RawMessage {
+	if len(m.msgs) == 1 && !m.batch && m.msgs[0].Method == "tools/list" && m.msgs[0].ID != nil {
+		return m.msgs[0].ID
+	}
+	return nil
+}
+
+func (mcpStage) Request(x *Exchange) *Answer {
+	r, rec := x.Req, x.Record
+	h := r.Header
+	rec.MCPSession, rec.MCPProtocol = h.Get(mcp.HeaderSession), h.Get(mcp.HeaderProtocol)
+	looks := rec.MCPSession != "" || rec.MCPProtocol != "" || h.Get(mcp.HeaderMethod) != ""
+	if r.Method != http.MethodPost {
+		return nil // GET streams and DELETEs carry the session, recorded above
+	}
+	looks = looks || strings.Contains(h.Get("Accept"), "text/event-stream")
+	if !isJSON(h.Get("Content-Type")) || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		if looks {
+			x.mcp = &mcpRequest{unparsed: true}
+		}
+		return nil
+	}
+	limit := x.f.p.cfg.MCPMaxMessageBytes
+	if r.ContentLength > limit {
+		if looks {
+			x.mcp = &mcpRequest{unparsed: true}
+		}
+		return nil
+	}
+	_ = http.NewResponseController(x.w).SetReadDeadline(time.Now().Add(x.f.p.cfg.IdleTimeout.D()))
+	prefix, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	r.Body = &replayBody{Reader: io.MultiReader(bytes.NewReader(prefix), r.Body), c: r.Body}
+	if err != nil {
+		return &Answer{Status: http.StatusBadRequest, Decision: audit.DecisionError, Reason: audit.ReasonMalformed, Close: true,
+			Detail: "read request body: " + err.Error()}
+	}
+	var msgs []mcp.Message
+	var batch bool
+	if int64(len(prefix)) <= limit {
+		msgs, batch, err = mcp.Parse(prefix)
+	}
+	if len(msgs) == 0 || err != nil {
+		if looks {
+			x.mcp = &mcpRequest{unparsed: true}
+			rec.Error = audit.ReasonMCPUnparsed
+		}
+		return nil
+	}
+	x.mcp = &mcpRequest{msgs: msgs, batch: batch}
+	m := &msgs[0]
+	rec.MCPMethod, rec.MCPTool, rec.MCPResource, rec.MCPPrompt, rec.MCPID = m.Method, m.Tool, m.Resource, m.Prompt, m.IDString()
+	if batch {
+		return nil // the mirrored headers are defined for single messages
+	}
+	for _, c := range []struct{ header, body string }{{mcp.HeaderMethod, m.Method}, {mcp.HeaderName, m.Name()}} {
+		v := h.Get(c.header)
+		if v == "" || mcp.HeaderValue(v) == c.body {
+			continue
+		}
+		detail := fmt.Sprintf("%s header %q differs from the body's %q", c.header, v, c.body)
+		rec.MCPErrorCode = mcp.CodeHeaderMismatch
+		return &Answer{Status: http.StatusBadRequest, Body: mcp.ErrorBody(m.ID, mcp.CodeHeaderMismatch, detail),
+			Decision: audit.DecisionDeny, Reason: audit.ReasonMCPHeaderMismatch, Detail: detail}
+	}
+	return nil
+}
+
+// replayBody is a request body whose prefix was read and is given again.
+type replayBody struct {
+	io.Reader
+	c io.Closer
+}
+
+func (b *replayBody) Close() error { return b.c.Close() }
+
+// isJSON reports whether a Content-Type is JSON (application/json or a
+// +json type).
+func isJSON(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
+}
+
+// mcpDenyAnswer is the answer to an MCP request the policy denied: a
+// JSON-RPC error per request with an id, HTTP 200 as MCP clients expect
+// errors; 403 with an error of id null when no message has an id
+// (notifications, or an unparsed body). Nil for requests that are not
+// MCP.
+func mcpDenyAnswer(x *Exchange, d policy.Decision) *Answer {
+	m := x.mcp
+	if m == nil {
+		return nil
+	}
+	code, msg := mcp.CodeDenied, fmt.Sprintf("denied by Sluice policy (rule %s: %s)", d.Rule, d.Reason)
+	if d.Reason == audit.ReasonRateLimited {
+		code, msg = mcp.CodeRateLimited, fmt.Sprintf("rate limited by Sluice policy (rule %s)", d.Rule)
+	}
+	x.Record.MCPErrorCode = code
+	var errs [][]byte
+	for _, g := range m.msgs {
+		if g.ID != nil && g.Method != "" {
+			errs = append(errs, mcp.ErrorBody(g.ID, code, msg))
+		}
+	}
+	a := &Answer{Status: http.StatusOK, Decision: audit.DecisionDeny, Rule: d.Rule, Reason: d.Reason}
+	switch {
+	case len(errs) == 0:
+		a.Status, a.Body = d.StatusCode(), mcp.ErrorBody(nil, code, msg)
+	case m.batch:
+		a.Body = append(append([]byte{'['}, bytes.Join(errs, []byte{','})...), ']')
+	default:
+		a.Body = errs[0]
+	}
+	return a
+}
+
+func (mcpStage) Response(x *Exchange, resp *http.Response) *Answer {
+	m := x.mcp
+	if m == nil {
+		return nil
+	}
+	rec := x.Record
+	if sid := resp.Header.Get(mcp.HeaderSession); sid != "" && rec.MCPSession == "" {
+		rec.MCPSession = sid // the session the initialize answer assigns
+	}
+	if len(m.msgs) == 0 {
+		return nil
+	}
+	w := &mcpWatch{x: x, ids: map[string]bool{}, listID: string(m.listID())}
+	for _, g := range m.msgs {
+		if g.ID != nil {
+			w.ids[string(g.ID)] = true
+		}
+	}
+	if w.listID != "" {
+		if th, ok := x.f.p.decider().(policy.ToolHider); ok {
+			req := &policy.Request{Conn: x.t.conn, Method: x.Req.Method, Host: x.policyHost, Path: x.Req.URL.EscapedPath(), Header: x.Req.Header,
+				MCP: &policy.MCPCall{Method: "tools/list"}}
+			w.keep = func(name string) bool { return !th.HideTool(x.Req.Context(), req, name) }
+		}
+	}
+	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	limit := int(x.f.p.cfg.MCPMaxMessageBytes)
+	switch {
+	case mt == "text/event-stream":
+		resp.Body = &sseBody{ReadCloser: resp.Body, w: w, p: mcp.SSE{Max: limit}, rewrite: w.keep != nil, max: limit}
+	case isJSON(resp.Header.Get("Content-Type")):
+		jb := &jsonBody{ReadCloser: resp.Body, w: w, max: limit, rewrite: w.keep != nil}
+		if jb.rewrite {
+			resp.ContentLength = -1
+			resp.Header.Del("Content-Length")
+		}
+		resp.Body = jb
+	}
+	return nil
+}
+
+// mcpWatch reads the JSON-RPC messages of a response: error codes of the
+// answers to the request's ids, and the tools of a tools/list answer.
+type mcpWatch struct {
+	x      *Exchange
+	ids    map[string]bool
+	listID string
+	// keep says which tools a tools/list answer keeps; nil keeps all.
+	keep func(name string) bool
+}
+
+// message looks at one JSON-RPC message (or batch) of the response and
+// returns it rewritten when it is a tools/list answer that loses tools,
+// else nil.
+func (w *mcpWatch) message(b []byte) []byte {
+	msgs, _, err := mcp.Parse(b)
+	if err != nil {
+		return nil
+	}
+	var out []byte
+	for _, g := range msgs {
+		if !g.Response || !w.ids[string(g.ID)] {
+			continue
+		}
+		if g.ErrorCode != 0 && w.x.Record.MCPErrorCode == 0 {
+			w.x.Record.MCPErrorCode = g.ErrorCode
+		}
+		if string(g.ID) != w.listID || g.ErrorCode != 0 || len(msgs) != 1 {
+			continue
+		}
+		filtered, tools, removed, err := mcp.FilterTools(b, w.keep)
+		if err != nil {
+			continue
+		}
+		w.x.noteTools(tools)
+		if len(removed) > 0 {
+			out = filtered
+		}
+	}
+	return out
+}
+
+// noteTools compares each tool with its first sight by this workload on
+// this server and emits a record for each that changed.
+func (x *Exchange) noteTools(tools []mcp.Tool) {
+	p := x.f.p
+	for _, t := range tools {
+		k := x.Record.Host + "\x00" + x.Record.Workload.Name() + "\x00" + t.Name
+		old, seen := p.mcpTools.Get(k)
+		if seen && old == t.Hash {
+			continue
+		}
+		p.mcpTools.Add(k, t.Hash)
+		if !seen {
+			continue
+		}
+		rec := x.f.record(audit.KindMCPToolChanged, time.Now())
+		rec.Method, rec.Path, rec.Proto = x.Req.Method, x.Record.Path, x.Req.Proto
+		rec.Reason, rec.MCPMethod, rec.MCPTool, rec.MCPSession = audit.ReasonMCPToolChanged, "tools/list", t.Name, x.Record.MCPSession
+		rec.Error = "the tool's description or input schema differs from the first tools/list that listed it"
+		rec.Duration = 0
+		p.emit(rec)
+	}
+}
+
+// sseBody watches an SSE response. Without rewriting, every read goes
+// to the client as it came, the parser looking on. Rewriting (a
+// tools/list answer with tools to hide), each event is held until its
+// blank line and sent at once, rewritten or not; an event longer than
+// max is passed on unread.
+type sseBody struct {
+	io.ReadCloser
+	w       *mcpWatch
+	p       mcp.SSE
+	rewrite bool
+	max     int
+
+	buf     []byte
+	hold    []byte // bytes of the event in progress, not yet sent
+	flushed int    // bytes of the event in progress already sent
+	out     []byte // ready to send
+	err     error
+}
+
+func (b *sseBody) Read(p []byte) (int, error) {
+	if !b.rewrite {
+		n, err := b.ReadCloser.Read(p)
+		b.p.Feed(p[:n], func(e *mcp.Event) {
+			if e.Data != nil {
+				b.w.message(e.Data)
+			}
+		})
+		return n, err
+	}
+	for len(b.out) == 0 && b.err == nil {
+		if b.buf == nil {
+			b.buf = make([]byte, 32<<10)
+		}
+		n, err := b.ReadCloser.Read(b.buf)
+		b.hold = append(b.hold, b.buf[:n]...)
+		start := 0
+		b.p.Feed(b.buf[:n], func(e *mcp.Event) {
+			held := e.Len - b.flushed
+			ev := b.hold[start : start+held]
+			start += held
+			var rw []byte
+			if e.Data != nil && b.flushed == 0 {
+				rw = b.w.message(e.Data)
+			}
+			b.flushed = 0
+			if rw == nil {
+				b.out = append(b.out, ev...)
+				return
+			}
+			if e.Type != "" {
+				b.out = append(b.out, "event: "+e.Type+"\n"...)
+			}
+			if e.ID != "" {
+				b.out = append(b.out, "id: "+e.ID+"\n"...)
+			}
+			b.out = append(append(append(b.out, "data: "...), rw...), "\n\n"...)
+		})
+		b.hold = append(b.hold[:0], b.hold[start:]...)
+		if len(b.hold) > b.max || err != nil {
+			b.out = append(b.out, b.hold...)
+			b.flushed += len(b.hold)
+			b.hold = b.hold[:0]
+		}
+		b.err = err
+	}
+	n := copy(p, b.out)
+	b.out = b.out[n:]
+	if len(b.out) == 0 && b.err != nil {
+		return n, b.err
+	}
+	return n, nil
+}
+
+// jsonBody watches a JSON response: it keeps up to max bytes and reads
+// them as a JSON-RPC message at the end. Without rewriting the bytes go
+// on as they come; rewriting, the body is held to its end (or to max,
+// then sent as it is) and sent filtered.
+type jsonBody struct {
+	io.ReadCloser
+	w       *mcpWatch
+	max     int
+	rewrite bool
+
+	held []byte
+	over bool
+	out  []byte
+	err  error
+	done bool
+}
+
+func (b *jsonBody) Read(p []byte) (int, error) {
+	if !b.rewrite {
+		n, err := b.ReadCloser.Read(p)
+		if !b.over {
+			if b.held = append(b.held, p[:n]...); len(b.held) > b.max {
+				b.over, b.held = true, nil
+			}
+		}
+		if err == io.EOF && !b.over && !b.done {
+			b.done = true
+			b.w.message(b.held)
+		}
+		return n, err
+	}
+	for len(b.out) == 0 && b.err == nil {
+		buf := make([]byte, 32<<10)
+		n, err := b.ReadCloser.Read(buf)
+		b.err = err
+		if b.over {
+			b.out = append(b.out, buf[:n]...)
+			continue
+		}
+		b.held = append(b.held, buf[:n]...)
+		switch {
+		case len(b.held) > b.max:
+			b.over, b.out, b.held = true, b.held, nil
+		case err == io.EOF:
+			if rw := b.w.message(b.held); rw != nil {
+				b.out = rw
+			} else {
+				b.out = b.held
+			}
+		case err != nil:
+			b.out = b.held
+		}
+	}
+	n := copy(p, b.out)
+	b.out = b.out[n:]
+	if len(b.out) == 0 && b.err != nil {
+		return n, b.err
+	}
+	return n, nil
+}
+
+var _ ResponseStage = mcpStage{}

@@ -1,0 +1,153 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// MCP policy: rules with an mcp block (MCPMatch) match MCP requests by
+// JSON-RPC method and by the tool, resource or prompt they name; their
+// rate limit counts per tool; tools/list answers lose the tools a call of
+// which would be denied (HideTool).
+
+// MCPCall is what the proxy read of an MCP request's body (one JSON-RPC
+// message; a batch is asked about once per message).
+type MCPCall struct {
+	Method string
+	// Tool, Resource and Prompt are what a tools/call, resources/* or
+	// prompts/get names; empty otherwise.
+	Tool, Resource, Prompt string
+	// Unparsed is set for a request that looks like MCP (its headers say
+	// so) whose body could not be read as JSON-RPC within the proxy's
+	// limit: an allow rule with an mcp block can't be shown to apply and
+	// is skipped, a deny rule with one can't be shown not to and denies
+	// (as for Conn.Opaque flows).
+	Unparsed bool
+}
+
+// ToolHider is implemented by a Decider that filters tools/list answers.
+// *Engine implements it.
+type ToolHider interface {
+	// HideTool reports whether the tools/list answer to r (a tools/list
+	// request) must leave out tool: a tools/call of it would be denied
+	// by a rule in enforce mode and mcp.hideDenied is not false. It
+	// consumes no rate-limit tokens.
+	HideTool(ctx context.Context, r *Request, tool string) bool
+}
+
+var _ ToolHider = (*Engine)(nil)
+
+// mcpSel is a compiled MCPMatch.
+type mcpSel struct {
+	methods, tools, resources, prompts []string
+}
+
+func compileMCP(m *MCPMatch) *mcpSel {
+	if m == nil {
+		return nil
+	}
+	return &mcpSel{methods: m.Methods, tools: m.Tools, resources: m.Resources, prompts: m.Prompts}
+}
+
+// match reports whether the selector matches the call c (nil: the
+// request is not MCP). A nil selector matches everything.
+func (s *mcpSel) match(c *MCPCall, deny bool) bool {
+	switch {
+	case s == nil:
+		return true
+	case c == nil:
+		return false
+	case c.Unparsed:
+		return deny
+	}
+	if len(s.methods) > 0 && !globAny(s.methods, c.Method) {
+		return false
+	}
+	if len(s.tools)+len(s.resources)+len(s.prompts) == 0 {
+		return true
+	}
+	switch {
+	case c.Tool != "":
+		return globAny(s.tools, c.Tool)
+	case c.Resource != "":
+		return globAny(s.resources, c.Resource)
+	case c.Prompt != "":
+		return globAny(s.prompts, c.Prompt)
+	}
+	return false
+}
+
+func globAny(globs []string, s string) bool {
+	for _, g := range globs {
+		if mcpGlob(g, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// mcpGlob matches s against g: '*' is any run of characters ('/'
+// included), '?' one byte, anything else itself. Linear in practice: one
+// backtrack point, the last '*'.
+func mcpGlob(g, s string) bool {
+	gi, si, star, mark := 0, 0, -1, 0
+	for si < len(s) {
+		switch {
+		case gi < len(g) && (g[gi] == '?' || g[gi] == s[si]):
+			gi++
+			si++
+		case gi < len(g) && g[gi] == '*':
+			star, mark = gi, si
+			gi++
+		case star >= 0:
+			gi = star + 1
+			mark++
+			si = mark
+		default:
+			return false
+		}
+	}
+	for gi < len(g) && g[gi] == '*' {
+		gi++
+	}
+	return gi == len(g)
+}
+
+// HideTool implements ToolHider.
+func (e *Engine) HideTool(_ context.Context, r *Request, tool string) bool {
+	if !e.hideDenied {
+		return false
+	}
+	c := r.Conn
+	if c == nil {
+		c = &Conn{}
+	}
+	host := r.Host
+	if host == "" {
+		host = c.Host
+	}
+	t := &target{host: host, port: c.Port, addrs: c.Addrs, names: c.Names, method: strings.ToUpper(r.Method), path: cleanPath(r.Path)}
+	call := &MCPCall{Method: "tools/call", Tool: tool}
+	ru := e.match(&c.Workload, t, call)
+	return ru.deny && !ru.audit
+}
+
+// checkMCP validates a rule's mcp block.
+func (d *decoder) checkMCP(path string, m *MCPMatch) {
+	for _, l := range []struct {
+		key  string
+		vals []string
+		eg   string
+	}{{"methods", m.Methods, "tools/call or resources/*"}, {"tools", m.Tools, "github_*"}, {"resources", m.Resources, "file:///srv/*"}, {"prompts", m.Prompts, "summarize"}} {
+		for i, v := range l.vals {
+			at := fmt.Sprintf("%s.%s[%d]", path, l.key, i)
+			switch {
+			case strings.TrimSpace(v) == "":
+				d.add(at, v, "empty, remove it or write a name like %s", l.eg)
+			case l.key == "methods" && strings.ContainsAny(v, " \t"):
+				d.add(at, v, "a JSON-RPC method has no spaces, e.g. %s", l.eg)
+			}
+		}
+	}
+}
