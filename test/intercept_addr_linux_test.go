@@ -379,8 +379,10 @@ func TestInterceptAddressRestored(t *testing.T) {
 			restored := waitRestored(t, tt.addr)
 			r := connect()
 			t.Logf("Ready in the gap: %v; connect in the gap (%v after the removal): %+v", err, time.Since(removed), r)
-			if err == nil || !strings.Contains(err.Error(), "intercept address "+tt.addr.String()) {
-				t.Errorf("Ready while the address was missing: %v, want an error naming intercept address %s", err, tt.addr)
+			// The watcher may have put the address back already (within
+			// tens of ms); Ready must still name what is missing of it.
+			if err == nil || !strings.Contains(err.Error(), tt.addr.String()) {
+				t.Errorf("Ready while the address was missing: %v, want an error naming what is missing of %s", err, tt.addr)
 			}
 			if !refused(r) && r.Data != "proxied "+tt.dst.String() {
 				t.Errorf("connect in the gap: %+v, want refused on the node or proxied", r)
