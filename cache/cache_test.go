@@ -81,7 +81,7 @@ func TestLifetime(t *testing.T) {
 		{"Expires in the past", Rule{}, hdr("Date: "+date(0), "Expires: "+date(-time.Hour)), 0},
 		{"invalid Expires means expired", Rule{TTL: time.Hour}, hdr("Expires: 0"), 0},
 		{"malformed max-age means stale", Rule{TTL: time.Hour}, hdr("Cache-Control: max-age=soon"), 0},
-		{"the rule's ttl when the response states none", Rule{TTL: 5 * time.Minute}, hdr("Date: "+date(0)), 5 * time.Minute},
+		{"the rule's ttl when the response states none", Rule{TTL: 5 * time.Minute}, hdr("Date: " + date(0)), 5 * time.Minute},
 		{"10% of the Last-Modified age", Rule{}, hdr("Date: "+date(0), "Last-Modified: "+date(-10*time.Hour)), time.Hour},
 		{"the heuristic is at most a day", Rule{}, hdr("Date: "+date(0), "Last-Modified: "+date(-100*24*time.Hour)), 24 * time.Hour},
 		{"nothing at all", Rule{}, hdr(), 0},
