@@ -50,6 +50,9 @@ type Rule struct {
 	RateLimit    *RateLimit   `yaml:"rateLimit" desc:"Rate limit applied to requests this allow rule matches."`
 	Limits       Limits       `yaml:"limits" desc:"Body size limits for requests this allow rule matches."`
 	Capture      bool         `yaml:"capture" desc:"Write the decrypted requests and responses this rule matches to the pcapng capture (audit.capture in the agent config); default: defaults.capture."`
+
+	// The API gateway's fields (model_gateway.go).
+	Cache *Cache `yaml:"cache" desc:"Cache the responses to GET and HEAD requests this allow rule matches, honouring Cache-Control (RFC 9111)."`
 }
 
 // Workloads selects workloads. Empty lists select everything.
