@@ -47,6 +47,10 @@ type Proxy struct {
 	// workload (its cgroup, container or pod; the client address in
 	// explicit mode) at once, so one can't starve the others.
 	MaxConnectionsPerWorkload int `yaml:"maxConnectionsPerWorkload"`
+	// CacheMaxBytes bounds the memory of the response cache (policy
+	// rules' cache blocks), every rule and workload together; the least
+	// recently used responses go first, e.g. "64MB".
+	CacheMaxBytes Size `yaml:"cacheMaxBytes"`
 }
 
 // DefaultProxy returns the proxy defaults.
@@ -63,6 +67,7 @@ func DefaultProxy() Proxy {
 		MaxConnections:          8192, // 17,408 open files with the reserve: within a 20,000 limit
 		// A fifth of the node's connections for any one workload.
 		MaxConnectionsPerWorkload: 2000,
+		CacheMaxBytes:             64 << 20,
 	}
 }
 
@@ -96,6 +101,9 @@ func (p Proxy) validate() []error {
 	}
 	if p.MaxConnectionsPerWorkload < 1 || p.MaxConnectionsPerWorkload > p.MaxConnections {
 		errs = append(errs, fmt.Errorf("proxy.maxConnectionsPerWorkload %d: must be between 1 and proxy.maxConnections (%d), e.g. 2000", p.MaxConnectionsPerWorkload, p.MaxConnections))
+	}
+	if p.CacheMaxBytes < 1<<10 {
+		errs = append(errs, fmt.Errorf("proxy.cacheMaxBytes %d: must be at least 1KiB, e.g. \"64MB\"", p.CacheMaxBytes))
 	}
 	return errs
 }

@@ -47,6 +47,7 @@ type Exchange struct {
 	wraps   []func(io.ReadCloser) io.ReadCloser
 	aborted atomic.Pointer[Answer]
 	resp    []ResponseStage // response stages whose Request ran, in order
+	cache   *cacheLookup    // the cache stage's state, nil when no cache applies
 
 	body *countingBody
 	ht   headerTimer // forward's response header timer, allocated with x
@@ -123,7 +124,9 @@ func (x *Exchange) answer(a *Answer) {
 	for k, vs := range a.Header {
 		h[k] = append(h[k], vs...)
 	}
-	h.Set("Content-Type", "application/json")
+	if _, ok := a.Header["Content-Type"]; !ok {
+		h.Set("Content-Type", "application/json")
+	}
 	body := a.Body
 	if body == nil {
 		body = errorBody(a.Status, a.Rule, a.Detail)

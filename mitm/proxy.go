@@ -14,6 +14,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/ca"
+	"github.com/sluicehq/sluice/cache"
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/pcap"
 	"github.com/sluicehq/sluice/policy"
@@ -97,8 +98,9 @@ type Proxy struct {
 	pools  *poolSet
 	h2     *http2.Server
 	errLog *slog.Logger
-	slots  *slots  // client connections being served
-	stages []Stage // the per-request chain (see chain)
+	slots  *slots       // client connections being served
+	stages []Stage      // the per-request chain (see chain)
+	cache  *cache.Store // the response cache (rules' cache blocks)
 }
 
 // New builds a Proxy from its configuration (already validated by
@@ -127,6 +129,9 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 	}
 	if cfg.MaxConnectionsPerWorkload <= 0 {
 		cfg.MaxConnectionsPerWorkload = min(def.MaxConnectionsPerWorkload, cfg.MaxConnections)
+	}
+	if cfg.CacheMaxBytes <= 0 {
+		cfg.CacheMaxBytes = def.CacheMaxBytes
 	}
 	if cfg.MaxIdleConnsPerUpstream <= 0 {
 		cfg.MaxIdleConnsPerUpstream = def.MaxIdleConnsPerUpstream
@@ -189,6 +194,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		},
 		errLog: log.With(audit.KeySource, "net/http"),
 		slots:  newSlots(cfg.MaxConnections, cfg.MaxConnectionsPerWorkload),
+		cache:  cache.NewStore(int64(cfg.CacheMaxBytes)),
 	}
 	p.stages = p.chain()
 	p.pools, err = newPoolSet(p, cfg.MaxUpstreamPools)
