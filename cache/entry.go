@@ -21,6 +21,19 @@ type Entry struct {
 	// vary holds the request's values of the header fields the response
 	// varies on, by canonical name.
 	vary map[string]string
+	// cc is the response's Cache-Control, parsed once; initial is the
+	// age it had on arrival (RFC 9111 4.2.3 corrected_initial_age).
+	cc      Directives
+	initial time.Duration
+}
+
+// derive computes what Fresh and Age need from the stored header.
+func (e *Entry) derive() *Entry {
+	e.cc = ParseDirectives(e.Header)
+	apparent := max(e.ResponseTime.Sub(dateOf(e.Header, e.ResponseTime)), 0)
+	correctedAge := seconds(e.Header.Get("Age"), 0) + e.ResponseTime.Sub(e.RequestTime)
+	e.initial = max(apparent, correctedAge)
+	return e
 }
 
 // NewEntry makes an entry of a response to a request with header reqH,
@@ -38,7 +51,7 @@ func NewEntry(r *Rule, reqH http.Header, status int, h http.Header, body []byte,
 			}
 		}
 	}
-	return e
+	return e.derive()
 }
 
 func normalize(vs []string) string {
@@ -59,11 +72,7 @@ func (e *Entry) Matches(reqH http.Header) bool {
 
 // Age is the entry's current age at now (RFC 9111 4.2.3).
 func (e *Entry) Age(now time.Time) time.Duration {
-	apparent := max(e.ResponseTime.Sub(dateOf(e.Header, e.ResponseTime)), 0)
-	ageValue := seconds(e.Header.Get("Age"), 0)
-	correctedAge := ageValue + e.ResponseTime.Sub(e.RequestTime)
-	initial := max(apparent, correctedAge)
-	return initial + max(now.Sub(e.ResponseTime), 0)
+	return e.initial + max(now.Sub(e.ResponseTime), 0)
 }
 
 // Fresh reports whether the entry may answer a request with header reqH
@@ -71,8 +80,8 @@ func (e *Entry) Age(now time.Time) time.Duration {
 // no-cache on either side, and within the request's max-age and
 // min-fresh.
 func (e *Entry) Fresh(reqH http.Header, now time.Time) bool {
-	req, resp := ParseDirectives(reqH), ParseDirectives(e.Header)
-	if req.NoCache || resp.NoCache {
+	req := ParseDirectives(reqH)
+	if req.NoCache || e.cc.NoCache {
 		return false
 	}
 	age := e.Age(now)
@@ -127,7 +136,7 @@ func (e *Entry) Refresh(r *Rule, h http.Header, reqTime, respTime time.Time) *En
 	}
 	n := &Entry{Status: e.Status, Header: nh, Body: e.Body, RequestTime: reqTime, ResponseTime: respTime, vary: e.vary}
 	n.Lifetime = r.Lifetime(nh, respTime)
-	return n
+	return n.derive()
 }
 
 // NotModified reports whether a client's own conditional request (header
