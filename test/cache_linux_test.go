@@ -134,7 +134,8 @@ func TestRunResponseCache(t *testing.T) {
 // Through `sluice proxy`, a private response is kept per client (two
 // client addresses are two workloads): the second client gets its own
 // from the upstream, the first its stored one. A shared rule serves a
-// public response to both.
+// public response to both. The proxy's listener answers /healthz and
+// /readyz.
 func TestProxyCacheNotSharedBetweenWorkloads(t *testing.T) {
 	curl := RequireTool(t, "curl")
 	RequireE2E(t)
@@ -180,6 +181,13 @@ rules:
 	}
 	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
 	waitListening(t, addr, &logs)
+	// The proxy's own listener answers its probes.
+	for _, probe := range []string{"healthz", "readyz"} {
+		out, err := exec.Command(curl, "-sS", "-f", "http://"+addr+"/"+probe).CombinedOutput()
+		if want := map[string]string{"healthz": "ok\n", "readyz": "ready\n"}[probe]; err != nil || string(out) != want {
+			t.Fatalf("GET /%s on the proxy listener: %v %q, want %q", probe, err, out, want)
+		}
+	}
 
 	get := func(src, path string) string {
 		t.Helper()
