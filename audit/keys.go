@@ -38,6 +38,7 @@ const (
 	KeyDurationMS   = "duration_ms"
 	KeyUpstreamMS   = "upstream_ms"
 	KeyUpstreamAddr = "upstream_addr"
+	KeyCache        = "cache"
 	KeyDecision     = "decision"
 	KeyRule         = "rule"
 	KeyReason       = "reason"

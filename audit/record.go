@@ -127,6 +127,9 @@ type Record struct {
 	Header map[string]string
 	// UpstreamAddr is the ip:port the response came from.
 	UpstreamAddr string
+	// Cache is what the response cache did: hit, miss, bypass, expired
+	// or revalidated; empty when no cache applies.
+	Cache string
 }
 
 // Sink receives audit records. Record must be safe for concurrent use and

@@ -44,6 +44,7 @@ const (
 	fDurationMS
 	fUpstreamMS
 	fUpstreamAddr
+	fCache
 	fDecision
 	fRule
 	fReason
@@ -70,7 +71,7 @@ var auditFields = [...]field{
 	fKind, fClient, fPID, fUID, fComm, fExe, fCgroup, fContainerID, fPodUID,
 	fNamespace, fPod, fWorkload, fHost, fIP, fPort, fSNI, fTLS, fALPN, fProto,
 	fMethod, fPath, fStatus, fSource, fBytesIn, fBytesOut, fDurationMS,
-	fUpstreamMS, fUpstreamAddr, fDecision, fRule, fReason, fError, fEnd,
+	fUpstreamMS, fUpstreamAddr, fCache, fDecision, fRule, fReason, fError, fEnd,
 	fPolicyDecision, fPolicyRule, fPolicyReason, fGRPCStatus, fGRPCMessage,
 	fMCPMethod, fMCPTool, fMCPResource, fMCPPrompt, fMCPID, fMCPSession,
 	fMCPProtocol, fMCPErrorCode, fHeader,
@@ -158,6 +159,8 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return slog.Float64(KeyUpstreamMS, float64(r.UpstreamDuration.Microseconds())/1000), r.UpstreamDuration != 0
 	case fUpstreamAddr:
 		return str(KeyUpstreamAddr, r.UpstreamAddr)
+	case fCache:
+		return str(KeyCache, r.Cache)
 	case fDecision:
 		return str(KeyDecision, r.Decision)
 	case fRule:

@@ -51,6 +51,10 @@ type Proxy struct {
 	// stage reads (and replays) to judge a JSON-RPC message before it is
 	// forwarded; a longer MCP body is "mcp: unparsed".
 	MCPMaxMessageBytes int64 `yaml:"mcpMaxMessageBytes"`
+	// CacheMaxBytes bounds the memory of the response cache (policy
+	// rules' cache blocks), every rule and workload together; the least
+	// recently used responses go first, e.g. "64MB".
+	CacheMaxBytes Size `yaml:"cacheMaxBytes"`
 }
 
 // DefaultProxy returns the proxy defaults.
@@ -68,6 +72,7 @@ func DefaultProxy() Proxy {
 		// A fifth of the node's connections for any one workload.
 		MaxConnectionsPerWorkload: 2000,
 		MCPMaxMessageBytes:        1 << 20,
+		CacheMaxBytes:             64 << 20,
 	}
 }
 
@@ -104,6 +109,9 @@ func (p Proxy) validate() []error {
 	}
 	if p.MCPMaxMessageBytes < 1024 {
 		errs = append(errs, fmt.Errorf("proxy.mcpMaxMessageBytes %d: must be at least 1024, e.g. 1048576", p.MCPMaxMessageBytes))
+	}
+	if p.CacheMaxBytes < 1<<10 {
+		errs = append(errs, fmt.Errorf("proxy.cacheMaxBytes %d: must be at least 1KiB, e.g. \"64MB\"", p.CacheMaxBytes))
 	}
 	return errs
 }

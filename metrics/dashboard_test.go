@@ -20,6 +20,7 @@ func everything() *metrics.Metrics {
 	for _, r := range []audit.Record{
 		{Kind: audit.KindHTTP, Host: "a", Method: "GET", Status: 429, Source: "sluice", Decision: audit.DecisionDeny, Rule: "r", Reason: "x", BytesIn: 1, BytesOut: 1, UpstreamDuration: 1},
 		{Kind: audit.KindHTTP, Host: "a", Method: "GET", Status: 502, Source: "sluice", Decision: audit.DecisionError, Reason: "upstream error"},
+		{Kind: audit.KindHTTP, Host: "a", Method: "GET", Status: 200, Source: "sluice", Decision: audit.DecisionAllow, Cache: "hit"},
 		{Kind: audit.KindL4, Host: "b", TLS: audit.TLSPassthrough, Decision: audit.DecisionAllow},
 		{Kind: audit.KindConnect, Decision: "redirected"},
 	} {

@@ -20,6 +20,7 @@
 //	sluice_proxy_tls_connections_total{mode}                  mode decrypted|passthrough|failed
 //	sluice_proxy_open_connections                             gauge, ConnOpened/ConnClosed
 //	sluice_proxy_errors_total{kind,reason}                    records with decision "error" (upstream unreachable, verification failed, …)
+//	sluice_proxy_cache_requests_total{status}                 X-Cache-Status of requests a rule caches: hit|miss|bypass|expired|revalidated
 //	sluice_policy_denials_total{rule,reason,decision}         decision deny|would_deny
 //	sluice_policy_rate_limited_total{workload,host,rule}      429 produced by Sluice
 //	sluice_mcp_requests_total{workload,server,method,tool,decision}  MCP requests (records with mcp_method)
@@ -95,6 +96,7 @@ type Metrics struct {
 	errors          *prometheus.CounterVec
 	denials         *prometheus.CounterVec
 	rateLimited     *prometheus.CounterVec
+	cache           *prometheus.CounterVec
 	connects        *prometheus.CounterVec
 	mcpRequests     *prometheus.CounterVec
 	mcpToolDur      *prometheus.HistogramVec
@@ -175,6 +177,10 @@ func New(o Options) *Metrics {
 		Namespace: "sluice", Subsystem: "policy", Name: "rate_limited_total",
 		Help: "Requests answered 429 by Sluice's rate limiter, by workload, host and rule.",
 	}, []string{"workload", "host", "rule"})
+	m.cache = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "proxy", Name: "cache_requests_total",
+		Help: "Requests a rule's response cache saw, by what it did (the X-Cache-Status the client got): hit, miss, bypass, expired or revalidated.",
+	}, []string{"status"})
 	m.connects = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "agent", Name: "connect_events_total",
 		Help: "Kernel connect events from selected workloads, by the hook's decision.",
@@ -197,7 +203,7 @@ func New(o Options) *Metrics {
 	m.reg.MustRegister(
 		m.mcpRequests, m.mcpToolDur, m.mcpToolChanges,
 		m.requests, m.requestDuration, m.upstreamDur, m.bytes, m.l4Flows, m.tls,
-		m.openConns, m.errors, m.denials, m.rateLimited, m.connects,
+		m.openConns, m.errors, m.denials, m.rateLimited, m.cache, m.connects,
 		&funcCollector{m: m},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -251,6 +257,9 @@ func (m *Metrics) recordHTTP(r *audit.Record) {
 	m.addBytes(wl, host, "http", r)
 	m.countDenial(r)
 	m.countError(r)
+	if r.Cache != "" {
+		m.cache.WithLabelValues(oneOf(r.Cache, "other", "hit", "miss", "bypass", "expired", "revalidated")).Inc()
+	}
 	if r.Status == 429 && r.Source == "sluice" {
 		m.rateLimited.WithLabelValues(wl, host, m.rule(r.Rule)).Inc()
 	}

@@ -47,6 +47,9 @@
 //	           MCP requests get a JSON-RPC error instead
 //	size       413/417 for request bodies over the limit, 502 or a cut
 //	           stream for responses over it
+//	cache      the rule's response cache: a fresh stored response answers
+//	           (X-Cache-Status: Hit), a stale one is revalidated, a
+//	           storable one is stored while it streams
 //	upstream   the upstream connection: 502 with the reason when it failed
 //
 // Each stage is a Stage in its own file (a ResponseStage also sees the

@@ -47,6 +47,7 @@ type Exchange struct {
 	wraps   []func(io.ReadCloser) io.ReadCloser
 	aborted atomic.Pointer[Answer]
 	resp    []ResponseStage // response stages whose Request ran, in order
+	cache   *cacheLookup    // the cache stage's state, nil when no cache applies
 
 	mcp  *mcpRequest // set by the MCP stage for MCP requests
 	body *countingBody
@@ -124,7 +125,9 @@ func (x *Exchange) answer(a *Answer) {
 	for k, vs := range a.Header {
 		h[k] = append(h[k], vs...)
 	}
-	h.Set("Content-Type", "application/json")
+	if _, ok := a.Header["Content-Type"]; !ok {
+		h.Set("Content-Type", "application/json")
+	}
 	body := a.Body
 	if body == nil {
 		body = errorBody(a.Status, a.Rule, a.Detail)

@@ -22,6 +22,8 @@ import (
 // HTTPS_PROXY setup): CONNECT host:port tunnels go through the same
 // peek, policy and TLS path as transparent connections, and absolute-form
 // http:// requests are forwarded. The workload is the client address.
+// Origin-form GET /healthz and /readyz are the proxy's own probes (see
+// serveHealth), answered without policy or record.
 // It returns nil when ctx is cancelled, after closing ln and every
 // connection it serves.
 func (p *Proxy) ServeExplicit(ctx context.Context, ln net.Listener) error {
@@ -103,12 +105,42 @@ func (l *explicitListener) wrap(c net.Conn, id workload.Identity) net.Conn {
 }
 
 func (p *Proxy) serveExplicitRequest(w http.ResponseWriter, r *http.Request) {
+	if serveHealth(w, r) {
+		return
+	}
 	f, _ := r.Context().Value(flowKey{}).(*flow)
 	if f == nil {
 		http.Error(w, "no flow", http.StatusInternalServerError)
 		return
 	}
 	f.ServeHTTP(w, r)
+}
+
+// serveHealth answers the probes of an explicit proxy's own listener:
+// an origin-form GET or HEAD of /healthz (the process serves) or /readyz
+// (it accepts requests: 503 once it is shutting down). A proxy request
+// names its target in absolute form or with CONNECT, so these can't be
+// mistaken for one. It reports whether it answered.
+func serveHealth(w http.ResponseWriter, r *http.Request) bool {
+	if r.URL.IsAbs() || r.Method == http.MethodConnect || (r.URL.Path != "/healthz" && r.URL.Path != "/readyz") {
+		return false
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	switch {
+	case r.Method != http.MethodGet && r.Method != http.MethodHead:
+		h.Set("Allow", "GET, HEAD")
+		w.WriteHeader(http.StatusMethodNotAllowed)
+	case r.URL.Path == "/readyz" && r.Context().Err() != nil:
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "not ready: shutting down\n")
+	case r.URL.Path == "/readyz":
+		_, _ = io.WriteString(w, "ready\n")
+	default:
+		_, _ = io.WriteString(w, "ok\n")
+	}
+	return true
 }
 
 // connectStage serves an explicit proxy's CONNECT: the tunnel is served

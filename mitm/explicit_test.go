@@ -171,3 +171,45 @@ func TestMaxConnections(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// The explicit listener answers its own probes in origin form, without
+// a record; the same paths in absolute form are proxied as usual.
+func TestExplicitHealth(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	up := startPlainUpstream(t, echoHandler())
+	h := newHarness(t, tca, nil)
+	base := "http://" + h.url.Host
+	for _, tc := range []struct {
+		method, path string
+		code         int
+		body         string
+	}{
+		{"GET", "/healthz", 200, "ok\n"},
+		{"GET", "/readyz", 200, "ready\n"},
+		{"HEAD", "/readyz", 200, ""},
+		{"POST", "/healthz", 405, ""},
+	} {
+		req, _ := http.NewRequest(tc.method, base+tc.path, nil)
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readAll(t, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code || body != tc.body {
+			t.Errorf("%s %s: %d %q, want %d %q", tc.method, tc.path, resp.StatusCode, body, tc.code, tc.body)
+		}
+	}
+	if n := len(h.recs.all()); n != 0 {
+		t.Errorf("probes left %d records, want none", n)
+	}
+	resp, err := h.client(false).Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", up.addr.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(t, resp.Body)
+	resp.Body.Close()
+	if !strings.HasPrefix(body, "hello GET /healthz") {
+		t.Errorf("absolute-form /healthz was not proxied: %d %q", resp.StatusCode, body)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/ca"
+	"github.com/sluicehq/sluice/cache"
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/pcap"
 	"github.com/sluicehq/sluice/policy"
@@ -102,6 +103,7 @@ type Proxy struct {
 	// mcpTools holds the hash of each MCP tool as first seen, per server,
 	// workload and tool name (rug-pull detection, stage_mcp.go).
 	mcpTools *lru.Cache[string, [32]byte]
+	cache    *cache.Store // the response cache (rules' cache blocks)
 }
 
 // New builds a Proxy from its configuration (already validated by
@@ -133,6 +135,9 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 	}
 	if cfg.MaxConnectionsPerWorkload <= 0 {
 		cfg.MaxConnectionsPerWorkload = min(def.MaxConnectionsPerWorkload, cfg.MaxConnections)
+	}
+	if cfg.CacheMaxBytes <= 0 {
+		cfg.CacheMaxBytes = def.CacheMaxBytes
 	}
 	if cfg.MaxIdleConnsPerUpstream <= 0 {
 		cfg.MaxIdleConnsPerUpstream = def.MaxIdleConnsPerUpstream
@@ -195,6 +200,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		},
 		errLog: log.With(audit.KeySource, "net/http"),
 		slots:  newSlots(cfg.MaxConnections, cfg.MaxConnectionsPerWorkload),
+		cache:  cache.NewStore(int64(cfg.CacheMaxBytes)),
 	}
 	p.mcpTools, _ = lru.New[string, [32]byte](mcpToolsCacheSize)
 	p.stages = p.chain()

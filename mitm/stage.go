@@ -41,7 +41,9 @@ type ResponseStage interface {
 // Answer is a response Sluice gives itself instead of forwarding.
 type Answer struct {
 	Status int
-	// Header is added to the answer (on top of the policy's Header).
+	// Header is added to the answer (on top of the policy's Header). The
+	// answer is application/json unless Header names a Content-Type (a
+	// nil value: none).
 	Header http.Header
 	// Body is the answer's body; nil means the JSON error body
 	// {"error","rule","reason"} made from Status, Rule and Detail.
@@ -93,6 +95,7 @@ func (p *Proxy) chain() []Stage {
 		mcpStage{},      // stage_mcp.go: MCP's JSON-RPC read (bounded prefix), header mirroring, tools/list filter, rug pulls
 		policyStage{},   // stage_policy.go: access rules, SSRF guard per request, rate limits
 		sizeStage{},     // stage_size.go: request and response body limits
+		cacheStage{},    // stage_cache.go: the rule's response cache (hits answered here)
 		upstreamStage{}, // stage_upstream.go: the upstream connection (502 when it failed)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/cache"
 	"github.com/sluicehq/sluice/workload"
 )
 
@@ -64,7 +65,8 @@ type rule struct {
 	maxReq  int64
 	maxResp int64
 	capture bool
-	mcp     *mcpSel // nil: the rule has no mcp block
+	mcp     *mcpSel     // nil: the rule has no mcp block
+	cache   *cache.Rule // the response cache, nil for none
 }
 
 // Spec is the input of Compile for the first engine: host lists only.
@@ -174,6 +176,7 @@ func New(p *Policy, o Options) (*Engine, error) {
 				return nil, err
 			}
 			r.maxReq, r.maxResp = pick(l[0], dl[0]), pick(l[1], dl[1])
+			r.cache = compileCache(pr.Cache)
 			if pr.RateLimit != nil {
 				r.rl = compileLimiter(pr.Name, pr.RateLimit, e.lim)
 			} else {
@@ -350,6 +353,7 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 		return d
 	}
 	d.MaxRequestBody, d.MaxResponseBody = ru.maxReq, ru.maxResp
+	d.Cache = ru.cache
 	if ru.rl != nil && !d.WouldDeny {
 		var tool string // a rule with an mcp block counts per tool
 		if ru.mcp != nil && r.MCP != nil {

@@ -54,6 +54,9 @@ type Rule struct {
 	Capture      bool         `yaml:"capture" desc:"Write the decrypted requests and responses this rule matches to the pcapng capture (audit.capture in the agent config); default: defaults.capture."`
 	// MCP: see the MCP block at the foot of this file.
 	MCP *MCPMatch `yaml:"mcp" desc:"Match MCP requests (JSON-RPC over Streamable HTTP) by method, tool, resource or prompt; a rule with mcp matches MCP requests only, and its rateLimit counts per tool."`
+
+	// The API gateway's fields (model_gateway.go).
+	Cache *Cache `yaml:"cache" desc:"Cache the responses to GET and HEAD requests this allow rule matches, honouring Cache-Control (RFC 9111)."`
 }
 
 // Workloads selects workloads. Empty lists select everything.

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"sync/atomic"
 
+	"github.com/sluicehq/sluice/cache"
 	"github.com/sluicehq/sluice/workload"
 )
 
@@ -83,6 +84,9 @@ type Decision struct {
 	// (ConnDecision) to the pcapng capture when one is configured. On a
 	// request Decision it says whether that request's rule captures.
 	Capture bool
+	// Cache is the response cache of the rule that allowed the request;
+	// nil: the response is not cached.
+	Cache *cache.Rule
 }
 
 // Denied reports whether the client must get the deny answer.

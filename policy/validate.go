@@ -89,6 +89,9 @@ func (d *decoder) validate(p *Policy) {
 		} else {
 			d.checkLimits(at+".limits", r.Limits)
 		}
+		if r.Cache != nil {
+			d.checkCache(at+".cache", r.Cache, r.Action)
+		}
 	}
 }
 
