@@ -35,7 +35,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	policyPath := fs.String("policy", "", "policy `FILE`; empty uses the config's policyFile, else the embedded default (audit everything, deny cloud metadata)")
 	auditPath := fs.String("audit-log", "", "write the JSON audit log to `FILE` (default: the config's audit.file, else none, only the summary)")
 	caDir := fs.String("ca-dir", "", "CA directory (default: the config's ca.dir, or $SLUICE_CA_DIR)")
-	noCAEnv := fs.Bool("no-ca-env", false, "do not set SSL_CERT_FILE and the other CA-trust variables for the command")
+	noCAEnv := fs.Bool("no-ca-env", false, "do not set the CA-trust variables for the command (SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, CURL_CA_BUNDLE, GIT_SSL_CAINFO, AWS_CA_BUNDLE, and the trust store in JAVA_TOOL_OPTIONS)")
 	noSummary := fs.Bool("no-summary", false, "do not print the egress summary at exit")
 	keepCaps := fs.Bool("keep-caps", false, "keep CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF, CAP_SYS_PTRACE and CAP_SYS_MODULE in the command's capability sets; RISK: a root command can then leave its cgroup, detach the hooks or use raw sockets, and so go around the interception: use only for a command you trust")
 	verbose := fs.Bool("v", false, "log every decision to stderr (default: denials, warnings and errors only)")
