@@ -162,8 +162,13 @@ type volumeMount struct {
 }
 
 type envVar struct {
-	Name  string `yaml:"name"`
-	Value string `yaml:"value"`
+	Name      string `yaml:"name"`
+	Value     string `yaml:"value"`
+	ValueFrom *struct {
+		FieldRef *struct {
+			FieldPath string `yaml:"fieldPath"`
+		} `yaml:"fieldRef"`
+	} `yaml:"valueFrom"`
 }
 
 type container struct {
@@ -177,6 +182,7 @@ type container struct {
 	VolumeMounts    []volumeMount `yaml:"volumeMounts"`
 	SecurityContext struct {
 		Privileged *bool `yaml:"privileged"`
+		RunAsUser  *int  `yaml:"runAsUser"`
 	} `yaml:"securityContext"`
 	Resources struct {
 		Requests map[string]string `yaml:"requests"`
@@ -313,6 +319,7 @@ func check(files map[string][]byte) error {
 	}
 
 	errs = append(errs, checkDaemonSet(objs, cfg, policyKeys)...)
+	errs = append(errs, checkImages(objs)...)
 	errs = append(errs, checkCASecret(objs)...)
 	errs = append(errs, checkWorkload(objs)...)
 	return errors.Join(errs...)
@@ -376,35 +383,60 @@ func volumeByName(spec podSpec, name string) (volume, bool) {
 	return volume{}, false
 }
 
-// probePort checks one probe against the admin listener.
-func probePort(what string, p *probe, wantPath string, admin netip.AddrPort) error {
+// probePort checks one probe against the admin listener: port is
+// admin.listen's, host the address the probe must name ("" for the pod's
+// own address, which with hostNetwork is the node's).
+func probePort(what string, p *probe, wantPath, host string, port uint16) error {
 	if p == nil || p.HTTPGet == nil {
-		return fmt.Errorf("DaemonSet sluice-agent: %s: want an httpGet probe on %s%s", what, admin, wantPath)
+		return fmt.Errorf("DaemonSet sluice-agent: %s: want an httpGet probe on port %d, path %s", what, port, wantPath)
 	}
-	var port int
+	var got int
 	switch v := p.HTTPGet.Port.(type) {
 	case int:
-		port = v
+		got = v
 	case string:
 		n, err := strconv.Atoi(v)
 		if err != nil {
-			return fmt.Errorf("DaemonSet sluice-agent: %s port %q: use the number %d (admin.listen), not a name", what, v, admin.Port())
+			return fmt.Errorf("DaemonSet sluice-agent: %s port %q: use the number %d (admin.listen's port), not a name", what, v, port)
 		}
-		port = n
+		got = n
 	default:
-		return fmt.Errorf("DaemonSet sluice-agent: %s port %v: want %d (admin.listen)", what, v, admin.Port())
+		return fmt.Errorf("DaemonSet sluice-agent: %s port %v: want %d (admin.listen's port)", what, v, port)
 	}
 	var errs []error
-	if port != int(admin.Port()) {
-		errs = append(errs, fmt.Errorf("DaemonSet sluice-agent: %s port %d: admin.listen is %s", what, port, admin))
+	if got != int(port) {
+		errs = append(errs, fmt.Errorf("DaemonSet sluice-agent: %s port %d: admin.listen's port is %d", what, got, port))
 	}
-	if p.HTTPGet.Host != admin.Addr().String() {
-		errs = append(errs, fmt.Errorf("DaemonSet sluice-agent: %s host %q: admin.listen is %s (set host: %s)", what, p.HTTPGet.Host, admin, admin.Addr()))
+	if p.HTTPGet.Host != host {
+		if host == "" {
+			errs = append(errs, fmt.Errorf("DaemonSet sluice-agent: %s host %q: with --admin-host the admin API is on the node's address, which is the pod's (hostNetwork): leave host unset", what, p.HTTPGet.Host))
+		} else {
+			errs = append(errs, fmt.Errorf("DaemonSet sluice-agent: %s host %q: admin.listen is on %s (set host: %s)", what, p.HTTPGet.Host, host, host))
+		}
 	}
 	if p.HTTPGet.Path != wantPath {
 		errs = append(errs, fmt.Errorf("DaemonSet sluice-agent: %s path %q: want %s", what, p.HTTPGet.Path, wantPath))
 	}
 	return errors.Join(errs...)
+}
+
+// adminHostFromDownwardAPI checks the argument of --admin-host: a
+// $(NAME) the kubelet expands from an env variable NAME set from the
+// downward API's status.hostIP.
+func adminHostFromDownwardAPI(c container, arg string) error {
+	name, ok := strings.CutPrefix(arg, "$(")
+	name, ok2 := strings.CutSuffix(name, ")")
+	if !ok || !ok2 || name == "" {
+		return fmt.Errorf("DaemonSet sluice-agent: --admin-host %q: want $(HOST_IP), an env variable from the downward API (status.hostIP)", arg)
+	}
+	i := slices.IndexFunc(c.Env, func(e envVar) bool { return e.Name == name })
+	if i < 0 {
+		return fmt.Errorf("DaemonSet sluice-agent: --admin-host %s: no env %s in the container", arg, name)
+	}
+	if e := c.Env[i]; e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "status.hostIP" {
+		return fmt.Errorf("DaemonSet sluice-agent: env %s: want valueFrom.fieldRef.fieldPath status.hostIP (the node's address)", name)
+	}
+	return nil
 }
 
 func checkDaemonSet(objs []*object, cfg config.Config, policyKeys map[string]string) []error {
@@ -481,12 +513,23 @@ func checkDaemonSet(objs []*object, cfg config.Config, policyKeys map[string]str
 		}
 	}
 
-	// admin.listen: the probes.
+	// The admin API: admin.listen's port, on the node's address when
+	// --admin-host names it (Prometheus scrapes it there), else on
+	// admin.listen's address; the probes ask it there.
 	if ap, err := netip.ParseAddrPort(cfg.Admin.Listen); err == nil {
-		if err := probePort("livenessProbe", c.LivenessProbe, "/healthz", ap); err != nil {
+		host := ap.Addr().String()
+		if i := slices.Index(args, "--admin-host"); i >= 0 {
+			host = ""
+			if i+1 >= len(args) {
+				fail("--admin-host without a value")
+			} else if err := adminHostFromDownwardAPI(c, args[i+1]); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := probePort("livenessProbe", c.LivenessProbe, "/healthz", host, ap.Port()); err != nil {
 			errs = append(errs, err)
 		}
-		if err := probePort("readinessProbe", c.ReadinessProbe, "/readyz", ap); err != nil {
+		if err := probePort("readinessProbe", c.ReadinessProbe, "/readyz", host, ap.Port()); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -555,6 +598,51 @@ func checkDaemonSet(objs []*object, cfg config.Config, policyKeys map[string]str
 		fail("/sys/fs/cgroup is not a volumeMount")
 	} else if v, _ := volumeByName(spec, m.Name); v.HostPath == nil || path.Clean(v.HostPath.Path) != "/sys/fs/cgroup" {
 		fail("/sys/fs/cgroup: volume %q is not hostPath /sys/fs/cgroup", m.Name)
+	}
+	return errs
+}
+
+// checkImages: every container that runs sluice (the DaemonSet's, the
+// cleanup Job's) uses the DaemonSet's image and runs as root: the image
+// (make image) runs as a non-root user by default, for sluice proxy and
+// the tools, and the agent needs root on the node.
+func checkImages(objs []*object) []error {
+	var errs []error
+	var image string
+	for _, o := range objs {
+		if o.head.Kind != "DaemonSet" && o.head.Kind != "Job" {
+			continue
+		}
+		owner, err := decode[podTemplateOwner](o)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, c := range owner.Spec.Template.Spec.Containers {
+			if !slices.Contains(append(slices.Clone(c.Command), c.Args...), "agent") {
+				continue
+			}
+			if o.head.Kind == "DaemonSet" && o.head.Metadata.Name == "sluice-agent" {
+				image = c.Image
+			}
+			if u := c.SecurityContext.RunAsUser; u == nil || *u != 0 {
+				errs = append(errs, fmt.Errorf("%s container %s: securityContext.runAsUser is not 0: the image runs as a non-root user unless told, and sluice agent needs root", o.id(), c.Name))
+			}
+		}
+	}
+	if image == "" {
+		return append(errs, errors.New("DaemonSet sluice-agent: no container runs sluice agent with an image"))
+	}
+	for _, o := range objs {
+		if o.head.Kind != "Job" {
+			continue
+		}
+		owner, _ := decode[podTemplateOwner](o)
+		for _, c := range owner.Spec.Template.Spec.Containers {
+			if c.Image != image {
+				errs = append(errs, fmt.Errorf("%s container %s: image %q, the DaemonSet's is %q: use the same", o.id(), c.Name, c.Image, image))
+			}
+		}
 	}
 	return errs
 }
@@ -646,7 +734,7 @@ func TestManifestsCatchMistakes(t *testing.T) {
 		{"config key typo", "configmap-config.yaml", "      failMode: closed", "      failMod: closed", "field failMod not found"},
 		{"config bad value", "configmap-config.yaml", "      failMode: closed", "      failMode: shut", `agent.failMode "shut"`},
 		{"admin on every address", "configmap-config.yaml", "listen: 127.0.0.1:9090", "listen: 0.0.0.0:9090", "admin.listen"},
-		{"probe port differs from admin.listen", "configmap-config.yaml", "listen: 127.0.0.1:9090", "listen: 127.0.0.1:9091", "livenessProbe port 9090: admin.listen is 127.0.0.1:9091"},
+		{"probe port differs from admin.listen", "configmap-config.yaml", "listen: 127.0.0.1:9090", "listen: 127.0.0.1:9091", "livenessProbe port 9090: admin.listen's port is 9091"},
 		{"ca.dir moved", "configmap-config.yaml", "dir: /var/lib/sluice/ca", "dir: /var/lib/sluice/ca2", "ca.dir /var/lib/sluice/ca2: not mounted"},
 		{"policy file moved", "configmap-config.yaml", "policyFile: /etc/sluice/policy/policy.yaml", "policyFile: /etc/sluice/rules/policy.yaml", "its directory /etc/sluice/rules is not a volumeMount"},
 		{"policy key renamed", "configmap-config.yaml", "policyFile: /etc/sluice/policy/policy.yaml", "policyFile: /etc/sluice/policy/rules.yaml", `no data key "rules.yaml"`},
@@ -655,7 +743,13 @@ func TestManifestsCatchMistakes(t *testing.T) {
 		{"policy enforce", "configmap-policy.yaml", "    mode: audit", "    mode: enforce", `mode "enforce": start in audit mode`},
 		{"no hostNetwork", "daemonset.yaml", "hostNetwork: true", "hostNetwork: false", "hostNetwork is not true"},
 		{"no hostPID", "daemonset.yaml", "hostPID: true", "hostPID: false", "hostPID is not true"},
-		{"probe host", "daemonset.yaml", "              host: 127.0.0.1\n              port: 9090\n              path: /healthz", "              port: 9090\n              path: /healthz", `livenessProbe host ""`},
+		{"probe host on loopback", "daemonset.yaml", "              port: 9090\n              path: /healthz", "              host: 127.0.0.1\n              port: 9090\n              path: /healthz", `livenessProbe host "127.0.0.1": with --admin-host the admin API is on the node's address`},
+		{"no --admin-host: probes on admin.listen", "daemonset.yaml", `, "--admin-host", "$(HOST_IP)"`, "", `livenessProbe host "": admin.listen is on 127.0.0.1`},
+		{"admin host not the node's", "daemonset.yaml", "fieldPath: status.hostIP", "fieldPath: status.podIPs", "env HOST_IP: want valueFrom.fieldRef.fieldPath status.hostIP"},
+		{"admin host literal", "daemonset.yaml", `"--admin-host", "$(HOST_IP)"`, `"--admin-host", "10.0.0.1"`, `--admin-host "10.0.0.1": want $(HOST_IP)`},
+		{"agent as the image's user", "daemonset.yaml", "            runAsUser: 0\n", "", "DaemonSet/sluice-agent container agent: securityContext.runAsUser is not 0"},
+		{"cleanup as the image's user", "examples/cleanup-job.yaml", "            runAsUser: 0\n", "", "Job/sluice-cleanup-NODE_NAME container cleanup: securityContext.runAsUser is not 0"},
+		{"cleanup image differs", "examples/cleanup-job.yaml", "image: ghcr.io/sluicehq/sluice:latest", "image: sluice:dev", `image "sluice:dev", the DaemonSet's is`},
 		{"readiness path", "daemonset.yaml", "path: /readyz", "path: /healthz", `readinessProbe path "/healthz"`},
 		{"bpffs propagation", "daemonset.yaml", "              mountPropagation: Bidirectional", "              mountPropagation: HostToContainer", `mountPropagation "HostToContainer"`},
 		{"ca key readable", "daemonset.yaml", "defaultMode: 256", "defaultMode: 0644", "defaultMode 0644"},

@@ -5,33 +5,30 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+
+	"github.com/sluicehq/sluice/ca"
 )
 
-// systemBundles are where distributions keep the system roots as one PEM
-// file: Debian/Ubuntu, Fedora/RHEL, openSUSE, Alpine/macOS-like.
-var systemBundles = []string{
-	"/etc/ssl/certs/ca-certificates.crt",
-	"/etc/pki/tls/certs/ca-bundle.crt",
-	"/etc/ssl/ca-bundle.pem",
-	"/etc/ssl/cert.pem",
+// Trust is where the command's TLS clients find the roots they trust:
+// the system roots plus the Sluice CA, in the forms clients read.
+type Trust struct {
+	// Bundle is a PEM file; the TrustEnv variables point at it.
+	Bundle string
+	// JavaTrustStore is a PKCS#12 trust store of the same certificates,
+	// protected by JavaTrustStorePassword; JAVA_TOOL_OPTIONS points the
+	// JVM at it. Empty: JAVA_TOOL_OPTIONS is left as it is.
+	JavaTrustStore         string
+	JavaTrustStorePassword string
 }
 
-// WriteBundle writes the system roots (the first bundle found, or the
-// file SSL_CERT_FILE names) followed by caPEM into dir/ca-bundle.pem and
-// returns its path. Clients told to trust only this file then trust both
-// the real CAs (for hosts Sluice passes through) and Sluice's CA.
+// WriteBundle writes the system roots (ca.SystemRootsPEM: SSL_CERT_FILE,
+// else the distribution's bundle; none if there is none) followed by
+// caPEM into dir/ca-bundle.pem and returns its path. Clients told to
+// trust only this file then trust both the real CAs (for hosts Sluice
+// passes through) and Sluice's CA.
 func WriteBundle(dir string, caPEM []byte) (string, error) {
-	var roots []byte
-	cands := systemBundles
-	if f := os.Getenv("SSL_CERT_FILE"); f != "" {
-		cands = append([]string{f}, cands...)
-	}
-	for _, f := range cands {
-		if b, err := os.ReadFile(f); err == nil && bytes.Contains(b, []byte("BEGIN CERTIFICATE")) {
-			roots = b
-			break
-		}
-	}
+	roots, _, _ := ca.SystemRootsPEM()
 	var buf bytes.Buffer
 	buf.Write(roots)
 	if len(roots) > 0 && roots[len(roots)-1] != '\n' {
@@ -44,4 +41,51 @@ func WriteBundle(dir string, caPEM []byte) (string, error) {
 		return "", fmt.Errorf("write CA bundle %s: %w", p, err)
 	}
 	return p, nil
+}
+
+// WriteTrust writes the PEM bundle (WriteBundle) and the Java trust store
+// (dir/java-truststore.p12: the Sluice CA, then the system roots, in the
+// legacy PKCS#12 encoding every Java 8+ reads, password
+// ca.TrustStorePassword) and returns where they are. The trust store is
+// left out, with JavaTrustStore empty, when dir's path holds whitespace
+// or quotes: JAVA_TOOL_OPTIONS is split on whitespace, and Java 8 knows
+// no quoting.
+func WriteTrust(dir string, caPEM []byte) (Trust, error) {
+	bundle, err := WriteBundle(dir, caPEM)
+	if err != nil {
+		return Trust{}, err
+	}
+	tr := Trust{Bundle: bundle}
+	if strings.ContainsAny(dir, " \t\n\r\"'") {
+		return tr, nil
+	}
+	cas, _ := ca.ParsePEMCertificates(caPEM)
+	if len(cas) == 0 {
+		return Trust{}, fmt.Errorf("write Java trust store: the Sluice CA PEM holds no certificate")
+	}
+	rootsPEM, _, _ := ca.SystemRootsPEM()
+	roots, _ := ca.ParsePEMCertificates(rootsPEM)
+	store, err := ca.EncodeTrustStore(ca.FormatJKS, cas[0], roots, ca.TrustStorePassword)
+	if err != nil {
+		return Trust{}, fmt.Errorf("write Java trust store: %w", err)
+	}
+	p := filepath.Join(dir, "java-truststore.p12")
+	if err := os.WriteFile(p, store, 0o644); err != nil {
+		return Trust{}, fmt.Errorf("write Java trust store %s: %w", p, err)
+	}
+	tr.JavaTrustStore, tr.JavaTrustStorePassword = p, ca.TrustStorePassword
+	return tr, nil
+}
+
+// javaToolOptions returns JAVA_TOOL_OPTIONS pointing the JVM at the trust
+// store, after the options the user had (old): for a -D given twice the
+// JVM keeps the last, so ours win and the user's other options stay.
+func javaToolOptions(old string, tr Trust) string {
+	opts := "-Djavax.net.ssl.trustStore=" + tr.JavaTrustStore +
+		" -Djavax.net.ssl.trustStoreType=PKCS12" +
+		" -Djavax.net.ssl.trustStorePassword=" + tr.JavaTrustStorePassword
+	if old = strings.TrimSpace(old); old != "" {
+		return old + " " + opts
+	}
+	return opts
 }

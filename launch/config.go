@@ -42,7 +42,7 @@ var refused = []struct{ key, why string }{
 	{"agent.cgroups", "sluice run selects its own transient cgroup; remove this key"},
 	{"agent.failMode", "sluice run's hooks always end with the run (open); remove this key"},
 	{"agent.attach", "sluice run attaches its hooks to its own transient cgroup only; remove this key"},
-	{"admin.listen", "sluice run serves no admin API (its summary is printed at exit); remove this key, or run sluice agent"},
+	{"admin.listen", "sluice run serves the admin API only when asked with --metrics ADDR; remove this key (and pass --metrics ADDR for /metrics)"},
 	{"proxy.listen", "sluice run has no explicit proxy listener; remove this key, or run sluice proxy"},
 }
 

@@ -123,7 +123,7 @@ func TestConfigure(t *testing.T) {
 			"config agent.cgroups: sluice run selects its own transient cgroup; remove this key",
 			"config agent.failMode: sluice run's hooks always end with the run (open); remove this key",
 			"config agent.attach: sluice run attaches its hooks to its own transient cgroup only; remove this key",
-			"config admin.listen: sluice run serves no admin API",
+			"config admin.listen: sluice run serves the admin API only when asked with --metrics ADDR",
 			"config proxy.listen: sluice run has no explicit proxy listener; remove this key, or run sluice proxy",
 		}, ""},
 	}

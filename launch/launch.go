@@ -29,12 +29,13 @@ type Options struct {
 	// Stdin, Stdout and Stderr are passed to the child as they are.
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
-	// CABundle, when set, is a PEM file holding the system roots plus the
-	// Sluice CA; the trust variables (TrustEnv) point at it.
-	CABundle string
-	// CAPEM, when set and CABundle is not, is the Sluice CA: Run writes
-	// the bundle (WriteBundle) into a temporary directory of its own,
-	// removed when Run returns, and points the trust variables at it.
+	// Trust, when its Bundle is set, is where the trust variables point
+	// (TrustEnv, and JAVA_TOOL_OPTIONS when Trust.JavaTrustStore is set).
+	Trust Trust
+	// CAPEM, when set and Trust.Bundle is not, is the Sluice CA: Run
+	// writes the bundle and the Java trust store (WriteTrust) into a
+	// temporary directory of its own, removed when Run returns, and points
+	// the trust variables at them.
 	CAPEM []byte
 	// Cgroup2Mount is where cgroup v2 is mounted (see cgroup2.Mount).
 	Cgroup2Mount string
@@ -71,9 +72,14 @@ func (o Options) waits() (interrupt, grace time.Duration) {
 }
 
 // TrustEnv are the variables that point TLS clients at a CA bundle: Go,
-// OpenSSL and curl, Python requests, Node.js, and git. `sluice run` sets
-// them all; it never sets a proxy variable.
-var TrustEnv = []string{"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"}
+// OpenSSL and curl, Python requests, Node.js, git, and the AWS CLI and
+// SDKs. `sluice run` sets them all, and JAVA_TOOL_OPTIONS for Java
+// (JavaToolOptionsEnv); it never sets a proxy variable.
+var TrustEnv = []string{"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "AWS_CA_BUNDLE"}
+
+// JavaToolOptionsEnv is the variable every JVM reads its extra options
+// from; `sluice run` adds the trust-store properties to it.
+const JavaToolOptionsEnv = "JAVA_TOOL_OPTIONS"
 
 // proxyEnv are removed from the child's environment: interception is
 // transparent, and a proxy variable would send traffic around it (curl,
@@ -85,8 +91,11 @@ var proxyEnv = []string{
 	"GRPC_PROXY", "grpc_proxy", "SOCKS_PROXY", "socks_proxy", "SOCKS5_PROXY",
 }
 
-// childEnv is base without proxy variables, plus the trust variables.
-func childEnv(base []string, bundle string) []string {
+// childEnv is base without proxy variables, plus the trust variables
+// when tr.Bundle is set: TrustEnv replaced by the bundle, and the Java
+// trust-store properties appended to JAVA_TOOL_OPTIONS when
+// tr.JavaTrustStore is set.
+func childEnv(base []string, tr Trust) []string {
 	if base == nil {
 		base = os.Environ()
 	}
@@ -94,22 +103,31 @@ func childEnv(base []string, bundle string) []string {
 	for _, k := range proxyEnv {
 		drop[k] = true
 	}
-	if bundle != "" {
+	if tr.Bundle != "" {
 		for _, k := range TrustEnv {
 			drop[k] = true
 		}
 	}
-	env := make([]string, 0, len(base)+len(TrustEnv))
+	java := tr.Bundle != "" && tr.JavaTrustStore != ""
+	oldJava := ""
+	env := make([]string, 0, len(base)+len(TrustEnv)+1)
 	for _, kv := range base {
-		k, _, _ := strings.Cut(kv, "=")
-		if !drop[k] {
+		k, v, _ := strings.Cut(kv, "=")
+		switch {
+		case drop[k]:
+		case java && k == JavaToolOptionsEnv:
+			oldJava = v
+		default:
 			env = append(env, kv)
 		}
 	}
-	if bundle != "" {
+	if tr.Bundle != "" {
 		for _, k := range TrustEnv {
-			env = append(env, k+"="+bundle)
+			env = append(env, k+"="+tr.Bundle)
 		}
+	}
+	if java {
+		env = append(env, JavaToolOptionsEnv+"="+javaToolOptions(oldJava, tr))
 	}
 	return env
 }

@@ -43,15 +43,18 @@ func Run(ctx context.Context, o Options) (int, error) {
 	}
 	defer dirFD.Close()
 
-	bundle := o.CABundle
-	if bundle == "" && len(o.CAPEM) > 0 {
+	trust := o.Trust
+	if trust.Bundle == "" && len(o.CAPEM) > 0 {
 		dir, err := os.MkdirTemp("", "sluice-run-")
 		if err != nil {
 			return 1, fmt.Errorf("create CA bundle directory: %w", err)
 		}
 		defer os.RemoveAll(dir)
-		if bundle, err = WriteBundle(dir, o.CAPEM); err != nil {
+		if trust, err = WriteTrust(dir, o.CAPEM); err != nil {
 			return 1, err
+		}
+		if trust.JavaTrustStore == "" && o.Log != nil {
+			o.Log.Info("JAVA_TOOL_OPTIONS not set: the temporary directory's path holds whitespace or quotes, which JAVA_TOOL_OPTIONS cannot carry; set TMPDIR to a plain path", audit.KeyPath, dir)
 		}
 	}
 
@@ -59,7 +62,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if err != nil {
 		return 127, fmt.Errorf("run %s: %w", o.Argv[0], err)
 	}
-	cmd, waited, err := startChild(o, path, cg.path, int(dirFD.Fd()), childEnv(o.Env, bundle))
+	cmd, waited, err := startChild(o, path, cg.path, int(dirFD.Fd()), childEnv(o.Env, trust))
 	if err != nil {
 		code := 126
 		if cmd != nil {

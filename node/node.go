@@ -45,7 +45,9 @@ type Options struct {
 	// handler; the proxy's upstream sockets then carry agent.mark. Without
 	// it the node is the proxy alone (ServeExplicit).
 	Intercept bool
-	// Admin serves cfg.Admin.Listen when it is not empty.
+	// Admin serves the admin API (/metrics, /healthz, /readyz,
+	// /api/flows) on cfg.Admin.Listen when it is not empty, with or
+	// without Intercept (sluice proxy --metrics, sluice run --metrics).
 	Admin bool
 	// Force lets the agent take over the intercept address and pins
 	// that another live agent holds (sluice agent --force).
@@ -69,6 +71,7 @@ type Node struct {
 	// returned adminErr.
 	stop      context.CancelFunc
 	done      chan struct{}
+	adminAddr net.Addr // nil without an admin server
 	adminErr  error
 	closeOnce sync.Once
 	closeErr  error
@@ -105,7 +108,17 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 	if err := n.startProxy(ctx, cfg, opts, dialer); err != nil {
 		return nil, err
 	}
+	var adminLn net.Listener
+	if opts.Admin && cfg.Admin.Listen != "" {
+		adminLn, err = net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("listen on admin.listen %s: %w", cfg.Admin.Listen, err)
+		}
+	}
 	if !opts.Intercept {
+		if adminLn != nil {
+			n.serveAdmin(adminLn, nil) // the proxy alone: ready once started
+		}
 		return n, nil
 	}
 
@@ -121,24 +134,14 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 			}
 		},
 	}
-	if opts.Admin && cfg.Admin.Listen != "" {
-		ln, err := net.Listen("tcp", cfg.Admin.Listen)
-		if err != nil {
-			return nil, fmt.Errorf("listen on admin.listen %s: %w", cfg.Admin.Listen, err)
-		}
+	if adminLn != nil {
 		// Workloads may not read the admin API, on any node address.
-		if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil {
+		if ap, err := netip.ParseAddrPort(adminLn.Addr().String()); err == nil {
 			aopts.DenyAddrPorts = append(aopts.DenyAddrPorts, ap)
 		}
 		// The admin listener answers /healthz while the agent starts;
 		// /readyz waits for the hooks and the proxy.
-		actx, stop := context.WithCancel(context.Background())
-		n.stop, n.done = stop, make(chan struct{})
-		srv := admin.New(admin.Options{Registry: n.Metrics.Registry(), Ready: gate.Err, Flows: n.Flows, Log: log})
-		go func() {
-			n.adminErr = srv.Serve(actx, ln)
-			close(n.done)
-		}()
+		n.serveAdmin(adminLn, gate.Err)
 	}
 	n.agent, err = agent.Start(ctx, cfg.Agent, n.Proxy, log, aopts)
 	if err != nil {
@@ -152,6 +155,18 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 	n.Metrics.SetInterceptRestorations(n.agent.Restorations)
 	n.Metrics.SetEgressDrops(n.agent.EgressDrops)
 	return n, nil
+}
+
+// serveAdmin serves the admin API (/metrics, /healthz, /readyz asking
+// ready, /api/flows) on ln until Close.
+func (n *Node) serveAdmin(ln net.Listener, ready func() error) {
+	actx, stop := context.WithCancel(context.Background())
+	n.stop, n.done, n.adminAddr = stop, make(chan struct{}), ln.Addr()
+	srv := admin.New(admin.Options{Registry: n.Metrics.Registry(), Ready: ready, Flows: n.Flows, Log: n.log})
+	go func() {
+		n.adminErr = srv.Serve(actx, ln)
+		close(n.done)
+	}()
 }
 
 // startProxy builds the CA, the policy, the audit sinks and the proxy.
@@ -280,6 +295,10 @@ func openCapture(c config.Capture) (pcap.Capture, io.Closer, error) {
 	}
 	return nil, nil, nil
 }
+
+// AdminAddr is where the admin API listens (admin.listen, its port
+// resolved), nil when the node serves none.
+func (n *Node) AdminAddr() net.Addr { return n.adminAddr }
 
 // SelectCgroup intercepts the cgroup at path (relative to the cgroup2
 // mount). It needs Options.Intercept.

@@ -91,6 +91,7 @@ func capBnd(t *testing.T, s string) uint64 {
 // in its bounding set; and its connect after the attempts is intercepted
 // (the audit record and the summary name it, in the run's cgroup).
 func TestRunCommandCannotLeaveItsCgroup(t *testing.T) {
+	RequireE2E(t) // before the root check: without the gate, a skip
 	curl := RequireTool(t, "curl")
 	RequireTool(t, "mount")
 	if os.Geteuid() != 0 {

@@ -3,13 +3,14 @@ package main
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -28,10 +29,18 @@ func caUsage(w io.Writer) {
 	fmt.Fprintf(w, `usage:
   sluice ca init   [--dir DIR] [--key-type ecdsa|rsa]   create a new CA
   sluice ca show   [--dir DIR]                          subject, fingerprint, validity, key type
-  sluice ca export [--dir DIR] [--out FILE]             the PEM bundle workloads trust (stdout by default)
+  sluice ca export [--dir DIR] [--out FILE] [--format pem|p12|jks] [--with-system-roots] [--password PW]
+                                                        the trust store workloads use (stdout by default)
+
+Formats: pem, PEM certificates (OpenSSL, Go, curl, Python, Node.js, AWS
+SDKs); p12, a PKCS#12 trust store (Java 12+: -Djavax.net.ssl.trustStoreType=PKCS12;
+OpenSSL); jks, that PKCS#12 trust store in the legacy encoding every Java 8+
+reads, also as -storetype JKS (not the proprietary JKS encoding). The
+PKCS#12 password defaults to %q. --with-system-roots adds the system
+roots, for clients that trust only the file they are given.
 
 DIR defaults to $%s, else %s.
-`, caDirEnv, config.Default().CA.Dir)
+`, ca.TrustStorePassword, caDirEnv, config.Default().CA.Dir)
 }
 
 func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -155,27 +164,66 @@ func writeCAInfo(w io.Writer, dir string, c *x509.Certificate, fp string) {
 
 func runCAExport(args []string, stdout, stderr io.Writer) int {
 	fs, dir := caFlags("export", stderr)
-	out := fs.String("out", "", "write the bundle to FILE (mode 0644) instead of stdout")
+	out := fs.String("out", "", "write the trust store to `FILE` (mode 0644) instead of stdout")
+	format := fs.String("format", ca.FormatPEM, "pem (PEM certificates), p12 (PKCS#12 trust store, Java 12+ and OpenSSL) or jks (the PKCS#12 trust store in the legacy encoding every Java 8+ reads, also as -storetype JKS)")
+	withRoots := fs.Bool("with-system-roots", false, "add the system roots ($SSL_CERT_FILE, else the distribution's bundle) after the Sluice CA: for clients told to trust only this file")
+	password := fs.String("password", ca.TrustStorePassword, "password of a p12 or jks trust store (it holds only public certificates)")
 	if code, done := parseCA(fs, args, stderr); done {
 		return code
+	}
+	if !slices.Contains(ca.Formats, *format) {
+		fmt.Fprintf(stderr, "sluice ca export: --format %q: use one of %s\n", *format, strings.Join(ca.Formats, ", "))
+		return 2
+	}
+	if *format == ca.FormatPEM && *password != ca.TrustStorePassword {
+		fmt.Fprintln(stderr, "sluice ca export: --password applies to --format p12 or jks only; a PEM bundle has none")
+		return 2
 	}
 	c, err := ca.ReadCertificate(*dir)
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice ca export: %v\n", err)
 		return 1
 	}
-	bundle := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	var roots []*x509.Certificate
+	if *withRoots {
+		b, from, err := ca.SystemRootsPEM()
+		if err != nil {
+			fmt.Fprintf(stderr, "sluice ca export: --with-system-roots: %v\n", err)
+			return 1
+		}
+		var skipped int
+		roots, skipped = ca.ParsePEMCertificates(b)
+		if skipped > 0 {
+			fmt.Fprintf(stderr, "sluice ca export: %s: left out %d certificates that do not parse\n", from, skipped)
+		}
+	}
+	store, err := ca.EncodeTrustStore(*format, c, roots, *password)
+	if err != nil {
+		fmt.Fprintf(stderr, "sluice ca export: %v\n", err)
+		return 1
+	}
 	if *out == "" || *out == "-" {
-		if _, err := stdout.Write(bundle); err != nil {
+		if _, err := stdout.Write(store); err != nil {
 			fmt.Fprintf(stderr, "sluice ca export: %v\n", err)
 			return 1
 		}
 		return 0
 	}
-	if err := os.WriteFile(*out, bundle, 0o644); err != nil {
+	if err := os.WriteFile(*out, store, 0o644); err != nil {
 		fmt.Fprintf(stderr, "sluice ca export: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stderr, "wrote %s (SHA-256 %s)\n", *out, ca.Fingerprint(c.Raw))
+	fmt.Fprintf(stderr, "wrote %s (%s, certificates: %d, Sluice CA SHA-256 %s)\n", *out, *format, 1+len(roots)-countEqual(roots, c), ca.Fingerprint(c.Raw))
 	return 0
+}
+
+// countEqual counts the certificates of certs equal to c.
+func countEqual(certs []*x509.Certificate, c *x509.Certificate) int {
+	n := 0
+	for _, x := range certs {
+		if x.Equal(c) {
+			n++
+		}
+	}
+	return n
 }

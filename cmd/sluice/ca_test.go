@@ -5,10 +5,13 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"software.sslmate.com/src/go-pkcs12"
 
 	"github.com/sluicehq/sluice/ca"
 )
@@ -147,10 +150,84 @@ func TestCAUsageErrors(t *testing.T) {
 		{[]string{"ca", "show", "--dir", filepath.Join(dir, "missing")}, 1, "ca.crt"},
 		{[]string{"ca", "export", "--dir", filepath.Join(dir, "missing")}, 1, "ca.crt"},
 		{[]string{"ca", "init", "--bogus"}, 2, "flag provided but not defined"},
+		{[]string{"ca", "export", "--dir", dir, "--format", "der"}, 2, `--format "der": use one of pem, p12, jks`},
+		{[]string{"ca", "export", "--dir", dir, "--password", "x"}, 2, "--password applies to --format p12 or jks only"},
 	} {
 		code, _, errs := runCmd(t, c.args...)
 		if code != c.code || !strings.Contains(errs, c.want) {
 			t.Errorf("%v: exit %d, stderr %q; want exit %d and %q", c.args, code, errs, c.code, c.want)
 		}
+	}
+}
+
+// ca export in each format: the p12 and jks stores parse back to the CA
+// (then the system roots with --with-system-roots) under the password
+// given, else "changeit"; pem with the roots is the CA then the roots.
+func TestCAExportFormats(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	if code, _, errs := runCmd(t, "ca", "init", "--dir", dir); code != 0 {
+		t.Fatalf("ca init: exit %d, stderr %s", code, errs)
+	}
+	sluice, err := ca.ReadCertificate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fake system roots, so that the test does not depend on the host's.
+	other, err := ca.New(ca.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := filepath.Join(t.TempDir(), "roots.pem")
+	if err := os.WriteFile(roots, other.BundlePEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SSL_CERT_FILE", roots)
+
+	for _, tc := range []struct {
+		name  string
+		flags []string
+		want  []*x509.Certificate
+		parse func([]byte) ([]*x509.Certificate, error)
+	}{
+		{"pem with roots", []string{"--with-system-roots"}, []*x509.Certificate{sluice, other.Certificate()}, func(b []byte) ([]*x509.Certificate, error) {
+			c, _ := ca.ParsePEMCertificates(b)
+			return c, nil
+		}},
+		{"p12", []string{"--format", "p12"}, []*x509.Certificate{sluice}, func(b []byte) ([]*x509.Certificate, error) {
+			return pkcs12.DecodeTrustStore(b, "changeit")
+		}},
+		{"p12 with roots and a password", []string{"--format", "p12", "--with-system-roots", "--password", "pw"}, []*x509.Certificate{sluice, other.Certificate()}, func(b []byte) ([]*x509.Certificate, error) {
+			return pkcs12.DecodeTrustStore(b, "pw")
+		}},
+		{"jks", []string{"--format", "jks", "--with-system-roots"}, []*x509.Certificate{sluice, other.Certificate()}, func(b []byte) ([]*x509.Certificate, error) {
+			return pkcs12.DecodeTrustStore(b, "changeit")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "store")
+			code, _, errs := runCmd(t, append([]string{"ca", "export", "--dir", dir, "--out", file}, tc.flags...)...)
+			if code != 0 {
+				t.Fatalf("exit %d, stderr %s", code, errs)
+			}
+			if !strings.Contains(errs, fmt.Sprintf("certificates: %d,", len(tc.want))) {
+				t.Errorf("stderr does not count %d certificates: %s", len(tc.want), errs)
+			}
+			b, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := tc.parse(b)
+			if err != nil {
+				t.Fatalf("parse: %v", err)
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("%d certificates, want %d", len(got), len(tc.want))
+			}
+			for i := range got {
+				if !got[i].Equal(tc.want[i]) {
+					t.Errorf("certificate %d: %s, want %s", i, got[i].Subject, tc.want[i].Subject)
+				}
+			}
+		})
 	}
 }

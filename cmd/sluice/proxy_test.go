@@ -110,3 +110,71 @@ func TestProxyCommand(t *testing.T) {
 		t.Fatalf("audit record = %v, want status 200, decision would_deny by rule ssrf", rec)
 	}
 }
+
+// `sluice proxy --metrics ADDR` serves /metrics for Prometheus beside the
+// proxy, says where on stderr, and counts what went through the proxy.
+func TestProxyMetrics(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "ok")
+	}))
+	defer up.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	dir := t.TempDir()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr lockedBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- dispatch(ctx, []string{"proxy", "--listen", addr, "--metrics", "127.0.0.1:0", "--ca-dir", filepath.Join(dir, "ca"), "--audit-log", filepath.Join(dir, "audit.jsonl")}, &stdout, &stderr)
+	}()
+	var metricsURL string
+	for i := 0; i < 200 && metricsURL == ""; i++ {
+		if _, rest, ok := strings.Cut(stderr.String(), "metrics on "); ok {
+			metricsURL, _, _ = strings.Cut(rest, "\n")
+		} else {
+			time.Sleep(25 * time.Millisecond)
+		}
+	}
+	if metricsURL == "" {
+		t.Fatalf("stderr does not say where the metrics are: %s", stderr.String())
+	}
+
+	proxyURL, _ := url.Parse("http://" + addr)
+	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL)}, Timeout: 10 * time.Second}
+	resp, err := client.Get(up.URL + "/counted")
+	if err != nil {
+		t.Fatalf("GET through sluice proxy: %v", err)
+	}
+	resp.Body.Close()
+
+	resp, err = http.Get(metricsURL)
+	if err != nil {
+		t.Fatalf("GET %s: %v", metricsURL, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", metricsURL, resp.Status)
+	}
+	if !strings.Contains(string(body), "sluice_proxy_requests_total{") {
+		t.Errorf("/metrics has no sluice_proxy_requests_total after a request:\n%s", body)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d, stderr: %s", code, stderr.String())
+	}
+}
+
+func TestProxyMetricsRefusesEveryAddress(t *testing.T) {
+	var out, errb bytes.Buffer
+	code := dispatch(context.Background(), []string{"proxy", "--metrics", "[::]:9464", "--ca-dir", t.TempDir()}, &out, &errb)
+	if code != 2 || !strings.Contains(errb.String(), `sluice proxy: --metrics: admin.listen "[::]:9464": an unspecified address`) {
+		t.Errorf("exit %d, stderr %s; want exit 2 naming the flag and the value", code, errb.String())
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/sluicehq/sluice/admin"
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/cgroup2"
 	"github.com/sluicehq/sluice/config"
@@ -35,9 +36,10 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	policyPath := fs.String("policy", "", "policy `FILE`; empty uses the config's policyFile, else the embedded default (audit everything, deny cloud metadata)")
 	auditPath := fs.String("audit-log", "", "write the JSON audit log to `FILE` (default: the config's audit.file, else none, only the summary)")
 	caDir := fs.String("ca-dir", "", "CA directory (default: the config's ca.dir, or $SLUICE_CA_DIR)")
-	noCAEnv := fs.Bool("no-ca-env", false, "do not set SSL_CERT_FILE and the other CA-trust variables for the command")
+	noCAEnv := fs.Bool("no-ca-env", false, "do not set the CA-trust variables for the command (SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, CURL_CA_BUNDLE, GIT_SSL_CAINFO, AWS_CA_BUNDLE, and the trust store in JAVA_TOOL_OPTIONS)")
 	noSummary := fs.Bool("no-summary", false, "do not print the egress summary at exit")
 	keepCaps := fs.Bool("keep-caps", false, "keep CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF, CAP_SYS_PTRACE and CAP_SYS_MODULE in the command's capability sets; RISK: a root command can then leave its cgroup, detach the hooks or use raw sockets, and so go around the interception: use only for a command you trust")
+	metricsAddr := fs.String("metrics", "", "serve /metrics (and /healthz, /readyz, /api/flows) for Prometheus on `ADDR` (ip:port) while the command runs; the command itself cannot connect to it")
 	verbose := fs.Bool("v", false, "log every decision to stderr (default: denials, warnings and errors only)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: sluice run [flags] -- CMD [ARGS…]")
@@ -67,6 +69,15 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if privateBPFFS != "" {
 		defer os.RemoveAll(privateBPFFS)
 	}
+	if *metricsAddr != "" {
+		// After Configure, which refuses admin.listen in --config: the
+		// flag is the one way to ask a run for metrics.
+		cfg.Admin.Listen = *metricsAddr
+		if err := admin.ValidateListen(*metricsAddr, cfg.Agent.InterceptIPv4, cfg.Agent.InterceptIPv6); err != nil {
+			fmt.Fprintf(stderr, "sluice run: --metrics: %v\n", err)
+			return 2
+		}
+	}
 	// A reader that goes away (sluice run … | head -1) must not kill
 	// sluice by SIGPIPE before it has removed its hooks, pins and CA
 	// bundle: with SIGPIPE notified, writes to a closed stdout or stderr
@@ -79,7 +90,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	code, err := runIntercepted(ctx, cfg, log, runArgs{argv: argv, caEnv: !*noCAEnv, summary: !*noSummary, keepCaps: *keepCaps}, stderr)
+	code, err := runIntercepted(ctx, cfg, log, runArgs{argv: argv, caEnv: !*noCAEnv, summary: !*noSummary, keepCaps: *keepCaps, metrics: *metricsAddr != ""}, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice run: %v\n", err)
 	}
@@ -92,6 +103,7 @@ type runArgs struct {
 	caEnv    bool // set the CA-trust variables (not --no-ca-env)
 	summary  bool // print the egress summary (not --no-summary)
 	keepCaps bool // --keep-caps
+	metrics  bool // --metrics: serve the admin API on cfg.Admin.Listen
 }
 
 // runIntercepted starts a node intercepting nothing but the command's
@@ -102,7 +114,7 @@ func runIntercepted(ctx context.Context, cfg config.Config, log *slog.Logger, a 
 	if err != nil {
 		return 1, err
 	}
-	n, err := node.Start(ctx, cfg, node.Options{Log: log, Intercept: true})
+	n, err := node.Start(ctx, cfg, node.Options{Log: log, Intercept: true, Admin: a.metrics})
 	if err != nil {
 		return 1, err
 	}
