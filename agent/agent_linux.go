@@ -200,9 +200,12 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 
 // compileSettings turns the config into the kernel's settings and ports.
 func compileSettings(cfg config.Agent) (bpf.SluiceSettings, []uint16, error) {
-	s := bpf.SluiceSettings{Mark: cfg.Mark, ProxyPort: cfg.ProxyPort}
+	s := bpf.SluiceSettings{Mark: cfg.Mark, ProxyPort: cfg.ProxyPort, DnsPort: cfg.DNSPort}
 	if cfg.Attach == "root" {
 		s.Flags |= uint16(bpf.SluiceSettingFlagSET_USE_SELECTION)
+	}
+	if cfg.RefuseQUIC {
+		s.Flags |= uint16(bpf.SluiceSettingFlagSET_REFUSE_QUIC)
 	}
 	var ports []uint16
 	var errs []error
@@ -223,6 +226,9 @@ func compileSettings(cfg config.Agent) (bpf.SluiceSettings, []uint16, error) {
 	}
 	if cfg.ProxyPort == 0 {
 		errs = append(errs, errors.New("agent.proxyPort 0: must be a port number, e.g. 15001"))
+	}
+	if cfg.DNSPort != 0 && cfg.DNSPort == cfg.ProxyPort {
+		errs = append(errs, fmt.Errorf("agent.dnsPort %d: must differ from agent.proxyPort, e.g. 15053", cfg.DNSPort))
 	}
 	if cfg.Attach != "cgroup" && cfg.Attach != "root" {
 		errs = append(errs, fmt.Errorf("agent.attach %q: must be \"cgroup\" or \"root\"", cfg.Attach))

@@ -103,7 +103,14 @@ const (
 	// Agent.EgressDrops. PID and Comm are empty: the packet may leave
 	// from softirq context, so only its socket's cgroup and uid are named.
 	ReasonDenyCIDRPacket = "deny_cidr_packet"
-	ReasonUnknown        = "unknown"
+	// ReasonDNS: TCP or connected UDP to port 53, steered to the agent's
+	// DNS server (unconnected UDP is steered without an event: the DNS
+	// server records every query).
+	ReasonDNS = "dns"
+	// ReasonQUIC: UDP to port 443 (QUIC) refused with EPERM
+	// (agent.refuseQUIC), so that the client falls back to TCP.
+	ReasonQUIC    = "quic_refused"
+	ReasonUnknown = "unknown"
 )
 
 // Event is one connect decision of a selected cgroup's process, a refused
