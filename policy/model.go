@@ -12,12 +12,22 @@ package policy
 
 // Policy is the whole policy file.
 type Policy struct {
-	Version  int      `yaml:"version" desc:"Policy file format version; must be 1." required:"true"`
-	Mode     string   `yaml:"mode" enum:"enforce|audit" desc:"Global mode: enforce applies denies, audit lets everything through and records would_deny. Rules and the ssrf section may override it. Default enforce."`
-	TLS      TLS      `yaml:"tls" desc:"TLS handling."`
-	SSRF     SSRF     `yaml:"ssrf" desc:"The address guard applied to every address the proxy dials."`
-	Defaults Defaults `yaml:"defaults" desc:"The default rule: applies to requests no rule matched, and fills in what a matching rule leaves unset (mode, limits, rateLimit)."`
-	Rules    []Rule   `yaml:"rules" desc:"Rules in order; the first rule that selects the workload and matches the destination decides."`
+	Version  int       `yaml:"version" desc:"Policy file format version; must be 1." required:"true"`
+	Mode     string    `yaml:"mode" enum:"enforce|audit" desc:"Global mode: enforce applies denies, audit lets everything through and records would_deny. Rules and the ssrf section may override it. Default enforce."`
+	TLS      TLS       `yaml:"tls" desc:"TLS handling."`
+	SSRF     SSRF      `yaml:"ssrf" desc:"The address guard applied to every address the proxy dials."`
+	Defaults Defaults  `yaml:"defaults" desc:"The default rule: applies to requests no rule matched, and fills in what a matching rule leaves unset (mode, limits, rateLimit)."`
+	Rules    []Rule    `yaml:"rules" desc:"Rules in order; the first rule that selects the workload and matches the destination decides."`
+	DNS      []DNSRule `yaml:"dns" desc:"Rules for the names workloads look up through the agent's DNS server, in order; the first rule that selects the workload and matches the name decides; a name no rule matches is allowed."`
+}
+
+// DNSRule allows or denies the names a workload may resolve.
+type DNSRule struct {
+	Name      string    `yaml:"name" desc:"Unique name among the dns rules; it appears in audit records." required:"true"`
+	Workloads Workloads `yaml:"workloads" desc:"Which workloads the rule applies to; empty: all."`
+	Names     []string  `yaml:"names" desc:"Names looked up: exact (api.example.com), *.example.com for any name below example.com, or * for any." required:"true"`
+	Action    string    `yaml:"action" enum:"allow|deny" desc:"allow or deny; a denied name is answered NXDOMAIN (or REFUSED, agent.dns.denyRcode) and never forwarded." required:"true"`
+	Mode      string    `yaml:"mode" enum:"enforce|audit" desc:"Mode of this rule; default: the global mode."`
 }
 
 // TLS configures what is decrypted.

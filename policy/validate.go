@@ -87,6 +87,7 @@ func (d *decoder) validate(p *Policy) {
 			d.checkLimits(at+".limits", r.Limits)
 		}
 	}
+	d.validateDNS(p.DNS)
 }
 
 var (
