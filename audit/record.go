@@ -21,6 +21,7 @@ const (
 	KindHTTP    = "http"    // one HTTP request/response exchange
 	KindL4      = "l4"      // a TCP flow not parsed as HTTP (passthrough TLS, other TCP)
 	KindConnect = "connect" // a kernel connect event (redirected, denied, direct)
+	KindDNS     = "dns"     // one query to the agent's DNS server
 )
 
 // TLS modes of a flow.
@@ -111,6 +112,14 @@ type Record struct {
 	Header map[string]string
 	// UpstreamAddr is the ip:port the response came from.
 	UpstreamAddr string
+
+	// DNS fields: a query's name, type, answer code and answered
+	// addresses (kind "dns"); DNSName alone on other kinds is the name
+	// the workload resolved to DstIP.
+	DNSName string
+	QType   string
+	Rcode   string
+	Answers []netip.Addr
 }
 
 // Sink receives audit records. Record must be safe for concurrent use and

@@ -58,6 +58,10 @@ const (
 	fMCPTool
 	fMCPSession
 	fHeader
+	fDNSName
+	fQType
+	fRcode
+	fAnswers
 )
 
 // auditFields are the fields of an audit log line, in order.
@@ -68,6 +72,7 @@ var auditFields = [...]field{
 	fUpstreamMS, fUpstreamAddr, fDecision, fRule, fReason, fError, fEnd,
 	fPolicyDecision, fPolicyRule, fPolicyReason, fGRPCStatus, fGRPCMessage,
 	fMCPMethod, fMCPTool, fMCPSession, fHeader,
+	fDNSName, fQType, fRcode, fAnswers,
 }
 
 // decisionFields are the fields of a decision line, in order: who, the
@@ -78,6 +83,7 @@ var decisionFields = [...]field{
 	fKind, fWorkload, fDecision, fClient, fHost, fIP, fPort, fSNI, fTLS,
 	fMethod, fPath, fStatus, fGRPCStatus, fRule, fReason, fError, fEnd,
 	fBytesIn, fBytesOut, fDurationMS,
+	fDNSName, fQType, fRcode,
 }
 
 // MaxDecisionAttrs is the most attributes AppendDecisionAttrs appends: a
@@ -192,6 +198,21 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 			ha[i] = slog.String(k, r.Header[k])
 		}
 		return slog.Attr{Key: KeyHeader, Value: slog.GroupValue(ha...)}, true
+	case fDNSName:
+		return str(KeyDNSName, r.DNSName)
+	case fQType:
+		return str(KeyQType, r.QType)
+	case fRcode:
+		return str(KeyRcode, r.Rcode)
+	case fAnswers:
+		if len(r.Answers) == 0 {
+			return slog.Attr{}, false
+		}
+		as := make([]string, len(r.Answers))
+		for i, a := range r.Answers {
+			as[i] = a.String()
+		}
+		return slog.Any(KeyAnswers, as), true
 	}
 	panic("audit: unknown field")
 }

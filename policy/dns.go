@@ -3,18 +3,20 @@ package policy
 import (
 	"fmt"
 
+	"github.com/sluicehq/sluice/audit"
+
 	"github.com/sluicehq/sluice/workload"
 )
 
 // This file is the policy of names: the dns rules, decided by the agent's
 // DNS server for every query of a selected workload (agent.DNSServer).
 
-// Reasons of DNS decisions.
+// Reasons of DNS decisions (audit's vocabulary).
 const (
 	// ReasonDNSDenied: a dns rule denies the name.
-	ReasonDNSDenied = "dns name denied by rule"
+	ReasonDNSDenied = audit.ReasonDNSDenied
 	// ReasonDNSAllowed: a dns rule allows the name, or none matched.
-	ReasonDNSAllowed = "dns name allowed"
+	ReasonDNSAllowed = audit.ReasonDNSAllowed
 )
 
 // NameDecider decides the names a workload may resolve. *Engine
