@@ -90,6 +90,7 @@ type Metrics struct {
 	denials         *prometheus.CounterVec
 	rateLimited     *prometheus.CounterVec
 	connects        *prometheus.CounterVec
+	dnsQueries      *prometheus.CounterVec
 
 	ringDrops atomic.Pointer[func() uint64]
 	mapErrors atomic.Pointer[func() map[string]uint64]
@@ -170,9 +171,14 @@ func New(o Options) *Metrics {
 		Help: "Kernel connect events from selected workloads, by the hook's decision.",
 	}, []string{"decision"})
 
+	m.dnsQueries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "dns", Name: "queries_total",
+		Help: "Queries to the agent's DNS server, by workload, answer code (NOERROR, NXDOMAIN, REFUSED, SERVFAIL, other) and decision (allow, deny, would_deny, error).",
+	}, []string{"workload", "rcode", "decision"})
+
 	m.reg.MustRegister(
 		m.requests, m.requestDuration, m.upstreamDur, m.bytes, m.l4Flows, m.tls,
-		m.openConns, m.errors, m.denials, m.rateLimited, m.connects,
+		m.openConns, m.errors, m.denials, m.rateLimited, m.connects, m.dnsQueries,
 		&funcCollector{m: m},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -208,6 +214,8 @@ func (m *Metrics) Record(r *audit.Record) {
 		m.recordL4(r)
 	case audit.KindConnect:
 		m.ConnectEvent(r.Decision)
+	case audit.KindDNS:
+		m.recordDNS(r)
 	}
 }
 
@@ -227,6 +235,15 @@ func (m *Metrics) recordHTTP(r *audit.Record) {
 	if r.Status == 429 && r.Source == "sluice" {
 		m.rateLimited.WithLabelValues(wl, host, m.rule(r.Rule)).Inc()
 	}
+}
+
+// recordDNS counts a DNS server record; a denied name also counts as a
+// denial by its rule.
+func (m *Metrics) recordDNS(r *audit.Record) {
+	wl := m.workloads.fold(r.Workload.Name())
+	rcode := oneOf(r.Rcode, Other, "NOERROR", "NXDOMAIN", "REFUSED", "SERVFAIL", "FORMERR")
+	m.dnsQueries.WithLabelValues(wl, rcode, decisionLabel(r.Decision)).Inc()
+	m.countDenial(r)
 }
 
 func (m *Metrics) recordL4(r *audit.Record) {
