@@ -150,6 +150,11 @@ type Options struct {
 	// OriginWait bounds how long an accepted connection waits for its
 	// origin to appear in the kernel map; 0 means 250ms.
 	OriginWait time.Duration
+	// DNS, when set, is served on agent.dnsPort (UDP and TCP) on the
+	// intercept addresses, and the hooks steer selected workloads' DNS
+	// to it; the agent names each query's sender from its kernel maps
+	// (DNSServer.Answer). Nil: no DNS server, and DNS is not steered.
+	DNS *DNSServer
 	// Force starts the agent even when another live agent process holds
 	// its intercept address or pin directory (Start otherwise returns a
 	// *HeldError naming that process): `sluice agent --force`.

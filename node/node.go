@@ -20,6 +20,8 @@ import (
 	"os"
 	"sync"
 
+	"github.com/miekg/dns"
+
 	"github.com/sluicehq/sluice/admin"
 	"github.com/sluicehq/sluice/agent"
 	"github.com/sluicehq/sluice/audit"
@@ -59,6 +61,10 @@ type Node struct {
 	Proxy   *mitm.Proxy
 	Metrics *metrics.Metrics
 	Flows   *flows.Table
+	// DNS is the agent's DNS server (nil without Options.Intercept or
+	// with agent.dnsPort 0); DNS.NamesFor gives the names a workload
+	// resolved to an address.
+	DNS *agent.DNSServer
 
 	log     *slog.Logger
 	policy  *policy.Current
@@ -140,6 +146,12 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 			close(n.done)
 		}()
 	}
+	if cfg.Agent.DNSPort != 0 {
+		if aopts.DNS, err = newDNSServer(cfg, n, dialer, log); err != nil {
+			return nil, err
+		}
+		n.DNS = aopts.DNS
+	}
 	n.agent, err = agent.Start(ctx, cfg.Agent, n.Proxy, log, aopts)
 	if err != nil {
 		return nil, err
@@ -152,6 +164,36 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 	n.Metrics.SetInterceptRestorations(n.agent.Restorations)
 	n.Metrics.SetEgressDrops(n.agent.EgressDrops)
 	return n, nil
+}
+
+// newDNSServer builds the agent's DNS server: upstreams from
+// agent.dns.upstreams, else the node's /etc/resolv.conf; its forwarding
+// carries the agent's mark (dialer); records go to the audit sinks and
+// the metrics.
+func newDNSServer(cfg config.Config, n *Node, dialer *net.Dialer, log *slog.Logger) (*agent.DNSServer, error) {
+	d := cfg.Agent.DNS
+	var ups []netip.AddrPort
+	for _, u := range d.Upstreams {
+		ap, err := config.ParseUpstream(u)
+		if err != nil {
+			return nil, fmt.Errorf("agent.dns.upstreams: %w", err)
+		}
+		ups = append(ups, ap)
+	}
+	if len(ups) == 0 {
+		var err error
+		if ups, err = agent.ResolvConfUpstreams("/etc/resolv.conf"); err != nil {
+			return nil, fmt.Errorf("agent.dnsPort %d needs resolvers: %w (or set agent.dnsPort: 0)", cfg.Agent.DNSPort, err)
+		}
+	}
+	rcode := dns.RcodeNameError
+	if d.DenyRcode == "refused" {
+		rcode = dns.RcodeRefused
+	}
+	return agent.NewDNSServer(agent.DNSOptions{
+		Upstreams: ups, DenyRcode: rcode, CacheSize: d.CacheSize, NamesSize: d.NamesSize,
+		Policy: n.policy, Audit: append(n.logs, n.Metrics), Log: log, Dialer: dialer,
+	})
 }
 
 // startProxy builds the CA, the policy, the audit sinks and the proxy.
