@@ -19,6 +19,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
+	"github.com/miekg/dns"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/bpf"
@@ -39,9 +40,11 @@ type Agent struct {
 	aw    *addrWatch // keeps ia in place; nil until Start has placed it
 	hold  *holder    // this process's record as holder of cfg's state
 	lns   []net.Listener
-	rb    *ringbuf.Reader
-	names *cgroupNames
-	watch *watcher
+	// dnsSrvs serve Options.DNS on agent.dnsPort (none without it).
+	dnsSrvs []*dns.Server
+	rb      *ringbuf.Reader
+	names   *cgroupNames
+	watch   *watcher
 	// own is the agent's own cgroup path: never selected, and in "cgroup"
 	// attach mode no hook goes on it or an ancestor of it.
 	own string
@@ -90,6 +93,10 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	settings, ports, err := compileSettings(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if opts.DNS == nil {
+		// Nothing would answer: leave workloads' DNS alone.
+		settings.DnsPort = 0
 	}
 
 	if h == nil {
@@ -143,6 +150,11 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	}
 	if err := a.listen(); err != nil {
 		return nil, err
+	}
+	if settings.DnsPort != 0 {
+		if err := a.listenDNS(); err != nil {
+			return nil, err
+		}
 	}
 	if err := a.adoptPins(); err != nil {
 		return nil, err
@@ -200,9 +212,12 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 
 // compileSettings turns the config into the kernel's settings and ports.
 func compileSettings(cfg config.Agent) (bpf.SluiceSettings, []uint16, error) {
-	s := bpf.SluiceSettings{Mark: cfg.Mark, ProxyPort: cfg.ProxyPort}
+	s := bpf.SluiceSettings{Mark: cfg.Mark, ProxyPort: cfg.ProxyPort, DnsPort: cfg.DNSPort}
 	if cfg.Attach == "root" {
 		s.Flags |= uint16(bpf.SluiceSettingFlagSET_USE_SELECTION)
+	}
+	if cfg.RefuseQUIC {
+		s.Flags |= uint16(bpf.SluiceSettingFlagSET_REFUSE_QUIC)
 	}
 	var ports []uint16
 	var errs []error
@@ -223,6 +238,9 @@ func compileSettings(cfg config.Agent) (bpf.SluiceSettings, []uint16, error) {
 	}
 	if cfg.ProxyPort == 0 {
 		errs = append(errs, errors.New("agent.proxyPort 0: must be a port number, e.g. 15001"))
+	}
+	if cfg.DNSPort != 0 && cfg.DNSPort == cfg.ProxyPort {
+		errs = append(errs, fmt.Errorf("agent.dnsPort %d: must differ from agent.proxyPort, e.g. 15053", cfg.DNSPort))
 	}
 	if cfg.Attach != "cgroup" && cfg.Attach != "root" {
 		errs = append(errs, fmt.Errorf("agent.attach %q: must be \"cgroup\" or \"root\"", cfg.Attach))
@@ -386,6 +404,9 @@ func (a *Agent) shutdown() {
 	a.mu.Unlock()
 	for _, l := range a.lns {
 		l.Close()
+	}
+	for _, s := range a.dnsSrvs {
+		_ = s.Shutdown()
 	}
 	done := make(chan struct{})
 	go func() { a.conns.Wait(); close(done) }()

@@ -103,7 +103,14 @@ const (
 	// Agent.EgressDrops. PID and Comm are empty: the packet may leave
 	// from softirq context, so only its socket's cgroup and uid are named.
 	ReasonDenyCIDRPacket = "deny_cidr_packet"
-	ReasonUnknown        = "unknown"
+	// ReasonDNS: TCP or connected UDP to port 53, steered to the agent's
+	// DNS server (unconnected UDP is steered without an event: the DNS
+	// server records every query).
+	ReasonDNS = "dns"
+	// ReasonQUIC: UDP to port 443 (QUIC) refused with EPERM
+	// (agent.refuseQUIC), so that the client falls back to TCP.
+	ReasonQUIC    = "quic_refused"
+	ReasonUnknown = "unknown"
 )
 
 // Event is one connect decision of a selected cgroup's process, a refused
@@ -143,6 +150,11 @@ type Options struct {
 	// OriginWait bounds how long an accepted connection waits for its
 	// origin to appear in the kernel map; 0 means 250ms.
 	OriginWait time.Duration
+	// DNS, when set, is served on agent.dnsPort (UDP and TCP) on the
+	// intercept addresses, and the hooks steer selected workloads' DNS
+	// to it; the agent names each query's sender from its kernel maps
+	// (DNSServer.Answer). Nil: no DNS server, and DNS is not steered.
+	DNS *DNSServer
 	// Force starts the agent even when another live agent process holds
 	// its intercept address or pin directory (Start otherwise returns a
 	// *HeldError naming that process): `sluice agent --force`.

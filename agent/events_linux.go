@@ -27,6 +27,8 @@ var reasons = map[bpf.SluiceReason]string{
 	bpf.SluiceReasonREASON_BYPASS_CIDR:          ReasonBypassCIDR,
 	bpf.SluiceReasonREASON_MARK_FORGED:          ReasonMarkForged,
 	bpf.SluiceReasonREASON_DENY_CIDR_PACKET:     ReasonDenyCIDRPacket,
+	bpf.SluiceReasonREASON_DNS:                  ReasonDNS,
+	bpf.SluiceReasonREASON_QUIC:                 ReasonQUIC,
 }
 
 // verdicts maps the kernel's enum verdict to the agent's Verdict.
@@ -71,6 +73,8 @@ func deniedMsg(reason string) string {
 		return "setsockopt SO_MARK to the agent's mark refused"
 	case ReasonDenyCIDRPacket:
 		return "packet to a denied CIDR dropped"
+	case ReasonQUIC:
+		return "udp to port 443 (quic) refused"
 	}
 	return "connect denied"
 }

@@ -18,7 +18,8 @@ import (
 // without its origin being recorded for the proxy; the mark guard
 // (setsockopt) and the packet deny (egress) go in before connect too, so
 // a cgroup is never redirected while its raw packets or forged marks
-// still pass.
+// still pass; recvmsg goes in before sendmsg, so no DNS reply arrives
+// from the intercept address instead of the resolver asked.
 type hook struct {
 	name   string
 	attach ebpf.AttachType
@@ -31,6 +32,10 @@ var hooks = []hook{
 	{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceGetpeername6 }},
 	{"setsockopt", ebpf.AttachCGroupSetsockopt, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceSetsockopt }},
 	{"egress", ebpf.AttachCGroupInetEgress, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceEgress }},
+	{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceRecvmsg4 }},
+	{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceRecvmsg6 }},
+	{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceSendmsg4 }},
+	{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceSendmsg6 }},
 	{"connect4", ebpf.AttachCGroupInet4Connect, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceConnect4 }},
 	{"connect6", ebpf.AttachCGroupInet6Connect, func(o *bpf.SluiceObjects) *ebpf.Program { return o.SluiceConnect6 }},
 }
@@ -91,8 +96,8 @@ func (a *Agent) mapsByName() map[string]*ebpf.Map {
 		"sluice_deny4": m.SluiceDeny4, "sluice_deny6": m.SluiceDeny6, "sluice_drops": m.SluiceDrops,
 		"sluice_map_errors":   m.SluiceMapErrors,
 		"sluice_egress_drops": m.SluiceEgressDrops, "sluice_egress_last": m.SluiceEgressLast,
-		"sluice_deny_addrport": m.SluiceDenyAddrport,
-		"sluice_events":        m.SluiceEvents, "sluice_origins": m.SluiceOrigins, "sluice_peers": m.SluicePeers,
+		"sluice_deny_addrport": m.SluiceDenyAddrport, "sluice_dns_peers": m.SluiceDnsPeers,
+		"sluice_events": m.SluiceEvents, "sluice_origins": m.SluiceOrigins, "sluice_peers": m.SluicePeers,
 		"sluice_ports": m.SluicePorts, "sluice_selected": m.SluiceSelected, "sluice_settings": m.SluiceSettings,
 	}
 }

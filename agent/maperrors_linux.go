@@ -6,8 +6,9 @@ import "github.com/sluicehq/sluice/bpf"
 // of sluice_bpf_map_update_errors_total: the map whose update failed.
 // TestMapErrorSitesCoverBTF fails when sluice.c gains a site without one.
 var mapErrorSites = map[bpf.SluiceMapErrorSite]string{
-	bpf.SluiceMapErrorSiteMAP_ERR_ORIGINS: "sluice_origins",
-	bpf.SluiceMapErrorSiteMAP_ERR_PEERS:   "sluice_peers",
+	bpf.SluiceMapErrorSiteMAP_ERR_ORIGINS:   "sluice_origins",
+	bpf.SluiceMapErrorSiteMAP_ERR_PEERS:     "sluice_peers",
+	bpf.SluiceMapErrorSiteMAP_ERR_DNS_PEERS: "sluice_dns_peers",
 }
 
 // MapErrors returns how many map updates have failed in the kernel programs

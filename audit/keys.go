@@ -59,6 +59,13 @@ const (
 	KeyMCPProtocol    = "mcp_protocol"
 	KeyMCPErrorCode   = "mcp_error_code"
 	KeyHeader         = "header" // a group: one key per header name
+
+	// DNS: the agent's DNS server's records (kind "dns"), and the name a
+	// proxy record's address was resolved from (dns_name).
+	KeyDNSName = "dns_name" // the name looked up
+	KeyQType   = "qtype"    // A, AAAA, …
+	KeyRcode   = "rcode"    // NOERROR, NXDOMAIN, …
+	KeyAnswers = "answers"  // the addresses answered
 )
 
 // Messages of the lines that carry a record.

@@ -113,6 +113,17 @@ const (
 	ReasonKernelDenyPacket    = "packet to a destination in agent.denyCIDRs dropped"
 )
 
+// Reasons of the agent's DNS server (kind "dns").
+const (
+	ReasonDNSDenied    = "name denied by dns rule"
+	ReasonDNSAllowed   = "name allowed"
+	ReasonDNSNoOrigin  = "sender of the query unknown"
+	ReasonDNSUpstream  = "dns upstream unreachable"
+	ReasonDNSMalformed = "malformed dns query"
+	ReasonKernelQUIC   = "udp to port 443 (quic) refused"
+	ReasonKernelDNS    = "dns steered to the agent's dns server"
+)
+
 // clientCaused are the reasons that say the client misbehaved or left.
 var clientCaused = [...]string{
 	ReasonClientGone, ReasonNormalClose, ReasonMalformed, ReasonHeaderTooLarge,

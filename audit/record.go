@@ -25,6 +25,7 @@ const (
 	// differently from the first time this workload saw it (a rug pull:
 	// new description or input schema under a name already trusted).
 	KindMCPToolChanged = "mcp_tool_changed"
+	KindDNS            = "dns" // one query to the agent's DNS server
 )
 
 // TLS modes of a flow.
@@ -130,6 +131,14 @@ type Record struct {
 	// Cache is what the response cache did: hit, miss, bypass, expired
 	// or revalidated; empty when no cache applies.
 	Cache string
+
+	// DNS fields: a query's name, type, answer code and answered
+	// addresses (kind "dns"); DNSName alone on other kinds is the name
+	// the workload resolved to DstIP.
+	DNSName string
+	QType   string
+	Rcode   string
+	Answers []netip.Addr
 }
 
 // Sink receives audit records. Record must be safe for concurrent use and

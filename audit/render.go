@@ -64,6 +64,10 @@ const (
 	fMCPProtocol
 	fMCPErrorCode
 	fHeader
+	fDNSName
+	fQType
+	fRcode
+	fAnswers
 )
 
 // auditFields are the fields of an audit log line, in order.
@@ -75,6 +79,7 @@ var auditFields = [...]field{
 	fPolicyDecision, fPolicyRule, fPolicyReason, fGRPCStatus, fGRPCMessage,
 	fMCPMethod, fMCPTool, fMCPResource, fMCPPrompt, fMCPID, fMCPSession,
 	fMCPProtocol, fMCPErrorCode, fHeader,
+	fDNSName, fQType, fRcode, fAnswers,
 }
 
 // decisionFields are the fields of a decision line, in order: who, the
@@ -85,6 +90,7 @@ var decisionFields = [...]field{
 	fKind, fWorkload, fDecision, fClient, fHost, fIP, fPort, fSNI, fTLS,
 	fMethod, fPath, fStatus, fGRPCStatus, fMCPMethod, fMCPTool, fRule,
 	fReason, fError, fEnd, fBytesIn, fBytesOut, fDurationMS,
+	fDNSName, fQType, fRcode,
 }
 
 // MaxDecisionAttrs is the most attributes AppendDecisionAttrs appends: a
@@ -211,6 +217,21 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 			ha[i] = slog.String(k, r.Header[k])
 		}
 		return slog.Attr{Key: KeyHeader, Value: slog.GroupValue(ha...)}, true
+	case fDNSName:
+		return str(KeyDNSName, r.DNSName)
+	case fQType:
+		return str(KeyQType, r.QType)
+	case fRcode:
+		return str(KeyRcode, r.Rcode)
+	case fAnswers:
+		if len(r.Answers) == 0 {
+			return slog.Attr{}, false
+		}
+		as := make([]string, len(r.Answers))
+		for i, a := range r.Answers {
+			as[i] = a.String()
+		}
+		return slog.Any(KeyAnswers, as), true
 	}
 	panic("audit: unknown field")
 }

@@ -227,6 +227,7 @@ func TestAppendDecisionAttrsAllocs(t *testing.T) {
 	}
 	full := records[0].r
 	full.Error, full.End, full.GRPCStatus = "x", audit.EndClientClosed, "5"
+	full.DNSName, full.QType, full.Rcode = "api.example.com", "A", "NOERROR"
 	if n := len(full.AppendDecisionAttrs(nil)); n != audit.MaxDecisionAttrs {
 		t.Errorf("a full record has %d attributes, MaxDecisionAttrs is %d", n, audit.MaxDecisionAttrs)
 	}

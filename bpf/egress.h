@@ -8,6 +8,9 @@
  * (Agent.EgressDrops) and, at most once per EGRESS_EVENT_NS per CPU, is
  * an event (REASON_DENY_CIDR_PACKET).
  *
+ * It also names the sender of each UDP datagram to the agent's DNS server
+ * (dns_peer in dns.h), once the packet has its source address.
+ *
  * Packets that do not pass through the IP output path (AF_PACKET) are not
  * seen here.
  *
@@ -49,6 +52,17 @@ static __always_inline __u16 l4_dport(struct __sk_buff *skb, __u32 off, __u8 pro
 	return bpf_ntohs(port);
 }
 
+/* l4_ports reads the source and destination ports (host order) of the
+ * TCP or UDP header at off; 0 when there is none. */
+static __always_inline void l4_ports(struct __sk_buff *skb, __u32 off, __u16 *sport, __u16 *dport)
+{
+	__u16 p[2];
+	if (bpf_skb_load_bytes(skb, off, p, sizeof(p)) < 0)
+		return;
+	*sport = bpf_ntohs(p[0]);
+	*dport = bpf_ntohs(p[1]);
+}
+
 /* egress_event counts the drop and, rate-limited, records it. The event
  * names the socket's cgroup and uid, not a process: the packet may leave
  * from softirq context. */
@@ -88,9 +102,21 @@ int sluice_egress(struct __sk_buff *skb)
 		if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)) < 0)
 			return 1; /* not a whole IPv4 header: not a packet to route */
 		__builtin_memcpy(&daddr, h + 16, 4);
+		proto = h[9];
+		if (proto == IPPROTO_UDP_ && s->dns_port && (s->flags & SET_V4) &&
+		    daddr == s->intercept4 && (((__u16)h[6] << 8 | h[7]) & 0x1fff) == 0) {
+			__u16 sport = 0, dport = 0;
+			l4_ports(skb, (h[0] & 0xf) * 4, &sport, &dport);
+			if (dport == s->dns_port) {
+				__u32 saddr;
+				__builtin_memcpy(&saddr, h + 12, 4);
+				mapped4(o.addr, saddr);
+				dns_peer(skb, o.addr, sport);
+				return 1;
+			}
+		}
 		if (cidr4(daddr) != CIDR_DENY)
 			return 1;
-		proto = h[9];
 		/* Only the first fragment has the ports. */
 		if ((((__u16)h[6] << 8 | h[7]) & 0x1fff) == 0)
 			o.port = l4_dport(skb, (h[0] & 0xf) * 4, proto);
@@ -105,9 +131,20 @@ int sluice_egress(struct __sk_buff *skb)
 		__u8 h[40];
 		if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)) < 0)
 			return 1;
+		proto = h[6]; /* the next header; ports only without extension headers */
+		if (proto == IPPROTO_UDP_ && s->dns_port) {
+			__u16 sport = 0, dport = 0;
+			__u32 w[4];
+			__builtin_memcpy(w, h + 24, 16);
+			l4_ports(skb, 40, &sport, &dport);
+			if (dport == s->dns_port &&
+			    (is_mapped4(w) ? steered4(s, w[3], dport) : steered6(s, w, dport))) {
+				dns_peer(skb, h + 8, sport);
+				return 1;
+			}
+		}
 		if (cidr6(h + 24) != CIDR_DENY)
 			return 1;
-		proto = h[6]; /* the next header; ports only without extension headers */
 		o.port = l4_dport(skb, 40, proto);
 		if ((s->flags & SET_V6) && proto == IPPROTO_TCP_ && o.port == s->proxy_port) {
 			__u32 iw[4], w[4];

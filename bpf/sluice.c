@@ -16,7 +16,10 @@
  *   getpeername4/6 give the application its original destination back.
  *   setsockopt     refuse SO_MARK with the agent's mark (mark_guard.h).
  *   egress         drop every packet to a denied CIDR, raw ones too
- *                  (egress.h).
+ *                  (egress.h); name the sender of each DNS datagram.
+ *   sendmsg4/6     UDP to port 53 goes to the agent's DNS server, UDP to
+ *   recvmsg4/6     port 443 (QUIC) is refused; replies seem to come from
+ *                  the resolver the workload asked (dns.h).
  *
  * Only UAPI headers are used (no vmlinux.h, no CO-RE): every context field
  * read here is part of the stable BPF UAPI.
@@ -38,6 +41,9 @@
 #define SO_MARK_ 36
 #define TCP_CLOSE_ 7
 #define IPPROTO_UDP_ 17
+#define SOCK_DGRAM_ 2
+#define DNS_PORT_ 53
+#define QUIC_PORT_ 443
 #define ETH_P_IP_ 0x0800
 #define ETH_P_IPV6_ 0x86DD
 
@@ -64,6 +70,8 @@ enum reason {
 	REASON_BYPASS_CIDR = 8,   /* destination in agent.bypassCIDRs: direct */
 	REASON_MARK_FORGED = 9,   /* setsockopt SO_MARK to the agent's mark: EPERM */
 	REASON_DENY_CIDR_PACKET = 10, /* a packet to agent.denyCIDRs dropped on egress */
+	REASON_DNS = 11,          /* TCP or connected UDP to port 53: to the DNS server */
+	REASON_QUIC = 12,         /* UDP to port 443 refused (agent.refuseQUIC) */
 };
 
 /* Values of the CIDR tries (sluice_deny4/6): the longest prefix decides. */
@@ -79,12 +87,14 @@ enum setting_flag {
 	SET_V6 = 2,               /* intercept6 verified local */
 	SET_ALL_PORTS = 4,        /* intercept every TCP port */
 	SET_USE_SELECTION = 8,    /* consult the selected-cgroups map (root attach) */
+	SET_REFUSE_QUIC = 16,     /* refuse UDP to port 443 (EPERM) */
 };
 
 /* Where a map update failed: the keys of sluice_map_errors. */
 enum map_error_site {
 	MAP_ERR_ORIGINS = 0,      /* connect4/6: sluice_origins by socket cookie */
 	MAP_ERR_PEERS = 1,        /* sockops: sluice_peers by workload {ip, port} */
+	MAP_ERR_DNS_PEERS = 2,    /* egress: sluice_dns_peers by workload {ip, port} */
 	MAP_ERR_SITES,            /* the number of sites */
 };
 
@@ -96,7 +106,8 @@ struct settings {
 	__u8 intercept6[16];   /* valid when flags & SET_V6 */
 	__u16 proxy_port;      /* host order */
 	__u16 flags;           /* enum setting_flag bits */
-	__u32 _pad;
+	__u16 dns_port;        /* host order; 0: DNS is not redirected */
+	__u16 _pad;
 	/* The agent's own cgroup id: only a socket connected from it and
 	 * carrying the mark is the agent's. 0: unknown, nothing is exempt. */
 	__u64 agent_cgroup;
@@ -379,12 +390,16 @@ static __always_inline int denied_addrport(const __u8 *addr, __u16 port)
  * list and the port to a filled origin. cidr is what the CIDR tries say of
  * the destination; can_intercept whether the family has a verified local
  * intercept address. It returns 0 to refuse the connect, 1 to let it
- * proceed, and sets *rewrite (after storing the origin by cookie) when the
- * destination must become the proxy. */
+ * proceed, and sets *rewrite to the intercept port (after storing the
+ * origin by cookie) when the destination must become the proxy (or, for
+ * port 53, the DNS server). */
 static __always_inline int decide(struct bpf_sock_addr *ctx, struct settings *s,
 				  struct origin *o, __u8 cidr, __u64 cookie,
-				  int can_intercept, int *rewrite)
+				  int can_intercept, __u16 *rewrite)
 {
+	int stream = ctx->type == SOCK_STREAM_ && ctx->protocol == IPPROTO_TCP_;
+	int dgram = ctx->type == SOCK_DGRAM_ && ctx->protocol == IPPROTO_UDP_;
+
 	if (cidr == CIDR_DENY) {
 		emit(ctx, o, VERDICT_DENIED, REASON_DENY_CIDR, cookie);
 		return 0;
@@ -395,12 +410,30 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct settings *s,
 	}
 	if (agent_socket(ctx, s))
 		return 1;
-	if (ctx->type != SOCK_STREAM_ || ctx->protocol != IPPROTO_TCP_) {
+	if (dgram && o->port == QUIC_PORT_ && (s->flags & SET_REFUSE_QUIC)) {
+		emit(ctx, o, VERDICT_DENIED, REASON_QUIC, cookie);
+		return 0;
+	}
+	if (!stream && !(dgram && o->port == DNS_PORT_ && s->dns_port)) {
 		emit(ctx, o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
 		return 1;
 	}
 	if (cidr == CIDR_BYPASS) {
 		emit(ctx, o, VERDICT_DIRECT, REASON_BYPASS_CIDR, cookie);
+		return 1;
+	}
+	if (o->port == DNS_PORT_ && s->dns_port) {
+		if (!can_intercept) {
+			emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
+			return 0;
+		}
+		if (bpf_map_update_elem(&sluice_origins, &cookie, o, BPF_ANY) < 0) {
+			map_error(MAP_ERR_ORIGINS);
+			emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
+			return 0;
+		}
+		emit(ctx, o, VERDICT_REDIRECTED, REASON_DNS, cookie);
+		*rewrite = s->dns_port;
 		return 1;
 	}
 	if (!intercepted_port(s, o->port)) {
@@ -419,21 +452,42 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct settings *s,
 		return 0;
 	}
 	emit(ctx, o, VERDICT_REDIRECTED, REASON_PORT, cookie);
-	*rewrite = 1;
+	*rewrite = s->proxy_port;
 	return 1;
+}
+
+/* steered4 reports whether ip:port is already the intercept address and
+ * one of the agent's ports: steered by a descendant cgroup's attachment
+ * (programs of nested cgroups run in turn), or a reply's source. */
+static __always_inline int steered4(struct settings *s, __u32 ip, __u16 port)
+{
+	return (s->flags & SET_V4) && ip == s->intercept4 &&
+	       (port == s->proxy_port || (s->dns_port && port == s->dns_port));
+}
+
+/* steered6 is steered4 for a native IPv6 address (4 words). */
+static __always_inline int steered6(struct settings *s, const __u32 *w, __u16 port)
+{
+	__u32 iw[4];
+	if (!(s->flags & SET_V6))
+		return 0;
+	if (port != s->proxy_port && !(s->dns_port && port == s->dns_port))
+		return 0;
+	__builtin_memcpy(iw, s->intercept6, 16);
+	return iw[0] == w[0] && iw[1] == w[1] && iw[2] == w[2] && iw[3] == w[3];
 }
 
 /* decide4 handles an IPv4 destination, from connect4 or from a v4-mapped
  * connect6; see decide. */
 static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s,
-				   __u32 ip, __u16 port, int *rewrite)
+				   __u32 ip, __u16 port, __u16 *rewrite)
 {
 	struct origin o = {};
 	__u64 cookie;
 
-	/* Already steered by a descendant cgroup's attachment (programs of
-	 * nested cgroups run in turn): leave it, whatever the deny list says. */
-	if ((s->flags & SET_V4) && ip == s->intercept4 && port == s->proxy_port)
+	/* Already steered by a descendant cgroup's attachment: leave it,
+	 * whatever the deny list says. */
+	if (steered4(s, ip, port))
 		return 1;
 
 	mapped4(o.addr, ip);
@@ -449,7 +503,7 @@ SEC("cgroup/connect4")
 int sluice_connect4(struct bpf_sock_addr *ctx)
 {
 	struct settings *s = get_settings();
-	int rewrite = 0;
+	__u16 rewrite = 0;
 	if (!s || unselected(s))
 		return 1;
 	__u32 ip = ctx->user_ip4;
@@ -457,7 +511,7 @@ int sluice_connect4(struct bpf_sock_addr *ctx)
 	int ret = decide4(ctx, s, ip, port, &rewrite);
 	if (rewrite) {
 		ctx->user_ip4 = s->intercept4;
-		ctx->user_port = bpf_htons(s->proxy_port);
+		ctx->user_port = bpf_htons(rewrite);
 	}
 	return ret;
 }
@@ -471,7 +525,7 @@ SEC("cgroup/connect6")
 int sluice_connect6(struct bpf_sock_addr *ctx)
 {
 	struct settings *s = get_settings();
-	int rewrite = 0;
+	__u16 rewrite = 0;
 	__u32 w[4];
 	if (!s || unselected(s))
 		return 1;
@@ -488,17 +542,13 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 			ctx->user_ip6[1] = 0;
 			ctx->user_ip6[2] = bpf_htonl(0xffff);
 			ctx->user_ip6[3] = s->intercept4;
-			ctx->user_port = bpf_htons(s->proxy_port);
+			ctx->user_port = bpf_htons(rewrite);
 		}
 		return ret;
 	}
 
-	if ((s->flags & SET_V6) && port == s->proxy_port) {
-		__u32 iw[4];
-		__builtin_memcpy(iw, s->intercept6, 16);
-		if (iw[0] == w[0] && iw[1] == w[1] && iw[2] == w[2] && iw[3] == w[3])
-			return 1; /* already steered by a descendant's attachment */
-	}
+	if (steered6(s, w, port))
+		return 1; /* already steered by a descendant's attachment */
 
 	struct origin o = {};
 	__u64 cookie = bpf_get_socket_cookie(ctx);
@@ -516,7 +566,7 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 	ctx->user_ip6[1] = iw[1];
 	ctx->user_ip6[2] = iw[2];
 	ctx->user_ip6[3] = iw[3];
-	ctx->user_port = bpf_htons(s->proxy_port);
+	ctx->user_port = bpf_htons(rewrite);
 	return 1;
 }
 
@@ -607,4 +657,5 @@ int sluice_getpeername6(struct bpf_sock_addr *ctx)
 }
 
 #include "mark_guard.h"
+#include "dns.h"
 #include "egress.h"

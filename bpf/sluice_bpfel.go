@@ -51,9 +51,10 @@ type SluiceLpm6Key struct {
 type SluiceMapErrorSite uint32
 
 const (
-	SluiceMapErrorSiteMAP_ERR_ORIGINS SluiceMapErrorSite = 0
-	SluiceMapErrorSiteMAP_ERR_PEERS   SluiceMapErrorSite = 1
-	SluiceMapErrorSiteMAP_ERR_SITES   SluiceMapErrorSite = 2
+	SluiceMapErrorSiteMAP_ERR_ORIGINS   SluiceMapErrorSite = 0
+	SluiceMapErrorSiteMAP_ERR_PEERS     SluiceMapErrorSite = 1
+	SluiceMapErrorSiteMAP_ERR_DNS_PEERS SluiceMapErrorSite = 2
+	SluiceMapErrorSiteMAP_ERR_SITES     SluiceMapErrorSite = 3
 )
 
 type SluiceOrigin struct {
@@ -89,6 +90,8 @@ const (
 	SluiceReasonREASON_BYPASS_CIDR          SluiceReason = 8
 	SluiceReasonREASON_MARK_FORGED          SluiceReason = 9
 	SluiceReasonREASON_DENY_CIDR_PACKET     SluiceReason = 10
+	SluiceReasonREASON_DNS                  SluiceReason = 11
+	SluiceReasonREASON_QUIC                 SluiceReason = 12
 )
 
 type SluiceSettingFlag uint32
@@ -98,6 +101,7 @@ const (
 	SluiceSettingFlagSET_V6            SluiceSettingFlag = 2
 	SluiceSettingFlagSET_ALL_PORTS     SluiceSettingFlag = 4
 	SluiceSettingFlagSET_USE_SELECTION SluiceSettingFlag = 8
+	SluiceSettingFlagSET_REFUSE_QUIC   SluiceSettingFlag = 16
 )
 
 type SluiceSettings struct {
@@ -107,7 +111,8 @@ type SluiceSettings struct {
 	Intercept6  [16]uint8
 	ProxyPort   uint16
 	Flags       uint16
-	Pad         uint32
+	DnsPort     uint16
+	Pad         uint16
 	AgentCgroup uint64
 }
 
@@ -126,6 +131,7 @@ const (
 	SluiceMapSluiceDeny4         = "sluice_deny4"
 	SluiceMapSluiceDeny6         = "sluice_deny6"
 	SluiceMapSluiceDenyAddrport  = "sluice_deny_addrport"
+	SluiceMapSluiceDnsPeers      = "sluice_dns_peers"
 	SluiceMapSluiceDrops         = "sluice_drops"
 	SluiceMapSluiceEgressDrops   = "sluice_egress_drops"
 	SluiceMapSluiceEgressLast    = "sluice_egress_last"
@@ -141,6 +147,10 @@ const (
 	SluiceProgSluiceEgress       = "sluice_egress"
 	SluiceProgSluiceGetpeername4 = "sluice_getpeername4"
 	SluiceProgSluiceGetpeername6 = "sluice_getpeername6"
+	SluiceProgSluiceRecvmsg4     = "sluice_recvmsg4"
+	SluiceProgSluiceRecvmsg6     = "sluice_recvmsg6"
+	SluiceProgSluiceSendmsg4     = "sluice_sendmsg4"
+	SluiceProgSluiceSendmsg6     = "sluice_sendmsg6"
 	SluiceProgSluiceSetsockopt   = "sluice_setsockopt"
 	SluiceProgSluiceSockops      = "sluice_sockops"
 	SluiceVarUnusedCidrAction    = "unused_cidr_action"
@@ -201,6 +211,10 @@ type SluiceProgramSpecs struct {
 	SluiceEgress       *ebpf.ProgramSpec `ebpf:"sluice_egress"`
 	SluiceGetpeername4 *ebpf.ProgramSpec `ebpf:"sluice_getpeername4"`
 	SluiceGetpeername6 *ebpf.ProgramSpec `ebpf:"sluice_getpeername6"`
+	SluiceRecvmsg4     *ebpf.ProgramSpec `ebpf:"sluice_recvmsg4"`
+	SluiceRecvmsg6     *ebpf.ProgramSpec `ebpf:"sluice_recvmsg6"`
+	SluiceSendmsg4     *ebpf.ProgramSpec `ebpf:"sluice_sendmsg4"`
+	SluiceSendmsg6     *ebpf.ProgramSpec `ebpf:"sluice_sendmsg6"`
 	SluiceSetsockopt   *ebpf.ProgramSpec `ebpf:"sluice_setsockopt"`
 	SluiceSockops      *ebpf.ProgramSpec `ebpf:"sluice_sockops"`
 }
@@ -212,6 +226,7 @@ type SluiceMapSpecs struct {
 	SluiceDeny4        *ebpf.MapSpec `ebpf:"sluice_deny4"`
 	SluiceDeny6        *ebpf.MapSpec `ebpf:"sluice_deny6"`
 	SluiceDenyAddrport *ebpf.MapSpec `ebpf:"sluice_deny_addrport"`
+	SluiceDnsPeers     *ebpf.MapSpec `ebpf:"sluice_dns_peers"`
 	SluiceDrops        *ebpf.MapSpec `ebpf:"sluice_drops"`
 	SluiceEgressDrops  *ebpf.MapSpec `ebpf:"sluice_egress_drops"`
 	SluiceEgressLast   *ebpf.MapSpec `ebpf:"sluice_egress_last"`
@@ -262,6 +277,7 @@ type SluiceMaps struct {
 	SluiceDeny4        *ebpf.Map `ebpf:"sluice_deny4"`
 	SluiceDeny6        *ebpf.Map `ebpf:"sluice_deny6"`
 	SluiceDenyAddrport *ebpf.Map `ebpf:"sluice_deny_addrport"`
+	SluiceDnsPeers     *ebpf.Map `ebpf:"sluice_dns_peers"`
 	SluiceDrops        *ebpf.Map `ebpf:"sluice_drops"`
 	SluiceEgressDrops  *ebpf.Map `ebpf:"sluice_egress_drops"`
 	SluiceEgressLast   *ebpf.Map `ebpf:"sluice_egress_last"`
@@ -279,6 +295,7 @@ func (m *SluiceMaps) Close() error {
 		m.SluiceDeny4,
 		m.SluiceDeny6,
 		m.SluiceDenyAddrport,
+		m.SluiceDnsPeers,
 		m.SluiceDrops,
 		m.SluiceEgressDrops,
 		m.SluiceEgressLast,
@@ -316,6 +333,10 @@ type SluicePrograms struct {
 	SluiceEgress       *ebpf.Program `ebpf:"sluice_egress"`
 	SluiceGetpeername4 *ebpf.Program `ebpf:"sluice_getpeername4"`
 	SluiceGetpeername6 *ebpf.Program `ebpf:"sluice_getpeername6"`
+	SluiceRecvmsg4     *ebpf.Program `ebpf:"sluice_recvmsg4"`
+	SluiceRecvmsg6     *ebpf.Program `ebpf:"sluice_recvmsg6"`
+	SluiceSendmsg4     *ebpf.Program `ebpf:"sluice_sendmsg4"`
+	SluiceSendmsg6     *ebpf.Program `ebpf:"sluice_sendmsg6"`
 	SluiceSetsockopt   *ebpf.Program `ebpf:"sluice_setsockopt"`
 	SluiceSockops      *ebpf.Program `ebpf:"sluice_sockops"`
 }
@@ -327,6 +348,10 @@ func (p *SluicePrograms) Close() error {
 		p.SluiceEgress,
 		p.SluiceGetpeername4,
 		p.SluiceGetpeername6,
+		p.SluiceRecvmsg4,
+		p.SluiceRecvmsg6,
+		p.SluiceSendmsg4,
+		p.SluiceSendmsg6,
 		p.SluiceSetsockopt,
 		p.SluiceSockops,
 	)

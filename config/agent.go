@@ -41,6 +41,32 @@ type Agent struct {
 	// to each selected cgroup; "root" attaches them once at the cgroup2
 	// root and selects cgroups through a map, which scales to a node.
 	Attach string `yaml:"attach"`
+
+	// DNSPort is the DNS server's port (UDP and TCP) on the intercept
+	// addresses: selected workloads' DNS (UDP and TCP to port 53, any
+	// resolver) is steered to it. 0 turns the DNS server and the
+	// steering off.
+	DNSPort uint16 `yaml:"dnsPort"`
+	// RefuseQUIC refuses selected workloads' UDP to port 443 (EPERM), so
+	// that HTTP/3 clients fall back to TCP, where the proxy sees them.
+	RefuseQUIC bool `yaml:"refuseQUIC"`
+	// DNS configures the DNS server.
+	DNS DNS `yaml:"dns"`
+}
+
+// DNS configures the agent's DNS server.
+type DNS struct {
+	// Upstreams are the resolvers queries are forwarded to, as "ip" or
+	// "ip:port"; empty: the nameservers of /etc/resolv.conf.
+	Upstreams []string `yaml:"upstreams"`
+	// DenyRcode answers a name the policy denies: "nxdomain" (default)
+	// or "refused".
+	DenyRcode string `yaml:"denyRcode"`
+	// CacheSize bounds the answers cached (per TTL); 0 disables the cache.
+	CacheSize int `yaml:"cacheSize"`
+	// NamesSize bounds the {workload, address} -> names bindings kept
+	// for the proxy (TTL-bounded).
+	NamesSize int `yaml:"namesSize"`
 }
 
 // DefaultAgent returns the agent defaults.
@@ -55,6 +81,9 @@ func DefaultAgent() Agent {
 		Mark:          0x5c1ce,
 		BPFFS:         "/sys/fs/bpf/sluice",
 		Attach:        "cgroup",
+		DNSPort:       15053,
+		RefuseQUIC:    true,
+		DNS:           DNS{DenyRcode: "nxdomain", CacheSize: 10000, NamesSize: 65536},
 	}
 }
 
@@ -94,5 +123,41 @@ func (a Agent) validate() []error {
 	if a.Attach != "cgroup" && a.Attach != "root" {
 		errs = append(errs, fmt.Errorf("agent.attach %q: must be \"cgroup\" or \"root\"", a.Attach))
 	}
+	errs = append(errs, a.validateDNS()...)
 	return errs
+}
+
+// validateDNS checks agent.dnsPort and agent.dns.
+func (a Agent) validateDNS() []error {
+	var errs []error
+	if a.DNSPort != 0 && a.DNSPort == a.ProxyPort {
+		errs = append(errs, fmt.Errorf("agent.dnsPort %d: must differ from agent.proxyPort, e.g. 15053", a.DNSPort))
+	}
+	for i, u := range a.DNS.Upstreams {
+		if _, err := ParseUpstream(u); err != nil {
+			errs = append(errs, fmt.Errorf("agent.dns.upstreams[%d] %q: must be an IP address with an optional port, e.g. 10.96.0.10 or [fd00::a]:53", i, u))
+		}
+	}
+	if a.DNS.DenyRcode != "nxdomain" && a.DNS.DenyRcode != "refused" {
+		errs = append(errs, fmt.Errorf("agent.dns.denyRcode %q: must be \"nxdomain\" or \"refused\"", a.DNS.DenyRcode))
+	}
+	if a.DNS.CacheSize < 0 {
+		errs = append(errs, fmt.Errorf("agent.dns.cacheSize %d: must be 0 (no cache) or more, e.g. 10000", a.DNS.CacheSize))
+	}
+	if a.DNS.NamesSize <= 0 {
+		errs = append(errs, fmt.Errorf("agent.dns.namesSize %d: must be positive, e.g. 65536", a.DNS.NamesSize))
+	}
+	return errs
+}
+
+// ParseUpstream parses a DNS upstream, "ip" (port 53) or "ip:port".
+func ParseUpstream(s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("parse dns upstream %q: %w", s, err)
+	}
+	return netip.AddrPortFrom(a, 53), nil
 }

@@ -23,6 +23,7 @@ func everything() *metrics.Metrics {
 		{Kind: audit.KindHTTP, Host: "a", Method: "GET", Status: 200, Source: "sluice", Decision: audit.DecisionAllow, Cache: "hit"},
 		{Kind: audit.KindL4, Host: "b", TLS: audit.TLSPassthrough, Decision: audit.DecisionAllow},
 		{Kind: audit.KindConnect, Decision: "redirected"},
+		{Kind: audit.KindDNS, DNSName: "a", QType: "A", Rcode: "NXDOMAIN", Decision: audit.DecisionDeny, Rule: "r", Reason: audit.ReasonDNSDenied},
 	} {
 		m.Record(&r)
 	}

@@ -101,6 +101,7 @@ type Metrics struct {
 	mcpRequests     *prometheus.CounterVec
 	mcpToolDur      *prometheus.HistogramVec
 	mcpToolChanges  *prometheus.CounterVec
+	dnsQueries      *prometheus.CounterVec
 
 	ringDrops atomic.Pointer[func() uint64]
 	mapErrors atomic.Pointer[func() map[string]uint64]
@@ -199,11 +200,15 @@ func New(o Options) *Metrics {
 		Namespace: "sluice", Subsystem: "mcp", Name: "tool_changes_total",
 		Help: "MCP tools whose description or input schema in tools/list changed after the workload first saw them (rug pulls), by workload, server host and tool.",
 	}, []string{"workload", "server", "tool"})
+	m.dnsQueries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "dns", Name: "queries_total",
+		Help: "Queries to the agent's DNS server, by workload, answer code (NOERROR, NXDOMAIN, REFUSED, SERVFAIL, other) and decision (allow, deny, would_deny, error).",
+	}, []string{"workload", "rcode", "decision"})
 
 	m.reg.MustRegister(
 		m.mcpRequests, m.mcpToolDur, m.mcpToolChanges,
 		m.requests, m.requestDuration, m.upstreamDur, m.bytes, m.l4Flows, m.tls,
-		m.openConns, m.errors, m.denials, m.rateLimited, m.cache, m.connects,
+		m.openConns, m.errors, m.denials, m.rateLimited, m.cache, m.connects, m.dnsQueries,
 		&funcCollector{m: m},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -241,6 +246,8 @@ func (m *Metrics) Record(r *audit.Record) {
 		m.ConnectEvent(r.Decision)
 	case audit.KindMCPToolChanged:
 		m.mcpToolChanges.WithLabelValues(m.workloads.fold(r.Workload.Name()), m.host(r.Host), m.tool(r.MCPTool)).Inc()
+	case audit.KindDNS:
+		m.recordDNS(r)
 	}
 }
 
@@ -295,6 +302,15 @@ var mcpMethods = []string{
 	"notifications/initialized", "notifications/cancelled", "notifications/progress", "notifications/message",
 	"notifications/roots/list_changed", "notifications/tools/list_changed", "notifications/resources/list_changed",
 	"notifications/resources/updated", "notifications/prompts/list_changed",
+}
+
+// recordDNS counts a DNS server record; a denied name also counts as a
+// denial by its rule.
+func (m *Metrics) recordDNS(r *audit.Record) {
+	wl := m.workloads.fold(r.Workload.Name())
+	rcode := oneOf(r.Rcode, Other, "NOERROR", "NXDOMAIN", "REFUSED", "SERVFAIL", "FORMERR")
+	m.dnsQueries.WithLabelValues(wl, rcode, decisionLabel(r.Decision)).Inc()
+	m.countDenial(r)
 }
 
 func (m *Metrics) recordL4(r *audit.Record) {

@@ -102,7 +102,9 @@ func (p *Proxy) resolvesTo(ctx context.Context, name string, ip netip.Addr) bool
 // namesFor lists names known to resolve to ip, for a destination with no
 // bound name (policy.Conn.Names): the names the policy lists that resolve
 // to it (looked up in parallel, within namesTimeout, each at most every
-// bindingRecheck), and any other name a recent lookup bound to it.
+// bindingRecheck), the names the workload itself resolved to it through
+// the agent's DNS server (Deps.Names), and any other name a recent lookup
+// bound to it.
 func (f *flow) namesFor(ip netip.Addr) []string {
 	p := f.p
 	ip = ip.Unmap()
@@ -133,6 +135,11 @@ func (f *flow) namesFor(ip netip.Addr) []string {
 			}()
 		}
 		wg.Wait()
+	}
+	if p.deps.Names != nil {
+		for _, n := range p.deps.Names.NamesFor(f.id, ip) {
+			add(strings.TrimSuffix(strings.ToLower(n), "."))
+		}
 	}
 	now := time.Now()
 	for _, k := range p.seen.Keys() {

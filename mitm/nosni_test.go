@@ -8,12 +8,15 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/policy"
+	"github.com/sluicehq/sluice/workload"
 )
 
 // namesResolver puts denied.test on 127.0.0.2 and api.test on 127.0.0.1.
@@ -121,5 +124,40 @@ rules:
 	rec := h.recs.wait(t, "a refused connection", func(r audit.Record) bool { return r.Kind == audit.KindL4 && r.Rule == "no-denied" })
 	if rec.Decision != audit.DecisionDeny {
 		t.Errorf("record %+v", rec)
+	}
+}
+
+// fixedNames is what a DNS server saw one workload resolve.
+type fixedNames map[netip.Addr][]string
+
+func (f fixedNames) NamesFor(_ workload.Identity, a netip.Addr) []string { return f[a] }
+
+// A name the workload itself resolved (through the agent's DNS server) to
+// the address it dials binds a destination that names nothing: a deny by
+// that name holds for plain HTTP dialled by address, even where the proxy's
+// own lookups know nothing of the name.
+func TestNamesTheWorkloadResolved(t *testing.T) {
+	var reached atomic.Int64
+	up := startPlainUpstream(t, countingHandler(&reached))
+	e, err := policy.Parse([]byte(`version: 1
+ssrf: {allowCIDRs: [127.0.0.0/8]}
+rules:
+  - name: no-evil
+    destinations: {hosts: [evil.test]}
+    action: deny
+`), "test-policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, nil, e, func(_ *config.Proxy, d *Deps) {
+		d.Policy = &policy.Current{}
+		d.Policy.Store(e)
+		d.Resolver = mapResolver{} // the proxy's own lookups find nothing
+		d.Names = fixedNames{up.addr.Addr(): {"Evil.Test."}}
+	})
+	c := transparent(t, h, Destination{Addr: up.addr}, workload.Identity{PID: 9})
+	resp, body := rawRequest(t, c, "GET /x HTTP/1.0\r\n\r\n")
+	if resp.StatusCode != 403 || !strings.Contains(body, "no-evil") || reached.Load() != 0 {
+		t.Fatalf("%d %s, upstream reached %d times; want the deny by the resolved name", resp.StatusCode, body, reached.Load())
 	}
 }

@@ -58,6 +58,17 @@ type Deps struct {
 	Capture pcap.Capture
 	// Observer is told about client connections (metrics). Nil: nobody.
 	Observer Observer
+	// Names tells which names a workload resolved (through the agent's
+	// DNS server) to an address: a destination with no bound name is
+	// judged by them too (see binding.go). Nil: none.
+	Names Names
+}
+
+// Names is what the proxy asks about a workload's DNS answers.
+// *agent.DNSServer implements it. NamesFor must be safe for concurrent
+// use and fast: it is asked on the connection path.
+type Names interface {
+	NamesFor(id workload.Identity, addr netip.Addr) []string
 }
 
 // Observer is told what happens to client connections, for gauges and

@@ -19,6 +19,9 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
+
+	"github.com/miekg/dns"
 
 	"github.com/sluicehq/sluice/admin"
 	"github.com/sluicehq/sluice/agent"
@@ -30,6 +33,7 @@ import (
 	"github.com/sluicehq/sluice/mitm"
 	"github.com/sluicehq/sluice/pcap"
 	"github.com/sluicehq/sluice/policy"
+	"github.com/sluicehq/sluice/workload"
 )
 
 // Options say which parts of a node run besides the proxy.
@@ -61,6 +65,13 @@ type Node struct {
 	Proxy   *mitm.Proxy
 	Metrics *metrics.Metrics
 	Flows   *flows.Table
+	// DNS is the agent's DNS server (nil without Options.Intercept or
+	// with agent.dnsPort 0); DNS.NamesFor gives the names a workload
+	// resolved to an address.
+	DNS *agent.DNSServer
+	// names gives the proxy the DNS server's bindings once it exists (the
+	// proxy is built first).
+	names lateNames
 
 	log     *slog.Logger
 	policy  *policy.Current
@@ -143,6 +154,13 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 		// /readyz waits for the hooks and the proxy.
 		n.serveAdmin(adminLn, gate.Err)
 	}
+	if cfg.Agent.DNSPort != 0 {
+		if aopts.DNS, err = newDNSServer(cfg, n, dialer, log); err != nil {
+			return nil, err
+		}
+		n.DNS = aopts.DNS
+		n.names.p.Store(n.DNS) // the proxy hears what workloads resolved
+	}
 	n.agent, err = agent.Start(ctx, cfg.Agent, n.Proxy, log, aopts)
 	if err != nil {
 		return nil, err
@@ -167,6 +185,36 @@ func (n *Node) serveAdmin(ln net.Listener, ready func() error) {
 		n.adminErr = srv.Serve(actx, ln)
 		close(n.done)
 	}()
+}
+
+// newDNSServer builds the agent's DNS server: upstreams from
+// agent.dns.upstreams, else the node's /etc/resolv.conf; its forwarding
+// carries the agent's mark (dialer); records go to the audit sinks and
+// the metrics.
+func newDNSServer(cfg config.Config, n *Node, dialer *net.Dialer, log *slog.Logger) (*agent.DNSServer, error) {
+	d := cfg.Agent.DNS
+	var ups []netip.AddrPort
+	for _, u := range d.Upstreams {
+		ap, err := config.ParseUpstream(u)
+		if err != nil {
+			return nil, fmt.Errorf("agent.dns.upstreams: %w", err)
+		}
+		ups = append(ups, ap)
+	}
+	if len(ups) == 0 {
+		var err error
+		if ups, err = agent.ResolvConfUpstreams("/etc/resolv.conf"); err != nil {
+			return nil, fmt.Errorf("agent.dnsPort %d needs resolvers: %w (or set agent.dnsPort: 0)", cfg.Agent.DNSPort, err)
+		}
+	}
+	rcode := dns.RcodeNameError
+	if d.DenyRcode == "refused" {
+		rcode = dns.RcodeRefused
+	}
+	return agent.NewDNSServer(agent.DNSOptions{
+		Upstreams: ups, DenyRcode: rcode, CacheSize: d.CacheSize, NamesSize: d.NamesSize,
+		Policy: n.policy, Audit: append(n.logs, n.Metrics), Log: log, Dialer: dialer,
+	})
 }
 
 // startProxy builds the CA, the policy, the audit sinks and the proxy.
@@ -216,6 +264,7 @@ func (n *Node) startProxy(ctx context.Context, cfg config.Config, opts Options, 
 		RedactHeaders: cfg.Audit.RedactHeaders,
 		Capture:       capture,
 		Observer:      n.Metrics,
+		Names:         &n.names,
 	})
 	return err
 }
@@ -353,3 +402,18 @@ var (
 	_ mitm.Observer = (*metrics.Metrics)(nil)
 	_ agent.Handler = (*mitm.Proxy)(nil)
 )
+
+// lateNames is mitm.Names backed by a DNS server set after the proxy is
+// built; until then (and without one) it knows no names.
+type lateNames struct {
+	p atomic.Pointer[agent.DNSServer]
+}
+
+func (l *lateNames) NamesFor(id workload.Identity, addr netip.Addr) []string {
+	if s := l.p.Load(); s != nil {
+		return s.NamesFor(id, addr)
+	}
+	return nil
+}
+
+var _ mitm.Names = (*lateNames)(nil)

@@ -49,6 +49,7 @@ type Engine struct {
 	rules        []*rule
 	def          *rule
 	hosts        []string // exact names the rules list (Hosts)
+	dns          []*dnsRule
 	lim          *Limiters
 	now          func() time.Time
 	log          *slog.Logger
@@ -144,6 +145,7 @@ func New(p *Policy, o Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	e.dns = compileDNS(p.DNS, global)
 	e.def = &rule{name: RuleDefault, deny: p.Defaults.Action == "deny", audit: defAudit, maxReq: dl[0], maxResp: dl[1], capture: p.Defaults.Capture}
 	if p.Defaults.RateLimit != nil {
 		e.def.rl = compileLimiter(RuleDefault, p.Defaults.RateLimit, e.lim)

@@ -20,6 +20,16 @@ type Policy struct {
 	Rules    []Rule   `yaml:"rules" desc:"Rules in order; the first rule that selects the workload and matches the destination decides."`
 	// MCP: see the MCP block at the foot of this file.
 	MCP MCPSettings `yaml:"mcp" desc:"How MCP (JSON-RPC over Streamable HTTP) is handled."`
+	DNS []DNSRule   `yaml:"dns" desc:"Rules for the names workloads look up through the agent's DNS server, in order; the first rule that selects the workload and matches the name decides; a name no rule matches is allowed."`
+}
+
+// DNSRule allows or denies the names a workload may resolve.
+type DNSRule struct {
+	Name      string    `yaml:"name" desc:"Unique name among the dns rules; it appears in audit records." required:"true"`
+	Workloads Workloads `yaml:"workloads" desc:"Which workloads the rule applies to; empty: all."`
+	Names     []string  `yaml:"names" desc:"Names looked up: exact (api.example.com), *.example.com for any name below example.com, or * for any." required:"true"`
+	Action    string    `yaml:"action" enum:"allow|deny" desc:"allow or deny; a denied name is answered NXDOMAIN (or REFUSED, agent.dns.denyRcode) and never forwarded." required:"true"`
+	Mode      string    `yaml:"mode" enum:"enforce|audit" desc:"Mode of this rule; default: the global mode."`
 }
 
 // TLS configures what is decrypted.

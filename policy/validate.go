@@ -93,6 +93,7 @@ func (d *decoder) validate(p *Policy) {
 			d.checkCache(at+".cache", r.Cache, r.Action)
 		}
 	}
+	d.validateDNS(p.DNS)
 }
 
 var (

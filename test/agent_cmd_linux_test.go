@@ -49,8 +49,8 @@ func TestAgentCommandClosedThenCleanup(t *testing.T) {
 	if n := cgroupHooks(t, e.cg.Dir); n != 5 {
 		t.Errorf("%d hooks left after exit in failMode closed, want 5", n)
 	}
-	if pins, _ := filepath.Glob(filepath.Join(cfg.Agent.BPFFS, "links", "*")); len(pins) != 7 { // the 5 hooks cgroupHooks counts, setsockopt and egress
-		t.Errorf("pins after exit: %v, want 7", pins)
+	if pins, _ := filepath.Glob(filepath.Join(cfg.Agent.BPFFS, "links", "*")); len(pins) != 11 { // the 5 hooks cgroupHooks counts, setsockopt, egress, sendmsg4/6 and recvmsg4/6
+		t.Errorf("pins after exit: %v, want 11", pins)
 	}
 	if !routedLocal(cfg.Agent.InterceptIPv4) {
 		t.Errorf("intercept address %s gone after exit in failMode closed", cfg.Agent.InterceptIPv4)

@@ -98,9 +98,10 @@ func TestAgentRedirect(t *testing.T) {
 		t.Errorf("%d events dropped", n)
 	}
 	// The redirected connects above wrote sluice_origins and sluice_peers;
-	// no update failed, and both sites are read from the kernel.
-	if me := e.ag.MapErrors(); len(me) != 2 || me["sluice_origins"] != 0 || me["sluice_peers"] != 0 {
-		t.Errorf("map update errors %v, want sluice_origins and sluice_peers at 0", me)
+	// no update failed, and every site (sluice_dns_peers too) is read
+	// from the kernel.
+	if me := e.ag.MapErrors(); len(me) != 3 || me["sluice_origins"] != 0 || me["sluice_peers"] != 0 || me["sluice_dns_peers"] != 0 {
+		t.Errorf("map update errors %v, want sluice_origins, sluice_peers and sluice_dns_peers at 0", me)
 	}
 	// Released, the cgroup goes direct again.
 	if err := e.ag.ReleaseCgroup(e.cg.Path); err != nil {
@@ -282,8 +283,8 @@ func TestAgentFailClosed(t *testing.T) {
 	}
 	e.stop()
 	pins, _ := filepath.Glob(filepath.Join(e.cfg.BPFFS, "links", "*"))
-	if len(pins) != 7 { // the 5 hooks cgroupHooks counts, setsockopt and egress
-		t.Errorf("pinned links after stop: %v, want 7", pins)
+	if len(pins) != 11 { // the 5 hooks cgroupHooks counts, setsockopt, egress, sendmsg4/6 and recvmsg4/6
+		t.Errorf("pinned links after stop: %v, want 11", pins)
 	}
 	if n := cgroupHooks(t, e.cg.Dir); n != 5 {
 		t.Errorf("%d hooks attached after stop, want 5", n)

@@ -1,0 +1,272 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/sluicehq/sluice/agent"
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/policy"
+)
+
+// testResolver is the test's own DNS server on a test host (UDP and TCP
+// on port 53 of both its addresses): api.test has an A and an AAAA
+// record, anything else is NXDOMAIN. It remembers every name it was
+// asked, so a test can tell that a denied name never reached it.
+type testResolver struct {
+	mu    sync.Mutex
+	asked []string
+}
+
+func (r *testResolver) names() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.asked)
+}
+
+var apiTest4, apiTest6 = netip.MustParseAddr("198.18.200.1"), netip.MustParseAddr("2001:2:0:c8::1")
+
+func startTestResolver(t *testing.T, h *Host) *testResolver {
+	t.Helper()
+	r := &testResolver{}
+	handler := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		qq := q.Question[0]
+		r.mu.Lock()
+		r.asked = append(r.asked, qq.Name)
+		r.mu.Unlock()
+		switch {
+		case qq.Name == "api.test." && qq.Qtype == dns.TypeA:
+			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: qq.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: apiTest4.AsSlice()})
+		case qq.Name == "api.test." && qq.Qtype == dns.TypeAAAA:
+			m.Answer = append(m.Answer, &dns.AAAA{Hdr: dns.RR_Header{Name: qq.Name, Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: 60}, AAAA: apiTest6.AsSlice()})
+		case qq.Name != "api.test.":
+			m.Rcode = dns.RcodeNameError
+		}
+		_ = w.WriteMsg(m)
+	})
+	for _, a := range []netip.Addr{h.IP4, h.IP6} {
+		ap := netip.AddrPortFrom(a, 53).String()
+		var pc net.PacketConn
+		var ln net.Listener
+		err := h.Do(func() (err error) {
+			if pc, err = net.ListenPacket("udp", ap); err != nil {
+				return err
+			}
+			ln, err = net.Listen("tcp", ap)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("test resolver on %s: %v", ap, err)
+		}
+		for _, s := range []*dns.Server{{PacketConn: pc, Handler: handler}, {Listener: ln, Handler: handler}} {
+			started := make(chan struct{})
+			s.NotifyStartedFunc = func() { close(started) }
+			go func() { _ = s.ActivateAndServe() }()
+			<-started
+			t.Cleanup(func() { _ = s.Shutdown() })
+		}
+	}
+	return r
+}
+
+// dnsClientPy asks the resolver at argv[1] (IPv4) and argv[2] (IPv6)
+// for api.test and x.denied.test over unconnected UDP, api.test over
+// TCP, and sends a QUIC-like datagram to port 443 of each; it prints
+// what it saw as JSON.
+const dnsClientPy = `
+import errno, json, socket, struct, sys
+def query(name, qtype):
+    hdr = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)
+    body = b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\0'
+    return hdr + body + struct.pack('>HH', qtype, 1)
+out = {}
+for fam, addr, qtype in (("4", sys.argv[1], 1), ("6", sys.argv[2], 28)):
+    af = socket.AF_INET if fam == "4" else socket.AF_INET6
+    for name in ("api.test", "x.denied.test"):
+        s = socket.socket(af, socket.SOCK_DGRAM)
+        s.settimeout(5)
+        s.sendto(query(name, qtype), (addr, 53))
+        data, src = s.recvfrom(4096)
+        out["udp" + fam + " " + name] = {"src": "%s:%d" % (src[0], src[1]), "rcode": data[3] & 0xf, "answers": struct.unpack('>H', data[6:8])[0]}
+        s.close()
+    t = socket.socket(af, socket.SOCK_STREAM)
+    t.settimeout(5)
+    t.connect((addr, 53))
+    m = query("api.test", qtype)
+    t.sendall(struct.pack('>H', len(m)) + m)
+    n = struct.unpack('>H', t.recv(2))[0]
+    data = b''
+    while len(data) < n:
+        data += t.recv(n - len(data))
+    peer = t.getpeername()
+    out["tcp" + fam] = {"src": "%s:%d" % (peer[0], peer[1]), "rcode": data[3] & 0xf, "answers": struct.unpack('>H', data[6:8])[0]}
+    t.close()
+    u = socket.socket(af, socket.SOCK_DGRAM)
+    try:
+        u.sendto(b'\xc3quic initial', (addr, 443))
+        out["quic" + fam] = "sent"
+    except OSError as e:
+        out["quic" + fam] = errno.errorcode[e.errno]
+print(json.dumps(out))
+`
+
+type dnsAnswer struct {
+	Src     string `json:"src"`
+	Rcode   int    `json:"rcode"`
+	Answers int    `json:"answers"`
+}
+
+// A selected workload's DNS, to whatever resolver it asks, over UDP and
+// TCP, IPv4 and IPv6, is answered by the agent's DNS server: the answer
+// comes from the resolver the workload asked, every query is a record
+// naming the workload, a denied name is NXDOMAIN and never reaches the
+// resolver, the addresses answered are bound to their name for the
+// workload, and UDP to port 443 fails with EPERM and never arrives.
+func TestAgentDNS(t *testing.T) {
+	e := newAgentEnv(t)
+	res := e.tp.Hosts[1]
+	resolver := startTestResolver(t, res)
+	// A QUIC server that must hear nothing.
+	var quic []net.PacketConn
+	for _, a := range []netip.Addr{res.IP4, res.IP6} {
+		err := res.Do(func() error {
+			pc, err := net.ListenPacket("udp", netip.AddrPortFrom(a, 443).String())
+			quic = append(quic, pc)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { quic[len(quic)-1].Close() })
+	}
+
+	eng, err := policy.Parse([]byte("version: 1\ndns:\n  - name: no-denied\n    names: [\"*.denied.test\"]\n    action: deny\n"), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := &policy.Current{}
+	cur.Store(eng)
+	recs := &dnsRecords{}
+	srv, err := agent.NewDNSServer(agent.DNSOptions{
+		// Forwarding goes to the test's own resolver only.
+		Upstreams: []netip.AddrPort{netip.AddrPortFrom(res.IP4, 53)},
+		CacheSize: 100, Policy: cur, Audit: recs,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.opts.DNS = srv
+	e.cfg.DNSPort = 15053
+	e.cfg.RefuseQUIC = true
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := e.tp.Hosts[0].Exec(ctx, "python3", "-c", dnsClientPy, res.IP4.String(), res.IP6.String())
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	done := e.cg.Command(t, cmd)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("dns client: %v\n%s", err, errb.String())
+	}
+	var got map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
+		t.Fatalf("client output %q: %v", out.String(), err)
+	}
+	answer := func(k string) dnsAnswer {
+		var a dnsAnswer
+		if err := json.Unmarshal(got[k], &a); err != nil {
+			t.Fatalf("%s: %s: %v", k, got[k], err)
+		}
+		return a
+	}
+	for _, fam := range []struct {
+		tag  string
+		addr netip.Addr
+	}{{"4", res.IP4}, {"6", res.IP6}} {
+		from := fam.addr.String() + ":53" // as Python prints it
+		for _, k := range []string{"udp" + fam.tag + " api.test", "tcp" + fam.tag} {
+			if a := answer(k); a.Src != from || a.Rcode != dns.RcodeSuccess || a.Answers != 1 {
+				t.Errorf("%s: %+v, want one answer from %s", k, a, from)
+			}
+		}
+		if a := answer("udp" + fam.tag + " x.denied.test"); a.Rcode != dns.RcodeNameError || a.Src != from {
+			t.Errorf("denied name over udp%s: %+v, want NXDOMAIN from %s", fam.tag, a, from)
+		}
+		var q string
+		_ = json.Unmarshal(got["quic"+fam.tag], &q)
+		if q != "EPERM" {
+			t.Errorf("udp%s to port 443: %s, want EPERM", fam.tag, q)
+		}
+	}
+	for _, n := range resolver.names() {
+		if strings.Contains(n, "denied") {
+			t.Errorf("the test resolver was asked the denied name %s", n)
+		}
+	}
+	for _, pc := range quic {
+		_ = pc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if n, from, err := pc.ReadFrom(make([]byte, 64)); err == nil {
+			t.Errorf("a %d-byte datagram to port 443 arrived from %s", n, from)
+		}
+	}
+
+	// Every query is a record naming the workload's cgroup and process.
+	all := recs.all()
+	if len(all) < 6 {
+		t.Fatalf("%d dns records, want at least 6: %+v", len(all), all)
+	}
+	for _, r := range all {
+		if r.Kind != audit.KindDNS || r.Workload.Cgroup != e.cg.Path || r.Workload.PID == 0 || r.Workload.Comm != "python3" {
+			t.Errorf("record without the workload: %+v", r)
+		}
+		if r.DNSName == "x.denied.test" && (r.Decision != audit.DecisionDeny || r.Rule != "no-denied" || r.Rcode != "NXDOMAIN") {
+			t.Errorf("denied record %+v", r)
+		}
+	}
+	id := all[0].Workload
+	if names := srv.NamesFor(id, apiTest4); !slices.Equal(names, []string{"api.test"}) {
+		t.Errorf("NamesFor(%s) = %v, want [api.test]", apiTest4, names)
+	}
+	if names := srv.NamesFor(id, apiTest6); !slices.Equal(names, []string{"api.test"}) {
+		t.Errorf("NamesFor(%s) = %v, want [api.test]", apiTest6, names)
+	}
+	if ev, ok := e.waitEvent(func(ev agent.Event) bool { return ev.Reason == agent.ReasonQUIC }); !ok || ev.Verdict != agent.Denied {
+		t.Errorf("no quic_refused event: %+v", ev)
+	}
+}
+
+type dnsRecords struct {
+	mu  sync.Mutex
+	got []audit.Record
+}
+
+func (d *dnsRecords) Record(r *audit.Record) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.got = append(d.got, *r)
+}
+
+func (d *dnsRecords) all() []audit.Record {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.got)
+}
