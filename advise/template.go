@@ -20,7 +20,7 @@ var (
 	uuidRe  = regexp.MustCompile(`^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$`)
 	hexRe   = regexp.MustCompile(`^[0-9a-fA-F]{16,}$`)
 	numRe   = regexp.MustCompile(`^[0-9][0-9.,_:-]*$`)
-	tokenRe = regexp.MustCompile(`^[A-Za-z0-9_\-.~=+%]{16,}$`)
+	tokenRe = regexp.MustCompile(`^[A-Za-z0-9_\-.~=+]{16,}$`)
 	digitRe = regexp.MustCompile(`[0-9].*[A-Za-z]|[A-Za-z].*[0-9]`)
 )
 
@@ -67,7 +67,7 @@ func segment(s string) string {
 	for i := 0; i < len(s); i++ {
 		// Glob syntax, and bytes a YAML reader or a person may misread,
 		// cannot be written literally: the segment becomes "*".
-		if c := s[i]; c < 0x21 || c > 0x7e || strings.IndexByte(`*?[]\#"'`, c) >= 0 {
+		if c := s[i]; c < 0x21 || c > 0x7e || strings.IndexByte(`*?[]\#"'%;`, c) >= 0 {
 			return "*"
 		}
 	}
