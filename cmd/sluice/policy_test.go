@@ -93,3 +93,51 @@ rules:
 		t.Fatalf("exit %d, stdout:\n%s\nstderr:\n%s\nwant exit 0, stdout %s: ok, stderr:\n%s", code, out.String(), errb.String(), f, wantErr)
 	}
 }
+
+// TestPolicySuggestTestDiff runs the three commands on the advise
+// package's recorded log: a suggestion replays without new denials and
+// is the same bytes twice; a narrower policy fails the test with exit 1;
+// diff exits 1 and names what changed.
+func TestPolicySuggestTestDiff(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join("..", "..", "advise", "testdata", "audit.jsonl")
+	run := func(args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		code := dispatch(context.Background(), append([]string{"policy"}, args...), &out, &errb)
+		return code, out.String(), errb.String()
+	}
+	code, sug, stderr := run("suggest", "--paths", log)
+	if code != 0 {
+		t.Fatalf("suggest: exit %d: %s", code, stderr)
+	}
+	if _, again, _ := run("suggest", "--paths", log); again != sug {
+		t.Fatal("suggest: two runs differ")
+	}
+	sugFile := filepath.Join(dir, "suggested.yaml")
+	os.WriteFile(sugFile, []byte(sug), 0o644)
+	narrow := filepath.Join(dir, "narrow.yaml")
+	os.WriteFile(narrow, []byte("version: 1\ndefaults: {action: deny}\nrules: [{name: gh, action: allow, destinations: {hosts: [api.github.com]}}]\n"), 0o644)
+
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"suggested policy checks", []string{"check", sugFile}, 0, ": ok"},
+		{"suggested policy replays clean", []string{"test", sugFile, log}, 0, "newly denied: 0"},
+		{"narrow policy denies", []string{"test", narrow, log}, 1, "payments/checkout-5d9f -> api.stripe.com:443: 4 deny by rule default"},
+		{"diff names the added host", []string{"diff", narrow, sugFile}, 1, "-> api.stripe.com:443\n    GET /v1/charges: allow by rule w1.api.stripe.com, was deny by rule default"},
+		{"diff of a policy with itself", []string{"diff", narrow, narrow}, 0, "no difference"},
+		{"bad --by", []string{"suggest", "--by", "pod", log}, 2, ""},
+		{"test without logs", []string{"test", narrow}, 2, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errb := run(tt.args...)
+			if code != tt.code || !strings.Contains(out, tt.want) {
+				t.Fatalf("exit %d (want %d), stdout lacks %q:\n%s\nstderr:\n%s", code, tt.code, tt.want, out, errb)
+			}
+		})
+	}
+}
