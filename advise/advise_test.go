@@ -36,6 +36,7 @@ func TestSuggest(t *testing.T) {
 		{"by workload with paths", SuggestOptions{Paths: true}},
 		{"by container", SuggestOptions{By: ByContainer, Paths: true}},
 		{"by namespace", SuggestOptions{By: ByNamespace, Paths: true}},
+		{"by exe", SuggestOptions{By: ByExe, Paths: true}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			recs := readFixture(t)

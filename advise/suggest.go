@@ -20,12 +20,15 @@ const (
 	ByWorkload  = "workload"  // cgroup path, else container id, exe, comm
 	ByContainer = "container" // container id, else as ByWorkload
 	ByNamespace = "namespace" // Kubernetes namespace, else as ByWorkload
+	// ByExe groups by executable path, else as ByWorkload: for `sluice
+	// run`, whose transient cgroup is new at every run.
+	ByExe = "exe"
 )
 
 // SuggestOptions tune Suggest.
 type SuggestOptions struct {
-	// By groups records into workloads: ByWorkload (default), ByContainer
-	// or ByNamespace.
+	// By groups records into workloads: ByWorkload (default), ByContainer,
+	// ByNamespace or ByExe.
 	By string
 	// Paths adds path templates (destinations.paths) to each rule.
 	Paths bool
@@ -96,6 +99,8 @@ func selectorOf(o *Obs, by string) selector {
 		return selector{"container", w.ContainerID}
 	case by == ByNamespace && k8sNameRe.MatchString(w.Namespace):
 		return selector{"namespace", w.Namespace}
+	case by == ByExe && strings.HasPrefix(w.Exe, "/"):
+		return selector{"exe", w.Exe}
 	case strings.HasPrefix(w.Cgroup, "/"):
 		return selector{"cgroup", w.Cgroup}
 	case hexIDRe.MatchString(w.ContainerID):

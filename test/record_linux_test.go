@@ -71,14 +71,17 @@ print("done")`, e.api.IP4.String())
 	if code != 0 || strings.TrimSpace(out) != "done" {
 		t.Fatalf("exit %d %q\n%s", code, out, errOut)
 	}
+	// The decision of the silent client is "closed" (or "error" when the
+	// close reached the proxy as a reset): either way it is recorded.
 	want := map[string]string{
-		"client sent nothing":     "closed",
+		"client sent nothing":     "closed|error",
 		"malformed client hello":  "error",
 		"request head incomplete": "error",
 	}
 	for _, r := range e.records(t) {
 		reason, _ := r["reason"].(string)
-		if d, ok := want[reason]; ok && r["kind"] == "l4" && r["decision"] == d && r["comm"] == "python3" && r["pid"] != nil {
+		d, _ := r["decision"].(string)
+		if ds, ok := want[reason]; ok && r["kind"] == "l4" && strings.Contains("|"+ds+"|", "|"+d+"|") && r["comm"] == "python3" && r["pid"] != nil {
 			delete(want, reason)
 		}
 	}

@@ -125,7 +125,7 @@ func readAudit(files []string) (*advise.Log, error) {
 func policySuggest(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sluice policy suggest", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	by := fs.String("by", advise.ByWorkload, "group records into workloads by workload (cgroup), container or namespace")
+	by := fs.String("by", advise.ByWorkload, "group records into workloads by workload (cgroup), container, namespace or exe (the executable: for sluice run, whose cgroup is new at every run)")
 	paths := fs.Bool("paths", false, "add path templates (ids collapsed to *, deep trees to **)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -134,7 +134,7 @@ func policySuggest(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch *by {
-	case advise.ByWorkload, advise.ByContainer, advise.ByNamespace:
+	case advise.ByWorkload, advise.ByContainer, advise.ByNamespace, advise.ByExe:
 	default:
 		fmt.Fprintf(stderr, "sluice policy suggest: --by %q: use workload, container or namespace\n", *by)
 		return 2
