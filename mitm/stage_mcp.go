@@ -52,7 +52,7 @@ func (m *mcpRequest) calls() []*policy.MCPCall {
 	}
 	out := make([]*policy.MCPCall, len(m.msgs))
 	for i, g := range m.msgs {
-		out[i] = &policy.MCPCall{Method: g.Method, Tool: g.Tool, Resource: g.Resource, Prompt: g.Prompt}
+		out[i] = &policy.MCPCall{Method: g.Method, Tool: g.Tool, Resource: g.Resource, Prompt: g.Prompt, Arguments: g.Arguments}
 	}
 	return out
 }
