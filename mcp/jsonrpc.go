@@ -54,6 +54,9 @@ type Message struct {
 	// prompts/get, Resource params.uri of resources/read, subscribe or
 	// unsubscribe.
 	Tool, Prompt, Resource string
+	// Arguments is a tools/call's params.arguments, as written (nil
+	// when absent).
+	Arguments json.RawMessage
 	// Response is true for a result or error message; ErrorCode is its
 	// error.code (0 when it has none).
 	Response  bool
@@ -166,6 +169,9 @@ func (m *Message) params(raw json.RawMessage) error {
 	}
 	if json.Unmarshal(p[key], dst) != nil || *dst == "" {
 		return ErrNotJSONRPC // a call that names nothing is not judged as one that names something
+	}
+	if m.Method == "tools/call" {
+		m.Arguments = p["arguments"]
 	}
 	return nil
 }

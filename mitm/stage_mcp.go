@@ -52,7 +52,7 @@ func (m *mcpRequest) calls() []*policy.MCPCall {
 	}
 	out := make([]*policy.MCPCall, len(m.msgs))
 	for i, g := range m.msgs {
-		out[i] = &policy.MCPCall{Method: g.Method, Tool: g.Tool, Resource: g.Resource, Prompt: g.Prompt}
+		out[i] = &policy.MCPCall{Method: g.Method, Tool: g.Tool, Resource: g.Resource, Prompt: g.Prompt, Arguments: g.Arguments}
 	}
 	return out
 }
@@ -270,7 +270,7 @@ func (x *Exchange) noteTools(tools []mcp.Tool) {
 			continue
 		}
 		rec := x.f.record(audit.KindMCPToolChanged, time.Now())
-		rec.Method, rec.Path, rec.Proto = x.Req.Method, x.Record.Path, x.Req.Proto
+		rec.Host, rec.Method, rec.Path, rec.Proto = x.Record.Host, x.Req.Method, x.Record.Path, x.Req.Proto
 		rec.Reason, rec.MCPMethod, rec.MCPTool, rec.MCPSession = audit.ReasonMCPToolChanged, "tools/list", t.Name, x.Record.MCPSession
 		rec.Error = "the tool's description or input schema differs from the first tools/list that listed it"
 		rec.Duration = 0

@@ -167,4 +167,7 @@ func TestMCPStageRugPull(t *testing.T) {
 	if len(sink.recs) != 1 || sink.recs[0].Kind != audit.KindMCPToolChanged || sink.recs[0].MCPTool != "echo" || sink.recs[0].Reason != audit.ReasonMCPToolChanged {
 		t.Fatalf("records %+v, want one mcp_tool_changed for echo", sink.recs)
 	}
+	if sink.recs[0].Host != "mcp.test" {
+		t.Errorf("mcp_tool_changed host = %q, want the server's name mcp.test", sink.recs[0].Host)
+	}
 }

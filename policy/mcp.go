@@ -2,8 +2,12 @@ package policy
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
+
+	"github.com/sluicehq/sluice/mcp"
 )
 
 // MCP policy: rules with an mcp block (MCPMatch) match MCP requests by
@@ -18,6 +22,8 @@ type MCPCall struct {
 	// Tool, Resource and Prompt are what a tools/call, resources/* or
 	// prompts/get names; empty otherwise.
 	Tool, Resource, Prompt string
+	// Arguments is a tools/call's params.arguments as written (JSON).
+	Arguments json.RawMessage
 	// Unparsed is set for a request that looks like MCP (its headers say
 	// so) whose body could not be read as JSON-RPC within the proxy's
 	// limit: an allow rule with an mcp block can't be shown to apply and
@@ -41,13 +47,46 @@ var _ ToolHider = (*Engine)(nil)
 // mcpSel is a compiled MCPMatch.
 type mcpSel struct {
 	methods, tools, resources, prompts []string
+	args                               []argSel
 }
 
+// argSel is a compiled MCPArgMatch.
+type argSel struct {
+	path mcp.Path
+	re   *regexp.Regexp // nil: the value need only be set
+}
+
+// compileMCP compiles a validated MCPMatch (checkMCP rejected bad paths
+// and regexes).
 func compileMCP(m *MCPMatch) *mcpSel {
 	if m == nil {
 		return nil
 	}
-	return &mcpSel{methods: m.Methods, tools: m.Tools, resources: m.Resources, prompts: m.Prompts}
+	s := &mcpSel{methods: m.Methods, tools: m.Tools, resources: m.Resources, prompts: m.Prompts}
+	for _, a := range m.Arguments {
+		p, err := mcp.ParsePath(a.Path)
+		if err != nil {
+			continue
+		}
+		as := argSel{path: p}
+		if a.Regex != "" {
+			if as.re, err = regexp.Compile(a.Regex); err != nil {
+				continue
+			}
+		}
+		s.args = append(s.args, as)
+	}
+	return s
+}
+
+// matchArgs reports whether one of the argument selectors matches args.
+func (s *mcpSel) matchArgs(args json.RawMessage) bool {
+	for _, a := range s.args {
+		if v, ok := a.path.Lookup(args); ok && (a.re == nil || a.re.MatchString(v)) {
+			return true
+		}
+	}
+	return false
 }
 
 // match reports whether the selector matches the call c (nil: the
@@ -62,6 +101,9 @@ func (s *mcpSel) match(c *MCPCall, deny bool) bool {
 		return deny
 	}
 	if len(s.methods) > 0 && !globAny(s.methods, c.Method) {
+		return false
+	}
+	if len(s.args) > 0 && (c.Method != "tools/call" || !s.matchArgs(c.Arguments)) {
 		return false
 	}
 	if len(s.tools)+len(s.resources)+len(s.prompts) == 0 {
@@ -148,6 +190,15 @@ func (d *decoder) checkMCP(path string, m *MCPMatch) {
 			case l.key == "methods" && strings.ContainsAny(v, " \t"):
 				d.add(at, v, "a JSON-RPC method has no spaces, e.g. %s", l.eg)
 			}
+		}
+	}
+	for i, a := range m.Arguments {
+		at := fmt.Sprintf("%s.arguments[%d]", path, i)
+		if _, err := mcp.ParsePath(a.Path); err != nil {
+			d.add(at+".path", a.Path, "%v", err)
+		}
+		if _, err := regexp.Compile(a.Regex); err != nil {
+			d.add(at+".regex", a.Regex, "not an RE2 regular expression: %v", err)
 		}
 	}
 }

@@ -148,3 +148,80 @@ func TestMCPGlob(t *testing.T) {
 		}
 	}
 }
+
+const mcpArgsPolicy = `
+version: 1
+defaults: {action: allow}
+rules:
+  - name: no-bcc
+    mcp:
+      tools: [send_email]
+      arguments:
+        - path: $.bcc                       # set at all
+        - path: $.to[0]
+          regex: '@evil\.test$'
+    action: deny
+  - name: no-force
+    mcp: {arguments: [{path: "$['options'].force", regex: '^true$'}]}
+    action: deny
+`
+
+// Argument rules: a tools/call is matched by the value at a path, set or
+// matching a regex; entries are ORed; other methods never match.
+func TestMCPArgumentRules(t *testing.T) {
+	call := func(tool, args string) *MCPCall {
+		return &MCPCall{Method: "tools/call", Tool: tool, Arguments: []byte(args)}
+	}
+	for _, tc := range []struct {
+		name string
+		call *MCPCall
+		rule string
+	}{
+		{"bcc set", call("send_email", `{"to":["a@x.test"],"bcc":"spy@y.test"}`), "no-bcc"},
+		{"bcc empty string is still set", call("send_email", `{"bcc":""}`), "no-bcc"},
+		{"bcc null is not set", call("send_email", `{"to":["a@x.test"],"bcc":null}`), RuleDefault},
+		{"no bcc, a fine recipient", call("send_email", `{"to":["a@x.test"]}`), RuleDefault},
+		{"the first recipient matches the regex", call("send_email", `{"to":["boss@evil.test"]}`), "no-bcc"},
+		{"the second recipient is not the path", call("send_email", `{"to":["a@x.test","boss@evil.test"]}`), RuleDefault},
+		{"another tool with bcc", call("send_sms", `{"bcc":"x"}`), RuleDefault},
+		{"no arguments", call("send_email", ``), RuleDefault},
+		{"arguments not an object", call("send_email", `[1]`), RuleDefault},
+		{"a boolean as JSON", call("git_push", `{"options":{"force":true}}`), "no-force"},
+		{"a string true matches too", call("git_push", `{"options":{"force":"true"}}`), "no-force"},
+		{"force false", call("git_push", `{"options":{"force":false}}`), RuleDefault},
+		{"the last duplicate key wins, as in JSON.parse", call("git_push", `{"options":{"force":false,"force":true}}`), "no-force"},
+		{"not tools/call", &MCPCall{Method: "prompts/get", Prompt: "p"}, RuleDefault},
+		{"unparsed: a deny rule applies", &MCPCall{Unparsed: true}, "no-bcc"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := mustParse(t, mcpArgsPolicy)
+			d := e.Request(context.Background(), mcpReq("mcp.test", tc.call))
+			if d.Rule != tc.rule || (tc.rule != RuleDefault) != (d.Verdict == Deny) {
+				t.Fatalf("decision %+v, want rule %q", d, tc.rule)
+			}
+		})
+	}
+	// A tool some of whose calls are denied stays in tools/list.
+	e := mustParse(t, mcpArgsPolicy)
+	if e.HideTool(context.Background(), mcpReq("mcp.test", &MCPCall{Method: "tools/list"}), "send_email") {
+		t.Error("send_email is hidden though only some of its calls are denied")
+	}
+}
+
+func TestMCPArgumentRulesInvalid(t *testing.T) {
+	_, err := Parse([]byte(`
+version: 1
+rules:
+  - name: bad
+    mcp: {arguments: [{path: bcc}, {path: "$.to", regex: "(["}]}
+    action: deny
+`), "p.yaml")
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"rules[0].mcp.arguments[0].path", "a path starts with $", "rules[0].mcp.arguments[1].regex", "not an RE2 regular expression"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}

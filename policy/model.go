@@ -137,8 +137,15 @@ type MCPSettings struct {
 // (tools/call), resource (resources/read, subscribe, unsubscribe) or
 // prompt (prompts/get) that its list matches.
 type MCPMatch struct {
-	Methods   []string `yaml:"methods" desc:"JSON-RPC methods, globs allowed, e.g. tools/call, resources/*."`
-	Tools     []string `yaml:"tools" desc:"Tool names of tools/call, globs allowed, e.g. github_*."`
-	Resources []string `yaml:"resources" desc:"Resource URIs of resources/read, subscribe and unsubscribe, globs allowed, e.g. file:///srv/*."`
-	Prompts   []string `yaml:"prompts" desc:"Prompt names of prompts/get, globs allowed."`
+	Methods   []string      `yaml:"methods" desc:"JSON-RPC methods, globs allowed, e.g. tools/call, resources/*."`
+	Tools     []string      `yaml:"tools" desc:"Tool names of tools/call, globs allowed, e.g. github_*."`
+	Resources []string      `yaml:"resources" desc:"Resource URIs of resources/read, subscribe and unsubscribe, globs allowed, e.g. file:///srv/*."`
+	Prompts   []string      `yaml:"prompts" desc:"Prompt names of prompts/get, globs allowed."`
+	Arguments []MCPArgMatch `yaml:"arguments" desc:"tools/call arguments (params.arguments): the rule matches a tools/call when any entry matches; requests other than tools/call never match."`
+}
+
+// MCPArgMatch matches one value of a tools/call's arguments.
+type MCPArgMatch struct {
+	Path  string `yaml:"path" desc:"The value: $ then .key, ['key'] or [N] steps, e.g. $.bcc or $.to[0].address (no wildcards or filters)."`
+	Regex string `yaml:"regex" desc:"RE2 regular expression the value must match, unanchored (a string as its text, other values as JSON); without it the value need only be present and not null."`
 }
