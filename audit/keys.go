@@ -53,6 +53,8 @@ const (
 	KeyMCPTool        = "mcp_tool"
 	KeyMCPSession     = "mcp_session"
 	KeyHeader         = "header" // a group: one key per header name
+	KeyDetectors      = "detectors"   // content detectors and patterns that matched, a list of names
+	KeyCredentials    = "credentials" // credentials Sluice put in, a list of names
 )
 
 // Messages of the lines that carry a record.

@@ -107,6 +107,12 @@ type Record struct {
 	MCPTool    string
 	MCPSession string
 
+	// What the request carried: the detectors and patterns its content
+	// matched (names only, never the secret), and the credentials Sluice
+	// put in for the workload (names only).
+	Detectors   []string
+	Credentials []string
+
 	// Header holds request headers, already redacted (see Redact).
 	Header map[string]string
 	// UpstreamAddr is the ip:port the response came from.

@@ -57,6 +57,8 @@ const (
 	fMCPMethod
 	fMCPTool
 	fMCPSession
+	fDetectors
+	fCredentials
 	fHeader
 )
 
@@ -67,7 +69,7 @@ var auditFields = [...]field{
 	fMethod, fPath, fStatus, fSource, fBytesIn, fBytesOut, fDurationMS,
 	fUpstreamMS, fUpstreamAddr, fDecision, fRule, fReason, fError, fEnd,
 	fPolicyDecision, fPolicyRule, fPolicyReason, fGRPCStatus, fGRPCMessage,
-	fMCPMethod, fMCPTool, fMCPSession, fHeader,
+	fMCPMethod, fMCPTool, fMCPSession, fDetectors, fCredentials, fHeader,
 }
 
 // decisionFields are the fields of a decision line, in order: who, the
@@ -77,7 +79,7 @@ var auditFields = [...]field{
 var decisionFields = [...]field{
 	fKind, fWorkload, fDecision, fClient, fHost, fIP, fPort, fSNI, fTLS,
 	fMethod, fPath, fStatus, fGRPCStatus, fRule, fReason, fError, fEnd,
-	fBytesIn, fBytesOut, fDurationMS,
+	fDetectors, fBytesIn, fBytesOut, fDurationMS,
 }
 
 // MaxDecisionAttrs is the most attributes AppendDecisionAttrs appends: a
@@ -178,6 +180,10 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return str(KeyMCPTool, r.MCPTool)
 	case fMCPSession:
 		return str(KeyMCPSession, r.MCPSession)
+	case fDetectors:
+		return strs(KeyDetectors, r.Detectors)
+	case fCredentials:
+		return strs(KeyCredentials, r.Credentials)
 	case fHeader:
 		if len(r.Header) == 0 {
 			return slog.Attr{}, false
@@ -197,6 +203,14 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 }
 
 func str(k, v string) (slog.Attr, bool) { return slog.String(k, v), v != "" }
+
+// strs renders a list of names (a JSON array in the audit log).
+func strs(k string, v []string) (slog.Attr, bool) {
+	if len(v) == 0 {
+		return slog.Attr{}, false
+	}
+	return slog.Any(k, v), true
+}
 
 // AppendAttrs appends the attributes of r's audit log line to dst, leaving
 // out empty fields (bytes_in, bytes_out, duration_ms and workload are

@@ -2,6 +2,8 @@ package policy
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -27,6 +29,8 @@ type Options struct {
 	Log *slog.Logger
 	// Now is the clock of local rate limiting. Nil: time.Now.
 	Now func() time.Time
+	// Getenv reads credentials from the environment. Nil: os.Getenv.
+	Getenv func(string) string
 }
 
 // Engine is a compiled, immutable policy. Safe for concurrent use.
@@ -49,6 +53,7 @@ type Engine struct {
 	def          *rule
 	hosts        []string // exact names the rules list (Hosts)
 	lim          *Limiters
+	creds        *Credentials
 	now          func() time.Time
 	log          *slog.Logger
 }
@@ -63,6 +68,12 @@ type rule struct {
 	maxReq  int64
 	maxResp int64
 	capture bool
+
+	// What a request carries (content.go, credential.go).
+	content *Inspector
+	headers *HeaderRules
+	logReq  int64
+	logResp int64
 }
 
 // Spec is the input of Compile for the first engine: host lists only.
@@ -119,6 +130,11 @@ func New(p *Policy, o Options) (*Engine, error) {
 		e.log = slog.Default()
 	}
 	e.log = e.log.With(audit.KeyComponent, audit.ComponentPolicy)
+	getenv := o.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	e.creds = compileCredentials(p.Credentials, getenv)
 	global := p.Mode == "audit"
 	defAudit := global
 	if p.Defaults.Mode != "" {
@@ -165,6 +181,9 @@ func New(p *Policy, o Options) (*Engine, error) {
 			r.dst.cidrs = append(r.dst.cidrs, cp.Masked())
 		}
 		if !r.deny {
+			if err := r.compileCarry(pr, fmt.Sprintf("rules[%d]", len(e.rules))); err != nil {
+				return nil, err
+			}
 			l, err := limits(pr.Limits)
 			if err != nil {
 				return nil, err
@@ -348,9 +367,11 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 	}
 	d := ru.access(ru == e.def)
 	d.Capture = ru.capture
+	d.Credentials = e.creds
 	if d.Denied() {
 		return d
 	}
+	d.Content, d.Headers, d.LogRequestBody, d.LogResponseBody = ru.content, ru.headers, ru.logReq, ru.logResp
 	d.MaxRequestBody, d.MaxResponseBody = ru.maxReq, ru.maxResp
 	if ru.rl != nil && !d.WouldDeny {
 		ru.rl.apply(ctx, e.lim, e.log, id, host, e.now(), ru.audit, &d)
@@ -381,3 +402,30 @@ func (r *rule) access(isDefault bool) Decision {
 	}
 	return d
 }
+
+// compileCarry compiles what an allow rule does with what a request
+// carries: content inspection, header changes, body logging.
+func (r *rule) compileCarry(pr Rule, at string) error {
+	var err error
+	if r.content, err = compileContent(pr.Content, at); err != nil {
+		return err
+	}
+	r.headers = compileHeaders(pr.Headers)
+	if lb := pr.LogBodies; lb != nil {
+		for _, f := range []struct {
+			key, v string
+			n      *int64
+		}{{"request", lb.Request, &r.logReq}, {"response", lb.Response, &r.logResp}} {
+			if f.v == "" {
+				continue
+			}
+			if *f.n, err = ParseSize(f.v); err != nil {
+				return &Problem{Path: at + ".logBodies." + f.key, Value: f.v, Msg: err.Error()}
+			}
+		}
+	}
+	return nil
+}
+
+// Credentials returns the policy's credentials (nil when it has none).
+func (e *Engine) Credentials() *Credentials { return e.creds }

@@ -18,6 +18,9 @@ type Policy struct {
 	SSRF     SSRF     `yaml:"ssrf" desc:"The address guard applied to every address the proxy dials."`
 	Defaults Defaults `yaml:"defaults" desc:"The default rule: applies to requests no rule matched, and fills in what a matching rule leaves unset (mode, limits, rateLimit)."`
 	Rules    []Rule   `yaml:"rules" desc:"Rules in order; the first rule that selects the workload and matches the destination decides."`
+
+	// What a request carries (model_content.go).
+	Credentials []Credential `yaml:"credentials" desc:"Secrets Sluice injects or substitutes for masked placeholders (sluice:cred:NAME), each bound to the hosts it may go to. Values come from files or the agent's environment, never from this file."`
 }
 
 // TLS configures what is decrypted.
@@ -50,6 +53,12 @@ type Rule struct {
 	RateLimit    *RateLimit   `yaml:"rateLimit" desc:"Rate limit applied to requests this allow rule matches."`
 	Limits       Limits       `yaml:"limits" desc:"Body size limits for requests this allow rule matches."`
 	Capture      bool         `yaml:"capture" desc:"Write the decrypted requests and responses this rule matches to the pcapng capture (audit.capture in the agent config); default: defaults.capture."`
+
+	// What a request carries (model_content.go): content inspection,
+	// header changes (credential injection), body logging.
+	Content   *Content   `yaml:"content" desc:"Inspect request headers, URL and body for secrets (built-in detectors) and patterns; block, redact or audit what matches. Allow rules only."`
+	Headers   *Headers   `yaml:"headers" desc:"Request and response header changes; request values may name a credential as ${cred:NAME}. Allow rules only."`
+	LogBodies *LogBodies `yaml:"logBodies" desc:"Put the first bytes of request and response bodies in the audit record, secrets redacted by the built-in detectors. Allow rules only."`
 }
 
 // Workloads selects workloads. Empty lists select everything.

@@ -83,6 +83,20 @@ type Decision struct {
 	// (ConnDecision) to the pcapng capture when one is configured. On a
 	// request Decision it says whether that request's rule captures.
 	Capture bool
+
+	// What a request carries (content.go, credential.go); the zero
+	// values do nothing.
+	//
+	// Content is the rule's content inspection; nil inspects nothing.
+	Content *Inspector
+	// Headers are the rule's header changes; nil changes none.
+	Headers *HeaderRules
+	// Credentials are the policy's credentials (every rule's): a
+	// placeholder is swapped only for their hosts and refused elsewhere.
+	Credentials *Credentials
+	// LogRequestBody and LogResponseBody are how many bytes of each body
+	// go into the audit record, redacted; 0: none.
+	LogRequestBody, LogResponseBody int64
 }
 
 // Denied reports whether the client must get the deny answer.

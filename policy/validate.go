@@ -40,6 +40,7 @@ func (d *decoder) validate(p *Policy) {
 		d.checkRateLimit("defaults.rateLimit", p.Defaults.RateLimit)
 	}
 	d.checkLimits("defaults.limits", p.Defaults.Limits)
+	d.checkCredentials(p.Credentials)
 
 	names := map[string]int{}
 	catchAll := -1
@@ -86,6 +87,7 @@ func (d *decoder) validate(p *Policy) {
 		} else {
 			d.checkLimits(at+".limits", r.Limits)
 		}
+		d.checkCarry(at, r, p.Credentials)
 	}
 }
 
