@@ -52,7 +52,7 @@ const (
 	KeyMCPMethod      = "mcp_method"
 	KeyMCPTool        = "mcp_tool"
 	KeyMCPSession     = "mcp_session"
-	KeyHeader         = "header" // a group: one key per header name
+	KeyHeader         = "header"      // a group: one key per header name
 	KeyDetectors      = "detectors"   // content detectors and patterns that matched, a list of names
 	KeyCredentials    = "credentials" // credentials Sluice put in, a list of names
 )

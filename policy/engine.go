@@ -3,9 +3,9 @@ package policy
 import (
 	"context"
 	"fmt"
-	"os"
 	"log/slog"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"time"
