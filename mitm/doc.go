@@ -39,6 +39,12 @@
 //	policy     access rules in their mode, SSRF guard, rate limits (429)
 //	size       413/417 for request bodies over the limit, 502 or a cut
 //	           stream for responses over it
+//	content    content rules on headers, URL and body (secret detectors,
+//	           patterns): 400 for block, a same-length marker for redact,
+//	           detector names in the record; gzip/deflate decompressed
+//	credentials masked placeholders swapped for their hosts (403 and an
+//	           exfiltration record elsewhere), ${cred:NAME} injection and
+//	           the rule's request and response header changes
 //	upstream   the upstream connection: 502 with the reason when it failed
 //
 // Each stage is a Stage in its own file (a ResponseStage also sees the

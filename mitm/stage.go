@@ -92,6 +92,8 @@ func (p *Proxy) chain() []Stage {
 		connStage{},     // stage_conn.go: the connection's decision (SSRF guard, hosts denied before HTTP)
 		policyStage{},   // stage_policy.go: access rules, SSRF guard per request, rate limits
 		sizeStage{},     // stage_size.go: request and response body limits
+		contentStage{},  // stage_content.go: content rules (secrets, patterns): block, redact, audit
+		credStage{},     // stage_creds.go: credentials (masked placeholders, injection), header changes
 		upstreamStage{}, // stage_upstream.go: the upstream connection (502 when it failed)
 	}
 }
