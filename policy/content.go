@@ -144,12 +144,18 @@ func partIndex(part string) int {
 // body), as part. Matches of redact rules are overwritten with the marker
 // in b itself; the findings are returned in the order found, a block
 // finding first when there is one. When final is false, b is the current
-// window of a stream that goes on: a redact match touching b's end may
-// grow with the next bytes, so it is left for the next scan (see
+// window of a stream that goes on, and only matches that start in the
+// part of b that is released now (all but the last maxMatch bytes) count:
+// a match starting later may still grow with the next bytes, and is found
+// by the next scan, which sees it with the bytes that follow (see
 // BodyScan).
 func (in *Inspector) Scan(b []byte, part string, final bool) []Finding {
 	if in == nil || len(b) == 0 {
 		return nil
+	}
+	settled := len(b)
+	if !final {
+		settled -= maxMatch
 	}
 	pi := partIndex(part)
 	var out []Finding
@@ -159,10 +165,10 @@ func (in *Inspector) Scan(b []byte, part string, final bool) []Finding {
 		}
 		for _, d := range r.matchers {
 			for _, sp := range d.spans(b) {
+				if sp[0] >= settled {
+					continue
+				}
 				if r.action == ActionRedact {
-					if !final && sp[1] == len(b) && sp[1]-sp[0] < maxMatch {
-						continue // may grow with the next bytes; still held back
-					}
 					redact(b[sp[0]:sp[1]])
 				}
 				out = append(out, Finding{Detector: d.name, In: part, Action: r.action})
@@ -194,15 +200,61 @@ func (in *Inspector) RedactString(s, part string) (string, []Finding) {
 	return string(b), f
 }
 
-// spans are the spans of d's secrets in b, validated.
+// spans are the spans of d's secrets in b, validated. A detector with
+// keywords runs its expression only around their occurrences (reach
+// bytes either side), which keeps scanning fast on ordinary traffic.
 func (d *detector) spans(b []byte) [][2]int {
-	if len(d.keywords) > 0 && !slices.ContainsFunc(d.keywords, func(k []byte) bool { return bytes.Contains(b, k) }) {
+	if len(d.keywords) == 0 {
+		return d.match(b, 0, nil)
+	}
+	var regions [][2]int
+	for _, k := range d.keywords {
+		for off := 0; ; {
+			i := bytes.Index(b[off:], k)
+			if i < 0 {
+				break
+			}
+			h := off + i
+			back, fwd := d.reach()
+			regions = append(regions, [2]int{max(0, h-back), min(len(b), h+len(k)+fwd)})
+			off = h + len(k)
+		}
+	}
+	if len(regions) == 0 {
 		return nil
 	}
 	if d.find != nil {
 		return d.find(b)
 	}
+	slices.SortFunc(regions, func(x, y [2]int) int { return x[0] - y[0] })
 	var out [][2]int
+	cur := regions[0]
+	for _, r := range regions[1:] {
+		if r[0] <= cur[1] {
+			cur[1] = max(cur[1], r[1])
+			continue
+		}
+		out = d.match(b[cur[0]:cur[1]], cur[0], out)
+		cur = r
+	}
+	return d.match(b[cur[0]:cur[1]], cur[0], out)
+}
+
+// reach is how far before and after a keyword d's secret may extend.
+func (d *detector) reach() (back, fwd int) {
+	back, fwd = 32, 320
+	if d.back > 0 {
+		back = d.back
+	}
+	if d.fwd > 0 {
+		fwd = d.fwd
+	}
+	return back, fwd
+}
+
+// match appends the validated secrets of d's expression in b, offset
+// by off, to out.
+func (d *detector) match(b []byte, off int, out [][2]int) [][2]int {
 	for _, m := range d.re.FindAllSubmatchIndex(b, -1) {
 		s, e := m[2*d.group], m[2*d.group+1]
 		if s < 0 || s == e {
@@ -211,14 +263,16 @@ func (d *detector) spans(b []byte) [][2]int {
 		if d.valid != nil && !d.valid(b[s:e]) {
 			continue
 		}
-		out = append(out, [2]int{s, e})
+		out = append(out, [2]int{off + s, off + e})
 	}
 	return out
 }
 
 // BodyScan scans a body as it streams, in pieces of any size, holding at
 // most maxMatch bytes back: a secret that straddles two pieces is found
-// and redacted before any of it is released. It is not safe for
+// and redacted before any of it is released, and a match is judged with
+// maxMatch bytes of what follows it (or the body's end), so where the
+// pieces are cut does not change what is found. It is not safe for
 // concurrent use (one body is read by one goroutine).
 type BodyScan struct {
 	in   *Inspector
