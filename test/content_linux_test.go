@@ -74,7 +74,7 @@ type contentEnv struct {
 	*runEnv
 	hosts string // a hosts file naming api.test and other.test
 	mu    sync.Mutex
-	seen map[string]seenRequest
+	seen  map[string]seenRequest
 }
 
 func newContentEnv(t *testing.T) *contentEnv {
