@@ -52,9 +52,11 @@ const (
 	KeyMCPMethod      = "mcp_method"
 	KeyMCPTool        = "mcp_tool"
 	KeyMCPSession     = "mcp_session"
-	KeyHeader         = "header"      // a group: one key per header name
-	KeyDetectors      = "detectors"   // content detectors and patterns that matched, a list of names
-	KeyCredentials    = "credentials" // credentials Sluice put in, a list of names
+	KeyHeader         = "header"        // a group: one key per header name
+	KeyDetectors      = "detectors"     // content detectors and patterns that matched, a list of names
+	KeyCredentials    = "credentials"   // credentials Sluice put in, a list of names
+	KeyRequestBody    = "request_body"  // the first bytes of the request body, redacted (logBodies)
+	KeyResponseBody   = "response_body" // the first bytes of the response body, redacted (logBodies)
 )
 
 // Messages of the lines that carry a record.

@@ -112,6 +112,10 @@ type Record struct {
 	// put in for the workload (names only).
 	Detectors   []string
 	Credentials []string
+	// RequestBody and ResponseBody are the first bytes of the bodies
+	// (the rule's logBodies), secrets redacted.
+	RequestBody  string
+	ResponseBody string
 
 	// Header holds request headers, already redacted (see Redact).
 	Header map[string]string

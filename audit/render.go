@@ -59,6 +59,8 @@ const (
 	fMCPSession
 	fDetectors
 	fCredentials
+	fRequestBody
+	fResponseBody
 	fHeader
 )
 
@@ -69,7 +71,7 @@ var auditFields = [...]field{
 	fMethod, fPath, fStatus, fSource, fBytesIn, fBytesOut, fDurationMS,
 	fUpstreamMS, fUpstreamAddr, fDecision, fRule, fReason, fError, fEnd,
 	fPolicyDecision, fPolicyRule, fPolicyReason, fGRPCStatus, fGRPCMessage,
-	fMCPMethod, fMCPTool, fMCPSession, fDetectors, fCredentials, fHeader,
+	fMCPMethod, fMCPTool, fMCPSession, fDetectors, fCredentials, fRequestBody, fResponseBody, fHeader,
 }
 
 // decisionFields are the fields of a decision line, in order: who, the
@@ -184,6 +186,10 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return strs(KeyDetectors, r.Detectors)
 	case fCredentials:
 		return strs(KeyCredentials, r.Credentials)
+	case fRequestBody:
+		return str(KeyRequestBody, r.RequestBody)
+	case fResponseBody:
+		return str(KeyResponseBody, r.ResponseBody)
 	case fHeader:
 		if len(r.Header) == 0 {
 			return slog.Attr{}, false

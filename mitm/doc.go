@@ -42,6 +42,8 @@
 //	content    content rules on headers, URL and body (secret detectors,
 //	           patterns): 400 for block, a same-length marker for redact,
 //	           detector names in the record; gzip/deflate decompressed
+//	bodylog    the first bytes of request and response bodies in the
+//	           record, every detector's matches redacted (logBodies)
 //	credentials masked placeholders swapped for their hosts (403 and an
 //	           exfiltration record elsewhere), ${cred:NAME} injection and
 //	           the rule's request and response header changes

@@ -50,6 +50,10 @@ rules:
     destinations: {hosts: [api.test], paths: [/redact]}
     action: allow
     content: {match: [{detectors: [all], action: redact}]}
+  - name: log-bodies
+    destinations: {hosts: [api.test], paths: [/log]}
+    action: allow
+    logBodies: {request: 1KB, response: 1KB}
   - name: inject
     destinations: {hosts: [api.test], paths: [/inject]}
     action: allow
@@ -345,5 +349,30 @@ func TestRunPlaceholderBoundHostOnly(t *testing.T) {
 	rec := httpRecord(e.records(t), "/exfil")
 	if rec == nil || rec["decision"] != "deny" || rec["status"] != float64(403) || rec["reason"] != "credential placeholder sent to a host it is not bound to" {
 		t.Fatalf("record %v, want the exfiltration deny", rec)
+	}
+}
+
+// A rule with logBodies records both bodies, the AWS key of the request
+// body redacted in the record while the upstream (no content rule here)
+// receives the body as sent.
+func TestRunBodyLoggingRedacted(t *testing.T) {
+	curl := RequireTool(t, "curl")
+	e := newContentEnv(t)
+	body := `{"task":"upload","key":"` + e2eAWSKey + `"}`
+	code, out, errOut := e.runWithEnv(t, nil, curl, "-sS", "--data", body, "https://api.test/log/x")
+	if code != 0 {
+		t.Fatalf("curl exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if got, ok := e.got("/log/x"); !ok || string(got.Body) != body {
+		t.Fatalf("upstream got %q, want the body as sent", got.Body)
+	}
+	rec := httpRecord(e.records(t), "/log/x")
+	want := strings.Replace(body, e2eAWSKey, e2eMarker, 1)
+	if rec == nil || rec["request_body"] != want || rec["response_body"] != fmt.Sprintf("got %d bytes\n", len(body)) {
+		t.Fatalf("record %v, want request_body %q and the response body", rec, want)
+	}
+	raw, _ := os.ReadFile(e.audit)
+	if bytes.Contains(raw, []byte(e2eAWSKey)) {
+		t.Fatal("the audit log holds the key")
 	}
 }
