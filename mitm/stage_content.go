@@ -194,10 +194,9 @@ type scanBody struct {
 	n         int64 // decompressed bytes read
 	passing   bool  // past limit and allowed: no more scanning
 
-	out  []byte // released bytes not yet returned
-	buf  []byte
-	err  error // the error to return once out is drained
-	done bool
+	out []byte // released bytes not yet returned
+	buf []byte
+	err error // the error to return once out is drained
 }
 
 func (b *scanBody) Read(p []byte) (int, error) {

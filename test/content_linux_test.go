@@ -24,11 +24,10 @@ import (
 
 // Made-up secrets, built in pieces.
 var (
-	e2eAWSKey    = "AKIA" + "Z7QH4M2KXW3PL5TB"
-	e2eMarker    = "REDACTEDREDACTEDREDA" // e2eAWSKey redacted
-	e2eFileCred  = "file-secret-" + "7Hq2Lm9Xw4"
-	e2eEnvCred   = "env-secret-" + "K3v8Pz1Rt6"
-	e2eCredsPath = "" // set per test
+	e2eAWSKey   = "AKIA" + "Z7QH4M2KXW3PL5TB"
+	e2eMarker   = "REDACTEDREDACTEDREDA" // e2eAWSKey redacted
+	e2eFileCred = "file-secret-" + "7Hq2Lm9Xw4"
+	e2eEnvCred  = "env-secret-" + "K3v8Pz1Rt6"
 )
 
 // contentPolicy has one rule per behaviour, told apart by path.
