@@ -62,6 +62,23 @@ func Redactor() *Inspector {
 	return &Inspector{rules: []contentRule{{action: ActionRedact, in: [3]bool{true, true, true}, matchers: detectors}}}
 }
 
+// credentialHeader finds the values of the headers that carry
+// credentials in an HTTP/1.x head (a capture's plaintext).
+var credentialHeader = &detector{
+	name: "credential-header",
+	doc:  "the value of an Authorization, Proxy-Authorization, Cookie, Set-Cookie or API-key header line",
+	re: regexp.MustCompile(`(?im)^(?:authorization|proxy-authorization|cookie|set-cookie|x-api-key|api-key|x-auth-token|x-goog-api-key|` +
+		`x-amz-security-token|anthropic-api-key|openai-api-key|private-token|x-gitlab-token)[ \t]*:[ \t]*([^\r\n]*[^\r\n \t])`),
+	group: 1,
+}
+
+// CaptureRedactor redacts what a capture must not hold: credential
+// header values and every built-in detector's matches.
+func CaptureRedactor() *Inspector {
+	return &Inspector{rules: []contentRule{{action: ActionRedact, in: [3]bool{true, true, true},
+		matchers: append([]*detector{credentialHeader}, detectors...)}}}
+}
+
 // compileContent compiles a rule's content section; at is the rule's
 // path for errors.
 func compileContent(c *Content, at string) (*Inspector, error) {

@@ -88,3 +88,30 @@ func TestPlaceholderScanStraddle(t *testing.T) {
 		}
 	}
 }
+
+// TestCaptureSecretsDecision: a connection's capture keeps secrets only
+// when every capturing rule that matches it says captureSecrets.
+func TestCaptureSecretsDecision(t *testing.T) {
+	e, err := Parse([]byte(`version: 1
+rules:
+  - {name: keep, destinations: {hosts: [keep.test]}, action: allow, capture: true, captureSecrets: true}
+  - {name: redact, destinations: {hosts: [redact.test]}, action: allow, capture: true}
+  - {name: both, destinations: {hosts: [keep.test, redact.test, both.test]}, action: allow, capture: true}
+`), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for host, want := range map[string]bool{"keep.test": false, "redact.test": false, "both.test": false} {
+		d := e.Connection(t.Context(), &Conn{Host: host, Port: 443, TLS: true})
+		if !d.Capture || d.CaptureSecrets != want {
+			t.Errorf("%s: capture %v, captureSecrets %v; want true, %v", host, d.Capture, d.CaptureSecrets, want)
+		}
+	}
+	e, err = Parse([]byte("version: 1\nrules:\n  - {name: keep, destinations: {hosts: [keep.test]}, action: allow, capture: true, captureSecrets: true}\n"), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := e.Connection(t.Context(), &Conn{Host: "keep.test", Port: 443, TLS: true}); !d.Capture || !d.CaptureSecrets {
+		t.Errorf("keep.test alone: capture %v, captureSecrets %v; want both", d.Capture, d.CaptureSecrets)
+	}
+}

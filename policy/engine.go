@@ -74,6 +74,8 @@ type rule struct {
 	headers *HeaderRules
 	logReq  int64
 	logResp int64
+	// captureSecrets: the capture keeps secrets (captureSecrets: true).
+	captureSecrets bool
 }
 
 // Spec is the input of Compile for the first engine: host lists only.
@@ -312,6 +314,7 @@ func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 		d.Rule, d.Reason, d.WouldDeny = g.Rule, g.Reason, true
 	}
 	d.Capture = e.captures(id, t)
+	d.CaptureSecrets = d.Capture && e.captureSecrets(id, t)
 	switch {
 	case d.Denied():
 		return ConnDecision{Action: Reject, Decision: d}
@@ -411,6 +414,7 @@ func (r *rule) compileCarry(pr Rule, at string) error {
 		return err
 	}
 	r.headers = compileHeaders(pr.Headers)
+	r.captureSecrets = pr.CaptureSecrets
 	if lb := pr.LogBodies; lb != nil {
 		for _, f := range []struct {
 			key, v string
@@ -429,3 +433,22 @@ func (r *rule) compileCarry(pr Rule, at string) error {
 
 // Credentials returns the policy's credentials (nil when it has none).
 func (e *Engine) Credentials() *Credentials { return e.creds }
+
+// captureSecrets reports whether the capture of a connection keeps its
+// secrets: only when every capturing rule that matches it says
+// captureSecrets (and the default rule does not capture).
+func (e *Engine) captureSecrets(id *workload.Identity, t *target) bool {
+	if e.def.capture {
+		return false
+	}
+	keep := false
+	for _, r := range e.rules {
+		if r.capture && r.wl.match(id) && r.dst.matchConn(t, false) {
+			if !r.captureSecrets {
+				return false
+			}
+			keep = true
+		}
+	}
+	return keep
+}

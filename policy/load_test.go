@@ -21,7 +21,7 @@ func TestDecodeProblems(t *testing.T) {
 		{"unknown nested key", "version: 1\nrules:\n  - name: a\n    action: allow\n    destinations:\n      host: [x.com]\n", []string{
 			`p.yaml:6: rules[0].destinations.host: unknown key in rules[0].destinations: did you mean "hosts"? known keys are hosts, ports, methods, paths, cidrs`}},
 		{"wrong kind list", "version: 1\ntls: {passthrough: x.com}\n", []string{`p.yaml:2: tls.passthrough "x.com": must be a list, e.g. ["x.com"]`}},
-		{"wrong kind map", "version: 1\nrules: [x]\n", []string{`p.yaml:2: rules[0]: must be a mapping of keys (name, workloads, destinations, action, mode, rateLimit, limits, capture, content, headers, logBodies), not a single value`}},
+		{"wrong kind map", "version: 1\nrules: [x]\n", []string{`p.yaml:2: rules[0]: must be a mapping of keys (name, workloads, destinations, action, mode, rateLimit, limits, capture, content, headers, logBodies, captureSecrets), not a single value`}},
 		{"not a number", "version: one\n", []string{`p.yaml:1: version "one": must be a whole number`}},
 		{"not a bool", "version: 1\ndefaults: {rateLimit: {minute: 1, hideClientHeaders: maybe}}\n", []string{`p.yaml:2: defaults.rateLimit.hideClientHeaders "maybe": must be true or false`}},
 		{"duplicate key", "version: 1\nmode: audit\nmode: enforce\n", []string{`p.yaml:3: mode: duplicate key, keep one`}},

@@ -59,6 +59,8 @@ type Rule struct {
 	Content   *Content   `yaml:"content" desc:"Inspect request headers, URL and body for secrets (built-in detectors) and patterns; block, redact or audit what matches. Allow rules only."`
 	Headers   *Headers   `yaml:"headers" desc:"Request and response header changes; request values may name a credential as ${cred:NAME}. Allow rules only."`
 	LogBodies *LogBodies `yaml:"logBodies" desc:"Put the first bytes of request and response bodies in the audit record, secrets redacted by the built-in detectors. Allow rules only."`
+	// CaptureSecrets keeps secrets in this rule's pcapng capture.
+	CaptureSecrets bool `yaml:"captureSecrets" desc:"With capture: write credential headers (Authorization, Cookie, API keys) and detected secrets to the pcapng capture as they are; default false: they are redacted."`
 }
 
 // Workloads selects workloads. Empty lists select everything.

@@ -97,6 +97,10 @@ type Decision struct {
 	// LogRequestBody and LogResponseBody are how many bytes of each body
 	// go into the audit record, redacted; 0: none.
 	LogRequestBody, LogResponseBody int64
+	// CaptureSecrets (with Capture, on a ConnDecision) writes the
+	// plaintext to the capture without redacting credential headers and
+	// detected secrets.
+	CaptureSecrets bool
 }
 
 // Denied reports whether the client must get the deny answer.

@@ -56,6 +56,9 @@ var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // checkCarry checks a rule's content, headers and logBodies.
 func (d *decoder) checkCarry(at string, r Rule, creds []Credential) {
+	if r.CaptureSecrets && !r.Capture {
+		d.add(at+".captureSecrets", "", "applies to a rule with capture: true: add capture: true, or remove captureSecrets")
+	}
 	if r.Action == "deny" {
 		for _, f := range []struct {
 			key string
