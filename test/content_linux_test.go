@@ -375,3 +375,44 @@ func TestRunBodyLoggingRedacted(t *testing.T) {
 		t.Fatal("the audit log holds the key")
 	}
 }
+
+// A capture rule without captureSecrets: the pcapng file, dissected by
+// tshark, shows the request with its Authorization value and the AWS key
+// of its body redacted; the upstream got both as sent.
+func TestRunCaptureRedacted(t *testing.T) {
+	curl := RequireTool(t, "curl")
+	tshark := RequireTool(t, "tshark")
+	e := newContentEnv(t)
+	pcapFile := filepath.Join(t.TempDir(), "decrypted.pcapng")
+	cfg := fmt.Sprintf("ca:\n  dir: %s\nproxy:\n  upstreamCA: %s\naudit:\n  capture:\n    file: %s\n", e.caDir, e.up.CAFile, pcapFile)
+	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pol, _ := os.ReadFile(e.policy)
+	pol = append(pol, "  - name: watch\n    destinations: {hosts: [api.test], paths: [/watch]}\n    action: allow\n    capture: true\n"...)
+	if err := os.WriteFile(e.policy, pol, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const token = "my-own-token-4711"
+	code, out, errOut := e.runWithEnv(t, nil, curl, "-sS", "--http1.1", "-H", "Authorization: Bearer "+token,
+		"--data", `{"key":"`+e2eAWSKey+`"}`, "https://api.test/watch/x")
+	if code != 0 {
+		t.Fatalf("curl exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if got, ok := e.got("/watch/x"); !ok || got.Header.Get("Authorization") != "Bearer "+token || !bytes.Contains(got.Body, []byte(e2eAWSKey)) {
+		t.Fatalf("upstream got %v %q, want the request as sent", got.Header, got.Body)
+	}
+	dump, err := exec.Command(tshark, "-r", pcapFile, "-Y", "http.request", "-T", "fields", "-e", "http.request.uri", "-e", "http.authorization", "-e", "http.file_data").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tshark: %v\n%s", err, dump)
+	}
+	if !strings.Contains(string(dump), "/watch/x") {
+		t.Fatalf("tshark does not show the request:\n%s", dump)
+	}
+	raw, _ := os.ReadFile(pcapFile)
+	for _, s := range []string{token, e2eAWSKey} {
+		if bytes.Contains(raw, []byte(s)) || strings.Contains(string(dump), s) {
+			t.Errorf("the capture holds %q:\n%s", s, dump)
+		}
+	}
+}
