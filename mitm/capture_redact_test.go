@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/pcap"
@@ -46,6 +47,7 @@ func TestCaptureRedactsSecrets(t *testing.T) {
 			resp.Body.Close()
 			c.CloseIdleConnections()
 			h.stop()
+			settle(w)
 			if err := w.Close(); err != nil {
 				t.Fatal(err)
 			}
@@ -62,5 +64,19 @@ func TestCaptureRedactsSecrets(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// settle waits (up to 5s) for w's packet count to stop growing: the
+// capture redactor holds the last bytes of each direction back until the
+// flow closes, which a connection's handler does after the harness stops.
+func settle(w *pcap.Writer) {
+	for last, same, i := uint64(0), 0, 0; i < 250 && same < 5; i++ {
+		time.Sleep(20 * time.Millisecond)
+		if n := w.Stats().Packets; n == last && n > 0 {
+			same++
+		} else {
+			last, same = n, 0
+		}
 	}
 }

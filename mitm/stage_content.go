@@ -50,6 +50,12 @@ func (contentStage) Request(x *Exchange) *Answer {
 			u += "?" + r.URL.RawQuery
 		}
 		red, fs := in.RedactString(u, policy.InURL)
+		if len(fs) > 0 {
+			// The record's path never holds what matched, whatever the
+			// action.
+			p, _ := policy.Redactor().RedactString(r.URL.EscapedPath(), policy.InURL)
+			x.Record.Path, _ = in.RedactString(p, policy.InURL)
+		}
 		if a := found.add(x, fs); a != nil {
 			return a
 		}

@@ -143,6 +143,22 @@ func TestContentStage(t *testing.T) {
 	}
 }
 
+// TestContentRecordPath: a secret in the path is out of the record's
+// path whatever the action.
+func TestContentRecordPath(t *testing.T) {
+	for _, action := range []string{"block", "redact", "audit"} {
+		f := stageFlow(t, nil)
+		r := httptest.NewRequest("GET", "https://api.test/keys/"+awsKeyID+"/x", nil)
+		x := stageExchange(f, r)
+		x.Record.Path = r.URL.EscapedPath()
+		x.Decision = carryDecision(t, "", "    content: {match: [{detectors: [aws-access-key-id], action: "+action+"}]}\n")
+		contentStage{}.Request(x)
+		if x.Record.Path != "/keys/REDACTEDREDACTEDREDA/x" {
+			t.Errorf("%s: record path %q, want the key redacted", action, x.Record.Path)
+		}
+	}
+}
+
 // TestContentAnswerBody: the 400 says rule, detector and where, as JSON.
 func TestContentAnswerBody(t *testing.T) {
 	f := stageFlow(t, nil)

@@ -54,7 +54,8 @@ func (credStage) Request(x *Exchange) *Answer {
 			}
 		}
 		if policy.HasPlaceholder([]byte(r.URL.RawQuery + r.URL.EscapedPath())) {
-			return credAnswer(x, policy.Substitution{Denied: "url"}, nil)
+			return &Answer{Status: http.StatusForbidden, Decision: audit.DecisionDeny, Rule: d.Rule, Reason: audit.ReasonExfiltration,
+				Detail: "credential placeholder in the URL: placeholders are swapped in headers and bodies only"}
 		}
 	}
 	if h := d.Headers; h != nil {
@@ -151,9 +152,6 @@ func credAnswer(x *Exchange, sub policy.Substitution, err error) *Answer {
 	case strings.HasPrefix(sub.Denied, "\x00"):
 		return &Answer{Status: http.StatusForbidden, Decision: audit.DecisionDeny, Rule: rule, Reason: audit.ReasonCredentialNotBound,
 			Detail: fmt.Sprintf("credential %s is not bound to %s", sub.Denied[1:], hostOrUnknown(x.policyHost))}
-	case sub.Denied == "url":
-		return &Answer{Status: http.StatusForbidden, Decision: audit.DecisionDeny, Rule: rule, Reason: audit.ReasonExfiltration,
-			Detail: "credential placeholder in the URL: placeholders are swapped in headers and bodies only"}
 	case sub.Denied != "":
 		return &Answer{Status: http.StatusForbidden, Decision: audit.DecisionDeny, Rule: rule, Reason: audit.ReasonExfiltration, Close: true,
 			Detail: fmt.Sprintf("placeholder of credential %s sent to %s", sub.Denied, hostOrUnknown(x.policyHost))}

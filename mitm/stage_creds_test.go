@@ -31,6 +31,7 @@ func TestCredStage(t *testing.T) {
 		name       string
 		rule       string
 		host       string // the name bound to what is dialed
+		url        string // path and query; default /
 		header     http.Header
 		body       string
 		want       *answerWant
@@ -62,6 +63,8 @@ func TestCredStage(t *testing.T) {
 		{name: "injection refused where the credential is not bound", host: "evil.test",
 			rule: "    headers: {request: {set: {Authorization: 'Bearer ${cred:api}'}}}\n",
 			want: &answerWant{403, "deny", "api", audit.ReasonCredentialNotBound}},
+		{name: "placeholder in the URL: 403 even to a bound host", host: "api.test", url: "/?key=sluice:cred:api",
+			want: &answerWant{403, "deny", "api", audit.ReasonExfiltration}},
 		{name: "placeholder in a body, bound host: swapped", host: "api.test", body: `{"key":"sluice:cred:api"}`,
 			wantBody: `{"key":"` + secret + `"}`, wantCreds: []string{"api"}},
 		{name: "placeholder in a body to another host: refused", host: "evil.test", body: `{"key":"sluice:cred:api"}`, wantAbort: 403},
@@ -73,7 +76,10 @@ func TestCredStage(t *testing.T) {
 			if tc.body != "" {
 				body = oneByte{strings.NewReader(tc.body)}
 			}
-			r := httptest.NewRequest("POST", "https://api.test/", body)
+			if tc.url == "" {
+				tc.url = "/"
+			}
+			r := httptest.NewRequest("POST", "https://api.test"+tc.url, body)
 			for k, v := range tc.header {
 				r.Header[k] = slices.Clone(v)
 			}
