@@ -2,7 +2,9 @@ package mitm
 
 import (
 	"bytes"
+	"compress/flate"
 	"compress/gzip"
+	"compress/zlib"
 	"context"
 	"encoding/json"
 	"io"
@@ -50,6 +52,22 @@ type oneByte struct{ r io.Reader }
 
 func (o oneByte) Read(p []byte) (int, error) { return o.r.Read(p[:min(1, len(p))]) }
 
+func zl(s string) string {
+	var b bytes.Buffer
+	z := zlib.NewWriter(&b)
+	_, _ = z.Write([]byte(s))
+	_ = z.Close()
+	return b.String()
+}
+
+func rawDeflate(s string) string {
+	var b bytes.Buffer
+	z, _ := flate.NewWriter(&b, flate.BestSpeed)
+	_, _ = z.Write([]byte(s))
+	_ = z.Close()
+	return b.String()
+}
+
 func gz(s string) string {
 	var b bytes.Buffer
 	z := gzip.NewWriter(&b)
@@ -93,6 +111,11 @@ func TestContentStage(t *testing.T) {
 			wantAbort: 400, wantFound: []string{"aws-access-key-id"}},
 		{name: "gzip body forwarded decompressed, redacted", rule: redact, url: "/", header: http.Header{"Content-Encoding": {"gzip"}}, body: gz("k=" + awsKeyID),
 			wantBody: "k=" + marker, wantURL: "/", wantFound: []string{"aws-access-key-id"}},
+		{name: "deflate (zlib) body redacted", rule: redact, url: "/", header: http.Header{"Content-Encoding": {"deflate"}}, body: zl("k=" + awsKeyID),
+			wantBody: "k=" + marker, wantURL: "/", wantFound: []string{"aws-access-key-id"}},
+		{name: "raw deflate body redacted", rule: redact, url: "/", header: http.Header{"Content-Encoding": {"deflate"}}, body: rawDeflate("k=" + awsKeyID),
+			wantBody: "k=" + marker, wantURL: "/", wantFound: []string{"aws-access-key-id"}},
+		{name: "a broken gzip body is refused", rule: redact, url: "/", header: http.Header{"Content-Encoding": {"gzip"}}, body: "not gzip at all", wantAbort: 400},
 		{name: "past maxDecompressed: blocked by default", rule: "    content: {maxDecompressed: 1KB, match: [{detectors: [all], action: block}]}\n", url: "/",
 			header: http.Header{"Content-Encoding": {"gzip"}}, body: gz(strings.Repeat("a", 5000)), wantAbort: 400},
 		{name: "past maxDecompressed: allowed uninspected", rule: "    content: {maxDecompressed: 1KB, onUninspectable: allow, match: [{detectors: [all], action: block}]}\n", url: "/",

@@ -416,3 +416,25 @@ func TestRunCaptureRedacted(t *testing.T) {
 		}
 	}
 }
+
+// curl over HTTP/2 with a Content-Length body to a redact rule: the key
+// is redacted in the DATA frames, the length stays right, and the key in
+// a request header is redacted too.
+func TestRunContentRedactsCurlHTTP2(t *testing.T) {
+	curl := RequireTool(t, "curl")
+	e := newContentEnv(t)
+	body := `{"aws":"` + e2eAWSKey + `"}`
+	code, out, errOut := e.runWithEnv(t, nil, curl, "-sS", "--http2", "-w", "\nproto=%{http_version}\n", "-H", "X-Key: "+e2eAWSKey,
+		"--data", body, "https://api.test/redact/h2")
+	if code != 0 {
+		t.Fatalf("curl exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if !strings.Contains(out, "proto=2") {
+		t.Fatalf("curl did not use HTTP/2: %q", out)
+	}
+	got, _ := e.got("/redact/h2")
+	if got.Header.Get("X-Key") != e2eMarker {
+		t.Errorf("upstream got X-Key %q, want the marker", got.Header.Get("X-Key"))
+	}
+	checkRedacted(t, e, "/redact/h2", body, out)
+}
