@@ -39,6 +39,9 @@ var errExfiltration = errors.New("credential placeholder sent to a host it is no
 func (credStage) Request(x *Exchange) *Answer {
 	d := x.Decision
 	cs := d.Credentials
+	if cs == nil && d.Headers == nil {
+		return nil
+	}
 	r := x.Req
 	host := x.policyHost
 	used := x.credsUsed()

@@ -95,7 +95,7 @@ func (c *Cred) Secret() (string, error) {
 	case c.file != "":
 		b, err := os.ReadFile(c.file)
 		if err != nil {
-			return "", fmt.Errorf("read credential %s: %w", c.Name, errors.Join(ErrNoSecret, unwrapPath(err)))
+			return "", fmt.Errorf("credential %s: %w: %w", c.Name, ErrNoSecret, unwrapPath(err))
 		}
 		v = strings.TrimRight(string(b), "\r\n")
 	case c.env != "":
