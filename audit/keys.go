@@ -62,10 +62,14 @@ const (
 
 	// DNS: the agent's DNS server's records (kind "dns"), and the name a
 	// proxy record's address was resolved from (dns_name).
-	KeyDNSName = "dns_name" // the name looked up
-	KeyQType   = "qtype"    // A, AAAA, …
-	KeyRcode   = "rcode"    // NOERROR, NXDOMAIN, …
-	KeyAnswers = "answers"  // the addresses answered
+	KeyDNSName      = "dns_name"      // the name looked up
+	KeyQType        = "qtype"         // A, AAAA, …
+	KeyRcode        = "rcode"         // NOERROR, NXDOMAIN, …
+	KeyAnswers      = "answers"       // the addresses answered
+	KeyDetectors    = "detectors"     // content detectors and patterns that matched, a list of names
+	KeyCredentials  = "credentials"   // credentials Sluice put in, a list of names
+	KeyRequestBody  = "request_body"  // the first bytes of the request body, redacted (logBodies)
+	KeyResponseBody = "response_body" // the first bytes of the response body, redacted (logBodies)
 )
 
 // Messages of the lines that carry a record.

@@ -64,6 +64,17 @@ const (
 	ReasonResponseTooLarge = "response body exceeds limit"
 )
 
+// Reasons of what a request carries: content rules and credentials.
+const (
+	ReasonContentBlocked = "request content matched a content rule"
+	ReasonUninspectable  = "request body cannot be inspected"
+	// ReasonExfiltration: a masked credential's placeholder on its way
+	// to a host the credential is not bound to.
+	ReasonExfiltration       = "credential placeholder sent to a host it is not bound to"
+	ReasonCredentialNotBound = "credential is not bound to the request's host"
+	ReasonCredentialMissing  = "credential secret unavailable"
+)
+
 // Reasons of answers and flows the proxy ends itself: the upstream failed.
 // The detail goes to the record's Error and the answer's body.
 const (

@@ -124,6 +124,16 @@ type Record struct {
 	MCPProtocol  string
 	MCPErrorCode int
 
+	// What the request carried: the detectors and patterns its content
+	// matched (names only, never the secret), and the credentials Sluice
+	// put in for the workload (names only).
+	Detectors   []string
+	Credentials []string
+	// RequestBody and ResponseBody are the first bytes of the bodies
+	// (the rule's logBodies), secrets redacted.
+	RequestBody  string
+	ResponseBody string
+
 	// Header holds request headers, already redacted (see Redact).
 	Header map[string]string
 	// UpstreamAddr is the ip:port the response came from.

@@ -63,6 +63,10 @@ const (
 	fMCPID
 	fMCPProtocol
 	fMCPErrorCode
+	fDetectors
+	fCredentials
+	fRequestBody
+	fResponseBody
 	fHeader
 	fDNSName
 	fQType
@@ -78,7 +82,7 @@ var auditFields = [...]field{
 	fUpstreamMS, fUpstreamAddr, fCache, fDecision, fRule, fReason, fError, fEnd,
 	fPolicyDecision, fPolicyRule, fPolicyReason, fGRPCStatus, fGRPCMessage,
 	fMCPMethod, fMCPTool, fMCPResource, fMCPPrompt, fMCPID, fMCPSession,
-	fMCPProtocol, fMCPErrorCode, fHeader,
+	fMCPProtocol, fMCPErrorCode, fDetectors, fCredentials, fRequestBody, fResponseBody, fHeader,
 	fDNSName, fQType, fRcode, fAnswers,
 }
 
@@ -89,7 +93,7 @@ var auditFields = [...]field{
 var decisionFields = [...]field{
 	fKind, fWorkload, fDecision, fClient, fHost, fIP, fPort, fSNI, fTLS,
 	fMethod, fPath, fStatus, fGRPCStatus, fMCPMethod, fMCPTool, fRule,
-	fReason, fError, fEnd, fBytesIn, fBytesOut, fDurationMS,
+	fReason, fError, fEnd, fDetectors, fBytesIn, fBytesOut, fDurationMS,
 	fDNSName, fQType, fRcode,
 }
 
@@ -203,6 +207,14 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return str(KeyMCPProtocol, r.MCPProtocol)
 	case fMCPErrorCode:
 		return slog.Int(KeyMCPErrorCode, r.MCPErrorCode), r.MCPErrorCode != 0
+	case fDetectors:
+		return strs(KeyDetectors, r.Detectors)
+	case fCredentials:
+		return strs(KeyCredentials, r.Credentials)
+	case fRequestBody:
+		return str(KeyRequestBody, r.RequestBody)
+	case fResponseBody:
+		return str(KeyResponseBody, r.ResponseBody)
 	case fHeader:
 		if len(r.Header) == 0 {
 			return slog.Attr{}, false
@@ -237,6 +249,14 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 }
 
 func str(k, v string) (slog.Attr, bool) { return slog.String(k, v), v != "" }
+
+// strs renders a list of names (a JSON array in the audit log).
+func strs(k string, v []string) (slog.Attr, bool) {
+	if len(v) == 0 {
+		return slog.Attr{}, false
+	}
+	return slog.Any(k, v), true
+}
 
 // AppendAttrs appends the attributes of r's audit log line to dst, leaving
 // out empty fields (bytes_in, bytes_out, duration_ms and workload are

@@ -58,6 +58,7 @@ func TestCaptureDecryptedFlows(t *testing.T) {
 		c.CloseIdleConnections()
 	}
 	h.stop() // every client connection, and so every capture flow, is closed
+	settle(w)
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -47,6 +47,14 @@
 //	           MCP requests get a JSON-RPC error instead
 //	size       413/417 for request bodies over the limit, 502 or a cut
 //	           stream for responses over it
+//	content    content rules on headers, URL and body (secret detectors,
+//	           patterns): 400 for block, a same-length marker for redact,
+//	           detector names in the record; gzip/deflate decompressed
+//	bodylog    the first bytes of request and response bodies in the
+//	           record, every detector's matches redacted (logBodies)
+//	credentials masked placeholders swapped for their hosts (403 and an
+//	           exfiltration record elsewhere), ${cred:NAME} injection and
+//	           the rule's request and response header changes
 //	cache      the rule's response cache: a fresh stored response answers
 //	           (X-Cache-Status: Hit), a stale one is revalidated, a
 //	           storable one is stored while it streams

@@ -52,7 +52,16 @@ type Exchange struct {
 	mcp  *mcpRequest // set by the MCP stage for MCP requests
 	body *countingBody
 	ht   headerTimer // forward's response header timer, allocated with x
+
+	onFinish []func()  // OnFinish hooks, run once before the record is emitted
+	found    *findings // content findings (stage_content.go)
 }
+
+// OnFinish adds f to what runs once the exchange is done, just before its
+// record is emitted: a stage whose body wrapper learns things while the
+// body streams (in the transport's goroutine) puts them in the record
+// here, under its own lock.
+func (x *Exchange) OnFinish(f func()) { x.onFinish = append(x.onFinish, f) }
 
 // Workload is who sent the request.
 func (x *Exchange) Workload() *workload.Identity { return &x.f.id }
@@ -165,6 +174,9 @@ func errorBody(code int, rule, reason string) []byte {
 }
 
 func (x *Exchange) finish() {
+	for _, f := range x.onFinish {
+		f()
+	}
 	if x.body != nil {
 		x.Record.BytesIn = x.body.n.Load()
 	}

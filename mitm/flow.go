@@ -260,6 +260,10 @@ func (f *flow) tap(c net.Conn) net.Conn {
 	if f.sni != "" {
 		host = f.sni
 	}
-	fl := f.p.deps.Capture.NewFlow(pcap.FlowMeta{Client: f.id.Client, Server: server, Workload: f.id.Name(), Host: host})
+	m := pcap.FlowMeta{Client: f.id.Client, Server: server, Workload: f.id.Name(), Host: host}
+	if !f.fixed.cd.CaptureSecrets {
+		m.Redact = newCaptureRedactor()
+	}
+	fl := f.p.deps.Capture.NewFlow(m)
 	return fl.Conn(c)
 }

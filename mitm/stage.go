@@ -95,6 +95,9 @@ func (p *Proxy) chain() []Stage {
 		mcpStage{},      // stage_mcp.go: MCP's JSON-RPC read (bounded prefix), header mirroring, tools/list filter, rug pulls
 		policyStage{},   // stage_policy.go: access rules, SSRF guard per request, rate limits
 		sizeStage{},     // stage_size.go: request and response body limits
+		contentStage{},  // stage_content.go: content rules (secrets, patterns): block, redact, audit
+		bodyLogStage{},  // stage_bodylog.go: the first bytes of bodies in the record, redacted (logBodies)
+		credStage{},     // stage_creds.go: credentials (masked placeholders, injection), header changes
 		cacheStage{},    // stage_cache.go: the rule's response cache (hits answered here)
 		upstreamStage{}, // stage_upstream.go: the upstream connection (502 when it failed)
 	}

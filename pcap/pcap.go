@@ -203,6 +203,19 @@ type FlowMeta struct {
 	// Workload and Host name the flow.
 	Workload string
 	Host     string
+	// Redact, when set, rewrites the flow's bytes before they are
+	// written (secrets out of the capture); nil writes them as they are.
+	Redact Redactor
+}
+
+// Redactor rewrites a flow's bytes on their way into the capture. It may
+// hold bytes back (a secret cut between two writes); what it returns is
+// written, in order. Calls for a flow are serialized.
+type Redactor interface {
+	// Redact takes p (not retained) and returns the bytes to write now.
+	Redact(fromClient bool, p []byte) []byte
+	// Flush returns what is held back, at the flow's end.
+	Flush(fromClient bool) []byte
 }
 
 // Flow is one synthesized TCP connection. Its methods are safe for
@@ -222,6 +235,7 @@ type Flow struct {
 	dead bool
 	// onClose runs once after the FIN exchange (Dir closes the flow's file).
 	onClose func()
+	redact  Redactor
 }
 
 type endpoint struct {
@@ -254,7 +268,7 @@ func (w *Writer) NewFlow(m FlowMeta) *Flow {
 		// One family per packet: carry IPv4 as IPv4-mapped IPv6.
 		cip, sip = as6(cip), as6(sip)
 	}
-	f := &Flow{w: w, mss: 1460}
+	f := &Flow{w: w, mss: 1460, redact: m.Redact}
 	if cip.Is6() {
 		f.mss = 1440
 	}
@@ -361,6 +375,14 @@ func (f *Flow) data(fromClient bool, p []byte) {
 	if f.closed {
 		return
 	}
+	if f.redact != nil {
+		p = f.redact.Redact(fromClient, p)
+	}
+	f.segments(fromClient, p)
+}
+
+// segments writes p as packets of at most one MSS (f.mu held).
+func (f *Flow) segments(fromClient bool, p []byte) {
 	for len(p) > 0 {
 		n := min(len(p), f.mss)
 		f.send(fromClient, layers.TCP{ACK: true, PSH: n == len(p)}, p[:n])
@@ -382,6 +404,10 @@ func (f *Flow) Close() {
 	defer f.mu.Unlock()
 	if f.closed {
 		return
+	}
+	if f.redact != nil {
+		f.segments(true, f.redact.Flush(true))
+		f.segments(false, f.redact.Flush(false))
 	}
 	f.send(true, layers.TCP{FIN: true, ACK: true}, nil)
 	f.cseq++

@@ -2,8 +2,10 @@ package policy
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -28,6 +30,8 @@ type Options struct {
 	Log *slog.Logger
 	// Now is the clock of local rate limiting. Nil: time.Now.
 	Now func() time.Time
+	// Getenv reads credentials from the environment. Nil: os.Getenv.
+	Getenv func(string) string
 }
 
 // Engine is a compiled, immutable policy. Safe for concurrent use.
@@ -51,6 +55,7 @@ type Engine struct {
 	hosts        []string // exact names the rules list (Hosts)
 	dns          []*dnsRule
 	lim          *Limiters
+	creds        *Credentials
 	now          func() time.Time
 	log          *slog.Logger
 	hideDenied   bool // mcp.hideDenied
@@ -68,6 +73,14 @@ type rule struct {
 	capture bool
 	mcp     *mcpSel     // nil: the rule has no mcp block
 	cache   *cache.Rule // the response cache, nil for none
+
+	// What a request carries (content.go, credential.go).
+	content *Inspector
+	headers *HeaderRules
+	logReq  int64
+	logResp int64
+	// captureSecrets: the capture keeps secrets (captureSecrets: true).
+	captureSecrets bool
 }
 
 // Spec is the input of Compile for the first engine: host lists only.
@@ -125,6 +138,11 @@ func New(p *Policy, o Options) (*Engine, error) {
 	}
 	e.log = e.log.With(audit.KeyComponent, audit.ComponentPolicy)
 	e.hideDenied = p.MCP.HideDenied == nil || *p.MCP.HideDenied
+	getenv := o.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	e.creds = compileCredentials(p.Credentials, getenv)
 	global := p.Mode == "audit"
 	defAudit := global
 	if p.Defaults.Mode != "" {
@@ -173,6 +191,9 @@ func New(p *Policy, o Options) (*Engine, error) {
 			r.dst.cidrs = append(r.dst.cidrs, cp.Masked())
 		}
 		if !r.deny {
+			if err := r.compileCarry(pr, fmt.Sprintf("rules[%d]", len(e.rules))); err != nil {
+				return nil, err
+			}
 			l, err := limits(pr.Limits)
 			if err != nil {
 				return nil, err
@@ -302,6 +323,7 @@ func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 		d.Rule, d.Reason, d.WouldDeny = g.Rule, g.Reason, true
 	}
 	d.Capture = e.captures(id, t)
+	d.CaptureSecrets = d.Capture && e.captureSecrets(id, t)
 	switch {
 	case d.Denied():
 		return ConnDecision{Action: Reject, Decision: d}
@@ -351,9 +373,11 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 	ru := e.match(id, t, r.MCP)
 	d := ru.access(ru == e.def)
 	d.Capture = ru.capture
+	d.Credentials = e.creds
 	if d.Denied() {
 		return d
 	}
+	d.Content, d.Headers, d.LogRequestBody, d.LogResponseBody = ru.content, ru.headers, ru.logReq, ru.logResp
 	d.MaxRequestBody, d.MaxResponseBody = ru.maxReq, ru.maxResp
 	d.Cache = ru.cache
 	if ru.rl != nil && !d.WouldDeny {
@@ -400,4 +424,51 @@ func (r *rule) access(isDefault bool) Decision {
 		d.Verdict = Deny
 	}
 	return d
+}
+
+// compileCarry compiles what an allow rule does with what a request
+// carries: content inspection, header changes, body logging.
+func (r *rule) compileCarry(pr Rule, at string) error {
+	var err error
+	if r.content, err = compileContent(pr.Content, at); err != nil {
+		return err
+	}
+	r.headers = compileHeaders(pr.Headers)
+	r.captureSecrets = pr.CaptureSecrets
+	if lb := pr.LogBodies; lb != nil {
+		for _, f := range []struct {
+			key, v string
+			n      *int64
+		}{{"request", lb.Request, &r.logReq}, {"response", lb.Response, &r.logResp}} {
+			if f.v == "" {
+				continue
+			}
+			if *f.n, err = ParseSize(f.v); err != nil {
+				return &Problem{Path: at + ".logBodies." + f.key, Value: f.v, Msg: err.Error()}
+			}
+		}
+	}
+	return nil
+}
+
+// Credentials returns the policy's credentials (nil when it has none).
+func (e *Engine) Credentials() *Credentials { return e.creds }
+
+// captureSecrets reports whether the capture of a connection keeps its
+// secrets: only when every capturing rule that matches it says
+// captureSecrets (and the default rule does not capture).
+func (e *Engine) captureSecrets(id *workload.Identity, t *target) bool {
+	if e.def.capture {
+		return false
+	}
+	keep := false
+	for _, r := range e.rules {
+		if r.capture && r.wl.match(id) && r.dst.matchConn(t, false) {
+			if !r.captureSecrets {
+				return false
+			}
+			keep = true
+		}
+	}
+	return keep
 }

@@ -21,6 +21,9 @@ type Policy struct {
 	// MCP: see the MCP block at the foot of this file.
 	MCP MCPSettings `yaml:"mcp" desc:"How MCP (JSON-RPC over Streamable HTTP) is handled."`
 	DNS []DNSRule   `yaml:"dns" desc:"Rules for the names workloads look up through the agent's DNS server, in order; the first rule that selects the workload and matches the name decides; a name no rule matches is allowed."`
+
+	// What a request carries (model_content.go).
+	Credentials []Credential `yaml:"credentials" desc:"Secrets Sluice injects or substitutes for masked placeholders (sluice:cred:NAME), each bound to the hosts it may go to. Values come from files or the agent's environment, never from this file."`
 }
 
 // DNSRule allows or denies the names a workload may resolve.
@@ -67,6 +70,14 @@ type Rule struct {
 
 	// The API gateway's fields (model_gateway.go).
 	Cache *Cache `yaml:"cache" desc:"Cache the responses to GET and HEAD requests this allow rule matches, honouring Cache-Control (RFC 9111)."`
+
+	// What a request carries (model_content.go): content inspection,
+	// header changes (credential injection), body logging.
+	Content   *Content   `yaml:"content" desc:"Inspect request headers, URL and body for secrets (built-in detectors) and patterns; block, redact or audit what matches. Allow rules only."`
+	Headers   *Headers   `yaml:"headers" desc:"Request and response header changes; request values may name a credential as ${cred:NAME}. Allow rules only."`
+	LogBodies *LogBodies `yaml:"logBodies" desc:"Put the first bytes of request and response bodies in the audit record, secrets redacted by the built-in detectors. Allow rules only."`
+	// CaptureSecrets keeps secrets in this rule's pcapng capture.
+	CaptureSecrets bool `yaml:"captureSecrets" desc:"With capture: write credential headers (Authorization, Cookie, API keys) and detected secrets to the pcapng capture as they are; default false: they are redacted."`
 }
 
 // Workloads selects workloads. Empty lists select everything.

@@ -87,6 +87,24 @@ type Decision struct {
 	// Cache is the response cache of the rule that allowed the request;
 	// nil: the response is not cached.
 	Cache *cache.Rule
+
+	// What a request carries (content.go, credential.go); the zero
+	// values do nothing.
+	//
+	// Content is the rule's content inspection; nil inspects nothing.
+	Content *Inspector
+	// Headers are the rule's header changes; nil changes none.
+	Headers *HeaderRules
+	// Credentials are the policy's credentials (every rule's): a
+	// placeholder is swapped only for their hosts and refused elsewhere.
+	Credentials *Credentials
+	// LogRequestBody and LogResponseBody are how many bytes of each body
+	// go into the audit record, redacted; 0: none.
+	LogRequestBody, LogResponseBody int64
+	// CaptureSecrets (with Capture, on a ConnDecision) writes the
+	// plaintext to the capture without redacting credential headers and
+	// detected secrets.
+	CaptureSecrets bool
 }
 
 // Denied reports whether the client must get the deny answer.

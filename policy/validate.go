@@ -40,6 +40,7 @@ func (d *decoder) validate(p *Policy) {
 		d.checkRateLimit("defaults.rateLimit", p.Defaults.RateLimit)
 	}
 	d.checkLimits("defaults.limits", p.Defaults.Limits)
+	d.checkCredentials(p.Credentials)
 
 	names := map[string]int{}
 	catchAll := -1
@@ -92,6 +93,7 @@ func (d *decoder) validate(p *Policy) {
 		if r.Cache != nil {
 			d.checkCache(at+".cache", r.Cache, r.Action)
 		}
+		d.checkCarry(at, r, p.Credentials)
 	}
 	d.validateDNS(p.DNS)
 }

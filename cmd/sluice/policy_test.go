@@ -40,7 +40,7 @@ rules:
 ` + bad + `:8: rules[0].destinations.methods[0] "get": methods are upper case, use "GET"
 ` + bad + `:10: rules[1].action "permit": use allow or deny
 ` + bad + `:11: rules[1].limits.requestBody "10m": unknown unit "m": use B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. "10MB"
-` + bad + `:12: rules[1].rateLimt: unknown key in rules[1]: did you mean "rateLimit"? known keys are name, workloads, destinations, action, mode, rateLimit, limits, capture, mcp, cache
+` + bad + `:12: rules[1].rateLimt: unknown key in rules[1]: did you mean "rateLimit"? known keys are name, workloads, destinations, action, mode, rateLimit, limits, capture, mcp, cache, content, headers, logBodies, captureSecrets
 ` + bad + ": 6 problem(s)\n"},
 		{"ok", []string{"check", good}, 0, good + ": ok\n", ""},
 		{"several files", []string{"check", good, filepath.Join(dir, "missing.yaml")}, 1, good + ": ok\n", "sluice policy check: open " + filepath.Join(dir, "missing.yaml") + ": no such file or directory\n"},

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/sluicehq/sluice/admin"
@@ -124,6 +126,7 @@ func runIntercepted(ctx context.Context, cfg config.Config, log *slog.Logger, a 
 	}
 	code, runErr := launch.Run(ctx, launch.Options{
 		Argv:         a.argv,
+		Env:          withoutVars(os.Environ(), n.CredentialEnv()),
 		Stdin:        os.Stdin,
 		Stdout:       os.Stdout,
 		Stderr:       os.Stderr,
@@ -143,4 +146,20 @@ func runIntercepted(ctx context.Context, cfg config.Config, log *slog.Logger, a 
 		writeFlowsTable(stderr, n.Flows.Snapshot())
 	}
 	return code, runErr
+}
+
+// withoutVars is env without the variables named in drop: the
+// credentials' variables stay with Sluice, out of the command's reach.
+func withoutVars(env, drop []string) []string {
+	if len(drop) == 0 {
+		return env
+	}
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(drop, k) {
+			out = append(out, kv)
+		}
+	}
+	return out
 }

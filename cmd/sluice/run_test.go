@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -56,5 +57,19 @@ func TestRunConfigKeys(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The command sluice run starts does not inherit the variables the
+// policy's credentials are read from.
+func TestWithoutVars(t *testing.T) {
+	env := []string{"PATH=/bin", "OPENAI_API_KEY=sk-x", "HOME=/root", "OPENAI_API_KEY_OLD=y"}
+	got := withoutVars(env, []string{"OPENAI_API_KEY"})
+	want := []string{"PATH=/bin", "HOME=/root", "OPENAI_API_KEY_OLD=y"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("withoutVars = %q, want %q", got, want)
+	}
+	if got := withoutVars(env, nil); !slices.Equal(got, env) {
+		t.Fatalf("withoutVars with nothing to drop = %q", got)
 	}
 }

@@ -1,0 +1,357 @@
+package policy
+
+import (
+	"bytes"
+	"fmt"
+	"regexp"
+	"slices"
+)
+
+// Content actions, strongest first.
+const (
+	ActionBlock  = "block"
+	ActionRedact = "redact"
+	ActionAudit  = "audit"
+)
+
+// Parts of a request a content rule looks at.
+const (
+	InHeaders = "headers"
+	InURL     = "url"
+	InBody    = "body"
+)
+
+// defaultMaxDecompressed is maxDecompressed when the rule leaves it unset.
+const defaultMaxDecompressed = 10 << 20
+
+// Marker is what redaction writes over a secret, repeated and cut to the
+// secret's length so that lengths (Content-Length, header sizes) stay the
+// same. It is letters only, valid in headers, URLs, JSON strings and
+// base-64.
+const Marker = "REDACTED"
+
+// Finding is one match of a content rule: the detector or pattern name,
+// the part it was found in and the action of the rule that matched.
+// A finding never holds the secret.
+type Finding struct {
+	Detector string
+	In       string
+	Action   string
+}
+
+// Inspector is a rule's compiled content rules: what to look for in each
+// part of a request. Immutable and safe for concurrent use; nil inspects
+// nothing.
+type Inspector struct {
+	rules []contentRule
+	// MaxDecompressed bounds the inspection of a gzip or deflate body.
+	MaxDecompressed int64
+	// BlockUninspectable: a body that can't be inspected is refused.
+	BlockUninspectable bool
+}
+
+type contentRule struct {
+	action   string
+	in       [3]bool // headers, url, body
+	matchers []*detector
+}
+
+// Redactor is the set of every built-in detector, redacting: what body
+// logging and captures apply.
+func Redactor() *Inspector {
+	return &Inspector{rules: []contentRule{{action: ActionRedact, in: [3]bool{true, true, true}, matchers: detectors}}}
+}
+
+// credentialHeader finds the values of the headers that carry
+// credentials in an HTTP/1.x head (a capture's plaintext).
+var credentialHeader = &detector{
+	name: "credential-header",
+	doc:  "the value of an Authorization, Proxy-Authorization, Cookie, Set-Cookie or API-key header line",
+	re: regexp.MustCompile(`(?im)^(?:authorization|proxy-authorization|cookie|set-cookie|x-api-key|api-key|x-auth-token|x-goog-api-key|` +
+		`x-amz-security-token|anthropic-api-key|openai-api-key|private-token|x-gitlab-token)[ \t]*:[ \t]*([^\r\n]*[^\r\n \t])`),
+	group: 1,
+}
+
+// CaptureRedactor redacts what a capture must not hold: credential
+// header values and every built-in detector's matches.
+func CaptureRedactor() *Inspector {
+	return &Inspector{rules: []contentRule{{action: ActionRedact, in: [3]bool{true, true, true},
+		matchers: append([]*detector{credentialHeader}, detectors...)}}}
+}
+
+// compileContent compiles a rule's content section; at is the rule's
+// path for errors.
+func compileContent(c *Content, at string) (*Inspector, error) {
+	if c == nil {
+		return nil, nil
+	}
+	in := &Inspector{MaxDecompressed: defaultMaxDecompressed, BlockUninspectable: c.OnUninspectable != "allow"}
+	if c.MaxDecompressed != "" {
+		n, err := ParseSize(c.MaxDecompressed)
+		if err != nil {
+			return nil, &Problem{Path: at + ".content.maxDecompressed", Value: c.MaxDecompressed, Msg: err.Error()}
+		}
+		in.MaxDecompressed = n
+	}
+	for i, m := range c.Match {
+		cr := contentRule{action: m.Action}
+		if len(m.In) == 0 {
+			cr.in = [3]bool{true, true, true}
+		}
+		for _, w := range m.In {
+			switch w {
+			case InHeaders:
+				cr.in[0] = true
+			case InURL:
+				cr.in[1] = true
+			case InBody:
+				cr.in[2] = true
+			}
+		}
+		for _, name := range m.Detectors {
+			if name == "all" {
+				cr.matchers = append(cr.matchers, detectors...)
+				continue
+			}
+			d := detectorByName(name)
+			if d == nil {
+				return nil, &Problem{Path: fmt.Sprintf("%s.content.match[%d].detectors", at, i), Value: name, Msg: "unknown detector"}
+			}
+			cr.matchers = append(cr.matchers, d)
+		}
+		for j, p := range m.Patterns {
+			re, err := regexp.Compile(p.Regex)
+			if err != nil {
+				return nil, &Problem{Path: fmt.Sprintf("%s.content.match[%d].patterns[%d].regex", at, i, j), Value: p.Regex, Msg: err.Error()}
+			}
+			cr.matchers = append(cr.matchers, &detector{name: p.Name, re: re})
+		}
+		in.rules = append(in.rules, cr)
+	}
+	return in, nil
+}
+
+// Inspects reports whether any content rule looks at part (InHeaders,
+// InURL or InBody).
+func (in *Inspector) Inspects(part string) bool {
+	if in == nil {
+		return false
+	}
+	i := partIndex(part)
+	for _, r := range in.rules {
+		if r.in[i] {
+			return true
+		}
+	}
+	return false
+}
+
+func partIndex(part string) int {
+	switch part {
+	case InHeaders:
+		return 0
+	case InURL:
+		return 1
+	default:
+		return 2
+	}
+}
+
+// Scan inspects b, a whole value (a header value, a URL, or a piece of
+// body), as part. Matches of redact rules are overwritten with the marker
+// in b itself; the findings are returned in the order found, a block
+// finding first when there is one. When final is false, b is the current
+// window of a stream that goes on, and only matches that start in the
+// part of b that is released now (all but the last maxMatch bytes) count:
+// a match starting later may still grow with the next bytes, and is found
+// by the next scan, which sees it with the bytes that follow (see
+// BodyScan).
+func (in *Inspector) Scan(b []byte, part string, final bool) []Finding {
+	if in == nil || len(b) == 0 {
+		return nil
+	}
+	settled := len(b)
+	if !final {
+		settled -= maxMatch
+	}
+	pi := partIndex(part)
+	var out []Finding
+	for _, r := range in.rules {
+		if !r.in[pi] {
+			continue
+		}
+		for _, d := range r.matchers {
+			for _, sp := range d.spans(b) {
+				if sp[0] >= settled {
+					continue
+				}
+				if r.action == ActionRedact {
+					redact(b[sp[0]:sp[1]])
+				}
+				out = append(out, Finding{Detector: d.name, In: part, Action: r.action})
+				if r.action == ActionBlock {
+					// A block ends the request: put it first and stop.
+					return append([]Finding{out[len(out)-1]}, out[:len(out)-1]...)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// redact overwrites b with the marker, repeated.
+func redact(b []byte) {
+	for i := range b {
+		b[i] = Marker[i%len(Marker)]
+	}
+}
+
+// RedactString returns s with every match of the inspector's redact
+// rules replaced, and the findings.
+func (in *Inspector) RedactString(s, part string) (string, []Finding) {
+	b := []byte(s)
+	f := in.Scan(b, part, true)
+	if len(f) == 0 {
+		return s, nil
+	}
+	return string(b), f
+}
+
+// spans are the spans of d's secrets in b, validated. A detector with
+// keywords runs its expression only around their occurrences (reach
+// bytes either side), which keeps scanning fast on ordinary traffic.
+func (d *detector) spans(b []byte) [][2]int {
+	if len(d.keywords) == 0 {
+		return d.match(b, 0, nil)
+	}
+	var regions [][2]int
+	for _, k := range d.keywords {
+		for off := 0; ; {
+			i := bytes.Index(b[off:], k)
+			if i < 0 {
+				break
+			}
+			h := off + i
+			back, fwd := d.reach()
+			regions = append(regions, [2]int{max(0, h-back), min(len(b), h+len(k)+fwd)})
+			off = h + len(k)
+		}
+	}
+	if len(regions) == 0 {
+		return nil
+	}
+	if d.find != nil {
+		return d.find(b)
+	}
+	slices.SortFunc(regions, func(x, y [2]int) int { return x[0] - y[0] })
+	var out [][2]int
+	cur := regions[0]
+	for _, r := range regions[1:] {
+		if r[0] <= cur[1] {
+			cur[1] = max(cur[1], r[1])
+			continue
+		}
+		out = d.match(b[cur[0]:cur[1]], cur[0], out)
+		cur = r
+	}
+	return d.match(b[cur[0]:cur[1]], cur[0], out)
+}
+
+// reach is how far before and after a keyword d's secret may extend.
+func (d *detector) reach() (back, fwd int) {
+	back, fwd = 32, 320
+	if d.back > 0 {
+		back = d.back
+	}
+	if d.fwd > 0 {
+		fwd = d.fwd
+	}
+	return back, fwd
+}
+
+// match appends the validated secrets of d's expression in b, offset
+// by off, to out.
+func (d *detector) match(b []byte, off int, out [][2]int) [][2]int {
+	for _, m := range d.re.FindAllSubmatchIndex(b, -1) {
+		s, e := m[2*d.group], m[2*d.group+1]
+		if s < 0 || s == e {
+			continue
+		}
+		if d.valid != nil && !d.valid(b[s:e]) {
+			continue
+		}
+		out = append(out, [2]int{off + s, off + e})
+	}
+	return out
+}
+
+// BodyScan scans a body as it streams, in pieces of any size, holding at
+// most maxMatch bytes back: a secret that straddles two pieces is found
+// and redacted before any of it is released, and a match is judged with
+// maxMatch bytes of what follows it (or the body's end), so where the
+// pieces are cut does not change what is found. It is not safe for
+// concurrent use (one body is read by one goroutine).
+type BodyScan struct {
+	in   *Inspector
+	buf  []byte // bytes scanned but not yet released, after rel
+	rel  int    // bytes of buf released by the last call
+	seen map[string]bool
+	// Found receives each finding once per detector name (a finding
+	// inside the held-back window is seen again by the next scan).
+	Found func(Finding)
+}
+
+// NewBodyScan starts the scan of one body.
+func (in *Inspector) NewBodyScan(found func(Finding)) *BodyScan {
+	return &BodyScan{in: in, seen: map[string]bool{}, Found: found}
+}
+
+// Write scans p with what is held back and returns the bytes now safe to
+// release (redacted), and the block finding when a block rule matched
+// (nothing more may be released then). The returned slice is valid until
+// the next call.
+func (s *BodyScan) Write(p []byte) ([]byte, *Finding) {
+	return s.scan(p, false)
+}
+
+// Close scans what is held back as the end of the body and returns it.
+func (s *BodyScan) Close() ([]byte, *Finding) {
+	return s.scan(nil, true)
+}
+
+func (s *BodyScan) scan(p []byte, final bool) ([]byte, *Finding) {
+	// The window is what was held back plus p; the bytes released by
+	// the last call were valid until this one.
+	if s.rel > 0 {
+		s.buf = append(s.buf[:0], s.buf[s.rel:]...)
+		s.rel = 0
+	}
+	s.buf = append(s.buf, p...)
+	for _, f := range s.in.Scan(s.buf, InBody, final) {
+		if f.Action == ActionBlock {
+			s.note(f)
+			return nil, &f
+		}
+		s.note(f)
+	}
+	keep := maxMatch
+	if final {
+		keep = 0
+	}
+	n := len(s.buf) - keep
+	if n <= 0 {
+		return nil, nil
+	}
+	s.rel = n
+	return s.buf[:n], nil
+}
+
+func (s *BodyScan) note(f Finding) {
+	if s.seen[f.Detector] {
+		return
+	}
+	s.seen[f.Detector] = true
+	if s.Found != nil {
+		s.Found(f)
+	}
+}
