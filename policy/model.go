@@ -21,6 +21,8 @@ type Policy struct {
 	// MCP: see the MCP block at the foot of this file.
 	MCP MCPSettings `yaml:"mcp" desc:"How MCP (JSON-RPC over Streamable HTTP) is handled."`
 	DNS []DNSRule   `yaml:"dns" desc:"Rules for the names workloads look up through the agent's DNS server, in order; the first rule that selects the workload and matches the name decides; a name no rule matches is allowed."`
+	// Upstreams: see model_gateway.go.
+	Upstreams []Upstream `yaml:"upstreams" desc:"Upstream groups: several targets for a destination, balanced, health checked, with retries."`
 }
 
 // DNSRule allows or denies the names a workload may resolve.

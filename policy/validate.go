@@ -94,6 +94,7 @@ func (d *decoder) validate(p *Policy) {
 		}
 	}
 	d.validateDNS(p.DNS)
+	d.validateUpstreams(p.Upstreams)
 }
 
 var (
