@@ -96,6 +96,7 @@ func (p *Proxy) chain() []Stage {
 		policyStage{},   // stage_policy.go: access rules, SSRF guard per request, rate limits
 		sizeStage{},     // stage_size.go: request and response body limits
 		cacheStage{},    // stage_cache.go: the rule's response cache (hits answered here)
+		balanceStage{},  // stage_balance.go: upstream groups: a healthy target, guarded (503 when none)
 		upstreamStage{}, // stage_upstream.go: the upstream connection (502 when it failed)
 	}
 }

@@ -26,6 +26,7 @@ type Set struct {
 	ctx    context.Context
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
+	closed bool
 }
 
 // NewSet returns an empty Set whose checks probe with p. now nil: time.Now.
@@ -42,9 +43,6 @@ func NewSet(p Prober, now func() time.Time) *Set {
 func (s *Set) Update(specs []Spec) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ctx.Err() != nil {
-		return
-	}
 	old := s.groups
 	s.groups = nil
 	for _, sp := range specs {
@@ -58,6 +56,9 @@ func (s *Set) Update(specs []Spec) {
 	}
 	s.stop()
 	s.wg.Wait()
+	if s.closed {
+		return
+	}
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	for _, g := range s.groups {
 		if g.spec.Check.Interval <= 0 {
@@ -96,13 +97,14 @@ func (s *Set) Health() []Health {
 	return out
 }
 
-// Close stops the health checks; Update does nothing after it.
+// Close stops the health checks. The groups keep serving what they
+// know; Update after Close starts no checks.
 func (s *Set) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closed = true
 	s.stop()
 	s.wg.Wait()
-	s.groups = nil
 }
 
 // run probes g's targets until ctx ends.

@@ -211,6 +211,16 @@ func (g *Group) Done(addr string, ok bool, now time.Time) {
 	t.ejected = now.Add(p.EjectFor * time.Duration(min(f, maxEjectFactor)))
 }
 
+// Cancel undoes a Pick whose request was not sent (the target was
+// refused before it was dialed): neither a success nor a failure.
+func (g *Group) Cancel(addr string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if t := g.find(addr); t != nil && t.inflight > 0 {
+		t.inflight--
+	}
+}
+
 // Retry reports whether the retry budget allows one more retry now, and
 // counts it if so.
 func (g *Group) Retry(now time.Time) bool {
