@@ -83,6 +83,7 @@ const (
 	ReasonUpstreamTLS         = "upstream TLS handshake failed"
 	ReasonUpstreamTimeout     = "upstream response header timeout"
 	ReasonUpstreamError       = "upstream error"
+	ReasonNoHealthyUpstream   = "no healthy upstream" // every target of the destination's upstream group is unhealthy or ejected
 )
 
 // Reasons of the proxy about the client: what it sent or how it left.

@@ -34,6 +34,9 @@ func everything() *metrics.Metrics {
 	m.SetInterceptRestorations(func() uint64 { return 1 })
 	m.SetMapErrors(func() map[string]uint64 { return map[string]uint64{"sluice_origins": 1} })
 	m.SetLeafStats(func() metrics.LeafStats { return metrics.LeafStats{Size: 1, Hits: 1, Misses: 1, Issued: 1} })
+	m.SetUpstreamHealth(func() []metrics.UpstreamHealth {
+		return []metrics.UpstreamHealth{{Group: "g", Target: "10.0.0.1:80", Healthy: true}}
+	})
 	return m
 }
 

@@ -34,8 +34,7 @@
 //	sluice_ca_leaf_cache_size, sluice_ca_leaf_cache_hits_total,
 //	sluice_ca_leaf_cache_misses_total, sluice_ca_leaf_issued_total  read at scrape time (SetLeafStats)
 //
-// DNS query and upstream health metrics come with the DNS server and the
-// upstream groups (not yet: no metric without a producer).
+//	sluice_upstream_healthy{group,target}                      read at scrape time (SetUpstreamHealth): 1 healthy, 0 unhealthy or ejected
 package metrics
 
 import (
@@ -108,6 +107,7 @@ type Metrics struct {
 	egress    atomic.Pointer[func() uint64]
 	restores  atomic.Pointer[func() uint64]
 	leafStats atomic.Pointer[func() LeafStats]
+	upHealth  atomic.Pointer[func() []UpstreamHealth]
 }
 
 var _ audit.Sink = (*Metrics)(nil)
@@ -471,6 +471,24 @@ func (m *Metrics) SetLeafStats(f func() LeafStats) {
 	m.leafStats.Store(&f)
 }
 
+// UpstreamHealth is one target of an upstream group; the mitm package
+// has its own type, and the caller adapts it in a closure.
+type UpstreamHealth struct {
+	Group, Target string
+	Healthy       bool
+}
+
+// SetUpstreamHealth installs the source of sluice_upstream_healthy, read
+// at every scrape. f must be safe for concurrent use and fast. nil
+// removes it.
+func (m *Metrics) SetUpstreamHealth(f func() []UpstreamHealth) {
+	if f == nil {
+		m.upHealth.Store(nil)
+		return
+	}
+	m.upHealth.Store(&f)
+}
+
 // funcCollector exposes the read-at-scrape sources; a source not yet set
 // yields no sample.
 type funcCollector struct {
@@ -494,10 +512,12 @@ var (
 		"Leaf certificate lookups that missed the cache.", nil, nil)
 	descLeafIssued = prometheus.NewDesc("sluice_ca_leaf_issued_total",
 		"Leaf certificates minted.", nil, nil)
+	descUpstreamHealthy = prometheus.NewDesc("sluice_upstream_healthy",
+		"Whether a target of an upstream group takes requests: 1 healthy, 0 unhealthy by its health check or ejected.", []string{"group", "target"}, nil)
 )
 
 func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRingDrops, descEgressDrops, descRestores, descMapErrors, descLeafSize, descLeafHits, descLeafMisses, descLeafIssued} {
+	for _, d := range []*prometheus.Desc{descRingDrops, descEgressDrops, descRestores, descMapErrors, descLeafSize, descLeafHits, descLeafMisses, descLeafIssued, descUpstreamHealthy} {
 		ch <- d
 	}
 }
@@ -523,5 +543,14 @@ func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLeafHits, prometheus.CounterValue, float64(s.Hits))
 		ch <- prometheus.MustNewConstMetric(descLeafMisses, prometheus.CounterValue, float64(s.Misses))
 		ch <- prometheus.MustNewConstMetric(descLeafIssued, prometheus.CounterValue, float64(s.Issued))
+	}
+	if f := c.m.upHealth.Load(); f != nil {
+		for _, h := range (*f)() {
+			v := 0.0
+			if h.Healthy {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descUpstreamHealthy, prometheus.GaugeValue, v, h.Group, h.Target)
+		}
 	}
 }

@@ -58,6 +58,10 @@
 //	cache      the rule's response cache: a fresh stored response answers
 //	           (X-Cache-Status: Hit), a stale one is revalidated, a
 //	           storable one is stored while it streams
+//	balance    upstream groups (policy upstreams): a healthy target of the
+//	           destination's group, its address judged by the SSRF guard
+//	           (403), 503 when none is healthy; failures feed passive
+//	           ejection, idempotent requests retry on another target
 //	upstream   the upstream connection: 502 with the reason when it failed
 //
 // Each stage is a Stage in its own file (a ResponseStage also sees the

@@ -49,6 +49,7 @@ type Exchange struct {
 	resp    []ResponseStage // response stages whose Request ran, in order
 	cache   *cacheLookup    // the cache stage's state, nil when no cache applies
 
+	bal  *balanced   // set by the balance stage for an upstream group's request
 	mcp  *mcpRequest // set by the MCP stage for MCP requests
 	body *countingBody
 	ht   headerTimer // forward's response header timer, allocated with x

@@ -113,6 +113,25 @@ func (x *Exchange) forward() {
 	upStart := time.Now()
 	resp, err := t.pool.rt.RoundTrip(out)
 	ht.stop()
+	for x.bal != nil {
+		ok := err == nil && resp.StatusCode < http.StatusInternalServerError
+		x.bal.done(ok)
+		if ok || !x.bal.retry(r, out.Body != nil) || !x.retryOn() {
+			break
+		}
+		if resp != nil {
+			resp.Body.Close()
+		}
+		t = x.t
+		out.URL.Host = t.urlHost()
+		*ht = headerTimer{d: ht.d, fire: ht.fire}
+		ht.arm()
+		resp, err = t.pool.rt.RoundTrip(out)
+		ht.stop()
+	}
+	if x.bal != nil && t.addr.IsValid() {
+		rec.DstIP, rec.UpstreamAddr = t.addr.Addr(), t.addrString(t.addr) // the target that answered
+	}
 	rec.UpstreamDuration = time.Since(upStart)
 	if err != nil {
 		x.roundTripFailed(ctx, err)
@@ -131,6 +150,23 @@ func (x *Exchange) forward() {
 		}
 	}
 	x.respond(resp, rc, cancel)
+}
+
+// retryOn points the exchange at another target of its group for a
+// retry, reporting whether there is one (dialed, for plain HTTP).
+func (x *Exchange) retryOn() bool {
+	for {
+		if x.retarget(false) != nil {
+			return false
+		}
+		if x.t.useTLS {
+			return true
+		}
+		if err := x.t.ensure(x.f); err == nil {
+			return true
+		}
+		x.bal.done(false)
+	}
 }
 
 // roundTripFailed answers a request the upstream did not answer.

@@ -18,6 +18,7 @@ import (
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/pcap"
 	"github.com/sluicehq/sluice/policy"
+	"github.com/sluicehq/sluice/upstreams"
 	"github.com/sluicehq/sluice/workload"
 	"golang.org/x/net/http2"
 )
@@ -115,6 +116,7 @@ type Proxy struct {
 	// workload and tool name (rug-pull detection, stage_mcp.go).
 	mcpTools *lru.Cache[string, [32]byte]
 	cache    *cache.Store // the response cache (rules' cache blocks)
+	groups   *groupSet    // upstream groups (stage_balance.go)
 }
 
 // New builds a Proxy from its configuration (already validated by
@@ -214,6 +216,8 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		cache:  cache.NewStore(int64(cfg.CacheMaxBytes)),
 	}
 	p.mcpTools, _ = lru.New[string, [32]byte](mcpToolsCacheSize)
+	p.groups = &groupSet{set: upstreams.NewSet(upstreams.NetProber{Dial: d.DialContext}, nil)}
+	p.upstreamGroups() // health checks start with the policy, not the first request
 	p.stages = p.chain()
 	p.pools, err = newPoolSet(p, cfg.MaxUpstreamPools)
 	if err != nil {
@@ -226,6 +230,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 // use finish first; Handle and ServeExplicit may still be called after it.
 func (p *Proxy) Close() error {
 	p.pools.closeAll()
+	p.groups.set.Close()
 	return nil
 }
 

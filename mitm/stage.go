@@ -99,6 +99,7 @@ func (p *Proxy) chain() []Stage {
 		bodyLogStage{},  // stage_bodylog.go: the first bytes of bodies in the record, redacted (logBodies)
 		credStage{},     // stage_creds.go: credentials (masked placeholders, injection), header changes
 		cacheStage{},    // stage_cache.go: the rule's response cache (hits answered here)
+		balanceStage{},  // stage_balance.go: upstream groups: a healthy target, guarded (503 when none)
 		upstreamStage{}, // stage_upstream.go: the upstream connection (502 when it failed)
 	}
 }

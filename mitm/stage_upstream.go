@@ -2,6 +2,8 @@ package mitm
 
 import (
 	"net/http"
+
+	"github.com/sluicehq/sluice/audit"
 )
 
 // upstreamStage makes sure the request has an upstream connection: a
@@ -21,10 +23,24 @@ func (upstreamStage) Request(x *Exchange) *Answer {
 	if t.err != nil {
 		return fail(http.StatusBadGateway, t.fail, t.err.Error())
 	}
-	if !t.useTLS {
-		if err := t.ensure(x.f); err != nil {
+	for !t.useTLS {
+		err := t.ensure(x.f)
+		if err == nil {
+			break
+		}
+		if x.bal == nil {
 			return fail(http.StatusBadGateway, t.fail, err.Error())
 		}
+		// An upstream group's target that can't be reached: nothing was
+		// sent, so any request may go to another target.
+		x.bal.done(false)
+		if a := x.retarget(true); a != nil {
+			if a.Reason == audit.ReasonNoHealthyUpstream {
+				a.Detail += "; last failure: " + err.Error()
+			}
+			return a
+		}
+		t = x.t
 	}
 	rec.DstIP = t.addr.Addr()
 	rec.UpstreamAddr = t.addrString(t.addr)

@@ -266,7 +266,18 @@ func (n *Node) startProxy(ctx context.Context, cfg config.Config, opts Options, 
 		Observer:      n.Metrics,
 		Names:         &n.names,
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	n.Metrics.SetUpstreamHealth(func() []metrics.UpstreamHealth {
+		hs := n.Proxy.UpstreamHealth()
+		out := make([]metrics.UpstreamHealth, len(hs))
+		for i, h := range hs {
+			out[i] = metrics.UpstreamHealth{Group: h.Group, Target: h.Target, Healthy: h.Healthy}
+		}
+		return out
+	})
+	return nil
 }
 
 // loadPolicy puts the policy file (the embedded default when empty) in

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/cache"
+	"github.com/sluicehq/sluice/upstreams"
 	"github.com/sluicehq/sluice/workload"
 )
 
@@ -59,6 +60,7 @@ type Engine struct {
 	now          func() time.Time
 	log          *slog.Logger
 	hideDenied   bool // mcp.hideDenied
+	upstreams    []upstreams.Spec
 }
 
 type rule struct {
@@ -164,6 +166,7 @@ func New(p *Policy, o Options) (*Engine, error) {
 		return nil, err
 	}
 	e.dns = compileDNS(p.DNS, global)
+	e.upstreams = compileUpstreams(p.Upstreams)
 	e.def = &rule{name: RuleDefault, deny: p.Defaults.Action == "deny", audit: defAudit, maxReq: dl[0], maxResp: dl[1], capture: p.Defaults.Capture}
 	if p.Defaults.RateLimit != nil {
 		e.def.rl = compileLimiter(RuleDefault, p.Defaults.RateLimit, e.lim)
@@ -244,6 +247,9 @@ func (e *Engine) Hosts() []string { return e.hosts }
 
 // Limiters returns the rate-limit store the Engine uses.
 func (e *Engine) Limiters() *Limiters { return e.lim }
+
+// Upstreams returns the policy's upstream groups (UpstreamLister).
+func (e *Engine) Upstreams() []upstreams.Spec { return e.upstreams }
 
 // guard is the address guard: the first dialed address in a blocked range
 // not exempted by ssrf.allowCIDRs or by an allow rule's cidrs. ok is false

@@ -24,6 +24,8 @@ type Policy struct {
 
 	// What a request carries (model_content.go).
 	Credentials []Credential `yaml:"credentials" desc:"Secrets Sluice injects or substitutes for masked placeholders (sluice:cred:NAME), each bound to the hosts it may go to. Values come from files or the agent's environment, never from this file."`
+	// Upstreams: see model_gateway.go.
+	Upstreams []Upstream `yaml:"upstreams" desc:"Upstream groups: several targets for a destination, balanced, health checked, with retries."`
 }
 
 // DNSRule allows or denies the names a workload may resolve.

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 
 	"github.com/sluicehq/sluice/cache"
+	"github.com/sluicehq/sluice/upstreams"
 	"github.com/sluicehq/sluice/workload"
 )
 
@@ -192,6 +193,15 @@ type Decider interface {
 }
 
 var _ Decider = (*Engine)(nil)
+
+// UpstreamLister is implemented by a Decider whose policy has upstream
+// groups: the proxy balances the destinations they serve. The result is
+// immutable and the same on every call.
+type UpstreamLister interface {
+	Upstreams() []upstreams.Spec
+}
+
+var _ UpstreamLister = (*Engine)(nil)
 
 // HostLister is implemented by a Decider whose rules name hosts: the
 // proxy resolves these names to tell which of them a destination without

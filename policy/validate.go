@@ -96,6 +96,7 @@ func (d *decoder) validate(p *Policy) {
 		d.checkCarry(at, r, p.Credentials)
 	}
 	d.validateDNS(p.DNS)
+	d.validateUpstreams(p.Upstreams)
 }
 
 var (
