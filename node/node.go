@@ -211,9 +211,17 @@ func newDNSServer(cfg config.Config, n *Node, dialer *net.Dialer, log *slog.Logg
 	if d.DenyRcode == "refused" {
 		rcode = dns.RcodeRefused
 	}
+	var exfil *agent.ExfilOptions
+	if x := d.Exfil; x.Mode != "off" {
+		exfil = &agent.ExfilOptions{
+			Enforce: x.Mode == "enforce", QueriesPerSecond: x.QueriesPerSecond,
+			MaxLabelLength: x.MaxLabelLength, MaxLabelEntropy: x.MaxLabelEntropy, EntropyMinLength: x.EntropyMinLength,
+			UniqueSubdomainsPerMinute: x.UniqueSubdomainsPerMinute, TrackSize: x.TrackSize,
+		}
+	}
 	return agent.NewDNSServer(agent.DNSOptions{
 		Upstreams: ups, DenyRcode: rcode, CacheSize: d.CacheSize, NamesSize: d.NamesSize,
-		Policy: n.policy, Audit: append(n.logs, n.Metrics), Log: log, Dialer: dialer,
+		Policy: n.policy, Audit: append(n.logs, n.Metrics), Log: log, Dialer: dialer, Exfil: exfil,
 	})
 }
 
