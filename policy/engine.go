@@ -54,6 +54,7 @@ type Engine struct {
 	now          func() time.Time
 	log          *slog.Logger
 	hideDenied   bool // mcp.hideDenied
+	res          resolution
 }
 
 type rule struct {
@@ -107,6 +108,7 @@ func Compile(s Spec) (*Engine, error) {
 		return nil, err
 	}
 	e.metadataOnly = true
+	e.res.allowDoH = true // host lists only: no built-in denies
 	return e, nil
 }
 
@@ -146,6 +148,9 @@ func New(p *Policy, o Options) (*Engine, error) {
 		return nil, err
 	}
 	e.dns = compileDNS(p.DNS, global)
+	if e.res, err = compileResolution(p.Resolution, global); err != nil {
+		return nil, err
+	}
 	e.def = &rule{name: RuleDefault, deny: p.Defaults.Action == "deny", audit: defAudit, maxReq: dl[0], maxResp: dl[1], capture: p.Defaults.Capture}
 	if p.Defaults.RateLimit != nil {
 		e.def.rl = compileLimiter(RuleDefault, p.Defaults.RateLimit, e.lim)
@@ -266,6 +271,14 @@ func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 	if !ok && g.Denied() {
 		return ConnDecision{Action: Reject, Decision: g}
 	}
+	if rd, rok := e.res.check(c, c.Host, nil); !rok {
+		if rd.Denied() {
+			return ConnDecision{Action: Reject, Decision: rd}
+		}
+		if ok {
+			g, ok = rd, false // recorded like the address guard in audit mode
+		}
+	}
 	pass := c.TLS && c.Host != "" && matchAny(e.passthrough, c.Host)
 	var d Decision
 	decided := false
@@ -347,6 +360,14 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 	g, ok := e.guard(id, t)
 	if !ok && g.Denied() {
 		return g
+	}
+	if rd, rok := e.res.check(c, host, r); !rok {
+		if rd.Denied() {
+			return rd
+		}
+		if ok {
+			g, ok = rd, false
+		}
 	}
 	ru := e.match(id, t, r.MCP)
 	d := ru.access(ru == e.def)

@@ -21,6 +21,17 @@ type Policy struct {
 	// MCP: see the MCP block at the foot of this file.
 	MCP MCPSettings `yaml:"mcp" desc:"How MCP (JSON-RPC over Streamable HTTP) is handled."`
 	DNS []DNSRule   `yaml:"dns" desc:"Rules for the names workloads look up through the agent's DNS server, in order; the first rule that selects the workload and matches the name decides; a name no rule matches is allowed."`
+	// Resolution: resolution.go.
+	Resolution Resolution `yaml:"resolution" desc:"How connections relate to DNS: encrypted DNS to public resolvers, and addresses the workload did not obtain from DNS."`
+}
+
+// Resolution configures the checks of resolution.go, applied to every
+// connection before the rules.
+type Resolution struct {
+	Mode            string   `yaml:"mode" enum:"enforce|audit" desc:"Mode of these checks; default: the global mode."`
+	AllowDoH        bool     `yaml:"allowDoH" desc:"Allow DNS over HTTPS and over TLS to well-known public resolvers (by name or address, and any port 853), and DoH requests (application/dns-message) to any server; denied by default, since they take names past the agent's DNS server."`
+	RequireResolved bool     `yaml:"requireResolved" desc:"Deny a connection to an address the workload did not obtain from the agent's DNS server (transparent interception with agent.dnsPort only)."`
+	UnresolvedCIDRs []string `yaml:"unresolvedCIDRs" desc:"Ranges requireResolved lets through without a DNS answer, e.g. the cluster's service range 10.96.0.0/12."`
 }
 
 // DNSRule allows or denies the names a workload may resolve.

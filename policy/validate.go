@@ -94,6 +94,7 @@ func (d *decoder) validate(p *Policy) {
 		}
 	}
 	d.validateDNS(p.DNS)
+	d.validateResolution(p.Resolution)
 }
 
 var (
