@@ -272,7 +272,7 @@ func (n *Node) startProxy(ctx context.Context, cfg config.Config, opts Options, 
 		RedactHeaders: cfg.Audit.RedactHeaders,
 		Capture:       capture,
 		Observer:      n.Metrics,
-		Names:         &n.names,
+		Names:         n.namesDep(cfg, opts),
 	})
 	return err
 }
@@ -425,3 +425,14 @@ func (l *lateNames) NamesFor(id workload.Identity, addr netip.Addr) []string {
 }
 
 var _ mitm.Names = (*lateNames)(nil)
+
+// namesDep is the proxy's Deps.Names: the DNS server's bindings when the
+// agent will run one, nil otherwise, so that the proxy never takes a
+// missing server for a workload that resolved nothing
+// (policy.Conn.Unresolved).
+func (n *Node) namesDep(cfg config.Config, opts Options) mitm.Names {
+	if !opts.Intercept || cfg.Agent.DNSPort == 0 {
+		return nil
+	}
+	return &n.names
+}
