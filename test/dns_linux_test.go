@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -382,5 +383,62 @@ func TestRunDNSRequireResolvedAndExfil(t *testing.T) {
 	}
 	if exfil != 5 || refused == 0 || named != 1 {
 		t.Errorf("records: %d exfiltration denials (want 5), %d require-resolved refusals (want some), %d HTTPS records with dns_name api.test (want 1)", exfil, refused, named)
+	}
+}
+
+// A workload's own resolver library goes through the agent too: Python's
+// socket.getaddrinfo (glibc, reading the resolv.conf that `ip netns exec`
+// bind-mounts for the workload's namespace, which names the test's
+// resolver) gets api.test's address from the agent's DNS server, which
+// records the query and binds the name for the workload.
+func TestAgentDNSGetaddrinfo(t *testing.T) {
+	e := newAgentEnv(t)
+	res := e.tp.Hosts[1]
+	startTestResolver(t, res, nil)
+	wl := e.tp.Hosts[0]
+	conf := filepath.Join("/etc/netns", wl.Name, "resolv.conf") // the topology's file
+	if err := os.WriteFile(conf, []byte("nameserver "+res.IP4.String()+"\noptions attempts:1 timeout:3\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	recs := &dnsRecords{}
+	srv, err := agent.NewDNSServer(agent.DNSOptions{
+		Upstreams: []netip.AddrPort{netip.AddrPortFrom(res.IP4, 53)}, Audit: recs,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.opts.DNS = srv
+	e.cfg.DNSPort = 15053
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := wl.Exec(ctx, "python3", "-c", `import socket; print(socket.getaddrinfo("api.test", 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])`)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	done := e.cg.Command(t, cmd)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("getaddrinfo: %v\n%s", err, errb.String())
+	}
+	if got := strings.TrimSpace(out.String()); got != apiTest4.String() {
+		t.Fatalf("getaddrinfo(api.test) = %q, want %s", got, apiTest4)
+	}
+	var rec *audit.Record
+	for _, r := range recs.all() {
+		if r.DNSName == "api.test" && r.QType == "A" {
+			rec = &r
+		}
+	}
+	if rec == nil || rec.Workload.Comm != "python3" || rec.Workload.Cgroup != e.cg.Path || rec.Decision != audit.DecisionAllow {
+		t.Fatalf("no record of the lookup naming python3 in %s: %+v", e.cg.Path, recs.all())
+	}
+	if names := srv.NamesFor(rec.Workload, apiTest4); !slices.Equal(names, []string{"api.test"}) {
+		t.Errorf("NamesFor(%s) = %v, want [api.test]", apiTest4, names)
 	}
 }
