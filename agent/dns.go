@@ -59,6 +59,8 @@ type DNSOptions struct {
 	Timeout time.Duration
 	// Now is the clock of the cache and the bindings. Nil: time.Now.
 	Now func() time.Time
+	// Exfil is the exfiltration guard (dnsguard.go); nil: none.
+	Exfil *ExfilOptions
 }
 
 // DNSServer answers workloads' queries; see the comment above DNSOptions.
@@ -69,8 +71,12 @@ type DNSServer struct {
 	tcp   *dns.Client
 	cache *dnsCache
 	names *dnsNames
+	exfil *exfilGuard // nil: no guard
 	log   *slog.Logger
 }
+
+// RuleExfil is the rule of records the exfiltration guard decided.
+const RuleExfil = "dns-exfiltration"
 
 // upstreamUDPSize is the EDNS0 buffer size offered to upstreams (the DNS
 // flag day 2020 value: no fragmentation on common paths).
@@ -114,6 +120,9 @@ func NewDNSServer(o DNSOptions) (*DNSServer, error) {
 	}
 	if o.CacheSize > 0 {
 		s.cache = newDNSCache(o.CacheSize)
+	}
+	if o.Exfil != nil {
+		s.exfil = newExfilGuard(*o.Exfil)
 	}
 	return s, nil
 }
@@ -235,6 +244,18 @@ func (s *DNSServer) answer(ctx context.Context, r *dns.Msg, id *workload.Identit
 		rec.Decision = audit.DecisionWouldDeny
 	default:
 		rec.Decision = audit.DecisionAllow
+	}
+	if s.exfil != nil {
+		if why := s.exfil.check(nameKey(id), rec.DNSName, s.o.Now()); why != "" {
+			if s.exfil.o.Enforce {
+				rec.Decision, rec.Rule, rec.Reason = audit.DecisionDeny, RuleExfil, why
+				s.log.Warn("dns query denied as exfiltration", audit.KeyWorkload, id.Name(), audit.KeyDNSName, rec.DNSName, audit.KeyReason, why)
+				return reply(s.o.DenyRcode), rec
+			}
+			if rec.Decision == audit.DecisionAllow {
+				rec.Decision, rec.Rule, rec.Reason = audit.DecisionWouldDeny, RuleExfil, why
+			}
+		}
 	}
 	resp, err := s.resolve(ctx, r, q)
 	if err != nil {

@@ -54,14 +54,7 @@ func startUpstream(t testing.TB) *fakeUpstream {
 		}
 		_ = w.WriteMsg(m)
 	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, ln := listenUDPTCP(t)
 	u.addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
 	serve(t, &dns.Server{PacketConn: pc, Handler: h}, &dns.Server{Listener: ln, Handler: h})
 	return u
@@ -143,14 +136,7 @@ func startDNS(t *testing.T, up *fakeUpstream, pol string, mod func(*DNSOptions))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, ln := listenUDPTCP(t)
 	serve(t, &dns.Server{PacketConn: pc, Handler: s}, &dns.Server{Listener: ln, Handler: s})
 	return s, pc.LocalAddr().String(), recs
 }
@@ -390,4 +376,24 @@ func FuzzDNSAnswer(f *testing.F) {
 			t.Fatalf("answer does not pack: %v\n%v", err, w.out)
 		}
 	})
+}
+
+// listenUDPTCP listens on one loopback port over UDP and TCP, trying
+// other ports while the TCP side of the one UDP picked is taken.
+func listenUDPTCP(t testing.TB) (net.PacketConn, net.Listener) {
+	t.Helper()
+	var err error
+	for range 20 {
+		var pc net.PacketConn
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			break
+		}
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			return pc, ln
+		}
+		pc.Close()
+	}
+	t.Fatal(err)
+	return nil, nil
 }

@@ -136,6 +136,32 @@ const (
 	ReasonKernelDNS    = "dns steered to the agent's dns server"
 )
 
+// Reasons of the DNS server's exfiltration guard: a query flagged as a
+// likely carrier of data out (denied in enforce mode, would_deny in
+// audit mode). ExfilReasons lists them.
+const (
+	ReasonDNSExfilRate        = "dns query rate exceeded (possible exfiltration)"
+	ReasonDNSExfilLabelLength = "dns label too long (possible exfiltration)"
+	ReasonDNSExfilEntropy     = "dns label too random (possible exfiltration)"
+	ReasonDNSExfilSubdomains  = "too many unique subdomains of one domain (possible exfiltration)"
+)
+
+var exfilReasons = [...]string{ReasonDNSExfilRate, ReasonDNSExfilLabelLength, ReasonDNSExfilEntropy, ReasonDNSExfilSubdomains}
+
+// ExfilSuspect reports whether reason is one of the exfiltration guard's.
+func ExfilSuspect(reason string) bool { return slices.Contains(exfilReasons[:], reason) }
+
+// Reasons of the policy's name checks on connections.
+const (
+	// ReasonPublicResolver: a connection to a well-known public DNS
+	// resolver's DoH host or address, or to port 853 (DoT), which would
+	// take the workload's DNS past the agent's DNS server.
+	ReasonPublicResolver = "encrypted dns to a public resolver (doh or dot)"
+	// ReasonUnresolved: requireResolved and the workload did not obtain
+	// the dialed address from DNS.
+	ReasonUnresolved = "address not obtained from dns"
+)
+
 // clientCaused are the reasons that say the client misbehaved or left.
 var clientCaused = [...]string{
 	ReasonClientGone, ReasonNormalClose, ReasonMalformed, ReasonHeaderTooLarge,

@@ -67,6 +67,33 @@ type DNS struct {
 	// NamesSize bounds the {workload, address} -> names bindings kept
 	// for the proxy (TTL-bounded).
 	NamesSize int `yaml:"namesSize"`
+	// Exfil is the exfiltration guard on every selected workload's
+	// queries.
+	Exfil Exfil `yaml:"exfil"`
+}
+
+// Exfil configures the DNS server's exfiltration guard. Each limit is per
+// workload (cgroup); 0 turns that check off.
+type Exfil struct {
+	// Mode: "audit" (default) records flagged queries as would_deny and
+	// answers them, "enforce" denies them (denyRcode), "off" disables
+	// the guard.
+	Mode string `yaml:"mode"`
+	// QueriesPerSecond is the rate of queries a workload may send (a
+	// burst of twice as many passes).
+	QueriesPerSecond float64 `yaml:"queriesPerSecond"`
+	// MaxLabelLength is the longest label allowed (DNS allows 63).
+	MaxLabelLength int `yaml:"maxLabelLength"`
+	// MaxLabelEntropy is the largest Shannon entropy, in bits per
+	// character, of a label of at least entropyMinLength characters.
+	MaxLabelEntropy  float64 `yaml:"maxLabelEntropy"`
+	EntropyMinLength int     `yaml:"entropyMinLength"`
+	// UniqueSubdomainsPerMinute bounds the different names under one
+	// registrable domain a workload may ask in a minute.
+	UniqueSubdomainsPerMinute int `yaml:"uniqueSubdomainsPerMinute"`
+	// TrackSize bounds the workloads and {workload, domain} pairs the
+	// guard keeps counts for.
+	TrackSize int `yaml:"trackSize"`
 }
 
 // DefaultAgent returns the agent defaults.
@@ -83,7 +110,10 @@ func DefaultAgent() Agent {
 		Attach:        "cgroup",
 		DNSPort:       15053,
 		RefuseQUIC:    true,
-		DNS:           DNS{DenyRcode: "nxdomain", CacheSize: 10000, NamesSize: 65536},
+		DNS: DNS{DenyRcode: "nxdomain", CacheSize: 10000, NamesSize: 65536, Exfil: Exfil{
+			Mode: "audit", QueriesPerSecond: 50, MaxLabelLength: 52, MaxLabelEntropy: 4.0, EntropyMinLength: 24,
+			UniqueSubdomainsPerMinute: 100, TrackSize: 4096,
+		}},
 	}
 }
 
@@ -146,6 +176,35 @@ func (a Agent) validateDNS() []error {
 	}
 	if a.DNS.NamesSize <= 0 {
 		errs = append(errs, fmt.Errorf("agent.dns.namesSize %d: must be positive, e.g. 65536", a.DNS.NamesSize))
+	}
+	return append(errs, a.DNS.Exfil.validate()...)
+}
+
+// validate checks agent.dns.exfil, every problem at once.
+func (x Exfil) validate() []error {
+	var errs []error
+	switch x.Mode {
+	case "off", "audit", "enforce":
+	default:
+		errs = append(errs, fmt.Errorf("agent.dns.exfil.mode %q: must be \"audit\", \"enforce\" or \"off\"", x.Mode))
+	}
+	if x.QueriesPerSecond < 0 {
+		errs = append(errs, fmt.Errorf("agent.dns.exfil.queriesPerSecond %v: must be 0 (no limit) or more, e.g. 50", x.QueriesPerSecond))
+	}
+	if x.MaxLabelLength < 0 || x.MaxLabelLength > 63 {
+		errs = append(errs, fmt.Errorf("agent.dns.exfil.maxLabelLength %d: must be 0 (no limit) to 63, e.g. 52", x.MaxLabelLength))
+	}
+	if x.MaxLabelEntropy < 0 || x.MaxLabelEntropy > 8 {
+		errs = append(errs, fmt.Errorf("agent.dns.exfil.maxLabelEntropy %v: must be 0 (no limit) to 8 bits per character, e.g. 4.0", x.MaxLabelEntropy))
+	}
+	if x.EntropyMinLength < 0 {
+		errs = append(errs, fmt.Errorf("agent.dns.exfil.entropyMinLength %d: must be 0 or more, e.g. 24", x.EntropyMinLength))
+	}
+	if x.UniqueSubdomainsPerMinute < 0 {
+		errs = append(errs, fmt.Errorf("agent.dns.exfil.uniqueSubdomainsPerMinute %d: must be 0 (no limit) or more, e.g. 100", x.UniqueSubdomainsPerMinute))
+	}
+	if x.TrackSize <= 0 {
+		errs = append(errs, fmt.Errorf("agent.dns.exfil.trackSize %d: must be positive, e.g. 4096", x.TrackSize))
 	}
 	return errs
 }

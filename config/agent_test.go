@@ -31,6 +31,14 @@ func TestAgentValidate(t *testing.T) {
 		{"v4 as v6", func(a *Agent) { a.InterceptIPv6 = netip.MustParseAddr("::ffff:1.2.3.4") }, []string{"agent.interceptIPv6"}},
 		{"v6 as v4", func(a *Agent) { a.InterceptIPv4 = netip.MustParseAddr("fdc5::1") }, []string{"agent.interceptIPv4"}},
 		{"no ports", func(a *Agent) { a.Ports = nil }, []string{"agent.ports []"}},
+		{"exfil off", func(a *Agent) { a.DNS.Exfil = Exfil{Mode: "off", TrackSize: 1} }, nil},
+		{"exfil every problem", func(a *Agent) {
+			a.DNS.Exfil = Exfil{Mode: "block", QueriesPerSecond: -1, MaxLabelLength: 64, MaxLabelEntropy: 9, EntropyMinLength: -1, UniqueSubdomainsPerMinute: -1}
+		}, []string{
+			`agent.dns.exfil.mode "block"`, "agent.dns.exfil.queriesPerSecond -1", "agent.dns.exfil.maxLabelLength 64",
+			"agent.dns.exfil.maxLabelEntropy 9", "agent.dns.exfil.entropyMinLength -1",
+			"agent.dns.exfil.uniqueSubdomainsPerMinute -1", "agent.dns.exfil.trackSize 0",
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

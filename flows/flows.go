@@ -203,7 +203,11 @@ func (t *Table) Record(r *audit.Record) {
 	} else if r.Port != 0 && r.Host == "" {
 		addr = ":" + strconv.Itoa(int(r.Port))
 	}
-	t.observe(r.Workload, r.Host, addr, c)
+	host := r.Host
+	if host == "" {
+		host = r.DNSName // the name the workload resolved to the address
+	}
+	t.observe(r.Workload, host, addr, c)
 }
 
 // Connect records one kernel connect event of process pid (comm, cgroup

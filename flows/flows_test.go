@@ -183,3 +183,16 @@ func TestConnectAfterRecordJoinsHost(t *testing.T) {
 		t.Fatalf("destination = %+v, want api.demo.test with 2 connects and 1 request", d)
 	}
 }
+
+// A record without a host is named by the name the workload resolved to
+// its address (dns_name).
+func TestDNSNameNamesDestination(t *testing.T) {
+	tb := flows.New(flows.Options{})
+	id := workload.Identity{PID: 7, Comm: "python3", Cgroup: "/a"}
+	tb.Record(&audit.Record{Kind: audit.KindL4, Workload: id, DstIP: netip.MustParseAddr("192.0.2.10"), Port: 5432,
+		DNSName: "db.example", Decision: audit.DecisionAllow})
+	s := tb.Snapshot()
+	if len(s.Rows) != 1 || len(s.Rows[0].Destinations) != 1 || s.Rows[0].Destinations[0].Name() != "db.example" {
+		t.Fatalf("rows %+v", s.Rows)
+	}
+}

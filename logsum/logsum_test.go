@@ -239,7 +239,7 @@ func TestWriteTextEmpty(t *testing.T) {
 	if err := WriteText(&b, New().Summary(10)); err != nil {
 		t.Fatal(err)
 	}
-	if out := b.String(); !strings.Contains(out, "0 records from no input") || strings.Count(out, "  none\n") != 7 {
+	if out := b.String(); !strings.Contains(out, "0 records from no input") || strings.Count(out, "  none\n") != 9 {
 		t.Errorf("empty summary:\n%s", out)
 	}
 }
@@ -253,7 +253,7 @@ func TestEntryFields(t *testing.T) {
 	e := Entry{
 		Time: time.Date(2026, 11, 25, 8, 0, 0, 5, time.UTC), Kind: "http", PID: 7, Comm: "c", Workload: "ns/p",
 		Host: "h.example", IP: "192.0.2.1", Method: "GET", Path: "/", Status: 200, Source: "upstream",
-		Decision: "allow", Rule: "r", Reason: "allowed by rule", BytesIn: 1, BytesOut: 2, DurationMS: 0.5,
+		Decision: "allow", Rule: "r", Reason: "allowed by rule", BytesIn: 1, BytesOut: 2, DurationMS: 0.5, DNSName: "h.example",
 	}
 	b, err := MarshalLine(e)
 	if err != nil {
@@ -269,5 +269,36 @@ func TestEntryFields(t *testing.T) {
 	got, err := ParseLine(b)
 	if err != nil || got != e {
 		t.Errorf("ParseLine(MarshalLine(e)) = %+v, %v\nwant %+v", got, err, e)
+	}
+}
+
+// DNS records: denied names by workload, name and rule; exfiltration
+// suspects by workload, domain and reason; dns_name names a destination
+// without a host.
+func TestDNSSections(t *testing.T) {
+	s := New()
+	for _, e := range []Entry{
+		{Kind: audit.KindDNS, Workload: "w1", DNSName: "x.paste.example", Decision: audit.DecisionDeny, Rule: "no-paste", Reason: audit.ReasonDNSDenied},
+		{Kind: audit.KindDNS, Workload: "w1", DNSName: "x.paste.example", Decision: audit.DecisionDeny, Rule: "no-paste", Reason: audit.ReasonDNSDenied},
+		{Kind: audit.KindDNS, Workload: "w1", DNSName: "aaaa1.t.evil.co.uk", Decision: audit.DecisionWouldDeny, Rule: "dns-exfiltration", Reason: audit.ReasonDNSExfilLabelLength},
+		{Kind: audit.KindDNS, Workload: "w1", DNSName: "bbbb2.t.evil.co.uk", Decision: audit.DecisionDeny, Rule: "dns-exfiltration", Reason: audit.ReasonDNSExfilLabelLength},
+		{Kind: audit.KindDNS, Workload: "w1", DNSName: "api.example", Decision: audit.DecisionAllow, Reason: audit.ReasonDNSAllowed},
+		{Kind: audit.KindL4, Workload: "w1", IP: "192.0.2.1", DNSName: "api.example", Decision: audit.DecisionAllow},
+	} {
+		s.Add(e)
+	}
+	sum := s.Summary(10)
+	if got := sum.DeniedNames.Rows; len(got) != 1 || got[0] != (Row{Workload: "w1", Host: "x.paste.example", Rule: "no-paste", Count: 2}) {
+		t.Errorf("denied names %+v", got)
+	}
+	if got := sum.ExfilSuspects.Rows; len(got) != 1 || got[0] != (Row{Workload: "w1", Host: "evil.co.uk", Reason: audit.ReasonDNSExfilLabelLength, Count: 2}) {
+		t.Errorf("exfil suspects %+v", got)
+	}
+	if HostOf(Entry{IP: "192.0.2.1", DNSName: "API.example"}) != "api.example" {
+		t.Error("HostOf ignores dns_name")
+	}
+	var b strings.Builder
+	if err := WriteText(&b, sum); err != nil || !strings.Contains(b.String(), "DNS EXFILTRATION SUSPECTS") || !strings.Contains(b.String(), "evil.co.uk") {
+		t.Errorf("text %v:\n%s", err, b.String())
 	}
 }

@@ -43,6 +43,7 @@ type Entry struct {
 	BytesIn    int64
 	BytesOut   int64
 	DurationMS float64
+	DNSName    string
 }
 
 // fields maps audit's keys to Entry's fields, in the order MarshalLine
@@ -68,6 +69,7 @@ var fields = [...]struct {
 	{audit.KeyBytesIn, func(e *Entry) any { return &e.BytesIn }},
 	{audit.KeyBytesOut, func(e *Entry) any { return &e.BytesOut }},
 	{audit.KeyDurationMS, func(e *Entry) any { return &e.DurationMS }},
+	{audit.KeyDNSName, func(e *Entry) any { return &e.DNSName }},
 }
 
 // wireType is a struct with a field *string "msg" and then one field per

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/publicsuffix"
+
 	"github.com/sluicehq/sluice/audit"
 )
 
@@ -48,6 +50,8 @@ type Summarizer struct {
 	wouldDeny    counter
 	authFailures counter
 	serverErrors counter
+	deniedNames  counter
+	exfil        counter
 	workloads    map[string]*Talker
 	hosts        map[string]*Talker
 }
@@ -62,6 +66,8 @@ func New() *Summarizer {
 		wouldDeny:    counter{},
 		authFailures: counter{},
 		serverErrors: counter{},
+		deniedNames:  counter{},
+		exfil:        counter{},
 		workloads:    map[string]*Talker{},
 		hosts:        map[string]*Talker{},
 	}
@@ -187,6 +193,16 @@ func (s *Summarizer) Add(e Entry) {
 	case audit.DecisionWouldDeny:
 		s.wouldDeny.add(Row{Rule: e.Rule, Reason: e.Reason})
 	}
+	if kind == audit.KindDNS && e.DNSName != "" {
+		name := strings.ToLower(e.DNSName)
+		switch {
+		case audit.ExfilSuspect(e.Reason):
+			// Tunnelled names are each new: count their domain.
+			s.exfil.add(Row{Workload: wl, Host: parentDomain(name), Reason: e.Reason})
+		case e.Decision == audit.DecisionDeny:
+			s.deniedNames.add(Row{Workload: wl, Host: name, Rule: e.Rule})
+		}
+	}
 	switch {
 	case e.Status == 429 && e.Source == audit.SourceSluice:
 		s.rateLimited.add(Row{Workload: wl, Host: host})
@@ -233,11 +249,14 @@ func WorkloadOf(e Entry) string {
 }
 
 // HostOf is the destination label of a record: the host the client asked
-// for, else the IP that was dialed, else "unknown".
+// for, else the name the workload resolved to the address (dns_name),
+// else the IP that was dialed, else "unknown".
 func HostOf(e Entry) string {
 	switch {
 	case e.Host != "":
 		return strings.ToLower(e.Host)
+	case e.DNSName != "":
+		return strings.ToLower(e.DNSName)
 	case e.IP != "":
 		return e.IP
 	default:
@@ -266,6 +285,11 @@ type Summary struct {
 	WouldDeny    Section `json:"would_deny"`    // decision would_deny (audit mode), by rule and reason
 	AuthFailures Section `json:"auth_failures"` // 401/403 from upstream, by workload, host, status
 	ServerErrors Section `json:"server_errors"` // 5xx from upstream, by workload, host, status
+	// DeniedNames are the names the DNS server denied, by workload, name
+	// and rule; ExfilSuspects the queries its exfiltration guard flagged
+	// (denied or would_deny), by workload, domain and reason.
+	DeniedNames   Section `json:"denied_names"`
+	ExfilSuspects Section `json:"exfil_suspects"`
 
 	TopWorkloads Talkers `json:"top_workloads"`
 	TopHosts     Talkers `json:"top_hosts"`
@@ -345,13 +369,15 @@ func (s *Summarizer) Summary(n int) Summary {
 			Kinds:     copyMap(s.kinds),
 			Decisions: copyMap(s.decisions),
 		},
-		RateLimited:  s.rateLimited.section(n),
-		Denials:      s.denials.section(n),
-		WouldDeny:    s.wouldDeny.section(n),
-		AuthFailures: s.authFailures.section(n),
-		ServerErrors: s.serverErrors.section(n),
-		TopWorkloads: topTalkers(s.workloads, n),
-		TopHosts:     topTalkers(s.hosts, n),
+		RateLimited:   s.rateLimited.section(n),
+		Denials:       s.denials.section(n),
+		WouldDeny:     s.wouldDeny.section(n),
+		AuthFailures:  s.authFailures.section(n),
+		ServerErrors:  s.serverErrors.section(n),
+		DeniedNames:   s.deniedNames.section(n),
+		ExfilSuspects: s.exfil.section(n),
+		TopWorkloads:  topTalkers(s.workloads, n),
+		TopHosts:      topTalkers(s.hosts, n),
 	}
 }
 
@@ -406,4 +432,13 @@ func topTalkers(m map[string]*Talker, n int) Talkers {
 		t.Rows = t.Rows[:n]
 	}
 	return t
+}
+
+// parentDomain is the registrable domain of name (public suffix list),
+// name itself when there is none.
+func parentDomain(name string) string {
+	if p, err := publicsuffix.EffectiveTLDPlusOne(strings.TrimSuffix(name, ".")); err == nil {
+		return p
+	}
+	return name
 }

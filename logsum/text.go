@@ -51,6 +51,10 @@ func WriteText(w io.Writer, s Summary) error {
 		func(r Row) []string { return []string{r.Workload, r.Host, strconv.Itoa(r.Status)} })
 	section(p, "SERVER ERRORS (5xx from upstream)", s.ServerErrors, []string{"WORKLOAD", "HOST", "STATUS"},
 		func(r Row) []string { return []string{r.Workload, r.Host, strconv.Itoa(r.Status)} })
+	section(p, "DENIED DNS NAMES", s.DeniedNames, []string{"WORKLOAD", "NAME", "RULE"},
+		func(r Row) []string { return []string{r.Workload, r.Host, r.Rule} })
+	section(p, "DNS EXFILTRATION SUSPECTS (by domain)", s.ExfilSuspects, []string{"WORKLOAD", "DOMAIN", "REASON"},
+		func(r Row) []string { return []string{r.Workload, r.Host, r.Reason} })
 	talkers(p, "TOP WORKLOADS", "WORKLOAD", s.TopWorkloads)
 	talkers(p, "TOP HOSTS", "HOST", s.TopHosts)
 	return tw.Flush()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
+	"github.com/sluicehq/sluice/workload"
 )
 
 // Name binding: a name counts for policy only where it is bound to what is
@@ -149,4 +150,31 @@ func (f *flow) namesFor(ip netip.Addr) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// resolvedNames returns the names the workload id resolved to ip through
+// the agent's DNS server, and whether such a server tells the proxy
+// (Deps.Names); policy.Conn.Unresolved and Record.DNSName come from it.
+func (p *Proxy) resolvedNames(id workload.Identity, ip netip.Addr) ([]string, bool) {
+	if p.deps.Names == nil || !ip.IsValid() {
+		return nil, false
+	}
+	return p.deps.Names.NamesFor(id, ip.Unmap()), true
+}
+
+// setDNSName fills rec.DNSName, on a record of the proxy, with the name
+// the workload resolved to rec.DstIP: rec.Host when it is one of them,
+// else the first.
+func (p *Proxy) setDNSName(rec *audit.Record) {
+	if rec.DNSName != "" || rec.Kind == audit.KindDNS {
+		return
+	}
+	names, _ := p.resolvedNames(rec.Workload, rec.DstIP)
+	if len(names) == 0 {
+		return
+	}
+	rec.DNSName = names[0]
+	if h := strings.TrimSuffix(strings.ToLower(rec.Host), "."); slices.Contains(names, h) {
+		rec.DNSName = h
+	}
 }

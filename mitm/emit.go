@@ -14,6 +14,7 @@ func (p *Proxy) emit(rec *audit.Record) {
 	if rec.Duration == 0 {
 		rec.Duration = time.Since(rec.Time)
 	}
+	p.setDNSName(rec)
 	p.deps.Audit.Record(rec)
 	audit.LogDecision(context.Background(), p.log, rec)
 }

@@ -113,6 +113,10 @@ func (f *flow) newTarget(host string, port uint16, tlsFlow bool) *target {
 	if (host == "" || isIPLiteral(host)) && len(addrs) > 0 {
 		t.conn.Names = f.namesFor(addrs[0])
 	}
+	if f.dst.Addr.IsValid() { // transparent: the workload chose the address
+		names, known := f.p.resolvedNames(f.id, f.dst.Addr.Addr())
+		t.conn.Unresolved = known && len(names) == 0
+	}
 	t.cd = f.p.decider().Connection(f.ctx, t.conn)
 	return t
 }

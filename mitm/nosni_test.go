@@ -161,3 +161,52 @@ rules:
 		t.Fatalf("%d %s, upstream reached %d times; want the deny by the resolved name", resp.StatusCode, body, reached.Load())
 	}
 }
+
+// Records carry the name the workload resolved to the dialed address
+// (dns_name); with requireResolved, an address it did not resolve is
+// refused before the upstream is reached.
+func TestResolvedNamesAndRequireResolved(t *testing.T) {
+	var reached atomic.Int64
+	up := startPlainUpstream(t, countingHandler(&reached))
+	e, err := policy.Parse([]byte("version: 1\nssrf: {allowCIDRs: [127.0.0.0/8]}\nresolution: {requireResolved: true}\n"), "test-policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name   string
+		names  fixedNames
+		status int
+	}{
+		{"resolved", fixedNames{up.addr.Addr(): {"api.test"}}, 200},
+		{"unresolved", fixedNames{}, 403},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := reached.Load()
+			h := newHarness(t, nil, e, func(_ *config.Proxy, d *Deps) {
+				d.Policy = &policy.Current{}
+				d.Policy.Store(e)
+				d.Resolver = mapResolver{}
+				d.Names = tt.names
+			})
+			c := transparent(t, h, Destination{Addr: up.addr}, workload.Identity{PID: 9})
+			resp, body := rawRequest(t, c, "GET /x HTTP/1.0\r\n\r\n")
+			if resp.StatusCode != tt.status {
+				t.Fatalf("%d %s, want %d", resp.StatusCode, body, tt.status)
+			}
+			if tt.status == 200 {
+				rec := h.recs.wait(t, "the request", func(r audit.Record) bool { return r.Kind == audit.KindHTTP })
+				if rec.DNSName != "api.test" {
+					t.Errorf("dns_name %q, want api.test", rec.DNSName)
+				}
+				return
+			}
+			if reached.Load() != before || !strings.Contains(body, policy.RuleRequireResolved) {
+				t.Errorf("body %s, upstream reached %d times", body, reached.Load()-before)
+			}
+			rec := h.recs.wait(t, "the refusal", func(r audit.Record) bool { return r.Rule == policy.RuleRequireResolved })
+			if rec.Decision != audit.DecisionDeny || rec.Reason != audit.ReasonUnresolved {
+				t.Errorf("record %+v", rec)
+			}
+		})
+	}
+}

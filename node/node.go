@@ -211,9 +211,17 @@ func newDNSServer(cfg config.Config, n *Node, dialer *net.Dialer, log *slog.Logg
 	if d.DenyRcode == "refused" {
 		rcode = dns.RcodeRefused
 	}
+	var exfil *agent.ExfilOptions
+	if x := d.Exfil; x.Mode != "off" {
+		exfil = &agent.ExfilOptions{
+			Enforce: x.Mode == "enforce", QueriesPerSecond: x.QueriesPerSecond,
+			MaxLabelLength: x.MaxLabelLength, MaxLabelEntropy: x.MaxLabelEntropy, EntropyMinLength: x.EntropyMinLength,
+			UniqueSubdomainsPerMinute: x.UniqueSubdomainsPerMinute, TrackSize: x.TrackSize,
+		}
+	}
 	return agent.NewDNSServer(agent.DNSOptions{
 		Upstreams: ups, DenyRcode: rcode, CacheSize: d.CacheSize, NamesSize: d.NamesSize,
-		Policy: n.policy, Audit: append(n.logs, n.Metrics), Log: log, Dialer: dialer,
+		Policy: n.policy, Audit: append(n.logs, n.Metrics), Log: log, Dialer: dialer, Exfil: exfil,
 	})
 }
 
@@ -264,7 +272,7 @@ func (n *Node) startProxy(ctx context.Context, cfg config.Config, opts Options, 
 		RedactHeaders: cfg.Audit.RedactHeaders,
 		Capture:       capture,
 		Observer:      n.Metrics,
-		Names:         &n.names,
+		Names:         n.namesDep(cfg, opts),
 	})
 	if err != nil {
 		return err
@@ -428,3 +436,14 @@ func (l *lateNames) NamesFor(id workload.Identity, addr netip.Addr) []string {
 }
 
 var _ mitm.Names = (*lateNames)(nil)
+
+// namesDep is the proxy's Deps.Names: the DNS server's bindings when the
+// agent will run one, nil otherwise, so that the proxy never takes a
+// missing server for a workload that resolved nothing
+// (policy.Conn.Unresolved).
+func (n *Node) namesDep(cfg config.Config, opts Options) mitm.Names {
+	if !opts.Intercept || cfg.Agent.DNSPort == 0 {
+		return nil
+	}
+	return &n.names
+}

@@ -61,6 +61,7 @@ type Engine struct {
 	log          *slog.Logger
 	hideDenied   bool // mcp.hideDenied
 	upstreams    []upstreams.Spec
+	res          resolution
 }
 
 type rule struct {
@@ -122,6 +123,7 @@ func Compile(s Spec) (*Engine, error) {
 		return nil, err
 	}
 	e.metadataOnly = true
+	e.res.allowDoH = true // host lists only: no built-in denies
 	return e, nil
 }
 
@@ -167,6 +169,9 @@ func New(p *Policy, o Options) (*Engine, error) {
 	}
 	e.dns = compileDNS(p.DNS, global)
 	e.upstreams = compileUpstreams(p.Upstreams)
+	if e.res, err = compileResolution(p.Resolution, global); err != nil {
+		return nil, err
+	}
 	e.def = &rule{name: RuleDefault, deny: p.Defaults.Action == "deny", audit: defAudit, maxReq: dl[0], maxResp: dl[1], capture: p.Defaults.Capture}
 	if p.Defaults.RateLimit != nil {
 		e.def.rl = compileLimiter(RuleDefault, p.Defaults.RateLimit, e.lim)
@@ -293,6 +298,14 @@ func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 	if !ok && g.Denied() {
 		return ConnDecision{Action: Reject, Decision: g}
 	}
+	if rd, rok := e.res.check(c, c.Host, nil); !rok {
+		if rd.Denied() {
+			return ConnDecision{Action: Reject, Decision: rd}
+		}
+		if ok {
+			g, ok = rd, false // recorded like the address guard in audit mode
+		}
+	}
 	pass := c.TLS && c.Host != "" && matchAny(e.passthrough, c.Host)
 	var d Decision
 	decided := false
@@ -375,6 +388,14 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 	g, ok := e.guard(id, t)
 	if !ok && g.Denied() {
 		return g
+	}
+	if rd, rok := e.res.check(c, host, r); !rok {
+		if rd.Denied() {
+			return rd
+		}
+		if ok {
+			g, ok = rd, false
+		}
 	}
 	ru := e.match(id, t, r.MCP)
 	d := ru.access(ru == e.def)

@@ -17,7 +17,7 @@ func TestDecodeProblems(t *testing.T) {
 		{"syntax", "version: 1\nrules: [\n", []string{`p.yaml:2: did not find expected node content`}},
 		{"missing version", "mode: audit\n", []string{`p.yaml:1: version: missing: put "version: 1" at the top`}},
 		{"wrong version", "version: 2\n", []string{`p.yaml:1: version 2: only version 1 exists, use "version: 1"`}},
-		{"unknown key with hint", "version: 1\nrulez: []\n", []string{`p.yaml:2: rulez: unknown key in the top level: did you mean "rules"? known keys are version, mode, tls, ssrf, defaults, rules, mcp, dns, credentials, upstreams`}},
+		{"unknown key with hint", "version: 1\nrulez: []\n", []string{`p.yaml:2: rulez: unknown key in the top level: did you mean "rules"? known keys are version, mode, tls, ssrf, defaults, rules, mcp, dns, credentials, upstreams, resolution`}},
 		{"unknown nested key", "version: 1\nrules:\n  - name: a\n    action: allow\n    destinations:\n      host: [x.com]\n", []string{
 			`p.yaml:6: rules[0].destinations.host: unknown key in rules[0].destinations: did you mean "hosts"? known keys are hosts, ports, methods, paths, cidrs`}},
 		{"wrong kind list", "version: 1\ntls: {passthrough: x.com}\n", []string{`p.yaml:2: tls.passthrough "x.com": must be a list, e.g. ["x.com"]`}},
@@ -64,7 +64,7 @@ rules:
 			`p.yaml:15: rules[2].rateLimit.redis.addr: missing: policy: redis needs redis.addr, e.g. 127.0.0.1:6379`,
 		}},
 		{"unknown key does not hide other problems", "version: 1\nmodee: x\nrules: [{name: a, action: allwo}]\n", []string{
-			`p.yaml:2: modee: unknown key in the top level: did you mean "mode"? known keys are version, mode, tls, ssrf, defaults, rules, mcp, dns, credentials, upstreams`,
+			`p.yaml:2: modee: unknown key in the top level: did you mean "mode"? known keys are version, mode, tls, ssrf, defaults, rules, mcp, dns, credentials, upstreams, resolution`,
 			`p.yaml:3: rules[0].action "allwo": use allow or deny`,
 		}},
 		{"shadowed rule", "version: 1\nrules:\n- {name: all, action: allow}\n- {name: never, action: deny, destinations: {hosts: [x.example]}}\n", []string{

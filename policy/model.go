@@ -26,6 +26,17 @@ type Policy struct {
 	Credentials []Credential `yaml:"credentials" desc:"Secrets Sluice injects or substitutes for masked placeholders (sluice:cred:NAME), each bound to the hosts it may go to. Values come from files or the agent's environment, never from this file."`
 	// Upstreams: see model_gateway.go.
 	Upstreams []Upstream `yaml:"upstreams" desc:"Upstream groups: several targets for a destination, balanced, health checked, with retries."`
+	// Resolution: resolution.go.
+	Resolution Resolution `yaml:"resolution" desc:"How connections relate to DNS: encrypted DNS to public resolvers, and addresses the workload did not obtain from DNS."`
+}
+
+// Resolution configures the checks of resolution.go, applied to every
+// connection before the rules.
+type Resolution struct {
+	Mode            string   `yaml:"mode" enum:"enforce|audit" desc:"Mode of these checks; default: the global mode."`
+	AllowDoH        bool     `yaml:"allowDoH" desc:"Allow DNS over HTTPS and over TLS to well-known public resolvers (by name or address, and any port 853), and DoH requests (application/dns-message) to any server; denied by default, since they take names past the agent's DNS server."`
+	RequireResolved bool     `yaml:"requireResolved" desc:"Deny a connection to an address the workload did not obtain from the agent's DNS server (transparent interception with agent.dnsPort only)."`
+	UnresolvedCIDRs []string `yaml:"unresolvedCIDRs" desc:"Ranges requireResolved lets through without a DNS answer, e.g. the cluster's service range 10.96.0.0/12."`
 }
 
 // DNSRule allows or denies the names a workload may resolve.

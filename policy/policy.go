@@ -155,6 +155,11 @@ type Conn struct {
 	// final. The proxy asks again with Opaque set before relaying such a
 	// flow.
 	Opaque bool
+	// Unresolved is true when the proxy knows the workload did not
+	// obtain Addrs[0] from DNS: the agent's DNS server answers the
+	// workload and bound no name to that address for it. False when it
+	// did, or when nothing tells (no DNS server, explicit proxy).
+	Unresolved bool
 }
 
 // ConnDecision is the decision for a connection.

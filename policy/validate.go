@@ -97,6 +97,7 @@ func (d *decoder) validate(p *Policy) {
 	}
 	d.validateDNS(p.DNS)
 	d.validateUpstreams(p.Upstreams)
+	d.validateResolution(p.Resolution)
 }
 
 var (

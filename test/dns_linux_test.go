@@ -3,8 +3,11 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -20,8 +23,9 @@ import (
 
 // testResolver is the test's own DNS server on a test host (UDP and TCP
 // on port 53 of both its addresses): api.test has an A and an AAAA
-// record, anything else is NXDOMAIN. It remembers every name it was
-// asked, so a test can tell that a denied name never reached it.
+// record, each name of extra its A record, anything else is NXDOMAIN. It
+// remembers every name it was asked, so a test can tell that a denied
+// name never reached it.
 type testResolver struct {
 	mu    sync.Mutex
 	asked []string
@@ -35,7 +39,7 @@ func (r *testResolver) names() []string {
 
 var apiTest4, apiTest6 = netip.MustParseAddr("198.18.200.1"), netip.MustParseAddr("2001:2:0:c8::1")
 
-func startTestResolver(t *testing.T, h *Host) *testResolver {
+func startTestResolver(t *testing.T, h *Host, extra map[string]netip.Addr) *testResolver {
 	t.Helper()
 	r := &testResolver{}
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
@@ -45,7 +49,11 @@ func startTestResolver(t *testing.T, h *Host) *testResolver {
 		r.mu.Lock()
 		r.asked = append(r.asked, qq.Name)
 		r.mu.Unlock()
+		a, isExtra := extra[strings.TrimSuffix(qq.Name, ".")]
 		switch {
+		case isExtra && qq.Qtype == dns.TypeA:
+			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: qq.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: a.AsSlice()})
+		case isExtra:
 		case qq.Name == "api.test." && qq.Qtype == dns.TypeA:
 			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: qq.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: apiTest4.AsSlice()})
 		case qq.Name == "api.test." && qq.Qtype == dns.TypeAAAA:
@@ -136,7 +144,7 @@ type dnsAnswer struct {
 func TestAgentDNS(t *testing.T) {
 	e := newAgentEnv(t)
 	res := e.tp.Hosts[1]
-	resolver := startTestResolver(t, res)
+	resolver := startTestResolver(t, res, nil)
 	// A QUIC server that must hear nothing.
 	var quic []net.PacketConn
 	for _, a := range []netip.Addr{res.IP4, res.IP6} {
@@ -269,4 +277,168 @@ func (d *dnsRecords) all() []audit.Record {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return slices.Clone(d.got)
+}
+
+// dnsEnforcePy, under `sluice run`: plain HTTP by address to argv[1]
+// before any lookup (requireResolved refuses it), a burst of long-label
+// queries (the exfiltration guard denies them), then the lookup of
+// api.test from the resolver at argv[1] and HTTPS to the address it gave.
+const dnsEnforcePy = `
+import json, os, socket, ssl, struct, sys
+ip = sys.argv[1]
+def query(name):
+    hdr = struct.pack('>HHHHHH', 0x4321, 0x0100, 1, 0, 0, 0)
+    body = b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\0'
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(hdr + body + struct.pack('>HH', 1, 1), (ip, 53))
+    data, _ = s.recvfrom(4096)
+    s.close()
+    return data
+def head(sock, host):
+    sock.sendall(("GET /x HTTP/1.0\r\nHost: %s\r\n\r\n" % host).encode())
+    data = b''
+    while True:
+        b = sock.recv(4096)
+        if not b:
+            break
+        data += b
+    return data.decode(errors="replace")
+out = {}
+r = head(socket.create_connection((ip, 80), timeout=5), ip)
+out["byaddr"] = r.split("\r\n", 1)[0] + " " + r.split("\r\n\r\n", 1)[-1].strip()
+out["exfil"] = [query("%s%02d.t.exfil.test" % ("a" * 58, i))[3] & 0xf for i in range(5)]
+d = query("api.test")
+out["rcode"] = d[3] & 0xf
+addr = socket.inet_ntoa(d[-4:])
+out["addr"] = addr
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+t = ctx.wrap_socket(socket.create_connection((addr, 443), timeout=5), server_hostname="api.test")
+out["https"] = head(t, "api.test").split("\r\n", 1)[0]
+print(json.dumps(out))
+`
+
+// Under `sluice run` with requireResolved and the exfiltration guard in
+// enforce mode: plain HTTP to an address the workload never resolved is
+// refused (403, rule require-resolved) without reaching anything; a
+// burst of long-label queries is denied and recorded as exfiltration;
+// HTTPS to the address the workload resolved through the agent goes
+// through, and its record carries the name (dns_name).
+func TestRunDNSRequireResolvedAndExfil(t *testing.T) {
+	python := RequireTool(t, "python3")
+	e := newRunEnv(t)
+	resolver := startTestResolver(t, e.api, map[string]netip.Addr{"api.test": e.api.IP4})
+	cfg, err := os.ReadFile(e.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// DNS goes to the test's own resolver only.
+	cfg = append(cfg, fmt.Sprintf("agent:\n  dns:\n    upstreams: [%s]\n    exfil: {mode: enforce, maxLabelLength: 52}\n", e.api.IP4)...)
+	if err := os.WriteFile(e.config, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.policy, []byte(e2ePolicy+"resolution: {requireResolved: true}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := e.run(t, python, "-c", dnsEnforcePy, e.api.IP4.String())
+	if code != 0 {
+		t.Fatalf("exit %d %q\n%s", code, out, errOut)
+	}
+	var got struct {
+		ByAddr string `json:"byaddr"`
+		Exfil  []int  `json:"exfil"`
+		Rcode  int    `json:"rcode"`
+		Addr   string `json:"addr"`
+		HTTPS  string `json:"https"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("output %q: %v\n%s", out, err, errOut)
+	}
+	if !strings.Contains(got.ByAddr, " 403 ") || !strings.Contains(got.ByAddr, policy.RuleRequireResolved) {
+		t.Errorf("plain HTTP by address: %q, want 403 by %s", got.ByAddr, policy.RuleRequireResolved)
+	}
+	for i, rc := range got.Exfil {
+		if rc != dns.RcodeNameError {
+			t.Errorf("long-label query %d: rcode %d, want NXDOMAIN (denied)", i, rc)
+		}
+	}
+	if got.Rcode != dns.RcodeSuccess || got.Addr != e.api.IP4.String() || !strings.Contains(got.HTTPS, " 200 ") {
+		t.Errorf("resolved then HTTPS: %+v, want %s and 200", got, e.api.IP4)
+	}
+	for _, n := range resolver.names() {
+		if strings.Contains(n, "exfil") {
+			t.Errorf("the resolver was asked the flagged name %s", n)
+		}
+	}
+	var exfil, refused, named int
+	for _, r := range e.records(t) {
+		switch {
+		case r["kind"] == audit.KindDNS && r["reason"] == audit.ReasonDNSExfilLabelLength && r["decision"] == audit.DecisionDeny:
+			exfil++
+		case r["rule"] == policy.RuleRequireResolved && r["decision"] == audit.DecisionDeny && r["reason"] == audit.ReasonUnresolved:
+			refused++
+		case r["kind"] == audit.KindHTTP && r["dns_name"] == "api.test" && r["status"] == float64(200):
+			named++
+		}
+	}
+	if exfil != 5 || refused == 0 || named != 1 {
+		t.Errorf("records: %d exfiltration denials (want 5), %d require-resolved refusals (want some), %d HTTPS records with dns_name api.test (want 1)", exfil, refused, named)
+	}
+}
+
+// A workload's own resolver library goes through the agent too: Python's
+// socket.getaddrinfo (glibc, reading the resolv.conf that `ip netns exec`
+// bind-mounts for the workload's namespace, which names the test's
+// resolver) gets api.test's address from the agent's DNS server, which
+// records the query and binds the name for the workload.
+func TestAgentDNSGetaddrinfo(t *testing.T) {
+	e := newAgentEnv(t)
+	res := e.tp.Hosts[1]
+	startTestResolver(t, res, nil)
+	wl := e.tp.Hosts[0]
+	conf := filepath.Join("/etc/netns", wl.Name, "resolv.conf") // the topology's file
+	if err := os.WriteFile(conf, []byte("nameserver "+res.IP4.String()+"\noptions attempts:1 timeout:3\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	recs := &dnsRecords{}
+	srv, err := agent.NewDNSServer(agent.DNSOptions{
+		Upstreams: []netip.AddrPort{netip.AddrPortFrom(res.IP4, 53)}, Audit: recs,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.opts.DNS = srv
+	e.cfg.DNSPort = 15053
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := wl.Exec(ctx, "python3", "-c", `import socket; print(socket.getaddrinfo("api.test", 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])`)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	done := e.cg.Command(t, cmd)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("getaddrinfo: %v\n%s", err, errb.String())
+	}
+	if got := strings.TrimSpace(out.String()); got != apiTest4.String() {
+		t.Fatalf("getaddrinfo(api.test) = %q, want %s", got, apiTest4)
+	}
+	var rec *audit.Record
+	for _, r := range recs.all() {
+		if r.DNSName == "api.test" && r.QType == "A" {
+			rec = &r
+		}
+	}
+	if rec == nil || rec.Workload.Comm != "python3" || rec.Workload.Cgroup != e.cg.Path || rec.Decision != audit.DecisionAllow {
+		t.Fatalf("no record of the lookup naming python3 in %s: %+v", e.cg.Path, recs.all())
+	}
+	if names := srv.NamesFor(rec.Workload, apiTest4); !slices.Equal(names, []string{"api.test"}) {
+		t.Errorf("NamesFor(%s) = %v, want [api.test]", apiTest4, names)
+	}
 }
