@@ -1,11 +1,11 @@
 package advise
 
 import (
-	"net/url"
-	"path"
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/sluicehq/sluice/policy"
 )
 
 // Path templates: a recorded path becomes a policy path (destinations.paths)
@@ -29,7 +29,7 @@ var (
 // with identifier segments replaced by "*" and anything below maxDepth
 // segments by "**". The result is a valid policy path that matches p.
 func Template(p string) string {
-	p = cleanPath(p)
+	p = policy.CleanPath(p)
 	trailing := strings.HasSuffix(p, "/") && p != "/"
 	segs := strings.Split(strings.Trim(p, "/"), "/")
 	if len(segs) == 1 && segs[0] == "" {
@@ -118,33 +118,4 @@ func Templates(paths []string) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// cleanPath is the path as policy rules see it (policy's cleanPath):
-// query and fragment dropped, percent-decoded where valid, path
-// parameters removed, dot segments resolved, duplicate slashes
-// collapsed, a trailing slash kept.
-func cleanPath(p string) string {
-	if i := strings.IndexAny(p, "?#"); i >= 0 {
-		p = p[:i]
-	}
-	if u, err := url.PathUnescape(p); err == nil {
-		p = u
-	}
-	if strings.Contains(p, ";") {
-		segs := strings.Split(p, "/")
-		for i, s := range segs {
-			segs[i], _, _ = strings.Cut(s, ";")
-		}
-		p = strings.Join(segs, "/")
-	}
-	if p == "" || p[0] != '/' {
-		p = "/" + p
-	}
-	trailing := strings.HasSuffix(p, "/")
-	p = path.Clean(p)
-	if trailing && p != "/" {
-		p += "/"
-	}
-	return p
 }

@@ -55,7 +55,7 @@ func FuzzTemplate(f *testing.F) {
 			t.Fatalf("Template(%q) = %q: not a valid policy path: %v", p, tpl, err)
 		}
 		_ = e
-		clean := cleanPath(p)
+		clean := policy.CleanPath(p)
 		ok := policy.MatchGlob(tpl, clean)
 		if !strings.ContainsAny(tpl, "*?") {
 			ok = tpl == "/" || clean == tpl || strings.HasPrefix(clean, strings.TrimSuffix(tpl, "/")+"/")

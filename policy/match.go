@@ -107,6 +107,10 @@ func matchPath(pattern, p string) bool {
 // slash kept. It defeats "/v1/../admin", "/%61dmin" and "/admin;x" tricks
 // against deny rules (servlet containers and Spring drop path parameters
 // before routing, so "/admin;x/users" reaches "/admin/users").
+// CleanPath is the path as rules see it (see cleanPath); tools that reason
+// about rules (policy suggest) use it so they see paths the same way.
+func CleanPath(p string) string { return cleanPath(p) }
+
 func cleanPath(p string) string {
 	if i := strings.IndexAny(p, "?#"); i >= 0 {
 		p = p[:i]
