@@ -273,7 +273,9 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 		panic(http.ErrAbortHandler)
 	// A client that leaves mid-response (a cancelled stream, or one that
 	// closes as soon as it has what it wants) ends the exchange normally.
-	case writeErr != nil || readErr != io.EOF && r.Context().Err() != nil:
+	// A stream whose upstream ended because the client had left (the
+	// upstream saw the cancellation first) ends the same way.
+	case writeErr != nil || (readErr != io.EOF || streaming) && r.Context().Err() != nil:
 		rec.End = audit.EndClientClosed
 		x.finish()
 		return
