@@ -238,3 +238,51 @@ func TestAgentDNSClients(t *testing.T) {
 		}
 	}
 }
+
+// Node's fetch to the HTTPS API by name, under the real `sluice agent`
+// with its DNS server on: the name resolves through the agent (the
+// workload's resolv.conf names the test resolver, its hosts file does
+// not name the API), the request goes through Sluice trusting its CA
+// through NODE_EXTRA_CA_CERTS, the lookup is recorded naming node, and
+// the request's record carries the name it was resolved from.
+func TestAgentDNSNodeFetch(t *testing.T) {
+	node := RequireTool(t, "node")
+	e := newNodeEnv(t)
+	resolver := startTestResolver(t, e.api, map[string]netip.Addr{"api.test": e.api.IP4})
+	etc := filepath.Join("/etc/netns", e.wl.Name)
+	if err := os.WriteFile(filepath.Join(etc, "hosts"), []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver "+e.api.IP4.String()+"\noptions attempts:1 timeout:5\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.cfg.Agent.DNSPort = 15053
+	// Forwarding goes to the test's own resolver only.
+	e.cfg.Agent.DNS.Upstreams = []string{e.api.IP4.String()}
+	e.startAgent()
+
+	_, out := e.client(node, "-e", `fetch("https://api.test/dns-fetch").then(async (r) => console.log(r.status, await r.text()))`)
+	if !strings.HasPrefix(out, "200 hello GET /dns-fetch") {
+		t.Fatalf("node fetch got %q", out)
+	}
+	if !slices.Contains(resolver.names(), "api.test.") {
+		t.Errorf("the test resolver was not asked api.test: %v", resolver.names())
+	}
+	if rec := e.record("/dns-fetch"); rec["dns_name"] != "api.test" {
+		t.Errorf("record %v, want dns_name api.test", rec)
+	}
+	exe, _ := filepath.EvalSymlinks(node)
+	found := false
+	for _, line := range strings.Split(readFile(e.audit), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil || m["kind"] != audit.KindDNS || m["dns_name"] != "api.test" {
+			continue
+		}
+		if fmt.Sprint(m["exe"]) == exe || fmt.Sprint(m["comm"]) == "node" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no dns record of api.test naming node (%s):\n%s", exe, readFile(e.audit))
+	}
+}
