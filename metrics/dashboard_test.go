@@ -24,6 +24,7 @@ func everything() *metrics.Metrics {
 		{Kind: audit.KindL4, Host: "b", TLS: audit.TLSPassthrough, Decision: audit.DecisionAllow},
 		{Kind: audit.KindConnect, Decision: "redirected"},
 		{Kind: audit.KindDNS, DNSName: "a", QType: "A", Rcode: "NXDOMAIN", Decision: audit.DecisionDeny, Rule: "r", Reason: audit.ReasonDNSDenied},
+		{Kind: audit.KindDNS, DNSName: "a", QType: "A", Rcode: "NXDOMAIN", Decision: audit.DecisionDeny, Rule: "dns-exfiltration", Reason: audit.ReasonDNSExfilEntropy},
 	} {
 		m.Record(&r)
 	}

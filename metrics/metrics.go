@@ -21,11 +21,16 @@
 //	sluice_proxy_open_connections                             gauge, ConnOpened/ConnClosed
 //	sluice_proxy_errors_total{kind,reason}                    records with decision "error" (upstream unreachable, verification failed, …)
 //	sluice_proxy_cache_requests_total{status}                 X-Cache-Status of requests a rule caches: hit|miss|bypass|expired|revalidated
-//	sluice_policy_denials_total{rule,reason,decision}         decision deny|would_deny
+//	sluice_policy_denials_total{rule,reason,decision}         decision deny|would_deny; also the
+//	                                                          resolution denials of connections (rule
+//	                                                          public-resolver or require-resolved)
 //	sluice_policy_rate_limited_total{workload,host,rule}      429 produced by Sluice
 //	sluice_mcp_requests_total{workload,server,method,tool,decision}  MCP requests (records with mcp_method)
 //	sluice_mcp_tool_duration_seconds{server,tool}              histogram of a tools/call's Record.Duration
 //	sluice_mcp_tool_changes_total{workload,server,tool}        tools whose description or schema changed (rug pulls)
+//	sluice_dns_queries_total{workload,rcode,decision}
+//	sluice_dns_exfil_flags_total{workload,reason,decision}    queries the exfiltration guard flagged; reason
+//	                                                          rate|label_length|entropy|subdomains
 //	sluice_agent_connect_events_total{decision}
 //	sluice_agent_events_dropped_total                         read at scrape time (SetRingDrops)
 //	sluice_bpf_map_update_errors_total{map}                   read at scrape time (SetMapErrors)
@@ -101,6 +106,7 @@ type Metrics struct {
 	mcpToolDur      *prometheus.HistogramVec
 	mcpToolChanges  *prometheus.CounterVec
 	dnsQueries      *prometheus.CounterVec
+	exfilFlags      *prometheus.CounterVec
 
 	ringDrops atomic.Pointer[func() uint64]
 	mapErrors atomic.Pointer[func() map[string]uint64]
@@ -205,10 +211,15 @@ func New(o Options) *Metrics {
 		Help: "Queries to the agent's DNS server, by workload, answer code (NOERROR, NXDOMAIN, REFUSED, SERVFAIL, other) and decision (allow, deny, would_deny, error).",
 	}, []string{"workload", "rcode", "decision"})
 
+	m.exfilFlags = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "dns", Name: "exfil_flags_total",
+		Help: "Queries the DNS server's exfiltration guard flagged, by workload, reason (rate, label_length, entropy, subdomains) and decision (deny in enforce mode, would_deny in audit mode).",
+	}, []string{"workload", "reason", "decision"})
+
 	m.reg.MustRegister(
 		m.mcpRequests, m.mcpToolDur, m.mcpToolChanges,
 		m.requests, m.requestDuration, m.upstreamDur, m.bytes, m.l4Flows, m.tls,
-		m.openConns, m.errors, m.denials, m.rateLimited, m.cache, m.connects, m.dnsQueries,
+		m.openConns, m.errors, m.denials, m.rateLimited, m.cache, m.connects, m.dnsQueries, m.exfilFlags,
 		&funcCollector{m: m},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -305,12 +316,26 @@ var mcpMethods = []string{
 }
 
 // recordDNS counts a DNS server record; a denied name also counts as a
-// denial by its rule.
+// denial by its rule, and a query the exfiltration guard flagged as an
+// exfiltration flag by its reason.
 func (m *Metrics) recordDNS(r *audit.Record) {
 	wl := m.workloads.fold(r.Workload.Name())
 	rcode := oneOf(r.Rcode, Other, "NOERROR", "NXDOMAIN", "REFUSED", "SERVFAIL", "FORMERR")
-	m.dnsQueries.WithLabelValues(wl, rcode, decisionLabel(r.Decision)).Inc()
+	decision := decisionLabel(r.Decision)
+	m.dnsQueries.WithLabelValues(wl, rcode, decision).Inc()
 	m.countDenial(r)
+	if reason, ok := exfilReasons[r.Reason]; ok {
+		m.exfilFlags.WithLabelValues(wl, reason, decision).Inc()
+	}
+}
+
+// exfilReasons are the exfiltration guard's reasons (audit.ExfilSuspect)
+// as short label values.
+var exfilReasons = map[string]string{
+	audit.ReasonDNSExfilRate:        "rate",
+	audit.ReasonDNSExfilLabelLength: "label_length",
+	audit.ReasonDNSExfilEntropy:     "entropy",
+	audit.ReasonDNSExfilSubdomains:  "subdomains",
 }
 
 func (m *Metrics) recordL4(r *audit.Record) {

@@ -313,3 +313,47 @@ func TestMCPMetrics(t *testing.T) {
 		`sluice_mcp_tool_changes_total{server="mcp.test",tool="echo",workload="unknown"}`:                                  1,
 	})
 }
+
+// DNS records count as queries; a denied name and a flagged query count
+// as denials by their rule; flagged queries count by the guard's reason
+// (a short label) and decision; and the policy's resolution denials of
+// connections (public-resolver, require-resolved) flow into the denials
+// metric from their HTTP and L4 records.
+func TestDNSMetrics(t *testing.T) {
+	m := metrics.New(metrics.Options{})
+	for _, r := range []audit.Record{
+		{Kind: audit.KindDNS, Workload: pod, DNSName: "api.test", QType: "A", Rcode: "NOERROR", Decision: audit.DecisionAllow, Reason: audit.ReasonDNSAllowed},
+		{Kind: audit.KindDNS, Workload: pod, DNSName: "x.denied.test", QType: "A", Rcode: "NXDOMAIN", Decision: audit.DecisionDeny, Rule: "no-denied", Reason: audit.ReasonDNSDenied},
+		{Kind: audit.KindDNS, Workload: pod, DNSName: "aaaa.t.exfil.test", Rcode: "NXDOMAIN", Decision: audit.DecisionDeny, Rule: "dns-exfiltration", Reason: audit.ReasonDNSExfilLabelLength},
+		{Kind: audit.KindDNS, Workload: pod, DNSName: "aaaa.t.exfil.test", Rcode: "NXDOMAIN", Decision: audit.DecisionDeny, Rule: "dns-exfiltration", Reason: audit.ReasonDNSExfilLabelLength},
+		{Kind: audit.KindDNS, Workload: pod, DNSName: "q.exfil.test", Rcode: "NOERROR", Decision: audit.DecisionWouldDeny, Rule: "dns-exfiltration", Reason: audit.ReasonDNSExfilRate},
+		{Kind: audit.KindL4, Workload: pod, Host: "198.18.0.1", Decision: audit.DecisionDeny, Rule: "require-resolved", Reason: audit.ReasonUnresolved},
+		{Kind: audit.KindHTTP, Workload: pod, Host: "dns.google", Method: "POST", Status: 403, Source: "sluice", Decision: audit.DecisionDeny, Rule: "public-resolver", Reason: audit.ReasonPublicResolver},
+	} {
+		m.Record(&r)
+	}
+	wl := pod.Name()
+	got := scrape(t, m.Registry())
+	expect(t, got, map[string]float64{
+		fmt.Sprintf(`sluice_dns_queries_total{decision="allow",rcode="NOERROR",workload=%q}`, wl):                                      1,
+		fmt.Sprintf(`sluice_dns_queries_total{decision="deny",rcode="NXDOMAIN",workload=%q}`, wl):                                      3,
+		fmt.Sprintf(`sluice_dns_exfil_flags_total{decision="deny",reason="label_length",workload=%q}`, wl):                             2,
+		fmt.Sprintf(`sluice_dns_exfil_flags_total{decision="would_deny",reason="rate",workload=%q}`, wl):                               1,
+		fmt.Sprintf(`sluice_policy_denials_total{decision="deny",reason=%q,rule="no-denied"}`, audit.ReasonDNSDenied):                  1,
+		fmt.Sprintf(`sluice_policy_denials_total{decision="deny",reason=%q,rule="dns-exfiltration"}`, audit.ReasonDNSExfilLabelLength): 2,
+		fmt.Sprintf(`sluice_policy_denials_total{decision="would_deny",reason=%q,rule="dns-exfiltration"}`, audit.ReasonDNSExfilRate):  1,
+		fmt.Sprintf(`sluice_policy_denials_total{decision="deny",reason=%q,rule="require-resolved"}`, audit.ReasonUnresolved):          1,
+		fmt.Sprintf(`sluice_policy_denials_total{decision="deny",reason=%q,rule="public-resolver"}`, audit.ReasonPublicResolver):       1,
+	})
+	// Only the guard's own reasons are flags: an allowed or rule-denied
+	// name is none.
+	n := 0
+	for k, v := range got {
+		if strings.HasPrefix(k, "sluice_dns_exfil_flags_total{") {
+			n += int(v)
+		}
+	}
+	if n != 3 {
+		t.Errorf("%d exfiltration flags, want 3", n)
+	}
+}

@@ -16,6 +16,9 @@ func TestMain(m *testing.M) {
 	if url := os.Getenv("SLUICE_E2E_GET"); url != "" {
 		os.Exit(goClient(url))
 	}
+	if servers := os.Getenv("SLUICE_E2E_RESOLVE"); servers != "" {
+		os.Exit(goResolve(servers))
+	}
 	if os.Getenv("SLUICE_E2E") == "1" {
 		dir, err := os.MkdirTemp("", "sluice-e2e-bin-")
 		if err != nil {
