@@ -58,6 +58,16 @@ func sameHost(req, conn string) bool {
 // resolvesTo reports whether name is ip, or resolves to it: now, or in a
 // lookup of the last bindingTTL (DNS that rotates its answers still binds).
 func (f *flow) resolvesTo(name string, ip netip.Addr) bool {
+	// What the workload itself resolved through the agent's DNS server
+	// binds without a second lookup.
+	if n := f.p.deps.Names; n != nil {
+		want := strings.TrimSuffix(strings.ToLower(name), ".")
+		for _, got := range n.NamesFor(f.id, ip.Unmap()) {
+			if strings.TrimSuffix(strings.ToLower(got), ".") == want {
+				return true
+			}
+		}
+	}
 	return f.p.resolvesTo(f.ctx, name, ip)
 }
 

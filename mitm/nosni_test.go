@@ -210,3 +210,27 @@ func TestResolvedNamesAndRequireResolved(t *testing.T) {
 		})
 	}
 }
+
+// A Host the workload resolved through the agent's DNS server to the
+// address it dials is bound at once: the proxy asks no resolver of its own.
+func TestHostBoundByTheWorkloadsOwnResolution(t *testing.T) {
+	up := startPlainUpstream(t, echoHandler())
+	// A resolver whose every answer points elsewhere, counting lookups.
+	lookups := &countingResolver{answers: [][]netip.Addr{{netip.MustParseAddr("127.0.0.9")}}}
+	h := newHarness(t, nil, nil, func(_ *config.Proxy, d *Deps) {
+		d.Resolver = lookups
+		d.Names = fixedNames{up.addr.Addr(): {"api.test"}}
+	})
+	c := transparent(t, h, Destination{Addr: up.addr}, workload.Identity{PID: 10})
+	resp, body := rawRequest(t, c, "GET /bound HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	rec := h.recs.wait(t, "the request", func(r audit.Record) bool { return r.Path == "/bound" })
+	if rec.Host != "api.test" || rec.Error != "" {
+		t.Errorf("record host %q error %q; want api.test bound, not judged by the address", rec.Host, rec.Error)
+	}
+	if n := lookups.n.Load(); n != 0 {
+		t.Errorf("the proxy looked names up %d times; want none", n)
+	}
+}
