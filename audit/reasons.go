@@ -104,8 +104,14 @@ const (
 // Reasons of the proxy about the connection.
 const (
 	ReasonTooManyConns = "too many connections"
-	ReasonMisdirected  = "request host differs from the connection's host"
-	ReasonSNIMismatch  = "SNI differs from the CONNECT host"
+	// Explicit proxy clients (proxy.clients): an address outside
+	// allowCIDRs (403), a request without valid Proxy-Authorization
+	// credentials when usersFile is set (407).
+	ReasonClientNotAllowed = "client address not in proxy.clients.allowCIDRs"
+	ReasonProxyAuthMissing = "proxy authentication required"
+	ReasonProxyAuthInvalid = "proxy credentials invalid"
+	ReasonMisdirected      = "request host differs from the connection's host"
+	ReasonSNIMismatch      = "SNI differs from the CONNECT host"
 	// ReasonPassthroughUnbound: a pass-through SNI that does not resolve to
 	// the destination address is decrypted instead.
 	ReasonPassthroughUnbound = "pass-through SNI does not resolve to the destination; decrypted"

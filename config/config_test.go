@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -39,5 +40,13 @@ func TestLoadKeysSet(t *testing.T) {
 	c, err := Load("")
 	if err != nil || len(c.Set) != 0 {
 		t.Errorf("no file: keys %v, err %v", c.Set, err)
+	}
+}
+
+func TestProxyClientsAllowCIDRs(t *testing.T) {
+	c := Default()
+	err := Parse([]byte("proxy:\n  clients:\n    allowCIDRs: [127.0.0.1/32, 10.0.0.1]\n"), &c)
+	if err == nil || !strings.Contains(err.Error(), `proxy.clients.allowCIDRs[1] "10.0.0.1": not a CIDR range`) {
+		t.Fatalf("Parse: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 )
 
@@ -55,6 +56,22 @@ type Proxy struct {
 	// rules' cache blocks), every rule and workload together; the least
 	// recently used responses go first, e.g. "64MB".
 	CacheMaxBytes Size `yaml:"cacheMaxBytes"`
+	// Clients says who may use the explicit proxy (Listen, sluice proxy).
+	Clients Clients `yaml:"clients"`
+}
+
+// Clients restricts the explicit proxy's clients. The zero value lets
+// everyone who reaches the listener in, each named by its address.
+type Clients struct {
+	// AllowCIDRs are the client source ranges allowed, e.g. "10.0.0.0/8";
+	// empty: every address. Others get 403.
+	AllowCIDRs []string `yaml:"allowCIDRs"`
+	// UsersFile holds "name:secret" lines (see mitm's clients.go: the
+	// secret is a password, "sha256:" and its hex digest, or a bcrypt
+	// hash); when set, every request and CONNECT needs Proxy-Authorization
+	// Basic credentials of one of them (407 without) and the connection's
+	// workload is that user. Read at start.
+	UsersFile string `yaml:"usersFile"`
 }
 
 // DefaultProxy returns the proxy defaults.
@@ -112,6 +129,11 @@ func (p Proxy) validate() []error {
 	}
 	if p.CacheMaxBytes < 1<<10 {
 		errs = append(errs, fmt.Errorf("proxy.cacheMaxBytes %d: must be at least 1KiB, e.g. \"64MB\"", p.CacheMaxBytes))
+	}
+	for i, c := range p.Clients.AllowCIDRs {
+		if _, err := netip.ParsePrefix(c); err != nil {
+			errs = append(errs, fmt.Errorf("proxy.clients.allowCIDRs[%d] %q: not a CIDR range, write it as e.g. \"10.0.0.0/8\" or \"127.0.0.1/32\"", i, c))
+		}
 	}
 	return errs
 }

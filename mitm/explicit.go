@@ -21,7 +21,10 @@ import (
 // ServeExplicit runs the explicit HTTP proxy on ln (the HTTP_PROXY /
 // HTTPS_PROXY setup): CONNECT host:port tunnels go through the same
 // peek, policy and TLS path as transparent connections, and absolute-form
-// http:// requests are forwarded. The workload is the client address.
+// http:// requests are forwarded. The workload is the client address, or
+// the user its Proxy-Authorization names when proxy.clients.usersFile is
+// set (see clientStage, which also refuses addresses outside
+// proxy.clients.allowCIDRs).
 // Origin-form GET /healthz and /readyz are the proxy's own probes (see
 // serveHealth), answered without policy or record.
 // It returns nil when ctx is cancelled, after closing ln and every
@@ -89,7 +92,7 @@ func (l *explicitListener) Accept() (net.Conn, error) {
 }
 
 func (l *explicitListener) wrap(c net.Conn, id workload.Identity) net.Conn {
-	f := &flow{p: l.p, ctx: l.ctx, id: id, start: time.Now(), explicit: true, tlsMode: audit.TLSNone}
+	f := &flow{p: l.p, ctx: l.ctx, id: id, start: time.Now(), explicit: true, tlsMode: audit.TLSNone, slot: slotKey(&id)}
 	hc := newH1Conn(c, f)
 	f.h1 = hc
 	l.wg.Add(1)
@@ -97,7 +100,7 @@ func (l *explicitListener) wrap(c net.Conn, id workload.Identity) net.Conn {
 	go func() {
 		<-hc.closed
 		f.releaseTargets()
-		l.p.slots.release(slotKey(&id))
+		l.p.slots.release(f.slotKey()) // the user's, once the client authenticated
 		l.p.obs.ConnClosed()
 		l.wg.Done()
 	}()

@@ -40,6 +40,26 @@ type flow struct {
 	h1 *h1Conn // HTTP/1.1 framing tracker; nil for HTTP/2
 
 	requests atomic.Int64 // requests served (HTTP flows)
+
+	slotMu sync.Mutex
+	slot   string // the explicit listener's connection slot key
+}
+
+// rekeySlot moves the explicit connection's slot to key.
+func (f *flow) rekeySlot(key string) (ok bool, why string) {
+	f.slotMu.Lock()
+	defer f.slotMu.Unlock()
+	if ok, why = f.p.slots.rekey(f.slot, key); ok {
+		f.slot = key
+	}
+	return ok, why
+}
+
+// slotKey is the slot the explicit connection holds.
+func (f *flow) slotKey() string {
+	f.slotMu.Lock()
+	defer f.slotMu.Unlock()
+	return f.slot
 }
 
 // target is one upstream destination of a flow with its Connection

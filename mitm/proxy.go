@@ -106,12 +106,13 @@ type Proxy struct {
 	// seen remembers, per name, the addresses recent lookups gave (a
 	// union over bindingTTL), so name binding costs at most one lookup per
 	// name and minute, and rotating DNS answers still bind.
-	seen   *lru.Cache[string, binding]
-	pools  *poolSet
-	h2     *http2.Server
-	errLog *slog.Logger
-	slots  *slots  // client connections being served
-	stages []Stage // the per-request chain (see chain)
+	seen    *lru.Cache[string, binding]
+	pools   *poolSet
+	h2      *http2.Server
+	errLog  *slog.Logger
+	slots   *slots      // client connections being served
+	clients *clientGate // who may use the explicit proxy
+	stages  []Stage     // the per-request chain (see chain)
 	// mcpTools holds the hash of each MCP tool as first seen, per server,
 	// workload and tool name (rug-pull detection, stage_mcp.go).
 	mcpTools *lru.Cache[string, [32]byte]
@@ -154,6 +155,10 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 	}
 	if cfg.MaxIdleConnsPerUpstream <= 0 {
 		cfg.MaxIdleConnsPerUpstream = def.MaxIdleConnsPerUpstream
+	}
+	clients, err := newClientGate(cfg.Clients)
+	if err != nil {
+		return nil, fmt.Errorf("new proxy: %w", err)
 	}
 	if deps.CA == nil {
 		return nil, errors.New("new proxy: a CA is required")
@@ -211,9 +216,10 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 			IdleTimeout:          cfg.IdleTimeout.D(),
 			MaxConcurrentStreams: 250,
 		},
-		errLog: log.With(audit.KeySource, "net/http"),
-		slots:  newSlots(cfg.MaxConnections, cfg.MaxConnectionsPerWorkload),
-		cache:  cache.NewStore(int64(cfg.CacheMaxBytes)),
+		errLog:  log.With(audit.KeySource, "net/http"),
+		slots:   newSlots(cfg.MaxConnections, cfg.MaxConnectionsPerWorkload),
+		clients: clients,
+		cache:   cache.NewStore(int64(cfg.CacheMaxBytes)),
 	}
 	p.mcpTools, _ = lru.New[string, [32]byte](mcpToolsCacheSize)
 	p.groups = &groupSet{set: upstreams.NewSet(upstreams.NetProber{Dial: d.DialContext}, nil)}

@@ -50,6 +50,24 @@ func (s *slots) acquire(key string) (ok bool, why string) {
 	}
 }
 
+// rekey moves one slot from old to key (a connection whose workload
+// became known), unless key holds its share already.
+func (s *slots) rekey(old, key string) (ok bool, why string) {
+	if old == key {
+		return true, ""
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.used[key] >= s.per {
+		return false, fmt.Sprintf("more than proxy.maxConnectionsPerWorkload (%d) connections at once from %s", s.per, key)
+	}
+	s.used[key]++
+	if s.used[old]--; s.used[old] <= 0 {
+		delete(s.used, old)
+	}
+	return true, ""
+}
+
 // release gives back key's slot.
 func (s *slots) release(key string) {
 	<-s.all

@@ -89,6 +89,7 @@ func (x *Exchange) AbortBody(a *Answer) { x.aborted.CompareAndSwap(nil, a) }
 func (p *Proxy) chain() []Stage {
 	return []Stage{
 		framingStage{},  // stage_framing.go: header limits, request smuggling
+		clientStage{},   // clients.go: explicit proxy clients: allowCIDRs (403), Proxy-Authorization users (407)
 		connectStage{},  // explicit.go: CONNECT tunnels (explicit proxy)
 		targetStage{},   // stage_target.go: the request's destination, host binding, 421
 		connStage{},     // stage_conn.go: the connection's decision (SSRF guard, hosts denied before HTTP)

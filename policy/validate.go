@@ -6,11 +6,13 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/cgroup2"
+	"github.com/sluicehq/sluice/workload"
 )
 
 // validate checks the meaning of every value and records each problem with
@@ -242,10 +244,11 @@ func (d *decoder) checkWorkloads(path string, w Workloads) {
 	}
 	// Until the agent reads Kubernetes metadata, nothing fills an
 	// identity's namespace or labels: such a selector matches no workload.
-	if len(w.Namespaces) > 0 {
+	// The explicit proxy's users are the exception (workload.ProxyUser).
+	if len(w.Namespaces) > 0 && !slices.Equal(w.Namespaces, []string{workload.ProxyNamespace}) {
 		d.warn(path+".namespaces", "nothing fills a workload's Kubernetes namespace yet (the agent does not read pod metadata), so this selects no workload; select the pods by cgroups (e.g. /kubepods.slice/**) or containerIDs instead")
 	}
-	if len(w.Labels) > 0 {
+	if _, user := w.Labels[workload.ProxyUserLabel]; len(w.Labels) > 0 && !(user && len(w.Labels) == 1) {
 		d.warn(path+".labels", "nothing fills a workload's Kubernetes labels yet (the agent does not read pod metadata), so this selects no workload; select the pods by cgroups (e.g. /kubepods.slice/**) or containerIDs instead")
 	}
 	for i, n := range w.Namespaces {

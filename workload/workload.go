@@ -66,3 +66,19 @@ type Destination struct {
 	// Port is the destination port (Addr.Port() when Addr is set).
 	Port uint16
 }
+
+// The identity of an explicit proxy client that authenticated with
+// proxy.clients.usersFile credentials: Namespace ProxyNamespace, Pod the
+// user name and the label ProxyUserLabel the user name, so that policy
+// selects all of them with workloads.namespaces [sluice-proxy] and one
+// of them with workloads.labels {sluice.dev/proxy-user: NAME}.
+const (
+	ProxyNamespace = "sluice-proxy"
+	ProxyUserLabel = "sluice.dev/proxy-user"
+)
+
+// ProxyUser is the identity of the explicit proxy's client at client
+// that authenticated as user. Its Name is "sluice-proxy/USER".
+func ProxyUser(client netip.AddrPort, user string) Identity {
+	return Identity{Client: client, Namespace: ProxyNamespace, Pod: user, Labels: map[string]string{ProxyUserLabel: user}}
+}
