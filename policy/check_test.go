@@ -43,3 +43,38 @@ func TestCheckWarnings(t *testing.T) {
 		})
 	}
 }
+
+// faultTolerant with local counters is accepted, as Kong accepts it, with
+// a warning: local counters are never unavailable.
+func TestCheckFaultTolerantLocal(t *testing.T) {
+	const warn = "warning: has no effect with policy: local (local counters cannot be unavailable); remove it, or use policy: redis"
+	tests := []struct {
+		name      string
+		rateLimit string // the YAML of rules[0].rateLimit
+		want      []string
+	}{
+		{"local, faultTolerant true", "{minute: 5, policy: local, faultTolerant: true}", []string{"p.yaml:4: rules[0].rateLimit.faultTolerant: " + warn}},
+		{"local by default, faultTolerant false", "{minute: 5, faultTolerant: false}", []string{"p.yaml:4: rules[0].rateLimit.faultTolerant: " + warn}},
+		{"local without faultTolerant", "{minute: 5, policy: local}", nil},
+		{"redis with faultTolerant", "{minute: 5, policy: redis, redis: {addr: '127.0.0.1:6379'}, faultTolerant: false}", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := "version: 1\nrules:\n  - name: r\n    rateLimit: " + tt.rateLimit + "\n    action: allow\n"
+			warns, err := Check([]byte(src), "p.yaml")
+			if err != nil {
+				t.Fatalf("a warning is not an error: %v", err)
+			}
+			var got []string
+			for _, w := range warns {
+				got = append(got, w.Error())
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("warnings:\n%q\nwant:\n%q", got, tt.want)
+			}
+			if _, err := Parse([]byte(src), "p.yaml"); err != nil {
+				t.Errorf("the policy loads: %v", err)
+			}
+		})
+	}
+}

@@ -329,7 +329,9 @@ func (d *decoder) checkRateLimit(path string, r *RateLimit) {
 			d.add(path+".redis", "", "redis is set but policy is local: add policy: redis, or remove redis")
 		}
 		if r.FaultTolerant != nil {
-			d.add(path+".faultTolerant", "", "applies to policy: redis only, remove it")
+			// Kong accepts it with local counters too, where it means
+			// nothing: a policy ported from Kong still loads.
+			d.warn(path+".faultTolerant", "has no effect with policy: local (local counters cannot be unavailable); remove it, or use policy: redis")
 		}
 	case "redis":
 		switch host, port, err := net.SplitHostPort(r.Redis.Addr); {
