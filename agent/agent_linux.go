@@ -43,8 +43,12 @@ type Agent struct {
 	// dnsSrvs serve Options.DNS on agent.dnsPort (none without it).
 	dnsSrvs []*dns.Server
 	rb      *ringbuf.Reader
-	names   *cgroupNames
-	watch   *watcher
+	// bypassNames are agent.bypassHosts; bypass the addresses learned
+	// for them (nil without any).
+	bypassNames hostMatcher
+	bypass      *bypassTable
+	names       *cgroupNames
+	watch       *watcher
 	// own is the agent's own cgroup path: never selected, and in "cgroup"
 	// attach mode no hook goes on it or an ancestor of it.
 	own string
@@ -148,6 +152,7 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	if err := a.load(settings, ports); err != nil {
 		return nil, err
 	}
+	a.startBypassHosts(settings.DnsPort != 0)
 	if err := a.listen(); err != nil {
 		return nil, err
 	}

@@ -75,6 +75,9 @@ func (a *Agent) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 			a.log.Warn("dns query without origin", audit.KeyPeer, peer.String(), audit.KeyError, err)
 		}
 	}
+	if id != nil {
+		w = a.bypassDNS(w, r)
+	}
 	a.opts.DNS.Answer(a.ctx, w, r, id)
 }
 

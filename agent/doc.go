@@ -88,8 +88,11 @@ const (
 
 // Fixed reason strings of events.
 const (
-	ReasonDenyCIDR      = "deny_cidr"        // destination in agent.denyCIDRs
-	ReasonBypassCIDR    = "bypass_cidr"      // destination in agent.bypassCIDRs: direct
+	ReasonDenyCIDR   = "deny_cidr"   // destination in agent.denyCIDRs
+	ReasonBypassCIDR = "bypass_cidr" // destination in agent.bypassCIDRs: direct
+	// ReasonBypassHost: the destination is an address learned for a name
+	// of agent.bypassHosts (Event.Host): direct.
+	ReasonBypassHost    = "bypass_host"
 	ReasonDenyAddrPort  = "deny_agent_port"  // destination in Options.DenyAddrPorts
 	ReasonPort          = "intercepted_port" // TCP to an intercepted port
 	ReasonNotTCP        = "not_tcp"          // not a TCP stream socket
@@ -133,6 +136,9 @@ type Event struct {
 	NetnsCookie uint64
 	// Cookie is the socket cookie.
 	Cookie uint64
+	// Host is the name of agent.bypassHosts the destination was learned
+	// for (reason bypass_host); empty otherwise.
+	Host string
 }
 
 // Options are the agent's optional collaborators.
@@ -155,6 +161,10 @@ type Options struct {
 	// to it; the agent names each query's sender from its kernel maps
 	// (DNSServer.Answer). Nil: no DNS server, and DNS is not steered.
 	DNS *DNSServer
+	// Resolver resolves agent.bypassHosts when there is no DNS server
+	// (DNS nil), at start and every minute. Nil: the node's resolvers
+	// (/etc/resolv.conf), over sockets with the agent's mark.
+	Resolver *net.Resolver
 	// Force starts the agent even when another live agent process holds
 	// its intercept address or pin directory (Start otherwise returns a
 	// *HeldError naming that process): `sluice agent --force`.

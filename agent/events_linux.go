@@ -56,6 +56,7 @@ func (a *Agent) readEvents() {
 			continue
 		}
 		ev := a.event(e)
+		a.eventHost(&ev)
 		if ev.Verdict == Denied {
 			a.log.Warn(deniedMsg(ev.Reason), audit.KeyVerdict, string(ev.Verdict), audit.KeyReason, ev.Reason, audit.KeyDst, ev.Dst.String(), audit.KeyPID, ev.PID, audit.KeyUID, ev.UID, audit.KeyComm, ev.Comm, audit.KeyCgroup, ev.Cgroup)
 		}

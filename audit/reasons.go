@@ -123,6 +123,7 @@ const (
 const (
 	ReasonKernelDenyCIDR      = "destination in agent.denyCIDRs"
 	ReasonKernelBypassCIDR    = "destination in agent.bypassCIDRs"
+	ReasonKernelBypassHost    = "destination resolved from a name in agent.bypassHosts"
 	ReasonKernelAgentPort     = "destination is the agent's own listener"
 	ReasonKernelPortNotListed = "port not intercepted"
 	ReasonKernelNotTCP        = "not a TCP stream socket"

@@ -30,6 +30,15 @@ type Agent struct {
 	// clients trust only their own CA). The longest prefix across
 	// denyCIDRs and bypassCIDRs decides; connects still show as events.
 	BypassCIDRs []netip.Prefix `yaml:"bypassCIDRs"`
+	// BypassHosts are names (NO_PROXY style: "name" exactly, "*.suffix"
+	// any name under suffix) whose connects are never redirected. The
+	// kernel decides by address: with the DNS server, the addresses it
+	// answers a selected workload for such a name are bypassed for the
+	// answer's TTL (for every selected workload); without it (dnsPort
+	// 0), the agent resolves the names at start and every minute, and
+	// "*.suffix" can't be resolved. An address in denyCIDRs is never
+	// bypassed.
+	BypassHosts []string `yaml:"bypassHosts"`
 	// FailMode "closed" pins the hooks so redirection survives an agent
 	// restart; "open" removes them when the agent exits.
 	FailMode string `yaml:"failMode"`
@@ -154,7 +163,82 @@ func (a Agent) validate() []error {
 		errs = append(errs, fmt.Errorf("agent.attach %q: must be \"cgroup\" or \"root\"", a.Attach))
 	}
 	errs = append(errs, a.validateDNS()...)
+	errs = append(errs, a.validateBypassHosts()...)
 	return errs
+}
+
+// validateBypassHosts checks agent.bypassHosts: names or "*.suffix".
+func (a Agent) validateBypassHosts() []error {
+	var errs []error
+	for i, h := range a.BypassHosts {
+		bad := func(fix string) {
+			errs = append(errs, fmt.Errorf("agent.bypassHosts[%d] %q: %s", i, h, fix))
+		}
+		name := strings.TrimSuffix(h, ".")
+		switch {
+		case strings.TrimSpace(h) == "":
+			bad("empty: give a name, e.g. \"kubernetes.default.svc\" or \"*.internal.example\"")
+			continue
+		case strings.Contains(h, "://") || strings.Contains(h, "/"):
+			bad(fmt.Sprintf("a host name, not a URL: use %q", hostOf(h)))
+			continue
+		case isAddr(h):
+			bad("an address: list it in agent.bypassCIDRs instead, e.g. \"" + addrPrefix(h) + "\"")
+			continue
+		case strings.Contains(h, ":"):
+			bad(fmt.Sprintf("a host name without a port: use %q (every port of the host is bypassed)", h[:strings.LastIndex(h, ":")]))
+			continue
+		case name == "*":
+			bad("bypasses every name: list the names, e.g. \"*.internal.example\"")
+			continue
+		case strings.HasPrefix(name, "."):
+			bad(fmt.Sprintf("use %q for the names under %s", "*"+name, name[1:]))
+			continue
+		case strings.Contains(name[1:], "*") || (strings.HasPrefix(name, "*") && !strings.HasPrefix(name, "*.")):
+			bad("a wildcard must be a whole leading label, use \"*.example.com\"")
+			continue
+		}
+		labels := strings.Split(strings.TrimPrefix(name, "*."), ".")
+		ok := true
+		for _, l := range labels {
+			if l == "" || len(l) > 63 || strings.HasPrefix(l, "-") || strings.HasSuffix(l, "-") || strings.IndexFunc(l, func(r rune) bool {
+				return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+			}) >= 0 {
+				ok = false
+			}
+		}
+		if !ok {
+			bad("not a host name: labels of letters, digits and hyphens separated by dots, e.g. \"api.example.com\"")
+			continue
+		}
+		if strings.HasPrefix(name, "*.") && a.DNSPort == 0 {
+			bad("a wildcard needs the DNS server (agent.dnsPort) to learn the names workloads resolve: set agent.dnsPort, or list the names")
+		}
+	}
+	return errs
+}
+
+func isAddr(s string) bool {
+	_, err := netip.ParseAddr(strings.Trim(s, "[]"))
+	return err == nil
+}
+
+// addrPrefix is the single-address prefix of an address.
+func addrPrefix(s string) string {
+	a, _ := netip.ParseAddr(strings.Trim(s, "[]"))
+	return netip.PrefixFrom(a, a.BitLen()).String()
+}
+
+// hostOf is the host of a URL-like string.
+func hostOf(s string) string {
+	if _, rest, ok := strings.Cut(s, "://"); ok {
+		s = rest
+	}
+	s, _, _ = strings.Cut(s, "/")
+	if i := strings.LastIndex(s, ":"); i >= 0 && !strings.Contains(s[:i], ":") {
+		s = s[:i]
+	}
+	return s
 }
 
 // validateDNS checks agent.dnsPort and agent.dns.

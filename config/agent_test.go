@@ -39,6 +39,26 @@ func TestAgentValidate(t *testing.T) {
 			"agent.dns.exfil.maxLabelEntropy 9", "agent.dns.exfil.entropyMinLength -1",
 			"agent.dns.exfil.uniqueSubdomainsPerMinute -1", "agent.dns.exfil.trackSize 0",
 		}},
+		{"bypass hosts", func(a *Agent) {
+			a.BypassHosts = []string{"kubernetes.default.svc", "*.internal.example", "API.Example.com.", "a_b.example"}
+		}, nil},
+		{"bypass hosts every problem", func(a *Agent) {
+			a.BypassHosts = []string{"", "https://x.example/a", "10.0.0.1", "x.example:443", "*", ".x.example", "*x.example", "a.*.example", "bad name.example"}
+		}, []string{
+			`agent.bypassHosts[0] "": empty`,
+			`agent.bypassHosts[1] "https://x.example/a": a host name, not a URL: use "x.example"`,
+			`agent.bypassHosts[2] "10.0.0.1": an address: list it in agent.bypassCIDRs instead, e.g. "10.0.0.1/32"`,
+			`agent.bypassHosts[3] "x.example:443": a host name without a port: use "x.example"`,
+			`agent.bypassHosts[4] "*": bypasses every name`,
+			`agent.bypassHosts[5] ".x.example": use "*.x.example"`,
+			`agent.bypassHosts[6] "*x.example": a wildcard must be a whole leading label, use "*.example.com"`,
+			`agent.bypassHosts[7] "a.*.example": a wildcard must be a whole leading label`,
+			`agent.bypassHosts[8] "bad name.example": not a host name`,
+		}},
+		{"bypass host wildcard without a dns server", func(a *Agent) {
+			a.DNSPort = 0
+			a.BypassHosts = []string{"api.example.com", "*.example.com"}
+		}, []string{`agent.bypassHosts[1] "*.example.com": a wildcard needs the DNS server (agent.dnsPort)`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

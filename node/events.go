@@ -38,6 +38,7 @@ func eventRecord(e agent.Event) *audit.Record {
 		Port:     e.Dst.Port(),
 		Decision: decision,
 		Reason:   kernelReason(e.Reason),
+		Host:     e.Host, // the agent.bypassHosts name, where known
 	}
 	return rec
 }
@@ -49,6 +50,8 @@ func kernelReason(r string) string {
 		return audit.ReasonKernelDenyCIDR
 	case agent.ReasonBypassCIDR:
 		return audit.ReasonKernelBypassCIDR
+	case agent.ReasonBypassHost:
+		return audit.ReasonKernelBypassHost
 	case agent.ReasonDenyAddrPort:
 		return audit.ReasonKernelAgentPort
 	case agent.ReasonPortNotListed:

@@ -22,6 +22,8 @@ func TestEventRecord(t *testing.T) {
 			decision: audit.DecisionDeny, reason: audit.ReasonKernelDenyCIDR},
 		{name: "sent direct by the bypass list", e: agent.Event{Verdict: agent.Direct, Reason: agent.ReasonBypassCIDR},
 			decision: audit.DecisionAllow, reason: audit.ReasonKernelBypassCIDR},
+		{name: "sent direct for a name of bypassHosts", e: agent.Event{Verdict: agent.Direct, Reason: agent.ReasonBypassHost, Host: "api.example.com"},
+			decision: audit.DecisionAllow, reason: audit.ReasonKernelBypassHost},
 		{name: "a reason this file does not know keeps its name", e: agent.Event{Verdict: agent.Denied, Reason: "something_new"},
 			decision: audit.DecisionDeny, reason: "something_new"},
 	} {
@@ -39,6 +41,9 @@ func TestEventRecord(t *testing.T) {
 			if rec == nil || rec.Kind != audit.KindConnect || rec.Decision != tc.decision || rec.Reason != tc.reason ||
 				rec.DstIP != dst.Addr() || rec.Port != 443 || rec.Workload.Comm != "curl" || rec.Workload.ContainerID == "" {
 				t.Fatalf("record %+v", rec)
+			}
+			if rec.Host != tc.e.Host {
+				t.Errorf("record host %q, want %q", rec.Host, tc.e.Host)
 			}
 		})
 	}
