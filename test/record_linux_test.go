@@ -57,7 +57,7 @@ func TestRunConnectionsWithoutRequestAreRecorded(t *testing.T) {
 	python := mustLookPath(t, "python3")
 	script := fmt.Sprintf(`import socket, ssl, os, time
 ip = %q
-s = socket.create_connection((ip, 443)); s.close()                      # silent
+s = socket.create_connection((ip, 443)); s.close(); time.sleep(0.3)    # silent
 s = socket.create_connection((ip, 443)); s.sendall(b"\x16\x03\x01\x00\x05hello"); time.sleep(0.2); s.close()  # bad hello
 ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
 t = ctx.wrap_socket(socket.create_connection((ip, 443)), server_hostname="api.test")
