@@ -30,7 +30,9 @@ func TestRunSuggestedPolicyEnforced(t *testing.T) {
 			t.Fatalf("observe %s: exit %d status %s", p, code, status)
 		}
 	}
-	if code, status := get("https://api.test/v1/items", "-X", "POST", "-d", "{}"); code != 0 || status != "200" {
+	// HTTP/1.1: the test API answers without reading the body, and over
+	// HTTP/2 curl then sometimes reports the stream's reset (exit 92).
+	if code, status := get("https://api.test/v1/items", "--http1.1", "-X", "POST", "-d", "{}"); code != 0 || status != "200" {
 		t.Fatalf("observe POST: exit %d status %s", code, status)
 	}
 
