@@ -56,6 +56,9 @@ const (
 	ReasonMCPUnparsed = "mcp: unparsed"
 	// ReasonMCPToolChanged: a kind mcp_tool_changed record.
 	ReasonMCPToolChanged = "mcp tool changed after first sight"
+	// ReasonTokenAudience: a bearer JWT whose aud claim does not name
+	// the request's host (token passthrough; mcp.tokenAudience).
+	ReasonTokenAudience = "bearer token issued for another audience"
 )
 
 // Reasons of the size limits (request and response bodies).
