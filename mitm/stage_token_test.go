@@ -3,9 +3,12 @@ package mitm
 import (
 	"bytes"
 	"encoding/base64"
+	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/sluicehq/sluice/audit"
@@ -88,5 +91,48 @@ func TestTokenStage(t *testing.T) {
 				t.Error("the token is in the record")
 			}
 		})
+	}
+}
+
+// Through the explicit proxy: a bearer JWT for another audience is
+// refused in enforce mode before it reaches the upstream, and the record
+// carries the audience, not the token.
+func TestTokenAudienceProxy(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	var hits atomic.Int64
+	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Write([]byte("ok"))
+	}))
+	e, err := policy.Parse([]byte("version: 1\nmcp: {tokenAudience: enforce}\nssrf: {allowCIDRs: [\"127.0.0.0/8\"]}\ndefaults: {action: allow}\n"), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, tca, e)
+	c := h.client(false)
+	for _, tc := range []struct {
+		path, aud string
+		status    int
+	}{
+		{"/mine", `"https://api.test/"`, 200},
+		{"/passthrough", `["https://mcp.example.com"]`, 403},
+	} {
+		req, _ := http.NewRequest("GET", fmt.Sprintf("https://api.test:%d%s", up.addr.Port(), tc.path), nil)
+		req.Header.Set("Authorization", "Bearer "+testJWT(`{"aud":`+tc.aud+`}`))
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s: status %d, want %d", tc.path, resp.StatusCode, tc.status)
+		}
+	}
+	rec := h.recs.wait(t, "passthrough", func(r audit.Record) bool { return r.Path == "/passthrough" })
+	if rec.Decision != audit.DecisionDeny || rec.Rule != policy.RuleTokenAudience || !slices.Equal(rec.TokenAudience, []string{"https://mcp.example.com"}) {
+		t.Errorf("record %s %s %q", rec.Decision, rec.Rule, rec.TokenAudience)
+	}
+	if hits.Load() != 1 {
+		t.Errorf("upstream reached %d times, want 1", hits.Load())
 	}
 }
