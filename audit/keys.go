@@ -58,7 +58,9 @@ const (
 	KeyMCPID          = "mcp_id"
 	KeyMCPProtocol    = "mcp_protocol"
 	KeyMCPErrorCode   = "mcp_error_code"
-	KeyHeader         = "header" // a group: one key per header name
+	KeyMCPHidden      = "mcp_hidden"     // tools removed from a tools/list answer, a list of names
+	KeyTokenAudience  = "token_audience" // a bearer JWT's aud claim that does not name the host (never the token)
+	KeyHeader         = "header"         // a group: one key per header name
 
 	// DNS: the agent's DNS server's records (kind "dns"), and the name a
 	// proxy record's address was resolved from (dns_name).

@@ -52,10 +52,16 @@ const (
 	ReasonMCPHeaderMismatch = "mcp header differs from the body"
 	// ReasonMCPUnparsed: a request that looks like MCP whose body could
 	// not be read within proxy.mcpMaxMessageBytes or is not JSON-RPC;
-	// rules with an mcp block decide it as Conn.Opaque flows are.
-	ReasonMCPUnparsed = "mcp: unparsed"
+	// rules with an mcp block decide it as Conn.Opaque flows are. The
+	// record's reason when the policy allowed it (its rule is kept; a
+	// deny or would_deny keeps the rule's reason), the record's error
+	// saying why. Was "mcp: unparsed" (then only the error).
+	ReasonMCPUnparsed = "mcp request body not read as JSON-RPC"
 	// ReasonMCPToolChanged: a kind mcp_tool_changed record.
 	ReasonMCPToolChanged = "mcp tool changed after first sight"
+	// ReasonTokenAudience: a bearer JWT whose aud claim does not name
+	// the request's host (token passthrough; mcp.tokenAudience).
+	ReasonTokenAudience = "bearer token issued for another audience"
 )
 
 // Reasons of the size limits (request and response bodies).

@@ -123,6 +123,13 @@ type Record struct {
 	MCPSession   string
 	MCPProtocol  string
 	MCPErrorCode int
+	// MCPHidden are the tools Sluice removed from a tools/list answer
+	// (the policy would deny a call of them).
+	MCPHidden []string
+	// TokenAudience is the aud claim of a bearer JWT the request carried
+	// that names neither its host nor a URL on it (token passthrough):
+	// the audiences only, never the token.
+	TokenAudience []string
 
 	// What the request carried: the detectors and patterns its content
 	// matched (names only, never the secret), and the credentials Sluice

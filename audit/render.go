@@ -63,6 +63,8 @@ const (
 	fMCPID
 	fMCPProtocol
 	fMCPErrorCode
+	fMCPHidden
+	fTokenAudience
 	fDetectors
 	fCredentials
 	fRequestBody
@@ -82,7 +84,7 @@ var auditFields = [...]field{
 	fUpstreamMS, fUpstreamAddr, fCache, fDecision, fRule, fReason, fError, fEnd,
 	fPolicyDecision, fPolicyRule, fPolicyReason, fGRPCStatus, fGRPCMessage,
 	fMCPMethod, fMCPTool, fMCPResource, fMCPPrompt, fMCPID, fMCPSession,
-	fMCPProtocol, fMCPErrorCode, fDetectors, fCredentials, fRequestBody, fResponseBody, fHeader,
+	fMCPProtocol, fMCPErrorCode, fMCPHidden, fTokenAudience, fDetectors, fCredentials, fRequestBody, fResponseBody, fHeader,
 	fDNSName, fQType, fRcode, fAnswers,
 }
 
@@ -93,7 +95,7 @@ var auditFields = [...]field{
 var decisionFields = [...]field{
 	fKind, fWorkload, fDecision, fClient, fHost, fIP, fPort, fSNI, fTLS,
 	fMethod, fPath, fStatus, fGRPCStatus, fMCPMethod, fMCPTool, fRule,
-	fReason, fError, fEnd, fDetectors, fBytesIn, fBytesOut, fDurationMS,
+	fReason, fError, fEnd, fTokenAudience, fDetectors, fBytesIn, fBytesOut, fDurationMS,
 	fDNSName, fQType, fRcode,
 }
 
@@ -207,6 +209,10 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return str(KeyMCPProtocol, r.MCPProtocol)
 	case fMCPErrorCode:
 		return slog.Int(KeyMCPErrorCode, r.MCPErrorCode), r.MCPErrorCode != 0
+	case fMCPHidden:
+		return strs(KeyMCPHidden, r.MCPHidden)
+	case fTokenAudience:
+		return strs(KeyTokenAudience, r.TokenAudience)
 	case fDetectors:
 		return strs(KeyDetectors, r.Detectors)
 	case fCredentials:

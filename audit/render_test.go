@@ -31,8 +31,9 @@ var records = []struct {
 		Source: "upstream", BytesIn: 512, BytesOut: 4096, Duration: 1234567 * time.Microsecond,
 		UpstreamDuration: 1200 * time.Millisecond, UpstreamAddr: "192.0.2.10:443", Decision: audit.DecisionAllow,
 		Rule: "llm", Reason: audit.ReasonAllowedByRule, MCPMethod: "tools/call", MCPTool: "search", MCPSession: "s1",
-		MCPID: "7", MCPProtocol: "2025-06-18", MCPErrorCode: -32602,
-		Detectors: []string{"aws-access-key-id"}, Credentials: []string{"openai"},
+		MCPID: "7", MCPProtocol: "2025-06-18", MCPErrorCode: -32602, MCPHidden: []string{"shell"},
+		TokenAudience: []string{"https://mcp.example.com"},
+		Detectors:     []string{"aws-access-key-id"}, Credentials: []string{"openai"},
 		Header: map[string]string{"User-Agent": "anthropic-python/0.40", "Authorization": audit.Redacted},
 	}},
 	{"deny by sluice", audit.Record{
@@ -118,7 +119,7 @@ func TestDecisionLineAgrees(t *testing.T) {
 // proxy wrote before audit rendered it.
 func TestDecisionLineText(t *testing.T) {
 	want := map[string]string{
-		"every field":    `level=INFO msg=decision kind=http workload=ns/agent-0 decision=allow client=10.0.0.5:40000 host=api.example.com ip=192.0.2.10 port=443 sni=api.example.com tls=decrypted method=POST path=/v1/messages status=200 mcp_method=tools/call mcp_tool=search rule=llm reason="allowed by rule" detectors=[aws-access-key-id] bytes_in=512 bytes_out=4096 duration_ms=1234.567`,
+		"every field":    `level=INFO msg=decision kind=http workload=ns/agent-0 decision=allow client=10.0.0.5:40000 host=api.example.com ip=192.0.2.10 port=443 sni=api.example.com tls=decrypted method=POST path=/v1/messages status=200 mcp_method=tools/call mcp_tool=search rule=llm reason="allowed by rule" token_audience=[https://mcp.example.com] detectors=[aws-access-key-id] bytes_in=512 bytes_out=4096 duration_ms=1234.567`,
 		"deny by sluice": `level=WARN msg=decision kind=http workload=unknown decision=deny host=169.254.169.254 ip=169.254.169.254 port=80 tls=none method=GET path=/latest/meta-data/ status=403 rule=ssrf reason="destination is a cloud metadata address" bytes_in=0 bytes_out=97 duration_ms=0.3`,
 		"would deny":     `level=INFO msg=decision kind=http workload=unknown decision=would_deny client=[fd00::5]:4000 host=files.example method=PUT path=/upload status=201 rule=audit-files reason="denied by rule" bytes_in=0 bytes_out=0 duration_ms=0`,
 		"upstream error": `level=ERROR msg=decision kind=l4 workload=unknown decision=error host=bank.example port=443 tls=passthrough reason="upstream unreachable" error="dial tcp 192.0.2.1:443: connection refused" bytes_in=0 bytes_out=0 duration_ms=0`,

@@ -50,7 +50,7 @@ type Proxy struct {
 	MaxConnectionsPerWorkload int `yaml:"maxConnectionsPerWorkload"`
 	// MCPMaxMessageBytes bounds the prefix of a JSON POST body the MCP
 	// stage reads (and replays) to judge a JSON-RPC message before it is
-	// forwarded; a longer MCP body is "mcp: unparsed".
+	// forwarded; a longer MCP body is unparsed (audit.ReasonMCPUnparsed).
 	MCPMaxMessageBytes int64 `yaml:"mcpMaxMessageBytes"`
 	// CacheMaxBytes bounds the memory of the response cache (policy
 	// rules' cache blocks), every rule and workload together; the least

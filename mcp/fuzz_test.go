@@ -72,3 +72,23 @@ func collect(b []byte, n int) []block {
 	}
 	return out
 }
+
+// FuzzBearerAudience: any Authorization value is read or refused without
+// panicking, an audience read is never empty, and a host an audience
+// names is one of them or a URL's host.
+func FuzzBearerAudience(f *testing.F) {
+	for _, s := range []string{
+		"Bearer " + jwt(`{"aud":"https://mcp.example.com"}`),
+		"Bearer " + jwt(`{"aud":["a","b"]}`),
+		"Bearer a.b.c", "Basic x", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJhdWQiOiJ4In0=.c2ln",
+	} {
+		f.Add(s, "mcp.example.com")
+	}
+	f.Fuzz(func(t *testing.T, h, host string) {
+		aud, ok := BearerAudience(h)
+		if ok && len(aud) == 0 {
+			t.Fatalf("ok with no audience from %q", h)
+		}
+		_ = AudienceNames(aud, host)
+	})
+}

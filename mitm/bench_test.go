@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -224,6 +225,97 @@ func BenchmarkCache(b *testing.B) {
 			}
 			if mode.name == "hit" && cpuPerOp[0] > 0 {
 				b.ReportMetric(cpuPerOp[1]/cpuPerOp[0], "cpu-x-proxied")
+			}
+		})
+	}
+}
+
+// BenchmarkMCP measures what reading MCP costs per request: a small
+// tools/call (keep-alive HTTPS/1.1 through the explicit proxy, a small
+// JSON-RPC result back) sent as an opaque text/plain body (the MCP stage
+// leaves it alone), as MCP under a policy that allows everything, and as
+// MCP under a policy with an mcp rule (a deny rule for another tool, so
+// the call is judged and allowed). Cost is the process's CPU time per
+// request (client, proxy and upstream together); the target is an MCP
+// call within 10% of the opaque one.
+func BenchmarkMCP(b *testing.B) {
+	tca := newTestCA(b, "upstream test CA")
+	result := []byte(`{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"hello"}]}}`)
+	up := startUpstream(b, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(result)
+	}))
+	url := fmt.Sprintf("https://api.test:%d/mcp", up.addr.Port())
+	call := `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search","arguments":{"query":"sluice","limit":5}}}`
+	withRule, err := policy.Parse([]byte(`
+version: 1
+ssrf: {allowCIDRs: ["127.0.0.0/8"]}
+defaults: {action: allow}
+rules:
+  - name: no-shell
+    mcp: {tools: ["shell_*"]}
+    action: deny
+`), "bench.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var base float64
+	for _, mode := range []struct {
+		name, ct string
+		mcp      bool
+		dec      policy.Decider
+	}{
+		{"opaque", "text/plain", false, allowAllDecider{}},
+		{"mcp", "application/json", true, allowAllDecider{}},
+		{"mcp-rule", "application/json", true, withRule},
+	} {
+		b.Run(mode.name, func(b *testing.B) {
+			h := newHarness(b, tca, mode.dec, func(_ *config.Proxy, d *Deps) { d.Audit = &countSink{} })
+			c := h.client(false)
+			c.Transport.(*http.Transport).MaxIdleConnsPerHost = 64
+			post := func() error {
+				req, _ := http.NewRequest("POST", url, strings.NewReader(call))
+				req.Header.Set("Content-Type", mode.ct)
+				if mode.mcp {
+					req.Header.Set("Accept", "application/json, text/event-stream")
+					req.Header.Set("Mcp-Protocol-Version", "2025-06-18")
+					req.Header.Set("Mcp-Session-Id", "bench-session")
+				}
+				resp, err := c.Do(req)
+				if err != nil {
+					return err
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					return fmt.Errorf("status %d", resp.StatusCode)
+				}
+				return nil
+			}
+			for range 8 {
+				if err := post(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.SetParallelism(4)
+			b.ResetTimer()
+			cpu0 := processCPU()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := post(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			cpu := float64((processCPU() - cpu0).Microseconds()) / float64(b.N)
+			b.StopTimer()
+			b.ReportMetric(cpu, "cpu-us/op")
+			if mode.name == "opaque" {
+				base = cpu
+			} else if base > 0 {
+				b.ReportMetric(cpu/base, "cpu-x-opaque")
 			}
 		})
 	}

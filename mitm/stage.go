@@ -95,6 +95,7 @@ func (p *Proxy) chain() []Stage {
 		connStage{},     // stage_conn.go: the connection's decision (SSRF guard, hosts denied before HTTP)
 		mcpStage{},      // stage_mcp.go: MCP's JSON-RPC read (bounded prefix), header mirroring, tools/list filter, rug pulls
 		policyStage{},   // stage_policy.go: access rules, SSRF guard per request, rate limits
+		tokenStage{},    // stage_token.go: bearer JWTs sent to a host their audience does not name
 		sizeStage{},     // stage_size.go: request and response body limits
 		contentStage{},  // stage_content.go: content rules (secrets, patterns): block, redact, audit
 		bodyLogStage{},  // stage_bodylog.go: the first bytes of bodies in the record, redacted (logBodies)

@@ -77,6 +77,7 @@ func (mcpStage) Request(x *Exchange) *Answer {
 	if !isJSON(h.Get("Content-Type")) || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		if looks {
 			x.mcp = &mcpRequest{unparsed: true}
+			rec.Error = "no JSON body"
 		}
 		return nil
 	}
@@ -84,6 +85,7 @@ func (mcpStage) Request(x *Exchange) *Answer {
 	if r.ContentLength > limit {
 		if looks {
 			x.mcp = &mcpRequest{unparsed: true}
+			rec.Error = fmt.Sprintf("body longer than proxy.mcpMaxMessageBytes (%d)", limit)
 		}
 		return nil
 	}
@@ -102,7 +104,11 @@ func (mcpStage) Request(x *Exchange) *Answer {
 	if len(msgs) == 0 || err != nil {
 		if looks {
 			x.mcp = &mcpRequest{unparsed: true}
-			rec.Error = audit.ReasonMCPUnparsed
+			if err != nil {
+				rec.Error = "not JSON-RPC: " + err.Error()
+			} else {
+				rec.Error = fmt.Sprintf("body longer than proxy.mcpMaxMessageBytes (%d)", limit)
+			}
 		}
 		return nil
 	}
@@ -250,6 +256,7 @@ func (w *mcpWatch) message(b []byte) []byte {
 		w.x.noteTools(tools)
 		if len(removed) > 0 {
 			out = filtered
+			w.x.Record.MCPHidden = removed
 		}
 	}
 	return out

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 
@@ -130,7 +131,46 @@ func TestMCPStageToolsList(t *testing.T) {
 			if resp.ContentLength != -1 && tc.ct == "application/json" {
 				t.Errorf("Content-Length %d kept on a rewritten body", resp.ContentLength)
 			}
+			if !slices.Equal(x.Record.MCPHidden, []string{"rm"}) {
+				t.Errorf("record mcp_hidden %q, want [rm]", x.Record.MCPHidden)
+			}
 		})
+	}
+}
+
+// An MCP request the policy could not read: allowed, its reason says so
+// and its error why; denied by a deny rule with an mcp block, the rule's
+// reason stays.
+func TestMCPStageUnparsedReason(t *testing.T) {
+	for _, tc := range []struct {
+		name, body, reason, errPrefix string
+	}{
+		{"not JSON-RPC, allowed", `{"hello":1}`, audit.ReasonMCPUnparsed, "not JSON-RPC: "},
+		{"not JSON, allowed", `{"jsonrpc":`, audit.ReasonMCPUnparsed, "not JSON-RPC: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := policy.Parse([]byte("version: 1\nssrf: {allowCIDRs: [\"127.0.0.0/8\"]}\ndefaults: {action: allow}\n"), "p.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := stageFlow(t, e)
+			r := httptest.NewRequest("POST", "https://mcp.test/mcp", strings.NewReader(tc.body))
+			r.Header.Set("Content-Type", "application/json")
+			r.Header.Set("Mcp-Session-Id", "s1")
+			x := stageExchange(f, r)
+			x.t = fixedTarget(f, "mcp.test", policy.ConnDecision{})
+			x.policyHost = "mcp.test"
+			checkAnswer(t, mcpStage{}.Request(x), nil)
+			checkAnswer(t, policyStage{}.Request(x), nil)
+			if x.Record.Decision != audit.DecisionAllow || x.Record.Reason != tc.reason || !strings.HasPrefix(x.Record.Error, tc.errPrefix) {
+				t.Errorf("record %s reason %q error %q, want allow %q %q…", x.Record.Decision, x.Record.Reason, x.Record.Error, tc.reason, tc.errPrefix)
+			}
+		})
+	}
+	x, a := mcpExchange(t, `{"jsonrpc":`, map[string]string{"Mcp-Session-Id": "s1"})
+	checkAnswer(t, a, &answerWant{403, "deny", "no-rm", audit.ReasonDeniedByRule})
+	if x.Record.Reason != audit.ReasonDeniedByRule {
+		t.Errorf("a deny rule's reason replaced by %q", x.Record.Reason)
 	}
 }
 

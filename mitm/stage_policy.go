@@ -1,6 +1,7 @@
 package mitm
 
 import (
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -40,6 +41,9 @@ func (policyStage) Request(x *Exchange) *Answer {
 	x.Decision, x.decided = d, true
 	rec := x.Record
 	rec.Decision, rec.Rule, rec.Reason = decisionString(d), d.Rule, d.Reason
+	if x.mcp != nil && x.mcp.unparsed && rec.Decision == audit.DecisionAllow {
+		rec.Reason = audit.ReasonMCPUnparsed // the policy allowed what it could not read; the error says why
+	}
 	if d.Denied() {
 		if a := mcpDenyAnswer(x, d); a != nil {
 			return a // a JSON-RPC error (stage_mcp.go)

@@ -59,7 +59,8 @@ type Engine struct {
 	creds        *Credentials
 	now          func() time.Time
 	log          *slog.Logger
-	hideDenied   bool // mcp.hideDenied
+	hideDenied   bool   // mcp.hideDenied
+	tokenAud     string // mcp.tokenAudience, never ""
 	upstreams    []upstreams.Spec
 	res          resolution
 }
@@ -142,6 +143,9 @@ func New(p *Policy, o Options) (*Engine, error) {
 	}
 	e.log = e.log.With(audit.KeyComponent, audit.ComponentPolicy)
 	e.hideDenied = p.MCP.HideDenied == nil || *p.MCP.HideDenied
+	if e.tokenAud = p.MCP.TokenAudience; e.tokenAud == "" {
+		e.tokenAud = TokenAudienceAudit
+	}
 	getenv := o.Getenv
 	if getenv == nil {
 		getenv = os.Getenv

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/mcp"
 )
 
@@ -43,6 +44,45 @@ type ToolHider interface {
 }
 
 var _ ToolHider = (*Engine)(nil)
+
+// Values of mcp.tokenAudience.
+const (
+	TokenAudienceOff     = "off"
+	TokenAudienceAudit   = "audit"
+	TokenAudienceEnforce = "enforce"
+)
+
+// RuleTokenAudience is the rule of a decision on a bearer JWT issued for
+// another audience (mcp.tokenAudience).
+const RuleTokenAudience = "token-audience"
+
+// AudienceChecker is implemented by a Decider that judges bearer JWTs
+// sent to a host their aud claim does not name (token passthrough).
+// *Engine implements it.
+type AudienceChecker interface {
+	// TokenAudience decides a request whose bearer JWT's audiences (aud,
+	// none naming the destination) do not name its host: ok is false
+	// when the check is off; else the decision is a deny (enforce) or
+	// an allow with WouldDeny set (audit), of rule RuleTokenAudience and
+	// reason audit.ReasonTokenAudience. It consumes nothing.
+	TokenAudience(ctx context.Context, r *Request, aud []string) (d Decision, ok bool)
+}
+
+var _ AudienceChecker = (*Engine)(nil)
+
+// TokenAudience implements AudienceChecker.
+func (e *Engine) TokenAudience(_ context.Context, _ *Request, _ []string) (Decision, bool) {
+	d := Decision{Rule: RuleTokenAudience, Reason: audit.ReasonTokenAudience}
+	switch e.tokenAud {
+	case TokenAudienceOff:
+		return d, false
+	case TokenAudienceEnforce:
+		d.Verdict = Deny
+	default:
+		d.WouldDeny = true
+	}
+	return d, true
+}
 
 // mcpSel is a compiled MCPMatch.
 type mcpSel struct {

@@ -225,3 +225,29 @@ rules:
 		}
 	}
 }
+
+func TestTokenAudienceMode(t *testing.T) {
+	ctx := context.Background()
+	r := mcpReq("api.test", nil)
+	for _, c := range []struct {
+		setting  string
+		ok       bool
+		deny     bool
+		wouldDen bool
+	}{
+		{"", true, false, true},
+		{"mcp: {tokenAudience: audit}\n", true, false, true},
+		{"mcp: {tokenAudience: enforce}\n", true, true, false},
+		{"mcp: {tokenAudience: off}\n", false, false, false},
+	} {
+		e := mustParse(t, strings.Replace(mcpPolicy, "version: 1\n", "version: 1\n"+c.setting, 1))
+		d, ok := e.TokenAudience(ctx, r, []string{"other.test"})
+		if ok != c.ok || (ok && (d.Denied() != c.deny || d.WouldDeny != c.wouldDen || d.Rule != RuleTokenAudience || d.Reason != audit.ReasonTokenAudience)) {
+			t.Errorf("%q: TokenAudience = %+v, %v", c.setting, d, ok)
+		}
+	}
+	_, err := Decode([]byte("version: 1\nmcp: {tokenAudience: strict}\n"), "p.yaml")
+	if err == nil || !strings.Contains(err.Error(), `mcp.tokenAudience "strict": use off, audit or enforce`) {
+		t.Errorf("tokenAudience: strict: %v", err)
+	}
+}

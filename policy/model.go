@@ -152,7 +152,8 @@ type Limits struct {
 
 // MCPSettings configures MCP handling for the whole policy.
 type MCPSettings struct {
-	HideDenied *bool `yaml:"hideDenied" desc:"Remove from tools/list responses the tools a tools/call of which would be denied (enforce mode only; audit mode never hides). Default true."`
+	HideDenied    *bool  `yaml:"hideDenied" desc:"Remove from tools/list responses the tools a tools/call of which would be denied (enforce mode only; audit mode never hides). Default true."`
+	TokenAudience string `yaml:"tokenAudience" enum:"off|audit|enforce" desc:"Token passthrough: a request carrying a bearer JWT whose aud claim names neither the destination host nor a URL on it is recorded (token_audience), and with enforce denied (403, a JSON-RPC error for MCP requests). The signature is not checked. Default audit."`
 }
 
 // MCPMatch selects MCP requests. Lists are ORed within; methods and the

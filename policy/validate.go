@@ -29,6 +29,11 @@ func (d *decoder) validate(p *Policy) {
 		d.checkHost(fmt.Sprintf("tls.passthrough[%d]", i), h)
 	}
 	d.checkMode("ssrf.mode", p.SSRF.Mode)
+	switch p.MCP.TokenAudience {
+	case "", TokenAudienceOff, TokenAudienceAudit, TokenAudienceEnforce:
+	default:
+		d.add("mcp.tokenAudience", p.MCP.TokenAudience, "use off, audit or enforce")
+	}
 	for i, c := range p.SSRF.AllowCIDRs {
 		d.checkCIDR(fmt.Sprintf("ssrf.allowCIDRs[%d]", i), c)
 	}
