@@ -29,6 +29,7 @@
 //	sluice_mcp_tool_duration_seconds{server,tool}              histogram of a tools/call's Record.Duration
 //	sluice_mcp_tool_changes_total{workload,server,tool}        tools whose description or schema changed (rug pulls)
 //	sluice_dns_queries_total{workload,rcode,decision}
+//	sluice_dns_query_duration_seconds{rcode}                  query to answer, forwarding included
 //	sluice_dns_exfil_flags_total{workload,reason,decision}    queries the exfiltration guard flagged; reason
 //	                                                          rate|label_length|entropy|subdomains
 //	sluice_agent_connect_events_total{decision}
@@ -106,6 +107,7 @@ type Metrics struct {
 	mcpToolDur      *prometheus.HistogramVec
 	mcpToolChanges  *prometheus.CounterVec
 	dnsQueries      *prometheus.CounterVec
+	dnsDuration     *prometheus.HistogramVec
 	exfilFlags      *prometheus.CounterVec
 
 	ringDrops atomic.Pointer[func() uint64]
@@ -210,6 +212,11 @@ func New(o Options) *Metrics {
 		Namespace: "sluice", Subsystem: "dns", Name: "queries_total",
 		Help: "Queries to the agent's DNS server, by workload, answer code (NOERROR, NXDOMAIN, REFUSED, SERVFAIL, other) and decision (allow, deny, would_deny, error).",
 	}, []string{"workload", "rcode", "decision"})
+	m.dnsDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "sluice", Subsystem: "dns", Name: "query_duration_seconds",
+		Help:    "Time from a query to the agent's DNS server to its answer (forwarding to the upstream resolvers included), by answer code.",
+		Buckets: o.Buckets,
+	}, []string{"rcode"})
 
 	m.exfilFlags = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "dns", Name: "exfil_flags_total",
@@ -219,7 +226,7 @@ func New(o Options) *Metrics {
 	m.reg.MustRegister(
 		m.mcpRequests, m.mcpToolDur, m.mcpToolChanges,
 		m.requests, m.requestDuration, m.upstreamDur, m.bytes, m.l4Flows, m.tls,
-		m.openConns, m.errors, m.denials, m.rateLimited, m.cache, m.connects, m.dnsQueries, m.exfilFlags,
+		m.openConns, m.errors, m.denials, m.rateLimited, m.cache, m.connects, m.dnsQueries, m.dnsDuration, m.exfilFlags,
 		&funcCollector{m: m},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -323,6 +330,7 @@ func (m *Metrics) recordDNS(r *audit.Record) {
 	rcode := oneOf(r.Rcode, Other, "NOERROR", "NXDOMAIN", "REFUSED", "SERVFAIL", "FORMERR")
 	decision := decisionLabel(r.Decision)
 	m.dnsQueries.WithLabelValues(wl, rcode, decision).Inc()
+	m.dnsDuration.WithLabelValues(rcode).Observe(r.Duration.Seconds())
 	m.countDenial(r)
 	if reason, ok := exfilReasons[r.Reason]; ok {
 		m.exfilFlags.WithLabelValues(wl, reason, decision).Inc()

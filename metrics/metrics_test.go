@@ -344,6 +344,8 @@ func TestDNSMetrics(t *testing.T) {
 		fmt.Sprintf(`sluice_policy_denials_total{decision="would_deny",reason=%q,rule="dns-exfiltration"}`, audit.ReasonDNSExfilRate):  1,
 		fmt.Sprintf(`sluice_policy_denials_total{decision="deny",reason=%q,rule="require-resolved"}`, audit.ReasonUnresolved):          1,
 		fmt.Sprintf(`sluice_policy_denials_total{decision="deny",reason=%q,rule="public-resolver"}`, audit.ReasonPublicResolver):       1,
+		`sluice_dns_query_duration_seconds_count{rcode="NOERROR"}`:                                                                     2,
+		`sluice_dns_query_duration_seconds_count{rcode="NXDOMAIN"}`:                                                                    3,
 	})
 	// Only the guard's own reasons are flags: an allowed or rule-denied
 	// name is none.
