@@ -451,11 +451,7 @@ func (m *Metrics) ConnectEvent(decision string) {
 // a monotonic total read at every scrape. f must be safe for concurrent
 // use and fast. nil removes it.
 func (m *Metrics) SetRingDrops(f func() uint64) {
-	if f == nil {
-		m.ringDrops.Store(nil)
-		return
-	}
-	m.ringDrops.Store(&f)
+	setSource(&m.ringDrops, f)
 }
 
 // SetEgressDrops installs the source of the count of packets the kernel
@@ -463,22 +459,14 @@ func (m *Metrics) SetRingDrops(f func() uint64) {
 // is denied (raw sockets, unconnected UDP: agent.Agent.EgressDrops), a
 // monotonic total read at every scrape. nil removes it.
 func (m *Metrics) SetEgressDrops(f func() uint64) {
-	if f == nil {
-		m.egress.Store(nil)
-		return
-	}
-	m.egress.Store(&f)
+	setSource(&m.egress, f)
 }
 
 // SetInterceptRestorations installs the source of the count of times the
 // agent put back its intercept address or guards after something removed
 // them (agent.Agent.Restorations), read at every scrape. nil removes it.
 func (m *Metrics) SetInterceptRestorations(f func() uint64) {
-	if f == nil {
-		m.restores.Store(nil)
-		return
-	}
-	m.restores.Store(&f)
+	setSource(&m.restores, f)
 }
 
 // SetMapErrors installs the source of the kernel programs' failed map
@@ -486,22 +474,14 @@ func (m *Metrics) SetInterceptRestorations(f func() uint64) {
 // every scrape. The names are fixed by the agent, so they are not folded.
 // f must be safe for concurrent use and fast. nil removes it.
 func (m *Metrics) SetMapErrors(f func() map[string]uint64) {
-	if f == nil {
-		m.mapErrors.Store(nil)
-		return
-	}
-	m.mapErrors.Store(&f)
+	setSource(&m.mapErrors, f)
 }
 
 // SetLeafStats installs the source of the CA leaf-cache statistics, read
 // at every scrape. f must be safe for concurrent use and fast. nil removes
 // it.
 func (m *Metrics) SetLeafStats(f func() LeafStats) {
-	if f == nil {
-		m.leafStats.Store(nil)
-		return
-	}
-	m.leafStats.Store(&f)
+	setSource(&m.leafStats, f)
 }
 
 // UpstreamHealth is one target of an upstream group; the mitm package
@@ -515,11 +495,16 @@ type UpstreamHealth struct {
 // at every scrape. f must be safe for concurrent use and fast. nil
 // removes it.
 func (m *Metrics) SetUpstreamHealth(f func() []UpstreamHealth) {
+	setSource(&m.upHealth, f)
+}
+
+// setSource installs f as a read-at-scrape source in p; nil removes it.
+func setSource[T any](p *atomic.Pointer[func() T], f func() T) {
 	if f == nil {
-		m.upHealth.Store(nil)
+		p.Store(nil)
 		return
 	}
-	m.upHealth.Store(&f)
+	p.Store(&f)
 }
 
 // funcCollector exposes the read-at-scrape sources; a source not yet set

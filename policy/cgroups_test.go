@@ -27,7 +27,7 @@ func TestWorkloadCgroupsGlobCases(t *testing.T) {
 			continue
 		}
 		pat, cg, want := fs[0], fs[1], fs[2] == "yes"
-		sel := workloadSel{cgroups: []string{pat}}
+		sel := newWorkloadSel(Workloads{Cgroups: []string{pat}})
 		if got := sel.match(&workload.Identity{Cgroup: cg}); got != want {
 			t.Errorf("workloads.cgroups [%q] matches cgroup %q = %v, want %v", pat, cg, got, want)
 		}
@@ -41,7 +41,7 @@ func TestWorkloadCgroupsGlobCases(t *testing.T) {
 // A workload whose cgroup is unknown matches no cgroups selector, not even
 // "/**".
 func TestWorkloadCgroupsUnknown(t *testing.T) {
-	sel := workloadSel{cgroups: []string{"/**"}}
+	sel := newWorkloadSel(Workloads{Cgroups: []string{"/**"}})
 	if sel.match(&workload.Identity{Comm: "curl"}) {
 		t.Error(`"/**" matched a workload without a cgroup`)
 	}

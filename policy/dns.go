@@ -42,10 +42,9 @@ type dnsRule struct {
 func compileDNS(rs []DNSRule, globalAudit bool) []*dnsRule {
 	var out []*dnsRule
 	for _, r := range rs {
-		w := r.Workloads
 		out = append(out, &dnsRule{
 			name:  r.Name,
-			wl:    workloadSel{cgroups: w.Cgroups, comm: w.Comm, exe: w.Exe, ids: w.ContainerIDs, namespaces: w.Namespaces, labels: w.Labels},
+			wl:    newWorkloadSel(r.Workloads),
 			names: r.Names,
 			deny:  r.Action == "deny",
 			audit: r.Mode == "audit" || (r.Mode == "" && globalAudit),
@@ -91,13 +90,7 @@ func (d *decoder) validateDNS(rs []DNSRule) {
 			}
 			names[r.Name] = i
 		}
-		switch r.Action {
-		case "allow", "deny":
-		case "":
-			d.add(at+".action", "", "missing: use action: allow or action: deny")
-		default:
-			d.add(at+".action", r.Action, "use allow or deny")
-		}
+		d.checkAction(at+".action", r.Action)
 		d.checkMode(at+".mode", r.Mode)
 		d.checkWorkloads(at+".workloads", r.Workloads)
 		if len(r.Names) == 0 {

@@ -187,9 +187,8 @@ func New(p *Policy, o Options) (*Engine, error) {
 		if pr.Mode != "" {
 			r.audit = pr.Mode == "audit"
 		}
-		w := pr.Workloads
 		r.mcp = compileMCP(pr.MCP)
-		r.wl = workloadSel{cgroups: w.Cgroups, comm: w.Comm, exe: w.Exe, ids: w.ContainerIDs, namespaces: w.Namespaces, labels: w.Labels}
+		r.wl = newWorkloadSel(pr.Workloads)
 		d := pr.Destinations
 		r.dst = destSel{hosts: d.Hosts, methods: d.Methods, paths: d.Paths}
 		for _, port := range d.Ports {

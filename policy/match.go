@@ -101,16 +101,16 @@ func matchPath(pattern, p string) bool {
 	return strings.HasPrefix(p, pre) && len(p) > len(pre) && p[len(pre)] == '/'
 }
 
+// CleanPath is the path as rules see it (see cleanPath); tools that reason
+// about rules (policy suggest) use it so they see paths the same way.
+func CleanPath(p string) string { return cleanPath(p) }
+
 // cleanPath is the form of a request path that rules see: percent-decoded
 // where that is valid, path parameters (";…" in a segment, "%3b" too)
 // removed, dot segments resolved, duplicate slashes collapsed, a trailing
 // slash kept. It defeats "/v1/../admin", "/%61dmin" and "/admin;x" tricks
 // against deny rules (servlet containers and Spring drop path parameters
 // before routing, so "/admin;x/users" reaches "/admin/users").
-// CleanPath is the path as rules see it (see cleanPath); tools that reason
-// about rules (policy suggest) use it so they see paths the same way.
-func CleanPath(p string) string { return cleanPath(p) }
-
 func cleanPath(p string) string {
 	if i := strings.IndexAny(p, "?#"); i >= 0 {
 		p = p[:i]
@@ -138,14 +138,26 @@ func cleanPath(p string) string {
 
 // workloadSel is a compiled Workloads selector.
 type workloadSel struct {
-	cgroups, comm, exe, ids, namespaces []string
-	labels                              map[string]string
+	// cgroups use the agent's glob (cgroup2), so a pattern selects the same
+	// cgroups here as in agent.cgroups; one that does not compile is the
+	// zero Glob, which matches nothing (as cgroup2.Match).
+	cgroups                    []cgroup2.Glob
+	comm, exe, ids, namespaces []string
+	labels                     map[string]string
+}
+
+// newWorkloadSel compiles w.
+func newWorkloadSel(w Workloads) workloadSel {
+	s := workloadSel{comm: w.Comm, exe: w.Exe, ids: w.ContainerIDs, namespaces: w.Namespaces, labels: w.Labels}
+	for _, p := range w.Cgroups {
+		g, _ := cgroup2.Compile(p)
+		s.cgroups = append(s.cgroups, g)
+	}
+	return s
 }
 
 func (s *workloadSel) match(id *workload.Identity) bool {
-	// Cgroups use the agent's glob (cgroup2), so a pattern selects the same
-	// cgroups here as in agent.cgroups.
-	if len(s.cgroups) > 0 && !slices.ContainsFunc(s.cgroups, func(g string) bool { return id.Cgroup != "" && cgroup2.Match(g, id.Cgroup) }) {
+	if len(s.cgroups) > 0 && !slices.ContainsFunc(s.cgroups, func(g cgroup2.Glob) bool { return id.Cgroup != "" && g.Match(id.Cgroup) }) {
 		return false
 	}
 	if len(s.comm) > 0 && !slices.ContainsFunc(s.comm, func(g string) bool { ok, _ := path.Match(g, id.Comm); return id.Comm != "" && ok }) {

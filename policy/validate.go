@@ -72,13 +72,7 @@ func (d *decoder) validate(p *Policy) {
 			}
 			names[r.Name] = i
 		}
-		switch r.Action {
-		case "allow", "deny":
-		case "":
-			d.add(at+".action", "", "missing: use action: allow or action: deny")
-		default:
-			d.add(at+".action", r.Action, "use allow or deny")
-		}
+		d.checkAction(at+".action", r.Action)
 		d.checkMode(at+".mode", r.Mode)
 		d.checkWorkloads(at+".workloads", r.Workloads)
 		d.checkDestinations(at+".destinations", r.Destinations)
@@ -121,6 +115,17 @@ func (w Workloads) empty() bool {
 
 func (ds Destinations) empty() bool {
 	return len(ds.Hosts)+len(ds.Ports)+len(ds.Methods)+len(ds.Paths)+len(ds.CIDRs) == 0
+}
+
+// checkAction checks a rule's action: allow or deny.
+func (d *decoder) checkAction(path, a string) {
+	switch a {
+	case "allow", "deny":
+	case "":
+		d.add(path, "", "missing: use action: allow or action: deny")
+	default:
+		d.add(path, a, "use allow or deny")
+	}
 }
 
 func (d *decoder) checkMode(path, m string) {
