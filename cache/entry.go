@@ -27,7 +27,8 @@ type Entry struct {
 	initial time.Duration
 }
 
-// derive computes what Fresh and Age need from the stored header.
+// derive computes what Fresh and Age need from the stored header (and
+// parses its Cache-Control once, for Lifetime too).
 func (e *Entry) derive() *Entry {
 	e.cc = ParseDirectives(e.Header)
 	apparent := max(e.ResponseTime.Sub(dateOf(e.Header, e.ResponseTime)), 0)
@@ -39,8 +40,8 @@ func (e *Entry) derive() *Entry {
 // NewEntry makes an entry of a response to a request with header reqH,
 // judged under r.
 func NewEntry(r *Rule, reqH http.Header, status int, h http.Header, body []byte, reqTime, respTime time.Time) *Entry {
-	e := &Entry{Status: status, Header: h, Body: body, RequestTime: reqTime, ResponseTime: respTime}
-	e.Lifetime = r.Lifetime(h, respTime)
+	e := (&Entry{Status: status, Header: h, Body: body, RequestTime: reqTime, ResponseTime: respTime}).derive()
+	e.Lifetime = r.lifetime(e.cc, h, respTime)
 	for _, v := range h.Values("Vary") {
 		for _, f := range strings.Split(v, ",") {
 			if f = http.CanonicalHeaderKey(strings.TrimSpace(f)); f != "" {
@@ -51,7 +52,7 @@ func NewEntry(r *Rule, reqH http.Header, status int, h http.Header, body []byte,
 			}
 		}
 	}
-	return e.derive()
+	return e
 }
 
 func normalize(vs []string) string {
@@ -134,9 +135,9 @@ func (e *Entry) Refresh(r *Rule, h http.Header, reqTime, respTime time.Time) *En
 	if h.Get("Age") == "" {
 		nh.Del("Age")
 	}
-	n := &Entry{Status: e.Status, Header: nh, Body: e.Body, RequestTime: reqTime, ResponseTime: respTime, vary: e.vary}
-	n.Lifetime = r.Lifetime(nh, respTime)
-	return n.derive()
+	n := (&Entry{Status: e.Status, Header: nh, Body: e.Body, RequestTime: reqTime, ResponseTime: respTime, vary: e.vary}).derive()
+	n.Lifetime = r.lifetime(n.cc, nh, respTime)
+	return n
 }
 
 // NotModified reports whether a client's own conditional request (header

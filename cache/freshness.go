@@ -172,7 +172,7 @@ func (r *Rule) Storable(method string, reqH http.Header, status int, h http.Head
 			return false, TooLarge
 		}
 	}
-	if r.Lifetime(h, now) <= 0 && h.Get("ETag") == "" && h.Get("Last-Modified") == "" {
+	if r.lifetime(resp, h, now) <= 0 && h.Get("ETag") == "" && h.Get("Last-Modified") == "" {
 		return false, NeverFresh
 	}
 	return true, ""
@@ -212,7 +212,11 @@ const maxHeuristic = 24 * time.Hour
 // Lifetime is the freshness lifetime of a response (RFC 9111 4.2.1) with
 // header h, received at now when h has no Date.
 func (r *Rule) Lifetime(h http.Header, now time.Time) time.Duration {
-	d := ParseDirectives(h)
+	return r.lifetime(ParseDirectives(h), h, now)
+}
+
+// lifetime is Lifetime with h's directives d already parsed.
+func (r *Rule) lifetime(d Directives, h http.Header, now time.Time) time.Duration {
 	switch {
 	case r.Shared && d.SMaxAge >= 0:
 		return d.SMaxAge

@@ -1,9 +1,7 @@
 package test
 
 import (
-	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -12,7 +10,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 )
 
 // cacheAPI is an upstream whose paths exercise the response cache, and
@@ -165,22 +162,7 @@ rules:
 `, ip, ip)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var logs syncBuffer
-	cmd := exec.CommandContext(ctx, sluiceBin, "proxy", "--listen", addr, "--config", cfg, "--policy", pol, "--audit-log", filepath.Join(dir, "audit.jsonl"))
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
-	waitListening(t, addr, &logs)
+	addr, logs := startProxy(t, "--config", cfg, "--policy", pol, "--audit-log", filepath.Join(dir, "audit.jsonl"))
 	// The proxy's own listener answers its probes.
 	for _, probe := range []string{"healthz", "readyz"} {
 		out, err := exec.Command(curl, "-sS", "-f", "http://"+addr+"/"+probe).CombinedOutput()
@@ -211,16 +193,4 @@ rules:
 			t.Fatalf("%s %s: got %q, want %q", s.src, s.path, got, s.want)
 		}
 	}
-}
-
-// waitListening waits for `sluice proxy` to accept connections.
-func waitListening(t *testing.T, addr string, logs *syncBuffer) {
-	t.Helper()
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return
-		}
-	}
-	t.Fatalf("sluice proxy did not listen on %s: %s", addr, logs.String())
 }

@@ -1,9 +1,7 @@
 package test
 
 import (
-	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -57,22 +55,7 @@ rules:
 `, ip)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var logs syncBuffer
-	cmd := exec.CommandContext(ctx, sluiceBin, "proxy", "-v", "--listen", addr, "--config", cfg, "--policy", pol, "--audit-log", auditLog)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
-	waitListening(t, addr, &logs)
+	addr, logs := startProxy(t, "-v", "--config", cfg, "--policy", pol, "--audit-log", auditLog)
 
 	get := func(src, url string, extra ...string) string {
 		t.Helper()
