@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"strconv"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -90,17 +88,8 @@ func (a *Agent) describe(o bpf.SluiceOrigin, peer netip.AddrPort) (workload.Dest
 	}
 	dst := workload.Destination{Addr: netip.AddrPortFrom(addr, o.Port), Port: o.Port}
 	pid := int(o.Pid)
-	id := workload.Identity{
-		Client: netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port()),
-		PID:    pid,
-		UID:    o.Uid,
-		Comm:   cString(o.Comm[:]),
-		Cgroup: a.names.lookup(o.CgroupId, pid),
-	}
-	if exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe"); err == nil {
-		id.Exe = exe
-	}
-	id.ContainerID, id.PodUID = workload.ParseCgroupPath(id.Cgroup)
+	id := processIdentity(pid, o.Uid, cString(o.Comm[:]), a.names.lookup(o.CgroupId, pid))
+	id.Client = netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())
 	return dst, id
 }
 

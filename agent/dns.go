@@ -245,8 +245,9 @@ func (s *DNSServer) answer(ctx context.Context, r *dns.Msg, id *workload.Identit
 	default:
 		rec.Decision = audit.DecisionAllow
 	}
+	key := nameKey(id)
 	if s.exfil != nil {
-		if why := s.exfil.check(nameKey(id), rec.DNSName, s.o.Now()); why != "" {
+		if why := s.exfil.check(key, rec.DNSName, s.o.Now()); why != "" {
 			if s.exfil.o.Enforce {
 				rec.Decision, rec.Rule, rec.Reason = audit.DecisionDeny, RuleExfil, why
 				s.log.Warn("dns query denied as exfiltration", audit.KeyWorkload, id.Name(), audit.KeyDNSName, rec.DNSName, audit.KeyReason, why)
@@ -263,7 +264,7 @@ func (s *DNSServer) answer(ctx context.Context, r *dns.Msg, id *workload.Identit
 		rec.PolicyDecision, rec.PolicyRule, rec.PolicyReason = d.Verdict.String(), d.Rule, d.Reason
 		return reply(dns.RcodeServerFailure), rec
 	}
-	rec.Answers = s.names.learn(nameKey(id), rec.DNSName, resp, s.o.Now())
+	rec.Answers = s.names.learn(key, rec.DNSName, resp, s.o.Now())
 	// The client's own id, question and EDNS0 stance.
 	resp.Id = r.Id
 	resp.Question = r.Question

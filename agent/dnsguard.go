@@ -77,20 +77,17 @@ func newExfilGuard(o ExfilOptions) *exfilGuard {
 // workload wl at now and returns the reason it is flagged, "" when it is
 // not. Every check runs and counts, the first reason found is returned.
 func (g *exfilGuard) check(wl, name string, now time.Time) string {
-	var reasons []string
+	var why string
 	if g.o.QueriesPerSecond > 0 && !g.take(wl, now) {
-		reasons = append(reasons, audit.ReasonDNSExfilRate)
+		why = audit.ReasonDNSExfilRate
 	}
-	if r := labelReason(name, g.o.MaxLabelLength, g.o.MaxLabelEntropy, g.o.EntropyMinLength); r != "" {
-		reasons = append(reasons, r)
+	if r := labelReason(name, g.o.MaxLabelLength, g.o.MaxLabelEntropy, g.o.EntropyMinLength); r != "" && why == "" {
+		why = r
 	}
-	if g.o.UniqueSubdomainsPerMinute > 0 && !g.unique(wl, name, now) {
-		reasons = append(reasons, audit.ReasonDNSExfilSubdomains)
+	if g.o.UniqueSubdomainsPerMinute > 0 && !g.unique(wl, name, now) && why == "" {
+		why = audit.ReasonDNSExfilSubdomains
 	}
-	if len(reasons) == 0 {
-		return ""
-	}
-	return reasons[0]
+	return why
 }
 
 // take takes a token from wl's bucket.

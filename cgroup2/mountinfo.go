@@ -26,22 +26,11 @@ func parseMount(r io.Reader) (string, error) {
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	var fallback string
 	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 7 {
+		root, mp, fstype, ok := mountLine(sc.Text())
+		if !ok || fstype != "cgroup2" {
 			continue
 		}
-		sep := -1
-		for i := 6; i < len(f); i++ {
-			if f[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || sep+1 >= len(f) || f[sep+1] != "cgroup2" {
-			continue
-		}
-		mp := unescapeMount(f[4])
-		if f[3] == "/" {
+		if root == "/" {
 			return mp, nil
 		}
 		if fallback == "" {
@@ -55,6 +44,22 @@ func parseMount(r io.Reader) (string, error) {
 		return fallback, nil
 	}
 	return "", ErrNoCgroup2
+}
+
+// mountLine splits a mountinfo line (see parseMount) into the root, the
+// mount point (escapes decoded) and the filesystem type; ok is false for
+// a line without them.
+func mountLine(line string) (root, point, fstype string, ok bool) {
+	f := strings.Fields(line)
+	if len(f) < 7 {
+		return "", "", "", false
+	}
+	for i := 6; i+1 < len(f); i++ {
+		if f[i] == "-" {
+			return f[3], unescapeMount(f[4]), f[i+1], true
+		}
+	}
+	return "", "", "", false
 }
 
 // unescapeMount decodes the \ooo octal escapes of mountinfo.
@@ -97,15 +102,12 @@ func ViewMounts(r io.Reader) []string {
 	s := bufio.NewScanner(r)
 	s.Buffer(make([]byte, 64*1024), 1024*1024)
 	for s.Scan() {
-		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw
-		pre, post, ok := strings.Cut(s.Text(), " - ")
-		f, g := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(f) < 5 || len(g) < 1 {
+		_, mp, fstype, ok := mountLine(s.Text())
+		if !ok {
 			continue
 		}
-		mp := unescapeMount(f[4])
 		under := mp == "/sys/fs/cgroup" || strings.HasPrefix(mp, "/sys/fs/cgroup/")
-		if (g[0] == "cgroup" || g[0] == "cgroup2" || under) && !seen[mp] {
+		if (fstype == "cgroup" || fstype == "cgroup2" || under) && !seen[mp] {
 			seen[mp] = true
 			out = append(out, mp)
 		}

@@ -1,12 +1,8 @@
 package node
 
 import (
-	"os"
-	"strconv"
-
 	"github.com/sluicehq/sluice/agent"
 	"github.com/sluicehq/sluice/audit"
-	"github.com/sluicehq/sluice/workload"
 )
 
 // eventRecord is the audit record of a kernel connect event that never
@@ -23,17 +19,10 @@ func eventRecord(e agent.Event) *audit.Record {
 	default:
 		return nil
 	}
-	id := workload.Identity{PID: e.PID, UID: e.UID, Comm: e.Comm, Cgroup: e.Cgroup}
-	if e.PID > 0 {
-		if exe, err := os.Readlink("/proc/" + strconv.Itoa(e.PID) + "/exe"); err == nil {
-			id.Exe = exe
-		}
-	}
-	id.ContainerID, id.PodUID = workload.ParseCgroupPath(id.Cgroup)
 	rec := &audit.Record{
 		Time:     e.Time,
 		Kind:     audit.KindConnect,
-		Workload: id,
+		Workload: e.Identity(),
 		DstIP:    e.Dst.Addr(),
 		Port:     e.Dst.Port(),
 		Decision: decision,
