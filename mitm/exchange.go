@@ -46,8 +46,7 @@ type Exchange struct {
 
 	wraps   []func(io.ReadCloser) io.ReadCloser
 	aborted atomic.Pointer[Answer]
-	resp    []ResponseStage // response stages whose Request ran, in order
-	cache   *cacheLookup    // the cache stage's state, nil when no cache applies
+	cache   *cacheLookup // the cache stage's state, nil when no cache applies
 
 	bal  *balanced   // set by the balance stage for an upstream group's request
 	mcp  *mcpRequest // set by the MCP stage for MCP requests
@@ -103,9 +102,6 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	for _, s := range f.p.stages {
-		if rs, ok := s.(ResponseStage); ok {
-			x.resp = append(x.resp, rs)
-		}
 		if a := s.Request(x); a != nil {
 			x.answer(a)
 			return

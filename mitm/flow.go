@@ -273,13 +273,11 @@ func (f *flow) tap(c net.Conn) net.Conn {
 		return c
 	}
 	server, host := f.dst.Addr, f.dst.Host
-	if f.fixed != nil {
-		if f.fixed.addr.IsValid() {
-			server = f.fixed.addr
-		}
-		if f.fixed.host != "" {
-			host = f.fixed.host
-		}
+	if f.fixed.addr.IsValid() {
+		server = f.fixed.addr
+	}
+	if f.fixed.host != "" {
+		host = f.fixed.host
 	}
 	if f.sni != "" {
 		host = f.sni

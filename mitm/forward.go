@@ -143,8 +143,14 @@ func (x *Exchange) forward() {
 		x.upgrade(resp)
 		return
 	}
-	for _, s := range x.resp {
-		if a := s.Response(x, resp); a != nil {
+	// Every stage's Request ran (none answered), so every response
+	// stage sees the response, in chain order.
+	for _, s := range p.stages {
+		rs, ok := s.(ResponseStage)
+		if !ok {
+			continue
+		}
+		if a := rs.Response(x, resp); a != nil {
 			x.answer(a)
 			return
 		}

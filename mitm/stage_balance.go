@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
@@ -141,14 +142,23 @@ type groupSet struct {
 
 	mu   sync.Mutex
 	last policy.Decider
+	// synced is the decider the groups were last brought in step with:
+	// every request reads it, without taking mu.
+	synced atomic.Pointer[syncedDecider]
 }
+
+type syncedDecider struct{ d policy.Decider }
 
 // upstreamGroups returns the groups of the policy in force.
 func (p *Proxy) upstreamGroups() *upstreams.Set {
 	d := p.decider()
 	gs := p.groups
+	if s := gs.synced.Load(); s != nil && s.d == d {
+		return gs.set
+	}
 	gs.mu.Lock()
 	defer gs.mu.Unlock()
+	defer gs.synced.Store(&syncedDecider{d})
 	if gs.last != d {
 		gs.last = d
 		var specs []upstreams.Spec

@@ -67,15 +67,14 @@ func (contentStage) Request(x *Exchange) *Answer {
 		}
 	}
 	if in.Inspects(policy.InHeaders) {
-		for k, vs := range r.Header {
+		for _, vs := range r.Header {
 			for i, v := range vs {
 				red, fs := in.RedactString(v, policy.InHeaders)
 				if a := found.add(x, fs); a != nil {
 					return a
 				}
-				vs[i] = red
+				vs[i] = red // in place: vs is r.Header[k]
 			}
-			r.Header[k] = vs
 		}
 	}
 	if !in.Inspects(policy.InBody) || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {

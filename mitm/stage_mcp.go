@@ -143,8 +143,11 @@ func (b *replayBody) Close() error { return b.c.Close() }
 // +json type).
 func isJSON(ct string) bool {
 	mt, _, err := mime.ParseMediaType(ct)
-	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
+	return err == nil && isJSONType(mt)
 }
+
+// isJSONType reports whether a parsed media type is JSON.
+func isJSONType(mt string) bool { return mt == "application/json" || strings.HasSuffix(mt, "+json") }
 
 // mcpDenyAnswer is the answer to an MCP request the policy denied: a
 // JSON-RPC error per request with an id, HTTP 200 as MCP clients expect
@@ -204,12 +207,12 @@ func (mcpStage) Response(x *Exchange, resp *http.Response) *Answer {
 			w.keep = func(name string) bool { return !th.HideTool(x.Req.Context(), req, name) }
 		}
 	}
-	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	limit := int(x.f.p.cfg.MCPMaxMessageBytes)
 	switch {
 	case mt == "text/event-stream":
 		resp.Body = &sseBody{ReadCloser: resp.Body, w: w, p: mcp.SSE{Max: limit}, rewrite: w.keep != nil, max: limit}
-	case isJSON(resp.Header.Get("Content-Type")):
+	case err == nil && isJSONType(mt):
 		jb := &jsonBody{ReadCloser: resp.Body, w: w, max: limit, rewrite: w.keep != nil}
 		if jb.rewrite {
 			resp.ContentLength = -1
@@ -368,6 +371,7 @@ type jsonBody struct {
 	max     int
 	rewrite bool
 
+	buf  []byte // read buffer when rewriting; its bytes are always copied out
 	held []byte
 	over bool
 	out  []byte
@@ -390,7 +394,10 @@ func (b *jsonBody) Read(p []byte) (int, error) {
 		return n, err
 	}
 	for len(b.out) == 0 && b.err == nil {
-		buf := make([]byte, 32<<10)
+		if b.buf == nil {
+			b.buf = make([]byte, 32<<10)
+		}
+		buf := b.buf
 		n, err := b.ReadCloser.Read(buf)
 		b.err = err
 		if b.over {
