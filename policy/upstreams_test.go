@@ -26,7 +26,7 @@ upstreams:
   healthCheck: {}
 `
 	want := []string{
-		`p.yaml:4: upstreams[0].hosts[1] "api.test:99999": a port is 1 to 65535, e.g. api.internal:8080`,
+		`p.yaml:4: upstreams[0].hosts[1] "api.test:99999": a port is 1 to 65535, e.g. api.internal:8080 or [2001:db8::1]:8443`,
 		`p.yaml:4: upstreams[0].hosts[2] "*.x.test": a group serves exact hosts, list each one`,
 		`p.yaml:5: upstreams[0].targets[0].address "10.0.0.1": use ip:port or host:port, e.g. 10.0.0.5:8080`,
 		`p.yaml:5: upstreams[0].targets[1].weight -1: a weight is 1 or more; leave it out for 1`,
@@ -56,7 +56,7 @@ func TestUpstreamsCompile(t *testing.T) {
 	e, err := Parse([]byte(`version: 1
 upstreams:
 - name: pool
-  hosts: [API.test, "b.test:8080"]
+  hosts: [API.test, "b.test:8080", "[2001:db8::1]:8443"]
   targets: [{address: "10.0.0.1:80", weight: 3}, {address: "backend.test:80"}]
   healthCheck: {tcp: true, interval: 2s}
   passive: {consecutiveFailures: 2}
@@ -66,7 +66,7 @@ upstreams:
 		t.Fatal(err)
 	}
 	got := e.Upstreams()
-	want := upstreams.Spec{Name: "pool", Hosts: []string{"api.test", "b.test:8080"},
+	want := upstreams.Spec{Name: "pool", Hosts: []string{"api.test", "b.test:8080", "[2001:db8::1]:8443"},
 		Targets: []upstreams.TargetSpec{{Address: "10.0.0.1:80", Weight: 3}, {Address: "backend.test:80", Weight: 1}},
 		Check:   upstreams.Check{Interval: 2 * time.Second, Timeout: 2 * time.Second, Healthy: 2, Unhealthy: 2},
 		Passive: upstreams.Passive{Failures: 2, EjectFor: 30 * time.Second},

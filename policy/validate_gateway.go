@@ -88,13 +88,10 @@ func (d *decoder) validateUpstreams(us []Upstream) {
 		}
 		for j, h := range u.Hosts {
 			hp := fmt.Sprintf("%s.hosts[%d]", at, j)
-			name := h
-			if hh, port, ok := strings.Cut(h, ":"); ok {
-				name = hh
-				if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-					d.add(hp, h, "a port is 1 to 65535, e.g. api.internal:8080")
-					continue
-				}
+			name, _, err := upstreams.ParseHost(h)
+			if err != nil {
+				d.add(hp, h, "a port is 1 to 65535, e.g. api.internal:8080 or [2001:db8::1]:8443")
+				continue
 			}
 			if strings.HasPrefix(name, "*") {
 				d.add(hp, h, "a group serves exact hosts, list each one")

@@ -13,6 +13,8 @@
 package upstreams
 
 import (
+	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,7 +34,8 @@ const maxEjectFactor = 16
 type Spec struct {
 	Name string
 	// Hosts are the destinations the group serves: "host" (any port) or
-	// "host:port", lower case.
+	// "host:port", lower case; an IPv6 address is bare ("::1") or
+	// bracketed with a port ("[::1]:443"). ParseHost reads one.
 	Hosts   []string
 	Targets []TargetSpec
 	Balance string // RoundRobin (default) or LeastRequests
@@ -124,17 +127,34 @@ func (g *Group) Spec() Spec { return g.spec }
 func (g *Group) Serves(host string, port uint16) bool {
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	for _, h := range g.spec.Hosts {
-		if h == host {
-			return true
-		}
-		if hh, p, ok := strings.Cut(h, ":"); ok && hh == host && p == itoa(port) {
+		hh, p, err := ParseHost(h)
+		if err == nil && hh == host && (p == 0 || p == port) {
 			return true
 		}
 	}
 	return false
 }
 
-func itoa(p uint16) string { return strconv.Itoa(int(p)) }
+// ParseHost reads one entry of Spec.Hosts: the host and its port, 0 when
+// the entry names none. "api.internal", "api.internal:8080", "::1" and
+// "[::1]:8443" are entries; a port outside 1..65535 is an error.
+func ParseHost(h string) (host string, port uint16, err error) {
+	if strings.Count(h, ":") > 1 && !strings.HasPrefix(h, "[") {
+		return h, 0, nil // a bare IPv6 address
+	}
+	if !strings.Contains(h, ":") {
+		return h, 0, nil
+	}
+	host, ps, err := net.SplitHostPort(h)
+	if err != nil {
+		return "", 0, fmt.Errorf("parse upstream host %q: %w", h, err)
+	}
+	n, err := strconv.Atoi(ps)
+	if err != nil || n < 1 || n > 65535 {
+		return "", 0, fmt.Errorf("parse upstream host %q: port %q is not 1 to 65535", h, ps)
+	}
+	return host, uint16(n), nil
+}
 
 func (t *Target) up(now time.Time) bool { return t.healthy && !now.Before(t.ejected) }
 

@@ -218,3 +218,45 @@ func TestServesAndReload(t *testing.T) {
 		t.Fatalf("after reload pick = %q, want b (a still ejected)", a)
 	}
 }
+
+func TestServesIPv6Hosts(t *testing.T) {
+	s := NewSet(&fakeProber{}, func() time.Time { return t0 })
+	defer s.Close()
+	s.Update([]Spec{{Name: "v6", Hosts: []string{"[2001:db8::1]:8443", "2001:db8::2"}, Targets: []TargetSpec{{"a", 1}}}})
+	for _, c := range []struct {
+		host string
+		port uint16
+		want bool
+	}{
+		{"2001:db8::1", 8443, true},
+		{"2001:db8::1", 443, false},
+		{"2001:db8::2", 443, true},
+		{"2001:db8::3", 443, false},
+	} {
+		if got := s.For(c.host, c.port) != nil; got != c.want {
+			t.Errorf("For(%s, %d) served = %v, want %v", c.host, c.port, got, c.want)
+		}
+	}
+}
+
+func TestParseHost(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		host string
+		port uint16
+		bad  bool
+	}{
+		{in: "api.internal", host: "api.internal"},
+		{in: "api.internal:8080", host: "api.internal", port: 8080},
+		{in: "::1", host: "::1"},
+		{in: "[::1]:8443", host: "::1", port: 8443},
+		{in: "api.internal:0", bad: true},
+		{in: "api.internal:http", bad: true},
+		{in: "[::1]", bad: true},
+	} {
+		h, p, err := ParseHost(c.in)
+		if (err != nil) != c.bad || h != c.host || p != c.port {
+			t.Errorf("ParseHost(%q) = %q, %d, %v; want %q, %d, error %v", c.in, h, p, err, c.host, c.port, c.bad)
+		}
+	}
+}
