@@ -45,7 +45,8 @@ func Run(ctx context.Context, o Options) (int, error) {
 
 	trust := o.Trust
 	if trust.Bundle == "" && len(o.CAPEM) > 0 {
-		dir, err := os.MkdirTemp("", "sluice-run-")
+		sweepTrustDirs(os.TempDir(), os.Getuid(), o.Log)
+		dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", trustDirPrefix, os.Getpid()))
 		if err != nil {
 			return 1, fmt.Errorf("create CA bundle directory: %w", err)
 		}
