@@ -1,10 +1,8 @@
 package policy
 
 import (
-	"bytes"
 	"fmt"
 	"regexp"
-	"slices"
 )
 
 // Content actions, strongest first.
@@ -167,36 +165,58 @@ func partIndex(part string) int {
 // by the next scan, which sees it with the bytes that follow (see
 // BodyScan).
 func (in *Inspector) Scan(b []byte, part string, final bool) []Finding {
-	if in == nil || len(b) == 0 {
-		return nil
-	}
 	settled := len(b)
 	if !final {
 		settled -= maxMatch
 	}
+	out, _ := in.scan(b, part, settled, nil)
+	return out
+}
+
+// scan is Scan counting the matches that start before settled; hc,
+// when not nil, holds the prefilter's hits of b's start from the last
+// scan of the same stream. changed reports a redaction.
+func (in *Inspector) scan(b []byte, part string, settled int, hc *hitCache) (out []Finding, changed bool) {
+	if in == nil || len(b) == 0 {
+		return nil, false
+	}
 	pi := partIndex(part)
-	var out []Finding
+	var hits []hit
+	found := false // the prefilter ran over b
+	if hc == nil {
+		hc = &hitCache{}
+	}
 	for _, r := range in.rules {
 		if !r.in[pi] {
 			continue
 		}
 		for _, d := range r.matchers {
-			for _, sp := range d.spans(b) {
+			var sps [][2]int
+			if d.id == 0 {
+				sps = d.match(b, 0, nil)
+			} else {
+				if !found {
+					hits, found = hc.update(b), true
+				}
+				sps = d.spans(b, hits)
+			}
+			for _, sp := range sps {
 				if sp[0] >= settled {
 					continue
 				}
 				if r.action == ActionRedact {
 					redact(b[sp[0]:sp[1]])
+					changed = true
 				}
 				out = append(out, Finding{Detector: d.name, In: part, Action: r.action})
 				if r.action == ActionBlock {
 					// A block ends the request: put it first and stop.
-					return append([]Finding{out[len(out)-1]}, out[:len(out)-1]...)
+					return append([]Finding{out[len(out)-1]}, out[:len(out)-1]...), changed
 				}
 			}
 		}
 	}
-	return out
+	return out, changed
 }
 
 // redact overwrites b with the marker, repeated.
@@ -217,42 +237,36 @@ func (in *Inspector) RedactString(s, part string) (string, []Finding) {
 	return string(b), f
 }
 
-// spans are the spans of d's secrets in b, validated. A detector with
-// keywords runs its expression only around their occurrences (reach
-// bytes either side), which keeps scanning fast on ordinary traffic.
-func (d *detector) spans(b []byte) [][2]int {
-	if len(d.keywords) == 0 {
-		return d.match(b, 0, nil)
-	}
-	var regions [][2]int
-	for _, k := range d.keywords {
-		for off := 0; ; {
-			i := bytes.Index(b[off:], k)
-			if i < 0 {
-				break
-			}
-			h := off + i
-			back, fwd := d.reach()
-			regions = append(regions, [2]int{max(0, h-back), min(len(b), h+len(k)+fwd)})
-			off = h + len(k)
-		}
-	}
-	if len(regions) == 0 {
-		return nil
-	}
+// spans are the spans of d's secrets in b, validated, given the
+// prefilter's hits in b: a built-in detector runs its expression only
+// around its keywords (reach bytes either side), which keeps scanning
+// fast on ordinary traffic.
+func (d *detector) spans(b []byte, hits []hit) [][2]int {
 	if d.find != nil {
-		return d.find(b)
-	}
-	slices.SortFunc(regions, func(x, y [2]int) int { return x[0] - y[0] })
-	var out [][2]int
-	cur := regions[0]
-	for _, r := range regions[1:] {
-		if r[0] <= cur[1] {
-			cur[1] = max(cur[1], r[1])
-			continue
+		any := false
+		d.eachHit(hits, func(int, int, int) { any = true })
+		if !any {
+			return nil
 		}
-		out = d.match(b[cur[0]:cur[1]], cur[0], out)
-		cur = r
+		return d.find(d, b, hits)
+	}
+	back, fwd := d.reach()
+	var out [][2]int
+	cur := [2]int{-1, -1}
+	d.eachHit(hits, func(h, n, _ int) {
+		r := [2]int{max(0, h-back), min(len(b), h+n+fwd)}
+		switch {
+		case cur[0] < 0:
+			cur = r
+		case r[0] <= cur[1]:
+			cur[1] = max(cur[1], r[1])
+		default:
+			out = d.match(b[cur[0]:cur[1]], cur[0], out)
+			cur = r
+		}
+	})
+	if cur[0] < 0 {
+		return nil
 	}
 	return d.match(b[cur[0]:cur[1]], cur[0], out)
 }
@@ -296,6 +310,9 @@ type BodyScan struct {
 	buf  []byte // bytes scanned but not yet released, after rel
 	rel  int    // bytes of buf released by the last call
 	seen map[string]bool
+	hits hitCache // the prefilter's hits in buf
+	// changed: the last scan redacted bytes of buf (its hits are stale).
+	changed bool
 	// Found receives each finding once per detector name (a finding
 	// inside the held-back window is seen again by the next scan).
 	Found func(Finding)
@@ -322,12 +339,19 @@ func (s *BodyScan) Close() ([]byte, *Finding) {
 func (s *BodyScan) scan(p []byte, final bool) ([]byte, *Finding) {
 	// The window is what was held back plus p; the bytes released by
 	// the last call were valid until this one.
+	s.hits.drop(s.rel, s.changed)
 	if s.rel > 0 {
 		s.buf = append(s.buf[:0], s.buf[s.rel:]...)
 		s.rel = 0
 	}
 	s.buf = append(s.buf, p...)
-	for _, f := range s.in.Scan(s.buf, InBody, final) {
+	settled := len(s.buf)
+	if !final {
+		settled -= maxMatch
+	}
+	fs, changed := s.in.scan(s.buf, InBody, settled, &s.hits)
+	s.changed = changed
+	for _, f := range fs {
 		if f.Action == ActionBlock {
 			s.note(f)
 			return nil, &f

@@ -2,6 +2,8 @@ package policy
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -157,5 +159,43 @@ func TestContentProblems(t *testing.T) {
 				t.Fatalf("error %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestBodyScanSecretAnyOffset: each kind of secret, at offsets around
+// the held-back window's edges, in ordinary JSON read in pieces of
+// several sizes (so that it straddles reads and the window), is found
+// and redacted as in the whole body.
+func TestBodyScanSecretAnyOffset(t *testing.T) {
+	files, _ := filepath.Glob("testdata/content/*.json")
+	var filler []byte
+	for _, p := range files {
+		b, _ := os.ReadFile(p)
+		filler = append(filler, b...)
+	}
+	filler = bytes.Repeat(filler, 4*maxMatch/len(filler)+2)
+	in := Redactor()
+	for _, secret := range []string{
+		`"` + awsKeyID + `"`, "aws_secret_access_key = " + awsSecret + "\n", githubToken, `"` + openAIKey + `"`,
+		"x-api-key: " + anthKey + "\r\n", " " + jwtToken + " ", pemKey, `{"api_key":"Zx9Qm2Lp8Rt4Vn6Wb1Ks"}`,
+		"AccountName=acct01;AccountKey=" + azureKey + ";",
+	} {
+		for _, off := range []int{0, 1, 100, maxMatch - len(secret) + 3, maxMatch, maxMatch + 1, 2*maxMatch - 7, 3*maxMatch + 11} {
+			body := string(filler[:off]) + " " + secret + " " + string(filler[:maxMatch/2])
+			whole := []byte(body)
+			if len(in.Scan(whole, InBody, true)) == 0 {
+				t.Fatalf("no finding in %q", secret)
+			}
+			for _, piece := range []int{7, 1000, 4 << 10, 32 << 10} {
+				var cuts []int
+				for c := piece; c < len(body); c += piece {
+					cuts = append(cuts, c)
+				}
+				got, f, names := streamScan(in, body, cuts...)
+				if got != string(whole) || f != nil || len(names) == 0 {
+					t.Fatalf("%.20q at %d in pieces of %d: released differs from the whole body's scan (found %v)", secret, off, piece, names)
+				}
+			}
+		}
 	}
 }

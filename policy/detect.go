@@ -21,9 +21,15 @@ import (
 // detector is one built-in detector.
 type detector struct {
 	name string
+	// id is 1+ the detector's index in detectors (set by the
+	// prefilter, anchors); 0 for a rule's own pattern.
+	id int
+	// kw0 is the index of its first keyword in anchors.kws.
+	kw0 int
 	// doc describes what it finds, for policy/README.md and tests.
 	doc string
-	// keywords: at least one must occur in the text for re to be tried.
+	// keywords: at least one must occur in the text for re to be tried
+	// (at least 3 bytes each; found by the prefilter, anchors).
 	keywords [][]byte
 	re       *regexp.Regexp
 	// group is the submatch that is the secret (and is redacted); 0 for
@@ -36,8 +42,9 @@ type detector struct {
 	// that close to keywords.
 	back, fwd int
 	// find replaces re for formats a regular expression can't bound
-	// (PEM blocks): it returns the spans of secrets in b.
-	find func(b []byte) [][2]int
+	// (PEM blocks) or that is faster written out: it returns the spans
+	// of secrets in b, given d's keyword hits in b (at least one).
+	find func(d *detector, b []byte, hits []hit) [][2]int
 }
 
 // maxMatch is the longest secret a detector or pattern finds in a body
@@ -267,7 +274,7 @@ func genericValue(b []byte) bool {
 // line, with real or JSON-escaped (\n) line breaks. A block longer than
 // maxMatch, or without an END line yet, is taken from BEGIN to maxMatch
 // bytes on (or the end of b): the key material is the secret.
-func findPEM(b []byte) [][2]int {
+func findPEM(_ *detector, b []byte, _ []hit) [][2]int {
 	var out [][2]int
 	begin := []byte("-----BEGIN ")
 	for off := 0; off < len(b); {
@@ -303,36 +310,52 @@ var genericNames = []string{"api_key", "apikey", "secret", "secret_key", "client
 // findGeneric finds generic-secret's assignments: a name of
 // genericNames as a whole word, an optional quote, = or : between
 // optional spaces, an optional quote, and a value of 16 to 128 token
-// characters that genericValue accepts. It is written out rather than a
-// case-insensitive expression, which is ten times slower.
-func findGeneric(b []byte) [][2]int {
+// characters that genericValue accepts. It looks only where the
+// prefilter found one of genericKeywords, and is written out rather than
+// a case-insensitive expression, which is ten times slower.
+func findGeneric(d *detector, b []byte, hits []hit) [][2]int {
 	var out [][2]int
-	for _, k := range genericKeywords {
-		stem := strings.ToLower(string(k))
-		for off := 0; ; {
-			i := bytes.Index(b[off:], k)
-			if i < 0 {
+	d.eachHit(hits, func(h, _, k int) {
+		for _, c := range genericStems[k] {
+			name, start := c.name, h-c.at
+			if start < 0 || start+len(name) > len(b) || (start > 0 && isWord(b[start-1])) ||
+				!strings.EqualFold(string(b[start:start+len(name)]), name) {
+				continue
+			}
+			if s, e, ok := assignedValue(b, start+len(name)); ok && !slices.ContainsFunc(out, func(sp [2]int) bool { return sp[0] == s }) {
+				out = append(out, [2]int{s, e})
 				break
 			}
-			h := off + i
-			off = h + len(k)
-			for _, n := range genericNames {
-				j := strings.Index(n, stem)
-				start := h - j
-				if j < 0 || start < 0 || start+len(n) > len(b) || (start > 0 && isWord(b[start-1])) ||
-					!strings.EqualFold(string(b[start:start+len(n)]), n) {
-					continue
-				}
-				if s, e, ok := assignedValue(b, start+len(n)); ok && !slices.ContainsFunc(out, func(sp [2]int) bool { return sp[0] == s }) {
-					out = append(out, [2]int{s, e})
-					break
-				}
+		}
+	})
+	if len(out) > 1 {
+		slices.SortFunc(out, func(x, y [2]int) int { return x[0] - y[0] })
+	}
+	return out
+}
+
+// genericStems lists, for each of genericKeywords, the names of
+// genericNames that hold it (in their order) and where.
+var genericStems = func() [][]struct {
+	name string
+	at   int
+} {
+	out := make([][]struct {
+		name string
+		at   int
+	}, len(genericKeywords))
+	for i, k := range genericKeywords {
+		for _, n := range genericNames {
+			if j := strings.Index(n, strings.ToLower(string(k))); j >= 0 {
+				out[i] = append(out[i], struct {
+					name string
+					at   int
+				}{n, j})
 			}
 		}
 	}
-	slices.SortFunc(out, func(x, y [2]int) int { return x[0] - y[0] })
 	return out
-}
+}()
 
 // genericKeywords are the spellings whose occurrences findGeneric
 // checks for a name: the stems of genericNames in three cases.
