@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"regexp"
+	"strings"
 )
 
 // Content actions, strongest first.
@@ -60,13 +61,37 @@ func Redactor() *Inspector {
 	return &Inspector{rules: []contentRule{{action: ActionRedact, in: [3]bool{true, true, true}, matchers: detectors}}}
 }
 
+// credentialHeaders are the headers whose values are credentials,
+// lower case.
+var credentialHeaders = []string{"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
+	"x-auth-token", "x-goog-api-key", "x-amz-security-token", "anthropic-api-key", "openai-api-key", "private-token", "x-gitlab-token"}
+
+// IsCredentialHeader reports whether the header name carries a
+// credential (Authorization, Cookie, API-key headers): what a capture
+// never shows.
+func IsCredentialHeader(name string) bool {
+	for _, h := range credentialHeaders {
+		if strings.EqualFold(name, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// MarkerOf is the marker cut to n bytes: what redaction writes over a
+// secret of that length.
+func MarkerOf(n int) string {
+	b := make([]byte, n)
+	redact(b)
+	return string(b)
+}
+
 // credentialHeader finds the values of the headers that carry
 // credentials in an HTTP/1.x head (a capture's plaintext).
 var credentialHeader = &detector{
-	name: "credential-header",
-	doc:  "the value of an Authorization, Proxy-Authorization, Cookie, Set-Cookie or API-key header line",
-	re: regexp.MustCompile(`(?im)^(?:authorization|proxy-authorization|cookie|set-cookie|x-api-key|api-key|x-auth-token|x-goog-api-key|` +
-		`x-amz-security-token|anthropic-api-key|openai-api-key|private-token|x-gitlab-token)[ \t]*:[ \t]*([^\r\n]*[^\r\n \t])`),
+	name:  "credential-header",
+	doc:   "the value of an Authorization, Proxy-Authorization, Cookie, Set-Cookie or API-key header line",
+	re:    regexp.MustCompile(`(?im)^(?:` + strings.Join(credentialHeaders, "|") + `)[ \t]*:[ \t]*([^\r\n]*[^\r\n \t])`),
 	group: 1,
 }
 

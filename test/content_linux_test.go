@@ -438,3 +438,52 @@ func TestRunContentRedactsCurlHTTP2(t *testing.T) {
 	}
 	checkRedacted(t, e, "/redact/h2", body, out)
 }
+
+// The same capture over HTTP/2: curl sends its headers HPACK-coded, with
+// Huffman codes, and a second request on the connection refers to the
+// first one's headers through the dynamic table. tshark, decoding the
+// capture's header blocks, shows both requests with every credential
+// header and the key in a header value as the marker, and the file holds
+// none of them in any coding.
+func TestRunCaptureRedactedHTTP2(t *testing.T) {
+	curl := RequireTool(t, "curl")
+	tshark := RequireTool(t, "tshark")
+	e := newContentEnv(t)
+	pcapFile := filepath.Join(t.TempDir(), "decrypted.pcapng")
+	cfg := fmt.Sprintf("ca:\n  dir: %s\nproxy:\n  upstreamCA: %s\naudit:\n  capture:\n    file: %s\n", e.caDir, e.up.CAFile, pcapFile)
+	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pol, _ := os.ReadFile(e.policy)
+	pol = append(pol, "  - name: watch\n    destinations: {hosts: [api.test], paths: [/watch]}\n    action: allow\n    capture: true\n"...)
+	if err := os.WriteFile(e.policy, pol, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const token, cookie, apiKey = "my-own-token-4711", "c00k1e-value-0815", "k3y-of-the-workload-42"
+	code, out, errOut := e.runWithEnv(t, nil, curl, "-sS", "--http2", "-w", "\nproto=%{http_version}\n",
+		"-H", "Authorization: Bearer "+token, "-H", "Cookie: session="+cookie, "-H", "X-Api-Key: "+apiKey, "-H", "X-Note: id "+e2eAWSKey,
+		"https://api.test/watch/one", "https://api.test/watch/two")
+	if code != 0 || strings.Count(out, "proto=2") != 2 {
+		t.Fatalf("curl exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if got, ok := e.got("/watch/two"); !ok || got.Header.Get("Authorization") != "Bearer "+token || got.Header.Get("X-Api-Key") != apiKey {
+		t.Fatalf("upstream got %v, want the request as sent", got.Header)
+	}
+	dump, err := exec.Command(tshark, "-r", pcapFile, "-d", "tcp.port==80,http2", "-Y", "http2.type == 1",
+		"-T", "fields", "-E", "separator=|", "-e", "http2.header.name", "-e", "http2.header.value").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tshark: %v\n%s", err, dump)
+	}
+	text := string(dump)
+	for _, s := range []string{"/watch/one", "/watch/two", "authorization", "x-api-key", "curl/", ",REDACTEDREDACTEDREDACTED,", "id REDACTEDREDACTEDREDA"} {
+		if !strings.Contains(text, s) {
+			t.Errorf("tshark does not show %q in the header blocks:\n%s", s, text)
+		}
+	}
+	raw, _ := os.ReadFile(pcapFile)
+	for _, s := range []string{token, cookie, apiKey, e2eAWSKey} {
+		if bytes.Contains(raw, []byte(s)) || strings.Contains(text, s) {
+			t.Errorf("the capture holds %q:\n%s", s, text)
+		}
+	}
+}
