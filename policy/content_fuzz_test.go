@@ -89,3 +89,45 @@ func BenchmarkBodyScan(b *testing.B) {
 		s.Close()
 	}
 }
+
+// FuzzBodyScanFlush: a body cut into pieces, with a pause (Flush) after
+// each, is released whole and redacted wherever the whole body's scan
+// redacts it: a pause never lets out a byte that a later scan finds in
+// a secret.
+func FuzzBodyScanFlush(f *testing.F) {
+	for _, s := range []string{
+		`{"k":"` + awsKeyID + `"}`,
+		"api_key=Zx9Qm2Lp8Rt4Vn6Wb1Ks&x=" + githubToken,
+		pemKey + "\n" + jwtToken,
+		"token: " + openAIKey + " and " + anthKey,
+		`{"client_secret"  :  "Zx9Qm2Lp8Rt4Vn6Wb1Ks", "AccountName=acct01;AccountKey=` + azureKey + `"}`,
+		"aws_secret_access_key = " + awsSecret + "\nxoxb-1234567890-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+	} {
+		f.Add([]byte(s), uint16(7), uint16(20))
+	}
+	in := Redactor()
+	f.Fuzz(func(t *testing.T, body []byte, cut1, cut2 uint16) {
+		whole := bytes.Clone(body)
+		in.Scan(whole, InBody, true)
+		a, b := int(cut1)%(len(body)+1), int(cut2)%(len(body)+1)
+		a, b = min(a, b), max(a, b)
+		s := in.NewBodyScan(nil)
+		var out []byte
+		for _, p := range [][]byte{body[:a], body[a:b], body[b:]} {
+			r, _ := s.Write(bytes.Clone(p))
+			out = append(out, r...)
+			r, _ = s.Flush()
+			out = append(out, r...)
+		}
+		r, _ := s.Close()
+		out = append(out, r...)
+		if len(out) != len(body) {
+			t.Fatalf("released %d bytes of %d", len(out), len(body))
+		}
+		for i := range body {
+			if whole[i] != body[i] && out[i] == body[i] {
+				t.Fatalf("byte %d redacted in the whole body but not with pauses at %d and %d:\nwhole %q\npaused %q", i, a, b, whole, out)
+			}
+		}
+	})
+}

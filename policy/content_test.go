@@ -199,3 +199,45 @@ func TestBodyScanSecretAnyOffset(t *testing.T) {
 		}
 	}
 }
+
+// TestBodyScanFlush: at a pause, a stream releases everything but what
+// a secret still being written could cover; the rest goes when the body
+// goes on, and a secret completed by the next bytes is still redacted.
+func TestBodyScanFlush(t *testing.T) {
+	in := Redactor()
+	for _, tc := range []struct {
+		name, first, second string
+		held                string // the end of first that Flush holds
+	}{
+		{"ordinary JSON goes", `{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hello"}]}`, "\n", ""},
+		{"an SSE line goes", "data: {\"delta\":\"the token bucket\"}\n\n", "data: [DONE]\n\n", ""},
+		{"half a key id is held", `{"note":"x","k":"AKIAZ7QH`, `4M2KXW3PL5TB"}`, `AKIAZ7QH`},
+		{"a key id not yet judged is held", `{"k":"` + awsKeyID, `"}`, awsKeyID},
+		{"the start of a start is held", `{"k":"AK`, `IAZ7QH4M2KXW3PL5TB"}`, `AK`},
+		{"an assignment without its value is held", `{"n":1,"api_key": "Zx9Q`, `m2Lp8Rt4Vn6Wb1Ks"}`, `api_key": "Zx9Q`},
+		{"a name cut by the pause is held", `{"n":1,"passw`, `ord":"Zx9Qm2Lp8Rt4Vn6Wb1Ks"}`, `passw`},
+		{"an OpenAI key before its marker is held", `{"k":"sk-proj-abcDEF1234567890gh`, `ijT3BlbkFJklmNOP0987654321qrst"}`, `sk-proj-abcDEF1234567890gh`},
+		{"a PEM header line is held", "{\"k\":\"-----BEGIN RSA PRIV", "ATE KEY-----\\nMIIEowIBAAKCAQEA3Tz2mr7SZiAMfQyuvBjM2\\n-----END RSA PRIVATE KEY-----\"}", "-----BEGIN RSA PRIV"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := in.NewBodyScan(nil)
+			out, f := s.Write([]byte(tc.first))
+			if len(out) != 0 || f != nil {
+				t.Fatalf("Write released %q (block %v) before the window filled", out, f)
+			}
+			out, f = s.Flush()
+			want := tc.first[:len(tc.first)-len(tc.held)]
+			if string(out) != want || f != nil || s.Held() != len(tc.held) {
+				t.Fatalf("Flush released %q (block %v), holding %d; want %q, holding %q", out, f, s.Held(), want, tc.held)
+			}
+			rest, _ := s.Write([]byte(tc.second))
+			end, _ := s.Close()
+			body := tc.first + tc.second
+			whole := []byte(body)
+			in.Scan(whole, InBody, true)
+			if got := string(out) + string(rest) + string(end); got != string(whole) {
+				t.Fatalf("released %q, want %q", got, whole)
+			}
+		})
+	}
+}
