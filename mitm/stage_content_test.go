@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
@@ -282,4 +283,33 @@ func TestContentSlowStreamFlushes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestContentBodyLastReadWithEOF: a body whose last read brings bytes
+// and io.EOF together (as many readers do), longer than the scanner's
+// window, arrives whole and redacted: the bytes released by that read
+// are not overwritten by the scanner's end of body.
+func TestContentBodyLastReadWithEOF(t *testing.T) {
+	body := strings.Repeat(`{"role":"user","content":"hello"},`, 1500) + `"` + awsKeyID + `"`
+	f := stageFlow(t, nil)
+	r := httptest.NewRequest("POST", "https://api.test/", nil)
+	r.Body, r.ContentLength = io.NopCloser(iotest.DataErrReader(strings.NewReader(body))), int64(len(body))
+	x := stageExchange(f, r)
+	x.Decision = carryDecision(t, "", "    content: {match: [{detectors: [all], action: redact}]}\n")
+	if a := (contentStage{}).Request(x); a != nil {
+		t.Fatalf("answer %+v", a)
+	}
+	got, err := readWrapped(x)
+	if want := strings.Replace(body, awsKeyID, "REDACTEDREDACTEDREDA", 1); err != nil || got != want {
+		t.Fatalf("read %d bytes (%v), want %d bytes, the key redacted; differ at %d: %q", len(got), err, len(want), firstDiff(got, want), got[firstDiff(got, want):])
+	}
+}
+
+func firstDiff(a, b string) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }
