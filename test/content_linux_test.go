@@ -69,6 +69,8 @@ type seenRequest struct {
 	Header http.Header
 	Body   []byte
 	Err    error // the body did not arrive whole (Sluice refused the rest)
+	// First and Last: when the body's first bytes and its end arrived.
+	First, Last time.Time
 }
 
 // contentEnv is a runEnv whose upstream records every request by path
@@ -88,9 +90,25 @@ func newContentEnv(t *testing.T) *contentEnv {
 	e := &contentEnv{seen: map[string]seenRequest{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		b, err := io.ReadAll(r.Body)
+		var b []byte
+		var first time.Time
+		buf := make([]byte, 32<<10)
+		var err error
+		for {
+			n, rerr := r.Body.Read(buf)
+			if n > 0 && first.IsZero() {
+				first = time.Now()
+			}
+			b = append(b, buf[:n]...)
+			if rerr != nil {
+				if rerr != io.EOF {
+					err = rerr
+				}
+				break
+			}
+		}
 		e.mu.Lock()
-		e.seen[r.URL.Path] = seenRequest{Header: r.Header.Clone(), Body: b, Err: err}
+		e.seen[r.URL.Path] = seenRequest{Header: r.Header.Clone(), Body: b, Err: err, First: first, Last: time.Now()}
 		e.mu.Unlock()
 		fmt.Fprintf(w, "got %d bytes\n", len(b))
 	})
@@ -485,5 +503,37 @@ func TestRunCaptureRedactedHTTP2(t *testing.T) {
 		if bytes.Contains(raw, []byte(s)) || strings.Contains(text, s) {
 			t.Errorf("the capture holds %q:\n%s", s, text)
 		}
+	}
+}
+
+// Python streams a chunked upload to a redact rule in three pieces a
+// second apart, the key split between the last two: the upstream gets
+// the body's first bytes when the first piece is sent (the scanner
+// releases what is safe when the client pauses, without waiting for
+// 8KiB), and the key redacted whole.
+func TestRunContentSlowStreamPython(t *testing.T) {
+	py := RequireTool(t, "python3")
+	e := newContentEnv(t)
+	pieces := []string{`{"stream":true,"messages":[{"role":"user","content":"first"},`, `{"role":"user","content":"key ` + e2eAWSKey[:9], e2eAWSKey[9:] + `"}]}`}
+	script := fmt.Sprintf(`
+import http.client, ssl, time
+def body():
+    for i, p in enumerate([%q, %q, %q]):
+        if i:
+            time.sleep(1)
+        yield p.encode()
+c = http.client.HTTPSConnection("api.test", 443, context=ssl.create_default_context())
+c.request("POST", "/redact/slow", body=body(), encode_chunked=True, headers={"Content-Type": "application/octet-stream"})
+r = c.getresponse()
+print(r.status, r.read().decode().strip())
+`, pieces[0], pieces[1], pieces[2])
+	code, out, errOut := e.runWithEnv(t, nil, py, "-c", script)
+	if code != 0 {
+		t.Fatalf("python exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	checkRedacted(t, e, "/redact/slow", strings.Join(pieces, ""), out)
+	got, _ := e.got("/redact/slow")
+	if d := got.Last.Sub(got.First); d < 1500*time.Millisecond {
+		t.Fatalf("the upstream got the first bytes %v before the body's end, want the first piece about 2s before", d)
 	}
 }
