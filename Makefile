@@ -52,8 +52,9 @@ e2e: build ## privileged end-to-end tests (root; sets SLUICE_E2E=1)
 fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 	./scripts/fuzz.sh $${FUZZTIME:-20s}
 
-bench: build ## HTTPS throughput and latency, direct vs through Sluice
+bench: build ## HTTPS throughput and latency, direct vs through Sluice; the content scanner's MB/s
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./mitm/...
+	$(GO) test -run '^$$' -bench BodyScan -benchtime 3s ./policy
 
 demo: build ## a small topology with an API and an MCP-like client under sluice run (root)
 	./scripts/demo.sh

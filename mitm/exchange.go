@@ -186,7 +186,7 @@ func (f *flow) serveHTTP(c net.Conn, h2 bool) {
 	p := f.p
 	defer f.releaseTargets()
 	defer f.recordNoRequest()
-	c = f.tap(c)
+	c = f.tap(c, h2)
 	defer c.Close() // closes the capture flow too
 	if h2 {
 		p.h2.ServeConn(c, &http2.ServeConnOpts{

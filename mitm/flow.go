@@ -267,8 +267,8 @@ func (t *target) connHostIsIP() bool {
 
 // tap mirrors the client side plaintext of c into a capture flow when
 // capture is on and the policy's decision for the connection's destination
-// asks for it (a rule with capture: true).
-func (f *flow) tap(c net.Conn) net.Conn {
+// asks for it (a rule with capture: true); h2: c speaks HTTP/2.
+func (f *flow) tap(c net.Conn, h2 bool) net.Conn {
 	if f.p.deps.Capture == nil || f.fixed == nil || !f.fixed.cd.Capture {
 		return c
 	}
@@ -284,7 +284,7 @@ func (f *flow) tap(c net.Conn) net.Conn {
 	}
 	m := pcap.FlowMeta{Client: f.id.Client, Server: server, Workload: f.id.Name(), Host: host}
 	if !f.fixed.cd.CaptureSecrets {
-		m.Redact = newCaptureRedactor()
+		m.Redact = newCaptureRedactor(h2)
 	}
 	fl := f.p.deps.Capture.NewFlow(m)
 	return fl.Conn(c)

@@ -238,7 +238,7 @@ func (f *flow) relayDecrypted(pc *peekedConn, up net.Conn, t *target) {
 		}
 		up = c
 	}
-	client := f.tap(pc)
+	client := f.tap(pc, false)
 	defer client.Close()
 	in, out, err := relay(f.ctx, client, up, p.cfg.IdleTimeout.D())
 	rec.BytesIn, rec.BytesOut = in, out

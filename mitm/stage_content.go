@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
@@ -185,7 +186,12 @@ func (f *findings) add(x *Exchange, fs []policy.Finding) *Answer {
 
 // scanBody streams a request body through the content scanner: it
 // releases what the scanner releases (redacted), refuses the rest on a
-// block match, and decompresses a gzip or deflate body first.
+// block match, and decompresses a gzip or deflate body first. The client's
+// bytes are read by a goroutine of their own (pump), so that when the
+// client pauses for bodyIdleFlush with bytes held back, the scanner's
+// Flush releases all but those a secret still being written could cover:
+// a slow stream (a chunked upload, a streaming POST) reaches the upstream
+// as it comes, not once 8KiB gather.
 type scanBody struct {
 	x     *Exchange
 	src   io.ReadCloser
@@ -199,9 +205,28 @@ type scanBody struct {
 	n         int64 // decompressed bytes read
 	passing   bool  // past limit and allowed: no more scanning
 
-	out []byte // released bytes not yet returned
-	buf []byte
-	err error // the error to return once out is drained
+	chunks  chan bodyChunk // from pump
+	free    chan []byte    // buffers back to pump
+	done    chan struct{}  // closed by Close: pump stops
+	closing sync.Once
+	idle    *time.Timer
+	flushed bool // Flush ran since the last chunk: wait for the next
+
+	out  []byte // released bytes not yet returned
+	pass []byte // out's storage when passing
+	err  error  // the error to return once out is drained
+}
+
+// bodyIdleFlush is how long a client may pause, with bytes held back by
+// the scanner, before they are released as far as is safe.
+const bodyIdleFlush = 50 * time.Millisecond
+
+// bodyChunk is one read of the (decompressed) body; open is set when the
+// reader could not be set up.
+type bodyChunk struct {
+	b    []byte
+	err  error
+	open bool
 }
 
 func (b *scanBody) Read(p []byte) (int, error) {
@@ -216,19 +241,86 @@ func (b *scanBody) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// fill reads the next piece and scans it, setting out and err.
-func (b *scanBody) fill() {
-	if b.r == nil {
-		if err := b.open(); err != nil {
-			b.fail(uninspectable(b.x, "request body: "+err.Error()), err)
+// pump reads the body into the buffers it is given, until an error or
+// Close.
+func (b *scanBody) pump() {
+	if err := b.open(); err != nil {
+		select {
+		case b.chunks <- bodyChunk{err: err, open: true}:
+		case <-b.done:
+		}
+		return
+	}
+	for {
+		var buf []byte
+		select {
+		case buf = <-b.free:
+		case <-b.done:
+			return
+		}
+		n, err := b.r.Read(buf)
+		select {
+		case b.chunks <- bodyChunk{b: buf[:n], err: err}:
+		case <-b.done:
+			return
+		}
+		if err != nil {
 			return
 		}
 	}
-	if b.buf == nil {
-		b.buf = make([]byte, 32<<10)
+}
+
+// next is the next chunk, or idle when the client paused with bytes held
+// back.
+func (b *scanBody) next() (c bodyChunk, idle bool) {
+	if b.chunks == nil {
+		b.chunks, b.free, b.done = make(chan bodyChunk, 1), make(chan []byte, 2), make(chan struct{})
+		b.free <- make([]byte, 32<<10)
+		b.free <- make([]byte, 32<<10)
+		go b.pump()
 	}
-	n, err := b.r.Read(b.buf)
-	p := b.buf[:n]
+	if b.passing || b.flushed || b.scan.Held() == 0 {
+		c = <-b.chunks
+		b.flushed = false
+		return c, false
+	}
+	if b.idle == nil {
+		b.idle = time.NewTimer(bodyIdleFlush)
+	} else {
+		b.idle.Reset(bodyIdleFlush)
+	}
+	select {
+	case c = <-b.chunks:
+		b.idle.Stop()
+		return c, false
+	case <-b.idle.C:
+		b.flushed = true
+		return bodyChunk{}, true
+	}
+}
+
+// fill reads the next piece and scans it, setting out and err.
+func (b *scanBody) fill() {
+	c, idle := b.next()
+	if idle {
+		out, f := b.scan.Flush()
+		if f != nil {
+			b.fail(contentAnswer(b.x, *f), errContentBlocked)
+			return
+		}
+		b.out = out
+		return
+	}
+	if c.open {
+		b.fail(uninspectable(b.x, "request body: "+c.err.Error()), c.err)
+		return
+	}
+	if c.b != nil {
+		// Every path below copies p (the scanner into its window).
+		defer func() { b.free <- c.b[:cap(c.b)] }()
+	}
+	p, err := c.b, c.err
+	n := len(p)
 	if b.decode != "" && !b.passing {
 		b.n += int64(n)
 		if b.n > b.limit {
@@ -244,6 +336,7 @@ func (b *scanBody) fill() {
 				b.fail(contentAnswer(b.x, *f), errContentBlocked)
 				return
 			}
+			out = slices.Clone(out)
 			rest, f := b.scan.Close()
 			if f != nil {
 				b.fail(contentAnswer(b.x, *f), errContentBlocked)
@@ -256,7 +349,8 @@ func (b *scanBody) fill() {
 		}
 	}
 	if b.passing {
-		b.out, b.err = p, err
+		b.pass = append(b.pass[:0], p...)
+		b.out, b.err = b.pass, err
 		return
 	}
 	out, f := b.scan.Write(p)
@@ -267,12 +361,13 @@ func (b *scanBody) fill() {
 	b.out = out
 	switch {
 	case err == io.EOF:
+		out = slices.Clone(out)
 		rest, f := b.scan.Close()
 		if f != nil {
 			b.fail(contentAnswer(b.x, *f), errContentBlocked)
 			return
 		}
-		b.out = append(slices.Clip(b.out), rest...)
+		b.out = append(out, rest...)
 		b.err = io.EOF
 	case err != nil && b.decode != "" && !errors.Is(err, errRequestBodyTooLarge):
 		b.fail(uninspectable(b.x, "decompress request body: "+err.Error()), err)
@@ -315,6 +410,18 @@ func (b *scanBody) fail(a *Answer, err error) {
 	b.out, b.err = nil, err
 }
 
-func (b *scanBody) Close() error { return b.src.Close() }
+// Close stops pump and closes the client's body; while pump may be in a
+// read of it, which holds an HTTP/1 body's lock until the client sends
+// more, the body is closed from a goroutine of its own.
+func (b *scanBody) Close() error {
+	if b.done == nil {
+		return b.src.Close()
+	}
+	b.closing.Do(func() {
+		close(b.done)
+		go b.src.Close()
+	})
+	return nil
+}
 
 var _ Stage = contentStage{}

@@ -7,12 +7,15 @@ import (
 	"compress/zlib"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
+	"time"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
@@ -198,4 +201,115 @@ func TestContentAnswerBody(t *testing.T) {
 			t.Errorf("body[%q] = %q, want %q (body %s)", k, body[k], v, a.Body)
 		}
 	}
+}
+
+// TestContentSlowStreamFlushes: a client streaming a body in small
+// pieces with pauses, under a body content rule, over HTTP/1.1 (chunked)
+// and HTTP/2: the upstream gets each piece's safe bytes before the client
+// sends the next (not once 8KiB gather), and a key split between two
+// pieces still reaches it redacted, with nothing of it sent early.
+func TestContentSlowStreamFlushes(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "HTTP/1.1", true: "HTTP/2"}[h2], func(t *testing.T) {
+			tca := newTestCA(t, "upstream test CA")
+			dec := &fakeDecider{req: func(*policy.Request) policy.Decision {
+				return carryDecision(t, "", "    content: {match: [{detectors: [all], action: redact}]}\n")
+			}}
+			h := newHarness(t, tca, dec)
+			got := make(chan string, 16)
+			up := startUpstream(t, tca, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				buf := make([]byte, 4096)
+				for {
+					n, err := r.Body.Read(buf)
+					if n > 0 {
+						got <- string(buf[:n])
+					}
+					if err != nil {
+						break
+					}
+				}
+				close(got)
+			}))
+			pieces := []string{
+				`{"model":"gpt-4o","stream":true,"messages":[`,
+				`{"role":"user","content":"first"},`,
+				`{"role":"user","content":"key AKIA`, // held from AKIA
+				`Z7QH4M2KXW3PL5TB ok"}]}`,
+			}
+			want := []string{pieces[0], pieces[1], `{"role":"user","content":"key `}
+			pr, pw := io.Pipe()
+			req, _ := http.NewRequest("POST", fmt.Sprintf("https://api.test:%d/stream", up.addr.Port()), pr)
+			done := make(chan error, 1)
+			go func() {
+				resp, err := h.client(h2).Do(req)
+				if err == nil {
+					resp.Body.Close()
+				}
+				done <- err
+			}()
+			var all strings.Builder
+			for i, p := range pieces {
+				if _, err := pw.Write([]byte(p)); err != nil {
+					t.Fatal(err)
+				}
+				if i == len(pieces)-1 {
+					break
+				}
+				// What is safe of this piece arrives before the next is sent.
+				var seen strings.Builder
+				for seen.String() != want[i] {
+					select {
+					case s := <-got:
+						seen.WriteString(s)
+					case <-time.After(5 * time.Second):
+						t.Fatalf("piece %d: the upstream got %q of %q before the client sent more", i, seen.String(), want[i])
+					}
+					if !strings.HasPrefix(want[i], seen.String()) {
+						t.Fatalf("piece %d: the upstream got %q, want %q", i, seen.String(), want[i])
+					}
+				}
+				all.WriteString(seen.String())
+			}
+			pw.Close()
+			for s := range got {
+				all.WriteString(s)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			body := strings.Join(pieces, "")
+			if wantAll := strings.Replace(body, awsKeyID, "REDACTEDREDACTEDREDA", 1); all.String() != wantAll {
+				t.Fatalf("the upstream got %q, want %q", all.String(), wantAll)
+			}
+		})
+	}
+}
+
+// TestContentBodyLastReadWithEOF: a body whose last read brings bytes
+// and io.EOF together (as many readers do), longer than the scanner's
+// window, arrives whole and redacted: the bytes released by that read
+// are not overwritten by the scanner's end of body.
+func TestContentBodyLastReadWithEOF(t *testing.T) {
+	body := strings.Repeat(`{"role":"user","content":"hello"},`, 1500) + `"` + awsKeyID + `"`
+	f := stageFlow(t, nil)
+	r := httptest.NewRequest("POST", "https://api.test/", nil)
+	r.Body, r.ContentLength = io.NopCloser(iotest.DataErrReader(strings.NewReader(body))), int64(len(body))
+	x := stageExchange(f, r)
+	x.Decision = carryDecision(t, "", "    content: {match: [{detectors: [all], action: redact}]}\n")
+	if a := (contentStage{}).Request(x); a != nil {
+		t.Fatalf("answer %+v", a)
+	}
+	got, err := readWrapped(x)
+	if want := strings.Replace(body, awsKeyID, "REDACTEDREDACTEDREDA", 1); err != nil || got != want {
+		t.Fatalf("read %d bytes (%v), want %d bytes, the key redacted; differ at %d: %q", len(got), err, len(want), firstDiff(got, want), got[firstDiff(got, want):])
+	}
+}
+
+func firstDiff(a, b string) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }

@@ -1,10 +1,9 @@
 package policy
 
 import (
-	"bytes"
 	"fmt"
 	"regexp"
-	"slices"
+	"strings"
 )
 
 // Content actions, strongest first.
@@ -62,13 +61,37 @@ func Redactor() *Inspector {
 	return &Inspector{rules: []contentRule{{action: ActionRedact, in: [3]bool{true, true, true}, matchers: detectors}}}
 }
 
+// credentialHeaders are the headers whose values are credentials,
+// lower case.
+var credentialHeaders = []string{"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
+	"x-auth-token", "x-goog-api-key", "x-amz-security-token", "anthropic-api-key", "openai-api-key", "private-token", "x-gitlab-token"}
+
+// IsCredentialHeader reports whether the header name carries a
+// credential (Authorization, Cookie, API-key headers): what a capture
+// never shows.
+func IsCredentialHeader(name string) bool {
+	for _, h := range credentialHeaders {
+		if strings.EqualFold(name, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// MarkerOf is the marker cut to n bytes: what redaction writes over a
+// secret of that length.
+func MarkerOf(n int) string {
+	b := make([]byte, n)
+	redact(b)
+	return string(b)
+}
+
 // credentialHeader finds the values of the headers that carry
 // credentials in an HTTP/1.x head (a capture's plaintext).
 var credentialHeader = &detector{
-	name: "credential-header",
-	doc:  "the value of an Authorization, Proxy-Authorization, Cookie, Set-Cookie or API-key header line",
-	re: regexp.MustCompile(`(?im)^(?:authorization|proxy-authorization|cookie|set-cookie|x-api-key|api-key|x-auth-token|x-goog-api-key|` +
-		`x-amz-security-token|anthropic-api-key|openai-api-key|private-token|x-gitlab-token)[ \t]*:[ \t]*([^\r\n]*[^\r\n \t])`),
+	name:  "credential-header",
+	doc:   "the value of an Authorization, Proxy-Authorization, Cookie, Set-Cookie or API-key header line",
+	re:    regexp.MustCompile(`(?im)^(?:` + strings.Join(credentialHeaders, "|") + `)[ \t]*:[ \t]*([^\r\n]*[^\r\n \t])`),
 	group: 1,
 }
 
@@ -167,36 +190,59 @@ func partIndex(part string) int {
 // by the next scan, which sees it with the bytes that follow (see
 // BodyScan).
 func (in *Inspector) Scan(b []byte, part string, final bool) []Finding {
-	if in == nil || len(b) == 0 {
-		return nil
-	}
 	settled := len(b)
 	if !final {
 		settled -= maxMatch
 	}
+	out, _ := in.scan(b, part, 0, settled, nil)
+	return out
+}
+
+// scan is Scan counting the matches that start in [from, settled) (the
+// bytes before from are context, scanned before); hc, when not nil,
+// holds the prefilter's hits of b's start from the last scan of the same
+// stream. changed reports a redaction.
+func (in *Inspector) scan(b []byte, part string, from, settled int, hc *hitCache) (out []Finding, changed bool) {
+	if in == nil || len(b) == 0 {
+		return nil, false
+	}
 	pi := partIndex(part)
-	var out []Finding
+	var hits []hit
+	found := false // the prefilter ran over b
+	if hc == nil {
+		hc = &hitCache{}
+	}
 	for _, r := range in.rules {
 		if !r.in[pi] {
 			continue
 		}
 		for _, d := range r.matchers {
-			for _, sp := range d.spans(b) {
-				if sp[0] >= settled {
+			var sps [][2]int
+			if d.id == 0 {
+				sps = d.match(b, 0, nil)
+			} else {
+				if !found {
+					hits, found = hc.update(b), true
+				}
+				sps = d.spans(b, hits)
+			}
+			for _, sp := range sps {
+				if sp[0] < from || sp[0] >= settled {
 					continue
 				}
 				if r.action == ActionRedact {
 					redact(b[sp[0]:sp[1]])
+					changed = true
 				}
 				out = append(out, Finding{Detector: d.name, In: part, Action: r.action})
 				if r.action == ActionBlock {
 					// A block ends the request: put it first and stop.
-					return append([]Finding{out[len(out)-1]}, out[:len(out)-1]...)
+					return append([]Finding{out[len(out)-1]}, out[:len(out)-1]...), changed
 				}
 			}
 		}
 	}
-	return out
+	return out, changed
 }
 
 // redact overwrites b with the marker, repeated.
@@ -217,42 +263,36 @@ func (in *Inspector) RedactString(s, part string) (string, []Finding) {
 	return string(b), f
 }
 
-// spans are the spans of d's secrets in b, validated. A detector with
-// keywords runs its expression only around their occurrences (reach
-// bytes either side), which keeps scanning fast on ordinary traffic.
-func (d *detector) spans(b []byte) [][2]int {
-	if len(d.keywords) == 0 {
-		return d.match(b, 0, nil)
-	}
-	var regions [][2]int
-	for _, k := range d.keywords {
-		for off := 0; ; {
-			i := bytes.Index(b[off:], k)
-			if i < 0 {
-				break
-			}
-			h := off + i
-			back, fwd := d.reach()
-			regions = append(regions, [2]int{max(0, h-back), min(len(b), h+len(k)+fwd)})
-			off = h + len(k)
-		}
-	}
-	if len(regions) == 0 {
-		return nil
-	}
+// spans are the spans of d's secrets in b, validated, given the
+// prefilter's hits in b: a built-in detector runs its expression only
+// around its keywords (reach bytes either side), which keeps scanning
+// fast on ordinary traffic.
+func (d *detector) spans(b []byte, hits []hit) [][2]int {
 	if d.find != nil {
-		return d.find(b)
-	}
-	slices.SortFunc(regions, func(x, y [2]int) int { return x[0] - y[0] })
-	var out [][2]int
-	cur := regions[0]
-	for _, r := range regions[1:] {
-		if r[0] <= cur[1] {
-			cur[1] = max(cur[1], r[1])
-			continue
+		any := false
+		d.eachHit(hits, func(int, int, int) { any = true })
+		if !any {
+			return nil
 		}
-		out = d.match(b[cur[0]:cur[1]], cur[0], out)
-		cur = r
+		return d.find(d, b, hits)
+	}
+	back, fwd := d.reach()
+	var out [][2]int
+	cur := [2]int{-1, -1}
+	d.eachHit(hits, func(h, n, _ int) {
+		r := [2]int{max(0, h-back), min(len(b), h+n+fwd)}
+		switch {
+		case cur[0] < 0:
+			cur = r
+		case r[0] <= cur[1]:
+			cur[1] = max(cur[1], r[1])
+		default:
+			out = d.match(b[cur[0]:cur[1]], cur[0], out)
+			cur = r
+		}
+	})
+	if cur[0] < 0 {
+		return nil
 	}
 	return d.match(b[cur[0]:cur[1]], cur[0], out)
 }
@@ -289,17 +329,28 @@ func (d *detector) match(b []byte, off int, out [][2]int) [][2]int {
 // most maxMatch bytes back: a secret that straddles two pieces is found
 // and redacted before any of it is released, and a match is judged with
 // maxMatch bytes of what follows it (or the body's end), so where the
-// pieces are cut does not change what is found. It is not safe for
-// concurrent use (one body is read by one goroutine).
+// pieces are cut does not change what is found. At a pause in the body,
+// Flush releases more: all but the bytes a secret still being written
+// could cover. It is not safe for concurrent use (one body is read by one
+// goroutine).
 type BodyScan struct {
-	in   *Inspector
-	buf  []byte // bytes scanned but not yet released, after rel
-	rel  int    // bytes of buf released by the last call
+	in *Inspector
+	// buf is the window: up to scanContext bytes already released (the
+	// context a match's start is judged with), then the bytes held back.
+	buf  []byte
+	sent int // bytes of buf released
 	seen map[string]bool
+	hits hitCache // the prefilter's hits in buf
+	// changed: the last scan redacted bytes of buf (its hits are stale).
+	changed bool
 	// Found receives each finding once per detector name (a finding
 	// inside the held-back window is seen again by the next scan).
 	Found func(Finding)
 }
+
+// scanContext is how many released bytes the window keeps before the
+// held-back ones: more than any detector looks back from its keyword.
+const scanContext = 512
 
 // NewBodyScan starts the scan of one body.
 func (in *Inspector) NewBodyScan(found func(Finding)) *BodyScan {
@@ -311,39 +362,61 @@ func (in *Inspector) NewBodyScan(found func(Finding)) *BodyScan {
 // (nothing more may be released then). The returned slice is valid until
 // the next call.
 func (s *BodyScan) Write(p []byte) ([]byte, *Finding) {
-	return s.scan(p, false)
+	s.compact()
+	s.buf = append(s.buf, p...)
+	return s.release(len(s.buf) - maxMatch)
 }
 
 // Close scans what is held back as the end of the body and returns it.
 func (s *BodyScan) Close() ([]byte, *Finding) {
-	return s.scan(nil, true)
+	s.compact()
+	return s.release(len(s.buf))
 }
 
-func (s *BodyScan) scan(p []byte, final bool) ([]byte, *Finding) {
-	// The window is what was held back plus p; the bytes released by
-	// the last call were valid until this one.
-	if s.rel > 0 {
-		s.buf = append(s.buf[:0], s.buf[s.rel:]...)
-		s.rel = 0
+// Flush is for a pause in the body (the client sends nothing for a
+// while): it releases what is held back except the bytes that a secret
+// still being written could cover, so a slow stream is not held until
+// maxMatch bytes gather. What it releases is what Close would, had the
+// body ended here, and no byte a later scan could find in a secret. A
+// rule with its own patterns (which have no keywords to bound them)
+// releases nothing more than Write does.
+func (s *BodyScan) Flush() ([]byte, *Finding) {
+	s.compact()
+	return s.release(s.in.releasable(s.buf, &s.hits))
+}
+
+// Held is the number of bytes held back.
+func (s *BodyScan) Held() int { return len(s.buf) - s.sent }
+
+// compact drops the released bytes but the last scanContext: the bytes
+// returned by the last call were valid until this one.
+func (s *BodyScan) compact() {
+	n := max(0, s.sent-scanContext)
+	s.hits.drop(n, s.changed)
+	if n > 0 {
+		s.buf = append(s.buf[:0], s.buf[n:]...)
+		s.sent -= n
 	}
-	s.buf = append(s.buf, p...)
-	for _, f := range s.in.Scan(s.buf, InBody, final) {
+}
+
+// release scans the window, counting the matches that start in the bytes
+// held back before to, and releases those bytes.
+func (s *BodyScan) release(to int) ([]byte, *Finding) {
+	to = max(to, s.sent)
+	fs, changed := s.in.scan(s.buf, InBody, s.sent, to, &s.hits)
+	s.changed = changed
+	for _, f := range fs {
+		s.note(f)
 		if f.Action == ActionBlock {
-			s.note(f)
 			return nil, &f
 		}
-		s.note(f)
 	}
-	keep := maxMatch
-	if final {
-		keep = 0
-	}
-	n := len(s.buf) - keep
-	if n <= 0 {
+	if to == s.sent {
 		return nil, nil
 	}
-	s.rel = n
-	return s.buf[:n], nil
+	out := s.buf[s.sent:to]
+	s.sent = to
+	return out, nil
 }
 
 func (s *BodyScan) note(f Finding) {
@@ -354,4 +427,97 @@ func (s *BodyScan) note(f Finding) {
 	if s.Found != nil {
 		s.Found(f)
 	}
+}
+
+// releasable is where the bytes that a secret still being written could
+// cover begin in the window b (a stream's, whose end is not known).
+// A built-in detector's secret is a run of its characters (class)
+// beginning with one of its starts, and is found near its keywords:
+//   - a secret still to come starts in the run of the detector's
+//     characters that ends the window, at one of its starts (or at what
+//     may become one);
+//   - a keyword already in the window marks what its secret may cover
+//     (pending): while that reaches the window's end (a region a keyword
+//     yet to come could join, a parse the window cut), or the bytes
+//     released, it is held.
+//
+// With a rule's own pattern on bodies, which nothing bounds, nothing.
+func (in *Inspector) releasable(b []byte, hc *hitCache) int {
+	q := len(b)
+	for _, r := range in.rules {
+		if !r.in[partIndex(InBody)] {
+			continue
+		}
+		for _, d := range r.matchers {
+			if d.id == 0 {
+				return 0
+			}
+			q = min(q, d.nextStart(b))
+		}
+	}
+	hits := hc.update(b)
+	for moved := true; moved && q > 0; {
+		moved = false
+		for _, h := range hits {
+			d := detectors[h.det-1]
+			start, end := d.pending(b, h)
+			if start >= q {
+				continue
+			}
+			if end >= q || (d.find == nil && end >= len(b)-d.lead()) {
+				q, moved = max(start, 0), true
+			}
+		}
+	}
+	return max(q, 0)
+}
+
+// nextStart is where d's earliest secret that is not complete in b
+// could start: the first of d's starts (or a beginning of one cut by
+// b's end) in the run of d's characters that ends b; len(b) for none.
+func (d *detector) nextStart(b []byte) int {
+	run := len(b)
+	for run > 0 && d.class.has(b[run-1]) {
+		run--
+	}
+	for p := run; p < len(b); p++ {
+		for _, st := range d.starts {
+			n := min(len(st), len(b)-p)
+			if d.foldStarts && strings.EqualFold(string(b[p:p+n]), st[:n]) || !d.foldStarts && string(b[p:p+n]) == st[:n] {
+				return p
+			}
+		}
+	}
+	return len(b)
+}
+
+// lead is how far before a window's end a keyword that its next bytes
+// complete may have its region start: a region joined with it is
+// searched again.
+func (d *detector) lead() int {
+	back, _ := d.reach()
+	return back + d.longestKeyword() - 1
+}
+
+// longestKeyword is the length of d's longest keyword.
+func (d *detector) longestKeyword() int {
+	n := 0
+	for _, k := range d.keywords {
+		n = max(n, len(k))
+	}
+	return n
+}
+
+// pending is the span that d's secret around the keyword hit h may
+// cover: its region, or what the detector's own parse says.
+func (d *detector) pending(b []byte, h hit) (start, end int) {
+	if d.open != nil {
+		return d.open(d, b, h)
+	}
+	back, fwd := d.reach()
+	end = int(h.pos) + int(h.n) + fwd
+	if d.keyed {
+		return int(h.pos) - d.before, end
+	}
+	return int(h.pos) - back, end
 }

@@ -2,6 +2,8 @@ package policy
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -155,6 +157,86 @@ func TestContentProblems(t *testing.T) {
 			_, err := Decode([]byte("version: 1\n"+tc.yaml), "p.yaml")
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestBodyScanSecretAnyOffset: each kind of secret, at offsets around
+// the held-back window's edges, in ordinary JSON read in pieces of
+// several sizes (so that it straddles reads and the window), is found
+// and redacted as in the whole body.
+func TestBodyScanSecretAnyOffset(t *testing.T) {
+	files, _ := filepath.Glob("testdata/content/*.json")
+	var filler []byte
+	for _, p := range files {
+		b, _ := os.ReadFile(p)
+		filler = append(filler, b...)
+	}
+	filler = bytes.Repeat(filler, 4*maxMatch/len(filler)+2)
+	in := Redactor()
+	for _, secret := range []string{
+		`"` + awsKeyID + `"`, "aws_secret_access_key = " + awsSecret + "\n", githubToken, `"` + openAIKey + `"`,
+		"x-api-key: " + anthKey + "\r\n", " " + jwtToken + " ", pemKey, `{"api_key":"Zx9Qm2Lp8Rt4Vn6Wb1Ks"}`,
+		"AccountName=acct01;AccountKey=" + azureKey + ";",
+	} {
+		for _, off := range []int{0, 1, 100, maxMatch - len(secret) + 3, maxMatch, maxMatch + 1, 2*maxMatch - 7, 3*maxMatch + 11} {
+			body := string(filler[:off]) + " " + secret + " " + string(filler[:maxMatch/2])
+			whole := []byte(body)
+			if len(in.Scan(whole, InBody, true)) == 0 {
+				t.Fatalf("no finding in %q", secret)
+			}
+			for _, piece := range []int{7, 1000, 4 << 10, 32 << 10} {
+				var cuts []int
+				for c := piece; c < len(body); c += piece {
+					cuts = append(cuts, c)
+				}
+				got, f, names := streamScan(in, body, cuts...)
+				if got != string(whole) || f != nil || len(names) == 0 {
+					t.Fatalf("%.20q at %d in pieces of %d: released differs from the whole body's scan (found %v)", secret, off, piece, names)
+				}
+			}
+		}
+	}
+}
+
+// TestBodyScanFlush: at a pause, a stream releases everything but what
+// a secret still being written could cover; the rest goes when the body
+// goes on, and a secret completed by the next bytes is still redacted.
+func TestBodyScanFlush(t *testing.T) {
+	in := Redactor()
+	for _, tc := range []struct {
+		name, first, second string
+		held                string // the end of first that Flush holds
+	}{
+		{"ordinary JSON goes", `{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hello"}]}`, "\n", ""},
+		{"an SSE line goes", "data: {\"delta\":\"the token bucket\"}\n\n", "data: [DONE]\n\n", ""},
+		{"half a key id is held", `{"note":"x","k":"AKIAZ7QH`, `4M2KXW3PL5TB"}`, `AKIAZ7QH`},
+		{"a key id not yet judged is held", `{"k":"` + awsKeyID, `"}`, awsKeyID},
+		{"the start of a start is held", `{"k":"AK`, `IAZ7QH4M2KXW3PL5TB"}`, `AK`},
+		{"an assignment without its value is held", `{"n":1,"api_key": "Zx9Q`, `m2Lp8Rt4Vn6Wb1Ks"}`, `api_key": "Zx9Q`},
+		{"a name cut by the pause is held", `{"n":1,"passw`, `ord":"Zx9Qm2Lp8Rt4Vn6Wb1Ks"}`, `passw`},
+		{"an OpenAI key before its marker is held", `{"k":"sk-proj-abcDEF1234567890gh`, `ijT3BlbkFJklmNOP0987654321qrst"}`, `sk-proj-abcDEF1234567890gh`},
+		{"a PEM header line is held", "{\"k\":\"-----BEGIN RSA PRIV", "ATE KEY-----\\nMIIEowIBAAKCAQEA3Tz2mr7SZiAMfQyuvBjM2\\n-----END RSA PRIVATE KEY-----\"}", "-----BEGIN RSA PRIV"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := in.NewBodyScan(nil)
+			out, f := s.Write([]byte(tc.first))
+			if len(out) != 0 || f != nil {
+				t.Fatalf("Write released %q (block %v) before the window filled", out, f)
+			}
+			out, f = s.Flush()
+			want := tc.first[:len(tc.first)-len(tc.held)]
+			if string(out) != want || f != nil || s.Held() != len(tc.held) {
+				t.Fatalf("Flush released %q (block %v), holding %d; want %q, holding %q", out, f, s.Held(), want, tc.held)
+			}
+			rest, _ := s.Write([]byte(tc.second))
+			end, _ := s.Close()
+			body := tc.first + tc.second
+			whole := []byte(body)
+			in.Scan(whole, InBody, true)
+			if got := string(out) + string(rest) + string(end); got != string(whole) {
+				t.Fatalf("released %q, want %q", got, whole)
 			}
 		})
 	}

@@ -287,12 +287,20 @@ func (hv HeaderValue) Expand(cs *Credentials, host string) (string, Substitution
 	return out, sub, nil
 }
 
-// maxPlaceholder is the longest placeholder: the prefix and a 64-byte
-// name.
-const maxPlaceholder = len(PlaceholderPrefix) + 64
+// prefixTail is where the longest end of b that begins (or is)
+// PlaceholderPrefix starts; len(b) for none.
+func prefixTail(b []byte) int {
+	for p := max(0, len(b)-len(PlaceholderPrefix)); p < len(b); p++ {
+		if strings.HasPrefix(PlaceholderPrefix, string(b[p:])) {
+			return p
+		}
+	}
+	return len(b)
+}
 
 // PlaceholderScan finds placeholders in a request body as it streams,
-// holding back at most maxPlaceholder bytes between pieces. A
+// holding back between pieces only a placeholder that may still grow, or
+// an end of the piece that may begin one. A
 // placeholder whose credential is bound to the host and substituted in
 // bodies (Credential.Body) is replaced by its secret; any other is
 // Denied. Not safe for concurrent use.
@@ -324,10 +332,11 @@ func (s *PlaceholderScan) scan(p []byte, final bool) ([]byte, Substitution, erro
 	}
 	s.buf = append(s.buf, p...)
 	// Hold back from a placeholder that may still be growing, or from a
-	// tail that may be the start of the prefix.
+	// tail that may be the start of the prefix: the rest goes now, so a
+	// slow stream is not held.
 	hold := len(s.buf)
 	if !final {
-		hold = max(0, len(s.buf)-maxPlaceholder)
+		hold = prefixTail(s.buf)
 	}
 	var out []byte
 	last := 0

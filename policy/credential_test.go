@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -10,7 +11,7 @@ import (
 
 // testCreds: "api" (a file) bound to api.test and *.api.test, swapped in
 // bodies; "env" (a variable) bound to env.test.
-func testCreds(t *testing.T) *Credentials {
+func testCreds(t testing.TB) *Credentials {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "key")
 	if err := os.WriteFile(file, []byte("file-secret\n"), 0o600); err != nil {
@@ -114,4 +115,42 @@ rules:
 	if d := e.Connection(t.Context(), &Conn{Host: "keep.test", Port: 443, TLS: true}); !d.Capture || !d.CaptureSecrets {
 		t.Errorf("keep.test alone: capture %v, captureSecrets %v; want both", d.Capture, d.CaptureSecrets)
 	}
+}
+
+// FuzzPlaceholderScan: however a body is cut, the placeholder scanner
+// forwards what it forwards for the whole body, and a body refused for
+// a placeholder has released none of it.
+func FuzzPlaceholderScan(f *testing.F) {
+	f.Add([]byte(`{"key":"sluice:cred:api","n":1}`), uint16(12), true)
+	f.Add([]byte(`sluice:cred:env sluice:cred:`), uint16(15), false)
+	f.Add([]byte(`sluice:cresluice:cred:apix`), uint16(3), true)
+	cs := testCreds(f)
+	f.Fuzz(func(t *testing.T, body []byte, cut uint16, bound bool) {
+		host := "evil.test"
+		if bound {
+			host = "api.test"
+		}
+		run := func(pieces ...[]byte) (string, string) {
+			s := cs.NewPlaceholderScan(host)
+			var out []byte
+			for _, p := range pieces {
+				b, sub, err := s.Write(p)
+				if err != nil || sub.Denied != "" {
+					return string(out), sub.Denied
+				}
+				out = append(out, b...)
+			}
+			b, sub, _ := s.Close()
+			return string(append(out, b...)), sub.Denied
+		}
+		n := int(cut) % (len(body) + 1)
+		whole, wd := run(bytes.Clone(body))
+		out, d := run(bytes.Clone(body[:n]), bytes.Clone(body[n:]))
+		if wd == "" && (d != "" || out != whole) {
+			t.Fatalf("cut at %d: %q (denied %q), whole %q", n, out, d, whole)
+		}
+		if wd != "" && (d == "" || strings.Contains(out, "sluice:cred:"+d)) {
+			t.Fatalf("cut at %d: released %q, denied %q; whole denied %q", n, out, d, wd)
+		}
+	})
 }

@@ -123,3 +123,61 @@ func TestDetectorTable(t *testing.T) {
 		seen[d.name] = true
 	}
 }
+
+// TestDetectorClassesAndStarts: what a pause in a stream may release
+// rests on each detector's class and starts, so they are checked against
+// every example TestDetectors finds: each match (from its start to the
+// end of the secret) is a run of the class beginning with a start.
+func TestDetectorClassesAndStarts(t *testing.T) {
+	examples := []string{
+		`{"AccessKeyId":"` + awsKeyID + `"}`, "aws_secret_access_key = " + awsSecret + "\n", `"Aws_Secret_Key": "` + awsSecret + `"`,
+		`{"type":"service_account","private_key_id":"` + strings.Repeat("3f9a", 10) + `"}`,
+		"DefaultEndpointsProtocol=https;AccountName=acct01;AccountKey=" + azureKey + ";EndpointSuffix=core.windows.net",
+		"Authorization: token " + githubToken, "github_pat_" + strings.Repeat("A1b2", 5) + "Zz_" + strings.Repeat("c3D4", 14) + "xyz",
+		`{"private_token":"glpat-` + "xR4nd0mT0kenV4lue12ab" + `"}`, "Authorization: Bearer xoxb-" + "1234567890-1234567890123-" + "AbCdEfGhIjKlMnOpQrStUvWx",
+		"https://hooks.slack.com/services/" + "T0123ABCD/B0456EFGH/" + "abcdefghijklmnopqrstuvwx", "Bearer sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc",
+		`{"api":"` + openAIKey + `"}`, "x-api-key: " + anthKey, "key: |\n" + pemKey + "\n", `{"private_key":"` + strings.ReplaceAll(pemKey, "\n", `\n`) + `"}`,
+		"Authorization: Bearer " + jwtToken, "api_key=Zx9Qm2Lp8Rt4Vn6Wb1Ks&q=1", `{"client_secret": "Zx9Qm2Lp8Rt4Vn6Wb1Ks"}`, "PASSWORD : 'Zx9Qm2Lp8Rt4Vn6Wb1Ks'",
+	}
+	for _, ex := range examples {
+		b := []byte(ex)
+		hits := anchors.find(b, 0, nil)
+		any := false
+		for _, d := range detectors {
+			for _, sp := range d.spans(b, hits) {
+				any = true
+				// The match begins at the last start before the secret.
+				begin := -1
+				for p := sp[0]; p >= 0 && begin < 0; p-- {
+					for _, st := range d.starts {
+						if p+len(st) <= len(b) && (string(b[p:p+len(st)]) == st || d.foldStarts && strings.EqualFold(string(b[p:p+len(st)]), st)) {
+							begin = p
+						}
+					}
+				}
+				if begin < 0 {
+					t.Errorf("%s in %q: no start before the secret", d.name, ex)
+					continue
+				}
+				keyed := false
+				d.eachHit(hits, func(h, _, _ int) { keyed = keyed || h >= begin && h <= begin+d.before })
+				if d.keyed && !keyed {
+					t.Errorf("%s in %q: keyed, but no keyword %d bytes from the match's start", d.name, ex, d.before)
+				}
+				for i := begin; i < sp[1]; i++ {
+					// A PEM block's class covers its header line.
+					if d.name == "private-key" && i >= begin+len("-----BEGIN RSA PRIVATE KEY-----") {
+						break
+					}
+					if !d.class.has(b[i]) {
+						t.Errorf("%s in %q: byte %q of the match is not in its class", d.name, ex, b[i])
+						break
+					}
+				}
+			}
+		}
+		if !any {
+			t.Errorf("nothing found in %q", ex)
+		}
+	}
+}

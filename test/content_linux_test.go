@@ -69,6 +69,8 @@ type seenRequest struct {
 	Header http.Header
 	Body   []byte
 	Err    error // the body did not arrive whole (Sluice refused the rest)
+	// First and Last: when the body's first bytes and its end arrived.
+	First, Last time.Time
 }
 
 // contentEnv is a runEnv whose upstream records every request by path
@@ -88,9 +90,25 @@ func newContentEnv(t *testing.T) *contentEnv {
 	e := &contentEnv{seen: map[string]seenRequest{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		b, err := io.ReadAll(r.Body)
+		var b []byte
+		var first time.Time
+		buf := make([]byte, 32<<10)
+		var err error
+		for {
+			n, rerr := r.Body.Read(buf)
+			if n > 0 && first.IsZero() {
+				first = time.Now()
+			}
+			b = append(b, buf[:n]...)
+			if rerr != nil {
+				if rerr != io.EOF {
+					err = rerr
+				}
+				break
+			}
+		}
 		e.mu.Lock()
-		e.seen[r.URL.Path] = seenRequest{Header: r.Header.Clone(), Body: b, Err: err}
+		e.seen[r.URL.Path] = seenRequest{Header: r.Header.Clone(), Body: b, Err: err, First: first, Last: time.Now()}
 		e.mu.Unlock()
 		fmt.Fprintf(w, "got %d bytes\n", len(b))
 	})
@@ -437,4 +455,85 @@ func TestRunContentRedactsCurlHTTP2(t *testing.T) {
 		t.Errorf("upstream got X-Key %q, want the marker", got.Header.Get("X-Key"))
 	}
 	checkRedacted(t, e, "/redact/h2", body, out)
+}
+
+// The same capture over HTTP/2: curl sends its headers HPACK-coded, with
+// Huffman codes, and a second request on the connection refers to the
+// first one's headers through the dynamic table. tshark, decoding the
+// capture's header blocks, shows both requests with every credential
+// header and the key in a header value as the marker, and the file holds
+// none of them in any coding.
+func TestRunCaptureRedactedHTTP2(t *testing.T) {
+	curl := RequireTool(t, "curl")
+	tshark := RequireTool(t, "tshark")
+	e := newContentEnv(t)
+	pcapFile := filepath.Join(t.TempDir(), "decrypted.pcapng")
+	cfg := fmt.Sprintf("ca:\n  dir: %s\nproxy:\n  upstreamCA: %s\naudit:\n  capture:\n    file: %s\n", e.caDir, e.up.CAFile, pcapFile)
+	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pol, _ := os.ReadFile(e.policy)
+	pol = append(pol, "  - name: watch\n    destinations: {hosts: [api.test], paths: [/watch]}\n    action: allow\n    capture: true\n"...)
+	if err := os.WriteFile(e.policy, pol, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const token, cookie, apiKey = "my-own-token-4711", "c00k1e-value-0815", "k3y-of-the-workload-42"
+	code, out, errOut := e.runWithEnv(t, nil, curl, "-sS", "--http2", "-w", "\nproto=%{http_version}\n",
+		"-H", "Authorization: Bearer "+token, "-H", "Cookie: session="+cookie, "-H", "X-Api-Key: "+apiKey, "-H", "X-Note: id "+e2eAWSKey,
+		"https://api.test/watch/one", "https://api.test/watch/two")
+	if code != 0 || strings.Count(out, "proto=2") != 2 {
+		t.Fatalf("curl exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if got, ok := e.got("/watch/two"); !ok || got.Header.Get("Authorization") != "Bearer "+token || got.Header.Get("X-Api-Key") != apiKey {
+		t.Fatalf("upstream got %v, want the request as sent", got.Header)
+	}
+	dump, err := exec.Command(tshark, "-r", pcapFile, "-d", "tcp.port==80,http2", "-Y", "http2.type == 1",
+		"-T", "fields", "-E", "separator=|", "-e", "http2.header.name", "-e", "http2.header.value").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tshark: %v\n%s", err, dump)
+	}
+	text := string(dump)
+	for _, s := range []string{"/watch/one", "/watch/two", "authorization", "x-api-key", "curl/", ",REDACTEDREDACTEDREDACTED,", "id REDACTEDREDACTEDREDA"} {
+		if !strings.Contains(text, s) {
+			t.Errorf("tshark does not show %q in the header blocks:\n%s", s, text)
+		}
+	}
+	raw, _ := os.ReadFile(pcapFile)
+	for _, s := range []string{token, cookie, apiKey, e2eAWSKey} {
+		if bytes.Contains(raw, []byte(s)) || strings.Contains(text, s) {
+			t.Errorf("the capture holds %q:\n%s", s, text)
+		}
+	}
+}
+
+// Python streams a chunked upload to a redact rule in three pieces a
+// second apart, the key split between the last two: the upstream gets
+// the body's first bytes when the first piece is sent (the scanner
+// releases what is safe when the client pauses, without waiting for
+// 8KiB), and the key redacted whole.
+func TestRunContentSlowStreamPython(t *testing.T) {
+	py := RequireTool(t, "python3")
+	e := newContentEnv(t)
+	pieces := []string{`{"stream":true,"messages":[{"role":"user","content":"first"},`, `{"role":"user","content":"key ` + e2eAWSKey[:9], e2eAWSKey[9:] + `"}]}`}
+	script := fmt.Sprintf(`
+import http.client, ssl, time
+def body():
+    for i, p in enumerate([%q, %q, %q]):
+        if i:
+            time.sleep(1)
+        yield p.encode()
+c = http.client.HTTPSConnection("api.test", 443, context=ssl.create_default_context())
+c.request("POST", "/redact/slow", body=body(), encode_chunked=True, headers={"Content-Type": "application/octet-stream"})
+r = c.getresponse()
+print(r.status, r.read().decode().strip())
+`, pieces[0], pieces[1], pieces[2])
+	code, out, errOut := e.runWithEnv(t, nil, py, "-c", script)
+	if code != 0 {
+		t.Fatalf("python exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	checkRedacted(t, e, "/redact/slow", strings.Join(pieces, ""), out)
+	got, _ := e.got("/redact/slow")
+	if d := got.Last.Sub(got.First); d < 1500*time.Millisecond {
+		t.Fatalf("the upstream got the first bytes %v before the body's end, want the first piece about 2s before", d)
+	}
 }
