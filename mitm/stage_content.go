@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/andybalholm/brotli"
+	"github.com/klauspost/compress/zstd"
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
 )
@@ -27,7 +29,7 @@ import (
 // marker of the same length, so Content-Length and chunk sizes stay
 // right; every match's detector goes into the record.
 //
-// A gzip or deflate body is inspected decompressed and forwarded
+// A gzip, deflate, br or zstd body is inspected decompressed and forwarded
 // decompressed (without Content-Encoding and Content-Length), up to the
 // rule's maxDecompressed; past it, or for another encoding, the rule's
 // onUninspectable decides: 400, or the rest passes uninspected.
@@ -84,7 +86,7 @@ func (contentStage) Request(x *Exchange) *Answer {
 	enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding")))
 	switch enc {
 	case "", "identity":
-	case "gzip", "x-gzip", "deflate":
+	case "gzip", "x-gzip", "deflate", "br", "zstd":
 		// Inspected decompressed and forwarded so: the length is no
 		// longer the client's.
 		r.Header.Del("Content-Encoding")
@@ -186,7 +188,7 @@ func (f *findings) add(x *Exchange, fs []policy.Finding) *Answer {
 
 // scanBody streams a request body through the content scanner: it
 // releases what the scanner releases (redacted), refuses the rest on a
-// block match, and decompresses a gzip or deflate body first. The client's
+// block match, and decompresses a gzip, deflate, br or zstd body first. The client's
 // bytes are read by a goroutine of their own (pump), so that when the
 // client pauses for bodyIdleFlush with bytes held back, the scanner's
 // Flush releases all but those a secret still being written could cover:
@@ -198,7 +200,8 @@ type scanBody struct {
 	found *findings
 	scan  *policy.BodyScan
 
-	decode    string // "" for none, else gzip, x-gzip or deflate
+	decode    string // "" for none, else gzip, x-gzip, deflate, br or zstd
+	release   func() // frees the decoder (zstd) once pump is done with it
 	limit     int64  // decompressed bytes to inspect
 	blockOver bool   // past limit: refuse (else pass the rest uninspected)
 	r         io.Reader
@@ -244,6 +247,11 @@ func (b *scanBody) Read(p []byte) (int, error) {
 // pump reads the body into the buffers it is given, until an error or
 // Close.
 func (b *scanBody) pump() {
+	defer func() {
+		if b.release != nil {
+			b.release()
+		}
+	}()
 	if err := b.open(); err != nil {
 		select {
 		case b.chunks <- bodyChunk{err: err, open: true}:
@@ -400,6 +408,17 @@ func (b *scanBody) open() error {
 		} else {
 			b.r = flate.NewReader(br)
 		}
+	case "br":
+		b.r = brotli.NewReader(b.src)
+	case "zstd":
+		// A window past 8MiB (zstd's own cap for HTTP, RFC 8878 §3.1.1.1.2)
+		// is refused rather than allocated for.
+		z, err := zstd.NewReader(b.src, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(8<<20),
+			zstd.WithDecoderLowmem(true))
+		if err != nil {
+			return fmt.Errorf("zstd decoder: %w", err)
+		}
+		b.r, b.release = z, z.Close
 	}
 	return nil
 }

@@ -17,6 +17,8 @@ import (
 	"testing/iotest"
 	"time"
 
+	"github.com/andybalholm/brotli"
+	"github.com/klauspost/compress/zstd"
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
 )
@@ -79,6 +81,20 @@ func gz(s string) string {
 	return b.String()
 }
 
+func brEnc(s string) string {
+	var b bytes.Buffer
+	z := brotli.NewWriter(&b)
+	_, _ = z.Write([]byte(s))
+	_ = z.Close()
+	return b.String()
+}
+
+func zstdEnc(s string) string {
+	z, _ := zstd.NewWriter(nil)
+	defer z.Close()
+	return string(z.EncodeAll([]byte(s), nil))
+}
+
 func TestContentStage(t *testing.T) {
 	const block = "    content: {match: [{detectors: [all], action: block}]}\n"
 	const redact = "    content: {match: [{detectors: [all], action: redact}]}\n"
@@ -123,10 +139,19 @@ func TestContentStage(t *testing.T) {
 			header: http.Header{"Content-Encoding": {"gzip"}}, body: gz(strings.Repeat("a", 5000)), wantAbort: 400},
 		{name: "past maxDecompressed: allowed uninspected", rule: "    content: {maxDecompressed: 1KB, onUninspectable: allow, match: [{detectors: [all], action: block}]}\n", url: "/",
 			header: http.Header{"Content-Encoding": {"gzip"}}, body: gz(strings.Repeat("a", 5000) + awsKeyID), wantBody: strings.Repeat("a", 5000) + awsKeyID, wantURL: "/"},
-		{name: "brotli can't be inspected: 400", rule: block, url: "/", header: http.Header{"Content-Encoding": {"br"}}, body: "\x0b\x02\x80",
+		{name: "brotli body redacted", rule: redact, url: "/", header: http.Header{"Content-Encoding": {"br"}}, body: brEnc("k=" + awsKeyID),
+			wantBody: "k=" + marker, wantURL: "/", wantFound: []string{"aws-access-key-id"}},
+		{name: "zstd body inspected decompressed", rule: block, url: "/", header: http.Header{"Content-Encoding": {"zstd"}}, body: zstdEnc(`{"k":"` + awsKeyID + `"}`),
+			wantAbort: 400, wantFound: []string{"aws-access-key-id"}},
+		{name: "zstd body redacted", rule: redact, url: "/", header: http.Header{"Content-Encoding": {"zstd"}}, body: zstdEnc("k=" + awsKeyID),
+			wantBody: "k=" + marker, wantURL: "/", wantFound: []string{"aws-access-key-id"}},
+		{name: "zstd past maxDecompressed: blocked by default", rule: "    content: {maxDecompressed: 1KB, match: [{detectors: [all], action: block}]}\n", url: "/",
+			header: http.Header{"Content-Encoding": {"zstd"}}, body: zstdEnc(strings.Repeat("a", 5000)), wantAbort: 400},
+		{name: "a broken zstd body is refused", rule: redact, url: "/", header: http.Header{"Content-Encoding": {"zstd"}}, body: "not zstd at all", wantAbort: 400},
+		{name: "an unknown encoding can't be inspected: 400", rule: block, url: "/", header: http.Header{"Content-Encoding": {"compress"}}, body: "\x1f\x9d\x90",
 			want: &answerWant{400, "deny", "api", audit.ReasonUninspectable}},
-		{name: "brotli with onUninspectable: allow", rule: "    content: {onUninspectable: allow, match: [{detectors: [all], action: block}]}\n", url: "/",
-			header: http.Header{"Content-Encoding": {"br"}}, body: "\x0b\x02\x80", wantBody: "\x0b\x02\x80", wantURL: "/"},
+		{name: "an unknown encoding with onUninspectable: allow", rule: "    content: {onUninspectable: allow, match: [{detectors: [all], action: block}]}\n", url: "/",
+			header: http.Header{"Content-Encoding": {"compress"}}, body: "\x1f\x9d\x90", wantBody: "\x1f\x9d\x90", wantURL: "/"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := stageFlow(t, nil)

@@ -43,7 +43,7 @@ type Finding struct {
 // nothing.
 type Inspector struct {
 	rules []contentRule
-	// MaxDecompressed bounds the inspection of a gzip or deflate body.
+	// MaxDecompressed bounds the inspection of a gzip, deflate, br or zstd body.
 	MaxDecompressed int64
 	// BlockUninspectable: a body that can't be inspected is refused.
 	BlockUninspectable bool

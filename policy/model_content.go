@@ -9,10 +9,10 @@ package policy
 // redact, then audit).
 type Content struct {
 	Match []ContentMatch `yaml:"match" desc:"What to look for and what to do when it is found; every entry applies." required:"true"`
-	// MaxDecompressed bounds how much of a gzip or deflate body is
+	// MaxDecompressed bounds how much of a gzip, deflate, br or zstd body is
 	// inspected once decompressed.
-	MaxDecompressed string `yaml:"maxDecompressed" desc:"Largest decompressed size of a gzip or deflate body that is inspected, e.g. 10MB (default); past it onUninspectable applies."`
-	OnUninspectable string `yaml:"onUninspectable" enum:"block|allow" desc:"What happens to a body that cannot be inspected (an encoding other than gzip or deflate, or past maxDecompressed): block (default, 400) or allow it uninspected."`
+	MaxDecompressed string `yaml:"maxDecompressed" desc:"Largest decompressed size of a gzip, deflate, br or zstd body that is inspected, e.g. 10MB (default); past it onUninspectable applies."`
+	OnUninspectable string `yaml:"onUninspectable" enum:"block|allow" desc:"What happens to a body that cannot be inspected (another encoding, e.g. compress, or past maxDecompressed): block (default, 400) or allow it uninspected."`
 }
 
 // ContentMatch is one content rule: detectors and patterns, where to look,
