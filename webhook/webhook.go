@@ -57,6 +57,10 @@ const (
 	// NamespaceLabel selects namespaces in the MutatingWebhookConfiguration
 	// (deploy/kubernetes/webhook.yaml): sluice.dev/inject-ca=enabled.
 	NamespaceLabel = "sluice.dev/inject-ca"
+	// Path is where Serve answers reviews (clientConfig.service.path),
+	// HealthPath its readiness probe.
+	Path       = "/mutate"
+	HealthPath = "/healthz"
 )
 
 // maxReviewBytes bounds an AdmissionReview body (the API server sends at
@@ -302,8 +306,8 @@ func Serve(ctx context.Context, ln net.Listener, certFile, keyFile string, o Opt
 	}
 	o = o.withDefaults()
 	mux := http.NewServeMux()
-	mux.Handle("/mutate", NewHandler(o))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.Handle(Path, NewHandler(o))
+	mux.HandleFunc("GET "+HealthPath, func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	hs := &http.Server{
 		Handler:           mux,
 		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
