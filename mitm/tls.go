@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"time"
@@ -98,6 +99,14 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 		}
 		if alert, ok := watch.rejected(); ok {
 			f.clientUntrusted(name, "client sent the alert "+alert+" in plaintext ("+err.Error()+")")
+			t.release()
+			return
+		}
+		if errors.Is(err, io.EOF) {
+			// The ClientHello was read whole (peeked), so the client hung
+			// up once it had Sluice's certificate: Java's HttpClient
+			// does so without an alert.
+			f.clientUntrusted(name, "client closed the connection after Sluice's certificate, without an alert ("+err.Error()+")")
 			t.release()
 			return
 		}

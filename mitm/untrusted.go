@@ -17,7 +17,11 @@ import (
 
 // Clients that reject Sluice's certificate (client_untrusted): a client
 // without the Sluice CA in its trust store, or one that pins the host's
-// certificate, refuses the leaf Sluice mints. The proxy records it
+// certificate, refuses the leaf Sluice mints: it sends an alert
+// (unknown_ca, bad_certificate, certificate_unknown; OpenSSL in
+// plaintext), hangs up once it has the certificate (Java's HttpClient),
+// or closes right after the handshake without a byte (an application
+// that pins). The proxy records it
 // (DecisionClientUntrusted) and remembers the workload and host for a
 // while, so that the policy (tls.onUntrustedClient: passthrough) can pass
 // the workload's later connections to that host through undecrypted

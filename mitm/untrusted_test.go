@@ -243,3 +243,24 @@ func FuzzAlertWatch(f *testing.F) {
 		w.rejected()
 	})
 }
+
+// A client that hangs up once it has the certificate, with no alert (as
+// Java's HttpClient does), is client_untrusted too.
+func TestClientHangingUpAfterCertificateIsUntrusted(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	up := startUpstream(t, tca, false, echoHandler())
+	h := newHarness(t, tca, untrustedPolicy(t, "intercept"))
+	c := transparent(t, h, Destination{Addr: up.addr}, workload.Identity{PID: 61, Comm: "java"})
+	tc := tls.Client(c, &tls.Config{ServerName: "api.test", InsecureSkipVerify: true,
+		VerifyConnection: func(tls.ConnectionState) error {
+			c.Close() // no alert can follow
+			return errors.New("pinned certificate mismatch")
+		}})
+	if err := tc.Handshake(); err == nil {
+		t.Fatal("handshake succeeded")
+	}
+	rec := h.recs.wait(t, "client_untrusted", func(r audit.Record) bool { return r.Kind == audit.KindL4 })
+	if rec.Decision != audit.DecisionClientUntrusted || rec.Workload.PID != 61 || !strings.Contains(rec.Error, "without an alert") {
+		t.Errorf("record %+v", rec)
+	}
+}
