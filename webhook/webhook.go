@@ -27,8 +27,10 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -293,24 +295,74 @@ func (h *Handler) Review(body []byte) ([]byte, error) {
 	return json.Marshal(rev)
 }
 
+// certReloader serves the certificate in its files, loaded again when
+// either file's modification time changes (a rotated Secret); a pair that
+// does not load keeps the previous one, logged.
+type certReloader struct {
+	certFile, keyFile string
+	log               *slog.Logger
+
+	mu      sync.Mutex
+	cert    *tls.Certificate
+	certMod time.Time
+	keyMod  time.Time
+}
+
+func newCertReloader(certFile, keyFile string, log *slog.Logger) (*certReloader, error) {
+	r := &certReloader{certFile: certFile, keyFile: keyFile, log: log}
+	if err := r.load(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *certReloader) load() error {
+	cs, err := os.Stat(r.certFile)
+	if err != nil {
+		return fmt.Errorf("load webhook certificate: %w", err)
+	}
+	ks, err := os.Stat(r.keyFile)
+	if err != nil {
+		return fmt.Errorf("load webhook key: %w", err)
+	}
+	if r.cert != nil && cs.ModTime().Equal(r.certMod) && ks.ModTime().Equal(r.keyMod) {
+		return nil
+	}
+	cert, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
+	if err != nil {
+		return fmt.Errorf("load webhook certificate %s: %w", r.certFile, err)
+	}
+	r.cert, r.certMod, r.keyMod = &cert, cs.ModTime(), ks.ModTime()
+	return nil
+}
+
+func (r *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.load(); err != nil {
+		r.log.Warn("webhook certificate not reloaded: serving the previous one", audit.KeyError, err.Error())
+	}
+	return r.cert, nil
+}
+
 // Serve answers admission reviews over TLS on ln until ctx ends, with the
 // certificate and key in certFile and keyFile (PEM; the Service's DNS name
 // must be among its names, and the MutatingWebhookConfiguration's
-// caBundle must hold its CA). Restart it to pick up a new certificate.
-// Serve owns ln.
+// caBundle must hold its CA), loaded again when the files change. Serve
+// owns ln.
 func Serve(ctx context.Context, ln net.Listener, certFile, keyFile string, o Options) error {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	o = o.withDefaults()
+	certs, err := newCertReloader(certFile, keyFile, o.Log)
 	if err != nil {
 		ln.Close()
-		return fmt.Errorf("load webhook certificate %s: %w", certFile, err)
+		return err
 	}
-	o = o.withDefaults()
 	mux := http.NewServeMux()
 	mux.Handle(Path, NewHandler(o))
 	mux.HandleFunc("GET "+HealthPath, func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	hs := &http.Server{
 		Handler:           mux,
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get},
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      10 * time.Second,
