@@ -4,6 +4,15 @@
 // intercept address (default 127.0.0.1:9090, config admin.listen), and the
 // hooks refuse selected workloads' connects to it, so a workload cannot
 // read what other workloads do.
+//
+// The API under /api/ names every workload's processes and destinations,
+// so it answers connections from a loopback address only (403 otherwise),
+// whichever address the listener has: on a node address (the DaemonSet's
+// --admin-host, for Prometheus) the hooks keep selected workloads out,
+// but pods that are not selected, and other nodes, reach that address
+// too. /metrics, /healthz and /readyz stay on every listener. The agent
+// serves a loopback listener beside a node-address one for `sluice flows`
+// on the node (kubectl exec into the agent pod).
 package admin
 
 import (
@@ -32,6 +41,24 @@ const DefaultListen = "127.0.0.1:9090"
 
 // FlowsPath is the path of the flows API.
 const FlowsPath = "/api/flows"
+
+// APIPrefix is where the read API lives: loopback peers only.
+const APIPrefix = "/api/"
+
+// loopbackOnly answers 403 to a request whose peer is not a loopback
+// address (see the package comment).
+func loopbackOnly(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		if err != nil || !ap.Addr().Unmap().IsLoopback() {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprintln(w, "forbidden: the admin API answers loopback connections only; run sluice flows on the node (in Kubernetes: kubectl exec into the agent pod)")
+			return
+		}
+		h(w, r)
+	}
+}
 
 // Options are the collaborators of a Server. All may be nil.
 type Options struct {
@@ -76,7 +103,8 @@ func New(o Options) *Server {
 			EnableOpenMetrics: true,
 		}))
 	}
-	s.mux.HandleFunc("GET "+FlowsPath, s.flows)
+	s.mux.HandleFunc("GET "+FlowsPath, loopbackOnly(s.flows))
+	s.mux.HandleFunc(APIPrefix, loopbackOnly(http.NotFound))
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "sluice admin: /metrics /healthz /readyz "+FlowsPath)

@@ -210,3 +210,43 @@ func TestValidateListen(t *testing.T) {
 		}
 	}
 }
+
+// As an attacker on the network (a pod that is not selected, another
+// node): the admin listener on the node's address answers /metrics and
+// the probes, and refuses the flows API, which names every workload's
+// processes and destinations; a loopback peer reads it.
+func TestAPIOnlyFromLoopback(t *testing.T) {
+	tb := flows.New(flows.Options{})
+	tb.Record(&audit.Record{Kind: audit.KindHTTP, Workload: workload.Identity{PID: 7, Comm: "secret-job"}, Host: "internal.example", Decision: audit.DecisionAllow})
+	m := metrics.New(metrics.Options{})
+	h := admin.New(admin.Options{Registry: m.Registry(), Flows: tb}).Handler()
+	for _, tc := range []struct {
+		peer, path string
+		code       int
+	}{
+		{"198.51.100.7:40000", admin.FlowsPath, http.StatusForbidden},
+		{"198.51.100.7:40000", admin.FlowsPath + "?x=1", http.StatusForbidden},
+		{"198.51.100.7:40000", "/api/other", http.StatusForbidden},
+		{"[2001:db8::7]:40000", admin.FlowsPath, http.StatusForbidden},
+		{"[::ffff:198.51.100.7]:40000", admin.FlowsPath, http.StatusForbidden},
+		{"not-an-address", admin.FlowsPath, http.StatusForbidden},
+		{"198.51.100.7:40000", "/metrics", http.StatusOK},
+		{"198.51.100.7:40000", "/healthz", http.StatusOK},
+		{"198.51.100.7:40000", "/readyz", http.StatusOK},
+		{"127.0.0.1:40000", admin.FlowsPath, http.StatusOK},
+		{"[::1]:40000", admin.FlowsPath, http.StatusOK},
+		{"[::ffff:127.0.0.1]:40000", admin.FlowsPath, http.StatusOK},
+		{"127.0.0.1:40000", "/api/other", http.StatusNotFound},
+	} {
+		r := httptest.NewRequest("GET", tc.path, nil)
+		r.RemoteAddr = tc.peer
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != tc.code {
+			t.Errorf("GET %s from %s: %d, want %d", tc.path, tc.peer, w.Code, tc.code)
+		}
+		if w.Code == http.StatusForbidden && strings.Contains(w.Body.String(), "secret-job") {
+			t.Errorf("GET %s from %s: the refusal leaks the table", tc.path, tc.peer)
+		}
+	}
+}

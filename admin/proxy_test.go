@@ -255,11 +255,11 @@ func TestMetricsAfterProxyTraffic(t *testing.T) {
 		`sluice_policy_denials_total{decision="deny",reason="host denied",rule="no-deny"} 1`,
 		`sluice_proxy_l4_flows_total{decision="allow",host="pass.test",tls="passthrough",workload="unknown"} 1`,
 		`sluice_proxy_l4_flows_total{decision="deny",host="deny.test",tls="none",workload="unknown"} 1`,
-		`sluice_proxy_l4_flows_total{decision="error",host="api.test",tls="decrypted",workload="unknown"} 1`,
+		`sluice_proxy_l4_flows_total{decision="client_untrusted",host="api.test",tls="decrypted",workload="unknown"} 1`,
+		`sluice_proxy_untrusted_clients_total{host="api.test",workload="unknown"} 1`,
 		`sluice_proxy_open_connections 0`,
 		`sluice_proxy_tls_connections_total{mode="passthrough"} 1`,
 		`sluice_proxy_tls_connections_total{mode="failed"} 1`,
-		`sluice_proxy_errors_total{kind="l4",reason="client TLS handshake failed"} 1`,
 		`sluice_ca_leaf_issued_total 1`,
 	}
 	for _, w := range want {

@@ -116,13 +116,15 @@ const (
 	KeyRlimitHard    = "rlimit_nofile_hard"
 	KeyRestored      = "restored"
 	KeyRestorations  = "restorations"
+	KeyPatchOps      = "patch_ops" // the webhook: JSON Patch operations applied to a pod
 )
 
 // Values of KeyComponent.
 const (
-	ComponentAdmin  = "admin"
-	ComponentAgent  = "agent"
-	ComponentMITM   = "mitm"
-	ComponentPolicy = "policy"
-	ComponentRedis  = "redis"
+	ComponentAdmin   = "admin"
+	ComponentAgent   = "agent"
+	ComponentMITM    = "mitm"
+	ComponentPolicy  = "policy"
+	ComponentRedis   = "redis"
+	ComponentWebhook = "webhook"
 )

@@ -121,6 +121,15 @@ const (
 	// ReasonPassthroughUnbound: a pass-through SNI that does not resolve to
 	// the destination address is decrypted instead.
 	ReasonPassthroughUnbound = "pass-through SNI does not resolve to the destination; decrypted"
+	// ReasonClientUntrusted: the client rejected the leaf Sluice minted
+	// (a TLS alert unknown_ca, bad_certificate or certificate_unknown, or
+	// a close right after the handshake): it does not trust the Sluice
+	// CA, or pins the host's certificate. Decision client_untrusted.
+	ReasonClientUntrusted = "client rejected the Sluice certificate"
+	// ReasonUntrustedPassthrough: a TLS connection passed through because
+	// its workload rejected Sluice's certificate for the host before
+	// (tls.onUntrustedClient: passthrough).
+	ReasonUntrustedPassthrough = "client rejected the Sluice certificate before; passed through"
 )
 
 // Reasons of kernel connect records (kind "connect"): what the hooks did

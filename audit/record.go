@@ -44,6 +44,9 @@ const (
 	// DecisionClosed: the client closed before anything was decided (a
 	// connection opened and left unused).
 	DecisionClosed = "closed"
+	// DecisionClientUntrusted: the client refused the certificate Sluice
+	// minted for it (reason ReasonClientUntrusted); nothing was sent.
+	DecisionClientUntrusted = "client_untrusted"
 )
 
 // Ends of an exchange that did not end with the whole response.

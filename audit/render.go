@@ -303,7 +303,7 @@ func (r *Record) AppendDecisionAttrs(dst []slog.Attr) []slog.Attr {
 // (the agent's connect decisions) are Info.
 func DecisionLevel(r *Record) slog.Level {
 	switch r.Decision {
-	case DecisionDeny:
+	case DecisionDeny, DecisionClientUntrusted:
 		return slog.LevelWarn
 	case DecisionError:
 		if ClientCaused(r.Reason) {

@@ -129,3 +129,29 @@ func EncodeTrustStore(format string, caCert *x509.Certificate, roots []*x509.Cer
 	}
 	return b, nil
 }
+
+// TrustEnv are the variables that point TLS clients at a PEM CA bundle:
+// Go, OpenSSL and curl, Python requests, Node.js, git, and the AWS CLI
+// and SDKs. `sluice run` sets them all for its command and `sluice
+// webhook` for every container of a pod, with JAVA_TOOL_OPTIONS for Java
+// (JavaToolOptions); neither sets a proxy variable.
+var TrustEnv = []string{"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "AWS_CA_BUNDLE"}
+
+// JavaToolOptionsEnv is the variable every JVM reads its extra options
+// from.
+const JavaToolOptionsEnv = "JAVA_TOOL_OPTIONS"
+
+// JavaToolOptions returns JAVA_TOOL_OPTIONS pointing the JVM at the
+// PKCS#12 trust store at path (password: its password), after the options
+// the user had (old): for a -D given twice the JVM keeps the last, so
+// ours win and the user's other options stay. path must hold no
+// whitespace or quotes (the JVM splits the variable on whitespace).
+func JavaToolOptions(old, path, password string) string {
+	opts := "-Djavax.net.ssl.trustStore=" + path +
+		" -Djavax.net.ssl.trustStoreType=PKCS12" +
+		" -Djavax.net.ssl.trustStorePassword=" + password
+	if old = strings.TrimSpace(old); old != "" {
+		return old + " " + opts
+	}
+	return opts
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/sluicehq/sluice/admin"
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/policy"
+	"github.com/sluicehq/sluice/webhook"
 )
 
 const manifestDir = "kubernetes"
@@ -322,6 +323,7 @@ func check(files map[string][]byte) error {
 	errs = append(errs, checkImages(objs)...)
 	errs = append(errs, checkCASecret(objs)...)
 	errs = append(errs, checkWorkload(objs)...)
+	errs = append(errs, checkWebhook(objs)...)
 	return errors.Join(errs...)
 }
 
@@ -677,14 +679,9 @@ func checkWorkload(objs []*object) []error {
 	if find(objs, "ConfigMap", "sluice-ca-bundle") == nil {
 		return []error{errors.New("no example ConfigMap sluice-ca-bundle")}
 	}
-	var d *object
-	for _, o := range objs {
-		if o.head.Kind == "Deployment" {
-			d = o
-		}
-	}
+	d := find(objs, "Deployment", "mcp-example")
 	if d == nil {
-		return []error{errors.New("no example workload Deployment")}
+		return []error{errors.New("no example workload Deployment mcp-example")}
 	}
 	dep, err := decode[podTemplateOwner](d)
 	if err != nil {
@@ -711,6 +708,152 @@ func checkWorkload(objs []*object) []error {
 			if _, ok := mountFor(c, path.Clean(c.Env[i].Value)); !ok {
 				errs = append(errs, fmt.Errorf("%s container %s: %s=%s is not under a volumeMount", d.id(), c.Name, want, c.Env[i].Value))
 			}
+		}
+	}
+	return errs
+}
+
+type mutatingWebhookConfiguration struct {
+	Webhooks []struct {
+		Name                    string   `yaml:"name"`
+		AdmissionReviewVersions []string `yaml:"admissionReviewVersions"`
+		SideEffects             string   `yaml:"sideEffects"`
+		FailurePolicy           string   `yaml:"failurePolicy"`
+		NamespaceSelector       struct {
+			MatchLabels map[string]string `yaml:"matchLabels"`
+		} `yaml:"namespaceSelector"`
+		Rules []struct {
+			APIGroups   []string `yaml:"apiGroups"`
+			APIVersions []string `yaml:"apiVersions"`
+			Operations  []string `yaml:"operations"`
+			Resources   []string `yaml:"resources"`
+		} `yaml:"rules"`
+		ClientConfig struct {
+			Service struct {
+				Name      string `yaml:"name"`
+				Namespace string `yaml:"namespace"`
+				Path      string `yaml:"path"`
+				Port      int    `yaml:"port"`
+			} `yaml:"service"`
+		} `yaml:"clientConfig"`
+	} `yaml:"webhooks"`
+}
+
+type service struct {
+	Metadata struct {
+		Namespace string `yaml:"namespace"`
+	} `yaml:"metadata"`
+	Spec struct {
+		Ports []struct {
+			Port       int `yaml:"port"`
+			TargetPort int `yaml:"targetPort"`
+		} `yaml:"ports"`
+	} `yaml:"spec"`
+}
+
+// checkWebhook: the CA injector's configuration reaches the webhook's
+// Service, port and path, selects namespaces by the label the README
+// names, admits pods on CREATE with v1 reviews and says what happens when
+// it is down; the Deployment serves on the Service's target port with the
+// certificate it mounts.
+func checkWebhook(objs []*object) []error {
+	mo := find(objs, "MutatingWebhookConfiguration", "sluice-ca-injector")
+	if mo == nil {
+		return []error{errors.New("no MutatingWebhookConfiguration sluice-ca-injector")}
+	}
+	mwc, err := decode[mutatingWebhookConfiguration](mo)
+	if err != nil {
+		return []error{err}
+	}
+	var errs []error
+	fail := func(format string, a ...any) { errs = append(errs, fmt.Errorf(mo.id()+": "+format, a...)) }
+	if len(mwc.Webhooks) != 1 {
+		fail("%d webhooks, want 1", len(mwc.Webhooks))
+		return errs
+	}
+	w := mwc.Webhooks[0]
+	if !slices.Contains(w.AdmissionReviewVersions, "v1") {
+		fail("admissionReviewVersions %v: the webhook speaks admission.k8s.io/v1", w.AdmissionReviewVersions)
+	}
+	if w.SideEffects != "None" {
+		fail("sideEffects %q: want None", w.SideEffects)
+	}
+	if w.FailurePolicy != "Ignore" && w.FailurePolicy != "Fail" {
+		fail("failurePolicy %q: set it (Ignore or Fail) and say why", w.FailurePolicy)
+	}
+	if got := w.NamespaceSelector.MatchLabels[webhook.NamespaceLabel]; got != "enabled" || len(w.NamespaceSelector.MatchLabels) != 1 {
+		fail("namespaceSelector.matchLabels %v: want {%s: enabled}", w.NamespaceSelector.MatchLabels, webhook.NamespaceLabel)
+	}
+	pods := false
+	for _, r := range w.Rules {
+		if slices.Contains(r.Resources, "pods") && slices.Contains(r.Operations, "CREATE") && slices.Contains(r.APIGroups, "") && slices.Contains(r.APIVersions, "v1") {
+			pods = true
+		}
+	}
+	if !pods {
+		fail("no rule for pods CREATE (apiGroups [\"\"], apiVersions [v1])")
+	}
+	svc := w.ClientConfig.Service
+	if svc.Path != webhook.Path {
+		fail("clientConfig.service.path %q: sluice webhook answers on %s", svc.Path, webhook.Path)
+	}
+	so := find(objs, "Service", svc.Name)
+	if so == nil {
+		fail("clientConfig.service.name %q: no such Service", svc.Name)
+		return errs
+	}
+	s, err := decode[service](so)
+	if err != nil {
+		return append(errs, err)
+	}
+	if s.Metadata.Namespace != svc.Namespace {
+		fail("clientConfig.service.namespace %q: the Service is in %q", svc.Namespace, s.Metadata.Namespace)
+	}
+	target := 0
+	for _, p := range s.Spec.Ports {
+		if p.Port == svc.Port {
+			target = p.TargetPort
+		}
+	}
+	if target == 0 {
+		fail("clientConfig.service.port %d: the Service has no such port", svc.Port)
+		return errs
+	}
+	do := find(objs, "Deployment", "sluice-webhook")
+	if do == nil {
+		return append(errs, errors.New("no Deployment sluice-webhook"))
+	}
+	dep, err := decode[podTemplateOwner](do)
+	if err != nil {
+		return append(errs, err)
+	}
+	spec := dep.Spec.Template.Spec
+	if len(spec.Containers) != 1 {
+		return append(errs, fmt.Errorf("%s: %d containers, want 1", do.id(), len(spec.Containers)))
+	}
+	c := spec.Containers[0]
+	if len(c.Args) == 0 || c.Args[0] != "webhook" {
+		errs = append(errs, fmt.Errorf("%s: args %v: want sluice webhook", do.id(), c.Args))
+	}
+	flag := func(name string) string {
+		i := slices.Index(c.Args, name)
+		if i < 0 || i+1 >= len(c.Args) {
+			return ""
+		}
+		return c.Args[i+1]
+	}
+	if l := flag("--listen"); l != ":"+strconv.Itoa(target) {
+		errs = append(errs, fmt.Errorf("%s: --listen %q: the Service's targetPort is %d", do.id(), l, target))
+	}
+	for _, f := range []string{"--tls-cert", "--tls-key"} {
+		p := flag(f)
+		m, ok := mountFor(c, p)
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s: %s %q: no volumeMount covers it", do.id(), f, p))
+			continue
+		}
+		if v, ok := volumeByName(spec, m.Name); !ok || v.Secret == nil {
+			errs = append(errs, fmt.Errorf("%s: %s %q: its volume %q is not a Secret", do.id(), f, p, m.Name))
 		}
 	}
 	return errs
@@ -759,6 +902,13 @@ func TestManifestsCatchMistakes(t *testing.T) {
 		{"no name", "serviceaccount.yaml", "  name: sluice-agent\n", "", "metadata.name is required"},
 		{"workload env", "examples/workload-deployment.yaml", "NODE_EXTRA_CA_CERTS", "NODE_EXTRA_CERTS", "no env NODE_EXTRA_CA_CERTS"},
 		{"secret key", "examples/ca-secret.yaml", "  ca.key: |", "  tls.key: |", "Secret sluice-ca: no key ca.key"},
+		{"webhook namespace label", "webhook/webhook.yaml", "sluice.dev/inject-ca: enabled", "sluice.dev/inject: enabled", "namespaceSelector.matchLabels"},
+		{"webhook failurePolicy unset", "webhook/webhook.yaml", "    failurePolicy: Ignore\n", "", `failurePolicy ""`},
+		{"webhook path", "webhook/webhook.yaml", "path: /mutate", "path: /mutating", `clientConfig.service.path "/mutating"`},
+		{"webhook service port", "webhook/webhook.yaml", "        port: 443", "        port: 8443", "clientConfig.service.port 8443"},
+		{"webhook listen port", "webhook/webhook.yaml", `"--listen", ":8443"`, `"--listen", ":9443"`, `--listen ":9443"`},
+		{"webhook cert not mounted", "webhook/webhook.yaml", "mountPath: /etc/sluice/webhook", "mountPath: /etc/webhook", `--tls-cert "/etc/sluice/webhook/tls.crt": no volumeMount`},
+		{"webhook v1beta1 only", "webhook/webhook.yaml", `admissionReviewVersions: ["v1"]`, `admissionReviewVersions: ["v1beta1"]`, "admissionReviewVersions"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			files := maps.Clone(good)

@@ -13,6 +13,7 @@ package launch
 
 import (
 	"context"
+	"github.com/sluicehq/sluice/ca"
 	"io"
 	"log/slog"
 	"os"
@@ -71,15 +72,12 @@ func (o Options) waits() (interrupt, grace time.Duration) {
 	return interrupt, grace
 }
 
-// TrustEnv are the variables that point TLS clients at a CA bundle: Go,
-// OpenSSL and curl, Python requests, Node.js, git, and the AWS CLI and
-// SDKs. `sluice run` sets them all, and JAVA_TOOL_OPTIONS for Java
-// (JavaToolOptionsEnv); it never sets a proxy variable.
-var TrustEnv = []string{"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "AWS_CA_BUNDLE"}
+// TrustEnv and JavaToolOptionsEnv: see ca.TrustEnv, their one owner
+// (the Kubernetes webhook sets the same variables).
+var TrustEnv = ca.TrustEnv
 
-// JavaToolOptionsEnv is the variable every JVM reads its extra options
-// from; `sluice run` adds the trust-store properties to it.
-const JavaToolOptionsEnv = "JAVA_TOOL_OPTIONS"
+// JavaToolOptionsEnv is ca.JavaToolOptionsEnv.
+const JavaToolOptionsEnv = ca.JavaToolOptionsEnv
 
 // proxyEnv are removed from the child's environment: interception is
 // transparent, and a proxy variable would send traffic around it (curl,

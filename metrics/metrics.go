@@ -18,6 +18,7 @@
 //	sluice_proxy_transferred_bytes_total{workload,host,kind,direction}  direction "in" (from the client) or "out" (to the client)
 //	sluice_proxy_l4_flows_total{workload,host,tls,decision}
 //	sluice_proxy_tls_connections_total{mode}                  mode decrypted|passthrough|failed
+//	sluice_proxy_untrusted_clients_total{workload,host}       clients that rejected Sluice's certificate (records with decision client_untrusted)
 //	sluice_proxy_open_connections                             gauge, ConnOpened/ConnClosed
 //	sluice_proxy_errors_total{kind,reason}                    records with decision "error" (upstream unreachable, verification failed, …)
 //	sluice_proxy_cache_requests_total{status}                 X-Cache-Status of requests a rule caches: hit|miss|bypass|expired|revalidated
@@ -96,6 +97,7 @@ type Metrics struct {
 	upstreamDur     *prometheus.HistogramVec
 	bytes           *prometheus.CounterVec
 	l4Flows         *prometheus.CounterVec
+	untrusted       *prometheus.CounterVec
 	tls             *prometheus.CounterVec
 	openConns       prometheus.Gauge
 	errors          *prometheus.CounterVec
@@ -218,6 +220,11 @@ func New(o Options) *Metrics {
 		Buckets: o.Buckets,
 	}, []string{"rcode"})
 
+	m.untrusted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "proxy", Name: "untrusted_clients_total",
+		Help: "Client connections that rejected the certificate Sluice minted (a TLS alert unknown_ca, bad_certificate or certificate_unknown, or a close right after the handshake): the client lacks the Sluice CA or pins the host's certificate. By workload and host.",
+	}, []string{"workload", "host"})
+
 	m.exfilFlags = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "dns", Name: "exfil_flags_total",
 		Help: "Queries the DNS server's exfiltration guard flagged, by workload, reason (rate, label_length, entropy, subdomains) and decision (deny in enforce mode, would_deny in audit mode).",
@@ -226,7 +233,7 @@ func New(o Options) *Metrics {
 	m.reg.MustRegister(
 		m.mcpRequests, m.mcpToolDur, m.mcpToolChanges,
 		m.requests, m.requestDuration, m.upstreamDur, m.bytes, m.l4Flows, m.tls,
-		m.openConns, m.errors, m.denials, m.rateLimited, m.cache, m.connects, m.dnsQueries, m.dnsDuration, m.exfilFlags,
+		m.openConns, m.errors, m.denials, m.rateLimited, m.cache, m.connects, m.dnsQueries, m.dnsDuration, m.exfilFlags, m.untrusted,
 		&funcCollector{m: m},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -354,6 +361,9 @@ func (m *Metrics) recordL4(r *audit.Record) {
 	m.addBytes(wl, host, "l4", r)
 	m.countDenial(r)
 	m.countError(r)
+	if r.Decision == audit.DecisionClientUntrusted {
+		m.untrusted.WithLabelValues(wl, host).Inc()
+	}
 	switch {
 	case r.TLS == audit.TLSPassthrough:
 		m.tls.WithLabelValues(audit.TLSPassthrough).Inc()
@@ -408,7 +418,7 @@ func (m *Metrics) rule(r string) string {
 }
 
 func decisionLabel(d string) string {
-	return oneOf(d, "unknown", audit.DecisionAllow, audit.DecisionDeny, audit.DecisionWouldDeny, audit.DecisionError)
+	return oneOf(d, "unknown", audit.DecisionAllow, audit.DecisionDeny, audit.DecisionWouldDeny, audit.DecisionError, audit.DecisionClientUntrusted)
 }
 
 func codeLabel(status int) string {

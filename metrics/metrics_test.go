@@ -137,6 +137,7 @@ func TestRecordL4AndTLS(t *testing.T) {
 		{Kind: audit.KindL4, Workload: pod, Host: "bank.example", SNI: "bank.example", TLS: audit.TLSPassthrough, Decision: audit.DecisionAllow, BytesIn: 1, BytesOut: 2},
 		{Kind: audit.KindL4, Workload: pod, Host: "pinned.example", TLS: audit.TLSDecrypted, Decision: audit.DecisionError, Reason: "client TLS handshake failed", Error: "tls handshake with client: remote error: tls: bad certificate"},
 		{Kind: audit.KindL4, Workload: pod, Host: "db.internal", TLS: audit.TLSNone, Decision: audit.DecisionDeny, Rule: "no-db", Reason: "port denied"},
+		{Kind: audit.KindL4, Workload: pod, Host: "pinned.example", TLS: audit.TLSDecrypted, Decision: audit.DecisionClientUntrusted, Reason: audit.ReasonClientUntrusted, Error: "remote error: tls: unknown certificate authority"},
 		{Kind: audit.KindConnect, Decision: "redirected"},
 		{Kind: audit.KindConnect, Decision: "redirected"},
 	} {
@@ -148,17 +149,19 @@ func TestRecordL4AndTLS(t *testing.T) {
 	m.ConnOpened()
 	m.ConnClosed()
 	expect(t, scrape(t, m.Registry()), map[string]float64{
-		`sluice_proxy_l4_flows_total{decision="allow",host="bank.example",tls="passthrough",workload="ai/agent-0"}`: 2,
-		`sluice_proxy_l4_flows_total{decision="error",host="pinned.example",tls="decrypted",workload="ai/agent-0"}`: 1,
-		`sluice_proxy_transferred_bytes_total{direction="in",host="bank.example",kind="l4",workload="ai/agent-0"}`:  11,
-		`sluice_proxy_transferred_bytes_total{direction="out",host="bank.example",kind="l4",workload="ai/agent-0"}`: 22,
-		`sluice_proxy_tls_connections_total{mode="passthrough"}`:                                                    2,
-		`sluice_proxy_tls_connections_total{mode="failed"}`:                                                         1,
-		`sluice_proxy_tls_connections_total{mode="decrypted"}`:                                                      1,
-		`sluice_policy_denials_total{decision="deny",reason="port denied",rule="no-db"}`:                            1,
-		`sluice_agent_connect_events_total{decision="redirected"}`:                                                  2,
-		`sluice_agent_connect_events_total{decision="denied"}`:                                                      1,
-		`sluice_proxy_open_connections{}`:                                                                           1,
+		`sluice_proxy_l4_flows_total{decision="allow",host="bank.example",tls="passthrough",workload="ai/agent-0"}`:            2,
+		`sluice_proxy_l4_flows_total{decision="error",host="pinned.example",tls="decrypted",workload="ai/agent-0"}`:            1,
+		`sluice_proxy_transferred_bytes_total{direction="in",host="bank.example",kind="l4",workload="ai/agent-0"}`:             11,
+		`sluice_proxy_transferred_bytes_total{direction="out",host="bank.example",kind="l4",workload="ai/agent-0"}`:            22,
+		`sluice_proxy_tls_connections_total{mode="passthrough"}`:                                                               2,
+		`sluice_proxy_tls_connections_total{mode="failed"}`:                                                                    2,
+		`sluice_proxy_untrusted_clients_total{host="pinned.example",workload="ai/agent-0"}`:                                    1,
+		`sluice_proxy_l4_flows_total{decision="client_untrusted",host="pinned.example",tls="decrypted",workload="ai/agent-0"}`: 1,
+		`sluice_proxy_tls_connections_total{mode="decrypted"}`:                                                                 1,
+		`sluice_policy_denials_total{decision="deny",reason="port denied",rule="no-db"}`:                                       1,
+		`sluice_agent_connect_events_total{decision="redirected"}`:                                                             2,
+		`sluice_agent_connect_events_total{decision="denied"}`:                                                                 1,
+		`sluice_proxy_open_connections{}`:                                                                                      1,
 	})
 }
 

@@ -78,7 +78,7 @@ func TestClientDistrustingCARecorded(t *testing.T) {
 		t.Fatal("a client that does not trust Sluice's CA got through")
 	}
 	rec := h.recs.wait(t, "handshake failure", func(r audit.Record) bool { return r.Kind == audit.KindL4 })
-	if rec.Reason != "client TLS handshake failed" || rec.Decision != "error" || rec.SNI != "api.test" {
+	if rec.Reason != audit.ReasonClientUntrusted || rec.Decision != audit.DecisionClientUntrusted || rec.SNI != "api.test" || rec.Host != "api.test" {
 		t.Errorf("record %+v", rec)
 	}
 }

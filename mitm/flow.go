@@ -137,6 +137,9 @@ func (f *flow) newTarget(host string, port uint16, tlsFlow bool) *target {
 		names, known := f.p.resolvedNames(f.id, f.dst.Addr.Addr())
 		t.conn.Unresolved = known && len(names) == 0
 	}
+	if tlsFlow {
+		t.conn.ClientUntrusted = f.p.untrusted.has(&f.id, host, port)
+	}
 	t.cd = f.p.decider().Connection(f.ctx, t.conn)
 	return t
 }

@@ -118,6 +118,9 @@ type Proxy struct {
 	mcpTools *lru.Cache[string, [32]byte]
 	cache    *cache.Store // the response cache (rules' cache blocks)
 	groups   *groupSet    // upstream groups (stage_balance.go)
+	// untrusted remembers the clients that rejected Sluice's
+	// certificate, per workload and host (untrusted.go).
+	untrusted *untrustedSet
 }
 
 // New builds a Proxy from its configuration (already validated by
@@ -202,16 +205,17 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 	}
 	log := deps.Log.With(audit.KeyComponent, audit.ComponentMITM)
 	p := &Proxy{
-		cfg:      cfg,
-		deps:     deps,
-		log:      log,
-		leaf:     deps.CA.Leaf,
-		roots:    roots,
-		sessions: tls.NewLRUClientSessionCache(1024),
-		dialer:   d,
-		resolver: res,
-		seen:     seen,
-		obs:      obs,
+		cfg:       cfg,
+		deps:      deps,
+		log:       log,
+		leaf:      deps.CA.Leaf,
+		roots:     roots,
+		sessions:  tls.NewLRUClientSessionCache(1024),
+		dialer:    d,
+		resolver:  res,
+		seen:      seen,
+		obs:       obs,
+		untrusted: newUntrustedSet(untrustedSize, untrustedTTL),
 		h2: &http2.Server{
 			IdleTimeout:          cfg.IdleTimeout.D(),
 			MaxConcurrentStreams: 250,

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"time"
@@ -82,7 +83,8 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 	_ = c.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout.D()))
 	hctx, cancel := context.WithTimeout(f.ctx, p.cfg.HandshakeTimeout.D())
 	defer cancel()
-	srv := tls.Server(c, &tls.Config{
+	watch := &alertWatch{Conn: c}
+	srv := tls.Server(watch, &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: protos,
 		GetCertificate: func(chi *tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -90,6 +92,24 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 		},
 	})
 	if err := srv.HandshakeContext(hctx); err != nil {
+		if rejectedCertificate(err) {
+			f.clientUntrusted(name, err.Error())
+			t.release()
+			return
+		}
+		if alert, ok := watch.rejected(); ok {
+			f.clientUntrusted(name, "client sent the alert "+alert+" in plaintext ("+err.Error()+")")
+			t.release()
+			return
+		}
+		if errors.Is(err, io.EOF) {
+			// The ClientHello was read whole (peeked), so the client hung
+			// up once it had Sluice's certificate: Java's HttpClient
+			// does so without an alert.
+			f.clientUntrusted(name, "client closed the connection after Sluice's certificate, without an alert ("+err.Error()+")")
+			t.release()
+			return
+		}
 		rec := f.l4Record()
 		rec.Host = host
 		rec.Decision, rec.Reason, rec.Error = audit.DecisionError, audit.ReasonClientHandshake, err.Error()
@@ -97,11 +117,12 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 		t.release()
 		return
 	}
+	watch.off = true
 	_ = c.SetDeadline(time.Time{})
 	p.obs.TLSConnection(audit.TLSDecrypted)
 	f.alpn = srv.ConnectionState().NegotiatedProtocol
 	defer t.release()
-	f.serveDecrypted(srv, t)
+	f.serveDecrypted(srv, t, name)
 }
 
 // serveDecrypted decides from the first plaintext bytes whether the client
@@ -111,10 +132,21 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 // PeekTimeout may be waiting for a server greeting (IMAPS, SMTPS): then
 // whichever side speaks first decides, and since an HTTP server never
 // speaks first, waiting can't make HTTP escape per-request policy.
-func (f *flow) serveDecrypted(tc *tls.Conn, t *target) {
+//
+// A client that closes within untrustedCloseWindow of the handshake
+// without a byte rejected the certificate after TLS accepted it (an
+// application that pins): recorded as client_untrusted for name.
+func (f *flow) serveDecrypted(tc *tls.Conn, t *target, name string) {
 	p := f.p
 	pc := newPeekedConn(tc, 64)
+	handshake := time.Now()
 	if f.alpn == "h2" || f.alpn == "http/1.1" || t.err != nil {
+		_ = tc.SetReadDeadline(handshake.Add(untrustedCloseWindow))
+		if _, err := pc.Peek(1); closedAfterHandshake(err, handshake) {
+			f.clientUntrusted(name, "client closed the connection right after the TLS handshake without a request")
+			return
+		}
+		_ = tc.SetReadDeadline(time.Time{})
 		f.serveHTTP(pc, f.alpn == "h2")
 		return
 	}
@@ -126,6 +158,9 @@ func (f *flow) serveDecrypted(tc *tls.Conn, t *target) {
 		return
 	}
 	if err != nil {
+		if closedAfterHandshake(err, handshake) {
+			f.clientUntrusted(name, "client closed the connection right after the TLS handshake without a word")
+		}
 		return // the client left without a word
 	}
 	_ = tc.SetReadDeadline(time.Now().Add(p.cfg.HandshakeTimeout.D()))

@@ -119,16 +119,15 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 	if err := n.startProxy(ctx, cfg, opts, dialer); err != nil {
 		return nil, err
 	}
-	var adminLn net.Listener
+	var adminLns []net.Listener
 	if opts.Admin && cfg.Admin.Listen != "" {
-		adminLn, err = net.Listen("tcp", cfg.Admin.Listen)
-		if err != nil {
-			return nil, fmt.Errorf("listen on admin.listen %s: %w", cfg.Admin.Listen, err)
+		if adminLns, err = listenAdmin(cfg.Admin.Listen, log); err != nil {
+			return nil, err
 		}
 	}
 	if !opts.Intercept {
-		if adminLn != nil {
-			n.serveAdmin(adminLn, nil) // the proxy alone: ready once started
+		if adminLns != nil {
+			n.serveAdmin(adminLns, nil) // the proxy alone: ready once started
 		}
 		return n, nil
 	}
@@ -145,14 +144,16 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 			}
 		},
 	}
-	if adminLn != nil {
+	if adminLns != nil {
 		// Workloads may not read the admin API, on any node address.
-		if ap, err := netip.ParseAddrPort(adminLn.Addr().String()); err == nil {
-			aopts.DenyAddrPorts = append(aopts.DenyAddrPorts, ap)
+		for _, ln := range adminLns {
+			if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil {
+				aopts.DenyAddrPorts = append(aopts.DenyAddrPorts, ap)
+			}
 		}
 		// The admin listener answers /healthz while the agent starts;
 		// /readyz waits for the hooks and the proxy.
-		n.serveAdmin(adminLn, gate.Err)
+		n.serveAdmin(adminLns, gate.Err)
 	}
 	if cfg.Agent.DNSPort != 0 {
 		if aopts.DNS, err = newDNSServer(cfg, n, dialer, log); err != nil {
@@ -175,14 +176,53 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 	return n, nil
 }
 
+// listenAdmin listens on admin.listen and, when that is not a loopback
+// address (a node address for Prometheus), on the loopback address of its
+// family with the same port too: the API under /api/ answers loopback
+// peers only (admin.APIPrefix), so `sluice flows` on the node reads it
+// there. A busy loopback port is logged, not fatal: /metrics still works.
+func listenAdmin(listen string, log *slog.Logger) ([]net.Listener, error) {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on admin.listen %s: %w", listen, err)
+	}
+	lns := []net.Listener{ln}
+	ap, err := netip.ParseAddrPort(ln.Addr().String())
+	if err != nil || ap.Addr().Unmap().IsLoopback() {
+		return lns, nil
+	}
+	lo := netip.MustParseAddr("127.0.0.1")
+	if ap.Addr().Is6() && !ap.Addr().Is4In6() {
+		lo = netip.IPv6Loopback()
+	}
+	local := netip.AddrPortFrom(lo, ap.Port()).String()
+	if l, err := net.Listen("tcp", local); err != nil {
+		log.Warn("admin API: no loopback listener, so sluice flows can't read this agent (the API answers loopback peers only); /metrics and the probes are served on admin.listen", audit.KeyAddr, local, audit.KeyError, err.Error())
+	} else {
+		lns = append(lns, l)
+	}
+	return lns, nil
+}
+
 // serveAdmin serves the admin API (/metrics, /healthz, /readyz asking
-// ready, /api/flows) on ln until Close.
-func (n *Node) serveAdmin(ln net.Listener, ready func() error) {
+// ready, /api/flows) on lns until Close; AdminAddr is the first's.
+func (n *Node) serveAdmin(lns []net.Listener, ready func() error) {
 	actx, stop := context.WithCancel(context.Background())
-	n.stop, n.done, n.adminAddr = stop, make(chan struct{}), ln.Addr()
+	n.stop, n.done, n.adminAddr = stop, make(chan struct{}), lns[0].Addr()
 	srv := admin.New(admin.Options{Registry: n.Metrics.Registry(), Ready: ready, Flows: n.Flows, Log: n.log})
+	errs := make([]error, len(lns))
+	var wg sync.WaitGroup
+	for i, ln := range lns {
+		wg.Go(func() {
+			errs[i] = srv.Serve(actx, ln)
+			if errs[i] != nil {
+				stop() // one failed: end the others, Wait reports it
+			}
+		})
+	}
 	go func() {
-		n.adminErr = srv.Serve(actx, ln)
+		wg.Wait()
+		n.adminErr = errors.Join(errs...)
 		close(n.done)
 	}()
 }

@@ -20,6 +20,10 @@ import (
 const (
 	RuleDefault     = "default"
 	RulePassthrough = "passthrough"
+	// RuleUntrustedClient decides the pass-through of a connection whose
+	// workload rejected Sluice's certificate for the host before
+	// (tls.onUntrustedClient: passthrough).
+	RuleUntrustedClient = "on-untrusted-client"
 )
 
 // Options are the collaborators of a compiled Engine.
@@ -47,7 +51,9 @@ type Options struct {
 // rule's buckets.
 type Engine struct {
 	passthrough []string
-	guardAudit  bool
+	// untrustedPass: tls.onUntrustedClient is passthrough.
+	untrustedPass bool
+	guardAudit    bool
 	// metadataOnly limits the guard to cloud metadata (Compile(Spec)).
 	metadataOnly bool
 	allowCIDRs   []netip.Prefix
@@ -131,7 +137,7 @@ func Compile(s Spec) (*Engine, error) {
 // New compiles a decoded policy (see Decode). p must have passed Decode's
 // validation; New reports what it cannot compile.
 func New(p *Policy, o Options) (*Engine, error) {
-	e := &Engine{lim: o.Limiters, now: o.Now, log: o.Log, passthrough: p.TLS.Passthrough}
+	e := &Engine{lim: o.Limiters, now: o.Now, log: o.Log, passthrough: p.TLS.Passthrough, untrustedPass: p.TLS.OnUntrustedClient == OnUntrustedPassthrough}
 	if e.lim == nil {
 		e.lim = NewLimiters(0)
 	}
@@ -309,7 +315,9 @@ func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 			g, ok = rd, false // recorded like the address guard in audit mode
 		}
 	}
-	pass := c.TLS && c.Host != "" && matchAny(e.passthrough, c.Host)
+	listed := c.TLS && c.Host != "" && matchAny(e.passthrough, c.Host)
+	untrusted := !listed && c.TLS && c.Host != "" && c.ClientUntrusted && e.untrustedPass
+	pass := listed || untrusted
 	var d Decision
 	decided := false
 	for _, r := range e.rules {
@@ -350,7 +358,11 @@ func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 	case d.Denied():
 		return ConnDecision{Action: Reject, Decision: d}
 	case pass:
-		if !d.WouldDeny {
+		switch {
+		case d.WouldDeny:
+		case untrusted:
+			d.Rule, d.Reason = RuleUntrustedClient, audit.ReasonUntrustedPassthrough
+		default:
 			d.Rule, d.Reason = RulePassthrough, audit.ReasonPassthrough
 		}
 		return ConnDecision{Action: Passthrough, Decision: d}

@@ -51,7 +51,15 @@ type DNSRule struct {
 // TLS configures what is decrypted.
 type TLS struct {
 	Passthrough []string `yaml:"passthrough" desc:"Hosts (exact or *.wildcard) whose TLS is relayed without decryption; only host, port and cidr criteria apply to them."`
+	// OnUntrustedClient: see policy.Conn.ClientUntrusted.
+	OnUntrustedClient string `yaml:"onUntrustedClient" enum:"intercept|passthrough" desc:"What happens after a client rejected Sluice's certificate (record client_untrusted: a TLS alert unknown_ca, bad_certificate or certificate_unknown, or a close right after the handshake): intercept (default) keeps decrypting, so a client that pins its certificates keeps failing; passthrough relays that workload's later connections to that host undecrypted for an hour (only host, port and cidr criteria apply to them, as for tls.passthrough). A workload can then choose not to be decrypted for a host by rejecting the certificate: set passthrough only where that is acceptable."`
 }
+
+// Values of tls.onUntrustedClient.
+const (
+	OnUntrustedIntercept   = "intercept"
+	OnUntrustedPassthrough = "passthrough"
+)
 
 // SSRF configures the address guard.
 type SSRF struct {

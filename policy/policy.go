@@ -160,6 +160,11 @@ type Conn struct {
 	// workload and bound no name to that address for it. False when it
 	// did, or when nothing tells (no DNS server, explicit proxy).
 	Unresolved bool
+	// ClientUntrusted is true when the proxy saw this workload reject
+	// Sluice's certificate for Host recently (audit.DecisionClientUntrusted):
+	// with tls.onUntrustedClient passthrough, a TLS connection is then
+	// passed through rather than decrypted.
+	ClientUntrusted bool
 }
 
 // ConnDecision is the decision for a connection.

@@ -28,6 +28,11 @@ func (d *decoder) validate(p *Policy) {
 	for i, h := range p.TLS.Passthrough {
 		d.checkHost(fmt.Sprintf("tls.passthrough[%d]", i), h)
 	}
+	switch p.TLS.OnUntrustedClient {
+	case "", OnUntrustedIntercept, OnUntrustedPassthrough:
+	default:
+		d.add("tls.onUntrustedClient", p.TLS.OnUntrustedClient, "use intercept (the default) or passthrough")
+	}
 	d.checkMode("ssrf.mode", p.SSRF.Mode)
 	switch p.MCP.TokenAudience {
 	case "", TokenAudienceOff, TokenAudienceAudit, TokenAudienceEnforce:

@@ -62,4 +62,15 @@ func TestRunJavaTrustStore(t *testing.T) {
 	if code == 0 || !strings.Contains(errOut, "PKIX path building failed") {
 		t.Errorf("java with --no-ca-env: exit %d, stdout %q; want a PKIX failure\nstderr:\n%s", code, out, errOut)
 	}
+	// JSSE's refusal (its alert, not OpenSSL's) is a client_untrusted
+	// record naming the JVM.
+	var untrusted map[string]any
+	for _, r := range e.records(t) {
+		if r["decision"] == "client_untrusted" {
+			untrusted = r
+		}
+	}
+	if untrusted == nil || untrusted["host"] != "api.test" || untrusted["comm"] != "java" || untrusted["reason"] != "client rejected the Sluice certificate" {
+		t.Errorf("client_untrusted record of the JVM: %v\nall: %v", untrusted, e.records(t))
+	}
 }

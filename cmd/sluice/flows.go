@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/admin"
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/flows"
 )
 
@@ -167,6 +168,7 @@ func writeFlowsTable(w io.Writer, s flows.Snapshot) {
 	}
 	tw.Flush()
 	writeDirect(w, s)
+	writeUntrusted(w, s)
 	if s.Evicted > 0 {
 		fmt.Fprintf(w, "(%d older processes evicted from the agent's table)\n", s.Evicted)
 	}
@@ -227,6 +229,19 @@ func writeDirect(w io.Writer, s flows.Snapshot) {
 					name = "-"
 				}
 				fmt.Fprintf(w, "NOT INTERCEPTED: %s (pid %d) made %d connection(s) to %s directly, without the proxy\n", r.Comm, r.PID, n, name)
+			}
+		}
+	}
+}
+
+// writeUntrusted flags the clients that rejected Sluice's certificate
+// (decision client_untrusted): they lack the Sluice CA, or pin the host's
+// certificate.
+func writeUntrusted(w io.Writer, s flows.Snapshot) {
+	for _, r := range s.Rows {
+		for _, d := range r.Destinations {
+			if n := d.Decisions[audit.DecisionClientUntrusted]; n > 0 {
+				fmt.Fprintf(w, "CLIENT UNTRUSTED: %s (pid %d, %s) rejected Sluice's certificate for %s %d time(s): give it the CA (sluice ca export), or set tls.onUntrustedClient: passthrough for a client that pins\n", r.Comm, r.PID, r.Workload, d.Name(), n)
 			}
 		}
 	}

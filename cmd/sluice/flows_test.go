@@ -159,3 +159,19 @@ func TestFlowsTableFlagsDirect(t *testing.T) {
 		t.Errorf("summary:\n%s\nwant one NOT INTERCEPTED line for port 22", out.String())
 	}
 }
+
+// A client that rejected Sluice's certificate is flagged under the table,
+// with the way out.
+func TestFlowsTableUntrusted(t *testing.T) {
+	srv, tb := flowsAgent(t)
+	id := workload.Identity{PID: 99, Comm: "java", Cgroup: "/system.slice/app.scope"}
+	tb.Record(&audit.Record{Kind: audit.KindL4, Workload: id, Host: "pinned.example", Decision: audit.DecisionClientUntrusted, Reason: audit.ReasonClientUntrusted})
+	var out, errb bytes.Buffer
+	if code := dispatch(context.Background(), []string{"flows", "--agent", srv.URL}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d, stderr %s", code, errb.String())
+	}
+	want := "CLIENT UNTRUSTED: java (pid 99, /system.slice/app.scope) rejected Sluice's certificate for pinned.example 1 time(s)"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("table lacks %q:\n%s", want, out.String())
+	}
+}
