@@ -116,6 +116,9 @@ type Proxy struct {
 	// mcpTools holds the hash of each MCP tool as first seen, per server,
 	// workload and tool name (rug-pull detection, stage_mcp.go).
 	mcpTools *lru.Cache[string, [32]byte]
+	// mcpSessions are the HTTP+SSE sessions open through the proxy
+	// (mcp_session.go).
+	mcpSessions mcpSessions
 	cache    *cache.Store // the response cache (rules' cache blocks)
 	groups   *groupSet    // upstream groups (stage_balance.go)
 }
