@@ -119,8 +119,8 @@ type Proxy struct {
 	// mcpSessions are the HTTP+SSE sessions open through the proxy
 	// (mcp_session.go).
 	mcpSessions mcpSessions
-	cache    *cache.Store // the response cache (rules' cache blocks)
-	groups   *groupSet    // upstream groups (stage_balance.go)
+	cache       *cache.Store // the response cache (rules' cache blocks)
+	groups      *groupSet    // upstream groups (stage_balance.go)
 }
 
 // New builds a Proxy from its configuration (already validated by
