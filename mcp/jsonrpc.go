@@ -39,6 +39,10 @@ const (
 	CodeHeaderMismatch = -32001
 	// CodeDenied: Sluice's policy denied the request.
 	CodeDenied = -32003
+	// CodeToolChanged: a tools/call of a tool whose description or
+	// input schema changed since it was acknowledged, denied under
+	// mcp.onToolChange: enforce until `sluice mcp ack`.
+	CodeToolChanged = -32004
 	// CodeRateLimited: a rate limit of Sluice's policy refused it.
 	CodeRateLimited = -32029
 )

@@ -39,7 +39,7 @@ func mcpSessionKey(workload, host, uri string) string {
 
 // open registers a session under key, replacing one there; nil when the
 // table is full.
-func (t *mcpSessions) open(key, id string) *mcpSession {
+func (t *mcpSessions) open(key, id, server string) *mcpSession {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.m == nil {
@@ -48,7 +48,7 @@ func (t *mcpSessions) open(key, id string) *mcpSession {
 	if _, ok := t.m[key]; !ok && len(t.m) >= maxMCPSessions {
 		return nil
 	}
-	s := &mcpSession{key: key, id: id, pending: map[string]*mcpPending{}}
+	s := &mcpSession{key: key, id: id, server: server, pending: map[string]*mcpPending{}}
 	t.m[key] = s
 	t.n.Store(int32(len(t.m)))
 	return s
@@ -92,6 +92,7 @@ func (t *mcpSessions) close(p *Proxy, s *mcpSession) {
 // endpoint that await their response on its stream.
 type mcpSession struct {
 	key, id string
+	server  string // the MCP server of its stream (Exchange.mcpServer)
 
 	mu      sync.Mutex
 	pending map[string]*mcpPending // by JSON-RPC id as written

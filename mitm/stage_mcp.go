@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -36,9 +37,6 @@ import (
 type mcpStage struct{}
 
 func (mcpStage) Name() string { return "mcp" }
-
-// mcpToolsCacheSize bounds the tools remembered for rug-pull detection.
-const mcpToolsCacheSize = 65536
 
 // mcpRequest is what the MCP stage read of a request.
 type mcpRequest struct {
@@ -196,8 +194,11 @@ func mcpDenyAnswer(x *Exchange, d policy.Decision) *Answer {
 		return nil
 	}
 	code, msg := mcp.CodeDenied, fmt.Sprintf("denied by Sluice policy (rule %s: %s)", d.Rule, d.Reason)
-	if d.Reason == audit.ReasonRateLimited {
+	switch d.Reason {
+	case audit.ReasonRateLimited:
 		code, msg = mcp.CodeRateLimited, fmt.Sprintf("rate limited by Sluice policy (rule %s)", d.Rule)
+	case audit.ReasonMCPToolUnacknowledged:
+		code, msg = mcp.CodeToolChanged, fmt.Sprintf("denied by Sluice policy: tool %q changed (%s) since it was acknowledged; review it, then run sluice mcp ack", x.Record.MCPTool, strings.Join(x.Record.MCPToolFields, ", "))
 	}
 	x.Record.MCPErrorCode = code
 	var errs [][]byte
@@ -325,7 +326,7 @@ func (w *mcpWatch) endpoint(data []byte) {
 	if host == "" {
 		host = x.Record.Host
 	}
-	if s := x.f.p.mcpSessions.open(mcpSessionKey(x.Workload().Name(), host, ep.RequestURI), ep.Session); s != nil {
+	if s := x.f.p.mcpSessions.open(mcpSessionKey(x.Workload().Name(), host, ep.RequestURI), ep.Session, x.mcpServer()); s != nil {
 		w.session.Store(s)
 	}
 	if ep.Session != "" && x.Record.MCPSession == "" {
@@ -408,27 +409,44 @@ func (w *mcpWatch) message(b []byte) []byte {
 	return out
 }
 
-// noteTools compares each tool with its first sight by this workload on
-// this server and emits a record for each that changed.
+// noteTools compares each tool with its acknowledged sight (the first,
+// or the last acknowledged) by this workload on this server and emits a
+// record for each newly seen change (mcpstate.Store.Observe).
 func (x *Exchange) noteTools(tools []mcp.Tool) {
 	p := x.f.p
-	for _, t := range tools {
-		k := x.Record.Host + "\x00" + x.Record.Workload.Name() + "\x00" + t.Name
-		old, seen := p.mcpTools.Get(k)
-		if seen && old == t.Hash {
-			continue
-		}
-		p.mcpTools.Add(k, t.Hash)
-		if !seen {
-			continue
-		}
+	seen, err := p.mcpTools.Observe(x.mcpServer(), x.Workload().Name(), tools, time.Now())
+	if err != nil {
+		p.log.Warn("keep mcp tools", audit.KeyError, err)
+	}
+	for _, c := range seen {
 		rec := x.f.record(audit.KindMCPToolChanged, time.Now())
 		rec.Host, rec.Method, rec.Path, rec.Proto = x.Record.Host, x.Req.Method, x.Record.Path, x.Req.Proto
-		rec.Reason, rec.MCPMethod, rec.MCPTool, rec.MCPSession = audit.ReasonMCPToolChanged, "tools/list", t.Name, x.Record.MCPSession
-		rec.Error = "the tool's description or input schema differs from the first tools/list that listed it"
+		rec.Reason, rec.MCPMethod, rec.MCPTool, rec.MCPSession = audit.ReasonMCPToolChanged, "tools/list", c.Tool, x.Record.MCPSession
+		rec.MCPToolHash, rec.MCPToolPrevHash, rec.MCPToolFields = c.NewHash, c.OldHash, c.Fields
+		rec.Error = "the tool's description or input schema differs from the tools/list that first listed it (or its last acknowledgement)"
 		rec.Duration = 0
 		p.emit(rec)
 	}
+}
+
+// mcpServer names the MCP server x talks to, scheme://host[:port]/path:
+// the path of the stream of its HTTP+SSE session, else its own.
+func (x *Exchange) mcpServer() string {
+	if x.mcp != nil && x.mcp.session != nil {
+		return x.mcp.session.server
+	}
+	scheme, def := "http", uint16(80)
+	if x.t != nil && x.t.useTLS {
+		scheme, def = "https", 443
+	}
+	host := x.Record.Host
+	if strings.IndexByte(host, ':') >= 0 {
+		host = "[" + host + "]"
+	}
+	if port := x.Record.Port; port != 0 && port != def {
+		host += ":" + strconv.Itoa(int(port))
+	}
+	return scheme + "://" + host + x.Req.URL.EscapedPath()
 }
 
 // sseBody watches an SSE response. Without rewriting, every read goes

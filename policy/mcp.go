@@ -84,6 +84,45 @@ func (e *Engine) TokenAudience(_ context.Context, _ *Request, _ []string) (Decis
 	return d, true
 }
 
+// Values of mcp.onToolChange.
+const (
+	ToolChangeOff     = "off"
+	ToolChangeAudit   = "audit"
+	ToolChangeEnforce = "enforce"
+)
+
+// RuleToolChange is the rule of a decision on a call of a changed,
+// unacknowledged tool (mcp.onToolChange).
+const RuleToolChange = "tool-change"
+
+// ToolChangeChecker is implemented by a Decider that judges calls of
+// tools whose description or schema changed since they were
+// acknowledged (rug pulls). *Engine implements it.
+type ToolChangeChecker interface {
+	// ToolChanged decides a tools/call of a tool that changed and was
+	// not acknowledged: ok is false when mcp.onToolChange is off; else
+	// the decision is a deny (enforce) or an allow with WouldDeny set
+	// (audit), of rule RuleToolChange and reason
+	// audit.ReasonMCPToolUnacknowledged. It consumes nothing.
+	ToolChanged(ctx context.Context, r *Request) (d Decision, ok bool)
+}
+
+var _ ToolChangeChecker = (*Engine)(nil)
+
+// ToolChanged implements ToolChangeChecker.
+func (e *Engine) ToolChanged(_ context.Context, _ *Request) (Decision, bool) {
+	d := Decision{Rule: RuleToolChange, Reason: audit.ReasonMCPToolUnacknowledged}
+	switch e.onToolChange {
+	case ToolChangeEnforce:
+		d.Verdict = Deny
+	case ToolChangeAudit:
+		d.WouldDeny = true
+	default:
+		return d, false
+	}
+	return d, true
+}
+
 // mcpSel is a compiled MCPMatch.
 type mcpSel struct {
 	methods, tools, resources, prompts []string

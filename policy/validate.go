@@ -29,6 +29,11 @@ func (d *decoder) validate(p *Policy) {
 		d.checkHost(fmt.Sprintf("tls.passthrough[%d]", i), h)
 	}
 	d.checkMode("ssrf.mode", p.SSRF.Mode)
+	switch p.MCP.OnToolChange {
+	case "", ToolChangeOff, ToolChangeAudit, ToolChangeEnforce:
+	default:
+		d.add("mcp.onToolChange", p.MCP.OnToolChange, "use off, audit or enforce")
+	}
 	switch p.MCP.TokenAudience {
 	case "", TokenAudienceOff, TokenAudienceAudit, TokenAudienceEnforce:
 	default:
