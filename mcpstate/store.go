@@ -72,9 +72,9 @@ type Snapshot struct {
 
 // Seen is a tool change newly seen by Observe.
 type Seen struct {
-	Tool            string
+	Tool             string
 	OldHash, NewHash string
-	Fields          []string
+	Fields           []string
 }
 
 // Store is safe for concurrent use.
