@@ -180,7 +180,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 func (n *Node) serveAdmin(ln net.Listener, ready func() error) {
 	actx, stop := context.WithCancel(context.Background())
 	n.stop, n.done, n.adminAddr = stop, make(chan struct{}), ln.Addr()
-	srv := admin.New(admin.Options{Registry: n.Metrics.Registry(), Ready: ready, Flows: n.Flows, Log: n.log})
+	srv := admin.New(admin.Options{Registry: n.Metrics.Registry(), Ready: ready, Flows: n.Flows, MCP: n.Proxy.MCPTools(), Log: n.log})
 	go func() {
 		n.adminErr = srv.Serve(actx, ln)
 		close(n.done)
