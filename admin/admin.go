@@ -72,7 +72,7 @@ type Options struct {
 	// MCP is served at /api/mcp and acknowledged through /api/mcp/ack
 	// (sluice mcp). Nil: an empty store.
 	MCP *mcpstate.Store
-	Log   *slog.Logger
+	Log *slog.Logger
 }
 
 // Server is the admin HTTP server.
