@@ -361,17 +361,57 @@ func (w *mcpWatch) streamed(msgs []mcp.Message, b []byte) []byte {
 		if !list || g.ErrorCode != 0 || len(msgs) != 1 {
 			continue
 		}
-		filtered, tools, removed, err := mcp.FilterTools(b, keep)
-		if err != nil {
-			continue // not a list of tools
-		}
-		w.x.noteTools(tools)
-		if len(removed) > 0 {
+		if filtered, removed := w.list(b, keep); len(removed) > 0 {
 			out = filtered
 			rec.MCPHidden = append(rec.MCPHidden, removed...)
 		}
 	}
 	return out
+}
+
+// list reads a tools/list answer b: each tool is compared with its
+// acknowledged sight (noteTools), and the answer loses the tools keep
+// refuses and, when the policy hides changed tools, those changed and
+// not acknowledged (their new description never reaches the agent). It
+// returns the answer rewritten and the tools removed; nothing when none
+// was, or b lists no tools.
+func (w *mcpWatch) list(b []byte, keep func(string) bool) ([]byte, []string) {
+	filtered, tools, removed, err := mcp.FilterTools(b, keep)
+	if err != nil {
+		return nil, nil // not a list of tools
+	}
+	w.x.noteTools(tools)
+	if hide := w.x.changedToHide(tools); hide != nil {
+		both := func(name string) bool { return !hide[name] && (keep == nil || keep(name)) }
+		if f, _, r, err := mcp.FilterTools(b, both); err == nil {
+			filtered, removed = f, r
+		}
+	}
+	if len(removed) == 0 {
+		return nil, nil
+	}
+	return filtered, removed
+}
+
+// changedToHide are the tools, of those listed, that a tools/list answer
+// hides because they changed and were not acknowledged (the policy's
+// mcp.onToolChange enforce with hideDenied); nil for none.
+func (x *Exchange) changedToHide(tools []mcp.Tool) map[string]bool {
+	tc, ok := x.f.p.decider().(policy.ToolChangeChecker)
+	if !ok || !tc.HidesChangedTools() {
+		return nil
+	}
+	var hide map[string]bool
+	server, wl := x.mcpServer(), x.Workload().Name()
+	for _, t := range tools {
+		if _, changed := x.f.p.mcpTools.Changed(server, wl, t.Name); changed {
+			if hide == nil {
+				hide = map[string]bool{}
+			}
+			hide[t.Name] = true
+		}
+	}
+	return hide
 }
 
 // message looks at one JSON-RPC message (or batch) of the response and
@@ -396,12 +436,7 @@ func (w *mcpWatch) message(b []byte) []byte {
 		if string(g.ID) != w.listID || g.ErrorCode != 0 || len(msgs) != 1 {
 			continue
 		}
-		filtered, tools, removed, err := mcp.FilterTools(b, w.keep)
-		if err != nil {
-			continue
-		}
-		w.x.noteTools(tools)
-		if len(removed) > 0 {
+		if filtered, removed := w.list(b, w.keep); len(removed) > 0 {
 			out = filtered
 			w.x.Record.MCPHidden = removed
 		}

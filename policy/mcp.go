@@ -105,6 +105,10 @@ type ToolChangeChecker interface {
 	// (audit), of rule RuleToolChange and reason
 	// audit.ReasonMCPToolUnacknowledged. It consumes nothing.
 	ToolChanged(ctx context.Context, r *Request) (d Decision, ok bool)
+	// HidesChangedTools reports whether tools/list answers leave out the
+	// changed, unacknowledged tools: mcp.onToolChange is enforce and
+	// mcp.hideDenied is not false.
+	HidesChangedTools() bool
 }
 
 var _ ToolChangeChecker = (*Engine)(nil)
@@ -121,6 +125,11 @@ func (e *Engine) ToolChanged(_ context.Context, _ *Request) (Decision, bool) {
 		return d, false
 	}
 	return d, true
+}
+
+// HidesChangedTools implements ToolChangeChecker.
+func (e *Engine) HidesChangedTools() bool {
+	return e.hideDenied && e.onToolChange == ToolChangeEnforce
 }
 
 // mcpSel is a compiled MCPMatch.
