@@ -37,9 +37,9 @@ func mcpSessionKey(workload, host, uri string) string {
 	return workload + "\x00" + host + "\x00" + uri
 }
 
-// open registers a session under key, replacing one there; nil when the
+// add registers a session under key, replacing one there; nil when the
 // table is full.
-func (t *mcpSessions) open(key, id, server string) *mcpSession {
+func (t *mcpSessions) add(key, id, server string) *mcpSession {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.m == nil {
@@ -54,11 +54,11 @@ func (t *mcpSessions) open(key, id, server string) *mcpSession {
 	return s
 }
 
+// active reports whether any session is open (no lock: every POST asks).
+func (t *mcpSessions) active() bool { return t.n.Load() != 0 }
+
 // get is the session of key, nil for none.
 func (t *mcpSessions) get(key string) *mcpSession {
-	if t.n.Load() == 0 {
-		return nil
-	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.m[key]

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"slices"
 	"strconv"
@@ -86,7 +85,10 @@ func (mcpStage) Request(x *Exchange) *Answer {
 		return nil // DELETEs carry the session, recorded above
 	}
 	looks = looks || strings.Contains(h.Get("Accept"), "text/event-stream")
-	sess := p.mcpSessions.get(mcpSessionKey(x.Workload().Name(), rec.Host, r.URL.RequestURI()))
+	var sess *mcpSession
+	if p.mcpSessions.active() {
+		sess = p.mcpSessions.get(mcpSessionKey(x.Workload().Name(), rec.Host, r.URL.RequestURI()))
+	}
 	if sess != nil {
 		looks = true // a POST to the endpoint an HTTP+SSE stream named
 		if rec.MCPSession == "" {
@@ -173,9 +175,23 @@ func (b *replayBody) Close() error { return b.c.Close() }
 
 // isJSON reports whether a Content-Type is JSON (application/json or a
 // +json type).
-func isJSON(ct string) bool {
-	mt, _, err := mime.ParseMediaType(ct)
-	return err == nil && isJSONType(mt)
+func isJSON(ct string) bool { return isJSONType(mediaType(ct)) }
+
+// mediaType is the media type of a Content-Type, lower case, without
+// parameters. Unlike mime.ParseMediaType it does not check the
+// parameters (nor allocate for them): a type with malformed ones is
+// still read as its type, so such a body is judged rather than skipped.
+func mediaType(ct string) string {
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	ct = strings.TrimSpace(ct)
+	for i := 0; i < len(ct); i++ {
+		if 'A' <= ct[i] && ct[i] <= 'Z' {
+			return strings.ToLower(ct)
+		}
+	}
+	return ct
 }
 
 // isJSONType reports whether a parsed media type is JSON.
@@ -251,23 +267,18 @@ func (mcpStage) Response(x *Exchange, resp *http.Response) *Answer {
 	if len(m.msgs) == 0 && !m.stream {
 		return nil
 	}
-	w := &mcpWatch{x: x, ids: map[string]bool{}, listID: string(m.listID()), stream: m.stream}
-	for _, g := range m.msgs {
-		if g.ID != nil {
-			w.ids[string(g.ID)] = true
-		}
-	}
-	if w.listID != "" || m.stream {
+	w := &mcpWatch{x: x, listID: m.listID(), stream: m.stream}
+	if w.listID != nil || m.stream {
 		w.keep = x.toolKeeper()
 	}
-	mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	mt := mediaType(resp.Header.Get("Content-Type"))
 	limit := int(x.f.p.cfg.MCPMaxMessageBytes)
 	switch {
 	case mt == "text/event-stream":
 		resp.Body = &sseBody{ReadCloser: resp.Body, w: w, p: mcp.SSE{Max: limit}, rewrite: w.keep != nil, max: limit}
 	case m.stream:
 		// A GET stream that is no event stream is not MCP's.
-	case err == nil && isJSONType(mt):
+	case isJSONType(mt):
 		jb := &jsonBody{ReadCloser: resp.Body, w: w, max: limit, rewrite: w.keep != nil}
 		if jb.rewrite {
 			resp.ContentLength = -1
@@ -288,8 +299,7 @@ func (mcpStage) Response(x *Exchange, resp *http.Response) *Answer {
 // HTTP+SSE session.
 type mcpWatch struct {
 	x      *Exchange
-	ids    map[string]bool
-	listID string
+	listID json.RawMessage
 	// keep says which tools a tools/list answer keeps; nil keeps all.
 	keep func(name string) bool
 
@@ -297,6 +307,16 @@ type mcpWatch struct {
 	// session is the HTTP+SSE session the stream's endpoint event
 	// opened; atomic as the body may be closed while it is read.
 	session atomic.Pointer[mcpSession]
+}
+
+// awaits reports whether id is the id of one of the request's messages.
+func (w *mcpWatch) awaits(id json.RawMessage) bool {
+	for _, g := range w.x.mcp.msgs {
+		if g.ID != nil && bytes.Equal(g.ID, id) {
+			return true
+		}
+	}
+	return false
 }
 
 // maxServerMethods bounds the record's mcp_server_methods.
@@ -326,7 +346,7 @@ func (w *mcpWatch) endpoint(data []byte) {
 	if host == "" {
 		host = x.Record.Host
 	}
-	if s := x.f.p.mcpSessions.open(mcpSessionKey(x.Workload().Name(), host, ep.RequestURI), ep.Session, x.mcpServer()); s != nil {
+	if s := x.f.p.mcpSessions.add(mcpSessionKey(x.Workload().Name(), host, ep.RequestURI), ep.Session, x.mcpServer()); s != nil {
 		w.session.Store(s)
 	}
 	if ep.Session != "" && x.Record.MCPSession == "" {
@@ -427,13 +447,13 @@ func (w *mcpWatch) message(b []byte) []byte {
 	}
 	var out []byte
 	for _, g := range msgs {
-		if !g.Response || !w.ids[string(g.ID)] {
+		if !g.Response || !w.awaits(g.ID) {
 			continue
 		}
 		if g.ErrorCode != 0 && w.x.Record.MCPErrorCode == 0 {
 			w.x.Record.MCPErrorCode = g.ErrorCode
 		}
-		if string(g.ID) != w.listID || g.ErrorCode != 0 || len(msgs) != 1 {
+		if !bytes.Equal(g.ID, w.listID) || g.ErrorCode != 0 || len(msgs) != 1 {
 			continue
 		}
 		if filtered, removed := w.list(b, w.keep); len(removed) > 0 {

@@ -26,9 +26,7 @@ func (toolChangeStage) Request(x *Exchange) *Answer {
 	if !ok {
 		return nil
 	}
-	r := x.Req
-	req := &policy.Request{Conn: x.Conn(), Method: r.Method, Host: x.policyHost, Path: r.URL.EscapedPath(), Header: r.Header}
-	d, on := tc.ToolChanged(r.Context(), req)
+	d, on := tc.ToolChanged(x.Req.Context())
 	if !on {
 		return nil
 	}

@@ -99,12 +99,13 @@ const RuleToolChange = "tool-change"
 // tools whose description or schema changed since they were
 // acknowledged (rug pulls). *Engine implements it.
 type ToolChangeChecker interface {
-	// ToolChanged decides a tools/call of a tool that changed and was
-	// not acknowledged: ok is false when mcp.onToolChange is off; else
-	// the decision is a deny (enforce) or an allow with WouldDeny set
-	// (audit), of rule RuleToolChange and reason
-	// audit.ReasonMCPToolUnacknowledged. It consumes nothing.
-	ToolChanged(ctx context.Context, r *Request) (d Decision, ok bool)
+	// ToolChanged is the decision on any tools/call of a tool that
+	// changed and was not acknowledged: ok is false when
+	// mcp.onToolChange is off; else the decision is a deny (enforce) or
+	// an allow with WouldDeny set (audit), of rule RuleToolChange and
+	// reason audit.ReasonMCPToolUnacknowledged. It consumes nothing and
+	// is cheap: the proxy asks it before looking the tool up.
+	ToolChanged(ctx context.Context) (d Decision, ok bool)
 	// HidesChangedTools reports whether tools/list answers leave out the
 	// changed, unacknowledged tools: mcp.onToolChange is enforce and
 	// mcp.hideDenied is not false.
@@ -114,7 +115,7 @@ type ToolChangeChecker interface {
 var _ ToolChangeChecker = (*Engine)(nil)
 
 // ToolChanged implements ToolChangeChecker.
-func (e *Engine) ToolChanged(_ context.Context, _ *Request) (Decision, bool) {
+func (e *Engine) ToolChanged(_ context.Context) (Decision, bool) {
 	d := Decision{Rule: RuleToolChange, Reason: audit.ReasonMCPToolUnacknowledged}
 	switch e.onToolChange {
 	case ToolChangeEnforce:
