@@ -193,6 +193,38 @@ func testMCPToolChangeAck(t *testing.T, node, dir, unshare string, api *Host, up
 		t.Errorf("sluice flows lacks the MCP tools:\n%s", flowsOut)
 	}
 
+	// sluice logs summarize shows the tools per workload: weather's calls,
+	// its denials and its change.
+	sum, err := exec.CommandContext(ctx, sluiceBin, "logs", "summarize", "--json", auditLog).Output()
+	if err != nil {
+		t.Fatalf("sluice logs summarize: %v", err)
+	}
+	var summary struct {
+		MCPTools struct {
+			Rows []struct {
+				Tool                           string
+				Calls, Denied, Errors, Changes int
+			}
+		} `json:"mcp_tools"`
+	}
+	if err := json.Unmarshal(sum, &summary); err != nil {
+		t.Fatalf("summary: %v\n%s", err, sum)
+	}
+	var sawWeather bool
+	for _, r := range summary.MCPTools.Rows {
+		if r.Tool == "weather" {
+			sawWeather = true
+			// Before the change, after it, then polled until acknowledged:
+			// every poll but the last was denied.
+			if r.Calls != 2+done.Attempts || r.Denied != done.Attempts || r.Changes != 1 {
+				t.Errorf("summary of weather: %+v, want %d calls, %d denied, 1 change", r, 2+done.Attempts, done.Attempts)
+			}
+		}
+	}
+	if !sawWeather {
+		t.Errorf("sluice logs summarize lacks weather: %s", sum)
+	}
+
 	recs := readRecords(t, auditLog)
 	var weather []map[string]any
 	var changed int
