@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -118,6 +119,9 @@ type Proxy struct {
 	// acked), per server, workload and tool name, and its changes
 	// (rug-pull detection, stage_mcp.go, stage_toolchange.go).
 	mcpTools *mcpstate.Store
+	// mcpStateWarned is when (unix seconds) writing mcpTools' state
+	// file last failed with a warning: at most one a minute.
+	mcpStateWarned atomic.Int64
 	// mcpSessions are the HTTP+SSE sessions open through the proxy
 	// (mcp_session.go).
 	mcpSessions mcpSessions

@@ -469,9 +469,10 @@ func (w *mcpWatch) message(b []byte) []byte {
 // record for each newly seen change (mcpstate.Store.Observe).
 func (x *Exchange) noteTools(tools []mcp.Tool) {
 	p := x.f.p
-	seen, err := p.mcpTools.Observe(x.mcpServer(), x.Workload().Name(), tools, time.Now())
-	if err != nil {
-		p.log.Warn("keep mcp tools", audit.KeyError, err)
+	now := time.Now()
+	seen, err := p.mcpTools.Observe(x.mcpServer(), x.Workload().Name(), tools, now)
+	if last := p.mcpStateWarned.Load(); err != nil && now.Unix()-last >= 60 && p.mcpStateWarned.CompareAndSwap(last, now.Unix()) {
+		p.log.Warn("keep mcp tools (warned at most once a minute)", audit.KeyError, err)
 	}
 	for _, c := range seen {
 		rec := x.f.record(audit.KindMCPToolChanged, time.Now())
