@@ -69,17 +69,19 @@ func TestMCPToolChangeAck(t *testing.T) {
 	tp := NewTopology(t, 1)
 	api := tp.Hosts[0]
 	upCA := startMCPServer(t, node, dir, api, "mcp.test")
-	for _, tc := range []struct{ transport, url, server string }{
-		{"http", "https://mcp.test/mcp", "https://mcp.test/mcp"},
-		{"sse", "https://mcp.test/sse", "https://mcp.test/sse"},
+	for _, tc := range []struct{ name, transport, url string }{
+		{"http", "http", "https://mcp.test/mcp"},
+		{"session", "http", "https://mcp.test/mcp-session"}, // Streamable HTTP with a session and its GET stream
+		{"sse", "sse", "https://mcp.test/sse"},
 	} {
-		t.Run(tc.transport, func(t *testing.T) {
-			testMCPToolChangeAck(t, node, dir, unshare, api, upCA, tc.transport, tc.url, tc.server)
+		t.Run(tc.name, func(t *testing.T) {
+			testMCPToolChangeAck(t, node, dir, unshare, api, upCA, tc.name, tc.transport, tc.url)
 		})
 	}
 }
 
-func testMCPToolChangeAck(t *testing.T, node, dir, unshare string, api *Host, upCA, transport, url, server string) {
+func testMCPToolChangeAck(t *testing.T, node, dir, unshare string, api *Host, upCA, name, transport, url string) {
+	server := url
 	tmp := t.TempDir()
 	hosts, cfg, pol, auditLog := filepath.Join(tmp, "hosts"), filepath.Join(tmp, "config.yaml"), filepath.Join(tmp, "policy.yaml"), filepath.Join(tmp, "audit.jsonl")
 	state := filepath.Join(tmp, "state", "mcp.json")
@@ -101,7 +103,7 @@ func testMCPToolChangeAck(t *testing.T, node, dir, unshare string, api *Host, up
 	b64 := base64.RawURLEncoding.EncodeToString
 	jwt := b64([]byte(`{"alg":"RS256","typ":"JWT"}`)) + "." + b64([]byte(`{"aud":"https://mcp.other.example","sub":"user-7"}`)) + ".c2lnbmF0dXJl"
 	args := []string{node, filepath.Join(dir, "client_ack.mjs"), url, transport}
-	if transport == "http" {
+	if name == "http" {
 		args = append(args, jwt)
 	}
 
@@ -296,7 +298,21 @@ func testMCPToolChangeAck(t *testing.T, node, dir, unshare string, api *Host, up
 			t.Errorf("the GET /sse record: %v, want the server's list_changed noted and delete_repo hidden", stream)
 		}
 	}
-	if transport == "http" {
+	if name == "session" {
+		// The session's GET stream carried the server's list_changed,
+		// read as it passed.
+		var stream map[string]any
+		for _, r := range recs {
+			if r["method"] == "GET" && r["path"] == "/mcp-session" {
+				stream = r
+			}
+		}
+		t.Logf("GET stream record: %v", stream)
+		if stream == nil || !strings.Contains(fmt.Sprint(stream["mcp_server_methods"]), "notifications/tools/list_changed") || stream["mcp_session"] == nil {
+			t.Errorf("the session's GET stream record: %v, want its session and the server's list_changed noted", stream)
+		}
+	}
+	if name == "http" {
 		tok := steps["token"]
 		if tok.Error == nil || tok.Error.Code != -32003 || !strings.Contains(tok.Error.Message, "bearer token issued for another audience") {
 			t.Errorf("the client with a foreign bearer JWT got %+v, want the JSON-RPC error naming the audience check", tok)

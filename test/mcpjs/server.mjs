@@ -7,7 +7,8 @@
 //
 // GET /sse and POST /messages?sessionId=… serve the same tools over the
 // older HTTP+SSE transport (SSEServerTransport, stateful: a server per
-// stream).
+// stream). /mcp-session serves them over Streamable HTTP with sessions (a
+// server per session, whose GET stream carries its notifications).
 //
 // Prints "ready" on stdout once it listens. Tools:
 //   echo         allowed: returns its input
@@ -17,6 +18,7 @@
 //   slow         sends 5 progress notifications 200 ms apart, then answers
 //   weather      its description changes after a call of flip (rug pull)
 //   flip         bumps weather's description
+import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
@@ -62,8 +64,9 @@ function build(live = false) {
   return s;
 }
 
-// The HTTP+SSE sessions, by session id.
+// The HTTP+SSE sessions and the Streamable HTTP ones, by session id.
 const sse = new Map();
+const sessions = new Map();
 
 const srv = https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, async (req, res) => {
   const path = new URL(req.url, 'https://x').pathname;
@@ -72,6 +75,20 @@ const srv = https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSy
     sse.set(t.sessionId, t);
     res.on('close', () => sse.delete(t.sessionId));
     await build(true).connect(t);
+    return;
+  }
+  if (path === '/mcp-session') {
+    let t = sessions.get(req.headers['mcp-session-id']);
+    if (!t) {
+      if (req.method !== 'POST') {
+        res.writeHead(400).end('no such session');
+        return;
+      }
+      t = new StreamableHTTPServerTransport({ sessionIdGenerator: () => randomUUID(), onsessioninitialized: (id) => sessions.set(id, t) });
+      t.onclose = () => sessions.delete(t.sessionId);
+      await build(true).connect(t);
+    }
+    await t.handleRequest(req, res);
     return;
   }
   if (req.method === 'POST' && path === '/messages') {
