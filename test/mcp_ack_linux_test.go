@@ -53,8 +53,10 @@ type ackStep struct {
 }
 
 // The real MCP TypeScript SDK, client and server, over both transports
-// (Streamable HTTP, and the older HTTP+SSE whose responses come on the
-// GET stream), under `sluice run` with mcp.onToolChange: enforce: a
+// (Streamable HTTP, stateless and with a session whose GET stream carries
+// the server's notifications, and the older HTTP+SSE whose responses
+// come on the GET stream), under `sluice run` with mcp.onToolChange:
+// enforce: a
 // tool whose description changes between two tools/list answers is
 // refused with the JSON-RPC error -32004 until `sluice mcp ack`, run
 // against the run's admin listener, acknowledges it; then it answers.
