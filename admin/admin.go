@@ -20,7 +20,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"net/netip"
@@ -34,6 +36,7 @@ import (
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/flows"
+	"github.com/sluicehq/sluice/mcpstate"
 )
 
 // DefaultListen is where the admin listener binds unless configured.
@@ -60,6 +63,28 @@ func loopbackOnly(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// MCPPath is the path of the MCP tools API (GET: an mcpstate.Snapshot);
+// MCPAckPath acknowledges tool changes (POST an AckRequest as JSON).
+const (
+	MCPPath    = "/api/mcp"
+	MCPAckPath = "/api/mcp/ack"
+)
+
+// AckRequest is the body of a POST to MCPAckPath: the changes of Tool
+// (every changed tool of the server with All) at Server, seen by
+// Workload (every workload when empty), are acknowledged.
+type AckRequest struct {
+	Server   string `json:"server"`
+	Workload string `json:"workload,omitempty"`
+	Tool     string `json:"tool,omitempty"`
+	All      bool   `json:"all,omitempty"`
+}
+
+// AckResponse lists what an ack acknowledged.
+type AckResponse struct {
+	Acknowledged []mcpstate.Server `json:"acknowledged"`
+}
+
 // Options are the collaborators of a Server. All may be nil.
 type Options struct {
 	// Registry is served at /metrics (a *prometheus.Registry, e.g.
@@ -71,7 +96,10 @@ type Options struct {
 	Ready func() error
 	// Flows is served at /api/flows. Nil: an empty table.
 	Flows *flows.Table
-	Log   *slog.Logger
+	// MCP is served at /api/mcp and acknowledged through /api/mcp/ack
+	// (sluice mcp). Nil: an empty store.
+	MCP *mcpstate.Store
+	Log *slog.Logger
 }
 
 // Server is the admin HTTP server.
@@ -85,6 +113,9 @@ type Server struct {
 func New(o Options) *Server {
 	if o.Flows == nil {
 		o.Flows = flows.New(flows.Options{MaxRows: 1})
+	}
+	if o.MCP == nil {
+		o.MCP, _ = mcpstate.Open("", 1)
 	}
 	log := o.Log
 	if log == nil {
@@ -104,10 +135,12 @@ func New(o Options) *Server {
 		}))
 	}
 	s.mux.HandleFunc("GET "+FlowsPath, loopbackOnly(s.flows))
+	s.mux.HandleFunc("GET "+MCPPath, loopbackOnly(s.mcp))
+	s.mux.HandleFunc("POST "+MCPAckPath, loopbackOnly(s.mcpAck))
 	s.mux.HandleFunc(APIPrefix, loopbackOnly(http.NotFound))
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "sluice admin: /metrics /healthz /readyz "+FlowsPath)
+		fmt.Fprintln(w, "sluice admin: /metrics /healthz /readyz "+FlowsPath+" "+MCPPath)
 	})
 	return s
 }
@@ -168,6 +201,57 @@ func (s *Server) flows(w http.ResponseWriter, _ *http.Request) {
 	if err := enc.Encode(s.o.Flows.Snapshot()); err != nil {
 		s.log.Debug("write flows", audit.KeyError, err)
 	}
+}
+
+func (s *Server) mcp(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	if err := json.NewEncoder(w).Encode(s.o.MCP.Snapshot()); err != nil {
+		s.log.Debug("write mcp tools", audit.KeyError, err)
+	}
+}
+
+// mcpAck acknowledges tool changes. It takes JSON only, which a browser
+// cannot send to another origin without asking first, so a page open on
+// the node cannot acknowledge for its user.
+func (s *Server) mcpAck(w http.ResponseWriter, r *http.Request) {
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if mt != "application/json" {
+		http.Error(w, "send the acknowledgement as application/json", http.StatusUnsupportedMediaType)
+		return
+	}
+	var req AckRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+		http.Error(w, "read acknowledgement: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	switch {
+	case req.Server == "":
+		http.Error(w, "server is required", http.StatusBadRequest)
+		return
+	case req.Tool == "" && !req.All:
+		http.Error(w, "name a tool, or set all", http.StatusBadRequest)
+		return
+	case req.Tool != "" && req.All:
+		http.Error(w, "name a tool or set all, not both", http.StatusBadRequest)
+		return
+	}
+	acked, err := s.o.MCP.Ack(req.Server, req.Workload, req.Tool)
+	if err != nil {
+		s.log.Error("acknowledge mcp tool change", audit.KeyError, err)
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	for _, sv := range acked {
+		for _, t := range sv.Tools {
+			s.log.Info("mcp tool change acknowledged", audit.KeyHost, sv.Server, audit.KeyWorkload, sv.Workload, audit.KeyMCPTool, t.Name)
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if acked == nil {
+		acked = []mcpstate.Server{}
+	}
+	_ = json.NewEncoder(w).Encode(AckResponse{Acknowledged: acked})
 }
 
 type slogPrinter struct{ l *slog.Logger }

@@ -45,22 +45,26 @@ const (
 	KeyError        = "error"
 	KeyEnd          = "end"
 	// The policy's decision beside decision "error" (see Record).
-	KeyPolicyDecision = "policy_decision"
-	KeyPolicyRule     = "policy_rule"
-	KeyPolicyReason   = "policy_reason"
-	KeyGRPCStatus     = "grpc_status"
-	KeyGRPCMessage    = "grpc_message"
-	KeyMCPMethod      = "mcp_method"
-	KeyMCPTool        = "mcp_tool"
-	KeyMCPSession     = "mcp_session"
-	KeyMCPResource    = "mcp_resource"
-	KeyMCPPrompt      = "mcp_prompt"
-	KeyMCPID          = "mcp_id"
-	KeyMCPProtocol    = "mcp_protocol"
-	KeyMCPErrorCode   = "mcp_error_code"
-	KeyMCPHidden      = "mcp_hidden"     // tools removed from a tools/list answer, a list of names
-	KeyTokenAudience  = "token_audience" // a bearer JWT's aud claim that does not name the host (never the token)
-	KeyHeader         = "header"         // a group: one key per header name
+	KeyPolicyDecision   = "policy_decision"
+	KeyPolicyRule       = "policy_rule"
+	KeyPolicyReason     = "policy_reason"
+	KeyGRPCStatus       = "grpc_status"
+	KeyGRPCMessage      = "grpc_message"
+	KeyMCPMethod        = "mcp_method"
+	KeyMCPTool          = "mcp_tool"
+	KeyMCPSession       = "mcp_session"
+	KeyMCPResource      = "mcp_resource"
+	KeyMCPPrompt        = "mcp_prompt"
+	KeyMCPID            = "mcp_id"
+	KeyMCPProtocol      = "mcp_protocol"
+	KeyMCPErrorCode     = "mcp_error_code"
+	KeyMCPHidden        = "mcp_hidden"         // tools removed from a tools/list answer, a list of names
+	KeyTokenAudience    = "token_audience"     // a bearer JWT's aud claim that does not name the host (never the token)
+	KeyMCPServerMethods = "mcp_server_methods" // methods the server sent on a stream, each once
+	KeyMCPToolHash      = "mcp_tool_hash"      // a tool's hash now (hex)
+	KeyMCPToolPrevHash  = "mcp_tool_prev_hash" // the tool's hash as acknowledged before (hex)
+	KeyMCPToolFields    = "mcp_tool_fields"    // the tool's fields that changed
+	KeyHeader           = "header"             // a group: one key per header name
 
 	// DNS: the agent's DNS server's records (kind "dns"), and the name a
 	// proxy record's address was resolved from (dns_name).

@@ -59,6 +59,10 @@ const (
 	ReasonMCPUnparsed = "mcp request body not read as JSON-RPC"
 	// ReasonMCPToolChanged: a kind mcp_tool_changed record.
 	ReasonMCPToolChanged = "mcp tool changed after first sight"
+	// ReasonMCPToolUnacknowledged: a tools/call of a tool whose
+	// description or schema changed and was not acknowledged (sluice mcp
+	// ack), under mcp.onToolChange audit or enforce.
+	ReasonMCPToolUnacknowledged = "mcp tool changed and not acknowledged"
 	// ReasonTokenAudience: a bearer JWT whose aud claim does not name
 	// the request's host (token passthrough; mcp.tokenAudience).
 	ReasonTokenAudience = "bearer token issued for another audience"

@@ -129,6 +129,19 @@ type Record struct {
 	// MCPHidden are the tools Sluice removed from a tools/list answer
 	// (the policy would deny a call of them).
 	MCPHidden []string
+	// MCPServerMethods are the methods of the requests and notifications
+	// the server sent on a stream (server-to-client requests such as
+	// sampling/createMessage, notifications/tools/list_changed), each
+	// once, in order of first sight (at most 16).
+	MCPServerMethods []string
+	// MCPToolHash and MCPToolPrevHash are a tool's hash (hex SHA-256 of
+	// its name, description and input schema) now and as acknowledged
+	// before, and MCPToolFields the fields that differ ("description",
+	// "inputSchema"), on a kind mcp_tool_changed record and on a call
+	// denied because its tool changed.
+	MCPToolHash     string
+	MCPToolPrevHash string
+	MCPToolFields   []string
 	// TokenAudience is the aud claim of a bearer JWT the request carried
 	// that names neither its host nor a URL on it (token passthrough):
 	// the audiences only, never the token.

@@ -64,6 +64,10 @@ const (
 	fMCPProtocol
 	fMCPErrorCode
 	fMCPHidden
+	fMCPServerMethods
+	fMCPToolHash
+	fMCPToolPrevHash
+	fMCPToolFields
 	fTokenAudience
 	fDetectors
 	fCredentials
@@ -84,7 +88,8 @@ var auditFields = [...]field{
 	fUpstreamMS, fUpstreamAddr, fCache, fDecision, fRule, fReason, fError, fEnd,
 	fPolicyDecision, fPolicyRule, fPolicyReason, fGRPCStatus, fGRPCMessage,
 	fMCPMethod, fMCPTool, fMCPResource, fMCPPrompt, fMCPID, fMCPSession,
-	fMCPProtocol, fMCPErrorCode, fMCPHidden, fTokenAudience, fDetectors, fCredentials, fRequestBody, fResponseBody, fHeader,
+	fMCPProtocol, fMCPErrorCode, fMCPHidden, fMCPServerMethods, fMCPToolHash, fMCPToolPrevHash, fMCPToolFields,
+	fTokenAudience, fDetectors, fCredentials, fRequestBody, fResponseBody, fHeader,
 	fDNSName, fQType, fRcode, fAnswers,
 }
 
@@ -211,6 +216,14 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return slog.Int(KeyMCPErrorCode, r.MCPErrorCode), r.MCPErrorCode != 0
 	case fMCPHidden:
 		return strs(KeyMCPHidden, r.MCPHidden)
+	case fMCPServerMethods:
+		return strs(KeyMCPServerMethods, r.MCPServerMethods)
+	case fMCPToolHash:
+		return str(KeyMCPToolHash, r.MCPToolHash)
+	case fMCPToolPrevHash:
+		return str(KeyMCPToolPrevHash, r.MCPToolPrevHash)
+	case fMCPToolFields:
+		return strs(KeyMCPToolFields, r.MCPToolFields)
 	case fTokenAudience:
 		return strs(KeyTokenAudience, r.TokenAudience)
 	case fDetectors:

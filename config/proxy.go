@@ -52,6 +52,11 @@ type Proxy struct {
 	// stage reads (and replays) to judge a JSON-RPC message before it is
 	// forwarded; a longer MCP body is unparsed (audit.ReasonMCPUnparsed).
 	MCPMaxMessageBytes int64 `yaml:"mcpMaxMessageBytes"`
+	// MCPStateFile keeps the MCP tools seen per server and workload
+	// (their hashes at first sight, changes, acknowledgements by sluice
+	// mcp ack) across restarts, e.g. /var/lib/sluice/mcp-state.json.
+	// Empty: kept in memory, every tool first seen again after a restart.
+	MCPStateFile string `yaml:"mcpStateFile"`
 	// CacheMaxBytes bounds the memory of the response cache (policy
 	// rules' cache blocks), every rule and workload together; the least
 	// recently used responses go first, e.g. "64MB".

@@ -13,6 +13,7 @@ package flows
 import (
 	"container/list"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -74,6 +75,57 @@ type Dest struct {
 	Addr string `json:"addr,omitempty"`
 	Counts
 	LastSeen time.Time `json:"last_seen"`
+	// MCPTools are the MCP tools called at this destination (tools/call
+	// records), in order of first call; past MaxTools, under OtherTool.
+	MCPTools []MCPTool `json:"mcp_tools,omitempty"`
+}
+
+// MCPTool counts the calls of one MCP tool.
+type MCPTool struct {
+	Name string `json:"name"`
+	// Calls are tools/call requests; Denied those Sluice denied,
+	// WouldDeny those an audit-mode rule would have denied, Errors those
+	// answered with a JSON-RPC error (by the server or Sluice).
+	Calls     int64 `json:"calls"`
+	Denied    int64 `json:"denied,omitempty"`
+	WouldDeny int64 `json:"would_deny,omitempty"`
+	Errors    int64 `json:"errors,omitempty"`
+}
+
+// MaxTools is the number of MCP tools kept per destination; later ones
+// are counted under OtherTool.
+const MaxTools = 32
+
+// OtherTool is the tool that tools past MaxTools fold into.
+const OtherTool = "(other)"
+
+func (d *Dest) addTool(c obs) {
+	i := 0
+	for i < len(d.MCPTools) && d.MCPTools[i].Name != c.tool {
+		i++
+	}
+	if i == len(d.MCPTools) {
+		name := c.tool
+		if len(d.MCPTools) >= MaxTools {
+			name = OtherTool
+			for i = 0; i < len(d.MCPTools) && d.MCPTools[i].Name != name; i++ {
+			}
+		}
+		if i == len(d.MCPTools) {
+			d.MCPTools = append(d.MCPTools, MCPTool{Name: name})
+		}
+	}
+	t := &d.MCPTools[i]
+	t.Calls++
+	switch c.decision {
+	case audit.DecisionDeny:
+		t.Denied++
+	case audit.DecisionWouldDeny:
+		t.WouldDeny++
+	}
+	if c.toolErr {
+		t.Errors++
+	}
 }
 
 // Name is Host, else Addr.
@@ -136,6 +188,8 @@ type obs struct {
 	requests, flows, connects int64
 	bytesIn, bytesOut         int64
 	decision                  string
+	tool                      string // an MCP tools/call's tool
+	toolErr                   bool   // answered with a JSON-RPC error
 }
 
 // Table is safe for concurrent use.
@@ -197,6 +251,9 @@ func (t *Table) Record(r *audit.Record) {
 		return
 	}
 	c.bytesIn, c.bytesOut, c.decision = r.BytesIn, r.BytesOut, r.Decision
+	if r.MCPMethod == "tools/call" && r.MCPTool != "" {
+		c.tool, c.toolErr = r.MCPTool, r.MCPErrorCode != 0
+	}
 	var addr string
 	if r.DstIP.IsValid() {
 		addr = netip.AddrPortFrom(r.DstIP, r.Port).String()
@@ -263,6 +320,9 @@ func (t *Table) observe(id workload.Identity, host, addr string, c obs) {
 	d := rw.dest(host, addr, t.o.MaxDests)
 	d.Counts.add(c)
 	d.LastSeen = now
+	if c.tool != "" {
+		d.addTool(c)
+	}
 }
 
 // merge keeps the richest identity seen for the row.
@@ -379,6 +439,7 @@ func (t *Table) Snapshot() Snapshot {
 		for _, k := range rw.order {
 			d := *rw.dests[k]
 			d.Counts = d.Counts.clone()
+			d.MCPTools = slices.Clone(d.MCPTools)
 			r.Destinations = append(r.Destinations, d)
 		}
 		sort.SliceStable(r.Destinations, func(i, j int) bool {

@@ -239,7 +239,7 @@ func TestWriteTextEmpty(t *testing.T) {
 	if err := WriteText(&b, New().Summary(10)); err != nil {
 		t.Fatal(err)
 	}
-	if out := b.String(); !strings.Contains(out, "0 records from no input") || strings.Count(out, "  none\n") != 9 {
+	if out := b.String(); !strings.Contains(out, "0 records from no input") || strings.Count(out, "  none\n") != 10 {
 		t.Errorf("empty summary:\n%s", out)
 	}
 }
@@ -254,6 +254,7 @@ func TestEntryFields(t *testing.T) {
 		Time: time.Date(2026, 11, 25, 8, 0, 0, 5, time.UTC), Kind: "http", PID: 7, Comm: "c", Workload: "ns/p",
 		Host: "h.example", IP: "192.0.2.1", Method: "GET", Path: "/", Status: 200, Source: "upstream",
 		Decision: "allow", Rule: "r", Reason: "allowed by rule", BytesIn: 1, BytesOut: 2, DurationMS: 0.5, DNSName: "h.example",
+		MCPMethod: "tools/call", MCPTool: "echo", MCPErrorCode: -32003,
 	}
 	b, err := MarshalLine(e)
 	if err != nil {
@@ -300,5 +301,36 @@ func TestDNSSections(t *testing.T) {
 	var b strings.Builder
 	if err := WriteText(&b, sum); err != nil || !strings.Contains(b.String(), "DNS EXFILTRATION SUSPECTS") || !strings.Contains(b.String(), "evil.co.uk") {
 		t.Errorf("text %v:\n%s", err, b.String())
+	}
+}
+
+// MCP tools: tools/call records by workload, host and tool, with
+// denials, would-denials, errors and the tool's recorded changes.
+func TestMCPTools(t *testing.T) {
+	s := New()
+	for _, e := range []Entry{
+		{Kind: "http", Workload: "agent", Host: "mcp.test", Decision: "allow", MCPMethod: "tools/call", MCPTool: "echo"},
+		{Kind: "http", Workload: "agent", Host: "mcp.test", Decision: "allow", MCPMethod: "tools/call", MCPTool: "echo", MCPErrorCode: -32602},
+		{Kind: "http", Workload: "agent", Host: "mcp.test", Decision: "deny", MCPMethod: "tools/call", MCPTool: "rm", MCPErrorCode: -32003},
+		{Kind: "http", Workload: "agent", Host: "mcp.test", Decision: "would_deny", MCPMethod: "tools/call", MCPTool: "rm"},
+		{Kind: "http", Workload: "agent", Host: "mcp.test", Decision: "allow", MCPMethod: "tools/list"},
+		{Kind: "mcp_tool_changed", Workload: "agent", Host: "mcp.test", MCPMethod: "tools/list", MCPTool: "echo"},
+	} {
+		s.Add(e)
+	}
+	got := s.Summary(10).MCPTools
+	want := []MCPTool{
+		{Workload: "agent", Host: "mcp.test", Tool: "echo", Calls: 2, Errors: 1, Changes: 1},
+		{Workload: "agent", Host: "mcp.test", Tool: "rm", Calls: 2, Denied: 1, WouldDeny: 1, Errors: 1},
+	}
+	if got.Distinct != 2 || !reflect.DeepEqual(got.Rows, want) {
+		t.Fatalf("mcp tools %+v\nwant %+v", got, want)
+	}
+	var b bytes.Buffer
+	if err := WriteText(&b, s.Summary(10)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "MCP TOOLS (tools/call by workload and server): 2\n  WORKLOAD  HOST      TOOL  CALLS  DENIED  WOULD_DENY  ERRORS  CHANGES\n  agent     mcp.test  echo  2      0       0           1       1\n") {
+		t.Errorf("text:\n%s", b.String())
 	}
 }

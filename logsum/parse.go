@@ -44,6 +44,11 @@ type Entry struct {
 	BytesOut   int64
 	DurationMS float64
 	DNSName    string
+	// MCPMethod, MCPTool and MCPErrorCode are an MCP request's JSON-RPC
+	// method, tool and error code.
+	MCPMethod    string
+	MCPTool      string
+	MCPErrorCode int
 }
 
 // fields maps audit's keys to Entry's fields, in the order MarshalLine
@@ -70,6 +75,9 @@ var fields = [...]struct {
 	{audit.KeyBytesOut, func(e *Entry) any { return &e.BytesOut }},
 	{audit.KeyDurationMS, func(e *Entry) any { return &e.DurationMS }},
 	{audit.KeyDNSName, func(e *Entry) any { return &e.DNSName }},
+	{audit.KeyMCPMethod, func(e *Entry) any { return &e.MCPMethod }},
+	{audit.KeyMCPTool, func(e *Entry) any { return &e.MCPTool }},
+	{audit.KeyMCPErrorCode, func(e *Entry) any { return &e.MCPErrorCode }},
 }
 
 // wireType is a struct with a field *string "msg" and then one field per

@@ -54,6 +54,7 @@ type Summarizer struct {
 	exfil        counter
 	workloads    map[string]*Talker
 	hosts        map[string]*Talker
+	mcpTools     map[MCPTool]*MCPTool // by workload, host and tool (counts zero)
 }
 
 // New returns an empty Summarizer.
@@ -70,6 +71,7 @@ func New() *Summarizer {
 		exfil:        counter{},
 		workloads:    map[string]*Talker{},
 		hosts:        map[string]*Talker{},
+		mcpTools:     map[MCPTool]*MCPTool{},
 	}
 }
 
@@ -212,6 +214,10 @@ func (s *Summarizer) Add(e Entry) {
 		s.serverErrors.add(Row{Workload: wl, Host: host, Status: e.Status})
 	}
 
+	if e.MCPTool != "" && (e.MCPMethod == "tools/call" || kind == audit.KindMCPToolChanged) {
+		s.mcpTool(wl, host, kind, e)
+	}
+
 	// A kernel connect event precedes the http or l4 records of the same
 	// traffic: counting it as a request would count that traffic twice.
 	if kind == audit.KindConnect {
@@ -222,6 +228,30 @@ func (s *Summarizer) Add(e Entry) {
 	s.bytesOut += e.BytesOut
 	talk(s.workloads, wl, e)
 	talk(s.hosts, host, e)
+}
+
+// mcpTool counts a tools/call record, or a record of the tool's change.
+func (s *Summarizer) mcpTool(wl, host, kind string, e Entry) {
+	k := MCPTool{Workload: wl, Host: host, Tool: e.MCPTool}
+	t := s.mcpTools[k]
+	if t == nil {
+		t = &k
+		s.mcpTools[k] = t
+	}
+	if kind == audit.KindMCPToolChanged {
+		t.Changes++
+		return
+	}
+	t.Calls++
+	switch e.Decision {
+	case audit.DecisionDeny:
+		t.Denied++
+	case audit.DecisionWouldDeny:
+		t.WouldDeny++
+	}
+	if e.MCPErrorCode != 0 {
+		t.Errors++
+	}
 }
 
 func talk(m map[string]*Talker, name string, e Entry) {
@@ -293,6 +323,31 @@ type Summary struct {
 
 	TopWorkloads Talkers `json:"top_workloads"`
 	TopHosts     Talkers `json:"top_hosts"`
+
+	// MCPTools are the MCP tools called (tools/call) per workload and
+	// server host, most called first, with the changes of their
+	// descriptions recorded (mcp_tool_changed).
+	MCPTools MCPTools `json:"mcp_tools"`
+}
+
+// MCPTools are the top MCP tools by calls.
+type MCPTools struct {
+	Distinct int       `json:"distinct"`
+	Rows     []MCPTool `json:"rows"`
+}
+
+// MCPTool counts one tool of one server for one workload: tools/call
+// records, those denied, would-denied (audit mode) and answered with a
+// JSON-RPC error, and the changes of its description or schema.
+type MCPTool struct {
+	Workload  string `json:"workload"`
+	Host      string `json:"host"`
+	Tool      string `json:"tool"`
+	Calls     int64  `json:"calls"`
+	Denied    int64  `json:"denied"`
+	WouldDeny int64  `json:"would_deny"`
+	Errors    int64  `json:"errors"`
+	Changes   int64  `json:"changes"`
 }
 
 // LineError is an unparseable line.
@@ -378,7 +433,32 @@ func (s *Summarizer) Summary(n int) Summary {
 		ExfilSuspects: s.exfil.section(n),
 		TopWorkloads:  topTalkers(s.workloads, n),
 		TopHosts:      topTalkers(s.hosts, n),
+		MCPTools:      topTools(s.mcpTools, n),
 	}
+}
+
+func topTools(m map[MCPTool]*MCPTool, n int) MCPTools {
+	t := MCPTools{Distinct: len(m), Rows: make([]MCPTool, 0, len(m))}
+	for _, v := range m {
+		t.Rows = append(t.Rows, *v)
+	}
+	sort.Slice(t.Rows, func(i, j int) bool {
+		a, b := t.Rows[i], t.Rows[j]
+		if a.Calls != b.Calls {
+			return a.Calls > b.Calls
+		}
+		if a.Workload != b.Workload {
+			return a.Workload < b.Workload
+		}
+		if a.Host != b.Host {
+			return a.Host < b.Host
+		}
+		return a.Tool < b.Tool
+	})
+	if n > 0 && len(t.Rows) > n {
+		t.Rows = t.Rows[:n]
+	}
+	return t
 }
 
 func copyMap(m map[string]int64) map[string]int64 {

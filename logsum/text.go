@@ -57,7 +57,23 @@ func WriteText(w io.Writer, s Summary) error {
 		func(r Row) []string { return []string{r.Workload, r.Host, r.Reason} })
 	talkers(p, "TOP WORKLOADS", "WORKLOAD", s.TopWorkloads)
 	talkers(p, "TOP HOSTS", "HOST", s.TopHosts)
+	mcpTools(p, s.MCPTools)
 	return tw.Flush()
+}
+
+func mcpTools(p func(string, ...any), t MCPTools) {
+	p("\nMCP TOOLS (tools/call by workload and server): %d\n", t.Distinct)
+	if len(t.Rows) == 0 {
+		p("  none\n")
+		return
+	}
+	p("  WORKLOAD\tHOST\tTOOL\tCALLS\tDENIED\tWOULD_DENY\tERRORS\tCHANGES\n")
+	for _, r := range t.Rows {
+		p("  %s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", clean(r.Workload), clean(r.Host), clean(r.Tool), r.Calls, r.Denied, r.WouldDeny, r.Errors, r.Changes)
+	}
+	if more := t.Distinct - len(t.Rows); more > 0 {
+		p("  … and %d more\n", more)
+	}
 }
 
 func section(p func(string, ...any), title string, s Section, cols []string, vals func(Row) []string) {

@@ -2,6 +2,8 @@ package mcp
 
 import (
 	"bytes"
+	"net/url"
+	"strings"
 	"testing"
 )
 
@@ -90,5 +92,31 @@ func FuzzBearerAudience(f *testing.F) {
 			t.Fatalf("ok with no audience from %q", h)
 		}
 		_ = AudienceNames(aud, host)
+	})
+}
+
+// FuzzParseEndpoint: any endpoint event data parses or fails without
+// panicking; a parsed endpoint is a path (and query) a request can carry,
+// and parsing it again as a relative reference gives it back.
+func FuzzParseEndpoint(f *testing.F) {
+	for _, s := range []string{"/messages?sessionId=abc", "messages/?session_id=1", "https://Other.example:8443/m?sessionId=x", "//h/p", "javascript:alert(1)", "/a/../b?x=%zz"} {
+		f.Add([]byte(s))
+	}
+	base, _ := url.Parse("https://mcp.test/v1/sse")
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := ParseEndpoint(base, b)
+		if err != nil {
+			return
+		}
+		if !strings.HasPrefix(e.RequestURI, "/") {
+			t.Fatalf("endpoint %q gives request URI %q", b, e.RequestURI)
+		}
+		if len(e.RequestURI) > MaxEndpointLen {
+			return // escaping lengthened it past what is read
+		}
+		again, err := ParseEndpoint(base, []byte(e.RequestURI))
+		if err != nil || again.RequestURI != e.RequestURI {
+			t.Fatalf("endpoint %q: request URI %q reads back as %q, %v", b, e.RequestURI, again.RequestURI, err)
+		}
 	})
 }

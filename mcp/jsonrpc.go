@@ -39,6 +39,10 @@ const (
 	CodeHeaderMismatch = -32001
 	// CodeDenied: Sluice's policy denied the request.
 	CodeDenied = -32003
+	// CodeToolChanged: a tools/call of a tool whose description or
+	// input schema changed since it was acknowledged, denied under
+	// mcp.onToolChange: enforce until `sluice mcp ack`.
+	CodeToolChanged = -32004
 	// CodeRateLimited: a rate limit of Sluice's policy refused it.
 	CodeRateLimited = -32029
 )
@@ -87,22 +91,27 @@ func (m *Message) IDString() string { return string(m.ID) }
 var ErrNotJSONRPC = errors.New("not a JSON-RPC 2.0 message")
 
 // Parse reads a POST body or an SSE event's data: one message, or a batch
-// (a JSON array of messages). batch says which.
+// (a JSON array of messages). batch says which. The raw fields of the
+// messages (ID, Arguments, Result) share b's memory.
 func Parse(b []byte) (msgs []Message, batch bool, err error) {
-	b = bytes.TrimSpace(b)
-	if len(b) > 0 && b[0] == '[' {
-		var raws []json.RawMessage
-		if err := json.Unmarshal(b, &raws); err != nil {
+	if !json.Valid(b) {
+		var v any // the syntax error, as encoding/json words it
+		if err = json.Unmarshal(b, &v); err == nil {
+			err = ErrNotJSONRPC
+		}
+		return nil, len(bytes.TrimSpace(b)) > 0 && bytes.TrimSpace(b)[0] == '[', err
+	}
+	if elements(b, func(raw []byte) {
+		if err == nil {
+			msgs = append(msgs, Message{})
+			err = parseOne(raw, &msgs[len(msgs)-1])
+		}
+	}) {
+		if err == nil && len(msgs) == 0 {
+			err = ErrNotJSONRPC
+		}
+		if err != nil {
 			return nil, true, err
-		}
-		if len(raws) == 0 {
-			return nil, true, ErrNotJSONRPC
-		}
-		msgs = make([]Message, len(raws))
-		for i, r := range raws {
-			if err := parseOne(r, &msgs[i]); err != nil {
-				return nil, true, err
-			}
 		}
 		return msgs, true, nil
 	}
@@ -113,36 +122,59 @@ func Parse(b []byte) (msgs []Message, batch bool, err error) {
 	return []Message{m}, false, nil
 }
 
+// parseOne reads one message of valid JSON. Of duplicate keys the last
+// wins, as JSON.parse has it.
 func parseOne(b []byte, m *Message) error {
-	var o map[string]json.RawMessage
-	if err := json.Unmarshal(b, &o); err != nil {
-		return err
-	}
-	var v string
-	if json.Unmarshal(o["jsonrpc"], &v) != nil || v != "2.0" {
+	var jsonrpc, id, method, params, result, rpcErr []byte
+	if !members(b, func(k, v []byte) {
+		switch {
+		case keyIs(k, "jsonrpc"):
+			jsonrpc = v
+		case keyIs(k, "id"):
+			id = v
+		case keyIs(k, "method"):
+			method = v
+		case keyIs(k, "params"):
+			params = v
+		case keyIs(k, "result"):
+			result = v
+		case keyIs(k, "error"):
+			rpcErr = v
+		}
+	}) {
 		return ErrNotJSONRPC
 	}
-	if id, ok := o["id"]; ok && !bytes.Equal(id, []byte("null")) {
-		if len(id) == 0 || (id[0] != '"' && id[0] != '-' && (id[0] < '0' || id[0] > '9')) {
+	if v, ok := str(jsonrpc); !ok || v != "2.0" {
+		return ErrNotJSONRPC
+	}
+	if id != nil && string(id) != "null" {
+		if id[0] != '"' && id[0] != '-' && (id[0] < '0' || id[0] > '9') {
 			return ErrNotJSONRPC
 		}
 		m.ID = id
 	}
-	if raw, ok := o["method"]; ok {
-		if json.Unmarshal(raw, &m.Method) != nil || m.Method == "" {
+	if method != nil {
+		var ok bool
+		if m.Method, ok = str(method); !ok || m.Method == "" {
 			return ErrNotJSONRPC
 		}
-		return m.params(o["params"])
+		return m.params(params)
 	}
-	res, hasRes := o["result"]
-	e, hasErr := o["error"]
-	if !hasRes && !hasErr {
+	if result == nil && rpcErr == nil {
 		return ErrNotJSONRPC
 	}
-	m.Response, m.Result = true, res
-	if hasErr {
-		var eo map[string]json.RawMessage
-		if json.Unmarshal(e, &eo) != nil || json.Unmarshal(eo["code"], &m.ErrorCode) != nil {
+	m.Response, m.Result = true, result
+	if rpcErr != nil {
+		var code []byte
+		if !members(rpcErr, func(k, v []byte) {
+			if keyIs(k, "code") {
+				code = v
+			}
+		}) && string(rpcErr) != "null" {
+			return ErrNotJSONRPC
+		}
+		var ok bool
+		if m.ErrorCode, ok = integer(code); !ok {
 			return ErrNotJSONRPC
 		}
 	}
@@ -150,7 +182,7 @@ func parseOne(b []byte, m *Message) error {
 }
 
 // params reads the names a request targets from its params.
-func (m *Message) params(raw json.RawMessage) error {
+func (m *Message) params(raw []byte) error {
 	var key string
 	var dst *string
 	switch m.Method {
@@ -163,15 +195,23 @@ func (m *Message) params(raw json.RawMessage) error {
 	default:
 		return nil
 	}
-	var p map[string]json.RawMessage
-	if len(raw) == 0 || json.Unmarshal(raw, &p) != nil {
+	var name, args []byte
+	if raw == nil || !members(raw, func(k, v []byte) {
+		switch {
+		case keyIs(k, key):
+			name = v
+		case keyIs(k, "arguments"):
+			args = v
+		}
+	}) {
 		return ErrNotJSONRPC
 	}
-	if json.Unmarshal(p[key], dst) != nil || *dst == "" {
+	var ok bool
+	if *dst, ok = str(name); !ok || *dst == "" {
 		return ErrNotJSONRPC // a call that names nothing is not judged as one that names something
 	}
 	if m.Method == "tools/call" {
-		m.Arguments = p["arguments"]
+		m.Arguments = args
 	}
 	return nil
 }

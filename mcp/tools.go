@@ -13,6 +13,24 @@ type Tool struct {
 	// description or schema changes after first sight is noticed however
 	// its server orders its keys.
 	Hash [32]byte
+	// Fields hash each of ToolFields alone, so a change can say which
+	// of them changed.
+	Fields [len(ToolFields)][32]byte
+}
+
+// ToolFields are the fields of a tool a rug pull would change, besides
+// its name (which identifies it).
+var ToolFields = [...]string{"description", "inputSchema"}
+
+// ChangedFields names the fields in which a and b differ.
+func ChangedFields(a, b *[len(ToolFields)][32]byte) []string {
+	var out []string
+	for i, f := range ToolFields {
+		if a[i] != b[i] {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // FilterTools reads a tools/list response message (one JSON-RPC
@@ -40,7 +58,7 @@ func FilterTools(msg []byte, keep func(name string) bool) (out []byte, tools []T
 		if json.Unmarshal(raw, &t) != nil || json.Unmarshal(t["name"], &name) != nil {
 			return nil, nil, nil, ErrNotJSONRPC
 		}
-		tools = append(tools, Tool{Name: name, Hash: toolHash(t)})
+		tools = append(tools, toolOf(name, t))
 		if keep != nil && !keep(name) {
 			removed = append(removed, name)
 			continue
@@ -60,18 +78,23 @@ func FilterTools(msg []byte, keep func(name string) bool) (out []byte, tools []T
 	return out, tools, removed, err
 }
 
-// toolHash hashes the fields of a tool a rug pull would change.
-func toolHash(t map[string]json.RawMessage) [32]byte {
+// toolOf hashes the fields of a tool a rug pull would change, together
+// (Hash) and one by one (Fields).
+func toolOf(name string, t map[string]json.RawMessage) Tool {
+	out := Tool{Name: name}
 	h := sha256.New()
-	for _, k := range []string{"name", "description", "inputSchema"} {
+	for i, k := range append([]string{"name"}, ToolFields[:]...) {
+		c := canonical(t[k])
 		h.Write([]byte(k))
 		h.Write([]byte{0})
-		h.Write(canonical(t[k]))
+		h.Write(c)
 		h.Write([]byte{0})
+		if i > 0 {
+			out.Fields[i-1] = sha256.Sum256(c)
+		}
 	}
-	var sum [32]byte
-	h.Sum(sum[:0])
-	return sum
+	h.Sum(out.Hash[:0])
+	return out
 }
 
 // canonical re-encodes JSON with sorted keys and no spaces.

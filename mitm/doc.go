@@ -39,12 +39,17 @@
 //	           naming another host than its TLS connection's
 //	connection the connection's decision (SSRF guard, hosts denied before
 //	           HTTP): 403 for every request of a rejected connection
-//	mcp        MCP over Streamable HTTP: a bounded prefix of a JSON POST
-//	           read and replayed, its JSON-RPC method and tool for the
-//	           policy; 400 for a mirrored header that disagrees with the
-//	           body; tools/list answers filtered, tools' changes reported
+//	mcp        MCP over Streamable HTTP and HTTP+SSE: a bounded prefix of
+//	           a JSON POST read and replayed, its JSON-RPC method and tool
+//	           for the policy; 400 for a mirrored header that disagrees
+//	           with the body; event streams (POST answers, GET streams)
+//	           read as they pass: tools/list answers filtered, tools'
+//	           changes reported, an HTTP+SSE POST's record held until its
+//	           answer arrives on the stream (mcp_session.go)
 //	policy     access rules in their mode, SSRF guard, rate limits (429);
 //	           MCP requests get a JSON-RPC error instead
+//	toolchange calls of MCP tools changed since acknowledged
+//	           (mcp.onToolChange): a JSON-RPC error -32004, or would_deny
 //	size       413/417 for request bodies over the limit, 502 or a cut
 //	           stream for responses over it
 //	content    content rules on headers, URL and body (secret detectors,

@@ -178,6 +178,9 @@ func (x *Exchange) finish() {
 		x.Record.BytesIn = x.body.n.Load()
 	}
 	x.Record.Duration = time.Since(x.start)
+	if m := x.mcp; m != nil && m.session != nil && len(m.ids) > 0 && m.session.hold(x.f.p, x, m.ids) {
+		return // emitted when the response arrives on the session's stream (mcp_session.go)
+	}
 	x.f.p.emit(x.Record)
 }
 

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -16,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/ca"
 	"github.com/sluicehq/sluice/cache"
 	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/mcpstate"
 	"github.com/sluicehq/sluice/pcap"
 	"github.com/sluicehq/sluice/policy"
 	"github.com/sluicehq/sluice/upstreams"
@@ -113,11 +115,18 @@ type Proxy struct {
 	slots   *slots      // client connections being served
 	clients *clientGate // who may use the explicit proxy
 	stages  []Stage     // the per-request chain (see chain)
-	// mcpTools holds the hash of each MCP tool as first seen, per server,
-	// workload and tool name (rug-pull detection, stage_mcp.go).
-	mcpTools *lru.Cache[string, [32]byte]
-	cache    *cache.Store // the response cache (rules' cache blocks)
-	groups   *groupSet    // upstream groups (stage_balance.go)
+	// mcpTools holds each MCP tool as acknowledged (first seen, or
+	// acked), per server, workload and tool name, and its changes
+	// (rug-pull detection, stage_mcp.go, stage_toolchange.go).
+	mcpTools *mcpstate.Store
+	// mcpStateWarned is when (unix seconds) writing mcpTools' state
+	// file last failed with a warning: at most one a minute.
+	mcpStateWarned atomic.Int64
+	// mcpSessions are the HTTP+SSE sessions open through the proxy
+	// (mcp_session.go).
+	mcpSessions mcpSessions
+	cache       *cache.Store // the response cache (rules' cache blocks)
+	groups      *groupSet    // upstream groups (stage_balance.go)
 	// untrusted remembers the clients that rejected Sluice's
 	// certificate, per workload and host (untrusted.go).
 	untrusted *untrustedSet
@@ -225,7 +234,9 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		clients: clients,
 		cache:   cache.NewStore(int64(cfg.CacheMaxBytes)),
 	}
-	p.mcpTools, _ = lru.New[string, [32]byte](mcpToolsCacheSize)
+	if p.mcpTools, err = mcpstate.Open(cfg.MCPStateFile, mcpstate.DefaultMaxTools); err != nil {
+		return nil, fmt.Errorf("proxy.mcpStateFile: %w", err)
+	}
 	p.groups = &groupSet{set: upstreams.NewSet(upstreams.NetProber{Dial: d.DialContext}, nil)}
 	p.upstreamGroups() // health checks start with the policy, not the first request
 	p.stages = p.chain()
@@ -235,6 +246,10 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 	}
 	return p, nil
 }
+
+// MCPTools is the store of the MCP tools the proxy has seen (the admin
+// API's /api/mcp, sluice mcp).
+func (p *Proxy) MCPTools() *mcpstate.Store { return p.mcpTools }
 
 // Close closes the idle upstream connections of every pool. Connections in
 // use finish first; Handle and ServeExplicit may still be called after it.

@@ -88,20 +88,21 @@ func (x *Exchange) AbortBody(a *Answer) { x.aborted.CompareAndSwap(nil, a) }
 // here and one file.
 func (p *Proxy) chain() []Stage {
 	return []Stage{
-		framingStage{},  // stage_framing.go: header limits, request smuggling
-		clientStage{},   // clients.go: explicit proxy clients: allowCIDRs (403), Proxy-Authorization users (407)
-		connectStage{},  // explicit.go: CONNECT tunnels (explicit proxy)
-		targetStage{},   // stage_target.go: the request's destination, host binding, 421
-		connStage{},     // stage_conn.go: the connection's decision (SSRF guard, hosts denied before HTTP)
-		mcpStage{},      // stage_mcp.go: MCP's JSON-RPC read (bounded prefix), header mirroring, tools/list filter, rug pulls
-		policyStage{},   // stage_policy.go: access rules, SSRF guard per request, rate limits
-		tokenStage{},    // stage_token.go: bearer JWTs sent to a host their audience does not name
-		sizeStage{},     // stage_size.go: request and response body limits
-		contentStage{},  // stage_content.go: content rules (secrets, patterns): block, redact, audit
-		bodyLogStage{},  // stage_bodylog.go: the first bytes of bodies in the record, redacted (logBodies)
-		credStage{},     // stage_creds.go: credentials (masked placeholders, injection), header changes
-		cacheStage{},    // stage_cache.go: the rule's response cache (hits answered here)
-		balanceStage{},  // stage_balance.go: upstream groups: a healthy target, guarded (503 when none)
-		upstreamStage{}, // stage_upstream.go: the upstream connection (502 when it failed)
+		framingStage{},    // stage_framing.go: header limits, request smuggling
+		clientStage{},     // clients.go: explicit proxy clients: allowCIDRs (403), Proxy-Authorization users (407)
+		connectStage{},    // explicit.go: CONNECT tunnels (explicit proxy)
+		targetStage{},     // stage_target.go: the request's destination, host binding, 421
+		connStage{},       // stage_conn.go: the connection's decision (SSRF guard, hosts denied before HTTP)
+		mcpStage{},        // stage_mcp.go: MCP's JSON-RPC read (bounded prefix), header mirroring, tools/list filter, rug pulls
+		policyStage{},     // stage_policy.go: access rules, SSRF guard per request, rate limits
+		toolChangeStage{}, // stage_toolchange.go: calls of MCP tools changed since acknowledged (mcp.onToolChange)
+		tokenStage{},      // stage_token.go: bearer JWTs sent to a host their audience does not name
+		sizeStage{},       // stage_size.go: request and response body limits
+		contentStage{},    // stage_content.go: content rules (secrets, patterns): block, redact, audit
+		bodyLogStage{},    // stage_bodylog.go: the first bytes of bodies in the record, redacted (logBodies)
+		credStage{},       // stage_creds.go: credentials (masked placeholders, injection), header changes
+		cacheStage{},      // stage_cache.go: the rule's response cache (hits answered here)
+		balanceStage{},    // stage_balance.go: upstream groups: a healthy target, guarded (503 when none)
+		upstreamStage{},   // stage_upstream.go: the upstream connection (502 when it failed)
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
@@ -35,14 +37,19 @@ type mcpStage struct{}
 
 func (mcpStage) Name() string { return "mcp" }
 
-// mcpToolsCacheSize bounds the tools remembered for rug-pull detection.
-const mcpToolsCacheSize = 65536
-
 // mcpRequest is what the MCP stage read of a request.
 type mcpRequest struct {
 	msgs     []mcp.Message
 	batch    bool
 	unparsed bool
+	// stream is set for a GET asking for an event stream: Streamable
+	// HTTP's stream of a session, or the HTTP+SSE transport's GET /sse.
+	stream bool
+	// session is the HTTP+SSE session whose endpoint the request was
+	// POSTed to (mcp_session.go), and ids the ids of its requests it
+	// awaits responses to.
+	session *mcpSession
+	ids     []string
 }
 
 // calls are the policy's view of the request, one per message.
@@ -70,13 +77,27 @@ func (mcpStage) Request(x *Exchange) *Answer {
 	h := r.Header
 	rec.MCPSession, rec.MCPProtocol = h.Get(mcp.HeaderSession), h.Get(mcp.HeaderProtocol)
 	looks := rec.MCPSession != "" || rec.MCPProtocol != "" || h.Get(mcp.HeaderMethod) != ""
+	p := x.f.p
 	if r.Method != http.MethodPost {
-		return nil // GET streams and DELETEs carry the session, recorded above
+		if r.Method == http.MethodGet && strings.Contains(h.Get("Accept"), "text/event-stream") {
+			x.mcp = &mcpRequest{stream: true} // its events are watched as they stream (Response)
+		}
+		return nil // DELETEs carry the session, recorded above
 	}
 	looks = looks || strings.Contains(h.Get("Accept"), "text/event-stream")
+	var sess *mcpSession
+	if p.mcpSessions.active() {
+		sess = p.mcpSessions.get(mcpSessionKey(x.Workload().Name(), rec.Host, r.URL.RequestURI()))
+	}
+	if sess != nil {
+		looks = true // a POST to the endpoint an HTTP+SSE stream named
+		if rec.MCPSession == "" {
+			rec.MCPSession = sess.id
+		}
+	}
 	if !isJSON(h.Get("Content-Type")) || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		if looks {
-			x.mcp = &mcpRequest{unparsed: true}
+			x.mcp = &mcpRequest{unparsed: true, session: sess}
 			rec.Error = "no JSON body"
 		}
 		return nil
@@ -84,7 +105,7 @@ func (mcpStage) Request(x *Exchange) *Answer {
 	limit := x.f.p.cfg.MCPMaxMessageBytes
 	if r.ContentLength > limit {
 		if looks {
-			x.mcp = &mcpRequest{unparsed: true}
+			x.mcp = &mcpRequest{unparsed: true, session: sess}
 			rec.Error = fmt.Sprintf("body longer than proxy.mcpMaxMessageBytes (%d)", limit)
 		}
 		return nil
@@ -103,7 +124,7 @@ func (mcpStage) Request(x *Exchange) *Answer {
 	}
 	if len(msgs) == 0 || err != nil {
 		if looks {
-			x.mcp = &mcpRequest{unparsed: true}
+			x.mcp = &mcpRequest{unparsed: true, session: sess}
 			if err != nil {
 				rec.Error = "not JSON-RPC: " + err.Error()
 			} else {
@@ -112,9 +133,22 @@ func (mcpStage) Request(x *Exchange) *Answer {
 		}
 		return nil
 	}
-	x.mcp = &mcpRequest{msgs: msgs, batch: batch}
+	x.mcp = &mcpRequest{msgs: msgs, batch: batch, session: sess}
 	m := &msgs[0]
 	rec.MCPMethod, rec.MCPTool, rec.MCPResource, rec.MCPPrompt, rec.MCPID = m.Method, m.Tool, m.Resource, m.Prompt, m.IDString()
+	if sess != nil {
+		// The responses will come on the session's stream.
+		for _, g := range msgs {
+			if g.IsRequest() {
+				var keep func(string) bool
+				if g.Method == "tools/list" {
+					keep = x.toolKeeper()
+				}
+				sess.expect(string(g.ID), g.Method, keep, x.start)
+				x.mcp.ids = append(x.mcp.ids, string(g.ID))
+			}
+		}
+	}
 	if batch {
 		return nil // the mirrored headers are defined for single messages
 	}
@@ -141,9 +175,23 @@ func (b *replayBody) Close() error { return b.c.Close() }
 
 // isJSON reports whether a Content-Type is JSON (application/json or a
 // +json type).
-func isJSON(ct string) bool {
-	mt, _, err := mime.ParseMediaType(ct)
-	return err == nil && isJSONType(mt)
+func isJSON(ct string) bool { return isJSONType(mediaType(ct)) }
+
+// mediaType is the media type of a Content-Type, lower case, without
+// parameters. Unlike mime.ParseMediaType it does not check the
+// parameters (nor allocate for them): a type with malformed ones is
+// still read as its type, so such a body is judged rather than skipped.
+func mediaType(ct string) string {
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	ct = strings.TrimSpace(ct)
+	for i := 0; i < len(ct); i++ {
+		if 'A' <= ct[i] && ct[i] <= 'Z' {
+			return strings.ToLower(ct)
+		}
+	}
+	return ct
 }
 
 // isJSONType reports whether a parsed media type is JSON.
@@ -152,16 +200,21 @@ func isJSONType(mt string) bool { return mt == "application/json" || strings.Has
 // mcpDenyAnswer is the answer to an MCP request the policy denied: a
 // JSON-RPC error per request with an id, HTTP 200 as MCP clients expect
 // errors; 403 with an error of id null when no message has an id
-// (notifications, or an unparsed body). Nil for requests that are not
-// MCP.
+// (notifications, or an unparsed body). A POST to an HTTP+SSE endpoint
+// is answered 403 with the errors: that transport answers on the stream,
+// and its clients surface a POST that failed as the request's error.
+// Nil for requests that are not MCP (and event-stream GETs).
 func mcpDenyAnswer(x *Exchange, d policy.Decision) *Answer {
 	m := x.mcp
-	if m == nil {
+	if m == nil || m.stream {
 		return nil
 	}
 	code, msg := mcp.CodeDenied, fmt.Sprintf("denied by Sluice policy (rule %s: %s)", d.Rule, d.Reason)
-	if d.Reason == audit.ReasonRateLimited {
+	switch d.Reason {
+	case audit.ReasonRateLimited:
 		code, msg = mcp.CodeRateLimited, fmt.Sprintf("rate limited by Sluice policy (rule %s)", d.Rule)
+	case audit.ReasonMCPToolUnacknowledged:
+		code, msg = mcp.CodeToolChanged, fmt.Sprintf("denied by Sluice policy: tool %q changed (%s) since it was acknowledged; review it, then run sluice mcp ack", x.Record.MCPTool, strings.Join(x.Record.MCPToolFields, ", "))
 	}
 	x.Record.MCPErrorCode = code
 	var errs [][]byte
@@ -179,7 +232,27 @@ func mcpDenyAnswer(x *Exchange, d policy.Decision) *Answer {
 	default:
 		a.Body = errs[0]
 	}
+	if m.session != nil {
+		a.Status = http.StatusForbidden
+	}
 	return a
+}
+
+// toolKeeper says which tools a tools/list answer to x keeps: nil keeps
+// all (the decider hides none).
+func (x *Exchange) toolKeeper() func(name string) bool {
+	th, ok := x.f.p.decider().(policy.ToolHider)
+	if !ok {
+		return nil
+	}
+	var conn *policy.Conn
+	if x.t != nil {
+		conn = x.t.conn
+	}
+	req := &policy.Request{Conn: conn, Method: x.Req.Method, Host: x.policyHost, Path: x.Req.URL.EscapedPath(), Header: x.Req.Header,
+		MCP: &policy.MCPCall{Method: "tools/list"}}
+	ctx := x.Req.Context()
+	return func(name string) bool { return !th.HideTool(ctx, req, name) }
 }
 
 func (mcpStage) Response(x *Exchange, resp *http.Response) *Answer {
@@ -191,28 +264,21 @@ func (mcpStage) Response(x *Exchange, resp *http.Response) *Answer {
 	if sid := resp.Header.Get(mcp.HeaderSession); sid != "" && rec.MCPSession == "" {
 		rec.MCPSession = sid // the session the initialize answer assigns
 	}
-	if len(m.msgs) == 0 {
+	if len(m.msgs) == 0 && !m.stream {
 		return nil
 	}
-	w := &mcpWatch{x: x, ids: map[string]bool{}, listID: string(m.listID())}
-	for _, g := range m.msgs {
-		if g.ID != nil {
-			w.ids[string(g.ID)] = true
-		}
+	w := &mcpWatch{x: x, listID: m.listID(), stream: m.stream}
+	if w.listID != nil || m.stream {
+		w.keep = x.toolKeeper()
 	}
-	if w.listID != "" {
-		if th, ok := x.f.p.decider().(policy.ToolHider); ok {
-			req := &policy.Request{Conn: x.t.conn, Method: x.Req.Method, Host: x.policyHost, Path: x.Req.URL.EscapedPath(), Header: x.Req.Header,
-				MCP: &policy.MCPCall{Method: "tools/list"}}
-			w.keep = func(name string) bool { return !th.HideTool(x.Req.Context(), req, name) }
-		}
-	}
-	mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	mt := mediaType(resp.Header.Get("Content-Type"))
 	limit := int(x.f.p.cfg.MCPMaxMessageBytes)
 	switch {
 	case mt == "text/event-stream":
 		resp.Body = &sseBody{ReadCloser: resp.Body, w: w, p: mcp.SSE{Max: limit}, rewrite: w.keep != nil, max: limit}
-	case err == nil && isJSONType(mt):
+	case m.stream:
+		// A GET stream that is no event stream is not MCP's.
+	case isJSONType(mt):
 		jb := &jsonBody{ReadCloser: resp.Body, w: w, max: limit, rewrite: w.keep != nil}
 		if jb.rewrite {
 			resp.ContentLength = -1
@@ -225,12 +291,147 @@ func (mcpStage) Response(x *Exchange, resp *http.Response) *Answer {
 
 // mcpWatch reads the JSON-RPC messages of a response: error codes of the
 // answers to the request's ids, and the tools of a tools/list answer.
+// On a GET stream (stream) it reads every message: a tools/list result
+// (the answer to a tools/list POSTed to an HTTP+SSE endpoint, or any
+// result listing tools) is filtered and checked for changed tools, the
+// responses of an HTTP+SSE session complete the records of their POSTs,
+// and the methods the server sends are noted; an endpoint event opens an
+// HTTP+SSE session.
 type mcpWatch struct {
 	x      *Exchange
-	ids    map[string]bool
-	listID string
+	listID json.RawMessage
 	// keep says which tools a tools/list answer keeps; nil keeps all.
 	keep func(name string) bool
+
+	stream bool
+	// session is the HTTP+SSE session the stream's endpoint event
+	// opened; atomic as the body may be closed while it is read.
+	session atomic.Pointer[mcpSession]
+}
+
+// awaits reports whether id is the id of one of the request's messages.
+func (w *mcpWatch) awaits(id json.RawMessage) bool {
+	for _, g := range w.x.mcp.msgs {
+		if g.ID != nil && bytes.Equal(g.ID, id) {
+			return true
+		}
+	}
+	return false
+}
+
+// maxServerMethods bounds the record's mcp_server_methods.
+const maxServerMethods = 16
+
+// event looks at one SSE event of the response and returns its data
+// rewritten (see message), else nil.
+func (w *mcpWatch) event(e *mcp.Event) []byte {
+	if e.Data == nil {
+		return nil
+	}
+	if w.stream && e.Type == mcp.EventEndpoint {
+		w.endpoint(e.Data)
+		return nil
+	}
+	return w.message(e.Data)
+}
+
+// endpoint opens the HTTP+SSE session whose endpoint the stream named.
+func (w *mcpWatch) endpoint(data []byte) {
+	x := w.x
+	ep, err := mcp.ParseEndpoint(x.Req.URL, data)
+	if err != nil || w.session.Load() != nil {
+		return
+	}
+	host := ep.Host
+	if host == "" {
+		host = x.Record.Host
+	}
+	if s := x.f.p.mcpSessions.add(mcpSessionKey(x.Workload().Name(), host, ep.RequestURI), ep.Session, x.mcpServer()); s != nil {
+		w.session.Store(s)
+	}
+	if ep.Session != "" && x.Record.MCPSession == "" {
+		x.Record.MCPSession = ep.Session
+	}
+}
+
+// closed ends the stream's session, if it opened one.
+func (w *mcpWatch) closed() {
+	if s := w.session.Swap(nil); s != nil {
+		w.x.f.p.mcpSessions.close(w.x.f.p, s)
+	}
+}
+
+// streamed looks at a message of a GET stream; see mcpWatch.
+func (w *mcpWatch) streamed(msgs []mcp.Message, b []byte) []byte {
+	rec := w.x.Record
+	var out []byte
+	for _, g := range msgs {
+		if !g.Response {
+			if !slices.Contains(rec.MCPServerMethods, g.Method) && len(rec.MCPServerMethods) < maxServerMethods {
+				rec.MCPServerMethods = append(rec.MCPServerMethods, g.Method)
+			}
+			continue
+		}
+		keep, list := w.keep, true
+		if s := w.session.Load(); s != nil {
+			if pd := s.answer(w.x.f.p, string(g.ID), g.ErrorCode); pd != nil {
+				keep, list = pd.keep, pd.method == "tools/list"
+			}
+		}
+		if !list || g.ErrorCode != 0 || len(msgs) != 1 {
+			continue
+		}
+		if filtered, removed := w.list(b, keep); len(removed) > 0 {
+			out = filtered
+			rec.MCPHidden = append(rec.MCPHidden, removed...)
+		}
+	}
+	return out
+}
+
+// list reads a tools/list answer b: each tool is compared with its
+// acknowledged sight (noteTools), and the answer loses the tools keep
+// refuses and, when the policy hides changed tools, those changed and
+// not acknowledged (their new description never reaches the agent). It
+// returns the answer rewritten and the tools removed; nothing when none
+// was, or b lists no tools.
+func (w *mcpWatch) list(b []byte, keep func(string) bool) ([]byte, []string) {
+	filtered, tools, removed, err := mcp.FilterTools(b, keep)
+	if err != nil {
+		return nil, nil // not a list of tools
+	}
+	w.x.noteTools(tools)
+	if hide := w.x.changedToHide(tools); hide != nil {
+		both := func(name string) bool { return !hide[name] && (keep == nil || keep(name)) }
+		if f, _, r, err := mcp.FilterTools(b, both); err == nil {
+			filtered, removed = f, r
+		}
+	}
+	if len(removed) == 0 {
+		return nil, nil
+	}
+	return filtered, removed
+}
+
+// changedToHide are the tools, of those listed, that a tools/list answer
+// hides because they changed and were not acknowledged (the policy's
+// mcp.onToolChange enforce with hideDenied); nil for none.
+func (x *Exchange) changedToHide(tools []mcp.Tool) map[string]bool {
+	tc, ok := x.f.p.decider().(policy.ToolChangeChecker)
+	if !ok || !tc.HidesChangedTools() {
+		return nil
+	}
+	var hide map[string]bool
+	server, wl := x.mcpServer(), x.Workload().Name()
+	for _, t := range tools {
+		if _, changed := x.f.p.mcpTools.Changed(server, wl, t.Name); changed {
+			if hide == nil {
+				hide = map[string]bool{}
+			}
+			hide[t.Name] = true
+		}
+	}
+	return hide
 }
 
 // message looks at one JSON-RPC message (or batch) of the response and
@@ -241,23 +442,21 @@ func (w *mcpWatch) message(b []byte) []byte {
 	if err != nil {
 		return nil
 	}
+	if w.stream {
+		return w.streamed(msgs, b)
+	}
 	var out []byte
 	for _, g := range msgs {
-		if !g.Response || !w.ids[string(g.ID)] {
+		if !g.Response || !w.awaits(g.ID) {
 			continue
 		}
 		if g.ErrorCode != 0 && w.x.Record.MCPErrorCode == 0 {
 			w.x.Record.MCPErrorCode = g.ErrorCode
 		}
-		if string(g.ID) != w.listID || g.ErrorCode != 0 || len(msgs) != 1 {
+		if !bytes.Equal(g.ID, w.listID) || g.ErrorCode != 0 || len(msgs) != 1 {
 			continue
 		}
-		filtered, tools, removed, err := mcp.FilterTools(b, w.keep)
-		if err != nil {
-			continue
-		}
-		w.x.noteTools(tools)
-		if len(removed) > 0 {
+		if filtered, removed := w.list(b, w.keep); len(removed) > 0 {
 			out = filtered
 			w.x.Record.MCPHidden = removed
 		}
@@ -265,27 +464,45 @@ func (w *mcpWatch) message(b []byte) []byte {
 	return out
 }
 
-// noteTools compares each tool with its first sight by this workload on
-// this server and emits a record for each that changed.
+// noteTools compares each tool with its acknowledged sight (the first,
+// or the last acknowledged) by this workload on this server and emits a
+// record for each newly seen change (mcpstate.Store.Observe).
 func (x *Exchange) noteTools(tools []mcp.Tool) {
 	p := x.f.p
-	for _, t := range tools {
-		k := x.Record.Host + "\x00" + x.Record.Workload.Name() + "\x00" + t.Name
-		old, seen := p.mcpTools.Get(k)
-		if seen && old == t.Hash {
-			continue
-		}
-		p.mcpTools.Add(k, t.Hash)
-		if !seen {
-			continue
-		}
+	now := time.Now()
+	seen, err := p.mcpTools.Observe(x.mcpServer(), x.Workload().Name(), tools, now)
+	if last := p.mcpStateWarned.Load(); err != nil && now.Unix()-last >= 60 && p.mcpStateWarned.CompareAndSwap(last, now.Unix()) {
+		p.log.Warn("keep mcp tools (warned at most once a minute)", audit.KeyError, err)
+	}
+	for _, c := range seen {
 		rec := x.f.record(audit.KindMCPToolChanged, time.Now())
 		rec.Host, rec.Method, rec.Path, rec.Proto = x.Record.Host, x.Req.Method, x.Record.Path, x.Req.Proto
-		rec.Reason, rec.MCPMethod, rec.MCPTool, rec.MCPSession = audit.ReasonMCPToolChanged, "tools/list", t.Name, x.Record.MCPSession
-		rec.Error = "the tool's description or input schema differs from the first tools/list that listed it"
+		rec.Reason, rec.MCPMethod, rec.MCPTool, rec.MCPSession = audit.ReasonMCPToolChanged, "tools/list", c.Tool, x.Record.MCPSession
+		rec.MCPToolHash, rec.MCPToolPrevHash, rec.MCPToolFields = c.NewHash, c.OldHash, c.Fields
+		rec.Error = "the tool's description or input schema differs from the tools/list that first listed it (or its last acknowledgement)"
 		rec.Duration = 0
 		p.emit(rec)
 	}
+}
+
+// mcpServer names the MCP server x talks to, scheme://host[:port]/path:
+// the path of the stream of its HTTP+SSE session, else its own.
+func (x *Exchange) mcpServer() string {
+	if x.mcp != nil && x.mcp.session != nil {
+		return x.mcp.session.server
+	}
+	scheme, def := "http", uint16(80)
+	if x.t != nil && x.t.useTLS {
+		scheme, def = "https", 443
+	}
+	host := x.Record.Host
+	if strings.IndexByte(host, ':') >= 0 {
+		host = "[" + host + "]"
+	}
+	if port := x.Record.Port; port != 0 && port != def {
+		host += ":" + strconv.Itoa(int(port))
+	}
+	return scheme + "://" + host + x.Req.URL.EscapedPath()
 }
 
 // sseBody watches an SSE response. Without rewriting, every read goes
@@ -310,11 +527,7 @@ type sseBody struct {
 func (b *sseBody) Read(p []byte) (int, error) {
 	if !b.rewrite {
 		n, err := b.ReadCloser.Read(p)
-		b.p.Feed(p[:n], func(e *mcp.Event) {
-			if e.Data != nil {
-				b.w.message(e.Data)
-			}
-		})
+		b.p.Feed(p[:n], func(e *mcp.Event) { b.w.event(e) })
 		return n, err
 	}
 	for len(b.out) == 0 && b.err == nil {
@@ -329,8 +542,8 @@ func (b *sseBody) Read(p []byte) (int, error) {
 			ev := b.hold[start : start+held]
 			start += held
 			var rw []byte
-			if e.Data != nil && b.flushed == 0 {
-				rw = b.w.message(e.Data)
+			if b.flushed == 0 {
+				rw = b.w.event(e)
 			}
 			b.flushed = 0
 			if rw == nil {
@@ -359,6 +572,12 @@ func (b *sseBody) Read(p []byte) (int, error) {
 		return n, b.err
 	}
 	return n, nil
+}
+
+// Close ends the stream's HTTP+SSE session, if any, and closes the body.
+func (b *sseBody) Close() error {
+	b.w.closed()
+	return b.ReadCloser.Close()
 }
 
 // jsonBody watches a JSON response: it keeps up to max bytes and reads

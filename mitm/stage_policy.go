@@ -26,7 +26,7 @@ func (policyStage) Request(x *Exchange) *Answer {
 		ContentLength: r.ContentLength,
 	}
 	var d policy.Decision
-	if x.mcp == nil {
+	if x.mcp == nil || x.mcp.stream {
 		d = x.f.p.decider().Request(r.Context(), req)
 	} else {
 		// An MCP request is asked about once per message of a batch;

@@ -209,7 +209,7 @@ func listenAdmin(listen string, log *slog.Logger) ([]net.Listener, error) {
 func (n *Node) serveAdmin(lns []net.Listener, ready func() error) {
 	actx, stop := context.WithCancel(context.Background())
 	n.stop, n.done, n.adminAddr = stop, make(chan struct{}), lns[0].Addr()
-	srv := admin.New(admin.Options{Registry: n.Metrics.Registry(), Ready: ready, Flows: n.Flows, Log: n.log})
+	srv := admin.New(admin.Options{Registry: n.Metrics.Registry(), Ready: ready, Flows: n.Flows, MCP: n.Proxy.MCPTools(), Log: n.log})
 	errs := make([]error, len(lns))
 	var wg sync.WaitGroup
 	for i, ln := range lns {

@@ -67,6 +67,7 @@ type Engine struct {
 	log          *slog.Logger
 	hideDenied   bool   // mcp.hideDenied
 	tokenAud     string // mcp.tokenAudience, never ""
+	onToolChange string // mcp.onToolChange, never ""
 	upstreams    []upstreams.Spec
 	res          resolution
 }
@@ -149,6 +150,9 @@ func New(p *Policy, o Options) (*Engine, error) {
 	}
 	e.log = e.log.With(audit.KeyComponent, audit.ComponentPolicy)
 	e.hideDenied = p.MCP.HideDenied == nil || *p.MCP.HideDenied
+	if e.onToolChange = p.MCP.OnToolChange; e.onToolChange == "" {
+		e.onToolChange = ToolChangeOff
+	}
 	if e.tokenAud = p.MCP.TokenAudience; e.tokenAud == "" {
 		e.tokenAud = TokenAudienceAudit
 	}

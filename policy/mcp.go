@@ -84,6 +84,55 @@ func (e *Engine) TokenAudience(_ context.Context, _ *Request, _ []string) (Decis
 	return d, true
 }
 
+// Values of mcp.onToolChange.
+const (
+	ToolChangeOff     = "off"
+	ToolChangeAudit   = "audit"
+	ToolChangeEnforce = "enforce"
+)
+
+// RuleToolChange is the rule of a decision on a call of a changed,
+// unacknowledged tool (mcp.onToolChange).
+const RuleToolChange = "tool-change"
+
+// ToolChangeChecker is implemented by a Decider that judges calls of
+// tools whose description or schema changed since they were
+// acknowledged (rug pulls). *Engine implements it.
+type ToolChangeChecker interface {
+	// ToolChanged is the decision on any tools/call of a tool that
+	// changed and was not acknowledged: ok is false when
+	// mcp.onToolChange is off; else the decision is a deny (enforce) or
+	// an allow with WouldDeny set (audit), of rule RuleToolChange and
+	// reason audit.ReasonMCPToolUnacknowledged. It consumes nothing and
+	// is cheap: the proxy asks it before looking the tool up.
+	ToolChanged(ctx context.Context) (d Decision, ok bool)
+	// HidesChangedTools reports whether tools/list answers leave out the
+	// changed, unacknowledged tools: mcp.onToolChange is enforce and
+	// mcp.hideDenied is not false.
+	HidesChangedTools() bool
+}
+
+var _ ToolChangeChecker = (*Engine)(nil)
+
+// ToolChanged implements ToolChangeChecker.
+func (e *Engine) ToolChanged(_ context.Context) (Decision, bool) {
+	d := Decision{Rule: RuleToolChange, Reason: audit.ReasonMCPToolUnacknowledged}
+	switch e.onToolChange {
+	case ToolChangeEnforce:
+		d.Verdict = Deny
+	case ToolChangeAudit:
+		d.WouldDeny = true
+	default:
+		return d, false
+	}
+	return d, true
+}
+
+// HidesChangedTools implements ToolChangeChecker.
+func (e *Engine) HidesChangedTools() bool {
+	return e.hideDenied && e.onToolChange == ToolChangeEnforce
+}
+
 // mcpSel is a compiled MCPMatch.
 type mcpSel struct {
 	methods, tools, resources, prompts []string

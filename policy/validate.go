@@ -34,6 +34,11 @@ func (d *decoder) validate(p *Policy) {
 		d.add("tls.onUntrustedClient", p.TLS.OnUntrustedClient, "use intercept (the default) or passthrough")
 	}
 	d.checkMode("ssrf.mode", p.SSRF.Mode)
+	switch p.MCP.OnToolChange {
+	case "", ToolChangeOff, ToolChangeAudit, ToolChangeEnforce:
+	default:
+		d.add("mcp.onToolChange", p.MCP.OnToolChange, "use off, audit or enforce")
+	}
 	switch p.MCP.TokenAudience {
 	case "", TokenAudienceOff, TokenAudienceAudit, TokenAudienceEnforce:
 	default:

@@ -167,10 +167,38 @@ func writeFlowsTable(w io.Writer, s flows.Snapshot) {
 		}
 	}
 	tw.Flush()
+	writeMCPFlows(w, s)
 	writeDirect(w, s)
 	writeUntrusted(w, s)
 	if s.Evicted > 0 {
 		fmt.Fprintf(w, "(%d older processes evicted from the agent's table)\n", s.Evicted)
+	}
+}
+
+// writeMCPFlows prints the MCP tools each process called, per server:
+// calls, denials (DENIED by Sluice, WOULD_DENY in audit mode) and
+// JSON-RPC errors.
+func writeMCPFlows(w io.Writer, s flows.Snapshot) {
+	var tw *tabwriter.Writer
+	for _, r := range s.Rows {
+		for _, d := range r.Destinations {
+			for _, t := range d.MCPTools {
+				if tw == nil {
+					fmt.Fprintln(w, "\nMCP TOOLS")
+					tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+					fmt.Fprintln(tw, "PROCESS\tWORKLOAD\tSERVER\tTOOL\tCALLS\tDENIED\tWOULD_DENY\tERRORS")
+				}
+				proc := r.Comm
+				if proc == "" {
+					proc = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", shorten(proc, 16), shorten(r.Workload, 40), shorten(d.Name(), 48),
+					t.Name, t.Calls, t.Denied, t.WouldDeny, t.Errors)
+			}
+		}
+	}
+	if tw != nil {
+		tw.Flush()
 	}
 }
 

@@ -175,3 +175,41 @@ func TestFlowsTableUntrusted(t *testing.T) {
 		t.Errorf("table lacks %q:\n%s", want, out.String())
 	}
 }
+
+// The MCP tools a process called show under the table, per server.
+func TestFlowsMCPTools(t *testing.T) {
+	tb := flows.New(flows.Options{})
+	id := workload.Identity{PID: 77, Comm: "node", Cgroup: "/agent.scope"}
+	for _, r := range []struct {
+		tool, decision string
+		code           int
+	}{{"echo", "allow", 0}, {"echo", "allow", -32602}, {"rm", "deny", -32003}, {"rm", "would_deny", 0}} {
+		tb.Record(&audit.Record{Kind: audit.KindHTTP, Workload: id, Host: "mcp.test", Decision: r.decision, MCPMethod: "tools/call", MCPTool: r.tool, MCPErrorCode: r.code})
+	}
+	tb.Record(&audit.Record{Kind: audit.KindHTTP, Workload: id, Host: "mcp.test", Decision: "allow", MCPMethod: "tools/list"})
+	srv := httptest.NewServer(admin.New(admin.Options{Flows: tb}).Handler())
+	defer srv.Close()
+	var out, errb bytes.Buffer
+	if code := dispatch(context.Background(), []string{"flows", "--agent", srv.URL}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d, stderr %s", code, errb.String())
+	}
+	got := out.String()
+	_, section, ok := strings.Cut(got, "\nMCP TOOLS\n")
+	if !ok {
+		t.Fatalf("no MCP TOOLS section:\n%s", got)
+	}
+	lines := strings.Split(strings.TrimRight(section, "\n"), "\n")
+	want := []string{
+		"PROCESS WORKLOAD SERVER TOOL CALLS DENIED WOULD_DENY ERRORS",
+		"node /agent.scope mcp.test echo 2 0 0 1",
+		"node /agent.scope mcp.test rm 2 1 1 1",
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("MCP TOOLS section:\n%s", section)
+	}
+	for i, l := range lines {
+		if f := strings.Join(strings.Fields(l), " "); f != want[i] {
+			t.Errorf("line %d: %q, want %q", i, f, want[i])
+		}
+	}
+}
