@@ -19,6 +19,7 @@ require (
 	golang.org/x/sys v0.49.0
 	google.golang.org/grpc v1.85.0
 	gopkg.in/yaml.v3 v3.0.1
+	k8s.io/cri-api v0.37.2
 	software.sslmate.com/src/go-pkcs12 v0.7.4
 )
 

@@ -139,6 +139,8 @@ type Event struct {
 	// Host is the name of agent.bypassHosts the destination was learned
 	// for (reason bypass_host); empty otherwise.
 	Host string
+	// meta enriches Identity (Options.Metadata); nil without it.
+	meta Metadata
 }
 
 // Options are the agent's optional collaborators.
@@ -165,6 +167,11 @@ type Options struct {
 	// (DNS nil), at start and every minute. Nil: the node's resolvers
 	// (/etc/resolv.conf), over sockets with the agent's mark.
 	Resolver *net.Resolver
+	// Metadata names the containers and pods behind cgroups: every
+	// identity the agent builds is enriched from it, and agent.select
+	// selects by it (required with agent.select). Nil: identities carry
+	// what the cgroup path says only.
+	Metadata Metadata
 	// Force starts the agent even when another live agent process holds
 	// its intercept address or pin directory (Start otherwise returns a
 	// *HeldError naming that process): `sluice agent --force`.
