@@ -255,31 +255,41 @@ func (c *Cache) Container(ctx context.Context, id string) (Info, bool) {
 }
 
 // Pod returns what is known about the pod with uid, asking the sources
-// when the cache does not know it; ok is false when nobody knows it.
+// when the cache does not know it or not its labels (a container's
+// kubelet labels name a pod, not its labels); ok is false when nobody
+// knows it.
 func (c *Cache) Pod(ctx context.Context, uid string) (Pod, bool) {
-	if p, ok := c.pods.Get(uid); ok {
+	p, ok := c.pods.Get(uid)
+	if ok && p.Labels != nil {
 		return p, true
 	}
 	key := "pod:" + uid
 	if len(c.sources) == 0 || c.missed(key) {
-		return Pod{}, false
+		return p, ok
 	}
 	v, _, _ := c.flight.Do(key, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.LookupTimeout)
 		defer cancel()
 		for _, s := range c.sources {
-			p, err := s.Pod(ctx, uid)
+			found, err := s.Pod(ctx, uid)
+			if err == nil && found.Labels != nil {
+				c.mergePod(found)
+				found, _ = c.pods.Peek(uid)
+				return found, nil
+			}
 			if err == nil {
-				c.mergePod(p)
-				p, _ = c.pods.Peek(uid)
-				return p, nil
+				c.mergePod(found)
 			}
 		}
 		c.misses.Add(key, c.o.Now())
-		return nil, nil
+		found, ok := c.pods.Peek(uid)
+		if !ok {
+			return nil, nil
+		}
+		return found, nil
 	})
-	p, ok := v.(Pod)
-	return p, ok
+	got, ok := v.(Pod)
+	return got, ok
 }
 
 func (c *Cache) missed(key string) bool {
