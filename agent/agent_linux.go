@@ -39,11 +39,11 @@ type Agent struct {
 	// sels are agent.select: containers and pods by runtime metadata
 	// (Options.Metadata).
 	sels []workload.Selector
-	objs  bpf.SluiceObjects
-	ia    *interceptAddrs
-	aw    *addrWatch // keeps ia in place; nil until Start has placed it
-	hold  *holder    // this process's record as holder of cfg's state
-	lns   []net.Listener
+	objs bpf.SluiceObjects
+	ia   *interceptAddrs
+	aw   *addrWatch // keeps ia in place; nil until Start has placed it
+	hold *holder    // this process's record as holder of cfg's state
+	lns  []net.Listener
 	// dnsSrvs serve Options.DNS on agent.dnsPort (none without it).
 	dnsSrvs []*dns.Server
 	rb      *ringbuf.Reader

@@ -96,4 +96,3 @@ func TestKubeForbidden(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 }
-
