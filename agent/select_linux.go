@@ -80,9 +80,11 @@ func (a *Agent) consider(rel string, id uint64, late bool) error {
 	if byMeta {
 		if _, done := a.roots[rel]; !done && !a.underRootLocked(rel) {
 			attrs := []any{audit.KeyCgroup, rel, audit.KeyWorkload, who.Name(), audit.KeyContainer, who.Container, audit.KeyImage, who.Image, audit.KeyNamespace, who.Namespace, audit.KeyPod, who.Pod}
-			if late {
+			if late && who.ContainerID != "" {
 				// Its metadata came after its cgroup: what it did
-				// meanwhile was not intercepted (see agent/doc.go).
+				// meanwhile was not intercepted (see agent/doc.go). A
+				// pod's cgroup holds no process of its own: its
+				// containers come later, in cgroups below it.
 				a.log.Warn("intercepting a container selected by agent.select after its cgroup appeared; its earlier connects went direct", attrs...)
 			} else {
 				a.log.Info("intercepting a container selected by agent.select", attrs...)
