@@ -359,9 +359,9 @@ type Talker struct {
 	Container string `json:"container,omitempty"`
 	Image     string `json:"image,omitempty"`
 
-	Requests int64  `json:"requests"`
-	BytesIn  int64  `json:"bytes_in"`
-	BytesOut int64  `json:"bytes_out"`
+	Requests int64 `json:"requests"`
+	BytesIn  int64 `json:"bytes_in"`
+	BytesOut int64 `json:"bytes_out"`
 }
 
 // Summary returns the counts, each list cut to the top n (n < 1: all).
