@@ -100,7 +100,7 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	}
 	sels := compileSelect(cfg.Select)
 	if len(sels) > 0 && opts.Metadata == nil {
-		return nil, errors.New("start agent: agent.select needs container metadata, and agent.runtime names no runtime")
+		return nil, errors.New("start agent: agent.select needs container metadata, and no container runtime was found: set agent.runtime.docker or agent.runtime.cri to the runtime's socket")
 	}
 	settings, ports, err := compileSettings(cfg)
 	if err != nil {

@@ -165,7 +165,11 @@ func (c *Cache) runSource(ctx context.Context, s Source) {
 
 // PutContainer adds or replaces a container, and its pod's name and
 // namespace where the container names them.
-func (c *Cache) PutContainer(in Info) {
+func (c *Cache) PutContainer(in Info) { c.putContainer(in, true) }
+
+// putContainer is PutContainer; notify false leaves OnChange out (a
+// lookup on a miss: the caller is about to use what it found).
+func (c *Cache) putContainer(in Info, notify bool) {
 	in = fromKubeletLabels(in)
 	if old, ok := c.containers.Peek(in.ID); ok && sameInfo(old, in) {
 		return
@@ -175,7 +179,9 @@ func (c *Cache) PutContainer(in Info) {
 	if in.PodUID != "" {
 		c.mergePod(Pod{UID: in.PodUID, Name: in.Pod, Namespace: in.Namespace})
 	}
-	c.changed(in.ID, "")
+	if notify {
+		c.changed(in.ID, "")
+	}
 }
 
 // PutPod adds a pod or merges what is new about it: a field left empty
@@ -239,7 +245,7 @@ func (c *Cache) Container(ctx context.Context, id string) (Info, bool) {
 		for _, s := range c.sources {
 			in, err := s.Container(ctx, id)
 			if err == nil {
-				c.PutContainer(in)
+				c.putContainer(in, false)
 				in, _ = c.containers.Peek(id)
 				return in, nil
 			}
