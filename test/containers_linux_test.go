@@ -176,6 +176,27 @@ func TestContainersByRuntimeMetadata(t *testing.T) {
 		t.Errorf("record of the pod's container: %v", rec)
 	}
 
+	// logs summarize names them too.
+	sum, err := exec.Command(sluiceBin, "logs", "summarize", "--json", auditLog).Output()
+	if err != nil {
+		t.Fatalf("sluice logs summarize: %v", err)
+	}
+	var summary struct {
+		TopWorkloads struct {
+			Rows []struct{ Name, Namespace, Pod, Container, Image string }
+		} `json:"top_workloads"`
+	}
+	if err := json.Unmarshal(sum, &summary); err != nil {
+		t.Fatalf("summary: %v\n%s", err, sum)
+	}
+	found := map[string]string{}
+	for _, r := range summary.TopWorkloads.Rows {
+		found[r.Name] = r.Namespace + "|" + r.Pod + "|" + r.Container + "|" + r.Image
+	}
+	if found["container:"+name] != "||"+name+"|"+e.image || found["e2e-shop/shop-0"] != "e2e-shop|shop-0|app|"+e.image {
+		t.Errorf("logs summarize top workloads: %v\n%s", found, sum)
+	}
+
 	// Selected by nothing: direct, from its own address, no record.
 	_, out = e.curl(fmt.Sprintf("sluice-e2e-plain-%d", os.Getpid()), map[string]string{"team": "blue"}, "/plain")
 	if strings.Contains(out, "peer "+e.gateway.String()+" ") || !strings.HasSuffix(out, "\n200\n") {
