@@ -39,7 +39,6 @@ func init() {
 // address pool inside 198.18.0.0/15, with a peer server container on it;
 // every container and the network are removed by id at the end.
 type dockerEnv struct {
-	t       *testing.T
 	bin     string
 	image   string
 	network string
@@ -50,7 +49,7 @@ type dockerEnv struct {
 func newDockerEnv(t *testing.T) *dockerEnv {
 	t.Helper()
 	RequireE2E(t)
-	e := &dockerEnv{t: t, bin: requireDocker(t)}
+	e := &dockerEnv{bin: requireDocker(t)}
 	e.image = rootfsImage(t, e.bin)
 	e.network = strings.TrimSpace(docker(t, e.bin, "network", "create", fmt.Sprintf("sluice-e2e-%d", os.Getpid())))
 	t.Cleanup(func() { _ = exec.Command(e.bin, "network", "rm", e.network).Run() })
@@ -71,7 +70,7 @@ func newDockerEnv(t *testing.T) *dockerEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := e.run("-d", "-e", "SLUICE_E2E_PEER_SERVER=:80", "-v", self+":/peer-server:ro", "--entrypoint", "/peer-server", e.image)
+	id := e.run(t, "-d", "-e", "SLUICE_E2E_PEER_SERVER=:80", "-v", self+":/peer-server:ro", "--entrypoint", "/peer-server", e.image)
 	ip := strings.TrimSpace(docker(t, e.bin, "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", id))
 	e.server = netip.MustParseAddr(ip)
 	for i := 0; ; i++ {
@@ -89,29 +88,29 @@ func newDockerEnv(t *testing.T) *dockerEnv {
 }
 
 // run starts a container on the test's network (docker run args…) and
-// removes it by id at the end; it returns the id.
-func (e *dockerEnv) run(args ...string) string {
-	e.t.Helper()
-	id := strings.TrimSpace(docker(e.t, e.bin, append([]string{"run", "--network", e.network}, args...)...))
-	e.t.Cleanup(func() { _ = exec.Command(e.bin, "rm", "-f", id).Run() })
+// removes it by id at the end of t; it returns the id.
+func (e *dockerEnv) run(t *testing.T, args ...string) string {
+	t.Helper()
+	id := strings.TrimSpace(docker(t, e.bin, append([]string{"run", "--network", e.network}, args...)...))
+	t.Cleanup(func() { _ = exec.Command(e.bin, "rm", "-f", id).Run() })
 	return id
 }
 
 // curl runs curl in a new container with labels and name, asking the
 // peer server for path, and returns the container id and what curl
 // printed (the status code last).
-func (e *dockerEnv) curl(name string, labels map[string]string, path string) (id, out string) {
-	e.t.Helper()
+func (e *dockerEnv) curl(t *testing.T, name string, labels map[string]string, path string) (id, out string) {
+	t.Helper()
 	args := []string{"-d", "--name", name}
 	for k, v := range labels {
 		args = append(args, "--label", k+"="+v)
 	}
 	url := fmt.Sprintf("http://%s%s", e.server, path)
-	id = e.run(append(args, e.image, "curl", "-sS", "--max-time", "10", "-w", "%{http_code}\n", url)...)
-	if code := strings.TrimSpace(docker(e.t, e.bin, "wait", id)); code != "0" {
-		e.t.Fatalf("curl in %s exited %s:\n%s", name, code, docker(e.t, e.bin, "logs", id))
+	id = e.run(t, append(args, e.image, "curl", "-sS", "--max-time", "10", "-w", "%{http_code}\n", url)...)
+	if code := strings.TrimSpace(docker(t, e.bin, "wait", id)); code != "0" {
+		t.Fatalf("curl in %s exited %s:\n%s", name, code, docker(t, e.bin, "logs", id))
 	}
-	return id, docker(e.t, e.bin, "logs", id)
+	return id, docker(t, e.bin, "logs", id)
 }
 
 // A Docker container is selected by its label, intercepted from its
@@ -119,9 +118,16 @@ func (e *dockerEnv) curl(name string, labels map[string]string, path string) (id
 // it, its image and its labels; a container started with the labels the
 // kubelet sets is attributed to its pod and namespace, selected by
 // agent.select namespaces and matched by a policy workloads.namespaces
-// rule; a container nothing selects goes direct.
+// rule; a container nothing selects goes direct. In both attach modes:
+// hooks on the container's cgroup, or its id in the selection map.
 func TestContainersByRuntimeMetadata(t *testing.T) {
 	e := newDockerEnv(t)
+	for _, attach := range []string{"cgroup", "root"} {
+		t.Run(attach, func(t *testing.T) { testContainersByRuntimeMetadata(t, e, attach) })
+	}
+}
+
+func testContainersByRuntimeMetadata(t *testing.T, e *dockerEnv, attach string) {
 	dir := t.TempDir()
 	auditLog := filepath.Join(dir, "audit.jsonl")
 	cfg := config.Default()
@@ -129,6 +135,7 @@ func TestContainersByRuntimeMetadata(t *testing.T) {
 	cfg.Audit.File = auditLog
 	cfg.PolicyFile = filepath.Join(dir, "policy.yaml")
 	cfg.Agent = testAgentConfig()
+	cfg.Agent.Attach = attach
 	cfg.Agent.Select = []config.Select{{Labels: map[string]string{"sluice.e2e/intercept": "yes"}}, {Namespaces: []string{"e2e-shop*"}}}
 	cfg.Agent.Runtime = config.Runtime{Docker: "/var/run/docker.sock", CRI: "off", Kubernetes: "off", CacheSize: 1024}
 	policy := e2ePolicy + `  - name: shop-no-secret
@@ -150,8 +157,8 @@ func TestContainersByRuntimeMetadata(t *testing.T) {
 
 	// Selected by label: the request reaches the server from the host
 	// (the proxy), and the record names the container.
-	name := fmt.Sprintf("sluice-e2e-labelled-%d", os.Getpid())
-	id, out := e.curl(name, map[string]string{"sluice.e2e/intercept": "yes", "team": "blue"}, "/labelled")
+	name := fmt.Sprintf("sluice-e2e-labelled-%s-%d", attach, os.Getpid())
+	id, out := e.curl(t, name, map[string]string{"sluice.e2e/intercept": "yes", "team": "blue"}, "/labelled")
 	if want := fmt.Sprintf("peer %s /labelled\n200\n", e.gateway); out != want {
 		t.Errorf("labelled container got %q, want %q (from the host: intercepted)\nagent log:\n%s", out, want, ag.Logs)
 	}
@@ -167,7 +174,7 @@ func TestContainersByRuntimeMetadata(t *testing.T) {
 		"io.kubernetes.pod.name": "shop-0", "io.kubernetes.pod.namespace": "e2e-shop",
 		"io.kubernetes.pod.uid": "5f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b", "io.kubernetes.container.name": "app",
 	}
-	_, out = e.curl(fmt.Sprintf("k8s_app_shop-0_e2e-shop_%d", os.Getpid()), kubelet, "/secret")
+	_, out = e.curl(t, fmt.Sprintf("k8s_app_shop-0_e2e-shop_%s_%d", attach, os.Getpid()), kubelet, "/secret")
 	if !strings.HasSuffix(out, "\n403\n") || !strings.Contains(out, "shop-no-secret") {
 		t.Errorf("pod container asking /secret got %q, want 403 from rule shop-no-secret\nagent log:\n%s", out, ag.Logs)
 	}
@@ -198,7 +205,7 @@ func TestContainersByRuntimeMetadata(t *testing.T) {
 	}
 
 	// Selected by nothing: direct, from its own address, no record.
-	_, out = e.curl(fmt.Sprintf("sluice-e2e-plain-%d", os.Getpid()), map[string]string{"team": "blue"}, "/plain")
+	_, out = e.curl(t, fmt.Sprintf("sluice-e2e-plain-%s-%d", attach, os.Getpid()), map[string]string{"team": "blue"}, "/plain")
 	if strings.Contains(out, "peer "+e.gateway.String()+" ") || !strings.HasSuffix(out, "\n200\n") {
 		t.Errorf("unselected container got %q: want the server to see the container's own address", out)
 	}
