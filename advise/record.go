@@ -139,6 +139,9 @@ func ParseLine(line []byte) (Obs, error) {
 	get(audit.KeyPodUID, &w.PodUID)
 	get(audit.KeyNamespace, &w.Namespace)
 	get(audit.KeyPod, &w.Pod)
+	get(audit.KeyContainer, &w.Container)
+	get(audit.KeyImage, &w.Image)
+	get(audit.KeyLabels, &w.Labels)
 	get(audit.KeyWorkload, &o.Name)
 	if o.Name == "" {
 		o.Name = w.Name()

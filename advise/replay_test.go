@@ -80,3 +80,16 @@ func TestDiff(t *testing.T) {
 		t.Logf("\n%s", out)
 	}
 }
+
+// A record's container, image and labels reach the replayed identity, so
+// rules by workloads.containers, images and labels match in a replay.
+func TestParseLineRuntimeMetadata(t *testing.T) {
+	o, err := ParseLine([]byte(`{"msg":"audit","kind":"http","container":"api","image":"python:3.12","labels":{"app":"web"},"namespace":"shop","pod":"web-0","host":"h.example","port":443}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := o.Workload
+	if w.Container != "api" || w.Image != "python:3.12" || w.Labels["app"] != "web" || w.Namespace != "shop" || w.Pod != "web-0" {
+		t.Fatalf("workload %+v", w)
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/sluicehq/sluice/bpf"
 	"github.com/sluicehq/sluice/cgroup2"
 	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/workload"
 )
 
 // Agent is a running node agent. Its methods are safe for concurrent use.
@@ -35,11 +36,14 @@ type Agent struct {
 	opts  Options
 	mount string
 	globs []cgroup2.Glob
-	objs  bpf.SluiceObjects
-	ia    *interceptAddrs
-	aw    *addrWatch // keeps ia in place; nil until Start has placed it
-	hold  *holder    // this process's record as holder of cfg's state
-	lns   []net.Listener
+	// sels are agent.select: containers and pods by runtime metadata
+	// (Options.Metadata).
+	sels []workload.Selector
+	objs bpf.SluiceObjects
+	ia   *interceptAddrs
+	aw   *addrWatch // keeps ia in place; nil until Start has placed it
+	hold *holder    // this process's record as holder of cfg's state
+	lns  []net.Listener
 	// dnsSrvs serve Options.DNS on agent.dnsPort (none without it).
 	dnsSrvs []*dns.Server
 	rb      *ringbuf.Reader
@@ -94,6 +98,10 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	if err != nil {
 		return nil, err
 	}
+	sels := compileSelect(cfg.Select)
+	if len(sels) > 0 && opts.Metadata == nil {
+		return nil, errors.New("start agent: agent.select needs container metadata, and no container runtime was found: set agent.runtime.docker or agent.runtime.cri to the runtime's socket")
+	}
 	settings, ports, err := compileSettings(cfg)
 	if err != nil {
 		return nil, err
@@ -107,7 +115,7 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 		return nil, errors.New("start agent: nil handler")
 	}
 	a := &Agent{
-		cfg: cfg, log: log, h: h, opts: opts, mount: mount, globs: globs,
+		cfg: cfg, log: log, h: h, opts: opts, mount: mount, globs: globs, sels: sels,
 		names:    newCgroupNames(mount),
 		attached: map[uint64]*attachment{},
 		roots:    map[string]uint64{},
@@ -175,7 +183,10 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 			return nil, err
 		}
 	}
-	if len(globs) > 0 || cfg.Attach == "root" {
+	if len(sels) > 0 {
+		opts.Metadata.OnChange(a.onMetaChange)
+	}
+	if len(globs) > 0 || len(sels) > 0 || cfg.Attach == "root" {
 		if a.watch, err = newWatcher(mount, a.onNewCgroup, a.onGoneCgroup, log); err != nil {
 			return nil, err
 		}
@@ -183,7 +194,7 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	var serr []error
 	walkCgroups(mount, mount, func(rel string, id uint64) {
 		a.names.add(id, rel)
-		if err := a.consider(rel, id); err != nil {
+		if err := a.consider(rel, id, false); err != nil {
 			serr = append(serr, err)
 		}
 	})

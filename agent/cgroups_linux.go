@@ -77,6 +77,19 @@ func (c *cgroupNames) forget(rel string) {
 	}
 }
 
+// each calls fn for every cgroup known, on a copy (fn may call back).
+func (c *cgroupNames) each(fn func(id uint64, rel string)) {
+	c.mu.Lock()
+	m := make(map[uint64]string, len(c.byID))
+	for id, rel := range c.byID {
+		m[id] = rel
+	}
+	c.mu.Unlock()
+	for id, rel := range m {
+		fn(id, rel)
+	}
+}
+
 func (c *cgroupNames) lookup(id uint64, pid int) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -89,6 +89,9 @@ func (a *Agent) describe(o bpf.SluiceOrigin, peer netip.AddrPort) (workload.Dest
 	dst := workload.Destination{Addr: netip.AddrPortFrom(addr, o.Port), Port: o.Port}
 	pid := int(o.Pid)
 	id := processIdentity(pid, o.Uid, cString(o.Comm[:]), a.names.lookup(o.CgroupId, pid))
+	if a.opts.Metadata != nil {
+		a.opts.Metadata.Enrich(a.ctx, &id)
+	}
 	id.Client = netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())
 	return dst, id
 }

@@ -17,6 +17,42 @@
 //     descendants of a selected cgroup). This scales to a node with many
 //     cgroups.
 //
+// Selection by runtime metadata (config.Agent.Select, Options.Metadata):
+// a cgroup whose path names a container (docker-<id>.scope, /docker/<id>,
+// cri-containerd-<id>.scope, …) or a pod (kubepods-…-pod<uid>.slice) is
+// selected when an agent.select entry matches what the container runtime
+// says about it: namespace, labels, container name, image. A pod's cgroup
+// is matched by entries that name no container fields, so its containers
+// inherit the selection; container names and images select the
+// containers' own cgroups. The agent decides when it sees the cgroup
+// appear (the inotify watch, with a bounded lookup in the runtime when the
+// cache does not know it yet) and again whenever the runtime reports a
+// container or pod (Metadata.OnChange), so metadata that comes late still
+// selects; such a late container is logged at Warn.
+//
+// In time for the first connect. Docker reports a container (its create
+// event, then an inspect) before runc makes its cgroup; the kubelet's
+// pods are known from the CRI's sandbox (created before any app
+// container) and from the Kubernetes API (from scheduling on). So the
+// metadata is normally cached when the cgroup appears, and the hooks are
+// attached (or the id is in the selection map) in the pass that sees the
+// mkdir, while the runtime is still setting the container up; the
+// end-to-end test checks that a container that connects as it starts is
+// intercepted. The window: the inotify watch is asynchronous, so a
+// container whose runtime starts its process before the agent has read
+// the mkdir (a loaded node), or whose metadata arrives only after its
+// process started (the runtime's socket slow or reconnecting, a lookup
+// past its 500ms bound), makes its first connects direct, until it is
+// selected. While the agent is down nothing new is selected, whatever the
+// failMode: "closed" keeps the hooks of cgroups already selected (their
+// connects fail instead of bypassing) but cannot select a container it
+// has not seen; the next agent selects it at start. Where that window
+// matters, select by cgroup glob an ancestor the kernel makes children
+// inherit from (agent.cgroups, attach "cgroup", e.g. "/kubepods.slice/**"
+// with failMode closed) and tell the workloads apart in the policy with
+// workloads.namespaces/labels/containers/images. Selection is kept for a
+// cgroup's life: a pod whose labels stop matching stays selected.
+//
 // Failure modes. failMode "closed" pins the links and maps under
 // config.Agent.BPFFS, and leaves the intercept address in place when the
 // agent exits, so redirection survives the agent and connects fail
@@ -139,6 +175,8 @@ type Event struct {
 	// Host is the name of agent.bypassHosts the destination was learned
 	// for (reason bypass_host); empty otherwise.
 	Host string
+	// meta enriches Identity (Options.Metadata); nil without it.
+	meta Metadata
 }
 
 // Options are the agent's optional collaborators.
@@ -165,6 +203,11 @@ type Options struct {
 	// (DNS nil), at start and every minute. Nil: the node's resolvers
 	// (/etc/resolv.conf), over sockets with the agent's mark.
 	Resolver *net.Resolver
+	// Metadata names the containers and pods behind cgroups: every
+	// identity the agent builds is enriched from it, and agent.select
+	// selects by it (required with agent.select). Nil: identities carry
+	// what the cgroup path says only.
+	Metadata Metadata
 	// Force starts the agent even when another live agent process holds
 	// its intercept address or pin directory (Start otherwise returns a
 	// *HeldError naming that process): `sluice agent --force`.

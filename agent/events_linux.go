@@ -99,6 +99,7 @@ func (a *Agent) event(e bpf.SluiceEvent) Event {
 		Protocol: e.Protocol, PID: int(e.Pid), UID: e.Uid, Comm: cString(e.Comm[:]),
 		CgroupID: e.CgroupId, Cgroup: a.names.lookup(e.CgroupId, int(e.Pid)),
 		NetnsCookie: e.NetnsCookie, Cookie: e.Cookie,
+		meta: a.opts.Metadata,
 	}
 }
 

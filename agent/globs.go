@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/sluicehq/sluice/cgroup2"
+	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/workload"
 )
 
 // compileGlobs compiles agent.cgroups, reporting every bad pattern at once.
@@ -30,4 +32,13 @@ func matchesAny(globs []cgroup2.Glob, rel string) bool {
 		}
 	}
 	return false
+}
+
+// compileSelect turns agent.select (validated by config) into selectors.
+func compileSelect(sel []config.Select) []workload.Selector {
+	out := make([]workload.Selector, 0, len(sel))
+	for _, s := range sel {
+		out = append(out, workload.Selector{Namespaces: s.Namespaces, Labels: s.Labels, Containers: s.Containers, Images: s.Images})
+	}
+	return out
 }

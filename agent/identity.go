@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"os"
 	"strconv"
 
@@ -12,7 +13,23 @@ import (
 // executable /proc shows for the pid now, and the container and pod the
 // cgroup path names.
 func (e Event) Identity() workload.Identity {
-	return processIdentity(e.PID, e.UID, e.Comm, e.Cgroup)
+	id := processIdentity(e.PID, e.UID, e.Comm, e.Cgroup)
+	if e.meta != nil {
+		e.meta.Enrich(context.Background(), &id)
+	}
+	return id
+}
+
+// Metadata names the containers and pods behind cgroups from the
+// container runtimes (containers.Cache implements it).
+type Metadata interface {
+	// Enrich fills id's container name, image, pod, namespace and labels
+	// from its ContainerID and PodUID, where known. It may ask a runtime
+	// (bounded in time) when it does not know them yet.
+	Enrich(ctx context.Context, id *workload.Identity)
+	// OnChange registers fn, called after what is known about a
+	// container or a pod changed (one of its arguments is empty).
+	OnChange(fn func(containerID, podUID string))
 }
 
 // processIdentity builds the identity of process pid; the one place a

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/cgroup2"
+	"github.com/sluicehq/sluice/workload"
 )
 
 // SelectCgroup intercepts the cgroup at path (relative to the cgroup2
@@ -66,12 +68,29 @@ func (a *Agent) ReleaseCgroup(path string) error {
 }
 
 // consider is called for every cgroup found (startup walk, inotify), parents
-// before children.
-func (a *Agent) consider(rel string, id uint64) error {
+// before children, and for the cgroups of a container or pod whose
+// metadata changed (late: the cgroup was there before its metadata).
+func (a *Agent) consider(rel string, id uint64, late bool) error {
+	who, byMeta := a.selectedByMeta(rel) // may ask a runtime: not under a.mu
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
 		return nil
+	}
+	if byMeta {
+		if _, done := a.roots[rel]; !done && !a.underRootLocked(rel) {
+			attrs := []any{audit.KeyCgroup, rel, audit.KeyWorkload, who.Name(), audit.KeyContainer, who.Container, audit.KeyImage, who.Image, audit.KeyNamespace, who.Namespace, audit.KeyPod, who.Pod}
+			if late && who.ContainerID != "" {
+				// Its metadata came after its cgroup: what it did
+				// meanwhile was not intercepted (see agent/doc.go). A
+				// pod's cgroup holds no process of its own: its
+				// containers come later, in cgroups below it.
+				a.log.Warn("intercepting a container selected by agent.select after its cgroup appeared; its earlier connects went direct", attrs...)
+			} else {
+				a.log.Info("intercepting a container selected by agent.select", attrs...)
+			}
+		}
+		return a.selectRootLocked(rel, id)
 	}
 	if matchesAny(a.globs, rel) {
 		return a.selectRootLocked(rel, id)
@@ -171,7 +190,7 @@ func isUnder(p, anc string) bool {
 
 func (a *Agent) onNewCgroup(rel string, id uint64) {
 	a.names.add(id, rel)
-	if err := a.consider(rel, id); err != nil {
+	if err := a.consider(rel, id, false); err != nil {
 		a.log.Error("select new cgroup", audit.KeyCgroup, rel, audit.KeyError, err)
 	}
 }
@@ -193,4 +212,54 @@ func (a *Agent) onGoneCgroup(rel string) {
 		}
 	}
 	delete(a.roots, rel)
+}
+
+// selectedByMeta reports whether agent.select selects the cgroup at rel:
+// a container's cgroup (its id in the path) by any entry, a pod's cgroup
+// (a pod uid and no container id) by an entry that names no container
+// fields. who is the identity it was matched as.
+func (a *Agent) selectedByMeta(rel string) (who workload.Identity, ok bool) {
+	if len(a.sels) == 0 {
+		return who, false
+	}
+	who.ContainerID, who.PodUID = workload.ParseCgroupPath(rel)
+	if who.ContainerID == "" && who.PodUID == "" {
+		return who, false
+	}
+	a.opts.Metadata.Enrich(a.ctx, &who)
+	for _, s := range a.sels {
+		if who.ContainerID == "" && s.NeedsContainer() {
+			continue
+		}
+		if s.Match(&who) {
+			return who, true
+		}
+	}
+	return who, false
+}
+
+// onMetaChange re-selects the cgroups that name a container or pod whose
+// metadata changed (Options.Metadata.OnChange).
+func (a *Agent) onMetaChange(containerID, podUID string) {
+	if containerID == "" && podUID == "" {
+		return
+	}
+	type cg struct {
+		rel string
+		id  uint64
+	}
+	var found []cg
+	a.names.each(func(id uint64, rel string) {
+		c, p := workload.ParseCgroupPath(rel)
+		if (containerID != "" && c == containerID) || (podUID != "" && p == podUID) {
+			found = append(found, cg{rel, id})
+		}
+	})
+	// Parents first, as the walk and the watch do.
+	slices.SortFunc(found, func(x, y cg) int { return strings.Compare(x.rel, y.rel) })
+	for _, f := range found {
+		if err := a.consider(f.rel, f.id, true); err != nil {
+			a.log.Error("select cgroup", audit.KeyCgroup, f.rel, audit.KeyError, err)
+		}
+	}
 }

@@ -21,7 +21,10 @@ const (
 	KeyPodUID       = "pod_uid"
 	KeyNamespace    = "namespace"
 	KeyPod          = "pod"
-	KeyWorkload     = "workload" // workload.Identity.Name()
+	KeyContainer    = "container" // the container's name (runtime metadata)
+	KeyImage        = "image"     // the container's image (runtime metadata)
+	KeyLabels       = "labels"    // a group: the pod's labels over the container's
+	KeyWorkload     = "workload"  // workload.Identity.Name()
 	KeyHost         = "host"
 	KeyIP           = "ip"
 	KeyPort         = "port"
@@ -121,14 +124,19 @@ const (
 	KeyRestored      = "restored"
 	KeyRestorations  = "restorations"
 	KeyPatchOps      = "patch_ops" // the webhook: JSON Patch operations applied to a pod
+	KeyRuntime       = "runtime"   // a container metadata source: docker, cri, kubernetes
+	KeyRetryIn       = "retry_in"  // how long until a failed source is tried again
+	KeyAge           = "age"       // how long something existed before it was acted on
 )
 
 // Values of KeyComponent.
 const (
-	ComponentAdmin   = "admin"
-	ComponentAgent   = "agent"
-	ComponentMITM    = "mitm"
-	ComponentPolicy  = "policy"
-	ComponentRedis   = "redis"
-	ComponentWebhook = "webhook"
+	ComponentAdmin = "admin"
+	ComponentAgent = "agent"
+	// ComponentContainers: the container metadata cache (containers/).
+	ComponentContainers = "containers"
+	ComponentMITM       = "mitm"
+	ComponentPolicy     = "policy"
+	ComponentRedis      = "redis"
+	ComponentWebhook    = "webhook"
 )

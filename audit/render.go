@@ -27,6 +27,9 @@ const (
 	fPodUID
 	fNamespace
 	fPod
+	fContainer
+	fImage
+	fLabels
 	fWorkload
 	fHost
 	fIP
@@ -83,7 +86,7 @@ const (
 // auditFields are the fields of an audit log line, in order.
 var auditFields = [...]field{
 	fKind, fClient, fPID, fUID, fComm, fExe, fCgroup, fContainerID, fPodUID,
-	fNamespace, fPod, fWorkload, fHost, fIP, fPort, fSNI, fTLS, fALPN, fProto,
+	fNamespace, fPod, fContainer, fImage, fLabels, fWorkload, fHost, fIP, fPort, fSNI, fTLS, fALPN, fProto,
 	fMethod, fPath, fStatus, fSource, fBytesIn, fBytesOut, fDurationMS,
 	fUpstreamMS, fUpstreamAddr, fCache, fDecision, fRule, fReason, fError, fEnd,
 	fPolicyDecision, fPolicyRule, fPolicyReason, fGRPCStatus, fGRPCMessage,
@@ -139,6 +142,12 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return str(KeyNamespace, w.Namespace)
 	case fPod:
 		return str(KeyPod, w.Pod)
+	case fContainer:
+		return str(KeyContainer, w.Container)
+	case fImage:
+		return str(KeyImage, w.Image)
+	case fLabels:
+		return labelsAttr(w.Labels)
 	case fWorkload:
 		return slog.String(KeyWorkload, w.Name()), true
 	case fHost:
@@ -339,4 +348,27 @@ func LogDecision(ctx context.Context, log *slog.Logger, r *Record) {
 	}
 	var buf [MaxDecisionAttrs]slog.Attr
 	log.LogAttrs(ctx, level, MsgDecision, r.AppendDecisionAttrs(buf[:0])...)
+}
+
+// maxRecordLabels bounds the labels a record carries (an image's own
+// labels end up on its containers, and some images have many).
+const maxRecordLabels = 32
+
+// labelsAttr is the labels group of a record, sorted by key, at most
+// maxRecordLabels of them.
+func labelsAttr(labels map[string]string) (slog.Attr, bool) {
+	if len(labels) == 0 {
+		return slog.Attr{}, false
+	}
+	keys := make([]string, 0, len(labels))
+	for k := range labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	keys = keys[:min(len(keys), maxRecordLabels)]
+	la := make([]slog.Attr, len(keys))
+	for i, k := range keys {
+		la[i] = slog.String(k, labels[k])
+	}
+	return slog.Attr{Key: KeyLabels, Value: slog.GroupValue(la...)}, true
 }

@@ -23,6 +23,13 @@ type Agent struct {
 	// Cgroups are cgroup v2 path globs (relative to the cgroup2 mount)
 	// whose processes are intercepted, e.g. "/kubepods.slice/**".
 	Cgroups []string `yaml:"cgroups"`
+	// Select selects containers and pods by what the container runtime
+	// says about them (agent.runtime): a container or pod that one entry
+	// matches is intercepted, besides the cgroups of Cgroups.
+	Select []Select `yaml:"select"`
+	// Runtime says where the container runtimes are, whose metadata
+	// names workloads (records, policy) and feeds Select.
+	Runtime Runtime `yaml:"runtime"`
 	// DenyCIDRs are refused in the kernel (connect fails with EPERM).
 	DenyCIDRs []netip.Prefix `yaml:"denyCIDRs"`
 	// BypassCIDRs are never redirected: selected workloads reach them
@@ -61,6 +68,44 @@ type Agent struct {
 	RefuseQUIC bool `yaml:"refuseQUIC"`
 	// DNS configures the DNS server.
 	DNS DNS `yaml:"dns"`
+}
+
+// Select is one agent.select entry: globs ("*" any run of characters,
+// "?" one) ORed within a field, the fields ANDed; a field left out
+// matches everything, an entry must name at least one.
+type Select struct {
+	// Namespaces are Kubernetes namespaces.
+	Namespaces []string `yaml:"namespaces"`
+	// Labels must all be present with matching values: the pod's labels
+	// over the container's own (Docker or CRI labels).
+	Labels map[string]string `yaml:"labels"`
+	// Containers are container names: the Kubernetes container name in
+	// a pod, else the runtime's (Docker's) name.
+	Containers []string `yaml:"containers"`
+	// Images are images as the runtime names them, e.g.
+	// "docker.io/library/python:*" or "registry.example.com/team/*".
+	Images []string `yaml:"images"`
+}
+
+// Runtime configures where container metadata comes from. Each of Docker
+// and CRI is a unix socket path, "auto" (the usual path when a socket is
+// there) or "off".
+type Runtime struct {
+	// Docker: the Docker Engine API; auto: /var/run/docker.sock.
+	Docker string `yaml:"docker"`
+	// CRI: the kubelet's runtime; auto: /run/containerd/containerd.sock,
+	// else /run/crio/crio.sock.
+	CRI string `yaml:"cri"`
+	// Kubernetes: "auto" reads pod labels from the Kubernetes API (pods on
+	// this node, watched) when the agent runs in a cluster (service
+	// account token and KUBERNETES_SERVICE_HOST present), "off" never.
+	Kubernetes string `yaml:"kubernetes"`
+	// NodeName is this node's name for the Kubernetes API; empty: the
+	// NODE_NAME environment variable (the downward API), else the host
+	// name.
+	NodeName string `yaml:"nodeName"`
+	// CacheSize bounds the containers and, separately, the pods kept.
+	CacheSize int `yaml:"cacheSize"`
 }
 
 // DNS configures the agent's DNS server.
@@ -119,6 +164,7 @@ func DefaultAgent() Agent {
 		Attach:        "cgroup",
 		DNSPort:       15053,
 		RefuseQUIC:    true,
+		Runtime:       Runtime{Docker: "auto", CRI: "auto", Kubernetes: "auto", CacheSize: 16384},
 		DNS: DNS{DenyRcode: "nxdomain", CacheSize: 10000, NamesSize: 65536, Exfil: Exfil{
 			Mode: "audit", QueriesPerSecond: 50, MaxLabelLength: 52, MaxLabelEntropy: 4.0, EntropyMinLength: 24,
 			UniqueSubdomainsPerMinute: 100, TrackSize: 4096,
@@ -164,6 +210,46 @@ func (a Agent) validate() []error {
 	}
 	errs = append(errs, a.validateDNS()...)
 	errs = append(errs, a.validateBypassHosts()...)
+	errs = append(errs, a.validateSelect()...)
+	return errs
+}
+
+// validateSelect checks agent.select and agent.runtime.
+func (a Agent) validateSelect() []error {
+	var errs []error
+	for i, s := range a.Select {
+		at := fmt.Sprintf("agent.select[%d]", i)
+		if len(s.Namespaces)+len(s.Labels)+len(s.Containers)+len(s.Images) == 0 {
+			errs = append(errs, fmt.Errorf("%s: selects every container: name namespaces, labels, containers or images (or use agent.cgroups: [\"/**\"] on purpose)", at))
+		}
+		for _, f := range []struct {
+			name  string
+			globs []string
+		}{{"namespaces", s.Namespaces}, {"containers", s.Containers}, {"images", s.Images}} {
+			for j, g := range f.globs {
+				if strings.TrimSpace(g) == "" || strings.Trim(g, "*") == "" {
+					errs = append(errs, fmt.Errorf("%s.%s[%d] %q: matches everything: name one, e.g. \"team-*\", or leave the field out", at, f.name, j, g))
+				}
+			}
+		}
+		for k := range s.Labels {
+			if k == "" || strings.ContainsAny(k, " \t\n*?") {
+				errs = append(errs, fmt.Errorf("%s.labels %q: not a label key (no spaces or globs in keys), e.g. app.kubernetes.io/name", at, k))
+			}
+		}
+	}
+	r := a.Runtime
+	for _, f := range []struct{ name, v string }{{"docker", r.Docker}, {"cri", r.CRI}} {
+		if f.v != "auto" && f.v != "off" && !strings.HasPrefix(f.v, "/") {
+			errs = append(errs, fmt.Errorf("agent.runtime.%s %q: must be \"auto\", \"off\" or the socket's absolute path, e.g. /run/containerd/containerd.sock", f.name, f.v))
+		}
+	}
+	if r.Kubernetes != "auto" && r.Kubernetes != "off" {
+		errs = append(errs, fmt.Errorf("agent.runtime.kubernetes %q: must be \"auto\" or \"off\"", r.Kubernetes))
+	}
+	if r.CacheSize <= 0 {
+		errs = append(errs, fmt.Errorf("agent.runtime.cacheSize %d: must be positive, e.g. 16384", r.CacheSize))
+	}
 	return errs
 }
 

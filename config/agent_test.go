@@ -31,6 +31,18 @@ func TestAgentValidate(t *testing.T) {
 		{"v4 as v6", func(a *Agent) { a.InterceptIPv6 = netip.MustParseAddr("::ffff:1.2.3.4") }, []string{"agent.interceptIPv6"}},
 		{"v6 as v4", func(a *Agent) { a.InterceptIPv4 = netip.MustParseAddr("fdc5::1") }, []string{"agent.interceptIPv4"}},
 		{"no ports", func(a *Agent) { a.Ports = nil }, []string{"agent.ports []"}},
+		{"select", func(a *Agent) {
+			a.Select = []Select{{Namespaces: []string{"team-*"}}, {Labels: map[string]string{"app": "web"}, Images: []string{"python:*"}}}
+			a.Runtime.Docker = "/run/docker.sock"
+		}, nil},
+		{"select every problem", func(a *Agent) {
+			a.Select = []Select{{}, {Namespaces: []string{"*"}, Containers: []string{""}, Labels: map[string]string{"app*": "x"}}}
+			a.Runtime = Runtime{Docker: "docker.sock", CRI: "maybe", Kubernetes: "yes"}
+		}, []string{
+			"agent.select[0]: selects every container", `agent.select[1].namespaces[0] "*": matches everything`,
+			`agent.select[1].containers[0] "": matches everything`, `agent.select[1].labels "app*": not a label key`,
+			`agent.runtime.docker "docker.sock"`, `agent.runtime.cri "maybe"`, `agent.runtime.kubernetes "yes"`, "agent.runtime.cacheSize 0",
+		}},
 		{"exfil off", func(a *Agent) { a.DNS.Exfil = Exfil{Mode: "off", TrackSize: 1} }, nil},
 		{"exfil every problem", func(a *Agent) {
 			a.DNS.Exfil = Exfil{Mode: "block", QueriesPerSecond: -1, MaxLabelLength: 64, MaxLabelEntropy: 9, EntropyMinLength: -1, UniqueSubdomainsPerMinute: -1}

@@ -58,6 +58,8 @@ type Row struct {
 	Workload    string `json:"workload"`
 	Cgroup      string `json:"cgroup,omitempty"`
 	ContainerID string `json:"container_id,omitempty"`
+	Container   string `json:"container,omitempty"`
+	Image       string `json:"image,omitempty"`
 	Namespace   string `json:"namespace,omitempty"`
 	Pod         string `json:"pod,omitempty"`
 	Client      string `json:"client,omitempty"`
@@ -340,12 +342,14 @@ func (rw *row) merge(id workload.Identity) {
 	set(&r.Exe, id.Exe)
 	set(&r.Cgroup, id.Cgroup)
 	set(&r.ContainerID, id.ContainerID)
+	set(&r.Container, id.Container)
+	set(&r.Image, id.Image)
 	set(&r.Namespace, id.Namespace)
 	set(&r.Pod, id.Pod)
 	if id.Client.IsValid() {
 		r.Client = id.Client.Addr().String()
 	}
-	r.Workload = workload.Identity{Cgroup: r.Cgroup, ContainerID: r.ContainerID, Namespace: r.Namespace, Pod: r.Pod}.Name()
+	r.Workload = workload.Identity{Cgroup: r.Cgroup, ContainerID: r.ContainerID, Container: r.Container, Namespace: r.Namespace, Pod: r.Pod}.Name()
 }
 
 // dest finds or creates the destination for host/addr. A destination first

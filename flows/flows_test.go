@@ -196,3 +196,17 @@ func TestDNSNameNamesDestination(t *testing.T) {
 		t.Fatalf("rows %+v", s.Rows)
 	}
 }
+
+// A row names the container and image the runtime reported, and its
+// workload is the container's name.
+func TestRowNamesContainer(t *testing.T) {
+	tb := flows.New(flows.Options{Now: newClock().now})
+	cid := "3f4e8c3b5d2a1f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e"
+	tb.Connect(7, "curl", "/docker/"+cid, netip.MustParseAddrPort("198.19.248.2:80"), "redirected")
+	id := workload.Identity{PID: 7, Comm: "curl", Cgroup: "/docker/" + cid, ContainerID: cid, Container: "web", Image: "nginx:1.27"}
+	tb.Record(&audit.Record{Kind: audit.KindHTTP, Workload: id, Host: "h.example", Decision: audit.DecisionAllow})
+	rows := tb.Snapshot().Rows
+	if len(rows) != 1 || rows[0].Container != "web" || rows[0].Image != "nginx:1.27" || rows[0].Workload != "container:web" {
+		t.Fatalf("rows %+v", rows)
+	}
+}

@@ -40,6 +40,8 @@ type Setup struct {
 // the reason and the fix. Every other key applies to a run.
 var refused = []struct{ key, why string }{
 	{"agent.cgroups", "sluice run selects its own transient cgroup; remove this key"},
+	{"agent.select", "sluice run selects its own transient cgroup; remove this key"},
+	{"agent.runtime", "sluice run's command is in no container; remove this key"},
 	{"agent.failMode", "sluice run's hooks always end with the run (open); remove this key"},
 	{"agent.attach", "sluice run attaches its hooks to its own transient cgroup only; remove this key"},
 	{"admin.listen", "sluice run serves the admin API only when asked with --metrics ADDR; remove this key (and pass --metrics ADDR for /metrics)"},
@@ -76,6 +78,8 @@ func Configure(cfg *config.Config, s Setup) (privateBPFFS string, err error) {
 	// selected.
 	cfg.Agent.FailMode = "open"
 	cfg.Agent.Cgroups = nil
+	cfg.Agent.Select = nil
+	cfg.Agent.Runtime.Docker, cfg.Agent.Runtime.CRI, cfg.Agent.Runtime.Kubernetes = "off", "off", "off"
 	cfg.Agent.Attach = "cgroup"
 	return agentDefaults(&cfg.Agent, cfg.Set, s.PID, s.InUse)
 }

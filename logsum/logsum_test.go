@@ -39,12 +39,12 @@ func TestParseLine(t *testing.T) {
 		wantErr error // nil: success; ErrNotAudit; errAny: any other error
 	}{
 		{name: "real record", line: real, want: Entry{
-			Time: t0, Kind: "http", PID: 7, Comm: "python3", Workload: "ns/p", Host: "api.example.com",
+			Time: t0, Kind: "http", PID: 7, Comm: "python3", Workload: "ns/p", Namespace: "ns", Pod: "p", Host: "api.example.com",
 			Method: "GET", Path: "/x", Status: 429, Source: "sluice", Decision: "deny", Rule: "rl",
 			Reason: "rate limit exceeded", BytesIn: 3, BytesOut: 4, DurationMS: 1.5,
 		}},
 		{name: "padded with CR", line: real + "\r", want: Entry{
-			Time: t0, Kind: "http", PID: 7, Comm: "python3", Workload: "ns/p", Host: "api.example.com",
+			Time: t0, Kind: "http", PID: 7, Comm: "python3", Workload: "ns/p", Namespace: "ns", Pod: "p", Host: "api.example.com",
 			Method: "GET", Path: "/x", Status: 429, Source: "sluice", Decision: "deny", Rule: "rl",
 			Reason: "rate limit exceeded", BytesIn: 3, BytesOut: 4, DurationMS: 1.5,
 		}},
@@ -252,6 +252,7 @@ func TestEntryFields(t *testing.T) {
 	}
 	e := Entry{
 		Time: time.Date(2026, 11, 25, 8, 0, 0, 5, time.UTC), Kind: "http", PID: 7, Comm: "c", Workload: "ns/p",
+		Namespace: "ns", Pod: "p", Container: "app", Image: "python:3.12",
 		Host: "h.example", IP: "192.0.2.1", Method: "GET", Path: "/", Status: 200, Source: "upstream",
 		Decision: "allow", Rule: "r", Reason: "allowed by rule", BytesIn: 1, BytesOut: 2, DurationMS: 0.5, DNSName: "h.example",
 		MCPMethod: "tools/call", MCPTool: "echo", MCPErrorCode: -32003,

@@ -31,6 +31,10 @@ type Entry struct {
 	PID        int
 	Comm       string
 	Workload   string
+	Namespace  string
+	Pod        string
+	Container  string
+	Image      string
 	Host       string
 	IP         string
 	Method     string
@@ -61,6 +65,10 @@ var fields = [...]struct {
 	{audit.KeyKind, func(e *Entry) any { return &e.Kind }},
 	{audit.KeyPID, func(e *Entry) any { return &e.PID }},
 	{audit.KeyComm, func(e *Entry) any { return &e.Comm }},
+	{audit.KeyNamespace, func(e *Entry) any { return &e.Namespace }},
+	{audit.KeyPod, func(e *Entry) any { return &e.Pod }},
+	{audit.KeyContainer, func(e *Entry) any { return &e.Container }},
+	{audit.KeyImage, func(e *Entry) any { return &e.Image }},
 	{audit.KeyWorkload, func(e *Entry) any { return &e.Workload }},
 	{audit.KeyHost, func(e *Entry) any { return &e.Host }},
 	{audit.KeyIP, func(e *Entry) any { return &e.IP }},

@@ -226,7 +226,11 @@ func (s *Summarizer) Add(e Entry) {
 	s.requests++
 	s.bytesIn += e.BytesIn
 	s.bytesOut += e.BytesOut
-	talk(s.workloads, wl, e)
+	w := talk(s.workloads, wl, e)
+	fill(&w.Namespace, e.Namespace)
+	fill(&w.Pod, e.Pod)
+	fill(&w.Container, e.Container)
+	fill(&w.Image, e.Image)
 	talk(s.hosts, host, e)
 }
 
@@ -254,7 +258,13 @@ func (s *Summarizer) mcpTool(wl, host, kind string, e Entry) {
 	}
 }
 
-func talk(m map[string]*Talker, name string, e Entry) {
+func fill(dst *string, v string) {
+	if *dst == "" {
+		*dst = v
+	}
+}
+
+func talk(m map[string]*Talker, name string, e Entry) *Talker {
 	t := m[name]
 	if t == nil {
 		t = &Talker{Name: name}
@@ -263,6 +273,7 @@ func talk(m map[string]*Talker, name string, e Entry) {
 	t.Requests++
 	t.BytesIn += e.BytesIn
 	t.BytesOut += e.BytesOut
+	return t
 }
 
 // WorkloadOf is the workload label of a record: its "workload" key, or,
@@ -394,10 +405,18 @@ type Talkers struct {
 // Talker is the traffic of one workload or host. BytesIn is what clients
 // sent, BytesOut what they received.
 type Talker struct {
-	Name     string `json:"name"`
-	Requests int64  `json:"requests"`
-	BytesIn  int64  `json:"bytes_in"`
-	BytesOut int64  `json:"bytes_out"`
+	Name string `json:"name"`
+	// Namespace, Pod, Container and Image are what the records of a
+	// workload said about it (the first record that named each); empty
+	// for hosts.
+	Namespace string `json:"namespace,omitempty"`
+	Pod       string `json:"pod,omitempty"`
+	Container string `json:"container,omitempty"`
+	Image     string `json:"image,omitempty"`
+
+	Requests int64 `json:"requests"`
+	BytesIn  int64 `json:"bytes_in"`
+	BytesOut int64 `json:"bytes_out"`
 }
 
 // Summary returns the counts, each list cut to the top n (n < 1: all).

@@ -3,6 +3,7 @@ package logsum
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -104,8 +105,17 @@ func talkers(p func(string, ...any), title, col string, t Talkers) {
 		p("  none\n")
 		return
 	}
-	p("  %s\tREQUESTS\tBYTES IN\tBYTES OUT\n", col)
+	named := slices.ContainsFunc(t.Rows, func(r Talker) bool { return r.Container != "" || r.Image != "" })
+	if named { // the container runtime named some of them
+		p("  %s\tREQUESTS\tBYTES IN\tBYTES OUT\tCONTAINER\tIMAGE\n", col)
+	} else {
+		p("  %s\tREQUESTS\tBYTES IN\tBYTES OUT\n", col)
+	}
 	for _, r := range t.Rows {
+		if named {
+			p("  %s\t%d\t%d\t%d\t%s\t%s\n", clean(r.Name), r.Requests, r.BytesIn, r.BytesOut, dash(clean(r.Container)), dash(clean(r.Image)))
+			continue
+		}
 		p("  %s\t%d\t%d\t%d\n", clean(r.Name), r.Requests, r.BytesIn, r.BytesOut)
 	}
 	if more := t.Distinct - len(t.Rows); more > 0 {
@@ -147,6 +157,13 @@ func clean(s string) string {
 		if !unicode.IsPrint(r) || r == unicode.ReplacementChar {
 			return strconv.Quote(s)
 		}
+	}
+	return s
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
 	}
 	return s
 }

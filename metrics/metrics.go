@@ -33,6 +33,9 @@
 //	sluice_dns_query_duration_seconds{rcode}                  query to answer, forwarding included
 //	sluice_dns_exfil_flags_total{workload,reason,decision}    queries the exfiltration guard flagged; reason
 //	                                                          rate|label_length|entropy|subdomains
+//	sluice_workload_info{workload,namespace,pod,container,image}  1 for each workload the container runtime
+//	                                                          named (an info metric: join on workload); bounded
+//	                                                          by MaxWorkloads workloads and 5 series per workload
 //	sluice_agent_connect_events_total{decision}
 //	sluice_agent_events_dropped_total                         read at scrape time (SetRingDrops)
 //	sluice_bpf_map_update_errors_total{map}                   read at scrape time (SetMapErrors)
@@ -52,6 +55,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/workload"
 )
 
 // Options bound label cardinality. Zero values take the defaults.
@@ -91,6 +95,9 @@ type Metrics struct {
 	// tools folds MCP tool (and resource, prompt) names; MCP methods
 	// outside the specification's set are "other".
 	tools *folder
+	// infos admits the label sets of sluice_workload_info.
+	infos *folder
+	info  *prometheus.GaugeVec
 
 	requests        *prometheus.CounterVec
 	requestDuration *prometheus.HistogramVec
@@ -145,6 +152,7 @@ func New(o Options) *Metrics {
 		reasons:          newFolder(o.MaxRules),
 		connectDecisions: newFolder(o.MaxRules),
 		tools:            newFolder(o.MaxRules),
+		infos:            newFolder(5 * o.MaxWorkloads),
 	}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "proxy", Name: "requests_total",
@@ -230,7 +238,13 @@ func New(o Options) *Metrics {
 		Help: "Queries the DNS server's exfiltration guard flagged, by workload, reason (rate, label_length, entropy, subdomains) and decision (deny in enforce mode, would_deny in audit mode).",
 	}, []string{"workload", "reason", "decision"})
 
+	m.info = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "sluice", Subsystem: "workload", Name: "info",
+		Help: "1 for each workload the container runtime named: its namespace, pod, container name and image (join on workload).",
+	}, []string{"workload", "namespace", "pod", "container", "image"})
+
 	m.reg.MustRegister(
+		m.info,
 		m.mcpRequests, m.mcpToolDur, m.mcpToolChanges,
 		m.requests, m.requestDuration, m.upstreamDur, m.bytes, m.l4Flows, m.tls,
 		m.openConns, m.errors, m.denials, m.rateLimited, m.cache, m.connects, m.dnsQueries, m.dnsDuration, m.exfilFlags, m.untrusted,
@@ -262,6 +276,7 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // so the proxy calls TLSConnection(audit.TLSDecrypted) once per connection
 // after the client handshake succeeds.
 func (m *Metrics) Record(r *audit.Record) {
+	m.workloadInfo(&r.Workload)
 	switch r.Kind {
 	case audit.KindHTTP:
 		m.recordHTTP(r)
@@ -274,6 +289,23 @@ func (m *Metrics) Record(r *audit.Record) {
 	case audit.KindDNS:
 		m.recordDNS(r)
 	}
+}
+
+// workloadInfo sets sluice_workload_info for a workload the container
+// runtime named, when its workload label is admitted (not "other") and
+// the info series are within their bound.
+func (m *Metrics) workloadInfo(id *workload.Identity) {
+	if id.Container == "" && id.Image == "" && id.Namespace == "" {
+		return
+	}
+	wl := m.workloads.fold(id.Name())
+	if wl == Other {
+		return
+	}
+	if m.infos.fold(wl+"\x00"+id.Namespace+"\x00"+id.Pod+"\x00"+id.Container+"\x00"+id.Image) == Other {
+		return
+	}
+	m.info.WithLabelValues(wl, id.Namespace, id.Pod, id.Container, id.Image).Set(1)
 }
 
 func (m *Metrics) recordHTTP(r *audit.Record) {

@@ -362,3 +362,26 @@ func TestDNSMetrics(t *testing.T) {
 		t.Errorf("%d exfiltration flags, want 3", n)
 	}
 }
+
+// TestWorkloadInfo: a record of a container the runtime named sets
+// sluice_workload_info with its names; the workload label of the other
+// metrics is the container's name; a workload the runtime did not name
+// has no info series.
+func TestWorkloadInfo(t *testing.T) {
+	m := metrics.New(metrics.Options{})
+	id := workload.Identity{ContainerID: strings.Repeat("a", 64), Container: "web", Image: "nginx:1.27"}
+	m.Record(&audit.Record{Kind: audit.KindHTTP, Workload: id, Host: "h.example", Method: "GET", Status: 200, Decision: audit.DecisionAllow, Source: audit.SourceUpstream})
+	m.Record(&audit.Record{Kind: audit.KindHTTP, Workload: workload.Identity{Cgroup: "/a.scope"}, Host: "h.example", Method: "GET", Status: 200, Decision: audit.DecisionAllow, Source: audit.SourceUpstream})
+	want := `
+# HELP sluice_workload_info 1 for each workload the container runtime named: its namespace, pod, container name and image (join on workload).
+# TYPE sluice_workload_info gauge
+sluice_workload_info{container="web",image="nginx:1.27",namespace="",pod="",workload="container:web"} 1
+`
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "sluice_workload_info"); err != nil {
+		t.Fatal(err)
+	}
+	k := `sluice_proxy_requests_total{code="200",decision="allow",host="h.example",method="GET",source="upstream",workload="container:web"}`
+	if got := scrape(t, m.Registry())[k]; got != 1 {
+		t.Fatalf("%s = %v, want 1", k, got)
+	}
+}

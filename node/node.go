@@ -28,6 +28,7 @@ import (
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/ca"
 	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/containers"
 	"github.com/sluicehq/sluice/flows"
 	"github.com/sluicehq/sluice/metrics"
 	"github.com/sluicehq/sluice/mitm"
@@ -162,6 +163,9 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 		n.DNS = aopts.DNS
 		n.names.p.Store(n.DNS) // the proxy hears what workloads resolved
 	}
+	if aopts.Metadata, err = n.startContainers(ctx, cfg.Agent.Runtime, log); err != nil {
+		return nil, err
+	}
 	n.agent, err = agent.Start(ctx, cfg.Agent, n.Proxy, log, aopts)
 	if err != nil {
 		return nil, err
@@ -203,6 +207,31 @@ func listenAdmin(listen string, log *slog.Logger) ([]net.Listener, error) {
 	}
 	return lns, nil
 }
+
+// startContainers runs the container metadata cache of agent.runtime
+// until Close; nil (and no error) when it finds no runtime.
+func (n *Node) startContainers(ctx context.Context, r config.Runtime, log *slog.Logger) (agent.Metadata, error) {
+	c, err := containers.FromConfig(r, log)
+	if err != nil || len(c.Sources()) == 0 {
+		return nil, err
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(cctx) }()
+	n.closers = append(n.closers, closerFunc(func() error {
+		cancel()
+		<-done
+		return c.Close()
+	}))
+	for _, s := range c.Sources() {
+		log.Info("container metadata from the runtime", audit.KeyComponent, audit.ComponentContainers, audit.KeyRuntime, s.Name())
+	}
+	return c, nil
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
 
 // serveAdmin serves the admin API (/metrics, /healthz, /readyz asking
 // ready, /api/flows) on lns until Close; AdminAddr is the first's.

@@ -16,10 +16,8 @@ func TestCheckWarnings(t *testing.T) {
 		want      []string
 	}{
 		{"comm alone", "{comm: [python3]}", []string{"p.yaml:4: rules[0].workloads.comm: " + comm}},
-		{"comm with a namespace (which selects nothing yet)", "{comm: [python3], namespaces: [prod]}", []string{
-			"p.yaml:4: rules[0].workloads.comm: " + comm,
-			"p.yaml:4: rules[0].workloads.namespaces: warning: nothing fills a workload's Kubernetes namespace yet (the agent does not read pod metadata), so this selects no workload; select the pods by cgroups (e.g. /kubepods.slice/**) or containerIDs instead",
-		}},
+		{"comm with a namespace", "{comm: [python3], namespaces: [prod]}", nil},
+		{"namespaces, labels, containers, images select (no warning)", "{namespaces: [team-*], labels: {app: api}, containers: [api], images: ['registry.example.com/team/*']}", nil},
 		{"comm and exe", "{comm: [python3], exe: [/usr/bin/python3*]}", nil},
 		{"comm and cgroups", "{comm: [python3], cgroups: [/kubepods.slice/**]}", nil},
 		{"comm and containerIDs", "{comm: [python3], containerIDs: [0123456789ab]}", nil},

@@ -94,7 +94,7 @@ rules:
 			`p.yaml:7: rules[0].workloads.comm[0] "averyveryverylongname": the kernel keeps at most 15 bytes of a process name, use "averyveryverylo" (or match the full path with exe)`,
 			`p.yaml:8: rules[0].workloads.exe[0] "python3": an executable is an absolute path, e.g. /usr/bin/python3`,
 			`p.yaml:9: rules[0].workloads.containerIDs[0] "XYZ": a container id is 12 to 64 lower-case hex digits`,
-			`p.yaml:10: rules[0].workloads.namespaces[0] "Bad_NS": not a Kubernetes namespace name (lower-case letters, digits and '-')`,
+			`p.yaml:10: rules[0].workloads.namespaces[0] "Bad_NS": not a Kubernetes namespace name (lower-case letters, digits and '-', with * and ? as globs), e.g. team-*`,
 		}},
 	}
 	for _, tt := range tests {

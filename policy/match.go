@@ -141,14 +141,17 @@ type workloadSel struct {
 	// cgroups use the agent's glob (cgroup2), so a pattern selects the same
 	// cgroups here as in agent.cgroups; one that does not compile is the
 	// zero Glob, which matches nothing (as cgroup2.Match).
-	cgroups                    []cgroup2.Glob
-	comm, exe, ids, namespaces []string
-	labels                     map[string]string
+	cgroups        []cgroup2.Glob
+	comm, exe, ids []string
+	// meta is what the container runtime names: namespaces, labels,
+	// containers, images (the agent.select matcher).
+	meta workload.Selector
 }
 
 // newWorkloadSel compiles w.
 func newWorkloadSel(w Workloads) workloadSel {
-	s := workloadSel{comm: w.Comm, exe: w.Exe, ids: w.ContainerIDs, namespaces: w.Namespaces, labels: w.Labels}
+	s := workloadSel{comm: w.Comm, exe: w.Exe, ids: w.ContainerIDs,
+		meta: workload.Selector{Namespaces: w.Namespaces, Labels: w.Labels, Containers: w.Containers, Images: w.Images}}
 	for _, p := range w.Cgroups {
 		g, _ := cgroup2.Compile(p)
 		s.cgroups = append(s.cgroups, g)
@@ -169,15 +172,7 @@ func (s *workloadSel) match(id *workload.Identity) bool {
 	if len(s.ids) > 0 && !slices.ContainsFunc(s.ids, func(p string) bool { return id.ContainerID != "" && strings.HasPrefix(id.ContainerID, p) }) {
 		return false
 	}
-	if len(s.namespaces) > 0 && !slices.Contains(s.namespaces, id.Namespace) {
-		return false
-	}
-	for k, v := range s.labels {
-		if got, ok := id.Labels[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
+	return s.meta.Match(id)
 }
 
 // destSel is a compiled Destinations selector.

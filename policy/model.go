@@ -107,8 +107,10 @@ type Workloads struct {
 	Comm         []string          `yaml:"comm" desc:"Process names (the kernel's comm, at most 15 bytes); globs allowed."`
 	Exe          []string          `yaml:"exe" desc:"Executable path globs, e.g. /usr/bin/python3*."`
 	ContainerIDs []string          `yaml:"containerIDs" desc:"Container id prefixes (at least 12 hex digits)."`
-	Namespaces   []string          `yaml:"namespaces" desc:"Kubernetes namespaces."`
-	Labels       map[string]string `yaml:"labels" desc:"Kubernetes pod labels that must all be present with these values."`
+	Namespaces   []string          `yaml:"namespaces" desc:"Kubernetes namespaces (globs: * any run of characters, ? one), from the container runtime or the Kubernetes API."`
+	Labels       map[string]string `yaml:"labels" desc:"Labels that must all be present with values matching these globs: the pod's labels over the container's own (Docker or CRI labels)."`
+	Containers   []string          `yaml:"containers" desc:"Container names (globs): the Kubernetes container name in a pod, else the runtime's (Docker's) name."`
+	Images       []string          `yaml:"images" desc:"Container images as the runtime names them (globs, * also across / and :), e.g. docker.io/library/python:* or registry.example.com/team/*."`
 }
 
 // Destinations selects destinations. Empty lists match everything.

@@ -6,13 +6,11 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/cgroup2"
-	"github.com/sluicehq/sluice/workload"
 )
 
 // validate checks the meaning of every value and records each problem with
@@ -116,11 +114,12 @@ var (
 	hostLabel = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$`)
 	method    = regexp.MustCompile(`^[A-Z][A-Z0-9_-]{0,31}$`)
 	hexID     = regexp.MustCompile(`^[0-9a-f]{12,64}$`)
-	k8sName   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	// k8sNameGlob: a namespace name, or a glob of one.
+	k8sNameGlob = regexp.MustCompile(`^[a-z0-9*?][a-z0-9*?-]{0,62}$`)
 )
 
 func (w Workloads) empty() bool {
-	return len(w.Cgroups)+len(w.Comm)+len(w.Exe)+len(w.ContainerIDs)+len(w.Namespaces)+len(w.Labels) == 0
+	return len(w.Cgroups)+len(w.Comm)+len(w.Exe)+len(w.ContainerIDs)+len(w.Namespaces)+len(w.Labels)+len(w.Containers)+len(w.Images) == 0
 }
 
 func (ds Destinations) empty() bool {
@@ -259,26 +258,27 @@ func (d *decoder) checkWorkloads(path string, w Workloads) {
 	// A process names itself: prctl(PR_SET_NAME), or the name of the file
 	// it execs, sets its comm. A rule that tells workloads apart by comm
 	// alone is one any process can join or leave.
-	if len(w.Comm) > 0 && len(w.Cgroups) == 0 && len(w.Exe) == 0 && len(w.ContainerIDs) == 0 {
+	if len(w.Comm) > 0 && len(w.Cgroups)+len(w.Exe)+len(w.ContainerIDs)+len(w.Namespaces)+len(w.Labels)+len(w.Containers)+len(w.Images) == 0 {
 		d.warn(path+".comm", "a process sets its own comm (prctl PR_SET_NAME, or the name of the file it runs), so comm alone does not identify a workload; add exe (e.g. /usr/bin/python3*), cgroups or containerIDs to this rule's workloads")
 	}
-	// Until the agent reads Kubernetes metadata, nothing fills an
-	// identity's namespace or labels: such a selector matches no workload.
-	// The explicit proxy's users are the exception (workload.ProxyUser).
-	if len(w.Namespaces) > 0 && !slices.Equal(w.Namespaces, []string{workload.ProxyNamespace}) {
-		d.warn(path+".namespaces", "nothing fills a workload's Kubernetes namespace yet (the agent does not read pod metadata), so this selects no workload; select the pods by cgroups (e.g. /kubepods.slice/**) or containerIDs instead")
-	}
-	if _, user := w.Labels[workload.ProxyUserLabel]; len(w.Labels) > 0 && !(user && len(w.Labels) == 1) {
-		d.warn(path+".labels", "nothing fills a workload's Kubernetes labels yet (the agent does not read pod metadata), so this selects no workload; select the pods by cgroups (e.g. /kubepods.slice/**) or containerIDs instead")
-	}
 	for i, n := range w.Namespaces {
-		if !k8sName.MatchString(n) {
-			d.add(fmt.Sprintf("%s.namespaces[%d]", path, i), n, "not a Kubernetes namespace name (lower-case letters, digits and '-')")
+		if !k8sNameGlob.MatchString(n) {
+			d.add(fmt.Sprintf("%s.namespaces[%d]", path, i), n, "not a Kubernetes namespace name (lower-case letters, digits and '-', with * and ? as globs), e.g. team-*")
 		}
 	}
 	for k := range w.Labels {
-		if k == "" || len(k) > 317 || strings.ContainsAny(k, " \t\n") {
-			d.add(path+".labels."+k, k, "not a Kubernetes label key")
+		if k == "" || len(k) > 317 || strings.ContainsAny(k, " \t\n*?") {
+			d.add(path+".labels."+k, k, "not a Kubernetes label key (no spaces, no globs in keys), e.g. app.kubernetes.io/name")
+		}
+	}
+	for i, c := range w.Containers {
+		if strings.TrimSpace(c) == "" || strings.ContainsAny(c, " \t\n/") {
+			d.add(fmt.Sprintf("%s.containers[%d]", path, i), c, "not a container name (no spaces or /), e.g. api or api-*")
+		}
+	}
+	for i, im := range w.Images {
+		if strings.TrimSpace(im) == "" || strings.ContainsAny(im, " \t\n") {
+			d.add(fmt.Sprintf("%s.images[%d]", path, i), im, "not an image name (no spaces), e.g. docker.io/library/python:* or registry.example.com/team/*")
 		}
 	}
 }

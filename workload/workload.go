@@ -28,19 +28,31 @@ type Identity struct {
 	// ContainerID and PodUID are parsed from Cgroup where its shape says so.
 	ContainerID string `json:"container_id,omitempty"`
 	PodUID      string `json:"pod_uid,omitempty"`
-	// Namespace, Pod and Labels come from Kubernetes metadata when known.
+	// Container and Image are the container's name and image as its
+	// runtime reports them (Docker, or the CRI), when known.
+	Container string `json:"container,omitempty"`
+	Image     string `json:"image,omitempty"`
+	// Namespace, Pod and Labels come from the runtime (the CRI pod
+	// sandbox, the kubelet's labels on a container) or the Kubernetes
+	// API when known. Labels are the pod's labels over the container's
+	// own (a pod label wins on a clash); a container outside a pod has
+	// its container labels. Callers must not modify the map: identities
+	// share it.
 	Namespace string            `json:"namespace,omitempty"`
 	Pod       string            `json:"pod,omitempty"`
 	Labels    map[string]string `json:"-"`
 }
 
 // Name is a bounded, human-readable label for the workload, suitable for
-// metrics: namespace/pod, else the container id (12 chars), else the
-// cgroup path, else "unknown". It never contains a pid.
+// metrics: namespace/pod, else "container:" and the container's name,
+// else "container:" and its id (12 chars), else the cgroup path, else
+// "unknown". It never contains a pid.
 func (i Identity) Name() string {
 	switch {
 	case i.Pod != "" && i.Namespace != "":
 		return i.Namespace + "/" + i.Pod
+	case i.Container != "" && i.ContainerID != "":
+		return "container:" + i.Container
 	case i.ContainerID != "":
 		id := i.ContainerID
 		if len(id) > 12 {

@@ -145,6 +145,9 @@ func writeFlowsTable(w io.Writer, s flows.Snapshot) {
 			pid = strconv.Itoa(r.PID)
 		}
 		wl := shorten(r.Workload, 40)
+		if r.Image != "" {
+			wl += " [" + shorten(r.Image, 32) + "]"
+		}
 		if r.PID == 0 && r.Client != "" {
 			wl = shorten(r.Workload, 24) + " @" + r.Client
 		}

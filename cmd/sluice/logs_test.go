@@ -151,7 +151,7 @@ func TestLogsSummarizeJSON(t *testing.T) {
 					{Workload: "comm:curl", Host: "flaky.example", Status: 503, Count: 1 * m},
 				}}},
 				{"top_workloads", s.TopWorkloads, logsum.Talkers{Distinct: 3, Rows: []logsum.Talker{
-					{Name: "team/agent-a", Requests: 23 * m, BytesIn: 1060 * m, BytesOut: 10120 * m},
+					{Name: "team/agent-a", Namespace: "team", Pod: "agent-a", Requests: 23 * m, BytesIn: 1060 * m, BytesOut: 10120 * m},
 					{Name: "/sluice/b.scope", Requests: 9 * m, BytesIn: 500 * m, BytesOut: 700 * m},
 					{Name: "comm:curl", Requests: 6 * m},
 				}}},

@@ -68,9 +68,9 @@ func TestPolicySchemaAndDefault(t *testing.T) {
 	}
 }
 
-// A selector nothing fills yet (Kubernetes namespaces and labels) is
-// valid but selects no workload: check prints a warning with its line and
-// the alternative, and still passes.
+// Selectors by runtime metadata (namespaces, labels, containers, images)
+// pass without a warning; a rule by comm alone is valid but warned about:
+// check prints the warning with its line and still passes.
 func TestPolicyCheckWarnings(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "k8s.yaml")
 	os.WriteFile(f, []byte(`version: 1
@@ -79,15 +79,16 @@ rules:
     workloads:
       namespaces: [prod]
       labels: {app: api}
+      containers: [api]
+      images: ["registry.example.com/team/*"]
     action: allow
-  - name: by-cgroup
-    workloads: {cgroups: ["/kubepods.slice/**"]}
+  - name: by-comm
+    workloads: {comm: [python3]}
     action: allow
 `), 0o644)
 	var out, errb bytes.Buffer
 	code := dispatch(context.Background(), []string{"policy", "check", f}, &out, &errb)
-	wantErr := f + `:5: rules[0].workloads.namespaces: warning: nothing fills a workload's Kubernetes namespace yet (the agent does not read pod metadata), so this selects no workload; select the pods by cgroups (e.g. /kubepods.slice/**) or containerIDs instead
-` + f + `:6: rules[0].workloads.labels: warning: nothing fills a workload's Kubernetes labels yet (the agent does not read pod metadata), so this selects no workload; select the pods by cgroups (e.g. /kubepods.slice/**) or containerIDs instead
+	wantErr := f + `:11: rules[1].workloads.comm: warning: a process sets its own comm (prctl PR_SET_NAME, or the name of the file it runs), so comm alone does not identify a workload; add exe (e.g. /usr/bin/python3*), cgroups or containerIDs to this rule's workloads
 `
 	if code != 0 || out.String() != f+": ok\n" || errb.String() != wantErr {
 		t.Fatalf("exit %d, stdout:\n%s\nstderr:\n%s\nwant exit 0, stdout %s: ok, stderr:\n%s", code, out.String(), errb.String(), f, wantErr)

@@ -1,0 +1,165 @@
+package containers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/sluicehq/sluice/workload"
+)
+
+// fakeDocker answers the Docker Engine API calls the source makes, in
+// the API's JSON, over a unix socket; events are fed by the test.
+type fakeDocker struct {
+	mu         sync.Mutex
+	containers map[string]dockerContainer
+	events     chan string
+	filters    []string
+}
+
+func (f *fakeDocker) add(id, name, image string, labels map[string]string) {
+	var c dockerContainer
+	c.ID, c.Name, c.Config.Image, c.Config.Labels = id, "/"+name, image, labels
+	f.mu.Lock()
+	f.containers[id] = c
+	f.mu.Unlock()
+}
+
+func (f *fakeDocker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case r.URL.Path == "/containers/json":
+		f.filters = append(f.filters, r.URL.Query().Get("filters"))
+		var list []dockerListed
+		for _, c := range f.containers {
+			if flt := r.URL.Query().Get("filters"); flt != "" {
+				var m map[string][]string
+				json.Unmarshal([]byte(flt), &m)
+				k, v, _ := strings.Cut(m["label"][0], "=")
+				if c.Config.Labels[k] != v {
+					continue
+				}
+			}
+			list = append(list, dockerListed{ID: c.ID, Names: []string{c.Name}, Image: c.Config.Image, Labels: c.Config.Labels})
+		}
+		json.NewEncoder(w).Encode(list)
+	case strings.HasPrefix(r.URL.Path, "/containers/") && strings.HasSuffix(r.URL.Path, "/json"):
+		c, ok := f.containers[strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/containers/"), "/json")]
+		if !ok {
+			http.Error(w, `{"message":"No such container"}`, http.StatusNotFound)
+			return
+		}
+		json.NewEncoder(w).Encode(c)
+	case r.URL.Path == "/events":
+		f.mu.Unlock()
+		defer f.mu.Lock()
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		for {
+			select {
+			case <-r.Context().Done():
+				return
+			case ev := <-f.events:
+				fmt.Fprintln(w, ev)
+				w.(http.Flusher).Flush()
+			}
+		}
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func newFakeDocker(t *testing.T) (*fakeDocker, *Docker) {
+	t.Helper()
+	f := &fakeDocker{containers: map[string]dockerContainer{}, events: make(chan string, 8)}
+	dir, err := os.MkdirTemp("", "docker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "docker.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(f)
+	srv.Listener = l
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return f, NewDocker(path)
+}
+
+// TestDockerListAndEvents: a listed container is named with its name,
+// image and labels; one created later is inspected on its create event
+// (before it starts) and reported through OnChange; a container started
+// with the kubelet's labels is attributed to its pod and named by its
+// Kubernetes container name.
+func TestDockerListAndEvents(t *testing.T) {
+	f, d := newFakeDocker(t)
+	f.add(apiID, "web", "nginx:1.27", map[string]string{"team": "shop"})
+	c := New(Options{}, d)
+	changed := make(chan string, 8)
+	c.OnChange(func(cid, _ string) {
+		if cid != "" {
+			changed <- cid
+		}
+	})
+	run(t, c)
+	id := eventually(t, c, apiID, "", func(id workload.Identity) bool { return id.Container == "web" })
+	if id.Image != "nginx:1.27" || id.Labels["team"] != "shop" || id.Name() != "container:web" {
+		t.Fatalf("identity %+v (name %s)", id, id.Name())
+	}
+	<-changed // the listed one
+
+	f.add(newID, "k8s_app_job-7_batch_x_0", "sluice-e2e:rootfs", kubeletLabels("job-7", "batch", newPodUID, "app"))
+	f.events <- `{"Type":"container","Action":"create","Actor":{"ID":"` + newID + `","Attributes":{"name":"x"}}}`
+	if got := <-changed; got != newID {
+		t.Fatalf("OnChange(%q), want the created container", got)
+	}
+	id = eventually(t, c, newID, "", func(id workload.Identity) bool { return id.Container != "" })
+	if id.Container != "app" || id.Pod != "job-7" || id.Namespace != "batch" || id.PodUID != newPodUID || id.Name() != "batch/job-7" {
+		t.Fatalf("identity %+v", id)
+	}
+	// The pod's own cgroup is named through a container that has its uid.
+	pod := workload.Identity{PodUID: newPodUID}
+	c.Enrich(context.Background(), &pod)
+	if pod.Pod != "job-7" || pod.Namespace != "batch" {
+		t.Fatalf("pod identity %+v", pod)
+	}
+
+	f.events <- `{"Type":"container","Action":"destroy","Actor":{"ID":"` + apiID + `"}}`
+	f.mu.Lock()
+	delete(f.containers, apiID)
+	f.mu.Unlock()
+	eventually(t, c, apiID, "", func(id workload.Identity) bool { return id.Container == "" })
+}
+
+// TestDockerMissAndPod: without Run, a container is inspected on demand,
+// and a pod uid is found by the kubelet label filter.
+func TestDockerMissAndPod(t *testing.T) {
+	f, d := newFakeDocker(t)
+	f.add(apiID, "web", "nginx:1.27", kubeletLabels("web-0", "shop", podUID, "nginx"))
+	in, err := d.Container(context.Background(), apiID)
+	if err != nil || in.Name != "web" || in.Image != "nginx:1.27" {
+		t.Fatalf("Container: %+v, %v", in, err)
+	}
+	if _, err := d.Container(context.Background(), newID); err != ErrNotFound {
+		t.Fatalf("unknown container: %v, want ErrNotFound", err)
+	}
+	p, err := d.Pod(context.Background(), podUID)
+	if err != nil || p.Name != "web-0" || p.Namespace != "shop" {
+		t.Fatalf("Pod: %+v, %v", p, err)
+	}
+	if want := `{"label":["io.kubernetes.pod.uid=` + podUID + `"]}`; f.filters[len(f.filters)-1] != want {
+		t.Fatalf("filters %q, want %q", f.filters[len(f.filters)-1], want)
+	}
+}
