@@ -25,7 +25,7 @@ func TestRunAdminExposure(t *testing.T) {
 	py := RequireTool(t, "python3")
 	e := newRunEnv(t)
 	node := e.api.GW4 // an address of the node (the root-namespace end)
-	port := 20000 + int(randByte())*100 + int(randByte())%100
+	port := freeAdminPort(t)
 	addr := fmt.Sprintf("%s:%d", node, port)
 	attack := fmt.Sprintf(`
 import socket, errno, time

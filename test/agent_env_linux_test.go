@@ -399,3 +399,20 @@ func readAllTimeout(c net.Conn) string {
 func prefixNet(a netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
 }
+
+// freeAdminPort is a TCP port below the ephemeral range (so an outgoing
+// connection cannot take it meanwhile) that nothing listens on, on any
+// address: for a listener the test starts in another process.
+func freeAdminPort(t *testing.T) int {
+	t.Helper()
+	for range 50 {
+		port := 20000 + int(randByte())*40 + int(randByte())%40
+		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
+		if err == nil {
+			ln.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port in 20000-30239 after 50 tries")
+	return 0
+}

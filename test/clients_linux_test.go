@@ -269,7 +269,7 @@ func goClient(url string) int {
 func TestAdminFlowsAndIsolation(t *testing.T) {
 	curl := RequireTool(t, "curl")
 	e := newNodeEnv(t)
-	adminAddr := fmt.Sprintf("127.0.0.1:%d", 20000+int(randByte())*100+int(randByte())%100)
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", freeAdminPort(t))
 	e.cfg.Admin.Listen = adminAddr
 	e.startAgent()
 
