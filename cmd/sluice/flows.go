@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"net/http"
 	"path"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -49,7 +47,7 @@ func runFlows(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "sluice flows: --interval %s: must be at least 100ms, e.g. 2s\n", *interval)
 		return 2
 	}
-	url := flowsURL(*agent)
+	url := adminBase(*agent) + admin.FlowsPath
 	client := &http.Client{Timeout: 5 * time.Second}
 
 	for n := 1; ; n++ {
@@ -88,36 +86,10 @@ func runFlows(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 }
 
-func flowsURL(agent string) string {
-	base := agent
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
-	}
-	return strings.TrimRight(base, "/") + admin.FlowsPath
-}
-
 func fetchFlows(ctx context.Context, c *http.Client, url string) ([]byte, flows.Snapshot, error) {
 	var snap flows.Snapshot
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, snap, fmt.Errorf("fetch %s: %w", url, err)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, snap, fmt.Errorf("fetch %s: %w (is the agent running, and is --agent its admin.listen?)", url, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return nil, snap, fmt.Errorf("fetch %s: %w", url, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, snap, fmt.Errorf("fetch %s: %s: %s", url, resp.Status, strings.TrimSpace(string(raw)))
-	}
-	if err := json.Unmarshal(raw, &snap); err != nil {
-		return nil, snap, fmt.Errorf("decode %s: %w", url, err)
-	}
-	return raw, snap, nil
+	raw, err := callAdmin(ctx, c, url, nil, &snap)
+	return raw, snap, err
 }
 
 // writeFlowsTable prints one line per process and destination, most

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -168,61 +167,16 @@ func orAll(tool string) string {
 	return tool
 }
 
-func adminBase(agent string) string {
-	base := agent
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
-	}
-	return strings.TrimRight(base, "/")
-}
-
 func fetchMCP(ctx context.Context, c *http.Client, base string) (mcpstate.Snapshot, []byte, error) {
 	var snap mcpstate.Snapshot
-	u := base + admin.MCPPath
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return snap, nil, fmt.Errorf("fetch %s: %w", u, err)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return snap, nil, fmt.Errorf("fetch %s: %w (is the agent running, and is --agent its admin listener?)", u, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return snap, nil, fmt.Errorf("fetch %s: %w", u, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return snap, nil, fmt.Errorf("fetch %s: %s: %s", u, resp.Status, strings.TrimSpace(string(raw)))
-	}
-	if err := json.Unmarshal(raw, &snap); err != nil {
-		return snap, nil, fmt.Errorf("decode %s: %w", u, err)
-	}
-	return snap, raw, nil
+	raw, err := callAdmin(ctx, c, base+admin.MCPPath, nil, &snap)
+	return snap, raw, err
 }
 
 func postAck(ctx context.Context, c *http.Client, base string, ack admin.AckRequest) (admin.AckResponse, error) {
 	var res admin.AckResponse
-	u := base + admin.MCPAckPath
-	body, _ := json.Marshal(ack)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
-	if err != nil {
-		return res, fmt.Errorf("post %s: %w", u, err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
-	if err != nil {
-		return res, fmt.Errorf("post %s: %w (is the agent running, and is --agent its admin listener?)", u, err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if resp.StatusCode != http.StatusOK {
-		return res, fmt.Errorf("post %s: %s: %s", u, resp.Status, strings.TrimSpace(string(raw)))
-	}
-	if err := json.Unmarshal(raw, &res); err != nil {
-		return res, fmt.Errorf("decode %s: %w", u, err)
-	}
-	return res, nil
+	_, err := callAdmin(ctx, c, base+admin.MCPAckPath, ack, &res)
+	return res, err
 }
 
 // matchServer reports whether arg names server: the whole of it, or it
