@@ -12,7 +12,7 @@ IMAGE    ?= sluice:dev
 CA_ROOTS ?= /etc/ssl/certs/ca-certificates.crt
 IMAGE_CTX := bin/image
 
-.PHONY: help generate check-generated build image test unit e2e fuzz bench demo lint tidy-check clean
+.PHONY: help generate check-generated build image test unit e2e fuzz bench bench-peers demo lint tidy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 
 bench: build ## HTTPS throughput and latency, direct vs through Sluice
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./mitm/...
+
+bench-peers: ## Sluice vs nginx (wrk, h2load; root, not run by CI): req/s, p50/p99, CPU/request, handshakes/s, MB/s, KiB/idle conn; BENCH_* settings in scripts/bench-peers.sh
+	./scripts/bench-peers.sh
 
 demo: build ## a small topology with an API and an MCP-like client under sluice run (root)
 	./scripts/demo.sh
