@@ -154,7 +154,9 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		cfg.CacheMaxBytes = def.CacheMaxBytes
 	}
 	if cfg.MaxIdleConnsPerUpstream <= 0 {
-		cfg.MaxIdleConnsPerUpstream = def.MaxIdleConnsPerUpstream
+		// Grow with demand: never fewer idle slots than client
+		// connections that can be in flight at once.
+		cfg.MaxIdleConnsPerUpstream = cfg.MaxConnections
 	}
 	clients, err := newClientGate(cfg.Clients)
 	if err != nil {

@@ -27,6 +27,9 @@
 # BENCH_IDLE connections (10000, lowered to what RLIMIT_NOFILE's hard limit
 # lets Sluice hold: two descriptors per connection and 1024 spare),
 # BENCH_TESTS (all of: h1 newconn h2 stream idle explicit), BIN (bin/sluice).
+# BENCH_BASE=path/to/an/older/sluice adds a "base" mode: that binary
+# transparent, interleaved with the others, for before/after figures of a
+# change within one run (column T×base).
 # Everything it creates (namespace, veth, processes by PID, files) is
 # removed on exit, also on failure or Ctrl-C.
 set -euo pipefail
@@ -66,6 +69,12 @@ conns=${BENCH_CONNS:-"8 32 64 256 512"}
 stream_mb=${BENCH_STREAM_MB:-1024}
 tests=${BENCH_TESTS:-"h1 newconn h2 stream idle explicit"}
 bin=$PWD/${BIN:-bin/sluice}
+base_bin=${BENCH_BASE:-}
+tmodes=transparent
+if [ -n "$base_bin" ]; then
+  base_bin=$(realpath "$base_bin")
+  tmodes="transparent base"
+fi
 hard=$(ulimit -Hn)
 ulimit -n "$hard"
 max_conns=$(((hard - 1024) / 2 - 100))
@@ -250,8 +259,10 @@ run_client() {
     explicit)
       t0=$(ticks "$ex_pid"); timeout $((dur + 60)) "$@" || rc=$?
       t1=$(ticks "$ex_pid"); echo "PROXY_CPU_TICKS $((t1 - t0))" ;;
-    transparent)
-      timeout $((dur + 90)) "$bin" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
+    transparent | base)
+      local b=$bin
+      [ "$mode" = base ] && b=$base_bin
+      timeout $((dur + 90)) "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
         -- "$self" __inner "$@" || rc=$? ;;
   esac
   return $rc
@@ -259,7 +270,7 @@ run_client() {
 
 url_of() { # mode -> base URL of the upstream as that mode's client sees it
   case $1 in
-    direct | transparent) echo "https://$up_ip:$up_port" ;;
+    direct | transparent | base) echo "https://$up_ip:$up_port" ;;
     nginx) echo "https://127.0.0.1:$ng_port" ;;
   esac
 }
@@ -329,8 +340,10 @@ idle_run() { # mode
     explicit)
       out=$(timeout 180 "$work/benchpeers" idle -addr "$up_ip:$up_port" -proxy "127.0.0.1:$ex_port" -sni "$up_ip" \
         -ca "$sluice_ca" -n "$idle_n" -pids "$ex_pid") || true ;;
-    transparent)
-      out=$(timeout 240 "$bin" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
+    transparent | base)
+      local b=$bin
+      [ "$mode" = base ] && b=$base_bin
+      out=$(timeout 240 "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
         -- "$work/benchpeers" idle -addr "$up_ip:$up_port" -sni "$up_ip" -ca "$sluice_ca" -n "$idle_n" -pids ppid) || true ;;
   esac
   grep -q '^idle ' <<<"$out" || { echo "idle $mode failed: $out" >&2; return 0; }
@@ -364,29 +377,29 @@ start=$(date +%s)
 for r in $(seq "$rounds"); do
   echo "round $r of $rounds ($(($(date +%s) - start)) s so far)" >&2
   if has h1; then
-    for c in $conns; do for m in direct nginx transparent; do wrk_run h1 "$m" "$c"; done; done
+    for c in $conns; do for m in direct nginx $tmodes; do wrk_run h1 "$m" "$c"; done; done
   fi
   if has newconn; then
-    for m in direct nginx transparent; do wrk_run newconn "$m" 32 -H "Connection: close"; done
+    for m in direct nginx $tmodes; do wrk_run newconn "$m" 32 -H "Connection: close"; done
   fi
   if has h2; then
-    for m in direct nginx transparent; do h2_run "$m"; done
+    for m in direct nginx $tmodes; do h2_run "$m"; done
   fi
   if has stream; then
-    for m in direct nginx transparent explicit; do stream_run "$m"; done
+    for m in direct nginx $tmodes explicit; do stream_run "$m"; done
   fi
   if has explicit; then
     for m in direct nginx explicit; do explicit_run "$m"; done
   fi
   if has idle; then
-    for m in nginx transparent explicit; do idle_run "$m"; done
+    for m in nginx $tmodes explicit; do idle_run "$m"; done
   fi
 done
 
 echo
 echo "Sluice vs nginx $(nginx -v 2>&1 | sed 's/.*\///'), $(nproc) CPUs, $rounds interleaved rounds of ${dur}s, median per cell; ×nginx = the mode's figure / nginx's"
 echo "(clients, proxies and the upstream share these CPUs; compare within one run)"
-awk '
+awk -v base="$base_bin" '
   { k=$1" "$3; v[k" "$2]=v[k" "$2]" "$4; keys[k]=1; if (!(k in order)) { order[k]=++n; list[n]=k } }
   function median(s,   a, m, i, j, t) {
     m = split(s, a, " "); if (m == 0) return "";
@@ -396,11 +409,15 @@ awk '
   function cell(x) { return x == "" ? "-" : x }
   function ratio(x, y) { return (x == "" || y == "" || y + 0 == 0) ? "-" : sprintf("%.2f", x / y) }
   END {
-    printf "%-20s %-15s %10s %10s %12s %12s %10s %10s\n", "test", "metric", "direct", "nginx", "transparent", "explicit", "T×nginx", "E×nginx"
+    printf "%-20s %-15s %10s %10s %12s %12s %10s %10s", "test", "metric", "direct", "nginx", "transparent", "explicit", "T×nginx", "E×nginx"
+    if (base != "") printf " %10s %10s", "base", "T×base"
+    printf "\n"
     for (i = 1; i <= n; i++) {
       k = list[i]; split(k, kk, " ")
       d = median(v[k" direct"]); g = median(v[k" nginx"]); t = median(v[k" transparent"]); e = median(v[k" explicit"])
-      printf "%-20s %-15s %10s %10s %12s %12s %10s %10s\n", kk[1], kk[2], cell(d), cell(g), cell(t), cell(e), ratio(t, g), ratio(e, g)
+      printf "%-20s %-15s %10s %10s %12s %12s %10s %10s", kk[1], kk[2], cell(d), cell(g), cell(t), cell(e), ratio(t, g), ratio(e, g)
+      if (base != "") { b = median(v[k" base"]); printf " %10s %10s", cell(b), ratio(t, b) }
+      printf "\n"
     }
   }' "$results"
 echo "(took $(($(date +%s) - start)) s)" >&2
