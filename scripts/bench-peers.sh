@@ -30,6 +30,9 @@
 # BENCH_BASE=path/to/an/older/sluice adds a "base" mode: that binary
 # transparent, interleaved with the others, for before/after figures of a
 # change within one run (column T×base).
+# BENCH_PROFILE=DIR: Sluice transparent runs a profiling build (-tags pprof)
+# and a CPU profile of each of its wrk/h2load measurements lands in DIR
+# (go tool pprof -top DIR/h1-c32-r1.pb.gz).
 # Everything it creates (namespace, veth, processes by PID, files) is
 # removed on exit, also on failure or Ctrl-C.
 set -euo pipefail
@@ -115,6 +118,13 @@ fi
 echo "building bin/sluice and the benchpeers helper" >&2
 make -s build
 go build -o "$work/benchpeers" ./scripts/benchpeers
+profile_dir=${BENCH_PROFILE:-}
+pprof_addr=127.0.0.1:$((17000 + $$ % 1000))
+if [ -n "$profile_dir" ]; then
+  mkdir -p "$profile_dir"
+  go build -tags pprof -o "$work/sluice-pprof" ./cmd/sluice
+  bin=$work/sluice-pprof
+fi
 
 echo "topology: upstream in namespace $ns at $up_ip:$up_port" >&2
 mkdir -p "/etc/netns/$ns"
@@ -262,7 +272,11 @@ run_client() {
     transparent | base)
       local b=$bin
       [ "$mode" = base ] && b=$base_bin
-      timeout $((dur + 90)) "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
+      if [ -n "$profile_dir" ] && [ "$mode" = transparent ] && [ -n "${profile_name:-}" ]; then
+        (sleep 1.5; curl -s -o "$profile_dir/$profile_name.pb.gz" \
+          "http://$pprof_addr/debug/pprof/profile?seconds=$((dur > 3 ? dur - 2 : 1))") &
+      fi
+      SLUICE_PPROF=$pprof_addr timeout $((dur + 90)) "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
         -- "$self" __inner "$@" || rc=$? ;;
   esac
   return $rc
@@ -278,6 +292,7 @@ url_of() { # mode -> base URL of the upstream as that mode's client sees it
 wrk_run() { # test mode conns [extra wrk args]
   local test=$1 mode=$2 c=$3 out
   shift 3
+  profile_name=$test-c$c-r$r
   out=$(run_client "$mode" wrk -t 2 -c "$c" -d "${dur}s" --timeout 10s --latency "$@" "$(url_of "$mode")/") || {
     echo "wrk $test $mode $c failed: $out" >&2
     return 0
@@ -301,6 +316,7 @@ wrk_run() { # test mode conns [extra wrk args]
 
 h2_run() { # mode
   local mode=$1 out
+  profile_name=h2-r$r
   out=$(run_client "$mode" h2load -c 32 -m 10 -t 2 -D "$dur" "$(url_of "$mode")/") || {
     echo "h2load $mode failed: $out" >&2
     return 0
