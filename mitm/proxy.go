@@ -100,9 +100,15 @@ type Proxy struct {
 	leaf     func(ctx context.Context, name string) (*tls.Certificate, error)
 	roots    *x509.CertPool
 	sessions tls.ClientSessionCache
-	dialer   *net.Dialer
-	resolver Resolver
-	obs      Observer
+	// clientTLS is the one server config of decrypted client connections:
+	// its session ticket keys (rotated by crypto/tls) are shared, so a
+	// client resumes on its next connection (no leaf signature, no
+	// certificate sent); clientTLSFor gives each connection its leaf name
+	// and ALPN.
+	clientTLS *tls.Config
+	dialer    *net.Dialer
+	resolver  Resolver
+	obs       Observer
 	// seen remembers, per name, the addresses recent lookups gave (a
 	// union over bindingTTL), so name binding costs at most one lookup per
 	// name and minute, and rotating DNS answers still bind.
@@ -223,6 +229,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		clients: clients,
 		cache:   cache.NewStore(int64(cfg.CacheMaxBytes)),
 	}
+	p.clientTLS = &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: p.clientTLSFor}
 	p.mcpTools, _ = lru.New[string, [32]byte](mcpToolsCacheSize)
 	p.groups = &groupSet{set: upstreams.NewSet(upstreams.NetProber{Dial: d.DialContext}, nil)}
 	p.upstreamGroups() // health checks start with the policy, not the first request
