@@ -52,8 +52,11 @@ e2e: build ## privileged end-to-end tests (root; sets SLUICE_E2E=1)
 fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 	./scripts/fuzz.sh $${FUZZTIME:-20s}
 
-bench: build ## HTTPS throughput and latency, direct vs through Sluice
+bench: build ## HTTPS throughput and latency, direct vs through Sluice; as root also the connect hooks' cost (BenchmarkConnectHook)
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./mitm/...
+	@if [ "$$(id -u)" = 0 ]; then \
+	  SLUICE_E2E=1 $(GO) test -count=1 -run '^$$' -bench ConnectHook -benchtime 20000x ./test/; \
+	else echo "BenchmarkConnectHook (ns per run of connect4, sluice CPU per connect event) needs root: skipped"; fi
 
 bench-peers: ## Sluice vs nginx (wrk, h2load; root, not run by CI): req/s, p50/p99, CPU/request, handshakes/s, MB/s, KiB/idle conn; BENCH_* settings in scripts/bench-peers.sh
 	./scripts/bench-peers.sh
