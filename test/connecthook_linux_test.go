@@ -153,8 +153,8 @@ func procCPU(t testing.TB, pid int) time.Duration {
 	}
 	// Fields after the comm, which is in parentheses and may hold spaces.
 	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	ut, _ := strconv.ParseInt(f[11], 10, 64) // field 14 of stat
-	st, _ := strconv.ParseInt(f[12], 10, 64) // field 15
+	ut, _ := strconv.ParseInt(f[11], 10, 64)        // field 14 of stat
+	st, _ := strconv.ParseInt(f[12], 10, 64)        // field 15
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
 }
 
@@ -191,4 +191,3 @@ func connectLoop() int {
 	}
 	return 0
 }
-
