@@ -155,11 +155,11 @@ ip netns exec "$ns" sh -c "ulimit -n $hard; exec $work/benchpeers upstream -list
 pids+=($!)
 
 mkdir -p "$work/nginx"
-cat > "$work/nginx.conf" <<NGINX
+cat > "$work/nginx.conf.in" <<NGINX
 worker_processes auto;
 worker_rlimit_nofile $hard;
 daemon off;
-pid $work/nginx/nginx.pid;
+pid $work/nginx/nginx-__PORT__.pid;
 error_log $work/nginx/error.log warn;
 events { worker_connections $(((hard - 100) / 2)); }
 http {
@@ -175,7 +175,7 @@ http {
     keepalive_timeout 300s;
   }
   server {
-    listen 127.0.0.1:$ng_port ssl http2;
+    listen 127.0.0.1:__PORT__ ssl http2;
     ssl_certificate $work/nginx.pem;
     ssl_certificate_key $work/nginx.key;
     location / {
@@ -192,9 +192,29 @@ http {
   }
 }
 NGINX
-nginx -c "$work/nginx.conf" -e "$work/nginx/error.log" &
-ng_pid=$!
-pids+=($ng_pid)
+# start_nginx PORT and start_explicit PORT start a proxy and set
+# started_pid; stop_pid PID ends one of them.
+start_nginx() {
+  sed "s/__PORT__/$1/g" "$work/nginx.conf.in" > "$work/nginx-$1.conf"
+  nginx -c "$work/nginx-$1.conf" -e "$work/nginx/error.log" &
+  started_pid=$!
+  pids+=("$started_pid")
+}
+start_explicit() {
+  "$bin" proxy --listen "127.0.0.1:$1" --config "$work/config.yaml" --policy "$work/policy.yaml" \
+    >>"$work/explicit.log" 2>&1 &
+  started_pid=$!
+  pids+=("$started_pid")
+}
+stop_pid() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  local keep=() p
+  for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  pids=("${keep[@]}")
+}
+start_nginx "$ng_port"
+ng_pid=$started_pid
 
 cat > "$work/config.yaml" <<YAML
 ca:
@@ -214,10 +234,8 @@ ssrf:
 defaults:
   action: allow
 YAML
-"$bin" proxy --listen "127.0.0.1:$ex_port" --config "$work/config.yaml" --policy "$work/policy.yaml" \
-  >"$work/explicit.log" 2>&1 &
-ex_pid=$!
-pids+=($ex_pid)
+start_explicit "$ex_port"
+ex_pid=$started_pid
 
 wait_port() { # host port
   for _ in $(seq 100); do
@@ -347,15 +365,20 @@ stream_run() { # mode
   record "stream/${stream_mb}MB" "$mode" MB_per_s "$(awk '/^STREAM/{printf "%.0f", $2/1048576/$3}' <<<"$out")"
 }
 
-idle_run() { # mode
-  local mode=$1 out
+idle_run() { # mode; nginx and explicit get a fresh process each time:
+  # memory a long-lived one freed after earlier tests would hide the growth
+  local mode=$1 out port=$((ng_port + 500)) p
   case $mode in
     nginx)
-      out=$(timeout 180 "$work/benchpeers" idle -addr "127.0.0.1:$ng_port" -sni api.bench.test -ca "$work/ca.pem" \
-        -n "$idle_n" -pids "$(proc_pids "$ng_pid" | paste -sd,)") || true ;;
+      start_nginx "$port"; p=$started_pid; wait_port 127.0.0.1 "$port"
+      out=$(timeout 180 "$work/benchpeers" idle -addr "127.0.0.1:$port" -sni api.bench.test -ca "$work/ca.pem" \
+        -n "$idle_n" -pids "$(proc_pids "$p" | paste -sd,)") || true
+      stop_pid "$p" ;;
     explicit)
-      out=$(timeout 180 "$work/benchpeers" idle -addr "$up_ip:$up_port" -proxy "127.0.0.1:$ex_port" -sni "$up_ip" \
-        -ca "$sluice_ca" -n "$idle_n" -pids "$ex_pid") || true ;;
+      start_explicit "$port"; p=$started_pid; wait_port 127.0.0.1 "$port"
+      out=$(timeout 180 "$work/benchpeers" idle -addr "$up_ip:$up_port" -proxy "127.0.0.1:$port" -sni "$up_ip" \
+        -ca "$sluice_ca" -n "$idle_n" -pids "$p") || true
+      stop_pid "$p" ;;
     transparent | base)
       local b=$bin
       [ "$mode" = base ] && b=$base_bin
