@@ -71,7 +71,7 @@ dur=${BENCH_DURATION:-5}
 conns=${BENCH_CONNS:-"8 32 64 256 512"}
 stream_mb=${BENCH_STREAM_MB:-1024}
 tests=${BENCH_TESTS:-"h1 newconn h2 stream idle explicit"}
-bin=$PWD/${BIN:-bin/sluice}
+bin=$(realpath -m "${BIN:-bin/sluice}")
 base_bin=${BENCH_BASE:-}
 tmodes=transparent
 if [ -n "$base_bin" ]; then
