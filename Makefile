@@ -12,7 +12,7 @@ IMAGE    ?= sluice:dev
 CA_ROOTS ?= /etc/ssl/certs/ca-certificates.crt
 IMAGE_CTX := bin/image
 
-.PHONY: help generate check-generated build image test unit e2e fuzz bench demo lint tidy-check clean
+.PHONY: help generate check-generated build image test unit e2e fuzz bench bench-peers demo lint tidy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -52,9 +52,15 @@ e2e: build ## privileged end-to-end tests (root; sets SLUICE_E2E=1)
 fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 	./scripts/fuzz.sh $${FUZZTIME:-20s}
 
-bench: build ## HTTPS throughput and latency, direct vs through Sluice; the content scanner's MB/s
+bench: build ## HTTPS throughput and latency, direct vs through Sluice; the content scanner's MB/s; as root also the connect hooks' cost (BenchmarkConnectHook)
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./mitm/...
 	$(GO) test -run '^$$' -bench BodyScan -benchtime 3s ./policy
+	@if [ "$$(id -u)" = 0 ]; then \
+	  SLUICE_E2E=1 $(GO) test -count=1 -run '^$$' -bench ConnectHook -benchtime 20000x ./test/; \
+	else echo "BenchmarkConnectHook (ns per run of connect4, sluice CPU per connect event) needs root: skipped"; fi
+
+bench-peers: ## Sluice vs nginx (wrk, h2load; root, not run by CI): req/s, p50/p99, CPU/request, handshakes/s, MB/s, KiB/idle conn; BENCH_* settings in scripts/bench-peers.sh
+	./scripts/bench-peers.sh
 
 demo: build ## a small topology with an API and an MCP-like client under sluice run (root)
 	./scripts/demo.sh

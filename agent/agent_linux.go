@@ -432,9 +432,16 @@ func (a *Agent) shutdown() {
 		a.log.Warn("handlers still running after close")
 	}
 	if a.rb != nil {
-		a.rb.Close()
+		// The events still in the ring buffer are read first (they may
+		// not have woken the reader, see eventBatchWait).
+		if err := a.rb.Flush(); err != nil {
+			a.rb.Close()
+		}
 	}
 	a.wg.Wait()
+	if a.rb != nil {
+		a.rb.Close()
+	}
 	a.objs.Close()
 	if a.aw != nil {
 		a.aw.close()

@@ -1,12 +1,12 @@
 package agent
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf/ringbuf"
 
@@ -38,21 +38,30 @@ var verdicts = map[bpf.SluiceVerdict]Verdict{
 	bpf.SluiceVerdictVERDICT_DIRECT:     Direct,
 }
 
-// readEvents drains the ring buffer until it is closed.
+// eventBatchWait is the longest an event waits in the ring buffer: the
+// programs wake the reader only for a denial or a batch (sluice.c
+// EVENT_WAKEUP_BYTES), so the reader also looks this often.
+const eventBatchWait = 20 * time.Millisecond
+
+// readEvents drains the ring buffer until it is flushed (Close) or closed.
 func (a *Agent) readEvents() {
 	defer a.wg.Done()
+	var rec ringbuf.Record
 	for {
-		rec, err := a.rb.Read()
-		if err != nil {
-			if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
+		a.rb.SetDeadline(time.Now().Add(eventBatchWait))
+		if err := a.rb.ReadInto(&rec); err != nil {
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				continue
+			case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, ringbuf.ErrClosed), errors.Is(err, os.ErrClosed):
 				return
 			}
 			a.log.Warn("read event", audit.KeyError, err)
 			continue
 		}
-		var e bpf.SluiceEvent
-		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &e); err != nil {
-			a.log.Warn("decode event", audit.KeyError, err)
+		e, ok := decodeEvent(rec.RawSample)
+		if !ok {
+			a.log.Warn("decode event", audit.KeyError, fmt.Sprintf("%d bytes, want %d", len(rec.RawSample), unsafe.Sizeof(e)))
 			continue
 		}
 		ev := a.event(e)
@@ -64,6 +73,16 @@ func (a *Agent) readEvents() {
 			a.opts.OnEvent(ev)
 		}
 	}
+}
+
+// decodeEvent copies a ring buffer sample into the event struct bpf2go
+// generated from sluice.c (same layout, native endian; no reflection).
+func decodeEvent(b []byte) (e bpf.SluiceEvent, ok bool) {
+	if len(b) < int(unsafe.Sizeof(e)) {
+		return e, false
+	}
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&e)), unsafe.Sizeof(e)), b)
+	return e, true
 }
 
 // deniedMsg is the log message of a denied event: most are connects, two

@@ -1,34 +1,202 @@
 package audit
 
 import (
-	"context"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
 )
 
-// JSONLog writes one JSON object per line for every record, through a
-// log/slog JSON handler. The message is always MsgAudit ("audit"); the
-// keys are those of keys.go, rendered by AppendAttrs.
+// JSONLog writes one JSON object per line for every record. The message
+// is always MsgAudit ("audit"); the keys are those of keys.go, rendered by
+// AppendAttrs. The bytes are those log/slog's JSON handler writes for the
+// same attributes (the tests compare them byte for byte); JSONLog encodes
+// them itself into a pooled buffer, without slog's per-record handler
+// state, as this runs once per proxied request.
 type JSONLog struct {
-	h slog.Handler
+	mu sync.Mutex // one Write per line, lines never interleaved
+	w  io.Writer
 }
 
-// NewJSONLog writes records to w. w must be safe for concurrent writes of
-// whole lines (an *os.File is).
+// NewJSONLog writes records to w, one Write per line.
 func NewJSONLog(w io.Writer) *JSONLog {
-	return &JSONLog{h: slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})}
+	return &JSONLog{w: w}
 }
 
 var _ Sink = (*JSONLog)(nil)
 
+// lineBufs holds line buffers between records; a line longer than
+// maxPooledLine (a large logged body) is not kept.
+var lineBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+const maxPooledLine = 64 << 10
+
 // Record implements Sink.
 func (l *JSONLog) Record(r *Record) {
-	var buf [len(auditFields)]slog.Attr
-	rec := slog.NewRecord(r.Time, slog.LevelInfo, MsgAudit, 0)
-	rec.AddAttrs(r.AppendAttrs(buf[:0])...)
-	_ = l.h.Handle(context.Background(), rec)
+	bp := lineBufs.Get().(*[]byte)
+	b := r.AppendJSON((*bp)[:0])
+	l.mu.Lock()
+	_, _ = l.w.Write(b)
+	l.mu.Unlock()
+	if cap(b) <= maxPooledLine {
+		*bp = b
+		lineBufs.Put(bp)
+	}
+}
+
+// AppendJSON appends r's audit log line (with its newline) to dst: the
+// object slog.NewJSONHandler writes for the message MsgAudit at level
+// Info, with r.Time and the attributes of AppendAttrs.
+func (r *Record) AppendJSON(dst []byte) []byte {
+	dst = append(dst, '{')
+	if !r.Time.IsZero() {
+		dst = appendJSONString(dst, slog.TimeKey)
+		dst = append(dst, `:"`...)
+		dst = r.Time.AppendFormat(dst, time.RFC3339Nano)
+		dst = append(dst, `",`...)
+	}
+	dst = append(dst, `"level":"INFO","msg":`...)
+	dst = appendJSONString(dst, MsgAudit)
+	for _, f := range auditFields {
+		if a, ok := r.attr(f); ok {
+			dst = append(dst, ',')
+			dst = appendJSONAttr(dst, a)
+		}
+	}
+	return append(dst, "}\n"...)
+}
+
+// appendJSONAttr appends "key":value for the kinds attr produces, as
+// slog's JSON handler renders them.
+func appendJSONAttr(dst []byte, a slog.Attr) []byte {
+	dst = appendJSONString(dst, a.Key)
+	dst = append(dst, ':')
+	v := a.Value
+	switch v.Kind() {
+	case slog.KindString:
+		return appendJSONString(dst, v.String())
+	case slog.KindInt64:
+		return strconv.AppendInt(dst, v.Int64(), 10)
+	case slog.KindUint64:
+		return strconv.AppendUint(dst, v.Uint64(), 10)
+	case slog.KindFloat64:
+		return appendJSONFloat(dst, v.Float64())
+	case slog.KindGroup:
+		dst = append(dst, '{')
+		for i, g := range v.Group() {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendJSONAttr(dst, g)
+		}
+		return append(dst, '}')
+	case slog.KindAny:
+		if ss, ok := v.Any().([]string); ok {
+			dst = append(dst, '[')
+			for i, s := range ss {
+				if i > 0 {
+					dst = append(dst, ',')
+				}
+				dst = appendMarshaledString(dst, s)
+			}
+			return append(dst, ']')
+		}
+	}
+	panic("audit: attr of an unexpected kind " + v.Kind().String())
+}
+
+// appendJSONFloat renders f as encoding/json does (slog calls it for
+// floats): 'f' form, 'e' form below 1e-6 and from 1e21.
+func appendJSONFloat(dst []byte, f float64) []byte {
+	if math.IsInf(f, 0) || math.IsNaN(f) {
+		return append(dst, `"!ERROR:unsupported value"`...)
+	}
+	abs := math.Abs(f)
+	format := byte('f')
+	if abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	dst = strconv.AppendFloat(dst, f, format, -1, 64)
+	if format == 'e' {
+		// clean up e-09 to e-9
+		if n := len(dst); n >= 4 && dst[n-4] == 'e' && dst[n-3] == '-' && dst[n-2] == '0' {
+			dst[n-2] = dst[n-1]
+			dst = dst[:n-1]
+		}
+	}
+	return dst
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString appends s quoted as slog's JSON handler quotes strings
+// and keys: \" \\ \n \r \t, other control bytes as \u00XX, invalid UTF-8 as
+// \ufffd, U+2028 and U+2029 escaped, everything else (<, >, & too) as is.
+func appendJSONString(dst []byte, s string) []byte {
+	return appendQuoted(dst, s, false)
+}
+
+// appendMarshaledString appends s as encoding/json (without HTML
+// escaping, slog's setting) marshals it inside an array: as
+// appendJSONString, but \b and \f by name.
+func appendMarshaledString(dst []byte, s string) []byte {
+	return appendQuoted(dst, s, true)
+}
+
+func appendQuoted(dst []byte, s string, named bool) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if b := s[i]; b < utf8.RuneSelf {
+			if b >= 0x20 && b != '"' && b != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch {
+			case b == '\\' || b == '"':
+				dst = append(dst, '\\', b)
+			case b == '\n':
+				dst = append(dst, '\\', 'n')
+			case b == '\r':
+				dst = append(dst, '\\', 'r')
+			case b == '\t':
+				dst = append(dst, '\\', 't')
+			case named && b == '\b':
+				dst = append(dst, '\\', 'b')
+			case named && b == '\f':
+				dst = append(dst, '\\', 'f')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[b>>4], hexDigits[b&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		c, size := utf8.DecodeRuneInString(s[i:])
+		if c == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if c == '\u2028' || c == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[c&0xF])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
 }
 
 // Redacted is what a redacted header value is replaced with.

@@ -309,6 +309,11 @@ static __always_inline void fill_identity(struct bpf_sock_addr *ctx, struct orig
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
+/* Bytes of waiting events that wake the agent (about 40 events), and
+ * the bytes one event takes in the ring (8-byte header, 8-byte aligned). */
+#define EVENT_WAKEUP_BYTES 4096
+#define EVENT_RECORD_BYTES ((sizeof(struct event) + 8 + 7) & ~7)
+
 /* emit_event queues one event; a full ring buffer is counted in
  * sluice_drops. */
 static __always_inline void emit_event(const struct origin *o, __u8 verdict,
@@ -333,7 +338,17 @@ static __always_inline void emit_event(const struct origin *o, __u8 verdict,
 	e->netns_cookie = o->netns_cookie;
 	e->cookie = cookie;
 	__builtin_memcpy(e->comm, o->comm, 16);
-	bpf_ringbuf_submit(e, 0);
+	/* Wake the agent only for a denial or when this event makes the
+	 * waiting events cross a batch: a wake-up (irq_work; an IPI on a VM)
+	 * costs more than the rest of the program. A reader that lags stays
+	 * above the mark and is not woken again and again; it reads at least
+	 * every eventBatchWait (agent/events_linux.go) anyway. */
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	__u64 avail = bpf_ringbuf_query(&sluice_events, BPF_RB_AVAIL_DATA);
+	if (verdict == VERDICT_DENIED ||
+	    (avail >= EVENT_WAKEUP_BYTES && avail < EVENT_WAKEUP_BYTES + EVENT_RECORD_BYTES))
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
 }
 
 static __always_inline void emit(struct bpf_sock_addr *ctx, const struct origin *o,

@@ -38,7 +38,11 @@ type Proxy struct {
 	// beyond it.
 	MaxUpstreamPools int `yaml:"maxUpstreamPools"`
 	// MaxIdleConnsPerUpstream bounds idle HTTP/1.1 connections kept per
-	// pool.
+	// pool. 0 (the default): as many as the requests in flight to it
+	// needed, up to MaxConnections (the pool grows with demand, bounded
+	// like the client connections by the open-file limit; idle ones close
+	// after IdleTimeout). A fixed cap below the client concurrency makes
+	// every request beyond it pay a new upstream handshake.
 	MaxIdleConnsPerUpstream int `yaml:"maxIdleConnsPerUpstream"`
 	// MaxConnections bounds client connections served at once (explicit
 	// and transparent together, a CONNECT tunnel counting as its
@@ -89,7 +93,7 @@ func DefaultProxy() Proxy {
 		HandshakeTimeout:        Duration(10 * time.Second),
 		PeekTimeout:             Duration(2 * time.Second),
 		MaxUpstreamPools:        1024,
-		MaxIdleConnsPerUpstream: 32,
+		MaxIdleConnsPerUpstream: 0,
 		MaxConnections:          8192, // 17,408 open files with the reserve: within a 20,000 limit
 		// A fifth of the node's connections for any one workload.
 		MaxConnectionsPerWorkload: 2000,
@@ -120,8 +124,8 @@ func (p Proxy) validate() []error {
 	if p.MaxUpstreamPools < 1 {
 		errs = append(errs, fmt.Errorf("proxy.maxUpstreamPools %d: must be at least 1, e.g. 1024", p.MaxUpstreamPools))
 	}
-	if p.MaxIdleConnsPerUpstream < 1 {
-		errs = append(errs, fmt.Errorf("proxy.maxIdleConnsPerUpstream %d: must be at least 1, e.g. 32", p.MaxIdleConnsPerUpstream))
+	if p.MaxIdleConnsPerUpstream < 0 {
+		errs = append(errs, fmt.Errorf("proxy.maxIdleConnsPerUpstream %d: must be 0 (grow with demand) or more, e.g. 0", p.MaxIdleConnsPerUpstream))
 	}
 	if p.MaxConnections < 1 {
 		errs = append(errs, fmt.Errorf("proxy.maxConnections %d: must be at least 1, e.g. 8192", p.MaxConnections))

@@ -102,9 +102,15 @@ type Proxy struct {
 	leaf     func(ctx context.Context, name string) (*tls.Certificate, error)
 	roots    *x509.CertPool
 	sessions tls.ClientSessionCache
-	dialer   *net.Dialer
-	resolver Resolver
-	obs      Observer
+	// clientTLS is the one server config of decrypted client connections:
+	// its session ticket keys (rotated by crypto/tls) are shared, so a
+	// client resumes on its next connection (no leaf signature, no
+	// certificate sent); clientTLSFor gives each connection its leaf name
+	// and ALPN.
+	clientTLS *tls.Config
+	dialer    *net.Dialer
+	resolver  Resolver
+	obs       Observer
 	// seen remembers, per name, the addresses recent lookups gave (a
 	// union over bindingTTL), so name binding costs at most one lookup per
 	// name and minute, and rotating DNS answers still bind.
@@ -166,7 +172,9 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		cfg.CacheMaxBytes = def.CacheMaxBytes
 	}
 	if cfg.MaxIdleConnsPerUpstream <= 0 {
-		cfg.MaxIdleConnsPerUpstream = def.MaxIdleConnsPerUpstream
+		// Grow with demand: never fewer idle slots than client
+		// connections that can be in flight at once.
+		cfg.MaxIdleConnsPerUpstream = cfg.MaxConnections
 	}
 	clients, err := newClientGate(cfg.Clients)
 	if err != nil {
@@ -237,6 +245,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 	if p.mcpTools, err = mcpstate.Open(cfg.MCPStateFile, mcpstate.DefaultMaxTools); err != nil {
 		return nil, fmt.Errorf("proxy.mcpStateFile: %w", err)
 	}
+	p.clientTLS = &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: p.clientTLSFor}
 	p.groups = &groupSet{set: upstreams.NewSet(upstreams.NetProber{Dial: d.DialContext}, nil)}
 	p.upstreamGroups() // health checks start with the policy, not the first request
 	p.stages = p.chain()

@@ -84,13 +84,8 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 	hctx, cancel := context.WithTimeout(f.ctx, p.cfg.HandshakeTimeout.D())
 	defer cancel()
 	watch := &alertWatch{Conn: c}
-	srv := tls.Server(watch, &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		NextProtos: protos,
-		GetCertificate: func(chi *tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return p.leaf(chi.Context(), name)
-		},
-	})
+	hctx = context.WithValue(hctx, clientHandshakeKey{}, &clientHandshake{name: name, protos: protos})
+	srv := tls.Server(watch, p.clientTLS)
 	if err := srv.HandshakeContext(hctx); err != nil {
 		if rejectedCertificate(err) {
 			f.clientUntrusted(name, err.Error())
@@ -123,6 +118,32 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 	f.alpn = srv.ConnectionState().NegotiatedProtocol
 	defer t.release()
 	f.serveDecrypted(srv, t, name)
+}
+
+// clientHandshake is what one client handshake needs from its flow: the
+// name its leaf is minted for and the ALPN protocols offered back.
+type clientHandshake struct {
+	name   string
+	protos []string
+}
+
+type clientHandshakeKey struct{}
+
+// clientTLSFor is p.clientTLS's GetConfigForClient: the config of one
+// handshake, from the clientHandshake in its context. The config has no
+// ticket keys of its own, so crypto/tls uses p.clientTLS's.
+func (p *Proxy) clientTLSFor(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+	hs, ok := chi.Context().Value(clientHandshakeKey{}).(*clientHandshake)
+	if !ok {
+		return nil, errors.New("client handshake without its flow")
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: hs.protos,
+		GetCertificate: func(chi *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return p.leaf(chi.Context(), hs.name)
+		},
+	}, nil
 }
 
 // serveDecrypted decides from the first plaintext bytes whether the client

@@ -19,6 +19,9 @@ func TestMain(m *testing.M) {
 	if servers := os.Getenv("SLUICE_E2E_RESOLVE"); servers != "" {
 		os.Exit(goResolve(servers))
 	}
+	if os.Getenv("SLUICE_E2E_CONNECT_LOOP") == "1" {
+		os.Exit(connectLoop())
+	}
 	if os.Getenv("SLUICE_E2E") == "1" {
 		dir, err := os.MkdirTemp("", "sluice-e2e-bin-")
 		if err != nil {

@@ -40,7 +40,7 @@ rules:
     action: deny
 `
 
-func newRunEnv(t *testing.T) *runEnv {
+func newRunEnv(t testing.TB) *runEnv {
 	t.Helper()
 	RequireE2E(t)
 	tp := NewTopology(t, 1)

@@ -1,0 +1,99 @@
+package audit_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+)
+
+// slogLine is the audit line as log/slog's JSON handler writes it: the
+// reference JSONLog's own encoder must match byte for byte.
+func slogLine(r *audit.Record) []byte {
+	var b bytes.Buffer
+	h := slog.NewJSONHandler(&b, &slog.HandlerOptions{Level: slog.LevelDebug})
+	rec := slog.NewRecord(r.Time, slog.LevelInfo, audit.MsgAudit, 0)
+	rec.AddAttrs(r.Attrs()...)
+	_ = h.Handle(context.Background(), rec)
+	return b.Bytes()
+}
+
+func jsonLogLine(r *audit.Record) []byte {
+	var b bytes.Buffer
+	audit.NewJSONLog(&b).Record(r)
+	return b.Bytes()
+}
+
+// odd are strings that exercise every escape of both encoders.
+var odd = []string{
+	"", "plain", `quote " backslash \ slash /`, "<script>&amp;</script>", "tab\tnl\ncr\r",
+	"bell\a bs\b ff\f nul\x00 esc\x1b del\x7f", "bad utf8 \xff\xfe end", "ls\u2028ps\u2029",
+	"é 日本 🦀", "\xed\xa0\x80 surrogate",
+}
+
+func TestJSONLogMatchesSlog(t *testing.T) {
+	for _, tc := range records {
+		if got, want := jsonLogLine(&tc.r), slogLine(&tc.r); !bytes.Equal(got, want) {
+			t.Errorf("%s:\n got %s\nwant %s", tc.name, got, want)
+		}
+	}
+	for _, s := range odd {
+		r := records[0].r
+		r.Path, r.Error, r.MCPID, r.Workload.Cgroup = s, s, s, s
+		r.Header = map[string]string{"X-" + s: s, "Accept": s}
+		r.Detectors, r.MCPHidden = []string{s, s + "2"}, []string{s}
+		r.Answers = []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")}
+		if got, want := jsonLogLine(&r), slogLine(&r); !bytes.Equal(got, want) {
+			t.Errorf("%q:\n got %s\nwant %s", s, got, want)
+		}
+	}
+	for _, d := range []time.Duration{0, time.Microsecond, 999 * time.Microsecond, 1234567 * time.Hour, -5 * time.Millisecond} {
+		r := records[1].r
+		r.Duration, r.UpstreamDuration = d, d
+		if got, want := jsonLogLine(&r), slogLine(&r); !bytes.Equal(got, want) {
+			t.Errorf("duration %v:\n got %s\nwant %s", d, got, want)
+		}
+	}
+	r := records[1].r
+	r.Time = time.Time{} // slog leaves the time out
+	if got, want := jsonLogLine(&r), slogLine(&r); !bytes.Equal(got, want) {
+		t.Errorf("zero time:\n got %s\nwant %s", got, want)
+	}
+	r.Time = time.Date(2026, 1, 2, 3, 4, 5, 600, time.FixedZone("x", 3600))
+	if got, want := jsonLogLine(&r), slogLine(&r); !bytes.Equal(got, want) {
+		t.Errorf("zoned time:\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestJSONLogAllocs(t *testing.T) {
+	r := records[1].r
+	l := audit.NewJSONLog(discardWriter{})
+	l.Record(&r)
+	if n := testing.AllocsPerRun(100, func() { l.Record(&r) }); n > 2 {
+		t.Errorf("JSONLog.Record allocates %.0f times per record, want at most 2 (the ip and workload strings)", n)
+	}
+}
+
+type discardWriter struct{}
+
+func (discardWriter) Write(b []byte) (int, error) { return len(b), nil }
+
+func FuzzJSONLogMatchesSlog(f *testing.F) {
+	for _, s := range odd {
+		f.Add(s, s, int64(1234))
+	}
+	f.Fuzz(func(t *testing.T, a, b string, us int64) {
+		r := records[0].r
+		r.Path, r.Host, r.Error, r.Workload.Comm = a, b, a+b, b
+		r.Header = map[string]string{a: b, "User-Agent": a}
+		r.Detectors = []string{a, b}
+		r.Duration = time.Duration(us) * time.Microsecond
+		if got, want := jsonLogLine(&r), slogLine(&r); !bytes.Equal(got, want) {
+			t.Errorf("\n got %s\nwant %s", got, want)
+		}
+	})
+}

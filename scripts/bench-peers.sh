@@ -1,0 +1,462 @@
+#!/usr/bin/env bash
+# make bench-peers: Sluice side by side with nginx (root; not run by CI).
+#
+# One run builds, on this machine only:
+#   - a Go HTTPS upstream (scripts/benchpeers, HTTP/1.1 and h2) in a network
+#     namespace of its own at 198.19.254.2:443 (RFC 2544 benchmark range,
+#     reached over a veth; the namespace has no default route);
+#   - nginx (Debian) as a TLS-terminating, re-encrypting proxy on 127.0.0.1
+#     with upstream keepalive, upstream certificate verification and an
+#     access log;
+#   - Sluice transparent (`sluice run -- CLIENT`, the client's connects to the
+#     upstream redirected by the hooks) and Sluice explicit (`sluice proxy`),
+#     both decrypting and writing the JSON audit log;
+# and measures, over ROUNDS interleaved rounds (every test runs each mode
+# in turn before the next test), the median of:
+#   keep-alive HTTP/1.1 (wrk) req/s, p50, p99 at each of CONNS connections,
+#   the proxy's CPU per request (utime+stime of its processes from
+#   /proc/PID/stat), new TLS connections per second (wrk, Connection:
+#   close), h2 req/s (h2load), one large download in MB/s (curl), KiB of
+#   proxy memory per idle TLS connection, and h1 at 32 connections through
+#   the explicit proxy (a Go client: wrk and h2load cannot use a proxy).
+# Every figure is also printed as a ratio to nginx's figure of the same run.
+#
+# Missing tools: the apt-get line is printed; BENCH_INSTALL=1 runs it.
+# Settings (environment): BENCH_ROUNDS (3), BENCH_DURATION seconds per
+# measurement (5), BENCH_CONNS ("8 32 64 256 512"), BENCH_STREAM_MB (1024),
+# BENCH_IDLE connections (10000, lowered to what RLIMIT_NOFILE's hard limit
+# lets Sluice hold: two descriptors per connection and 1024 spare),
+# BENCH_TESTS (all of: h1 newconn h2 stream idle explicit), BIN (bin/sluice).
+# BENCH_BASE=path/to/an/older/sluice adds a "base" mode: that binary
+# transparent, interleaved with the others, for before/after figures of a
+# change within one run (column T×base).
+# BENCH_PROFILE=DIR: Sluice transparent runs a profiling build (-tags pprof)
+# and a CPU profile of each of its wrk/h2load measurements lands in DIR
+# (go tool pprof -top DIR/h1-c32-r1.pb.gz).
+# Everything it creates (namespace, veth, processes by PID, files) is
+# removed on exit, also on failure or Ctrl-C.
+set -euo pipefail
+
+# Inside `sluice run`: run the client and print the CPU ticks its parent
+# (the sluice process, which holds the proxy) spent meanwhile.
+if [ "${1:-}" = __inner ]; then
+  shift
+  ticks() { awk '{print $14+$15}' "/proc/$PPID/stat"; }
+  t0=$(ticks)
+  rc=0
+  "$@" || rc=$?
+  echo "PROXY_CPU_TICKS $(($(ticks) - t0))"
+  exit $rc
+fi
+
+cd "$(dirname "$0")/.."
+self=$PWD/scripts/bench-peers.sh
+[ "$(id -u)" = 0 ] || { echo "make bench-peers needs root (network namespace, eBPF hooks of sluice run)" >&2; exit 1; }
+missing=()
+for t in nginx wrk h2load curl openssl ip awk timeout; do command -v $t >/dev/null || missing+=("$t"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt="apt-get install -y nginx-light wrk nghttp2-client curl openssl iproute2"
+  if [ "${BENCH_INSTALL:-0}" = 1 ]; then
+    echo "installing: $apt"; $apt
+  else
+    echo "make bench-peers needs: ${missing[*]}; install them with:" >&2
+    echo "  $apt" >&2
+    echo "(or BENCH_INSTALL=1 make bench-peers)" >&2
+    exit 1
+  fi
+fi
+
+rounds=${BENCH_ROUNDS:-3}
+dur=${BENCH_DURATION:-5}
+conns=${BENCH_CONNS:-"8 32 64 256 512"}
+stream_mb=${BENCH_STREAM_MB:-1024}
+tests=${BENCH_TESTS:-"h1 newconn h2 stream idle explicit"}
+bin=$(realpath -m "${BIN:-bin/sluice}")
+base_bin=${BENCH_BASE:-}
+tmodes=transparent
+if [ -n "$base_bin" ]; then
+  base_bin=$(realpath "$base_bin")
+  tmodes="transparent base"
+fi
+hard=$(ulimit -Hn)
+ulimit -n "$hard"
+max_conns=$(((hard - 1024) / 2 - 100))
+idle_n=${BENCH_IDLE:-10000}
+if [ "$idle_n" -gt "$max_conns" ]; then
+  echo "idle connections: $idle_n lowered to $max_conns (open-file hard limit $hard)" >&2
+  idle_n=$max_conns
+fi
+max_wrk_conns=0
+for c in $conns; do [ "$c" -gt "$max_wrk_conns" ] && max_wrk_conns=$c; done
+
+ns=sluice-bp-$$
+veth=sbp$$
+up_ip=198.19.254.2
+gw_ip=198.19.254.1
+up_port=443
+ng_port=$((18000 + $$ % 1000))
+ex_port=$((19000 + $$ % 1000))
+work=$(mktemp -d /tmp/sluice-bench-peers.XXXXXX)
+results=$work/results
+pids=()
+
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  ip link del "$veth" 2>/dev/null || true
+  ip netns del "$ns" 2>/dev/null || true
+  rm -rf "/etc/netns/$ns" "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if ip -4 -o addr | grep -q " 198\.19\.254\."; then
+  echo "198.19.254.0/24 is in use on this machine; bench-peers needs it for its upstream" >&2
+  exit 1
+fi
+
+echo "building bin/sluice and the benchpeers helper" >&2
+make -s build
+go build -o "$work/benchpeers" ./scripts/benchpeers
+profile_dir=${BENCH_PROFILE:-}
+pprof_addr=127.0.0.1:$((17000 + $$ % 1000))
+if [ -n "$profile_dir" ]; then
+  mkdir -p "$profile_dir"
+  go build -tags pprof -o "$work/sluice-pprof" ./cmd/sluice
+  bin=$work/sluice-pprof
+fi
+
+echo "topology: upstream in namespace $ns at $up_ip:$up_port" >&2
+mkdir -p "/etc/netns/$ns"
+echo "nameserver 127.0.0.1" > "/etc/netns/$ns/resolv.conf"
+ip netns add "$ns"
+ip link add "$veth" type veth peer name "${veth}p"
+ip link set "${veth}p" netns "$ns"
+ip addr add "$gw_ip/24" dev "$veth"
+ip link set "$veth" up
+ip -n "$ns" link set lo up
+ip -n "$ns" addr add "$up_ip/24" dev "${veth}p"
+ip -n "$ns" link set "${veth}p" up
+# The route to the upstream must lead into our namespace before any load runs.
+ip route get "$up_ip" | grep -q "dev $veth" || { echo "$up_ip is not routed to $veth" >&2; exit 1; }
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=bench CA" \
+  -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+for name in upstream nginx; do
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=api.bench.test" \
+    -keyout "$work/$name.key" -out "$work/$name.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:api.bench.test,IP:%s,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' "$up_ip" > "$work/$name.ext"
+  openssl x509 -req -in "$work/$name.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
+    -days 1 -extfile "$work/$name.ext" -out "$work/$name.pem" 2>/dev/null
+done
+
+ip netns exec "$ns" sh -c "ulimit -n $hard; exec $work/benchpeers upstream -listen $up_ip:$up_port -cert $work/upstream.pem -key $work/upstream.key" \
+  >"$work/upstream.log" 2>&1 &
+pids+=($!)
+
+mkdir -p "$work/nginx"
+cat > "$work/nginx.conf.in" <<NGINX
+worker_processes auto;
+worker_rlimit_nofile $hard;
+daemon off;
+pid $work/nginx/nginx-__PORT__.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections $(((hard - 100) / 2)); }
+http {
+  access_log $work/nginx/access.log;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  upstream up {
+    server $up_ip:$up_port;
+    keepalive $((max_wrk_conns > 32 ? max_wrk_conns : 32));
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+  }
+  server {
+    listen 127.0.0.1:__PORT__ ssl http2;
+    ssl_certificate $work/nginx.pem;
+    ssl_certificate_key $work/nginx.key;
+    location / {
+      proxy_pass https://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $work/ca.pem;
+      proxy_ssl_name api.bench.test;
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;
+      proxy_max_temp_file_size 0;
+    }
+  }
+}
+NGINX
+# start_nginx PORT and start_explicit PORT start a proxy and set
+# started_pid; stop_pid PID ends one of them.
+start_nginx() {
+  sed "s/__PORT__/$1/g" "$work/nginx.conf.in" > "$work/nginx-$1.conf"
+  nginx -c "$work/nginx-$1.conf" -e "$work/nginx/error.log" &
+  started_pid=$!
+  pids+=("$started_pid")
+}
+start_explicit() {
+  "$bin" proxy --listen "127.0.0.1:$1" --config "$work/config.yaml" --policy "$work/policy.yaml" \
+    >>"$work/explicit.log" 2>&1 &
+  started_pid=$!
+  pids+=("$started_pid")
+}
+stop_pid() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  local keep=() p
+  for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  pids=("${keep[@]}")
+}
+start_nginx "$ng_port"
+ng_pid=$started_pid
+
+cat > "$work/config.yaml" <<YAML
+ca:
+  dir: $work/sluice-ca
+proxy:
+  upstreamCA: $work/ca.pem
+  maxConnections: $max_conns
+  maxConnectionsPerWorkload: $max_conns
+audit:
+  file: $work/audit.jsonl
+YAML
+cat > "$work/policy.yaml" <<'YAML'
+version: 1
+mode: enforce
+ssrf:
+  allowCIDRs: ["198.18.0.0/15"]   # the bench upstream lives in a test range
+defaults:
+  action: allow
+YAML
+start_explicit "$ex_port"
+ex_pid=$started_pid
+
+wait_port() { # host port
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1:$2" >&2
+  exit 1
+}
+wait_port "$up_ip" "$up_port"
+wait_port 127.0.0.1 "$ng_port"
+wait_port 127.0.0.1 "$ex_port"
+sluice_ca=$work/sluice-ca/ca.crt
+
+proc_pids() { # the proxy's processes: pid and its children
+  echo "$1"
+  pgrep -P "$1" || true
+}
+ticks() { # summed utime+stime of the given pids
+  local s=0 p
+  for p in "$@"; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+  echo "$s"
+}
+to_us() { # a wrk latency (1.23ms, 850.00us, 1.01s) in µs
+  awk -v v="$1" 'BEGIN{ n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'
+}
+record() { # test mode metric value
+  echo "$1 $2 $3 $4" >> "$results"
+}
+reset_logs() {
+  : > "$work/audit.jsonl"
+  : > "$work/nginx/access.log"
+}
+
+# run_client MODE CMD... : runs a client against MODE, prints its output and
+# a PROXY_CPU_TICKS line (the proxy's CPU meanwhile; 0 for direct).
+run_client() {
+  local mode=$1 t0 t1 rc=0
+  shift
+  reset_logs
+  case $mode in
+    direct) timeout $((dur + 60)) "$@" || rc=$?; echo "PROXY_CPU_TICKS 0" ;;
+    nginx)
+      local np; np=$(proc_pids "$ng_pid")
+      # shellcheck disable=SC2086
+      t0=$(ticks $np); timeout $((dur + 60)) "$@" || rc=$?
+      # shellcheck disable=SC2086
+      t1=$(ticks $np); echo "PROXY_CPU_TICKS $((t1 - t0))" ;;
+    explicit)
+      t0=$(ticks "$ex_pid"); timeout $((dur + 60)) "$@" || rc=$?
+      t1=$(ticks "$ex_pid"); echo "PROXY_CPU_TICKS $((t1 - t0))" ;;
+    transparent | base)
+      local b=$bin
+      [ "$mode" = base ] && b=$base_bin
+      if [ -n "$profile_dir" ] && [ "$mode" = transparent ] && [ -n "${profile_name:-}" ]; then
+        (sleep 1.5; curl -s -o "$profile_dir/$profile_name.pb.gz" \
+          "http://$pprof_addr/debug/pprof/profile?seconds=$((dur > 3 ? dur - 2 : 1))") &
+      fi
+      SLUICE_PPROF=$pprof_addr timeout $((dur + 90)) "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
+        -- "$self" __inner "$@" || rc=$? ;;
+  esac
+  return $rc
+}
+
+url_of() { # mode -> base URL of the upstream as that mode's client sees it
+  case $1 in
+    direct | transparent | base) echo "https://$up_ip:$up_port" ;;
+    nginx) echo "https://127.0.0.1:$ng_port" ;;
+  esac
+}
+
+wrk_run() { # test mode conns [extra wrk args]
+  local test=$1 mode=$2 c=$3 out
+  shift 3
+  profile_name=$test-c$c-r$r
+  out=$(run_client "$mode" wrk -t 2 -c "$c" -d "${dur}s" --timeout 10s --latency "$@" "$(url_of "$mode")/") || {
+    echo "wrk $test $mode $c failed: $out" >&2
+    return 0
+  }
+  local rps req p50 p99 cpu
+  rps=$(awk '/^Requests\/sec:/{print $2}' <<<"$out")
+  req=$(awk '/requests in/{print $1}' <<<"$out")
+  p50=$(to_us "$(awk '$1=="50%"{print $2}' <<<"$out")")
+  p99=$(to_us "$(awk '$1=="99%"{print $2}' <<<"$out")")
+  cpu=$(awk '/^PROXY_CPU_TICKS/{print $2}' <<<"$out")
+  if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
+    echo "$test $mode c=$c: $(grep "Non-2xx\|Socket errors" <<<"$out")" >&2
+  fi
+  record "$test/c$c" "$mode" rps "$rps"
+  record "$test/c$c" "$mode" p50_us "$p50"
+  record "$test/c$c" "$mode" p99_us "$p99"
+  if [ "$mode" != direct ] && [ "${req:-0}" -gt 0 ]; then
+    record "$test/c$c" "$mode" cpu_us_per_req "$(awk -v t="$cpu" -v n="$req" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", t*1e6/hz/n}')"
+  fi
+}
+
+h2_run() { # mode
+  local mode=$1 out
+  profile_name=h2-r$r
+  out=$(run_client "$mode" h2load -c 32 -m 10 -t 2 -D "$dur" "$(url_of "$mode")/") || {
+    echo "h2load $mode failed: $out" >&2
+    return 0
+  }
+  record h2/c32m10 "$mode" rps "$(awk '/^finished in/{print $4}' <<<"$out")"
+  local done cpu
+  done=$(awk '/^requests:/{print $8}' <<<"$out")
+  cpu=$(awk '/^PROXY_CPU_TICKS/{print $2}' <<<"$out")
+  if [ "$mode" != direct ] && [ "${done:-0}" -gt 0 ]; then
+    record h2/c32m10 "$mode" cpu_us_per_req "$(awk -v t="$cpu" -v n="$done" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", t*1e6/hz/n}')"
+  fi
+}
+
+stream_run() { # mode
+  local mode=$1 out ca=() proxy=()
+  case $mode in
+    direct | nginx) ca=(--cacert "$work/ca.pem") ;;
+    explicit) ca=(--cacert "$sluice_ca") proxy=(-x "http://127.0.0.1:$ex_port") ;;
+  esac
+  local u
+  u=$(url_of "$mode")
+  [ "$mode" = explicit ] && u="https://$up_ip:$up_port"
+  out=$(run_client "$mode" curl -sS -o /dev/null --max-time $((dur + 55)) "${ca[@]}" "${proxy[@]}" \
+    -w 'STREAM %{size_download} %{time_total}\n' "$u/bytes?n=$((stream_mb << 20))") || {
+    echo "stream $mode failed: $out" >&2
+    return 0
+  }
+  record "stream/${stream_mb}MB" "$mode" MB_per_s "$(awk '/^STREAM/{printf "%.0f", $2/1048576/$3}' <<<"$out")"
+}
+
+idle_run() { # mode; nginx and explicit get a fresh process each time:
+  # memory a long-lived one freed after earlier tests would hide the growth
+  local mode=$1 out port=$((ng_port + 500)) p
+  case $mode in
+    nginx)
+      start_nginx "$port"; p=$started_pid; wait_port 127.0.0.1 "$port"
+      out=$(timeout 180 "$work/benchpeers" idle -addr "127.0.0.1:$port" -sni api.bench.test -ca "$work/ca.pem" \
+        -n "$idle_n" -pids "$(proc_pids "$p" | paste -sd,)") || true
+      stop_pid "$p" ;;
+    explicit)
+      start_explicit "$port"; p=$started_pid; wait_port 127.0.0.1 "$port"
+      out=$(timeout 180 "$work/benchpeers" idle -addr "$up_ip:$up_port" -proxy "127.0.0.1:$port" -sni "$up_ip" \
+        -ca "$sluice_ca" -n "$idle_n" -pids "$p") || true
+      stop_pid "$p" ;;
+    transparent | base)
+      local b=$bin
+      [ "$mode" = base ] && b=$base_bin
+      out=$(timeout 240 "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
+        -- "$work/benchpeers" idle -addr "$up_ip:$up_port" -sni "$up_ip" -ca "$sluice_ca" -n "$idle_n" -pids ppid) || true ;;
+  esac
+  grep -q '^idle ' <<<"$out" || { echo "idle $mode failed: $out" >&2; return 0; }
+  record "idle/n$idle_n" "$mode" KiB_per_conn "$(awk '/^idle /{print $8}' <<<"$out")"
+}
+
+explicit_run() { # mode: h1 keep-alive at 32 connections with the Go client
+  local mode=$1 out args
+  case $mode in
+    direct) args=(-url "https://$up_ip:$up_port/" -sni api.bench.test -ca "$work/ca.pem") ;;
+    nginx) args=(-url "https://127.0.0.1:$ng_port/" -sni api.bench.test -ca "$work/ca.pem") ;;
+    explicit) args=(-url "https://$up_ip:$up_port/" -sni "$up_ip" -ca "$sluice_ca" -proxy "127.0.0.1:$ex_port") ;;
+  esac
+  out=$(run_client "$mode" "$work/benchpeers" load -c 32 -d "${dur}s" "${args[@]}") || {
+    echo "load $mode failed: $out" >&2
+    return 0
+  }
+  local line cpu
+  line=$(grep '^requests ' <<<"$out")
+  cpu=$(awk '/^PROXY_CPU_TICKS/{print $2}' <<<"$out")
+  record goclient-h1/c32 "$mode" rps "$(awk '{print $4}' <<<"$line")"
+  record goclient-h1/c32 "$mode" p50_us "$(awk '{print $6}' <<<"$line")"
+  record goclient-h1/c32 "$mode" p99_us "$(awk '{print $8}' <<<"$line")"
+  if [ "$mode" != direct ]; then
+    record goclient-h1/c32 "$mode" cpu_us_per_req "$(awk -v t="$cpu" -v l="$line" -v hz="$(getconf CLK_TCK)" 'BEGIN{split(l,f," "); printf "%.1f", t*1e6/hz/f[2]}')"
+  fi
+}
+
+has() { [[ " $tests " == *" $1 "* ]]; }
+start=$(date +%s)
+for r in $(seq "$rounds"); do
+  echo "round $r of $rounds ($(($(date +%s) - start)) s so far)" >&2
+  if has h1; then
+    for c in $conns; do for m in direct nginx $tmodes; do wrk_run h1 "$m" "$c"; done; done
+  fi
+  if has newconn; then
+    for m in direct nginx $tmodes; do wrk_run newconn "$m" 32 -H "Connection: close"; done
+  fi
+  if has h2; then
+    for m in direct nginx $tmodes; do h2_run "$m"; done
+  fi
+  if has stream; then
+    for m in direct nginx $tmodes explicit; do stream_run "$m"; done
+  fi
+  if has explicit; then
+    for m in direct nginx explicit; do explicit_run "$m"; done
+  fi
+  if has idle; then
+    for m in nginx $tmodes explicit; do idle_run "$m"; done
+  fi
+done
+
+echo
+echo "Sluice vs nginx $(nginx -v 2>&1 | sed 's/.*\///'), $(nproc) CPUs, $rounds interleaved rounds of ${dur}s, median per cell; ×nginx = the mode's figure / nginx's"
+echo "(clients, proxies and the upstream share these CPUs; compare within one run)"
+awk -v base="$base_bin" '
+  { k=$1" "$3; v[k" "$2]=v[k" "$2]" "$4; keys[k]=1; if (!(k in order)) { order[k]=++n; list[n]=k } }
+  function median(s,   a, m, i, j, t) {
+    m = split(s, a, " "); if (m == 0) return "";
+    for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return a[int((m + 1) / 2)]
+  }
+  function cell(x) { return x == "" ? "-" : x }
+  function ratio(x, y) { return (x == "" || y == "" || y + 0 == 0) ? "-" : sprintf("%.2f", x / y) }
+  END {
+    printf "%-20s %-15s %10s %10s %12s %12s %10s %10s", "test", "metric", "direct", "nginx", "transparent", "explicit", "T×nginx", "E×nginx"
+    if (base != "") printf " %10s %10s", "base", "T×base"
+    printf "\n"
+    for (i = 1; i <= n; i++) {
+      k = list[i]; split(k, kk, " ")
+      d = median(v[k" direct"]); g = median(v[k" nginx"]); t = median(v[k" transparent"]); e = median(v[k" explicit"])
+      printf "%-20s %-15s %10s %10s %12s %12s %10s %10s", kk[1], kk[2], cell(d), cell(g), cell(t), cell(e), ratio(t, g), ratio(e, g)
+      if (base != "") { b = median(v[k" base"]); printf " %10s %10s", cell(b), ratio(t, b) }
+      printf "\n"
+    }
+  }' "$results"
+echo "(took $(($(date +%s) - start)) s)" >&2

@@ -1,0 +1,325 @@
+// Command benchpeers is the Go half of `make bench-peers`
+// (scripts/bench-peers.sh): the HTTPS upstream every proxy under test
+// forwards to, a keep-alive load client that can go through an explicit
+// CONNECT proxy (wrk and h2load cannot), and the idle-connection memory
+// probe. It is a developer tool: it sends traffic only to the addresses
+// it is given, which the script keeps local.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: benchpeers upstream|load|idle FLAGS")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "upstream":
+		err = upstream(os.Args[2:])
+	case "load":
+		err = load(os.Args[2:])
+	case "idle":
+		err = idle(os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchpeers:", err)
+		os.Exit(1)
+	}
+}
+
+// upstream serves HTTPS (HTTP/1.1 and h2): / answers a small body,
+// /bytes?n=N streams N bytes.
+func upstream(args []string) error {
+	fs := flag.NewFlagSet("upstream", flag.ExitOnError)
+	listen := fs.String("listen", "127.0.0.1:8443", "address")
+	cert := fs.String("cert", "", "PEM certificate")
+	key := fs.String("key", "", "PEM key")
+	fs.Parse(args)
+	kp, err := tls.LoadX509KeyPair(*cert, *key)
+	if err != nil {
+		return fmt.Errorf("load upstream certificate: %w", err)
+	}
+	body := []byte("hello from the upstream, a small JSON-sized answer of about one hundred bytes.......\n")
+	chunk := make([]byte, 64<<10)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/plain")
+		w.Write(body)
+	})
+	mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		for n > 0 {
+			k := min(n, int64(len(chunk)))
+			if _, err := w.Write(chunk[:k]); err != nil {
+				return
+			}
+			n -= k
+		}
+	})
+	srv := &http.Server{
+		Addr:      *listen,
+		Handler:   mux,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{kp}, NextProtos: []string{"h2", "http/1.1"}},
+	}
+	srv.SetKeepAlivesEnabled(true)
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", *listen, err)
+	}
+	fmt.Println("ready")
+	return srv.ServeTLS(ln, "", "")
+}
+
+// clientTLS trusts the PEM file ca for server name sni.
+func clientTLS(ca, sni string) (*tls.Config, error) {
+	pool := x509.NewCertPool()
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("read CA %s: %w", ca, err)
+		}
+		pool.AppendCertsFromPEM(pem)
+	}
+	return &tls.Config{RootCAs: pool, ServerName: sni, NextProtos: []string{"http/1.1"}}, nil
+}
+
+// load runs c keep-alive HTTP/1.1 connections for d, each sending GETs
+// back to back, and prints "requests N rps R p50_us P p99_us Q".
+func load(args []string) error {
+	fs := flag.NewFlagSet("load", flag.ExitOnError)
+	target := fs.String("url", "", "https URL")
+	proxy := fs.String("proxy", "", "explicit proxy host:port (CONNECT)")
+	ca := fs.String("ca", "", "PEM bundle to trust")
+	sni := fs.String("sni", "", "TLS server name")
+	conns := fs.Int("c", 32, "connections")
+	dur := fs.Duration("d", 5*time.Second, "duration")
+	fs.Parse(args)
+	u, err := url.Parse(*target)
+	if err != nil {
+		return fmt.Errorf("parse url %q: %w", *target, err)
+	}
+	tc, err := clientTLS(*ca, *sni)
+	if err != nil {
+		return err
+	}
+	tr := &http.Transport{
+		TLSClientConfig:     tc,
+		MaxIdleConnsPerHost: *conns,
+		MaxConnsPerHost:     *conns,
+		DisableCompression:  true,
+	}
+	if *proxy != "" {
+		tr.Proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: *proxy})
+	}
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), *dur)
+	defer cancel()
+	var errs atomic.Int64
+	lats := make([][]time.Duration, *conns)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range *conns {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				resp, err := client.Get(u.String())
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					errs.Add(1)
+					continue
+				}
+				lats[i] = append(lats[i], time.Since(t0))
+			}
+		})
+	}
+	wg.Wait()
+	el := time.Since(start)
+	all := slices.Concat(lats...)
+	if len(all) == 0 {
+		return fmt.Errorf("no successful request (%d errors)", errs.Load())
+	}
+	slices.Sort(all)
+	fmt.Printf("requests %d rps %.0f p50_us %d p99_us %d errors %d\n", len(all), float64(len(all))/el.Seconds(),
+		all[len(all)/2].Microseconds(), all[min(len(all)-1, len(all)*99/100)].Microseconds(), errs.Load())
+	return nil
+}
+
+// rss is the resident set of pids together, in KiB.
+func rss(pids []int) (int64, error) {
+	var sum int64
+	for _, pid := range pids {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			return 0, fmt.Errorf("read rss of %d: %w", pid, err)
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				sum += n
+			}
+		}
+		f.Close()
+	}
+	return sum, nil
+}
+
+// idle opens n TLS connections (through an explicit proxy if given),
+// sends one request on each, keeps them open and idle, and prints the
+// growth of the resident memory of the measured processes per
+// connection: "idle N rss_before_kib B rss_after_kib A kib_per_conn K".
+func idle(args []string) error {
+	fs := flag.NewFlagSet("idle", flag.ExitOnError)
+	target := fs.String("addr", "", "host:port to connect to")
+	proxy := fs.String("proxy", "", "explicit proxy host:port (CONNECT)")
+	ca := fs.String("ca", "", "PEM bundle to trust")
+	sni := fs.String("sni", "", "TLS server name")
+	n := fs.Int("n", 1000, "connections")
+	pidList := fs.String("pids", "ppid", "comma-separated pids to measure, or ppid")
+	settle := fs.Duration("settle", 3*time.Second, "wait before measuring")
+	limit := fs.Duration("timeout", 120*time.Second, "give up after")
+	fs.Parse(args)
+	var pids []int
+	for _, p := range strings.Split(*pidList, ",") {
+		if p == "ppid" {
+			pids = append(pids, os.Getppid())
+			continue
+		}
+		v, err := strconv.Atoi(p)
+		if err != nil {
+			return fmt.Errorf("parse pid %q: %w", p, err)
+		}
+		pids = append(pids, v)
+	}
+	tc, err := clientTLS(*ca, *sni)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer cancel()
+	ctx, cancel2 := context.WithTimeout(ctx, *limit)
+	defer cancel2()
+	time.Sleep(*settle)
+	before, err := rss(pids)
+	if err != nil {
+		return err
+	}
+	conns := make([]net.Conn, 0, *n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	req := fmt.Sprintf("GET / HTTP/1.1\r\nHost: %s\r\n\r\n", *sni)
+	sem := make(chan struct{}, 64)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var firstErr error
+	for range *n {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			c, err := dialOne(ctx, *target, *proxy, tc, req)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if firstErr == nil {
+					firstErr = err
+				}
+				return
+			}
+			conns = append(conns, c)
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return fmt.Errorf("%d of %d connections: %w", *n-len(conns), *n, firstErr)
+	}
+	runtime.GC()
+	time.Sleep(*settle)
+	after, err := rss(pids)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("idle %d rss_before_kib %d rss_after_kib %d kib_per_conn %.1f\n", len(conns), before, after,
+		float64(after-before)/float64(len(conns)))
+	return nil
+}
+
+// dialOne opens one TLS connection, sends req and reads the answer's head
+// and small body.
+func dialOne(ctx context.Context, target, proxy string, tc *tls.Config, req string) (net.Conn, error) {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	addr := target
+	if proxy != "" {
+		addr = proxy
+	}
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	raw.SetDeadline(time.Now().Add(30 * time.Second))
+	if proxy != "" {
+		fmt.Fprintf(raw, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+		br := bufio.NewReader(raw)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 200 {
+			raw.Close()
+			return nil, errors.Join(fmt.Errorf("connect through %s", proxy), err)
+		}
+	}
+	c := tls.Client(raw, tc)
+	if err := c.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("handshake with %s: %w", target, err)
+	}
+	if _, err := io.WriteString(c, req); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("write request: %w", err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("read response: %w", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	raw.SetDeadline(time.Time{})
+	return c, nil
+}
