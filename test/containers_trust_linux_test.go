@@ -231,13 +231,27 @@ func TestContainersTrustSluiceCA(t *testing.T) {
 			t.Errorf("pinned curl's output lacks %q:\n%s", want, out)
 		}
 	}
+	// One client_untrusted record and one passed through: the pinned
+	// curl's; none of the clients given the CA rejected it.
+	var us, ps []map[string]any
+	for _, r := range recs {
+		if untrusted(r) {
+			us = append(us, r)
+		}
+		if passed(r) {
+			ps = append(ps, r)
+		}
+	}
+	if len(us) != 1 || len(ps) != 1 {
+		t.Errorf("%d client_untrusted and %d passthrough records, want one each (the pinned container's): %v %v", len(us), len(ps), us, ps)
+	}
 	u := findRecord(recs, untrusted)
 	if u == nil || u["container"] != pinned || u["image"] != e.image || u["container_id"] != pinnedID || u["host"] != "api.test" ||
 		u["comm"] != "curl" || u["reason"] != "client rejected the Sluice certificate" {
 		t.Errorf("client_untrusted record of the pinned container: %v", u)
 	}
 	p := findRecord(recs, passed)
-	if p == nil || p["container"] != pinned || p["image"] != e.image || p["host"] != "api.test" || p["decision"] != "allow" ||
+	if p == nil || p["container"] != pinned || p["image"] != e.image || p["host"] != "api.test" || p["decision"] != "allow" || p["rule"] != "on-untrusted-client" ||
 		p["reason"] != "client rejected the Sluice certificate before; passed through" {
 		t.Errorf("passthrough record of the pinned container: %v", p)
 	}
