@@ -19,7 +19,7 @@ var rootfsPackages = []string{"curl", "ca-certificates"}
 // trust tests run in containers: Python, Node.js and a JDK (java runs a
 // single-file source program, which needs the compiler module the JRE
 // lacks). A second image, cached under its own tag: the first build
-// takes some minutes (about 400 MB unpacked).
+// takes one to three minutes (a 500 MB image).
 var runtimePackages = append(append([]string{}, rootfsPackages...), "python3", "nodejs", "openjdk-17-jdk-headless")
 
 const (
