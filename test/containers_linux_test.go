@@ -36,7 +36,8 @@ func init() {
 }
 
 // dockerEnv is a docker network of the test's own, in the daemon's
-// address pool inside 198.18.0.0/15, with a peer server container on it;
+// address pool inside 198.18.0.0/15, with a peer server container on it
+// (the image has the Debian packages given);
 // every container and the network are removed by id at the end.
 type dockerEnv struct {
 	bin     string
@@ -46,11 +47,11 @@ type dockerEnv struct {
 	gateway netip.Addr
 }
 
-func newDockerEnv(t *testing.T) *dockerEnv {
+func newDockerEnv(t *testing.T, packages []string) *dockerEnv {
 	t.Helper()
 	RequireE2E(t)
 	e := &dockerEnv{bin: requireDocker(t)}
-	e.image = rootfsImage(t, e.bin)
+	e.image = rootfsImage(t, e.bin, packages)
 	e.network = strings.TrimSpace(docker(t, e.bin, "network", "create", fmt.Sprintf("sluice-e2e-%d", os.Getpid())))
 	t.Cleanup(func() { _ = exec.Command(e.bin, "network", "rm", e.network).Run() })
 	var ipam struct {
@@ -121,7 +122,7 @@ func (e *dockerEnv) curl(t *testing.T, name string, labels map[string]string, pa
 // rule; a container nothing selects goes direct. In both attach modes:
 // hooks on the container's cgroup, or its id in the selection map.
 func TestContainersByRuntimeMetadata(t *testing.T) {
-	e := newDockerEnv(t)
+	e := newDockerEnv(t, rootfsPackages)
 	for _, attach := range []string{"cgroup", "root"} {
 		t.Run(attach, func(t *testing.T) { testContainersByRuntimeMetadata(t, e, attach) })
 	}
