@@ -32,11 +32,15 @@ const (
 
 // JSON-RPC error codes Sluice answers with. -32000 to -32099 are
 // reserved for implementation-defined server errors; MCP itself uses
-// -32001 for a header that disagrees with the body.
+// -32020 (HeaderMismatch in the 2026-07-28 schema; SEP-2243 first
+// proposed -32001) for a header that disagrees with the body, as the
+// official SDKs do.
 const (
 	// CodeHeaderMismatch: an Mcp-Method or Mcp-Name header disagrees
-	// with the body (HTTP 400).
-	CodeHeaderMismatch = -32001
+	// with the body (HTTP 400). The spec's code, so a client that tells
+	// a header mismatch from other errors (the Go SDK's
+	// mcp.CodeHeaderMismatch) recognises Sluice's refusal.
+	CodeHeaderMismatch = -32020
 	// CodeDenied: Sluice's policy denied the request.
 	CodeDenied = -32003
 	// CodeToolChanged: a tools/call of a tool whose description or
