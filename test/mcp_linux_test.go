@@ -41,6 +41,17 @@ func requireMCPJS(t *testing.T) (node, dir string) {
 // in h's namespace on port 443, and returns the CA's PEM file.
 func startMCPServer(t *testing.T, node, dir string, h *Host, names ...string) (caFile string) {
 	t.Helper()
+	return startTLSServer(t, h, names, func(certFile, keyFile string) []string {
+		return []string{node, filepath.Join(dir, "server.mjs"), certFile, keyFile, h.IP4.String(), "443"}
+	})
+}
+
+// startTLSServer runs the command argv returns, given a certificate for
+// names (and h's address) from a fresh test CA and its key, in h's
+// namespace, waits for it to print "ready" on stdout, and returns the
+// CA's PEM file. The command is ended when t ends.
+func startTLSServer(t *testing.T, h *Host, names []string, argv func(certFile, keyFile string) []string) (caFile string) {
+	t.Helper()
 	caPEM, leaf := testPKI(t, names, []netip.Addr{h.IP4})
 	keyDER, err := x509.MarshalPKCS8PrivateKey(leaf.PrivateKey)
 	if err != nil {
@@ -58,7 +69,7 @@ func startMCPServer(t *testing.T, node, dir string, h *Host, names ...string) (c
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := h.Exec(ctx, node, filepath.Join(dir, "server.mjs"), certFile, keyFile, h.IP4.String(), "443")
+	cmd := h.Exec(ctx, argv(certFile, keyFile)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
@@ -66,13 +77,13 @@ func startMCPServer(t *testing.T, node, dir string, h *Host, names ...string) (c
 		t.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start the MCP server: %v", err)
+		t.Fatalf("start the server: %v", err)
 	}
 	t.Cleanup(func() {
 		cancel()
 		_ = cmd.Wait()
 		if t.Failed() {
-			t.Logf("MCP server stderr:\n%s", stderr.String())
+			t.Logf("server stderr:\n%s", stderr.String())
 		}
 	})
 	ready := make(chan bool, 1)
@@ -86,10 +97,10 @@ func startMCPServer(t *testing.T, node, dir string, h *Host, names ...string) (c
 	select {
 	case ok := <-ready:
 		if !ok {
-			t.Fatalf("the MCP server did not start:\n%s", stderr.String())
+			t.Fatalf("the server did not start:\n%s", stderr.String())
 		}
 	case <-time.After(20 * time.Second):
-		t.Fatalf("the MCP server is not ready after 20s:\n%s", stderr.String())
+		t.Fatalf("the server is not ready after 20s:\n%s", stderr.String())
 	}
 	return caFile
 }
