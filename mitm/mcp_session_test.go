@@ -164,7 +164,7 @@ func TestMCPLegacySSE(t *testing.T) {
 	// A denied call: 403 with the JSON-RPC error, not held.
 	dx, a := mcpStageRequest(t, f, "POST", "/messages?sessionId=abc", `{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"rm"}}`)
 	checkAnswer(t, a, &answerWant{403, "deny", "no-rm", audit.ReasonDeniedByRule})
-	if !strings.Contains(string(a.Body), `"id":8,"error":{"code":-32003`) {
+	if !strings.Contains(string(a.Body), `"id":8,"error":{"code":-32030`) {
 		t.Errorf("denied POST body %s, want a JSON-RPC error of id 8", a.Body)
 	}
 	dx.answer(a)

@@ -63,12 +63,12 @@ func TestMCPStageRequest(t *testing.T) {
 		{name: "an allowed tool goes on with its body whole", body: call("1", "echo"), wantBody: call("1", "echo"), wantTool: "echo"},
 		{name: "a denied tool: a JSON-RPC error with the request's id, HTTP 200", body: call(`"a"`, "rm"),
 			want:     &answerWant{200, "deny", "no-rm", audit.ReasonDeniedByRule},
-			wantBody: `{"jsonrpc":"2.0","id":"a","error":{"code":-32003,"message":"denied by Sluice policy (rule no-rm: denied by rule)"}}`,
-			wantTool: "rm", wantCode: -32003},
+			wantBody: `{"jsonrpc":"2.0","id":"a","error":{"code":-32030,"message":"denied by Sluice policy (rule no-rm: denied by rule)"}}`,
+			wantTool: "rm", wantCode: -32030},
 		{name: "a batch with a denied call: an error per request", body: "[" + call("1", "echo") + "," + call("2", "rm") + "]",
 			want:     &answerWant{200, "deny", "no-rm", audit.ReasonDeniedByRule},
-			wantBody: `[{"jsonrpc":"2.0","id":1,"error":{"code":-32003,"message":"denied by Sluice policy (rule no-rm: denied by rule)"}},{"jsonrpc":"2.0","id":2,"error":{"code":-32003,"message":"denied by Sluice policy (rule no-rm: denied by rule)"}}]`,
-			wantTool: "echo", wantCode: -32003},
+			wantBody: `[{"jsonrpc":"2.0","id":1,"error":{"code":-32030,"message":"denied by Sluice policy (rule no-rm: denied by rule)"}},{"jsonrpc":"2.0","id":2,"error":{"code":-32030,"message":"denied by Sluice policy (rule no-rm: denied by rule)"}}]`,
+			wantTool: "echo", wantCode: -32030},
 		{name: "a mirrored Mcp-Name that disagrees with the body: 400", body: call("3", "rm"), hdr: map[string]string{"Mcp-Method": "tools/call", "Mcp-Name": "echo"},
 			want:     &answerWant{400, "deny", "", audit.ReasonMCPHeaderMismatch},
 			wantBody: `{"jsonrpc":"2.0","id":3,"error":{"code":-32020,"message":"Mcp-Name header \"echo\" differs from the body's \"rm\""}}`,
@@ -77,7 +77,7 @@ func TestMCPStageRequest(t *testing.T) {
 			wantBody: call("4", "echo"), wantTool: "echo"},
 		{name: "an unparsed MCP body is denied by a deny rule with mcp", body: `{"jsonrpc":`, hdr: map[string]string{"Mcp-Session-Id": "s1"},
 			want:     &answerWant{403, "deny", "no-rm", audit.ReasonDeniedByRule},
-			wantBody: `{"jsonrpc":"2.0","id":null,"error":{"code":-32003,"message":"denied by Sluice policy (rule no-rm: denied by rule)"}}`, wantCode: -32003},
+			wantBody: `{"jsonrpc":"2.0","id":null,"error":{"code":-32030,"message":"denied by Sluice policy (rule no-rm: denied by rule)"}}`, wantCode: -32030},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			x, a := mcpExchange(t, tc.body, tc.hdr)

@@ -148,7 +148,7 @@ type mcpCallResult struct {
 // McpServer over StreamableHTTPServerTransport behind TLS in another
 // namespace. Through Sluice, tools/list leaves out the denied tools, an
 // allowed call answers, a denied call is the JSON-RPC error the SDK
-// throws (-32003), the third search in a minute is rate limited per tool
+// throws (-32030), the third search in a minute is rate limited per tool
 // (-32029), progress notifications of a long call arrive as the server
 // sends them (not bunched at the end), and a tool whose description
 // changed between two tools/list answers is recorded (mcp_tool_changed).
@@ -204,8 +204,8 @@ func TestMCPSDKThroughSluice(t *testing.T) {
 	if got.Echo.Text != "echo: hi" {
 		t.Errorf("echo = %+v, want the server's answer", got.Echo)
 	}
-	if e := got.Denied.Error; e == nil || e.Code != -32003 || !strings.Contains(e.Message, "denied by Sluice policy (rule no-delete") {
-		t.Errorf("delete_repo = %+v, want the SDK's McpError -32003 naming rule no-delete", got.Denied)
+	if e := got.Denied.Error; e == nil || e.Code != -32030 || !strings.Contains(e.Message, "denied by Sluice policy (rule no-delete") {
+		t.Errorf("delete_repo = %+v, want the SDK's McpError -32030 naming rule no-delete", got.Denied)
 	}
 	if len(got.Search) != 3 || got.Search[0].Text != "results for q0" || got.Search[1].Text != "results for q1" {
 		t.Errorf("search = %+v, want two answers then a rate limit", got.Search)
@@ -257,7 +257,7 @@ func TestMCPSDKThroughSluice(t *testing.T) {
 	if rs := calls("delete_repo"); len(rs) != 1 {
 		t.Errorf("%d records of tools/call delete_repo, want 1", len(rs))
 	} else {
-		want("delete_repo", rs[0], "decision", "deny", "rule", "no-delete", "mcp_error_code", float64(-32003))
+		want("delete_repo", rs[0], "decision", "deny", "rule", "no-delete", "mcp_error_code", float64(-32030))
 	}
 	if rs := calls("search"); len(rs) != 3 {
 		t.Errorf("%d records of tools/call search, want 3", len(rs))
