@@ -65,10 +65,16 @@ func text(s string) *mcp.CallToolResult {
 }
 
 type (
-	echoIn   struct{ Message string `json:"message"` }
-	repoIn   struct{ Repo string `json:"repo"` }
-	searchIn struct{ Q string `json:"q"` }
-	noIn     struct{}
+	echoIn struct {
+		Message string `json:"message"`
+	}
+	repoIn struct {
+		Repo string `json:"repo"`
+	}
+	searchIn struct {
+		Q string `json:"q"`
+	}
+	noIn struct{}
 )
 
 func serve(certFile, keyFile, addr string) error {
