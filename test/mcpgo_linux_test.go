@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -177,6 +179,9 @@ func TestMCPGoSDKThroughSluice(t *testing.T) {
 	}
 
 	recs := readRecords(t, auditLog)
+	// A call's record is written when its answer's stream ends, which
+	// may be after the next call's refusal: order them by JSON-RPC id
+	// (the SDK counts up).
 	calls := func(tool string) []map[string]any {
 		var out []map[string]any
 		for _, r := range recs {
@@ -184,6 +189,14 @@ func TestMCPGoSDKThroughSluice(t *testing.T) {
 				out = append(out, r)
 			}
 		}
+		id := func(r map[string]any) int {
+			n, err := strconv.Atoi(fmt.Sprint(r["mcp_id"]))
+			if err != nil {
+				t.Errorf("record without a numeric mcp_id: %v", r)
+			}
+			return n
+		}
+		slices.SortFunc(out, func(a, b map[string]any) int { return id(a) - id(b) })
 		return out
 	}
 	want := func(what string, r map[string]any, kv ...any) {
