@@ -30,6 +30,8 @@ type mcpGoResult struct {
 		SentMs, GotMs int64
 	}
 	Flip           mcpGoCall
+	FlipGotMs      int64
+	ListChangedMs  int64
 	Mismatch       mcpGoCall
 	MismatchStatus int
 	MismatchBody   string
@@ -59,9 +61,11 @@ type mcpGoCall struct {
 // carries its send time), and a tool whose description changed between
 // two tools/list answers is recorded (mcp_tool_changed).
 //
-// The Go SDK speaks revision 2026-07-28 (server/discover instead of
-// initialize) and mirrors the method and the tool name into the
-// Mcp-Method and Mcp-Name headers of every request (SEP-2243), so the
+// The Go SDK speaks revision 2026-07-28: server/discover instead of
+// initialize, and the server's notifications on a subscriptions/listen
+// POST whose event stream lasts the session (its list_changed arrives
+// at once through Sluice). It mirrors the method and the tool name into
+// the Mcp-Method and Mcp-Name headers of every request (SEP-2243), so the
 // header-mirroring revision is shown with the SDK itself, no hand-written
 // client: its POSTs carry the headers and pass; one whose Mcp-Name is
 // rewritten on its way out to name another tool than its body is refused
@@ -158,10 +162,15 @@ func TestMCPGoSDKThroughSluice(t *testing.T) {
 	if got.Flip.Text != "generation 2" || got.ToolsAfter["weather"] != "Weather forecast, generation 2" {
 		t.Errorf("flip = %+v, weather after = %q", got.Flip, got.ToolsAfter["weather"])
 	}
+	// The server's list_changed, sent as flip runs, came on the
+	// subscriptions/listen stream at once, not when the stream ended.
+	if got.ListChangedMs == 0 || got.ListChangedMs-got.FlipGotMs > 500 {
+		t.Errorf("notifications/tools/list_changed arrived at %d, flip answered at %d: want it within 500 ms", got.ListChangedMs, got.FlipGotMs)
+	}
 
 	// The SDK mirrors the method and the tool into headers, and Sluice
 	// lets the agreeing ones through.
-	wantPosts := []string{"server/discover ", "tools/list ", "tools/call echo", "tools/call delete_repo",
+	wantPosts := []string{"server/discover ", "subscriptions/listen ", "tools/list ", "tools/call echo", "tools/call delete_repo",
 		"tools/call search", "tools/call search", "tools/call search", "tools/call slow", "tools/call flip", "tools/list ", "tools/call search"}
 	var posts []string
 	for _, p := range got.Posts {
@@ -232,6 +241,10 @@ func TestMCPGoSDKThroughSluice(t *testing.T) {
 		switch {
 		case r["kind"] == "http" && r["mcp_method"] == "server/discover":
 			discover++
+		case r["kind"] == "http" && r["mcp_method"] == "subscriptions/listen":
+			if !strings.Contains(fmt.Sprint(r["mcp_server_methods"]), "notifications/tools/list_changed") {
+				t.Errorf("the subscriptions/listen record: %v, want the server's list_changed noted", r)
+			}
 		case r["kind"] == "http" && r["mcp_method"] == "tools/list":
 			lists++
 		case r["kind"] == "mcp_tool_changed":

@@ -165,16 +165,20 @@ type progress struct {
 }
 
 type result struct {
-	Protocol   string            `json:"protocol"`
-	Tools      map[string]string `json:"tools"`
-	Echo       callResult        `json:"echo"`
-	Denied     callResult        `json:"denied"`
-	Search     []callResult      `json:"search"`
-	Slow       callResult        `json:"slow"`
-	SlowGotMs  int64             `json:"slowGotMs"`
-	Progress   []progress        `json:"progress"`
-	Flip       callResult        `json:"flip"`
-	ToolsAfter map[string]string `json:"toolsAfter"`
+	Protocol  string            `json:"protocol"`
+	Tools     map[string]string `json:"tools"`
+	Echo      callResult        `json:"echo"`
+	Denied    callResult        `json:"denied"`
+	Search    []callResult      `json:"search"`
+	Slow      callResult        `json:"slow"`
+	SlowGotMs int64             `json:"slowGotMs"`
+	Progress  []progress        `json:"progress"`
+	Flip      callResult        `json:"flip"`
+	FlipGotMs int64             `json:"flipGotMs"`
+	// ListChangedMs is when notifications/tools/list_changed arrived on
+	// the subscriptions/listen stream (revision 2026-07-28), 0: never.
+	ListChangedMs int64             `json:"listChangedMs"`
+	ToolsAfter    map[string]string `json:"toolsAfter"`
 	// Mismatch is the echo call whose Mcp-Name header said "search":
 	// what the SDK surfaced, and the HTTP status and body it got.
 	Mismatch       callResult `json:"mismatch"`
@@ -226,7 +230,16 @@ func runClient(ctx context.Context, url string, out io.Writer) error {
 	defer cancel()
 	var r result
 	var pmu sync.Mutex
+	listChanged := make(chan int64, 1)
 	c := mcp.NewClient(&mcp.Implementation{Name: "sluice-e2e-go-client", Version: "1.0.0"}, &mcp.ClientOptions{
+		// With a handler the SDK keeps a subscriptions/listen POST open,
+		// whose event stream carries the server's list_changed.
+		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) {
+			select {
+			case listChanged <- time.Now().UnixMilli():
+			default:
+			}
+		},
 		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
 			sent, _ := strconv.ParseInt(req.Params.Message, 10, 64)
 			pmu.Lock()
@@ -287,6 +300,11 @@ func runClient(ctx context.Context, url string, out io.Writer) error {
 	r.Slow = call("slow", map[string]any{}, "slow-1")
 	r.SlowGotMs = time.Now().UnixMilli()
 	r.Flip = call("flip", map[string]any{}, nil)
+	r.FlipGotMs = time.Now().UnixMilli()
+	select {
+	case r.ListChangedMs = <-listChanged:
+	case <-time.After(3 * time.Second):
+	}
 	if r.ToolsAfter, err = list(); err != nil {
 		return err
 	}
