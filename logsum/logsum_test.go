@@ -255,7 +255,7 @@ func TestEntryFields(t *testing.T) {
 		Namespace: "ns", Pod: "p", Container: "app", Image: "python:3.12",
 		Host: "h.example", IP: "192.0.2.1", Method: "GET", Path: "/", Status: 200, Source: "upstream",
 		Decision: "allow", Rule: "r", Reason: "allowed by rule", BytesIn: 1, BytesOut: 2, DurationMS: 0.5, DNSName: "h.example",
-		MCPMethod: "tools/call", MCPTool: "echo", MCPErrorCode: -32003,
+		MCPMethod: "tools/call", MCPTool: "echo", MCPErrorCode: -32030,
 	}
 	b, err := MarshalLine(e)
 	if err != nil {
@@ -312,7 +312,7 @@ func TestMCPTools(t *testing.T) {
 	for _, e := range []Entry{
 		{Kind: "http", Workload: "agent", Host: "mcp.test", Decision: "allow", MCPMethod: "tools/call", MCPTool: "echo"},
 		{Kind: "http", Workload: "agent", Host: "mcp.test", Decision: "allow", MCPMethod: "tools/call", MCPTool: "echo", MCPErrorCode: -32602},
-		{Kind: "http", Workload: "agent", Host: "mcp.test", Decision: "deny", MCPMethod: "tools/call", MCPTool: "rm", MCPErrorCode: -32003},
+		{Kind: "http", Workload: "agent", Host: "mcp.test", Decision: "deny", MCPMethod: "tools/call", MCPTool: "rm", MCPErrorCode: -32030},
 		{Kind: "http", Workload: "agent", Host: "mcp.test", Decision: "would_deny", MCPMethod: "tools/call", MCPTool: "rm"},
 		{Kind: "http", Workload: "agent", Host: "mcp.test", Decision: "allow", MCPMethod: "tools/list"},
 		{Kind: "mcp_tool_changed", Workload: "agent", Host: "mcp.test", MCPMethod: "tools/list", MCPTool: "echo"},

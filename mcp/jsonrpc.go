@@ -31,20 +31,28 @@ const (
 )
 
 // JSON-RPC error codes Sluice answers with. -32000 to -32099 are
-// reserved for implementation-defined server errors; MCP itself uses
-// -32001 for a header that disagrees with the body.
+// reserved for implementation-defined server errors. MCP itself uses
+// -32020 (HeaderMismatch in the 2026-07-28 schema; SEP-2243 first
+// proposed -32001) for a header that disagrees with the body, as the
+// official SDKs do. Sluice's own codes, -32029 to -32031, keep clear of
+// those the spec (-32002, -32020 to -32022, -32042) and the SDKs give a
+// meaning: the TypeScript SDK's -32000 and -32001, and the Go SDK's
+// -32001 to -32005, of which it reports -32003 and -32004 as a closed
+// connection with the code lost.
 const (
 	// CodeHeaderMismatch: an Mcp-Method or Mcp-Name header disagrees
-	// with the body (HTTP 400).
-	CodeHeaderMismatch = -32001
+	// with the body (HTTP 400). The spec's code, so a client that tells
+	// a header mismatch from other errors (the Go SDK's
+	// mcp.CodeHeaderMismatch) recognises Sluice's refusal.
+	CodeHeaderMismatch = -32020
+	// CodeRateLimited: a rate limit of Sluice's policy refused it.
+	CodeRateLimited = -32029
 	// CodeDenied: Sluice's policy denied the request.
-	CodeDenied = -32003
+	CodeDenied = -32030
 	// CodeToolChanged: a tools/call of a tool whose description or
 	// input schema changed since it was acknowledged, denied under
 	// mcp.onToolChange: enforce until `sluice mcp ack`.
-	CodeToolChanged = -32004
-	// CodeRateLimited: a rate limit of Sluice's policy refused it.
-	CodeRateLimited = -32029
+	CodeToolChanged = -32031
 )
 
 // Message is what Sluice reads of one JSON-RPC 2.0 message.

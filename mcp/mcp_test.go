@@ -74,7 +74,7 @@ func TestHeaderValue(t *testing.T) {
 
 func TestErrorBody(t *testing.T) {
 	got := string(ErrorBody(json.RawMessage(`"x"`), CodeDenied, "denied"))
-	if want := `{"jsonrpc":"2.0","id":"x","error":{"code":-32003,"message":"denied"}}`; got != want {
+	if want := `{"jsonrpc":"2.0","id":"x","error":{"code":-32030,"message":"denied"}}`; got != want {
 		t.Fatalf("ErrorBody = %s, want %s", got, want)
 	}
 	if got := string(ErrorBody(nil, CodeDenied, "d")); !strings.Contains(got, `"id":null`) {

@@ -49,7 +49,7 @@
 //	policy     access rules in their mode, SSRF guard, rate limits (429);
 //	           MCP requests get a JSON-RPC error instead
 //	toolchange calls of MCP tools changed since acknowledged
-//	           (mcp.onToolChange): a JSON-RPC error -32004, or would_deny
+//	           (mcp.onToolChange): a JSON-RPC error -32031, or would_deny
 //	size       413/417 for request bodies over the limit, 502 or a cut
 //	           stream for responses over it
 //	content    content rules on headers, URL and body (secret detectors,

@@ -127,6 +127,28 @@ func TestMCPGetStream(t *testing.T) {
 	}
 }
 
+// A POST's event stream (revision 2026-07-28's subscriptions/listen, the
+// official Go SDK's successor of the GET stream): the server's requests
+// and notifications pass as they came and are noted in the POST's record.
+func TestMCPPostStreamServerMethods(t *testing.T) {
+	f, _ := mcpStageFlow(t)
+	x, a := mcpStageRequest(t, f, "POST", "/mcp", `{"jsonrpc":"2.0","id":2,"method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true}}}`)
+	checkAnswer(t, a, nil)
+	s := openStream(t, x)
+	for _, ev := range []string{
+		"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n",
+		"data: {\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"elicitation/create\",\"params\":{}}\n\n",
+		"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n",
+	} {
+		if got := s.send(t, ev); got != ev {
+			t.Errorf("the stream passed %q as %q", ev, got)
+		}
+	}
+	if want := []string{"notifications/tools/list_changed", "elicitation/create"}; !slices.Equal(x.Record.MCPServerMethods, want) {
+		t.Errorf("record mcp_server_methods %q, want %q", x.Record.MCPServerMethods, want)
+	}
+}
+
 // The HTTP+SSE transport: the stream's endpoint event makes POSTs to
 // that URI MCP; a POST's record waits for its response on the stream
 // (duration to it, its error code); a denied call is a 403 carrying the
@@ -164,7 +186,7 @@ func TestMCPLegacySSE(t *testing.T) {
 	// A denied call: 403 with the JSON-RPC error, not held.
 	dx, a := mcpStageRequest(t, f, "POST", "/messages?sessionId=abc", `{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"rm"}}`)
 	checkAnswer(t, a, &answerWant{403, "deny", "no-rm", audit.ReasonDeniedByRule})
-	if !strings.Contains(string(a.Body), `"id":8,"error":{"code":-32003`) {
+	if !strings.Contains(string(a.Body), `"id":8,"error":{"code":-32030`) {
 		t.Errorf("denied POST body %s, want a JSON-RPC error of id 8", a.Body)
 	}
 	dx.answer(a)

@@ -290,7 +290,8 @@ func (mcpStage) Response(x *Exchange, resp *http.Response) *Answer {
 }
 
 // mcpWatch reads the JSON-RPC messages of a response: error codes of the
-// answers to the request's ids, and the tools of a tools/list answer.
+// answers to the request's ids, the tools of a tools/list answer, and
+// the methods the server sends.
 // On a GET stream (stream) it reads every message: a tools/list result
 // (the answer to a tools/list POSTed to an HTTP+SSE endpoint, or any
 // result listing tools) is filtered and checked for changed tools, the
@@ -361,15 +362,22 @@ func (w *mcpWatch) closed() {
 	}
 }
 
+// noteServerMethod notes on the record a method of a request or a
+// notification the server sent.
+func (w *mcpWatch) noteServerMethod(method string) {
+	rec := w.x.Record
+	if !slices.Contains(rec.MCPServerMethods, method) && len(rec.MCPServerMethods) < maxServerMethods {
+		rec.MCPServerMethods = append(rec.MCPServerMethods, method)
+	}
+}
+
 // streamed looks at a message of a GET stream; see mcpWatch.
 func (w *mcpWatch) streamed(msgs []mcp.Message, b []byte) []byte {
 	rec := w.x.Record
 	var out []byte
 	for _, g := range msgs {
 		if !g.Response {
-			if !slices.Contains(rec.MCPServerMethods, g.Method) && len(rec.MCPServerMethods) < maxServerMethods {
-				rec.MCPServerMethods = append(rec.MCPServerMethods, g.Method)
-			}
+			w.noteServerMethod(g.Method)
 			continue
 		}
 		keep, list := w.keep, true
@@ -447,7 +455,15 @@ func (w *mcpWatch) message(b []byte) []byte {
 	}
 	var out []byte
 	for _, g := range msgs {
-		if !g.Response || !w.awaits(g.ID) {
+		if !g.Response {
+			// A POST's event stream carries the server's requests and
+			// notifications too: those of the call (sampling, progress)
+			// and, from revision 2026-07-28 on, all of them on the
+			// subscriptions/listen stream that replaces the GET stream.
+			w.noteServerMethod(g.Method)
+			continue
+		}
+		if !w.awaits(g.ID) {
 			continue
 		}
 		if g.ErrorCode != 0 && w.x.Record.MCPErrorCode == 0 {

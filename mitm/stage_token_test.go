@@ -45,7 +45,7 @@ func TestTokenStage(t *testing.T) {
 			wantBody: `"reason":"bearer token issued for another audience"`, wantDecision: "deny", wantAud: []string{"https://mcp.example.com"}},
 		{name: "another audience, enforce, MCP: a JSON-RPC error", setting: "mcp: {tokenAudience: enforce}\n", auth: other, mcp: true,
 			want:         &answerWant{200, "deny", policy.RuleTokenAudience, audit.ReasonTokenAudience},
-			wantBody:     `{"jsonrpc":"2.0","id":9,"error":{"code":-32003,"message":"denied by Sluice policy (rule token-audience: bearer token issued for another audience)"}}`,
+			wantBody:     `{"jsonrpc":"2.0","id":9,"error":{"code":-32030,"message":"denied by Sluice policy (rule token-audience: bearer token issued for another audience)"}}`,
 			wantDecision: "deny", wantAud: []string{"https://mcp.example.com"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

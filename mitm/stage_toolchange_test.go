@@ -13,7 +13,7 @@ import (
 )
 
 // A tool whose description changes after first sight: under
-// mcp.onToolChange enforce its calls get a JSON-RPC error -32004 until
+// mcp.onToolChange enforce its calls get a JSON-RPC error -32031 until
 // acknowledged; under audit they pass as would_deny; off, they pass.
 func TestToolChangeStage(t *testing.T) {
 	list := func(f *flow, desc string) string {
@@ -80,7 +80,7 @@ func TestToolChangeStage(t *testing.T) {
 				t.Errorf("record hashes %q %q fields %q, want both hashes and [description]", x.Record.MCPToolHash, x.Record.MCPToolPrevHash, x.Record.MCPToolFields)
 			}
 			if a != nil {
-				want := `{"jsonrpc":"2.0","id":"c","error":{"code":-32004,"message":"denied by Sluice policy: tool \"echo\" changed (description) since it was acknowledged; review it, then run sluice mcp ack"}}`
+				want := `{"jsonrpc":"2.0","id":"c","error":{"code":-32031,"message":"denied by Sluice policy: tool \"echo\" changed (description) since it was acknowledged; review it, then run sluice mcp ack"}}`
 				if string(a.Body) != want || x.Record.MCPErrorCode != mcp.CodeToolChanged {
 					t.Errorf("answer %s code %d\nwant %s", a.Body, x.Record.MCPErrorCode, want)
 				}

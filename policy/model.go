@@ -164,7 +164,7 @@ type Limits struct {
 type MCPSettings struct {
 	HideDenied    *bool  `yaml:"hideDenied" desc:"Remove from tools/list responses the tools a tools/call of which would be denied (enforce mode only; audit mode never hides). Default true."`
 	TokenAudience string `yaml:"tokenAudience" enum:"off|audit|enforce" desc:"Token passthrough: a request carrying a bearer JWT whose aud claim names neither the destination host nor a URL on it is recorded (token_audience), and with enforce denied (403, a JSON-RPC error for MCP requests). The signature is not checked. Default audit."`
-	OnToolChange  string `yaml:"onToolChange" enum:"off|audit|enforce" desc:"Rug pulls: a tools/call of a tool whose description or input schema changed since the workload first saw it (or since the last sluice mcp ack) is, with enforce, denied (JSON-RPC error -32004) until acknowledged, and left out of tools/list answers unless hideDenied is false; with audit allowed as would_deny; with off only the change is recorded (kind mcp_tool_changed). Default off."`
+	OnToolChange  string `yaml:"onToolChange" enum:"off|audit|enforce" desc:"Rug pulls: a tools/call of a tool whose description or input schema changed since the workload first saw it (or since the last sluice mcp ack) is, with enforce, denied (JSON-RPC error -32031) until acknowledged, and left out of tools/list answers unless hideDenied is false; with audit allowed as would_deny; with off only the change is recorded (kind mcp_tool_changed). Default off."`
 }
 
 // MCPMatch selects MCP requests. Lists are ORed within; methods and the

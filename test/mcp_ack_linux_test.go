@@ -58,7 +58,7 @@ type ackStep struct {
 // come on the GET stream), under `sluice run` with mcp.onToolChange:
 // enforce: a
 // tool whose description changes between two tools/list answers is
-// refused with the JSON-RPC error -32004 until `sluice mcp ack`, run
+// refused with the JSON-RPC error -32031 until `sluice mcp ack`, run
 // against the run's admin listener, acknowledges it; then it answers.
 // `sluice mcp changes` shows the change before and none after; `sluice
 // flows` shows the tools called. Over Streamable HTTP a client sending a
@@ -176,16 +176,16 @@ func testMCPToolChangeAck(t *testing.T, node, dir, unshare string, api *Host, up
 		}
 		return strings.Contains(r.Error.Message, "HTTP 403") && strings.Contains(r.Error.Message, fmt.Sprint(code)) && strings.Contains(r.Error.Message, text)
 	}
-	if !deniedWith(listed.Denied, -32003, "rule no-delete") {
-		t.Errorf("delete_repo = %+v, want the JSON-RPC error -32003 of rule no-delete", listed.Denied)
+	if !deniedWith(listed.Denied, -32030, "rule no-delete") {
+		t.Errorf("delete_repo = %+v, want the JSON-RPC error -32030 of rule no-delete", listed.Denied)
 	}
 	// The changed tool is left out of the list (hideDenied under
 	// onToolChange: enforce): its new description never reaches the agent.
 	if _, ok := denied.ToolsAfter["weather"]; ok || denied.ToolsAfter["echo"] == "" {
 		t.Errorf("tools/list after flip = %v, want weather hidden and echo listed", denied.ToolsAfter)
 	}
-	if !deniedWith(denied.Weather, -32004, `tool \"weather\" changed (description)`) && !deniedWith(denied.Weather, -32004, `tool "weather" changed (description)`) {
-		t.Errorf("weather after its change = %+v, want the JSON-RPC error -32004", denied.Weather)
+	if !deniedWith(denied.Weather, -32031, `tool \"weather\" changed (description)`) && !deniedWith(denied.Weather, -32031, `tool "weather" changed (description)`) {
+		t.Errorf("weather after its change = %+v, want the JSON-RPC error -32031", denied.Weather)
 	}
 	if done.Weather.Text != "sunny" {
 		t.Errorf("weather after sluice mcp ack = %+v after %d attempts, want its answer", done.Weather, done.Attempts)
@@ -254,7 +254,7 @@ func testMCPToolChangeAck(t *testing.T, node, dir, unshare string, api *Host, up
 		t.Errorf("weather records: first %v, last %v, want allowed", first, last)
 	}
 	if deniedRec["decision"] != "deny" || deniedRec["rule"] != "tool-change" || deniedRec["reason"] != "mcp tool changed and not acknowledged" ||
-		deniedRec["mcp_error_code"] != float64(-32004) || deniedRec["mcp_tool_prev_hash"] == nil {
+		deniedRec["mcp_error_code"] != float64(-32031) || deniedRec["mcp_tool_prev_hash"] == nil {
 		t.Errorf("the denied weather record: %v", deniedRec)
 	}
 	// Progress notifications of the slow tool arrive as the server sends
@@ -316,7 +316,7 @@ func testMCPToolChangeAck(t *testing.T, node, dir, unshare string, api *Host, up
 	}
 	if name == "http" {
 		tok := steps["token"]
-		if tok.Error == nil || tok.Error.Code != -32003 || !strings.Contains(tok.Error.Message, "bearer token issued for another audience") {
+		if tok.Error == nil || tok.Error.Code != -32030 || !strings.Contains(tok.Error.Message, "bearer token issued for another audience") {
 			t.Errorf("the client with a foreign bearer JWT got %+v, want the JSON-RPC error naming the audience check", tok)
 		}
 		var tokRecs int

@@ -41,6 +41,17 @@ func requireMCPJS(t *testing.T) (node, dir string) {
 // in h's namespace on port 443, and returns the CA's PEM file.
 func startMCPServer(t *testing.T, node, dir string, h *Host, names ...string) (caFile string) {
 	t.Helper()
+	return startTLSServer(t, h, names, func(certFile, keyFile string) []string {
+		return []string{node, filepath.Join(dir, "server.mjs"), certFile, keyFile, h.IP4.String(), "443"}
+	})
+}
+
+// startTLSServer runs the command argv returns, given a certificate for
+// names (and h's address) from a fresh test CA and its key, in h's
+// namespace, waits for it to print "ready" on stdout, and returns the
+// CA's PEM file. The command is ended when t ends.
+func startTLSServer(t *testing.T, h *Host, names []string, argv func(certFile, keyFile string) []string) (caFile string) {
+	t.Helper()
 	caPEM, leaf := testPKI(t, names, []netip.Addr{h.IP4})
 	keyDER, err := x509.MarshalPKCS8PrivateKey(leaf.PrivateKey)
 	if err != nil {
@@ -58,7 +69,7 @@ func startMCPServer(t *testing.T, node, dir string, h *Host, names ...string) (c
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := h.Exec(ctx, node, filepath.Join(dir, "server.mjs"), certFile, keyFile, h.IP4.String(), "443")
+	cmd := h.Exec(ctx, argv(certFile, keyFile)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
@@ -66,13 +77,13 @@ func startMCPServer(t *testing.T, node, dir string, h *Host, names ...string) (c
 		t.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start the MCP server: %v", err)
+		t.Fatalf("start the server: %v", err)
 	}
 	t.Cleanup(func() {
 		cancel()
 		_ = cmd.Wait()
 		if t.Failed() {
-			t.Logf("MCP server stderr:\n%s", stderr.String())
+			t.Logf("server stderr:\n%s", stderr.String())
 		}
 	})
 	ready := make(chan bool, 1)
@@ -86,10 +97,10 @@ func startMCPServer(t *testing.T, node, dir string, h *Host, names ...string) (c
 	select {
 	case ok := <-ready:
 		if !ok {
-			t.Fatalf("the MCP server did not start:\n%s", stderr.String())
+			t.Fatalf("the server did not start:\n%s", stderr.String())
 		}
 	case <-time.After(20 * time.Second):
-		t.Fatalf("the MCP server is not ready after 20s:\n%s", stderr.String())
+		t.Fatalf("the server is not ready after 20s:\n%s", stderr.String())
 	}
 	return caFile
 }
@@ -137,7 +148,7 @@ type mcpCallResult struct {
 // McpServer over StreamableHTTPServerTransport behind TLS in another
 // namespace. Through Sluice, tools/list leaves out the denied tools, an
 // allowed call answers, a denied call is the JSON-RPC error the SDK
-// throws (-32003), the third search in a minute is rate limited per tool
+// throws (-32030), the third search in a minute is rate limited per tool
 // (-32029), progress notifications of a long call arrive as the server
 // sends them (not bunched at the end), and a tool whose description
 // changed between two tools/list answers is recorded (mcp_tool_changed).
@@ -193,8 +204,8 @@ func TestMCPSDKThroughSluice(t *testing.T) {
 	if got.Echo.Text != "echo: hi" {
 		t.Errorf("echo = %+v, want the server's answer", got.Echo)
 	}
-	if e := got.Denied.Error; e == nil || e.Code != -32003 || !strings.Contains(e.Message, "denied by Sluice policy (rule no-delete") {
-		t.Errorf("delete_repo = %+v, want the SDK's McpError -32003 naming rule no-delete", got.Denied)
+	if e := got.Denied.Error; e == nil || e.Code != -32030 || !strings.Contains(e.Message, "denied by Sluice policy (rule no-delete") {
+		t.Errorf("delete_repo = %+v, want the SDK's McpError -32030 naming rule no-delete", got.Denied)
 	}
 	if len(got.Search) != 3 || got.Search[0].Text != "results for q0" || got.Search[1].Text != "results for q1" {
 		t.Errorf("search = %+v, want two answers then a rate limit", got.Search)
@@ -246,7 +257,7 @@ func TestMCPSDKThroughSluice(t *testing.T) {
 	if rs := calls("delete_repo"); len(rs) != 1 {
 		t.Errorf("%d records of tools/call delete_repo, want 1", len(rs))
 	} else {
-		want("delete_repo", rs[0], "decision", "deny", "rule", "no-delete", "mcp_error_code", float64(-32003))
+		want("delete_repo", rs[0], "decision", "deny", "rule", "no-delete", "mcp_error_code", float64(-32030))
 	}
 	if rs := calls("search"); len(rs) != 3 {
 		t.Errorf("%d records of tools/call search, want 3", len(rs))

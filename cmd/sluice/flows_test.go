@@ -183,7 +183,7 @@ func TestFlowsMCPTools(t *testing.T) {
 	for _, r := range []struct {
 		tool, decision string
 		code           int
-	}{{"echo", "allow", 0}, {"echo", "allow", -32602}, {"rm", "deny", -32003}, {"rm", "would_deny", 0}} {
+	}{{"echo", "allow", 0}, {"echo", "allow", -32602}, {"rm", "deny", -32030}, {"rm", "would_deny", 0}} {
 		tb.Record(&audit.Record{Kind: audit.KindHTTP, Workload: id, Host: "mcp.test", Decision: r.decision, MCPMethod: "tools/call", MCPTool: r.tool, MCPErrorCode: r.code})
 	}
 	tb.Record(&audit.Record{Kind: audit.KindHTTP, Workload: id, Host: "mcp.test", Decision: "allow", MCPMethod: "tools/list"})

@@ -34,7 +34,7 @@ commands:
 
 SERVER is as listed (https://host/path) or, when that names one server, its
 host or host/path. Under mcp.onToolChange: enforce, calls of a changed tool
-are denied (JSON-RPC error -32004) until acknowledged.`
+are denied (JSON-RPC error -32031) until acknowledged.`
 
 func runMCP(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	agent, asJSON := admin.DefaultListen, false
