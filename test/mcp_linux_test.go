@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -232,15 +234,7 @@ func TestMCPSDKThroughSluice(t *testing.T) {
 	}
 
 	recs := readRecords(t, auditLog)
-	calls := func(tool string) []map[string]any {
-		var out []map[string]any
-		for _, r := range recs {
-			if r["kind"] == "http" && r["mcp_method"] == "tools/call" && r["mcp_tool"] == tool {
-				out = append(out, r)
-			}
-		}
-		return out
-	}
+	calls := func(tool string) []map[string]any { return mcpCallRecords(t, recs, tool) }
 	want := func(what string, r map[string]any, kv ...any) {
 		t.Helper()
 		for i := 0; i < len(kv); i += 2 {
@@ -281,4 +275,27 @@ func TestMCPSDKThroughSluice(t *testing.T) {
 	if lists != 2 || changed != 1 {
 		t.Errorf("%d tools/list records and %d mcp_tool_changed, want 2 and 1 (weather)", lists, changed)
 	}
+}
+
+// mcpCallRecords are the records of the tools/call requests of tool, in
+// the order of their JSON-RPC ids (the SDKs count up). A call's record is
+// written when its answer's stream ends, which may be after the next
+// call's refusal, so the log's order is not the calls'.
+func mcpCallRecords(t *testing.T, recs []map[string]any, tool string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, r := range recs {
+		if r["kind"] == "http" && r["mcp_method"] == "tools/call" && r["mcp_tool"] == tool {
+			out = append(out, r)
+		}
+	}
+	id := func(r map[string]any) int {
+		n, err := strconv.Atoi(fmt.Sprint(r["mcp_id"]))
+		if err != nil {
+			t.Errorf("record without a numeric mcp_id: %v", r)
+		}
+		return n
+	}
+	slices.SortFunc(out, func(a, b map[string]any) int { return id(a) - id(b) })
+	return out
 }

@@ -8,8 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -188,26 +186,7 @@ func TestMCPGoSDKThroughSluice(t *testing.T) {
 	}
 
 	recs := readRecords(t, auditLog)
-	// A call's record is written when its answer's stream ends, which
-	// may be after the next call's refusal: order them by JSON-RPC id
-	// (the SDK counts up).
-	calls := func(tool string) []map[string]any {
-		var out []map[string]any
-		for _, r := range recs {
-			if r["kind"] == "http" && r["mcp_method"] == "tools/call" && r["mcp_tool"] == tool {
-				out = append(out, r)
-			}
-		}
-		id := func(r map[string]any) int {
-			n, err := strconv.Atoi(fmt.Sprint(r["mcp_id"]))
-			if err != nil {
-				t.Errorf("record without a numeric mcp_id: %v", r)
-			}
-			return n
-		}
-		slices.SortFunc(out, func(a, b map[string]any) int { return id(a) - id(b) })
-		return out
-	}
+	calls := func(tool string) []map[string]any { return mcpCallRecords(t, recs, tool) }
 	want := func(what string, r map[string]any, kv ...any) {
 		t.Helper()
 		for i := 0; i < len(kv); i += 2 {
