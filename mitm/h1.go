@@ -247,11 +247,11 @@ type h1Conn struct {
 	fr *framer
 
 	closeOnce sync.Once
-	closed    chan struct{}
+	onClose   func() // run once, after the first Close
 }
 
 func newH1Conn(c net.Conn, fl *flow) *h1Conn {
-	return &h1Conn{Conn: c, fl: fl, fr: newFramer(), closed: make(chan struct{})}
+	return &h1Conn{Conn: c, fl: fl, fr: newFramer()}
 }
 
 func (c *h1Conn) Read(b []byte) (int, error) {
@@ -334,7 +334,11 @@ func (c *h1Conn) partialHead() bool {
 
 func (c *h1Conn) Close() error {
 	err := c.Conn.Close()
-	c.closeOnce.Do(func() { close(c.closed) })
+	c.closeOnce.Do(func() {
+		if c.onClose != nil {
+			c.onClose()
+		}
+	})
 	return err
 }
 
@@ -355,29 +359,3 @@ func pathOf(target string) string {
 	}
 	return target
 }
-
-// oneConnListener hands out one connection, then blocks until that
-// connection is closed, so http.Server.Serve returns when it is done.
-type oneConnListener struct {
-	c  *h1Conn
-	ch chan net.Conn
-}
-
-func newOneConnListener(c *h1Conn) *oneConnListener {
-	l := &oneConnListener{c: c, ch: make(chan net.Conn, 1)}
-	l.ch <- c
-	return l
-}
-
-func (l *oneConnListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.c.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *oneConnListener) Close() error { return nil }
-
-func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }
