@@ -21,7 +21,8 @@ import (
 // gives up after h1AcceptIdle without one, and the next handoff starts it
 // again, so an unused proxy keeps no goroutine.
 type h1Server struct {
-	srv *http.Server
+	srv         *http.Server
+	idleTimeout time.Duration // of a parked connection (h1Conn.park)
 
 	mu      sync.Mutex
 	queue   []net.Conn
@@ -36,13 +37,16 @@ const h1AcceptIdle = time.Second
 var errAcceptIdle = errors.New("no connection handed over")
 
 func newH1Server(p *Proxy) *h1Server {
-	s := &h1Server{ready: make(chan struct{}, 1)}
+	s := &h1Server{ready: make(chan struct{}, 1), idleTimeout: p.cfg.IdleTimeout.D()}
 	s.srv = &http.Server{
 		Handler:           http.HandlerFunc(serveFlowRequest),
 		ReadHeaderTimeout: p.cfg.HandshakeTimeout.D(),
 		IdleTimeout:       p.cfg.IdleTimeout.D(),
 		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(p.errLog.Handler(), slog.LevelDebug),
+		ConnState: func(nc net.Conn, st http.ConnState) {
+			nc.(*h1Conn).idle.Store(st == http.StateIdle)
+		},
 		ConnContext: func(_ context.Context, nc net.Conn) context.Context {
 			f := nc.(*h1Conn).fl
 			return context.WithValue(context.WithValue(f.ctx, http.ServerContextKey, s.srv), flowKey{}, f)
@@ -56,8 +60,10 @@ func serveFlowRequest(w http.ResponseWriter, r *http.Request) {
 	r.Context().Value(flowKey{}).(*flow).ServeHTTP(w, r)
 }
 
-// serve hands hc to the server, which serves it until it is closed.
+// serve hands hc to the server, which serves it until it is closed (or
+// parks it while idle).
 func (s *h1Server) serve(hc *h1Conn) {
+	hc.srv = s
 	s.mu.Lock()
 	s.queue = append(s.queue, hc)
 	start := !s.running

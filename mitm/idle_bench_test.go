@@ -23,6 +23,9 @@ import (
 // the proxy's process: heap and goroutine stacks in use, goroutines.
 // SLUICE_IDLE_HEAPPROFILE=FILE writes a heap profile while they are held.
 func BenchmarkIdleConn(b *testing.B) {
+	if os.Getenv("SLUICE_IDLE_HEAPPROFILE") != "" {
+		runtime.MemProfileRate = 1 // every allocation: a per-connection account
+	}
 	tca := newTestCA(b, "upstream test CA")
 	up := startUpstream(b, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
@@ -76,7 +79,7 @@ func BenchmarkIdleConn(b *testing.B) {
 		conns = append(conns, open())
 	}
 	b.StopTimer()
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(h1ParkAfter + 500*time.Millisecond)
 	m1, g1 := measure()
 	n := float64(b.N)
 	// The client's side lives in this process too; a tls.Conn with its
