@@ -48,19 +48,22 @@ func BenchmarkIdleConn(b *testing.B) {
 			go h.p.Handle(context.Background(), c, dst, workload.Identity{PID: 1, Comm: "idle"})
 		}
 	}()
-	cfg := &tls.Config{RootCAs: pool, ServerName: "localhost", NextProtos: []string{"http/1.1"}}
+	cfg := &tls.Config{RootCAs: pool, ServerName: "api.test", NextProtos: []string{"http/1.1"}}
 	open := func() net.Conn {
 		c, err := tls.Dial("tcp", ln.Addr().String(), cfg)
 		if err != nil {
 			b.Fatal(err)
 		}
-		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
 			b.Fatal(err)
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b.Fatalf("status %d through the proxy, want 200", resp.StatusCode)
+		}
 		return c
 	}
 	open().Close() // warm up
