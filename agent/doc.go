@@ -97,7 +97,10 @@ import (
 
 // Handler takes a redirected connection; the proxy of mitm/ implements it.
 // Handle owns conn and must close it; it returns when the exchange ends or
-// ctx is cancelled. It is called on its own goroutine per connection.
+// ctx is cancelled, or earlier when it hands conn to a server that closes
+// it then (the proxy's HTTP/1.1 server, so an idle keep-alive connection
+// holds no handler goroutine). It is called on its own goroutine per
+// connection.
 type Handler interface {
 	Handle(ctx context.Context, conn net.Conn, dst workload.Destination, id workload.Identity)
 }

@@ -1,7 +1,6 @@
 package mitm
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -187,10 +186,10 @@ func (x *Exchange) finish() {
 // serveHTTP serves HTTP/1.1 or HTTP/2 on c until the client is done.
 func (f *flow) serveHTTP(c net.Conn, h2 bool) {
 	p := f.p
-	defer f.releaseTargets()
-	defer f.recordNoRequest()
+	defer f.finally(f.releaseTargets)
+	defer f.finally(f.recordNoRequest)
 	c = f.tap(c, h2)
-	defer c.Close() // closes the capture flow too
+	defer f.finally(func() { c.Close() }) // closes the capture flow too
 	if h2 {
 		p.h2.ServeConn(c, &http2.ServeConnOpts{
 			Context: f.ctx,
@@ -204,16 +203,9 @@ func (f *flow) serveHTTP(c net.Conn, h2 bool) {
 	}
 	hc := newH1Conn(c, f)
 	f.h1 = hc
-	srv := &http.Server{
-		Handler:           f,
-		ReadHeaderTimeout: p.cfg.HandshakeTimeout.D(),
-		IdleTimeout:       p.cfg.IdleTimeout.D(),
-		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(p.errLog.Handler(), slog.LevelDebug),
-		BaseContext:       func(net.Listener) context.Context { return f.ctx },
-	}
-	srv.SetKeepAlivesEnabled(true)
-	_ = srv.Serve(newOneConnListener(hc))
+	hc.onClose = f.finish
+	f.handOff()
+	p.h1.serve(hc)
 }
 
 // recordNoRequest leaves an L4 record for an HTTP connection that ended

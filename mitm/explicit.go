@@ -97,13 +97,12 @@ func (l *explicitListener) wrap(c net.Conn, id workload.Identity) net.Conn {
 	f.h1 = hc
 	l.wg.Add(1)
 	l.p.obs.ConnOpened()
-	go func() {
-		<-hc.closed
+	hc.onClose = func() {
 		f.releaseTargets()
 		l.p.slots.release(f.slotKey()) // the user's, once the client authenticated
 		l.p.obs.ConnClosed()
 		l.wg.Done()
-	}()
+	}
 	return hc
 }
 
@@ -189,7 +188,7 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, f *flow, dst Destination) {
 	if a, err := netip.ParseAddr(dst.Host); err == nil {
 		dst.Host = a.Unmap().String()
 	}
-	p.serve(f.ctx, c, dst, f.id, true)
+	p.serve(f.ctx, c, dst, f.id, true, nil)
 }
 
 // bufferedConn lets a hijacked connection keep the bytes its bufio.Reader

@@ -43,6 +43,45 @@ type flow struct {
 
 	slotMu sync.Mutex
 	slot   string // the explicit listener's connection slot key
+
+	finMu     sync.Mutex
+	handedOff bool     // the shared HTTP/1.1 server owns the connection
+	finished  bool     // and has closed it
+	fins      []func() // clean-up waiting for that close
+}
+
+// finally runs fn when the flow's connection is done: now, unless the
+// connection was handed to the shared HTTP/1.1 server (handOff) and is
+// still open; then when it is closed (finish), in the order given.
+func (f *flow) finally(fn func()) {
+	f.finMu.Lock()
+	if f.handedOff && !f.finished {
+		f.fins = append(f.fins, fn)
+		f.finMu.Unlock()
+		return
+	}
+	f.finMu.Unlock()
+	fn()
+}
+
+// handOff marks the connection as the shared server's: clean-up passed
+// to finally waits for finish.
+func (f *flow) handOff() {
+	f.finMu.Lock()
+	f.handedOff = true
+	f.finMu.Unlock()
+}
+
+// finish runs the clean-up waiting for the handed-over connection's
+// close; what finally is given afterwards runs at once.
+func (f *flow) finish() {
+	f.finMu.Lock()
+	fins := f.fins
+	f.fins, f.finished = nil, true
+	f.finMu.Unlock()
+	for _, fn := range fins {
+		fn()
+	}
 }
 
 // rekeySlot moves the explicit connection's slot to key.

@@ -2,10 +2,12 @@ package mitm
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
@@ -247,14 +249,37 @@ type h1Conn struct {
 	fr *framer
 
 	closeOnce sync.Once
-	closed    chan struct{}
+	onClose   func() // run once, after the first Close
+
+	// Parking (see h1Server): at a request boundary, net/http's read for
+	// the next request of an idle keep-alive connection gets EOF instead,
+	// so its serve loop ends and its buffers go back to its pools; Close
+	// then leaves the connection open, and park waits for its next byte
+	// and hands it over again.
+	srv     *h1Server   // nil: never parked (the explicit listener's)
+	idle    atomic.Bool // net/http holds it idle (http.StateIdle)
+	parking atomic.Bool // the EOF was ours: Close parks
+	next    []byte      // what park read, returned first
+	// idleSince is when net/http began waiting for the next request.
+	idleSince time.Time
 }
 
 func newH1Conn(c net.Conn, fl *flow) *h1Conn {
-	return &h1Conn{Conn: c, fl: fl, fr: newFramer(), closed: make(chan struct{})}
+	return &h1Conn{Conn: c, fl: fl, fr: newFramer()}
 }
 
 func (c *h1Conn) Read(b []byte) (int, error) {
+	if len(c.next) > 0 {
+		n := copy(b, c.next)
+		c.next = c.next[n:]
+		c.mu.Lock()
+		c.fr.feed(b[:n])
+		c.mu.Unlock()
+		return n, nil
+	}
+	if c.srv != nil && c.idle.Load() && c.atBoundary() {
+		return c.idleRead(b)
+	}
 	n, err := c.Conn.Read(b)
 	if n > 0 {
 		c.mu.Lock()
@@ -332,9 +357,70 @@ func (c *h1Conn) partialHead() bool {
 	return c.fr.state == stHead && (c.fr.cur.size > 0 || len(c.fr.line) > 0)
 }
 
+// atBoundary reports whether every byte read so far belongs to requests
+// a handler has taken: nothing net/http may still hold unparsed.
+func (c *h1Conn) atBoundary() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fr := c.fr
+	return fr.state == stHead && fr.first && fr.cur.size == 0 && len(fr.line) == 0 && len(fr.heads) == 0
+}
+
+// h1ParkAfter is how long net/http holds an idle keep-alive connection
+// before it is parked: a client's next request within it costs no
+// handover.
+const h1ParkAfter = time.Second
+
+// idleRead is net/http's read for the next request of an idle connection:
+// the client's next bytes if they come within h1ParkAfter, else EOF that
+// ends net/http's serve loop, and Close parks the connection.
+func (c *h1Conn) idleRead(b []byte) (int, error) {
+	c.idleSince = time.Now()
+	_ = c.Conn.SetReadDeadline(c.idleSince.Add(min(h1ParkAfter, c.srv.idleTimeout)))
+	n, err := c.Conn.Read(b)
+	if n == 0 && isTimeout(err) && c.fl.ctx.Err() == nil {
+		c.parking.Store(true)
+		return 0, io.EOF
+	}
+	// net/http sets the deadline of the request it reads next.
+	_ = c.Conn.SetReadDeadline(c.idleSince.Add(c.srv.idleTimeout))
+	if n > 0 {
+		c.mu.Lock()
+		c.fr.feed(b[:n])
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+// park waits, on a goroutine of its own, for the next byte of a
+// connection net/http let go of while idle, for up to the idle timeout;
+// then hands it to the server again, or closes it.
+func (c *h1Conn) park() {
+	_ = c.Conn.SetReadDeadline(c.idleSince.Add(c.srv.idleTimeout))
+	var b [1]byte
+	n, _ := c.Conn.Read(b[:])
+	c.parking.Store(false)
+	if n == 0 { // idle timeout, the client closed, or the flow was cancelled
+		c.Close()
+		return
+	}
+	_ = c.Conn.SetReadDeadline(time.Time{})
+	c.next = []byte{b[0]}
+	c.idle.Store(false)
+	c.srv.serve(c)
+}
+
 func (c *h1Conn) Close() error {
+	if c.parking.Load() {
+		go c.park()
+		return nil
+	}
 	err := c.Conn.Close()
-	c.closeOnce.Do(func() { close(c.closed) })
+	c.closeOnce.Do(func() {
+		if c.onClose != nil {
+			c.onClose()
+		}
+	})
 	return err
 }
 
@@ -355,29 +441,3 @@ func pathOf(target string) string {
 	}
 	return target
 }
-
-// oneConnListener hands out one connection, then blocks until that
-// connection is closed, so http.Server.Serve returns when it is done.
-type oneConnListener struct {
-	c  *h1Conn
-	ch chan net.Conn
-}
-
-func newOneConnListener(c *h1Conn) *oneConnListener {
-	l := &oneConnListener{c: c, ch: make(chan net.Conn, 1)}
-	l.ch <- c
-	return l
-}
-
-func (l *oneConnListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.c.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *oneConnListener) Close() error { return nil }
-
-func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }

@@ -117,6 +117,7 @@ type Proxy struct {
 	seen    *lru.Cache[string, binding]
 	pools   *poolSet
 	h2      *http2.Server
+	h1      *h1Server // serves every HTTP/1.1 client connection
 	errLog  *slog.Logger
 	slots   *slots      // client connections being served
 	clients *clientGate // who may use the explicit proxy
@@ -245,6 +246,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 	if p.mcpTools, err = mcpstate.Open(cfg.MCPStateFile, mcpstate.DefaultMaxTools); err != nil {
 		return nil, fmt.Errorf("proxy.mcpStateFile: %w", err)
 	}
+	p.h1 = newH1Server(p)
 	p.clientTLS = &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: p.clientTLSFor}
 	p.groups = &groupSet{set: upstreams.NewSet(upstreams.NetProber{Dial: d.DialContext}, nil)}
 	p.upstreamGroups() // health checks start with the policy, not the first request
@@ -269,7 +271,9 @@ func (p *Proxy) Close() error {
 }
 
 // Handle serves one client connection until it is done and closes it.
-// Handle owns conn. It returns when ctx is cancelled or the exchange ends.
+// Handle owns conn. It returns when ctx is cancelled or the exchange ends,
+// or once an HTTP/1.1 connection is handed to the proxy's HTTP server,
+// which serves it from then on (and closes it when ctx is cancelled).
 // dst.Addr is the original destination (transparent mode) and id the
 // workload the agent attributed the connection to.
 func (p *Proxy) Handle(ctx context.Context, conn net.Conn, dst Destination, id workload.Identity) {
@@ -284,10 +288,11 @@ func (p *Proxy) Handle(ctx context.Context, conn net.Conn, dst Destination, id w
 		p.refuse(conn, dst, id, why)
 		return
 	}
-	defer p.slots.release(key)
 	p.obs.ConnOpened()
-	defer p.obs.ConnClosed()
-	p.serve(ctx, conn, dst, id, false)
+	p.serve(ctx, conn, dst, id, false, func() {
+		p.obs.ConnClosed()
+		p.slots.release(key)
+	})
 }
 
 // refuse closes a connection over a connection bound and records it.

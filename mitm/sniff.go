@@ -16,16 +16,19 @@ import (
 	"github.com/sluicehq/sluice/workload"
 )
 
-func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id workload.Identity, tunnel bool) {
+func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id workload.Identity, tunnel bool, done func()) {
 	f := &flow{p: p, id: id, dst: dst, start: time.Now(), tunnel: tunnel}
 	ctx, cancel := context.WithCancel(ctx)
 	f.ctx = ctx
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer func() {
+	defer f.finally(func() {
 		stop()
 		cancel()
 		conn.Close()
-	}()
+		if done != nil {
+			done()
+		}
+	})
 	defer func() {
 		if r := recover(); r != nil {
 			p.log.Error("panic serving connection", audit.KeyClient, id.Client.String(), audit.KeyPanic, fmt.Sprint(r), audit.KeyStack, string(debug.Stack()))

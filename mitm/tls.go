@@ -116,7 +116,7 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 	_ = c.SetDeadline(time.Time{})
 	p.obs.TLSConnection(audit.TLSDecrypted)
 	f.alpn = srv.ConnectionState().NegotiatedProtocol
-	defer t.release()
+	defer f.finally(t.release)
 	f.serveDecrypted(srv, t, name)
 }
 
