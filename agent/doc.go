@@ -177,6 +177,10 @@ type Event struct {
 	Host string
 	// meta enriches Identity (Options.Metadata); nil without it.
 	meta Metadata
+	// startTime and execID name the process image (procImage); exes
+	// remembers the executables of images (nil: none).
+	startTime, execID uint64
+	exes              *exeCache
 }
 
 // Options are the agent's optional collaborators.

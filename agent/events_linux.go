@@ -118,7 +118,8 @@ func (a *Agent) event(e bpf.SluiceEvent) Event {
 		Protocol: e.Protocol, PID: int(e.Pid), UID: e.Uid, Comm: cString(e.Comm[:]),
 		CgroupID: e.CgroupId, Cgroup: a.names.lookup(e.CgroupId, int(e.Pid)),
 		NetnsCookie: e.NetnsCookie, Cookie: e.Cookie,
-		meta: a.opts.Metadata,
+		meta:      a.opts.Metadata,
+		startTime: e.StartTime, execID: e.ExecId, exes: a.exes,
 	}
 }
 
