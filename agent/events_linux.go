@@ -46,6 +46,9 @@ const eventBatchWait = 20 * time.Millisecond
 // readEvents drains the ring buffer until it is flushed (Close) or closed.
 func (a *Agent) readEvents() {
 	defer a.wg.Done()
+	if a.opts.OnBatchEnd != nil {
+		defer a.opts.OnBatchEnd()
+	}
 	var rec ringbuf.Record
 	for {
 		a.rb.SetDeadline(time.Now().Add(eventBatchWait))
@@ -71,6 +74,9 @@ func (a *Agent) readEvents() {
 		}
 		if a.opts.OnEvent != nil {
 			a.opts.OnEvent(ev)
+		}
+		if a.opts.OnBatchEnd != nil && a.rb.AvailableBytes() == 0 {
+			a.opts.OnBatchEnd()
 		}
 	}
 }
