@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -52,6 +54,7 @@ type Agent struct {
 	bypassNames hostMatcher
 	bypass      *bypassTable
 	names       *cgroupNames
+	exes        *exeCache
 	watch       *watcher
 	// own is the agent's own cgroup path: never selected, and in "cgroup"
 	// attach mode no hook goes on it or an ancestor of it.
@@ -117,6 +120,7 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	a := &Agent{
 		cfg: cfg, log: log, h: h, opts: opts, mount: mount, globs: globs, sels: sels,
 		names:    newCgroupNames(mount),
+		exes:     newExeCache(exeCacheSize),
 		attached: map[uint64]*attachment{},
 		roots:    map[string]uint64{},
 		selected: map[uint64]string{},
@@ -272,6 +276,14 @@ func (a *Agent) load(s bpf.SluiceSettings, ports []uint16) error {
 	spec, err := bpf.LoadSluice()
 	if err != nil {
 		return fmt.Errorf("load bpf spec: %w", err)
+	}
+	// With the current task's BTF the hooks name the process image of
+	// each connect, and the agent remembers its exe (exeCache); without
+	// it (older kernels) the agent reads the exe link at every event.
+	if features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetCurrentTaskBtf) == nil {
+		if err := spec.Variables[bpf.SluiceVarHaveTaskBtf].Set(uint32(1)); err != nil {
+			return fmt.Errorf("set %s: %w", bpf.SluiceVarHaveTaskBtf, err)
+		}
 	}
 	if err := spec.LoadAndAssign(&a.objs, nil); err != nil {
 		var ve *ebpf.VerifierError

@@ -88,7 +88,8 @@ func (a *Agent) describe(o bpf.SluiceOrigin, peer netip.AddrPort) (workload.Dest
 	}
 	dst := workload.Destination{Addr: netip.AddrPortFrom(addr, o.Port), Port: o.Port}
 	pid := int(o.Pid)
-	id := processIdentity(pid, o.Uid, cString(o.Comm[:]), a.names.lookup(o.CgroupId, pid))
+	img := procImage{pid: pid, startTime: o.StartTime, execID: o.ExecId}
+	id := processIdentity(a.exes, img, o.Uid, cString(o.Comm[:]), a.names.lookup(o.CgroupId, pid))
 	if a.opts.Metadata != nil {
 		a.opts.Metadata.Enrich(a.ctx, &id)
 	}

@@ -180,6 +180,10 @@ type Event struct {
 	Host string
 	// meta enriches Identity (Options.Metadata); nil without it.
 	meta Metadata
+	// startTime and execID name the process image (procImage); exes
+	// remembers the executables of images (nil: none).
+	startTime, execID uint64
+	exes              *exeCache
 }
 
 // Options are the agent's optional collaborators.
@@ -188,6 +192,11 @@ type Options struct {
 	// on the agent's event goroutine; it must not block for long. Denied
 	// connects are also logged at Warn.
 	OnEvent func(Event)
+	// OnBatchEnd, when set, is called on the same goroutine after the
+	// events read so far were handed to OnEvent and the ring buffer is
+	// empty, and when the reader stops: where OnEvent's work is cheaper
+	// in batches (the audit records' writes), it is done there.
+	OnBatchEnd func()
 	// DenyAddrPorts are destinations refused in the kernel (EPERM) for
 	// selected workloads, on top of agent.denyCIDRs: the agent's private
 	// listeners, such as the admin server. An unspecified address (0.0.0.0

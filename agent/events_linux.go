@@ -46,6 +46,9 @@ const eventBatchWait = 20 * time.Millisecond
 // readEvents drains the ring buffer until it is flushed (Close) or closed.
 func (a *Agent) readEvents() {
 	defer a.wg.Done()
+	if a.opts.OnBatchEnd != nil {
+		defer a.opts.OnBatchEnd()
+	}
 	var rec ringbuf.Record
 	for {
 		a.rb.SetDeadline(time.Now().Add(eventBatchWait))
@@ -71,6 +74,9 @@ func (a *Agent) readEvents() {
 		}
 		if a.opts.OnEvent != nil {
 			a.opts.OnEvent(ev)
+		}
+		if a.opts.OnBatchEnd != nil && a.rb.AvailableBytes() == 0 {
+			a.opts.OnBatchEnd()
 		}
 	}
 }
@@ -118,7 +124,8 @@ func (a *Agent) event(e bpf.SluiceEvent) Event {
 		Protocol: e.Protocol, PID: int(e.Pid), UID: e.Uid, Comm: cString(e.Comm[:]),
 		CgroupID: e.CgroupId, Cgroup: a.names.lookup(e.CgroupId, int(e.Pid)),
 		NetnsCookie: e.NetnsCookie, Cookie: e.Cookie,
-		meta: a.opts.Metadata,
+		meta:      a.opts.Metadata,
+		startTime: e.StartTime, execID: e.ExecId, exes: a.exes,
 	}
 }
 

@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"os"
-	"strconv"
 
 	"github.com/sluicehq/sluice/workload"
 )
@@ -13,7 +11,8 @@ import (
 // executable /proc shows for the pid now, and the container and pod the
 // cgroup path names.
 func (e Event) Identity() workload.Identity {
-	id := processIdentity(e.PID, e.UID, e.Comm, e.Cgroup)
+	img := procImage{pid: e.PID, startTime: e.startTime, execID: e.execID}
+	id := processIdentity(e.exes, img, e.UID, e.Comm, e.Cgroup)
 	if e.meta != nil {
 		e.meta.Enrich(context.Background(), &id)
 	}
@@ -32,16 +31,12 @@ type Metadata interface {
 	OnChange(fn func(containerID, podUID string))
 }
 
-// processIdentity builds the identity of process pid; the one place a
-// connect event and a redirected connection get their Exe, ContainerID
-// and PodUID.
-func processIdentity(pid int, uid uint32, comm, cgroup string) workload.Identity {
-	id := workload.Identity{PID: pid, UID: uid, Comm: comm, Cgroup: cgroup}
-	if pid > 0 {
-		if exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe"); err == nil {
-			id.Exe = exe
-		}
-	}
+// processIdentity builds the identity of process image img; the one
+// place a connect event and a redirected connection get their Exe (from
+// exes, which may be nil: then read each time), ContainerID and PodUID.
+func processIdentity(exes *exeCache, img procImage, uid uint32, comm, cgroup string) workload.Identity {
+	id := workload.Identity{PID: img.pid, UID: uid, Comm: comm, Cgroup: cgroup}
+	id.Exe = exes.exe(img)
 	id.ContainerID, id.PodUID = workload.ParseCgroupPath(cgroup)
 	return id
 }

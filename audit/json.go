@@ -49,6 +49,22 @@ func (l *JSONLog) Record(r *Record) {
 	}
 }
 
+// RecordBatch implements BatchSink: the lines of rs in one Write.
+func (l *JSONLog) RecordBatch(rs []*Record) {
+	bp := lineBufs.Get().(*[]byte)
+	b := (*bp)[:0]
+	for _, r := range rs {
+		b = r.AppendJSON(b)
+	}
+	l.mu.Lock()
+	_, _ = l.w.Write(b)
+	l.mu.Unlock()
+	if cap(b) <= maxPooledLine {
+		*bp = b
+		lineBufs.Put(bp)
+	}
+}
+
 // AppendJSON appends r's audit log line (with its newline) to dst: the
 // object slog.NewJSONHandler writes for the message MsgAudit at level
 // Info, with r.Time and the attributes of AppendAttrs.

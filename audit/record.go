@@ -190,6 +190,27 @@ func (m Multi) Record(r *Record) {
 	}
 }
 
+// BatchSink is a Sink that takes several records at once more cheaply
+// than one by one (JSONLog: one write for all).
+type BatchSink interface {
+	Sink
+	RecordBatch(rs []*Record)
+}
+
+// RecordBatch hands rs, in order, to every sink: at once to a BatchSink,
+// one by one to the others.
+func (m Multi) RecordBatch(rs []*Record) {
+	for _, s := range m {
+		if b, ok := s.(BatchSink); ok {
+			b.RecordBatch(rs)
+			continue
+		}
+		for _, r := range rs {
+			s.Record(r)
+		}
+	}
+}
+
 // Discard drops every record.
 type Discard struct{}
 

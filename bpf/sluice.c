@@ -124,6 +124,8 @@ struct origin {
 	__u64 cgroup_id;
 	__u64 netns_cookie;
 	char comm[16];
+	__u64 start_time;      /* the process's start (group leader's start_time, ns since boot) */
+	__u64 exec_id;         /* the task's self_exec_id: +1 at each execve */
 };
 
 /* peer_key is the workload side of a redirected connection, as the proxy
@@ -147,6 +149,8 @@ struct event {
 	__u64 netns_cookie;
 	__u64 cookie;
 	char comm[16];
+	__u64 start_time;      /* as in struct origin */
+	__u64 exec_id;
 };
 
 struct lpm4_key {
@@ -300,8 +304,33 @@ static __always_inline int agent_socket(struct bpf_sock_addr *ctx, struct settin
 	       mark == s->mark;
 }
 
+/* The few task_struct fields fill_identity reads, relocated against the
+ * running kernel's BTF (CO-RE): no vmlinux.h needed. */
+struct task_struct {
+	struct task_struct *group_leader;
+	__u64 start_time;
+	__u64 self_exec_id;
+} __attribute__((preserve_access_index));
+
+/* have_task_btf is set by the agent when sock_addr programs may call
+ * bpf_get_current_task_btf (agent/features_linux.go); the verifier drops
+ * the branch otherwise, and events carry zeros (the agent then reads the
+ * exe link at every event, as it did before). */
+const volatile __u32 have_task_btf = 0;
+
+/* fill_identity records who connects. start_time and exec_id name the
+ * process image: pid and start_time the process (a reused pid starts
+ * later), exec_id its execve generation (begin_new_exec increments
+ * self_exec_id, which threads and children copy). The agent keys what it
+ * reads from /proc/PID (the exe link) by the three, so an execve of
+ * another binary is never attributed the old one. */
 static __always_inline void fill_identity(struct bpf_sock_addr *ctx, struct origin *o)
 {
+	if (have_task_btf) {
+		struct task_struct *t = bpf_get_current_task_btf();
+		o->start_time = t->group_leader->start_time;
+		o->exec_id = t->self_exec_id;
+	}
 	o->pid = bpf_get_current_pid_tgid() >> 32;
 	o->uid = (__u32)bpf_get_current_uid_gid();
 	o->cgroup_id = bpf_get_current_cgroup_id();
@@ -338,6 +367,8 @@ static __always_inline void emit_event(const struct origin *o, __u8 verdict,
 	e->netns_cookie = o->netns_cookie;
 	e->cookie = cookie;
 	__builtin_memcpy(e->comm, o->comm, 16);
+	e->start_time = o->start_time;
+	e->exec_id = o->exec_id;
 	/* Wake the agent only for a denial or when this event makes the
 	 * waiting events cross a batch: a wake-up (irq_work; an IPI on a VM)
 	 * costs more than the rest of the program. A reader that lags stays

@@ -34,6 +34,8 @@ type SluiceEvent struct {
 	NetnsCookie uint64
 	Cookie      uint64
 	Comm        [16]int8
+	StartTime   uint64
+	ExecId      uint64
 }
 
 type SluiceLpm4Key struct {
@@ -68,6 +70,8 @@ type SluiceOrigin struct {
 	CgroupId    uint64
 	NetnsCookie uint64
 	Comm        [16]int8
+	StartTime   uint64
+	ExecId      uint64
 }
 
 type SluicePeerKey struct {
@@ -153,6 +157,7 @@ const (
 	SluiceProgSluiceSendmsg6     = "sluice_sendmsg6"
 	SluiceProgSluiceSetsockopt   = "sluice_setsockopt"
 	SluiceProgSluiceSockops      = "sluice_sockops"
+	SluiceVarHaveTaskBtf         = "have_task_btf"
 	SluiceVarUnusedCidrAction    = "unused_cidr_action"
 	SluiceVarUnusedEvent         = "unused_event"
 	SluiceVarUnusedMapErrorSite  = "unused_map_error_site"
@@ -243,6 +248,7 @@ type SluiceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceVariableSpecs struct {
+	HaveTaskBtf        *ebpf.VariableSpec `ebpf:"have_task_btf"`
 	UnusedCidrAction   *ebpf.VariableSpec `ebpf:"unused_cidr_action"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedMapErrorSite *ebpf.VariableSpec `ebpf:"unused_map_error_site"`
@@ -313,6 +319,7 @@ func (m *SluiceMaps) Close() error {
 //
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluiceVariables struct {
+	HaveTaskBtf        *ebpf.Variable `ebpf:"have_task_btf"`
 	UnusedCidrAction   *ebpf.Variable `ebpf:"unused_cidr_action"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
 	UnusedMapErrorSite *ebpf.Variable `ebpf:"unused_map_error_site"`

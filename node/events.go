@@ -32,6 +32,31 @@ func eventRecord(e agent.Event) *audit.Record {
 	return rec
 }
 
+// maxEventBatch bounds the records of connect events held before they
+// are written, should the ring buffer never run empty.
+const maxEventBatch = 64
+
+// eventBatch holds the records of the connect events read since the ring
+// buffer was last empty; used on the agent's event goroutine only.
+type eventBatch struct{ recs []*audit.Record }
+
+func (b *eventBatch) add(logs audit.Multi, rec *audit.Record) {
+	b.recs = append(b.recs, rec)
+	if len(b.recs) >= maxEventBatch {
+		b.flush(logs)
+	}
+}
+
+// flush hands the held records to logs at once.
+func (b *eventBatch) flush(logs audit.Multi) {
+	if len(b.recs) == 0 {
+		return
+	}
+	logs.RecordBatch(b.recs)
+	clear(b.recs)
+	b.recs = b.recs[:0]
+}
+
 // kernelReason names an agent event reason in the records' words.
 func kernelReason(r string) string {
 	switch r {

@@ -48,3 +48,39 @@ func TestEventRecord(t *testing.T) {
 		})
 	}
 }
+
+type portSink struct{ batches [][]uint16 }
+
+func (s *portSink) Record(r *audit.Record) { s.batches = append(s.batches, []uint16{r.Port}) }
+
+func (s *portSink) RecordBatch(rs []*audit.Record) {
+	var b []uint16
+	for _, r := range rs {
+		b = append(b, r.Port)
+	}
+	s.batches = append(s.batches, b)
+}
+
+// Connect events' records are held until the batch ends, and never more
+// than maxEventBatch of them.
+func TestEventBatchWritesAtTheEndOrWhenFull(t *testing.T) {
+	s := &portSink{}
+	logs := audit.Multi{s}
+	var b eventBatch
+	b.add(logs, &audit.Record{Port: 1})
+	b.add(logs, &audit.Record{Port: 2})
+	if len(s.batches) != 0 {
+		t.Fatalf("records written before the batch ended: %v", s.batches)
+	}
+	b.flush(logs)
+	b.flush(logs) // nothing held: nothing written
+	if len(s.batches) != 1 || len(s.batches[0]) != 2 || s.batches[0][1] != 2 {
+		t.Fatalf("batches %v, want [[1 2]]", s.batches)
+	}
+	for i := range maxEventBatch {
+		b.add(logs, &audit.Record{Port: uint16(i)})
+	}
+	if len(s.batches) != 2 || len(s.batches[1]) != maxEventBatch {
+		t.Errorf("%d batches, want a second of %d records when full", len(s.batches), maxEventBatch)
+	}
+}

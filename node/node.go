@@ -135,15 +135,19 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 
 	const hooksAttached, proxyListening = "hooks attached", "proxy listening"
 	gate := admin.NewGate(hooksAttached, proxyListening)
+	// What never reached the proxy is recorded too: the records of a
+	// batch of events are written at once (one write, not one per event).
+	var batch eventBatch
 	aopts := agent.Options{
 		Force: opts.Force,
 		OnEvent: func(e agent.Event) {
 			n.Metrics.ConnectEvent(string(e.Verdict))
 			n.Flows.Connect(e.PID, e.Comm, e.Cgroup, e.Dst, string(e.Verdict))
 			if rec := eventRecord(e); rec != nil {
-				n.logs.Record(rec) // what never reached the proxy is recorded too
+				batch.add(n.logs, rec)
 			}
 		},
+		OnBatchEnd: func() { batch.flush(n.logs) },
 	}
 	if adminLns != nil {
 		// Workloads may not read the admin API, on any node address.

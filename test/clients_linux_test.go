@@ -285,12 +285,22 @@ func TestAdminFlowsAndIsolation(t *testing.T) {
 		t.Fatalf("/readyz: %v %v", resp, err)
 	}
 	resp.Body.Close()
-	resp, err = http.Get("http://" + adminAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	// The agent reads connect events in batches, at least every 20ms: wait
+	// (bounded) for the client's to be counted.
+	var metrics []byte
+	start := time.Now()
+	for {
+		resp, err = http.Get("http://" + adminAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		metrics, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(metrics), `sluice_agent_connect_events_total{decision="redirected"}`) || time.Since(start) > 2*time.Second {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	for _, want := range []string{
 		`sluice_proxy_requests_total{code="200",decision="allow",host="api.test",method="GET",source="upstream",workload="` + e.cg.Path + `"} 1`,
 		`sluice_agent_connect_events_total{decision="redirected"}`,

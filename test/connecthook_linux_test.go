@@ -28,6 +28,10 @@ import (
 // proxy, which accepts it and sees it closed). The workload is this test
 // binary in connectLoop mode, b.N connects per kind (make bench uses
 // -benchtime 20000x). Root only (SLUICE_E2E=1).
+//
+// SLUICE_BENCH_SLUICE=PATH runs that sluice binary instead of the suite's
+// build (to compare a build of main with a change within one run, or to
+// profile a -tags pprof build, which serves pprof on SLUICE_PPROF).
 func BenchmarkConnectHook(b *testing.B) {
 	e := newRunEnv(b)
 	restore := setSysctl(b, "kernel/bpf_stats_enabled", "1")
@@ -38,7 +42,11 @@ func BenchmarkConnectHook(b *testing.B) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, sluiceBin, "run", "--config", e.config, "--policy", e.policy,
+	bin := sluiceBin
+	if p := os.Getenv("SLUICE_BENCH_SLUICE"); p != "" {
+		bin = p
+	}
+	cmd := exec.CommandContext(ctx, bin, "run", "--config", e.config, "--policy", e.policy,
 		"--audit-log", filepath.Join(b.TempDir(), "audit.jsonl"), "--", self)
 	cmd.Env = append(os.Environ(), "SLUICE_E2E_CONNECT_LOOP=1")
 	stdin, _ := cmd.StdinPipe()

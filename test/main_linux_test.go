@@ -22,6 +22,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("SLUICE_E2E_CONNECT_LOOP") == "1" {
 		os.Exit(connectLoop())
 	}
+	if spec := os.Getenv("SLUICE_E2E_EXEC_CONNECT"); spec != "" {
+		os.Exit(execConnect(spec))
+	}
 	if os.Getenv("SLUICE_E2E") == "1" {
 		dir, err := os.MkdirTemp("", "sluice-e2e-bin-")
 		if err != nil {
