@@ -137,11 +137,43 @@ type mcpClientResult struct {
 	Flip              mcpCallResult
 }
 
+// mcpCallResult is one tool call as an SDK client saw it: the answer's
+// text, or the JSON-RPC error the SDK surfaced (Err: the Go SDK's own
+// rendering of it).
 type mcpCallResult struct {
 	Text  string
 	Error *struct {
-		Code    int
-		Message string
+		Code         int
+		Message, Err string
+	}
+}
+
+// checkSDKAnswers asserts what both SDK tests' clients must have seen of
+// mcpPolicy: the denied tools left out of tools/list, the allowed echo
+// answered, delete_repo refused (-32030 naming its rule), the third search
+// rate limited (-32029). sdkErr names the SDK's error type in messages.
+func checkSDKAnswers(t *testing.T, sdkErr string, tools map[string]string, echo, denied mcpCallResult, search []mcpCallResult) {
+	t.Helper()
+	for _, name := range []string{"echo", "search", "slow", "weather", "flip"} {
+		if _, ok := tools[name]; !ok {
+			t.Errorf("tools/list lacks the allowed tool %s: %v", name, tools)
+		}
+	}
+	for _, name := range []string{"delete_repo", "admin_shell"} {
+		if _, ok := tools[name]; ok {
+			t.Errorf("tools/list shows the denied tool %s: %v", name, tools)
+		}
+	}
+	if echo.Text != "echo: hi" {
+		t.Errorf("echo = %+v, want the server's answer", echo)
+	}
+	if e := denied.Error; e == nil || e.Code != -32030 || !strings.Contains(e.Message, "denied by Sluice policy (rule no-delete") {
+		t.Errorf("delete_repo = %+v, want the SDK's %s -32030 naming rule no-delete", denied, sdkErr)
+	}
+	if len(search) != 3 || search[0].Text != "results for q0" || search[1].Text != "results for q1" {
+		t.Errorf("search = %+v, want two answers then a rate limit", search)
+	} else if e := search[2].Error; e == nil || e.Code != -32029 || !strings.Contains(e.Message, "rate limited by Sluice policy (rule slow-search)") {
+		t.Errorf("third search = %+v, want the SDK's %s -32029 naming rule slow-search", search[2], sdkErr)
 	}
 }
 
@@ -192,28 +224,7 @@ func TestMCPSDKThroughSluice(t *testing.T) {
 	}
 	t.Logf("client: %s", stdout.String())
 
-	// tools/list: the denied tools are left out, the others are there.
-	for _, name := range []string{"echo", "search", "slow", "weather", "flip"} {
-		if _, ok := got.Tools[name]; !ok {
-			t.Errorf("tools/list lacks the allowed tool %s: %v", name, got.Tools)
-		}
-	}
-	for _, name := range []string{"delete_repo", "admin_shell"} {
-		if _, ok := got.Tools[name]; ok {
-			t.Errorf("tools/list shows the denied tool %s: %v", name, got.Tools)
-		}
-	}
-	if got.Echo.Text != "echo: hi" {
-		t.Errorf("echo = %+v, want the server's answer", got.Echo)
-	}
-	if e := got.Denied.Error; e == nil || e.Code != -32030 || !strings.Contains(e.Message, "denied by Sluice policy (rule no-delete") {
-		t.Errorf("delete_repo = %+v, want the SDK's McpError -32030 naming rule no-delete", got.Denied)
-	}
-	if len(got.Search) != 3 || got.Search[0].Text != "results for q0" || got.Search[1].Text != "results for q1" {
-		t.Errorf("search = %+v, want two answers then a rate limit", got.Search)
-	} else if e := got.Search[2].Error; e == nil || e.Code != -32029 || !strings.Contains(e.Message, "rate limited by Sluice policy (rule slow-search)") {
-		t.Errorf("third search = %+v, want the SDK's McpError -32029 naming rule slow-search", got.Search[2])
-	}
+	checkSDKAnswers(t, "McpError", got.Tools, got.Echo, got.Denied, got.Search)
 
 	// Progress: five notifications the server sends 200 ms apart arrive
 	// spread out, the first long before the answer.

@@ -19,31 +19,23 @@ import (
 type mcpGoResult struct {
 	Protocol          string
 	Tools, ToolsAfter map[string]string
-	Echo, Denied      mcpGoCall
-	Search            []mcpGoCall
-	Slow              mcpGoCall
+	Echo, Denied      mcpCallResult
+	Search            []mcpCallResult
+	Slow              mcpCallResult
 	SlowGotMs         int64
 	Progress          []struct {
 		Progress      float64
 		SentMs, GotMs int64
 	}
-	Flip           mcpGoCall
+	Flip           mcpCallResult
 	FlipGotMs      int64
 	ListChangedMs  int64
-	Mismatch       mcpGoCall
+	Mismatch       mcpCallResult
 	MismatchStatus int
 	MismatchBody   string
 	Posts          []struct {
 		Method, Name string
 		Status       int
-	}
-}
-
-type mcpGoCall struct {
-	Text  string
-	Error *struct {
-		Code         int
-		Message, Err string
 	}
 }
 
@@ -115,27 +107,7 @@ func TestMCPGoSDKThroughSluice(t *testing.T) {
 	if got.Protocol != "2026-07-28" {
 		t.Errorf("negotiated protocol %q, want 2026-07-28 (the header-mirroring revision)", got.Protocol)
 	}
-	for _, name := range []string{"echo", "search", "slow", "weather", "flip"} {
-		if _, ok := got.Tools[name]; !ok {
-			t.Errorf("tools/list lacks the allowed tool %s: %v", name, got.Tools)
-		}
-	}
-	for _, name := range []string{"delete_repo", "admin_shell"} {
-		if _, ok := got.Tools[name]; ok {
-			t.Errorf("tools/list shows the denied tool %s: %v", name, got.Tools)
-		}
-	}
-	if got.Echo.Text != "echo: hi" {
-		t.Errorf("echo = %+v, want the server's answer", got.Echo)
-	}
-	if e := got.Denied.Error; e == nil || e.Code != -32030 || !strings.Contains(e.Message, "denied by Sluice policy (rule no-delete") {
-		t.Errorf("delete_repo = %+v, want the SDK's *jsonrpc.Error -32030 naming rule no-delete", got.Denied)
-	}
-	if len(got.Search) != 3 || got.Search[0].Text != "results for q0" || got.Search[1].Text != "results for q1" {
-		t.Errorf("search = %+v, want two answers then a rate limit", got.Search)
-	} else if e := got.Search[2].Error; e == nil || e.Code != -32029 || !strings.Contains(e.Message, "rate limited by Sluice policy (rule slow-search)") {
-		t.Errorf("third search = %+v, want the SDK's *jsonrpc.Error -32029 naming rule slow-search", got.Search[2])
-	}
+	checkSDKAnswers(t, "*jsonrpc.Error", got.Tools, got.Echo, got.Denied, got.Search)
 
 	// Progress: five notifications the server sends 200 ms apart each
 	// arrive right after their send time (same clock: the namespaces
