@@ -239,7 +239,7 @@ func TestWriteTextEmpty(t *testing.T) {
 	if err := WriteText(&b, New().Summary(10)); err != nil {
 		t.Fatal(err)
 	}
-	if out := b.String(); !strings.Contains(out, "0 records from no input") || strings.Count(out, "  none\n") != 10 {
+	if out := b.String(); !strings.Contains(out, "0 records from no input") || strings.Count(out, "  none\n") != 11 {
 		t.Errorf("empty summary:\n%s", out)
 	}
 }
@@ -332,6 +332,30 @@ func TestMCPTools(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !strings.Contains(b.String(), "MCP TOOLS (tools/call by workload and server): 2\n  WORKLOAD  HOST      TOOL  CALLS  DENIED  WOULD_DENY  ERRORS  CHANGES\n  agent     mcp.test  echo  2      0       0           1       1\n") {
+		t.Errorf("text:\n%s", b.String())
+	}
+}
+
+// Clients that rejected Sluice's certificate are listed by workload and
+// host: the ones to give the CA to, or to pass through.
+func TestUntrustedClients(t *testing.T) {
+	s := New()
+	for _, e := range []Entry{
+		{Kind: "l4", Workload: "shop/web-0", Host: "pinned.example", Decision: "client_untrusted"},
+		{Kind: "l4", Workload: "shop/web-0", Host: "pinned.example", Decision: "client_untrusted"},
+		{Kind: "l4", Workload: "shop/web-0", Host: "pinned.example", Decision: "allow"},
+	} {
+		s.Add(e)
+	}
+	sum := s.Summary(10)
+	if got := sum.UntrustedClients.Rows; len(got) != 1 || got[0] != (Row{Workload: "shop/web-0", Host: "pinned.example", Count: 2}) {
+		t.Fatalf("untrusted clients %+v", sum.UntrustedClients)
+	}
+	var b bytes.Buffer
+	if err := WriteText(&b, sum); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "CLIENTS THAT REJECTED SLUICE'S CERTIFICATE (client_untrusted): 2\n  WORKLOAD    HOST            COUNT\n  shop/web-0  pinned.example  2\n") {
 		t.Errorf("text:\n%s", b.String())
 	}
 }

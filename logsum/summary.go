@@ -52,6 +52,7 @@ type Summarizer struct {
 	serverErrors counter
 	deniedNames  counter
 	exfil        counter
+	untrusted    counter
 	workloads    map[string]*Talker
 	hosts        map[string]*Talker
 	mcpTools     map[MCPTool]*MCPTool // by workload, host and tool (counts zero)
@@ -69,6 +70,7 @@ func New() *Summarizer {
 		serverErrors: counter{},
 		deniedNames:  counter{},
 		exfil:        counter{},
+		untrusted:    counter{},
 		workloads:    map[string]*Talker{},
 		hosts:        map[string]*Talker{},
 		mcpTools:     map[MCPTool]*MCPTool{},
@@ -194,6 +196,8 @@ func (s *Summarizer) Add(e Entry) {
 		s.denials.add(Row{Rule: e.Rule, Reason: e.Reason})
 	case audit.DecisionWouldDeny:
 		s.wouldDeny.add(Row{Rule: e.Rule, Reason: e.Reason})
+	case audit.DecisionClientUntrusted:
+		s.untrusted.add(Row{Workload: wl, Host: host})
 	}
 	if kind == audit.KindDNS && e.DNSName != "" {
 		name := strings.ToLower(e.DNSName)
@@ -331,6 +335,10 @@ type Summary struct {
 	// (denied or would_deny), by workload, domain and reason.
 	DeniedNames   Section `json:"denied_names"`
 	ExfilSuspects Section `json:"exfil_suspects"`
+	// UntrustedClients are the clients that rejected Sluice's
+	// certificate (client_untrusted), by workload and host: the ones to
+	// give the CA, or to pass through (tls.onUntrustedClient).
+	UntrustedClients Section `json:"untrusted_clients"`
 
 	TopWorkloads Talkers `json:"top_workloads"`
 	TopHosts     Talkers `json:"top_hosts"`
@@ -443,16 +451,17 @@ func (s *Summarizer) Summary(n int) Summary {
 			Kinds:     copyMap(s.kinds),
 			Decisions: copyMap(s.decisions),
 		},
-		RateLimited:   s.rateLimited.section(n),
-		Denials:       s.denials.section(n),
-		WouldDeny:     s.wouldDeny.section(n),
-		AuthFailures:  s.authFailures.section(n),
-		ServerErrors:  s.serverErrors.section(n),
-		DeniedNames:   s.deniedNames.section(n),
-		ExfilSuspects: s.exfil.section(n),
-		TopWorkloads:  topTalkers(s.workloads, n),
-		TopHosts:      topTalkers(s.hosts, n),
-		MCPTools:      topTools(s.mcpTools, n),
+		RateLimited:      s.rateLimited.section(n),
+		Denials:          s.denials.section(n),
+		WouldDeny:        s.wouldDeny.section(n),
+		AuthFailures:     s.authFailures.section(n),
+		ServerErrors:     s.serverErrors.section(n),
+		DeniedNames:      s.deniedNames.section(n),
+		ExfilSuspects:    s.exfil.section(n),
+		UntrustedClients: s.untrusted.section(n),
+		TopWorkloads:     topTalkers(s.workloads, n),
+		TopHosts:         topTalkers(s.hosts, n),
+		MCPTools:         topTools(s.mcpTools, n),
 	}
 }
 

@@ -56,6 +56,8 @@ func WriteText(w io.Writer, s Summary) error {
 		func(r Row) []string { return []string{r.Workload, r.Host, r.Rule} })
 	section(p, "DNS EXFILTRATION SUSPECTS (by domain)", s.ExfilSuspects, []string{"WORKLOAD", "DOMAIN", "REASON"},
 		func(r Row) []string { return []string{r.Workload, r.Host, r.Reason} })
+	section(p, "CLIENTS THAT REJECTED SLUICE'S CERTIFICATE (client_untrusted)", s.UntrustedClients, []string{"WORKLOAD", "HOST"},
+		func(r Row) []string { return []string{r.Workload, r.Host} })
 	talkers(p, "TOP WORKLOADS", "WORKLOAD", s.TopWorkloads)
 	talkers(p, "TOP HOSTS", "HOST", s.TopHosts)
 	mcpTools(p, s.MCPTools)
