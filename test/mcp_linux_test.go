@@ -189,40 +189,12 @@ func checkSDKAnswers(t *testing.T, sdkErr string, tools map[string]string, echo,
 func TestMCPSDKThroughSluice(t *testing.T) {
 	RequireE2E(t)
 	node, dir := requireMCPJS(t)
-	unshare := RequireTool(t, "unshare")
 	tp := NewTopology(t, 1)
 	api := tp.Hosts[0]
 	upCA := startMCPServer(t, node, dir, api, "mcp.test")
 
-	tmp := t.TempDir()
-	hosts, cfg, pol, auditLog := filepath.Join(tmp, "hosts"), filepath.Join(tmp, "config.yaml"), filepath.Join(tmp, "policy.yaml"), filepath.Join(tmp, "audit.jsonl")
-	for name, body := range map[string]string{
-		hosts: fmt.Sprintf("127.0.0.1 localhost\n%s mcp.test\n", api.IP4),
-		cfg:   fmt.Sprintf("ca:\n  dir: %s\nproxy:\n  upstreamCA: %s\n", filepath.Join(tmp, "ca"), upCA),
-		pol:   mcpPolicy,
-	} {
-		if err := os.WriteFile(name, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// The run resolves mcp.test through a hosts file of its own, in a
-	// private mount namespace (as in the no-SNI test).
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	script := `mount --bind "$0" /etc/hosts && exec "$@"`
-	cmd := exec.CommandContext(ctx, unshare, "--mount", "--propagation", "private", "sh", "-c", script, hosts,
-		sluiceBin, "run", "--config", cfg, "--policy", pol, "--audit-log", auditLog, "--no-summary", "--",
-		node, filepath.Join(dir, "client.mjs"), "https://mcp.test/mcp")
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("sluice run node client.mjs: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
-	}
 	var got mcpClientResult
-	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
-		t.Fatalf("client output is not JSON: %v\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
-	}
-	t.Logf("client: %s", stdout.String())
+	auditLog := runMCPClient(t, api, upCA, 90*time.Second, &got, node, filepath.Join(dir, "client.mjs"), "https://mcp.test/mcp")
 
 	checkSDKAnswers(t, "McpError", got.Tools, got.Echo, got.Denied, got.Search)
 
@@ -309,4 +281,41 @@ func mcpCallRecords(t *testing.T, recs []map[string]any, tool string) []map[stri
 	}
 	slices.SortFunc(out, func(a, b map[string]any) int { return id(a) - id(b) })
 	return out
+}
+
+// runMCPClient runs an SDK client (argv) under `sluice run` with
+// mcpPolicy, resolving mcp.test to api through a hosts file of its own in
+// a private mount namespace (as in the no-SNI test), and decodes the JSON
+// it prints into out. It returns the run's audit log.
+func runMCPClient(t *testing.T, api *Host, upCA string, timeout time.Duration, out any, argv ...string) (auditLog string) {
+	t.Helper()
+	unshare := RequireTool(t, "unshare")
+	tmp := t.TempDir()
+	hosts, cfg, pol := filepath.Join(tmp, "hosts"), filepath.Join(tmp, "config.yaml"), filepath.Join(tmp, "policy.yaml")
+	auditLog = filepath.Join(tmp, "audit.jsonl")
+	for name, body := range map[string]string{
+		hosts: fmt.Sprintf("127.0.0.1 localhost\n%s mcp.test\n", api.IP4),
+		cfg:   fmt.Sprintf("ca:\n  dir: %s\nproxy:\n  upstreamCA: %s\n", filepath.Join(tmp, "ca"), upCA),
+		pol:   mcpPolicy,
+	} {
+		if err := os.WriteFile(name, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	script := `mount --bind "$0" /etc/hosts && exec "$@"`
+	args := append([]string{"--mount", "--propagation", "private", "sh", "-c", script, hosts,
+		sluiceBin, "run", "--config", cfg, "--policy", pol, "--audit-log", auditLog, "--no-summary", "--"}, argv...)
+	cmd := exec.CommandContext(ctx, unshare, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("sluice run %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(argv, " "), err, stdout.String(), stderr.String())
+	}
+	if err := json.Unmarshal(stdout.Bytes(), out); err != nil {
+		t.Fatalf("client output is not JSON: %v\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	t.Logf("client: %s", stdout.String())
+	return auditLog
 }

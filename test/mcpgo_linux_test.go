@@ -1,11 +1,7 @@
 package test
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -64,7 +60,6 @@ type mcpGoResult struct {
 // tool, and never reaches the server.
 func TestMCPGoSDKThroughSluice(t *testing.T) {
 	RequireE2E(t)
-	unshare := RequireTool(t, "unshare")
 	goBin := RequireTool(t, "go")
 	tmp := t.TempDir()
 	bin := filepath.Join(tmp, "mcpgo")
@@ -77,32 +72,8 @@ func TestMCPGoSDKThroughSluice(t *testing.T) {
 		return []string{bin, "server", certFile, keyFile, api.IP4.String(), "443"}
 	})
 
-	hosts, cfg, pol, auditLog := filepath.Join(tmp, "hosts"), filepath.Join(tmp, "config.yaml"), filepath.Join(tmp, "policy.yaml"), filepath.Join(tmp, "audit.jsonl")
-	for name, body := range map[string]string{
-		hosts: fmt.Sprintf("127.0.0.1 localhost\n%s mcp.test\n", api.IP4),
-		cfg:   fmt.Sprintf("ca:\n  dir: %s\nproxy:\n  upstreamCA: %s\n", filepath.Join(tmp, "ca"), upCA),
-		pol:   mcpPolicy,
-	} {
-		if err := os.WriteFile(name, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	script := `mount --bind "$0" /etc/hosts && exec "$@"`
-	cmd := exec.CommandContext(ctx, unshare, "--mount", "--propagation", "private", "sh", "-c", script, hosts,
-		sluiceBin, "run", "--config", cfg, "--policy", pol, "--audit-log", auditLog, "--no-summary", "--",
-		bin, "client", "https://mcp.test/mcp")
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("sluice run mcpgo client: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
-	}
 	var got mcpGoResult
-	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
-		t.Fatalf("client output is not JSON: %v\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
-	}
-	t.Logf("client: %s", stdout.String())
+	auditLog := runMCPClient(t, api, upCA, 60*time.Second, &got, bin, "client", "https://mcp.test/mcp")
 
 	if got.Protocol != "2026-07-28" {
 		t.Errorf("negotiated protocol %q, want 2026-07-28 (the header-mirroring revision)", got.Protocol)
