@@ -171,10 +171,7 @@ int sluice_recvmsg4(struct bpf_sock_addr *ctx)
 	struct origin *o = dns_reply_origin(ctx);
 	if (!o || o->family != AF_INET)
 		return 1;
-	__u32 ip;
-	__builtin_memcpy(&ip, o->addr + 12, 4);
-	ctx->user_ip4 = ip;
-	ctx->user_port = bpf_htons(o->port);
+	write_origin4(ctx, o);
 	return 1;
 }
 
@@ -195,12 +192,7 @@ int sluice_recvmsg6(struct bpf_sock_addr *ctx)
 	struct origin *o = dns_reply_origin(ctx);
 	if (!o)
 		return 1;
-	__builtin_memcpy(w, o->addr, 16); /* IPv4 is ::ffff:a.b.c.d already */
-	ctx->user_ip6[0] = w[0];
-	ctx->user_ip6[1] = w[1];
-	ctx->user_ip6[2] = w[2];
-	ctx->user_ip6[3] = w[3];
-	ctx->user_port = bpf_htons(o->port);
+	write_origin6(ctx, o); /* IPv4 is ::ffff:a.b.c.d already */
 	return 1;
 }
 

@@ -671,6 +671,28 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
+/* write_origin4 and write_origin6 put an origin into the address a
+ * getpeername or recvmsg returns to the workload (an IPv4 origin is
+ * ::ffff:a.b.c.d in o->addr). */
+static __always_inline void write_origin4(struct bpf_sock_addr *ctx, const struct origin *o)
+{
+	__u32 ip;
+	__builtin_memcpy(&ip, o->addr + 12, 4);
+	ctx->user_ip4 = ip;
+	ctx->user_port = bpf_htons(o->port);
+}
+
+static __always_inline void write_origin6(struct bpf_sock_addr *ctx, const struct origin *o)
+{
+	__u32 w[4];
+	__builtin_memcpy(w, o->addr, 16);
+	ctx->user_ip6[0] = w[0];
+	ctx->user_ip6[1] = w[1];
+	ctx->user_ip6[2] = w[2];
+	ctx->user_ip6[3] = w[3];
+	ctx->user_port = bpf_htons(o->port);
+}
+
 SEC("cgroup/getpeername4")
 int sluice_getpeername4(struct bpf_sock_addr *ctx)
 {
@@ -678,10 +700,7 @@ int sluice_getpeername4(struct bpf_sock_addr *ctx)
 	struct origin *o = bpf_map_lookup_elem(&sluice_origins, &cookie);
 	if (!o || o->family != AF_INET)
 		return 1;
-	__u32 ip;
-	__builtin_memcpy(&ip, o->addr + 12, 4);
-	ctx->user_ip4 = ip;
-	ctx->user_port = bpf_htons(o->port);
+	write_origin4(ctx, o);
 	return 1;
 }
 
@@ -692,13 +711,7 @@ int sluice_getpeername6(struct bpf_sock_addr *ctx)
 	struct origin *o = bpf_map_lookup_elem(&sluice_origins, &cookie);
 	if (!o)
 		return 1;
-	__u32 w[4];
-	__builtin_memcpy(w, o->addr, 16);
-	ctx->user_ip6[0] = w[0];
-	ctx->user_ip6[1] = w[1];
-	ctx->user_ip6[2] = w[2];
-	ctx->user_ip6[3] = w[3];
-	ctx->user_port = bpf_htons(o->port);
+	write_origin6(ctx, o);
 	return 1;
 }
 
