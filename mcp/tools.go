@@ -22,17 +22,6 @@ type Tool struct {
 // its name (which identifies it).
 var ToolFields = [...]string{"description", "inputSchema"}
 
-// ChangedFields names the fields in which a and b differ.
-func ChangedFields(a, b *[len(ToolFields)][32]byte) []string {
-	var out []string
-	for i, f := range ToolFields {
-		if a[i] != b[i] {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
 // FilterTools reads a tools/list response message (one JSON-RPC
 // response, as written) and removes the tools keep refuses. It returns
 // the message to send on (msg itself when nothing was removed), the

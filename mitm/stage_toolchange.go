@@ -30,10 +30,13 @@ func (toolChangeStage) Request(x *Exchange) *Answer {
 	if !on {
 		return nil
 	}
-	server, wl := x.mcpServer(), x.Workload().Name()
+	var server, wl string // built for the first tools/call only
 	for _, g := range m.msgs {
 		if g.Method != "tools/call" {
 			continue
+		}
+		if server == "" {
+			server, wl = x.mcpServer(), x.Workload().Name()
 		}
 		c, changed := x.f.p.mcpTools.Changed(server, wl, g.Tool)
 		if !changed {
