@@ -89,10 +89,7 @@ func (a *Agent) describe(o bpf.SluiceOrigin, peer netip.AddrPort) (workload.Dest
 	dst := workload.Destination{Addr: netip.AddrPortFrom(addr, o.Port), Port: o.Port}
 	pid := int(o.Pid)
 	img := procImage{pid: pid, startTime: o.StartTime, execID: o.ExecId}
-	id := processIdentity(a.exes, img, o.Uid, cString(o.Comm[:]), a.names.lookup(o.CgroupId, pid))
-	if a.opts.Metadata != nil {
-		a.opts.Metadata.Enrich(a.ctx, &id)
-	}
+	id := processIdentity(a.ctx, a.opts.Metadata, a.exes, img, o.Uid, cString(o.Comm[:]), a.names.lookup(o.CgroupId, pid))
 	id.Client = netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())
 	return dst, id
 }

@@ -12,11 +12,7 @@ import (
 // cgroup path names.
 func (e Event) Identity() workload.Identity {
 	img := procImage{pid: e.PID, startTime: e.startTime, execID: e.execID}
-	id := processIdentity(e.exes, img, e.UID, e.Comm, e.Cgroup)
-	if e.meta != nil {
-		e.meta.Enrich(context.Background(), &id)
-	}
-	return id
+	return processIdentity(context.Background(), e.meta, e.exes, img, e.UID, e.Comm, e.Cgroup)
 }
 
 // Metadata names the containers and pods behind cgroups from the
@@ -33,10 +29,14 @@ type Metadata interface {
 
 // processIdentity builds the identity of process image img; the one
 // place a connect event and a redirected connection get their Exe (from
-// exes, which may be nil: then read each time), ContainerID and PodUID.
-func processIdentity(exes *exeCache, img procImage, uid uint32, comm, cgroup string) workload.Identity {
+// exes, which may be nil: then read each time), ContainerID and PodUID,
+// and what meta (may be nil) knows of the container and pod.
+func processIdentity(ctx context.Context, meta Metadata, exes *exeCache, img procImage, uid uint32, comm, cgroup string) workload.Identity {
 	id := workload.Identity{PID: img.pid, UID: uid, Comm: comm, Cgroup: cgroup}
 	id.Exe = exes.exe(img)
 	id.ContainerID, id.PodUID = workload.ParseCgroupPath(cgroup)
+	if meta != nil {
+		meta.Enrich(ctx, &id)
+	}
 	return id
 }
