@@ -1,10 +1,10 @@
 package agent
 
 import (
-	"container/list"
 	"os"
 	"strconv"
-	"sync"
+
+	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // procImage names one process image as the kernel saw it at a connect:
@@ -44,23 +44,16 @@ func (p procImage) cacheable() bool { return p.pid > 0 && (p.startTime != 0 || p
 // It is bounded (least recently used entries go) and safe for concurrent
 // use: the event reader and the accepting goroutines share it.
 type exeCache struct {
-	max   int
-	read  func(pid int) (string, error)
-	mu    sync.Mutex
-	byKey map[procImage]*list.Element
-	order list.List // of exeEntry, most recently used first
-}
-
-type exeEntry struct {
-	key procImage
-	exe string
+	read func(pid int) (string, error)
+	lru  *lru.Cache[procImage, string]
 }
 
 // exeCacheSize bounds the process images remembered (each some 100 bytes).
 const exeCacheSize = 4096
 
 func newExeCache(max int) *exeCache {
-	return &exeCache{max: max, read: readExe, byKey: make(map[procImage]*list.Element)}
+	c, _ := lru.New[procImage, string](max) // max > 0: no error
+	return &exeCache{read: readExe, lru: c}
 }
 
 // readExe reads /proc/PID/exe.
@@ -83,27 +76,13 @@ func (c *exeCache) exe(img procImage) string {
 		exe, _ := c.read(img.pid)
 		return exe
 	}
-	c.mu.Lock()
-	if el, ok := c.byKey[img]; ok {
-		c.order.MoveToFront(el)
-		exe := el.Value.(exeEntry).exe
-		c.mu.Unlock()
+	if exe, ok := c.lru.Get(img); ok {
 		return exe
 	}
-	c.mu.Unlock()
 	exe, err := c.read(img.pid)
 	if err != nil || exe == "" {
 		return ""
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.byKey[img]; !ok {
-		c.byKey[img] = c.order.PushFront(exeEntry{key: img, exe: exe})
-		for c.order.Len() > c.max {
-			last := c.order.Back()
-			delete(c.byKey, last.Value.(exeEntry).key)
-			c.order.Remove(last)
-		}
-	}
+	c.lru.ContainsOrAdd(img, exe)
 	return exe
 }

@@ -97,8 +97,8 @@ func TestExeCacheIsBounded(t *testing.T) {
 	for pid := 1; pid <= 10; pid++ {
 		c.exe(procImage{pid: pid, startTime: 1})
 	}
-	if n := len(c.byKey); n != 3 || c.order.Len() != 3 {
-		t.Fatalf("%d entries (%d in order), want 3", n, c.order.Len())
+	if n := c.lru.Len(); n != 3 {
+		t.Fatalf("%d entries, want 3", n)
 	}
 	c.exe(procImage{pid: 10, startTime: 1}) // the most recent stays
 	c.exe(procImage{pid: 1, startTime: 1})  // the oldest went
