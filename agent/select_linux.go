@@ -227,10 +227,9 @@ func (a *Agent) selectedByMeta(rel string) (who workload.Identity, ok bool) {
 		return who, false
 	}
 	a.opts.Metadata.Enrich(a.ctx, &who)
+	// A pod's cgroup has no container name or image, so a selector that
+	// names those matches only its containers' cgroups (Match).
 	for _, s := range a.sels {
-		if who.ContainerID == "" && s.NeedsContainer() {
-			continue
-		}
 		if s.Match(&who) {
 			return who, true
 		}

@@ -35,11 +35,6 @@ func (s Selector) Match(id *Identity) bool {
 	return true
 }
 
-// NeedsContainer reports whether s names container fields (containers,
-// images), which a pod as a whole does not have: the agent then selects
-// the matching containers' cgroups, not the pod's.
-func (s Selector) NeedsContainer() bool { return len(s.Containers)+len(s.Images) > 0 }
-
 func anyGlob(globs []string, v string) bool {
 	if len(globs) == 0 {
 		return true
