@@ -245,7 +245,7 @@ func (s *DNSServer) answer(ctx context.Context, r *dns.Msg, id *workload.Identit
 	default:
 		rec.Decision = audit.DecisionAllow
 	}
-	key := nameKey(id)
+	key := id.Key()
 	if s.exfil != nil {
 		if why := s.exfil.check(key, rec.DNSName, s.o.Now()); why != "" {
 			if s.exfil.o.Enforce {
@@ -356,15 +356,6 @@ func rcodeName(rc int) string {
 // server and whose answers have not expired, sorted. The proxy can be
 // given it (policy.Conn.Names, dns_name). Safe for concurrent use.
 func (s *DNSServer) NamesFor(id workload.Identity, addr netip.Addr) []string {
-	return s.names.lookup(nameKey(&id), addr.Unmap(), s.o.Now())
+	return s.names.lookup(id.Key(), addr.Unmap(), s.o.Now())
 }
 
-// nameKey is the workload a binding belongs to: its cgroup, the one
-// thing the kernel names for the DNS query and the proxy's connection
-// alike; the client address when the cgroup is unknown.
-func nameKey(id *workload.Identity) string {
-	if id.Cgroup != "" {
-		return "cgroup:" + id.Cgroup
-	}
-	return "client:" + id.Client.Addr().String()
-}

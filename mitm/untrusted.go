@@ -56,17 +56,12 @@ func newUntrustedSet(size int, ttl time.Duration) *untrustedSet {
 	return &untrustedSet{lru: c, ttl: ttl, now: time.Now}
 }
 
-// untrustedKey is the workload as the kernel names it (its cgroup, else
-// its client address, as the DNS server keys what a workload resolved),
-// its executable when known (another program of the workload is not the
+// untrustedKey is the workload as the kernel names it (Identity.Key, as
+// the DNS server keys what a workload resolved), its executable when known (another program of the workload is not the
 // one that pins), and the host and port, lowercase.
 func untrustedKey(id *workload.Identity, host string, port uint16) string {
 	var b strings.Builder
-	if id.Cgroup != "" {
-		b.WriteString("cgroup:" + id.Cgroup)
-	} else {
-		b.WriteString("client:" + id.Client.Addr().String())
-	}
+	b.WriteString(id.Key())
 	b.WriteString("\x00" + id.Exe + "\x00")
 	b.WriteString(strings.TrimSuffix(strings.ToLower(host), "."))
 	b.WriteString(":" + strconv.Itoa(int(port)))

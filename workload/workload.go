@@ -43,6 +43,17 @@ type Identity struct {
 	Labels    map[string]string `json:"-"`
 }
 
+// Key names the workload as the kernel does, for state kept per workload
+// (what it resolved, the hosts whose certificate it rejected): its cgroup,
+// the one thing the kernel names for a DNS query and a connection alike;
+// its client address when the cgroup is unknown.
+func (i *Identity) Key() string {
+	if i.Cgroup != "" {
+		return "cgroup:" + i.Cgroup
+	}
+	return "client:" + i.Client.Addr().String()
+}
+
 // Name is a bounded, human-readable label for the workload, suitable for
 // metrics: namespace/pod, else "container:" and the container's name,
 // else "container:" and its id (12 chars), else the cgroup path, else
