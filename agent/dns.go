@@ -358,4 +358,3 @@ func rcodeName(rc int) string {
 func (s *DNSServer) NamesFor(id workload.Identity, addr netip.Addr) []string {
 	return s.names.lookup(id.Key(), addr.Unmap(), s.o.Now())
 }
-
