@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/sluicehq/sluice/policy"
@@ -50,16 +51,18 @@ type h2Capture struct {
 }
 
 const (
-	h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+	h2Preface = http2.ClientPreface
 
-	h2FrameHeaders      = 0x1
-	h2FramePushPromise  = 0x5
-	h2FrameContinuation = 0x9
+	// The frame types and flags the rewriter reads, as the bytes of a
+	// frame header.
+	h2FrameHeaders      = byte(http2.FrameHeaders)
+	h2FramePushPromise  = byte(http2.FramePushPromise)
+	h2FrameContinuation = byte(http2.FrameContinuation)
 
-	h2FlagEndStream  = 0x1
-	h2FlagEndHeaders = 0x4
-	h2FlagPadded     = 0x8
-	h2FlagPriority   = 0x20
+	h2FlagEndStream  = byte(http2.FlagHeadersEndStream)
+	h2FlagEndHeaders = byte(http2.FlagHeadersEndHeaders)
+	h2FlagPadded     = byte(http2.FlagHeadersPadded)
+	h2FlagPriority   = byte(http2.FlagHeadersPriority)
 
 	// h2MaxBlock bounds a header block held for rewriting; a longer one
 	// leaves the capture.
