@@ -22,19 +22,26 @@ func newFolder(max int) *folder {
 }
 
 func (f *folder) fold(v string) string {
+	v, _ = f.admit(v)
+	return v
+}
+
+// admit is fold, also reporting whether v was admitted just now (its
+// first sight within the bound).
+func (f *folder) admit(v string) (string, bool) {
 	if v == Other {
-		return v
+		return v, false
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, ok := f.seen[v]; ok {
-		return v
+		return v, false
 	}
 	if len(f.seen) >= f.max {
-		return Other
+		return Other, false
 	}
 	f.seen[v] = struct{}{}
-	return v
+	return v, true
 }
 
 // oneOf returns v when it is in the fixed set, else def.

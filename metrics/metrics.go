@@ -293,7 +293,8 @@ func (m *Metrics) Record(r *audit.Record) {
 
 // workloadInfo sets sluice_workload_info for a workload the container
 // runtime named, when its workload label is admitted (not "other") and
-// the info series are within their bound.
+// the info series are within their bound; a series already set is not
+// touched again.
 func (m *Metrics) workloadInfo(id *workload.Identity) {
 	if id.Container == "" && id.Image == "" && id.Namespace == "" {
 		return
@@ -302,10 +303,10 @@ func (m *Metrics) workloadInfo(id *workload.Identity) {
 	if wl == Other {
 		return
 	}
-	if m.infos.fold(wl+"\x00"+id.Namespace+"\x00"+id.Pod+"\x00"+id.Container+"\x00"+id.Image) == Other {
-		return
+	// Set once, when the series is admitted: it stays 1.
+	if _, isNew := m.infos.admit(wl + "\x00" + id.Namespace + "\x00" + id.Pod + "\x00" + id.Container + "\x00" + id.Image); isNew {
+		m.info.WithLabelValues(wl, id.Namespace, id.Pod, id.Container, id.Image).Set(1)
 	}
-	m.info.WithLabelValues(wl, id.Namespace, id.Pod, id.Container, id.Image).Set(1)
 }
 
 func (m *Metrics) recordHTTP(r *audit.Record) {
