@@ -37,20 +37,13 @@ var lineBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b
 const maxPooledLine = 64 << 10
 
 // Record implements Sink.
-func (l *JSONLog) Record(r *Record) {
-	bp := lineBufs.Get().(*[]byte)
-	b := r.AppendJSON((*bp)[:0])
-	l.mu.Lock()
-	_, _ = l.w.Write(b)
-	l.mu.Unlock()
-	if cap(b) <= maxPooledLine {
-		*bp = b
-		lineBufs.Put(bp)
-	}
-}
+func (l *JSONLog) Record(r *Record) { l.write(r) }
 
 // RecordBatch implements BatchSink: the lines of rs in one Write.
-func (l *JSONLog) RecordBatch(rs []*Record) {
+func (l *JSONLog) RecordBatch(rs []*Record) { l.write(rs...) }
+
+// write writes the lines of rs in one Write, from a pooled buffer.
+func (l *JSONLog) write(rs ...*Record) {
 	bp := lineBufs.Get().(*[]byte)
 	b := (*bp)[:0]
 	for _, r := range rs {
