@@ -102,20 +102,14 @@ const MaxTools = 32
 const OtherTool = "(other)"
 
 func (d *Dest) addTool(c obs) {
-	i := 0
-	for i < len(d.MCPTools) && d.MCPTools[i].Name != c.tool {
-		i++
+	name := c.tool
+	if len(d.MCPTools) >= MaxTools && !slices.ContainsFunc(d.MCPTools, func(t MCPTool) bool { return t.Name == name }) {
+		name = OtherTool // past MaxTools, a new tool counts as (other)
 	}
-	if i == len(d.MCPTools) {
-		name := c.tool
-		if len(d.MCPTools) >= MaxTools {
-			name = OtherTool
-			for i = 0; i < len(d.MCPTools) && d.MCPTools[i].Name != name; i++ {
-			}
-		}
-		if i == len(d.MCPTools) {
-			d.MCPTools = append(d.MCPTools, MCPTool{Name: name})
-		}
+	i := slices.IndexFunc(d.MCPTools, func(t MCPTool) bool { return t.Name == name })
+	if i < 0 {
+		i = len(d.MCPTools)
+		d.MCPTools = append(d.MCPTools, MCPTool{Name: name})
 	}
 	t := &d.MCPTools[i]
 	t.Calls++
