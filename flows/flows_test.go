@@ -210,3 +210,28 @@ func TestRowNamesContainer(t *testing.T) {
 		t.Fatalf("rows %+v", rows)
 	}
 }
+
+// Tools past MaxTools fold into "(other)" and keep their counts; a tool
+// already listed keeps its own row.
+func TestToolsPastMaxToolsFold(t *testing.T) {
+	tb := flows.New(flows.Options{})
+	id := workload.Identity{PID: 7, Cgroup: "/agent.scope"}
+	call := func(tool string) {
+		tb.Record(&audit.Record{Kind: audit.KindHTTP, Workload: id, Host: "mcp.test", Decision: "allow", MCPMethod: "tools/call", MCPTool: tool})
+	}
+	for i := range flows.MaxTools + 3 {
+		call(fmt.Sprintf("t%d", i))
+	}
+	call("t0")
+	tools := tb.Snapshot().Rows[0].Destinations[0].MCPTools
+	if len(tools) != flows.MaxTools+1 {
+		t.Fatalf("%d tool rows, want %d and (other)", len(tools), flows.MaxTools)
+	}
+	calls := map[string]int64{}
+	for _, tl := range tools {
+		calls[tl.Name] = tl.Calls
+	}
+	if calls["t0"] != 2 || calls[flows.OtherTool] != 3 {
+		t.Errorf("t0 %d calls (want 2), %s %d (want 3)", calls["t0"], flows.OtherTool, calls[flows.OtherTool])
+	}
+}
