@@ -26,7 +26,15 @@
 # measurement (5), BENCH_CONNS ("8 32 64 256 512"), BENCH_STREAM_MB (1024),
 # BENCH_IDLE connections (10000, lowered to what RLIMIT_NOFILE's hard limit
 # lets Sluice hold: two descriptors per connection and 1024 spare),
-# BENCH_TESTS (all of: h1 newconn h2 stream idle explicit), BIN (bin/sluice).
+# BENCH_TESTS (all of: h1 newconn h2 stream idle explicit; and soak, which
+# only runs when named), BIN (bin/sluice).
+# soak: Sluice transparent under the Go client at half the peak rate that
+# client reaches through it (measured first, BENCH_DURATION seconds), for
+# BENCH_SOAK seconds (600); every BENCH_SOAK_EVERY seconds (30) the proxy's
+# RSS, goroutines (go_goroutines from its --metrics listener), CPU and
+# requests are sampled (printed as they come, kept in soak.tsv). Reported:
+# RSS and goroutine growth from the first sample after one minute to the
+# last, and CPU per request in the first and the last interval.
 # BENCH_BASE=path/to/an/older/sluice adds a "base" mode: that binary
 # transparent, interleaved with the others, for before/after figures of a
 # change within one run (column T×base).
@@ -411,6 +419,53 @@ explicit_run() { # mode: h1 keep-alive at 32 connections with the Go client
   fi
 }
 
+soak_run() {
+  local secs=${BENCH_SOAK:-600} every=${BENCH_SOAK_EVERY:-30} mport=$((16000 + $$ % 1000)) out peak rate
+  local args=(-url "https://$up_ip:$up_port/" -sni "$up_ip" -ca "$sluice_ca" -c 32)
+  profile_name=
+  out=$(run_client transparent "$work/benchpeers" load -d "${dur}s" "${args[@]}") || true
+  peak=$(awk '/^requests /{print $4}' <<<"$out")
+  [ -n "$peak" ] || { echo "soak: peak run failed: $out" >&2; return 0; }
+  rate=$((${peak%.*} / 2))
+  echo "soak: peak $peak req/s with the Go client at 32 connections; $secs s at $rate req/s" >&2
+  reset_logs
+  "$bin" run --metrics "127.0.0.1:$mport" --config "$work/config.yaml" --policy "$work/policy.yaml" \
+    -- "$work/benchpeers" load -d "${secs}s" -rate "$rate" "${args[@]}" >"$work/soak.out" 2>&1 &
+  local sp=$! t0 now
+  pids+=("$sp")
+  t0=$(date +%s)
+  : >"$work/soak.tsv"
+  sample() { # t rss_kib goroutines cpu_ticks requests
+    local m
+    m=$(curl -s --max-time 5 "http://127.0.0.1:$mport/metrics") || return 0
+    printf '%s\t%s\t%s\t%s\t%s\n' "$(($(date +%s) - t0))" \
+      "$(awk '/^VmRSS:/{print $2}' "/proc/$sp/status" 2>/dev/null)" \
+      "$(awk '$1=="go_goroutines"{print $2}' <<<"$m")" "$(ticks "$sp")" \
+      "$(awk '/^sluice_proxy_requests_total/{s+=$2} END{printf "%d", s}' <<<"$m")" | tee -a "$work/soak.tsv" >&2
+  }
+  echo "soak samples: t_s rss_kib goroutines cpu_ticks requests" >&2
+  while kill -0 "$sp" 2>/dev/null; do
+    now=$(($(date +%s) - t0))
+    [ "$now" -ge "$secs" ] && break
+    sleep "$every"
+    kill -0 "$sp" 2>/dev/null && sample
+  done
+  wait "$sp" 2>/dev/null || true
+  grep -q '^requests ' "$work/soak.out" || { echo "soak: client failed: $(cat "$work/soak.out")" >&2; return 0; }
+  awk -v hz="$(getconf CLK_TCK)" -v name="soak/${secs}s" '
+    { t[NR]=$1; rss[NR]=$2; g[NR]=$3; cpu[NR]=$4; req[NR]=$5 }
+    END {
+      if (NR < 3) exit
+      b = 1; while (b < NR - 1 && t[b] < 60) b++
+      printf "%s transparent rss_growth_pct %.1f\n", name, (rss[NR] - rss[b]) * 100 / rss[b]
+      printf "%s transparent goroutine_growth %d\n", name, g[NR] - g[b]
+      printf "%s transparent rps %.0f\n", name, (req[NR] - req[b]) / (t[NR] - t[b])
+      if (req[b+1] > req[b]) printf "%s transparent cpu_us_first %.1f\n", name, (cpu[b+1]-cpu[b]) * 1e6 / hz / (req[b+1]-req[b])
+      if (req[NR] > req[NR-1]) printf "%s transparent cpu_us_last %.1f\n", name, (cpu[NR]-cpu[NR-1]) * 1e6 / hz / (req[NR]-req[NR-1])
+    }' "$work/soak.tsv" >>"$results"
+  record "soak/${secs}s" transparent target_rps "$rate"
+}
+
 has() { [[ " $tests " == *" $1 "* ]]; }
 start=$(date +%s)
 for r in $(seq "$rounds"); do
@@ -434,6 +489,7 @@ for r in $(seq "$rounds"); do
     for m in nginx $tmodes explicit; do idle_run "$m"; done
   fi
 done
+if has soak; then soak_run; fi
 
 echo
 echo "Sluice vs nginx $(nginx -v 2>&1 | sed 's/.*\///'), $(nproc) CPUs, $rounds interleaved rounds of ${dur}s, median per cell; ×nginx = the mode's figure / nginx's"

@@ -121,6 +121,7 @@ func load(args []string) error {
 	sni := fs.String("sni", "", "TLS server name")
 	conns := fs.Int("c", 32, "connections")
 	dur := fs.Duration("d", 5*time.Second, "duration")
+	rate := fs.Float64("rate", 0, "requests per second in all, paced evenly over the connections (0: as fast as they go)")
 	fs.Parse(args)
 	u, err := url.Parse(*target)
 	if err != nil {
@@ -148,7 +149,27 @@ func load(args []string) error {
 	start := time.Now()
 	for i := range *conns {
 		wg.Go(func() {
+			// Paced: connection i sends at start + i*gap/conns + k*gap; one
+			// that falls behind starts again from now instead of bursting.
+			gap := time.Duration(0)
+			if *rate > 0 {
+				gap = time.Duration(float64(*conns) / *rate * float64(time.Second))
+			}
+			next := start.Add(gap * time.Duration(i) / time.Duration(*conns))
 			for ctx.Err() == nil {
+				if gap > 0 {
+					if d := time.Until(next); d > 0 {
+						select {
+						case <-ctx.Done():
+							return
+						case <-time.After(d):
+						}
+					}
+					next = next.Add(gap)
+					if now := time.Now(); next.Before(now) {
+						next = now
+					}
+				}
 				t0 := time.Now()
 				resp, err := client.Get(u.String())
 				if err != nil {
