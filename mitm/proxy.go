@@ -108,6 +108,9 @@ type Proxy struct {
 	// certificate sent); clientTLSFor gives each connection its leaf name
 	// and ALPN.
 	clientTLS *tls.Config
+	// clientALPN are the configs clientTLSFor hands out, one per ALPN
+	// answer (none, h2, http/1.1), shared by all connections.
+	clientALPN []*tls.Config
 	dialer    *net.Dialer
 	resolver  Resolver
 	obs       Observer
@@ -247,7 +250,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy.mcpStateFile: %w", err)
 	}
 	p.h1 = newH1Server(p)
-	p.clientTLS = &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: p.clientTLSFor}
+	p.newClientTLS()
 	p.groups = &groupSet{set: upstreams.NewSet(upstreams.NetProber{Dial: d.DialContext}, nil)}
 	p.upstreamGroups() // health checks start with the policy, not the first request
 	p.stages = p.chain()

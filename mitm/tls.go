@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
@@ -79,12 +80,13 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 	case t.err != nil && contains(offer, "h2"):
 		protos = []string{"h2"}
 	}
-	// The upstream side may have used the time the peek was given.
+	// The upstream side may have used the time the peek was given. The
+	// deadline bounds the handshake, and the flow's end closes c (serve),
+	// so its context need not be cancellable: crypto/tls starts a
+	// goroutine per handshake to watch one that is.
 	_ = c.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout.D()))
-	hctx, cancel := context.WithTimeout(f.ctx, p.cfg.HandshakeTimeout.D())
-	defer cancel()
 	watch := &alertWatch{Conn: c}
-	hctx = context.WithValue(hctx, clientHandshakeKey{}, &clientHandshake{name: name, protos: protos})
+	hctx := context.WithValue(context.WithoutCancel(f.ctx), clientHandshakeKey{}, &clientHandshake{name: name, protos: protos})
 	srv := tls.Server(watch, p.clientTLS)
 	if err := srv.HandshakeContext(hctx); err != nil {
 		if rejectedCertificate(err) {
@@ -130,20 +132,43 @@ type clientHandshake struct {
 type clientHandshakeKey struct{}
 
 // clientTLSFor is p.clientTLS's GetConfigForClient: the config of one
-// handshake, from the clientHandshake in its context. The config has no
-// ticket keys of its own, so crypto/tls uses p.clientTLS's.
+// handshake, by the ALPN answer in its context's clientHandshake (one of
+// p.clientALPN, made once: none, h2, http/1.1). These configs have no
+// ticket keys of their own, so crypto/tls uses p.clientTLS's.
 func (p *Proxy) clientTLSFor(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 	hs, ok := chi.Context().Value(clientHandshakeKey{}).(*clientHandshake)
 	if !ok {
 		return nil, errors.New("client handshake without its flow")
 	}
-	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		NextProtos: hs.protos,
-		GetCertificate: func(chi *tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return p.leaf(chi.Context(), hs.name)
-		},
-	}, nil
+	for _, c := range p.clientALPN {
+		if slices.Equal(c.NextProtos, hs.protos) {
+			return c, nil
+		}
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: hs.protos, GetCertificate: p.clientLeaf}, nil
+}
+
+// clientLeaf is the GetCertificate of p.clientALPN's configs: the leaf
+// for the name in the handshake's clientHandshake (the SNI, else the
+// CONNECT host or the original destination's IP).
+func (p *Proxy) clientLeaf(chi *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	hs, ok := chi.Context().Value(clientHandshakeKey{}).(*clientHandshake)
+	if !ok {
+		return nil, errors.New("client handshake without its flow")
+	}
+	return p.leaf(chi.Context(), hs.name)
+}
+
+// newClientTLS makes p.clientTLS and the per-ALPN configs it hands out.
+func (p *Proxy) newClientTLS() {
+	p.clientTLS = &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: p.clientTLSFor}
+	for _, protos := range [][]string{nil, {"h2"}, {"http/1.1"}} {
+		p.clientALPN = append(p.clientALPN, &tls.Config{
+			MinVersion:     tls.VersionTLS12,
+			NextProtos:     protos,
+			GetCertificate: p.clientLeaf,
+		})
+	}
 }
 
 // serveDecrypted decides from the first plaintext bytes whether the client
