@@ -21,9 +21,11 @@ import (
 // Handle, the ClientHello peek, the connection's policy decision, the
 // client TLS handshake (resumed with a session ticket, as repeat clients
 // do), one HTTP/1.1 request to an upstream from the pool, the records, the
-// close. Client, proxy and upstream share this process; allocs/op and
-// B/op are mostly the proxy's (the client's and the upstream's are
-// constant), cpu-us/op is the process's CPU time per connection.
+// close; for a client that offers X25519 alone and one that offers the
+// hybrid post-quantum key exchange too. Client, proxy and upstream share
+// this process; allocs/op and B/op are mostly the proxy's (the client's
+// and the upstream's are constant), cpu-us/op is the process's CPU time
+// per connection (the client's handshake included).
 func BenchmarkNewConn(b *testing.B) {
 	tca := newTestCA(b, "upstream test CA")
 	// Port 443, as wrk's connections have: to another port the proxy
@@ -60,52 +62,65 @@ func BenchmarkNewConn(b *testing.B) {
 			go h.p.Handle(context.Background(), c, dst, id)
 		}
 	}()
-	cfg := &tls.Config{
-		RootCAs:            pool,
-		ServerName:         "api.test",
-		NextProtos:         []string{"http/1.1"},
-		ClientSessionCache: tls.NewLRUClientSessionCache(64),
-		// OpenSSL 3.0 (wrk, curl on Debian 12) offers an X25519 key share.
-		CurvePreferences: []tls.CurveID{tls.X25519},
+	clients := []struct {
+		name   string
+		curves []tls.CurveID
+	}{
+		// OpenSSL 3.0 (wrk, curl and Python on Debian 12) offers an
+		// X25519 key share.
+		{"x25519", []tls.CurveID{tls.X25519}},
+		// Go 1.24+, OpenSSL 3.5 and browsers offer X25519MLKEM768 too.
+		{"hybrid", nil},
 	}
 	req := []byte("GET /bench HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
-	one := func() error {
-		c, err := tls.Dial("tcp", ln.Addr().String(), cfg)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		if _, err := c.Write(req); err != nil {
-			return err
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			return err
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			b.Errorf("status %d through the proxy, want 200", resp.StatusCode)
-		}
-		return nil
-	}
-	for range 4 { // the leaf, a session ticket, an upstream in the pool
-		if err := one(); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportAllocs()
-	b.SetParallelism(2)
-	cpu0 := processCPU()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if err := one(); err != nil {
-				b.Error(err)
-				return
+	for _, cl := range clients {
+		b.Run(cl.name, func(b *testing.B) {
+			cfg := &tls.Config{
+				RootCAs:            pool,
+				ServerName:         "api.test",
+				NextProtos:         []string{"http/1.1"},
+				ClientSessionCache: tls.NewLRUClientSessionCache(64),
+				CurvePreferences:   cl.curves,
 			}
-		}
-	})
-	b.StopTimer()
-	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+			one := func() error {
+				c, err := tls.Dial("tcp", ln.Addr().String(), cfg)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				if _, err := c.Write(req); err != nil {
+					return err
+				}
+				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					return err
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					b.Errorf("status %d through the proxy, want 200", resp.StatusCode)
+				}
+				return nil
+			}
+			for range 4 { // the leaf, a session ticket, an upstream in the pool
+				if err := one(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportAllocs()
+			b.SetParallelism(2)
+			cpu0 := processCPU()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := one(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+		})
+	}
 }

@@ -108,12 +108,12 @@ type Proxy struct {
 	// certificate sent); clientTLSFor gives each connection its leaf name
 	// and ALPN.
 	clientTLS *tls.Config
-	// clientALPN are the configs clientTLSFor hands out, one per ALPN
-	// answer (none, h2, http/1.1), shared by all connections.
-	clientALPN []*tls.Config
-	dialer    *net.Dialer
-	resolver  Resolver
-	obs       Observer
+	// clientConfigs are the configs clientTLSFor hands out, one per ALPN
+	// answer (none, h2, http/1.1) and locality, shared by all connections.
+	clientConfigs []clientConfig
+	dialer        *net.Dialer
+	resolver      Resolver
+	obs           Observer
 	// seen remembers, per name, the addresses recent lookups gave (a
 	// union over bindingTTL), so name binding costs at most one lookup per
 	// name and minute, and rotating DNS answers still bind.
