@@ -22,7 +22,8 @@ import (
 // client TLS handshake (resumed with a session ticket, as repeat clients
 // do), one HTTP/1.1 request to an upstream from the pool, the records, the
 // close; for a client that offers X25519 alone and one that offers the
-// hybrid post-quantum key exchange too. Client, proxy and upstream share
+// hybrid post-quantum key exchange too, both resuming, and one that does
+// a full handshake each time (the leaf from the cache, a signature). Client, proxy and upstream share
 // this process; allocs/op and B/op are mostly the proxy's (the client's
 // and the upstream's are constant), cpu-us/op is the process's CPU time
 // per connection (the client's handshake included).
@@ -65,12 +66,14 @@ func BenchmarkNewConn(b *testing.B) {
 	clients := []struct {
 		name   string
 		curves []tls.CurveID
+		full   bool // no session resumption: a new process per request (curl)
 	}{
 		// OpenSSL 3.0 (wrk, curl and Python on Debian 12) offers an
 		// X25519 key share.
-		{"x25519", []tls.CurveID{tls.X25519}},
+		{"x25519", []tls.CurveID{tls.X25519}, false},
 		// Go 1.24+, OpenSSL 3.5 and browsers offer X25519MLKEM768 too.
-		{"hybrid", nil},
+		{"hybrid", nil, false},
+		{"x25519-full", []tls.CurveID{tls.X25519}, true},
 	}
 	req := []byte("GET /bench HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
 	for _, cl := range clients {
@@ -81,6 +84,9 @@ func BenchmarkNewConn(b *testing.B) {
 				NextProtos:         []string{"http/1.1"},
 				ClientSessionCache: tls.NewLRUClientSessionCache(64),
 				CurvePreferences:   cl.curves,
+			}
+			if cl.full {
+				cfg.ClientSessionCache = nil
 			}
 			one := func() error {
 				c, err := tls.Dial("tcp", ln.Addr().String(), cfg)
