@@ -100,10 +100,14 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 			t.release()
 			return
 		}
-		if errors.Is(err, io.EOF) {
+		if errors.Is(err, io.EOF) && !srv.ConnectionState().DidResume {
 			// The ClientHello was read whole (peeked), so the client hung
 			// up once it had Sluice's certificate: Java's HttpClient
-			// does so without an alert.
+			// does so without an alert. Not so in a resumed handshake,
+			// which sends no certificate (the client accepted the leaf on
+			// the connection it got the ticket from): a client that hangs
+			// up there left mid-handshake (wrk at the end of its run),
+			// recorded below, and its host stays decrypted.
 			f.clientUntrusted(name, "client closed the connection after Sluice's certificate, without an alert ("+err.Error()+")")
 			t.release()
 			return
