@@ -131,7 +131,10 @@ func (f *flow) namesFor(ip netip.Addr) []string {
 			out = append(out, n)
 		}
 	}
-	if hl, ok := p.decider().(policy.HostLister); ok {
+	// A policy without hosts (allow by default) costs no lookups, nor
+	// the timer of their deadline: namesFor runs for every connection to
+	// an IP literal.
+	if hl, ok := p.decider().(policy.HostLister); ok && len(hl.Hosts()) > 0 {
 		ctx, cancel := context.WithTimeout(f.ctx, namesTimeout)
 		defer cancel()
 		sem := make(chan struct{}, 8)

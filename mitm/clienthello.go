@@ -56,7 +56,12 @@ func parseClientHello(b []byte) (h clientHello, need int, err error) {
 		if end > len(b) {
 			return h, end, errNeedMore
 		}
-		msg = append(msg, b[off+minTLSRecordHeaderSize:end]...)
+		if msg == nil {
+			// The common case, one record: its body, not a copy.
+			msg = b[off+minTLSRecordHeaderSize : end : end]
+		} else {
+			msg = append(msg, b[off+minTLSRecordHeaderSize:end]...)
+		}
 		off = end
 		if len(msg) < 4 {
 			continue
@@ -140,17 +145,16 @@ func parseClientHelloBody(body []byte) (clientHello, error) {
 	if exts.bad || len(c.b) != 0 {
 		return h, errors.New(errPrefix + "bad extensions length")
 	}
-	seen := map[int]bool{}
+	var seen extSet
 	for len(exts.b) > 0 {
 		typ := exts.u16()
 		data := exts.vec16()
 		if exts.bad {
 			return h, errors.New(errPrefix + "truncated extension")
 		}
-		if seen[typ] {
+		if !seen.add(typ) {
 			return h, fmt.Errorf(errPrefix+"duplicate extension %d", typ)
 		}
-		seen[typ] = true
 		var err error
 		switch typ {
 		case extServerName:
@@ -163,6 +167,34 @@ func parseClientHelloBody(body []byte) (clientHello, error) {
 		}
 	}
 	return h, nil
+}
+
+// extSet is the extension types seen in one ClientHello: a bit per type
+// below 64 (the registered ones a hello carries), a map for the rest
+// (GREASE values, private ones), made only when one comes.
+type extSet struct {
+	low  uint64
+	high map[int]bool
+}
+
+// add adds typ and reports whether it was new.
+func (s *extSet) add(typ int) bool {
+	if typ < 64 {
+		bit := uint64(1) << typ
+		if s.low&bit != 0 {
+			return false
+		}
+		s.low |= bit
+		return true
+	}
+	if s.high[typ] {
+		return false
+	}
+	if s.high == nil {
+		s.high = map[int]bool{}
+	}
+	s.high[typ] = true
+	return true
 }
 
 func parseSNI(c cursor) (string, error) {

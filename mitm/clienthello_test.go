@@ -121,6 +121,7 @@ func FuzzParseClientHello(f *testing.F) {
 		f.Add(splitRecords(b, 50))
 	}
 	f.Add([]byte{0x16, 3, 1, 0, 4, 1, 0, 0, 0})
+	f.Add(rawHello(10, 0x0a0a, 63, 64, 10))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, need, err := parseClientHello(b)
 		if errors.Is(err, errNeedMore) {
@@ -233,5 +234,52 @@ func TestWriteFuzzCorpus(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(fdir, fmt.Sprintf("seed-%d", i)), []byte(c), 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// rawHello is one ClientHello record whose extensions have the given
+// types, each with empty data.
+func rawHello(types ...int) []byte {
+	body := []byte{3, 3}
+	body = append(body, make([]byte, 32)...) // random
+	body = append(body, 0, 0, 2, 0x13, 0x01) // no session id; one suite
+	body = append(body, 1, 0)                // null compression
+	var exts []byte
+	for _, t := range types {
+		exts = append(exts, byte(t>>8), byte(t), 0, 0)
+	}
+	body = append(body, byte(len(exts)>>8), byte(len(exts)))
+	body = append(body, exts...)
+	msg := append([]byte{handshakeClientHello, 0, byte(len(body) >> 8), byte(len(body))}, body...)
+	return append([]byte{recordTypeHandshake, 3, 1, byte(len(msg) >> 8), byte(len(msg))}, msg...)
+}
+
+// TestParseClientHelloDuplicateExtension: an extension type twice is
+// refused (RFC 8446 section 4.2), whether a registered one or a GREASE or
+// private one, and distinct types are not mistaken for duplicates.
+func TestParseClientHelloDuplicateExtension(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		types []int
+		dup   int // -1: none
+	}{
+		{"distinct", []int{10, 13, 43, 51, 63, 64, 0x0a0a, 0xfe0d}, -1},
+		{"supported_groups twice", []int{10, 13, 10}, 10},
+		{"type 63 twice", []int{63, 64, 63}, 63},
+		{"type 64 twice", []int{63, 64, 64}, 64},
+		{"GREASE twice", []int{0x0a0a, 10, 0x0a0a}, 0x0a0a},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, need, err := parseClientHello(rawHello(tc.types...))
+			if tc.dup < 0 {
+				if err != nil || need != 0 {
+					t.Fatalf("need %d, err %v; want a parsed hello", need, err)
+				}
+				return
+			}
+			if want := fmt.Sprintf("duplicate extension %d", tc.dup); err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("err %v, want one containing %q", err, want)
+			}
+		})
 	}
 }

@@ -108,9 +108,12 @@ type Proxy struct {
 	// certificate sent); clientTLSFor gives each connection its leaf name
 	// and ALPN.
 	clientTLS *tls.Config
-	dialer    *net.Dialer
-	resolver  Resolver
-	obs       Observer
+	// clientConfigs are the configs clientTLSFor hands out, one per ALPN
+	// answer (none, h2, http/1.1) and locality, shared by all connections.
+	clientConfigs []clientConfig
+	dialer        *net.Dialer
+	resolver      Resolver
+	obs           Observer
 	// seen remembers, per name, the addresses recent lookups gave (a
 	// union over bindingTTL), so name binding costs at most one lookup per
 	// name and minute, and rotating DNS answers still bind.
@@ -247,7 +250,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy.mcpStateFile: %w", err)
 	}
 	p.h1 = newH1Server(p)
-	p.clientTLS = &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: p.clientTLSFor}
+	p.newClientTLS()
 	p.groups = &groupSet{set: upstreams.NewSet(upstreams.NetProber{Dial: d.DialContext}, nil)}
 	p.upstreamGroups() // health checks start with the policy, not the first request
 	p.stages = p.chain()

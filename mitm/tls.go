@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
@@ -79,12 +80,14 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 	case t.err != nil && contains(offer, "h2"):
 		protos = []string{"h2"}
 	}
-	// The upstream side may have used the time the peek was given.
+	// The upstream side may have used the time the peek was given. The
+	// deadline bounds the handshake, and the flow's end closes c (serve),
+	// so its context need not be cancellable: crypto/tls starts a
+	// goroutine per handshake to watch one that is.
 	_ = c.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout.D()))
-	hctx, cancel := context.WithTimeout(f.ctx, p.cfg.HandshakeTimeout.D())
-	defer cancel()
 	watch := &alertWatch{Conn: c}
-	hctx = context.WithValue(hctx, clientHandshakeKey{}, &clientHandshake{name: name, protos: protos})
+	hs := &clientHandshake{name: name, protos: protos, local: f.nodeLocal()}
+	hctx := context.WithValue(context.WithoutCancel(f.ctx), clientHandshakeKey{}, hs)
 	srv := tls.Server(watch, p.clientTLS)
 	if err := srv.HandshakeContext(hctx); err != nil {
 		if rejectedCertificate(err) {
@@ -97,10 +100,14 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 			t.release()
 			return
 		}
-		if errors.Is(err, io.EOF) {
+		if errors.Is(err, io.EOF) && !srv.ConnectionState().DidResume {
 			// The ClientHello was read whole (peeked), so the client hung
 			// up once it had Sluice's certificate: Java's HttpClient
-			// does so without an alert.
+			// does so without an alert. Not so in a resumed handshake,
+			// which sends no certificate (the client accepted the leaf on
+			// the connection it got the ticket from): a client that hangs
+			// up there left mid-handshake (wrk at the end of its run),
+			// recorded below, and its host stays decrypted.
 			f.clientUntrusted(name, "client closed the connection after Sluice's certificate, without an alert ("+err.Error()+")")
 			t.release()
 			return
@@ -121,29 +128,92 @@ func (f *flow) serveTLS(c *peekedConn, hello clientHello) {
 }
 
 // clientHandshake is what one client handshake needs from its flow: the
-// name its leaf is minted for and the ALPN protocols offered back.
+// name its leaf is minted for, the ALPN protocols offered back, and
+// whether the client is on this node (see localCurves).
 type clientHandshake struct {
 	name   string
 	protos []string
+	local  bool
 }
 
 type clientHandshakeKey struct{}
 
+// nodeLocal reports whether the client is a workload on this node: a
+// transparent connection, which the agent serves only with the kernel's
+// record of a local connect. The explicit listener's clients may be
+// anywhere.
+func (f *flow) nodeLocal() bool {
+	return f.dst.Addr.IsValid() && !f.explicit && !f.tunnel
+}
+
+// localCurves are the key exchanges of a node-local client's handshake:
+// X25519 (then the NIST curves) without the hybrid post-quantum ones.
+// Those protect a connection an eavesdropper records on the network
+// today and decrypts later; this one never leaves the node (the workload
+// and the proxy share its kernel), and X25519MLKEM768 costs an ML-KEM
+// encapsulation and 1 KiB more per handshake. crypto/tls picks the group
+// a client sent a key share for (modern clients send X25519 with the
+// hybrid); one that supports X25519 but sent only a hybrid share is asked
+// for X25519 with a HelloRetryRequest, and one that supports none of
+// these keeps Go's default. So do the clients of the explicit listener,
+// which may be anywhere: hybrids first.
+var localCurves = []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}
+
+// clientConfig is one of the shared configs clientTLSFor hands out.
+type clientConfig struct {
+	local  bool
+	protos []string
+	cfg    *tls.Config
+}
+
 // clientTLSFor is p.clientTLS's GetConfigForClient: the config of one
-// handshake, from the clientHandshake in its context. The config has no
-// ticket keys of its own, so crypto/tls uses p.clientTLS's.
+// handshake, by the ALPN answer and locality in its context's
+// clientHandshake (one of p.clientConfigs, made once). These configs have
+// no ticket keys of their own, so crypto/tls uses p.clientTLS's.
 func (p *Proxy) clientTLSFor(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 	hs, ok := chi.Context().Value(clientHandshakeKey{}).(*clientHandshake)
 	if !ok {
 		return nil, errors.New("client handshake without its flow")
 	}
-	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		NextProtos: hs.protos,
-		GetCertificate: func(chi *tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return p.leaf(chi.Context(), hs.name)
-		},
-	}, nil
+	// A client that supports none of localCurves (post-quantum only)
+	// gets the default list.
+	local := hs.local && slices.ContainsFunc(chi.SupportedCurves, func(c tls.CurveID) bool { return slices.Contains(localCurves, c) })
+	for _, c := range p.clientConfigs {
+		if c.local == local && slices.Equal(c.protos, hs.protos) {
+			return c.cfg, nil
+		}
+	}
+	return p.newClientConfig(local, hs.protos), nil
+}
+
+// clientLeaf is the GetCertificate of the client configs: the leaf for
+// the name in the handshake's clientHandshake (the SNI, else the CONNECT
+// host or the original destination's IP).
+func (p *Proxy) clientLeaf(chi *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	hs, ok := chi.Context().Value(clientHandshakeKey{}).(*clientHandshake)
+	if !ok {
+		return nil, errors.New("client handshake without its flow")
+	}
+	return p.leaf(chi.Context(), hs.name)
+}
+
+// newClientTLS makes p.clientTLS and the configs clientTLSFor hands
+// out: node-local or not, offering no ALPN, h2 or http/1.1.
+func (p *Proxy) newClientTLS() {
+	p.clientTLS = &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: p.clientTLSFor}
+	for _, local := range []bool{true, false} {
+		for _, protos := range [][]string{nil, {"h2"}, {"http/1.1"}} {
+			p.clientConfigs = append(p.clientConfigs, clientConfig{local, protos, p.newClientConfig(local, protos)})
+		}
+	}
+}
+
+func (p *Proxy) newClientConfig(local bool, protos []string) *tls.Config {
+	c := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: protos, GetCertificate: p.clientLeaf}
+	if local {
+		c.CurvePreferences = localCurves
+	}
+	return c
 }
 
 // serveDecrypted decides from the first plaintext bytes whether the client

@@ -264,3 +264,64 @@ func TestClientHangingUpAfterCertificateIsUntrusted(t *testing.T) {
 		t.Errorf("record %+v", rec)
 	}
 }
+
+// A client that hangs up in a resumed handshake (no certificate was sent:
+// it accepted the leaf on the connection it got its ticket from) is not
+// client_untrusted: the record is a client handshake error, and with
+// tls.onUntrustedClient passthrough its next connection to that host is
+// still decrypted. wrk killed at the end of a run does this.
+func TestClientHangingUpInResumedHandshakeIsNotUntrusted(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	up := startUpstream(t, tca, false, echoHandler())
+	h := newHarness(t, tca, untrustedPolicy(t, "passthrough"))
+	id := workload.Identity{PID: 62, Comm: "wrk", Cgroup: "/bench.scope"}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(h.ca.BundlePEM())
+	cache := tls.NewLRUClientSessionCache(4)
+	cfg := func() *tls.Config {
+		return &tls.Config{ServerName: "api.test", RootCAs: roots, ClientSessionCache: cache, NextProtos: []string{"http/1.1"}}
+	}
+	get := func() string {
+		c := transparent(t, h, Destination{Addr: up.addr}, id)
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		tc := tls.Client(c, cfg())
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("handshake: %v", err)
+		}
+		defer tc.Close()
+		fmt.Fprintf(tc, "GET /x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+		if _, err := io.ReadAll(tc); err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		return tc.ConnectionState().PeerCertificates[0].Issuer.CommonName
+	}
+	sluiceCA := h.ca.Certificate().Subject.CommonName
+	if got := get(); got != sluiceCA { // a session ticket for the next ones
+		t.Fatalf("first connection: issuer %q, want Sluice's %q", got, sluiceCA)
+	}
+
+	c := transparent(t, h, Destination{Addr: up.addr}, id)
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	resumed := false
+	hang := cfg()
+	hang.VerifyConnection = func(cs tls.ConnectionState) error {
+		resumed = cs.DidResume
+		c.Close() // gone before its Finished: no alert can follow
+		return errors.New("killed")
+	}
+	if err := tls.Client(c, hang).Handshake(); err == nil {
+		t.Fatal("handshake succeeded")
+	}
+	if !resumed {
+		t.Fatal("the second handshake did not resume: the test proves nothing")
+	}
+	rec := h.recs.wait(t, "the record of the hang-up", func(r audit.Record) bool {
+		return r.Kind == audit.KindL4 && r.Workload.PID == 62
+	})
+	if rec.Decision != audit.DecisionError || rec.Reason != audit.ReasonClientHandshake {
+		t.Errorf("record %+v, want decision %q reason %q", rec, audit.DecisionError, audit.ReasonClientHandshake)
+	}
+	if got := get(); got != sluiceCA {
+		t.Errorf("after the hang-up: issuer %q, want Sluice's %q (still decrypted, not passed through)", got, sluiceCA)
+	}
+}
