@@ -103,16 +103,14 @@ func (x *Exchange) forward() {
 
 	// ResponseHeaderTimeout counts from the end of the request body, as
 	// net/http's Transport does, so a long upload is not cut short.
+	sync := h1Syncable(out, upgrade)
 	ht := &x.ht
 	ht.d, ht.fire = p.cfg.ResponseHeaderTimeout.D(), func() { cancel(errResponseHeaderTimeout) }
-	if x.body != nil {
+	if x.body != nil && !(sync && t.pool.h1 != nil) {
 		x.body.onEOF = ht.arm
-	} else {
-		ht.arm()
 	}
 	upStart := time.Now()
-	resp, err := t.pool.rt.RoundTrip(out)
-	ht.stop()
+	resp, err := x.roundTrip(ctx, out, sync)
 	for x.bal != nil {
 		ok := err == nil && resp.StatusCode < http.StatusInternalServerError
 		x.bal.done(ok)
@@ -125,9 +123,7 @@ func (x *Exchange) forward() {
 		t = x.t
 		out.URL.Host = t.urlHost()
 		*ht = headerTimer{d: ht.d, fire: ht.fire}
-		ht.arm()
-		resp, err = t.pool.rt.RoundTrip(out)
-		ht.stop()
+		resp, err = x.roundTrip(ctx, out, sync)
 	}
 	if x.bal != nil && t.addr.IsValid() {
 		rec.DstIP, rec.UpstreamAddr = t.addr.Addr(), t.addrString(t.addr) // the target that answered
@@ -158,6 +154,23 @@ func (x *Exchange) forward() {
 	x.respond(resp, rc, cancel)
 }
 
+// roundTrip sends out to x.t: on this goroutine when the request and the
+// pool allow it (h1upstream.go), else through the pool's Transport with
+// the response header timer (armed here unless the request body's end
+// arms it).
+func (x *Exchange) roundTrip(ctx context.Context, out *http.Request, sync bool) (*http.Response, error) {
+	up := x.t.pool
+	if sync && up.h1 != nil {
+		return up.h1.roundTrip(ctx, out, x.ht.d)
+	}
+	if x.body == nil || x.body.onEOF == nil {
+		x.ht.arm()
+	}
+	resp, err := up.rt.RoundTrip(out)
+	x.ht.stop()
+	return resp, err
+}
+
 // retryOn points the exchange at another target of its group for a
 // retry, reporting whether there is one (dialed, for plain HTTP).
 func (x *Exchange) retryOn() bool {
@@ -184,7 +197,7 @@ func (x *Exchange) roundTripFailed(ctx context.Context, err error) {
 	}
 	host := hostOr(t.host, t.conn.Addrs)
 	switch {
-	case errors.Is(context.Cause(ctx), errResponseHeaderTimeout):
+	case errors.Is(context.Cause(ctx), errResponseHeaderTimeout), errors.Is(err, errResponseHeaderTimeout):
 		x.answer(fail(http.StatusGatewayTimeout, audit.ReasonUpstreamTimeout,
 			fmt.Sprintf("upstream %s sent no response headers within %s", host, x.f.p.cfg.ResponseHeaderTimeout.D())))
 	case x.Req.Context().Err() != nil:
