@@ -52,34 +52,6 @@ func (b *countingBody) Close() error { return b.r.Close() }
 func (x *Exchange) forward() {
 	f, r, w, rec, t := x.f, x.Req, x.w, x.Record, x.t
 	p := f.p
-	ctx, cancel := context.WithCancelCause(r.Context())
-	defer cancel(nil)
-
-	out := r.WithContext(ctx) // shallow; the header is cloned below
-	u := *r.URL
-	out.URL = &u
-	out.RequestURI = ""
-	out.URL.Scheme = "http"
-	if t.useTLS {
-		out.URL.Scheme = "https"
-	}
-	out.URL.Host = t.urlHost()
-	out.Host = r.Host
-	if f.explicit && f.fixed == nil {
-		out.Host = r.URL.Host
-	}
-	out.Close = false
-	out.Header = r.Header.Clone()
-	upgrade := removeHopHeaders(out.Header, true)
-	if upgrade != "" {
-		out.Header.Set("Connection", "Upgrade")
-		out.Header.Set("Upgrade", upgrade)
-	}
-	out.Header.Del("Expect")
-	out.Header.Del("Trailer")
-	if _, ok := out.Header["User-Agent"]; !ok {
-		out.Header.Set("User-Agent", "") // no Go default User-Agent
-	}
 	rc := http.NewResponseController(w)
 	if r.ProtoMajor == 1 {
 		// The upstream may answer while the body is still coming.
@@ -88,42 +60,62 @@ func (x *Exchange) forward() {
 	// A body is forwarded unless there is none: an HTTP/2 request without
 	// one comes with a non-nil Body of length 0, which must not wait for
 	// an end that the upstream request never reads.
-	out.Body = nil
+	var body io.ReadCloser
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		idle := p.cfg.IdleTimeout.D()
 		x.body = &countingBody{r: r.Body, declared: r.ContentLength,
 			idle: func() { _ = rc.SetReadDeadline(time.Now().Add(idle)) }}
-		var body io.ReadCloser = x.body
+		body = x.body
 		for _, wrap := range x.wraps {
 			body = wrap(body)
 		}
-		out.Body = body
 	}
-	out.Trailer = r.Trailer
-
-	// ResponseHeaderTimeout counts from the end of the request body, as
-	// net/http's Transport does, so a long upload is not cut short.
-	sync := h1Syncable(out, upgrade)
+	host := r.Host
+	if f.explicit && f.fixed == nil {
+		host = r.URL.Host
+	}
 	ht := &x.ht
-	ht.d, ht.fire = p.cfg.ResponseHeaderTimeout.D(), func() { cancel(errResponseHeaderTimeout) }
-	if x.body != nil && !(sync && t.pool.h1 != nil) {
-		x.body.onEOF = ht.arm
+	ht.d = p.cfg.ResponseHeaderTimeout.D()
+
+	// The request goes out on this goroutine when the pool and the
+	// request allow it (h1upstream.go); else through the pool's Transport
+	// as out, with its own context for the response header timer.
+	ctx := r.Context()
+	var out *http.Request
+	cancel := func(error) {}
+	if up := t.pool; up.h1 != nil && h1Syncable(r, body) {
+		x.h1req = h1Request{r: r, host: host, body: body}
+		if body != nil {
+			x.h1req.n = r.ContentLength
+		}
+	} else {
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		out = x.transportRequest(ctx, host, body)
+		// ResponseHeaderTimeout counts from the end of the request body,
+		// as net/http's Transport does, so a long upload is not cut short.
+		ht.fire = func() { cancel(errResponseHeaderTimeout) }
+		if x.body != nil {
+			x.body.onEOF = ht.arm
+		}
 	}
 	upStart := time.Now()
-	resp, err := x.roundTrip(ctx, out, sync)
+	resp, err := x.send(out)
 	for x.bal != nil {
 		ok := err == nil && resp.StatusCode < http.StatusInternalServerError
 		x.bal.done(ok)
-		if ok || !x.bal.retry(r, out.Body != nil) || !x.retryOn() {
+		if ok || !x.bal.retry(r, body != nil) || !x.retryOn() {
 			break
 		}
 		if resp != nil {
 			resp.Body.Close()
 		}
 		t = x.t
-		out.URL.Host = t.urlHost()
-		*ht = headerTimer{d: ht.d, fire: ht.fire}
-		resp, err = x.roundTrip(ctx, out, sync)
+		if out != nil {
+			out.URL.Host = t.urlHost()
+			*ht = headerTimer{d: ht.d, fire: ht.fire}
+		}
+		resp, err = x.send(out)
 	}
 	if x.bal != nil && t.addr.IsValid() {
 		rec.DstIP, rec.UpstreamAddr = t.addr.Addr(), t.addrString(t.addr) // the target that answered
@@ -154,14 +146,45 @@ func (x *Exchange) forward() {
 	x.respond(resp, rc, cancel)
 }
 
-// roundTrip sends out to x.t: on this goroutine when the request and the
-// pool allow it (h1upstream.go), else through the pool's Transport with
+// transportRequest is the request for the pool's Transport: the client's,
+// with the Host it names, a copy of its header without the hop-by-hop
+// fields (a WebSocket upgrade kept), and body.
+func (x *Exchange) transportRequest(ctx context.Context, host string, body io.ReadCloser) *http.Request {
+	r, t := x.Req, x.t
+	out := r.WithContext(ctx) // shallow; the header is cloned below
+	u := *r.URL
+	out.URL = &u
+	out.RequestURI = ""
+	out.URL.Scheme = "http"
+	if t.useTLS {
+		out.URL.Scheme = "https"
+	}
+	out.URL.Host = t.urlHost()
+	out.Host = host
+	out.Close = false
+	out.Header = r.Header.Clone()
+	upgrade := removeHopHeaders(out.Header, true)
+	if upgrade != "" {
+		out.Header.Set("Connection", "Upgrade")
+		out.Header.Set("Upgrade", upgrade)
+	}
+	out.Header.Del("Expect")
+	out.Header.Del("Trailer")
+	if _, ok := out.Header["User-Agent"]; !ok {
+		out.Header.Set("User-Agent", "") // no Go default User-Agent
+	}
+	out.Body = body
+	out.Trailer = r.Trailer
+	return out
+}
+
+// send sends the request to x.t: out through the pool's Transport, with
 // the response header timer (armed here unless the request body's end
-// arms it).
-func (x *Exchange) roundTrip(ctx context.Context, out *http.Request, sync bool) (*http.Response, error) {
+// arms it); without out, x.h1req on this goroutine.
+func (x *Exchange) send(out *http.Request) (*http.Response, error) {
 	up := x.t.pool
-	if sync && up.h1 != nil {
-		return up.h1.roundTrip(ctx, out, x.ht.d)
+	if out == nil {
+		return up.h1.roundTrip(x.Req.Context(), &x.h1req, x.ht.d)
 	}
 	if x.body == nil || x.body.onEOF == nil {
 		x.ht.arm()
@@ -225,7 +248,7 @@ func (x *Exchange) roundTripFailed(ctx context.Context, err error) {
 const statusClientClosed = 499
 
 // respond streams the upstream's response to the client.
-func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, cancel context.CancelCauseFunc) {
+func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, cancel func(error)) {
 	r, w, rec := x.Req, x.w, x.Record
 	h := w.Header()
 	removeHopHeaders(resp.Header, false)
@@ -288,7 +311,7 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 	case errors.As(readErr, &cut):
 		rec.Decision, rec.Reason, rec.Error = cut.Decision, cut.Reason, cut.Detail
 		x.finish()
-		cancel(cut)
+		cancel(cut) // the Transport's request; a pooled connection closes with the body
 		panic(http.ErrAbortHandler)
 	// A client that leaves mid-response (a cancelled stream, or one that
 	// closes as soon as it has what it wants) ends the exchange normally.

@@ -44,6 +44,8 @@ type h1Pool struct {
 type h1UpConn struct {
 	conn   net.Conn
 	raw    syscall.RawConn // the TCP socket under conn, for the idle check; nil when there is none
+	peek   func(fd uintptr) bool
+	open   bool // what peek found
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idleAt time.Time
@@ -56,14 +58,22 @@ type h1UpConn struct {
 // it and its answer is read.
 const h1SyncMaxBody = 64 << 10
 
-// h1Syncable reports whether out can be sent on the handler's goroutine:
-// no protocol upgrade, no trailers, and no body or a short one of
-// declared length.
-func h1Syncable(out *http.Request, upgrade string) bool {
-	if upgrade != "" || out.Method == http.MethodConnect || len(out.Trailer) > 0 {
+// h1Syncable reports whether r can be sent on the handler's goroutine: no
+// WebSocket upgrade, no trailers, and no body or a short one of declared
+// length.
+func h1Syncable(r *http.Request, body io.ReadCloser) bool {
+	if r.Method == http.MethodConnect || len(r.Trailer) > 0 || wantsWebSocket(r.Header) {
 		return false
 	}
-	return out.Body == nil || (out.ContentLength > 0 && out.ContentLength <= h1SyncMaxBody)
+	return body == nil || (r.ContentLength > 0 && r.ContentLength <= h1SyncMaxBody)
+}
+
+// h1Request is a request as the handler's goroutine writes it upstream.
+type h1Request struct {
+	r    *http.Request // method, URL and header as the chain left them; read, never changed
+	host string        // the Host field
+	body io.ReadCloser // nil: none
+	n    int64         // body's length
 }
 
 func newH1Pool(dial func(context.Context) (net.Conn, error), maxIdle int, idleTimeout time.Duration) *h1Pool {
@@ -80,8 +90,8 @@ var errUnexpected1xx = errors.New("unexpected informational response")
 // ending aborts the exchange at any point. rht bounds the wait for the
 // response head after the request was written (0: no bound); when it
 // passes, the error wraps errResponseHeaderTimeout.
-func (hp *h1Pool) roundTrip(ctx context.Context, req *http.Request, rht time.Duration) (*http.Response, error) {
-	replayable := req.Body == nil && idempotent(req)
+func (hp *h1Pool) roundTrip(ctx context.Context, req *h1Request, rht time.Duration) (*http.Response, error) {
+	replayable := req.body == nil && idempotent(req.r)
 	fresh := false
 	for {
 		uc, err := hp.get(ctx, fresh)
@@ -113,7 +123,7 @@ func idempotent(r *http.Request) bool {
 // exchange writes req on uc and reads the response head. On an error, uc
 // is closed, and retry says whether nothing of a response came and the
 // upstream (not a timeout or ctx) ended it.
-func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *http.Request, rht time.Duration) (*http.Response, bool, error) {
+func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rht time.Duration) (*http.Response, bool, error) {
 	stop := context.AfterFunc(ctx, func() { _ = uc.conn.SetDeadline(aLongTimeAgo) })
 	fail := func(err error, retry bool) (*http.Response, bool, error) {
 		stop()
@@ -123,7 +133,7 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *http.Request,
 		}
 		return nil, retry && !isTimeout(err), err
 	}
-	err := req.Write(uc.bw)
+	err := writeH1Request(uc.bw, req)
 	if err == nil {
 		err = uc.bw.Flush()
 	}
@@ -141,7 +151,7 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *http.Request,
 	}
 	var resp *http.Response
 	for n := 0; ; n++ {
-		resp, err = http.ReadResponse(uc.br, req)
+		resp, err = http.ReadResponse(uc.br, req.r)
 		if err != nil {
 			if isTimeout(err) && ctx.Err() == nil {
 				err = fmt.Errorf("%w: %w", errResponseHeaderTimeout, err)
@@ -237,7 +247,7 @@ func (hp *h1Pool) get(ctx context.Context, fresh bool) (*h1UpConn, error) {
 		hp.idle[n-1] = nil
 		hp.idle = hp.idle[:n-1]
 		hp.mu.Unlock()
-		if time.Since(uc.idleAt) < hp.idleTimeout && idleOpen(uc.raw) {
+		if time.Since(uc.idleAt) < hp.idleTimeout && uc.idleOpen() {
 			return uc, nil
 		}
 		uc.conn.Close()
