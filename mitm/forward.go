@@ -243,6 +243,11 @@ func (x *Exchange) roundTripFailed(ctx context.Context, err error) {
 	}
 }
 
+// shortResponse is the size of net/http's response buffer (its
+// bufferBeforeChunkingSize): a body up to it is written to the client
+// only after the handler returns.
+const shortResponse = 2 << 10
+
 // statusClientClosed is nginx's "client closed request": the status a
 // record carries when the client left before the response started.
 const statusClientClosed = 499
@@ -259,7 +264,10 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 		h[k] = append(h[k], vs...)
 	}
 	if resp.ContentLength >= 0 && r.Method != http.MethodHead {
-		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+		var b [20]byte
+		if n := strconv.AppendInt(b[:0], resp.ContentLength, 10); len(h["Content-Length"]) != 1 || h["Content-Length"][0] != string(n) {
+			h.Set("Content-Length", string(n))
+		}
 	}
 	// The trailers the upstream announced (net/http moves its Trailer
 	// header into resp.Trailer's keys) are announced to the client too.
@@ -270,12 +278,18 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 	}
 	grpcStatus(rec, resp.Header) // a trailers-only gRPC answer
 	w.WriteHeader(resp.StatusCode)
-	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	// A body of unknown length may be a stream (SSE, chunked): every
 	// piece goes out as soon as the upstream sends it, headers first. A
 	// body of known length is written through net/http's small buffer,
 	// which goes out as it fills and when the handler returns.
 	streaming := resp.ContentLength < 0
+	// A client that stops reading is dropped after IdleTimeout. A short
+	// body of known length only fills the server's buffer here (it goes
+	// out after the handler returns), so its writes need no deadline.
+	guard := streaming || resp.ContentLength > shortResponse
+	if guard {
+		defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
+	}
 	if streaming {
 		_ = rc.Flush()
 	}
@@ -288,8 +302,9 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
-			// A client that stops reading is dropped after IdleTimeout.
-			_ = rc.SetWriteDeadline(time.Now().Add(idle))
+			if guard {
+				_ = rc.SetWriteDeadline(time.Now().Add(idle))
+			}
 			m, werr := w.Write(buf[:n])
 			written += int64(m)
 			if werr == nil && streaming {

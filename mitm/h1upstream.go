@@ -50,6 +50,9 @@ type h1UpConn struct {
 	bw     *bufio.Writer
 	idleAt time.Time
 	reused bool // it served a request before
+	// deadline: a read deadline may be set (the response header
+	// timeout of its last request).
+	deadline bool
 }
 
 // h1SyncMaxBody is the largest request body (of declared length) sent on
@@ -142,6 +145,10 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 	}
 	if rht > 0 {
 		_ = uc.conn.SetReadDeadline(time.Now().Add(rht))
+		uc.deadline = true
+	} else if uc.deadline {
+		_ = uc.conn.SetReadDeadline(time.Time{})
+		uc.deadline = false
 	}
 	if _, err := uc.br.Peek(1); err != nil {
 		if isTimeout(err) && ctx.Err() == nil {
@@ -166,11 +173,15 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 		}
 		// 1xx: dropped, as net/http's Transport does; the final answer follows.
 	}
-	if rht > 0 {
+	// The header deadline must not cut a body short; a body that is
+	// already buffered whole reads nothing more, and the next request
+	// sets the deadline anew.
+	if uc.deadline && (resp.ContentLength < 0 || int64(uc.br.Buffered()) < resp.ContentLength) {
 		_ = uc.conn.SetReadDeadline(time.Time{})
-	}
-	if ctx.Err() != nil { // after the deadline was cleared: stop's deadline stays
-		return fail(ctx.Err(), false)
+		uc.deadline = false
+		if ctx.Err() != nil { // stop's deadline must stay
+			return fail(ctx.Err(), false)
+		}
 	}
 	b := &h1Body{hp: hp, uc: uc, body: resp.Body, stop: stop, keep: !resp.Close}
 	if resp.Body == http.NoBody {
@@ -224,7 +235,9 @@ func (b *h1Body) release(atEOF bool) {
 		b.err = errBodyClosed
 	}
 	// stop is false when the context ended and its deadline is set.
-	if !b.stop() || !atEOF || !b.keep {
+	// Bytes after the response's end are not the answer to any request
+	// of ours: the connection can't be trusted with another.
+	if !b.stop() || !atEOF || !b.keep || uc.br.Buffered() > 0 {
 		uc.conn.Close()
 		return
 	}

@@ -88,24 +88,23 @@ func TestH1UpstreamClosedWhileIdle(t *testing.T) {
 	}
 }
 
-// oneShotUpstream is a plain HTTP/1.1 server that answers the first
-// request of each connection with keep-alive, then reads the next
-// request and closes without a word: what a proxy sees when an upstream
-// closes an idle connection just as a request goes out on it.
-type oneShotUpstream struct {
+// rawUpstream is a plain HTTP/1.1 server that answers each request head
+// it reads with answer(i, req), i counting the connection's requests; an
+// empty answer closes the connection unanswered.
+type rawUpstream struct {
 	ln       net.Listener
 	requests atomic.Int32 // request heads read, answered or not
 	conns    atomic.Int32
 	wg       sync.WaitGroup
 }
 
-func startOneShotUpstream(t *testing.T) *oneShotUpstream {
+func startRawUpstream(t *testing.T, answer func(i int, req *http.Request) string) *rawUpstream {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := &oneShotUpstream{ln: ln}
+	u := &rawUpstream{ln: ln}
 	u.wg.Add(1)
 	go func() {
 		defer u.wg.Done()
@@ -127,10 +126,11 @@ func startOneShotUpstream(t *testing.T) *oneShotUpstream {
 					}
 					io.Copy(io.Discard, req.Body)
 					u.requests.Add(1)
-					if i > 0 {
-						return // the second request: closed, unanswered
+					a := answer(i, req)
+					if a == "" {
+						return
 					}
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.Method), req.Method)
+					io.WriteString(c, a)
 				}
 			}()
 		}
@@ -139,15 +139,30 @@ func startOneShotUpstream(t *testing.T) *oneShotUpstream {
 	return u
 }
 
+func (u *rawUpstream) url(path string) string {
+	return fmt.Sprintf("http://api.test:%d%s", u.ln.Addr().(*net.TCPAddr).Port, path)
+}
+
+// oneShot answers the first request of each connection with keep-alive,
+// then reads the next request and closes without a word: what a proxy
+// sees when an upstream closes an idle connection just as a request goes
+// out on it.
+func oneShot(i int, req *http.Request) string {
+	if i > 0 {
+		return ""
+	}
+	return fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.Method), req.Method)
+}
+
 // TestH1UpstreamClosedOnNextRequest: a request that meets a reused
 // connection the upstream closes unanswered is sent once more, on a new
 // connection, when repeating it is safe (GET); a POST is not repeated and
 // gets a 502 that says the upstream failed.
 func TestH1UpstreamClosedOnNextRequest(t *testing.T) {
-	up := startOneShotUpstream(t)
+	up := startRawUpstream(t, oneShot)
 	h := newHarness(t, nil, nil)
 	c := h.client(false)
-	url := fmt.Sprintf("http://api.test:%d/x", up.ln.Addr().(*net.TCPAddr).Port)
+	url := up.url("/x")
 	if code, body := doReq(t, c, "GET", url, ""); code != 200 || body != "GET" {
 		t.Fatalf("first GET: %d %q", code, body)
 	}
@@ -374,5 +389,25 @@ func TestH1PoolBounds(t *testing.T) {
 	defer hp.mu.Unlock()
 	if len(hp.idle) != 0 || hp.sweep != nil {
 		t.Errorf("after the sweep: %d idle, timer %v", len(hp.idle), hp.sweep != nil)
+	}
+}
+
+// TestH1UpstreamExtraBytes: bytes an upstream sends past the end of its
+// response are no answer to the next request: the connection is not
+// reused, and the next request gets its own answer.
+func TestH1UpstreamExtraBytes(t *testing.T) {
+	up := startRawUpstream(t, func(i int, req *http.Request) string {
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" +
+			"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+	})
+	h := newHarness(t, nil, nil)
+	c := h.client(false)
+	for i := 0; i < 3; i++ {
+		if code, body := doReq(t, c, "GET", up.url("/x"), ""); code != 200 || body != "ok" {
+			t.Fatalf("request %d: %d %q", i, code, body)
+		}
+	}
+	if n := up.conns.Load(); n != 3 {
+		t.Errorf("%d upstream connections for 3 requests, want 3: none may be reused", n)
 	}
 }

@@ -161,5 +161,3 @@ func FuzzWriteH1Request(f *testing.F) {
 		sameRequest(t, want, got)
 	})
 }
-
-
