@@ -321,9 +321,8 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 		}
 	}
 	rec.BytesOut = written
-	var cut *Cut
-	switch {
-	case errors.As(readErr, &cut):
+	switch cut := asCut(readErr); {
+	case cut != nil:
 		rec.Decision, rec.Reason, rec.Error = cut.Decision, cut.Reason, cut.Detail
 		x.finish()
 		cancel(cut) // the Transport's request; a pooled connection closes with the body
@@ -354,6 +353,16 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 	}
 	grpcStatus(rec, resp.Trailer)
 	x.finish()
+}
+
+// asCut is the *Cut in err's chain, nil when there is none; the end of a
+// body (io.EOF) costs no search.
+func asCut(err error) *Cut {
+	var cut *Cut
+	if err == nil || err == io.EOF || !errors.As(err, &cut) {
+		return nil
+	}
+	return cut
 }
 
 // grpcStatus copies a gRPC call's status (trailers, or the headers of a

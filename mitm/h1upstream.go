@@ -45,7 +45,8 @@ type h1UpConn struct {
 	conn   net.Conn
 	raw    syscall.RawConn // the TCP socket under conn, for the idle check; nil when there is none
 	peek   func(fd uintptr) bool
-	open   bool // what peek found
+	abort  func() // abortNow, made once
+	open   bool   // what peek found
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idleAt time.Time
@@ -127,7 +128,10 @@ func idempotent(r *http.Request) bool {
 // is closed, and retry says whether nothing of a response came and the
 // upstream (not a timeout or ctx) ended it.
 func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rht time.Duration) (*http.Response, bool, error) {
-	stop := context.AfterFunc(ctx, func() { _ = uc.conn.SetDeadline(aLongTimeAgo) })
+	if uc.abort == nil {
+		uc.abort = uc.abortNow
+	}
+	stop := context.AfterFunc(ctx, uc.abort)
 	fail := func(err error, retry bool) (*http.Response, bool, error) {
 		stop()
 		uc.conn.Close()
@@ -191,6 +195,10 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 	}
 	return resp, false, nil
 }
+
+// abortNow ends any read or write on the connection at once (the
+// request's context ended); the connection is not reused after.
+func (uc *h1UpConn) abortNow() { _ = uc.conn.SetDeadline(aLongTimeAgo) }
 
 // aLongTimeAgo is a deadline in the past: it ends a blocked read or write
 // at once.
