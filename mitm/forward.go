@@ -52,16 +52,17 @@ func (b *countingBody) Close() error { return b.r.Close() }
 func (x *Exchange) forward() {
 	f, r, w, rec, t := x.f, x.Req, x.w, x.Record, x.t
 	p := f.p
-	rc := http.NewResponseController(w)
-	if r.ProtoMajor == 1 {
-		// The upstream may answer while the body is still coming.
-		_ = rc.EnableFullDuplex()
-	}
 	// A body is forwarded unless there is none: an HTTP/2 request without
 	// one comes with a non-nil Body of length 0, which must not wait for
 	// an end that the upstream request never reads.
 	var body io.ReadCloser
+	var rc *http.ResponseController // made when needed: most requests don't
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		rc = http.NewResponseController(w)
+		if r.ProtoMajor == 1 {
+			// The upstream may answer while the body is still coming.
+			_ = rc.EnableFullDuplex()
+		}
 		idle := p.cfg.IdleTimeout.D()
 		x.body = &countingBody{r: r.Body, declared: r.ContentLength,
 			idle: func() { _ = rc.SetReadDeadline(time.Now().Add(idle)) }}
@@ -252,7 +253,8 @@ const shortResponse = 2 << 10
 // record carries when the client left before the response started.
 const statusClientClosed = 499
 
-// respond streams the upstream's response to the client.
+// respond streams the upstream's response to the client; rc may be nil
+// (made here when a write needs a deadline or a flush).
 func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, cancel func(error)) {
 	r, w, rec := x.Req, x.w, x.Record
 	h := w.Header()
@@ -288,6 +290,9 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 	// out after the handler returns), so its writes need no deadline.
 	guard := streaming || resp.ContentLength > shortResponse
 	if guard {
+		if rc == nil {
+			rc = http.NewResponseController(w)
+		}
 		defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	}
 	if streaming {
