@@ -26,8 +26,10 @@
 // Flows that are not HTTP leave sniff.go or tls.go for relay.go (L4 relay
 // with an L4 record); on ports other than 80 and 443, sniff.go races the
 // upstream for the first byte, so a server that speaks first is heard at
-// once. upstream.go holds the upstream pools, h1.go the
-// HTTP/1.1 framing tracker, explicit.go the explicit listener.
+// once. upstream.go holds the upstream pools (h1upstream.go: HTTP/1.1
+// requests sent and answered on the serving goroutine, h1write.go writes
+// them), h1.go the HTTP/1.1 framing tracker, explicit.go the explicit
+// listener.
 //
 // The per-request chain (Proxy.chain in stage.go), in order:
 //

@@ -51,6 +51,9 @@ type Exchange struct {
 	mcp  *mcpRequest // set by the MCP stage for MCP requests
 	body *countingBody
 	ht   headerTimer // forward's response header timer, allocated with x
+	// h1req is the request forward sends on its own goroutine, allocated
+	// with x.
+	h1req h1Request
 
 	onFinish []func()  // OnFinish hooks, run once before the record is emitted
 	found    *findings // content findings (stage_content.go)

@@ -52,82 +52,71 @@ func (b *countingBody) Close() error { return b.r.Close() }
 func (x *Exchange) forward() {
 	f, r, w, rec, t := x.f, x.Req, x.w, x.Record, x.t
 	p := f.p
-	ctx, cancel := context.WithCancelCause(r.Context())
-	defer cancel(nil)
-
-	out := r.WithContext(ctx) // shallow; the header is cloned below
-	u := *r.URL
-	out.URL = &u
-	out.RequestURI = ""
-	out.URL.Scheme = "http"
-	if t.useTLS {
-		out.URL.Scheme = "https"
-	}
-	out.URL.Host = t.urlHost()
-	out.Host = r.Host
-	if f.explicit && f.fixed == nil {
-		out.Host = r.URL.Host
-	}
-	out.Close = false
-	out.Header = r.Header.Clone()
-	upgrade := removeHopHeaders(out.Header, true)
-	if upgrade != "" {
-		out.Header.Set("Connection", "Upgrade")
-		out.Header.Set("Upgrade", upgrade)
-	}
-	out.Header.Del("Expect")
-	out.Header.Del("Trailer")
-	if _, ok := out.Header["User-Agent"]; !ok {
-		out.Header.Set("User-Agent", "") // no Go default User-Agent
-	}
-	rc := http.NewResponseController(w)
-	if r.ProtoMajor == 1 {
-		// The upstream may answer while the body is still coming.
-		_ = rc.EnableFullDuplex()
-	}
 	// A body is forwarded unless there is none: an HTTP/2 request without
 	// one comes with a non-nil Body of length 0, which must not wait for
 	// an end that the upstream request never reads.
-	out.Body = nil
+	var body io.ReadCloser
+	var rc *http.ResponseController // made when needed: most requests don't
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		rc = http.NewResponseController(w)
+		if r.ProtoMajor == 1 {
+			// The upstream may answer while the body is still coming.
+			_ = rc.EnableFullDuplex()
+		}
 		idle := p.cfg.IdleTimeout.D()
 		x.body = &countingBody{r: r.Body, declared: r.ContentLength,
 			idle: func() { _ = rc.SetReadDeadline(time.Now().Add(idle)) }}
-		var body io.ReadCloser = x.body
+		body = x.body
 		for _, wrap := range x.wraps {
 			body = wrap(body)
 		}
-		out.Body = body
 	}
-	out.Trailer = r.Trailer
-
-	// ResponseHeaderTimeout counts from the end of the request body, as
-	// net/http's Transport does, so a long upload is not cut short.
+	host := r.Host
+	if f.explicit && f.fixed == nil {
+		host = r.URL.Host
+	}
 	ht := &x.ht
-	ht.d, ht.fire = p.cfg.ResponseHeaderTimeout.D(), func() { cancel(errResponseHeaderTimeout) }
-	if x.body != nil {
-		x.body.onEOF = ht.arm
+	ht.d = p.cfg.ResponseHeaderTimeout.D()
+
+	// The request goes out on this goroutine when the pool and the
+	// request allow it (h1upstream.go); else through the pool's Transport
+	// as out, with its own context for the response header timer.
+	ctx := r.Context()
+	var out *http.Request
+	cancel := func(error) {}
+	if up := t.pool; up.h1 != nil && h1Syncable(r, body) {
+		x.h1req = h1Request{r: r, host: host, body: body}
+		if body != nil {
+			x.h1req.n = r.ContentLength
+		}
 	} else {
-		ht.arm()
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		out = x.transportRequest(ctx, host, body)
+		// ResponseHeaderTimeout counts from the end of the request body,
+		// as net/http's Transport does, so a long upload is not cut short.
+		ht.fire = func() { cancel(errResponseHeaderTimeout) }
+		if x.body != nil {
+			x.body.onEOF = ht.arm
+		}
 	}
 	upStart := time.Now()
-	resp, err := t.pool.rt.RoundTrip(out)
-	ht.stop()
+	resp, err := x.send(out)
 	for x.bal != nil {
 		ok := err == nil && resp.StatusCode < http.StatusInternalServerError
 		x.bal.done(ok)
-		if ok || !x.bal.retry(r, out.Body != nil) || !x.retryOn() {
+		if ok || !x.bal.retry(r, body != nil) || !x.retryOn() {
 			break
 		}
 		if resp != nil {
 			resp.Body.Close()
 		}
 		t = x.t
-		out.URL.Host = t.urlHost()
-		*ht = headerTimer{d: ht.d, fire: ht.fire}
-		ht.arm()
-		resp, err = t.pool.rt.RoundTrip(out)
-		ht.stop()
+		if out != nil {
+			out.URL.Host = t.urlHost()
+			*ht = headerTimer{d: ht.d, fire: ht.fire}
+		}
+		resp, err = x.send(out)
 	}
 	if x.bal != nil && t.addr.IsValid() {
 		rec.DstIP, rec.UpstreamAddr = t.addr.Addr(), t.addrString(t.addr) // the target that answered
@@ -158,6 +147,54 @@ func (x *Exchange) forward() {
 	x.respond(resp, rc, cancel)
 }
 
+// transportRequest is the request for the pool's Transport: the client's,
+// with the Host it names, a copy of its header without the hop-by-hop
+// fields (a WebSocket upgrade kept), and body.
+func (x *Exchange) transportRequest(ctx context.Context, host string, body io.ReadCloser) *http.Request {
+	r, t := x.Req, x.t
+	out := r.WithContext(ctx) // shallow; the header is cloned below
+	u := *r.URL
+	out.URL = &u
+	out.RequestURI = ""
+	out.URL.Scheme = "http"
+	if t.useTLS {
+		out.URL.Scheme = "https"
+	}
+	out.URL.Host = t.urlHost()
+	out.Host = host
+	out.Close = false
+	out.Header = r.Header.Clone()
+	upgrade := removeHopHeaders(out.Header, true)
+	if upgrade != "" {
+		out.Header.Set("Connection", "Upgrade")
+		out.Header.Set("Upgrade", upgrade)
+	}
+	out.Header.Del("Expect")
+	out.Header.Del("Trailer")
+	if _, ok := out.Header["User-Agent"]; !ok {
+		out.Header.Set("User-Agent", "") // no Go default User-Agent
+	}
+	out.Body = body
+	out.Trailer = r.Trailer
+	return out
+}
+
+// send sends the request to x.t: out through the pool's Transport, with
+// the response header timer (armed here unless the request body's end
+// arms it); without out, x.h1req on this goroutine.
+func (x *Exchange) send(out *http.Request) (*http.Response, error) {
+	up := x.t.pool
+	if out == nil {
+		return up.h1.roundTrip(x.Req.Context(), &x.h1req, x.ht.d)
+	}
+	if x.body == nil || x.body.onEOF == nil {
+		x.ht.arm()
+	}
+	resp, err := up.rt.RoundTrip(out)
+	x.ht.stop()
+	return resp, err
+}
+
 // retryOn points the exchange at another target of its group for a
 // retry, reporting whether there is one (dialed, for plain HTTP).
 func (x *Exchange) retryOn() bool {
@@ -184,7 +221,7 @@ func (x *Exchange) roundTripFailed(ctx context.Context, err error) {
 	}
 	host := hostOr(t.host, t.conn.Addrs)
 	switch {
-	case errors.Is(context.Cause(ctx), errResponseHeaderTimeout):
+	case errors.Is(context.Cause(ctx), errResponseHeaderTimeout), errors.Is(err, errResponseHeaderTimeout):
 		x.answer(fail(http.StatusGatewayTimeout, audit.ReasonUpstreamTimeout,
 			fmt.Sprintf("upstream %s sent no response headers within %s", host, x.f.p.cfg.ResponseHeaderTimeout.D())))
 	case x.Req.Context().Err() != nil:
@@ -207,12 +244,18 @@ func (x *Exchange) roundTripFailed(ctx context.Context, err error) {
 	}
 }
 
+// shortResponse is the size of net/http's response buffer (its
+// bufferBeforeChunkingSize): a body up to it is written to the client
+// only after the handler returns.
+const shortResponse = 2 << 10
+
 // statusClientClosed is nginx's "client closed request": the status a
 // record carries when the client left before the response started.
 const statusClientClosed = 499
 
-// respond streams the upstream's response to the client.
-func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, cancel context.CancelCauseFunc) {
+// respond streams the upstream's response to the client; rc may be nil
+// (made here when a write needs a deadline or a flush).
+func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, cancel func(error)) {
 	r, w, rec := x.Req, x.w, x.Record
 	h := w.Header()
 	removeHopHeaders(resp.Header, false)
@@ -223,7 +266,10 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 		h[k] = append(h[k], vs...)
 	}
 	if resp.ContentLength >= 0 && r.Method != http.MethodHead {
-		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+		var b [20]byte
+		if n := strconv.AppendInt(b[:0], resp.ContentLength, 10); len(h["Content-Length"]) != 1 || h["Content-Length"][0] != string(n) {
+			h.Set("Content-Length", string(n))
+		}
 	}
 	// The trailers the upstream announced (net/http moves its Trailer
 	// header into resp.Trailer's keys) are announced to the client too.
@@ -234,12 +280,21 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 	}
 	grpcStatus(rec, resp.Header) // a trailers-only gRPC answer
 	w.WriteHeader(resp.StatusCode)
-	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	// A body of unknown length may be a stream (SSE, chunked): every
 	// piece goes out as soon as the upstream sends it, headers first. A
 	// body of known length is written through net/http's small buffer,
 	// which goes out as it fills and when the handler returns.
 	streaming := resp.ContentLength < 0
+	// A client that stops reading is dropped after IdleTimeout. A short
+	// body of known length only fills the server's buffer here (it goes
+	// out after the handler returns), so its writes need no deadline.
+	guard := streaming || resp.ContentLength > shortResponse
+	if guard {
+		if rc == nil {
+			rc = http.NewResponseController(w)
+		}
+		defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
+	}
 	if streaming {
 		_ = rc.Flush()
 	}
@@ -252,8 +307,9 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
-			// A client that stops reading is dropped after IdleTimeout.
-			_ = rc.SetWriteDeadline(time.Now().Add(idle))
+			if guard {
+				_ = rc.SetWriteDeadline(time.Now().Add(idle))
+			}
 			m, werr := w.Write(buf[:n])
 			written += int64(m)
 			if werr == nil && streaming {
@@ -270,12 +326,11 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 		}
 	}
 	rec.BytesOut = written
-	var cut *Cut
-	switch {
-	case errors.As(readErr, &cut):
+	switch cut := asCut(readErr); {
+	case cut != nil:
 		rec.Decision, rec.Reason, rec.Error = cut.Decision, cut.Reason, cut.Detail
 		x.finish()
-		cancel(cut)
+		cancel(cut) // the Transport's request; a pooled connection closes with the body
 		panic(http.ErrAbortHandler)
 	// A client that leaves mid-response (a cancelled stream, or one that
 	// closes as soon as it has what it wants) ends the exchange normally.
@@ -303,6 +358,16 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 	}
 	grpcStatus(rec, resp.Trailer)
 	x.finish()
+}
+
+// asCut is the *Cut in err's chain, nil when there is none; the end of a
+// body (io.EOF) costs no search.
+func asCut(err error) *Cut {
+	var cut *Cut
+	if err == nil || err == io.EOF || !errors.As(err, &cut) {
+		return nil
+	}
+	return cut
 }
 
 // grpcStatus copies a gRPC call's status (trailers, or the headers of a

@@ -19,7 +19,7 @@ var hopHeaders = []string{
 // WebSocket upgrade, the Upgrade value is returned for the caller to
 // re-add.
 func removeHopHeaders(h http.Header, keepWS bool) (upgrade string) {
-	if keepWS && strings.EqualFold(h.Get("Upgrade"), "websocket") && headerHasToken(h, "Connection", "upgrade") {
+	if keepWS && wantsWebSocket(h) {
 		upgrade = h.Get("Upgrade")
 	}
 	for _, v := range h.Values("Connection") {
@@ -73,4 +73,9 @@ func headerHasToken(h http.Header, name, token string) bool {
 		}
 	}
 	return false
+}
+
+// wantsWebSocket reports whether h asks for a WebSocket upgrade.
+func wantsWebSocket(h http.Header) bool {
+	return strings.EqualFold(h.Get("Upgrade"), "websocket") && headerHasToken(h, "Connection", "upgrade")
 }

@@ -23,8 +23,9 @@ func (sizeStage) Name() string { return "size" }
 var errRequestBodyTooLarge = errors.New("request body exceeds limit")
 
 func (sizeStage) Request(x *Exchange) *Answer {
-	d := x.Decision
-	limit := d.MaxRequestBody
+	// Not d := x.Decision: the wrapper below would move a copy of the
+	// whole decision to the heap on every request, limit or not.
+	limit, rule := x.Decision.MaxRequestBody, x.Decision.Rule
 	if limit <= 0 {
 		return nil
 	}
@@ -33,12 +34,12 @@ func (sizeStage) Request(x *Exchange) *Answer {
 		if strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
 			code = http.StatusExpectationFailed
 		}
-		return &Answer{Status: code, Decision: audit.DecisionDeny, Rule: d.Rule, Reason: audit.ReasonRequestTooLarge, Close: true,
+		return &Answer{Status: code, Decision: audit.DecisionDeny, Rule: rule, Reason: audit.ReasonRequestTooLarge, Close: true,
 			Detail: fmt.Sprintf("request body of %d bytes exceeds the limit of %d", r.ContentLength, limit)}
 	}
 	x.WrapBody(func(rc io.ReadCloser) io.ReadCloser {
 		over := func() {
-			x.AbortBody(&Answer{Status: http.StatusRequestEntityTooLarge, Decision: audit.DecisionDeny, Rule: d.Rule,
+			x.AbortBody(&Answer{Status: http.StatusRequestEntityTooLarge, Decision: audit.DecisionDeny, Rule: rule,
 				Reason: audit.ReasonRequestTooLarge, Close: true, Detail: fmt.Sprintf("request body exceeds the limit of %d bytes", limit)})
 		}
 		return &limitedBody{ReadCloser: rc, left: limit, over: over}

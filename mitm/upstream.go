@@ -32,6 +32,9 @@ type upstreamPool struct {
 	p   *Proxy
 	key poolKey
 	rt  http.RoundTripper
+	// h1 carries the HTTP/1.1 requests that need no goroutine of the
+	// Transport's (h1upstream.go); nil for HTTP/2 pools.
+	h1 *h1Pool
 
 	closeIdle func()
 
@@ -158,7 +161,12 @@ func (p *Proxy) newPool(k poolKey) *upstreamPool {
 	} else {
 		t.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) { return up.dial(ctx) }
 	}
-	up.rt, up.closeIdle = t, t.CloseIdleConnections
+	up.h1 = newH1Pool(up.dial, p.cfg.MaxIdleConnsPerUpstream, idle)
+	up.rt = t
+	up.closeIdle = func() {
+		t.CloseIdleConnections()
+		up.h1.closeIdle()
+	}
 	return up
 }
 

@@ -1,0 +1,347 @@
+package mitm
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// h1Pool is an upstream pool's HTTP/1.1 connections for the requests the
+// handler's own goroutine can carry (h1Syncable): it writes the request on
+// an idle connection with one flush, reads the response head with
+// http.ReadResponse and streams the body back itself; the connection goes
+// back to the pool once the body has been read to its end and both sides
+// allow another request. net/http's Transport costs a writeLoop and a
+// readLoop goroutine per connection and two goroutine handoffs per
+// request; this path costs none. Everything else (a body of unknown or
+// large length, which the upstream may answer before it has all of it;
+// protocol upgrades; trailers to send) keeps to the pool's Transport.
+//
+// A connection taken from the pool is first checked for a close (or any
+// byte) the upstream sent while it was idle, which net/http's readLoop
+// would have noticed; a request that fails on a reused connection before
+// any response byte came is sent once more on a new connection when it is
+// safe to repeat (idempotent, no body), as net/http's Transport does.
+type h1Pool struct {
+	dial        func(context.Context) (net.Conn, error)
+	maxIdle     int
+	idleTimeout time.Duration
+
+	mu    sync.Mutex
+	idle  []*h1UpConn // oldest first; taken from the end
+	sweep *time.Timer // closes connections idle for idleTimeout
+}
+
+// h1UpConn is one upstream connection of an h1Pool.
+type h1UpConn struct {
+	conn   net.Conn
+	raw    syscall.RawConn // the TCP socket under conn, for the idle check; nil when there is none
+	peek   func(fd uintptr) bool
+	abort  func() // abortNow, made once
+	open   bool   // what peek found
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	idleAt time.Time
+	reused bool // it served a request before
+	// deadline: a read deadline may be set (the response header
+	// timeout of its last request).
+	deadline bool
+}
+
+// h1SyncMaxBody is the largest request body (of declared length) sent on
+// the handler's goroutine: written whole before the response is read, it
+// fits the socket buffers, so an upstream that answers early still gets
+// it and its answer is read.
+const h1SyncMaxBody = 64 << 10
+
+// h1Syncable reports whether r can be sent on the handler's goroutine: no
+// WebSocket upgrade, no trailers, and no body or a short one of declared
+// length.
+func h1Syncable(r *http.Request, body io.ReadCloser) bool {
+	if r.Method == http.MethodConnect || len(r.Trailer) > 0 || wantsWebSocket(r.Header) {
+		return false
+	}
+	return body == nil || (r.ContentLength > 0 && r.ContentLength <= h1SyncMaxBody)
+}
+
+// h1Request is a request as the handler's goroutine writes it upstream.
+type h1Request struct {
+	r    *http.Request // method, URL and header as the chain left them; read, never changed
+	host string        // the Host field
+	body io.ReadCloser // nil: none
+	n    int64         // body's length
+}
+
+func newH1Pool(dial func(context.Context) (net.Conn, error), maxIdle int, idleTimeout time.Duration) *h1Pool {
+	return &h1Pool{dial: dial, maxIdle: maxIdle, idleTimeout: idleTimeout}
+}
+
+// errUnexpected1xx is an upstream's 101 to a request that asked for no
+// protocol switch, or more informational answers than net/http allows.
+var errUnexpected1xx = errors.New("unexpected informational response")
+
+// roundTrip sends req and returns the response head; its body streams
+// from the connection, which returns to the pool when the body has been
+// read to its end (or is closed when the body is closed before). ctx
+// ending aborts the exchange at any point. rht bounds the wait for the
+// response head after the request was written (0: no bound); when it
+// passes, the error wraps errResponseHeaderTimeout.
+func (hp *h1Pool) roundTrip(ctx context.Context, req *h1Request, rht time.Duration) (*http.Response, error) {
+	replayable := req.body == nil && idempotent(req.r)
+	fresh := false
+	for {
+		uc, err := hp.get(ctx, fresh)
+		if err != nil {
+			return nil, err
+		}
+		resp, retry, err := hp.exchange(ctx, uc, req, rht)
+		if err == nil {
+			return resp, nil
+		}
+		if !retry || !uc.reused || !replayable || fresh {
+			return nil, err
+		}
+		fresh = true // the upstream closed it while idle: once more, on a new connection
+	}
+}
+
+// idempotent is net/http's test for a request it may send again.
+func idempotent(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, a := r.Header["Idempotency-Key"]
+	_, b := r.Header["X-Idempotency-Key"]
+	return a || b
+}
+
+// exchange writes req on uc and reads the response head. On an error, uc
+// is closed, and retry says whether nothing of a response came and the
+// upstream (not a timeout or ctx) ended it.
+func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rht time.Duration) (*http.Response, bool, error) {
+	if uc.abort == nil {
+		uc.abort = uc.abortNow
+	}
+	stop := context.AfterFunc(ctx, uc.abort)
+	fail := func(err error, retry bool) (*http.Response, bool, error) {
+		stop()
+		uc.conn.Close()
+		if ctx.Err() != nil {
+			return nil, false, context.Cause(ctx)
+		}
+		return nil, retry && !isTimeout(err), err
+	}
+	err := writeH1Request(uc.bw, req)
+	if err == nil {
+		err = uc.bw.Flush()
+	}
+	if err != nil {
+		return fail(fmt.Errorf("write request: %w", err), true)
+	}
+	if rht > 0 {
+		_ = uc.conn.SetReadDeadline(time.Now().Add(rht))
+		uc.deadline = true
+	} else if uc.deadline {
+		_ = uc.conn.SetReadDeadline(time.Time{})
+		uc.deadline = false
+	}
+	if _, err := uc.br.Peek(1); err != nil {
+		if isTimeout(err) && ctx.Err() == nil {
+			err = fmt.Errorf("%w: %w", errResponseHeaderTimeout, err)
+		}
+		return fail(fmt.Errorf("read response: %w", err), true)
+	}
+	var resp *http.Response
+	for n := 0; ; n++ {
+		resp, err = http.ReadResponse(uc.br, req.r)
+		if err != nil {
+			if isTimeout(err) && ctx.Err() == nil {
+				err = fmt.Errorf("%w: %w", errResponseHeaderTimeout, err)
+			}
+			return fail(fmt.Errorf("read response: %w", err), false)
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols || n == 5 {
+			return fail(fmt.Errorf("read response: %w %d", errUnexpected1xx, resp.StatusCode), false)
+		}
+		if resp.StatusCode >= 200 {
+			break
+		}
+		// 1xx: dropped, as net/http's Transport does; the final answer follows.
+	}
+	// The header deadline must not cut a body short; a body that is
+	// already buffered whole reads nothing more, and the next request
+	// sets the deadline anew.
+	if uc.deadline && (resp.ContentLength < 0 || int64(uc.br.Buffered()) < resp.ContentLength) {
+		_ = uc.conn.SetReadDeadline(time.Time{})
+		uc.deadline = false
+		if ctx.Err() != nil { // stop's deadline must stay
+			return fail(ctx.Err(), false)
+		}
+	}
+	b := &h1Body{hp: hp, uc: uc, body: resp.Body, stop: stop, keep: !resp.Close}
+	if resp.Body == http.NoBody {
+		b.release(true)
+	} else {
+		resp.Body = b
+	}
+	return resp, false, nil
+}
+
+// abortNow ends any read or write on the connection at once (the
+// request's context ended); the connection is not reused after.
+func (uc *h1UpConn) abortNow() { _ = uc.conn.SetDeadline(aLongTimeAgo) }
+
+// aLongTimeAgo is a deadline in the past: it ends a blocked read or write
+// at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// h1Body is a response body read from a pooled connection: at its end the
+// connection goes back to the pool; closed before, the connection is
+// closed. Not for concurrent use.
+type h1Body struct {
+	hp   *h1Pool
+	uc   *h1UpConn // nil once released
+	body io.ReadCloser
+	stop func() bool // ends the watch on the request's context
+	keep bool        // the response allows another request
+	err  error       // after release: what Read returns
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.uc == nil {
+		return 0, b.err
+	}
+	n, err := b.body.Read(p)
+	if err == io.EOF {
+		b.release(true)
+	}
+	return n, err
+}
+
+// Close ends the body; one not read to its end closes its connection
+// (net/http's body would read the rest first).
+func (b *h1Body) Close() error {
+	if b.uc != nil {
+		b.release(false)
+	}
+	return nil
+}
+
+func (b *h1Body) release(atEOF bool) {
+	uc := b.uc
+	b.uc, b.err = nil, io.EOF
+	if !atEOF {
+		b.err = errBodyClosed
+	}
+	// stop is false when the context ended and its deadline is set.
+	// Bytes after the response's end are not the answer to any request
+	// of ours: the connection can't be trusted with another.
+	if !b.stop() || !atEOF || !b.keep || uc.br.Buffered() > 0 {
+		uc.conn.Close()
+		return
+	}
+	b.hp.put(uc)
+}
+
+var errBodyClosed = errors.New("read on closed response body")
+
+// get returns an idle connection that is still open, else a new one;
+// fresh: a new one.
+func (hp *h1Pool) get(ctx context.Context, fresh bool) (*h1UpConn, error) {
+	for !fresh {
+		hp.mu.Lock()
+		n := len(hp.idle)
+		if n == 0 {
+			hp.mu.Unlock()
+			break
+		}
+		uc := hp.idle[n-1]
+		hp.idle[n-1] = nil
+		hp.idle = hp.idle[:n-1]
+		hp.mu.Unlock()
+		if time.Since(uc.idleAt) < hp.idleTimeout && uc.idleOpen() {
+			return uc, nil
+		}
+		uc.conn.Close()
+	}
+	c, err := hp.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	uc := &h1UpConn{conn: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}
+	nc := c
+	if tc, ok := c.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	if sc, ok := nc.(syscall.Conn); ok {
+		uc.raw, _ = sc.SyscallConn()
+	}
+	return uc, nil
+}
+
+// put keeps uc for the next request, or closes it when the pool is full.
+func (hp *h1Pool) put(uc *h1UpConn) {
+	uc.reused = true
+	uc.idleAt = time.Now()
+	hp.mu.Lock()
+	if len(hp.idle) >= hp.maxIdle {
+		hp.mu.Unlock()
+		uc.conn.Close()
+		return
+	}
+	hp.idle = append(hp.idle, uc)
+	if hp.sweep == nil {
+		hp.sweep = time.AfterFunc(hp.idleTimeout, hp.sweepIdle)
+	}
+	hp.mu.Unlock()
+}
+
+// sweepIdle closes the connections idle for idleTimeout and sets itself
+// for the next one to expire.
+func (hp *h1Pool) sweepIdle() {
+	now := time.Now()
+	hp.mu.Lock()
+	i := 0
+	for i < len(hp.idle) && now.Sub(hp.idle[i].idleAt) >= hp.idleTimeout {
+		i++
+	}
+	stale := make([]*h1UpConn, i)
+	copy(stale, hp.idle)
+	n := copy(hp.idle, hp.idle[i:])
+	clear(hp.idle[n:])
+	hp.idle = hp.idle[:n]
+	if n > 0 {
+		hp.sweep.Reset(hp.idle[0].idleAt.Add(hp.idleTimeout).Sub(now))
+	} else {
+		hp.sweep = nil
+	}
+	hp.mu.Unlock()
+	for _, uc := range stale {
+		uc.conn.Close()
+	}
+}
+
+// closeIdle closes the idle connections; those in use return to the pool
+// as usual.
+func (hp *h1Pool) closeIdle() {
+	hp.mu.Lock()
+	idle := hp.idle
+	hp.idle = nil
+	if hp.sweep != nil {
+		hp.sweep.Stop()
+		hp.sweep = nil
+	}
+	hp.mu.Unlock()
+	for _, uc := range idle {
+		uc.conn.Close()
+	}
+}

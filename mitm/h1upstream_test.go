@@ -1,0 +1,413 @@
+package mitm
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/config"
+)
+
+// connCounter counts an httptest server's new and closed connections.
+type connCounter struct{ opened, closed atomic.Int32 }
+
+func (c *connCounter) hook(s *httptest.Server) {
+	s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			c.opened.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			c.closed.Add(1)
+		}
+	}
+}
+
+func doReq(t *testing.T, c *http.Client, method, url, body string) (int, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	return resp.StatusCode, readAll(t, resp.Body)
+}
+
+// TestH1UpstreamClosedWhileIdle: an upstream that closes a kept-alive
+// connection while it is idle (its own idle timeout, no Connection:
+// close) costs the next request nothing, a POST with a body included:
+// the pool notices the close before it sends.
+func TestH1UpstreamClosedWhileIdle(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	var cc connCounter
+	up := startUpstreamWith(t, tca, false, echoHandler(), func(s *httptest.Server) {
+		cc.hook(s)
+		s.Config.IdleTimeout = 50 * time.Millisecond
+	})
+	h := newHarness(t, tca, nil)
+	c := h.client(false)
+	url := fmt.Sprintf("https://api.test:%d/idle", up.addr.Port())
+	for i, method := range []string{"GET", "POST", "GET", "POST"} {
+		if i > 0 {
+			// Until the upstream has closed the last one.
+			for deadline := time.Now().Add(5 * time.Second); cc.closed.Load() < int32(i); time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the upstream closed %d idle connections, want %d", cc.closed.Load(), i)
+				}
+			}
+		}
+		payload := ""
+		if method == "POST" {
+			payload = "payload"
+		}
+		code, body := doReq(t, c, method, url, payload)
+		want := fmt.Sprintf("hello %s /idle HTTP/1.1 body=%s", method, payload)
+		if code != 200 || body != want {
+			t.Fatalf("request %d (%s) after the upstream closed its idle connection: %d %q", i, method, code, body)
+		}
+	}
+	if n := cc.opened.Load(); n != 4 {
+		t.Errorf("%d upstream connections for 4 requests each after an idle close, want 4", n)
+	}
+}
+
+// rawUpstream is a plain HTTP/1.1 server that answers each request head
+// it reads with answer(i, req), i counting the connection's requests; an
+// empty answer closes the connection unanswered.
+type rawUpstream struct {
+	ln       net.Listener
+	requests atomic.Int32 // request heads read, answered or not
+	conns    atomic.Int32
+	wg       sync.WaitGroup
+}
+
+func startRawUpstream(t *testing.T, answer func(i int, req *http.Request) string) *rawUpstream {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &rawUpstream{ln: ln}
+	u.wg.Add(1)
+	go func() {
+		defer u.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u.conns.Add(1)
+			u.wg.Add(1)
+			go func() {
+				defer u.wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for i := 0; ; i++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					u.requests.Add(1)
+					a := answer(i, req)
+					if a == "" {
+						return
+					}
+					io.WriteString(c, a)
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); u.wg.Wait() })
+	return u
+}
+
+func (u *rawUpstream) url(path string) string {
+	return fmt.Sprintf("http://api.test:%d%s", u.ln.Addr().(*net.TCPAddr).Port, path)
+}
+
+// oneShot answers the first request of each connection with keep-alive,
+// then reads the next request and closes without a word: what a proxy
+// sees when an upstream closes an idle connection just as a request goes
+// out on it.
+func oneShot(i int, req *http.Request) string {
+	if i > 0 {
+		return ""
+	}
+	return fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.Method), req.Method)
+}
+
+// TestH1UpstreamClosedOnNextRequest: a request that meets a reused
+// connection the upstream closes unanswered is sent once more, on a new
+// connection, when repeating it is safe (GET); a POST is not repeated and
+// gets a 502 that says the upstream failed.
+func TestH1UpstreamClosedOnNextRequest(t *testing.T) {
+	up := startRawUpstream(t, oneShot)
+	h := newHarness(t, nil, nil)
+	c := h.client(false)
+	url := up.url("/x")
+	if code, body := doReq(t, c, "GET", url, ""); code != 200 || body != "GET" {
+		t.Fatalf("first GET: %d %q", code, body)
+	}
+	// The pooled connection looks open; the upstream closes it when the
+	// GET arrives, and the GET goes again on a new one.
+	if code, body := doReq(t, c, "GET", url, ""); code != 200 || body != "GET" {
+		t.Fatalf("GET on a connection the upstream closed: %d %q", code, body)
+	}
+	if n, r := up.conns.Load(), up.requests.Load(); n != 2 || r != 3 {
+		t.Errorf("%d upstream connections and %d requests, want 2 and 3 (one GET sent twice)", n, r)
+	}
+	code, body := doReq(t, c, "POST", url, "once")
+	if code != 502 || !strings.Contains(body, "upstream api.test") {
+		t.Fatalf("POST on a connection the upstream closed: %d %q, want 502", code, body)
+	}
+	rec := h.recs.wait(t, "the POST's 502", func(r audit.Record) bool { return r.Method == "POST" })
+	if rec.Status != 502 || rec.Reason != audit.ReasonUpstreamError || rec.Decision != audit.DecisionError {
+		t.Errorf("record %+v", rec)
+	}
+	if r := up.requests.Load(); r != 4 {
+		t.Errorf("the upstream read %d requests, want 4: a POST is not sent twice", r)
+	}
+}
+
+// TestH1UpstreamConnectionClose: an upstream's Connection: close ends its
+// connection; the next request dials a new one, and the client's own
+// connection stays open.
+func TestH1UpstreamConnectionClose(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	var cc connCounter
+	up := startUpstreamWith(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/close" {
+			w.Header().Set("Connection", "close")
+		}
+		io.WriteString(w, r.URL.Path)
+	}), cc.hook)
+	var clientConns atomic.Int32
+	h := newHarness(t, tca, nil)
+	c := h.client(false)
+	c.Transport.(*http.Transport).DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		clientConns.Add(1)
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	base := fmt.Sprintf("https://api.test:%d", up.addr.Port())
+	for _, path := range []string{"/close", "/close", "/keep", "/keep"} {
+		code, resp := doReq(t, c, "GET", base+path, "")
+		if code != 200 || resp != path {
+			t.Fatalf("GET %s: %d %q", path, code, resp)
+		}
+	}
+	if n := cc.opened.Load(); n != 3 {
+		t.Errorf("%d upstream connections, want 3 (two closed by the upstream, then one kept)", n)
+	}
+	if n := clientConns.Load(); n != 1 {
+		t.Errorf("the client dialed %d connections, want 1: the upstream's close is its own", n)
+	}
+}
+
+// TestH1UpstreamIdleTimeout: idle upstream connections are closed after
+// proxy.idleTimeout.
+func TestH1UpstreamIdleTimeout(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	var cc connCounter
+	up := startUpstreamWith(t, tca, false, echoHandler(), cc.hook)
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(300 * time.Millisecond) })
+	c := h.client(false)
+	if code, _ := doReq(t, c, "GET", fmt.Sprintf("https://api.test:%d/", up.addr.Port()), ""); code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	start := time.Now()
+	for cc.closed.Load() == 0 {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("the idle upstream connection was not closed within 5s (idleTimeout 300ms)")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Errorf("the idle upstream connection was closed after %s, before idleTimeout (300ms)", d)
+	}
+}
+
+// TestH1UpstreamClientLeaves: a client that gives up while the upstream
+// thinks ends the upstream request too (its connection is closed, not
+// pooled) and leaves a 499 record.
+func TestH1UpstreamClientLeaves(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	ended := make(chan struct{})
+	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+			close(ended)
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	h := newHarness(t, tca, nil)
+	c := h.client(false)
+	c.Timeout = 300 * time.Millisecond
+	if _, err := c.Get(fmt.Sprintf("https://api.test:%d/slow", up.addr.Port())); err == nil {
+		t.Fatal("the client got an answer from an upstream that never answers")
+	}
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream request went on after the client left")
+	}
+	rec := h.recs.wait(t, "the abandoned request", func(r audit.Record) bool { return r.Path == "/slow" })
+	if rec.Status != statusClientClosed || rec.End != audit.EndClientClosed {
+		t.Errorf("record %+v", rec)
+	}
+}
+
+// TestH1UpstreamEarlyHints: informational answers before the final one
+// are dropped, as net/http's Transport drops them; the final one arrives
+// whole and the connection is reused.
+func TestH1UpstreamEarlyHints(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	var cc connCounter
+	up := startUpstreamWith(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</style.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("Link")
+		io.WriteString(w, "final")
+	}), cc.hook)
+	h := newHarness(t, tca, nil)
+	c := h.client(false)
+	for i := 0; i < 2; i++ {
+		if code, body := doReq(t, c, "GET", fmt.Sprintf("https://api.test:%d/hints", up.addr.Port()), ""); code != 200 || body != "final" {
+			t.Fatalf("status %d body %q", code, body)
+		}
+	}
+	if n := cc.opened.Load(); n != 1 {
+		t.Errorf("%d upstream connections for 2 requests, want 1", n)
+	}
+}
+
+// TestH1UpstreamBodyLeftUnread: a response the client stops reading
+// halfway can't leave its connection in the pool with the rest of the
+// body in it; the next request gets its own answer.
+func TestH1UpstreamBodyLeftUnread(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	big := strings.Repeat("x", 4<<20)
+	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/big" {
+			io.WriteString(w, big)
+			return
+		}
+		io.WriteString(w, "small")
+	}))
+	h := newHarness(t, tca, nil)
+	base := fmt.Sprintf("https://api.test:%d", up.addr.Port())
+	c := h.client(false)
+	resp, err := c.Get(base + "/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close() // the client's connection closes with most of the body unread
+	for i := 0; i < 3; i++ {
+		if code, body := doReq(t, h.client(false), "GET", base+"/small", ""); code != 200 || body != "small" {
+			t.Fatalf("after an unread body: %d %q", code, body)
+		}
+	}
+}
+
+// TestH1UpstreamSlowShortBody: a short body of declared length, sent on
+// the handler's goroutine, may come slowly; the response header timeout
+// counts from its end.
+func TestH1UpstreamSlowShortBody(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	up := startUpstream(t, tca, false, echoHandler())
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.ResponseHeaderTimeout = config.Duration(time.Second) })
+	pr, pw := io.Pipe()
+	go func() {
+		for i := 0; i < 4; i++ {
+			pw.Write([]byte("part"))
+			time.Sleep(400 * time.Millisecond) // 1.6s in all, longer than the timeout
+		}
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("POST", fmt.Sprintf("https://api.test:%d/upload", up.addr.Port()), pr)
+	req.ContentLength = 16
+	resp, err := h.client(false).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || body != "hello POST /upload HTTP/1.1 body=partpartpartpart" {
+		t.Fatalf("status %d body %q", resp.StatusCode, body)
+	}
+}
+
+// TestH1PoolBounds: the pool keeps at most maxIdle connections and closes
+// each after idleTimeout.
+func TestH1PoolBounds(t *testing.T) {
+	hp := newH1Pool(nil, 2, 100*time.Millisecond)
+	var peers []net.Conn
+	for i := 0; i < 3; i++ {
+		a, b := net.Pipe()
+		t.Cleanup(func() { a.Close(); b.Close() })
+		peers = append(peers, b)
+		hp.put(&h1UpConn{conn: a})
+	}
+	closed := func(c net.Conn, within time.Duration) bool {
+		_ = c.SetReadDeadline(time.Now().Add(within))
+		_, err := c.Read(make([]byte, 1))
+		return err == io.EOF
+	}
+	if !closed(peers[2], time.Second) {
+		t.Error("a connection beyond maxIdle was kept")
+	}
+	start := time.Now()
+	for i, c := range peers[:2] {
+		if !closed(c, 5*time.Second) {
+			t.Fatalf("idle connection %d still open after 5s (idleTimeout 100ms)", i)
+		}
+	}
+	if d := time.Since(start); d < 80*time.Millisecond {
+		t.Errorf("idle connections closed after %s, before idleTimeout", d)
+	}
+	hp.mu.Lock()
+	defer hp.mu.Unlock()
+	if len(hp.idle) != 0 || hp.sweep != nil {
+		t.Errorf("after the sweep: %d idle, timer %v", len(hp.idle), hp.sweep != nil)
+	}
+}
+
+// TestH1UpstreamExtraBytes: bytes an upstream sends past the end of its
+// response are no answer to the next request: the connection is not
+// reused, and the next request gets its own answer.
+func TestH1UpstreamExtraBytes(t *testing.T) {
+	up := startRawUpstream(t, func(i int, req *http.Request) string {
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" +
+			"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+	})
+	h := newHarness(t, nil, nil)
+	c := h.client(false)
+	for i := 0; i < 3; i++ {
+		if code, body := doReq(t, c, "GET", up.url("/x"), ""); code != 200 || body != "ok" {
+			t.Fatalf("request %d: %d %q", i, code, body)
+		}
+	}
+	if n := up.conns.Load(); n != 3 {
+		t.Errorf("%d upstream connections for 3 requests, want 3: none may be reused", n)
+	}
+}
