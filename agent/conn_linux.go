@@ -51,7 +51,27 @@ func (a *Agent) serve(c net.Conn) {
 		return
 	}
 	dst, id := a.describe(o, peer)
+	a.reportRedirect(o, dst, id)
 	a.h.Handle(a.ctx, c, dst, id)
+}
+
+// reportRedirect hands OnEvent the redirect of a connection the proxy
+// accepted. The connect hooks queue no event for it (sluice.c decide):
+// its origin, read here anyway, says all that event said, and the ring
+// buffer write, the wake-up and the read cost more than the redirect
+// itself.
+func (a *Agent) reportRedirect(o bpf.SluiceOrigin, dst workload.Destination, id workload.Identity) {
+	if a.opts.OnEvent == nil {
+		return
+	}
+	a.opts.OnEvent(Event{
+		Time: time.Now(), Verdict: Redirected, Reason: ReasonPort,
+		Dst: dst.Addr, Protocol: unix.IPPROTO_TCP,
+		PID: id.PID, UID: id.UID, Comm: id.Comm, CgroupID: o.CgroupId, Cgroup: id.Cgroup,
+		NetnsCookie: o.NetnsCookie,
+		meta:        a.opts.Metadata,
+		startTime:   o.StartTime, execID: o.ExecId, exes: a.exes,
+	})
 }
 
 var errNoOrigin = errors.New("no origin recorded for this peer")

@@ -137,6 +137,9 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 	gate := admin.NewGate(hooksAttached, proxyListening)
 	// What never reached the proxy is recorded too: the records of a
 	// batch of events are written at once (one write, not one per event).
+	// OnEvent also runs on the proxy's connection goroutines, for
+	// redirects; those have no record (eventRecord), so batch is the
+	// event goroutine's alone.
 	var batch eventBatch
 	aopts := agent.Options{
 		Force: opts.Force,
