@@ -283,8 +283,10 @@ func (e *agentEnv) startClient(dst netip.AddrPort, o clientOpts) (wait func() cl
 	args := []string{"python3", "-c", clientPy, dst.Addr().String(), fmt.Sprint(dst.Port()), fmt.Sprint(o.mark), fmt.Sprint(o.sport), strings.Join(flags, ",")}
 	argv := args
 	if o.uid != 0 {
+		// The system's python: one found on root's PATH (pyenv under
+		// /root) may not be readable by the uid.
 		id := fmt.Sprint(o.uid)
-		argv = append([]string{"setpriv", "--reuid", id, "--regid", id, "--clear-groups"}, args...)
+		argv = append([]string{"setpriv", "--reuid", id, "--regid", id, "--clear-groups", "/usr/bin/python3"}, args[1:]...)
 	}
 	cmd := e.tp.Hosts[o.host].Exec(ctx, argv...)
 	var out, errb strings.Builder
