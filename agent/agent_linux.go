@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -55,7 +56,10 @@ type Agent struct {
 	bypass      *bypassTable
 	names       *cgroupNames
 	exes        *exeCache
-	watch       *watcher
+	// noLookupAndDelete: the kernel refused lookup-and-delete on
+	// sluice_peers once; takeOrigin looks up and deletes instead.
+	noLookupAndDelete atomic.Bool
+	watch             *watcher
 	// own is the agent's own cgroup path: never selected, and in "cgroup"
 	// attach mode no hook goes on it or an ancestor of it.
 	own string
