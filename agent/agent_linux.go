@@ -300,7 +300,7 @@ func (a *Agent) load(s bpf.SluiceSettings, ports []uint16) error {
 		return fmt.Errorf("write settings map: %w", err)
 	}
 	for _, p := range ports {
-		if err := a.objs.SluicePorts.Put(p, uint8(1)); err != nil {
+		if err := a.objs.SluicePorts.Put(uint32(p), uint8(1)); err != nil {
 			return fmt.Errorf("write ports map: %w", err)
 		}
 	}
