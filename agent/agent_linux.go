@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -55,7 +56,10 @@ type Agent struct {
 	bypass      *bypassTable
 	names       *cgroupNames
 	exes        *exeCache
-	watch       *watcher
+	// noLookupAndDelete: the kernel refused lookup-and-delete on
+	// sluice_peers once; takeOrigin looks up and deletes instead.
+	noLookupAndDelete atomic.Bool
+	watch             *watcher
 	// own is the agent's own cgroup path: never selected, and in "cgroup"
 	// attach mode no hook goes on it or an ancestor of it.
 	own string
@@ -296,7 +300,7 @@ func (a *Agent) load(s bpf.SluiceSettings, ports []uint16) error {
 		return fmt.Errorf("write settings map: %w", err)
 	}
 	for _, p := range ports {
-		if err := a.objs.SluicePorts.Put(p, uint8(1)); err != nil {
+		if err := a.objs.SluicePorts.Put(uint32(p), uint8(1)); err != nil {
 			return fmt.Errorf("write ports map: %w", err)
 		}
 	}

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -44,33 +46,72 @@ func (a *Agent) serve(c net.Conn) {
 		return
 	}
 	peer := ta.AddrPort()
-	o, err := a.origin(peer)
+	o, err := a.origin(c, peer)
+	if errors.Is(err, errPeerReset) {
+		c.Close() // nothing to proxy, nobody to answer
+		return
+	}
 	if err != nil {
 		a.log.Warn("closing connection without origin", audit.KeyPeer, peer.String(), audit.KeyError, err)
 		c.Close()
 		return
 	}
 	dst, id := a.describe(o, peer)
+	a.reportRedirect(o, dst, id)
 	a.h.Handle(a.ctx, c, dst, id)
 }
 
-var errNoOrigin = errors.New("no origin recorded for this peer")
+// reportRedirect hands OnEvent the redirect of a connection the proxy
+// accepted. The connect hooks queue no event for it (sluice.c decide):
+// its origin, read here anyway, says all that event said, and the ring
+// buffer write, the wake-up and the read cost more than the redirect
+// itself.
+func (a *Agent) reportRedirect(o bpf.SluiceOrigin, dst workload.Destination, id workload.Identity) {
+	if a.opts.OnEvent == nil {
+		return
+	}
+	a.opts.OnEvent(Event{
+		Time: time.Now(), Verdict: Redirected, Reason: ReasonPort,
+		Dst: dst.Addr, Protocol: unix.IPPROTO_TCP,
+		PID: id.PID, UID: id.UID, Comm: id.Comm, CgroupID: o.CgroupId, Cgroup: id.Cgroup,
+		NetnsCookie: o.NetnsCookie,
+		meta:        a.opts.Metadata,
+		startTime:   o.StartTime, execID: o.ExecId, exes: a.exes,
+	})
+}
 
-// origin reads and deletes the kernel's record for peer, waiting up to
-// OriginWait for it to appear.
-func (a *Agent) origin(peer netip.AddrPort) (bpf.SluiceOrigin, error) {
+var (
+	errNoOrigin  = errors.New("no origin recorded for this peer")
+	errPeerReset = errors.New("peer reset the connection before its origin was read")
+)
+
+// origin reads and deletes the kernel's record for peer, the peer of c,
+// waiting up to OriginWait for it to appear; but not for a peer that has
+// reset c: its socket is closed, and sockops dropped its record with it
+// (a client that connects and resets at once would otherwise cost a
+// dozen lookups and wake-ups).
+func (a *Agent) origin(c net.Conn, peer netip.AddrPort) (bpf.SluiceOrigin, error) {
 	k := bpf.SluicePeerKey{Addr: peer.Addr().As16(), Port: peer.Port()}
 	var o bpf.SluiceOrigin
-	deadline := time.Now().Add(a.opts.OriginWait)
+	// As bytes, cilium/ebpf hands key and value to the syscall as they
+	// are; as structs with padding it takes reflection and a copy.
+	kb := unsafe.Slice((*byte)(unsafe.Pointer(&k)), unsafe.Sizeof(k))
+	ob := unsafe.Slice((*byte)(unsafe.Pointer(&o)), unsafe.Sizeof(o))
+	var deadline time.Time
 	wait := time.Millisecond
 	for {
-		err := a.objs.SluicePeers.Lookup(&k, &o)
+		err := a.takeOrigin(kb, ob)
 		if err == nil {
-			_ = a.objs.SluicePeers.Delete(&k)
 			return o, nil
 		}
 		if !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return o, fmt.Errorf("look up origin of %s: %w", peer, err)
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(a.opts.OriginWait)
+		}
+		if peerReset(c) {
+			return o, fmt.Errorf("look up origin of %s: %w", peer, errPeerReset)
 		}
 		if time.Now().After(deadline) {
 			return o, fmt.Errorf("look up origin of %s: %w", peer, errNoOrigin)
@@ -78,6 +119,48 @@ func (a *Agent) origin(peer netip.AddrPort) (bpf.SluiceOrigin, error) {
 		time.Sleep(wait)
 		wait = min(wait*2, 20*time.Millisecond)
 	}
+}
+
+// takeOrigin reads the sluice_peers entry of key kb into ob and deletes
+// it: in one syscall where the kernel can (lookup-and-delete on hash
+// maps, Linux 5.14), else a lookup and a delete.
+func (a *Agent) takeOrigin(kb, ob []byte) error {
+	m := a.objs.SluicePeers
+	if !a.noLookupAndDelete.Load() {
+		err := m.LookupAndDelete(kb, ob)
+		if err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+		a.noLookupAndDelete.Store(true) // an older kernel: EINVAL or ENOTSUPP
+	}
+	if err := m.Lookup(kb, ob); err != nil {
+		return err
+	}
+	_ = m.Delete(kb)
+	return nil
+}
+
+// tcpClose is TCP_CLOSE of the kernel's TCP states (net/tcp_states.h).
+const tcpClose = 7
+
+// peerReset reports whether the peer of c has reset it (the socket is in
+// TCP_CLOSE). A peer that only half-closed (FIN) may still have its
+// record, so it is waited for as before.
+func peerReset(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	closed := false
+	_ = rc.Control(func(fd uintptr) {
+		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		closed = err == nil && info.State == tcpClose
+	})
+	return closed
 }
 
 // describe builds the destination and identity of a redirected connection.

@@ -173,7 +173,8 @@ type Event struct {
 	// Cgroup is the cgroup path of CgroupID, when it could be named.
 	Cgroup      string
 	NetnsCookie uint64
-	// Cookie is the socket cookie.
+	// Cookie is the socket cookie; 0 for a redirect to the proxy, which
+	// is reported from its origin (Options.OnEvent).
 	Cookie uint64
 	// Host is the name of agent.bypassHosts the destination was learned
 	// for (reason bypass_host); empty otherwise.
@@ -189,8 +190,11 @@ type Event struct {
 // Options are the agent's optional collaborators.
 type Options struct {
 	// OnEvent is called for every connect decision read from the kernel,
-	// on the agent's event goroutine; it must not block for long. Denied
-	// connects are also logged at Warn.
+	// on the agent's event goroutine, and for every redirect to the proxy
+	// (verdict redirected, reason port), which the kernel does not queue:
+	// when the proxy accepts the connection, on that connection's
+	// goroutine. So it must be safe for concurrent use, and it must not
+	// block for long. Denied connects are also logged at Warn.
 	OnEvent func(Event)
 	// OnBatchEnd, when set, is called on the same goroutine after the
 	// events read so far were handed to OnEvent and the ring buffer is

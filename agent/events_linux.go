@@ -43,16 +43,33 @@ var verdicts = map[bpf.SluiceVerdict]Verdict{
 // EVENT_WAKEUP_BYTES), so the reader also looks this often.
 const eventBatchWait = 20 * time.Millisecond
 
+// eventsPerClock is how many events, read one after the other, share
+// one clock read (their Time).
+const eventsPerClock = 64
+
 // readEvents drains the ring buffer until it is flushed (Close) or closed.
+// An event's Time is when it was read, the clock being read once per
+// batch (read without waiting in between) and at least every
+// eventsPerClock events: the events waited up to eventBatchWait in the
+// ring anyway, and a clock read per event (a VM's clock) costs as much
+// as the rest of the reading.
 func (a *Agent) readEvents() {
 	defer a.wg.Done()
 	if a.opts.OnBatchEnd != nil {
 		defer a.opts.OnBatchEnd()
 	}
 	var rec ringbuf.Record
+	var now time.Time
+	comms := commNames{}
+	empty := true // the ring was empty: the next read may wait
+	sinceClock := 0
 	for {
-		a.rb.SetDeadline(time.Now().Add(eventBatchWait))
+		if empty {
+			// The deadline only matters when ReadInto waits.
+			a.rb.SetDeadline(time.Now().Add(eventBatchWait))
+		}
 		if err := a.rb.ReadInto(&rec); err != nil {
+			empty = true
 			switch {
 			case errors.Is(err, os.ErrDeadlineExceeded):
 				continue
@@ -62,12 +79,16 @@ func (a *Agent) readEvents() {
 			a.log.Warn("read event", audit.KeyError, err)
 			continue
 		}
+		if sinceClock++; empty || sinceClock >= eventsPerClock {
+			now, sinceClock = time.Now(), 0
+		}
+		empty = a.rb.AvailableBytes() == 0
 		e, ok := decodeEvent(rec.RawSample)
 		if !ok {
 			a.log.Warn("decode event", audit.KeyError, fmt.Sprintf("%d bytes, want %d", len(rec.RawSample), unsafe.Sizeof(e)))
 			continue
 		}
-		ev := a.event(e)
+		ev := a.event(e, now, comms)
 		a.eventHost(&ev)
 		if ev.Verdict == Denied {
 			a.log.Warn(deniedMsg(ev.Reason), audit.KeyVerdict, string(ev.Verdict), audit.KeyReason, ev.Reason, audit.KeyDst, ev.Dst.String(), audit.KeyPID, ev.PID, audit.KeyUID, ev.UID, audit.KeyComm, ev.Comm, audit.KeyCgroup, ev.Cgroup)
@@ -75,7 +96,7 @@ func (a *Agent) readEvents() {
 		if a.opts.OnEvent != nil {
 			a.opts.OnEvent(ev)
 		}
-		if a.opts.OnBatchEnd != nil && a.rb.AvailableBytes() == 0 {
+		if a.opts.OnBatchEnd != nil && empty {
 			a.opts.OnBatchEnd()
 		}
 	}
@@ -105,7 +126,28 @@ func deniedMsg(reason string) string {
 	return "connect denied"
 }
 
-func (a *Agent) event(e bpf.SluiceEvent) Event {
+// commNames interns the comms of events, so that a process that
+// connects again and again costs no string per event; the event
+// goroutine's alone, and bounded (cleared when full).
+type commNames map[[16]int8]string
+
+// maxCommNames bounds commNames (each entry some 50 bytes).
+const maxCommNames = 1024
+
+func (m commNames) name(c [16]int8) string {
+	if s, ok := m[c]; ok {
+		return s
+	}
+	if len(m) >= maxCommNames {
+		clear(m)
+	}
+	s := cString(c[:])
+	m[c] = s
+	return s
+}
+
+// event is the Event of e, read at now; comms interns its comm.
+func (a *Agent) event(e bpf.SluiceEvent, now time.Time, comms commNames) Event {
 	addr := netip.AddrFrom16(e.Addr)
 	if addr.Is4In6() {
 		addr = addr.Unmap()
@@ -119,9 +161,9 @@ func (a *Agent) event(e bpf.SluiceEvent) Event {
 		r = ReasonUnknown
 	}
 	return Event{
-		Time: time.Now(), Verdict: v, Reason: r,
+		Time: now, Verdict: v, Reason: r,
 		Dst:      netip.AddrPortFrom(addr, e.Port),
-		Protocol: e.Protocol, PID: int(e.Pid), UID: e.Uid, Comm: cString(e.Comm[:]),
+		Protocol: e.Protocol, PID: int(e.Pid), UID: e.Uid, Comm: comms.name(e.Comm),
 		CgroupID: e.CgroupId, Cgroup: a.names.lookup(e.CgroupId, int(e.Pid)),
 		NetnsCookie: e.NetnsCookie, Cookie: e.Cookie,
 		meta:      a.opts.Metadata,

@@ -35,8 +35,14 @@ func processIdentity(ctx context.Context, meta Metadata, exes *exeCache, img pro
 	id := workload.Identity{PID: img.pid, UID: uid, Comm: comm, Cgroup: cgroup}
 	id.Exe = exes.exe(img)
 	id.ContainerID, id.PodUID = workload.ParseCgroupPath(cgroup)
-	if meta != nil {
-		meta.Enrich(ctx, &id)
+	if meta != nil && (id.ContainerID != "" || id.PodUID != "") {
+		// Enrich works from these two alone. A copy goes to it, so that
+		// id itself does not escape: no allocation per event for a
+		// process outside a container.
+		p := new(workload.Identity)
+		*p = id
+		meta.Enrich(ctx, p)
+		id = *p
 	}
 	return id
 }

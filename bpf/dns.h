@@ -52,7 +52,7 @@ static __always_inline int sendmsg_decide(struct bpf_sock_addr *ctx, struct sett
 		return 1; /* egress drops it and counts it */
 	if (o->port != DNS_PORT_ && o->port != QUIC_PORT_)
 		return 1;
-	if (agent_socket(ctx, s))
+	if (agent_socket(ctx, s, o->cgroup_id))
 		return 1;
 	if (cidr == CIDR_BYPASS)
 		return 1;
@@ -86,7 +86,10 @@ int sluice_sendmsg4(struct bpf_sock_addr *ctx)
 	struct origin o = {};
 	int rewrite = 0;
 
-	if (!s || unselected(s))
+	if (!s)
+		return 1;
+	o.cgroup_id = bpf_get_current_cgroup_id();
+	if (unselected(s, o.cgroup_id))
 		return 1;
 	__u32 ip = ctx->user_ip4;
 	o.port = bpf_ntohs((__u16)ctx->user_port);
@@ -110,7 +113,10 @@ int sluice_sendmsg6(struct bpf_sock_addr *ctx)
 	int rewrite = 0, ret;
 	__u32 w[4];
 
-	if (!s || unselected(s))
+	if (!s)
+		return 1;
+	o.cgroup_id = bpf_get_current_cgroup_id();
+	if (unselected(s, o.cgroup_id))
 		return 1;
 	w[0] = ctx->user_ip6[0];
 	w[1] = ctx->user_ip6[1];

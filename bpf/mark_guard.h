@@ -38,7 +38,7 @@ int sluice_setsockopt(struct bpf_sockopt *ctx)
 	__u8 *end = ctx->optval_end;
 	__u32 mark;
 
-	if (!s || !s->mark || unselected(s))
+	if (!s || !s->mark || unselected(s, bpf_get_current_cgroup_id()))
 		return 1;
 	if (ctx->level != SOL_SOCKET_ || ctx->optname != SO_MARK_)
 		return 1;

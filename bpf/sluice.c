@@ -9,7 +9,9 @@
  *   connect4/6     decide: skip (the agent's own marked sockets,
  *                  unselected cgroup), deny (LPM trie, EPERM), redirect
  *                  (intercepted TCP port) or direct; record the origin by
- *                  socket cookie; one ring buffer event per decision.
+ *                  socket cookie; one ring buffer event per decision the
+ *                  proxy does not see (a redirect to the proxy has none:
+ *                  the agent reports it when the proxy accepts it).
  *   sockops        on active establishment copy the origin to a map keyed
  *                  by the workload-side {ip, port}, which is the peer the
  *                  proxy sees; drop both entries when the socket closes.
@@ -177,10 +179,13 @@ struct {
 	__type(value, __u8);
 } sluice_selected SEC(".maps");
 
+/* The intercepted TCP ports: 1 at the index of each (host order). An
+ * array, whose lookup the JIT inlines, where a hash lookup cost a call
+ * and a hash on every redirect. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u16);    /* host order */
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
 	__type(value, __u8);
 } sluice_ports SEC(".maps");
 
@@ -274,13 +279,13 @@ static __always_inline struct settings *get_settings(void)
 	return bpf_map_lookup_elem(&sluice_settings, &zero);
 }
 
-/* unselected reports whether, with root attach, the socket belongs to a
- * cgroup that is not selected: none of our business, not even the deny
- * lists. The agent's own cgroup is never selected. */
-static __always_inline int unselected(struct settings *s)
+/* unselected reports whether, with root attach, the current cgroup cg
+ * (bpf_get_current_cgroup_id, read once per run by the caller) is not
+ * selected: none of our business, not even the deny lists. The agent's
+ * own cgroup is never selected. */
+static __always_inline int unselected(struct settings *s, __u64 cg)
 {
 	if (s->flags & SET_USE_SELECTION) {
-		__u64 cg = bpf_get_current_cgroup_id();
 		if (!bpf_map_lookup_elem(&sluice_selected, &cg))
 			return 1;
 	}
@@ -289,27 +294,38 @@ static __always_inline int unselected(struct settings *s)
 
 /* agent_socket reports whether the connect is the agent's own: the socket
  * carries the agent's mark AND the connecting task is in the agent's
- * cgroup. The mark alone proves nothing (root can set any mark, and a
+ * cgroup (cg, the current cgroup id). The mark alone proves nothing (root can set any mark, and a
  * socket can be marked before its cgroup was selected); the cgroup id is
  * the kernel's, which a workload cannot forge. The agent's own sockets are
  * not redirected, but they are still held to the deny lists. */
-static __always_inline int agent_socket(struct bpf_sock_addr *ctx, struct settings *s)
+static __always_inline int agent_socket(struct bpf_sock_addr *ctx, struct settings *s, __u64 cg)
 {
 	__u32 mark = 0;
 	if (!s->mark || !s->agent_cgroup)
 		return 0;
-	if (bpf_get_current_cgroup_id() != s->agent_cgroup)
+	if (cg != s->agent_cgroup)
 		return 0;
 	return bpf_getsockopt(ctx, SOL_SOCKET_, SO_MARK_, &mark, sizeof(mark)) == 0 &&
 	       mark == s->mark;
 }
 
-/* The few task_struct fields fill_identity reads, relocated against the
- * running kernel's BTF (CO-RE): no vmlinux.h needed. */
+/* The few task_struct and cred fields fill_identity reads, relocated
+ * against the running kernel's BTF (CO-RE): no vmlinux.h needed. uid is
+ * the kernel's kuid_t, a struct holding the id in the initial user
+ * namespace, which is what bpf_get_current_uid_gid returns. */
+struct cred {
+	struct {
+		__u32 val;
+	} uid;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	struct task_struct *group_leader;
 	__u64 start_time;
 	__u64 self_exec_id;
+	int tgid;
+	const struct cred *cred;
+	char comm[16];
 } __attribute__((preserve_access_index));
 
 /* have_task_btf is set by the agent when sock_addr programs may call
@@ -318,29 +334,45 @@ struct task_struct {
  * exe link at every event, as it did before). */
 const volatile __u32 have_task_btf = 0;
 
-/* fill_identity records who connects. start_time and exec_id name the
- * process image: pid and start_time the process (a reused pid starts
+/* fill_identity records who connects; the caller has set o->cgroup_id
+ * (the current cgroup, read once per run). start_time and exec_id name
+ * the process image: pid and start_time the process (a reused pid starts
  * later), exec_id its execve generation (begin_new_exec increments
  * self_exec_id, which threads and children copy). The agent keys what it
  * reads from /proc/PID (the exe link) by the three, so an execve of
- * another binary is never attributed the old one. */
+ * another binary is never attributed the old one.
+ *
+ * With task BTF the tgid, comm and uid are loads from the current task,
+ * the values bpf_get_current_pid_tgid, _comm and _uid_gid return, at a
+ * fraction of the cost of three helper calls (comm is copied whole; the
+ * kernel keeps it NUL-terminated and zero-padded, and its last byte is
+ * cleared here as the helper does). Without it, the helpers. */
 static __always_inline void fill_identity(struct bpf_sock_addr *ctx, struct origin *o)
 {
+	o->netns_cookie = bpf_get_netns_cookie(ctx);
 	if (have_task_btf) {
 		struct task_struct *t = bpf_get_current_task_btf();
+		const struct cred *c = t->cred;
 		o->start_time = t->group_leader->start_time;
 		o->exec_id = t->self_exec_id;
+		o->pid = t->tgid;
+		o->uid = c ? c->uid.val : 0;
+		__builtin_memcpy(o->comm, t->comm, sizeof(o->comm));
+		o->comm[sizeof(o->comm) - 1] = 0;
+		return;
 	}
 	o->pid = bpf_get_current_pid_tgid() >> 32;
 	o->uid = (__u32)bpf_get_current_uid_gid();
-	o->cgroup_id = bpf_get_current_cgroup_id();
-	o->netns_cookie = bpf_get_netns_cookie(ctx);
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
-/* Bytes of waiting events that wake the agent (about 40 events), and
- * the bytes one event takes in the ring (8-byte header, 8-byte aligned). */
-#define EVENT_WAKEUP_BYTES 4096
+/* Bytes of waiting events that wake the agent (a quarter of the ring,
+ * some 2,500 events), and the bytes one event takes in the ring (8-byte
+ * header, 8-byte aligned). The reader looks every 20 ms anyway, so this
+ * mark only matters in a burst; each wake-up is an IPI (a VM exit on a
+ * virtual machine) that costs more than a run of the program, and at 4
+ * KiB one connect in 40 paid it. */
+#define EVENT_WAKEUP_BYTES (256 << 10)
 #define EVENT_RECORD_BYTES ((sizeof(struct event) + 8 + 7) & ~7)
 
 /* emit_event queues one event; a full ring buffer is counted in
@@ -390,9 +422,12 @@ static __always_inline void emit(struct bpf_sock_addr *ctx, const struct origin 
 
 static __always_inline int intercepted_port(struct settings *s, __u16 port)
 {
+	__u32 k = port;
+	__u8 *v;
 	if (s->flags & SET_ALL_PORTS)
 		return 1;
-	return bpf_map_lookup_elem(&sluice_ports, &port) != 0;
+	v = bpf_map_lookup_elem(&sluice_ports, &k);
+	return v && *v;
 }
 
 /* cidr4 and cidr6 return what the CIDR tries say of an address: an enum
@@ -454,7 +489,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct settings *s,
 		emit(ctx, o, VERDICT_DENIED, REASON_DENY_ADDR_PORT, cookie);
 		return 0;
 	}
-	if (agent_socket(ctx, s))
+	if (agent_socket(ctx, s, o->cgroup_id))
 		return 1;
 	if (dgram && o->port == QUIC_PORT_ && (s->flags & SET_REFUSE_QUIC)) {
 		emit(ctx, o, VERDICT_DENIED, REASON_QUIC, cookie);
@@ -497,7 +532,8 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct settings *s,
 		emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
 		return 0;
 	}
-	emit(ctx, o, VERDICT_REDIRECTED, REASON_PORT, cookie);
+	/* No event: the proxy reads this origin when it accepts the
+	 * connection and reports the redirect then (agent/conn_linux.go). */
 	*rewrite = s->proxy_port;
 	return 1;
 }
@@ -526,7 +562,7 @@ static __always_inline int steered6(struct settings *s, const __u32 *w, __u16 po
 /* decide4 handles an IPv4 destination, from connect4 or from a v4-mapped
  * connect6; see decide. */
 static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s,
-				   __u32 ip, __u16 port, __u16 *rewrite)
+				   __u64 cg, __u32 ip, __u16 port, __u16 *rewrite)
 {
 	struct origin o = {};
 	__u64 cookie;
@@ -539,6 +575,7 @@ static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s
 	mapped4(o.addr, ip);
 	o.port = port;
 	o.family = AF_INET;
+	o.cgroup_id = cg;
 	fill_identity(ctx, &o);
 	cookie = bpf_get_socket_cookie(ctx);
 
@@ -550,11 +587,15 @@ int sluice_connect4(struct bpf_sock_addr *ctx)
 {
 	struct settings *s = get_settings();
 	__u16 rewrite = 0;
-	if (!s || unselected(s))
+	__u64 cg;
+	if (!s)
+		return 1;
+	cg = bpf_get_current_cgroup_id();
+	if (unselected(s, cg))
 		return 1;
 	__u32 ip = ctx->user_ip4;
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	int ret = decide4(ctx, s, ip, port, &rewrite);
+	int ret = decide4(ctx, s, cg, ip, port, &rewrite);
 	if (rewrite) {
 		ctx->user_ip4 = s->intercept4;
 		ctx->user_port = bpf_htons(rewrite);
@@ -573,7 +614,11 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 	struct settings *s = get_settings();
 	__u16 rewrite = 0;
 	__u32 w[4];
-	if (!s || unselected(s))
+	__u64 cg;
+	if (!s)
+		return 1;
+	cg = bpf_get_current_cgroup_id();
+	if (unselected(s, cg))
 		return 1;
 	w[0] = ctx->user_ip6[0];
 	w[1] = ctx->user_ip6[1];
@@ -582,7 +627,7 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 
 	if (is_mapped4(w)) {
-		int ret = decide4(ctx, s, w[3], port, &rewrite);
+		int ret = decide4(ctx, s, cg, w[3], port, &rewrite);
 		if (rewrite) {
 			ctx->user_ip6[0] = 0;
 			ctx->user_ip6[1] = 0;
@@ -601,6 +646,7 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 	__builtin_memcpy(o.addr, w, 16);
 	o.port = port;
 	o.family = AF_INET6;
+	o.cgroup_id = cg;
 	fill_identity(ctx, &o);
 
 	int ret = decide(ctx, s, &o, cidr6(o.addr), cookie, s->flags & SET_V6, &rewrite);

@@ -31,14 +31,15 @@ func TestEventRecord(t *testing.T) {
 			e := tc.e
 			e.Time, e.Dst, e.PID, e.Comm = time.Now(), dst, -1, "curl"
 			e.Cgroup = "/kubepods.slice/kubepods-pod0b1c2d3e_4f50_6172_8394_a5b6c7d8e9f0.slice/cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope"
-			rec := eventRecord(e)
+			rec := &audit.Record{}
+			ok := eventRecord(rec, e)
 			if tc.decision == "" {
-				if rec != nil {
-					t.Fatalf("record %+v, want none", rec)
+				if ok || rec.Kind != "" {
+					t.Fatalf("record %+v (%v), want none", rec, ok)
 				}
 				return
 			}
-			if rec == nil || rec.Kind != audit.KindConnect || rec.Decision != tc.decision || rec.Reason != tc.reason ||
+			if !ok || rec.Kind != audit.KindConnect || rec.Decision != tc.decision || rec.Reason != tc.reason ||
 				rec.DstIP != dst.Addr() || rec.Port != 443 || rec.Workload.Comm != "curl" || rec.Workload.ContainerID == "" {
 				t.Fatalf("record %+v", rec)
 			}
@@ -67,8 +68,12 @@ func TestEventBatchWritesAtTheEndOrWhenFull(t *testing.T) {
 	s := &portSink{}
 	logs := audit.Multi{s}
 	var b eventBatch
-	b.add(logs, &audit.Record{Port: 1})
-	b.add(logs, &audit.Record{Port: 2})
+	add := func(port uint16) {
+		b.next().Port = port
+		b.add(logs)
+	}
+	add(1)
+	add(2)
 	if len(s.batches) != 0 {
 		t.Fatalf("records written before the batch ended: %v", s.batches)
 	}
@@ -77,10 +82,14 @@ func TestEventBatchWritesAtTheEndOrWhenFull(t *testing.T) {
 	if len(s.batches) != 1 || len(s.batches[0]) != 2 || s.batches[0][1] != 2 {
 		t.Fatalf("batches %v, want [[1 2]]", s.batches)
 	}
-	for i := range maxEventBatch {
-		b.add(logs, &audit.Record{Port: uint16(i)})
+	// The records written are reused, cleared: the next starts at zero.
+	if r := b.next(); r.Port != 0 {
+		t.Fatalf("record after a flush has port %d, want a zero record", r.Port)
 	}
-	if len(s.batches) != 2 || len(s.batches[1]) != maxEventBatch {
-		t.Errorf("%d batches, want a second of %d records when full", len(s.batches), maxEventBatch)
+	for i := range maxEventBatch {
+		add(uint16(100 + i))
+	}
+	if len(s.batches) != 2 || len(s.batches[1]) != maxEventBatch || s.batches[1][0] != 100 || s.batches[1][maxEventBatch-1] != 100+maxEventBatch-1 {
+		t.Errorf("batches %v, want a second of %d records (100...) when full", s.batches, maxEventBatch)
 	}
 }

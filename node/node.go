@@ -135,19 +135,12 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 
 	const hooksAttached, proxyListening = "hooks attached", "proxy listening"
 	gate := admin.NewGate(hooksAttached, proxyListening)
-	// What never reached the proxy is recorded too: the records of a
-	// batch of events are written at once (one write, not one per event).
-	var batch eventBatch
+	// What never reached the proxy is recorded too (eventSink).
+	sink := &eventSink{metrics: n.Metrics, flows: n.Flows, logs: n.logs}
 	aopts := agent.Options{
-		Force: opts.Force,
-		OnEvent: func(e agent.Event) {
-			n.Metrics.ConnectEvent(string(e.Verdict))
-			n.Flows.Connect(e.PID, e.Comm, e.Cgroup, e.Dst, string(e.Verdict))
-			if rec := eventRecord(e); rec != nil {
-				batch.add(n.logs, rec)
-			}
-		},
-		OnBatchEnd: func() { batch.flush(n.logs) },
+		Force:      opts.Force,
+		OnEvent:    sink.event,
+		OnBatchEnd: sink.batchEnd,
 	}
 	if adminLns != nil {
 		// Workloads may not read the admin API, on any node address.

@@ -266,6 +266,7 @@ type clientOpts struct {
 	sport    uint16
 	mapped   bool
 	thread   bool // connect from a worker thread
+	uid      int  // run as this uid and gid (setpriv); 0: root
 }
 
 // startClient starts the python client; wait returns its result.
@@ -280,7 +281,14 @@ func (e *agentEnv) startClient(dst netip.AddrPort, o clientOpts) (wait func() cl
 		flags = append(flags, "thread")
 	}
 	args := []string{"python3", "-c", clientPy, dst.Addr().String(), fmt.Sprint(dst.Port()), fmt.Sprint(o.mark), fmt.Sprint(o.sport), strings.Join(flags, ",")}
-	cmd := e.tp.Hosts[o.host].Exec(ctx, args...)
+	argv := args
+	if o.uid != 0 {
+		// The system's python: one found on root's PATH (pyenv under
+		// /root) may not be readable by the uid.
+		id := fmt.Sprint(o.uid)
+		argv = append([]string{"setpriv", "--reuid", id, "--regid", id, "--clear-groups", "/usr/bin/python3"}, args[1:]...)
+	}
+	cmd := e.tp.Hosts[o.host].Exec(ctx, argv...)
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	done := func() {}

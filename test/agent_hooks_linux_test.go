@@ -32,17 +32,20 @@ func TestAgentRedirect(t *testing.T) {
 		dst            netip.AddrPort
 		mapped, thread bool
 		peer           string
+		uid            int
 	}{
-		{"ipv4", netip.AddrPortFrom(up.IP4, 80), false, false, up.IP4.String() + ":80"},
-		{"ipv6", netip.AddrPortFrom(up.IP6, 443), false, false, "[" + up.IP6.String() + "]:443"},
-		{"ipv4-mapped ipv6", netip.AddrPortFrom(up.IP4, 443), true, false, "[::ffff:" + up.IP4.String() + "]:443"},
+		{"ipv4", netip.AddrPortFrom(up.IP4, 80), false, false, up.IP4.String() + ":80", 0},
+		{"ipv6", netip.AddrPortFrom(up.IP6, 443), false, false, "[" + up.IP6.String() + "]:443", 0},
+		{"ipv4-mapped ipv6", netip.AddrPortFrom(up.IP4, 443), true, false, "[::ffff:" + up.IP4.String() + "]:443", 0},
 		// The process (thread group) is named, not the thread.
-		{"ipv4 from a worker thread", netip.AddrPortFrom(up.IP4, 80), false, true, up.IP4.String() + ":80"},
+		{"ipv4 from a worker thread", netip.AddrPortFrom(up.IP4, 80), false, true, up.IP4.String() + ":80", 0},
+		// The uid is the connecting process's, not root's.
+		{"ipv6 as uid 4242", netip.AddrPortFrom(up.IP6, 443), false, false, "[" + up.IP6.String() + "]:443", 4242},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := len(e.rec.all())
-			r := e.client(tt.dst, clientOpts{host: 0, inCgroup: true, mapped: tt.mapped, thread: tt.thread})
+			r := e.client(tt.dst, clientOpts{host: 0, inCgroup: true, mapped: tt.mapped, thread: tt.thread, uid: tt.uid})
 			if r.Errno != "" {
 				t.Fatalf("client connect: %s", r.Errno)
 			}
@@ -69,6 +72,9 @@ func TestAgentRedirect(t *testing.T) {
 			if s.ID.Comm != "python3" {
 				t.Errorf("identity comm %q, want python3", s.ID.Comm)
 			}
+			if s.ID.UID != uint32(tt.uid) {
+				t.Errorf("identity uid %d, want %d", s.ID.UID, tt.uid)
+			}
 			if !strings.Contains(s.ID.Exe, "python3") {
 				t.Errorf("identity exe %q, want a python3 binary", s.ID.Exe)
 			}
@@ -86,7 +92,7 @@ func TestAgentRedirect(t *testing.T) {
 			if !ok {
 				t.Fatal("no event for the connect")
 			}
-			if ev.Verdict != agent.Redirected || ev.Reason != agent.ReasonPort || ev.Dst != tt.dst || ev.Comm != "python3" || ev.Cgroup != e.cg.Path {
+			if ev.Verdict != agent.Redirected || ev.Reason != agent.ReasonPort || ev.Dst != tt.dst || ev.Comm != "python3" || ev.Cgroup != e.cg.Path || ev.UID != uint32(tt.uid) {
 				t.Errorf("event %+v", ev)
 			}
 		})

@@ -19,7 +19,7 @@ import "strings"
 // "crio-conmon-<id>.scope" is CRI-O's monitor process, not the container,
 // and yields no container id.
 func ParseCgroupPath(path string) (containerID, podUID string) {
-	for _, seg := range strings.Split(path, "/") {
+	for seg := range strings.SplitSeq(path, "/") {
 		if seg == "" {
 			continue
 		}
