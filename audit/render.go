@@ -115,10 +115,11 @@ const MaxDecisionAttrs = len(decisionFields)
 // left out of an audit line; a is then still the field with its empty
 // value (kind and decision are written anyway on a decision line).
 func (r *Record) attr(f field) (a slog.Attr, ok bool) {
+	if k, v, ok := r.stringField(f); ok {
+		return str(k, v)
+	}
 	w := &r.Workload
 	switch f {
-	case fKind:
-		return str(KeyKind, r.Kind)
 	case fClient:
 		if !w.Client.IsValid() {
 			return slog.Attr{}, false
@@ -128,30 +129,10 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return slog.Int(KeyPID, w.PID), w.PID != 0
 	case fUID:
 		return slog.Uint64(KeyUID, uint64(w.UID)), w.PID != 0 // UID is valid when PID is
-	case fComm:
-		return str(KeyComm, w.Comm)
-	case fExe:
-		return str(KeyExe, w.Exe)
-	case fCgroup:
-		return str(KeyCgroup, w.Cgroup)
-	case fContainerID:
-		return str(KeyContainerID, w.ContainerID)
-	case fPodUID:
-		return str(KeyPodUID, w.PodUID)
-	case fNamespace:
-		return str(KeyNamespace, w.Namespace)
-	case fPod:
-		return str(KeyPod, w.Pod)
-	case fContainer:
-		return str(KeyContainer, w.Container)
-	case fImage:
-		return str(KeyImage, w.Image)
 	case fLabels:
 		return labelsAttr(w.Labels)
 	case fWorkload:
 		return slog.String(KeyWorkload, w.Name()), true
-	case fHost:
-		return str(KeyHost, r.Host)
 	case fIP:
 		if !r.DstIP.IsValid() {
 			return slog.Attr{}, false
@@ -159,22 +140,8 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return slog.String(KeyIP, r.DstIP.String()), true
 	case fPort:
 		return slog.Int(KeyPort, int(r.Port)), r.Port != 0
-	case fSNI:
-		return str(KeySNI, r.SNI)
-	case fTLS:
-		return str(KeyTLS, r.TLS)
-	case fALPN:
-		return str(KeyALPN, r.ALPN)
-	case fProto:
-		return str(KeyProto, r.Proto)
-	case fMethod:
-		return str(KeyMethod, r.Method)
-	case fPath:
-		return str(KeyPath, r.Path)
 	case fStatus:
 		return slog.Int(KeyStatus, r.Status), r.Status != 0
-	case fSource:
-		return str(KeySource, r.Source)
 	case fBytesIn:
 		return slog.Int64(KeyBytesIn, r.BytesIn), true
 	case fBytesOut:
@@ -183,54 +150,12 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return slog.Float64(KeyDurationMS, float64(r.Duration.Microseconds())/1000), true
 	case fUpstreamMS:
 		return slog.Float64(KeyUpstreamMS, float64(r.UpstreamDuration.Microseconds())/1000), r.UpstreamDuration != 0
-	case fUpstreamAddr:
-		return str(KeyUpstreamAddr, r.UpstreamAddr)
-	case fCache:
-		return str(KeyCache, r.Cache)
-	case fDecision:
-		return str(KeyDecision, r.Decision)
-	case fRule:
-		return str(KeyRule, r.Rule)
-	case fReason:
-		return str(KeyReason, r.Reason)
-	case fError:
-		return str(KeyError, r.Error)
-	case fEnd:
-		return str(KeyEnd, r.End)
-	case fPolicyDecision:
-		return str(KeyPolicyDecision, r.PolicyDecision)
-	case fPolicyRule:
-		return str(KeyPolicyRule, r.PolicyRule)
-	case fPolicyReason:
-		return str(KeyPolicyReason, r.PolicyReason)
-	case fGRPCStatus:
-		return str(KeyGRPCStatus, r.GRPCStatus)
-	case fGRPCMessage:
-		return str(KeyGRPCMessage, r.GRPCMessage)
-	case fMCPMethod:
-		return str(KeyMCPMethod, r.MCPMethod)
-	case fMCPTool:
-		return str(KeyMCPTool, r.MCPTool)
-	case fMCPSession:
-		return str(KeyMCPSession, r.MCPSession)
-	case fMCPResource:
-		return str(KeyMCPResource, r.MCPResource)
-	case fMCPPrompt:
-		return str(KeyMCPPrompt, r.MCPPrompt)
-	case fMCPID:
-		return str(KeyMCPID, r.MCPID)
-	case fMCPProtocol:
-		return str(KeyMCPProtocol, r.MCPProtocol)
 	case fMCPErrorCode:
 		return slog.Int(KeyMCPErrorCode, r.MCPErrorCode), r.MCPErrorCode != 0
 	case fMCPHidden:
 		return strs(KeyMCPHidden, r.MCPHidden)
 	case fMCPServerMethods:
 		return strs(KeyMCPServerMethods, r.MCPServerMethods)
-	case fMCPToolHash:
-		return str(KeyMCPToolHash, r.MCPToolHash)
-	case fMCPToolPrevHash:
-		return str(KeyMCPToolPrevHash, r.MCPToolPrevHash)
 	case fMCPToolFields:
 		return strs(KeyMCPToolFields, r.MCPToolFields)
 	case fTokenAudience:
@@ -239,10 +164,6 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return strs(KeyDetectors, r.Detectors)
 	case fCredentials:
 		return strs(KeyCredentials, r.Credentials)
-	case fRequestBody:
-		return str(KeyRequestBody, r.RequestBody)
-	case fResponseBody:
-		return str(KeyResponseBody, r.ResponseBody)
 	case fHeader:
 		if len(r.Header) == 0 {
 			return slog.Attr{}, false
@@ -257,12 +178,6 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 			ha[i] = slog.String(k, r.Header[k])
 		}
 		return slog.Attr{Key: KeyHeader, Value: slog.GroupValue(ha...)}, true
-	case fDNSName:
-		return str(KeyDNSName, r.DNSName)
-	case fQType:
-		return str(KeyQType, r.QType)
-	case fRcode:
-		return str(KeyRcode, r.Rcode)
 	case fAnswers:
 		if len(r.Answers) == 0 {
 			return slog.Attr{}, false
@@ -274,6 +189,103 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return slog.Any(KeyAnswers, as), true
 	}
 	panic("audit: unknown field")
+}
+
+// stringField is f's key and value when f is a string field (left out
+// of a line when empty); ok is false for the other fields.
+func (r *Record) stringField(f field) (key, value string, ok bool) {
+	w := &r.Workload
+	switch f {
+	case fKind:
+		return KeyKind, r.Kind, true
+	case fComm:
+		return KeyComm, w.Comm, true
+	case fExe:
+		return KeyExe, w.Exe, true
+	case fCgroup:
+		return KeyCgroup, w.Cgroup, true
+	case fContainerID:
+		return KeyContainerID, w.ContainerID, true
+	case fPodUID:
+		return KeyPodUID, w.PodUID, true
+	case fNamespace:
+		return KeyNamespace, w.Namespace, true
+	case fPod:
+		return KeyPod, w.Pod, true
+	case fContainer:
+		return KeyContainer, w.Container, true
+	case fImage:
+		return KeyImage, w.Image, true
+	case fHost:
+		return KeyHost, r.Host, true
+	case fSNI:
+		return KeySNI, r.SNI, true
+	case fTLS:
+		return KeyTLS, r.TLS, true
+	case fALPN:
+		return KeyALPN, r.ALPN, true
+	case fProto:
+		return KeyProto, r.Proto, true
+	case fMethod:
+		return KeyMethod, r.Method, true
+	case fPath:
+		return KeyPath, r.Path, true
+	case fSource:
+		return KeySource, r.Source, true
+	case fUpstreamAddr:
+		return KeyUpstreamAddr, r.UpstreamAddr, true
+	case fCache:
+		return KeyCache, r.Cache, true
+	case fDecision:
+		return KeyDecision, r.Decision, true
+	case fRule:
+		return KeyRule, r.Rule, true
+	case fReason:
+		return KeyReason, r.Reason, true
+	case fError:
+		return KeyError, r.Error, true
+	case fEnd:
+		return KeyEnd, r.End, true
+	case fPolicyDecision:
+		return KeyPolicyDecision, r.PolicyDecision, true
+	case fPolicyRule:
+		return KeyPolicyRule, r.PolicyRule, true
+	case fPolicyReason:
+		return KeyPolicyReason, r.PolicyReason, true
+	case fGRPCStatus:
+		return KeyGRPCStatus, r.GRPCStatus, true
+	case fGRPCMessage:
+		return KeyGRPCMessage, r.GRPCMessage, true
+	case fMCPMethod:
+		return KeyMCPMethod, r.MCPMethod, true
+	case fMCPTool:
+		return KeyMCPTool, r.MCPTool, true
+	case fMCPSession:
+		return KeyMCPSession, r.MCPSession, true
+	case fMCPResource:
+		return KeyMCPResource, r.MCPResource, true
+	case fMCPPrompt:
+		return KeyMCPPrompt, r.MCPPrompt, true
+	case fMCPID:
+		return KeyMCPID, r.MCPID, true
+	case fMCPProtocol:
+		return KeyMCPProtocol, r.MCPProtocol, true
+	case fMCPToolHash:
+		return KeyMCPToolHash, r.MCPToolHash, true
+	case fMCPToolPrevHash:
+		return KeyMCPToolPrevHash, r.MCPToolPrevHash, true
+	case fRequestBody:
+		return KeyRequestBody, r.RequestBody, true
+	case fResponseBody:
+		return KeyResponseBody, r.ResponseBody, true
+	case fDNSName:
+		return KeyDNSName, r.DNSName, true
+	case fQType:
+		return KeyQType, r.QType, true
+	case fRcode:
+		return KeyRcode, r.Rcode, true
+	}
+	return "", "", false
 }
 
 func str(k, v string) (slog.Attr, bool) { return slog.String(k, v), v != "" }
