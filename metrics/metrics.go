@@ -202,7 +202,7 @@ func New(o Options) *Metrics {
 	}, []string{"status"})
 	m.connects = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "agent", Name: "connect_events_total",
-		Help: "Kernel connect events from selected workloads, by the hook's decision.",
+		Help: "Connects of selected workloads, by the hook's decision: kernel events, and redirected connects counted when the proxy accepts them.",
 	}, []string{"decision"})
 
 	m.mcpRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
