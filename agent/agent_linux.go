@@ -344,7 +344,10 @@ func (a *Agent) load(s bpf.SluiceSettings, ports []uint16) error {
 
 // listen opens the transparent listeners on the intercept addresses.
 func (a *Agent) listen() error {
-	lc := net.ListenConfig{Control: MarkControl(a.cfg.Mark)}
+	// No TCP keep-alive on accepted connections: every client is a process
+	// on this node, whose end the kernel reports at once (FIN or RST), and
+	// Go's default costs four setsockopt calls per accepted connection.
+	lc := net.ListenConfig{Control: MarkControl(a.cfg.Mark), KeepAlive: -1}
 	for _, ad := range []netip.Addr{a.ia.v4, a.ia.v6} {
 		if !ad.IsValid() {
 			continue
