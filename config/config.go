@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -67,6 +68,12 @@ type Audit struct {
 	// AccessLog, when set, is a path for a second log in nginx's
 	// "combined" format plus upstream address and times (see audit.CombinedLog).
 	AccessLog string `yaml:"accessLog"`
+	// FlushInterval, when set, holds the audit log's and the access log's
+	// lines for up to this long (or 64 KiB) and writes them together: one
+	// write per batch instead of one per record, at the price of that
+	// delay before a line is in the file (and of those lines on a crash).
+	// 0 writes every record at once.
+	FlushInterval Duration `yaml:"flushInterval"`
 	// RedactHeaders are extra header names whose values are never logged.
 	RedactHeaders []string `yaml:"redactHeaders"`
 	// LogHeaders records request headers (redacted) in each record.
@@ -170,6 +177,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Audit.Capture.File != "" && c.Audit.Capture.Dir != "" {
 		errs = append(errs, fmt.Errorf("audit.capture: file %q and dir %q are both set: choose one", c.Audit.Capture.File, c.Audit.Capture.Dir))
+	}
+	if d := c.Audit.FlushInterval.D(); d < 0 || d > 10*time.Second {
+		errs = append(errs, fmt.Errorf("audit.flushInterval %s: must be between 0 (every record written at once) and 10s, e.g. 50ms", d))
 	}
 	errs = append(errs, c.Proxy.validate()...)
 	errs = append(errs, c.Agent.validate()...)

@@ -384,26 +384,36 @@ func (n *Node) openAudit(a config.Audit, stdout io.Writer) (audit.Multi, error) 
 	if stdout == nil {
 		stdout = os.Stdout
 	}
+	// hold wraps a log's writer in the flush interval's buffer, closed
+	// (flushed) before the file under it.
+	hold := func(w io.Writer) io.Writer {
+		if a.FlushInterval.D() <= 0 {
+			return w
+		}
+		fw := audit.NewFlushWriter(w, a.FlushInterval.D())
+		n.closers = append(n.closers, fw)
+		return fw
+	}
 	var sinks audit.Multi
 	switch a.File {
 	case "", "stdout":
-		sinks = append(sinks, audit.NewJSONLog(stdout))
+		sinks = append(sinks, audit.NewJSONLog(hold(stdout)))
 	case "none":
 	default:
 		f, err := os.OpenFile(a.File, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("open audit log: %w", err)
 		}
+		sinks = append(sinks, audit.NewJSONLog(hold(f)))
 		n.closers = append(n.closers, f)
-		sinks = append(sinks, audit.NewJSONLog(f))
 	}
 	if a.AccessLog != "" {
 		f, err := os.OpenFile(a.AccessLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("open access log: %w", err)
 		}
+		sinks = append(sinks, audit.NewCombinedLog(hold(f)))
 		n.closers = append(n.closers, f)
-		sinks = append(sinks, audit.NewCombinedLog(f))
 	}
 	return sinks, nil
 }

@@ -117,3 +117,50 @@ func TestStartErrors(t *testing.T) {
 		})
 	}
 }
+
+// With audit.flushInterval the audit and access logs hold their lines
+// (here for an hour) and Close writes them: nothing is lost at exit.
+func TestStartFlushIntervalWritesHeldLinesAtClose(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer up.Close()
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.CA.Dir = filepath.Join(dir, "ca")
+	cfg.Audit.File = filepath.Join(dir, "audit.jsonl")
+	cfg.Audit.AccessLog = filepath.Join(dir, "access.log")
+	cfg.Audit.FlushInterval = config.Duration(time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n, err := Start(ctx, cfg, Options{Stdout: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- n.ServeExplicit(ctx, ln) }()
+	pu, _ := url.Parse("http://" + ln.Addr().String())
+	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}, Timeout: 10 * time.Second}
+	resp, err := c.Get(up.URL + "/held")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	cancel()
+	<-served
+	for _, p := range []string{cfg.Audit.File, cfg.Audit.AccessLog} {
+		if b, _ := os.ReadFile(p); strings.Contains(string(b), "/held") {
+			t.Errorf("%s has the record before the interval or Close: %q", filepath.Base(p), b)
+		}
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{cfg.Audit.File, cfg.Audit.AccessLog} {
+		if b, _ := os.ReadFile(p); !strings.Contains(string(b), "/held") {
+			t.Errorf("%s lacks the record after Close: %q", filepath.Base(p), b)
+		}
+	}
+}

@@ -38,6 +38,9 @@
 # BENCH_BASE=path/to/an/older/sluice adds a "base" mode: that binary
 # transparent, interleaved with the others, for before/after figures of a
 # change within one run (column T×base).
+# BENCH_AUDIT_FLUSH (100ms): Sluice's audit.flushInterval and nginx's
+# access_log flush= (with buffer=64k), so both write their logs in
+# batches; 0 has both write each line at once.
 # BENCH_PROFILE=DIR: Sluice transparent runs a profiling build (-tags pprof)
 # and a CPU profile of each of its wrk/h2load measurements lands in DIR
 # (go tool pprof -top DIR/h1-c32-r1.pb.gz).
@@ -162,6 +165,13 @@ ip netns exec "$ns" sh -c "ulimit -n $hard; exec $work/benchpeers upstream -list
   >"$work/upstream.log" 2>&1 &
 pids+=($!)
 
+audit_flush=${BENCH_AUDIT_FLUSH:-100ms}
+nginx_buffer=""
+sluice_flush=""
+if [ "$audit_flush" != 0 ]; then
+  nginx_buffer=" combined buffer=64k flush=$audit_flush"
+  sluice_flush="  flushInterval: $audit_flush"
+fi
 mkdir -p "$work/nginx"
 cat > "$work/nginx.conf.in" <<NGINX
 worker_processes auto;
@@ -171,7 +181,7 @@ pid $work/nginx/nginx-__PORT__.pid;
 error_log $work/nginx/error.log warn;
 events { worker_connections $(((hard - 100) / 2)); }
 http {
-  access_log $work/nginx/access.log;
+  access_log $work/nginx/access.log$nginx_buffer;
   client_body_temp_path $work/nginx/body;
   proxy_temp_path $work/nginx/proxy;
   keepalive_requests 100000000;
@@ -233,6 +243,7 @@ proxy:
   maxConnectionsPerWorkload: $max_conns
 audit:
   file: $work/audit.jsonl
+$sluice_flush
 YAML
 cat > "$work/policy.yaml" <<'YAML'
 version: 1

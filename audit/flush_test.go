@@ -1,0 +1,109 @@
+package audit_test
+
+import (
+	"bytes"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+)
+
+// writes records every Write the file underneath receives.
+type writes struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (w *writes) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.got = append(w.got, string(p))
+	return len(p), nil
+}
+
+func (w *writes) all() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.got...)
+}
+
+func TestFlushWriterWritesHeldLinesTogetherWithinTheInterval(t *testing.T) {
+	var file writes
+	f := audit.NewFlushWriter(&file, 20*time.Millisecond)
+	l := audit.NewJSONLog(f)
+	r := records[1].r
+	start := time.Now()
+	l.Record(&r)
+	l.Record(&r)
+	l.Record(&r)
+	if got := file.all(); len(got) != 0 {
+		t.Fatalf("the file got %d writes before the interval, want 0 (held)", len(got))
+	}
+	for len(file.all()) == 0 {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("nothing written 5 s after three records with a 20 ms interval")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if waited := time.Since(start); waited < 15*time.Millisecond {
+		t.Errorf("written after %v, want about the 20 ms interval", waited)
+	}
+	got := file.all()
+	line := string(r.AppendJSON(nil))
+	if len(got) != 1 || got[0] != strings.Repeat(line, 3) {
+		t.Fatalf("the file got %d writes %q, want the three lines in one write", len(got), got)
+	}
+}
+
+func TestFlushWriterWritesAtOnceWhenFull(t *testing.T) {
+	var file writes
+	f := audit.NewFlushWriter(&file, time.Hour)
+	line := strings.Repeat("x", 1023) + "\n"
+	for range 64 {
+		_, _ = f.Write([]byte(line))
+	}
+	got := file.all()
+	if len(got) != 1 || len(got[0]) != 64*1024 {
+		t.Fatalf("after 64 KiB the file got %d writes, want one of 64 KiB", len(got))
+	}
+}
+
+func TestFlushWriterCloseWritesTheRest(t *testing.T) {
+	var file bytes.Buffer
+	f := audit.NewFlushWriter(&file, time.Hour)
+	_, _ = f.Write([]byte("one\n"))
+	_, _ = f.Write([]byte("two\n"))
+	if file.Len() != 0 {
+		t.Fatalf("written before Close: %q", file.String())
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.Write([]byte("after\n"))
+	if got, want := file.String(), "one\ntwo\nafter\n"; got != want {
+		t.Fatalf("file %q, want %q (held lines at Close, later ones straight through)", got, want)
+	}
+}
+
+func TestFlushWriterKeepsConcurrentLinesWhole(t *testing.T) {
+	var file bytes.Buffer
+	f := audit.NewFlushWriter(&file, time.Millisecond)
+	l := audit.NewJSONLog(f)
+	r := records[1].r
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 200 {
+				l.Record(&r)
+			}
+		})
+	}
+	wg.Wait()
+	_ = f.Close()
+	line := string(r.AppendJSON(nil))
+	if got := file.String(); got != strings.Repeat(line, 8*200) {
+		t.Fatalf("file holds %d bytes, want 1600 whole lines of %d", len(got), len(line))
+	}
+}
