@@ -21,11 +21,15 @@ import (
 
 // park is Close of a connection net/http let go of while idle.
 func (c *h1Conn) park() {
+	c.mu.Lock()
 	c.fr.release()
-	if s := c.srv.parked; s != nil {
-		if sock := socketOf(c.Conn); sock != nil && s.add(c, sock, c.idleSince.Add(c.srv.idleTimeout)) {
-			return
-		}
+	c.mu.Unlock()
+	sock, tc := socketOf(c.Conn)
+	if tc != nil {
+		releaseTLSInput(tc) // on net/http's goroutine, the last to read
+	}
+	if s := c.srv.parked; s != nil && sock != nil && s.add(c, sock, c.idleSince.Add(c.srv.idleTimeout)) {
+		return
 	}
 	go c.resume()
 }
@@ -57,39 +61,44 @@ func (c *h1Conn) closeParked() {
 // socketOf follows c's wrappers down to its TCP socket, or returns nil if
 // one of them is not Sluice's own or holds bytes read from the socket and
 // not yet returned: those would wait unnoticed while the socket is quiet.
+// tc is the TLS layer on the way, if any.
 // crypto/tls holds none once a read through it has timed out with nothing
 // (idleRead): a complete record would have been returned, and a partial
 // one needs more bytes from the socket.
-func socketOf(c net.Conn) syscall.RawConn {
+func socketOf(c net.Conn) (sock syscall.RawConn, tc *tls.Conn) {
 	for {
 		switch w := c.(type) {
 		case *peekedConn:
 			if w.Buffered() > 0 {
-				return nil
+				return nil, tc
 			}
 			c = w.Conn
 		case *bufferedConn:
 			if w.buffered() > 0 {
-				return nil
+				return nil, tc
 			}
 			c = w.Conn
 		case *h1Conn: // the explicit listener's, under a CONNECT tunnel
 			if len(w.next) > 0 {
-				return nil
+				return nil, tc
 			}
+			w.mu.Lock()
+			w.fr.release() // hijacked: its framer has stopped
+			w.mu.Unlock()
 			c = w.Conn
 		case *alertWatch:
 			c = w.Conn
 		case *tls.Conn:
+			tc = w
 			c = w.NetConn()
 		case *net.TCPConn:
 			rc, err := w.SyscallConn()
 			if err != nil {
-				return nil
+				return nil, tc
 			}
-			return rc
+			return rc, tc
 		default:
-			return nil
+			return nil, tc
 		}
 	}
 }

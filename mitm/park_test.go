@@ -140,19 +140,19 @@ func (c *parkedClient) get(t *testing.T, path string) {
 	t.Helper()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: api.test\r\n\r\n", path)
-	c.answer(t, path)
+	c.answer(t, "GET", path)
 }
 
-func (c *parkedClient) answer(t *testing.T, path string) {
+func (c *parkedClient) answer(t *testing.T, method, path string) {
 	t.Helper()
 	resp, err := http.ReadResponse(c.br, nil)
 	if err != nil {
-		t.Fatalf("GET %s: %v", path, err)
+		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || string(b) != "GET "+path+"\n" {
-		t.Fatalf("GET %s: %d %q", path, resp.StatusCode, b)
+	if resp.StatusCode != 200 || string(b) != method+" "+path+"\n" {
+		t.Fatalf("%s %s: %d %q", method, path, resp.StatusCode, b)
 	}
 }
 
@@ -359,5 +359,5 @@ func TestParkedConnectionWithPartialTLSRecord(t *testing.T) {
 	time.Sleep(h1ParkAfter + 300*time.Millisecond)
 	c.w.send(t, len(c.w.held))
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	c.answer(t, "/split")
+	c.answer(t, "GET", "/split")
 }

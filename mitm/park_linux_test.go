@@ -1,0 +1,52 @@
+package mitm
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestTLSInputFieldsFound(t *testing.T) {
+	if !tlsInput.ok {
+		t.Fatalf("crypto/tls.Conn of %s has no rawInput, input and hand of the types tlsidle.go expects: parked connections keep their TLS input buffers; adapt findTLSInput", runtime.Version())
+	}
+}
+
+// A parked connection's crypto/tls input buffers are released (16 KiB
+// after a large request body), and its next request is read into new
+// ones.
+func TestParkedConnectionReleasesTLSInput(t *testing.T) {
+	h, up := parkHarness(t)
+	c := dialParked(t, h, context.Background(), up, false)
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	body := strings.Repeat("x", 40<<10)
+	fmt.Fprintf(c, "POST /big HTTP/1.1\r\nHost: api.test\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	c.answer(t, "POST", "/big")
+	held := func() (int, bool) {
+		s := h.p.h1.parked
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, pc := range s.conns {
+			_, tc := socketOf(pc.Conn)
+			raw, input, hand := tlsInputOf(tc)
+			return raw.Cap() + int(input.Size()) + hand.Cap(), true
+		}
+		return 0, false
+	}
+	var n int
+	var parked bool
+	for deadline := time.Now().Add(5 * time.Second); !parked && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		n, parked = held()
+	}
+	if !parked {
+		t.Fatal("the connection was not parked within 5s")
+	}
+	if n != 0 {
+		t.Fatalf("the parked connection's TLS input buffers hold %d bytes, want 0", n)
+	}
+	c.get(t, "/after")
+}
