@@ -25,16 +25,15 @@ import (
 // parked, and for h1AcceptIdle after: an unused proxy keeps neither.
 type parkSet struct {
 	mu    sync.Mutex
-	ep    *os.File        // the epoll set; nil while closed
-	epfd  int             // ep's descriptor, valid while ep is open
-	wait  syscall.RawConn // ep's, for the netpoller
+	ep    *os.File // the epoll set; nil while closed
+	epfd  int      // ep's descriptor, valid while ep is open
 	conns map[uint64]*h1Conn
-	token uint64     // of the last connection parked
-	first *h1Conn    // parked connections by idle deadline, earliest first
-	last  *h1Conn    // the latest deadline
-	due   time.Time  // ep's read deadline
-	err   error      // why the set could not be opened last time
-	pause time.Time  // no new attempt to open before this, after err
+	token uint64    // of the last connection parked
+	first *h1Conn   // parked connections by idle deadline, earliest first
+	last  *h1Conn   // the latest deadline
+	due   time.Time // ep's read deadline
+	err   error     // why the set could not be opened last time
+	pause time.Time // no new attempt to open before this, after err
 }
 
 // parkLinks is what a parked connection carries for its parkSet.
@@ -88,7 +87,7 @@ func (s *parkSet) open() bool {
 		s.err, s.pause = err, time.Now().Add(h1AcceptIdle)
 		return false
 	}
-	s.ep, s.wait, s.epfd, s.err = ep, rc, epfd, nil
+	s.ep, s.epfd, s.err = ep, epfd, nil
 	s.due = time.Time{}
 	s.setDue()
 	go s.run(ep, rc)
@@ -250,7 +249,7 @@ func (s *parkSet) closeLocked(ep *os.File) {
 		go c.resume()
 	}
 	if s.ep == ep {
-		s.ep, s.wait, s.epfd, s.due = nil, nil, -1, time.Time{}
+		s.ep, s.epfd, s.due = nil, -1, time.Time{}
 	}
 	ep.Close()
 }
