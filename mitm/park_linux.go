@@ -195,15 +195,18 @@ func (s *parkSet) run(ep *os.File, rc syscall.RawConn) {
 	var woken, expired []*h1Conn
 	for {
 		n := 0
+		var werr error
 		err := rc.Read(func(fd uintptr) bool {
 			for {
-				var werr error
 				n, werr = unix.EpollWait(int(fd), events, 0)
 				if werr != unix.EINTR {
 					return n > 0 || werr != nil
 				}
 			}
 		})
+		if err == nil && werr != nil {
+			err = fmt.Errorf("wait for parked connections: %w", werr)
+		}
 		s.mu.Lock()
 		for _, ev := range events[:max(n, 0)] {
 			tok := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
@@ -211,12 +214,13 @@ func (s *parkSet) run(ep *os.File, rc syscall.RawConn) {
 				woken = append(woken, c)
 			}
 		}
-		if err != nil {
-			if !errors.Is(err, os.ErrDeadlineExceeded) || (s.first == nil && !time.Now().Before(s.due)) {
-				s.closeLocked(ep)
-				s.mu.Unlock()
-				return
-			}
+		closing := false
+		switch {
+		case err == nil:
+		case !errors.Is(err, os.ErrDeadlineExceeded) || (s.first == nil && !time.Now().Before(s.due)):
+			closing = true
+			s.closeLocked(ep)
+		default:
 			now := time.Now()
 			for s.first != nil && !s.first.pk.deadline.After(now) {
 				c := s.first
@@ -237,6 +241,9 @@ func (s *parkSet) run(ep *os.File, rc syscall.RawConn) {
 			expired[i] = nil
 		}
 		woken, expired = woken[:0], expired[:0]
+		if closing {
+			return
+		}
 	}
 }
 
