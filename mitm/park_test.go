@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -173,39 +172,6 @@ func parkHarness(t *testing.T, opts ...harnessOpt) (*harness, *upstream) {
 		fmt.Fprintf(w, "%s %s\n", r.Method, r.URL.Path)
 	}))
 	return newHarness(t, tca, nil, opts...), up
-}
-
-// Parked connections wait without a goroutine each: parking N of them,
-// transparent or inside CONNECT, leaves the goroutine count where it was
-// before they were opened, and each of them is served again.
-func TestParkedConnectionsHoldNoGoroutine(t *testing.T) {
-	for _, explicit := range []bool{false, true} {
-		t.Run(map[bool]string{false: "transparent", true: "explicit"}[explicit], func(t *testing.T) {
-			h, up := parkHarness(t)
-			dialParked(t, h, context.Background(), up, explicit).Close() // warm up the upstream pool
-			time.Sleep(h1ParkAfter + 300*time.Millisecond)
-			g0 := runtime.NumGoroutine()
-			const n = 40
-			conns := make([]*parkedClient, n)
-			for i := range conns {
-				conns[i] = dialParked(t, h, context.Background(), up, explicit)
-			}
-			var g1 int
-			for deadline := time.Now().Add(5 * time.Second); ; {
-				time.Sleep(h1ParkAfter / 4)
-				if g1 = runtime.NumGoroutine(); g1-g0 <= 4 || time.Now().After(deadline) {
-					break
-				}
-			}
-			if g1-g0 > 4 {
-				buf := make([]byte, 1<<20)
-				t.Fatalf("%d parked connections: goroutines %d -> %d, want about the same\n%s", n, g0, g1, buf[:runtime.Stack(buf, true)])
-			}
-			for i, c := range conns {
-				c.get(t, fmt.Sprintf("/again/%d", i))
-			}
-		})
-	}
 }
 
 // A parked connection is woken by its next request, by the client
