@@ -3,7 +3,9 @@ package mitm
 import (
 	"context"
 	"fmt"
+	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -81,5 +83,53 @@ func TestParkedConnectionsHoldNoGoroutine(t *testing.T) {
 				c.get(t, fmt.Sprintf("/again/%d", i))
 			}
 		})
+	}
+}
+
+// The set closes each parked connection at its own idle deadline, in
+// deadline order whatever the order they were parked in.
+func TestParkSetClosesAtEachDeadline(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	s := newParkSet()
+	ctx := context.Background()
+	start := time.Now()
+	after := []time.Duration{500, 100, 400, 200, 300} // ms, parked in this order
+	closed := make(chan int, len(after))
+	for i, ms := range after {
+		client, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		server, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &h1Conn{Conn: server, fl: &flow{ctx: ctx}, fr: newFramer()}
+		c.onClose = func() { closed <- i }
+		c.parking.Store(true)
+		sock, _ := socketOf(server)
+		if !s.add(c, sock, start.Add(ms*time.Millisecond)) {
+			t.Fatal("add: socket not watched")
+		}
+	}
+	var order []int
+	for range after {
+		select {
+		case i := <-closed:
+			order = append(order, i)
+			if d, want := time.Since(start), after[i]*time.Millisecond; d < want-20*time.Millisecond || d > want+2*time.Second {
+				t.Errorf("connection %d closed after %v, deadline %v", i, d, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("closed %v, then nothing for 10s", order)
+		}
+	}
+	if want := []int{1, 3, 4, 2, 0}; !slices.Equal(order, want) {
+		t.Fatalf("closed in the order %v, want %v (by deadline)", order, want)
 	}
 }
