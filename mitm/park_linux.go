@@ -106,6 +106,9 @@ func openEpoll() (*os.File, syscall.RawConn, int, error) {
 	// Non-blocking: os.NewFile registers it with the runtime's netpoller.
 	ep := os.NewFile(uintptr(fd), "parked-connections")
 	rc, err := ep.SyscallConn()
+	if err == nil {
+		err = ep.SetReadDeadline(time.Time{}) // fails unless the netpoller took it
+	}
 	if err != nil {
 		ep.Close()
 		return nil, nil, 0, fmt.Errorf("watch epoll set of parked connections: %w", err)
