@@ -212,7 +212,7 @@ func TestConnectionWithoutRequestIsRecorded(t *testing.T) {
 			}
 			roots := x509.NewCertPool()
 			roots.AppendCertsFromPEM(h.ca.BundlePEM())
-			tc2 := tls.Client(&bufferedConn{Conn: c, r: br}, &tls.Config{ServerName: "api.test", RootCAs: roots, NextProtos: []string{"http/1.1"}})
+			tc2 := tls.Client(newBufferedConn(c, br), &tls.Config{ServerName: "api.test", RootCAs: roots, NextProtos: []string{"http/1.1"}})
 			if err := tc2.Handshake(); err != nil {
 				t.Fatal(err)
 			}

@@ -195,10 +195,25 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, f *flow, dst Destination) {
 // already read.
 type bufferedConn struct {
 	net.Conn
-	r io.Reader
+	br *bufio.Reader
+	n  int // bytes of br still to return
 }
 
-func (c *bufferedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+func (c *bufferedConn) Read(b []byte) (int, error) {
+	if c.n == 0 {
+		return c.Conn.Read(b)
+	}
+	n, err := c.br.Read(b[:min(len(b), c.n)])
+	c.n -= n
+	if c.n == 0 {
+		c.br = nil
+	}
+	return n, err
+}
+
+// buffered is how many bytes read before the hijack Read has yet to
+// return.
+func (c *bufferedConn) buffered() int { return c.n }
 
 // CloseWrite half-closes the underlying connection when it can.
 func (c *bufferedConn) CloseWrite() error { return closeWrite(c.Conn) }
@@ -207,5 +222,5 @@ func newBufferedConn(c net.Conn, br *bufio.Reader) net.Conn {
 	if br == nil || br.Buffered() == 0 {
 		return c
 	}
-	return &bufferedConn{Conn: c, r: io.MultiReader(io.LimitReader(br, int64(br.Buffered())), c)}
+	return &bufferedConn{Conn: c, br: br, n: br.Buffered()}
 }

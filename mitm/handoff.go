@@ -23,6 +23,7 @@ import (
 type h1Server struct {
 	srv         *http.Server
 	idleTimeout time.Duration // of a parked connection (h1Conn.park)
+	parked      *parkSet      // nil: parked connections wait on a goroutine each
 
 	mu      sync.Mutex
 	queue   []net.Conn
@@ -37,7 +38,7 @@ const h1AcceptIdle = time.Second
 var errAcceptIdle = errors.New("no connection handed over")
 
 func newH1Server(p *Proxy) *h1Server {
-	s := &h1Server{ready: make(chan struct{}, 1), idleTimeout: p.cfg.IdleTimeout.D()}
+	s := &h1Server{ready: make(chan struct{}, 1), idleTimeout: p.cfg.IdleTimeout.D(), parked: newParkSet()}
 	s.srv = &http.Server{
 		Handler:           http.HandlerFunc(serveFlowRequest),
 		ReadHeaderTimeout: p.cfg.HandshakeTimeout.D(),

@@ -19,9 +19,11 @@ import (
 )
 
 // BenchmarkIdleConn holds b.N idle decrypted HTTP/1.1 connections (one
-// request each) through the transparent path and reports what each costs
-// the proxy's process: heap and goroutine stacks in use, goroutines.
-// SLUICE_IDLE_HEAPPROFILE=FILE writes a heap profile while they are held.
+// request each) through the transparent path and through the explicit
+// proxy (CONNECT), and reports what each costs the proxy's process: heap
+// and goroutine stacks in use, goroutines.
+// SLUICE_IDLE_HEAPPROFILE=FILE writes a heap profile while they are held
+// (FILE-transparent, FILE-explicit).
 func BenchmarkIdleConn(b *testing.B) {
 	if os.Getenv("SLUICE_IDLE_HEAPPROFILE") != "" {
 		runtime.MemProfileRate = 1 // every allocation: a per-connection account
@@ -49,23 +51,59 @@ func BenchmarkIdleConn(b *testing.B) {
 		}
 	}()
 	cfg := &tls.Config{RootCAs: pool, ServerName: "api.test", NextProtos: []string{"http/1.1"}}
-	open := func() net.Conn {
-		c, err := tls.Dial("tcp", ln.Addr().String(), cfg)
+	transparentDial := func() (net.Conn, error) { return net.Dial("tcp", ln.Addr().String()) }
+	explicitDial := func() (net.Conn, error) {
+		c, err := net.Dial("tcp", h.url.Host)
 		if err != nil {
-			b.Fatal(err)
+			return nil, err
 		}
-		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\n\r\n", up.addr)
+		// Read the answer byte by byte: nothing of the TLS stream may
+		// stay behind in a bufio.Reader.
+		resp, err := http.ReadResponse(bufio.NewReaderSize(byteReader{c}, 16), &http.Request{Method: http.MethodConnect})
 		if err != nil {
-			b.Fatal(err)
+			c.Close()
+			return nil, err
 		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			b.Fatalf("status %d through the proxy, want 200", resp.StatusCode)
+			c.Close()
+			return nil, fmt.Errorf("CONNECT: status %d", resp.StatusCode)
 		}
-		return c
+		return c, nil
 	}
+	for _, mode := range []struct {
+		name string
+		dial func() (net.Conn, error)
+	}{{"transparent", transparentDial}, {"explicit", explicitDial}} {
+		b.Run(mode.name, func(b *testing.B) {
+			benchmarkIdle(b, mode.name, func() net.Conn {
+				raw, err := mode.dial()
+				if err != nil {
+					b.Fatal(err)
+				}
+				c := tls.Client(raw, cfg)
+				fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					b.Fatalf("status %d through the proxy, want 200", resp.StatusCode)
+				}
+				return c
+			})
+		})
+	}
+}
+
+// byteReader reads one byte at a time.
+type byteReader struct{ r io.Reader }
+
+func (o byteReader) Read(p []byte) (int, error) { return o.r.Read(p[:min(len(p), 1)]) }
+
+func benchmarkIdle(b *testing.B, name string, open func() net.Conn) {
 	open().Close() // warm up
 	time.Sleep(100 * time.Millisecond)
 	measure := func() (runtime.MemStats, int) {
@@ -87,11 +125,11 @@ func BenchmarkIdleConn(b *testing.B) {
 	n := float64(b.N)
 	// The client's side lives in this process too; a tls.Conn with its
 	// buffers and no goroutine, counted in the figure (an upper bound).
-	b.ReportMetric(float64(m1.HeapInuse-m0.HeapInuse)/n/1024, "heap-KiB/conn")
-	b.ReportMetric(float64(m1.StackInuse-m0.StackInuse)/n/1024, "stack-KiB/conn")
+	b.ReportMetric(float64(int64(m1.HeapInuse)-int64(m0.HeapInuse))/n/1024, "heap-KiB/conn")
+	b.ReportMetric(float64(int64(m1.StackInuse)-int64(m0.StackInuse))/n/1024, "stack-KiB/conn")
 	b.ReportMetric(float64(g1-g0)/n, "goroutines/conn")
 	if f := os.Getenv("SLUICE_IDLE_HEAPPROFILE"); f != "" {
-		out, err := os.Create(f)
+		out, err := os.Create(f + "-" + name)
 		if err == nil {
 			_ = pprof.WriteHeapProfile(out)
 			out.Close()
@@ -100,4 +138,5 @@ func BenchmarkIdleConn(b *testing.B) {
 	for _, c := range conns {
 		c.Close()
 	}
+	time.Sleep(100 * time.Millisecond)
 }

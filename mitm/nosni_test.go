@@ -93,7 +93,7 @@ rules:
 			if resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"}); err != nil || resp.StatusCode != 200 {
 				t.Fatalf("CONNECT: %v %v", resp, err)
 			}
-			tc2 := tls.Client(&bufferedConn{Conn: c, r: br}, &tls.Config{ServerName: tc.sni, InsecureSkipVerify: true})
+			tc2 := tls.Client(newBufferedConn(c, br), &tls.Config{ServerName: tc.sni, InsecureSkipVerify: true})
 			if err := tc2.Handshake(); err != nil {
 				if tc.status == 0 {
 					return // refused before any request: nothing reached the upstream

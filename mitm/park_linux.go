@@ -1,0 +1,265 @@
+package mitm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// parkSet holds the parked connections of one h1Server without a
+// goroutine each: their sockets are in one epoll set, and the epoll
+// descriptor itself waits in Go's netpoller (an epoll set is readable
+// while one of its sockets is), so a single goroutine, blocked in no
+// system call, serves them all. Each socket is registered level-triggered
+// and one-shot: readable at registration (bytes that came while it was
+// being parked) counts, and a woken socket reports once. The set's read
+// deadline is the earliest idle deadline of a parked connection.
+//
+// The goroutine and the epoll descriptor exist only while something is
+// parked, and for h1AcceptIdle after: an unused proxy keeps neither.
+type parkSet struct {
+	mu    sync.Mutex
+	ep    *os.File // the epoll set; nil while closed
+	epfd  int      // ep's descriptor, valid while ep is open
+	conns map[uint64]*h1Conn
+	token uint64    // of the last connection parked
+	first *h1Conn   // parked connections by idle deadline, earliest first
+	last  *h1Conn   // the latest deadline
+	due   time.Time // ep's read deadline
+	err   error     // why the set could not be opened last time
+	pause time.Time // no new attempt to open before this, after err
+}
+
+// parkLinks is what a parked connection carries for its parkSet.
+type parkLinks struct {
+	token      uint64 // 0: not parked
+	sock       syscall.RawConn
+	deadline   time.Time
+	prev, next *h1Conn
+	stop       func() bool // the context.AfterFunc that closes it when its flow ends
+}
+
+func newParkSet() *parkSet { return &parkSet{conns: make(map[uint64]*h1Conn)} }
+
+// add parks c, whose socket is sock, until its next byte, deadline (then
+// c is closed) or the end of its flow's context (closed too). It reports
+// false, and c stays the caller's, when the socket can't be watched.
+func (s *parkSet) add(c *h1Conn, sock syscall.RawConn, deadline time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ep == nil && !s.open() {
+		return false
+	}
+	s.token++
+	tok := s.token
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(tok)), Pad: int32(uint32(tok >> 32))}
+	var cerr error
+	if err := sock.Control(func(fd uintptr) { cerr = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) }); err != nil || cerr != nil {
+		return false // closed meanwhile, or not a pollable socket
+	}
+	pk := &c.pk
+	pk.token, pk.sock, pk.deadline = tok, sock, deadline
+	s.conns[tok] = c
+	s.insert(c)
+	// Registered under s.mu, so a wake that takes c back finds stop set.
+	pk.stop = context.AfterFunc(c.fl.ctx, func() {
+		if s.remove(c) {
+			c.closeParked()
+		}
+	})
+	return true
+}
+
+// open makes the epoll set and starts its goroutine; under s.mu.
+func (s *parkSet) open() bool {
+	if s.err != nil && time.Now().Before(s.pause) {
+		return false
+	}
+	ep, rc, epfd, err := openEpoll()
+	if err != nil {
+		// A process out of descriptors: park on goroutines a while.
+		s.err, s.pause = err, time.Now().Add(h1AcceptIdle)
+		return false
+	}
+	s.ep, s.epfd, s.err = ep, epfd, nil
+	s.due = time.Time{}
+	s.setDue()
+	go s.run(ep, rc)
+	return true
+}
+
+func openEpoll() (*os.File, syscall.RawConn, int, error) {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("create epoll set of parked connections: %w", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, nil, 0, fmt.Errorf("set epoll set of parked connections non-blocking: %w", err)
+	}
+	// Non-blocking: os.NewFile registers it with the runtime's netpoller.
+	ep := os.NewFile(uintptr(fd), "parked-connections")
+	rc, err := ep.SyscallConn()
+	if err == nil {
+		err = ep.SetReadDeadline(time.Time{}) // fails unless the netpoller took it
+	}
+	if err != nil {
+		ep.Close()
+		return nil, nil, 0, fmt.Errorf("watch epoll set of parked connections: %w", err)
+	}
+	return ep, rc, fd, nil
+}
+
+// insert links c into the deadline list, from the end: connections are
+// parked about in the order of their deadlines. Under s.mu.
+func (s *parkSet) insert(c *h1Conn) {
+	at := s.last
+	for at != nil && at.pk.deadline.After(c.pk.deadline) {
+		at = at.pk.prev
+	}
+	c.pk.prev = at
+	if at == nil {
+		c.pk.next, s.first = s.first, c
+	} else {
+		c.pk.next, at.pk.next = at.pk.next, c
+	}
+	if c.pk.next == nil {
+		s.last = c
+	} else {
+		c.pk.next.pk.prev = c
+	}
+	s.setDue()
+}
+
+// remove takes c out of the set; false if it was not in it (woken,
+// expired or closed by another path first). The caller then owns c.
+func (s *parkSet) remove(c *h1Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.removeLocked(c)
+}
+
+func (s *parkSet) removeLocked(c *h1Conn) bool {
+	pk := &c.pk
+	if pk.token == 0 {
+		return false
+	}
+	delete(s.conns, pk.token)
+	// Closed sockets leave an epoll set by themselves; an open one must
+	// leave it to be parked again. Control fails once it is closed, so
+	// a descriptor number reused meanwhile is never touched.
+	_ = pk.sock.Control(func(fd uintptr) { _ = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+	if pk.prev == nil {
+		s.first = pk.next
+	} else {
+		pk.prev.pk.next = pk.next
+	}
+	if pk.next == nil {
+		s.last = pk.prev
+	} else {
+		pk.next.pk.prev = pk.prev
+	}
+	stop := pk.stop
+	*pk = parkLinks{}
+	if stop != nil {
+		stop()
+	}
+	s.setDue()
+	return true
+}
+
+// setDue moves the set's read deadline to the earliest idle deadline, or,
+// with nothing parked, to when the set closes. Under s.mu.
+func (s *parkSet) setDue() {
+	var due time.Time
+	if s.first != nil {
+		due = s.first.pk.deadline
+	} else {
+		due = time.Now().Add(h1AcceptIdle)
+	}
+	if due.Equal(s.due) {
+		return
+	}
+	s.due = due
+	_ = s.ep.SetReadDeadline(due)
+}
+
+// run is the set's goroutine: it hands woken connections back, closes
+// expired ones, and closes the set once it has been empty for
+// h1AcceptIdle.
+func (s *parkSet) run(ep *os.File, rc syscall.RawConn) {
+	events := make([]unix.EpollEvent, 128)
+	var woken, expired []*h1Conn
+	for {
+		n := 0
+		var werr error
+		err := rc.Read(func(fd uintptr) bool {
+			for {
+				n, werr = unix.EpollWait(int(fd), events, 0)
+				if werr != unix.EINTR {
+					return n > 0 || werr != nil
+				}
+			}
+		})
+		if err == nil && werr != nil {
+			err = fmt.Errorf("wait for parked connections: %w", werr)
+		}
+		s.mu.Lock()
+		for _, ev := range events[:max(n, 0)] {
+			tok := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			if c := s.conns[tok]; c != nil && s.removeLocked(c) {
+				woken = append(woken, c)
+			}
+		}
+		closing := false
+		switch {
+		case err == nil:
+		case !errors.Is(err, os.ErrDeadlineExceeded) || (s.first == nil && !time.Now().Before(s.due)):
+			closing = true
+			s.closeLocked(ep)
+		default:
+			now := time.Now()
+			for s.first != nil && !s.first.pk.deadline.After(now) {
+				c := s.first
+				s.removeLocked(c)
+				expired = append(expired, c)
+			}
+			// A deadline that passed stays passed until it is set again.
+			s.due = time.Time{}
+			s.setDue()
+		}
+		s.mu.Unlock()
+		for i, c := range woken {
+			go c.resume()
+			woken[i] = nil
+		}
+		for i, c := range expired {
+			c.closeParked()
+			expired[i] = nil
+		}
+		woken, expired = woken[:0], expired[:0]
+		if closing {
+			return
+		}
+	}
+}
+
+// closeLocked closes the set; what is still parked (only after a failure
+// of the set itself) goes back to a goroutine each. Under s.mu.
+func (s *parkSet) closeLocked(ep *os.File) {
+	for s.first != nil {
+		c := s.first
+		s.removeLocked(c)
+		go c.resume()
+	}
+	if s.ep == ep {
+		s.ep, s.epfd, s.due = nil, -1, time.Time{}
+	}
+	ep.Close()
+}
