@@ -85,6 +85,9 @@ func (x *Exchange) forward() {
 	var out *http.Request
 	cancel := func(error) {}
 	if up := t.pool; up.h1 != nil && h1Syncable(r, body) {
+		if host == "" { // an HTTP/1.0 request without Host: the Transport's choice
+			host = t.urlHost()
+		}
 		x.h1req = h1Request{r: r, host: host, body: body}
 		if body != nil {
 			x.h1req.n = r.ContentLength

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"sync"
@@ -47,7 +48,8 @@ type h1UpConn struct {
 	peek   func(fd uintptr) bool
 	abort  func() // abortNow, made once
 	open   bool   // what peek found
-	br     *bufio.Reader
+	br     *bufio.Reader // reads through lim
+	lim    limitedReader
 	bw     *bufio.Writer
 	idleAt time.Time
 	reused bool // it served a request before
@@ -154,6 +156,7 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 		_ = uc.conn.SetReadDeadline(time.Time{})
 		uc.deadline = false
 	}
+	uc.lim.n = maxResponseHeaderBytes // the head (and any 1xx) must fit; lifted below
 	if _, err := uc.br.Peek(1); err != nil {
 		if isTimeout(err) && ctx.Err() == nil {
 			err = fmt.Errorf("%w: %w", errResponseHeaderTimeout, err)
@@ -169,14 +172,19 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 			}
 			return fail(fmt.Errorf("read response: %w", err), false)
 		}
-		if resp.StatusCode == http.StatusSwitchingProtocols || n == 5 {
+		if resp.StatusCode == http.StatusSwitchingProtocols {
 			return fail(fmt.Errorf("read response: %w %d", errUnexpected1xx, resp.StatusCode), false)
 		}
 		if resp.StatusCode >= 200 {
 			break
 		}
-		// 1xx: dropped, as net/http's Transport does; the final answer follows.
+		// 1xx: dropped, as net/http's Transport does (five at most); the
+		// final answer follows.
+		if n == 5 {
+			return fail(fmt.Errorf("read response: %w %d (the sixth)", errUnexpected1xx, resp.StatusCode), false)
+		}
 	}
+	uc.lim.n = noLimit
 	// The header deadline must not cut a body short; a body that is
 	// already buffered whole reads nothing more, and the next request
 	// sets the deadline anew.
@@ -245,11 +253,36 @@ func (b *h1Body) release(atEOF bool) {
 	// stop is false when the context ended and its deadline is set.
 	// Bytes after the response's end are not the answer to any request
 	// of ours: the connection can't be trusted with another.
-	if !b.stop() || !atEOF || !b.keep || uc.br.Buffered() > 0 {
+	if !b.stop() || !atEOF || !b.keep || uc.leftover() {
 		uc.conn.Close()
 		return
 	}
 	b.hp.put(uc)
+}
+
+// leftover reports whether bytes follow the response: in the buffer, or
+// held inside crypto/tls (a record that carried the body's end and more).
+// A read with a deadline in the past returns what crypto/tls holds
+// without a system call, and a timeout otherwise (not sticky in
+// crypto/tls); the deadline is then cleared, so the connection waits in
+// the pool without one (a leftover header deadline would fail the idle
+// check of a healthy connection once it passed).
+func (uc *h1UpConn) leftover() bool {
+	if uc.br.Buffered() > 0 {
+		return true
+	}
+	if _, ok := uc.conn.(*tls.Conn); ok {
+		_ = uc.conn.SetReadDeadline(aLongTimeAgo)
+		_, err := uc.br.Peek(1)
+		if err == nil || !isTimeout(err) {
+			return true
+		}
+	} else if !uc.deadline {
+		return false
+	}
+	_ = uc.conn.SetReadDeadline(time.Time{})
+	uc.deadline = false
+	return false
 }
 
 var errBodyClosed = errors.New("read on closed response body")
@@ -277,7 +310,8 @@ func (hp *h1Pool) get(ctx context.Context, fresh bool) (*h1UpConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	uc := &h1UpConn{conn: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10)}
+	uc := &h1UpConn{conn: c, lim: limitedReader{r: c, n: noLimit}, bw: bufio.NewWriterSize(c, 4<<10)}
+	uc.br = bufio.NewReaderSize(&uc.lim, 4<<10)
 	nc := c
 	if tc, ok := c.(*tls.Conn); ok {
 		nc = tc.NetConn()
@@ -344,4 +378,35 @@ func (hp *h1Pool) closeIdle() {
 	for _, uc := range idle {
 		uc.conn.Close()
 	}
+}
+
+// maxResponseHeaderBytes bounds a response head (with its 1xx answers),
+// as the Transport's MaxResponseHeaderBytes does on the other path: an
+// upstream sending an endless header line would otherwise grow the
+// proxy's memory until the header timeout.
+const maxResponseHeaderBytes = 1 << 20
+
+const noLimit = math.MaxInt64
+
+// limitedReader reads from r until n bytes have been read, then fails
+// with errResponseHeaderTooLarge; n is noLimit outside a response head.
+type limitedReader struct {
+	r io.Reader
+	n int64
+}
+
+var errResponseHeaderTooLarge = fmt.Errorf("upstream response header over %d bytes", maxResponseHeaderBytes)
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errResponseHeaderTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	if l.n != noLimit {
+		l.n -= int64(n)
+	}
+	return n, err
 }

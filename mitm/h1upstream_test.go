@@ -16,6 +16,7 @@ import (
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/workload"
 )
 
 // connCounter counts an httptest server's new and closed connections.
@@ -409,5 +410,138 @@ func TestH1UpstreamExtraBytes(t *testing.T) {
 	}
 	if n := up.conns.Load(); n != 3 {
 		t.Errorf("%d upstream connections for 3 requests, want 3: none may be reused", n)
+	}
+}
+
+// TestH1UpstreamHeaderTooLarge: an upstream whose response head never
+// ends within 1 MiB (as the Transport's MaxResponseHeaderBytes) gets a
+// 502, not the proxy's memory.
+func TestH1UpstreamHeaderTooLarge(t *testing.T) {
+	huge := "HTTP/1.1 200 OK\r\nX-Huge: " + strings.Repeat("a", 2<<20) + "\r\nContent-Length: 2\r\n\r\nok"
+	up := startRawUpstream(t, func(i int, req *http.Request) string { return huge })
+	h := newHarness(t, nil, nil)
+	if code, body := doReq(t, h.client(false), "GET", up.url("/huge"), ""); code != http.StatusBadGateway {
+		t.Fatalf("a 2 MiB response header: %d %.80q, want 502", code, body)
+	}
+}
+
+// TestH1UpstreamFiveEarlyAnswers: five 1xx answers before the final one
+// are dropped (net/http's Transport allows five); a sixth is an error.
+func TestH1UpstreamFiveEarlyAnswers(t *testing.T) {
+	early := strings.Repeat("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n", 5)
+	up := startRawUpstream(t, func(i int, req *http.Request) string {
+		if req.URL.Path == "/six" {
+			return early + "HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
+		}
+		return early + "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
+	})
+	h := newHarness(t, nil, nil)
+	if code, body := doReq(t, h.client(false), "GET", up.url("/five"), ""); code != 200 || body != "final" {
+		t.Fatalf("five 103s then 200: %d %q", code, body)
+	}
+	if code, _ := doReq(t, h.client(false), "GET", up.url("/six"), ""); code != http.StatusBadGateway {
+		t.Fatalf("six 103s then 200: %d, want 502", code)
+	}
+}
+
+// TestH1UpstreamExtraBytesInsideTLS: bytes after a response that arrive
+// in the same TLS record as the body's end sit inside crypto/tls, not in
+// the proxy's buffer; the connection must still not serve the next
+// request (which would get them as its answer).
+func TestH1UpstreamExtraBytesInsideTLS(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	body := strings.Repeat("b", 100000)
+	var first atomic.Bool
+	var hijacked []net.Conn
+	var mu sync.Mutex
+	up := startUpstreamWith(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if first.Swap(true) {
+			io.WriteString(w, "fresh")
+			return
+		}
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		mu.Lock()
+		hijacked = append(hijacked, c)
+		mu.Unlock()
+		// One write: crypto/tls cuts it into records, the last one holds
+		// the body's end and the whole "next response".
+		io.WriteString(c, fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)+
+			"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED")
+	}), nil)
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range hijacked {
+			c.Close()
+		}
+	})
+	h := newHarness(t, tca, nil)
+	c := h.client(false)
+	url := fmt.Sprintf("https://api.test:%d/x", up.addr.Port())
+	if code, got := doReq(t, c, "GET", url, ""); code != 200 || got != body {
+		t.Fatalf("first request: %d, %d bytes", code, len(got))
+	}
+	if code, got := doReq(t, c, "GET", url, ""); code != 200 || got != "fresh" {
+		t.Fatalf("second request: %d %q, want 200 \"fresh\" from a new connection", code, got)
+	}
+}
+
+// TestH1UpstreamReusedAfterHeaderTimeout: a connection whose small
+// response was read whole goes back to the pool without the response
+// header deadline, so it still serves a request after that deadline.
+func TestH1UpstreamReusedAfterHeaderTimeout(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	var cc connCounter
+	up := startUpstreamWith(t, tca, false, echoHandler(), cc.hook)
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.ResponseHeaderTimeout = config.Duration(100 * time.Millisecond) })
+	c := h.client(false)
+	url := fmt.Sprintf("https://api.test:%d/", up.addr.Port())
+	for i := 0; i < 2; i++ {
+		if i > 0 {
+			time.Sleep(300 * time.Millisecond) // past the first request's header deadline
+		}
+		if code, _ := doReq(t, c, "GET", url, ""); code != 200 {
+			t.Fatalf("request %d: status %d", i, code)
+		}
+	}
+	if n := cc.opened.Load(); n != 1 {
+		t.Errorf("%d upstream connections for 2 requests 300 ms apart, want 1 (reused)", n)
+	}
+}
+
+// TestH1UpstreamRequestWithoutHost: an HTTP/1.0 request without a Host
+// header (transparent mode) goes upstream with the dialed address as its
+// Host, as the Transport sends it, never an empty Host line.
+func TestH1UpstreamRequestWithoutHost(t *testing.T) {
+	hosts := make(chan string, 1)
+	up := startRawUpstream(t, func(i int, req *http.Request) string {
+		hosts <- req.Host
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	})
+	h := newHarness(t, nil, nil)
+	addr := up.ln.Addr().String()
+	c := transparent(t, h, Destination{Addr: mustAddrPort(addr)}, workload.Identity{PID: 9})
+	if _, err := io.WriteString(c, "GET /nohost HTTP/1.0\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	select {
+	case got := <-hosts:
+		if got != addr {
+			t.Errorf("the upstream got Host %q, want the dialed address %q", got, addr)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream got no request")
 	}
 }
