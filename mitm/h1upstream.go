@@ -46,8 +46,8 @@ type h1UpConn struct {
 	conn   net.Conn
 	raw    syscall.RawConn // the TCP socket under conn, for the idle check; nil when there is none
 	peek   func(fd uintptr) bool
-	abort  func() // abortNow, made once
-	open   bool   // what peek found
+	abort  func()        // abortNow, made once
+	open   bool          // what peek found
 	br     *bufio.Reader // reads through lim
 	lim    limitedReader
 	bw     *bufio.Writer
