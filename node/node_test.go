@@ -47,28 +47,7 @@ func TestStartProxyOnly(t *testing.T) {
 	cfg.CA.Dir = filepath.Join(dir, "ca")
 	cfg.Audit.AccessLog = filepath.Join(dir, "access.log")
 	var out lockedBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	n, err := Start(ctx, cfg, Options{Stdout: &out})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- n.ServeExplicit(ctx, ln) }()
-
-	pu, _ := url.Parse("http://" + ln.Addr().String())
-	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}, Timeout: 10 * time.Second}
-	resp, err := c.Get(up.URL + "/through")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	cancel()
-	<-served
+	n := proxyOneRequest(t, cfg, Options{Stdout: &out}, up.URL+"/through")
 	if err := n.SelectCgroup("/x"); err == nil {
 		t.Error("SelectCgroup on a node without interception: no error")
 	}
@@ -129,27 +108,7 @@ func TestStartFlushIntervalWritesHeldLinesAtClose(t *testing.T) {
 	cfg.Audit.File = filepath.Join(dir, "audit.jsonl")
 	cfg.Audit.AccessLog = filepath.Join(dir, "access.log")
 	cfg.Audit.FlushInterval = config.Duration(time.Hour)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	n, err := Start(ctx, cfg, Options{Stdout: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- n.ServeExplicit(ctx, ln) }()
-	pu, _ := url.Parse("http://" + ln.Addr().String())
-	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}, Timeout: 10 * time.Second}
-	resp, err := c.Get(up.URL + "/held")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	cancel()
-	<-served
+	n := proxyOneRequest(t, cfg, Options{Stdout: io.Discard}, up.URL+"/held")
 	for _, p := range []string{cfg.Audit.File, cfg.Audit.AccessLog} {
 		if b, _ := os.ReadFile(p); strings.Contains(string(b), "/held") {
 			t.Errorf("%s has the record before the interval or Close: %q", filepath.Base(p), b)
@@ -163,4 +122,32 @@ func TestStartFlushIntervalWritesHeldLinesAtClose(t *testing.T) {
 			t.Errorf("%s lacks the record after Close: %q", filepath.Base(p), b)
 		}
 	}
+}
+
+// proxyOneRequest starts a node with cfg as the explicit proxy, sends one
+// GET for target through it, and stops serving; the node is left open.
+func proxyOneRequest(t *testing.T, cfg config.Config, opts Options, target string) *Node {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n, err := Start(ctx, cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- n.ServeExplicit(ctx, ln) }()
+	pu, _ := url.Parse("http://" + ln.Addr().String())
+	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}, Timeout: 10 * time.Second}
+	resp, err := c.Get(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	cancel()
+	<-served
+	return n
 }
