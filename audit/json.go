@@ -89,8 +89,28 @@ func (r *Record) appendJSONField(dst []byte, f field) []byte {
 		dst = appendJSONKey(dst, k)
 		return appendJSONString(dst, v)
 	}
+	if k, v, ok := r.listField(f); ok {
+		if len(v) == 0 {
+			return dst
+		}
+		dst = append(appendJSONKey(dst, k), '[')
+		for i, s := range v {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendMarshaledString(dst, s)
+		}
+		return append(dst, ']')
+	}
 	w := &r.Workload
 	switch f {
+	case fWorkload:
+		return appendJSONString(appendJSONKey(dst, KeyWorkload), w.Name())
+	case fMCPErrorCode:
+		if r.MCPErrorCode == 0 {
+			return dst
+		}
+		return strconv.AppendInt(appendJSONKey(dst, KeyMCPErrorCode), int64(r.MCPErrorCode), 10)
 	case fClient:
 		if !w.Client.IsValid() {
 			return dst
@@ -148,10 +168,12 @@ func (r *Record) appendJSONField(dst []byte, f field) []byte {
 	return dst
 }
 
-// appendJSONKey appends ,"key": .
+// appendJSONKey appends ,"key": . Keys are keys.go's constants, plain
+// ASCII that needs no escaping (TestKeysNeedNoEscaping).
 func appendJSONKey(dst []byte, k string) []byte {
-	dst = appendJSONString(append(dst, ','), k)
-	return append(dst, ':')
+	dst = append(dst, ',', '"')
+	dst = append(dst, k...)
+	return append(dst, '"', ':')
 }
 
 // appendJSONAttr appends "key":value for the kinds attr produces, as

@@ -118,6 +118,9 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 	if k, v, ok := r.stringField(f); ok {
 		return str(k, v)
 	}
+	if k, v, ok := r.listField(f); ok {
+		return strs(k, v)
+	}
 	w := &r.Workload
 	switch f {
 	case fClient:
@@ -152,18 +155,6 @@ func (r *Record) attr(f field) (a slog.Attr, ok bool) {
 		return slog.Float64(KeyUpstreamMS, float64(r.UpstreamDuration.Microseconds())/1000), r.UpstreamDuration != 0
 	case fMCPErrorCode:
 		return slog.Int(KeyMCPErrorCode, r.MCPErrorCode), r.MCPErrorCode != 0
-	case fMCPHidden:
-		return strs(KeyMCPHidden, r.MCPHidden)
-	case fMCPServerMethods:
-		return strs(KeyMCPServerMethods, r.MCPServerMethods)
-	case fMCPToolFields:
-		return strs(KeyMCPToolFields, r.MCPToolFields)
-	case fTokenAudience:
-		return strs(KeyTokenAudience, r.TokenAudience)
-	case fDetectors:
-		return strs(KeyDetectors, r.Detectors)
-	case fCredentials:
-		return strs(KeyCredentials, r.Credentials)
 	case fHeader:
 		if len(r.Header) == 0 {
 			return slog.Attr{}, false
@@ -286,6 +277,26 @@ func (r *Record) stringField(f field) (key, value string, ok bool) {
 		return KeyRcode, r.Rcode, true
 	}
 	return "", "", false
+}
+
+// listField is f's key and value when f is a list of names (left out of
+// a line when empty); ok is false for the other fields.
+func (r *Record) listField(f field) (key string, value []string, ok bool) {
+	switch f {
+	case fMCPHidden:
+		return KeyMCPHidden, r.MCPHidden, true
+	case fMCPServerMethods:
+		return KeyMCPServerMethods, r.MCPServerMethods, true
+	case fMCPToolFields:
+		return KeyMCPToolFields, r.MCPToolFields, true
+	case fTokenAudience:
+		return KeyTokenAudience, r.TokenAudience, true
+	case fDetectors:
+		return KeyDetectors, r.Detectors, true
+	case fCredentials:
+		return KeyCredentials, r.Credentials, true
+	}
+	return "", nil, false
 }
 
 func str(k, v string) (slog.Attr, bool) { return slog.String(k, v), v != "" }
