@@ -431,27 +431,32 @@ func TestBodyLimits(t *testing.T) {
 }
 
 // TestResponseHeaderTimeoutCountsFromBodyEnd: a slow upload is not a
-// slow upstream.
+// slow upstream, on either upstream path: a body of unknown length goes
+// through net/http's Transport, a short one of declared length on the
+// handler's goroutine (h1upstream.go).
 func TestResponseHeaderTimeoutCountsFromBodyEnd(t *testing.T) {
 	tca := newTestCA(t, "upstream test CA")
 	up := startUpstream(t, tca, false, echoHandler())
 	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.ResponseHeaderTimeout = config.Duration(time.Second) })
-	pr, pw := io.Pipe()
-	go func() {
-		for i := 0; i < 4; i++ {
-			pw.Write([]byte("part"))
-			time.Sleep(400 * time.Millisecond) // 1.6s in all, longer than the timeout
+	for _, declared := range []int64{-1, 16} {
+		pr, pw := io.Pipe()
+		go func() {
+			for i := 0; i < 4; i++ {
+				pw.Write([]byte("part"))
+				time.Sleep(400 * time.Millisecond) // 1.6s in all, longer than the timeout
+			}
+			pw.Close()
+		}()
+		req, _ := http.NewRequest("POST", fmt.Sprintf("https://api.test:%d/upload", up.addr.Port()), pr)
+		req.ContentLength = declared
+		resp, err := h.client(false).Do(req)
+		if err != nil {
+			t.Fatal(err)
 		}
-		pw.Close()
-	}()
-	req, _ := http.NewRequest("POST", fmt.Sprintf("https://api.test:%d/upload", up.addr.Port()), pr)
-	resp, err := h.client(false).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := readAll(t, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || body != "hello POST /upload HTTP/1.1 body=partpartpartpart" {
-		t.Fatalf("status %d body %q", resp.StatusCode, body)
+		body := readAll(t, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || body != "hello POST /upload HTTP/1.1 body=partpartpartpart" {
+			t.Fatalf("body of length %d: status %d body %q", declared, resp.StatusCode, body)
+		}
 	}
 }

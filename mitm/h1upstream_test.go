@@ -330,34 +330,6 @@ func TestH1UpstreamBodyLeftUnread(t *testing.T) {
 	}
 }
 
-// TestH1UpstreamSlowShortBody: a short body of declared length, sent on
-// the handler's goroutine, may come slowly; the response header timeout
-// counts from its end.
-func TestH1UpstreamSlowShortBody(t *testing.T) {
-	tca := newTestCA(t, "upstream test CA")
-	up := startUpstream(t, tca, false, echoHandler())
-	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.ResponseHeaderTimeout = config.Duration(time.Second) })
-	pr, pw := io.Pipe()
-	go func() {
-		for i := 0; i < 4; i++ {
-			pw.Write([]byte("part"))
-			time.Sleep(400 * time.Millisecond) // 1.6s in all, longer than the timeout
-		}
-		pw.Close()
-	}()
-	req, _ := http.NewRequest("POST", fmt.Sprintf("https://api.test:%d/upload", up.addr.Port()), pr)
-	req.ContentLength = 16
-	resp, err := h.client(false).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := readAll(t, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || body != "hello POST /upload HTTP/1.1 body=partpartpartpart" {
-		t.Fatalf("status %d body %q", resp.StatusCode, body)
-	}
-}
-
 // TestH1PoolBounds: the pool keeps at most maxIdle connections and closes
 // each after idleTimeout.
 func TestH1PoolBounds(t *testing.T) {
