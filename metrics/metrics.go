@@ -49,6 +49,7 @@ package metrics
 
 import (
 	"strconv"
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -92,6 +93,10 @@ type Metrics struct {
 	reg *prometheus.Registry
 
 	hosts, workloads, rules, reasons, connectDecisions *folder
+	// connectCounters holds the counter of each admitted connect
+	// decision (at most MaxRules): one lookup per connect event instead
+	// of folding and hashing the label again.
+	connectCounters sync.Map // string → prometheus.Counter
 	// tools folds MCP tool (and resource, prompt) names; MCP methods
 	// outside the specification's set are "other".
 	tools *folder
@@ -487,7 +492,16 @@ func (m *Metrics) ConnectEvent(decision string) {
 	if decision == "" {
 		decision = "unknown"
 	}
-	m.connects.WithLabelValues(m.connectDecisions.fold(decision)).Inc()
+	if c, ok := m.connectCounters.Load(decision); ok {
+		c.(prometheus.Counter).Inc()
+		return
+	}
+	folded := m.connectDecisions.fold(decision)
+	c := m.connects.WithLabelValues(folded)
+	if folded == decision {
+		m.connectCounters.Store(decision, c)
+	}
+	c.Inc()
 }
 
 // SetRingDrops installs the source of the agent's ring-buffer drop count,

@@ -385,3 +385,17 @@ sluice_workload_info{container="web",image="nginx:1.27",namespace="",pod="",work
 		t.Fatalf("%s = %v, want 1", k, got)
 	}
 }
+
+// Connect events count per decision, repeated ones too (they take the
+// cached counter), and decisions past MaxRules fold into "other".
+func TestConnectEventCounts(t *testing.T) {
+	m := metrics.New(metrics.Options{MaxRules: 2})
+	for _, d := range []string{"redirected", "redirected", "direct", "redirected", "denied", "bypassed", "denied"} {
+		m.ConnectEvent(d)
+	}
+	expect(t, scrape(t, m.Registry()), map[string]float64{
+		`sluice_agent_connect_events_total{decision="redirected"}`: 3,
+		`sluice_agent_connect_events_total{decision="direct"}`:     1,
+		`sluice_agent_connect_events_total{decision="other"}`:      3,
+	})
+}
