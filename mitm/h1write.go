@@ -126,11 +126,10 @@ func writeField(bw *bufio.Writer, k, v string) error {
 // answers 100-continue itself) and Trailer (no trailers go out).
 func h1Dropped(k string) bool {
 	switch k {
-	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-		"Te", "Transfer-Encoding", "Upgrade", "Host", "User-Agent", "Content-Length", "Expect", "Trailer":
+	case "Host", "User-Agent", "Content-Length", "Expect", "Trailer":
 		return true
 	}
-	return hasProxyPrefix(k)
+	return isHopHeader(k) || hasProxyPrefix(k)
 }
 
 // namedBy reports whether the Connection field values conn name k.

@@ -5,13 +5,17 @@ import (
 	"strings"
 )
 
-// hopHeaders are the RFC 9110 7.6.1 connection-specific fields and the
-// proxy-only ones; Connection-listed names are removed too. They are
-// spelled canonically (removeHopHeaders deletes them from the map as
-// they are).
-var hopHeaders = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Transfer-Encoding", "Upgrade",
+// isHopHeader reports whether k (canonical) is one of the RFC 9110
+// 7.6.1 connection-specific fields or a proxy-only one named there;
+// Connection-listed names and other Proxy-* fields are hop-by-hop too
+// (removeHopHeaders, h1Dropped).
+func isHopHeader(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
 }
 
 // removeHopHeaders strips hop-by-hop fields from h. TE is kept when it
@@ -30,16 +34,13 @@ func removeHopHeaders(h http.Header, keepWS bool) (upgrade string) {
 		}
 	}
 	te := headerHasToken(h, "Te", "trailers")
-	for _, k := range hopHeaders {
-		delete(h, k) // h.Del(k) without canonicalizing: k is canonical
+	for k := range h {
+		if isHopHeader(k) || hasProxyPrefix(k) {
+			delete(h, k)
+		}
 	}
 	if te {
 		h.Set("Te", "trailers")
-	}
-	for k := range h {
-		if hasProxyPrefix(k) {
-			delete(h, k)
-		}
 	}
 	return upgrade
 }

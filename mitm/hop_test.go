@@ -6,12 +6,14 @@ import (
 	"testing"
 )
 
-// removeHopHeaders deletes hopHeaders from the map without canonicalizing
-// them, so each must be spelled as net/http stores it.
+// removeHopHeaders and h1Dropped match the map's keys against
+// isHopHeader's names as they are, so each must be spelled as net/http
+// stores it.
 func TestHopHeadersCanonical(t *testing.T) {
-	for _, k := range hopHeaders {
-		if c := http.CanonicalHeaderKey(k); c != k {
-			t.Errorf("hopHeaders has %q, want the canonical %q", k, c)
+	for _, k := range []string{"connection", "proxy-connection", "keep-alive", "proxy-authenticate",
+		"proxy-authorization", "te", "transfer-encoding", "upgrade"} {
+		if c := http.CanonicalHeaderKey(k); !isHopHeader(c) {
+			t.Errorf("isHopHeader(%q) is false: its name must be spelled canonically", c)
 		}
 	}
 }
