@@ -86,10 +86,11 @@ var (
 )
 
 // origin reads and deletes the kernel's record for peer, the peer of c,
-// waiting up to OriginWait for it to appear; but not for a peer that has
-// reset c: its socket is closed, and sockops dropped its record with it
-// (a client that connects and resets at once would otherwise cost a
-// dozen lookups and wake-ups).
+// waiting up to OriginWait for it to appear; but not once c is closed
+// (TCP_CLOSE, the peer reset it): a record missing then is not coming
+// (it was evicted, or written by an agent before this one), and waiting
+// would cost a dozen lookups and wake-ups. A peer that closed before
+// the accept still has its record: sockops keeps it for the agent.
 func (a *Agent) origin(c net.Conn, peer netip.AddrPort) (bpf.SluiceOrigin, error) {
 	k := bpf.SluicePeerKey{Addr: peer.Addr().As16(), Port: peer.Port()}
 	var o bpf.SluiceOrigin

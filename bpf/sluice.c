@@ -14,7 +14,8 @@
  *                  the agent reports it when the proxy accepts it).
  *   sockops        on active establishment copy the origin to a map keyed
  *                  by the workload-side {ip, port}, which is the peer the
- *                  proxy sees; drop both entries when the socket closes.
+ *                  proxy sees; drop the cookie's entry when the socket
+ *                  closes (the agent deletes the peer's at accept).
  *   getpeername4/6 give the application its original destination back.
  *   setsockopt     refuse SO_MARK with the agent's mark (mark_guard.h).
  *   egress         drop every packet to a denied CIDR, raw ones too
@@ -222,7 +223,13 @@ struct {
 	__type(value, struct origin);
 } sluice_origins SEC(".maps");
 
-/* Origins by workload-side {ip, port}: read (and deleted) by the agent. */
+/* Origins by workload-side {ip, port}: read and deleted by the agent when
+ * the proxy accepts the connection. Not deleted when the workload's socket
+ * closes: a client that connects and closes before the proxy accepts
+ * (FIN_WAIT2 folded into TIME_WAIT reads as TCP_CLOSE) is still in the
+ * accept queue and must still be named. Entries of connections never
+ * accepted (an agent stopped with a backlog) age out of the LRU, and a
+ * new connection from the same {ip, port} overwrites its own. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -697,21 +704,7 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 		if (skops->args[1] != TCP_CLOSE_)
 			return 1;
 		cookie = bpf_get_socket_cookie(skops);
-		if (!bpf_map_lookup_elem(&sluice_origins, &cookie))
-			return 1;
 		bpf_map_delete_elem(&sluice_origins, &cookie);
-		if (skops->family == AF_INET) {
-			mapped4(k.addr, skops->local_ip4);
-		} else {
-			__u32 w[4];
-			w[0] = *(volatile __u32 *)&skops->local_ip6[0];
-			w[1] = *(volatile __u32 *)&skops->local_ip6[1];
-			w[2] = *(volatile __u32 *)&skops->local_ip6[2];
-			w[3] = *(volatile __u32 *)&skops->local_ip6[3];
-			__builtin_memcpy(k.addr, w, 16);
-		}
-		k.port = (__u16)skops->local_port;
-		bpf_map_delete_elem(&sluice_peers, &k);
 		return 1;
 	}
 	return 1;

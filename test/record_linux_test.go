@@ -89,3 +89,42 @@ print("done")`, e.api.IP4.String())
 		t.Errorf("no L4 record naming python3 for %v; records:\n%v", want, e.records(t))
 	}
 }
+
+// A client that connects and closes while the proxy is not accepting yet
+// (busy, or descheduled) is still recorded with its identity. Its close
+// ends its socket before the proxy accepts the connection (FIN_WAIT2
+// turns into TIME_WAIT, which the kernel reports as TCP_CLOSE), and that
+// close must not take the connection's origin with it. The test holds
+// the proxy still with SIGSTOP while the client comes and goes.
+func TestRunClientGoneBeforeAcceptIsRecorded(t *testing.T) {
+	e := newRunEnv(t)
+	python := mustLookPath(t, "python3")
+	// sluice run starts the command as its child.
+	script := fmt.Sprintf(`import os, signal, socket, sys, time
+proxy = os.getppid()
+if open("/proc/%%d/comm" %% proxy).read().strip() != "sluice":
+    sys.exit("the parent is not sluice")
+os.kill(proxy, signal.SIGSTOP)
+try:
+    for i in range(3):
+        s = socket.create_connection((%q, 443), timeout=5)
+        s.close()
+    time.sleep(0.3)
+finally:
+    os.kill(proxy, signal.SIGCONT)
+time.sleep(0.5)
+print("done")`, e.api.IP4.String())
+	code, out, errOut := e.run(t, python, "-c", script)
+	if code != 0 || strings.TrimSpace(out) != "done" {
+		t.Fatalf("exit %d %q\n%s", code, out, errOut)
+	}
+	n := 0
+	for _, r := range e.records(t) {
+		if r["kind"] == "l4" && r["reason"] == "client sent nothing" && r["comm"] == "python3" && r["pid"] != nil {
+			n++
+		}
+	}
+	if n != 3 {
+		t.Errorf("%d L4 records naming python3 for the 3 clients gone before accept; records:\n%v\nstderr:\n%s", n, e.records(t), errOut)
+	}
+}
