@@ -36,7 +36,7 @@ type Cred struct {
 	Name  string
 	file  string
 	env   string
-	hosts []string
+	hosts hostSet
 	// Body: the placeholder is also replaced in request bodies.
 	Body bool
 	// getenv reads the agent's environment (os.Getenv; tests replace it).
@@ -52,7 +52,7 @@ func compileCredentials(cs []Credential, getenv func(string) string) *Credential
 	}
 	out := &Credentials{byName: map[string]*Cred{}}
 	for _, c := range cs {
-		out.byName[c.Name] = &Cred{Name: c.Name, file: c.File, env: c.Env, hosts: c.Hosts, Body: c.Body, getenv: getenv}
+		out.byName[c.Name] = &Cred{Name: c.Name, file: c.File, env: c.Env, hosts: newHostSet(c.Hosts), Body: c.Body, getenv: getenv}
 		out.body = out.body || c.Body
 	}
 	return out
@@ -83,7 +83,7 @@ func (cs *Credentials) Env() []string {
 
 // BoundTo reports whether the secret may be sent to host.
 func (c *Cred) BoundTo(host string) bool {
-	return host != "" && matchAny(c.hosts, strings.ToLower(strings.TrimSuffix(host, ".")))
+	return host != "" && c.hosts.match(host)
 }
 
 // Secret reads the secret: the file (a trailing newline removed) or the

@@ -34,7 +34,7 @@ var _ NameDecider = (*Engine)(nil)
 type dnsRule struct {
 	name  string
 	wl    workloadSel
-	names []string
+	names hostSet
 	deny  bool
 	audit bool
 }
@@ -45,7 +45,7 @@ func compileDNS(rs []DNSRule, globalAudit bool) []*dnsRule {
 		out = append(out, &dnsRule{
 			name:  r.Name,
 			wl:    newWorkloadSel(r.Workloads),
-			names: r.Names,
+			names: newHostSet(r.Names),
 			deny:  r.Action == "deny",
 			audit: r.Mode == "audit" || (r.Mode == "" && globalAudit),
 		})
@@ -58,7 +58,7 @@ func compileDNS(rs []DNSRule, globalAudit bool) []*dnsRule {
 // WouldDeny set.
 func (e *Engine) DecideName(id *workload.Identity, name string) Decision {
 	for _, r := range e.dns {
-		if !r.wl.match(id) || !matchAny(r.names, name) {
+		if !r.wl.match(id) || !r.names.match(name) {
 			continue
 		}
 		if !r.deny {

@@ -50,7 +50,7 @@ type Options struct {
 // it leaves them unset; an inherited rateLimit counts in the default
 // rule's buckets.
 type Engine struct {
-	passthrough []string
+	passthrough hostSet
 	// untrustedPass: tls.onUntrustedClient is passthrough.
 	untrustedPass bool
 	guardAudit    bool
@@ -138,7 +138,7 @@ func Compile(s Spec) (*Engine, error) {
 // New compiles a decoded policy (see Decode). p must have passed Decode's
 // validation; New reports what it cannot compile.
 func New(p *Policy, o Options) (*Engine, error) {
-	e := &Engine{lim: o.Limiters, now: o.Now, log: o.Log, passthrough: p.TLS.Passthrough, untrustedPass: p.TLS.OnUntrustedClient == OnUntrustedPassthrough}
+	e := &Engine{lim: o.Limiters, now: o.Now, log: o.Log, passthrough: newHostSet(p.TLS.Passthrough), untrustedPass: p.TLS.OnUntrustedClient == OnUntrustedPassthrough}
 	if e.lim == nil {
 		e.lim = NewLimiters(0)
 	}
@@ -200,7 +200,7 @@ func New(p *Policy, o Options) (*Engine, error) {
 		r.mcp = compileMCP(pr.MCP)
 		r.wl = newWorkloadSel(pr.Workloads)
 		d := pr.Destinations
-		r.dst = destSel{hosts: d.Hosts, methods: d.Methods, paths: d.Paths}
+		r.dst = destSel{hosts: newHostSet(d.Hosts), methods: d.Methods, paths: d.Paths}
 		for _, port := range d.Ports {
 			r.dst.ports = append(r.dst.ports, uint16(port))
 		}
@@ -319,7 +319,7 @@ func (e *Engine) Connection(_ context.Context, c *Conn) ConnDecision {
 			g, ok = rd, false // recorded like the address guard in audit mode
 		}
 	}
-	listed := c.TLS && c.Host != "" && matchAny(e.passthrough, c.Host)
+	listed := c.TLS && c.Host != "" && e.passthrough.match(c.Host)
 	untrusted := !listed && c.TLS && c.Host != "" && c.ClientUntrusted && e.untrustedPass
 	pass := listed || untrusted
 	var d Decision

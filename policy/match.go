@@ -16,25 +16,61 @@ import (
 // example.com itself). Comparison is case-insensitive and ignores a
 // trailing dot.
 func MatchHost(pattern, host string) bool {
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
-	pattern = strings.TrimSuffix(strings.ToLower(pattern), ".")
-	if pattern == "*" {
-		return true
-	}
-	if suffix, ok := strings.CutPrefix(pattern, "*"); ok {
-		return strings.HasSuffix(host, suffix) && len(host) > len(suffix)
-	}
-	return host == pattern
+	return newHostSet([]string{pattern}).match(host)
 }
 
-func matchAny(patterns []string, host string) bool {
+// hostSet is a list of MatchHost patterns compiled once: exact names in
+// a map, wildcards as the suffixes they require, each lowercase without
+// a trailing dot. A match lowers the host once, not once per pattern
+// (the public resolver list alone is 40 patterns, checked per request).
+type hostSet struct {
+	any      bool
+	exact    map[string]struct{}
+	suffixes []string // of "*x" patterns: x, which a longer host must end with
+}
+
+func newHostSet(patterns []string) hostSet {
+	var s hostSet
 	for _, p := range patterns {
-		if MatchHost(p, host) {
+		p = normHost(p)
+		switch suffix, wild := strings.CutPrefix(p, "*"); {
+		case p == "*":
+			s.any = true
+		case wild:
+			s.suffixes = append(s.suffixes, suffix)
+		default:
+			if s.exact == nil {
+				s.exact = make(map[string]struct{}, len(patterns))
+			}
+			s.exact[p] = struct{}{}
+		}
+	}
+	return s
+}
+
+// empty reports whether the set was compiled from no patterns.
+func (s hostSet) empty() bool { return !s.any && len(s.exact) == 0 && len(s.suffixes) == 0 }
+
+// match reports whether host matches one of the set's patterns.
+func (s hostSet) match(host string) bool {
+	if s.any {
+		return true
+	}
+	host = normHost(host)
+	if _, ok := s.exact[host]; ok {
+		return true
+	}
+	for _, suffix := range s.suffixes {
+		if len(host) > len(suffix) && strings.HasSuffix(host, suffix) {
 			return true
 		}
 	}
 	return false
 }
+
+// normHost is a host name as hostSet compares it: lowercase, without a
+// trailing dot.
+func normHost(h string) string { return strings.TrimSuffix(strings.ToLower(h), ".") }
 
 // validGlob reports whether g uses ** only as a whole path segment.
 func validGlob(g string) bool {
@@ -177,7 +213,7 @@ func (s *workloadSel) match(id *workload.Identity) bool {
 
 // destSel is a compiled Destinations selector.
 type destSel struct {
-	hosts   []string
+	hosts   hostSet
 	ports   []uint16
 	methods []string
 	paths   []string
@@ -202,7 +238,7 @@ type target struct {
 // it), an allow rule only when all of them are (so it allows nothing
 // outside its ranges).
 func (s *destSel) matchConn(t *target, deny bool) bool {
-	if len(s.hosts) > 0 && !matchAny(s.hosts, t.host) && !slices.ContainsFunc(t.names, func(n string) bool { return matchAny(s.hosts, n) }) {
+	if !s.hosts.empty() && !s.hosts.match(t.host) && !slices.ContainsFunc(t.names, s.hosts.match) {
 		return false
 	}
 	if len(s.ports) > 0 && !slices.Contains(s.ports, t.port) {

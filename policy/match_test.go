@@ -1,6 +1,13 @@
 package policy
 
-import "testing"
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/sluicehq/sluice/workload"
+)
 
 func TestMatchHost(t *testing.T) {
 	for _, tt := range []struct {
@@ -124,6 +131,60 @@ func TestPathParametersDoNotBypassDeny(t *testing.T) {
 		d := e.Request(t.Context(), &Request{Conn: &Conn{Addrs: public}, Host: "x.example", Method: "GET", Path: path})
 		if d.Denied() != denied || (denied && d.Rule != "no-admin") {
 			t.Errorf("%s: denied=%v rule=%q, want denied=%v", path, d.Denied(), d.Rule, denied)
+		}
+	}
+}
+
+// matchHostSpec is MatchHost's rule written plainly, one pattern at a
+// time: the reference the compiled hostSet is checked against.
+func matchHostSpec(pattern, host string) bool {
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	pattern = strings.TrimSuffix(strings.ToLower(pattern), ".")
+	if pattern == "*" {
+		return true
+	}
+	if suffix, ok := strings.CutPrefix(pattern, "*"); ok {
+		return strings.HasSuffix(host, suffix) && len(host) > len(suffix)
+	}
+	return host == pattern
+}
+
+// A set of patterns matches a host exactly when one of its patterns
+// does by the plain rule: the compiled set (exact names in a map,
+// wildcards as suffixes) is only a faster way to ask each pattern.
+func FuzzHostSetIsAnyPattern(f *testing.F) {
+	f.Add("api.example.com,*.example.com", "A.Example.com.")
+	f.Add("*,x", "")
+	f.Add("*.,*x.y", "ax.y")
+	f.Add(",Dns.Google.", "dns.google")
+	f.Add("*.Example.COM", "example.com")
+	f.Fuzz(func(t *testing.T, list, host string) {
+		patterns := strings.Split(list, ",")
+		want := false
+		for _, p := range patterns {
+			want = want || matchHostSpec(p, host)
+		}
+		if got := newHostSet(patterns).match(host); got != want {
+			t.Errorf("newHostSet(%q).match(%q) = %v, but the patterns one by one say %v", patterns, host, got, want)
+		}
+	})
+}
+
+// The per-request cost of the policy with the public resolver list
+// checked, as bench-peers runs it (allow by default, a test range
+// exempt from the SSRF guard).
+func BenchmarkRequestDefaultAllow(b *testing.B) {
+	e, err := Parse([]byte("version: 1\nmode: enforce\nssrf:\n  allowCIDRs: [\"198.18.0.0/15\"]\ndefaults:\n  action: allow\n"), "b.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := req(workload.Identity{Cgroup: "/w/a"}, "api.example")
+	r.Conn.Addrs = []netip.Addr{netip.MustParseAddr("198.19.254.2")}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := e.Request(ctx, r); d.Denied() {
+			b.Fatalf("denied: %+v", d)
 		}
 	}
 }

@@ -41,6 +41,9 @@ var PublicResolverHosts = []string{
 	"doh.dns.sb", "dns.twnic.tw", "doh.libredns.gr", "dns.alidns.com", "doh.pub", "dot.pub",
 }
 
+// publicResolverHosts is PublicResolverHosts compiled for matching.
+var publicResolverHosts = newHostSet(PublicResolverHosts)
+
 // PublicResolverCIDRs are those resolvers' anycast addresses: a
 // connection to one of them on port 443 or 853 is denied unless
 // resolution.allowDoH (plain DNS to them, port 53, is steered to the
@@ -111,10 +114,10 @@ func isPublicResolver(host string, names []string, addrs []netip.Addr, port uint
 		host = "" // an IP literal names nothing
 	}
 	if host != "" {
-		return matchAny(PublicResolverHosts, host)
+		return publicResolverHosts.match(host)
 	}
 	for _, n := range names {
-		if matchAny(PublicResolverHosts, n) {
+		if publicResolverHosts.match(n) {
 			return true
 		}
 	}

@@ -212,5 +212,5 @@ func hostWithin(h string, hosts []string) bool {
 			return ok && strings.HasSuffix(rest, "."+s)
 		})
 	}
-	return matchAny(hosts, strings.ToLower(h))
+	return newHostSet(hosts).match(h)
 }
