@@ -101,7 +101,11 @@ if [ "$idle_n" -gt "$max_conns" ]; then
   echo "idle connections: $idle_n lowered to $max_conns (open-file hard limit $hard)" >&2
   idle_n=$max_conns
 fi
-max_wrk_conns=0
+# nginx keeps as many idle upstream connections as requests can be in
+# flight at once: the most wrk connections, and h2load's 32 x 10 streams
+# (with fewer, BENCH_CONNS=32 had nginx re-dial, with a full handshake,
+# most of its h2 requests' upstream connections).
+max_wrk_conns=320
 for c in $conns; do [ "$c" -gt "$max_wrk_conns" ] && max_wrk_conns=$c; done
 
 ns=sluice-bp-$$
@@ -200,7 +204,7 @@ http {
   keepalive_timeout 300s;
   upstream up {
     server $up_ip:$up_port;
-    keepalive $((max_wrk_conns > 32 ? max_wrk_conns : 32));
+    keepalive $max_wrk_conns;
     keepalive_requests 100000000;
     keepalive_timeout 300s;
   }
