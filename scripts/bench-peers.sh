@@ -346,8 +346,8 @@ url_of() { # mode -> base URL of the upstream as that mode's client sees it
 
 # hello_start and hello_count: for newconn, the share of the client's TLS
 # handshakes with the proxy that resumed a session (resumed_pct: TLS 1.3,
-# a ServerHello with pre_shared_key; TLS 1.2, a ServerHello without a
-# Certificate after it) and that were TLS 1.3 (tls13_pct: a ServerHello
+# a ServerHello with pre_shared_key; TLS 1.2, one that echoes the
+# ClientHello's session ID) and that were TLS 1.3 (tls13_pct: a ServerHello
 # with supported_versions), from a capture on lo of the packets that
 # start with a TLS handshake record (wrk to nginx and to Sluice run on lo;
 # the proxies' upstream connections on the veth are not counted). Needs
@@ -364,16 +364,18 @@ hello_count() { # file test mode
   [ -n "$hello_pid" ] || return 0
   sleep 0.2
   stop_pid "$hello_pid"
-  tshark -r "$1" -Y 'tls.handshake.type == 2' -T fields -E separator=';' \
-    -e tls.handshake.type -e tls.handshake.extension.type 2>/dev/null |
+  tshark -r "$1" -Y 'tls.handshake.type == 1 || tls.handshake.type == 2' -T fields -E separator=';' \
+    -e tcp.stream -e tls.handshake.type -e tls.handshake.session_id -e tls.handshake.extension.type 2>/dev/null |
     awk -F';' -v t="$2" -v m="$3" '
       function has(list, v) { return ("," list ",") ~ ("," v ",") }
-      {
+      has($2, 1) { sid[$1] = $3; next }          # ClientHello: its session ID
+      has($2, 2) {                               # ServerHello
         n++
-        if (has($2, 43)) { v13++; if (has($2, 41)) res++ } # TLS 1.3: PSK accepted
-        else if (!has($1, 11)) res++                       # TLS 1.2: no certificate sent
+        if (has($4, 43)) { v13++; if (has($4, 41)) res++ }  # TLS 1.3: PSK accepted
+        else if ($3 != "" && $3 == sid[$1]) res++          # TLS 1.2: session ID echoed
       }
-      END { if (n > 0) printf "%s %s resumed_pct %.1f\n%s %s tls13_pct %.1f\n", t, m, 100 * res / n, t, m, 100 * v13 / n }' >>"$results"
+      END { if (n > 0) printf "%s %s resumed_pct %.1f\n%s %s tls13_pct %.1f\n", t, m, 100 * res / n, t, m, 100 * v13 / n }' >>"$results" ||
+    echo "newconn $3: could not read the handshake capture" >&2
   rm -f "$1"
 }
 
