@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime/metrics"
 	"testing"
 
 	"github.com/sluicehq/sluice/config"
@@ -26,7 +27,10 @@ import (
 // a full handshake each time (the leaf from the cache, a signature). Client, proxy and upstream share
 // this process; allocs/op and B/op are mostly the proxy's (the client's
 // and the upstream's are constant), cpu-us/op is the process's CPU time
-// per connection (the client's handshake included).
+// per connection (the client's handshake included), goroutines/op the
+// goroutines started per connection (the harness's accept loop starts one
+// per connection as the agent's does; the upstream's HTTP server one per
+// request).
 func BenchmarkNewConn(b *testing.B) {
 	tca := newTestCA(b, "upstream test CA")
 	// Port 443, as wrk's connections have: to another port the proxy
@@ -115,7 +119,7 @@ func BenchmarkNewConn(b *testing.B) {
 			}
 			b.ReportAllocs()
 			b.SetParallelism(2)
-			cpu0 := processCPU()
+			cpu0, g0 := processCPU(), goroutinesCreated()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
@@ -127,6 +131,14 @@ func BenchmarkNewConn(b *testing.B) {
 			})
 			b.StopTimer()
 			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+			b.ReportMetric(float64(goroutinesCreated()-g0)/float64(b.N), "goroutines/op")
 		})
 	}
+}
+
+// goroutinesCreated is how many goroutines the process has started.
+func goroutinesCreated() uint64 {
+	s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
 }

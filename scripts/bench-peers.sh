@@ -16,9 +16,11 @@
 #   keep-alive HTTP/1.1 (wrk) req/s, p50, p99 at each of CONNS connections,
 #   the proxy's CPU per request (utime+stime of its processes from
 #   /proc/PID/stat), new TLS connections per second (wrk, Connection:
-#   close), h2 req/s (h2load), one large download in MB/s (curl), KiB of
-#   proxy memory per idle TLS connection, and h1 at 32 connections through
-#   the explicit proxy (a Go client: wrk and h2load cannot use a proxy).
+#   close; with dumpcap and tshark also the share of those handshakes
+#   that resumed a session and that were TLS 1.3), h2 req/s (h2load), one
+#   large download in MB/s (curl), KiB of proxy memory per idle TLS
+#   connection, and h1 at 32 connections through the explicit proxy (a Go
+#   client: wrk and h2load cannot use a proxy).
 # Every figure is also printed as a ratio to nginx's figure of the same run.
 #
 # Missing tools: the apt-get line is printed; BENCH_INSTALL=1 runs it.
@@ -38,6 +40,8 @@
 # BENCH_BASE=path/to/an/older/sluice adds a "base" mode: that binary
 # transparent, interleaved with the others, for before/after figures of a
 # change within one run (column T×base).
+# nginx speaks TLS 1.2 and 1.3 on both sides (BENCH_NGINX_PROTOCOLS,
+# "TLSv1.2 TLSv1.3"; nginx 1.22's own default stops at TLS 1.2).
 # BENCH_AUDIT_FLUSH (100ms): Sluice's audit.flushInterval and nginx's
 # access_log flush= (with buffer=64k), so both write their logs in
 # batches; 0 has both write each line at once.
@@ -97,7 +101,11 @@ if [ "$idle_n" -gt "$max_conns" ]; then
   echo "idle connections: $idle_n lowered to $max_conns (open-file hard limit $hard)" >&2
   idle_n=$max_conns
 fi
-max_wrk_conns=0
+# nginx keeps as many idle upstream connections as requests can be in
+# flight at once: the most wrk connections, and h2load's 32 x 10 streams
+# (with fewer, BENCH_CONNS=32 had nginx re-dial, with a full handshake,
+# most of its h2 requests' upstream connections).
+max_wrk_conns=320
 for c in $conns; do [ "$c" -gt "$max_wrk_conns" ] && max_wrk_conns=$c; done
 
 ns=sluice-bp-$$
@@ -173,6 +181,14 @@ if [ "$audit_flush" != 0 ]; then
   sluice_flush="  flushInterval: $audit_flush"
 fi
 mkdir -p "$work/nginx"
+# TLS 1.3 on both of nginx's sides, as Sluice speaks it and nginx 1.23.4+
+# does by default (1.22's default stops at TLS 1.2): a TLS 1.2 client
+# resuming a session does no key exchange at all (an abbreviated
+# handshake), one resuming in TLS 1.3 an (EC)DHE (psk_dhe_ke, the only
+# mode OpenSSL's and Go's clients offer), so newconn would compare
+# different handshakes. BENCH_NGINX_PROTOCOLS="TLSv1.2" measures
+# against 1.22's TLS 1.2 default instead.
+nginx_protocols=${BENCH_NGINX_PROTOCOLS:-"TLSv1.2 TLSv1.3"}
 cat > "$work/nginx.conf.in" <<NGINX
 worker_processes auto;
 worker_rlimit_nofile $hard;
@@ -188,7 +204,7 @@ http {
   keepalive_timeout 300s;
   upstream up {
     server $up_ip:$up_port;
-    keepalive $((max_wrk_conns > 32 ? max_wrk_conns : 32));
+    keepalive $max_wrk_conns;
     keepalive_requests 100000000;
     keepalive_timeout 300s;
   }
@@ -196,6 +212,7 @@ http {
     listen 127.0.0.1:__PORT__ ssl http2;
     ssl_certificate $work/nginx.pem;
     ssl_certificate_key $work/nginx.key;
+    ssl_protocols $nginx_protocols;
     location / {
       proxy_pass https://up;
       proxy_http_version 1.1;
@@ -205,6 +222,7 @@ http {
       proxy_ssl_name api.bench.test;
       proxy_ssl_server_name on;
       proxy_ssl_session_reuse on;
+      proxy_ssl_protocols $nginx_protocols;
       proxy_max_temp_file_size 0;
     }
   }
@@ -326,14 +344,56 @@ url_of() { # mode -> base URL of the upstream as that mode's client sees it
   esac
 }
 
+# hello_start and hello_count: for newconn, the share of the client's TLS
+# handshakes with the proxy that resumed a session (resumed_pct: TLS 1.3,
+# a ServerHello with pre_shared_key; TLS 1.2, one that echoes the
+# ClientHello's session ID) and that were TLS 1.3 (tls13_pct: a ServerHello
+# with supported_versions), from a capture on lo of the packets that
+# start with a TLS handshake record (wrk to nginx and to Sluice run on lo;
+# the proxies' upstream connections on the veth are not counted). Needs
+# dumpcap and tshark (Debian tshark); without them it is not measured.
+hello_start() { # file
+  hello_pid=
+  command -v dumpcap >/dev/null && command -v tshark >/dev/null || return 0
+  dumpcap -q -i lo -s 256 -f 'tcp[((tcp[12] & 0xf0) >> 2)] = 0x16' -w "$1" >/dev/null 2>&1 &
+  hello_pid=$!
+  pids+=("$hello_pid")
+  for _ in $(seq 50); do [ -s "$1" ] && return 0; sleep 0.1; done
+}
+hello_count() { # file test mode
+  [ -n "$hello_pid" ] || return 0
+  sleep 0.2
+  stop_pid "$hello_pid"
+  tshark -r "$1" -Y 'tls.handshake.type == 1 || tls.handshake.type == 2' -T fields -E separator=';' \
+    -e tcp.stream -e tls.handshake.type -e tls.handshake.session_id -e tls.handshake.extension.type 2>/dev/null |
+    awk -F';' -v t="$2" -v m="$3" '
+      function has(list, v) { return ("," list ",") ~ ("," v ",") }
+      has($2, 1) { sid[$1] = $3; next }          # ClientHello: its session ID
+      has($2, 2) {                               # ServerHello
+        n++
+        if (has($4, 43)) { v13++; if (has($4, 41)) res++ }  # TLS 1.3: PSK accepted
+        else if ($3 != "" && $3 == sid[$1]) res++          # TLS 1.2: session ID echoed
+      }
+      END { if (n > 0) printf "%s %s resumed_pct %.1f\n%s %s tls13_pct %.1f\n", t, m, 100 * res / n, t, m, 100 * v13 / n }' >>"$results" ||
+    echo "newconn $3: could not read the handshake capture" >&2
+  rm -f "$1"
+}
+
 wrk_run() { # test mode conns [extra wrk args]
   local test=$1 mode=$2 c=$3 out
   shift 3
   profile_name=$test-c$c-r$r
+  local hellos=
+  if [ "$test" = newconn ] && [ "$mode" != direct ]; then
+    hellos=$work/hello.pcapng
+    hello_start "$hellos"
+  fi
   out=$(run_client "$mode" wrk -t 2 -c "$c" -d "${dur}s" --timeout 10s --latency "$@" "$(url_of "$mode")/") || {
     echo "wrk $test $mode $c failed: $out" >&2
+    [ -z "$hellos" ] || hello_count "$hellos" "$test/c$c" "$mode"
     return 0
   }
+  [ -z "$hellos" ] || hello_count "$hellos" "$test/c$c" "$mode"
   local rps req p50 p99 cpu
   rps=$(awk '/^Requests\/sec:/{print $2}' <<<"$out")
   req=$(awk '/requests in/{print $1}' <<<"$out")
