@@ -178,7 +178,6 @@ func (a *Agent) event(e bpf.SluiceEvent, now time.Time, comms commNames) Event {
 		Dst:      netip.AddrPortFrom(addr, e.Port),
 		Protocol: e.Protocol, PID: int(e.Pid), UID: e.Uid, Comm: comms.name(e.Comm),
 		CgroupID: e.CgroupId, Cgroup: a.names.lookup(e.CgroupId, int(e.Pid)),
-		NetnsCookie: e.NetnsCookie, Cookie: e.Cookie,
 		meta:      a.opts.Metadata,
 		startTime: e.StartTime, execID: e.ExecId, exes: a.exes,
 	}
