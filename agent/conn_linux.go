@@ -74,9 +74,8 @@ func (a *Agent) reportRedirect(o bpf.SluiceOrigin, dst workload.Destination, id 
 		Time: time.Now(), Verdict: Redirected, Reason: ReasonPort,
 		Dst: dst.Addr, Protocol: unix.IPPROTO_TCP,
 		PID: id.PID, UID: id.UID, Comm: id.Comm, CgroupID: o.CgroupId, Cgroup: id.Cgroup,
-		NetnsCookie: o.NetnsCookie,
-		meta:        a.opts.Metadata,
-		startTime:   o.StartTime, execID: o.ExecId, exes: a.exes,
+		meta:      a.opts.Metadata,
+		startTime: o.StartTime, execID: o.ExecId, exes: a.exes,
 	})
 }
 

@@ -171,11 +171,7 @@ type Event struct {
 	Comm     string
 	CgroupID uint64
 	// Cgroup is the cgroup path of CgroupID, when it could be named.
-	Cgroup      string
-	NetnsCookie uint64
-	// Cookie is the socket cookie; 0 for a redirect to the proxy, which
-	// is reported from its origin (Options.OnEvent).
-	Cookie uint64
+	Cgroup string
 	// Host is the name of agent.bypassHosts the destination was learned
 	// for (reason bypass_host); empty otherwise.
 	Host string

@@ -27,7 +27,6 @@ func probeKernel() error {
 		{"LPM trie maps", "4.11", func() error { return features.HaveMapType(ebpf.LPMTrie) }},
 		{"LRU hash maps", "4.10", func() error { return features.HaveMapType(ebpf.LRUHash) }},
 		{"bpf_getsockopt in sock_addr programs (SO_MARK check)", "5.8", helper(ebpf.CGroupSockAddr, asm.FnGetsockopt)},
-		{"bpf_get_netns_cookie in sock_addr programs", "5.7", helper(ebpf.CGroupSockAddr, asm.FnGetNetnsCookie)},
 		{"bpf_get_current_cgroup_id in sock_addr programs", "5.7", helper(ebpf.CGroupSockAddr, asm.FnGetCurrentCgroupId)},
 		{"bpf_ringbuf_reserve in sock_addr programs", "5.8", helper(ebpf.CGroupSockAddr, asm.FnRingbufReserve)},
 		{"bpf_sock_ops_cb_flags_set in sockops programs", "4.16", helper(ebpf.SockOps, asm.FnSockOpsCbFlagsSet)},

@@ -57,22 +57,22 @@ static __always_inline int sendmsg_decide(struct bpf_sock_addr *ctx, struct sett
 	if (cidr == CIDR_BYPASS)
 		return 1;
 	fill_identity(ctx, o);
-	cookie = bpf_get_socket_cookie(ctx);
 	if (o->port == QUIC_PORT_) {
 		if (!(s->flags & SET_REFUSE_QUIC))
 			return 1;
-		emit(ctx, o, VERDICT_DENIED, REASON_QUIC, cookie);
+		emit(ctx, o, VERDICT_DENIED, REASON_QUIC);
 		return 0;
 	}
 	if (!s->dns_port)
 		return 1;
 	if (!can_intercept) {
-		emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
+		emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT);
 		return 0;
 	}
+	cookie = bpf_get_socket_cookie(ctx);
 	if (bpf_map_update_elem(&sluice_origins, &cookie, o, BPF_ANY) < 0) {
 		map_error(MAP_ERR_ORIGINS);
-		emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
+		emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT);
 		return 0;
 	}
 	*rewrite = 1;

@@ -79,7 +79,7 @@ static __always_inline void egress_drop(struct __sk_buff *skb, struct origin *o,
 	*last = now;
 	o->cgroup_id = bpf_skb_cgroup_id(skb);
 	o->uid = bpf_get_socket_uid(skb);
-	emit_event(o, VERDICT_DENIED, REASON_DENY_CIDR_PACKET, bpf_get_socket_cookie(skb), proto);
+	emit_event(o, VERDICT_DENIED, REASON_DENY_CIDR_PACKET, proto);
 }
 
 SEC("cgroup_skb/egress")

@@ -27,7 +27,7 @@ static __always_inline void emit_mark_forged(struct bpf_sockopt *ctx)
 	bpf_get_current_comm(o.comm, sizeof(o.comm));
 	if (sk)
 		protocol = sk->protocol;
-	emit_event(&o, VERDICT_DENIED, REASON_MARK_FORGED, 0, protocol);
+	emit_event(&o, VERDICT_DENIED, REASON_MARK_FORGED, protocol);
 }
 
 SEC("cgroup/setsockopt")

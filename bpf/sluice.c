@@ -125,7 +125,6 @@ struct origin {
 	__u32 uid;
 	__u32 _pad;
 	__u64 cgroup_id;
-	__u64 netns_cookie;
 	char comm[16];
 	__u64 start_time;      /* the process's start (group leader's start_time, ns since boot) */
 	__u64 exec_id;         /* the task's self_exec_id: +1 at each execve */
@@ -149,8 +148,6 @@ struct event {
 	__u32 uid;
 	__u32 protocol;
 	__u64 cgroup_id;
-	__u64 netns_cookie;
-	__u64 cookie;
 	char comm[16];
 	__u64 start_time;      /* as in struct origin */
 	__u64 exec_id;
@@ -356,7 +353,6 @@ const volatile __u32 have_task_btf = 0;
  * cleared here as the helper does). Without it, the helpers. */
 static __always_inline void fill_identity(struct bpf_sock_addr *ctx, struct origin *o)
 {
-	o->netns_cookie = bpf_get_netns_cookie(ctx);
 	if (have_task_btf) {
 		struct task_struct *t = bpf_get_current_task_btf();
 		const struct cred *c = t->cred;
@@ -375,7 +371,7 @@ static __always_inline void fill_identity(struct bpf_sock_addr *ctx, struct orig
 
 /* Bytes of waiting events that wake the agent (a quarter of the ring,
  * some 2,500 events), and the bytes one event takes in the ring (8-byte
- * header, 8-byte aligned). The reader looks every 20 ms anyway, so this
+ * header, 8-byte aligned). The reader looks every 8 ms anyway, so this
  * mark only matters in a burst; each wake-up is an IPI (a VM exit on a
  * virtual machine) that costs more than a run of the program, and at 4
  * KiB one connect in 40 paid it. */
@@ -385,7 +381,7 @@ static __always_inline void fill_identity(struct bpf_sock_addr *ctx, struct orig
 /* emit_event queues one event; a full ring buffer is counted in
  * sluice_drops. */
 static __always_inline void emit_event(const struct origin *o, __u8 verdict,
-				       __u8 reason, __u64 cookie, __u32 protocol)
+				       __u8 reason, __u32 protocol)
 {
 	struct event *e = bpf_ringbuf_reserve(&sluice_events, sizeof(*e), 0);
 	if (!e) {
@@ -403,8 +399,6 @@ static __always_inline void emit_event(const struct origin *o, __u8 verdict,
 	e->uid = o->uid;
 	e->protocol = protocol;
 	e->cgroup_id = o->cgroup_id;
-	e->netns_cookie = o->netns_cookie;
-	e->cookie = cookie;
 	__builtin_memcpy(e->comm, o->comm, 16);
 	e->start_time = o->start_time;
 	e->exec_id = o->exec_id;
@@ -422,9 +416,9 @@ static __always_inline void emit_event(const struct origin *o, __u8 verdict,
 }
 
 static __always_inline void emit(struct bpf_sock_addr *ctx, const struct origin *o,
-				 __u8 verdict, __u8 reason, __u64 cookie)
+				 __u8 verdict, __u8 reason)
 {
-	emit_event(o, verdict, reason, cookie, ctx->protocol);
+	emit_event(o, verdict, reason, ctx->protocol);
 }
 
 static __always_inline int intercepted_port(struct settings *s, __u16 port)
@@ -480,63 +474,69 @@ static __always_inline int denied_addrport(const __u8 *addr, __u16 port)
  * intercept address. It returns 0 to refuse the connect, 1 to let it
  * proceed, and sets *rewrite to the intercept port (after storing the
  * origin by cookie) when the destination must become the proxy (or, for
- * port 53, the DNS server). */
+ * port 53, the DNS server). The socket cookie is read only to store an
+ * origin: a socket's first read generates its cookie, and the other
+ * decisions need none. */
 static __always_inline int decide(struct bpf_sock_addr *ctx, struct settings *s,
-				  struct origin *o, __u8 cidr, __u64 cookie,
+				  struct origin *o, __u8 cidr,
 				  int can_intercept, __u16 *rewrite)
 {
+	__u64 cookie;
+
 	int stream = ctx->type == SOCK_STREAM_ && ctx->protocol == IPPROTO_TCP_;
 	int dgram = ctx->type == SOCK_DGRAM_ && ctx->protocol == IPPROTO_UDP_;
 
 	if (cidr == CIDR_DENY) {
-		emit(ctx, o, VERDICT_DENIED, REASON_DENY_CIDR, cookie);
+		emit(ctx, o, VERDICT_DENIED, REASON_DENY_CIDR);
 		return 0;
 	}
 	if (denied_addrport(o->addr, o->port)) {
-		emit(ctx, o, VERDICT_DENIED, REASON_DENY_ADDR_PORT, cookie);
+		emit(ctx, o, VERDICT_DENIED, REASON_DENY_ADDR_PORT);
 		return 0;
 	}
 	if (agent_socket(ctx, s, o->cgroup_id))
 		return 1;
 	if (dgram && o->port == QUIC_PORT_ && (s->flags & SET_REFUSE_QUIC)) {
-		emit(ctx, o, VERDICT_DENIED, REASON_QUIC, cookie);
+		emit(ctx, o, VERDICT_DENIED, REASON_QUIC);
 		return 0;
 	}
 	if (!stream && !(dgram && o->port == DNS_PORT_ && s->dns_port)) {
-		emit(ctx, o, VERDICT_DIRECT, REASON_NOT_TCP, cookie);
+		emit(ctx, o, VERDICT_DIRECT, REASON_NOT_TCP);
 		return 1;
 	}
 	if (cidr == CIDR_BYPASS) {
-		emit(ctx, o, VERDICT_DIRECT, REASON_BYPASS_CIDR, cookie);
+		emit(ctx, o, VERDICT_DIRECT, REASON_BYPASS_CIDR);
 		return 1;
 	}
 	if (o->port == DNS_PORT_ && s->dns_port) {
 		if (!can_intercept) {
-			emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
+			emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT);
 			return 0;
 		}
+		cookie = bpf_get_socket_cookie(ctx);
 		if (bpf_map_update_elem(&sluice_origins, &cookie, o, BPF_ANY) < 0) {
 			map_error(MAP_ERR_ORIGINS);
-			emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
+			emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT);
 			return 0;
 		}
-		emit(ctx, o, VERDICT_REDIRECTED, REASON_DNS, cookie);
+		emit(ctx, o, VERDICT_REDIRECTED, REASON_DNS);
 		*rewrite = s->dns_port;
 		return 1;
 	}
 	if (!intercepted_port(s, o->port)) {
-		emit(ctx, o, VERDICT_DIRECT, REASON_PORT_NOT_INTERCEPTED, cookie);
+		emit(ctx, o, VERDICT_DIRECT, REASON_PORT_NOT_INTERCEPTED);
 		return 1;
 	}
 	/* Never rewrite to an address that was not verified local, and never
 	 * let an intercepted connection bypass the proxy. */
 	if (!can_intercept) {
-		emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
+		emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT);
 		return 0;
 	}
+	cookie = bpf_get_socket_cookie(ctx);
 	if (bpf_map_update_elem(&sluice_origins, &cookie, o, BPF_ANY) < 0) {
 		map_error(MAP_ERR_ORIGINS);
-		emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT, cookie);
+		emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT);
 		return 0;
 	}
 	/* No event: the proxy reads this origin when it accepts the
@@ -572,7 +572,6 @@ static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s
 				   __u64 cg, __u32 ip, __u16 port, __u16 *rewrite)
 {
 	struct origin o = {};
-	__u64 cookie;
 
 	/* Already steered by a descendant cgroup's attachment: leave it,
 	 * whatever the deny list says. */
@@ -584,9 +583,8 @@ static __always_inline int decide4(struct bpf_sock_addr *ctx, struct settings *s
 	o.family = AF_INET;
 	o.cgroup_id = cg;
 	fill_identity(ctx, &o);
-	cookie = bpf_get_socket_cookie(ctx);
 
-	return decide(ctx, s, &o, cidr4(ip), cookie, s->flags & SET_V4, rewrite);
+	return decide(ctx, s, &o, cidr4(ip), s->flags & SET_V4, rewrite);
 }
 
 SEC("cgroup/connect4")
@@ -649,14 +647,13 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 		return 1; /* already steered by a descendant's attachment */
 
 	struct origin o = {};
-	__u64 cookie = bpf_get_socket_cookie(ctx);
 	__builtin_memcpy(o.addr, w, 16);
 	o.port = port;
 	o.family = AF_INET6;
 	o.cgroup_id = cg;
 	fill_identity(ctx, &o);
 
-	int ret = decide(ctx, s, &o, cidr6(o.addr), cookie, s->flags & SET_V6, &rewrite);
+	int ret = decide(ctx, s, &o, cidr6(o.addr), s->flags & SET_V6, &rewrite);
 	if (!rewrite)
 		return ret;
 	__u32 iw[4];

@@ -22,20 +22,18 @@ const (
 )
 
 type SluiceEvent struct {
-	_           structs.HostLayout
-	Addr        [16]uint8
-	Port        uint16
-	Verdict     uint8
-	Reason      uint8
-	Pid         uint32
-	Uid         uint32
-	Protocol    uint32
-	CgroupId    uint64
-	NetnsCookie uint64
-	Cookie      uint64
-	Comm        [16]int8
-	StartTime   uint64
-	ExecId      uint64
+	_         structs.HostLayout
+	Addr      [16]uint8
+	Port      uint16
+	Verdict   uint8
+	Reason    uint8
+	Pid       uint32
+	Uid       uint32
+	Protocol  uint32
+	CgroupId  uint64
+	Comm      [16]int8
+	StartTime uint64
+	ExecId    uint64
 }
 
 type SluiceLpm4Key struct {
@@ -60,18 +58,17 @@ const (
 )
 
 type SluiceOrigin struct {
-	_           structs.HostLayout
-	Addr        [16]uint8
-	Port        uint16
-	Family      uint16
-	Pid         uint32
-	Uid         uint32
-	Pad         uint32
-	CgroupId    uint64
-	NetnsCookie uint64
-	Comm        [16]int8
-	StartTime   uint64
-	ExecId      uint64
+	_         structs.HostLayout
+	Addr      [16]uint8
+	Port      uint16
+	Family    uint16
+	Pid       uint32
+	Uid       uint32
+	Pad       uint32
+	CgroupId  uint64
+	Comm      [16]int8
+	StartTime uint64
+	ExecId    uint64
 }
 
 type SluicePeerKey struct {

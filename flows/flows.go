@@ -161,10 +161,12 @@ func (c *Counts) add(d obs) {
 			c.Decisions = make(map[string]int64, 4)
 		}
 		k := d.decision
-		if _, ok := c.Decisions[k]; !ok && len(c.Decisions) >= maxDecisionKeys {
-			k = "other"
+		if len(c.Decisions) >= maxDecisionKeys {
+			if _, ok := c.Decisions[k]; !ok {
+				k = "other"
+			}
 		}
-		c.Decisions[k]++
+		c.Decisions[k]++ // one look-up while the keys are below the bound
 	}
 }
 
@@ -210,6 +212,28 @@ type row struct {
 	r     Row // Destinations unused here
 	dests map[string]*Dest
 	order []string // insertion order of dests, for "other" folding
+	// byAddr finds the destination a connect event (an address, no
+	// host) counts under: for each Addr of dests, the first destination
+	// that took it (a port alone is the AddrPort with no address). At
+	// most one entry per destination.
+	byAddr map[netip.AddrPort]*Dest
+}
+
+// destAddr is a destination's address as the table is told it: ip:port,
+// or a port alone (no valid address), or nothing (the zero value). Its
+// text, Dest.Addr, is made only when a destination takes it.
+type destAddr netip.AddrPort
+
+// String is Dest.Addr of a: "ip:port", ":port", or "".
+func (a destAddr) String() string {
+	ap := netip.AddrPort(a)
+	switch {
+	case ap.Addr().IsValid():
+		return ap.String()
+	case ap.Port() != 0:
+		return ":" + strconv.Itoa(int(ap.Port()))
+	}
+	return ""
 }
 
 var _ audit.Sink = (*Table)(nil)
@@ -250,33 +274,43 @@ func (t *Table) Record(r *audit.Record) {
 	if r.MCPMethod == "tools/call" && r.MCPTool != "" {
 		c.tool, c.toolErr = r.MCPTool, r.MCPErrorCode != 0
 	}
-	var addr string
-	if r.DstIP.IsValid() {
-		addr = netip.AddrPortFrom(r.DstIP, r.Port).String()
-	} else if r.Port != 0 && r.Host == "" {
-		addr = ":" + strconv.Itoa(int(r.Port))
+	var addr destAddr
+	if r.DstIP.IsValid() || (r.Port != 0 && r.Host == "") {
+		addr = destAddr(netip.AddrPortFrom(r.DstIP, r.Port))
 	}
 	host := r.Host
 	if host == "" {
 		host = r.DNSName // the name the workload resolved to the address
 	}
-	t.observe(r.Workload, host, addr, c)
+	t.observe(t.o.Now(), r.Workload, host, addr, c)
 }
 
 // Connect records one kernel connect event of process pid (comm, cgroup
 // path relative to the cgroup2 mount) to dst with the hook's decision.
 func (t *Table) Connect(pid int, comm, cgroup string, dst netip.AddrPort, decision string) {
-	t.ConnectIdentity(workload.Identity{PID: pid, Comm: comm, Cgroup: cgroup}, dst, decision)
+	t.ConnectAt(t.o.Now(), pid, comm, cgroup, dst, decision)
+}
+
+// ConnectAt is Connect for an event the caller has timed: seen at at
+// (the agent reads the clock once per batch of events, and a clock read
+// per event costs as much as the rest of Connect). A time older than
+// what the process's row or the destination last saw leaves theirs.
+func (t *Table) ConnectAt(at time.Time, pid int, comm, cgroup string, dst netip.AddrPort, decision string) {
+	t.connect(at, workload.Identity{PID: pid, Comm: comm, Cgroup: cgroup}, dst, decision)
 }
 
 // ConnectIdentity is Connect for a caller that has already resolved the
 // workload (container id, pod).
 func (t *Table) ConnectIdentity(id workload.Identity, dst netip.AddrPort, decision string) {
-	addr := ""
+	t.connect(t.o.Now(), id, dst, decision)
+}
+
+func (t *Table) connect(at time.Time, id workload.Identity, dst netip.AddrPort, decision string) {
+	var addr destAddr
 	if dst.IsValid() {
-		addr = dst.String()
+		addr = destAddr(dst)
 	}
-	t.observe(id, "", addr, obs{connects: 1, decision: decision})
+	t.observe(at, id, "", addr, obs{connects: 1, decision: decision})
 }
 
 func keyOf(id workload.Identity) key {
@@ -290,14 +324,15 @@ func keyOf(id workload.Identity) key {
 	return key{cgroup: id.Cgroup, who: who}
 }
 
-func (t *Table) observe(id workload.Identity, host, addr string, c obs) {
-	now := t.o.Now()
+func (t *Table) observe(now time.Time, id workload.Identity, host string, addr destAddr, c obs) {
 	k := keyOf(id)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.expireLocked(now)
 	var rw *row
-	if el, ok := t.rows[k]; ok {
+	if front := t.lru.Front(); front != nil && front.Value.(*row).k == k {
+		rw = front.Value.(*row) // the row seen last, as in a run of events
+	} else if el, ok := t.rows[k]; ok {
 		t.lru.MoveToFront(el)
 		rw = el.Value.(*row)
 	} else {
@@ -307,53 +342,74 @@ func (t *Table) observe(id workload.Identity, host, addr string, c obs) {
 			delete(t.rows, back.Value.(*row).k)
 			t.evicted++
 		}
-		rw = &row{k: k, dests: make(map[string]*Dest), r: Row{FirstSeen: now}}
+		rw = &row{k: k, dests: make(map[string]*Dest), byAddr: make(map[netip.AddrPort]*Dest), r: Row{FirstSeen: now}}
 		t.rows[k] = t.lru.PushFront(rw)
 	}
 	rw.merge(id)
-	rw.r.LastSeen = now
+	if now.After(rw.r.LastSeen) {
+		rw.r.LastSeen = now
+	}
 	rw.r.Counts.add(c)
 	d := rw.dest(host, addr, t.o.MaxDests)
 	d.Counts.add(c)
-	d.LastSeen = now
+	if now.After(d.LastSeen) {
+		d.LastSeen = now
+	}
 	if c.tool != "" {
 		d.addTool(c)
 	}
 }
 
-// merge keeps the richest identity seen for the row.
+// merge keeps the richest identity seen for the row. The row's
+// Workload is named again only when what names it changed (a process
+// that connects again and again costs no cgroup path parse).
 func (rw *row) merge(id workload.Identity) {
 	r := &rw.r
-	set := func(dst *string, v string) {
-		if v != "" {
-			*dst = v
-		}
-	}
 	if id.PID != 0 {
 		r.PID = id.PID
 	}
 	set(&r.Comm, id.Comm)
 	set(&r.Exe, id.Exe)
-	set(&r.Cgroup, id.Cgroup)
-	set(&r.ContainerID, id.ContainerID)
-	set(&r.Container, id.Container)
 	set(&r.Image, id.Image)
-	set(&r.Namespace, id.Namespace)
-	set(&r.Pod, id.Pod)
+	named := set(&r.Cgroup, id.Cgroup)
+	named = set(&r.ContainerID, id.ContainerID) || named
+	named = set(&r.Container, id.Container) || named
+	named = set(&r.Namespace, id.Namespace) || named
+	named = set(&r.Pod, id.Pod) || named
 	if id.Client.IsValid() {
 		r.Client = id.Client.Addr().String()
 	}
-	r.Workload = workload.Identity{Cgroup: r.Cgroup, ContainerID: r.ContainerID, Container: r.Container, Namespace: r.Namespace, Pod: r.Pod}.Name()
+	if named || r.Workload == "" {
+		r.Workload = workload.Identity{Cgroup: r.Cgroup, ContainerID: r.ContainerID, Container: r.Container, Namespace: r.Namespace, Pod: r.Pod}.Name()
+	}
+}
+
+// set stores v, when not empty, in *dst, and reports whether *dst changed.
+func set(dst *string, v string) bool {
+	if v == "" || *dst == v {
+		return false
+	}
+	*dst = v
+	return true
 }
 
 // dest finds or creates the destination for host/addr. A destination first
 // seen only by address (a connect event) takes the host name of the first
 // record that names it.
-func (rw *row) dest(host, addr string, max int) *Dest {
+func (rw *row) dest(host string, a destAddr, max int) *Dest {
+	if host == "" && a != (destAddr{}) {
+		// A connect event for an address a destination already has
+		// (named by a record, or by an earlier event).
+		if d, ok := rw.byAddr[netip.AddrPort(a)]; ok {
+			return d
+		}
+	}
+	addr := a.String()
 	if host != "" {
 		if d, ok := rw.dests[host]; ok {
-			if d.Addr == "" {
+			if d.Addr == "" && addr != "" {
 				d.Addr = addr
+				rw.index(a, d)
 			}
 			return d
 		}
@@ -367,14 +423,6 @@ func (rw *row) dest(host, addr string, max int) *Dest {
 				}
 			}
 			return d
-		}
-	}
-	if host == "" && addr != "" {
-		// A connect event for an address a record has already named.
-		for _, d := range rw.dests {
-			if d.Addr == addr {
-				return d
-			}
 		}
 	}
 	k := host
@@ -396,7 +444,18 @@ func (rw *row) dest(host, addr string, max int) *Dest {
 	d := &Dest{Host: host, Addr: addr}
 	rw.dests[k] = d
 	rw.order = append(rw.order, k)
+	if addr != "" {
+		rw.index(a, d)
+	}
 	return d
+}
+
+// index records that d has address a, unless a destination took it
+// before.
+func (rw *row) index(a destAddr, d *Dest) {
+	if _, ok := rw.byAddr[netip.AddrPort(a)]; !ok {
+		rw.byAddr[netip.AddrPort(a)] = d
+	}
 }
 
 func (t *Table) expireLocked(now time.Time) {

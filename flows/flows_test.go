@@ -235,3 +235,57 @@ func TestToolsPastMaxToolsFold(t *testing.T) {
 		t.Errorf("t0 %d calls (want 2), %s %d (want 3)", calls["t0"], flows.OtherTool, calls[flows.OtherTool])
 	}
 }
+
+// BenchmarkConnect is the table's share of a kernel connect event (the
+// node calls ConnectAt for each, with the event's time): one process
+// connecting in turn to 20 destinations, some named by records before.
+func BenchmarkConnect(b *testing.B) {
+	tb := flows.New(flows.Options{})
+	id := workload.Identity{PID: 7, Comm: "worker", Cgroup: "/sluice-run-1234"}
+	var dsts []netip.AddrPort
+	for i := range 20 {
+		dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}), 443)
+		dsts = append(dsts, dst)
+		if i%2 == 0 {
+			tb.Record(&audit.Record{Kind: audit.KindHTTP, Workload: id, Host: fmt.Sprintf("h%d.example", i), DstIP: dst.Addr(), Port: dst.Port(), Decision: "allow"})
+		}
+	}
+	now := time.Now()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		tb.ConnectAt(now, id.PID, id.Comm, id.Cgroup, dsts[i%len(dsts)], "direct")
+		i++
+	}
+}
+
+// Connect events to more addresses than MaxDests fold into "other", and
+// an address two hosts share counts its connects under the first host
+// that named it.
+func TestConnectsFoldAndJoinFirstHost(t *testing.T) {
+	tb := flows.New(flows.Options{MaxDests: 3})
+	id := workload.Identity{PID: 7, Comm: "worker", Cgroup: "/run"}
+	shared := netip.MustParseAddrPort("192.0.2.1:443")
+	for _, h := range []string{"a.example", "b.example"} {
+		tb.Record(&audit.Record{Kind: audit.KindHTTP, Workload: id, Host: h, DstIP: shared.Addr(), Port: shared.Port(), Decision: "allow"})
+	}
+	for i := range 50 {
+		tb.ConnectIdentity(id, shared, "redirected")
+		tb.ConnectIdentity(id, netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)}), 443), "direct")
+	}
+	rows := tb.Snapshot().Rows
+	if len(rows) != 1 {
+		t.Fatalf("rows %+v", rows)
+	}
+	connects := map[string]int64{}
+	for _, d := range rows[0].Destinations {
+		connects[d.Name()] = d.Connects
+	}
+	want := map[string]int64{"a.example": 50, "b.example": 0, "192.0.2.10:443": 1, flows.OtherDest: 49}
+	if fmt.Sprint(connects) != fmt.Sprint(want) {
+		t.Errorf("connects by destination %v, want %v", connects, want)
+	}
+	if rows[0].Connects != 100 {
+		t.Errorf("row connects %d, want 100 (folding keeps totals)", rows[0].Connects)
+	}
+}

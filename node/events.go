@@ -24,7 +24,7 @@ type eventSink struct {
 // agent.Options.OnEvent requires.
 func (s *eventSink) event(e agent.Event) {
 	s.metrics.ConnectEvent(string(e.Verdict))
-	s.flows.Connect(e.PID, e.Comm, e.Cgroup, e.Dst, string(e.Verdict))
+	s.flows.ConnectAt(e.Time, e.PID, e.Comm, e.Cgroup, e.Dst, string(e.Verdict))
 	if e.Verdict == agent.Redirected {
 		return // the proxy records it
 	}
