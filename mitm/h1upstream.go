@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -274,7 +275,7 @@ func (uc *h1UpConn) leftover() bool {
 	if _, ok := uc.conn.(*tls.Conn); ok {
 		_ = uc.conn.SetReadDeadline(aLongTimeAgo)
 		_, err := uc.br.Peek(1)
-		if err == nil || !isTimeout(err) {
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 			return true
 		}
 	} else if !uc.deadline {
