@@ -2,8 +2,11 @@ package mitm
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -269,6 +272,83 @@ type h1Conn struct {
 	// idleSince is when net/http began waiting for the next request.
 	idleSince time.Time
 	pk        parkLinks // while in the server's parkSet
+
+	up upWatch // the upstream exchange of the request being served
+}
+
+// upWatch aborts the upstream exchange of the request a handler serves
+// when the client's connection fails meanwhile (h1Pool.exchange), as a
+// context.AfterFunc on the request's context would, without one per
+// request. net/http cancels a request's context when its background read
+// of the client's connection fails (the client left, or the flow's end
+// closed the connection) and when the handler returns; the handler's own
+// goroutine sees the rest. A read error of the client's connection
+// arrives here just before net/http cancels the context: the abort waits
+// for that, so whoever sees the aborted exchange sees the context ended.
+type upWatch struct {
+	mu     sync.Mutex
+	ctx    context.Context // the watched exchange's request context; nil: none
+	abort  func()
+	fired  bool // abort ran for the watched exchange
+	failed bool // a read of the client's connection failed (sticky)
+	stop   func() bool
+}
+
+// watch starts watching the exchange that abort ends, for the request of
+// context ctx; stop (c.up.stop) ends it and reports false when abort ran.
+func (c *h1Conn) watch(ctx context.Context, abort func()) func() bool {
+	w := &c.up
+	w.mu.Lock()
+	w.ctx, w.abort, w.fired = ctx, abort, false
+	failed := w.failed
+	if w.stop == nil {
+		w.stop = c.unwatch
+	}
+	w.mu.Unlock()
+	if failed {
+		go c.abortWhenDone(ctx)
+	}
+	return w.stop
+}
+
+// unwatch ends the watch; false: abort ran.
+func (c *h1Conn) unwatch() bool {
+	w := &c.up
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	fired := w.fired
+	w.ctx, w.abort, w.fired = nil, nil, false
+	return !fired
+}
+
+// readFailed notes a failed read of the client's connection. A deadline
+// (net/http's end of its background read, a header or idle timeout) is
+// not a failure.
+func (c *h1Conn) readFailed(err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return
+	}
+	w := &c.up
+	w.mu.Lock()
+	w.failed = true
+	ctx := w.ctx
+	w.mu.Unlock()
+	if ctx != nil {
+		go c.abortWhenDone(ctx)
+	}
+}
+
+// abortWhenDone aborts the exchange watched for ctx once ctx ends (at
+// the latest when the handler returns, and then nothing is watched).
+func (c *h1Conn) abortWhenDone(ctx context.Context) {
+	<-ctx.Done()
+	w := &c.up
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ctx == ctx && !w.fired {
+		w.fired = true
+		w.abort()
+	}
 }
 
 func newH1Conn(c net.Conn, fl *flow) *h1Conn {
@@ -292,6 +372,9 @@ func (c *h1Conn) Read(b []byte) (int, error) {
 		c.mu.Lock()
 		c.fr.feed(b[:n])
 		c.mu.Unlock()
+	}
+	if err != nil {
+		c.readFailed(err)
 	}
 	return n, err
 }

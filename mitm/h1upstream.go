@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -133,7 +134,7 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 	if uc.abort == nil {
 		uc.abort = uc.abortNow
 	}
-	stop := context.AfterFunc(ctx, uc.abort)
+	stop := watchRequest(ctx, req.r, uc.abort)
 	fail := func(err error, retry bool) (*http.Response, bool, error) {
 		stop()
 		uc.conn.Close()
@@ -202,6 +203,23 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 		resp.Body = b
 	}
 	return resp, false, nil
+}
+
+// watchRequest runs abort when the request's context ends, until the
+// returned stop, which reports false when abort ran. A request an
+// HTTP/1.1 client connection of the proxy's carries, with net/http's
+// context for it (no deadline of its own), is watched by that connection
+// (h1Conn.watch), which costs no allocation; any other by
+// context.AfterFunc.
+func watchRequest(ctx context.Context, r *http.Request, abort func()) func() bool {
+	if r.ProtoMajor == 1 {
+		if f, _ := ctx.Value(flowKey{}).(*flow); f != nil && f.h1 != nil {
+			if _, ok := ctx.Deadline(); !ok {
+				return f.h1.watch(ctx, abort)
+			}
+		}
+	}
+	return context.AfterFunc(ctx, abort)
 }
 
 // abortNow ends any read or write on the connection at once (the
@@ -274,7 +292,7 @@ func (uc *h1UpConn) leftover() bool {
 	if _, ok := uc.conn.(*tls.Conn); ok {
 		_ = uc.conn.SetReadDeadline(aLongTimeAgo)
 		_, err := uc.br.Peek(1)
-		if err == nil || !isTimeout(err) {
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 			return true
 		}
 	} else if !uc.deadline {

@@ -275,6 +275,41 @@ func TestH1UpstreamClientLeaves(t *testing.T) {
 	}
 }
 
+// TestH1UpstreamProxyStops: a proxy that stops while the upstream
+// thinks ends the upstream request too (its connection is closed), not
+// only the client's.
+func TestH1UpstreamProxyStops(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	started, ended := make(chan struct{}), make(chan struct{})
+	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		select {
+		case <-r.Context().Done():
+			close(ended)
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	h := newHarness(t, tca, nil)
+	c := h.client(false)
+	c.Timeout = 10 * time.Second
+	go func() {
+		if resp, err := c.Get(fmt.Sprintf("https://api.test:%d/slow", up.addr.Port())); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	select {
+	case <-started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request did not reach the upstream")
+	}
+	h.cancel()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream request went on after the proxy stopped")
+	}
+}
+
 // TestH1UpstreamEarlyHints: informational answers before the final one
 // are dropped, as net/http's Transport drops them; the final one arrives
 // whole and the connection is reused.
