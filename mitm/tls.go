@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"time"
 
@@ -267,6 +268,15 @@ func (f *flow) serveDecrypted(tc *tls.Conn, t *target, name string) {
 }
 
 func isTimeout(err error) bool {
+	if err == nil {
+		return false
+	}
+	// A deadline's error first: it is the common one (net/http ends its
+	// background read of every request with one), and errors.As's target
+	// would escape to the heap per call.
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
