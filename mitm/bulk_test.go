@@ -8,8 +8,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -121,6 +123,50 @@ func TestLargeBodyCut(t *testing.T) {
 			rec := h.recs.wait(t, "cut", func(r audit.Record) bool { return r.Path == path && r.BytesOut != 0 })
 			if rec.Reason != audit.ReasonResponseTooLarge || rec.BytesOut != limit {
 				t.Errorf("record reason %q bytes_out %d; want %q %d", rec.Reason, rec.BytesOut, audit.ReasonResponseTooLarge, limit)
+			}
+		})
+	}
+}
+
+// TestStalledClientDroppedMidBody: a client that stops reading in the
+// middle of a long download is dropped once a write has waited
+// IdleTimeout, and a slow one that keeps reading is not (the write
+// deadline is pushed out as the body flows, not left at its first
+// value), over HTTP/1.1 and HTTP/2.
+func TestStalledClientDroppedMidBody(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	const size = 256 << 20
+	body := bulkPattern(size)
+	const idle = 400 * time.Millisecond
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(idle) })
+	for _, clientH2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("client h2=%v", clientH2), func(t *testing.T) {
+			up := startUpstream(t, tca, clientH2, bulkHandler(body))
+			path := fmt.Sprintf("/len/%d/%v", size, clientH2)
+			resp := bulkGet(t, h, up, path, clientH2)
+			defer resp.Body.Close()
+			// Read slowly past bulkAfter (each pause shorter than idle: the
+			// client is slow, not gone), then stop.
+			buf := make([]byte, 256<<10)
+			read := 0
+			for read < 2*bulkAfter {
+				n, err := io.ReadFull(resp.Body, buf)
+				read += n
+				if err != nil {
+					t.Fatalf("after %d bytes: %v", read, err)
+				}
+				if read%(512<<10) == 0 {
+					time.Sleep(idle / 4)
+				}
+			}
+			stalled := time.Now()
+			rec := h.recs.wait(t, "stalled client", func(r audit.Record) bool { return r.Path == path })
+			took := time.Since(stalled)
+			if rec.End != audit.EndClientClosed || rec.BytesOut >= size || rec.BytesOut < int64(read) {
+				t.Errorf("record end %q bytes_out %d (client read %d of %d); want %q", rec.End, rec.BytesOut, read, size, audit.EndClientClosed)
+			}
+			if took > idle+3*time.Second {
+				t.Errorf("dropped %s after the client stopped reading; want within %s", took, idle)
 			}
 		})
 	}
