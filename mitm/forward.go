@@ -48,10 +48,10 @@ type responseCopy struct {
 	// idle, when set, bounds every write: a client that stops reading
 	// is dropped after idle.
 	idle time.Duration
-	// until is the write deadline last set; it is pushed out only when
-	// it is within idle of now plus deadlineSlack, so a long download
-	// does not set one per write (an HTTP/2 stream's is a message to its
-	// connection's goroutine).
+	// until is the write deadline last set. It is pushed out, to idle
+	// plus deadlineSlack from now, only once it is less than idle away:
+	// a long download does not set one per write (an HTTP/2 stream's is
+	// a message to its connection's goroutine).
 	until time.Time
 }
 
@@ -64,7 +64,7 @@ const deadlineSlack = 10 * time.Millisecond
 func (bc *responseCopy) copy(body io.Reader) (written int64, readErr, writeErr error) {
 	bp, pool := copyBufs.Get().(*[]byte), &copyBufs
 	defer func() { pool.Put(bp) }()
-	buf := *bp
+	buf := bc.trim(*bp)
 	for {
 		n, err := body.Read(buf)
 		if n > 0 {
@@ -80,12 +80,18 @@ func (bc *responseCopy) copy(body io.Reader) (written int64, readErr, writeErr e
 		if pool == &copyBufs && written >= bulkAfter {
 			copyBufs.Put(bp)
 			bp, pool = bulkBufs.Get().(*[]byte), &bulkBufs
-			buf = *bp
-			if bc.h2 { // whole frames that fill whole records
-				buf = buf[:len(buf)/h2RecordData*h2RecordData]
-			}
+			buf = bc.trim(*bp)
 		}
 	}
+}
+
+// trim is buf cut, for an HTTP/2 client, to whole frames of
+// h2RecordData: a full read then leaves no short frame behind.
+func (bc *responseCopy) trim(buf []byte) []byte {
+	if bc.h2 {
+		return buf[:len(buf)/h2RecordData*h2RecordData]
+	}
+	return buf
 }
 
 // write writes p to the client in pieces: of h2RecordData over HTTP/2,
