@@ -30,7 +30,7 @@ var (
 
 const (
 	bulkAfter = 1 << 20
-	bulkBuf   = 256 << 10
+	bulkBuf   = 64 << 10
 )
 
 // h2RecordData is the most payload an HTTP/2 DATA frame can carry and
