@@ -18,7 +18,109 @@ import (
 	"github.com/sluicehq/sluice/audit"
 )
 
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// A response body is copied through a pooled buffer: a small one first,
+// and a large one once the body has passed bulkAfter bytes, so a long
+// download costs fewer reads and writes (and, from an HTTP/2 upstream,
+// fewer WINDOW_UPDATE frames: the Transport sends one per read of 4 KiB
+// or more), while the many short or slow bodies hold only a small one.
+var (
+	copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+	bulkBufs = sync.Pool{New: func() any { b := make([]byte, bulkBuf); return &b }}
+)
+
+const (
+	bulkAfter = 1 << 20
+	bulkBuf   = 64 << 10
+)
+
+// h2RecordData is the most payload an HTTP/2 DATA frame can carry and
+// still fit, with its 9-byte frame header, in one TLS record of 16 KiB:
+// a full 16 KiB frame takes a second record (and a second write system
+// call) for its last 9 bytes.
+const h2RecordData = 16<<10 - 9
+
+// responseCopy copies a response body to the client.
+type responseCopy struct {
+	w     http.ResponseWriter
+	rc    *http.ResponseController // set when idle or flush is
+	h2    bool                     // the client speaks HTTP/2: writes of at most h2RecordData
+	flush bool                     // every piece goes out as soon as it is read
+	// idle, when set, bounds every write: a client that stops reading
+	// is dropped after idle.
+	idle time.Duration
+	// until is the write deadline last set. It is pushed out, to idle
+	// plus deadlineSlack from now, only once it is less than idle away:
+	// a long download does not set one per write (an HTTP/2 stream's is
+	// a message to its connection's goroutine).
+	until time.Time
+}
+
+// deadlineSlack is how much later than idle after its last write a
+// stalled client may be dropped.
+const deadlineSlack = 10 * time.Millisecond
+
+// copy copies body to the client until either side fails or body ends
+// (readErr io.EOF); written counts what the client's writer accepted.
+func (bc *responseCopy) copy(body io.Reader) (written int64, readErr, writeErr error) {
+	bp, pool := copyBufs.Get().(*[]byte), &copyBufs
+	defer func() { pool.Put(bp) }()
+	buf := bc.trim(*bp)
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			m, werr := bc.write(buf[:n])
+			written += int64(m)
+			if werr != nil {
+				return written, nil, werr
+			}
+		}
+		if err != nil {
+			return written, err, nil
+		}
+		if pool == &copyBufs && written >= bulkAfter {
+			copyBufs.Put(bp)
+			bp, pool = bulkBufs.Get().(*[]byte), &bulkBufs
+			buf = bc.trim(*bp)
+		}
+	}
+}
+
+// trim is buf cut, for an HTTP/2 client, to whole frames of
+// h2RecordData: a full read then leaves no short frame behind.
+func (bc *responseCopy) trim(buf []byte) []byte {
+	if bc.h2 {
+		return buf[:len(buf)/h2RecordData*h2RecordData]
+	}
+	return buf
+}
+
+// write writes p to the client in pieces: of h2RecordData over HTTP/2,
+// else of at most 32 KiB, each with its write deadline.
+func (bc *responseCopy) write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		k := min(len(p), 32<<10)
+		if bc.h2 {
+			k = min(k, h2RecordData)
+		}
+		if bc.idle > 0 {
+			if now := time.Now(); bc.until.Sub(now) < bc.idle {
+				bc.until = now.Add(bc.idle + deadlineSlack)
+				_ = bc.rc.SetWriteDeadline(bc.until)
+			}
+		}
+		m, err := bc.w.Write(p[:k])
+		written += m
+		if err == nil && bc.flush {
+			err = bc.rc.Flush()
+		}
+		if err != nil {
+			return written, err
+		}
+		p = p[k:]
+	}
+	return written, nil
+}
 
 var errResponseHeaderTimeout = errors.New("upstream response header timeout")
 
@@ -301,33 +403,11 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 	if streaming {
 		_ = rc.Flush()
 	}
-	idle := x.f.p.cfg.IdleTimeout.D()
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	buf := *bp
-	var written int64
-	var readErr, writeErr error
-	for {
-		n, err := resp.Body.Read(buf)
-		if n > 0 {
-			if guard {
-				_ = rc.SetWriteDeadline(time.Now().Add(idle))
-			}
-			m, werr := w.Write(buf[:n])
-			written += int64(m)
-			if werr == nil && streaming {
-				werr = rc.Flush()
-			}
-			if werr != nil {
-				writeErr = werr
-				break
-			}
-		}
-		if err != nil {
-			readErr = err
-			break
-		}
+	bc := responseCopy{w: w, rc: rc, h2: r.ProtoMajor == 2, flush: streaming}
+	if guard {
+		bc.idle = x.f.p.cfg.IdleTimeout.D()
 	}
+	written, readErr, writeErr := bc.copy(resp.Body)
 	rec.BytesOut = written
 	switch cut := asCut(readErr); {
 	case cut != nil:

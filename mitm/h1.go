@@ -3,6 +3,7 @@ package mitm
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -259,6 +260,10 @@ type h1Conn struct {
 
 	closeOnce sync.Once
 	onClose   func() // run once, after the first Close
+	// stuck: a write timed out (the client stopped reading). Close then
+	// closes the socket under TLS at once: crypto/tls's Close would wait
+	// up to 5 s more to write a close_notify alert into the full socket.
+	stuck atomic.Bool
 
 	// Parking (see h1Server, park.go): at a request boundary, net/http's
 	// read for the next request of an idle keep-alive connection gets EOF
@@ -394,7 +399,11 @@ func (c *h1Conn) Write(b []byte) (int, error) {
 			}
 		}
 	}
-	return c.Conn.Write(b)
+	n, err := c.Conn.Write(b)
+	if err != nil && isTimeout(err) {
+		c.stuck.Store(true)
+	}
+	return n, err
 }
 
 // parserError records an answer net/http's server gave on its own.
@@ -493,13 +502,33 @@ func (c *h1Conn) Close() error {
 		c.park()
 		return nil
 	}
-	err := c.Conn.Close()
+	var err error
+	if c.stuck.Load() {
+		err = closeUnderTLS(c.Conn)
+	} else {
+		err = c.Conn.Close()
+	}
 	c.closeOnce.Do(func() {
 		if c.onClose != nil {
 			c.onClose()
 		}
 	})
 	return err
+}
+
+// closeUnderTLS closes the connection under c's TLS session, with no
+// close_notify alert; c when it has none.
+func closeUnderTLS(c net.Conn) error {
+	for {
+		switch v := c.(type) {
+		case *tls.Conn:
+			return v.NetConn().Close()
+		case *peekedConn:
+			c = v.Conn
+		default:
+			return c.Close()
+		}
+	}
 }
 
 // CloseWrite half-closes the underlying connection when it can.

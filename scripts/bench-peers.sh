@@ -428,6 +428,7 @@ h2_run() { # mode
 }
 
 stream_run() { # mode
+  profile_name=stream-r$r
   local mode=$1 out ca=() proxy=()
   case $mode in
     direct | nginx) ca=(--cacert "$work/ca.pem") ;;
