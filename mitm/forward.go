@@ -446,8 +446,17 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 // asCut is the *Cut in err's chain, nil when there is none; the end of a
 // body (io.EOF) costs no search.
 func asCut(err error) *Cut {
+	if err == nil || err == io.EOF {
+		return nil
+	}
+	return findCut(err)
+}
+
+// findCut searches err's chain; its own function, so the target that
+// escapes to errors.As is allocated only when there is a chain to search.
+func findCut(err error) *Cut {
 	var cut *Cut
-	if err == nil || err == io.EOF || !errors.As(err, &cut) {
+	if !errors.As(err, &cut) {
 		return nil
 	}
 	return cut
