@@ -297,6 +297,12 @@ type upWatch struct {
 	fired  bool // abort ran for the watched exchange
 	failed bool // a read of the client's connection failed (sticky)
 	stop   func() bool
+	// flowStop ends the connection's one context.AfterFunc on its flow's
+	// context (set at its first watch, ended when it closes): the flow's
+	// end (the proxy stopping, the tunnel ending) aborts the watched
+	// exchange even when no read of the client's connection fails, as
+	// with a pipelined request waiting in net/http's buffer.
+	flowStop func() bool
 }
 
 // watch starts watching the exchange that abort ends, for the request of
@@ -308,6 +314,7 @@ func (c *h1Conn) watch(ctx context.Context, abort func()) func() bool {
 	failed := w.failed
 	if w.stop == nil {
 		w.stop = c.unwatch
+		w.flowStop = context.AfterFunc(c.fl.ctx, c.flowEnded)
 	}
 	w.mu.Unlock()
 	if failed {
@@ -340,6 +347,18 @@ func (c *h1Conn) readFailed(err error) {
 	w.mu.Unlock()
 	if ctx != nil {
 		go c.abortWhenDone(ctx)
+	}
+}
+
+// flowEnded aborts the watched exchange: its request's context derives
+// from the flow's, which has ended.
+func (c *h1Conn) flowEnded() {
+	w := &c.up
+	w.mu.Lock()
+	ctx := w.ctx
+	w.mu.Unlock()
+	if ctx != nil {
+		c.abortWhenDone(ctx)
 	}
 }
 
@@ -509,6 +528,11 @@ func (c *h1Conn) Close() error {
 		err = c.Conn.Close()
 	}
 	c.closeOnce.Do(func() {
+		c.up.mu.Lock()
+		if c.up.flowStop != nil {
+			c.up.flowStop()
+		}
+		c.up.mu.Unlock()
 		if c.onClose != nil {
 			c.onClose()
 		}

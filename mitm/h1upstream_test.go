@@ -310,6 +310,44 @@ func TestH1UpstreamProxyStops(t *testing.T) {
 	}
 }
 
+// TestH1UpstreamProxyStopsPipelined: the same with a second request
+// pipelined behind the first. net/http's background read then has its
+// byte and reads no more, so no failed read of the client's connection
+// says the flow ended: the connection's watch must see the flow's end
+// itself.
+func TestH1UpstreamProxyStopsPipelined(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	started, ended := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		once.Do(func() { close(started) })
+		select {
+		case <-r.Context().Done():
+			close(ended)
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	h := newHarness(t, tca, nil)
+	host := fmt.Sprintf("api.test:%d", up.addr.Port())
+	tc := connectTLS(t, h, "api.test", up.addr.Port())
+	// Both requests in one write: the second waits in the server's buffer.
+	get := "GET /slow HTTP/1.1\r\nHost: " + host + "\r\n\r\n"
+	if _, err := io.WriteString(tc, get+get); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request did not reach the upstream")
+	}
+	h.cancel()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream request went on after the proxy stopped (pipelined client)")
+	}
+}
+
 // TestH1UpstreamEarlyHints: informational answers before the final one
 // are dropped, as net/http's Transport drops them; the final one arrives
 // whole and the connection is reused.
