@@ -49,7 +49,9 @@ type Agent struct {
 	lns  []net.Listener
 	// dnsSrvs serve Options.DNS on agent.dnsPort (none without it).
 	dnsSrvs []*dns.Server
-	rb      *ringbuf.Reader
+	// dnsTCP holds the origins of the open TCP connections to dnsSrvs.
+	dnsTCP dnsTCPOrigins
+	rb     *ringbuf.Reader
 	// bypassNames are agent.bypassHosts; bypass the addresses learned
 	// for them (nil without any).
 	bypassNames hostMatcher

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/miekg/dns"
@@ -43,6 +45,7 @@ func (a *Agent) listenDNS() error {
 			pc.Close()
 			return fmt.Errorf("listen on dns address %s/tcp: %w", ap, err)
 		}
+		ln = dnsListener{Listener: ln, set: &a.dnsTCP}
 		for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
 			a.dnsSrvs = append(a.dnsSrvs, s)
 			a.wg.Add(1)
@@ -63,11 +66,14 @@ func (a *Agent) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	var id *workload.Identity
 	peer, network, ok := remote(w)
 	if ok {
-		m := a.objs.SluiceDnsPeers // UDP: written by egress per datagram
+		var o bpf.SluiceOrigin
+		var err error
 		if network == "tcp" {
-			m = a.objs.SluicePeers // TCP: written by sockops, dropped at close
+			o, err = a.dnsTCP.origin(peer, func() (bpf.SluiceOrigin, error) { return a.takeOriginWait(peer, dnsOriginWait) })
+		} else {
+			// UDP: written by egress per datagram.
+			o, err = a.peekOrigin(a.objs.SluiceDnsPeers, peer, dnsOriginWait)
 		}
-		o, err := a.peekOrigin(m, peer, dnsOriginWait)
 		if err == nil {
 			_, got := a.describe(o, peer)
 			id = &got
@@ -101,4 +107,111 @@ func (a *Agent) peekOrigin(m *ebpf.Map, peer netip.AddrPort, wait time.Duration)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// takeOriginWait reads and deletes the sluice_peers entry of peer,
+// waiting up to wait for it to appear.
+func (a *Agent) takeOriginWait(peer netip.AddrPort, wait time.Duration) (bpf.SluiceOrigin, error) {
+	k := bpf.SluicePeerKey{Addr: peer.Addr().As16(), Port: peer.Port()}
+	var o bpf.SluiceOrigin
+	kb := unsafe.Slice((*byte)(unsafe.Pointer(&k)), unsafe.Sizeof(k))
+	ob := unsafe.Slice((*byte)(unsafe.Pointer(&o)), unsafe.Sizeof(o))
+	deadline := time.Now().Add(wait)
+	for {
+		err := a.takeOrigin(kb, ob)
+		if err == nil {
+			return o, nil
+		}
+		if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return o, fmt.Errorf("look up dns origin of %s: %w", peer, err)
+		}
+		if time.Now().After(deadline) {
+			return o, fmt.Errorf("look up dns origin of %s: %w", peer, errNoOrigin)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// dnsTCPOrigins holds the origin of each open TCP connection to the DNS
+// server. sockops keeps a connection's sluice_peers entry past the
+// workload's close (the proxy may accept it later: sluice.c), so the DNS
+// server takes the entry out of the kernel's map at the connection's
+// first query and keeps it here until the connection closes. Left in the
+// map, it would name whichever process next connects straight to the
+// DNS port from the same {ip, port}.
+type dnsTCPOrigins struct {
+	mu sync.Mutex
+	m  map[netip.AddrPort]*dnsTCPOrigin
+}
+
+// dnsTCPOrigin is one connection's origin, taken once.
+type dnsTCPOrigin struct {
+	once sync.Once
+	o    bpf.SluiceOrigin
+	err  error
+}
+
+func (s *dnsTCPOrigins) add(peer netip.AddrPort, o *dnsTCPOrigin) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = make(map[netip.AddrPort]*dnsTCPOrigin)
+	}
+	s.m[peer] = o
+}
+
+func (s *dnsTCPOrigins) remove(peer netip.AddrPort, o *dnsTCPOrigin) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m[peer] == o {
+		delete(s.m, peer)
+	}
+}
+
+// origin is the origin of the open connection from peer, taken with take
+// at its first query.
+func (s *dnsTCPOrigins) origin(peer netip.AddrPort, take func() (bpf.SluiceOrigin, error)) (bpf.SluiceOrigin, error) {
+	s.mu.Lock()
+	o := s.m[peer]
+	s.mu.Unlock()
+	if o == nil {
+		return bpf.SluiceOrigin{}, fmt.Errorf("look up dns origin of %s: %w", peer, errNoOrigin)
+	}
+	o.once.Do(func() { o.o, o.err = take() })
+	return o.o, o.err
+}
+
+// dnsListener registers each accepted connection in set until it closes.
+type dnsListener struct {
+	net.Listener
+	set *dnsTCPOrigins
+}
+
+func (l dnsListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return c, err
+	}
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return c, nil // never registered: its queries find no origin
+	}
+	ap := ta.AddrPort()
+	dc := &dnsConn{Conn: c, set: l.set, peer: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), o: &dnsTCPOrigin{}}
+	l.set.add(dc.peer, dc.o)
+	return dc, nil
+}
+
+// dnsConn leaves its set when it closes.
+type dnsConn struct {
+	net.Conn
+	set   *dnsTCPOrigins
+	peer  netip.AddrPort
+	o     *dnsTCPOrigin
+	close sync.Once
+}
+
+func (c *dnsConn) Close() error {
+	c.close.Do(func() { c.set.remove(c.peer, c.o) })
+	return c.Conn.Close()
 }

@@ -442,3 +442,101 @@ func TestAgentDNSGetaddrinfo(t *testing.T) {
 		t.Errorf("NamesFor(%s) = %v, want [api.test]", apiTest4, names)
 	}
 }
+
+// dnsTCPFromPortPy asks the resolver at argv[1] for api.test over TCP
+// from source port argv[2] and prints its pid and the answer's rcode.
+const dnsTCPFromPortPy = `
+import json, os, socket, struct, sys
+hdr = struct.pack('>HHHHHH', 0x4242, 0x0100, 1, 0, 0, 0)
+m = hdr + b'\x03api\x04test\x00' + struct.pack('>HH', 1, 1)
+t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", int(sys.argv[2])))
+t.settimeout(5)
+t.connect((sys.argv[1], int(sys.argv[3])))
+t.sendall(struct.pack('>H', len(m)) + m)
+n = struct.unpack('>H', t.recv(2))[0]
+data = b''
+while len(data) < n:
+    data += t.recv(n - len(data))
+t.close()
+print(json.dumps({"pid": os.getpid(), "rcode": data[3] & 0xf}))
+`
+
+// A TCP DNS query leaves its sender's origin in the kernel's map (sockops
+// keeps it past the close, for connections the proxy accepts late); the
+// agent's DNS server takes it out at the query, so a process outside
+// every selected cgroup that later connects straight to the DNS port from
+// the same address and port is not taken for the workload: its query is
+// refused and no record names the workload for it.
+func TestAgentDNSTCPOriginNotInherited(t *testing.T) {
+	e := newAgentEnv(t)
+	res := e.tp.Hosts[1]
+	startTestResolver(t, res, nil)
+	cur := &policy.Current{}
+	eng, err := policy.Parse([]byte("version: 1\n"), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur.Store(eng)
+	recs := &dnsRecords{}
+	srv, err := agent.NewDNSServer(agent.DNSOptions{
+		Upstreams: []netip.AddrPort{netip.AddrPortFrom(res.IP4, 53)},
+		CacheSize: 100, Policy: cur, Audit: recs,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.opts.DNS = srv
+	e.cfg.DNSPort = 15053
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	const port = "41234"
+	query := func(inCgroup bool, dst string, dport uint16) (pid, rcode int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cmd := e.tp.Hosts[0].Exec(ctx, "python3", "-c", dnsTCPFromPortPy, dst, port, fmt.Sprint(dport))
+		var out, errb strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		done := func() {}
+		if inCgroup {
+			done = e.cg.Command(t, cmd)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done()
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("dns client: %v\n%s", err, errb.String())
+		}
+		var r struct{ PID, Rcode int }
+		if err := json.Unmarshal([]byte(out.String()), &r); err != nil {
+			t.Fatalf("client output %q: %v", out.String(), err)
+		}
+		return r.PID, r.Rcode
+	}
+	victim, rcode := query(true, res.IP4.String(), 53)
+	if rcode != dns.RcodeSuccess {
+		t.Fatalf("the workload's query: rcode %d", rcode)
+	}
+	// The attacker: not in the selected cgroup, same address and port,
+	// straight to the agent's DNS port.
+	attacker, rcode := query(false, e.cfg.InterceptIPv4.String(), e.cfg.DNSPort)
+	if rcode != dns.RcodeRefused {
+		t.Errorf("the unselected process's query: rcode %d, want REFUSED", rcode)
+	}
+	for _, r := range recs.all() {
+		if r.Workload.PID == victim && r.Workload.Cgroup == e.cg.Path {
+			victim = -1 // the workload's own record, once
+			continue
+		}
+		if r.Workload.Cgroup == e.cg.Path || r.Workload.PID != 0 {
+			t.Errorf("a record names a workload for the query of pid %d: %+v", attacker, r.Workload)
+		}
+	}
+	if victim != -1 {
+		t.Errorf("no record of the workload's own query: %+v", recs.all())
+	}
+}
