@@ -157,6 +157,12 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 		_ = uc.conn.SetReadDeadline(time.Time{})
 		uc.deadline = false
 	}
+	// An abort that came before the deadline above was overwritten by it:
+	// the request's end must still end the wait (it is done before abort
+	// runs, so checking after setting the deadline misses none).
+	if ctx.Err() != nil {
+		return fail(ctx.Err(), false)
+	}
 	uc.lim.n = maxResponseHeaderBytes // the head (and any 1xx) must fit; lifted below
 	if _, err := uc.br.Peek(1); err != nil {
 		if isTimeout(err) && ctx.Err() == nil {
