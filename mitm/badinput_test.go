@@ -25,6 +25,12 @@ import (
 // session (HTTP/1.1) trusting Sluice's CA.
 func connectTLS(t *testing.T, h *harness, host string, port uint16) *tls.Conn {
 	t.Helper()
+	return connectTLSProto(t, h, host, port, "http/1.1")
+}
+
+// connectTLSProto is connectTLS offering ALPN proto only.
+func connectTLSProto(t *testing.T, h *harness, host string, port uint16, proto string) *tls.Conn {
+	t.Helper()
 	c, err := net.DialTimeout("tcp", h.url.Host, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -39,7 +45,7 @@ func connectTLS(t *testing.T, h *harness, host string, port uint16) *tls.Conn {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(h.ca.BundlePEM())
-	tc := tls.Client(c, &tls.Config{ServerName: host, RootCAs: pool, NextProtos: []string{"http/1.1"}})
+	tc := tls.Client(c, &tls.Config{ServerName: host, RootCAs: pool, NextProtos: []string{proto}})
 	if err := tc.Handshake(); err != nil {
 		t.Fatalf("TLS through the proxy: %v", err)
 	}

@@ -5,13 +5,18 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/pcap"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -167,6 +172,123 @@ func TestStalledClientDroppedMidBody(t *testing.T) {
 			}
 			if took > idle+3*time.Second {
 				t.Errorf("dropped %s after the client stopped reading; want within %s", took, idle)
+			}
+		})
+	}
+}
+
+// TestStalledClientDroppedMidBodyCaptured: the same over HTTP/1.1 with the
+// flow captured to pcapng. The capture's tap sits between the client's
+// TLS session and its socket; the timed-out connection is still closed
+// under TLS (no close_notify into a full socket, which waited 5 s).
+func TestStalledClientDroppedMidBodyCaptured(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	w, err := pcap.Create(filepath.Join(t.TempDir(), "f.pcapng"), pcap.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := &fakeDecider{conn: func(c *policy.Conn) policy.ConnDecision {
+		return policy.ConnDecision{Action: policy.Decrypt, Decision: policy.Decision{Rule: "test", Reason: "test allows", Capture: true, CaptureSecrets: true}}
+	}}
+	const size = 256 << 20
+	body := bulkPattern(size)
+	const idle = 400 * time.Millisecond
+	h := newHarness(t, tca, dec, func(c *config.Proxy, d *Deps) { c.IdleTimeout = config.Duration(idle); d.Capture = w })
+	up := startUpstream(t, tca, false, bulkHandler(body))
+	for i := 0; i < 3; i++ { // the 5 s wait came when the socket was full at close: not every time
+		path := fmt.Sprintf("/len/%d/cap%d", size, i)
+		resp := bulkGet(t, h, up, path, false)
+		buf := make([]byte, 256<<10)
+		for read := 0; read < 2*bulkAfter; {
+			n, err := io.ReadFull(resp.Body, buf)
+			read += n
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		stalled := time.Now()
+		h.recs.wait(t, "stalled client", func(r audit.Record) bool { return r.Path == path })
+		if took := time.Since(stalled); took > idle+3*time.Second {
+			t.Errorf("round %d: dropped %s after the client stopped reading; want within %s", i, took, idle)
+		}
+		resp.Body.Close()
+	}
+}
+
+// TestH2ClientStoppingItsSocketDropped: an HTTP/2 client that opens its
+// flow-control windows wide and then stops reading its socket blocks the
+// connection's writes, not its stream's: the connection is closed after
+// IdleTimeout without a byte written, and the exchange is recorded then,
+// not when the client finally closes (before: never, while it held on).
+func TestH2ClientStoppingItsSocketDropped(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	body := bulkPattern(256 << 20)
+	const idle = 400 * time.Millisecond
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(idle) })
+	up := startUpstream(t, tca, true, bulkHandler(body))
+	path := fmt.Sprintf("/len/%d/stall", len(body))
+	tc := connectTLSProto(t, h, "api.test", up.addr.Port(), "h2")
+	if _, err := io.WriteString(tc, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(tc, tc)
+	_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	_ = fr.WriteWindowUpdate(0, 1<<31-1-65535)
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", fmt.Sprintf("api.test:%d", up.addr.Port())}, {":path", path}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+	for { // read up to the first DATA frame, then stop reading
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := f.(*http2.DataFrame); ok {
+			break
+		}
+	}
+	stalled := time.Now()
+	rec := h.recs.wait(t, "stalled h2 client", func(r audit.Record) bool { return r.Path == path })
+	// crypto/tls's Close may still wait up to 5 s to send close_notify
+	// into the full socket (x/net closes the connection it was given).
+	if took := time.Since(stalled); took > idle+8*time.Second {
+		t.Errorf("recorded %s after the client stopped reading its socket; want within %s (plus crypto/tls's close)", took, idle)
+	}
+	if rec.BytesOut >= int64(len(body)) {
+		t.Errorf("bytes_out %d: the whole body, from a client that stopped reading", rec.BytesOut)
+	}
+}
+
+// TestQuietStreamSurvives: an event stream whose upstream is quiet for
+// longer than IdleTimeout between events, read at once by its client, is
+// not a stalled client: every event arrives, over HTTP/1.1 and HTTP/2
+// (whose stream deadline is a timer that would fire while the handler
+// waits for the upstream).
+func TestQuietStreamSurvives(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	const idle = 400 * time.Millisecond
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(idle) })
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) {
+			up := startUpstream(t, tca, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "text/event-stream")
+				for i := 0; i < 3; i++ {
+					fmt.Fprintf(w, "data: %d\n\n", i)
+					w.(http.Flusher).Flush()
+					time.Sleep(3 * idle)
+				}
+			}))
+			path := fmt.Sprintf("/sse/%v", h2)
+			resp := bulkGet(t, h, up, path, h2)
+			defer resp.Body.Close()
+			if b, err := io.ReadAll(resp.Body); err != nil || string(b) != "data: 0\n\ndata: 1\n\ndata: 2\n\n" {
+				t.Errorf("client read %q, %v; want all three events", b, err)
+			}
+			rec := h.recs.wait(t, "event stream", func(r audit.Record) bool { return r.Path == path })
+			if rec.End == audit.EndClientClosed || rec.Error != "" {
+				t.Errorf("record end %q error %q: the stream was cut", rec.End, rec.Error)
 			}
 		})
 	}

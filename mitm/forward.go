@@ -113,6 +113,14 @@ func (bc *responseCopy) write(p []byte) (int, error) {
 		written += m
 		if err == nil && bc.flush {
 			err = bc.rc.Flush()
+			if err == nil && bc.h2 && !bc.until.IsZero() {
+				// An HTTP/2 stream's deadline is a timer on the stream:
+				// left armed while the handler waits for the upstream's
+				// next event, it would reset a stream that is only
+				// quiet. A stream's is armed only while it writes.
+				bc.until = time.Time{}
+				_ = bc.rc.SetWriteDeadline(time.Time{})
+			}
 		}
 		if err != nil {
 			return written, err

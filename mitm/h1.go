@@ -549,6 +549,8 @@ func closeUnderTLS(c net.Conn) error {
 			return v.NetConn().Close()
 		case *peekedConn:
 			c = v.Conn
+		case interface{ NetConn() net.Conn }: // a capture's tap
+			c = v.NetConn()
 		default:
 			return c.Close()
 		}

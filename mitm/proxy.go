@@ -240,6 +240,10 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		h2: &http2.Server{
 			IdleTimeout:          cfg.IdleTimeout.D(),
 			MaxConcurrentStreams: 250,
+			// A client that stops reading its socket (while its windows
+			// stay open) blocks the connection's writes, not one stream's:
+			// it is closed after IdleTimeout without a byte written.
+			WriteByteTimeout: cfg.IdleTimeout.D(),
 		},
 		errLog:  log.With(audit.KeySource, "net/http"),
 		slots:   newSlots(cfg.MaxConnections, cfg.MaxConnectionsPerWorkload),

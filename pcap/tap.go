@@ -95,6 +95,10 @@ func (t *tapConn) CloseWrite() error {
 	return t.Conn.Close()
 }
 
+// NetConn is the connection the tap reads and writes, for a closer that
+// must reach under it (a TLS session's socket after a write timed out).
+func (t *tapConn) NetConn() net.Conn { return t.Conn }
+
 func (t *tapConn) Close() error {
 	t.f.Close()
 	return t.Conn.Close()
