@@ -63,7 +63,15 @@ const deadlineSlack = 10 * time.Millisecond
 // (readErr io.EOF); written counts what the client's writer accepted.
 func (bc *responseCopy) copy(body io.Reader) (written int64, readErr, writeErr error) {
 	bp, pool := copyBufs.Get().(*[]byte), &copyBufs
-	defer func() { pool.Put(bp) }()
+	defer func() {
+		// After a failed write the buffer is not reused: x/net's HTTP/2
+		// server may return "stream closed" while a frame of it is
+		// still queued for writing, and another client's bytes must
+		// never take its place.
+		if writeErr == nil {
+			pool.Put(bp)
+		}
+	}()
 	buf := bc.trim(*bp)
 	for {
 		n, err := body.Read(buf)
