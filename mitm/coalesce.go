@@ -15,6 +15,18 @@ const coalesceLimit = 64 << 10
 // it held before it closes the conn under it.
 const closeLinger = 5 * time.Second
 
+// coalesceBufs holds the buffers of coalescing conns that have nothing
+// to write, so an idle conn pins none.
+var coalesceBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+func getCoalesceBuf() []byte { return (*coalesceBufs.Get().(*[]byte))[:0] }
+
+func putCoalesceBuf(b []byte) {
+	if b != nil && cap(b) <= coalesceLimit { // one big write does not stay pooled
+		coalesceBufs.Put(&b)
+	}
+}
+
 // coalescingConn combines small writes into fewer syscalls: Write copies
 // into a buffer and returns, and one goroutine (started when there is
 // something to write, gone when there is not) writes what accumulated
@@ -28,8 +40,8 @@ type coalescingConn struct {
 
 	mu      sync.Mutex
 	cond    sync.Cond // writer done with a batch, or stopped
-	buf     []byte    // waiting for the writer
-	spare   []byte    // the writer's batch; reused
+	buf     []byte    // waiting for the writer; nil while idle
+	spare   []byte    // the writer's batch; nil while idle
 	writing bool      // a writer goroutine runs
 	closed  bool
 	err     error // sticky write error
@@ -66,6 +78,9 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 	if c.closed {
 		return 0, net.ErrClosed
 	}
+	if c.buf == nil {
+		c.buf = getCoalesceBuf()
+	}
 	c.buf = append(c.buf, p...)
 	if !c.writing {
 		c.writing = true
@@ -78,6 +93,9 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 func (c *coalescingConn) writer() {
 	c.mu.Lock()
 	for len(c.buf) > 0 && c.err == nil {
+		if c.spare == nil {
+			c.spare = getCoalesceBuf()
+		}
 		c.buf, c.spare = c.spare[:0], c.buf
 		batch := c.spare
 		c.cond.Broadcast() // the buffer is free again
@@ -89,9 +107,11 @@ func (c *coalescingConn) writer() {
 		}
 	}
 	c.writing = false
-	if cap(c.spare) > coalesceLimit { // one big write does not pin its buffer
-		c.spare = nil
-	}
+	// Nothing left to write: the buffers go back to the pool (the
+	// writer owns them now; a Write takes a fresh one).
+	putCoalesceBuf(c.buf)
+	putCoalesceBuf(c.spare)
+	c.buf, c.spare = nil, nil
 	closeNow := c.closed
 	c.cond.Broadcast()
 	c.mu.Unlock()

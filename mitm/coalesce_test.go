@@ -183,3 +183,31 @@ func TestCoalescingConnConcurrentWritersOverPipe(t *testing.T) {
 		}
 	}
 }
+
+// An idle coalescing conn holds no buffer (idle connections are many).
+func TestCoalescingConnIdleHoldsNoBuffer(t *testing.T) {
+	under := newCountingConn()
+	c := coalesce(under).(*coalescingConn)
+	if _, err := c.Write(bytes.Repeat([]byte("x"), 1000)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.mu.Lock()
+		idle, buf, spare := !c.writing, c.buf, c.spare
+		c.mu.Unlock()
+		if idle {
+			if buf != nil || spare != nil {
+				t.Fatalf("idle conn holds buffers of cap %d and %d", cap(buf), cap(spare))
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("writer never went idle")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n, all := under.got(); n != 1 || len(all) != 1000 {
+		t.Fatalf("%d writes of %d bytes under the conn, want 1 of 1000", n, len(all))
+	}
+}
