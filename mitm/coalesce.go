@@ -3,6 +3,7 @@ package mitm
 import (
 	"crypto/tls"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -92,7 +93,22 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 // writer writes batches until nothing is left, then exits.
 func (c *coalescingConn) writer() {
 	c.mu.Lock()
-	for len(c.buf) > 0 && c.err == nil {
+	yielded := false
+	for c.err == nil {
+		if len(c.buf) == 0 {
+			if yielded {
+				break
+			}
+			// Let the goroutines about to write run before going
+			// idle: their bytes join the next batch instead of
+			// starting a writer of their own.
+			yielded = true
+			c.mu.Unlock()
+			runtime.Gosched()
+			c.mu.Lock()
+			continue
+		}
+		yielded = false
 		if c.spare == nil {
 			c.spare = getCoalesceBuf()
 		}
