@@ -194,7 +194,7 @@ func (f *flow) serveHTTP(c net.Conn, h2 bool) {
 	c = f.tap(c, h2)
 	defer f.finally(func() { c.Close() }) // closes the capture flow too
 	if h2 {
-		p.h2.ServeConn(c, &http2.ServeConnOpts{
+		p.h2.ServeConn(coalesce(c), &http2.ServeConnOpts{ // the server flushes per write burst: combine them
 			Context: f.ctx,
 			Handler: f,
 			BaseConfig: &http.Server{

@@ -137,7 +137,11 @@ func (p *Proxy) newPool(k poolKey) *upstreamPool {
 		t := &http2.Transport{
 			AllowHTTP: k.alpn == "h2c",
 			DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
-				return up.dial(ctx)
+				c, err := up.dial(ctx)
+				if err != nil {
+					return nil, err
+				}
+				return coalesce(c), nil // one syscall for the HEADERS of many requests
 			},
 			DisableCompression: true,
 			IdleConnTimeout:    idle,

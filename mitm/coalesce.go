@@ -1,0 +1,156 @@
+package mitm
+
+import (
+	"crypto/tls"
+	"net"
+	"runtime"
+	"sync"
+	"time"
+)
+
+// coalesceLimit bounds what a coalescing conn holds unwritten: a Write
+// that would go past it waits for the conn's writer (backpressure).
+const coalesceLimit = 64 << 10
+
+// closeLinger bounds how long a closed coalescing conn keeps writing what
+// it held before it closes the conn under it.
+const closeLinger = 5 * time.Second
+
+// coalesceBufs holds the buffers of coalescing conns that have nothing
+// to write, so an idle conn pins none.
+var coalesceBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+func getCoalesceBuf() []byte { return (*coalesceBufs.Get().(*[]byte))[:0] }
+
+func putCoalesceBuf(b []byte) {
+	if b != nil && cap(b) <= coalesceLimit { // one big write does not stay pooled
+		coalesceBufs.Put(&b)
+	}
+}
+
+// coalescingConn combines small writes into fewer syscalls: Write copies
+// into a buffer and returns, and one goroutine (started when there is
+// something to write, gone when there is not) writes what accumulated
+// meanwhile in one call. The x/net http2 Transport flushes each request's
+// HEADERS with a syscall of its own under its write lock; with this conn
+// under it, the requests that arrive during one syscall go out in the
+// next. A write error is sticky: every later Write returns it. Close
+// lets the held bytes go out (bounded by closeLinger) and then closes.
+type coalescingConn struct {
+	net.Conn
+
+	mu      sync.Mutex
+	cond    sync.Cond // writer done with a batch, or stopped
+	buf     []byte    // waiting for the writer; nil while idle
+	spare   []byte    // the writer's batch; nil while idle
+	writing bool      // a writer goroutine runs
+	closed  bool
+	err     error // sticky write error
+}
+
+// coalescingTLSConn keeps the TLS state visible to the http2 Transport
+// (it fills Response.TLS from it).
+type coalescingTLSConn struct {
+	*coalescingConn
+	tc *tls.Conn
+}
+
+func (c coalescingTLSConn) ConnectionState() tls.ConnectionState { return c.tc.ConnectionState() }
+
+// coalesce wraps c; a *tls.Conn keeps its ConnectionState.
+func coalesce(c net.Conn) net.Conn {
+	cc := &coalescingConn{Conn: c}
+	cc.cond.L = &cc.mu
+	if tc, ok := c.(*tls.Conn); ok {
+		return coalescingTLSConn{cc, tc}
+	}
+	return cc
+}
+
+func (c *coalescingConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.err == nil && !c.closed && len(c.buf) > 0 && len(c.buf)+len(p) > coalesceLimit {
+		c.cond.Wait()
+	}
+	if c.err != nil {
+		return 0, c.err
+	}
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	if c.buf == nil {
+		c.buf = getCoalesceBuf()
+	}
+	c.buf = append(c.buf, p...)
+	if !c.writing {
+		c.writing = true
+		go c.writer()
+	}
+	return len(p), nil
+}
+
+// writer writes batches until nothing is left, then exits.
+func (c *coalescingConn) writer() {
+	c.mu.Lock()
+	yielded := false
+	for c.err == nil {
+		if len(c.buf) == 0 {
+			if yielded {
+				break
+			}
+			// Let the goroutines about to write run before going
+			// idle: their bytes join the next batch instead of
+			// starting a writer of their own.
+			yielded = true
+			c.mu.Unlock()
+			runtime.Gosched()
+			c.mu.Lock()
+			continue
+		}
+		yielded = false
+		if c.spare == nil {
+			c.spare = getCoalesceBuf()
+		}
+		c.buf, c.spare = c.spare[:0], c.buf
+		batch := c.spare
+		c.cond.Broadcast() // the buffer is free again
+		c.mu.Unlock()
+		_, err := c.Conn.Write(batch)
+		c.mu.Lock()
+		if err != nil {
+			c.err = err
+		}
+	}
+	c.writing = false
+	// Nothing left to write: the buffers go back to the pool (the
+	// writer owns them now; a Write takes a fresh one).
+	putCoalesceBuf(c.buf)
+	putCoalesceBuf(c.spare)
+	c.buf, c.spare = nil, nil
+	closeNow := c.closed
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	if closeNow {
+		c.Conn.Close()
+	}
+}
+
+// Close closes at once when nothing is held, else leaves the close to
+// the writer once the held bytes are out (or closeLinger passed).
+func (c *coalescingConn) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return net.ErrClosed
+	}
+	c.closed = true
+	writing := c.writing
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	if writing {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(closeLinger))
+		return nil
+	}
+	return c.Conn.Close()
+}
