@@ -15,9 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicehq/sluice/agent"
 	"github.com/sluicehq/sluice/audit"
-	"github.com/sluicehq/sluice/policy"
 )
 
 // goResolve is the test binary re-executed as a Go client (TestMain, on
@@ -101,27 +99,7 @@ func TestAgentDNSClients(t *testing.T) {
 	if err := os.WriteFile(conf, []byte("nameserver "+res.IP4.String()+"\noptions attempts:1 timeout:5\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	eng, err := policy.Parse([]byte("version: 1\ndns:\n  - name: no-denied\n    names: [\"*.denied.test\"]\n    action: deny\n"), "p.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur := &policy.Current{}
-	cur.Store(eng)
-	recs := &dnsRecords{}
-	srv, err := agent.NewDNSServer(agent.DNSOptions{
-		// Forwarding goes to the test's own resolver only.
-		Upstreams: []netip.AddrPort{netip.AddrPortFrom(res.IP4, 53)},
-		Policy:    cur, Audit: recs,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.opts.DNS = srv
-	e.cfg.DNSPort = 15053
-	e.start()
-	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
-		t.Fatal(err)
-	}
+	_, recs := e.startDNS(res, "version: 1\ndns:\n  - name: no-denied\n    names: [\"*.denied.test\"]\n    action: deny\n", 0)
 	run := func(env []string, argv ...string) string {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

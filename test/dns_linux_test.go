@@ -159,28 +159,8 @@ func TestAgentDNS(t *testing.T) {
 		t.Cleanup(func() { quic[len(quic)-1].Close() })
 	}
 
-	eng, err := policy.Parse([]byte("version: 1\ndns:\n  - name: no-denied\n    names: [\"*.denied.test\"]\n    action: deny\n"), "p.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur := &policy.Current{}
-	cur.Store(eng)
-	recs := &dnsRecords{}
-	srv, err := agent.NewDNSServer(agent.DNSOptions{
-		// Forwarding goes to the test's own resolver only.
-		Upstreams: []netip.AddrPort{netip.AddrPortFrom(res.IP4, 53)},
-		CacheSize: 100, Policy: cur, Audit: recs,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.opts.DNS = srv
-	e.cfg.DNSPort = 15053
 	e.cfg.RefuseQUIC = true
-	e.start()
-	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
-		t.Fatal(err)
-	}
+	srv, recs := e.startDNS(res, "version: 1\ndns:\n  - name: no-denied\n    names: [\"*.denied.test\"]\n    action: deny\n", 100)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -277,6 +257,34 @@ func (d *dnsRecords) all() []audit.Record {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return slices.Clone(d.got)
+}
+
+// startDNS starts e's agent with a DNS server on port 15053 that
+// forwards only to the test's resolver on res, under the policy policySrc
+// ("" for none), with a cache of cacheSize answers, and selects the test
+// cgroup. It returns the server and the records of its answers.
+func (e *agentEnv) startDNS(res *Host, policySrc string, cacheSize int) (*agent.DNSServer, *dnsRecords) {
+	e.t.Helper()
+	o := agent.DNSOptions{Upstreams: []netip.AddrPort{netip.AddrPortFrom(res.IP4, 53)}, CacheSize: cacheSize, Audit: &dnsRecords{}}
+	if policySrc != "" {
+		eng, err := policy.Parse([]byte(policySrc), "p.yaml")
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		o.Policy = &policy.Current{}
+		o.Policy.Store(eng)
+	}
+	srv, err := agent.NewDNSServer(o)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.opts.DNS = srv
+	e.cfg.DNSPort = 15053
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		e.t.Fatal(err)
+	}
+	return srv, o.Audit.(*dnsRecords)
 }
 
 // dnsEnforcePy, under `sluice run`: plain HTTP by address to argv[1]
@@ -400,19 +408,7 @@ func TestAgentDNSGetaddrinfo(t *testing.T) {
 	if err := os.WriteFile(conf, []byte("nameserver "+res.IP4.String()+"\noptions attempts:1 timeout:3\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	recs := &dnsRecords{}
-	srv, err := agent.NewDNSServer(agent.DNSOptions{
-		Upstreams: []netip.AddrPort{netip.AddrPortFrom(res.IP4, 53)}, Audit: recs,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.opts.DNS = srv
-	e.cfg.DNSPort = 15053
-	e.start()
-	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
-		t.Fatal(err)
-	}
+	srv, recs := e.startDNS(res, "", 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := wl.Exec(ctx, "python3", "-c", `import socket; print(socket.getaddrinfo("api.test", 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])`)
@@ -473,26 +469,7 @@ func TestAgentDNSTCPOriginNotInherited(t *testing.T) {
 	e := newAgentEnv(t)
 	res := e.tp.Hosts[1]
 	startTestResolver(t, res, nil)
-	cur := &policy.Current{}
-	eng, err := policy.Parse([]byte("version: 1\n"), "p.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur.Store(eng)
-	recs := &dnsRecords{}
-	srv, err := agent.NewDNSServer(agent.DNSOptions{
-		Upstreams: []netip.AddrPort{netip.AddrPortFrom(res.IP4, 53)},
-		CacheSize: 100, Policy: cur, Audit: recs,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.opts.DNS = srv
-	e.cfg.DNSPort = 15053
-	e.start()
-	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
-		t.Fatal(err)
-	}
+	_, recs := e.startDNS(res, "version: 1\n", 100)
 	const port = "41234"
 	query := func(inCgroup bool, dst string, dport uint16) (pid, rcode int) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
