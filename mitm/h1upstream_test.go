@@ -277,74 +277,53 @@ func TestH1UpstreamClientLeaves(t *testing.T) {
 
 // TestH1UpstreamProxyStops: a proxy that stops while the upstream
 // thinks ends the upstream request too (its connection is closed), not
-// only the client's.
+// only the client's. Also with a second request pipelined behind the
+// first: net/http's background read then has its byte and reads no
+// more, so no failed read of the client's connection says the flow
+// ended, and the connection's watch must see the flow's end itself.
 func TestH1UpstreamProxyStops(t *testing.T) {
-	tca := newTestCA(t, "upstream test CA")
-	started, ended := make(chan struct{}), make(chan struct{})
-	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		close(started)
-		select {
-		case <-r.Context().Done():
-			close(ended)
-		case <-time.After(10 * time.Second):
-		}
-	}))
-	h := newHarness(t, tca, nil)
-	c := h.client(false)
-	c.Timeout = 10 * time.Second
-	go func() {
-		if resp, err := c.Get(fmt.Sprintf("https://api.test:%d/slow", up.addr.Port())); err == nil {
-			resp.Body.Close()
-		}
-	}()
-	select {
-	case <-started:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the request did not reach the upstream")
-	}
-	h.cancel()
-	select {
-	case <-ended:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the upstream request went on after the proxy stopped")
-	}
-}
-
-// TestH1UpstreamProxyStopsPipelined: the same with a second request
-// pipelined behind the first. net/http's background read then has its
-// byte and reads no more, so no failed read of the client's connection
-// says the flow ended: the connection's watch must see the flow's end
-// itself.
-func TestH1UpstreamProxyStopsPipelined(t *testing.T) {
-	tca := newTestCA(t, "upstream test CA")
-	started, ended := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		once.Do(func() { close(started) })
-		select {
-		case <-r.Context().Done():
-			close(ended)
-		case <-time.After(10 * time.Second):
-		}
-	}))
-	h := newHarness(t, tca, nil)
-	host := fmt.Sprintf("api.test:%d", up.addr.Port())
-	tc := connectTLS(t, h, "api.test", up.addr.Port())
-	// Both requests in one write: the second waits in the server's buffer.
-	get := "GET /slow HTTP/1.1\r\nHost: " + host + "\r\n\r\n"
-	if _, err := io.WriteString(tc, get+get); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-started:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the request did not reach the upstream")
-	}
-	h.cancel()
-	select {
-	case <-ended:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the upstream request went on after the proxy stopped (pipelined client)")
+	for _, pipelined := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pipelined=%v", pipelined), func(t *testing.T) {
+			tca := newTestCA(t, "upstream test CA")
+			started, ended := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				once.Do(func() { close(started) })
+				select {
+				case <-r.Context().Done():
+					close(ended)
+				case <-time.After(10 * time.Second):
+				}
+			}))
+			h := newHarness(t, tca, nil)
+			if pipelined {
+				// Both requests in one write: the second waits in the server's buffer.
+				tc := connectTLS(t, h, "api.test", up.addr.Port())
+				get := fmt.Sprintf("GET /slow HTTP/1.1\r\nHost: api.test:%d\r\n\r\n", up.addr.Port())
+				if _, err := io.WriteString(tc, get+get); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				c := h.client(false)
+				c.Timeout = 10 * time.Second
+				go func() {
+					if resp, err := c.Get(fmt.Sprintf("https://api.test:%d/slow", up.addr.Port())); err == nil {
+						resp.Body.Close()
+					}
+				}()
+			}
+			select {
+			case <-started:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the request did not reach the upstream")
+			}
+			h.cancel()
+			select {
+			case <-ended:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the upstream request went on after the proxy stopped")
+			}
+		})
 	}
 }
 
