@@ -35,23 +35,9 @@ func BenchmarkIdleConn(b *testing.B) {
 	h := newHarness(b, tca, nil)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(h.ca.BundlePEM())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	dst := Destination{Addr: up.addr}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go h.p.Handle(context.Background(), c, dst, workload.Identity{PID: 1, Comm: "idle"})
-		}
-	}()
+	addr := serveTransparent(b, h, context.Background(), -1, Destination{Addr: up.addr}, workload.Identity{PID: 1, Comm: "idle"})
 	cfg := &tls.Config{RootCAs: pool, ServerName: "api.test", NextProtos: []string{"http/1.1"}}
-	transparentDial := func() (net.Conn, error) { return net.Dial("tcp", ln.Addr().String()) }
+	transparentDial := func() (net.Conn, error) { return net.Dial("tcp", addr) }
 	explicitDial := func() (net.Conn, error) {
 		c, err := net.Dial("tcp", h.url.Host)
 		if err != nil {

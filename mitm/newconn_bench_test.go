@@ -51,22 +51,7 @@ func BenchmarkNewConn(b *testing.B) {
 	})
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(h.ca.BundlePEM())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	dst := Destination{Addr: up.addr}
-	id := workload.Identity{PID: 1, Comm: "wrk", Cgroup: "/bench.scope"}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go h.p.Handle(context.Background(), c, dst, id)
-		}
-	}()
+	addr := serveTransparent(b, h, context.Background(), -1, Destination{Addr: up.addr}, workload.Identity{PID: 1, Comm: "wrk", Cgroup: "/bench.scope"})
 	clients := []struct {
 		name   string
 		curves []tls.CurveID
@@ -93,7 +78,7 @@ func BenchmarkNewConn(b *testing.B) {
 				cfg.ClientSessionCache = nil
 			}
 			one := func() error {
-				c, err := tls.Dial("tcp", ln.Addr().String(), cfg)
+				c, err := tls.Dial("tcp", addr, cfg)
 				if err != nil {
 					return err
 				}

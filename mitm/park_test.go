@@ -108,19 +108,8 @@ func dialParked(t *testing.T, h *harness, ctx context.Context, up *upstream, exp
 			t.Fatalf("CONNECT: %v %v", resp, err)
 		}
 	} else {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		go func() {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			h.p.Handle(ctx, c, Destination{Addr: up.addr}, workload.Identity{PID: 7, Comm: "parked"})
-		}()
-		if raw, err = net.Dial("tcp", ln.Addr().String()); err != nil {
+		addr := serveTransparent(t, h, ctx, 1, Destination{Addr: up.addr}, workload.Identity{PID: 7, Comm: "parked"})
+		if raw, err = net.Dial("tcp", addr); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -263,17 +252,7 @@ func tryDialParked(t *testing.T, h *harness, up *upstream, explicit bool) bool {
 			ok = err == nil && resp.StatusCode == http.StatusOK
 			return
 		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		go func() {
-			if c, err := ln.Accept(); err == nil {
-				h.p.Handle(context.Background(), c, Destination{Addr: up.addr}, workload.Identity{PID: 7})
-			}
-		}()
-		raw, err := net.Dial("tcp", ln.Addr().String())
+		raw, err := net.Dial("tcp", serveTransparent(t, h, context.Background(), 1, Destination{Addr: up.addr}, workload.Identity{PID: 7}))
 		if err != nil {
 			t.Fatal(err)
 		}

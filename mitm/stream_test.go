@@ -295,23 +295,35 @@ func TestPlainHTTPAbsoluteForm(t *testing.T) {
 	}
 }
 
-// transparent serves one accepted loopback connection with Handle, as the
-// agent does, with dst the original destination.
-func transparent(t *testing.T, h *harness, dst Destination, id workload.Identity) net.Conn {
-	t.Helper()
+// serveTransparent serves the next n connections (n < 0: every one)
+// accepted on a loopback listener with Handle under ctx, as the agent
+// does, with dst the original destination and id the workload; it
+// returns the listener's address. Its accept loop ends with the n-th
+// connection, so it holds no goroutine after.
+func serveTransparent(tb testing.TB, h *harness, ctx context.Context, n int, dst Destination, id workload.Identity) string {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
+	tb.Cleanup(func() { ln.Close() })
 	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
+		defer ln.Close()
+		for ; n != 0; n-- {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go h.p.Handle(ctx, c, dst, id)
 		}
-		h.p.Handle(context.Background(), c, dst, id)
 	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
+	return ln.Addr().String()
+}
+
+// transparent is a client connection served by serveTransparent.
+func transparent(t *testing.T, h *harness, dst Destination, id workload.Identity) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", serveTransparent(t, h, context.Background(), 1, dst, id))
 	if err != nil {
 		t.Fatal(err)
 	}
