@@ -91,6 +91,15 @@ var (
 // would cost a dozen lookups and wake-ups. A peer that closed before
 // the accept still has its record: sockops keeps it for the agent.
 func (a *Agent) origin(c net.Conn, peer netip.AddrPort) (bpf.SluiceOrigin, error) {
+	return waitOrigin(peer, a.opts.OriginWait, a.takeOrigin, func() bool { return peerReset(c) })
+}
+
+// waitOrigin reads the origin of peer with read (a lookup, or a lookup
+// and delete), retrying while the kernel has none, for up to wait or
+// until gone (nil: never) says it will not come (errPeerReset). The first
+// read costs no clock read; the retries back off from 1 to 20 ms.
+func waitOrigin(peer netip.AddrPort, wait time.Duration, read func(kb, ob []byte) error, gone func() bool) (bpf.SluiceOrigin, error) {
+	// As16 writes IPv4 as ::ffff:a.b.c.d, as the kernel does.
 	k := bpf.SluicePeerKey{Addr: peer.Addr().As16(), Port: peer.Port()}
 	var o bpf.SluiceOrigin
 	// As bytes, cilium/ebpf hands key and value to the syscall as they
@@ -98,9 +107,9 @@ func (a *Agent) origin(c net.Conn, peer netip.AddrPort) (bpf.SluiceOrigin, error
 	kb := unsafe.Slice((*byte)(unsafe.Pointer(&k)), unsafe.Sizeof(k))
 	ob := unsafe.Slice((*byte)(unsafe.Pointer(&o)), unsafe.Sizeof(o))
 	var deadline time.Time
-	wait := time.Millisecond
+	pause := time.Millisecond
 	for {
-		err := a.takeOrigin(kb, ob)
+		err := read(kb, ob)
 		if err == nil {
 			return o, nil
 		}
@@ -108,16 +117,16 @@ func (a *Agent) origin(c net.Conn, peer netip.AddrPort) (bpf.SluiceOrigin, error
 			return o, fmt.Errorf("look up origin of %s: %w", peer, err)
 		}
 		if deadline.IsZero() {
-			deadline = time.Now().Add(a.opts.OriginWait)
+			deadline = time.Now().Add(wait)
 		}
-		if peerReset(c) {
+		if gone != nil && gone() {
 			return o, fmt.Errorf("look up origin of %s: %w", peer, errPeerReset)
 		}
 		if time.Now().After(deadline) {
 			return o, fmt.Errorf("look up origin of %s: %w", peer, errNoOrigin)
 		}
-		time.Sleep(wait)
-		wait = min(wait*2, 20*time.Millisecond)
+		time.Sleep(pause)
+		pause = min(pause*2, 20*time.Millisecond)
 	}
 }
 

@@ -1,13 +1,11 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/miekg/dns"
@@ -90,37 +88,13 @@ func (a *Agent) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 // peekOrigin reads, without deleting, the origin of peer from m, waiting
 // up to wait for it to appear.
 func (a *Agent) peekOrigin(m *ebpf.Map, peer netip.AddrPort, wait time.Duration) (bpf.SluiceOrigin, error) {
-	return waitOrigin(peer, wait, func(kb, ob []byte) error { return m.Lookup(kb, ob) })
+	return waitOrigin(peer, wait, func(kb, ob []byte) error { return m.Lookup(kb, ob) }, nil)
 }
 
 // takeOriginWait reads and deletes the sluice_peers entry of peer,
 // waiting up to wait for it to appear.
 func (a *Agent) takeOriginWait(peer netip.AddrPort, wait time.Duration) (bpf.SluiceOrigin, error) {
-	return waitOrigin(peer, wait, a.takeOrigin)
-}
-
-// waitOrigin reads the origin of peer with read, retrying every 2 ms up
-// to wait while the kernel has none.
-func waitOrigin(peer netip.AddrPort, wait time.Duration, read func(kb, ob []byte) error) (bpf.SluiceOrigin, error) {
-	// As16 writes IPv4 as ::ffff:a.b.c.d, as the kernel does.
-	k := bpf.SluicePeerKey{Addr: peer.Addr().As16(), Port: peer.Port()}
-	var o bpf.SluiceOrigin
-	kb := unsafe.Slice((*byte)(unsafe.Pointer(&k)), unsafe.Sizeof(k))
-	ob := unsafe.Slice((*byte)(unsafe.Pointer(&o)), unsafe.Sizeof(o))
-	deadline := time.Now().Add(wait)
-	for {
-		err := read(kb, ob)
-		if err == nil {
-			return o, nil
-		}
-		if !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return o, fmt.Errorf("look up dns origin of %s: %w", peer, err)
-		}
-		if time.Now().After(deadline) {
-			return o, fmt.Errorf("look up dns origin of %s: %w", peer, errNoOrigin)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	return waitOrigin(peer, wait, a.takeOrigin, nil)
 }
 
 // dnsTCPOrigins holds the origin of each open TCP connection to the DNS
