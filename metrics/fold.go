@@ -11,14 +11,18 @@ const Other = "other"
 // later one to Other. Admission is first come, first served and never
 // expires: a process restart resets it. Empty values map to empty (the
 // caller picks a placeholder).
+//
+// A value seen before is found without a lock (seen is read on every
+// record; written at most max times).
 type folder struct {
 	max  int
+	seen sync.Map // string → struct{}
 	mu   sync.Mutex
-	seen map[string]struct{}
+	n    int // values in seen, under mu
 }
 
 func newFolder(max int) *folder {
-	return &folder{max: max, seen: make(map[string]struct{})}
+	return &folder{max: max}
 }
 
 func (f *folder) fold(v string) string {
@@ -32,15 +36,19 @@ func (f *folder) admit(v string) (string, bool) {
 	if v == Other {
 		return v, false
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if _, ok := f.seen[v]; ok {
+	if _, ok := f.seen.Load(v); ok {
 		return v, false
 	}
-	if len(f.seen) >= f.max {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.seen.Load(v); ok {
+		return v, false
+	}
+	if f.n >= f.max {
 		return Other, false
 	}
-	f.seen[v] = struct{}{}
+	f.seen.Store(v, struct{}{})
+	f.n++
 	return v, true
 }
 

@@ -97,12 +97,20 @@ type Metrics struct {
 	// decision (at most MaxRules): one lookup per connect event instead
 	// of folding and hashing the label again.
 	connectCounters sync.Map // string → prometheus.Counter
+	// httpSeries holds the series an HTTP record counts in, by their
+	// labels (httpLabels): one lookup per request instead of hashing and
+	// validating the labels of five series again. It holds at most one
+	// entry per sluice_proxy_requests_total series.
+	httpSeries sync.Map // httpLabels → *httpSeries
 	// tools folds MCP tool (and resource, prompt) names; MCP methods
 	// outside the specification's set are "other".
 	tools *folder
 	// infos admits the label sets of sluice_workload_info.
 	infos *folder
-	info  *prometheus.GaugeVec
+	// infosSet holds the infoLabels already set: a record of a known
+	// workload builds no admission key.
+	infosSet sync.Map // infoLabels → struct{}
+	info     *prometheus.GaugeVec
 
 	requests        *prometheus.CounterVec
 	requestDuration *prometheus.HistogramVec
@@ -281,50 +289,121 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // so the proxy calls TLSConnection(audit.TLSDecrypted) once per connection
 // after the client handshake succeeds.
 func (m *Metrics) Record(r *audit.Record) {
-	m.workloadInfo(&r.Workload)
+	if r.Kind == audit.KindConnect {
+		m.workloadInfo(&r.Workload, "")
+		m.ConnectEvent(r.Decision)
+		return
+	}
+	wl := m.workloads.fold(r.Workload.Name())
+	m.workloadInfo(&r.Workload, wl)
 	switch r.Kind {
 	case audit.KindHTTP:
-		m.recordHTTP(r)
+		m.recordHTTP(r, wl)
 	case audit.KindL4:
-		m.recordL4(r)
-	case audit.KindConnect:
-		m.ConnectEvent(r.Decision)
+		m.recordL4(r, wl)
 	case audit.KindMCPToolChanged:
-		m.mcpToolChanges.WithLabelValues(m.workloads.fold(r.Workload.Name()), m.host(r.Host), m.tool(r.MCPTool)).Inc()
+		m.mcpToolChanges.WithLabelValues(wl, m.host(r.Host), m.tool(r.MCPTool)).Inc()
 	case audit.KindDNS:
-		m.recordDNS(r)
+		m.recordDNS(r, wl)
 	}
 }
 
 // workloadInfo sets sluice_workload_info for a workload the container
 // runtime named, when its workload label is admitted (not "other") and
 // the info series are within their bound; a series already set is not
-// touched again.
-func (m *Metrics) workloadInfo(id *workload.Identity) {
+// touched again. wl is the record's workload label, "" when the caller
+// has not folded it.
+func (m *Metrics) workloadInfo(id *workload.Identity, wl string) {
 	if id.Container == "" && id.Image == "" && id.Namespace == "" {
 		return
 	}
-	wl := m.workloads.fold(id.Name())
+	if wl == "" {
+		wl = m.workloads.fold(id.Name())
+	}
 	if wl == Other {
+		return
+	}
+	k := infoLabels{wl, id.Namespace, id.Pod, id.Container, id.Image}
+	if _, ok := m.infosSet.Load(k); ok {
 		return
 	}
 	// Set once, when the series is admitted: it stays 1.
 	if _, isNew := m.infos.admit(wl + "\x00" + id.Namespace + "\x00" + id.Pod + "\x00" + id.Container + "\x00" + id.Image); isNew {
 		m.info.WithLabelValues(wl, id.Namespace, id.Pod, id.Container, id.Image).Set(1)
+		m.infosSet.Store(k, struct{}{})
 	}
 }
 
-func (m *Metrics) recordHTTP(r *audit.Record) {
-	wl := m.workloads.fold(r.Workload.Name())
-	host := m.host(r.Host)
-	decision := decisionLabel(r.Decision)
-	source := oneOf(r.Source, "unknown", "upstream", "sluice")
-	m.requests.WithLabelValues(wl, host, oneOf(r.Method, "OTHER", methods...), codeLabel(r.Status), decision, source).Inc()
-	m.requestDuration.WithLabelValues(host, decision).Observe(r.Duration.Seconds())
-	if r.UpstreamDuration > 0 {
-		m.upstreamDur.WithLabelValues(host).Observe(r.UpstreamDuration.Seconds())
+// infoLabels are the labels of one sluice_workload_info series.
+type infoLabels struct{ wl, namespace, pod, container, image string }
+
+// httpLabels are the label values of an HTTP record's series, folded:
+// status is the code, or 0 for "none" and -1 for Other (codeLabel).
+type httpLabels struct {
+	wl, host, method, decision, source string
+	status                             int
+}
+
+// httpSeries are the series one httpLabels counts in. The upstream
+// duration and byte series appear in the scrape only once a record has
+// something to count in them, so they are made on first use.
+type httpSeries struct {
+	requests          prometheus.Counter
+	duration          prometheus.Observer
+	upstream          atomic.Pointer[prometheus.Observer]
+	bytesIn, bytesOut atomic.Pointer[prometheus.Counter]
+}
+
+// series returns the series of k, made on its first use.
+func (m *Metrics) series(k httpLabels) *httpSeries {
+	if s, ok := m.httpSeries.Load(k); ok {
+		return s.(*httpSeries)
 	}
-	m.addBytes(wl, host, "http", r)
+	s := &httpSeries{
+
+		requests: m.requests.WithLabelValues(k.wl, k.host, k.method, codeLabel(k.status), k.decision, k.source),
+		duration: m.requestDuration.WithLabelValues(k.host, k.decision),
+	}
+	got, _ := m.httpSeries.LoadOrStore(k, s)
+	return got.(*httpSeries)
+}
+
+// once returns *p, storing make() there first when p is empty. Two
+// callers may both make it: the vec returns the same series to both.
+func once[T any](p *atomic.Pointer[T], make func() T) T {
+	if v := p.Load(); v != nil {
+		return *v
+	}
+	v := make()
+	p.Store(&v)
+	return v
+}
+
+func (m *Metrics) recordHTTP(r *audit.Record, wl string) {
+	k := httpLabels{
+		wl:       wl,
+		host:     m.host(r.Host),
+		method:   oneOf(r.Method, "OTHER", methods...),
+		decision: decisionLabel(r.Decision),
+		source:   oneOf(r.Source, "unknown", "upstream", "sluice"),
+		status:   r.Status,
+	}
+	if k.status < 0 || k.status > 0 && (k.status < 100 || k.status > 599) {
+		k.status = -1
+	}
+	s := m.series(k)
+	host, decision := k.host, k.decision
+	s.requests.Inc()
+	s.duration.Observe(r.Duration.Seconds())
+	if r.UpstreamDuration > 0 {
+		once(&s.upstream, func() prometheus.Observer { return m.upstreamDur.WithLabelValues(host) }).Observe(r.UpstreamDuration.Seconds())
+	}
+	if r.BytesIn > 0 {
+		once(&s.bytesIn, func() prometheus.Counter { return m.bytes.WithLabelValues(wl, host, "http", "in") }).Add(float64(r.BytesIn))
+	}
+	if r.BytesOut > 0 {
+		once(&s.bytesOut, func() prometheus.Counter { return m.bytes.WithLabelValues(wl, host, "http", "out") }).Add(float64(r.BytesOut))
+	}
 	m.countDenial(r)
 	m.countError(r)
 	if r.Cache != "" {
@@ -370,8 +449,7 @@ var mcpMethods = []string{
 // recordDNS counts a DNS server record; a denied name also counts as a
 // denial by its rule, and a query the exfiltration guard flagged as an
 // exfiltration flag by its reason.
-func (m *Metrics) recordDNS(r *audit.Record) {
-	wl := m.workloads.fold(r.Workload.Name())
+func (m *Metrics) recordDNS(r *audit.Record, wl string) {
 	rcode := oneOf(r.Rcode, Other, "NOERROR", "NXDOMAIN", "REFUSED", "SERVFAIL", "FORMERR")
 	decision := decisionLabel(r.Decision)
 	m.dnsQueries.WithLabelValues(wl, rcode, decision).Inc()
@@ -391,8 +469,7 @@ var exfilReasons = map[string]string{
 	audit.ReasonDNSExfilSubdomains:  "subdomains",
 }
 
-func (m *Metrics) recordL4(r *audit.Record) {
-	wl := m.workloads.fold(r.Workload.Name())
+func (m *Metrics) recordL4(r *audit.Record, wl string) {
 	host := m.host(r.Host)
 	tlsMode := oneOf(r.TLS, "none", audit.TLSDecrypted, audit.TLSPassthrough, audit.TLSNone)
 	m.l4Flows.WithLabelValues(wl, host, tlsMode, decisionLabel(r.Decision)).Inc()

@@ -399,3 +399,34 @@ func TestConnectEventCounts(t *testing.T) {
 		`sluice_agent_connect_events_total{decision="other"}`:      3,
 	})
 }
+
+// An HTTP record's series are looked up once per label set and then
+// reused: records of the same labels add up, and the upstream duration
+// and byte series appear only once a record has something for them (a
+// request Sluice denied has neither).
+func TestHTTPSeriesReused(t *testing.T) {
+	m := metrics.New(metrics.Options{})
+	denied := &audit.Record{Kind: audit.KindHTTP, Workload: pod, Host: "api.test", Method: "GET", Status: 403, Source: "sluice", Decision: audit.DecisionDeny, Duration: time.Millisecond}
+	m.Record(denied)
+	got := scrape(t, m.Registry())
+	for k := range got {
+		if strings.HasPrefix(k, "sluice_proxy_transferred_bytes_total{") || strings.HasPrefix(k, "sluice_proxy_upstream_duration_seconds") {
+			t.Errorf("series %s exists after a denied request without bytes", k)
+		}
+	}
+	m.Record(denied)
+	ok := audit.Record{Kind: audit.KindHTTP, Workload: pod, Host: "api.test", Method: "GET", Status: 200, Source: "upstream", Decision: audit.DecisionAllow,
+		BytesIn: 10, BytesOut: 300, Duration: 3 * time.Millisecond, UpstreamDuration: 2 * time.Millisecond}
+	for i := 0; i < 3; i++ {
+		r := ok
+		m.Record(&r)
+	}
+	expect(t, scrape(t, m.Registry()), map[string]float64{
+		`sluice_proxy_requests_total{code="403",decision="deny",host="api.test",method="GET",source="sluice",workload="ai/agent-0"}`:     2,
+		`sluice_proxy_requests_total{code="200",decision="allow",host="api.test",method="GET",source="upstream",workload="ai/agent-0"}`: 3,
+		`sluice_proxy_request_duration_seconds_count{decision="allow",host="api.test"}`:                                                 3,
+		`sluice_proxy_upstream_duration_seconds_count{host="api.test"}`:                                                                 3,
+		`sluice_proxy_transferred_bytes_total{direction="in",host="api.test",kind="http",workload="ai/agent-0"}`:                        30,
+		`sluice_proxy_transferred_bytes_total{direction="out",host="api.test",kind="http",workload="ai/agent-0"}`:                       900,
+	})
+}
