@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/miekg/dns"
 
 	"github.com/sluicehq/sluice/audit"
@@ -69,8 +68,7 @@ func (a *Agent) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 		if network == "tcp" {
 			o, err = a.dnsTCP.origin(peer, func() (bpf.SluiceOrigin, error) { return a.takeOriginWait(peer, dnsOriginWait) })
 		} else {
-			// UDP: written by egress per datagram.
-			o, err = a.peekOrigin(a.objs.SluiceDnsPeers, peer, dnsOriginWait)
+			o, err = a.takeDNSOrigin(peer, r.Id, dnsOriginWait)
 		}
 		if err == nil {
 			_, got := a.describe(o, peer)
@@ -85,16 +83,30 @@ func (a *Agent) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	a.opts.DNS.Answer(a.ctx, w, r, id)
 }
 
-// peekOrigin reads, without deleting, the origin of peer from m, waiting
-// up to wait for it to appear.
-func (a *Agent) peekOrigin(m *ebpf.Map, peer netip.AddrPort, wait time.Duration) (bpf.SluiceOrigin, error) {
-	return waitOrigin(peer, wait, func(kb, ob []byte) error { return m.Lookup(kb, ob) }, nil)
+// takeDNSOrigin reads and deletes the origin of the UDP query id from
+// peer, waiting up to wait for it to appear. Egress writes it for every
+// datagram (a retransmit writes it again), so taking it at each query
+// leaves nothing behind for whichever process next sends from the same
+// {ip, port}: its queries are refused (no origin), not answered as the
+// workload's. Egress writes before the datagram is delivered, so the wait
+// is a safety margin; a query with no origin waits it out.
+func (a *Agent) takeDNSOrigin(peer netip.AddrPort, id uint16, wait time.Duration) (bpf.SluiceOrigin, error) {
+	k := dnsKey(peer, id)
+	return waitOrigin(peer, asBytes(&k), wait, func(kb, ob []byte) error { return a.take(a.objs.SluiceDnsPeers, kb, ob) }, nil)
+}
+
+// dnsKey is the sluice_dns_peers key of the UDP query id from peer, as
+// egress (bpf/dns.h dns_peer) writes it: IPv4 as ::ffff:a.b.c.d, port and
+// id in host order.
+func dnsKey(peer netip.AddrPort, id uint16) bpf.SluiceDnsKey {
+	return bpf.SluiceDnsKey{Addr: peer.Addr().As16(), Port: peer.Port(), Id: id}
 }
 
 // takeOriginWait reads and deletes the sluice_peers entry of peer,
 // waiting up to wait for it to appear.
 func (a *Agent) takeOriginWait(peer netip.AddrPort, wait time.Duration) (bpf.SluiceOrigin, error) {
-	return waitOrigin(peer, wait, a.takeOrigin, nil)
+	k := peerKey(peer)
+	return waitOrigin(peer, asBytes(&k), wait, a.takeOrigin, nil)
 }
 
 // dnsTCPOrigins holds the origin of each open TCP connection to the DNS
