@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -43,7 +44,8 @@ func (a *Agent) listenDNS() error {
 			return fmt.Errorf("listen on dns address %s/tcp: %w", ap, err)
 		}
 		ln = dnsListener{Listener: ln, set: &a.dnsTCP}
-		for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		udpSrv := &dns.Server{PacketConn: pc, Handler: h, MsgAcceptFunc: dnsAccept, DecorateWriter: a.decorateDNSWriter}
+		for _, s := range []*dns.Server{udpSrv, {Listener: ln, Handler: h}} {
 			a.dnsSrvs = append(a.dnsSrvs, s)
 			a.wg.Add(1)
 			go func() {
@@ -55,6 +57,56 @@ func (a *Agent) listenDNS() error {
 		}
 	}
 	return nil
+}
+
+// dnsAccept is miekg's default MsgAcceptFunc, except that a response
+// (QR set) is rejected with FORMERR instead of ignored: every UDP
+// datagram the DNS server reads is then either handed to serveDNS or
+// answered by the library (FORMERR, NOTIMP) through dnsRejectWriter, and
+// both take its origin.
+func dnsAccept(dh dns.Header) dns.MsgAcceptAction {
+	if act := dns.DefaultMsgAcceptFunc(dh); act != dns.MsgIgnore {
+		return act
+	}
+	return dns.MsgReject
+}
+
+// decorateDNSWriter wraps the writer of each UDP query in a
+// dnsRejectWriter that drops the query's origin from sluice_dns_peers.
+func (a *Agent) decorateDNSWriter(w dns.Writer) dns.Writer {
+	rw, ok := w.(dns.ResponseWriter)
+	if !ok {
+		return w
+	}
+	return dnsRejectWriter{Writer: w, rw: rw, drop: func(peer netip.AddrPort, id uint16) {
+		k := dnsKey(peer, id)
+		var o bpf.SluiceOrigin
+		_ = a.take(a.objs.SluiceDnsPeers, asBytes(&k), asBytes(&o))
+	}}
+}
+
+// dnsRejectWriter writes a UDP reply and, when it is FORMERR or NOTIMP,
+// drops the origin of the query it answers (drop, by sender and message
+// id). The DNS library answers so, without calling serveDNS, a datagram
+// whose header it rejects or whose body it can't parse; egress wrote an
+// origin for it all the same, which would otherwise stay in the map for
+// a later sender from the same {ip, port} with the same id to find.
+// serveDNS's own FORMERR answers come after its take, and drop nothing.
+type dnsRejectWriter struct {
+	dns.Writer
+	rw   dns.ResponseWriter
+	drop func(peer netip.AddrPort, id uint16)
+}
+
+func (w dnsRejectWriter) Write(b []byte) (int, error) {
+	if len(b) >= 4 {
+		if rc := int(b[3] & 0xf); rc == dns.RcodeFormatError || rc == dns.RcodeNotImplemented {
+			if peer, network, ok := remote(w.rw); ok && network == "udp" {
+				w.drop(peer, binary.BigEndian.Uint16(b))
+			}
+		}
+	}
+	return w.Writer.Write(b)
 }
 
 // serveDNS names the sender of a query from the kernel's maps and hands

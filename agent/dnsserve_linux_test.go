@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"net"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/miekg/dns"
 
 	"github.com/sluicehq/sluice/bpf"
 )
@@ -64,5 +67,86 @@ func TestWaitOriginDNSKey(t *testing.T) {
 	}
 	if _, err := read(0x4242); !errors.Is(err, errNoOrigin) {
 		t.Fatalf("the same id again after the take: err %v, want errNoOrigin", err)
+	}
+}
+
+// fakeUDPWriter is the library's side of a UDP query: its sender, and the
+// bytes written back.
+type fakeUDPWriter struct {
+	dns.ResponseWriter
+	peer  *net.UDPAddr
+	wrote [][]byte
+}
+
+func (f *fakeUDPWriter) RemoteAddr() net.Addr { return f.peer }
+
+func (f *fakeUDPWriter) Write(b []byte) (int, error) {
+	f.wrote = append(f.wrote, b)
+	return len(b), nil
+}
+
+// The DNS library's own answers to a datagram it does not hand to
+// serveDNS (FORMERR, NOTIMP) drop that datagram's origin, by its sender
+// and message id; other answers drop nothing. Every answer is written.
+func TestDNSRejectWriter(t *testing.T) {
+	q := new(dns.Msg)
+	q.SetQuestion("api.test.", dns.TypeA)
+	q.Id = 0x4242
+	for _, tc := range []struct {
+		rcode int
+		drop  bool
+	}{
+		{dns.RcodeFormatError, true},
+		{dns.RcodeNotImplemented, true},
+		{dns.RcodeSuccess, false},
+		{dns.RcodeRefused, false},
+		{dns.RcodeNameError, false},
+	} {
+		f := &fakeUDPWriter{peer: &net.UDPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 41234}}
+		type dropped struct {
+			peer netip.AddrPort
+			id   uint16
+		}
+		var got []dropped
+		w := dnsRejectWriter{Writer: f, rw: f, drop: func(peer netip.AddrPort, id uint16) { got = append(got, dropped{peer, id}) }}
+		m := new(dns.Msg)
+		m.SetRcode(q, tc.rcode)
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if len(f.wrote) != 1 || !bytes.Equal(f.wrote[0], b) {
+			t.Errorf("%s: wrote %d answers, want the one", dns.RcodeToString[tc.rcode], len(f.wrote))
+		}
+		want := []dropped(nil)
+		if tc.drop {
+			want = []dropped{{netip.MustParseAddrPort("10.1.2.3:41234"), 0x4242}}
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: dropped %v, want %v", dns.RcodeToString[tc.rcode], got, want)
+		}
+	}
+}
+
+// dnsAccept rejects (FORMERR, through dnsRejectWriter) what miekg's
+// default ignores, a response, and otherwise decides as the default.
+func TestDNSAccept(t *testing.T) {
+	const qr = 1 << 15
+	for _, tc := range []struct {
+		name string
+		h    dns.Header
+		want dns.MsgAcceptAction
+	}{
+		{"query", dns.Header{Qdcount: 1}, dns.MsgAccept},
+		{"response", dns.Header{Bits: qr, Qdcount: 1}, dns.MsgReject},
+		{"no question", dns.Header{}, dns.MsgReject},
+		{"update", dns.Header{Bits: dns.OpcodeUpdate << 11, Qdcount: 1}, dns.MsgRejectNotImplemented},
+	} {
+		if got := dnsAccept(tc.h); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

@@ -36,8 +36,10 @@
 /* The origins of DNS queries by the workload side {ip, port} the DNS
  * server sees as the sender and the message id: written by egress for
  * every datagram to the DNS server, taken by the agent for each query it
- * answers (queries in flight on one socket have different ids). The LRU
- * bounds what is never taken (a datagram the DNS server never reads). */
+ * answers (queries in flight on one socket have different ids; two
+ * copies of one query in flight share an entry, and the second one
+ * answered may find none). The LRU bounds what is never taken (a
+ * datagram dropped before the DNS server reads it). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
