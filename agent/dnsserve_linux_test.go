@@ -150,3 +150,28 @@ func TestDNSAccept(t *testing.T) {
 		}
 	}
 }
+
+// Any bytes written as a UDP answer are written whole, never panic, and
+// drop an origin exactly when they carry a FORMERR or NOTIMP rcode: by
+// the id in their first two bytes.
+func FuzzDNSRejectWriter(f *testing.F) {
+	f.Add([]byte{0x42, 0x42, 0x81, 0x81})
+	f.Add([]byte{0x42, 0x42, 0x81, 0x84, 0, 1})
+	f.Add([]byte{0x42, 0x42, 0x81})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fw := &fakeUDPWriter{peer: &net.UDPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 41234}}
+		var ids []uint16
+		w := dnsRejectWriter{Writer: fw, rw: fw, drop: func(_ netip.AddrPort, id uint16) { ids = append(ids, id) }}
+		if n, err := w.Write(b); err != nil || n != len(b) || len(fw.wrote) != 1 {
+			t.Fatalf("write of %d bytes: %d, %v, %d writes", len(b), n, err, len(fw.wrote))
+		}
+		reject := len(b) >= 4 && (b[3]&0xf == dns.RcodeFormatError || b[3]&0xf == dns.RcodeNotImplemented)
+		switch {
+		case reject && (len(ids) != 1 || ids[0] != binary.BigEndian.Uint16(b)):
+			t.Fatalf("% x: dropped ids %v, want [%#x]", b, ids, binary.BigEndian.Uint16(b))
+		case !reject && len(ids) != 0:
+			t.Fatalf("% x: dropped ids %v, want none", b, ids)
+		}
+	})
+}
