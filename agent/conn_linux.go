@@ -91,21 +91,31 @@ var (
 // would cost a dozen lookups and wake-ups. A peer that closed before
 // the accept still has its record: sockops keeps it for the agent.
 func (a *Agent) origin(c net.Conn, peer netip.AddrPort) (bpf.SluiceOrigin, error) {
-	return waitOrigin(peer, a.opts.OriginWait, a.takeOrigin, func() bool { return peerReset(c) })
+	k := peerKey(peer)
+	return waitOrigin(peer, asBytes(&k), a.opts.OriginWait, a.takeOrigin, func() bool { return peerReset(c) })
 }
 
-// waitOrigin reads the origin of peer with read (a lookup, or a lookup
-// and delete), retrying while the kernel has none, for up to wait or
-// until gone (nil: never) says it will not come (errPeerReset). The first
-// read costs no clock read; the retries back off from 1 to 20 ms.
-func waitOrigin(peer netip.AddrPort, wait time.Duration, read func(kb, ob []byte) error, gone func() bool) (bpf.SluiceOrigin, error) {
-	// As16 writes IPv4 as ::ffff:a.b.c.d, as the kernel does.
-	k := bpf.SluicePeerKey{Addr: peer.Addr().As16(), Port: peer.Port()}
+// peerKey is the sluice_peers key of peer. As16 writes IPv4 as
+// ::ffff:a.b.c.d, as the kernel does.
+func peerKey(peer netip.AddrPort) bpf.SluicePeerKey {
+	return bpf.SluicePeerKey{Addr: peer.Addr().As16(), Port: peer.Port()}
+}
+
+// asBytes is the memory of *p. As bytes, cilium/ebpf hands keys and
+// values to the syscall as they are; as structs with padding it takes
+// reflection and a copy.
+func asBytes[T any](p *T) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(p)), unsafe.Sizeof(*p))
+}
+
+// waitOrigin reads the origin of peer, under the map key kb, with read (a
+// lookup, or a lookup and delete), retrying while the kernel has none,
+// for up to wait or until gone (nil: never) says it will not come
+// (errPeerReset). The first read costs no clock read; the retries back
+// off from 1 to 20 ms.
+func waitOrigin(peer netip.AddrPort, kb []byte, wait time.Duration, read func(kb, ob []byte) error, gone func() bool) (bpf.SluiceOrigin, error) {
 	var o bpf.SluiceOrigin
-	// As bytes, cilium/ebpf hands key and value to the syscall as they
-	// are; as structs with padding it takes reflection and a copy.
-	kb := unsafe.Slice((*byte)(unsafe.Pointer(&k)), unsafe.Sizeof(k))
-	ob := unsafe.Slice((*byte)(unsafe.Pointer(&o)), unsafe.Sizeof(o))
+	ob := asBytes(&o)
 	var deadline time.Time
 	pause := time.Millisecond
 	for {
@@ -131,10 +141,15 @@ func waitOrigin(peer netip.AddrPort, wait time.Duration, read func(kb, ob []byte
 }
 
 // takeOrigin reads the sluice_peers entry of key kb into ob and deletes
+// it (take).
+func (a *Agent) takeOrigin(kb, ob []byte) error {
+	return a.take(a.objs.SluicePeers, kb, ob)
+}
+
+// take reads the entry of key kb of the hash map m into ob and deletes
 // it: in one syscall where the kernel can (lookup-and-delete on hash
 // maps, Linux 5.14), else a lookup and a delete.
-func (a *Agent) takeOrigin(kb, ob []byte) error {
-	m := a.objs.SluicePeers
+func (a *Agent) take(m *ebpf.Map, kb, ob []byte) error {
 	if !a.noLookupAndDelete.Load() {
 		err := m.LookupAndDelete(kb, ob)
 		if err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {

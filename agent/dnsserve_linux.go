@@ -1,13 +1,13 @@
 package agent
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/miekg/dns"
 
 	"github.com/sluicehq/sluice/audit"
@@ -44,7 +44,8 @@ func (a *Agent) listenDNS() error {
 			return fmt.Errorf("listen on dns address %s/tcp: %w", ap, err)
 		}
 		ln = dnsListener{Listener: ln, set: &a.dnsTCP}
-		for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		udpSrv := &dns.Server{PacketConn: pc, Handler: h, MsgAcceptFunc: dnsAccept, DecorateWriter: a.decorateDNSWriter}
+		for _, s := range []*dns.Server{udpSrv, {Listener: ln, Handler: h}} {
 			a.dnsSrvs = append(a.dnsSrvs, s)
 			a.wg.Add(1)
 			go func() {
@@ -58,6 +59,56 @@ func (a *Agent) listenDNS() error {
 	return nil
 }
 
+// dnsAccept is miekg's default MsgAcceptFunc, except that a response
+// (QR set) is rejected with FORMERR instead of ignored: every UDP
+// datagram the DNS server reads is then either handed to serveDNS or
+// answered by the library (FORMERR, NOTIMP) through dnsRejectWriter, and
+// both take its origin.
+func dnsAccept(dh dns.Header) dns.MsgAcceptAction {
+	if act := dns.DefaultMsgAcceptFunc(dh); act != dns.MsgIgnore {
+		return act
+	}
+	return dns.MsgReject
+}
+
+// decorateDNSWriter wraps the writer of each UDP query in a
+// dnsRejectWriter that drops the query's origin from sluice_dns_peers.
+func (a *Agent) decorateDNSWriter(w dns.Writer) dns.Writer {
+	rw, ok := w.(dns.ResponseWriter)
+	if !ok {
+		return w
+	}
+	return dnsRejectWriter{Writer: w, rw: rw, drop: func(peer netip.AddrPort, id uint16) {
+		k := dnsKey(peer, id)
+		var o bpf.SluiceOrigin
+		_ = a.take(a.objs.SluiceDnsPeers, asBytes(&k), asBytes(&o))
+	}}
+}
+
+// dnsRejectWriter writes a UDP reply and, when it is FORMERR or NOTIMP,
+// drops the origin of the query it answers (drop, by sender and message
+// id). The DNS library answers so, without calling serveDNS, a datagram
+// whose header it rejects or whose body it can't parse; egress wrote an
+// origin for it all the same, which would otherwise stay in the map for
+// a later sender from the same {ip, port} with the same id to find.
+// serveDNS's own FORMERR answers come after its take, and drop nothing.
+type dnsRejectWriter struct {
+	dns.Writer
+	rw   dns.ResponseWriter
+	drop func(peer netip.AddrPort, id uint16)
+}
+
+func (w dnsRejectWriter) Write(b []byte) (int, error) {
+	if len(b) >= 4 {
+		if rc := int(b[3] & 0xf); rc == dns.RcodeFormatError || rc == dns.RcodeNotImplemented {
+			if peer, network, ok := remote(w.rw); ok && network == "udp" {
+				w.drop(peer, binary.BigEndian.Uint16(b))
+			}
+		}
+	}
+	return w.Writer.Write(b)
+}
+
 // serveDNS names the sender of a query from the kernel's maps and hands
 // the query to the DNS server.
 func (a *Agent) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
@@ -69,8 +120,7 @@ func (a *Agent) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 		if network == "tcp" {
 			o, err = a.dnsTCP.origin(peer, func() (bpf.SluiceOrigin, error) { return a.takeOriginWait(peer, dnsOriginWait) })
 		} else {
-			// UDP: written by egress per datagram.
-			o, err = a.peekOrigin(a.objs.SluiceDnsPeers, peer, dnsOriginWait)
+			o, err = a.takeDNSOrigin(peer, r.Id, dnsOriginWait)
 		}
 		if err == nil {
 			_, got := a.describe(o, peer)
@@ -85,16 +135,30 @@ func (a *Agent) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	a.opts.DNS.Answer(a.ctx, w, r, id)
 }
 
-// peekOrigin reads, without deleting, the origin of peer from m, waiting
-// up to wait for it to appear.
-func (a *Agent) peekOrigin(m *ebpf.Map, peer netip.AddrPort, wait time.Duration) (bpf.SluiceOrigin, error) {
-	return waitOrigin(peer, wait, func(kb, ob []byte) error { return m.Lookup(kb, ob) }, nil)
+// takeDNSOrigin reads and deletes the origin of the UDP query id from
+// peer, waiting up to wait for it to appear. Egress writes it for every
+// datagram (a retransmit writes it again), so taking it at each query
+// leaves nothing behind for whichever process next sends from the same
+// {ip, port}: its queries are refused (no origin), not answered as the
+// workload's. Egress writes before the datagram is delivered, so the wait
+// is a safety margin; a query with no origin waits it out.
+func (a *Agent) takeDNSOrigin(peer netip.AddrPort, id uint16, wait time.Duration) (bpf.SluiceOrigin, error) {
+	k := dnsKey(peer, id)
+	return waitOrigin(peer, asBytes(&k), wait, func(kb, ob []byte) error { return a.take(a.objs.SluiceDnsPeers, kb, ob) }, nil)
+}
+
+// dnsKey is the sluice_dns_peers key of the UDP query id from peer, as
+// egress (bpf/dns.h dns_peer) writes it: IPv4 as ::ffff:a.b.c.d, port and
+// id in host order.
+func dnsKey(peer netip.AddrPort, id uint16) bpf.SluiceDnsKey {
+	return bpf.SluiceDnsKey{Addr: peer.Addr().As16(), Port: peer.Port(), Id: id}
 }
 
 // takeOriginWait reads and deletes the sluice_peers entry of peer,
 // waiting up to wait for it to appear.
 func (a *Agent) takeOriginWait(peer netip.AddrPort, wait time.Duration) (bpf.SluiceOrigin, error) {
-	return waitOrigin(peer, wait, a.takeOrigin, nil)
+	k := peerKey(peer)
+	return waitOrigin(peer, asBytes(&k), wait, a.takeOrigin, nil)
 }
 
 // dnsTCPOrigins holds the origin of each open TCP connection to the DNS

@@ -11,10 +11,17 @@
  * sees them. Connected UDP and TCP to port 53 are steered by the connect
  * hooks (decide in sluice.c).
  *
- * The DNS server names the sender of a query by its {ip, port}; the
- * source address of an unconnected socket is chosen by routing after
- * sendmsg runs, so egress (egress.h) copies the origin to
- * sluice_dns_peers once the packet has its source (dns_peer).
+ * The DNS server names the sender of a UDP query by its {ip, port} and
+ * the query's DNS message id; the source address of an unconnected
+ * socket is chosen by routing after sendmsg runs, so egress (egress.h)
+ * copies the origin to sluice_dns_peers once the packet has its source
+ * (dns_peer), for every datagram (a retransmit writes it again). The DNS
+ * server takes (reads and deletes) the entry of each query it answers,
+ * so an entry does not outlive its query: a process outside every
+ * selected cgroup that later sends from the same {ip, port} finds none.
+ * Connected UDP sockets to port 53 (steered by connect4/6) take the same
+ * path: their origin is stored by cookie too, and egress names each
+ * datagram the same way.
  *
  * The agent's own sockets (its upstream DNS forwarding) are never
  * steered: its cgroup is never selected, and agent_socket skips them.
@@ -26,14 +33,17 @@
 #ifndef SLUICE_DNS_H
 #define SLUICE_DNS_H
 
-/* The origins of DNS datagrams by the workload side {ip, port} the DNS
- * server sees as the sender: written by egress for every datagram to the
- * DNS server, read (not deleted: several queries may be in flight on one
- * socket) by the agent; the LRU bounds it. */
+/* The origins of DNS queries by the workload side {ip, port} the DNS
+ * server sees as the sender and the message id: written by egress for
+ * every datagram to the DNS server, taken by the agent for each query it
+ * answers (queries in flight on one socket have different ids; two
+ * copies of one query in flight share an entry, and the second one
+ * answered may find none). The LRU bounds what is never taken (a
+ * datagram dropped before the DNS server reads it). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, struct peer_key);
+	__type(key, struct dns_key);
 	__type(value, struct origin);
 } sluice_dns_peers SEC(".maps");
 
@@ -202,19 +212,29 @@ int sluice_recvmsg6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+/* DNS_HDR_LEN is the size of a DNS message header; a shorter datagram is
+ * not a query, and names nobody. */
+#define DNS_HDR_LEN 12
+
 /* dns_peer copies the origin of a datagram to the DNS server, stored by
  * sendmsg or connect under the socket's cookie, to sluice_dns_peers under
- * the datagram's source: src is 16 bytes (IPv4 as ::ffff:a.b.c.d), sport
- * host order. */
-static __always_inline void dns_peer(struct __sk_buff *skb, const __u8 *src, __u16 sport)
+ * the datagram's source and DNS message id: src is 16 bytes (IPv4 as
+ * ::ffff:a.b.c.d), sport host order, udp the offset of the UDP header. */
+static __always_inline void dns_peer(struct __sk_buff *skb, const __u8 *src, __u16 sport, __u32 udp)
 {
-	struct peer_key k = {};
+	struct dns_key k = {};
+	__u16 id;
+	if (skb->len < udp + 8 + DNS_HDR_LEN)
+		return;
+	if (bpf_skb_load_bytes(skb, udp + 8, &id, sizeof(id)) < 0)
+		return;
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct origin *o = bpf_map_lookup_elem(&sluice_origins, &cookie);
 	if (!o)
 		return;
 	__builtin_memcpy(k.addr, src, 16);
 	k.port = sport;
+	k.id = bpf_ntohs(id);
 	if (bpf_map_update_elem(&sluice_dns_peers, &k, o, BPF_ANY) < 0)
 		map_error(MAP_ERR_DNS_PEERS);
 }

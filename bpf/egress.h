@@ -9,7 +9,8 @@
  * an event (REASON_DENY_CIDR_PACKET).
  *
  * It also names the sender of each UDP datagram to the agent's DNS server
- * (dns_peer in dns.h), once the packet has its source address.
+ * by its source {ip, port} and DNS message id (dns_peer in dns.h), once
+ * the packet has its source address.
  *
  * Packets that do not pass through the IP output path (AF_PACKET) are not
  * seen here.
@@ -106,12 +107,13 @@ int sluice_egress(struct __sk_buff *skb)
 		if (proto == IPPROTO_UDP_ && s->dns_port && (s->flags & SET_V4) &&
 		    daddr == s->intercept4 && (((__u16)h[6] << 8 | h[7]) & 0x1fff) == 0) {
 			__u16 sport = 0, dport = 0;
-			l4_ports(skb, (h[0] & 0xf) * 4, &sport, &dport);
+			__u32 udp = (h[0] & 0xf) * 4;
+			l4_ports(skb, udp, &sport, &dport);
 			if (dport == s->dns_port) {
 				__u32 saddr;
 				__builtin_memcpy(&saddr, h + 12, 4);
 				mapped4(o.addr, saddr);
-				dns_peer(skb, o.addr, sport);
+				dns_peer(skb, o.addr, sport, udp);
 				return 1;
 			}
 		}
@@ -139,7 +141,7 @@ int sluice_egress(struct __sk_buff *skb)
 			l4_ports(skb, 40, &sport, &dport);
 			if (dport == s->dns_port &&
 			    (is_mapped4(w) ? steered4(s, w[3], dport) : steered6(s, w, dport))) {
-				dns_peer(skb, h + 8, sport);
+				dns_peer(skb, h + 8, sport, 40);
 				return 1;
 			}
 		}

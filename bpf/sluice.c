@@ -97,7 +97,7 @@ enum setting_flag {
 enum map_error_site {
 	MAP_ERR_ORIGINS = 0,      /* connect4/6: sluice_origins by socket cookie */
 	MAP_ERR_PEERS = 1,        /* sockops: sluice_peers by workload {ip, port} */
-	MAP_ERR_DNS_PEERS = 2,    /* egress: sluice_dns_peers by workload {ip, port} */
+	MAP_ERR_DNS_PEERS = 2,    /* egress: sluice_dns_peers by workload {ip, port, id} */
 	MAP_ERR_SITES,            /* the number of sites */
 };
 
@@ -136,6 +136,15 @@ struct peer_key {
 	__u8 addr[16];
 	__u16 port;            /* host order */
 	__u16 _pad;
+};
+
+/* dns_key is one UDP query to the DNS server, as the DNS server sees it:
+ * its sender's address (IPv4 as ::ffff:a.b.c.d) and port, and the DNS
+ * message id (the first two bytes of the payload). */
+struct dns_key {
+	__u8 addr[16];
+	__u16 port;            /* host order */
+	__u16 id;              /* host order */
 };
 
 /* event is one connect decision. */
@@ -260,6 +269,7 @@ struct {
 const struct event *unused_event __attribute__((unused));
 const struct origin *unused_origin __attribute__((unused));
 const struct peer_key *unused_peer_key __attribute__((unused));
+const struct dns_key *unused_dns_key __attribute__((unused));
 const struct settings *unused_settings __attribute__((unused));
 const enum verdict *unused_verdict __attribute__((unused));
 const enum reason *unused_reason __attribute__((unused));

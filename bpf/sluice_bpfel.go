@@ -21,6 +21,13 @@ const (
 	SluiceCidrActionCIDR_BYPASS SluiceCidrAction = 2
 )
 
+type SluiceDnsKey struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+	Port uint16
+	Id   uint16
+}
+
 type SluiceEvent struct {
 	_         structs.HostLayout
 	Addr      [16]uint8
@@ -156,6 +163,7 @@ const (
 	SluiceProgSluiceSockops      = "sluice_sockops"
 	SluiceVarHaveTaskBtf         = "have_task_btf"
 	SluiceVarUnusedCidrAction    = "unused_cidr_action"
+	SluiceVarUnusedDnsKey        = "unused_dns_key"
 	SluiceVarUnusedEvent         = "unused_event"
 	SluiceVarUnusedMapErrorSite  = "unused_map_error_site"
 	SluiceVarUnusedOrigin        = "unused_origin"
@@ -247,6 +255,7 @@ type SluiceMapSpecs struct {
 type SluiceVariableSpecs struct {
 	HaveTaskBtf        *ebpf.VariableSpec `ebpf:"have_task_btf"`
 	UnusedCidrAction   *ebpf.VariableSpec `ebpf:"unused_cidr_action"`
+	UnusedDnsKey       *ebpf.VariableSpec `ebpf:"unused_dns_key"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedMapErrorSite *ebpf.VariableSpec `ebpf:"unused_map_error_site"`
 	UnusedOrigin       *ebpf.VariableSpec `ebpf:"unused_origin"`
@@ -318,6 +327,7 @@ func (m *SluiceMaps) Close() error {
 type SluiceVariables struct {
 	HaveTaskBtf        *ebpf.Variable `ebpf:"have_task_btf"`
 	UnusedCidrAction   *ebpf.Variable `ebpf:"unused_cidr_action"`
+	UnusedDnsKey       *ebpf.Variable `ebpf:"unused_dns_key"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
 	UnusedMapErrorSite *ebpf.Variable `ebpf:"unused_map_error_site"`
 	UnusedOrigin       *ebpf.Variable `ebpf:"unused_origin"`

@@ -517,3 +517,123 @@ func TestAgentDNSTCPOriginNotInherited(t *testing.T) {
 		t.Errorf("no record of the workload's own query: %+v", recs.all())
 	}
 }
+
+// dnsUDPFromPortPy sends argv[6] over UDP from source port argv[2] to
+// argv[1]:argv[3], argv[5] times in turn with one message id (a
+// retransmit), on an unconnected socket (argv[4] "sendto") or a connected
+// one ("connect"), and prints its pid and the rcodes it got (-1: no
+// answer). argv[6] is "query" (api.test A), "response" (the same with
+// the QR bit set) or "badbody" (a header asking one question, and half
+// a name).
+const dnsUDPFromPortPy = `
+import json, os, socket, struct, sys
+flags = {"query": 0x0100, "response": 0x8100, "badbody": 0x0100}[sys.argv[6]]
+m = struct.pack('>HHHHHH', 0x4242, flags, 1, 0, 0, 0)
+m += b'\x03ap' if sys.argv[6] == "badbody" else b'\x03api\x04test\x00' + struct.pack('>HH', 1, 1)
+dst = (sys.argv[1], int(sys.argv[3]))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+u.bind(("0.0.0.0", int(sys.argv[2])))
+u.settimeout(2)
+if sys.argv[4] == "connect":
+    u.connect(dst)
+rcodes = []
+for _ in range(int(sys.argv[5])):
+    if sys.argv[4] == "connect":
+        u.send(m)
+    else:
+        u.sendto(m, dst)
+    try:
+        rcodes.append(u.recv(4096)[3] & 0xf)
+    except socket.timeout:
+        rcodes.append(-1)
+u.close()
+print(json.dumps({"pid": os.getpid(), "rcodes": rcodes}))
+`
+
+// A UDP DNS query leaves its sender's origin in the kernel's map, keyed
+// by the sender's address, port and message id (egress writes it for
+// every datagram); the agent's DNS server takes it out as it answers. So
+// a process outside every selected cgroup that later sends from the same
+// address and port, with the same message id, straight to the DNS port
+// is not taken for the workload: its query is refused and no record
+// names the workload for it. Covered: both ways a workload's UDP query
+// is steered (sendmsg for an unconnected socket, connect), and the
+// datagrams the DNS library answers itself without a handler (FORMERR):
+// a response, and a query whose body does not parse.
+func TestAgentDNSUDPOriginNotInherited(t *testing.T) {
+	e := newAgentEnv(t)
+	res := e.tp.Hosts[1]
+	startTestResolver(t, res, nil)
+	_, recs := e.startDNS(res, "version: 1\n", 100)
+	query := func(inCgroup bool, dst string, sport, dport uint16, mode string, n int, msg string) (pid int, rcodes []int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cmd := e.tp.Hosts[0].Exec(ctx, "python3", "-c", dnsUDPFromPortPy, dst, fmt.Sprint(sport), fmt.Sprint(dport), mode, fmt.Sprint(n), msg)
+		var out, errb strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		done := func() {}
+		if inCgroup {
+			done = e.cg.Command(t, cmd)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done()
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("dns client: %v\n%s", err, errb.String())
+		}
+		var r struct {
+			PID    int
+			Rcodes []int
+		}
+		if err := json.Unmarshal([]byte(out.String()), &r); err != nil {
+			t.Fatalf("client output %q: %v", out.String(), err)
+		}
+		return r.PID, r.Rcodes
+	}
+	victims := map[int]int{} // pid: records still expected
+	var attackers []int
+	for i, c := range []struct {
+		mode, msg string
+		rcodes    []int // the workload's
+	}{
+		// The workload asks twice with one id: the retransmit is
+		// named again (egress writes its origin again).
+		{"sendto", "query", []int{dns.RcodeSuccess, dns.RcodeSuccess}},
+		{"connect", "query", []int{dns.RcodeSuccess, dns.RcodeSuccess}},
+		{"sendto", "response", []int{dns.RcodeFormatError}},
+		{"sendto", "badbody", []int{dns.RcodeFormatError}},
+	} {
+		name := c.mode + " " + c.msg
+		sport := uint16(41240 + i)
+		victim, rcodes := query(true, res.IP4.String(), sport, 53, c.mode, len(c.rcodes), c.msg)
+		if !slices.Equal(rcodes, c.rcodes) {
+			t.Errorf("%s: the workload's rcodes %v, want %v", name, rcodes, c.rcodes)
+		}
+		if c.msg == "query" {
+			victims[victim] = len(c.rcodes)
+		}
+		// The attacker: not in the selected cgroup, same address, port
+		// and message id, straight to the agent's DNS port.
+		attacker, rcodes := query(false, e.cfg.InterceptIPv4.String(), sport, e.cfg.DNSPort, "sendto", 1, "query")
+		if !slices.Equal(rcodes, []int{dns.RcodeRefused}) {
+			t.Errorf("%s: the unselected process's query: rcodes %v, want REFUSED", name, rcodes)
+		}
+		attackers = append(attackers, attacker)
+	}
+	for _, r := range recs.all() {
+		if victims[r.Workload.PID] > 0 && r.Workload.Cgroup == e.cg.Path {
+			victims[r.Workload.PID]-- // the workload's own records
+			continue
+		}
+		if r.Workload.Cgroup == e.cg.Path || r.Workload.PID != 0 {
+			t.Errorf("a record names a workload for a query of the unselected processes %v: %+v", attackers, r.Workload)
+		}
+	}
+	for pid, n := range victims {
+		if n != 0 {
+			t.Errorf("workload pid %d: %d of its records missing: %+v", pid, n, recs.all())
+		}
+	}
+}
