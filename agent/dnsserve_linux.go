@@ -43,7 +43,7 @@ func (a *Agent) listenDNS() error {
 			pc.Close()
 			return fmt.Errorf("listen on dns address %s/tcp: %w", ap, err)
 		}
-		ln = dnsListener{Listener: ln, set: &a.dnsTCP}
+		ln = dnsListener{Listener: ln, set: &a.dnsTCP, take: func(peer netip.AddrPort) (bpf.SluiceOrigin, error) { return a.takeOriginWait(peer, 0) }}
 		udpSrv := &dns.Server{PacketConn: pc, Handler: h, MsgAcceptFunc: dnsAccept, DecorateWriter: a.decorateDNSWriter}
 		for _, s := range []*dns.Server{udpSrv, {Listener: ln, Handler: h}} {
 			a.dnsSrvs = append(a.dnsSrvs, s)
@@ -164,10 +164,11 @@ func (a *Agent) takeOriginWait(peer netip.AddrPort, wait time.Duration) (bpf.Slu
 // dnsTCPOrigins holds the origin of each open TCP connection to the DNS
 // server. sockops keeps a connection's sluice_peers entry past the
 // workload's close (the proxy may accept it later: sluice.c), so the DNS
-// server takes the entry out of the kernel's map at the connection's
-// first query and keeps it here until the connection closes. Left in the
-// map, it would name whichever process next connects straight to the
-// DNS port from the same {ip, port}.
+// server takes the entry out of the kernel's map as it accepts the
+// connection (or, if it is not there yet, at the first query) and keeps
+// it here until the connection closes. Left in the map, by a connection
+// that closed without a query, it would name whichever process next
+// connects straight to the DNS port from the same {ip, port}.
 type dnsTCPOrigins struct {
 	mu sync.Mutex
 	m  map[netip.AddrPort]*dnsTCPOrigin
@@ -210,10 +211,12 @@ func (s *dnsTCPOrigins) origin(peer netip.AddrPort, take func() (bpf.SluiceOrigi
 	return o.o, o.err
 }
 
-// dnsListener registers each accepted connection in set until it closes.
+// dnsListener registers each accepted connection in set until it closes,
+// with its origin when take (one look, no wait) finds it.
 type dnsListener struct {
 	net.Listener
-	set *dnsTCPOrigins
+	set  *dnsTCPOrigins
+	take func(peer netip.AddrPort) (bpf.SluiceOrigin, error)
 }
 
 func (l dnsListener) Accept() (net.Conn, error) {
@@ -227,6 +230,9 @@ func (l dnsListener) Accept() (net.Conn, error) {
 	}
 	ap := ta.AddrPort()
 	dc := &dnsConn{Conn: c, set: l.set, peer: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), o: &dnsTCPOrigin{}}
+	if o, err := l.take(dc.peer); err == nil {
+		dc.o.once.Do(func() { dc.o.o = o })
+	}
 	l.set.add(dc.peer, dc.o)
 	return dc, nil
 }

@@ -439,8 +439,10 @@ func TestAgentDNSGetaddrinfo(t *testing.T) {
 	}
 }
 
-// dnsTCPFromPortPy asks the resolver at argv[1] for api.test over TCP
-// from source port argv[2] and prints its pid and the answer's rcode.
+// dnsTCPFromPortPy asks the resolver at argv[1]:argv[3] for api.test
+// over TCP from source port argv[2] and prints its pid and the answer's
+// rcode; with argv[4] "silent" it connects and closes without a query
+// (rcode -1).
 const dnsTCPFromPortPy = `
 import json, os, socket, struct, sys
 hdr = struct.pack('>HHHHHH', 0x4242, 0x0100, 1, 0, 0, 0)
@@ -450,6 +452,10 @@ t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 t.bind(("0.0.0.0", int(sys.argv[2])))
 t.settimeout(5)
 t.connect((sys.argv[1], int(sys.argv[3])))
+if len(sys.argv) > 4 and sys.argv[4] == "silent":
+    t.close()
+    print(json.dumps({"pid": os.getpid(), "rcode": -1}))
+    sys.exit(0)
 t.sendall(struct.pack('>H', len(m)) + m)
 n = struct.unpack('>H', t.recv(2))[0]
 data = b''
@@ -459,22 +465,23 @@ t.close()
 print(json.dumps({"pid": os.getpid(), "rcode": data[3] & 0xf}))
 `
 
-// A TCP DNS query leaves its sender's origin in the kernel's map (sockops
-// keeps it past the close, for connections the proxy accepts late); the
-// agent's DNS server takes it out at the query, so a process outside
-// every selected cgroup that later connects straight to the DNS port from
-// the same address and port is not taken for the workload: its query is
-// refused and no record names the workload for it.
+// A TCP connection to the DNS server leaves its sender's origin in the
+// kernel's map (sockops keeps it past the close, for connections the
+// proxy accepts late); the agent's DNS server takes it out as it accepts
+// the connection, so a process outside every selected cgroup that later
+// connects straight to the DNS port from the same address and port is
+// not taken for the workload: its query is refused and no record names
+// the workload for it. The workload's connection may have asked a query
+// or closed without one.
 func TestAgentDNSTCPOriginNotInherited(t *testing.T) {
 	e := newAgentEnv(t)
 	res := e.tp.Hosts[1]
 	startTestResolver(t, res, nil)
 	_, recs := e.startDNS(res, "version: 1\n", 100)
-	const port = "41234"
-	query := func(inCgroup bool, dst string, dport uint16) (pid, rcode int) {
+	query := func(inCgroup bool, dst string, dport uint16, port, mode string) (pid, rcode int) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		cmd := e.tp.Hosts[0].Exec(ctx, "python3", "-c", dnsTCPFromPortPy, dst, port, fmt.Sprint(dport))
+		cmd := e.tp.Hosts[0].Exec(ctx, "python3", "-c", dnsTCPFromPortPy, dst, port, fmt.Sprint(dport), mode)
 		var out, errb strings.Builder
 		cmd.Stdout, cmd.Stderr = &out, &errb
 		done := func() {}
@@ -494,27 +501,44 @@ func TestAgentDNSTCPOriginNotInherited(t *testing.T) {
 		}
 		return r.PID, r.Rcode
 	}
-	victim, rcode := query(true, res.IP4.String(), 53)
-	if rcode != dns.RcodeSuccess {
-		t.Fatalf("the workload's query: rcode %d", rcode)
-	}
-	// The attacker: not in the selected cgroup, same address and port,
-	// straight to the agent's DNS port.
-	attacker, rcode := query(false, e.cfg.InterceptIPv4.String(), e.cfg.DNSPort)
-	if rcode != dns.RcodeRefused {
-		t.Errorf("the unselected process's query: rcode %d, want REFUSED", rcode)
-	}
-	for _, r := range recs.all() {
-		if r.Workload.PID == victim && r.Workload.Cgroup == e.cg.Path {
-			victim = -1 // the workload's own record, once
-			continue
-		}
-		if r.Workload.Cgroup == e.cg.Path || r.Workload.PID != 0 {
-			t.Errorf("a record names a workload for the query of pid %d: %+v", attacker, r.Workload)
-		}
-	}
-	if victim != -1 {
-		t.Errorf("no record of the workload's own query: %+v", recs.all())
+	for _, c := range []struct {
+		name, port, mode string
+		wantRcode        int
+	}{
+		{"after a query", "41234", "query", dns.RcodeSuccess},
+		{"after a connection without a query", "41236", "silent", -1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := len(recs.all())
+			victim, rcode := query(true, res.IP4.String(), 53, c.port, c.mode)
+			if rcode != c.wantRcode {
+				t.Fatalf("the workload's connection: rcode %d, want %d", rcode, c.wantRcode)
+			}
+			if c.mode == "silent" {
+				victim = -1 // no query, no record of its own
+				// The DNS server accepts the connection after the
+				// workload closed it: give it the time.
+				time.Sleep(200 * time.Millisecond)
+			}
+			// The attacker: not in the selected cgroup, same address
+			// and port, straight to the agent's DNS port.
+			attacker, rcode := query(false, e.cfg.InterceptIPv4.String(), e.cfg.DNSPort, c.port, "query")
+			if rcode != dns.RcodeRefused {
+				t.Errorf("the unselected process's query: rcode %d, want REFUSED", rcode)
+			}
+			for _, r := range recs.all()[before:] {
+				if r.Workload.PID == victim && r.Workload.Cgroup == e.cg.Path {
+					victim = -1 // the workload's own record, once
+					continue
+				}
+				if r.Workload.Cgroup == e.cg.Path || r.Workload.PID != 0 {
+					t.Errorf("a record names a workload for the query of pid %d: %+v", attacker, r.Workload)
+				}
+			}
+			if victim != -1 {
+				t.Errorf("no record of the workload's own query: %+v", recs.all()[before:])
+			}
+		})
 	}
 }
 
