@@ -49,8 +49,10 @@ type Agent struct {
 	lns  []net.Listener
 	// dnsSrvs serve Options.DNS on agent.dnsPort (none without it).
 	dnsSrvs []*dns.Server
-	// dnsTCP holds the origins of the open TCP connections to dnsSrvs.
+	// dnsTCP holds the origins of the open TCP connections to dnsSrvs,
+	// dnsUDP hands out those of UDP queries.
 	dnsTCP dnsTCPOrigins
+	dnsUDP dnsUDPOrigins
 	rb     *ringbuf.Reader
 	// bypassNames are agent.bypassHosts; bypass the addresses learned
 	// for them (nil without any).

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/miekg/dns"
@@ -41,32 +42,69 @@ func TestDNSKey(t *testing.T) {
 
 // A UDP query finds only the origin written for its own {ip, port, id}:
 // another id from the same sender (another query in flight, or a later
-// process guessing) finds none, and a taken origin is gone.
-func TestWaitOriginDNSKey(t *testing.T) {
+// process guessing) finds none, and a taken origin is gone. Another copy
+// of a query taken within dnsRecentTTL is told apart (errDNSDuplicate:
+// not answered), and an origin older than dnsOriginMaxAge (its datagram
+// was dropped unread) names nobody.
+func TestDNSUDPOrigins(t *testing.T) {
 	peer := netip.MustParseAddrPort("10.1.2.3:41234")
-	stored := dnsKey(peer, 0x4242)
-	m := map[string]bpf.SluiceOrigin{string(asBytes(&stored)): {Pid: 7}}
-	take := func(kb, ob []byte) error {
-		o, ok := m[string(kb)]
+	m := map[string]bpf.SluiceDnsOrigin{}
+	write := func(id uint16, at time.Duration) { // what egress does
+		k := dnsKey(peer, id)
+		m[string(asBytes(&k))] = bpf.SluiceDnsOrigin{O: bpf.SluiceOrigin{Pid: uint32(id)}, At: uint64(at)}
+	}
+	s := &dnsUDPOrigins{take: func(kb, ob []byte) error {
+		v, ok := m[string(kb)]
 		if !ok {
 			return ebpf.ErrKeyNotExist
 		}
 		delete(m, string(kb))
-		copy(ob, asBytes(&o))
+		copy(ob, asBytes(&v))
 		return nil
-	}
-	read := func(id uint16) (bpf.SluiceOrigin, error) {
-		k := dnsKey(peer, id)
-		return waitOrigin(peer, asBytes(&k), 0, take, nil)
-	}
-	if _, err := read(0x4243); !errors.Is(err, errNoOrigin) {
+	}}
+	now := 100 * time.Second
+	write(0x4242, now)
+	if _, err := s.origin(peer, 0x4243, now); !errors.Is(err, errNoOrigin) {
 		t.Fatalf("another id: err %v, want errNoOrigin", err)
 	}
-	if o, err := read(0x4242); err != nil || o.Pid != 7 {
+	if o, err := s.origin(peer, 0x4242, now); err != nil || o.Pid != 0x4242 {
 		t.Fatalf("the query's own id: origin %+v, err %v", o, err)
 	}
-	if _, err := read(0x4242); !errors.Is(err, errNoOrigin) {
-		t.Fatalf("the same id again after the take: err %v, want errNoOrigin", err)
+	now += time.Second
+	if _, err := s.origin(peer, 0x4242, now); !errors.Is(err, errDNSDuplicate) {
+		t.Fatalf("a second copy of the query: err %v, want errDNSDuplicate", err)
+	}
+	write(0x4242, now) // a retransmit
+	if o, err := s.origin(peer, 0x4242, now); err != nil || o.Pid != 0x4242 {
+		t.Fatalf("a retransmit: origin %+v, err %v", o, err)
+	}
+	now += 2*dnsRecentTTL + time.Millisecond
+	if _, err := s.origin(peer, 0x4242, now); !errors.Is(err, errNoOrigin) || errors.Is(err, errDNSDuplicate) {
+		t.Fatalf("the same id long after: err %v, want errNoOrigin", err)
+	}
+	write(0x4244, now-dnsOriginMaxAge-time.Millisecond) // its datagram was never read
+	if _, err := s.origin(peer, 0x4244, now); !errors.Is(err, errNoOrigin) {
+		t.Fatalf("an origin older than dnsOriginMaxAge: err %v, want errNoOrigin", err)
+	}
+	if len(m) != 0 {
+		t.Errorf("entries left in the map: %d", len(m))
+	}
+}
+
+// The queries remembered stay bounded: a generation holds at most
+// dnsRecentMax, and two generations are kept.
+func TestDNSUDPOriginsBounded(t *testing.T) {
+	s := &dnsUDPOrigins{}
+	now := 100 * time.Second
+	for i := 0; i < 3*dnsRecentMax; i++ {
+		s.remember(dnsKey(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 16), byte(i >> 8)}), uint16(i)), uint16(i)), now)
+	}
+	if n := len(s.cur) + len(s.prev); n > 2*dnsRecentMax {
+		t.Errorf("%d queries remembered, want at most %d", n, 2*dnsRecentMax)
+	}
+	first := dnsKey(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, 0}), 0), 0)
+	if s.seen(first, now) {
+		t.Errorf("the first query is still remembered after %d more", 3*dnsRecentMax)
 	}
 }
 
@@ -131,47 +169,45 @@ func TestDNSRejectWriter(t *testing.T) {
 	}
 }
 
-// dnsAccept rejects (FORMERR, through dnsRejectWriter) what miekg's
-// default ignores, a response, and otherwise decides as the default.
-func TestDNSAccept(t *testing.T) {
-	const qr = 1 << 15
-	for _, tc := range []struct {
-		name string
-		h    dns.Header
-		want dns.MsgAcceptAction
-	}{
-		{"query", dns.Header{Qdcount: 1}, dns.MsgAccept},
-		{"response", dns.Header{Bits: qr, Qdcount: 1}, dns.MsgReject},
-		{"no question", dns.Header{}, dns.MsgReject},
-		{"update", dns.Header{Bits: dns.OpcodeUpdate << 11, Qdcount: 1}, dns.MsgRejectNotImplemented},
-	} {
-		if got := dnsAccept(tc.h); got != tc.want {
-			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
-		}
-	}
-}
-
-// Any bytes written as a UDP answer are written whole, never panic, and
-// drop an origin exactly when they carry a FORMERR or NOTIMP rcode: by
-// the id in their first two bytes.
+// Any answer the DNS library writes (a message of any id, rcode and
+// flags, or bytes that are none) is written whole, and drops the origin
+// of the query it answers exactly when it is a FORMERR or NOTIMP, by its
+// id (as miekg/dns reads them back).
 func FuzzDNSRejectWriter(f *testing.F) {
-	f.Add([]byte{0x42, 0x42, 0x81, 0x81})
-	f.Add([]byte{0x42, 0x42, 0x81, 0x84, 0, 1})
-	f.Add([]byte{0x42, 0x42, 0x81})
-	f.Add([]byte{})
-	f.Fuzz(func(t *testing.T, b []byte) {
+	f.Add(uint16(0x4242), uint8(dns.RcodeFormatError), true, "api.test.", []byte(nil))
+	f.Add(uint16(0x0001), uint8(dns.RcodeNotImplemented), false, "", []byte(nil))
+	f.Add(uint16(0xbeef), uint8(dns.RcodeSuccess), true, "x.", []byte{0x42, 0x42, 0x81, 0x81})
+	f.Add(uint16(7), uint8(dns.RcodeRefused), false, "", []byte{0x42})
+	f.Fuzz(func(t *testing.T, id uint16, rcode uint8, response bool, name string, raw []byte) {
+		b := raw
+		var want []uint16
+		if len(raw) == 0 { // a message the library would write
+			m := new(dns.Msg)
+			m.Id, m.Rcode, m.Response = id, int(rcode&0xf), response
+			if _, ok := dns.IsDomainName(name); ok && name != "" {
+				m.Question = []dns.Question{{Name: dns.Fqdn(name), Qtype: dns.TypeA, Qclass: dns.ClassINET}}
+			}
+			var err error
+			if b, err = m.Pack(); err != nil {
+				t.Skip()
+			}
+			if m.Rcode == dns.RcodeFormatError || m.Rcode == dns.RcodeNotImplemented {
+				want = []uint16{id}
+			}
+		} else if m := new(dns.Msg); m.Unpack(raw) == nil && (m.Rcode&0xf == dns.RcodeFormatError || m.Rcode&0xf == dns.RcodeNotImplemented) {
+			want = []uint16{m.Id}
+		}
 		fw := &fakeUDPWriter{peer: &net.UDPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 41234}}
 		var ids []uint16
 		w := dnsRejectWriter{Writer: fw, rw: fw, drop: func(_ netip.AddrPort, id uint16) { ids = append(ids, id) }}
-		if n, err := w.Write(b); err != nil || n != len(b) || len(fw.wrote) != 1 {
+		if n, err := w.Write(b); err != nil || n != len(b) || len(fw.wrote) != 1 || !bytes.Equal(fw.wrote[0], b) {
 			t.Fatalf("write of %d bytes: %d, %v, %d writes", len(b), n, err, len(fw.wrote))
 		}
-		reject := len(b) >= 4 && (b[3]&0xf == dns.RcodeFormatError || b[3]&0xf == dns.RcodeNotImplemented)
-		switch {
-		case reject && (len(ids) != 1 || ids[0] != binary.BigEndian.Uint16(b)):
-			t.Fatalf("% x: dropped ids %v, want [%#x]", b, ids, binary.BigEndian.Uint16(b))
-		case !reject && len(ids) != 0:
-			t.Fatalf("% x: dropped ids %v, want none", b, ids)
+		if len(raw) != 0 && want == nil && len(ids) > 0 {
+			return // bytes that are no message: dropping by their first two bytes is harmless
+		}
+		if !slices.Equal(ids, want) {
+			t.Fatalf("% x: dropped ids %v, want %v", b, ids, want)
 		}
 	})
 }

@@ -44,7 +44,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct dns_key);
-	__type(value, struct origin);
+	__type(value, struct dns_origin);
 } sluice_dns_peers SEC(".maps");
 
 /* sendmsg_decide is what sendmsg4/6 do with a datagram to port (host
@@ -216,17 +216,26 @@ int sluice_recvmsg6(struct bpf_sock_addr *ctx)
  * not a query, and names nobody. */
 #define DNS_HDR_LEN 12
 
-/* dns_peer copies the origin of a datagram to the DNS server, stored by
+/* DNS_FLAG_QR is the QR bit in the third byte of a DNS message: set in a
+ * response. */
+#define DNS_FLAG_QR 0x80
+
+/* dns_peer copies the origin of a query to the DNS server, stored by
  * sendmsg or connect under the socket's cookie, to sluice_dns_peers under
- * the datagram's source and DNS message id: src is 16 bytes (IPv4 as
- * ::ffff:a.b.c.d), sport host order, udp the offset of the UDP header. */
+ * the datagram's source and DNS message id, with the time: src is 16
+ * bytes (IPv4 as ::ffff:a.b.c.d), sport host order, udp the offset of the
+ * UDP header. A response (QR set) names nobody: the DNS server ignores
+ * it, so nothing would take its entry. */
 static __always_inline void dns_peer(struct __sk_buff *skb, const __u8 *src, __u16 sport, __u32 udp)
 {
 	struct dns_key k = {};
-	__u16 id;
+	struct dns_origin v = {};
+	__u8 h[3];
 	if (skb->len < udp + 8 + DNS_HDR_LEN)
 		return;
-	if (bpf_skb_load_bytes(skb, udp + 8, &id, sizeof(id)) < 0)
+	if (bpf_skb_load_bytes(skb, udp + 8, h, sizeof(h)) < 0)
+		return;
+	if (h[2] & DNS_FLAG_QR)
 		return;
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct origin *o = bpf_map_lookup_elem(&sluice_origins, &cookie);
@@ -234,8 +243,10 @@ static __always_inline void dns_peer(struct __sk_buff *skb, const __u8 *src, __u
 		return;
 	__builtin_memcpy(k.addr, src, 16);
 	k.port = sport;
-	k.id = bpf_ntohs(id);
-	if (bpf_map_update_elem(&sluice_dns_peers, &k, o, BPF_ANY) < 0)
+	k.id = (__u16)h[0] << 8 | h[1];
+	v.o = *o;
+	v.at = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&sluice_dns_peers, &k, &v, BPF_ANY) < 0)
 		map_error(MAP_ERR_DNS_PEERS);
 }
 

@@ -147,6 +147,14 @@ struct dns_key {
 	__u16 id;              /* host order */
 };
 
+/* dns_origin is the origin of one UDP query and when egress wrote it
+ * (bpf_ktime_get_ns, CLOCK_MONOTONIC): the agent takes none older than
+ * a query waits in its socket. */
+struct dns_origin {
+	struct origin o;
+	__u64 at;
+};
+
 /* event is one connect decision. */
 struct event {
 	__u8 addr[16];         /* original destination, IPv4 as ::ffff:a.b.c.d */
@@ -230,7 +238,8 @@ struct {
 } sluice_origins SEC(".maps");
 
 /* Origins by workload-side {ip, port}: read and deleted by the agent when
- * the proxy accepts the connection. Not deleted when the workload's socket
+ * the proxy (or the DNS server, for TCP DNS) accepts the connection. Not
+ * deleted when the workload's socket
  * closes: a client that connects and closes before the proxy accepts
  * (FIN_WAIT2 folded into TIME_WAIT reads as TCP_CLOSE) is still in the
  * accept queue and must still be named. Entries of connections never
@@ -270,6 +279,7 @@ const struct event *unused_event __attribute__((unused));
 const struct origin *unused_origin __attribute__((unused));
 const struct peer_key *unused_peer_key __attribute__((unused));
 const struct dns_key *unused_dns_key __attribute__((unused));
+const struct dns_origin *unused_dns_origin __attribute__((unused));
 const struct settings *unused_settings __attribute__((unused));
 const enum verdict *unused_verdict __attribute__((unused));
 const enum reason *unused_reason __attribute__((unused));

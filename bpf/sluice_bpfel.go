@@ -28,6 +28,12 @@ type SluiceDnsKey struct {
 	Id   uint16
 }
 
+type SluiceDnsOrigin struct {
+	_  structs.HostLayout
+	O  SluiceOrigin
+	At uint64
+}
+
 type SluiceEvent struct {
 	_         structs.HostLayout
 	Addr      [16]uint8
@@ -164,6 +170,7 @@ const (
 	SluiceVarHaveTaskBtf         = "have_task_btf"
 	SluiceVarUnusedCidrAction    = "unused_cidr_action"
 	SluiceVarUnusedDnsKey        = "unused_dns_key"
+	SluiceVarUnusedDnsOrigin     = "unused_dns_origin"
 	SluiceVarUnusedEvent         = "unused_event"
 	SluiceVarUnusedMapErrorSite  = "unused_map_error_site"
 	SluiceVarUnusedOrigin        = "unused_origin"
@@ -256,6 +263,7 @@ type SluiceVariableSpecs struct {
 	HaveTaskBtf        *ebpf.VariableSpec `ebpf:"have_task_btf"`
 	UnusedCidrAction   *ebpf.VariableSpec `ebpf:"unused_cidr_action"`
 	UnusedDnsKey       *ebpf.VariableSpec `ebpf:"unused_dns_key"`
+	UnusedDnsOrigin    *ebpf.VariableSpec `ebpf:"unused_dns_origin"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedMapErrorSite *ebpf.VariableSpec `ebpf:"unused_map_error_site"`
 	UnusedOrigin       *ebpf.VariableSpec `ebpf:"unused_origin"`
@@ -328,6 +336,7 @@ type SluiceVariables struct {
 	HaveTaskBtf        *ebpf.Variable `ebpf:"have_task_btf"`
 	UnusedCidrAction   *ebpf.Variable `ebpf:"unused_cidr_action"`
 	UnusedDnsKey       *ebpf.Variable `ebpf:"unused_dns_key"`
+	UnusedDnsOrigin    *ebpf.Variable `ebpf:"unused_dns_origin"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
 	UnusedMapErrorSite *ebpf.Variable `ebpf:"unused_map_error_site"`
 	UnusedOrigin       *ebpf.Variable `ebpf:"unused_origin"`
