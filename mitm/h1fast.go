@@ -56,15 +56,15 @@ var (
 // its wake from parking) until it is parked, handed to net/http or
 // closed.
 type h1Fast struct {
-	s   *h1Server
-	c   *h1Conn
-	src fastSource
-	br  *bufio.Reader
-	bw  *bufio.Writer
-	hr  *bufio.Reader // parses a copy of the head in br
+	s    *h1Server
+	c    *h1Conn
+	src  fastSource
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	hr   *bufio.Reader // parses a copy of the head in br
 	hsrc bytes.Reader
-	out fastOut
-	ctx context.Context
+	out  fastOut
+	ctx  context.Context
 	// loopDeadline: the read deadline is the loop's own (idle or header
 	// timeout), to be cleared before a request body is read.
 	loopDeadline bool
