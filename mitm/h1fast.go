@@ -68,6 +68,7 @@ type h1Fast struct {
 	// loopDeadline: the read deadline is the loop's own (idle or header
 	// timeout), to be cleared before a request body is read.
 	loopDeadline bool
+	lastPost     bool // the last request was a POST
 	w            fastResponse
 }
 
@@ -142,11 +143,17 @@ func (s *h1Server) serveFast(c *h1Conn) {
 		case fastServed:
 			first = false
 			continue
-		case fastPark:
+		case fastPark: // nothing buffered either way: the loop flushes when it has no request
 			fs.release()
 			c.goneRemove()
 			c.park()
 		case fastHandOff:
+			// The answers to the requests before go out first.
+			if err := fs.bw.Flush(); err != nil {
+				fs.release()
+				c.Close()
+				return
+			}
 			c.next = fs.unread()
 			fs.release()
 			c.goneRemove()
@@ -213,6 +220,16 @@ func (fs *h1Fast) next(first bool) int {
 			return fastClose
 		}
 	}
+	if fs.lastPost {
+		// As net/http's server: up to 4 CR or LF bytes after a POST
+		// are dropped (RFC 9112 2.2, clients that end a body with CRLF).
+		peek, _ := br.Peek(min(4, br.Buffered()))
+		n := 0
+		for n < len(peek) && (peek[n] == '\r' || peek[n] == '\n') {
+			n++
+		}
+		_, _ = br.Discard(n)
+	}
 	// The whole head, in the buffer; what is still to come of it within
 	// the header timeout, as net/http's readRequest.
 	end := 0
@@ -258,6 +275,7 @@ func (fs *h1Fast) next(first bool) int {
 		return fastHandOff
 	}
 	_, _ = br.Discard(end)
+	fs.lastPost = req.Method == http.MethodPost
 	req.RemoteAddr = c.remote
 	req = req.WithContext(fs.ctx)
 	var body *fastBody
