@@ -269,8 +269,8 @@ func FuzzFastLoopMatchesNetHTTP(f *testing.F) {
 	fastUp, stdUp := startSeenUpstream(f), startSeenUpstream(f)
 	f.Fuzz(func(t *testing.T, req string) {
 		raw := req + "GET /end HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"
-		fo := sendRaw(t, fast, fastUp, raw, 200*time.Millisecond)
-		so := sendRaw(t, std, stdUp, raw, 200*time.Millisecond)
+		fo := sendRaw(t, fast, fastUp, raw, 100*time.Millisecond)
+		so := sendRaw(t, std, stdUp, raw, 100*time.Millisecond)
 		if !slices.Equal(fo.answers, so.answers) || !slices.Equal(fo.seen, so.seen) || fo.closed != so.closed {
 			t.Errorf("input %q\nfast loop:\n  answers %q\n  upstream saw %q\n  closed %v\nnet/http:\n  answers %q\n  upstream saw %q\n  closed %v",
 				raw, fo.answers, fo.seen, fo.closed, so.answers, so.seen, so.closed)
