@@ -56,15 +56,13 @@ var (
 // its wake from parking) until it is parked, handed to net/http or
 // closed.
 type h1Fast struct {
-	s    *h1Server
-	c    *h1Conn
-	src  fastSource
-	br   *bufio.Reader
-	bw   *bufio.Writer
-	hr   *bufio.Reader // parses a copy of the head in br
-	hsrc bytes.Reader
-	out  fastOut
-	ctx  context.Context
+	s   *h1Server
+	c   *h1Conn
+	src fastSource
+	br  *bufio.Reader
+	bw  *bufio.Writer
+	out fastOut
+	ctx context.Context
 	// loopDeadline: the read deadline is the loop's own (idle or header
 	// timeout), to be cleared before a request body is read.
 	loopDeadline bool
@@ -125,7 +123,6 @@ func (s *h1Server) serveFast(c *h1Conn) {
 	fs.br.Reset(fs.src)
 	fs.bw = fastWriters.Get().(*bufio.Writer)
 	fs.bw.Reset(fs.out)
-	fs.hr = fastReaders.Get().(*bufio.Reader)
 	if c.baseCtx == nil {
 		f := c.fl
 		c.baseCtx = context.WithValue(context.WithValue(f.ctx, http.ServerContextKey, s.srv), flowKey{}, f)
@@ -194,10 +191,7 @@ func (fs *h1Fast) release() {
 	fastReaders.Put(fs.br)
 	fs.bw.Reset(nil)
 	fastWriters.Put(fs.bw)
-	fs.hr.Reset(nil)
-	fastReaders.Put(fs.hr)
-	fs.hsrc.Reset(nil)
-	fs.br, fs.bw, fs.hr = nil, nil, nil
+	fs.br, fs.bw = nil, nil
 }
 
 func (fs *h1Fast) setReadDeadline(t time.Time) {
@@ -268,10 +262,8 @@ func (fs *h1Fast) next(first bool) int {
 	// Parsed from a copy, so that a head the loop does not serve is
 	// still unread for net/http.
 	head, _ := br.Peek(end)
-	fs.hsrc.Reset(head)
-	fs.hr.Reset(&fs.hsrc)
-	req, err := http.ReadRequest(fs.hr)
-	if err != nil || fs.hsrc.Len() != 0 || fs.hr.Buffered() != 0 || !fastServable(req) {
+	req, exact, err := parseHead(head)
+	if err != nil || !exact || !fastServable(req) {
 		return fastHandOff
 	}
 	_, _ = br.Discard(end)
@@ -289,6 +281,33 @@ func (fs *h1Fast) next(first bool) int {
 		req.Body = http.NoBody
 	}
 	return fs.serveRequest(req, body)
+}
+
+// headParser parses a copy of a head: a bufio.Reader (of a buffer as
+// large as the loop's) over a bytes.Reader, taken per request.
+type headParser struct {
+	src bytes.Reader
+	br  *bufio.Reader
+}
+
+var headParsers = sync.Pool{New: func() any {
+	hp := &headParser{}
+	hp.br = bufio.NewReaderSize(&hp.src, h1FastBuf)
+	return hp
+}}
+
+// parseHead parses head with http.ReadRequest; exact: it read all of
+// head, no more and no less.
+func parseHead(head []byte) (req *http.Request, exact bool, err error) {
+	hp := headParsers.Get().(*headParser)
+	hp.src.Reset(head)
+	hp.br.Reset(&hp.src)
+	req, err = http.ReadRequest(hp.br)
+	exact = hp.src.Len() == 0 && hp.br.Buffered() == 0
+	hp.src.Reset(nil)
+	hp.br.Reset(&hp.src)
+	headParsers.Put(hp)
+	return req, exact, err
 }
 
 // headEnd returns the length of the request head at the start of buf
