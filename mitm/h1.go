@@ -282,7 +282,7 @@ type h1Conn struct {
 
 	// The fast loop's (h1fast.go).
 	gw      goneWatch
-	baseCtx context.Context // of its requests, made at its first run
+	baseCtx context.Context // of its requests, made per run (nil while parked)
 	remote  string          // RemoteAddr of its requests
 }
 

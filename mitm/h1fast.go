@@ -143,6 +143,7 @@ func (s *h1Server) serveFast(c *h1Conn) {
 		case fastPark: // nothing buffered either way: the loop flushes when it has no request
 			fs.release()
 			c.goneRemove()
+			fs.drop(cancel)
 			c.park()
 		case fastHandOff:
 			// The answers to the requests before go out first.
@@ -154,6 +155,7 @@ func (s *h1Server) serveFast(c *h1Conn) {
 			c.next = fs.unread()
 			fs.release()
 			c.goneRemove()
+			fs.drop(cancel)
 			_ = c.Conn.SetReadDeadline(time.Time{})
 			s.serveStd(c)
 		case fastClose:
@@ -171,6 +173,17 @@ const (
 	fastHandOff
 	fastClose
 )
+
+// drop lets go of what the connection kept of this run, before it is
+// parked or handed over: a parked connection holds as little as it can.
+func (fs *h1Fast) drop(cancel context.CancelFunc) {
+	c := fs.c
+	cancel()
+	c.gw.mu.Lock()
+	c.gw.cancel = nil
+	c.gw.mu.Unlock()
+	c.baseCtx, c.remote = nil, ""
+}
 
 // unread is every byte read and not served yet, for net/http.
 func (fs *h1Fast) unread() []byte {
