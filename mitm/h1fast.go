@@ -955,11 +955,7 @@ func (w *fastResponse) writeTrailers() {
 	bw := w.fs.bw
 	for k, vs := range w.h {
 		name, ok := strings.CutPrefix(k, http.TrailerPrefix)
-		if !ok {
-			continue
-		}
-		name = http.CanonicalHeaderKey(name)
-		if !httpguts.ValidHeaderFieldName(name) {
+		if !ok || !httpguts.ValidHeaderFieldName(name) {
 			continue
 		}
 		for _, v := range vs {
@@ -969,8 +965,7 @@ func (w *fastResponse) writeTrailers() {
 	for _, decl := range w.h["Trailer"] {
 		for name := range strings.SplitSeq(decl, ",") {
 			name = http.CanonicalHeaderKey(strings.Trim(name, " \t"))
-			switch name {
-			case "", "Transfer-Encoding", "Trailer", "Content-Length":
+			if name == "" || !httpguts.ValidTrailerHeader(name) {
 				continue
 			}
 			for _, v := range w.h[name] {

@@ -297,3 +297,47 @@ func TestHeadEnd(t *testing.T) {
 		}
 	}
 }
+
+// A client that leaves while the upstream thinks ends the upstream
+// request on the fast loop too, with a body or without, and leaves a 499
+// record: its socket's close wakes the read that finds it gone.
+func TestFastLoopClientLeaves(t *testing.T) {
+	for _, body := range []string{"", "hello"} {
+		t.Run(fmt.Sprintf("body=%q", body), func(t *testing.T) {
+			started, ended := make(chan struct{}), make(chan struct{})
+			up := startPlainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.ReadAll(r.Body)
+				close(started)
+				select {
+				case <-r.Context().Done():
+					close(ended)
+				case <-time.After(10 * time.Second):
+				}
+			}))
+			h := newHarness(t, nil, nil)
+			c, err := net.Dial("tcp", serveTransparent(t, h, t.Context(), 1, Destination{Addr: up.addr}, workload.Identity{PID: 7}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := fmt.Sprintf("POST /slow HTTP/1.1\r\nHost: api.test\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+			if _, err := io.WriteString(c, req); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-started:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the request did not reach the upstream")
+			}
+			c.Close()
+			select {
+			case <-ended:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the upstream request went on after the client left")
+			}
+			rec := h.recs.wait(t, "the abandoned request", func(r audit.Record) bool { return r.Path == "/slow" })
+			if rec.Status != statusClientClosed || rec.End != audit.EndClientClosed {
+				t.Errorf("record %+v", rec)
+			}
+		})
+	}
+}
