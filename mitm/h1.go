@@ -279,6 +279,11 @@ type h1Conn struct {
 	pk        parkLinks // while in the server's parkSet
 
 	up upWatch // the upstream exchange of the request being served
+
+	// The fast loop's (h1fast.go).
+	gw      goneWatch
+	baseCtx context.Context // of its requests, made per run (nil while parked)
+	remote  string          // RemoteAddr of its requests
 }
 
 // upWatch aborts the upstream exchange of the request a handler serves
@@ -528,6 +533,7 @@ func (c *h1Conn) Close() error {
 		err = c.Conn.Close()
 	}
 	c.closeOnce.Do(func() {
+		c.goneRemove()
 		c.up.mu.Lock()
 		if c.up.flowStop != nil {
 			c.up.flowStop()

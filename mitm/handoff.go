@@ -24,6 +24,8 @@ type h1Server struct {
 	srv         *http.Server
 	idleTimeout time.Duration // of a parked connection (h1Conn.park)
 	parked      *parkSet      // nil: parked connections wait on a goroutine each
+	gone        *goneSet      // nil: no fast loop (h1fast.go)
+	noFast      bool          // every connection to net/http (tests)
 
 	mu      sync.Mutex
 	queue   []net.Conn
@@ -38,7 +40,7 @@ const h1AcceptIdle = time.Second
 var errAcceptIdle = errors.New("no connection handed over")
 
 func newH1Server(p *Proxy) *h1Server {
-	s := &h1Server{ready: make(chan struct{}, 1), idleTimeout: p.cfg.IdleTimeout.D(), parked: newParkSet()}
+	s := &h1Server{ready: make(chan struct{}, 1), idleTimeout: p.cfg.IdleTimeout.D(), parked: newParkSet(), gone: newGoneSet()}
 	s.srv = &http.Server{
 		Handler:           http.HandlerFunc(serveFlowRequest),
 		ReadHeaderTimeout: p.cfg.HandshakeTimeout.D(),
@@ -61,10 +63,9 @@ func serveFlowRequest(w http.ResponseWriter, r *http.Request) {
 	r.Context().Value(flowKey{}).(*flow).ServeHTTP(w, r)
 }
 
-// serve hands hc to the server, which serves it until it is closed (or
-// parks it while idle).
-func (s *h1Server) serve(hc *h1Conn) {
-	hc.srv = s
+// serveStd hands hc to net/http's server, which serves it until it is
+// closed (or parks it while idle).
+func (s *h1Server) serveStd(hc *h1Conn) {
 	s.mu.Lock()
 	s.queue = append(s.queue, hc)
 	start := !s.running

@@ -1,0 +1,1037 @@
+package mitm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// The fast loop. A keep-alive HTTP/1.1 client connection is served on a
+// loop of Sluice's own (serveFast) as long as its requests are the plain
+// kind: HTTP/1.1, a Content-Length body or none, no Transfer-Encoding,
+// Expect or protocol upgrade, one valid Host, valid header fields, a head
+// within MaxHeaderBytes that http.ReadRequest reads exactly. Per request
+// it costs a parse and one write, with none of net/http's per-request
+// context, background read goroutine and deadline changes, header clone
+// and sort, or the framer's second parse. Anything else, and any error,
+// goes to net/http's server, which gets the connection with every byte
+// not yet served (as h1Conn.next, through the framer as before): the
+// request, malformed or unusual, is answered and recorded exactly as
+// without the loop. Requests are served in order, one at a time.
+//
+// A client that leaves while its request is served is noticed as under
+// net/http: a read of the connection fails. That read is not started per
+// request but only when the connection's socket reports the peer's close
+// (goneSet, edge-triggered EPOLLRDHUP), so a request costs no goroutine
+// for it.
+
+// h1FastBuf is the size of the loop's read and write buffers, as
+// net/http's: a head that does not fit goes to net/http.
+const h1FastBuf = 4 << 10
+
+// maxPostHandlerRead is net/http's maxPostHandlerReadBytes: a request
+// body left unread by the handler is read to its end if that many bytes
+// or fewer remain, else the connection closes.
+const maxPostHandlerRead = 256 << 10
+
+var (
+	fastReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, h1FastBuf) }}
+	fastWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, h1FastBuf) }}
+)
+
+// h1Fast is one run of the loop on a connection, from its handover (or
+// its wake from parking) until it is parked, handed to net/http or
+// closed.
+type h1Fast struct {
+	s   *h1Server
+	c   *h1Conn
+	src fastSource
+	br  *bufio.Reader
+	bw  *bufio.Writer
+	out fastOut
+	ctx context.Context
+	// loopDeadline: the read deadline is the loop's own (idle or header
+	// timeout), to be cleared before a request body is read.
+	loopDeadline bool
+	lastPost     bool // the last request was a POST
+	w            fastResponse
+}
+
+// fastSource is what the loop reads: the bytes h1Conn.next and the
+// gone-watch's read hold, then the connection.
+type fastSource struct{ c *h1Conn }
+
+func (s fastSource) Read(b []byte) (int, error) {
+	c := s.c
+	if len(c.next) > 0 {
+		n := copy(b, c.next)
+		c.next = c.next[n:]
+		return n, nil
+	}
+	g := &c.gw
+	g.mu.Lock()
+	if len(g.stash) > 0 {
+		n := copy(b, g.stash)
+		g.stash = g.stash[n:]
+		g.mu.Unlock()
+		return n, nil
+	}
+	g.mu.Unlock()
+	return c.Conn.Read(b)
+}
+
+// fastOut writes to the connection and notes a write that timed out (the
+// client stopped reading), as h1Conn.Write does.
+type fastOut struct{ c *h1Conn }
+
+func (o fastOut) Write(b []byte) (int, error) {
+	n, err := o.c.Conn.Write(b)
+	if err != nil && isTimeout(err) {
+		o.c.stuck.Store(true)
+	}
+	return n, err
+}
+
+// serve hands hc to the fast loop when its socket can be watched for the
+// client's close, else to net/http's server.
+func (s *h1Server) serve(hc *h1Conn) {
+	hc.srv = s
+	if !s.noFast && s.gone != nil && s.gone.add(hc) {
+		go s.serveFast(hc)
+		return
+	}
+	s.serveStd(hc)
+}
+
+// serveFast is the loop.
+func (s *h1Server) serveFast(c *h1Conn) {
+	fs := &h1Fast{s: s, c: c, src: fastSource{c}, out: fastOut{c}}
+	fs.br = fastReaders.Get().(*bufio.Reader)
+	fs.br.Reset(fs.src)
+	fs.bw = fastWriters.Get().(*bufio.Writer)
+	fs.bw.Reset(fs.out)
+	if c.baseCtx == nil {
+		f := c.fl
+		c.baseCtx = context.WithValue(context.WithValue(f.ctx, http.ServerContextKey, s.srv), flowKey{}, f)
+		c.remote = c.RemoteAddr().String()
+	}
+	ctx, cancel := context.WithCancel(c.baseCtx)
+	fs.ctx = ctx
+	c.gw.mu.Lock()
+	c.gw.cancel = cancel
+	c.gw.mu.Unlock()
+	defer cancel()
+	first := true
+	for {
+		switch fs.next(first) {
+		case fastServed:
+			first = false
+			continue
+		case fastPark: // nothing buffered either way: the loop flushes when it has no request
+			fs.release()
+			c.goneRemove()
+			fs.drop(cancel)
+			c.park()
+		case fastHandOff:
+			// The answers to the requests before go out first.
+			if err := fs.bw.Flush(); err != nil {
+				fs.release()
+				c.Close()
+				return
+			}
+			c.next = fs.unread()
+			fs.release()
+			c.goneRemove()
+			fs.drop(cancel)
+			_ = c.Conn.SetReadDeadline(time.Time{})
+			s.serveStd(c)
+		case fastClose:
+			_ = fs.bw.Flush()
+			fs.release()
+			c.Close()
+		}
+		return
+	}
+}
+
+const (
+	fastServed = iota
+	fastPark
+	fastHandOff
+	fastClose
+)
+
+// drop lets go of what the connection kept of this run, before it is
+// parked or handed over: a parked connection holds as little as it can.
+func (fs *h1Fast) drop(cancel context.CancelFunc) {
+	c := fs.c
+	cancel()
+	c.gw.mu.Lock()
+	c.gw.cancel = nil
+	c.gw.mu.Unlock()
+	c.baseCtx, c.remote = nil, ""
+}
+
+// unread is every byte read and not served yet, for net/http.
+func (fs *h1Fast) unread() []byte {
+	b, _ := fs.br.Peek(fs.br.Buffered())
+	out := make([]byte, 0, len(b)+len(fs.c.next))
+	out = append(out, b...)
+	out = append(out, fs.c.next...)
+	g := &fs.c.gw
+	g.mu.Lock()
+	out = append(out, g.stash...)
+	g.stash = nil
+	g.mu.Unlock()
+	return out
+}
+
+func (fs *h1Fast) release() {
+	fs.br.Reset(nil)
+	fastReaders.Put(fs.br)
+	fs.bw.Reset(nil)
+	fastWriters.Put(fs.bw)
+	fs.br, fs.bw = nil, nil
+}
+
+func (fs *h1Fast) setReadDeadline(t time.Time) {
+	_ = fs.c.Conn.SetReadDeadline(t)
+	fs.loopDeadline = !t.IsZero()
+}
+
+// next waits for the next request and serves it; first: the connection
+// is new or woke from parking, so the wait is the header timeout's.
+func (fs *h1Fast) next(first bool) int {
+	c, s, br := fs.c, fs.s, fs.br
+	if !first && br.Buffered() == 0 && len(c.next) == 0 && !c.gw.stashed() {
+		since := time.Now()
+		fs.setReadDeadline(since.Add(min(h1ParkAfter, s.idleTimeout)))
+		if _, err := br.Peek(1); err != nil {
+			if isTimeout(err) && c.fl.ctx.Err() == nil && br.Buffered() == 0 {
+				c.idleSince = since
+				return fastPark
+			}
+			return fastClose
+		}
+	}
+	if fs.lastPost {
+		// As net/http's server: up to 4 CR or LF bytes after a POST
+		// are dropped (RFC 9112 2.2, clients that end a body with CRLF).
+		peek, _ := br.Peek(min(4, br.Buffered()))
+		n := 0
+		for n < len(peek) && (peek[n] == '\r' || peek[n] == '\n') {
+			n++
+		}
+		_, _ = br.Discard(n)
+	}
+	// The whole head, in the buffer; what is still to come of it within
+	// the header timeout, as net/http's readRequest.
+	end := 0
+	timed := false
+	for {
+		buf, _ := br.Peek(br.Buffered())
+		if end = headEnd(buf); end > 0 {
+			break
+		}
+		if br.Buffered() >= br.Size() {
+			return fastHandOff
+		}
+		if !timed {
+			timed = true
+			var t time.Time
+			if d := s.srv.ReadHeaderTimeout; d > 0 {
+				t = time.Now().Add(d)
+			}
+			fs.setReadDeadline(t)
+		}
+		if _, err := br.Peek(br.Buffered() + 1); err != nil {
+			if br.Buffered() > 0 {
+				// A partial head: the framer learns it, for the
+				// connection's record (recordNoRequest).
+				b, _ := br.Peek(br.Buffered())
+				c.mu.Lock()
+				c.fr.feed(b)
+				c.mu.Unlock()
+			}
+			return fastClose
+		}
+	}
+	if end > s.srv.MaxHeaderBytes {
+		return fastHandOff // net/http and the framer answer 431
+	}
+	// Parsed from a copy, so that a head the loop does not serve is
+	// still unread for net/http.
+	head, _ := br.Peek(end)
+	req, exact, err := parseHead(head)
+	if err != nil || !exact || !fastServable(req) {
+		return fastHandOff
+	}
+	_, _ = br.Discard(end)
+	fs.lastPost = req.Method == http.MethodPost
+	req.RemoteAddr = c.remote
+	req = req.WithContext(fs.ctx)
+	var body *fastBody
+	if req.ContentLength > 0 {
+		body = &fastBody{fs: fs, remain: req.ContentLength}
+		req.Body = body
+		if fs.loopDeadline {
+			fs.setReadDeadline(time.Time{})
+		}
+	} else {
+		req.Body = http.NoBody
+	}
+	return fs.serveRequest(req, body)
+}
+
+// headParser parses a copy of a head: a bufio.Reader (of a buffer as
+// large as the loop's) over a bytes.Reader, taken per request.
+type headParser struct {
+	src bytes.Reader
+	br  *bufio.Reader
+}
+
+var headParsers = sync.Pool{New: func() any {
+	hp := &headParser{}
+	hp.br = bufio.NewReaderSize(&hp.src, h1FastBuf)
+	return hp
+}}
+
+// parseHead parses head with http.ReadRequest; exact: it read all of
+// head, no more and no less.
+func parseHead(head []byte) (req *http.Request, exact bool, err error) {
+	hp := headParsers.Get().(*headParser)
+	hp.src.Reset(head)
+	hp.br.Reset(&hp.src)
+	req, err = http.ReadRequest(hp.br)
+	exact = hp.src.Len() == 0 && hp.br.Buffered() == 0
+	hp.src.Reset(nil)
+	hp.br.Reset(&hp.src)
+	headParsers.Put(hp)
+	return req, exact, err
+}
+
+// headEnd returns the length of the request head at the start of buf
+// (through the empty line that ends it, CRLF or bare LF), or 0 when buf
+// holds no whole head.
+func headEnd(buf []byte) int {
+	i := 0
+	for {
+		j := bytes.IndexByte(buf[i:], '\n')
+		if j < 0 {
+			return 0
+		}
+		i += j + 1
+		if i < len(buf) && buf[i] == '\n' {
+			return i + 1
+		}
+		if i+1 < len(buf) && buf[i] == '\r' && buf[i+1] == '\n' {
+			return i + 2
+		}
+	}
+}
+
+// fastServable reports whether the loop serves req (else net/http does).
+func fastServable(r *http.Request) bool {
+	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Method == http.MethodConnect || r.Method == "PRI" ||
+		r.TransferEncoding != nil || r.ContentLength < 0 || r.RequestURI == "*" {
+		return false
+	}
+	// ReadRequest took the one Host field (more are an error) out of
+	// the header: for a request in origin form, r.Host is its value.
+	// net/http's server wants one for HTTP/1.1, and a valid one.
+	if r.URL.Host != "" || r.Host == "" || !httpguts.ValidHostHeader(r.Host) {
+		return false
+	}
+	h := r.Header
+	for k, vs := range h {
+		switch k {
+		case "Expect", "Upgrade", "Transfer-Encoding", "Trailer", "Http2-Settings":
+			return false
+		case "Connection":
+			for _, v := range vs {
+				for tok := range strings.SplitSeq(v, ",") {
+					tok = textprotoTrim(tok)
+					if !strings.EqualFold(tok, "keep-alive") && !strings.EqualFold(tok, "close") && tok != "" {
+						return false
+					}
+				}
+			}
+		}
+		if !httpguts.ValidHeaderFieldName(k) {
+			return false
+		}
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func textprotoTrim(s string) string { return strings.Trim(s, " \t") }
+
+// serveRequest runs the handler for req and finishes its response.
+func (fs *h1Fast) serveRequest(req *http.Request, body *fastBody) int {
+	c := fs.c
+	w := &fs.w
+	w.reset(fs, req)
+	c.gw.begin(c, body == nil)
+	ok := fs.runHandler(w, req)
+	if c.gw.end(c) {
+		fs.loopDeadline = true // in the past
+	}
+	if body != nil {
+		if !body.finish() {
+			w.closeAfter = true
+		}
+	}
+	if !ok {
+		return fastClose
+	}
+	if err := w.finish(); err != nil {
+		return fastClose
+	}
+	if !w.reusable() || fs.ctx.Err() != nil {
+		return fastClose
+	}
+	if fs.br.Buffered() == 0 && len(c.next) == 0 && !c.gw.stashed() {
+		if err := fs.bw.Flush(); err != nil {
+			return fastClose
+		}
+	}
+	// Pipelined requests: their answers go out with the next flush.
+	if fs.bw.Buffered() > 0 && fs.bw.Available() < h1FastBuf/2 {
+		if err := fs.bw.Flush(); err != nil {
+			return fastClose
+		}
+	}
+	return fastServed
+}
+
+// runHandler calls the flow's handler; false: it panicked (an aborted
+// response), and the connection closes.
+func (fs *h1Fast) runHandler(w *fastResponse, req *http.Request) (ok bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler { //nolint:errorlint // sentinel panic value
+				fs.s.srv.ErrorLog.Printf("http: panic serving %v: %v", fs.c.remote, v)
+			}
+			if w.sentHeader {
+				_ = fs.bw.Flush() // what went out before the abort, as net/http
+			}
+			ok = false
+		}
+	}()
+	fs.c.fl.ServeHTTP(w, req)
+	return true
+}
+
+// fastBody is a request body of declared length, read from the loop's
+// buffer. Closed when the handler returns: a transport still holding it
+// reads no further.
+type fastBody struct {
+	fs     *h1Fast
+	mu     sync.Mutex
+	remain int64
+	closed bool
+	err    error // a failed read: the connection can't be reused
+}
+
+func (b *fastBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	if b.err != nil {
+		return 0, b.err
+	}
+	if b.remain == 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.remain {
+		p = p[:b.remain]
+	}
+	n, err := b.fs.br.Read(p)
+	b.remain -= int64(n)
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		b.err = err
+		return n, err
+	}
+	if b.remain == 0 {
+		b.fs.c.gw.bodyDone(b.fs.c)
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (b *fastBody) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return nil
+}
+
+// finish ends the body when the handler has returned: what is left of
+// it is read and dropped, up to maxPostHandlerRead; false: the
+// connection can't serve another request.
+func (b *fastBody) finish() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	if b.err != nil || b.remain > maxPostHandlerRead {
+		return false
+	}
+	if b.remain > 0 {
+		_ = b.fs.c.Conn.SetReadDeadline(time.Now().Add(b.fs.s.idleTimeout))
+		b.fs.loopDeadline = true
+		n, err := b.fs.br.Discard(int(b.remain))
+		b.remain -= int64(n)
+		if err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// goneWatch is what the connection's gone-watch (goneSet) and the loop
+// share.
+type goneWatch struct {
+	mu      sync.Mutex
+	token   uint64 // in the goneSet; 0: not
+	set     *goneSet
+	sock    syscall.RawConn
+	hup     bool          // the socket reported the peer's close
+	serving bool          // a handler runs, its request body read
+	bg      chan struct{} // a read of the connection is under way; closed when it ends
+	stop    bool          // end is stopping that read
+	stash   []byte        // what that read got
+	cancel  context.CancelFunc
+}
+
+func (g *goneWatch) stashed() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.stash) > 0
+}
+
+// begin: a handler starts; bodyRead: its request has no body left to
+// read.
+func (g *goneWatch) begin(c *h1Conn, bodyRead bool) {
+	g.mu.Lock()
+	g.serving = bodyRead
+	start := g.startLocked()
+	g.mu.Unlock()
+	if start != nil {
+		go c.goneRead(start)
+	}
+}
+
+func (g *goneWatch) bodyDone(c *h1Conn) {
+	g.mu.Lock()
+	g.serving = true
+	start := g.startLocked()
+	g.mu.Unlock()
+	if start != nil {
+		go c.goneRead(start)
+	}
+}
+
+// hupped: the socket reported the client's close.
+func (g *goneWatch) hupped(c *h1Conn) {
+	g.mu.Lock()
+	g.hup = true
+	start := g.startLocked()
+	g.mu.Unlock()
+	if start != nil {
+		go c.goneRead(start)
+	}
+}
+
+func (g *goneWatch) startLocked() chan struct{} {
+	if !g.hup || !g.serving || g.bg != nil {
+		return nil
+	}
+	g.bg = make(chan struct{})
+	return g.bg
+}
+
+// end: the handler returned; a read under way is stopped (then it
+// reports true: the read deadline is in the past).
+func (g *goneWatch) end(c *h1Conn) bool {
+	g.mu.Lock()
+	g.serving = false
+	bg := g.bg
+	g.stop = bg != nil
+	g.mu.Unlock()
+	if bg == nil {
+		return false
+	}
+	_ = c.Conn.SetReadDeadline(aLongTimeAgo)
+	<-bg
+	g.mu.Lock()
+	g.bg, g.stop = nil, false
+	g.mu.Unlock()
+	return true
+}
+
+// goneRead reads the client's connection while a handler runs, as
+// net/http's background read: a byte (a pipelined request) is kept for
+// the loop; a failure means the client left, and the request's context
+// ends.
+func (c *h1Conn) goneRead(done chan struct{}) {
+	g := &c.gw
+	g.mu.Lock()
+	if !g.stop {
+		// Not the loop's idle or header deadline: this read waits
+		// until the client leaves or end stops it.
+		_ = c.Conn.SetReadDeadline(time.Time{})
+	}
+	g.mu.Unlock()
+	var b [1]byte
+	n, err := c.Conn.Read(b[:])
+	g.mu.Lock()
+	if n > 0 {
+		g.stash = append(g.stash, b[0])
+	}
+	cancel := g.cancel
+	g.mu.Unlock()
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		if cancel != nil {
+			cancel()
+		}
+		c.readFailed(err)
+	}
+	close(done)
+}
+
+// goneRemove takes c out of its goneSet.
+func (c *h1Conn) goneRemove() {
+	g := &c.gw
+	g.mu.Lock()
+	set, tok, sock := g.set, g.token, g.sock
+	g.set, g.token, g.sock, g.hup = nil, 0, nil, false
+	g.mu.Unlock()
+	if set != nil {
+		set.remove(c, tok, sock)
+	}
+}
+
+// fastResponse is the loop's http.ResponseWriter, with net/http's
+// framing rules for an HTTP/1.1 response (chunkWriter.writeHeader):
+// Content-Length when the handler sets it or finishes within the first
+// 2 KiB, else chunked; no body for HEAD, 1xx, 204 and 304; Date and a
+// sniffed Content-Type added; Connection: close when either side asks.
+// Fields go out in map order.
+type fastResponse struct {
+	fs          *h1Fast
+	req         *http.Request
+	h           http.Header
+	status      int
+	wroteHeader bool // WriteHeader ran (or the first Write)
+	sentHeader  bool // the head is in the write buffer
+	chunking    bool
+	cl          int64 // declared Content-Length; -1: none
+	written     int64
+	pending     []byte // body bytes held until the head is decided
+	closeAfter  bool
+	done        bool // the handler returned
+	werr        error
+	dateBuf     [29]byte
+}
+
+func (w *fastResponse) reset(fs *h1Fast, req *http.Request) {
+	h := w.h
+	if h == nil {
+		h = make(http.Header)
+	} else {
+		clear(h)
+	}
+	pending := w.pending[:0]
+	*w = fastResponse{fs: fs, req: req, h: h, cl: -1, pending: pending, closeAfter: req.Close}
+}
+
+func (w *fastResponse) Header() http.Header { return w.h }
+
+func (w *fastResponse) WriteHeader(code int) {
+	if w.wroteHeader {
+		return
+	}
+	if code < 100 || code > 999 {
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
+	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
+		// An informational answer goes out at once; the final one follows.
+		bw := w.fs.bw
+		writeStatus(bw, code)
+		writeFields(bw, w.h, nil)
+		bw.WriteString("\r\n")
+		w.werr = bw.Flush()
+		return
+	}
+	w.wroteHeader = true
+	w.status = code
+	if cl := w.h.Get("Content-Length"); cl != "" {
+		if v, err := strconv.ParseInt(cl, 10, 64); err == nil && v >= 0 {
+			w.cl = v
+		} else {
+			w.h.Del("Content-Length")
+		}
+	}
+}
+
+func (w *fastResponse) bodyAllowed() bool { return bodyAllowedForStatus(w.status) }
+
+func bodyAllowedForStatus(status int) bool {
+	switch {
+	case status >= 100 && status <= 199:
+		return false
+	case status == 204, status == 304:
+		return false
+	}
+	return true
+}
+
+func (w *fastResponse) Write(p []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if !w.bodyAllowed() {
+		return 0, http.ErrBodyNotAllowed
+	}
+	w.written += int64(len(p))
+	if w.cl != -1 && w.written > w.cl {
+		return 0, http.ErrContentLength
+	}
+	if w.werr != nil {
+		return 0, w.werr
+	}
+	if !w.sentHeader {
+		if len(w.pending)+len(p) <= shortResponse {
+			w.pending = append(w.pending, p...)
+			return len(p), nil
+		}
+		w.writeHead(append(w.pending, p...))
+		w.writeBody(w.pending)
+		w.pending = w.pending[:0]
+	}
+	w.writeBody(p)
+	if w.werr != nil {
+		return 0, w.werr
+	}
+	return len(p), nil
+}
+
+// writeBody writes p, framed, to the write buffer.
+func (w *fastResponse) writeBody(p []byte) {
+	if len(p) == 0 || w.req.Method == http.MethodHead {
+		return
+	}
+	bw := w.fs.bw
+	if w.chunking {
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(p)), 16))
+		bw.WriteString("\r\n")
+	}
+	if _, err := bw.Write(p); err != nil {
+		w.werr = err
+		return
+	}
+	if w.chunking {
+		if _, err := bw.WriteString("\r\n"); err != nil {
+			w.werr = err
+		}
+	}
+}
+
+// writeHead decides the framing and writes the head; p is the first of
+// the body (sniffed for a Content-Type).
+func (w *fastResponse) writeHead(p []byte) {
+	w.sentHeader = true
+	h, req := w.h, w.req
+	isHEAD := req.Method == http.MethodHead
+	trailers := len(h["Trailer"]) > 0
+	for k := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			trailers = true
+			break
+		}
+	}
+	te := h.Get("Transfer-Encoding")
+	hasTE := te != ""
+	var extraCL []byte
+	var clBuf [20]byte
+	if w.done && !trailers && !hasTE && w.bodyAllowed() && len(h["Content-Length"]) == 0 && (!isHEAD || len(p) > 0) {
+		w.cl = int64(len(p))
+		extraCL = strconv.AppendInt(clBuf[:0], int64(len(p)), 10)
+	}
+	hasCL := w.cl != -1
+	if hasToken(h.Get("Connection"), "close") {
+		w.closeAfter = true
+	}
+	var skip [4]string
+	ns := 0
+	contentType := ""
+	if w.bodyAllowed() {
+		_, haveType := h["Content-Type"]
+		if h.Get("Content-Encoding") == "" && !haveType && !hasTE && len(p) > 0 {
+			contentType = http.DetectContentType(p)
+		}
+	} else {
+		skip[0], skip[1] = "Content-Length", "Transfer-Encoding"
+		ns = 2
+		if w.status == http.StatusNotModified {
+			skip[2] = "Content-Type"
+			ns = 3
+		}
+	}
+	var date []byte
+	if _, ok := h["Date"]; !ok {
+		date = time.Now().UTC().AppendFormat(w.dateBuf[:0], http.TimeFormat)
+	}
+	if hasCL && hasTE && te != "identity" {
+		skip[ns] = "Content-Length"
+		ns++
+		hasCL = false
+	}
+	transferEncoding := ""
+	switch {
+	case isHEAD || !w.bodyAllowed():
+		if ns < 4 && skip[1] != "Transfer-Encoding" {
+			skip[ns] = "Transfer-Encoding"
+			ns++
+		}
+	case hasCL:
+		skip[ns] = "Transfer-Encoding"
+		ns++
+	case hasTE && te == "identity":
+		w.closeAfter = true
+		skip[ns] = "Transfer-Encoding"
+		ns++
+	default:
+		w.chunking = true
+		transferEncoding = "chunked"
+		if hasTE {
+			skip[ns] = "Transfer-Encoding"
+			ns++
+		}
+	}
+	if w.chunking && ns < 4 {
+		skip[ns] = "Content-Length"
+		ns++
+	}
+	connClose := w.closeAfter && !hasToken(h.Get("Connection"), "close") && w.status != http.StatusSwitchingProtocols
+	bw := w.fs.bw
+	writeStatus(bw, w.status)
+	writeFields(bw, h, func(k string) bool {
+		if connClose && k == "Connection" {
+			return true
+		}
+		for _, s := range skip[:ns] {
+			if k == s {
+				return true
+			}
+		}
+		return strings.HasPrefix(k, http.TrailerPrefix)
+	})
+	if date != nil {
+		bw.WriteString("Date: ")
+		bw.Write(date)
+		bw.WriteString("\r\n")
+	}
+	if extraCL != nil {
+		bw.WriteString("Content-Length: ")
+		bw.Write(extraCL)
+		bw.WriteString("\r\n")
+	}
+	if contentType != "" {
+		bw.WriteString("Content-Type: ")
+		bw.WriteString(contentType)
+		bw.WriteString("\r\n")
+	}
+	if connClose {
+		bw.WriteString("Connection: close\r\n")
+	}
+	if transferEncoding != "" {
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	if _, err := bw.WriteString("\r\n"); err != nil {
+		w.werr = err
+	}
+}
+
+func writeStatus(bw *bufio.Writer, code int) {
+	bw.WriteString("HTTP/1.1 ")
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(code), 10))
+	bw.WriteByte(' ')
+	if text := http.StatusText(code); text != "" {
+		bw.WriteString(text)
+	} else {
+		bw.WriteString("status code ")
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(code), 10))
+	}
+	bw.WriteString("\r\n")
+}
+
+var headerNewlineToSpace = strings.NewReplacer("\n", " ", "\r", " ")
+
+// writeFields writes h's fields but those skip names, as net/http's
+// Header.WriteSubset does (invalid names dropped, line breaks in values
+// made spaces, values trimmed), in map order.
+func writeFields(bw *bufio.Writer, h http.Header, skip func(string) bool) {
+	for k, vs := range h {
+		if skip != nil && skip(k) {
+			continue
+		}
+		if !httpguts.ValidHeaderFieldName(k) {
+			continue
+		}
+		for _, v := range vs {
+			if strings.ContainsAny(v, "\r\n") {
+				v = headerNewlineToSpace.Replace(v)
+			}
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(strings.Trim(v, " \t"))
+			bw.WriteString("\r\n")
+		}
+	}
+}
+
+func hasToken(v, token string) bool {
+	for v != "" {
+		var t string
+		t, v, _ = strings.Cut(v, ",")
+		if strings.EqualFold(strings.Trim(t, " \t"), token) {
+			return true
+		}
+	}
+	return false
+}
+
+// finish completes the response after the handler returned.
+func (w *fastResponse) finish() error {
+	w.done = true
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.sentHeader {
+		w.writeHead(w.pending)
+		w.writeBody(w.pending)
+		w.pending = w.pending[:0]
+	}
+	if w.chunking {
+		bw := w.fs.bw
+		bw.WriteString("0\r\n")
+		w.writeTrailers()
+		if _, err := bw.WriteString("\r\n"); err != nil && w.werr == nil {
+			w.werr = err
+		}
+	}
+	return w.werr
+}
+
+// writeTrailers writes the trailers the handler set: fields under
+// http.TrailerPrefix, and those the Trailer field announced.
+func (w *fastResponse) writeTrailers() {
+	bw := w.fs.bw
+	for k, vs := range w.h {
+		name, ok := strings.CutPrefix(k, http.TrailerPrefix)
+		if !ok || !httpguts.ValidHeaderFieldName(name) {
+			continue
+		}
+		for _, v := range vs {
+			writeTrailer(bw, name, v)
+		}
+	}
+	for _, decl := range w.h["Trailer"] {
+		for name := range strings.SplitSeq(decl, ",") {
+			name = http.CanonicalHeaderKey(strings.Trim(name, " \t"))
+			if name == "" || !httpguts.ValidTrailerHeader(name) {
+				continue
+			}
+			for _, v := range w.h[name] {
+				writeTrailer(bw, name, v)
+			}
+		}
+	}
+}
+
+func writeTrailer(bw *bufio.Writer, k, v string) {
+	if strings.ContainsAny(v, "\r\n") {
+		v = headerNewlineToSpace.Replace(v)
+	}
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	bw.WriteString(strings.Trim(v, " \t"))
+	bw.WriteString("\r\n")
+}
+
+// reusable is net/http's shouldReuseConnection.
+func (w *fastResponse) reusable() bool {
+	if w.closeAfter || w.werr != nil {
+		return false
+	}
+	if w.req.Method != http.MethodHead && w.cl != -1 && w.bodyAllowed() && w.cl != w.written {
+		return false
+	}
+	return true
+}
+
+// Flush sends the head and what the body has so far.
+func (w *fastResponse) Flush() { _ = w.FlushError() }
+
+func (w *fastResponse) FlushError() error {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.sentHeader {
+		w.writeHead(w.pending)
+		w.writeBody(w.pending)
+		w.pending = w.pending[:0]
+	}
+	if w.werr != nil {
+		return w.werr
+	}
+	if err := w.fs.bw.Flush(); err != nil {
+		w.werr = err
+	}
+	return w.werr
+}
+
+func (w *fastResponse) SetReadDeadline(t time.Time) error {
+	w.fs.loopDeadline = false
+	return w.fs.c.Conn.SetReadDeadline(t)
+}
+
+func (w *fastResponse) SetWriteDeadline(t time.Time) error {
+	return w.fs.c.Conn.SetWriteDeadline(t)
+}
+
+// EnableFullDuplex: the loop reads a request body and writes the
+// response independently already.
+func (w *fastResponse) EnableFullDuplex() error { return nil }
+
+var (
+	_ http.ResponseWriter = (*fastResponse)(nil)
+	_ http.Flusher        = (*fastResponse)(nil)
+	_ net.Conn            = (*h1Conn)(nil)
+)

@@ -1,0 +1,343 @@
+package mitm
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/workload"
+)
+
+// seenUpstream is a plain upstream that answers every request with what
+// it saw, and keeps the list.
+type seenUpstream struct {
+	*upstream
+	mu   sync.Mutex
+	seen []string
+}
+
+func startSeenUpstream(tb testing.TB) *seenUpstream {
+	s := &seenUpstream{}
+	s.upstream = startPlainUpstream(tb, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		line := fmt.Sprintf("%s %s cl=%d te=%v x=%q body=%q err=%v", r.Method, r.URL.RequestURI(), r.ContentLength, r.TransferEncoding, r.Header.Values("X-A"), body, err)
+		s.mu.Lock()
+		s.seen = append(s.seen, line)
+		s.mu.Unlock()
+		switch r.URL.Path {
+		case "/chunked":
+			w.Header().Set("X-Kind", "chunked")
+			_, _ = io.WriteString(w, strings.Repeat("c", 3000))
+			w.(http.Flusher).Flush()
+			_, _ = io.WriteString(w, "end")
+			return
+		case "/empty":
+			w.WriteHeader(http.StatusNoContent)
+			return
+		case "/trailer":
+			w.Header().Set("Trailer", "X-T")
+			_, _ = io.WriteString(w, "with trailer")
+			w.Header().Set("X-T", "tv")
+			return
+		}
+		_, _ = io.WriteString(w, line)
+	}))
+	return s
+}
+
+func (s *seenUpstream) take() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.seen
+	s.seen = nil
+	return out
+}
+
+// h1Outcome is what a client and the upstream saw of raw request bytes
+// sent through the proxy on one plain transparent connection.
+type h1Outcome struct {
+	answers []string // status, framing and body of each response
+	seen    []string // the requests the upstream got
+	closed  bool     // the proxy closed the connection
+}
+
+// sendRaw sends raw on a new transparent connection to up through h and
+// reads until the proxy closes or is quiet for quiet.
+func sendRaw(t *testing.T, h *harness, up *seenUpstream, raw string, quiet time.Duration) h1Outcome {
+	t.Helper()
+	c, err := net.Dial("tcp", serveTransparent(t, h, t.Context(), 1, Destination{Addr: up.addr}, workload.Identity{PID: 7}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	var o h1Outcome
+	buf := make([]byte, 32<<10)
+	for {
+		_ = c.SetReadDeadline(time.Now().Add(quiet))
+		n, err := c.Read(buf)
+		got.Write(buf[:n])
+		if err != nil {
+			var ne net.Error
+			o.closed = !errors.As(err, &ne) || !ne.Timeout()
+			break
+		}
+	}
+	// The requests, as far as they parse, for the answers to HEAD.
+	var reqs []*http.Request
+	for rr := bufio.NewReader(strings.NewReader(raw)); ; {
+		r, err := http.ReadRequest(rr)
+		if err != nil {
+			break
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		reqs = append(reqs, r)
+	}
+	br := bufio.NewReader(&got)
+	for i := 0; ; i++ {
+		var req *http.Request
+		if i < len(reqs) {
+			req = reqs[i]
+		}
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			if got.Len() > 0 || br.Buffered() > 0 {
+				o.answers = append(o.answers, "unparsed")
+			}
+			break
+		}
+		b, err := io.ReadAll(resp.Body)
+		o.answers = append(o.answers, fmt.Sprintf("%d cl=%d te=%v close=%v trailer=%v body=%q err=%v",
+			resp.StatusCode, resp.ContentLength, resp.TransferEncoding, resp.Close, resp.Trailer, b, err))
+	}
+	// The upstream's handler may still be reading what it got.
+	time.Sleep(20 * time.Millisecond)
+	o.seen = up.take()
+	return o
+}
+
+// fastAndStd is a harness whose HTTP/1.1 connections take the fast loop
+// and one whose go to net/http's server only, each with its upstream.
+func fastAndStd(t *testing.T) (fast, std *harness, fastUp, stdUp *seenUpstream) {
+	fast, std = newHarness(t, nil, nil), newHarness(t, nil, nil)
+	std.p.h1.noFast = true
+	return fast, std, startSeenUpstream(t), startSeenUpstream(t)
+}
+
+// The fast loop answers as net/http's server does, for requests it serves
+// and for those it hands over, also when they are an attack: a request
+// smuggled in a body, conflicting framing, malformed heads. Each case
+// follows a good request on the same connection, so the loop is past its
+// first request, and is followed by one that shows whether the
+// connection is still in step.
+func TestFastLoopAnswersAsNetHTTP(t *testing.T) {
+	fast, std, fastUp, stdUp := fastAndStd(t)
+	const good = "GET /good HTTP/1.1\r\nHost: api.test\r\n\r\n"
+	const after = "GET /after HTTP/1.1\r\nHost: api.test\r\n\r\n"
+	for _, tc := range []struct {
+		name, req string
+		status    int // of the case's own answer; 0: as net/http, not checked further
+	}{
+		{"plain GET", "GET /x?q=1 HTTP/1.1\r\nHost: api.test\r\nX-A: 1\r\nX-A: 2\r\n\r\n", 200},
+		{"HEAD", "HEAD /x HTTP/1.1\r\nHost: api.test\r\n\r\n", 200},
+		{"POST with a body", "POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n\r\nhello", 200},
+		{"a request smuggled in a body", "POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 40\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: api.test\r\n\r\n", 200},
+		{"Content-Length and Transfer-Encoding", "POST /smuggle HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+		{"Transfer-Encoding then Content-Length", "POST /smuggle HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 30\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n", 400},
+		{"two different Content-Lengths", "POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd", 400},
+		{"two equal Content-Lengths", "POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd", 200},
+		{"Content-Length with a sign", "POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: +4\r\n\r\nabcd", 400},
+		{"Content-Length with a space inside", "POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4 4\r\n\r\nabcd", 400},
+		{"Content-Length negative", "POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: -1\r\n\r\n", 400},
+		{"chunked with a bad size", "POST /c HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: api.test\r\n\r\n", 0},
+		{"chunked", "POST /c HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 200},
+		{"header line without a colon", "GET /x HTTP/1.1\r\nHost: api.test\r\nNoColon\r\n\r\n", 400},
+		{"obs-fold", "GET /x HTTP/1.1\r\nHost: api.test\r\nX-A: a\r\n b\r\n\r\n", 0},
+		{"bare LF", "GET /lf HTTP/1.1\nHost: api.test\nX-A: lf\n\n", 200},
+		{"NUL in a header value", "GET /x HTTP/1.1\r\nHost: api.test\r\nX-A: a\x00b\r\n\r\n", 400},
+		{"CR in a header value", "GET /x HTTP/1.1\r\nHost: api.test\r\nX-A: a\rb\r\n\r\n", 400},
+		{"space before the colon", "GET /x HTTP/1.1\r\nHost: api.test\r\nX-A : a\r\n\r\n", 400},
+		{"no Host", "GET /x HTTP/1.1\r\nX-A: a\r\n\r\n", 400},
+		{"two Hosts", "GET /x HTTP/1.1\r\nHost: api.test\r\nHost: evil.test\r\n\r\n", 400},
+		{"bad Host", "GET /x HTTP/1.1\r\nHost: api test\r\n\r\n", 400},
+		{"head over MaxHeaderBytes", "GET /big HTTP/1.1\r\nHost: api.test\r\nX-A: " + strings.Repeat("a", 70<<10) + "\r\n\r\n", 431},
+		{"head over the loop's buffer", "GET /big HTTP/1.1\r\nHost: api.test\r\nX-A: " + strings.Repeat("a", 8<<10) + "\r\n\r\n", 200},
+		{"HTTP/1.0", "GET /old HTTP/1.0\r\nHost: api.test\r\n\r\n", 200},
+		{"Expect 100-continue", "POST /p HTTP/1.1\r\nHost: api.test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nab", 0},
+		{"Connection: close", "GET /x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n", 200},
+		{"upgrade", "GET /ws HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 0},
+		{"OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: api.test\r\n\r\n", 200},
+		{"absolute form", "GET http://api.test/abs HTTP/1.1\r\nHost: api.test\r\n\r\n", 200},
+		{"chunked response", "GET /chunked HTTP/1.1\r\nHost: api.test\r\n\r\n", 200},
+		{"204 response", "GET /empty HTTP/1.1\r\nHost: api.test\r\n\r\n", 204},
+		{"response trailer", "GET /trailer HTTP/1.1\r\nHost: api.test\r\n\r\n", 200},
+		{"body left unread", "POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3\r\n\r\n", 0},
+		{"garbage", "\x16\x03\x01 hello\r\n\r\n", 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := good + tc.req + after
+			fo := sendRaw(t, fast, fastUp, raw, 300*time.Millisecond)
+			so := sendRaw(t, std, stdUp, raw, 300*time.Millisecond)
+			if !slices.Equal(fo.answers, so.answers) || !slices.Equal(fo.seen, so.seen) || fo.closed != so.closed {
+				t.Errorf("fast loop:\n  answers %q\n  upstream saw %q\n  closed %v\nnet/http:\n  answers %q\n  upstream saw %q\n  closed %v",
+					fo.answers, fo.seen, fo.closed, so.answers, so.seen, so.closed)
+			}
+			if tc.status != 0 && (len(fo.answers) < 2 || !strings.HasPrefix(fo.answers[1], fmt.Sprint(tc.status, " "))) {
+				t.Errorf("answers %q, want the second %d", fo.answers, tc.status)
+			}
+			for _, s := range fo.seen {
+				if strings.HasPrefix(s, "GET /smuggled") {
+					t.Errorf("the upstream got a smuggled request: %q", fo.seen)
+				}
+			}
+		})
+	}
+}
+
+// The loop's answers to what it does not serve carry the records they
+// carry under net/http: a 400 for both framings, a 431 with its reason.
+func TestFastLoopHandedOverRecords(t *testing.T) {
+	fast, _, up, _ := fastAndStd(t)
+	o := sendRaw(t, fast, up, "GET /a HTTP/1.1\r\nHost: api.test\r\n\r\n"+
+		"POST /smuggle HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 300*time.Millisecond)
+	if len(o.answers) != 2 || !o.closed {
+		t.Fatalf("answers %q closed %v", o.answers, o.closed)
+	}
+	rec := fast.recs.wait(t, "400", func(r audit.Record) bool { return r.Path == "/smuggle" })
+	if rec.Status != 400 || rec.Reason != audit.ReasonSmuggling || rec.Decision != audit.DecisionError {
+		t.Errorf("record %+v", rec)
+	}
+	o = sendRaw(t, fast, up, "GET /a HTTP/1.1\r\nHost: api.test\r\n\r\nGET /big HTTP/1.1\r\nHost: api.test\r\nX-A: "+strings.Repeat("a", fast.cfg.MaxHeaderBytes)+"\r\n\r\n", 300*time.Millisecond)
+	if len(o.answers) != 2 || !strings.HasPrefix(o.answers[1], "431 ") {
+		t.Fatalf("answers %q", o.answers)
+	}
+	rec = fast.recs.wait(t, "431", func(r audit.Record) bool { return r.Path == "/big" })
+	if rec.Status != 431 || rec.Reason != audit.ReasonHeaderTooLarge {
+		t.Errorf("record %+v", rec)
+	}
+}
+
+// A client that sends part of a head and stops leaves the record of an
+// incomplete head, also on the fast loop.
+func TestFastLoopIncompleteHeadRecord(t *testing.T) {
+	fast, _, up, _ := fastAndStd(t)
+	c, err := net.Dial("tcp", serveTransparent(t, fast, t.Context(), 1, Destination{Addr: up.addr}, workload.Identity{PID: 7}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: api"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	rec := fast.recs.wait(t, "incomplete head", func(r audit.Record) bool { return r.Kind == audit.KindL4 })
+	if rec.Reason != audit.ReasonIncompleteHead {
+		t.Errorf("record %+v", rec)
+	}
+}
+
+// FuzzFastLoopMatchesNetHTTP sends the same bytes through the fast loop
+// and through net/http's server: the client's answers, what the upstream
+// got and whether the connection closed must be the same.
+func FuzzFastLoopMatchesNetHTTP(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n",
+		"POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n\r\nhello",
+		"POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"GET /x HTTP/1.1\r\nHost: api.test\r\nX-A: a\r\n b\r\n\r\n",
+		"HEAD /x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+		"GET /chunked HTTP/1.1\nHost: api.test\n\nGET /empty HTTP/1.1\r\nHost: api.test\r\n\r\n",
+		"GET /trailer HTTP/1.1\r\nHost: api.test\r\nContent-Length: 0\r\n\r\n",
+	} {
+		f.Add(s)
+	}
+	fast, std := newHarness(f, nil, nil), newHarness(f, nil, nil)
+	std.p.h1.noFast = true
+	fastUp, stdUp := startSeenUpstream(f), startSeenUpstream(f)
+	f.Fuzz(func(t *testing.T, req string) {
+		raw := req + "GET /end HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"
+		fo := sendRaw(t, fast, fastUp, raw, 100*time.Millisecond)
+		so := sendRaw(t, std, stdUp, raw, 100*time.Millisecond)
+		if !slices.Equal(fo.answers, so.answers) || !slices.Equal(fo.seen, so.seen) || fo.closed != so.closed {
+			t.Errorf("input %q\nfast loop:\n  answers %q\n  upstream saw %q\n  closed %v\nnet/http:\n  answers %q\n  upstream saw %q\n  closed %v",
+				raw, fo.answers, fo.seen, fo.closed, so.answers, so.seen, so.closed)
+		}
+	})
+}
+
+func TestHeadEnd(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int
+	}{
+		{"", 0},
+		{"GET / HTTP/1.1\r\n", 0},
+		{"GET / HTTP/1.1\r\n\r\n", 18},
+		{"GET / HTTP/1.1\n\n", 16},
+		{"GET / HTTP/1.1\n\r\nrest", 17},
+		{"GET / HTTP/1.1\r\nA: b\r\n\r\nGET", 24},
+		{"GET / HTTP/1.1\r\nA: b\r\n\r", 0},
+		{"\n\n", 2},
+	} {
+		if got := headEnd([]byte(tc.in)); got != tc.want {
+			t.Errorf("headEnd(%q) = %d, want %d", tc.in, got, tc.want)
+		}
+	}
+}
+
+// A client that leaves while the upstream thinks ends the upstream
+// request on the fast loop too, with a body or without, and leaves a 499
+// record: its socket's close wakes the read that finds it gone.
+func TestFastLoopClientLeaves(t *testing.T) {
+	for _, body := range []string{"", "hello"} {
+		t.Run(fmt.Sprintf("body=%q", body), func(t *testing.T) {
+			started, ended := make(chan struct{}), make(chan struct{})
+			up := startPlainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.ReadAll(r.Body)
+				close(started)
+				select {
+				case <-r.Context().Done():
+					close(ended)
+				case <-time.After(10 * time.Second):
+				}
+			}))
+			h := newHarness(t, nil, nil)
+			c, err := net.Dial("tcp", serveTransparent(t, h, t.Context(), 1, Destination{Addr: up.addr}, workload.Identity{PID: 7}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := fmt.Sprintf("POST /slow HTTP/1.1\r\nHost: api.test\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+			if _, err := io.WriteString(c, req); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-started:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the request did not reach the upstream")
+			}
+			c.Close()
+			select {
+			case <-ended:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the upstream request went on after the client left")
+			}
+			rec := h.recs.wait(t, "the abandoned request", func(r audit.Record) bool { return r.Path == "/slow" })
+			if rec.Status != statusClientClosed || rec.End != audit.EndClientClosed {
+				t.Errorf("record %+v", rec)
+			}
+		})
+	}
+}
