@@ -422,7 +422,7 @@ func TestHTTPSeriesReused(t *testing.T) {
 		m.Record(&r)
 	}
 	expect(t, scrape(t, m.Registry()), map[string]float64{
-		`sluice_proxy_requests_total{code="403",decision="deny",host="api.test",method="GET",source="sluice",workload="ai/agent-0"}`:     2,
+		`sluice_proxy_requests_total{code="403",decision="deny",host="api.test",method="GET",source="sluice",workload="ai/agent-0"}`:    2,
 		`sluice_proxy_requests_total{code="200",decision="allow",host="api.test",method="GET",source="upstream",workload="ai/agent-0"}`: 3,
 		`sluice_proxy_request_duration_seconds_count{decision="allow",host="api.test"}`:                                                 3,
 		`sluice_proxy_upstream_duration_seconds_count{host="api.test"}`:                                                                 3,
