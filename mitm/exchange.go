@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"sync/atomic"
 	"time"
 
@@ -51,6 +52,12 @@ type Exchange struct {
 	mcp  *mcpRequest // set by the MCP stage for MCP requests
 	body *countingBody
 	ht   headerTimer // forward's response header timer, allocated with x
+	// out is the request forward gives a pool's Transport, with its URL,
+	// allocated with x (transportRequest); stop cancels it on an HTTP/2
+	// pool.
+	out    http.Request
+	outURL url.URL
+	stop   stopChan
 	// h1req is the request forward sends on its own goroutine, allocated
 	// with x.
 	h1req h1Request
