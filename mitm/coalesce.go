@@ -92,6 +92,9 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 
 // writer writes batches until nothing is left, then exits.
 func (c *coalescingConn) writer() {
+	// Let the goroutines about to write run first: their bytes join
+	// this first batch.
+	runtime.Gosched()
 	c.mu.Lock()
 	yielded := false
 	for c.err == nil {

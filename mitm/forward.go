@@ -202,7 +202,8 @@ func (x *Exchange) forward() {
 	ctx := r.Context()
 	var out *http.Request
 	cancel := func(error) {}
-	if up := t.pool; up.h1 != nil && h1Syncable(r, body) {
+	switch up := t.pool; {
+	case up.h1 != nil && h1Syncable(r, body):
 		if host == "" { // an HTTP/1.0 request without Host: the Transport's choice
 			host = t.urlHost()
 		}
@@ -210,10 +211,22 @@ func (x *Exchange) forward() {
 		if body != nil {
 			x.h1req.n = r.ContentLength
 		}
-	} else {
+	case up.h1 == nil:
+		// An HTTP/2 pool: x/net's Transport watches the request's
+		// Cancel channel next to its context, which is then the
+		// client's own (a context derived per request costs a
+		// registration with, and later removal from, its parent).
+		out = x.transportRequest(ctx, host, body)
+		x.stop.ch = make(chan struct{})
+		//lint:ignore SA1019 x/net's http2.Transport honours it; it costs no context per request
+		out.Cancel = x.stop.ch
+		cancel = x.stop.cancel
+	default:
 		ctx, cancel = context.WithCancelCause(ctx)
 		defer cancel(nil)
 		out = x.transportRequest(ctx, host, body)
+	}
+	if out != nil {
 		// ResponseHeaderTimeout counts from the end of the request body,
 		// as net/http's Transport does, so a long upload is not cut short.
 		ht.fire = func() { cancel(errResponseHeaderTimeout) }
@@ -268,14 +281,20 @@ func (x *Exchange) forward() {
 	x.respond(resp, rc, cancel)
 }
 
-// transportRequest is the request for the pool's Transport: the client's,
-// with the Host it names, a copy of its header without the hop-by-hop
-// fields (a WebSocket upgrade kept), and body.
+// transportRequest is the request for the pool's Transport, held in x:
+// the client's, with the Host it names, its header without the
+// hop-by-hop fields (a WebSocket upgrade kept; a copy when there is
+// anything to change, else the client's own), and body.
 func (x *Exchange) transportRequest(ctx context.Context, host string, body io.ReadCloser) *http.Request {
 	r, t := x.Req, x.t
-	out := r.WithContext(ctx) // shallow; the header is cloned below
-	u := *r.URL
-	out.URL = &u
+	out := &x.out
+	if ctx == r.Context() {
+		*out = *r // shallow, as WithContext's copy is, without its allocation
+	} else {
+		*out = *r.WithContext(ctx)
+	}
+	x.outURL = *r.URL
+	out.URL = &x.outURL
 	out.RequestURI = ""
 	out.URL.Scheme = "http"
 	if t.useTLS {
@@ -284,6 +303,11 @@ func (x *Exchange) transportRequest(ctx context.Context, host string, body io.Re
 	out.URL.Host = t.urlHost()
 	out.Host = host
 	out.Close = false
+	out.Body = body
+	out.Trailer = r.Trailer
+	if !needsHopEdit(r.Header) {
+		return out // nothing below would change the header: the Transport only reads it
+	}
 	out.Header = r.Header.Clone()
 	upgrade := removeHopHeaders(out.Header, true)
 	if upgrade != "" {
@@ -295,9 +319,37 @@ func (x *Exchange) transportRequest(ctx context.Context, host string, body io.Re
 	if _, ok := out.Header["User-Agent"]; !ok {
 		out.Header.Set("User-Agent", "") // no Go default User-Agent
 	}
-	out.Body = body
-	out.Trailer = r.Trailer
 	return out
+}
+
+// needsHopEdit reports whether transportRequest would change h: a field
+// it removes or rewrites, or no User-Agent (it adds an empty one).
+func needsHopEdit(h http.Header) bool {
+	if _, ok := h["User-Agent"]; !ok {
+		return true
+	}
+	for k := range h {
+		if isHopHeader(k) || hasProxyPrefix(k) || k == "Expect" || k == "Trailer" {
+			return true
+		}
+	}
+	return false
+}
+
+// stopChan cancels one request to an HTTP/2 pool through the request's
+// Cancel channel; cancel may be called more than once, the first cause
+// counts.
+type stopChan struct {
+	ch       chan struct{}
+	closed   atomic.Bool
+	timedOut atomic.Bool // the first cause was errResponseHeaderTimeout
+}
+
+func (s *stopChan) cancel(cause error) {
+	if s.closed.CompareAndSwap(false, true) {
+		s.timedOut.Store(cause == errResponseHeaderTimeout) //nolint:errorlint // our own sentinel, never wrapped here
+		close(s.ch)
+	}
 }
 
 // send sends the request to x.t: out through the pool's Transport, with
@@ -342,7 +394,7 @@ func (x *Exchange) roundTripFailed(ctx context.Context, err error) {
 	}
 	host := hostOr(t.host, t.conn.Addrs)
 	switch {
-	case errors.Is(context.Cause(ctx), errResponseHeaderTimeout), errors.Is(err, errResponseHeaderTimeout):
+	case x.stop.timedOut.Load(), errors.Is(context.Cause(ctx), errResponseHeaderTimeout), errors.Is(err, errResponseHeaderTimeout):
 		x.answer(fail(http.StatusGatewayTimeout, audit.ReasonUpstreamTimeout,
 			fmt.Sprintf("upstream %s sent no response headers within %s", host, x.f.p.cfg.ResponseHeaderTimeout.D())))
 	case x.Req.Context().Err() != nil:

@@ -1,0 +1,104 @@
+package mitm
+
+import (
+	"net/http"
+	"reflect"
+	"testing"
+)
+
+// hopCases are headers as a client or an upstream may send them.
+var hopCases = []http.Header{
+	{"User-Agent": {"h2load"}, "Accept": {"*/*"}},
+	{"Accept": {"*/*"}}, // no User-Agent
+	{"User-Agent": {"a"}, "Connection": {"close, X-Hop"}, "X-Hop": {"1"}},
+	{"User-Agent": {"a"}, "Keep-Alive": {"5"}},
+	{"User-Agent": {"a"}, "Proxy-Authorization": {"Basic x"}},
+	{"User-Agent": {"a"}, "Proxy-Foo": {"y"}},
+	{"User-Agent": {"a"}, "Te": {"trailers"}},
+	{"User-Agent": {"a"}, "Te": {"gzip"}},
+	{"User-Agent": {"a"}, "Expect": {"100-continue"}},
+	{"User-Agent": {"a"}, "Trailer": {"X-Sum"}},
+	{"User-Agent": {"a"}, "Upgrade": {"websocket"}, "Connection": {"Upgrade"}},
+	{"User-Agent": {"a"}, "Transfer-Encoding": {"chunked"}},
+	{"User-Agent": {"a"}, "Proxied-By": {"x"}, "Teapot": {"1"}}, // look-alikes stay
+}
+
+// transportHeader is the header transportRequest sends for h when it
+// edits it: every change spelled out, as before it learned to skip them.
+func transportHeader(h http.Header) http.Header {
+	out := h.Clone()
+	if up := removeHopHeaders(out, true); up != "" {
+		out.Set("Connection", "Upgrade")
+		out.Set("Upgrade", up)
+	}
+	out.Del("Expect")
+	out.Del("Trailer")
+	if _, ok := out["User-Agent"]; !ok {
+		out.Set("User-Agent", "")
+	}
+	return out
+}
+
+// TestNeedsHopEdit: a header transportRequest passes on as it is (no
+// copy) is one its edits would leave unchanged; and an ordinary one is
+// passed on.
+func TestNeedsHopEdit(t *testing.T) {
+	for _, h := range hopCases {
+		if changed := !reflect.DeepEqual(transportHeader(h), h); changed && !needsHopEdit(h) {
+			t.Errorf("needsHopEdit(%v) = false, but the edits change it to %v", h, transportHeader(h))
+		}
+	}
+	for _, h := range []http.Header{hopCases[0], hopCases[len(hopCases)-1]} {
+		if needsHopEdit(h) {
+			t.Errorf("needsHopEdit(%v) = true: an ordinary header is copied", h)
+		}
+	}
+}
+
+// TestTransportRequestSharesOnlyCleanHeaders: the request for an HTTP/2
+// pool's Transport carries the client's header map itself only when
+// nothing in it is hop-by-hop; otherwise a copy without those fields,
+// the client's own left as it was.
+func TestTransportRequestSharesOnlyCleanHeaders(t *testing.T) {
+	for _, h := range hopCases {
+		r, _ := http.NewRequest("GET", "https://api.test/x", nil)
+		r.Header = h.Clone()
+		x := &Exchange{Req: r, t: &target{host: "api.test", port: 443, useTLS: true}}
+		out := x.transportRequest(r.Context(), "api.test", nil)
+		if want := transportHeader(h); !reflect.DeepEqual(out.Header, want) {
+			t.Errorf("header %v went upstream as %v, want %v", h, out.Header, want)
+		}
+		if !reflect.DeepEqual(r.Header, h) {
+			t.Errorf("the client's header %v was changed to %v", h, r.Header)
+		}
+		if out.URL == r.URL || out.URL.String() != "https://api.test:443/x" || r.URL.String() != "https://api.test/x" {
+			t.Errorf("upstream URL %s, client's %s", out.URL, r.URL)
+		}
+	}
+}
+
+// TestStopChanFirstCauseCounts: an HTTP/2 request cancelled by the
+// response header timer answers 504 even when a later cancel (a retry's,
+// a body cut) follows; cancelling twice is no panic.
+func TestStopChanFirstCauseCounts(t *testing.T) {
+	for _, tc := range []struct {
+		causes  []error
+		timeout bool
+	}{
+		{[]error{errResponseHeaderTimeout, nil}, true},
+		{[]error{&Cut{Reason: "r"}, errResponseHeaderTimeout}, false},
+	} {
+		s := stopChan{ch: make(chan struct{})}
+		for _, c := range tc.causes {
+			s.cancel(c)
+		}
+		select {
+		case <-s.ch:
+		default:
+			t.Fatalf("causes %v: channel still open", tc.causes)
+		}
+		if s.timedOut.Load() != tc.timeout {
+			t.Errorf("causes %v: timedOut %v, want %v", tc.causes, s.timedOut.Load(), tc.timeout)
+		}
+	}
+}
