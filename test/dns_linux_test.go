@@ -162,23 +162,8 @@ func TestAgentDNS(t *testing.T) {
 	e.cfg.RefuseQUIC = true
 	srv, recs := e.startDNS(res, "version: 1\ndns:\n  - name: no-denied\n    names: [\"*.denied.test\"]\n    action: deny\n", 100)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := e.tp.Hosts[0].Exec(ctx, "python3", "-c", dnsClientPy, res.IP4.String(), res.IP6.String())
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	done := e.cg.Command(t, cmd)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done()
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("dns client: %v\n%s", err, errb.String())
-	}
 	var got map[string]json.RawMessage
-	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
-		t.Fatalf("client output %q: %v", out.String(), err)
-	}
+	e.runPy(t, true, &got, dnsClientPy, res.IP4.String(), res.IP6.String())
 	answer := func(k string) dnsAnswer {
 		var a dnsAnswer
 		if err := json.Unmarshal(got[k], &a); err != nil {
@@ -439,6 +424,32 @@ func TestAgentDNSGetaddrinfo(t *testing.T) {
 	}
 }
 
+// runPy runs the Python program script with args on the workload host,
+// in the selected cgroup when inCgroup, and decodes the JSON it prints
+// into out.
+func (e *agentEnv) runPy(t *testing.T, inCgroup bool, out any, script string, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := e.tp.Hosts[0].Exec(ctx, append([]string{"python3", "-c", script}, args...)...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	done := func() {}
+	if inCgroup {
+		done = e.cg.Command(t, cmd)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("python client: %v\n%s", err, stderr.String())
+	}
+	if err := json.Unmarshal([]byte(stdout.String()), out); err != nil {
+		t.Fatalf("client output %q: %v", stdout.String(), err)
+	}
+}
+
 // dnsTCPFromPortPy asks the resolver at argv[1]:argv[3] for api.test
 // over TCP from source port argv[2] and prints its pid and the answer's
 // rcode; with argv[4] "silent" it connects and closes without a query
@@ -479,26 +490,8 @@ func TestAgentDNSTCPOriginNotInherited(t *testing.T) {
 	startTestResolver(t, res, nil)
 	_, recs := e.startDNS(res, "version: 1\n", 100)
 	query := func(inCgroup bool, dst string, dport uint16, port, mode string) (pid, rcode int) {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		cmd := e.tp.Hosts[0].Exec(ctx, "python3", "-c", dnsTCPFromPortPy, dst, port, fmt.Sprint(dport), mode)
-		var out, errb strings.Builder
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		done := func() {}
-		if inCgroup {
-			done = e.cg.Command(t, cmd)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done()
-		if err := cmd.Wait(); err != nil {
-			t.Fatalf("dns client: %v\n%s", err, errb.String())
-		}
 		var r struct{ PID, Rcode int }
-		if err := json.Unmarshal([]byte(out.String()), &r); err != nil {
-			t.Fatalf("client output %q: %v", out.String(), err)
-		}
+		e.runPy(t, inCgroup, &r, dnsTCPFromPortPy, dst, port, fmt.Sprint(dport), mode)
 		return r.PID, r.Rcode
 	}
 	for _, c := range []struct {
@@ -595,29 +588,11 @@ func TestAgentDNSUDPOriginNotInherited(t *testing.T) {
 	startTestResolver(t, res, nil)
 	_, recs := e.startDNS(res, "version: 1\n", 100)
 	query := func(inCgroup bool, dst string, sport, dport uint16, mode string, n int, msg string) (pid int, rcodes []int) {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		cmd := e.tp.Hosts[0].Exec(ctx, "python3", "-c", dnsUDPFromPortPy, dst, fmt.Sprint(sport), fmt.Sprint(dport), mode, fmt.Sprint(n), msg)
-		var out, errb strings.Builder
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		done := func() {}
-		if inCgroup {
-			done = e.cg.Command(t, cmd)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done()
-		if err := cmd.Wait(); err != nil {
-			t.Fatalf("dns client: %v\n%s", err, errb.String())
-		}
 		var r struct {
 			PID    int
 			Rcodes []int
 		}
-		if err := json.Unmarshal([]byte(out.String()), &r); err != nil {
-			t.Fatalf("client output %q: %v", out.String(), err)
-		}
+		e.runPy(t, inCgroup, &r, dnsUDPFromPortPy, dst, fmt.Sprint(sport), fmt.Sprint(dport), mode, fmt.Sprint(n), msg)
 		return r.PID, r.Rcodes
 	}
 	victims := map[int]int{} // pid: records still expected
