@@ -262,17 +262,35 @@ func (fs *h1Fast) setReadDeadline(t time.Time) {
 // is new or woke from parking, so the wait is the header timeout's.
 func (fs *h1Fast) next(first bool) int {
 	c, s, br := fs.c, fs.s, fs.br
+	var idleFrom time.Time // when the wait for the next request began
 	if !first && br.Buffered() == 0 && len(c.next) == 0 && !c.gw.stashed() {
 		if err := fs.bw.Flush(); err != nil {
 			return fastClose
 		}
 		since := time.Now()
+		idleFrom = since
 		fs.setReadDeadline(since.Add(min(h1ParkAfter, s.idleTimeout)))
 		if _, err := br.Peek(1); err != nil {
 			if isTimeout(err) && c.fl.ctx.Err() == nil && br.Buffered() == 0 {
 				c.idleSince = since
 				return fastPark
 			}
+			return fastClose
+		}
+	}
+	if !first && br.Buffered() < 4 {
+		// As net/http's server: the next request is read once 4 bytes
+		// of it have come; fewer, then the client's close or the idle
+		// timeout, end the connection without an answer.
+		if err := fs.bw.Flush(); err != nil {
+			return fastClose
+		}
+		if idleFrom.IsZero() {
+			idleFrom = time.Now()
+		}
+		fs.setReadDeadline(idleFrom.Add(s.idleTimeout))
+		if _, err := br.Peek(4); err != nil {
+			fs.feedPartial()
 			return fastClose
 		}
 	}
@@ -295,7 +313,9 @@ func (fs *h1Fast) next(first bool) int {
 		if end = headEnd(buf); end > 0 {
 			break
 		}
-		if br.Buffered() >= br.Size() {
+		if br.Buffered() >= br.Size() || bytes.IndexByte(buf, '\n') >= 0 {
+			// Too large, or a head in parts: net/http reads it, and
+			// answers a malformed line as soon as it is whole.
 			return fastHandOff
 		}
 		// The answers so far go out before a read that may wait.
@@ -320,12 +340,8 @@ func (fs *h1Fast) next(first bool) int {
 				return fastHandOff
 			}
 			// A partial head at the header timeout: net/http closes
-			// without an answer, and the framer learns the head for
-			// the connection's record (recordNoRequest).
-			b, _ := br.Peek(br.Buffered())
-			c.mu.Lock()
-			c.fr.feed(b)
-			c.mu.Unlock()
+			// without an answer.
+			fs.feedPartial()
 			return fastClose
 		}
 	}
@@ -354,6 +370,20 @@ func (fs *h1Fast) next(first bool) int {
 		req.Body = http.NoBody
 	}
 	return fs.serveRequest(req, body)
+}
+
+// feedPartial gives the framer the part of a head the loop holds when
+// the connection ends without an answer, for its record
+// (recordNoRequest).
+func (fs *h1Fast) feedPartial() {
+	b, _ := fs.br.Peek(fs.br.Buffered())
+	if len(b) == 0 {
+		return
+	}
+	c := fs.c
+	c.mu.Lock()
+	c.fr.feed(b)
+	c.mu.Unlock()
 }
 
 // headParser parses a copy of a head: a bufio.Reader (of a buffer as
