@@ -362,6 +362,7 @@ func (fs *h1Fast) next(first bool) int {
 	var body *fastBody
 	if req.ContentLength > 0 {
 		body = &fastBody{fs: fs, remain: req.ContentLength}
+		body.rw = bodyResponse{&fs.w, body}
 		req.Body = body
 		if fs.loopDeadline {
 			fs.setReadDeadline(time.Time{})
@@ -564,8 +565,32 @@ func (fs *h1Fast) runHandler(w *fastResponse, req *http.Request) (ok bool) {
 			ok = false
 		}
 	}()
-	fs.c.fl.ServeHTTP(w, req)
+	var rw http.ResponseWriter = w
+	if b, ok := req.Body.(*fastBody); ok {
+		rw = &b.rw
+	}
+	fs.c.fl.ServeHTTP(rw, req)
 	return true
+}
+
+// bodyResponse is the ResponseWriter of a request with a body: a
+// goroutine still reading the body after the handler returned may call
+// SetReadDeadline (countingBody), also while the next request's handler
+// runs, and that call must do nothing.
+type bodyResponse struct {
+	*fastResponse
+	b *fastBody
+}
+
+func (w *bodyResponse) SetReadDeadline(t time.Time) error {
+	fs := w.b.fs
+	fs.dlMu.Lock()
+	defer fs.dlMu.Unlock()
+	if !fs.inHandler || w.b.ended {
+		return nil
+	}
+	fs.loopDeadline = false
+	return fs.c.Conn.SetReadDeadline(t)
 }
 
 // fastBody is a request body of declared length, read from the loop's
@@ -577,6 +602,8 @@ type fastBody struct {
 	remain int64
 	closed bool
 	err    error // a failed read: the connection can't be reused
+	ended  bool  // the handler returned (under fs.dlMu)
+	rw     bodyResponse
 }
 
 func (b *fastBody) Read(p []byte) (int, error) {
@@ -621,6 +648,9 @@ func (b *fastBody) Close() error {
 // after the answer came) is interrupted, not waited for: the client may
 // be sending nothing more.
 func (b *fastBody) close() {
+	b.fs.dlMu.Lock()
+	b.ended = true
+	b.fs.dlMu.Unlock()
 	interrupted := false
 	if !b.mu.TryLock() {
 		b.fs.setReadDeadline(aLongTimeAgo)

@@ -572,3 +572,47 @@ func TestFastResponseFields(t *testing.T) {
 		t.Errorf("answer %q, trailer %v", out.String(), resp.Trailer)
 	}
 }
+
+// A goroutine still reading a request body after its handler returned
+// (a Transport sending it upstream) may set the read deadline through
+// the handler's ResponseController: that call does nothing, also while
+// the next request's handler runs; the current handler's call applies.
+func TestFastLoopLateReadDeadline(t *testing.T) {
+	conn, peer := net.Pipe()
+	defer conn.Close()
+	defer peer.Close()
+	fs := &h1Fast{c: &h1Conn{Conn: conn}}
+	fs.w.fs = fs
+	newBody := func() *fastBody {
+		b := &fastBody{fs: fs}
+		b.rw = bodyResponse{&fs.w, b}
+		return b
+	}
+	first := newBody()
+	fs.handlerRuns(true)
+	fs.handlerRuns(false)
+	first.close()
+	fs.loopDeadline = true
+	late := http.NewResponseController(&first.rw)
+	if err := late.SetReadDeadline(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if !fs.loopDeadline {
+		t.Error("a late call between requests took the loop's deadline")
+	}
+	second := newBody()
+	fs.handlerRuns(true)
+	if err := late.SetReadDeadline(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if !fs.loopDeadline {
+		t.Error("a late call during the next handler took the deadline")
+	}
+	if err := http.NewResponseController(&second.rw).SetReadDeadline(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if fs.loopDeadline {
+		t.Error("the running handler's call did not apply")
+	}
+	fs.handlerRuns(false)
+}
