@@ -57,6 +57,7 @@ func (s *goneSet) add(c *h1Conn) bool {
 	g := &c.gw
 	g.mu.Lock()
 	g.set, g.token, g.sock = s, tok, sock
+	g.hup = false // a close reported under an earlier token is not this watch's
 	g.mu.Unlock()
 	return true
 }
@@ -93,7 +94,11 @@ func (s *goneSet) open() bool {
 
 func (s *goneSet) run(ep *os.File, rc syscall.RawConn) {
 	events := make([]unix.EpollEvent, 64)
-	var hit []*h1Conn
+	type hitConn struct {
+		c   *h1Conn
+		tok uint64
+	}
+	var hit []hitConn
 	for {
 		n := 0
 		var werr error
@@ -112,7 +117,7 @@ func (s *goneSet) run(ep *os.File, rc syscall.RawConn) {
 		for _, ev := range events[:max(n, 0)] {
 			tok := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 			if c := s.conns[tok]; c != nil {
-				hit = append(hit, c)
+				hit = append(hit, hitConn{c, tok})
 			}
 		}
 		closing := false
@@ -136,9 +141,11 @@ func (s *goneSet) run(ep *os.File, rc syscall.RawConn) {
 			ep.Close()
 		}
 		s.mu.Unlock()
-		for i, c := range hit {
-			c.gw.hupped(c)
-			hit[i] = nil
+		// Outside s.mu (hupped may start a read): a connection
+		// removed meanwhile is told apart by its token.
+		for i, h := range hit {
+			h.c.gw.hupped(h.c, h.tok)
+			hit[i] = hitConn{}
 		}
 		hit = hit[:0]
 		if closing {

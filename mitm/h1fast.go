@@ -67,7 +67,13 @@ type h1Fast struct {
 	// timeout), to be cleared before a request body is read.
 	loopDeadline bool
 	lastPost     bool // the last request was a POST
-	w            fastResponse
+	counted      bool // this run took a request (h1Server.fastServed)
+	// dlMu guards inHandler and, while a handler runs, loopDeadline:
+	// the handler's ResponseController (SetReadDeadline) may be called
+	// from a goroutine of its own, also after the handler returned.
+	dlMu      sync.Mutex
+	inHandler bool
+	w         fastResponse
 }
 
 // fastSource is what the loop reads: the bytes h1Conn.next and the
@@ -90,7 +96,29 @@ func (s fastSource) Read(b []byte) (int, error) {
 		return n, nil
 	}
 	g.mu.Unlock()
-	return c.Conn.Read(b)
+	n, err := c.Conn.Read(b)
+	if err != nil {
+		c.fastReadFailed(err)
+	}
+	return n, err
+}
+
+// fastReadFailed is net/http's connReader on a failed read of the
+// client's connection, by the loop, a request body's reader or the
+// gone-watch: unless a deadline ended it, the client left, so the
+// request's context ends and the upstream exchange is aborted.
+func (c *h1Conn) fastReadFailed(err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return
+	}
+	g := &c.gw
+	g.mu.Lock()
+	cancel := g.cancel
+	g.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	c.readFailed(err)
 }
 
 // fastOut writes to the connection and notes a write that timed out (the
@@ -119,6 +147,7 @@ func (s *h1Server) serve(hc *h1Conn) {
 // serveFast is the loop.
 func (s *h1Server) serveFast(c *h1Conn) {
 	fs := &h1Fast{s: s, c: c, src: fastSource{c}, out: fastOut{c}}
+	fs.w.fs = fs
 	fs.br = fastReaders.Get().(*bufio.Reader)
 	fs.br.Reset(fs.src)
 	fs.bw = fastWriters.Get().(*bufio.Writer)
@@ -162,6 +191,18 @@ func (s *h1Server) serveFast(c *h1Conn) {
 			_ = fs.bw.Flush()
 			fs.release()
 			c.Close()
+		case fastCloseWait:
+			// As net/http after a request body it left unread: the
+			// answer goes out, then a half-close and a wait, so that
+			// the client, still sending, reads the answer before the
+			// close (which, with its unread bytes, resets the
+			// connection).
+			if fs.bw.Flush() == nil {
+				_ = c.CloseWrite()
+				time.Sleep(rstAvoidanceDelay)
+			}
+			fs.release()
+			c.Close()
 		}
 		return
 	}
@@ -172,7 +213,12 @@ const (
 	fastPark
 	fastHandOff
 	fastClose
+	fastCloseWait
 )
+
+// rstAvoidanceDelay is net/http's: how long a connection closed with a
+// request body unread stays half-closed first.
+const rstAvoidanceDelay = 500 * time.Millisecond
 
 // drop lets go of what the connection kept of this run, before it is
 // parked or handed over: a parked connection holds as little as it can.
@@ -216,14 +262,35 @@ func (fs *h1Fast) setReadDeadline(t time.Time) {
 // is new or woke from parking, so the wait is the header timeout's.
 func (fs *h1Fast) next(first bool) int {
 	c, s, br := fs.c, fs.s, fs.br
+	var idleFrom time.Time // when the wait for the next request began
 	if !first && br.Buffered() == 0 && len(c.next) == 0 && !c.gw.stashed() {
+		if err := fs.bw.Flush(); err != nil {
+			return fastClose
+		}
 		since := time.Now()
+		idleFrom = since
 		fs.setReadDeadline(since.Add(min(h1ParkAfter, s.idleTimeout)))
 		if _, err := br.Peek(1); err != nil {
 			if isTimeout(err) && c.fl.ctx.Err() == nil && br.Buffered() == 0 {
 				c.idleSince = since
 				return fastPark
 			}
+			return fastClose
+		}
+	}
+	if !first && br.Buffered() < 4 {
+		// As net/http's server: the next request is read once 4 bytes
+		// of it have come; fewer, then the client's close or the idle
+		// timeout, end the connection without an answer.
+		if err := fs.bw.Flush(); err != nil {
+			return fastClose
+		}
+		if idleFrom.IsZero() {
+			idleFrom = time.Now()
+		}
+		fs.setReadDeadline(idleFrom.Add(s.idleTimeout))
+		if _, err := br.Peek(4); err != nil {
+			fs.feedPartial()
 			return fastClose
 		}
 	}
@@ -246,8 +313,14 @@ func (fs *h1Fast) next(first bool) int {
 		if end = headEnd(buf); end > 0 {
 			break
 		}
-		if br.Buffered() >= br.Size() {
+		if br.Buffered() >= br.Size() || bytes.IndexByte(buf, '\n') >= 0 {
+			// Too large, or a head in parts: net/http reads it, and
+			// answers a malformed line as soon as it is whole.
 			return fastHandOff
+		}
+		// The answers so far go out before a read that may wait.
+		if err := fs.bw.Flush(); err != nil {
+			return fastClose
 		}
 		if !timed {
 			timed = true
@@ -258,14 +331,17 @@ func (fs *h1Fast) next(first bool) int {
 			fs.setReadDeadline(t)
 		}
 		if _, err := br.Peek(br.Buffered() + 1); err != nil {
-			if br.Buffered() > 0 {
-				// A partial head: the framer learns it, for the
-				// connection's record (recordNoRequest).
-				b, _ := br.Peek(br.Buffered())
-				c.mu.Lock()
-				c.fr.feed(b)
-				c.mu.Unlock()
+			if br.Buffered() == 0 {
+				return fastClose
 			}
+			if !isTimeout(err) {
+				// The client ended inside a head: net/http answers
+				// it (400) and records it.
+				return fastHandOff
+			}
+			// A partial head at the header timeout: net/http closes
+			// without an answer.
+			fs.feedPartial()
 			return fastClose
 		}
 	}
@@ -286,6 +362,7 @@ func (fs *h1Fast) next(first bool) int {
 	var body *fastBody
 	if req.ContentLength > 0 {
 		body = &fastBody{fs: fs, remain: req.ContentLength}
+		body.rw = bodyResponse{&fs.w, body}
 		req.Body = body
 		if fs.loopDeadline {
 			fs.setReadDeadline(time.Time{})
@@ -294,6 +371,20 @@ func (fs *h1Fast) next(first bool) int {
 		req.Body = http.NoBody
 	}
 	return fs.serveRequest(req, body)
+}
+
+// feedPartial gives the framer the part of a head the loop holds when
+// the connection ends without an answer, for its record
+// (recordNoRequest).
+func (fs *h1Fast) feedPartial() {
+	b, _ := fs.br.Peek(fs.br.Buffered())
+	if len(b) == 0 {
+		return
+	}
+	c := fs.c
+	c.mu.Lock()
+	c.fr.feed(b)
+	c.mu.Unlock()
 }
 
 // headParser parses a copy of a head: a bufio.Reader (of a buffer as
@@ -384,42 +475,80 @@ func fastServable(r *http.Request) bool {
 
 func textprotoTrim(s string) string { return strings.Trim(s, " \t") }
 
-// serveRequest runs the handler for req and finishes its response.
+// serveRequest runs the handler for req and finishes its response, in
+// net/http's order (finishRequest): the answer goes out, then the rest
+// of the request body is read (or the connection closes).
 func (fs *h1Fast) serveRequest(req *http.Request, body *fastBody) int {
 	c := fs.c
 	w := &fs.w
-	w.reset(fs, req)
+	w.reset(req)
+	if !fs.counted {
+		fs.counted = true
+		fs.s.fastServed.Add(1)
+	}
+	// The answers to the requests before go out first: this one's
+	// handler may take long.
+	if fs.bw.Buffered() > 0 {
+		if err := fs.bw.Flush(); err != nil {
+			return fastClose
+		}
+	}
 	c.gw.begin(c, body == nil)
+	fs.handlerRuns(true)
 	ok := fs.runHandler(w, req)
+	fs.handlerRuns(false)
+	if body != nil {
+		// Before end: no read of the body (and so no bodyDone) comes
+		// after it.
+		body.close()
+	}
 	if c.gw.end(c) {
 		fs.loopDeadline = true // in the past
-	}
-	if body != nil {
-		if !body.finish() {
-			w.closeAfter = true
-		}
 	}
 	if !ok {
 		return fastClose
 	}
+	early := false
+	if body != nil && !w.fullDuplex && !w.sentHeader {
+		// As net/http's writeHeader: the rest of the body is read
+		// before the answer, or the answer says the connection closes.
+		switch body.discard() {
+		case bodyTooBig:
+			w.closeAfter, early = true, true
+		case bodyFailed:
+			w.closeAfter = true
+		}
+		body = nil
+	}
 	if err := w.finish(); err != nil {
 		return fastClose
 	}
+	if body != nil && body.left() {
+		if err := fs.bw.Flush(); err != nil {
+			return fastClose
+		}
+		switch body.discard() {
+		case bodyTooBig:
+			return fastCloseWait
+		case bodyFailed:
+			return fastClose
+		}
+	}
 	if !w.reusable() || fs.ctx.Err() != nil {
+		if early {
+			return fastCloseWait
+		}
 		return fastClose
 	}
-	if fs.br.Buffered() == 0 && len(c.next) == 0 && !c.gw.stashed() {
-		if err := fs.bw.Flush(); err != nil {
-			return fastClose
-		}
-	}
-	// Pipelined requests: their answers go out with the next flush.
-	if fs.bw.Buffered() > 0 && fs.bw.Available() < h1FastBuf/2 {
-		if err := fs.bw.Flush(); err != nil {
-			return fastClose
-		}
-	}
 	return fastServed
+}
+
+// handlerRuns notes the start and end of a handler: while one runs, its
+// ResponseController sets the read deadline, else the loop does.
+func (fs *h1Fast) handlerRuns(on bool) {
+	fs.dlMu.Lock()
+	fs.inHandler = on
+	fs.dlMu.Unlock()
 }
 
 // runHandler calls the flow's handler; false: it panicked (an aborted
@@ -436,8 +565,32 @@ func (fs *h1Fast) runHandler(w *fastResponse, req *http.Request) (ok bool) {
 			ok = false
 		}
 	}()
-	fs.c.fl.ServeHTTP(w, req)
+	var rw http.ResponseWriter = w
+	if b, ok := req.Body.(*fastBody); ok {
+		rw = &b.rw
+	}
+	fs.c.fl.ServeHTTP(rw, req)
 	return true
+}
+
+// bodyResponse is the ResponseWriter of a request with a body: a
+// goroutine still reading the body after the handler returned may call
+// SetReadDeadline (countingBody), also while the next request's handler
+// runs, and that call must do nothing.
+type bodyResponse struct {
+	*fastResponse
+	b *fastBody
+}
+
+func (w *bodyResponse) SetReadDeadline(t time.Time) error {
+	fs := w.b.fs
+	fs.dlMu.Lock()
+	defer fs.dlMu.Unlock()
+	if !fs.inHandler || w.b.ended {
+		return nil
+	}
+	fs.loopDeadline = false
+	return fs.c.Conn.SetReadDeadline(t)
 }
 
 // fastBody is a request body of declared length, read from the loop's
@@ -449,6 +602,8 @@ type fastBody struct {
 	remain int64
 	closed bool
 	err    error // a failed read: the connection can't be reused
+	ended  bool  // the handler returned (under fs.dlMu)
+	rw     bodyResponse
 }
 
 func (b *fastBody) Read(p []byte) (int, error) {
@@ -488,26 +643,63 @@ func (b *fastBody) Close() error {
 	return nil
 }
 
-// finish ends the body when the handler has returned: what is left of
-// it is read and dropped, up to maxPostHandlerRead; false: the
-// connection can't serve another request.
-func (b *fastBody) finish() bool {
+// close ends the body for its readers when the handler has returned. A
+// read still under way (a Transport goroutine sending the body upstream
+// after the answer came) is interrupted, not waited for: the client may
+// be sending nothing more.
+func (b *fastBody) close() {
+	b.fs.dlMu.Lock()
+	b.ended = true
+	b.fs.dlMu.Unlock()
+	interrupted := false
+	if !b.mu.TryLock() {
+		b.fs.setReadDeadline(aLongTimeAgo)
+		interrupted = true
+		b.mu.Lock()
+	}
+	b.closed = true
+	if interrupted && errors.Is(b.err, os.ErrDeadlineExceeded) {
+		b.err = nil // that read's end, not the client's
+	}
+	b.mu.Unlock()
+}
+
+// left reports whether part of the body is still to be read.
+func (b *fastBody) left() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.closed = true
-	if b.err != nil || b.remain > maxPostHandlerRead {
-		return false
+	return b.remain > 0 || b.err != nil
+}
+
+const (
+	bodyRead = iota
+	bodyTooBig
+	bodyFailed
+)
+
+// discard reads what is left of a closed body and drops it, if less
+// than maxPostHandlerRead (as net/http's body.Close); bodyTooBig: it is
+// not read, and the connection closes; bodyFailed: a read failed.
+func (b *fastBody) discard() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil {
+		return bodyFailed
+	}
+	if b.remain >= maxPostHandlerRead {
+		return bodyTooBig
 	}
 	if b.remain > 0 {
-		_ = b.fs.c.Conn.SetReadDeadline(time.Now().Add(b.fs.s.idleTimeout))
-		b.fs.loopDeadline = true
-		n, err := b.fs.br.Discard(int(b.remain))
+		fs := b.fs
+		fs.setReadDeadline(time.Now().Add(fs.s.idleTimeout))
+		n, err := fs.br.Discard(int(b.remain))
 		b.remain -= int64(n)
 		if err != nil {
-			return false
+			b.err = err
+			return bodyFailed
 		}
 	}
-	return true
+	return bodyRead
 }
 
 // goneWatch is what the connection's gone-watch (goneSet) and the loop
@@ -553,9 +745,14 @@ func (g *goneWatch) bodyDone(c *h1Conn) {
 	}
 }
 
-// hupped: the socket reported the client's close.
-func (g *goneWatch) hupped(c *h1Conn) {
+// hupped: the socket watched under token tok reported the client's
+// close (ignored when c is no longer watched under it).
+func (g *goneWatch) hupped(c *h1Conn, tok uint64) {
 	g.mu.Lock()
+	if g.token != tok {
+		g.mu.Unlock()
+		return
+	}
 	g.hup = true
 	start := g.startLocked()
 	g.mu.Unlock()
@@ -610,13 +807,9 @@ func (c *h1Conn) goneRead(done chan struct{}) {
 	if n > 0 {
 		g.stash = append(g.stash, b[0])
 	}
-	cancel := g.cancel
 	g.mu.Unlock()
-	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-		if cancel != nil {
-			cancel()
-		}
-		c.readFailed(err)
+	if err != nil {
+		c.fastReadFailed(err)
 	}
 	close(done)
 }
@@ -651,20 +844,25 @@ type fastResponse struct {
 	written     int64
 	pending     []byte // body bytes held until the head is decided
 	closeAfter  bool
+	fullDuplex  bool // EnableFullDuplex: the answer may go out before the body is read
 	done        bool // the handler returned
 	werr        error
 	dateBuf     [29]byte
 }
 
-func (w *fastResponse) reset(fs *h1Fast, req *http.Request) {
+// reset readies w for req. w.fs stays: the ResponseController of an
+// earlier request's handler may still read it.
+func (w *fastResponse) reset(req *http.Request) {
 	h := w.h
 	if h == nil {
 		h = make(http.Header)
 	} else {
 		clear(h)
 	}
-	pending := w.pending[:0]
-	*w = fastResponse{fs: fs, req: req, h: h, cl: -1, pending: pending, closeAfter: req.Close}
+	w.req, w.h, w.status = req, h, 0
+	w.wroteHeader, w.sentHeader, w.chunking, w.fullDuplex = false, false, false, false
+	w.cl, w.written, w.pending = -1, 0, w.pending[:0]
+	w.closeAfter, w.done, w.werr = req.Close, false, nil
 }
 
 func (w *fastResponse) Header() http.Header { return w.h }
@@ -680,7 +878,7 @@ func (w *fastResponse) WriteHeader(code int) {
 		// An informational answer goes out at once; the final one follows.
 		bw := w.fs.bw
 		writeStatus(bw, code)
-		writeFields(bw, w.h, nil)
+		writeFields(bw, w.h, func(k string) bool { return k == "Content-Length" || k == "Transfer-Encoding" })
 		bw.WriteString("\r\n")
 		w.werr = bw.Flush()
 		return
@@ -965,7 +1163,7 @@ func (w *fastResponse) writeTrailers() {
 	for _, decl := range w.h["Trailer"] {
 		for name := range strings.SplitSeq(decl, ",") {
 			name = http.CanonicalHeaderKey(strings.Trim(name, " \t"))
-			if name == "" || !httpguts.ValidTrailerHeader(name) {
+			if name == "" || !httpguts.ValidTrailerHeader(name) || !httpguts.ValidHeaderFieldName(name) {
 				continue
 			}
 			for _, v := range w.h[name] {
@@ -1017,9 +1215,18 @@ func (w *fastResponse) FlushError() error {
 	return w.werr
 }
 
+// SetReadDeadline sets the deadline of the request body's reads while
+// the handler runs; after, the deadline is the loop's, and a call (from a
+// goroutine still reading the body) does nothing.
 func (w *fastResponse) SetReadDeadline(t time.Time) error {
-	w.fs.loopDeadline = false
-	return w.fs.c.Conn.SetReadDeadline(t)
+	fs := w.fs
+	fs.dlMu.Lock()
+	defer fs.dlMu.Unlock()
+	if !fs.inHandler {
+		return nil
+	}
+	fs.loopDeadline = false
+	return fs.c.Conn.SetReadDeadline(t)
 }
 
 func (w *fastResponse) SetWriteDeadline(t time.Time) error {
@@ -1027,8 +1234,12 @@ func (w *fastResponse) SetWriteDeadline(t time.Time) error {
 }
 
 // EnableFullDuplex: the loop reads a request body and writes the
-// response independently already.
-func (w *fastResponse) EnableFullDuplex() error { return nil }
+// response independently already; as net/http's, the answer then goes out
+// before the rest of the body is read and dropped.
+func (w *fastResponse) EnableFullDuplex() error {
+	w.fullDuplex = true
+	return nil
+}
 
 var (
 	_ http.ResponseWriter = (*fastResponse)(nil)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -230,22 +231,55 @@ func TestFastLoopHandedOverRecords(t *testing.T) {
 	}
 }
 
-// A client that sends part of a head and stops leaves the record of an
-// incomplete head, also on the fast loop.
+// A client that sends part of a head and stops sending gets net/http's
+// answer (a 400) and leaves its record, also on the fast loop.
 func TestFastLoopIncompleteHeadRecord(t *testing.T) {
-	fast, _, up, _ := fastAndStd(t)
-	c, err := net.Dial("tcp", serveTransparent(t, fast, t.Context(), 1, Destination{Addr: up.addr}, workload.Identity{PID: 7}))
-	if err != nil {
-		t.Fatal(err)
+	type outcome struct {
+		answer string
+		recs   []string
 	}
-	if _, err := io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: api"); err != nil {
-		t.Fatal(err)
+	run := func(noFast bool) outcome {
+		h := newHarness(t, nil, nil)
+		h.p.h1.noFast = noFast
+		up := startSeenUpstream(t)
+		c, err := net.Dial("tcp", serveTransparent(t, h, t.Context(), 1, Destination{Addr: up.addr}, workload.Identity{PID: 7}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := io.WriteString(c, "GET /a HTTP/1.1\r\nHost: api.test\r\n\r\nGET /slow HTTP/1.1\r\nHost: api"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		_ = c.(*net.TCPConn).CloseWrite()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("noFast=%v: %v", noFast, err)
+		}
+		var o outcome
+		br := bufio.NewReader(bytes.NewReader(got))
+		for {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				break
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			o.answer += resp.Status + ";"
+		}
+		h.recs.wait(t, "of the incomplete head", func(r audit.Record) bool { return r.Path == "/slow" || r.Kind == audit.KindL4 })
+		time.Sleep(100 * time.Millisecond)
+		for _, r := range h.recs.all() {
+			o.recs = append(o.recs, fmt.Sprintf("kind=%s path=%s status=%d decision=%s reason=%s", r.Kind, r.Path, r.Status, r.Decision, r.Reason))
+		}
+		return o
 	}
-	time.Sleep(50 * time.Millisecond)
-	c.Close()
-	rec := fast.recs.wait(t, "incomplete head", func(r audit.Record) bool { return r.Kind == audit.KindL4 })
-	if rec.Reason != audit.ReasonIncompleteHead {
-		t.Errorf("record %+v", rec)
+	fo, so := run(false), run(true)
+	if fo.answer != so.answer || !slices.Equal(fo.recs, so.recs) {
+		t.Errorf("fast loop: %q %q\nnet/http: %q %q", fo.answer, fo.recs, so.answer, so.recs)
+	}
+	if !strings.Contains(so.answer, "400") {
+		t.Errorf("net/http answered %q, want a 400 (the test no longer shows the case)", so.answer)
 	}
 }
 
@@ -261,6 +295,8 @@ func FuzzFastLoopMatchesNetHTTP(f *testing.F) {
 		"HEAD /x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
 		"GET /chunked HTTP/1.1\nHost: api.test\n\nGET /empty HTTP/1.1\r\nHost: api.test\r\n\r\n",
 		"GET /trailer HTTP/1.1\r\nHost: api.test\r\nContent-Length: 0\r\n\r\n",
+		"POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n\r\nhello\r\n",
+		"GET / HTTP/1.1\r\nHost: api.test\r\n\r\nGET /x HT",
 	} {
 		f.Add(s)
 	}
@@ -268,12 +304,15 @@ func FuzzFastLoopMatchesNetHTTP(f *testing.F) {
 	std.p.h1.noFast = true
 	fastUp, stdUp := startSeenUpstream(f), startSeenUpstream(f)
 	f.Fuzz(func(t *testing.T, req string) {
-		raw := req + "GET /end HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"
-		fo := sendRaw(t, fast, fastUp, raw, 100*time.Millisecond)
-		so := sendRaw(t, std, stdUp, raw, 100*time.Millisecond)
-		if !slices.Equal(fo.answers, so.answers) || !slices.Equal(fo.seen, so.seen) || fo.closed != so.closed {
-			t.Errorf("input %q\nfast loop:\n  answers %q\n  upstream saw %q\n  closed %v\nnet/http:\n  answers %q\n  upstream saw %q\n  closed %v",
-				raw, fo.answers, fo.seen, fo.closed, so.answers, so.seen, so.closed)
+		// As sent, and followed by a request that ends the connection:
+		// an answer must not wait for bytes that may never come.
+		for _, raw := range []string{req, req + "GET /end HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"} {
+			fo := sendRaw(t, fast, fastUp, raw, 100*time.Millisecond)
+			so := sendRaw(t, std, stdUp, raw, 100*time.Millisecond)
+			if !slices.Equal(fo.answers, so.answers) || !slices.Equal(fo.seen, so.seen) || fo.closed != so.closed {
+				t.Errorf("input %q\nfast loop:\n  answers %q\n  upstream saw %q\n  closed %v\nnet/http:\n  answers %q\n  upstream saw %q\n  closed %v",
+					raw, fo.answers, fo.seen, fo.closed, so.answers, so.seen, so.closed)
+			}
 		}
 	})
 }
@@ -319,6 +358,7 @@ func TestFastLoopClientLeaves(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			defer wantFastServed(t, h)
 			req := fmt.Sprintf("POST /slow HTTP/1.1\r\nHost: api.test\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 			if _, err := io.WriteString(c, req); err != nil {
 				t.Fatal(err)
@@ -340,4 +380,239 @@ func TestFastLoopClientLeaves(t *testing.T) {
 			}
 		})
 	}
+}
+
+// wantFastServed fails t unless h's fast loop took a request (so that a
+// test of the loop can't pass on net/http's server alone).
+func wantFastServed(t *testing.T, h *harness) {
+	t.Helper()
+	if testing.Short() || h.p.h1.gone == nil {
+		return
+	}
+	if h.p.h1.fastServed.Load() == 0 {
+		t.Error("the fast loop served no request")
+	}
+}
+
+// The fast loop answers without waiting for bytes that may never come:
+// what follows the last request is not a whole request (as the fuzz
+// test's inputs; the table test's always end with one).
+func TestFastLoopAnswersWithoutNextRequest(t *testing.T) {
+	fast, std, fastUp, stdUp := fastAndStd(t)
+	const good = "GET /good HTTP/1.1\r\nHost: api.test\r\n\r\n"
+	for _, tc := range []struct{ name, raw string }{
+		{"POST body then CRLF", "POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n\r\nhello\r\n"},
+		{"a stray CRLF", good + "\r\n"},
+		{"a stray byte", good + "x"},
+		{"part of a head", good + "GET /x HT"},
+		{"POST body then part of a head", "POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n\r\nhelloGET /x"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fo := sendRaw(t, fast, fastUp, tc.raw, 500*time.Millisecond)
+			so := sendRaw(t, std, stdUp, tc.raw, 500*time.Millisecond)
+			if !slices.Equal(fo.answers, so.answers) || !slices.Equal(fo.seen, so.seen) || fo.closed != so.closed {
+				t.Errorf("fast loop:\n  answers %q\n  upstream saw %q\n  closed %v\nnet/http:\n  answers %q\n  upstream saw %q\n  closed %v",
+					fo.answers, fo.seen, fo.closed, so.answers, so.seen, so.closed)
+			}
+			if len(so.answers) == 0 {
+				t.Errorf("net/http gave no answer: the case shows nothing")
+			}
+		})
+	}
+	wantFastServed(t, fast)
+}
+
+// Pipelined requests: the answer to the first goes out while the
+// second's handler still waits for its upstream, as with net/http.
+func TestFastLoopPipelinedSlowSecond(t *testing.T) {
+	release := make(chan struct{})
+	up := startPlainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			<-release
+		}
+		_, _ = io.WriteString(w, r.URL.Path)
+	}))
+	h := newHarness(t, nil, nil)
+	t.Cleanup(func() { close(release) })
+	c, err := net.Dial("tcp", serveTransparent(t, h, t.Context(), 1, Destination{Addr: up.addr}, workload.Identity{PID: 7}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET /a HTTP/1.1\r\nHost: api.test\r\n\r\nGET /slow HTTP/1.1\r\nHost: api.test\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer to the first request while the second waits: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(b) != "/a" {
+		t.Errorf("first answer %d %q", resp.StatusCode, b)
+	}
+	wantFastServed(t, h)
+}
+
+// An upstream that refuses a large upload at once: its answer reaches
+// the client that is still sending the body (which then stops), as with
+// net/http, not when the body's end or the idle timeout comes.
+func TestFastLoopEarlyAnswerToBigBody(t *testing.T) {
+	up := startPlainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+		_, _ = io.WriteString(w, "no")
+	}))
+	for _, noFast := range []bool{false, true} {
+		h := newHarness(t, nil, nil)
+		h.p.h1.noFast = noFast
+		c, err := net.Dial("tcp", serveTransparent(t, h, t.Context(), 1, Destination{Addr: up.addr}, workload.Identity{PID: 7}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		raw := "POST /up HTTP/1.1\r\nHost: api.test\r\nContent-Length: 1000000\r\n\r\n" + strings.Repeat("x", 10<<10)
+		if _, err := io.WriteString(c, raw); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("noFast=%v: no answer while the body is unfinished: %v", noFast, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusRequestEntityTooLarge || string(b) != "no" {
+			t.Errorf("noFast=%v: answer %d %q", noFast, resp.StatusCode, b)
+		}
+		if !noFast {
+			wantFastServed(t, h)
+		}
+	}
+}
+
+// A client that leaves in the middle of its request body leaves the
+// record it leaves with net/http: 499, client closed, allowed.
+func TestFastLoopClientLeavesMidBody(t *testing.T) {
+	got := make(chan struct{}, 1)
+	up := startPlainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case got <- struct{}{}:
+		default:
+		}
+		_, _ = io.ReadAll(r.Body)
+		_, _ = io.WriteString(w, "read")
+	}))
+	for _, cl := range []int{10, 100000} {
+		t.Run(fmt.Sprint("Content-Length=", cl), func(t *testing.T) {
+			var recs [2]string
+			for i, noFast := range []bool{false, true} {
+				h := newHarness(t, nil, nil)
+				h.p.h1.noFast = noFast
+				c, err := net.Dial("tcp", serveTransparent(t, h, t.Context(), 1, Destination{Addr: up.addr}, workload.Identity{PID: 7}))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := fmt.Fprintf(c, "POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: %d\r\n\r\nhello", cl); err != nil {
+					t.Fatal(err)
+				}
+				select { // a small body may be read whole before the upstream gets the request
+				case <-got:
+				case <-time.After(300 * time.Millisecond):
+				}
+				c.Close()
+				r := h.recs.wait(t, "of the request", func(r audit.Record) bool { return r.Path == "/p" })
+				recs[i] = fmt.Sprintf("status=%d decision=%s reason=%s end=%s source=%s", r.Status, r.Decision, r.Reason, r.End, r.Source)
+				if !noFast {
+					wantFastServed(t, h)
+				}
+			}
+			if recs[0] != recs[1] || !strings.HasPrefix(recs[0], fmt.Sprint("status=", statusClientClosed)) {
+				t.Errorf("fast loop: %s\nnet/http:  %s", recs[0], recs[1])
+			}
+		})
+	}
+}
+
+// fastResponseTo is a fastResponse for req writing to out.
+func fastResponseTo(out *bytes.Buffer, req *http.Request) *fastResponse {
+	fs := &h1Fast{bw: bufio.NewWriter(out)}
+	fs.w.fs = fs
+	fs.w.reset(req)
+	return &fs.w
+}
+
+// As net/http's: an informational answer carries no framing fields, and
+// a trailer goes out only under a valid field name.
+func TestFastResponseFields(t *testing.T) {
+	var out bytes.Buffer
+	w := fastResponseTo(&out, httptest.NewRequest(http.MethodGet, "/", nil))
+	w.Header().Set("Link", "</a>; rel=preload")
+	w.Header().Set("Content-Length", "5")
+	w.Header().Set("Transfer-Encoding", "chunked")
+	w.WriteHeader(http.StatusEarlyHints)
+	if got := out.String(); strings.Contains(got, "Content-Length") || strings.Contains(got, "Transfer-Encoding") || !strings.Contains(got, "Link: ") {
+		t.Errorf("103 answer %q", got)
+	}
+	out.Reset()
+	w = fastResponseTo(&out, httptest.NewRequest(http.MethodGet, "/", nil))
+	w.Header()["Trailer"] = []string{"X-Good, X-Bad Name"}
+	w.WriteHeader(http.StatusOK)
+	_, _ = io.WriteString(w, "body")
+	w.Header().Set("X-Good", "g")
+	w.Header()["X-Bad Name"] = []string{"b"}
+	if err := w.finish(); err != nil {
+		t.Fatal(err)
+	}
+	_ = w.fs.bw.Flush()
+	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(out.Bytes())), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.ReadAll(resp.Body)
+	if resp.Trailer.Get("X-Good") != "g" || strings.Contains(out.String(), "X-Bad Name: b") {
+		t.Errorf("answer %q, trailer %v", out.String(), resp.Trailer)
+	}
+}
+
+// A goroutine still reading a request body after its handler returned
+// (a Transport sending it upstream) may set the read deadline through
+// the handler's ResponseController: that call does nothing, also while
+// the next request's handler runs; the current handler's call applies.
+func TestFastLoopLateReadDeadline(t *testing.T) {
+	conn, peer := net.Pipe()
+	defer conn.Close()
+	defer peer.Close()
+	fs := &h1Fast{c: &h1Conn{Conn: conn}}
+	fs.w.fs = fs
+	newBody := func() *fastBody {
+		b := &fastBody{fs: fs}
+		b.rw = bodyResponse{&fs.w, b}
+		return b
+	}
+	first := newBody()
+	fs.handlerRuns(true)
+	fs.handlerRuns(false)
+	first.close()
+	fs.loopDeadline = true
+	late := http.NewResponseController(&first.rw)
+	if err := late.SetReadDeadline(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if !fs.loopDeadline {
+		t.Error("a late call between requests took the loop's deadline")
+	}
+	second := newBody()
+	fs.handlerRuns(true)
+	if err := late.SetReadDeadline(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if !fs.loopDeadline {
+		t.Error("a late call during the next handler took the deadline")
+	}
+	if err := http.NewResponseController(&second.rw).SetReadDeadline(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if fs.loopDeadline {
+		t.Error("the running handler's call did not apply")
+	}
+	fs.handlerRuns(false)
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,6 +27,7 @@ type h1Server struct {
 	parked      *parkSet      // nil: parked connections wait on a goroutine each
 	gone        *goneSet      // nil: no fast loop (h1fast.go)
 	noFast      bool          // every connection to net/http (tests)
+	fastServed  atomic.Int64  // requests the fast loop served (tests)
 
 	mu      sync.Mutex
 	queue   []net.Conn
