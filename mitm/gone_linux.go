@@ -45,7 +45,7 @@ func (s *goneSet) add(c *h1Conn) bool {
 	}
 	s.token++
 	tok := s.token
-	ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(uint32(tok)), Pad: int32(uint32(tok >> 32))}
+	ev := tokenEvent(unix.EPOLLRDHUP|unix.EPOLLET, tok)
 	var cerr error
 	if err := sock.Control(func(fd uintptr) { cerr = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) }); err != nil || cerr != nil {
 		return false
@@ -82,7 +82,7 @@ func (s *goneSet) open() bool {
 	if s.err != nil && time.Now().Before(s.pause) {
 		return false
 	}
-	ep, rc, epfd, err := openEpoll()
+	ep, rc, epfd, err := openEpoll("watched connections")
 	if err != nil {
 		s.err, s.pause = err, time.Now().Add(h1AcceptIdle)
 		return false
@@ -100,22 +100,10 @@ func (s *goneSet) run(ep *os.File, rc syscall.RawConn) {
 	}
 	var hit []hitConn
 	for {
-		n := 0
-		var werr error
-		err := rc.Read(func(fd uintptr) bool {
-			for {
-				n, werr = unix.EpollWait(int(fd), events, 0)
-				if werr != unix.EINTR {
-					return n > 0 || werr != nil
-				}
-			}
-		})
-		if err == nil && werr != nil {
-			err = werr
-		}
+		n, err := epollWait(rc, events, "watched connections")
 		s.mu.Lock()
-		for _, ev := range events[:max(n, 0)] {
-			tok := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+		for _, ev := range events[:n] {
+			tok := eventToken(ev)
 			if c := s.conns[tok]; c != nil {
 				hit = append(hit, hitConn{c, tok})
 			}

@@ -3,7 +3,6 @@ package mitm
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"sync"
 	"syscall"
@@ -58,7 +57,7 @@ func (s *parkSet) add(c *h1Conn, sock syscall.RawConn, deadline time.Time) bool 
 	}
 	s.token++
 	tok := s.token
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(tok)), Pad: int32(uint32(tok >> 32))}
+	ev := tokenEvent(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLONESHOT, tok)
 	var cerr error
 	if err := sock.Control(func(fd uintptr) { cerr = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) }); err != nil || cerr != nil {
 		return false // closed meanwhile, or not a pollable socket
@@ -81,7 +80,7 @@ func (s *parkSet) open() bool {
 	if s.err != nil && time.Now().Before(s.pause) {
 		return false
 	}
-	ep, rc, epfd, err := openEpoll()
+	ep, rc, epfd, err := openEpoll("parked connections")
 	if err != nil {
 		// A process out of descriptors: park on goroutines a while.
 		s.err, s.pause = err, time.Now().Add(h1AcceptIdle)
@@ -92,28 +91,6 @@ func (s *parkSet) open() bool {
 	s.setDue()
 	go s.run(ep, rc)
 	return true
-}
-
-func openEpoll() (*os.File, syscall.RawConn, int, error) {
-	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return nil, nil, 0, fmt.Errorf("create epoll set of parked connections: %w", err)
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, nil, 0, fmt.Errorf("set epoll set of parked connections non-blocking: %w", err)
-	}
-	// Non-blocking: os.NewFile registers it with the runtime's netpoller.
-	ep := os.NewFile(uintptr(fd), "parked-connections")
-	rc, err := ep.SyscallConn()
-	if err == nil {
-		err = ep.SetReadDeadline(time.Time{}) // fails unless the netpoller took it
-	}
-	if err != nil {
-		ep.Close()
-		return nil, nil, 0, fmt.Errorf("watch epoll set of parked connections: %w", err)
-	}
-	return ep, rc, fd, nil
 }
 
 // insert links c into the deadline list, from the end: connections are
@@ -197,23 +174,10 @@ func (s *parkSet) run(ep *os.File, rc syscall.RawConn) {
 	events := make([]unix.EpollEvent, 128)
 	var woken, expired []*h1Conn
 	for {
-		n := 0
-		var werr error
-		err := rc.Read(func(fd uintptr) bool {
-			for {
-				n, werr = unix.EpollWait(int(fd), events, 0)
-				if werr != unix.EINTR {
-					return n > 0 || werr != nil
-				}
-			}
-		})
-		if err == nil && werr != nil {
-			err = fmt.Errorf("wait for parked connections: %w", werr)
-		}
+		n, err := epollWait(rc, events, "parked connections")
 		s.mu.Lock()
-		for _, ev := range events[:max(n, 0)] {
-			tok := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
-			if c := s.conns[tok]; c != nil && s.removeLocked(c) {
+		for _, ev := range events[:n] {
+			if c := s.conns[eventToken(ev)]; c != nil && s.removeLocked(c) {
 				woken = append(woken, c)
 			}
 		}
