@@ -197,11 +197,12 @@ func (s *h1Server) serveFast(c *h1Conn) {
 			// the client, still sending, reads the answer before the
 			// close (which, with its unread bytes, resets the
 			// connection).
-			if fs.bw.Flush() == nil {
+			flushed := fs.bw.Flush() == nil
+			fs.release() // the wait holds no buffers
+			if flushed {
 				_ = c.CloseWrite()
 				time.Sleep(rstAvoidanceDelay)
 			}
-			fs.release()
 			c.Close()
 		}
 		return
@@ -364,9 +365,10 @@ func (fs *h1Fast) next(first bool) int {
 		body = &fastBody{fs: fs, remain: req.ContentLength}
 		body.rw = bodyResponse{&fs.w, body}
 		req.Body = body
-		if fs.loopDeadline {
-			fs.setReadDeadline(time.Time{})
-		}
+		// The body reads without a deadline, as net/http's do: neither
+		// the loop's nor one a handler set on this connection before
+		// (ResponseController.SetReadDeadline) may cut it.
+		fs.setReadDeadline(time.Time{})
 	} else {
 		req.Body = http.NoBody
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/workload"
 )
 
@@ -615,4 +616,54 @@ func TestFastLoopLateReadDeadline(t *testing.T) {
 		t.Error("the running handler's call did not apply")
 	}
 	fs.handlerRuns(false)
+}
+
+// A read deadline a handler set on its connection (the MCP stage gives a
+// JSON POST's body IdleTimeout) does not cut the body of the request
+// pipelined behind it: that body, sent in pieces less than IdleTimeout
+// apart, arrives whole however long it takes in all, as under net/http.
+func TestFastLoopPipelinedBodyOutlivesHandlerDeadline(t *testing.T) {
+	const idle = 400 * time.Millisecond
+	up := startPlainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s got %q", r.URL.Path, b)
+	}))
+	for _, noFast := range []bool{false, true} {
+		t.Run(fmt.Sprint("noFast=", noFast), func(t *testing.T) {
+			h := newHarness(t, nil, nil, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(idle) })
+			h.p.h1.noFast = noFast
+			c, err := net.Dial("tcp", serveTransparent(t, h, t.Context(), 1, Destination{Addr: up.addr}, workload.Identity{PID: 7}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			first := "POST /json HTTP/1.1\r\nHost: api.test\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+			second := "POST /slow HTTP/1.1\r\nHost: api.test\r\nContent-Length: 10\r\n\r\nh"
+			if _, err := io.WriteString(c, first+second); err != nil {
+				t.Fatal(err)
+			}
+			for _, b := range "elloworld" { // 9 × idle/3: past the first handler's deadline
+				time.Sleep(idle / 3)
+				if _, err := io.WriteString(c, string(b)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(c)
+			for _, want := range []string{`/json got "{}"`, `/slow got "helloworld"`} {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("read the answer %q: %v", want, err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK || string(b) != want {
+					t.Errorf("answer %d %q, want 200 %q", resp.StatusCode, b, want)
+				}
+			}
+			if !noFast {
+				wantFastServed(t, h)
+			}
+		})
+	}
 }
