@@ -1105,13 +1105,7 @@ func writeFields(bw *bufio.Writer, h http.Header, skip func(string) bool) {
 			continue
 		}
 		for _, v := range vs {
-			if strings.ContainsAny(v, "\r\n") {
-				v = headerNewlineToSpace.Replace(v)
-			}
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(strings.Trim(v, " \t"))
-			bw.WriteString("\r\n")
+			writeResponseField(bw, k, v)
 		}
 	}
 }
@@ -1159,7 +1153,7 @@ func (w *fastResponse) writeTrailers() {
 			continue
 		}
 		for _, v := range vs {
-			writeTrailer(bw, name, v)
+			writeResponseField(bw, name, v)
 		}
 	}
 	for _, decl := range w.h["Trailer"] {
@@ -1169,13 +1163,16 @@ func (w *fastResponse) writeTrailers() {
 				continue
 			}
 			for _, v := range w.h[name] {
-				writeTrailer(bw, name, v)
+				writeResponseField(bw, name, v)
 			}
 		}
 	}
 }
 
-func writeTrailer(bw *bufio.Writer, k, v string) {
+// writeResponseField writes the response field k: v, as net/http's
+// Header.Write does: CR and LF in v become spaces (a request field with
+// them is refused instead: writeField), and its ends are trimmed.
+func writeResponseField(bw *bufio.Writer, k, v string) {
 	if strings.ContainsAny(v, "\r\n") {
 		v = headerNewlineToSpace.Replace(v)
 	}
