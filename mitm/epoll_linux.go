@@ -16,6 +16,65 @@ import (
 // is a read of it. Their connections are registered under a token, not
 // their descriptor, which may be reused once closed.
 
+// epollSet is what the parked and the watched connection sets keep of
+// their epoll instance, under their own lock: it is opened when the first
+// connection comes (after a failure, not again before pause) and closed
+// by the set's goroutine when it has had none for a while.
+type epollSet struct {
+	name  string   // in errors: "parked connections"
+	ep    *os.File // nil while closed
+	epfd  int      // ep's descriptor, valid while ep is open
+	token uint64   // of the last connection added
+	err   error    // why the set could not be opened last time
+	pause time.Time
+}
+
+// open opens the set unless the last attempt failed less than
+// h1AcceptIdle ago (a process out of descriptors: its connections do
+// without it a while), and returns the raw conn its goroutine waits on.
+func (e *epollSet) open() (syscall.RawConn, bool) {
+	if e.err != nil && time.Now().Before(e.pause) {
+		return nil, false
+	}
+	ep, rc, epfd, err := openEpoll(e.name)
+	if err != nil {
+		e.err, e.pause = err, time.Now().Add(h1AcceptIdle)
+		return nil, false
+	}
+	e.ep, e.epfd, e.err = ep, epfd, nil
+	return rc, true
+}
+
+// add registers sock for events under a new token; false when it can't
+// be (closed meanwhile, or not a pollable socket).
+func (e *epollSet) add(sock syscall.RawConn, events uint32) (uint64, bool) {
+	e.token++
+	tok := e.token
+	ev := tokenEvent(events, tok)
+	var cerr error
+	if err := sock.Control(func(fd uintptr) { cerr = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) }); err != nil || cerr != nil {
+		return 0, false
+	}
+	return tok, true
+}
+
+// del takes sock out of the set. Closed sockets leave an epoll set by
+// themselves; an open one must leave it to be added again. Control fails
+// once it is closed, so a descriptor number reused meanwhile is never
+// touched.
+func (e *epollSet) del(sock syscall.RawConn) {
+	_ = sock.Control(func(fd uintptr) { _ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+}
+
+// close closes ep, the instance its goroutine waited on, and forgets it
+// unless a newer one replaced it.
+func (e *epollSet) close(ep *os.File) {
+	if e.ep == ep {
+		e.ep, e.epfd = nil, -1
+	}
+	ep.Close()
+}
+
 // openEpoll creates an epoll set, named name in errors, registered with
 // the netpoller: the file (its read deadline bounds a wait), its raw
 // conn for epollWait, and its descriptor for epoll_ctl.

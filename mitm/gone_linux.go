@@ -1,9 +1,7 @@
 package mitm
 
 import (
-	"crypto/tls"
 	"errors"
-	"net"
 	"os"
 	"sync"
 	"syscall"
@@ -20,16 +18,14 @@ import (
 // client left (goneWatch). As the parkSet, its goroutine and descriptor
 // exist only while something is watched, and for h1AcceptIdle after.
 type goneSet struct {
-	mu    sync.Mutex
-	ep    *os.File
-	epfd  int
+	mu sync.Mutex
+	epollSet
 	conns map[uint64]*h1Conn
-	token uint64
-	err   error
-	pause time.Time
 }
 
-func newGoneSet() *goneSet { return &goneSet{conns: make(map[uint64]*h1Conn)} }
+func newGoneSet() *goneSet {
+	return &goneSet{epollSet: epollSet{name: "watched connections"}, conns: make(map[uint64]*h1Conn)}
+}
 
 // add watches c's socket; false when it can't be watched (not a socket
 // of Sluice's own wrappers, or no epoll set).
@@ -40,14 +36,15 @@ func (s *goneSet) add(c *h1Conn) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ep == nil && !s.open() {
-		return false
+	if s.ep == nil {
+		rc, ok := s.open()
+		if !ok {
+			return false
+		}
+		go s.run(s.ep, rc)
 	}
-	s.token++
-	tok := s.token
-	ev := tokenEvent(unix.EPOLLRDHUP|unix.EPOLLET, tok)
-	var cerr error
-	if err := sock.Control(func(fd uintptr) { cerr = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) }); err != nil || cerr != nil {
+	tok, ok := s.epollSet.add(sock, unix.EPOLLRDHUP|unix.EPOLLET)
+	if !ok {
 		return false
 	}
 	if len(s.conns) == 0 {
@@ -71,25 +68,11 @@ func (s *goneSet) remove(c *h1Conn, tok uint64, sock syscall.RawConn) {
 	}
 	delete(s.conns, tok)
 	if s.ep != nil {
-		_ = sock.Control(func(fd uintptr) { _ = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+		s.del(sock)
 		if len(s.conns) == 0 {
 			_ = s.ep.SetReadDeadline(time.Now().Add(h1AcceptIdle))
 		}
 	}
-}
-
-func (s *goneSet) open() bool {
-	if s.err != nil && time.Now().Before(s.pause) {
-		return false
-	}
-	ep, rc, epfd, err := openEpoll("watched connections")
-	if err != nil {
-		s.err, s.pause = err, time.Now().Add(h1AcceptIdle)
-		return false
-	}
-	s.ep, s.epfd, s.err = ep, epfd, nil
-	go s.run(ep, rc)
-	return true
 }
 
 func (s *goneSet) run(ep *os.File, rc syscall.RawConn) {
@@ -100,7 +83,7 @@ func (s *goneSet) run(ep *os.File, rc syscall.RawConn) {
 	}
 	var hit []hitConn
 	for {
-		n, err := epollWait(rc, events, "watched connections")
+		n, err := epollWait(rc, events, s.name)
 		s.mu.Lock()
 		for _, ev := range events[:n] {
 			tok := eventToken(ev)
@@ -123,10 +106,7 @@ func (s *goneSet) run(ep *os.File, rc syscall.RawConn) {
 				}
 				g.mu.Unlock()
 			}
-			if s.ep == ep {
-				s.ep, s.epfd = nil, -1
-			}
-			ep.Close()
+			s.close(ep)
 		}
 		s.mu.Unlock()
 		// Outside s.mu (hupped may start a read): a connection
@@ -138,33 +118,6 @@ func (s *goneSet) run(ep *os.File, rc syscall.RawConn) {
 		hit = hit[:0]
 		if closing {
 			return
-		}
-	}
-}
-
-// rawSocketOf follows c's wrappers (Sluice's own) down to its TCP socket;
-// nil when one of them is not Sluice's own.
-func rawSocketOf(c net.Conn) syscall.RawConn {
-	for {
-		switch w := c.(type) {
-		case *peekedConn:
-			c = w.Conn
-		case *bufferedConn:
-			c = w.Conn
-		case *h1Conn:
-			c = w.Conn
-		case *alertWatch:
-			c = w.Conn
-		case *tls.Conn:
-			c = w.NetConn()
-		case *net.TCPConn:
-			rc, err := w.SyscallConn()
-			if err != nil {
-				return nil
-			}
-			return rc
-		default:
-			return nil
 		}
 	}
 }

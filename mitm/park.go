@@ -72,12 +72,10 @@ func socketOf(c net.Conn) (sock syscall.RawConn, tc *tls.Conn) {
 			if w.Buffered() > 0 {
 				return nil, tc
 			}
-			c = w.Conn
 		case *bufferedConn:
 			if w.buffered() > 0 {
 				return nil, tc
 			}
-			c = w.Conn
 		case *h1Conn: // the explicit listener's, under a CONNECT tunnel
 			if len(w.next) > 0 {
 				return nil, tc
@@ -85,20 +83,52 @@ func socketOf(c net.Conn) (sock syscall.RawConn, tc *tls.Conn) {
 			w.mu.Lock()
 			w.fr.release() // hijacked: its framer has stopped
 			w.mu.Unlock()
-			c = w.Conn
-		case *alertWatch:
-			c = w.Conn
 		case *tls.Conn:
 			tc = w
-			c = w.NetConn()
 		case *net.TCPConn:
-			rc, err := w.SyscallConn()
-			if err != nil {
-				return nil, tc
-			}
-			return rc, tc
-		default:
+			return tcpSocket(w), tc
+		}
+		if c = innerConn(c); c == nil {
 			return nil, tc
 		}
 	}
+}
+
+// rawSocketOf follows c's wrappers (Sluice's own) down to its TCP socket;
+// nil when one of them is not Sluice's own.
+func rawSocketOf(c net.Conn) syscall.RawConn {
+	for {
+		if w, ok := c.(*net.TCPConn); ok {
+			return tcpSocket(w)
+		}
+		if c = innerConn(c); c == nil {
+			return nil
+		}
+	}
+}
+
+// innerConn is the connection c wraps, when c is one of Sluice's own
+// wrappers or a tls.Conn; else nil.
+func innerConn(c net.Conn) net.Conn {
+	switch w := c.(type) {
+	case *peekedConn:
+		return w.Conn
+	case *bufferedConn:
+		return w.Conn
+	case *h1Conn:
+		return w.Conn
+	case *alertWatch:
+		return w.Conn
+	case *tls.Conn:
+		return w.NetConn()
+	}
+	return nil
+}
+
+func tcpSocket(c *net.TCPConn) syscall.RawConn {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
 }

@@ -23,16 +23,12 @@ import (
 // The goroutine and the epoll descriptor exist only while something is
 // parked, and for h1AcceptIdle after: an unused proxy keeps neither.
 type parkSet struct {
-	mu    sync.Mutex
-	ep    *os.File // the epoll set; nil while closed
-	epfd  int      // ep's descriptor, valid while ep is open
+	mu sync.Mutex
+	epollSet
 	conns map[uint64]*h1Conn
-	token uint64    // of the last connection parked
 	first *h1Conn   // parked connections by idle deadline, earliest first
 	last  *h1Conn   // the latest deadline
 	due   time.Time // ep's read deadline
-	err   error     // why the set could not be opened last time
-	pause time.Time // no new attempt to open before this, after err
 }
 
 // parkLinks is what a parked connection carries for its parkSet.
@@ -44,7 +40,9 @@ type parkLinks struct {
 	stop       func() bool // the context.AfterFunc that closes it when its flow ends
 }
 
-func newParkSet() *parkSet { return &parkSet{conns: make(map[uint64]*h1Conn)} }
+func newParkSet() *parkSet {
+	return &parkSet{epollSet: epollSet{name: "parked connections"}, conns: make(map[uint64]*h1Conn)}
+}
 
 // add parks c, whose socket is sock, until its next byte, deadline (then
 // c is closed) or the end of its flow's context (closed too). It reports
@@ -52,15 +50,18 @@ func newParkSet() *parkSet { return &parkSet{conns: make(map[uint64]*h1Conn)} }
 func (s *parkSet) add(c *h1Conn, sock syscall.RawConn, deadline time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ep == nil && !s.open() {
-		return false
+	if s.ep == nil {
+		rc, ok := s.open()
+		if !ok {
+			return false // parks on a goroutine a while
+		}
+		s.due = time.Time{}
+		s.setDue()
+		go s.run(s.ep, rc)
 	}
-	s.token++
-	tok := s.token
-	ev := tokenEvent(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLONESHOT, tok)
-	var cerr error
-	if err := sock.Control(func(fd uintptr) { cerr = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) }); err != nil || cerr != nil {
-		return false // closed meanwhile, or not a pollable socket
+	tok, ok := s.epollSet.add(sock, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLONESHOT)
+	if !ok {
+		return false
 	}
 	pk := &c.pk
 	pk.token, pk.sock, pk.deadline = tok, sock, deadline
@@ -72,24 +73,6 @@ func (s *parkSet) add(c *h1Conn, sock syscall.RawConn, deadline time.Time) bool 
 			c.closeParked()
 		}
 	})
-	return true
-}
-
-// open makes the epoll set and starts its goroutine; under s.mu.
-func (s *parkSet) open() bool {
-	if s.err != nil && time.Now().Before(s.pause) {
-		return false
-	}
-	ep, rc, epfd, err := openEpoll("parked connections")
-	if err != nil {
-		// A process out of descriptors: park on goroutines a while.
-		s.err, s.pause = err, time.Now().Add(h1AcceptIdle)
-		return false
-	}
-	s.ep, s.epfd, s.err = ep, epfd, nil
-	s.due = time.Time{}
-	s.setDue()
-	go s.run(ep, rc)
 	return true
 }
 
@@ -128,10 +111,7 @@ func (s *parkSet) removeLocked(c *h1Conn) bool {
 		return false
 	}
 	delete(s.conns, pk.token)
-	// Closed sockets leave an epoll set by themselves; an open one must
-	// leave it to be parked again. Control fails once it is closed, so
-	// a descriptor number reused meanwhile is never touched.
-	_ = pk.sock.Control(func(fd uintptr) { _ = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+	s.del(pk.sock)
 	if pk.prev == nil {
 		s.first = pk.next
 	} else {
@@ -174,7 +154,7 @@ func (s *parkSet) run(ep *os.File, rc syscall.RawConn) {
 	events := make([]unix.EpollEvent, 128)
 	var woken, expired []*h1Conn
 	for {
-		n, err := epollWait(rc, events, "parked connections")
+		n, err := epollWait(rc, events, s.name)
 		s.mu.Lock()
 		for _, ev := range events[:n] {
 			if c := s.conns[eventToken(ev)]; c != nil && s.removeLocked(c) {
@@ -223,7 +203,7 @@ func (s *parkSet) closeLocked(ep *os.File) {
 		go c.resume()
 	}
 	if s.ep == ep {
-		s.ep, s.epfd, s.due = nil, -1, time.Time{}
+		s.due = time.Time{}
 	}
-	ep.Close()
+	s.close(ep)
 }
