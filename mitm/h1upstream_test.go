@@ -264,6 +264,14 @@ func TestH1UpstreamClientLeaves(t *testing.T) {
 	if _, err := c.Get(fmt.Sprintf("https://api.test:%d/slow", up.addr.Port())); err == nil {
 		t.Fatal("the client got an answer from an upstream that never answers")
 	}
+	wantAbandoned(t, h, ended)
+}
+
+// wantAbandoned waits for the upstream's handler of /slow to end (ended)
+// after its client left, and for the request's record: 499, client
+// closed.
+func wantAbandoned(t *testing.T, h *harness, ended <-chan struct{}) {
+	t.Helper()
 	select {
 	case <-ended:
 	case <-time.After(5 * time.Second):
