@@ -1121,9 +1121,9 @@ func hasToken(v, token string) bool {
 	return false
 }
 
-// finish completes the response after the handler returned.
-func (w *fastResponse) finish() error {
-	w.done = true
+// sendHead writes the head (a 200 if the handler set none) and the body
+// held back for it, unless they went out already.
+func (w *fastResponse) sendHead() {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
@@ -1132,6 +1132,12 @@ func (w *fastResponse) finish() error {
 		w.writeBody(w.pending)
 		w.pending = w.pending[:0]
 	}
+}
+
+// finish completes the response after the handler returned.
+func (w *fastResponse) finish() error {
+	w.done = true
+	w.sendHead()
 	if w.chunking {
 		bw := w.fs.bw
 		bw.WriteString("0\r\n")
@@ -1197,14 +1203,7 @@ func (w *fastResponse) reusable() bool {
 func (w *fastResponse) Flush() { _ = w.FlushError() }
 
 func (w *fastResponse) FlushError() error {
-	if !w.wroteHeader {
-		w.WriteHeader(http.StatusOK)
-	}
-	if !w.sentHeader {
-		w.writeHead(w.pending)
-		w.writeBody(w.pending)
-		w.pending = w.pending[:0]
-	}
+	w.sendHead()
 	if w.werr != nil {
 		return w.werr
 	}
