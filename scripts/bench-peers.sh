@@ -45,6 +45,9 @@
 # BENCH_AUDIT_FLUSH (100ms): Sluice's audit.flushInterval and nginx's
 # access_log flush= (with buffer=64k), so both write their logs in
 # batches; 0 has both write each line at once.
+# BENCH_KEEP=DIR: every measurement's figures (results: test mode metric
+# value, one line per round) and each client's own output (clients.txt)
+# are copied to DIR on exit, not only the medians printed.
 # BENCH_PROFILE=DIR: Sluice transparent runs a profiling build (-tags pprof)
 # and a CPU profile of each of its wrk/h2load measurements lands in DIR
 # (go tool pprof -top DIR/h1-c32-r1.pb.gz).
@@ -124,6 +127,10 @@ cleanup() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   ip link del "$veth" 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true
+  if [ -n "${BENCH_KEEP:-}" ]; then
+    mkdir -p "$BENCH_KEEP"
+    cp "$results" "$work/clients.txt" "$work/soak.tsv" "$BENCH_KEEP/" 2>/dev/null || true
+  fi
   rm -rf "/etc/netns/$ns" "$work"
 }
 trap cleanup EXIT
@@ -299,6 +306,9 @@ ticks() { # summed utime+stime of the given pids
 to_us() { # a wrk latency (1.23ms, 850.00us, 1.01s) in µs
   awk -v v="$1" 'BEGIN{ n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'
 }
+keep_output() { # what client output: kept for BENCH_KEEP
+  printf '=== %s\n%s\n' "$1" "$2" >> "$work/clients.txt"
+}
 record() { # test mode metric value
   echo "$1 $2 $3 $4" >> "$results"
 }
@@ -394,6 +404,7 @@ wrk_run() { # test mode conns [extra wrk args]
     return 0
   }
   [ -z "$hellos" ] || hello_count "$hellos" "$test/c$c" "$mode"
+  keep_output "$test/c$c $mode round $r" "$out"
   local rps req p50 p99 cpu
   rps=$(awk '/^Requests\/sec:/{print $2}' <<<"$out")
   req=$(awk '/requests in/{print $1}' <<<"$out")
@@ -418,6 +429,7 @@ h2_run() { # mode
     echo "h2load $mode failed: $out" >&2
     return 0
   }
+  keep_output "h2/c32m10 $mode round $r" "$out"
   record h2/c32m10 "$mode" rps "$(awk '/^finished in/{print $4}' <<<"$out")"
   local done cpu
   done=$(awk '/^requests:/{print $8}' <<<"$out")
