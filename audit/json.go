@@ -24,9 +24,10 @@ import (
 type JSONLog struct {
 	mu sync.Mutex // one Write per line, lines never interleaved
 	w  io.Writer
-	// wl keeps the workload part of recent lines: a process's requests
-	// all carry the same workload, encoded once instead of per line.
-	wl workloadCache
+	// cache keeps what recent lines share: the workload's part (a
+	// process's requests all carry the same workload) and the time's
+	// second, encoded once instead of per line.
+	cache lineCache
 }
 
 // NewJSONLog writes records to w, one Write per line.
@@ -53,7 +54,7 @@ func (l *JSONLog) write(rs ...*Record) {
 	bp := lineBufs.Get().(*[]byte)
 	b := (*bp)[:0]
 	for _, r := range rs {
-		b = r.appendJSON(b, &l.wl)
+		b = r.appendJSON(b, &l.cache)
 	}
 	l.mu.Lock()
 	_, _ = l.w.Write(b)
@@ -70,25 +71,29 @@ func (l *JSONLog) write(rs ...*Record) {
 func (r *Record) AppendJSON(dst []byte) []byte { return r.appendJSON(dst, nil) }
 
 // appendJSON is AppendJSON, with the workload's part of the line (pid
-// to workload) from wc when wc is not nil.
+// to workload) and the time's second from c when c is not nil.
 //
 // It walks the fields in the order of auditFields, one plain test per
 // field and no dispatch (this runs once per proxied request);
 // TestJSONLogEveryField fails when the two orders differ. The keys are
 // constants folded at compile time, plain ASCII that needs no escaping
 // (TestKeysNeedNoEscaping).
-func (r *Record) appendJSON(dst []byte, wc *workloadCache) []byte {
+func (r *Record) appendJSON(dst []byte, c *lineCache) []byte {
 	dst = append(dst, '{')
 	if !r.Time.IsZero() {
 		dst = append(dst, `"`+slog.TimeKey+`":"`...)
-		dst = r.Time.AppendFormat(dst, time.RFC3339Nano)
+		if c != nil {
+			dst = c.tm.appendTime(dst, r.Time)
+		} else {
+			dst = r.Time.AppendFormat(dst, time.RFC3339Nano)
+		}
 		dst = append(dst, `",`...)
 	}
 	dst = append(dst, `"level":"INFO","msg":"`+MsgAudit+`"`...)
 	dst = appendStringField(dst, `,"`+KeyKind+`":`, r.Kind)
 	dst = appendClient(dst, r.Workload.Client)
-	if wc != nil {
-		dst = append(dst, wc.fragment(&r.Workload)...)
+	if c != nil {
+		dst = append(dst, c.wl.fragment(&r.Workload)...)
 	} else {
 		dst = appendWorkloadJSON(dst, &r.Workload)
 	}
@@ -111,9 +116,9 @@ func (r *Record) appendJSON(dst []byte, wc *workloadCache) []byte {
 	dst = appendStringField(dst, `,"`+KeySource+`":`, r.Source)
 	dst = strconv.AppendInt(append(dst, `,"`+KeyBytesIn+`":`...), r.BytesIn, 10)
 	dst = strconv.AppendInt(append(dst, `,"`+KeyBytesOut+`":`...), r.BytesOut, 10)
-	dst = appendJSONFloat(append(dst, `,"`+KeyDurationMS+`":`...), float64(r.Duration.Microseconds())/1000)
+	dst = appendMillis(append(dst, `,"`+KeyDurationMS+`":`...), r.Duration)
 	if r.UpstreamDuration != 0 {
-		dst = appendJSONFloat(append(dst, `,"`+KeyUpstreamMS+`":`...), float64(r.UpstreamDuration.Microseconds())/1000)
+		dst = appendMillis(append(dst, `,"`+KeyUpstreamMS+`":`...), r.UpstreamDuration)
 	}
 	dst = appendStringField(dst, `,"`+KeyUpstreamAddr+`":`, r.UpstreamAddr)
 	dst = appendStringField(dst, `,"`+KeyCache+`":`, r.Cache)
@@ -289,6 +294,34 @@ func appendJSONAttr(dst []byte, a slog.Attr) []byte {
 		}
 	}
 	panic("audit: attr of an unexpected kind " + v.Kind().String())
+}
+
+// appendMillis appends d in milliseconds with microsecond resolution as
+// appendJSONFloat renders float64(d.Microseconds())/1000, without the
+// float: below 1e15 µs the value has at most 15 significant digits, so
+// its shortest round-trip form is its exact decimal (any two decimals
+// of 15 digits are different float64s), zeros trimmed.
+func appendMillis(dst []byte, d time.Duration) []byte {
+	us := d.Microseconds()
+	if us <= -1e15 || us >= 1e15 {
+		return appendJSONFloat(dst, float64(us)/1000)
+	}
+	if us < 0 {
+		dst = append(dst, '-')
+		us = -us
+	}
+	dst = strconv.AppendInt(dst, us/1000, 10)
+	f := us % 1000
+	switch {
+	case f == 0:
+	case f%100 == 0:
+		dst = append(dst, '.', byte('0'+f/100))
+	case f%10 == 0:
+		dst = append(dst, '.', byte('0'+f/100), byte('0'+f/10%10))
+	default:
+		dst = append(dst, '.', byte('0'+f/100), byte('0'+f/10%10), byte('0'+f%10))
+	}
+	return dst
 }
 
 // appendJSONFloat renders f as encoding/json does (slog calls it for

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -111,7 +112,7 @@ func TestWorkloadCacheNeverStale(t *testing.T) {
 		func(w *workload.Identity) { w.Labels = nil },
 		func(w *workload.Identity) { w.Labels = map[string]string{} },
 	}
-	var c workloadCache
+	var c lineCache
 	r := fullRecord()
 	// Every order of two variants, through one cache: the second is
 	// never served the first's fragment.
@@ -140,7 +141,7 @@ func TestWorkloadCacheNeverStale(t *testing.T) {
 
 // TestWorkloadCacheHit: a known workload is not encoded again.
 func TestWorkloadCacheHit(t *testing.T) {
-	var c workloadCache
+	var c lineCache
 	r := fullRecord()
 	r.Header, r.Answers = nil, nil // rendered through attr, which allocates
 	buf := r.appendJSON(nil, &c)
@@ -149,8 +150,68 @@ func TestWorkloadCacheHit(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() {
 		r.Workload.Client = netip.AddrPortFrom(r.Workload.Client.Addr(), r.Workload.Client.Port()+1)
 		buf = r.appendJSON(buf[:0], &c)
-		_ = c.fragment(&w)
+		_ = c.wl.fragment(&w)
 	}); n != 0 {
 		t.Errorf("a cached workload allocates %v times", n)
+	}
+}
+
+// TestAppendMillis: the integer rendering of a duration in
+// milliseconds is the float one, across every magnitude.
+func TestAppendMillis(t *testing.T) {
+	check := func(us int64) {
+		d := time.Duration(us) * time.Microsecond
+		got, want := string(appendMillis(nil, d)), string(appendJSONFloat(nil, float64(d.Microseconds())/1000))
+		if got != want {
+			t.Fatalf("%d µs: got %s, want %s", us, got, want)
+		}
+	}
+	for us := int64(-20000); us <= 2000000; us++ {
+		check(us)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 1000000 {
+		us := rng.Int64N(1 << uint(rng.IntN(63)))
+		if rng.IntN(2) == 0 {
+			us = -us
+		}
+		check(us)
+	}
+	for _, us := range []int64{1e15 - 1, 1e15, 1e15 + 1, -1e15 + 1, -1e15, 999999999999999, 123456789012345, math.MaxInt64 / 1000, math.MinInt64 / 1000} {
+		check(us)
+	}
+	// Nanoseconds below a microsecond are dropped, as Microseconds does.
+	if got := string(appendMillis(nil, 1999*time.Nanosecond)); got != "0.001" {
+		t.Errorf("1999ns: got %s, want 0.001", got)
+	}
+}
+
+// TestTimeCache: the cached second gives RFC3339Nano's text for every
+// fraction, zone, location change and year, in any order.
+func TestTimeCache(t *testing.T) {
+	var c timeCache
+	locs := []*time.Location{time.UTC, time.Local, time.FixedZone("CET", 3600), time.FixedZone("x", -(5*3600 + 30*60)), time.FixedZone("odd", 17)}
+	if ny, err := time.LoadLocation("America/New_York"); err == nil {
+		locs = append(locs, ny)
+	}
+	base := time.Date(2026, 3, 8, 6, 59, 58, 0, time.UTC) // New York's clocks go forward at 07:00 UTC
+	rng := rand.New(rand.NewPCG(5, 6))
+	for i := range 200000 {
+		tm := base.Add(time.Duration(rng.Int64N(4e9))).In(locs[rng.IntN(len(locs))])
+		switch i % 5 {
+		case 1:
+			tm = tm.Truncate(time.Second)
+		case 2:
+			tm = tm.Truncate(time.Millisecond)
+		case 3:
+			tm = tm.Truncate(time.Microsecond).Add(time.Duration(rng.IntN(10)) * 100 * time.Nanosecond)
+		}
+		if i%1000 == 999 { // years of other widths
+			tm = tm.AddDate([]int{-2100, 8000, -2026}[rng.IntN(3)], 0, 0)
+		}
+		got, want := string(c.appendTime(nil, tm)), string(tm.AppendFormat(nil, time.RFC3339Nano))
+		if got != want {
+			t.Fatalf("%v: got %s, want %s", tm, got, want)
+		}
 	}
 }

@@ -5,9 +5,17 @@ import (
 	"net/netip"
 	"reflect"
 	"sync/atomic"
+	"time"
 
 	"github.com/sluicehq/sluice/workload"
 )
+
+// lineCache keeps the parts of a JSONLog's lines that recent lines
+// share. The bytes it serves are those AppendJSON writes.
+type lineCache struct {
+	wl workloadCache
+	tm timeCache
+}
 
 // workloadCache keeps, for the workloads seen last, the part of the
 // audit line their fields make (appendWorkloadJSON: pid to workload,
@@ -78,3 +86,52 @@ func sameLabels(a, b map[string]string) bool {
 	}
 	return maps.Equal(a, b)
 }
+
+// timeCache keeps the text of the second the last lines fell in:
+// RFC3339Nano's date and time to the second, and its zone, for one
+// location. A line of the same second and location appends them around
+// its fraction instead of formatting the date again. Safe for
+// concurrent use: the entry is immutable, replaced whole.
+type timeCache struct {
+	last atomic.Pointer[timeEntry]
+}
+
+type timeEntry struct {
+	sec  int64          // Unix seconds
+	loc  *time.Location // the zone is the location's at sec
+	head []byte         // "2006-01-02T15:04:05"
+	zone []byte         // "Z" or "-07:00"
+}
+
+// appendTime appends t as t.AppendFormat(dst, time.RFC3339Nano) does.
+func (c *timeCache) appendTime(dst []byte, t time.Time) []byte {
+	sec, loc := t.Unix(), t.Location()
+	e := c.last.Load()
+	if e == nil || e.sec != sec || e.loc != loc {
+		whole := time.Unix(sec, 0).In(loc).AppendFormat(nil, time.RFC3339Nano)
+		// Years outside 0000-9999 have another width: not cached.
+		if y := t.Year(); y < 0 || y > 9999 || len(whole) < len(rfc3339Head) {
+			return t.AppendFormat(dst, time.RFC3339Nano)
+		}
+		e = &timeEntry{sec: sec, loc: loc, head: whole[:len(rfc3339Head)], zone: whole[len(rfc3339Head):]}
+		c.last.Store(e)
+	}
+	dst = append(dst, e.head...)
+	if ns := t.Nanosecond(); ns != 0 { // .999999999: trailing zeros trimmed
+		var frac [10]byte
+		frac[0] = '.'
+		for i := 9; i > 0; i-- {
+			frac[i] = byte('0' + ns%10)
+			ns /= 10
+		}
+		n := 10
+		for frac[n-1] == '0' {
+			n--
+		}
+		dst = append(dst, frac[:n]...)
+	}
+	return append(dst, e.zone...)
+}
+
+// rfc3339Head is the date and time of RFC3339Nano, to the second.
+const rfc3339Head = "2006-01-02T15:04:05"
