@@ -364,10 +364,22 @@ func appendMarshaledString(dst []byte, s string) []byte {
 
 func appendQuoted(dst []byte, s string, named bool) []byte {
 	dst = append(dst, '"')
+	// Most values (hosts, paths, decisions, reasons) are plain: find the
+	// first byte that is not, eight bytes at a time, and copy a plain
+	// value in one go.
+	i := 0
+	for i+8 <= len(s) && plain8(s[i:i+8]) {
+		i += 8
+	}
+	for i < len(s) && plainByte(s[i]) {
+		i++
+	}
+	if i == len(s) {
+		dst = append(dst, s...)
+		return append(dst, '"')
+	}
 	start := 0
-	for i := 0; i < len(s); {
-		// Eight plain bytes at a time: most of a line (paths, hosts,
-		// cgroup paths) needs no escape.
+	for i < len(s) {
 		if i+8 <= len(s) && plain8(s[i:i+8]) {
 			i += 8
 			continue
@@ -418,6 +430,10 @@ func appendQuoted(dst []byte, s string, named bool) []byte {
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
 }
+
+// plainByte reports whether appendQuoted copies b as it is: printable
+// ASCII other than '"' and '\\'.
+func plainByte(b byte) bool { return b >= 0x20 && b < utf8.RuneSelf && b != '"' && b != '\\' }
 
 // plain8 reports whether the 8 bytes of s are all printable ASCII other
 // than '"' and '\\' (appendQuoted copies them as they are): no byte below
