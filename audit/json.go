@@ -20,7 +20,8 @@ import (
 // AppendAttrs. The bytes are those log/slog's JSON handler writes for the
 // same attributes (the tests compare them byte for byte); JSONLog encodes
 // them itself into a pooled buffer, without slog's per-record handler
-// state, as this runs once per proxied request.
+// state, as this runs once per proxied request, and keeps what recent
+// lines share (the workload's fields, the time's second: lineCache).
 type JSONLog struct {
 	mu sync.Mutex // one Write per line, lines never interleaved
 	w  io.Writer
