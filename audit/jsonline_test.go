@@ -78,6 +78,23 @@ func TestJSONLogMatchesSlog(t *testing.T) {
 	}
 }
 
+// TestJSONLogEveryField: a record with every field set renders as slog
+// does, keys in the order of auditFields, through a fresh log and
+// through one that has seen the workload (its cached fragment).
+func TestJSONLogEveryField(t *testing.T) {
+	r := audit.FullRecordForTest()
+	want := slogLine(&r)
+	var b bytes.Buffer
+	l := audit.NewJSONLog(&b)
+	for i := range 3 {
+		b.Reset()
+		l.Record(&r)
+		if !bytes.Equal(b.Bytes(), want) {
+			t.Fatalf("line %d:\n got %s\nwant %s", i, b.Bytes(), want)
+		}
+	}
+}
+
 func TestJSONLogAllocs(t *testing.T) {
 	r := records[1].r
 	l := audit.NewJSONLog(discardWriter{})
@@ -95,14 +112,28 @@ func FuzzJSONLogMatchesSlog(f *testing.F) {
 	for _, s := range odd {
 		f.Add(s, s, int64(1234))
 	}
+	// warm lives across inputs: the workloads of earlier inputs sit in
+	// its cache when a later one is written.
+	var wb bytes.Buffer
+	warm := audit.NewJSONLog(&wb)
 	f.Fuzz(func(t *testing.T, a, b string, us int64) {
 		r := records[0].r
 		r.Path, r.Host, r.Error, r.Workload.Comm = a, b, a+b, b
 		r.Header = map[string]string{a: b, "User-Agent": a}
 		r.Detectors = []string{a, b}
 		r.Duration = time.Duration(us) * time.Microsecond
-		if got, want := jsonLogLine(&r), slogLine(&r); !bytes.Equal(got, want) {
+		r.Workload.PID = int(us % 100)
+		if len(a) > 0 {
+			r.Workload.Labels = map[string]string{a: b}
+		}
+		want := slogLine(&r)
+		if got := jsonLogLine(&r); !bytes.Equal(got, want) {
 			t.Errorf("\n got %s\nwant %s", got, want)
+		}
+		wb.Reset()
+		warm.Record(&r)
+		if got := wb.Bytes(); !bytes.Equal(got, want) {
+			t.Errorf("warm log:\n got %s\nwant %s", got, want)
 		}
 	})
 }

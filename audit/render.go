@@ -11,6 +11,9 @@ import (
 // rendered by attr, with the keys of keys.go. They differ only in which
 // fields they carry and in what order: the decision line is a summary for
 // a person reading the process log, the audit line is the whole record.
+// JSONLog writes the bytes of the audit line's attributes itself
+// (appendJSON in json.go, field by field in the order of auditFields);
+// its tests hold it to slog's rendering of AppendAttrs, every field set.
 
 // field is one key (or group) of a rendered record.
 type field uint8

@@ -217,6 +217,8 @@ type row struct {
 	// that took it (a port alone is the AddrPort with no address). At
 	// most one entry per destination.
 	byAddr map[netip.AddrPort]*Dest
+	// client is the address r.Client is the text of.
+	client netip.Addr
 }
 
 // destAddr is a destination's address as the table is told it: ip:port,
@@ -376,8 +378,9 @@ func (rw *row) merge(id workload.Identity) {
 	named = set(&r.Container, id.Container) || named
 	named = set(&r.Namespace, id.Namespace) || named
 	named = set(&r.Pod, id.Pod) || named
-	if id.Client.IsValid() {
-		r.Client = id.Client.Addr().String()
+	if id.Client.IsValid() && id.Client.Addr() != rw.client {
+		rw.client = id.Client.Addr() // its text only when it changes
+		r.Client = rw.client.String()
 	}
 	if named || r.Workload == "" {
 		r.Workload = workload.Identity{Cgroup: r.Cgroup, ContainerID: r.ContainerID, Container: r.Container, Namespace: r.Namespace, Pod: r.Pod}.Name()
@@ -404,15 +407,19 @@ func (rw *row) dest(host string, a destAddr, max int) *Dest {
 			return d
 		}
 	}
-	addr := a.String()
 	if host != "" {
+		// The destination a record names, as in a run of requests: no
+		// text of the address made unless the destination takes it.
 		if d, ok := rw.dests[host]; ok {
-			if d.Addr == "" && addr != "" {
-				d.Addr = addr
+			if d.Addr == "" && a != (destAddr{}) {
+				d.Addr = a.String()
 				rw.index(a, d)
 			}
 			return d
 		}
+	}
+	addr := a.String()
+	if host != "" {
 		if d, ok := rw.dests[addr]; ok && addr != "" && d.Host == "" {
 			delete(rw.dests, addr)
 			d.Host = host

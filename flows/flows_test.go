@@ -289,3 +289,27 @@ func TestConnectsFoldAndJoinFirstHost(t *testing.T) {
 		t.Errorf("row connects %d, want 100 (folding keeps totals)", rows[0].Connects)
 	}
 }
+
+// A row's client is the address of its latest record, also when the
+// workload comes back to an address it had before; a destination first
+// named without an address takes the first address a record gives it.
+func TestRowClientAndDestAddrFollowRecords(t *testing.T) {
+	tb := flows.New(flows.Options{})
+	id := workload.Identity{PID: 7, Comm: "python3", Cgroup: "/a"}
+	for i, c := range []string{"10.0.0.1:1000", "10.0.0.2:1001", "10.0.0.1:1002", "[::ffff:10.0.0.1]:1003"} {
+		id.Client = netip.MustParseAddrPort(c)
+		r := &audit.Record{Kind: audit.KindHTTP, Workload: id, Host: "api.test", Decision: audit.DecisionAllow}
+		if i == 2 {
+			r.DstIP, r.Port = netip.MustParseAddr("192.0.2.1"), 443
+		}
+		tb.Record(r)
+		rows := tb.Snapshot().Rows
+		if len(rows) != 1 || rows[0].Client != id.Client.Addr().String() {
+			t.Fatalf("after %s: rows %+v", c, rows)
+		}
+		d := rows[0].Destinations
+		if want := map[bool]string{true: "192.0.2.1:443", false: ""}[i >= 2]; len(d) != 1 || d[0].Addr != want {
+			t.Fatalf("after %s: destinations %+v, want one with addr %q", c, d, want)
+		}
+	}
+}

@@ -102,6 +102,15 @@ type Metrics struct {
 	// validating the labels of five series again. It holds at most one
 	// entry per sluice_proxy_requests_total series.
 	httpSeries sync.Map // httpLabels → *httpSeries
+	// recent holds, for the label sets of the last HTTP records, what
+	// their labels folded to and their series (recentHTTP): a request
+	// like the one before it (a keep-alive connection's next request)
+	// costs a few string compares instead of four map lookups, the
+	// workload's name and its info series check. noRecent turns it off
+	// (tests compare with and without it).
+	recent     [recentSlots]atomic.Pointer[recentHTTP]
+	recentMask uint // recentSlots-1; tests set 0 (every record in one slot)
+	noRecent   bool
 	// tools folds MCP tool (and resource, prompt) names; MCP methods
 	// outside the specification's set are "other".
 	tools *folder
@@ -166,6 +175,7 @@ func New(o Options) *Metrics {
 		connectDecisions: newFolder(o.MaxRules),
 		tools:            newFolder(o.MaxRules),
 		infos:            newFolder(5 * o.MaxWorkloads),
+		recentMask:       recentSlots - 1,
 	}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "proxy", Name: "requests_total",
@@ -294,11 +304,13 @@ func (m *Metrics) Record(r *audit.Record) {
 		m.ConnectEvent(r.Decision)
 		return
 	}
+	if r.Kind == audit.KindHTTP {
+		m.recordHTTP(r)
+		return
+	}
 	wl := m.workloads.fold(r.Workload.Name())
 	m.workloadInfo(&r.Workload, wl)
 	switch r.Kind {
-	case audit.KindHTTP:
-		m.recordHTTP(r, wl)
 	case audit.KindL4:
 		m.recordL4(r, wl)
 	case audit.KindMCPToolChanged:
@@ -379,7 +391,53 @@ func once[T any](p *atomic.Pointer[T], make func() T) T {
 	return v
 }
 
-func (m *Metrics) recordHTTP(r *audit.Record, wl string) {
+// recentSlots is the number of label sets recent keeps (a power of two).
+const recentSlots = 64
+
+// recentHTTP is what an HTTP record's raw label values (the workload
+// fields its workload and info labels come from, and host, method,
+// decision, source, status) came to: the folded labels, and their
+// series. Folding is stable (a folder admits a value for good, and once
+// full stays full) and the info series, once handled, is never handled
+// differently, so the same raw values always come to the same entry.
+// Never modified once stored.
+type recentHTTP struct {
+	cgroup, containerID, container, namespace, pod, image string
+	host, method, decision, source                        string
+	status                                                int
+
+	k httpLabels
+	s *httpSeries
+}
+
+// matches reports whether r has the raw label values of e.
+func (e *recentHTTP) matches(r *audit.Record) bool {
+	w := &r.Workload
+	return e.status == r.Status && e.host == r.Host && e.method == r.Method && e.decision == r.Decision &&
+		e.source == r.Source && e.pod == w.Pod && e.namespace == w.Namespace && e.cgroup == w.Cgroup &&
+		e.containerID == w.ContainerID && e.container == w.Container && e.image == w.Image
+}
+
+// recentSlot picks r's slot in recent (masked with recentMask) from
+// cheap facts of its raw label values.
+func recentSlot(r *audit.Record) uint {
+	h := uint(r.Status)*0x9e3779b1 ^ uint(len(r.Host))<<4 ^ uint(len(r.Workload.Pod))<<9 ^
+		uint(len(r.Workload.Cgroup))<<13 ^ uint(len(r.Decision))<<17 ^ uint(len(r.Method))<<21
+	if n := len(r.Host); n > 0 {
+		h ^= uint(r.Host[0])<<3 ^ uint(r.Host[n-1])<<11
+	}
+	return h ^ h>>16 ^ h>>27
+}
+
+// httpEntry returns the folded labels and series of r, from recent
+// when a record of the same raw values was counted there before.
+func (m *Metrics) httpEntry(r *audit.Record) *recentHTTP {
+	slot := &m.recent[recentSlot(r)&m.recentMask]
+	if e := slot.Load(); e != nil && e.matches(r) && !m.noRecent {
+		return e
+	}
+	wl := m.workloads.fold(r.Workload.Name())
+	m.workloadInfo(&r.Workload, wl)
 	k := httpLabels{
 		wl:       wl,
 		host:     m.host(r.Host),
@@ -391,8 +449,19 @@ func (m *Metrics) recordHTTP(r *audit.Record, wl string) {
 	if k.status < 0 || k.status > 0 && (k.status < 100 || k.status > 599) {
 		k.status = -1
 	}
-	s := m.series(k)
-	host, decision := k.host, k.decision
+	w := &r.Workload
+	e := &recentHTTP{
+		cgroup: w.Cgroup, containerID: w.ContainerID, container: w.Container, namespace: w.Namespace, pod: w.Pod, image: w.Image,
+		host: r.Host, method: r.Method, decision: r.Decision, source: r.Source, status: r.Status,
+		k: k, s: m.series(k),
+	}
+	slot.Store(e)
+	return e
+}
+
+func (m *Metrics) recordHTTP(r *audit.Record) {
+	e := m.httpEntry(r)
+	s, wl, host, decision := e.s, e.k.wl, e.k.host, e.k.decision
 	s.requests.Inc()
 	s.duration.Observe(r.Duration.Seconds())
 	if r.UpstreamDuration > 0 {

@@ -2,6 +2,7 @@ package metrics_test
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"sort"
 	"strings"
@@ -428,5 +429,84 @@ func TestHTTPSeriesReused(t *testing.T) {
 		`sluice_proxy_upstream_duration_seconds_count{host="api.test"}`:                                                                 3,
 		`sluice_proxy_transferred_bytes_total{direction="in",host="api.test",kind="http",workload="ai/agent-0"}`:                        30,
 		`sluice_proxy_transferred_bytes_total{direction="out",host="api.test",kind="http",workload="ai/agent-0"}`:                       900,
+	})
+}
+
+// TestRecentMatchesFolding: the recent cache of HTTP label sets counts
+// exactly what folding every record does, with folders that fill up
+// (few hosts and workloads admitted), odd raw values (empty, "other",
+// "unknown", invalid statuses, unknown methods) and other kinds of
+// record in between.
+func TestRecentMatchesFolding(t *testing.T) {
+	for _, one := range []bool{false, true} {
+		recentMatchesFolding(t, one)
+	}
+}
+
+func recentMatchesFolding(t *testing.T, oneSlot bool) {
+	o := metrics.Options{MaxHosts: 3, MaxWorkloads: 4, MaxRules: 4}
+	cached, plain := metrics.New(o), metrics.New(o)
+	metrics.NoRecent(plain)
+	if oneSlot {
+		metrics.OneRecentSlot(cached)
+	}
+	rng := rand.New(rand.NewPCG(7, 8))
+	pick := func(vs ...string) string { return vs[rng.IntN(len(vs))] }
+	ids := []workload.Identity{
+		pod, ctr, {}, {PID: 9, Cgroup: "/a"}, {PID: 9, Cgroup: "/b"},
+		{Namespace: "ai", Pod: "agent-1", Container: "c", Image: "i:1"},
+		{Namespace: "ai", Pod: "agent-1", Container: "c", Image: "i:2"},
+		{ContainerID: "0123456789abcdef0123", Container: "web"},
+	}
+	for range 20000 {
+		r := audit.Record{
+			Kind: audit.KindHTTP, Workload: ids[rng.IntN(len(ids))],
+			Host:     pick("", "a.test", "b.test", "c.test", "d.test", "other", "unknown", "e.test"),
+			Method:   pick("GET", "POST", "BREW", "", "get"),
+			Decision: pick(audit.DecisionAllow, audit.DecisionDeny, audit.DecisionWouldDeny, audit.DecisionError, "", "odd"),
+			Source:   pick("upstream", "sluice", "", "client"),
+			Status:   []int{0, 200, 204, 429, 503, 99, 600, -1, 1000}[rng.IntN(9)],
+			Rule:     pick("", "r1", "r2"), Reason: pick("", "x"),
+			BytesIn: int64(rng.IntN(3)), BytesOut: int64(rng.IntN(3)),
+			Duration: time.Duration(rng.IntN(3)) * time.Millisecond, UpstreamDuration: time.Duration(rng.IntN(2)) * time.Millisecond,
+		}
+		switch rng.IntN(10) {
+		case 0:
+			r.Kind = audit.KindL4
+		case 1:
+			r.Kind = audit.KindDNS
+		}
+		c := r
+		cached.Record(&r)
+		plain.Record(&c)
+	}
+	got, want := scrape(t, cached.Registry()), scrape(t, plain.Registry())
+	for k, v := range want {
+		if strings.HasPrefix(k, "go_") || strings.HasPrefix(k, "process_") {
+			continue
+		}
+		if got[k] != v {
+			t.Errorf("one slot %v: %s = %v with the cache, %v without", oneSlot, k, got[k], v)
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("one slot %v: %s only with the cache", oneSlot, k)
+		}
+	}
+}
+
+// A request like the one before it but from a workload of another image
+// sets that workload's info series: the recent cache does not hide it.
+func TestRecentNewImage(t *testing.T) {
+	m := metrics.New(metrics.Options{})
+	metrics.OneRecentSlot(m)
+	for _, img := range []string{"i:1", "i:2"} {
+		m.Record(&audit.Record{Kind: audit.KindHTTP, Workload: workload.Identity{Namespace: "ai", Pod: "p", Container: "c", Image: img},
+			Host: "a.test", Method: "GET", Status: 200, Source: "upstream", Decision: audit.DecisionAllow})
+	}
+	expect(t, scrape(t, m.Registry()), map[string]float64{
+		`sluice_workload_info{container="c",image="i:1",namespace="ai",pod="p",workload="ai/p"}`: 1,
+		`sluice_workload_info{container="c",image="i:2",namespace="ai",pod="p",workload="ai/p"}`: 1,
 	})
 }

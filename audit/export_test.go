@@ -1,0 +1,4 @@
+package audit
+
+// FullRecordForTest is fullRecord for the external tests.
+var FullRecordForTest = fullRecord
