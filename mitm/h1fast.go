@@ -309,15 +309,24 @@ func (fs *h1Fast) next(first bool) int {
 	// the header timeout, as net/http's readRequest.
 	end := 0
 	timed := false
+	whole := 0 // the bytes of the head's whole lines that partialOK passed
 	for {
 		buf, _ := br.Peek(br.Buffered())
 		if end = headEnd(buf); end > 0 {
 			break
 		}
-		if br.Buffered() >= br.Size() || bytes.IndexByte(buf, '\n') >= 0 {
-			// Too large, or a head in parts: net/http reads it, and
-			// answers a malformed line as soon as it is whole.
-			return fastHandOff
+		if br.Buffered() >= br.Size() {
+			return fastHandOff // too large: net/http reads it
+		}
+		if nl := bytes.LastIndexByte(buf, '\n') + 1; nl > whole {
+			// A head in parts (a TLS connection's first request comes
+			// so: the sniff's 64 bytes, then the rest). net/http
+			// answers a malformed line as soon as it is whole: a line
+			// it would refuse hands the connection over now.
+			if !partialOK(buf[:nl]) {
+				return fastHandOff
+			}
+			whole = nl
 		}
 		// The answers so far go out before a read that may wait.
 		if err := fs.bw.Flush(); err != nil {
@@ -414,6 +423,19 @@ func parseHead(head []byte) (req *http.Request, exact bool, err error) {
 	hp.br.Reset(&hp.src)
 	headParsers.Put(hp)
 	return req, exact, err
+}
+
+// partialOK reports whether lines, the whole lines of a head still in
+// parts, are ones http.ReadRequest reads without an error, so that
+// net/http's server, reading them, would wait for the rest too rather
+// than answer at once. They are parsed ended by an empty line; an error
+// that this end may cause (one about the head as a whole) only hands a
+// request over that the loop could have served.
+func partialOK(lines []byte) bool {
+	head := make([]byte, 0, len(lines)+2)
+	head = append(append(head, lines...), "\r\n"...)
+	_, _, err := parseHead(head)
+	return err == nil
 }
 
 // headEnd returns the length of the request head at the start of buf

@@ -77,17 +77,34 @@ type h1Outcome struct {
 // reads until the proxy closes or is quiet for quiet.
 func sendRaw(t *testing.T, h *harness, up *seenUpstream, raw string, quiet time.Duration) h1Outcome {
 	t.Helper()
+	return sendParts(t, h, up, []string{raw}, quiet)
+}
+
+// sendParts is sendRaw of the parts' concatenation, each part sent once
+// the proxy was quiet for quiet after the one before (what it answered
+// to the parts so far is read first).
+func sendParts(t *testing.T, h *harness, up *seenUpstream, parts []string, quiet time.Duration) h1Outcome {
+	t.Helper()
 	c, err := net.Dial("tcp", serveTransparent(t, h, t.Context(), 1, Destination{Addr: up.addr}, workload.Identity{PID: 7}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := io.WriteString(c, raw); err != nil {
-		t.Fatal(err)
-	}
 	var got bytes.Buffer
 	var o h1Outcome
 	buf := make([]byte, 32<<10)
+	for _, part := range parts[:len(parts)-1] {
+		if _, err := io.WriteString(c, part); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(quiet))
+		n, _ := c.Read(buf)
+		got.Write(buf[:n])
+	}
+	raw := strings.Join(parts, "")
+	if _, err := io.WriteString(c, parts[len(parts)-1]); err != nil && got.Len() == 0 {
+		t.Fatal(err)
+	}
 	for {
 		_ = c.SetReadDeadline(time.Now().Add(quiet))
 		n, err := c.Read(buf)
@@ -371,6 +388,49 @@ func TestFastLoopClientLeaves(t *testing.T) {
 			}
 			c.Close()
 			wantAbandoned(t, h, ended)
+		})
+	}
+}
+
+// A head that comes in parts is served by the fast loop (a TLS
+// connection's first request does: the sniff takes its first 64 bytes)
+// when its whole lines so far are good, and answered as by net/http,
+// which answers a malformed line as soon as it is whole, when they are
+// not: the first part alone gets the same answer (or none) from both.
+func TestFastLoopHeadInParts(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		parts []string
+		// fast: the fast loop serves the request
+		fast bool
+	}{
+		{"first line", []string{"GET /p HTTP/1.1\r\n", "Host: api.test\r\nX-A: 1\r\n\r\n"}, true},
+		{"mid field", []string{"GET /p HTTP/1.1\r\nHost: api.test\r\nX-A: 1", "2\r\n\r\n"}, true},
+		{"three parts", []string{"GET /p HTTP/1.1\r\nHo", "st: api.test\r\nX-A: 1\r\n", "\r\n"}, true},
+		{"bare LF", []string{"GET /p HTTP/1.1\nHost: api.test\n", "X-A: 1\n\n"}, true},
+		{"CR then LF", []string{"GET /p HTTP/1.1\r\nHost: api.test\r\n\r", "\n"}, true},
+		{"POST", []string{"POST /p HTTP/1.1\r\nHost: api.test\r\n", "Content-Length: 5\r\n\r\nhello"}, true},
+		{"malformed line", []string{"GET /p HTTP/1.1 x\r\nHo", "st: api.test\r\n\r\n"}, false},
+		{"malformed version", []string{"GET /p HTTP/9.1\r\n", "Host: api.test\r\n\r\n"}, false},
+		{"malformed field", []string{"GET /p HTTP/1.1\r\nHost: api.test\r\nX A: 1\r\n", "\r\n"}, false},
+		{"space before the first field", []string{"GET /p HTTP/1.1\r\n Host: api.test\r\n", "\r\n"}, false},
+		{"bad Content-Length", []string{"POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: x\r\n", "\r\n"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fast, std, fastUp, stdUp := fastAndStd(t)
+			parts := append(slices.Clone(tc.parts), "GET /next HTTP/1.1\r\nHost: api.test\r\n\r\n")
+			fo := sendParts(t, fast, fastUp, parts, 200*time.Millisecond)
+			so := sendParts(t, std, stdUp, parts, 200*time.Millisecond)
+			if !slices.Equal(fo.answers, so.answers) || !slices.Equal(fo.seen, so.seen) || fo.closed != so.closed {
+				t.Errorf("fast loop:\n  answers %q\n  upstream saw %q\n  closed %v\nnet/http:\n  answers %q\n  upstream saw %q\n  closed %v",
+					fo.answers, fo.seen, fo.closed, so.answers, so.seen, so.closed)
+			}
+			if len(so.answers) == 0 {
+				t.Errorf("net/http gave no answer: the case shows nothing")
+			}
+			if served := fast.p.h1.fastServed.Load() > 0; served != tc.fast && fast.p.h1.gone != nil {
+				t.Errorf("the fast loop served a request: %v, want %v", served, tc.fast)
+			}
 		})
 	}
 }
