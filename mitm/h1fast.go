@@ -63,12 +63,14 @@ type h1Fast struct {
 	bw  *bufio.Writer
 	out fastOut
 	ctx context.Context
-	// loopDeadline: the read deadline is the loop's own (idle or header
-	// timeout), to be cleared before a request body is read.
-	loopDeadline bool
-	lastPost     bool // the last request was a POST
-	counted      bool // this run took a request (h1Server.fastServed)
-	// dlMu guards inHandler and, while a handler runs, loopDeadline:
+	// dl is the connection's read deadline when dlSet: the loop set it
+	// last, and no handler or gone-watch read changed it since. The wait
+	// for the next request keeps one that ends late enough (waitDeadline).
+	dl       time.Time
+	dlSet    bool
+	lastPost bool // the last request was a POST
+	counted  bool // this run took a request (h1Server.fastServed)
+	// dlMu guards inHandler and, while a handler runs, dlSet:
 	// the handler's ResponseController (SetReadDeadline) may be called
 	// from a goroutine of its own, also after the handler returned.
 	dlMu      sync.Mutex
@@ -256,7 +258,33 @@ func (fs *h1Fast) release() {
 
 func (fs *h1Fast) setReadDeadline(t time.Time) {
 	_ = fs.c.Conn.SetReadDeadline(t)
-	fs.loopDeadline = !t.IsZero()
+	fs.dl, fs.dlSet = t, true
+}
+
+// h1ParkSlack is how much later than h1ParkAfter a connection idle
+// since a request may be parked: the wait for the next request keeps a
+// read deadline that ends no later, so that a busy connection does not
+// set one per request (each takes the poller's lock and resets its
+// timer); it sets one a little later, good for the requests of the next
+// h1ParkSlack.
+const h1ParkSlack = h1ParkAfter / 8
+
+// waitDeadline readies the read deadline for the wait for the next
+// request, which began at since: it ends at since plus the idle timeout
+// when that comes before h1ParkAfter (the connection closes), else
+// between h1ParkAfter and h1ParkAfter+h1ParkSlack (it is parked, its
+// idle time counted from since), and never after the idle timeout.
+func (fs *h1Fast) waitDeadline(since time.Time) {
+	idle := fs.s.idleTimeout
+	if idle <= h1ParkAfter {
+		fs.setReadDeadline(since.Add(idle))
+		return
+	}
+	t := since.Add(h1ParkAfter)
+	if fs.dlSet && !fs.dl.Before(t) && fs.dl.Sub(t) <= h1ParkSlack {
+		return
+	}
+	fs.setReadDeadline(t.Add(min(h1ParkSlack, idle-h1ParkAfter)))
 }
 
 // next waits for the next request and serves it; first: the connection
@@ -270,7 +298,7 @@ func (fs *h1Fast) next(first bool) int {
 		}
 		since := time.Now()
 		idleFrom = since
-		fs.setReadDeadline(since.Add(min(h1ParkAfter, s.idleTimeout)))
+		fs.waitDeadline(since)
 		if _, err := br.Peek(1); err != nil {
 			if isTimeout(err) && c.fl.ctx.Err() == nil && br.Buffered() == 0 {
 				c.idleSince = since
@@ -377,7 +405,9 @@ func (fs *h1Fast) next(first bool) int {
 		// The body reads without a deadline, as net/http's do: neither
 		// the loop's nor one a handler set on this connection before
 		// (ResponseController.SetReadDeadline) may cut it.
-		fs.setReadDeadline(time.Time{})
+		if !fs.dlSet || !fs.dl.IsZero() {
+			fs.setReadDeadline(time.Time{})
+		}
 	} else {
 		req.Body = http.NoBody
 	}
@@ -527,7 +557,7 @@ func (fs *h1Fast) serveRequest(req *http.Request, body *fastBody) int {
 		body.close()
 	}
 	if c.gw.end(c) {
-		fs.loopDeadline = true // in the past
+		fs.dlSet = false // in the past
 	}
 	if !ok {
 		return fastClose
@@ -613,7 +643,7 @@ func (w *bodyResponse) SetReadDeadline(t time.Time) error {
 	if !fs.inHandler || w.b.ended {
 		return nil
 	}
-	fs.loopDeadline = false
+	fs.dlSet = false
 	return fs.c.Conn.SetReadDeadline(t)
 }
 
@@ -999,11 +1029,10 @@ func (w *fastResponse) writeHead(p []byte) {
 	}
 	te := h.Get("Transfer-Encoding")
 	hasTE := te != ""
-	var extraCL []byte
-	var clBuf [20]byte
+	extraCL := false // a Content-Length field of w.cl goes out
 	if w.done && !trailers && !hasTE && w.bodyAllowed() && len(h["Content-Length"]) == 0 && (!isHEAD || len(p) > 0) {
 		w.cl = int64(len(p))
-		extraCL = strconv.AppendInt(clBuf[:0], int64(len(p)), 10)
+		extraCL = true
 	}
 	hasCL := w.cl != -1
 	if hasToken(h.Get("Connection"), "close") {
@@ -1079,9 +1108,9 @@ func (w *fastResponse) writeHead(p []byte) {
 		bw.Write(date)
 		bw.WriteString("\r\n")
 	}
-	if extraCL != nil {
+	if extraCL {
 		bw.WriteString("Content-Length: ")
-		bw.Write(extraCL)
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), w.cl, 10))
 		bw.WriteString("\r\n")
 	}
 	if contentType != "" {
@@ -1245,7 +1274,7 @@ func (w *fastResponse) SetReadDeadline(t time.Time) error {
 	if !fs.inHandler {
 		return nil
 	}
-	fs.loopDeadline = false
+	fs.dlSet = false
 	return fs.c.Conn.SetReadDeadline(t)
 }
 

@@ -645,12 +645,12 @@ func TestFastLoopLateReadDeadline(t *testing.T) {
 	fs.handlerRuns(true)
 	fs.handlerRuns(false)
 	first.close()
-	fs.loopDeadline = true
+	fs.dlSet = true
 	late := http.NewResponseController(&first.rw)
 	if err := late.SetReadDeadline(time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if !fs.loopDeadline {
+	if !fs.dlSet {
 		t.Error("a late call between requests took the loop's deadline")
 	}
 	second := newBody()
@@ -658,13 +658,13 @@ func TestFastLoopLateReadDeadline(t *testing.T) {
 	if err := late.SetReadDeadline(time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if !fs.loopDeadline {
+	if !fs.dlSet {
 		t.Error("a late call during the next handler took the deadline")
 	}
 	if err := http.NewResponseController(&second.rw).SetReadDeadline(time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if fs.loopDeadline {
+	if fs.dlSet {
 		t.Error("the running handler's call did not apply")
 	}
 	fs.handlerRuns(false)
@@ -715,6 +715,70 @@ func TestFastLoopPipelinedBodyOutlivesHandlerDeadline(t *testing.T) {
 			}
 			if !noFast {
 				wantFastServed(t, h)
+			}
+		})
+	}
+}
+
+// deadlineConn records the read deadlines set on it.
+type deadlineConn struct {
+	net.Conn
+	set []time.Time
+}
+
+func (c *deadlineConn) SetReadDeadline(t time.Time) error {
+	c.set = append(c.set, t)
+	return nil
+}
+
+// The wait for the next request keeps a read deadline that ends within
+// h1ParkSlack after h1ParkAfter (never before it, never after the idle
+// timeout), so that a busy connection does not set one per request; with
+// an idle timeout before h1ParkAfter it is that timeout, exactly.
+func TestFastLoopWaitDeadline(t *testing.T) {
+	base := time.Now()
+	for _, tc := range []struct {
+		name  string
+		idle  time.Duration
+		waits []time.Duration // since, after base
+		dlSet []bool          // dlSet before each wait: false, a handler changed the deadline
+		want  []time.Duration // the deadlines set, after base
+	}{
+		{"kept while early enough", time.Minute,
+			[]time.Duration{0, time.Millisecond, h1ParkSlack, h1ParkSlack + time.Millisecond, 2 * h1ParkSlack},
+			nil,
+			[]time.Duration{h1ParkAfter + h1ParkSlack, h1ParkAfter + 2*h1ParkSlack + time.Millisecond}},
+		{"set anew after a handler's", time.Minute,
+			[]time.Duration{0, time.Millisecond},
+			[]bool{true, false},
+			[]time.Duration{h1ParkAfter + h1ParkSlack, h1ParkAfter + h1ParkSlack + time.Millisecond}},
+		{"not past the idle timeout", h1ParkAfter + time.Millisecond,
+			[]time.Duration{0, time.Millisecond, 2 * time.Millisecond},
+			nil,
+			[]time.Duration{h1ParkAfter + time.Millisecond, h1ParkAfter + 3*time.Millisecond}},
+		{"idle timeout before parking", h1ParkAfter / 2,
+			[]time.Duration{0, time.Millisecond},
+			nil,
+			[]time.Duration{h1ParkAfter / 2, h1ParkAfter/2 + time.Millisecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dc := &deadlineConn{}
+			fs := &h1Fast{s: &h1Server{idleTimeout: tc.idle}, c: &h1Conn{Conn: dc}}
+			for i, w := range tc.waits {
+				if tc.dlSet != nil && !tc.dlSet[i] {
+					fs.dlSet = false
+				}
+				fs.waitDeadline(base.Add(w))
+				if d := fs.dl.Sub(base.Add(w)); d < min(h1ParkAfter, tc.idle) || d > min(h1ParkAfter+h1ParkSlack, tc.idle) {
+					t.Errorf("wait %d: the deadline is %v after its start", i, d)
+				}
+			}
+			var got []time.Duration
+			for _, s := range dc.set {
+				got = append(got, s.Sub(base))
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("deadlines set %v, want %v", got, tc.want)
 			}
 		})
 	}
