@@ -901,7 +901,20 @@ type fastResponse struct {
 	fullDuplex  bool // EnableFullDuplex: the answer may go out before the body is read
 	done        bool // the handler returned
 	werr        error
-	dateBuf     [29]byte
+	// date is the Date field's value for the second dateSec, kept from
+	// the run's last response: a busy connection formats it once a
+	// second, not per response.
+	date    []byte
+	dateSec int64
+	dateBuf [29]byte
+}
+
+// dateAt is the Date field's value at now.
+func (w *fastResponse) dateAt(now time.Time) []byte {
+	if sec := now.Unix(); w.date == nil || sec != w.dateSec {
+		w.date, w.dateSec = now.UTC().AppendFormat(w.dateBuf[:0], http.TimeFormat), sec
+	}
+	return w.date
 }
 
 // reset readies w for req. w.fs stays: the ResponseController of an
@@ -1035,7 +1048,8 @@ func (w *fastResponse) writeHead(p []byte) {
 		extraCL = true
 	}
 	hasCL := w.cl != -1
-	if hasToken(h.Get("Connection"), "close") {
+	saysClose := hasToken(h.Get("Connection"), "close")
+	if saysClose {
 		w.closeAfter = true
 	}
 	var skip [4]string
@@ -1056,7 +1070,7 @@ func (w *fastResponse) writeHead(p []byte) {
 	}
 	var date []byte
 	if _, ok := h["Date"]; !ok {
-		date = time.Now().UTC().AppendFormat(w.dateBuf[:0], http.TimeFormat)
+		date = w.dateAt(time.Now())
 	}
 	if hasCL && hasTE && te != "identity" {
 		skip[ns] = "Content-Length"
@@ -1089,7 +1103,7 @@ func (w *fastResponse) writeHead(p []byte) {
 		skip[ns] = "Content-Length"
 		ns++
 	}
-	connClose := w.closeAfter && !hasToken(h.Get("Connection"), "close") && w.status != http.StatusSwitchingProtocols
+	connClose := w.closeAfter && !saysClose && w.status != http.StatusSwitchingProtocols
 	bw := w.fs.bw
 	writeStatus(bw, w.status)
 	writeFields(bw, h, func(k string) bool {

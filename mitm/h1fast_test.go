@@ -783,3 +783,15 @@ func TestFastLoopWaitDeadline(t *testing.T) {
 		})
 	}
 }
+
+// The Date field is the time of the response, to the second, formatted
+// once per second.
+func TestFastResponseDate(t *testing.T) {
+	var w fastResponse
+	base := time.Date(2026, 11, 29, 16, 40, 7, 0, time.FixedZone("x", 3600))
+	for _, at := range []time.Time{base, base.Add(999 * time.Millisecond), base.Add(time.Second), base.Add(time.Hour + 10*time.Millisecond), base.Add(time.Second)} {
+		if got, want := string(w.dateAt(at)), at.UTC().Format(http.TimeFormat); got != want {
+			t.Errorf("dateAt(%v) = %q, want %q", at, got, want)
+		}
+	}
+}
