@@ -795,3 +795,44 @@ func TestFastResponseDate(t *testing.T) {
 		}
 	}
 }
+
+// FuzzFastLoopHeadInParts is FuzzFastLoopMatchesNetHTTP with the bytes
+// sent in two parts, cut at cut, the second once the proxy was quiet
+// after the first: a head in parts is answered as by net/http, whether
+// the loop waits for the rest of it or hands it over.
+func FuzzFastLoopHeadInParts(f *testing.F) {
+	for _, s := range []struct {
+		req string
+		cut uint16
+	}{
+		{"GET /p HTTP/1.1\r\nHost: api.test\r\nX-A: 1\r\n\r\n", 17},
+		{"GET /p HTTP/1.1\r\nHost: api.test\r\nX-A: 1\r\n\r\n", 40},
+		{"GET /p HTTP/1.1 x\r\nHost: api.test\r\n\r\n", 20},
+		{"GET /p HTTP/1.1\r\nHost: api.test\r\nX A: 1\r\n\r\n", 42},
+		{"POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n\r\nhello", 30},
+		{"GET /x HTTP/1.1\r\nHost: api.test\r\nX-A: a\r\n b\r\n\r\n", 40},
+		{"GET /x HTTP/1.1\nHost: api.test\n\n", 16},
+	} {
+		f.Add(s.req, s.cut)
+	}
+	fast, std := newHarness(f, nil, nil), newHarness(f, nil, nil)
+	std.p.h1.noFast = true
+	fastUp, stdUp := startSeenUpstream(f), startSeenUpstream(f)
+	f.Fuzz(func(t *testing.T, req string, cut uint16) {
+		raw := req + "GET /end HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"
+		n := int(cut) % (len(raw) + 1)
+		if n == 0 {
+			n = 1
+		}
+		parts := []string{raw[:n], raw[n:]}
+		if parts[1] == "" {
+			parts = parts[:1]
+		}
+		fo := sendParts(t, fast, fastUp, parts, 100*time.Millisecond)
+		so := sendParts(t, std, stdUp, parts, 100*time.Millisecond)
+		if !slices.Equal(fo.answers, so.answers) || !slices.Equal(fo.seen, so.seen) || fo.closed != so.closed {
+			t.Errorf("input %q\nfast loop:\n  answers %q\n  upstream saw %q\n  closed %v\nnet/http:\n  answers %q\n  upstream saw %q\n  closed %v",
+				parts, fo.answers, fo.seen, fo.closed, so.answers, so.seen, so.closed)
+		}
+	})
+}
