@@ -63,12 +63,14 @@ type h1Fast struct {
 	bw  *bufio.Writer
 	out fastOut
 	ctx context.Context
-	// loopDeadline: the read deadline is the loop's own (idle or header
-	// timeout), to be cleared before a request body is read.
-	loopDeadline bool
-	lastPost     bool // the last request was a POST
-	counted      bool // this run took a request (h1Server.fastServed)
-	// dlMu guards inHandler and, while a handler runs, loopDeadline:
+	// dl is the connection's read deadline when dlSet: the loop set it
+	// last, and no handler or gone-watch read changed it since. The wait
+	// for the next request keeps one that ends late enough (waitDeadline).
+	dl       time.Time
+	dlSet    bool
+	lastPost bool // the last request was a POST
+	counted  bool // this run took a request (h1Server.fastServed)
+	// dlMu guards inHandler and, while a handler runs, dlSet:
 	// the handler's ResponseController (SetReadDeadline) may be called
 	// from a goroutine of its own, also after the handler returned.
 	dlMu      sync.Mutex
@@ -256,7 +258,33 @@ func (fs *h1Fast) release() {
 
 func (fs *h1Fast) setReadDeadline(t time.Time) {
 	_ = fs.c.Conn.SetReadDeadline(t)
-	fs.loopDeadline = !t.IsZero()
+	fs.dl, fs.dlSet = t, true
+}
+
+// h1ParkSlack is how much later than h1ParkAfter a connection idle
+// since a request may be parked: the wait for the next request keeps a
+// read deadline that ends no later, so that a busy connection does not
+// set one per request (each takes the poller's lock and resets its
+// timer); it sets one a little later, good for the requests of the next
+// h1ParkSlack.
+const h1ParkSlack = h1ParkAfter / 8
+
+// waitDeadline readies the read deadline for the wait for the next
+// request, which began at since: it ends at since plus the idle timeout
+// when that comes before h1ParkAfter (the connection closes), else
+// between h1ParkAfter and h1ParkAfter+h1ParkSlack (it is parked, its
+// idle time counted from since), and never after the idle timeout.
+func (fs *h1Fast) waitDeadline(since time.Time) {
+	idle := fs.s.idleTimeout
+	if idle <= h1ParkAfter {
+		fs.setReadDeadline(since.Add(idle))
+		return
+	}
+	t := since.Add(h1ParkAfter)
+	if fs.dlSet && !fs.dl.Before(t) && fs.dl.Sub(t) <= h1ParkSlack {
+		return
+	}
+	fs.setReadDeadline(t.Add(min(h1ParkSlack, idle-h1ParkAfter)))
 }
 
 // next waits for the next request and serves it; first: the connection
@@ -270,7 +298,7 @@ func (fs *h1Fast) next(first bool) int {
 		}
 		since := time.Now()
 		idleFrom = since
-		fs.setReadDeadline(since.Add(min(h1ParkAfter, s.idleTimeout)))
+		fs.waitDeadline(since)
 		if _, err := br.Peek(1); err != nil {
 			if isTimeout(err) && c.fl.ctx.Err() == nil && br.Buffered() == 0 {
 				c.idleSince = since
@@ -309,15 +337,24 @@ func (fs *h1Fast) next(first bool) int {
 	// the header timeout, as net/http's readRequest.
 	end := 0
 	timed := false
+	whole := 0 // the bytes of the head's whole lines that partialOK passed
 	for {
 		buf, _ := br.Peek(br.Buffered())
 		if end = headEnd(buf); end > 0 {
 			break
 		}
-		if br.Buffered() >= br.Size() || bytes.IndexByte(buf, '\n') >= 0 {
-			// Too large, or a head in parts: net/http reads it, and
-			// answers a malformed line as soon as it is whole.
-			return fastHandOff
+		if br.Buffered() >= br.Size() {
+			return fastHandOff // too large: net/http reads it
+		}
+		if nl := bytes.LastIndexByte(buf, '\n') + 1; nl > whole {
+			// A head in parts (a TLS connection's first request comes
+			// so: the sniff's 64 bytes, then the rest). net/http
+			// answers a malformed line as soon as it is whole: a line
+			// it would refuse hands the connection over now.
+			if !partialOK(buf[:nl]) {
+				return fastHandOff
+			}
+			whole = nl
 		}
 		// The answers so far go out before a read that may wait.
 		if err := fs.bw.Flush(); err != nil {
@@ -368,7 +405,9 @@ func (fs *h1Fast) next(first bool) int {
 		// The body reads without a deadline, as net/http's do: neither
 		// the loop's nor one a handler set on this connection before
 		// (ResponseController.SetReadDeadline) may cut it.
-		fs.setReadDeadline(time.Time{})
+		if !fs.dlSet || !fs.dl.IsZero() {
+			fs.setReadDeadline(time.Time{})
+		}
 	} else {
 		req.Body = http.NoBody
 	}
@@ -414,6 +453,19 @@ func parseHead(head []byte) (req *http.Request, exact bool, err error) {
 	hp.br.Reset(&hp.src)
 	headParsers.Put(hp)
 	return req, exact, err
+}
+
+// partialOK reports whether lines, the whole lines of a head still in
+// parts, are ones http.ReadRequest reads without an error, so that
+// net/http's server, reading them, would wait for the rest too rather
+// than answer at once. They are parsed ended by an empty line; an error
+// that this end may cause (one about the head as a whole) only hands a
+// request over that the loop could have served.
+func partialOK(lines []byte) bool {
+	head := make([]byte, 0, len(lines)+2)
+	head = append(append(head, lines...), "\r\n"...)
+	_, _, err := parseHead(head)
+	return err == nil
 }
 
 // headEnd returns the length of the request head at the start of buf
@@ -505,7 +557,7 @@ func (fs *h1Fast) serveRequest(req *http.Request, body *fastBody) int {
 		body.close()
 	}
 	if c.gw.end(c) {
-		fs.loopDeadline = true // in the past
+		fs.dlSet = false // in the past
 	}
 	if !ok {
 		return fastClose
@@ -591,7 +643,7 @@ func (w *bodyResponse) SetReadDeadline(t time.Time) error {
 	if !fs.inHandler || w.b.ended {
 		return nil
 	}
-	fs.loopDeadline = false
+	fs.dlSet = false
 	return fs.c.Conn.SetReadDeadline(t)
 }
 
@@ -849,7 +901,20 @@ type fastResponse struct {
 	fullDuplex  bool // EnableFullDuplex: the answer may go out before the body is read
 	done        bool // the handler returned
 	werr        error
-	dateBuf     [29]byte
+	// date is the Date field's value for the second dateSec, kept from
+	// the run's last response: a busy connection formats it once a
+	// second, not per response.
+	date    []byte
+	dateSec int64
+	dateBuf [29]byte
+}
+
+// dateAt is the Date field's value at now.
+func (w *fastResponse) dateAt(now time.Time) []byte {
+	if sec := now.Unix(); w.date == nil || sec != w.dateSec {
+		w.date, w.dateSec = now.UTC().AppendFormat(w.dateBuf[:0], http.TimeFormat), sec
+	}
+	return w.date
 }
 
 // reset readies w for req. w.fs stays: the ResponseController of an
@@ -977,14 +1042,14 @@ func (w *fastResponse) writeHead(p []byte) {
 	}
 	te := h.Get("Transfer-Encoding")
 	hasTE := te != ""
-	var extraCL []byte
-	var clBuf [20]byte
+	extraCL := false // a Content-Length field of w.cl goes out
 	if w.done && !trailers && !hasTE && w.bodyAllowed() && len(h["Content-Length"]) == 0 && (!isHEAD || len(p) > 0) {
 		w.cl = int64(len(p))
-		extraCL = strconv.AppendInt(clBuf[:0], int64(len(p)), 10)
+		extraCL = true
 	}
 	hasCL := w.cl != -1
-	if hasToken(h.Get("Connection"), "close") {
+	saysClose := hasToken(h.Get("Connection"), "close")
+	if saysClose {
 		w.closeAfter = true
 	}
 	var skip [4]string
@@ -1005,7 +1070,7 @@ func (w *fastResponse) writeHead(p []byte) {
 	}
 	var date []byte
 	if _, ok := h["Date"]; !ok {
-		date = time.Now().UTC().AppendFormat(w.dateBuf[:0], http.TimeFormat)
+		date = w.dateAt(time.Now())
 	}
 	if hasCL && hasTE && te != "identity" {
 		skip[ns] = "Content-Length"
@@ -1038,7 +1103,7 @@ func (w *fastResponse) writeHead(p []byte) {
 		skip[ns] = "Content-Length"
 		ns++
 	}
-	connClose := w.closeAfter && !hasToken(h.Get("Connection"), "close") && w.status != http.StatusSwitchingProtocols
+	connClose := w.closeAfter && !saysClose && w.status != http.StatusSwitchingProtocols
 	bw := w.fs.bw
 	writeStatus(bw, w.status)
 	writeFields(bw, h, func(k string) bool {
@@ -1057,9 +1122,9 @@ func (w *fastResponse) writeHead(p []byte) {
 		bw.Write(date)
 		bw.WriteString("\r\n")
 	}
-	if extraCL != nil {
+	if extraCL {
 		bw.WriteString("Content-Length: ")
-		bw.Write(extraCL)
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), w.cl, 10))
 		bw.WriteString("\r\n")
 	}
 	if contentType != "" {
@@ -1223,7 +1288,7 @@ func (w *fastResponse) SetReadDeadline(t time.Time) error {
 	if !fs.inHandler {
 		return nil
 	}
-	fs.loopDeadline = false
+	fs.dlSet = false
 	return fs.c.Conn.SetReadDeadline(t)
 }
 

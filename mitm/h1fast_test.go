@@ -77,17 +77,34 @@ type h1Outcome struct {
 // reads until the proxy closes or is quiet for quiet.
 func sendRaw(t *testing.T, h *harness, up *seenUpstream, raw string, quiet time.Duration) h1Outcome {
 	t.Helper()
+	return sendParts(t, h, up, []string{raw}, quiet)
+}
+
+// sendParts is sendRaw of the parts' concatenation, each part sent once
+// the proxy was quiet for quiet after the one before (what it answered
+// to the parts so far is read first).
+func sendParts(t *testing.T, h *harness, up *seenUpstream, parts []string, quiet time.Duration) h1Outcome {
+	t.Helper()
 	c, err := net.Dial("tcp", serveTransparent(t, h, t.Context(), 1, Destination{Addr: up.addr}, workload.Identity{PID: 7}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := io.WriteString(c, raw); err != nil {
-		t.Fatal(err)
-	}
 	var got bytes.Buffer
 	var o h1Outcome
 	buf := make([]byte, 32<<10)
+	for _, part := range parts[:len(parts)-1] {
+		if _, err := io.WriteString(c, part); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(quiet))
+		n, _ := c.Read(buf)
+		got.Write(buf[:n])
+	}
+	raw := strings.Join(parts, "")
+	if _, err := io.WriteString(c, parts[len(parts)-1]); err != nil && got.Len() == 0 {
+		t.Fatal(err)
+	}
 	for {
 		_ = c.SetReadDeadline(time.Now().Add(quiet))
 		n, err := c.Read(buf)
@@ -375,6 +392,49 @@ func TestFastLoopClientLeaves(t *testing.T) {
 	}
 }
 
+// A head that comes in parts is served by the fast loop (a TLS
+// connection's first request does: the sniff takes its first 64 bytes)
+// when its whole lines so far are good, and answered as by net/http,
+// which answers a malformed line as soon as it is whole, when they are
+// not: the first part alone gets the same answer (or none) from both.
+func TestFastLoopHeadInParts(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		parts []string
+		// fast: the fast loop serves the request
+		fast bool
+	}{
+		{"first line", []string{"GET /p HTTP/1.1\r\n", "Host: api.test\r\nX-A: 1\r\n\r\n"}, true},
+		{"mid field", []string{"GET /p HTTP/1.1\r\nHost: api.test\r\nX-A: 1", "2\r\n\r\n"}, true},
+		{"three parts", []string{"GET /p HTTP/1.1\r\nHo", "st: api.test\r\nX-A: 1\r\n", "\r\n"}, true},
+		{"bare LF", []string{"GET /p HTTP/1.1\nHost: api.test\n", "X-A: 1\n\n"}, true},
+		{"CR then LF", []string{"GET /p HTTP/1.1\r\nHost: api.test\r\n\r", "\n"}, true},
+		{"POST", []string{"POST /p HTTP/1.1\r\nHost: api.test\r\n", "Content-Length: 5\r\n\r\nhello"}, true},
+		{"malformed line", []string{"GET /p HTTP/1.1 x\r\nHo", "st: api.test\r\n\r\n"}, false},
+		{"malformed version", []string{"GET /p HTTP/9.1\r\n", "Host: api.test\r\n\r\n"}, false},
+		{"malformed field", []string{"GET /p HTTP/1.1\r\nHost: api.test\r\nX A: 1\r\n", "\r\n"}, false},
+		{"space before the first field", []string{"GET /p HTTP/1.1\r\n Host: api.test\r\n", "\r\n"}, false},
+		{"bad Content-Length", []string{"POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: x\r\n", "\r\n"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fast, std, fastUp, stdUp := fastAndStd(t)
+			parts := append(slices.Clone(tc.parts), "GET /next HTTP/1.1\r\nHost: api.test\r\n\r\n")
+			fo := sendParts(t, fast, fastUp, parts, 200*time.Millisecond)
+			so := sendParts(t, std, stdUp, parts, 200*time.Millisecond)
+			if !slices.Equal(fo.answers, so.answers) || !slices.Equal(fo.seen, so.seen) || fo.closed != so.closed {
+				t.Errorf("fast loop:\n  answers %q\n  upstream saw %q\n  closed %v\nnet/http:\n  answers %q\n  upstream saw %q\n  closed %v",
+					fo.answers, fo.seen, fo.closed, so.answers, so.seen, so.closed)
+			}
+			if len(so.answers) == 0 {
+				t.Errorf("net/http gave no answer: the case shows nothing")
+			}
+			if served := fast.p.h1.fastServed.Load() > 0; served != tc.fast && fast.p.h1.gone != nil {
+				t.Errorf("the fast loop served a request: %v, want %v", served, tc.fast)
+			}
+		})
+	}
+}
+
 // wantFastServed fails t unless h's fast loop took a request (so that a
 // test of the loop can't pass on net/http's server alone).
 func wantFastServed(t *testing.T, h *harness) {
@@ -585,12 +645,12 @@ func TestFastLoopLateReadDeadline(t *testing.T) {
 	fs.handlerRuns(true)
 	fs.handlerRuns(false)
 	first.close()
-	fs.loopDeadline = true
+	fs.dlSet = true
 	late := http.NewResponseController(&first.rw)
 	if err := late.SetReadDeadline(time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if !fs.loopDeadline {
+	if !fs.dlSet {
 		t.Error("a late call between requests took the loop's deadline")
 	}
 	second := newBody()
@@ -598,13 +658,13 @@ func TestFastLoopLateReadDeadline(t *testing.T) {
 	if err := late.SetReadDeadline(time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if !fs.loopDeadline {
+	if !fs.dlSet {
 		t.Error("a late call during the next handler took the deadline")
 	}
 	if err := http.NewResponseController(&second.rw).SetReadDeadline(time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if fs.loopDeadline {
+	if fs.dlSet {
 		t.Error("the running handler's call did not apply")
 	}
 	fs.handlerRuns(false)
@@ -658,4 +718,121 @@ func TestFastLoopPipelinedBodyOutlivesHandlerDeadline(t *testing.T) {
 			}
 		})
 	}
+}
+
+// deadlineConn records the read deadlines set on it.
+type deadlineConn struct {
+	net.Conn
+	set []time.Time
+}
+
+func (c *deadlineConn) SetReadDeadline(t time.Time) error {
+	c.set = append(c.set, t)
+	return nil
+}
+
+// The wait for the next request keeps a read deadline that ends within
+// h1ParkSlack after h1ParkAfter (never before it, never after the idle
+// timeout), so that a busy connection does not set one per request; with
+// an idle timeout before h1ParkAfter it is that timeout, exactly.
+func TestFastLoopWaitDeadline(t *testing.T) {
+	base := time.Now()
+	for _, tc := range []struct {
+		name  string
+		idle  time.Duration
+		waits []time.Duration // since, after base
+		dlSet []bool          // dlSet before each wait: false, a handler changed the deadline
+		want  []time.Duration // the deadlines set, after base
+	}{
+		{"kept while early enough", time.Minute,
+			[]time.Duration{0, time.Millisecond, h1ParkSlack, h1ParkSlack + time.Millisecond, 2 * h1ParkSlack},
+			nil,
+			[]time.Duration{h1ParkAfter + h1ParkSlack, h1ParkAfter + 2*h1ParkSlack + time.Millisecond}},
+		{"set anew after a handler's", time.Minute,
+			[]time.Duration{0, time.Millisecond},
+			[]bool{true, false},
+			[]time.Duration{h1ParkAfter + h1ParkSlack, h1ParkAfter + h1ParkSlack + time.Millisecond}},
+		{"not past the idle timeout", h1ParkAfter + time.Millisecond,
+			[]time.Duration{0, time.Millisecond, 2 * time.Millisecond},
+			nil,
+			[]time.Duration{h1ParkAfter + time.Millisecond, h1ParkAfter + 3*time.Millisecond}},
+		{"idle timeout before parking", h1ParkAfter / 2,
+			[]time.Duration{0, time.Millisecond},
+			nil,
+			[]time.Duration{h1ParkAfter / 2, h1ParkAfter/2 + time.Millisecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dc := &deadlineConn{}
+			fs := &h1Fast{s: &h1Server{idleTimeout: tc.idle}, c: &h1Conn{Conn: dc}}
+			for i, w := range tc.waits {
+				if tc.dlSet != nil && !tc.dlSet[i] {
+					fs.dlSet = false
+				}
+				fs.waitDeadline(base.Add(w))
+				if d := fs.dl.Sub(base.Add(w)); d < min(h1ParkAfter, tc.idle) || d > min(h1ParkAfter+h1ParkSlack, tc.idle) {
+					t.Errorf("wait %d: the deadline is %v after its start", i, d)
+				}
+			}
+			var got []time.Duration
+			for _, s := range dc.set {
+				got = append(got, s.Sub(base))
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("deadlines set %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// The Date field is the time of the response, to the second, formatted
+// once per second.
+func TestFastResponseDate(t *testing.T) {
+	var w fastResponse
+	base := time.Date(2026, 11, 29, 16, 40, 7, 0, time.FixedZone("x", 3600))
+	for _, at := range []time.Time{base, base.Add(999 * time.Millisecond), base.Add(time.Second), base.Add(time.Hour + 10*time.Millisecond), base.Add(time.Second)} {
+		if got, want := string(w.dateAt(at)), at.UTC().Format(http.TimeFormat); got != want {
+			t.Errorf("dateAt(%v) = %q, want %q", at, got, want)
+		}
+	}
+}
+
+// FuzzFastLoopHeadInParts is FuzzFastLoopMatchesNetHTTP with the bytes
+// sent in two parts, cut at cut, the second once the proxy was quiet
+// after the first: a head in parts is answered as by net/http, whether
+// the loop waits for the rest of it or hands it over.
+func FuzzFastLoopHeadInParts(f *testing.F) {
+	for _, s := range []struct {
+		req string
+		cut uint16
+	}{
+		{"GET /p HTTP/1.1\r\nHost: api.test\r\nX-A: 1\r\n\r\n", 17},
+		{"GET /p HTTP/1.1\r\nHost: api.test\r\nX-A: 1\r\n\r\n", 40},
+		{"GET /p HTTP/1.1 x\r\nHost: api.test\r\n\r\n", 20},
+		{"GET /p HTTP/1.1\r\nHost: api.test\r\nX A: 1\r\n\r\n", 42},
+		{"POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n\r\nhello", 30},
+		{"GET /x HTTP/1.1\r\nHost: api.test\r\nX-A: a\r\n b\r\n\r\n", 40},
+		{"GET /x HTTP/1.1\nHost: api.test\n\n", 16},
+	} {
+		f.Add(s.req, s.cut)
+	}
+	fast, std := newHarness(f, nil, nil), newHarness(f, nil, nil)
+	std.p.h1.noFast = true
+	fastUp, stdUp := startSeenUpstream(f), startSeenUpstream(f)
+	f.Fuzz(func(t *testing.T, req string, cut uint16) {
+		raw := req + "GET /end HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"
+		n := int(cut) % (len(raw) + 1)
+		if n == 0 {
+			n = 1
+		}
+		parts := []string{raw[:n], raw[n:]}
+		if parts[1] == "" {
+			parts = parts[:1]
+		}
+		fo := sendParts(t, fast, fastUp, parts, 100*time.Millisecond)
+		so := sendParts(t, std, stdUp, parts, 100*time.Millisecond)
+		if !slices.Equal(fo.answers, so.answers) || !slices.Equal(fo.seen, so.seen) || fo.closed != so.closed {
+			t.Errorf("input %q\nfast loop:\n  answers %q\n  upstream saw %q\n  closed %v\nnet/http:\n  answers %q\n  upstream saw %q\n  closed %v",
+				parts, fo.answers, fo.seen, fo.closed, so.answers, so.seen, so.closed)
+		}
+	})
 }

@@ -1,6 +1,8 @@
 package mitm
 
 import (
+	"sync"
+
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
 )
@@ -15,9 +17,15 @@ type policyStage struct{}
 
 func (policyStage) Name() string { return "policy" }
 
+// policyRequests holds the policy.Request the stage asks with: the
+// Decider keeps none past its call (policy.Decider.Request), and one per
+// request would be an allocation.
+var policyRequests = sync.Pool{New: func() any { return new(policy.Request) }}
+
 func (policyStage) Request(x *Exchange) *Answer {
 	r, t := x.Req, x.t
-	req := &policy.Request{
+	req := policyRequests.Get().(*policy.Request)
+	*req = policy.Request{
 		Conn:          t.conn,
 		Method:        r.Method,
 		Host:          x.policyHost, // the name bound to what is dialed (see the target stage)
@@ -25,19 +33,9 @@ func (policyStage) Request(x *Exchange) *Answer {
 		Header:        r.Header,
 		ContentLength: r.ContentLength,
 	}
-	var d policy.Decision
-	if x.mcp == nil || x.mcp.stream {
-		d = x.f.p.decider().Request(r.Context(), req)
-	} else {
-		// An MCP request is asked about once per message of a batch;
-		// the first denied message decides.
-		for _, c := range x.mcp.calls() {
-			req.MCP = c
-			if d = x.f.p.decider().Request(r.Context(), req); d.Denied() {
-				break
-			}
-		}
-	}
+	d := decide(x, req)
+	*req = policy.Request{} // what it points to is not kept alive by the pool
+	policyRequests.Put(req)
 	x.Decision, x.decided = d, true
 	rec := x.Record
 	rec.Decision, rec.Rule, rec.Reason = decisionString(d), d.Rule, d.Reason
@@ -51,6 +49,24 @@ func (policyStage) Request(x *Exchange) *Answer {
 		return denyAnswer(d)
 	}
 	return nil
+}
+
+// decide asks the policy about req, the request of x.
+func decide(x *Exchange, req *policy.Request) policy.Decision {
+	ctx := x.Req.Context()
+	if x.mcp == nil || x.mcp.stream {
+		return x.f.p.decider().Request(ctx, req)
+	}
+	// An MCP request is asked about once per message of a batch; the
+	// first denied message decides.
+	var d policy.Decision
+	for _, c := range x.mcp.calls() {
+		req.MCP = c
+		if d = x.f.p.decider().Request(ctx, req); d.Denied() {
+			break
+		}
+	}
+	return d
 }
 
 var _ Stage = policyStage{}

@@ -198,7 +198,9 @@ type Decider interface {
 	// c.Opaque set when the flow is relayed without HTTP.
 	Connection(ctx context.Context, c *Conn) ConnDecision
 	// Request decides one HTTP request; it may consume rate-limit tokens,
-	// so it is called exactly once per request.
+	// so it is called exactly once per request. r is the caller's only
+	// for the call: Request keeps neither r nor a pointer into it (the
+	// proxy reuses it for another request).
 	Request(ctx context.Context, r *Request) Decision
 }
 

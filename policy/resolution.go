@@ -110,8 +110,10 @@ func isPublicResolver(host string, names []string, addrs []netip.Addr, port uint
 		return true
 	}
 	host = strings.TrimSuffix(strings.ToLower(strings.Trim(host, "[]")), ".")
-	if _, err := netip.ParseAddr(host); err == nil {
-		host = "" // an IP literal names nothing
+	if mayBeIPLiteral(host) {
+		if _, err := netip.ParseAddr(host); err == nil {
+			host = "" // an IP literal names nothing
+		}
 	}
 	if host != "" {
 		return publicResolverHosts.match(host)
@@ -129,6 +131,22 @@ func isPublicResolver(host string, names []string, addrs []netip.Addr, port uint
 		}
 	}
 	return false
+}
+
+// mayBeIPLiteral is false for a host that netip.ParseAddr refuses
+// without a doubt: no ':' (so not IPv6) and a byte other than a digit
+// or '.' (so not IPv4). A name is asked about per request, and
+// ParseAddr's error for it is an allocation.
+func mayBeIPLiteral(host string) bool {
+	if strings.IndexByte(host, ':') >= 0 {
+		return true
+	}
+	for i := 0; i < len(host); i++ {
+		if c := host[i]; c != '.' && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
 }
 
 // dohRequest reports whether an HTTP request is DNS over HTTPS (RFC

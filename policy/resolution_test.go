@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -97,4 +98,29 @@ func TestResolutionValidate(t *testing.T) {
 			t.Errorf("error %q lacks %q", err, w)
 		}
 	}
+}
+
+// mayBeIPLiteral only skips what netip.ParseAddr refuses.
+func TestMayBeIPLiteral(t *testing.T) {
+	for _, h := range []string{
+		"", "api.example", "1.2.3.4", "01.2.3.4", "1.2.3", "1.2.3.4.5", "::1", "fe80::1%eth0", "::ffff:1.2.3.4",
+		"1.2.3.4a", "a1.2.3.4", "1e1.2.3.4", "0x1.2.3.4", "localhost", "[::1]", "1.2.3.4%eth0", "１.2.3.4", "2001:db8::1",
+		"api.example:443", "..", ".", "256.1.1.1", "x",
+	} {
+		_, err := netip.ParseAddr(h)
+		if err == nil && !mayBeIPLiteral(h) {
+			t.Errorf("mayBeIPLiteral(%q) = false, but ParseAddr reads it", h)
+		}
+	}
+}
+
+func FuzzMayBeIPLiteral(f *testing.F) {
+	for _, h := range []string{"1.2.3.4", "::1", "api.example", "1.2.3.4%z"} {
+		f.Add(h)
+	}
+	f.Fuzz(func(t *testing.T, h string) {
+		if _, err := netip.ParseAddr(h); err == nil && !mayBeIPLiteral(h) {
+			t.Errorf("mayBeIPLiteral(%q) = false, but ParseAddr reads it", h)
+		}
+	})
 }
