@@ -269,6 +269,11 @@ func (fs *h1Fast) setReadDeadline(t time.Time) {
 // h1ParkSlack.
 const h1ParkSlack = h1ParkAfter / 8
 
+// h1PartialChecks is how many times the loop checks the whole lines of
+// a head that comes in parts before it leaves the head to net/http: a
+// TLS connection's first head takes one or two.
+const h1PartialChecks = 4
+
 // waitDeadline readies the read deadline for the wait for the next
 // request, which began at since: it ends at since plus the idle timeout
 // when that comes before h1ParkAfter (the connection closes), else
@@ -281,7 +286,7 @@ func (fs *h1Fast) waitDeadline(since time.Time) {
 		return
 	}
 	t := since.Add(h1ParkAfter)
-	if fs.dlSet && !fs.dl.Before(t) && fs.dl.Sub(t) <= h1ParkSlack {
+	if fs.dlSet && !fs.dl.Before(t) && fs.dl.Sub(t) <= h1ParkSlack && !fs.dl.After(since.Add(idle)) {
 		return
 	}
 	fs.setReadDeadline(t.Add(min(h1ParkSlack, idle-h1ParkAfter)))
@@ -337,7 +342,8 @@ func (fs *h1Fast) next(first bool) int {
 	// the header timeout, as net/http's readRequest.
 	end := 0
 	timed := false
-	whole := 0 // the bytes of the head's whole lines that partialOK passed
+	whole := 0  // the bytes of the head's whole lines that partialOK passed
+	checks := 0 // partialOK calls for this head
 	for {
 		buf, _ := br.Peek(br.Buffered())
 		if end = headEnd(buf); end > 0 {
@@ -350,8 +356,11 @@ func (fs *h1Fast) next(first bool) int {
 			// A head in parts (a TLS connection's first request comes
 			// so: the sniff's 64 bytes, then the rest). net/http
 			// answers a malformed line as soon as it is whole: a line
-			// it would refuse hands the connection over now.
-			if !partialOK(buf[:nl]) {
+			// it would refuse hands the connection over now. Each
+			// check parses all the lines so far, so a head sent a line
+			// per TLS record would cost a parse per line: past
+			// h1PartialChecks, net/http reads it.
+			if checks++; checks > h1PartialChecks || !partialOK(buf[:nl]) {
 				return fastHandOff
 			}
 			whole = nl

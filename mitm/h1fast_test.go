@@ -415,6 +415,10 @@ func TestFastLoopHeadInParts(t *testing.T) {
 		{"malformed field", []string{"GET /p HTTP/1.1\r\nHost: api.test\r\nX A: 1\r\n", "\r\n"}, false},
 		{"space before the first field", []string{"GET /p HTTP/1.1\r\n Host: api.test\r\n", "\r\n"}, false},
 		{"bad Content-Length", []string{"POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: x\r\n", "\r\n"}, false},
+		// An attacker's head, a line per part, would cost the loop a
+		// parse of all the lines so far per part: past h1PartialChecks
+		// parts, net/http's server reads it.
+		{"a line per part", []string{"GET /p HTTP/1.1\r\n", "Host: api.test\r\n", "A: 1\r\n", "B: 2\r\n", "C: 3\r\n", "D: 4\r\n", "\r\n"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fast, std, fastUp, stdUp := fastAndStd(t)
