@@ -18,8 +18,9 @@ import (
 
 // h1Pool is an upstream pool's HTTP/1.1 connections for the requests the
 // handler's own goroutine can carry (h1Syncable): it writes the request on
-// an idle connection with one flush, reads the response head with
-// http.ReadResponse and streams the body back itself; the connection goes
+// an idle connection with one flush, reads the response head
+// (readResponse: http.ReadResponse's result, its common shape parsed from
+// the buffer) and streams the body back itself; the connection goes
 // back to the pool once the body has been read to its end and both sides
 // allow another request. net/http's Transport costs a writeLoop and a
 // readLoop goroutine per connection and two goroutine handoffs per
@@ -171,8 +172,9 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 		return fail(fmt.Errorf("read response: %w", err), true)
 	}
 	var resp *http.Response
+	var hr *h1Response
 	for n := 0; ; n++ {
-		resp, err = http.ReadResponse(uc.br, req.r)
+		resp, hr, err = readResponse(uc.br, req.r)
 		if err != nil {
 			if isTimeout(err) && ctx.Err() == nil {
 				err = fmt.Errorf("%w: %w", errResponseHeaderTimeout, err)
@@ -202,7 +204,13 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 			return fail(ctx.Err(), false)
 		}
 	}
-	b := &h1Body{hp: hp, uc: uc, body: resp.Body, stop: stop, keep: !resp.Close}
+	var b *h1Body
+	if hr != nil {
+		b = &hr.body // allocated with it
+	} else {
+		b = new(h1Body)
+	}
+	*b = h1Body{hp: hp, uc: uc, body: resp.Body, stop: stop, keep: !resp.Close}
 	if resp.Body == http.NoBody {
 		b.release(true)
 	} else {
@@ -253,8 +261,14 @@ func (b *h1Body) Read(p []byte) (int, error) {
 		return 0, b.err
 	}
 	n, err := b.body.Read(p)
-	if err == io.EOF {
+	switch {
+	case err == io.EOF:
 		b.release(true)
+	case err != nil:
+		// Cut short (a timeout, the stream's end before the declared
+		// length): where the next response would start is not known.
+		b.release(false)
+		b.err = err
 	}
 	return n, err
 }
