@@ -3,13 +3,18 @@ package mitm
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"crypto/tls"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 // responseRead is what reading one response head and its body from a
@@ -257,5 +262,173 @@ func BenchmarkReadResponse(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// poolGet sends a GET through hp with the response header timeout rht
+// and returns the body.
+func poolGet(t *testing.T, hp *h1Pool, addr string, rht time.Duration) string {
+	t.Helper()
+	r, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+	resp, err := hp.roundTrip(context.Background(), &h1Request{r: r, host: addr}, rht)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func rawPool(u *rawUpstream) (*h1Pool, string) {
+	addr := u.ln.Addr().String()
+	return newH1Pool(func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}, 4, time.Minute), addr
+}
+
+// TestH1PoolHeaderDeadlineKeptWhileIdle: an idle plain connection keeps
+// its last response header deadline; once that has passed, the
+// connection is still reused (the check before reuse clears it), and a
+// new request's head still has its own timeout.
+func TestH1PoolHeaderDeadlineKeptWhileIdle(t *testing.T) {
+	var slow atomic.Bool
+	u := startRawUpstream(t, func(i int, req *http.Request) string {
+		if slow.Load() {
+			time.Sleep(300 * time.Millisecond)
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	})
+	hp, addr := rawPool(u)
+	defer hp.closeIdle()
+	for i := range 2 {
+		if i > 0 {
+			time.Sleep(150 * time.Millisecond) // past the first request's header deadline
+		}
+		if got := poolGet(t, hp, addr, 50*time.Millisecond); got != "ok" {
+			t.Fatalf("request %d: %q", i, got)
+		}
+	}
+	if n := u.conns.Load(); n != 1 {
+		t.Errorf("%d upstream connections for 2 requests 150 ms apart, want 1 (reused)", n)
+	}
+	slow.Store(true)
+	r, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+	_, err := hp.roundTrip(context.Background(), &h1Request{r: r, host: addr}, 50*time.Millisecond)
+	if !errors.Is(err, errResponseHeaderTimeout) {
+		t.Fatalf("a head 300 ms late with a 50 ms timeout: %v, want the header timeout", err)
+	}
+}
+
+// TestH1PoolStrayBytesWhileIdle: bytes an upstream sends after a
+// response, while its connection is idle, are never taken as the next
+// request's response: the connection is not reused.
+func TestH1PoolStrayBytesWhileIdle(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var conns atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+					time.Sleep(20 * time.Millisecond) // the response has been read and the connection pooled
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
+				}
+			}()
+		}
+	}()
+	u := &rawUpstream{ln: ln}
+	hp, addr := rawPool(u)
+	defer hp.closeIdle()
+	for i := range 3 {
+		if i > 0 {
+			time.Sleep(60 * time.Millisecond)
+		}
+		if got := poolGet(t, hp, addr, time.Second); got != "ok" {
+			t.Fatalf("request %d: %q", i, got)
+		}
+	}
+	if n := conns.Load(); n != 3 {
+		t.Errorf("%d upstream connections for 3 requests, want 3: none may be reused", n)
+	}
+}
+
+// deadlineConn counts the read deadlines set on a TCP connection.
+type deadlineConn struct {
+	*net.TCPConn
+	n *atomic.Int32
+}
+
+func (c deadlineConn) SetReadDeadline(t time.Time) error {
+	c.n.Add(1)
+	return c.TCPConn.SetReadDeadline(t)
+}
+
+// TestH1PoolDeadlineCalls: a kept-alive exchange with a small response
+// sets one read deadline on a plain connection (the response header
+// timeout) and two on TLS (and the check for bytes crypto/tls holds);
+// each takes the poller's lock and moves a timer.
+func TestH1PoolDeadlineCalls(t *testing.T) {
+	for _, c := range []struct {
+		tls  bool
+		want int32
+	}{{false, 1}, {true, 2}} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ccfg *tls.Config
+		if c.tls {
+			tca := newTestCA(t, "test CA")
+			ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{tca.leaf(t, "api.test")}})
+			ccfg = &tls.Config{InsecureSkipVerify: true, ServerName: "api.test"} //nolint:gosec // the test's own upstream
+		}
+		serveCanned(t, ln, benchResponse)
+		var n atomic.Int32
+		addr := ln.Addr().String()
+		hp := newH1Pool(func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			nc, err := d.DialContext(ctx, "tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			var conn net.Conn = deadlineConn{nc.(*net.TCPConn), &n}
+			if ccfg != nil {
+				tc := tls.Client(conn, ccfg)
+				return tc, tc.HandshakeContext(ctx)
+			}
+			return conn, nil
+		}, 4, time.Minute)
+		poolGet(t, hp, addr, time.Minute) // dials
+		n.Store(0)
+		const requests = 10
+		for range requests {
+			if got := poolGet(t, hp, addr, time.Minute); got != "hello, world\n" {
+				t.Fatalf("%q", got)
+			}
+		}
+		if got := n.Load(); got != c.want*requests {
+			t.Errorf("tls %v: %d read deadlines for %d requests, want %d each", c.tls, got, requests, c.want)
+		}
+		hp.closeIdle()
 	}
 }

@@ -29,10 +29,11 @@ import (
 // protocol upgrades; trailers to send) keeps to the pool's Transport.
 //
 // A connection taken from the pool is first checked for a close (or any
-// byte) the upstream sent while it was idle, which net/http's readLoop
-// would have noticed; a request that fails on a reused connection before
-// any response byte came is sent once more on a new connection when it is
-// safe to repeat (idempotent, no body), as net/http's Transport does.
+// byte) the upstream sent after its last response (usable), which
+// net/http's readLoop would have noticed; a request that fails on a
+// reused connection before any response byte came is sent once more on a
+// new connection when it is safe to repeat (idempotent, no body), as
+// net/http's Transport does.
 type h1Pool struct {
 	dial        func(context.Context) (net.Conn, error)
 	maxIdle     int
@@ -55,9 +56,13 @@ type h1UpConn struct {
 	bw     *bufio.Writer
 	idleAt time.Time
 	reused bool // it served a request before
-	// deadline: a read deadline may be set (the response header
-	// timeout of its last request).
-	deadline bool
+	// deadline: a read deadline may be set, at deadlineAt (the
+	// response header timeout of its last request, or the past one of
+	// the check for bytes held inside crypto/tls). An idle connection
+	// keeps it: clearing it costs a call per request, and the checks
+	// before reuse clear one that has passed.
+	deadline   bool
+	deadlineAt time.Time
 }
 
 // h1SyncMaxBody is the largest request body (of declared length) sent on
@@ -152,7 +157,8 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 		return fail(fmt.Errorf("write request: %w", err), true)
 	}
 	if rht > 0 {
-		_ = uc.conn.SetReadDeadline(time.Now().Add(rht))
+		uc.deadlineAt = time.Now().Add(rht)
+		_ = uc.conn.SetReadDeadline(uc.deadlineAt)
 		uc.deadline = true
 	} else if uc.deadline {
 		_ = uc.conn.SetReadDeadline(time.Time{})
@@ -290,37 +296,39 @@ func (b *h1Body) release(atEOF bool) {
 	}
 	// stop is false when the context ended and its deadline is set.
 	// Bytes after the response's end are not the answer to any request
-	// of ours: the connection can't be trusted with another.
-	if !b.stop() || !atEOF || !b.keep || uc.leftover() {
+	// of ours: the connection can't be trusted with another (those
+	// crypto/tls holds are looked for before reuse, in usable).
+	if !b.stop() || !atEOF || !b.keep || uc.br.Buffered() > 0 {
 		uc.conn.Close()
 		return
 	}
 	b.hp.put(uc)
 }
 
-// leftover reports whether bytes follow the response: in the buffer, or
-// held inside crypto/tls (a record that carried the body's end and more).
-// A read with a deadline in the past returns what crypto/tls holds
-// without a system call, and a timeout otherwise (not sticky in
-// crypto/tls); the deadline is then cleared, so the connection waits in
-// the pool without one (a leftover header deadline would fail the idle
-// check of a healthy connection once it passed).
-func (uc *h1UpConn) leftover() bool {
-	if uc.br.Buffered() > 0 {
-		return true
+// usable reports whether an idle connection may carry a request: the
+// upstream neither closed it nor sent anything since its last response,
+// into the socket (idleOpen) or inside crypto/tls (a record that carried
+// the body's end and more). A read with a deadline in the past returns
+// what crypto/tls holds without a system call, and a timeout otherwise
+// (not sticky in crypto/tls or bufio); the request sets its own deadline
+// after. The socket is peeked first: an expired deadline fails that peek,
+// so a header deadline that has passed while the connection was idle is
+// cleared before.
+func (uc *h1UpConn) usable(now time.Time) bool {
+	if uc.deadline && !now.Before(uc.deadlineAt) {
+		_ = uc.conn.SetReadDeadline(time.Time{})
+		uc.deadline = false
 	}
-	if _, ok := uc.conn.(*tls.Conn); ok {
-		_ = uc.conn.SetReadDeadline(aLongTimeAgo)
-		_, err := uc.br.Peek(1)
-		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
-			return true
-		}
-	} else if !uc.deadline {
+	if !uc.idleOpen() {
 		return false
 	}
-	_ = uc.conn.SetReadDeadline(time.Time{})
-	uc.deadline = false
-	return false
+	if _, ok := uc.conn.(*tls.Conn); !ok {
+		return true
+	}
+	_ = uc.conn.SetReadDeadline(aLongTimeAgo)
+	uc.deadline, uc.deadlineAt = true, aLongTimeAgo
+	_, err := uc.br.Peek(1)
+	return err != nil && errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 var errBodyClosed = errors.New("read on closed response body")
@@ -339,7 +347,7 @@ func (hp *h1Pool) get(ctx context.Context, fresh bool) (*h1UpConn, error) {
 		hp.idle[n-1] = nil
 		hp.idle = hp.idle[:n-1]
 		hp.mu.Unlock()
-		if time.Since(uc.idleAt) < hp.idleTimeout && uc.idleOpen() {
+		if now := time.Now(); now.Sub(uc.idleAt) < hp.idleTimeout && uc.usable(now) {
 			return uc, nil
 		}
 		uc.conn.Close()

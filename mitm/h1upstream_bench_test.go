@@ -19,7 +19,7 @@ const benchResponse = "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: te
 // serveCanned answers every request head read on the connections ln
 // accepts (no request bodies) with resp, in as few reads and writes as
 // it can, so that the benchmark measures the pool's side.
-func serveCanned(b *testing.B, ln net.Listener, resp string) {
+func serveCanned(b testing.TB, ln net.Listener, resp string) {
 	b.Helper()
 	go func() {
 		for {
