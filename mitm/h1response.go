@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"strings"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -69,52 +70,34 @@ func (hr *h1Response) Read(p []byte) (int, error) {
 // Close does nothing: the body's connection is the wrapper's (h1Body).
 func (hr *h1Response) Close() error { return nil }
 
-// maxFastHeaderLines bounds the field lines parseResponse takes; a head
-// with more goes to http.ReadResponse.
-const maxFastHeaderLines = 64
+// maxFastHeaderLines and maxFastName bound the field lines and the
+// name's length parseResponse takes; a head with more goes to
+// http.ReadResponse.
+const (
+	maxFastHeaderLines = 64
+	maxFastName        = 64
+)
 
 // parseResponse parses the response head at the start of br's buffer
 // when it has the shape readResponse describes, consuming it; else it
-// returns nil and consumes nothing.
+// returns nil, having consumed and allocated nothing.
 func parseResponse(br *bufio.Reader, req *http.Request) *h1Response {
 	if req != nil && req.Method == http.MethodHead {
 		return nil // a declared length and no body: net/http's
 	}
 	p, _ := br.Peek(br.Buffered())
-	// The head's end: the first empty line, every line ending in CRLF
-	// (a bare LF ends a line for net/http: not this shape).
-	end, lines := 0, 0
-	for {
-		i := indexLF(p[end:])
-		if i < 1 || p[end+i-1] != '\r' {
-			return nil
-		}
-		if i == 1 {
-			end += 2
-			break
-		}
-		end += i + 1
-		lines++
-		if lines > maxFastHeaderLines+1 {
-			return nil
-		}
-	}
-	lines-- // the status line
-	if lines < 1 {
-		return nil // no Content-Length
-	}
-	hr := &h1Response{br: br}
-	head := string(p[:end]) // every string of the response is a part of it
-	resp := &hr.resp
 
 	// Status line: "HTTP/1.1 ddd" and a reason of visible ASCII, if any.
-	i := indexLF(p) - 1
-	line := head[:i]
-	if len(line) < 12 || line[:9] != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') {
+	i := indexLF(p)
+	if i < 13 || p[i-1] != '\r' {
+		return nil
+	}
+	line := p[:i-1]
+	if string(line[:9]) != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') {
 		return nil
 	}
 	code := 0
-	for _, c := range []byte(line[9:12]) {
+	for _, c := range line[9:12] {
 		if c < '0' || c > '9' {
 			return nil
 		}
@@ -124,67 +107,82 @@ func parseResponse(br *bufio.Reader, req *http.Request) *h1Response {
 	if code < 200 || code > 599 || code == http.StatusNoContent || code == http.StatusNotModified {
 		return nil
 	}
-	for j := 12; j < len(line); j++ {
-		if !fastValueByte(line[j]) {
+	if !fastValue(line[12:]) {
+		return nil
+	}
+
+	// Field lines up to the first empty one, every line ending in CRLF
+	// (a bare LF ends a line for net/http: not this shape). Checked whole
+	// before anything is allocated: a head net/http has to read costs
+	// nothing here.
+	end, fields := i+1, 0
+	n := int64(-1)
+	for {
+		j := indexLF(p[end:])
+		if j < 1 || p[end+j-1] != '\r' {
 			return nil
 		}
-	}
-	resp.Status, resp.StatusCode = line[9:], code
-	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
-
-	h := make(http.Header, lines)
-	n := int64(-1)
-	var key [64]byte
-	nv := 0
-	for pos := i + 2; pos < end-2; {
-		j := pos + indexLF(p[pos:]) - 1 // the CR
-		line := head[pos:j]
-		pos = j + 2
+		if j == 1 {
+			end += 2
+			break
+		}
+		line := p[end : end+j-1]
+		end += j + 1
 		// Name: token bytes up to the colon (a blank before it, a
 		// leading blank (folding) or an empty name: not this shape).
 		k := 0
 		for k < len(line) && line[k] != ':' {
-			if !validHeaderFieldByte(line[k]) || k == len(key) {
+			if !validHeaderFieldByte(line[k]) || k == maxFastName {
 				return nil
 			}
 			k++
 		}
-		if k == 0 || k == len(line) {
+		if k == 0 || k == len(line) || !fastValue(line[k+1:]) {
 			return nil
 		}
-		// Value: visible ASCII, blanks and tabs, those around it trimmed.
-		v := line[k+1:]
-		for j := 0; j < len(v); j++ {
-			if !fastValueByte(v[j]) {
-				return nil
-			}
-		}
-		v = trimBlank(v)
-		name := canonicalKey(key[:k], line[:k])
-		switch name {
-		case "Transfer-Encoding", "Trailer":
-			return nil
-		case "Content-Length":
+		switch name := line[:k]; {
+		case equalFoldLower(name, "content-length"):
 			if n >= 0 {
 				return nil // duplicates: net/http's rules
 			}
-			if n = parseDigits(v); n < 0 {
+			if n = parseDigits(trimBlank(line[k+1:])); n < 0 {
 				return nil
 			}
+		case equalFoldLower(name, "transfer-encoding"), equalFoldLower(name, "trailer"):
+			return nil
 		}
+		if fields++; fields > maxFastHeaderLines {
+			return nil
+		}
+	}
+	if n < 0 {
+		return nil // read to the close: net/http's
+	}
+
+	hr := &h1Response{br: br, n: n}
+	head := string(p[:end]) // every string of the response is a part of it
+	resp := &hr.resp
+	resp.Status, resp.StatusCode = head[9:i-1], code
+	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
+	h := make(http.Header, fields)
+	var key [maxFastName]byte
+	nv := 0
+	for pos := i + 1; pos < end-2; {
+		j := pos + strings.IndexByte(head[pos:], '\n') - 1 // the CR
+		line := head[pos:j]
+		pos = j + 2
+		k := strings.IndexByte(line, ':')
+		name := canonicalKey(key[:k], line[:k])
+		v := trimBlank(line[k+1:])
 		vv := h[name]
-		switch {
-		case vv == nil && nv < len(hr.strs):
+		if vv == nil && nv < len(hr.strs) {
 			hr.strs[nv] = v
 			vv = hr.strs[nv : nv+1 : nv+1]
 			nv++
-		default:
+		} else {
 			vv = append(vv, v)
 		}
 		h[name] = vv
-	}
-	if n < 0 {
-		return nil
 	}
 	// As http.ReadResponse: Pragma's Cache-Control, and a Connection
 	// field that closes is taken out.
@@ -200,7 +198,6 @@ func parseResponse(br *bufio.Reader, req *http.Request) *h1Response {
 	resp.Header = h
 	resp.ContentLength = n
 	resp.Request = req
-	hr.n = n
 	resp.Body = hr
 	if n == 0 {
 		resp.Body = http.NoBody
@@ -211,10 +208,34 @@ func parseResponse(br *bufio.Reader, req *http.Request) *h1Response {
 
 func indexLF(p []byte) int { return bytes.IndexByte(p, '\n') }
 
-// fastValueByte reports whether c may be in a field value or reason
-// phrase parseResponse takes: a tab or visible ASCII and space (net/http
-// takes obs-text too; such a head goes to it).
-func fastValueByte(c byte) bool { return c == '\t' || (c >= ' ' && c < 0x7f) }
+// fastValue reports whether v may be a field value or reason phrase
+// parseResponse takes: tabs and visible ASCII and spaces (net/http takes
+// obs-text too; such a head goes to it).
+func fastValue(v []byte) bool {
+	for _, c := range v {
+		if c != '\t' && (c < ' ' || c >= 0x7f) {
+			return false
+		}
+	}
+	return true
+}
+
+// equalFoldLower reports whether name (token bytes) is lower, a lower-case
+// name, in any case.
+func equalFoldLower(name []byte, lower string) bool {
+	if len(name) != len(lower) {
+		return false
+	}
+	for i, c := range name {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != lower[i] {
+			return false
+		}
+	}
+	return true
+}
 
 // validHeaderFieldByte reports whether c is a token byte (RFC 9110 5.6.2),
 // as net/textproto's check of the same name.
@@ -230,7 +251,9 @@ func validHeaderFieldByte(c byte) bool {
 	return false
 }
 
-func trimBlank(s string) string {
+// trimBlank trims the blanks and tabs around s, as textproto does
+// around a field value.
+func trimBlank[T string | []byte](s T) T {
 	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
 		s = s[1:]
 	}
@@ -243,7 +266,7 @@ func trimBlank(s string) string {
 // parseDigits is a Content-Length of 1 to 18 decimal digits (no sign, no
 // blank; what strconv.ParseUint(s, 10, 63) takes, short of its limit), or
 // -1.
-func parseDigits(s string) int64 {
+func parseDigits(s []byte) int64 {
 	if len(s) == 0 || len(s) > 18 {
 		return -1
 	}

@@ -217,6 +217,13 @@ func TestReadResponseFastShape(t *testing.T) {
 		if got := readOne([]byte(s), http.MethodGet, 0, fastRead); got.err == "" {
 			t.Errorf("%q: the fast path took it", s)
 		}
+		// A head left to net/http costs the fast path no allocation.
+		br := bufio.NewReader(strings.NewReader(s))
+		br.Peek(1)
+		req, _ := http.NewRequest(http.MethodGet, "http://api.test/", nil)
+		if a := testing.AllocsPerRun(10, func() { parseResponse(br, req) }); a != 0 {
+			t.Errorf("%q: %v allocations before handing it to net/http", s, a)
+		}
 	}
 }
 
