@@ -18,8 +18,9 @@ import (
 
 // h1Pool is an upstream pool's HTTP/1.1 connections for the requests the
 // handler's own goroutine can carry (h1Syncable): it writes the request on
-// an idle connection with one flush, reads the response head with
-// http.ReadResponse and streams the body back itself; the connection goes
+// an idle connection with one flush, reads the response head
+// (readResponse: http.ReadResponse's result, its common shape parsed from
+// the buffer) and streams the body back itself; the connection goes
 // back to the pool once the body has been read to its end and both sides
 // allow another request. net/http's Transport costs a writeLoop and a
 // readLoop goroutine per connection and two goroutine handoffs per
@@ -28,10 +29,11 @@ import (
 // protocol upgrades; trailers to send) keeps to the pool's Transport.
 //
 // A connection taken from the pool is first checked for a close (or any
-// byte) the upstream sent while it was idle, which net/http's readLoop
-// would have noticed; a request that fails on a reused connection before
-// any response byte came is sent once more on a new connection when it is
-// safe to repeat (idempotent, no body), as net/http's Transport does.
+// byte) the upstream sent after its last response (usable), which
+// net/http's readLoop would have noticed; a request that fails on a
+// reused connection before any response byte came is sent once more on a
+// new connection when it is safe to repeat (idempotent, no body), as
+// net/http's Transport does.
 type h1Pool struct {
 	dial        func(context.Context) (net.Conn, error)
 	maxIdle     int
@@ -54,9 +56,13 @@ type h1UpConn struct {
 	bw     *bufio.Writer
 	idleAt time.Time
 	reused bool // it served a request before
-	// deadline: a read deadline may be set (the response header
-	// timeout of its last request).
-	deadline bool
+	// deadline: a read deadline may be set, at deadlineAt (the
+	// response header timeout of its last request, or the past one of
+	// the check for bytes held inside crypto/tls). An idle connection
+	// keeps it: clearing it costs a call per request, and the checks
+	// before reuse clear one that has passed.
+	deadline   bool
+	deadlineAt time.Time
 }
 
 // h1SyncMaxBody is the largest request body (of declared length) sent on
@@ -151,7 +157,8 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 		return fail(fmt.Errorf("write request: %w", err), true)
 	}
 	if rht > 0 {
-		_ = uc.conn.SetReadDeadline(time.Now().Add(rht))
+		uc.deadlineAt = time.Now().Add(rht)
+		_ = uc.conn.SetReadDeadline(uc.deadlineAt)
 		uc.deadline = true
 	} else if uc.deadline {
 		_ = uc.conn.SetReadDeadline(time.Time{})
@@ -171,8 +178,9 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 		return fail(fmt.Errorf("read response: %w", err), true)
 	}
 	var resp *http.Response
+	var hr *h1Response
 	for n := 0; ; n++ {
-		resp, err = http.ReadResponse(uc.br, req.r)
+		resp, hr, err = readResponse(uc.br, req.r)
 		if err != nil {
 			if isTimeout(err) && ctx.Err() == nil {
 				err = fmt.Errorf("%w: %w", errResponseHeaderTimeout, err)
@@ -202,7 +210,13 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 			return fail(ctx.Err(), false)
 		}
 	}
-	b := &h1Body{hp: hp, uc: uc, body: resp.Body, stop: stop, keep: !resp.Close}
+	var b *h1Body
+	if hr != nil {
+		b = &hr.body // allocated with it
+	} else {
+		b = new(h1Body)
+	}
+	*b = h1Body{hp: hp, uc: uc, body: resp.Body, stop: stop, keep: !resp.Close}
 	if resp.Body == http.NoBody {
 		b.release(true)
 	} else {
@@ -253,8 +267,14 @@ func (b *h1Body) Read(p []byte) (int, error) {
 		return 0, b.err
 	}
 	n, err := b.body.Read(p)
-	if err == io.EOF {
+	switch {
+	case err == io.EOF:
 		b.release(true)
+	case err != nil:
+		// Cut short (a timeout, the stream's end before the declared
+		// length): where the next response would start is not known.
+		b.release(false)
+		b.err = err
 	}
 	return n, err
 }
@@ -276,37 +296,39 @@ func (b *h1Body) release(atEOF bool) {
 	}
 	// stop is false when the context ended and its deadline is set.
 	// Bytes after the response's end are not the answer to any request
-	// of ours: the connection can't be trusted with another.
-	if !b.stop() || !atEOF || !b.keep || uc.leftover() {
+	// of ours: the connection can't be trusted with another (those
+	// crypto/tls holds are looked for before reuse, in usable).
+	if !b.stop() || !atEOF || !b.keep || uc.br.Buffered() > 0 {
 		uc.conn.Close()
 		return
 	}
 	b.hp.put(uc)
 }
 
-// leftover reports whether bytes follow the response: in the buffer, or
-// held inside crypto/tls (a record that carried the body's end and more).
-// A read with a deadline in the past returns what crypto/tls holds
-// without a system call, and a timeout otherwise (not sticky in
-// crypto/tls); the deadline is then cleared, so the connection waits in
-// the pool without one (a leftover header deadline would fail the idle
-// check of a healthy connection once it passed).
-func (uc *h1UpConn) leftover() bool {
-	if uc.br.Buffered() > 0 {
-		return true
+// usable reports whether an idle connection may carry a request: the
+// upstream neither closed it nor sent anything since its last response,
+// into the socket (idleOpen) or inside crypto/tls (a record that carried
+// the body's end and more). A read with a deadline in the past returns
+// what crypto/tls holds without a system call, and a timeout otherwise
+// (not sticky in crypto/tls or bufio); the request sets its own deadline
+// after. The socket is peeked first: an expired deadline fails that peek,
+// so a header deadline that has passed while the connection was idle is
+// cleared before.
+func (uc *h1UpConn) usable(now time.Time) bool {
+	if uc.deadline && !now.Before(uc.deadlineAt) {
+		_ = uc.conn.SetReadDeadline(time.Time{})
+		uc.deadline = false
 	}
-	if _, ok := uc.conn.(*tls.Conn); ok {
-		_ = uc.conn.SetReadDeadline(aLongTimeAgo)
-		_, err := uc.br.Peek(1)
-		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
-			return true
-		}
-	} else if !uc.deadline {
+	if !uc.idleOpen() {
 		return false
 	}
-	_ = uc.conn.SetReadDeadline(time.Time{})
-	uc.deadline = false
-	return false
+	if _, ok := uc.conn.(*tls.Conn); !ok {
+		return true
+	}
+	_ = uc.conn.SetReadDeadline(aLongTimeAgo)
+	uc.deadline, uc.deadlineAt = true, aLongTimeAgo
+	_, err := uc.br.Peek(1)
+	return err != nil && errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 var errBodyClosed = errors.New("read on closed response body")
@@ -325,7 +347,7 @@ func (hp *h1Pool) get(ctx context.Context, fresh bool) (*h1UpConn, error) {
 		hp.idle[n-1] = nil
 		hp.idle = hp.idle[:n-1]
 		hp.mu.Unlock()
-		if time.Since(uc.idleAt) < hp.idleTimeout && uc.idleOpen() {
+		if now := time.Now(); now.Sub(uc.idleAt) < hp.idleTimeout && uc.usable(now) {
 			return uc, nil
 		}
 		uc.conn.Close()
