@@ -724,17 +724,6 @@ func TestFastLoopPipelinedBodyOutlivesHandlerDeadline(t *testing.T) {
 	}
 }
 
-// deadlineConn records the read deadlines set on it.
-type deadlineConn struct {
-	net.Conn
-	set []time.Time
-}
-
-func (c *deadlineConn) SetReadDeadline(t time.Time) error {
-	c.set = append(c.set, t)
-	return nil
-}
-
 // The wait for the next request keeps a read deadline that ends within
 // h1ParkSlack after h1ParkAfter (never before it, never after the idle
 // timeout), so that a busy connection does not set one per request; with
@@ -766,8 +755,8 @@ func TestFastLoopWaitDeadline(t *testing.T) {
 			[]time.Duration{h1ParkAfter / 2, h1ParkAfter/2 + time.Millisecond}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dc := &deadlineConn{}
-			fs := &h1Fast{s: &h1Server{idleTimeout: tc.idle}, c: &h1Conn{Conn: dc}}
+			var dl deadlineLog
+			fs := &h1Fast{s: &h1Server{idleTimeout: tc.idle}, c: &h1Conn{Conn: deadlineConn{log: &dl}}}
 			for i, w := range tc.waits {
 				if tc.dlSet != nil && !tc.dlSet[i] {
 					fs.dlSet = false
@@ -778,7 +767,7 @@ func TestFastLoopWaitDeadline(t *testing.T) {
 				}
 			}
 			var got []time.Duration
-			for _, s := range dc.set {
+			for _, s := range dl.times() {
 				got = append(got, s.Sub(base))
 			}
 			if !slices.Equal(got, tc.want) {

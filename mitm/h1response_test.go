@@ -379,17 +379,6 @@ func TestH1PoolStrayBytesWhileIdle(t *testing.T) {
 	}
 }
 
-// deadlineConn counts the read deadlines set on a TCP connection.
-type deadlineConn struct {
-	*net.TCPConn
-	n *atomic.Int32
-}
-
-func (c deadlineConn) SetReadDeadline(t time.Time) error {
-	c.n.Add(1)
-	return c.TCPConn.SetReadDeadline(t)
-}
-
 // TestH1PoolDeadlineCalls: a kept-alive exchange with a small response
 // sets one read deadline on a plain connection (the response header
 // timeout) and two on TLS (and the check for bytes crypto/tls holds);
@@ -397,7 +386,7 @@ func (c deadlineConn) SetReadDeadline(t time.Time) error {
 func TestH1PoolDeadlineCalls(t *testing.T) {
 	for _, c := range []struct {
 		tls  bool
-		want int32
+		want int
 	}{{false, 1}, {true, 2}} {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -410,7 +399,7 @@ func TestH1PoolDeadlineCalls(t *testing.T) {
 			ccfg = &tls.Config{InsecureSkipVerify: true, ServerName: "api.test"} //nolint:gosec // the test's own upstream
 		}
 		serveCanned(t, ln, benchResponse)
-		var n atomic.Int32
+		var dl deadlineLog
 		addr := ln.Addr().String()
 		hp := newH1Pool(func(ctx context.Context) (net.Conn, error) {
 			var d net.Dialer
@@ -418,7 +407,7 @@ func TestH1PoolDeadlineCalls(t *testing.T) {
 			if err != nil {
 				return nil, err
 			}
-			var conn net.Conn = deadlineConn{nc.(*net.TCPConn), &n}
+			var conn net.Conn = deadlineConn{nc, &dl}
 			if ccfg != nil {
 				tc := tls.Client(conn, ccfg)
 				return tc, tc.HandshakeContext(ctx)
@@ -426,14 +415,14 @@ func TestH1PoolDeadlineCalls(t *testing.T) {
 			return conn, nil
 		}, 4, time.Minute)
 		poolGet(t, hp, addr, time.Minute) // dials
-		n.Store(0)
+		dl.reset()
 		const requests = 10
 		for range requests {
 			if got := poolGet(t, hp, addr, time.Minute); got != "hello, world\n" {
 				t.Fatalf("%q", got)
 			}
 		}
-		if got := n.Load(); got != c.want*requests {
+		if got := len(dl.times()); got != c.want*requests {
 			t.Errorf("tls %v: %d read deadlines for %d requests, want %d each", c.tls, got, requests, c.want)
 		}
 		hp.closeIdle()

@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -355,3 +356,38 @@ func readAll(t testing.TB, r io.Reader) string {
 func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 func netipPortMust(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// deadlineConn records the read deadlines set on it in log and passes
+// them on to Conn when there is one.
+type deadlineConn struct {
+	net.Conn
+	log *deadlineLog
+}
+
+func (c deadlineConn) SetReadDeadline(t time.Time) error {
+	c.log.mu.Lock()
+	c.log.set = append(c.log.set, t)
+	c.log.mu.Unlock()
+	if c.Conn == nil {
+		return nil
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+// deadlineLog is the read deadlines set on deadlineConns, in order.
+type deadlineLog struct {
+	mu  sync.Mutex
+	set []time.Time
+}
+
+func (l *deadlineLog) times() []time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.set)
+}
+
+func (l *deadlineLog) reset() {
+	l.mu.Lock()
+	l.set = nil
+	l.mu.Unlock()
+}
