@@ -22,6 +22,9 @@ import (
 // them itself into a pooled buffer, without slog's per-record handler
 // state, as this runs once per proxied request, and keeps what recent
 // lines share (the workload's fields, the time's second: lineCache).
+// One difference is deliberate: a time outside the years 0-9999, for
+// which slog writes an error text before the time (no longer JSON), is
+// written as time.RFC3339Nano formats it.
 type JSONLog struct {
 	mu sync.Mutex // one Write per line, lines never interleaved
 	w  io.Writer
@@ -165,7 +168,7 @@ func (r *Record) appendJSON(dst []byte, c *lineCache) []byte {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			if a.Zone() != "" { // as encoding/json marshals a string in a list
+			if !a.IsValid() || a.Zone() != "" { // as encoding/json marshals a.String() in a list
 				dst = appendMarshaledString(dst, a.String())
 				continue
 			}

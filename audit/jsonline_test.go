@@ -67,7 +67,14 @@ func TestJSONLogMatchesSlog(t *testing.T) {
 			t.Errorf("address %s:\n got %s\nwant %s", a, got, want)
 		}
 	}
+	// DNS answers as slog renders a.String(): the zero address too
+	// ("invalid IP"), which AppendTo would leave empty, and a zone.
 	r := records[1].r
+	r.Answers = []netip.Addr{netip.MustParseAddr("192.0.2.1"), {}, netip.MustParseAddr("fe80::1%eth0")}
+	if got, want := jsonLogLine(&r), slogLine(&r); !bytes.Equal(got, want) {
+		t.Errorf("answers:\n got %s\nwant %s", got, want)
+	}
+	r = records[1].r
 	r.Time = time.Time{} // slog leaves the time out
 	if got, want := jsonLogLine(&r), slogLine(&r); !bytes.Equal(got, want) {
 		t.Errorf("zero time:\n got %s\nwant %s", got, want)

@@ -59,11 +59,9 @@ func (c *workloadCache) fragment(w *workload.Identity) []byte {
 	return e.frag
 }
 
-// workloadSlot picks w's slot from what tells processes and pods apart
-// cheaply: the pid, and the lengths of the cgroup path and pod name.
+// workloadSlot picks w's slot (Identity.Spread).
 func workloadSlot(w *workload.Identity) uint {
-	h := uint(w.PID)*0x9e3779b1 ^ uint(len(w.Cgroup))*31 ^ uint(len(w.Pod))
-	return (h ^ h>>16) % workloadSlots
+	return uint(w.Spread() % workloadSlots)
 }
 
 // sameWorkload reports whether a and b give the same fragment: equal in

@@ -421,8 +421,8 @@ func (e *recentHTTP) matches(r *audit.Record) bool {
 // recentSlot picks r's slot in recent (masked with recentMask) from
 // cheap facts of its raw label values.
 func recentSlot(r *audit.Record) uint {
-	h := uint(r.Status)*0x9e3779b1 ^ uint(len(r.Host))<<4 ^ uint(len(r.Workload.Pod))<<9 ^
-		uint(len(r.Workload.Cgroup))<<13 ^ uint(len(r.Decision))<<17 ^ uint(len(r.Method))<<21
+	h := uint(r.Workload.Spread()) ^ uint(r.Status)*0x9e3779b1 ^ uint(len(r.Host))<<4 ^
+		uint(len(r.Decision))<<17 ^ uint(len(r.Method))<<21
 	if n := len(r.Host); n > 0 {
 		h ^= uint(r.Host[0])<<3 ^ uint(r.Host[n-1])<<11
 	}

@@ -457,6 +457,12 @@ func recentMatchesFolding(t *testing.T, oneSlot bool) {
 		{Namespace: "ai", Pod: "agent-1", Container: "c", Image: "i:1"},
 		{Namespace: "ai", Pod: "agent-1", Container: "c", Image: "i:2"},
 		{ContainerID: "0123456789abcdef0123", Container: "web"},
+		// Each differs from another in one raw value only.
+		{Namespace: "ml", Pod: "agent-1", Container: "c", Image: "i:1"},
+		{Namespace: "ai", Pod: "agent-2", Container: "c", Image: "i:1"},
+		{Namespace: "ai", Pod: "agent-1", Container: "d", Image: "i:1"},
+		{ContainerID: "0123456789abcdef0124", Container: "web"},
+		{ContainerID: "1123456789abcdef0123", Container: "web"},
 	}
 	for range 20000 {
 		r := audit.Record{

@@ -43,6 +43,27 @@ type Identity struct {
 	Labels    map[string]string `json:"-"`
 }
 
+// Spread is a cheap, not unique, number for picking a cache slot by
+// workload: equal identities (Client aside) give equal numbers, and
+// those that usually differ between processes, replicas of one
+// Deployment or proxy users (pid, the ends of the cgroup path, pod name,
+// container id and comm, where their unique part sits) usually give
+// different ones. Not for anything an attacker's collision could harm.
+func (i *Identity) Spread() uint64 {
+	h := uint64(i.PID)*0x9e3779b97f4a7c15 ^ tail8(i.Cgroup)*0xbf58476d1ce4e5b9 ^
+		tail8(i.Pod)*0x94d049bb133111eb ^ tail8(i.ContainerID)*0xd6e8feb86659fd93 ^ tail8(i.Comm)
+	return h ^ h>>31 ^ h>>17
+}
+
+// tail8 is the last (up to) eight bytes of s as a number, and its length.
+func tail8(s string) uint64 {
+	v := uint64(len(s))
+	for j := max(0, len(s)-8); j < len(s); j++ {
+		v = v<<8 | uint64(s[j])
+	}
+	return v
+}
+
 // Key names the workload as the kernel does, for state kept per workload
 // (what it resolved, the hosts whose certificate it rejected): its cgroup,
 // the one thing the kernel names for a DNS query and a connection alike;
