@@ -439,12 +439,15 @@ func TestHTTPSeriesReused(t *testing.T) {
 // record in between.
 func TestRecentMatchesFolding(t *testing.T) {
 	for _, one := range []bool{false, true} {
-		recentMatchesFolding(t, one)
+		// Few workloads fold most to "other"; many keep each apart.
+		for _, maxWorkloads := range []int{4, 100} {
+			recentMatchesFolding(t, one, maxWorkloads)
+		}
 	}
 }
 
-func recentMatchesFolding(t *testing.T, oneSlot bool) {
-	o := metrics.Options{MaxHosts: 3, MaxWorkloads: 4, MaxRules: 4}
+func recentMatchesFolding(t *testing.T, oneSlot bool, maxWorkloads int) {
+	o := metrics.Options{MaxHosts: 3, MaxWorkloads: maxWorkloads, MaxRules: 4}
 	cached, plain := metrics.New(o), metrics.New(o)
 	metrics.NoRecent(plain)
 	if oneSlot {
@@ -462,8 +465,9 @@ func recentMatchesFolding(t *testing.T, oneSlot bool) {
 		{Namespace: "ai", Pod: "agent-2", Container: "c", Image: "i:1"},
 		{Namespace: "ai", Pod: "agent-1", Container: "d", Image: "i:1"},
 		{ContainerID: "0123456789abcdef0124", Container: "web"},
-		{ContainerID: "1123456789abcdef0123", Container: "web"},
+		{ContainerID: "0123456789abcdef0123"}, {ContainerID: "1123456789abcdef0123"},
 	}
+	var prev audit.Record
 	for range 20000 {
 		r := audit.Record{
 			Kind: audit.KindHTTP, Workload: ids[rng.IntN(len(ids))],
@@ -482,6 +486,12 @@ func recentMatchesFolding(t *testing.T, oneSlot bool) {
 		case 1:
 			r.Kind = audit.KindDNS
 		}
+		if rng.IntN(2) == 0 {
+			// As the record before but from another workload, so that
+			// a cache entry missing one of its raw values shows.
+			r, r.Workload = prev, r.Workload
+		}
+		prev = r
 		c := r
 		cached.Record(&r)
 		plain.Record(&c)
