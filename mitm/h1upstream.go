@@ -314,6 +314,10 @@ func (b *h1Body) release(atEOF bool) {
 // after. The socket is peeked first: an expired deadline fails that peek,
 // so a header deadline that has passed while the connection was idle is
 // cleared before.
+//
+// Not seen (as by net/http's Transport): the start of a TLS record that
+// crypto/tls read off the socket with the body's last record, its rest
+// still to come; the next response read would begin with that record.
 func (uc *h1UpConn) usable(now time.Time) bool {
 	if uc.deadline && !now.Before(uc.deadlineAt) {
 		_ = uc.conn.SetReadDeadline(time.Time{})
