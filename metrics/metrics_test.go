@@ -489,7 +489,9 @@ func recentMatchesFolding(t *testing.T, oneSlot bool, maxWorkloads int) {
 		if rng.IntN(2) == 0 {
 			// As the record before but from another workload, so that
 			// a cache entry missing one of its raw values shows.
-			r, r.Workload = prev, r.Workload
+			w := r.Workload
+			r = prev
+			r.Workload = w
 		}
 		prev = r
 		c := r
