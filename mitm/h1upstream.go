@@ -314,10 +314,10 @@ func (b *h1Body) release(atEOF bool) {
 // after. The socket is peeked first: an expired deadline fails that peek,
 // so a header deadline that has passed while the connection was idle is
 // cleared before.
-//
-// Not seen (as by net/http's Transport): the start of a TLS record that
-// crypto/tls read off the socket with the body's last record, its rest
-// still to come; the next response read would begin with that record.
+// The start of a record crypto/tls read off the socket with the body's
+// last record, its rest still to come, neither shows: the recordConn
+// under a connection Sluice dialed tells it (net/http's Transport would
+// read that record as the next response).
 func (uc *h1UpConn) usable(now time.Time) bool {
 	if uc.deadline && !now.Before(uc.deadlineAt) {
 		_ = uc.conn.SetReadDeadline(time.Time{})
@@ -332,6 +332,9 @@ func (uc *h1UpConn) usable(now time.Time) bool {
 	_ = uc.conn.SetReadDeadline(aLongTimeAgo)
 	uc.deadline, uc.deadlineAt = true, aLongTimeAgo
 	_, err := uc.br.Peek(1)
+	if rc := recordsOf(uc.conn); rc != nil && rc.midRecord() {
+		return false
+	}
 	return err != nil && errors.Is(err, os.ErrDeadlineExceeded)
 }
 
@@ -362,13 +365,7 @@ func (hp *h1Pool) get(ctx context.Context, fresh bool) (*h1UpConn, error) {
 	}
 	uc := &h1UpConn{conn: c, lim: limitedReader{r: c, n: noLimit}, bw: bufio.NewWriterSize(c, 4<<10)}
 	uc.br = bufio.NewReaderSize(&uc.lim, 4<<10)
-	nc := c
-	if tc, ok := c.(*tls.Conn); ok {
-		nc = tc.NetConn()
-	}
-	if sc, ok := nc.(syscall.Conn); ok {
-		uc.raw, _ = sc.SyscallConn()
-	}
+	uc.raw = rawSocketOf(c)
 	return uc, nil
 }
 

@@ -3,11 +3,13 @@ package mitm
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -576,4 +578,128 @@ func TestH1UpstreamRequestWithoutHost(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the upstream got no request")
 	}
+}
+
+// heldWrites holds what is written through it while hold is set (a TLS
+// server's records, one Write each), so a test can put them on the wire
+// cut where it likes.
+type heldWrites struct {
+	net.Conn
+	mu   sync.Mutex
+	hold bool
+	recs [][]byte
+}
+
+func (c *heldWrites) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hold {
+		c.recs = append(c.recs, append([]byte(nil), p...))
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// An upstream, as the attacker, sends the first bytes of a record nobody
+// asked for with its answer's last record (so crypto/tls reads them off
+// the socket with it and holds them, where neither the socket peek nor a
+// read with a past deadline sees them) and the rest of that record, a
+// whole "response", once the next request comes. The next client request
+// must not get it: the connection is not reused.
+func TestH1UpstreamStrayPartialTLSRecord(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	cfg := &tls.Config{Certificates: []tls.Certificate{tca.leaf(t, "api.test")}}
+	var attacked atomic.Bool
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				hw := &heldWrites{Conn: c}
+				tc := tls.Server(hw, cfg)
+				defer tc.Close()
+				br := bufio.NewReader(tc)
+				var rest []byte
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					if rest != nil {
+						c.Write(rest) // the stray record's rest, before the answer
+						rest = nil
+						time.Sleep(50 * time.Millisecond)
+					}
+					if attacked.Swap(true) {
+						io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+						continue
+					}
+					hw.mu.Lock()
+					hw.hold = true
+					hw.mu.Unlock()
+					io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+					io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED")
+					hw.mu.Lock()
+					hw.hold = false
+					answer, stray := hw.recs[0], hw.recs[1]
+					hw.recs = nil
+					hw.mu.Unlock()
+					c.Write(append(answer, stray[:3]...))
+					rest = stray[3:]
+				}
+			}()
+		}
+	}()
+	h := newHarness(t, tca, nil)
+	c := h.client(false)
+	url := fmt.Sprintf("https://api.test:%d/x", ln.Addr().(*net.TCPAddr).Port)
+	if code, got := doReq(t, c, "GET", url, ""); code != 200 || got != "ok" {
+		t.Fatalf("first request: %d %q", code, got)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if code, got := doReq(t, c, "GET", url, ""); code != 200 || got != "fresh" {
+		t.Fatalf("second request: %d %q, want 200 \"fresh\" from a new connection", code, got)
+	}
+}
+
+// recordConn follows record boundaries however the bytes come: whole,
+// a byte at a time, or cut anywhere; it is mid-record exactly when the
+// bytes so far end inside a record.
+func FuzzRecordConnBoundaries(f *testing.F) {
+	f.Add([]byte{0, 5, 0, 16, 3}, uint8(1))
+	f.Add([]byte{0x40, 0x00, 0x00, 1, 2}, uint8(7))
+	f.Fuzz(func(t *testing.T, sizes []byte, cut uint8) {
+		// Records of the given small lengths, with 1-byte bodies
+		// repeated; the last "size" byte picks a 16 KiB record too.
+		var stream []byte
+		var ends []int // the offsets where a record ends
+		for i, s := range sizes {
+			n := int(s)
+			if i == len(sizes)-1 && s&1 == 1 {
+				n = 16 << 10
+			}
+			stream = append(stream, 23, 3, 3, byte(n>>8), byte(n))
+			stream = append(stream, make([]byte, n)...)
+			ends = append(ends, len(stream))
+		}
+		step := int(cut)%7 + 1
+		rc := &recordConn{}
+		for off := 0; off < len(stream); {
+			k := min(step, len(stream)-off)
+			rc.follow(stream[off : off+k])
+			off += k
+			want := !slices.Contains(ends, off)
+			if rc.midRecord() != want {
+				t.Fatalf("at %d of %d (steps of %d): midRecord %v, want %v", off, len(stream), step, rc.midRecord(), want)
+			}
+		}
+	})
 }

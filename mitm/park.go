@@ -119,6 +119,8 @@ func innerConn(c net.Conn) net.Conn {
 		return w.Conn
 	case *alertWatch:
 		return w.Conn
+	case *recordConn:
+		return w.Conn
 	case *tls.Conn:
 		return w.NetConn()
 	}

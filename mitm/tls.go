@@ -345,7 +345,7 @@ func (f *flow) dialUpstreamTLS(t *target, name string, offer []string) {
 	t.addr = addr
 	hctx, cancel := context.WithTimeout(f.ctx, p.cfg.HandshakeTimeout.D())
 	defer cancel()
-	up := tls.Client(raw, p.upstreamTLSConfig(name, offer))
+	up := newUpstreamTLS(raw, p.upstreamTLSConfig(name, offer))
 	if err := up.HandshakeContext(hctx); err != nil {
 		raw.Close()
 		var verr *tls.CertificateVerificationError

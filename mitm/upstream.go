@@ -233,7 +233,7 @@ func (up *upstreamPool) dial(ctx context.Context) (net.Conn, error) {
 	}
 	hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout.D())
 	defer cancel()
-	tc := tls.Client(c, p.upstreamTLSConfig(up.key.host, offer))
+	tc := newUpstreamTLS(c, p.upstreamTLSConfig(up.key.host, offer))
 	if err := tc.HandshakeContext(hctx); err != nil {
 		c.Close()
 		// The upstream may have changed what it speaks (or its

@@ -1,0 +1,66 @@
+package mitm
+
+import (
+	"crypto/tls"
+	"net"
+)
+
+// recordConn is the connection under an upstream tls.Conn: it passes the
+// bytes through and follows where the TLS records they carry end, so that
+// a pooled connection whose crypto/tls holds the start of a record nobody
+// asked for (read off the socket with the last record of a response, its
+// rest still to come) is not given another request: that record would be
+// read as the next response (midRecord, h1UpConn.usable). Reads are
+// crypto/tls's, one at a time.
+type recordConn struct {
+	net.Conn
+	hdr  int // bytes of the current record's 5-byte header seen; 0 between records
+	size int // the record's length, from its header
+	left int // bytes of the record's body still to come
+}
+
+// newUpstreamTLS is tls.Client over raw, through a recordConn.
+func newUpstreamTLS(raw net.Conn, cfg *tls.Config) *tls.Conn {
+	return tls.Client(&recordConn{Conn: raw}, cfg)
+}
+
+func (c *recordConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.follow(b[:n])
+	return n, err
+}
+
+// follow moves past p: record bodies are skipped whole, headers read a
+// byte at a time (type, version, length).
+func (c *recordConn) follow(p []byte) {
+	for len(p) > 0 {
+		if c.left > 0 {
+			k := min(c.left, len(p))
+			c.left -= k
+			p = p[k:]
+			continue
+		}
+		switch c.hdr {
+		case 3:
+			c.size = int(p[0]) << 8
+		case 4:
+			c.size |= int(p[0])
+		}
+		p = p[1:]
+		if c.hdr++; c.hdr == 5 {
+			c.hdr, c.left = 0, c.size
+		}
+	}
+}
+
+// midRecord reports whether the bytes read so far end inside a record.
+func (c *recordConn) midRecord() bool { return c.hdr > 0 || c.left > 0 }
+
+// recordsOf is the recordConn under c, when c is a tls.Conn over one.
+func recordsOf(c net.Conn) *recordConn {
+	if tc, ok := c.(*tls.Conn); ok {
+		rc, _ := tc.NetConn().(*recordConn)
+		return rc
+	}
+	return nil
+}
