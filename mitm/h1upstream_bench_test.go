@@ -21,36 +21,28 @@ const benchResponse = "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: te
 // it can, so that the benchmark measures the pool's side.
 func serveCanned(b testing.TB, ln net.Listener, resp string) {
 	b.Helper()
-	go func() {
+	acceptEach(ln, func(c net.Conn) {
+		defer c.Close()
+		buf := make([]byte, 8<<10)
+		n := 0
 		for {
-			c, err := ln.Accept()
+			m, err := c.Read(buf[n:])
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 8<<10)
-				n := 0
-				for {
-					m, err := c.Read(buf[n:])
-					if err != nil {
-						return
-					}
-					n += m
-					for {
-						i := bytes.Index(buf[:n], []byte("\r\n\r\n"))
-						if i < 0 {
-							break
-						}
-						n = copy(buf, buf[i+4:n])
-						if _, err := io.WriteString(c, resp); err != nil {
-							return
-						}
-					}
+			n += m
+			for {
+				i := bytes.Index(buf[:n], []byte("\r\n\r\n"))
+				if i < 0 {
+					break
 				}
-			}()
+				n = copy(buf, buf[i+4:n])
+				if _, err := io.WriteString(c, resp); err != nil {
+					return
+				}
+			}
 		}
-	}()
+	})
 	b.Cleanup(func() { ln.Close() })
 }
 

@@ -615,49 +615,41 @@ func TestH1UpstreamStrayPartialTLSRecord(t *testing.T) {
 	t.Cleanup(func() { ln.Close() })
 	cfg := &tls.Config{Certificates: []tls.Certificate{tca.leaf(t, "api.test")}}
 	var attacked atomic.Bool
-	go func() {
+	acceptEach(ln, func(c net.Conn) {
+		hw := &heldWrites{Conn: c}
+		tc := tls.Server(hw, cfg)
+		defer tc.Close()
+		br := bufio.NewReader(tc)
+		var rest []byte
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				hw := &heldWrites{Conn: c}
-				tc := tls.Server(hw, cfg)
-				defer tc.Close()
-				br := bufio.NewReader(tc)
-				var rest []byte
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, req.Body)
-					if rest != nil {
-						c.Write(rest) // the stray record's rest, before the answer
-						rest = nil
-						time.Sleep(50 * time.Millisecond)
-					}
-					if attacked.Swap(true) {
-						io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
-						continue
-					}
-					hw.mu.Lock()
-					hw.hold = true
-					hw.mu.Unlock()
-					io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-					io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED")
-					hw.mu.Lock()
-					hw.hold = false
-					answer, stray := hw.recs[0], hw.recs[1]
-					hw.recs = nil
-					hw.mu.Unlock()
-					c.Write(append(answer, stray[:3]...))
-					rest = stray[3:]
-				}
-			}()
+			io.Copy(io.Discard, req.Body)
+			if rest != nil {
+				c.Write(rest) // the stray record's rest, before the answer
+				rest = nil
+				time.Sleep(50 * time.Millisecond)
+			}
+			if attacked.Swap(true) {
+				io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+				continue
+			}
+			hw.mu.Lock()
+			hw.hold = true
+			hw.mu.Unlock()
+			io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED")
+			hw.mu.Lock()
+			hw.hold = false
+			answer, stray := hw.recs[0], hw.recs[1]
+			hw.recs = nil
+			hw.mu.Unlock()
+			c.Write(append(answer, stray[:3]...))
+			rest = stray[3:]
 		}
-	}()
+	})
 	h := newHarness(t, tca, nil)
 	c := h.client(false)
 	url := fmt.Sprintf("https://api.test:%d/x", ln.Addr().(*net.TCPAddr).Port)

@@ -391,3 +391,17 @@ func (l *deadlineLog) reset() {
 	l.set = nil
 	l.mu.Unlock()
 }
+
+// acceptEach serves every connection ln accepts with serve, each on a
+// goroutine of its own, until ln is closed.
+func acceptEach(ln net.Listener, serve func(c net.Conn)) {
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serve(c)
+		}
+	}()
+}

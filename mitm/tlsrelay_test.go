@@ -26,29 +26,21 @@ func startTLSLineServer(t *testing.T, tca *testCA, greeting string) uint16 {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
+	acceptEach(ln, func(c net.Conn) {
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		if greeting != "" {
+			io.WriteString(c, greeting)
+		}
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			l, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-				if greeting != "" {
-					io.WriteString(c, greeting)
-				}
-				br := bufio.NewReader(c)
-				for {
-					l, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					io.WriteString(c, strings.ToUpper(l))
-				}
-			}()
+			io.WriteString(c, strings.ToUpper(l))
 		}
-	}()
+	})
 	return uint16(ln.Addr().(*net.TCPAddr).Port)
 }
 
