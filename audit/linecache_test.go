@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"encoding/json"
 	"math"
 	"math/rand/v2"
 	"net/netip"
@@ -176,6 +177,11 @@ func TestAppendMillis(t *testing.T) {
 			us = -us
 		}
 		check(us)
+		// slog writes a float through encoding/json: the ground truth.
+		d := time.Duration(us) * time.Microsecond
+		if want, _ := json.Marshal(float64(d.Microseconds()) / 1000); string(appendMillis(nil, d)) != string(want) {
+			t.Fatalf("%d µs: got %s, encoding/json %s", us, appendMillis(nil, d), want)
+		}
 	}
 	for _, us := range []int64{1e15 - 1, 1e15, 1e15 + 1, -1e15 + 1, -1e15, 999999999999999, 123456789012345, math.MaxInt64 / 1000, math.MinInt64 / 1000} {
 		check(us)
