@@ -795,32 +795,42 @@ func TestFastResponseDate(t *testing.T) {
 // the loop waits for the rest of it or hands it over.
 func FuzzFastLoopHeadInParts(f *testing.F) {
 	for _, s := range []struct {
-		req string
-		cut uint16
+		req       string
+		cut, cut2 uint16
 	}{
-		{"GET /p HTTP/1.1\r\nHost: api.test\r\nX-A: 1\r\n\r\n", 17},
-		{"GET /p HTTP/1.1\r\nHost: api.test\r\nX-A: 1\r\n\r\n", 40},
-		{"GET /p HTTP/1.1 x\r\nHost: api.test\r\n\r\n", 20},
-		{"GET /p HTTP/1.1\r\nHost: api.test\r\nX A: 1\r\n\r\n", 42},
-		{"POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n\r\nhello", 30},
-		{"GET /x HTTP/1.1\r\nHost: api.test\r\nX-A: a\r\n b\r\n\r\n", 40},
-		{"GET /x HTTP/1.1\nHost: api.test\n\n", 16},
+		{"GET /p HTTP/1.1\r\nHost: api.test\r\nX-A: 1\r\n\r\n", 17, 0},
+		{"GET /p HTTP/1.1\r\nHost: api.test\r\nX-A: 1\r\n\r\n", 40, 0},
+		{"GET /p HTTP/1.1\r\nHost: api.test\r\nX-A: 1\r\n\r\n", 17, 33},
+		{"GET /p HTTP/1.1 x\r\nHost: api.test\r\n\r\n", 20, 0},
+		{"GET /p HTTP/1.1\r\nHost: api.test\r\nX A: 1\r\n\r\n", 42, 0},
+		{"GET /p HTTP/1.1\r\nHost: api.test\r\nX A: 1\r\n\r\n", 17, 35},
+		{"POST /p HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n\r\nhello", 30, 0},
+		{"GET /x HTTP/1.1\r\nHost: api.test\r\nX-A: a\r\n b\r\n\r\n", 40, 0},
+		{"GET /x HTTP/1.1\r\nHost: api.test\r\nX-A: a\r\n b\r\n\r\n", 33, 41},
+		{"GET /x HTTP/1.1\nHost: api.test\n\n", 16, 0},
 	} {
-		f.Add(s.req, s.cut)
+		f.Add(s.req, s.cut, s.cut2)
 	}
 	fast, std := newHarness(f, nil, nil), newHarness(f, nil, nil)
 	std.p.h1.noFast = true
 	fastUp, stdUp := startSeenUpstream(f), startSeenUpstream(f)
-	f.Fuzz(func(t *testing.T, req string, cut uint16) {
+	f.Fuzz(func(t *testing.T, req string, cut, cut2 uint16) {
 		raw := req + "GET /end HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"
-		n := int(cut) % (len(raw) + 1)
-		if n == 0 {
-			n = 1
+		// Up to three parts: cut where the two numbers say (0: no cut).
+		var cuts []int
+		for _, c := range []uint16{cut, cut2} {
+			if n := int(c) % len(raw); n > 0 && !slices.Contains(cuts, n) {
+				cuts = append(cuts, n)
+			}
 		}
-		parts := []string{raw[:n], raw[n:]}
-		if parts[1] == "" {
-			parts = parts[:1]
+		slices.Sort(cuts)
+		var parts []string
+		from := 0
+		for _, n := range cuts {
+			parts = append(parts, raw[from:n])
+			from = n
 		}
+		parts = append(parts, raw[from:])
 		fo := sendParts(t, fast, fastUp, parts, 100*time.Millisecond)
 		so := sendParts(t, std, stdUp, parts, 100*time.Millisecond)
 		if !slices.Equal(fo.answers, so.answers) || !slices.Equal(fo.seen, so.seen) || fo.closed != so.closed {
