@@ -1,7 +1,6 @@
 package mitm
 
 import (
-	"net"
 	"testing"
 )
 
@@ -9,21 +8,7 @@ import (
 // (the event raced with goneRemove) does not carry over to the
 // connection's next watch: its requests start no read of their own.
 func TestGoneWatchStaleHup(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
+	_, server := tcpPair(t)
 	c := &h1Conn{Conn: server}
 	s := newGoneSet()
 	if !s.add(c) {

@@ -798,15 +798,9 @@ func (g *goneWatch) begin(c *h1Conn, bodyRead bool) {
 	}
 }
 
-func (g *goneWatch) bodyDone(c *h1Conn) {
-	g.mu.Lock()
-	g.serving = true
-	start := g.startLocked()
-	g.mu.Unlock()
-	if start != nil {
-		go c.goneRead(start)
-	}
-}
+// bodyDone: the handler's request body has been read to its end, as
+// begin with nothing left to read.
+func (g *goneWatch) bodyDone(c *h1Conn) { g.begin(c, true) }
 
 // hupped: the socket watched under token tok reported the client's
 // close (ignored when c is no longer watched under it).

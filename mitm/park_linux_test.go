@@ -3,7 +3,6 @@ package mitm
 import (
 	"context"
 	"fmt"
-	"net"
 	"runtime"
 	"slices"
 	"strings"
@@ -89,26 +88,13 @@ func TestParkedConnectionsHoldNoGoroutine(t *testing.T) {
 // The set closes each parked connection at its own idle deadline, in
 // deadline order whatever the order they were parked in.
 func TestParkSetClosesAtEachDeadline(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	s := newParkSet()
 	ctx := context.Background()
 	start := time.Now()
 	after := []time.Duration{500, 100, 400, 200, 300} // ms, parked in this order
 	closed := make(chan int, len(after))
 	for i, ms := range after {
-		client, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer client.Close()
-		server, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, server := tcpPair(t)
 		c := &h1Conn{Conn: server, fl: &flow{ctx: ctx}, fr: newFramer()}
 		c.onClose = func() { closed <- i }
 		c.parking.Store(true)
