@@ -517,7 +517,7 @@ func fastServable(r *http.Request) bool {
 		case "Connection":
 			for _, v := range vs {
 				for tok := range strings.SplitSeq(v, ",") {
-					tok = textprotoTrim(tok)
+					tok = trimBlank(tok)
 					if !strings.EqualFold(tok, "keep-alive") && !strings.EqualFold(tok, "close") && tok != "" {
 						return false
 					}
@@ -535,8 +535,6 @@ func fastServable(r *http.Request) bool {
 	}
 	return true
 }
-
-func textprotoTrim(s string) string { return strings.Trim(s, " \t") }
 
 // serveRequest runs the handler for req and finishes its response, in
 // net/http's order (finishRequest): the answer goes out, then the rest

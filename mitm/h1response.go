@@ -132,7 +132,7 @@ func parseResponse(br *bufio.Reader, req *http.Request) *h1Response {
 		// leading blank (folding) or an empty name: not this shape).
 		k := 0
 		for k < len(line) && line[k] != ':' {
-			if !validHeaderFieldByte(line[k]) || k == maxFastName {
+			if !httpguts.IsTokenRune(rune(line[k])) || k == maxFastName {
 				return nil
 			}
 			k++
@@ -235,20 +235,6 @@ func equalFoldLower(name []byte, lower string) bool {
 		}
 	}
 	return true
-}
-
-// validHeaderFieldByte reports whether c is a token byte (RFC 9110 5.6.2),
-// as net/textproto's check of the same name.
-func validHeaderFieldByte(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
-	}
-	switch c {
-	case '!', '#', '$', '%', '&', '\'', '*', '+', '-', '.', '^', '_', '`', '|', '~':
-		return true
-	}
-	return false
 }
 
 // trimBlank trims the blanks and tabs around s, as textproto does
