@@ -64,6 +64,9 @@ type Agent struct {
 	// sluice_peers once; takeOrigin looks up and deletes instead.
 	noLookupAndDelete atomic.Bool
 	watch             *watcher
+	// noOriginConn and noOriginDNS limit the warnings about connections
+	// and DNS queries the kernel named no origin for.
+	noOriginConn, noOriginDNS logLimit
 	// own is the agent's own cgroup path: never selected, and in "cgroup"
 	// attach mode no hook goes on it or an ancestor of it.
 	own string
@@ -134,6 +137,7 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 		selected: map[uint64]string{},
 		oldLinks: map[string]link.Link{},
 	}
+	a.noOriginConn.every, a.noOriginDNS.every = noOriginLogEvery, noOriginLogEvery
 	if a.own, err = cgroup2.Self(); err != nil {
 		// Not fatal, but the agent cannot keep its own cgroup out of a
 		// selection it cannot name.

@@ -52,7 +52,9 @@ func (a *Agent) serve(c net.Conn) {
 		return
 	}
 	if err != nil {
-		a.log.Warn("closing connection without origin", audit.KeyPeer, peer.String(), audit.KeyError, err)
+		if held, ok := a.noOriginConn.allow(time.Now()); ok {
+			a.log.Warn("closing connection without origin", audit.KeyPeer, peer.String(), audit.KeyError, err, audit.KeySuppressed, held)
+		}
 		c.Close()
 		return
 	}

@@ -73,6 +73,9 @@ type DNSServer struct {
 	names *dnsNames
 	exfil *exfilGuard // nil: no guard
 	log   *slog.Logger
+	// noOrigin limits the warnings about queries from senders Identify
+	// could not name (each is still answered and audited).
+	noOrigin logLimit
 }
 
 // RuleExfil is the rule of records the exfiltration guard decided.
@@ -117,6 +120,8 @@ func NewDNSServer(o DNSOptions) (*DNSServer, error) {
 		tcp:   &dns.Client{Net: "tcp", Dialer: &d, Timeout: o.Timeout},
 		names: newDNSNames(o.NamesSize),
 		log:   o.Log.With(audit.KeyComponent, "dns"),
+
+		noOrigin: logLimit{every: noOriginLogEvery},
 	}
 	if o.CacheSize > 0 {
 		s.cache = newDNSCache(o.CacheSize)
@@ -159,7 +164,9 @@ func (s *DNSServer) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		if got, err := s.o.Identify(ap, network); err == nil {
 			id = &got
 		} else {
-			s.log.Warn("dns query without origin", audit.KeyPeer, ap.String(), audit.KeyError, err)
+			if held, ok := s.noOrigin.allow(time.Now()); ok {
+				s.log.Warn("dns query without origin", audit.KeyPeer, ap.String(), audit.KeyError, err, audit.KeySuppressed, held)
+			}
 		}
 	}
 	s.Answer(context.Background(), w, r, id)

@@ -1,11 +1,15 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -260,6 +264,51 @@ func TestDNSUnknownSenderAndDeadUpstream(t *testing.T) {
 	if rec := recs.last(t); rec.Decision != audit.DecisionError || rec.Reason != audit.ReasonDNSUpstream || rec.Error == "" {
 		t.Errorf("record %+v", rec)
 	}
+}
+
+// A sender nobody named cannot fill the agent's log: every one of its
+// queries is refused and audited, but the warning goes out once, and
+// the next one (a second later) says how many were held back.
+func TestDNSUnknownSenderFloodLogsOnce(t *testing.T) {
+	var logged bytes.Buffer
+	var mu sync.Mutex
+	up := startUpstream(t)
+	_, addr, recs := startDNS(t, up, "", func(o *DNSOptions) {
+		o.Log = slog.New(slog.NewJSONHandler(lockedWriter{&mu, &logged}, nil))
+		o.Identify = func(netip.AddrPort, string) (workload.Identity, error) {
+			return workload.Identity{}, errNoOrigin
+		}
+	})
+	const queries = 200
+	for range queries {
+		if r := ask(t, "udp", addr, "api.example.", dns.TypeA, 0); r.Rcode != dns.RcodeRefused {
+			t.Fatalf("unknown sender: rcode %s", dns.RcodeToString[r.Rcode])
+		}
+	}
+	recs.mu.Lock()
+	audited := len(recs.all)
+	recs.mu.Unlock()
+	if audited != queries {
+		t.Errorf("%d queries audited, want %d", audited, queries)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if n := strings.Count(logged.String(), `"msg":"dns query without origin"`); n != 1 {
+		t.Errorf("%d warnings for %d queries within a second, want 1:\n%s", n, queries, logged.String())
+	}
+}
+
+// lockedWriter serializes writes to w (slog handlers write from the DNS
+// server's goroutines).
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // The cache ages TTLs and forgets an answer when its TTL runs out; a

@@ -128,7 +128,9 @@ func (a *Agent) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 			_, got := a.describe(o, peer)
 			id = &got
 		} else {
-			a.log.Warn("dns query without origin", audit.KeyPeer, peer.String(), audit.KeyError, err)
+			if held, ok := a.noOriginDNS.allow(time.Now()); ok {
+				a.log.Warn("dns query without origin", audit.KeyPeer, peer.String(), audit.KeyError, err, audit.KeySuppressed, held)
+			}
 		}
 	}
 	if id != nil {

@@ -98,6 +98,7 @@ const (
 	KeyComponent     = "component" // every component's logger: log.With(KeyComponent, Component…)
 	KeyAddr          = "addr"
 	KeyPeer          = "peer"
+	KeySuppressed    = "suppressed" // warnings of the same kind held back since the last one logged
 	KeyDst           = "dst"
 	KeyCgroupID      = "cgroup_id"
 	KeyAgentCgroup   = "agent_cgroup"
