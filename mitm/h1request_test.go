@@ -3,6 +3,7 @@ package mitm
 import (
 	"bytes"
 	"context"
+	"math/rand/v2"
 	"net/http"
 	"reflect"
 	"strings"
@@ -335,5 +336,75 @@ func BenchmarkReqParseHead(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// TestReadRequestGenerated compares parseHead with http.ReadRequest on
+// heads put together from the parts that matter (methods, targets,
+// versions, names in every case, values, Content-Length and
+// Transfer-Encoding forms, line ends), mostly of the common shape with
+// one part changed: byte mutations (FuzzReadRequest) seldom build a
+// whole valid head that differs from one in one field.
+func TestReadRequestGenerated(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	// pick is mostly the first (common) part, else any.
+	pick := func(s ...string) string {
+		if rng.IntN(8) > 0 {
+			return s[0]
+		}
+		return s[rng.IntN(len(s))]
+	}
+	n := 20000
+	if testing.Short() {
+		n = 2000
+	}
+	taken := 0
+	for range n {
+		var b strings.Builder
+		b.WriteString(pick("GET", "GET", "POST", "PUT", "HEAD", "DELETE", "OPTIONS", "PATCH", "CONNECT", "PRI", "get", "M-SEARCH", "G\x00T", "GET "))
+		b.WriteString(pick(" ", " ", " ", "  ", "\t"))
+		b.WriteString(pick("/", "/a/b", "/a?b=c", "/a?", "/?", "/a??b", "//x/y", "/a%20b", "/a%zz", "/a%2", "/a!b", "/a#f", "/a?b#f",
+			"/a b", "*", "http://h.test/a", "h.test:443", "/\x7f", "/\xc3\xa9", "/a;b=c/d:e@f", "/~u/$&+,=", ""))
+		b.WriteString(pick(" HTTP/1.1", " HTTP/1.1", " HTTP/1.0", " HTTP/1.1 ", " HTTP/1.2", " HTTP/1.10", " http/1.1", " HTTP/01.1", ""))
+		eol := func() string {
+			return pick("\r\n", "\r\n", "\r\n", "\r\n", "\r\n", "\r\n", "\r\n", "\r\n", "\n", "\r", "\r\r\n")
+		}
+		b.WriteString(eol())
+		hosts := 1
+		if rng.IntN(8) == 0 {
+			hosts = rng.IntN(4)
+		}
+		fields := rng.IntN(8)
+		for i := range fields + hosts {
+			if i < hosts {
+				b.WriteString(pick("Host", "host", "HOST", "Host ", " Host"))
+				b.WriteString(":" + pick(" h.test", " h.test:8443", "", " [::1]", "h.test ", " a b", " a\x00b"))
+				b.WriteString(eol())
+				continue
+			}
+			switch rng.IntN(4) {
+			case 0:
+				b.WriteString(pick("Content-Length", "content-length", "CONTENT-LENGTH", "Content-Length ", "Content_Length"))
+				b.WriteString(":" + pick(" 5", "5", " 0", " 05", " +5", " -5", " 5,5", " 5 5", " ", " 9223372036854775807", " 9223372036854775808", " 123456789012345678", " 1234567890123456789", "\t5\t", " 0x5"))
+			case 1:
+				b.WriteString(pick("Transfer-Encoding", "transfer-encoding", "Trailer", "Connection", "connection", "Pragma", "Cache-Control", "Expect", "Upgrade"))
+				b.WriteString(":" + pick(" chunked", " identity", " close", " keep-alive", " Keep-Alive, close", " no-cache", " No-Cache", " 100-continue", " x", ""))
+			default:
+				b.WriteString(pick("X-A", "x-a", "X-a-B", "Accept", "accept", "user-agent", "Sec-Fetch-Mode", "1st", "A_B", "!#$%&'*+-.^_`|~", "X A", "", "X-\x80", strings.Repeat("k", 65)))
+				b.WriteString(":" + pick(" v", "v", " v ", "\tv\t", "", " a:b", " caf\xc3\xa9", " a\x7fb", " a\x01b", " a\rb", " \"q\"", " a,b"))
+			}
+			b.WriteString(eol())
+			if rng.IntN(20) == 0 {
+				b.WriteString(pick(" folded", "\tfolded") + eol())
+			}
+		}
+		b.WriteString(pick("\r\n", "\r\n", "\r\n", "\n", ""))
+		if reqSame(t, []byte(b.String())) {
+			taken++
+		}
+	}
+	t.Logf("%d of %d heads taken by the fast path", taken, n)
+	if taken < n/10 {
+		t.Errorf("only %d of %d heads taken: the comparison hardly tests the fast path", taken, n)
 	}
 }
