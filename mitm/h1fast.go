@@ -398,14 +398,13 @@ func (fs *h1Fast) next(first bool) int {
 	// Parsed from a copy, so that a head the loop does not serve is
 	// still unread for net/http.
 	head, _ := br.Peek(end)
-	req, exact, err := parseHead(head)
+	req, exact, err := parseHead(fs.ctx, head)
 	if err != nil || !exact || !fastServable(req) {
 		return fastHandOff
 	}
 	_, _ = br.Discard(end)
 	fs.lastPost = req.Method == http.MethodPost
 	req.RemoteAddr = c.remote
-	req = req.WithContext(fs.ctx)
 	var body *fastBody
 	if req.ContentLength > 0 {
 		body = &fastBody{fs: fs, remain: req.ContentLength}
@@ -437,43 +436,21 @@ func (fs *h1Fast) feedPartial() {
 	c.mu.Unlock()
 }
 
-// headParser parses a copy of a head: a bufio.Reader (of a buffer as
-// large as the loop's) over a bytes.Reader, taken per request.
-type headParser struct {
-	src bytes.Reader
-	br  *bufio.Reader
-}
-
-var headParsers = sync.Pool{New: func() any {
-	hp := &headParser{}
-	hp.br = bufio.NewReaderSize(&hp.src, h1FastBuf)
-	return hp
-}}
-
-// parseHead parses head with http.ReadRequest; exact: it read all of
-// head, no more and no less.
-func parseHead(head []byte) (req *http.Request, exact bool, err error) {
-	hp := headParsers.Get().(*headParser)
-	hp.src.Reset(head)
-	hp.br.Reset(&hp.src)
-	req, err = http.ReadRequest(hp.br)
-	exact = hp.src.Len() == 0 && hp.br.Buffered() == 0
-	hp.src.Reset(nil)
-	hp.br.Reset(&hp.src)
-	headParsers.Put(hp)
-	return req, exact, err
-}
-
 // partialOK reports whether lines, the whole lines of a head still in
 // parts, are ones http.ReadRequest reads without an error, so that
 // net/http's server, reading them, would wait for the rest too rather
-// than answer at once. They are parsed ended by an empty line; an error
-// that this end may cause (one about the head as a whole) only hands a
-// request over that the loop could have served.
+// than answer at once. Lines of parseHead's shape are (scanRequest, no
+// allocation; FuzzReadRequest holds it to ReadRequest); others are
+// parsed ended by an empty line. An error that this end may cause (one
+// about the head as a whole) only hands a request over that the loop
+// could have served.
 func partialOK(lines []byte) bool {
+	if sc, ok := scanRequest(lines, true); ok && sc.plainPath {
+		return true
+	}
 	head := make([]byte, 0, len(lines)+2)
 	head = append(append(head, lines...), "\r\n"...)
-	_, _, err := parseHead(head)
+	_, _, err := readHead(head)
 	return err == nil
 }
 
