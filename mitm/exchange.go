@@ -64,6 +64,11 @@ type Exchange struct {
 
 	onFinish []func()  // OnFinish hooks, run once before the record is emitted
 	found    *findings // content findings (stage_content.go)
+
+	// rec is what Record points to, allocated with x: one allocation per
+	// request instead of two. A sink or the MCP session that keeps the
+	// record keeps x with it; nothing reuses either.
+	rec audit.Record
 }
 
 // OnFinish adds f to what runs once the exchange is done, just before its
@@ -96,8 +101,10 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	f.requests.Add(1)
 	now := time.Now()
-	x := &Exchange{f: f, w: w, Req: r, Record: f.record(audit.KindHTTP, now), start: now}
-	rec := x.Record
+	x := &Exchange{f: f, w: w, Req: r, start: now}
+	rec := &x.rec
+	f.startRecord(rec, audit.KindHTTP, now)
+	x.Record = rec
 	rec.Proto = r.Proto
 	rec.Method = r.Method
 	rec.Path = r.URL.EscapedPath()
