@@ -1,6 +1,7 @@
 package mitm
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -58,6 +59,9 @@ type Exchange struct {
 	out    http.Request
 	outURL url.URL
 	stop   stopChan
+	// stopCtx cancels out's context, derived per request, when the pool
+	// is an HTTP/1.1 one whose Transport sends it (see cancelOut).
+	stopCtx context.CancelCauseFunc
 	// h1req is the request forward sends on its own goroutine, allocated
 	// with x.
 	h1req h1Request
