@@ -20,11 +20,18 @@ const closeLinger = 5 * time.Second
 // to write, so an idle conn pins none.
 var coalesceBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 
-func getCoalesceBuf() []byte { return (*coalesceBufs.Get().(*[]byte))[:0] }
+// getCoalesceBuf is an empty buffer from the pool and the box it came
+// in, which putCoalesceBuf puts it back in: a box made anew per put was
+// an allocation each time a conn's writer went idle.
+func getCoalesceBuf() ([]byte, *[]byte) {
+	box := coalesceBufs.Get().(*[]byte)
+	return (*box)[:0], box
+}
 
-func putCoalesceBuf(b []byte) {
+func putCoalesceBuf(b []byte, box *[]byte) {
 	if b != nil && cap(b) <= coalesceLimit { // one big write does not stay pooled
-		coalesceBufs.Put(&b)
+		*box = b
+		coalesceBufs.Put(box)
 	}
 }
 
@@ -39,13 +46,15 @@ func putCoalesceBuf(b []byte) {
 type coalescingConn struct {
 	net.Conn
 
-	mu      sync.Mutex
-	cond    sync.Cond // writer done with a batch, or stopped
-	buf     []byte    // waiting for the writer; nil while idle
-	spare   []byte    // the writer's batch; nil while idle
-	writing bool      // a writer goroutine runs
-	closed  bool
-	err     error // sticky write error
+	mu    sync.Mutex
+	cond  sync.Cond // writer done with a batch, or stopped
+	buf   []byte    // waiting for the writer; nil while idle
+	spare []byte    // the writer's batch; nil while idle
+	// bufBox and spareBox are the pool's boxes of buf and spare.
+	bufBox, spareBox *[]byte
+	writing          bool // a writer goroutine runs
+	closed           bool
+	err              error // sticky write error
 }
 
 // coalescingTLSConn keeps the TLS state visible to the http2 Transport
@@ -80,7 +89,7 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	if c.buf == nil {
-		c.buf = getCoalesceBuf()
+		c.buf, c.bufBox = getCoalesceBuf()
 	}
 	c.buf = append(c.buf, p...)
 	if !c.writing {
@@ -113,9 +122,10 @@ func (c *coalescingConn) writer() {
 		}
 		yielded = false
 		if c.spare == nil {
-			c.spare = getCoalesceBuf()
+			c.spare, c.spareBox = getCoalesceBuf()
 		}
 		c.buf, c.spare = c.spare[:0], c.buf
+		c.bufBox, c.spareBox = c.spareBox, c.bufBox
 		batch := c.spare
 		c.cond.Broadcast() // the buffer is free again
 		c.mu.Unlock()
@@ -128,9 +138,9 @@ func (c *coalescingConn) writer() {
 	c.writing = false
 	// Nothing left to write: the buffers go back to the pool (the
 	// writer owns them now; a Write takes a fresh one).
-	putCoalesceBuf(c.buf)
-	putCoalesceBuf(c.spare)
-	c.buf, c.spare = nil, nil
+	putCoalesceBuf(c.buf, c.bufBox)
+	putCoalesceBuf(c.spare, c.spareBox)
+	c.buf, c.spare, c.bufBox, c.spareBox = nil, nil, nil, nil
 	closeNow := c.closed
 	c.cond.Broadcast()
 	c.mu.Unlock()

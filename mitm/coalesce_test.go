@@ -211,3 +211,17 @@ func TestCoalescingConnIdleHoldsNoBuffer(t *testing.T) {
 		t.Fatalf("%d writes of %d bytes under the conn, want 1 of 1000", n, len(all))
 	}
 }
+
+// A buffer goes back to the pool in the box it came in: a writer going
+// idle (twice per burst of an HTTP/2 connection's frames) allocates
+// nothing for it.
+func TestCoalesceBufRecycleAllocs(t *testing.T) {
+	b, box := getCoalesceBuf()
+	putCoalesceBuf(append(b, 'x'), box)
+	if n := testing.AllocsPerRun(100, func() {
+		b, box := getCoalesceBuf()
+		putCoalesceBuf(append(b, 'x'), box)
+	}); n != 0 {
+		t.Errorf("a buffer from the pool and back: %v allocations, want 0", n)
+	}
+}

@@ -1,6 +1,7 @@
 package mitm
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -58,12 +59,20 @@ type Exchange struct {
 	out    http.Request
 	outURL url.URL
 	stop   stopChan
+	// stopCtx cancels out's context, derived per request, when the pool
+	// is an HTTP/1.1 one whose Transport sends it (see cancelOut).
+	stopCtx context.CancelCauseFunc
 	// h1req is the request forward sends on its own goroutine, allocated
 	// with x.
 	h1req h1Request
 
 	onFinish []func()  // OnFinish hooks, run once before the record is emitted
 	found    *findings // content findings (stage_content.go)
+
+	// rec is what Record points to, allocated with x: one allocation per
+	// request instead of two. A sink or the MCP session that keeps the
+	// record keeps x with it; nothing reuses either.
+	rec audit.Record
 }
 
 // OnFinish adds f to what runs once the exchange is done, just before its
@@ -96,8 +105,10 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	f.requests.Add(1)
 	now := time.Now()
-	x := &Exchange{f: f, w: w, Req: r, Record: f.record(audit.KindHTTP, now), start: now}
-	rec := x.Record
+	x := &Exchange{f: f, w: w, Req: r, start: now}
+	rec := &x.rec
+	f.startRecord(rec, audit.KindHTTP, now)
+	x.Record = rec
 	rec.Proto = r.Proto
 	rec.Method = r.Method
 	rec.Path = r.URL.EscapedPath()

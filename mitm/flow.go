@@ -185,20 +185,21 @@ func (f *flow) newTarget(host string, port uint16, tlsFlow bool) *target {
 
 // record starts a record of kind at t with what the flow knows.
 func (f *flow) record(kind string, t time.Time) *audit.Record {
-	r := &audit.Record{
-		Time:     t,
-		Kind:     kind,
-		Workload: f.id,
-		Host:     f.dst.Host,
-		Port:     f.dst.Port,
-		SNI:      f.sni,
-		TLS:      f.tlsMode,
-		ALPN:     f.alpn,
-	}
+	r := new(audit.Record)
+	f.startRecord(r, kind, t)
+	return r
+}
+
+// startRecord fills r, a zero Record (a new one, or one allocated with
+// an Exchange), with the start of a record of kind at t: what the flow
+// knows; the fields it does not set stay zero.
+func (f *flow) startRecord(r *audit.Record, kind string, t time.Time) {
+	r.Time, r.Kind, r.Workload = t, kind, f.id
+	r.Host, r.Port = f.dst.Host, f.dst.Port
+	r.SNI, r.TLS, r.ALPN = f.sni, f.tlsMode, f.alpn
 	if f.dst.Addr.IsValid() {
 		r.DstIP = f.dst.Addr.Addr()
 	}
-	return r
 }
 
 // l4Record starts the record of this flow at L4.

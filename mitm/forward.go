@@ -203,7 +203,6 @@ func (x *Exchange) forward() {
 	// as out, with its own context for the response header timer.
 	ctx := r.Context()
 	var out *http.Request
-	cancel := func(error) {}
 	switch up := t.pool; {
 	case up.h1 != nil && h1Syncable(r, body):
 		if host == "" { // an HTTP/1.0 request without Host: the Transport's choice
@@ -222,16 +221,15 @@ func (x *Exchange) forward() {
 		x.stop.ch = make(chan struct{})
 		//lint:ignore SA1019 x/net's http2.Transport honours it; it costs no context per request
 		out.Cancel = x.stop.ch
-		cancel = x.stop.cancel
 	default:
-		ctx, cancel = context.WithCancelCause(ctx)
-		defer cancel(nil)
+		ctx, x.stopCtx = context.WithCancelCause(ctx)
+		defer x.stopCtx(nil)
 		out = x.transportRequest(ctx, host, body)
 	}
 	if out != nil {
 		// ResponseHeaderTimeout counts from the end of the request body,
 		// as net/http's Transport does, so a long upload is not cut short.
-		ht.fire = func() { cancel(errResponseHeaderTimeout) }
+		ht.fire = x.headerTimedOut
 		if x.body != nil {
 			x.body.onEOF = ht.arm
 		}
@@ -280,8 +278,26 @@ func (x *Exchange) forward() {
 			return
 		}
 	}
-	x.respond(resp, rc, cancel)
+	x.respond(resp, rc)
 }
+
+// cancelOut cancels the request forward sent through a pool's Transport
+// with cause: through x.stop on an HTTP/2 pool, else through its
+// context. A request sent on this goroutine (x.h1req) has nothing to
+// cancel: closing its body closes its connection. A method, not a func
+// value kept per request: each of those was an allocation.
+func (x *Exchange) cancelOut(cause error) {
+	switch {
+	case x.stop.ch != nil:
+		x.stop.cancel(cause)
+	case x.stopCtx != nil:
+		x.stopCtx(cause)
+	}
+}
+
+// headerTimedOut is the response header timer's: the request is
+// cancelled with errResponseHeaderTimeout.
+func (x *Exchange) headerTimedOut() { x.cancelOut(errResponseHeaderTimeout) }
 
 // transportRequest is the request for the pool's Transport, held in x:
 // the client's, with the Host it names, its header without the
@@ -430,7 +446,7 @@ const statusClientClosed = 499
 
 // respond streams the upstream's response to the client; rc may be nil
 // (made here when a write needs a deadline or a flush).
-func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, cancel func(error)) {
+func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 	r, w, rec := x.Req, x.w, x.Record
 	h := w.Header()
 	removeHopHeaders(resp.Header, false)
@@ -483,7 +499,7 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController, can
 	case cut != nil:
 		rec.Decision, rec.Reason, rec.Error = cut.Decision, cut.Reason, cut.Detail
 		x.finish()
-		cancel(cut) // the Transport's request; a pooled connection closes with the body
+		x.cancelOut(cut) // the Transport's request; a pooled connection closes with the body
 		panic(http.ErrAbortHandler)
 	// A client that leaves mid-response (a cancelled stream, or one that
 	// closes as soon as it has what it wants) ends the exchange normally.

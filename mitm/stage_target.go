@@ -84,6 +84,12 @@ func (f *flow) requestHost(r *http.Request) (string, uint16) {
 }
 
 func splitHostPort(h string) (string, uint16) {
+	if strings.IndexByte(h, ':') < 0 {
+		// No port, as in most Host headers (an https URL's default
+		// port is left out): net.SplitHostPort's "missing port" error
+		// would be an allocation per request, for the answer below.
+		return strings.ToLower(strings.Trim(h, "[]")), 0
+	}
 	if host, p, err := net.SplitHostPort(h); err == nil {
 		// Fast path for the usual all-digit port; anything else keeps
 		// fmt's scanning rules.

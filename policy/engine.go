@@ -404,11 +404,12 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 		host = c.Host
 	}
 	t := &target{host: host, port: c.Port, addrs: c.Addrs, names: c.Names, method: strings.ToUpper(r.Method), path: cleanPath(r.Path)}
-	g, ok := e.guard(id, t)
+	m := e.connMemo(c, t)
+	g, ok := m.guard, m.guardOK
 	if !ok && g.Denied() {
 		return g
 	}
-	if rd, rok := e.res.check(c, host, r); !rok {
+	if rd, rok := e.res.checkWith(c, m.publicResolver, r); !rok {
 		if rd.Denied() {
 			return rd
 		}
@@ -437,6 +438,46 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 		d.Rule, d.Reason, d.WouldDeny = g.Rule, g.Reason, true
 	}
 	return d
+}
+
+// connMemo is what Request works out from the request's connection
+// alone, the same for every request on it: the address guard's verdict
+// (guard) and whether the destination is a public resolver
+// (isPublicResolver). Both cost more than the rest of an allowed
+// request's decision, so they are kept in the Conn for its next
+// requests. A memo holds for the Conn and the engine that made it, and
+// for the host, port, addresses and names it was made from; the
+// workload is the Conn's, which does not change once asked about.
+type connMemo struct {
+	c              *Conn
+	e              *Engine
+	host           string
+	port           uint16
+	addrs          []netip.Addr
+	names          []string
+	guard          Decision
+	guardOK        bool
+	publicResolver bool
+}
+
+// connMemo is c's memo for t (c's request, at connection level), made
+// and kept in c when c has none that holds.
+func (e *Engine) connMemo(c *Conn, t *target) *connMemo {
+	if m, _ := c.memo.Load().(*connMemo); m != nil && m.c == c && m.e == e && m.host == t.host && m.port == t.port &&
+		sameSlice(m.addrs, t.addrs) && sameSlice(m.names, t.names) {
+		return m
+	}
+	m := &connMemo{c: c, e: e, host: t.host, port: t.port, addrs: t.addrs, names: t.names}
+	m.guard, m.guardOK = e.guard(&c.Workload, t)
+	m.publicResolver = isPublicResolver(t.host, t.names, t.addrs, t.port)
+	c.memo.Store(m)
+	return m
+}
+
+// sameSlice reports whether a and b are the same slice: the same
+// elements in the same memory (what a memo was made from, unchanged).
+func sameSlice[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // match is the first rule selecting the workload and matching the

@@ -129,7 +129,8 @@ func (d Decision) DenyBody() []byte {
 	return append(b, '\n')
 }
 
-// Conn is what is known of a connection before any HTTP is read.
+// Conn is what is known of a connection before any HTTP is read. Once
+// given to a Decider it does not change (a copy may: see Opaque).
 type Conn struct {
 	Workload workload.Identity
 	// Host is the name the client asked for: the SNI, the CONNECT target or
@@ -165,6 +166,11 @@ type Conn struct {
 	// with tls.onUntrustedClient passthrough, a TLS connection is then
 	// passed through rather than decrypted.
 	ClientUntrusted bool
+
+	// memo is what Engine.Request worked out from the connection alone
+	// (a *connMemo), kept for its next requests. A copy of the Conn
+	// shares it but does not use it: a memo names the Conn it is for.
+	memo atomic.Value
 }
 
 // ConnDecision is the decision for a connection.

@@ -166,7 +166,13 @@ func dohRequest(r *Request) bool {
 // request, nil before HTTP). ok is false when it flags the connection; d
 // then says why (WouldDeny in audit mode).
 func (r *resolution) check(c *Conn, host string, req *Request) (d Decision, ok bool) {
-	if !r.allowDoH && (isPublicResolver(host, c.Names, c.Addrs, c.Port) || (req != nil && dohRequest(req))) {
+	return r.checkWith(c, !r.allowDoH && isPublicResolver(host, c.Names, c.Addrs, c.Port), req)
+}
+
+// checkWith is check with isPublicResolver's answer for the connection
+// and host given (Request keeps it per connection: connMemo).
+func (r *resolution) checkWith(c *Conn, publicResolver bool, req *Request) (d Decision, ok bool) {
+	if !r.allowDoH && (publicResolver || (req != nil && dohRequest(req))) {
 		return r.decision(RulePublicResolver, audit.ReasonPublicResolver), false
 	}
 	if r.requireResolved && c.Unresolved && len(c.Addrs) > 0 && !inAny(r.unresolved, c.Addrs[0]) {
