@@ -271,7 +271,7 @@ func (s *DNSServer) answer(ctx context.Context, r *dns.Msg, id *workload.Identit
 		rec.PolicyDecision, rec.PolicyRule, rec.PolicyReason = d.Verdict.String(), d.Rule, d.Reason
 		return reply(dns.RcodeServerFailure), rec
 	}
-	rec.Answers = s.names.learn(key, rec.DNSName, resp, s.o.Now())
+	rec.Answers = s.names.learn(id.StateKey(), rec.DNSName, resp, s.o.Now())
 	// The client's own id, question and EDNS0 stance.
 	resp.Id = r.Id
 	resp.Question = r.Question
@@ -363,5 +363,5 @@ func rcodeName(rc int) string {
 // server and whose answers have not expired, sorted. The proxy can be
 // given it (policy.Conn.Names, dns_name). Safe for concurrent use.
 func (s *DNSServer) NamesFor(id workload.Identity, addr netip.Addr) []string {
-	return s.names.lookup(id.Key(), addr.Unmap(), s.o.Now())
+	return s.names.lookup(id.StateKey(), addr.Unmap(), s.o.Now())
 }

@@ -9,6 +9,7 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/miekg/dns"
+	"github.com/sluicehq/sluice/workload"
 )
 
 // The DNS server's two bounded memories: answers by question (dnsCache,
@@ -107,7 +108,7 @@ func msgTTL(m *dns.Msg) time.Duration {
 
 // bindingKey is one workload's view of one address.
 type bindingKey struct {
-	workload string
+	workload workload.StateKey
 	addr     netip.Addr
 }
 
@@ -127,7 +128,7 @@ func newDNSNames(size int) *dnsNames {
 // learn binds name (and the owner names of the address records, the end
 // of a CNAME chain) to the A and AAAA addresses of m for workload, and
 // returns those addresses.
-func (n *dnsNames) learn(workload, name string, m *dns.Msg, now time.Time) []netip.Addr {
+func (n *dnsNames) learn(wk workload.StateKey, name string, m *dns.Msg, now time.Time) []netip.Addr {
 	var out []netip.Addr
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -149,7 +150,7 @@ func (n *dnsNames) learn(workload, name string, m *dns.Msg, now time.Time) []net
 			out = append(out, a)
 		}
 		ttl := min(max(time.Duration(rr.Header().Ttl)*time.Second, minBindingTTL), maxBindingTTL)
-		k := bindingKey{workload, a}
+		k := bindingKey{wk, a}
 		names, _ := n.lru.Get(k)
 		fresh := make(map[string]time.Time, len(names)+2)
 		for nm, exp := range names {
@@ -168,10 +169,10 @@ func (n *dnsNames) learn(workload, name string, m *dns.Msg, now time.Time) []net
 }
 
 // lookup returns the unexpired names bound to addr for workload, sorted.
-func (n *dnsNames) lookup(workload string, addr netip.Addr, now time.Time) []string {
+func (n *dnsNames) lookup(wk workload.StateKey, addr netip.Addr, now time.Time) []string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	names, ok := n.lru.Get(bindingKey{workload, addr})
+	names, ok := n.lru.Get(bindingKey{wk, addr})
 	if !ok {
 		return nil
 	}

@@ -75,6 +75,21 @@ func (i *Identity) Key() string {
 	return "client:" + i.Client.Addr().String()
 }
 
+// StateKey is Key as a comparable value, for state looked up per request
+// (the names a workload resolved): making it costs no allocation.
+type StateKey struct {
+	cgroup string     // Cgroup, when known
+	client netip.Addr // else the client's address
+}
+
+// StateKey names the workload as Key does.
+func (i *Identity) StateKey() StateKey {
+	if i.Cgroup != "" {
+		return StateKey{cgroup: i.Cgroup}
+	}
+	return StateKey{client: i.Client.Addr()}
+}
+
 // Name is a bounded, human-readable label for the workload, suitable for
 // metrics: namespace/pod, else "container:" and the container's name,
 // else "container:" and its id (12 chars), else the cgroup path, else
