@@ -58,9 +58,11 @@ type h1UpConn struct {
 	reused bool // it served a request before
 	// deadline: a read deadline may be set, at deadlineAt (the
 	// response header timeout of its last request, or the past one of
-	// the check for bytes held inside crypto/tls). An idle connection
-	// keeps it: clearing it costs a call per request, and the checks
-	// before reuse clear one that has passed.
+	// the check for bytes held inside a crypto/tls not over a
+	// recordConn). An idle connection keeps it: clearing it costs a call
+	// per request, the next request keeps it when it ends late enough
+	// (headerSlack), and the checks before reuse clear one that has
+	// passed.
 	deadline   bool
 	deadlineAt time.Time
 }
@@ -157,9 +159,15 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 		return fail(fmt.Errorf("write request: %w", err), true)
 	}
 	if rht > 0 {
-		uc.deadlineAt = time.Now().Add(rht)
-		_ = uc.conn.SetReadDeadline(uc.deadlineAt)
-		uc.deadline = true
+		// The head is awaited until rht after now at least, and no more
+		// than headerSlack(rht) later: a deadline already set in that
+		// span (the last request's, on a busy connection) is kept.
+		want, slack := time.Now().Add(rht), headerSlack(rht)
+		if !uc.deadline || uc.deadlineAt.Before(want) || uc.deadlineAt.Sub(want) > slack {
+			uc.deadlineAt = want.Add(slack)
+			_ = uc.conn.SetReadDeadline(uc.deadlineAt)
+			uc.deadline = true
+		}
 	} else if uc.deadline {
 		_ = uc.conn.SetReadDeadline(time.Time{})
 		uc.deadline = false
@@ -224,6 +232,14 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 	}
 	return resp, false, nil
 }
+
+// headerSlack is how much later than the response header timeout rht
+// the wait for a response head may end: a read deadline set for one
+// request serves those the connection carries in the next headerSlack
+// too, so that a busy connection does not set one per request (each
+// takes the poller's lock and moves a timer). An eighth of rht, a
+// second at most: the 504 for a default 60 s timeout comes within 61 s.
+func headerSlack(rht time.Duration) time.Duration { return min(rht/8, time.Second) }
 
 // watchRequest runs abort when the request's context ends, until the
 // returned stop, which reports false when abort ran. A request an
@@ -308,16 +324,20 @@ func (b *h1Body) release(atEOF bool) {
 // usable reports whether an idle connection may carry a request: the
 // upstream neither closed it nor sent anything since its last response,
 // into the socket (idleOpen) or inside crypto/tls (a record that carried
-// the body's end and more). A read with a deadline in the past returns
-// what crypto/tls holds without a system call, and a timeout otherwise
-// (not sticky in crypto/tls or bufio); the request sets its own deadline
-// after. The socket is peeked first: an expired deadline fails that peek,
-// so a header deadline that has passed while the connection was idle is
-// cleared before.
-// The start of a record crypto/tls read off the socket with the body's
-// last record, its rest still to come, neither shows: the recordConn
-// under a connection Sluice dialed tells it (net/http's Transport would
-// read that record as the next response).
+// the body's end and more). The socket is peeked first: an expired
+// deadline fails that peek, so a header deadline that has passed while
+// the connection was idle is cleared before.
+//
+// What crypto/tls holds shows to a read through it that cannot wait: it
+// answers from what it holds, else reads the connection under it. The
+// recordConn under a connection Sluice dialed answers that read itself
+// (probe: errNothingHeld, no system call); under any other, a read
+// deadline in the past makes the socket's read time out at once (not
+// sticky in crypto/tls or bufio), and the request sets its own deadline
+// after. The start of a record crypto/tls read off the socket with the
+// body's last record, its rest still to come, shows to neither: the
+// recordConn tells it (midRecord; net/http's Transport would read that
+// record as the next response).
 func (uc *h1UpConn) usable(now time.Time) bool {
 	if uc.deadline && !now.Before(uc.deadlineAt) {
 		_ = uc.conn.SetReadDeadline(time.Time{})
@@ -329,12 +349,16 @@ func (uc *h1UpConn) usable(now time.Time) bool {
 	if _, ok := uc.conn.(*tls.Conn); !ok {
 		return true
 	}
+	if rc := recordsOf(uc.conn); rc != nil {
+		rc.probe = true
+		_, err := uc.br.Peek(1)
+		// probe is still set when crypto/tls answered from what it holds.
+		rc.probe = false
+		return err == errNothingHeld && !rc.midRecord() //nolint:errorlint // our own value, passed up unwrapped by crypto/tls and bufio
+	}
 	_ = uc.conn.SetReadDeadline(aLongTimeAgo)
 	uc.deadline, uc.deadlineAt = true, aLongTimeAgo
 	_, err := uc.br.Peek(1)
-	if rc := recordsOf(uc.conn); rc != nil && rc.midRecord() {
-		return false
-	}
 	return err != nil && errors.Is(err, os.ErrDeadlineExceeded)
 }
 

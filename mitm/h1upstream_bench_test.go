@@ -1,6 +1,7 @@
 package mitm
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -47,7 +48,8 @@ func serveCanned(b testing.TB, ln net.Listener, resp string) {
 }
 
 // BenchmarkH1PoolExchange: one request and its response through an
-// h1Pool on a kept-alive upstream connection, over plain TCP and TLS.
+// h1Pool on a kept-alive upstream connection, over plain TCP and TLS
+// (dialed as Sluice dials it, over a recordConn).
 func BenchmarkH1PoolExchange(b *testing.B) {
 	for _, useTLS := range []bool{false, true} {
 		name := "tcp"
@@ -73,7 +75,7 @@ func BenchmarkH1PoolExchange(b *testing.B) {
 				if err != nil || ccfg == nil {
 					return c, err
 				}
-				tc := tls.Client(c, ccfg)
+				tc := newUpstreamTLS(c, ccfg)
 				return tc, tc.HandshakeContext(ctx)
 			}
 			hp := newH1Pool(dial, 4, time.Minute)
@@ -111,6 +113,52 @@ func BenchmarkH1PoolExchange(b *testing.B) {
 			// The process's CPU (the upstream's included, the same
 			// before and after): wall time here is mostly loopback waits.
 			b.ReportMetric(float64((processCPU()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+// BenchmarkH1UpConnUsable: the check before an idle TLS connection is
+// reused (socket peek and bytes held inside crypto/tls), over a
+// recordConn (the probe it answers) and over a bare socket (a read
+// deadline in the past, and the timeout error it makes).
+func BenchmarkH1UpConnUsable(b *testing.B) {
+	for _, records := range []bool{true, false} {
+		name := "recordConn"
+		if !records {
+			name = "deadline"
+		}
+		b.Run(name, func(b *testing.B) {
+			tca := newTestCA(b, "bench CA")
+			cc, sc := tcpPair(b)
+			srv := tls.Server(sc, &tls.Config{Certificates: []tls.Certificate{tca.leaf(b, "api.test")}})
+			go srv.Handshake()
+			ccfg := &tls.Config{InsecureSkipVerify: true, ServerName: "api.test"} //nolint:gosec // a test's own upstream
+			var tc *tls.Conn
+			if records {
+				tc = newUpstreamTLS(cc, ccfg)
+			} else {
+				tc = tls.Client(cc, ccfg)
+			}
+			if err := tc.Handshake(); err != nil {
+				b.Fatal(err)
+			}
+			uc := &h1UpConn{conn: tc, lim: limitedReader{r: tc, n: noLimit}}
+			uc.br = bufio.NewReaderSize(&uc.lim, 4<<10)
+			uc.raw = rawSocketOf(tc)
+			if uc.raw == nil {
+				b.Fatal("no socket under the connection")
+			}
+			time.Sleep(10 * time.Millisecond) // the server's session tickets are in
+			if !uc.usable(time.Now()) {
+				b.Fatal("an idle connection is not usable")
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if !uc.usable(time.Now()) {
+					b.Fatal("an idle connection is not usable")
+				}
+			}
 		})
 	}
 }

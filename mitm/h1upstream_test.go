@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -692,6 +694,188 @@ func FuzzRecordConnBoundaries(f *testing.F) {
 			if rc.midRecord() != want {
 				t.Fatalf("at %d of %d (steps of %d): midRecord %v, want %v", off, len(stream), step, rc.midRecord(), want)
 			}
+		}
+	})
+}
+
+// TestH1PoolProbeFindsHeldBytes: an upstream, as the attacker, puts
+// what follows its answer on the wire in the same write as the
+// answer's record, so that crypto/tls reads it off the socket with it
+// and holds it, where the socket peek (idleOpen) no longer sees it: a
+// whole record (a "response" nobody asked for), the first bytes of one,
+// or a close_notify. The check before reuse, which asks the recordConn
+// under the tls.Conn (probe) instead of setting a deadline, must find
+// each, so that the next request goes on a new connection and never
+// gets those bytes; with nothing held, the connection is reused. The
+// second request is a POST, which a failed reused connection does not
+// retry, so that a miss shows.
+func TestH1PoolProbeFindsHeldBytes(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	cfg := &tls.Config{Certificates: []tls.Certificate{tca.leaf(t, "api.test")}}
+	for _, c := range []struct {
+		name  string
+		after func(tc *tls.Conn) // writes what follows the answer
+		cut   int                // how much of what follows goes on the wire; 0: all
+		conns int32              // connections for two requests
+	}{
+		{"nothing", nil, 0, 1},
+		{"whole record", func(tc *tls.Conn) {
+			io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED")
+		}, 0, 2},
+		{"partial record", func(tc *tls.Conn) {
+			io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED")
+		}, 3, 2},
+		{"close_notify", func(tc *tls.Conn) { tc.CloseWrite() }, 0, 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			var conns atomic.Int32
+			acceptEach(ln, func(nc net.Conn) {
+				conns.Add(1)
+				hw := &heldWrites{Conn: nc}
+				tc := tls.Server(hw, cfg)
+				defer tc.Close()
+				br := bufio.NewReader(tc)
+				for i := 0; ; i++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					if i > 0 {
+						io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+						continue
+					}
+					if c.after == nil {
+						io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+						continue
+					}
+					hw.mu.Lock()
+					hw.hold = true
+					hw.mu.Unlock()
+					io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+					c.after(tc)
+					hw.mu.Lock()
+					hw.hold = false
+					wire := hw.recs[0]
+					for _, r := range hw.recs[1:] {
+						wire = append(wire, r...)
+					}
+					if c.cut > 0 {
+						wire = wire[:len(hw.recs[0])+c.cut]
+					}
+					hw.recs = nil
+					hw.mu.Unlock()
+					nc.SetWriteDeadline(time.Time{}) // CloseWrite leaves one in the past
+					nc.Write(wire)                   // one write: one segment on loopback
+				}
+			})
+			addr := ln.Addr().String()
+			roots := x509.NewCertPool()
+			roots.AddCert(tca.cert)
+			ccfg := &tls.Config{RootCAs: roots, ServerName: "api.test"}
+			hp := newH1Pool(func(ctx context.Context) (net.Conn, error) {
+				var d net.Dialer
+				nc, err := d.DialContext(ctx, "tcp", addr)
+				if err != nil {
+					return nil, err
+				}
+				tc := newUpstreamTLS(nc, ccfg)
+				return tc, tc.HandshakeContext(ctx)
+			}, 4, time.Minute)
+			defer hp.closeIdle()
+			if got := poolGet(t, hp, addr, time.Second); got != "first" {
+				t.Fatalf("first request: %q", got)
+			}
+			time.Sleep(20 * time.Millisecond) // anything left on the wire is in by now
+			want := "fresh"
+			if c.after != nil {
+				want = "first" // a new connection's first answer
+			}
+			// A POST: not sent again on a new connection when the
+			// reused one fails, so only the check before reuse saves it.
+			r, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", nil)
+			resp, err := hp.roundTrip(context.Background(), &h1Request{r: r, host: addr}, time.Second)
+			if err != nil {
+				t.Fatalf("second request: %v", err)
+			}
+			if got := readAll(t, resp.Body); got != want {
+				t.Fatalf("second request: %q, want %q", got, want)
+			}
+			resp.Body.Close()
+			if n := conns.Load(); n != c.conns {
+				t.Errorf("%d upstream connections for two requests, want %d", n, c.conns)
+			}
+		})
+	}
+}
+
+// TestH1PoolHeaderTimeoutKeptDeadline: a request on a busy connection
+// keeps the read deadline the last one set when it ends late enough
+// (headerSlack), and its response header timeout still fires: an
+// upstream that never answers it fails it no sooner than the timeout
+// after the request went out and no later than headerSlack after that
+// (plus the test's scheduling allowance), on a plain connection and
+// through the proxy (a 504).
+func TestH1PoolHeaderTimeoutKeptDeadline(t *testing.T) {
+	const rht = 200 * time.Millisecond
+	const allowance = 150 * time.Millisecond // timers and scheduling on a loaded machine
+	never := make(chan struct{})
+	u := startRawUpstream(t, func(i int, req *http.Request) string {
+		if req.URL.Path == "/never" {
+			<-never
+			return ""
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	})
+	t.Cleanup(func() { close(never) }) // before the upstream's cleanup, which waits for its handlers
+	addr := u.ln.Addr().String()
+
+	t.Run("pool", func(t *testing.T) {
+		var dl deadlineLog
+		hp := newH1Pool(func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			nc, err := d.DialContext(ctx, "tcp", addr)
+			return deadlineConn{nc, &dl}, err
+		}, 4, time.Minute)
+		defer hp.closeIdle()
+		if got := poolGet(t, hp, addr, rht); got != "ok" {
+			t.Fatalf("first request: %q", got)
+		}
+		set, first := len(dl.times()), time.Now()
+		r, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/never", nil)
+		start := time.Now()
+		_, err := hp.roundTrip(context.Background(), &h1Request{r: r, host: addr}, rht)
+		took := time.Since(start)
+		if !errors.Is(err, errResponseHeaderTimeout) {
+			t.Fatalf("no answer: %v, want the header timeout", err)
+		}
+		if n := len(dl.times()) - set; n != 0 && start.Sub(first) < headerSlack(rht)/2 {
+			t.Errorf("the second request set %d read deadlines, want the first's kept", n)
+		}
+		if took < rht || took > rht+headerSlack(rht)+allowance {
+			t.Errorf("the header timeout of %v fired after %v, want %v to %v", rht, took, rht, rht+headerSlack(rht)+allowance)
+		}
+	})
+
+	t.Run("proxy", func(t *testing.T) {
+		h := newHarness(t, nil, nil, func(c *config.Proxy, _ *Deps) { c.ResponseHeaderTimeout = config.Duration(rht) })
+		c := h.client(false)
+		if code, got := doReq(t, c, "GET", u.url("/"), ""); code != 200 || got != "ok" {
+			t.Fatalf("first request: %d %q", code, got)
+		}
+		start := time.Now()
+		code, body := doReq(t, c, "GET", u.url("/never"), "")
+		took := time.Since(start)
+		if code != 504 || !strings.Contains(body, "sent no response headers within 200ms") {
+			t.Fatalf("status %d body %q", code, body)
+		}
+		if took < rht || took > rht+headerSlack(rht)+allowance {
+			t.Errorf("the 504 for a header timeout of %v came after %v, want %v to %v", rht, took, rht, rht+headerSlack(rht)+allowance)
 		}
 	})
 }

@@ -12,11 +12,18 @@ import (
 // rest still to come) is not given another request: that record would be
 // read as the next response (midRecord, h1UpConn.usable). Reads are
 // crypto/tls's, one at a time.
+//
+// It also answers the check for bytes crypto/tls holds (probe): a read
+// through the tls.Conn that comes down to the socket has found nothing
+// held, and is told so at once, with no system call, no read deadline
+// (which takes the poller's lock and moves a timer, twice: set and
+// replaced) and no allocation.
 type recordConn struct {
 	net.Conn
-	hdr  int // bytes of the current record's 5-byte header seen; 0 between records
-	size int // the record's length, from its header
-	left int // bytes of the record's body still to come
+	hdr   int  // bytes of the current record's 5-byte header seen; 0 between records
+	size  int  // the record's length, from its header
+	left  int  // bytes of the record's body still to come
+	probe bool // the next Read returns errNothingHeld, reading nothing
 }
 
 // newUpstreamTLS is tls.Client over raw, through a recordConn.
@@ -25,6 +32,10 @@ func newUpstreamTLS(raw net.Conn, cfg *tls.Config) *tls.Conn {
 }
 
 func (c *recordConn) Read(b []byte) (int, error) {
+	if c.probe {
+		c.probe = false
+		return 0, errNothingHeld
+	}
 	n, err := c.Conn.Read(b)
 	c.follow(b[:n])
 	return n, err
@@ -52,6 +63,22 @@ func (c *recordConn) follow(p []byte) {
 		}
 	}
 }
+
+// errNothingHeld is what a read with probe set returns: a temporary
+// net.Error, which crypto/tls does not keep as the connection's error
+// (readRecordOrCCS keeps only those that are not) and bufio hands back
+// once, so the connection reads on after it. A timeout too, as the
+// expired deadline's error it stands in for was: every layer between
+// treats it as it treated that one. (TestH1PoolProbeFindsHeldBytes and
+// TestH1PoolDeadlineCalls reuse a connection after it: a crypto/tls that
+// kept it would fail them.)
+var errNothingHeld net.Error = nothingHeld{}
+
+type nothingHeld struct{}
+
+func (nothingHeld) Error() string   { return "probe: nothing held in crypto/tls" }
+func (nothingHeld) Timeout() bool   { return true }
+func (nothingHeld) Temporary() bool { return true }
 
 // midRecord reports whether the bytes read so far end inside a record.
 func (c *recordConn) midRecord() bool { return c.hdr > 0 || c.left > 0 }
