@@ -466,3 +466,32 @@ func TestResponseHeaderTimeoutCountsFromBodyEnd(t *testing.T) {
 		}
 	}
 }
+
+// The response header timeout on an HTTP/1.1 pool's Transport path (a
+// body of unknown length is not sent on the handler's goroutine): 504,
+// through the context forward cancels (Exchange.cancelOut).
+func TestH1TransportPathHeaderTimeout(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	release := make(chan struct{})
+	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer close(release)
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.ResponseHeaderTimeout = config.Duration(200 * time.Millisecond) })
+	req, _ := http.NewRequest("POST", fmt.Sprintf("https://api.test:%d/slow", up.addr.Port()), io.NopCloser(strings.NewReader("abc")))
+	req.ContentLength = -1
+	start := time.Now()
+	resp, err := h.client(false).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(t, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 504 || !strings.Contains(body, "sent no response headers within 200ms") {
+		t.Fatalf("status %d body %q after %v", resp.StatusCode, body, time.Since(start))
+	}
+}

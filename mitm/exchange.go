@@ -70,8 +70,9 @@ type Exchange struct {
 	found    *findings // content findings (stage_content.go)
 
 	// rec is what Record points to, allocated with x: one allocation per
-	// request instead of two. A sink or the MCP session that keeps the
-	// record keeps x with it; nothing reuses either.
+	// request instead of two. Nothing may keep Record past the request
+	// (audit.Sink says so; the MCP session keeps a copy), else it would
+	// keep x and all x holds.
 	rec audit.Record
 }
 

@@ -331,7 +331,9 @@ func (b *h1Body) release(atEOF bool) {
 // What crypto/tls holds shows to a read through it that cannot wait: it
 // answers from what it holds, else reads the connection under it. The
 // recordConn under a connection Sluice dialed answers that read itself
-// (probe: errNothingHeld, no system call); under any other, a read
+// (probe: errNothingHeld, no system call); under any other (only tests
+// dial one: every upstream dial of Sluice's goes through newUpstreamTLS,
+// and a dial that did not would lose the midRecord check below), a read
 // deadline in the past makes the socket's read time out at once (not
 // sticky in crypto/tls or bufio), and the request sets its own deadline
 // after. The start of a record crypto/tls read off the socket with the

@@ -205,13 +205,13 @@ type fakeDecider struct {
 	req  func(*policy.Request) policy.Decision
 
 	mu    sync.Mutex
-	conns []policy.Conn
+	conns []*policy.Conn // as asked: a Conn does not change once given to a Decider
 	reqs  []policy.Request
 }
 
 func (d *fakeDecider) Connection(_ context.Context, c *policy.Conn) policy.ConnDecision {
 	d.mu.Lock()
-	d.conns = append(d.conns, *c)
+	d.conns = append(d.conns, c)
 	d.mu.Unlock()
 	if d.conn != nil {
 		return d.conn(c)
@@ -229,10 +229,10 @@ func (d *fakeDecider) Request(_ context.Context, r *policy.Request) policy.Decis
 	return policy.Decision{Rule: "test", Reason: "test allows"}
 }
 
-func (d *fakeDecider) connections() []policy.Conn {
+func (d *fakeDecider) connections() []*policy.Conn {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return append([]policy.Conn(nil), d.conns...)
+	return append([]*policy.Conn(nil), d.conns...)
 }
 
 func (d *fakeDecider) requests() []policy.Request {

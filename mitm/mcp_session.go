@@ -151,7 +151,11 @@ func (s *mcpSession) hold(p *Proxy, x *Exchange, ids []string) bool {
 				delete(s.pending, id)
 			}
 		default:
-			pd.rec = rec
+			// A copy: the record lives inside its Exchange, which holds
+			// the request, its body's prefix and the parsed messages,
+			// and must not wait with it for the answer.
+			cp := *rec
+			pd.rec = &cp
 			pd.timer = time.AfterFunc(p.cfg.IdleTimeout.D(), func() { s.expire(p, id, pd) })
 			held = true
 		}

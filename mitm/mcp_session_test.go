@@ -5,9 +5,11 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -221,4 +223,40 @@ func TestMCPLegacySSE(t *testing.T) {
 	if nx.mcp != nil {
 		t.Errorf("a POST to a closed session's endpoint still read as MCP")
 	}
+}
+
+// A record the HTTP+SSE session holds until its answer comes on the
+// stream is a copy: the Exchange it was made in (the request, its body's
+// prefix, the parsed messages) is freed meanwhile.
+func TestMCPSessionHoldKeepsNoExchange(t *testing.T) {
+	f, _ := mcpStageFlow(t)
+	s := &mcpSession{key: "k", id: "id", pending: map[string]*mcpPending{}}
+	s.expect("1", "tools/call", nil, time.Now())
+	var freed atomic.Bool
+	func() {
+		x := &Exchange{f: f, start: time.Now()}
+		x.Record = &x.rec
+		x.out.Header = map[string][]string{"Big": {string(make([]byte, 1<<20))}} // stands for Req, body prefix, msgs...
+		rec := x.Record
+		rec.Source, rec.Status, rec.MCPID = audit.SourceUpstream, 202, "1"
+		runtime.SetFinalizer(x, func(*Exchange) { freed.Store(true) })
+		if !s.hold(f.p, x, []string{"1"}) {
+			t.Fatal("not held")
+		}
+	}()
+	for i := 0; i < 5 && !freed.Load(); i++ {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !freed.Load() {
+		t.Errorf("the Exchange (and the 1 MiB it references) stays alive while its record is held")
+	}
+	s.mu.Lock()
+	for _, pd := range s.pending {
+		if pd.timer != nil {
+			pd.timer.Stop()
+		}
+	}
+	s.mu.Unlock()
+	runtime.KeepAlive(s)
 }

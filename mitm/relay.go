@@ -199,9 +199,7 @@ func (f *flow) serveOther(c net.Conn, mode string, up *peekedConn) {
 // decides (a connection that was waiting for per-request decisions must
 // not be relayed unchecked).
 func (f *flow) opaque(t *target) policy.ConnDecision {
-	c := *t.conn
-	c.Opaque = true
-	return f.p.decider().Connection(f.ctx, &c)
+	return f.p.decider().Connection(f.ctx, t.conn.OpaqueCopy())
 }
 
 // relayDecrypted relays a non-HTTP protocol between the client's and the

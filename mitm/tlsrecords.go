@@ -17,7 +17,8 @@ import (
 // through the tls.Conn that comes down to the socket has found nothing
 // held, and is told so at once, with no system call, no read deadline
 // (which takes the poller's lock and moves a timer, twice: set and
-// replaced) and no allocation.
+// replaced) and no allocation of its own (crypto/tls's read still makes
+// its atLeastReader).
 type recordConn struct {
 	net.Conn
 	hdr   int  // bytes of the current record's 5-byte header seen; 0 between records
@@ -71,7 +72,9 @@ func (c *recordConn) follow(p []byte) {
 // expired deadline's error it stands in for was: every layer between
 // treats it as it treated that one. (TestH1PoolProbeFindsHeldBytes and
 // TestH1PoolDeadlineCalls reuse a connection after it: a crypto/tls that
-// kept it would fail them.)
+// kept it would fail them.) Only a renegotiation's handshake would keep
+// it, and Sluice's upstream connections refuse renegotiation: a
+// HelloRequest ends the connection with an alert, and it is not reused.
 var errNothingHeld net.Error = nothingHeld{}
 
 type nothingHeld struct{}

@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"net/netip"
+	"reflect"
 	"testing"
 
 	"github.com/sluicehq/sluice/audit"
@@ -42,9 +43,9 @@ rules:
 	c := &Conn{Workload: tester, Host: "", Addrs: loop, Port: 8443}
 	want("exempt tester", ask(e, c, ""), false, "")
 	want("exempt tester again", ask(e, c, ""), false, "")
-	cp := *c // a copy for another workload must not take the tester's exemption
-	cp.Workload = other
-	want("copy for another workload", ask(e, &cp, ""), true, audit.ReasonLoopback)
+	cp := c.OpaqueCopy() // a copy, for another workload, must not take the tester's exemption
+	cp.Opaque, cp.Workload = false, other
+	want("copy for another workload", ask(e, cp, ""), true, audit.ReasonLoopback)
 	c2 := &Conn{Workload: other, Addrs: loop, Port: 8443}
 	want("other workload", ask(e, c2, ""), true, audit.ReasonLoopback)
 	want("other workload, reloaded engine", ask(reloaded, c2, ""), false, "")
@@ -54,13 +55,58 @@ rules:
 	want("resolver by address", ask(e, r, ""), true, audit.ReasonPublicResolver)
 	want("resolver's address, another host", ask(e, r, "api.example"), false, "")
 	want("resolver by address again", ask(e, r, ""), true, audit.ReasonPublicResolver)
+	want("resolver by name", ask(e, r, "dns.google"), true, audit.ReasonPublicResolver)
+	want("resolver by address, after the name", ask(e, r, ""), true, audit.ReasonPublicResolver)
+	// The memo checks the port, addresses and names again, although a
+	// Conn's fields do not change once given to a Decider (Conn): a
+	// caller that broke that contract still gets a fresh decision.
 	r.Port = 8443
 	want("port changed", ask(e, r, ""), false, "")
 	r.Port = 443
-	want("resolver by name", ask(e, r, "dns.google"), true, audit.ReasonPublicResolver)
-	want("resolver by address, after the name", ask(e, r, ""), true, audit.ReasonPublicResolver)
 	r.Addrs = []netip.Addr{netip.MustParseAddr("93.184.215.14")}
 	want("addresses changed", ask(e, r, ""), false, "")
 	r.Names = []string{"dns.google"}
 	want("names given", ask(e, r, ""), true, audit.ReasonPublicResolver)
+}
+
+// OpaqueCopy keeps every field of the Conn but Opaque, which it sets:
+// a field added to Conn and forgotten there fails this test.
+func TestOpaqueCopyKeepsEveryField(t *testing.T) {
+	c := &Conn{}
+	v := reflect.ValueOf(c).Elem()
+	for i := range v.NumField() {
+		f := v.Field(i)
+		if !v.Type().Field(i).IsExported() {
+			continue
+		}
+		switch f.Kind() {
+		case reflect.Bool:
+			f.SetBool(true)
+		case reflect.String:
+			f.SetString("x")
+		case reflect.Uint16:
+			f.SetUint(8443)
+		case reflect.Slice:
+			f.Set(reflect.MakeSlice(f.Type(), 1, 1))
+		case reflect.Struct:
+			f.Set(reflect.ValueOf(workload.Identity{Comm: "tester", PID: 7}))
+		default:
+			t.Fatalf("field %s of kind %s: teach this test to fill it", v.Type().Field(i).Name, f.Kind())
+		}
+	}
+	c.Opaque = false
+	cp := c.OpaqueCopy()
+	if !cp.Opaque {
+		t.Error("OpaqueCopy did not set Opaque")
+	}
+	cv := reflect.ValueOf(cp).Elem()
+	for i := range v.NumField() {
+		name := v.Type().Field(i).Name
+		if !v.Type().Field(i).IsExported() || name == "Opaque" {
+			continue
+		}
+		if !reflect.DeepEqual(v.Field(i).Interface(), cv.Field(i).Interface()) {
+			t.Errorf("OpaqueCopy dropped %s", name)
+		}
+	}
 }

@@ -404,7 +404,7 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 		host = c.Host
 	}
 	t := &target{host: host, port: c.Port, addrs: c.Addrs, names: c.Names, method: strings.ToUpper(r.Method), path: cleanPath(r.Path)}
-	m := e.connMemo(c, t)
+	m := e.memoFor(c, t)
 	g, ok := m.guard, m.guardOK
 	if !ok && g.Denied() {
 		return g
@@ -446,8 +446,9 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 // (isPublicResolver). Both cost more than the rest of an allowed
 // request's decision, so they are kept in the Conn for its next
 // requests. A memo holds for the Conn and the engine that made it, and
-// for the host, port, addresses and names it was made from; the
-// workload is the Conn's, which does not change once asked about.
+// for the request's host; the Conn's fields do not change once it is
+// given to a Decider (Conn), and its port, addresses and names are
+// checked again anyway, as cheap as they are.
 type connMemo struct {
 	c              *Conn
 	e              *Engine
@@ -460,10 +461,10 @@ type connMemo struct {
 	publicResolver bool
 }
 
-// connMemo is c's memo for t (c's request, at connection level), made
+// memoFor is c's memo for t (c's request, at connection level), made
 // and kept in c when c has none that holds.
-func (e *Engine) connMemo(c *Conn, t *target) *connMemo {
-	if m, _ := c.memo.Load().(*connMemo); m != nil && m.c == c && m.e == e && m.host == t.host && m.port == t.port &&
+func (e *Engine) memoFor(c *Conn, t *target) *connMemo {
+	if m := c.memo.Load(); m != nil && m.c == c && m.e == e && m.host == t.host && m.port == t.port &&
 		sameSlice(m.addrs, t.addrs) && sameSlice(m.names, t.names) {
 		return m
 	}
@@ -474,8 +475,9 @@ func (e *Engine) connMemo(c *Conn, t *target) *connMemo {
 	return m
 }
 
-// sameSlice reports whether a and b are the same slice: the same
-// elements in the same memory (what a memo was made from, unchanged).
+// sameSlice reports whether a and b are the same slice: the same length
+// over the same memory (it does not compare the elements: a Conn's
+// slices are not changed in place).
 func sameSlice[T any](a, b []T) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }

@@ -130,7 +130,9 @@ func (d Decision) DenyBody() []byte {
 }
 
 // Conn is what is known of a connection before any HTTP is read. Once
-// given to a Decider it does not change (a copy may: see Opaque).
+// given to a Decider none of its fields changes: a Decider may keep what
+// it worked out from it for the connection's next requests. A connection
+// known better later is a new Conn (OpaqueCopy, a retarget).
 type Conn struct {
 	Workload workload.Identity
 	// Host is the name the client asked for: the SNI, the CONNECT target or
@@ -167,10 +169,17 @@ type Conn struct {
 	// passed through rather than decrypted.
 	ClientUntrusted bool
 
-	// memo is what Engine.Request worked out from the connection alone
-	// (a *connMemo), kept for its next requests. A copy of the Conn
-	// shares it but does not use it: a memo names the Conn it is for.
-	memo atomic.Value
+	// memo is what Engine.Request worked out from the connection alone,
+	// kept for its next requests. A memo names the Conn it is for, and
+	// atomic.Pointer's noCopy makes vet refuse a copy of a Conn.
+	memo atomic.Pointer[connMemo]
+}
+
+// OpaqueCopy is c for a flow found not to be HTTP: the same fields with
+// Opaque set, and nothing Request kept.
+func (c *Conn) OpaqueCopy() *Conn {
+	return &Conn{Workload: c.Workload, Host: c.Host, Addrs: c.Addrs, Port: c.Port, TLS: c.TLS, Names: c.Names,
+		Opaque: true, Unresolved: c.Unresolved, ClientUntrusted: c.ClientUntrusted}
 }
 
 // ConnDecision is the decision for a connection.
