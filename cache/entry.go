@@ -48,7 +48,9 @@ func NewEntry(r *Rule, reqH http.Header, status int, h http.Header, body []byte,
 				if e.vary == nil {
 					e.vary = map[string]string{}
 				}
-				e.vary[f] = normalize(reqH.Values(f))
+				// A copy: a request's values may share memory with
+				// its whole head (the proxy's own parser).
+				e.vary[f] = strings.Clone(normalize(reqH.Values(f)))
 			}
 		}
 	}

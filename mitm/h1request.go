@@ -24,8 +24,9 @@ import (
 // for byte (FuzzReadRequest holds the two to it), so the loop and
 // net/http can't disagree on where a request ends.
 //
-// The request's Body is http.NoBody or ReadRequest's: the caller's to
-// replace. ctx must not be nil.
+// The request's Body is http.NoBody or ReadRequest's, which reads a
+// pooled reader reused once parseHead returns: the caller must replace
+// it. ctx must not be nil.
 func parseHead(ctx context.Context, head []byte) (req *http.Request, exact bool, err error) {
 	if sc, ok := scanRequest(head, false); ok {
 		if req := buildRequest(ctx, head, &sc); req != nil {
@@ -207,18 +208,21 @@ func plainPathByte(c byte) bool {
 //
 // Allocations: the Request, its URL and its Header map come from
 // http.NewRequestWithContext (the one public way to give a Request its
-// context without a second Request); every string (method, target,
-// path, query, field names as sent in canonical form, values) is a part
-// of one copy of the head, so a request costs one string however many
-// fields it has; a name sent in another case is canonicalized on the
-// stack and interned when common (commonRequestKeys), else it is a
-// string of its own; and one slice holds the first value of each field.
-// The head's copy (at most the loop's buffer, 4 KiB) lives as long as
-// the request or a value taken from it: the request's lifetime, and for
-// the few values kept longer (an audit record's), a few KiB per request.
+// context without a second Request); every string (target, path,
+// query, field names as sent in canonical form, values) is a part of one
+// copy of the head, so a request costs one string however many fields it
+// has; a name sent in another case is canonicalized on the stack and
+// interned when common (commonRequestKeys), else it is a string of its
+// own; and one slice holds the first value of each field. The head's copy
+// (at most the loop's buffer, 4 KiB) lives as long as the request or a
+// value taken from it. The method and the Host get strings of their own:
+// tables that outlive the request keep them (a flow's targets, the name
+// bindings, metrics' series, the flows table), and a few bytes kept must
+// not keep the head. Whatever else keeps a value past the request
+// clones it (the cache's Vary values do).
 func buildRequest(ctx context.Context, head []byte, sc *reqScan) *http.Request {
 	s := string(head)
-	req, err := http.NewRequestWithContext(ctx, s[:sc.method], "", nil)
+	req, err := http.NewRequestWithContext(ctx, methodString(head[:sc.method]), "", nil)
 	if err != nil {
 		return nil // a nil ctx: ReadRequest's, which WithContext refuses too
 	}
@@ -262,7 +266,7 @@ func buildRequest(ctx context.Context, head []byte, sc *reqScan) *http.Request {
 		if name == "Host" {
 			// ReadRequest takes the one Host out of the header, as
 			// the request's Host (its target has none).
-			req.Host = v
+			req.Host = strings.Clone(v)
 			continue
 		}
 		vv := h[name]
@@ -335,3 +339,17 @@ var commonRequestKeys = func() map[string]string {
 	}
 	return m
 }()
+
+// methodString is method as a string not part of the head's copy: the
+// common methods' constants, else a copy.
+func methodString(method []byte) string {
+	for _, m := range commonMethods {
+		if string(method) == m {
+			return m
+		}
+	}
+	return string(method)
+}
+
+var commonMethods = [...]string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch,
+	http.MethodDelete, http.MethodHead, http.MethodOptions}
