@@ -280,11 +280,7 @@ func buildRequest(ctx context.Context, head []byte, sc *reqScan) *http.Request {
 	}
 	// As ReadRequest: Pragma's Cache-Control, Close from the version and
 	// the Connection field, the body's length.
-	if hp, ok := h["Pragma"]; ok && len(hp) > 0 && hp[0] == "no-cache" {
-		if _, ok := h["Cache-Control"]; !ok {
-			h["Cache-Control"] = []string{"no-cache"}
-		}
-	}
+	fixPragma(h)
 	conn := h["Connection"]
 	req.Close = httpguts.HeaderValuesContainsToken(conn, "close")
 	if sc.minor == 0 && !req.Close {

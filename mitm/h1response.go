@@ -186,11 +186,7 @@ func parseResponse(br *bufio.Reader, req *http.Request) *h1Response {
 	}
 	// As http.ReadResponse: Pragma's Cache-Control, and a Connection
 	// field that closes is taken out.
-	if hp, ok := h["Pragma"]; ok && len(hp) > 0 && hp[0] == "no-cache" {
-		if _, ok := h["Cache-Control"]; !ok {
-			h["Cache-Control"] = []string{"no-cache"}
-		}
-	}
+	fixPragma(h)
 	if httpguts.HeaderValuesContainsToken(h["Connection"], "close") {
 		delete(h, "Connection")
 		resp.Close = true
@@ -305,3 +301,14 @@ var commonResponseKeys = func() map[string]string {
 	}
 	return m
 }()
+
+// fixPragma gives a head with "Pragma: no-cache" and no Cache-Control
+// the Cache-Control net/http's readers give it (fixPragmaCacheControl),
+// for the request and the response parsers alike.
+func fixPragma(h http.Header) {
+	if hp, ok := h["Pragma"]; ok && len(hp) > 0 && hp[0] == "no-cache" {
+		if _, ok := h["Cache-Control"]; !ok {
+			h["Cache-Control"] = []string{"no-cache"}
+		}
+	}
+}
