@@ -73,10 +73,14 @@ func reqSame(t *testing.T, head []byte) bool {
 			t.Fatalf("%q: context or body not as set", head)
 		}
 	}
-	// The head in parts: whole lines that partialOK passes without
-	// net/http must be ones ReadRequest reads, ended by an empty line.
-	if nl := bytes.LastIndexByte(head, '\n') + 1; nl > 0 {
-		lines := head[:nl]
+	// The head in parts, cut after any of its lines: whole lines that
+	// partialOK passes without net/http must be ones ReadRequest reads,
+	// ended by an empty line.
+	for i, c := range head {
+		if c != '\n' {
+			continue
+		}
+		lines := head[:i+1]
 		if sc, ok := scanRequest(lines, true); ok && sc.plainPath {
 			ended := append(bytes.Clone(lines), "\r\n"...)
 			if _, _, err := readHead(ended); err != nil {
