@@ -405,7 +405,11 @@ func (e *Engine) Request(ctx context.Context, r *Request) Decision {
 	}
 	t := &target{host: host, port: c.Port, addrs: c.Addrs, names: c.Names, method: strings.ToUpper(r.Method), path: cleanPath(r.Path)}
 	m := e.memoFor(c, t)
-	g, ok := m.guard, m.guardOK
+	var g Decision
+	ok := m.guard == nil
+	if !ok {
+		g = *m.guard
+	}
 	if !ok && g.Denied() {
 		return g
 	}
@@ -456,8 +460,7 @@ type connMemo struct {
 	port           uint16
 	addrs          []netip.Addr
 	names          []string
-	guard          Decision
-	guardOK        bool
+	guard          *Decision // nil: the guard passed; a pointer keeps an idle connection's memo small
 	publicResolver bool
 }
 
@@ -469,7 +472,9 @@ func (e *Engine) memoFor(c *Conn, t *target) *connMemo {
 		return m
 	}
 	m := &connMemo{c: c, e: e, host: t.host, port: t.port, addrs: t.addrs, names: t.names}
-	m.guard, m.guardOK = e.guard(&c.Workload, t)
+	if g, ok := e.guard(&c.Workload, t); !ok {
+		m.guard = &g
+	}
 	m.publicResolver = isPublicResolver(t.host, t.names, t.addrs, t.port)
 	c.memo.Store(m)
 	return m
