@@ -296,19 +296,7 @@ func buildRequest(ctx context.Context, head []byte, sc *reqScan) *http.Request {
 // part of the head's string: no allocation), else built in buf and
 // interned when common.
 func requestKey(buf *[maxFastName]byte, name string) string {
-	upper, canonical := true, true
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if upper && 'a' <= c && c <= 'z' {
-			c -= 'a' - 'A'
-		} else if !upper && 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		canonical = canonical && c == name[i]
-		buf[i] = c
-		upper = c == '-'
-	}
-	if canonical {
+	if canonicalInto(buf[:len(name)], name) {
 		return name
 	}
 	if s, ok := commonRequestKeys[string(buf[:len(name)])]; ok {

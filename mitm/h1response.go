@@ -267,17 +267,7 @@ func parseDigits(s []byte) int64 {
 // only), built in buf: a common field's name without an allocation, the
 // others as a new string.
 func canonicalKey(buf []byte, name string) string {
-	upper := true
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if upper && 'a' <= c && c <= 'z' {
-			c -= 'a' - 'A'
-		} else if !upper && 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		buf[i] = c
-		upper = c == '-'
-	}
+	canonicalInto(buf, name)
 	if s, ok := commonResponseKeys[string(buf)]; ok {
 		return s
 	}
@@ -311,4 +301,23 @@ func fixPragma(h http.Header) {
 			h["Cache-Control"] = []string{"no-cache"}
 		}
 	}
+}
+
+// canonicalInto writes textproto.CanonicalMIMEHeaderKey of name (token
+// bytes only) into buf, as long as name, and reports whether it is name
+// itself: the request and response parsers' one canonicalization.
+func canonicalInto(buf []byte, name string) (same bool) {
+	upper, same := true, true
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if upper && 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+		} else if !upper && 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		same = same && c == name[i]
+		buf[i] = c
+		upper = c == '-'
+	}
+	return same
 }
