@@ -23,13 +23,5 @@ func BenchmarkAppendJSON(b *testing.B) {
 // BenchmarkJSONLogRecord is JSONLog.Record of one proxied request, the
 // request's part of the JSON audit log's cost.
 func BenchmarkJSONLogRecord(b *testing.B) {
-	l := audit.NewJSONLog(io.Discard)
-	r := audittest.PodRecord(time.Date(2026, 11, 29, 16, 9, 1, 123456789, time.UTC))
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		r := r
-		for pb.Next() {
-			l.Record(&r)
-		}
-	})
+	audittest.RecordPodInParallel(b, audit.NewJSONLog(io.Discard), time.Date(2026, 11, 29, 16, 9, 1, 123456789, time.UTC))
 }

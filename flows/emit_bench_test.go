@@ -12,13 +12,5 @@ import (
 // from a Kubernetes pod (the record mitm emits), from parallel
 // connections of one workload.
 func BenchmarkRecordPod(b *testing.B) {
-	tb := flows.New(flows.Options{})
-	r := audittest.PodRecord(time.Now())
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		r := r
-		for pb.Next() {
-			tb.Record(&r)
-		}
-	})
+	audittest.RecordPodInParallel(b, flows.New(flows.Options{}), time.Now())
 }

@@ -12,13 +12,5 @@ import (
 // Kubernetes pod (the record mitm emits: runtime metadata, so
 // sluice_workload_info too).
 func BenchmarkRecordPod(b *testing.B) {
-	m := metrics.New(metrics.Options{})
-	r := audittest.PodRecord(time.Now())
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		r := r
-		for pb.Next() {
-			m.Record(&r)
-		}
-	})
+	audittest.RecordPodInParallel(b, metrics.New(metrics.Options{}), time.Now())
 }

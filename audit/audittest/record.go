@@ -1,9 +1,10 @@
 // Package audittest holds test helpers for code that takes audit records:
-// a realistic record to benchmark a sink with.
+// a realistic record to benchmark a sink with, and the benchmark.
 package audittest
 
 import (
 	"net/netip"
+	"testing"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
@@ -32,4 +33,18 @@ func PodRecord(at time.Time) audit.Record {
 		UpstreamDuration: 987654 * time.Nanosecond, UpstreamAddr: "192.0.2.10:443", Decision: audit.DecisionAllow,
 		Rule: "llm-apis", Reason: audit.ReasonAllowedByRule, DNSName: "api.example.com",
 	}
+}
+
+// RecordPodInParallel benchmarks s.Record with PodRecord(at) from
+// parallel goroutines, as the proxy's connections emit: each goroutine
+// records its own copy (a sink keeps nothing of a record).
+func RecordPodInParallel(b *testing.B, s audit.Sink, at time.Time) {
+	r := PodRecord(at)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		r := r
+		for pb.Next() {
+			s.Record(&r)
+		}
+	})
 }
