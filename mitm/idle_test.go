@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/audit"
 )
 
 // An idle CONNECT tunnel keeps nothing the explicit listener made for
@@ -98,4 +100,41 @@ func idleLiveFrom(t *testing.T, fn, skip string) int64 {
 		}
 	}
 	return live
+}
+
+// An answer the server inside a CONNECT tunnel gives on its own (a
+// malformed plain-HTTP request) is recorded once, by the tunnel's flow:
+// the tunnel's bytes no longer pass through the explicit listener's
+// h1Conn, which took that answer for one to the CONNECT and recorded it
+// a second time (method CONNECT, the tunnel's target as path).
+func TestIdleTunnelAnswerRecordedOnce(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	up := startUpstream(t, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	}))
+	h := newHarness(t, tca, nil)
+	c, err := idleDialConnect(h.url.Host, up.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+	b, _ := io.ReadAll(c)
+	if !strings.HasPrefix(string(b), "HTTP/1.1 400 ") {
+		t.Fatalf("answer %q, want a 400", b)
+	}
+	h.recs.wait(t, "of the malformed request", func(r audit.Record) bool { return r.Status == http.StatusBadRequest })
+	time.Sleep(200 * time.Millisecond) // a second record would follow at once
+	var n int
+	for _, r := range h.recs.all() {
+		if r.Status == http.StatusBadRequest {
+			n++
+			if r.Method == http.MethodConnect {
+				t.Errorf("the tunnel's answer recorded as the CONNECT's: %+v", r)
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d records of the 400, want 1", n)
+	}
 }
