@@ -31,7 +31,8 @@ import (
 // connection it serves.
 func (p *Proxy) ServeExplicit(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
-	el := &explicitListener{Listener: ln, p: p, ctx: ctx, wg: &wg}
+	el := &explicitListener{Listener: ln, p: p, wg: &wg}
+	el.ctx = context.WithValue(ctx, explicitKey{}, el) // for serveConnect
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(p.serveExplicitRequest),
 		ReadHeaderTimeout: p.cfg.HandshakeTimeout.D(),
@@ -60,6 +61,10 @@ func (p *Proxy) ServeExplicit(ctx context.Context, ln net.Listener) error {
 }
 
 type flowKey struct{}
+
+// explicitKey is the context value of an explicit listener's flows: the
+// *explicitListener.
+type explicitKey struct{}
 
 // explicitListener wraps each accepted connection for framing checks and
 // gives it a flow named by the client address.
@@ -99,11 +104,43 @@ func (l *explicitListener) wrap(c net.Conn, id workload.Identity) net.Conn {
 	l.p.obs.ConnOpened()
 	hc.onClose = func() {
 		f.releaseTargets()
-		l.p.slots.release(f.slotKey()) // the user's, once the client authenticated
-		l.p.obs.ConnClosed()
-		l.wg.Done()
+		l.closed(f.slotKey()) // the user's, once the client authenticated
 	}
 	return hc
+}
+
+// closed is the end of an explicit connection that held slot.
+func (l *explicitListener) closed(slot string) {
+	l.p.slots.release(slot)
+	l.p.obs.ConnClosed()
+	l.wg.Done()
+}
+
+// detach takes hc, the listener's connection that net/http hijacked for
+// a CONNECT tunnel, out of the tunnel's way: the tunnel is served on the
+// connection under hc, and the func returned, to run once the tunnel has
+// closed that, is hc's clean-up (onClose will not run). An idle tunnel
+// then keeps neither hc with its framer nor the flow of its CONNECT
+// (about 1 KiB, twice that in the heap the GC lets grow), and its reads
+// and writes skip a framer that has nothing to track.
+func (l *explicitListener) detach(hc *h1Conn) (net.Conn, func()) {
+	hc.closeOnce.Do(hc.unhook)
+	f := hc.fl
+	// Final: the flow serves no request after its CONNECT. Released at
+	// the end, as onClose would (flow.releaseTargets).
+	f.mu.Lock()
+	targets, fixed := f.targets, f.fixed
+	f.mu.Unlock()
+	slot := f.slotKey()
+	return hc.Conn, func() {
+		for _, t := range targets {
+			t.release()
+		}
+		if fixed != nil && !fixed.useTLS {
+			fixed.release()
+		}
+		l.closed(slot)
+	}
 }
 
 func (p *Proxy) serveExplicitRequest(w http.ResponseWriter, r *http.Request) {
@@ -184,11 +221,17 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, f *flow, dst Destination) {
 		conn.Close()
 		return
 	}
+	var done func()
+	if hc, ok := conn.(*h1Conn); ok && hc == f.h1 {
+		if l, ok := f.ctx.Value(explicitKey{}).(*explicitListener); ok {
+			conn, done = l.detach(hc)
+		}
+	}
 	c := newBufferedConn(conn, brw.Reader)
 	if a, err := netip.ParseAddr(dst.Host); err == nil {
 		dst.Host = a.Unmap().String()
 	}
-	p.serve(f.ctx, c, dst, f.id, true, nil)
+	p.serve(f.ctx, c, dst, f.id, true, done)
 }
 
 // bufferedConn lets a hijacked connection keep the bytes its bufio.Reader

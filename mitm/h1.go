@@ -533,17 +533,24 @@ func (c *h1Conn) Close() error {
 		err = c.Conn.Close()
 	}
 	c.closeOnce.Do(func() {
-		c.goneRemove()
-		c.up.mu.Lock()
-		if c.up.flowStop != nil {
-			c.up.flowStop()
-		}
-		c.up.mu.Unlock()
+		c.unhook()
 		if c.onClose != nil {
 			c.onClose()
 		}
 	})
 	return err
+}
+
+// unhook ends what watches c for its flow: the gone watch and the
+// AfterFunc on the flow's context (which would keep c alive as long as
+// that context).
+func (c *h1Conn) unhook() {
+	c.goneRemove()
+	c.up.mu.Lock()
+	if c.up.flowStop != nil {
+		c.up.flowStop()
+	}
+	c.up.mu.Unlock()
 }
 
 // closeUnderTLS closes the connection under c's TLS session, with no

@@ -38,25 +38,7 @@ func BenchmarkIdleConn(b *testing.B) {
 	addr := serveTransparent(b, h, context.Background(), -1, Destination{Addr: up.addr}, workload.Identity{PID: 1, Comm: "idle"})
 	cfg := &tls.Config{RootCAs: pool, ServerName: "api.test", NextProtos: []string{"http/1.1"}}
 	transparentDial := func() (net.Conn, error) { return net.Dial("tcp", addr) }
-	explicitDial := func() (net.Conn, error) {
-		c, err := net.Dial("tcp", h.url.Host)
-		if err != nil {
-			return nil, err
-		}
-		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\n\r\n", up.addr)
-		// Read the answer byte by byte: nothing of the TLS stream may
-		// stay behind in a bufio.Reader.
-		resp, err := http.ReadResponse(bufio.NewReaderSize(byteReader{c}, 16), &http.Request{Method: http.MethodConnect})
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		if resp.StatusCode != http.StatusOK {
-			c.Close()
-			return nil, fmt.Errorf("CONNECT: status %d", resp.StatusCode)
-		}
-		return c, nil
-	}
+	explicitDial := func() (net.Conn, error) { return idleDialConnect(h.url.Host, up.addr.String()) }
 	for _, mode := range []struct {
 		name string
 		dial func() (net.Conn, error)
@@ -67,21 +49,50 @@ func BenchmarkIdleConn(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				c := tls.Client(raw, cfg)
-				fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
-				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-				if err != nil {
-					b.Fatal(err)
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					b.Fatalf("status %d through the proxy, want 200", resp.StatusCode)
-				}
-				return c
+				return idleGet(b, raw, cfg)
 			})
 		})
 	}
+}
+
+// idleDialConnect opens a CONNECT tunnel to target through the explicit
+// proxy at proxyAddr.
+func idleDialConnect(proxyAddr, target string) (net.Conn, error) {
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\n\r\n", target)
+	// Read the answer byte by byte: nothing of the TLS stream may
+	// stay behind in a bufio.Reader.
+	resp, err := http.ReadResponse(bufio.NewReaderSize(byteReader{c}, 16), &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		c.Close()
+		return nil, fmt.Errorf("CONNECT: status %d", resp.StatusCode)
+	}
+	return c, nil
+}
+
+// idleGet starts TLS on raw, sends one GET and reads its answer, and
+// returns the TLS connection, left open and idle.
+func idleGet(tb testing.TB, raw net.Conn, cfg *tls.Config) net.Conn {
+	tb.Helper()
+	c := tls.Client(raw, cfg)
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		tb.Fatalf("status %d through the proxy, want 200", resp.StatusCode)
+	}
+	return c
 }
 
 // byteReader reads one byte at a time.

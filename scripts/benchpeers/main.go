@@ -232,6 +232,8 @@ func idle(args []string) error {
 	pidList := fs.String("pids", "ppid", "comma-separated pids to measure, or ppid")
 	settle := fs.Duration("settle", 3*time.Second, "wait before measuring")
 	limit := fs.Duration("timeout", 120*time.Second, "give up after")
+	snapDir := fs.String("snapshot", "", "after measuring, write each pid's /proc status and smaps_rollup to this directory")
+	pprofAddr := fs.String("pprof", "", "with -snapshot: also the heap profile (its MemStats) and goroutines of a pprof build's SLUICE_PPROF listener at this host:port")
 	fs.Parse(args)
 	var pids []int
 	for _, p := range strings.Split(*pidList, ",") {
@@ -300,6 +302,59 @@ func idle(args []string) error {
 	}
 	fmt.Printf("idle %d rss_before_kib %d rss_after_kib %d kib_per_conn %.1f\n", len(conns), before, after,
 		float64(after-before)/float64(len(conns)))
+	if *snapDir != "" {
+		// After the figure, so that reading the profiles can't change it.
+		if err := snapshot(*snapDir, pids, *pprofAddr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// snapshot writes, for a look at where the resident memory of the held
+// connections is, each pid's /proc status and smaps_rollup, and with a
+// pprof listener its heap profile (debug=1 ends with the runtime's
+// MemStats: heap in use, idle, released, stacks) and goroutines.
+func snapshot(dir string, pids []int, pprofAddr string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	for _, pid := range pids {
+		for _, name := range []string{"status", "smaps_rollup"} {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, name))
+			if err != nil {
+				return fmt.Errorf("snapshot: %w", err)
+			}
+			if err := os.WriteFile(fmt.Sprintf("%s/%d.%s", dir, pid, name), b, 0o644); err != nil {
+				return fmt.Errorf("snapshot: %w", err)
+			}
+		}
+	}
+	if pprofAddr == "" {
+		return nil
+	}
+	// In this order: the heap as the figure saw it, then after a
+	// collection (gc=1) what the held connections keep alive.
+	for _, f := range []struct{ name, path string }{
+		{"heap.txt", "/debug/pprof/heap?debug=1"},
+		{"heap-gc.pb.gz", "/debug/pprof/heap?gc=1"},
+		{"heap-gc.txt", "/debug/pprof/heap?debug=1"},
+		{"goroutine.txt", "/debug/pprof/goroutine?debug=1"},
+	} {
+		name, path := f.name, f.path
+		resp, err := http.Get("http://" + pprofAddr + path)
+		if err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return fmt.Errorf("snapshot %s: %w", path, err)
+		}
+		if err := os.WriteFile(dir+"/"+name, b, 0o644); err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
+	}
 	return nil
 }
 
