@@ -354,6 +354,19 @@ func needsHopEdit(h http.Header) bool {
 	return false
 }
 
+// hasHopField reports whether removeHopHeaders(h, false) may change h:
+// every field it removes is a hop-by-hop one or a Proxy-* one, or one
+// that Connection (itself hop-by-hop) lists. Most responses have none,
+// and this one pass costs less than removeHopHeaders' lookups.
+func hasHopField(h http.Header) bool {
+	for k := range h {
+		if isHopHeader(k) || hasProxyPrefix(k) {
+			return true
+		}
+	}
+	return false
+}
+
 // stopChan cancels one request to an HTTP/2 pool through the request's
 // Cancel channel; cancel may be called more than once, the first cause
 // counts.
@@ -449,7 +462,9 @@ const statusClientClosed = 499
 func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 	r, w, rec := x.Req, x.w, x.Record
 	h := w.Header()
-	removeHopHeaders(resp.Header, false)
+	if hasHopField(resp.Header) {
+		removeHopHeaders(resp.Header, false)
+	}
 	for k, vs := range resp.Header {
 		h[k] = vs
 	}

@@ -102,3 +102,29 @@ func TestStopChanFirstCauseCounts(t *testing.T) {
 		}
 	}
 }
+
+// TestHasHopFieldSkipsOnlyNoOps: a header respond passes on without
+// removeHopHeaders (hasHopField false) is one removeHopHeaders would
+// leave unchanged; and the ordinary responses are passed on so.
+func TestHasHopFieldSkipsOnlyNoOps(t *testing.T) {
+	cases := append([]http.Header{
+		{"Content-Type": {"text/plain"}, "Content-Length": {"85"}, "Date": {"x"}},
+		{"Content-Type": {"text/plain"}, "Connection": {"X-Hop"}, "X-Hop": {"1"}},
+		{"Te": {"trailers"}},
+		{"Proxy-Authenticate": {"Basic"}},
+		{"PROXY-x": {"1"}},
+		{"connection": {"close"}}, // not canonical: neither sees it
+	}, hopCases...)
+	for _, h := range cases {
+		edited := h.Clone()
+		removeHopHeaders(edited, false)
+		if changed := !reflect.DeepEqual(edited, h); changed && !hasHopField(h) {
+			t.Errorf("hasHopField(%v) = false, but removeHopHeaders changes it to %v", h, edited)
+		}
+	}
+	for _, h := range []http.Header{cases[0], hopCases[0], hopCases[len(hopCases)-1]} {
+		if hasHopField(h) {
+			t.Errorf("hasHopField(%v) = true for an ordinary header", h)
+		}
+	}
+}

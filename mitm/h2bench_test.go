@@ -1,0 +1,78 @@
+package mitm
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"sync/atomic"
+	"testing"
+
+	"github.com/sluicehq/sluice/config"
+)
+
+// BenchmarkH2Request measures one HTTP/2 GET through the proxy (client
+// HTTP/2 over TLS to Sluice, Sluice HTTP/2 over TLS to the upstream) with
+// many streams in flight on each client connection, as h2load's -c and
+// -m do: ns/op, allocs/op and the process's CPU per request (client,
+// proxy and upstream together; only the proxy's share changes with
+// Sluice's code). c32m10 is bench-peers' h2 load.
+func BenchmarkH2Request(b *testing.B) {
+	tca := newTestCA(b, "upstream test CA")
+	body := []byte("hello from the upstream, a small JSON-sized answer of about one hundred bytes.......\n")
+	up := startUpstream(b, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/plain")
+		w.Write(body)
+	}))
+	h := newHarness(b, tca, allowAllDecider{}, func(_ *config.Proxy, d *Deps) { d.Audit = &countSink{} })
+	url := fmt.Sprintf("https://api.test:%d/", up.addr.Port())
+	for _, load := range []struct {
+		name            string
+		conns, inFlight int
+	}{{"c1m32", 1, 32}, {"c32m10", 32, 320}} {
+		b.Run(load.name, func(b *testing.B) {
+			// A client per connection: each keeps one HTTP/2 connection.
+			clients := make([]*http.Client, load.conns)
+			for i := range clients {
+				clients[i] = h.client(true)
+				defer clients[i].CloseIdleConnections()
+				if err := h2Get(clients[i], url, len(body)); err != nil { // the connection, the leaf, the pool
+					b.Fatal(err)
+				}
+			}
+			var next atomic.Int64
+			b.ReportAllocs()
+			b.SetParallelism(load.inFlight / runtime.GOMAXPROCS(0))
+			b.ResetTimer()
+			cpu0 := processCPU()
+			b.RunParallel(func(pb *testing.PB) {
+				c := clients[int(next.Add(1))%len(clients)]
+				for pb.Next() {
+					if err := h2Get(c, url, len(body)); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+		})
+	}
+}
+
+// h2Get GETs url over HTTP/2 and checks the answer.
+func h2Get(c *http.Client, url string, want int) error {
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	switch {
+	case err != nil:
+		return err
+	case resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 || int(n) != want:
+		return fmt.Errorf("got %s %s with %d bytes", resp.Proto, resp.Status, n)
+	}
+	return nil
+}
