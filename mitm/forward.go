@@ -453,6 +453,24 @@ func (x *Exchange) roundTripFailed(ctx context.Context, err error) {
 // only after the handler returns.
 const shortResponse = 2 << 10
 
+// h2ShortResponse is the size of x/net's HTTP/2 response buffer (its
+// handlerChunkWriteSize): a body up to it fills the buffer without a
+// write to the stream, which happens when the handler returns. Setting a
+// stream's write deadline (and clearing it) are two messages to the
+// connection's goroutine, each with a timer update: a short body is
+// spared them (TestH2ShortResponseBuffered holds x/net to the size).
+const h2ShortResponse = 4 << 10
+
+// writesNeedDeadline reports whether respond's writes of a body of
+// length n (-1: unknown) may block on the client, so that each needs a
+// write deadline: unless the whole body fits the server's buffer.
+func writesNeedDeadline(h2 bool, n int64) bool {
+	if h2 {
+		return n < 0 || n > h2ShortResponse
+	}
+	return n < 0 || n > shortResponse
+}
+
 // statusClientClosed is nginx's "client closed request": the status a
 // record carries when the client left before the response started.
 const statusClientClosed = 499
@@ -494,7 +512,7 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 	// A client that stops reading is dropped after IdleTimeout. A short
 	// body of known length only fills the server's buffer here (it goes
 	// out after the handler returns), so its writes need no deadline.
-	guard := streaming || resp.ContentLength > shortResponse
+	guard := writesNeedDeadline(r.ProtoMajor == 2, resp.ContentLength)
 	if guard {
 		if rc == nil {
 			rc = http.NewResponseController(w)

@@ -1,9 +1,19 @@
 package mitm
 
 import (
+	"bytes"
+	"fmt"
+	"io"
 	"net/http"
 	"reflect"
 	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/config"
 )
 
 // hopCases are headers as a client or an upstream may send them.
@@ -126,5 +136,53 @@ func TestHasHopFieldSkipsOnlyNoOps(t *testing.T) {
 		if hasHopField(h) {
 			t.Errorf("hasHopField(%v) = true for an ordinary header", h)
 		}
+	}
+}
+
+// TestH2ShortResponseBuffered holds x/net's HTTP/2 server to what
+// writesNeedDeadline assumes: a body of h2ShortResponse bytes is written
+// by the handler without waiting on the client (it fills the server's
+// buffer), so its exchange ends (and is recorded) at once even when the
+// client grants no flow-control window; a body one buffer longer waits
+// for the window, and is cut at the write deadline (IdleTimeout).
+func TestH2ShortResponseBuffered(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	const idle = 2 * time.Second
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(idle) })
+	up := startUpstream(t, tca, true, bulkHandler(bulkPattern(2*h2ShortResponse)))
+	for _, tc := range []struct {
+		n    int
+		wait bool // the handler's writes wait for the window
+	}{{h2ShortResponse, false}, {2 * h2ShortResponse, true}} {
+		path := fmt.Sprintf("/len/%d/window0", tc.n)
+		conn := connectTLSProto(t, h, "api.test", up.addr.Port(), "h2")
+		if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+			t.Fatal(err)
+		}
+		fr := http2.NewFramer(conn, conn)
+		_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", fmt.Sprintf("api.test:%d", up.addr.Port())}, {":path", path}} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+		go func() { // answer the server's SETTINGS and PINGs; never a WINDOW_UPDATE
+			for {
+				if _, err := fr.ReadFrame(); err != nil {
+					return
+				}
+			}
+		}()
+		start := time.Now()
+		rec := h.recs.wait(t, "window 0", func(r audit.Record) bool { return r.Path == path })
+		took := time.Since(start)
+		switch {
+		case !tc.wait && (took > idle/2 || rec.BytesOut != int64(tc.n) || rec.End != ""):
+			t.Errorf("%d bytes: recorded after %s with %d bytes out, end %q; want at once, all of it", tc.n, took, rec.BytesOut, rec.End)
+		case tc.wait && took < idle-200*time.Millisecond:
+			t.Errorf("%d bytes: recorded after %s, before the write deadline (%s): the writes did not wait for the window", tc.n, took, idle)
+		}
+		conn.Close()
 	}
 }
