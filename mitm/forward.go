@@ -147,17 +147,25 @@ type countingBody struct {
 	n        atomic.Int64
 	onEOF    func() // called when the body has been read to its end
 	declared int64  // Content-Length, -1 when unknown
-	// Before every read the client's read deadline is pushed out to idle
-	// from now (through rc, the handler's): a client that stalls mid-body
-	// is dropped after IdleTimeout instead of holding its slot and an
-	// upstream connection. Held here rather than in a closure: one
-	// allocation for all three.
-	rc   http.ResponseController
-	idle time.Duration
+	// Before a read the client's read deadline is pushed out to idle
+	// plus deadlineSlack from now (through rc, the handler's) once it is
+	// less than idle away: a client that stalls mid-body is dropped
+	// after IdleTimeout instead of holding its slot and an upstream
+	// connection, and a body read in many pieces does not set one per
+	// read (an HTTP/2 stream's is a message to its connection's
+	// goroutine and a timer update, as responseCopy's write deadline
+	// is). Held here rather than in a closure: one allocation for all
+	// three.
+	rc    http.ResponseController
+	idle  time.Duration
+	until time.Time // the read deadline last set
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
-	_ = b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	if now := time.Now(); b.until.Sub(now) < b.idle {
+		b.until = now.Add(b.idle + deadlineSlack)
+		_ = b.rc.SetReadDeadline(b.until)
+	}
 	n, err := b.r.Read(p)
 	total := b.n.Add(int64(n))
 	if (err == io.EOF || (b.declared > 0 && total >= b.declared)) && b.onEOF != nil {

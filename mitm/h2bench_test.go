@@ -1,12 +1,14 @@
 package mitm
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net/http"
 	"runtime"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/config"
 )
@@ -75,4 +77,68 @@ func h2Get(c *http.Client, url string, want int) error {
 		return fmt.Errorf("got %s %s with %d bytes", resp.Proto, resp.Status, n)
 	}
 	return nil
+}
+
+// BenchmarkH2Upload measures a 256 KiB POST through the proxy over
+// HTTP/2 on both sides (the request body read in DATA-frame pieces,
+// each read once with its read deadline).
+func BenchmarkH2Upload(b *testing.B) {
+	tca := newTestCA(b, "upstream test CA")
+	up := startUpstream(b, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprint(w, n)
+	}))
+	h := newHarness(b, tca, allowAllDecider{}, func(_ *config.Proxy, d *Deps) { d.Audit = &countSink{} })
+	url := fmt.Sprintf("https://api.test:%d/up", up.addr.Port())
+	c := h.client(true)
+	defer c.CloseIdleConnections()
+	body := make([]byte, 256<<10)
+	post := func() error {
+		resp, err := c.Post(url, "application/octet-stream", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.ProtoMajor != 2 || string(got) != fmt.Sprint(len(body)) {
+			return fmt.Errorf("got %s %q, %v", resp.Proto, got, err)
+		}
+		return nil
+	}
+	if err := post(); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.SetParallelism(4)
+	b.ResetTimer()
+	cpu0 := processCPU()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := post(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+}
+
+// BenchmarkH2CoalesceFlush is one flush of x/net's HTTP/2 server into a
+// coalescing conn over loopback TCP, as its WriteByteTimeout makes it:
+// a write deadline set, a small Write, the deadline cleared.
+func BenchmarkH2CoalesceFlush(b *testing.B) {
+	client, server := tcpPair(b)
+	go io.Copy(io.Discard, server)
+	c := coalesce(client)
+	defer c.Close()
+	p := make([]byte, 120) // a response's HEADERS and DATA
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		_ = c.SetWriteDeadline(time.Now().Add(time.Minute))
+		if _, err := c.Write(p); err != nil {
+			b.Fatal(err)
+		}
+		_ = c.SetWriteDeadline(time.Time{})
+	}
 }
