@@ -43,6 +43,13 @@ func putCoalesceBuf(b []byte, box *[]byte) {
 // under it, the requests that arrive during one syscall go out in the
 // next. A write error is sticky: every later Write returns it. Close
 // lets the held bytes go out (bounded by closeLinger) and then closes.
+//
+// A write deadline is held, not set on the conn under at once: a Write
+// that only copies cannot pass it, so it reaches the conn under (and
+// fails the writer's system call when it passes) only while a Write
+// waits for room. x/net's HTTP/2 server sets one before and clears it
+// after each flush (its WriteByteTimeout): two runtime timer updates per
+// flush, for a Write that returned at once.
 type coalescingConn struct {
 	net.Conn
 
@@ -55,6 +62,12 @@ type coalescingConn struct {
 	writing          bool // a writer goroutine runs
 	closed           bool
 	err              error // sticky write error
+	// wdl is the write deadline last set; wdlUnder reports that it is
+	// set on the conn under too (a Write waited for room since it was
+	// set), waiting the number of Writes waiting for room.
+	wdl      time.Time
+	wdlUnder bool
+	waiting  int
 }
 
 // coalescingTLSConn keeps the TLS state visible to the http2 Transport
@@ -80,7 +93,15 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for c.err == nil && !c.closed && len(c.buf) > 0 && len(c.buf)+len(p) > coalesceLimit {
+		if !c.wdlUnder && !c.wdl.IsZero() {
+			// The wait ends at the deadline: the writer's system call
+			// fails then, and its error wakes this Write.
+			c.wdlUnder = true
+			_ = c.Conn.SetWriteDeadline(c.wdl)
+		}
+		c.waiting++
 		c.cond.Wait()
+		c.waiting--
 	}
 	if c.err != nil {
 		return 0, c.err
@@ -147,6 +168,33 @@ func (c *coalescingConn) writer() {
 	if closeNow {
 		c.Conn.Close()
 	}
+}
+
+// SetWriteDeadline holds t for the Writes that wait for room, and sets
+// it on the conn under at once when one waits now or an earlier one is
+// set there (which t replaces). After Close it does nothing: closeLinger
+// bounds what is left to write.
+func (c *coalescingConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return net.ErrClosed
+	}
+	c.wdl = t
+	if !c.wdlUnder && c.waiting == 0 {
+		return nil
+	}
+	c.wdlUnder = !t.IsZero()
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// SetDeadline sets the read deadline on the conn under and holds the
+// write deadline as SetWriteDeadline does.
+func (c *coalescingConn) SetDeadline(t time.Time) error {
+	if err := c.Conn.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
 }
 
 // Close closes at once when nothing is held, else leaves the close to

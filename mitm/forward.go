@@ -147,17 +147,25 @@ type countingBody struct {
 	n        atomic.Int64
 	onEOF    func() // called when the body has been read to its end
 	declared int64  // Content-Length, -1 when unknown
-	// Before every read the client's read deadline is pushed out to idle
-	// from now (through rc, the handler's): a client that stalls mid-body
-	// is dropped after IdleTimeout instead of holding its slot and an
-	// upstream connection. Held here rather than in a closure: one
-	// allocation for all three.
-	rc   http.ResponseController
-	idle time.Duration
+	// Before a read the client's read deadline is pushed out to idle
+	// plus deadlineSlack from now (through rc, the handler's) once it is
+	// less than idle away: a client that stalls mid-body is dropped
+	// after IdleTimeout instead of holding its slot and an upstream
+	// connection, and a body read in many pieces does not set one per
+	// read (an HTTP/2 stream's is a message to its connection's
+	// goroutine and a timer update, as responseCopy's write deadline
+	// is). Held here rather than in a closure: one allocation for all
+	// three.
+	rc    http.ResponseController
+	idle  time.Duration
+	until time.Time // the read deadline last set
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
-	_ = b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	if now := time.Now(); b.until.Sub(now) < b.idle {
+		b.until = now.Add(b.idle + deadlineSlack)
+		_ = b.rc.SetReadDeadline(b.until)
+	}
 	n, err := b.r.Read(p)
 	total := b.n.Add(int64(n))
 	if (err == io.EOF || (b.declared > 0 && total >= b.declared)) && b.onEOF != nil {
@@ -354,6 +362,19 @@ func needsHopEdit(h http.Header) bool {
 	return false
 }
 
+// hasHopField reports whether removeHopHeaders(h, false) may change h:
+// every field it removes is a hop-by-hop one or a Proxy-* one, or one
+// that Connection (itself hop-by-hop) lists. Most responses have none,
+// and this one pass costs less than removeHopHeaders' lookups.
+func hasHopField(h http.Header) bool {
+	for k := range h {
+		if isHopHeader(k) || hasProxyPrefix(k) {
+			return true
+		}
+	}
+	return false
+}
+
 // stopChan cancels one request to an HTTP/2 pool through the request's
 // Cancel channel; cancel may be called more than once, the first cause
 // counts.
@@ -440,6 +461,24 @@ func (x *Exchange) roundTripFailed(ctx context.Context, err error) {
 // only after the handler returns.
 const shortResponse = 2 << 10
 
+// h2ShortResponse is the size of x/net's HTTP/2 response buffer (its
+// handlerChunkWriteSize): a body up to it fills the buffer without a
+// write to the stream, which happens when the handler returns. Setting a
+// stream's write deadline (and clearing it) are two messages to the
+// connection's goroutine, each with a timer update: a short body is
+// spared them (TestH2ShortResponseBuffered holds x/net to the size).
+const h2ShortResponse = 4 << 10
+
+// writesNeedDeadline reports whether respond's writes of a body of
+// length n (-1: unknown) may block on the client, so that each needs a
+// write deadline: unless the whole body fits the server's buffer.
+func writesNeedDeadline(h2 bool, n int64) bool {
+	if h2 {
+		return n < 0 || n > h2ShortResponse
+	}
+	return n < 0 || n > shortResponse
+}
+
 // statusClientClosed is nginx's "client closed request": the status a
 // record carries when the client left before the response started.
 const statusClientClosed = 499
@@ -449,7 +488,9 @@ const statusClientClosed = 499
 func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 	r, w, rec := x.Req, x.w, x.Record
 	h := w.Header()
-	removeHopHeaders(resp.Header, false)
+	if hasHopField(resp.Header) {
+		removeHopHeaders(resp.Header, false)
+	}
 	for k, vs := range resp.Header {
 		h[k] = vs
 	}
@@ -479,7 +520,7 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 	// A client that stops reading is dropped after IdleTimeout. A short
 	// body of known length only fills the server's buffer here (it goes
 	// out after the handler returns), so its writes need no deadline.
-	guard := streaming || resp.ContentLength > shortResponse
+	guard := writesNeedDeadline(r.ProtoMajor == 2, resp.ContentLength)
 	if guard {
 		if rc == nil {
 			rc = http.NewResponseController(w)

@@ -1,9 +1,19 @@
 package mitm
 
 import (
+	"bytes"
+	"fmt"
+	"io"
 	"net/http"
 	"reflect"
 	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/config"
 )
 
 // hopCases are headers as a client or an upstream may send them.
@@ -100,5 +110,187 @@ func TestStopChanFirstCauseCounts(t *testing.T) {
 		if s.timedOut.Load() != tc.timeout {
 			t.Errorf("causes %v: timedOut %v, want %v", tc.causes, s.timedOut.Load(), tc.timeout)
 		}
+	}
+}
+
+// TestHasHopFieldSkipsOnlyNoOps: a header respond passes on without
+// removeHopHeaders (hasHopField false) is one removeHopHeaders would
+// leave unchanged; and the ordinary responses are passed on so.
+func TestHasHopFieldSkipsOnlyNoOps(t *testing.T) {
+	cases := append([]http.Header{
+		{"Content-Type": {"text/plain"}, "Content-Length": {"85"}, "Date": {"x"}},
+		{"Content-Type": {"text/plain"}, "Connection": {"X-Hop"}, "X-Hop": {"1"}},
+		{"Te": {"trailers"}},
+		{"Proxy-Authenticate": {"Basic"}},
+		{"PROXY-x": {"1"}},
+		{"connection": {"close"}}, // not canonical: neither sees it
+	}, hopCases...)
+	for _, h := range cases {
+		edited := h.Clone()
+		removeHopHeaders(edited, false)
+		if changed := !reflect.DeepEqual(edited, h); changed && !hasHopField(h) {
+			t.Errorf("hasHopField(%v) = false, but removeHopHeaders changes it to %v", h, edited)
+		}
+	}
+	for _, h := range []http.Header{cases[0], hopCases[0], hopCases[len(hopCases)-1]} {
+		if hasHopField(h) {
+			t.Errorf("hasHopField(%v) = true for an ordinary header", h)
+		}
+	}
+}
+
+// TestH2ShortResponseBuffered holds x/net's HTTP/2 server to what
+// writesNeedDeadline assumes: a body of h2ShortResponse bytes is written
+// by the handler without waiting on the client (it fills the server's
+// buffer), so its exchange ends (and is recorded) at once even when the
+// client grants no flow-control window; a body one buffer longer waits
+// for the window, and is cut at the write deadline (IdleTimeout).
+func TestH2ShortResponseBuffered(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	const idle = 2 * time.Second
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(idle) })
+	up := startUpstream(t, tca, true, bulkHandler(bulkPattern(2*h2ShortResponse)))
+	for _, tc := range []struct {
+		n    int
+		wait bool // the handler's writes wait for the window
+	}{{h2ShortResponse, false}, {2 * h2ShortResponse, true}} {
+		path := fmt.Sprintf("/len/%d/window0", tc.n)
+		conn := connectTLSProto(t, h, "api.test", up.addr.Port(), "h2")
+		if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+			t.Fatal(err)
+		}
+		fr := http2.NewFramer(conn, conn)
+		_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", fmt.Sprintf("api.test:%d", up.addr.Port())}, {":path", path}} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+		go func() { // answer the server's SETTINGS and PINGs; never a WINDOW_UPDATE
+			for {
+				if _, err := fr.ReadFrame(); err != nil {
+					return
+				}
+			}
+		}()
+		start := time.Now()
+		rec := h.recs.wait(t, "window 0", func(r audit.Record) bool { return r.Path == path })
+		took := time.Since(start)
+		switch {
+		case !tc.wait && (took > idle/2 || rec.BytesOut != int64(tc.n) || rec.End != ""):
+			t.Errorf("%d bytes: recorded after %s with %d bytes out, end %q; want at once, all of it", tc.n, took, rec.BytesOut, rec.End)
+		case tc.wait && took < idle-200*time.Millisecond:
+			t.Errorf("%d bytes: recorded after %s, before the write deadline (%s): the writes did not wait for the window", tc.n, took, idle)
+		}
+		conn.Close()
+	}
+}
+
+// h2ReadDeadlineWriter records the read deadlines a body sets through
+// its ResponseController.
+type h2ReadDeadlineWriter struct {
+	http.ResponseWriter
+	set []time.Time
+}
+
+func (w *h2ReadDeadlineWriter) SetReadDeadline(t time.Time) error {
+	w.set = append(w.set, t)
+	return nil
+}
+
+// TestCountingBodyReadDeadlineBounded: before every read of a request
+// body the client has at least idle, and at most idle plus
+// deadlineSlack, to send more; a body read in many quick pieces sets a
+// deadline about once per deadlineSlack, not once per read.
+func TestCountingBodyReadDeadlineBounded(t *testing.T) {
+	const idle = time.Second
+	const reads = 300
+	w := &h2ReadDeadlineWriter{}
+	b := &countingBody{r: io.NopCloser(bytes.NewReader(make([]byte, reads))), declared: reads,
+		rc: *http.NewResponseController(w), idle: idle}
+	p := make([]byte, 1)
+	start := time.Now()
+	for i := 0; ; i++ {
+		before := time.Now()
+		n, err := b.Read(p)
+		if len(w.set) == 0 {
+			t.Fatal("no read deadline set before the first read")
+		}
+		if dl := w.set[len(w.set)-1]; dl.Sub(before) < idle || dl.Sub(before) > idle+deadlineSlack+50*time.Millisecond {
+			t.Fatalf("read %d: deadline %s after the read began, want between %s and %s", i, dl.Sub(before), idle, idle+deadlineSlack)
+		}
+		if err != nil || n == 0 {
+			break
+		}
+		if i%30 == 0 {
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	if b.n.Load() != reads {
+		t.Errorf("counted %d bytes, want %d", b.n.Load(), reads)
+	}
+	if most := int(time.Since(start)/deadlineSlack) + 2; len(w.set) > most {
+		t.Errorf("%d read deadlines set for %d reads in %s, want at most %d", len(w.set), reads, time.Since(start), most)
+	}
+}
+
+// TestH2StalledRequestBodyDropped: an HTTP/2 client that stops sending
+// in the middle of a request body has its stream cut after IdleTimeout
+// (the body's read deadline), and the exchange is recorded then.
+func TestH2StalledRequestBodyDropped(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	const idle = 400 * time.Millisecond
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(idle) })
+	up := startUpstream(t, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
+	conn := connectTLSProto(t, h, "api.test", up.addr.Port(), "h2")
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	_ = fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", fmt.Sprintf("api.test:%d", up.addr.Port())}, {":path", "/upload/h2"}, {"content-length", "100000"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
+	// Some body in quick pieces, then nothing.
+	for range 50 {
+		_ = fr.WriteData(1, false, make([]byte, 100))
+		time.Sleep(time.Millisecond)
+	}
+	stalled := time.Now()
+	reset := make(chan struct{})
+	go func() {
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if rs, ok := f.(*http2.RSTStreamFrame); ok && rs.StreamID == 1 {
+				close(reset)
+				return
+			}
+			if hf, ok := f.(*http2.HeadersFrame); ok && hf.StreamID == 1 && hf.StreamEnded() {
+				close(reset) // answered and ended: the stream is done too
+				return
+			}
+		}
+	}()
+	rec := h.recs.wait(t, "stalled h2 upload", func(r audit.Record) bool { return r.Path == "/upload/h2" })
+	took := time.Since(stalled)
+	if took < idle-50*time.Millisecond || took > idle+3*time.Second {
+		t.Errorf("recorded %s after the client stalled, want about %s", took, idle)
+	}
+	if rec.BytesIn != 5000 {
+		t.Errorf("bytes_in %d, want the 5000 sent", rec.BytesIn)
+	}
+	select {
+	case <-reset:
+	case <-time.After(5 * time.Second):
+		t.Error("the stalled stream was neither reset nor answered")
 	}
 }
