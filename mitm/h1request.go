@@ -28,11 +28,21 @@ import (
 // pooled reader reused once parseHead returns: the caller must replace
 // it. ctx must not be nil.
 func parseHead(ctx context.Context, head []byte) (req *http.Request, exact bool, err error) {
-	if sc, ok := scanRequest(head, false); ok {
-		if req := buildRequest(ctx, head, &sc); req != nil {
+	var sc reqScan
+	return parseHeadScan(ctx, head, &sc)
+}
+
+// parseHeadScan is parseHead, leaving in sc what scanRequest found in
+// head when buildRequest made req of it (sc.built), else a zero reqScan:
+// net/http parsed it. fastServable reads it.
+func parseHeadScan(ctx context.Context, head []byte, sc *reqScan) (req *http.Request, exact bool, err error) {
+	if *sc, exact = scanRequest(head, false); exact {
+		if req := buildRequest(ctx, head, sc); req != nil {
+			sc.built = true
 			return req, true, nil
 		}
 	}
+	*sc = reqScan{}
 	req, exact, err = readHead(head)
 	if err == nil {
 		req = req.WithContext(ctx)
@@ -77,6 +87,11 @@ type reqScan struct {
 	hosts     int   // Host fields
 	n         int64 // the Content-Length, or -1 without one
 	plainPath bool  // the target's path is one url.ParseRequestURI keeps as it is
+	// refused: an Expect, Upgrade or HTTP2-Settings field, which the
+	// fast loop leaves to net/http; conn: a Connection field, whose
+	// tokens it looks at (fastServable).
+	refused, conn bool
+	built         bool // buildRequest made the request of this head (parseHeadScan)
 }
 
 // scanRequest checks that head has the shape parseHead takes, allocating
@@ -178,6 +193,10 @@ func scanRequest(head []byte, partial bool) (sc reqScan, ok bool) {
 			}
 		case equalFoldLower(name, "transfer-encoding"), equalFoldLower(name, "trailer"):
 			return sc, false
+		case equalFoldLower(name, "connection"):
+			sc.conn = true
+		case equalFoldLower(name, "expect"), equalFoldLower(name, "upgrade"), equalFoldLower(name, "http2-settings"):
+			sc.refused = true
 		}
 		if sc.fields++; sc.fields > maxFastHeaderLines {
 			return sc, false
