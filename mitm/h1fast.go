@@ -63,6 +63,9 @@ type h1Fast struct {
 	bw  *bufio.Writer
 	out fastOut
 	ctx context.Context
+	// tmpl is the Request each request's is a copy of: it holds ctx
+	// (newReqTemplate).
+	tmpl *http.Request
 	// dl is the connection's read deadline when dlSet: the loop set it
 	// last, and no handler or gone-watch read changed it since. The wait
 	// for the next request keeps one that ends late enough (waitDeadline).
@@ -161,6 +164,7 @@ func (s *h1Server) serveFast(c *h1Conn) {
 	}
 	ctx, cancel := context.WithCancel(c.baseCtx)
 	fs.ctx = ctx
+	fs.tmpl = newReqTemplate(ctx)
 	c.gw.mu.Lock()
 	c.gw.cancel = cancel
 	c.gw.mu.Unlock()
@@ -399,7 +403,7 @@ func (fs *h1Fast) next(first bool) int {
 	// still unread for net/http.
 	head, _ := br.Peek(end)
 	var sc reqScan
-	req, exact, err := parseHeadScan(fs.ctx, head, &sc)
+	req, exact, err := parseHeadScan(fs.tmpl, head, &sc)
 	if err != nil || !exact || !fastServable(req, &sc) {
 		return fastHandOff
 	}

@@ -62,7 +62,7 @@ func reqSame(t *testing.T, head []byte) bool {
 	}
 	sc, taken := scanRequest(head, false)
 	if taken {
-		req := buildRequest(reqCtx, head, &sc)
+		req := buildRequest(newReqTemplate(reqCtx), head, &sc)
 		if taken = req != nil; !taken && sc.plainPath {
 			t.Fatalf("%q: a plain path refused", head)
 		}
@@ -88,7 +88,7 @@ func reqSame(t *testing.T, head []byte) bool {
 	if taken {
 		wantNotes = reqScanBuilt(sc)
 	}
-	if parseHeadScan(reqCtx, head, &notes); notes != wantNotes {
+	if parseHeadScan(newReqTemplate(reqCtx), head, &notes); notes != wantNotes {
 		t.Fatalf("%q: parseHeadScan's notes %+v, want %+v", head, notes, wantNotes)
 	}
 	// The head in parts, cut after any of its lines: whole lines that
@@ -308,10 +308,13 @@ func TestReadRequestFastShape(t *testing.T) {
 			t.Errorf("%q: %v allocations before handing it to net/http", s, a)
 		}
 	}
-	// A common request is one string, the Request, its URL and header
-	// map, the values' slice and the Host: no string per field.
+	// A common request is one string, the Request with its URL, the
+	// header map, the values' slice and the Host: no string per field
+	// (the loop makes its template once: newReqTemplate).
 	head := []byte(reqSeeds[6])
-	if a := testing.AllocsPerRun(100, func() { parseHead(reqCtx, head) }); a > 7 {
+	tmpl := newReqTemplate(reqCtx)
+	var sc reqScan
+	if a := testing.AllocsPerRun(100, func() { parseHeadScan(tmpl, head, &sc) }); a > 6 {
 		t.Errorf("%v allocations for %q", a, head)
 	}
 }
@@ -380,6 +383,8 @@ func FuzzReadRequest(f *testing.F) {
 // it had a parser of its own (http.ReadRequest, then WithContext).
 func BenchmarkReqParseHead(b *testing.B) {
 	ctx := context.Background()
+	tmpl := newReqTemplate(ctx) // once per run of the loop, as serveFast does
+	var sc reqScan
 	for _, c := range []struct{ name, head string }{
 		{"wrk", reqSeeds[0]},
 		{"curl", reqSeeds[1]},
@@ -396,7 +401,7 @@ func BenchmarkReqParseHead(b *testing.B) {
 				}
 				return req, exact, err
 			}},
-			{"ours", func(head []byte) (*http.Request, bool, error) { return parseHead(ctx, head) }},
+			{"ours", func(head []byte) (*http.Request, bool, error) { return parseHeadScan(tmpl, head, &sc) }},
 		} {
 			b.Run(c.name+"/"+p.name, func(b *testing.B) {
 				head := []byte(c.head)
@@ -421,7 +426,7 @@ func BenchmarkFastServable(b *testing.B) {
 		{"undici", reqSeeds[6]},
 	} {
 		var sc reqScan
-		req, _, err := parseHeadScan(reqCtx, []byte(c.head), &sc)
+		req, _, err := parseHeadScan(newReqTemplate(reqCtx), []byte(c.head), &sc)
 		if err != nil || !sc.built {
 			b.Fatalf("%q: not scanned (%v)", c.head, err)
 		}
