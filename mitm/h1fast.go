@@ -63,6 +63,9 @@ type h1Fast struct {
 	bw  *bufio.Writer
 	out fastOut
 	ctx context.Context
+	// tmpl is the Request each request's is a copy of: it holds ctx
+	// (newReqTemplate).
+	tmpl *http.Request
 	// dl is the connection's read deadline when dlSet: the loop set it
 	// last, and no handler or gone-watch read changed it since. The wait
 	// for the next request keeps one that ends late enough (waitDeadline).
@@ -161,6 +164,7 @@ func (s *h1Server) serveFast(c *h1Conn) {
 	}
 	ctx, cancel := context.WithCancel(c.baseCtx)
 	fs.ctx = ctx
+	fs.tmpl = newReqTemplate(ctx)
 	c.gw.mu.Lock()
 	c.gw.cancel = cancel
 	c.gw.mu.Unlock()
@@ -398,8 +402,9 @@ func (fs *h1Fast) next(first bool) int {
 	// Parsed from a copy, so that a head the loop does not serve is
 	// still unread for net/http.
 	head, _ := br.Peek(end)
-	req, exact, err := parseHead(fs.ctx, head)
-	if err != nil || !exact || !fastServable(req) {
+	var sc reqScan
+	req, exact, err := parseHeadScan(fs.tmpl, head, &sc)
+	if err != nil || !exact || !fastServable(req, &sc) {
 		return fastHandOff
 	}
 	_, _ = br.Discard(end)
@@ -475,7 +480,15 @@ func headEnd(buf []byte) int {
 }
 
 // fastServable reports whether the loop serves req (else net/http does).
-func fastServable(r *http.Request) bool {
+// sc is what parseHeadScan left: when buildRequest made req (sc.built),
+// what scanRequest found in the head. Such a head's field names are token bytes and
+// its values visible ASCII, spaces and tabs (fastValue), which
+// ValidHeaderFieldName and ValidHeaderFieldValue take, and the scan
+// noted the fields looked at by name below: its header is not walked
+// again (each of undici's 9 fields, say, cost a map step and two
+// checks). reqSame holds the two ways to the same answer on every head
+// FuzzReadRequest tries.
+func fastServable(r *http.Request, sc *reqScan) bool {
 	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Method == http.MethodConnect || r.Method == "PRI" ||
 		r.TransferEncoding != nil || r.ContentLength < 0 || r.RequestURI == "*" {
 		return false
@@ -487,18 +500,17 @@ func fastServable(r *http.Request) bool {
 		return false
 	}
 	h := r.Header
+	if sc.built {
+		// Transfer-Encoding and Trailer: the scan takes no head with them.
+		return !sc.refused && (!sc.conn || fastConnection(h["Connection"]))
+	}
 	for k, vs := range h {
 		switch k {
 		case "Expect", "Upgrade", "Transfer-Encoding", "Trailer", "Http2-Settings":
 			return false
 		case "Connection":
-			for _, v := range vs {
-				for tok := range strings.SplitSeq(v, ",") {
-					tok = trimBlank(tok)
-					if !strings.EqualFold(tok, "keep-alive") && !strings.EqualFold(tok, "close") && tok != "" {
-						return false
-					}
-				}
+			if !fastConnection(vs) {
+				return false
 			}
 		}
 		if !httpguts.ValidHeaderFieldName(k) {
@@ -506,6 +518,20 @@ func fastServable(r *http.Request) bool {
 		}
 		for _, v := range vs {
 			if !httpguts.ValidHeaderFieldValue(v) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// fastConnection reports whether the Connection values vs have no token
+// but keep-alive and close (in any case), which the loop handles.
+func fastConnection(vs []string) bool {
+	for _, v := range vs {
+		for tok := range strings.SplitSeq(v, ",") {
+			tok = trimBlank(tok)
+			if !strings.EqualFold(tok, "keep-alive") && !strings.EqualFold(tok, "close") && tok != "" {
 				return false
 			}
 		}

@@ -28,16 +28,47 @@ import (
 // pooled reader reused once parseHead returns: the caller must replace
 // it. ctx must not be nil.
 func parseHead(ctx context.Context, head []byte) (req *http.Request, exact bool, err error) {
-	if sc, ok := scanRequest(head, false); ok {
-		if req := buildRequest(ctx, head, &sc); req != nil {
+	var sc reqScan
+	return parseHeadScan(newReqTemplate(ctx), head, &sc)
+}
+
+// parseHeadScan is parseHead with the context of tmpl (newReqTemplate),
+// leaving in sc what scanRequest found in head when buildRequest made
+// req of it (sc.built), else a zero reqScan: net/http parsed it.
+// fastServable reads it.
+func parseHeadScan(tmpl *http.Request, head []byte, sc *reqScan) (req *http.Request, exact bool, err error) {
+	if *sc, exact = scanRequest(head, false); exact {
+		if req := buildRequest(tmpl, head, sc); req != nil {
+			sc.built = true
 			return req, true, nil
 		}
 	}
+	*sc = reqScan{}
 	req, exact, err = readHead(head)
 	if err == nil {
-		req = req.WithContext(ctx)
+		req = req.WithContext(tmpl.Context())
 	}
 	return req, exact, err
+}
+
+// newReqTemplate is the Request buildRequest copies for each request
+// with the context ctx: http.NewRequestWithContext's (the one public way
+// to give a Request its context) without a URL or a Header, which each
+// copy gets of its own. A nil ctx panics, as WithContext's does.
+func newReqTemplate(ctx context.Context) *http.Request {
+	tmpl, err := http.NewRequestWithContext(ctx, http.MethodGet, "", nil)
+	if err != nil {
+		panic(err) // a nil ctx: the one error of these arguments
+	}
+	tmpl.URL, tmpl.Header = nil, nil
+	return tmpl
+}
+
+// builtRequest is a Request buildRequest makes and its URL, in one
+// allocation.
+type builtRequest struct {
+	req http.Request
+	url url.URL
 }
 
 // headParser parses a copy of a head: a bufio.Reader (of a buffer as
@@ -77,6 +108,11 @@ type reqScan struct {
 	hosts     int   // Host fields
 	n         int64 // the Content-Length, or -1 without one
 	plainPath bool  // the target's path is one url.ParseRequestURI keeps as it is
+	// refused: an Expect, Upgrade or HTTP2-Settings field, which the
+	// fast loop leaves to net/http; conn: a Connection field, whose
+	// tokens it looks at (fastServable).
+	refused, conn bool
+	built         bool // buildRequest made the request of this head (parseHeadScan)
 }
 
 // scanRequest checks that head has the shape parseHead takes, allocating
@@ -178,6 +214,10 @@ func scanRequest(head []byte, partial bool) (sc reqScan, ok bool) {
 			}
 		case equalFoldLower(name, "transfer-encoding"), equalFoldLower(name, "trailer"):
 			return sc, false
+		case equalFoldLower(name, "connection"):
+			sc.conn = true
+		case equalFoldLower(name, "expect"), equalFoldLower(name, "upgrade"), equalFoldLower(name, "http2-settings"):
+			sc.refused = true
 		}
 		if sc.fields++; sc.fields > maxFastHeaderLines {
 			return sc, false
@@ -203,13 +243,13 @@ func plainPathByte(c byte) bool {
 }
 
 // buildRequest builds the request scanRequest found in head, as
-// http.ReadRequest and WithContext(ctx) would, or returns nil when the
-// target is one url.ParseRequestURI refuses.
+// http.ReadRequest and WithContext(tmpl.Context()) would, or returns nil
+// when the target is one url.ParseRequestURI refuses.
 //
-// Allocations: the Request, its URL and its Header map come from
-// http.NewRequestWithContext (the one public way to give a Request its
-// context without a second Request); every string (target, path,
-// query, field names as sent in canonical form, values) is a part of one
+// Allocations: the Request and its URL are one (a copy of tmpl, which
+// holds the context: newReqTemplate), its Header map another, where
+// http.NewRequestWithContext took three and a parse of ""; every string
+// (target, path, query, field names as sent in canonical form, values) is a part of one
 // copy of the head, so a request costs one string however many fields it
 // has; a name sent in another case is canonicalized on the stack and
 // interned when common (commonRequestKeys), else it is a string of its
@@ -220,12 +260,14 @@ func plainPathByte(c byte) bool {
 // bindings, metrics' series, the flows table), and a few bytes kept must
 // not keep the head. Whatever else keeps a value past the request
 // clones it (the cache's Vary values do).
-func buildRequest(ctx context.Context, head []byte, sc *reqScan) *http.Request {
+func buildRequest(tmpl *http.Request, head []byte, sc *reqScan) *http.Request {
 	s := string(head)
-	req, err := http.NewRequestWithContext(ctx, methodString(head[:sc.method]), "", nil)
-	if err != nil {
-		return nil // a nil ctx: ReadRequest's, which WithContext refuses too
-	}
+	// The template's copy is what http.NewRequestWithContext(ctx,
+	// method, "", nil) gives (the method's token bytes are checked by
+	// the scan), with the URL next to the Request.
+	br := &builtRequest{req: *tmpl}
+	req := &br.req
+	req.Method, req.URL = methodString(head[:sc.method]), &br.url
 	target := s[sc.method+1 : sc.target]
 	if sc.plainPath {
 		// As url.parse does for a target in origin form: the query
@@ -246,11 +288,13 @@ func buildRequest(ctx context.Context, head []byte, sc *reqScan) *http.Request {
 		req.Proto, req.ProtoMinor = "HTTP/1.0", 0
 	}
 
-	h := req.Header
+	var h http.Header
 	if n := sc.fields - sc.hosts; n > 8 {
 		h = make(http.Header, n) // past a small map's size
-		req.Header = h
+	} else {
+		h = make(http.Header)
 	}
+	req.Header = h
 	var strs []string
 	if n := sc.fields - sc.hosts; n > 0 {
 		strs = make([]string, n)

@@ -62,7 +62,7 @@ func reqSame(t *testing.T, head []byte) bool {
 	}
 	sc, taken := scanRequest(head, false)
 	if taken {
-		req := buildRequest(reqCtx, head, &sc)
+		req := buildRequest(newReqTemplate(reqCtx), head, &sc)
 		if taken = req != nil; !taken && sc.plainPath {
 			t.Fatalf("%q: a plain path refused", head)
 		}
@@ -72,6 +72,24 @@ func reqSame(t *testing.T, head []byte) bool {
 		if taken && (req.Context() != reqCtx || req.Body != http.NoBody) {
 			t.Fatalf("%q: context or body not as set", head)
 		}
+		// What the scan noted must give fastServable the answer that
+		// walking the header gives, on this request and on net/http's
+		// (no head reaches the loop with a field it would refuse).
+		if taken {
+			std, _, _ := readHead(head)
+			built := reqScanBuilt(sc)
+			if a, b, c := fastServable(req, &built), fastServable(req, &reqScan{}), fastServable(std, &reqScan{}); a != b || a != c {
+				t.Fatalf("%q: fastServable %v with the scan's notes, %v walking the header, %v on net/http's", head, a, b, c)
+			}
+		}
+	}
+	// The loop skips the header walk only for a head the scan took.
+	var notes, wantNotes reqScan
+	if taken {
+		wantNotes = reqScanBuilt(sc)
+	}
+	if parseHeadScan(newReqTemplate(reqCtx), head, &notes); notes != wantNotes {
+		t.Fatalf("%q: parseHeadScan's notes %+v, want %+v", head, notes, wantNotes)
 	}
 	// The head in parts, cut after any of its lines: whole lines that
 	// partialOK passes without net/http must be ones ReadRequest reads,
@@ -89,6 +107,13 @@ func reqSame(t *testing.T, head []byte) bool {
 		}
 	}
 	return taken
+}
+
+// reqScanBuilt is sc as parseHeadScan leaves it when buildRequest made
+// the request.
+func reqScanBuilt(sc reqScan) reqScan {
+	sc.built = true
+	return sc
 }
 
 // reqSeeds are request heads of every kind that matters to framing and
@@ -216,6 +241,18 @@ var reqSeeds = []string{
 	"GET / HTTP/1.1\r\nHost: api.test\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: api.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+	// Fields the fast loop refuses by name, in any case (fastServable).
+	"GET / HTTP/1.1\r\nHost: api.test\r\nEXPECT: 100-continue\r\n\r\n",
+	"GET / HTTP/1.1\r\nhost: api.test\r\nupgrade: h2c\r\nconnection: Upgrade, HTTP2-Settings\r\nhttp2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: api.test\r\nHTTP2-Settings: x\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: api.test\r\nuPGRADE: websocket\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: api.test\r\nConnection: ,Keep-Alive ,\t\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: api.test\r\nConnection: keep-alive\r\nConnection: te\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: api.test\r\nExpects: x\r\nUpgrades: y\r\nConnections: z\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: \r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+	"CONNECT /x HTTP/1.1\r\nHost: api.test\r\n\r\n",
+	"PRI /x HTTP/1.1\r\nHost: api.test\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: api.test\r\nPragma: no-cache\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: api.test\r\nPragma: no-cache\r\nCache-Control: max-age=0\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: api.test\r\nPragma: No-Cache\r\n\r\n",
@@ -271,10 +308,13 @@ func TestReadRequestFastShape(t *testing.T) {
 			t.Errorf("%q: %v allocations before handing it to net/http", s, a)
 		}
 	}
-	// A common request is one string, the Request, its URL and header
-	// map, the values' slice and the Host: no string per field.
+	// A common request is one string, the Request with its URL, the
+	// header map, the values' slice and the Host: no string per field
+	// (the loop makes its template once: newReqTemplate).
 	head := []byte(reqSeeds[6])
-	if a := testing.AllocsPerRun(100, func() { parseHead(reqCtx, head) }); a > 7 {
+	tmpl := newReqTemplate(reqCtx)
+	var sc reqScan
+	if a := testing.AllocsPerRun(100, func() { parseHeadScan(tmpl, head, &sc) }); a > 6 {
 		t.Errorf("%v allocations for %q", a, head)
 	}
 }
@@ -343,6 +383,8 @@ func FuzzReadRequest(f *testing.F) {
 // it had a parser of its own (http.ReadRequest, then WithContext).
 func BenchmarkReqParseHead(b *testing.B) {
 	ctx := context.Background()
+	tmpl := newReqTemplate(ctx) // once per run of the loop, as serveFast does
+	var sc reqScan
 	for _, c := range []struct{ name, head string }{
 		{"wrk", reqSeeds[0]},
 		{"curl", reqSeeds[1]},
@@ -359,7 +401,7 @@ func BenchmarkReqParseHead(b *testing.B) {
 				}
 				return req, exact, err
 			}},
-			{"ours", func(head []byte) (*http.Request, bool, error) { return parseHead(ctx, head) }},
+			{"ours", func(head []byte) (*http.Request, bool, error) { return parseHeadScan(tmpl, head, &sc) }},
 		} {
 			b.Run(c.name+"/"+p.name, func(b *testing.B) {
 				head := []byte(c.head)
@@ -367,6 +409,35 @@ func BenchmarkReqParseHead(b *testing.B) {
 				for range b.N {
 					if _, exact, err := p.parse(head); err != nil || !exact {
 						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkFastServable is the loop's check of a parsed head before it
+// serves it: "walk" goes over every field of the header (as for a
+// head net/http parsed), "scanned" reads what the scan noted.
+func BenchmarkFastServable(b *testing.B) {
+	for _, c := range []struct{ name, head string }{
+		{"wrk", reqSeeds[0]},
+		{"curl", reqSeeds[1]},
+		{"undici", reqSeeds[6]},
+	} {
+		var sc reqScan
+		req, _, err := parseHeadScan(newReqTemplate(reqCtx), []byte(c.head), &sc)
+		if err != nil || !sc.built {
+			b.Fatalf("%q: not scanned (%v)", c.head, err)
+		}
+		for _, m := range []struct {
+			name string
+			sc   *reqScan
+		}{{"walk", &reqScan{}}, {"scanned", &sc}} {
+			b.Run(c.name+"/"+m.name, func(b *testing.B) {
+				for range b.N {
+					if !fastServable(req, m.sc) {
+						b.Fatal("not servable")
 					}
 				}
 			})

@@ -264,10 +264,14 @@ func parseDigits(s []byte) int64 {
 }
 
 // canonicalKey is textproto.CanonicalMIMEHeaderKey of name (token bytes
-// only), built in buf: a common field's name without an allocation, the
-// others as a new string.
+// only): name itself when it is canonical already (a part of the head's
+// string, as the values are: no allocation and no map lookup, the case
+// of most servers), else built in buf, a common field's name without an
+// allocation, the others as a new string.
 func canonicalKey(buf []byte, name string) string {
-	canonicalInto(buf, name)
+	if canonicalInto(buf, name) {
+		return name
+	}
 	if s, ok := commonResponseKeys[string(buf)]; ok {
 		return s
 	}
