@@ -31,8 +31,7 @@ import (
 // connection it serves.
 func (p *Proxy) ServeExplicit(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
-	el := &explicitListener{Listener: ln, p: p, wg: &wg}
-	el.ctx = context.WithValue(ctx, explicitKey{}, el) // for serveConnect
+	el := &explicitListener{Listener: ln, p: p, ctx: ctx, wg: &wg}
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(p.serveExplicitRequest),
 		ReadHeaderTimeout: p.cfg.HandshakeTimeout.D(),
@@ -61,10 +60,6 @@ func (p *Proxy) ServeExplicit(ctx context.Context, ln net.Listener) error {
 }
 
 type flowKey struct{}
-
-// explicitKey is the context value of an explicit listener's flows: the
-// *explicitListener.
-type explicitKey struct{}
 
 // explicitListener wraps each accepted connection for framing checks and
 // gives it a flow named by the client address.
@@ -97,7 +92,7 @@ func (l *explicitListener) Accept() (net.Conn, error) {
 }
 
 func (l *explicitListener) wrap(c net.Conn, id workload.Identity) net.Conn {
-	f := &flow{p: l.p, ctx: l.ctx, id: id, start: time.Now(), explicit: true, tlsMode: audit.TLSNone, slot: slotKey(&id)}
+	f := &flow{p: l.p, ctx: l.ctx, id: id, start: time.Now(), explicit: true, listener: l, tlsMode: audit.TLSNone, slot: slotKey(&id)}
 	hc := newH1Conn(c, f)
 	f.h1 = hc
 	l.wg.Add(1)
@@ -119,28 +114,18 @@ func (l *explicitListener) closed(slot string) {
 // detach takes hc, the listener's connection that net/http hijacked for
 // a CONNECT tunnel, out of the tunnel's way: the tunnel is served on the
 // connection under hc, and the func returned, to run once the tunnel has
-// closed that, is hc's clean-up (onClose will not run). An idle tunnel
-// then keeps neither hc with its framer nor the flow of its CONNECT
-// (about 1 KiB, twice that in the heap the GC lets grow), and its reads
-// and writes skip a framer that has nothing to track.
+// closed that, is the rest of hc's clean-up (onClose will not run). An
+// idle tunnel then keeps neither hc with its framer nor the flow of its
+// CONNECT (TestIdleExplicitTunnelKeepsNoListenerConn says what that
+// cost), and its reads and writes skip a framer that has nothing to
+// track. The flow serves no request after its CONNECT, so the targets
+// of its earlier absolute-form requests go now, not when the tunnel
+// ends; the slot is held for the tunnel's life.
 func (l *explicitListener) detach(hc *h1Conn) (net.Conn, func()) {
 	hc.closeOnce.Do(hc.unhook)
-	f := hc.fl
-	// Final: the flow serves no request after its CONNECT. Released at
-	// the end, as onClose would (flow.releaseTargets).
-	f.mu.Lock()
-	targets, fixed := f.targets, f.fixed
-	f.mu.Unlock()
-	slot := f.slotKey()
-	return hc.Conn, func() {
-		for _, t := range targets {
-			t.release()
-		}
-		if fixed != nil && !fixed.useTLS {
-			fixed.release()
-		}
-		l.closed(slot)
-	}
+	hc.fl.releaseTargets()
+	slot := hc.fl.slotKey()
+	return hc.Conn, func() { l.closed(slot) }
 }
 
 func (p *Proxy) serveExplicitRequest(w http.ResponseWriter, r *http.Request) {
@@ -221,11 +206,12 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, f *flow, dst Destination) {
 		conn.Close()
 		return
 	}
+	// Under ServeExplicit the hijacked conn is always the flow's h1Conn;
+	// a flow of another listener (none today) keeps its conn and its
+	// clean-up as they are.
 	var done func()
-	if hc, ok := conn.(*h1Conn); ok && hc == f.h1 {
-		if l, ok := f.ctx.Value(explicitKey{}).(*explicitListener); ok {
-			conn, done = l.detach(hc)
-		}
+	if hc, ok := conn.(*h1Conn); ok && hc == f.h1 && f.listener != nil {
+		conn, done = f.listener.detach(hc)
 	}
 	c := newBufferedConn(conn, brw.Reader)
 	if a, err := netip.ParseAddr(dst.Host); err == nil {

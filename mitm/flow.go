@@ -25,6 +25,9 @@ type flow struct {
 	dst      Destination
 	start    time.Time
 	explicit bool // the explicit listener: requests name their target
+	// listener is the explicit listener that accepted the connection
+	// (explicit set): a CONNECT detaches its tunnel from it.
+	listener *explicitListener
 	tunnel   bool // inside CONNECT
 
 	sni     string

@@ -76,7 +76,7 @@ func socketOf(c net.Conn) (sock syscall.RawConn, tc *tls.Conn) {
 			if w.buffered() > 0 {
 				return nil, tc
 			}
-		case *h1Conn: // the explicit listener's, under a CONNECT tunnel not detached from it (explicitListener.detach)
+		case *h1Conn: // under a CONNECT tunnel not from ServeExplicit (its tunnels are detached: explicitListener.detach)
 			if len(w.next) > 0 {
 				return nil, tc
 			}

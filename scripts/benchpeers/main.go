@@ -235,6 +235,9 @@ func idle(args []string) error {
 	snapDir := fs.String("snapshot", "", "after measuring, write each pid's /proc status and smaps_rollup to this directory")
 	pprofAddr := fs.String("pprof", "", "with -snapshot: also the heap profile (its MemStats) and goroutines of a pprof build's SLUICE_PPROF listener at this host:port")
 	fs.Parse(args)
+	if *pprofAddr != "" && *snapDir == "" {
+		return fmt.Errorf("idle: -pprof needs -snapshot DIR")
+	}
 	var pids []int
 	for _, p := range strings.Split(*pidList, ",") {
 		if p == "ppid" {
@@ -341,17 +344,19 @@ func snapshot(dir string, pids []int, pprofAddr string) error {
 		{"heap-gc.txt", "/debug/pprof/heap?debug=1"},
 		{"goroutine.txt", "/debug/pprof/goroutine?debug=1"},
 	} {
-		name, path := f.name, f.path
-		resp, err := http.Get("http://" + pprofAddr + path)
+		resp, err := http.Get("http://" + pprofAddr + f.path)
 		if err != nil {
 			return fmt.Errorf("snapshot: %w", err)
 		}
 		b, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if err != nil {
-			return fmt.Errorf("snapshot %s: %w", path, err)
+			return fmt.Errorf("snapshot %s: %w", f.path, err)
 		}
-		if err := os.WriteFile(dir+"/"+name, b, 0o644); err != nil {
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("snapshot %s: %s (is %s a pprof build's SLUICE_PPROF listener?)", f.path, resp.Status, pprofAddr)
+		}
+		if err := os.WriteFile(dir+"/"+f.name, b, 0o644); err != nil {
 			return fmt.Errorf("snapshot: %w", err)
 		}
 	}
