@@ -63,8 +63,8 @@ type h1Fast struct {
 	bw  *bufio.Writer
 	out fastOut
 	ctx context.Context
-	// tmpl is the Request each request's is a copy of: it holds ctx
-	// (newReqTemplate).
+	// tmpl is the Request that each request the loop parses starts as
+	// a copy of: it holds ctx (newReqTemplate).
 	tmpl *http.Request
 	// dl is the connection's read deadline when dlSet: the loop set it
 	// last, and no handler or gone-watch read changed it since. The wait
@@ -481,11 +481,11 @@ func headEnd(buf []byte) int {
 
 // fastServable reports whether the loop serves req (else net/http does).
 // sc is what parseHeadScan left: when buildRequest made req (sc.built),
-// what scanRequest found in the head. Such a head's field names are token bytes and
-// its values visible ASCII, spaces and tabs (fastValue), which
-// ValidHeaderFieldName and ValidHeaderFieldValue take, and the scan
-// noted the fields looked at by name below: its header is not walked
-// again (each of undici's 9 fields, say, cost a map step and two
+// what scanRequest found in the head. Such a head's field names are
+// token bytes and its values visible ASCII, spaces and tabs (fastValue),
+// which ValidHeaderFieldName and ValidHeaderFieldValue take, and the
+// scan noted the fields looked at by name below: its header is not
+// walked again (each of undici's 9 fields, say, cost a map step and two
 // checks). reqSame holds the two ways to the same answer on every head
 // FuzzReadRequest tries.
 func fastServable(r *http.Request, sc *reqScan) bool {
@@ -506,14 +506,14 @@ func fastServable(r *http.Request, sc *reqScan) bool {
 	}
 	for k, vs := range h {
 		switch k {
-		case "Expect", "Upgrade", "Transfer-Encoding", "Trailer", "Http2-Settings":
+		case "Transfer-Encoding", "Trailer":
 			return false
 		case "Connection":
 			if !fastConnection(vs) {
 				return false
 			}
 		}
-		if !httpguts.ValidHeaderFieldName(k) {
+		if fastRefusedName([]byte(k)) || !httpguts.ValidHeaderFieldName(k) {
 			return false
 		}
 		for _, v := range vs {

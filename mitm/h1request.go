@@ -12,30 +12,24 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// parseHead parses head, a whole request head as headEnd found it, as
-// http.ReadRequest does, and gives the request ctx as its context (as
-// req.WithContext(ctx) would); exact: the parse read all of head, no
-// more and no less. The common shape (reqScan) is parsed here from the
-// buffer, without ReadRequest's textproto.Reader, a string per value,
-// url.ParseRequestURI and the second Request of WithContext; anything
-// else, valid or not, goes to http.ReadRequest on the same bytes, so a
-// request the loop does not take is read and answered by net/http as
-// before. The shape taken here is one net/http reads the same way byte
-// for byte (FuzzReadRequest holds the two to it), so the loop and
-// net/http can't disagree on where a request ends.
+// parseHeadScan parses head, a whole request head as headEnd found it,
+// as http.ReadRequest does, and gives the request tmpl's context (as
+// req.WithContext would; tmpl is newReqTemplate's); exact: the parse
+// read all of head, no more and no less. The common shape (reqScan) is
+// parsed here from the buffer, without ReadRequest's textproto.Reader, a
+// string per value, url.ParseRequestURI and the second Request of
+// WithContext; anything else, valid or not, goes to http.ReadRequest on
+// the same bytes, so a request the loop does not take is read and
+// answered by net/http as before. The shape taken here is one net/http
+// reads the same way byte for byte (FuzzReadRequest holds the two to
+// it), so the loop and net/http can't disagree on where a request ends.
+// sc is left with what scanRequest found in head when buildRequest made
+// req of it (sc.built), else zero: net/http parsed it. fastServable
+// reads it.
 //
 // The request's Body is http.NoBody or ReadRequest's, which reads a
-// pooled reader reused once parseHead returns: the caller must replace
-// it. ctx must not be nil.
-func parseHead(ctx context.Context, head []byte) (req *http.Request, exact bool, err error) {
-	var sc reqScan
-	return parseHeadScan(newReqTemplate(ctx), head, &sc)
-}
-
-// parseHeadScan is parseHead with the context of tmpl (newReqTemplate),
-// leaving in sc what scanRequest found in head when buildRequest made
-// req of it (sc.built), else a zero reqScan: net/http parsed it.
-// fastServable reads it.
+// pooled reader reused once parseHeadScan returns: the caller must
+// replace it.
 func parseHeadScan(tmpl *http.Request, head []byte, sc *reqScan) (req *http.Request, exact bool, err error) {
 	if *sc, exact = scanRequest(head, false); exact {
 		if req := buildRequest(tmpl, head, sc); req != nil {
@@ -52,16 +46,31 @@ func parseHeadScan(tmpl *http.Request, head []byte, sc *reqScan) (req *http.Requ
 }
 
 // newReqTemplate is the Request buildRequest copies for each request
-// with the context ctx: http.NewRequestWithContext's (the one public way
-// to give a Request its context) without a URL or a Header, which each
-// copy gets of its own. A nil ctx panics, as WithContext's does.
+// with the context ctx: what http.NewRequestWithContext(ctx, "GET", "",
+// nil) gives, without a URL or a Header, which each copy gets of its
+// own. One allocation (WithContext's copy; no URL, map or parse of ""),
+// made once per run of the loop, which starts anew for a connection
+// that wakes from parking. A nil ctx panics, as WithContext does.
 func newReqTemplate(ctx context.Context) *http.Request {
-	tmpl, err := http.NewRequestWithContext(ctx, http.MethodGet, "", nil)
-	if err != nil {
-		panic(err) // a nil ctx: the one error of these arguments
+	return (&http.Request{Method: http.MethodGet, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}).WithContext(ctx)
+}
+
+// fastRefused are the fields (lower case) of a request the fast loop
+// leaves to net/http: an expectation and upgrades to another protocol
+// (WebSocket, h2c). scanRequest notes them as it reads a head, and
+// fastServable looks for them in a head net/http parsed: one list, so
+// the two ways can't differ.
+var fastRefused = [...]string{"expect", "upgrade", "http2-settings"}
+
+// fastRefusedName reports whether name is one of fastRefused, in any
+// case.
+func fastRefusedName(name []byte) bool {
+	for _, f := range fastRefused {
+		if equalFoldLower(name, f) {
+			return true
+		}
 	}
-	tmpl.URL, tmpl.Header = nil, nil
-	return tmpl
+	return false
 }
 
 // builtRequest is a Request buildRequest makes and its URL, in one
@@ -216,8 +225,10 @@ func scanRequest(head []byte, partial bool) (sc reqScan, ok bool) {
 			return sc, false
 		case equalFoldLower(name, "connection"):
 			sc.conn = true
-		case equalFoldLower(name, "expect"), equalFoldLower(name, "upgrade"), equalFoldLower(name, "http2-settings"):
-			sc.refused = true
+		default:
+			if fastRefusedName(name) {
+				sc.refused = true
+			}
 		}
 		if sc.fields++; sc.fields > maxFastHeaderLines {
 			return sc, false
@@ -249,11 +260,12 @@ func plainPathByte(c byte) bool {
 // Allocations: the Request and its URL are one (a copy of tmpl, which
 // holds the context: newReqTemplate), its Header map another, where
 // http.NewRequestWithContext took three and a parse of ""; every string
-// (target, path, query, field names as sent in canonical form, values) is a part of one
-// copy of the head, so a request costs one string however many fields it
-// has; a name sent in another case is canonicalized on the stack and
-// interned when common (commonRequestKeys), else it is a string of its
-// own; and one slice holds the first value of each field. The head's copy
+// (target, path, query, field names as sent in canonical form, values)
+// is a part of one copy of the head, so a request costs one string
+// however many fields it has; a name sent in another case is
+// canonicalized on the stack and interned when common
+// (commonRequestKeys), else it is a string of its own; and one slice
+// holds the first value of each field. The head's copy
 // (at most the loop's buffer, 4 KiB) lives as long as the request or a
 // value taken from it. The method and the Host get strings of their own:
 // tables that outlive the request keep them (a flow's targets, the name
@@ -265,9 +277,9 @@ func buildRequest(tmpl *http.Request, head []byte, sc *reqScan) *http.Request {
 	// The template's copy is what http.NewRequestWithContext(ctx,
 	// method, "", nil) gives (the method's token bytes are checked by
 	// the scan), with the URL next to the Request.
-	br := &builtRequest{req: *tmpl}
-	req := &br.req
-	req.Method, req.URL = methodString(head[:sc.method]), &br.url
+	built := &builtRequest{req: *tmpl}
+	req := &built.req
+	req.Method, req.URL = methodString(head[:sc.method]), &built.url
 	target := s[sc.method+1 : sc.target]
 	if sc.plainPath {
 		// As url.parse does for a target in origin form: the query
