@@ -62,9 +62,10 @@ type coalescingConn struct {
 	writing          bool // a writer goroutine runs
 	closed           bool
 	err              error // sticky write error
-	// wdl is the write deadline last set; wdlUnder reports that it is
-	// set on the conn under too (a Write waited for room since it was
-	// set), waiting the number of Writes waiting for room.
+	// wdl is the write deadline last set; wdlUnder reports that the
+	// conn under has it too (a Write waited for room while it was held,
+	// or it replaced one the conn under had), waiting the number of
+	// Writes waiting for room.
 	wdl      time.Time
 	wdlUnder bool
 	waiting  int
@@ -172,8 +173,10 @@ func (c *coalescingConn) writer() {
 
 // SetWriteDeadline holds t for the Writes that wait for room, and sets
 // it on the conn under at once when one waits now or an earlier one is
-// set there (which t replaces). After Close it does nothing: closeLinger
-// bounds what is left to write.
+// set there (which t replaces). After Close it does nothing: the
+// writer's last system calls are bounded by closeLinger, which x/net's
+// clear after a Write that Close ended would otherwise take away
+// (TestH2CoalescingCloseKeepsLinger).
 func (c *coalescingConn) SetWriteDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()

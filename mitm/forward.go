@@ -48,16 +48,28 @@ type responseCopy struct {
 	// idle, when set, bounds every write: a client that stops reading
 	// is dropped after idle.
 	idle time.Duration
-	// until is the write deadline last set. It is pushed out, to idle
-	// plus deadlineSlack from now, only once it is less than idle away:
-	// a long download does not set one per write (an HTTP/2 stream's is
-	// a message to its connection's goroutine).
+	// until is the write deadline last set (pushDeadline): a long
+	// download does not set one per write (an HTTP/2 stream's is a
+	// message to its connection's goroutine).
 	until time.Time
 }
 
 // deadlineSlack is how much later than idle after its last write a
 // stalled client may be dropped.
 const deadlineSlack = 10 * time.Millisecond
+
+// pushDeadline returns the deadline to set for an I/O starting now when
+// until is the one set last (zero: none), bound to idle: until itself
+// while it is at least idle away, else idle plus deadlineSlack from now
+// (push: it must be set). A transfer in many pieces sets one every
+// deadlineSlack at most, not one per piece.
+func pushDeadline(until time.Time, idle time.Duration) (t time.Time, push bool) {
+	now := time.Now()
+	if until.Sub(now) >= idle {
+		return until, false
+	}
+	return now.Add(idle + deadlineSlack), true
+}
 
 // copy copies body to the client until either side fails or body ends
 // (readErr io.EOF); written counts what the client's writer accepted.
@@ -112,8 +124,8 @@ func (bc *responseCopy) write(p []byte) (int, error) {
 			k = min(k, h2RecordData)
 		}
 		if bc.idle > 0 {
-			if now := time.Now(); bc.until.Sub(now) < bc.idle {
-				bc.until = now.Add(bc.idle + deadlineSlack)
+			var push bool
+			if bc.until, push = pushDeadline(bc.until, bc.idle); push {
 				_ = bc.rc.SetWriteDeadline(bc.until)
 			}
 		}
@@ -147,23 +159,21 @@ type countingBody struct {
 	n        atomic.Int64
 	onEOF    func() // called when the body has been read to its end
 	declared int64  // Content-Length, -1 when unknown
-	// Before a read the client's read deadline is pushed out to idle
-	// plus deadlineSlack from now (through rc, the handler's) once it is
-	// less than idle away: a client that stalls mid-body is dropped
-	// after IdleTimeout instead of holding its slot and an upstream
-	// connection, and a body read in many pieces does not set one per
-	// read (an HTTP/2 stream's is a message to its connection's
-	// goroutine and a timer update, as responseCopy's write deadline
-	// is). Held here rather than in a closure: one allocation for all
-	// three.
+	// Before a read the client's read deadline is pushed out
+	// (pushDeadline, through rc, the handler's): a client that stalls
+	// mid-body is dropped after IdleTimeout instead of holding its slot
+	// and an upstream connection, and a body read in many pieces does
+	// not set one per read (an HTTP/2 stream's is a message to its
+	// connection's goroutine and a timer update). Held here rather than
+	// in a closure: one allocation for all three.
 	rc    http.ResponseController
 	idle  time.Duration
 	until time.Time // the read deadline last set
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
-	if now := time.Now(); b.until.Sub(now) < b.idle {
-		b.until = now.Add(b.idle + deadlineSlack)
+	var push bool
+	if b.until, push = pushDeadline(b.until, b.idle); push {
 		_ = b.rc.SetReadDeadline(b.until)
 	}
 	n, err := b.r.Read(p)
@@ -464,9 +474,10 @@ const shortResponse = 2 << 10
 // h2ShortResponse is the size of x/net's HTTP/2 response buffer (its
 // handlerChunkWriteSize): a body up to it fills the buffer without a
 // write to the stream, which happens when the handler returns. Setting a
-// stream's write deadline (and clearing it) are two messages to the
-// connection's goroutine, each with a timer update: a short body is
-// spared them (TestH2ShortResponseBuffered holds x/net to the size).
+// stream's write deadline is a message to the connection's goroutine
+// with a timer update: a short body's writes are spared one each, and
+// it gets one deadline for the write after the handler (respond;
+// TestH2ShortResponseBuffered holds x/net to the size).
 const h2ShortResponse = 4 << 10
 
 // writesNeedDeadline reports whether respond's writes of a body of
@@ -519,18 +530,33 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 	streaming := resp.ContentLength < 0
 	// A client that stops reading is dropped after IdleTimeout. A short
 	// body of known length only fills the server's buffer here (it goes
-	// out after the handler returns), so its writes need no deadline.
-	guard := writesNeedDeadline(r.ProtoMajor == 2, resp.ContentLength)
-	if guard {
+	// out after the handler returns), so its writes need no deadline;
+	// over HTTP/2 that later write does (below).
+	h2 := r.ProtoMajor == 2
+	guard := writesNeedDeadline(h2, resp.ContentLength)
+	if guard || h2 {
 		if rc == nil {
 			rc = http.NewResponseController(w)
 		}
+	}
+	switch {
+	case h2 && !guard:
+		// x/net writes what its stream buffer holds (a short body, or
+		// a long one's tail) after the handler returns, and waits for
+		// the client's flow-control window with no bound of its own: a
+		// client that never grants it held the stream, its goroutine
+		// and the connection (the idle timeout waits for no stream to
+		// be open). A stream's deadline, left armed (x/net stops its
+		// timer when the stream closes), bounds that write: here one
+		// for the short body; a long one's is the copy's last.
+		_ = rc.SetWriteDeadline(time.Now().Add(x.f.p.cfg.IdleTimeout.D()))
+	case guard && !h2:
 		defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	}
 	if streaming {
 		_ = rc.Flush()
 	}
-	bc := responseCopy{w: w, rc: rc, h2: r.ProtoMajor == 2, flush: streaming}
+	bc := responseCopy{w: w, rc: rc, h2: h2, flush: streaming}
 	if guard {
 		bc.idle = x.f.p.cfg.IdleTimeout.D()
 	}

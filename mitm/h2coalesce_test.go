@@ -140,3 +140,80 @@ func TestH2CoalescingDeadlineClearedAfterWait(t *testing.T) {
 	}
 	c.Close()
 }
+
+// h2FillUntilWait writes chunks into c from a goroutine until one waits
+// for room; the channel gets that Write's error.
+func h2FillUntilWait(t *testing.T, c net.Conn) (<-chan error, *coalescingConn) {
+	t.Helper()
+	cc := c.(*coalescingConn)
+	errc := make(chan error, 1)
+	chunk := make([]byte, coalesceLimit)
+	go func() {
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	for end := time.Now().Add(5 * time.Second); ; {
+		cc.mu.Lock()
+		w := cc.waiting
+		cc.mu.Unlock()
+		if w > 0 {
+			return errc, cc
+		}
+		if time.Now().After(end) {
+			t.Fatal("no Write waited for room")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A deadline set while a Write already waits for room ends that Write:
+// it reaches the conn under at once.
+func TestH2CoalescingDeadlineSetWhileWaiting(t *testing.T) {
+	a, b := net.Pipe() // nobody reads b
+	defer b.Close()
+	c := coalesce(a)
+	defer c.Close()
+	errc, _ := h2FillUntilWait(t, c)
+	_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	select {
+	case err := <-errc:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("write error %v, want the deadline's", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("a deadline set while a Write waited did not end it")
+	}
+}
+
+// Close while a Write waits: x/net clears its write deadline after each
+// Write, that one too, and the clear must not reach the conn under,
+// where it would take away closeLinger's bound and leave the writer's
+// system call blocked for good.
+func TestH2CoalescingCloseKeepsLinger(t *testing.T) {
+	a, b := net.Pipe() // nobody reads b
+	defer b.Close()
+	c := coalesce(a)
+	_ = c.SetWriteDeadline(time.Now().Add(time.Minute)) // x/net's WriteByteTimeout
+	errc, cc := h2FillUntilWait(t, c)
+	c.Close()
+	if err := <-errc; !errors.Is(err, net.ErrClosed) {
+		t.Errorf("the waiting Write: %v, want net.ErrClosed", err)
+	}
+	_ = c.SetWriteDeadline(time.Time{}) // x/net's clear after its Write
+	for end := time.Now().Add(closeLinger + 2*time.Second); ; {
+		cc.mu.Lock()
+		w := cc.writing
+		cc.mu.Unlock()
+		if !w {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("the writer outlived closeLinger (%s) after Close", closeLinger)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

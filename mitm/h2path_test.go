@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"reflect"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -292,5 +293,95 @@ func TestH2StalledRequestBodyDropped(t *testing.T) {
 	case <-reset:
 	case <-time.After(5 * time.Second):
 		t.Error("the stalled stream was neither reset nor answered")
+	}
+}
+
+// h2WithholdWindow opens an HTTP/2 connection to the proxy whose client
+// grants streams a window of window bytes and never more, sends a GET of
+// each path, and counts what comes back: RST_STREAM frames, DATA bytes,
+// and whether the connection closed.
+func h2WithholdWindow(t *testing.T, h *harness, port uint16, window uint32, paths []string) (rst, data, closed *atomic.Int32) {
+	t.Helper()
+	conn := connectTLSProto(t, h, "api.test", port, "h2")
+	t.Cleanup(func() { conn.Close() })
+	io.WriteString(conn, http2.ClientPreface)
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: window}); err != nil {
+		t.Fatal(err)
+	}
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for i, p := range paths {
+		hb.Reset()
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", fmt.Sprintf("api.test:%d", port)}, {":path", p}} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rst, data, closed = new(atomic.Int32), new(atomic.Int32), new(atomic.Int32)
+	go func() {
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				closed.Store(1)
+				return
+			}
+			switch f := f.(type) {
+			case *http2.DataFrame:
+				data.Add(int32(len(f.Data())))
+			case *http2.RSTStreamFrame:
+				rst.Add(1)
+			}
+		}
+	}()
+	return rst, data, closed
+}
+
+// A client that grants no window and asks for short answers on many
+// streams is cut off after the idle timeout: x/net writes a short body
+// after the handler returns and would wait for the window forever,
+// holding every stream's goroutine and the connection (its idle timeout
+// waits for no stream to be open), so each stream gets a write deadline.
+func TestH2WindowWithheldShortAnswersReset(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	const idle = 300 * time.Millisecond
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(idle) })
+	up := startUpstream(t, tca, true, bulkHandler(bulkPattern(16<<10)))
+	const streams = 50
+	var paths []string
+	for i := range streams {
+		paths = append(paths, fmt.Sprintf("/len/1000/s%d", i))
+	}
+	rst, _, closed := h2WithholdWindow(t, h, up.addr.Port(), 0, paths)
+	for end := time.Now().Add(20 * idle); rst.Load() < streams && closed.Load() == 0; {
+		if time.Now().After(end) {
+			t.Fatalf("after %s (idle timeout %s) %d of %d streams reset and the connection open: the client holds them", 20*idle, idle, rst.Load(), streams)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The same for a long answer's last piece: the client's window covers
+// all but the tail that x/net writes after the handler returns.
+func TestH2WindowWithheldTailReset(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	const idle = 300 * time.Millisecond
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(idle) })
+	body := bulkPattern(40000)
+	up := startUpstream(t, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "40000")
+		w.Write(body[:37000])
+		w.(http.Flusher).Flush()
+		time.Sleep(100 * time.Millisecond)
+		w.Write(body[37000:])
+	}))
+	rst, data, closed := h2WithholdWindow(t, h, up.addr.Port(), 38000, []string{"/tail"})
+	for end := time.Now().Add(20 * idle); rst.Load() == 0 && closed.Load() == 0; {
+		if time.Now().After(end) {
+			t.Fatalf("after %s (idle timeout %s) the stream is open with %d of 40000 bytes sent: the client holds it", 20*idle, idle, data.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
