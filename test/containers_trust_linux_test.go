@@ -317,16 +317,24 @@ func startLoopbackResolver(t *testing.T, names map[string]netip.Addr) netip.Addr
 		}
 		_ = w.WriteMsg(m)
 	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	// One port for both: the TCP side of the port UDP picked may be
+	// taken (a client's ephemeral port), then another is tried.
+	var pc net.PacketConn
+	var ln net.Listener
+	var err error
+	for range 20 {
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
+	}
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("listen on one loopback port over UDP and TCP: %v", err)
 	}
 	addr := netip.MustParseAddrPort(pc.LocalAddr().String())
-	ln, err := net.Listen("tcp", addr.String())
-	if err != nil {
-		pc.Close()
-		t.Fatal(err)
-	}
 	for _, s := range []*dns.Server{{PacketConn: pc, Handler: handler}, {Listener: ln, Handler: handler}} {
 		started := make(chan struct{})
 		s.NotifyStartedFunc = func() { close(started) }
