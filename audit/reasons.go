@@ -96,6 +96,11 @@ const (
 	ReasonNoHealthyUpstream   = "no healthy upstream" // every target of the destination's upstream group is unhealthy or ejected
 )
 
+// ReasonInternal is the reason of an exchange or a connection that a
+// fault of Sluice's own ended (a panic, recovered): it is recorded as
+// such, with the panic's value as the Error, rather than not at all.
+const ReasonInternal = "internal error"
+
 // Reasons of the proxy about the client: what it sent or how it left.
 const (
 	ReasonHeaderTooLarge  = "request header fields too large"

@@ -298,3 +298,45 @@ func TestConnectionsPerWorkload(t *testing.T) {
 		t.Fatalf("another workload got %d %q", resp.StatusCode, body)
 	}
 }
+
+// A fault of Sluice's own (here a policy that panics) still leaves a
+// record: an exchange ended by a panic is recorded as an internal error
+// with the panic's value, and the client's connection is cut, not
+// answered as if the policy had decided.
+func TestPanicInRequestDecisionRecorded(t *testing.T) {
+	dec := &fakeDecider{req: func(*policy.Request) policy.Decision { panic("decider broke") }}
+	h := newHarness(t, nil, dec)
+	up := startPlainUpstream(t, echoHandler())
+	cl := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(h.url)}}
+	resp, err := cl.Get(fmt.Sprintf("http://api.test:%d/boom", up.addr.Port()))
+	if err == nil {
+		body := readAll(t, resp.Body)
+		resp.Body.Close()
+		t.Errorf("client got %d %q; want the connection cut", resp.StatusCode, body)
+	}
+	rec := h.recs.wait(t, "the panicked exchange", func(r audit.Record) bool { return r.Path == "/boom" })
+	if rec.Decision != audit.DecisionError || rec.Reason != audit.ReasonInternal || rec.Error != "panic: decider broke" {
+		t.Errorf("record decision %q reason %q error %q; want error, %q, the panic", rec.Decision, rec.Reason, rec.Error, audit.ReasonInternal)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := len(h.recs.all()); n != 1 {
+		t.Errorf("%d records, want 1: %+v", n, h.recs.all())
+	}
+}
+
+// The same before any request: a TLS connection whose decision (at its
+// ClientHello) panicked is recorded (kind l4) as an internal error. (A
+// plain-HTTP connection is decided per request, so the request's record
+// says it.)
+func TestPanicInConnectionDecisionRecorded(t *testing.T) {
+	dec := &fakeDecider{conn: func(*policy.Conn) policy.ConnDecision { panic("decider broke") }}
+	h := newHarness(t, nil, dec)
+	client, server := net.Pipe()
+	defer client.Close()
+	go tls.Client(client, &tls.Config{ServerName: "api.test"}).Handshake()
+	h.p.Handle(context.Background(), server, Destination{Addr: netip.MustParseAddrPort("127.0.0.1:443")}, workload.Identity{Comm: "panicky"})
+	rec := h.recs.wait(t, "the panicked connection", func(r audit.Record) bool { return r.Workload.Comm == "panicky" })
+	if rec.Kind != audit.KindL4 || rec.Decision != audit.DecisionError || rec.Reason != audit.ReasonInternal || rec.Error != "panic: decider broke" {
+		t.Errorf("record kind %q decision %q reason %q error %q; want l4, error, %q, the panic", rec.Kind, rec.Decision, rec.Reason, rec.Error, audit.ReasonInternal)
+	}
+}

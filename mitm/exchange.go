@@ -67,6 +67,7 @@ type Exchange struct {
 	h1req h1Request
 
 	onFinish []func()  // OnFinish hooks, run once before the record is emitted
+	finished bool      // finish ran (or runs): the record is emitted or held
 	found    *findings // content findings (stage_content.go)
 
 	// rec is what Record points to, allocated with x: one allocation per
@@ -122,6 +123,11 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				panic(v)
 			}
 			f.p.log.Error("panic serving request", audit.KeyPanic, fmt.Sprint(v), audit.KeyMethod, r.Method, audit.KeyHost, rec.Host)
+			if !x.finished { // a panic in the record's own emit is not recorded again
+				rec.Decision, rec.Reason, rec.Error = audit.DecisionError, audit.ReasonInternal, "panic: "+fmt.Sprint(v)
+				x.notePolicy()
+				x.finish()
+			}
 			panic(http.ErrAbortHandler)
 		}
 	}()
@@ -227,6 +233,7 @@ func errorBody(code int, rule, reason string) []byte {
 }
 
 func (x *Exchange) finish() {
+	x.finished = true
 	for _, f := range x.onFinish {
 		f()
 	}

@@ -32,6 +32,9 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 	defer func() {
 		if r := recover(); r != nil {
 			p.log.Error("panic serving connection", audit.KeyClient, id.Client.String(), audit.KeyPanic, fmt.Sprint(r), audit.KeyStack, string(debug.Stack()))
+			rec := f.l4Record()
+			rec.Decision, rec.Reason, rec.Error = audit.DecisionError, audit.ReasonInternal, "panic: "+fmt.Sprint(r)
+			p.emit(rec)
 		}
 	}()
 
