@@ -476,7 +476,7 @@ const shortResponse = 2 << 10
 // write to the stream, which happens when the handler returns. Setting a
 // stream's write deadline is a message to the connection's goroutine
 // with a timer update: a short body's writes are spared one each, and
-// it gets one deadline for the write after the handler (respond;
+// the write after the handler gets its own (armH2Tail;
 // TestH2ShortResponseBuffered holds x/net to the size).
 const h2ShortResponse = 4 << 10
 
@@ -530,33 +530,19 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 	streaming := resp.ContentLength < 0
 	// A client that stops reading is dropped after IdleTimeout. A short
 	// body of known length only fills the server's buffer here (it goes
-	// out after the handler returns), so its writes need no deadline;
-	// over HTTP/2 that later write does (below).
-	h2 := r.ProtoMajor == 2
-	guard := writesNeedDeadline(h2, resp.ContentLength)
-	if guard || h2 {
+	// out after the handler returns), so its writes need no deadline
+	// (over HTTP/2 that later write gets one: armH2Tail).
+	guard := writesNeedDeadline(r.ProtoMajor == 2, resp.ContentLength)
+	if guard {
 		if rc == nil {
 			rc = http.NewResponseController(w)
 		}
-	}
-	switch {
-	case h2 && !guard:
-		// x/net writes what its stream buffer holds (a short body, or
-		// a long one's tail) after the handler returns, and waits for
-		// the client's flow-control window with no bound of its own: a
-		// client that never grants it held the stream, its goroutine
-		// and the connection (the idle timeout waits for no stream to
-		// be open). A stream's deadline, left armed (x/net stops its
-		// timer when the stream closes), bounds that write: here one
-		// for the short body; a long one's is the copy's last.
-		_ = rc.SetWriteDeadline(time.Now().Add(x.f.p.cfg.IdleTimeout.D()))
-	case guard && !h2:
 		defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	}
 	if streaming {
 		_ = rc.Flush()
 	}
-	bc := responseCopy{w: w, rc: rc, h2: h2, flush: streaming}
+	bc := responseCopy{w: w, rc: rc, h2: r.ProtoMajor == 2, flush: streaming}
 	if guard {
 		bc.idle = x.f.p.cfg.IdleTimeout.D()
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/policy"
 )
 
 // hopCases are headers as a client or an upstream may send them.
@@ -381,6 +382,32 @@ func TestH2WindowWithheldTailReset(t *testing.T) {
 	for end := time.Now().Add(20 * idle); rst.Load() == 0 && closed.Load() == 0; {
 		if time.Now().After(end) {
 			t.Fatalf("after %s (idle timeout %s) the stream is open with %d of 40000 bytes sent: the client holds it", 20*idle, idle, data.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Sluice's own answers are written the same way as the upstream's: a
+// client that withholds window from the 403s of denied requests is cut
+// off as well (the deadline is armed for every stream's handler, not in
+// one of the paths that write a response).
+func TestH2WindowWithheldOwnAnswersReset(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	const idle = 300 * time.Millisecond
+	dec := &fakeDecider{req: func(*policy.Request) policy.Decision {
+		return policy.Decision{Verdict: policy.Deny, Rule: "test", Reason: "test denies"}
+	}}
+	h := newHarness(t, tca, dec, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(idle) })
+	up := startUpstream(t, tca, true, bulkHandler(bulkPattern(16<<10)))
+	const streams = 50
+	var paths []string
+	for i := range streams {
+		paths = append(paths, fmt.Sprintf("/denied/%d", i))
+	}
+	rst, _, closed := h2WithholdWindow(t, h, up.addr.Port(), 0, paths)
+	for end := time.Now().Add(20 * idle); rst.Load() < streams && closed.Load() == 0; {
+		if time.Now().After(end) {
+			t.Fatalf("after %s (idle timeout %s) %d of %d streams reset and the connection open: the client holds them", 20*idle, idle, rst.Load(), streams)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
