@@ -189,7 +189,7 @@ func (clientStage) Name() string { return "clients" }
 func (clientStage) Request(x *Exchange) *Answer {
 	f := x.f
 	g := f.p.clients
-	if !f.explicit || g == nil {
+	if !f.explicit() || g == nil {
 		return nil
 	}
 	if !g.allowAddr(f.id.Client.Addr()) {

@@ -92,7 +92,7 @@ func (l *explicitListener) Accept() (net.Conn, error) {
 }
 
 func (l *explicitListener) wrap(c net.Conn, id workload.Identity) net.Conn {
-	f := &flow{p: l.p, ctx: l.ctx, id: id, start: time.Now(), explicit: true, listener: l, tlsMode: audit.TLSNone, slot: slotKey(&id)}
+	f := &flow{p: l.p, ctx: l.ctx, id: id, start: time.Now(), listener: l, tlsMode: audit.TLSNone, slot: slotKey(&id)}
 	hc := newH1Conn(c, f)
 	f.h1 = hc
 	l.wg.Add(1)
@@ -176,7 +176,7 @@ func (connectStage) Name() string { return "connect" }
 
 func (connectStage) Request(x *Exchange) *Answer {
 	f, r := x.f, x.Req
-	if !f.explicit || r.Method != http.MethodConnect {
+	if !f.explicit() || r.Method != http.MethodConnect {
 		return nil
 	}
 	host, portStr, err := net.SplitHostPort(r.Host)

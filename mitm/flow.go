@@ -19,14 +19,14 @@ import (
 
 // flow is one client connection after the peek.
 type flow struct {
-	p        *Proxy
-	ctx      context.Context
-	id       workload.Identity
-	dst      Destination
-	start    time.Time
-	explicit bool // the explicit listener: requests name their target
-	// listener is the explicit listener that accepted the connection
-	// (explicit set): a CONNECT detaches its tunnel from it.
+	p     *Proxy
+	ctx   context.Context
+	id    workload.Identity
+	dst   Destination
+	start time.Time
+	// listener is the explicit listener that accepted the connection,
+	// nil for any other (explicit): requests name their target, and a
+	// CONNECT detaches its tunnel from it.
 	listener *explicitListener
 	tunnel   bool // inside CONNECT
 
@@ -86,6 +86,10 @@ func (f *flow) finish() {
 		fn()
 	}
 }
+
+// explicit reports whether the explicit listener accepted the
+// connection: its requests name their target.
+func (f *flow) explicit() bool { return f.listener != nil }
 
 // rekeySlot moves the explicit connection's slot to key.
 func (f *flow) rekeySlot(key string) (ok bool, why string) {

@@ -210,7 +210,7 @@ func (x *Exchange) forward() {
 		}
 	}
 	host := r.Host
-	if f.explicit && f.fixed == nil {
+	if f.explicit() && f.fixed == nil {
 		host = r.URL.Host
 	}
 	ht := &x.ht

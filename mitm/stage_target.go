@@ -27,7 +27,7 @@ func (targetStage) Name() string { return "target" }
 func (targetStage) Request(x *Exchange) *Answer {
 	f, r, rec := x.f, x.Req, x.Record
 	x.host, x.port = f.requestHost(r)
-	if f.explicit && f.fixed == nil && (r.URL.Scheme != "http" || r.URL.Host == "") {
+	if f.explicit() && f.fixed == nil && (r.URL.Scheme != "http" || r.URL.Host == "") {
 		return fail(http.StatusBadRequest, audit.ReasonNotProxy,
 			"the explicit proxy takes CONNECT or absolute-form http:// requests")
 	}
@@ -73,11 +73,11 @@ func (targetStage) Request(x *Exchange) *Answer {
 // request names one.
 func (f *flow) requestHost(r *http.Request) (string, uint16) {
 	h := r.Host
-	if f.explicit && f.fixed == nil && r.URL.Host != "" {
+	if f.explicit() && f.fixed == nil && r.URL.Host != "" {
 		h = r.URL.Host
 	}
 	host, port := splitHostPort(h)
-	if f.explicit && f.fixed == nil && port == 0 {
+	if f.explicit() && f.fixed == nil && port == 0 {
 		port = 80
 	}
 	return host, port
@@ -113,7 +113,7 @@ func (f *flow) targetFor(host string, port uint16) *target {
 		return f.fixed
 	}
 	key := host
-	if f.explicit {
+	if f.explicit() {
 		key = net.JoinHostPort(host, strconv.Itoa(int(port)))
 	}
 	f.mu.Lock()
@@ -122,7 +122,7 @@ func (f *flow) targetFor(host string, port uint16) *target {
 	if ok {
 		return t
 	}
-	if f.explicit {
+	if f.explicit() {
 		t = f.newTarget(host, port, false)
 	} else {
 		// Transparent plain HTTP: the Host header is only the client's

@@ -29,7 +29,7 @@ func TestTargetStage(t *testing.T) {
 			f := stageFlow(t, nil)
 			r := httptest.NewRequest("GET", tc.url, nil)
 			if tc.explicit {
-				f.explicit = true
+				f.listener = &explicitListener{}
 				r.URL.Host, r.URL.Scheme = "", ""
 			} else {
 				fixedTarget(f, tc.connHost, policy.ConnDecision{})

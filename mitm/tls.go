@@ -144,7 +144,7 @@ type clientHandshakeKey struct{}
 // record of a local connect. The explicit listener's clients may be
 // anywhere.
 func (f *flow) nodeLocal() bool {
-	return f.dst.Addr.IsValid() && !f.explicit && !f.tunnel
+	return f.dst.Addr.IsValid() && !f.explicit() && !f.tunnel
 }
 
 // localCurves are the key exchanges of a node-local client's handshake:
