@@ -124,10 +124,12 @@ const (
 	KeyRlimitHard    = "rlimit_nofile_hard"
 	KeyRestored      = "restored"
 	KeyRestorations  = "restorations"
-	KeyPatchOps      = "patch_ops" // the webhook: JSON Patch operations applied to a pod
-	KeyRuntime       = "runtime"   // a container metadata source: docker, cri, kubernetes
-	KeyRetryIn       = "retry_in"  // how long until a failed source is tried again
-	KeyAge           = "age"       // how long something existed before it was acted on
+	KeyPatchOps      = "patch_ops"   // the webhook: JSON Patch operations applied to a pod
+	KeyRuntime       = "runtime"     // a container metadata source: docker, cri, kubernetes
+	KeyRetryIn       = "retry_in"    // how long until a failed source is tried again
+	KeyAge           = "age"         // how long something existed before it was acted on
+	KeyGCHeadroom    = "gc_headroom" // process.gcHeadroom, bytes
+	KeyGOGC          = "gogc"        // the GOGC the process started with
 )
 
 // Values of KeyComponent.

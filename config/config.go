@@ -13,18 +13,21 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/sluicehq/sluice/headroom"
 )
 
 // Config is the whole file. Every section has defaults (see Default), so
 // an empty file is a valid configuration.
 type Config struct {
 	// PolicyFile is the policy YAML; empty means the embedded default.
-	PolicyFile string `yaml:"policyFile"`
-	CA         CA     `yaml:"ca"`
-	Audit      Audit  `yaml:"audit"`
-	Proxy      Proxy  `yaml:"proxy"`
-	Agent      Agent  `yaml:"agent"`
-	Admin      Admin  `yaml:"admin"`
+	PolicyFile string  `yaml:"policyFile"`
+	CA         CA      `yaml:"ca"`
+	Audit      Audit   `yaml:"audit"`
+	Proxy      Proxy   `yaml:"proxy"`
+	Agent      Agent   `yaml:"agent"`
+	Admin      Admin   `yaml:"admin"`
+	Process    Process `yaml:"process"`
 
 	// Set holds the keys the file wrote, whatever their values (see
 	// Keys); empty for the defaults. Load and Parse fill it, so a command
@@ -101,14 +104,25 @@ type Admin struct {
 	Listen string `yaml:"listen"`
 }
 
+// Process tunes the Go runtime of the process.
+type Process struct {
+	// GCHeadroom is how much the heap may grow between garbage
+	// collections however little is live (see headroom): with Go's default
+	// pacing a proxy holding a few MB collects every few MB allocated.
+	// Once more than this is live, GOGC's own pacing applies. "off"
+	// leaves Go's pacing alone; so does GOGC=off in the environment.
+	GCHeadroom SizeOrOff `yaml:"gcHeadroom"`
+}
+
 // Default returns the configuration used when a key is absent.
 func Default() Config {
 	return Config{
-		CA:    CA{Dir: "/var/lib/sluice/ca", KeyType: "ecdsa", LeafCacheSize: 10000},
-		Audit: Audit{File: "stdout", Capture: Capture{MaxBytes: 100 << 20, MaxFiles: 1000}},
-		Proxy: DefaultProxy(),
-		Agent: DefaultAgent(),
-		Admin: Admin{Listen: "127.0.0.1:9090"},
+		CA:      CA{Dir: "/var/lib/sluice/ca", KeyType: "ecdsa", LeafCacheSize: 10000},
+		Audit:   Audit{File: "stdout", Capture: Capture{MaxBytes: 100 << 20, MaxFiles: 1000}},
+		Proxy:   DefaultProxy(),
+		Agent:   DefaultAgent(),
+		Admin:   Admin{Listen: "127.0.0.1:9090"},
+		Process: Process{GCHeadroom: 64 << 20},
 	}
 }
 
@@ -180,6 +194,9 @@ func (c *Config) Validate() error {
 	}
 	if d := c.Audit.FlushInterval.D(); d < 0 || d > 10*time.Second {
 		errs = append(errs, fmt.Errorf("audit.flushInterval %s: must be between 0 (every record written at once) and 10s, e.g. 50ms", d))
+	}
+	if h := c.Process.GCHeadroom; h != 0 && (h < headroom.Min || h > 1<<40) {
+		errs = append(errs, fmt.Errorf("process.gcHeadroom %dB: must be off (Go's own pacing) or between 4MiB and 1TiB, e.g. 64MB", h))
 	}
 	errs = append(errs, c.Proxy.validate()...)
 	errs = append(errs, c.Agent.validate()...)

@@ -50,3 +50,27 @@ func TestProxyClientsAllowCIDRs(t *testing.T) {
 		t.Fatalf("Parse: %v", err)
 	}
 }
+
+func TestProcessGCHeadroom(t *testing.T) {
+	if got := Default().Process.GCHeadroom; got != 64<<20 {
+		t.Errorf("default process.gcHeadroom = %d, want 64 MiB", got)
+	}
+	for _, tt := range []struct {
+		yml, want string // want: "" for no error, else a part of the error
+	}{
+		{"process:\n  gcHeadroom: \"off\"\n", ""},
+		{"process:\n  gcHeadroom: off\n", ""},
+		{"process:\n  gcHeadroom: 128MB\n", ""},
+		{"process:\n  gcHeadroom: 1MB\n", `process.gcHeadroom 1000000B: must be off (Go's own pacing) or between 4MiB and 1TiB, e.g. 64MB`},
+		{"process:\n  gcHeadroom: 64\n", `process.gcHeadroom 64B: must be off`},
+	} {
+		c := Default()
+		err := Parse([]byte(tt.yml), &c)
+		if tt.want == "" && strings.Contains(tt.yml, "off") && c.Process.GCHeadroom != 0 {
+			t.Errorf("Parse(%q): gcHeadroom %d, want 0", tt.yml, c.Process.GCHeadroom)
+		}
+		if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("Parse(%q) = %v, want %q", tt.yml, err, tt.want)
+		}
+	}
+}

@@ -28,3 +28,24 @@ func (z *Size) UnmarshalYAML(n *yaml.Node) error {
 
 // MarshalYAML implements yaml.Marshaler.
 func (z Size) MarshalYAML() (any, error) { return strconv.FormatInt(int64(z), 10) + "B", nil }
+
+// SizeOrOff is a Size that may also be "off" (0), for a setting whose
+// absence is not the same as turning it off.
+type SizeOrOff Size
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (z *SizeOrOff) UnmarshalYAML(n *yaml.Node) error {
+	if n.Value == "off" {
+		*z = 0
+		return nil
+	}
+	return (*Size)(z).UnmarshalYAML(n)
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (z SizeOrOff) MarshalYAML() (any, error) {
+	if z == 0 {
+		return "off", nil
+	}
+	return Size(z).MarshalYAML()
+}

@@ -30,6 +30,7 @@ import (
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/containers"
 	"github.com/sluicehq/sluice/flows"
+	"github.com/sluicehq/sluice/headroom"
 	"github.com/sluicehq/sluice/metrics"
 	"github.com/sluicehq/sluice/mitm"
 	"github.com/sluicehq/sluice/pcap"
@@ -74,11 +75,12 @@ type Node struct {
 	// proxy is built first).
 	names lateNames
 
-	log     *slog.Logger
-	policy  *policy.Current
-	agent   *agent.Agent // nil without Options.Intercept
-	logs    audit.Multi  // the audit and access logs (not metrics, flows)
-	closers []io.Closer
+	log      *slog.Logger
+	policy   *policy.Current
+	agent    *agent.Agent // nil without Options.Intercept
+	logs     audit.Multi  // the audit and access logs (not metrics, flows)
+	closers  []io.Closer
+	headroom *headroom.Headroom // nil when process.gcHeadroom is 0 or another node holds it
 	// The admin server runs until stop; done is closed when it has
 	// returned adminErr.
 	stop      context.CancelFunc
@@ -113,6 +115,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Node, err e
 	if err := fitFiles(&cfg.Proxy, cfg.Set, log, processLimits{}); err != nil {
 		return nil, err
 	}
+	n.headroom = headroom.Start(int64(cfg.Process.GCHeadroom), log)
 	var dialer *net.Dialer
 	if opts.Intercept {
 		dialer = &net.Dialer{Control: agent.MarkControl(cfg.Agent.Mark)}
@@ -488,6 +491,7 @@ func (n *Node) Close() error {
 		for _, c := range n.closers {
 			errs = append(errs, c.Close())
 		}
+		n.headroom.Stop()
 		n.closeErr = errors.Join(errs...)
 	})
 	return n.closeErr

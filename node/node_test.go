@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -150,4 +151,51 @@ func proxyOneRequest(t *testing.T, cfg config.Config, opts Options, target strin
 	cancel()
 	<-served
 	return n
+}
+
+// process.gcHeadroom raises the GOGC that /metrics reports while the node
+// runs (the heap is small here), and Close puts Go's default back;
+// "off" leaves it alone.
+func TestStartGCHeadroom(t *testing.T) {
+	gogc := func(n *Node) string {
+		t.Helper()
+		resp, err := http.Get("http://" + n.AdminAddr().String() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "go_gc_gogc_percent "); ok {
+				return v
+			}
+		}
+		t.Fatalf("/metrics has no go_gc_gogc_percent:\n%s", b)
+		return ""
+	}
+	for _, tt := range []struct {
+		headroom config.SizeOrOff
+		want     func(string) bool
+		what     string
+	}{
+		{64 << 20, func(v string) bool { return v != "100" }, "above 100"},
+		{0, func(v string) bool { return v == "100" }, "100"},
+	} {
+		cfg := config.Default()
+		cfg.CA.Dir = filepath.Join(t.TempDir(), "ca")
+		cfg.Audit.File = "none"
+		cfg.Admin.Listen = "127.0.0.1:0"
+		cfg.Process.GCHeadroom = tt.headroom
+		n, err := Start(context.Background(), cfg, Options{Admin: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := gogc(n); !tt.want(v) {
+			t.Errorf("gcHeadroom %d: go_gc_gogc_percent %s, want %s", tt.headroom, v, tt.what)
+		}
+		n.Close()
+		if v := debug.SetGCPercent(100); v != 100 {
+			t.Errorf("gcHeadroom %d: GOGC %d after Close, want 100", tt.headroom, v)
+		}
+	}
 }
