@@ -54,6 +54,7 @@ type Agent struct {
 	dnsTCP dnsTCPOrigins
 	dnsUDP dnsUDPOrigins
 	rb     *ringbuf.Reader
+	ring   *ringWait // where readEvents waits for rb
 	// bypassNames are agent.bypassHosts; bypass the addresses learned
 	// for them (nil without any).
 	bypassNames hostMatcher
@@ -222,6 +223,9 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	a.rb, err = ringbuf.NewReader(a.objs.SluiceEvents)
 	if err != nil {
 		return nil, fmt.Errorf("open event ring buffer: %w", err)
+	}
+	if a.ring, err = openRingWait(a.objs.SluiceEvents, a.rb); err != nil {
+		return nil, err
 	}
 	a.wg.Add(1)
 	go a.readEvents()
@@ -460,7 +464,8 @@ func (a *Agent) shutdown() {
 	}
 	if a.rb != nil {
 		// The events still in the ring buffer are read first (they may
-		// not have woken the reader, see eventBatchWait).
+		// not have woken the reader, see eventBatchWait): the reader
+		// sees the flush at its next look, within eventBatchWait.
 		if err := a.rb.Flush(); err != nil {
 			a.rb.Close()
 		}
@@ -468,6 +473,9 @@ func (a *Agent) shutdown() {
 	a.wg.Wait()
 	if a.rb != nil {
 		a.rb.Close()
+	}
+	if a.ring != nil {
+		a.ring.close()
 	}
 	a.objs.Close()
 	if a.aw != nil {

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"runtime"
+	"syscall"
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/bpf"
@@ -41,19 +43,8 @@ var verdicts = map[bpf.SluiceVerdict]Verdict{
 
 // eventBatchWait is the longest an event waits in the ring buffer: the
 // programs wake the reader only for a denial or a batch (sluice.c
-// EVENT_WAKEUP_BYTES), so the reader also looks this often.
-//
-// It is below 10 ms, the Go runtime's limit for a goroutine in one
-// blocking system call or on one scheduling tick (sysmon's retake,
-// forcePreemptNS), and the reader yields (runtime.Gosched) before each
-// wait: the runtime never takes the reader's P while it waits in
-// epoll_wait. When it did (every wait of 20 ms), the P went idle, the
-// whole process looked idle, and the reader's return from the system
-// call woke sysmon back to polling every 20 µs: some 1,800 wake-ups of
-// a thread a second, 0.3 µs of CPU per connect event at 40,000 events
-// a second. The price is when no event comes: 125 waits a second
-// instead of 50 (an idle `sluice run` 7.7 ms of CPU a second, 5.6
-// with 20 ms waits).
+// EVENT_WAKEUP_BYTES), so the reader also looks this often: 125 looks a
+// second when no event comes.
 const eventBatchWait = 8 * time.Millisecond
 
 // eventsPerClock is how many events, read one after the other, share
@@ -66,6 +57,14 @@ const eventsPerClock = 64
 // eventsPerClock events: the events waited up to eventBatchWait in the
 // ring anyway, and a clock read per event (a VM's clock) costs as much
 // as the rest of the reading.
+//
+// It waits for the ring in the Go netpoller (ringWait), never in
+// ringbuf.Reader's own epoll_wait: a goroutine in a blocking system call
+// keeps its P (the runtime's right to run Go code) until sysmon takes it
+// back, up to 10 ms later when the rest of the process looks idle. With
+// GOMAXPROCS=1 (a node agent under a one-CPU limit) the proxy then ran
+// only between those waits: 1,700 requests a second through `sluice run`
+// at 32 connections instead of 16,000 (bench-peers h1).
 func (a *Agent) readEvents() {
 	defer a.wg.Done()
 	if a.opts.OnBatchEnd != nil {
@@ -78,11 +77,10 @@ func (a *Agent) readEvents() {
 	sinceClock := 0
 	for {
 		if empty {
-			// The deadline only matters when ReadInto waits; the yield
-			// starts a new scheduling tick (see eventBatchWait).
-			runtime.Gosched()
-			a.rb.SetDeadline(time.Now().Add(eventBatchWait))
+			a.ring.wait(eventBatchWait, a.rb.AvailableBytes)
 		}
+		// The reader's deadline is in the past (ringWait): ReadInto
+		// never waits, and an empty ring is os.ErrDeadlineExceeded.
 		if err := a.rb.ReadInto(&rec); err != nil {
 			empty = true
 			switch {
@@ -116,6 +114,50 @@ func (a *Agent) readEvents() {
 		}
 	}
 }
+
+// ringWait waits for the event ring buffer parked in the Go netpoller:
+// a duplicate of the ring's descriptor, non-blocking, registered with the
+// netpoller as a file. The ring's poll reports it readable when it holds
+// events, and the kernel wakes its waiters when a program submits with a
+// wakeup.
+type ringWait struct {
+	f  *os.File
+	rc syscall.RawConn
+}
+
+// openRingWait makes ring's descriptor wait in the netpoller, and sets
+// rb (its reader) never to wait itself.
+func openRingWait(ring *ebpf.Map, rb *ringbuf.Reader) (*ringWait, error) {
+	fd, err := unix.FcntlInt(uintptr(ring.FD()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("duplicate event ring buffer descriptor: %w", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("set event ring buffer descriptor non-blocking: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "event ring buffer")
+	rc, err := f.SyscallConn()
+	if err == nil {
+		err = f.SetReadDeadline(time.Time{}) // fails unless the netpoller took it
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("watch event ring buffer: %w", err)
+	}
+	rb.SetDeadline(time.Unix(1, 0))
+	return &ringWait{f: f, rc: rc}, nil
+}
+
+// wait returns once avail reports bytes in the ring, or after d, or
+// when the ring wait is closed.
+func (w *ringWait) wait(d time.Duration, avail func() int) {
+	_ = w.f.SetReadDeadline(time.Now().Add(d))
+	_ = w.rc.Read(func(uintptr) bool { return avail() > 0 })
+}
+
+// close ends a wait under way and releases the duplicate descriptor.
+func (w *ringWait) close() error { return w.f.Close() }
 
 // decodeEvent copies a ring buffer sample into the event struct bpf2go
 // generated from sluice.c (same layout, native endian; no reflection).
