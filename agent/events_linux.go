@@ -41,10 +41,10 @@ var verdicts = map[bpf.SluiceVerdict]Verdict{
 	bpf.SluiceVerdictVERDICT_DIRECT:     Direct,
 }
 
-// eventBatchWait is the longest an event waits in the ring buffer: the
-// programs wake the reader only for a denial or a batch (sluice.c
-// EVENT_WAKEUP_BYTES), so the reader also looks this often: 125 looks a
-// second when no event comes.
+// eventBatchWait is the longest an event waits in the ring buffer
+// (Options.EventWait, by default): the programs wake the reader only for a
+// denial or a batch (sluice.c EVENT_WAKEUP_BYTES), so the reader also
+// looks this often: 125 looks a second when no event comes.
 const eventBatchWait = 8 * time.Millisecond
 
 // eventsPerClock is how many events, read one after the other, share
@@ -75,9 +75,13 @@ func (a *Agent) readEvents() {
 	comms := commNames{}
 	empty := true // the ring was empty: the next read may wait
 	sinceClock := 0
+	every := a.opts.EventWait
+	if every <= 0 {
+		every = eventBatchWait
+	}
 	for {
-		if empty {
-			a.ring.wait(eventBatchWait, a.rb.AvailableBytes)
+		if empty && !a.ring.wait(every) && a.ctx.Err() == nil {
+			continue // nothing came; after Close, read to see the flush
 		}
 		// The reader's deadline is in the past (ringWait): ReadInto
 		// never waits, and an empty ring is os.ErrDeadlineExceeded.
@@ -116,13 +120,15 @@ func (a *Agent) readEvents() {
 }
 
 // ringWait waits for the event ring buffer parked in the Go netpoller:
-// a duplicate of the ring's descriptor, non-blocking, registered with the
-// netpoller as a file. The ring's poll reports it readable when it holds
-// events, and the kernel wakes its waiters when a program submits with a
-// wakeup.
+// a duplicate of the ring's descriptor, registered with the netpoller as
+// a non-blocking file (O_NONBLOCK is a flag of the open file the map's own
+// descriptor shares, and no bpf() call reads it). The ring's poll reports
+// it readable when it holds events, and the kernel wakes its waiters when
+// a program submits with a wakeup.
 type ringWait struct {
-	f  *os.File
-	rc syscall.RawConn
+	f     *os.File
+	rc    syscall.RawConn
+	ready func(uintptr) bool // the ring holds bytes: made once, not per wait
 }
 
 // openRingWait makes ring's descriptor wait in the netpoller, and sets
@@ -146,14 +152,15 @@ func openRingWait(ring *ebpf.Map, rb *ringbuf.Reader) (*ringWait, error) {
 		return nil, fmt.Errorf("watch event ring buffer: %w", err)
 	}
 	rb.SetDeadline(time.Unix(1, 0))
-	return &ringWait{f: f, rc: rc}, nil
+	return &ringWait{f: f, rc: rc, ready: func(uintptr) bool { return rb.AvailableBytes() > 0 }}, nil
 }
 
-// wait returns once avail reports bytes in the ring, or after d, or
-// when the ring wait is closed.
-func (w *ringWait) wait(d time.Duration, avail func() int) {
+// wait reports whether the ring holds bytes, waiting up to d for them
+// (less when the ring wait is closed).
+func (w *ringWait) wait(d time.Duration) bool {
 	_ = w.f.SetReadDeadline(time.Now().Add(d))
-	_ = w.rc.Read(func(uintptr) bool { return avail() > 0 })
+	_ = w.rc.Read(w.ready)
+	return w.ready(0)
 }
 
 // close ends a wait under way and releases the duplicate descriptor.
