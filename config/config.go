@@ -107,8 +107,9 @@ type Admin struct {
 // Process tunes the Go runtime of the process.
 type Process struct {
 	// GCHeadroom is how much the heap may grow between garbage
-	// collections however little is live (see headroom): with Go's default
-	// pacing a proxy holding a few MB collects every few MB allocated.
+	// collections however little is live, up to 4 times what is (see
+	// headroom): with Go's default pacing a proxy holding a few MB
+	// collects every few MB allocated.
 	// Once more than this is live, GOGC's own pacing applies. "off"
 	// leaves Go's pacing alone; so does GOGC=off in the environment.
 	GCHeadroom SizeOrOff `yaml:"gcHeadroom"`
@@ -196,7 +197,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("audit.flushInterval %s: must be between 0 (every record written at once) and 10s, e.g. 50ms", d))
 	}
 	if h := c.Process.GCHeadroom; h != 0 && (h < headroom.Min || h > 1<<40) {
-		errs = append(errs, fmt.Errorf("process.gcHeadroom %dB: must be off (Go's own pacing) or between 4MiB and 1TiB, e.g. 64MB", h))
+		errs = append(errs, fmt.Errorf("process.gcHeadroom %dB: must be off (Go's own pacing) or between 4MiB and 1TiB, e.g. 64MiB", h))
 	}
 	errs = append(errs, c.Proxy.validate()...)
 	errs = append(errs, c.Agent.validate()...)

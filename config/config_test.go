@@ -60,8 +60,8 @@ func TestProcessGCHeadroom(t *testing.T) {
 	}{
 		{"process:\n  gcHeadroom: \"off\"\n", ""},
 		{"process:\n  gcHeadroom: off\n", ""},
-		{"process:\n  gcHeadroom: 128MB\n", ""},
-		{"process:\n  gcHeadroom: 1MB\n", `process.gcHeadroom 1000000B: must be off (Go's own pacing) or between 4MiB and 1TiB, e.g. 64MB`},
+		{"process:\n  gcHeadroom: 128MiB\n", ""},
+		{"process:\n  gcHeadroom: 1MB\n", `process.gcHeadroom 1000000B: must be off (Go's own pacing) or between 4MiB and 1TiB, e.g. 64MiB`},
 		{"process:\n  gcHeadroom: 64\n", `process.gcHeadroom 64B: must be off`},
 	} {
 		c := Default()

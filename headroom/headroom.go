@@ -7,22 +7,24 @@
 // allocates a few KB per request, so it collects tens of times a second,
 // and every cycle pays costs that don't shrink with the heap: scanning each
 // goroutine's stack, write barriers on while it marks, assists. Headroom
-// lets the heap grow by at least a fixed size (64 MB by default) before a
-// cycle starts. Once more than that is live, GOGC's own goal is the larger
-// and applies unchanged: headroom adds at most its own size to the memory
-// Go's pacing would use, never a multiple of the live heap, so 10,000 idle
-// connections cost what they did.
+// lets the heap grow by a fixed size (64 MiB by default) before a cycle
+// starts, but never by more than 4 times what is live (GOGC=400). Once
+// more than the headroom is live, GOGC's own goal is the larger and
+// applies unchanged, so 10,000 idle connections cost what they did.
 //
 // It works through GOGC itself (debug.SetGCPercent): after every cycle it
 // sets the percent that gives the next cycle that growth, never below the
 // percent the process started with (GOGC from the environment, else 100).
-// A memory limit (GOMEMLIMIT) still caps the heap: Go takes the lower of
-// the two goals.
+// The runtime computes a cycle's goal as the cycle ends, from the percent
+// set after the cycle before: a live heap that grew is paced by the old
+// percent until the new one is set, which is why the percent stays at or
+// below 400 (at most 5 times the live heap for that moment, as GOGC=400
+// would always). A memory limit (GOMEMLIMIT) still caps the heap: Go takes
+// the lower of the two goals.
 package headroom
 
 import (
 	"log/slog"
-	"math"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
@@ -39,6 +41,11 @@ const goMinimumHeap = 4 << 20
 
 // Min is the smallest headroom Start takes: the runtime's own minimum heap.
 const Min = goMinimumHeap
+
+// maxPercent bounds the percent headroom sets (not the process's own
+// GOGC): the goal of a cycle paced by a stale percent is at most
+// 1 + maxPercent/100 times its live heap.
+const maxPercent = 400
 
 // running is the process's one Headroom: GOGC is one setting per process.
 var running sync.Mutex
@@ -127,10 +134,11 @@ type sentinel struct {
 // Percent is the GOGC that lets the heap grow by headroom after a cycle
 // that left live bytes live with roots bytes of stacks and globals to
 // scan: Go's goal is live + (live + roots) × GOGC/100. It is never below
-// base, the process's own GOGC, and never above the percent whose minimum
-// heap (4 MiB × GOGC/100) is more than live + headroom.
+// base, the process's own GOGC, and otherwise never above maxPercent nor
+// the percent whose minimum heap (4 MiB × GOGC/100) is more than live +
+// headroom.
 func Percent(base int, headroom, live, roots uint64) int {
-	most := min(100*(live+headroom)/goMinimumHeap, math.MaxInt32)
+	most := min(100*(live+headroom)/goMinimumHeap, maxPercent)
 	p := most
 	if live+roots > 0 {
 		p = min((100*headroom+live+roots-1)/(live+roots), most)

@@ -157,6 +157,7 @@ func proxyOneRequest(t *testing.T, cfg config.Config, opts Options, target strin
 // runs (the heap is small here), and Close puts Go's default back;
 // "off" leaves it alone.
 func TestStartGCHeadroom(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100)) // whatever GOGC the environment set
 	gogc := func(n *Node) string {
 		t.Helper()
 		resp, err := http.Get("http://" + n.AdminAddr().String() + "/metrics")
