@@ -109,9 +109,9 @@ type Process struct {
 	// GCHeadroom is how much the heap may grow between garbage
 	// collections however little is live, up to 4 times what is (see
 	// headroom): with Go's default pacing a proxy holding a few MB
-	// collects every few MB allocated.
-	// Once more than this is live, GOGC's own pacing applies. "off"
-	// leaves Go's pacing alone; so does GOGC=off in the environment.
+	// collects every few MB allocated. Once more than this is live,
+	// GOGC's own pacing applies. "off" leaves Go's pacing alone; so does
+	// GOGC=off in the environment.
 	GCHeadroom SizeOrOff `yaml:"gcHeadroom"`
 }
 

@@ -80,7 +80,7 @@ type Node struct {
 	agent    *agent.Agent // nil without Options.Intercept
 	logs     audit.Multi  // the audit and access logs (not metrics, flows)
 	closers  []io.Closer
-	headroom *headroom.Headroom // nil when process.gcHeadroom is 0 or another node holds it
+	headroom *headroom.Headroom // nil when process.gcHeadroom is off or another node holds it
 	// The admin server runs until stop; done is closed when it has
 	// returned adminErr.
 	stop      context.CancelFunc
