@@ -64,7 +64,7 @@ const eventsPerClock = 64
 // back, up to 10 ms later when the rest of the process looks idle. With
 // GOMAXPROCS=1 (a node agent under a one-CPU limit) the proxy then ran
 // only between those waits: 1,700 requests a second through `sluice run`
-// at 32 connections instead of 16,000 (bench-peers h1).
+// at 32 connections instead of about 15,000 (bench-peers h1).
 func (a *Agent) readEvents() {
 	defer a.wg.Done()
 	if a.opts.OnBatchEnd != nil {

@@ -16,7 +16,7 @@ import (
 // back, up to 10 ms later, and with GOMAXPROCS=1 (an agent under a
 // one-CPU limit) the proxy in the same process ran only between the
 // reader's waits: 1,700 requests a second through `sluice run` instead of
-// 16,000 (bench-peers h1 at 32 connections). Seen from inside, the
+// about 15,000 (bench-peers h1 at 32 connections). Seen from inside, the
 // reader's goroutine is parked in "IO wait", not in "syscall"; and a
 // denied connect still wakes it at once: its event arrives long before
 // the reader's next periodic look (EventWait, 3 s here).
