@@ -359,30 +359,13 @@ func (x *Exchange) transportRequest(ctx context.Context, host string, body io.Re
 }
 
 // needsHopEdit reports whether transportRequest would change h: a field
-// it removes or rewrites, or no User-Agent (it adds an empty one).
+// it removes or rewrites (removeHopHeaders' own, Expect, Trailer), or no
+// User-Agent (it adds an empty one).
 func needsHopEdit(h http.Header) bool {
-	if _, ok := h["User-Agent"]; !ok {
-		return true
-	}
-	for k := range h {
-		if isHopHeader(k) || hasProxyPrefix(k) || k == "Expect" || k == "Trailer" {
-			return true
-		}
-	}
-	return false
-}
-
-// hasHopField reports whether removeHopHeaders(h, false) may change h:
-// every field it removes is a hop-by-hop one or a Proxy-* one, or one
-// that Connection (itself hop-by-hop) lists. Most responses have none,
-// and this one pass costs less than removeHopHeaders' lookups.
-func hasHopField(h http.Header) bool {
-	for k := range h {
-		if isHopHeader(k) || hasProxyPrefix(k) {
-			return true
-		}
-	}
-	return false
+	_, ua := h["User-Agent"]
+	_, expect := h["Expect"]
+	_, trailer := h["Trailer"]
+	return !ua || expect || trailer || hasHopField(h)
 }
 
 // stopChan cancels one request to an HTTP/2 pool through the request's

@@ -45,6 +45,19 @@ func removeHopHeaders(h http.Header, keepWS bool) (upgrade string) {
 	return upgrade
 }
 
+// hasHopField reports whether removeHopHeaders(h, false) may change h:
+// every field it removes is a hop-by-hop one or a Proxy-* one, or one
+// that Connection (itself hop-by-hop) lists. Most headers have none, and
+// this one pass costs less than removeHopHeaders' lookups.
+func hasHopField(h http.Header) bool {
+	for k := range h {
+		if isHopHeader(k) || hasProxyPrefix(k) {
+			return true
+		}
+	}
+	return false
+}
+
 // hasProxyPrefix reports whether strings.ToLower(k) starts with "proxy-"
 // without allocating: only ASCII letters lower-case into that prefix.
 func hasProxyPrefix(k string) bool {
