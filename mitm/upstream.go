@@ -14,7 +14,6 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/sluicehq/sluice/audit"
-	"golang.org/x/net/http2"
 )
 
 // poolKey names an upstream pool: connections to one host name at one
@@ -134,19 +133,13 @@ func (p *Proxy) newPool(k poolKey) *upstreamPool {
 	if k.alpn == "h2" || k.alpn == "h2c" {
 		// h2c: prior-knowledge HTTP/2 without TLS; the pool's dial gives
 		// the plain connection either way.
-		t := &http2.Transport{
-			AllowHTTP: k.alpn == "h2c",
-			DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
-				c, err := up.dial(ctx)
-				if err != nil {
-					return nil, err
-				}
-				return coalesce(c), nil // one syscall for the HEADERS of many requests
-			},
-			DisableCompression: true,
-			IdleConnTimeout:    idle,
-			MaxHeaderListSize:  1 << 20,
-		}
+		t := newH2Transport(func(ctx context.Context) (net.Conn, error) {
+			c, err := up.dial(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return coalesce(c), nil // one syscall for the frames of many requests
+		}, idle, 1<<20)
 		up.rt, up.closeIdle = t, t.CloseIdleConnections
 		return up
 	}

@@ -1,0 +1,1269 @@
+package mitm
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// h2Transport is an upstream pool's HTTP/2 client. x/net's Transport
+// costs a goroutine per request (it writes the request), four channels
+// and about six selects per exchange, handed between the request's
+// goroutine, that one and the connection's read loop; here the request's
+// own goroutine writes the HEADERS, waits once for the response head and
+// reads the body the read loop buffers for it. A goroutine is started
+// only to send a request body (which must flow while the response
+// streams: gRPC, echo). Everything the protocol asks of a client is
+// here: flow control both ways, SETTINGS (a new connection takes no
+// stream before the upstream's), PING, GOAWAY and REFUSED_STREAM (a
+// request the upstream did not process is sent once more when it has no
+// body, on a connection that takes it), connections dialed as the
+// upstream's stream limit requires and closed after idleTimeout unused.
+type h2Transport struct {
+	dial          func(context.Context) (net.Conn, error)
+	idleTimeout   time.Duration
+	maxHeaderList uint32 // what a response head may decode to
+
+	mu      sync.Mutex
+	conns   []*h2UpConn
+	dialing *h2Dial // the dial in flight, which the others wait for
+}
+
+// h2Dial is one connection being dialed, and its outcome.
+type h2Dial struct {
+	done chan struct{}
+	err  error
+}
+
+const (
+	// h2StreamWindow and h2ConnWindow are the receive windows: x/net's
+	// Transport's, so a download runs as fast as it did.
+	h2StreamWindow = 4 << 20
+	h2ConnWindow   = 1 << 30
+	// h2InitialStreams is the stream limit assumed until the upstream's
+	// SETTINGS say otherwise (RFC 9113 advises at least 100).
+	h2InitialStreams = 100
+	// h2Max1xx bounds the informational answers one request may get.
+	h2Max1xx = 5
+)
+
+var (
+	// errH2Unprocessed: the upstream says it did not process the stream
+	// (GOAWAY below it, REFUSED_STREAM), or the connection was gone before
+	// the request went out: safe to send again.
+	errH2Unprocessed = errors.New("upstream did not process the HTTP/2 stream")
+	// errH2ConnLost: the connection ended before the response head came.
+	errH2ConnLost = errors.New("upstream HTTP/2 connection lost")
+	// errH2Stale: the connection ended between its choice and the
+	// request's first frame: nothing was sent or read, any request may go
+	// again.
+	errH2Stale    = errors.New("upstream HTTP/2 connection ended before the request")
+	errH2Canceled = errors.New("request canceled")
+	// errH2BodyClosed is what a read of a response body after its Close
+	// returns, as net/http's does.
+	errH2BodyClosed = errors.New("http2: response body closed")
+)
+
+func newH2Transport(dial func(context.Context) (net.Conn, error), idleTimeout time.Duration, maxHeaderList uint32) *h2Transport {
+	return &h2Transport{dial: dial, idleTimeout: idleTimeout, maxHeaderList: maxHeaderList}
+}
+
+// RoundTrip sends req on a connection with room for a stream and returns
+// the response head; its body streams from the connection.
+func (t *h2Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	hasBody := req.Body != nil && req.Body != http.NoBody
+	retried := false
+	for stale := 0; ; {
+		c, reused, err := t.conn(req.Context(), req.Cancel)
+		if err != nil {
+			if hasBody {
+				req.Body.Close()
+			}
+			return nil, err
+		}
+		resp, err := c.roundTrip(req, hasBody)
+		switch {
+		case err == nil:
+			return resp, nil
+		case errors.Is(err, errH2Stale) && stale < 3:
+			stale++
+			continue
+		case errors.Is(err, errH2Stale):
+			if hasBody {
+				req.Body.Close()
+			}
+			return nil, err
+		case retried || hasBody:
+			return nil, err
+		case !errors.Is(err, errH2Unprocessed) && (!errors.Is(err, errH2ConnLost) || !reused || !idempotent(req)):
+			return nil, err
+		}
+		retried = true
+	}
+}
+
+// CloseIdleConnections closes the connections with no stream open.
+func (t *h2Transport) CloseIdleConnections() {
+	t.mu.Lock()
+	conns := slices.Clone(t.conns)
+	t.mu.Unlock()
+	for _, c := range conns {
+		c.closeIfIdle()
+	}
+}
+
+// conn returns a connection with a stream reserved for the caller,
+// dialing one when none has room; reused reports that it served a
+// stream before.
+func (t *h2Transport) conn(ctx context.Context, cancel <-chan struct{}) (c *h2UpConn, reused bool, err error) {
+	for {
+		t.mu.Lock()
+		for _, c := range t.conns {
+			if reused, ok := c.reserve(); ok {
+				t.mu.Unlock()
+				return c, reused, nil
+			}
+		}
+		d := t.dialing
+		if d == nil {
+			d = &h2Dial{done: make(chan struct{})}
+			t.dialing = d
+			go t.dialConn(d)
+		}
+		t.mu.Unlock()
+		select {
+		case <-d.done:
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		case <-cancel:
+			return nil, false, errH2Canceled
+		}
+		if d.err != nil {
+			return nil, false, d.err
+		}
+	}
+}
+
+// dialConn dials for d, on a goroutine of its own: a request that stops
+// waiting leaves the connection to the others.
+func (t *h2Transport) dialConn(d *h2Dial) {
+	nc, err := t.dial(context.Background())
+	var c *h2UpConn
+	if err == nil {
+		c, err = t.start(nc)
+	}
+	t.mu.Lock()
+	d.err = err
+	if c != nil {
+		t.conns = append(t.conns, c)
+	}
+	t.dialing = nil
+	t.mu.Unlock()
+	close(d.done)
+}
+
+func (t *h2Transport) remove(c *h2UpConn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if i := slices.Index(t.conns, c); i >= 0 {
+		t.conns = slices.Delete(t.conns, i, i+1)
+	}
+}
+
+// h2UpConn is one HTTP/2 connection to the upstream. Frames are written
+// under wmu (the Framer's write side and the HPACK encoder); the read
+// loop alone reads. mu guards the streams and every window.
+type h2UpConn struct {
+	t    *h2Transport
+	conn net.Conn
+	fr   *http2.Framer
+	tls  *tls.ConnectionState
+
+	wmu  sync.Mutex
+	henc *hpack.Encoder
+	hbuf bytes.Buffer
+
+	mu         sync.Mutex
+	cond       sync.Cond // a send window grew, or a stream or the connection ended
+	streams    map[uint32]*h2UpStream
+	reserved   int // streams promised by reserve, not yet opened
+	nextID     uint32
+	served     bool // a stream was opened on it before
+	maxStreams uint32
+	// sendWindow is what the upstream lets the connection send; initWindow
+	// a new stream's, maxFrame the largest DATA it takes, maxHeaderList
+	// the largest request head (0: no limit).
+	sendWindow    int64
+	initWindow    int64
+	maxFrame      int
+	maxHeaderList uint64
+	recvWindow    int64 // what the upstream may still send on the connection
+	unacked       int64 // read by bodies, not yet returned to the upstream
+	goAway        bool
+	closed        bool
+	err           error // why it closed
+	idle          *time.Timer
+}
+
+// start opens the connection: the preface, SETTINGS and the connection
+// window, then the read loop.
+func (t *h2Transport) start(nc net.Conn) (*h2UpConn, error) {
+	c := &h2UpConn{
+		t: t, conn: nc,
+		streams:    map[uint32]*h2UpStream{},
+		nextID:     1,
+		maxStreams: h2InitialStreams,
+		sendWindow: 65535, initWindow: 65535, maxFrame: 16 << 10,
+		recvWindow: h2ConnWindow,
+	}
+	c.cond.L = &c.mu
+	if cs, ok := nc.(interface{ ConnectionState() tls.ConnectionState }); ok {
+		st := cs.ConnectionState()
+		c.tls = &st
+	}
+	c.fr = http2.NewFramer(nc, newRecordReader(nc))
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.fr.MaxHeaderListSize = t.maxHeaderList
+	c.fr.SetReuseFrames()
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.wmu.Lock()
+	_, err := io.WriteString(nc, http2.ClientPreface)
+	if err == nil {
+		err = c.fr.WriteSettings(
+			http2.Setting{ID: http2.SettingEnablePush, Val: 0},
+			http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
+			http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: t.maxHeaderList},
+		)
+	}
+	if err == nil {
+		err = c.fr.WriteWindowUpdate(0, h2ConnWindow-65535)
+	}
+	c.wmu.Unlock()
+	if err == nil {
+		err = c.awaitSettings()
+	}
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("start HTTP/2 with upstream: %w", err)
+	}
+	go c.readLoop()
+	return c, nil
+}
+
+// h2SettingsWait bounds the wait for the upstream's SETTINGS.
+const h2SettingsWait = 10 * time.Second
+
+// awaitSettings reads the upstream's first frame, which must be its
+// SETTINGS, and applies it: no stream is opened before its stream limit
+// is known (an upstream allowing fewer than h2InitialStreams would
+// refuse the rest of a burst).
+func (c *h2UpConn) awaitSettings() error {
+	_ = c.conn.SetReadDeadline(time.Now().Add(h2SettingsWait))
+	f, err := c.fr.ReadFrame()
+	_ = c.conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		return fmt.Errorf("read SETTINGS: %w", err)
+	}
+	sf, ok := f.(*http2.SettingsFrame)
+	if !ok || sf.IsAck() {
+		return fmt.Errorf("upstream's first frame is %v, not its SETTINGS", f.Header().Type)
+	}
+	return c.onSettings(sf)
+}
+
+// newRecordReader is the buffered reader frames are read through.
+func newRecordReader(nc net.Conn) io.Reader {
+	return &bufReader{r: nc, buf: make([]byte, 0, 16<<10)}
+}
+
+// bufReader is a minimal bufio.Reader for the Framer's io.ReadFull calls:
+// one read of the connection serves many frames.
+type bufReader struct {
+	r   io.Reader
+	buf []byte
+	off int
+}
+
+func (b *bufReader) Read(p []byte) (int, error) {
+	if b.off == len(b.buf) {
+		if len(p) >= cap(b.buf) {
+			return b.r.Read(p)
+		}
+		n, err := b.r.Read(b.buf[:cap(b.buf)])
+		b.buf, b.off = b.buf[:n], 0
+		if n == 0 {
+			return 0, err
+		}
+	}
+	n := copy(p, b.buf[b.off:])
+	b.off += n
+	return n, nil
+}
+
+// reserve promises the caller a stream on c when c takes new streams and
+// has room for one; reused reports that c served a stream before.
+// Called with t.mu held.
+func (c *h2UpConn) reserve() (reused, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.goAway || uint32(len(c.streams)+c.reserved) >= c.maxStreams {
+		return false, false
+	}
+	c.reserved++
+	if c.idle != nil {
+		c.idle.Stop()
+	}
+	return c.served, true
+}
+
+// idleLocked arms the idle timer when c has nothing open; c.mu held.
+func (c *h2UpConn) idleLocked() {
+	if len(c.streams)+c.reserved > 0 || c.closed {
+		return
+	}
+	if c.goAway {
+		go c.close(errH2Unprocessed) // drained: the upstream asked for no more
+		return
+	}
+	if c.t.idleTimeout <= 0 {
+		return
+	}
+	if c.idle == nil {
+		c.idle = time.AfterFunc(c.t.idleTimeout, c.closeIfIdle)
+	} else {
+		c.idle.Reset(c.t.idleTimeout)
+	}
+}
+
+// closeIfIdle closes c unless a stream is open or promised. It holds
+// t.mu while it looks, so reserve cannot promise one meanwhile.
+func (c *h2UpConn) closeIfIdle() {
+	c.t.mu.Lock()
+	c.mu.Lock()
+	idle := len(c.streams)+c.reserved == 0
+	if idle {
+		c.goAway = true // no more reservations
+	}
+	c.mu.Unlock()
+	c.t.mu.Unlock()
+	if idle {
+		c.close(errors.New("idle upstream HTTP/2 connection closed"))
+	}
+}
+
+// close ends c: every open stream fails with err (wrapped in
+// errH2ConnLost when it had no response head yet).
+func (c *h2UpConn) close(err error) {
+	c.t.remove(c)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed, c.err = true, err
+	if c.idle != nil {
+		c.idle.Stop()
+	}
+	for _, s := range c.streams {
+		s.failLocked(err)
+	}
+	clear(c.streams)
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	c.conn.Close()
+}
+
+// h2UpStream is one request's stream. Its fields below mu are guarded by
+// the connection's mu.
+type h2UpStream struct {
+	c      *h2UpConn
+	id     uint32
+	req    *http.Request
+	ctx    context.Context
+	cancel <-chan struct{}
+	isHead bool
+	head   chan struct{} // closed when resp or err is set
+	body   io.ReadCloser // the request body being sent; nil: none or done
+
+	// mu: c.mu
+	resp       *http.Response
+	err        error // the stream's end, for the response side
+	headDone   bool
+	got1xx     int
+	buf        []byte // received, not yet read
+	off        int
+	ended      bool // the upstream's END_STREAM came
+	sentEnd    bool // the request's END_STREAM went out (or never will)
+	reset      bool // RST_STREAM sent or received: nothing more is sent
+	trailer    http.Header
+	declared   int64 // the response's content-length, -1: none
+	read       int64
+	recvWindow int64
+	unacked    int64
+	sendWindow int64
+	ready      chan struct{} // a wake-up for the body's reader (capacity 1)
+	closeOnce  sync.Once
+}
+
+// roundTrip opens a stream for req on c (a reservation the caller holds),
+// writes its head and waits for the response head.
+func (c *h2UpConn) roundTrip(req *http.Request, hasBody bool) (*http.Response, error) {
+	ctx := req.Context()
+	s := &h2UpStream{c: c, req: req, ctx: ctx, cancel: req.Cancel, isHead: req.Method == http.MethodHead,
+		head: make(chan struct{}), ready: make(chan struct{}, 1), declared: -1,
+		recvWindow: h2StreamWindow, sentEnd: !hasBody}
+	if hasBody {
+		s.body = req.Body
+	}
+	c.wmu.Lock()
+	c.mu.Lock()
+	c.reserved--
+	if c.closed || c.goAway {
+		c.idleLocked()
+		c.mu.Unlock()
+		c.wmu.Unlock()
+		return nil, errH2Stale // the body is untouched: RoundTrip sends it on another
+	}
+	maxFrame, maxList := c.maxFrame, c.maxHeaderList
+	s.id = c.nextID
+	c.nextID += 2
+	c.served = true
+	s.sendWindow = c.initWindow
+	c.streams[s.id] = s
+	c.mu.Unlock()
+	block, err := c.encodeHead(req, hasBody, maxList)
+	if err == nil {
+		err = c.writeBlock(s.id, !hasBody, block, maxFrame)
+		if err != nil {
+			c.wmu.Unlock()
+			c.close(fmt.Errorf("write to upstream: %w", err))
+			s.closeBody()
+			return nil, fmt.Errorf("%w: write request: %w", errH2ConnLost, err)
+		}
+	}
+	c.wmu.Unlock()
+	if err != nil { // nothing went out: the stream was never opened
+		c.mu.Lock()
+		delete(c.streams, s.id)
+		c.idleLocked()
+		c.mu.Unlock()
+		s.closeBody()
+		return nil, err
+	}
+	if hasBody {
+		go s.sendBody()
+	}
+	select {
+	case <-s.head:
+	case <-ctx.Done():
+		s.abort(ctx.Err())
+		return nil, ctx.Err()
+	case <-s.cancel:
+		s.abort(errH2Canceled)
+		return nil, errH2Canceled
+	}
+	if s.resp == nil {
+		return nil, s.err
+	}
+	return s.resp, nil
+}
+
+// encodeHead is req's head as an HPACK block (in c.hbuf); c.wmu held.
+// The fields are x/net's Transport's: the pseudo-fields, then req.Header
+// without the connection-specific fields, content-length for a body of
+// known length (and for an empty POST, PUT or PATCH), the announced
+// trailers, no User-Agent unless the request has one.
+func (c *h2UpConn) encodeHead(req *http.Request, hasBody bool, maxList uint64) ([]byte, error) {
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	if !httpguts.ValidHostHeader(host) {
+		return nil, fmt.Errorf("invalid Host %q for upstream HTTP/2", host)
+	}
+	method := req.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	path := ""
+	if method != http.MethodConnect {
+		path = req.URL.RequestURI()
+		if !strings.HasPrefix(path, "/") && path != "*" {
+			if req.URL.Opaque == "" {
+				return nil, fmt.Errorf("invalid request path %q for upstream HTTP/2", path)
+			}
+			path = req.URL.Opaque
+		}
+	}
+	var size uint64
+	c.hbuf.Reset()
+	field := func(name, value string) {
+		size += uint64(len(name) + len(value) + 32)
+		_ = c.henc.WriteField(hpack.HeaderField{Name: name, Value: value}) // into c.hbuf: no error
+	}
+	field(":authority", host)
+	field(":method", method)
+	if method != http.MethodConnect {
+		field(":path", path)
+		field(":scheme", req.URL.Scheme)
+	}
+	for k, vs := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return nil, fmt.Errorf("invalid request field name %q for upstream HTTP/2", k)
+		}
+		name := lowerKey(k)
+		switch name {
+		case "host", "content-length", "connection", "proxy-connection", "transfer-encoding", "upgrade", "keep-alive", "trailer":
+			continue
+		case "te":
+			if !slices.ContainsFunc(vs, func(v string) bool { return strings.EqualFold(v, "trailers") }) {
+				continue
+			}
+			vs = []string{"trailers"}
+		case "user-agent":
+			if len(vs) == 0 || vs[0] == "" {
+				continue
+			}
+			vs = vs[:1]
+		}
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return nil, fmt.Errorf("invalid value of request field %q for upstream HTTP/2", k)
+			}
+			field(name, v)
+		}
+	}
+	if len(req.Trailer) > 0 {
+		keys := make([]string, 0, len(req.Trailer))
+		for k := range req.Trailer {
+			keys = append(keys, http.CanonicalHeaderKey(k))
+		}
+		slices.Sort(keys)
+		field("trailer", strings.Join(keys, ","))
+	}
+	// As net/http reads a request: a body with ContentLength 0 is of
+	// unknown length.
+	if n := req.ContentLength; n > 0 && hasBody || n == 0 && !hasBody && (method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch) {
+		field("content-length", strconv.FormatInt(n, 10))
+	}
+	if maxList > 0 && size > maxList {
+		return nil, fmt.Errorf("request head of %d bytes is over the upstream's limit of %d", size, maxList)
+	}
+	return c.hbuf.Bytes(), nil
+}
+
+// writeBlock writes a header block as HEADERS and CONTINUATION frames of
+// at most maxFrame bytes; c.wmu held.
+func (c *h2UpConn) writeBlock(id uint32, endStream bool, block []byte, maxFrame int) error {
+	first := true
+	for first || len(block) > 0 {
+		chunk := block[:min(len(block), maxFrame)]
+		block = block[len(chunk):]
+		var err error
+		if first {
+			err = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: chunk, EndStream: endStream, EndHeaders: len(block) == 0})
+		} else {
+			err = c.fr.WriteContinuation(id, len(block) == 0, chunk)
+		}
+		if err != nil {
+			return err
+		}
+		first = false
+	}
+	return nil
+}
+
+// sendBody sends the request body as DATA within the send windows, then
+// its trailers or an empty END_STREAM; it closes the body. On its own
+// goroutine: the response may stream meanwhile.
+func (s *h2UpStream) sendBody() {
+	c := s.c
+	defer s.closeBody()
+	bufp := h2BodyBufs.Get().(*[]byte)
+	defer h2BodyBufs.Put(bufp)
+	buf := *bufp
+	endSent := false
+	for {
+		// Read to io.EOF even after a declared length: a body's end arms
+		// the response header timer (countingBody).
+		n, rerr := s.body.Read(buf)
+		if rerr != nil && rerr != io.EOF {
+			s.abort(fmt.Errorf("read request body: %w", rerr))
+			return
+		}
+		last := rerr == io.EOF
+		for data := buf[:n]; len(data) > 0; {
+			k, ok := s.awaitWindow(len(data))
+			if !ok {
+				return
+			}
+			end := last && k == len(data) && len(s.req.Trailer) == 0
+			if !s.write(func() error { return c.fr.WriteData(s.id, end, data[:k]) }) {
+				return
+			}
+			endSent = end
+			data = data[k:]
+		}
+		if last {
+			break
+		}
+	}
+	switch {
+	case endSent:
+	case len(s.req.Trailer) > 0:
+		ok := s.write(func() error {
+			c.mu.Lock()
+			maxFrame := c.maxFrame
+			c.mu.Unlock()
+			c.hbuf.Reset()
+			for k, vs := range s.req.Trailer {
+				for _, v := range vs {
+					_ = c.henc.WriteField(hpack.HeaderField{Name: lowerKey(k), Value: v})
+				}
+			}
+			return c.writeBlock(s.id, true, c.hbuf.Bytes(), maxFrame)
+		})
+		if !ok {
+			return
+		}
+	default:
+		if !s.write(func() error { return c.fr.WriteData(s.id, true, nil) }) {
+			return
+		}
+	}
+	c.mu.Lock()
+	s.sentEnd = true
+	s.doneLocked()
+	c.mu.Unlock()
+}
+
+// h2BodyBufs holds the buffers request bodies are sent from.
+var h2BodyBufs = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
+// awaitWindow waits until the stream may send and returns how much of n
+// bytes it may send now (taken from both windows); false: the stream or
+// the connection ended.
+func (s *h2UpStream) awaitWindow(n int) (int, bool) {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		if s.reset || c.closed {
+			return 0, false
+		}
+		if w := min(s.sendWindow, c.sendWindow, int64(c.maxFrame)); w > 0 {
+			k := int(min(int64(n), w))
+			s.sendWindow -= int64(k)
+			c.sendWindow -= int64(k)
+			return k, true
+		}
+		c.cond.Wait()
+	}
+}
+
+// write runs a frame write for s under c.wmu unless s was reset; a write
+// error ends the connection. It reports whether the frame went out.
+func (s *h2UpStream) write(f func() error) bool {
+	c := s.c
+	c.wmu.Lock()
+	c.mu.Lock()
+	gone := s.reset || c.closed
+	c.mu.Unlock()
+	if gone {
+		c.wmu.Unlock()
+		return false
+	}
+	err := f()
+	c.wmu.Unlock()
+	if err != nil {
+		c.close(fmt.Errorf("write to upstream: %w", err))
+		return false
+	}
+	return true
+}
+
+// closeBody closes the request body once.
+func (s *h2UpStream) closeBody() {
+	if s.body != nil {
+		s.closeOnce.Do(func() { s.body.Close() })
+	}
+}
+
+// abort resets the stream (RST_STREAM CANCEL) unless it is over, and
+// fails it with err.
+func (s *h2UpStream) abort(err error) {
+	c := s.c
+	c.mu.Lock()
+	send := !s.reset && !c.closed && c.streams[s.id] == s
+	s.failLocked(err)
+	s.reset = true
+	s.releaseLocked()
+	c.mu.Unlock()
+	if send {
+		c.wmu.Lock()
+		werr := c.fr.WriteRSTStream(s.id, http2.ErrCodeCancel)
+		c.wmu.Unlock()
+		if werr != nil {
+			c.close(fmt.Errorf("write to upstream: %w", werr))
+		}
+	}
+	s.closeBody()
+}
+
+// failLocked ends the response side with err unless it ended already;
+// c.mu held.
+func (s *h2UpStream) failLocked(err error) {
+	if !s.headDone {
+		if !errors.Is(err, errH2Unprocessed) && !errors.Is(err, errH2ConnLost) && s.c.closed {
+			err = fmt.Errorf("%w: %w", errH2ConnLost, err)
+		}
+		s.err, s.headDone = err, true
+		close(s.head)
+	} else if s.err == nil && !s.ended {
+		s.err = err
+	}
+	s.reset = true // nothing more goes out
+	s.wake()
+	s.c.cond.Broadcast()
+}
+
+// releaseLocked takes s out of the connection and gives back the window
+// its unread data holds; c.mu held.
+func (s *h2UpStream) releaseLocked() {
+	c := s.c
+	if c.streams[s.id] == s {
+		delete(c.streams, s.id)
+		c.idleLocked()
+	}
+	c.unacked += int64(len(s.buf) - s.off) // never read: the connection's window back
+	s.buf, s.off = nil, 0
+}
+
+// doneLocked takes s out of the connection once both sides ended; c.mu
+// held.
+func (s *h2UpStream) doneLocked() {
+	if (s.ended || s.reset) && s.sentEnd {
+		if c := s.c; c.streams[s.id] == s {
+			delete(c.streams, s.id)
+			c.idleLocked()
+		}
+	}
+}
+
+func (s *h2UpStream) wake() {
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
+
+// readLoop reads frames until the connection ends, then closes it.
+func (c *h2UpConn) readLoop() {
+	err := c.readFrames()
+	var ce http2.ConnectionError
+	if errors.As(err, &ce) {
+		c.wmu.Lock()
+		_ = c.fr.WriteGoAway(0, http2.ErrCode(ce), nil)
+		c.wmu.Unlock()
+	}
+	c.close(fmt.Errorf("read from upstream: %w", err))
+}
+
+func (c *h2UpConn) readFrames() error {
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				c.resetStream(se.StreamID, se.Code, fmt.Errorf("upstream HTTP/2 stream: %w", se))
+				continue
+			}
+			return err
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			err = c.onHeaders(f)
+		case *http2.DataFrame:
+			err = c.onData(f)
+		case *http2.RSTStreamFrame:
+			c.onReset(f)
+		case *http2.SettingsFrame:
+			err = c.onSettings(f)
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				err = c.writeFrame(func() error { return c.fr.WritePing(true, f.Data) })
+			}
+		case *http2.GoAwayFrame:
+			c.onGoAway(f)
+		case *http2.WindowUpdateFrame:
+			err = c.onWindowUpdate(f)
+		case *http2.PushPromiseFrame:
+			return http2.ConnectionError(http2.ErrCodeProtocol) // push is off in our SETTINGS
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (c *h2UpConn) writeFrame(f func() error) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return f()
+}
+
+// stream is the open stream id, nil for one that ended (or was never
+// opened: a connection error when id is one we never used).
+func (c *h2UpConn) stream(id uint32) (*h2UpStream, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.streams[id]; s != nil {
+		return s, nil
+	}
+	if id%2 == 0 || id >= c.nextID {
+		return nil, http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	return nil, nil
+}
+
+// resetStream resets stream id with code and fails it with err.
+func (c *h2UpConn) resetStream(id uint32, code http2.ErrCode, err error) {
+	c.mu.Lock()
+	s := c.streams[id]
+	if s != nil {
+		s.failLocked(err)
+		s.releaseLocked()
+	}
+	c.mu.Unlock()
+	if s != nil {
+		s.closeBody()
+	}
+	_ = c.writeFrame(func() error { return c.fr.WriteRSTStream(id, code) })
+}
+
+func (c *h2UpConn) onHeaders(f *http2.MetaHeadersFrame) error {
+	s, err := c.stream(f.StreamID)
+	if s == nil {
+		return err // a stream we reset: the block was decoded, the HPACK state kept
+	}
+	c.mu.Lock()
+	headDone := s.headDone
+	c.mu.Unlock()
+	if headDone {
+		return c.onTrailers(s, f)
+	}
+	status := f.PseudoValue("status")
+	code, err := strconv.Atoi(status)
+	if len(status) != 3 || err != nil || code < 100 {
+		c.resetStream(s.id, http2.ErrCodeProtocol, fmt.Errorf("upstream sent a response with :status %q", status))
+		return nil
+	}
+	if code < 200 {
+		c.mu.Lock()
+		s.got1xx++
+		n := s.got1xx
+		c.mu.Unlock()
+		if code == http.StatusSwitchingProtocols || f.StreamEnded() || n > h2Max1xx {
+			c.resetStream(s.id, http2.ErrCodeProtocol, errUnexpected1xx)
+		}
+		return nil
+	}
+	fields := f.RegularFields()
+	header := make(http.Header, len(fields))
+	var trailer http.Header
+	for _, hf := range fields {
+		key := canonicalH2Key(hf.Name)
+		if key == "Trailer" {
+			if trailer == nil {
+				trailer = http.Header{}
+			}
+			for v := range strings.SplitSeq(hf.Value, ",") {
+				if v = textprotoTrim(v); v != "" {
+					trailer[http.CanonicalHeaderKey(v)] = nil
+				}
+			}
+			continue
+		}
+		header[key] = append(header[key], hf.Value)
+	}
+	resp := &http.Response{
+		Status: status + " " + http.StatusText(code), StatusCode: code,
+		Proto: "HTTP/2.0", ProtoMajor: 2,
+		Header: header, Trailer: trailer, ContentLength: -1,
+		Request: s.req, TLS: c.tls,
+	}
+	if vs := header["Content-Length"]; len(vs) == 1 {
+		if n, err := strconv.ParseUint(vs[0], 10, 63); err == nil {
+			resp.ContentLength = int64(n)
+		}
+	} else if f.StreamEnded() && !s.isHead {
+		resp.ContentLength = 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.headDone { // aborted meanwhile
+		return nil
+	}
+	if f.StreamEnded() || s.isHead {
+		resp.Body = http.NoBody
+	} else {
+		resp.Body = &h2UpBody{s: s}
+		if !s.isHead {
+			s.declared = resp.ContentLength
+		}
+	}
+	s.resp, s.headDone = resp, true
+	close(s.head)
+	if f.StreamEnded() {
+		s.ended = true
+		s.doneLocked()
+	}
+	return nil
+}
+
+func (c *h2UpConn) onTrailers(s *h2UpStream, f *http2.MetaHeadersFrame) error {
+	if !f.StreamEnded() {
+		c.resetStream(s.id, http2.ErrCodeProtocol, errors.New("upstream sent a second header block that does not end the stream"))
+		return nil
+	}
+	t := http.Header{}
+	for _, hf := range f.RegularFields() {
+		k := canonicalH2Key(hf.Name)
+		t[k] = append(t[k], hf.Value)
+	}
+	c.mu.Lock()
+	s.trailer, s.ended = t, true
+	s.wake()
+	s.doneLocked()
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *h2UpConn) onData(f *http2.DataFrame) error {
+	n := int64(f.Length)
+	c.mu.Lock()
+	c.recvWindow -= n
+	if c.recvWindow < 0 {
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
+	s := c.streams[f.StreamID]
+	if s == nil || !s.headDone || s.ended || s.resp == nil || s.resp.Body == http.NoBody {
+		c.unacked += n // not for a reader: given back at once
+		inc := c.takeConnUpdateLocked()
+		known := s != nil || f.StreamID%2 == 1 && f.StreamID < c.nextID
+		bad := s != nil && (!s.headDone || s.ended)
+		if s != nil && !bad && f.StreamEnded() { // a HEAD's, or a failed stream's
+			s.ended = true
+			s.doneLocked()
+		}
+		c.mu.Unlock()
+		if !known {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		if bad {
+			c.resetStream(f.StreamID, http2.ErrCodeStreamClosed, errors.New("upstream sent DATA outside a response body"))
+		}
+		return c.sendUpdates(0, inc)
+	}
+	s.recvWindow -= n
+	if s.recvWindow < 0 {
+		c.mu.Unlock()
+		c.resetStream(s.id, http2.ErrCodeFlowControl, errors.New("upstream sent more than the stream's window"))
+		return nil
+	}
+	data := f.Data()
+	pad := n - int64(len(data))
+	s.unacked += pad
+	c.unacked += pad
+	s.buf = append(s.buf, data...)
+	if f.StreamEnded() {
+		s.ended = true
+		s.doneLocked()
+	}
+	s.wake()
+	c.mu.Unlock()
+	return nil
+}
+
+// takeConnUpdateLocked is the connection window to give back now: all
+// that was read once it reaches half the window; c.mu held.
+func (c *h2UpConn) takeConnUpdateLocked() uint32 {
+	if c.unacked < h2ConnWindow/2 || c.closed {
+		return 0
+	}
+	inc := c.unacked
+	c.unacked = 0
+	c.recvWindow += inc
+	return uint32(inc)
+}
+
+// sendUpdates writes WINDOW_UPDATEs for stream id and the connection
+// (0: none).
+func (c *h2UpConn) sendUpdates(id, streamInc uint32, connInc ...uint32) error {
+	if streamInc == 0 && (len(connInc) == 0 || connInc[0] == 0) {
+		return nil
+	}
+	return c.writeFrame(func() error {
+		if len(connInc) > 0 && connInc[0] > 0 {
+			if err := c.fr.WriteWindowUpdate(0, connInc[0]); err != nil {
+				return err
+			}
+		}
+		if streamInc > 0 {
+			return c.fr.WriteWindowUpdate(id, streamInc)
+		}
+		return nil
+	})
+}
+
+func (c *h2UpConn) onReset(f *http2.RSTStreamFrame) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.streams[f.StreamID]
+	if s == nil {
+		return
+	}
+	var err error
+	switch {
+	case f.ErrCode == http2.ErrCodeRefusedStream:
+		err = fmt.Errorf("%w: refused", errH2Unprocessed)
+	case f.ErrCode == http2.ErrCodeNo && s.ended:
+		// a complete response; the upstream wants no more of the body
+	default:
+		err = fmt.Errorf("upstream reset the HTTP/2 stream: %v", f.ErrCode)
+	}
+	if err != nil {
+		s.failLocked(err)
+	}
+	s.reset = true
+	s.wake()
+	c.cond.Broadcast()
+	if c.streams[s.id] == s {
+		delete(c.streams, s.id)
+		c.idleLocked()
+	}
+}
+
+func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	c.mu.Lock()
+	err := f.ForeachSetting(func(st http2.Setting) error {
+		switch st.ID {
+		case http2.SettingMaxConcurrentStreams:
+			c.maxStreams = st.Val
+		case http2.SettingInitialWindowSize:
+			delta := int64(st.Val) - c.initWindow
+			for _, s := range c.streams {
+				s.sendWindow += delta
+				if s.sendWindow > 1<<31-1 {
+					return http2.ConnectionError(http2.ErrCodeFlowControl)
+				}
+			}
+			c.initWindow = int64(st.Val)
+			c.cond.Broadcast()
+		case http2.SettingMaxFrameSize:
+			c.maxFrame = int(st.Val)
+		case http2.SettingMaxHeaderListSize:
+			c.maxHeaderList = uint64(st.Val)
+		case http2.SettingHeaderTableSize:
+			// applied below, under wmu
+		}
+		return nil
+	})
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return c.writeFrame(func() error {
+		if v, ok := f.Value(http2.SettingHeaderTableSize); ok {
+			c.henc.SetMaxDynamicTableSizeLimit(v)
+		}
+		return c.fr.WriteSettingsAck()
+	})
+}
+
+func (c *h2UpConn) onGoAway(f *http2.GoAwayFrame) {
+	c.t.remove(c)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.goAway = true
+	for id, s := range c.streams {
+		if id > f.LastStreamID {
+			s.failLocked(fmt.Errorf("%w: GOAWAY (%v)", errH2Unprocessed, f.ErrCode))
+			s.reset = true
+			delete(c.streams, id)
+		}
+	}
+	c.idleLocked()
+}
+
+func (c *h2UpConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	inc := int64(f.Increment)
+	if f.StreamID == 0 {
+		c.sendWindow += inc
+		if c.sendWindow > 1<<31-1 {
+			return http2.ConnectionError(http2.ErrCodeFlowControl)
+		}
+	} else if s := c.streams[f.StreamID]; s != nil {
+		s.sendWindow += inc
+		if s.sendWindow > 1<<31-1 {
+			c.mu.Unlock()
+			c.resetStream(s.id, http2.ErrCodeFlowControl, errors.New("upstream overflowed the stream's send window"))
+			c.mu.Lock()
+			return nil
+		}
+	}
+	c.cond.Broadcast()
+	return nil
+}
+
+// h2UpBody is a response body: what the read loop buffered for its
+// stream.
+type h2UpBody struct {
+	s      *h2UpStream
+	closed bool
+}
+
+func (b *h2UpBody) Read(p []byte) (int, error) {
+	s := b.s
+	c := s.c
+	for {
+		c.mu.Lock()
+		if b.closed {
+			c.mu.Unlock()
+			return 0, errH2BodyClosed
+		}
+		if s.off < len(s.buf) {
+			n := copy(p, s.buf[s.off:])
+			s.off += n
+			if s.off == len(s.buf) {
+				s.buf, s.off = s.buf[:0], 0
+			}
+			s.read += int64(n)
+			if s.declared >= 0 && s.read > s.declared {
+				c.mu.Unlock()
+				err := errors.New("upstream sent more than its Content-Length")
+				s.abort(err)
+				return 0, err
+			}
+			s.unacked += int64(n)
+			c.unacked += int64(n)
+			var sinc uint32
+			if s.unacked >= h2StreamWindow/2 && !s.ended && !s.reset {
+				sinc = uint32(s.unacked)
+				s.recvWindow += s.unacked
+				s.unacked = 0
+			}
+			cinc := c.takeConnUpdateLocked()
+			c.mu.Unlock()
+			if err := c.sendUpdates(s.id, sinc, cinc); err != nil {
+				c.close(fmt.Errorf("write to upstream: %w", err))
+			}
+			return n, nil
+		}
+		if s.ended {
+			t := s.trailer
+			short := s.declared >= 0 && s.read < s.declared
+			c.mu.Unlock()
+			if short {
+				return 0, io.ErrUnexpectedEOF
+			}
+			for k, vs := range t {
+				if s.resp.Trailer == nil {
+					s.resp.Trailer = http.Header{}
+				}
+				s.resp.Trailer[k] = vs
+			}
+			return 0, io.EOF
+		}
+		if err := s.err; err != nil {
+			c.mu.Unlock()
+			return 0, err
+		}
+		c.mu.Unlock()
+		select {
+		case <-s.ready:
+		case <-s.ctx.Done():
+			s.abort(s.ctx.Err())
+		case <-s.cancel:
+			s.abort(errH2Canceled)
+		}
+	}
+}
+
+// Close ends the body; before its end, the stream is reset.
+func (b *h2UpBody) Close() error {
+	s := b.s
+	c := s.c
+	c.mu.Lock()
+	if b.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	// Read to its end, with the request's END_STREAM sent: the stream
+	// left the table already. Else it is reset, as x/net's is (the
+	// request body's rest is not wanted once the response is over).
+	whole := s.ended && s.off == len(s.buf) && s.sentEnd
+	c.mu.Unlock()
+	if !whole {
+		s.abort(errH2BodyClosed)
+	}
+	return nil
+}
+
+// lowerKey is a request field's name as HTTP/2 writes it.
+func lowerKey(k string) string {
+	if s, ok := h2LowerKeys[k]; ok {
+		return s
+	}
+	return strings.ToLower(k)
+}
+
+// canonicalH2Key is a response field's name as net/http keys it.
+func canonicalH2Key(name string) string {
+	if s, ok := h2CanonicalKeys[name]; ok {
+		return s
+	}
+	return http.CanonicalHeaderKey(name)
+}
+
+// h2LowerKeys and h2CanonicalKeys spare the common fields' names an
+// allocation each way.
+var h2LowerKeys, h2CanonicalKeys = func() (map[string]string, map[string]string) {
+	lower, canon := map[string]string{}, map[string]string{}
+	for k := range commonResponseKeys {
+		lower[k], canon[strings.ToLower(k)] = strings.ToLower(k), k
+	}
+	for _, k := range []string{
+		"Accept", "Accept-Charset", "Accept-Encoding", "Accept-Language", "Authorization",
+		"Cookie", "Grpc-Encoding", "Grpc-Accept-Encoding", "Grpc-Message", "Grpc-Status", "Grpc-Timeout",
+		"If-Modified-Since", "If-None-Match", "Origin", "Referer", "Te", "Trailer", "User-Agent",
+		"X-Forwarded-For", "X-Forwarded-Proto",
+	} {
+		lower[k], canon[strings.ToLower(k)] = strings.ToLower(k), k
+	}
+	return lower, canon
+}()
+
+// textprotoTrim trims the spaces and tabs around a list element.
+func textprotoTrim(s string) string { return strings.Trim(s, " \t") }
