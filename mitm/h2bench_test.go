@@ -142,3 +142,37 @@ func BenchmarkH2CoalesceFlush(b *testing.B) {
 		_ = c.SetWriteDeadline(time.Time{})
 	}
 }
+
+// BenchmarkH2Download measures one 16 MiB download through the proxy over
+// HTTP/2 on both sides (the upstream's DATA frames through the pool's
+// client, then the client's), one at a time as curl's in bench-peers'
+// stream test: MB/s (b.SetBytes) and the process's CPU per MiB.
+func BenchmarkH2Download(b *testing.B) {
+	const size = 16 << 20
+	chunk := bytes.Repeat([]byte("0123456789abcdef"), 4<<10) // 64 KiB
+	tca := newTestCA(b, "upstream test CA")
+	up := startUpstream(b, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(size))
+		for n := 0; n < size; n += len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	h := newHarness(b, tca, allowAllDecider{}, func(_ *config.Proxy, d *Deps) { d.Audit = &countSink{} })
+	url := fmt.Sprintf("https://api.test:%d/big", up.addr.Port())
+	c := h.client(true)
+	defer c.CloseIdleConnections()
+	if err := h2Get(c, url, size); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(size)
+	b.ResetTimer()
+	cpu0 := processCPU()
+	for b.Loop() {
+		if err := h2Get(c, url, size); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N)/(size>>20), "cpu-us/MiB")
+}

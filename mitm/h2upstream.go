@@ -1,6 +1,7 @@
 package mitm
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -54,6 +55,10 @@ const (
 	// Transport's, so a download runs as fast as it did.
 	h2StreamWindow = 4 << 20
 	h2ConnWindow   = 1 << 30
+	// h2ReadFrame is the largest frame the upstream may send (x/net's
+	// Transport's too): a download comes in a sixteenth of the frames
+	// (and read-loop wake-ups) of the protocol's default.
+	h2ReadFrame = 1 << 20
 	// h2InitialStreams is the stream limit assumed until the upstream's
 	// SETTINGS say otherwise (RFC 9113 advises at least 100).
 	h2InitialStreams = 100
@@ -235,9 +240,12 @@ func (t *h2Transport) start(nc net.Conn) (*h2UpConn, error) {
 		st := cs.ConnectionState()
 		c.tls = &st
 	}
-	c.fr = http2.NewFramer(nc, newRecordReader(nc))
+	// A small buffer: a frame header and a short frame come from one read
+	// of it; a DATA frame's payload is read past it into the Framer's.
+	c.fr = http2.NewFramer(nc, bufio.NewReaderSize(nc, 4<<10))
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = t.maxHeaderList
+	c.fr.SetMaxReadFrameSize(h2ReadFrame)
 	c.fr.SetReuseFrames()
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.wmu.Lock()
@@ -246,6 +254,7 @@ func (t *h2Transport) start(nc net.Conn) (*h2UpConn, error) {
 		err = c.fr.WriteSettings(
 			http2.Setting{ID: http2.SettingEnablePush, Val: 0},
 			http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
+			http2.Setting{ID: http2.SettingMaxFrameSize, Val: h2ReadFrame},
 			http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: t.maxHeaderList},
 		)
 	}
@@ -283,35 +292,6 @@ func (c *h2UpConn) awaitSettings() error {
 		return fmt.Errorf("upstream's first frame is %v, not its SETTINGS", f.Header().Type)
 	}
 	return c.onSettings(sf)
-}
-
-// newRecordReader is the buffered reader frames are read through.
-func newRecordReader(nc net.Conn) io.Reader {
-	return &bufReader{r: nc, buf: make([]byte, 0, 16<<10)}
-}
-
-// bufReader is a minimal bufio.Reader for the Framer's io.ReadFull calls:
-// one read of the connection serves many frames.
-type bufReader struct {
-	r   io.Reader
-	buf []byte
-	off int
-}
-
-func (b *bufReader) Read(p []byte) (int, error) {
-	if b.off == len(b.buf) {
-		if len(p) >= cap(b.buf) {
-			return b.r.Read(p)
-		}
-		n, err := b.r.Read(b.buf[:cap(b.buf)])
-		b.buf, b.off = b.buf[:n], 0
-		if n == 0 {
-			return 0, err
-		}
-	}
-	n := copy(p, b.buf[b.off:])
-	b.off += n
-	return n, nil
 }
 
 // reserve promises the caller a stream on c when c takes new streams and
@@ -404,11 +384,10 @@ type h2UpStream struct {
 	err        error // the stream's end, for the response side
 	headDone   bool
 	got1xx     int
-	buf        []byte // received, not yet read
-	off        int
-	ended      bool // the upstream's END_STREAM came
-	sentEnd    bool // the request's END_STREAM went out (or never will)
-	reset      bool // RST_STREAM sent or received: nothing more is sent
+	buf        h2Queue // received, not yet read
+	ended      bool    // the upstream's END_STREAM came
+	sentEnd    bool    // the request's END_STREAM went out (or never will)
+	reset      bool    // RST_STREAM sent or received: nothing more is sent
 	trailer    http.Header
 	declared   int64 // the response's content-length, -1: none
 	read       int64
@@ -749,8 +728,8 @@ func (s *h2UpStream) releaseLocked() {
 		delete(c.streams, s.id)
 		c.idleLocked()
 	}
-	c.unacked += int64(len(s.buf) - s.off) // never read: the connection's window back
-	s.buf, s.off = nil, 0
+	c.unacked += int64(s.buf.n) // never read: the connection's window back
+	s.buf.release()
 }
 
 // doneLocked takes s out of the connection once both sides ended; c.mu
@@ -990,7 +969,7 @@ func (c *h2UpConn) onData(f *http2.DataFrame) error {
 	pad := n - int64(len(data))
 	s.unacked += pad
 	c.unacked += pad
-	s.buf = append(s.buf, data...)
+	s.buf.write(data)
 	if f.StreamEnded() {
 		s.ended = true
 		s.doneLocked()
@@ -1152,12 +1131,8 @@ func (b *h2UpBody) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, errH2BodyClosed
 		}
-		if s.off < len(s.buf) {
-			n := copy(p, s.buf[s.off:])
-			s.off += n
-			if s.off == len(s.buf) {
-				s.buf, s.off = s.buf[:0], 0
-			}
+		if s.buf.n > 0 {
+			n := s.buf.read(p)
 			s.read += int64(n)
 			if s.declared >= 0 && s.read > s.declared {
 				c.mu.Unlock()
@@ -1223,12 +1198,95 @@ func (b *h2UpBody) Close() error {
 	// Read to its end, with the request's END_STREAM sent: the stream
 	// left the table already. Else it is reset, as x/net's is (the
 	// request body's rest is not wanted once the response is over).
-	whole := s.ended && s.off == len(s.buf) && s.sentEnd
+	whole := s.ended && s.buf.n == 0 && s.sentEnd
 	c.mu.Unlock()
 	if !whole {
 		s.abort(errH2BodyClosed)
 	}
 	return nil
+}
+
+// h2Queue is a stream's received data in pooled chunks: a download
+// reuses the same few buffers instead of growing one per stream (which
+// put megabytes per download to the collector).
+type h2Queue struct {
+	chunks []*[]byte // each filled to its len; the first read from off
+	off    int
+	n      int // bytes held
+}
+
+// h2Chunks pools the chunks by size: small answers take a small one.
+var h2Chunks = [...]sync.Pool{
+	{New: func() any { b := make([]byte, 0, 1<<10); return &b }},
+	{New: func() any { b := make([]byte, 0, 4<<10); return &b }},
+	{New: func() any { b := make([]byte, 0, 16<<10); return &b }},
+}
+
+func h2Chunk(want int) *[]byte {
+	switch {
+	case want <= 1<<10:
+		return h2Chunks[0].Get().(*[]byte)
+	case want <= 4<<10:
+		return h2Chunks[1].Get().(*[]byte)
+	}
+	return h2Chunks[2].Get().(*[]byte)
+}
+
+func putH2Chunk(b *[]byte) {
+	*b = (*b)[:0]
+	switch cap(*b) {
+	case 1 << 10:
+		h2Chunks[0].Put(b)
+	case 4 << 10:
+		h2Chunks[1].Put(b)
+	case 16 << 10:
+		h2Chunks[2].Put(b)
+	}
+}
+
+func (q *h2Queue) write(p []byte) {
+	q.n += len(p)
+	for len(p) > 0 {
+		var last *[]byte
+		if k := len(q.chunks); k > 0 {
+			last = q.chunks[k-1]
+		}
+		if last == nil || len(*last) == cap(*last) {
+			last = h2Chunk(len(p))
+			q.chunks = append(q.chunks, last)
+		}
+		k := min(len(p), cap(*last)-len(*last))
+		*last = append(*last, p[:k]...)
+		p = p[k:]
+	}
+}
+
+func (q *h2Queue) read(p []byte) int {
+	n := 0
+	for n < len(p) && len(q.chunks) > 0 {
+		first := q.chunks[0]
+		k := copy(p[n:], (*first)[q.off:])
+		n += k
+		q.off += k
+		if q.off == len(*first) {
+			putH2Chunk(first)
+			q.chunks[0] = nil
+			q.chunks = q.chunks[1:]
+			q.off = 0
+		}
+	}
+	q.n -= n
+	if len(q.chunks) == 0 {
+		q.chunks = q.chunks[:0:0] // the slice's array goes with its last chunk
+	}
+	return n
+}
+
+func (q *h2Queue) release() {
+	for _, b := range q.chunks {
+		putH2Chunk(b)
+	}
+	q.chunks, q.off, q.n = nil, 0, 0
 }
 
 // lowerKey is a request field's name as HTTP/2 writes it.

@@ -800,3 +800,35 @@ func up2Until(t *testing.T, what string, d time.Duration, cond func() bool) {
 		}
 	}
 }
+
+// TestH2QueueKeepsOrder: a stream's received data comes out of its queue
+// byte for byte in order, whatever the sizes written and read, and the
+// count of bytes held stays true.
+func TestH2QueueKeepsOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var q h2Queue
+	var in, out []byte
+	for i := 0; i < 2000; i++ {
+		if rng.IntN(2) == 0 {
+			p := up2Bytes(rng.IntN(40<<10), byte(i))
+			q.write(p)
+			in = append(in, p...)
+		} else {
+			p := make([]byte, rng.IntN(40<<10))
+			out = append(out, p[:q.read(p)]...)
+		}
+		if q.n != len(in)-len(out) {
+			t.Fatalf("after step %d the queue says it holds %d bytes, want %d", i, q.n, len(in)-len(out))
+		}
+	}
+	rest := make([]byte, q.n)
+	out = append(out, rest[:q.read(rest)]...)
+	if !bytes.Equal(in, out) || q.n != 0 || len(q.chunks) != 0 {
+		t.Fatalf("read %d bytes (equal: %v) of %d written; %d held in %d chunks", len(out), bytes.Equal(in, out), len(in), q.n, len(q.chunks))
+	}
+	q.write([]byte("left unread"))
+	q.release()
+	if q.n != 0 || q.chunks != nil {
+		t.Fatalf("release left %d bytes in %d chunks", q.n, len(q.chunks))
+	}
+}
