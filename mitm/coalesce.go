@@ -38,10 +38,10 @@ func putCoalesceBuf(b []byte, box *[]byte) {
 // coalescingConn combines small writes into fewer syscalls: Write copies
 // into a buffer and returns, and one goroutine (started when there is
 // something to write, gone when there is not) writes what accumulated
-// meanwhile in one call. The x/net http2 Transport flushes each request's
-// HEADERS with a syscall of its own under its write lock; with this conn
-// under it, the requests that arrive during one syscall go out in the
-// next. A write error is sticky: every later Write returns it. Close
+// meanwhile in one call. The HTTP/2 upstream client (h2upstream.go)
+// writes each frame as it comes, in its write turn; with this conn under
+// it, the frames of the requests that arrive during one syscall go out
+// in the next. A write error is sticky: every later Write returns it. Close
 // lets the held bytes go out (bounded by closeLinger) and then closes.
 //
 // A write deadline is held, not set on the conn under at once: a Write
@@ -71,8 +71,8 @@ type coalescingConn struct {
 	waiting  int
 }
 
-// coalescingTLSConn keeps the TLS state visible to the http2 Transport
-// (it fills Response.TLS from it).
+// coalescingTLSConn keeps the TLS state visible to the HTTP/2 upstream
+// client (it fills Response.TLS from it).
 type coalescingTLSConn struct {
 	*coalescingConn
 	tc *tls.Conn

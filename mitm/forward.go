@@ -20,9 +20,8 @@ import (
 
 // A response body is copied through a pooled buffer: a small one first,
 // and a large one once the body has passed bulkAfter bytes, so a long
-// download costs fewer reads and writes (and, from an HTTP/2 upstream,
-// fewer WINDOW_UPDATE frames: the Transport sends one per read of 4 KiB
-// or more), while the many short or slow bodies hold only a small one.
+// download costs fewer reads and writes, while the many short or slow
+// bodies hold only a small one.
 var (
 	copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 	bulkBufs = sync.Pool{New: func() any { b := make([]byte, bulkBuf); return &b }}
@@ -231,13 +230,13 @@ func (x *Exchange) forward() {
 			x.h1req.n = r.ContentLength
 		}
 	case up.h1 == nil:
-		// An HTTP/2 pool: x/net's Transport watches the request's
-		// Cancel channel next to its context, which is then the
-		// client's own (a context derived per request costs a
+		// An HTTP/2 pool: its client (h2upstream.go) watches the
+		// request's Cancel channel next to its context, which is then
+		// the client's own (a context derived per request costs a
 		// registration with, and later removal from, its parent).
 		out = x.transportRequest(ctx, host, body)
 		x.stop.ch = make(chan struct{})
-		//lint:ignore SA1019 x/net's http2.Transport honours it; it costs no context per request
+		//lint:ignore SA1019 the pool's HTTP/2 client honours it; it costs no context per request
 		out.Cancel = x.stop.ch
 	default:
 		ctx, x.stopCtx = context.WithCancelCause(ctx)

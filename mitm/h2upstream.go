@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -28,12 +29,16 @@ import (
 // own goroutine writes the HEADERS, waits once for the response head and
 // reads the body the read loop buffers for it. A goroutine is started
 // only to send a request body (which must flow while the response
-// streams: gRPC, echo). Everything the protocol asks of a client is
-// here: flow control both ways, SETTINGS (a new connection takes no
-// stream before the upstream's), PING, GOAWAY and REFUSED_STREAM (a
-// request the upstream did not process is sent once more when it has no
-// body, on a connection that takes it), connections dialed as the
-// upstream's stream limit requires and closed after idleTimeout unused.
+// streams: gRPC, echo). What it does as a client: flow control both
+// ways, SETTINGS (checked; a new connection takes no stream before the
+// upstream's), PING, GOAWAY and REFUSED_STREAM (a request the upstream
+// did not process is sent once more when it has no body, on a
+// connection that takes it), stream IDs until they run out, connections
+// dialed as the upstream's stream limit requires (each waiting request
+// starts or joins one dial, then waits for room) and closed after
+// idleTimeout unused; a connection whose writes stall for idleTimeout is
+// closed. Response heads are cleaned as x/net's are: no
+// connection-specific field, one Content-Length or none.
 type h2Transport struct {
 	dial          func(context.Context) (net.Conn, error)
 	idleTimeout   time.Duration
@@ -42,12 +47,22 @@ type h2Transport struct {
 	mu      sync.Mutex
 	conns   []*h2UpConn
 	dialing *h2Dial // the dial in flight, which the others wait for
+
+	// room wakes requests waiting for a stream slot: closed (and
+	// dropped) when a stream ends, a connection comes or goes, or a
+	// stream limit rises; roomGen counts those, so that a request that
+	// looked before one does not wait for the next.
+	roomMu  sync.Mutex
+	room    chan struct{}
+	roomGen atomic.Uint64
 }
 
-// h2Dial is one connection being dialed, and its outcome.
+// h2Dial is one connection being dialed, and its outcome: an error, or
+// the stream limit the new connection came with.
 type h2Dial struct {
-	done chan struct{}
-	err  error
+	done  chan struct{}
+	err   error
+	limit uint32
 }
 
 const (
@@ -64,12 +79,13 @@ const (
 	h2InitialStreams = 100
 	// h2Max1xx bounds the informational answers one request may get.
 	h2Max1xx = 5
+	// h2MaxStreamID is the last stream ID a client may open.
+	h2MaxStreamID = 1<<31 - 1
 )
 
 var (
 	// errH2Unprocessed: the upstream says it did not process the stream
-	// (GOAWAY below it, REFUSED_STREAM), or the connection was gone before
-	// the request went out: safe to send again.
+	// (GOAWAY below it, REFUSED_STREAM): safe to send again.
 	errH2Unprocessed = errors.New("upstream did not process the HTTP/2 stream")
 	// errH2ConnLost: the connection ended before the response head came.
 	errH2ConnLost = errors.New("upstream HTTP/2 connection lost")
@@ -82,6 +98,11 @@ var (
 	// returns, as net/http's does.
 	errH2BodyClosed = errors.New("http2: response body closed")
 )
+
+// h2ConnFields are the connection-specific fields RFC 9113 (8.2.2) bars
+// from HTTP/2 messages: a response's are dropped, as x/net's Transport
+// drops them (an HTTP/1.1 client after Sluice must not read them).
+var h2ConnFields = [...]string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade"}
 
 func newH2Transport(dial func(context.Context) (net.Conn, error), idleTimeout time.Duration, maxHeaderList uint32) *h2Transport {
 	return &h2Transport{dial: dial, idleTimeout: idleTimeout, maxHeaderList: maxHeaderList}
@@ -131,11 +152,17 @@ func (t *h2Transport) CloseIdleConnections() {
 	}
 }
 
-// conn returns a connection with a stream reserved for the caller,
-// dialing one when none has room; reused reports that it served a
-// stream before.
+// conn returns a connection with a stream reserved for the caller;
+// reused reports that it served a stream before. When none has room the
+// caller starts (or joins) a dial, one at a time per transport, and
+// again while each dial brings a connection that allows streams (others
+// may have taken them); after a dial that brought one allowing none, it
+// waits for room, and dials again only when no connection is left (an
+// upstream that allows no stream is not dialed over and over).
 func (t *h2Transport) conn(ctx context.Context, cancel <-chan struct{}) (c *h2UpConn, reused bool, err error) {
+	dialed, lastLimit := false, uint32(0)
 	for {
+		gen := t.roomGen.Load()
 		t.mu.Lock()
 		for _, c := range t.conns {
 			if reused, ok := c.reserve(); ok {
@@ -143,23 +170,62 @@ func (t *h2Transport) conn(ctx context.Context, cancel <-chan struct{}) (c *h2Up
 				return c, reused, nil
 			}
 		}
-		d := t.dialing
-		if d == nil {
-			d = &h2Dial{done: make(chan struct{})}
-			t.dialing = d
-			go t.dialConn(d)
+		var wait <-chan struct{}
+		var d *h2Dial
+		if !dialed || lastLimit > 0 || len(t.conns) == 0 {
+			dialed = true
+			if d = t.dialing; d == nil {
+				d = &h2Dial{done: make(chan struct{})}
+				t.dialing = d
+				go t.dialConn(d)
+			}
+			wait = d.done
 		}
 		t.mu.Unlock()
+		if wait == nil {
+			if wait = t.roomAfter(gen); wait == nil {
+				continue // room came meanwhile: look again
+			}
+		}
 		select {
-		case <-d.done:
+		case <-wait:
 		case <-ctx.Done():
 			return nil, false, ctx.Err()
 		case <-cancel:
 			return nil, false, errH2Canceled
 		}
-		if d.err != nil {
-			return nil, false, d.err
+		if d != nil {
+			if d.err != nil {
+				return nil, false, d.err
+			}
+			lastLimit = d.limit
 		}
+	}
+}
+
+// roomAfter is the channel the next signalRoom closes, nil when one came
+// after gen.
+func (t *h2Transport) roomAfter(gen uint64) <-chan struct{} {
+	t.roomMu.Lock()
+	defer t.roomMu.Unlock()
+	if t.roomGen.Load() != gen {
+		return nil
+	}
+	if t.room == nil {
+		t.room = make(chan struct{})
+	}
+	return t.room
+}
+
+// signalRoom wakes the requests waiting for a stream slot. It takes only
+// roomMu, so it may be called with any other lock held.
+func (t *h2Transport) signalRoom() {
+	t.roomMu.Lock()
+	defer t.roomMu.Unlock()
+	t.roomGen.Add(1)
+	if t.room != nil {
+		close(t.room)
+		t.room = nil
 	}
 }
 
@@ -175,32 +241,41 @@ func (t *h2Transport) dialConn(d *h2Dial) {
 	d.err = err
 	if c != nil {
 		t.conns = append(t.conns, c)
+		c.mu.Lock()
+		d.limit = c.maxStreams
+		c.idleLocked() // closed in time even if no request takes it
+		c.mu.Unlock()
 	}
 	t.dialing = nil
 	t.mu.Unlock()
 	close(d.done)
+	t.signalRoom()
 }
 
 func (t *h2Transport) remove(c *h2UpConn) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if i := slices.Index(t.conns, c); i >= 0 {
 		t.conns = slices.Delete(t.conns, i, i+1)
 	}
+	t.mu.Unlock()
+	t.signalRoom()
 }
 
 // h2UpConn is one HTTP/2 connection to the upstream. Frames are written
-// under wmu (the Framer's write side and the HPACK encoder); the read
-// loop alone reads. mu guards the streams and every window.
+// by whoever holds the write turn (wturn: the Framer's write side, the
+// HPACK encoder and wdl); the read loop alone reads. mu guards the
+// streams and every window; it is taken inside the write turn, never
+// the other way round.
 type h2UpConn struct {
 	t    *h2Transport
 	conn net.Conn
 	fr   *http2.Framer
 	tls  *tls.ConnectionState
 
-	wmu  sync.Mutex
-	henc *hpack.Encoder
-	hbuf bytes.Buffer
+	wturn chan struct{} // capacity 1: held while writing
+	henc  *hpack.Encoder
+	hbuf  bytes.Buffer
+	wdl   time.Time // the write deadline set last
 
 	mu         sync.Mutex
 	cond       sync.Cond // a send window grew, or a stream or the connection ended
@@ -225,10 +300,11 @@ type h2UpConn struct {
 }
 
 // start opens the connection: the preface, SETTINGS and the connection
-// window, then the read loop.
+// window, the upstream's SETTINGS, then the read loop.
 func (t *h2Transport) start(nc net.Conn) (*h2UpConn, error) {
 	c := &h2UpConn{
 		t: t, conn: nc,
+		wturn:      make(chan struct{}, 1),
 		streams:    map[uint32]*h2UpStream{},
 		nextID:     1,
 		maxStreams: h2InitialStreams,
@@ -248,20 +324,21 @@ func (t *h2Transport) start(nc net.Conn) (*h2UpConn, error) {
 	c.fr.SetMaxReadFrameSize(h2ReadFrame)
 	c.fr.SetReuseFrames()
 	c.henc = hpack.NewEncoder(&c.hbuf)
-	c.wmu.Lock()
-	_, err := io.WriteString(nc, http2.ClientPreface)
-	if err == nil {
-		err = c.fr.WriteSettings(
+	err := c.send(func() error {
+		if _, err := io.WriteString(nc, http2.ClientPreface); err != nil {
+			return err
+		}
+		err := c.fr.WriteSettings(
 			http2.Setting{ID: http2.SettingEnablePush, Val: 0},
 			http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
 			http2.Setting{ID: http2.SettingMaxFrameSize, Val: h2ReadFrame},
 			http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: t.maxHeaderList},
 		)
-	}
-	if err == nil {
-		err = c.fr.WriteWindowUpdate(0, h2ConnWindow-65535)
-	}
-	c.wmu.Unlock()
+		if err != nil {
+			return err
+		}
+		return c.fr.WriteWindowUpdate(0, h2ConnWindow-65535)
+	})
 	if err == nil {
 		err = c.awaitSettings()
 	}
@@ -294,6 +371,70 @@ func (c *h2UpConn) awaitSettings() error {
 	return c.onSettings(sf)
 }
 
+// lockW takes the write turn and pushes the connection's write deadline
+// out to idleTimeout (at most once per deadlineSlack: over a coalescing
+// conn it is only stored unless a Write waits): an upstream that reads
+// nothing for that long fails the write, which closes the connection.
+func (c *h2UpConn) lockW() {
+	c.wturn <- struct{}{}
+	c.armW()
+}
+
+// lockWFor is lockW for a request: it gives up when ctx ends or cancel
+// closes (the client left, the header timer fired) while another holds
+// the turn.
+func (c *h2UpConn) lockWFor(ctx context.Context, cancel <-chan struct{}) error {
+	select {
+	case c.wturn <- struct{}{}:
+		c.armW()
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-cancel:
+		return errH2Canceled
+	}
+}
+
+func (c *h2UpConn) unlockW() { <-c.wturn }
+
+func (c *h2UpConn) armW() {
+	if idle := c.t.idleTimeout; idle > 0 {
+		if t, push := pushDeadline(c.wdl, idle); push {
+			_ = c.conn.SetWriteDeadline(t)
+			c.wdl = t
+		}
+	}
+}
+
+// send runs f (frame writes) in the write turn; an error closes c.
+func (c *h2UpConn) send(f func() error) error {
+	c.lockW()
+	err := f()
+	c.unlockW()
+	if err != nil {
+		c.close(fmt.Errorf("write to upstream: %w", err))
+	}
+	return err
+}
+
+// sendSoon is send without waiting for the turn: when another holds it
+// (a write stalled on the upstream), f runs on a goroutine of its own.
+// For the frames a request's goroutine sends as it leaves (RST_STREAM,
+// a window given back).
+func (c *h2UpConn) sendSoon(f func() error) {
+	select {
+	case c.wturn <- struct{}{}:
+		c.armW()
+		err := f()
+		c.unlockW()
+		if err != nil {
+			c.close(fmt.Errorf("write to upstream: %w", err))
+		}
+	default:
+		go func() { _ = c.send(f) }()
+	}
+}
+
 // reserve promises the caller a stream on c when c takes new streams and
 // has room for one; reused reports that c served a stream before.
 // Called with t.mu held.
@@ -303,11 +444,23 @@ func (c *h2UpConn) reserve() (reused, ok bool) {
 	if c.closed || c.goAway || uint32(len(c.streams)+c.reserved) >= c.maxStreams {
 		return false, false
 	}
+	if uint64(c.nextID)+2*uint64(c.reserved) > h2MaxStreamID {
+		c.goAway = true // no ID left for another stream: drain, then close
+		c.idleLocked()
+		return false, false
+	}
 	c.reserved++
 	if c.idle != nil {
 		c.idle.Stop()
 	}
 	return c.served, true
+}
+
+// unreserve returns a reservation roundTrip did not use; c.mu held.
+func (c *h2UpConn) unreserveLocked() {
+	c.reserved--
+	c.idleLocked()
+	c.t.signalRoom()
 }
 
 // idleLocked arms the idle timer when c has nothing open; c.mu held.
@@ -367,6 +520,15 @@ func (c *h2UpConn) close(err error) {
 	c.conn.Close()
 }
 
+// dropLocked takes s out of the connection's streams (once); c.mu held.
+func (c *h2UpConn) dropLocked(s *h2UpStream) {
+	if c.streams[s.id] == s {
+		delete(c.streams, s.id)
+		c.idleLocked()
+		c.t.signalRoom()
+	}
+}
+
 // h2UpStream is one request's stream. Its fields below mu are guarded by
 // the connection's mu.
 type h2UpStream struct {
@@ -408,40 +570,48 @@ func (c *h2UpConn) roundTrip(req *http.Request, hasBody bool) (*http.Response, e
 	if hasBody {
 		s.body = req.Body
 	}
-	c.wmu.Lock()
-	c.mu.Lock()
-	c.reserved--
-	if c.closed || c.goAway {
-		c.idleLocked()
+	if err := c.lockWFor(ctx, s.cancel); err != nil {
+		c.mu.Lock()
+		c.unreserveLocked()
 		c.mu.Unlock()
-		c.wmu.Unlock()
+		s.closeBody()
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.closed || c.goAway {
+		c.unreserveLocked()
+		c.mu.Unlock()
+		c.unlockW()
 		return nil, errH2Stale // the body is untouched: RoundTrip sends it on another
 	}
 	maxFrame, maxList := c.maxFrame, c.maxHeaderList
+	c.mu.Unlock()
+	// The head is checked whole before a field goes into the encoder:
+	// a head refused half-encoded would leave the connection's HPACK
+	// table out of step with the upstream's, and the next request's
+	// fields decoded as someone else's.
+	if err := checkHead(req, hasBody, maxList); err != nil {
+		c.unlockW()
+		c.mu.Lock()
+		c.unreserveLocked()
+		c.mu.Unlock()
+		s.closeBody()
+		return nil, err
+	}
+	c.mu.Lock()
+	c.reserved--
 	s.id = c.nextID
 	c.nextID += 2
 	c.served = true
 	s.sendWindow = c.initWindow
 	c.streams[s.id] = s
 	c.mu.Unlock()
-	block, err := c.encodeHead(req, hasBody, maxList)
-	if err == nil {
-		err = c.writeBlock(s.id, !hasBody, block, maxFrame)
-		if err != nil {
-			c.wmu.Unlock()
-			c.close(fmt.Errorf("write to upstream: %w", err))
-			s.closeBody()
-			return nil, fmt.Errorf("%w: write request: %w", errH2ConnLost, err)
-		}
-	}
-	c.wmu.Unlock()
-	if err != nil { // nothing went out: the stream was never opened
-		c.mu.Lock()
-		delete(c.streams, s.id)
-		c.idleLocked()
-		c.mu.Unlock()
+	err := c.writeBlock(s.id, !hasBody, c.encodeHead(req, hasBody), maxFrame)
+	c.unlockW()
+	if err != nil {
+		c.close(fmt.Errorf("write to upstream: %w", err))
 		s.closeBody()
-		return nil, err
+		return nil, fmt.Errorf("%w: write request: %w", errH2ConnLost, err)
 	}
 	if hasBody {
 		go s.sendBody()
@@ -458,51 +628,53 @@ func (c *h2UpConn) roundTrip(req *http.Request, hasBody bool) (*http.Response, e
 	if s.resp == nil {
 		return nil, s.err
 	}
+	c.mu.Lock()
+	open := !s.sentEnd || s.resp.Body == http.NoBody && !s.ended
+	c.mu.Unlock()
+	if open {
+		// A request body still going out, or an answer with no body to
+		// close (HEAD) whose stream has not ended: nothing the caller
+		// does ends the stream, so the request's end does (the handler
+		// returned, or the client left).
+		context.AfterFunc(ctx, func() { s.abort(context.Cause(ctx)) })
+	}
 	return s.resp, nil
 }
 
-// encodeHead is req's head as an HPACK block (in c.hbuf); c.wmu held.
-// The fields are x/net's Transport's: the pseudo-fields, then req.Header
-// without the connection-specific fields, content-length for a body of
-// known length (and for an empty POST, PUT or PATCH), the announced
-// trailers, no User-Agent unless the request has one.
-func (c *h2UpConn) encodeHead(req *http.Request, hasBody bool, maxList uint64) ([]byte, error) {
+// headFields calls field with each field of req's head: x/net's
+// Transport's, the pseudo-fields, then req.Header without the
+// connection-specific fields, content-length for a body of known length
+// (and for an empty POST, PUT or PATCH), the announced trailers, no
+// User-Agent unless the request has one. With check, names and values
+// are checked first (an invalid one is the error).
+func headFields(req *http.Request, hasBody, check bool, field func(name, value string)) error {
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
 	}
-	if !httpguts.ValidHostHeader(host) {
-		return nil, fmt.Errorf("invalid Host %q for upstream HTTP/2", host)
+	if check && !httpguts.ValidHostHeader(host) {
+		return fmt.Errorf("invalid Host %q for upstream HTTP/2", host)
 	}
 	method := req.Method
 	if method == "" {
 		method = http.MethodGet
 	}
-	path := ""
-	if method != http.MethodConnect {
-		path = req.URL.RequestURI()
-		if !strings.HasPrefix(path, "/") && path != "*" {
-			if req.URL.Opaque == "" {
-				return nil, fmt.Errorf("invalid request path %q for upstream HTTP/2", path)
-			}
-			path = req.URL.Opaque
-		}
-	}
-	var size uint64
-	c.hbuf.Reset()
-	field := func(name, value string) {
-		size += uint64(len(name) + len(value) + 32)
-		_ = c.henc.WriteField(hpack.HeaderField{Name: name, Value: value}) // into c.hbuf: no error
-	}
 	field(":authority", host)
 	field(":method", method)
 	if method != http.MethodConnect {
+		path := req.URL.RequestURI()
+		if !strings.HasPrefix(path, "/") && path != "*" {
+			if check && req.URL.Opaque == "" {
+				return fmt.Errorf("invalid request path %q for upstream HTTP/2", path)
+			}
+			path = req.URL.Opaque
+		}
 		field(":path", path)
 		field(":scheme", req.URL.Scheme)
 	}
 	for k, vs := range req.Header {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return nil, fmt.Errorf("invalid request field name %q for upstream HTTP/2", k)
+		if check && !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Errorf("invalid request field name %q for upstream HTTP/2", k)
 		}
 		name := lowerKey(k)
 		switch name {
@@ -520,8 +692,8 @@ func (c *h2UpConn) encodeHead(req *http.Request, hasBody bool, maxList uint64) (
 			vs = vs[:1]
 		}
 		for _, v := range vs {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return nil, fmt.Errorf("invalid value of request field %q for upstream HTTP/2", k)
+			if check && !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("invalid value of request field %q for upstream HTTP/2", k)
 			}
 			field(name, v)
 		}
@@ -539,14 +711,32 @@ func (c *h2UpConn) encodeHead(req *http.Request, hasBody bool, maxList uint64) (
 	if n := req.ContentLength; n > 0 && hasBody || n == 0 && !hasBody && (method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch) {
 		field("content-length", strconv.FormatInt(n, 10))
 	}
-	if maxList > 0 && size > maxList {
-		return nil, fmt.Errorf("request head of %d bytes is over the upstream's limit of %d", size, maxList)
+	return nil
+}
+
+// checkHead checks req's head (headFields) and its size against the
+// upstream's limit (0: none), touching no encoder.
+func checkHead(req *http.Request, hasBody bool, maxList uint64) error {
+	var size uint64
+	err := headFields(req, hasBody, true, func(name, value string) { size += uint64(len(name) + len(value) + 32) })
+	if err == nil && maxList > 0 && size > maxList {
+		err = fmt.Errorf("request head of %d bytes is over the upstream's limit of %d", size, maxList)
 	}
-	return c.hbuf.Bytes(), nil
+	return err
+}
+
+// encodeHead is req's head (checked by checkHead) as an HPACK block, in
+// c.hbuf; in the write turn.
+func (c *h2UpConn) encodeHead(req *http.Request, hasBody bool) []byte {
+	c.hbuf.Reset()
+	_ = headFields(req, hasBody, false, func(name, value string) {
+		_ = c.henc.WriteField(hpack.HeaderField{Name: name, Value: value}) // into c.hbuf: no error
+	})
+	return c.hbuf.Bytes()
 }
 
 // writeBlock writes a header block as HEADERS and CONTINUATION frames of
-// at most maxFrame bytes; c.wmu held.
+// at most maxFrame bytes; in the write turn.
 func (c *h2UpConn) writeBlock(id uint32, endStream bool, block []byte, maxFrame int) error {
 	first := true
 	for first || len(block) > 0 {
@@ -568,7 +758,8 @@ func (c *h2UpConn) writeBlock(id uint32, endStream bool, block []byte, maxFrame 
 
 // sendBody sends the request body as DATA within the send windows, then
 // its trailers or an empty END_STREAM; it closes the body. On its own
-// goroutine: the response may stream meanwhile.
+// goroutine: the response may stream meanwhile. It stops when the stream
+// is reset, which the request's end does (roundTrip).
 func (s *h2UpStream) sendBody() {
 	c := s.c
 	defer s.closeBody()
@@ -654,20 +845,21 @@ func (s *h2UpStream) awaitWindow(n int) (int, bool) {
 	}
 }
 
-// write runs a frame write for s under c.wmu unless s was reset; a write
-// error ends the connection. It reports whether the frame went out.
+// write runs a frame write for s in the write turn unless s was reset;
+// a write error ends the connection. It reports whether the frame went
+// out.
 func (s *h2UpStream) write(f func() error) bool {
 	c := s.c
-	c.wmu.Lock()
+	c.lockW()
 	c.mu.Lock()
 	gone := s.reset || c.closed
 	c.mu.Unlock()
 	if gone {
-		c.wmu.Unlock()
+		c.unlockW()
 		return false
 	}
 	err := f()
-	c.wmu.Unlock()
+	c.unlockW()
 	if err != nil {
 		c.close(fmt.Errorf("write to upstream: %w", err))
 		return false
@@ -682,29 +874,30 @@ func (s *h2UpStream) closeBody() {
 	}
 }
 
-// abort resets the stream (RST_STREAM CANCEL) unless it is over, and
-// fails it with err.
+// abort resets the stream (RST_STREAM CANCEL) unless it is over, fails
+// it with err and gives its unread data's window back.
 func (s *h2UpStream) abort(err error) {
 	c := s.c
 	c.mu.Lock()
 	send := !s.reset && !c.closed && c.streams[s.id] == s
 	s.failLocked(err)
-	s.reset = true
-	s.releaseLocked()
+	inc := s.releaseLocked()
 	c.mu.Unlock()
-	if send {
-		c.wmu.Lock()
-		werr := c.fr.WriteRSTStream(s.id, http2.ErrCodeCancel)
-		c.wmu.Unlock()
-		if werr != nil {
-			c.close(fmt.Errorf("write to upstream: %w", werr))
-		}
+	if send || inc > 0 {
+		c.sendSoon(func() error {
+			if send {
+				if err := c.fr.WriteRSTStream(s.id, http2.ErrCodeCancel); err != nil {
+					return err
+				}
+			}
+			return c.writeUpdates(0, 0, inc)
+		})
 	}
 	s.closeBody()
 }
 
 // failLocked ends the response side with err unless it ended already;
-// c.mu held.
+// nothing more goes out on the stream. c.mu held.
 func (s *h2UpStream) failLocked(err error) {
 	if !s.headDone {
 		if !errors.Is(err, errH2Unprocessed) && !errors.Is(err, errH2ConnLost) && s.c.closed {
@@ -715,31 +908,27 @@ func (s *h2UpStream) failLocked(err error) {
 	} else if s.err == nil && !s.ended {
 		s.err = err
 	}
-	s.reset = true // nothing more goes out
+	s.reset = true
 	s.wake()
 	s.c.cond.Broadcast()
 }
 
-// releaseLocked takes s out of the connection and gives back the window
-// its unread data holds; c.mu held.
-func (s *h2UpStream) releaseLocked() {
+// releaseLocked takes s out of the connection, gives the connection's
+// window its unread data back and returns the increment to send now
+// (takeConnUpdateLocked); c.mu held.
+func (s *h2UpStream) releaseLocked() uint32 {
 	c := s.c
-	if c.streams[s.id] == s {
-		delete(c.streams, s.id)
-		c.idleLocked()
-	}
-	c.unacked += int64(s.buf.n) // never read: the connection's window back
+	c.dropLocked(s)
+	c.unacked += int64(s.buf.n)
 	s.buf.release()
+	return c.takeConnUpdateLocked()
 }
 
 // doneLocked takes s out of the connection once both sides ended; c.mu
 // held.
 func (s *h2UpStream) doneLocked() {
 	if (s.ended || s.reset) && s.sentEnd {
-		if c := s.c; c.streams[s.id] == s {
-			delete(c.streams, s.id)
-			c.idleLocked()
-		}
+		s.c.dropLocked(s)
 	}
 }
 
@@ -755,9 +944,7 @@ func (c *h2UpConn) readLoop() {
 	err := c.readFrames()
 	var ce http2.ConnectionError
 	if errors.As(err, &ce) {
-		c.wmu.Lock()
-		_ = c.fr.WriteGoAway(0, http2.ErrCode(ce), nil)
-		c.wmu.Unlock()
+		c.sendSoon(func() error { return c.fr.WriteGoAway(0, http2.ErrCode(ce), nil) })
 	}
 	c.close(fmt.Errorf("read from upstream: %w", err))
 }
@@ -784,7 +971,8 @@ func (c *h2UpConn) readFrames() error {
 			err = c.onSettings(f)
 		case *http2.PingFrame:
 			if !f.IsAck() {
-				err = c.writeFrame(func() error { return c.fr.WritePing(true, f.Data) })
+				data := f.Data
+				err = c.send(func() error { return c.fr.WritePing(true, data) })
 			}
 		case *http2.GoAwayFrame:
 			c.onGoAway(f)
@@ -797,12 +985,6 @@ func (c *h2UpConn) readFrames() error {
 			return err
 		}
 	}
-}
-
-func (c *h2UpConn) writeFrame(f func() error) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return f()
 }
 
 // stream is the open stream id, nil for one that ended (or was never
@@ -819,25 +1001,36 @@ func (c *h2UpConn) stream(id uint32) (*h2UpStream, error) {
 	return nil, nil
 }
 
-// resetStream resets stream id with code and fails it with err.
+// resetStream resets stream id with code and fails it with err; from the
+// read loop.
 func (c *h2UpConn) resetStream(id uint32, code http2.ErrCode, err error) {
 	c.mu.Lock()
 	s := c.streams[id]
+	var inc uint32
 	if s != nil {
 		s.failLocked(err)
-		s.releaseLocked()
+		inc = s.releaseLocked()
 	}
 	c.mu.Unlock()
 	if s != nil {
 		s.closeBody()
 	}
-	_ = c.writeFrame(func() error { return c.fr.WriteRSTStream(id, code) })
+	_ = c.send(func() error {
+		if err := c.fr.WriteRSTStream(id, code); err != nil {
+			return err
+		}
+		return c.writeUpdates(0, 0, inc)
+	})
 }
 
 func (c *h2UpConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	s, err := c.stream(f.StreamID)
 	if s == nil {
 		return err // a stream we reset: the block was decoded, the HPACK state kept
+	}
+	if f.Truncated {
+		c.resetStream(s.id, http2.ErrCodeProtocol, fmt.Errorf("upstream response head over %d bytes", c.t.maxHeaderList))
+		return nil
 	}
 	c.mu.Lock()
 	headDone := s.headDone
@@ -861,6 +1054,28 @@ func (c *h2UpConn) onHeaders(f *http2.MetaHeadersFrame) error {
 		}
 		return nil
 	}
+	resp := c.response(s, status, code, f)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.headDone { // aborted meanwhile
+		return nil
+	}
+	s.resp, s.headDone = resp, true
+	close(s.head)
+	if f.StreamEnded() {
+		s.ended = true
+		s.doneLocked()
+	}
+	return nil
+}
+
+// response is the response a final head makes, cleaned as x/net's
+// Transport cleans it (go.dev/issue/81115): no connection-specific
+// field, a Content-Length kept only when every copy agrees, the
+// announced trailers as resp.Trailer's keys. Its body: none for HEAD;
+// one that reads io.ErrUnexpectedEOF when the head ended the stream
+// but announced a length; else the stream's.
+func (c *h2UpConn) response(s *h2UpStream, status string, code int, f *http2.MetaHeadersFrame) *http.Response {
 	fields := f.RegularFields()
 	header := make(http.Header, len(fields))
 	var trailer http.Header
@@ -879,40 +1094,44 @@ func (c *h2UpConn) onHeaders(f *http2.MetaHeadersFrame) error {
 		}
 		header[key] = append(header[key], hf.Value)
 	}
+	for _, k := range h2ConnFields {
+		delete(header, k)
+	}
 	resp := &http.Response{
 		Status: status + " " + http.StatusText(code), StatusCode: code,
 		Proto: "HTTP/2.0", ProtoMajor: 2,
 		Header: header, Trailer: trailer, ContentLength: -1,
 		Request: s.req, TLS: c.tls,
 	}
-	if vs := header["Content-Length"]; len(vs) == 1 {
-		if n, err := strconv.ParseUint(vs[0], 10, 63); err == nil {
+	if vs, ok := header["Content-Length"]; ok {
+		n, err := strconv.ParseUint(vs[0], 10, 63)
+		if err != nil || slices.ContainsFunc(vs[1:], func(v string) bool { return v != vs[0] }) {
+			delete(header, "Content-Length")
+		} else {
+			header["Content-Length"] = vs[:1]
 			resp.ContentLength = int64(n)
 		}
-	} else if f.StreamEnded() && !s.isHead {
-		resp.ContentLength = 0
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s.headDone { // aborted meanwhile
-		return nil
-	}
-	if f.StreamEnded() || s.isHead {
+	switch {
+	case s.isHead:
 		resp.Body = http.NoBody
-	} else {
+	case f.StreamEnded() && resp.ContentLength > 0:
+		resp.Body = h2MissingBody{}
+	case f.StreamEnded():
+		resp.Body, resp.ContentLength = http.NoBody, 0
+	default:
 		resp.Body = &h2UpBody{s: s}
-		if !s.isHead {
-			s.declared = resp.ContentLength
-		}
+		s.declared = resp.ContentLength // s is not yet visible to a reader: set before head closes
 	}
-	s.resp, s.headDone = resp, true
-	close(s.head)
-	if f.StreamEnded() {
-		s.ended = true
-		s.doneLocked()
-	}
-	return nil
+	return resp
 }
+
+// h2MissingBody is the body of a response whose head ended its stream
+// but announced a length: it is missing.
+type h2MissingBody struct{}
+
+func (h2MissingBody) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
+func (h2MissingBody) Close() error             { return nil }
 
 func (c *h2UpConn) onTrailers(s *h2UpStream, f *http2.MetaHeadersFrame) error {
 	if !f.StreamEnded() {
@@ -941,12 +1160,12 @@ func (c *h2UpConn) onData(f *http2.DataFrame) error {
 		return http2.ConnectionError(http2.ErrCodeFlowControl)
 	}
 	s := c.streams[f.StreamID]
-	if s == nil || !s.headDone || s.ended || s.resp == nil || s.resp.Body == http.NoBody {
+	if s == nil || !s.headDone || s.ended || s.resp.Body == http.NoBody {
 		c.unacked += n // not for a reader: given back at once
 		inc := c.takeConnUpdateLocked()
 		known := s != nil || f.StreamID%2 == 1 && f.StreamID < c.nextID
 		bad := s != nil && (!s.headDone || s.ended)
-		if s != nil && !bad && f.StreamEnded() { // a HEAD's, or a failed stream's
+		if s != nil && !bad && f.StreamEnded() { // a HEAD's
 			s.ended = true
 			s.doneLocked()
 		}
@@ -957,10 +1176,11 @@ func (c *h2UpConn) onData(f *http2.DataFrame) error {
 		if bad {
 			c.resetStream(f.StreamID, http2.ErrCodeStreamClosed, errors.New("upstream sent DATA outside a response body"))
 		}
-		return c.sendUpdates(0, inc)
+		return c.sendUpdates(0, 0, inc)
 	}
 	s.recvWindow -= n
 	if s.recvWindow < 0 {
+		c.unacked += n // refused: the connection's window back
 		c.mu.Unlock()
 		c.resetStream(s.id, http2.ErrCodeFlowControl, errors.New("upstream sent more than the stream's window"))
 		return nil
@@ -980,7 +1200,7 @@ func (c *h2UpConn) onData(f *http2.DataFrame) error {
 }
 
 // takeConnUpdateLocked is the connection window to give back now: all
-// that was read once it reaches half the window; c.mu held.
+// that was read (or dropped) once it reaches half the window; c.mu held.
 func (c *h2UpConn) takeConnUpdateLocked() uint32 {
 	if c.unacked < h2ConnWindow/2 || c.closed {
 		return 0
@@ -991,23 +1211,26 @@ func (c *h2UpConn) takeConnUpdateLocked() uint32 {
 	return uint32(inc)
 }
 
-// sendUpdates writes WINDOW_UPDATEs for stream id and the connection
-// (0: none).
-func (c *h2UpConn) sendUpdates(id, streamInc uint32, connInc ...uint32) error {
-	if streamInc == 0 && (len(connInc) == 0 || connInc[0] == 0) {
+// sendUpdates sends WINDOW_UPDATEs (writeUpdates) in the write turn.
+func (c *h2UpConn) sendUpdates(id, streamInc, connInc uint32) error {
+	if streamInc == 0 && connInc == 0 {
 		return nil
 	}
-	return c.writeFrame(func() error {
-		if len(connInc) > 0 && connInc[0] > 0 {
-			if err := c.fr.WriteWindowUpdate(0, connInc[0]); err != nil {
-				return err
-			}
+	return c.send(func() error { return c.writeUpdates(id, streamInc, connInc) })
+}
+
+// writeUpdates writes WINDOW_UPDATEs for the connection and stream id (0:
+// none); in the write turn.
+func (c *h2UpConn) writeUpdates(id, streamInc, connInc uint32) error {
+	if connInc > 0 {
+		if err := c.fr.WriteWindowUpdate(0, connInc); err != nil {
+			return err
 		}
-		if streamInc > 0 {
-			return c.fr.WriteWindowUpdate(id, streamInc)
-		}
-		return nil
-	})
+	}
+	if streamInc > 0 {
+		return c.fr.WriteWindowUpdate(id, streamInc)
+	}
+	return nil
 }
 
 func (c *h2UpConn) onReset(f *http2.RSTStreamFrame) {
@@ -1017,25 +1240,17 @@ func (c *h2UpConn) onReset(f *http2.RSTStreamFrame) {
 	if s == nil {
 		return
 	}
-	var err error
 	switch {
 	case f.ErrCode == http2.ErrCodeRefusedStream:
-		err = fmt.Errorf("%w: refused", errH2Unprocessed)
+		s.failLocked(fmt.Errorf("%w: refused", errH2Unprocessed))
 	case f.ErrCode == http2.ErrCodeNo && s.ended:
 		// a complete response; the upstream wants no more of the body
+		s.reset = true
+		c.cond.Broadcast()
 	default:
-		err = fmt.Errorf("upstream reset the HTTP/2 stream: %v", f.ErrCode)
+		s.failLocked(fmt.Errorf("upstream reset the HTTP/2 stream: %v", f.ErrCode))
 	}
-	if err != nil {
-		s.failLocked(err)
-	}
-	s.reset = true
-	s.wake()
-	c.cond.Broadcast()
-	if c.streams[s.id] == s {
-		delete(c.streams, s.id)
-		c.idleLocked()
-	}
+	c.dropLocked(s) // its unread data stays for the reader; Close gives its window back
 }
 
 func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {
@@ -1044,6 +1259,9 @@ func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {
 	}
 	c.mu.Lock()
 	err := f.ForeachSetting(func(st http2.Setting) error {
+		if err := st.Valid(); err != nil {
+			return err // MAX_FRAME_SIZE outside 16 KiB-16 MiB, a window over 2^31-1, ...
+		}
 		switch st.ID {
 		case http2.SettingMaxConcurrentStreams:
 			c.maxStreams = st.Val
@@ -1051,7 +1269,7 @@ func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {
 			delta := int64(st.Val) - c.initWindow
 			for _, s := range c.streams {
 				s.sendWindow += delta
-				if s.sendWindow > 1<<31-1 {
+				if s.sendWindow > h2MaxStreamID {
 					return http2.ConnectionError(http2.ErrCodeFlowControl)
 				}
 			}
@@ -1061,8 +1279,6 @@ func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {
 			c.maxFrame = int(st.Val)
 		case http2.SettingMaxHeaderListSize:
 			c.maxHeaderList = uint64(st.Val)
-		case http2.SettingHeaderTableSize:
-			// applied below, under wmu
 		}
 		return nil
 	})
@@ -1070,7 +1286,8 @@ func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {
 	if err != nil {
 		return err
 	}
-	return c.writeFrame(func() error {
+	c.t.signalRoom() // the stream limit may have risen
+	return c.send(func() error {
 		if v, ok := f.Value(http2.SettingHeaderTableSize); ok {
 			c.henc.SetMaxDynamicTableSizeLimit(v)
 		}
@@ -1086,8 +1303,7 @@ func (c *h2UpConn) onGoAway(f *http2.GoAwayFrame) {
 	for id, s := range c.streams {
 		if id > f.LastStreamID {
 			s.failLocked(fmt.Errorf("%w: GOAWAY (%v)", errH2Unprocessed, f.ErrCode))
-			s.reset = true
-			delete(c.streams, id)
+			c.dropLocked(s)
 		}
 	}
 	c.idleLocked()
@@ -1095,23 +1311,24 @@ func (c *h2UpConn) onGoAway(f *http2.GoAwayFrame) {
 
 func (c *h2UpConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	inc := int64(f.Increment)
+	var overflow uint32 // a stream whose window overflowed
 	if f.StreamID == 0 {
 		c.sendWindow += inc
-		if c.sendWindow > 1<<31-1 {
+		if c.sendWindow > h2MaxStreamID {
+			c.mu.Unlock()
 			return http2.ConnectionError(http2.ErrCodeFlowControl)
 		}
 	} else if s := c.streams[f.StreamID]; s != nil {
-		s.sendWindow += inc
-		if s.sendWindow > 1<<31-1 {
-			c.mu.Unlock()
-			c.resetStream(s.id, http2.ErrCodeFlowControl, errors.New("upstream overflowed the stream's send window"))
-			c.mu.Lock()
-			return nil
+		if s.sendWindow += inc; s.sendWindow > h2MaxStreamID {
+			overflow = s.id
 		}
 	}
 	c.cond.Broadcast()
+	c.mu.Unlock()
+	if overflow != 0 {
+		c.resetStream(overflow, http2.ErrCodeFlowControl, errors.New("upstream overflowed the stream's send window"))
+	}
 	return nil
 }
 
@@ -1122,6 +1339,9 @@ type h2UpBody struct {
 	closed bool
 }
 
+// Read returns what the stream buffered, waiting for more until its
+// end. Data past the declared length is an error (after the part within
+// it); all it read is given back to the windows as it goes.
 func (b *h2UpBody) Read(p []byte) (int, error) {
 	s := b.s
 	c := s.c
@@ -1134,24 +1354,28 @@ func (b *h2UpBody) Read(p []byte) (int, error) {
 		if s.buf.n > 0 {
 			n := s.buf.read(p)
 			s.read += int64(n)
-			if s.declared >= 0 && s.read > s.declared {
-				c.mu.Unlock()
-				err := errors.New("upstream sent more than its Content-Length")
-				s.abort(err)
-				return 0, err
-			}
 			s.unacked += int64(n)
 			c.unacked += int64(n)
+			var over error
+			if s.declared >= 0 && s.read > s.declared {
+				n -= int(s.read - s.declared)
+				s.read = s.declared
+				over = errors.New("upstream sent more than its Content-Length")
+			}
 			var sinc uint32
-			if s.unacked >= h2StreamWindow/2 && !s.ended && !s.reset {
+			if over == nil && s.unacked >= h2StreamWindow/2 && !s.ended && !s.reset {
 				sinc = uint32(s.unacked)
 				s.recvWindow += s.unacked
 				s.unacked = 0
 			}
 			cinc := c.takeConnUpdateLocked()
 			c.mu.Unlock()
-			if err := c.sendUpdates(s.id, sinc, cinc); err != nil {
-				c.close(fmt.Errorf("write to upstream: %w", err))
+			if over != nil {
+				s.abort(over)
+				return n, over
+			}
+			if sinc > 0 || cinc > 0 {
+				_ = c.sendUpdates(s.id, sinc, cinc) // a failure closes c: the next read says so
 			}
 			return n, nil
 		}
@@ -1178,9 +1402,12 @@ func (b *h2UpBody) Read(p []byte) (int, error) {
 		select {
 		case <-s.ready:
 		case <-s.ctx.Done():
-			s.abort(s.ctx.Err())
+			err := s.ctx.Err()
+			s.abort(err)
+			return 0, err
 		case <-s.cancel:
 			s.abort(errH2Canceled)
+			return 0, errH2Canceled
 		}
 	}
 }
