@@ -1,0 +1,411 @@
+package mitm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/net/http2"
+)
+
+// The HTTP/2 upstream client's read side (h2upstream.go has the
+// transport and its connections, h2upstream_stream.go a request's
+// stream): one loop per connection reads every frame and hands each to
+// its handler here.
+
+// readLoop reads frames until the connection ends, then closes it.
+func (c *h2UpConn) readLoop() {
+	err := c.readFrames()
+	var ce http2.ConnectionError
+	if errors.As(err, &ce) {
+		c.sendSoon(func() error { return c.fr.WriteGoAway(0, http2.ErrCode(ce), nil) })
+	}
+	c.close(fmt.Errorf("read from upstream: %w", err))
+}
+
+func (c *h2UpConn) readFrames() error {
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				c.resetStream(se.StreamID, se.Code, fmt.Errorf("upstream HTTP/2 stream: %w", se))
+				continue
+			}
+			return err
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			err = c.onHeaders(f)
+		case *http2.DataFrame:
+			err = c.onData(f)
+		case *http2.RSTStreamFrame:
+			c.onReset(f)
+		case *http2.SettingsFrame:
+			err = c.onSettings(f)
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				data := f.Data
+				err = c.send(func() error { return c.fr.WritePing(true, data) })
+			}
+		case *http2.GoAwayFrame:
+			c.onGoAway(f)
+		case *http2.WindowUpdateFrame:
+			err = c.onWindowUpdate(f)
+		case *http2.PushPromiseFrame:
+			return http2.ConnectionError(http2.ErrCodeProtocol) // push is off in our SETTINGS
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// stream is the open stream id, nil for one that ended (or was never
+// opened: a connection error when id is one we never used).
+func (c *h2UpConn) stream(id uint32) (*h2UpStream, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.streams[id]; s != nil {
+		return s, nil
+	}
+	if id%2 == 0 || id >= c.nextID {
+		return nil, http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	return nil, nil
+}
+
+// resetStream resets stream id with code and fails it with err; from the
+// read loop.
+func (c *h2UpConn) resetStream(id uint32, code http2.ErrCode, err error) {
+	c.mu.Lock()
+	s := c.streams[id]
+	var inc uint32
+	if s != nil {
+		s.failLocked(err)
+		inc = s.releaseLocked()
+	}
+	c.mu.Unlock()
+	if s != nil {
+		s.closeBody()
+	}
+	_ = c.send(func() error {
+		if err := c.fr.WriteRSTStream(id, code); err != nil {
+			return err
+		}
+		return c.writeUpdates(0, 0, inc)
+	})
+}
+
+func (c *h2UpConn) onHeaders(f *http2.MetaHeadersFrame) error {
+	s, err := c.stream(f.StreamID)
+	if s == nil {
+		return err // a stream we reset: the block was decoded, the HPACK state kept
+	}
+	if f.Truncated {
+		c.resetStream(s.id, http2.ErrCodeProtocol, fmt.Errorf("upstream response head over %d bytes", c.t.maxHeaderList))
+		return nil
+	}
+	c.mu.Lock()
+	headDone := s.headDone
+	c.mu.Unlock()
+	if headDone {
+		return c.onTrailers(s, f)
+	}
+	status := f.PseudoValue("status")
+	code, err := strconv.Atoi(status)
+	if len(status) != 3 || err != nil || code < 100 {
+		c.resetStream(s.id, http2.ErrCodeProtocol, fmt.Errorf("upstream sent a response with :status %q", status))
+		return nil
+	}
+	if code < 200 {
+		c.mu.Lock()
+		s.got1xx++
+		n := s.got1xx
+		c.mu.Unlock()
+		if code == http.StatusSwitchingProtocols || f.StreamEnded() || n > h2Max1xx {
+			c.resetStream(s.id, http2.ErrCodeProtocol, errUnexpected1xx)
+		}
+		return nil
+	}
+	resp := c.response(s, status, code, f)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.headDone { // aborted meanwhile
+		return nil
+	}
+	s.resp, s.headDone = resp, true
+	close(s.head)
+	if f.StreamEnded() {
+		s.ended = true
+		s.doneLocked()
+	}
+	return nil
+}
+
+// response is the response a final head makes, cleaned as x/net's
+// Transport cleans it (go.dev/issue/81115): no connection-specific
+// field, a Content-Length kept only when every copy agrees, the
+// announced trailers as resp.Trailer's keys. Its body: none for HEAD;
+// one that reads io.ErrUnexpectedEOF when the head ended the stream
+// but announced a length; else the stream's.
+func (c *h2UpConn) response(s *h2UpStream, status string, code int, f *http2.MetaHeadersFrame) *http.Response {
+	fields := f.RegularFields()
+	header := make(http.Header, len(fields))
+	var trailer http.Header
+	for _, hf := range fields {
+		key := canonicalH2Key(hf.Name)
+		if key == "Trailer" {
+			if trailer == nil {
+				trailer = http.Header{}
+			}
+			for v := range strings.SplitSeq(hf.Value, ",") {
+				if v = textprotoTrim(v); v != "" {
+					trailer[http.CanonicalHeaderKey(v)] = nil
+				}
+			}
+			continue
+		}
+		header[key] = append(header[key], hf.Value)
+	}
+	for _, k := range h2ConnFields {
+		delete(header, k)
+	}
+	resp := &http.Response{
+		Status: status + " " + http.StatusText(code), StatusCode: code,
+		Proto: "HTTP/2.0", ProtoMajor: 2,
+		Header: header, Trailer: trailer, ContentLength: -1,
+		Request: s.req, TLS: c.tls,
+	}
+	if vs, ok := header["Content-Length"]; ok {
+		n, err := strconv.ParseUint(vs[0], 10, 63)
+		if err != nil || slices.ContainsFunc(vs[1:], func(v string) bool { return v != vs[0] }) {
+			delete(header, "Content-Length")
+		} else {
+			header["Content-Length"] = vs[:1]
+			resp.ContentLength = int64(n)
+		}
+	}
+	switch {
+	case s.isHead:
+		resp.Body = http.NoBody
+	case f.StreamEnded() && resp.ContentLength > 0:
+		resp.Body = h2MissingBody{}
+	case f.StreamEnded():
+		resp.Body, resp.ContentLength = http.NoBody, 0
+	default:
+		resp.Body = &h2UpBody{s: s}
+		s.declared = resp.ContentLength // s is not yet visible to a reader: set before head closes
+	}
+	return resp
+}
+
+// h2MissingBody is the body of a response whose head ended its stream
+// but announced a length: it is missing.
+type h2MissingBody struct{}
+
+func (h2MissingBody) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
+func (h2MissingBody) Close() error             { return nil }
+
+func (c *h2UpConn) onTrailers(s *h2UpStream, f *http2.MetaHeadersFrame) error {
+	if !f.StreamEnded() {
+		c.resetStream(s.id, http2.ErrCodeProtocol, errors.New("upstream sent a second header block that does not end the stream"))
+		return nil
+	}
+	t := http.Header{}
+	for _, hf := range f.RegularFields() {
+		k := canonicalH2Key(hf.Name)
+		t[k] = append(t[k], hf.Value)
+	}
+	c.mu.Lock()
+	s.trailer, s.ended = t, true
+	s.wake()
+	s.doneLocked()
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *h2UpConn) onData(f *http2.DataFrame) error {
+	n := int64(f.Length)
+	c.mu.Lock()
+	c.recvWindow -= n
+	if c.recvWindow < 0 {
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
+	s := c.streams[f.StreamID]
+	if s == nil || !s.headDone || s.ended || s.resp.Body == http.NoBody {
+		c.unacked += n // not for a reader: given back at once
+		inc := c.takeConnUpdateLocked()
+		known := s != nil || f.StreamID%2 == 1 && f.StreamID < c.nextID
+		bad := s != nil && (!s.headDone || s.ended)
+		if s != nil && !bad && f.StreamEnded() { // a HEAD's
+			s.ended = true
+			s.doneLocked()
+		}
+		c.mu.Unlock()
+		if !known {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		if bad {
+			c.resetStream(f.StreamID, http2.ErrCodeStreamClosed, errors.New("upstream sent DATA outside a response body"))
+		}
+		return c.sendUpdates(0, 0, inc)
+	}
+	s.recvWindow -= n
+	if s.recvWindow < 0 {
+		c.unacked += n // refused: the connection's window back
+		c.mu.Unlock()
+		c.resetStream(s.id, http2.ErrCodeFlowControl, errors.New("upstream sent more than the stream's window"))
+		return nil
+	}
+	data := f.Data()
+	pad := n - int64(len(data))
+	s.unacked += pad
+	c.unacked += pad
+	s.buf.write(data)
+	if f.StreamEnded() {
+		s.ended = true
+		s.doneLocked()
+	}
+	s.wake()
+	c.mu.Unlock()
+	return nil
+}
+
+// takeConnUpdateLocked is the connection window to give back now: all
+// that was read (or dropped) once it reaches half the window; c.mu held.
+func (c *h2UpConn) takeConnUpdateLocked() uint32 {
+	if c.unacked < h2ConnWindow/2 || c.closed {
+		return 0
+	}
+	inc := c.unacked
+	c.unacked = 0
+	c.recvWindow += inc
+	return uint32(inc)
+}
+
+// sendUpdates sends WINDOW_UPDATEs (writeUpdates) in the write turn.
+func (c *h2UpConn) sendUpdates(id, streamInc, connInc uint32) error {
+	if streamInc == 0 && connInc == 0 {
+		return nil
+	}
+	return c.send(func() error { return c.writeUpdates(id, streamInc, connInc) })
+}
+
+// writeUpdates writes WINDOW_UPDATEs for the connection and stream id (0:
+// none); in the write turn.
+func (c *h2UpConn) writeUpdates(id, streamInc, connInc uint32) error {
+	if connInc > 0 {
+		if err := c.fr.WriteWindowUpdate(0, connInc); err != nil {
+			return err
+		}
+	}
+	if streamInc > 0 {
+		return c.fr.WriteWindowUpdate(id, streamInc)
+	}
+	return nil
+}
+
+func (c *h2UpConn) onReset(f *http2.RSTStreamFrame) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.streams[f.StreamID]
+	if s == nil {
+		return
+	}
+	switch {
+	case f.ErrCode == http2.ErrCodeRefusedStream:
+		s.failLocked(fmt.Errorf("%w: refused", errH2Unprocessed))
+	case f.ErrCode == http2.ErrCodeNo && s.ended:
+		// a complete response; the upstream wants no more of the body
+		s.reset = true
+		c.cond.Broadcast()
+	default:
+		s.failLocked(fmt.Errorf("upstream reset the HTTP/2 stream: %v", f.ErrCode))
+	}
+	c.dropLocked(s) // its unread data stays for the reader; Close gives its window back
+}
+
+func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	c.mu.Lock()
+	err := f.ForeachSetting(func(st http2.Setting) error {
+		if err := st.Valid(); err != nil {
+			return err // MAX_FRAME_SIZE outside 16 KiB-16 MiB, a window over 2^31-1, ...
+		}
+		switch st.ID {
+		case http2.SettingMaxConcurrentStreams:
+			c.maxStreams = st.Val
+		case http2.SettingInitialWindowSize:
+			delta := int64(st.Val) - c.initWindow
+			for _, s := range c.streams {
+				s.sendWindow += delta
+				if s.sendWindow > h2MaxStreamID {
+					return http2.ConnectionError(http2.ErrCodeFlowControl)
+				}
+			}
+			c.initWindow = int64(st.Val)
+			c.cond.Broadcast()
+		case http2.SettingMaxFrameSize:
+			c.maxFrame = int(st.Val)
+		case http2.SettingMaxHeaderListSize:
+			c.maxHeaderList = uint64(st.Val)
+		}
+		return nil
+	})
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	c.t.signalRoom() // the stream limit may have risen
+	return c.send(func() error {
+		if v, ok := f.Value(http2.SettingHeaderTableSize); ok {
+			c.henc.SetMaxDynamicTableSizeLimit(v)
+		}
+		return c.fr.WriteSettingsAck()
+	})
+}
+
+func (c *h2UpConn) onGoAway(f *http2.GoAwayFrame) {
+	c.t.remove(c)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.goAway = true
+	for id, s := range c.streams {
+		if id > f.LastStreamID {
+			s.failLocked(fmt.Errorf("%w: GOAWAY (%v)", errH2Unprocessed, f.ErrCode))
+			c.dropLocked(s)
+		}
+	}
+	c.idleLocked()
+}
+
+func (c *h2UpConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+	c.mu.Lock()
+	inc := int64(f.Increment)
+	var overflow uint32 // a stream whose window overflowed
+	if f.StreamID == 0 {
+		c.sendWindow += inc
+		if c.sendWindow > h2MaxStreamID {
+			c.mu.Unlock()
+			return http2.ConnectionError(http2.ErrCodeFlowControl)
+		}
+	} else if s := c.streams[f.StreamID]; s != nil {
+		if s.sendWindow += inc; s.sendWindow > h2MaxStreamID {
+			overflow = s.id
+		}
+	}
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	if overflow != 0 {
+		c.resetStream(overflow, http2.ErrCodeFlowControl, errors.New("upstream overflowed the stream's send window"))
+	}
+	return nil
+}
