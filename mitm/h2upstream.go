@@ -382,6 +382,14 @@ func (c *h2UpConn) lockW() {
 // the turn.
 func (c *h2UpConn) lockWFor(ctx context.Context, cancel <-chan struct{}) error {
 	select {
+	case <-cancel:
+		return errH2Canceled
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
 	case c.wturn <- struct{}{}: // free: no select over three channels
 		c.armW()
 		return nil
@@ -524,11 +532,33 @@ func (c *h2UpConn) close(err error) {
 	c.conn.Close()
 }
 
-// dropLocked takes s out of the connection's streams (once); c.mu held.
+// dropLocked takes s out of the connection's streams (once), freeing
+// its slot; c.mu held.
 func (c *h2UpConn) dropLocked(s *h2UpStream) {
 	if c.streams[s.id] == s {
 		delete(c.streams, s.id)
+		if s.stopAfter != nil {
+			s.stopAfter()
+		}
 		c.idleLocked()
 		c.t.signalRoom()
 	}
+}
+
+// writeReset writes RST_STREAM for stream id and only then frees s's
+// slot (s nil: no open stream): the upstream counts the stream until it
+// reads the RST, and a request let into the slot before would be one
+// over its limit (refused with PROTOCOL_ERROR). The window of what s
+// held goes back with it. In the write turn.
+func (c *h2UpConn) writeReset(s *h2UpStream, id uint32, code http2.ErrCode) error {
+	if err := c.fr.WriteRSTStream(id, code); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if s != nil {
+		c.dropLocked(s)
+	}
+	inc := c.takeConnUpdateLocked()
+	c.mu.Unlock()
+	return c.writeUpdates(0, 0, inc)
 }

@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -391,5 +393,129 @@ func startUp2Script(t *testing.T, settings []http2.Setting, script func(c *up2Ra
 			t.Logf("scripted upstream conn %d: %v", n, err)
 		}
 		io.Copy(io.Discard, nc)
+	})
+}
+
+// TestH2UpResetFreesItsSlotOnlyAfterItsRST: the upstream counts a stream
+// against its limit until it reads the stream's RST_STREAM, so a request
+// may only take the slot after that frame went out; else it is one over
+// the limit and refused with PROTOCOL_ERROR (not retried). Many requests
+// through a limit of 2, some cancelled at once, some bodies closed
+// unread: none fails for any other reason than its own cancel.
+func TestH2UpResetFreesItsSlotOnlyAfterItsRST(t *testing.T) {
+	up := startUp2(t, &http2.Server{MaxConcurrentStreams: 2}, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "hello")
+	})
+	tr := up2Transport(t, up.dial, time.Minute)
+	const workers, each = 64, 40
+	failures := make(chan error, workers*each)
+	var wg sync.WaitGroup
+	for g := range workers {
+		wg.Go(func() {
+			for i := range each {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				if (g+i)%7 == 0 {
+					time.AfterFunc(time.Duration(i%3)*100*time.Microsecond, cancel)
+				}
+				var body io.Reader
+				if (g+i)%3 == 0 {
+					body = bytes.NewReader(make([]byte, 20000))
+				}
+				req, _ := http.NewRequestWithContext(ctx, "POST", "http://api.test/", body)
+				resp, err := tr.RoundTrip(req)
+				switch {
+				case err != nil && ctx.Err() == nil:
+					failures <- err
+				case err == nil && (g+i)%5 == 0:
+					resp.Body.Close() // unread
+				case err == nil:
+					if _, err := io.Copy(io.Discard, resp.Body); err != nil && ctx.Err() == nil {
+						failures <- err
+					}
+					resp.Body.Close()
+				}
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	close(failures)
+	for err := range failures {
+		t.Error(err)
+	}
+}
+
+// TestH2UpWindowsSurviveResets: a stream's end gives back every byte of
+// the connection's windows it held: the receive window owed to the
+// upstream when a body is found longer than its Content-Length (the
+// WINDOW_UPDATE goes out, not only the count), and the send window taken
+// for DATA that a reset kept from going out.
+func TestH2UpWindowsSurviveResets(t *testing.T) {
+	t.Run("overlong body", func(t *testing.T) {
+		var told atomic.Int64 // connection WINDOW_UPDATEs the upstream read
+		up := startUp2Raw(t, func(c *up2Raw, f *http2.MetaHeadersFrame) error {
+			if err := c.headers(f.StreamID, false, ":status", "200", "content-length", "5"); err != nil {
+				return err
+			}
+			if err := c.WriteData(f.StreamID, true, []byte("0123456789")); err != nil {
+				return err
+			}
+			for {
+				fr, err := c.ReadFrame()
+				if err != nil {
+					return err
+				}
+				if wu, ok := fr.(*http2.WindowUpdateFrame); ok && wu.StreamID == 0 {
+					told.Add(int64(wu.Increment))
+				}
+			}
+		})
+		tr := up2Transport(t, up.dial, time.Minute)
+		resp := up2RoundTrip(t, tr, up2Req(t, "GET", "http://api.test/", nil))
+		s := resp.Body.(*h2UpBody).s
+		c := s.c
+		up2Until(t, "whole body in the buffer", 2*time.Second, func() bool { c.mu.Lock(); defer c.mu.Unlock(); return s.ended })
+		c.mu.Lock()
+		c.unacked += h2ConnWindow/2 - 1 // as after 512 MiB read: this read's bytes pass the threshold
+		c.recvWindow -= h2ConnWindow/2 - 1
+		before := c.recvWindow
+		c.mu.Unlock()
+		if _, err := resp.Body.Read(make([]byte, 64)); err == nil {
+			t.Fatal("a body longer than its Content-Length read without an error")
+		}
+		up2Until(t, "WINDOW_UPDATE at the upstream", 2*time.Second, func() bool { return told.Load() > 0 })
+		c.mu.Lock()
+		credited := c.recvWindow - before
+		c.mu.Unlock()
+		if told.Load() != credited {
+			t.Fatalf("the client counts %d bytes of window given back, the upstream was told %d", credited, told.Load())
+		}
+	})
+	t.Run("upload reset before its DATA went out", func(t *testing.T) {
+		up := startUp2Raw(t, func(c *up2Raw, f *http2.MetaHeadersFrame) error {
+			if err := c.headers(f.StreamID, false, ":status", "200"); err != nil {
+				return err
+			}
+			for {
+				if _, err := c.ReadFrame(); err != nil {
+					return err
+				}
+			}
+		})
+		tr := up2Transport(t, up.dial, time.Minute)
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		resp := up2RoundTrip(t, tr, up2Req(t, "POST", "http://api.test/", pr))
+		c := resp.Body.(*h2UpBody).s.c
+		c.mu.Lock()
+		start := c.sendWindow
+		c.mu.Unlock()
+		c.lockW() // another stream's write holds the turn
+		go pw.Write(make([]byte, 1000))
+		up2Until(t, "window taken for the DATA", 2*time.Second, func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.sendWindow < start })
+		resp.Body.Close() // the stream is reset while its DATA waits for the turn
+		c.unlockW()
+		up2Until(t, "window given back", 2*time.Second, func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.sendWindow == start })
 	})
 }

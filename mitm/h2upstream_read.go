@@ -65,12 +65,16 @@ func (c *h2UpConn) readFrames() error {
 	}
 }
 
-// stream is the open stream id, nil for one that ended (or was never
-// opened: a connection error when id is one we never used).
+// stream is the open stream id, nil for one that ended or that we reset
+// (or that was never opened: a connection error when id is one we never
+// used).
 func (c *h2UpConn) stream(id uint32) (*h2UpStream, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s := c.streams[id]; s != nil {
+		if s.reset {
+			return nil, nil // its RST_STREAM is on its way
+		}
 		return s, nil
 	}
 	if id%2 == 0 || id >= c.nextID {
@@ -84,21 +88,15 @@ func (c *h2UpConn) stream(id uint32) (*h2UpStream, error) {
 func (c *h2UpConn) resetStream(id uint32, code http2.ErrCode, err error) {
 	c.mu.Lock()
 	s := c.streams[id]
-	var inc uint32
 	if s != nil {
 		s.failLocked(err)
-		inc = s.releaseLocked()
+		s.releaseBufLocked()
 	}
 	c.mu.Unlock()
 	if s != nil {
 		s.closeBody()
 	}
-	_ = c.send(func() error {
-		if err := c.fr.WriteRSTStream(id, code); err != nil {
-			return err
-		}
-		return c.writeUpdates(0, 0, inc)
-	})
+	_ = c.send(func() error { return c.writeReset(s, id, code) })
 }
 
 func (c *h2UpConn) onHeaders(f *http2.MetaHeadersFrame) error {
@@ -238,6 +236,9 @@ func (c *h2UpConn) onData(f *http2.DataFrame) error {
 		return http2.ConnectionError(http2.ErrCodeFlowControl)
 	}
 	s := c.streams[f.StreamID]
+	if s != nil && s.reset { // ours, its RST_STREAM on its way: as a closed stream's
+		s = nil
+	}
 	if s == nil || !s.headDone || s.ended || s.resp.Body == http.NoBody {
 		c.unacked += n // not for a reader: given back at once
 		inc := c.takeConnUpdateLocked()

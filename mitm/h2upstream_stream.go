@@ -49,6 +49,7 @@ type h2UpStream struct {
 	unacked    int64
 	sendWindow int64
 	ready      chan struct{} // a wake-up for the body's reader (capacity 1)
+	stopAfter  func() bool   // unregisters the reset at the request's end; nil: none
 	closeOnce  sync.Once
 }
 
@@ -113,15 +114,15 @@ func (c *h2UpConn) roundTrip(req *http.Request, hasBody bool) (*http.Response, e
 		return nil, s.err
 	}
 	c.mu.Lock()
-	open := !s.sentEnd || s.resp.Body == http.NoBody && !s.ended
-	c.mu.Unlock()
-	if open {
+	if !s.sentEnd || s.resp.Body == http.NoBody && !s.ended {
 		// A request body still going out, or an answer with no body to
 		// close (HEAD) whose stream has not ended: nothing the caller
 		// does ends the stream, so the request's end does (the handler
-		// returned, or the client left).
-		context.AfterFunc(ctx, func() { s.abort(context.Cause(ctx)) })
+		// returned, or the client left). The registration goes when the
+		// stream does (dropLocked).
+		s.stopAfter = context.AfterFunc(ctx, func() { s.abort(context.Cause(ctx)) })
 	}
+	c.mu.Unlock()
 	return s.resp, nil
 }
 
@@ -195,6 +196,9 @@ func headFields(req *http.Request, hasBody, check bool, field func(name, value s
 	if len(req.Trailer) > 0 {
 		keys := make([]string, 0, len(req.Trailer))
 		for k := range req.Trailer {
+			if check && !httpguts.ValidHeaderFieldName(k) {
+				return fmt.Errorf("invalid request trailer name %q for upstream HTTP/2", k)
+			}
 			keys = append(keys, http.CanonicalHeaderKey(k))
 		}
 		slices.Sort(keys)
@@ -277,6 +281,7 @@ func (s *h2UpStream) sendBody() {
 			}
 			end := last && k == len(data) && len(s.req.Trailer) == 0
 			if !s.write(func() error { return c.fr.WriteData(s.id, end, data[:k]) }) {
+				s.unspend(k)
 				return
 			}
 			endSent = end
@@ -289,6 +294,14 @@ func (s *h2UpStream) sendBody() {
 	switch {
 	case endSent:
 	case len(s.req.Trailer) > 0:
+		for _, vs := range s.req.Trailer {
+			for _, v := range vs {
+				if !httpguts.ValidHeaderFieldValue(v) {
+					s.abort(errors.New("invalid request trailer value for upstream HTTP/2"))
+					return
+				}
+			}
+		}
 		ok := s.write(func() error {
 			c.mu.Lock()
 			maxFrame := c.maxFrame
@@ -339,6 +352,18 @@ func (s *h2UpStream) awaitWindow(n int) (int, bool) {
 	}
 }
 
+// unspend gives back the connection's send window awaitWindow took for
+// k bytes that were not sent (the stream was reset meanwhile).
+func (s *h2UpStream) unspend(k int) {
+	c := s.c
+	c.mu.Lock()
+	if !c.closed {
+		c.sendWindow += int64(k)
+		c.cond.Broadcast()
+	}
+	c.mu.Unlock()
+}
+
 // write runs a frame write for s in the write turn unless s was reset;
 // a write error ends the connection. It reports whether the frame went
 // out.
@@ -375,17 +400,17 @@ func (s *h2UpStream) abort(err error) {
 	c.mu.Lock()
 	send := !s.reset && !c.closed && c.streams[s.id] == s
 	s.failLocked(err)
-	inc := s.releaseLocked()
+	s.releaseBufLocked()
+	var inc uint32
+	if !send { // over already: only the window of what it held goes back
+		inc = c.takeConnUpdateLocked()
+	}
 	c.mu.Unlock()
-	if send || inc > 0 {
-		c.sendSoon(func() error {
-			if send {
-				if err := c.fr.WriteRSTStream(s.id, http2.ErrCodeCancel); err != nil {
-					return err
-				}
-			}
-			return c.writeUpdates(0, 0, inc)
-		})
+	switch {
+	case send:
+		c.sendSoon(func() error { return c.writeReset(s, s.id, http2.ErrCodeCancel) })
+	case inc > 0:
+		c.sendSoon(func() error { return c.writeUpdates(0, 0, inc) })
 	}
 	s.closeBody()
 }
@@ -407,21 +432,18 @@ func (s *h2UpStream) failLocked(err error) {
 	s.c.cond.Broadcast()
 }
 
-// releaseLocked takes s out of the connection, gives the connection's
-// window its unread data back and returns the increment to send now
-// (takeConnUpdateLocked); c.mu held.
-func (s *h2UpStream) releaseLocked() uint32 {
-	c := s.c
-	c.dropLocked(s)
-	c.unacked += int64(s.buf.n)
+// releaseBufLocked gives the connection's window the data s holds
+// unread and lets its buffers go; c.mu held.
+func (s *h2UpStream) releaseBufLocked() {
+	s.c.unacked += int64(s.buf.n)
 	s.buf.release()
-	return c.takeConnUpdateLocked()
 }
 
 // doneLocked takes s out of the connection once both sides ended; c.mu
-// held.
+// held. A stream that was reset leaves it where it was reset (a reset of
+// ours: once its RST_STREAM is written, writeReset).
 func (s *h2UpStream) doneLocked() {
-	if (s.ended || s.reset) && s.sentEnd {
+	if s.ended && s.sentEnd && !s.reset {
 		s.c.dropLocked(s)
 	}
 }
@@ -463,18 +485,19 @@ func (b *h2UpBody) Read(p []byte) (int, error) {
 				s.read = s.declared
 				over = errors.New("upstream sent more than its Content-Length")
 			}
+			if over != nil {
+				c.mu.Unlock()
+				s.abort(over) // which gives the connection's window back
+				return n, over
+			}
 			var sinc uint32
-			if over == nil && s.unacked >= h2StreamWindow/2 && !s.ended && !s.reset {
+			if s.unacked >= h2StreamWindow/2 && !s.ended && !s.reset {
 				sinc = uint32(s.unacked)
 				s.recvWindow += s.unacked
 				s.unacked = 0
 			}
 			cinc := c.takeConnUpdateLocked()
 			c.mu.Unlock()
-			if over != nil {
-				s.abort(over)
-				return n, over
-			}
 			if sinc > 0 || cinc > 0 {
 				_ = c.sendUpdates(s.id, sinc, cinc) // a failure closes c: the next read says so
 			}
