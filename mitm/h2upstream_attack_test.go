@@ -444,6 +444,21 @@ func TestH2UpResetFreesItsSlotOnlyAfterItsRST(t *testing.T) {
 	for err := range failures {
 		t.Error(err)
 	}
+	// Afterwards every connection is whole again: no stream or promise
+	// left, and every byte of its receive window either with the
+	// upstream or owed to it.
+	tr.mu.Lock()
+	conns := slices.Clone(tr.conns)
+	tr.mu.Unlock()
+	for _, c := range conns {
+		up2Until(t, "end of every stream", 2*time.Second, func() bool { c.mu.Lock(); defer c.mu.Unlock(); return len(c.streams) == 0 })
+		c.mu.Lock()
+		reserved, recv, owed := c.reserved, c.recvWindow, c.unacked
+		c.mu.Unlock()
+		if reserved != 0 || recv+owed != h2ConnWindow {
+			t.Errorf("a connection after the run: %d streams promised, receive window %d + owed %d, want 0 and %d in all", reserved, recv, owed, h2ConnWindow)
+		}
+	}
 }
 
 // TestH2UpWindowsSurviveResets: a stream's end gives back every byte of
