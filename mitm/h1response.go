@@ -286,9 +286,10 @@ var commonResponseKeys = func() map[string]string {
 		"Access-Control-Allow-Methods", "Access-Control-Allow-Origin", "Access-Control-Expose-Headers",
 		"Access-Control-Max-Age", "Age", "Alt-Svc", "Cache-Control", "Connection", "Content-Disposition",
 		"Content-Encoding", "Content-Language", "Content-Length", "Content-Location", "Content-Range",
-		"Content-Security-Policy", "Content-Type", "Date", "Etag", "Expires", "Keep-Alive",
+		"Content-Security-Policy", "Content-Type", "Date", "Etag", "Expires",
+		"Grpc-Encoding", "Grpc-Message", "Grpc-Status", "Keep-Alive",
 		"Last-Modified", "Link", "Location", "Pragma", "Referrer-Policy", "Retry-After", "Server",
-		"Set-Cookie", "Strict-Transport-Security", "Vary", "Via", "Www-Authenticate",
+		"Set-Cookie", "Strict-Transport-Security", "Trailer", "Vary", "Via", "Www-Authenticate",
 		"X-Content-Type-Options", "X-Frame-Options", "X-Request-Id", "X-Xss-Protection",
 	} {
 		m[k] = k

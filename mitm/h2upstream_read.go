@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/textproto"
 	"slices"
 	"strconv"
 	"strings"
@@ -162,7 +163,7 @@ func (c *h2UpConn) response(s *h2UpStream, status string, code int, f *http2.Met
 				trailer = http.Header{}
 			}
 			for v := range strings.SplitSeq(hf.Value, ",") {
-				if v = textprotoTrim(v); v != "" {
+				if v = textproto.TrimString(v); v != "" {
 					trailer[http.CanonicalHeaderKey(v)] = nil
 				}
 			}

@@ -261,8 +261,8 @@ func (c *h2UpConn) writeBlock(id uint32, endStream bool, block []byte, maxFrame 
 func (s *h2UpStream) sendBody() {
 	c := s.c
 	defer s.closeBody()
-	bufp := h2BodyBufs.Get().(*[]byte)
-	defer h2BodyBufs.Put(bufp)
+	bufp := copyBufs.Get().(*[]byte) // a read of it goes out in frames of maxFrame
+	defer copyBufs.Put(bufp)
 	buf := *bufp
 	endSent := false
 	for {
@@ -327,9 +327,6 @@ func (s *h2UpStream) sendBody() {
 	s.doneLocked()
 	c.mu.Unlock()
 }
-
-// h2BodyBufs holds the buffers request bodies are sent from.
-var h2BodyBufs = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
 // awaitWindow waits until the stream may send and returns how much of n
 // bytes it may send now (taken from both windows); false: the stream or
@@ -648,31 +645,31 @@ func lowerKey(k string) string {
 	return strings.ToLower(k)
 }
 
-// canonicalH2Key is a response field's name as net/http keys it.
+// canonicalH2Key is a response field's name (lower-case, a token: the
+// Framer checked it) as net/http keys it: the HTTP/1.1 head's
+// canonicalKey, a common field's name without an allocation.
 func canonicalH2Key(name string) string {
-	if s, ok := h2CanonicalKeys[name]; ok {
-		return s
+	var buf [64]byte
+	if len(name) > len(buf) {
+		return http.CanonicalHeaderKey(name)
 	}
-	return http.CanonicalHeaderKey(name)
+	return canonicalKey(buf[:len(name)], name)
 }
 
-// h2LowerKeys and h2CanonicalKeys spare the common fields' names an
-// allocation each way.
-var h2LowerKeys, h2CanonicalKeys = func() (map[string]string, map[string]string) {
-	lower, canon := map[string]string{}, map[string]string{}
+// h2LowerKeys spares the common fields' names an allocation: the
+// response fields HTTP/1.1 interns, and the common request fields.
+var h2LowerKeys = func() map[string]string {
+	lower := map[string]string{}
 	for k := range commonResponseKeys {
-		lower[k], canon[strings.ToLower(k)] = strings.ToLower(k), k
+		lower[k] = strings.ToLower(k)
 	}
 	for _, k := range []string{
 		"Accept", "Accept-Charset", "Accept-Encoding", "Accept-Language", "Authorization",
-		"Cookie", "Grpc-Encoding", "Grpc-Accept-Encoding", "Grpc-Message", "Grpc-Status", "Grpc-Timeout",
-		"If-Modified-Since", "If-None-Match", "Origin", "Referer", "Te", "Trailer", "User-Agent",
+		"Cookie", "Grpc-Accept-Encoding", "Grpc-Timeout",
+		"If-Modified-Since", "If-None-Match", "Origin", "Referer", "Te", "User-Agent",
 		"X-Forwarded-For", "X-Forwarded-Proto",
 	} {
-		lower[k], canon[strings.ToLower(k)] = strings.ToLower(k), k
+		lower[k] = strings.ToLower(k)
 	}
-	return lower, canon
+	return lower
 }()
-
-// textprotoTrim trims the spaces and tabs around a list element.
-func textprotoTrim(s string) string { return strings.Trim(s, " \t") }
