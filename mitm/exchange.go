@@ -5,14 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/net/http2"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policy"
@@ -269,14 +266,9 @@ func (f *flow) serveHTTP(c net.Conn, h2 bool) {
 	c = f.tap(c, h2)
 	defer f.finally(func() { c.Close() }) // closes the capture flow too
 	if h2 {
-		p.h2.ServeConn(coalesce(c), &http2.ServeConnOpts{ // the server flushes per write burst: combine them
-			Context: f.ctx,
-			Handler: f,
-			BaseConfig: &http.Server{
-				MaxHeaderBytes: 2 * p.cfg.MaxHeaderBytes,
-				ErrorLog:       slog.NewLogLogger(p.errLog.Handler(), slog.LevelDebug),
-			},
-		})
+		// Each response's frames are written as it is ready: the
+		// coalescing conn joins those of the responses ready meanwhile.
+		p.h2.serveConn(f.ctx, coalesce(c), f)
 		return
 	}
 	hc := newH1Conn(c, f)

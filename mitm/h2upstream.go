@@ -1,8 +1,6 @@
 package mitm
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -16,7 +14,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // h2Transport is an upstream pool's HTTP/2 client. x/net's Transport
@@ -258,21 +255,13 @@ func (t *h2Transport) remove(c *h2UpConn) {
 	t.signalRoom()
 }
 
-// h2UpConn is one HTTP/2 connection to the upstream. Frames are written
-// by whoever holds the write turn (wturn: the Framer's write side, the
-// HPACK encoder and wdl); the read loop alone reads. mu guards the
-// streams and every window; it is taken inside the write turn, never
-// the other way round.
+// h2UpConn is one HTTP/2 connection to the upstream, its frames read
+// and written through its h2Wire. mu guards the streams and every
+// window; it is taken inside the write turn, never the other way round.
 type h2UpConn struct {
-	t    *h2Transport
-	conn net.Conn
-	fr   *http2.Framer
-	tls  *tls.ConnectionState
-
-	wturn chan struct{} // capacity 1: held while writing
-	henc  *hpack.Encoder
-	hbuf  bytes.Buffer
-	wdl   time.Time // the write deadline set last
+	h2Wire
+	t   *h2Transport
+	tls *tls.ConnectionState
 
 	mu         sync.Mutex
 	cond       sync.Cond // a send window grew, or a stream or the connection ended
@@ -300,8 +289,7 @@ type h2UpConn struct {
 // window, the upstream's SETTINGS, then the read loop.
 func (t *h2Transport) start(nc net.Conn) (*h2UpConn, error) {
 	c := &h2UpConn{
-		t: t, conn: nc,
-		wturn:      make(chan struct{}, 1),
+		t:          t,
 		streams:    map[uint32]*h2UpStream{},
 		nextID:     1,
 		maxStreams: h2InitialStreams,
@@ -313,14 +301,7 @@ func (t *h2Transport) start(nc net.Conn) (*h2UpConn, error) {
 		st := cs.ConnectionState()
 		c.tls = &st
 	}
-	// A small buffer: a frame header and a short frame come from one read
-	// of it; a DATA frame's payload is read past it into the Framer's.
-	c.fr = http2.NewFramer(nc, bufio.NewReaderSize(nc, 4<<10))
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.fr.MaxHeaderListSize = t.maxHeaderList
-	c.fr.SetMaxReadFrameSize(h2ReadFrame)
-	c.fr.SetReuseFrames()
-	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.initWire(nc, t.idleTimeout, h2ReadFrame, t.maxHeaderList)
 	err := c.send(func() error {
 		if _, err := io.WriteString(nc, http2.ClientPreface); err != nil {
 			return err
@@ -368,55 +349,6 @@ func (c *h2UpConn) awaitSettings() error {
 	return c.onSettings(sf)
 }
 
-// lockW takes the write turn and pushes the connection's write deadline
-// out to idleTimeout (at most once per deadlineSlack: over a coalescing
-// conn it is only stored unless a Write waits): an upstream that reads
-// nothing for that long fails the write, which closes the connection.
-func (c *h2UpConn) lockW() {
-	c.wturn <- struct{}{}
-	c.armW()
-}
-
-// lockWFor is lockW for a request: it gives up when ctx ends or cancel
-// closes (the client left, the header timer fired) while another holds
-// the turn.
-func (c *h2UpConn) lockWFor(ctx context.Context, cancel <-chan struct{}) error {
-	select {
-	case <-cancel:
-		return errH2Canceled
-	default:
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	select {
-	case c.wturn <- struct{}{}: // free: no select over three channels
-		c.armW()
-		return nil
-	default:
-	}
-	select {
-	case c.wturn <- struct{}{}:
-		c.armW()
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-cancel:
-		return errH2Canceled
-	}
-}
-
-func (c *h2UpConn) unlockW() { <-c.wturn }
-
-func (c *h2UpConn) armW() {
-	if idle := c.t.idleTimeout; idle > 0 {
-		if t, push := pushDeadline(c.wdl, idle); push {
-			_ = c.conn.SetWriteDeadline(t)
-			c.wdl = t
-		}
-	}
-}
-
 // send runs f (frame writes) in the write turn; an error closes c.
 func (c *h2UpConn) send(f func() error) error {
 	c.lockW()
@@ -433,16 +365,14 @@ func (c *h2UpConn) send(f func() error) error {
 // For the frames a request's goroutine sends as it leaves (RST_STREAM,
 // a window given back).
 func (c *h2UpConn) sendSoon(f func() error) {
-	select {
-	case c.wturn <- struct{}{}:
-		c.armW()
-		err := f()
-		c.unlockW()
-		if err != nil {
-			c.close(fmt.Errorf("write to upstream: %w", err))
-		}
-	default:
+	if !c.tryLockW() {
 		go func() { _ = c.send(f) }()
+		return
+	}
+	err := f()
+	c.unlockW()
+	if err != nil {
+		c.close(fmt.Errorf("write to upstream: %w", err))
 	}
 }
 

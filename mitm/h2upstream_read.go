@@ -299,20 +299,6 @@ func (c *h2UpConn) sendUpdates(id, streamInc, connInc uint32) error {
 	return c.send(func() error { return c.writeUpdates(id, streamInc, connInc) })
 }
 
-// writeUpdates writes WINDOW_UPDATEs for the connection and stream id (0:
-// none); in the write turn.
-func (c *h2UpConn) writeUpdates(id, streamInc, connInc uint32) error {
-	if connInc > 0 {
-		if err := c.fr.WriteWindowUpdate(0, connInc); err != nil {
-			return err
-		}
-	}
-	if streamInc > 0 {
-		return c.fr.WriteWindowUpdate(id, streamInc)
-	}
-	return nil
-}
-
 func (c *h2UpConn) onReset(f *http2.RSTStreamFrame) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -339,29 +325,19 @@ func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {
 	}
 	c.mu.Lock()
 	err := f.ForeachSetting(func(st http2.Setting) error {
-		if err := st.Valid(); err != nil {
-			return err // MAX_FRAME_SIZE outside 16 KiB-16 MiB, a window over 2^31-1, ...
-		}
-		switch st.ID {
-		case http2.SettingMaxConcurrentStreams:
+		if st.ID == http2.SettingMaxConcurrentStreams {
 			c.maxStreams = st.Val
-		case http2.SettingInitialWindowSize:
-			delta := int64(st.Val) - c.initWindow
+		}
+		return h2Setting(st, &c.initWindow, &c.maxFrame, &c.maxHeaderList, func(delta int64) bool {
 			for _, s := range c.streams {
-				s.sendWindow += delta
-				if s.sendWindow > h2MaxStreamID {
-					return http2.ConnectionError(http2.ErrCodeFlowControl)
+				if s.sendWindow += delta; s.sendWindow > h2MaxStreamID {
+					return false
 				}
 			}
-			c.initWindow = int64(st.Val)
-			c.cond.Broadcast()
-		case http2.SettingMaxFrameSize:
-			c.maxFrame = int(st.Val)
-		case http2.SettingMaxHeaderListSize:
-			c.maxHeaderList = uint64(st.Val)
-		}
-		return nil
+			return true
+		})
 	})
+	c.cond.Broadcast()
 	c.mu.Unlock()
 	if err != nil {
 		return err

@@ -233,27 +233,6 @@ func (c *h2UpConn) encodeHead(req *http.Request, hasBody bool) []byte {
 	return c.hbuf.Bytes()
 }
 
-// writeBlock writes a header block as HEADERS and CONTINUATION frames of
-// at most maxFrame bytes; in the write turn.
-func (c *h2UpConn) writeBlock(id uint32, endStream bool, block []byte, maxFrame int) error {
-	first := true
-	for first || len(block) > 0 {
-		chunk := block[:min(len(block), maxFrame)]
-		block = block[len(chunk):]
-		var err error
-		if first {
-			err = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: chunk, EndStream: endStream, EndHeaders: len(block) == 0})
-		} else {
-			err = c.fr.WriteContinuation(id, len(block) == 0, chunk)
-		}
-		if err != nil {
-			return err
-		}
-		first = false
-	}
-	return nil
-}
-
 // sendBody sends the request body as DATA within the send windows, then
 // its trailers or an empty END_STREAM; it closes the body. On its own
 // goroutine: the response may stream meanwhile. It stops when the stream

@@ -22,7 +22,6 @@ import (
 	"github.com/sluicehq/sluice/policy"
 	"github.com/sluicehq/sluice/upstreams"
 	"github.com/sluicehq/sluice/workload"
-	"golang.org/x/net/http2"
 )
 
 // Destination is where the client meant to go; the agent names it from
@@ -119,7 +118,7 @@ type Proxy struct {
 	// name and minute, and rotating DNS answers still bind.
 	seen    *lru.Cache[string, binding]
 	pools   *poolSet
-	h2      *http2.Server
+	h2      *h2Server
 	h1      *h1Server // serves every HTTP/1.1 client connection
 	errLog  *slog.Logger
 	slots   *slots      // client connections being served
@@ -237,13 +236,16 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		seen:      seen,
 		obs:       obs,
 		untrusted: newUntrustedSet(untrustedSize, untrustedTTL),
-		h2: &http2.Server{
-			IdleTimeout:          cfg.IdleTimeout.D(),
-			MaxConcurrentStreams: 250,
+		h2: &h2Server{
 			// A client that stops reading its socket (while its windows
 			// stay open) blocks the connection's writes, not one stream's:
 			// it is closed after IdleTimeout without a byte written.
-			WriteByteTimeout: cfg.IdleTimeout.D(),
+			idleTimeout: cfg.IdleTimeout.D(),
+			maxStreams:  250,
+			// Twice ours: up to it, the framing stage answers and records
+			// a head over proxy.maxHeaderBytes (x/net's server allowed
+			// as much).
+			maxHeaderList: uint32(2*cfg.MaxHeaderBytes + h2HeaderListSlack),
 		},
 		errLog:  log.With(audit.KeySource, "net/http"),
 		slots:   newSlots(cfg.MaxConnections, cfg.MaxConnectionsPerWorkload),
@@ -254,6 +256,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy.mcpStateFile: %w", err)
 	}
 	p.h1 = newH1Server(p)
+	p.h2.log = p.errLog
 	p.newClientTLS()
 	p.groups = &groupSet{set: upstreams.NewSet(upstreams.NetProber{Dial: d.DialContext}, nil)}
 	p.upstreamGroups() // health checks start with the policy, not the first request

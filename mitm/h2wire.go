@@ -1,0 +1,170 @@
+package mitm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"net"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// h2Wire is one HTTP/2 connection's frame reader and the write side
+// both of Sluice's HTTP/2 ends share: the upstream client (h2upstream.go)
+// and the server for the workload (h2server.go). Frames are written by
+// whoever holds the write turn (wturn: the Framer's write side, the HPACK
+// encoder and wdl), on that goroutine: a request's or a handler's, not a
+// writer goroutine that each frame is handed to. Only the read loop
+// reads.
+type h2Wire struct {
+	conn  net.Conn
+	br    *bufio.Reader // what fr reads from
+	fr    *http2.Framer
+	wturn chan struct{} // capacity 1: held while writing
+	henc  *hpack.Encoder
+	hbuf  bytes.Buffer
+	wdl   time.Time // the write deadline set last
+	// stall is how long a write may wait on the peer before it fails
+	// (0: forever).
+	stall time.Duration
+}
+
+// initWire readies w on conn: frames of at most maxRead bytes and header
+// lists of at most maxHeaderList (larger ones come Truncated) are read.
+func (w *h2Wire) initWire(conn net.Conn, stall time.Duration, maxRead, maxHeaderList uint32) {
+	w.conn, w.stall = conn, stall
+	w.wturn = make(chan struct{}, 1)
+	// A small buffer: a frame header and a short frame come from one read
+	// of it; a DATA frame's payload is read past it into the Framer's.
+	w.br = bufio.NewReaderSize(conn, 4<<10)
+	w.fr = http2.NewFramer(conn, w.br)
+	w.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	w.fr.MaxHeaderListSize = maxHeaderList
+	w.fr.SetMaxReadFrameSize(maxRead)
+	w.fr.SetReuseFrames()
+	w.henc = hpack.NewEncoder(&w.hbuf)
+}
+
+// lockW takes the write turn and pushes the connection's write deadline
+// out to stall (at most once per deadlineSlack: over a coalescing conn
+// it is only stored unless a Write waits): a peer that reads nothing for
+// that long fails the write, which closes the connection.
+func (w *h2Wire) lockW() {
+	w.wturn <- struct{}{}
+	w.armW()
+}
+
+// lockWFor is lockW for one request or stream: it gives up when ctx ends
+// or cancel closes (the client left, a timer fired) while another holds
+// the turn.
+func (w *h2Wire) lockWFor(ctx context.Context, cancel <-chan struct{}) error {
+	select {
+	case <-cancel:
+		return errH2Canceled
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case w.wturn <- struct{}{}: // free: no select over three channels
+		w.armW()
+		return nil
+	default:
+	}
+	select {
+	case w.wturn <- struct{}{}:
+		w.armW()
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-cancel:
+		return errH2Canceled
+	}
+}
+
+// tryLockW takes the write turn if it is free.
+func (w *h2Wire) tryLockW() bool {
+	select {
+	case w.wturn <- struct{}{}:
+		w.armW()
+		return true
+	default:
+		return false
+	}
+}
+
+func (w *h2Wire) unlockW() { <-w.wturn }
+
+func (w *h2Wire) armW() {
+	if w.stall > 0 {
+		if t, push := pushDeadline(w.wdl, w.stall); push {
+			_ = w.conn.SetWriteDeadline(t)
+			w.wdl = t
+		}
+	}
+}
+
+// writeBlock writes a header block as HEADERS and CONTINUATION frames of
+// at most maxFrame bytes; in the write turn.
+func (w *h2Wire) writeBlock(id uint32, endStream bool, block []byte, maxFrame int) error {
+	first := true
+	for first || len(block) > 0 {
+		chunk := block[:min(len(block), maxFrame)]
+		block = block[len(chunk):]
+		var err error
+		if first {
+			err = w.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: chunk, EndStream: endStream, EndHeaders: len(block) == 0})
+		} else {
+			err = w.fr.WriteContinuation(id, len(block) == 0, chunk)
+		}
+		if err != nil {
+			return err
+		}
+		first = false
+	}
+	return nil
+}
+
+// writeUpdates writes WINDOW_UPDATEs for the connection and stream id (0:
+// none); in the write turn.
+func (w *h2Wire) writeUpdates(id, streamInc, connInc uint32) error {
+	if connInc > 0 {
+		if err := w.fr.WriteWindowUpdate(0, connInc); err != nil {
+			return err
+		}
+	}
+	if streamInc > 0 {
+		return w.fr.WriteWindowUpdate(id, streamInc)
+	}
+	return nil
+}
+
+// h2Setting applies one of the peer's SETTINGS that both ends read the
+// same way to a send side: its windows (the change of INITIAL_WINDOW_SIZE
+// goes to every open stream's, through each), MAX_FRAME_SIZE, and
+// MAX_HEADER_LIST_SIZE when maxHeaderList is not nil. Values out of
+// range are a connection error. The caller holds the lock that guards
+// the windows.
+func h2Setting(st http2.Setting, initWindow *int64, maxFrame *int, maxHeaderList *uint64, each func(delta int64) bool) error {
+	if err := st.Valid(); err != nil {
+		return err // MAX_FRAME_SIZE outside 16 KiB-16 MiB, a window over 2^31-1, ENABLE_PUSH not 0 or 1
+	}
+	switch st.ID {
+	case http2.SettingInitialWindowSize:
+		delta := int64(st.Val) - *initWindow
+		if !each(delta) {
+			return http2.ConnectionError(http2.ErrCodeFlowControl)
+		}
+		*initWindow = int64(st.Val)
+	case http2.SettingMaxFrameSize:
+		*maxFrame = int(st.Val)
+	case http2.SettingMaxHeaderListSize:
+		if maxHeaderList != nil {
+			*maxHeaderList = uint64(st.Val)
+		}
+	}
+	return nil
+}
