@@ -38,18 +38,18 @@ func putCoalesceBuf(b []byte, box *[]byte) {
 // coalescingConn combines small writes into fewer syscalls: Write copies
 // into a buffer and returns, and one goroutine (started when there is
 // something to write, gone when there is not) writes what accumulated
-// meanwhile in one call. The HTTP/2 upstream client (h2upstream.go)
-// writes each frame as it comes, in its write turn; with this conn under
-// it, the frames of the requests that arrive during one syscall go out
-// in the next. A write error is sticky: every later Write returns it. Close
+// meanwhile in one call. Sluice's HTTP/2 ends (h2wire.go) write each
+// frame as it comes, in their write turn; with this conn under them,
+// the frames of the requests or responses that come during one syscall
+// go out in the next. A write error is sticky: every later Write returns it. Close
 // lets the held bytes go out (bounded by closeLinger) and then closes.
 //
 // A write deadline is held, not set on the conn under at once: a Write
 // that only copies cannot pass it, so it reaches the conn under (and
 // fails the writer's system call when it passes) only while a Write
-// waits for room. x/net's HTTP/2 server sets one before and clears it
-// after each flush (its WriteByteTimeout): two runtime timer updates per
-// flush, for a Write that returned at once.
+// waits for room. The HTTP/2 ends push one out at most once per
+// deadlineSlack (h2Wire.armW); set on the conn under, each would be a
+// runtime timer update, for a Write that returns at once.
 type coalescingConn struct {
 	net.Conn
 

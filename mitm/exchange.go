@@ -101,7 +101,6 @@ var answered = &Answer{}
 func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.ProtoMajor == 2 {
 		growStack(false)
-		defer armH2Tail(w, f.p.cfg.IdleTimeout.D())
 	}
 	f.requests.Add(1)
 	now := time.Now()
@@ -138,21 +137,8 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.forward()
 }
 
-// armH2Tail bounds what x/net writes of a stream's answer after its
-// handler returns: what its stream buffer holds (a short body, a long
-// one's tail, Sluice's own answer), which waits for the client's
-// flow-control window with no bound of its own. A client that never
-// granted it held the stream, its goroutine and the connection (whose
-// idle timeout waits for no stream to be open). The stream's write
-// deadline, set as the handler returns whichever way it answered and
-// left armed (x/net stops its timer when the stream closes), drops it
-// after idle; while the handler runs, a quiet stream (SSE) has none.
-func armH2Tail(w http.ResponseWriter, idle time.Duration) {
-	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(idle))
-}
-
-// growStack grows the stack of the goroutine x/net's HTTP/2 server starts
-// for each stream while it is still shallow. The runtime starts a
+// growStack grows the stack of the goroutine the HTTP/2 server starts
+// for a stream (h2server.go) while it is still shallow. The runtime starts a
 // goroutine's stack at the average size it last saw in use (4 KiB here),
 // and the request's path goes past it (at the policy's frames), so every
 // request copied its stack once, deep down, where that copy walks many

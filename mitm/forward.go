@@ -453,13 +453,11 @@ func (x *Exchange) roundTripFailed(ctx context.Context, err error) {
 // only after the handler returns.
 const shortResponse = 2 << 10
 
-// h2ShortResponse is the size of x/net's HTTP/2 response buffer (its
-// handlerChunkWriteSize): a body up to it fills the buffer without a
-// write to the stream, which happens when the handler returns. Setting a
-// stream's write deadline is a message to the connection's goroutine
-// with a timer update: a short body's writes are spared one each, and
-// the write after the handler gets its own (armH2Tail;
-// TestH2ShortResponseBuffered holds x/net to the size).
+// h2ShortResponse is what the HTTP/2 server holds of a response body
+// until its head goes out (h2SrvStream.Write): a body up to it is
+// written, with its head, after the handler returns, bounded then by
+// IdleTimeout (h2SrvStream.finish); its writes need no deadline
+// (TestH2ShortResponseBuffered).
 const h2ShortResponse = 4 << 10
 
 // writesNeedDeadline reports whether respond's writes of a body of
@@ -513,7 +511,7 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 	// A client that stops reading is dropped after IdleTimeout. A short
 	// body of known length only fills the server's buffer here (it goes
 	// out after the handler returns), so its writes need no deadline
-	// (over HTTP/2 that later write gets one: armH2Tail).
+	// (over HTTP/2 the server bounds that later write: h2SrvStream.finish).
 	guard := writesNeedDeadline(r.ProtoMajor == 2, resp.ContentLength)
 	if guard {
 		if rc == nil {

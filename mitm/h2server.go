@@ -125,10 +125,10 @@ func (s *h2Server) serveConn(ctx context.Context, nc net.Conn, h http.Handler) {
 		stop := context.AfterFunc(ctx, c.shutdown)
 		err = c.readFrames()
 		stop()
-		var ce http2.ConnectionError
-		if errors.As(err, &ce) {
-			c.goAwayNow(http2.ErrCode(ce))
-		}
+	}
+	var ce http2.ConnectionError
+	if errors.As(err, &ce) {
+		c.goAwayNow(http2.ErrCode(ce))
 	}
 	if s.log != nil && err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		s.log.Debug("HTTP/2 connection ended", audit.KeyClient, c.remote, audit.KeyError, err)
@@ -180,7 +180,9 @@ func (c *h2SrvConn) start() error {
 }
 
 // send runs f (frame writes) in the write turn; an error closes the
-// connection.
+// connection. The read loop waits for the turn too: a client that stops
+// reading stops being read (until the stalled write fails), and no
+// goroutine is started per frame it floods.
 func (c *h2SrvConn) send(f func() error) error {
 	c.lockW()
 	err := f()
@@ -189,19 +191,6 @@ func (c *h2SrvConn) send(f func() error) error {
 		c.conn.Close() // the read loop ends, and closes the rest
 	}
 	return err
-}
-
-// sendSoon is send without waiting for the turn: when a handler holds
-// it (its write stalled on the client), f runs on a goroutine of its own.
-func (c *h2SrvConn) sendSoon(f func() error) {
-	if !c.tryLockW() {
-		go func() { _ = c.send(f) }()
-		return
-	}
-	if err := f(); err != nil {
-		c.conn.Close()
-	}
-	c.unlockW()
 }
 
 func (c *h2SrvConn) readFrames() error {
@@ -273,7 +262,7 @@ func (c *h2SrvConn) resetStream(st *h2SrvStream, id uint32, code http2.ErrCode, 
 		st.endLocked(err)
 		c.mu.Unlock()
 	}
-	c.sendSoon(func() error { return c.fr.WriteRSTStream(id, code) })
+	c.send(func() error { return c.fr.WriteRSTStream(id, code) })
 }
 
 // stream is the open stream id; nil with no error for a closed one, a
@@ -308,7 +297,7 @@ func (c *h2SrvConn) onData(f *http2.DataFrame) error {
 		inc := c.takeConnUpdateLocked()
 		c.mu.Unlock()
 		if inc > 0 {
-			c.sendSoon(func() error { return c.writeUpdates(0, 0, inc) })
+			c.send(func() error { return c.writeUpdates(0, 0, inc) })
 		}
 		if st != nil {
 			c.resetStream(st, st.id, http2.ErrCodeStreamClosed, errors.New("client sent DATA after its END_STREAM"))
@@ -350,7 +339,7 @@ func (c *h2SrvConn) onData(f *http2.DataFrame) error {
 	st.wake()
 	c.mu.Unlock()
 	if sinc > 0 || cinc > 0 {
-		c.sendSoon(func() error { return c.writeUpdates(st.id, sinc, cinc) })
+		c.send(func() error { return c.writeUpdates(st.id, sinc, cinc) })
 	}
 	return nil
 }
@@ -475,7 +464,7 @@ func (c *h2SrvConn) shutdown() {
 	c.goAway = true
 	last := c.lastID
 	c.mu.Unlock()
-	c.sendSoon(func() error { return c.fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
+	c.send(func() error { return c.fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
 	c.mu.Lock()
 	c.idleLocked() // closes at once when nothing is open
 	c.mu.Unlock()
@@ -490,7 +479,7 @@ func (c *h2SrvConn) goAwayNow(code http2.ErrCode) {
 	c.goAway = true
 	last := c.lastID
 	c.mu.Unlock()
-	c.sendSoon(func() error { return c.fr.WriteGoAway(last, code, nil) })
+	c.send(func() error { return c.fr.WriteGoAway(last, code, nil) })
 }
 
 // close ends c and every stream still open: their handlers' reads and

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
@@ -47,6 +48,9 @@ type h2SrvStream struct {
 	pending     []byte  // a short body held until the head goes out
 	pendingBox  *[]byte // pending's pooled chunk; nil: none taken
 	werr        error   // sticky: the stream or the connection ended
+	// needsContinue: the client waits for 100 Continue before its body,
+	// sent on the body's first read (by whichever goroutine reads it).
+	needsContinue atomic.Bool
 
 	// mu: c.mu
 	buf        h2Queue // received, not yet read
@@ -89,13 +93,13 @@ func (c *h2SrvConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	c.mu.Unlock()
 	switch {
 	case refused:
-		c.sendSoon(func() error { return c.fr.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
+		c.send(func() error { return c.fr.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
 		return nil
 	case f.Truncated:
 		// As x/net's server: a head over the limit (within twice it:
 		// beyond, the Framer ended the connection) is answered, with no
 		// handler.
-		c.sendSoon(func() error {
+		c.send(func() error {
 			c.hbuf.Reset()
 			_ = c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: "431"})
 			return c.writeBlock(id, true, c.hbuf.Bytes(), c.maxFrameNow())
@@ -104,7 +108,7 @@ func (c *h2SrvConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	st, err := c.newStream(f)
 	if err != nil {
-		c.sendSoon(func() error { return c.fr.WriteRSTStream(id, http2.ErrCodeProtocol) })
+		c.send(func() error { return c.fr.WriteRSTStream(id, http2.ErrCodeProtocol) })
 		if c.srv.log != nil {
 			c.srv.log.Debug("malformed HTTP/2 request", audit.KeyClient, c.remote, audit.KeyError, err)
 		}
@@ -230,6 +234,9 @@ func (c *h2SrvConn) newStream(f *http2.MetaHeadersFrame) (*h2SrvStream, error) {
 	}
 	if bodyOpen {
 		req.Body = &st.body
+		if hasToken(h.Get("Expect"), "100-continue") {
+			st.needsContinue.Store(true)
+		}
 	}
 	st.req = req.WithContext(st.ctx)
 	return st, nil
@@ -237,7 +244,7 @@ func (c *h2SrvConn) newStream(f *http2.MetaHeadersFrame) (*h2SrvStream, error) {
 
 // onTrailers takes the request's trailers, which end its stream.
 func (c *h2SrvConn) onTrailers(st *h2SrvStream, f *http2.MetaHeadersFrame) error {
-	if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
+	if !f.StreamEnded() || len(f.PseudoFields()) > 0 || f.Truncated {
 		c.resetStream(st, st.id, http2.ErrCodeProtocol, errors.New("client sent a second head that is not trailers"))
 		return nil
 	}
@@ -299,7 +306,7 @@ func (c *h2SrvConn) serve(st *h2SrvStream) {
 	inc := c.takeConnUpdateLocked()
 	c.mu.Unlock()
 	if inc > 0 {
-		c.sendSoon(func() error { return c.writeUpdates(0, 0, inc) })
+		c.send(func() error { return c.writeUpdates(0, 0, inc) })
 	}
 }
 
@@ -379,6 +386,9 @@ func (st *h2SrvStream) takeUpdateLocked() uint32 {
 func (b *h2SrvBody) Read(p []byte) (int, error) {
 	st := b.st
 	c := st.c
+	if st.needsContinue.Load() && st.needsContinue.Swap(false) {
+		st.write100()
+	}
 	for {
 		c.mu.Lock()
 		if st.bodyClosed {
@@ -392,7 +402,7 @@ func (b *h2SrvBody) Read(p []byte) (int, error) {
 			sinc, cinc := st.takeUpdateLocked(), c.takeConnUpdateLocked()
 			c.mu.Unlock()
 			if sinc > 0 || cinc > 0 {
-				c.sendSoon(func() error { return c.writeUpdates(st.id, sinc, cinc) })
+				c.send(func() error { return c.writeUpdates(st.id, sinc, cinc) })
 			}
 			return n, nil
 		}
@@ -419,8 +429,7 @@ func (b *h2SrvBody) Read(p []byte) (int, error) {
 		}
 		wait := time.Until(rdl)
 		if wait <= 0 {
-			c.resetStream(st, st.id, http2.ErrCodeInternal, os.ErrDeadlineExceeded)
-			return 0, os.ErrDeadlineExceeded
+			return 0, fmt.Errorf("read request body: %w", os.ErrDeadlineExceeded) // the handler may still answer
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -440,7 +449,7 @@ func (b *h2SrvBody) Close() error {
 	inc := c.takeConnUpdateLocked()
 	c.mu.Unlock()
 	if inc > 0 {
-		c.sendSoon(func() error { return c.writeUpdates(0, 0, inc) })
+		c.send(func() error { return c.writeUpdates(0, 0, inc) })
 	}
 	return nil
 }
@@ -504,6 +513,22 @@ func (st *h2SrvStream) write1xx(code int) {
 	}
 }
 
+// write100 sends 100 Continue unless the final head went out (sentHeader
+// is written only in the write turn).
+func (st *h2SrvStream) write100() {
+	c := st.c
+	c.lockW()
+	defer c.unlockW()
+	if _, err := st.gone(); err != nil || st.sentHeader {
+		return
+	}
+	c.hbuf.Reset()
+	_ = c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: "100"})
+	if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: st.id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true}); err != nil {
+		c.conn.Close()
+	}
+}
+
 func (st *h2SrvStream) Write(p []byte) (int, error) {
 	if !st.wroteHeader {
 		st.WriteHeader(http.StatusOK)
@@ -549,7 +574,8 @@ func (st *h2SrvStream) FlushError() error {
 }
 
 // SetReadDeadline bounds the body's reads: one waiting when it passes
-// resets the stream and fails with os.ErrDeadlineExceeded.
+// fails with os.ErrDeadlineExceeded, as do later ones, while the handler
+// may still answer (as x/net's).
 func (st *h2SrvStream) SetReadDeadline(t time.Time) error {
 	st.c.mu.Lock()
 	st.rdl = t
@@ -632,10 +658,10 @@ func (st *h2SrvStream) endedLocked() error {
 // write turn takes what the windows allow; the waits for more are out of
 // it. A HEAD's body is dropped.
 func (st *h2SrvStream) out(p []byte, end bool) error {
-	if st.req.Method == http.MethodHead {
-		st.pending, p = st.pending[:0], nil
-	}
 	held := st.pending
+	if st.req.Method == http.MethodHead {
+		held, p = nil, nil // the head's Content-Length and Content-Type still come from pending
+	}
 	if st.sentHeader && len(held)+len(p) == 0 && !end {
 		return nil // a Flush with nothing to send
 	}
@@ -685,7 +711,10 @@ func (st *h2SrvStream) turn(a, b []byte, last, more bool) error {
 	if !st.sentHeader {
 		st.sentHeader = true
 		sniff := a
-		if len(sniff) == 0 {
+		switch {
+		case st.req.Method == http.MethodHead:
+			sniff = st.pending
+		case len(sniff) == 0:
 			sniff = b
 		}
 		var block []byte
@@ -791,7 +820,7 @@ func (st *h2SrvStream) window(n int, now bool) (int, error) {
 				st.endLocked(os.ErrDeadlineExceeded)
 				id := st.id
 				c.mu.Unlock()
-				c.sendSoon(func() error { return c.fr.WriteRSTStream(id, http2.ErrCodeInternal) })
+				c.send(func() error { return c.fr.WriteRSTStream(id, http2.ErrCodeInternal) })
 				c.mu.Lock()
 				return 0, os.ErrDeadlineExceeded
 			}
