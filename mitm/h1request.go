@@ -237,6 +237,28 @@ func scanRequest(head []byte, partial bool) (sc reqScan, ok bool) {
 	return sc, partial // without its empty line, a whole head is not this shape
 }
 
+// plainTarget reports whether target (an origin-form request target:
+// a path and a query) is one url.ParseRequestURI keeps as it is: a path
+// of plainPathByte bytes, a query of any visible ASCII.
+func plainTarget(target string) bool {
+	if target == "" || target[0] != '/' {
+		return false
+	}
+	inQuery := false
+	for i := 0; i < len(target); i++ {
+		c := target[i]
+		switch {
+		case c <= ' ' || c >= 0x7f:
+			return false
+		case c == '?':
+			inQuery = true
+		case !inQuery && !plainPathByte(c):
+			return false
+		}
+	}
+	return true
+}
+
 // plainPathByte reports whether c in a request's path is kept as it is
 // by url.ParseRequestURI: no unescaping (no '%') and no escaping of the
 // path back (the unreserved bytes and the reserved ones a path keeps),

@@ -37,6 +37,7 @@ type h2SrvStream struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	body   h2SrvBody
+	url    url.URL // the request's, in the same allocation
 
 	h           http.Header
 	status      int
@@ -66,7 +67,7 @@ type h2SrvStream struct {
 	sendWindow int64
 	trailer    http.Header   // the request's trailers, once they came
 	rdl, wdl   time.Time     // the handler's read and write deadlines
-	ready      chan struct{} // a wake-up for the body's reader (capacity 1)
+	ready      chan struct{} // a wake-up for the body's reader (capacity 1); nil: no body
 }
 
 // h2SrvBody is a request's body: what the read loop buffered for its
@@ -161,7 +162,8 @@ func (c *h2SrvConn) newStream(f *http2.MetaHeadersFrame) (*h2SrvStream, error) {
 	}
 	fields := f.RegularFields()
 	h := make(http.Header, len(fields))
-	for _, hf := range fields {
+	vals := make([]string, len(fields)) // each field's first value: one allocation for all
+	for i, hf := range fields {
 		switch hf.Name {
 		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
 			return nil, fmt.Errorf("connection-specific field %q", hf.Name)
@@ -176,7 +178,12 @@ func (c *h2SrvConn) newStream(f *http2.MetaHeadersFrame) (*h2SrvStream, error) {
 			continue
 		}
 		key := canonicalH2Key(hf.Name)
-		h[key] = append(h[key], hf.Value)
+		if vs, ok := h[key]; ok {
+			h[key] = append(vs, hf.Value)
+		} else {
+			vals[i] = hf.Value
+			h[key] = vals[i : i+1 : i+1]
+		}
 	}
 	if cs := h["Cookie"]; len(cs) > 1 {
 		h["Cookie"] = []string{strings.Join(cs, "; ")}
@@ -211,19 +218,20 @@ func (c *h2SrvConn) newStream(f *http2.MetaHeadersFrame) (*h2SrvStream, error) {
 		}
 		cl = 0
 	}
-	var u *url.URL
+	st := &h2SrvStream{c: c, id: f.StreamID, h: make(http.Header), cl: -1, declared: cl, recvWindow: h2SrvStreamWindow}
+	u := &st.url
 	requestURI := path
-	if connect {
-		u, requestURI = &url.URL{Host: authority}, authority
-	} else {
+	switch {
+	case connect:
+		st.url.Host, requestURI = authority, authority
+	case plainTarget(path): // as ParseRequestURI would, without its allocation
+		p, q, hasQuery := strings.Cut(path, "?")
+		st.url.Path, st.url.RawQuery, st.url.ForceQuery = p, q, hasQuery && q == ""
+	default:
 		var err error
 		if u, err = url.ParseRequestURI(path); err != nil {
 			return nil, fmt.Errorf("invalid :path: %w", err)
 		}
-	}
-	st := &h2SrvStream{
-		c: c, id: f.StreamID, h: make(http.Header), cl: -1,
-		declared: cl, recvWindow: h2SrvStreamWindow, ready: make(chan struct{}, 1),
 	}
 	st.ctx, st.cancel = context.WithCancel(c.baseCtx)
 	st.body.st = st
@@ -233,6 +241,7 @@ func (c *h2SrvConn) newStream(f *http2.MetaHeadersFrame) (*h2SrvStream, error) {
 		RequestURI: requestURI, TLS: c.tls, Trailer: trailer, Body: http.NoBody,
 	}
 	if bodyOpen {
+		st.ready = make(chan struct{}, 1)
 		req.Body = &st.body
 		if hasToken(h.Get("Expect"), "100-continue") {
 			st.needsContinue.Store(true)

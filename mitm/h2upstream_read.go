@@ -155,8 +155,9 @@ func (c *h2UpConn) onHeaders(f *http2.MetaHeadersFrame) error {
 func (c *h2UpConn) response(s *h2UpStream, status string, code int, f *http2.MetaHeadersFrame) *http.Response {
 	fields := f.RegularFields()
 	header := make(http.Header, len(fields))
+	vals := make([]string, len(fields)) // each field's first value: one allocation for all
 	var trailer http.Header
-	for _, hf := range fields {
+	for i, hf := range fields {
 		key := canonicalH2Key(hf.Name)
 		if key == "Trailer" {
 			if trailer == nil {
@@ -169,7 +170,12 @@ func (c *h2UpConn) response(s *h2UpStream, status string, code int, f *http2.Met
 			}
 			continue
 		}
-		header[key] = append(header[key], hf.Value)
+		if vs, ok := header[key]; ok {
+			header[key] = append(vs, hf.Value)
+		} else {
+			vals[i] = hf.Value
+			header[key] = vals[i : i+1 : i+1]
+		}
 	}
 	for _, k := range h2ConnFields {
 		delete(header, k)
