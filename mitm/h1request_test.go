@@ -5,6 +5,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"reflect"
 	"strings"
 	"testing"
@@ -531,4 +532,27 @@ func TestReqTemplateOneAllocation(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { _ = newReqTemplate(ctx) }); n > 1 {
 		t.Errorf("newReqTemplate: %v allocations, want 1", n)
 	}
+}
+
+// FuzzPlainTarget holds plainTarget to its promise: a target it calls
+// plain is one url.ParseRequestURI parses into exactly the path and
+// query the HTTP/2 server fills in without it.
+func FuzzPlainTarget(f *testing.F) {
+	for _, s := range []string{"/", "/v1/chat?x=1", "/a?", "/a%20b", "/a b", "/é", "/a#b", "/a?b#c", "*", "//x", "/a/../b", "/@:$&+,;=~"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, target string) {
+		if !plainTarget(target) {
+			return
+		}
+		u, err := url.ParseRequestURI(target)
+		if err != nil {
+			t.Fatalf("plainTarget(%q), but ParseRequestURI: %v", target, err)
+		}
+		p, q, hasQuery := strings.Cut(target, "?")
+		want := url.URL{Path: p, RawQuery: q, ForceQuery: hasQuery && q == ""}
+		if *u != want {
+			t.Fatalf("plainTarget(%q): ParseRequestURI gives %#v, the server fills %#v", target, *u, want)
+		}
+	})
 }
