@@ -38,6 +38,9 @@ func writeH1Request(bw *bufio.Writer, req *h1Request) (err error) {
 	if !httpguts.ValidHostHeader(host) {
 		host = "" // as net/http does: an empty Host rather than a smuggled one
 	}
+	if !validMethod(r.Method) { // as net/http's Transport: a method with a space would be read as more
+		return fmt.Errorf("invalid method %q", r.Method)
+	}
 	bw.WriteString(r.Method)
 	bw.WriteByte(' ')
 	if err := writeRequestURI(bw, r.URL); err != nil {
@@ -196,4 +199,9 @@ func removeZone(host string) string {
 		return host
 	}
 	return host[:j] + host[i:]
+}
+
+// validMethod reports whether m is a method HTTP/1.1 can carry: a token.
+func validMethod(m string) bool {
+	return m != "" && strings.IndexFunc(m, func(r rune) bool { return !httpguts.IsTokenRune(r) }) < 0
 }

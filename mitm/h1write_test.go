@@ -132,6 +132,21 @@ func TestWriteH1RequestRefusesInjection(t *testing.T) {
 	}
 }
 
+// TestWriteH1RequestRefusesMethodWithTarget: a method that is not a
+// token (an HTTP/2 client's :method "GET /admin HTTP/1.1") is not written:
+// the upstream would read a target the policy never judged.
+func TestWriteH1RequestRefusesMethodWithTarget(t *testing.T) {
+	r, _ := http.NewRequest("GET", "http://api.test/public", nil)
+	r.Method = "GET /admin HTTP/1.1"
+	var b bytes.Buffer
+	bw := bufio.NewWriter(&b)
+	err := writeH1Request(bw, &h1Request{r: r, host: "api.test"})
+	bw.Flush()
+	if err == nil || strings.Contains(b.String(), "/admin") {
+		t.Fatalf("error %v, wrote %q", err, b.String())
+	}
+}
+
 // FuzzWriteH1Request: for any request the server parses, the handler's
 // writer and the Transport send the same request.
 func FuzzWriteH1Request(f *testing.F) {

@@ -43,7 +43,10 @@ type h2Server struct {
 	idleTimeout   time.Duration
 	maxStreams    uint32
 	maxHeaderList uint32
-	log           *slog.Logger // nil: none
+	// drain bounds how long open streams run once the proxy stops (0:
+	// h2DrainWait).
+	drain time.Duration
+	log   *slog.Logger // nil: none
 }
 
 const (
@@ -55,7 +58,7 @@ const (
 	h2SrvReadFrame = 1 << 20
 	// h2PrefaceWait bounds the wait for the client's preface and SETTINGS.
 	h2PrefaceWait = 10 * time.Second
-	// h2DrainWait bounds how long streams may run after a GOAWAY of ours.
+	// h2DrainWait bounds how long streams may run once the proxy stops.
 	h2DrainWait = 5 * time.Second
 	// h2HeaderListSlack is what x/net's server allows a header list
 	// past its MaxHeaderBytes (ten fields' overhead).
@@ -122,7 +125,7 @@ func (s *h2Server) serveConn(ctx context.Context, nc net.Conn, h http.Handler) {
 	c.initWire(nc, s.idleTimeout, h2SrvReadFrame, s.maxHeaderList)
 	err := c.start()
 	if err == nil {
-		stop := context.AfterFunc(ctx, c.shutdown)
+		stop := context.AfterFunc(ctx, func() { c.shutdown(true) })
 		err = c.readFrames()
 		stop()
 	}
@@ -224,7 +227,7 @@ func (c *h2SrvConn) readFrames() error {
 				err = c.send(func() error { return c.fr.WritePing(true, data) })
 			}
 		case *http2.GoAwayFrame:
-			c.shutdown()
+			c.shutdown(false)
 		case *http2.WindowUpdateFrame:
 			err = c.onWindowUpdate(f)
 		case *http2.PriorityFrame:
@@ -448,14 +451,16 @@ func (c *h2SrvConn) closeIfIdle() {
 	idle := len(c.streams) == 0
 	c.mu.Unlock()
 	if idle {
-		c.shutdown()
+		c.shutdown(false) // nothing open: it closes at once
 	}
 }
 
 // shutdown stops new streams (GOAWAY NO_ERROR, with the last stream the
-// client opened): open ones may finish, for h2DrainWait at most, then the
-// connection closes.
-func (c *h2SrvConn) shutdown() {
+// client opened): open ones may finish, then the connection closes. With
+// bounded (the proxy stops) they have h2DrainWait; else (the client's
+// GOAWAY, an answer with Connection: close) they run to their end, each
+// under its own bounds, as x/net's server lets them.
+func (c *h2SrvConn) shutdown(bounded bool) {
 	c.mu.Lock()
 	if c.goAway || c.closed {
 		c.mu.Unlock()
@@ -468,7 +473,13 @@ func (c *h2SrvConn) shutdown() {
 	c.mu.Lock()
 	c.idleLocked() // closes at once when nothing is open
 	c.mu.Unlock()
-	time.AfterFunc(h2DrainWait, func() { c.conn.Close() })
+	if bounded {
+		drain := c.srv.drain
+		if drain <= 0 {
+			drain = h2DrainWait
+		}
+		time.AfterFunc(drain, func() { c.conn.Close() })
+	}
 }
 
 // goAwayNow says GOAWAY with code for a connection error; the connection

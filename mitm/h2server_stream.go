@@ -100,12 +100,15 @@ func (c *h2SrvConn) onHeaders(f *http2.MetaHeadersFrame) error {
 		// As x/net's server: a head over the limit (within twice it:
 		// beyond, the Framer ended the connection) is answered, with no
 		// handler.
-		c.send(func() error {
+		body := !f.StreamEnded()
+		return c.send(func() error {
 			c.hbuf.Reset()
 			_ = c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: "431"})
-			return c.writeBlock(id, true, c.hbuf.Bytes(), c.maxFrameNow())
+			if err := c.writeBlock(id, true, c.hbuf.Bytes(), c.maxFrameNow()); err != nil || !body {
+				return err
+			}
+			return c.fr.WriteRSTStream(id, http2.ErrCodeNo) // its body is not wanted
 		})
-		return nil
 	}
 	st, err := c.newStream(f)
 	if err != nil {
@@ -122,6 +125,7 @@ func (c *h2SrvConn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	st.sendWindow = c.initWindow
+	st.ended = f.StreamEnded() // half-closed (remote) from its head on
 	c.streams[id] = st
 	if c.idle != nil {
 		c.idle.Stop()
@@ -155,10 +159,12 @@ func (c *h2SrvConn) newStream(f *http2.MetaHeadersFrame) (*h2SrvStream, error) {
 	}
 	connect := method == http.MethodConnect
 	switch {
+	case !validMethod(method):
+		return nil, errors.New("a :method that is not a token") // an HTTP/1.1 upstream would read it as more
 	case connect && (path != "" || scheme != "" || authority == ""):
 		return nil, errors.New("CONNECT with :path or :scheme, or without :authority")
-	case !connect && (method == "" || path == "" || scheme != "https" && scheme != "http"):
-		return nil, errors.New("missing :method or :path, or a :scheme not http(s)")
+	case !connect && (path == "" || path[0] != '/' && path != "*" || scheme != "https" && scheme != "http"):
+		return nil, errors.New("a :path not absolute, or a :scheme not http(s)")
 	}
 	fields := f.RegularFields()
 	h := make(http.Header, len(fields))
@@ -171,11 +177,6 @@ func (c *h2SrvConn) newStream(f *http2.MetaHeadersFrame) (*h2SrvStream, error) {
 			if hf.Value != "trailers" {
 				return nil, errors.New("te other than trailers")
 			}
-		case "host":
-			if authority == "" {
-				authority = hf.Value
-			}
-			continue
 		}
 		key := canonicalH2Key(hf.Name)
 		if vs, ok := h[key]; ok {
@@ -188,12 +189,25 @@ func (c *h2SrvConn) newStream(f *http2.MetaHeadersFrame) (*h2SrvStream, error) {
 	if cs := h["Cookie"]; len(cs) > 1 {
 		h["Cookie"] = []string{strings.Join(cs, "; ")}
 	}
+	// As x/net's server (httpcommon.NewServerRequest): one Host field at
+	// most, equal to :authority; no userinfo; a valid host.
+	if hs := h["Host"]; len(hs) > 1 || len(hs) == 1 && authority != "" && hs[0] != authority {
+		return nil, errors.New("a Host field that is not :authority")
+	} else if len(hs) == 1 {
+		authority = hs[0]
+	}
+	delete(h, "Host")
+	if strings.IndexByte(authority, '@') >= 0 || authority != "" && !httpguts.ValidHostHeader(authority) {
+		return nil, errors.New("an invalid :authority")
+	}
 	var trailer http.Header
 	if vs, ok := h["Trailer"]; ok {
 		delete(h, "Trailer")
 		for _, v := range vs {
 			for name := range strings.SplitSeq(v, ",") {
-				if name = http.CanonicalHeaderKey(textproto.TrimString(name)); name != "" && httpguts.ValidTrailerHeader(name) {
+				switch name = http.CanonicalHeaderKey(textproto.TrimString(name)); name {
+				case "", "Transfer-Encoding", "Trailer", "Content-Length": // as net/http: ignored
+				default:
 					if trailer == nil {
 						trailer = http.Header{}
 					}
@@ -245,6 +259,7 @@ func (c *h2SrvConn) newStream(f *http2.MetaHeadersFrame) (*h2SrvStream, error) {
 		req.Body = &st.body
 		if hasToken(h.Get("Expect"), "100-continue") {
 			st.needsContinue.Store(true)
+			delete(h, "Expect") // answered here, not forwarded
 		}
 	}
 	st.req = req.WithContext(st.ctx)
@@ -275,8 +290,8 @@ func (c *h2SrvConn) onTrailers(st *h2SrvStream, f *http2.MetaHeadersFrame) error
 	}
 	c.mu.Unlock()
 	switch {
-	case ended:
-		return http2.ConnectionError(http2.ErrCodeStreamClosed) // a head after END_STREAM
+	case ended: // a head on a half-closed (remote) stream
+		c.resetStream(st, st.id, http2.ErrCodeStreamClosed, errors.New("client sent a head after its END_STREAM"))
 	case short:
 		c.resetStream(st, st.id, http2.ErrCodeProtocol, errors.New("client's body does not match its content-length"))
 	}
@@ -284,17 +299,24 @@ func (c *h2SrvConn) onTrailers(st *h2SrvStream, f *http2.MetaHeadersFrame) error
 }
 
 // runHandlers serves st, then the streams queued while maxStreams
-// handlers ran, on the same goroutine.
+// handlers ran, on the same goroutine. A queued stream the client reset
+// before its handler started is dropped unserved, as x/net's server
+// drops it (a rapid reset costs no run of the policy, nor a record).
 func (c *h2SrvConn) runHandlers(st *h2SrvStream) {
 	for st != nil {
 		c.serve(st)
 		c.mu.Lock()
 		st = nil
-		if len(c.queue) > 0 {
+		for st == nil && len(c.queue) > 0 {
 			st = c.queue[0]
 			c.queue[0] = nil
 			c.queue = c.queue[1:]
-		} else {
+			if st.done {
+				st.body.closeLocked()
+				st = nil
+			}
+		}
+		if st == nil {
 			c.running--
 		}
 		c.mu.Unlock()
@@ -468,6 +490,7 @@ func (b *h2SrvBody) Close() error {
 func (b *h2SrvBody) closeLocked() {
 	b.st.bodyClosed = true
 	b.releaseLocked()
+	b.st.wake() // a Read waiting on another goroutine returns
 }
 
 // releaseLocked gives the connection's window the data the body held
@@ -563,6 +586,9 @@ func (st *h2SrvStream) Write(p []byte) (int, error) {
 		st.pending = append(st.pending, p...)
 		return len(p), nil
 	}
+	if st.req.Method == http.MethodHead {
+		return len(p), nil // no body: the head goes out when the handler returns
+	}
 	if err := st.out(p, false); err != nil {
 		return 0, err
 	}
@@ -599,8 +625,11 @@ func (st *h2SrvStream) SetReadDeadline(t time.Time) error {
 func (st *h2SrvStream) SetWriteDeadline(t time.Time) error {
 	c := st.c
 	c.mu.Lock()
+	earlier := !t.IsZero() && (st.wdl.IsZero() || t.Before(st.wdl))
 	st.wdl = t
-	c.cond.Broadcast()
+	if earlier { // a later one is seen when the timer of the earlier fires
+		c.cond.Broadcast()
+	}
 	c.mu.Unlock()
 	return nil
 }
@@ -668,6 +697,12 @@ func (st *h2SrvStream) endedLocked() error {
 // it. A HEAD's body is dropped.
 func (st *h2SrvStream) out(p []byte, end bool) error {
 	held := st.pending
+	// What the head precedes, whatever the window lets go with it: its
+	// Content-Type is sniffed from it.
+	sniff := held
+	if len(sniff) == 0 {
+		sniff = p
+	}
 	if st.req.Method == http.MethodHead {
 		held, p = nil, nil // the head's Content-Length and Content-Type still come from pending
 	}
@@ -688,7 +723,7 @@ func (st *h2SrvStream) out(p []byte, end bool) error {
 		a, b := held[:take], p[:k-take]
 		held, p = held[take:], p[k-take:]
 		last := end && len(held)+len(p) == 0
-		if err := st.turn(a, b, last, n > 0 && k == 0); err != nil {
+		if err := st.turn(a, b, sniff, last, n > 0 && k == 0); err != nil {
 			st.unspend(k)
 			st.werr = err
 			return err
@@ -701,10 +736,10 @@ func (st *h2SrvStream) out(p []byte, end bool) error {
 }
 
 // turn is one write turn of out: the head when it has not gone out (its
-// Content-Type sniffed from a or b), the DATA a then b (taken from the
+// Content-Type sniffed from sniff), the DATA a then b (taken from the
 // windows already), and with last the end of the stream. more says a
 // body follows a head that goes out now with no DATA.
-func (st *h2SrvStream) turn(a, b []byte, last, more bool) error {
+func (st *h2SrvStream) turn(a, b, sniff []byte, last, more bool) error {
 	c := st.c
 	c.lockW()
 	defer c.unlockW()
@@ -719,13 +754,6 @@ func (st *h2SrvStream) turn(a, b []byte, last, more bool) error {
 	closeConn := false
 	if !st.sentHeader {
 		st.sentHeader = true
-		sniff := a
-		switch {
-		case st.req.Method == http.MethodHead:
-			sniff = st.pending
-		case len(sniff) == 0:
-			sniff = b
-		}
 		var block []byte
 		block, closeConn = st.encodeHead(sniff)
 		endHead := last && len(a)+len(b) == 0 && !trailers && !more || st.req.Method == http.MethodHead && last
@@ -787,7 +815,7 @@ func (st *h2SrvStream) afterEnd(closeConn bool) error {
 	}
 	c.mu.Unlock()
 	if closeConn {
-		go c.shutdown()
+		go c.shutdown(false)
 	}
 	if rst {
 		if err := c.fr.WriteRSTStream(st.id, http2.ErrCodeNo); err != nil {
@@ -799,7 +827,9 @@ func (st *h2SrvStream) afterEnd(closeConn bool) error {
 
 // window waits until the stream may send and takes what it may of n
 // bytes from both windows; with now it does not wait (0: none now).
-// A wait past the write deadline resets the stream.
+// A wait past the write deadline (without one: IdleTimeout from the
+// wait's start) resets the stream: a client that grants no window does
+// not hold a handler and its connection.
 func (st *h2SrvStream) window(n int, now bool) (int, error) {
 	c := st.c
 	c.mu.Lock()
@@ -810,6 +840,7 @@ func (st *h2SrvStream) window(n int, now bool) (int, error) {
 			timer.Stop()
 		}
 	}()
+	var idleBound, armed time.Time // the bound without a deadline; the timer's
 	for {
 		if err := st.endedLocked(); err != nil {
 			return 0, err
@@ -823,22 +854,32 @@ func (st *h2SrvStream) window(n int, now bool) (int, error) {
 		if now {
 			return 0, nil
 		}
-		if !st.wdl.IsZero() {
-			wait := time.Until(st.wdl)
+		dl := st.wdl
+		if dl.IsZero() && c.srv.idleTimeout > 0 {
+			if idleBound.IsZero() {
+				idleBound = time.Now().Add(c.srv.idleTimeout)
+			}
+			dl = idleBound
+		}
+		if !dl.IsZero() {
+			wait := time.Until(dl)
 			if wait <= 0 {
 				st.endLocked(os.ErrDeadlineExceeded)
 				id := st.id
 				c.mu.Unlock()
-				c.send(func() error { return c.fr.WriteRSTStream(id, http2.ErrCodeInternal) })
+				_ = c.send(func() error { return c.fr.WriteRSTStream(id, http2.ErrCodeInternal) })
 				c.mu.Lock()
 				return 0, os.ErrDeadlineExceeded
 			}
-			if timer == nil {
-				timer = time.AfterFunc(wait, func() {
+			if !dl.Equal(armed) { // a deadline moved earlier wakes the waits (SetWriteDeadline)
+				if timer != nil {
+					timer.Stop()
+				}
+				timer, armed = time.AfterFunc(wait, func() {
 					c.mu.Lock()
 					c.cond.Broadcast()
 					c.mu.Unlock()
-				})
+				}), dl
 			}
 		}
 		c.cond.Wait()
@@ -899,8 +940,8 @@ func (st *h2SrvStream) encodeHead(sniff []byte) ([]byte, bool) {
 	allowed := bodyAllowedForStatus(st.status)
 	isHead := st.req.Method == http.MethodHead
 	cl := st.cl
-	if cl < 0 && st.handlerDone && allowed && !st.hasTrailers() && (len(sniff) > 0 || !isHead) {
-		cl = int64(len(st.pending))
+	if cl < 0 && st.handlerDone && allowed && st.written == int64(len(st.pending)) && (st.written > 0 || !isHead) {
+		cl = st.written // the whole body is held
 	}
 	var announced []string
 	st.eachAnnounced(func(name string) { announced = append(announced, name) })
@@ -915,7 +956,7 @@ func (st *h2SrvStream) encodeHead(sniff []byte) ([]byte, bool) {
 		}
 		return slices.Contains(announced, k)
 	})
-	if cl >= 0 && allowed {
+	if cl >= 0 && (allowed || st.status == http.StatusNotModified) { // a 304's is the representation's
 		_ = c.henc.WriteField(hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(cl, 10)})
 	}
 	if allowed && len(sniff) > 0 && len(h["Content-Type"]) == 0 && h.Get("Content-Encoding") == "" {
