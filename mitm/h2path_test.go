@@ -141,7 +141,7 @@ func TestHasHopFieldSkipsOnlyNoOps(t *testing.T) {
 	}
 }
 
-// TestH2ShortResponseBuffered holds x/net's HTTP/2 server to what
+// TestH2ShortResponseBuffered holds the HTTP/2 server to what
 // writesNeedDeadline assumes: a body of h2ShortResponse bytes is written
 // by the handler without waiting on the client (it fills the server's
 // buffer), so its exchange ends (and is recorded) at once even when the
@@ -341,10 +341,10 @@ func h2WithholdWindow(t *testing.T, h *harness, port uint16, window uint32, path
 }
 
 // A client that grants no window and asks for short answers on many
-// streams is cut off after the idle timeout: x/net writes a short body
-// after the handler returns and would wait for the window forever,
-// holding every stream's goroutine and the connection (its idle timeout
-// waits for no stream to be open), so each stream gets a write deadline.
+// streams is cut off after the idle timeout: the server writes a short
+// body after the handler returns, and a wait for the window without a
+// bound would hold every stream's goroutine and the connection (whose
+// idle timeout waits for no stream to be open).
 func TestH2WindowWithheldShortAnswersReset(t *testing.T) {
 	tca := newTestCA(t, "upstream test CA")
 	const idle = 300 * time.Millisecond
@@ -365,7 +365,7 @@ func TestH2WindowWithheldShortAnswersReset(t *testing.T) {
 }
 
 // The same for a long answer's last piece: the client's window covers
-// all but the tail that x/net writes after the handler returns.
+// all but the tail the server writes after the handler returns.
 func TestH2WindowWithheldTailReset(t *testing.T) {
 	tca := newTestCA(t, "upstream test CA")
 	const idle = 300 * time.Millisecond
