@@ -107,7 +107,7 @@ func TestH2SrvNothingAfterACompleteExchange(t *testing.T) {
 				return
 			}
 		default:
-			seen = append(seen, f.Header().Type.String())
+			seen = append(seen, fmt.Sprintf("%T", f))
 		}
 	}
 }
