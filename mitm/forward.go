@@ -48,9 +48,13 @@ type responseCopy struct {
 	// is dropped after idle.
 	idle time.Duration
 	// until is the write deadline last set (pushDeadline): a long
-	// download does not set one per write (an HTTP/2 stream's is a
-	// message to its connection's goroutine).
+	// download does not set one per write.
 	until time.Time
+	// body, when set, is a request body still being read (full
+	// duplex: gRPC, a watch): each push of the write deadline pushes
+	// its read deadline too, so a client that only listens is not cut
+	// while the answer flows (IdleTimeout is no traffic either way).
+	body *countingBody
 }
 
 // deadlineSlack is how much later than idle after its last write a
@@ -120,6 +124,9 @@ func (bc *responseCopy) write(p []byte) (int, error) {
 			var push bool
 			if bc.until, push = pushDeadline(bc.until, bc.idle); push {
 				_ = bc.rc.SetWriteDeadline(bc.until)
+				if bc.body != nil {
+					bc.body.extend(bc.until)
+				}
 			}
 		}
 		m, err := bc.w.Write(p[:k])
@@ -159,6 +166,8 @@ type countingBody struct {
 	rc    http.ResponseController
 	idle  time.Duration
 	until time.Time // the read deadline last set
+	// ended: read to its end, or failed (failed: not at its end).
+	ended, failed atomic.Bool
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
@@ -168,10 +177,23 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.r.Read(p)
 	total := b.n.Add(int64(n))
-	if (err == io.EOF || (b.declared > 0 && total >= b.declared)) && b.onEOF != nil {
+	atEnd := err == io.EOF || (b.declared > 0 && total >= b.declared)
+	if atEnd && b.onEOF != nil {
 		b.onEOF()
 	}
+	if atEnd || err != nil {
+		b.failed.Store(!atEnd)
+		b.ended.Store(true)
+	}
 	return n, err
+}
+
+// extend pushes the client's read deadline to t while the body is still
+// being read, from the goroutine that writes the answer.
+func (b *countingBody) extend(t time.Time) {
+	if !b.ended.Load() {
+		_ = b.rc.SetReadDeadline(t)
+	}
 }
 
 func (b *countingBody) Close() error { return b.r.Close() }
@@ -516,6 +538,7 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 	bc := responseCopy{w: w, rc: rc, h2: r.ProtoMajor == 2, flush: streaming}
 	if guard {
 		bc.idle = x.f.p.cfg.IdleTimeout.D()
+		bc.body = x.body
 	}
 	written, readErr, writeErr := bc.copy(resp.Body)
 	rec.BytesOut = written
@@ -533,6 +556,13 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 		rec.End = audit.EndClientClosed
 		x.finish()
 		return
+	// The upstream's answer ended because the client's body did (it
+	// stalled past IdleTimeout, or was reset): the client's doing.
+	case readErr != io.EOF && x.body != nil && x.body.failed.Load():
+		rec.End = audit.EndClientClosed
+		rec.Error = fmt.Sprintf("request body: %v", readErr)
+		x.finish()
+		panic(http.ErrAbortHandler)
 	case readErr != io.EOF:
 		rec.Decision, rec.Reason = audit.DecisionError, audit.ReasonUpstreamError
 		rec.Error = fmt.Sprintf("upstream body: %v", readErr)

@@ -412,3 +412,66 @@ func TestH2WindowWithheldOwnAnswersReset(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestH2FullDuplexQuietClient: a full-duplex HTTP/2 call (a gRPC stream,
+// a watch) whose client keeps its body open but sends nothing while the
+// answer flows is not cut after IdleTimeout of the client's silence:
+// IdleTimeout is no traffic either way, and each push of the answer's
+// write deadline pushes the body's read deadline too.
+func TestH2FullDuplexQuietClient(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	tca := newTestCA(t, "upstream test CA")
+	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(idle) })
+	up := startUpstream(t, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.NewResponseController(w).EnableFullDuplex()
+		go io.Copy(io.Discard, r.Body)
+		for i := range 10 { // a message every 100 ms: 3 idle timeouts long
+			if _, err := fmt.Fprintf(w, "msg %02d\n", i); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			time.Sleep(100 * time.Millisecond)
+		}
+	}))
+	cc, err := (&http2.Transport{}).NewClientConn(connectTLSProto(t, h, "api.test", up.addr.Port(), "h2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ := http.NewRequest("POST", fmt.Sprintf("https://api.test:%d/svc/Watch", up.addr.Port()), pr)
+	go pw.Write([]byte("watch\n")) // one message, then quiet
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if len(body) != 10*7 || err != nil {
+		t.Errorf("status %d, %q, %v; want 10 messages", resp.StatusCode, body, err)
+	}
+}
+
+// TestH2ExpectOverLimit417: over HTTP/2 as over HTTP/1.1, a body over the
+// rule's limit whose client waits for 100 Continue is answered 417 (the
+// server sends 100 Continue itself, and keeps the field for the stage).
+func TestH2ExpectOverLimit417(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	up := startUpstream(t, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	h := newHarness(t, tca, &fakeDecider{req: func(*policy.Request) policy.Decision {
+		return policy.Decision{Rule: "sizes", MaxRequestBody: 10}
+	}})
+	cc, err := (&http2.Transport{}).NewClientConn(connectTLSProto(t, h, "api.test", up.addr.Port(), "h2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("POST", fmt.Sprintf("https://api.test:%d/up", up.addr.Port()), bytes.NewReader(make([]byte, 20)))
+	req.Header.Set("Expect", "100-continue")
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusExpectationFailed {
+		t.Errorf("status %d, want 417", resp.StatusCode)
+	}
+}

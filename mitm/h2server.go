@@ -100,6 +100,7 @@ type h2SrvConn struct {
 	recvWindow int64 // what the client may still send on the connection
 	unacked    int64 // read (or dropped), not yet given back to the client
 	goAway     bool  // no new stream: GOAWAY sent, or the client's came
+	draining   bool  // the proxy stops: the open streams' time is bounded
 	closed     bool
 	idle       *time.Timer
 }
@@ -462,14 +463,18 @@ func (c *h2SrvConn) closeIfIdle() {
 // under its own bounds, as x/net's server lets them.
 func (c *h2SrvConn) shutdown(bounded bool) {
 	c.mu.Lock()
-	if c.goAway || c.closed {
+	if c.closed || c.goAway && (!bounded || c.draining) {
 		c.mu.Unlock()
 		return
 	}
+	first := !c.goAway // after the client's GOAWAY or ours, only the bound is new
 	c.goAway = true
+	c.draining = c.draining || bounded
 	last := c.lastID
 	c.mu.Unlock()
-	c.send(func() error { return c.fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
+	if first {
+		_ = c.send(func() error { return c.fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
+	}
 	c.mu.Lock()
 	c.idleLocked() // closes at once when nothing is open
 	c.mu.Unlock()

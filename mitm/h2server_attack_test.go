@@ -302,3 +302,59 @@ func TestH2SrvOversizedHeadStopsItsBody(t *testing.T) {
 	}
 	c.works()
 }
+
+// TestH2SrvProxyStopBoundsDrainingStreams: once the client said GOAWAY
+// (its open streams may run to their end), the proxy's stop still bounds
+// them (drain).
+func TestH2SrvProxyStopBoundsDrainingStreams(t *testing.T) {
+	s := h2sConfig(10*time.Second, 250)
+	s.drain = 200 * time.Millisecond
+	srv := h2sStart(t, s, func(w http.ResponseWriter, r *http.Request) {
+		for range 30 { // 3 s
+			io.WriteString(w, "x")
+			http.NewResponseController(w).Flush()
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	c := h2sConnect(t, srv.addr).handshake().start()
+	c.headers(1, true, h2sHead()...)
+	c.WriteGoAway(0, http2.ErrCodeNo, nil)
+	time.Sleep(100 * time.Millisecond)
+	stopped := time.Now()
+	srv.cancel() // the proxy stops
+	for {
+		select {
+		case f := <-c.frames:
+			if f == nil {
+				if d := time.Since(stopped); d > time.Second {
+					t.Errorf("closed %s after the stop, want within the drain (200ms)", d)
+				}
+				return
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("still open 2 s after the proxy stopped (drain 200ms)")
+		}
+	}
+}
+
+// TestH2SrvHeadSniffsLongWrite: a HEAD whose handler writes more than the
+// server holds gets the Content-Type its GET would, and no body.
+func TestH2SrvHeadSniffsLongWrite(t *testing.T) {
+	srv := h2sStart(t, h2sConfig(10*time.Second, 250), func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("<html>" + strings.Repeat("a", 8<<10)))
+	})
+	c := h2sConnect(t, srv.addr).handshake().start()
+	c.headers(1, true, h2sHead(":method", "HEAD")...)
+	select {
+	case f := <-c.frames:
+		mh, ok := f.(*http2.MetaHeadersFrame)
+		if !ok {
+			t.Fatalf("first frame %T, want the head", f)
+		}
+		if ct := h2sField(mh, "content-type"); ct != "text/html; charset=utf-8" || !mh.StreamEnded() {
+			t.Errorf("content-type %q, END_STREAM %v; want text/html; charset=utf-8 on a head that ends the stream", ct, mh.StreamEnded())
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("no head in 3s")
+	}
+}

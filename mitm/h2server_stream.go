@@ -258,8 +258,7 @@ func (c *h2SrvConn) newStream(f *http2.MetaHeadersFrame) (*h2SrvStream, error) {
 		st.ready = make(chan struct{}, 1)
 		req.Body = &st.body
 		if hasToken(h.Get("Expect"), "100-continue") {
-			st.needsContinue.Store(true)
-			delete(h, "Expect") // answered here, not forwarded
+			st.needsContinue.Store(true) // the field stays: the size stage answers such a body 417
 		}
 	}
 	st.req = req.WithContext(st.ctx)
@@ -545,6 +544,9 @@ func (st *h2SrvStream) write1xx(code int) {
 	}
 }
 
+// sniffLen is how much of a body http.DetectContentType reads.
+const sniffLen = 512
+
 // write100 sends 100 Continue unless the final head went out (sentHeader
 // is written only in the write turn).
 func (st *h2SrvStream) write100() {
@@ -587,7 +589,13 @@ func (st *h2SrvStream) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	if st.req.Method == http.MethodHead {
-		return len(p), nil // no body: the head goes out when the handler returns
+		// No body: the head goes out when the handler returns, its
+		// Content-Type sniffed from the first bytes (as many as
+		// http.DetectContentType reads).
+		if k := min(len(p), sniffLen-len(st.pending)); k > 0 {
+			st.pending = append(st.pending, p[:k]...)
+		}
+		return len(p), nil
 	}
 	if err := st.out(p, false); err != nil {
 		return 0, err
