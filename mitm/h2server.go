@@ -100,6 +100,7 @@ type h2SrvConn struct {
 	recvWindow int64 // what the client may still send on the connection
 	unacked    int64 // read (or dropped), not yet given back to the client
 	goAway     bool  // no new stream: GOAWAY sent, or the client's came
+	sentGoAway bool  // ours went out: a drained connection may close
 	draining   bool  // the proxy stops: the open streams' time is bounded
 	closed     bool
 	idle       *time.Timer
@@ -433,7 +434,9 @@ func (c *h2SrvConn) idleLocked() {
 		return
 	}
 	if c.goAway {
-		go c.conn.Close() // drained: the read loop ends
+		if c.sentGoAway { // not before: a close would drop it
+			go c.conn.Close() // drained: the read loop ends
+		}
 		return
 	}
 	if c.srv.idleTimeout <= 0 {
@@ -473,7 +476,7 @@ func (c *h2SrvConn) shutdown(bounded bool) {
 	last := c.lastID
 	c.mu.Unlock()
 	if first {
-		_ = c.send(func() error { return c.fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
+		_ = c.send(func() error { return c.writeGoAway(last, http2.ErrCodeNo) })
 	}
 	c.mu.Lock()
 	c.idleLocked() // closes at once when nothing is open
@@ -495,7 +498,17 @@ func (c *h2SrvConn) goAwayNow(code http2.ErrCode) {
 	c.goAway = true
 	last := c.lastID
 	c.mu.Unlock()
-	c.send(func() error { return c.fr.WriteGoAway(last, code, nil) })
+	_ = c.send(func() error { return c.writeGoAway(last, code) })
+}
+
+// writeGoAway writes GOAWAY and notes that it went out; in the write
+// turn.
+func (c *h2SrvConn) writeGoAway(last uint32, code http2.ErrCode) error {
+	err := c.fr.WriteGoAway(last, code, nil)
+	c.mu.Lock()
+	c.sentGoAway = true
+	c.mu.Unlock()
+	return err
 }
 
 // close ends c and every stream still open: their handlers' reads and
