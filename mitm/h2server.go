@@ -352,13 +352,10 @@ func (c *h2SrvConn) onData(f *http2.DataFrame) error {
 // takeConnUpdateLocked is the connection window to give back now: all
 // that was read (or dropped) once it reaches half the window; c.mu held.
 func (c *h2SrvConn) takeConnUpdateLocked() uint32 {
-	if c.unacked < h2SrvConnWindow/2 || c.closed {
+	if c.closed {
 		return 0
 	}
-	inc := c.unacked
-	c.unacked = 0
-	c.recvWindow += inc
-	return uint32(inc)
+	return h2GiveBack(&c.recvWindow, &c.unacked, h2SrvConnWindow)
 }
 
 func (c *h2SrvConn) onReset(f *http2.RSTStreamFrame) error {

@@ -400,13 +400,10 @@ func (st *h2SrvStream) wake() {
 // takeUpdateLocked is the stream window to give back now: all that was
 // read once it reaches half the window; c.mu held.
 func (st *h2SrvStream) takeUpdateLocked() uint32 {
-	if st.unacked < h2SrvStreamWindow/2 || st.ended || st.done {
+	if st.ended || st.done {
 		return 0
 	}
-	inc := st.unacked
-	st.unacked = 0
-	st.recvWindow += inc
-	return uint32(inc)
+	return h2GiveBack(&st.recvWindow, &st.unacked, h2SrvStreamWindow)
 }
 
 // Read returns what the stream buffered, waiting for more until its

@@ -288,13 +288,10 @@ func (c *h2UpConn) onData(f *http2.DataFrame) error {
 // takeConnUpdateLocked is the connection window to give back now: all
 // that was read (or dropped) once it reaches half the window; c.mu held.
 func (c *h2UpConn) takeConnUpdateLocked() uint32 {
-	if c.unacked < h2ConnWindow/2 || c.closed {
+	if c.closed {
 		return 0
 	}
-	inc := c.unacked
-	c.unacked = 0
-	c.recvWindow += inc
-	return uint32(inc)
+	return h2GiveBack(&c.recvWindow, &c.unacked, h2ConnWindow)
 }
 
 // sendUpdates sends WINDOW_UPDATEs (writeUpdates) in the write turn.

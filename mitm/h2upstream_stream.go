@@ -467,10 +467,8 @@ func (b *h2UpBody) Read(p []byte) (int, error) {
 				return n, over
 			}
 			var sinc uint32
-			if s.unacked >= h2StreamWindow/2 && !s.ended && !s.reset {
-				sinc = uint32(s.unacked)
-				s.recvWindow += s.unacked
-				s.unacked = 0
+			if !s.ended && !s.reset {
+				sinc = h2GiveBack(&s.recvWindow, &s.unacked, h2StreamWindow)
 			}
 			cinc := c.takeConnUpdateLocked()
 			c.mu.Unlock()

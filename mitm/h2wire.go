@@ -142,6 +142,19 @@ func (w *h2Wire) writeUpdates(id, streamInc, connInc uint32) error {
 	return nil
 }
 
+// h2GiveBack is the receive window to give back to the peer now: all
+// that was read (or dropped), *unacked, once it reaches half the
+// window's size; *window grows by it.
+func h2GiveBack(window, unacked *int64, size int64) uint32 {
+	if *unacked < size/2 {
+		return 0
+	}
+	inc := *unacked
+	*unacked = 0
+	*window += inc
+	return uint32(inc)
+}
+
 // h2Setting applies one of the peer's SETTINGS that both ends read the
 // same way to a send side: its windows (the change of INITIAL_WINDOW_SIZE
 // goes to every open stream's, through each), MAX_FRAME_SIZE, and
