@@ -2,6 +2,7 @@ package mitm
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -14,6 +15,9 @@ import (
 	"runtime/pprof"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/sluicehq/sluice/workload"
 )
@@ -136,4 +140,48 @@ func benchmarkIdle(b *testing.B, name string, open func() net.Conn) {
 		c.Close()
 	}
 	time.Sleep(100 * time.Millisecond)
+}
+
+// BenchmarkIdleConnH2 is BenchmarkIdleConn for HTTP/2 (transparent): b.N
+// idle decrypted HTTP/2 connections, one request each, through the
+// HTTP/2 server. The client is a bare Framer on a tls.Conn (its part is
+// counted too: an upper bound).
+func BenchmarkIdleConnH2(b *testing.B) {
+	tca := newTestCA(b, "upstream test CA")
+	up := startUpstream(b, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	}))
+	h := newHarness(b, tca, nil)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(h.ca.BundlePEM())
+	addr := serveTransparent(b, h, context.Background(), -1, Destination{Addr: up.addr}, workload.Identity{PID: 1, Comm: "idle"})
+	cfg := &tls.Config{RootCAs: pool, ServerName: "api.test", NextProtos: []string{"h2"}}
+	benchmarkIdle(b, "transparent-h2", func() net.Conn {
+		raw, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := tls.Client(raw, cfg)
+		io.WriteString(c, http2.ClientPreface)
+		fr := http2.NewFramer(c, c)
+		fr.WriteSettings()
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "api.test"}, {":path", "/"}} {
+			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
+				fr.WriteSettingsAck()
+			}
+			if d, ok := f.(*http2.DataFrame); ok && d.StreamEnded() {
+				return c
+			}
+		}
+	})
 }
