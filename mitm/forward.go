@@ -469,7 +469,7 @@ const shortResponse = 2 << 10
 // h2ShortResponse is what the HTTP/2 server holds of a response body
 // until its head goes out (h2SrvStream.Write): a body up to it is
 // written, with its head, after the handler returns, bounded then by
-// IdleTimeout (h2SrvStream.finish); its writes need no deadline
+// IdleTimeout (h2SrvStream.window); its writes need no deadline
 // (TestH2ShortResponseBuffered).
 const h2ShortResponse = 4 << 10
 
@@ -524,7 +524,7 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 	// A client that stops reading is dropped after IdleTimeout. A short
 	// body of known length only fills the server's buffer here (it goes
 	// out after the handler returns), so its writes need no deadline
-	// (over HTTP/2 the server bounds that later write: h2SrvStream.finish).
+	// (over HTTP/2 the server bounds that later write: h2SrvStream.window).
 	guard := writesNeedDeadline(r.ProtoMajor == 2, resp.ContentLength)
 	if guard {
 		if rc == nil {

@@ -128,7 +128,7 @@ func (s *h2Server) serveConn(ctx context.Context, nc net.Conn, h http.Handler) {
 	err := c.start()
 	if err == nil {
 		stop := context.AfterFunc(ctx, func() { c.shutdown(true) })
-		err = c.readFrames()
+		err = c.readFrames(c)
 		stop()
 	}
 	var ce http2.ConnectionError
@@ -198,52 +198,7 @@ func (c *h2SrvConn) send(f func() error) error {
 	return err
 }
 
-func (c *h2SrvConn) readFrames() error {
-	for {
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				if err := c.onStreamError(se); err != nil {
-					return err
-				}
-				continue
-			}
-			if errors.Is(err, http2.ErrFrameTooLarge) {
-				return http2.ConnectionError(http2.ErrCodeFrameSize)
-			}
-			return err
-		}
-		switch f := f.(type) {
-		case *http2.MetaHeadersFrame:
-			err = c.onHeaders(f)
-		case *http2.DataFrame:
-			err = c.onData(f)
-		case *http2.RSTStreamFrame:
-			err = c.onReset(f)
-		case *http2.SettingsFrame:
-			err = c.onSettings(f)
-		case *http2.PingFrame:
-			if !f.IsAck() {
-				data := f.Data
-				err = c.send(func() error { return c.fr.WritePing(true, data) })
-			}
-		case *http2.GoAwayFrame:
-			c.shutdown(false)
-		case *http2.WindowUpdateFrame:
-			err = c.onWindowUpdate(f)
-		case *http2.PriorityFrame:
-			if f.StreamDep == f.StreamID {
-				err = c.onStreamError(http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeProtocol})
-			}
-		case *http2.PushPromiseFrame:
-			return http2.ConnectionError(http2.ErrCodeProtocol) // a client may not push
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
+func (c *h2SrvConn) onGoAway(*http2.GoAwayFrame) { c.shutdown(false) }
 
 // onStreamError resets the stream a frame was refused on: a malformed
 // head (whose block was decoded whole, so HPACK stays in step) or a

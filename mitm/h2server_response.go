@@ -178,12 +178,6 @@ func (st *h2SrvStream) finish() {
 	if st.werr != nil {
 		return
 	}
-	c := st.c
-	c.mu.Lock()
-	if st.wdl.IsZero() && c.srv.idleTimeout > 0 {
-		st.wdl = time.Now().Add(c.srv.idleTimeout)
-	}
-	c.mu.Unlock()
 	_ = st.out(nil, true)
 }
 

@@ -20,7 +20,7 @@ import (
 
 // readLoop reads frames until the connection ends, then closes it.
 func (c *h2UpConn) readLoop() {
-	err := c.readFrames()
+	err := c.readFrames(c)
 	var ce http2.ConnectionError
 	if errors.As(err, &ce) {
 		c.sendSoon(func() error { return c.fr.WriteGoAway(0, http2.ErrCode(ce), nil) })
@@ -28,42 +28,10 @@ func (c *h2UpConn) readLoop() {
 	c.close(fmt.Errorf("read from upstream: %w", err))
 }
 
-func (c *h2UpConn) readFrames() error {
-	for {
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				c.resetStream(se.StreamID, se.Code, fmt.Errorf("upstream HTTP/2 stream: %w", se))
-				continue
-			}
-			return err
-		}
-		switch f := f.(type) {
-		case *http2.MetaHeadersFrame:
-			err = c.onHeaders(f)
-		case *http2.DataFrame:
-			err = c.onData(f)
-		case *http2.RSTStreamFrame:
-			c.onReset(f)
-		case *http2.SettingsFrame:
-			err = c.onSettings(f)
-		case *http2.PingFrame:
-			if !f.IsAck() {
-				data := f.Data
-				err = c.send(func() error { return c.fr.WritePing(true, data) })
-			}
-		case *http2.GoAwayFrame:
-			c.onGoAway(f)
-		case *http2.WindowUpdateFrame:
-			err = c.onWindowUpdate(f)
-		case *http2.PushPromiseFrame:
-			return http2.ConnectionError(http2.ErrCodeProtocol) // push is off in our SETTINGS
-		}
-		if err != nil {
-			return err
-		}
-	}
+// onStreamError resets the stream a frame was refused on.
+func (c *h2UpConn) onStreamError(se http2.StreamError) error {
+	c.resetStream(se.StreamID, se.Code, fmt.Errorf("upstream HTTP/2 stream: %w", se))
+	return nil
 }
 
 // stream is the open stream id, nil for one that ended or that we reset
@@ -302,12 +270,12 @@ func (c *h2UpConn) sendUpdates(id, streamInc, connInc uint32) error {
 	return c.send(func() error { return c.writeUpdates(id, streamInc, connInc) })
 }
 
-func (c *h2UpConn) onReset(f *http2.RSTStreamFrame) {
+func (c *h2UpConn) onReset(f *http2.RSTStreamFrame) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.streams[f.StreamID]
 	if s == nil {
-		return
+		return nil
 	}
 	switch {
 	case f.ErrCode == http2.ErrCodeRefusedStream:
@@ -320,6 +288,7 @@ func (c *h2UpConn) onReset(f *http2.RSTStreamFrame) {
 		s.failLocked(fmt.Errorf("upstream reset the HTTP/2 stream: %v", f.ErrCode))
 	}
 	c.dropLocked(s) // its unread data stays for the reader; Close gives its window back
+	return nil
 }
 
 func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {

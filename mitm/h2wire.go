@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"time"
 
@@ -140,6 +141,73 @@ func (w *h2Wire) writeUpdates(id, streamInc, connInc uint32) error {
 		return w.fr.WriteWindowUpdate(id, streamInc)
 	}
 	return nil
+}
+
+// h2Peer is what one end (the upstream client's connection, the
+// server's) does with the frames its read loop reads.
+type h2Peer interface {
+	onHeaders(*http2.MetaHeadersFrame) error
+	onData(*http2.DataFrame) error
+	onReset(*http2.RSTStreamFrame) error
+	onSettings(*http2.SettingsFrame) error
+	onGoAway(*http2.GoAwayFrame)
+	onWindowUpdate(*http2.WindowUpdateFrame) error
+	// onStreamError resets the stream a frame was refused on (a
+	// malformed head, whose block was decoded whole: HPACK stays in
+	// step).
+	onStreamError(http2.StreamError) error
+	send(func() error) error // frame writes in the write turn
+}
+
+// readFrames reads frames until the connection ends and hands each to
+// p; PINGs are answered here. A frame over the size limit, a PUSH_PROMISE
+// (push is off on both ends) or an error a handler returns ends the
+// loop (a ConnectionError: GOAWAY with its code).
+func (w *h2Wire) readFrames(p h2Peer) error {
+	for {
+		f, err := w.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				if err := p.onStreamError(se); err != nil {
+					return err
+				}
+				continue
+			}
+			if errors.Is(err, http2.ErrFrameTooLarge) {
+				return http2.ConnectionError(http2.ErrCodeFrameSize)
+			}
+			return err
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			err = p.onHeaders(f)
+		case *http2.DataFrame:
+			err = p.onData(f)
+		case *http2.RSTStreamFrame:
+			err = p.onReset(f)
+		case *http2.SettingsFrame:
+			err = p.onSettings(f)
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				data := f.Data
+				err = p.send(func() error { return w.fr.WritePing(true, data) })
+			}
+		case *http2.GoAwayFrame:
+			p.onGoAway(f)
+		case *http2.WindowUpdateFrame:
+			err = p.onWindowUpdate(f)
+		case *http2.PriorityFrame:
+			if f.StreamDep == f.StreamID { // RFC 9113 5.3.1
+				err = p.onStreamError(http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeProtocol})
+			}
+		case *http2.PushPromiseFrame:
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // h2GiveBack is the receive window to give back to the peer now: all
