@@ -343,12 +343,7 @@ func (c *h2SrvConn) onSettings(f *http2.SettingsFrame) error {
 	if err != nil {
 		return err
 	}
-	return c.send(func() error {
-		if v, ok := f.Value(http2.SettingHeaderTableSize); ok {
-			c.henc.SetMaxDynamicTableSizeLimit(v)
-		}
-		return c.fr.WriteSettingsAck()
-	})
+	return c.send(func() error { return c.ackSettings(f) })
 }
 
 func (c *h2SrvConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {

@@ -315,12 +315,7 @@ func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {
 		return err
 	}
 	c.t.signalRoom() // the stream limit may have risen
-	return c.send(func() error {
-		if v, ok := f.Value(http2.SettingHeaderTableSize); ok {
-			c.henc.SetMaxDynamicTableSizeLimit(v)
-		}
-		return c.fr.WriteSettingsAck()
-	})
+	return c.send(func() error { return c.ackSettings(f) })
 }
 
 func (c *h2UpConn) onGoAway(f *http2.GoAwayFrame) {

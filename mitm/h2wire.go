@@ -210,6 +210,15 @@ func (w *h2Wire) readFrames(p h2Peer) error {
 	}
 }
 
+// ackSettings acknowledges the peer's SETTINGS f, after applying its
+// HEADER_TABLE_SIZE to the encoder; in the write turn.
+func (w *h2Wire) ackSettings(f *http2.SettingsFrame) error {
+	if v, ok := f.Value(http2.SettingHeaderTableSize); ok {
+		w.henc.SetMaxDynamicTableSizeLimit(v)
+	}
+	return w.fr.WriteSettingsAck()
+}
+
 // h2GiveBack is the receive window to give back to the peer now: all
 // that was read (or dropped), *unacked, once it reaches half the
 // window's size; *window grows by it.
