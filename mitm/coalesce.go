@@ -202,6 +202,16 @@ func (c *coalescingConn) SetDeadline(t time.Time) error {
 
 // Close closes at once when nothing is held, else leaves the close to
 // the writer once the held bytes are out (or closeLinger passed).
+// flushed waits until the conn's writer has written what it held, or
+// failed: after Close, within closeLinger.
+func (c *coalescingConn) flushed() {
+	c.mu.Lock()
+	for c.writing {
+		c.cond.Wait()
+	}
+	c.mu.Unlock()
+}
+
 func (c *coalescingConn) Close() error {
 	c.mu.Lock()
 	if c.closed {

@@ -254,7 +254,7 @@ func (f *flow) serveHTTP(c net.Conn, h2 bool) {
 	if h2 {
 		// Each response's frames are written as it is ready: the
 		// coalescing conn joins those of the responses ready meanwhile.
-		p.h2.serveConn(f.ctx, coalesce(c), f)
+		p.h2.serveConn(f.ctx, coalesce(c), f, f)
 		return
 	}
 	hc := newH1Conn(c, f)

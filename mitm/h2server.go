@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
@@ -47,6 +48,9 @@ type h2Server struct {
 	// h2DrainWait).
 	drain time.Duration
 	log   *slog.Logger // nil: none
+	// parked holds connections with no stream open (h2park.go); nil:
+	// none is parked.
+	parked *parkSet
 }
 
 const (
@@ -103,21 +107,36 @@ type h2SrvConn struct {
 	sentGoAway bool  // ours went out: a drained connection may close
 	draining   bool  // the proxy stops: the open streams' time is bounded
 	closed     bool
-	idle       *time.Timer
+	// idle fires h1ParkAfter after the last stream ended (the
+	// connection parks) or, where it can't park, idleTimeout after
+	// (GOAWAY): onIdle.
+	idle      *time.Timer
+	idleSince time.Time // when the last stream ended
+
+	// Parking (h2park.go). ctx is the flow's: its end shuts c down.
+	ctx    context.Context
+	fl     *flow // nil: never parked (the server's tests)
+	pk     parkLinks
+	parked bool         // in the parkSet; under mu
+	noPark bool         // not parked (its socket can't be watched); set by the read loop under mu
+	rstate atomic.Int32 // the read loop's: h2Busy, h2Waiting, h2Kicked
 }
 
 // serveConn serves HTTP/2 on nc until the connection ends, calling h for
 // each request on a goroutine of its own; it closes nc before it
-// returns. ctx is the base of the requests' contexts; when it ends, the
-// client gets GOAWAY, open streams may finish (bounded by h2DrainWait)
-// and the connection closes.
-func (s *h2Server) serveConn(ctx context.Context, nc net.Conn, h http.Handler) {
+// returns, unless the connection parked (fl not nil: h2park.go), and
+// then fl finishes when it ends. ctx is the base of the requests'
+// contexts; when it ends, the client gets GOAWAY, open streams may
+// finish (bounded by h2DrainWait) and the connection closes.
+func (s *h2Server) serveConn(ctx context.Context, nc net.Conn, h http.Handler, fl *flow) {
 	c := &h2SrvConn{
 		srv: s, handler: h, baseCtx: context.WithoutCancel(ctx),
 		remote:     nc.RemoteAddr().String(),
 		streams:    map[uint32]*h2SrvStream{},
 		sendWindow: 65535, initWindow: 65535, maxFrame: 16 << 10,
 		recvWindow: h2SrvConnWindow,
+		ctx:        ctx, fl: fl,
+		noPark:     s.parked == nil || fl == nil || s.idleTimeout <= h1ParkAfter,
 	}
 	c.cond.L = &c.mu
 	if cs, ok := nc.(interface{ ConnectionState() tls.ConnectionState }); ok {
@@ -125,20 +144,53 @@ func (s *h2Server) serveConn(ctx context.Context, nc net.Conn, h http.Handler) {
 		c.tls = &st
 	}
 	c.initWire(nc, s.idleTimeout, h2SrvReadFrame, s.maxHeaderList)
-	err := c.start()
-	if err == nil {
-		stop := context.AfterFunc(ctx, func() { c.shutdown(true) })
-		err = c.readFrames(c)
-		stop()
+	if err := c.start(); err != nil {
+		c.end(err)
+		return
 	}
+	c.run()
+}
+
+// run is the read loop: it serves c until the connection ends or parks.
+func (c *h2SrvConn) run() {
+	for {
+		stop := context.AfterFunc(c.ctx, func() { c.shutdown(true) })
+		err := c.readFrames(c)
+		stopped := stop()
+		if err != errH2Park { //nolint:errorlint // our own value, returned as is
+			c.end(err)
+			return
+		}
+		if stopped && c.park() {
+			return
+		}
+		// Not parked: the proxy's stop (which closes it) or a socket
+		// that can't be watched. The wait's past deadline goes.
+		_ = c.conn.SetReadDeadline(time.Time{})
+	}
+}
+
+// end closes the connection after the read loop's error (a
+// ConnectionError: GOAWAY with its code first) once what it holds
+// unwritten went out (a GOAWAY: the flow's clean-up closes the socket
+// under it), and finishes the flow of a connection that was parked.
+func (c *h2SrvConn) end(err error) {
 	var ce http2.ConnectionError
 	if errors.As(err, &ce) {
 		c.goAwayNow(http2.ErrCode(ce))
 	}
-	if s.log != nil && err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-		s.log.Debug("HTTP/2 connection ended", audit.KeyClient, c.remote, audit.KeyError, err)
+	if log := c.srv.log; log != nil && err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		log.Debug("HTTP/2 connection ended", audit.KeyClient, c.remote, audit.KeyError, err)
 	}
-	c.close()
+	if !c.close() {
+		return
+	}
+	if cc, ok := c.conn.(interface{ flushed() }); ok {
+		cc.flushed() // bounded by closeLinger
+	}
+	if c.fl != nil {
+		c.fl.finish()
+	}
 }
 
 // start reads the client's preface and SETTINGS and sends the server's.
@@ -386,24 +438,47 @@ func (c *h2SrvConn) idleLocked() {
 		}
 		return
 	}
-	if c.srv.idleTimeout <= 0 {
+	c.idleSince = time.Now()
+	c.armIdleLocked()
+}
+
+// armIdleLocked sets the idle timer for a connection with no stream
+// open since idleSince: to park it h1ParkAfter from now, or to close it
+// at the idle timeout; c.mu held.
+func (c *h2SrvConn) armIdleLocked() {
+	if c.srv.idleTimeout <= 0 || len(c.streams) > 0 || c.closed {
 		return
 	}
+	wait := c.srv.idleTimeout - time.Since(c.idleSince)
+	if !c.noPark {
+		wait = min(wait, h1ParkAfter)
+	}
 	if c.idle == nil {
-		c.idle = time.AfterFunc(c.srv.idleTimeout, c.closeIfIdle)
+		c.idle = time.AfterFunc(wait, c.onIdle)
 	} else {
-		c.idle.Reset(c.srv.idleTimeout)
+		c.idle.Reset(wait)
 	}
 }
 
-// closeIfIdle says GOAWAY and closes c unless a stream is open.
-func (c *h2SrvConn) closeIfIdle() {
+// onIdle is the idle timer's: with no stream open, it parks c (ends
+// the read loop's wait for a frame) or, at the idle timeout, says
+// GOAWAY and closes it. A read loop in the middle of a frame, or a
+// handler still running, is tried again later.
+func (c *h2SrvConn) onIdle() {
 	c.mu.Lock()
-	idle := len(c.streams) == 0
-	c.mu.Unlock()
-	if idle {
-		c.shutdown(false) // nothing open: it closes at once
+	if len(c.streams) > 0 || c.closed || c.parked {
+		c.mu.Unlock()
+		return
 	}
+	if time.Since(c.idleSince) < c.srv.idleTimeout && !c.noPark {
+		if !c.canParkLocked() || !c.kickLocked() {
+			c.armIdleLocked()
+		}
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	c.shutdown(false) // nothing open: it closes at once
 }
 
 // shutdown stops new streams (GOAWAY NO_ERROR, with the last stream the
@@ -459,12 +534,12 @@ func (c *h2SrvConn) writeGoAway(last uint32, code http2.ErrCode) error {
 }
 
 // close ends c and every stream still open: their handlers' reads and
-// writes fail and their contexts end.
-func (c *h2SrvConn) close() {
+// writes fail and their contexts end. It reports whether c was open.
+func (c *h2SrvConn) close() bool {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	c.closed = true
 	if c.idle != nil {
@@ -477,6 +552,7 @@ func (c *h2SrvConn) close() {
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	c.conn.Close()
+	return true
 }
 
 // dropLocked takes st out of the open streams (once): its slot is free;

@@ -36,7 +36,7 @@ func FuzzH2Server(f *testing.F) {
 		client, server := net.Pipe()
 		done := make(chan struct{})
 		go func() {
-			srv.serveConn(context.Background(), server, h)
+			srv.serveConn(context.Background(), server, h, nil)
 			close(done)
 		}()
 		go func() { _, _ = io.Copy(io.Discard, client) }()

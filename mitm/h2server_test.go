@@ -746,7 +746,7 @@ func h2sStart(t *testing.T, s *h2Server, h http.HandlerFunc) *h2sSrv {
 			}
 			srv.accepted.Add(1)
 			wg.Go(func() {
-				s.serveConn(ctx, coalesce(&h2sCounted{c, &srv.read}), h) // as exchange.go serves it
+				s.serveConn(ctx, coalesce(&h2sCounted{c, &srv.read}), h, nil) // as exchange.go serves it
 				srv.ended.Add(1)
 			})
 		}
@@ -910,6 +910,11 @@ func h2sConnect(t *testing.T, addr string) *h2sRaw {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return h2sRawOn(t, nc)
+}
+
+// h2sRawOn is an h2sRaw on nc, which it closes at the test's end.
+func h2sRawOn(t *testing.T, nc net.Conn) *h2sRaw {
 	nc.SetDeadline(time.Now().Add(10 * time.Second))
 	c := &h2sRaw{Framer: http2.NewFramer(nc, nc), t: t, nc: nc, window: 65535, done: make(chan struct{})}
 	c.AllowIllegalWrites = true

@@ -318,6 +318,10 @@ func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {
 	return c.send(func() error { return c.ackSettings(f) })
 }
 
+// awaitFrame: an upstream connection waits for its frames in the read
+// loop.
+func (c *h2UpConn) awaitFrame() error { return nil }
+
 func (c *h2UpConn) onGoAway(f *http2.GoAwayFrame) {
 	c.t.remove(c)
 	c.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"time"
 
@@ -30,6 +31,9 @@ type h2Wire struct {
 	// stall is how long a write may wait on the peer before it fails
 	// (0: forever).
 	stall time.Duration
+	// What a new Framer is made with (newFramer).
+	maxRead, maxHeaderList uint32
+	hdec                   *hpack.Decoder
 }
 
 // initWire readies w on conn: frames of at most maxRead bytes and header
@@ -39,13 +43,27 @@ func (w *h2Wire) initWire(conn net.Conn, stall time.Duration, maxRead, maxHeader
 	w.wturn = make(chan struct{}, 1)
 	// A small buffer: a frame header and a short frame come from one read
 	// of it; a DATA frame's payload is read past it into the Framer's.
-	w.br = bufio.NewReaderSize(conn, 4<<10)
-	w.fr = http2.NewFramer(conn, w.br)
-	w.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	w.fr.MaxHeaderListSize = maxHeaderList
-	w.fr.SetMaxReadFrameSize(maxRead)
-	w.fr.SetReuseFrames()
+	w.br = bufio.NewReaderSize(conn, h2ReadBuffer)
+	w.maxRead, w.maxHeaderList = maxRead, maxHeaderList
+	w.hdec = hpack.NewDecoder(4096, nil)
+	w.fr = w.newFramer(w.br)
 	w.henc = hpack.NewEncoder(&w.hbuf)
+}
+
+// h2ReadBuffer is the size of an HTTP/2 connection's read buffer.
+const h2ReadBuffer = 4 << 10
+
+// newFramer is a Framer on w's connection reading from r, with w's
+// limits and HPACK decoder (whose table is the connection's). A new
+// one holds no buffer: an old one keeps its largest frame read and
+// written. Only between frames, in the write turn.
+func (w *h2Wire) newFramer(r io.Reader) *http2.Framer {
+	fr := http2.NewFramer(w.conn, r)
+	fr.ReadMetaHeaders = w.hdec
+	fr.MaxHeaderListSize = w.maxHeaderList
+	fr.SetMaxReadFrameSize(w.maxRead)
+	fr.SetReuseFrames()
+	return fr
 }
 
 // lockW takes the write turn and pushes the connection's write deadline
@@ -157,6 +175,9 @@ type h2Peer interface {
 	// step).
 	onStreamError(http2.StreamError) error
 	send(func() error) error // frame writes in the write turn
+	// awaitFrame is called before a frame is read when nothing is
+	// buffered; an error ends the loop with it.
+	awaitFrame() error
 }
 
 // readFrames reads frames until the connection ends and hands each to
@@ -165,6 +186,11 @@ type h2Peer interface {
 // loop (a ConnectionError: GOAWAY with its code).
 func (w *h2Wire) readFrames(p h2Peer) error {
 	for {
+		if w.br.Buffered() == 0 {
+			if err := p.awaitFrame(); err != nil {
+				return err
+			}
+		}
 		f, err := w.fr.ReadFrame()
 		if err != nil {
 			var se http2.StreamError

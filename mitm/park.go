@@ -1,6 +1,7 @@
 package mitm
 
 import (
+	"context"
 	"crypto/tls"
 	"net"
 	"syscall"
@@ -8,7 +9,8 @@ import (
 )
 
 // Parking. An idle keep-alive HTTP/1.1 connection that net/http let go of
-// (h1Conn.idleRead) waits for its next byte in the h1Server's parkSet: no
+// (h1Conn.idleRead), or an HTTP/2 one with no stream open (h2SrvConn.park,
+// h2park.go), waits for its next byte in the proxy's parkSet: no
 // goroutine, stack or buffer of its own, only its socket in an epoll set
 // (park_linux.go). When the socket turns readable (a request, or the
 // client closing) a goroutine reads the first byte, as long as the idle
@@ -18,6 +20,22 @@ import (
 // the socket can't be watched (another OS, a wrapper that is not Sluice's
 // own such as a capture, bytes still buffered above the socket) the
 // connection waits on a goroutine instead (resume at once).
+
+// parkedConn is a connection a parkSet holds.
+type parkedConn interface {
+	links() *parkLinks
+	// flowCtx ends when the connection's flow ends: then it is closed
+	// (closeParked).
+	flowCtx() context.Context
+	// resume serves the connection again once its socket turned
+	// readable; on a goroutine of its own.
+	resume()
+	// closeParked closes it: its idle deadline passed or its flow ended.
+	closeParked()
+}
+
+func (c *h1Conn) links() *parkLinks        { return &c.pk }
+func (c *h1Conn) flowCtx() context.Context { return c.fl.ctx }
 
 // park is Close of a connection net/http let go of while idle.
 func (c *h1Conn) park() {
@@ -112,6 +130,10 @@ func rawSocketOf(c net.Conn) syscall.RawConn {
 func innerConn(c net.Conn) net.Conn {
 	switch w := c.(type) {
 	case *peekedConn:
+		return w.Conn
+	case coalescingTLSConn:
+		return w.tc
+	case *coalescingConn:
 		return w.Conn
 	case *bufferedConn:
 		return w.Conn

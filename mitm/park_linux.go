@@ -11,8 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// parkSet holds the parked connections of one h1Server without a
-// goroutine each: their sockets are in one epoll set, and the epoll
+// parkSet holds the proxy's parked connections (HTTP/1.1's and
+// HTTP/2's: parkedConn) without a goroutine each: their sockets are in one epoll set, and the epoll
 // descriptor itself waits in Go's netpoller (an epoll set is readable
 // while one of its sockets is), so a single goroutine, blocked in no
 // system call, serves them all. Each socket is registered level-triggered
@@ -25,10 +25,10 @@ import (
 type parkSet struct {
 	mu sync.Mutex
 	epollSet
-	conns map[uint64]*h1Conn
-	first *h1Conn   // parked connections by idle deadline, earliest first
-	last  *h1Conn   // the latest deadline
-	due   time.Time // ep's read deadline
+	conns map[uint64]parkedConn
+	first parkedConn // parked connections by idle deadline, earliest first
+	last  parkedConn // the latest deadline
+	due   time.Time  // ep's read deadline
 }
 
 // parkLinks is what a parked connection carries for its parkSet.
@@ -36,18 +36,18 @@ type parkLinks struct {
 	token      uint64 // 0: not parked
 	sock       syscall.RawConn
 	deadline   time.Time
-	prev, next *h1Conn
+	prev, next parkedConn
 	stop       func() bool // the context.AfterFunc that closes it when its flow ends
 }
 
 func newParkSet() *parkSet {
-	return &parkSet{epollSet: epollSet{name: "parked connections"}, conns: make(map[uint64]*h1Conn)}
+	return &parkSet{epollSet: epollSet{name: "parked connections"}, conns: make(map[uint64]parkedConn)}
 }
 
 // add parks c, whose socket is sock, until its next byte, deadline (then
 // c is closed) or the end of its flow's context (closed too). It reports
 // false, and c stays the caller's, when the socket can't be watched.
-func (s *parkSet) add(c *h1Conn, sock syscall.RawConn, deadline time.Time) bool {
+func (s *parkSet) add(c parkedConn, sock syscall.RawConn, deadline time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ep == nil {
@@ -63,12 +63,12 @@ func (s *parkSet) add(c *h1Conn, sock syscall.RawConn, deadline time.Time) bool 
 	if !ok {
 		return false
 	}
-	pk := &c.pk
+	pk := c.links()
 	pk.token, pk.sock, pk.deadline = tok, sock, deadline
 	s.conns[tok] = c
 	s.insert(c)
 	// Registered under s.mu, so a wake that takes c back finds stop set.
-	pk.stop = context.AfterFunc(c.fl.ctx, func() {
+	pk.stop = context.AfterFunc(c.flowCtx(), func() {
 		if s.remove(c) {
 			c.closeParked()
 		}
@@ -78,35 +78,36 @@ func (s *parkSet) add(c *h1Conn, sock syscall.RawConn, deadline time.Time) bool 
 
 // insert links c into the deadline list, from the end: connections are
 // parked about in the order of their deadlines. Under s.mu.
-func (s *parkSet) insert(c *h1Conn) {
+func (s *parkSet) insert(c parkedConn) {
+	pk := c.links()
 	at := s.last
-	for at != nil && at.pk.deadline.After(c.pk.deadline) {
-		at = at.pk.prev
+	for at != nil && at.links().deadline.After(pk.deadline) {
+		at = at.links().prev
 	}
-	c.pk.prev = at
+	pk.prev = at
 	if at == nil {
-		c.pk.next, s.first = s.first, c
+		pk.next, s.first = s.first, c
 	} else {
-		c.pk.next, at.pk.next = at.pk.next, c
+		pk.next, at.links().next = at.links().next, c
 	}
-	if c.pk.next == nil {
+	if pk.next == nil {
 		s.last = c
 	} else {
-		c.pk.next.pk.prev = c
+		pk.next.links().prev = c
 	}
 	s.setDue()
 }
 
 // remove takes c out of the set; false if it was not in it (woken,
 // expired or closed by another path first). The caller then owns c.
-func (s *parkSet) remove(c *h1Conn) bool {
+func (s *parkSet) remove(c parkedConn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.removeLocked(c)
 }
 
-func (s *parkSet) removeLocked(c *h1Conn) bool {
-	pk := &c.pk
+func (s *parkSet) removeLocked(c parkedConn) bool {
+	pk := c.links()
 	if pk.token == 0 {
 		return false
 	}
@@ -115,12 +116,12 @@ func (s *parkSet) removeLocked(c *h1Conn) bool {
 	if pk.prev == nil {
 		s.first = pk.next
 	} else {
-		pk.prev.pk.next = pk.next
+		pk.prev.links().next = pk.next
 	}
 	if pk.next == nil {
 		s.last = pk.prev
 	} else {
-		pk.next.pk.prev = pk.prev
+		pk.next.links().prev = pk.prev
 	}
 	stop := pk.stop
 	*pk = parkLinks{}
@@ -136,7 +137,7 @@ func (s *parkSet) removeLocked(c *h1Conn) bool {
 func (s *parkSet) setDue() {
 	var due time.Time
 	if s.first != nil {
-		due = s.first.pk.deadline
+		due = s.first.links().deadline
 	} else {
 		due = time.Now().Add(h1AcceptIdle)
 	}
@@ -152,7 +153,7 @@ func (s *parkSet) setDue() {
 // h1AcceptIdle.
 func (s *parkSet) run(ep *os.File, rc syscall.RawConn) {
 	events := make([]unix.EpollEvent, 128)
-	var woken, expired []*h1Conn
+	var woken, expired []parkedConn
 	for {
 		n, err := epollWait(rc, events, s.name)
 		s.mu.Lock()
@@ -169,7 +170,7 @@ func (s *parkSet) run(ep *os.File, rc syscall.RawConn) {
 			s.closeLocked(ep)
 		default:
 			now := time.Now()
-			for s.first != nil && !s.first.pk.deadline.After(now) {
+			for s.first != nil && !s.first.links().deadline.After(now) {
 				c := s.first
 				s.removeLocked(c)
 				expired = append(expired, c)

@@ -31,7 +31,7 @@ func TestParkedConnectionReleasesTLSInput(t *testing.T) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for _, pc := range s.conns {
-			_, tc := socketOf(pc.Conn)
+			_, tc := socketOf(pc.(*h1Conn).Conn)
 			raw, input, hand := tlsInputOf(tc)
 			return raw.Cap() + int(input.Size()) + hand.Cap(), true
 		}

@@ -15,4 +15,4 @@ type parkLinks struct{}
 
 func newParkSet() *parkSet { return nil }
 
-func (s *parkSet) add(*h1Conn, syscall.RawConn, time.Time) bool { return false }
+func (s *parkSet) add(parkedConn, syscall.RawConn, time.Time) bool { return false }

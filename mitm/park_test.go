@@ -95,6 +95,18 @@ type parkedClient struct {
 
 func dialParked(t *testing.T, h *harness, ctx context.Context, up *upstream, explicit bool) *parkedClient {
 	t.Helper()
+	tc, w := dialProxyTLS(t, h, ctx, up, explicit, "http/1.1")
+	c := &parkedClient{Conn: tc, w: w}
+	c.br = bufio.NewReader(c.Conn)
+	c.get(t, "/first")
+	return c
+}
+
+// dialProxyTLS is a TLS client connection to the proxy for api.test,
+// offering ALPN proto: transparent (served by Handle under ctx) or
+// inside the explicit proxy's CONNECT. Its writes go through w.
+func dialProxyTLS(t *testing.T, h *harness, ctx context.Context, up *upstream, explicit bool, proto string) (*tls.Conn, *splitWriter) {
+	t.Helper()
 	var raw net.Conn
 	var err error
 	if explicit {
@@ -117,10 +129,7 @@ func dialParked(t *testing.T, h *harness, ctx context.Context, up *upstream, exp
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(h.ca.BundlePEM())
 	w := &splitWriter{Conn: raw}
-	c := &parkedClient{Conn: tls.Client(w, &tls.Config{ServerName: "api.test", RootCAs: pool, NextProtos: []string{"http/1.1"}}), w: w}
-	c.br = bufio.NewReader(c.Conn)
-	c.get(t, "/first")
-	return c
+	return tls.Client(w, &tls.Config{ServerName: "api.test", RootCAs: pool, NextProtos: []string{proto}}), w
 }
 
 // get sends a request and checks the upstream's answer.

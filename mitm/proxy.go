@@ -256,7 +256,7 @@ func New(cfg config.Proxy, deps Deps) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy.mcpStateFile: %w", err)
 	}
 	p.h1 = newH1Server(p)
-	p.h2.log = p.errLog
+	p.h2.log, p.h2.parked = p.errLog, p.h1.parked
 	p.newClientTLS()
 	p.groups = &groupSet{set: upstreams.NewSet(upstreams.NetProber{Dial: d.DialContext}, nil)}
 	p.upstreamGroups() // health checks start with the policy, not the first request

@@ -1,0 +1,347 @@
+package mitm
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/sluicehq/sluice/config"
+)
+
+// An HTTP/2 connection with no stream open is parked (h2park.go) and
+// woken by its client's next frame. Its state survives: the request
+// after each wake refers to the HPACK table entry (x-indexed) the first
+// one made, and the upstream gets its value. A PING wakes it too, and
+// the requests after are served on the same connection.
+func TestH2ParkedConnectionServesLaterRequests(t *testing.T) {
+	for _, explicit := range []bool{false, true} {
+		t.Run(map[bool]string{false: "transparent", true: "explicit"}[explicit], func(t *testing.T) {
+			h, up := h2ParkHarness(t)
+			c := dialH2Parked(t, h, context.Background(), up, explicit)
+			waitH2Parked(t, h, 1)
+			c.wantAnswer("/second", "200 GET /second x-indexed=1")
+			waitH2Parked(t, h, 1)
+			c.WritePing(false, [8]byte{1, 2, 3})
+			if got := c.next(); got != "PING ACK 0102030000000000" {
+				t.Fatalf("PING to the parked connection: %s", got)
+			}
+			waitH2Parked(t, h, 1)
+			// Two streams at once after the wake.
+			c.headers(c.last+2, true, h2ParkHead("/a")...)
+			c.headers(c.last+2, true, h2ParkHead("/b")...)
+			got := map[string]bool{}
+			for range 2 {
+				got[c.answer()] = true
+			}
+			if !got["200 GET /a x-indexed=1"] || !got["200 GET /b x-indexed=1"] {
+				t.Fatalf("two streams after the wake: %v", got)
+			}
+		})
+	}
+}
+
+// A parked HTTP/2 connection gets GOAWAY and is closed at the idle
+// timeout, counted from its last stream's end (a PING meanwhile does
+// not move it, as under x/net's server); its flow finishes (its
+// connection slot is free again) when its client closes it, and it is
+// closed when the proxy stops.
+func TestH2ParkedConnectionCloses(t *testing.T) {
+	t.Run("idle timeout", func(t *testing.T) {
+		idle := h1ParkAfter + 900*time.Millisecond
+		h, up := h2ParkHarness(t, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(idle) })
+		c := dialH2Parked(t, h, context.Background(), up, false)
+		start := time.Now()
+		waitH2Parked(t, h, 1)
+		time.Sleep(300 * time.Millisecond)
+		c.WritePing(false, [8]byte{7})
+		if got := c.next(); got != "PING ACK 0700000000000000" {
+			t.Fatalf("PING to the parked connection: %s", got)
+		}
+		if got := c.next(); got != "GOAWAY NO_ERROR last 1" {
+			t.Fatalf("idle connection: %s, want GOAWAY", got)
+		}
+		d := time.Since(start)
+		if got := c.next(); got != "closed" {
+			t.Fatalf("after GOAWAY: %s, want the connection closed", got)
+		}
+		if d < idle-200*time.Millisecond || d > idle+2*time.Second {
+			t.Fatalf("GOAWAY %v after the last stream ended, idle timeout %v", d, idle)
+		}
+	})
+	t.Run("client closes", func(t *testing.T) {
+		h, up := h2ParkHarness(t, func(c *config.Proxy, _ *Deps) { c.MaxConnections = 1 })
+		c := dialH2Parked(t, h, context.Background(), up, false)
+		waitH2Parked(t, h, 1)
+		c.nc.Close()
+		waitSlotsFree(t, h)
+		waitH2Parked(t, h, 0)
+	})
+	for _, explicit := range []bool{false, true} {
+		t.Run(map[bool]string{false: "transparent", true: "explicit"}[explicit]+"/shutdown", func(t *testing.T) {
+			h, up := h2ParkHarness(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			c := dialH2Parked(t, h, ctx, up, explicit)
+			waitH2Parked(t, h, 1)
+			if explicit {
+				h.stop() // ServeExplicit's context
+			} else {
+				cancel() // Handle's
+			}
+			// The flow's end closes the socket at once (Proxy.serve):
+			// a GOAWAY may or may not come before.
+			got := c.next()
+			if got == "GOAWAY NO_ERROR last 1" {
+				got = c.next()
+			}
+			if !strings.HasPrefix(got, "closed") {
+				t.Fatalf("parked connection at shutdown: %s, want it closed", got)
+			}
+			waitSlotsFree(t, h)
+		})
+	}
+}
+
+// Parked HTTP/2 connections hold no goroutine each, and each is served
+// again after.
+func TestH2ParkedConnectionsHoldNoGoroutine(t *testing.T) {
+	h, up := h2ParkHarness(t)
+	dialH2Parked(t, h, context.Background(), up, false).nc.Close() // warm up the upstream pool
+	waitH2Parked(t, h, 0)
+	time.Sleep(h1ParkAfter)
+	g0 := runtime.NumGoroutine()
+	const n = 40
+	conns := make([]*h2ParkClient, n)
+	for i := range conns {
+		conns[i] = dialH2Parked(t, h, context.Background(), up, false)
+	}
+	waitH2Parked(t, h, n)
+	time.Sleep(100 * time.Millisecond)
+	if g1 := runtime.NumGoroutine(); g1-g0 > 4 {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d parked connections: goroutines %d -> %d, want about the same\n%s", n, g0, g1, buf[:runtime.Stack(buf, true)])
+	}
+	for i, c := range conns {
+		path := fmt.Sprintf("/again/%d", i)
+		c.wantAnswer(path, "200 GET "+path+" x-indexed=1")
+	}
+}
+
+// As the attacker: a client that has begun a frame, or a TLS record,
+// when the connection would park does not lose it. The read loop is
+// only taken out of its wait between frames, and bytes still in
+// crypto/tls wait for the rest of their record. A stream still open
+// (a slow upstream) keeps the connection out of the set.
+func TestH2NotParkedMidFrame(t *testing.T) {
+	t.Run("frame begun", func(t *testing.T) {
+		h, up := h2ParkHarness(t)
+		c := dialH2Parked(t, h, context.Background(), up, false)
+		var frame bytes.Buffer
+		fr := http2.NewFramer(&frame, nil)
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: c.block(h2ParkHead("/split")...), EndStream: true, EndHeaders: true})
+		c.last = 3
+		b := frame.Bytes()
+		c.nc.Write(b[:5]) // part of the frame header
+		time.Sleep(h1ParkAfter + 400*time.Millisecond)
+		waitH2Parked(t, h, 0)
+		c.nc.Write(b[5:])
+		if got := c.answer(); got != "200 GET /split x-indexed=1" {
+			t.Fatalf("a frame sent in two parts around the park time: %s", got)
+		}
+	})
+	t.Run("TLS record begun", func(t *testing.T) {
+		h, up := h2ParkHarness(t)
+		c := dialH2Parked(t, h, context.Background(), up, false)
+		w := c.w
+		w.holding = true
+		c.headers(3, true, h2ParkHead("/record")...)
+		if len(w.held) < 20 {
+			t.Fatalf("HEADERS record of %d bytes", len(w.held))
+		}
+		w.send(t, 10) // the record's header and a little
+		time.Sleep(h1ParkAfter + 400*time.Millisecond)
+		w.holding = false
+		w.send(t, len(w.held))
+		if got := c.answer(); got != "200 GET /record x-indexed=1" {
+			t.Fatalf("a TLS record sent in two parts around the park time: %s", got)
+		}
+	})
+	t.Run("stream open", func(t *testing.T) {
+		h, up := h2ParkHarness(t)
+		c := dialH2Parked(t, h, context.Background(), up, false)
+		c.headers(3, true, h2ParkHead("/slow")...)
+		time.Sleep(h1ParkAfter + 300*time.Millisecond)
+		if n := h2ParkedCount(h); n != 0 {
+			t.Fatalf("%d connections parked while a stream is open", n)
+		}
+		if got := c.answer(); got != "200 GET /slow x-indexed=1" {
+			t.Fatalf("slow answer: %s", got)
+		}
+	})
+}
+
+// h2ParkHarness is a proxy and a TLS upstream answering "METHOD PATH
+// x-indexed=VALUE", slowly for /slow.
+func h2ParkHarness(t *testing.T, opts ...harnessOpt) (*harness, *upstream) {
+	tca := newTestCA(t, "upstream test CA")
+	up := startUpstream(t, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(h1ParkAfter + 600*time.Millisecond)
+		}
+		fmt.Fprintf(w, "%s %s x-indexed=%s", r.Method, r.URL.Path, r.Header.Get("x-indexed"))
+	}))
+	return newHarness(t, tca, nil, opts...), up
+}
+
+// h2ParkClient is a decrypted HTTP/2 client connection to the proxy,
+// its frames read by the test, its writes through w.
+type h2ParkClient struct {
+	*h2sRaw
+	w *splitWriter
+}
+
+// dialH2Parked is an HTTP/2 client connection to the proxy (transparent
+// or inside CONNECT) after one GET: about to be parked.
+func dialH2Parked(t *testing.T, h *harness, ctx context.Context, up *upstream, explicit bool) *h2ParkClient {
+	t.Helper()
+	tc, w := dialProxyTLS(t, h, ctx, up, explicit, "h2")
+	c := &h2ParkClient{h2sRaw: h2sRawOn(t, tc), w: w}
+	c.nc.SetDeadline(time.Now().Add(15 * time.Second))
+	c.handshake()
+	c.wantAnswer("/first", "200 GET /first x-indexed=1")
+	return c
+}
+
+// h2ParkHead is a GET head for https://api.test/path ending in
+// x-indexed, which goes into the HPACK table (h2sHead).
+func h2ParkHead(path string) []string {
+	return h2sHead(":scheme", "https", ":authority", "api.test", ":path", path)
+}
+
+// wantAnswer GETs path on the next stream and checks its answer.
+func (c *h2ParkClient) wantAnswer(path, want string) {
+	c.t.Helper()
+	id := c.last + 2
+	if c.last == 0 {
+		id = 1
+	}
+	c.headers(id, true, h2ParkHead(path)...)
+	if got := c.answer(); got != want {
+		c.t.Fatalf("GET %s: %s, want %s", path, got, want)
+	}
+}
+
+// answer reads frames up to the end of a response: "STATUS BODY"; or
+// what else ended the wait (next).
+func (c *h2ParkClient) answer() string {
+	c.t.Helper()
+	status := map[uint32]string{}
+	body := map[uint32][]byte{}
+	for {
+		f, err := c.ReadFrame()
+		if err != nil {
+			return "closed: " + err.Error()
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			status[f.StreamID] = f.PseudoValue("status")
+			if f.StreamEnded() {
+				return status[f.StreamID]
+			}
+		case *http2.DataFrame:
+			body[f.StreamID] = append(body[f.StreamID], f.Data()...)
+			if f.StreamEnded() {
+				return status[f.StreamID] + " " + string(body[f.StreamID])
+			}
+		default:
+			if got := c.describe(f); got != "" {
+				return got
+			}
+		}
+	}
+}
+
+// next reads frames up to one a test waits for: "PING ACK DATA",
+// "GOAWAY CODE last ID", "RST_STREAM CODE", or "closed" at the end of
+// the connection.
+func (c *h2ParkClient) next() string {
+	c.t.Helper()
+	for {
+		f, err := c.ReadFrame()
+		if err != nil {
+			if err == io.EOF {
+				return "closed"
+			}
+			return "closed: " + err.Error()
+		}
+		if got := c.describe(f); got != "" {
+			return got
+		}
+	}
+}
+
+func (c *h2ParkClient) describe(f http2.Frame) string {
+	switch f := f.(type) {
+	case *http2.PingFrame:
+		if f.IsAck() {
+			return fmt.Sprintf("PING ACK %x", f.Data)
+		}
+	case *http2.GoAwayFrame:
+		return fmt.Sprintf("GOAWAY %v last %d", f.ErrCode, f.LastStreamID)
+	case *http2.RSTStreamFrame:
+		return "RST_STREAM " + f.ErrCode.String()
+	case *http2.SettingsFrame:
+		if !f.IsAck() {
+			c.WriteSettingsAck()
+		}
+	}
+	return ""
+}
+
+// h2ParkedCount is the number of HTTP/2 connections in the proxy's
+// parkSet.
+func h2ParkedCount(h *harness) int {
+	s := h.p.h2.parked
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, pc := range s.conns {
+		if _, ok := pc.(*h2SrvConn); ok {
+			n++
+		}
+	}
+	return n
+}
+
+// waitH2Parked waits (5s at most) until n HTTP/2 connections are parked.
+func waitH2Parked(t *testing.T, h *harness, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); h2ParkedCount(h) != n; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d HTTP/2 connections parked after 5s, want %d", h2ParkedCount(h), n)
+		}
+	}
+}
+
+// waitSlotsFree waits (5s at most) until every connection slot is free:
+// the flows finished.
+func waitSlotsFree(t *testing.T, h *harness) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		n := len(h.p.slots.all)
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connection slots still held after 5s", n)
+		}
+	}
+}
