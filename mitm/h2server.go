@@ -136,7 +136,7 @@ func (s *h2Server) serveConn(ctx context.Context, nc net.Conn, h http.Handler, f
 		sendWindow: 65535, initWindow: 65535, maxFrame: 16 << 10,
 		recvWindow: h2SrvConnWindow,
 		ctx:        ctx, fl: fl,
-		noPark:     s.parked == nil || fl == nil || s.idleTimeout <= h1ParkAfter,
+		noPark: s.parked == nil || fl == nil || s.idleTimeout <= h1ParkAfter,
 	}
 	c.cond.L = &c.mu
 	if cs, ok := nc.(interface{ ConnectionState() tls.ConnectionState }); ok {
