@@ -142,11 +142,15 @@ func benchmarkIdle(b *testing.B, name string, open func() net.Conn) {
 	time.Sleep(100 * time.Millisecond)
 }
 
-// BenchmarkIdleConnH2 is BenchmarkIdleConn for HTTP/2 (transparent): b.N
-// idle decrypted HTTP/2 connections, one request each, through the
-// HTTP/2 server. The client is a bare Framer on a tls.Conn (its part is
-// counted too: an upper bound).
+// BenchmarkIdleConnH2 is BenchmarkIdleConn for HTTP/2: b.N idle
+// decrypted HTTP/2 connections, one request each, through the HTTP/2
+// server, transparent and inside the explicit proxy's CONNECT. The
+// client is a bare Framer on a tls.Conn (its part is counted too: an
+// upper bound).
 func BenchmarkIdleConnH2(b *testing.B) {
+	if os.Getenv("SLUICE_IDLE_HEAPPROFILE") != "" {
+		runtime.MemProfileRate = 1
+	}
 	tca := newTestCA(b, "upstream test CA")
 	up := startUpstream(b, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
@@ -156,32 +160,47 @@ func BenchmarkIdleConnH2(b *testing.B) {
 	pool.AppendCertsFromPEM(h.ca.BundlePEM())
 	addr := serveTransparent(b, h, context.Background(), -1, Destination{Addr: up.addr}, workload.Identity{PID: 1, Comm: "idle"})
 	cfg := &tls.Config{RootCAs: pool, ServerName: "api.test", NextProtos: []string{"h2"}}
-	benchmarkIdle(b, "transparent-h2", func() net.Conn {
-		raw, err := net.Dial("tcp", addr)
+	for _, mode := range []struct {
+		name string
+		dial func() (net.Conn, error)
+	}{
+		{"transparent", func() (net.Conn, error) { return net.Dial("tcp", addr) }},
+		{"explicit", func() (net.Conn, error) { return idleDialConnect(h.url.Host, up.addr.String()) }},
+	} {
+		b.Run(mode.name, func(b *testing.B) {
+			benchmarkIdle(b, mode.name+"-h2", func() net.Conn {
+				raw, err := mode.dial()
+				if err != nil {
+					b.Fatal(err)
+				}
+				return idleGetH2(b, tls.Client(raw, cfg))
+			})
+		})
+	}
+}
+
+// idleGetH2 sends one GET over HTTP/2 on c and reads its answer, and
+// returns c, left open and idle.
+func idleGetH2(b *testing.B, c *tls.Conn) net.Conn {
+	io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "api.test"}, {":path", "/"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+	for {
+		f, err := fr.ReadFrame()
 		if err != nil {
 			b.Fatal(err)
 		}
-		c := tls.Client(raw, cfg)
-		io.WriteString(c, http2.ClientPreface)
-		fr := http2.NewFramer(c, c)
-		fr.WriteSettings()
-		var hb bytes.Buffer
-		enc := hpack.NewEncoder(&hb)
-		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "api.test"}, {":path", "/"}} {
-			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
+			fr.WriteSettingsAck()
 		}
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				b.Fatal(err)
-			}
-			if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
-				fr.WriteSettingsAck()
-			}
-			if d, ok := f.(*http2.DataFrame); ok && d.StreamEnded() {
-				return c
-			}
+		if d, ok := f.(*http2.DataFrame); ok && d.StreamEnded() {
+			return c
 		}
-	})
+	}
 }

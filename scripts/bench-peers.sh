@@ -19,7 +19,7 @@
 #   close; with dumpcap and tshark also the share of those handshakes
 #   that resumed a session and that were TLS 1.3), h2 req/s (h2load), one
 #   large download in MB/s (curl), KiB of proxy memory per idle TLS
-#   connection, and h1 at 32 connections through the explicit proxy (a Go
+#   connection (HTTP/1.1, and HTTP/2: idle-h2), and h1 at 32 connections through the explicit proxy (a Go
 #   client: wrk and h2load cannot use a proxy).
 # Every figure is also printed as a ratio to nginx's figure of the same run.
 #
@@ -28,7 +28,7 @@
 # measurement (5), BENCH_CONNS ("8 32 64 256 512"), BENCH_STREAM_MB (1024),
 # BENCH_IDLE connections (10000, lowered to what RLIMIT_NOFILE's hard limit
 # lets Sluice hold: two descriptors per connection and 1024 spare),
-# BENCH_TESTS (all of: h1 newconn h2 stream idle explicit; and soak, which
+# BENCH_TESTS (all of: h1 newconn h2 stream idle idle-h2 explicit; and soak, which
 # only runs when named), BIN (bin/sluice).
 # soak: Sluice transparent under the Go client at half the peak rate that
 # client reaches through it (measured first, BENCH_DURATION seconds), for
@@ -88,7 +88,7 @@ rounds=${BENCH_ROUNDS:-3}
 dur=${BENCH_DURATION:-5}
 conns=${BENCH_CONNS:-"8 32 64 256 512"}
 stream_mb=${BENCH_STREAM_MB:-1024}
-tests=${BENCH_TESTS:-"h1 newconn h2 stream idle explicit"}
+tests=${BENCH_TESTS:-"h1 newconn h2 stream idle idle-h2 explicit"}
 bin=$(realpath -m "${BIN:-bin/sluice}")
 base_bin=${BENCH_BASE:-}
 tmodes=transparent
@@ -457,28 +457,29 @@ stream_run() { # mode
   record "stream/${stream_mb}MB" "$mode" MB_per_s "$(awk '/^STREAM/{printf "%.0f", $2/1048576/$3}' <<<"$out")"
 }
 
-idle_run() { # mode; nginx and explicit get a fresh process each time:
+idle_run() { # mode [-h2]; nginx and explicit get a fresh process each time:
   # memory a long-lived one freed after earlier tests would hide the growth
-  local mode=$1 out port=$((ng_port + 500)) p
+  local mode=$1 h2=${2:-} out port=$((ng_port + 500)) p name=idle
+  [ -n "$h2" ] && name=idle-h2
   case $mode in
     nginx)
       start_nginx "$port"; p=$started_pid; wait_port 127.0.0.1 "$port"
       out=$(timeout 180 "$work/benchpeers" idle -addr "127.0.0.1:$port" -sni api.bench.test -ca "$work/ca.pem" \
-        -n "$idle_n" -pids "$(proc_pids "$p" | paste -sd,)") || true
+        -n "$idle_n" $h2 -pids "$(proc_pids "$p" | paste -sd,)") || true
       stop_pid "$p" ;;
     explicit)
       start_explicit "$port"; p=$started_pid; wait_port 127.0.0.1 "$port"
       out=$(timeout 180 "$work/benchpeers" idle -addr "$up_ip:$up_port" -proxy "127.0.0.1:$port" -sni "$up_ip" \
-        -ca "$sluice_ca" -n "$idle_n" -pids "$p") || true
+        -ca "$sluice_ca" -n "$idle_n" $h2 -pids "$p") || true
       stop_pid "$p" ;;
     transparent | base)
       local b=$bin
       [ "$mode" = base ] && b=$base_bin
       out=$(timeout 240 "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
-        -- "$work/benchpeers" idle -addr "$up_ip:$up_port" -sni "$up_ip" -ca "$sluice_ca" -n "$idle_n" -pids ppid) || true ;;
+        -- "$work/benchpeers" idle -addr "$up_ip:$up_port" -sni "$up_ip" -ca "$sluice_ca" -n "$idle_n" $h2 -pids ppid) || true ;;
   esac
-  grep -q '^idle ' <<<"$out" || { echo "idle $mode failed: $out" >&2; return 0; }
-  record "idle/n$idle_n" "$mode" KiB_per_conn "$(awk '/^idle /{print $8}' <<<"$out")"
+  grep -q '^idle ' <<<"$out" || { echo "$name $mode failed: $out" >&2; return 0; }
+  record "$name/n$idle_n" "$mode" KiB_per_conn "$(awk '/^idle /{print $8}' <<<"$out")"
 }
 
 explicit_run() { # mode: h1 keep-alive at 32 connections with the Go client
@@ -571,6 +572,9 @@ for r in $(seq "$rounds"); do
   fi
   if has idle; then
     for m in nginx $tmodes explicit; do idle_run "$m"; done
+  fi
+  if has idle-h2; then
+    for m in nginx $tmodes explicit; do idle_run "$m" -h2; done
   fi
 done
 if has soak; then soak_run; fi

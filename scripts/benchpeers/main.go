@@ -28,6 +28,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 func main() {
@@ -232,6 +234,7 @@ func idle(args []string) error {
 	pidList := fs.String("pids", "ppid", "comma-separated pids to measure, or ppid")
 	settle := fs.Duration("settle", 3*time.Second, "wait before measuring")
 	limit := fs.Duration("timeout", 120*time.Second, "give up after")
+	h2 := fs.Bool("h2", false, "speak HTTP/2 (one GET per connection) instead of HTTP/1.1")
 	snapDir := fs.String("snapshot", "", "after measuring, write each pid's /proc status and smaps_rollup to this directory")
 	pprofAddr := fs.String("pprof", "", "with -snapshot: also the heap profile (its MemStats) and goroutines of a pprof build's SLUICE_PPROF listener at this host:port")
 	fs.Parse(args)
@@ -253,6 +256,9 @@ func idle(args []string) error {
 	tc, err := clientTLS(*ca, *sni)
 	if err != nil {
 		return err
+	}
+	if *h2 {
+		tc.NextProtos = []string{"h2"}
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer cancel()
@@ -281,7 +287,7 @@ func idle(args []string) error {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			c, err := dialOne(ctx, *target, *proxy, tc, req)
+			c, err := dialOne(ctx, *target, *proxy, tc, req, *h2)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -365,7 +371,7 @@ func snapshot(dir string, pids []int, pprofAddr string) error {
 
 // dialOne opens one TLS connection, sends req and reads the answer's head
 // and small body.
-func dialOne(ctx context.Context, target, proxy string, tc *tls.Config, req string) (net.Conn, error) {
+func dialOne(ctx context.Context, target, proxy string, tc *tls.Config, req string, h2 bool) (net.Conn, error) {
 	d := net.Dialer{Timeout: 10 * time.Second}
 	addr := target
 	if proxy != "" {
@@ -390,14 +396,33 @@ func dialOne(ctx context.Context, target, proxy string, tc *tls.Config, req stri
 		raw.Close()
 		return nil, fmt.Errorf("handshake with %s: %w", target, err)
 	}
-	if _, err := io.WriteString(c, req); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("write request: %w", err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("read response: %w", err)
+	var resp *http.Response
+	if h2 {
+		if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
+			c.Close()
+			return nil, fmt.Errorf("%s negotiated %q, not h2", target, p)
+		}
+		// x/net's client: its read loop stays, in this process (not
+		// measured); it sends nothing while idle.
+		cc, err := (&http2.Transport{}).NewClientConn(c)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("start HTTP/2: %w", err)
+		}
+		r, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+tc.ServerName+"/", nil)
+		if resp, err = cc.RoundTrip(r); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("HTTP/2 request: %w", err)
+		}
+	} else {
+		if _, err := io.WriteString(c, req); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("write request: %w", err)
+		}
+		if resp, err = http.ReadResponse(bufio.NewReader(c), nil); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("read response: %w", err)
+		}
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
