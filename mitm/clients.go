@@ -199,7 +199,7 @@ func (clientStage) Request(x *Exchange) *Answer {
 	if g.users == nil {
 		return nil
 	}
-	user, why := g.authenticate(x.Req.Header.Get("Proxy-Authorization"))
+	user, why := g.authenticate(headerGet(x.Req.Header, "Proxy-Authorization"))
 	x.Req.Header.Del("Proxy-Authorization")
 	if why == "" && f.id.Namespace == workload.ProxyNamespace && f.id.Pod != user {
 		why = audit.ReasonProxyAuthInvalid // one user per connection

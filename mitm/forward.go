@@ -606,9 +606,9 @@ func findCut(err error) *Cut {
 // trailers-only answer) into the record, so a failed call does not look
 // like its HTTP 200.
 func grpcStatus(rec *audit.Record, h http.Header) {
-	if v := h.Get("Grpc-Status"); v != "" {
+	if v := headerGet(h, "Grpc-Status"); v != "" {
 		rec.GRPCStatus = v
-		rec.GRPCMessage = h.Get("Grpc-Message")
+		rec.GRPCMessage = headerGet(h, "Grpc-Message")
 	}
 }
 

@@ -956,7 +956,7 @@ func (w *fastResponse) WriteHeader(code int) {
 	}
 	w.wroteHeader = true
 	w.status = code
-	if cl := w.h.Get("Content-Length"); cl != "" {
+	if cl := headerGet(w.h, "Content-Length"); cl != "" {
 		if v, err := strconv.ParseInt(cl, 10, 64); err == nil && v >= 0 {
 			w.cl = v
 		} else {
@@ -1044,7 +1044,7 @@ func (w *fastResponse) writeHead(p []byte) {
 			break
 		}
 	}
-	te := h.Get("Transfer-Encoding")
+	te := headerGet(h, "Transfer-Encoding")
 	hasTE := te != ""
 	extraCL := false // a Content-Length field of w.cl goes out
 	if w.done && !trailers && !hasTE && w.bodyAllowed() && len(h["Content-Length"]) == 0 && (!isHEAD || len(p) > 0) {
@@ -1052,7 +1052,7 @@ func (w *fastResponse) writeHead(p []byte) {
 		extraCL = true
 	}
 	hasCL := w.cl != -1
-	saysClose := hasToken(h.Get("Connection"), "close")
+	saysClose := hasToken(headerGet(h, "Connection"), "close")
 	if saysClose {
 		w.closeAfter = true
 	}
@@ -1061,7 +1061,7 @@ func (w *fastResponse) writeHead(p []byte) {
 	contentType := ""
 	if w.bodyAllowed() {
 		_, haveType := h["Content-Type"]
-		if h.Get("Content-Encoding") == "" && !haveType && !hasTE && len(p) > 0 {
+		if headerGet(h, "Content-Encoding") == "" && !haveType && !hasTE && len(p) > 0 {
 			contentType = http.DetectContentType(p)
 		}
 	} else {

@@ -472,7 +472,7 @@ func (st *h2SrvStream) encodeHead(sniff []byte) ([]byte, bool) {
 		case "Content-Length":
 			return true
 		case "Connection":
-			closeConn = closeConn || hasToken(h.Get("Connection"), "close")
+			closeConn = closeConn || hasToken(headerGet(h, "Connection"), "close")
 			return true
 		}
 		return slices.Contains(announced, k)
@@ -480,7 +480,7 @@ func (st *h2SrvStream) encodeHead(sniff []byte) ([]byte, bool) {
 	if cl >= 0 && (allowed || st.status == http.StatusNotModified) { // a 304's is the representation's
 		_ = c.henc.WriteField(hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(cl, 10)})
 	}
-	if allowed && len(sniff) > 0 && len(h["Content-Type"]) == 0 && h.Get("Content-Encoding") == "" {
+	if allowed && len(sniff) > 0 && len(h["Content-Type"]) == 0 && headerGet(h, "Content-Encoding") == "" {
 		if _, set := h["Content-Type"]; !set {
 			_ = c.henc.WriteField(hpack.HeaderField{Name: "content-type", Value: http.DetectContentType(sniff)})
 		}

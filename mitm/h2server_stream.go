@@ -256,7 +256,7 @@ func (c *h2SrvConn) newStream(f *http2.MetaHeadersFrame) (*h2SrvStream, error) {
 	if bodyOpen {
 		st.ready = make(chan struct{}, 1)
 		req.Body = &st.body
-		if hasToken(h.Get("Expect"), "100-continue") {
+		if hasToken(headerGet(h, "Expect"), "100-continue") {
 			st.needsContinue.Store(true) // the field stays: the size stage answers such a body 417
 		}
 	}

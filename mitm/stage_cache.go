@@ -62,7 +62,7 @@ func (cacheStage) Request(x *Exchange) *Answer {
 	r := x.Req
 	c := &cacheLookup{rule: rule, key: cacheKey(x, rule), sent: time.Now(), clientCond: conditional(r.Header)}
 	x.cache = c
-	if (r.Method != http.MethodGet && r.Method != http.MethodHead) || r.Header.Get("Range") != "" || cache.ParseDirectives(r.Header).NoStore {
+	if (r.Method != http.MethodGet && r.Method != http.MethodHead) || headerGet(r.Header, "Range") != "" || cache.ParseDirectives(r.Header).NoStore {
 		c.set(x, cacheBypass)
 		return nil
 	}

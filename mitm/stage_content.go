@@ -83,7 +83,7 @@ func (contentStage) Request(x *Exchange) *Answer {
 	if !in.Inspects(policy.InBody) || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return nil
 	}
-	enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding")))
+	enc := strings.ToLower(strings.TrimSpace(headerGet(r.Header, "Content-Encoding")))
 	switch enc {
 	case "", "identity":
 	case "gzip", "x-gzip", "deflate", "br", "zstd":

@@ -75,16 +75,16 @@ func (m *mcpRequest) listID() json.RawMessage {
 func (mcpStage) Request(x *Exchange) *Answer {
 	r, rec := x.Req, x.Record
 	h := r.Header
-	rec.MCPSession, rec.MCPProtocol = h.Get(mcp.HeaderSession), h.Get(mcp.HeaderProtocol)
-	looks := rec.MCPSession != "" || rec.MCPProtocol != "" || h.Get(mcp.HeaderMethod) != ""
+	rec.MCPSession, rec.MCPProtocol = headerGet(h, mcp.HeaderSession), headerGet(h, mcp.HeaderProtocol)
+	looks := rec.MCPSession != "" || rec.MCPProtocol != "" || headerGet(h, mcp.HeaderMethod) != ""
 	p := x.f.p
 	if r.Method != http.MethodPost {
-		if r.Method == http.MethodGet && strings.Contains(h.Get("Accept"), "text/event-stream") {
+		if r.Method == http.MethodGet && strings.Contains(headerGet(h, "Accept"), "text/event-stream") {
 			x.mcp = &mcpRequest{stream: true} // its events are watched as they stream (Response)
 		}
 		return nil // DELETEs carry the session, recorded above
 	}
-	looks = looks || strings.Contains(h.Get("Accept"), "text/event-stream")
+	looks = looks || strings.Contains(headerGet(h, "Accept"), "text/event-stream")
 	var sess *mcpSession
 	if p.mcpSessions.active() {
 		sess = p.mcpSessions.get(mcpSessionKey(x.Workload().Name(), rec.Host, r.URL.RequestURI()))
@@ -95,7 +95,7 @@ func (mcpStage) Request(x *Exchange) *Answer {
 			rec.MCPSession = sess.id
 		}
 	}
-	if !isJSON(h.Get("Content-Type")) || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+	if !isJSON(headerGet(h, "Content-Type")) || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		if looks {
 			x.mcp = &mcpRequest{unparsed: true, session: sess}
 			rec.Error = "no JSON body"
@@ -261,7 +261,7 @@ func (mcpStage) Response(x *Exchange, resp *http.Response) *Answer {
 		return nil
 	}
 	rec := x.Record
-	if sid := resp.Header.Get(mcp.HeaderSession); sid != "" && rec.MCPSession == "" {
+	if sid := headerGet(resp.Header, mcp.HeaderSession); sid != "" && rec.MCPSession == "" {
 		rec.MCPSession = sid // the session the initialize answer assigns
 	}
 	if len(m.msgs) == 0 && !m.stream {
@@ -271,7 +271,7 @@ func (mcpStage) Response(x *Exchange, resp *http.Response) *Answer {
 	if w.listID != nil || m.stream {
 		w.keep = x.toolKeeper()
 	}
-	mt := mediaType(resp.Header.Get("Content-Type"))
+	mt := mediaType(headerGet(resp.Header, "Content-Type"))
 	limit := int(x.f.p.cfg.MCPMaxMessageBytes)
 	switch {
 	case mt == "text/event-stream":

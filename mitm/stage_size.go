@@ -31,7 +31,7 @@ func (sizeStage) Request(x *Exchange) *Answer {
 	}
 	if r := x.Req; r.ContentLength > limit {
 		code := http.StatusRequestEntityTooLarge
-		if strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+		if strings.EqualFold(headerGet(r.Header, "Expect"), "100-continue") {
 			code = http.StatusExpectationFailed
 		}
 		return &Answer{Status: code, Decision: audit.DecisionDeny, Rule: rule, Reason: audit.ReasonRequestTooLarge, Close: true,
