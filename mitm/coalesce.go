@@ -202,6 +202,14 @@ func (c *coalescingConn) SetDeadline(t time.Time) error {
 
 // Close closes at once when nothing is held, else leaves the close to
 // the writer once the held bytes are out (or closeLinger passed).
+// quiet reports whether the conn holds nothing unwritten and no write
+// is under way.
+func (c *coalescingConn) quiet() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.writing && len(c.buf) == 0
+}
+
 // flushed waits until the conn's writer has written what it held, or
 // failed: after Close, within closeLinger.
 func (c *coalescingConn) flushed() {

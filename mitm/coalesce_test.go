@@ -225,3 +225,37 @@ func TestCoalesceBufRecycleAllocs(t *testing.T) {
 		t.Errorf("a buffer from the pool and back: %v allocations, want 0", n)
 	}
 }
+
+// A coalescing conn is quiet only when it holds nothing unwritten and no
+// write is under way: a peer that stops reading leaves it not quiet (an
+// HTTP/2 connection is not parked then, h2SrvConn.canParkLocked), and it
+// turns quiet once the peer has read everything.
+func TestCoalescingQuietWhileWriteBlocked(t *testing.T) {
+	client, server := tcpPair(t)
+	cc := coalesce(server).(*coalescingConn)
+	if !cc.quiet() {
+		t.Fatal("a new conn is not quiet")
+	}
+	const total = 32 << 20
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		chunk := make([]byte, 16<<10)
+		for n := 0; n < total; n += len(chunk) {
+			if _, err := cc.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(300 * time.Millisecond) // the peer reads nothing: the writer blocks
+	if cc.quiet() {
+		t.Fatal("quiet while the peer reads nothing and 32 MiB wait")
+	}
+	n, _ := io.CopyN(io.Discard, client, total)
+	<-done
+	for deadline := time.Now().Add(5 * time.Second); !cc.quiet(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not quiet 5s after the peer read %d bytes", n)
+		}
+	}
+}

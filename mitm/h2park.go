@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/sluicehq/sluice/audit"
 )
@@ -41,13 +42,24 @@ const (
 // errH2Park ends the read loop of a connection that parks.
 var errH2Park = errors.New("HTTP/2 connection parks")
 
+// hpackUnpin is an HPACK block of one indexed field of the static table
+// (:method GET).
+var hpackUnpin = [1]byte{0x82}
+
 func (c *h2SrvConn) links() *parkLinks        { return &c.pk }
 func (c *h2SrvConn) flowCtx() context.Context { return c.ctx }
 
 // canParkLocked reports whether the idle timer may park c now: parking
-// is on for it and no stream or handler is left; c.mu held.
+// is on for it, no stream or handler is left, and nothing is still
+// being written (a client that stops reading leaves a write blocked:
+// that connection is not parked, and the idle timeout's close ends the
+// write within closeLinger); c.mu held.
 func (c *h2SrvConn) canParkLocked() bool {
-	return !c.noPark && len(c.streams) == 0 && c.running == 0 && len(c.queue) == 0 && !c.goAway && !c.closed
+	if c.noPark || len(c.streams) > 0 || c.running > 0 || len(c.queue) > 0 || c.goAway || c.closed {
+		return false
+	}
+	cc, ok := c.conn.(interface{ quiet() bool })
+	return !ok || cc.quiet()
 }
 
 // awaitFrame waits for the next frame's first byte; errH2Park when the
@@ -129,6 +141,13 @@ func (c *h2SrvConn) drop() {
 	c.fr = c.newFramer(nil) // not read until take
 	c.hbuf = bytes.Buffer{}
 	c.unlockW()
+	// The HPACK decoder keeps a slice of the last block it decoded, in
+	// the old Framer's read buffer (as large as the largest frame read,
+	// up to 1 MiB): a block of its own takes its place, one field of the
+	// static table, which leaves the dynamic table as it was.
+	c.hdec.SetEmitFunc(func(hpack.HeaderField) {})
+	_, _ = c.hdec.Write(hpackUnpin[:])
+	_ = c.hdec.Close()
 	c.br.Reset(nil)
 	fastReaders.Put(c.br)
 	c.br = nil
@@ -165,7 +184,6 @@ func (c *h2SrvConn) resume() {
 // closeParked says GOAWAY to a parked connection and closes it: its
 // idle deadline passed, or its flow ended.
 func (c *h2SrvConn) closeParked() {
-	println("closeParked")
 	c.mu.Lock()
 	c.parked = false
 	c.mu.Unlock()

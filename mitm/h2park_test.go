@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -189,12 +190,16 @@ func TestH2NotParkedMidFrame(t *testing.T) {
 }
 
 // h2ParkHarness is a proxy and a TLS upstream answering "METHOD PATH
-// x-indexed=VALUE", slowly for /slow.
+// x-indexed=VALUE", slowly for /slow, and 256 KiB for /big.
 func h2ParkHarness(t *testing.T, opts ...harnessOpt) (*harness, *upstream) {
 	tca := newTestCA(t, "upstream test CA")
 	up := startUpstream(t, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
+		switch r.URL.Path {
+		case "/slow":
 			time.Sleep(h1ParkAfter + 600*time.Millisecond)
+		case "/big":
+			w.Write(make([]byte, 256<<10))
+			return
 		}
 		fmt.Fprintf(w, "%s %s x-indexed=%s", r.Method, r.URL.Path, r.Header.Get("x-indexed"))
 	}))
@@ -260,6 +265,10 @@ func (c *h2ParkClient) answer() string {
 			body[f.StreamID] = append(body[f.StreamID], f.Data()...)
 			if f.StreamEnded() {
 				return status[f.StreamID] + " " + string(body[f.StreamID])
+			}
+		case *http2.RSTStreamFrame:
+			if f.ErrCode != http2.ErrCodeNo { // NO_ERROR: after an answer, the rest of its request's body is not wanted
+				return c.describe(f)
 			}
 		default:
 			if got := c.describe(f); got != "" {
@@ -344,4 +353,68 @@ func waitSlotsFree(t *testing.T, h *harness) {
 			t.Fatalf("%d connection slots still held after 5s", n)
 		}
 	}
+}
+
+// A parked connection lets go of its Framer's read buffer, as large as
+// the largest frame the client sent (here 512 KiB of a request body):
+// the HPACK decoder, which it keeps, held a slice into it (its last
+// block) until drop gave it a block of its own.
+func TestH2ParkedConnectionKeepsNoReadBuffer(t *testing.T) {
+	h, up := h2ParkHarness(t)
+	c := dialH2Parked(t, h, context.Background(), up, false)
+	c.headers(3, false, h2sHead(":method", "POST", ":scheme", "https", ":authority", "api.test", ":path", "/up")...)
+	c.WriteData(3, true, make([]byte, 512<<10))
+	if got := c.answer(); got != "200 POST /up x-indexed=1" {
+		t.Fatalf("POST: %s", got)
+	}
+	c.wantAnswer("/after", "200 GET /after x-indexed=1") // its head is decoded from the large buffer
+	waitH2Parked(t, h, 1)
+	s := h.p.h2.parked
+	s.mu.Lock()
+	var held int
+	for _, pc := range s.conns {
+		if hc, ok := pc.(*h2SrvConn); ok {
+			buf := reflect.ValueOf(hc.hdec).Elem().FieldByName("buf")
+			if !buf.IsValid() {
+				s.mu.Unlock()
+				t.Fatal("hpack.Decoder has no field buf: see what h2SrvConn.drop unpins")
+			}
+			held = buf.Cap()
+		}
+	}
+	s.mu.Unlock()
+	if held > 64 {
+		t.Fatalf("the parked connection's HPACK decoder holds a slice of %d bytes, want none of the read buffer", held)
+	}
+	c.wantAnswer("/again", "200 GET /again x-indexed=1")
+}
+
+// As the attacker: a client that opens its windows, asks for 16 MiB and
+// stops reading leaves the proxy's writes blocked. Its connection is
+// never parked meanwhile, and it ends (the stalled writes fail after
+// idleTimeout) and its flow finishes. (The rule that keeps a connection
+// whose streams are done but whose write is still blocked out of the
+// set, canParkLocked, is TestCoalescingQuietWhileWriteBlocked's
+// coalescingConn.quiet.)
+func TestH2NotParkedWhileWriteBlocked(t *testing.T) {
+	idle := 1500 * time.Millisecond
+	h, up := h2ParkHarness(t, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(idle) })
+	tc, _ := dialProxyTLS(t, h, context.Background(), up, false, "h2")
+	c := h2sRawOn(t, tc)
+	c.nc.SetDeadline(time.Now().Add(30 * time.Second))
+	c.stall() // windows open, and it never reads again
+	for i := range 64 {
+		c.headers(uint32(2*i+1), true, h2ParkHead("/big")...)
+	}
+	start := time.Now()
+	for time.Since(start) < idle+closeLinger+3*time.Second {
+		if n := h2ParkedCount(h); n != 0 {
+			t.Fatalf("parked while its writes were blocked (after %v)", time.Since(start))
+		}
+		if len(h.p.slots.all) == 0 {
+			return // the connection ended and its flow finished
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("the connection of a client that reads nothing still open %v after its last request", time.Since(start))
 }

@@ -50,8 +50,10 @@ func (w *h2Wire) initWire(conn net.Conn, stall time.Duration, maxRead, maxHeader
 	w.henc = hpack.NewEncoder(&w.hbuf)
 }
 
-// h2ReadBuffer is the size of an HTTP/2 connection's read buffer.
-const h2ReadBuffer = 4 << 10
+// h2ReadBuffer is the size of an HTTP/2 connection's read buffer: that
+// of the pooled ones (fastReaders) a parked connection gives its own
+// back to and takes one from when it wakes (h2park.go).
+const h2ReadBuffer = h1FastBuf
 
 // newFramer is a Framer on w's connection reading from r, with w's
 // limits and HPACK decoder (whose table is the connection's). A new

@@ -185,7 +185,10 @@ func (s *parkSet) run(ep *os.File, rc syscall.RawConn) {
 			woken[i] = nil
 		}
 		for i, c := range expired {
-			c.closeParked()
+			// Not on this goroutine: a close may wait (a TLS alert or
+			// an HTTP/2 GOAWAY into a full socket), and every other
+			// parked connection waits on this goroutine.
+			go c.closeParked()
 			expired[i] = nil
 		}
 		woken, expired = woken[:0], expired[:0]

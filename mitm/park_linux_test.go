@@ -3,6 +3,7 @@ package mitm
 import (
 	"context"
 	"fmt"
+	"net"
 	"runtime"
 	"slices"
 	"strings"
@@ -118,4 +119,62 @@ func TestParkSetClosesAtEachDeadline(t *testing.T) {
 	if want := []int{1, 3, 4, 2, 0}; !slices.Equal(order, want) {
 		t.Fatalf("closed in the order %v, want %v (by deadline)", order, want)
 	}
+}
+
+// As the attacker: a parked connection whose close waits (a TLS alert or
+// an HTTP/2 GOAWAY into the full socket of a client that stopped
+// reading) must not hold up the set, which wakes and closes every other
+// parked connection of the proxy on one goroutine. Here one close takes
+// 3s; the next byte of another parked connection meanwhile still wakes
+// it at once.
+func TestParkSetSlowCloseHoldsUpNoOther(t *testing.T) {
+	s := newParkSet()
+	ctx := context.Background()
+	slow := &fakeParked{ctx: ctx, closing: make(chan struct{}), resumed: make(chan struct{}), block: 3 * time.Second}
+	other := &fakeParked{ctx: ctx, closing: make(chan struct{}), resumed: make(chan struct{})}
+	_, slowSock := tcpPair(t)
+	otherClient, otherSock := tcpPair(t)
+	for _, p := range []struct {
+		c        *fakeParked
+		sock     net.Conn
+		deadline time.Duration
+	}{{slow, slowSock, 100 * time.Millisecond}, {other, otherSock, time.Minute}} {
+		sock, _ := socketOf(p.sock)
+		if !s.add(p.c, sock, time.Now().Add(p.deadline)) {
+			t.Fatal("add: socket not watched")
+		}
+	}
+	select {
+	case <-slow.closing:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the expired connection was not closed within 5s")
+	}
+	start := time.Now()
+	otherClient.Write([]byte("G"))
+	select {
+	case <-other.resumed:
+	case <-time.After(time.Second):
+		t.Fatalf("a parked connection's byte sent while another's close waits: not woken within 1s")
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Fatalf("woken after %v, while another parked connection's close waited", d)
+	}
+}
+
+// fakeParked is a parked connection that reports its wake and close; its
+// close takes block.
+type fakeParked struct {
+	pk      parkLinks
+	ctx     context.Context
+	closing chan struct{}
+	resumed chan struct{}
+	block   time.Duration
+}
+
+func (f *fakeParked) links() *parkLinks        { return &f.pk }
+func (f *fakeParked) flowCtx() context.Context { return f.ctx }
+func (f *fakeParked) resume()                  { close(f.resumed) }
+func (f *fakeParked) closeParked() {
+	close(f.closing)
+	time.Sleep(f.block)
 }
