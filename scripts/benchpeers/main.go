@@ -404,6 +404,7 @@ func dialOne(ctx context.Context, target, proxy string, tc *tls.Config, req stri
 		}
 		// x/net's client: its read loop stays, in this process (not
 		// measured); it sends nothing while idle.
+		//lint:ignore SA1019 net/http's Transport can't take over a connection dialed (and CONNECTed) here
 		cc, err := (&http2.Transport{}).NewClientConn(c)
 		if err != nil {
 			c.Close()
