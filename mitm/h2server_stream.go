@@ -301,6 +301,7 @@ func (c *h2SrvConn) onTrailers(st *h2SrvStream, f *http2.MetaHeadersFrame) error
 // before its handler started is dropped unserved, as x/net's server
 // drops it (a rapid reset costs no run of the policy, nor a record).
 func (c *h2SrvConn) runHandlers(st *h2SrvStream) {
+	growStack(false)
 	for st != nil {
 		c.serve(st)
 		c.mu.Lock()
