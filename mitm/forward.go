@@ -495,8 +495,12 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 	if hasHopField(resp.Header) {
 		removeHopHeaders(resp.Header, false)
 	}
-	for k, vs := range resp.Header {
-		h[k] = vs
+	if a, ok := w.(headerAdopter); ok && len(h) == 0 && a.adoptHeader(resp.Header) {
+		h = resp.Header // made for this response, used by nothing else after
+	} else {
+		for k, vs := range resp.Header {
+			h[k] = vs
+		}
 	}
 	for k, vs := range x.Decision.Header {
 		h[k] = append(h[k], vs...)
@@ -582,6 +586,13 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 	grpcStatus(rec, resp.Trailer)
 	x.finish()
 }
+
+// headerAdopter is a ResponseWriter that can take a header map as its
+// own before its head is written (h2SrvStream): respond hands it the
+// upstream's instead of copying each field into a new map (a map's
+// first insert and the copy were 1.5-2% of the proxy's CPU under
+// h2load). It reports false when it can't.
+type headerAdopter interface{ adoptHeader(http.Header) bool }
 
 // asCut is the *Cut in err's chain, nil when there is none; the end of a
 // body (io.EOF) costs no search.

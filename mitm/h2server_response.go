@@ -23,6 +23,16 @@ import (
 
 func (st *h2SrvStream) Header() http.Header { return st.h }
 
+// adoptHeader makes h the response's header map (headerAdopter), while
+// the response has none of its own yet.
+func (st *h2SrvStream) adoptHeader(h http.Header) bool {
+	if st.wroteHeader || len(st.h) > 0 || h == nil {
+		return false
+	}
+	st.h = h
+	return true
+}
+
 func (st *h2SrvStream) WriteHeader(code int) {
 	if st.wroteHeader {
 		return
