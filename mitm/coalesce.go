@@ -200,14 +200,12 @@ func (c *coalescingConn) SetDeadline(t time.Time) error {
 	return c.SetWriteDeadline(t)
 }
 
-// Close closes at once when nothing is held, else leaves the close to
-// the writer once the held bytes are out (or closeLinger passed).
-// quiet reports whether the conn holds nothing unwritten and no write
-// is under way.
+// quiet reports whether the conn holds nothing unwritten, no write is
+// under way, and it is neither closed nor failed.
 func (c *coalescingConn) quiet() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return !c.writing && len(c.buf) == 0
+	return !c.writing && len(c.buf) == 0 && !c.closed && c.err == nil
 }
 
 // flushed waits until the conn's writer has written what it held, or
@@ -220,6 +218,8 @@ func (c *coalescingConn) flushed() {
 	c.mu.Unlock()
 }
 
+// Close closes at once when nothing is held, else leaves the close to
+// the writer once the held bytes are out (or closeLinger passed).
 func (c *coalescingConn) Close() error {
 	c.mu.Lock()
 	if c.closed {

@@ -495,6 +495,7 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 	if hasHopField(resp.Header) {
 		removeHopHeaders(resp.Header, false)
 	}
+	grpcStatus(rec, resp.Header) // a trailers-only gRPC answer, as the upstream sent it
 	if a, ok := w.(headerAdopter); ok && len(h) == 0 && a.adoptHeader(resp.Header) {
 		h = resp.Header // made for this response, used by nothing else after
 	} else {
@@ -518,7 +519,6 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 		announced = append(announced, k)
 		h.Add("Trailer", k)
 	}
-	grpcStatus(rec, resp.Header) // a trailers-only gRPC answer
 	w.WriteHeader(resp.StatusCode)
 	// A body of unknown length may be a stream (SSE, chunked): every
 	// piece goes out as soon as the upstream sends it, headers first. A
