@@ -3,18 +3,23 @@ package mitm
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"reflect"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
 
 	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/workload"
 )
 
 // An HTTP/2 connection with no stream open is parked (h2park.go) and
@@ -190,7 +195,8 @@ func TestH2NotParkedMidFrame(t *testing.T) {
 }
 
 // h2ParkHarness is a proxy and a TLS upstream answering "METHOD PATH
-// x-indexed=VALUE", slowly for /slow, and 256 KiB for /big.
+// x-indexed=VALUE", slowly for /slow, 256 KiB for /big and 40 KiB for
+// /mid.
 func h2ParkHarness(t *testing.T, opts ...harnessOpt) (*harness, *upstream) {
 	tca := newTestCA(t, "upstream test CA")
 	up := startUpstream(t, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -199,6 +205,9 @@ func h2ParkHarness(t *testing.T, opts ...harnessOpt) (*harness, *upstream) {
 			time.Sleep(h1ParkAfter + 600*time.Millisecond)
 		case "/big":
 			w.Write(make([]byte, 256<<10))
+			return
+		case "/mid":
+			w.Write(make([]byte, 40<<10))
 			return
 		}
 		fmt.Fprintf(w, "%s %s x-indexed=%s", r.Method, r.URL.Path, r.Header.Get("x-indexed"))
@@ -417,4 +426,48 @@ func TestH2NotParkedWhileWriteBlocked(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("the connection of a client that reads nothing still open %v after its last request", time.Since(start))
+}
+
+// As the attacker: a client that stops reading while its last answer
+// is still being written (here 40 KiB through socket buffers of a few
+// KiB each way) has no stream open, but its connection's writer is
+// blocked. It is not parked: its close, at the idle timeout, would wait
+// for that write on the parkSet's goroutine, which every parked
+// connection shares (canParkLocked, coalescingConn.quiet).
+func TestH2NotParkedWithWriteUnderWay(t *testing.T) {
+	h, up := h2ParkHarness(t, func(c *config.Proxy, _ *Deps) { c.IdleTimeout = config.Duration(3 * time.Second) })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		sc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		sc.(*net.TCPConn).SetWriteBuffer(4096) // the proxy's side holds little unsent
+		h.p.Handle(context.Background(), sc, Destination{Addr: up.addr}, workload.Identity{PID: 7, Comm: "stalled"})
+	}()
+	// A small receive buffer from the SYN on: the window it advertises
+	// can't shrink after.
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	raw, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(h.ca.BundlePEM())
+	c := h2sRawOn(t, tls.Client(raw, &tls.Config{ServerName: "api.test", RootCAs: pool, NextProtos: []string{"h2"}}))
+	c.nc.SetDeadline(time.Now().Add(30 * time.Second))
+	c.stall() // windows open, and it never reads again
+	c.headers(1, true, h2ParkHead("/mid")...)
+	for deadline := time.Now().Add(h1ParkAfter + 1500*time.Millisecond); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if n := h2ParkedCount(h); n != 0 {
+			t.Fatal("parked while its last answer was still being written")
+		}
+	}
 }
