@@ -381,14 +381,7 @@ func (c *h2SrvConn) onSettings(f *http2.SettingsFrame) error {
 	}
 	c.mu.Lock()
 	err := f.ForeachSetting(func(st http2.Setting) error {
-		return h2Setting(st, &c.initWindow, &c.maxFrame, nil, func(delta int64) bool {
-			for _, s := range c.streams {
-				if s.sendWindow += delta; s.sendWindow > h2MaxStreamID {
-					return false
-				}
-			}
-			return true
-		})
+		return h2Setting(st, &c.initWindow, &c.maxFrame, nil, h2ShiftWindows(c.streams))
 	})
 	c.cond.Broadcast()
 	c.mu.Unlock()

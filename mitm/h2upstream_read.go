@@ -300,14 +300,7 @@ func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {
 		if st.ID == http2.SettingMaxConcurrentStreams {
 			c.maxStreams = st.Val
 		}
-		return h2Setting(st, &c.initWindow, &c.maxFrame, &c.maxHeaderList, func(delta int64) bool {
-			for _, s := range c.streams {
-				if s.sendWindow += delta; s.sendWindow > h2MaxStreamID {
-					return false
-				}
-			}
-			return true
-		})
+		return h2Setting(st, &c.initWindow, &c.maxFrame, &c.maxHeaderList, h2ShiftWindows(c.streams))
 	})
 	c.cond.Broadcast()
 	c.mu.Unlock()

@@ -260,6 +260,27 @@ func h2GiveBack(window, unacked *int64, size int64) uint32 {
 	return uint32(inc)
 }
 
+// h2Sender is an open stream of either end, as h2ShiftWindows sees it.
+type h2Sender interface{ sendWindowOf() *int64 }
+
+func (st *h2SrvStream) sendWindowOf() *int64 { return &st.sendWindow }
+func (s *h2UpStream) sendWindowOf() *int64   { return &s.sendWindow }
+
+// h2ShiftWindows is h2Setting's each for one end's open streams: a
+// change of INITIAL_WINDOW_SIZE moves every stream's send window by
+// delta; false when one goes past 2^31-1.
+func h2ShiftWindows[S h2Sender](streams map[uint32]S) func(delta int64) bool {
+	return func(delta int64) bool {
+		for _, s := range streams {
+			w := s.sendWindowOf()
+			if *w += delta; *w > h2MaxStreamID {
+				return false
+			}
+		}
+		return true
+	}
+}
+
 // h2Setting applies one of the peer's SETTINGS that both ends read the
 // same way to a send side: its windows (the change of INITIAL_WINDOW_SIZE
 // goes to every open stream's, through each), MAX_FRAME_SIZE, and

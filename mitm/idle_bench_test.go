@@ -29,31 +29,40 @@ import (
 // SLUICE_IDLE_HEAPPROFILE=FILE writes a heap profile while they are held
 // (FILE-transparent, FILE-explicit).
 func BenchmarkIdleConn(b *testing.B) {
+	benchmarkIdleModes(b, "http/1.1", "", func(b *testing.B, c *tls.Conn) net.Conn { return idleGet(b, c) })
+}
+
+// benchmarkIdleModes runs benchmarkIdle transparent and explicit, each
+// connection a TLS client offering proto to a proxy with an upstream
+// speaking it, and readied by get (one request). name follows the
+// mode's in the heap profile's file name.
+func benchmarkIdleModes(b *testing.B, proto, name string, get func(*testing.B, *tls.Conn) net.Conn) {
 	if os.Getenv("SLUICE_IDLE_HEAPPROFILE") != "" {
 		runtime.MemProfileRate = 1 // every allocation: a per-connection account
 	}
 	tca := newTestCA(b, "upstream test CA")
-	up := startUpstream(b, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up := startUpstream(b, tca, proto == "h2", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
 	}))
 	h := newHarness(b, tca, nil)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(h.ca.BundlePEM())
 	addr := serveTransparent(b, h, context.Background(), -1, Destination{Addr: up.addr}, workload.Identity{PID: 1, Comm: "idle"})
-	cfg := &tls.Config{RootCAs: pool, ServerName: "api.test", NextProtos: []string{"http/1.1"}}
-	transparentDial := func() (net.Conn, error) { return net.Dial("tcp", addr) }
-	explicitDial := func() (net.Conn, error) { return idleDialConnect(h.url.Host, up.addr.String()) }
+	cfg := &tls.Config{RootCAs: pool, ServerName: "api.test", NextProtos: []string{proto}}
 	for _, mode := range []struct {
 		name string
 		dial func() (net.Conn, error)
-	}{{"transparent", transparentDial}, {"explicit", explicitDial}} {
+	}{
+		{"transparent", func() (net.Conn, error) { return net.Dial("tcp", addr) }},
+		{"explicit", func() (net.Conn, error) { return idleDialConnect(h.url.Host, up.addr.String()) }},
+	} {
 		b.Run(mode.name, func(b *testing.B) {
-			benchmarkIdle(b, mode.name, func() net.Conn {
+			benchmarkIdle(b, mode.name+name, func() net.Conn {
 				raw, err := mode.dial()
 				if err != nil {
 					b.Fatal(err)
 				}
-				return idleGet(b, raw, cfg)
+				return get(b, tls.Client(raw, cfg))
 			})
 		})
 	}
@@ -81,11 +90,10 @@ func idleDialConnect(proxyAddr, target string) (net.Conn, error) {
 	return c, nil
 }
 
-// idleGet starts TLS on raw, sends one GET and reads its answer, and
-// returns the TLS connection, left open and idle.
-func idleGet(tb testing.TB, raw net.Conn, cfg *tls.Config) net.Conn {
+// idleGet sends one GET on c and reads its answer, and returns c, left
+// open and idle.
+func idleGet(tb testing.TB, c *tls.Conn) net.Conn {
 	tb.Helper()
-	c := tls.Client(raw, cfg)
 	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
@@ -148,35 +156,7 @@ func benchmarkIdle(b *testing.B, name string, open func() net.Conn) {
 // client is a bare Framer on a tls.Conn (its part is counted too: an
 // upper bound).
 func BenchmarkIdleConnH2(b *testing.B) {
-	if os.Getenv("SLUICE_IDLE_HEAPPROFILE") != "" {
-		runtime.MemProfileRate = 1
-	}
-	tca := newTestCA(b, "upstream test CA")
-	up := startUpstream(b, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok\n")
-	}))
-	h := newHarness(b, tca, nil)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(h.ca.BundlePEM())
-	addr := serveTransparent(b, h, context.Background(), -1, Destination{Addr: up.addr}, workload.Identity{PID: 1, Comm: "idle"})
-	cfg := &tls.Config{RootCAs: pool, ServerName: "api.test", NextProtos: []string{"h2"}}
-	for _, mode := range []struct {
-		name string
-		dial func() (net.Conn, error)
-	}{
-		{"transparent", func() (net.Conn, error) { return net.Dial("tcp", addr) }},
-		{"explicit", func() (net.Conn, error) { return idleDialConnect(h.url.Host, up.addr.String()) }},
-	} {
-		b.Run(mode.name, func(b *testing.B) {
-			benchmarkIdle(b, mode.name+"-h2", func() net.Conn {
-				raw, err := mode.dial()
-				if err != nil {
-					b.Fatal(err)
-				}
-				return idleGetH2(b, tls.Client(raw, cfg))
-			})
-		})
-	}
+	benchmarkIdleModes(b, "h2", "-h2", idleGetH2)
 }
 
 // idleGetH2 sends one GET over HTTP/2 on c and reads its answer, and

@@ -35,7 +35,7 @@ func TestIdleExplicitTunnelKeepsNoListenerConn(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return idleGet(t, raw, cfg)
+		return idleGet(t, tls.Client(raw, cfg))
 	}
 	open().Close() // warm up: the upstream connection, the parked set
 	time.Sleep(h1ParkAfter + 200*time.Millisecond)
