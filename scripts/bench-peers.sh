@@ -50,7 +50,9 @@
 # are copied to DIR on exit, not only the medians printed.
 # BENCH_PROFILE=DIR: Sluice transparent runs a profiling build (-tags pprof)
 # and a CPU profile of each of its wrk/h2load measurements lands in DIR
-# (go tool pprof -top DIR/h1-c32-r1.pb.gz).
+# (go tool pprof -top DIR/h1-c32-r1.pb.gz); each idle measurement leaves a
+# snapshot in DIR/idle[-h2]-MODE-rN: the processes' /proc status and
+# smaps_rollup, and for Sluice its heap profile, MemStats and goroutines.
 # Everything it creates (namespace, veth, processes by PID, files) is
 # removed on exit, also on failure or Ctrl-C.
 set -euo pipefail
@@ -104,6 +106,11 @@ if [ "$idle_n" -gt "$max_conns" ]; then
   echo "idle connections: $idle_n lowered to $max_conns (open-file hard limit $hard)" >&2
   idle_n=$max_conns
 fi
+# A snapshot (BENCH_PROFILE) of Sluice transparent reads its pprof listener
+# from inside the workload, through the proxy: leave it room.
+if [ -n "${BENCH_PROFILE:-}" ] && [ "$idle_n" -gt $((max_conns - 8)) ]; then
+  idle_n=$((max_conns - 8))
+fi
 # nginx keeps as many idle upstream connections as requests can be in
 # flight at once: the most wrk connections, and h2load's 32 x 10 streams
 # (with fewer, BENCH_CONNS=32 had nginx re-dial, with a full handshake,
@@ -146,6 +153,7 @@ make -s build
 go build -o "$work/benchpeers" ./scripts/benchpeers
 profile_dir=${BENCH_PROFILE:-}
 pprof_addr=127.0.0.1:$((17000 + $$ % 1000))
+idle_pprof_addr=127.0.0.1:$((20000 + $$ % 1000))
 if [ -n "$profile_dir" ]; then
   mkdir -p "$profile_dir"
   go build -tags pprof -o "$work/sluice-pprof" ./cmd/sluice
@@ -243,8 +251,8 @@ start_nginx() {
   started_pid=$!
   pids+=("$started_pid")
 }
-start_explicit() {
-  "$bin" proxy --listen "127.0.0.1:$1" --config "$work/config.yaml" --policy "$work/policy.yaml" \
+start_explicit() { # port [pprof listener]
+  SLUICE_PPROF=${2:-} "$bin" proxy --listen "127.0.0.1:$1" --config "$work/config.yaml" --policy "$work/policy.yaml" \
     >>"$work/explicit.log" 2>&1 &
   started_pid=$!
   pids+=("$started_pid")
@@ -459,24 +467,28 @@ stream_run() { # mode
 
 idle_run() { # mode [-h2]; nginx and explicit get a fresh process each time:
   # memory a long-lived one freed after earlier tests would hide the growth
-  local mode=$1 h2=${2:-} out port=$((ng_port + 500)) p name=idle
+  local mode=$1 h2=${2:-} out port=$((ng_port + 500)) p name=idle snap=()
   [ -n "$h2" ] && name=idle-h2
+  if [ -n "$profile_dir" ]; then
+    snap=(-snapshot "$profile_dir/$name-$mode-r$r")
+    [ "$mode" != nginx ] && [ "$mode" != base ] && snap+=(-pprof "$idle_pprof_addr")
+  fi
   case $mode in
     nginx)
       start_nginx "$port"; p=$started_pid; wait_port 127.0.0.1 "$port"
       out=$(timeout 180 "$work/benchpeers" idle -addr "127.0.0.1:$port" -sni api.bench.test -ca "$work/ca.pem" \
-        -n "$idle_n" $h2 -pids "$(proc_pids "$p" | paste -sd,)") || true
+        -n "$idle_n" $h2 -pids "$(proc_pids "$p" | paste -sd,)" "${snap[@]}") || true
       stop_pid "$p" ;;
     explicit)
-      start_explicit "$port"; p=$started_pid; wait_port 127.0.0.1 "$port"
+      start_explicit "$port" "${snap:+$idle_pprof_addr}"; p=$started_pid; wait_port 127.0.0.1 "$port"
       out=$(timeout 180 "$work/benchpeers" idle -addr "$up_ip:$up_port" -proxy "127.0.0.1:$port" -sni "$up_ip" \
-        -ca "$sluice_ca" -n "$idle_n" $h2 -pids "$p") || true
+        -ca "$sluice_ca" -n "$idle_n" $h2 -pids "$p" "${snap[@]}") || true
       stop_pid "$p" ;;
     transparent | base)
       local b=$bin
       [ "$mode" = base ] && b=$base_bin
-      out=$(timeout 240 "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
-        -- "$work/benchpeers" idle -addr "$up_ip:$up_port" -sni "$up_ip" -ca "$sluice_ca" -n "$idle_n" $h2 -pids ppid) || true ;;
+      out=$(SLUICE_PPROF=${snap:+$idle_pprof_addr} timeout 240 "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
+        -- "$work/benchpeers" idle -addr "$up_ip:$up_port" -sni "$up_ip" -ca "$sluice_ca" -n "$idle_n" $h2 -pids ppid "${snap[@]}") || true ;;
   esac
   grep -q '^idle ' <<<"$out" || { echo "$name $mode failed: $out" >&2; return 0; }
   record "$name/n$idle_n" "$mode" KiB_per_conn "$(awk '/^idle /{print $8}' <<<"$out")"
