@@ -43,7 +43,10 @@ func (w *h2Wire) initWire(conn net.Conn, stall time.Duration, maxRead, maxHeader
 	w.wturn = make(chan struct{}, 1)
 	// A small buffer: a frame header and a short frame come from one read
 	// of it; a DATA frame's payload is read past it into the Framer's.
-	w.br = bufio.NewReaderSize(conn, h2ReadBuffer)
+	// Pooled: one a parked connection let go of (h2park.go) serves a new
+	// one, so opening a connection leaves no 4 KiB behind.
+	w.br = fastReaders.Get().(*bufio.Reader)
+	w.br.Reset(conn)
 	w.maxRead, w.maxHeaderList = maxRead, maxHeaderList
 	w.hdec = hpack.NewDecoder(4096, nil)
 	w.fr = w.newFramer(w.br)
