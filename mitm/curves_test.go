@@ -2,12 +2,14 @@ package mitm
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"testing"
 
 	"github.com/sluicehq/sluice/workload"
@@ -16,8 +18,9 @@ import (
 // TestClientKeyExchange: a transparent (node-local) client that offers
 // the hybrid post-quantum key share with X25519, as Go's default does,
 // gets X25519; one that supports only P-256 gets P-256; one that supports
-// only the hybrid still gets it and is served; a client of the explicit
-// listener keeps the hybrid.
+// only the hybrid still gets it and is served. A client of the explicit
+// listener on a loopback address is on this node too and gets X25519;
+// one from another address keeps the hybrid.
 func TestClientKeyExchange(t *testing.T) {
 	tca := newTestCA(t, "upstream test CA")
 	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -64,21 +67,63 @@ func TestClientKeyExchange(t *testing.T) {
 			t.Errorf("key exchange %v, want X25519MLKEM768 (the client supports nothing else)", got)
 		}
 	})
-	t.Run("explicit CONNECT, default client", func(t *testing.T) {
-		c, err := net.Dial("tcp", h.url.Host)
+	connect := func(t *testing.T, proxyAddr string) net.Conn {
+		t.Helper()
+		c, err := net.Dial("tcp", proxyAddr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
+		t.Cleanup(func() { c.Close() })
 		target := fmt.Sprintf("api.test:%d", up.addr.Port())
 		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-		br := bufio.NewReader(c)
-		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		// Byte by byte: the TLS stream after the answer stays unread.
+		resp, err := http.ReadResponse(bufio.NewReaderSize(byteReader{c}, 16), &http.Request{Method: http.MethodConnect})
 		if err != nil || resp.StatusCode != 200 {
 			t.Fatalf("CONNECT: %v %v", resp, err)
 		}
-		if got := get(t, c, cfg()); got != tls.X25519MLKEM768 {
+		return c
+	}
+	t.Run("explicit CONNECT from loopback, default client", func(t *testing.T) {
+		if got := get(t, connect(t, h.url.Host), cfg()); got != tls.X25519 {
+			t.Errorf("key exchange %v, want X25519 (a loopback client is on this node)", got)
+		}
+	})
+	t.Run("explicit CONNECT from another host, default client", func(t *testing.T) {
+		// The listener reports the peer as 198.51.100.7 (TEST-NET-2):
+		// the proxy can't tell it from a client on another host.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		remote := netip.MustParseAddrPort("198.51.100.7:40000")
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- h.p.ServeExplicit(ctx, peerListener{ln, remote}) }()
+		defer func() { cancel(); <-done }()
+		if got := get(t, connect(t, ln.Addr().String()), cfg()); got != tls.X25519MLKEM768 {
 			t.Errorf("key exchange %v, want X25519MLKEM768", got)
 		}
 	})
 }
+
+// peerListener is a listener whose connections report peer as the
+// address of their other end.
+type peerListener struct {
+	net.Listener
+	peer netip.AddrPort
+}
+
+func (l peerListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return peerConn{c, net.TCPAddrFromAddrPort(l.peer)}, nil
+}
+
+type peerConn struct {
+	net.Conn
+	peer net.Addr
+}
+
+func (c peerConn) RemoteAddr() net.Addr { return c.peer }

@@ -141,10 +141,14 @@ type clientHandshakeKey struct{}
 
 // nodeLocal reports whether the client is a workload on this node: a
 // transparent connection, which the agent serves only with the kernel's
-// record of a local connect. The explicit listener's clients may be
-// anywhere.
+// record of a local connect, or a client of the explicit listener that
+// connected from a loopback address (the kernel delivers those only from
+// this node). Other clients of the explicit listener may be anywhere.
 func (f *flow) nodeLocal() bool {
-	return f.dst.Addr.IsValid() && !f.explicit() && !f.tunnel
+	if f.explicit() || f.tunnel {
+		return f.id.Client.Addr().IsLoopback()
+	}
+	return f.dst.Addr.IsValid()
 }
 
 // localCurves are the key exchanges of a node-local client's handshake:
@@ -156,8 +160,9 @@ func (f *flow) nodeLocal() bool {
 // a client sent a key share for (modern clients send X25519 with the
 // hybrid); one that supports X25519 but sent only a hybrid share is asked
 // for X25519 with a HelloRetryRequest, and one that supports none of
-// these keeps Go's default. So do the clients of the explicit listener,
-// which may be anywhere: hybrids first.
+// these keeps Go's default. So do the clients of the explicit listener
+// that are not on a loopback address, which may be anywhere: hybrids
+// first.
 var localCurves = []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}
 
 // clientConfig is one of the shared configs clientTLSFor hands out.
