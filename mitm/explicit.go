@@ -31,7 +31,9 @@ import (
 // connection it serves.
 func (p *Proxy) ServeExplicit(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
-	el := &explicitListener{Listener: ln, p: p, ctx: ctx, wg: &wg}
+	el := &explicitListener{Listener: ln, p: p, ctx: ctx, wg: &wg,
+		conns: make(chan net.Conn), errc: make(chan error, 1), served: make(chan struct{})}
+	go el.acceptLoop()
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(p.serveExplicitRequest),
 		ReadHeaderTimeout: p.cfg.HandshakeTimeout.D(),
@@ -49,49 +51,52 @@ func (p *Proxy) ServeExplicit(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { _ = srv.Close() })
 	defer stop()
 	err := srv.Serve(el)
+	_ = srv.Close()
+	close(el.served)
+	wg.Wait()
 	if ctx.Err() != nil || errors.Is(err, http.ErrServerClosed) {
-		_ = srv.Close()
-		wg.Wait()
 		return nil
 	}
-	_ = srv.Close()
-	wg.Wait()
 	return fmt.Errorf("explicit proxy on %s: %w", ln.Addr(), err)
 }
 
 type flowKey struct{}
 
-// explicitListener wraps each accepted connection for framing checks and
-// gives it a flow named by the client address.
+// explicitListener accepts the explicit proxy's connections (its accept
+// loop, explicit_first.go), wraps each for framing checks with a flow
+// named by the client address, serves a first request that is a plain
+// CONNECT itself and hands the others to net/http's server, whose
+// listener it is.
 type explicitListener struct {
 	net.Listener
 	p   *Proxy
 	ctx context.Context
 	wg  *sync.WaitGroup
+	// conns are net/http's to serve (Accept); errc is the accept loop's
+	// end; served is closed when net/http's server has returned.
+	conns  chan net.Conn
+	errc   chan error
+	served chan struct{}
 }
 
-func (l *explicitListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		id := workload.Identity{}
-		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-			id.Client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		}
-		if ok, why := l.p.slots.acquire(slotKey(&id)); !ok {
-			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"+
-				string(errorBody(http.StatusServiceUnavailable, "", audit.ReasonTooManyConns)))
-			l.p.refuse(c, Destination{}, id, why)
-			continue
-		}
-		return l.wrap(c, id), nil
+// admit gives c its slot and flow; nil when the client has too many
+// connections open (it got 503 and was closed).
+func (l *explicitListener) admit(c net.Conn) *h1Conn {
+	id := workload.Identity{}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		id.Client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
+	if ok, why := l.p.slots.acquire(slotKey(&id)); !ok {
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"+
+			string(errorBody(http.StatusServiceUnavailable, "", audit.ReasonTooManyConns)))
+		l.p.refuse(c, Destination{}, id, why)
+		return nil
+	}
+	return l.wrap(c, id)
 }
 
-func (l *explicitListener) wrap(c net.Conn, id workload.Identity) net.Conn {
+func (l *explicitListener) wrap(c net.Conn, id workload.Identity) *h1Conn {
 	f := &flow{p: l.p, ctx: l.ctx, id: id, start: time.Now(), listener: l, tlsMode: audit.TLSNone, slot: slotKey(&id)}
 	hc := newH1Conn(c, f)
 	f.h1 = hc

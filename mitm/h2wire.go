@@ -43,8 +43,9 @@ func (w *h2Wire) initWire(conn net.Conn, stall time.Duration, maxRead, maxHeader
 	w.wturn = make(chan struct{}, 1)
 	// A small buffer: a frame header and a short frame come from one read
 	// of it; a DATA frame's payload is read past it into the Framer's.
-	// Pooled: one a parked connection let go of (h2park.go) serves a new
-	// one, so opening a connection leaves no 4 KiB behind.
+	// Pooled (fastReaders, 4 KiB): one a parked connection let go of
+	// (h2park.go) serves a new one, so opening a connection leaves no
+	// 4 KiB behind.
 	w.br = fastReaders.Get().(*bufio.Reader)
 	w.br.Reset(conn)
 	w.maxRead, w.maxHeaderList = maxRead, maxHeaderList
@@ -52,11 +53,6 @@ func (w *h2Wire) initWire(conn net.Conn, stall time.Duration, maxRead, maxHeader
 	w.fr = w.newFramer(w.br)
 	w.henc = hpack.NewEncoder(&w.hbuf)
 }
-
-// h2ReadBuffer is the size of an HTTP/2 connection's read buffer: that
-// of the pooled ones (fastReaders) a parked connection gives its own
-// back to and takes one from when it wakes (h2park.go).
-const h2ReadBuffer = h1FastBuf
 
 // newFramer is a Framer on w's connection reading from r, with w's
 // limits and HPACK decoder (whose table is the connection's). A new

@@ -62,15 +62,15 @@ func TestIdleExplicitTunnelKeepsNoListenerConn(t *testing.T) {
 	runtime.GC()
 	runtime.GC() // the profile is as of the last completed cycle
 	// Only the key of the connection's slot stays, for its release.
-	if live := idleLiveFrom(t, "mitm.(*explicitListener).wrap", "mitm.slotKey"); live >= n {
+	if live, _ := profileFrom(t, "mitm.(*explicitListener).wrap", "mitm.slotKey"); live >= n {
 		t.Errorf("%d idle tunnels keep %d objects the explicit listener's wrap allocated, want none", n, live)
 	}
 }
 
-// idleLiveFrom counts the objects in use, in the heap profile, whose
-// allocation went through the function named fn and not through one
-// named skip.
-func idleLiveFrom(t *testing.T, fn, skip string) int64 {
+// profileFrom counts, in the heap profile, the objects in use and the
+// bytes ever allocated whose allocation went through the function named
+// fn and not through one named skip (none when "").
+func profileFrom(t *testing.T, fn, skip string) (live, allocated int64) {
 	t.Helper()
 	var recs []runtime.MemProfileRecord
 	n, _ := runtime.MemProfile(nil, true)
@@ -82,16 +82,16 @@ func idleLiveFrom(t *testing.T, fn, skip string) int64 {
 			break
 		}
 	}
-	var live int64
 	for _, r := range recs {
 		frames := runtime.CallersFrames(r.Stack())
 		for {
 			fr, more := frames.Next()
-			if strings.HasSuffix(fr.Function, skip) {
+			if skip != "" && strings.HasSuffix(fr.Function, skip) {
 				break
 			}
 			if strings.HasSuffix(fr.Function, fn) {
 				live += r.InUseObjects()
+				allocated += r.AllocBytes
 				break
 			}
 			if !more {
@@ -99,7 +99,7 @@ func idleLiveFrom(t *testing.T, fn, skip string) int64 {
 			}
 		}
 	}
-	return live
+	return live, allocated
 }
 
 // An answer the server inside a CONNECT tunnel gives on its own (a

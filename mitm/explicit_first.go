@@ -1,0 +1,360 @@
+package mitm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// The first request of an explicit connection. Most connections to the
+// explicit listener carry one request, a CONNECT, and then its tunnel.
+// Served by net/http's server, each took a 4 KiB read and a 4 KiB write
+// buffer from net/http's pools, which a hijacked connection never gives
+// back, so every tunnel left them, its conn's state and its response's
+// 2 KiB buffer behind for the collector (the proxy's resident size is
+// its heap's peak while connections are opened: `idle-h2`). A first
+// request that is a CONNECT of the plain shape (connectHead) is read
+// here with a pooled buffer and served through the same chain; its
+// tunnel takes over the socket, and an answer that is not one (403,
+// 407, 502) is written here, after which the connection goes on under
+// net/http's server. Anything else goes to net/http's server at once,
+// with every byte read (h1Conn.next): health probes, absolute-form
+// requests, malformed or unusual heads, which it answers as before.
+
+// acceptLoop accepts the listener's connections for as long as it can,
+// giving each its slot and flow (wrap) and serving its first request
+// (serveFirst); its end, the listener's error, goes to Accept.
+func (l *explicitListener) acceptLoop() {
+	var delay time.Duration
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			if temporaryAccept(err) {
+				// As net/http's Serve: out of descriptors or memory for
+				// a moment; wait and try again.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				select {
+				case <-time.After(delay):
+					continue
+				case <-l.ctx.Done():
+				}
+			}
+			l.errc <- err
+			return
+		}
+		delay = 0
+		if hc := l.admit(c); hc != nil {
+			l.wg.Add(1) // the first request's goroutine, done before Serve returns
+			go func() {
+				defer l.wg.Done()
+				l.serveFirst(hc)
+			}()
+		}
+	}
+}
+
+// temporaryAccept reports whether an accept error is one net/http's
+// Serve waits out: the process or system out of descriptors, buffers or
+// memory.
+func temporaryAccept(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+}
+
+// Accept is the connections net/http's server serves, in order, and
+// then the accept loop's error.
+func (l *explicitListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case err := <-l.errc:
+		l.errc <- err // for the next Accept too
+		return nil, err
+	}
+}
+
+// toStd hands hc to net/http's server.
+func (l *explicitListener) toStd(hc *h1Conn) {
+	select {
+	case l.conns <- hc:
+	case <-l.served: // net/http's server has returned
+		hc.Close()
+	}
+}
+
+// serveFirst serves hc's first request when it is a plain CONNECT, and
+// hands hc to net/http's server otherwise (or after an answer that
+// leaves the connection open).
+func (l *explicitListener) serveFirst(hc *h1Conn) {
+	br := fastReaders.Get().(*bufio.Reader)
+	br.Reset(hc.Conn) // not through hc's framer: it sees what net/http reads (hc.next)
+	release := func() {
+		if br != nil {
+			br.Reset(nil)
+			fastReaders.Put(br)
+			br = nil
+		}
+	}
+	defer release()
+	stop := context.AfterFunc(l.ctx, func() { hc.Close() })
+	_ = hc.Conn.SetReadDeadline(time.Now().Add(l.p.cfg.HandshakeTimeout.D()))
+	head, err := peekHead(br, l.p.cfg.MaxHeaderBytes)
+	if !stop() {
+		return // closed: the proxy stops
+	}
+	if err != nil && (br.Buffered() == 0 || isTimeout(err)) {
+		// Silent, gone or too slow before a whole head: closed without
+		// an answer, as net/http's server does.
+		hc.Close()
+		return
+	}
+	var r *http.Request
+	if err == nil {
+		r = readConnect(head)
+	}
+	if r == nil {
+		rest, _ := br.Peek(br.Buffered())
+		hc.next = bytes.Clone(rest)
+		release()
+		_ = hc.Conn.SetReadDeadline(time.Time{})
+		l.toStd(hc)
+		return
+	}
+	_, _ = br.Discard(len(head))
+	_ = hc.Conn.SetReadDeadline(time.Time{})
+	r.RemoteAddr = hc.RemoteAddr().String()
+	r = r.WithContext(context.WithValue(l.ctx, flowKey{}, hc.fl))
+	w := &connectWriter{hc: hc, br: br, header: http.Header{}}
+	br = nil // the writer's now: back to the pool by Hijack or answer
+	if !l.serveConnect(w, r) {
+		return
+	}
+	// Answered, not tunneled: the connection goes on under net/http's
+	// server, with what the client sent after the CONNECT.
+	keep := w.answer(r)
+	if !keep {
+		hc.Close()
+		return
+	}
+	l.toStd(hc)
+}
+
+// serveConnect runs r through the flow's chain; false when the tunnel
+// took the connection (or a panic ended it).
+func (l *explicitListener) serveConnect(w *connectWriter, r *http.Request) (answered bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			// flow.ServeHTTP logged and recorded it (and turned it into
+			// http.ErrAbortHandler): the connection ends, as under
+			// net/http's server.
+			w.release()
+			w.hc.Close()
+			answered = false
+		}
+	}()
+	w.hc.fl.ServeHTTP(w, r)
+	return !w.hijacked
+}
+
+// connectWriter is the ResponseWriter of a CONNECT served by serveFirst:
+// the tunnel hijacks it; an answer is held and written by answer.
+type connectWriter struct {
+	hc       *h1Conn
+	br       *bufio.Reader // the pooled buffer the head was read with, and what followed it
+	header   http.Header
+	status   int
+	body     []byte
+	hijacked bool
+}
+
+func (w *connectWriter) Header() http.Header { return w.header }
+
+func (w *connectWriter) WriteHeader(code int) {
+	if w.status == 0 && !w.hijacked {
+		w.status = code
+	}
+}
+
+func (w *connectWriter) Write(b []byte) (int, error) {
+	if w.hijacked {
+		return 0, http.ErrHijacked
+	}
+	w.WriteHeader(http.StatusOK)
+	w.body = append(w.body, b...)
+	return len(b), nil
+}
+
+// release puts the pooled buffer back, with nothing left in it.
+func (w *connectWriter) release() {
+	if w.br != nil {
+		w.br.Reset(nil)
+		fastReaders.Put(w.br)
+		w.br = nil
+	}
+}
+
+// rest is what the client sent after its CONNECT, read already.
+func (w *connectWriter) rest() []byte {
+	if w.br == nil || w.br.Buffered() == 0 {
+		return nil
+	}
+	b, _ := w.br.Peek(w.br.Buffered())
+	return bytes.Clone(b)
+}
+
+// Hijack gives the connection to the tunnel: a reader with the bytes
+// that followed the CONNECT, and a small writer for the answer.
+func (w *connectWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.hijacked || w.status != 0 {
+		return nil, nil, errors.New("hijack CONNECT: answered already")
+	}
+	w.hijacked = true
+	rest := w.rest()
+	w.release()
+	rd := bufio.NewReaderSize(bytes.NewReader(rest), max(16, len(rest)))
+	if len(rest) > 0 {
+		_, _ = rd.Peek(len(rest)) // buffered, as net/http's reader would hold them
+	}
+	return w.hc, bufio.NewReadWriter(rd, bufio.NewWriterSize(w.hc, 64)), nil
+}
+
+// answer writes the held answer, and reports whether the connection
+// stays open for the next request (net/http's server gets it, with the
+// bytes after the CONNECT in hc.next).
+func (w *connectWriter) answer(r *http.Request) (keep bool) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	h := w.header
+	keep = !r.Close && !headerHasToken(h, "Connection", "close")
+	if !keep {
+		h.Set("Connection", "close")
+	}
+	h.Set("Content-Length", strconv.Itoa(len(w.body)))
+	if _, ok := h["Date"]; !ok {
+		h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	}
+	var b bytes.Buffer
+	b.WriteString("HTTP/1.1 ")
+	b.WriteString(strconv.Itoa(w.status))
+	b.WriteByte(' ')
+	b.WriteString(http.StatusText(w.status))
+	b.WriteString("\r\n")
+	_ = h.Write(&b)
+	b.WriteString("\r\n")
+	b.Write(w.body)
+	w.hc.next = w.rest()
+	w.release()
+	_ = w.hc.Conn.SetWriteDeadline(time.Now().Add(w.hc.fl.p.cfg.HandshakeTimeout.D()))
+	_, err := w.hc.Conn.Write(b.Bytes())
+	_ = w.hc.Conn.SetWriteDeadline(time.Time{})
+	return keep && err == nil
+}
+
+// peekHead waits for a whole request head at the start of br, within
+// limit bytes and br's buffer, and returns it (in br's buffer, not
+// consumed); errHeadTooLong past those.
+func peekHead(br *bufio.Reader, limit int) ([]byte, error) {
+	limit = min(limit, br.Size())
+	for n := 1; ; n = br.Buffered() + 1 {
+		if n > limit {
+			return nil, errHeadTooLong
+		}
+		if _, err := br.Peek(n); err != nil {
+			return nil, err
+		}
+		b, _ := br.Peek(br.Buffered())
+		if e := headEnd(b); e > 0 {
+			return b[:e], nil
+		}
+	}
+}
+
+var errHeadTooLong = errors.New("request head longer than the first read's buffer")
+
+// readConnect is the request of head, a whole request head, when it is
+// a CONNECT of the plain shape (connectHead) that http.ReadRequest reads
+// whole; else nil.
+func readConnect(head []byte) *http.Request {
+	if !connectHead(head) {
+		return nil
+	}
+	r, exact, err := readHead(head)
+	if err != nil || !exact {
+		return nil
+	}
+	return r
+}
+
+// connectHead reports whether head, a whole request head, is a CONNECT
+// of the plain shape, which net/http's server serves as it is: the
+// request line "CONNECT target HTTP/1.1" with a target of visible ASCII
+// that is a valid host (and port), not a path;
+// field lines with a name of token bytes and a value of visible ASCII,
+// spaces and tabs, each ended by CRLF; exactly one Host, a valid one; no
+// Content-Length, Transfer-Encoding, Expect, Upgrade or Connection field;
+// at most 64 field lines.
+func connectHead(head []byte) bool {
+	const method = "CONNECT "
+	if !bytes.HasPrefix(head, []byte(method)) {
+		return false
+	}
+	i := bytes.IndexByte(head, '\n')
+	if i < 1 || head[i-1] != '\r' {
+		return false
+	}
+	target, ok := bytes.CutSuffix(head[len(method):i-1], []byte(" HTTP/1.1"))
+	if !ok || len(target) == 0 || target[0] == '/' || !httpguts.ValidHostHeader(string(target)) {
+		return false
+	}
+	for _, c := range target {
+		if c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	hosts, fields := 0, 0
+	for rest := head[i+1:]; ; {
+		j := bytes.IndexByte(rest, '\n')
+		if j < 1 || rest[j-1] != '\r' {
+			return false
+		}
+		line := rest[:j-1]
+		rest = rest[j+1:]
+		if len(line) == 0 {
+			return len(rest) == 0 && hosts == 1
+		}
+		if fields++; fields > 64 {
+			return false
+		}
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok || len(name) == 0 || !fastValue(value) {
+			return false
+		}
+		for _, c := range name {
+			if !httpguts.IsTokenRune(rune(c)) {
+				return false
+			}
+		}
+		switch {
+		case equalFoldLower(name, "host"):
+			hosts++
+			if !httpguts.ValidHostHeader(string(bytes.Trim(value, " \t"))) {
+				return false
+			}
+		case equalFoldLower(name, "content-length"), equalFoldLower(name, "transfer-encoding"),
+			equalFoldLower(name, "expect"), equalFoldLower(name, "upgrade"), equalFoldLower(name, "connection"):
+			return false
+		}
+	}
+}
+
+var _ io.Writer = (*connectWriter)(nil)

@@ -1,0 +1,208 @@
+package mitm
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/sluicehq/sluice/policy"
+)
+
+// The first request of a connection to the explicit listener, as its
+// client sees it: a CONNECT tunnels (also with its first bytes sent in
+// the same write), one the chain answers itself leaves the connection
+// serving the next request, a denied host is refused inside its tunnel,
+// and what is not a plain CONNECT (a probe, a malformed head) is
+// answered by net/http's server as before.
+func TestExplicitFirstRequest(t *testing.T) {
+	up := startPlainUpstream(t, echoHandler())
+	dec := &fakeDecider{conn: func(c *policy.Conn) policy.ConnDecision {
+		if strings.HasPrefix(c.Host, "deny.test") {
+			return policy.ConnDecision{Action: policy.Reject, Decision: policy.Decision{Verdict: policy.Deny, Rule: "deny-hosts", Reason: "host is denied"}}
+		}
+		return policy.ConnDecision{Action: policy.Decrypt, Decision: policy.Decision{Rule: "test", Reason: "test allows"}}
+	}}
+	h := newHarness(t, nil, dec)
+	dial := func(t *testing.T) (net.Conn, *bufio.Reader) {
+		t.Helper()
+		c, err := net.Dial("tcp", h.url.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	read := func(t *testing.T, br *bufio.Reader, method string) (int, string) {
+		t.Helper()
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			t.Fatalf("read the answer to %s: %v", method, err)
+		}
+		defer resp.Body.Close()
+		if method == http.MethodConnect && resp.StatusCode == 200 {
+			return 200, ""
+		}
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+
+	t.Run("CONNECT with the tunnel's first request in the same write", func(t *testing.T) {
+		c, br := dial(t)
+		target := up.addr.String()
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\nUser-Agent: first-test\r\n\r\n"+
+			"GET /inside HTTP/1.1\r\nHost: %[1]s\r\n\r\n", target)
+		if code, _ := read(t, br, http.MethodConnect); code != 200 {
+			t.Fatalf("CONNECT: %d, want 200", code)
+		}
+		if code, body := read(t, br, http.MethodGet); code != 200 || !strings.HasPrefix(body, "hello GET /inside HTTP/1.1") {
+			t.Fatalf("GET inside the tunnel: %d %q, want the upstream's hello", code, body)
+		}
+	})
+	t.Run("CONNECT answered by the chain, then a probe on the same connection", func(t *testing.T) {
+		c, br := dial(t)
+		fmt.Fprintf(c, "CONNECT nohost HTTP/1.1\r\nHost: nohost\r\n\r\n")
+		code, body := read(t, br, http.MethodConnect)
+		if code != http.StatusBadRequest || !strings.Contains(body, "want host:port") {
+			t.Fatalf("CONNECT without a port: %d %q, want Sluice's 400", code, body)
+		}
+		fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n")
+		if code, body := read(t, br, http.MethodGet); code != 200 || body != "ok\n" {
+			t.Fatalf("probe after the answered CONNECT: %d %q, want 200 ok", code, body)
+		}
+	})
+	t.Run("denied host: the tunnel opens, its first request is refused", func(t *testing.T) {
+		c, br := dial(t)
+		fmt.Fprintf(c, "CONNECT deny.test:80 HTTP/1.1\r\nHost: deny.test:80\r\n\r\nGET / HTTP/1.1\r\nHost: deny.test\r\n\r\n")
+		if code, _ := read(t, br, http.MethodConnect); code != 200 {
+			t.Fatalf("CONNECT: %d, want 200", code)
+		}
+		if code, body := read(t, br, http.MethodGet); code != http.StatusForbidden || !strings.Contains(body, `"rule":"deny-hosts"`) {
+			t.Fatalf("GET inside the tunnel to a denied host: %d %q, want 403 naming rule deny-hosts", code, body)
+		}
+	})
+	t.Run("CONNECT with two Host fields gets net/http's 400", func(t *testing.T) {
+		c, br := dial(t)
+		fmt.Fprintf(c, "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\nHost: b.test:443\r\n\r\n")
+		if code, _ := read(t, br, http.MethodConnect); code != http.StatusBadRequest {
+			t.Fatalf("CONNECT with two Hosts: %d, want 400", code)
+		}
+	})
+	t.Run("a probe first", func(t *testing.T) {
+		c, br := dial(t)
+		fmt.Fprintf(c, "GET /readyz HTTP/1.1\r\nHost: proxy\r\n\r\n")
+		if code, body := read(t, br, http.MethodGet); code != 200 || body != "ready\n" {
+			t.Fatalf("probe: %d %q, want 200 ready", code, body)
+		}
+	})
+}
+
+// A CONNECT tunnel costs none of net/http's per-connection state: its
+// first request is read with a pooled buffer, and net/http's server,
+// whose 4 KiB read and write buffers a hijacked connection never gives
+// back, does not serve it.
+func TestExplicitConnectSkipsNetHTTP(t *testing.T) {
+	// A raw echo server as the tunnel's far end: no net/http in this
+	// process but the proxy's.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	h := newHarness(t, nil, nil)
+	tunnel := func() {
+		c, err := net.Dial("tcp", h.url.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\n\r\nping\n", ln.Addr())
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: %v %v", resp, err)
+		}
+		if line, err := br.ReadString('\n'); err != nil || line != "ping\n" {
+			t.Fatalf("through the tunnel: %q %v, want the echo of ping", line, err)
+		}
+	}
+	tunnel() // warm up
+	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+	runtime.MemProfileRate = 1
+	// The profile is as of the last completed cycle, and counts since
+	// the process started: what the tunnels add is the difference.
+	runtime.GC()
+	runtime.GC()
+	_, before := profileFrom(t, "net/http.(*conn).serve", "")
+	const n = 16
+	for range n {
+		tunnel()
+	}
+	runtime.GC()
+	runtime.GC()
+	if _, after := profileFrom(t, "net/http.(*conn).serve", ""); after-before >= n*1024 {
+		t.Errorf("%d CONNECT tunnels: net/http's server allocated %d bytes for them, want none", n, after-before)
+	}
+}
+
+// FuzzConnectHead holds readConnect to what net/http's server serves as
+// it is: a head it takes is a CONNECT of HTTP/1.1 with no body, to a
+// valid host, whose fields net/http's server would not refuse.
+func FuzzConnectHead(f *testing.F) {
+	for _, s := range []string{
+		"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n",
+		"CONNECT 198.51.100.7:443 HTTP/1.1\r\nHost: 198.51.100.7:443\r\nUser-Agent: curl/8\r\nProxy-Connection: Keep-Alive\r\n\r\n",
+		"CONNECT [2001:db8::1]:443 HTTP/1.1\r\nhost: [2001:db8::1]:443\r\nProxy-Authorization: Basic YTpi\r\n\r\n",
+		"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\nHost: b:1\r\n\r\n",
+		"CONNECT api.test:443 HTTP/1.0\r\nHost: api.test:443\r\n\r\n",
+		"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\nContent-Length: 3\r\n\r\n",
+		"CONNECT /path HTTP/1.1\r\nHost: api.test\r\n\r\n",
+		"CONNECT  api.test:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+		"CONNECT api.test:443 HTTP/1.1\nHost: x\n\n",
+		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, head []byte) {
+		if headEnd(head) != len(head) {
+			return
+		}
+		r := readConnect(head)
+		if r == nil {
+			return
+		}
+		if r.Method != http.MethodConnect || r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Close ||
+			r.ContentLength != 0 || r.TransferEncoding != nil || !httpguts.ValidHostHeader(r.Host) {
+			t.Fatalf("readConnect took %q: %s HTTP/%d.%d close %v length %d TE %v host %q", head,
+				r.Method, r.ProtoMajor, r.ProtoMinor, r.Close, r.ContentLength, r.TransferEncoding, r.Host)
+		}
+		for k, vs := range r.Header {
+			if !httpguts.ValidHeaderFieldName(k) {
+				t.Fatalf("readConnect took %q with field name %q", head, k)
+			}
+			for _, v := range vs {
+				if !httpguts.ValidHeaderFieldValue(v) {
+					t.Fatalf("readConnect took %q with field value %q", head, v)
+				}
+			}
+		}
+	})
+}
