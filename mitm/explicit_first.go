@@ -255,7 +255,7 @@ func (w *connectWriter) answer(r *http.Request) (keep bool) {
 	w.hc.next = w.rest()
 	w.release()
 	_ = w.hc.Conn.SetWriteDeadline(time.Now().Add(w.hc.fl.p.cfg.HandshakeTimeout.D()))
-	_, err := w.hc.Conn.Write(b.Bytes())
+	_, err := w.hc.Write(b.Bytes())
 	_ = w.hc.Conn.SetWriteDeadline(time.Time{})
 	return keep && err == nil
 }
