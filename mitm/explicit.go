@@ -32,7 +32,7 @@ import (
 func (p *Proxy) ServeExplicit(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	el := &explicitListener{Listener: ln, p: p, ctx: ctx, wg: &wg,
-		conns: make(chan net.Conn), errc: make(chan error, 1), served: make(chan struct{})}
+		conns: make(chan net.Conn), errc: make(chan error, 1), served: make(chan struct{}), loopDone: make(chan struct{})}
 	go el.acceptLoop()
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(p.serveExplicitRequest),
@@ -52,6 +52,10 @@ func (p *Proxy) ServeExplicit(ctx context.Context, ln net.Listener) error {
 	defer stop()
 	err := srv.Serve(el)
 	_ = srv.Close()
+	// Serve may return before it took the listener (a Close that came
+	// first): the accept loop ends when it is closed here.
+	_ = ln.Close()
+	<-el.loopDone
 	close(el.served)
 	wg.Wait()
 	if ctx.Err() != nil || errors.Is(err, http.ErrServerClosed) {
@@ -73,10 +77,12 @@ type explicitListener struct {
 	ctx context.Context
 	wg  *sync.WaitGroup
 	// conns are net/http's to serve (Accept); errc is the accept loop's
-	// end; served is closed when net/http's server has returned.
-	conns  chan net.Conn
-	errc   chan error
-	served chan struct{}
+	// end, loopDone closed after it; served is closed when net/http's
+	// server has returned.
+	conns    chan net.Conn
+	errc     chan error
+	loopDone chan struct{}
+	served   chan struct{}
 }
 
 // admit gives c its slot and flow; nil when the client has too many

@@ -5,14 +5,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/sluicehq/sluice/audit"
 )
 
 // The first request of an explicit connection. Most connections to the
@@ -26,34 +29,40 @@ import (
 // here with a pooled buffer and served through the same chain; its
 // tunnel takes over the socket, and an answer that is not one (403,
 // 407, 502) is written here, after which the connection goes on under
-// net/http's server. Anything else goes to net/http's server at once,
+// net/http's server. What can't begin a plain CONNECT is known at its
+// first bytes (connectScan on the lines so far), as net/http's server
+// answers a malformed line at once. Anything else goes to net/http's server at once,
 // with every byte read (h1Conn.next): health probes, absolute-form
 // requests, malformed or unusual heads, which it answers as before.
 
 // acceptLoop accepts the listener's connections for as long as it can,
 // giving each its slot and flow (wrap) and serving its first request
-// (serveFirst); its end, the listener's error, goes to Accept.
+// (serveFirst); its end, the listener's error, goes to Accept, and
+// loopDone is closed.
 func (l *explicitListener) acceptLoop() {
+	defer close(l.loopDone)
 	var delay time.Duration
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
-			if temporaryAccept(err) {
-				// As net/http's Serve: out of descriptors or memory for
-				// a moment; wait and try again.
+			if temporaryAccept(err) && l.ctx.Err() == nil {
+				// As net/http's Serve: wait and try again (out of
+				// descriptors for a moment, an aborted handshake).
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				l.p.errLog.Debug("explicit proxy: accept failed; retrying", audit.KeyError, err.Error())
 				select {
 				case <-time.After(delay):
 					continue
 				case <-l.ctx.Done():
 				}
 			}
-			l.errc <- err
+			// Not a net.Error: net/http's Serve returns it, not retries.
+			l.errc <- fmt.Errorf("accept: %w", err)
 			return
 		}
 		delay = 0
 		if hc := l.admit(c); hc != nil {
-			l.wg.Add(1) // the first request's goroutine, done before Serve returns
+			l.wg.Add(1) // the first request's goroutine, done before ServeExplicit returns
 			go func() {
 				defer l.wg.Done()
 				l.serveFirst(hc)
@@ -63,11 +72,11 @@ func (l *explicitListener) acceptLoop() {
 }
 
 // temporaryAccept reports whether an accept error is one net/http's
-// Serve waits out: the process or system out of descriptors, buffers or
-// memory.
+// Serve waits out: one that says it is temporary (EMFILE, ENFILE,
+// ECONNABORTED, ETIMEDOUT and the like).
 func temporaryAccept(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+	var te interface{ Temporary() bool }
+	return errors.As(err, &te) && te.Temporary()
 }
 
 // Accept is the connections net/http's server serves, in order, and
@@ -95,6 +104,17 @@ func (l *explicitListener) toStd(hc *h1Conn) {
 // hands hc to net/http's server otherwise (or after an answer that
 // leaves the connection open).
 func (l *explicitListener) serveFirst(hc *h1Conn) {
+	defer func() {
+		// As net/http's server: a panic ends the connection, not the
+		// process (one in the chain was logged and recorded there).
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler { //nolint:errorlint // sentinel panic value
+				l.p.log.Error("panic serving an explicit connection", audit.KeyClient, hc.RemoteAddr().String(),
+					audit.KeyPanic, fmt.Sprint(v), audit.KeyStack, string(debug.Stack()))
+			}
+			hc.Close()
+		}
+	}()
 	br := fastReaders.Get().(*bufio.Reader)
 	br.Reset(hc.Conn) // not through hc's framer: it sees what net/http reads (hc.next)
 	release := func() {
@@ -111,7 +131,7 @@ func (l *explicitListener) serveFirst(hc *h1Conn) {
 	if !stop() {
 		return // closed: the proxy stops
 	}
-	if err != nil && (br.Buffered() == 0 || isTimeout(err)) {
+	if err != nil && err != errNotConnect && (br.Buffered() == 0 || isTimeout(err)) { //nolint:errorlint // our own value
 		// Silent, gone or too slow before a whole head: closed without
 		// an answer, as net/http's server does.
 		hc.Close()
@@ -122,6 +142,8 @@ func (l *explicitListener) serveFirst(hc *h1Conn) {
 		r = readConnect(head)
 	}
 	if r == nil {
+		// Not a plain CONNECT (known as soon as a line says so):
+		// net/http's server reads it from the start.
 		rest, _ := br.Peek(br.Buffered())
 		hc.next = bytes.Clone(rest)
 		release()
@@ -139,13 +161,33 @@ func (l *explicitListener) serveFirst(hc *h1Conn) {
 		return
 	}
 	// Answered, not tunneled: the connection goes on under net/http's
-	// server, with what the client sent after the CONNECT.
-	keep := w.answer(r)
-	if !keep {
+	// server, with what the client sent after the CONNECT. As between
+	// requests under net/http, the next one has idleTimeout to begin.
+	if !w.answer(r) || !l.awaitNext(hc) {
 		hc.Close()
 		return
 	}
 	l.toStd(hc)
+}
+
+// awaitNext waits up to idleTimeout for the first byte of the request
+// after an answered CONNECT, unless it came already; false when none
+// came (the client closed, or the wait ended). No buffer is held.
+func (l *explicitListener) awaitNext(hc *h1Conn) bool {
+	if len(hc.next) > 0 {
+		return true
+	}
+	stop := context.AfterFunc(l.ctx, func() { hc.Close() })
+	defer stop()
+	_ = hc.Conn.SetReadDeadline(time.Now().Add(l.p.cfg.IdleTimeout.D()))
+	var one [1]byte
+	n, _ := hc.Conn.Read(one[:])
+	_ = hc.Conn.SetReadDeadline(time.Time{})
+	if n == 0 {
+		return false
+	}
+	hc.next = one[:]
+	return l.ctx.Err() == nil
 }
 
 // serveConnect runs r through the flow's chain; false when the tunnel
@@ -247,7 +289,11 @@ func (w *connectWriter) answer(r *http.Request) (keep bool) {
 	b.WriteString("HTTP/1.1 ")
 	b.WriteString(strconv.Itoa(w.status))
 	b.WriteByte(' ')
-	b.WriteString(http.StatusText(w.status))
+	if text := http.StatusText(w.status); text != "" {
+		b.WriteString(text)
+	} else {
+		b.WriteString("status code " + strconv.Itoa(w.status)) // as net/http
+	}
 	b.WriteString("\r\n")
 	_ = h.Write(&b)
 	b.WriteString("\r\n")
@@ -260,32 +306,42 @@ func (w *connectWriter) answer(r *http.Request) (keep bool) {
 	return keep && err == nil
 }
 
-// peekHead waits for a whole request head at the start of br, within
-// limit bytes and br's buffer, and returns it (in br's buffer, not
-// consumed); errHeadTooLong past those.
+// peekHead waits for a whole request head at the start of br that may
+// be a plain CONNECT, and returns it (in br's buffer, not consumed).
+// errNotConnect as soon as the bytes so far can't begin one (another
+// method, a malformed line, a TLS ClientHello), or the head is longer
+// than limit bytes or br's buffer: net/http's server answers those as
+// soon as it reads them, or refuses the length.
 func peekHead(br *bufio.Reader, limit int) ([]byte, error) {
 	limit = min(limit, br.Size())
 	for n := 1; ; n = br.Buffered() + 1 {
 		if n > limit {
-			return nil, errHeadTooLong
+			return nil, errNotConnect
 		}
 		if _, err := br.Peek(n); err != nil {
 			return nil, err
 		}
 		b, _ := br.Peek(br.Buffered())
 		if e := headEnd(b); e > 0 {
+			if e > limit {
+				return nil, errNotConnect
+			}
 			return b[:e], nil
+		}
+		if !connectScan(b, true) {
+			return nil, errNotConnect
 		}
 	}
 }
 
-var errHeadTooLong = errors.New("request head longer than the first read's buffer")
+// errNotConnect: the head is not one serveFirst serves.
+var errNotConnect = errors.New("not a plain CONNECT")
 
 // readConnect is the request of head, a whole request head, when it is
-// a CONNECT of the plain shape (connectHead) that http.ReadRequest reads
+// a CONNECT of the plain shape (connectScan) that http.ReadRequest reads
 // whole; else nil.
 func readConnect(head []byte) *http.Request {
-	if !connectHead(head) {
+	if !connectScan(head, false) {
 		return nil
 	}
 	r, exact, err := readHead(head)
@@ -295,25 +351,31 @@ func readConnect(head []byte) *http.Request {
 	return r
 }
 
-// connectHead reports whether head, a whole request head, is a CONNECT
+// connectScan reports whether head, a whole request head, is a CONNECT
 // of the plain shape, which net/http's server serves as it is: the
 // request line "CONNECT target HTTP/1.1" with a target of visible ASCII
-// that is a valid host (and port), not a path;
-// field lines with a name of token bytes and a value of visible ASCII,
-// spaces and tabs, each ended by CRLF; exactly one Host, a valid one; no
-// Content-Length, Transfer-Encoding, Expect, Upgrade or Connection field;
-// at most 64 field lines.
-func connectHead(head []byte) bool {
+// that is a valid host (and port), not a path, with no %-escape (which
+// the URL parser would decode into the host); field lines with a name
+// of token bytes and a value of visible ASCII, spaces and tabs, each
+// ended by CRLF; exactly one Host, a valid one; no Content-Length,
+// Transfer-Encoding, Expect, Upgrade or Connection field; at most 64
+// field lines. partial: head is the start of one, no whole head yet:
+// whether what is there can begin such a head (its whole lines are of
+// the shape, a Host may be still to come).
+func connectScan(head []byte, partial bool) bool {
 	const method = "CONNECT "
-	if !bytes.HasPrefix(head, []byte(method)) {
+	if n := min(len(head), len(method)); string(head[:n]) != method[:n] {
 		return false
 	}
 	i := bytes.IndexByte(head, '\n')
-	if i < 1 || head[i-1] != '\r' {
+	if i < 0 {
+		return partial
+	}
+	if i < 1 || head[i-1] != '\r' || i < len(method) {
 		return false
 	}
 	target, ok := bytes.CutSuffix(head[len(method):i-1], []byte(" HTTP/1.1"))
-	if !ok || len(target) == 0 || target[0] == '/' || !httpguts.ValidHostHeader(string(target)) {
+	if !ok || len(target) == 0 || target[0] == '/' || bytes.IndexByte(target, '%') >= 0 || !httpguts.ValidHostHeader(string(target)) {
 		return false
 	}
 	for _, c := range target {
@@ -324,13 +386,16 @@ func connectHead(head []byte) bool {
 	hosts, fields := 0, 0
 	for rest := head[i+1:]; ; {
 		j := bytes.IndexByte(rest, '\n')
+		if j < 0 && partial {
+			return true // the rest of a line to come
+		}
 		if j < 1 || rest[j-1] != '\r' {
 			return false
 		}
 		line := rest[:j-1]
 		rest = rest[j+1:]
 		if len(line) == 0 {
-			return len(rest) == 0 && hosts == 1
+			return !partial && len(rest) == 0 && hosts == 1
 		}
 		if fields++; fields > 64 {
 			return false
@@ -346,8 +411,7 @@ func connectHead(head []byte) bool {
 		}
 		switch {
 		case equalFoldLower(name, "host"):
-			hosts++
-			if !httpguts.ValidHostHeader(string(bytes.Trim(value, " \t"))) {
+			if hosts++; hosts > 1 || !httpguts.ValidHostHeader(string(bytes.Trim(value, " \t"))) {
 				return false
 			}
 		case equalFoldLower(name, "content-length"), equalFoldLower(name, "transfer-encoding"),

@@ -2,17 +2,21 @@ package mitm
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -96,6 +100,17 @@ func TestExplicitFirstRequest(t *testing.T) {
 			t.Fatalf("CONNECT with two Hosts: %d, want 400", code)
 		}
 	})
+	t.Run("a malformed line is answered at once, without the head's end", func(t *testing.T) {
+		// No empty line follows: net/http's server answers the bad
+		// field line as soon as it reads it, long before the
+		// handshake timeout (10s).
+		c, br := dial(t)
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		fmt.Fprintf(c, "CONNECT a.test:443 HTTP/1.1\r\nHost a.test\r\n")
+		if code, _ := read(t, br, http.MethodConnect); code != http.StatusBadRequest {
+			t.Fatalf("bad field line: %d, want 400", code)
+		}
+	})
 	t.Run("a probe first", func(t *testing.T) {
 		c, br := dial(t)
 		fmt.Fprintf(c, "GET /readyz HTTP/1.1\r\nHost: proxy\r\n\r\n")
@@ -103,6 +118,122 @@ func TestExplicitFirstRequest(t *testing.T) {
 			t.Fatalf("probe: %d %q, want 200 ready", code, body)
 		}
 	})
+}
+
+// The limits net/http's server kept for the first request hold: a
+// CONNECT head over proxy.maxHeaderBytes gets 431 however it arrives,
+// and after an answered CONNECT the next request has idleTimeout, not
+// the handshake's, to begin.
+func TestExplicitFirstRequestLimits(t *testing.T) {
+	h := newHarness(t, nil, nil, func(c *config.Proxy, _ *Deps) {
+		c.MaxHeaderBytes = 1024
+		c.HandshakeTimeout = config.Duration(300 * time.Millisecond)
+	})
+	dial := func(t *testing.T) (net.Conn, *bufio.Reader) {
+		t.Helper()
+		c, err := net.Dial("tcp", h.url.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	t.Run("a CONNECT head over maxHeaderBytes in one write", func(t *testing.T) {
+		c, br := dial(t)
+		fmt.Fprintf(c, "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\nX-Pad: %s\r\n\r\n", strings.Repeat("p", 2000))
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Fatalf("CONNECT with a 2 KiB head under a 1 KiB limit: %v %v, want 431", resp, err)
+		}
+	})
+	t.Run("the request after an answered CONNECT, later than the handshake timeout", func(t *testing.T) {
+		c, br := dial(t)
+		fmt.Fprintf(c, "CONNECT nohost HTTP/1.1\r\nHost: nohost\r\n\r\n")
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("CONNECT without a port: %v %v, want 400", resp, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		time.Sleep(time.Second) // past 300ms, within idleTimeout (90s)
+		fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n")
+		resp, err = http.ReadResponse(br, &http.Request{Method: http.MethodGet})
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("probe 1s after the answer: %v %v, want 200", resp, err)
+		}
+	})
+}
+
+// ServeExplicit keeps accepting through an accept error that says it is
+// temporary, as net/http's Serve does, and leaves no connection of its
+// listener open when it returns, also when its context was cancelled
+// before it started.
+func TestServeExplicitAcceptErrors(t *testing.T) {
+	h := newHarness(t, nil, nil)
+	t.Run("a temporary accept error", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- h.p.ServeExplicit(ctx, &failOnceListener{Listener: ln}) }()
+		defer func() { cancel(); <-done }()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("probe after an ETIMEDOUT from accept: %v %v, want 200", resp, err)
+		}
+	})
+	t.Run("cancelled before it starts", func(t *testing.T) {
+		for range 20 {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var conns []net.Conn
+			for range 4 {
+				c, err := net.Dial("tcp", ln.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				conns = append(conns, c)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			if err := h.p.ServeExplicit(ctx, ln); err != nil {
+				t.Fatalf("ServeExplicit on a cancelled context: %v", err)
+			}
+			for i, c := range conns {
+				_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				if _, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+					t.Fatalf("connection %d still open after ServeExplicit returned: %v", i, err)
+				}
+			}
+		}
+	})
+}
+
+// failOnceListener fails its first Accept with ETIMEDOUT, which Linux's
+// accept may return.
+type failOnceListener struct {
+	net.Listener
+	failed bool
+}
+
+func (l *failOnceListener) Accept() (net.Conn, error) {
+	if !l.failed {
+		l.failed = true
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.ETIMEDOUT)}
+	}
+	return l.Listener.Accept()
 }
 
 // A CONNECT tunnel costs none of net/http's per-connection state: its
@@ -188,6 +319,12 @@ func FuzzConnectHead(f *testing.F) {
 		r := readConnect(head)
 		if r == nil {
 			return
+		}
+		// Every start of it may begin one: serveFirst reads on.
+		for n := range len(head) {
+			if headEnd(head[:n]) == 0 && !connectScan(head[:n], true) {
+				t.Fatalf("connectScan refused %q, the start of %q", head[:n], head)
+			}
 		}
 		if r.Method != http.MethodConnect || r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Close ||
 			r.ContentLength != 0 || r.TransferEncoding != nil || !httpguts.ValidHostHeader(r.Host) {
