@@ -35,16 +35,7 @@ func TestExplicitFirstRequest(t *testing.T) {
 		return policy.ConnDecision{Action: policy.Decrypt, Decision: policy.Decision{Rule: "test", Reason: "test allows"}}
 	}}
 	h := newHarness(t, nil, dec)
-	dial := func(t *testing.T) (net.Conn, *bufio.Reader) {
-		t.Helper()
-		c, err := net.Dial("tcp", h.url.Host)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		return c, bufio.NewReader(c)
-	}
+	dial := func(t *testing.T) (net.Conn, *bufio.Reader) { return dialExplicit(t, h) }
 	read := func(t *testing.T, br *bufio.Reader, method string) (int, string) {
 		t.Helper()
 		resp, err := http.ReadResponse(br, &http.Request{Method: method})
@@ -129,16 +120,7 @@ func TestExplicitFirstRequestLimits(t *testing.T) {
 		c.MaxHeaderBytes = 1024
 		c.HandshakeTimeout = config.Duration(300 * time.Millisecond)
 	})
-	dial := func(t *testing.T) (net.Conn, *bufio.Reader) {
-		t.Helper()
-		c, err := net.Dial("tcp", h.url.Host)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		return c, bufio.NewReader(c)
-	}
+	dial := func(t *testing.T) (net.Conn, *bufio.Reader) { return dialExplicit(t, h) }
 	t.Run("a CONNECT head over maxHeaderBytes in one write", func(t *testing.T) {
 		c, br := dial(t)
 		fmt.Fprintf(c, "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\nX-Pad: %s\r\n\r\n", strings.Repeat("p", 2000))
@@ -219,6 +201,19 @@ func TestServeExplicitAcceptErrors(t *testing.T) {
 			}
 		}
 	})
+}
+
+// dialExplicit is a connection to h's explicit listener, closed when t
+// ends, with a reader of its answers.
+func dialExplicit(t *testing.T, h *harness) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", h.url.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c, bufio.NewReader(c)
 }
 
 // failOnceListener fails its first Accept with ETIMEDOUT, which Linux's
