@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"strconv"
 	"time"
@@ -131,9 +132,9 @@ func (l *explicitListener) serveFirst(hc *h1Conn) {
 	if !stop() {
 		return // closed: the proxy stops
 	}
-	if err != nil && err != errNotConnect && (br.Buffered() == 0 || isTimeout(err)) { //nolint:errorlint // our own value
-		// Silent, gone or too slow before a whole head: closed without
-		// an answer, as net/http's server does.
+	if err != nil && err != errNotConnect && br.Buffered() == 0 { //nolint:errorlint // our own value
+		// Silent or gone before a byte: closed without an answer, as
+		// net/http's server does.
 		hc.Close()
 		return
 	}
@@ -142,10 +143,15 @@ func (l *explicitListener) serveFirst(hc *h1Conn) {
 		r = readConnect(head)
 	}
 	if r == nil {
-		// Not a plain CONNECT (known as soon as a line says so):
-		// net/http's server reads it from the start.
+		// Not a plain CONNECT (known as soon as a line says so), or
+		// too slow or cut short: net/http's server reads it from the
+		// start, and then the error that ended the wait here (a
+		// timeout: its 400 to a line cut short, and its record).
 		rest, _ := br.Peek(br.Buffered())
 		hc.next = bytes.Clone(rest)
+		if err != nil && err != errNotConnect { //nolint:errorlint // our own value
+			hc.nextErr = err
+		}
 		release()
 		_ = hc.Conn.SetReadDeadline(time.Time{})
 		l.toStd(hc)
@@ -355,7 +361,8 @@ func readConnect(head []byte) *http.Request {
 // of the plain shape, which net/http's server serves as it is: the
 // request line "CONNECT target HTTP/1.1" with a target of visible ASCII
 // that is a valid host (and port), not a path, with no %-escape (which
-// the URL parser would decode into the host); field lines with a name
+// the URL parser would decode into the host), that the URL parser takes
+// (a numeric port, a closed IPv6 bracket); field lines with a name
 // of token bytes and a value of visible ASCII, spaces and tabs, each
 // ended by CRLF; exactly one Host, a valid one; no Content-Length,
 // Transfer-Encoding, Expect, Upgrade or Connection field; at most 64
@@ -377,6 +384,9 @@ func connectScan(head []byte, partial bool) bool {
 	target, ok := bytes.CutSuffix(head[len(method):i-1], []byte(" HTTP/1.1"))
 	if !ok || len(target) == 0 || target[0] == '/' || bytes.IndexByte(target, '%') >= 0 || !httpguts.ValidHostHeader(string(target)) {
 		return false
+	}
+	if _, err := url.ParseRequestURI("http://" + string(target)); err != nil {
+		return false // as http.ReadRequest parses a CONNECT's target: net/http answers 400 at once
 	}
 	for _, c := range target {
 		if c <= ' ' || c >= 0x7f {

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/policy"
 )
@@ -102,6 +103,14 @@ func TestExplicitFirstRequest(t *testing.T) {
 			t.Fatalf("bad field line: %d, want 400", code)
 		}
 	})
+	t.Run("a target the URL parser refuses is answered at once", func(t *testing.T) {
+		c, br := dial(t)
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		fmt.Fprintf(c, "CONNECT a.test:https HTTP/1.1\r\n")
+		if code, _ := read(t, br, http.MethodConnect); code != http.StatusBadRequest {
+			t.Fatalf("CONNECT to a named port: %d, want 400", code)
+		}
+	})
 	t.Run("a probe first", func(t *testing.T) {
 		c, br := dial(t)
 		fmt.Fprintf(c, "GET /readyz HTTP/1.1\r\nHost: proxy\r\n\r\n")
@@ -128,6 +137,17 @@ func TestExplicitFirstRequestLimits(t *testing.T) {
 		if err != nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 			t.Fatalf("CONNECT with a 2 KiB head under a 1 KiB limit: %v %v, want 431", resp, err)
 		}
+	})
+	t.Run("a head cut mid-line at the handshake timeout", func(t *testing.T) {
+		// As net/http's server: the line cut short is answered 400,
+		// and recorded.
+		c, br := dial(t)
+		fmt.Fprintf(c, "CONNECT cut.test:443 HTT")
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("a head cut short: %v %v, want 400", resp, err)
+		}
+		h.recs.wait(t, "the cut head's record", func(r audit.Record) bool { return r.Status == http.StatusBadRequest })
 	})
 	t.Run("the request after an answered CONNECT, later than the handshake timeout", func(t *testing.T) {
 		c, br := dial(t)

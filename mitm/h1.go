@@ -274,6 +274,10 @@ type h1Conn struct {
 	idle    atomic.Bool // net/http holds it idle (http.StateIdle)
 	parking atomic.Bool // the EOF was ours: Close parks
 	next    []byte      // what park read, returned first
+	// nextErr is returned once after next, before the socket is read
+	// again: the timeout that ended the explicit listener's wait for a
+	// first head (explicit_first.go).
+	nextErr error
 	// idleSince is when net/http began waiting for the next request.
 	idleSince time.Time
 	pk        parkLinks // while in the server's parkSet
@@ -392,6 +396,10 @@ func (c *h1Conn) Read(b []byte) (int, error) {
 		c.fr.feed(b[:n])
 		c.mu.Unlock()
 		return n, nil
+	}
+	if err := c.nextErr; err != nil {
+		c.nextErr = nil
+		return 0, err
 	}
 	if c.srv != nil && c.idle.Load() && c.atBoundary() {
 		return c.idleRead(b)
