@@ -26,15 +26,15 @@ import (
 // back, so every tunnel left them, its conn's state and its response's
 // 2 KiB buffer behind for the collector (the proxy's resident size is
 // its heap's peak while connections are opened: `idle-h2`). A first
-// request that is a CONNECT of the plain shape (connectHead) is read
+// request that is a CONNECT of the plain shape (readConnect) is read
 // here with a pooled buffer and served through the same chain; its
 // tunnel takes over the socket, and an answer that is not one (403,
 // 407, 502) is written here, after which the connection goes on under
-// net/http's server. What can't begin a plain CONNECT is known at its
-// first bytes (connectScan on the lines so far), as net/http's server
-// answers a malformed line at once. Anything else goes to net/http's server at once,
-// with every byte read (h1Conn.next): health probes, absolute-form
-// requests, malformed or unusual heads, which it answers as before.
+// net/http's server. Anything else goes to net/http's server with every
+// byte read (h1Conn.next): health probes, absolute-form requests,
+// malformed or unusual heads, which it answers as before. That is known
+// at the first line that says so (connectScan on the lines so far), as
+// net/http's server answers a malformed line at once.
 
 // acceptLoop accepts the listener's connections for as long as it can,
 // giving each its slot and flow (wrap) and serving its first request
@@ -382,16 +382,12 @@ func connectScan(head []byte, partial bool) bool {
 		return false
 	}
 	target, ok := bytes.CutSuffix(head[len(method):i-1], []byte(" HTTP/1.1"))
-	if !ok || len(target) == 0 || target[0] == '/' || bytes.IndexByte(target, '%') >= 0 || !httpguts.ValidHostHeader(string(target)) {
+	// ValidHostHeader takes no space, control, non-ASCII byte or '/'.
+	if !ok || len(target) == 0 || bytes.IndexByte(target, '%') >= 0 || !httpguts.ValidHostHeader(string(target)) {
 		return false
 	}
 	if _, err := url.ParseRequestURI("http://" + string(target)); err != nil {
 		return false // as http.ReadRequest parses a CONNECT's target: net/http answers 400 at once
-	}
-	for _, c := range target {
-		if c <= ' ' || c >= 0x7f {
-			return false
-		}
 	}
 	hosts, fields := 0, 0
 	for rest := head[i+1:]; ; {
