@@ -183,6 +183,10 @@ func (p *Proxy) setDNSName(rec *audit.Record) {
 		return
 	}
 	names, _ := p.resolvedNames(rec.Workload, rec.DstIP)
+	pickDNSName(rec, names)
+}
+
+func pickDNSName(rec *audit.Record, names []string) {
 	if len(names) == 0 {
 		return
 	}
@@ -190,4 +194,35 @@ func (p *Proxy) setDNSName(rec *audit.Record) {
 	if h := strings.TrimSuffix(strings.ToLower(rec.Host), "."); slices.Contains(names, h) {
 		rec.DNSName = h
 	}
+}
+
+// dnsNamesFor is how long a flow's requests reuse the names its workload
+// resolved to their destination address (Record.DNSName): a lookup takes
+// the DNS server's lock, and a flow's requests go to one address (a
+// balanced group's, to a few). A name resolved meanwhile shows on the
+// records up to this much later, as one that expired shows this much
+// longer.
+const dnsNamesFor = time.Second
+
+// dnsNames is a flow's last lookup for its records: the names resolved
+// to ip, good until until. Read-only once stored.
+type dnsNames struct {
+	ip    netip.Addr
+	names []string
+	until time.Time
+}
+
+// setDNSName is Proxy.setDNSName for a record of one of f's requests
+// (rec.Time, its start, tells the memo's age), through f's memo.
+func (f *flow) setDNSName(rec *audit.Record) {
+	if rec.DNSName != "" || !rec.DstIP.IsValid() {
+		return
+	}
+	m := f.dnsNames.Load()
+	if m == nil || m.ip != rec.DstIP || !rec.Time.Before(m.until) || rec.Time.IsZero() {
+		names, _ := f.p.resolvedNames(rec.Workload, rec.DstIP)
+		m = &dnsNames{ip: rec.DstIP, names: names, until: rec.Time.Add(dnsNamesFor)}
+		f.dnsNames.Store(m)
+	}
+	pickDNSName(rec, m.names)
 }

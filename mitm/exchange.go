@@ -240,7 +240,8 @@ func (x *Exchange) finish() {
 	if m := x.mcp; m != nil && m.session != nil && len(m.ids) > 0 && m.session.hold(x.f.p, x, m.ids) {
 		return // emitted when the response arrives on the session's stream (mcp_session.go)
 	}
-	x.f.p.emit(x.Record)
+	x.f.setDNSName(x.Record) // emit's lookup, through the flow's memo
+	x.f.p.emitNamed(x.Record)
 }
 
 // serveHTTP serves HTTP/1.1 or HTTP/2 on c until the client is done.

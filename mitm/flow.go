@@ -44,6 +44,8 @@ type flow struct {
 
 	requests atomic.Int64 // requests served (HTTP flows)
 
+	dnsNames atomic.Pointer[dnsNames] // setDNSName's memo for the records
+
 	slotMu sync.Mutex
 	slot   string // the explicit listener's connection slot key
 

@@ -127,6 +127,9 @@ func (c *h2UpConn) response(s *h2UpStream, status string, code int, f *http2.Met
 	var trailer http.Header
 	for i, hf := range fields {
 		key := canonicalH2Key(hf.Name)
+		if slices.Contains(h2ConnFields[:], key) {
+			continue // dropped
+		}
 		if key == "Trailer" {
 			if trailer == nil {
 				trailer = http.Header{}
@@ -145,11 +148,12 @@ func (c *h2UpConn) response(s *h2UpStream, status string, code int, f *http2.Met
 			header[key] = vals[i : i+1 : i+1]
 		}
 	}
-	for _, k := range h2ConnFields {
-		delete(header, k)
+	st := h2StatusLines[min(code, len(h2StatusLines)-1)]
+	if st == "" {
+		st = status + " " + http.StatusText(code)
 	}
 	resp := &http.Response{
-		Status: status + " " + http.StatusText(code), StatusCode: code,
+		Status: st, StatusCode: code,
 		Proto: "HTTP/2.0", ProtoMajor: 2,
 		Header: header, Trailer: trailer, ContentLength: -1,
 		Request: s.req, TLS: c.tls,
@@ -176,6 +180,15 @@ func (c *h2UpConn) response(s *h2UpStream, status string, code int, f *http2.Met
 	}
 	return resp
 }
+
+// h2StatusLines is Response.Status ("200 OK") for each final status
+// below 600, made once rather than per response.
+var h2StatusLines = func() (s [600]string) {
+	for code := 200; code < len(s); code++ {
+		s[code] = strconv.Itoa(code) + " " + http.StatusText(code)
+	}
+	return s
+}()
 
 // h2MissingBody is the body of a response whose head ended its stream
 // but announced a length: it is missing.

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -208,6 +210,72 @@ func TestResolvedNamesAndRequireResolved(t *testing.T) {
 				t.Errorf("record %+v", rec)
 			}
 		})
+	}
+}
+
+// changingNames is a DNS server's view that a test changes, counting the
+// lookups made of it.
+type changingNames struct {
+	mu      sync.Mutex
+	names   []string
+	lookups int
+}
+
+func (c *changingNames) NamesFor(workload.Identity, netip.Addr) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lookups++
+	return c.names
+}
+
+func (c *changingNames) set(names ...string) (lookups int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.names = names
+	return c.lookups
+}
+
+// A connection's records take dns_name from a lookup made at most
+// dnsNamesFor before: a name resolved meanwhile shows on a request that
+// starts after that, and requests in between ask the DNS server's view
+// nothing.
+func TestDNSNameLookedUpOncePerWindow(t *testing.T) {
+	up := startPlainUpstream(t, countingHandler(new(atomic.Int64)))
+	names := &changingNames{names: []string{"a.test"}}
+	h := newHarness(t, nil, allowAllDecider{}, func(_ *config.Proxy, d *Deps) {
+		d.Resolver = mapResolver{}
+		d.Names = names
+	})
+	c := transparent(t, h, Destination{Addr: up.addr}, workload.Identity{PID: 9})
+	br := bufio.NewReader(c)
+	get := func(path string) audit.Record {
+		t.Helper()
+		if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: a.test\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return h.recs.wait(t, path, func(r audit.Record) bool { return r.Path == path })
+	}
+	if rec := get("/1"); rec.DNSName != "a.test" {
+		t.Fatalf("first request: dns_name %q, want a.test", rec.DNSName)
+	}
+	before := names.set("b.test")
+	for i := 2; i <= 5; i++ {
+		if rec := get(fmt.Sprintf("/%d", i)); rec.DNSName != "a.test" {
+			t.Errorf("request %d, within the window: dns_name %q, want a.test (the flow's lookup)", i, rec.DNSName)
+		}
+	}
+	if n := names.set("b.test") - before; n != 0 {
+		t.Errorf("%d lookups for 4 records within the window, want 0", n)
+	}
+	time.Sleep(dnsNamesFor + 100*time.Millisecond)
+	if rec := get("/6"); rec.DNSName != "b.test" {
+		t.Errorf("after the window: dns_name %q, want b.test", rec.DNSName)
 	}
 }
 

@@ -15,7 +15,9 @@
 # in turn before the next test), the median of:
 #   keep-alive HTTP/1.1 (wrk) req/s, p50, p99 at each of CONNS connections,
 #   the proxy's CPU per request (utime+stime of its processes from
-#   /proc/PID/stat), new TLS connections per second (wrk, Connection:
+#   /proc/PID/stat) and the upstream's (up_cpu_us_per_req: in the direct
+#   column, what a Go net/http HTTPS server alone spends per request),
+#   new TLS connections per second (wrk, Connection:
 #   close; with dumpcap and tshark also the share of those handshakes
 #   that resumed a session and that were TLS 1.3), h2 req/s (h2load), one
 #   large download in MB/s (curl), KiB of proxy memory per idle TLS
@@ -186,7 +188,8 @@ done
 
 ip netns exec "$ns" sh -c "ulimit -n $hard; exec $work/benchpeers upstream -listen $up_ip:$up_port -cert $work/upstream.pem -key $work/upstream.key" \
   >"$work/upstream.log" 2>&1 &
-pids+=($!)
+up_pid=$!
+pids+=("$up_pid")
 
 audit_flush=${BENCH_AUDIT_FLUSH:-100ms}
 nginx_buffer=""
@@ -328,9 +331,11 @@ reset_logs() {
 # run_client MODE CMD... : runs a client against MODE, prints its output and
 # a PROXY_CPU_TICKS line (the proxy's CPU meanwhile; 0 for direct).
 run_client() {
-  local mode=$1 t0 t1 rc=0
+  local mode=$1 t0 t1 u0 rc=0
   shift
   reset_logs
+  # shellcheck disable=SC2046
+  u0=$(ticks $(proc_pids "$up_pid"))
   case $mode in
     direct) timeout $((dur + 60)) "$@" || rc=$?; echo "PROXY_CPU_TICKS 0" ;;
     nginx)
@@ -352,7 +357,12 @@ run_client() {
       SLUICE_PPROF=$pprof_addr timeout $((dur + 90)) "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
         -- "$self" __inner "$@" || rc=$? ;;
   esac
+  # shellcheck disable=SC2046
+  echo "UPSTREAM_CPU_TICKS $(($(ticks $(proc_pids "$up_pid")) - u0))"
   return $rc
+}
+per_req_us() { # ticks requests: CPU µs per request
+  awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", t*1e6/hz/n}'
 }
 
 url_of() { # mode -> base URL of the upstream as that mode's client sees it
@@ -425,8 +435,9 @@ wrk_run() { # test mode conns [extra wrk args]
   record "$test/c$c" "$mode" rps "$rps"
   record "$test/c$c" "$mode" p50_us "$p50"
   record "$test/c$c" "$mode" p99_us "$p99"
-  if [ "$mode" != direct ] && [ "${req:-0}" -gt 0 ]; then
-    record "$test/c$c" "$mode" cpu_us_per_req "$(awk -v t="$cpu" -v n="$req" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", t*1e6/hz/n}')"
+  if [ "${req:-0}" -gt 0 ]; then # direct has no proxy: its cell stays empty
+    record "$test/c$c" "$mode" cpu_us_per_req "$([ "$mode" = direct ] || per_req_us "$cpu" "$req")"
+    record "$test/c$c" "$mode" up_cpu_us_per_req "$(per_req_us "$(awk '/^UPSTREAM_CPU_TICKS/{print $2}' <<<"$out")" "$req")"
   fi
 }
 
@@ -442,8 +453,9 @@ h2_run() { # mode
   local done cpu
   done=$(awk '/^requests:/{print $8}' <<<"$out")
   cpu=$(awk '/^PROXY_CPU_TICKS/{print $2}' <<<"$out")
-  if [ "$mode" != direct ] && [ "${done:-0}" -gt 0 ]; then
-    record h2/c32m10 "$mode" cpu_us_per_req "$(awk -v t="$cpu" -v n="$done" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", t*1e6/hz/n}')"
+  if [ "${done:-0}" -gt 0 ]; then
+    record h2/c32m10 "$mode" cpu_us_per_req "$([ "$mode" = direct ] || per_req_us "$cpu" "$done")"
+    record h2/c32m10 "$mode" up_cpu_us_per_req "$(per_req_us "$(awk '/^UPSTREAM_CPU_TICKS/{print $2}' <<<"$out")" "$done")"
   fi
 }
 
