@@ -437,12 +437,19 @@ func TestBodyLimits(t *testing.T) {
 }
 
 // TestResponseHeaderTimeoutCountsFromBodyEnd: a slow upload is not a
-// slow upstream, on either upstream path: a body of unknown length goes
-// through net/http's Transport, a short one of declared length on the
-// handler's goroutine (h1upstream.go).
+// slow upstream, on every upstream path: over HTTP/1.1 a body of unknown
+// length goes through net/http's Transport, a short one of declared
+// length on the handler's goroutine (h1upstream.go); over HTTP/2 both go
+// through Sluice's client, which keeps the timeout itself.
 func TestResponseHeaderTimeoutCountsFromBodyEnd(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) { testHeaderTimeoutFromBodyEnd(t, h2) })
+	}
+}
+
+func testHeaderTimeoutFromBodyEnd(t *testing.T, h2 bool) {
 	tca := newTestCA(t, "upstream test CA")
-	up := startUpstream(t, tca, false, echoHandler())
+	up := startUpstream(t, tca, h2, echoHandler())
 	h := newHarness(t, tca, nil, func(c *config.Proxy, _ *Deps) { c.ResponseHeaderTimeout = config.Duration(time.Second) })
 	for _, declared := range []int64{-1, 16} {
 		pr, pw := io.Pipe()
@@ -455,13 +462,14 @@ func TestResponseHeaderTimeoutCountsFromBodyEnd(t *testing.T) {
 		}()
 		req, _ := http.NewRequest("POST", fmt.Sprintf("https://api.test:%d/upload", up.addr.Port()), pr)
 		req.ContentLength = declared
-		resp, err := h.client(false).Do(req)
+		resp, err := h.client(h2).Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		body := readAll(t, resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != 200 || body != "hello POST /upload HTTP/1.1 body=partpartpartpart" {
+		proto := map[bool]string{false: "HTTP/1.1", true: "HTTP/2.0"}[h2]
+		if resp.StatusCode != 200 || body != "hello POST /upload "+proto+" body=partpartpartpart" {
 			t.Fatalf("body of length %d: status %d body %q", declared, resp.StatusCode, body)
 		}
 	}

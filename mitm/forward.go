@@ -259,8 +259,9 @@ func (x *Exchange) forward() {
 	if out != nil {
 		// ResponseHeaderTimeout counts from the end of the request body,
 		// as net/http's Transport does, so a long upload is not cut short.
+		// An HTTP/2 pool's client keeps it itself (send).
 		ht.fire = x.headerTimedOut
-		if x.body != nil {
+		if x.body != nil && t.pool.h2 == nil {
 			x.body.onEOF = ht.arm
 		}
 	}
@@ -398,11 +399,15 @@ func (s *stopChan) cancel(cause error) {
 
 // send sends the request to x.t: out through the pool's Transport, with
 // the response header timer (armed here unless the request body's end
-// arms it); without out, x.h1req on this goroutine.
+// arms it) or, on an HTTP/2 pool, its client's own; without out,
+// x.h1req on this goroutine.
 func (x *Exchange) send(out *http.Request) (*http.Response, error) {
 	up := x.t.pool
-	if out == nil {
+	switch {
+	case out == nil:
 		return up.h1.roundTrip(x.Req.Context(), &x.h1req, x.ht.d)
+	case up.h2 != nil:
+		return up.h2.RoundTrip(out)
 	}
 	if x.body == nil || x.body.onEOF == nil {
 		x.ht.arm()

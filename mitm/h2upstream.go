@@ -37,6 +37,14 @@ type h2Transport struct {
 	dial          func(context.Context) (net.Conn, error)
 	idleTimeout   time.Duration
 	maxHeaderList uint32 // what a response head may decode to
+	// headerTimeout bounds the wait for a response head (0: none), as
+	// net/http's Transport.ResponseHeaderTimeout does, from the end of
+	// the request body; a request without one counts from RoundTrip's
+	// start, so a wait for a connection or the write turn counts too.
+	// It fails with errResponseHeaderTimeout. Each connection keeps one
+	// timer for all its streams (h2UpConn.watchHeadLocked), where a
+	// timer per request was 1.5% of the proxy's CPU under h2load.
+	headerTimeout time.Duration
 
 	mu      sync.Mutex
 	conns   []*h2UpConn
@@ -106,16 +114,20 @@ func newH2Transport(dial func(context.Context) (net.Conn, error), idleTimeout ti
 // the response head; its body streams from the connection.
 func (t *h2Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	hasBody := req.Body != nil && req.Body != http.NoBody
+	var headBy time.Time // with a body: from its end (sendBody)
+	if t.headerTimeout > 0 && !hasBody {
+		headBy = time.Now().Add(t.headerTimeout)
+	}
 	retried := false
 	for stale := 0; ; {
-		c, reused, err := t.conn(req.Context(), req.Cancel)
+		c, reused, err := t.conn(req.Context(), req.Cancel, headBy)
 		if err != nil {
 			if hasBody {
 				req.Body.Close()
 			}
 			return nil, err
 		}
-		resp, err := c.roundTrip(req, hasBody)
+		resp, err := c.roundTrip(req, hasBody, headBy)
 		switch {
 		case err == nil:
 			return resp, nil
@@ -152,9 +164,12 @@ func (t *h2Transport) CloseIdleConnections() {
 // again while each dial brings a connection that allows streams (others
 // may have taken them); after a dial that brought one allowing none, it
 // waits for room, and dials again only when no connection is left (an
-// upstream that allows no stream is not dialed over and over).
-func (t *h2Transport) conn(ctx context.Context, cancel <-chan struct{}) (c *h2UpConn, reused bool, err error) {
+// upstream that allows no stream is not dialed over and over). A wait
+// ends with errResponseHeaderTimeout at headBy (zero: never).
+func (t *h2Transport) conn(ctx context.Context, cancel <-chan struct{}, headBy time.Time) (c *h2UpConn, reused bool, err error) {
 	dialed, lastLimit := false, uint32(0)
+	var late <-chan time.Time // made at the first wait
+
 	for {
 		gen := t.roomGen.Load()
 		t.mu.Lock()
@@ -181,12 +196,19 @@ func (t *h2Transport) conn(ctx context.Context, cancel <-chan struct{}) (c *h2Up
 				continue // room came meanwhile: look again
 			}
 		}
+		if late == nil && !headBy.IsZero() {
+			tm := time.NewTimer(time.Until(headBy))
+			defer tm.Stop()
+			late = tm.C
+		}
 		select {
 		case <-wait:
 		case <-ctx.Done():
 			return nil, false, ctx.Err()
 		case <-cancel:
 			return nil, false, errH2Canceled
+		case <-late:
+			return nil, false, errResponseHeaderTimeout
 		}
 		if d != nil {
 			if d.err != nil {
@@ -283,6 +305,10 @@ type h2UpConn struct {
 	closed        bool
 	err           error // why it closed
 	idle          *time.Timer
+	// headTimer fails the streams whose response head is late
+	// (sweepHeads); headAt is when it fires, zero when it is not armed.
+	headTimer *time.Timer
+	headAt    time.Time
 }
 
 // start opens the connection: the preface, SETTINGS and the connection
@@ -424,6 +450,53 @@ func (c *h2UpConn) idleLocked() {
 	}
 }
 
+// watchHeadLocked has the head timer fire by by, when a stream's
+// response head is due then; c.mu held. Deadlines come in the order
+// streams open, so the timer, once armed, is usually early enough and
+// is left alone: one timer move per headerTimeout, not per request.
+func (c *h2UpConn) watchHeadLocked(by time.Time) {
+	switch {
+	case c.closed:
+	case c.headAt.IsZero():
+		c.headAt = by
+		if c.headTimer == nil {
+			c.headTimer = time.AfterFunc(time.Until(by), c.sweepHeads)
+		} else {
+			c.headTimer.Reset(time.Until(by))
+		}
+	case by.Before(c.headAt):
+		c.headAt = by
+		c.headTimer.Reset(time.Until(by))
+	}
+}
+
+// sweepHeads fails with errResponseHeaderTimeout the streams whose
+// response head is due and has not come, and arms the timer for the
+// next one due.
+func (c *h2UpConn) sweepHeads() {
+	now := time.Now()
+	var late []*h2UpStream
+	var next time.Time
+	c.mu.Lock()
+	c.headAt = time.Time{}
+	for _, s := range c.streams {
+		switch {
+		case s.headDone || s.headBy.IsZero():
+		case !now.Before(s.headBy):
+			late = append(late, s)
+		case next.IsZero() || s.headBy.Before(next):
+			next = s.headBy
+		}
+	}
+	if !next.IsZero() {
+		c.watchHeadLocked(next)
+	}
+	c.mu.Unlock()
+	for _, s := range late {
+		s.abort(errResponseHeaderTimeout)
+	}
+}
+
 // closeIfIdle closes c unless a stream is open or promised. It holds
 // t.mu while it looks, so reserve cannot promise one meanwhile.
 func (c *h2UpConn) closeIfIdle() {
@@ -452,6 +525,9 @@ func (c *h2UpConn) close(err error) {
 	c.closed, c.err = true, err
 	if c.idle != nil {
 		c.idle.Stop()
+	}
+	if c.headTimer != nil {
+		c.headTimer.Stop()
 	}
 	for _, s := range c.streams {
 		s.failLocked(err)

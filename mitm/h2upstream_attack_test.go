@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -142,9 +143,9 @@ func TestH2UpUnusedConnectionIsClosedWhenIdle(t *testing.T) {
 // TestH2UpStalledUpstreamLetsRequestsGo: an upstream that stops reading
 // (a hung process, a black-holed link) while an upload fills the socket
 // holds the connection's write turn in that upload's write. A request
-// queued behind it still leaves when its header timer fires (req.Cancel)
-// or its client goes, and the stalled write fails after idleTimeout,
-// which closes the connection.
+// queued behind it still leaves when it is cancelled (req.Cancel), its
+// client goes or its response header timeout passes, and the stalled
+// write fails after idleTimeout, which closes the connection.
 func TestH2UpStalledUpstreamLetsRequestsGo(t *testing.T) {
 	over := make(chan struct{})
 	defer close(over)
@@ -161,7 +162,8 @@ func TestH2UpStalledUpstreamLetsRequestsGo(t *testing.T) {
 			return nil, err
 		}
 		return coalesce(c), nil // as the proxy dials
-	}, time.Second)
+	}, 2*time.Second)
+	tr.headerTimeout = 600 * time.Millisecond // the upload's head is not due: its body never ends
 	upload := make(chan error, 1)
 	go func() {
 		_, err := tr.RoundTrip(up2Req(t, "POST", "http://api.test/up", io.NopCloser(bytes.NewReader(make([]byte, 256<<20)))))
@@ -176,13 +178,17 @@ func TestH2UpStalledUpstreamLetsRequestsGo(t *testing.T) {
 	if _, err := tr.RoundTrip(req); !errors.Is(err, errH2Canceled) || time.Since(start) > time.Second {
 		t.Errorf("a GET behind a stalled upload: %v after %v; want it canceled at 200ms", err, time.Since(start))
 	}
+	start = time.Now()
+	if _, err := tr.RoundTrip(up2Req(t, "GET", "http://api.test/", nil)); !errors.Is(err, errResponseHeaderTimeout) || time.Since(start) > time.Second {
+		t.Errorf("a GET behind a stalled upload: %v after %v; want the response header timeout at 600ms", err, time.Since(start))
+	}
 	select {
 	case err := <-upload:
 		if err == nil {
 			t.Error("the stalled upload got a response")
 		}
 	case <-time.After(5 * time.Second):
-		t.Error("the stalled upload's connection was not closed 5s after it stopped (idleTimeout 1s)")
+		t.Error("the stalled upload's connection was not closed 5s after it stopped (idleTimeout 2s)")
 	}
 }
 
@@ -532,5 +538,104 @@ func TestH2UpWindowsSurviveResets(t *testing.T) {
 		resp.Body.Close() // the stream is reset while its DATA waits for the turn
 		c.unlockW()
 		up2Until(t, "window given back", 2*time.Second, func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.sendWindow == start })
+	})
+}
+
+// TestH2UpResponseHeaderTimeout: the client's own response header
+// timeout (h2Transport.headerTimeout, the proxy's
+// responseHeaderTimeout), one timer per connection for all its streams.
+// A request without a body counts from RoundTrip's start, its waits for
+// a stream slot included; one with a body from the body's end, so a
+// slow upload is not cut short. Each late request fails with
+// errResponseHeaderTimeout (the proxy's 504), close to the timeout.
+func TestH2UpResponseHeaderTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	// silent is a transport to an upstream that reads every frame and
+	// answers none; its second dial and later ones never end.
+	silent := func(t *testing.T, settings ...http2.Setting) *h2Transport {
+		up := startUp2Script(t, settings, func(c *up2Raw) error {
+			for {
+				if _, err := c.ReadFrame(); err != nil {
+					return nil
+				}
+			}
+		})
+		over := make(chan struct{})
+		t.Cleanup(func() { close(over) })
+		var dials atomic.Int64
+		tr := up2Transport(t, func(ctx context.Context) (net.Conn, error) {
+			if dials.Add(1) > 1 {
+				<-over
+				return nil, errors.New("test over")
+			}
+			return up.dial(ctx)
+		}, time.Minute)
+		tr.headerTimeout = timeout
+		return tr
+	}
+	late := func(t *testing.T, tr *h2Transport, req *http.Request, from time.Time) {
+		t.Helper()
+		_, err := tr.RoundTrip(req)
+		took := time.Since(from)
+		if !errors.Is(err, errResponseHeaderTimeout) || took < timeout || took > timeout+time.Second {
+			t.Errorf("%s %s: %v after %v; want the response header timeout at %v", req.Method, req.URL.Path, err, took, timeout)
+		}
+	}
+	t.Run("every stream of a silent upstream", func(t *testing.T) {
+		tr := silent(t)
+		start := time.Now()
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Go(func() { late(t, tr, up2Req(t, "GET", fmt.Sprintf("http://api.test/%d", i), nil), start) })
+		}
+		wg.Wait()
+	})
+	t.Run("a wait for a connection counts", func(t *testing.T) {
+		tr := silent(t, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1})
+		// An upload that never ends holds the only slot (its head is not
+		// due before its body ends); the GET waits for a dial that does
+		// not end.
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		go tr.RoundTrip(up2Req(t, "POST", "http://api.test/upload", pr))
+		pw.Write([]byte("part"))
+		time.Sleep(100 * time.Millisecond) // the upload has the slot
+		late(t, tr, up2Req(t, "GET", "http://api.test/queued", nil), time.Now())
+	})
+	t.Run("from the end of the body", func(t *testing.T) {
+		tr := silent(t)
+		pr, pw := io.Pipe()
+		go func() {
+			for range 3 {
+				pw.Write([]byte("part"))
+				time.Sleep(timeout / 2) // the upload lasts longer than the timeout
+			}
+			pw.Close()
+		}()
+		start := time.Now()
+		_, err := tr.RoundTrip(up2Req(t, "POST", "http://api.test/upload", pr))
+		if took := time.Since(start); !errors.Is(err, errResponseHeaderTimeout) || took < timeout*3/2+timeout {
+			t.Errorf("a %v upload to a silent upstream: %v after %v; want the timeout %v after its end", timeout*3/2, err, took, timeout)
+		}
+	})
+	t.Run("a slow upload answered is not cut short", func(t *testing.T) {
+		up := startUp2(t, &http2.Server{}, func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "got %s", b)
+		})
+		tr := up2Transport(t, up.dial, time.Minute)
+		tr.headerTimeout = timeout
+		pr, pw := io.Pipe()
+		go func() {
+			for range 4 {
+				pw.Write([]byte("part"))
+				time.Sleep(timeout / 2)
+			}
+			pw.Close()
+		}()
+		resp := up2RoundTrip(t, tr, up2Req(t, "POST", "http://api.test/upload", pr))
+		if b, err := io.ReadAll(resp.Body); err != nil || string(b) != "got partpartpartpart" {
+			t.Errorf("answer %q, %v", b, err)
+		}
 	})
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
@@ -31,6 +32,7 @@ type h2UpStream struct {
 	cancel <-chan struct{}
 	isHead bool
 	head   chan struct{} // closed when resp or err is set
+	headBy time.Time     // when the response head is due (zero: no bound); set under c.mu
 	body   io.ReadCloser // the request body being sent; nil: none or done
 
 	// mu: c.mu
@@ -54,8 +56,9 @@ type h2UpStream struct {
 }
 
 // roundTrip opens a stream for req on c (a reservation the caller holds),
-// writes its head and waits for the response head.
-func (c *h2UpConn) roundTrip(req *http.Request, hasBody bool) (*http.Response, error) {
+// writes its head and waits for the response head, until headBy when it
+// is not zero (with a body, sendBody sets the bound at its end).
+func (c *h2UpConn) roundTrip(req *http.Request, hasBody bool, headBy time.Time) (*http.Response, error) {
 	ctx := req.Context()
 	s := &h2UpStream{c: c, req: req, ctx: ctx, cancel: req.Cancel, isHead: req.Method == http.MethodHead,
 		head: make(chan struct{}), ready: make(chan struct{}, 1), declared: -1,
@@ -63,7 +66,7 @@ func (c *h2UpConn) roundTrip(req *http.Request, hasBody bool) (*http.Response, e
 	if hasBody {
 		s.body = req.Body
 	}
-	if err := c.lockWFor(ctx, s.cancel); err != nil {
+	if err := c.lockWFor(ctx, s.cancel, headBy); err != nil {
 		return nil, c.giveUp(s, err)
 	}
 	c.mu.Lock()
@@ -90,6 +93,10 @@ func (c *h2UpConn) roundTrip(req *http.Request, hasBody bool) (*http.Response, e
 	c.served = true
 	s.sendWindow = c.initWindow
 	c.streams[s.id] = s
+	if !headBy.IsZero() {
+		s.headBy = headBy
+		c.watchHeadLocked(headBy)
+	}
 	c.mu.Unlock()
 	err := c.writeBlock(s.id, !hasBody, c.encodeHead(req, hasBody), maxFrame)
 	c.unlockW()
@@ -303,6 +310,10 @@ func (s *h2UpStream) sendBody() {
 	}
 	c.mu.Lock()
 	s.sentEnd = true
+	if d := c.t.headerTimeout; d > 0 && !s.headDone {
+		s.headBy = time.Now().Add(d) // from the body's end, as net/http's Transport counts
+		c.watchHeadLocked(s.headBy)
+	}
 	s.doneLocked()
 	c.mu.Unlock()
 }

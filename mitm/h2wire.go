@@ -78,8 +78,8 @@ func (w *h2Wire) lockW() {
 
 // lockWFor is lockW for one request or stream: it gives up when ctx ends
 // or cancel closes (the client left, a timer fired) while another holds
-// the turn.
-func (w *h2Wire) lockWFor(ctx context.Context, cancel <-chan struct{}) error {
+// the turn, and with errResponseHeaderTimeout at headBy (zero: never).
+func (w *h2Wire) lockWFor(ctx context.Context, cancel <-chan struct{}, headBy time.Time) error {
 	select {
 	case <-cancel:
 		return errH2Canceled
@@ -94,6 +94,12 @@ func (w *h2Wire) lockWFor(ctx context.Context, cancel <-chan struct{}) error {
 		return nil
 	default:
 	}
+	var late <-chan time.Time
+	if !headBy.IsZero() { // a timer only for a request that waits
+		tm := time.NewTimer(time.Until(headBy))
+		defer tm.Stop()
+		late = tm.C
+	}
 	select {
 	case w.wturn <- struct{}{}:
 		w.armW()
@@ -102,6 +108,8 @@ func (w *h2Wire) lockWFor(ctx context.Context, cancel <-chan struct{}) error {
 		return ctx.Err()
 	case <-cancel:
 		return errH2Canceled
+	case <-late:
+		return errResponseHeaderTimeout
 	}
 }
 

@@ -34,6 +34,9 @@ type upstreamPool struct {
 	// h1 carries the HTTP/1.1 requests that need no goroutine of the
 	// Transport's (h1upstream.go); nil for HTTP/2 pools.
 	h1 *h1Pool
+	// h2 is rt for HTTP/2 pools, nil for others: its client keeps the
+	// response header timeout itself (h2Transport.headerTimeout).
+	h2 *h2Transport
 
 	closeIdle func()
 
@@ -140,7 +143,8 @@ func (p *Proxy) newPool(k poolKey) *upstreamPool {
 			}
 			return coalesce(c), nil // one syscall for the frames of many requests
 		}, idle, 1<<20)
-		up.rt, up.closeIdle = t, t.CloseIdleConnections
+		t.headerTimeout = p.cfg.ResponseHeaderTimeout.D()
+		up.rt, up.closeIdle, up.h2 = t, t.CloseIdleConnections, t
 		return up
 	}
 	t := &http.Transport{
