@@ -15,11 +15,17 @@ import (
 // lines written one per Write (JSONLog, CombinedLog) never split or
 // interleave. Close writes what is left; writes after Close go straight
 // through.
+//
+// The write to the file happens after mu is let go (wmu keeps the
+// writes in their order): other writers fill the next buffer meanwhile
+// instead of waiting out the system call.
 type FlushWriter struct {
 	mu     sync.Mutex
+	wmu    sync.Mutex // the writes to w, one at a time, in order
 	w      io.Writer
 	every  time.Duration
 	buf    []byte
+	spare  []byte // a written buffer, for the next one
 	timer  *time.Timer
 	armed  bool // the timer will flush buf
 	closed bool
@@ -36,42 +42,59 @@ func NewFlushWriter(w io.Writer, every time.Duration) *FlushWriter {
 	return f
 }
 
+// writesWhole tells JSONLog that each Write is kept whole here, so it
+// needs no lock of its own around it.
+func (f *FlushWriter) writesWhole() {}
+
 // Write keeps p whole for the next flush; it returns the error of a flush
 // it had to do at once.
 func (f *FlushWriter) Write(p []byte) (int, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if f.closed {
+		f.mu.Unlock()
+		f.wmu.Lock()
+		defer f.wmu.Unlock()
 		return f.w.Write(p)
 	}
 	f.buf = append(f.buf, p...)
 	if len(f.buf) >= flushBytes {
-		return len(p), f.flushLocked()
+		return len(p), f.flushUnlock()
 	}
 	if !f.armed {
 		f.armed = true
 		f.timer.Reset(f.every)
 	}
+	f.mu.Unlock()
 	return len(p), nil
 }
 
 // Flush writes what is held now.
 func (f *FlushWriter) Flush() error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.flushLocked()
+	return f.flushUnlock()
 }
 
-func (f *FlushWriter) flushLocked() error {
+// flushUnlock takes what is held, lets mu go and writes it; mu held on
+// entry. wmu is taken before mu goes, so writes keep the order of the
+// buffers.
+func (f *FlushWriter) flushUnlock() error {
 	f.armed = false
-	if len(f.buf) == 0 {
+	b := f.buf
+	if len(b) == 0 {
+		f.mu.Unlock()
 		return nil
 	}
-	_, err := f.w.Write(f.buf)
-	if cap(f.buf) > 4*flushBytes { // a large logged body: don't keep its room
-		f.buf = nil
-	} else {
-		f.buf = f.buf[:0]
+	f.buf, f.spare = f.spare, nil
+	f.wmu.Lock()
+	f.mu.Unlock()
+	_, err := f.w.Write(b)
+	f.wmu.Unlock()
+	if cap(b) <= 4*flushBytes { // a large logged body: don't keep its room
+		f.mu.Lock()
+		if f.spare == nil {
+			f.spare = b[:0]
+		}
+		f.mu.Unlock()
 	}
 	return err
 }
@@ -80,8 +103,7 @@ func (f *FlushWriter) flushLocked() error {
 // writer underneath.
 func (f *FlushWriter) Close() error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.closed = true
 	f.timer.Stop()
-	return f.flushLocked()
+	return f.flushUnlock()
 }

@@ -107,3 +107,43 @@ func TestFlushWriterKeepsConcurrentLinesWhole(t *testing.T) {
 		t.Fatalf("file holds %d bytes, want 1600 whole lines of %d", len(got), len(line))
 	}
 }
+
+// blockingFile is a file whose first Write waits for release.
+type blockingFile struct {
+	writes
+	started, release chan struct{}
+	once             sync.Once
+}
+
+func (b *blockingFile) Write(p []byte) (int, error) {
+	b.once.Do(func() { close(b.started); <-b.release })
+	return b.writes.Write(p)
+}
+
+// A flush's write to a slow file does not hold up the other writers:
+// their lines go into the next buffer, written after it, in order.
+func TestFlushWriterWritesWhileOthersWrite(t *testing.T) {
+	file := &blockingFile{started: make(chan struct{}), release: make(chan struct{})}
+	f := audit.NewFlushWriter(file, time.Hour)
+	line := strings.Repeat("x", 1023) + "\n"
+	go func() {
+		for range 64 { // the 64th fills 64 KiB: its Write flushes
+			_, _ = f.Write([]byte(line))
+		}
+	}()
+	<-file.started
+	done := make(chan struct{})
+	go func() { _, _ = f.Write([]byte("next\n")); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("a Write waited for another's flush to the file")
+	}
+	close(file.release)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := file.all(); len(got) != 2 || got[0] != strings.Repeat(line, 64) || got[1] != "next\n" {
+		t.Fatalf("the file got %d writes, want the full 64 KiB, then the next line", len(got))
+	}
+}

@@ -26,8 +26,9 @@ import (
 // which slog writes an error text before the time (no longer JSON), is
 // written as time.RFC3339Nano formats it.
 type JSONLog struct {
-	mu sync.Mutex // one Write per line, lines never interleaved
-	w  io.Writer
+	mu    sync.Mutex // one Write per line, lines never interleaved
+	w     io.Writer
+	whole bool // w keeps each Write whole itself (FlushWriter): mu is not taken
 	// cache keeps what recent lines share: the workload's part (a
 	// process's requests all carry the same workload) and the time's
 	// second, encoded once instead of per line.
@@ -36,7 +37,8 @@ type JSONLog struct {
 
 // NewJSONLog writes records to w, one Write per line.
 func NewJSONLog(w io.Writer) *JSONLog {
-	return &JSONLog{w: w}
+	_, whole := w.(interface{ writesWhole() })
+	return &JSONLog{w: w, whole: whole}
 }
 
 var _ Sink = (*JSONLog)(nil)
@@ -60,9 +62,13 @@ func (l *JSONLog) write(rs ...*Record) {
 	for _, r := range rs {
 		b = r.appendJSON(b, &l.cache)
 	}
-	l.mu.Lock()
-	_, _ = l.w.Write(b)
-	l.mu.Unlock()
+	if l.whole {
+		_, _ = l.w.Write(b)
+	} else {
+		l.mu.Lock()
+		_, _ = l.w.Write(b)
+		l.mu.Unlock()
+	}
 	if cap(b) <= maxPooledLine {
 		*bp = b
 		lineBufs.Put(bp)

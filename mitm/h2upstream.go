@@ -49,6 +49,11 @@ type h2Transport struct {
 	mu      sync.Mutex
 	conns   []*h2UpConn
 	dialing *h2Dial // the dial in flight, which the others wait for
+	// live is conns as of its last change, a copy read without mu: a
+	// request looks for a stream slot there first (conn). Under h2load
+	// every request taking mu to look was the proxy's most contended
+	// lock (its mutex profile: three goroutines waiting at any time).
+	live atomic.Pointer[[]*h2UpConn]
 
 	// room wakes requests waiting for a stream slot: closed (and
 	// dropped) when a stream ends, a connection comes or goes, or a
@@ -172,7 +177,14 @@ func (t *h2Transport) conn(ctx context.Context, cancel <-chan struct{}, headBy t
 
 	for {
 		gen := t.roomGen.Load()
-		t.mu.Lock()
+		if live := t.live.Load(); live != nil {
+			for _, c := range *live {
+				if reused, ok := c.reserve(); ok {
+					return c, reused, nil
+				}
+			}
+		}
+		t.mu.Lock() // to dial or wait: look again, as a dial may have ended meanwhile
 		for _, c := range t.conns {
 			if reused, ok := c.reserve(); ok {
 				t.mu.Unlock()
@@ -257,6 +269,7 @@ func (t *h2Transport) dialConn(d *h2Dial) {
 	d.err = err
 	if c != nil {
 		t.conns = append(t.conns, c)
+		t.publishLocked()
 		c.mu.Lock()
 		d.limit = c.maxStreams
 		c.idleLocked() // closed in time even if no request takes it
@@ -268,10 +281,18 @@ func (t *h2Transport) dialConn(d *h2Dial) {
 	t.signalRoom()
 }
 
+// publishLocked makes conns, as they are now, what live gives; t.mu
+// held.
+func (t *h2Transport) publishLocked() {
+	live := slices.Clone(t.conns)
+	t.live.Store(&live)
+}
+
 func (t *h2Transport) remove(c *h2UpConn) {
 	t.mu.Lock()
 	if i := slices.Index(t.conns, c); i >= 0 {
 		t.conns = slices.Delete(t.conns, i, i+1)
+		t.publishLocked()
 	}
 	t.mu.Unlock()
 	t.signalRoom()
@@ -403,8 +424,9 @@ func (c *h2UpConn) sendSoon(f func() error) {
 }
 
 // reserve promises the caller a stream on c when c takes new streams and
-// has room for one; reused reports that c served a stream before.
-// Called with t.mu held.
+// has room for one; reused reports that c served a stream before. c.mu
+// alone makes it and closeIfIdle exclusive: a reservation stops the
+// close, or the close's goAway stops the reservation.
 func (c *h2UpConn) reserve() (reused, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -497,17 +519,15 @@ func (c *h2UpConn) sweepHeads() {
 	}
 }
 
-// closeIfIdle closes c unless a stream is open or promised. It holds
-// t.mu while it looks, so reserve cannot promise one meanwhile.
+// closeIfIdle closes c unless a stream is open or promised. It looks
+// and sets goAway under c.mu, so reserve cannot promise one meanwhile.
 func (c *h2UpConn) closeIfIdle() {
-	c.t.mu.Lock()
 	c.mu.Lock()
 	idle := len(c.streams)+c.reserved == 0
 	if idle {
 		c.goAway = true // no more reservations
 	}
 	c.mu.Unlock()
-	c.t.mu.Unlock()
 	if idle {
 		c.close(errors.New("idle upstream HTTP/2 connection closed"))
 	}

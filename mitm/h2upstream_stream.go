@@ -50,7 +50,7 @@ type h2UpStream struct {
 	recvWindow int64
 	unacked    int64
 	sendWindow int64
-	ready      chan struct{} // a wake-up for the body's reader (capacity 1)
+	ready      chan struct{} // a wake-up for the body's reader (capacity 1), made when it first waits
 	stopAfter  func() bool   // unregisters the reset at the request's end; nil: none
 	closeOnce  sync.Once
 }
@@ -61,7 +61,7 @@ type h2UpStream struct {
 func (c *h2UpConn) roundTrip(req *http.Request, hasBody bool, headBy time.Time) (*http.Response, error) {
 	ctx := req.Context()
 	s := &h2UpStream{c: c, req: req, ctx: ctx, cancel: req.Cancel, isHead: req.Method == http.MethodHead,
-		head: make(chan struct{}), ready: make(chan struct{}, 1), declared: -1,
+		head: make(chan struct{}), declared: -1,
 		recvWindow: h2StreamWindow, sentEnd: !hasBody}
 	if hasBody {
 		s.body = req.Body
@@ -435,9 +435,10 @@ func (s *h2UpStream) doneLocked() {
 	}
 }
 
+// wake wakes the body's reader if it waits; c.mu held.
 func (s *h2UpStream) wake() {
 	select {
-	case s.ready <- struct{}{}:
+	case s.ready <- struct{}{}: // a nil ready: no reader waited yet
 	default:
 	}
 }
@@ -507,9 +508,13 @@ func (b *h2UpBody) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, err
 		}
+		if s.ready == nil {
+			s.ready = make(chan struct{}, 1)
+		}
+		ready := s.ready
 		c.mu.Unlock()
 		select {
-		case <-s.ready:
+		case <-ready:
 		case <-s.ctx.Done():
 			err := s.ctx.Err()
 			s.abort(err)

@@ -52,7 +52,9 @@
 # are copied to DIR on exit, not only the medians printed.
 # BENCH_PROFILE=DIR: Sluice transparent runs a profiling build (-tags pprof)
 # and a CPU profile of each of its wrk/h2load measurements lands in DIR
-# (go tool pprof -top DIR/h1-c32-r1.pb.gz); each idle measurement leaves a
+# (go tool pprof -top DIR/h1-c32-r1.pb.gz), with the time its goroutines
+# waited for contended locks (DIR/h1-c32-r1.mutex.pb.gz, one wait in 20
+# sampled); each idle measurement leaves a
 # snapshot in DIR/idle[-h2]-MODE-rN: the processes' /proc status and
 # smaps_rollup, and for Sluice its heap profile, MemStats and goroutines.
 # Everything it creates (namespace, veth, processes by PID, files) is
@@ -353,6 +355,8 @@ run_client() {
       if [ -n "$profile_dir" ] && [ "$mode" = transparent ] && [ -n "${profile_name:-}" ]; then
         (sleep 1.5; curl -s -o "$profile_dir/$profile_name.pb.gz" \
           "http://$pprof_addr/debug/pprof/profile?seconds=$((dur > 3 ? dur - 2 : 1))") &
+        (sleep 1.5; curl -s -o "$profile_dir/$profile_name.mutex.pb.gz" \
+          "http://$pprof_addr/debug/pprof/mutex?seconds=$((dur > 3 ? dur - 2 : 1))") &
       fi
       SLUICE_PPROF=$pprof_addr timeout $((dur + 90)) "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
         -- "$self" __inner "$@" || rc=$? ;;
