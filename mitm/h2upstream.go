@@ -84,6 +84,10 @@ const (
 	// h2InitialStreams is the stream limit assumed until the upstream's
 	// SETTINGS say otherwise (RFC 9113 advises at least 100).
 	h2InitialStreams = 100
+	// h2StreamsPerConn caps the streams Sluice opens on one connection,
+	// below a larger limit of the upstream's: each connection's streams
+	// share its lock, and past this many they queue on it.
+	h2StreamsPerConn = 64
 	// h2Max1xx bounds the informational answers one request may get.
 	h2Max1xx = 5
 	// h2MaxStreamID is the last stream ID a client may open.

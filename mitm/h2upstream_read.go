@@ -311,7 +311,7 @@ func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {
 	c.mu.Lock()
 	err := f.ForeachSetting(func(st http2.Setting) error {
 		if st.ID == http2.SettingMaxConcurrentStreams {
-			c.maxStreams = st.Val
+			c.maxStreams = min(st.Val, h2StreamsPerConn)
 		}
 		return h2Setting(st, &c.initWindow, &c.maxFrame, &c.maxHeaderList, h2ShiftWindows(c.streams))
 	})

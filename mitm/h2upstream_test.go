@@ -224,6 +224,52 @@ func TestH2UpConcurrentStreams(t *testing.T) {
 	}
 }
 
+// TestH2UpStreamsPerConnectionCapped: an upstream that allows 250
+// streams a connection still gets at most h2StreamsPerConn on each (the
+// streams of one connection share its lock): 2×h2StreamsPerConn+1
+// requests at once are at the upstream together, on three connections.
+func TestH2UpStreamsPerConnectionCapped(t *testing.T) {
+	const n = 2*h2StreamsPerConn + 1
+	var mu sync.Mutex
+	perConn, most := map[string]int{}, 0
+	var inFlight atomic.Int32
+	all, once := make(chan struct{}), sync.Once{}
+	up := startUp2(t, &http2.Server{MaxConcurrentStreams: 250}, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		perConn[r.RemoteAddr]++
+		most = max(most, perConn[r.RemoteAddr])
+		mu.Unlock()
+		defer func() { mu.Lock(); perConn[r.RemoteAddr]--; mu.Unlock() }()
+		if inFlight.Add(1) == n {
+			once.Do(func() { close(all) })
+		}
+		select { // until all are here
+		case <-all:
+		case <-time.After(3 * time.Second):
+		}
+		io.WriteString(w, r.URL.Path)
+	})
+	tr := up2Transport(t, up.dial, time.Minute)
+	errs := make(chan error, n)
+	for i := range n {
+		go func() { errs <- up2Get(tr, fmt.Sprint("/", i), fmt.Sprint("/", i)) }()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if m := inFlight.Load(); m != n {
+		t.Errorf("%d requests reached the upstream, want %d", m, n)
+	}
+	if most > h2StreamsPerConn {
+		t.Errorf("%d streams at once on one connection, want at most %d", most, h2StreamsPerConn)
+	}
+	if d := up.dials.Load(); d != 3 {
+		t.Errorf("%d dials for %d requests at once, want 3", d, n)
+	}
+}
+
 // TestH2UpRefusedStreamRetried: a stream the upstream refuses
 // (RST_STREAM REFUSED_STREAM: it did nothing with it) is sent again.
 func TestH2UpRefusedStreamRetried(t *testing.T) {
