@@ -190,37 +190,12 @@ func TestH2UpTrailers(t *testing.T) {
 // connections rather than queued behind full ones, and none fails.
 func TestH2UpConcurrentStreams(t *testing.T) {
 	const n = 20
-	var inFlight, most atomic.Int32
-	all, once := make(chan struct{}), sync.Once{}
-	up := startUp2(t, &http2.Server{MaxConcurrentStreams: 2}, func(w http.ResponseWriter, r *http.Request) {
-		now := inFlight.Add(1)
-		defer inFlight.Add(-1)
-		for m := most.Load(); now > m && !most.CompareAndSwap(m, now); m = most.Load() {
-		}
-		if now == n {
-			once.Do(func() { close(all) })
-		}
-		select { // until all are here
-		case <-all:
-		case <-time.After(3 * time.Second):
-		}
-		io.WriteString(w, r.URL.Path)
-	})
-	tr := up2Transport(t, up.dial, time.Minute)
-	errs := make(chan error, n)
-	for i := range n {
-		go func() { errs <- up2Get(tr, fmt.Sprint("/", i), fmt.Sprint("/", i)) }()
+	together, _, dials := up2Together(t, &http2.Server{MaxConcurrentStreams: 2}, n)
+	if together != n {
+		t.Errorf("at most %d requests were at the upstream at once, want all %d", together, n)
 	}
-	for range n {
-		if err := <-errs; err != nil {
-			t.Error(err)
-		}
-	}
-	if m := most.Load(); m != n {
-		t.Errorf("at most %d requests were at the upstream at once, want all %d", m, n)
-	}
-	if d := up.dials.Load(); d < n/2 || d > n {
-		t.Errorf("%d dials, want %d to %d for %d requests two to a connection", d, n/2, n, n)
+	if dials < n/2 || dials > n {
+		t.Errorf("%d dials, want %d to %d for %d requests two to a connection", dials, n/2, n, n)
 	}
 }
 
@@ -230,19 +205,36 @@ func TestH2UpConcurrentStreams(t *testing.T) {
 // requests at once are at the upstream together, on three connections.
 func TestH2UpStreamsPerConnectionCapped(t *testing.T) {
 	const n = 2*h2StreamsPerConn + 1
+	together, perConn, dials := up2Together(t, &http2.Server{MaxConcurrentStreams: 250}, n)
+	if together != n {
+		t.Errorf("at most %d requests were at the upstream at once, want all %d", together, n)
+	}
+	if perConn > h2StreamsPerConn {
+		t.Errorf("%d streams at once on one connection, want at most %d", perConn, h2StreamsPerConn)
+	}
+	if dials != 3 {
+		t.Errorf("%d dials for %d requests at once, want 3", dials, n)
+	}
+}
+
+// up2Together sends n GETs at once through a transport to srv, whose
+// handler holds each until all n are there (3s at most), and fails the
+// test unless each gets its answer. It returns the most requests the
+// upstream held at once, in all and on one connection, and the dials.
+func up2Together(t *testing.T, srv *http2.Server, n int) (together, perConn, dials int) {
 	var mu sync.Mutex
-	perConn, most := map[string]int{}, 0
-	var inFlight atomic.Int32
+	inFlight, onConn := 0, map[string]int{}
 	all, once := make(chan struct{}), sync.Once{}
-	up := startUp2(t, &http2.Server{MaxConcurrentStreams: 250}, func(w http.ResponseWriter, r *http.Request) {
+	up := startUp2(t, srv, func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
-		perConn[r.RemoteAddr]++
-		most = max(most, perConn[r.RemoteAddr])
-		mu.Unlock()
-		defer func() { mu.Lock(); perConn[r.RemoteAddr]--; mu.Unlock() }()
-		if inFlight.Add(1) == n {
+		inFlight++
+		onConn[r.RemoteAddr]++
+		together, perConn = max(together, inFlight), max(perConn, onConn[r.RemoteAddr])
+		if inFlight == n {
 			once.Do(func() { close(all) })
 		}
+		mu.Unlock()
+		defer func() { mu.Lock(); inFlight--; onConn[r.RemoteAddr]--; mu.Unlock() }()
 		select { // until all are here
 		case <-all:
 		case <-time.After(3 * time.Second):
@@ -259,15 +251,9 @@ func TestH2UpStreamsPerConnectionCapped(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if m := inFlight.Load(); m != n {
-		t.Errorf("%d requests reached the upstream, want %d", m, n)
-	}
-	if most > h2StreamsPerConn {
-		t.Errorf("%d streams at once on one connection, want at most %d", most, h2StreamsPerConn)
-	}
-	if d := up.dials.Load(); d != 3 {
-		t.Errorf("%d dials for %d requests at once, want 3", d, n)
-	}
+	mu.Lock()
+	defer mu.Unlock()
+	return together, perConn, int(up.dials.Load())
 }
 
 // TestH2UpRefusedStreamRetried: a stream the upstream refuses
