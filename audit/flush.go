@@ -14,7 +14,8 @@ import (
 // waiting; a crash loses at most that much. Each Write is kept whole, so
 // lines written one per Write (JSONLog, CombinedLog) never split or
 // interleave. Close writes what is left; writes after Close go straight
-// through.
+// through, and Flush and Close return once what was written before them
+// is in the file.
 //
 // The write to the file happens after mu is let go (wmu keeps the
 // writes in their order): other writers fill the next buffer meanwhile
@@ -68,10 +69,20 @@ func (f *FlushWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Flush writes what is held now.
+// Flush writes what is held now, and returns once what was written to
+// f before it is in the file.
 func (f *FlushWriter) Flush() error {
 	f.mu.Lock()
-	return f.flushUnlock()
+	err := f.flushUnlock()
+	f.waitWrites()
+	return err
+}
+
+// waitWrites returns once a write to the file under way has ended.
+func (f *FlushWriter) waitWrites() {
+	f.wmu.Lock()
+	//lint:ignore SA2001 an empty critical section: waiting for the holder is the point
+	f.wmu.Unlock()
 }
 
 // flushUnlock takes what is held, lets mu go and writes it; mu held on
@@ -105,5 +116,7 @@ func (f *FlushWriter) Close() error {
 	f.mu.Lock()
 	f.closed = true
 	f.timer.Stop()
-	return f.flushUnlock()
+	err := f.flushUnlock()
+	f.waitWrites() // a flush under way ends before the file may be closed
+	return err
 }

@@ -147,3 +147,25 @@ func TestFlushWriterWritesWhileOthersWrite(t *testing.T) {
 		t.Fatalf("the file got %d writes, want the full 64 KiB, then the next line", len(got))
 	}
 }
+
+// Close (and Flush) return once a write to the file that was under way
+// has ended: the node closes the file right after Close.
+func TestFlushWriterCloseWaitsForAFlushUnderWay(t *testing.T) {
+	file := &blockingFile{started: make(chan struct{}), release: make(chan struct{})}
+	f := audit.NewFlushWriter(file, time.Hour)
+	_, _ = f.Write([]byte("line\n"))
+	go f.Flush() // as the timer's
+	<-file.started
+	closed := make(chan struct{})
+	go func() { _ = f.Close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Error("Close returned while a flush was writing to the file")
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(file.release)
+	<-closed
+	if got := file.all(); len(got) != 1 || got[0] != "line\n" {
+		t.Errorf("the file got %q", got)
+	}
+}

@@ -270,7 +270,11 @@ func (x *Exchange) forward() {
 	for x.bal != nil {
 		ok := err == nil && resp.StatusCode < http.StatusInternalServerError
 		x.bal.done(ok)
-		if ok || !x.bal.retry(r, body != nil) || !x.retryOn() {
+		// A retry is for a failed connect or a 5xx (policy/README.md):
+		// the response header timeout bounds the request, not each try,
+		// so a try it ended is not followed by another.
+		timedOut := errors.Is(err, errResponseHeaderTimeout)
+		if ok || timedOut || !x.bal.retry(r, body != nil) || !x.retryOn() {
 			break
 		}
 		if resp != nil {

@@ -343,7 +343,7 @@ func (t *h2Transport) start(nc net.Conn) (*h2UpConn, error) {
 		t:          t,
 		streams:    map[uint32]*h2UpStream{},
 		nextID:     1,
-		maxStreams: h2InitialStreams,
+		maxStreams: min(h2InitialStreams, h2StreamsPerConn),
 		sendWindow: 65535, initWindow: 65535, maxFrame: 16 << 10,
 		recvWindow: h2ConnWindow,
 	}
@@ -514,12 +514,18 @@ func (c *h2UpConn) sweepHeads() {
 			next = s.headBy
 		}
 	}
+	// Failed under the same hold that found them late: a head that came
+	// meanwhile would get its caller a response whose body then fails.
+	afters := make([]func(), len(late))
+	for i, s := range late {
+		afters[i] = s.abortLocked(errResponseHeaderTimeout)
+	}
 	if !next.IsZero() {
 		c.watchHeadLocked(next)
 	}
 	c.mu.Unlock()
-	for _, s := range late {
-		s.abort(errResponseHeaderTimeout)
+	for _, after := range afters {
+		after()
 	}
 }
 
@@ -540,7 +546,6 @@ func (c *h2UpConn) closeIfIdle() {
 // close ends c: every open stream fails with err (wrapped in
 // errH2ConnLost when it had no response head yet).
 func (c *h2UpConn) close(err error) {
-	c.t.remove(c)
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -559,6 +564,7 @@ func (c *h2UpConn) close(err error) {
 	clear(c.streams)
 	c.cond.Broadcast()
 	c.mu.Unlock()
+	c.t.remove(c) // after closed is set: a request with an older t.live can't reserve on c
 	c.conn.Close()
 }
 

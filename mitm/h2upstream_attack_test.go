@@ -618,6 +618,16 @@ func TestH2UpResponseHeaderTimeout(t *testing.T) {
 			t.Errorf("a %v upload to a silent upstream: %v after %v; want the timeout %v after its end", timeout*3/2, err, took, timeout)
 		}
 	})
+	t.Run("from the end of the body read, not sent", func(t *testing.T) {
+		// An upstream that gives a stream no window for its body: the
+		// body is read whole but never goes out.
+		tr := silent(t, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+		start := time.Now()
+		_, err := tr.RoundTrip(up2Req(t, "POST", "http://api.test/upload", bytes.NewReader([]byte("sixteen bytes..."))))
+		if took := time.Since(start); !errors.Is(err, errResponseHeaderTimeout) || took > timeout+time.Second {
+			t.Errorf("an upload the upstream takes none of: %v after %v; want the response header timeout at %v", err, took, timeout)
+		}
+	})
 	t.Run("a slow upload answered is not cut short", func(t *testing.T) {
 		up := startUp2(t, &http2.Server{}, func(w http.ResponseWriter, r *http.Request) {
 			b, _ := io.ReadAll(r.Body)
@@ -638,4 +648,43 @@ func TestH2UpResponseHeaderTimeout(t *testing.T) {
 			t.Errorf("answer %q, %v", b, err)
 		}
 	})
+}
+
+// TestH2UpStreamCapWithoutUpstreamLimit: an upstream whose SETTINGS
+// name no stream limit gets at most h2StreamsPerConn streams on a
+// connection too.
+func TestH2UpStreamCapWithoutUpstreamLimit(t *testing.T) {
+	up := startUp2Script(t, nil, func(c *up2Raw) error {
+		for { // answers nothing
+			if _, err := c.ReadFrame(); err != nil {
+				return nil
+			}
+		}
+	})
+	tr := up2Transport(t, up.dial, time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for i := range h2StreamsPerConn + 1 {
+		wg.Go(func() {
+			req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://api.test/%d", i), nil)
+			tr.RoundTrip(req)
+		})
+	}
+	up2Until(t, "a second connection", 3*time.Second, func() bool { return up.dials.Load() == 2 })
+	cancel()
+	wg.Wait()
+}
+
+// TestH2UpStatusLineBeyondTheTable: a final status the table of status
+// lines does not hold (600-999) keeps its own code in Status.
+func TestH2UpStatusLineBeyondTheTable(t *testing.T) {
+	up := startUp2Raw(t, func(c *up2Raw, f *http2.MetaHeadersFrame) error {
+		return c.headers(f.StreamID, true, ":status", "700")
+	})
+	tr := up2Transport(t, up.dial, time.Minute)
+	resp := up2RoundTrip(t, tr, up2Req(t, "GET", "http://api.test/", nil))
+	resp.Body.Close()
+	if resp.StatusCode != 700 || resp.Status != "700 " {
+		t.Errorf("StatusCode %d, Status %q; want 700, %q", resp.StatusCode, resp.Status, "700 ")
+	}
 }

@@ -148,7 +148,10 @@ func (c *h2UpConn) response(s *h2UpStream, status string, code int, f *http2.Met
 			header[key] = vals[i : i+1 : i+1]
 		}
 	}
-	st := h2StatusLines[min(code, len(h2StatusLines)-1)]
+	var st string
+	if code < len(h2StatusLines) {
+		st = h2StatusLines[code]
+	}
 	if st == "" {
 		st = status + " " + http.StatusText(code)
 	}
@@ -329,9 +332,7 @@ func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {
 func (c *h2UpConn) awaitFrame() error { return nil }
 
 func (c *h2UpConn) onGoAway(f *http2.GoAwayFrame) {
-	c.t.remove(c)
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.goAway = true
 	for id, s := range c.streams {
 		if id > f.LastStreamID {
@@ -340,6 +341,8 @@ func (c *h2UpConn) onGoAway(f *http2.GoAwayFrame) {
 		}
 	}
 	c.idleLocked()
+	c.mu.Unlock()
+	c.t.remove(c) // after goAway is set: a request with an older t.live can't reserve on c
 }
 
 func (c *h2UpConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {

@@ -251,15 +251,24 @@ func (s *h2UpStream) sendBody() {
 	defer copyBufs.Put(bufp)
 	buf := *bufp
 	endSent := false
+	var read int64
 	for {
 		// Read to io.EOF even after a declared length: a body's end arms
-		// the response header timer (countingBody).
+		// the response header timer of forward's other paths
+		// (countingBody).
 		n, rerr := s.body.Read(buf)
 		if rerr != nil && rerr != io.EOF {
 			s.abort(fmt.Errorf("read request body: %w", rerr))
 			return
 		}
 		last := rerr == io.EOF
+		read += int64(n)
+		if last || s.req.ContentLength > 0 && read >= s.req.ContentLength {
+			// The response head is due from the body's end as the proxy
+			// read it, not as it went out: an upstream that gives no
+			// window for it must not hold the request without a bound.
+			s.headDueFromNow()
+		}
 		for data := buf[:n]; len(data) > 0; {
 			k, ok := s.awaitWindow(len(data))
 			if !ok {
@@ -310,11 +319,19 @@ func (s *h2UpStream) sendBody() {
 	}
 	c.mu.Lock()
 	s.sentEnd = true
-	if d := c.t.headerTimeout; d > 0 && !s.headDone {
-		s.headBy = time.Now().Add(d) // from the body's end, as net/http's Transport counts
+	s.doneLocked()
+	c.mu.Unlock()
+}
+
+// headDueFromNow bounds the wait for the response head to the header
+// timeout from now, unless it is bounded already or has come.
+func (s *h2UpStream) headDueFromNow() {
+	c := s.c
+	c.mu.Lock()
+	if d := c.t.headerTimeout; d > 0 && !s.headDone && s.headBy.IsZero() {
+		s.headBy = time.Now().Add(d)
 		c.watchHeadLocked(s.headBy)
 	}
-	s.doneLocked()
 	c.mu.Unlock()
 }
 
@@ -383,8 +400,16 @@ func (s *h2UpStream) closeBody() {
 // abort resets the stream (RST_STREAM CANCEL) unless it is over, fails
 // it with err and gives its unread data's window back.
 func (s *h2UpStream) abort(err error) {
+	s.c.mu.Lock()
+	after := s.abortLocked(err)
+	s.c.mu.Unlock()
+	after()
+}
+
+// abortLocked is abort's part under c.mu; it returns the rest, to run
+// once c.mu is let go.
+func (s *h2UpStream) abortLocked(err error) (after func()) {
 	c := s.c
-	c.mu.Lock()
 	send := !s.reset && !c.closed && c.streams[s.id] == s
 	s.failLocked(err)
 	s.releaseBufLocked()
@@ -392,14 +417,15 @@ func (s *h2UpStream) abort(err error) {
 	if !send { // over already: only the window of what it held goes back
 		inc = c.takeConnUpdateLocked()
 	}
-	c.mu.Unlock()
-	switch {
-	case send:
-		c.sendSoon(func() error { return c.writeReset(s, s.id, http2.ErrCodeCancel) })
-	case inc > 0:
-		c.sendSoon(func() error { return c.writeUpdates(0, 0, inc) })
+	return func() {
+		switch {
+		case send:
+			c.sendSoon(func() error { return c.writeReset(s, s.id, http2.ErrCodeCancel) })
+		case inc > 0:
+			c.sendSoon(func() error { return c.writeUpdates(0, 0, inc) })
+		}
+		s.closeBody()
 	}
-	s.closeBody()
 }
 
 // failLocked ends the response side with err unless it ended already;

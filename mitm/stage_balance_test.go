@@ -4,9 +4,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -97,4 +100,57 @@ func TestBalanceNoHealthyAndGuard(t *testing.T) {
 	if r.Decision != audit.DecisionDeny || r.Rule != "ssrf" {
 		t.Fatalf("record %+v", r)
 	}
+}
+
+// A retry is for a failed connect or a 5xx: the response header timeout
+// bounds the request, not each try, so a try it ended is not retried on
+// the group's other target, and that target, never tried, keeps its
+// health.
+func TestBalanceHeaderTimeoutNotRetried(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	slow := startPlainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	var fastHits atomic.Int64
+	fast := startPlainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fastHits.Add(1)
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "fast")
+	}))
+	dec := balancePolicy(t, fmt.Sprintf(`- name: pool
+  hosts: [pool.test]
+  targets: [{address: %q, weight: 1}, {address: %q, weight: 1}]
+  passive: {consecutiveFailures: 1, ejectFor: 1h}
+  retries: {attempts: 1, budget: 100}
+`, slow.addr, fast.addr))
+	h := newHarness(t, nil, dec, func(c *config.Proxy, _ *Deps) { c.ResponseHeaderTimeout = config.Duration(200 * time.Millisecond) })
+	for i := range 20 { // the first target is picked at random
+		req, _ := http.NewRequest("GET", "http://pool.test/x", nil) // idempotent: retried on a 5xx
+		before := fastHits.Load()
+		resp, err := h.client(false).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusGatewayTimeout {
+			if fastHits.Load() != before {
+				t.Error("the timed-out try was retried on the other target")
+			}
+			for _, hl := range h.p.UpstreamHealth() {
+				if hl.Target == fast.addr.String() && !hl.Healthy {
+					t.Errorf("the target never tried was marked unhealthy: %+v", h.p.UpstreamHealth())
+				}
+			}
+			return
+		}
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: status %d", i, resp.StatusCode)
+		}
+	}
+	t.Fatal("no request went to the slow target first in 20")
 }
