@@ -38,12 +38,13 @@ type h2Transport struct {
 	idleTimeout   time.Duration
 	maxHeaderList uint32 // what a response head may decode to
 	// headerTimeout bounds the wait for a response head (0: none), as
-	// net/http's Transport.ResponseHeaderTimeout does, from the end of
-	// the request body; a request without one counts from RoundTrip's
-	// start, so a wait for a connection or the write turn counts too.
-	// It fails with errResponseHeaderTimeout. Each connection keeps one
-	// timer for all its streams (h2UpConn.watchHeadLocked), where a
-	// timer per request was 1.5% of the proxy's CPU under h2load.
+	// forward's timer does on the other paths: from the moment the
+	// request body was read whole (sendBody); a request without one
+	// counts from RoundTrip's start, so a wait for a connection or the
+	// write turn counts too. It fails with errResponseHeaderTimeout.
+	// Each connection keeps one timer for all its streams
+	// (h2UpConn.watchHeadLocked), where a timer per request was 1.6% of
+	// the proxy's CPU under h2load.
 	headerTimeout time.Duration
 
 	mu      sync.Mutex
@@ -52,7 +53,7 @@ type h2Transport struct {
 	// live is conns as of its last change, a copy read without mu: a
 	// request looks for a stream slot there first (conn). Under h2load
 	// every request taking mu to look was the proxy's most contended
-	// lock (its mutex profile: three goroutines waiting at any time).
+	// lock (its mutex profile: four goroutines waiting at any time).
 	live atomic.Pointer[[]*h2UpConn]
 
 	// room wakes requests waiting for a stream slot: closed (and
@@ -123,7 +124,7 @@ func newH2Transport(dial func(context.Context) (net.Conn, error), idleTimeout ti
 // the response head; its body streams from the connection.
 func (t *h2Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	hasBody := req.Body != nil && req.Body != http.NoBody
-	var headBy time.Time // with a body: from its end (sendBody)
+	var headBy time.Time // with a body: set once it is read whole (sendBody)
 	if t.headerTimeout > 0 && !hasBody {
 		headBy = time.Now().Add(t.headerTimeout)
 	}
