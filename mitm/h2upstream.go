@@ -184,6 +184,9 @@ func (t *h2Transport) conn(ctx context.Context, cancel <-chan struct{}, headBy t
 		gen := t.roomGen.Load()
 		if live := t.live.Load(); live != nil {
 			for _, c := range *live {
+				if c.full.Load() {
+					continue
+				}
 				if reused, ok := c.reserve(); ok {
 					return c, reused, nil
 				}
@@ -335,6 +338,11 @@ type h2UpConn struct {
 	// (sweepHeads); headAt is when it fires, zero when it is not armed.
 	headTimer *time.Timer
 	headAt    time.Time
+	// full is a hint for conn's look without t.mu, kept under mu by
+	// noteRoomLocked: no stream can be reserved on c now. A request
+	// passes a full connection without taking its lock; a stale hint
+	// costs only the look under t.mu, which asks reserve itself.
+	full atomic.Bool
 }
 
 // start opens the connection: the preface, SETTINGS and the connection
@@ -440,10 +448,12 @@ func (c *h2UpConn) reserve() (reused, ok bool) {
 	}
 	if uint64(c.nextID)+2*uint64(c.reserved) > h2MaxStreamID {
 		c.goAway = true // no ID left for another stream: drain, then close
+		c.noteRoomLocked()
 		c.idleLocked()
 		return false, false
 	}
 	c.reserved++
+	c.noteRoomLocked()
 	if c.idle != nil {
 		c.idle.Stop()
 	}
@@ -454,8 +464,14 @@ func (c *h2UpConn) reserve() (reused, ok bool) {
 // held.
 func (c *h2UpConn) unreserveLocked() {
 	c.reserved--
+	c.noteRoomLocked()
 	c.idleLocked()
 	c.t.signalRoom()
+}
+
+// noteRoomLocked sets the full hint from c's state; c.mu held.
+func (c *h2UpConn) noteRoomLocked() {
+	c.full.Store(c.closed || c.goAway || uint32(len(c.streams)+c.reserved) >= c.maxStreams)
 }
 
 // idleLocked arms the idle timer when c has nothing open; c.mu held.
@@ -537,6 +553,7 @@ func (c *h2UpConn) closeIfIdle() {
 	idle := len(c.streams)+c.reserved == 0
 	if idle {
 		c.goAway = true // no more reservations
+		c.noteRoomLocked()
 	}
 	c.mu.Unlock()
 	if idle {
@@ -553,6 +570,7 @@ func (c *h2UpConn) close(err error) {
 		return
 	}
 	c.closed, c.err = true, err
+	c.noteRoomLocked()
 	if c.idle != nil {
 		c.idle.Stop()
 	}
@@ -574,6 +592,7 @@ func (c *h2UpConn) close(err error) {
 func (c *h2UpConn) dropLocked(s *h2UpStream) {
 	if c.streams[s.id] == s {
 		delete(c.streams, s.id)
+		c.noteRoomLocked()
 		if s.stopAfter != nil {
 			s.stopAfter()
 		}

@@ -318,6 +318,7 @@ func (c *h2UpConn) onSettings(f *http2.SettingsFrame) error {
 		}
 		return h2Setting(st, &c.initWindow, &c.maxFrame, &c.maxHeaderList, h2ShiftWindows(c.streams))
 	})
+	c.noteRoomLocked() // the stream limit may have changed
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	if err != nil {
@@ -334,6 +335,7 @@ func (c *h2UpConn) awaitFrame() error { return nil }
 func (c *h2UpConn) onGoAway(f *http2.GoAwayFrame) {
 	c.mu.Lock()
 	c.goAway = true
+	c.noteRoomLocked()
 	for id, s := range c.streams {
 		if id > f.LastStreamID {
 			s.failLocked(fmt.Errorf("%w: GOAWAY (%v)", errH2Unprocessed, f.ErrCode))

@@ -190,7 +190,7 @@ func TestH2UpTrailers(t *testing.T) {
 // connections rather than queued behind full ones, and none fails.
 func TestH2UpConcurrentStreams(t *testing.T) {
 	const n = 20
-	together, _, dials := up2Together(t, &http2.Server{MaxConcurrentStreams: 2}, n)
+	together, _, dials, _ := up2Together(t, &http2.Server{MaxConcurrentStreams: 2}, n)
 	if together != n {
 		t.Errorf("at most %d requests were at the upstream at once, want all %d", together, n)
 	}
@@ -205,7 +205,7 @@ func TestH2UpConcurrentStreams(t *testing.T) {
 // requests at once are at the upstream together, on three connections.
 func TestH2UpStreamsPerConnectionCapped(t *testing.T) {
 	const n = 2*h2StreamsPerConn + 1
-	together, perConn, dials := up2Together(t, &http2.Server{MaxConcurrentStreams: 250}, n)
+	together, perConn, dials, tr := up2Together(t, &http2.Server{MaxConcurrentStreams: 250}, n)
 	if together != n {
 		t.Errorf("at most %d requests were at the upstream at once, want all %d", together, n)
 	}
@@ -215,13 +215,26 @@ func TestH2UpStreamsPerConnectionCapped(t *testing.T) {
 	if dials != 3 {
 		t.Errorf("%d dials for %d requests at once, want 3", dials, n)
 	}
+	// Every stream has ended: no connection may still be passed over as
+	// full by a request looking without the transport's lock.
+	up2Until(t, "every connection's full hint cleared", 2*time.Second, func() bool {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		for _, c := range tr.conns {
+			if c.full.Load() {
+				return false
+			}
+		}
+		return len(tr.conns) == 3
+	})
 }
 
 // up2Together sends n GETs at once through a transport to srv, whose
 // handler holds each until all n are there (3s at most), and fails the
 // test unless each gets its answer. It returns the most requests the
-// upstream held at once, in all and on one connection, and the dials.
-func up2Together(t *testing.T, srv *http2.Server, n int) (together, perConn, dials int) {
+// upstream held at once, in all and on one connection, the dials and
+// the transport.
+func up2Together(t *testing.T, srv *http2.Server, n int) (together, perConn, dials int, tr *h2Transport) {
 	var mu sync.Mutex
 	inFlight, onConn := 0, map[string]int{}
 	all, once := make(chan struct{}), sync.Once{}
@@ -241,7 +254,7 @@ func up2Together(t *testing.T, srv *http2.Server, n int) (together, perConn, dia
 		}
 		io.WriteString(w, r.URL.Path)
 	})
-	tr := up2Transport(t, up.dial, time.Minute)
+	tr = up2Transport(t, up.dial, time.Minute)
 	errs := make(chan error, n)
 	for i := range n {
 		go func() { errs <- up2Get(tr, fmt.Sprint("/", i), fmt.Sprint("/", i)) }()
@@ -253,7 +266,7 @@ func up2Together(t *testing.T, srv *http2.Server, n int) (together, perConn, dia
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	return together, perConn, int(up.dials.Load())
+	return together, perConn, int(up.dials.Load()), tr
 }
 
 // TestH2UpRefusedStreamRetried: a stream the upstream refuses
