@@ -17,27 +17,34 @@ import (
 // through, and Flush and Close return once what was written before them
 // is in the file.
 //
-// The write to the file happens after mu is let go (wmu keeps the
-// writes in their order): other writers fill the next buffer meanwhile
-// instead of waiting out the system call.
+// One goroutine at a time writes to the file, and without mu: the others
+// go on filling the next buffer (the writer takes it too when it has
+// grown to 64 KiB meanwhile). They wait only when flushHold bytes wait
+// behind a write under way (a file that has stopped taking writes).
 type FlushWriter struct {
-	mu     sync.Mutex
-	wmu    sync.Mutex // the writes to w, one at a time, in order
-	w      io.Writer
-	every  time.Duration
-	buf    []byte
-	spare  []byte // a written buffer, for the next one
-	timer  *time.Timer
-	armed  bool // the timer will flush buf
-	closed bool
+	mu      sync.Mutex
+	done    sync.Cond // a write to w ended (L: &mu)
+	w       io.Writer
+	every   time.Duration
+	buf     []byte
+	spare   []byte // a written buffer, for the next one
+	timer   *time.Timer
+	armed   bool // the timer will flush buf
+	writing bool // a goroutine writes to w: the only one, so writes keep their order
+	closed  bool
 }
 
-// flushBytes is how much a FlushWriter holds before writing at once.
-const flushBytes = 64 << 10
+const (
+	// flushBytes is how much a FlushWriter holds before writing at once.
+	flushBytes = 64 << 10
+	// flushHold is how much may wait behind a write under way.
+	flushHold = 16 * flushBytes
+)
 
 // NewFlushWriter buffers writes to w for up to every (> 0).
 func NewFlushWriter(w io.Writer, every time.Duration) *FlushWriter {
 	f := &FlushWriter{w: w, every: every}
+	f.done.L = &f.mu
 	f.timer = time.AfterFunc(time.Hour, func() { _ = f.Flush() })
 	f.timer.Stop()
 	return f
@@ -51,15 +58,16 @@ func (f *FlushWriter) writesWhole() {}
 // it had to do at once.
 func (f *FlushWriter) Write(p []byte) (int, error) {
 	f.mu.Lock()
+	for f.writing && (f.closed || len(f.buf) >= flushHold) {
+		f.done.Wait()
+	}
 	if f.closed {
-		f.mu.Unlock()
-		f.wmu.Lock()
-		defer f.wmu.Unlock()
-		return f.w.Write(p)
+		f.buf = append(f.buf, p...) // empty before: Close wrote it all
+		return len(p), f.writeOut(true)
 	}
 	f.buf = append(f.buf, p...)
-	if len(f.buf) >= flushBytes {
-		return len(p), f.flushUnlock()
+	if len(f.buf) >= flushBytes && !f.writing {
+		return len(p), f.writeOut(false)
 	}
 	if !f.armed {
 		f.armed = true
@@ -73,40 +81,39 @@ func (f *FlushWriter) Write(p []byte) (int, error) {
 // f before it is in the file.
 func (f *FlushWriter) Flush() error {
 	f.mu.Lock()
-	err := f.flushUnlock()
-	f.waitWrites()
-	return err
-}
-
-// waitWrites returns once a write to the file under way has ended.
-func (f *FlushWriter) waitWrites() {
-	f.wmu.Lock()
-	//lint:ignore SA2001 an empty critical section: waiting for the holder is the point
-	f.wmu.Unlock()
-}
-
-// flushUnlock takes what is held, lets mu go and writes it; mu held on
-// entry. wmu is taken before mu goes, so writes keep the order of the
-// buffers.
-func (f *FlushWriter) flushUnlock() error {
-	f.armed = false
-	b := f.buf
-	if len(b) == 0 {
-		f.mu.Unlock()
-		return nil
+	for f.writing {
+		f.done.Wait()
 	}
-	f.buf, f.spare = f.spare, nil
-	f.wmu.Lock()
-	f.mu.Unlock()
-	_, err := f.w.Write(b)
-	f.wmu.Unlock()
-	if cap(b) <= 4*flushBytes { // a large logged body: don't keep its room
+	return f.writeOut(true)
+}
+
+// writeOut writes buf to the file as the one writer, and again while
+// what piled up meanwhile is 64 KiB or more (all: anything); mu held on
+// entry, not writing, let go on return.
+func (f *FlushWriter) writeOut(all bool) error {
+	f.armed = false
+	var err error
+	for len(f.buf) > 0 && (all || len(f.buf) >= flushBytes) {
+		b := f.buf
+		f.buf, f.spare = f.spare, nil
+		f.writing = true
+		f.mu.Unlock()
+		_, werr := f.w.Write(b)
 		f.mu.Lock()
-		if f.spare == nil {
+		if err == nil {
+			err = werr
+		}
+		if f.spare == nil && cap(b) <= 4*flushBytes { // a large logged body: don't keep its room
 			f.spare = b[:0]
 		}
-		f.mu.Unlock()
 	}
+	f.writing = false
+	f.done.Broadcast()
+	if len(f.buf) > 0 && !f.closed { // less than 64 KiB came meanwhile: the timer's
+		f.armed = true
+		f.timer.Reset(f.every)
+	}
+	f.mu.Unlock()
 	return err
 }
 
@@ -116,7 +123,8 @@ func (f *FlushWriter) Close() error {
 	f.mu.Lock()
 	f.closed = true
 	f.timer.Stop()
-	err := f.flushUnlock()
-	f.waitWrites() // a flush under way ends before the file may be closed
-	return err
+	for f.writing { // a flush under way ends before the file may be closed
+		f.done.Wait()
+	}
+	return f.writeOut(true)
 }
