@@ -232,7 +232,10 @@ func (p *Proxy) newClientConfig(local bool, protos []string) *tls.Config {
 //
 // A client that closes within untrustedCloseWindow of the handshake
 // without a byte rejected the certificate after TLS accepted it (an
-// application that pins): recorded as client_untrusted for name.
+// application that pins): recorded as client_untrusted for name. Not
+// when the upstream could not be reached (t.err): the record then says
+// that, and the memory of rejections that the policy reads is left
+// alone, as a client leaving then may be one that gave up on it.
 func (f *flow) serveDecrypted(tc *tls.Conn, t *target, name string) {
 	p := f.p
 	pc := newPeekedConn(tc, 64)
@@ -240,7 +243,15 @@ func (f *flow) serveDecrypted(tc *tls.Conn, t *target, name string) {
 	if f.alpn == "h2" || f.alpn == "http/1.1" || t.err != nil {
 		_ = tc.SetReadDeadline(handshake.Add(untrustedCloseWindow))
 		if _, err := pc.Peek(1); closedAfterHandshake(err, handshake) {
-			f.clientUntrusted(name, "client closed the connection right after the TLS handshake without a request")
+			const why = "client closed the connection right after the TLS handshake without a request"
+			if t.err == nil {
+				f.clientUntrusted(name, why)
+				return
+			}
+			rec := f.l4Record()
+			rec.Host = name
+			rec.Decision, rec.Reason, rec.Error = audit.DecisionError, t.fail, t.err.Error()+"; the "+why
+			f.p.emit(rec)
 			return
 		}
 		_ = tc.SetReadDeadline(time.Time{})

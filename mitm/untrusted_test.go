@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -323,5 +324,35 @@ func TestClientHangingUpInResumedHandshakeIsNotUntrusted(t *testing.T) {
 	}
 	if got := get(); got != sluiceCA {
 		t.Errorf("after the hang-up: issuer %q, want Sluice's %q (still decrypted, not passed through)", got, sluiceCA)
+	}
+}
+
+// A client that closes right after the handshake when the upstream could
+// not be reached is not taken for one that rejected the certificate: the
+// record says the upstream was unreachable, and the workload's later
+// connections to that host are not passed through for it.
+func TestClientClosingAfterHandshakeToDeadUpstream(t *testing.T) {
+	h := newHarness(t, nil, untrustedPolicy(t, "passthrough"))
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(h.ca.BundlePEM())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := netip.MustParseAddrPort(ln.Addr().String())
+	ln.Close() // nothing listens there now
+	id := workload.Identity{PID: 52, Comm: "probe", Cgroup: "/test.slice/probe.scope"}
+	c := transparent(t, h, Destination{Addr: dead}, id)
+	tc := tls.Client(c, &tls.Config{ServerName: "api.test", RootCAs: roots, NextProtos: []string{"http/1.1"}})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	tc.Close()
+	rec := h.recs.wait(t, "the connection's record", func(r audit.Record) bool { return r.Kind == audit.KindL4 && r.Workload.PID == 52 })
+	if rec.Decision != audit.DecisionError || rec.Reason != audit.ReasonUpstreamUnreachable || !strings.Contains(rec.Error, "without a request") {
+		t.Errorf("record %+v, want the upstream unreachable", rec)
+	}
+	if h.p.untrusted.has(&id, "api.test", dead.Port()) {
+		t.Error("the workload is remembered as rejecting the certificate of api.test")
 	}
 }
