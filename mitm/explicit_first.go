@@ -292,15 +292,7 @@ func (w *connectWriter) answer(r *http.Request) (keep bool) {
 		h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
 	}
 	var b bytes.Buffer
-	b.WriteString("HTTP/1.1 ")
-	b.WriteString(strconv.Itoa(w.status))
-	b.WriteByte(' ')
-	if text := http.StatusText(w.status); text != "" {
-		b.WriteString(text)
-	} else {
-		b.WriteString("status code " + strconv.Itoa(w.status)) // as net/http
-	}
-	b.WriteString("\r\n")
+	b.Write(appendStatusLine(b.AvailableBuffer(), w.status))
 	_ = h.Write(&b)
 	b.WriteString("\r\n")
 	b.Write(w.body)

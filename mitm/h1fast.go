@@ -1148,16 +1148,23 @@ func (w *fastResponse) writeHead(p []byte) {
 }
 
 func writeStatus(bw *bufio.Writer, code int) {
-	bw.WriteString("HTTP/1.1 ")
-	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(code), 10))
-	bw.WriteByte(' ')
+	bw.Write(appendStatusLine(bw.AvailableBuffer(), code))
+}
+
+// appendStatusLine appends the HTTP/1.1 status line of code, with its
+// CRLF, as net/http's server writes it ("status code N" for a code
+// without a text).
+func appendStatusLine(dst []byte, code int) []byte {
+	dst = append(dst, "HTTP/1.1 "...)
+	dst = strconv.AppendInt(dst, int64(code), 10)
+	dst = append(dst, ' ')
 	if text := http.StatusText(code); text != "" {
-		bw.WriteString(text)
+		dst = append(dst, text...)
 	} else {
-		bw.WriteString("status code ")
-		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(code), 10))
+		dst = append(dst, "status code "...)
+		dst = strconv.AppendInt(dst, int64(code), 10)
 	}
-	bw.WriteString("\r\n")
+	return append(dst, "\r\n"...)
 }
 
 var headerNewlineToSpace = strings.NewReplacer("\n", " ", "\r", " ")
