@@ -12,7 +12,7 @@ IMAGE    ?= sluice:dev
 CA_ROOTS ?= /etc/ssl/certs/ca-certificates.crt
 IMAGE_CTX := bin/image
 
-.PHONY: help generate check-generated build image test unit e2e fuzz bench bench-peers demo lint tidy-check clean
+.PHONY: help generate check-generated build image test unit e2e fuzz bench bench-peers pgo demo lint tidy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -61,6 +61,15 @@ bench: build ## HTTPS throughput and latency, direct vs through Sluice; the cont
 
 bench-peers: ## Sluice vs nginx (wrk, h2load; root, not run by CI): req/s, p50/p99, CPU/request, handshakes/s, MB/s, KiB/idle conn; BENCH_* settings in scripts/bench-peers.sh
 	./scripts/bench-peers.sh
+
+# cmd/sluice/default.pgo is the CPU profile `go build` optimizes Sluice
+# with (profile-guided optimization; Go applies a main package's
+# default.pgo by itself). pgo takes it afresh from Sluice transparent
+# under bench-peers' keep-alive, new-connection, HTTP/2 and stream loads.
+pgo: ## refresh cmd/sluice/default.pgo from a bench-peers run with CPU profiles (root, needs what bench-peers needs)
+	rm -rf bin/pgo
+	BENCH_TESTS="h1 newconn h2 stream" BENCH_CONNS="32 256" BENCH_ROUNDS=1 BENCH_DURATION=12 BENCH_PROFILE=bin/pgo ./scripts/bench-peers.sh
+	$(GO) tool pprof -proto $$(ls bin/pgo/*.pb.gz | grep -v '\.mutex\.') > cmd/sluice/default.pgo
 
 demo: build ## a small topology with an API and an MCP-like client under sluice run (root)
 	./scripts/demo.sh
