@@ -65,10 +65,10 @@ bench-peers: ## Sluice vs nginx (wrk, h2load; root, not run by CI): req/s, p50/p
 # cmd/sluice/default.pgo is the CPU profile `go build` optimizes Sluice
 # with (profile-guided optimization; Go applies a main package's
 # default.pgo by itself). pgo takes it afresh from Sluice transparent
-# under bench-peers' keep-alive, new-connection, HTTP/2 and stream loads.
+# under bench-peers' keep-alive, new-connection and HTTP/2 loads.
 pgo: ## refresh cmd/sluice/default.pgo from a bench-peers run with CPU profiles (root, needs what bench-peers needs)
 	rm -rf bin/pgo
-	BENCH_TESTS="h1 newconn h2 stream" BENCH_CONNS="32 256" BENCH_ROUNDS=1 BENCH_DURATION=12 BENCH_PROFILE=bin/pgo ./scripts/bench-peers.sh
+	BENCH_TESTS="h1 newconn h2" BENCH_CONNS="32 256" BENCH_ROUNDS=1 BENCH_DURATION=12 BENCH_PROFILE=bin/pgo ./scripts/bench-peers.sh
 	$(GO) tool pprof -proto $$(ls bin/pgo/*.pb.gz | grep -v '\.mutex\.') > cmd/sluice/default.pgo
 
 demo: build ## a small topology with an API and an MCP-like client under sluice run (root)
