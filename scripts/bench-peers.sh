@@ -30,8 +30,12 @@
 # measurement (5), BENCH_CONNS ("8 32 64 256 512"), BENCH_STREAM_MB (1024),
 # BENCH_IDLE connections (10000, lowered to what RLIMIT_NOFILE's hard limit
 # lets Sluice hold: two descriptors per connection and 1024 spare),
-# BENCH_TESTS (all of: h1 newconn h2 stream idle idle-h2 explicit; and soak, which
-# only runs when named), BIN (bin/sluice).
+# BENCH_TESTS (all of: h1 newconn h2 stream idle idle-h2 explicit; and soak
+# and together, which only run when named), BIN (bin/sluice).
+# together: nginx, Sluice transparent and base (BENCH_BASE) at the same
+# time, each with its own client (wrk at each of BENCH_CONNS, then h2load),
+# for CPU per request measured in the same seconds by all (see
+# together_run): the rows together-h1/cN and together-h2/c32m10.
 # soak: Sluice transparent under the Go client at half the peak rate that
 # client reaches through it (measured first, BENCH_DURATION seconds), for
 # BENCH_SOAK seconds (600); every BENCH_SOAK_EVERY seconds (30) the proxy's
@@ -426,22 +430,29 @@ wrk_run() { # test mode conns [extra wrk args]
     return 0
   }
   [ -z "$hellos" ] || hello_count "$hellos" "$test/c$c" "$mode"
-  keep_output "$test/c$c $mode round $r" "$out"
-  local rps req p50 p99 cpu
+  wrk_record "$test/c$c" "$mode" "$out" up
+}
+
+# wrk_record NAME MODE OUTPUT [up]: records what wrk's output (run through
+# run_client) says; up: the upstream's CPU per request too (not when
+# other clients shared the upstream meanwhile).
+wrk_record() {
+  local name=$1 mode=$2 out=$3 rps req p50 p99 cpu
+  keep_output "$name $mode round $r" "$out"
   rps=$(awk '/^Requests\/sec:/{print $2}' <<<"$out")
   req=$(awk '/requests in/{print $1}' <<<"$out")
   p50=$(to_us "$(awk '$1=="50%"{print $2}' <<<"$out")")
   p99=$(to_us "$(awk '$1=="99%"{print $2}' <<<"$out")")
   cpu=$(awk '/^PROXY_CPU_TICKS/{print $2}' <<<"$out")
   if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
-    echo "$test $mode c=$c: $(grep "Non-2xx\|Socket errors" <<<"$out")" >&2
+    echo "$name $mode: $(grep "Non-2xx\|Socket errors" <<<"$out")" >&2
   fi
-  record "$test/c$c" "$mode" rps "$rps"
-  record "$test/c$c" "$mode" p50_us "$p50"
-  record "$test/c$c" "$mode" p99_us "$p99"
+  record "$name" "$mode" rps "$rps"
+  record "$name" "$mode" p50_us "$p50"
+  record "$name" "$mode" p99_us "$p99"
   if [ "${req:-0}" -gt 0 ]; then # direct has no proxy: its cell stays empty
-    record "$test/c$c" "$mode" cpu_us_per_req "$([ "$mode" = direct ] || per_req_us "$cpu" "$req")"
-    record "$test/c$c" "$mode" up_cpu_us_per_req "$(per_req_us "$(awk '/^UPSTREAM_CPU_TICKS/{print $2}' <<<"$out")" "$req")"
+    record "$name" "$mode" cpu_us_per_req "$([ "$mode" = direct ] || per_req_us "$cpu" "$req")"
+    [ -z "${4:-}" ] || record "$name" "$mode" up_cpu_us_per_req "$(per_req_us "$(awk '/^UPSTREAM_CPU_TICKS/{print $2}' <<<"$out")" "$req")"
   fi
 }
 
@@ -452,15 +463,58 @@ h2_run() { # mode
     echo "h2load $mode failed: $out" >&2
     return 0
   }
-  keep_output "h2/c32m10 $mode round $r" "$out"
-  record h2/c32m10 "$mode" rps "$(awk '/^finished in/{print $4}' <<<"$out")"
-  local done cpu
+  h2_record h2/c32m10 "$mode" "$out" up
+}
+
+# h2_record NAME MODE OUTPUT [up]: as wrk_record, for h2load's output.
+h2_record() {
+  local name=$1 mode=$2 out=$3 done cpu
+  keep_output "$name $mode round $r" "$out"
+  record "$name" "$mode" rps "$(awk '/^finished in/{print $4}' <<<"$out")"
   done=$(awk '/^requests:/{print $8}' <<<"$out")
   cpu=$(awk '/^PROXY_CPU_TICKS/{print $2}' <<<"$out")
   if [ "${done:-0}" -gt 0 ]; then
-    record h2/c32m10 "$mode" cpu_us_per_req "$([ "$mode" = direct ] || per_req_us "$cpu" "$done")"
-    record h2/c32m10 "$mode" up_cpu_us_per_req "$(per_req_us "$(awk '/^UPSTREAM_CPU_TICKS/{print $2}' <<<"$out")" "$done")"
+    record "$name" "$mode" cpu_us_per_req "$([ "$mode" = direct ] || per_req_us "$cpu" "$done")"
+    [ -z "${4:-}" ] || record "$name" "$mode" up_cpu_us_per_req "$(per_req_us "$(awk '/^UPSTREAM_CPU_TICKS/{print $2}' <<<"$out")" "$done")"
   fi
+}
+
+# together_run h1 CONNS | together_run h2: nginx, Sluice transparent and
+# (BENCH_BASE) base measured at the same time, each behind its own client
+# (wrk -t 1 -c CONNS, or h2load -c 32 -m 10 -t 1), all sharing the CPUs
+# and the upstream for the same seconds. A change in the machine's speed
+# (other guests, frequency) then falls on all of them alike, where the
+# modes measured one after the other each meet another moment of it: the
+# ratios of CPU per request are the ones to read here. Each proxy gets
+# what the scheduler gives its client and itself, so requests/s compares
+# what the proxies do with a share of the machine, not what one does
+# alone, and the upstream's CPU is not split between them.
+together_run() {
+  local kind=$1 c=${2:-32} m f ps=() ms=() profile_name= # no profile: the pprof listener is one
+  for m in nginx $tmodes; do
+    f=$work/together-$m.out
+    if [ "$kind" = h1 ]; then
+      run_client "$m" wrk -t 1 -c "$c" -d "${dur}s" --timeout 10s --latency "$(url_of "$m")/" >"$f" 2>&1 &
+    else
+      run_client "$m" h2load -c 32 -m 10 -t 1 -D "$dur" "$(url_of "$m")/" >"$f" 2>&1 &
+    fi
+    ps+=("$!")
+    ms+=("$m")
+  done
+  local i
+  for i in "${!ps[@]}"; do
+    m=${ms[$i]}
+    f=$work/together-$m.out
+    if ! wait "${ps[$i]}"; then
+      echo "together $kind $m failed: $(cat "$f")" >&2
+      continue
+    fi
+    if [ "$kind" = h1 ]; then
+      wrk_record "together-h1/c$c" "$m" "$(cat "$f")"
+    else
+      h2_record together-h2/c32m10 "$m" "$(cat "$f")"
+    fi
+  done
 }
 
 stream_run() { # mode
@@ -591,6 +645,10 @@ for r in $(seq "$rounds"); do
   fi
   if has h2; then
     for m in direct nginx $tmodes; do h2_run "$m"; done
+  fi
+  if has together; then
+    for c in $conns; do together_run h1 "$c"; done
+    together_run h2
   fi
   if has stream; then
     for m in direct nginx $tmodes explicit; do stream_run "$m"; done
