@@ -30,8 +30,8 @@
 # measurement (5), BENCH_CONNS ("8 32 64 256 512"), BENCH_STREAM_MB (1024),
 # BENCH_IDLE connections (10000, lowered to what RLIMIT_NOFILE's hard limit
 # lets Sluice hold: two descriptors per connection and 1024 spare),
-# BENCH_TESTS (all of: h1 newconn h2 stream idle idle-h2 explicit; and soak
-# and together, which only run when named), BIN (bin/sluice).
+# BENCH_TESTS (all of: h1 newconn h2 together stream idle idle-h2 explicit;
+# and soak, which only runs when named), BIN (bin/sluice).
 # together: nginx, Sluice transparent and base (BENCH_BASE) at the same
 # time, each with its own client (wrk at each of BENCH_CONNS, then h2load),
 # for CPU per request measured in the same seconds by all (see
@@ -98,7 +98,7 @@ rounds=${BENCH_ROUNDS:-3}
 dur=${BENCH_DURATION:-5}
 conns=${BENCH_CONNS:-"8 32 64 256 512"}
 stream_mb=${BENCH_STREAM_MB:-1024}
-tests=${BENCH_TESTS:-"h1 newconn h2 stream idle idle-h2 explicit"}
+tests=${BENCH_TESTS:-"h1 newconn h2 together stream idle idle-h2 explicit"}
 bin=$(realpath -m "${BIN:-bin/sluice}")
 base_bin=${BENCH_BASE:-}
 tmodes=transparent
