@@ -151,6 +151,61 @@ func TestContentLengthAndTransferEncoding400(t *testing.T) {
 	}
 }
 
+// TestNetHTTPAnswersRecordTheirRequest: a request net/http's server
+// rejects itself (a header field without a colon, a malformed or a
+// second Host, a request line without a version) is answered 400 and
+// recorded with the method and path it named, as nginx's access log
+// keeps the request line of a 400; a good request pipelined before it
+// keeps its own.
+func TestNetHTTPAnswersRecordTheirRequest(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	up := startUpstream(t, tca, false, echoHandler())
+	h := newHarness(t, tca, nil)
+	for _, tc := range []struct {
+		name, req, method, path string
+	}{
+		{"field without a colon", "GET /no-colon HTTP/1.1\r\nHost: api.test\r\nNo colon here\r\n\r\n", "GET", "/no-colon"},
+		{"malformed Host", "POST /bad-host?q=1 HTTP/1.1\r\nHost: a b\r\n\r\n", "POST", "/bad-host"},
+		{"two Hosts", "DELETE /two-hosts HTTP/1.1\r\nHost: api.test\r\nHost: other.test\r\n\r\n", "DELETE", "/two-hosts"},
+		{"no version", "PURGE /no-version\r\n\r\n", "PURGE", "/no-version"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := connectTLS(t, h, "api.test", up.addr.Port())
+			resp, _ := rawRequest(t, c, tc.req)
+			if resp.StatusCode != 400 {
+				t.Fatalf("status %d, want 400", resp.StatusCode)
+			}
+			rec := h.recs.wait(t, tc.path, func(r audit.Record) bool { return r.Status == 400 && r.Path == tc.path })
+			if rec.Method != tc.method || rec.Reason != audit.ReasonMalformed || rec.Decision != "error" || rec.Source != "sluice" {
+				t.Errorf("record %+v, want method %s, reason %q", rec, tc.method, audit.ReasonMalformed)
+			}
+		})
+	}
+	t.Run("after a good request on the connection", func(t *testing.T) {
+		c := connectTLS(t, h, "api.test", up.addr.Port())
+		if _, err := io.WriteString(c, "GET /good HTTP/1.1\r\nHost: api.test\r\n\r\nGET /bad-after-good HTTP/1.1\r\nHost: api.test\r\nNo colon here\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		for _, want := range []int{200, 400} {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("read the %d: %v", want, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Fatalf("status %d, want %d", resp.StatusCode, want)
+			}
+		}
+		good := h.recs.wait(t, "/good", func(r audit.Record) bool { return r.Path == "/good" })
+		bad := h.recs.wait(t, "/bad-after-good", func(r audit.Record) bool { return r.Status == 400 && r.Path == "/bad-after-good" })
+		if good.Status != 200 || bad.Method != "GET" {
+			t.Errorf("records %+v and %+v", good, bad)
+		}
+	})
+}
+
 func TestUpstreamFailures(t *testing.T) {
 	tca := newTestCA(t, "upstream test CA")
 	t.Run("unreachable 502", func(t *testing.T) {

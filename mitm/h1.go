@@ -438,10 +438,18 @@ func (c *h1Conn) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// parserError records an answer net/http's server gave on its own.
+// parserError records an answer net/http's server gave on its own, with
+// the method and path of the request it answered, as the tracker saw
+// them: the oldest whole head no handler took (net/http reads a request
+// only once the handlers before it are done, and rejects a malformed
+// field once the head has ended), else the head still coming (too
+// large, or answered at a malformed line before its end).
 func (c *h1Conn) parserError(code int, text string) {
 	c.mu.Lock()
 	cur := c.fr.cur
+	if len(c.fr.heads) > 0 {
+		cur = c.fr.heads[0]
+	}
 	c.mu.Unlock()
 	f := c.fl
 	f.requests.Add(1) // answered, and recorded here
