@@ -29,8 +29,9 @@ import (
 // request that is a CONNECT of the plain shape (readConnect) is read
 // here with a pooled buffer and served through the same chain; its
 // tunnel takes over the socket, and an answer that is not one (403,
-// 407, 502) is written here, after which the connection goes on under
-// net/http's server. Anything else goes to net/http's server with every
+// 407, 502) is written here, after which the next request is read here
+// the same way (a client answering a 407 with its credentials sends its
+// CONNECT again). Anything else goes to net/http's server with every
 // byte read (h1Conn.next): health probes, absolute-form requests,
 // malformed or unusual heads, which it answers as before. That is known
 // at the first line that says so (connectScan on the lines so far), as
@@ -102,8 +103,11 @@ func (l *explicitListener) toStd(hc *h1Conn) {
 }
 
 // serveFirst serves hc's first request when it is a plain CONNECT, and
-// hands hc to net/http's server otherwise (or after an answer that
-// leaves the connection open).
+// hands hc to net/http's server otherwise. A CONNECT answered with the
+// connection kept open (a 407 the client answers with its credentials,
+// as browsers, Java and .NET do) is followed here too: the next request
+// is read the same way once its first byte came, and goes to net/http's
+// server only when it is not a plain CONNECT.
 func (l *explicitListener) serveFirst(hc *h1Conn) {
 	defer func() {
 		// As net/http's server: a panic ends the connection, not the
@@ -116,8 +120,25 @@ func (l *explicitListener) serveFirst(hc *h1Conn) {
 			hc.Close()
 		}
 	}()
+	for l.serveHead(hc) {
+		// As between requests under net/http, the next one has
+		// idleTimeout to begin.
+		if !l.awaitNext(hc) {
+			hc.Close()
+			return
+		}
+	}
+}
+
+// serveHead reads a request head of hc (what hc.next holds first, then
+// the socket) and serves it when it is a plain CONNECT; else hc goes to
+// net/http's server with every byte read. true: the CONNECT was
+// answered, not tunneled, and hc stays open, with what the client sent
+// after it in hc.next.
+func (l *explicitListener) serveHead(hc *h1Conn) (answered bool) {
 	br := fastReaders.Get().(*bufio.Reader)
-	br.Reset(hc.Conn) // not through hc's framer: it sees what net/http reads (hc.next)
+	// Not through hc's framer: it sees what net/http reads (hc.next).
+	br.Reset(nextReader{hc})
 	release := func() {
 		if br != nil {
 			br.Reset(nil)
@@ -130,13 +151,13 @@ func (l *explicitListener) serveFirst(hc *h1Conn) {
 	_ = hc.Conn.SetReadDeadline(time.Now().Add(l.p.cfg.HandshakeTimeout.D()))
 	head, err := peekHead(br, l.p.cfg.MaxHeaderBytes)
 	if !stop() {
-		return // closed: the proxy stops
+		return false // closed: the proxy stops
 	}
 	if err != nil && err != errNotConnect && br.Buffered() == 0 { //nolint:errorlint // our own value
 		// Silent or gone before a byte: closed without an answer, as
 		// net/http's server does.
 		hc.Close()
-		return
+		return false
 	}
 	var r *http.Request
 	if err == nil {
@@ -145,17 +166,18 @@ func (l *explicitListener) serveFirst(hc *h1Conn) {
 	if r == nil {
 		// Not a plain CONNECT (known as soon as a line says so), or
 		// too slow or cut short: net/http's server reads it from the
-		// start, and then the error that ended the wait here (a
-		// timeout: its 400 to a line cut short, and its record).
+		// start (what br holds, then what hc.next still does), and
+		// then the error that ended the wait here (a timeout: its 400
+		// to a line cut short, and its record).
 		rest, _ := br.Peek(br.Buffered())
-		hc.next = bytes.Clone(rest)
+		hc.next = append(bytes.Clone(rest), hc.next...)
 		if err != nil && err != errNotConnect { //nolint:errorlint // our own value
 			hc.nextErr = err
 		}
 		release()
 		_ = hc.Conn.SetReadDeadline(time.Time{})
 		l.toStd(hc)
-		return
+		return false
 	}
 	_, _ = br.Discard(len(head))
 	_ = hc.Conn.SetReadDeadline(time.Time{})
@@ -164,16 +186,26 @@ func (l *explicitListener) serveFirst(hc *h1Conn) {
 	w := &connectWriter{hc: hc, br: br, header: http.Header{}}
 	br = nil // the writer's now: back to the pool by Hijack or answer
 	if !l.serveConnect(w, r) {
-		return
+		return false
 	}
-	// Answered, not tunneled: the connection goes on under net/http's
-	// server, with what the client sent after the CONNECT. As between
-	// requests under net/http, the next one has idleTimeout to begin.
-	if !w.answer(r) || !l.awaitNext(hc) {
+	if !w.answer(r) {
 		hc.Close()
-		return
+		return false
 	}
-	l.toStd(hc)
+	return true
+}
+
+// nextReader reads what hc.next holds (bytes read off the socket after
+// the last request), then the socket itself, past hc's framer.
+type nextReader struct{ hc *h1Conn }
+
+func (r nextReader) Read(b []byte) (int, error) {
+	if len(r.hc.next) > 0 {
+		n := copy(b, r.hc.next)
+		r.hc.next = r.hc.next[n:]
+		return n, nil
+	}
+	return r.hc.Conn.Read(b)
 }
 
 // awaitNext waits up to idleTimeout for the first byte of the request
@@ -276,8 +308,8 @@ func (w *connectWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 // answer writes the held answer, and reports whether the connection
-// stays open for the next request (net/http's server gets it, with the
-// bytes after the CONNECT in hc.next).
+// stays open for the next request (read from hc.next, which holds the
+// bytes after the CONNECT, then the socket).
 func (w *connectWriter) answer(r *http.Request) (keep bool) {
 	if w.status == 0 {
 		w.status = http.StatusOK
@@ -296,7 +328,7 @@ func (w *connectWriter) answer(r *http.Request) (keep bool) {
 	_ = h.Write(&b)
 	b.WriteString("\r\n")
 	b.Write(w.body)
-	w.hc.next = w.rest()
+	w.hc.next = append(w.rest(), w.hc.next...) // br's, then what br did not take of hc.next
 	w.release()
 	_ = w.hc.Conn.SetWriteDeadline(time.Now().Add(w.hc.fl.p.cfg.HandshakeTimeout.D()))
 	_, err := w.hc.Write(b.Bytes())

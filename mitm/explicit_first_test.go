@@ -247,8 +247,109 @@ func (l *failOnceListener) Accept() (net.Conn, error) {
 // whose 4 KiB read and write buffers a hijacked connection never gives
 // back, does not serve it.
 func TestExplicitConnectSkipsNetHTTP(t *testing.T) {
-	// A raw echo server as the tunnel's far end: no net/http in this
-	// process but the proxy's.
+	echo := startEcho(t)
+	h := newHarness(t, nil, nil)
+	tunnel := func() {
+		c, err := net.Dial("tcp", h.url.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\n\r\nping\n", echo)
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: %v %v", resp, err)
+		}
+		if line, err := br.ReadString('\n'); err != nil || line != "ping\n" {
+			t.Fatalf("through the tunnel: %q %v, want the echo of ping", line, err)
+		}
+	}
+	if got := netHTTPAllocated(t, 16, tunnel); got >= 16*1024 {
+		t.Errorf("16 CONNECT tunnels: net/http's server allocated %d bytes for them, want none", got)
+	}
+}
+
+// TestExplicit407ThenCredentialsSkipsNetHTTP: a client that sends its
+// credentials only once asked (a 407 first, then the CONNECT again on
+// the same connection, as browsers, Java and .NET do) gets its tunnel,
+// and its second CONNECT is read as the first was, not by net/http's
+// server (22 KiB allocated per tunnel there, never given back); what
+// follows a 407 and is not a plain CONNECT still goes to net/http's
+// server, which answers it.
+func TestExplicit407ThenCredentialsSkipsNetHTTP(t *testing.T) {
+	echo := startEcho(t)
+	users := t.TempDir() + "/users"
+	if err := os.WriteFile(users, []byte("alice:open-sesame\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, nil, nil, func(cfg *config.Proxy, _ *Deps) { cfg.Clients.UsersFile = users })
+	const alice = "Basic YWxpY2U6b3Blbi1zZXNhbWU=" // alice:open-sesame
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", h.url.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	connect := func(c net.Conn, br *bufio.Reader, auth string) int {
+		t.Helper()
+		if auth != "" {
+			auth = "Proxy-Authorization: " + auth + "\r\n"
+		}
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\n%s\r\n", echo, auth)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil {
+			t.Fatalf("CONNECT: %v", err)
+		}
+		if resp.StatusCode != 200 {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		return resp.StatusCode
+	}
+	tunnel := func() {
+		c, br := dial()
+		defer c.Close()
+		if code := connect(c, br, ""); code != http.StatusProxyAuthRequired {
+			t.Fatalf("CONNECT without credentials: %d, want 407", code)
+		}
+		if code := connect(c, br, alice); code != 200 {
+			t.Fatalf("CONNECT with alice's credentials after the 407: %d, want 200", code)
+		}
+		io.WriteString(c, "ping\n")
+		if line, err := br.ReadString('\n'); err != nil || line != "ping\n" {
+			t.Fatalf("through the tunnel: %q %v, want the echo of ping", line, err)
+		}
+	}
+	if got := netHTTPAllocated(t, 16, tunnel); got >= 16*1024 {
+		t.Errorf("16 tunnels after a 407: net/http's server allocated %d bytes for them, want none", got)
+	}
+	t.Run("a probe after the 407 goes to net/http's server", func(t *testing.T) {
+		c, br := dial()
+		if code := connect(c, br, ""); code != http.StatusProxyAuthRequired {
+			t.Fatalf("CONNECT without credentials: %d, want 407", code)
+		}
+		io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("read the probe's answer: %v", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "ok\n" {
+			t.Fatalf("probe after the 407: %d %q, want 200 ok", resp.StatusCode, b)
+		}
+	})
+}
+
+// startEcho is a raw TCP echo server, a tunnel's far end with no
+// net/http in this process but the proxy's; its address.
+func startEcho(t *testing.T) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -263,41 +364,29 @@ func TestExplicitConnectSkipsNetHTTP(t *testing.T) {
 			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
 		}
 	}()
-	h := newHarness(t, nil, nil)
-	tunnel := func() {
-		c, err := net.Dial("tcp", h.url.Host)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\n\r\nping\n", ln.Addr())
-		br := bufio.NewReader(c)
-		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-		if err != nil || resp.StatusCode != 200 {
-			t.Fatalf("CONNECT: %v %v", resp, err)
-		}
-		if line, err := br.ReadString('\n'); err != nil || line != "ping\n" {
-			t.Fatalf("through the tunnel: %q %v, want the echo of ping", line, err)
-		}
-	}
-	tunnel() // warm up
+	return ln.Addr().String()
+}
+
+// netHTTPAllocated runs do once to warm up and then n times, and says
+// how many bytes net/http's server allocated meanwhile (every allocation
+// profiled).
+func netHTTPAllocated(t *testing.T, n int, do func()) int64 {
+	t.Helper()
+	do() // warm up
 	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
 	runtime.MemProfileRate = 1
 	// The profile is as of the last completed cycle, and counts since
-	// the process started: what the tunnels add is the difference.
+	// the process started: what the runs add is the difference.
 	runtime.GC()
 	runtime.GC()
 	_, before := profileFrom(t, "net/http.(*conn).serve", "")
-	const n = 16
 	for range n {
-		tunnel()
+		do()
 	}
 	runtime.GC()
 	runtime.GC()
-	if _, after := profileFrom(t, "net/http.(*conn).serve", ""); after-before >= n*1024 {
-		t.Errorf("%d CONNECT tunnels: net/http's server allocated %d bytes for them, want none", n, after-before)
-	}
+	_, after := profileFrom(t, "net/http.(*conn).serve", "")
+	return after - before
 }
 
 // FuzzConnectHead holds readConnect to what net/http's server serves as
