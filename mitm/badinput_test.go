@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -202,6 +203,102 @@ func TestNetHTTPAnswersRecordTheirRequest(t *testing.T) {
 		bad := h.recs.wait(t, "/bad-after-good", func(r audit.Record) bool { return r.Status == 400 && r.Path == "/bad-after-good" })
 		if good.Status != 200 || bad.Method != "GET" {
 			t.Errorf("records %+v and %+v", good, bad)
+		}
+	})
+}
+
+// TestHTTP10TransferEncodingRefused, as an attacker: an HTTP/1.0 request
+// with Transfer-Encoding, whose framing RFC 9112 6.1 calls faulty
+// (net/http ignores the field and reads no body), carrying a second
+// request in what a chunked reader would take for its body. It is
+// refused with 400 and the connection closes, as a request with both
+// Content-Length and Transfer-Encoding is; the upstream sees neither
+// request, and no record names the one inside the body.
+func TestHTTP10TransferEncodingRefused(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	var hits atomic.Int32
+	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
+	h := newHarness(t, tca, nil)
+	c := connectTLS(t, h, "api.test", up.addr.Port())
+	io.WriteString(c, "POST /one HTTP/1.0\r\nHost: api.test\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		"5\r\nhello\r\n0\r\n\r\nDELETE /decoy HTTP/1.1\r\nHost: api.test\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("read the answer: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(b), "before HTTP/1.1 has Transfer-Encoding") {
+		t.Fatalf("status %d body %q, want 400 for Transfer-Encoding before HTTP/1.1", resp.StatusCode, b)
+	}
+	if _, err := http.ReadResponse(br, nil); err == nil {
+		t.Fatal("a second answer on the connection, want it closed after the 400")
+	}
+	rec := h.recs.wait(t, "400", func(r audit.Record) bool { return r.Status == 400 })
+	if rec.Method != "POST" || rec.Path != "/one" || rec.Reason != audit.ReasonSmuggling || rec.Decision != "error" {
+		t.Errorf("record %+v, want POST /one refused as smuggling", rec)
+	}
+	time.Sleep(100 * time.Millisecond) // a record of the decoy would be in by now
+	for _, r := range h.recs.all() {
+		if r.Path == "/decoy" {
+			t.Errorf("a record names the request inside the body: %+v", r)
+		}
+	}
+	if n := hits.Load(); n != 0 {
+		t.Errorf("the upstream saw %d requests, want none", n)
+	}
+}
+
+// TestExplicitProbeKeepsFramingInStep, as an attacker: a probe of the
+// explicit listener's own (/healthz) answered before the chain takes its
+// head from the connection's framing tracker, so the request after it
+// is judged by its own head: Content-Length with Transfer-Encoding is
+// refused (before, it was judged by the probe's head and forwarded), and
+// a malformed head net/http's server refuses is recorded as itself, not
+// as the probe.
+func TestExplicitProbeKeepsFramingInStep(t *testing.T) {
+	var hits atomic.Int32
+	up := startPlainUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
+	h := newHarness(t, nil, nil)
+	probe := func(c net.Conn, br *bufio.Reader) {
+		t.Helper()
+		io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("probe: %v %v", resp, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	t.Run("smuggling after a probe", func(t *testing.T) {
+		c, br := dialExplicit(t, h)
+		probe(c, br)
+		fmt.Fprintf(c, "POST http://%s/smuggle HTTP/1.1\r\nHost: %[1]s\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", up.addr)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("read the answer: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 400 {
+			t.Fatalf("status %d, want 400 for Content-Length with Transfer-Encoding", resp.StatusCode)
+		}
+		rec := h.recs.wait(t, "/smuggle", func(r audit.Record) bool { return r.Path == "/smuggle" })
+		if rec.Reason != audit.ReasonSmuggling || hits.Load() != 0 {
+			t.Errorf("record %+v, upstream hits %d; want refused as smuggling, none", rec, hits.Load())
+		}
+	})
+	t.Run("a malformed head after a probe", func(t *testing.T) {
+		c, br := dialExplicit(t, h)
+		probe(c, br)
+		fmt.Fprintf(c, "POST http://%s/bad HTTP/1.1\r\nHost: %[1]s\r\nNo colon here\r\n\r\n", up.addr)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 400 {
+			t.Fatalf("malformed head: %v %v, want 400", resp, err)
+		}
+		rec := h.recs.wait(t, "/bad", func(r audit.Record) bool { return r.Status == 400 && r.Path == "/bad" })
+		if rec.Method != "POST" {
+			t.Errorf("record %+v, want POST /bad", rec)
 		}
 	})
 }

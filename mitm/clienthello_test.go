@@ -153,6 +153,7 @@ func FuzzFramer(f *testing.F) {
 	f.Add([]byte("POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n"), 7)
 	f.Add([]byte("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), 1)
 	f.Add([]byte("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\x81\x05hello"), 3)
+	f.Add([]byte("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n"), 5)
 	f.Fuzz(func(t *testing.T, b []byte, step int) {
 		if step <= 0 {
 			step = 1
@@ -186,6 +187,10 @@ func TestFramer(t *testing.T) {
 			[]headInfo{{size: 67, both: true, method: "POST", target: "/e"}}},
 		{"upgrade stops", "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\nGET /x HTTP/1.1\r\n\r\n",
 			[]headInfo{{size: 40, method: "GET", target: "/ws"}}},
+		{"HTTP/1.0 with Transfer-Encoding: faulty framing, stops", "POST /f HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /g HTTP/1.1\r\n\r\n",
+			[]headInfo{{size: 48, te10: true, method: "POST", target: "/f"}}},
+		{"HTTP/1.0 with Content-Length", "POST /h HTTP/1.0\r\nContent-Length: 3\r\n\r\nabcGET /i HTTP/1.0\r\n\r\n",
+			[]headInfo{{size: 39, method: "POST", target: "/h"}, {size: 19, method: "GET", target: "/i"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFramer()

@@ -140,10 +140,18 @@ func (l *explicitListener) detach(hc *h1Conn) (net.Conn, func()) {
 }
 
 func (p *Proxy) serveExplicitRequest(w http.ResponseWriter, r *http.Request) {
+	f, _ := r.Context().Value(flowKey{}).(*flow)
 	if serveHealth(w, r) {
+		// Each request takes its head from the connection's framing
+		// tracker (the framing stage); a probe, answered before the
+		// chain, takes its own, or the next request would be judged
+		// (Content-Length with Transfer-Encoding, its size) and
+		// recorded by it.
+		if f != nil && f.h1 != nil {
+			f.h1.nextHead()
+		}
 		return
 	}
-	f, _ := r.Context().Value(flowKey{}).(*flow)
 	if f == nil {
 		http.Error(w, "no flow", http.StatusInternalServerError)
 		return

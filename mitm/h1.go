@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -27,8 +28,12 @@ import (
 
 // headInfo is what the tracker learned about one request head.
 type headInfo struct {
-	size   int  // bytes of the request line and header fields
-	both   bool // Content-Length and Transfer-Encoding both present
+	size int  // bytes of the request line and header fields
+	both bool // Content-Length and Transfer-Encoding both present
+	// te10: Transfer-Encoding in a request of a version before
+	// HTTP/1.1, whose framing RFC 9112 6.1 calls faulty (net/http
+	// ignores the field and frames by Content-Length).
+	te10   bool
 	method string
 	target string
 }
@@ -58,7 +63,10 @@ type framer struct {
 	clVal  string
 	teVal  string
 	upg    bool
-	heads  []headInfo
+	// before11: the request line names a version before HTTP/1.1
+	// (its Transfer-Encoding: headInfo.te10).
+	before11 bool
+	heads    []headInfo
 }
 
 func newFramer() *framer { return &framer{first: true} }
@@ -152,7 +160,11 @@ func (f *framer) endLine(line string) {
 			method, rest, ok := strings.Cut(line, " ")
 			f.cur.method = method
 			if ok {
-				f.cur.target, _, _ = strings.Cut(rest, " ")
+				var version string
+				f.cur.target, version, _ = strings.Cut(rest, " ")
+				if major, minor, ok := http.ParseHTTPVersion(version); ok && (major < 1 || major == 1 && minor < 1) {
+					f.before11 = true
+				}
 			}
 			return
 		}
@@ -166,8 +178,12 @@ func (f *framer) endLine(line string) {
 			case "content-length":
 				f.cl, f.clVal = true, val
 			case "transfer-encoding":
-				f.te = true
-				f.teVal = strings.ToLower(val)
+				if f.before11 {
+					f.cur.te10 = true
+				} else {
+					f.te = true
+					f.teVal = strings.ToLower(val)
+				}
 			case "upgrade":
 				f.upg = true
 			}
@@ -207,7 +223,9 @@ func (f *framer) endLine(line string) {
 func (f *framer) startBody() {
 	method := f.cur.method
 	switch {
-	case method == "CONNECT" || f.upg:
+	case method == "CONNECT" || f.upg || f.cur.te10:
+		// te10: the framing stage refuses it and the connection
+		// closes; what follows is not tracked.
 		f.state = stDone
 		return
 	case f.te:
@@ -237,7 +255,7 @@ func (f *framer) startBody() {
 func (f *framer) resetHead() {
 	f.cur = headInfo{}
 	f.first = true
-	f.cl, f.te, f.upg = false, false, false
+	f.cl, f.te, f.upg, f.before11 = false, false, false, false
 	f.clVal, f.teVal = "", ""
 	f.state = stHead
 }
@@ -446,9 +464,12 @@ func (c *h1Conn) Write(b []byte) (int, error) {
 // large, or answered at a malformed line before its end).
 func (c *h1Conn) parserError(code int, text string) {
 	c.mu.Lock()
-	cur := c.fr.cur
-	if len(c.fr.heads) > 0 {
+	var cur headInfo
+	switch {
+	case len(c.fr.heads) > 0:
 		cur = c.fr.heads[0]
+	case c.fr.state == stHead:
+		cur = c.fr.cur // stale once the tracker stopped (a CONNECT, an upgrade)
 	}
 	c.mu.Unlock()
 	f := c.fl
