@@ -286,15 +286,6 @@ func TestExplicit407ThenCredentialsSkipsNetHTTP(t *testing.T) {
 	}
 	h := newHarness(t, nil, nil, func(cfg *config.Proxy, _ *Deps) { cfg.Clients.UsersFile = users })
 	const alice = "Basic YWxpY2U6b3Blbi1zZXNhbWU=" // alice:open-sesame
-	dial := func() (net.Conn, *bufio.Reader) {
-		c, err := net.Dial("tcp", h.url.Host)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		return c, bufio.NewReader(c)
-	}
 	connect := func(c net.Conn, br *bufio.Reader, auth string) int {
 		t.Helper()
 		if auth != "" {
@@ -312,7 +303,7 @@ func TestExplicit407ThenCredentialsSkipsNetHTTP(t *testing.T) {
 		return resp.StatusCode
 	}
 	tunnel := func() {
-		c, br := dial()
+		c, br := dialExplicit(t, h)
 		defer c.Close()
 		if code := connect(c, br, ""); code != http.StatusProxyAuthRequired {
 			t.Fatalf("CONNECT without credentials: %d, want 407", code)
@@ -329,7 +320,7 @@ func TestExplicit407ThenCredentialsSkipsNetHTTP(t *testing.T) {
 		t.Errorf("16 tunnels after a 407: net/http's server allocated %d bytes for them, want none", got)
 	}
 	t.Run("a probe after the 407 goes to net/http's server", func(t *testing.T) {
-		c, br := dial()
+		c, br := dialExplicit(t, h)
 		if code := connect(c, br, ""); code != http.StatusProxyAuthRequired {
 			t.Fatalf("CONNECT without credentials: %d, want 407", code)
 		}
@@ -342,6 +333,26 @@ func TestExplicit407ThenCredentialsSkipsNetHTTP(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != 200 || string(b) != "ok\n" {
 			t.Fatalf("probe after the 407: %d %q, want 200 ok", resp.StatusCode, b)
+		}
+	})
+	t.Run("a malformed head after a 407 net/http's server gave is not recorded as the CONNECT", func(t *testing.T) {
+		c, br := dialExplicit(t, h)
+		// A Connection field: not the plain shape, so net/http's server
+		// reads this CONNECT, and the framing tracker stops at it.
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\nConnection: keep-alive\r\n\r\n", echo)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != http.StatusProxyAuthRequired {
+			t.Fatalf("CONNECT without credentials: %v %v, want 407", resp, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		io.WriteString(c, "GET /after-407 HTTP/1.1\r\nHost: proxy\r\nNo colon here\r\n\r\n")
+		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 400 {
+			t.Fatalf("malformed head: %v %v, want 400", resp, err)
+		}
+		rec := h.recs.wait(t, "400", func(r audit.Record) bool { return r.Status == 400 })
+		if rec.Method == http.MethodConnect {
+			t.Errorf("the 400 is recorded as the CONNECT before it: %+v", rec)
 		}
 	})
 }
