@@ -38,6 +38,18 @@ type headInfo struct {
 	target string
 }
 
+// faultyFraming says what makes the head's framing one Sluice refuses
+// (request smuggling), or "" when nothing does.
+func (h headInfo) faultyFraming() string {
+	switch {
+	case h.both:
+		return "request has both Content-Length and Transfer-Encoding"
+	case h.te10:
+		return "request of a version before HTTP/1.1 has Transfer-Encoding"
+	}
+	return ""
+}
+
 const (
 	stHead = iota
 	stBody

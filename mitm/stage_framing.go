@@ -11,8 +11,9 @@ import (
 // a header block over proxy.maxHeaderBytes (431), and an HTTP/1.1 request
 // with both Content-Length and Transfer-Encoding or an HTTP/1.0 one with
 // Transfer-Encoding (400 and close: request smuggling; RFC 9112 6.1
-// calls both faulty framing). net/http's server hides both from handlers, so HTTP/1.1
-// heads come from the flow's framing tracker (h1.go).
+// calls both faulty framing; headInfo.faultyFraming). net/http's server
+// hides both from handlers, so HTTP/1.1 heads come from the flow's
+// framing tracker (h1.go).
 type framingStage struct{}
 
 func (framingStage) Name() string { return "framing" }
@@ -25,11 +26,7 @@ func (framingStage) Request(x *Exchange) *Answer {
 				return fail(http.StatusRequestHeaderFieldsTooLarge, audit.ReasonHeaderTooLarge,
 					fmt.Sprintf("request header block of %d bytes exceeds %d", h.size, max))
 			}
-			if h.both || h.te10 {
-				detail := "request has both Content-Length and Transfer-Encoding"
-				if h.te10 {
-					detail = "request of a version before HTTP/1.1 has Transfer-Encoding"
-				}
+			if detail := h.faultyFraming(); detail != "" {
 				a := fail(http.StatusBadRequest, audit.ReasonSmuggling, detail)
 				a.Close = true
 				return a
