@@ -201,9 +201,7 @@ type nextReader struct{ hc *h1Conn }
 
 func (r nextReader) Read(b []byte) (int, error) {
 	if len(r.hc.next) > 0 {
-		n := copy(b, r.hc.next)
-		r.hc.next = r.hc.next[n:]
-		return n, nil
+		return r.hc.readNext(b), nil
 	}
 	return r.hc.Conn.Read(b)
 }

@@ -420,8 +420,7 @@ func newH1Conn(c net.Conn, fl *flow) *h1Conn {
 
 func (c *h1Conn) Read(b []byte) (int, error) {
 	if len(c.next) > 0 {
-		n := copy(b, c.next)
-		c.next = c.next[n:]
+		n := c.readNext(b)
 		c.mu.Lock()
 		c.fr.feed(b[:n])
 		c.mu.Unlock()
@@ -444,6 +443,13 @@ func (c *h1Conn) Read(b []byte) (int, error) {
 		c.readFailed(err)
 	}
 	return n, err
+}
+
+// readNext moves what c.next holds into b, as much as fits.
+func (c *h1Conn) readNext(b []byte) int {
+	n := copy(b, c.next)
+	c.next = c.next[n:]
+	return n
 }
 
 // goErrorHeaders is what net/http's server writes after the status line
