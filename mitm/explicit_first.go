@@ -63,7 +63,7 @@ func (l *explicitListener) acceptLoop() {
 			return
 		}
 		delay = 0
-		if hc := l.admit(c); hc != nil {
+		if hc := l.admit(newSysConn(c)); hc != nil {
 			l.wg.Add(1) // the first request's goroutine, done before ServeExplicit returns
 			go func() {
 				defer l.wg.Done()

@@ -143,6 +143,8 @@ func innerConn(c net.Conn) net.Conn {
 		return w.Conn
 	case *recordConn:
 		return w.Conn
+	case *sysConn:
+		return w.TCPConn
 	case *tls.Conn:
 		return w.NetConn()
 	}

@@ -38,7 +38,7 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 		}
 	}()
 
-	pc := newPeekedConn(conn, peekBufferSize)
+	pc := newPeekedConn(newSysConn(conn), peekBufferSize)
 	br := pc
 	_ = conn.SetReadDeadline(time.Now().Add(p.cfg.PeekTimeout.D()))
 	var first []byte

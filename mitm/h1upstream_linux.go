@@ -1,11 +1,4 @@
-//go:build unix
-
 package mitm
-
-import (
-	"errors"
-	"syscall"
-)
 
 // idleOpen reports whether an idle upstream connection is still open and
 // has nothing to read: an HTTP/1.1 upstream sends nothing unasked, so a
@@ -25,8 +18,6 @@ func (uc *h1UpConn) idleOpen() bool {
 }
 
 func (uc *h1UpConn) peekFD(fd uintptr) bool {
-	var b [1]byte
-	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	uc.open = errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK)
+	uc.open = peekEmpty(fd)
 	return true // never wait
 }

@@ -1,0 +1,11 @@
+//go:build !linux
+
+package mitm
+
+import "net"
+
+// sysConn is the raw-system-call connection of sysconn_linux.go; elsewhere
+// connections keep net's own reads and writes.
+type sysConn struct{ *net.TCPConn }
+
+func newSysConn(c net.Conn) net.Conn { return c }
