@@ -31,7 +31,9 @@
 # BENCH_IDLE connections (10000, lowered to what RLIMIT_NOFILE's hard limit
 # lets Sluice hold: two descriptors per connection and 1024 spare),
 # BENCH_TESTS (all of: h1 newconn h2 together stream idle idle-h2 explicit;
-# and soak, which only runs when named), BIN (bin/sluice).
+# and soak, which only runs when named), BIN (the Sluice run as
+# transparent and explicit: bin/sluice, built first; any executable, a
+# wrapper script that execs Sluice too).
 # together: nginx, Sluice transparent and base (BENCH_BASE) at the same
 # time, each with its own client (wrk at each of BENCH_CONNS, then h2load),
 # for CPU per request measured in the same seconds by all (see
@@ -157,7 +159,7 @@ if ip -4 -o addr | grep -q " 198\.19\.254\."; then
 fi
 
 echo "building bin/sluice and the benchpeers helper" >&2
-make -s build
+env -u BIN make -s build # a BIN given (a wrapper, an older binary) is run as it is
 go build -o "$work/benchpeers" ./scripts/benchpeers
 profile_dir=${BENCH_PROFILE:-}
 pprof_addr=127.0.0.1:$((17000 + $$ % 1000))
