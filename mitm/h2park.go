@@ -127,6 +127,7 @@ func (c *h2SrvConn) park() bool {
 	}
 	c.mu.Lock()
 	c.noPark = true
+	c.releaseSpareLocked() // an idle connection that stays keeps none
 	c.armIdleLocked()
 	c.mu.Unlock()
 	return false
@@ -153,6 +154,7 @@ func (c *h2SrvConn) drop() {
 	c.br = nil
 	c.mu.Lock()
 	c.streams, c.queue = nil, nil // maps keep their size
+	c.releaseSpareLocked()
 	c.mu.Unlock()
 }
 

@@ -471,3 +471,52 @@ func TestH2NotParkedWithWriteUnderWay(t *testing.T) {
 		}
 	}
 }
+
+// A connection's requests, one after another, are served by one handler
+// goroutine: the goroutine that served a stream waits as a spare for
+// the connection's next one, instead of a goroutine (and the growth of
+// its stack, growStack) per stream. Spares are let go when the
+// connection parks: a parked connection holds none
+// (TestH2ParkedConnectionsHoldNoGoroutine).
+func TestH2SequentialStreamsShareAHandlerGoroutine(t *testing.T) {
+	h, up := h2ParkHarness(t)
+	before := spareHandlers(t, 0)
+	c := dialH2Parked(t, h, context.Background(), up, false) // its first request
+	first := spareHandlers(t, len(before)+1)
+	if len(first) != len(before)+1 {
+		t.Fatalf("spare handler goroutines %v after the connection's first request, want one more than the %v before", first, before)
+	}
+	for i := range 50 {
+		path := fmt.Sprintf("/seq/%d", i)
+		c.wantAnswer(path, "200 GET "+path+" x-indexed=1")
+	}
+	if last := spareHandlers(t, len(first)); !reflect.DeepEqual(last, first) {
+		t.Errorf("spare handler goroutines %v after the first request, %v after 50 more: want the same one serving each", first, last)
+	}
+	waitH2Parked(t, h, 1)
+	if got := spareHandlers(t, len(before)); !reflect.DeepEqual(got, before) {
+		t.Errorf("spare handler goroutines %v once the connection parked, want %v (none of its own)", got, before)
+	}
+	c.wantAnswer("/after", "200 GET /after x-indexed=1") // woken: a new handler serves it
+}
+
+// spareHandlers is the IDs of the goroutines waiting in runHandlers for a
+// connection's next stream, once there are n of them (1s at most: a
+// handler becomes a spare just after its response went out).
+func spareHandlers(t *testing.T, n int) []string {
+	t.Helper()
+	var ids []string
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(5 * time.Millisecond) {
+		buf := make([]byte, 4<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		ids = ids[:0]
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			if strings.Contains(g, "[chan receive") && strings.Contains(g, "mitm.(*h2SrvConn).runHandlers") {
+				ids = append(ids, strings.Fields(g)[1])
+			}
+		}
+		if len(ids) == n || time.Now().After(deadline) {
+			return ids
+		}
+	}
+}

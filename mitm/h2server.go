@@ -120,6 +120,12 @@ type h2SrvConn struct {
 	parked bool         // in the parkSet; under mu
 	noPark bool         // not parked (its socket can't be watched); set by the read loop under mu
 	rstate atomic.Int32 // the read loop's: h2Busy, h2Waiting, h2Kicked
+
+	// spare is the handler goroutines that finished their streams and
+	// wait for the next one (runHandlers), under mu: a stream handed to
+	// one starts no goroutine and grows no new stack (growStack). They
+	// are let go when the connection parks or ends (releaseSpareLocked).
+	spare []chan *h2SrvStream
 }
 
 // serveConn serves HTTP/2 on nc until the connection ends, calling h for
@@ -542,6 +548,7 @@ func (c *h2SrvConn) close() bool {
 		st.endLocked(errH2ConnClosed)
 	}
 	c.queue = nil
+	c.releaseSpareLocked()
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	c.conn.Close()

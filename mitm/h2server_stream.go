@@ -132,7 +132,12 @@ func (c *h2SrvConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	switch {
 	case c.running < int(c.srv.maxStreams):
 		c.running++
-		go c.runHandlers(st)
+		if n := len(c.spare); n > 0 {
+			c.spare[n-1] <- st // buffered: never waits
+			c.spare = c.spare[:n-1]
+		} else {
+			go c.runHandlers(st)
+		}
 	case len(c.queue) < h2QueuedPerStream*int(c.srv.maxStreams):
 		c.queue = append(c.queue, st) // the client reset streams whose handlers still run
 	default:
@@ -300,8 +305,12 @@ func (c *h2SrvConn) onTrailers(st *h2SrvStream, f *http2.MetaHeadersFrame) error
 // handlers ran, on the same goroutine. A queued stream the client reset
 // before its handler started is dropped unserved, as x/net's server
 // drops it (a rapid reset costs no run of the policy, nor a record).
+// With none queued it waits as a spare for the connection's next stream
+// (onHeaders hands it over), until the connection parks or ends; a
+// connection that never parks keeps none (an idle one would keep them).
 func (c *h2SrvConn) runHandlers(st *h2SrvStream) {
 	growStack(false)
+	var next chan *h2SrvStream
 	for st != nil {
 		c.serve(st)
 		c.mu.Lock()
@@ -315,11 +324,30 @@ func (c *h2SrvConn) runHandlers(st *h2SrvStream) {
 				st = nil
 			}
 		}
-		if st == nil {
-			c.running--
+		if st != nil {
+			c.mu.Unlock()
+			continue
 		}
+		c.running--
+		if c.closed || c.noPark || c.parked {
+			c.mu.Unlock()
+			return
+		}
+		if next == nil {
+			next = make(chan *h2SrvStream, 1)
+		}
+		c.spare = append(c.spare, next)
 		c.mu.Unlock()
+		st = <-next // nil: released
 	}
+}
+
+// releaseSpareLocked ends the spare handler goroutines' wait; c.mu held.
+func (c *h2SrvConn) releaseSpareLocked() {
+	for _, ch := range c.spare {
+		ch <- nil
+	}
+	c.spare = nil
 }
 
 // serve runs the handler for st and completes its response; a handler
