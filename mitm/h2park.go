@@ -134,13 +134,15 @@ func (c *h2SrvConn) park() bool {
 }
 
 // drop lets go of the read loop's buffers: the read buffer to its pool,
-// the Framer's (its largest frame read and written) and the HPACK
-// encoder's output with a new Framer. Nothing reads or writes meanwhile:
-// no stream is open and the read loop is the caller.
+// the Framer's (its largest frame read and written), and the HPACK
+// encoder's output and dynamic table with a new Framer and encoder
+// (resetEncoder). Nothing reads or writes meanwhile: no stream is open
+// and the read loop is the caller.
 func (c *h2SrvConn) drop() {
 	c.lockW()
 	c.fr = c.newFramer(nil) // not read until take
 	c.hbuf = bytes.Buffer{}
+	c.resetEncoder()
 	c.unlockW()
 	// The HPACK decoder keeps a slice of the last block it decoded, in
 	// the old Framer's read buffer (as large as the largest frame read,

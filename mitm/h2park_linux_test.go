@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/workload"
@@ -517,6 +518,63 @@ func spareHandlers(t *testing.T, n int) []string {
 		}
 		if len(ids) == n || time.Now().After(deadline) {
 			return ids
+		}
+	}
+}
+
+// A connection that parks lets go of its HPACK encoder's dynamic table
+// (what the responses before indexed: about 0.85 KiB a connection under
+// h2load), and tells the client: the first response head after the wake
+// empties the client's table (a size update to 0, then back to 4096),
+// and a client decoding every head in order reads the same fields
+// before and after.
+func TestH2ParkedConnectionForgetsItsHPACKTable(t *testing.T) {
+	h, up := h2ParkHarness(t)
+	tc, w := dialProxyTLS(t, h, context.Background(), up, false, "h2")
+	c := &h2ParkClient{h2sRaw: h2sRawOn(t, tc), w: w}
+	c.nc.SetDeadline(time.Now().Add(15 * time.Second))
+	c.handshake()
+	c.ReadMetaHeaders = nil // the blocks as sent, decoded below in order
+	var fields []string
+	dec := hpack.NewDecoder(4096, func(f hpack.HeaderField) {
+		if f.Name == "content-type" || f.Name == ":status" {
+			fields = append(fields, f.Name+": "+f.Value)
+		}
+	})
+	head := func(id uint32, path string) []byte {
+		c.headers(id, true, h2ParkHead(path)...)
+		var block []byte
+		for {
+			f, err := c.ReadFrame()
+			if err != nil {
+				t.Fatalf("GET %s: %v", path, err)
+			}
+			if hf, ok := f.(*http2.HeadersFrame); ok {
+				block = append([]byte(nil), hf.HeaderBlockFragment()...)
+				if _, err := dec.Write(block); err != nil {
+					t.Fatalf("GET %s: decoding its head: %v", path, err)
+				}
+				if err := dec.Close(); err != nil { // the block's end
+					t.Fatalf("GET %s: decoding its head: %v", path, err)
+				}
+			}
+			if df, ok := f.(*http2.DataFrame); ok && df.StreamEnded() {
+				return block
+			}
+		}
+	}
+	head(1, "/one")
+	head(3, "/two") // refers to what /one indexed
+	waitH2Parked(t, h, 1)
+	after := head(5, "/three")
+	if !bytes.HasPrefix(after, []byte{0x20, 0x3f, 0xe1, 0x1f}) {
+		t.Errorf("first head after the wake begins % x, want the table size updates 0 and 4096 (20 3f e1 1f)", after[:min(len(after), 4)])
+	}
+	head(7, "/four")
+	want := "[:status: 200 content-type: text/plain; charset=utf-8]"
+	for i := range 4 {
+		if got := fmt.Sprint(fields[2*i : 2*i+2]); got != want {
+			t.Errorf("response %d decoded as %s, want %s", i+1, got, want)
 		}
 	}
 }
