@@ -528,15 +528,33 @@ func spareHandlers(t *testing.T, n int) []string {
 // empties the client's table (a size update to 0, then back to 4096),
 // and a client decoding every head in order reads the same fields
 // before and after.
+//
+// The table keeps the size it had: a client offering 65536 (as browsers
+// do) still gets 4096 after the wake, and one offering 0 still gets none
+// (an update to 4096 would be a decoding error to it).
 func TestH2ParkedConnectionForgetsItsHPACKTable(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		offer uint32 // the client's SETTINGS_HEADER_TABLE_SIZE
+		want  []byte // what the first head after the wake begins with
+	}{
+		{"default", 4096, []byte{0x20, 0x3f, 0xe1, 0x1f}},  // 0, then 4096
+		{"browser", 65536, []byte{0x20, 0x3f, 0xe1, 0x1f}}, // 0, then 4096 still
+		{"no table", 0, []byte{0x20, 0x88}},                // 0 only, then :status 200
+	} {
+		t.Run(tc.name, func(t *testing.T) { testH2ParkedHPACK(t, tc.offer, tc.want) })
+	}
+}
+
+func testH2ParkedHPACK(t *testing.T, offer uint32, want []byte) {
 	h, up := h2ParkHarness(t)
 	tc, w := dialProxyTLS(t, h, context.Background(), up, false, "h2")
 	c := &h2ParkClient{h2sRaw: h2sRawOn(t, tc), w: w}
 	c.nc.SetDeadline(time.Now().Add(15 * time.Second))
-	c.handshake()
+	c.handshake(http2.Setting{ID: http2.SettingHeaderTableSize, Val: offer})
 	c.ReadMetaHeaders = nil // the blocks as sent, decoded below in order
 	var fields []string
-	dec := hpack.NewDecoder(4096, func(f hpack.HeaderField) {
+	dec := hpack.NewDecoder(offer, func(f hpack.HeaderField) {
 		if f.Name == "content-type" || f.Name == ":status" {
 			fields = append(fields, f.Name+": "+f.Value)
 		}
@@ -567,14 +585,14 @@ func TestH2ParkedConnectionForgetsItsHPACKTable(t *testing.T) {
 	head(3, "/two") // refers to what /one indexed
 	waitH2Parked(t, h, 1)
 	after := head(5, "/three")
-	if !bytes.HasPrefix(after, []byte{0x20, 0x3f, 0xe1, 0x1f}) {
-		t.Errorf("first head after the wake begins % x, want the table size updates 0 and 4096 (20 3f e1 1f)", after[:min(len(after), 4)])
+	if !bytes.HasPrefix(after, want) {
+		t.Errorf("first head after the wake begins % x, want % x", after[:min(len(after), len(want))], want)
 	}
 	head(7, "/four")
-	want := "[:status: 200 content-type: text/plain; charset=utf-8]"
+	wantFields := "[:status: 200 content-type: text/plain; charset=utf-8]"
 	for i := range 4 {
-		if got := fmt.Sprint(fields[2*i : 2*i+2]); got != want {
-			t.Errorf("response %d decoded as %s, want %s", i+1, got, want)
+		if got := fmt.Sprint(fields[2*i : 2*i+2]); got != wantFields {
+			t.Errorf("response %d decoded as %s, want %s", i+1, got, wantFields)
 		}
 	}
 }

@@ -123,8 +123,10 @@ type h2SrvConn struct {
 
 	// spare is the handler goroutines that finished their streams and
 	// wait for the next one (runHandlers), under mu: a stream handed to
-	// one starts no goroutine and grows no new stack (growStack). They
-	// are let go when the connection parks or ends (releaseSpareLocked).
+	// one starts no goroutine, nor grows a new stack (growStack) unless
+	// the collector shrank the spare's meanwhile. At most as many as
+	// streams ran at once; let go when the connection parks or ends
+	// (releaseSpareLocked).
 	spare []chan *h2SrvStream
 }
 
@@ -154,21 +156,28 @@ func (s *h2Server) serveConn(ctx context.Context, nc net.Conn, h http.Handler, f
 		c.end(err)
 		return
 	}
-	c.run()
+	parked := false
+	defer func() {
+		if !parked {
+			c.close() // after a panic in the read loop too: its spare handlers go
+		}
+	}()
+	parked = c.run()
 }
 
-// run is the read loop: it serves c until the connection ends or parks.
-func (c *h2SrvConn) run() {
+// run is the read loop: it serves c until the connection ends, or parks
+// (true).
+func (c *h2SrvConn) run() (parked bool) {
 	for {
 		stop := context.AfterFunc(c.ctx, func() { c.shutdown(true) })
 		err := c.readFrames(c)
 		stopped := stop()
 		if err != errH2Park { //nolint:errorlint // our own value, returned as is
 			c.end(err)
-			return
+			return false
 		}
 		if stopped && c.park() {
-			return
+			return true
 		}
 		// Not parked: the proxy's stop (which closes it) or a socket
 		// that can't be watched. The wait's past deadline goes.

@@ -34,9 +34,6 @@ type h2Wire struct {
 	// What a new Framer is made with (newFramer).
 	maxRead, maxHeaderList uint32
 	hdec                   *hpack.Decoder
-	// tableLimit is the peer's SETTINGS_HEADER_TABLE_SIZE, the most the
-	// encoder's dynamic table may hold (0: the default, 4096).
-	tableLimit uint32
 }
 
 // initWire readies w on conn: frames of at most maxRead bytes and header
@@ -253,7 +250,6 @@ func (w *h2Wire) readFrames(p h2Peer) error {
 func (w *h2Wire) ackSettings(f *http2.SettingsFrame) error {
 	if v, ok := f.Value(http2.SettingHeaderTableSize); ok {
 		w.henc.SetMaxDynamicTableSizeLimit(v)
-		w.tableLimit = v
 	}
 	return w.fr.WriteSettingsAck()
 }
@@ -261,17 +257,15 @@ func (w *h2Wire) ackSettings(f *http2.SettingsFrame) error {
 // resetEncoder replaces the HPACK encoder with one whose dynamic table is
 // empty: what the old one indexed (each second's date, content types,
 // upstream fields: about 0.85 KiB under h2load) goes with it. The next
-// head tells the peer to empty its copy (a table size update to 0, then
-// back to its limit, RFC 7541 4.2). In the write turn, or with no writer.
+// head tells the peer to empty its copy: a table size update to 0, then
+// back to the size the old table had (RFC 7541 4.2), which the peer's
+// SETTINGS_HEADER_TABLE_SIZE had already bounded (0 included). In the
+// write turn, or with no writer.
 func (w *h2Wire) resetEncoder() {
-	limit := w.tableLimit
-	if limit == 0 {
-		limit = 4096 // the table a peer gets without the setting
-	}
-	w.henc = hpack.NewEncoder(&w.hbuf)
-	w.henc.SetMaxDynamicTableSizeLimit(limit)
+	size := w.henc.MaxDynamicTableSize()
+	w.henc = hpack.NewEncoder(&w.hbuf) // its limit, 4096, is not below size
 	w.henc.SetMaxDynamicTableSize(0)
-	w.henc.SetMaxDynamicTableSize(limit)
+	w.henc.SetMaxDynamicTableSize(size)
 }
 
 // h2GiveBack is the receive window to give back to the peer now: all

@@ -35,13 +35,13 @@ type sysConn struct {
 // sysCall is one call in progress: its buffer and result, and the
 // poller's callbacks, bound once (a closure per call would be three
 // allocations: itself, n and errno). Calls take one from sysCalls, so
-// that an idle connection keeps none (about 150 bytes each, against the
-// 20 KiB an idle connection may cost), and a Read and a Write at once
+// that an idle connection keeps none, and a Read and a Write at once
 // (which net.Conn allows) each have their own.
 type sysCall struct {
 	p     []byte
 	n     int
 	errno syscall.Errno
+	stuck bool // a write the kernel took nothing of, with no error
 	read  func(fd uintptr) bool
 	write func(fd uintptr) bool
 }
@@ -71,7 +71,7 @@ const maxRW = 1 << 30
 
 func (c *sysConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
-		return 0, nil
+		return c.TCPConn.Read(p) // no call: what net says of the connection
 	}
 	s := sysCalls.Get().(*sysCall)
 	s.p, s.n, s.errno = p[:min(len(p), maxRW)], 0, 0
@@ -92,15 +92,15 @@ func (c *sysConn) Read(p []byte) (int, error) {
 
 func (c *sysConn) Write(p []byte) (int, error) {
 	s := sysCalls.Get().(*sysCall)
-	s.p, s.n, s.errno = p, 0, 0
+	s.p, s.n, s.errno, s.stuck = p, 0, 0, false
 	err := c.rc.Write(s.write)
-	n, errno := s.n, s.errno
+	n, errno, stuck := s.n, s.errno, s.stuck
 	s.p = nil
 	sysCalls.Put(s)
 	switch {
 	case err != nil:
 		return n, c.opError("write", err)
-	case errno == syscall.EIO: // the kernel took nothing and said nothing
+	case stuck:
 		return n, c.opError("write", io.ErrUnexpectedEOF)
 	case errno != 0:
 		return n, c.opError("write", os.NewSyscallError("write", errno))
@@ -136,7 +136,7 @@ func (s *sysCall) writeFD(fd uintptr) bool {
 		switch e {
 		case 0:
 			if n == 0 {
-				s.errno = syscall.EIO
+				s.stuck = true
 				return true
 			}
 			s.n += int(n)

@@ -1,3 +1,5 @@
+//go:build unix
+
 package mitm
 
 // idleOpen reports whether an idle upstream connection is still open and
