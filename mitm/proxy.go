@@ -299,7 +299,7 @@ func (p *Proxy) Handle(ctx context.Context, conn net.Conn, dst Destination, id w
 		return
 	}
 	p.obs.ConnOpened()
-	p.serve(ctx, conn, dst, id, false, func() {
+	p.serve(ctx, newSysConn(conn), dst, id, false, func() {
 		p.obs.ConnClosed()
 		p.slots.release(key)
 	})

@@ -38,7 +38,7 @@ func (p *Proxy) serve(ctx context.Context, conn net.Conn, dst Destination, id wo
 		}
 	}()
 
-	pc := newPeekedConn(newSysConn(conn), peekBufferSize)
+	pc := newPeekedConn(conn, peekBufferSize)
 	br := pc
 	_ = conn.SetReadDeadline(time.Now().Add(p.cfg.PeekTimeout.D()))
 	var first []byte

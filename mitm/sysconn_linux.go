@@ -27,6 +27,10 @@ import (
 // proxy's CPU (its ticks in /proc/PID/task), 3-4% with raw calls. A raw
 // call keeps its P for the call's few microseconds: the socket never
 // blocks it, and a write copies at most the socket's free buffer.
+//
+// Sockets are wrapped where they enter the proxy: a transparent
+// connection in Handle, an explicit one at its accept, an upstream one at
+// its dial (dialAny, upstreamPool.dial).
 type sysConn struct {
 	*net.TCPConn
 	rc syscall.RawConn

@@ -29,7 +29,7 @@ type recordConn struct {
 
 // newUpstreamTLS is tls.Client over raw, through a recordConn.
 func newUpstreamTLS(raw net.Conn, cfg *tls.Config) *tls.Conn {
-	return tls.Client(&recordConn{Conn: newSysConn(raw)}, cfg)
+	return tls.Client(&recordConn{Conn: raw}, cfg)
 }
 
 func (c *recordConn) Read(b []byte) (int, error) {

@@ -221,6 +221,7 @@ func (up *upstreamPool) dial(ctx context.Context) (net.Conn, error) {
 	if err != nil {
 		return nil, &dialError{audit.ReasonUpstreamUnreachable, fmt.Errorf("upstream %s unreachable: %w", up.key.host, err)}
 	}
+	c = newSysConn(c)
 	if !up.key.tls {
 		return c, nil
 	}
@@ -275,7 +276,7 @@ func (p *Proxy) dialAny(ctx context.Context, addrs []netip.Addr, port uint16) (n
 		ap := netip.AddrPortFrom(a, port)
 		c, err := p.dialer.DialContext(ctx, "tcp", ap.String())
 		if err == nil {
-			return c, ap, nil
+			return newSysConn(c), ap, nil
 		}
 		errs = append(errs, err)
 		if ctx.Err() != nil {

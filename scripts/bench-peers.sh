@@ -159,7 +159,7 @@ if ip -4 -o addr | grep -q " 198\.19\.254\."; then
 fi
 
 echo "building bin/sluice and the benchpeers helper" >&2
-env -u BIN -u MAKEFLAGS -u MAKEOVERRIDES make -s build BIN=bin/sluice # a BIN given (a wrapper, an older binary) is run as it is, from make bench-peers BIN=… too
+env -u MAKEFLAGS -u MAKEOVERRIDES make -s build BIN=bin/sluice # a BIN given (a wrapper, an older binary) is run as it is, from make bench-peers BIN=… too
 go build -o "$work/benchpeers" ./scripts/benchpeers
 profile_dir=${BENCH_PROFILE:-}
 pprof_addr=127.0.0.1:$((17000 + $$ % 1000))
