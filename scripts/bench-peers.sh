@@ -54,7 +54,7 @@
 # access_log flush= (with buffer=64k), so both write their logs in
 # batches; 0 has both write each line at once.
 # BENCH_KEEP=DIR: every measurement's figures (results: test mode metric
-# value, one line per round) and each client's own output (clients.txt)
+# value round, one line per round) and each client's own output (clients.txt)
 # are copied to DIR on exit, not only the medians printed.
 # BENCH_PROFILE=DIR: Sluice transparent runs a profiling build (-tags pprof)
 # and a CPU profile of each of its wrk/h2load measurements lands in DIR
@@ -328,8 +328,9 @@ to_us() { # a wrk latency (1.23ms, 850.00us, 1.01s) in µs
 keep_output() { # what client output: kept for BENCH_KEEP
   printf '=== %s\n%s\n' "$1" "$2" >> "$work/clients.txt"
 }
-record() { # test mode metric value
-  echo "$1 $2 $3 $4" >> "$results"
+record() { # test mode metric value (and the round, for the figures by round); no value: no line
+  [ -n "$4" ] || return 0
+  echo "$1 $2 $3 $4 ${r:-0}" >> "$results"
 }
 reset_logs() {
   : > "$work/audit.jsonl"
@@ -691,4 +692,31 @@ awk -v base="$base_bin" '
       printf "\n"
     }
   }' "$results"
+# By round: how far apart the rounds of one run are, which a median hides
+# (on this kind of machine a change of a few percent is inside it).
+if [ "$rounds" -gt 1 ]; then
+  echo
+  echo "By round: CPU per request and requests/s, transparent as a ratio to nginx (T×nginx) and to base (T×base) measured in the same round"
+  awk -v base="$base_bin" '
+    NF >= 5 && $5 > 0 && ($3 == "cpu_us_per_req" || $3 == "rps") {
+      k = $1" "$3; v[k" "$2" "$5] = $4; if ($5 > R) R = $5
+      if (!(k in seen)) { seen[k] = 1; list[++n] = k }
+    }
+    function row(k, other,   i, s, t, o) {
+      for (i = 1; i <= R; i++) {
+        t = v[k" transparent "i]; o = v[k" "other" "i]
+        s = s sprintf(" %5s", (t == "" || o == "" || o + 0 == 0) ? "-" : sprintf("%.2f", t / o))
+      }
+      return s
+    }
+    END {
+      for (i = 1; i <= n; i++) {
+        k = list[i]; split(k, kk, " ")
+        if (v[k" transparent 1"] == "" && v[k" transparent "R] == "") continue
+        printf "%-20s %-15s T×nginx%s", kk[1], kk[2], row(k, "nginx")
+        if (base != "") printf "   T×base%s", row(k, "base")
+        printf "\n"
+      }
+    }' "$results"
+fi
 echo "(took $(($(date +%s) - start)) s)" >&2
