@@ -30,10 +30,12 @@
 // container or pod (Metadata.OnChange), so metadata that comes late still
 // selects; such a late container is logged at Warn.
 //
-// In time for the first connect. Docker reports a container (its create
-// event, then an inspect) before runc makes its cgroup; the kubelet's
-// pods are known from the CRI's sandbox (created before any app
-// container) and from the Kubernetes API (from scheduling on). So the
+// In time for the first connect. Docker reports a container before runc
+// makes its cgroup: its create event carries its name, image and labels,
+// which the cache takes at once (the inspect that follows is answered
+// only once the container's start has ended, after its first connects);
+// the kubelet's pods are known from the CRI's sandbox (created before any
+// app container) and from the Kubernetes API (from scheduling on). So the
 // metadata is normally cached when the cgroup appears, and the hooks are
 // attached (or the id is in the selection map) in the pass that sees the
 // mkdir, while the runtime is still setting the container up; the

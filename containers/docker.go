@@ -58,13 +58,36 @@ type dockerListed struct {
 	Labels map[string]string `json:"Labels"`
 }
 
-// dockerEvent is one message of GET /events.
+// dockerEvent is one message of GET /events. A container's events carry
+// its labels in Attributes, with its "name" and "image" over any label
+// of those names.
 type dockerEvent struct {
 	Type   string `json:"Type"`
 	Action string `json:"Action"`
 	Actor  struct {
-		ID string `json:"ID"`
+		ID         string            `json:"ID"`
+		Attributes map[string]string `json:"Attributes"`
 	} `json:"Actor"`
+}
+
+// fromCreateEvent is what a create event says of its container: its
+// name, image and labels, as the daemon copies them into the event's
+// attributes. A label named "name" or "image" is not among them (the
+// attribute of that name is the container's); the inspect that follows
+// brings it.
+func fromCreateEvent(ev *dockerEvent) (Info, bool) {
+	attrs := ev.Actor.Attributes
+	name, image := attrs["name"], attrs["image"]
+	if name == "" || image == "" {
+		return Info{}, false
+	}
+	labels := make(map[string]string, len(attrs))
+	for k, v := range attrs {
+		if k != "name" && k != "image" {
+			labels[k] = v
+		}
+	}
+	return Info{ID: ev.Actor.ID, Name: name, Image: image, Labels: labels}, true
 }
 
 func (d *Docker) get(ctx context.Context, path string) (*http.Response, error) {
@@ -128,7 +151,12 @@ func (d *Docker) Pod(ctx context.Context, uid string) (Pod, error) {
 // Run follows the event stream (opened first, so nothing is missed
 // between the list and the stream), lists every container, then inspects
 // each container that is created or started and forgets each destroyed
-// one, until ctx is done or the stream ends.
+// one, until ctx is done or the stream ends. A created container is put
+// in the cache from its create event first: `docker run` starts it at
+// once, and the daemon's inspect waits for the container's lock, which
+// the start holds while runc makes the cgroup and starts the process: an
+// inspect's answer can come after the container's first connect, too
+// late for the agent to select it in time (agent/doc.go).
 func (d *Docker) Run(ctx context.Context, sink Sink) error {
 	f, _ := json.Marshal(map[string][]string{"type": {"container"}, "event": {"create", "start", "rename", "destroy"}})
 	resp, err := d.get(ctx, "/events?filters="+url.QueryEscape(string(f)))
@@ -163,6 +191,9 @@ func (d *Docker) Run(ctx context.Context, sink Sink) error {
 		case "destroy":
 			sink.RemoveContainer(ev.Actor.ID)
 		default: // create, start, rename
+			if in, ok := fromCreateEvent(&ev); ok && ev.Action == "create" {
+				sink.PutContainer(in)
+			}
 			in, err := d.Container(ctx, ev.Actor.ID)
 			if errors.Is(err, ErrNotFound) {
 				continue // gone already

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/workload"
 )
@@ -23,6 +24,9 @@ type fakeDocker struct {
 	containers map[string]dockerContainer
 	events     chan string
 	filters    []string
+	// held: the inspect of these containers waits until the channel is
+	// closed, as the daemon's does while a start holds the container.
+	held map[string]chan struct{}
 }
 
 func (f *fakeDocker) add(id, name, image string, labels map[string]string) {
@@ -53,7 +57,16 @@ func (f *fakeDocker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		json.NewEncoder(w).Encode(list)
 	case strings.HasPrefix(r.URL.Path, "/containers/") && strings.HasSuffix(r.URL.Path, "/json"):
-		c, ok := f.containers[strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/containers/"), "/json")]
+		id := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/containers/"), "/json")
+		if hold := f.held[id]; hold != nil {
+			f.mu.Unlock()
+			select {
+			case <-hold:
+			case <-r.Context().Done():
+			}
+			f.mu.Lock()
+		}
+		c, ok := f.containers[id]
 		if !ok {
 			http.Error(w, `{"message":"No such container"}`, http.StatusNotFound)
 			return
@@ -168,5 +181,43 @@ func TestDockerMissAndPod(t *testing.T) {
 	}
 	if want := `{"label":["io.kubernetes.pod.uid=` + podUID + `"]}`; f.filters[len(f.filters)-1] != want {
 		t.Fatalf("filters %q, want %q", f.filters[len(f.filters)-1], want)
+	}
+}
+
+// TestDockerCreateEventNamesTheContainerBeforeItsInspect: `docker run`
+// starts a container right after creating it, and the daemon answers an
+// inspect only once the start is over (it holds the container's lock),
+// by when the container may have connected. Its create event already
+// carries its name, image and labels: the cache has them while the
+// inspect still waits, so the agent can select the container by label
+// when its cgroup appears.
+func TestDockerCreateEventNamesTheContainerBeforeItsInspect(t *testing.T) {
+	f, d := newFakeDocker(t)
+	start := make(chan struct{})
+	f.held = map[string]chan struct{}{newID: start}
+	defer close(start)
+	f.add(apiID, "db", "postgres:17", nil)
+	c := New(Options{LookupTimeout: 50 * time.Millisecond}, d)
+	changed := make(chan string, 8)
+	c.OnChange(func(cid, _ string) { changed <- cid })
+	run(t, c)
+	eventually(t, c, apiID, "", func(id workload.Identity) bool { return id.Container == "db" }) // listed: the stream is open
+	for len(changed) > 0 {
+		<-changed
+	}
+	f.add(newID, "web-1", "shop/web:2", map[string]string{"sluice.e2e/intercept": "yes", "team": "blue"})
+	f.events <- `{"Type":"container","Action":"create","Actor":{"ID":"` + newID + `","Attributes":{"image":"shop/web:2","name":"web-1","sluice.e2e/intercept":"yes","team":"blue"}}}`
+	select {
+	case got := <-changed:
+		if got != newID {
+			t.Fatalf("OnChange(%q), want the created container", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the create event was not reported while the container's inspect waited")
+	}
+	id := workload.Identity{ContainerID: newID}
+	c.Enrich(context.Background(), &id)
+	if id.Container != "web-1" || id.Image != "shop/web:2" || id.Labels["sluice.e2e/intercept"] != "yes" || id.Labels["team"] != "blue" || len(id.Labels) != 2 {
+		t.Fatalf("identity while the inspect waits: %+v", id)
 	}
 }
