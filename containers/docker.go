@@ -191,8 +191,10 @@ func (d *Docker) Run(ctx context.Context, sink Sink) error {
 		case "destroy":
 			sink.RemoveContainer(ev.Actor.ID)
 		default: // create, start, rename
-			if in, ok := fromCreateEvent(&ev); ok && ev.Action == "create" {
-				sink.PutContainer(in)
+			if ev.Action == "create" {
+				if in, ok := fromCreateEvent(&ev); ok {
+					sink.PutContainer(in)
+				}
 			}
 			in, err := d.Container(ctx, ev.Actor.ID)
 			if errors.Is(err, ErrNotFound) {

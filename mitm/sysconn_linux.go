@@ -30,7 +30,7 @@ import (
 //
 // Sockets are wrapped where they enter the proxy: a transparent
 // connection in Handle, an explicit one at its accept, an upstream one at
-// its dial (dialAny, upstreamPool.dial).
+// its dial (Proxy.dialTCP).
 type sysConn struct {
 	*net.TCPConn
 	rc syscall.RawConn

@@ -217,11 +217,10 @@ func (up *upstreamPool) dial(ctx context.Context) (net.Conn, error) {
 		return c, nil
 	}
 	p := up.p
-	c, err := p.dialer.DialContext(ctx, "tcp", up.key.addr.String())
+	c, err := p.dialTCP(ctx, up.key.addr)
 	if err != nil {
 		return nil, &dialError{audit.ReasonUpstreamUnreachable, fmt.Errorf("upstream %s unreachable: %w", up.key.host, err)}
 	}
-	c = newSysConn(c)
 	if !up.key.tls {
 		return c, nil
 	}
@@ -263,6 +262,16 @@ func (p *Proxy) upstreamTLSConfig(name string, alpn []string) *tls.Config {
 	}
 }
 
+// dialTCP connects to an upstream address: every upstream socket the
+// proxy opens comes from here, with raw reads and writes (sysConn).
+func (p *Proxy) dialTCP(ctx context.Context, ap netip.AddrPort) (net.Conn, error) {
+	c, err := p.dialer.DialContext(ctx, "tcp", ap.String())
+	if err != nil {
+		return nil, err
+	}
+	return newSysConn(c), nil
+}
+
 // dialAny dials the addresses in order and returns the first connection.
 // DialTimeout bounds the whole attempt.
 func (p *Proxy) dialAny(ctx context.Context, addrs []netip.Addr, port uint16) (net.Conn, netip.AddrPort, error) {
@@ -274,9 +283,9 @@ func (p *Proxy) dialAny(ctx context.Context, addrs []netip.Addr, port uint16) (n
 	var errs []error
 	for _, a := range addrs {
 		ap := netip.AddrPortFrom(a, port)
-		c, err := p.dialer.DialContext(ctx, "tcp", ap.String())
+		c, err := p.dialTCP(ctx, ap)
 		if err == nil {
-			return newSysConn(c), ap, nil
+			return c, ap, nil
 		}
 		errs = append(errs, err)
 		if ctx.Err() != nil {
