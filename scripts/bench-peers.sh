@@ -53,6 +53,16 @@
 # BENCH_AUDIT_FLUSH (100ms): Sluice's audit.flushInterval and nginx's
 # access_log flush= (with buffer=64k), so both write their logs in
 # batches; 0 has both write each line at once.
+# BENCH_WARMUP seconds (2): before each wrk and h2load measurement its
+# client runs this long at the same concurrency, unmeasured (the same
+# command with its duration changed; inside the same `sluice run` for
+# Sluice). Every proxy then starts the measured seconds with its upstream
+# connections open: nginx's keepalive pool is open from its first test on,
+# while a `sluice run` per measurement would otherwise dial, and the
+# upstream answer, as many TLS handshakes as the client has connections
+# inside the measured seconds and CPU (at 512 connections some 20 µs per
+# request of each). The client's own connections to the proxy are new in
+# the measured seconds for every mode alike. 0: no warm-up.
 # BENCH_KEEP=DIR: every measurement's figures (results: test mode metric
 # value round, one line per round) and each client's own output (clients.txt)
 # are copied to DIR on exit, not only the medians printed.
@@ -67,15 +77,42 @@
 # removed on exit, also on failure or Ctrl-C.
 set -euo pipefail
 
-# Inside `sluice run`: run the client and print the CPU ticks its parent
-# (the sluice process, which holds the proxy) spent meanwhile.
+ticks() { # summed utime+stime of the given pids
+  local s=0 p
+  for p in "$@"; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+  echo "$s"
+}
+# warm_up CMD...: runs the warm-up of a wrk or h2load command (BENCH_WARMUP
+# seconds of the same command, its output dropped); any other command has
+# none.
+warm_up() {
+  local w=${BENCH_WARMUP:-2} a=() prev= arg
+  [ "$w" != 0 ] || return 0
+  case ${1##*/} in wrk | h2load) ;; *) return 0 ;; esac
+  for arg in "$@"; do
+    case $prev in
+      -d) arg=${w}s ;; # wrk
+      -D) arg=$w ;;    # h2load
+    esac
+    a+=("$arg")
+    prev=$arg
+  done
+  timeout $((w + 30)) "${a[@]}" >/dev/null 2>&1 || true
+}
+
+# Inside `sluice run`: warm up, then run the client and print the CPU
+# ticks its parent (the sluice process, which holds the proxy) and the
+# upstream's processes (BENCH_UP_PIDS) spent meanwhile.
 if [ "${1:-}" = __inner ]; then
   shift
-  ticks() { awk '{print $14+$15}' "/proc/$PPID/stat"; }
-  t0=$(ticks)
+  warm_up "$@"
+  # shellcheck disable=SC2086
+  t0=$(ticks "$PPID") u0=$(ticks ${BENCH_UP_PIDS:-})
   rc=0
   "$@" || rc=$?
-  echo "PROXY_CPU_TICKS $(($(ticks) - t0))"
+  echo "PROXY_CPU_TICKS $(($(ticks "$PPID") - t0))"
+  # shellcheck disable=SC2086
+  echo "UPSTREAM_CPU_TICKS $(($(ticks ${BENCH_UP_PIDS:-}) - u0))"
   exit $rc
 fi
 
@@ -317,11 +354,6 @@ proc_pids() { # the proxy's processes: pid and its children
   echo "$1"
   pgrep -P "$1" || true
 }
-ticks() { # summed utime+stime of the given pids
-  local s=0 p
-  for p in "$@"; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
-  echo "$s"
-}
 to_us() { # a wrk latency (1.23ms, 850.00us, 1.01s) in µs
   awk -v v="$1" 'BEGIN{ n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'
 }
@@ -337,14 +369,33 @@ reset_logs() {
   : > "$work/nginx/access.log"
 }
 
-# run_client MODE CMD... : runs a client against MODE, prints its output and
-# a PROXY_CPU_TICKS line (the proxy's CPU meanwhile; 0 for direct).
+# run_client MODE CMD... : runs a client against MODE after its warm-up
+# (warm_up), prints its output, a PROXY_CPU_TICKS line (the proxy's CPU
+# meanwhile; 0 for direct) and an UPSTREAM_CPU_TICKS line (the upstream's),
+# neither counting the warm-up.
 run_client() {
-  local mode=$1 t0 t1 u0 rc=0
+  local mode=$1 t0 t1 u0 rc=0 ups warm=0
   shift
   reset_logs
-  # shellcheck disable=SC2046
-  u0=$(ticks $(proc_pids "$up_pid"))
+  ups=$(proc_pids "$up_pid" | tr '\n' ' ')
+  case ${1##*/} in wrk | h2load) warm=${BENCH_WARMUP:-2} ;; esac
+  case $mode in
+    transparent | base)
+      local b=$bin
+      [ "$mode" = base ] && b=$base_bin
+      if [ -n "$profile_dir" ] && [ "$mode" = transparent ] && [ -n "${profile_name:-}" ]; then
+        (sleep $((warm + 2)); curl -s -o "$profile_dir/$profile_name.pb.gz" \
+          "http://$pprof_addr/debug/pprof/profile?seconds=$((dur > 3 ? dur - 2 : 1))") &
+        (sleep $((warm + 2)); curl -s -o "$profile_dir/$profile_name.mutex.pb.gz" \
+          "http://$pprof_addr/debug/pprof/mutex?seconds=$((dur > 3 ? dur - 2 : 1))") &
+      fi
+      BENCH_UP_PIDS=$ups SLUICE_PPROF=$pprof_addr timeout $((dur + warm + 90)) "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
+        -- "$self" __inner "$@" || rc=$?
+      return $rc ;;
+  esac
+  warm_up "$@"
+  # shellcheck disable=SC2086
+  u0=$(ticks $ups)
   case $mode in
     direct) timeout $((dur + 60)) "$@" || rc=$?; echo "PROXY_CPU_TICKS 0" ;;
     nginx)
@@ -356,20 +407,9 @@ run_client() {
     explicit)
       t0=$(ticks "$ex_pid"); timeout $((dur + 60)) "$@" || rc=$?
       t1=$(ticks "$ex_pid"); echo "PROXY_CPU_TICKS $((t1 - t0))" ;;
-    transparent | base)
-      local b=$bin
-      [ "$mode" = base ] && b=$base_bin
-      if [ -n "$profile_dir" ] && [ "$mode" = transparent ] && [ -n "${profile_name:-}" ]; then
-        (sleep 1.5; curl -s -o "$profile_dir/$profile_name.pb.gz" \
-          "http://$pprof_addr/debug/pprof/profile?seconds=$((dur > 3 ? dur - 2 : 1))") &
-        (sleep 1.5; curl -s -o "$profile_dir/$profile_name.mutex.pb.gz" \
-          "http://$pprof_addr/debug/pprof/mutex?seconds=$((dur > 3 ? dur - 2 : 1))") &
-      fi
-      SLUICE_PPROF=$pprof_addr timeout $((dur + 90)) "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
-        -- "$self" __inner "$@" || rc=$? ;;
   esac
-  # shellcheck disable=SC2046
-  echo "UPSTREAM_CPU_TICKS $(($(ticks $(proc_pids "$up_pid")) - u0))"
+  # shellcheck disable=SC2086
+  echo "UPSTREAM_CPU_TICKS $(($(ticks $ups) - u0))"
   return $rc
 }
 per_req_us() { # ticks requests: CPU µs per request
