@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -35,8 +36,20 @@ import (
 // SLUICE_BENCH_CONNECTS=udp-direct (or tcp-redirected) runs that kind
 // only, e.g. many unredirected connects to measure the agent's CPU per
 // event finer than the 10 ms tick of the process's CPU time.
+// SLUICE_BENCH_AUDIT_FLUSH=100ms sets audit.flushInterval (by default
+// each batch of event records is written at once).
 func BenchmarkConnectHook(b *testing.B) {
 	e := newRunEnv(b)
+	if d := os.Getenv("SLUICE_BENCH_AUDIT_FLUSH"); d != "" {
+		f, err := os.OpenFile(e.config, os.O_APPEND|os.O_WRONLY, 0)
+		if err == nil {
+			_, err = fmt.Fprintf(f, "audit:\n  flushInterval: %s\n", d)
+			err = errors.Join(err, f.Close())
+		}
+		if err != nil {
+			b.Fatalf("set audit.flushInterval: %v", err)
+		}
+	}
 	restore := setSysctl(b, "kernel/bpf_stats_enabled", "1")
 	defer restore()
 	self, err := os.Executable()
