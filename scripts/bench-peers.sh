@@ -60,9 +60,10 @@
 # connections open: nginx's keepalive pool is open from its first test on,
 # while a `sluice run` per measurement would otherwise dial, and the
 # upstream answer, as many TLS handshakes as the client has connections
-# inside the measured seconds and CPU (at 512 connections some 20 µs per
-# request of each). The client's own connections to the proxy are new in
-# the measured seconds for every mode alike. 0: no warm-up.
+# inside the measured seconds and CPU (at 256 and 512 connections some
+# 10% of Sluice's CPU per request, README). The client's own connections
+# to the proxy are new in the measured seconds for every mode alike. 0:
+# no warm-up.
 # BENCH_KEEP=DIR: every measurement's figures (results: test mode metric
 # value round, one line per round) and each client's own output (clients.txt)
 # are copied to DIR on exit, not only the medians printed.
