@@ -54,16 +54,16 @@
 # access_log flush= (with buffer=64k), so both write their logs in
 # batches; 0 has both write each line at once.
 # BENCH_WARMUP seconds (2): before each wrk and h2load measurement its
-# client runs this long at the same concurrency, unmeasured (the same
-# command with its duration changed; inside the same `sluice run` for
-# Sluice). Every proxy then starts the measured seconds with its upstream
-# connections open: nginx's keepalive pool is open from its first test on,
-# while a `sluice run` per measurement would otherwise dial, and the
-# upstream answer, as many TLS handshakes as the client has connections
-# inside the measured seconds and CPU (at 256 and 512 connections some
-# 10% of Sluice's CPU per request, README). The client's own connections
-# to the proxy are new in the measured seconds for every mode alike. 0:
-# no warm-up.
+# client runs this long at the same concurrency, unmeasured, inside the
+# same `sluice run` for Sluice (wrk also until it had 20 answers per
+# connection: warm_up). Every proxy then starts the measured
+# seconds with its upstream connections open: nginx's keepalive pool is
+# open from its first test on, while a `sluice run` per measurement would
+# otherwise dial, and the upstream answer, as many TLS handshakes as the
+# client has connections inside the measured seconds and CPU (at 256 and
+# 512 connections some 10% of Sluice's CPU per request, README). The
+# client's own connections to the proxy are new in the measured seconds
+# for every mode alike. 0: no warm-up.
 # BENCH_KEEP=DIR: every measurement's figures (results: test mode metric
 # value round, one line per round) and each client's own output (clients.txt)
 # are copied to DIR on exit, not only the medians printed.
@@ -83,22 +83,35 @@ ticks() { # summed utime+stime of the given pids
   for p in "$@"; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
   echo "$s"
 }
-# warm_up CMD...: runs the warm-up of a wrk or h2load command (BENCH_WARMUP
-# seconds of the same command, its output dropped); any other command has
-# none.
+# warm_up CMD...: runs the warm-up of a wrk or h2load command, its
+# output dropped; any other command has none. The same client with the
+# same connections (a proxy pools upstream connections by what the
+# client's TLS offered, ALPN), for BENCH_WARMUP seconds; wrk's goes on
+# until each of its threads also had 20 answers per connection (a Lua
+# script stops it), so that on a loaded machine, where the handshakes
+# take longer than that, every connection still had its upstream one.
 warm_up() {
-  local w=${BENCH_WARMUP:-2} a=() prev= arg
+  local w=${BENCH_WARMUP:-2} a=() prev= arg c=1 t=1 lua=
   [ "$w" != 0 ] || return 0
   case ${1##*/} in wrk | h2load) ;; *) return 0 ;; esac
-  for arg in "$@"; do
+  for arg in "${@:2}"; do
     case $prev in
-      -d) arg=${w}s ;; # wrk
-      -D) arg=$w ;;    # h2load
+      -c) c=$arg ;;
+      -t) t=$arg ;;
+      -d) arg=$((w + 60))s ;; # wrk: the script ends it
+      -D) arg=$w ;;           # h2load
     esac
     a+=("$arg")
     prev=$arg
   done
-  timeout $((w + 30)) "${a[@]}" >/dev/null 2>&1 || true
+  if [ "${1##*/}" = wrk ]; then
+    lua=$(mktemp --suffix=.lua)
+    printf 'local n, t0 = 0, os.time()\nfunction response()\n  n = n + 1\n  if n >= %d and os.time() - t0 >= %d then wrk.thread:stop() end\nend\n' \
+      $((c * 20 / t)) "$w" >"$lua"
+    a=(-s "$lua" "${a[@]}")
+  fi
+  timeout $((w + 90)) "$1" "${a[@]}" >/dev/null 2>&1 || true
+  [ -z "$lua" ] || rm -f "$lua"
 }
 
 # Inside `sluice run`: warm up, then run the client and print the CPU
