@@ -87,9 +87,10 @@ ticks() { # summed utime+stime of the given pids
 # output dropped; any other command has none. The same client with the
 # same connections (a proxy pools upstream connections by what the
 # client's TLS offered, ALPN), for BENCH_WARMUP seconds; wrk's goes on
-# until each of its threads also had 20 answers per connection (a Lua
-# script stops it), so that on a loaded machine, where the handshakes
-# take longer than that, every connection still had its upstream one.
+# until one of its threads also had 20 answers per connection (a Lua
+# script ends the process: wrk.thread:stop() would leave it waiting out
+# its -d), so that on a loaded machine, where the handshakes take longer
+# than that, every connection still had its upstream one.
 warm_up() {
   local w=${BENCH_WARMUP:-2} a=() prev= arg c=1 t=1 lua=
   [ "$w" != 0 ] || return 0
@@ -98,7 +99,7 @@ warm_up() {
     case $prev in
       -c) c=$arg ;;
       -t) t=$arg ;;
-      -d) arg=$((w + 60))s ;; # wrk: the script ends it
+      -d) arg=$((w + 60))s ;; # wrk: the script ends it sooner
       -D) arg=$w ;;           # h2load
     esac
     a+=("$arg")
@@ -106,7 +107,7 @@ warm_up() {
   done
   if [ "${1##*/}" = wrk ]; then
     lua=$(mktemp --suffix=.lua)
-    printf 'local n, t0 = 0, os.time()\nfunction response()\n  n = n + 1\n  if n >= %d and os.time() - t0 >= %d then wrk.thread:stop() end\nend\n' \
+    printf 'local n, t0 = 0, os.time()\nfunction response()\n  n = n + 1\n  if n >= %d and os.time() - t0 > %d then os.exit(0) end\nend\n' \
       $((c * 20 / t)) "$w" >"$lua"
     a=(-s "$lua" "${a[@]}")
   fi
