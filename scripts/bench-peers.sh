@@ -56,12 +56,12 @@
 # BENCH_WARMUP seconds (2): before each wrk and h2load measurement its
 # client runs this long at the same concurrency, unmeasured, inside the
 # same `sluice run` for Sluice (wrk also until it had 20 answers per
-# connection: warm_up). Every proxy then starts the measured
-# seconds with its upstream connections open: nginx's keepalive pool is
-# open from its first test on, while a `sluice run` per measurement would
-# otherwise dial, and the upstream answer, as many TLS handshakes as the
-# client has connections inside the measured seconds and CPU (at 256 and
-# 512 connections some 10% of Sluice's CPU per request, README). The
+# connection: warm_up). Every proxy then starts the measured seconds with
+# its upstream connections open: nginx's keepalive pool is open from its
+# first test on, while a `sluice run` per measurement would otherwise
+# dial, and the upstream answer, as many TLS handshakes as the client has
+# connections inside the measured seconds and CPU (at 256 and 512
+# connections some 10% of Sluice's CPU per request, README). The
 # client's own connections to the proxy are new in the measured seconds
 # for every mode alike. 0: no warm-up.
 # BENCH_KEEP=DIR: every measurement's figures (results: test mode metric
@@ -85,8 +85,8 @@ ticks() { # summed utime+stime of the given pids
 }
 # warm_up CMD...: runs the warm-up of a wrk or h2load command, its
 # output dropped; any other command has none. The same client with the
-# same connections (a proxy pools upstream connections by what the
-# client's TLS offered, ALPN), for BENCH_WARMUP seconds; wrk's goes on
+# same options (a proxy pools upstream connections by what the client's
+# TLS offered, ALPN), for BENCH_WARMUP seconds; wrk's goes on
 # until one of its threads also had 20 answers per connection (a Lua
 # script ends the process: wrk.thread:stop() would leave it waiting out
 # its -d), so that on a loaded machine, where the handshakes take longer
