@@ -121,6 +121,7 @@ warm_up() {
 if [ "${1:-}" = __inner ]; then
   shift
   warm_up "$@"
+  [ -z "${BENCH_WARMED:-}" ] || : >"$BENCH_WARMED" # run_client's profile starts
   # shellcheck disable=SC2086
   t0=$(ticks "$PPID") u0=$(ticks ${BENCH_UP_PIDS:-})
   rc=0
@@ -389,22 +390,29 @@ reset_logs() {
 # meanwhile; 0 for direct) and an UPSTREAM_CPU_TICKS line (the upstream's),
 # neither counting the warm-up.
 run_client() {
-  local mode=$1 t0 t1 u0 rc=0 ups warm=0
+  local mode=$1 t0 t1 u0 rc=0 ups
   shift
   reset_logs
   ups=$(proc_pids "$up_pid" | tr '\n' ' ')
-  case ${1##*/} in wrk | h2load) warm=${BENCH_WARMUP:-2} ;; esac
   case $mode in
     transparent | base)
-      local b=$bin
+      local b=$bin warmed=$work/warmed-up
       [ "$mode" = base ] && b=$base_bin
+      rm -f "$warmed"
       if [ -n "$profile_dir" ] && [ "$mode" = transparent ] && [ -n "${profile_name:-}" ]; then
-        (sleep $((warm + 2)); curl -s -o "$profile_dir/$profile_name.pb.gz" \
-          "http://$pprof_addr/debug/pprof/profile?seconds=$((dur > 3 ? dur - 2 : 1))") &
-        (sleep $((warm + 2)); curl -s -o "$profile_dir/$profile_name.mutex.pb.gz" \
-          "http://$pprof_addr/debug/pprof/mutex?seconds=$((dur > 3 ? dur - 2 : 1))") &
+        local kind suffix
+        for kind in profile mutex; do
+          suffix=; [ "$kind" = mutex ] && suffix=.mutex
+          ( # from a second after __inner's warm-up (2 minutes at most)
+            for _ in $(seq 600); do [ -e "$warmed" ] && break; sleep 0.2; done
+            sleep 1
+            curl -s -o "$profile_dir/$profile_name$suffix.pb.gz" \
+              "http://$pprof_addr/debug/pprof/$kind?seconds=$((dur > 3 ? dur - 2 : 1))"
+          ) &
+        done
       fi
-      BENCH_UP_PIDS=$ups SLUICE_PPROF=$pprof_addr timeout $((dur + warm + 90)) "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
+      BENCH_WARMED=$warmed BENCH_UP_PIDS=$ups SLUICE_PPROF=$pprof_addr \
+        timeout $((dur + ${BENCH_WARMUP:-2} + 180)) "$b" run --config "$work/config.yaml" --policy "$work/policy.yaml" \
         -- "$self" __inner "$@" || rc=$?
       return $rc ;;
   esac
