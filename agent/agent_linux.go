@@ -229,6 +229,8 @@ func Start(ctx context.Context, cfg config.Agent, h Handler, log *slog.Logger, o
 	}
 	a.wg.Add(1)
 	go a.readEvents()
+	a.wg.Add(1)
+	go a.runClock()
 	if a.watch != nil {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.watch.run() }()
@@ -301,6 +303,13 @@ func (a *Agent) load(s bpf.SluiceSettings, ports []uint16) error {
 			return fmt.Errorf("set %s: %w", bpf.SluiceVarHaveTaskBtf, err)
 		}
 	}
+	// With BPF atomics the connect hooks keep redirected origins in
+	// sluice_origin_slots, without a hash update per connect.
+	if haveOriginSlots() == nil {
+		if err := spec.Variables[bpf.SluiceVarHaveOriginSlots].Set(uint32(1)); err != nil {
+			return fmt.Errorf("set %s: %w", bpf.SluiceVarHaveOriginSlots, err)
+		}
+	}
 	if err := spec.LoadAndAssign(&a.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -310,6 +319,9 @@ func (a *Agent) load(s bpf.SluiceSettings, ports []uint16) error {
 	}
 	if err := a.objs.SluiceSettings.Put(uint32(0), &s); err != nil {
 		return fmt.Errorf("write settings map: %w", err)
+	}
+	if err := a.objs.SluiceClock.Put(uint32(0), uint64(1)); err != nil {
+		return fmt.Errorf("start the hooks' clock: %w", err)
 	}
 	for _, p := range ports {
 		if err := a.objs.SluicePorts.Put(uint32(p), uint8(1)); err != nil {

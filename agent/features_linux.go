@@ -55,6 +55,31 @@ func probeKernel() error {
 	return errors.Join(errs...)
 }
 
+// haveOriginSlots reports whether the connect hooks may keep origins in
+// sluice_origin_slots: a sock_addr program may use a compare-and-swap
+// (BPF atomics, Linux 5.12). Without, they keep them in sluice_origins.
+func haveOriginSlots() error {
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:       ebpf.CGroupSockAddr,
+		AttachType: ebpf.AttachCGroupInet4Connect,
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R0, 0),
+			asm.StoreMem(asm.RFP, -8, asm.R0, asm.DWord),
+			asm.Mov.Reg(asm.R1, asm.RFP),
+			asm.Add.Imm(asm.R1, -8),
+			asm.Mov.Imm(asm.R2, 1),
+			asm.CmpXchg.Mem(asm.R1, asm.R2, asm.DWord, 0), // r0 = cmpxchg(*(u64 *)r1, r0, r2)
+			asm.Mov.Imm(asm.R0, 1),
+			asm.Return(),
+		},
+		License: "GPL",
+	})
+	if err != nil {
+		return fmt.Errorf("%w: bpf atomics: %w", ebpf.ErrNotSupported, err)
+	}
+	return p.Close()
+}
+
 // attachType probes whether a sock_addr program with expected attach type
 // at loads: the kernel refuses attach types it does not know with EINVAL.
 func attachType(at ebpf.AttachType) func() error {

@@ -237,6 +237,55 @@ struct {
 	__type(value, struct origin);
 } sluice_origins SEC(".maps");
 
+/* Origins of redirected TCP connects, by socket cookie, in a
+ * direct-mapped array: connect4/6 claim, with one compare-and-swap, the
+ * first free slot of (cookie + i) mod ORIGIN_SLOTS for i below
+ * ORIGIN_PROBES. An update of sluice_origins (its bucket lock, its LRU
+ * lists, a cold element) was some 1 µs of the 1.7 a redirected connect
+ * cost, on caches the proxy's work on the last connect had cooled; a
+ * slot is one or two cache lines, which consecutive cookies of a CPU
+ * share. A slot is freed when its socket closes (sockops, TCP_CLOSE),
+ * and taken back from a connect that did not establish within
+ * ORIGIN_CLAIM_TICKS of sluice_clock (refused, or never sent: no close
+ * is seen then). When every probed slot is held (more connections in
+ * flight than fit, or a run of collisions), the origin goes to
+ * sluice_origins, and readers look in both. Used only with
+ * have_origin_slots (BPF atomics, Linux 5.12); without, sluice_origins
+ * holds every origin. */
+#define ORIGIN_SLOTS 65536
+#define ORIGIN_PROBES 4
+/* 5 to 6 minutes of sluice_clock's minutes: above the 127 s a connect
+ * takes to fail with the default 6 SYN retries. */
+#define ORIGIN_CLAIM_TICKS 5
+
+struct origin_slot {
+	__u64 cookie;          /* the owner's socket cookie; 0: free */
+	__u64 claimed;         /* sluice_clock at the claim; 0 once established */
+	struct origin o;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ORIGIN_SLOTS);
+	__type(key, __u32);
+	__type(value, struct origin_slot);
+} sluice_origin_slots SEC(".maps");
+
+/* A clock the agent advances every minute (agent.clockTick), from 1:
+ * the age of a claim for the price of a load, where reading the kernel's
+ * clock (bpf_ktime_get_coarse_ns) cost a redirected connect 0.1-0.2 µs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sluice_clock SEC(".maps");
+
+/* have_origin_slots is set by the agent when the kernel has what the
+ * slots need (agent/features_linux.go); the verifier drops the slot code
+ * otherwise. */
+const volatile __u32 have_origin_slots = 0;
+
 /* Origins by workload-side {ip, port}: read and deleted by the agent when
  * the proxy (or the DNS server, for TCP DNS) accepts the connection. Not
  * deleted when the workload's socket
@@ -277,6 +326,7 @@ struct {
 /* Force BTF for the types Go gets through bpf2go -type. */
 const struct event *unused_event __attribute__((unused));
 const struct origin *unused_origin __attribute__((unused));
+const struct origin_slot *unused_origin_slot __attribute__((unused));
 const struct peer_key *unused_peer_key __attribute__((unused));
 const struct dns_key *unused_dns_key __attribute__((unused));
 const struct dns_origin *unused_dns_origin __attribute__((unused));
@@ -301,6 +351,69 @@ static __always_inline struct settings *get_settings(void)
 {
 	__u32 zero = 0;
 	return bpf_map_lookup_elem(&sluice_settings, &zero);
+}
+
+/* origin_slot_at is the i-th slot cookie may use. */
+static __always_inline struct origin_slot *origin_slot_at(__u64 cookie, __u32 i)
+{
+	__u32 k = (__u32)(cookie + i) & (ORIGIN_SLOTS - 1);
+	return bpf_map_lookup_elem(&sluice_origin_slots, &k);
+}
+
+/* find_slot returns the slot that holds cookie's origin, NULL if none
+ * does. */
+static __always_inline struct origin_slot *find_slot(__u64 cookie)
+{
+	if (!have_origin_slots)
+		return 0;
+#pragma unroll
+	for (__u32 i = 0; i < ORIGIN_PROBES; i++) {
+		struct origin_slot *sl = origin_slot_at(cookie, i);
+		if (sl && sl->cookie == cookie)
+			return sl;
+	}
+	return 0;
+}
+
+/* find_origin returns cookie's origin, from its slot or sluice_origins;
+ * NULL if neither holds one. */
+static __always_inline struct origin *find_origin(__u64 cookie)
+{
+	struct origin_slot *sl = find_slot(cookie);
+	if (sl)
+		return &sl->o;
+	return bpf_map_lookup_elem(&sluice_origins, &cookie);
+}
+
+/* store_origin keeps a redirected TCP connect's origin: in the first
+ * probed slot that is free, is the socket's own (a connect again after
+ * one failed), or was claimed by a connect that never established;
+ * else in sluice_origins. It returns what bpf_map_update_elem does: < 0
+ * when the origin could not be kept. The compare-and-swap makes one
+ * claimer the owner; the owner alone writes the rest. */
+static __always_inline long store_origin(__u64 cookie, const struct origin *o)
+{
+	if (have_origin_slots) {
+		__u32 zero = 0;
+		__u64 *clock = bpf_map_lookup_elem(&sluice_clock, &zero);
+		__u64 now = clock && *clock ? *clock : 1;
+#pragma unroll
+		for (__u32 i = 0; i < ORIGIN_PROBES; i++) {
+			struct origin_slot *sl = origin_slot_at(cookie, i);
+			if (!sl)
+				break;
+			__u64 held = sl->cookie;
+			__u64 at = sl->claimed;
+			if (held && held != cookie && !(at && now - at > ORIGIN_CLAIM_TICKS))
+				continue;
+			if (__sync_val_compare_and_swap(&sl->cookie, held, cookie) != held)
+				continue;
+			sl->claimed = now;
+			__builtin_memcpy(&sl->o, o, sizeof(*o));
+			return 0;
+		}
+	}
+	return bpf_map_update_elem(&sluice_origins, &cookie, o, BPF_ANY);
 }
 
 /* unselected reports whether, with root attach, the current cgroup cg
@@ -554,7 +667,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct settings *s,
 		return 0;
 	}
 	cookie = bpf_get_socket_cookie(ctx);
-	if (bpf_map_update_elem(&sluice_origins, &cookie, o, BPF_ANY) < 0) {
+	if (store_origin(cookie, o) < 0) {
 		map_error(MAP_ERR_ORIGINS);
 		emit(ctx, o, VERDICT_DENIED, REASON_NO_INTERCEPT);
 		return 0;
@@ -691,12 +804,17 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 {
 	__u64 cookie;
 	struct origin *o;
+	struct origin_slot *sl;
 	struct peer_key k = {};
 
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		cookie = bpf_get_socket_cookie(skops);
-		o = bpf_map_lookup_elem(&sluice_origins, &cookie);
+		sl = find_slot(cookie);
+		if (sl)
+			o = &sl->o;
+		else
+			o = bpf_map_lookup_elem(&sluice_origins, &cookie);
 		if (!o)
 			return 1;
 		if (skops->family == AF_INET) {
@@ -714,6 +832,8 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 		k.port = (__u16)skops->local_port;
 		if (bpf_map_update_elem(&sluice_peers, &k, o, BPF_ANY) < 0)
 			map_error(MAP_ERR_PEERS);
+		if (sl)
+			sl->claimed = 0; /* established: held until the close */
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 						 BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
@@ -721,7 +841,11 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 		if (skops->args[1] != TCP_CLOSE_)
 			return 1;
 		cookie = bpf_get_socket_cookie(skops);
-		bpf_map_delete_elem(&sluice_origins, &cookie);
+		sl = find_slot(cookie);
+		if (sl)
+			sl->cookie = 0;
+		else
+			bpf_map_delete_elem(&sluice_origins, &cookie);
 		return 1;
 	}
 	return 1;
@@ -752,8 +876,7 @@ static __always_inline void write_origin6(struct bpf_sock_addr *ctx, const struc
 SEC("cgroup/getpeername4")
 int sluice_getpeername4(struct bpf_sock_addr *ctx)
 {
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct origin *o = bpf_map_lookup_elem(&sluice_origins, &cookie);
+	struct origin *o = find_origin(bpf_get_socket_cookie(ctx));
 	if (!o || o->family != AF_INET)
 		return 1;
 	write_origin4(ctx, o);
@@ -763,8 +886,7 @@ int sluice_getpeername4(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername6")
 int sluice_getpeername6(struct bpf_sock_addr *ctx)
 {
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct origin *o = bpf_map_lookup_elem(&sluice_origins, &cookie);
+	struct origin *o = find_origin(bpf_get_socket_cookie(ctx));
 	if (!o)
 		return 1;
 	write_origin6(ctx, o);

@@ -84,6 +84,13 @@ type SluiceOrigin struct {
 	ExecId    uint64
 }
 
+type SluiceOriginSlot struct {
+	_       structs.HostLayout
+	Cookie  uint64
+	Claimed uint64
+	O       SluiceOrigin
+}
+
 type SluicePeerKey struct {
 	_    structs.HostLayout
 	Addr [16]uint8
@@ -142,6 +149,7 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	SluiceMapSluiceClock         = "sluice_clock"
 	SluiceMapSluiceDeny4         = "sluice_deny4"
 	SluiceMapSluiceDeny6         = "sluice_deny6"
 	SluiceMapSluiceDenyAddrport  = "sluice_deny_addrport"
@@ -151,6 +159,7 @@ const (
 	SluiceMapSluiceEgressLast    = "sluice_egress_last"
 	SluiceMapSluiceEvents        = "sluice_events"
 	SluiceMapSluiceMapErrors     = "sluice_map_errors"
+	SluiceMapSluiceOriginSlots   = "sluice_origin_slots"
 	SluiceMapSluiceOrigins       = "sluice_origins"
 	SluiceMapSluicePeers         = "sluice_peers"
 	SluiceMapSluicePorts         = "sluice_ports"
@@ -167,6 +176,7 @@ const (
 	SluiceProgSluiceSendmsg6     = "sluice_sendmsg6"
 	SluiceProgSluiceSetsockopt   = "sluice_setsockopt"
 	SluiceProgSluiceSockops      = "sluice_sockops"
+	SluiceVarHaveOriginSlots     = "have_origin_slots"
 	SluiceVarHaveTaskBtf         = "have_task_btf"
 	SluiceVarUnusedCidrAction    = "unused_cidr_action"
 	SluiceVarUnusedDnsKey        = "unused_dns_key"
@@ -174,6 +184,7 @@ const (
 	SluiceVarUnusedEvent         = "unused_event"
 	SluiceVarUnusedMapErrorSite  = "unused_map_error_site"
 	SluiceVarUnusedOrigin        = "unused_origin"
+	SluiceVarUnusedOriginSlot    = "unused_origin_slot"
 	SluiceVarUnusedPeerKey       = "unused_peer_key"
 	SluiceVarUnusedReason        = "unused_reason"
 	SluiceVarUnusedSettingFlag   = "unused_setting_flag"
@@ -240,6 +251,7 @@ type SluiceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceMapSpecs struct {
+	SluiceClock        *ebpf.MapSpec `ebpf:"sluice_clock"`
 	SluiceDeny4        *ebpf.MapSpec `ebpf:"sluice_deny4"`
 	SluiceDeny6        *ebpf.MapSpec `ebpf:"sluice_deny6"`
 	SluiceDenyAddrport *ebpf.MapSpec `ebpf:"sluice_deny_addrport"`
@@ -249,6 +261,7 @@ type SluiceMapSpecs struct {
 	SluiceEgressLast   *ebpf.MapSpec `ebpf:"sluice_egress_last"`
 	SluiceEvents       *ebpf.MapSpec `ebpf:"sluice_events"`
 	SluiceMapErrors    *ebpf.MapSpec `ebpf:"sluice_map_errors"`
+	SluiceOriginSlots  *ebpf.MapSpec `ebpf:"sluice_origin_slots"`
 	SluiceOrigins      *ebpf.MapSpec `ebpf:"sluice_origins"`
 	SluicePeers        *ebpf.MapSpec `ebpf:"sluice_peers"`
 	SluicePorts        *ebpf.MapSpec `ebpf:"sluice_ports"`
@@ -260,6 +273,7 @@ type SluiceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceVariableSpecs struct {
+	HaveOriginSlots    *ebpf.VariableSpec `ebpf:"have_origin_slots"`
 	HaveTaskBtf        *ebpf.VariableSpec `ebpf:"have_task_btf"`
 	UnusedCidrAction   *ebpf.VariableSpec `ebpf:"unused_cidr_action"`
 	UnusedDnsKey       *ebpf.VariableSpec `ebpf:"unused_dns_key"`
@@ -267,6 +281,7 @@ type SluiceVariableSpecs struct {
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedMapErrorSite *ebpf.VariableSpec `ebpf:"unused_map_error_site"`
 	UnusedOrigin       *ebpf.VariableSpec `ebpf:"unused_origin"`
+	UnusedOriginSlot   *ebpf.VariableSpec `ebpf:"unused_origin_slot"`
 	UnusedPeerKey      *ebpf.VariableSpec `ebpf:"unused_peer_key"`
 	UnusedReason       *ebpf.VariableSpec `ebpf:"unused_reason"`
 	UnusedSettingFlag  *ebpf.VariableSpec `ebpf:"unused_setting_flag"`
@@ -294,6 +309,7 @@ func (o *SluiceObjects) Close() error {
 //
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluiceMaps struct {
+	SluiceClock        *ebpf.Map `ebpf:"sluice_clock"`
 	SluiceDeny4        *ebpf.Map `ebpf:"sluice_deny4"`
 	SluiceDeny6        *ebpf.Map `ebpf:"sluice_deny6"`
 	SluiceDenyAddrport *ebpf.Map `ebpf:"sluice_deny_addrport"`
@@ -303,6 +319,7 @@ type SluiceMaps struct {
 	SluiceEgressLast   *ebpf.Map `ebpf:"sluice_egress_last"`
 	SluiceEvents       *ebpf.Map `ebpf:"sluice_events"`
 	SluiceMapErrors    *ebpf.Map `ebpf:"sluice_map_errors"`
+	SluiceOriginSlots  *ebpf.Map `ebpf:"sluice_origin_slots"`
 	SluiceOrigins      *ebpf.Map `ebpf:"sluice_origins"`
 	SluicePeers        *ebpf.Map `ebpf:"sluice_peers"`
 	SluicePorts        *ebpf.Map `ebpf:"sluice_ports"`
@@ -312,6 +329,7 @@ type SluiceMaps struct {
 
 func (m *SluiceMaps) Close() error {
 	return _SluiceClose(
+		m.SluiceClock,
 		m.SluiceDeny4,
 		m.SluiceDeny6,
 		m.SluiceDenyAddrport,
@@ -321,6 +339,7 @@ func (m *SluiceMaps) Close() error {
 		m.SluiceEgressLast,
 		m.SluiceEvents,
 		m.SluiceMapErrors,
+		m.SluiceOriginSlots,
 		m.SluiceOrigins,
 		m.SluicePeers,
 		m.SluicePorts,
@@ -333,6 +352,7 @@ func (m *SluiceMaps) Close() error {
 //
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluiceVariables struct {
+	HaveOriginSlots    *ebpf.Variable `ebpf:"have_origin_slots"`
 	HaveTaskBtf        *ebpf.Variable `ebpf:"have_task_btf"`
 	UnusedCidrAction   *ebpf.Variable `ebpf:"unused_cidr_action"`
 	UnusedDnsKey       *ebpf.Variable `ebpf:"unused_dns_key"`
@@ -340,6 +360,7 @@ type SluiceVariables struct {
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
 	UnusedMapErrorSite *ebpf.Variable `ebpf:"unused_map_error_site"`
 	UnusedOrigin       *ebpf.Variable `ebpf:"unused_origin"`
+	UnusedOriginSlot   *ebpf.Variable `ebpf:"unused_origin_slot"`
 	UnusedPeerKey      *ebpf.Variable `ebpf:"unused_peer_key"`
 	UnusedReason       *ebpf.Variable `ebpf:"unused_reason"`
 	UnusedSettingFlag  *ebpf.Variable `ebpf:"unused_setting_flag"`
