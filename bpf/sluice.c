@@ -364,7 +364,7 @@ static __always_inline struct origin_slot *origin_slot_at(__u64 cookie, __u32 i)
  * does. */
 static __always_inline struct origin_slot *find_slot(__u64 cookie)
 {
-	if (!have_origin_slots)
+	if (!have_origin_slots || !cookie) /* a free slot's cookie is 0 */
 		return 0;
 #pragma unroll
 	for (__u32 i = 0; i < ORIGIN_PROBES; i++) {
@@ -799,6 +799,29 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+/* steered_sockops reports whether an established socket's peer is the
+ * intercept address and one of the agent's ports: the connect hooks
+ * redirected it, so it has an origin; no other socket is looked up.
+ * remote_port holds the port in network order in its upper half, so
+ * bpf_ntohl gives it in host order. */
+static __always_inline int steered_sockops(struct bpf_sock_ops *skops)
+{
+	struct settings *s = get_settings();
+	__u16 port = bpf_ntohl(skops->remote_port);
+	__u32 w[4];
+	if (!s)
+		return 0;
+	if (skops->family == AF_INET)
+		return steered4(s, skops->remote_ip4, port);
+	if (skops->family != AF_INET6)
+		return 0;
+	w[0] = *(volatile __u32 *)&skops->remote_ip6[0];
+	w[1] = *(volatile __u32 *)&skops->remote_ip6[1];
+	w[2] = *(volatile __u32 *)&skops->remote_ip6[2];
+	w[3] = *(volatile __u32 *)&skops->remote_ip6[3];
+	return is_mapped4(w) ? steered4(s, w[3], port) : steered6(s, w, port);
+}
+
 SEC("sockops")
 int sluice_sockops(struct bpf_sock_ops *skops)
 {
@@ -809,6 +832,8 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		if (!steered_sockops(skops))
+			return 1;
 		cookie = bpf_get_socket_cookie(skops);
 		sl = find_slot(cookie);
 		if (sl)
