@@ -210,7 +210,7 @@ type Options struct {
 	OriginWait time.Duration
 	// EventWait is how often the event reader looks at the ring buffer
 	// for the events that don't wake it (a denial or a quarter-full ring
-	// does); 0 means 8ms. Close may wait for one such look.
+	// does); 0 means 32ms. Close may wait for one such look.
 	EventWait time.Duration
 	// DNS, when set, is served on agent.dnsPort (UDP and TCP) on the
 	// intercept addresses, and the hooks steer selected workloads' DNS

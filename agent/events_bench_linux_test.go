@@ -3,7 +3,6 @@ package agent
 import (
 	"os"
 	"testing"
-	"time"
 	"unsafe"
 
 	"github.com/sluicehq/sluice/bpf"
@@ -31,14 +30,14 @@ func BenchmarkEvent(b *testing.B) {
 	copy(unsafe.Slice((*byte)(unsafe.Pointer(&e.Comm[0])), len(e.Comm)), "connect-loop")
 	raw := unsafe.Slice((*byte)(unsafe.Pointer(&e)), unsafe.Sizeof(e))
 	comms := commNames{}
-	now := time.Now()
+	wall := wallMinusMonotonic()
 	b.ReportAllocs()
 	for b.Loop() {
 		d, ok := decodeEvent(raw)
 		if !ok {
 			b.Fatal("decode failed")
 		}
-		ev := a.event(d, now, comms)
+		ev := a.event(d, wall, comms)
 		a.eventHost(&ev)
 		if id := ev.Identity(); id.Exe == "" || id.Comm != "connect-loop" || id.Cgroup != "/sluice-run-1234" {
 			b.Fatalf("identity %+v", id)

@@ -168,6 +168,7 @@ struct event {
 	char comm[16];
 	__u64 start_time;      /* as in struct origin */
 	__u64 exec_id;
+	__u64 at;              /* bpf_ktime_get_ns (CLOCK_MONOTONIC) of the decision */
 };
 
 struct lpm4_key {
@@ -535,6 +536,7 @@ static __always_inline void emit_event(const struct origin *o, __u8 verdict,
 	__builtin_memcpy(e->comm, o->comm, 16);
 	e->start_time = o->start_time;
 	e->exec_id = o->exec_id;
+	e->at = bpf_ktime_get_ns();
 	/* Wake the agent only for a denial or when this event makes the
 	 * waiting events cross a batch: a wake-up (irq_work; an IPI on a VM)
 	 * costs more than the rest of the program. A reader that lags stays

@@ -47,6 +47,7 @@ type SluiceEvent struct {
 	Comm      [16]int8
 	StartTime uint64
 	ExecId    uint64
+	At        uint64
 }
 
 type SluiceLpm4Key struct {

@@ -85,3 +85,43 @@ func goroutineState(fn string) string {
 	}
 	return ""
 }
+
+// An event's Time is when the kernel decided the connect, not when the
+// reader read it: a direct connect does not wake the reader, which finds
+// its event at its next look (EventWait, 1.5 s here), and the event still
+// carries a time between the client's start and its return.
+func TestAgentEventTimeIsTheConnects(t *testing.T) {
+	e := newAgentEnv(t)
+	e.opts.EventWait = 1500 * time.Millisecond
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.AddrPortFrom(e.tp.Hosts[1].IP4, 9999) // a port not intercepted
+	started := time.Now()
+	r := e.client(dst, clientOpts{host: 0, inCgroup: true})
+	returned := time.Now()
+	if r.Data != "direct "+dst.String() {
+		t.Fatalf("client %+v, want it to reach %v directly", r, dst)
+	}
+	var ev agent.Event
+	found := false
+	for !found && time.Since(returned) < 3*time.Second {
+		for _, x := range e.events() {
+			if x.PID == r.PID {
+				ev, found = x, true
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	seen := time.Now()
+	if !found || ev.Verdict != agent.Direct || ev.Dst != dst {
+		t.Fatalf("event %+v (found %v), want a direct connect to %v", ev, found, dst)
+	}
+	// The clocks' offset is read apart from the kernel's time: allow 5 ms.
+	const slack = 5 * time.Millisecond
+	if ev.Time.Before(started.Add(-slack)) || ev.Time.After(returned.Add(slack)) {
+		t.Errorf("event time %s, want between the client's start %s and return %s (the event was seen %s after the return)",
+			ev.Time.Format(time.StampMicro), started.Format(time.StampMicro), returned.Format(time.StampMicro), seen.Sub(returned))
+	}
+}
