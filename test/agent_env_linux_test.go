@@ -176,17 +176,23 @@ func (e *agentEnv) events() []agent.Event {
 	return append([]agent.Event(nil), e.evs...)
 }
 
-// waitEvent waits (bounded) for an event matching f.
+// waitEvent waits (up to 2 s) for an event matching f.
 func (e *agentEnv) waitEvent(f func(agent.Event) bool) (agent.Event, bool) {
-	for i := 0; i < 100; i++ {
+	return e.waitEventFor(2*time.Second, f)
+}
+
+// waitEventFor waits up to d for an event matching f.
+func (e *agentEnv) waitEventFor(d time.Duration, f func(agent.Event) bool) (agent.Event, bool) {
+	for start := time.Now(); ; time.Sleep(5 * time.Millisecond) {
 		for _, ev := range e.events() {
 			if f(ev) {
 				return ev, true
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		if time.Since(start) > d {
+			return agent.Event{}, false
+		}
 	}
-	return agent.Event{}, false
 }
 
 func (e *agentEnv) directConns() []string {

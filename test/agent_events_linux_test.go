@@ -47,17 +47,7 @@ func TestAgentEventReaderWaitsInNetpoller(t *testing.T) {
 		if r.Errno != "EPERM" {
 			t.Fatalf("connect %v: %+v, want EPERM", dst, r)
 		}
-		returned := time.Now()
-		var ev agent.Event
-		found := false
-		for !found && time.Since(returned) < 500*time.Millisecond {
-			for _, x := range e.events() {
-				if x.PID == r.PID {
-					ev, found = x, true
-				}
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		ev, found := e.waitEventFor(500*time.Millisecond, func(x agent.Event) bool { return x.PID == r.PID })
 		switch {
 		case !found:
 			t.Errorf("denied connect %d to %v: no event within 500 ms of the client's return: the denial did not wake the reader", i, dst)
@@ -104,16 +94,7 @@ func TestAgentEventTimeIsTheConnects(t *testing.T) {
 	if r.Data != "direct "+dst.String() {
 		t.Fatalf("client %+v, want it to reach %v directly", r, dst)
 	}
-	var ev agent.Event
-	found := false
-	for !found && time.Since(returned) < 3*time.Second {
-		for _, x := range e.events() {
-			if x.PID == r.PID {
-				ev, found = x, true
-			}
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	ev, found := e.waitEventFor(3*time.Second, func(x agent.Event) bool { return x.PID == r.PID })
 	seen := time.Now()
 	if !found || ev.Verdict != agent.Direct || ev.Dst != dst {
 		t.Fatalf("event %+v (found %v), want a direct connect to %v", ev, found, dst)
