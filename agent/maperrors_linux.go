@@ -6,16 +6,19 @@ import "github.com/sluicehq/sluice/bpf"
 // of sluice_bpf_map_update_errors_total: the map whose update failed.
 // TestMapErrorSitesCoverBTF fails when sluice.c gains a site without one.
 var mapErrorSites = map[bpf.SluiceMapErrorSite]string{
-	bpf.SluiceMapErrorSiteMAP_ERR_ORIGINS:   "sluice_origins",
-	bpf.SluiceMapErrorSiteMAP_ERR_PEERS:     "sluice_peers",
-	bpf.SluiceMapErrorSiteMAP_ERR_DNS_PEERS: "sluice_dns_peers",
+	bpf.SluiceMapErrorSiteMAP_ERR_ORIGINS:      "sluice_origins",
+	bpf.SluiceMapErrorSiteMAP_ERR_PEERS:        "sluice_peers",
+	bpf.SluiceMapErrorSiteMAP_ERR_DNS_PEERS:    "sluice_dns_peers",
+	bpf.SluiceMapErrorSiteMAP_ERR_ORIGIN_SLOTS: "sluice_origin_slots",
 }
 
 // MapErrors returns how many map updates have failed in the kernel programs
 // since they were loaded, summed over CPUs, by the name of the map (every
 // site is present, at zero too). A failed sluice_origins update refuses the
 // connect (reason no_intercept_address); a failed sluice_peers update leaves
-// the proxy without the connection's origin. It is safe for concurrent use;
+// the proxy without the connection's origin; a failed sluice_origin_slots
+// claim (every slot the cookie may use held) costs the connect a
+// sluice_origins update instead. It is safe for concurrent use;
 // after Close it returns zeros.
 func (a *Agent) MapErrors() map[string]uint64 {
 	out := make(map[string]uint64, len(mapErrorSites))

@@ -98,6 +98,7 @@ enum map_error_site {
 	MAP_ERR_ORIGINS = 0,      /* connect4/6: sluice_origins by socket cookie */
 	MAP_ERR_PEERS = 1,        /* sockops: sluice_peers by workload {ip, port} */
 	MAP_ERR_DNS_PEERS = 2,    /* egress: sluice_dns_peers by workload {ip, port, id} */
+	MAP_ERR_ORIGIN_SLOTS = 3, /* connect4/6: no free slot of four; the origin went to sluice_origins */
 	MAP_ERR_SITES,            /* the number of sites */
 };
 
@@ -250,7 +251,8 @@ struct {
  * ORIGIN_CLAIM_TICKS of sluice_clock (refused, or never sent: no close
  * is seen then). When every probed slot is held (more connections in
  * flight than fit, or a run of collisions), the origin goes to
- * sluice_origins, and readers look in both. Used only with
+ * sluice_origins (counted, MAP_ERR_ORIGIN_SLOTS), and readers look in
+ * both. Used only with
  * have_origin_slots (BPF atomics, Linux 5.12); without, sluice_origins
  * holds every origin. */
 #define ORIGIN_SLOTS 65536
@@ -413,6 +415,7 @@ static __always_inline long store_origin(__u64 cookie, const struct origin *o)
 			__builtin_memcpy(&sl->o, o, sizeof(*o));
 			return 0;
 		}
+		map_error(MAP_ERR_ORIGIN_SLOTS);
 	}
 	return bpf_map_update_elem(&sluice_origins, &cookie, o, BPF_ANY);
 }

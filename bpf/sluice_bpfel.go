@@ -65,10 +65,11 @@ type SluiceLpm6Key struct {
 type SluiceMapErrorSite uint32
 
 const (
-	SluiceMapErrorSiteMAP_ERR_ORIGINS   SluiceMapErrorSite = 0
-	SluiceMapErrorSiteMAP_ERR_PEERS     SluiceMapErrorSite = 1
-	SluiceMapErrorSiteMAP_ERR_DNS_PEERS SluiceMapErrorSite = 2
-	SluiceMapErrorSiteMAP_ERR_SITES     SluiceMapErrorSite = 3
+	SluiceMapErrorSiteMAP_ERR_ORIGINS      SluiceMapErrorSite = 0
+	SluiceMapErrorSiteMAP_ERR_PEERS        SluiceMapErrorSite = 1
+	SluiceMapErrorSiteMAP_ERR_DNS_PEERS    SluiceMapErrorSite = 2
+	SluiceMapErrorSiteMAP_ERR_ORIGIN_SLOTS SluiceMapErrorSite = 3
+	SluiceMapErrorSiteMAP_ERR_SITES        SluiceMapErrorSite = 4
 )
 
 type SluiceOrigin struct {

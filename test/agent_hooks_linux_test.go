@@ -103,11 +103,11 @@ func TestAgentRedirect(t *testing.T) {
 	if n := e.ag.Drops(); n != 0 {
 		t.Errorf("%d events dropped", n)
 	}
-	// The redirected connects above wrote sluice_origins and sluice_peers;
+	// The redirected connects above wrote their origins and sluice_peers;
 	// no update failed, and every site (sluice_dns_peers too) is read
 	// from the kernel.
-	if me := e.ag.MapErrors(); len(me) != 3 || me["sluice_origins"] != 0 || me["sluice_peers"] != 0 || me["sluice_dns_peers"] != 0 {
-		t.Errorf("map update errors %v, want sluice_origins, sluice_peers and sluice_dns_peers at 0", me)
+	if me := e.ag.MapErrors(); len(me) != 4 || me["sluice_origins"] != 0 || me["sluice_peers"] != 0 || me["sluice_dns_peers"] != 0 || me["sluice_origin_slots"] != 0 {
+		t.Errorf("map update errors %v, want sluice_origins, sluice_peers, sluice_dns_peers and sluice_origin_slots at 0", me)
 	}
 	// Released, the cgroup goes direct again.
 	if err := e.ag.ReleaseCgroup(e.cg.Path); err != nil {

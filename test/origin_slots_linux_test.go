@@ -16,9 +16,10 @@ import (
 // sluice_origin_slots, found by the socket's cookie, and free it when the
 // connection closes. A slot whose connect never established is taken back
 // once it is old by the hooks' clock; when every slot a cookie may use is
-// held by a live connection, the origin goes to sluice_origins. Either
-// way the workload reaches the proxy, getpeername() names the destination
-// it dialled, and the agent names that destination.
+// held by a live connection, the origin goes to sluice_origins, and
+// sluice_bpf_map_update_errors_total{map="sluice_origin_slots"} counts
+// it. Either way the workload reaches the proxy, getpeername() names the
+// destination it dialled, and the agent names that destination.
 func TestAgentOriginSlots(t *testing.T) {
 	e := newAgentEnv(t)
 	e.start()
@@ -89,12 +90,17 @@ func TestAgentOriginSlots(t *testing.T) {
 		return
 	}
 	n := int(slots.MaxEntries())
+	// fallbacks is how many connects found no free slot so far.
+	fallbacks := func() uint64 { return e.ag.MapErrors()["sluice_origin_slots"] }
 
 	t.Run("free slots", func(t *testing.T) {
 		connect(t, v4)
 		connect(t, v6)
 		if ours, fakes := held(t); ours != 0 || fakes != 0 {
 			t.Errorf("after the connections closed %d slots held, %d fakes; want none", ours, fakes)
+		}
+		if f := fallbacks(); f != 0 {
+			t.Errorf("%d connects found no free slot, want 0", f)
 		}
 	})
 	t.Run("stale claims taken back", func(t *testing.T) {
@@ -108,6 +114,9 @@ func TestAgentOriginSlots(t *testing.T) {
 		if ours, fakes := held(t); ours != 0 || fakes != n-2 {
 			t.Errorf("%d slots held and %d fakes left, want 0 and %d", ours, fakes, n-2)
 		}
+		if f := fallbacks(); f != 0 {
+			t.Errorf("%d connects found no free slot, want 0", f)
+		}
 	})
 	t.Run("recent claims kept", func(t *testing.T) {
 		fill(t, false)
@@ -118,6 +127,9 @@ func TestAgentOriginSlots(t *testing.T) {
 		if ours, fakes := held(t); ours != 0 || fakes != n {
 			t.Errorf("%d slots held and %d fakes left, want 0 and %d: a claim 5 minutes old was taken", ours, fakes, n)
 		}
+		if f := fallbacks(); f != 1 {
+			t.Errorf("%d connects found no free slot, want 1", f)
+		}
 	})
 	t.Run("every slot held", func(t *testing.T) {
 		fill(t, true)
@@ -126,9 +138,14 @@ func TestAgentOriginSlots(t *testing.T) {
 		if ours, fakes := held(t); ours != 0 || fakes != n {
 			t.Errorf("%d slots held and %d fakes left, want 0 and %d", ours, fakes, n)
 		}
+		if f := fallbacks(); f != 3 {
+			t.Errorf("%d connects found no free slot, want 3", f)
+		}
 	})
+	// The connects that found no free slot kept their origins in
+	// sluice_origins, whose updates did not fail.
 	if me := e.ag.MapErrors(); me["sluice_origins"] != 0 || me["sluice_peers"] != 0 {
-		t.Errorf("map update errors %v", me)
+		t.Errorf("map update errors %v, want sluice_origins and sluice_peers at 0", me)
 	}
 	if d := e.directConns(); len(d) != 0 {
 		t.Errorf("upstream saw direct connections %v", d)
