@@ -862,8 +862,19 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 		k.port = (__u16)skops->local_port;
 		if (bpf_map_update_elem(&sluice_peers, &k, o, BPF_ANY) < 0)
 			map_error(MAP_ERR_PEERS);
-		if (sl)
+		if (sl) {
+			/* A claim older than ORIGIN_CLAIM_TICKS may be taken
+			 * back while it is copied, and the copy then mix two
+			 * origins: the taker swaps the cookie before it writes
+			 * its origin, so a cookie still ours after the copy
+			 * means a whole one. Else the proxy finds no origin and
+			 * refuses the connection. */
+			if (sl->cookie != cookie) {
+				bpf_map_delete_elem(&sluice_peers, &k);
+				return 1;
+			}
 			sl->claimed = 0; /* established: held until the close */
+		}
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 						 BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
