@@ -379,10 +379,13 @@ static __always_inline struct origin_slot *find_slot(__u64 cookie)
 }
 
 /* find_origin returns cookie's origin, from its slot or sluice_origins;
- * NULL if neither holds one. */
-static __always_inline struct origin *find_origin(__u64 cookie)
+ * NULL if neither holds one. When slot is not NULL, *slot is the slot
+ * that holds it (NULL for sluice_origins). */
+static __always_inline struct origin *find_origin(__u64 cookie, struct origin_slot **slot)
 {
 	struct origin_slot *sl = find_slot(cookie);
+	if (slot)
+		*slot = sl;
 	if (sl)
 		return &sl->o;
 	return bpf_map_lookup_elem(&sluice_origins, &cookie);
@@ -804,6 +807,16 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+/* sockops_ip6 copies an IPv6 address field of bpf_sock_ops (local_ip6,
+ * remote_ip6) into w, one 4-byte load per word as the verifier wants. */
+static __always_inline void sockops_ip6(__u32 *w, const __u32 *field)
+{
+	w[0] = *(volatile const __u32 *)&field[0];
+	w[1] = *(volatile const __u32 *)&field[1];
+	w[2] = *(volatile const __u32 *)&field[2];
+	w[3] = *(volatile const __u32 *)&field[3];
+}
+
 /* steered_sockops reports whether an established socket's peer is the
  * intercept address and one of the agent's ports: the connect hooks
  * redirected it, so it has an origin; no other socket is looked up.
@@ -820,10 +833,7 @@ static __always_inline int steered_sockops(struct bpf_sock_ops *skops)
 		return steered4(s, skops->remote_ip4, port);
 	if (skops->family != AF_INET6)
 		return 0;
-	w[0] = *(volatile __u32 *)&skops->remote_ip6[0];
-	w[1] = *(volatile __u32 *)&skops->remote_ip6[1];
-	w[2] = *(volatile __u32 *)&skops->remote_ip6[2];
-	w[3] = *(volatile __u32 *)&skops->remote_ip6[3];
+	sockops_ip6(w, skops->remote_ip6);
 	return is_mapped4(w) ? steered4(s, w[3], port) : steered6(s, w, port);
 }
 
@@ -840,21 +850,14 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 		if (!steered_sockops(skops))
 			return 1;
 		cookie = bpf_get_socket_cookie(skops);
-		sl = find_slot(cookie);
-		if (sl)
-			o = &sl->o;
-		else
-			o = bpf_map_lookup_elem(&sluice_origins, &cookie);
+		o = find_origin(cookie, &sl);
 		if (!o)
 			return 1;
 		if (skops->family == AF_INET) {
 			mapped4(k.addr, skops->local_ip4);
 		} else if (skops->family == AF_INET6) {
 			__u32 w[4];
-			w[0] = *(volatile __u32 *)&skops->local_ip6[0];
-			w[1] = *(volatile __u32 *)&skops->local_ip6[1];
-			w[2] = *(volatile __u32 *)&skops->local_ip6[2];
-			w[3] = *(volatile __u32 *)&skops->local_ip6[3];
+			sockops_ip6(w, skops->local_ip6);
 			__builtin_memcpy(k.addr, w, 16);
 		} else {
 			return 1;
@@ -917,7 +920,7 @@ static __always_inline void write_origin6(struct bpf_sock_addr *ctx, const struc
 SEC("cgroup/getpeername4")
 int sluice_getpeername4(struct bpf_sock_addr *ctx)
 {
-	struct origin *o = find_origin(bpf_get_socket_cookie(ctx));
+	struct origin *o = find_origin(bpf_get_socket_cookie(ctx), 0);
 	if (!o || o->family != AF_INET)
 		return 1;
 	write_origin4(ctx, o);
@@ -927,7 +930,7 @@ int sluice_getpeername4(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername6")
 int sluice_getpeername6(struct bpf_sock_addr *ctx)
 {
-	struct origin *o = find_origin(bpf_get_socket_cookie(ctx));
+	struct origin *o = find_origin(bpf_get_socket_cookie(ctx), 0);
 	if (!o)
 		return 1;
 	write_origin6(ctx, o);
