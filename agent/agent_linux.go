@@ -477,9 +477,13 @@ func (a *Agent) shutdown() {
 	if a.rb != nil {
 		// The events still in the ring buffer are read first (they may
 		// not have woken the reader, see eventBatchWait): the reader
-		// sees the flush at its next look, within eventBatchWait.
+		// sees the flush at once, its wait ended (a parked reader's next
+		// look may be a second away).
 		if err := a.rb.Flush(); err != nil {
 			a.rb.Close()
+		}
+		if a.ring != nil {
+			a.ring.interrupt()
 		}
 	}
 	a.wg.Wait()

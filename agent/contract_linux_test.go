@@ -35,18 +35,18 @@ func TestReasonsCoverBTF(t *testing.T) {
 		if name == "REASON_NONE" {
 			continue // never emitted
 		}
-		if _, ok := reasons[bpf.SluiceReason(v)]; !ok {
+		if v >= uint64(len(reasons)) || reasons[v] == "" {
 			t.Errorf("enum reason %s = %d has no agent reason string", name, v)
 		}
 	}
 	vals := btfEnum(t, "reason")
 	for r, s := range reasons {
-		if !hasValue(vals, uint64(r)) {
+		if s != "" && !hasValue(vals, uint64(r)) {
 			t.Errorf("reason %q maps from %d, not a value of enum reason", s, r)
 		}
 	}
 	for name, v := range btfEnum(t, "verdict") {
-		if _, ok := verdicts[bpf.SluiceVerdict(v)]; !ok {
+		if v >= uint64(len(verdicts)) || verdicts[v] == "" {
 			t.Errorf("enum verdict %s = %d has no agent Verdict", name, v)
 		}
 	}

@@ -183,6 +183,10 @@ type Event struct {
 	// remembers the executables of images (nil: none).
 	startTime, execID uint64
 	exes              *exeCache
+	// id is the identity the event reader made for the event
+	// (identityMemo), shared with the events of its run; nil: Identity
+	// makes it.
+	id *workload.Identity
 }
 
 // Options are the agent's optional collaborators.
@@ -208,9 +212,11 @@ type Options struct {
 	// OriginWait bounds how long an accepted connection waits for its
 	// origin to appear in the kernel map; 0 means 250ms.
 	OriginWait time.Duration
-	// EventWait is how often the event reader looks at the ring buffer
-	// for the events that don't wake it (a denial or a quarter-full ring
-	// does); 0 means 32ms. Close may wait for one such look.
+	// EventWait is how often the event reader looks at the ring buffer,
+	// while events come, for the events that don't wake it (a denial or
+	// a quarter-full ring does); 0 means 32ms. A look that finds none
+	// parks the reader until the next event wakes it. Close may wait for
+	// one such look.
 	EventWait time.Duration
 	// DNS, when set, is served on agent.dnsPort (UDP and TCP) on the
 	// intercept addresses, and the hooks steer selected workloads' DNS

@@ -99,7 +99,8 @@ func (a *Agent) mapsByName() map[string]*ebpf.Map {
 		"sluice_deny_addrport": m.SluiceDenyAddrport, "sluice_dns_peers": m.SluiceDnsPeers,
 		"sluice_events": m.SluiceEvents, "sluice_origins": m.SluiceOrigins, "sluice_peers": m.SluicePeers,
 		"sluice_origin_slots": m.SluiceOriginSlots, "sluice_clock": m.SluiceClock,
-		"sluice_ports": m.SluicePorts, "sluice_selected": m.SluiceSelected, "sluice_settings": m.SluiceSettings,
+		"sluice_reader": m.SluiceReader,
+		"sluice_ports":  m.SluicePorts, "sluice_selected": m.SluiceSelected, "sluice_settings": m.SluiceSettings,
 	}
 }
 

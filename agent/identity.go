@@ -11,8 +11,45 @@ import (
 // executable /proc shows for the pid now, and the container and pod the
 // cgroup path names.
 func (e Event) Identity() workload.Identity {
-	img := procImage{pid: e.PID, startTime: e.startTime, execID: e.execID}
-	return processIdentity(context.Background(), e.meta, e.exes, img, e.UID, e.Comm, e.Cgroup)
+	if e.id != nil {
+		return *e.id
+	}
+	return processIdentity(context.Background(), e.meta, e.exes, e.image(), e.UID, e.Comm, e.Cgroup)
+}
+
+// image is the process image the event came from.
+func (e *Event) image() procImage {
+	return procImage{pid: e.PID, startTime: e.startTime, execID: e.execID}
+}
+
+// identityMemo is the identity of the process image the event reader's
+// last event came from, made once for a run of its events (a process
+// that connects again and again): no exe cache look-up, cgroup path
+// parse or metadata look-up per event. The event goroutine's alone, and
+// forgotten when the ring buffer runs empty, so what the metadata learns
+// of a container reaches the next batch's events.
+type identityMemo struct {
+	img    procImage
+	uid    uint32
+	comm   string
+	cgroup string
+	id     *workload.Identity // never modified once made: events share it
+}
+
+// identity is the identity of ev's process, from the memo when ev's
+// process image, uid, comm and cgroup are the last event's. An image
+// the hooks did not name (procImage.cacheable) is never remembered.
+func (m *identityMemo) identity(a *Agent, ev *Event) *workload.Identity {
+	img := ev.image()
+	if m.id != nil && m.img == img && m.uid == ev.UID && m.comm == ev.Comm && m.cgroup == ev.Cgroup {
+		return m.id
+	}
+	id := processIdentity(context.Background(), a.opts.Metadata, a.exes, img, ev.UID, ev.Comm, ev.Cgroup)
+	*m = identityMemo{}
+	if img.cacheable() {
+		*m = identityMemo{img: img, uid: ev.UID, comm: ev.Comm, cgroup: ev.Cgroup, id: &id}
+	}
+	return &id
 }
 
 // Metadata names the containers and pods behind cgroups from the

@@ -284,6 +284,16 @@ struct {
 	__type(value, __u64);
 } sluice_clock SEC(".maps");
 
+/* Whether the agent's event reader is parked: it found the ring empty
+ * and stopped looking every eventBatchWait (agent/events_linux.go), so
+ * the event that lands in an empty ring wakes it. 0: it looks anyway. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} sluice_reader SEC(".maps");
+
 /* have_origin_slots is set by the agent when the kernel has what the
  * slots need (agent/features_linux.go); the verifier drops the slot code
  * otherwise. */
@@ -511,12 +521,25 @@ static __always_inline void fill_identity(struct bpf_sock_addr *ctx, struct orig
 
 /* Bytes of waiting events that wake the agent (a quarter of the ring,
  * some 2,500 events), and the bytes one event takes in the ring (8-byte
- * header, 8-byte aligned). The reader looks every 8 ms anyway, so this
- * mark only matters in a burst; each wake-up is an IPI (a VM exit on a
- * virtual machine) that costs more than a run of the program, and at 4
- * KiB one connect in 40 paid it. */
+ * header, 8-byte aligned). The reader looks every 32 ms anyway while
+ * events come, so this mark only matters in a burst; each wake-up is an
+ * IPI (a VM exit on a virtual machine) that costs more than a run of the
+ * program, and at 4 KiB one connect in 40 paid it. */
 #define EVENT_WAKEUP_BYTES (256 << 10)
 #define EVENT_RECORD_BYTES ((sizeof(struct event) + 8 + 7) & ~7)
+/* Waiting events, this one included, below which an event wakes a parked
+ * reader: the first of an idle ring, or one of the first few when
+ * programs on other CPUs queued theirs at the same moment. */
+#define EVENT_PARKED_WAKE_BYTES (16 * EVENT_RECORD_BYTES)
+
+/* reader_parked reports whether the agent's event reader waits for a
+ * wake-up instead of looking (sluice_reader). */
+static __always_inline int reader_parked(void)
+{
+	__u32 zero = 0;
+	__u32 *p = bpf_map_lookup_elem(&sluice_reader, &zero);
+	return p && *p;
+}
 
 /* emit_event queues one event; a full ring buffer is counted in
  * sluice_drops. */
@@ -543,15 +566,17 @@ static __always_inline void emit_event(const struct origin *o, __u8 verdict,
 	e->start_time = o->start_time;
 	e->exec_id = o->exec_id;
 	e->at = bpf_ktime_get_ns();
-	/* Wake the agent only for a denial or when this event makes the
-	 * waiting events cross a batch: a wake-up (irq_work; an IPI on a VM)
-	 * costs more than the rest of the program. A reader that lags stays
-	 * above the mark and is not woken again and again; it reads at least
-	 * every eventBatchWait (agent/events_linux.go) anyway. */
+	/* Wake the agent only for a denial, when this event makes the
+	 * waiting events cross a batch, or when it lands in the empty ring of
+	 * a parked reader: a wake-up (irq_work; an IPI on a VM) costs more
+	 * than the rest of the program. A reader that lags stays above the
+	 * mark and is not woken again and again; while events come it reads
+	 * at least every eventBatchWait (agent/events_linux.go) anyway. */
 	__u64 flags = BPF_RB_NO_WAKEUP;
 	__u64 avail = bpf_ringbuf_query(&sluice_events, BPF_RB_AVAIL_DATA);
 	if (verdict == VERDICT_DENIED ||
-	    (avail >= EVENT_WAKEUP_BYTES && avail < EVENT_WAKEUP_BYTES + EVENT_RECORD_BYTES))
+	    (avail >= EVENT_WAKEUP_BYTES && avail < EVENT_WAKEUP_BYTES + EVENT_RECORD_BYTES) ||
+	    (avail <= EVENT_PARKED_WAKE_BYTES && reader_parked()))
 		flags = BPF_RB_FORCE_WAKEUP;
 	bpf_ringbuf_submit(e, flags);
 }

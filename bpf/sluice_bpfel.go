@@ -165,6 +165,7 @@ const (
 	SluiceMapSluiceOrigins       = "sluice_origins"
 	SluiceMapSluicePeers         = "sluice_peers"
 	SluiceMapSluicePorts         = "sluice_ports"
+	SluiceMapSluiceReader        = "sluice_reader"
 	SluiceMapSluiceSelected      = "sluice_selected"
 	SluiceMapSluiceSettings      = "sluice_settings"
 	SluiceProgSluiceConnect4     = "sluice_connect4"
@@ -267,6 +268,7 @@ type SluiceMapSpecs struct {
 	SluiceOrigins      *ebpf.MapSpec `ebpf:"sluice_origins"`
 	SluicePeers        *ebpf.MapSpec `ebpf:"sluice_peers"`
 	SluicePorts        *ebpf.MapSpec `ebpf:"sluice_ports"`
+	SluiceReader       *ebpf.MapSpec `ebpf:"sluice_reader"`
 	SluiceSelected     *ebpf.MapSpec `ebpf:"sluice_selected"`
 	SluiceSettings     *ebpf.MapSpec `ebpf:"sluice_settings"`
 }
@@ -325,6 +327,7 @@ type SluiceMaps struct {
 	SluiceOrigins      *ebpf.Map `ebpf:"sluice_origins"`
 	SluicePeers        *ebpf.Map `ebpf:"sluice_peers"`
 	SluicePorts        *ebpf.Map `ebpf:"sluice_ports"`
+	SluiceReader       *ebpf.Map `ebpf:"sluice_reader"`
 	SluiceSelected     *ebpf.Map `ebpf:"sluice_selected"`
 	SluiceSettings     *ebpf.Map `ebpf:"sluice_settings"`
 }
@@ -345,6 +348,7 @@ func (m *SluiceMaps) Close() error {
 		m.SluiceOrigins,
 		m.SluicePeers,
 		m.SluicePorts,
+		m.SluiceReader,
 		m.SluiceSelected,
 		m.SluiceSettings,
 	)

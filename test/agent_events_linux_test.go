@@ -106,3 +106,49 @@ func TestAgentEventTimeIsTheConnects(t *testing.T) {
 			ev.Time.Format(time.StampMicro), started.Format(time.StampMicro), returned.Format(time.StampMicro), seen.Sub(returned))
 	}
 }
+
+// An idle agent does not look at the ring buffer every EventWait: a look
+// that finds nothing parks the reader, and the next event, which lands in
+// an empty ring, wakes it at once, each time the agent falls idle. A
+// parked reader looks only every 30 EventWaits (a minute here), so an
+// event seen within a second was a wake-up, and one seen after the
+// reader's next look (2 s here) would mean it never parked. Close ends a
+// parked reader's wait.
+func TestAgentParkedReaderIsWokenByTheNextEvent(t *testing.T) {
+	e := newAgentEnv(t)
+	e.opts.EventWait = 2 * time.Second
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.AddrPortFrom(e.tp.Hosts[1].IP4, 9999) // a port not intercepted
+	for i := range 2 {
+		time.Sleep(2500 * time.Millisecond) // a look found nothing: parked
+		r := e.client(dst, clientOpts{host: 0, inCgroup: true})
+		returned := time.Now()
+		if r.Data != "direct "+dst.String() {
+			t.Fatalf("client %+v, want it to reach %v directly", r, dst)
+		}
+		ev, found := e.waitEventFor(5*time.Second, func(x agent.Event) bool { return x.PID == r.PID })
+		after := time.Since(returned)
+		switch {
+		case !found:
+			t.Fatalf("idle %d: no event of the direct connect to %v within 5 s: the parked reader was not woken", i, dst)
+		case ev.Verdict != agent.Direct || ev.Dst != dst:
+			t.Fatalf("idle %d: event %+v, want a direct connect to %v", i, ev, dst)
+		case after > time.Second:
+			t.Errorf("idle %d: event seen %v after the connect, want under a second (a parked reader woken by it)", i, after)
+		}
+		t.Logf("idle %d: event seen %v after the connect", i, after)
+	}
+	// Close reads what is left and stops the reader at once, parked or
+	// not: it does not wait for a parked reader's next look.
+	time.Sleep(2500 * time.Millisecond)
+	start := time.Now()
+	if err := e.ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Close of an agent with a parked reader took %v, want it to end the reader's wait", d)
+	}
+}
