@@ -146,6 +146,16 @@ type Counts struct {
 	// Decisions counts records and events by decision ("allow", "deny",
 	// "would_deny", "error", and the agent's connect decisions).
 	Decisions map[string]int64 `json:"decisions,omitempty"`
+	// tally is the table's own count of decisions, made Decisions by a
+	// Snapshot (clone): a run of one decision costs a look along a few
+	// entries, not two map updates an event.
+	tally []decisionCount
+}
+
+// decisionCount is one decision's count in a table's Counts.
+type decisionCount struct {
+	decision string
+	n        int64
 }
 
 const maxDecisionKeys = 16
@@ -157,27 +167,47 @@ func (c *Counts) add(d obs) {
 	c.BytesIn += d.bytesIn
 	c.BytesOut += d.bytesOut
 	if d.decision != "" {
-		if c.Decisions == nil {
-			c.Decisions = make(map[string]int64, 4)
-		}
-		k := d.decision
-		if len(c.Decisions) >= maxDecisionKeys {
-			if _, ok := c.Decisions[k]; !ok {
-				k = "other"
-			}
-		}
-		c.Decisions[k]++ // one look-up while the keys are below the bound
+		c.count(d.decision)
 	}
 }
 
-func (c Counts) clone() Counts {
-	if c.Decisions != nil {
-		m := make(map[string]int64, len(c.Decisions))
-		for k, v := range c.Decisions {
-			m[k] = v
-		}
-		c.Decisions = m
+// count adds one to decision's tally; past maxDecisionKeys decisions, a
+// new one counts as "other".
+func (c *Counts) count(decision string) {
+	if i := c.find(decision); i >= 0 {
+		c.tally[i].n++
+		return
 	}
+	if len(c.tally) >= maxDecisionKeys {
+		decision = "other"
+		if i := c.find(decision); i >= 0 {
+			c.tally[i].n++
+			return
+		}
+	}
+	c.tally = append(c.tally, decisionCount{decision: decision, n: 1})
+}
+
+// find is the index of decision in the tally, or -1.
+func (c *Counts) find(decision string) int {
+	for i := range c.tally {
+		if c.tally[i].decision == decision {
+			return i
+		}
+	}
+	return -1
+}
+
+// clone is c as a Snapshot shows it: Decisions made from the tally,
+// sharing nothing with the table.
+func (c Counts) clone() Counts {
+	if len(c.tally) != 0 {
+		c.Decisions = make(map[string]int64, len(c.tally))
+		for _, d := range c.tally {
+			c.Decisions[d.decision] = d.n
+		}
+	}
+	c.tally = nil
 	return c
 }
 
@@ -217,6 +247,11 @@ type row struct {
 	// that took it (a port alone is the AddrPort with no address). At
 	// most one entry per destination.
 	byAddr map[netip.AddrPort]*Dest
+	// last is the destination of byAddr found last, for lastAddr: a run
+	// of connect events to one address looks it up once. byAddr never
+	// changes an entry, so it never goes stale.
+	last     *Dest
+	lastAddr destAddr
 	// client is the address r.Client is the text of.
 	client netip.Addr
 }
@@ -284,7 +319,7 @@ func (t *Table) Record(r *audit.Record) {
 	if host == "" {
 		host = r.DNSName // the name the workload resolved to the address
 	}
-	t.observe(t.o.Now(), r.Workload, host, addr, c)
+	t.observe(t.o.Now(), &r.Workload, host, addr, c)
 }
 
 // Connect records one kernel connect event of process pid (comm, cgroup
@@ -298,16 +333,16 @@ func (t *Table) Connect(pid int, comm, cgroup string, dst netip.AddrPort, decisi
 // per event costs as much as the rest of Connect). A time older than
 // what the process's row or the destination last saw leaves theirs.
 func (t *Table) ConnectAt(at time.Time, pid int, comm, cgroup string, dst netip.AddrPort, decision string) {
-	t.connect(at, workload.Identity{PID: pid, Comm: comm, Cgroup: cgroup}, dst, decision)
+	t.connect(at, &workload.Identity{PID: pid, Comm: comm, Cgroup: cgroup}, dst, decision)
 }
 
 // ConnectIdentity is Connect for a caller that has already resolved the
 // workload (container id, pod).
 func (t *Table) ConnectIdentity(id workload.Identity, dst netip.AddrPort, decision string) {
-	t.connect(t.o.Now(), id, dst, decision)
+	t.connect(t.o.Now(), &id, dst, decision)
 }
 
-func (t *Table) connect(at time.Time, id workload.Identity, dst netip.AddrPort, decision string) {
+func (t *Table) connect(at time.Time, id *workload.Identity, dst netip.AddrPort, decision string) {
 	var addr destAddr
 	if dst.IsValid() {
 		addr = destAddr(dst)
@@ -315,7 +350,7 @@ func (t *Table) connect(at time.Time, id workload.Identity, dst netip.AddrPort, 
 	t.observe(at, id, "", addr, obs{connects: 1, decision: decision})
 }
 
-func keyOf(id workload.Identity) key {
+func keyOf(id *workload.Identity) key {
 	if id.PID != 0 {
 		return key{pid: id.PID, cgroup: id.Cgroup}
 	}
@@ -326,7 +361,7 @@ func keyOf(id workload.Identity) key {
 	return key{cgroup: id.Cgroup, who: who}
 }
 
-func (t *Table) observe(now time.Time, id workload.Identity, host string, addr destAddr, c obs) {
+func (t *Table) observe(now time.Time, id *workload.Identity, host string, addr destAddr, c obs) {
 	k := keyOf(id)
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -365,7 +400,7 @@ func (t *Table) observe(now time.Time, id workload.Identity, host string, addr d
 // merge keeps the richest identity seen for the row. The row's
 // Workload is named again only when what names it changed (a process
 // that connects again and again costs no cgroup path parse).
-func (rw *row) merge(id workload.Identity) {
+func (rw *row) merge(id *workload.Identity) {
 	r := &rw.r
 	if id.PID != 0 {
 		r.PID = id.PID
@@ -403,7 +438,11 @@ func (rw *row) dest(host string, a destAddr, max int) *Dest {
 	if host == "" && a != (destAddr{}) {
 		// A connect event for an address a destination already has
 		// (named by a record, or by an earlier event).
+		if rw.last != nil && rw.lastAddr == a {
+			return rw.last
+		}
 		if d, ok := rw.byAddr[netip.AddrPort(a)]; ok {
+			rw.last, rw.lastAddr = d, a
 			return d
 		}
 	}

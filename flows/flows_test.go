@@ -259,6 +259,33 @@ func BenchmarkConnect(b *testing.B) {
 	}
 }
 
+// BenchmarkConnectRun is a process that connects to one address again
+// and again, as the agent's events of a busy client come.
+func BenchmarkConnectRun(b *testing.B) {
+	tb := flows.New(flows.Options{})
+	dst := netip.MustParseAddrPort("198.18.0.9:9")
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		tb.ConnectAt(now, 7, "worker", "/sluice-run-1234", dst, "direct")
+	}
+}
+
+// A row counts 16 decisions by name; more fold into "other", and a
+// decision it already counts keeps its own count.
+func TestDecisionsFoldIntoOther(t *testing.T) {
+	tb := flows.New(flows.Options{})
+	dst := netip.MustParseAddrPort("192.0.2.1:443")
+	for i := range 20 {
+		tb.Connect(7, "worker", "/run", dst, fmt.Sprintf("d%02d", i))
+	}
+	tb.Connect(7, "worker", "/run", dst, "d00")
+	got := tb.Snapshot().Rows[0].Decisions
+	if len(got) != 17 || got["d00"] != 2 || got["d15"] != 1 || got["d16"] != 0 || got["other"] != 4 {
+		t.Errorf("decisions %v, want d00..d15 (d00 twice) and other 4", got)
+	}
+}
+
 // Connect events to more addresses than MaxDests fold into "other", and
 // an address two hosts share counts its connects under the first host
 // that named it.
