@@ -35,6 +35,11 @@ const (
 // each with its own routes and rules.
 const GuardTable = 0x51ce
 
+// oneShot is a netlink handle that opens a socket per request, as the
+// netlink package's own functions do: for the setup and the removal,
+// which ask a few times in an agent's life.
+func oneShot() *netlink.Handle { return &netlink.Handle{} }
+
 // interceptAddrs are the verified-local intercept addresses.
 type interceptAddrs struct {
 	v4, v6 netip.Addr // v6 invalid when IPv6 is off or not configured
@@ -115,7 +120,7 @@ func (ia *interceptAddrs) guard(a netip.Addr, owned bool) error {
 // table's (someone moved the local rule) is replaced: ahead of it, it
 // would make the address unreachable while it is on the node.
 func (ia *interceptAddrs) guardRule(a netip.Addr) error {
-	pref, rs, err := guardRules(a)
+	pref, rs, err := guardRules(oneShot(), a)
 	if err != nil {
 		return err
 	}
@@ -142,8 +147,8 @@ func (ia *interceptAddrs) guardRule(a netip.Addr) error {
 
 // guardRules returns the priority of the first rule that looks up the
 // local table (0 unless someone moved it) and the agent's rules for a.
-func guardRules(a netip.Addr) (localPref int, ours []netlink.Rule, err error) {
-	rs, err := netlink.RuleList(family(a))
+func guardRules(h *netlink.Handle, a netip.Addr) (localPref int, ours []netlink.Rule, err error) {
+	rs, err := h.RuleList(family(a))
 	if err != nil {
 		return 0, nil, fmt.Errorf("list rules for intercept address %s: %w", a, err)
 	}
@@ -349,7 +354,7 @@ func removeIntercept(v4, v6 netip.Addr) error {
 		if !a.IsValid() {
 			continue
 		}
-		if _, rules, err := guardRules(a); err != nil {
+		if _, rules, err := guardRules(oneShot(), a); err != nil {
 			errs = append(errs, err)
 		} else {
 			for i := range rules {
@@ -359,7 +364,7 @@ func removeIntercept(v4, v6 netip.Addr) error {
 			}
 		}
 		for _, table := range []int{GuardTable, unix.RT_TABLE_MAIN} {
-			rs, err := guardRoutes(a, table)
+			rs, err := guardRoutes(oneShot(), a, table)
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -389,9 +394,9 @@ func removeIntercept(v4, v6 netip.Addr) error {
 
 // guardRoutes lists the agents' unreachable routes for a in table (those
 // with a guard protocol; anything else there is not ours).
-func guardRoutes(a netip.Addr, table int) ([]netlink.Route, error) {
+func guardRoutes(h *netlink.Handle, a netip.Addr, table int) ([]netlink.Route, error) {
 	f := netlink.Route{Dst: hostNet(a), Table: table}
-	rs, err := netlink.RouteListFiltered(family(a), &f, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	rs, err := h.RouteListFiltered(family(a), &f, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return nil, fmt.Errorf("list routes for %s in table %d: %w", a, table, err)
 	}
