@@ -81,19 +81,9 @@ func goroutineState(fn string) string {
 // its event at its next look (EventWait, 1.5 s here), and the event still
 // carries a time between the client's start and its return.
 func TestAgentEventTimeIsTheConnects(t *testing.T) {
-	e := newAgentEnv(t)
-	e.opts.EventWait = 1500 * time.Millisecond
-	e.start()
-	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
-		t.Fatal(err)
-	}
-	dst := netip.AddrPortFrom(e.tp.Hosts[1].IP4, 9999) // a port not intercepted
+	e, dst := newDirectEventEnv(t, 1500 * time.Millisecond)
 	started := time.Now()
-	r := e.client(dst, clientOpts{host: 0, inCgroup: true})
-	returned := time.Now()
-	if r.Data != "direct "+dst.String() {
-		t.Fatalf("client %+v, want it to reach %v directly", r, dst)
-	}
+	r, returned := e.directClient(dst)
 	ev, found := e.waitEventFor(3*time.Second, func(x agent.Event) bool { return x.PID == r.PID })
 	seen := time.Now()
 	if !found || ev.Verdict != agent.Direct || ev.Dst != dst {
@@ -115,20 +105,10 @@ func TestAgentEventTimeIsTheConnects(t *testing.T) {
 // reader's next look (2 s here) would mean it never parked. Close ends a
 // parked reader's wait.
 func TestAgentParkedReaderIsWokenByTheNextEvent(t *testing.T) {
-	e := newAgentEnv(t)
-	e.opts.EventWait = 2 * time.Second
-	e.start()
-	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
-		t.Fatal(err)
-	}
-	dst := netip.AddrPortFrom(e.tp.Hosts[1].IP4, 9999) // a port not intercepted
+	e, dst := newDirectEventEnv(t, 2 * time.Second)
 	for i := range 2 {
 		time.Sleep(2500 * time.Millisecond) // a look found nothing: parked
-		r := e.client(dst, clientOpts{host: 0, inCgroup: true})
-		returned := time.Now()
-		if r.Data != "direct "+dst.String() {
-			t.Fatalf("client %+v, want it to reach %v directly", r, dst)
-		}
+		r, returned := e.directClient(dst)
 		ev, found := e.waitEventFor(5*time.Second, func(x agent.Event) bool { return x.PID == r.PID })
 		after := time.Since(returned)
 		switch {
@@ -151,4 +131,31 @@ func TestAgentParkedReaderIsWokenByTheNextEvent(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("Close of an agent with a parked reader took %v, want it to end the reader's wait", d)
 	}
+}
+
+// directClient connects from the test's cgroup to dst, a port not
+// intercepted, and fails the test unless the client reached it
+// directly; it returns the client's result and when it returned.
+func (e *agentEnv) directClient(dst netip.AddrPort) (clientResult, time.Time) {
+	e.t.Helper()
+	r := e.client(dst, clientOpts{host: 0, inCgroup: true})
+	returned := time.Now()
+	if r.Data != "direct "+dst.String() {
+		e.t.Fatalf("client %+v, want it to reach %v directly", r, dst)
+	}
+	return r, returned
+}
+
+// newDirectEventEnv starts an agent that intercepts the test's cgroup
+// and looks at the ring every wait while events come. dst is a port of a
+// test host that is not intercepted: a connect there is sent direct, an
+// event that does not wake the reader.
+func newDirectEventEnv(t *testing.T, wait time.Duration) (*agentEnv, netip.AddrPort) {
+	e := newAgentEnv(t)
+	e.opts.EventWait = wait
+	e.start()
+	if err := e.ag.SelectCgroup(e.cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	return e, netip.AddrPortFrom(e.tp.Hosts[1].IP4, 9999)
 }
