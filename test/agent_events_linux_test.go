@@ -81,7 +81,7 @@ func goroutineState(fn string) string {
 // its event at its next look (EventWait, 1.5 s here), and the event still
 // carries a time between the client's start and its return.
 func TestAgentEventTimeIsTheConnects(t *testing.T) {
-	e, dst := newDirectEventEnv(t, 1500 * time.Millisecond)
+	e, dst := newDirectEventEnv(t, 1500*time.Millisecond)
 	started := time.Now()
 	r, returned := e.directClient(dst)
 	ev, found := e.waitEventFor(3*time.Second, func(x agent.Event) bool { return x.PID == r.PID })
@@ -105,7 +105,7 @@ func TestAgentEventTimeIsTheConnects(t *testing.T) {
 // reader's next look (2 s here) would mean it never parked. Close ends a
 // parked reader's wait.
 func TestAgentParkedReaderIsWokenByTheNextEvent(t *testing.T) {
-	e, dst := newDirectEventEnv(t, 2 * time.Second)
+	e, dst := newDirectEventEnv(t, 2*time.Second)
 	for i := range 2 {
 		time.Sleep(2500 * time.Millisecond) // a look found nothing: parked
 		r, returned := e.directClient(dst)
