@@ -215,8 +215,8 @@ type Options struct {
 	// EventWait is how often the event reader looks at the ring buffer,
 	// while events come, for the events that don't wake it (a denial or
 	// a quarter-full ring does); 0 means 32ms. A look that finds none
-	// parks the reader until the next event wakes it. Close may wait for
-	// one such look.
+	// parks the reader until the next event wakes it (or 30 EventWaits
+	// pass).
 	EventWait time.Duration
 	// DNS, when set, is served on agent.dnsPort (UDP and TCP) on the
 	// intercept addresses, and the hooks steer selected workloads' DNS

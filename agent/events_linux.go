@@ -43,12 +43,12 @@ var verdicts = [...]Verdict{
 	bpf.SluiceVerdictVERDICT_DIRECT:     Direct,
 }
 
-// eventBatchWait is the longest an event waits in the ring buffer
-// (Options.EventWait, by default): the programs wake the reader only for a
-// denial or a batch (sluice.c EVENT_WAKEUP_BYTES), so the reader also
-// looks this often: 31 looks a second when no event comes. An event
-// carries the kernel's time of its connect, so the wait delays its
-// record, not its Time. Each look costs the reader far more than its
+// eventBatchWait is the longest an event waits in the ring buffer while
+// events come (Options.EventWait, by default): the programs wake a
+// reader that is not parked only for a denial or a batch (sluice.c
+// EVENT_WAKEUP_BYTES), so it looks this often until a look finds
+// nothing. An event carries the kernel's time of its connect, so the
+// wait delays its record, not its Time. Each look costs the reader far more than its
 // events (BenchmarkConnectHook, 25,000 unredirected connects a second,
 // 5 alternated rounds: 2.9-3.5 µs of CPU per event with looks every
 // 8 ms, 2.3-2.5 every 32 ms; 64 ms was no better): the runtime's

@@ -18,7 +18,7 @@ func (e Event) Identity() workload.Identity {
 }
 
 // image is the process image the event came from.
-func (e *Event) image() procImage {
+func (e Event) image() procImage {
 	return procImage{pid: e.PID, startTime: e.startTime, execID: e.execID}
 }
 
@@ -45,9 +45,10 @@ func (m *identityMemo) identity(a *Agent, ev *Event) *workload.Identity {
 		return m.id
 	}
 	id := processIdentity(context.Background(), a.opts.Metadata, a.exes, img, ev.UID, ev.Comm, ev.Cgroup)
-	*m = identityMemo{}
 	if img.cacheable() {
 		*m = identityMemo{img: img, uid: ev.UID, comm: ev.Comm, cgroup: ev.Cgroup, id: &id}
+	} else {
+		*m = identityMemo{}
 	}
 	return &id
 }
