@@ -99,6 +99,15 @@ func (r *Record) appendJSON(dst []byte, c *lineCache) []byte {
 		}
 		dst = append(dst, `",`...)
 	}
+	if c != nil && r.Kind == KindConnect {
+		return c.conn.appendBody(dst, r, c)
+	}
+	return r.appendBody(dst, c)
+}
+
+// appendBody appends the line after its time: from "level" to the
+// newline.
+func (r *Record) appendBody(dst []byte, c *lineCache) []byte {
 	dst = append(dst, `"level":"INFO","msg":"`+MsgAudit+`"`...)
 	dst = appendStringField(dst, `,"`+KeyKind+`":`, r.Kind)
 	dst = appendClient(dst, r.Workload.Client)

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"net/netip"
 	"reflect"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -13,8 +14,71 @@ import (
 // lineCache keeps the parts of a JSONLog's lines that recent lines
 // share. The bytes it serves are those AppendJSON writes.
 type lineCache struct {
-	wl workloadCache
-	tm timeCache
+	wl   workloadCache
+	tm   timeCache
+	conn connectCache
+}
+
+// connectCache keeps the line of the kernel connect record (KindConnect)
+// written last, after its time. The agent's events come in runs of one
+// process connecting to one destination, whose records differ in their
+// time alone: such a record's line is its time and the kept bytes, not
+// some forty fields tested and encoded again. A record is served them
+// only when every field but Time equals the kept record's
+// (sameButTime), and a record with a list or a map is never kept. Safe
+// for concurrent use (mu); connect records come from the agent's event
+// goroutine.
+type connectCache struct {
+	mu   sync.Mutex
+	ok   bool   // rec and body are a record and its line
+	rec  Record // Time zero
+	body []byte // appendBody's bytes for rec
+}
+
+// appendBody appends r's line after its time, from the kept bytes when
+// r is the kept record but for its time, else encoded (and kept).
+func (cc *connectCache) appendBody(dst []byte, r *Record, c *lineCache) []byte {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.ok && sameButTime(&cc.rec, r) {
+		return append(dst, cc.body...)
+	}
+	start := len(dst)
+	dst = r.appendBody(dst, c)
+	cc.ok = flat(r)
+	if cc.ok {
+		cc.rec = *r
+		cc.rec.Time = time.Time{}
+		cc.body = append(cc.body[:0], dst[start:]...)
+	}
+	return dst
+}
+
+// flat reports whether r has no list or map field set (sameButTime
+// compares the others).
+func flat(r *Record) bool {
+	return len(r.Workload.Labels) == 0 && len(r.MCPHidden) == 0 && len(r.MCPServerMethods) == 0 &&
+		len(r.MCPToolFields) == 0 && len(r.TokenAudience) == 0 && len(r.Detectors) == 0 &&
+		len(r.Credentials) == 0 && len(r.Header) == 0 && len(r.Answers) == 0
+}
+
+// sameButTime reports whether flat records a and b are equal in every
+// field but Time (and so make the same line after it).
+// TestConnectCacheNeverStale fails when a field of Record is missing
+// here.
+func sameButTime(a, b *Record) bool {
+	return flat(b) && a.Kind == b.Kind && a.Workload.Client == b.Workload.Client && sameWorkload(&a.Workload, &b.Workload) &&
+		a.Host == b.Host && a.DstIP == b.DstIP && a.Port == b.Port && a.SNI == b.SNI && a.TLS == b.TLS && a.ALPN == b.ALPN &&
+		a.Proto == b.Proto && a.Method == b.Method && a.Path == b.Path && a.Status == b.Status && a.Source == b.Source &&
+		a.BytesIn == b.BytesIn && a.BytesOut == b.BytesOut && a.Duration == b.Duration && a.UpstreamDuration == b.UpstreamDuration &&
+		a.Decision == b.Decision && a.Rule == b.Rule && a.Reason == b.Reason && a.Error == b.Error && a.End == b.End &&
+		a.PolicyDecision == b.PolicyDecision && a.PolicyRule == b.PolicyRule && a.PolicyReason == b.PolicyReason &&
+		a.GRPCStatus == b.GRPCStatus && a.GRPCMessage == b.GRPCMessage &&
+		a.MCPMethod == b.MCPMethod && a.MCPTool == b.MCPTool && a.MCPResource == b.MCPResource && a.MCPPrompt == b.MCPPrompt &&
+		a.MCPID == b.MCPID && a.MCPSession == b.MCPSession && a.MCPProtocol == b.MCPProtocol && a.MCPErrorCode == b.MCPErrorCode &&
+		a.MCPToolHash == b.MCPToolHash && a.MCPToolPrevHash == b.MCPToolPrevHash &&
+		a.RequestBody == b.RequestBody && a.ResponseBody == b.ResponseBody && a.UpstreamAddr == b.UpstreamAddr && a.Cache == b.Cache &&
+		a.DNSName == b.DNSName && a.QType == b.QType && a.Rcode == b.Rcode
 }
 
 // workloadCache keeps, for the workloads seen last, the part of the

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"testing"
 	"time"
 
@@ -219,5 +220,76 @@ func TestTimeCache(t *testing.T) {
 		if got != want {
 			t.Fatalf("%v: got %s, want %s", tm, got, want)
 		}
+	}
+}
+
+// connectRecord is a kernel connect record as the node writes one.
+func connectRecord() Record {
+	return Record{
+		Time: time.Date(2026, 12, 1, 2, 0, 0, 5000, time.UTC), Kind: KindConnect,
+		Workload: workload.Identity{PID: 42, UID: 1000, Comm: "connect-loop", Exe: "/usr/bin/loop", Cgroup: "/sluice-run-1"},
+		DstIP:    netip.MustParseAddr("198.18.0.9"), Port: 9, Decision: DecisionAllow, Reason: "not a TCP stream socket",
+	}
+}
+
+// TestConnectCacheNeverStale: a connect record that differs from the
+// kept one in any field, set to fullRecord's value one field at a time
+// (every field of Record, found by reflection), gets its own line, in
+// every order through one cache; only the time may differ for the kept
+// bytes to be served.
+func TestConnectCacheNeverStale(t *testing.T) {
+	full := reflect.ValueOf(fullRecord())
+	variants := []Record{connectRecord()}
+	for i := range full.NumField() {
+		r := connectRecord()
+		f := reflect.ValueOf(&r).Elem().Field(i)
+		if name := full.Type().Field(i).Name; name == "Kind" || name == "Time" {
+			continue // another kind is not kept; the time is the line's own
+		}
+		f.Set(full.Field(i))
+		variants = append(variants, r)
+	}
+	w := connectRecord().Workload
+	for _, change := range []func(*workload.Identity){
+		func(w *workload.Identity) { w.PID++ },
+		func(w *workload.Identity) { w.Client = netip.MustParseAddrPort("10.0.0.5:40001") },
+		func(w *workload.Identity) { w.Exe = "/tmp/evil" },
+	} {
+		r := connectRecord()
+		r.Workload = w
+		change(&r.Workload)
+		variants = append(variants, r)
+	}
+	var c lineCache
+	for i, a := range variants {
+		for j, b := range variants {
+			for k, r := range []Record{a, b, a, b} {
+				r.Time = r.Time.Add(time.Duration(k) * time.Millisecond)
+				got, want := string(r.appendJSON(nil, &c)), string(r.AppendJSON(nil))
+				if got != want {
+					t.Fatalf("variants %d, %d (step %d):\n got %s\nwant %s", i, j, k, got, want)
+				}
+			}
+		}
+	}
+}
+
+// TestConnectCacheHit: a run of connect records that differ in their
+// time writes the kept bytes, with no allocation.
+func TestConnectCacheHit(t *testing.T) {
+	var c lineCache
+	r := connectRecord()
+	buf := r.appendJSON(nil, &c)
+	if !c.conn.ok {
+		t.Fatal("a flat connect record was not kept")
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		r.Time = r.Time.Add(time.Microsecond)
+		buf = r.appendJSON(buf[:0], &c)
+	}); n != 0 {
+		t.Errorf("a kept connect record allocates %v times", n)
+	}
+	if got, want := string(buf), string(r.AppendJSON(nil)); got != want {
+		t.Errorf("got %s\nwant %s", got, want)
 	}
 }
