@@ -48,11 +48,11 @@ var verdicts = [...]Verdict{
 // reader that is not parked only for a denial or a batch (sluice.c
 // EVENT_WAKEUP_BYTES), so it looks this often until a look finds
 // nothing. An event carries the kernel's time of its connect, so the
-// wait delays its record, not its Time. Each look costs the reader far more than its
-// events (BenchmarkConnectHook, 25,000 unredirected connects a second,
-// 5 alternated rounds: 2.9-3.5 µs of CPU per event with looks every
-// 8 ms, 2.3-2.5 every 32 ms; 64 ms was no better): the runtime's
-// wake-up, and caches the workload cooled in between.
+// wait delays its record, not its Time. Each look costs the reader far
+// more than its events (BenchmarkConnectHook, 25,000 unredirected
+// connects a second, 5 alternated rounds: 2.9-3.5 µs of CPU per event
+// with looks every 8 ms, 2.3-2.5 every 32 ms; 64 ms was no better): the
+// runtime's wake-up, and caches the workload cooled in between.
 const eventBatchWait = 32 * time.Millisecond
 
 // parkedLooks is how many times less often a parked reader looks at the
@@ -274,9 +274,7 @@ func (m commNames) name(c [16]int8) string {
 // wallMinusMonotonic is the wall clock minus CLOCK_MONOTONIC (the clock
 // of bpf_ktime_get_ns), in ns.
 func wallMinusMonotonic() int64 {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return time.Now().UnixNano() - ts.Nano()
+	return time.Now().UnixNano() - int64(monotonicNow())
 }
 
 // event is the Event of e; wall is the wall clock minus CLOCK_MONOTONIC

@@ -90,57 +90,49 @@ func TestAgentOriginSlots(t *testing.T) {
 		return
 	}
 	n := int(slots.MaxEntries())
-	// fallbacks is how many connects found no free slot so far.
-	fallbacks := func() uint64 { return e.ag.MapErrors()["sluice_origin_slots"] }
+	// expect checks that, once the connections closed, none of their
+	// slots is held, wantFakes fakes are left, and wantFallbacks connects
+	// so far found no free slot (the map_error site sluice_origin_slots).
+	expect := func(t *testing.T, wantFakes int, wantFallbacks uint64) {
+		t.Helper()
+		if ours, fakes := held(t); ours != 0 || fakes != wantFakes {
+			t.Errorf("after the connections closed %d slots held and %d fakes left, want 0 and %d", ours, fakes, wantFakes)
+		}
+		if f := e.ag.MapErrors()["sluice_origin_slots"]; f != wantFallbacks {
+			t.Errorf("%d connects found no free slot, want %d", f, wantFallbacks)
+		}
+	}
+	setClock := func(t *testing.T, tick uint64) {
+		t.Helper()
+		if err := clock.Put(uint32(0), tick); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	t.Run("free slots", func(t *testing.T) {
 		connect(t, v4)
 		connect(t, v6)
-		if ours, fakes := held(t); ours != 0 || fakes != 0 {
-			t.Errorf("after the connections closed %d slots held, %d fakes; want none", ours, fakes)
-		}
-		if f := fallbacks(); f != 0 {
-			t.Errorf("%d connects found no free slot, want 0", f)
-		}
+		expect(t, 0, 0)
 	})
 	t.Run("stale claims taken back", func(t *testing.T) {
 		fill(t, false)
-		if err := clock.Put(uint32(0), uint64(7)); err != nil {
-			t.Fatal(err)
-		}
+		setClock(t, 7)
 		connect(t, v4)
 		connect(t, v6)
 		// Each connect took a fake's slot and freed it at its close.
-		if ours, fakes := held(t); ours != 0 || fakes != n-2 {
-			t.Errorf("%d slots held and %d fakes left, want 0 and %d", ours, fakes, n-2)
-		}
-		if f := fallbacks(); f != 0 {
-			t.Errorf("%d connects found no free slot, want 0", f)
-		}
+		expect(t, n-2, 0)
 	})
 	t.Run("recent claims kept", func(t *testing.T) {
 		fill(t, false)
-		if err := clock.Put(uint32(0), uint64(6)); err != nil {
-			t.Fatal(err)
-		}
+		setClock(t, 6)
 		connect(t, v4)
-		if ours, fakes := held(t); ours != 0 || fakes != n {
-			t.Errorf("%d slots held and %d fakes left, want 0 and %d: a claim 5 minutes old was taken", ours, fakes, n)
-		}
-		if f := fallbacks(); f != 1 {
-			t.Errorf("%d connects found no free slot, want 1", f)
-		}
+		expect(t, n, 1) // a claim 5 minutes old is kept
 	})
 	t.Run("every slot held", func(t *testing.T) {
 		fill(t, true)
 		connect(t, v4)
 		connect(t, v6)
-		if ours, fakes := held(t); ours != 0 || fakes != n {
-			t.Errorf("%d slots held and %d fakes left, want 0 and %d", ours, fakes, n)
-		}
-		if f := fallbacks(); f != 3 {
-			t.Errorf("%d connects found no free slot, want 3", f)
-		}
+		expect(t, n, 3)
 	})
 	// The connects that found no free slot kept their origins in
 	// sluice_origins, whose updates did not fail.
