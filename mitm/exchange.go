@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -69,8 +70,8 @@ type Exchange struct {
 
 	// rec is what Record points to, allocated with x: one allocation per
 	// request instead of two. Nothing may keep Record past the request
-	// (audit.Sink says so; the MCP session keeps a copy), else it would
-	// keep x and all x holds.
+	// (audit.Sink says so; the MCP session keeps a copy): x is cleared
+	// and serves a later request (recycle).
 	rec audit.Record
 }
 
@@ -101,7 +102,8 @@ var answered = &Answer{}
 func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.requests.Add(1)
 	now := time.Now()
-	x := &Exchange{f: f, w: w, Req: r, start: now}
+	x := exchanges.Get().(*Exchange)
+	x.f, x.w, x.Req, x.start = f, w, r, now
 	rec := &x.rec
 	f.startRecord(rec, audit.KindHTTP, now)
 	x.Record = rec
@@ -132,6 +134,38 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	x.forward()
+	x.recycle()
+}
+
+// exchanges keeps cleared Exchanges for the next requests. An Exchange
+// is some 2 KiB, most of what a request allocates: a new one each time
+// is memory the CPU's cache has not held since the last collection, and
+// with many connections that cost more than clearing one that the last
+// request left warm (bench-peers h1/c256: 5-9% less CPU per request).
+var exchanges = sync.Pool{New: func() any { return new(Exchange) }}
+
+// recycle clears x and keeps it for another request when nothing can
+// reach it once ServeHTTP returns (reusable).
+func (x *Exchange) recycle() {
+	if !x.reusable() {
+		return
+	}
+	*x = Exchange{}
+	exchanges.Put(x)
+}
+
+// reusable reports whether x is done with: finish ran (and emitted the
+// record: one held for an MCP session's stream keeps x, x.mcp), the
+// request went out on this goroutine (x.h1req: no Transport goroutine,
+// response header timer or cancel func of x's outlives forward, and
+// h1Syncable sends no upgrade, whose relay would keep x), with no body
+// (another goroutine may be reading it) and no stage state that may
+// outlive the handler: body wrappers, OnFinish hooks, content findings,
+// a cache fill, a balanced group's choice. Anything else is left to the
+// collector.
+func (x *Exchange) reusable() bool {
+	return x.finished && x.h1req.r != nil && x.body == nil && x.wraps == nil &&
+		x.onFinish == nil && x.found == nil && x.mcp == nil && x.cache == nil && x.bal == nil
 }
 
 // growStack grows the stack of the goroutine the HTTP/2 server starts

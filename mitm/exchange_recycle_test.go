@@ -1,0 +1,107 @@
+package mitm
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/audit"
+)
+
+// An Exchange is reused only when nothing can reach it after its
+// request: each state below keeps a reference that may outlive the
+// handler (another goroutine, a held record, a stage's later work).
+func TestExchangeReusable(t *testing.T) {
+	sent := func() *Exchange {
+		x := &Exchange{finished: true}
+		x.h1req.r = &http.Request{}
+		return x
+	}
+	for _, tc := range []struct {
+		name string
+		set  func(x *Exchange)
+		want bool
+	}{
+		{"sent on the handler's goroutine, no body, record emitted", func(*Exchange) {}, true},
+		{"record not emitted (held for an MCP session's stream, or a panic)", func(x *Exchange) { x.finished = false }, false},
+		{"sent through the pool's Transport", func(x *Exchange) { x.h1req.r = nil }, false},
+		{"a request body", func(x *Exchange) { x.body = &countingBody{} }, false},
+		{"a body wrapper", func(x *Exchange) { x.WrapBody(func(rc io.ReadCloser) io.ReadCloser { return rc }) }, false},
+		{"an OnFinish hook", func(x *Exchange) { x.OnFinish(func() {}) }, false},
+		{"content findings", func(x *Exchange) { x.found = &findings{} }, false},
+		{"an MCP request", func(x *Exchange) { x.mcp = &mcpRequest{} }, false},
+		{"a cache lookup", func(x *Exchange) { x.cache = &cacheLookup{} }, false},
+		{"an upstream group's choice", func(x *Exchange) { x.bal = &balanced{} }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := sent()
+			tc.set(x)
+			if got := x.reusable(); got != tc.want {
+				t.Fatalf("reusable = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// A request served with a reused Exchange records nothing of the one
+// before: here the record before ends with the client's leaving
+// mid-response (End), which a request that completes never sets, and
+// the next request's record, made from the same Exchange, must not say
+// so.
+func TestRecycledExchangeCarriesNothingOver(t *testing.T) {
+	// One P: the pool hands the next request the Exchange the last one
+	// put back.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	tca := newTestCA(t, "upstream test CA")
+	chunk := strings.Repeat("x", 16<<10)
+	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/long/") {
+			_, _ = io.WriteString(w, "fine")
+			return
+		}
+		// Far more than the sockets buffer, slowly: the client leaves
+		// before the end, the proxy's writes to it fail.
+		w.Header().Set("Content-Length", strconv.Itoa(200*len(chunk)))
+		for range 200 {
+			if _, err := io.WriteString(w, chunk); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			time.Sleep(5 * time.Millisecond)
+		}
+	}))
+	h := newHarness(t, tca, nil)
+	for i := range 3 {
+		long := fmt.Sprintf("/long/%d", i)
+		// Both tunnels first: a CONNECT is a request too, served with an
+		// Exchange from the pool (and answered, never recycled).
+		c := connectTLS(t, h, "api.test", up.addr.Port())
+		c2 := connectTLS(t, h, "api.test", up.addr.Port())
+		if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: api.test\r\n\r\n", long); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1000)); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		left := h.recs.wait(t, "the long response", func(r audit.Record) bool { return r.Path == long })
+		if left.End != audit.EndClientClosed {
+			t.Fatalf("%s: record end %q error %q, want %q", long, left.End, left.Error, audit.EndClientClosed)
+		}
+		path := fmt.Sprintf("/next-%d", i)
+		resp, body := rawRequest(t, c2, "GET "+path+" HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+		c2.Close()
+		if resp.StatusCode != 200 || body != "fine" {
+			t.Fatalf("next request: status %d body %q", resp.StatusCode, body)
+		}
+		next := h.recs.wait(t, "the next request", func(r audit.Record) bool { return r.Path == path })
+		if next.End != "" || next.Error != "" || next.Decision != audit.DecisionAllow || next.BytesOut != int64(len("fine")) {
+			t.Fatalf("next request's record: end %q error %q decision %q bytes out %d, want no end, no error, allow, 4 bytes", next.End, next.Error, next.Decision, next.BytesOut)
+		}
+	}
+}
