@@ -162,7 +162,10 @@ func (x *Exchange) recycle() {
 // (another goroutine may be reading it) and no stage state that may
 // outlive the handler: body wrappers, OnFinish hooks, content findings,
 // a cache fill, a balanced group's choice. Anything else is left to the
-// collector.
+// collector. Nor may anything point into x once ServeHTTP returns: an
+// HTTP/1.1 response's head may go out after it (h1Fast), so its header
+// values must not be slices of x (an h1Response kept in x was tried:
+// TestRecycledExchangeCarriesNothingOver saw an empty Content-Length).
 func (x *Exchange) reusable() bool {
 	return x.finished && x.h1req.r != nil && x.body == nil && x.wraps == nil &&
 		x.onFinish == nil && x.found == nil && x.mcp == nil && x.cache == nil && x.bal == nil
