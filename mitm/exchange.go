@@ -138,10 +138,12 @@ func (f *flow) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // exchanges keeps cleared Exchanges for the next requests. An Exchange
-// is some 2 KiB, most of what a request allocates: a new one each time
-// is memory the CPU's cache has not held since the last collection, and
-// with many connections that cost more than clearing one that the last
-// request left warm (bench-peers h1/c256: 5-9% less CPU per request).
+// is some 2 KiB, half of what a request allocates: a new one each time
+// is memory the CPU's cache has not held since the last collection,
+// which cost more than clearing one that the last request left warm
+// (bench-peers, h1 alone: a median of 5% less CPU per request at 32
+// connections and 4% at 256, over 12 rounds each; nothing seen with
+// three proxies at once; docs/performance.md, "After c735219").
 var exchanges = sync.Pool{New: func() any { return new(Exchange) }}
 
 // recycle clears x and keeps it for another request when nothing can

@@ -28,7 +28,7 @@ func TestExchangeReusable(t *testing.T) {
 		want bool
 	}{
 		{"sent on the handler's goroutine, no body, record emitted", func(*Exchange) {}, true},
-		{"record not emitted (held for an MCP session's stream, or a panic)", func(x *Exchange) { x.finished = false }, false},
+		{"finish did not run: the record is still to come", func(x *Exchange) { x.finished = false }, false},
 		{"sent through the pool's Transport", func(x *Exchange) { x.h1req.r = nil }, false},
 		{"a request body", func(x *Exchange) { x.body = &countingBody{} }, false},
 		{"a body wrapper", func(x *Exchange) { x.WrapBody(func(rc io.ReadCloser) io.ReadCloser { return rc }) }, false},
@@ -64,8 +64,8 @@ func TestRecycledExchangeCarriesNothingOver(t *testing.T) {
 			_, _ = io.WriteString(w, "fine")
 			return
 		}
-		// Far more than the sockets buffer, slowly: the client leaves
-		// before the end, the proxy's writes to it fail.
+		// Far more than the sockets hold, slowly: the client leaves
+		// before the end, and the proxy's writes to it fail.
 		w.Header().Set("Content-Length", strconv.Itoa(200*len(chunk)))
 		for range 200 {
 			if _, err := io.WriteString(w, chunk); err != nil {
