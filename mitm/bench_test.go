@@ -261,11 +261,11 @@ rules:
 		{"mcp-rule", "application/json", true, withRule},
 	} {
 		b.Run(mode.name, func(b *testing.B) {
-			h := newHarness(b, tca, mode.dec, func(_ *config.Proxy, d *Deps) { d.Audit = &countSink{} })
-			if mode.name == "json" {
-				// The chain without the MCP stage, set before any request.
-				h.p.stages = slices.DeleteFunc(slices.Clone(h.p.stages), func(s Stage) bool { _, ok := s.(mcpStage); return ok })
-			}
+			h := newHarnessWith(b, tca, mode.dec, func(p *Proxy) {
+				if mode.name == "json" { // the chain without the MCP stage
+					p.stages = slices.DeleteFunc(p.stages, func(s Stage) bool { _, ok := s.(mcpStage); return ok })
+				}
+			}, func(_ *config.Proxy, d *Deps) { d.Audit = &countSink{} })
 			c := h.client(false)
 			c.Transport.(*http.Transport).MaxIdleConnsPerHost = 64
 			post := func() error {

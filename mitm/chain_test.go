@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/sluicehq/sluice/audit"
@@ -74,11 +75,12 @@ func TestChainRunsAddedStagesInOrder(t *testing.T) {
 			up := startUpstream(t, tca, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				fmt.Fprintf(w, "stages seen upstream: %s", strings.Join(r.Header.Values("X-Stage"), ","))
 			}))
-			h := newHarness(t, tca, nil)
 			var mu sync.Mutex
 			var log []string
-			insertStage(t, h.p, "target", probeStage{"early", &mu, &log})
-			insertStage(t, h.p, "size", probeStage{"late", &mu, &log})
+			h := newHarnessWith(t, tca, nil, func(p *Proxy) {
+				insertStage(t, p, "target", probeStage{"early", &mu, &log})
+				insertStage(t, p, "size", probeStage{"late", &mu, &log})
+			})
 
 			resp, err := h.client(h2).Get(fmt.Sprintf("https://api.test:%d/x", up.addr.Port()))
 			if err != nil {
@@ -119,11 +121,10 @@ func (answerStage) Request(*Exchange) *Answer {
 // record; the stages after it and the upstream never see the request.
 func TestStageAnswerEndsTheChain(t *testing.T) {
 	tca := newTestCA(t, "upstream test CA")
-	var upstreamCalls int
-	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { upstreamCalls++ }))
+	var upstreamCalls atomic.Int32
+	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { upstreamCalls.Add(1) }))
 	dec := &fakeDecider{}
-	h := newHarness(t, tca, dec)
-	insertStage(t, h.p, "target", answerStage{})
+	h := newHarnessWith(t, tca, dec, func(p *Proxy) { insertStage(t, p, "target", answerStage{}) })
 	resp, err := h.client(false).Get(fmt.Sprintf("https://api.test:%d/tea", up.addr.Port()))
 	if err != nil {
 		t.Fatal(err)
@@ -136,8 +137,8 @@ func TestStageAnswerEndsTheChain(t *testing.T) {
 	if rec.Decision != "deny" || rec.Rule != "teapot" || rec.Reason != "stage answered" || rec.Status != 418 || rec.Source != "sluice" {
 		t.Errorf("record %+v", rec)
 	}
-	if n := len(dec.requests()); n != 0 || upstreamCalls != 0 {
-		t.Errorf("policy asked %d times, upstream called %d times; want neither after an answer", n, upstreamCalls)
+	if n := len(dec.requests()); n != 0 || upstreamCalls.Load() != 0 {
+		t.Errorf("policy asked %d times, upstream called %d times; want neither after an answer", n, upstreamCalls.Load())
 	}
 }
 

@@ -259,6 +259,14 @@ type harnessOpt func(*config.Proxy, *Deps)
 
 func newHarness(t testing.TB, tca *testCA, dec policy.Decider, opts ...harnessOpt) *harness {
 	t.Helper()
+	return newHarnessWith(t, tca, dec, nil, opts...)
+}
+
+// newHarnessWith is newHarness with setup run on the proxy before it
+// serves: a change to its chain made once it serves would race its
+// requests.
+func newHarnessWith(t testing.TB, tca *testCA, dec policy.Decider, setup func(*Proxy), opts ...harnessOpt) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	upCA := filepath.Join(dir, "upstream-ca.pem")
 	if tca != nil {
@@ -298,6 +306,9 @@ func newHarness(t testing.TB, tca *testCA, dec policy.Decider, opts ...harnessOp
 	p, err := New(cfg, deps)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if setup != nil {
+		setup(p)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
