@@ -69,8 +69,9 @@ const parkedLooks = 30
 //
 // While events come it looks every eventBatchWait. A look that finds
 // none parks it: the next event wakes it (sluice_reader), so an idle
-// agent is not woken 31 times a second (`sluice run -- sleep`: 1.1% of a
-// CPU with those looks, 0.3% without).
+// agent is not woken 31 times a second (`sluice run -- sleep`, perf
+// stat's task-clock over 20 s: 0.9% of a CPU with those looks, 0.25%
+// without; docs/performance.md, "After 845969e").
 //
 // It waits for the ring in the Go netpoller (ringWait), never in
 // ringbuf.Reader's own epoll_wait: a goroutine in a blocking system call
