@@ -17,6 +17,8 @@
 #   the proxy's CPU per request (utime+stime of its processes from
 #   /proc/PID/stat) and the upstream's (up_cpu_us_per_req: in the direct
 #   column, what a Go net/http HTTPS server alone spends per request),
+#   the mean line its log got (log_bytes_per_line: Sluice's JSON audit
+#   line, nginx's combined access-log line),
 #   new TLS connections per second (wrk, Connection:
 #   close; with dumpcap and tshark also the share of those handshakes
 #   that resumed a session and that were TLS 1.3), h2 req/s (h2load), one
@@ -497,6 +499,22 @@ wrk_run() { # test mode conns [extra wrk args]
   }
   [ -z "$hellos" ] || hello_count "$hellos" "$test/c$c" "$mode"
   wrk_record "$test/c$c" "$mode" "$out" up
+  if [ "$test" = h1 ]; then log_record "$test/c$c" "$mode"; fi
+}
+
+# log_record NAME MODE: the mean size of the lines the proxy's log got
+# during the measurement (log_bytes_per_line: Sluice's JSON audit log,
+# nginx's access log; each has one line per request), what each proxy
+# writes to disk per request. The warm-up's lines count too, and those
+# nginx still holds in its buffer do not: the mean is the same.
+log_record() {
+  local f
+  case $2 in
+    nginx) f=$work/nginx/access.log ;;
+    transparent | base) f=$work/audit.jsonl ;;
+    *) return 0 ;;
+  esac
+  record "$1" "$2" log_bytes_per_line "$(LC_ALL=C awk '{n++; b += length($0) + 1} END {if (n) printf "%.0f", b / n}' "$f")"
 }
 
 # wrk_record NAME MODE OUTPUT [up]: records what wrk's output (run through
@@ -744,13 +762,13 @@ awk -v base="$base_bin" '
   function cell(x) { return x == "" ? "-" : x }
   function ratio(x, y) { return (x == "" || y == "" || y + 0 == 0) ? "-" : sprintf("%.2f", x / y) }
   END {
-    printf "%-20s %-15s %10s %10s %12s %12s %10s %10s", "test", "metric", "direct", "nginx", "transparent", "explicit", "T×nginx", "E×nginx"
+    printf "%-20s %-18s %10s %10s %12s %12s %10s %10s", "test", "metric", "direct", "nginx", "transparent", "explicit", "T×nginx", "E×nginx"
     if (base != "") printf " %10s %10s", "base", "T×base"
     printf "\n"
     for (i = 1; i <= n; i++) {
       k = list[i]; split(k, kk, " ")
       d = median(v[k" direct"]); g = median(v[k" nginx"]); t = median(v[k" transparent"]); e = median(v[k" explicit"])
-      printf "%-20s %-15s %10s %10s %12s %12s %10s %10s", kk[1], kk[2], cell(d), cell(g), cell(t), cell(e), ratio(t, g), ratio(e, g)
+      printf "%-20s %-18s %10s %10s %12s %12s %10s %10s", kk[1], kk[2], cell(d), cell(g), cell(t), cell(e), ratio(t, g), ratio(e, g)
       if (base != "") { b = median(v[k" base"]); printf " %10s %10s", cell(b), ratio(t, b) }
       printf "\n"
     }
@@ -776,7 +794,7 @@ if [ "$rounds" -gt 1 ]; then
       for (i = 1; i <= n; i++) {
         k = list[i]; split(k, kk, " ")
         if (v[k" transparent 1"] == "" && v[k" transparent "R] == "") continue
-        printf "%-20s %-15s T×nginx%s", kk[1], kk[2], row(k, "nginx")
+        printf "%-20s %-18s T×nginx%s", kk[1], kk[2], row(k, "nginx")
         if (base != "") printf "   T×base%s", row(k, "base")
         printf "\n"
       }
