@@ -129,7 +129,7 @@ func attackConnect(a attack, r *attackResult) error {
 	tv := unix.Timeval{Sec: 5}
 	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	if err := unix.Connect(fd, sa); err != nil {
+	if err := connect(fd, sa); err != nil {
 		r.Errno = errnoName(err)
 		return nil
 	}
@@ -147,6 +147,46 @@ func attackConnect(a attack, r *attackResult) error {
 			return nil
 		}
 	}
+}
+
+// connect is connect(2) on a blocking socket, waited for to its end. A
+// signal can cut the wait short (Go's runtime sends its threads SIGURG
+// to preempt them, and one sent just as the thread entered the call
+// lands in it): connect returns EINTR and the kernel goes on connecting
+// (connect(2), SO_SNDTIMEO set: not restarted). Then the socket's
+// turning writable is waited for, up to 5 s, and the outcome read from
+// SO_ERROR, as for a non-blocking connect.
+func connect(fd int, sa unix.Sockaddr) error {
+	err := unix.Connect(fd, sa)
+	if !errors.Is(err, unix.EINTR) {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return unix.ETIMEDOUT
+		}
+		n, err := unix.Poll(pfd, int(left.Milliseconds())+1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("poll the connecting socket: %w", err)
+		}
+		if n > 0 {
+			break
+		}
+	}
+	v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil {
+		return fmt.Errorf("read the connect's outcome: %w", err)
+	}
+	if v != 0 {
+		return unix.Errno(v)
+	}
+	return nil
 }
 
 func attackSend(a attack, r *attackResult) error {
@@ -219,7 +259,7 @@ func attackHold(a attack, r *attackResult) error {
 			return fmt.Errorf("socket %d: %w", i, err)
 		}
 		fds = append(fds, fd)
-		if err := unix.Connect(fd, sa); err != nil {
+		if err := connect(fd, sa); err != nil {
 			r.Errno = errnoName(err)
 			continue
 		}
