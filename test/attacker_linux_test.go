@@ -139,6 +139,9 @@ func attackConnect(a attack, r *attackResult) error {
 		if n > 0 {
 			r.Data += string(buf[:n])
 		}
+		if errors.Is(err, unix.EINTR) { // a signal, as in connect: nothing was read
+			continue
+		}
 		if err != nil {
 			r.Errno = errnoName(err)
 			return nil
