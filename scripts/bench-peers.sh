@@ -774,21 +774,31 @@ awk -v base="$base_bin" '
     }
   }' "$results"
 # By round: how far apart the rounds of one run are, which a median hides
-# (on this kind of machine a change of a few percent is inside it).
+# (on this kind of machine a change of a few percent is inside it), and
+# the median of the paired ratios: the table above divides medians taken
+# over different rounds, this one ratios taken within a round.
 if [ "$rounds" -gt 1 ]; then
   echo
-  echo "By round: CPU per request and requests/s, transparent as a ratio to nginx (T×nginx) and to base (T×base) measured in the same round"
+  echo "By round: requests/s, p99 and CPU per request, transparent as a ratio to nginx (T×nginx) and to base (T×base) measured in the same round, and the median of those ratios"
   awk -v base="$base_bin" '
-    NF >= 5 && $5 > 0 && ($3 == "cpu_us_per_req" || $3 == "rps") {
+    NF >= 5 && $5 > 0 && ($3 == "cpu_us_per_req" || $3 == "rps" || $3 == "p99_us") {
       k = $1" "$3; v[k" "$2" "$5] = $4; if ($5 > R) R = $5
       if (!(k in seen)) { seen[k] = 1; list[++n] = k }
     }
-    function row(k, other,   i, s, t, o) {
+    # row: the round ratios, then their median (the rounds paired: an
+    # hour that slows every proxy of a round moves both sides of its ratio)
+    function row(k, other,   i, j, m, s, t, o, a, x) {
+      m = 0
       for (i = 1; i <= R; i++) {
         t = v[k" transparent "i]; o = v[k" "other" "i]
-        s = s sprintf(" %5s", (t == "" || o == "" || o + 0 == 0) ? "-" : sprintf("%.2f", t / o))
+        if (t == "" || o == "" || o + 0 == 0) { s = s sprintf(" %5s", "-"); continue }
+        a[++m] = t / o
+        s = s sprintf(" %5.2f", t / o)
       }
-      return s
+      for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] < a[i]) { x = a[i]; a[i] = a[j]; a[j] = x }
+      if (m == 0) return s "  (median -)"
+      x = (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+      return s sprintf("  (median %.2f)", x)
     }
     END {
       for (i = 1; i <= n; i++) {
