@@ -514,7 +514,9 @@ log_record() {
     transparent | base) f=$work/audit.jsonl ;;
     *) return 0 ;;
   esac
-  record "$1" "$2" log_bytes_per_line "$(LC_ALL=C awk '{n++; b += length($0) + 1} END {if (n) printf "%.0f", b / n}' "$f")"
+  local lines bytes
+  read -r lines bytes < <(wc -l -c <"$f")
+  if [ "$lines" -gt 0 ]; then record "$1" "$2" log_bytes_per_line "$(((bytes + lines / 2) / lines))"; fi
 }
 
 # wrk_record NAME MODE OUTPUT [up]: records what wrk's output (run through
