@@ -114,6 +114,10 @@ const (
 	ReasonIncompleteHead  = "request head incomplete"           // a request head begun and never finished (slowloris)
 	ReasonClientGone      = "client gone"                       // the client left before the answer was complete
 	ReasonNormalClose     = "client closed"                     // the client ended a stream normally
+	// ReasonExpectation: the request's Expect field asked for something
+	// other than 100-continue, which no one here can meet (417, RFC
+	// 9110 10.1.1).
+	ReasonExpectation = "expectation not supported"
 )
 
 // Reasons of the proxy about the connection.
@@ -197,7 +201,7 @@ const (
 var clientCaused = [...]string{
 	ReasonClientGone, ReasonNormalClose, ReasonMalformed, ReasonHeaderTooLarge,
 	ReasonSmuggling, ReasonNotProxy, ReasonBadHello, ReasonClientHandshake,
-	ReasonClientSilent, ReasonIncompleteHead,
+	ReasonClientSilent, ReasonIncompleteHead, ReasonExpectation,
 }
 
 // ClientCaused reports whether reason says the client misbehaved or left

@@ -11,7 +11,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -203,6 +205,101 @@ func TestNetHTTPAnswersRecordTheirRequest(t *testing.T) {
 		bad := h.recs.wait(t, "/bad-after-good", func(r audit.Record) bool { return r.Status == 400 && r.Path == "/bad-after-good" })
 		if good.Status != 200 || bad.Method != "GET" {
 			t.Errorf("records %+v and %+v", good, bad)
+		}
+	})
+}
+
+// TestUnsupportedExpectationRecorded, as an attacker: a request whose
+// Expect field asks for more than 100-continue is answered 417 by
+// net/http's server itself, before any handler. It is not forwarded, and
+// it is recorded (status 417, its method and path, reason "expectation
+// not supported"): a client cannot get an answer from Sluice that leaves
+// no audit record, alone or pipelined behind a good request. A 417 the
+// upstream gives is recorded once, as the upstream's.
+func TestUnsupportedExpectationRecorded(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	var seen sync.Map // paths the upstream was asked for
+	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Store(r.URL.Path, true)
+		if r.URL.Path == "/upstream-417" {
+			w.WriteHeader(http.StatusExpectationFailed)
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+	h := newHarness(t, tca, nil)
+	recordsFor := func(path string) []audit.Record {
+		var out []audit.Record
+		for _, r := range h.recs.all() {
+			if r.Path == path {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	for _, tc := range []struct{ name, method, path, expect string }{
+		{"a made-up expectation", "GET", "/made-up", "foo"},
+		{"100-continue inside a longer token", "POST", "/longer-token", "100-continued"},
+		{"another expectation beside 100-continue's look-alike", "PUT", "/beside", "x100-continue, bar"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := connectTLS(t, h, "api.test", up.addr.Port())
+			resp, _ := rawRequest(t, c, tc.method+" "+tc.path+"?q=1 HTTP/1.1\r\nHost: api.test\r\nExpect: "+tc.expect+"\r\n\r\n")
+			if resp.StatusCode != http.StatusExpectationFailed {
+				t.Fatalf("status %d, want 417", resp.StatusCode)
+			}
+			rec := h.recs.wait(t, tc.path, func(r audit.Record) bool { return r.Path == tc.path })
+			if rec.Status != 417 || rec.Method != tc.method || rec.Decision != audit.DecisionError ||
+				rec.Reason != audit.ReasonExpectation || rec.Source != audit.SourceSluice || !strings.Contains(rec.Error, strconv.Quote(tc.expect)) {
+				t.Errorf("record %+v", rec)
+			}
+			if _, ok := seen.Load(tc.path); ok {
+				t.Error("the upstream was asked")
+			}
+			if n := len(recordsFor(tc.path)); n != 1 {
+				t.Errorf("%d records, want 1", n)
+			}
+		})
+	}
+	t.Run("pipelined behind a good request", func(t *testing.T) {
+		c := connectTLS(t, h, "api.test", up.addr.Port())
+		if _, err := io.WriteString(c, "GET /before HTTP/1.1\r\nHost: api.test\r\n\r\nGET /behind HTTP/1.1\r\nHost: api.test\r\nExpect: foo\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		for _, want := range []int{200, 417} {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("read the %d: %v", want, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Fatalf("status %d, want %d", resp.StatusCode, want)
+			}
+		}
+		before := h.recs.wait(t, "/before", func(r audit.Record) bool { return r.Path == "/before" })
+		behind := h.recs.wait(t, "/behind", func(r audit.Record) bool { return r.Path == "/behind" })
+		if before.Status != 200 || behind.Status != 417 || behind.Reason != audit.ReasonExpectation {
+			t.Errorf("records %+v and %+v", before, behind)
+		}
+	})
+	t.Run("100-continue is no unsupported expectation", func(t *testing.T) {
+		c := connectTLS(t, h, "api.test", up.addr.Port())
+		resp, body := rawRequest(t, c, "POST /continue HTTP/1.1\r\nHost: api.test\r\nExpect: 100-Continue\r\nContent-Length: 0\r\n\r\n")
+		if resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("status %d, body %q", resp.StatusCode, body)
+		}
+	})
+	t.Run("the upstream's own 417", func(t *testing.T) {
+		c := connectTLS(t, h, "api.test", up.addr.Port())
+		resp, _ := rawRequest(t, c, "GET /upstream-417 HTTP/1.1\r\nHost: api.test\r\n\r\n")
+		if resp.StatusCode != http.StatusExpectationFailed {
+			t.Fatalf("status %d, want 417", resp.StatusCode)
+		}
+		recs := recordsFor("/upstream-417")
+		if len(recs) != 1 || recs[0].Source != audit.SourceUpstream || recs[0].Reason == audit.ReasonExpectation {
+			t.Errorf("records %+v, want one, the upstream's", recs)
 		}
 	})
 }

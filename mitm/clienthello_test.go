@@ -154,6 +154,7 @@ func FuzzFramer(f *testing.F) {
 	f.Add([]byte("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), 1)
 	f.Add([]byte("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\x81\x05hello"), 3)
 	f.Add([]byte("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n"), 5)
+	f.Add([]byte("GET / HTTP/1.1\r\nExpect: foo\r\n\r\nPOST / HTTP/1.1\r\nexpect: 100-continue\r\nContent-Length: 1\r\n\r\nx"), 4)
 	f.Fuzz(func(t *testing.T, b []byte, step int) {
 		if step <= 0 {
 			step = 1
@@ -191,6 +192,14 @@ func TestFramer(t *testing.T) {
 			[]headInfo{{size: 48, te10: true, method: "POST", target: "/f"}}},
 		{"HTTP/1.0 with Content-Length", "POST /h HTTP/1.0\r\nContent-Length: 3\r\n\r\nabcGET /i HTTP/1.0\r\n\r\n",
 			[]headInfo{{size: 39, method: "POST", target: "/h"}, {size: 19, method: "GET", target: "/i"}}},
+		{"an expectation net/http answers 417: the first Expect field's, trimmed", "GET /j HTTP/1.1\r\nexpect:  foo \t\r\nExpect: 100-continue\r\n\r\n",
+			[]headInfo{{size: 57, expect: "foo", method: "GET", target: "/j"}}},
+		{"100-continue in any case, among others: none", "POST /k HTTP/1.1\r\nExpect: bar, 100-CONTINUE\r\nContent-Length: 0\r\n\r\n",
+			[]headInfo{{size: 66, method: "POST", target: "/k"}}},
+		{"a first Expect field that is empty: none", "GET /l HTTP/1.1\r\nExpect:\r\nExpect: foo\r\n\r\n",
+			[]headInfo{{size: 41, method: "GET", target: "/l"}}},
+		{"Accept, as long a name, is not Expect", "GET /m HTTP/1.1\r\nAccept: foo\r\n\r\n",
+			[]headInfo{{size: 32, method: "GET", target: "/m"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFramer()

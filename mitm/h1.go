@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -33,7 +34,11 @@ type headInfo struct {
 	// te10: Transfer-Encoding in a request of a version before
 	// HTTP/1.1, whose framing RFC 9112 6.1 calls faulty (net/http
 	// ignores the field and frames by Content-Length).
-	te10   bool
+	te10 bool
+	// expect is the value of the head's first Expect field when it asks
+	// for something other than 100-continue: net/http's server answers
+	// such a request 417 itself, without a handler (expectationFailed).
+	expect string
 	method string
 	target string
 }
@@ -75,6 +80,10 @@ type framer struct {
 	clVal  string
 	teVal  string
 	upg    bool
+	// expectVal is the first Expect field's value; expectSeen: there
+	// was one (net/http reads the first alone).
+	expectVal  string
+	expectSeen bool
 	// before11: the request line names a version before HTTP/1.1
 	// (its Transfer-Encoding: headInfo.te10).
 	before11 bool
@@ -140,6 +149,10 @@ func (f *framer) endLineBytes(line []byte) {
 		}
 		switch len(name) {
 		case len("content-length"), len("transfer-encoding"), len("upgrade"):
+		case len("expect"): // as long as Accept, Cookie or Origin, ignored here
+			if isASCII(name) && !bytes.EqualFold(name, []byte("expect")) {
+				return
+			}
 		default:
 			if isASCII(name) {
 				return
@@ -181,11 +194,11 @@ func (f *framer) endLine(line string) {
 			return
 		}
 		if line != "" {
-			name, val, ok := strings.Cut(line, ":")
+			name, raw, ok := strings.Cut(line, ":")
 			if !ok {
 				return
 			}
-			val = strings.TrimSpace(val)
+			val := strings.TrimSpace(raw)
 			switch strings.ToLower(name) {
 			case "content-length":
 				f.cl, f.clVal = true, val
@@ -198,10 +211,17 @@ func (f *framer) endLine(line string) {
 				}
 			case "upgrade":
 				f.upg = true
+			case "expect":
+				if !f.expectSeen { // trimmed as net/textproto trims a value
+					f.expectSeen, f.expectVal = true, strings.Trim(raw, " \t")
+				}
 			}
 			return
 		}
 		f.cur.both = f.cl && f.te
+		if f.expectVal != "" && !expectsContinue(f.expectVal) {
+			f.cur.expect = f.expectVal
+		}
 		// net/http answers "OPTIONS *" itself; no handler takes its head.
 		if len(f.heads) < 64 && (f.cur.method != "OPTIONS" || f.cur.target != "*") {
 			f.heads = append(f.heads, f.cur)
@@ -267,8 +287,8 @@ func (f *framer) startBody() {
 func (f *framer) resetHead() {
 	f.cur = headInfo{}
 	f.first = true
-	f.cl, f.te, f.upg, f.before11 = false, false, false, false
-	f.clVal, f.teVal = "", ""
+	f.cl, f.te, f.upg, f.before11, f.expectSeen = false, false, false, false, false
+	f.clVal, f.teVal, f.expectVal = "", "", ""
 	f.state = stHead
 }
 
@@ -465,6 +485,8 @@ func (c *h1Conn) Write(b []byte) (int, error) {
 			if code, err := strconv.Atoi(string(b[9:12])); err == nil {
 				c.parserError(code, string(b[i+len(goErrorHeaders):]))
 			}
+		} else if bytes.HasPrefix(b, []byte(goExpectationFailed)) {
+			c.expectationFailed()
 		}
 	}
 	n, err := c.Conn.Write(b)
@@ -473,6 +495,11 @@ func (c *h1Conn) Write(b []byte) (int, error) {
 	}
 	return n, err
 }
+
+// goExpectationFailed is how net/http's server begins the answer it gives,
+// without a handler, to a request whose Expect field asks for more than
+// 100-continue.
+const goExpectationFailed = "HTTP/1.1 417 Expectation Failed\r\nConnection: close\r\nDate: "
 
 // parserError records an answer net/http's server gave on its own, with
 // the method and path of the request it answered, as the tracker saw
@@ -490,22 +517,64 @@ func (c *h1Conn) parserError(code int, text string) {
 		cur = c.fr.cur // stale once the tracker stopped (a CONNECT, an upgrade)
 	}
 	c.mu.Unlock()
+	reason := audit.ReasonMalformed
+	if code == http.StatusRequestHeaderFieldsTooLarge {
+		reason = audit.ReasonHeaderTooLarge
+	}
+	c.recordOwnAnswer(cur, code, reason, text)
+}
+
+// expectationFailed records the 417 net/http's server gave on its own to
+// the oldest whole head no handler took, when that head's Expect field
+// asked for more than 100-continue. A 417 of a handler (the size stage's,
+// an upstream's) is recorded by its exchange: its request's head was
+// taken.
+func (c *h1Conn) expectationFailed() {
+	c.mu.Lock()
+	var cur headInfo
+	if len(c.fr.heads) > 0 {
+		cur = c.fr.heads[0]
+	}
+	c.mu.Unlock()
+	if cur.expect == "" {
+		return
+	}
+	c.recordOwnAnswer(cur, http.StatusExpectationFailed, audit.ReasonExpectation,
+		fmt.Sprintf("Expect %q: only 100-continue is supported", cur.expect))
+}
+
+// recordOwnAnswer records an answer net/http's server gave without a
+// handler: to the request of head h, with status code, reason and the
+// detail text.
+func (c *h1Conn) recordOwnAnswer(h headInfo, code int, reason, text string) {
 	f := c.fl
 	f.requests.Add(1) // answered, and recorded here
 	rec := f.record(audit.KindHTTP, time.Now())
 	rec.Proto = "HTTP/1.1"
-	rec.Method = cur.method
-	rec.Path = pathOf(cur.target)
+	rec.Method = h.method
+	rec.Path = pathOf(h.target)
 	rec.Status = code
 	rec.Source = audit.SourceSluice
-	rec.Decision = "error"
-	if code == 431 {
-		rec.Reason = audit.ReasonHeaderTooLarge
-	} else {
-		rec.Reason = audit.ReasonMalformed
-	}
+	rec.Decision = audit.DecisionError
+	rec.Reason = reason
 	rec.Error = text
 	f.p.emit(rec)
+}
+
+// expectsContinue reports whether an Expect field's value v names
+// 100-continue, as net/http's server decides it (a token between
+// spaces, tabs or commas, in any case): a request whose first Expect
+// field is not empty and does not is answered 417 without a handler.
+func expectsContinue(v string) bool {
+	const token = "100-continue"
+	boundary := func(b byte) bool { return b == ' ' || b == ',' || b == '\t' }
+	for i := 0; i+len(token) <= len(v); i++ {
+		if (i == 0 || boundary(v[i-1])) && (i+len(token) == len(v) || boundary(v[i+len(token)])) &&
+			strings.EqualFold(v[i:i+len(token)], token) {
+			return true
+		}
+	}
+	return false
 }
 
 // nextHead returns the tracker's record of the request a handler is about
