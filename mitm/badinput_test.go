@@ -55,6 +55,27 @@ func connectTLSProto(t *testing.T, h *harness, host string, port uint16, proto s
 	return tc
 }
 
+// pipelined writes reqs, requests back to back, to c in one write and
+// reads an answer for each status in want, failing on any other status.
+func pipelined(t *testing.T, c net.Conn, reqs string, want ...int) {
+	t.Helper()
+	if _, err := io.WriteString(c, reqs); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	for _, code := range want {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("read the %d: %v", code, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != code {
+			t.Fatalf("status %d, want %d", resp.StatusCode, code)
+		}
+	}
+}
+
 func rawRequest(t *testing.T, c net.Conn, req string) (*http.Response, string) {
 	t.Helper()
 	if _, err := io.WriteString(c, req); err != nil {
@@ -186,21 +207,7 @@ func TestNetHTTPAnswersRecordTheirRequest(t *testing.T) {
 	}
 	t.Run("after a good request on the connection", func(t *testing.T) {
 		c := connectTLS(t, h, "api.test", up.addr.Port())
-		if _, err := io.WriteString(c, "GET /good HTTP/1.1\r\nHost: api.test\r\n\r\nGET /bad-after-good HTTP/1.1\r\nHost: api.test\r\nNo colon here\r\n\r\n"); err != nil {
-			t.Fatal(err)
-		}
-		br := bufio.NewReader(c)
-		for _, want := range []int{200, 400} {
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatalf("read the %d: %v", want, err)
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != want {
-				t.Fatalf("status %d, want %d", resp.StatusCode, want)
-			}
-		}
+		pipelined(t, c, "GET /good HTTP/1.1\r\nHost: api.test\r\n\r\nGET /bad-after-good HTTP/1.1\r\nHost: api.test\r\nNo colon here\r\n\r\n", 200, 400)
 		good := h.recs.wait(t, "/good", func(r audit.Record) bool { return r.Path == "/good" })
 		bad := h.recs.wait(t, "/bad-after-good", func(r audit.Record) bool { return r.Status == 400 && r.Path == "/bad-after-good" })
 		if good.Status != 200 || bad.Method != "GET" {
@@ -263,21 +270,7 @@ func TestUnsupportedExpectationRecorded(t *testing.T) {
 	}
 	t.Run("pipelined behind a good request", func(t *testing.T) {
 		c := connectTLS(t, h, "api.test", up.addr.Port())
-		if _, err := io.WriteString(c, "GET /before HTTP/1.1\r\nHost: api.test\r\n\r\nGET /behind HTTP/1.1\r\nHost: api.test\r\nExpect: foo\r\n\r\n"); err != nil {
-			t.Fatal(err)
-		}
-		br := bufio.NewReader(c)
-		for _, want := range []int{200, 417} {
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatalf("read the %d: %v", want, err)
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != want {
-				t.Fatalf("status %d, want %d", resp.StatusCode, want)
-			}
-		}
+		pipelined(t, c, "GET /before HTTP/1.1\r\nHost: api.test\r\n\r\nGET /behind HTTP/1.1\r\nHost: api.test\r\nExpect: foo\r\n\r\n", 200, 417)
 		before := h.recs.wait(t, "/before", func(r audit.Record) bool { return r.Path == "/before" })
 		behind := h.recs.wait(t, "/behind", func(r audit.Record) bool { return r.Path == "/behind" })
 		if before.Status != 200 || behind.Status != 417 || behind.Reason != audit.ReasonExpectation {
