@@ -565,6 +565,9 @@ func (c *h1Conn) recordOwnAnswer(h headInfo, code int, reason, text string) {
 // 100-continue, as net/http's server decides it (a token between
 // spaces, tabs or commas, in any case): a request whose first Expect
 // field is not empty and does not is answered 417 without a handler.
+// Not hasToken, which splits a list at commas only: "100-continue foo"
+// names it for net/http (FuzzFramerExpectMatchesNetHTTP holds the two
+// together).
 func expectsContinue(v string) bool {
 	const token = "100-continue"
 	boundary := func(b byte) bool { return b == ' ' || b == ',' || b == '\t' }
