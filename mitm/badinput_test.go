@@ -221,7 +221,8 @@ func TestNetHTTPAnswersRecordTheirRequest(t *testing.T) {
 // net/http's server itself, before any handler. It is not forwarded, and
 // it is recorded (status 417, its method and path, reason "expectation
 // not supported"): a client cannot get an answer from Sluice that leaves
-// no audit record, alone or pipelined behind a good request. A 417 the
+// no audit record, alone, pipelined behind a good request, or sent to
+// the explicit proxy itself (a plain-HTTP request, a CONNECT). A 417 the
 // upstream gives is recorded once, as the upstream's.
 func TestUnsupportedExpectationRecorded(t *testing.T) {
 	tca := newTestCA(t, "upstream test CA")
@@ -268,6 +269,27 @@ func TestUnsupportedExpectationRecorded(t *testing.T) {
 			}
 		})
 	}
+	t.Run("to the explicit proxy itself", func(t *testing.T) {
+		for _, tc := range []struct{ req, path string }{
+			{"GET http://api.test/absolute HTTP/1.1\r\nHost: api.test\r\nExpect: foo\r\n\r\n", "/absolute"},
+			{"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\nExpect: foo\r\n\r\n", "api.test:443"},
+		} {
+			c, err := net.DialTimeout("tcp", h.url.Host, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			resp, _ := rawRequest(t, c, tc.req)
+			c.Close()
+			if resp.StatusCode != http.StatusExpectationFailed {
+				t.Fatalf("%s: status %d, want 417", tc.path, resp.StatusCode)
+			}
+			rec := h.recs.wait(t, tc.path, func(r audit.Record) bool { return r.Path == tc.path })
+			if rec.Status != 417 || rec.Reason != audit.ReasonExpectation {
+				t.Errorf("record %+v", rec)
+			}
+		}
+	})
 	t.Run("pipelined behind a good request", func(t *testing.T) {
 		c := connectTLS(t, h, "api.test", up.addr.Port())
 		pipelined(t, c, "GET /before HTTP/1.1\r\nHost: api.test\r\n\r\nGET /behind HTTP/1.1\r\nHost: api.test\r\nExpect: foo\r\n\r\n", 200, 417)
