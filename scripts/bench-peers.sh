@@ -73,7 +73,11 @@
 # and a CPU profile of each of its wrk/h2load measurements lands in DIR
 # (go tool pprof -top DIR/h1-c32-r1.pb.gz), with the time its goroutines
 # waited for contended locks (DIR/h1-c32-r1.mutex.pb.gz, one wait in 20
-# sampled); each idle measurement leaves a
+# sampled), and with BENCH_TRACE=1 a Go execution trace of its first 2
+# seconds (DIR/h1-c32-r1.trace: go tool trace FILE, or go tool trace
+# -pprof=sched FILE for where goroutines waited to run; off by default:
+# the tracer's own work shows in the CPU profile, which make pgo reads);
+# each idle measurement leaves a
 # snapshot in DIR/idle[-h2]-MODE-rN: the processes' /proc status and
 # smaps_rollup, and for Sluice its heap profile, MemStats and goroutines.
 # Everything it creates (namespace, veth, processes by PID, files) is
@@ -402,14 +406,16 @@ run_client() {
       [ "$mode" = base ] && b=$base_bin
       rm -f "$warmed"
       if [ -n "$profile_dir" ] && [ "$mode" = transparent ] && [ -n "${profile_name:-}" ]; then
-        local kind suffix
-        for kind in profile mutex; do
-          suffix=; [ "$kind" = mutex ] && suffix=.mutex
+        local kind suffix secs
+        for kind in profile mutex ${BENCH_TRACE:+trace}; do
+          suffix=.$kind.pb.gz secs=$((dur > 3 ? dur - 2 : 1))
+          [ "$kind" = profile ] && suffix=.pb.gz
+          [ "$kind" = trace ] && suffix=.trace secs=$((secs < 2 ? secs : 2)) # some 1 MB a second at c32
           ( # from a second after __inner's warm-up (2 minutes at most)
             for _ in $(seq 600); do [ -e "$warmed" ] && break; sleep 0.2; done
             sleep 1
-            curl -s -o "$profile_dir/$profile_name$suffix.pb.gz" \
-              "http://$pprof_addr/debug/pprof/$kind?seconds=$((dur > 3 ? dur - 2 : 1))"
+            curl -s -o "$profile_dir/$profile_name$suffix" \
+              "http://$pprof_addr/debug/pprof/$kind?seconds=$secs"
           ) &
         done
       fi
