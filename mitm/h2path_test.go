@@ -475,3 +475,35 @@ func TestH2ExpectOverLimit417(t *testing.T) {
 		t.Errorf("status %d, want 417", resp.StatusCode)
 	}
 }
+
+// TestH2UnsupportedExpectationForwardedAndRecorded: over HTTP/2 no server
+// answers an Expect other than 100-continue on its own (over HTTP/1.1
+// net/http's does, 417: TestUnsupportedExpectationRecorded). The request
+// goes to its handler, which forwards it without the field (a proxy's
+// own to answer, RFC 9110 10.1.1), and it is recorded as any other.
+func TestH2UnsupportedExpectationForwardedAndRecorded(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	up := startUpstream(t, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "expect="+r.Header.Get("Expect"))
+	}))
+	h := newHarness(t, tca, nil)
+	cc, err := (&http2.Transport{}).NewClientConn(connectTLSProto(t, h, "api.test", up.addr.Port(), "h2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", fmt.Sprintf("https://api.test:%d/h2-expect", up.addr.Port()), nil)
+	req.Header.Set("Expect", "foo")
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "expect=" {
+		t.Fatalf("status %d, body %q; want 200 and no Expect upstream", resp.StatusCode, body)
+	}
+	rec := h.recs.wait(t, "/h2-expect", func(r audit.Record) bool { return r.Path == "/h2-expect" })
+	if rec.Status != 200 || rec.Proto != "HTTP/2.0" {
+		t.Errorf("record %+v", rec)
+	}
+}
