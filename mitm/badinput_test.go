@@ -31,8 +31,9 @@ func connectTLS(t *testing.T, h *harness, host string, port uint16) *tls.Conn {
 	return connectTLSProto(t, h, host, port, "http/1.1")
 }
 
-// connectTLSProto is connectTLS offering ALPN proto only.
-func connectTLSProto(t *testing.T, h *harness, host string, port uint16, proto string) *tls.Conn {
+// dialProxy opens a TCP connection to the harness's explicit proxy,
+// closed when the test ends, with 20 s for everything on it.
+func dialProxy(t *testing.T, h *harness) net.Conn {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", h.url.Host, 5*time.Second)
 	if err != nil {
@@ -40,6 +41,13 @@ func connectTLSProto(t *testing.T, h *harness, host string, port uint16, proto s
 	}
 	t.Cleanup(func() { c.Close() })
 	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	return c
+}
+
+// connectTLSProto is connectTLS offering ALPN proto only.
+func connectTLSProto(t *testing.T, h *harness, host string, port uint16, proto string) *tls.Conn {
+	t.Helper()
+	c := dialProxy(t, h)
 	fmt.Fprintf(c, "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n", host, port, host, port)
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
@@ -274,13 +282,7 @@ func TestUnsupportedExpectationRecorded(t *testing.T) {
 			{"GET http://api.test/absolute HTTP/1.1\r\nHost: api.test\r\nExpect: foo\r\n\r\n", "/absolute"},
 			{"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\nExpect: foo\r\n\r\n", "api.test:443"},
 		} {
-			c, err := net.DialTimeout("tcp", h.url.Host, 5*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-			resp, _ := rawRequest(t, c, tc.req)
-			c.Close()
+			resp, _ := rawRequest(t, dialProxy(t, h), tc.req)
 			if resp.StatusCode != http.StatusExpectationFailed {
 				t.Fatalf("%s: status %d, want 417", tc.path, resp.StatusCode)
 			}

@@ -408,9 +408,12 @@ run_client() {
       if [ -n "$profile_dir" ] && [ "$mode" = transparent ] && [ -n "${profile_name:-}" ]; then
         local kind suffix secs
         for kind in profile mutex ${BENCH_TRACE:+trace}; do
-          suffix=.$kind.pb.gz secs=$((dur > 3 ? dur - 2 : 1))
-          [ "$kind" = profile ] && suffix=.pb.gz
-          [ "$kind" = trace ] && suffix=.trace secs=$((secs < 2 ? secs : 2)) # some 1 MB a second at c32
+          secs=$((dur > 3 ? dur - 2 : 1))
+          case $kind in
+            profile) suffix=.pb.gz ;;
+            mutex) suffix=.mutex.pb.gz ;;
+            trace) suffix=.trace secs=$((secs < 2 ? secs : 2)) ;; # some 1 MB a second at c32
+          esac
           ( # from a second after __inner's warm-up (2 minutes at most)
             for _ in $(seq 600); do [ -e "$warmed" ] && break; sleep 0.2; done
             sleep 1
