@@ -3,23 +3,16 @@ package containers
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
-	"time"
-)
 
-// ServiceAccountDir is where Kubernetes mounts a pod's service-account
-// token and the cluster's CA.
-const ServiceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+	"github.com/sluicehq/sluice/kubeapi"
+)
 
 // Kube is the Kubernetes API as the fallback for pod labels (the CRI
 // knows the labels a pod was created with; the API knows them now): the
@@ -27,14 +20,9 @@ const ServiceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 // then watched, over plain HTTPS with the service account's bearer token.
 // It needs get, list and watch on pods.
 type Kube struct {
-	// Server is the API server's base URL, e.g. https://10.96.0.1:443.
-	Server string
+	api *kubeapi.Client
 	// Node is this node's name (the downward API's spec.nodeName).
 	Node string
-	// TokenFile is read before every list and watch (projected tokens
-	// rotate).
-	TokenFile string
-	hc        *http.Client
 }
 
 // maxKubeObject bounds one JSON value read from the API: a list of a
@@ -42,33 +30,19 @@ type Kube struct {
 const maxKubeObject = 64 << 20
 
 // InCluster returns the source for the API server the pod's environment
-// names (KUBERNETES_SERVICE_HOST and _PORT), trusting the service
-// account's CA, for node. ok is false outside a cluster.
+// names (kubeapi.InCluster), for node. ok is false outside a cluster.
 func InCluster(node string) (k *Kube, ok bool, err error) {
-	host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")
-	token := filepath.Join(ServiceAccountDir, "token")
-	if host == "" || port == "" {
-		return nil, false, nil
+	api, ok, err := kubeapi.InCluster()
+	if !ok || err != nil {
+		return nil, ok, err
 	}
-	if _, err := os.Stat(token); err != nil {
-		return nil, false, nil
-	}
-	pem, err := os.ReadFile(filepath.Join(ServiceAccountDir, "ca.crt"))
-	if err != nil {
-		return nil, true, fmt.Errorf("kubernetes api: read service account ca: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, true, fmt.Errorf("kubernetes api: %s/ca.crt holds no certificate", ServiceAccountDir)
-	}
-	return NewKube("https://"+net.JoinHostPort(host, port), node, token, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}), true, nil
+	return &Kube{api: api, Node: node}, true, nil
 }
 
 // NewKube returns the source for the API server at server, for node,
 // authenticating with the token in tokenFile (none when empty).
 func NewKube(server, node, tokenFile string, tc *tls.Config) *Kube {
-	tr := &http.Transport{TLSClientConfig: tc, Proxy: nil, MaxIdleConns: 2, TLSHandshakeTimeout: 10 * time.Second}
-	return &Kube{Server: strings.TrimSuffix(server, "/"), Node: node, TokenFile: tokenFile, hc: &http.Client{Transport: tr}}
+	return &Kube{api: kubeapi.New(server, tokenFile, tc), Node: node}
 }
 
 // Name is "kubernetes".
@@ -104,27 +78,11 @@ type kubeWatchEvent struct {
 
 func (k *Kube) request(ctx context.Context, query url.Values) (*http.Response, error) {
 	query.Set("fieldSelector", "spec.nodeName="+k.Node)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, k.Server+"/api/v1/pods?"+query.Encode(), nil)
+	resp, err := k.api.Do(ctx, http.MethodGet, "/api/v1/pods", query, nil)
 	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Accept", "application/json")
-	if k.TokenFile != "" {
-		tok, err := os.ReadFile(k.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("kubernetes api: read token: %w", err)
-		}
-		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
-	}
-	resp, err := k.hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes api: list pods: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		resp.Body.Close()
-		err := fmt.Errorf("kubernetes api: list pods of node %s: %s: %s", k.Node, resp.Status, strings.TrimSpace(string(msg)))
-		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+		err = fmt.Errorf("list pods of node %s: %w", k.Node, err)
+		var se *kubeapi.StatusError
+		if errors.As(err, &se) && (se.Code == http.StatusUnauthorized || se.Code == http.StatusForbidden) {
 			err = fmt.Errorf("%w (the agent's service account needs get, list and watch on pods)", err)
 		}
 		return nil, err
