@@ -130,6 +130,8 @@ const (
 	KeyAge           = "age"         // how long something existed before it was acted on
 	KeyGCHeadroom    = "gc_headroom" // process.gcHeadroom, bytes
 	KeyGOGC          = "gogc"        // the GOGC the process started with
+	KeySecret        = "secret"      // a Kubernetes Secret, NAMESPACE/NAME (ca.secret)
+	KeyFingerprint   = "fingerprint" // a certificate's SHA-256, as sluice ca show prints it
 )
 
 // Values of KeyComponent.

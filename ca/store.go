@@ -40,12 +40,10 @@ func Init(dir string, o Options) (*Authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("init ca in %s: %w", dir, err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	certPEM, keyPEM, err := encodePEM(certDER, key)
 	if err != nil {
-		return nil, fmt.Errorf("init ca: marshal key: %w", err)
+		return nil, fmt.Errorf("init ca: %w", err)
 	}
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certDER})
 	// The key first: a directory with a key and no certificate is refused
 	// by Load and by Init, never silently half-used.
 	if err := writeNew(keyPath, keyPEM, 0o600); err != nil {
@@ -55,6 +53,18 @@ func Init(dir string, o Options) (*Authority, error) {
 		return nil, fmt.Errorf("init ca: %w", err)
 	}
 	return newAuthority(certDER, key, o)
+}
+
+// encodePEM is the CA as its two files: the certificate, and the key in
+// PKCS#8.
+func encodePEM(certDER []byte, key crypto.Signer) (certPEM, keyPEM []byte, err error) {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("marshal key: %w", err)
+	}
+	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certDER})
+	return certPEM, keyPEM, nil
 }
 
 // mkdirPrivate creates dir (and parents) if missing and makes sure a
@@ -188,9 +198,14 @@ func readCert(path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read certificate: %w", err)
 	}
+	return parseCertPEM(b, path)
+}
+
+// parseCertPEM is the DER of the PEM CERTIFICATE in b, read from where.
+func parseCertPEM(b []byte, where string) ([]byte, error) {
 	blk, _ := pem.Decode(b)
 	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("read certificate %s: no PEM CERTIFICATE block", path)
+		return nil, fmt.Errorf("read certificate %s: no PEM CERTIFICATE block", where)
 	}
 	return blk.Bytes, nil
 }
@@ -212,18 +227,24 @@ func readKey(path string) (crypto.Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read key %s: %w", path, err)
 	}
+	return parseKeyPEM(b, path)
+}
+
+// parseKeyPEM is the signer of the PEM PRIVATE KEY (PKCS#8) in b, read
+// from where. Its errors never include key material.
+func parseKeyPEM(b []byte, where string) (crypto.Signer, error) {
 	blk, _ := pem.Decode(b)
 	if blk == nil || blk.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("read key %s: no PEM PRIVATE KEY (PKCS#8) block", path)
+		return nil, fmt.Errorf("read key %s: no PEM PRIVATE KEY (PKCS#8) block", where)
 	}
 	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
 	if err != nil {
 		// The parser's error never includes key material.
-		return nil, fmt.Errorf("read key %s: %w", path, err)
+		return nil, fmt.Errorf("read key %s: %w", where, err)
 	}
 	s, ok := k.(crypto.Signer)
 	if !ok {
-		return nil, fmt.Errorf("read key %s: %T cannot sign", path, k)
+		return nil, fmt.Errorf("read key %s: %T cannot sign", where, k)
 	}
 	return s, nil
 }

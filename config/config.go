@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -58,10 +59,51 @@ func (k Keys) Sorted() []string {
 type CA struct {
 	// Dir holds ca.crt and ca.key; created on first start.
 	Dir string `yaml:"dir"`
+	// Secret, "NAMESPACE/NAME", is a Kubernetes Secret that holds the CA
+	// every node shares (keys ca.crt and ca.key), read through the API
+	// with the pod's service account: the first agent to find it missing
+	// or empty creates the CA in it. Set instead of Dir.
+	Secret string `yaml:"secret"`
 	// KeyType of a newly created CA: "ecdsa" (P-256, default) or "rsa" (2048).
 	KeyType string `yaml:"keyType"`
 	// LeafCacheSize bounds the minted-certificate cache.
 	LeafCacheSize int `yaml:"leafCacheSize"`
+}
+
+// SplitSecret is ca.secret's namespace and name: "NAMESPACE/NAME", a
+// DNS label and a DNS subdomain as Kubernetes names them.
+func SplitSecret(v string) (namespace, name string, err error) {
+	namespace, name, ok := strings.Cut(v, "/")
+	if !ok || !dnsLabel(namespace) || !dnsSubdomain(name) {
+		return "", "", errors.New("want NAMESPACE/NAME in lowercase letters, digits and '-' (and '.' in the name), e.g. sluice-system/sluice-ca")
+	}
+	return namespace, name, nil
+}
+
+// dnsLabel: RFC 1123 label, as Kubernetes checks a namespace.
+func dnsLabel(s string) bool {
+	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// dnsSubdomain: RFC 1123 subdomain, as Kubernetes checks a Secret's name.
+func dnsSubdomain(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(s, ".") {
+		if !dnsLabel(l) {
+			return false
+		}
+	}
+	return true
 }
 
 // Audit says where audit records go.
@@ -186,6 +228,14 @@ func (c *Config) Validate() error {
 	var errs []error
 	if c.CA.KeyType != "ecdsa" && c.CA.KeyType != "rsa" {
 		errs = append(errs, fmt.Errorf("ca.keyType %q: must be \"ecdsa\" or \"rsa\"", c.CA.KeyType))
+	}
+	if c.CA.Secret != "" {
+		if _, _, err := SplitSecret(c.CA.Secret); err != nil {
+			errs = append(errs, fmt.Errorf("ca.secret %q: %w", c.CA.Secret, err))
+		}
+		if c.Set["ca.dir"] {
+			errs = append(errs, fmt.Errorf("ca.secret %q and ca.dir %q are both set: choose one (secret: the CA every node shares; dir: this host's own)", c.CA.Secret, c.CA.Dir))
+		}
 	}
 	if c.CA.LeafCacheSize < 1 {
 		errs = append(errs, fmt.Errorf("ca.leafCacheSize %d: must be at least 1, e.g. 10000", c.CA.LeafCacheSize))

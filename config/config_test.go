@@ -74,3 +74,29 @@ func TestProcessGCHeadroom(t *testing.T) {
 		}
 	}
 }
+
+// TestCASecret: ca.secret names a Secret as NAMESPACE/NAME, and replaces
+// ca.dir rather than joining it.
+func TestCASecret(t *testing.T) {
+	for _, tt := range []struct {
+		yml, want string // want: "" for no error, else a part of the error
+	}{
+		{"ca:\n  secret: sluice-system/sluice-ca\n", ""},
+		{"ca:\n  secret: a/b.c-d\n", ""},
+		{"ca:\n  secret: sluice-ca\n", `ca.secret "sluice-ca": want NAMESPACE/NAME`},
+		{"ca:\n  secret: Sluice/ca\n", `ca.secret "Sluice/ca": want NAMESPACE/NAME`},
+		{"ca:\n  secret: sluice-system/ca/x\n", `ca.secret "sluice-system/ca/x": want NAMESPACE/NAME`},
+		{"ca:\n  secret: -ns/ca\n", `want NAMESPACE/NAME`},
+		{"ca:\n  secret: ns/\n", `want NAMESPACE/NAME`},
+		{"ca:\n  secret: ns/ca\n  dir: /var/lib/sluice/ca\n", `ca.secret "ns/ca" and ca.dir "/var/lib/sluice/ca" are both set: choose one`},
+	} {
+		c := Default()
+		err := Parse([]byte(tt.yml), &c)
+		if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("Parse(%q) = %v, want %q", tt.yml, err, tt.want)
+		}
+	}
+	if ns, name, err := SplitSecret("sluice-system/sluice-ca"); ns != "sluice-system" || name != "sluice-ca" || err != nil {
+		t.Errorf("SplitSecret = %q, %q, %v", ns, name, err)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -31,6 +32,7 @@ import (
 	"github.com/sluicehq/sluice/containers"
 	"github.com/sluicehq/sluice/flows"
 	"github.com/sluicehq/sluice/headroom"
+	"github.com/sluicehq/sluice/kubeapi"
 	"github.com/sluicehq/sluice/metrics"
 	"github.com/sluicehq/sluice/mitm"
 	"github.com/sluicehq/sluice/pcap"
@@ -294,10 +296,54 @@ func newDNSServer(cfg config.Config, n *Node, dialer *net.Dialer, log *slog.Logg
 	})
 }
 
+// caSecretTimeout bounds the Kubernetes API's part in a start with
+// ca.secret.
+const caSecretTimeout = 30 * time.Second
+
+// loadCA is the CA of c: the Kubernetes Secret every node shares
+// (ca.secret), created there by the first agent to find it missing or
+// empty; else this host's own, in ca.dir.
+func loadCA(ctx context.Context, c config.CA, log *slog.Logger) (*ca.Authority, error) {
+	o := ca.Options{KeyType: c.KeyType, LeafCacheSize: c.LeafCacheSize}
+	if c.Secret == "" {
+		return ca.LoadOrInit(c.Dir, o)
+	}
+	ns, name, err := config.SplitSecret(c.Secret)
+	if err != nil {
+		return nil, fmt.Errorf("ca.secret %q: %w", c.Secret, err)
+	}
+	api, ok, err := kubeapi.InCluster()
+	if err != nil {
+		return nil, fmt.Errorf("ca.secret %s: %w", c.Secret, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("ca.secret %s: not in a Kubernetes pod (no KUBERNETES_SERVICE_HOST, or no service account token in %s): set ca.dir instead", c.Secret, kubeapi.ServiceAccountDir)
+	}
+	return loadSharedCA(ctx, api, ns, name, o, log)
+}
+
+// loadSharedCA is the CA in the Secret namespace/name of api.
+func loadSharedCA(ctx context.Context, api *kubeapi.Client, ns, name string, o ca.Options, log *slog.Logger) (*ca.Authority, error) {
+	sec := api.Secret(ns, name)
+	sec.Labels = map[string]string{"app.kubernetes.io/name": "sluice", "app.kubernetes.io/component": "ca"}
+	ctx, cancel := context.WithTimeout(ctx, caSecretTimeout)
+	defer cancel()
+	a, created, err := ca.LoadOrInitShared(ctx, sec, o)
+	if err != nil {
+		return nil, err
+	}
+	msg := "ca loaded from the secret"
+	if created {
+		msg = "ca created in the secret"
+	}
+	log.Info(msg, audit.KeySecret, ns+"/"+name, audit.KeyFingerprint, a.Fingerprint())
+	return a, nil
+}
+
 // startProxy builds the CA, the policy, the audit sinks and the proxy.
 func (n *Node) startProxy(ctx context.Context, cfg config.Config, opts Options, dialer *net.Dialer) error {
 	var err error
-	n.CA, err = ca.LoadOrInit(cfg.CA.Dir, ca.Options{KeyType: cfg.CA.KeyType, LeafCacheSize: cfg.CA.LeafCacheSize})
+	n.CA, err = loadCA(ctx, cfg.CA, n.log)
 	if err != nil {
 		return err
 	}

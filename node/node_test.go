@@ -84,7 +84,9 @@ func TestStartErrors(t *testing.T) {
 		{"missing policy file", func(c *config.Config) { c.PolicyFile = filepath.Join(dir, "nope.yaml") }, "nope.yaml"},
 		{"audit file in a missing directory", func(c *config.Config) { c.Audit.File = filepath.Join(dir, "no", "audit.jsonl") }, "open audit log"},
 		{"admin on the intercept address", func(c *config.Config) { c.Admin.Listen = "169.254.77.77:9090" }, "169.254.77.77"},
+		{"ca.secret outside a pod", func(c *config.Config) { c.CA.Secret = "sluice-system/sluice-ca" }, "ca.secret sluice-system/sluice-ca: not in a Kubernetes pod"},
 	}
+	t.Setenv("KUBERNETES_SERVICE_HOST", "") // as on a host, also when the tests run in a pod
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := config.Default()

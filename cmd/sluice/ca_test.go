@@ -231,3 +231,22 @@ func TestCAExportFormats(t *testing.T) {
 		})
 	}
 }
+
+// --ca-dir wins over a config file's ca.secret: a host without the
+// Kubernetes API can run with the same config and a CA of its own.
+func TestCADirFlagWinsOverCASecret(t *testing.T) {
+	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte("ca:\n  secret: sluice-system/sluice-ca\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(cfgPath, "", "/tmp/flagca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.CA.Secret != "" || cfg.CA.Dir != "/tmp/flagca" {
+		t.Errorf("ca %+v, want dir /tmp/flagca and no secret", cfg.CA)
+	}
+	if cfg, _ := loadConfig(cfgPath, "", ""); cfg.CA.Secret != "sluice-system/sluice-ca" {
+		t.Errorf("without the flag: ca.secret %q", cfg.CA.Secret)
+	}
+}

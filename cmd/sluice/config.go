@@ -20,7 +20,7 @@ func loadConfig(cfgPath, policyPath, caDir string) (config.Config, error) {
 	}
 	switch {
 	case caDir != "":
-		cfg.CA.Dir = caDir
+		cfg.CA.Dir, cfg.CA.Secret = caDir, "" // the flag wins over the config's ca.secret too
 	case os.Getenv("SLUICE_CA_DIR") != "" && cfgPath == "":
 		cfg.CA.Dir = os.Getenv("SLUICE_CA_DIR")
 	}

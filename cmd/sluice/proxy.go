@@ -88,6 +88,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	bundle := filepath.Join(cfg.CA.Dir, ca.CertFile)
+	if cfg.CA.Secret != "" {
+		bundle = "the " + ca.CertFile + " of secret " + cfg.CA.Secret
+	}
 	fmt.Fprintf(stderr, "sluice proxy: listening on %s; clients use HTTPS_PROXY=http://%s and trust %s (SHA-256 %s)\n",
 		ln.Addr(), ln.Addr(), bundle, n.CA.Fingerprint())
 	if a := n.AdminAddr(); a != nil {
