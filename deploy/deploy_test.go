@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -215,16 +216,41 @@ type volume struct {
 }
 
 type podSpec struct {
-	HostNetwork    bool        `yaml:"hostNetwork"`
-	HostPID        bool        `yaml:"hostPID"`
-	DNSPolicy      string      `yaml:"dnsPolicy"`
-	InitContainers []container `yaml:"initContainers"`
-	Containers     []container `yaml:"containers"`
-	Volumes        []volume    `yaml:"volumes"`
-	Tolerations    []struct {
+	ServiceAccountName           string      `yaml:"serviceAccountName"`
+	AutomountServiceAccountToken *bool       `yaml:"automountServiceAccountToken"`
+	HostNetwork                  bool        `yaml:"hostNetwork"`
+	HostPID                      bool        `yaml:"hostPID"`
+	DNSPolicy                    string      `yaml:"dnsPolicy"`
+	InitContainers               []container `yaml:"initContainers"`
+	Containers                   []container `yaml:"containers"`
+	Volumes                      []volume    `yaml:"volumes"`
+	Tolerations                  []struct {
 		Operator string `yaml:"operator"`
 		Key      string `yaml:"key"`
 	} `yaml:"tolerations"`
+}
+
+type policyRule struct {
+	APIGroups     []string `yaml:"apiGroups"`
+	Resources     []string `yaml:"resources"`
+	ResourceNames []string `yaml:"resourceNames"`
+	Verbs         []string `yaml:"verbs"`
+}
+
+type role struct {
+	Rules []policyRule `yaml:"rules"`
+}
+
+type roleBinding struct {
+	RoleRef struct {
+		Kind string `yaml:"kind"`
+		Name string `yaml:"name"`
+	} `yaml:"roleRef"`
+	Subjects []struct {
+		Kind      string `yaml:"kind"`
+		Name      string `yaml:"name"`
+		Namespace string `yaml:"namespace"`
+	} `yaml:"subjects"`
 }
 
 type podTemplateOwner struct {
@@ -536,9 +562,12 @@ func checkDaemonSet(objs []*object, cfg config.Config, policyKeys map[string]str
 		}
 	}
 
-	// ca.dir: the sluice-ca Secret, with ca.crt and ca.key, key not
-	// readable by group or others.
-	if m, ok := mountFor(c, path.Clean(cfg.CA.Dir)); !ok || path.Clean(m.MountPath) != path.Clean(cfg.CA.Dir) {
+	// ca.secret: read through the API (checkCAAccess); else ca.dir: the
+	// sluice-ca Secret mounted, with ca.crt and ca.key, key not readable
+	// by group or others.
+	if cfg.CA.Secret != "" {
+		errs = append(errs, checkCAAccess(objs, cfg.CA.Secret, o.head.Metadata.Namespace, spec)...)
+	} else if m, ok := mountFor(c, path.Clean(cfg.CA.Dir)); !ok || path.Clean(m.MountPath) != path.Clean(cfg.CA.Dir) {
 		fail("ca.dir %s: not mounted (want the sluice-ca Secret there)", cfg.CA.Dir)
 	} else if v, _ := volumeByName(spec, m.Name); v.Secret == nil || v.Secret.SecretName != "sluice-ca" {
 		fail("ca.dir %s: volume %q is not the sluice-ca Secret", cfg.CA.Dir, m.Name)
@@ -644,6 +673,82 @@ func checkImages(objs []*object) []error {
 			if c.Image != image {
 				errs = append(errs, fmt.Errorf("%s container %s: image %q, the DaemonSet's is %q: use the same", o.id(), c.Name, c.Image, image))
 			}
+		}
+	}
+	return errs
+}
+
+// checkCAAccess: the agent can read and fill the Secret ca.secret names:
+// its pod mounts the service account's token, and a RoleBinding in the
+// Secret's namespace gives that account a role that may get and update
+// the Secret and create Secrets there (create cannot be limited by name).
+func checkCAAccess(objs []*object, secretRef, podNamespace string, spec podSpec) []error {
+	ns, name, err := config.SplitSecret(secretRef)
+	if err != nil {
+		return []error{fmt.Errorf("ca.secret %q: %w", secretRef, err)}
+	}
+	sa := cmp.Or(spec.ServiceAccountName, "default")
+	var errs []error
+	fail := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("ca.secret %s: "+format, append([]any{secretRef}, args...)...))
+	}
+	if spec.AutomountServiceAccountToken != nil && !*spec.AutomountServiceAccountToken {
+		fail("the DaemonSet sets automountServiceAccountToken: false, so the agent has no token for the API")
+	}
+	if o := find(objs, "ServiceAccount", sa); o != nil {
+		if v, err := decode[struct {
+			Automount *bool `yaml:"automountServiceAccountToken"`
+		}](o); err == nil && v.Automount != nil && !*v.Automount && spec.AutomountServiceAccountToken == nil {
+			fail("ServiceAccount %s sets automountServiceAccountToken: false, so the agent has no token for the API", sa)
+		}
+	}
+	granted := map[string]bool{}
+	for _, o := range objs {
+		if o.head.Kind != "RoleBinding" || o.head.Metadata.Namespace != ns {
+			continue
+		}
+		b, err := decode[roleBinding](o)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !slices.ContainsFunc(b.Subjects, func(s struct {
+			Kind      string `yaml:"kind"`
+			Name      string `yaml:"name"`
+			Namespace string `yaml:"namespace"`
+		}) bool {
+			return s.Kind == "ServiceAccount" && s.Name == sa && s.Namespace == podNamespace
+		}) {
+			continue
+		}
+		ro := find(objs, b.RoleRef.Kind, b.RoleRef.Name)
+		if ro == nil {
+			fail("%s binds %s %s, which is not in the manifests", o.id(), b.RoleRef.Kind, b.RoleRef.Name)
+			continue
+		}
+		r, err := decode[role](ro)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, rule := range r.Rules {
+			if !slices.Contains(rule.APIGroups, "") || !slices.Contains(rule.Resources, "secrets") {
+				continue
+			}
+			for _, v := range rule.Verbs {
+				byName := len(rule.ResourceNames) == 0 || slices.Contains(rule.ResourceNames, name)
+				if v == "create" && len(rule.ResourceNames) > 0 {
+					byName = false // RBAC never matches a create by name
+				}
+				if byName {
+					granted[v] = true
+				}
+			}
+		}
+	}
+	for _, v := range []string{"get", "create", "update"} {
+		if !granted[v] && !granted["*"] {
+			fail("no RoleBinding in namespace %s gives ServiceAccount %s/%s %s on Secret %s", ns, podNamespace, sa, v, name)
 		}
 	}
 	return errs
@@ -878,7 +983,13 @@ func TestManifestsCatchMistakes(t *testing.T) {
 		{"config bad value", "configmap-config.yaml", "      failMode: closed", "      failMode: shut", `agent.failMode "shut"`},
 		{"admin on every address", "configmap-config.yaml", "listen: 127.0.0.1:9090", "listen: 0.0.0.0:9090", "admin.listen"},
 		{"probe port differs from admin.listen", "configmap-config.yaml", "listen: 127.0.0.1:9090", "listen: 127.0.0.1:9091", "livenessProbe port 9090: admin.listen's port is 9091"},
-		{"ca.dir moved", "configmap-config.yaml", "dir: /var/lib/sluice/ca", "dir: /var/lib/sluice/ca2", "ca.dir /var/lib/sluice/ca2: not mounted"},
+		{"ca.dir not mounted", "configmap-config.yaml", "secret: sluice-system/sluice-ca", "dir: /var/lib/sluice/ca", "ca.dir /var/lib/sluice/ca: not mounted"},
+		{"ca.secret and ca.dir", "configmap-config.yaml", "secret: sluice-system/sluice-ca", "secret: sluice-system/sluice-ca\n      dir: /var/lib/sluice/ca", "are both set: choose one"},
+		{"ca.secret renamed", "configmap-config.yaml", "secret: sluice-system/sluice-ca", "secret: sluice-system/sluice-ca2", "gives ServiceAccount sluice-system/sluice-agent get on Secret sluice-ca2"},
+		{"ca.secret elsewhere", "configmap-config.yaml", "secret: sluice-system/sluice-ca", "secret: default/sluice-ca", "no RoleBinding in namespace default"},
+		{"ca.secret not updatable", "rbac.yaml", `verbs: ["get", "update"]`, `verbs: ["get"]`, "gives ServiceAccount sluice-system/sluice-agent update on Secret sluice-ca"},
+		{"ca.secret create by name", "rbac.yaml", "    resources: [\"secrets\"]\n    verbs: [\"create\"]", "    resources: [\"secrets\"]\n    resourceNames: [\"sluice-ca\"]\n    verbs: [\"create\"]", "create on Secret sluice-ca"},
+		{"ca.secret without a token", "daemonset.yaml", "      serviceAccountName: sluice-agent\n", "      serviceAccountName: sluice-agent\n      automountServiceAccountToken: false\n", "no token for the API"},
 		{"policy file moved", "configmap-config.yaml", "policyFile: /etc/sluice/policy/policy.yaml", "policyFile: /etc/sluice/rules/policy.yaml", "its directory /etc/sluice/rules is not a volumeMount"},
 		{"policy key renamed", "configmap-config.yaml", "policyFile: /etc/sluice/policy/policy.yaml", "policyFile: /etc/sluice/policy/rules.yaml", `no data key "rules.yaml"`},
 		{"bpffs elsewhere", "configmap-config.yaml", "bpffs: /sys/fs/bpf/sluice", "bpffs: /run/bpf/sluice", "agent.bpffs /run/bpf/sluice: its parent /run/bpf is not a volumeMount"},
@@ -895,7 +1006,6 @@ func TestManifestsCatchMistakes(t *testing.T) {
 		{"cleanup image differs", "examples/cleanup-job.yaml", "image: ghcr.io/sluicehq/sluice:latest", "image: sluice:dev", `image "sluice:dev", the DaemonSet's is`},
 		{"readiness path", "daemonset.yaml", "path: /readyz", "path: /healthz", `readinessProbe path "/healthz"`},
 		{"bpffs propagation", "daemonset.yaml", "              mountPropagation: Bidirectional", "              mountPropagation: HostToContainer", `mountPropagation "HostToContainer"`},
-		{"ca key readable", "daemonset.yaml", "defaultMode: 256", "defaultMode: 0644", "defaultMode 0644"},
 		{"config path", "daemonset.yaml", `"--config", "/etc/sluice/config.yaml"`, `"--config", "/etc/sluice.yaml"`, "--config /etc/sluice.yaml: no volumeMount covers it"},
 		{"policy subPath", "daemonset.yaml", "mountPath: /etc/sluice/policy\n", "mountPath: /etc/sluice/policy\n              subPath: policy.yaml\n", "mounted with subPath"},
 		{"unlisted resource", "extra.yaml", "", "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: extra\n", "extra.yaml is not listed"},
