@@ -31,6 +31,13 @@ type agentProc struct {
 // test if it still runs.
 func startAgentProc(t testing.TB, cfg config.Config, dir string, args ...string) *agentProc {
 	t.Helper()
+	return startAgentProcIn(t, nil, cfg, dir, args...)
+}
+
+// startAgentProcIn is startAgentProc with the agent started inside cg
+// (nil: the test's own cgroup).
+func startAgentProcIn(t testing.TB, cg *Cgroup, cfg config.Config, dir string, args ...string) *agentProc {
+	t.Helper()
 	b, err := yaml.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +48,13 @@ func startAgentProc(t testing.TB, cfg config.Config, dir string, args ...string)
 	}
 	a.cmd = exec.Command(sluiceBin, append([]string{"agent", "--config", a.Path}, args...)...)
 	a.cmd.Stdout, a.cmd.Stderr = a.Logs, a.Logs
-	if err := a.cmd.Start(); err != nil {
+	done := func() {}
+	if cg != nil {
+		done = cg.Command(t, a.cmd)
+	}
+	err = a.cmd.Start()
+	done()
+	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { a.err = a.cmd.Wait(); close(a.exited) }()

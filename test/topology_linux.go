@@ -323,7 +323,18 @@ func NewCgroup(t testing.TB, mount string) *Cgroup {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	name := "sluice-test-" + hex.EncodeToString(b)
-	cg := &Cgroup{Path: "/" + name, Dir: filepath.Join(mount, name)}
+	return makeCgroup(t, &Cgroup{Path: "/" + name, Dir: filepath.Join(mount, name)})
+}
+
+// Child creates the cgroup name below cg, removed in t.Cleanup (before
+// cg, which was created first).
+func (cg *Cgroup) Child(t testing.TB, name string) *Cgroup {
+	t.Helper()
+	return makeCgroup(t, &Cgroup{Path: cg.Path + "/" + name, Dir: filepath.Join(cg.Dir, name)})
+}
+
+func makeCgroup(t testing.TB, cg *Cgroup) *Cgroup {
+	t.Helper()
 	if err := os.Mkdir(cg.Dir, 0o755); err != nil {
 		t.Fatalf("create cgroup %s: %v", cg.Dir, err)
 	}
