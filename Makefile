@@ -12,7 +12,7 @@ IMAGE    ?= sluice:dev
 CA_ROOTS ?= /etc/ssl/certs/ca-certificates.crt
 IMAGE_CTX := bin/image
 
-.PHONY: help generate check-generated build image test unit e2e fuzz bench bench-peers pgo demo lint tidy-check clean
+.PHONY: help generate check-generated build image test unit e2e test-kube fuzz bench bench-peers pgo demo lint tidy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -48,6 +48,10 @@ unit: ## unit tests only (no root needed)
 
 e2e: build ## privileged end-to-end tests (root; sets SLUICE_E2E=1)
 	SLUICE_E2E=1 $(GO) test -count=1 -v ./test/...
+
+test-kube: ## the tests against a real Kubernetes API server named by SLUICE_KUBE_API, _CA and _TOKEN (README, Tests)
+	@test -n "$$SLUICE_KUBE_API" || { echo "test-kube: set SLUICE_KUBE_API, SLUICE_KUBE_API_CA and SLUICE_KUBE_API_TOKEN (README, Tests)"; exit 1; }
+	$(GO) test -count=1 -v -run RealAPI ./kubeapi/... ./containers ./webhook
 
 fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 	./scripts/fuzz.sh $${FUZZTIME:-20s}

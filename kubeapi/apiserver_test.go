@@ -1,0 +1,117 @@
+package kubeapi_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/ca"
+	"github.com/sluicehq/sluice/kubeapi"
+	"github.com/sluicehq/sluice/kubeapi/kubeapitest"
+)
+
+// Against a real API server (kubeapitest): the Role and RoleBinding that
+// deploy/kubernetes/rbac.yaml ships are what ca.secret needs, and agents
+// starting together with a service account's token end with one CA in
+// the Secret.
+func TestRealAPIAgentsShareOneCA(t *testing.T) {
+	k := kubeapitest.Real(t)
+	ctx := context.Background()
+	ns := k.Namespace(t, nil)
+	agent := k.Client(k.ServiceAccount(t, ns, "sluice-agent"))
+
+	// Without the grant the API refuses, and the error says what the
+	// role needs.
+	_, _, _, err := agent.Secret(ns, "sluice-ca").Get(ctx)
+	var se *kubeapi.StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusForbidden || !strings.Contains(err.Error(), "needs get, create and update on secret "+ns+"/sluice-ca") {
+		t.Fatalf("before the grant: %v, want 403 naming the grant", err)
+	}
+
+	// The shipped RBAC, moved into this test's namespace.
+	role := kubeapitest.Manifest(t, "../deploy/kubernetes/rbac.yaml", "Role", "sluice-agent-ca")
+	role["metadata"].(map[string]any)["namespace"] = ns
+	binding := kubeapitest.Manifest(t, "../deploy/kubernetes/rbac.yaml", "RoleBinding", "sluice-agent-ca")
+	binding["metadata"].(map[string]any)["namespace"] = ns
+	for _, s := range binding["subjects"].([]any) {
+		s.(map[string]any)["namespace"] = ns
+	}
+	k.Create(t, "/apis/rbac.authorization.k8s.io/v1/namespaces/"+ns+"/roles", role)
+	k.Create(t, "/apis/rbac.authorization.k8s.io/v1/namespaces/"+ns+"/rolebindings", binding)
+	// The authorizer learns of the binding through its own watch.
+	for i := 0; ; i++ {
+		_, _, found, err := agent.Secret(ns, "sluice-ca").Get(ctx)
+		if err == nil && !found {
+			break
+		}
+		if i == 100 {
+			t.Fatalf("after the grant: found %v, %v", found, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	const agents = 6
+	var (
+		wg      sync.WaitGroup
+		fps     [agents]string
+		created [agents]bool
+		errs    [agents]error
+	)
+	for i := range agents {
+		wg.Go(func() {
+			s := agent.Secret(ns, "sluice-ca")
+			s.Labels = map[string]string{"app.kubernetes.io/name": "sluice"}
+			a, c, err := ca.LoadOrInitShared(ctx, s, ca.Options{})
+			created[i], errs[i] = c, err
+			if a != nil {
+				fps[i] = a.Fingerprint()
+			}
+		})
+	}
+	wg.Wait()
+	creators := 0
+	for i := range agents {
+		if errs[i] != nil {
+			t.Fatalf("agent %d: %v", i, errs[i])
+		}
+		if created[i] {
+			creators++
+		}
+		if fps[i] != fps[0] {
+			t.Errorf("agent %d has CA %s, agent 0 has %s", i, fps[i], fps[0])
+		}
+	}
+	if creators != 1 {
+		t.Errorf("%d agents created a CA, want 1", creators)
+	}
+
+	// As the API holds it: an Opaque Secret with the two keys and the label.
+	obj := k.Do(t, http.MethodGet, "/api/v1/namespaces/"+ns+"/secrets/sluice-ca", nil)
+	data, _ := obj["data"].(map[string]any)
+	labels, _ := obj["metadata"].(map[string]any)["labels"].(map[string]any)
+	if obj["type"] != "Opaque" || len(data) != 2 || data[ca.CertFile] == nil || data[ca.KeyFile] == nil || labels["app.kubernetes.io/name"] != "sluice" {
+		t.Errorf("the Secret as stored: type %v, keys %d, labels %v", obj["type"], len(data), labels)
+	}
+	// A restarted agent loads it.
+	a, again, err := ca.LoadOrInitShared(ctx, agent.Secret(ns, "sluice-ca"), ca.Options{})
+	if err != nil || again || a.Fingerprint() != fps[0] {
+		t.Fatalf("restart: created %v, %v", again, err)
+	}
+	// The grant is for that Secret by name: no other one can be read.
+	if _, _, _, err := agent.Secret(ns, "other").Get(ctx); !errors.As(err, &se) || se.Code != http.StatusForbidden {
+		t.Errorf("another Secret: %v, want 403", err)
+	}
+
+	// An operator who leaves half a CA in it gets a refusal, not a new CA.
+	delete(data, ca.KeyFile)
+	obj["data"] = data
+	k.Do(t, http.MethodPut, "/api/v1/namespaces/"+ns+"/secrets/sluice-ca", obj)
+	_, _, err = ca.LoadOrInitShared(ctx, agent.Secret(ns, "sluice-ca"), ca.Options{})
+	if err == nil || !strings.Contains(err.Error(), "holds ca.crt but no ca.key") {
+		t.Errorf("half a CA: %v", err)
+	}
+}
