@@ -51,7 +51,7 @@ e2e: build ## privileged end-to-end tests (root; sets SLUICE_E2E=1)
 
 test-kube: ## the tests against a real Kubernetes API server named by SLUICE_KUBE_API, _CA and _TOKEN (README, Tests)
 	@test -n "$$SLUICE_KUBE_API" || { echo "test-kube: set SLUICE_KUBE_API, SLUICE_KUBE_API_CA and SLUICE_KUBE_API_TOKEN (README, Tests)"; exit 1; }
-	$(GO) test -count=1 -v -run RealAPI ./kubeapi/... ./containers ./webhook
+	$(GO) test -count=1 -v -run RealAPI ./kubeapi/... ./containers ./webhook ./node
 
 fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 	./scripts/fuzz.sh $${FUZZTIME:-20s}
