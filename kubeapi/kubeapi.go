@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -124,6 +125,27 @@ func (e *StatusError) Error() string {
 		return fmt.Sprintf("kubernetes api: %s %s: %s", e.Method, e.Path, e.Status)
 	}
 	return fmt.Sprintf("kubernetes api: %s %s: %s: %s", e.Method, e.Path, e.Status, msg)
+}
+
+// Transient reports whether err, from Do or what wraps it, may pass if
+// the request is sent again: the API server could not be reached, or
+// answered 429 Too Many Requests or a 5xx. A refusal (401, 403), an
+// answer about the object (404, 409) or a request it could not read
+// (400, 422) is not, nor a server whose certificate does not verify.
+func Transient(err error) bool {
+	if err == nil {
+		return false
+	}
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.Code == http.StatusTooManyRequests || se.Code >= 500
+	}
+	var cv *tls.CertificateVerificationError
+	if errors.As(err, &cv) {
+		return false // the server is not the one trusted: again is no better
+	}
+	var ue *url.Error
+	return errors.As(err, &ue) // the request never got an answer
 }
 
 // statusError reads the Status object of a refusal (its first 64 KiB; a

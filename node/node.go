@@ -300,6 +300,10 @@ func newDNSServer(cfg config.Config, n *Node, dialer *net.Dialer, log *slog.Logg
 // ca.secret.
 const caSecretTimeout = 30 * time.Second
 
+// caSecretRetry is the first wait before asking the API again, doubled
+// up to eight times that.
+const caSecretRetry = 500 * time.Millisecond
+
 // loadCA is the CA of c: the Kubernetes Secret every node shares
 // (ca.secret), created there by the first agent to find it missing or
 // empty; else this host's own, in ca.dir.
@@ -328,7 +332,25 @@ func loadSharedCA(ctx context.Context, api *kubeapi.Client, ns, name string, o c
 	sec.Labels = map[string]string{"app.kubernetes.io/name": "sluice", "app.kubernetes.io/component": "ca"}
 	ctx, cancel := context.WithTimeout(ctx, caSecretTimeout)
 	defer cancel()
-	a, created, err := ca.LoadOrInitShared(ctx, sec, o)
+	var (
+		a       *ca.Authority
+		created bool
+		err     error
+	)
+	// An API server that is briefly away (a control-plane upgrade, a
+	// node that starts before its route to the Service) is waited for,
+	// within caSecretTimeout; a refusal is not.
+	for wait := caSecretRetry; ; wait = min(2*wait, 8*caSecretRetry) {
+		a, created, err = ca.LoadOrInitShared(ctx, sec, o)
+		if err == nil || !kubeapi.Transient(err) || ctx.Err() != nil {
+			break
+		}
+		log.Warn("ca secret unreachable, retrying", audit.KeySecret, ns+"/"+name, audit.KeyError, err, audit.KeyRetryIn, wait.String())
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -3,7 +3,9 @@ package node
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -16,7 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/ca"
 	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/kubeapi"
 )
 
 type lockedBuffer struct {
@@ -200,5 +204,67 @@ func TestStartGCHeadroom(t *testing.T) {
 		if v := debug.SetGCPercent(100); v != 100 {
 			t.Errorf("gcHeadroom %d: GOGC %d after Close, want 100", tt.headroom, v)
 		}
+	}
+}
+
+// flakyAPI answers 503 to its first failures requests, then as an API
+// server with no Secret yet: GET 404, POST 201; or 403 to everything.
+type flakyAPI struct {
+	mu       sync.Mutex
+	failures int
+	forbid   bool
+	requests int
+}
+
+func (f *flakyAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	f.requests++
+	n := f.requests
+	f.mu.Unlock()
+	status := func(code int, reason string) {
+		w.WriteHeader(code)
+		fmt.Fprintf(w, `{"kind":"Status","apiVersion":"v1","status":"Failure","reason":%q,"code":%d}`, reason, code)
+	}
+	switch {
+	case f.forbid:
+		status(http.StatusForbidden, "Forbidden")
+	case n <= f.failures:
+		status(http.StatusServiceUnavailable, "ServiceUnavailable")
+	case r.Method == http.MethodGet:
+		status(http.StatusNotFound, "NotFound")
+	default:
+		w.WriteHeader(http.StatusCreated)
+		io.Copy(w, r.Body)
+	}
+}
+
+// A start with ca.secret waits for an API server that is briefly away,
+// and gives up at once on one that refuses.
+func TestLoadSharedCARetriesOnlyWhatMayPass(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		api          *flakyAPI
+		wantErr      string
+		wantRequests int
+	}{
+		{"two 503s, then created", &flakyAPI{failures: 2}, "", 4},
+		{"forbidden", &flakyAPI{forbid: true}, "403 Forbidden", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewTLSServer(tc.api)
+			defer srv.Close()
+			api := kubeapi.New(srv.URL, "", srv.Client().Transport.(*http.Transport).TLSClientConfig)
+			var logs lockedBuffer
+			_, err := loadSharedCA(context.Background(), api, "sluice-system", "sluice-ca", ca.Options{}, slog.New(slog.NewTextHandler(&logs, nil)))
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("err %v, want %q", err, tc.wantErr)
+			}
+			if tc.api.requests != tc.wantRequests {
+				t.Errorf("%d requests, want %d", tc.api.requests, tc.wantRequests)
+			}
+			if retries := strings.Count(logs.String(), "ca secret unreachable, retrying"); retries != tc.api.failures {
+				t.Errorf("%d retries logged, want %d:\n%s", retries, tc.api.failures, logs.String())
+			}
+		})
 	}
 }
