@@ -1041,3 +1041,51 @@ func TestManifestsCatchMistakes(t *testing.T) {
 		})
 	}
 }
+
+// The CA's other form, documented in deploy/kubernetes/README.md ("The
+// CA"): ca.dir with the sluice-ca Secret mounted there, read-only, 0400.
+// The check accepts it, and names what is wrong in a broken one.
+func TestManifestsCADirForm(t *testing.T) {
+	edit := func(t *testing.T, files map[string][]byte, file, old, new string) {
+		t.Helper()
+		if !bytes.Contains(files[file], []byte(old)) {
+			t.Fatalf("%s does not contain %q: update this test", file, old)
+		}
+		files[file] = bytes.Replace(files[file], []byte(old), []byte(new), 1)
+	}
+	dirForm := func(t *testing.T, mode string) map[string][]byte {
+		files := maps.Clone(readManifests(t))
+		edit(t, files, "configmap-config.yaml", "secret: sluice-system/sluice-ca", "dir: /var/lib/sluice/ca")
+		edit(t, files, "daemonset.yaml", "            - name: bpffs\n              mountPath:",
+			"            - name: ca\n              mountPath: /var/lib/sluice/ca\n              readOnly: true\n            - name: bpffs\n              mountPath:")
+		edit(t, files, "daemonset.yaml", "        - name: bpffs\n          hostPath:",
+			"        - name: ca\n          secret:\n            secretName: sluice-ca\n            defaultMode: "+mode+"\n        - name: bpffs\n          hostPath:")
+		return files
+	}
+	if err := check(dirForm(t, "256")); err != nil {
+		t.Fatalf("the ca.dir form, as documented:\n%v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		mode string
+		old  string // in daemonset.yaml, replaced by new
+		new  string
+		want string
+	}{
+		{"key readable", "0644", "", "", "defaultMode 0644"},
+		{"mode unset", "256", "            defaultMode: 256\n", "", "defaultMode unset (0644)"},
+		{"another Secret", "256", "secretName: sluice-ca", "secretName: sluice-tls", `volume "ca" is not the sluice-ca Secret`},
+		{"not mounted", "256", "              mountPath: /var/lib/sluice/ca\n", "              mountPath: /var/lib/sluice/ca2\n", "ca.dir /var/lib/sluice/ca: not mounted"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			files := dirForm(t, tc.mode)
+			if tc.old != "" {
+				edit(t, files, "daemonset.yaml", tc.old, tc.new)
+			}
+			err := check(files)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
