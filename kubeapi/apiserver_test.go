@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -54,40 +53,11 @@ func TestRealAPIAgentsShareOneCA(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
-	const agents = 6
-	var (
-		wg      sync.WaitGroup
-		fps     [agents]string
-		created [agents]bool
-		errs    [agents]error
-	)
-	for i := range agents {
-		wg.Go(func() {
-			s := agent.Secret(ns, "sluice-ca")
-			s.Labels = map[string]string{"app.kubernetes.io/name": "sluice"}
-			a, c, err := ca.LoadOrInitShared(ctx, s, ca.Options{})
-			created[i], errs[i] = c, err
-			if a != nil {
-				fps[i] = a.Fingerprint()
-			}
-		})
-	}
-	wg.Wait()
-	creators := 0
-	for i := range agents {
-		if errs[i] != nil {
-			t.Fatalf("agent %d: %v", i, errs[i])
-		}
-		if created[i] {
-			creators++
-		}
-		if fps[i] != fps[0] {
-			t.Errorf("agent %d has CA %s, agent 0 has %s", i, fps[i], fps[0])
-		}
-	}
-	if creators != 1 {
-		t.Errorf("%d agents created a CA, want 1", creators)
-	}
+	fp := agreeOnOneCA(t, 6, func() *kubeapi.Secret {
+		s := agent.Secret(ns, "sluice-ca")
+		s.Labels = map[string]string{"app.kubernetes.io/name": "sluice"}
+		return s
+	})
 
 	// As the API holds it: an Opaque Secret with the two keys and the label.
 	obj := k.Do(t, http.MethodGet, "/api/v1/namespaces/"+ns+"/secrets/sluice-ca", nil)
@@ -98,7 +68,7 @@ func TestRealAPIAgentsShareOneCA(t *testing.T) {
 	}
 	// A restarted agent loads it.
 	a, again, err := ca.LoadOrInitShared(ctx, agent.Secret(ns, "sluice-ca"), ca.Options{})
-	if err != nil || again || a.Fingerprint() != fps[0] {
+	if err != nil || again || a.Fingerprint() != fp {
 		t.Fatalf("restart: created %v, %v", again, err)
 	}
 	// The grant is for that Secret by name: no other one can be read.

@@ -296,17 +296,32 @@ func TestTokenIsReadForEveryRequest(t *testing.T) {
 // one CA in the Secret, and every one of them holds it.
 func TestAgentsShareOneCAThroughTheSecret(t *testing.T) {
 	api, c := newSecretsAPI(t)
-	const agents = 6
+	fp := agreeOnOneCA(t, 6, func() *kubeapi.Secret { return c.Secret("sluice-system", "sluice-ca") })
+	// The Secret holds that CA: a restarted agent loads it.
+	a, created2, err := ca.LoadOrInitShared(context.Background(), c.Secret("sluice-system", "sluice-ca"), ca.Options{})
+	if err != nil || created2 || a.Fingerprint() != fp {
+		t.Fatalf("restart: created %v, %v", created2, err)
+	}
+	if d := api.object("sluice-system/sluice-ca")["data"].(map[string]any); len(d) != 2 {
+		t.Errorf("the Secret holds %d keys, want ca.crt and ca.key", len(d))
+	}
+}
+
+// agreeOnOneCA starts agents at once, each loading or creating the CA in
+// its own handle on one Secret, and checks that exactly one created it
+// and all hold it; it returns its fingerprint.
+func agreeOnOneCA(t *testing.T, agents int, secret func() *kubeapi.Secret) string {
+	t.Helper()
 	var (
 		wg      sync.WaitGroup
-		fps     [agents]string
-		created [agents]bool
-		errs    [agents]error
+		fps     = make([]string, agents)
+		created = make([]bool, agents)
+		errs    = make([]error, agents)
 	)
 	for i := range agents {
 		wg.Go(func() {
 			var a *ca.Authority
-			a, created[i], errs[i] = ca.LoadOrInitShared(context.Background(), c.Secret("sluice-system", "sluice-ca"), ca.Options{})
+			a, created[i], errs[i] = ca.LoadOrInitShared(context.Background(), secret(), ca.Options{})
 			if a != nil {
 				fps[i] = a.Fingerprint()
 			}
@@ -328,12 +343,5 @@ func TestAgentsShareOneCAThroughTheSecret(t *testing.T) {
 	if creators != 1 {
 		t.Errorf("%d agents created a CA, want 1", creators)
 	}
-	// The Secret holds that CA: a restarted agent loads it.
-	a, created2, err := ca.LoadOrInitShared(context.Background(), c.Secret("sluice-system", "sluice-ca"), ca.Options{})
-	if err != nil || created2 || a.Fingerprint() != fps[0] {
-		t.Fatalf("restart: created %v, %v", created2, err)
-	}
-	if d := api.object("sluice-system/sluice-ca")["data"].(map[string]any); len(d) != 2 {
-		t.Errorf("the Secret holds %d keys, want ca.crt and ca.key", len(d))
-	}
+	return fps[0]
 }
