@@ -84,4 +84,21 @@ func TestRealAPIAgentsShareOneCA(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "holds ca.crt but no ca.key") {
 		t.Errorf("half a CA: %v", err)
 	}
+
+	// One who empties it (keeping a key of their own, and an annotation)
+	// has it filled with a new CA by an update, which the Role allows,
+	// and keeps the rest.
+	obj = k.Do(t, http.MethodGet, "/api/v1/namespaces/"+ns+"/secrets/sluice-ca", nil)
+	obj["data"] = map[string]any{"note": "b3BlcmF0b3I="}
+	obj["metadata"].(map[string]any)["annotations"] = map[string]any{"owner": "platform"}
+	k.Do(t, http.MethodPut, "/api/v1/namespaces/"+ns+"/secrets/sluice-ca", obj)
+	a, filled, err := ca.LoadOrInitShared(ctx, agent.Secret(ns, "sluice-ca"), ca.Options{})
+	if err != nil || !filled || a.Fingerprint() == fp {
+		t.Fatalf("an emptied Secret: created %v, %v", filled, err)
+	}
+	obj = k.Do(t, http.MethodGet, "/api/v1/namespaces/"+ns+"/secrets/sluice-ca", nil)
+	data, _ = obj["data"].(map[string]any)
+	if data["note"] != "b3BlcmF0b3I=" || data[ca.CertFile] == nil || obj["metadata"].(map[string]any)["annotations"].(map[string]any)["owner"] != "platform" {
+		t.Errorf("the filled Secret lost what it held: %v", obj)
+	}
 }
