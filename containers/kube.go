@@ -81,8 +81,7 @@ func (k *Kube) request(ctx context.Context, query url.Values) (*http.Response, e
 	resp, err := k.api.Do(ctx, http.MethodGet, "/api/v1/pods", query, nil)
 	if err != nil {
 		err = fmt.Errorf("list pods of node %s: %w", k.Node, err)
-		var se *kubeapi.StatusError
-		if errors.As(err, &se) && (se.Code == http.StatusUnauthorized || se.Code == http.StatusForbidden) {
+		if code := kubeapi.StatusCode(err); code == http.StatusUnauthorized || code == http.StatusForbidden {
 			err = fmt.Errorf("%w (the agent's service account needs get, list and watch on pods)", err)
 		}
 		return nil, err

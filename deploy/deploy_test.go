@@ -241,16 +241,18 @@ type role struct {
 	Rules []policyRule `yaml:"rules"`
 }
 
+type subject struct {
+	Kind      string `yaml:"kind"`
+	Name      string `yaml:"name"`
+	Namespace string `yaml:"namespace"`
+}
+
 type roleBinding struct {
 	RoleRef struct {
 		Kind string `yaml:"kind"`
 		Name string `yaml:"name"`
 	} `yaml:"roleRef"`
-	Subjects []struct {
-		Kind      string `yaml:"kind"`
-		Name      string `yaml:"name"`
-		Namespace string `yaml:"namespace"`
-	} `yaml:"subjects"`
+	Subjects []subject `yaml:"subjects"`
 }
 
 type podTemplateOwner struct {
@@ -712,13 +714,7 @@ func checkCAAccess(objs []*object, secretRef, podNamespace string, spec podSpec)
 			errs = append(errs, err)
 			continue
 		}
-		if !slices.ContainsFunc(b.Subjects, func(s struct {
-			Kind      string `yaml:"kind"`
-			Name      string `yaml:"name"`
-			Namespace string `yaml:"namespace"`
-		}) bool {
-			return s.Kind == "ServiceAccount" && s.Name == sa && s.Namespace == podNamespace
-		}) {
+		if !slices.Contains(b.Subjects, subject{Kind: "ServiceAccount", Name: sa, Namespace: podNamespace}) {
 			continue
 		}
 		ro := find(objs, b.RoleRef.Kind, b.RoleRef.Name)

@@ -127,6 +127,16 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("kubernetes api: %s %s: %s: %s", e.Method, e.Path, e.Status, msg)
 }
 
+// StatusCode is the HTTP status of the API's answer that err (from Do,
+// or what wraps it) carries; 0 when the API gave none.
+func StatusCode(err error) int {
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	return 0
+}
+
 // Transient reports whether err, from Do or what wraps it, may pass if
 // the request is sent again: the API server could not be reached, or
 // answered 429 Too Many Requests or a 5xx. A refusal (401, 403), an
@@ -136,9 +146,8 @@ func Transient(err error) bool {
 	if err == nil {
 		return false
 	}
-	var se *StatusError
-	if errors.As(err, &se) {
-		return se.Code == http.StatusTooManyRequests || se.Code >= 500
+	if code := StatusCode(err); code != 0 {
+		return code == http.StatusTooManyRequests || code >= 500
 	}
 	var cv *tls.CertificateVerificationError
 	if errors.As(err, &cv) {

@@ -3,9 +3,9 @@ package kubeapi
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"sync"
@@ -46,8 +46,7 @@ func (s *Secret) path() string {
 func (s *Secret) Get(ctx context.Context) (files map[string][]byte, version string, found bool, err error) {
 	resp, err := s.c.Do(ctx, http.MethodGet, s.path(), nil, nil)
 	if err != nil {
-		var se *StatusError
-		if errors.As(err, &se) && se.Code == http.StatusNotFound {
+		if StatusCode(err) == http.StatusNotFound {
 			return nil, "", false, nil
 		}
 		return nil, "", false, s.refused(err)
@@ -60,23 +59,27 @@ func (s *Secret) Get(ctx context.Context) (files map[string][]byte, version stri
 	if len(b) > maxSecret {
 		return nil, "", false, fmt.Errorf("kubernetes api: read %s: larger than %d bytes", s, maxSecret)
 	}
-	var obj map[string]json.RawMessage
-	var fields struct {
-		Metadata struct {
+	var (
+		obj  map[string]json.RawMessage
+		meta struct {
 			ResourceVersion string `json:"resourceVersion"`
-		} `json:"metadata"`
-		Data map[string][]byte `json:"data"` // base64 in JSON
+		}
+		data map[string][]byte // base64 in JSON
+	)
+	err = json.Unmarshal(b, &obj)
+	if err == nil {
+		err = json.Unmarshal(obj["metadata"], &meta)
 	}
-	if err := json.Unmarshal(b, &obj); err != nil {
-		return nil, "", false, fmt.Errorf("kubernetes api: decode %s: %w", s, err)
+	if err == nil && obj["data"] != nil {
+		err = json.Unmarshal(obj["data"], &data)
 	}
-	if err := json.Unmarshal(b, &fields); err != nil {
+	if err != nil {
 		return nil, "", false, fmt.Errorf("kubernetes api: decode %s: %w", s, err)
 	}
 	s.mu.Lock()
-	s.last, s.lastVersion = obj, fields.Metadata.ResourceVersion
+	s.last, s.lastVersion = obj, meta.ResourceVersion
 	s.mu.Unlock()
-	return fields.Data, fields.Metadata.ResourceVersion, true, nil
+	return data, meta.ResourceVersion, true, nil
 }
 
 // Put creates the Secret (type Opaque) with files as its data when
@@ -110,10 +113,7 @@ func (s *Secret) Put(ctx context.Context, files map[string][]byte, version strin
 		if obj == nil || last != version {
 			return false, fmt.Errorf("kubernetes api: update %s: version %q is not the one last read", s, version)
 		}
-		put := make(map[string]json.RawMessage, len(obj)+1)
-		for k, v := range obj {
-			put[k] = v
-		}
+		put := maps.Clone(obj)
 		put["data"] = data // the resourceVersion in metadata makes the update conditional
 		body, err = json.Marshal(put)
 	}
@@ -122,8 +122,7 @@ func (s *Secret) Put(ctx context.Context, files map[string][]byte, version strin
 	}
 	resp, err := s.c.Do(ctx, method, path, nil, body)
 	if err != nil {
-		var se *StatusError
-		if errors.As(err, &se) && se.Code == http.StatusConflict {
+		if StatusCode(err) == http.StatusConflict {
 			return false, nil
 		}
 		return false, s.refused(err)
@@ -136,8 +135,7 @@ func (s *Secret) Put(ctx context.Context, files map[string][]byte, version strin
 // refused is err, with what the agent's role must allow when the API
 // said it may not.
 func (s *Secret) refused(err error) error {
-	var se *StatusError
-	if errors.As(err, &se) && (se.Code == http.StatusUnauthorized || se.Code == http.StatusForbidden) {
+	if code := StatusCode(err); code == http.StatusUnauthorized || code == http.StatusForbidden {
 		return fmt.Errorf("%w (the agent's service account needs get, create and update on %s, as deploy/kubernetes/rbac.yaml grants)", err, s)
 	}
 	return err

@@ -122,11 +122,10 @@ func (c *Cluster) delete(t testing.TB, path string) {
 	defer cancel()
 	body := []byte(`{"kind":"DeleteOptions","apiVersion":"v1","gracePeriodSeconds":0,"propagationPolicy":"Background"}`)
 	resp, err := c.Admin.Do(ctx, http.MethodDelete, path, nil, body)
-	var se *kubeapi.StatusError
 	switch {
 	case err == nil:
 		resp.Body.Close()
-	case errors.As(err, &se) && se.Code == http.StatusNotFound:
+	case kubeapi.StatusCode(err) == http.StatusNotFound:
 	default:
 		t.Errorf("clean up: %v", err)
 	}
