@@ -27,7 +27,8 @@
 #   client: wrk and h2load cannot use a proxy).
 # Every figure is also printed as a ratio to nginx's figure of the same run.
 #
-# Missing tools: the apt-get line is printed; BENCH_INSTALL=1 runs it.
+# Missing tools: the apt-get line is printed; BENCH_INSTALL=1 runs it (and
+# installs tshark, which the newconn test's handshake shares need).
 # Settings (environment): BENCH_ROUNDS (3), BENCH_DURATION seconds per
 # measurement (5), BENCH_CONNS ("8 32 64 256 512"), BENCH_STREAM_MB (1024),
 # BENCH_IDLE connections (10000, lowered to what RLIMIT_NOFILE's hard limit
@@ -152,6 +153,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "  $apt" >&2
     echo "(or BENCH_INSTALL=1 make bench-peers)" >&2
     exit 1
+  fi
+fi
+# dumpcap and tshark are optional: without them the share of resumed and
+# TLS 1.3 handshakes of the newconn test is not measured.
+if ! command -v dumpcap >/dev/null || ! command -v tshark >/dev/null; then
+  if [ "${BENCH_INSTALL:-0}" = 1 ]; then
+    echo "installing: apt-get install -y tshark"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y tshark
+  else
+    echo "note: without dumpcap and tshark (apt-get install -y tshark) the newconn test does not measure resumed and TLS 1.3 handshakes" >&2
   fi
 fi
 
