@@ -12,7 +12,7 @@ IMAGE    ?= sluice:dev
 CA_ROOTS ?= /etc/ssl/certs/ca-certificates.crt
 IMAGE_CTX := bin/image
 
-.PHONY: help generate check-generated build image test unit e2e test-kube fuzz bench bench-peers pgo demo lint tidy-check clean
+.PHONY: help generate check-generated build image test unit race e2e test-kube fuzz bench bench-peers pgo demo lint tidy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ test: build ## everything CI runs: vet, unit tests, e2e tests when SLUICE_E2E=1
 
 unit: ## unit tests only (no root needed)
 	$(GO) test -count=1 $(shell $(GO) list ./... | grep -v /test)
+
+race: ## unit tests under the race detector (needs cgo and a C compiler; not run by CI)
+	CGO_ENABLED=1 $(GO) test -race -count=1 $(shell $(GO) list ./... | grep -v /test)
 
 e2e: build ## privileged end-to-end tests (root; sets SLUICE_E2E=1)
 	SLUICE_E2E=1 $(GO) test -count=1 -v ./test/...

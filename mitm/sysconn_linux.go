@@ -120,6 +120,7 @@ func (s *sysCall) readFD(fd uintptr) bool {
 		switch e {
 		case 0:
 			s.n = int(n)
+			raceReadDone(s.p, s.n)
 			return true
 		case syscall.EINTR:
 			continue
@@ -134,6 +135,7 @@ func (s *sysCall) readFD(fd uintptr) bool {
 // writeFD writes s.p from s.n on, counting in s.n; false (wait for
 // room) when the socket's buffer is full before the end.
 func (s *sysCall) writeFD(fd uintptr) bool {
+	raceWriteStart()
 	for s.n < len(s.p) {
 		q := s.p[s.n:min(len(s.p), s.n+maxRW)]
 		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&q[0])), uintptr(len(q)))
@@ -143,6 +145,7 @@ func (s *sysCall) writeFD(fd uintptr) bool {
 				s.stuck = true
 				return true
 			}
+			raceWriteDone(q, int(n))
 			s.n += int(n)
 		case syscall.EINTR:
 		case syscall.EAGAIN:
