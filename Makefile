@@ -2,6 +2,8 @@
 GO      ?= go
 BIN     ?= bin/sluice
 PKGS    := ./...
+# The packages whose tests need no privilege (all but test/), for unit and race.
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v /test)
 export CGO_ENABLED ?= 0
 # The version `sluice version` prints and the image's labels carry.
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -44,10 +46,10 @@ test: build ## everything CI runs: vet, unit tests, e2e tests when SLUICE_E2E=1
 	$(GO) test -count=1 $(PKGS)
 
 unit: ## unit tests only (no root needed)
-	$(GO) test -count=1 $(shell $(GO) list ./... | grep -v /test)
+	$(GO) test -count=1 $(UNIT_PKGS)
 
 race: ## unit tests under the race detector (needs cgo and a C compiler; not run by CI)
-	CGO_ENABLED=1 $(GO) test -race -count=1 $(shell $(GO) list ./... | grep -v /test)
+	CGO_ENABLED=1 $(GO) test -race -count=1 $(UNIT_PKGS)
 
 e2e: build ## privileged end-to-end tests (root; sets SLUICE_E2E=1)
 	SLUICE_E2E=1 $(GO) test -count=1 -v ./test/...
