@@ -61,12 +61,12 @@ func TestFlushWriterWritesAtOnceWhenFull(t *testing.T) {
 	var file writes
 	f := audit.NewFlushWriter(&file, time.Hour)
 	line := strings.Repeat("x", 1023) + "\n"
-	for range 64 {
+	for range 512 {
 		_, _ = f.Write([]byte(line))
 	}
 	got := file.all()
-	if len(got) != 1 || len(got[0]) != 64*1024 {
-		t.Fatalf("after 64 KiB the file got %d writes, want one of 64 KiB", len(got))
+	if len(got) != 1 || len(got[0]) != 512*1024 {
+		t.Fatalf("after 512 KiB the file got %d writes, want one of 512 KiB", len(got))
 	}
 }
 
@@ -121,7 +121,7 @@ func (b *blockingFile) Write(p []byte) (int, error) {
 }
 
 // A flush's write to a slow file does not hold up the other writers,
-// not even when they fill another 64 KiB meanwhile: their lines go into
+// not even when they fill another 512 KiB meanwhile: their lines go into
 // the next buffer, written after it, in order.
 func TestFlushWriterWritesWhileOthersWrite(t *testing.T) {
 	file := &blockingFile{started: make(chan struct{}), release: make(chan struct{})}
@@ -129,14 +129,14 @@ func TestFlushWriterWritesWhileOthersWrite(t *testing.T) {
 	first := strings.Repeat("x", 1023) + "\n"
 	next := strings.Repeat("y", 1023) + "\n"
 	go func() {
-		for range 64 { // the 64th fills 64 KiB: its Write flushes
+		for range 512 { // the 512th fills 512 KiB: its Write flushes
 			_, _ = f.Write([]byte(first))
 		}
 	}()
 	<-file.started
 	done := make(chan struct{})
 	go func() {
-		for range 70 { // past another 64 KiB while the first write waits
+		for range 520 { // past another 512 KiB while the first write waits
 			_, _ = f.Write([]byte(next))
 		}
 		close(done)
@@ -151,8 +151,8 @@ func TestFlushWriterWritesWhileOthersWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := file.all()
-	if len(got) < 2 || got[0] != strings.Repeat(first, 64) || strings.Join(got[1:], "") != strings.Repeat(next, 70) {
-		t.Fatalf("the file got %d writes, want the first 64 KiB, then the 70 lines written meanwhile", len(got))
+	if len(got) < 2 || got[0] != strings.Repeat(first, 512) || strings.Join(got[1:], "") != strings.Repeat(next, 520) {
+		t.Fatalf("the file got %d writes, want the first 512 KiB, then the 520 lines written meanwhile", len(got))
 	}
 }
 

@@ -114,7 +114,7 @@ type Audit struct {
 	// "combined" format plus upstream address and times (see audit.CombinedLog).
 	AccessLog string `yaml:"accessLog"`
 	// FlushInterval, when set, holds the audit log's and the access log's
-	// lines for up to this long (or 64 KiB) and writes them together: one
+	// lines for up to this long (or 512 KiB) and writes them together: one
 	// write per batch instead of one per record, at the price of that
 	// delay before a line is in the file (and of those lines on a crash).
 	// 0 writes every record at once.
