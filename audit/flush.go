@@ -10,8 +10,8 @@ import (
 // writes it to the file underneath in one write: the audit log's
 // audit.flushInterval, the trade nginx's access_log buffer= flush= and
 // Envoy's access-log flush interval make. A record reaches the file at
-// most the interval after it was written, or at once when 512 KiB are
-// waiting; a crash loses at most that much. Each Write is kept whole, so
+// most the interval after it was written, or at once when flushBytes
+// are waiting; a crash loses at most that much. Each Write is kept whole, so
 // lines written one per Write (JSONLog, CombinedLog) never split or
 // interleave. Close writes what is left; writes after Close go straight
 // through, and Flush and Close return once what was written before them
@@ -19,7 +19,7 @@ import (
 //
 // One goroutine at a time writes to the file, and without mu: the others
 // go on filling the next buffer (the writer takes it too when it has
-// grown to 512 KiB meanwhile). They wait only when flushHold bytes wait
+// grown to flushBytes meanwhile). They wait only when flushHold bytes wait
 // behind a write under way (a file that has stopped taking writes).
 type FlushWriter struct {
 	mu      sync.Mutex
@@ -42,7 +42,7 @@ const (
 	// CPU; Go's monitor (sysmon) then hands the thread's P to another
 	// thread and wakes every 20 µs for a while after. At 64 KiB, one
 	// write per 110 lines, the monitor's thread was 3% of the proxy's
-	// CPU under keep-alive load at 32 connections, at 512 KiB 1%.
+	// CPU under keep-alive load at 32 connections, at 512 KiB 1-2%.
 	flushBytes = 512 << 10
 	// flushHold is how much may wait behind a write under way.
 	flushHold = 16 * flushBytes
@@ -95,7 +95,7 @@ func (f *FlushWriter) Flush() error {
 }
 
 // writeOut writes buf to the file as the one writer, and again while
-// what piled up meanwhile is 512 KiB or more (all: anything); mu held on
+// what piled up meanwhile is flushBytes or more (all: anything); mu held on
 // entry, not writing, let go on return.
 func (f *FlushWriter) writeOut(all bool) error {
 	f.armed = false
@@ -116,7 +116,7 @@ func (f *FlushWriter) writeOut(all bool) error {
 	}
 	f.writing = false
 	f.done.Broadcast()
-	if len(f.buf) > 0 && !f.closed { // less than 512 KiB came meanwhile: the timer's
+	if len(f.buf) > 0 && !f.closed { // less than flushBytes came meanwhile: the timer's
 		f.armed = true
 		f.timer.Reset(f.every)
 	}
