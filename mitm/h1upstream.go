@@ -48,6 +48,7 @@ type h1Pool struct {
 type h1UpConn struct {
 	conn   net.Conn
 	raw    syscall.RawConn // the TCP socket under conn, for the idle check; nil when there is none
+	sys    *sysConn        // the socket, when a request's write may wait for its answer's read (heldSocket)
 	peek   func(fd uintptr) bool
 	abort  func()        // abortNow, made once
 	open   bool          // what peek found
@@ -150,6 +151,11 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 			return nil, false, context.Cause(ctx)
 		}
 		return nil, retry && !isTimeout(err), err
+	}
+	// The request goes out with the first read of its answer, one
+	// system call fewer (sysConn.holdWrites).
+	if uc.sys != nil {
+		uc.sys.holdWrites()
 	}
 	err := writeH1Request(uc.bw, req)
 	if err == nil {
@@ -392,7 +398,24 @@ func (hp *h1Pool) get(ctx context.Context, fresh bool) (*h1UpConn, error) {
 	uc := &h1UpConn{conn: c, lim: limitedReader{r: c, n: noLimit}, bw: bufio.NewWriterSize(c, 4<<10)}
 	uc.br = bufio.NewReaderSize(&uc.lim, 4<<10)
 	uc.raw = rawSocketOf(c)
+	uc.sys = heldSocket(c)
 	return uc, nil
+}
+
+// heldSocket is the sysConn under c when c is one, or a TLS client over
+// one through a recordConn: wrappers whose Reads all reach the socket,
+// so that a held request (sysConn.holdWrites) goes out with the first
+// read of its answer. Else nil.
+func heldSocket(c net.Conn) *sysConn {
+	if tc, ok := c.(*tls.Conn); ok {
+		rc, ok := tc.NetConn().(*recordConn)
+		if !ok {
+			return nil
+		}
+		c = rc.Conn
+	}
+	sc, _ := c.(*sysConn)
+	return sc
 }
 
 // put keeps uc for the next request, or closes it when the pool is full.

@@ -34,7 +34,25 @@ import (
 type sysConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
+	// held: the bytes written since holdWrites, kept for the next Read
+	// to send (sendRead); holding: Writes are kept, not sent. Used by
+	// one goroutine at a time, the one that writes a request and then
+	// reads its answer (h1Pool.exchange).
+	held    []byte
+	holding bool
 }
+
+// maxHeld is the most a held write keeps: more, and what is held goes
+// out at once, as any write would.
+const maxHeld = 16 << 10
+
+// holdWrites keeps the Writes that follow, up to maxHeld bytes, for the
+// next Read to send: a request and the wait for its answer in one call
+// to the poller, one system call fewer than a write and a read that
+// finds nothing yet (sendRead). Only for a read of the answer to what is
+// held: bytes the peer sent before it do not wake that Read (they are
+// read with the answer), the answer does.
+func (c *sysConn) holdWrites() { c.holding = true }
 
 // sysCall is one call in progress: its buffer and result, and the
 // poller's callbacks, bound once (a closure per call would be three
@@ -48,11 +66,17 @@ type sysCall struct {
 	stuck bool // a write the kernel took nothing of, with no error
 	read  func(fd uintptr) bool
 	write func(fd uintptr) bool
+	// sendRead's: out is sent before the read (nil once it all went),
+	// sent counts it, werrno is the send's error.
+	out      []byte
+	sent     int
+	werrno   syscall.Errno
+	sendRead func(fd uintptr) bool
 }
 
 var sysCalls = sync.Pool{New: func() any {
 	s := &sysCall{}
-	s.read, s.write = s.readFD, s.writeFD
+	s.read, s.write, s.sendRead = s.readFD, s.writeFD, s.sendReadFD
 	return s
 }}
 
@@ -77,6 +101,9 @@ func (c *sysConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return c.TCPConn.Read(p) // no call: what net says of the connection
 	}
+	if c.holding {
+		return c.sendRead(p)
+	}
 	s := sysCalls.Get().(*sysCall)
 	s.p, s.n, s.errno = p[:min(len(p), maxRW)], 0, 0
 	err := c.rc.Read(s.read)
@@ -95,6 +122,15 @@ func (c *sysConn) Read(p []byte) (int, error) {
 }
 
 func (c *sysConn) Write(p []byte) (int, error) {
+	if c.holding {
+		if len(c.held)+len(p) <= maxHeld {
+			c.held = append(c.held, p...)
+			return len(p), nil
+		}
+		if err := c.releaseHeld(); err != nil {
+			return 0, err
+		}
+	}
 	s := sysCalls.Get().(*sysCall)
 	s.p, s.n, s.errno, s.stuck = p, 0, 0, false
 	err := c.rc.Write(s.write)
@@ -108,6 +144,58 @@ func (c *sysConn) Write(p []byte) (int, error) {
 		return n, c.opError("write", io.ErrUnexpectedEOF)
 	case errno != 0:
 		return n, c.opError("write", os.NewSyscallError("write", errno))
+	}
+	return n, nil
+}
+
+// releaseHeld ends holding and sends what was held, waiting for room as
+// Write does.
+func (c *sysConn) releaseHeld() error {
+	held := c.held
+	c.held, c.holding = held[:0], false
+	if len(held) == 0 {
+		return nil
+	}
+	_, err := c.Write(held)
+	return err
+}
+
+// sendRead sends what holdWrites kept, then reads p, in one call to the
+// poller: RawRead resets the socket's readiness before its first
+// callback, so the peer's answer, which can only come after the send,
+// wakes the wait that follows it; without the send inside, a read that
+// finds nothing (EAGAIN) would have to come first. A send the socket
+// can't take whole at once is finished as Write finishes one (deadline
+// and all), and the read made the usual way.
+func (c *sysConn) sendRead(p []byte) (int, error) {
+	held := c.held
+	c.held, c.holding = held[:0], false
+	if len(held) == 0 {
+		return c.Read(p)
+	}
+	s := sysCalls.Get().(*sysCall)
+	s.p, s.n, s.errno = p[:min(len(p), maxRW)], 0, 0
+	s.out, s.sent, s.werrno = held, 0, 0
+	err := c.rc.Read(s.sendRead)
+	n, errno, sent, werrno, tried := s.n, s.errno, s.sent, s.werrno, s.out == nil || s.sent > 0
+	s.p, s.out = nil, nil
+	sysCalls.Put(s)
+	switch {
+	case werrno != 0:
+		return 0, c.opError("write", os.NewSyscallError("write", werrno))
+	case err != nil && !tried:
+		return 0, c.opError("write", err) // closed, or a deadline past, before anything was sent
+	case err != nil:
+		return 0, c.opError("read", err)
+	case sent < len(held):
+		if _, err := c.Write(held[sent:]); err != nil {
+			return 0, err
+		}
+		return c.Read(p)
+	case errno != 0:
+		return 0, c.opError("read", os.NewSyscallError("read", errno))
+	case n == 0:
+		return 0, io.EOF
 	}
 	return n, nil
 }
@@ -135,27 +223,55 @@ func (s *sysCall) readFD(fd uintptr) bool {
 // writeFD writes s.p from s.n on, counting in s.n; false (wait for
 // room) when the socket's buffer is full before the end.
 func (s *sysCall) writeFD(fd uintptr) bool {
+	var full bool
+	s.n, s.errno, s.stuck, full = writeFrom(fd, s.p, s.n)
+	return !full
+}
+
+// sendReadFD sends s.out, then, once it all went, waits for s.p's read
+// (false) and reads it as readFD does. A send the socket's buffer cuts
+// short, or that fails, ends the call (true) with s.sent and s.werrno
+// for sendRead to finish or report.
+func (s *sysCall) sendReadFD(fd uintptr) bool {
+	if s.out == nil {
+		return s.readFD(fd)
+	}
+	var full, stuck bool
+	s.sent, s.werrno, stuck, full = writeFrom(fd, s.out, s.sent)
+	switch {
+	case stuck:
+		s.werrno = syscall.EPIPE // as Write's io.ErrUnexpectedEOF, but a send's
+		return true
+	case full || s.werrno != 0:
+		return true
+	}
+	s.out = nil
+	return false
+}
+
+// writeFrom writes p from n on with raw write calls until the end, the
+// socket's buffer is full (full), a call fails (errno) or takes nothing
+// without an error (stuck); n counts what went.
+func writeFrom(fd uintptr, p []byte, n int) (_ int, errno syscall.Errno, stuck, full bool) {
 	raceWriteStart()
-	for s.n < len(s.p) {
-		q := s.p[s.n:min(len(s.p), s.n+maxRW)]
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&q[0])), uintptr(len(q)))
+	for n < len(p) {
+		q := p[n:min(len(p), n+maxRW)]
+		w, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&q[0])), uintptr(len(q)))
 		switch e {
 		case 0:
-			if n == 0 {
-				s.stuck = true
-				return true
+			if w == 0 {
+				return n, 0, true, false
 			}
-			raceWriteDone(q, int(n))
-			s.n += int(n)
+			raceWriteDone(q, int(w))
+			n += int(w)
 		case syscall.EINTR:
 		case syscall.EAGAIN:
-			return false
+			return n, 0, false, true
 		default:
-			s.errno = e
-			return true
+			return n, e, false, false
 		}
 	}
-	return true
+	return n, 0, false, false
 }
 
 // opError is err as net.TCPConn's Read and Write give it: a *net.OpError

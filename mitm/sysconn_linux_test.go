@@ -2,11 +2,15 @@ package mitm
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"regexp"
+	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -216,5 +220,209 @@ func BenchmarkSysConnPingPong(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// readCalls is the read system calls of this thread so far (syscr in
+// /proc/thread-self/io, its own reads of the file included): the test's
+// goroutine is locked to its thread.
+func readCalls(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/thread-self/io")
+	if err != nil {
+		t.Skipf("no per-thread I/O accounting here: %v", err)
+	}
+	m := regexp.MustCompile(`(?m)^syscr: (\d+)$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no syscr in /proc/thread-self/io:\n%s", b)
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// A held request goes out with the read of its answer, not before, and
+// that read waits for the answer without first finding nothing: one
+// read system call where a write and then a read make two (the first
+// finds nothing yet, EAGAIN), for a peer that answers after a while.
+func TestSysConnHeldWriteGoesOutWithTheRead(t *testing.T) {
+	for _, hold := range []bool{false, true} {
+		t.Run(map[bool]string{false: "written", true: "held"}[hold], func(t *testing.T) {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			c, s := tcpConns(t)
+			defer c.Close()
+			defer s.Close()
+			sc := newSysConn(c).(*sysConn)
+			if hold {
+				sc.holdWrites()
+			}
+			if n, err := sc.Write([]byte("ping")); n != 4 || err != nil {
+				t.Fatalf("Write = %d, %v", n, err)
+			}
+			// What the peer has before the read of the answer.
+			_ = s.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			buf := make([]byte, 8)
+			n, err := s.Read(buf)
+			if hold {
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("the peer read %q, %v before the answer's read; want nothing yet", buf[:n], err)
+				}
+			} else if string(buf[:n]) != "ping" {
+				t.Fatalf("the peer read %q, %v; want ping at once", buf[:n], err)
+			}
+			_ = s.SetReadDeadline(time.Time{})
+			done := make(chan error, 1)
+			go func() {
+				if hold {
+					if _, err := io.ReadFull(s, buf[:4]); err != nil || string(buf[:4]) != "ping" {
+						done <- fmt.Errorf("peer read %q, %v", buf[:4], err)
+						return
+					}
+				}
+				time.Sleep(20 * time.Millisecond) // the answer comes later than the read
+				_, err := s.Write([]byte("pong"))
+				done <- err
+			}()
+			own := -readCalls(t) + readCalls(t) // readCalls' own reads
+			before := readCalls(t)
+			ans := make([]byte, 8)
+			n, err = sc.Read(ans)
+			calls := readCalls(t) - before - own
+			if err != nil || string(ans[:n]) != "pong" {
+				t.Fatalf("Read = %q, %v; want pong", ans[:n], err)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			want := 2
+			if hold {
+				want = 1
+			}
+			if calls != want {
+				t.Errorf("the answer took %d read calls, want %d", calls, want)
+			}
+		})
+	}
+}
+
+// Held writes past maxHeld go out at once, what was held first.
+func TestSysConnHeldWritePastTheLimitGoesOut(t *testing.T) {
+	c, s := tcpConns(t)
+	defer c.Close()
+	defer s.Close()
+	sc := newSysConn(c).(*sysConn)
+	sc.holdWrites()
+	sc.Write([]byte("head"))
+	big := bytes.Repeat([]byte{'b'}, maxHeld)
+	if n, err := sc.Write(big); n != len(big) || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	_ = s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, 4+len(big))
+	if _, err := io.ReadFull(s, got); err != nil {
+		t.Fatalf("the peer got %v before any read of the answer", err)
+	}
+	if string(got[:4]) != "head" || !bytes.Equal(got[4:], big) {
+		t.Fatal("the peer got the bytes out of order")
+	}
+}
+
+// A held request the socket can't take whole at once (small buffers, a
+// peer that reads slowly) still goes out whole, and its answer is read.
+func TestSysConnHeldWriteCutShortIsFinished(t *testing.T) {
+	c, s := tcpConns(t)
+	defer c.Close()
+	defer s.Close()
+	_ = c.SetWriteBuffer(4096)
+	_ = s.SetReadBuffer(4096)
+	sc := newSysConn(c).(*sysConn)
+	sc.holdWrites()
+	req := bytes.Repeat([]byte{'r'}, maxHeld)
+	sc.Write(req)
+	done := make(chan error, 1)
+	go func() {
+		time.Sleep(50 * time.Millisecond) // let the send fill the buffers
+		got := make([]byte, len(req))
+		if _, err := io.ReadFull(s, got); err != nil || !bytes.Equal(got, req) {
+			done <- fmt.Errorf("peer read %d bytes, %v", len(got), err)
+			return
+		}
+		_, err := s.Write([]byte("done"))
+		done <- err
+	}()
+	_ = sc.SetDeadline(time.Now().Add(5 * time.Second))
+	ans := make([]byte, 8)
+	n, err := io.ReadAtLeast(sc, ans, 4)
+	if err != nil || string(ans[:n]) != "done" {
+		t.Fatalf("Read = %q, %v; want done", ans[:n], err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A held request that can't be sent fails the read of its answer with
+// the send's error, named a write's, as Write would have failed: here
+// the peer reset the connection; and a read deadline already past sends
+// nothing.
+func TestSysConnHeldWriteFailures(t *testing.T) {
+	t.Run("peer reset", func(t *testing.T) {
+		c, s := tcpConns(t)
+		defer c.Close()
+		_ = s.SetLinger(0)
+		s.Close()
+		time.Sleep(20 * time.Millisecond)
+		sc := newSysConn(c).(*sysConn)
+		var err error
+		for range 3 { // the first send may still be taken
+			sc.holdWrites()
+			sc.Write([]byte("x"))
+			if _, err = sc.Read(make([]byte, 8)); err != nil {
+				break
+			}
+		}
+		var oe *net.OpError
+		if !errors.As(err, &oe) || (oe.Op != "write" && oe.Op != "read") {
+			t.Fatalf("Read = %v; want a write's or read's *net.OpError", err)
+		}
+		if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) && err != io.EOF { //nolint:errorlint // io.EOF unwrapped, as net's
+			t.Fatalf("Read = %v; want a reset, a broken pipe or the end", err)
+		}
+	})
+	t.Run("deadline past", func(t *testing.T) {
+		c, s := tcpConns(t)
+		defer c.Close()
+		defer s.Close()
+		sc := newSysConn(c).(*sysConn)
+		sc.holdWrites()
+		sc.Write([]byte("late"))
+		_ = sc.SetReadDeadline(time.Now().Add(-time.Second))
+		if _, err := sc.Read(make([]byte, 8)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Read = %v; want the deadline's error", err)
+		}
+		_ = s.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if n, err := s.Read(make([]byte, 8)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("the peer read %d bytes, %v; want nothing sent", n, err)
+		}
+	})
+}
+
+// The upstream connections the proxy dials (newUpstreamTLS over
+// newSysConn, or the socket alone) hold their requests; a connection
+// with another layer between TLS and the socket does not, as a read
+// might not reach the socket to send them.
+func TestHeldSocketOfTheProxysUpstreamConns(t *testing.T) {
+	c, s := tcpConns(t)
+	defer c.Close()
+	defer s.Close()
+	sc := newSysConn(c)
+	if heldSocket(newUpstreamTLS(sc, &tls.Config{})) != sc {
+		t.Error("a TLS upstream connection's requests are not held")
+	}
+	if heldSocket(sc) != sc {
+		t.Error("a plain upstream connection's requests are not held")
+	}
+	if got := heldSocket(tls.Client(&bufferedConn{Conn: sc}, &tls.Config{})); got != nil {
+		t.Error("a TLS connection over another wrapper holds its requests")
 	}
 }

@@ -9,3 +9,6 @@ import "net"
 type sysConn struct{ *net.TCPConn }
 
 func newSysConn(c net.Conn) net.Conn { return c }
+
+// holdWrites is sysconn_linux.go's; here writes go out as they come.
+func (c *sysConn) holdWrites() {}
