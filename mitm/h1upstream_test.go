@@ -2,6 +2,7 @@ package mitm
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -878,4 +879,33 @@ func TestH1PoolHeaderTimeoutKeptDeadline(t *testing.T) {
 			t.Errorf("the 504 for a header timeout of %v came after %v, want %v to %v", rht, took, rht, rht+headerSlack(rht)+allowance)
 		}
 	})
+}
+
+// TestH1UpstreamPlainBodyArrivesWhole: a request body of declared length,
+// larger than the pool's 4 KiB write buffer, reaches a plain-HTTP
+// upstream whole and after its head: the request is held for the read
+// of its answer (sysConn.holdWrites), and the part of the body the
+// buffer hands to the socket's ReadFrom must not overtake it.
+func TestH1UpstreamPlainBodyArrivesWhole(t *testing.T) {
+	body := make([]byte, 10000)
+	for i := range body {
+		body[i] = byte('a' + i%26)
+	}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, err := io.ReadAll(r.Body)
+		if err != nil || !bytes.Equal(got, body) {
+			http.Error(w, fmt.Sprintf("body of %d bytes, %v", len(got), err), http.StatusBadRequest)
+			return
+		}
+		io.WriteString(w, "whole")
+	}))
+	defer up.Close()
+	h := newHarness(t, nil, nil)
+	c := h.client(false)
+	url := fmt.Sprintf("http://api.test:%d/upload", up.Listener.Addr().(*net.TCPAddr).Port)
+	for i := range 3 { // the first on a new upstream connection, the others on it again
+		if code, got := doReq(t, c, "POST", url, string(body)); code != 200 || got != "whole" {
+			t.Fatalf("POST %d: %d %q", i, code, got)
+		}
+	}
 }

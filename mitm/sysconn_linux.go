@@ -148,6 +148,18 @@ func (c *sysConn) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// ReadFrom is net.TCPConn's (splice, or a copy straight to the socket),
+// after what holdWrites kept has gone out: bytes copied in must not
+// overtake it (bufio.Writer hands a large body to ReadFrom).
+func (c *sysConn) ReadFrom(r io.Reader) (int64, error) {
+	if c.holding {
+		if err := c.releaseHeld(); err != nil {
+			return 0, err
+		}
+	}
+	return c.TCPConn.ReadFrom(r)
+}
+
 // releaseHeld ends holding and sends what was held, waiting for room as
 // Write does.
 func (c *sysConn) releaseHeld() error {

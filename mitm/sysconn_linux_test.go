@@ -1,6 +1,7 @@
 package mitm
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"errors"
@@ -424,5 +425,34 @@ func TestHeldSocketOfTheProxysUpstreamConns(t *testing.T) {
 	}
 	if got := heldSocket(tls.Client(&bufferedConn{Conn: sc}, &tls.Config{})); got != nil {
 		t.Error("a TLS connection over another wrapper holds its requests")
+	}
+}
+
+// Bytes copied in with ReadFrom (as bufio.Writer hands a large body to
+// its writer's ReadFrom) go out after what was held, not before it.
+func TestSysConnHeldWriteThenReadFromKeepsOrder(t *testing.T) {
+	c, s := tcpConns(t)
+	defer c.Close()
+	defer s.Close()
+	sc := newSysConn(c).(*sysConn)
+	sc.holdWrites()
+	bw := bufio.NewWriterSize(sc, 4096)
+	bw.WriteString("POST / HTTP/1.1\r\nContent-Length: 10000\r\n\r\n")
+	body := bytes.Repeat([]byte{'b'}, 10000)
+	if _, err := io.CopyN(bw, bytes.NewReader(body), int64(len(body))); err != nil { // as writeH1Request copies a body
+		t.Fatal(err)
+	}
+	if err := bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	go sc.Read(make([]byte, 8)) // sends what is still held, if anything
+	want := append([]byte("POST / HTTP/1.1\r\nContent-Length: 10000\r\n\r\n"), body...)
+	got := make([]byte, len(want))
+	_ = s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(s, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("the peer got the request out of order: starts %q", got[:40])
 	}
 }
