@@ -100,6 +100,16 @@ func newH1Pool(dial func(context.Context) (net.Conn, error), maxIdle int, idleTi
 // protocol switch, or more informational answers than net/http allows.
 var errUnexpected1xx = errors.New("unexpected informational response")
 
+// errPeerNotQuiet: a pooled connection's upstream sent something or
+// closed before a held request went out, which was not sent
+// (sysConn.holdWrites): the request may go on another connection,
+// whatever its method.
+var errPeerNotQuiet = errors.New("upstream sent data or closed before the request")
+
+// errAnsweredUnasked: an answer came from bytes crypto/tls had read
+// before a held request went out, which was not sent.
+var errAnsweredUnasked = errors.New("upstream answered before the request was sent")
+
 // roundTrip sends req and returns the response head; its body streams
 // from the connection, which returns to the pool when the body has been
 // read to its end (or is closed when the body is closed before). ctx
@@ -110,13 +120,16 @@ func (hp *h1Pool) roundTrip(ctx context.Context, req *h1Request, rht time.Durati
 	replayable := req.body == nil && idempotent(req.r)
 	fresh := false
 	for {
-		uc, err := hp.get(ctx, fresh)
+		uc, err := hp.get(ctx, fresh, req.body == nil)
 		if err != nil {
 			return nil, err
 		}
 		resp, retry, err := hp.exchange(ctx, uc, req, rht)
 		if err == nil {
 			return resp, nil
+		}
+		if errors.Is(err, errPeerNotQuiet) {
+			continue // nothing went out, and uc is closed: the next idle connection, or a new one
 		}
 		if !retry || !uc.reused || !replayable || fresh {
 			return nil, err
@@ -152,10 +165,14 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 		}
 		return nil, retry && !isTimeout(err), err
 	}
-	// The request goes out with the first read of its answer, one
-	// system call fewer (sysConn.holdWrites).
-	if uc.sys != nil {
-		uc.sys.holdWrites()
+	// A request without a body goes out with the first read of its
+	// answer, one system call fewer (sysConn.holdWrites), after the
+	// check that a pooled connection's upstream is quiet, which usable
+	// left to this send. A body is read from the client while the
+	// request is written, too long a wait to check before.
+	held := uc.sys != nil && req.body == nil
+	if held {
+		uc.sys.holdWrites(uc.reused)
 	}
 	err := writeH1Request(uc.bw, req)
 	if err == nil {
@@ -190,6 +207,12 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 			err = fmt.Errorf("%w: %w", errResponseHeaderTimeout, err)
 		}
 		return fail(fmt.Errorf("read response: %w", err), true)
+	}
+	if held && uc.sys.holding {
+		// crypto/tls answered from bytes it held: the request never
+		// reached the socket (a fresh connection's upstream that spoke
+		// first; a pooled one's held bytes are found by usable).
+		return fail(fmt.Errorf("read response: %w", errAnsweredUnasked), false)
 	}
 	var resp *http.Response
 	var hr *h1Response
@@ -346,12 +369,12 @@ func (b *h1Body) release(atEOF bool) {
 // body's last record, its rest still to come, shows to neither: the
 // recordConn tells it (midRecord; net/http's Transport would read that
 // record as the next response).
-func (uc *h1UpConn) usable(now time.Time) bool {
+func (uc *h1UpConn) usable(now time.Time, quietLater bool) bool {
 	if uc.deadline && !now.Before(uc.deadlineAt) {
 		_ = uc.conn.SetReadDeadline(time.Time{})
 		uc.deadline = false
 	}
-	if !uc.idleOpen() {
+	if !(quietLater && uc.sys != nil) && !uc.idleOpen() {
 		return false
 	}
 	if _, ok := uc.conn.(*tls.Conn); !ok {
@@ -373,8 +396,9 @@ func (uc *h1UpConn) usable(now time.Time) bool {
 var errBodyClosed = errors.New("read on closed response body")
 
 // get returns an idle connection that is still open, else a new one;
-// fresh: a new one.
-func (hp *h1Pool) get(ctx context.Context, fresh bool) (*h1UpConn, error) {
+// fresh: a new one. quietLater: the socket's own check is left to the
+// send of the request (exchange), where it can be made.
+func (hp *h1Pool) get(ctx context.Context, fresh, quietLater bool) (*h1UpConn, error) {
 	for !fresh {
 		hp.mu.Lock()
 		n := len(hp.idle)
@@ -386,7 +410,7 @@ func (hp *h1Pool) get(ctx context.Context, fresh bool) (*h1UpConn, error) {
 		hp.idle[n-1] = nil
 		hp.idle = hp.idle[:n-1]
 		hp.mu.Unlock()
-		if now := time.Now(); now.Sub(uc.idleAt) < hp.idleTimeout && uc.usable(now) {
+		if now := time.Now(); now.Sub(uc.idleAt) < hp.idleTimeout && uc.usable(now, quietLater) {
 			return uc, nil
 		}
 		uc.conn.Close()

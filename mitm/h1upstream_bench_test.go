@@ -149,13 +149,13 @@ func BenchmarkH1UpConnUsable(b *testing.B) {
 				b.Fatal("no socket under the connection")
 			}
 			time.Sleep(10 * time.Millisecond) // the server's session tickets are in
-			if !uc.usable(time.Now()) {
+			if !uc.usable(time.Now(), false) {
 				b.Fatal("an idle connection is not usable")
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				if !uc.usable(time.Now()) {
+				if !uc.usable(time.Now(), false) {
 					b.Fatal("an idle connection is not usable")
 				}
 			}

@@ -909,3 +909,207 @@ func TestH1UpstreamPlainBodyArrivesWhole(t *testing.T) {
 		}
 	}
 }
+
+// heldPool is a pool over TLS connections to addr dialed as the proxy
+// dials them (newUpstreamTLS over newSysConn), so that its requests
+// without a body are held for the read of their answer.
+func heldPool(t *testing.T, tca *testCA, addr string) *h1Pool {
+	t.Helper()
+	roots := x509.NewCertPool()
+	roots.AddCert(tca.cert)
+	ccfg := &tls.Config{RootCAs: roots, ServerName: "api.test"}
+	hp := newH1Pool(func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		tc := newUpstreamTLS(newSysConn(nc), ccfg)
+		if heldSocket(tc) == nil {
+			t.Error("the pool's connection does not hold its requests")
+		}
+		return tc, tc.HandshakeContext(ctx)
+	}, 4, time.Minute)
+	t.Cleanup(hp.closeIdle)
+	return hp
+}
+
+// TestH1PoolHeldRequestChecksTheSocket: an upstream, as the attacker,
+// acts on a pooled connection after its answer, while the connection is
+// idle: it sends a response nobody asked for, closes (close_notify and
+// FIN), or half-closes (a FIN, its side still reading). The check that
+// the socket is quiet now comes with the held request's send, after the
+// poller's reset: each must be found there, the request not sent on
+// that connection, and sent on a new one instead, a POST included (it
+// went nowhere); it must never get the stray answer, nor wait for the
+// response header timeout. A quiet connection is reused.
+func TestH1PoolHeldRequestChecksTheSocket(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	cfg := &tls.Config{Certificates: []tls.Certificate{tca.leaf(t, "api.test")}}
+	const rht = 3 * time.Second
+	for _, c := range []struct {
+		name  string
+		after func(nc net.Conn, tc *tls.Conn) // what the upstream does once the first answer is out
+		conns int32
+	}{
+		{"quiet", nil, 1},
+		{"stray answer", func(nc net.Conn, tc *tls.Conn) {
+			io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED")
+		}, 2},
+		{"close", func(nc net.Conn, tc *tls.Conn) { tc.Close() }, 2},
+		{"half close", func(nc net.Conn, tc *tls.Conn) { nc.(*net.TCPConn).CloseWrite() }, 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			var conns, posts atomic.Int32
+			acceptEach(ln, func(nc net.Conn) {
+				n := conns.Add(1)
+				tc := tls.Server(nc, cfg)
+				defer tc.Close()
+				br := bufio.NewReader(tc)
+				for i := 0; ; i++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					if req.Method == http.MethodPost {
+						posts.Add(1)
+					}
+					answer := "again"
+					switch {
+					case n > 1:
+						answer = "fresh"
+					case i == 0:
+						answer = "first"
+					}
+					fmt.Fprintf(tc, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(answer), answer)
+					if i == 0 && n == 1 && c.after != nil {
+						time.Sleep(20 * time.Millisecond)
+						c.after(nc, tc)
+					}
+				}
+			})
+			hp := heldPool(t, tca, ln.Addr().String())
+			addr := ln.Addr().String()
+			if got := poolGet(t, hp, addr, rht); got != "first" {
+				t.Fatalf("first request: %q", got)
+			}
+			time.Sleep(60 * time.Millisecond) // what the upstream did is on the wire by now
+			want := "fresh"
+			if c.after == nil {
+				want = "again"
+			}
+			r, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", nil)
+			start := time.Now()
+			resp, err := hp.roundTrip(context.Background(), &h1Request{r: r, host: addr}, rht)
+			if err != nil {
+				t.Fatalf("POST after the upstream's %s: %v", c.name, err)
+			}
+			if got := readAll(t, resp.Body); got != want {
+				t.Fatalf("POST after the upstream's %s: %q, want %q", c.name, got, want)
+			}
+			resp.Body.Close()
+			if took := time.Since(start); took > rht/2 {
+				t.Errorf("the POST took %v: it waited on the connection the upstream left", took)
+			}
+			if n := conns.Load(); n != c.conns {
+				t.Errorf("%d upstream connections, want %d", n, c.conns)
+			}
+			if n := posts.Load(); n != 1 {
+				t.Errorf("the upstream read the POST %d times, want once", n)
+			}
+		})
+	}
+}
+
+// TestH1PoolHeldRequestUpstreamSpeaksFirst: an upstream, as the
+// attacker, sends an answer on a new connection before any request, in
+// the same write as the end of its handshake, so that crypto/tls holds
+// it and the held request's read is answered without reaching the
+// socket. That request fails (it was never sent) and is not left held
+// to go out in front of the next one: the next request, on a new
+// connection, gets its own answer, never the first one's.
+func TestH1PoolHeldRequestUpstreamSpeaksFirst(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	cfg := &tls.Config{Certificates: []tls.Certificate{tca.leaf(t, "api.test")}, MaxVersion: tls.VersionTLS12}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var conns atomic.Int32
+	acceptEach(ln, func(nc net.Conn) {
+		first := conns.Add(1) == 1
+		lw := &laterWrites{Conn: nc, holding: first} // the handshake's last flight and the unasked answer in one write
+		tc := tls.Server(lw, cfg)
+		defer tc.Close()
+		if err := tc.Handshake(); err != nil {
+			return
+		}
+		if first {
+			io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nUNASKED")
+			lw.release()
+		}
+		br := bufio.NewReader(tc)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(tc, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
+		}
+	})
+	hp := heldPool(t, tca, ln.Addr().String())
+	addr := ln.Addr().String()
+	get := func(path string) (string, error) {
+		r, _ := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+		resp, err := hp.roundTrip(context.Background(), &h1Request{r: r, host: addr}, 3*time.Second)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	if got, err := get("/first"); !errors.Is(err, errAnsweredUnasked) {
+		t.Fatalf("/first on the connection whose upstream spoke first: %q, %v; want errAnsweredUnasked", got, err)
+	}
+	if got, err := get("/second"); err != nil || got != "/second" {
+		t.Fatalf("/second: %q, %v; want its own answer", got, err)
+	}
+}
+
+// laterWrites holds every write after the first while holding, and
+// sends them in one write at release: a TLS 1.2 server's last
+// handshake flight and what it writes next reach the peer together.
+type laterWrites struct {
+	net.Conn
+	mu      sync.Mutex
+	n       int
+	holding bool
+	held    []byte
+}
+
+func (w *laterWrites) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	w.n++
+	if w.holding && w.n > 1 {
+		w.held = append(w.held, p...)
+		w.mu.Unlock()
+		return len(p), nil
+	}
+	w.mu.Unlock()
+	return w.Conn.Write(p)
+}
+
+func (w *laterWrites) release() {
+	w.mu.Lock()
+	b := w.held
+	w.holding, w.held = false, nil
+	w.mu.Unlock()
+	w.Conn.Write(b)
+}

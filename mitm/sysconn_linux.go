@@ -35,24 +35,35 @@ type sysConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
 	// held: the bytes written since holdWrites, kept for the next Read
-	// to send (sendRead); holding: Writes are kept, not sent. Used by
-	// one goroutine at a time, the one that writes a request and then
-	// reads its answer (h1Pool.exchange).
+	// to send (sendRead); holding: Writes are kept, not sent; quiet: that
+	// Read first checks that the peer sent nothing and did not close.
+	// Used by one goroutine at a time, the one that writes a request and
+	// then reads its answer (h1Pool.exchange).
 	held    []byte
 	holding bool
+	quiet   bool
 }
 
 // maxHeld is the most a held write keeps: more, and what is held goes
-// out at once, as any write would.
-const maxHeld = 16 << 10
+// out at once, as any write would. A buffer larger than maxKeptHeld is
+// let go once sent.
+const (
+	maxHeld     = 16 << 10
+	maxKeptHeld = 2 << 10
+)
 
 // holdWrites keeps the Writes that follow, up to maxHeld bytes, for the
 // next Read to send: a request and the wait for its answer in one call
 // to the poller, one system call fewer than a write and a read that
 // finds nothing yet (sendRead). Only for a read of the answer to what is
-// held: bytes the peer sent before it do not wake that Read (they are
-// read with the answer), the answer does.
-func (c *sysConn) holdWrites() { c.holding = true }
+// held: bytes the peer sent before it do not wake that Read, the answer
+// does. quiet: the Read first peeks at the socket, after the poller's
+// reset, so that nothing the peer sends is missed; when the peer has
+// sent anything or closed, nothing goes out, what was held is dropped
+// and the Read fails with errPeerNotQuiet. Write and ReadFrom keep the
+// order with what is held; nothing else that writes may be used while
+// holding.
+func (c *sysConn) holdWrites(quiet bool) { c.holding, c.quiet = true, quiet }
 
 // sysCall is one call in progress: its buffer and result, and the
 // poller's callbacks, bound once (a closure per call would be three
@@ -67,11 +78,13 @@ type sysCall struct {
 	read  func(fd uintptr) bool
 	write func(fd uintptr) bool
 	// sendRead's: out is sent before the read (nil once it all went),
-	// sent counts it, werrno is the send's error.
-	out      []byte
-	sent     int
-	werrno   syscall.Errno
-	sendRead func(fd uintptr) bool
+	// sent counts it, werrno is the send's error; quiet: peek first,
+	// loud: the peek found the peer's bytes or its close.
+	out         []byte
+	sent        int
+	werrno      syscall.Errno
+	quiet, loud bool
+	sendRead    func(fd uintptr) bool
 }
 
 var sysCalls = sync.Pool{New: func() any {
@@ -182,17 +195,22 @@ func (c *sysConn) releaseHeld() error {
 func (c *sysConn) sendRead(p []byte) (int, error) {
 	held := c.held
 	c.held, c.holding = held[:0], false
+	if cap(held) > maxKeptHeld {
+		c.held = nil // an idle connection keeps no large buffer
+	}
 	if len(held) == 0 {
 		return c.Read(p)
 	}
 	s := sysCalls.Get().(*sysCall)
 	s.p, s.n, s.errno = p[:min(len(p), maxRW)], 0, 0
-	s.out, s.sent, s.werrno = held, 0, 0
+	s.out, s.sent, s.werrno, s.quiet, s.loud = held, 0, 0, c.quiet, false
 	err := c.rc.Read(s.sendRead)
-	n, errno, sent, werrno, tried := s.n, s.errno, s.sent, s.werrno, s.out == nil || s.sent > 0
+	n, errno, sent, werrno, loud, tried := s.n, s.errno, s.sent, s.werrno, s.loud, s.out == nil || s.sent > 0
 	s.p, s.out = nil, nil
 	sysCalls.Put(s)
 	switch {
+	case loud:
+		return 0, c.opError("write", errPeerNotQuiet)
 	case werrno != 0:
 		return 0, c.opError("write", os.NewSyscallError("write", werrno))
 	case err != nil && !tried:
@@ -241,12 +259,20 @@ func (s *sysCall) writeFD(fd uintptr) bool {
 }
 
 // sendReadFD sends s.out, then, once it all went, waits for s.p's read
-// (false) and reads it as readFD does. A send the socket's buffer cuts
-// short, or that fails, ends the call (true) with s.sent and s.werrno
-// for sendRead to finish or report.
+// (false) and reads it as readFD does. With quiet, a peek comes first: a
+// byte or the end of the stream ends the call (true, loud) with nothing
+// sent. A send the socket's buffer cuts short, or that fails, ends the
+// call (true) with s.sent and s.werrno for sendRead to finish or report.
 func (s *sysCall) sendReadFD(fd uintptr) bool {
 	if s.out == nil {
 		return s.readFD(fd)
+	}
+	if s.quiet {
+		s.quiet = false
+		if !peekEmpty(fd) {
+			s.loud = true
+			return true
+		}
 	}
 	var full, stuck bool
 	s.sent, s.werrno, stuck, full = writeFrom(fd, s.out, s.sent)

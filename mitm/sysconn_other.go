@@ -11,4 +11,4 @@ type sysConn struct{ *net.TCPConn }
 func newSysConn(c net.Conn) net.Conn { return c }
 
 // holdWrites is sysconn_linux.go's; here writes go out as they come.
-func (c *sysConn) holdWrites() {}
+func (c *sysConn) holdWrites(bool) {}
