@@ -709,7 +709,8 @@ func FuzzRecordConnBoundaries(f *testing.F) {
 // each, so that the next request goes on a new connection and never
 // gets those bytes; with nothing held, the connection is reused. The
 // second request is a POST, which a failed reused connection does not
-// retry, so that a miss shows.
+// retry, so that a miss shows. Each case runs over a plain socket and
+// over the proxy's own (sysConn), whose requests are held.
 func TestH1PoolProbeFindsHeldBytes(t *testing.T) {
 	tca := newTestCA(t, "upstream test CA")
 	cfg := &tls.Config{Certificates: []tls.Certificate{tca.leaf(t, "api.test")}}
@@ -728,90 +729,80 @@ func TestH1PoolProbeFindsHeldBytes(t *testing.T) {
 		}, 3, 2},
 		{"close_notify", func(tc *tls.Conn) { tc.CloseWrite() }, 0, 2},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { ln.Close() })
-			var conns atomic.Int32
-			acceptEach(ln, func(nc net.Conn) {
-				conns.Add(1)
-				hw := &heldWrites{Conn: nc}
-				tc := tls.Server(hw, cfg)
-				defer tc.Close()
-				br := bufio.NewReader(tc)
-				for i := 0; ; i++ {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, req.Body)
-					if i > 0 {
-						io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
-						continue
-					}
-					if c.after == nil {
+		for _, held := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/held=%v", c.name, held), func(t *testing.T) {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { ln.Close() })
+				var conns atomic.Int32
+				acceptEach(ln, func(nc net.Conn) {
+					conns.Add(1)
+					hw := &heldWrites{Conn: nc}
+					tc := tls.Server(hw, cfg)
+					defer tc.Close()
+					br := bufio.NewReader(tc)
+					for i := 0; ; i++ {
+						req, err := http.ReadRequest(br)
+						if err != nil {
+							return
+						}
+						io.Copy(io.Discard, req.Body)
+						if i > 0 {
+							io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+							continue
+						}
+						if c.after == nil {
+							io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+							continue
+						}
+						hw.mu.Lock()
+						hw.hold = true
+						hw.mu.Unlock()
 						io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
-						continue
+						c.after(tc)
+						hw.mu.Lock()
+						hw.hold = false
+						wire := hw.recs[0]
+						for _, r := range hw.recs[1:] {
+							wire = append(wire, r...)
+						}
+						if c.cut > 0 {
+							wire = wire[:len(hw.recs[0])+c.cut]
+						}
+						hw.recs = nil
+						hw.mu.Unlock()
+						nc.SetWriteDeadline(time.Time{}) // CloseWrite leaves one in the past
+						nc.Write(wire)                   // one write: one segment on loopback
 					}
-					hw.mu.Lock()
-					hw.hold = true
-					hw.mu.Unlock()
-					io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
-					c.after(tc)
-					hw.mu.Lock()
-					hw.hold = false
-					wire := hw.recs[0]
-					for _, r := range hw.recs[1:] {
-						wire = append(wire, r...)
-					}
-					if c.cut > 0 {
-						wire = wire[:len(hw.recs[0])+c.cut]
-					}
-					hw.recs = nil
-					hw.mu.Unlock()
-					nc.SetWriteDeadline(time.Time{}) // CloseWrite leaves one in the past
-					nc.Write(wire)                   // one write: one segment on loopback
+				})
+				addr := ln.Addr().String()
+				hp := tlsPool(t, tca, addr, held)
+				if got := poolGet(t, hp, addr, time.Second); got != "first" {
+					t.Fatalf("first request: %q", got)
+				}
+				time.Sleep(20 * time.Millisecond) // anything left on the wire is in by now
+				want := "fresh"
+				if c.after != nil {
+					want = "first" // a new connection's first answer
+				}
+				// A POST: not sent again on a new connection when the
+				// reused one fails, so only the check before reuse saves it.
+				r, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", nil)
+				resp, err := hp.roundTrip(context.Background(), &h1Request{r: r, host: addr}, time.Second)
+				if err != nil {
+					t.Fatalf("second request: %v", err)
+				}
+				if got := readAll(t, resp.Body); got != want {
+					t.Fatalf("second request: %q, want %q", got, want)
+				}
+				resp.Body.Close()
+				if n := conns.Load(); n != c.conns {
+					t.Errorf("%d upstream connections for two requests, want %d", n, c.conns)
 				}
 			})
-			addr := ln.Addr().String()
-			roots := x509.NewCertPool()
-			roots.AddCert(tca.cert)
-			ccfg := &tls.Config{RootCAs: roots, ServerName: "api.test"}
-			hp := newH1Pool(func(ctx context.Context) (net.Conn, error) {
-				var d net.Dialer
-				nc, err := d.DialContext(ctx, "tcp", addr)
-				if err != nil {
-					return nil, err
-				}
-				tc := newUpstreamTLS(nc, ccfg)
-				return tc, tc.HandshakeContext(ctx)
-			}, 4, time.Minute)
-			defer hp.closeIdle()
-			if got := poolGet(t, hp, addr, time.Second); got != "first" {
-				t.Fatalf("first request: %q", got)
-			}
-			time.Sleep(20 * time.Millisecond) // anything left on the wire is in by now
-			want := "fresh"
-			if c.after != nil {
-				want = "first" // a new connection's first answer
-			}
-			// A POST: not sent again on a new connection when the
-			// reused one fails, so only the check before reuse saves it.
-			r, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", nil)
-			resp, err := hp.roundTrip(context.Background(), &h1Request{r: r, host: addr}, time.Second)
-			if err != nil {
-				t.Fatalf("second request: %v", err)
-			}
-			if got := readAll(t, resp.Body); got != want {
-				t.Fatalf("second request: %q, want %q", got, want)
-			}
-			resp.Body.Close()
-			if n := conns.Load(); n != c.conns {
-				t.Errorf("%d upstream connections for two requests, want %d", n, c.conns)
-			}
-		})
+		}
 	}
 }
 
@@ -910,10 +901,11 @@ func TestH1UpstreamPlainBodyArrivesWhole(t *testing.T) {
 	}
 }
 
-// heldPool is a pool over TLS connections to addr dialed as the proxy
-// dials them (newUpstreamTLS over newSysConn), so that its requests
-// without a body are held for the read of their answer.
-func heldPool(t *testing.T, tca *testCA, addr string) *h1Pool {
+// tlsPool is a pool over TLS connections to addr (newUpstreamTLS). held:
+// dialed as the proxy dials them, over newSysConn, so that its requests
+// without a body are held for the read of their answer; else over a
+// plain net.TCPConn, whose requests are written at once.
+func tlsPool(t *testing.T, tca *testCA, addr string, held bool) *h1Pool {
 	t.Helper()
 	roots := x509.NewCertPool()
 	roots.AddCert(tca.cert)
@@ -924,9 +916,12 @@ func heldPool(t *testing.T, tca *testCA, addr string) *h1Pool {
 		if err != nil {
 			return nil, err
 		}
-		tc := newUpstreamTLS(newSysConn(nc), ccfg)
-		if heldSocket(tc) == nil {
-			t.Error("the pool's connection does not hold its requests")
+		if held {
+			nc = newSysConn(nc)
+		}
+		tc := newUpstreamTLS(nc, ccfg)
+		if (heldSocket(tc) != nil) != held {
+			t.Errorf("the pool's connection holds its requests: %v, want %v", !held, held)
 		}
 		return tc, tc.HandshakeContext(ctx)
 	}, 4, time.Minute)
@@ -993,7 +988,7 @@ func TestH1PoolHeldRequestChecksTheSocket(t *testing.T) {
 					}
 				}
 			})
-			hp := heldPool(t, tca, ln.Addr().String())
+			hp := tlsPool(t, tca, ln.Addr().String(), true)
 			addr := ln.Addr().String()
 			if got := poolGet(t, hp, addr, rht); got != "first" {
 				t.Fatalf("first request: %q", got)
@@ -1063,7 +1058,7 @@ func TestH1PoolHeldRequestUpstreamSpeaksFirst(t *testing.T) {
 			fmt.Fprintf(tc, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
 		}
 	})
-	hp := heldPool(t, tca, ln.Addr().String())
+	hp := tlsPool(t, tca, ln.Addr().String(), true)
 	addr := ln.Addr().String()
 	get := func(path string) (string, error) {
 		r, _ := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
