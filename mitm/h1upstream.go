@@ -120,7 +120,7 @@ func (hp *h1Pool) roundTrip(ctx context.Context, req *h1Request, rht time.Durati
 	replayable := req.body == nil && idempotent(req.r)
 	fresh := false
 	for {
-		uc, err := hp.get(ctx, fresh, req.body == nil)
+		uc, err := hp.get(ctx, fresh, req)
 		if err != nil {
 			return nil, err
 		}
@@ -165,12 +165,10 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 		}
 		return nil, retry && !isTimeout(err), err
 	}
-	// A request without a body goes out with the first read of its
-	// answer, one system call fewer (sysConn.holdWrites), after the
-	// check that a pooled connection's upstream is quiet, which usable
-	// left to this send. A body is read from the client while the
-	// request is written, too long a wait to check before.
-	held := uc.sys != nil && req.body == nil
+	// The request goes out with the first read of its answer, one
+	// system call fewer (sendsHeld), after the check that a pooled
+	// connection's upstream is quiet, which usable left to this send.
+	held := uc.sendsHeld(req)
 	if held {
 		uc.sys.holdWrites(uc.reused)
 	}
@@ -208,7 +206,7 @@ func (hp *h1Pool) exchange(ctx context.Context, uc *h1UpConn, req *h1Request, rh
 		}
 		return fail(fmt.Errorf("read response: %w", err), true)
 	}
-	if held && uc.sys.holding {
+	if held && uc.sys.unsent() {
 		// crypto/tls answered from bytes it held: the request never
 		// reached the socket (a fresh connection's upstream that spoke
 		// first; a pooled one's held bytes are found by usable).
@@ -353,7 +351,8 @@ func (b *h1Body) release(atEOF bool) {
 // usable reports whether an idle connection may carry a request: the
 // upstream neither closed it nor sent anything since its last response,
 // into the socket (idleOpen) or inside crypto/tls (a record that carried
-// the body's end and more). The socket is peeked first: an expired
+// the body's end and more); quietLater: the socket's part is left to the
+// held request's send (sendsHeld). The socket is peeked first: an expired
 // deadline fails that peek, so a header deadline that has passed while
 // the connection was idle is cleared before.
 //
@@ -374,7 +373,7 @@ func (uc *h1UpConn) usable(now time.Time, quietLater bool) bool {
 		_ = uc.conn.SetReadDeadline(time.Time{})
 		uc.deadline = false
 	}
-	if !(quietLater && uc.sys != nil) && !uc.idleOpen() {
+	if !quietLater && !uc.idleOpen() {
 		return false
 	}
 	if _, ok := uc.conn.(*tls.Conn); !ok {
@@ -395,10 +394,10 @@ func (uc *h1UpConn) usable(now time.Time, quietLater bool) bool {
 
 var errBodyClosed = errors.New("read on closed response body")
 
-// get returns an idle connection that is still open, else a new one;
-// fresh: a new one. quietLater: the socket's own check is left to the
-// send of the request (exchange), where it can be made.
-func (hp *h1Pool) get(ctx context.Context, fresh, quietLater bool) (*h1UpConn, error) {
+// get returns an idle connection that is still open for req, else a new
+// one; fresh: a new one. A connection that will hold req (sendsHeld)
+// leaves the socket's own check to the send (exchange), where it is made.
+func (hp *h1Pool) get(ctx context.Context, fresh bool, req *h1Request) (*h1UpConn, error) {
 	for !fresh {
 		hp.mu.Lock()
 		n := len(hp.idle)
@@ -410,7 +409,7 @@ func (hp *h1Pool) get(ctx context.Context, fresh, quietLater bool) (*h1UpConn, e
 		hp.idle[n-1] = nil
 		hp.idle = hp.idle[:n-1]
 		hp.mu.Unlock()
-		if now := time.Now(); now.Sub(uc.idleAt) < hp.idleTimeout && uc.usable(now, quietLater) {
+		if now := time.Now(); now.Sub(uc.idleAt) < hp.idleTimeout && uc.usable(now, uc.sendsHeld(req)) {
 			return uc, nil
 		}
 		uc.conn.Close()
@@ -425,6 +424,13 @@ func (hp *h1Pool) get(ctx context.Context, fresh, quietLater bool) (*h1UpConn, e
 	uc.sys = heldSocket(c)
 	return uc, nil
 }
+
+// sendsHeld reports whether req goes out held for the read of its answer
+// on uc (sysConn.holdWrites): one without a body, on a socket that can
+// hold it. A body is read from the client while the request is written,
+// too long a wait between the check that the upstream is quiet and the
+// send.
+func (uc *h1UpConn) sendsHeld(req *h1Request) bool { return uc.sys != nil && req.body == nil }
 
 // heldSocket is the sysConn under c when c is one, or a TLS client over
 // one through a recordConn: wrappers whose Reads all reach the socket,

@@ -65,6 +65,22 @@ const (
 // holding.
 func (c *sysConn) holdWrites(quiet bool) { c.holding, c.quiet = true, quiet }
 
+// unsent reports whether what holdWrites kept is still held: no Read
+// reached the socket to send it.
+func (c *sysConn) unsent() bool { return c.holding }
+
+// takeHeld ends holding and returns what was held; a buffer larger than
+// maxKeptHeld is not kept for the next time (an idle connection keeps
+// none).
+func (c *sysConn) takeHeld() []byte {
+	held := c.held
+	c.held, c.holding = held[:0], false
+	if cap(held) > maxKeptHeld {
+		c.held = nil
+	}
+	return held
+}
+
 // sysCall is one call in progress: its buffer and result, and the
 // poller's callbacks, bound once (a closure per call would be three
 // allocations: itself, n and errno). Calls take one from sysCalls, so
@@ -176,8 +192,7 @@ func (c *sysConn) ReadFrom(r io.Reader) (int64, error) {
 // releaseHeld ends holding and sends what was held, waiting for room as
 // Write does.
 func (c *sysConn) releaseHeld() error {
-	held := c.held
-	c.held, c.holding = held[:0], false
+	held := c.takeHeld()
 	if len(held) == 0 {
 		return nil
 	}
@@ -193,11 +208,7 @@ func (c *sysConn) releaseHeld() error {
 // can't take whole at once is finished as Write finishes one (deadline
 // and all), and the read made the usual way.
 func (c *sysConn) sendRead(p []byte) (int, error) {
-	held := c.held
-	c.held, c.holding = held[:0], false
-	if cap(held) > maxKeptHeld {
-		c.held = nil // an idle connection keeps no large buffer
-	}
+	held := c.takeHeld()
 	if len(held) == 0 {
 		return c.Read(p)
 	}

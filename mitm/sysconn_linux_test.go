@@ -250,10 +250,7 @@ func TestSysConnHeldWriteGoesOutWithTheRead(t *testing.T) {
 		t.Run(map[bool]string{false: "written", true: "held"}[hold], func(t *testing.T) {
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
-			c, s := tcpConns(t)
-			defer c.Close()
-			defer s.Close()
-			sc := newSysConn(c).(*sysConn)
+			sc, s := sysPair(t)
 			if hold {
 				sc.holdWrites(false)
 			}
@@ -309,10 +306,7 @@ func TestSysConnHeldWriteGoesOutWithTheRead(t *testing.T) {
 
 // Held writes past maxHeld go out at once, what was held first.
 func TestSysConnHeldWritePastTheLimitGoesOut(t *testing.T) {
-	c, s := tcpConns(t)
-	defer c.Close()
-	defer s.Close()
-	sc := newSysConn(c).(*sysConn)
+	sc, s := sysPair(t)
 	sc.holdWrites(false)
 	sc.Write([]byte("head"))
 	big := bytes.Repeat([]byte{'b'}, maxHeld)
@@ -333,11 +327,8 @@ func TestSysConnHeldWritePastTheLimitGoesOut(t *testing.T) {
 // what went before, a peer that reads slowly) still goes out whole,
 // after what went before, and its answer is read.
 func TestSysConnHeldWriteCutShortIsFinished(t *testing.T) {
-	c, s := tcpConns(t)
-	defer c.Close()
-	defer s.Close()
-	_ = c.SetWriteBuffer(4096) // fixed: the kernel does not grow it
-	sc := newSysConn(c).(*sysConn)
+	sc, s := sysPair(t)
+	_ = sc.SetWriteBuffer(4096) // fixed: the kernel does not grow it
 	// Fill the socket's buffers and the peer's: the write stops at its
 	// deadline with the rest not taken.
 	_ = sc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
@@ -379,12 +370,10 @@ func TestSysConnHeldWriteCutShortIsFinished(t *testing.T) {
 // nothing.
 func TestSysConnHeldWriteFailures(t *testing.T) {
 	t.Run("peer reset", func(t *testing.T) {
-		c, s := tcpConns(t)
-		defer c.Close()
+		sc, s := sysPair(t)
 		_ = s.SetLinger(0)
 		s.Close()
 		time.Sleep(20 * time.Millisecond)
-		sc := newSysConn(c).(*sysConn)
 		var err error
 		for range 3 { // the first send may still be taken
 			sc.holdWrites(false)
@@ -405,10 +394,7 @@ func TestSysConnHeldWriteFailures(t *testing.T) {
 		}
 	})
 	t.Run("deadline past", func(t *testing.T) {
-		c, s := tcpConns(t)
-		defer c.Close()
-		defer s.Close()
-		sc := newSysConn(c).(*sysConn)
+		sc, s := sysPair(t)
 		sc.holdWrites(false)
 		sc.Write([]byte("late"))
 		_ = sc.SetReadDeadline(time.Now().Add(-time.Second))
@@ -427,10 +413,7 @@ func TestSysConnHeldWriteFailures(t *testing.T) {
 // with another layer between TLS and the socket does not, as a read
 // might not reach the socket to send them.
 func TestHeldSocketOfTheProxysUpstreamConns(t *testing.T) {
-	c, s := tcpConns(t)
-	defer c.Close()
-	defer s.Close()
-	sc := newSysConn(c)
+	sc, _ := sysPair(t)
 	if heldSocket(newUpstreamTLS(sc, &tls.Config{})) != sc {
 		t.Error("a TLS upstream connection's requests are not held")
 	}
@@ -445,10 +428,7 @@ func TestHeldSocketOfTheProxysUpstreamConns(t *testing.T) {
 // Bytes copied in with ReadFrom (as bufio.Writer hands a large body to
 // its writer's ReadFrom) go out after what was held, not before it.
 func TestSysConnHeldWriteThenReadFromKeepsOrder(t *testing.T) {
-	c, s := tcpConns(t)
-	defer c.Close()
-	defer s.Close()
-	sc := newSysConn(c).(*sysConn)
+	sc, s := sysPair(t)
 	sc.holdWrites(false)
 	bw := bufio.NewWriterSize(sc, 4096)
 	bw.WriteString("POST / HTTP/1.1\r\nContent-Length: 10000\r\n\r\n")
@@ -485,12 +465,9 @@ func TestSysConnHeldWriteQuietCheck(t *testing.T) {
 		{"close", func(s *net.TCPConn) { s.CloseWrite() }, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			cc, s := tcpConns(t)
-			defer cc.Close()
-			defer s.Close()
+			sc, s := sysPair(t)
 			c.peer(s)
 			time.Sleep(20 * time.Millisecond)
-			sc := newSysConn(cc).(*sysConn)
 			sc.holdWrites(true)
 			sc.Write([]byte("ping"))
 			if c.quiet {
@@ -518,4 +495,11 @@ func TestSysConnHeldWriteQuietCheck(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sysPair is a loopback connection's client end as a sysConn and its
+// server end, closed with the test.
+func sysPair(t *testing.T) (*sysConn, *net.TCPConn) {
+	c, s := tcpConns(t)
+	return newSysConn(c).(*sysConn), s
 }
