@@ -893,7 +893,8 @@ func (c *h1Conn) goneRemove() {
 type fastResponse struct {
 	fs          *h1Fast
 	req         *http.Request
-	h           http.Header
+	h           http.Header // own, or the upstream's (adoptHeader)
+	own         http.Header // the map each request starts with, kept for the next
 	status      int
 	wroteHeader bool // WriteHeader ran (or the first Write)
 	sentHeader  bool // the head is in the write buffer
@@ -924,19 +925,29 @@ func (w *fastResponse) dateAt(now time.Time) []byte {
 // reset readies w for req. w.fs stays: the ResponseController of an
 // earlier request's handler may still read it.
 func (w *fastResponse) reset(req *http.Request) {
-	h := w.h
-	if h == nil {
-		h = make(http.Header)
+	if w.own == nil {
+		w.own = make(http.Header)
 	} else {
-		clear(h)
+		clear(w.own)
 	}
-	w.req, w.h, w.status = req, h, 0
+	w.req, w.h, w.status = req, w.own, 0
 	w.wroteHeader, w.sentHeader, w.chunking, w.fullDuplex = false, false, false, false
 	w.cl, w.written, w.pending = -1, 0, w.pending[:0]
 	w.closeAfter, w.done, w.werr = req.Close, false, nil
 }
 
 func (w *fastResponse) Header() http.Header { return w.h }
+
+// adoptHeader makes h the response's header map (headerAdopter), while
+// the response has none of its own yet. The next request starts with w's
+// own map again: h is neither cleared nor kept.
+func (w *fastResponse) adoptHeader(h http.Header) bool {
+	if w.wroteHeader || len(w.h) > 0 || h == nil {
+		return false
+	}
+	w.h = h
+	return true
+}
 
 func (w *fastResponse) WriteHeader(code int) {
 	if w.wroteHeader {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/policy"
 	"github.com/sluicehq/sluice/workload"
 )
 
@@ -838,4 +839,42 @@ func FuzzFastLoopHeadInParts(f *testing.F) {
 				parts, fo.answers, fo.seen, fo.closed, so.answers, so.seen, so.closed)
 		}
 	})
+}
+
+// The upstream's header map becomes the answer's (adoptHeader), so each
+// answer on a kept-alive connection must carry its own upstream fields
+// and none of the answer before, plus the policy's added field exactly
+// once. A failure here would show as one client's answer carrying
+// another's fields.
+func TestFastLoopAnswerFieldsAreEachAnswersOwn(t *testing.T) {
+	tca := newTestCA(t, "upstream test CA")
+	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := strings.TrimPrefix(r.URL.Path, "/")
+		w.Header().Set("X-Answer-"+n, n)
+		w.Header().Set("X-Answer", n)
+		_, _ = io.WriteString(w, "answer "+n)
+	}))
+	dec := &fakeDecider{req: func(*policy.Request) policy.Decision {
+		return policy.Decision{Rule: "test", Header: http.Header{"X-Policy": {"added"}}}
+	}}
+	h := newHarness(t, tca, dec)
+	c := connectTLS(t, h, "api.test", up.addr.Port())
+	defer c.Close()
+	for _, n := range []string{"1", "2", "3"} {
+		resp, body := rawRequest(t, c, "GET /"+n+" HTTP/1.1\r\nHost: api.test\r\n\r\n")
+		if body != "answer "+n {
+			t.Fatalf("request %s: body %q", n, body)
+		}
+		for _, other := range []string{"1", "2", "3"} {
+			if got := resp.Header.Get("X-Answer-" + other); (other == n) != (got == other) {
+				t.Errorf("request %s: X-Answer-%s is %q (header %v)", n, other, got, resp.Header)
+			}
+		}
+		if got := resp.Header.Values("X-Answer"); len(got) != 1 || got[0] != n {
+			t.Errorf("request %s: X-Answer %q, want [%s]", n, got, n)
+		}
+		if got := resp.Header.Values("X-Policy"); len(got) != 1 || got[0] != "added" {
+			t.Errorf("request %s: X-Policy %q, want [added]", n, got)
+		}
+	}
 }
