@@ -52,8 +52,8 @@ func TestProxyClientsAllowCIDRs(t *testing.T) {
 }
 
 func TestProcessGCHeadroom(t *testing.T) {
-	if got := Default().Process.GCHeadroom; got != 64<<20 {
-		t.Errorf("default process.gcHeadroom = %d, want 64 MiB", got)
+	if got := Default().Process.GCHeadroom; got != 0 {
+		t.Errorf("default process.gcHeadroom = %d, want 0 (off: Go's own pacing)", got)
 	}
 	for _, tt := range []struct {
 		yml, want string // want: "" for no error, else a part of the error
@@ -61,7 +61,7 @@ func TestProcessGCHeadroom(t *testing.T) {
 		{"process:\n  gcHeadroom: \"off\"\n", ""},
 		{"process:\n  gcHeadroom: off\n", ""},
 		{"process:\n  gcHeadroom: 128MiB\n", ""},
-		{"process:\n  gcHeadroom: 1MB\n", `process.gcHeadroom 1000000B: must be off (Go's own pacing) or between 4MiB and 1TiB, e.g. 64MiB`},
+		{"process:\n  gcHeadroom: 1MB\n", `process.gcHeadroom 1000000B: must be off (Go's own pacing) or between 4MiB and 1TiB, e.g. 16MiB`},
 		{"process:\n  gcHeadroom: 64\n", `process.gcHeadroom 64B: must be off`},
 	} {
 		c := Default()

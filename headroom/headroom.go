@@ -7,10 +7,18 @@
 // allocates a few KB per request, so it collects tens of times a second,
 // and every cycle pays costs that don't shrink with the heap: scanning each
 // goroutine's stack, write barriers on while it marks, assists. Headroom
-// lets the heap grow by a fixed size (64 MiB by default) before a cycle
-// starts, but never by more than 4 times what is live (GOGC=400). Once
-// more than the headroom is live, GOGC's own goal is the larger and
-// applies unchanged, so 10,000 idle connections cost what they did.
+// lets the heap grow by a fixed size before a cycle starts, but never by
+// more than 4 times what is live (GOGC=400). Once more than the headroom
+// is live, GOGC's own goal is the larger and applies unchanged, so 10,000
+// idle connections cost what they did.
+//
+// More headroom is not cheaper. Between two cycles the allocations move
+// through memory the caches no longer hold, and each one's first write
+// misses. Under the bench (docs/performance.md, "After 375bf10"), 64 MiB
+// cost the proxy 5-7% more CPU per request than Go's own pacing,
+// collector included, and 16 MiB what Go's pacing did. So Sluice leaves
+// it off by default (process.gcHeadroom); it is for a process whose live
+// heap is small enough that the cycles' fixed costs show.
 //
 // It works through GOGC itself (debug.SetGCPercent): after every cycle it
 // sets the percent that gives the next cycle that growth, never below the
