@@ -150,12 +150,10 @@ type Admin struct {
 type Process struct {
 	// GCHeadroom is how much the heap may grow between garbage
 	// collections however little is live, up to 4 times what is (see
-	// headroom); once more than this is live, GOGC's own pacing applies.
-	// Off (0, the default) leaves Go's pacing alone, as does GOGC=off
-	// in the environment: under load, Go's pacing cost the proxy less
-	// CPU than 64 MiB of headroom and the same as 16 MiB, because the
-	// allocations between two cycles of a larger heap move through
-	// memory the caches no longer hold.
+	// headroom, which also says why more is not cheaper); once more
+	// than this is live, GOGC's own pacing applies. Off (0, the
+	// default) leaves Go's pacing alone, as does GOGC=off in the
+	// environment.
 	GCHeadroom SizeOrOff `yaml:"gcHeadroom"`
 }
 

@@ -505,7 +505,7 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 		removeHopHeaders(resp.Header, false)
 	}
 	grpcStatus(rec, resp.Header) // a trailers-only gRPC answer, as the upstream sent it
-	if a, ok := w.(headerAdopter); ok && len(h) == 0 && a.adoptHeader(resp.Header) {
+	if a, ok := w.(headerAdopter); ok && a.adoptHeader(resp.Header) {
 		h = resp.Header // made for this response, used by nothing else after
 	} else {
 		for k, vs := range resp.Header {
@@ -597,7 +597,8 @@ func (x *Exchange) respond(resp *http.Response, rc *http.ResponseController) {
 }
 
 // headerAdopter is a ResponseWriter that can take a header map as its
-// own before its head is written (h2SrvStream, fastResponse): respond
+// own while it has none of its own and has written no head
+// (h2SrvStream, fastResponse; each checks that itself): respond
 // hands it the upstream's instead of copying each field into a new map
 // (a map's first insert and the copy were 1.5-2% of the proxy's CPU
 // under h2load). It reports false when it can't.
