@@ -160,16 +160,21 @@ func (x *Exchange) recycle() {
 // record: one held for an MCP session's stream keeps x, x.mcp), the
 // request went out on this goroutine (x.h1req: no Transport goroutine,
 // response header timer or cancel func of x's outlives forward, and
-// h1Syncable sends no upgrade, whose relay would keep x), with no body
-// (another goroutine may be reading it) and no stage state that may
-// outlive the handler: body wrappers, OnFinish hooks, content findings,
-// a cache fill, a balanced group's choice. Anything else is left to the
-// collector. Nor may anything point into x once ServeHTTP returns: an
-// HTTP/1.1 response's head may go out after it (h1Fast), so its header
-// values must not be slices of x (an h1Response kept in x was tried:
-// TestRecycledExchangeCarriesNothingOver saw an empty Content-Length).
+// h1Syncable sends no upgrade, whose relay would keep x) or to an
+// HTTP/2 pool (x.stop.ch: without a body, its stream reads x.out only
+// to send the head and to make the response head, both before
+// RoundTrip returns; the cancel channel and the stream's context are
+// allocations of their own), with no body (another goroutine may be
+// reading it, and an HTTP/2 stream's sendBody reads x.out) and no stage
+// state that may outlive the handler: body wrappers, OnFinish hooks,
+// content findings, a cache fill, a balanced group's choice. Anything
+// else is left to the collector. Nor may anything point into x once
+// ServeHTTP returns: an HTTP/1.1 response's head may go out after it
+// (h1Fast), so its header values must not be slices of x (an
+// h1Response kept in x was tried: TestRecycledExchangeCarriesNothingOver
+// saw an empty Content-Length).
 func (x *Exchange) reusable() bool {
-	return x.finished && x.h1req.r != nil && x.body == nil && x.wraps == nil &&
+	return x.finished && (x.h1req.r != nil || x.stop.ch != nil) && x.body == nil && x.wraps == nil &&
 		x.onFinish == nil && x.found == nil && x.mcp == nil && x.cache == nil && x.bal == nil
 }
 

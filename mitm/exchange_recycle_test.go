@@ -1,6 +1,7 @@
 package mitm
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -30,6 +31,10 @@ func TestExchangeReusable(t *testing.T) {
 		{"sent on the handler's goroutine, no body, record emitted", func(*Exchange) {}, true},
 		{"finish did not run: the record is still to come", func(x *Exchange) { x.finished = false }, false},
 		{"sent through the pool's Transport", func(x *Exchange) { x.h1req.r = nil }, false},
+		{"sent to an HTTP/2 pool, no body", func(x *Exchange) { x.h1req.r, x.stop.ch = nil, make(chan struct{}) }, true},
+		{"sent to an HTTP/2 pool with a body", func(x *Exchange) {
+			x.h1req.r, x.stop.ch, x.body = nil, make(chan struct{}), &countingBody{}
+		}, false},
 		{"a request body", func(x *Exchange) { x.body = &countingBody{} }, false},
 		{"a body wrapper", func(x *Exchange) { x.WrapBody(func(rc io.ReadCloser) io.ReadCloser { return rc }) }, false},
 		{"an OnFinish hook", func(x *Exchange) { x.OnFinish(func() {}) }, false},
@@ -102,6 +107,74 @@ func TestRecycledExchangeCarriesNothingOver(t *testing.T) {
 		next := h.recs.wait(t, "the next request", func(r audit.Record) bool { return r.Path == path })
 		if next.End != "" || next.Error != "" || next.Decision != audit.DecisionAllow || next.BytesOut != int64(len("fine")) {
 			t.Fatalf("next request's record: end %q error %q decision %q bytes out %d, want no end, no error, allow, 4 bytes", next.End, next.Error, next.Decision, next.BytesOut)
+		}
+	}
+}
+
+// The same over HTTP/2 at both ends, where the upstream's stream is
+// given the Exchange's own request (x.out): a client that resets its
+// stream mid-response leaves an Exchange that the next request reuses,
+// and that request's answer and record are its own. Each round sends
+// the next request while the reset one's upstream stream may still be
+// winding down on the same connection.
+func TestRecycledExchangeCarriesNothingOverH2(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	tca := newTestCA(t, "upstream test CA")
+	chunk := strings.Repeat("x", 16<<10)
+	up := startUpstream(t, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/long/") {
+			w.Header().Set("X-Path", r.URL.Path)
+			_, _ = io.WriteString(w, "fine "+r.URL.Path)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(200*len(chunk)))
+		for range 200 {
+			if _, err := io.WriteString(w, chunk); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			time.Sleep(5 * time.Millisecond)
+		}
+	}))
+	h := newHarness(t, tca, nil)
+	client := h.client(true)
+	base := fmt.Sprintf("https://api.test:%d", up.addr.Port())
+	for i := range 3 {
+		long := fmt.Sprintf("/long/%d", i)
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+long, nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("%s: the client spoke %s to the proxy, want HTTP/2", long, resp.Proto)
+		}
+		if _, err := io.ReadFull(resp.Body, make([]byte, 1000)); err != nil {
+			t.Fatal(err)
+		}
+		cancel() // the client resets its stream
+		resp.Body.Close()
+		left := h.recs.wait(t, "the long response", func(r audit.Record) bool { return r.Path == long })
+		if left.End != audit.EndClientClosed || left.Proto != "HTTP/2.0" {
+			t.Fatalf("%s: record end %q proto %q error %q, want %q over HTTP/2", long, left.End, left.Proto, left.Error, audit.EndClientClosed)
+		}
+		for j := range 3 {
+			path := fmt.Sprintf("/next-%d-%d", i, j)
+			resp, err := client.Get(base + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := readAll(t, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || body != "fine "+path || resp.Header.Get("X-Path") != path {
+				t.Fatalf("%s: status %d body %q X-Path %q", path, resp.StatusCode, body, resp.Header.Get("X-Path"))
+			}
+			next := h.recs.wait(t, "the next request", func(r audit.Record) bool { return r.Path == path })
+			if next.End != "" || next.Error != "" || next.Decision != audit.DecisionAllow || next.BytesOut != int64(len(body)) || next.Status != 200 {
+				t.Fatalf("%s record: end %q error %q decision %q status %d bytes out %d, want no end, no error, allow, 200, %d bytes",
+					path, next.End, next.Error, next.Decision, next.Status, next.BytesOut, len(body))
+			}
 		}
 	}
 }
