@@ -63,23 +63,7 @@ func TestRecycledExchangeCarriesNothingOver(t *testing.T) {
 	// put back.
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	tca := newTestCA(t, "upstream test CA")
-	chunk := strings.Repeat("x", 16<<10)
-	up := startUpstream(t, tca, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.HasPrefix(r.URL.Path, "/long/") {
-			_, _ = io.WriteString(w, "fine")
-			return
-		}
-		// Far more than the sockets hold, slowly: the client leaves
-		// before the end, and the proxy's writes to it fail.
-		w.Header().Set("Content-Length", strconv.Itoa(200*len(chunk)))
-		for range 200 {
-			if _, err := io.WriteString(w, chunk); err != nil {
-				return
-			}
-			w.(http.Flusher).Flush()
-			time.Sleep(5 * time.Millisecond)
-		}
-	}))
+	up := startUpstream(t, tca, false, longOrFine())
 	h := newHarness(t, tca, nil)
 	for i := range 3 {
 		long := fmt.Sprintf("/long/%d", i)
@@ -101,12 +85,12 @@ func TestRecycledExchangeCarriesNothingOver(t *testing.T) {
 		path := fmt.Sprintf("/next-%d", i)
 		resp, body := rawRequest(t, c2, "GET "+path+" HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
 		c2.Close()
-		if resp.StatusCode != 200 || body != "fine" {
+		if resp.StatusCode != 200 || body != "fine "+path {
 			t.Fatalf("next request: status %d body %q", resp.StatusCode, body)
 		}
 		next := h.recs.wait(t, "the next request", func(r audit.Record) bool { return r.Path == path })
-		if next.End != "" || next.Error != "" || next.Decision != audit.DecisionAllow || next.BytesOut != int64(len("fine")) {
-			t.Fatalf("next request's record: end %q error %q decision %q bytes out %d, want no end, no error, allow, 4 bytes", next.End, next.Error, next.Decision, next.BytesOut)
+		if next.End != "" || next.Error != "" || next.Decision != audit.DecisionAllow || next.BytesOut != int64(len(body)) {
+			t.Fatalf("next request's record: end %q error %q decision %q bytes out %d, want no end, no error, allow, %d bytes", next.End, next.Error, next.Decision, next.BytesOut, len(body))
 		}
 	}
 }
@@ -120,22 +104,7 @@ func TestRecycledExchangeCarriesNothingOver(t *testing.T) {
 func TestRecycledExchangeCarriesNothingOverH2(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	tca := newTestCA(t, "upstream test CA")
-	chunk := strings.Repeat("x", 16<<10)
-	up := startUpstream(t, tca, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.HasPrefix(r.URL.Path, "/long/") {
-			w.Header().Set("X-Path", r.URL.Path)
-			_, _ = io.WriteString(w, "fine "+r.URL.Path)
-			return
-		}
-		w.Header().Set("Content-Length", strconv.Itoa(200*len(chunk)))
-		for range 200 {
-			if _, err := io.WriteString(w, chunk); err != nil {
-				return
-			}
-			w.(http.Flusher).Flush()
-			time.Sleep(5 * time.Millisecond)
-		}
-	}))
+	up := startUpstream(t, tca, true, longOrFine())
 	h := newHarness(t, tca, nil)
 	client := h.client(true)
 	base := fmt.Sprintf("https://api.test:%d", up.addr.Port())
@@ -177,4 +146,27 @@ func TestRecycledExchangeCarriesNothingOverH2(t *testing.T) {
 			}
 		}
 	}
+}
+
+// longOrFine is the upstream of the recycling tests: /long/... answers
+// far more than the sockets hold, slowly, so that a client can leave
+// mid-response and the proxy's writes to it fail; any other path
+// answers "fine PATH" at once, with X-Path: PATH.
+func longOrFine() http.Handler {
+	chunk := strings.Repeat("x", 16<<10)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/long/") {
+			w.Header().Set("X-Path", r.URL.Path)
+			_, _ = io.WriteString(w, "fine "+r.URL.Path)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(200*len(chunk)))
+		for range 200 {
+			if _, err := io.WriteString(w, chunk); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
 }
