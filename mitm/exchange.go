@@ -156,21 +156,25 @@ func (x *Exchange) recycle() {
 	exchanges.Put(x)
 }
 
-// reusable reports whether x is done with: finish ran (and emitted the
-// record: one held for an MCP session's stream keeps x, x.mcp), the
-// request went out on this goroutine (x.h1req: no Transport goroutine,
-// response header timer or cancel func of x's outlives forward, and
-// h1Syncable sends no upgrade, whose relay would keep x) or to an
-// HTTP/2 pool (x.stop.ch: without a body, its stream reads x.out only
-// to send the head and to make the response head, both before
-// RoundTrip returns; the cancel channel and the stream's context are
-// allocations of their own), with no body (another goroutine may be
-// reading it, and an HTTP/2 stream's sendBody reads x.out) and no stage
-// state that may outlive the handler: body wrappers, OnFinish hooks,
-// content findings, a cache fill, a balanced group's choice. Anything
-// else is left to the collector. Nor may anything point into x once
-// ServeHTTP returns: an HTTP/1.1 response's head may go out after it
-// (h1Fast), so its header values must not be slices of x (an
+// reusable reports whether x is done with once ServeHTTP returns, so
+// that nothing can reach it:
+//   - finish ran and emitted the record (one held for an MCP session's
+//     stream keeps x: x.mcp);
+//   - the request went out on this goroutine (x.h1req: no Transport
+//     goroutine, response header timer or cancel func of x's outlives
+//     forward, and h1Syncable sends no upgrade, whose relay would keep
+//     x), or to an HTTP/2 pool (x.stop.ch: without a body its stream
+//     reads x.out only to send the head and to make the response head,
+//     both before RoundTrip returns; its cancel channel and context are
+//     allocations of their own);
+//   - it had no body (another goroutine may be reading it, and an
+//     HTTP/2 stream's sendBody reads x.out);
+//   - no stage state may outlive the handler: body wrappers, OnFinish
+//     hooks, content findings, a cache fill, a balanced group's choice.
+//
+// Anything else is left to the collector. Nor may anything point into x
+// once ServeHTTP returns: an HTTP/1.1 response's head may go out after
+// it (h1Fast), so its header values must not be slices of x (an
 // h1Response kept in x was tried: TestRecycledExchangeCarriesNothingOver
 // saw an empty Content-Length).
 func (x *Exchange) reusable() bool {
